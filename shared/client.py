@@ -1,0 +1,241 @@
+"""A synchronous Python client for the Easel server (``websockets.sync.client``).
+
+    with Client("ws://127.0.0.1:8760/") as easel:
+        job = easel.submit("inpaint", prompt="a red door", image=picture, mask=mask, seed=7)
+        for event in easel.events(job):
+            ...  # Accepted, Started, Progress (with .preview), then Result or Cancelled
+
+``events`` raises ``EaselError`` when the server answers the job with an ``error``.
+``cancel`` may be called from another thread while one thread iterates events.
+"""
+
+from __future__ import annotations
+
+import collections
+import itertools
+import json
+import uuid
+from dataclasses import dataclass, field
+from typing import Callable, Iterator
+
+from websockets.exceptions import ConnectionClosed
+from websockets.sync.client import connect
+
+from .images import ImageData, decode_frame, encode_frame
+from .messages import DEFAULT_URL, PROTOCOL_VERSION
+
+
+class EaselError(Exception):
+    """The server refused or failed a request (an ``error`` message), or the connection failed."""
+
+    def __init__(self, code: str, message: str, field: str | None = None, job: str | None = None):
+        super().__init__(f"{message} [{code}" + (f", field {field}]" if field else "]"))
+        self.code, self.message, self.field, self.job = code, message, field, job
+
+
+class JobCancelled(EaselError):
+    """Raised by ``Client.run`` when the job was cancelled."""
+
+
+@dataclass
+class Accepted:
+    job: str
+    position: int
+
+
+@dataclass
+class Started:
+    job: str
+    steps: int
+    diffusion_size: tuple[int, int]
+    box: tuple[int, int, int, int] | None
+
+
+@dataclass
+class Progress:
+    job: str
+    step: int
+    total: int
+    preview: ImageData | None = None
+
+
+@dataclass
+class ResultImage:
+    index: int
+    seed: int
+    offset: tuple[int, int]
+    image: ImageData
+
+
+@dataclass
+class Result:
+    job: str
+    images: list[ResultImage]
+    parameters: dict = field(default_factory=dict)
+    timings: dict = field(default_factory=dict)
+
+
+@dataclass
+class Cancelled:
+    job: str
+    stage: str  # "queued" or "running"
+
+
+Event = Accepted | Started | Progress | Result | Cancelled
+
+
+class Client:
+    """One websocket connection to an Easel server."""
+
+    def __init__(self, url: str = DEFAULT_URL, *, token: str | None = None, name: str = "easel-python",
+                 open_timeout: float = 10, max_size: int | None = 2**28):
+        self.url, self.token, self.name = url, token, name
+        self.open_timeout, self.max_size = open_timeout, max_size
+        self.welcome: dict | None = None
+        self._ws = None
+        self._jobs: dict[str, collections.deque] = collections.defaultdict(collections.deque)
+        self._replies: dict[str, collections.deque] = collections.defaultdict(collections.deque)
+        self._frames: dict[str, ImageData] = {}
+        self._ids = itertools.count(1)
+
+    # -- connection ---------------------------------------------------------------------------
+
+    def connect(self) -> "Client":
+        """Open the connection and say hello; raises EaselError if refused or unreachable."""
+        try:
+            self._ws = connect(self.url, open_timeout=self.open_timeout, max_size=self.max_size)
+        except (OSError, TimeoutError) as exc:
+            raise EaselError("unreachable", f"cannot reach the Easel server at {self.url}: {exc}") from None
+        except Exception as exc:  # handshake refused (bad origin, HTTP error ...)
+            raise EaselError("unreachable", f"the Easel server at {self.url} refused the connection: {exc}") from None
+        hello = {"type": "hello", "protocol": PROTOCOL_VERSION, "client": self.name}
+        if self.token:
+            hello["token"] = self.token
+        self._send(hello)
+        self.welcome = self._await_reply("welcome")
+        return self
+
+    def close(self) -> None:
+        if self._ws is not None:
+            self._ws.close()
+            self._ws = None
+
+    def __enter__(self) -> "Client":
+        return self.connect()
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # -- requests -----------------------------------------------------------------------------
+
+    def upload(self, image: ImageData, role: str = "image") -> dict:
+        """Send an image as a binary frame; returns the reference to put in a request."""
+        image_id = f"up-{next(self._ids)}"
+        header = {"image": image_id, "role": role, "format": image.format,
+                  "width": image.width, "height": image.height}
+        self._ws.send(encode_frame(header, image.data))
+        return {"frame": image_id}
+
+    def submit(self, mode: str, **params) -> str:
+        """Queue a job; ``image`` and ``mask`` may be ImageData (uploaded first). Returns the job id."""
+        job = params.pop("job", None) or uuid.uuid4().hex[:16]
+        for role in ("image", "mask"):
+            if isinstance(params.get(role), ImageData):
+                params[role] = self.upload(params[role], role)
+        self._send({"type": "submit", "job": job, "mode": mode, **params})
+        return job
+
+    def cancel(self, job: str) -> None:
+        """Ask the server to cancel a job; its events end with Cancelled (or its result, if too late)."""
+        self._send({"type": "cancel", "job": job})
+
+    def events(self, job: str) -> Iterator[Event]:
+        """Yield the job's events until it ends; raise EaselError if it ends in an error."""
+        while True:
+            while not self._jobs[job]:
+                self._receive()
+            event = self._jobs[job].popleft()
+            if isinstance(event, EaselError):
+                del self._jobs[job]
+                raise event
+            yield event
+            if isinstance(event, (Result, Cancelled)):
+                del self._jobs[job]
+                return
+
+    def run(self, mode: str, *, on_event: Callable[[Event], None] | None = None, **params) -> Result:
+        """Submit a job and wait for its result; raises JobCancelled or EaselError."""
+        job = self.submit(mode, **params)
+        for event in self.events(job):
+            if on_event:
+                on_event(event)
+            if isinstance(event, Cancelled):
+                raise JobCancelled("cancelled", f"job {job} was cancelled", job=job)
+            if isinstance(event, Result):
+                return event
+        raise AssertionError("unreachable")
+
+    def status(self) -> dict:
+        self._send({"type": "status"})
+        return self._await_reply("status")
+
+    def models(self) -> dict:
+        self._send({"type": "models"})
+        return self._await_reply("models")
+
+    # -- plumbing -----------------------------------------------------------------------------
+
+    def _send(self, message: dict) -> None:
+        if self._ws is None:
+            raise EaselError("closed", "the client is not connected")
+        try:
+            self._ws.send(json.dumps(message))
+        except ConnectionClosed as exc:
+            raise EaselError("closed", f"the connection to the Easel server closed: {exc}") from None
+
+    def _await_reply(self, kind: str) -> dict:
+        while not self._replies[kind]:
+            self._receive()
+        return self._replies[kind].popleft()
+
+    def _receive(self) -> None:
+        """Read one message and file it under its job (or as a reply)."""
+        try:
+            raw = self._ws.recv()
+        except ConnectionClosed as exc:
+            reason = exc.rcvd.reason if exc.rcvd and exc.rcvd.reason else "connection closed"
+            raise EaselError("closed", f"the Easel server closed the connection: {reason}") from None
+        if isinstance(raw, bytes):
+            header, image = decode_frame(raw)
+            self._frames[header["image"]] = image
+            return
+        message = json.loads(raw)
+        kind, job = message["type"], message.get("job")
+        if kind == "error":
+            error = EaselError(message["code"], message["message"], message.get("field"), job)
+            if job is None:
+                raise error
+            self._jobs[job].append(error)
+        elif kind == "accepted":
+            self._jobs[job].append(Accepted(job, message["position"]))
+        elif kind == "started":
+            box = message.get("box")
+            self._jobs[job].append(Started(job, message["steps"], tuple(message["diffusion_size"]),
+                                           tuple(box) if box else None))
+        elif kind == "progress":
+            preview = self._frames.pop(message["preview"], None) if "preview" in message else None
+            self._jobs[job].append(Progress(job, message["step"], message["total"], preview))
+        elif kind == "result":
+            self._jobs[job].append(Result(job, [self._result_image(item) for item in message["images"]],
+                                          message["parameters"], message["timings"]))
+        elif kind == "cancelled":
+            self._jobs[job].append(Cancelled(job, message["while"]))
+        else:
+            self._replies[kind].append(message)
+
+    def _result_image(self, item: dict) -> ResultImage:
+        if "data" in item:
+            image = ImageData.from_base64(item["data"])
+        else:
+            image = self._frames.pop(item["image"])
+        return ResultImage(item["index"], item["seed"], tuple(item["offset"]), image)

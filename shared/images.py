@@ -1,0 +1,86 @@
+"""Image transport: binary frames (a small JSON header, then the bytes) and inline base64.
+
+Frame layout: 4-byte big-endian header length N, N bytes of UTF-8 JSON header, then the image
+bytes. The header names the image id, its job, role, format, width and height. Raw formats
+(``rgba8``, ``l8``) are plain rows of pixels, top to bottom, so a host can send its own buffer
+without encoding it.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import struct
+from dataclasses import dataclass
+
+from .messages import FRAME_HEADER_FIELDS, ProtocolError, check_fields
+
+CHANNELS = {"rgba8": 4, "l8": 1}
+_SIGNATURES = {"png": (b"\x89PNG\r\n\x1a\n",), "webp": (b"RIFF",)}
+MAX_HEADER_BYTES = 4096
+
+
+@dataclass
+class ImageData:
+    """An image as it travels: encoded (png / webp) or raw (rgba8 / l8) bytes plus its size."""
+
+    format: str
+    width: int
+    height: int
+    data: bytes
+
+    def check(self) -> "ImageData":
+        """Raise ``bad_image`` if the bytes cannot be what the header says."""
+        if self.format in CHANNELS:
+            expected = self.width * self.height * CHANNELS[self.format]
+            if len(self.data) != expected:
+                raise ProtocolError("bad_image", f"{self.format} image of {self.width}x{self.height} needs "
+                                    f"{expected} bytes, got {len(self.data)}")
+        elif not self.data.startswith(_SIGNATURES[self.format]):
+            raise ProtocolError("bad_image", f"bytes are not a {self.format.upper()} file")
+        return self
+
+    @classmethod
+    def from_base64(cls, data: str, fmt: str = "png") -> "ImageData":
+        """Decode inline base64; width and height are read from the PNG header (0 when unknown)."""
+        try:
+            raw = base64.b64decode(data, validate=True)
+        except (binascii.Error, ValueError):
+            raise ProtocolError("bad_image", "inline image is not valid base64") from None
+        width, height = png_size(raw) if fmt == "png" else (0, 0)
+        return cls(fmt, width, height, raw)
+
+    def to_base64(self) -> str:
+        return base64.b64encode(self.data).decode("ascii")
+
+
+def png_size(data: bytes) -> tuple[int, int]:
+    """Width and height from a PNG's IHDR chunk, without decoding it."""
+    if len(data) < 24 or not data.startswith(_SIGNATURES["png"]) or data[12:16] != b"IHDR":
+        raise ProtocolError("bad_image", "bytes are not a PNG file")
+    return struct.unpack(">II", data[16:24])
+
+
+def encode_frame(header: dict, payload: bytes) -> bytes:
+    """Pack a header and image bytes into one binary websocket message."""
+    head = json.dumps(header, separators=(",", ":")).encode()
+    return struct.pack(">I", len(head)) + head + payload
+
+
+def decode_frame(frame: bytes) -> tuple[dict, ImageData]:
+    """Unpack and validate a binary message; raise ProtocolError when it is malformed."""
+    if len(frame) < 4:
+        raise ProtocolError("bad_image", "binary frame is shorter than its length prefix")
+    (size,) = struct.unpack(">I", frame[:4])
+    if size > MAX_HEADER_BYTES or 4 + size > len(frame):
+        raise ProtocolError("bad_image", f"binary frame header length {size} is invalid")
+    try:
+        header = json.loads(frame[4:4 + size])
+    except ValueError:
+        raise ProtocolError("bad_image", "binary frame header is not JSON") from None
+    if not isinstance(header, dict):
+        raise ProtocolError("bad_image", "binary frame header must be a JSON object")
+    header = check_fields(header, FRAME_HEADER_FIELDS)
+    image = ImageData(header["format"], header["width"], header["height"], bytes(frame[4 + size:]))
+    return header, image.check()
