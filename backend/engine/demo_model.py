@@ -25,11 +25,12 @@ Load them with, e.g.::
 
 from __future__ import annotations
 
+import json
 import os
 import pathlib
 from typing import Any
 
-__all__ = ["write_demo_model", "DEMO_FOLDERS"]
+__all__ = ["DEMO_FOLDERS", "demo_models", "ensure_demo_model", "write_demo_model", "write_demo_model_with_config"]
 
 DEMO_FOLDERS = ("sd15", "sd15-inpaint", "sdxl", "sdxl-inpaint", "taesd")
 
@@ -50,6 +51,30 @@ _TEXT_HIDDEN = 32          # hidden size of every demo text encoder
 _TEXT_PROJECTION = 32      # projection_dim (pooled SDXL embedding size)
 _TEXT_LAYERS = 4           # enough layers for clip_skip / hidden_states[-2]
 _ADD_TIME_EMBED_DIM = 8    # SDXL micro-conditioning embedding per time id
+
+# Scaled latent -> RGB ([-1, 1]) factors, one row per latent channel. These are
+# the well-known SD 1.x "cheap preview" factors; every demo VAE (both families)
+# and the demo TAESD are built so that decode(z) ~= z @ LATENT_RGB_FACTORS, so a
+# caller's linear latent preview shows the same picture as the real decode.
+LATENT_RGB_FACTORS = (
+    (0.298, 0.207, 0.208),
+    (0.187, 0.286, 0.173),
+    (-0.158, 0.189, 0.264),
+    (-0.184, -0.271, -0.473),
+)
+
+# Size of the constant channels that keep the VAEs' GroupNorms (1 group) close
+# to a fixed linear map; larger = more linear.
+_VAE_CONST = 16.0
+# How strongly the random residual branches perturb the VAE's linear path.
+_VAE_NOISE = 0.02
+# UNet: weight of the random (prompt/time dependent) deep path on top of the
+# per-channel "normalised input" noise estimate; see _shape_unet.
+_UNET_DEEP = 0.5
+_UNET_OUT = 0.5
+# 9-channel inpaint UNets: how much the masked-image latents (input channels
+# 5..8) are subtracted on the skip path, pulling the result towards them.
+_UNET_INPAINT_PULL = float(os.environ.get("PULL", 0.3))
 
 
 # --------------------------------------------------------------------------- #
@@ -111,12 +136,31 @@ def _text_config(vocab_size: int, bos: int, eos: int):
     )
 
 
+def _factors():
+    """(F, P): F maps scaled latents to RGB (3x4), P = pinv(F) maps RGB back."""
+    import torch
+
+    f = torch.tensor(LATENT_RGB_FACTORS, dtype=torch.float64).T  # 3 x 4
+    return f.float(), torch.linalg.pinv(f).float()  # 3x4, 4x3
+
+
+def _center_taps(conv, matrix, bias=None) -> None:
+    """Make ``conv`` a pure per-pixel linear map: centre tap = matrix."""
+    import torch
+
+    w = torch.zeros_like(conv.weight)
+    w[:, :, conv.weight.shape[2] // 2, conv.weight.shape[3] // 2] = matrix
+    conv.weight.copy_(w)
+    if conv.bias is not None:
+        conv.bias.copy_(torch.zeros_like(conv.bias) if bias is None else bias)
+
+
 def _make_vae(seed: int, scaling_factor: float):
     import torch
     from diffusers import AutoencoderKL
 
     torch.manual_seed(seed)
-    return AutoencoderKL(
+    vae = AutoencoderKL(
         in_channels=3,
         out_channels=3,
         down_block_types=("DownEncoderBlock2D",) * 4,
@@ -125,10 +169,74 @@ def _make_vae(seed: int, scaling_factor: float):
         layers_per_block=1,
         act_fn="silu",
         latent_channels=4,
-        norm_num_groups=4,
+        norm_num_groups=1,
         sample_size=512,
         scaling_factor=scaling_factor,
-    )
+        # The tiny VAE cannot overflow in fp16. force_upcast=True would also make
+        # the SDXL img2img/inpaint pipelines call vae.to(float32), which in
+        # diffusers 0.42 logs a spurious "should be kept in float32: []" warning.
+        force_upcast=False,
+    ).eval()
+    with torch.no_grad():
+        _shape_vae(vae, scaling_factor)
+    return vae
+
+
+def _shape_vae(vae, scaling_factor: float) -> None:
+    """Turn the random AutoencoderKL into a near-linear RGB <-> latent codec.
+
+    Purely random VAEs do not reconstruct anything, so img2img/inpaint outputs
+    would not resemble the init image at all. Here the main path of encoder and
+    decoder is a fixed linear map (latent = P @ rgb, 8x8 average pooling;
+    rgb = F @ latent, nearest upsampling), and the random weights only survive,
+    scaled down, in the residual branches (a little texture).
+
+    Trick: the 8 channels carry [rgb, -rgb, C, -C]. With one GroupNorm group the
+    mean is then exactly 0 and the std ~= C/2 (nearly constant), and because
+    silu(x) - silu(-x) == x the final norm + silu + conv stays linear.
+    """
+    import torch
+
+    f, p = _factors()
+    c = _VAE_CONST
+    eye3 = torch.eye(3)
+    rgb_pm = torch.cat([eye3, -eye3, torch.zeros(2, 3)])  # 8 x 3: [rgb, -rgb, 0, 0]
+    const_bias = torch.tensor([0, 0, 0, 0, 0, 0, c, -c], dtype=torch.float32)
+    diff = torch.cat([eye3, -eye3, torch.zeros(3, 2)], dim=1)  # 3 x 8: x - (-x)
+
+    for coder in (vae.encoder, vae.decoder):
+        for module_name, module in coder.named_modules():
+            if module_name.endswith("conv2") or module_name.endswith("to_out.0"):
+                module.weight.mul_(_VAE_NOISE)
+                module.bias.mul_(_VAE_NOISE)
+
+    # Encoder: rgb -> [rgb, -rgb, C, -C] -> 2x2 average pools -> linear latents.
+    enc = vae.encoder
+    _center_taps(enc.conv_in, rgb_pm, const_bias)
+    for block in enc.down_blocks:
+        for down in block.downsamplers or []:
+            w = torch.zeros_like(down.conv.weight)
+            for i in range(w.shape[0]):
+                w[i, i, 0:2, 0:2] = 0.25  # padding (0,1,0,1) + stride 2
+            down.conv.weight.copy_(w)
+            down.conv.bias.zero_()
+    # after conv_norm_out the channels are [rgb, -rgb, ...] / (C/2)
+    mean = (p / scaling_factor) @ diff * (c / 2)  # 4 x 8
+    out = torch.zeros(8, 8)
+    out[:4] = mean
+    logvar = torch.full((8,), -30.0)  # std ~ 3e-7: sampling == mode
+    logvar[:4] = 0.0
+    _center_taps(enc.conv_out, out, logvar)
+    _center_taps(vae.quant_conv, torch.eye(8))
+
+    # Decoder: raw latents -> [rgb, -rgb, C, -C] -> nearest upsampling -> rgb.
+    dec = vae.decoder
+    _center_taps(vae.post_quant_conv, torch.eye(4))
+    _center_taps(dec.conv_in, rgb_pm @ (f * scaling_factor), const_bias)
+    for block in dec.up_blocks:
+        for up in block.upsamplers or []:
+            _center_taps(up.conv, torch.eye(up.conv.weight.shape[0]))
+    _center_taps(dec.conv_out, diff * (c / 2))
 
 
 def _make_unet(seed: int, *, in_channels: int, xl: bool):
@@ -158,7 +266,65 @@ def _make_unet(seed: int, *, in_channels: int, xl: bool):
         )
     else:
         kwargs.update(cross_attention_dim=_TEXT_HIDDEN)
-    return UNet2DConditionModel(**kwargs)
+    unet = UNet2DConditionModel(**kwargs).eval()
+    with torch.no_grad():
+        _shape_unet(unet)
+    return unet
+
+
+def _shape_unet(unet) -> None:
+    """Give the random UNet a sensible noise estimate plus a random deep part.
+
+    A purely random UNet predicts noise that has nothing to do with the actual
+    noise, so Euler sampling ends with latents of std ~15 (a fully saturated
+    picture) and img2img loses the init image at any strength. Here a skip path
+    carries the noisy latents (as [x, -x]) from conv_in straight to the output,
+    where the per-channel GroupNorm + silu(x) - silu(-x) == x make the estimate
+    eps ~= (x - mean(x)) / std(x): about right at high noise, and a gentle
+    shrink at low noise. The random deep path (text cross-attention, time
+    embedding, inpaint mask channels) is added on top, so outputs depend on
+    prompt, seed, time and conditioning.
+    """
+    import torch
+
+    k = unet.config.out_channels  # 4
+    n = 2 * k  # channels carrying [x, -x]
+    width = unet.config.block_out_channels[0]
+
+    # conv_in: channels 0..7 = [x, -x] of the noisy latents (first 4 inputs);
+    # channels 8.. stay random (they also see mask / masked-image latents).
+    w = unet.conv_in.weight
+    w[:n].zero_()
+    for i in range(k):
+        w[i, i, 1, 1] = 1.0
+        w[k + i, i, 1, 1] = -1.0
+        if w.shape[1] == 2 * k + 1:  # inpaint: [latents, mask, masked latents]
+            w[i, k + 1 + i, 1, 1] = -_UNET_INPAINT_PULL
+            w[k + i, k + 1 + i, 1, 1] = _UNET_INPAINT_PULL
+    unet.conv_in.bias[:n].zero_()
+
+    # Last up resnet: its shortcut sees cat(h, skip=conv_in output). Route the
+    # skip's [x, -x] through unchanged and damp the random residual branch.
+    last = unet.up_blocks[-1].resnets[-1]
+    sw = last.conv_shortcut.weight  # (width, h_ch + width, 1, 1)
+    h_ch = sw.shape[1] - width
+    sw[:n].zero_()
+    for i in range(n):
+        sw[i, h_ch + i, 0, 0] = 1.0
+    last.conv_shortcut.bias[:n].zero_()
+    last.conv2.weight[:n].mul_(_UNET_DEEP)
+    last.conv2.bias[:n].mul_(_UNET_DEEP)
+
+    # conv_norm_out has one group per channel (norm_num_groups == width), so
+    # channel i becomes normalised x_i; conv_out then adds the deep channels.
+    assert unet.conv_norm_out.num_groups == width
+    ow = unet.conv_out.weight
+    ow[:, :n].zero_()
+    ow[:, n:].mul_(_UNET_OUT)
+    for i in range(k):
+        ow[i, i, 1, 1] = 1.0
+        ow[i, k + i, 1, 1] = -1.0
+    unet.conv_out.bias.zero_()
 
 
 def _make_taesd(seed: int):
@@ -166,7 +332,7 @@ def _make_taesd(seed: int):
     from diffusers import AutoencoderTiny
 
     torch.manual_seed(seed)
-    return AutoencoderTiny(
+    taesd = AutoencoderTiny(
         in_channels=3,
         out_channels=3,
         encoder_block_out_channels=(8, 8, 8, 8),
@@ -174,7 +340,55 @@ def _make_taesd(seed: int):
         num_encoder_blocks=(1, 1, 1, 1),
         num_decoder_blocks=(1, 1, 1, 1),
         latent_channels=4,
-    )
+    ).eval()
+    with torch.no_grad():
+        _shape_taesd(taesd)
+    return taesd
+
+
+def _shape_taesd(taesd) -> None:
+    """Make the tiny autoencoder the same linear codec as the demo VAEs.
+
+    Decoder: [relu(F z), relu(-F z)] carried through ReLU blocks whose
+    residual convs are zeroed (so they pass non-negative inputs unchanged),
+    nearest upsampling, then rgb = relu(F z) - relu(-F z) = F z. Encoder:
+    2x2 average pooling of rgb in [0, 1] and latents = P (2 rgb - 1).
+    """
+    import torch
+    from diffusers.models.autoencoders.vae import AutoencoderTinyBlock
+
+    f, p = _factors()
+    eye3 = torch.eye(3)
+
+    for coder in (taesd.encoder, taesd.decoder):
+        for m in coder.layers:
+            if isinstance(m, AutoencoderTinyBlock):
+                m.conv[-1].weight.zero_()
+                m.conv[-1].bias.zero_()
+
+    dec = list(taesd.decoder.layers)
+    convs = [m for m in dec if isinstance(m, torch.nn.Conv2d)]
+    _center_taps(convs[0], torch.cat([f, -f, torch.zeros(2, 4)]))
+    for conv in convs[1:-1]:  # after each nearest upsample
+        _center_taps(conv, torch.eye(8))
+    last = torch.zeros(3, 8)
+    last[:, 0:3] = 0.5 * eye3
+    last[:, 3:6] = -0.5 * eye3
+    _center_taps(convs[-1], last, torch.full((3,), 0.5))
+
+    enc = list(taesd.encoder.layers)
+    convs = [m for m in enc if isinstance(m, torch.nn.Conv2d)]
+    first = torch.zeros(8, 3)
+    first[0:3] = eye3
+    _center_taps(convs[0], first)
+    for conv in convs[1:-1]:  # stride 2, padding 1: taps 1..2 = the 2x2 block
+        w = torch.zeros_like(conv.weight)
+        for i in range(w.shape[0]):
+            w[i, i, 1:3, 1:3] = 0.25
+        conv.weight.copy_(w)
+    final = torch.zeros(4, 8)
+    final[:, 0:3] = 2 * p
+    _center_taps(convs[-1], final, -p.sum(dim=1))
 
 
 # --------------------------------------------------------------------------- #
@@ -258,5 +472,61 @@ def write_demo_model(root: str | os.PathLike, *, seed: int = 0) -> pathlib.Path:
     ).save_pretrained(root / "sdxl-inpaint", **save)
 
     # ---- TAESD preview decoder ------------------------------------------- #
-    _make_taesd(seed + 10).save_pretrained(root / "taesd", **save)
+    taesd_dir = root / "taesd"
+    _make_taesd(seed + 10).save_pretrained(taesd_dir, **save)
+    # AutoencoderTiny registers a derived `block_out_channels` entry that its
+    # own __init__ does not accept; drop it so loading does not warn.
+    cfg_path = taesd_dir / "config.json"
+    cfg = json.loads(cfg_path.read_text())
+    cfg.pop("block_out_channels", None)
+    cfg_path.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
+    return root
+
+
+# -- serving the demo -------------------------------------------------------------------------
+
+def demo_models(root: str | os.PathLike) -> dict:
+    """Model entries for a written demo: ``demo`` (SD1.5 + 9-channel inpaint UNet), ``demo-base``
+    (SD1.5 inpainting with its 4-channel UNet) and ``demo-xl`` (SDXL + inpaint UNet, TAESD previews)."""
+    from backend.config import ModelSpec
+
+    root = pathlib.Path(root)
+    return {
+        "demo": ModelSpec("demo", str(root / "sd15"), "sd15", inpaint=str(root / "sd15-inpaint")),
+        "demo-base": ModelSpec("demo-base", str(root / "sd15"), "sd15"),
+        "demo-xl": ModelSpec("demo-xl", str(root / "sdxl"), "sdxl", inpaint=str(root / "sdxl-inpaint"),
+                             preview=str(root / "taesd")),
+    }
+
+
+def write_demo_model_with_config(root: str | os.PathLike) -> pathlib.Path:
+    """Write the demo model plus an ``easel.toml`` that serves it."""
+    root = write_demo_model(root).resolve()
+    lines = ['[server]', 'default_model = "demo"', '']
+    for name, spec in demo_models(root).items():
+        lines.append(f'[models.{name}]')
+        for key in ("source", "family", "inpaint", "preview"):
+            if getattr(spec, key):
+                lines.append(f'{key} = {json.dumps(getattr(spec, key))}')
+        lines.append('')
+    (root / "easel.toml").write_text("\n".join(lines))
+    return root
+
+
+def ensure_demo_model(root: str | os.PathLike | None = None) -> pathlib.Path:
+    """The demo model in the user's cache (``$EASEL_HOME`` or ~/.cache/easel), written on first use."""
+    import shutil
+    import tempfile
+
+    if root is None:
+        home = os.environ.get("EASEL_HOME") or pathlib.Path.home() / ".cache" / "easel"
+        root = pathlib.Path(home) / "demo-model"
+    root = pathlib.Path(root)
+    if all((root / folder).is_dir() for folder in DEMO_FOLDERS):
+        return root
+    root.parent.mkdir(parents=True, exist_ok=True)
+    staging = pathlib.Path(tempfile.mkdtemp(prefix="demo-model-", dir=root.parent))
+    write_demo_model(staging)
+    shutil.rmtree(root, ignore_errors=True)
+    staging.rename(root)  # atomic: a half-written demo is never picked up
     return root

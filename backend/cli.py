@@ -1,0 +1,239 @@
+"""The ``easel`` command: serve, run, demo, demo-model, schema."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import io
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from shared.images import ImageData
+from shared.messages import DEFAULT_URL, MODES, SAMPLERS, json_schema
+
+log = logging.getLogger("easel")
+DEFAULT_HUB_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="easel", description="Easel: a local diffusion editing server.")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", help="run the websocket server")
+    serve.add_argument("--host", help="address to bind (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="port (default 8760)")
+    serve.add_argument("--config", help="TOML config file")
+    serve.add_argument("--model", help="hub id, diffusers folder or .safetensors file to serve")
+    serve.add_argument("--demo", action="store_true", help="serve the tiny random demo model")
+    serve.add_argument("--token", help="clients must present this token (required off loopback)")
+    serve.add_argument("--device", help="cuda, mps, cpu or auto")
+    serve.set_defaults(func=cmd_serve)
+
+    run = commands.add_parser("run", help="run one job on a server")
+    run.add_argument("mode", choices=MODES)
+    run.add_argument("--prompt", required=True)
+    run.add_argument("--negative", default="")
+    run.add_argument("--image", help="picture to edit (img2img, inpaint)")
+    run.add_argument("--mask", help="white = repaint, black = keep (inpaint)")
+    run.add_argument("--strength", type=float)
+    run.add_argument("--seed", type=int)
+    run.add_argument("--steps", type=int)
+    run.add_argument("--guidance", type=float)
+    run.add_argument("--batch", type=int)
+    run.add_argument("--width", type=int)
+    run.add_argument("--height", type=int)
+    run.add_argument("--grow", type=int, help="pixels to grow the mask by")
+    run.add_argument("--feather", type=int, help="pixels to feather the mask's edge over")
+    run.add_argument("--sampler", choices=SAMPLERS)
+    run.add_argument("--model", help="configured model name")
+    run.add_argument("--layer", action="store_true",
+                     help="inpaint: write the edit as a transparent layer instead of the composited picture")
+    run.add_argument("--out", required=True, help="output PNG; with --batch N: OUT-1.png ... OUT-N.png")
+    run.add_argument("--server", default=DEFAULT_URL)
+    run.add_argument("--token")
+    run.set_defaults(func=cmd_run)
+
+    demo = commands.add_parser("demo", help="round-trip an inpaint and an img2img on the demo model")
+    demo.add_argument("--out", default="easel-demo", help="folder for the results (default ./easel-demo)")
+    demo.set_defaults(func=cmd_demo)
+
+    demo_model = commands.add_parser("demo-model", help="write the tiny random-weight demo model family")
+    demo_model.add_argument("dir")
+    demo_model.set_defaults(func=cmd_demo_model)
+
+    schema = commands.add_parser("schema", help="print the protocol's JSON Schema")
+    schema.set_defaults(func=lambda args: print(json.dumps(json_schema(), indent=2)) or 0)
+
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    return args.func(args)
+
+
+# -- serve ------------------------------------------------------------------------------------
+
+def cmd_serve(args) -> int:
+    from backend.config import ConfigError, ModelSpec, load_config
+    from backend.engine.demo_model import demo_models, ensure_demo_model
+    from backend.engine.engine import Engine
+    from backend.engine.models import ModelError, ModelRegistry, pick_device
+    from backend.server import EaselServer
+
+    try:
+        config = load_config(args.config)
+        for key in ("host", "port", "token", "device"):
+            if getattr(args, key) is not None:
+                setattr(config, key, getattr(args, key))
+        if args.model:
+            config.models = {"default": ModelSpec("default", args.model)}
+            config.default_model = "default"
+        elif args.demo:
+            config.models, config.default_model = demo_models(ensure_demo_model()), "demo"
+        elif not config.models:
+            if _hub_model_available(DEFAULT_HUB_MODEL):
+                config.models = {"sd15": ModelSpec("sd15", DEFAULT_HUB_MODEL)}
+            else:
+                log.warning("no model configured and no hub access: serving the tiny demo model (noise pictures)")
+                config.models, config.default_model = demo_models(ensure_demo_model()), "demo"
+        config.check()
+    except ConfigError as exc:
+        print(f"easel: {exc}", file=sys.stderr)
+        return 2
+
+    device, dtype = pick_device(config.device)
+    registry = ModelRegistry(config, device, dtype)
+    if args.model:  # an explicit model must load, or we say so now rather than at the first job
+        try:
+            registry.get("default")
+        except ModelError as exc:
+            print(f"easel: {exc.message}", file=sys.stderr)
+            return 1
+    server = EaselServer(config, Engine(registry))
+    try:
+        asyncio.run(server.serve_forever())
+    except OSError as exc:
+        print(f"easel: cannot listen on {config.host}:{config.port}: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+def _hub_model_available(repo: str) -> bool:
+    """True when the model is in the local hub cache, or the hub answers within a few seconds."""
+    import huggingface_hub
+    import requests
+
+    if isinstance(huggingface_hub.try_to_load_from_cache(repo, "model_index.json"), str):
+        return True
+    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", ""):
+        return False
+    try:
+        requests.head(f"{huggingface_hub.constants.ENDPOINT}/{repo}", timeout=3)
+        return True
+    except requests.RequestException:
+        return False
+
+
+# -- run --------------------------------------------------------------------------------------
+
+def cmd_run(args) -> int:
+    from shared.client import Client, EaselError, Progress
+
+    params = {"prompt": args.prompt, "negative_prompt": args.negative}
+    for flag, key in (("strength", "strength"), ("seed", "seed"), ("steps", "steps"), ("guidance", "guidance"),
+                      ("batch", "batch"), ("width", "width"), ("height", "height"), ("grow", "mask_grow"),
+                      ("feather", "mask_feather"), ("sampler", "sampler"), ("model", "model")):
+        if getattr(args, flag) is not None:
+            params[key] = getattr(args, flag)
+    try:
+        source = None
+        if args.image:
+            source = Image.open(args.image)
+            params["image"] = _file_image(args.image, source)
+        if args.mask:
+            params["mask"] = _file_image(args.mask, Image.open(args.mask))
+    except OSError as exc:
+        print(f"easel: cannot read an input picture: {exc}", file=sys.stderr)
+        return 2
+
+    def show(event):
+        if isinstance(event, Progress):
+            print(f"\rstep {event.step}/{event.total}", end="", file=sys.stderr, flush=True)
+
+    try:
+        with Client(args.server, token=args.token, name="easel-cli") as client:
+            result = client.run(args.mode, on_event=show, **params)
+    except EaselError as exc:
+        print(f"\neasel: {exc}", file=sys.stderr)
+        return 1
+    print(file=sys.stderr)
+
+    outputs = _output_paths(args.out, len(result.images))
+    for item, path in zip(result.images, outputs):
+        layer = np.asarray(Image.open(io.BytesIO(item.image.data)).convert("RGBA")) \
+            if item.image.format != "rgba8" else np.frombuffer(item.image.data, np.uint8).reshape(
+                item.image.height, item.image.width, 4)
+        picture = _place(layer, item.offset, source, transparent=args.layer)
+        picture.save(path)
+        print(f"{path} (seed {item.seed})")
+    return 0
+
+
+def _file_image(path: str, image: Image.Image) -> ImageData:
+    """A file's own bytes when PNG or WebP (no re-encoding), else converted to PNG."""
+    fmt = {"PNG": "png", "WEBP": "webp"}.get(image.format)
+    if fmt:
+        return ImageData(fmt, image.width, image.height, Path(path).read_bytes())
+    buffer = io.BytesIO()
+    image.save(buffer, "PNG")
+    return ImageData("png", image.width, image.height, buffer.getvalue())
+
+
+def _place(layer: np.ndarray, offset: tuple[int, int], source: Image.Image | None, *, transparent: bool) -> Image.Image:
+    """The result as a picture: the layer composited over the input (or alone, on transparency)."""
+    from backend.engine.masks import composite
+
+    if source is None:
+        return Image.fromarray(layer[..., :3] if layer[..., 3].min() == 255 else layer)
+    has_alpha = "A" in source.getbands() or "transparency" in source.info
+    if transparent:
+        base = np.zeros((source.height, source.width, 4), np.uint8)
+        base[offset[1]:offset[1] + layer.shape[0], offset[0]:offset[0] + layer.shape[1]] = layer
+        return Image.fromarray(base, "RGBA")
+    base = np.asarray(source.convert("RGBA" if has_alpha else "RGB"))
+    return Image.fromarray(composite(base, layer, offset))
+
+
+def _output_paths(out: str, count: int) -> list[Path]:
+    path = Path(out)
+    if count == 1:
+        return [path]
+    return [path.with_name(f"{path.stem}-{i}{path.suffix or '.png'}") for i in range(1, count + 1)]
+
+
+# -- demo -------------------------------------------------------------------------------------
+
+def cmd_demo_model(args) -> int:
+    from backend.engine.demo_model import write_demo_model_with_config
+
+    root = write_demo_model_with_config(args.dir)
+    print(f"demo model written to {root}; serve it with: easel serve --config {root / 'easel.toml'}")
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from backend.demo import run_demo
+
+    folder = run_demo(Path(args.out))
+    print(f"demo results in {folder}/ (see sheet.png)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,140 @@
+"""Server configuration: a TOML file, overridden by command-line flags.
+
+    [server]
+    host = "127.0.0.1"
+    port = 8760
+    token = ""                 # clients must present it; required off loopback
+    allowed_origins = []       # browser pages allowed besides the server's own origin
+    default_model = "sd15"
+    allow_pickle = false       # .ckpt / .bin checkpoints run code when loaded
+
+    [limits]
+    max_steps = 150
+
+    [models.sd15]
+    source = "/path/to/A1111/models/Stable-diffusion/v1-5-pruned-emaonly.safetensors"
+    family = "sd15"            # guessed from the weights when omitted
+    inpaint = "/path/to/sd-v1-5-inpainting.safetensors"   # optional 9-channel UNet
+    preview = "madebyollin/taesd"                        # optional TAESD for previews
+    config = "/path/to/diffusers-config-folder"          # single files: offline configs
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from shared.messages import DEFAULT_PORT, FAMILIES
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+
+class ConfigError(ValueError):
+    """The configuration is unusable; the message says which key and why."""
+
+
+@dataclass
+class Limits:
+    max_steps: int = 150
+    max_batch: int = 8
+    max_side: int = 8192
+    max_pixels: int = 8192 * 8192
+    max_generate_side: int = 2048
+    max_message_bytes: int = 96 * 2**20
+    max_upload_bytes: int = 512 * 2**20
+    max_queued_per_client: int = 32
+
+
+@dataclass
+class ModelSpec:
+    """One configured model: where its weights are and what they are."""
+
+    name: str
+    source: str
+    family: str | None = None
+    inpaint: str | None = None
+    preview: str | None = None
+    config: str | None = None
+
+
+@dataclass
+class Config:
+    host: str = "127.0.0.1"
+    port: int = DEFAULT_PORT
+    token: str | None = None
+    default_model: str | None = None
+    allow_pickle: bool = False
+    device: str = "auto"
+    allowed_origins: list[str] = field(default_factory=list)
+    models: dict[str, ModelSpec] = field(default_factory=dict)
+    limits: Limits = field(default_factory=Limits)
+    demo: bool = False
+
+    def check(self) -> "Config":
+        """Raise ConfigError for settings that must not run."""
+        if not is_loopback(self.host) and not self.token:
+            raise ConfigError(f"binding {self.host} exposes the GPU to the network: set a token (--token)")
+        if self.default_model and self.models and self.default_model not in self.models:
+            raise ConfigError(f"default_model {self.default_model!r} is not among the configured models "
+                              f"({', '.join(self.models)})")
+        for spec in self.models.values():
+            if spec.family is not None and spec.family not in FAMILIES:
+                raise ConfigError(f"models.{spec.name}.family must be one of {', '.join(FAMILIES)}")
+        return self
+
+    @property
+    def default(self) -> str | None:
+        return self.default_model or next(iter(self.models), None)
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def load_config(path: str | Path | None = None) -> Config:
+    """Read a TOML config file (or return the defaults when ``path`` is None)."""
+    config = Config()
+    if path is None:
+        return config
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+
+    server = data.get("server", {})
+    for key in ("host", "port", "token", "default_model", "allow_pickle", "device", "allowed_origins"):
+        if key in server:
+            setattr(config, key, server[key])
+    known = {f.name for f in dataclasses.fields(Limits)}
+    for key, value in data.get("limits", {}).items():
+        if key not in known:
+            raise ConfigError(f"unknown limit {key!r}; known: {', '.join(sorted(known))}")
+        setattr(config.limits, key, int(value))
+    for name, entry in data.get("models", {}).items():
+        if "source" not in entry:
+            raise ConfigError(f"models.{name} needs a source (hub id, diffusers folder or .safetensors file)")
+        spec = ModelSpec(name=name, **{k: v for k, v in entry.items() if k in ModelSpec.__dataclass_fields__})
+        for key in ("source", "inpaint", "preview", "config"):
+            value = getattr(spec, key)
+            if value and _looks_like_path(value) and not Path(value).is_absolute():
+                setattr(spec, key, str((path.parent / value).resolve()))
+        config.models[name] = spec
+    return config
+
+
+def _looks_like_path(value: str) -> bool:
+    return value.startswith((".", "/", "~")) or value.endswith((".safetensors", ".ckpt", ".pt", ".bin"))

@@ -1,0 +1,202 @@
+"""The engine: runs one EditRequest through diffusers and returns RGBA layers.
+
+``Engine.run`` reads as its stages: load the model, plan the crop, prepare the inputs at the
+model's resolution, diffuse each image of the batch (reporting progress, honouring cancel), and
+put the results back at canvas resolution as layers.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+import torch
+from PIL import Image
+
+from backend.engine import masks
+from backend.engine.models import LoadedModel, ModelRegistry
+from backend.engine.previews import Previewer
+from backend.requests import EditRequest
+from shared.geometry import Box, CropPlan, context_crop, mask_bounds, round_to_grid, whole_canvas
+
+
+class JobCancelled(Exception):
+    """Raised inside a pipeline's step callback to stop a cancelled job at once."""
+
+
+class Reporter(Protocol):
+    """Where the engine tells the world how a job is going (called on the worker thread)."""
+
+    def started(self, steps: int, diffusion_size: tuple[int, int], box: Box | None) -> None: ...
+
+    def progress(self, step: int, total: int, preview: Image.Image | None) -> None: ...
+
+    def is_cancelled(self) -> bool: ...
+
+
+@dataclass
+class Layer:
+    """One result: RGBA pixels to place at ``offset`` on the submitted picture."""
+
+    index: int
+    seed: int
+    offset: tuple[int, int]
+    pixels: np.ndarray  # H x W x 4 uint8
+
+
+@dataclass
+class EngineResult:
+    layers: list[Layer]
+    load_seconds: float
+    run_seconds: float
+
+
+@dataclass
+class _Inputs:
+    """A job's pictures at diffusion resolution, plus what is needed to paste the results back."""
+
+    plan: CropPlan | None
+    image: Image.Image | None = None  # RGB, diffusion size
+    mask: Image.Image | None = None  # L, diffusion size
+    original: np.ndarray | None = None  # RGBA crop at canvas resolution
+    alpha: np.ndarray | None = None  # feathered mask over the crop
+
+
+def make_scheduler(name: str, config):
+    """A fresh scheduler instance for one job (the shared one is not thread-safe)."""
+    import diffusers as d
+
+    cls, extra = {
+        "dpmpp_2m": (d.DPMSolverMultistepScheduler, {}),
+        "dpmpp_2m_karras": (d.DPMSolverMultistepScheduler, {"use_karras_sigmas": True}),
+        "euler": (d.EulerDiscreteScheduler, {}),
+        "euler_a": (d.EulerAncestralDiscreteScheduler, {}),
+        "ddim": (d.DDIMScheduler, {}),
+        "unipc": (d.UniPCMultistepScheduler, {}),
+    }[name]
+    return cls.from_config(config, **extra)
+
+
+class Engine:
+    """Runs jobs on the models of a registry, one at a time (the caller's worker thread)."""
+
+    def __init__(self, registry: ModelRegistry):
+        self.registry = registry
+        self._previewers: dict[str, Previewer] = {}
+
+    @property
+    def device(self) -> torch.device:
+        return self.registry.device
+
+    def run(self, request: EditRequest, reporter: Reporter) -> EngineResult:
+        """Run a job; raises JobCancelled if the reporter says it was cancelled."""
+        start = time.perf_counter()
+        model = self.registry.get(request.model)
+        pipe = model.pipeline(request.mode)
+        loaded = time.perf_counter()
+
+        inputs = self._prepare(request, model)
+        size = self._diffusion_size(request, model, inputs)
+        reporter.started(request.denoising_steps, size, inputs.plan.box if inputs.plan else None)
+
+        layers = []
+        for index in range(request.batch):
+            if reporter.is_cancelled():
+                raise JobCancelled()
+            seed = request.seed + index
+            pipe.scheduler = make_scheduler(request.sampler, model.base.scheduler.config)
+            pixels = self._diffuse(pipe, request, inputs, size, seed, self._on_step(request, model, reporter, index))
+            layers.append(Layer(index, seed, *self._to_layer(request, inputs, pixels)))
+        return EngineResult(layers, loaded - start, time.perf_counter() - loaded)
+
+    # -- stages -------------------------------------------------------------------------------
+
+    def _prepare(self, request: EditRequest, model: LoadedModel) -> _Inputs:
+        """Crop and resample the picture and mask to what the model will diffuse."""
+        if request.mode == "generate":
+            return _Inputs(plan=None)
+        height, width = request.image.shape[:2]
+        if request.mode == "img2img":
+            plan = whole_canvas(width, height, model.native_size)
+            crop = request.image
+            return _Inputs(plan, image=_resample(crop[..., :3], plan), original=crop)
+
+        bounds = mask_bounds(request.mask.tobytes(), width, height)
+        margin = masks.margin(request.mask_grow, request.mask_feather)
+        plan = context_crop(bounds, width, height, model.native_size, margin=margin)
+        box = plan.box
+        crop = request.image[box.y:box.y1, box.x:box.x1]
+        alpha = masks.shape_mask(request.mask[box.y:box.y1, box.x:box.x1], request.mask_grow,
+                                 request.mask_feather)
+        return _Inputs(plan, image=_resample(crop[..., :3], plan), mask=_resample(alpha, plan),
+                       original=crop, alpha=alpha)
+
+    @staticmethod
+    def _diffusion_size(request: EditRequest, model: LoadedModel, inputs: _Inputs) -> tuple[int, int]:
+        if inputs.plan is not None:
+            return inputs.plan.diffusion_width, inputs.plan.diffusion_height
+        request.width = round_to_grid(request.width or model.native_size)
+        request.height = round_to_grid(request.height or model.native_size)
+        return request.width, request.height
+
+    def _diffuse(self, pipe, request: EditRequest, inputs: _Inputs, size: tuple[int, int], seed: int,
+                 on_step) -> np.ndarray:
+        """One image of the batch, as H x W x 3 uint8 at diffusion size."""
+        kwargs = dict(prompt=request.prompt, negative_prompt=request.negative_prompt or None,
+                      num_inference_steps=request.steps, guidance_scale=request.guidance,
+                      generator=torch.Generator("cpu").manual_seed(seed), output_type="np",
+                      callback_on_step_end=on_step)
+        if request.mode == "generate":
+            kwargs.update(width=size[0], height=size[1])
+        elif request.mode == "img2img":
+            kwargs.update(image=inputs.image, strength=request.strength)
+        else:
+            kwargs.update(image=inputs.image, mask_image=inputs.mask, strength=request.strength,
+                          width=size[0], height=size[1])
+        images = pipe(**kwargs).images
+        return (np.clip(images[0], 0, 1) * 255).round().astype(np.uint8)
+
+    def _on_step(self, request: EditRequest, model: LoadedModel, reporter: Reporter, index: int):
+        per_image = request.denoising_steps
+        total = per_image * request.batch
+
+        def on_step(pipe, step, timestep, tensors):
+            if reporter.is_cancelled():
+                raise JobCancelled()
+            preview = None
+            if request.preview_every and (step + 1) % request.preview_every == 0:
+                preview = self._previewer(model)(tensors["latents"], request.preview_size)
+            reporter.progress(min(index * per_image + step + 1, total), total, preview)
+            return {}
+
+        return on_step
+
+    def _previewer(self, model: LoadedModel) -> Previewer:
+        if model.name not in self._previewers:
+            self._previewers[model.name] = Previewer(model.base.vae, model.preview_decoder)
+        return self._previewers[model.name]
+
+    @staticmethod
+    def _to_layer(request: EditRequest, inputs: _Inputs, pixels: np.ndarray) -> tuple[tuple[int, int], np.ndarray]:
+        """Back to canvas resolution; inpaint results keep the input's bytes wherever alpha is 0."""
+        if inputs.plan is None:
+            return (0, 0), _opaque(pixels)
+        box = inputs.plan.box
+        if inputs.plan.is_resampled:
+            pixels = np.asarray(Image.fromarray(pixels).resize((box.width, box.height), Image.Resampling.LANCZOS))
+        if request.mode == "img2img":
+            return (0, 0), _opaque(pixels)
+        return (box.x, box.y), masks.make_layer(pixels, inputs.original, inputs.alpha)
+
+
+def _resample(pixels: np.ndarray, plan: CropPlan) -> Image.Image:
+    image = Image.fromarray(np.ascontiguousarray(pixels))
+    if plan.is_resampled:
+        image = image.resize((plan.diffusion_width, plan.diffusion_height), Image.Resampling.LANCZOS)
+    return image
+
+
+def _opaque(rgb: np.ndarray) -> np.ndarray:
+    return np.dstack([rgb, np.full(rgb.shape[:2], 255, np.uint8)])

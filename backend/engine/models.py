@@ -1,0 +1,211 @@
+"""Model loading: hub ids, diffusers folders and single-file checkpoints, shared across modes.
+
+Each configured model is loaded once, on first use, and kept. All pipelines of a model (generate,
+img2img, inpaint) are built with ``from_pipe`` from one base pipeline, so they share one copy of
+the weights; a dedicated 9-channel inpaint UNet, when configured, is the only extra module.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from backend.config import Config, ModelSpec
+
+log = logging.getLogger(__name__)
+
+PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
+SDXL_KEY = "conditioner.embedders.1.model.ln_final.weight"
+
+
+class ModelError(Exception):
+    """A model cannot be found or loaded; ``code`` is the protocol error code."""
+
+    def __init__(self, code: str, message: str):
+        super().__init__(message)
+        self.code, self.message = code, message
+
+
+def pick_device(preference: str = "auto") -> tuple[torch.device, torch.dtype]:
+    """The device to run on (cuda, then mps, then cpu) and its dtype (half precision on GPUs)."""
+    if preference == "auto":
+        if torch.cuda.is_available():
+            preference = "cuda"
+        elif getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            preference = "mps"
+        else:
+            preference = "cpu"
+    device = torch.device(preference)
+    return device, (torch.float32 if device.type == "cpu" else torch.float16)
+
+
+def _pipeline_classes(family: str) -> dict[str, type]:
+    import diffusers as d
+
+    if family == "sdxl":
+        return {"generate": d.StableDiffusionXLPipeline, "img2img": d.StableDiffusionXLImg2ImgPipeline,
+                "inpaint": d.StableDiffusionXLInpaintPipeline}
+    return {"generate": d.StableDiffusionPipeline, "img2img": d.StableDiffusionImg2ImgPipeline,
+            "inpaint": d.StableDiffusionInpaintPipeline}
+
+
+@dataclass
+class LoadedModel:
+    """A model family's base pipeline plus the mode pipelines built from it."""
+
+    name: str
+    family: str
+    base: object
+    inpaint_unet: object | None = None
+    preview_decoder: object | None = None
+    pipelines: dict = field(default_factory=dict)
+
+    @property
+    def native_size(self) -> int:
+        return int(self.base.unet.config.sample_size) * int(self.base.vae_scale_factor)
+
+    def pipeline(self, mode: str):
+        """The pipeline for ``mode``, sharing the base pipeline's modules and dtype."""
+        if mode not in self.pipelines:
+            cls = _pipeline_classes(self.family)[mode]
+            extra = {"unet": self.inpaint_unet} if mode == "inpaint" and self.inpaint_unet is not None else {}
+            self.pipelines[mode] = self.base if type(self.base) is cls else cls.from_pipe(
+                self.base, torch_dtype=self.base.dtype, **extra)
+        return self.pipelines[mode]
+
+
+class ModelRegistry:
+    """The configured models; loads each lazily on the worker thread and keeps it loaded."""
+
+    def __init__(self, config: Config, device: torch.device, dtype: torch.dtype):
+        self.config, self.device, self.dtype = config, device, dtype
+        self._loaded: dict[str, LoadedModel] = {}
+        self._lock = threading.Lock()
+
+    @property
+    def default(self) -> str | None:
+        return self.config.default
+
+    def names(self) -> list[str]:
+        return list(self.config.models)
+
+    def loaded_names(self) -> list[str]:
+        return list(self._loaded)
+
+    def is_loaded(self, name: str) -> bool:
+        return name in self._loaded
+
+    def describe(self) -> list[dict]:
+        """The ``models`` message's entries."""
+        out = []
+        for name, spec in self.config.models.items():
+            model = self._loaded.get(name)
+            out.append({
+                "name": name,
+                "family": model.family if model else spec.family,
+                "native_size": model.native_size if model else None,
+                "inpaint_model": model.inpaint_unet is not None if model else spec.inpaint is not None,
+                "loaded": model is not None,
+            })
+        return out
+
+    def get(self, name: str | None) -> LoadedModel:
+        """The loaded model called ``name`` (the default when None), loading it on first use."""
+        name = name or self.default
+        if name not in self.config.models:
+            raise ModelError("unknown_model", f"no model named {name!r}; configured: "
+                             f"{', '.join(self.config.models) or 'none'}")
+        with self._lock:
+            if name not in self._loaded:
+                self._loaded[name] = self._load(self.config.models[name])
+            return self._loaded[name]
+
+    # -- loading ------------------------------------------------------------------------------
+
+    def _load(self, spec: ModelSpec) -> LoadedModel:
+        try:
+            family = spec.family or detect_family(spec.source)
+            log.info("loading model %s (%s) from %s", spec.name, family, spec.source)
+            base = self._load_pipeline(spec, family)
+            inpaint_unet = self._load_unet(spec.inpaint, spec) if spec.inpaint else None
+            preview = self._load_preview(spec.preview) if spec.preview else None
+        except ModelError:
+            raise
+        except Exception as exc:
+            raise ModelError("model_load_failed", f"model {spec.name!r} could not be loaded from "
+                             f"{spec.source}: {exc}") from exc
+        base.set_progress_bar_config(disable=True)
+        return LoadedModel(spec.name, family, base, inpaint_unet, preview)
+
+    def _check_source(self, source: str) -> None:
+        if source.lower().endswith(PICKLE_SUFFIXES) and not self.config.allow_pickle:
+            raise ModelError("model_load_failed", f"{source} is a pickle checkpoint, which can run code when "
+                             "loaded; convert it to .safetensors or set allow_pickle = true")
+
+    def _common(self) -> dict:
+        return {"torch_dtype": self.dtype, "use_safetensors": None if self.config.allow_pickle else True}
+
+    def _load_pipeline(self, spec: ModelSpec, family: str):
+        self._check_source(spec.source)
+        cls = _pipeline_classes(family)["generate"]
+        extra = {"safety_checker": None, "requires_safety_checker": False} if family == "sd15" else {}
+        path = Path(spec.source).expanduser()
+        if path.is_file():
+            pipe = cls.from_single_file(str(path), torch_dtype=self.dtype, config=spec.config, **extra)
+        else:
+            pipe = cls.from_pretrained(str(path) if path.is_dir() else spec.source, **self._common(), **extra)
+        return pipe.to(self.device)
+
+    def _load_unet(self, source: str, spec: ModelSpec):
+        from diffusers import UNet2DConditionModel
+
+        self._check_source(source)
+        path = Path(source).expanduser()
+        if path.is_file():
+            unet = UNet2DConditionModel.from_single_file(str(path), torch_dtype=self.dtype, config=spec.config,
+                                                        subfolder="unet" if spec.config else None)
+        elif path.is_dir() and not (path / "unet").is_dir():
+            unet = UNet2DConditionModel.from_pretrained(str(path), **self._common())
+        else:
+            unet = UNet2DConditionModel.from_pretrained(str(path) if path.is_dir() else source,
+                                                        subfolder="unet", **self._common())
+        if unet.config.in_channels != 9:
+            raise ModelError("model_load_failed", f"inpaint UNet {source} has {unet.config.in_channels} input "
+                             "channels; a dedicated inpaint model has 9")
+        return unet.to(self.device)
+
+    def _load_preview(self, source: str):
+        from diffusers import AutoencoderTiny
+
+        self._check_source(source)
+        path = Path(source).expanduser()
+        return AutoencoderTiny.from_pretrained(str(path) if path.is_dir() else source,
+                                               **self._common()).to(self.device)
+
+
+def detect_family(source: str) -> str:
+    """Guess sd15 or sdxl from a diffusers folder, a single file's keys, or a hub id's model index."""
+    path = Path(source).expanduser()
+    if path.is_file():
+        if path.suffix != ".safetensors":
+            raise ModelError("model_load_failed", f"cannot tell the family of {source}; set family in the config")
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as weights:
+            return "sdxl" if SDXL_KEY in weights.keys() else "sd15"
+    if path.is_dir():
+        index = path / "model_index.json"
+        if not index.is_file():
+            raise ModelError("model_load_failed", f"{source} is not a diffusers pipeline folder "
+                             "(no model_index.json)")
+        class_name = json.loads(index.read_text()).get("_class_name", "")
+    else:
+        from diffusers import DiffusionPipeline
+
+        class_name = DiffusionPipeline.load_config(source).get("_class_name", "")
+    return "sdxl" if "XL" in class_name else "sd15"

@@ -1,0 +1,162 @@
+"""Turning a validated ``submit`` message into an ``EditRequest`` the engine can run.
+
+Everything a client can get wrong is caught here, before the job is queued: images that do not
+decode or are too large, a mask of the wrong size or with nothing in it, limits, strength x steps.
+"""
+
+from __future__ import annotations
+
+import io
+import random
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from backend.config import Limits
+from shared.images import CHANNELS, ImageData
+from shared.messages import MAX_SEED, ProtocolError
+
+
+@dataclass
+class EditRequest:
+    """One job, decoded and checked: images are numpy arrays, the seed is resolved."""
+
+    job: str
+    mode: str
+    model: str
+    prompt: str
+    negative_prompt: str
+    seed: int
+    steps: int
+    guidance: float
+    strength: float
+    batch: int
+    sampler: str
+    width: int | None = None
+    height: int | None = None
+    image: np.ndarray | None = None  # H x W x 4 RGBA uint8
+    mask: np.ndarray | None = None  # H x W uint8, 255 = regenerate
+    mask_grow: int = 8
+    mask_feather: int = 16
+    preview_every: int = 0
+    preview_size: int = 256
+    output_format: str = "png"
+    inline: bool = False
+
+    @property
+    def denoising_steps(self) -> int:
+        """Steps that actually run: all of them when generating, steps x strength otherwise."""
+        return self.steps if self.mode == "generate" else int(self.steps * self.strength)
+
+    def parameters(self) -> dict:
+        """The request as run, for the ``result`` message."""
+        keys = ("mode", "model", "prompt", "negative_prompt", "seed", "steps", "guidance", "strength", "batch",
+                "sampler", "width", "height", "mask_grow", "mask_feather")
+        out = {key: getattr(self, key) for key in keys}
+        out["seeds"] = [self.seed + i for i in range(self.batch)]
+        return {key: value for key, value in out.items() if value is not None}
+
+
+def build_request(message: dict, uploads: dict[str, ImageData], limits: Limits, models: list[str],
+                  default_model: str | None) -> EditRequest:
+    """Check a validated ``submit`` message against the server's state; raise ProtocolError if unfit."""
+    mode = message["mode"]
+    model = message.get("model") or default_model
+    if model not in models:
+        raise ProtocolError("unknown_model", f"no model named {model!r}; available: {', '.join(models) or 'none'}",
+                            "model")
+    if message["steps"] > limits.max_steps:
+        raise ProtocolError("limit_exceeded", f"steps {message['steps']} is over this server's limit of "
+                            f"{limits.max_steps}", "steps")
+    if message["batch"] > limits.max_batch:
+        raise ProtocolError("limit_exceeded", f"batch {message['batch']} is over this server's limit of "
+                            f"{limits.max_batch}", "batch")
+
+    wants = {"generate": (), "img2img": ("image",), "inpaint": ("image", "mask")}[mode]
+    for role in ("image", "mask"):
+        if role in wants and role not in message:
+            raise ProtocolError("invalid_field", f"{mode} needs `{role}`", role)
+        if role not in wants and role in message:
+            hint = " (use inpaint to edit inside a mask)" if role == "mask" else " (use img2img)"
+            raise ProtocolError("invalid_field", f"{mode} takes no `{role}`{hint}", role)
+
+    request = EditRequest(
+        job=message["job"], mode=mode, model=model, prompt=message["prompt"],
+        negative_prompt=message["negative_prompt"],
+        seed=message["seed"] if message.get("seed") is not None else random.randint(0, MAX_SEED - limits.max_batch),
+        steps=message["steps"], guidance=float(message["guidance"]), strength=float(message["strength"]),
+        batch=message["batch"], sampler=message["sampler"], mask_grow=message["mask_grow"],
+        mask_feather=message["mask_feather"], preview_every=message["preview_every"],
+        preview_size=message["preview_size"], output_format=message["output_format"], inline=message["inline"],
+    )
+    if request.seed + request.batch - 1 > MAX_SEED:
+        raise ProtocolError("invalid_field", f"seed + batch - 1 must stay within {MAX_SEED}", "seed")
+
+    if mode == "generate":
+        for key in ("width", "height"):
+            value = message.get(key)
+            if value is not None and value > limits.max_generate_side:
+                raise ProtocolError("limit_exceeded", f"{key} {value} is over this server's limit of "
+                                    f"{limits.max_generate_side}", key)
+            setattr(request, key, value)
+        return request
+
+    if request.denoising_steps < 1:
+        raise ProtocolError("too_few_steps", f"strength {request.strength} x {request.steps} steps leaves no "
+                            "denoising step; raise the strength or the steps", "strength")
+    request.image = decode_image(_resolve(message["image"], uploads, "image"), limits, "image", "RGBA")
+    if mode == "inpaint":
+        mask = decode_image(_resolve(message["mask"], uploads, "mask"), limits, "mask", "L")
+        if mask.shape != request.image.shape[:2]:
+            raise ProtocolError("size_mismatch", f"mask is {mask.shape[1]}x{mask.shape[0]} but the image is "
+                                f"{request.image.shape[1]}x{request.image.shape[0]}", "mask")
+        if not mask.any():
+            raise ProtocolError("empty_mask", "the mask is empty: paint (white) where the picture should change",
+                                "mask")
+        request.mask = mask
+    return request
+
+
+def _resolve(ref: dict, uploads: dict[str, ImageData], role: str) -> ImageData:
+    if "frame" in ref:
+        if ref["frame"] not in uploads:
+            raise ProtocolError("unknown_image", f"`{role}` names frame {ref['frame']!r}, which was not uploaded "
+                                "on this connection (or was already used)", role)
+        return uploads.pop(ref["frame"])
+    if "data" in ref:
+        return ImageData.from_base64(ref["data"], ref.get("format", "png"))
+    raise ProtocolError("invalid_field", f"`{role}` needs `frame` or `data`", role)
+
+
+def decode_image(image: ImageData, limits: Limits, role: str, mode: str) -> np.ndarray:
+    """Decode to an RGBA (H x W x 4) or L (H x W) array, refusing oversize pictures before decoding."""
+    try:
+        if image.format in CHANNELS:
+            _check_size(image.width, image.height, limits, role)
+            image.check()
+            shape = (image.height, image.width, CHANNELS[image.format])
+            pixels = np.frombuffer(image.data, np.uint8).reshape(shape)
+            pil = Image.fromarray(pixels[..., 0] if image.format == "l8" else pixels,
+                                  "L" if image.format == "l8" else "RGBA")
+        else:
+            pil = Image.open(io.BytesIO(image.data))
+            _check_size(pil.width, pil.height, limits, role)
+            pil.load()
+    except ProtocolError as exc:
+        exc.field = role
+        raise
+    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
+        raise ProtocolError("bad_image", f"`{role}` could not be decoded: {exc}", role) from None
+    if mode == "L" and ("A" in pil.getbands() or "transparency" in pil.info):
+        # A mask with transparency: transparent means "keep", whatever its colour.
+        alpha = np.asarray(pil.convert("RGBA"), dtype=np.uint16)[..., 3]
+        luma = np.asarray(pil.convert("RGBA").convert("RGB").convert("L"), dtype=np.uint16)
+        return (luma * alpha // 255).astype(np.uint8)
+    return np.array(pil.convert(mode))
+
+
+def _check_size(width: int, height: int, limits: Limits, role: str) -> None:
+    if max(width, height) > limits.max_side or width * height > limits.max_pixels:
+        raise ProtocolError("limit_exceeded", f"`{role}` is {width}x{height}; this server accepts at most "
+                            f"{limits.max_side} pixels a side and {limits.max_pixels} pixels in all", role)

@@ -1,0 +1,77 @@
+"""Shared fixtures: the demo model (written once per run), a real server on loopback, pictures."""
+
+from __future__ import annotations
+
+import io
+import os
+
+import numpy as np
+import pytest
+from PIL import Image
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from backend.config import Config  # noqa: E402
+from backend.engine.demo_model import demo_models, write_demo_model  # noqa: E402
+from backend.engine.engine import Engine  # noqa: E402
+from backend.engine.models import ModelRegistry, pick_device  # noqa: E402
+from backend.server import ServerThread  # noqa: E402
+from shared.client import Client  # noqa: E402
+from shared.images import ImageData  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def demo_root(tmp_path_factory):
+    return write_demo_model(tmp_path_factory.mktemp("demo-model"))
+
+
+@pytest.fixture(scope="session")
+def demo_config(demo_root) -> Config:
+    return Config(port=0, models=demo_models(demo_root), default_model="demo")
+
+
+@pytest.fixture(scope="session")
+def engine(demo_config) -> Engine:
+    return Engine(ModelRegistry(demo_config, *pick_device("cpu")))
+
+
+@pytest.fixture(scope="session")
+def server(demo_config, engine):
+    with ServerThread(demo_config, engine) as running:
+        yield running
+
+
+@pytest.fixture
+def client(server):
+    with Client(server.url, name="pytest") as connected:
+        yield connected
+
+
+def png(image: Image.Image) -> ImageData:
+    buffer = io.BytesIO()
+    image.save(buffer, "PNG")
+    return ImageData("png", image.width, image.height, buffer.getvalue())
+
+
+def decode(image: ImageData) -> np.ndarray:
+    """A result image as an RGBA array."""
+    if image.format == "rgba8":
+        return np.frombuffer(image.data, np.uint8).reshape(image.height, image.width, 4)
+    return np.asarray(Image.open(io.BytesIO(image.data)).convert("RGBA"))
+
+
+def picture(width: int = 320, height: int = 256, seed: int = 0) -> Image.Image:
+    """A structured RGB test picture: gradients plus blocks, no two rows alike."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:height, 0:width]
+    rgb = np.dstack([x * 255 // max(1, width - 1), y * 255 // max(1, height - 1), (x + y) % 256]).astype(np.uint8)
+    for _ in range(6):
+        x0, y0 = rng.integers(0, width - 40), rng.integers(0, height - 40)
+        rgb[y0:y0 + 40, x0:x0 + 40] = rng.integers(0, 256, 3)
+    return Image.fromarray(rgb)
+
+
+def rect_mask(size: tuple[int, int], box: tuple[int, int, int, int]) -> Image.Image:
+    mask = Image.new("L", size, 0)
+    mask.paste(255, box)
+    return mask

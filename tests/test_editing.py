@@ -1,0 +1,116 @@
+"""Editing semantics through a real server and the real client, on the demo model."""
+
+import numpy as np
+import pytest
+
+from backend.engine import masks
+from conftest import decode, picture, png, rect_mask
+from shared.client import Progress, Started
+from shared.images import ImageData
+
+
+def inpaint(client, image, mask, **params):
+    params = {"prompt": "a red door", "seed": 3, "steps": 4, **params}
+    return client.run("inpaint", image=png(image), mask=png(mask), **params)
+
+
+@pytest.mark.parametrize("model", ["demo", "demo-base", "demo-xl"])
+def test_inpaint_changes_only_the_feathered_mask(client, model):
+    image = picture(640, 480)
+    mask = rect_mask(image.size, (400, 300, 470, 360))
+    result = inpaint(client, image, mask, model=model, mask_grow=4, mask_feather=8)
+    item = result.images[0]
+    layer = decode(item.image)
+    x, y = item.offset
+    h, w = layer.shape[:2]
+    original = np.asarray(image.convert("RGBA"))
+    expected_alpha = masks.shape_mask(np.asarray(mask)[y:y + h, x:x + w], 4, 8)
+
+    assert (layer[..., 3] == expected_alpha).all(), "alpha is the grown and feathered mask"
+    outside = layer[..., 3] == 0
+    assert (layer[outside][:, :3] == original[y:y + h, x:x + w][outside][:, :3]).all()
+    inside = np.asarray(mask)[y:y + h, x:x + w] == 255
+    changed = np.abs(layer[inside][:, :3].astype(int) - original[y:y + h, x:x + w][inside][:, :3]).mean()
+    assert changed > 5, "the masked area was repainted"
+    assert (x, y, w, h) != (0, 0, 640, 480), "a small edit is a crop of the canvas"
+
+
+def test_result_names_seeds_and_parameters(client):
+    image = picture()
+    result = inpaint(client, image, rect_mask(image.size, (100, 100, 160, 160)), batch=2, seed=41)
+    assert [item.seed for item in result.images] == [41, 42]
+    assert result.parameters["seeds"] == [41, 42] and result.parameters["steps"] == 4
+    assert set(result.timings) == {"queued", "load", "run", "total"}
+
+
+def test_batch_image_equals_a_single_run_with_its_seed(client):
+    image = picture()
+    mask = rect_mask(image.size, (100, 100, 160, 160))
+    batch = inpaint(client, image, mask, batch=2, seed=10)
+    single = inpaint(client, image, mask, seed=11)
+    assert (decode(batch.images[1].image) == decode(single.images[0].image)).all()
+
+
+def test_same_seed_same_pixels_other_seed_different(client):
+    image = picture()
+    mask = rect_mask(image.size, (60, 60, 200, 200))
+    first, again, other = (decode(inpaint(client, image, mask, seed=s).images[0].image) for s in (5, 5, 6))
+    assert (first == again).all()
+    assert not (first == other).all()
+
+
+def test_img2img_moves_further_from_the_source_with_strength(client):
+    image = picture(512, 512)
+    source = np.asarray(image).astype(float)
+    distance = {}
+    for strength in (0.2, 0.5, 0.9):
+        result = client.run("img2img", prompt="a watercolour", image=png(image), strength=strength, steps=10,
+                            seed=1)
+        pixels = decode(result.images[0].image)
+        assert pixels.shape[:2] == (512, 512)
+        distance[strength] = np.abs(pixels[..., :3] - source).mean()
+    assert distance[0.2] < distance[0.5] < distance[0.9], distance
+
+
+@pytest.mark.parametrize("model", ["demo", "demo-xl"])
+def test_generate_makes_a_picture_of_the_asked_size(client, model):
+    result = client.run("generate", prompt="a lighthouse", width=192, height=128, steps=3, seed=0, model=model)
+    pixels = decode(result.images[0].image)
+    assert pixels.shape == (128, 192, 4) and pixels[..., :3].std() > 0
+
+
+def test_progress_every_step_and_previews_at_the_asked_rate(client):
+    image = picture()
+    job = client.submit("inpaint", prompt="x", image=png(image), mask=png(rect_mask(image.size, (90, 90, 150, 150))),
+                        steps=6, seed=1, preview_every=2, preview_size=96)
+    events = list(client.events(job))
+    started = next(e for e in events if isinstance(e, Started))
+    progress = [e for e in events if isinstance(e, Progress)]
+    assert started.steps == 6
+    assert [p.step for p in progress] == [1, 2, 3, 4, 5, 6]
+    previews = [p for p in progress if p.preview is not None]
+    assert [p.step for p in previews] == [2, 4, 6]
+    assert max(previews[0].preview.width, previews[0].preview.height) == 96
+
+
+def test_raw_images_in_and_out(client):
+    image = picture(200, 160)
+    rgba = np.asarray(image.convert("RGBA"))
+    mask = np.zeros((160, 200), np.uint8)
+    mask[40:90, 50:120] = 255
+    result = client.run("inpaint", prompt="x", steps=3, seed=2, output_format="rgba8",
+                        image=ImageData("rgba8", 200, 160, rgba.tobytes()),
+                        mask=ImageData("l8", 200, 160, mask.tobytes()))
+    item = result.images[0]
+    assert item.image.format == "rgba8"
+    layer = decode(item.image)
+    x, y = item.offset
+    outside = layer[..., 3] == 0
+    assert (layer[outside] [:, :3] == rgba[y:y + layer.shape[0], x:x + layer.shape[1]][outside][:, :3]).all()
+
+
+def test_inline_base64_for_simple_clients(client):
+    image = picture(128, 128)
+    result = client.run("img2img", prompt="x", steps=4, strength=0.5, seed=0, inline=True,
+                        image={"data": png(image).to_base64(), "format": "png"})
+    assert decode(result.images[0].image).shape == (128, 128, 4)

@@ -1,0 +1,46 @@
+"""Mask shaping and compositing."""
+
+import numpy as np
+
+from backend.engine import masks
+
+
+def square_mask(size=64, lo=24, hi=40):
+    mask = np.zeros((size, size), np.uint8)
+    mask[lo:hi, lo:hi] = 255
+    return mask
+
+
+def test_grow_dilates_and_keeps_soft_values():
+    mask = square_mask()
+    grown = masks.grow(mask, 4)
+    assert grown[20, 20] == 255 and grown[19, 19] == 0
+    soft = (mask // 2)
+    assert masks.grow(soft, 2).max() == 127
+
+
+def test_feather_keeps_the_mask_and_fades_outward():
+    mask = square_mask()
+    alpha = masks.shape_mask(mask, 0, 8)
+    assert (alpha[mask == 255] == 255).all()
+    assert 0 < alpha[32, 20] < 255  # just outside: partly blended
+    assert alpha[32, 2] == 0
+    reach = masks.margin(0, 8)
+    assert (alpha[:, :24 - reach] == 0).all()
+
+
+def test_layer_and_composite_leave_outside_pixels_untouched():
+    rng = np.random.default_rng(0)
+    original = rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    generated = rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    alpha = masks.shape_mask(square_mask(), 2, 4)
+    layer = masks.make_layer(generated, original, alpha)
+    assert (layer[..., 3] == alpha).all()
+    assert (layer[alpha == 0][:, :3] == original[alpha == 0]).all()
+    canvas = rng.integers(0, 256, (100, 120, 3), dtype=np.uint8)
+    canvas[10:74, 20:84] = original
+    out = masks.composite(canvas, layer, (20, 10))
+    untouched = np.ones((100, 120), bool)
+    untouched[10:74, 20:84] = alpha == 0
+    assert (out[untouched] == canvas[untouched]).all()
+    assert (out[10:74, 20:84][alpha == 255] == generated[alpha == 255]).all()

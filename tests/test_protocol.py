@@ -1,0 +1,63 @@
+"""Message validation, image frames and the documented JSON Schema."""
+
+import json
+from pathlib import Path
+
+import jsonschema
+import pytest
+
+from shared.images import ImageData, decode_frame, encode_frame
+from shared.messages import ProtocolError, json_schema, parse_client_message
+
+SCHEMA_FILE = Path(__file__).parent.parent / "docs" / "protocol.schema.json"
+
+
+def error_of(text):
+    with pytest.raises(ProtocolError) as caught:
+        parse_client_message(text)
+    return caught.value
+
+
+def test_submit_gets_defaults():
+    message = parse_client_message(json.dumps({"type": "submit", "mode": "generate", "prompt": "a cat"}))
+    assert message["steps"] == 20 and message["strength"] == 1.0 and message["batch"] == 1
+    assert message["sampler"] == "dpmpp_2m_karras"
+
+
+@pytest.mark.parametrize("text, code, field", [
+    ("not json", "bad_json", None),
+    ("[1, 2]", "bad_json", None),
+    ('{"type": "paint"}', "unknown_type", "type"),
+    ('{"mode": "generate"}', "invalid_field", "type"),
+    ('{"type": "submit"}', "invalid_field", "mode"),
+    ('{"type": "submit", "mode": "generate", "steps": "20"}', "invalid_field", "steps"),
+    ('{"type": "submit", "mode": "generate", "steps": true}', "invalid_field", "steps"),
+    ('{"type": "submit", "mode": "img2img", "strength": 1.5}', "invalid_field", "strength"),
+    ('{"type": "submit", "mode": "img2img", "strength": -0.1}', "invalid_field", "strength"),
+    ('{"type": "submit", "mode": "generate", "colour": 1}', "invalid_field", "colour"),
+    ('{"type": "submit", "mode": "inpaint", "image": {"frame": "a b"}}', "invalid_field", "image.frame"),
+    ('{"type": "cancel"}', "invalid_field", "job"),
+])
+def test_bad_messages_name_the_problem(text, code, field):
+    error = error_of(text)
+    assert (error.code, error.field) == (code, field)
+    assert error.message
+
+
+def test_frames_round_trip_and_reject_lies():
+    raw = ImageData("rgba8", 2, 1, bytes(range(8)))
+    header, image = decode_frame(encode_frame({"image": "a", "role": "image", "format": "rgba8",
+                                               "width": 2, "height": 1}, raw.data))
+    assert header["image"] == "a" and image.data == raw.data
+    with pytest.raises(ProtocolError) as caught:
+        decode_frame(encode_frame({"image": "a", "role": "image", "format": "rgba8", "width": 3, "height": 1},
+                                  raw.data))
+    assert caught.value.code == "bad_image"
+    with pytest.raises(ProtocolError):
+        decode_frame(b"\x00\x00\x10\x00{}")
+
+
+def test_schema_is_valid_and_matches_the_documented_file():
+    schema = json_schema()
+    jsonschema.Draft202012Validator.check_schema(schema)
+    assert json.loads(SCHEMA_FILE.read_text()) == schema, "regenerate with: easel schema > docs/protocol.schema.json"

@@ -1,0 +1,244 @@
+"""Queue, cancel, several clients, bad input, security, and traffic against the schema."""
+
+import dataclasses
+import json
+import threading
+import time
+
+import numpy as np
+import pytest
+from websockets.exceptions import InvalidStatus
+from websockets.sync.client import connect
+
+from backend.config import Config, ConfigError, Limits
+from backend.server import ServerThread
+from conftest import picture, png, rect_mask
+from schema_check import validator
+from shared.client import Accepted, Cancelled, Client, EaselError, Progress, Result
+from shared.images import ImageData, encode_frame
+
+LONG = {"prompt": "slow", "steps": 400, "seed": 0, "width": 512, "height": 512}
+
+
+def test_cancel_a_running_job_stops_within_a_step(client):
+    image = picture(512, 512)
+    quick = time.perf_counter()
+    client.run("inpaint", prompt="x", image=png(image), mask=png(rect_mask(image.size, (0, 0, 512, 512))), steps=4,
+               seed=0)
+    per_step = (time.perf_counter() - quick) / 4
+    job = client.submit("generate", **LONG)
+    seen = []
+    for event in client.events(job):
+        seen.append(event)
+        if isinstance(event, Progress) and event.step == 2:
+            cancelled_at = time.perf_counter()
+            client.cancel(job)
+    assert isinstance(seen[-1], Cancelled) and seen[-1].stage == "running"
+    assert max(e.step for e in seen if isinstance(e, Progress)) < 10
+    assert time.perf_counter() - cancelled_at < 30 * per_step + 2
+
+
+def test_cancel_a_queued_job(server):
+    with Client(server.url) as first, Client(server.url) as second:
+        running = first.submit("generate", **LONG)
+        queued = second.submit("generate", **{**LONG, "steps": 3})
+        assert isinstance(next(second.events(queued)), Accepted)
+        second.cancel(queued)
+        assert list(second.events(queued))[-1] == Cancelled(queued, "queued")
+        first.cancel(running)
+        assert isinstance(list(first.events(running))[-1], Cancelled)
+
+
+def test_unknown_job_cancel_is_an_error_and_connection_continues(client):
+    client.cancel("no-such-job")
+    with pytest.raises(EaselError) as caught:
+        list(client.events("no-such-job"))
+    assert caught.value.code == "unknown_job"
+    assert client.status()["running"] is None
+
+
+def test_two_clients_both_finish(server):
+    results = {}
+
+    def work(name, seed):
+        with Client(server.url, name=name) as c:
+            image = picture(256, 256, seed)
+            results[name] = c.run("inpaint", prompt=name, image=png(image),
+                                  mask=png(rect_mask(image.size, (50, 50, 120, 120))), steps=3, seed=seed)
+
+    threads = [threading.Thread(target=work, args=(f"client-{i}", i)) for i in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    assert sorted(results) == ["client-0", "client-1"]
+    assert all(isinstance(r, Result) for r in results.values())
+
+
+def test_a_client_that_leaves_has_its_jobs_dropped(server):
+    leaver = Client(server.url).connect()
+    running = leaver.submit("generate", **LONG)
+    leaver.submit("generate", **LONG)
+    while not isinstance(event := next(leaver.events(running)), Accepted):
+        pass
+    leaver.close()
+    start = time.perf_counter()
+    with Client(server.url) as stayer:
+        result = stayer.run("generate", prompt="x", steps=2, width=64, height=64, seed=0)
+    assert isinstance(result, Result)
+    assert time.perf_counter() - start < 60, "the leaver's 400-step jobs were dropped, not run"
+
+
+BAD_SUBMITS = [
+    ({"mode": "inpaint", "model": "nope"}, "unknown_model", "model"),
+    ({"mode": "img2img", "image": {"data": "aGVsbG8=", "format": "png"}}, "bad_image", "image"),
+    ({"mode": "img2img", "image": {"data": "%%%"}}, "bad_image", "image"),
+    ({"mode": "img2img", "image": {"frame": "never-sent"}}, "unknown_image", "image"),
+    ({"mode": "inpaint", "mask": "SMALL_MASK"}, "size_mismatch", "mask"),
+    ({"mode": "inpaint", "mask": "EMPTY_MASK"}, "empty_mask", "mask"),
+    ({"mode": "img2img", "strength": 0.04, "steps": 20}, "too_few_steps", "strength"),
+    ({"mode": "img2img", "steps": 100000}, "limit_exceeded", "steps"),
+    ({"mode": "img2img", "batch": 1000}, "limit_exceeded", "batch"),
+    ({"mode": "generate", "width": 100000, "height": 64}, "limit_exceeded", "width"),
+    ({"mode": "img2img", "image": "HUGE"}, "limit_exceeded", "image"),
+    ({"mode": "img2img", "strength": 2}, "invalid_field", "strength"),
+    ({"mode": "generate", "image": "IMAGE"}, "invalid_field", "image"),
+    ({"mode": "inpaint", "mask": None}, "invalid_field", "mask"),
+]
+
+
+@pytest.mark.parametrize("change, code, field", BAD_SUBMITS)
+def test_bad_submit_gets_a_named_error_and_the_connection_keeps_working(client, change, code, field):
+    image = picture(128, 96)
+    specials = {
+        "IMAGE": png(image), "SMALL_MASK": png(rect_mask((64, 48), (0, 0, 10, 10))),
+        "EMPTY_MASK": png(rect_mask(image.size, (0, 0, 0, 0))),
+        "HUGE": png(rect_mask((9000, 8), (0, 0, 1, 1))),
+    }
+    params = {"prompt": "x", "steps": 3, "image": png(image), "mask": png(rect_mask(image.size, (10, 10, 40, 40))),
+              **change}
+    params = {k: specials.get(v, v) if isinstance(v, str) else v for k, v in params.items()}
+    mode = params.pop("mode")
+    if mode == "generate" and change.get("image") is None:
+        params.pop("image")
+    if mode != "inpaint":
+        params.pop("mask", None)
+    if params.get("mask", 0) is None:
+        params.pop("mask")
+    with pytest.raises(EaselError) as caught:
+        client.run(mode, **params)
+    assert (caught.value.code, caught.value.field) == (code, field), caught.value
+    assert caught.value.message
+    ok = client.run("img2img", prompt="fine", image=png(image), steps=4, strength=0.5, seed=0)
+    assert isinstance(ok, Result)
+
+
+def raw_session(url, **kwargs):
+    ws = connect(url, **kwargs)
+    ws.send(json.dumps({"type": "hello", "protocol": 1}))
+    assert json.loads(ws.recv())["type"] == "welcome"
+    return ws
+
+
+def next_error(ws):
+    while True:
+        message = ws.recv()
+        if isinstance(message, str) and json.loads(message)["type"] == "error":
+            return json.loads(message)
+
+
+@pytest.mark.parametrize("frame, code", [
+    ("{not json", "bad_json"),
+    ('{"type": "dance"}', "unknown_type"),
+    ('{"type": "submit", "mode": "inpaint", "steps": "many"}', "invalid_field"),
+    (b"\x00\x00\x00\x05{bad}", "bad_image"),
+    (encode_frame({"image": "x", "role": "image", "format": "rgba8", "width": 4, "height": 4}, b"123"), "bad_image"),
+    (encode_frame({"image": "x", "role": "result", "format": "png", "width": 1, "height": 1}, b"\x89PNG\r\n\x1a\n"),
+     "invalid_field"),
+])
+def test_malformed_frames_get_errors_on_a_live_connection(server, frame, code):
+    with raw_session(server.url) as ws:
+        ws.send(frame)
+        assert next_error(ws)["code"] == code
+        ws.send(json.dumps({"type": "status"}))
+        assert json.loads(ws.recv())["type"] == "status"
+
+
+def test_oversize_message_is_refused_and_the_connection_survives(demo_config, engine):
+    config = dataclasses.replace(demo_config, limits=Limits(max_message_bytes=50_000))
+    with ServerThread(config, engine) as small, raw_session(small.url) as ws:
+        ws.send(encode_frame({"image": "big", "role": "image", "format": "rgba8", "width": 200, "height": 100},
+                             bytes(80_000)))
+        assert next_error(ws)["code"] == "frame_too_large"
+        ws.send(json.dumps({"type": "status"}))
+        assert json.loads(ws.recv())["type"] == "status"
+
+
+def test_messages_before_hello_are_refused(server):
+    with connect(server.url) as ws:
+        ws.send(json.dumps({"type": "status"}))
+        assert json.loads(ws.recv())["code"] == "hello_required"
+
+
+def test_token_is_required_when_configured(demo_config, engine):
+    config = dataclasses.replace(demo_config, token="s3cret")
+    with ServerThread(config, engine) as guarded:
+        with pytest.raises(EaselError) as caught:
+            Client(guarded.url).connect()
+        assert caught.value.code == "unauthorized"
+        with pytest.raises(EaselError):
+            Client(guarded.url, token="wrong").connect()
+        with Client(guarded.url, token="s3cret") as ok:
+            assert ok.models()["default"] == "demo"
+
+
+def test_public_address_needs_a_token():
+    with pytest.raises(ConfigError):
+        Config(host="0.0.0.0").check()
+    Config(host="0.0.0.0", token="t").check()
+
+
+def test_foreign_browser_origins_are_refused(server):
+    with pytest.raises(InvalidStatus) as caught:
+        connect(server.url, origin="https://evil.example")
+    assert caught.value.response.status_code == 403
+    with connect(server.url, origin=f"http://127.0.0.1:{server.server.port}") as ws:
+        ws.send(json.dumps({"type": "hello", "protocol": 1}))
+        assert json.loads(ws.recv())["type"] == "welcome"
+
+
+def test_traffic_validates_against_the_schema(server):
+    server_message, client_message = validator("server_message"), validator("client_message")
+    header = validator("frame_header")
+    image = picture(128, 128)
+    sent = [
+        {"type": "hello", "protocol": 1, "client": "schema-test"},
+        {"type": "models"}, {"type": "status"},
+        {"type": "submit", "job": "j1", "mode": "inpaint", "prompt": "x", "steps": 4, "seed": 1,
+         "preview_every": 2, "image": {"data": png(image).to_base64(), "format": "png"},
+         "mask": {"data": png(rect_mask(image.size, (10, 10, 60, 60))).to_base64(), "format": "png"}},
+        {"type": "submit", "job": "j2", "mode": "generate", "prompt": "x", "steps": 2, "width": 64, "height": 64,
+         "inline": True},
+        {"type": "submit", "job": "j3", "mode": "generate", "steps": 1000},
+        {"type": "cancel", "job": "nope"},
+    ]
+    received = []
+    with connect(server.url) as ws:
+        for message in sent:
+            client_message.validate(message)
+            ws.send(json.dumps(message))
+        finished = set()
+        while finished != {"j1", "j2", "j3", "nope"}:
+            raw = ws.recv(timeout=120)
+            if isinstance(raw, bytes):
+                size = int.from_bytes(raw[:4], "big")
+                header.validate(json.loads(raw[4:4 + size]))
+                continue
+            message = json.loads(raw)
+            received.append(message)
+            if message["type"] in ("result", "error", "cancelled"):
+                finished.add(message["job"])
+    for message in received:
+        server_message.validate(message)
+    kinds = {m["type"] for m in received}
+    assert {"welcome", "models", "status", "accepted", "started", "progress", "result", "error"} <= kinds
