@@ -105,9 +105,9 @@ def build_request(message: dict, uploads: dict[str, ImageData], limits: Limits, 
     if request.denoising_steps < 1:
         raise ProtocolError("too_few_steps", f"strength {request.strength} x {request.steps} steps leaves no "
                             "denoising step; raise the strength or the steps", "strength")
-    request.image = decode_image(_resolve(message["image"], uploads, "image"), limits, "image", "RGBA")
+    request.image = _load(message, uploads, limits, "image", "RGBA")
     if mode == "inpaint":
-        mask = decode_image(_resolve(message["mask"], uploads, "mask"), limits, "mask", "L")
+        mask = _load(message, uploads, limits, "mask", "L")
         if mask.shape != request.image.shape[:2]:
             raise ProtocolError("size_mismatch", f"mask is {mask.shape[1]}x{mask.shape[0]} but the image is "
                                 f"{request.image.shape[1]}x{request.image.shape[0]}", "mask")
@@ -116,6 +116,14 @@ def build_request(message: dict, uploads: dict[str, ImageData], limits: Limits, 
                                 "mask")
         request.mask = mask
     return request
+
+
+def _load(message: dict, uploads: dict[str, ImageData], limits: Limits, role: str, mode: str) -> np.ndarray:
+    try:
+        return decode_image(_resolve(message[role], uploads, role), limits, role, mode)
+    except ProtocolError as exc:
+        exc.field = role
+        raise
 
 
 def _resolve(ref: dict, uploads: dict[str, ImageData], role: str) -> ImageData:
@@ -143,9 +151,6 @@ def decode_image(image: ImageData, limits: Limits, role: str, mode: str) -> np.n
             pil = Image.open(io.BytesIO(image.data))
             _check_size(pil.width, pil.height, limits, role)
             pil.load()
-    except ProtocolError as exc:
-        exc.field = role
-        raise
     except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
         raise ProtocolError("bad_image", f"`{role}` could not be decoded: {exc}", role) from None
     if mode == "L" and ("A" in pil.getbands() or "transparency" in pil.info):

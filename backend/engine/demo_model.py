@@ -10,10 +10,22 @@ diffusers pipeline classes::
     root/sdxl-inpaint/   StableDiffusionXLInpaintPipeline   (9-channel UNet)
     root/taesd/          AutoencoderTiny (latent_channels=4, preview decoder)
 
-The weights are random (seeded, so the same ``seed`` writes the same weights);
-the pictures are noise, but every code path of the real pipelines runs: text
-encoding, classifier-free guidance, schedulers, VAE encode/decode, masks.
-Both families use a latent grid of 8 pixels and a native size of 512 px.
+The weights are random (seeded, so the same ``seed`` writes byte-identical
+files), with a few layers overwritten so the results behave plausibly:
+
+* the VAEs (and TAESD) are near-linear RGB <-> latent codecs (8x8 average
+  pooling / nearest upsampling, ``rgb ~= latents @ LATENT_RGB_FACTORS``), so
+  img2img and 4-channel inpainting keep the init image (round trip ~2/255);
+* the UNets carry the noisy latents on a skip path to the output, giving a
+  crude but sane noise estimate, so sampling does not blow up; the random deep
+  path (cross-attention on the random text encoders) is added on top, so
+  results depend on prompt, seed and init image.
+
+Text-to-image pictures are coloured noise; every code path of the real
+pipelines runs (tokenizers, CFG, schedulers, VAE encode/decode, masks). Both
+families use a latent grid of 8 pixels and a native size of 512 px. The
+9-channel inpaint UNets do not reproduce the unmasked area (callers should
+composite the result with the original outside the mask).
 
 Load them with, e.g.::
 
@@ -25,6 +37,7 @@ Load them with, e.g.::
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import pathlib
@@ -72,9 +85,6 @@ _VAE_NOISE = 0.02
 # per-channel "normalised input" noise estimate; see _shape_unet.
 _UNET_DEEP = 0.5
 _UNET_OUT = 0.5
-# 9-channel inpaint UNets: how much the masked-image latents (input channels
-# 5..8) are subtracted on the skip path, pulling the result towards them.
-_UNET_INPAINT_PULL = float(os.environ.get("PULL", 0.3))
 
 
 # --------------------------------------------------------------------------- #
@@ -298,9 +308,6 @@ def _shape_unet(unet) -> None:
     for i in range(k):
         w[i, i, 1, 1] = 1.0
         w[k + i, i, 1, 1] = -1.0
-        if w.shape[1] == 2 * k + 1:  # inpaint: [latents, mask, masked latents]
-            w[i, k + 1 + i, 1, 1] = -_UNET_INPAINT_PULL
-            w[k + i, k + 1 + i, 1, 1] = _UNET_INPAINT_PULL
     unet.conv_in.bias[:n].zero_()
 
     # Last up resnet: its shortcut sees cat(h, skip=conv_in output). Route the
@@ -396,6 +403,31 @@ def _shape_taesd(taesd) -> None:
 # --------------------------------------------------------------------------- #
 def write_demo_model(root: str | os.PathLike, *, seed: int = 0) -> pathlib.Path:
     """Write the tiny demo model family under root and return root."""
+    root = pathlib.Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    import torch
+
+    # fork_rng: seeding per module must not disturb the caller's global RNG.
+    with _quiet_transformers(), torch.random.fork_rng(devices=[]):
+        _write(root, seed)
+    return root
+
+
+@contextlib.contextmanager
+def _quiet_transformers():
+    """Hide transformers' "Writing model shards" progress bars while saving."""
+    from transformers.utils import logging as tf_logging
+
+    was_enabled = tf_logging.is_progress_bar_enabled()
+    tf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            tf_logging.enable_progress_bar()
+
+
+def _write(root: pathlib.Path, seed: int) -> None:
     import torch
     from diffusers import (
         EulerDiscreteScheduler,
@@ -406,32 +438,29 @@ def write_demo_model(root: str | os.PathLike, *, seed: int = 0) -> pathlib.Path:
     )
     from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
-    root = pathlib.Path(root)
-    root.mkdir(parents=True, exist_ok=True)
-
     tokenizer = _make_tokenizer()
     vocab_size = len(tokenizer)
     text_cfg = _text_config(vocab_size, tokenizer.bos_token_id, tokenizer.eos_token_id)
     scheduler = EulerDiscreteScheduler(**_SCHEDULER_KWARGS)
 
     def text_encoder(offset: int):
-        torch.manual_seed(seed + offset)
+        torch.manual_seed(seed * 100 + offset)
         return CLIPTextModel(text_cfg).eval()
 
     def text_encoder_2(offset: int):
-        torch.manual_seed(seed + offset)
+        torch.manual_seed(seed * 100 + offset)
         return CLIPTextModelWithProjection(text_cfg).eval()
 
     save = dict(safe_serialization=True)
 
     # ---- SD 1.5 family ---------------------------------------------------- #
-    vae15 = _make_vae(seed + 1, 0.18215)
+    vae15 = _make_vae(seed * 100 + 1, 0.18215)
     te15 = text_encoder(2)
     StableDiffusionPipeline(
         vae=vae15,
         text_encoder=te15,
         tokenizer=tokenizer,
-        unet=_make_unet(seed + 3, in_channels=4, xl=False),
+        unet=_make_unet(seed * 100 + 3, in_channels=4, xl=False),
         scheduler=scheduler,
         safety_checker=None,
         feature_extractor=None,
@@ -441,7 +470,7 @@ def write_demo_model(root: str | os.PathLike, *, seed: int = 0) -> pathlib.Path:
         vae=vae15,
         text_encoder=te15,
         tokenizer=tokenizer,
-        unet=_make_unet(seed + 4, in_channels=9, xl=False),
+        unet=_make_unet(seed * 100 + 4, in_channels=9, xl=False),
         scheduler=scheduler,
         safety_checker=None,
         feature_extractor=None,
@@ -449,7 +478,7 @@ def write_demo_model(root: str | os.PathLike, *, seed: int = 0) -> pathlib.Path:
     ).save_pretrained(root / "sd15-inpaint", **save)
 
     # ---- SDXL family ------------------------------------------------------ #
-    vaexl = _make_vae(seed + 5, 0.13025)
+    vaexl = _make_vae(seed * 100 + 5, 0.13025)
     texl = text_encoder(6)
     texl2 = text_encoder_2(7)
     common_xl = dict(
@@ -463,24 +492,23 @@ def write_demo_model(root: str | os.PathLike, *, seed: int = 0) -> pathlib.Path:
         add_watermarker=False,
     )
     StableDiffusionXLPipeline(
-        unet=_make_unet(seed + 8, in_channels=4, xl=True), **common_xl
+        unet=_make_unet(seed * 100 + 8, in_channels=4, xl=True), **common_xl
     ).save_pretrained(root / "sdxl", **save)
     StableDiffusionXLInpaintPipeline(
-        unet=_make_unet(seed + 9, in_channels=9, xl=True),
+        unet=_make_unet(seed * 100 + 9, in_channels=9, xl=True),
         requires_aesthetics_score=False,
         **common_xl,
     ).save_pretrained(root / "sdxl-inpaint", **save)
 
     # ---- TAESD preview decoder ------------------------------------------- #
     taesd_dir = root / "taesd"
-    _make_taesd(seed + 10).save_pretrained(taesd_dir, **save)
+    _make_taesd(seed * 100 + 10).save_pretrained(taesd_dir, **save)
     # AutoencoderTiny registers a derived `block_out_channels` entry that its
     # own __init__ does not accept; drop it so loading does not warn.
     cfg_path = taesd_dir / "config.json"
     cfg = json.loads(cfg_path.read_text())
     cfg.pop("block_out_channels", None)
     cfg_path.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
-    return root
 
 
 # -- serving the demo -------------------------------------------------------------------------

@@ -74,8 +74,10 @@ class LoadedModel:
         if mode not in self.pipelines:
             cls = _pipeline_classes(self.family)[mode]
             extra = {"unet": self.inpaint_unet} if mode == "inpaint" and self.inpaint_unet is not None else {}
-            self.pipelines[mode] = self.base if type(self.base) is cls else cls.from_pipe(
-                self.base, torch_dtype=self.base.dtype, **extra)
+            pipe = self.base if type(self.base) is cls else cls.from_pipe(self.base, torch_dtype=self.base.dtype,
+                                                                           **extra)
+            pipe.set_progress_bar_config(disable=True)
+            self.pipelines[mode] = pipe
         return self.pipelines[mode]
 
 
@@ -139,7 +141,6 @@ class ModelRegistry:
         except Exception as exc:
             raise ModelError("model_load_failed", f"model {spec.name!r} could not be loaded from "
                              f"{spec.source}: {exc}") from exc
-        base.set_progress_bar_config(disable=True)
         return LoadedModel(spec.name, family, base, inpaint_unet, preview)
 
     def _check_source(self, source: str) -> None:
@@ -159,7 +160,7 @@ class ModelRegistry:
             pipe = cls.from_single_file(str(path), torch_dtype=self.dtype, config=spec.config, **extra)
         else:
             pipe = cls.from_pretrained(str(path) if path.is_dir() else spec.source, **self._common(), **extra)
-        return pipe.to(self.device)
+        return _to_device(pipe, self.device)
 
     def _load_unet(self, source: str, spec: ModelSpec):
         from diffusers import UNet2DConditionModel
@@ -177,15 +178,20 @@ class ModelRegistry:
         if unet.config.in_channels != 9:
             raise ModelError("model_load_failed", f"inpaint UNet {source} has {unet.config.in_channels} input "
                              "channels; a dedicated inpaint model has 9")
-        return unet.to(self.device)
+        return _to_device(unet, self.device)
 
     def _load_preview(self, source: str):
         from diffusers import AutoencoderTiny
 
         self._check_source(source)
         path = Path(source).expanduser()
-        return AutoencoderTiny.from_pretrained(str(path) if path.is_dir() else source,
-                                               **self._common()).to(self.device)
+        return _to_device(AutoencoderTiny.from_pretrained(str(path) if path.is_dir() else source,
+                                               **self._common()), self.device)
+
+
+def _to_device(module, device: torch.device):
+    """Modules load on the CPU already; moving them there again only prints warnings."""
+    return module if device.type == "cpu" else module.to(device)
 
 
 def detect_family(source: str) -> str:
