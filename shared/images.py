@@ -42,14 +42,18 @@ class ImageData:
         return self
 
     @classmethod
+    def from_png(cls, data: bytes) -> "ImageData":
+        """A PNG file's bytes, its size read from the header."""
+        return cls("png", *png_size(data), data)
+
+    @classmethod
     def from_base64(cls, data: str, fmt: str = "png") -> "ImageData":
-        """Decode inline base64; width and height are read from the PNG header (0 when unknown)."""
+        """Decode inline base64 (the size of a WebP is left 0: only the server needs it, after decoding)."""
         try:
             raw = base64.b64decode(data, validate=True)
         except (binascii.Error, ValueError):
             raise ProtocolError("bad_image", "inline image is not valid base64") from None
-        width, height = png_size(raw) if fmt == "png" else (0, 0)
-        return cls(fmt, width, height, raw)
+        return cls.from_png(raw) if fmt == "png" else cls(fmt, 0, 0, raw)
 
     def to_base64(self) -> str:
         return base64.b64encode(self.data).decode("ascii")

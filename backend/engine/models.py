@@ -13,6 +13,7 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import diffusers
 import torch
 
 from backend.config import Config, ModelSpec
@@ -21,6 +22,8 @@ log = logging.getLogger(__name__)
 
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
 SDXL_KEY = "conditioner.embedders.1.model.ln_final.weight"
+
+diffusers.utils.logging.disable_progress_bar()  # a server's log is no place for progress bars
 
 
 class ModelError(Exception):
@@ -74,7 +77,7 @@ class LoadedModel:
         if mode not in self.pipelines:
             cls = _pipeline_classes(self.family)[mode]
             extra = {"unet": self.inpaint_unet} if mode == "inpaint" and self.inpaint_unet is not None else {}
-            pipe = self.base if type(self.base) is cls else cls.from_pipe(self.base, torch_dtype=self.base.dtype,
+            pipe = self.base if type(self.base) is cls else cls.from_pipe(self.base, dtype=self.base.dtype,
                                                                            **extra)
             pipe.set_progress_bar_config(disable=True)
             self.pipelines[mode] = pipe
@@ -149,7 +152,7 @@ class ModelRegistry:
                              "loaded; convert it to .safetensors or set allow_pickle = true")
 
     def _common(self) -> dict:
-        return {"torch_dtype": self.dtype, "use_safetensors": None if self.config.allow_pickle else True}
+        return {"dtype": self.dtype, "use_safetensors": None if self.config.allow_pickle else True}
 
     def _load_pipeline(self, spec: ModelSpec, family: str):
         self._check_source(spec.source)
@@ -157,7 +160,7 @@ class ModelRegistry:
         extra = {"safety_checker": None, "requires_safety_checker": False} if family == "sd15" else {}
         path = Path(spec.source).expanduser()
         if path.is_file():
-            pipe = cls.from_single_file(str(path), torch_dtype=self.dtype, config=spec.config, **extra)
+            pipe = cls.from_single_file(str(path), dtype=self.dtype, config=spec.config, **extra)
         else:
             pipe = cls.from_pretrained(str(path) if path.is_dir() else spec.source, **self._common(), **extra)
         return _to_device(pipe, self.device)
@@ -168,7 +171,7 @@ class ModelRegistry:
         self._check_source(source)
         path = Path(source).expanduser()
         if path.is_file():
-            unet = UNet2DConditionModel.from_single_file(str(path), torch_dtype=self.dtype, config=spec.config,
+            unet = UNet2DConditionModel.from_single_file(str(path), dtype=self.dtype, config=spec.config,
                                                         subfolder="unet" if spec.config else None)
         elif path.is_dir() and not (path / "unet").is_dir():
             unet = UNet2DConditionModel.from_pretrained(str(path), **self._common())

@@ -1,0 +1,167 @@
+"""The tiny demo model family: written offline, loads with the real diffusers pipelines, and behaves."""
+
+from __future__ import annotations
+
+import os
+import socket
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from diffusers import (  # noqa: E402
+    AutoencoderTiny,
+    StableDiffusionImg2ImgPipeline,
+    StableDiffusionInpaintPipeline,
+    StableDiffusionPipeline,
+    StableDiffusionXLInpaintPipeline,
+    StableDiffusionXLPipeline,
+)
+
+from backend.engine.demo_model import DEMO_FOLDERS, write_demo_model  # noqa: E402
+
+SD_KWARGS = dict(safety_checker=None, requires_safety_checker=False)
+PIPELINES = {
+    "sd15": (StableDiffusionPipeline, SD_KWARGS),
+    "sd15-inpaint": (StableDiffusionInpaintPipeline, SD_KWARGS),
+    "sdxl": (StableDiffusionXLPipeline, dict(add_watermarker=False)),
+    "sdxl-inpaint": (StableDiffusionXLInpaintPipeline, dict(add_watermarker=False)),
+}
+
+
+@pytest.fixture(scope="module")
+def demo_dir(tmp_path_factory):
+    return write_demo_model(tmp_path_factory.mktemp("tiny-demo"))
+
+
+@pytest.fixture(scope="module")
+def pipes(demo_dir):
+    loaded = {}
+    real_connect = socket.socket.connect
+
+    def no_network(self, address):  # loading must not touch the network
+        if self.family in (socket.AF_INET, socket.AF_INET6):
+            raise AssertionError(f"network access while loading the demo model: {address}")
+        return real_connect(self, address)
+
+    socket.socket.connect = no_network
+    try:
+        for name, (cls, kwargs) in PIPELINES.items():
+            loaded[name] = cls.from_pretrained(demo_dir / name, **kwargs)
+            loaded[name].set_progress_bar_config(disable=True)
+    finally:
+        socket.socket.connect = real_connect
+    return loaded
+
+
+def gen(seed: int) -> torch.Generator:
+    return torch.Generator("cpu").manual_seed(seed)
+
+
+def pixels(image: Image.Image) -> np.ndarray:
+    return np.asarray(image.convert("RGB"), dtype=np.float32)
+
+
+def gradient(size: int = 128) -> Image.Image:
+    yy, xx = np.mgrid[0:size, 0:size] * (255.0 / (size - 1))
+    return Image.fromarray(np.stack([xx, yy, (xx + yy) / 2], -1).astype(np.uint8))
+
+
+def test_writes_exactly_the_model_folders(demo_dir):
+    assert sorted(p.name for p in demo_dir.iterdir()) == sorted(DEMO_FOLDERS)
+    for name in PIPELINES:
+        assert (demo_dir / name / "model_index.json").is_file()
+        assert list((demo_dir / name / "unet").glob("*.safetensors"))
+        assert not list((demo_dir / name).rglob("*.bin"))
+
+
+@pytest.mark.parametrize("name", list(PIPELINES))
+def test_loads_with_matching_pipeline(pipes, name):
+    pipe = pipes[name]
+    assert type(pipe) is PIPELINES[name][0]
+    assert pipe.vae_scale_factor == 8
+    assert pipe.unet.config.sample_size * pipe.vae_scale_factor == 512
+    assert pipe.unet.config.in_channels == (9 if name.endswith("inpaint") else 4)
+    assert pipe.tokenizer.model_max_length == 77
+    if name.startswith("sdxl"):
+        assert pipe.unet.config.addition_embed_type == "text_time"
+        assert pipe.vae.config.scaling_factor == pytest.approx(0.13025)
+    else:
+        assert pipe.vae.config.scaling_factor == pytest.approx(0.18215)
+
+
+def test_tokenizer_covers_plain_text(pipes):
+    pipe = pipes["sdxl"]
+    for tokenizer, encoder in ((pipe.tokenizer, pipe.text_encoder), (pipe.tokenizer_2, pipe.text_encoder_2)):
+        ids = tokenizer("A photo of a cat, 4k! Café naïve (detailed)", padding="max_length",
+                        truncation=True, max_length=tokenizer.model_max_length).input_ids
+        assert len(ids) == 77
+        assert max(ids) < encoder.config.vocab_size
+        body = ids[1 : ids.index(tokenizer.eos_token_id)]
+        assert body and tokenizer.unk_token_id not in body
+
+
+def test_taesd_decodes_demo_latents(demo_dir, pipes):
+    taesd = AutoencoderTiny.from_pretrained(demo_dir / "taesd")
+    assert taesd.config.latent_channels == 4
+    vae = pipes["sd15"].vae
+    image = torch.from_numpy(pixels(gradient())).permute(2, 0, 1)[None] / 127.5 - 1
+    with torch.no_grad():
+        latents = vae.encode(image).latent_dist.mode() * vae.config.scaling_factor
+        preview = taesd.decode(latents).sample
+    assert preview.shape == (1, 3, 128, 128)
+    # the preview shows the picture the latents came from (the demo codecs are linear)
+    assert (preview.clamp(-1, 1) - image).abs().mean() < 0.1
+
+
+@pytest.mark.parametrize("name", ["sd15", "sdxl"])
+def test_txt2img_runs_and_depends_on_prompt_and_seed(pipes, name):
+    pipe = pipes[name]
+    run = lambda prompt, seed: pipe(prompt, num_inference_steps=2, height=128, width=128,  # noqa: E731
+                                    generator=gen(seed)).images[0]
+    cat = run("a photo of a cat", 1)
+    assert cat.size == (128, 128)
+    assert np.array_equal(pixels(cat), pixels(run("a photo of a cat", 1)))
+    assert np.abs(pixels(cat) - pixels(run("an oil painting of a dog", 1))).mean() > 1.0
+    assert np.abs(pixels(cat) - pixels(run("a photo of a cat", 2))).mean() > 1.0
+    assert 0.0 < pixels(cat).mean() < 255.0
+
+
+def test_img2img_strength_controls_distance_to_init(pipes):
+    pipe = StableDiffusionImg2ImgPipeline(**pipes["sd15"].components, requires_safety_checker=False)
+    pipe.set_progress_bar_config(disable=True)
+    init = gradient()
+    distance = {}
+    for strength in (0.3, 0.9):
+        out = pipe("a photo of a cat", image=init, strength=strength, num_inference_steps=4, generator=gen(1)).images[0]
+        distance[strength] = np.abs(pixels(out) - pixels(init)).mean()
+    assert distance[0.3] < distance[0.9]
+
+
+@pytest.mark.parametrize("family", ["sd15", "sdxl"])
+def test_inpaint_with_base_and_inpaint_unets(pipes, family):
+    init = gradient()
+    mask = np.zeros((128, 128), np.uint8)
+    mask[32:96, 32:96] = 255
+    cls = PIPELINES[f"{family}-inpaint"][0]
+    extra = dict(requires_safety_checker=False) if family == "sd15" else {}
+    base = cls(**pipes[family].components, **extra)  # the 4-channel UNet
+    base.set_progress_bar_config(disable=True)
+    outside = mask == 0
+    for pipe in (base, pipes[f"{family}-inpaint"]):
+        out = pipe("a photo of a cat", image=init, mask_image=Image.fromarray(mask), num_inference_steps=2,
+                   height=128, width=128, generator=gen(1)).images[0]
+        assert out.size == (128, 128)
+        if pipe is base:  # the 4-channel path blends the init latents back in outside the mask
+            assert np.abs(pixels(out) - pixels(init))[outside].mean() < 10
+
+
+def test_same_seed_writes_same_weights(demo_dir, tmp_path):
+    again = write_demo_model(tmp_path / "again", seed=0)
+    other = write_demo_model(tmp_path / "other", seed=1)
+    unet = "sd15/unet/diffusion_pytorch_model.safetensors"
+    assert (again / unet).read_bytes() == (demo_dir / unet).read_bytes()
+    assert (other / unet).read_bytes() != (demo_dir / unet).read_bytes()
