@@ -54,6 +54,8 @@ class EditRequest:
         keys = ("mode", "model", "prompt", "negative_prompt", "seed", "steps", "guidance", "strength", "batch",
                 "sampler", "width", "height", "mask_grow", "mask_feather")
         out = {key: getattr(self, key) for key in keys}
+        if self.mode == "generate":
+            del out["strength"]
         out["seeds"] = [self.seed + i for i in range(self.batch)]
         return {key: value for key, value in out.items() if value is not None}
 
@@ -62,6 +64,8 @@ def build_request(message: dict, uploads: dict[str, ImageData], limits: Limits, 
                   default_model: str | None) -> EditRequest:
     """Check a validated ``submit`` message against the server's state; raise ProtocolError if unfit."""
     mode = message["mode"]
+    # A submit consumes the frames it names, accepted or refused, so a retry must upload again.
+    images = {role: _resolve(message[role], uploads, role) for role in ("image", "mask") if role in message}
     model = message.get("model") or default_model
     if model not in models:
         raise ProtocolError("unknown_model", f"no model named {model!r}; available: {', '.join(models) or 'none'}",
@@ -80,6 +84,10 @@ def build_request(message: dict, uploads: dict[str, ImageData], limits: Limits, 
         if role not in wants and role in message:
             hint = " (use inpaint to edit inside a mask)" if role == "mask" else " (use img2img)"
             raise ProtocolError("invalid_field", f"{mode} takes no `{role}`{hint}", role)
+    for key in ("width", "height"):
+        if mode != "generate" and key in message:
+            raise ProtocolError("invalid_field", f"{mode} works at the picture's own size; `{key}` is for generate",
+                                key)
 
     request = EditRequest(
         job=message["job"], mode=mode, model=model, prompt=message["prompt"],
@@ -105,9 +113,9 @@ def build_request(message: dict, uploads: dict[str, ImageData], limits: Limits, 
     if request.denoising_steps < 1:
         raise ProtocolError("too_few_steps", f"strength {request.strength} x {request.steps} steps leaves no "
                             "denoising step; raise the strength or the steps", "strength")
-    request.image = _load(message, uploads, limits, "image", "RGBA")
+    request.image = _load(images["image"], limits, "image", "RGBA")
     if mode == "inpaint":
-        mask = _load(message, uploads, limits, "mask", "L")
+        mask = _load(images["mask"], limits, "mask", "L")
         if mask.shape != request.image.shape[:2]:
             raise ProtocolError("size_mismatch", f"mask is {mask.shape[1]}x{mask.shape[0]} but the image is "
                                 f"{request.image.shape[1]}x{request.image.shape[0]}", "mask")
@@ -118,9 +126,9 @@ def build_request(message: dict, uploads: dict[str, ImageData], limits: Limits, 
     return request
 
 
-def _load(message: dict, uploads: dict[str, ImageData], limits: Limits, role: str, mode: str) -> np.ndarray:
+def _load(image: ImageData, limits: Limits, role: str, mode: str) -> np.ndarray:
     try:
-        return decode_image(_resolve(message[role], uploads, role), limits, role, mode)
+        return decode_image(image, limits, role, mode)
     except ProtocolError as exc:
         exc.field = role
         raise
@@ -133,7 +141,11 @@ def _resolve(ref: dict, uploads: dict[str, ImageData], role: str) -> ImageData:
                                 "on this connection (or was already used)", role)
         return uploads.pop(ref["frame"])
     if "data" in ref:
-        return ImageData.from_base64(ref["data"], ref.get("format", "png"))
+        try:
+            return ImageData.from_base64(ref["data"], ref["format"])
+        except ProtocolError as exc:
+            exc.field = role
+            raise
     raise ProtocolError("invalid_field", f"`{role}` needs `frame` or `data`", role)
 
 
@@ -150,8 +162,13 @@ def decode_image(image: ImageData, limits: Limits, role: str, mode: str) -> np.n
         else:
             pil = Image.open(io.BytesIO(image.data))
             _check_size(pil.width, pil.height, limits, role)
+            if image.width and (pil.width, pil.height) != (image.width, image.height):
+                raise ProtocolError("bad_image", f"`{role}` is declared {image.width}x{image.height} but the file is "
+                                    f"{pil.width}x{pil.height}", role)
             pil.load()
-    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
+    except Image.DecompressionBombError as exc:
+        raise ProtocolError("limit_exceeded", f"`{role}` is too large to decode safely: {exc}", role) from None
+    except (UnidentifiedImageError, OSError, ValueError) as exc:
         raise ProtocolError("bad_image", f"`{role}` could not be decoded: {exc}", role) from None
     if mode == "L" and ("A" in pil.getbands() or "transparency" in pil.info):
         # A mask with transparency: transparent means "keep", whatever its colour.

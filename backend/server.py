@@ -92,7 +92,7 @@ class _Reporter:
         message = {"type": "progress", "job": self.job.id, "step": step, "total": total}
         if preview is not None:
             image_id = f"{self.job.id}.p{step}"
-            fmt = "rgba8" if self.job.request.output_format == "rgba8" else "png"
+            fmt = self.job.request.output_format
             image = encode_image(np.asarray(preview.convert("RGBA")), fmt)
             self._send(encode_frame({"image": image_id, "job": self.job.id, "role": "preview", "format": fmt,
                                      "width": image.width, "height": image.height, "step": step}, image.data))
@@ -151,6 +151,7 @@ class EaselServer:
         """The server's own origins; any other browser page is refused."""
         hosts = {self.config.host, "127.0.0.1", "localhost"} if self.config.host in ("127.0.0.1", "localhost") \
             else {self.config.host}
+        hosts = {f"[{host}]" if ":" in host else host for host in hosts}  # IPv6 literals are bracketed
         return {f"{scheme}://{host}:{self.port}" for host in hosts for scheme in ("http", "https")}
 
     def _check_origin(self, connection: ServerConnection, request):
@@ -185,8 +186,9 @@ class EaselServer:
     async def _on_message(self, session: Session, raw: str | bytes) -> bool:
         """Handle one frame; False when the connection must close."""
         try:
-            if len(raw) > self.config.limits.max_message_bytes:
-                raise ProtocolError("frame_too_large", f"message of {len(raw)} bytes is over this server's limit "
+            size = len(raw) if isinstance(raw, bytes) else len(raw.encode())
+            if size > self.config.limits.max_message_bytes:
+                raise ProtocolError("frame_too_large", f"message of {size} bytes is over this server's limit "
                                     f"of {self.config.limits.max_message_bytes}")
             if isinstance(raw, bytes):
                 if not session.greeted:
@@ -200,6 +202,9 @@ class EaselServer:
         except ProtocolError as exc:
             session.send(exc.to_message())
             return exc.code != "unauthorized"
+        except Exception as exc:  # a bug must cost one answer, not the connection or the server
+            log.exception("failed to handle a message")
+            session.send(ProtocolError("internal", f"the server failed on this message: {exc}").to_message())
         return True
 
     async def _on_hello(self, session: Session, message: dict) -> None:
@@ -219,7 +224,8 @@ class EaselServer:
                 "image_formats": list(IMAGE_FORMATS), "control_types": [], "preprocessors": [],
                 "limits": {"max_steps": limits.max_steps, "max_batch": limits.max_batch,
                            "max_side": limits.max_side, "max_pixels": limits.max_pixels,
-                           "max_message_bytes": limits.max_message_bytes},
+                           "max_message_bytes": limits.max_message_bytes,
+                           "max_generate_side": limits.max_generate_side},
             },
             "device": str(self.engine.device), "default_model": self.engine.registry.default,
         })
@@ -229,9 +235,10 @@ class EaselServer:
         if header["role"] not in CLIENT_ROLES:
             raise ProtocolError("invalid_field", f"clients upload roles {', '.join(CLIENT_ROLES)}, not "
                                 f"{header['role']!r}", "role")
+        session.uploads.pop(header["image"], None)  # the same id again replaces the earlier upload
         if session.upload_bytes() + len(image.data) > self.config.limits.max_upload_bytes:
             raise ProtocolError("limit_exceeded", "too many unused uploads on this connection; reference them in "
-                                "a submit or reconnect", "image")
+                                "a submit or reconnect", header["role"])
         session.uploads[header["image"]] = image
 
     async def _on_submit(self, session: Session, message: dict) -> None:

@@ -1,13 +1,15 @@
 """Easel's overhead over a bare diffusers call, for a small inpaint on a small and a huge canvas.
 
 For each canvas size (default 512 and 4096 pixels square) the benchmark paints a 192-pixel
-square mask in the middle of a synthetic RGBA picture and times:
+square mask in the middle of a synthetic RGBA picture (gradients, blocks and a little pixel noise,
+so that PNG compresses it about as badly as a real canvas; ``--smooth`` drops the noise) and times:
 
   (a) direct  the demo model's inpaint pipeline called straight, on the 512x512 crop that Easel's
               context crop picks (same LoadedModel, scheduler, diffusion size, steps, seed, prompt,
               grown and feathered mask, output_type="np");
   (b) easel   ``Client.run("inpaint", ...)`` against a real ``ServerThread`` on loopback, from
-              submitting the already encoded picture and mask to holding the decoded result event;
+              submitting the already encoded picture and mask (upload included) until the Result
+              event is in hand (its image bytes are not decoded);
 
 and reports overhead = b - a in seconds and as a share of b. Encoding the canvas on the client
 (PNG, or ``--raw`` rgba8 / l8 frames) is timed separately and is not part of (b). The context
@@ -32,6 +34,7 @@ import statistics
 import sys
 import tempfile
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -51,8 +54,7 @@ from backend.engine.demo_model import demo_models, ensure_demo_model, write_demo
 from backend.engine.engine import Engine, make_scheduler  # noqa: E402
 from backend.engine.models import LoadedModel, ModelRegistry, pick_device  # noqa: E402
 from backend.server import ServerThread  # noqa: E402
-from shared.client import Client  # noqa: E402
-from shared.geometry import Box, CropPlan, context_crop, mask_bounds  # noqa: E402
+from shared.client import Client, Started  # noqa: E402
 from shared.images import ImageData, encode_frame  # noqa: E402
 
 MODEL = "demo"
@@ -148,20 +150,11 @@ def bytes_sent(case: Case) -> int:
 # -- the two ways to run it ---------------------------------------------------------------------
 
 
-def crop_plan(case: Case, model: LoadedModel) -> CropPlan:
-    """The context crop Easel will pick for this canvas and mask."""
-    bounds = mask_bounds(case.mask.tobytes(), case.size, case.size)
-    return context_crop(bounds, case.size, case.size, model.native_size,
-                        margin=masks.margin(MASK_GROW, MASK_FEATHER))
-
-
-def cropped_inputs(case: Case, plan: CropPlan) -> tuple[Image.Image, Image.Image]:
-    """The already-cropped picture (RGB) and shaped mask (L) that the direct call diffuses."""
-    box: Box = plan.box
-    if plan.is_resampled:
-        raise SystemExit(f"the {case.size} canvas crop {box} is resampled; pick a smaller mask")
-    crop = case.image[box.y:box.y1, box.x:box.x1, :3]
-    alpha = masks.shape_mask(case.mask[box.y:box.y1, box.x:box.x1], MASK_GROW, MASK_FEATHER)
+def cropped_inputs(case: Case, box: list[int]) -> tuple[Image.Image, Image.Image]:
+    """The already-cropped picture (RGB) and grown + feathered mask (L) that the direct call diffuses."""
+    x, y, width, height = box
+    crop = case.image[y:y + height, x:x + width, :3]
+    alpha = masks.shape_mask(case.mask[y:y + height, x:x + width], MASK_GROW, MASK_FEATHER)
     return Image.fromarray(np.ascontiguousarray(crop)), Image.fromarray(alpha)
 
 
@@ -177,12 +170,12 @@ def run_direct(model: LoadedModel, image: Image.Image, mask: Image.Image, steps:
     return seconds, (np.clip(images[0], 0, 1) * 255).round().astype(np.uint8)
 
 
-def run_easel(client: Client, case: Case, steps: int):
+def run_easel(client: Client, case: Case, steps: int, on_event=None):
     """One job through the server; returns its seconds and the Result."""
     start = time.perf_counter()
     result = client.run("inpaint", prompt=PROMPT, image=case.sent_image, mask=case.sent_mask, seed=SEED,
                         steps=steps, guidance=GUIDANCE, sampler=SAMPLER, mask_grow=MASK_GROW,
-                        mask_feather=MASK_FEATHER, model=MODEL)
+                        mask_feather=MASK_FEATHER, model=MODEL, on_event=on_event)
     return time.perf_counter() - start, result
 
 
@@ -197,14 +190,25 @@ def layer_rgb(result) -> tuple[np.ndarray, np.ndarray]:
 
 
 def measure(case: Case, model: LoadedModel, client: Client, steps: int, runs: int) -> Timings:
-    """Warm up once, then ``runs`` interleaved direct / Easel calls."""
-    timings = Timings()
-    plan = crop_plan(case, model)
-    image, mask = cropped_inputs(case, plan)
-    timings.box, timings.diffusion_size = plan.box.as_list(), (plan.diffusion_width, plan.diffusion_height)
+    """Warm up once, then ``runs`` interleaved direct / Easel calls.
 
+    The warm-up job's ``started`` event says which crop Easel diffuses; the direct call gets that
+    crop, and its picture must match the Easel layer inside the mask.
+    """
+    timings = Timings()
+    started: list[Started] = []
+
+    def keep_started(event) -> None:
+        if isinstance(event, Started):
+            started.append(event)
+
+    _, result = run_easel(client, case, steps, keep_started)
+    timings.box, timings.diffusion_size = list(started[0].box), started[0].diffusion_size
+    if tuple(timings.box[2:]) != timings.diffusion_size:
+        raise SystemExit(f"the {case.size} canvas crop {timings.box} is resampled to {timings.diffusion_size}; "
+                         "the direct call expects a 1:1 crop")
+    image, mask = cropped_inputs(case, timings.box)
     _, direct_pixels = run_direct(model, image, mask, steps)
-    _, result = run_easel(client, case, steps)
     rgb, alpha = layer_rgb(result)
     inside = alpha > 0  # where the layer carries generated colour rather than the input's bytes
     timings.max_pixel_diff = int(np.abs(rgb[inside].astype(int) - direct_pixels[inside].astype(int)).max())
@@ -262,7 +266,7 @@ def print_case(case: Case, timings: Timings) -> None:
     print(f"  easel end-to-end  {easel:7.3f} s   runs {_seconds(timings.easel)}")
     print(f"    server Engine.run {run:.3f} s, job total {total:.3f} s, "
           f"outside the job (upload, decode, result transfer) {easel - total:.3f} s")
-    print(f"  client encode     {case.encode_seconds:7.3f} s   (not in end-to-end), "
+    print(f"  client encode     {case.encode_seconds:7.3f} s   (once, not in end-to-end), "
           f"sent {bytes_sent(case):,} bytes\n")
 
 
@@ -272,9 +276,8 @@ def print_table(cases: list[tuple[Case, Timings]], raw: bool) -> None:
     for case, timings in cases:
         direct, easel = Timings.median(timings.direct), Timings.median(timings.easel)
         overhead = easel - direct
-        sent = f"{bytes_sent(case):,}" if case.size >= 4096 else "-"
         print(f"{case.size:>9} {'raw' if raw else 'png':>6} {direct:9.3f} {easel:8.3f} {overhead:11.3f} "
-              f"{100 * overhead / easel:10.1f}% {case.encode_seconds:9.3f} {sent:>12}")
+              f"{100 * overhead / easel:10.1f}% {case.encode_seconds:9.3f} {bytes_sent(case):>12,}")
 
 
 def _seconds(values: list[float]) -> str:
@@ -302,6 +305,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def quiet_libraries() -> None:
+    """No loading progress bars or deprecation chatter between the figures."""
+    import transformers
+
+    for library in (diffusers, transformers):
+        library.utils.logging.disable_progress_bar()
+        library.utils.logging.set_verbosity_error()
+    warnings.filterwarnings("ignore", category=FutureWarning)
+
+
 def benchmark(args: argparse.Namespace, demo_root: Path) -> None:
     config = Config(port=0, models=demo_models(demo_root), default_model=MODEL)
     device, dtype = pick_device(args.device)
@@ -321,6 +334,7 @@ def benchmark(args: argparse.Namespace, demo_root: Path) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    quiet_libraries()
     if args.demo_dir is not None:
         benchmark(args, ensure_demo_model(args.demo_dir))
         return

@@ -80,8 +80,16 @@ def mask_bounds(mask: bytes | bytearray | memoryview, width: int, height: int) -
 
 
 def round_to_grid(value: float, grid: int = LATENT_GRID) -> int:
-    """Nearest multiple of ``grid``, at least one grid cell."""
-    return max(grid, int(round(value / grid)) * grid)
+    """Nearest multiple of ``grid`` (halves round up), at least one grid cell."""
+    return max(grid, int(math.floor(value / grid + 0.5)) * grid)
+
+
+def mask_margin(grow: int, feather: int) -> int:
+    """How far beyond its bounds a mask reaches once the backend grows and feathers it.
+
+    Feathering is a Gaussian blur with sigma = feather / 2, which fades out by 3 sigma.
+    """
+    return grow + feather * 3 // 2 + 1
 
 
 def diffusion_size(width: int, height: int, native: int, grid: int = LATENT_GRID) -> tuple[int, int]:

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from .messages import FRAME_HEADER_FIELDS, ProtocolError, check_fields
 
 CHANNELS = {"rgba8": 4, "l8": 1}
-_SIGNATURES = {"png": (b"\x89PNG\r\n\x1a\n",), "webp": (b"RIFF",)}
+_SIGNATURES = {"png": b"\x89PNG\r\n\x1a\n", "webp": b"RIFF"}
 MAX_HEADER_BYTES = 4096
 
 
@@ -37,7 +37,8 @@ class ImageData:
             if len(self.data) != expected:
                 raise ProtocolError("bad_image", f"{self.format} image of {self.width}x{self.height} needs "
                                     f"{expected} bytes, got {len(self.data)}")
-        elif not self.data.startswith(_SIGNATURES[self.format]):
+        elif not self.data.startswith(_SIGNATURES[self.format]) or (
+                self.format == "webp" and self.data[8:12] != b"WEBP"):
             raise ProtocolError("bad_image", f"bytes are not a {self.format.upper()} file")
         return self
 
@@ -53,7 +54,7 @@ class ImageData:
             raw = base64.b64decode(data, validate=True)
         except (binascii.Error, ValueError):
             raise ProtocolError("bad_image", "inline image is not valid base64") from None
-        return cls.from_png(raw) if fmt == "png" else cls(fmt, 0, 0, raw)
+        return cls.from_png(raw) if fmt == "png" else cls(fmt, 0, 0, raw).check()
 
     def to_base64(self) -> str:
         return base64.b64encode(self.data).decode("ascii")

@@ -23,6 +23,7 @@ IMAGE_FORMATS = ("png", "webp", "rgba8", "l8")
 RESULT_FORMATS = ("png", "webp", "rgba8")
 FRAME_ROLES = ("image", "mask", "result", "preview")
 JOB_ID_PATTERN = r"^[A-Za-z0-9_.:-]{1,64}$"
+IMAGE_ID_PATTERN = r"^[A-Za-z0-9_.:-]{1,80}$"  # server image ids are the job id plus a suffix
 MAX_SEED = 2**32 - 1
 
 ERROR_CODES = {
@@ -33,7 +34,6 @@ ERROR_CODES = {
     "unauthorized": "The token is missing or wrong; the server closes the connection.",
     "unsupported_protocol": "The client speaks a protocol version this server does not.",
     "unknown_model": "`model` names no configured model.",
-    "unsupported": "The request asks for something this server or model cannot do.",
     "bad_image": "An image cannot be decoded, or its bytes do not match its declared size.",
     "unknown_image": "An image reference names no uploaded frame.",
     "size_mismatch": "The mask's size differs from the image's.",
@@ -182,16 +182,16 @@ JOB_OR_NULL = Field("string", "The job this message is about, or null.", require
 
 IMAGE_REF = Field("object", "An image: `{\"frame\": id}` names a binary frame sent earlier on this connection; "
                   "`{\"data\": base64, \"format\": \"png\"|\"webp\"}` carries it inline.", fields={
-                      "frame": Field("string", "Id of an uploaded binary frame.", pattern=JOB_ID_PATTERN),
+                      "frame": Field("string", "Id of an uploaded binary frame.", pattern=IMAGE_ID_PATTERN),
                       "data": Field("string", "Base64 of a PNG or WebP file."),
-                      "format": Field("string", "Format of inline data.", choices=("png", "webp")),
+                      "format": Field("string", "Format of inline data.", default="png", choices=("png", "webp")),
                   })
 
 BOX = Field("array", "[x, y, width, height] in pixels of the submitted image.",
             items=Field("integer", minimum=0), min_items=4)
 
 FRAME_HEADER_FIELDS = {
-    "image": Field("string", "Image id, unique on this connection.", required=True, pattern=JOB_ID_PATTERN),
+    "image": Field("string", "Image id, unique on this connection.", required=True, pattern=IMAGE_ID_PATTERN),
     "job": Field("string", "Job the image belongs to (server frames).", nullable=True, pattern=JOB_ID_PATTERN),
     "role": Field("string", "What the image is.", required=True, choices=FRAME_ROLES),
     "format": Field("string", "Encoding of the bytes that follow the header.", required=True,
@@ -257,11 +257,12 @@ LIMITS = Field("object", "The server's limits.", required=True, fields={
         ("max_batch", "Most images per job."),
         ("max_side", "Longest side of a picture, pixels."),
         ("max_pixels", "Most pixels of a picture."),
+        ("max_generate_side", "Longest side of a generated picture."),
         ("max_message_bytes", "Largest message accepted."),
     )})
 
 RESULT_IMAGE = Field("object", fields={
-    "image": Field("string", "Id of the binary result frame (absent when inline).", pattern=JOB_ID_PATTERN),
+    "image": Field("string", "Id of the binary result frame (absent when inline).", pattern=IMAGE_ID_PATTERN),
     "data": Field("string", "Base64 PNG (when the job asked for inline results)."),
     "index": Field("integer", "Position in the batch.", required=True, minimum=0),
     "seed": Field("integer", "Seed that made this image.", required=True, minimum=0),
@@ -308,7 +309,7 @@ SERVER_MESSAGES: dict[str, dict[str, Field]] = {
         "job": JOB_REQUIRED,
         "step": Field("integer", "Steps done, over the whole batch.", required=True, minimum=0),
         "total": Field("integer", "Steps in the whole batch.", required=True, minimum=1),
-        "preview": Field("string", "Id of the preview frame sent just before, if any.", pattern=JOB_ID_PATTERN),
+        "preview": Field("string", "Id of the preview frame sent just before, if any.", pattern=IMAGE_ID_PATTERN),
     },
     "result": {
         "type": _type("result"),
@@ -342,7 +343,7 @@ SERVER_MESSAGES: dict[str, dict[str, Field]] = {
                          pattern=JOB_ID_PATTERN),
         "queued": Field("array", "This connection's queued jobs, in order.", required=True,
                         items=Field("string", pattern=JOB_ID_PATTERN)),
-        "queue_length": Field("integer", "Jobs waiting, all clients.", required=True, minimum=0),
+        "queue_length": Field("integer", "Jobs waiting (not counting the running one), all clients.", required=True, minimum=0),
         "clients": Field("integer", "Connected clients.", required=True, minimum=0),
         "loaded_models": Field("array", required=True, items=Field("string")),
     },

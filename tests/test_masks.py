@@ -3,6 +3,7 @@
 import numpy as np
 
 from backend.engine import masks
+from shared.geometry import mask_margin
 
 
 def square_mask(size=64, lo=24, hi=40):
@@ -25,7 +26,7 @@ def test_feather_keeps_the_mask_and_fades_outward():
     assert (alpha[mask == 255] == 255).all()
     assert 0 < alpha[32, 20] < 255  # just outside: partly blended
     assert alpha[32, 2] == 0
-    reach = masks.margin(0, 8)
+    reach = mask_margin(0, 8)
     assert (alpha[:, :24 - reach] == 0).all()
 
 

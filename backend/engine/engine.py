@@ -19,7 +19,7 @@ from backend.engine import masks
 from backend.engine.models import LoadedModel, ModelRegistry
 from backend.engine.previews import Previewer
 from backend.requests import EditRequest
-from shared.geometry import Box, CropPlan, context_crop, mask_bounds, round_to_grid, whole_canvas
+from shared.geometry import Box, CropPlan, context_crop, mask_bounds, mask_margin, round_to_grid, whole_canvas
 
 
 class JobCancelled(Exception):
@@ -124,7 +124,7 @@ class Engine:
             return _Inputs(plan, image=_resample(crop[..., :3], plan), original=crop)
 
         bounds = mask_bounds(request.mask.tobytes(), width, height)
-        margin = masks.margin(request.mask_grow, request.mask_feather)
+        margin = mask_margin(request.mask_grow, request.mask_feather)
         plan = context_crop(bounds, width, height, model.native_size, margin=margin)
         box = plan.box
         crop = request.image[box.y:box.y1, box.x:box.x1]

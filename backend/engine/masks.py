@@ -20,7 +20,10 @@ def grow(mask: np.ndarray, pixels: int) -> np.ndarray:
 
 
 def feather(mask: np.ndarray, pixels: int) -> np.ndarray:
-    """Soften the mask's edge outward over about ``pixels``; the original mask stays at full strength."""
+    """Soften the mask's edge outward over about ``pixels``; the original mask stays at full strength.
+
+    Reaches ``shared.geometry.mask_margin`` beyond the mask, so hosts can plan crops that hold it.
+    """
     if pixels <= 0:
         return mask
     blurred = np.asarray(Image.fromarray(mask).filter(ImageFilter.GaussianBlur(pixels / 2)))
@@ -30,11 +33,6 @@ def feather(mask: np.ndarray, pixels: int) -> np.ndarray:
 def shape_mask(mask: np.ndarray, grow_by: int, feather_by: int) -> np.ndarray:
     """The alpha of an inpaint result: ``mask`` grown by ``grow_by`` then feathered by ``feather_by``."""
     return feather(grow(mask, grow_by), feather_by)
-
-
-def margin(grow_by: int, feather_by: int) -> int:
-    """How far beyond the mask's bounds ``shape_mask`` can reach."""
-    return grow_by + feather_by * 3 // 2 + 1
 
 
 def make_layer(generated: np.ndarray, original: np.ndarray, alpha: np.ndarray) -> np.ndarray:

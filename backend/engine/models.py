@@ -113,7 +113,7 @@ class ModelRegistry:
             out.append({
                 "name": name,
                 "family": model.family if model else spec.family,
-                "native_size": model.native_size if model else None,
+                "native_size": model.native_size if model else configured_native_size(spec),
                 "inpaint_model": model.inpaint_unet is not None if model else spec.inpaint is not None,
                 "loaded": model is not None,
             })
@@ -190,6 +190,20 @@ class ModelRegistry:
         path = Path(source).expanduser()
         return _to_device(AutoencoderTiny.from_pretrained(str(path) if path.is_dir() else source,
                                                **self._common()), self.device)
+
+
+FAMILY_NATIVE_SIZE = {"sd15": 512, "sdxl": 1024}
+
+
+def configured_native_size(spec: ModelSpec) -> int | None:
+    """A model's native size without loading it: from a diffusers folder's configs, else its family."""
+    folder = Path(spec.source).expanduser()
+    try:
+        unet = json.loads((folder / "unet" / "config.json").read_text())
+        vae = json.loads((folder / "vae" / "config.json").read_text())
+        return int(unet["sample_size"]) * 2 ** (len(vae["block_out_channels"]) - 1)
+    except (OSError, ValueError, KeyError, TypeError):
+        return FAMILY_NATIVE_SIZE.get(spec.family)
 
 
 def _to_device(module, device: torch.device):
