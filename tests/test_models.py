@@ -1,0 +1,75 @@
+"""Model sources, sharing of weights between modes, and the TOML config."""
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from backend.config import Config, ConfigError, ModelSpec, load_config
+from backend.engine.models import ModelError, ModelRegistry, configured_native_size, detect_family
+
+
+def test_all_modes_share_one_set_of_weights_and_keep_dtype(engine):
+    model = engine.registry.get("demo-xl")
+    generate, img2img, inpaint = (model.pipeline(mode) for mode in ("generate", "img2img", "inpaint"))
+    assert generate.vae is img2img.vae is inpaint.vae
+    assert generate.text_encoder_2 is inpaint.text_encoder_2
+    assert generate.unet is img2img.unet
+    assert inpaint.unet.config.in_channels == 9, "the dedicated inpaint UNet is used for inpaint"
+    assert {p.dtype for p in (generate, img2img, inpaint)} == {generate.dtype}
+    base = engine.registry.get("demo-base")
+    assert base.pipeline("inpaint").unet is base.base.unet, "no inpaint model: the 4-channel UNet inpaints"
+
+
+def test_pickle_checkpoints_are_refused_unless_allowed(tmp_path):
+    checkpoint = tmp_path / "model.ckpt"
+    checkpoint.write_bytes(b"not really")
+    config = Config(models={"old": ModelSpec("old", str(checkpoint), "sd15")})
+    with pytest.raises(ModelError) as caught:
+        ModelRegistry(config, torch.device("cpu"), torch.float32).get("old")
+    assert caught.value.code == "model_load_failed" and "pickle" in caught.value.message
+
+
+def test_unknown_and_unloadable_models_give_clear_errors(tmp_path):
+    config = Config(models={"gone": ModelSpec("gone", str(tmp_path / "nothing-here"), "sd15")})
+    registry = ModelRegistry(config, torch.device("cpu"), torch.float32)
+    with pytest.raises(ModelError) as caught:
+        registry.get("other")
+    assert caught.value.code == "unknown_model"
+    with pytest.raises(ModelError) as caught:
+        registry.get("gone")
+    assert caught.value.code == "model_load_failed" and "gone" in caught.value.message
+
+
+def test_family_is_read_from_single_files_and_folders(tmp_path, demo_root):
+    xl = tmp_path / "xl.safetensors"
+    save_file({"conditioner.embedders.1.model.ln_final.weight": torch.zeros(1)}, str(xl))
+    sd = tmp_path / "sd.safetensors"
+    save_file({"model.diffusion_model.out.0.weight": torch.zeros(1)}, str(sd))
+    assert detect_family(str(xl)) == "sdxl" and detect_family(str(sd)) == "sd15"
+    assert detect_family(str(demo_root / "sdxl")) == "sdxl" and detect_family(str(demo_root / "sd15")) == "sd15"
+    assert configured_native_size(ModelSpec("d", str(demo_root / "sdxl"))) == 512
+    assert configured_native_size(ModelSpec("x", "some/hub-id", "sdxl")) == 1024
+
+
+def test_toml_config(tmp_path):
+    (tmp_path / "easel.toml").write_text('''
+[server]
+port = 9000
+default_model = "mine"
+
+[limits]
+max_steps = 40
+
+[models.mine]
+source = "./weights/model.safetensors"
+inpaint = "./weights/inpaint.safetensors"
+''')
+    config = load_config(tmp_path / "easel.toml").check()
+    assert config.port == 9000 and config.limits.max_steps == 40 and config.default == "mine"
+    assert config.models["mine"].source == str(tmp_path / "weights" / "model.safetensors")
+    (tmp_path / "bad.toml").write_text('[limits]\nmax_stepz = 3\n')
+    with pytest.raises(ConfigError, match="max_stepz"):
+        load_config(tmp_path / "bad.toml")
+    (tmp_path / "nosource.toml").write_text('[models.a]\nfamily = "sd15"\n')
+    with pytest.raises(ConfigError, match="source"):
+        load_config(tmp_path / "nosource.toml")
