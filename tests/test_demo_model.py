@@ -32,6 +32,16 @@ PIPELINES = {
 }
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    # The demo models are tiny: one intra-op thread is barely slower, and it avoids
+    # the 10x slowdowns of oversubscribed OpenMP threads on a busy 2-core machine.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def demo_dir(tmp_path_factory):
     return write_demo_model(tmp_path_factory.mktemp("tiny-demo"))

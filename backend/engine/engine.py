@@ -57,7 +57,8 @@ class EngineResult:
 class _Inputs:
     """A job's pictures at diffusion resolution, plus what is needed to paste the results back."""
 
-    plan: CropPlan | None
+    size: tuple[int, int]  # what the model diffuses at
+    plan: CropPlan | None = None  # None when generating
     image: Image.Image | None = None  # RGB, diffusion size
     mask: Image.Image | None = None  # L, diffusion size
     original: np.ndarray | None = None  # RGBA crop at canvas resolution
@@ -98,8 +99,7 @@ class Engine:
         loaded = time.perf_counter()
 
         inputs = self._prepare(request, model)
-        size = self._diffusion_size(request, model, inputs)
-        reporter.started(request.denoising_steps, size, inputs.plan.box if inputs.plan else None)
+        reporter.started(request.denoising_steps, inputs.size, inputs.plan.box if inputs.plan else None)
 
         layers = []
         for index in range(request.batch):
@@ -107,7 +107,7 @@ class Engine:
                 raise JobCancelled()
             seed = request.seed + index
             pipe.scheduler = make_scheduler(request.sampler, model.base.scheduler.config)
-            pixels = self._diffuse(pipe, request, inputs, size, seed, self._on_step(request, model, reporter, index))
+            pixels = self._diffuse(pipe, request, inputs, seed, self._on_step(request, model, reporter, index))
             layers.append(Layer(index, seed, *self._to_layer(request, inputs, pixels)))
         return EngineResult(layers, loaded - start, time.perf_counter() - loaded)
 
@@ -116,12 +116,14 @@ class Engine:
     def _prepare(self, request: EditRequest, model: LoadedModel) -> _Inputs:
         """Crop and resample the picture and mask to what the model will diffuse."""
         if request.mode == "generate":
-            return _Inputs(plan=None)
+            # The size as run goes back to the client in the result's parameters.
+            request.width = round_to_grid(request.width or model.native_size)
+            request.height = round_to_grid(request.height or model.native_size)
+            return _Inputs((request.width, request.height))
         height, width = request.image.shape[:2]
         if request.mode == "img2img":
             plan = whole_canvas(width, height, model.native_size)
-            crop = request.image
-            return _Inputs(plan, image=_resample(crop[..., :3], plan), original=crop)
+            return _Inputs(_plan_size(plan), plan, image=_resample(request.image[..., :3], plan))
 
         bounds = mask_bounds(request.mask.tobytes(), width, height)
         margin = mask_margin(request.mask_grow, request.mask_feather)
@@ -130,31 +132,23 @@ class Engine:
         crop = request.image[box.y:box.y1, box.x:box.x1]
         alpha = masks.shape_mask(request.mask[box.y:box.y1, box.x:box.x1], request.mask_grow,
                                  request.mask_feather)
-        return _Inputs(plan, image=_resample(crop[..., :3], plan), mask=_resample(alpha, plan),
+        return _Inputs(_plan_size(plan), plan, image=_resample(crop[..., :3], plan), mask=_resample(alpha, plan),
                        original=crop, alpha=alpha)
 
-    @staticmethod
-    def _diffusion_size(request: EditRequest, model: LoadedModel, inputs: _Inputs) -> tuple[int, int]:
-        if inputs.plan is not None:
-            return inputs.plan.diffusion_width, inputs.plan.diffusion_height
-        request.width = round_to_grid(request.width or model.native_size)
-        request.height = round_to_grid(request.height or model.native_size)
-        return request.width, request.height
-
-    def _diffuse(self, pipe, request: EditRequest, inputs: _Inputs, size: tuple[int, int], seed: int,
-                 on_step) -> np.ndarray:
+    def _diffuse(self, pipe, request: EditRequest, inputs: _Inputs, seed: int, on_step) -> np.ndarray:
         """One image of the batch, as H x W x 3 uint8 at diffusion size."""
         kwargs = dict(prompt=request.prompt, negative_prompt=request.negative_prompt or None,
                       num_inference_steps=request.steps, guidance_scale=request.guidance,
                       generator=torch.Generator("cpu").manual_seed(seed), output_type="np",
                       callback_on_step_end=on_step)
+        width, height = inputs.size
         if request.mode == "generate":
-            kwargs.update(width=size[0], height=size[1])
+            kwargs.update(width=width, height=height)
         elif request.mode == "img2img":
             kwargs.update(image=inputs.image, strength=request.strength)
         else:
             kwargs.update(image=inputs.image, mask_image=inputs.mask, strength=request.strength,
-                          width=size[0], height=size[1])
+                          width=width, height=height)
         images = pipe(**kwargs).images
         return (np.clip(images[0], 0, 1) * 255).round().astype(np.uint8)
 
@@ -189,6 +183,10 @@ class Engine:
         if request.mode == "img2img":
             return (0, 0), _opaque(pixels)
         return (box.x, box.y), masks.make_layer(pixels, inputs.original, inputs.alpha)
+
+
+def _plan_size(plan: CropPlan) -> tuple[int, int]:
+    return plan.diffusion_width, plan.diffusion_height
 
 
 def _resample(pixels: np.ndarray, plan: CropPlan) -> Image.Image:
