@@ -4,7 +4,7 @@ Standard library only (the client adds ``websockets``) and relative imports only
 adapters can bundle a copy of this package.
 """
 
-from .geometry import Box, CropPlan, context_crop, mask_bounds, whole_canvas
+from .geometry import Box, CropPlan, context_crop, mask_bounds, mask_margin, whole_canvas
 from .images import ImageData, decode_frame, encode_frame
 from .messages import DEFAULT_URL, PROTOCOL_VERSION, ProtocolError
 
@@ -12,5 +12,5 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Box", "CropPlan", "DEFAULT_URL", "ImageData", "PROTOCOL_VERSION", "ProtocolError",
-    "__version__", "context_crop", "decode_frame", "encode_frame", "mask_bounds", "whole_canvas",
+    "__version__", "context_crop", "decode_frame", "encode_frame", "mask_bounds", "mask_margin", "whole_canvas",
 ]
