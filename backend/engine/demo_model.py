@@ -409,10 +409,10 @@ def _shape_taesd(taesd) -> None:
 # --------------------------------------------------------------------------- #
 def write_demo_model(root: str | os.PathLike, *, seed: int = 0) -> pathlib.Path:
     """Write the tiny demo model family under root and return root."""
-    root = pathlib.Path(root)
-    root.mkdir(parents=True, exist_ok=True)
     import torch
 
+    root = pathlib.Path(root)
+    root.mkdir(parents=True, exist_ok=True)
     # fork_rng: seeding per module must not disturb the caller's global RNG.
     with _quiet_transformers(), torch.random.fork_rng(devices=[]):
         _write(root, seed)
