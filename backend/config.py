@@ -46,8 +46,8 @@ class Limits:
     max_side: int = 8192
     max_pixels: int = 8192 * 8192
     max_generate_side: int = 2048
-    max_message_bytes: int = 96 * 2**20
-    max_upload_bytes: int = 512 * 2**20
+    max_message_bytes: int = 4 * 8192 * 8192 + 2**20  # a raw RGBA frame of max_pixels fits
+    max_upload_bytes: int = 2 * (4 * 8192 * 8192 + 2**20)  # an image and its mask
     max_queued_per_client: int = 32
 
 

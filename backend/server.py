@@ -133,7 +133,8 @@ class EaselServer:
                             stop: asyncio.Future | None = None) -> None:
         limits = self.config.limits
         async with serve(self._handle, self.config.host, self.config.port, process_request=self._check_origin,
-                         max_size=2 * limits.max_message_bytes, max_queue=64) as server:
+                         max_size=2 * limits.max_message_bytes, max_queue=64,
+                         compression=None) as server:  # images are compressed already: deflate only costs time
             self.port = next(iter(server.sockets)).getsockname()[1]
             worker = asyncio.create_task(self._worker())
             log.info("Easel listening on ws://%s:%d/", self.config.host, self.port)

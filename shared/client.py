@@ -88,7 +88,7 @@ class Client:
     """One websocket connection to an Easel server."""
 
     def __init__(self, url: str = DEFAULT_URL, *, token: str | None = None, name: str = "easel-python",
-                 open_timeout: float = 10, max_size: int | None = 2**28):
+                 open_timeout: float = 10, max_size: int | None = 2**29):
         self.url, self.token, self.name = url, token, name
         self.open_timeout, self.max_size = open_timeout, max_size
         self.welcome: dict | None = None
@@ -103,7 +103,8 @@ class Client:
     def connect(self) -> "Client":
         """Open the connection and say hello; raises EaselError if refused or unreachable."""
         try:
-            self._ws = connect(self.url, open_timeout=self.open_timeout, max_size=self.max_size)
+            # Images are compressed already (or raw on purpose): per-message deflate only costs time.
+            self._ws = connect(self.url, open_timeout=self.open_timeout, max_size=self.max_size, compression=None)
         except (OSError, TimeoutError) as exc:
             raise EaselError("unreachable", f"cannot reach the Easel server at {self.url}: {exc}") from None
         except Exception as exc:  # handshake refused (bad origin, HTTP error ...)
