@@ -4,6 +4,7 @@
     host = "127.0.0.1"
     port = 8760
     token = ""                 # clients must present it; required off loopback
+    model_folders = []         # every .safetensors / diffusers folder inside becomes a model
     allowed_origins = []       # browser pages allowed besides the server's own origin
     default_model = "sd15"
     allow_pickle = false       # .ckpt / .bin checkpoints run code when loaded
@@ -72,6 +73,7 @@ class Config:
     allow_pickle: bool = False
     device: str = "auto"
     allowed_origins: list[str] = field(default_factory=list)
+    model_folders: list[str] = field(default_factory=list)
     models: dict[str, ModelSpec] = field(default_factory=dict)
     limits: Limits = field(default_factory=Limits)
     demo: bool = False
@@ -116,7 +118,8 @@ def load_config(path: str | Path | None = None) -> Config:
         raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
 
     server = data.get("server", {})
-    for key in ("host", "port", "token", "default_model", "allow_pickle", "device", "allowed_origins"):
+    for key in ("host", "port", "token", "default_model", "allow_pickle", "device", "allowed_origins",
+                "model_folders"):
         if key in server:
             setattr(config, key, server[key])
     known = {f.name for f in dataclasses.fields(Limits)}
@@ -133,7 +136,33 @@ def load_config(path: str | Path | None = None) -> Config:
             if value and _looks_like_path(value) and not Path(value).is_absolute():
                 setattr(spec, key, str((path.parent / value).resolve()))
         config.models[name] = spec
+    for folder in config.model_folders:
+        folder = (path.parent / Path(folder).expanduser()).resolve()
+        for name, spec in scan_model_folder(folder, config.allow_pickle).items():
+            config.models.setdefault(name, spec)  # an explicit [models] entry wins
     return config
+
+
+def scan_model_folder(folder: Path, allow_pickle: bool = False) -> dict[str, ModelSpec]:
+    """One model per checkpoint file or diffusers folder under ``folder`` (e.g. A1111's
+    ``models/Stable-diffusion``), named after the file without its suffix."""
+    if not folder.is_dir():
+        raise ConfigError(f"model folder {folder} does not exist")
+    suffixes = (".safetensors", ".ckpt") if allow_pickle else (".safetensors",)
+    pipelines = sorted(p.parent for p in folder.rglob("model_index.json"))
+
+    def is_component(path: Path) -> bool:  # weights of a diffusers pipeline or model folder
+        return any((parent / "config.json").is_file() or parent in pipelines
+                   for parent in path.parents if parent != folder and folder in parent.parents)
+
+    found = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix in suffixes and not is_component(p))
+    found += pipelines
+    models = {}
+    for source in found:
+        name = source.relative_to(folder).with_suffix("").as_posix() if source.is_file() else \
+            source.relative_to(folder).as_posix()
+        models[name] = ModelSpec(name=name, source=str(source))
+    return models
 
 
 def _looks_like_path(value: str) -> bool:

@@ -310,7 +310,7 @@ class EaselServer:
             return
         except ModelError as exc:
             if job.end():
-                session.send(ProtocolError(exc.code, exc.message, "model", job.id).to_message())
+                session.send(ProtocolError(exc.code, exc.message, exc.field, job.id).to_message())
             return
         except Exception as exc:  # the engine failed: tell the client, keep serving
             log.exception("job %s failed", job.id)

@@ -44,6 +44,7 @@ ERROR_CODES = {
     "duplicate_job": "A job with this id is still queued or running on this connection.",
     "unknown_job": "No queued or running job of this connection has this id.",
     "model_load_failed": "The model could not be loaded.",
+    "unsupported_mode": "The model cannot run this mode (an inpaint-only checkpoint asked to generate).",
     "internal": "The server failed unexpectedly on a job or a message; it keeps running.",
 }
 

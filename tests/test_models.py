@@ -5,7 +5,11 @@ import torch
 from safetensors.torch import save_file
 
 from backend.config import Config, ConfigError, ModelSpec, load_config
+from backend.engine.engine import Engine
 from backend.engine.models import ModelError, ModelRegistry, configured_native_size, detect_family
+from backend.server import ServerThread
+from conftest import picture, png, rect_mask
+from shared.client import Client, EaselError
 
 
 def test_all_modes_share_one_set_of_weights_and_keep_dtype(engine):
@@ -73,3 +77,19 @@ inpaint = "./weights/inpaint.safetensors"
     (tmp_path / "nosource.toml").write_text('[models.a]\nfamily = "sd15"\n')
     with pytest.raises(ConfigError, match="source"):
         load_config(tmp_path / "nosource.toml")
+
+
+def test_a_models_folder_serves_every_checkpoint_in_it(demo_root, tmp_path):
+    (tmp_path / "easel.toml").write_text(f'[server]\nport = 0\nmodel_folders = ["{demo_root}"]\n')
+    config = load_config(tmp_path / "easel.toml").check()
+    assert set(config.models) == {"sd15", "sd15-inpaint", "sdxl", "sdxl-inpaint"}
+    image = picture(128, 128)
+    with ServerThread(config, Engine(ModelRegistry(config, torch.device("cpu"), torch.float32))) as server, \
+            Client(server.url) as client:
+        result = client.run("inpaint", model="sd15-inpaint", prompt="x", steps=2, seed=0, image=png(image),
+                            mask=png(rect_mask(image.size, (30, 30, 90, 90))))
+        assert result.images[0].image.width > 0
+        with pytest.raises(EaselError) as caught:
+            client.run("generate", model="sd15-inpaint", prompt="x", steps=2, width=64, height=64)
+        assert (caught.value.code, caught.value.field) == ("unsupported_mode", "mode")
+        assert {m["name"]: m["inpaint_model"] for m in client.models()["models"]}["sd15-inpaint"] is True

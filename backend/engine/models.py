@@ -29,9 +29,9 @@ diffusers.utils.logging.disable_progress_bar()  # a server's log is no place for
 class ModelError(Exception):
     """A model cannot be found or loaded; ``code`` is the protocol error code."""
 
-    def __init__(self, code: str, message: str):
+    def __init__(self, code: str, message: str, field: str = "model"):
         super().__init__(message)
-        self.code, self.message = code, message
+        self.code, self.message, self.field = code, message, field
 
 
 def pick_device(preference: str = "auto") -> tuple[torch.device, torch.dtype]:
@@ -72,8 +72,16 @@ class LoadedModel:
     def native_size(self) -> int:
         return int(self.base.unet.config.sample_size) * int(self.base.vae_scale_factor)
 
+    @property
+    def inpaint_only(self) -> bool:
+        """A dedicated inpaint checkpoint served on its own (its UNet wants mask channels)."""
+        return self.base.unet.config.in_channels == 9
+
     def pipeline(self, mode: str):
         """The pipeline for ``mode``, sharing the base pipeline's modules and dtype."""
+        if mode != "inpaint" and self.inpaint_only:
+            raise ModelError("unsupported_mode", f"model {self.name!r} is an inpainting model: it can only inpaint",
+                             "mode")
         if mode not in self.pipelines:
             cls = _pipeline_classes(self.family)[mode]
             extra = {"unet": self.inpaint_unet} if mode == "inpaint" and self.inpaint_unet is not None else {}
@@ -114,7 +122,7 @@ class ModelRegistry:
                 "name": name,
                 "family": model.family if model else spec.family,
                 "native_size": model.native_size if model else configured_native_size(spec),
-                "inpaint_model": model.inpaint_unet is not None if model else spec.inpaint is not None,
+                "inpaint_model": (model.inpaint_unet is not None or model.inpaint_only) if model else bool(spec.inpaint),
                 "loaded": model is not None,
             })
         return out
