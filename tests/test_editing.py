@@ -79,10 +79,11 @@ def test_generate_makes_a_picture_of_the_asked_size(client, model):
     assert pixels.shape == (128, 192, 4) and pixels[..., :3].std() > 0
 
 
-def test_progress_every_step_and_previews_at_the_asked_rate(client):
+@pytest.mark.parametrize("model", ["demo", "demo-xl"])  # linear latent previews; TAESD previews
+def test_progress_every_step_and_previews_at_the_asked_rate(client, model):
     image = picture()
     job = client.submit("inpaint", prompt="x", image=png(image), mask=png(rect_mask(image.size, (90, 90, 150, 150))),
-                        steps=6, seed=1, preview_every=2, preview_size=96)
+                        steps=6, seed=1, preview_every=2, preview_size=96, model=model)
     events = list(client.events(job))
     started = next(e for e in events if isinstance(e, Started))
     progress = [e for e in events if isinstance(e, Progress)]
@@ -91,6 +92,7 @@ def test_progress_every_step_and_previews_at_the_asked_rate(client):
     previews = [p for p in progress if p.preview is not None]
     assert [p.step for p in previews] == [2, 4, 6]
     assert max(previews[0].preview.width, previews[0].preview.height) == 96
+    assert decode(previews[-1].preview)[..., :3].std() > 1, "a preview shows a picture, not a flat colour"
 
 
 def test_raw_images_in_and_out(client):
