@@ -12,7 +12,7 @@ from PIL import Image
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from backend.config import Config  # noqa: E402
-from backend.engine.demo_model import demo_models, write_demo_model  # noqa: E402
+from backend.engine.demo_model import demo_models, ensure_demo_model  # noqa: E402
 from backend.engine.engine import Engine  # noqa: E402
 from backend.engine.models import ModelRegistry, pick_device  # noqa: E402
 from backend.server import ServerThread  # noqa: E402
@@ -22,7 +22,7 @@ from shared.images import ImageData  # noqa: E402
 
 @pytest.fixture(scope="session")
 def demo_root(tmp_path_factory):
-    return write_demo_model(tmp_path_factory.mktemp("demo-model"))
+    return ensure_demo_model(tmp_path_factory.mktemp("easel-home") / "demo-model")
 
 
 @pytest.fixture(scope="session")

@@ -547,6 +547,10 @@ def write_demo_model_with_config(root: str | os.PathLike) -> pathlib.Path:
     return root
 
 
+DEMO_VERSION = "1"
+"""Bumped whenever the demo's contents change, so cached copies are rewritten."""
+
+
 def ensure_demo_model(root: str | os.PathLike | None = None) -> pathlib.Path:
     """The demo model in the user's cache (``$EASEL_HOME`` or ~/.cache/easel), written on first use."""
     import shutil
@@ -556,11 +560,19 @@ def ensure_demo_model(root: str | os.PathLike | None = None) -> pathlib.Path:
         home = os.environ.get("EASEL_HOME") or pathlib.Path.home() / ".cache" / "easel"
         root = pathlib.Path(home) / "demo-model"
     root = pathlib.Path(root)
-    if all((root / folder).is_dir() for folder in DEMO_FOLDERS):
+    marker = root / "easel-demo-version"
+    if marker.is_file() and marker.read_text() == DEMO_VERSION:
         return root
     root.parent.mkdir(parents=True, exist_ok=True)
     staging = pathlib.Path(tempfile.mkdtemp(prefix="demo-model-", dir=root.parent))
-    write_demo_model(staging)
-    shutil.rmtree(root, ignore_errors=True)
-    staging.rename(root)  # atomic: a half-written demo is never picked up
+    try:
+        write_demo_model(staging)
+        (staging / marker.name).write_text(DEMO_VERSION)
+        if root.is_symlink() or root.is_file():
+            root.unlink()
+        else:
+            shutil.rmtree(root, ignore_errors=True)
+        staging.rename(root)  # a half-written demo is never picked up
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     return root

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import diffusers
 import torch
+import transformers
 
 from backend.config import Config, ModelSpec
 
@@ -23,7 +24,9 @@ log = logging.getLogger(__name__)
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
 SDXL_KEY = "conditioner.embedders.1.model.ln_final.weight"
 
-diffusers.utils.logging.disable_progress_bar()  # a server's log is no place for progress bars
+# A server's log is no place for progress bars.
+diffusers.utils.logging.disable_progress_bar()
+transformers.utils.logging.disable_progress_bar()
 
 
 class ModelError(Exception):
