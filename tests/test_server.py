@@ -260,3 +260,16 @@ def test_traffic_validates_against_the_schema(server):
         server_message.validate(message)
     kinds = {m["type"] for m in received}
     assert {"welcome", "models", "status", "accepted", "started", "progress", "result", "error"} <= kinds
+
+
+def test_a_job_id_still_in_use_is_refused(server):
+    with raw_session(server.url) as ws:
+        submit = {"type": "submit", "job": "dup", "mode": "generate", "steps": 150, "width": 512, "height": 512}
+        ws.send(json.dumps(submit))
+        ws.send(json.dumps(submit))
+        error = next_error(ws)
+        assert (error["job"], error["code"], error["field"]) == ("dup", "duplicate_job", "job")
+        ws.send(json.dumps({"type": "cancel", "job": "dup"}))
+        while (message := json.loads(ws.recv())) and message["type"] != "cancelled":
+            pass
+        assert message["job"] == "dup"

@@ -462,26 +462,12 @@ def _write(root: pathlib.Path, seed: int) -> None:
     # ---- SD 1.5 family ---------------------------------------------------- #
     vae15 = _make_vae(seed * 100 + 1, 0.18215)
     te15 = text_encoder(2)
-    StableDiffusionPipeline(
-        vae=vae15,
-        text_encoder=te15,
-        tokenizer=tokenizer,
-        unet=_make_unet(seed * 100 + 3, in_channels=4, xl=False),
-        scheduler=scheduler,
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    ).save_pretrained(root / "sd15", **save)
-    StableDiffusionInpaintPipeline(
-        vae=vae15,
-        text_encoder=te15,
-        tokenizer=tokenizer,
-        unet=_make_unet(seed * 100 + 4, in_channels=9, xl=False),
-        scheduler=scheduler,
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    ).save_pretrained(root / "sd15-inpaint", **save)
+    common_15 = dict(vae=vae15, text_encoder=te15, tokenizer=tokenizer, scheduler=scheduler, safety_checker=None,
+                     feature_extractor=None, requires_safety_checker=False)
+    StableDiffusionPipeline(unet=_make_unet(seed * 100 + 3, in_channels=4, xl=False), **common_15).save_pretrained(
+        root / "sd15", **save)
+    StableDiffusionInpaintPipeline(unet=_make_unet(seed * 100 + 4, in_channels=9, xl=False),
+                                   **common_15).save_pretrained(root / "sd15-inpaint", **save)
 
     # ---- SDXL family ------------------------------------------------------ #
     vaexl = _make_vae(seed * 100 + 5, 0.13025)
