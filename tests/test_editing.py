@@ -116,3 +116,24 @@ def test_inline_base64_for_simple_clients(client):
     result = client.run("img2img", prompt="x", steps=4, strength=0.5, seed=0, inline=True,
                         image={"data": png(image).to_base64(), "format": "png"})
     assert decode(result.images[0].image).shape == (128, 128, 4)
+
+
+def test_a_host_that_sends_only_the_crop_gets_the_same_edit(client):
+    """Hosts plan the crop with shared.geometry; the backend's plan on that crop is the whole crop."""
+    from shared.geometry import context_crop, mask_bounds, mask_margin
+    from shared.messages import CLIENT_MESSAGES
+
+    image = picture(1400, 900, seed=3)
+    mask = rect_mask(image.size, (900, 120, 1010, 230))
+    full = inpaint(client, image, mask).images[0]
+
+    native = {m["name"]: m["native_size"] for m in client.models()["models"]}["demo"]
+    defaults = CLIENT_MESSAGES["submit"]
+    margin = mask_margin(defaults["mask_grow"].default, defaults["mask_feather"].default)
+    plan = context_crop(mask_bounds(mask.tobytes(), *image.size), *image.size, native, margin=margin)
+    box = (plan.box.x, plan.box.y, plan.box.x1, plan.box.y1)
+    cropped = inpaint(client, image.crop(box), mask.crop(box)).images[0]
+
+    assert cropped.offset == (0, 0)
+    assert full.offset == (plan.box.x, plan.box.y)
+    assert (decode(cropped.image) == decode(full.image)).all()
