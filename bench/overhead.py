@@ -21,6 +21,7 @@ figures are medians (other processes may share the CPU).
 
     python bench/overhead.py                      # PNG uploads, 5 runs, 8 steps, 512 and 4096
     python bench/overhead.py --raw --runs 3       # raw rgba8 / l8 frames instead of PNG
+    python bench/overhead.py --host-crop          # send only the context crop, as host adapters do
     python bench/overhead.py --canvas 1024 2048 --steps 4 --demo-dir /tmp/easel-demo
 """
 
@@ -55,10 +56,13 @@ from backend.engine.engine import Engine, make_scheduler  # noqa: E402
 from backend.engine.models import LoadedModel, ModelRegistry, pick_device  # noqa: E402
 from backend.server import ServerThread  # noqa: E402
 from shared.client import Client, Started  # noqa: E402
+from shared.geometry import context_crop, mask_bounds, mask_margin  # noqa: E402
 from shared.images import ImageData, encode_frame  # noqa: E402
+from shared.messages import CLIENT_MESSAGES  # noqa: E402
 
 MODEL = "demo"
 MASK_SIDE = 192
+NATIVE_SIZE = 512  # the demo model's
 PROMPT = "a red door"
 SEED = 7
 SAMPLER = "dpmpp_2m_karras"
@@ -133,9 +137,15 @@ def encode(pixels: np.ndarray, raw: bool) -> ImageData:
     return ImageData("png", width, height, buffer.getvalue())
 
 
-def make_case(size: int, raw: bool, textured: bool) -> Case:
+def make_case(size: int, raw: bool, textured: bool, host_crop: bool = False) -> Case:
     image, mask = canvas(size, textured), square_mask(size)
     start = time.perf_counter()
+    if host_crop:  # what a host adapter does: send only the box the shared geometry plans
+        defaults = CLIENT_MESSAGES["submit"]
+        plan = context_crop(mask_bounds(mask.tobytes(), size, size), size, size, NATIVE_SIZE,
+                            margin=mask_margin(defaults["mask_grow"].default, defaults["mask_feather"].default))
+        box = plan.box
+        image, mask = image[box.y:box.y1, box.x:box.x1], mask[box.y:box.y1, box.x:box.x1]
     sent_image, sent_mask = encode(image, raw), encode(mask, raw)
     return Case(size, image, mask, sent_image, sent_mask, time.perf_counter() - start)
 
@@ -270,13 +280,13 @@ def print_case(case: Case, timings: Timings) -> None:
           f"sent {bytes_sent(case):,} bytes\n")
 
 
-def print_table(cases: list[tuple[Case, Timings]], raw: bool) -> None:
-    print(f"{'canvas':>9} {'send':>6} {'direct s':>9} {'easel s':>8} {'overhead s':>11} {'overhead %':>11} "
+def print_table(cases: list[tuple[Case, Timings]], send: str) -> None:
+    print(f"{'canvas':>9} {'send':>9} {'direct s':>9} {'easel s':>8} {'overhead s':>11} {'overhead %':>11} "
           f"{'encode s':>9} {'bytes sent':>12}")
     for case, timings in cases:
         direct, easel = Timings.median(timings.direct), Timings.median(timings.easel)
         overhead = easel - direct
-        print(f"{case.size:>9} {'raw' if raw else 'png':>6} {direct:9.3f} {easel:8.3f} {overhead:11.3f} "
+        print(f"{case.size:>9} {send:>9} {direct:9.3f} {easel:8.3f} {overhead:11.3f} "
               f"{100 * overhead / easel:10.1f}% {case.encode_seconds:9.3f} {bytes_sent(case):>12,}")
 
 
@@ -294,6 +304,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--canvas", type=int, nargs="+", default=[512, 4096], metavar="SIZE",
                         help="square canvas sizes in pixels (default 512 4096)")
     parser.add_argument("--raw", action="store_true", help="send rgba8 / l8 raw frames instead of PNG")
+    parser.add_argument("--host-crop", action="store_true",
+                        help="send only the context crop, as host adapters do, instead of the whole canvas")
     parser.add_argument("--smooth", action="store_true", help="noise-free test picture (PNG compresses it "
                         "to almost nothing; the default picture has pixel noise, like real canvases)")
     parser.add_argument("--demo-dir", type=Path, help="reuse (or write once) the demo model here "
@@ -325,11 +337,11 @@ def benchmark(args: argparse.Namespace, demo_root: Path) -> None:
     results = []
     with ServerThread(config, engine) as server, Client(server.url, name="bench-overhead") as client:
         for size in args.canvas:
-            case = make_case(size, args.raw, not args.smooth)
+            case = make_case(size, args.raw, not args.smooth, args.host_crop)
             timings = measure(case, model, client, args.steps, args.runs)
             print_case(case, timings)
             results.append((case, timings))
-    print_table(results, args.raw)
+    print_table(results, ("raw" if args.raw else "png") + ("+crop" if args.host_crop else ""))
 
 
 def main(argv: list[str] | None = None) -> None:
