@@ -198,6 +198,7 @@ def _file_image(path: str, image: Image.Image) -> ImageData:
 def _place(layer: np.ndarray, offset: tuple[int, int], source: Image.Image | None, *, transparent: bool) -> Image.Image:
     """The result as a picture: the layer composited over the input (or alone, on transparency)."""
     from backend.engine.masks import composite
+    from backend.imaging import to_array
 
     if source is None:
         return Image.fromarray(layer[..., :3] if layer[..., 3].min() == 255 else layer)
@@ -206,7 +207,7 @@ def _place(layer: np.ndarray, offset: tuple[int, int], source: Image.Image | Non
         base = np.zeros((source.height, source.width, 4), np.uint8)
         base[offset[1]:offset[1] + layer.shape[0], offset[0]:offset[0] + layer.shape[1]] = layer
         return Image.fromarray(base, "RGBA")
-    base = np.asarray(source.convert("RGBA" if has_alpha else "RGB"))
+    base = to_array(source, "RGBA" if has_alpha else "RGB")
     return Image.fromarray(composite(base, layer, offset))
 
 

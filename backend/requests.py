@@ -14,6 +14,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from backend.config import Limits
+from backend.imaging import to_array
 from shared.images import CHANNELS, ImageData
 from shared.messages import MAX_SEED, ProtocolError
 
@@ -170,12 +171,7 @@ def decode_image(image: ImageData, limits: Limits, role: str, mode: str) -> np.n
         raise ProtocolError("limit_exceeded", f"`{role}` is too large to decode safely: {exc}", role) from None
     except (UnidentifiedImageError, OSError, ValueError) as exc:
         raise ProtocolError("bad_image", f"`{role}` could not be decoded: {exc}", role) from None
-    if mode == "L" and ("A" in pil.getbands() or "transparency" in pil.info):
-        # A mask with transparency: transparent means "keep", whatever its colour.
-        alpha = np.asarray(pil.convert("RGBA"), dtype=np.uint16)[..., 3]
-        luma = np.asarray(pil.convert("RGBA").convert("RGB").convert("L"), dtype=np.uint16)
-        return (luma * alpha // 255).astype(np.uint8)
-    return np.array(pil.convert(mode))
+    return to_array(pil, mode)
 
 
 def _check_size(width: int, height: int, limits: Limits, role: str) -> None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import hmac
 import http
-import io
 import json
 import logging
 import threading
@@ -19,7 +18,6 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
-from PIL import Image
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 
@@ -27,6 +25,7 @@ import shared
 from backend.config import Config
 from backend.engine.engine import Engine, EngineResult, JobCancelled
 from backend.engine.models import ModelError
+from backend.imaging import encode
 from backend.jobs import Job, JobQueue
 from backend.requests import build_request
 from shared.images import ImageData, decode_frame, encode_frame
@@ -93,7 +92,7 @@ class _Reporter:
         if preview is not None:
             image_id = f"{self.job.id}.p{step}"
             fmt = self.job.request.output_format
-            image = encode_image(np.asarray(preview.convert("RGBA")), fmt)
+            image = encode(np.asarray(preview.convert("RGBA")), fmt)
             self._send(encode_frame({"image": image_id, "job": self.job.id, "role": "preview", "format": fmt,
                                      "width": image.width, "height": image.height, "step": step}, image.data))
             message["preview"] = image_id
@@ -101,20 +100,6 @@ class _Reporter:
 
     def is_cancelled(self) -> bool:
         return self.job.cancel_event.is_set()
-
-
-def encode_image(pixels: np.ndarray, fmt: str) -> ImageData:
-    """RGBA pixels as transport bytes; WebP is lossless and keeps colour under zero alpha."""
-    height, width = pixels.shape[:2]
-    if fmt == "rgba8":
-        return ImageData(fmt, width, height, np.ascontiguousarray(pixels).tobytes())
-    buffer = io.BytesIO()
-    image = Image.fromarray(pixels, "RGBA")
-    if fmt == "webp":
-        image.save(buffer, "WEBP", lossless=True, exact=True)
-    else:
-        image.save(buffer, "PNG", compress_level=1)
-    return ImageData(fmt, width, height, buffer.getvalue())
 
 
 class EaselServer:
@@ -327,7 +312,7 @@ class EaselServer:
         request, messages, images = job.request, [], []
         for layer in result.layers:
             fmt = "png" if request.inline else request.output_format
-            encoded = encode_image(layer.pixels, fmt)
+            encoded = encode(layer.pixels, fmt)
             item = {"index": layer.index, "seed": layer.seed, "width": encoded.width, "height": encoded.height,
                     "offset": list(layer.offset), "format": fmt}
             if request.inline:
