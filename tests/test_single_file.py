@@ -15,7 +15,7 @@ import torch
 
 from backend.config import Config, ModelSpec, scan_model_folder
 from backend.engine.engine import Engine
-from backend.engine.models import ModelRegistry, detect_family
+from backend.engine.models import ModelError, ModelRegistry, detect_family
 from backend.requests import EditRequest
 from ldm_checkpoint import CLIP, UNET, VAE, unet_to_ldm, vae_to_ldm, write_ldm_checkpoint
 
@@ -96,6 +96,28 @@ def test_a1111_model_folder_finds_the_checkpoint(single_file):
     spec.config = str(configs)
     model = ModelRegistry(Config(models=specs), torch.device("cpu"), torch.float32).get("tiny-v15")
     assert model.family == "sd15" and model.base.unet.config.in_channels == 4
+
+
+@pytest.fixture(scope="module")
+def inpaint_file(demo_root, single_file):
+    return write_ldm_checkpoint(demo_root / "sd15-inpaint", single_file[0].parent / "tiny-v15-inpainting.safetensors")
+
+
+def test_single_file_inpainting_checkpoint_served_on_its_own(demo_root, inpaint_file):
+    spec = ModelSpec("inpainting", str(inpaint_file), config=str(demo_root / "sd15-inpaint"))
+    model = ModelRegistry(Config(models={"inpainting": spec}), torch.device("cpu"), torch.float32).get("inpainting")
+    assert model.inpaint_only and model.pipeline("inpaint").unet.config.in_channels == 9
+
+
+def test_single_file_inpaint_unet_next_to_a_single_file_model(demo_root, single_file, inpaint_file):
+    from diffusers import UNet2DConditionModel
+
+    checkpoint, configs = single_file
+    spec = ModelSpec("tiny", str(checkpoint), config=str(configs), inpaint=str(inpaint_file))
+    model = ModelRegistry(Config(models={"tiny": spec}), torch.device("cpu"), torch.float32).get("tiny")
+    expected = UNet2DConditionModel.from_pretrained(demo_root / "sd15-inpaint" / "unet").state_dict()
+    loaded = model.inpaint_unet.state_dict()
+    assert all(torch.equal(loaded[key], expected[key]) for key in expected)
 
 
 def test_converter_inverts_diffusers_on_deeper_blocks(tmp_path):

@@ -153,8 +153,12 @@ class ModelRegistry:
         except ModelError:
             raise
         except Exception as exc:
+            hint = ""
+            if Path(spec.source).expanduser().is_file() and not spec.config:
+                hint = (" (a single-file checkpoint needs its diffusers configuration: allow hub access once, or set "
+                        "`config` to a local diffusers folder of the same architecture)")
             raise ModelError("model_load_failed", f"model {spec.name!r} could not be loaded from "
-                             f"{spec.source}: {exc}") from exc
+                             f"{spec.source}: {exc}{hint}") from exc
         return LoadedModel(spec.name, family, base, inpaint_unet, preview)
 
     def _check_source(self, source: str) -> None:
@@ -182,8 +186,10 @@ class ModelRegistry:
         self._check_source(source)
         path = Path(source).expanduser()
         if path.is_file():
-            unet = UNet2DConditionModel.from_single_file(str(path), dtype=self.dtype, config=spec.config,
-                                                        subfolder="unet" if spec.config else None)
+            # The base model's configs describe the architecture; only the mask channels differ.
+            config = spec.config or (spec.source if Path(spec.source).expanduser().is_dir() else None)
+            unet = UNet2DConditionModel.from_single_file(str(path), dtype=self.dtype, config=config,
+                                                        subfolder="unet" if config else None, in_channels=9)
         elif path.is_dir() and not (path / "unet").is_dir():
             unet = UNet2DConditionModel.from_pretrained(str(path), **self._common())
         else:
@@ -208,13 +214,17 @@ FAMILY_NATIVE_SIZE = {"sd15": 512, "sdxl": 1024}
 
 def configured_native_size(spec: ModelSpec) -> int | None:
     """A model's native size without loading it: from a diffusers folder's configs, else its family."""
-    folder = Path(spec.source).expanduser()
-    try:
-        unet = json.loads((folder / "unet" / "config.json").read_text())
-        vae = json.loads((folder / "vae" / "config.json").read_text())
-        return int(unet["sample_size"]) * 2 ** (len(vae["block_out_channels"]) - 1)
-    except (OSError, ValueError, KeyError, TypeError):
-        return FAMILY_NATIVE_SIZE.get(spec.family)
+    for folder in (spec.source, spec.config):
+        if not folder:
+            continue
+        folder = Path(folder).expanduser()
+        try:
+            unet = json.loads((folder / "unet" / "config.json").read_text())
+            vae = json.loads((folder / "vae" / "config.json").read_text())
+            return int(unet["sample_size"]) * 2 ** (len(vae["block_out_channels"]) - 1)
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+    return FAMILY_NATIVE_SIZE.get(spec.family)
 
 
 def _to_device(module, device: torch.device):
