@@ -137,3 +137,16 @@ def test_a_host_that_sends_only_the_crop_gets_the_same_edit(client):
     assert cropped.offset == (0, 0)
     assert full.offset == (plan.box.x, plan.box.y)
     assert (decode(cropped.image) == decode(full.image)).all()
+
+
+def test_each_job_gets_the_sampler_it_names(client):
+    """A job's sampler must not leak into the next job's (same seed, same sampler -> same pixels)."""
+    def run(sampler=None):
+        params = {"sampler": sampler} if sampler else {}
+        result = client.run("generate", prompt="x", width=64, height=64, steps=4, seed=5, **params)
+        return decode(result.images[0].image)
+
+    euler = run("euler")
+    run()  # the default sampler, dpmpp_2m_karras
+    assert (run("euler") == euler).all()
+    assert not (run("dpmpp_2m") == run("dpmpp_2m_karras")).all()

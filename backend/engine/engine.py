@@ -66,18 +66,22 @@ class _Inputs:
 
 
 def make_scheduler(name: str, config):
-    """A fresh scheduler instance for one job (the shared one is not thread-safe)."""
+    """A fresh scheduler instance for one job, built from the model's own scheduler config.
+
+    Sigma spacing is set explicitly for every sampler, so nothing a model ships (or an earlier
+    job chose) leaks into a sampler that names something else.
+    """
     import diffusers as d
 
-    cls, extra = {
-        "dpmpp_2m": (d.DPMSolverMultistepScheduler, {}),
-        "dpmpp_2m_karras": (d.DPMSolverMultistepScheduler, {"use_karras_sigmas": True}),
-        "euler": (d.EulerDiscreteScheduler, {}),
-        "euler_a": (d.EulerAncestralDiscreteScheduler, {}),
-        "ddim": (d.DDIMScheduler, {}),
-        "unipc": (d.UniPCMultistepScheduler, {}),
+    cls, karras = {
+        "dpmpp_2m": (d.DPMSolverMultistepScheduler, False),
+        "dpmpp_2m_karras": (d.DPMSolverMultistepScheduler, True),
+        "euler": (d.EulerDiscreteScheduler, False),
+        "euler_a": (d.EulerAncestralDiscreteScheduler, False),
+        "ddim": (d.DDIMScheduler, False),
+        "unipc": (d.UniPCMultistepScheduler, False),
     }[name]
-    return cls.from_config(config, **extra)
+    return cls.from_config(config, use_karras_sigmas=karras)
 
 
 class Engine:
@@ -106,7 +110,7 @@ class Engine:
             if reporter.is_cancelled():
                 raise JobCancelled()
             seed = request.seed + index
-            pipe.scheduler = make_scheduler(request.sampler, model.base.scheduler.config)
+            pipe.scheduler = make_scheduler(request.sampler, model.scheduler_config)
             pixels = self._diffuse(pipe, request, inputs, seed, self._on_step(request, model, reporter, index))
             layers.append(Layer(index, seed, *self._to_layer(request, inputs, pixels)))
         return EngineResult(layers, loaded - start, time.perf_counter() - loaded)

@@ -70,6 +70,12 @@ class LoadedModel:
     inpaint_unet: object | None = None
     preview_decoder: object | None = None
     pipelines: dict = field(default_factory=dict)
+    scheduler_config: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        # Jobs replace pipe.scheduler (the generate pipeline is the base itself), so keep the
+        # model's own scheduler config aside as the one every job's scheduler is built from.
+        self.scheduler_config = dict(self.base.scheduler.config)
 
     @property
     def native_size(self) -> int:
