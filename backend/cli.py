@@ -12,13 +12,14 @@ import sys
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 
 from shared.images import ImageData
 from shared.messages import DEFAULT_URL, MODES, SAMPLERS, json_schema
 
 log = logging.getLogger("easel")
 DEFAULT_HUB_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
+ORIENTATION = 0x0112  # the EXIF tag phones use to say "this photo is turned"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -154,12 +155,16 @@ def cmd_run(args) -> int:
     try:
         source = None
         if args.image:
-            source = Image.open(args.image)
-            params["image"] = _file_image(args.image, source)
+            source, params["image"] = _read_picture(args.image, "image")
         if args.mask:
-            params["mask"] = _file_image(args.mask, Image.open(args.mask))
+            _, params["mask"] = _read_picture(args.mask, "mask")
     except OSError as exc:
         print(f"easel: cannot read an input picture: {exc}", file=sys.stderr)
+        return 2
+    outputs = _output_paths(args.out, args.batch or 1)
+    problem = _unwritable(outputs[0])
+    if problem:  # say so before the GPU spends time on it
+        print(f"easel: cannot write {args.out}: {problem}", file=sys.stderr)
         return 2
 
     def show(event):
@@ -174,25 +179,45 @@ def cmd_run(args) -> int:
         return 1
     print(file=sys.stderr)
 
-    outputs = _output_paths(args.out, len(result.images))
     for item, path in zip(result.images, outputs):
         layer = np.asarray(Image.open(io.BytesIO(item.image.data)).convert("RGBA")) \
             if item.image.format != "rgba8" else np.frombuffer(item.image.data, np.uint8).reshape(
                 item.image.height, item.image.width, 4)
         picture = _place(layer, item.offset, source, transparent=args.layer)
-        picture.save(path)
+        if Image.registered_extensions()[path.suffix.lower()] == "JPEG":
+            picture = picture.convert("RGB")  # JPEG has no alpha
+        try:
+            picture.save(path)
+        except (OSError, ValueError) as exc:
+            print(f"easel: cannot write {path}: {exc}", file=sys.stderr)
+            return 1
         print(f"{path} (seed {item.seed})")
     return 0
 
 
-def _file_image(path: str, image: Image.Image) -> ImageData:
-    """A file's own bytes when PNG or WebP (no re-encoding), else converted to PNG."""
-    fmt = {"PNG": "png", "WEBP": "webp"}.get(image.format)
-    if fmt:
-        return ImageData(fmt, image.width, image.height, Path(path).read_bytes())
+def _read_picture(path: str, role: str) -> tuple[Image.Image, ImageData]:
+    """The picture upright (EXIF orientation applied) and what to send: the file's own bytes when
+    it is a PNG or WebP that needs no turning, else an 8-bit PNG of it."""
+    from backend.imaging import to_array
+
+    picture = Image.open(path)
+    fmt = {"PNG": "png", "WEBP": "webp"}.get(picture.format)
+    if fmt and picture.getexif().get(ORIENTATION, 1) == 1:
+        return picture, ImageData(fmt, picture.width, picture.height, Path(path).read_bytes())
+    upright = ImageOps.exif_transpose(picture)
+    has_alpha = "A" in upright.getbands() or "transparency" in upright.info
+    pixels = to_array(upright, "L" if role == "mask" else "RGBA" if has_alpha else "RGB")
     buffer = io.BytesIO()
-    image.save(buffer, "PNG")
-    return ImageData("png", image.width, image.height, buffer.getvalue())
+    Image.fromarray(pixels).save(buffer, "PNG")
+    return upright, ImageData("png", upright.width, upright.height, buffer.getvalue())
+
+
+def _unwritable(path: Path) -> str | None:
+    if path.suffix.lower() not in Image.registered_extensions():
+        return f"{path.suffix!r} is not a picture format (use .png)"
+    if not path.parent.is_dir():
+        return f"folder {path.parent} does not exist"
+    return None
 
 
 def _place(layer: np.ndarray, offset: tuple[int, int], source: Image.Image | None, *, transparent: bool) -> Image.Image:
@@ -213,9 +238,11 @@ def _place(layer: np.ndarray, offset: tuple[int, int], source: Image.Image | Non
 
 def _output_paths(out: str, count: int) -> list[Path]:
     path = Path(out)
+    if not path.suffix:
+        path = path.with_name(path.name + ".png")
     if count == 1:
         return [path]
-    return [path.with_name(f"{path.stem}-{i}{path.suffix or '.png'}") for i in range(1, count + 1)]
+    return [path.with_name(f"{path.stem}-{i}{path.suffix}") for i in range(1, count + 1)]
 
 
 # -- demo -------------------------------------------------------------------------------------

@@ -169,7 +169,10 @@ def decode_image(image: ImageData, limits: Limits, role: str, mode: str) -> np.n
             pil.load()
     except Image.DecompressionBombError as exc:
         raise ProtocolError("limit_exceeded", f"`{role}` is too large to decode safely: {exc}", role) from None
-    except (UnidentifiedImageError, OSError, ValueError) as exc:
+    except UnidentifiedImageError:
+        raise ProtocolError("bad_image", f"`{role}` is not a picture this server can read (corrupt, or not a "
+                            f"{image.format.upper()} file)", role) from None
+    except (OSError, ValueError) as exc:
         raise ProtocolError("bad_image", f"`{role}` could not be decoded: {exc}", role) from None
     return to_array(pil, mode)
 

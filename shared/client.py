@@ -18,7 +18,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
-from websockets.exceptions import ConnectionClosed
+from websockets.exceptions import ConnectionClosed, InvalidURI
 from websockets.sync.client import connect
 
 from .images import ImageData, decode_frame, encode_frame
@@ -105,6 +105,8 @@ class Client:
         try:
             # Images are compressed already (or raw on purpose): per-message deflate only costs time.
             self._ws = connect(self.url, open_timeout=self.open_timeout, max_size=self.max_size, compression=None)
+        except InvalidURI:
+            raise EaselError("bad_url", f"{self.url} is not a websocket address like ws://127.0.0.1:8760/") from None
         except (OSError, TimeoutError) as exc:
             raise EaselError("unreachable", f"cannot reach the Easel server at {self.url}: {exc}") from None
         except Exception as exc:  # handshake refused (bad origin, HTTP error ...)

@@ -141,3 +141,28 @@ def test_demo_command_writes_results_and_a_sheet(demo_root, tmp_path):
     sample, inpainted = (np.asarray(Image.open(tmp_path / "out" / n).convert("RGB")) for n in ("sample.png", "inpaint.png"))
     assert not (sample == inpainted).all()
     assert (sample[-20:] == inpainted[-20:]).all(), "the bottom of the picture is far from the mask"
+
+
+def test_run_turns_phone_photos_upright_and_reads_any_colour_mode(server, tmp_path):
+    photo = Image.new("RGB", (120, 80), "red")
+    exif = photo.getexif()
+    exif[0x0112] = 6  # stored sideways: shows as 80 x 120
+    photo.save(tmp_path / "phone.jpg", exif=exif)
+    Image.new("RGB", (96, 64), "blue").convert("CMYK").save(tmp_path / "print.jpg")
+    done = easel("run", "img2img", "--prompt", "x", "--image", tmp_path / "phone.jpg", "--strength", 0.5,
+                 "--steps", 2, "--out", tmp_path / "phone-out", "--server", server.url)
+    assert done.returncode == 0, done.stderr
+    assert Image.open(tmp_path / "phone-out.png").size == (80, 120)
+    done = easel("run", "img2img", "--prompt", "x", "--image", tmp_path / "print.jpg", "--strength", 0.5,
+                 "--steps", 2, "--out", tmp_path / "print-out.jpg", "--server", server.url)
+    assert done.returncode == 0, done.stderr
+    assert Image.open(tmp_path / "print-out.jpg").size == (96, 64)
+
+
+def test_run_checks_the_output_path_before_the_job(server, tmp_path):
+    image = picture(64, 64)
+    image.save(tmp_path / "in.png")
+    for out, why in ((tmp_path / "missing" / "o.png", "does not exist"), (tmp_path / "o.xyz", "not a picture")):
+        done = easel("run", "img2img", "--prompt", "x", "--image", tmp_path / "in.png", "--out", out,
+                     "--server", server.url)
+        assert done.returncode == 2 and why in done.stderr and "Traceback" not in done.stderr
