@@ -114,9 +114,9 @@ def build_request(message: dict, uploads: dict[str, ImageData], limits: Limits, 
     if request.denoising_steps < 1:
         raise ProtocolError("too_few_steps", f"strength {request.strength} x {request.steps} steps leaves no "
                             "denoising step; raise the strength or the steps", "strength")
-    request.image = _load(images["image"], limits, "image", "RGBA")
+    request.image = decode_image(images["image"], limits, "image", "RGBA")
     if mode == "inpaint":
-        mask = _load(images["mask"], limits, "mask", "L")
+        mask = decode_image(images["mask"], limits, "mask", "L")
         if mask.shape != request.image.shape[:2]:
             raise ProtocolError("size_mismatch", f"mask is {mask.shape[1]}x{mask.shape[0]} but the image is "
                                 f"{request.image.shape[1]}x{request.image.shape[0]}", "mask")
@@ -125,14 +125,6 @@ def build_request(message: dict, uploads: dict[str, ImageData], limits: Limits, 
                                 "mask")
         request.mask = mask
     return request
-
-
-def _load(image: ImageData, limits: Limits, role: str, mode: str) -> np.ndarray:
-    try:
-        return decode_image(image, limits, role, mode)
-    except ProtocolError as exc:
-        exc.field = role
-        raise
 
 
 def _resolve(ref: dict, uploads: dict[str, ImageData], role: str) -> ImageData:
@@ -167,6 +159,9 @@ def decode_image(image: ImageData, limits: Limits, role: str, mode: str) -> np.n
                 raise ProtocolError("bad_image", f"`{role}` is declared {image.width}x{image.height} but the file is "
                                     f"{pil.width}x{pil.height}", role)
             pil.load()
+    except ProtocolError as exc:
+        exc.field = role
+        raise
     except Image.DecompressionBombError as exc:
         raise ProtocolError("limit_exceeded", f"`{role}` is too large to decode safely: {exc}", role) from None
     except UnidentifiedImageError:

@@ -119,9 +119,6 @@ class ModelRegistry:
     def loaded_names(self) -> list[str]:
         return list(self._loaded)
 
-    def is_loaded(self, name: str) -> bool:
-        return name in self._loaded
-
     def describe(self) -> list[dict]:
         """The ``models`` message's entries."""
         out = []
