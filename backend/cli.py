@@ -53,6 +53,9 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--feather", type=int, help="pixels to feather the mask's edge over")
     run.add_argument("--sampler", choices=SAMPLERS)
     run.add_argument("--model", help="configured model name")
+    run.add_argument("--control", action="append", default=[], metavar="TYPE:IMAGE[:SCALE[:START[:END]]][:pre]",
+                     help="a ControlNet unit (repeatable); IMAGE may be 'input' for the picture itself; "
+                          "':pre' runs the type's preprocessor on it")
     run.add_argument("--layer", action="store_true",
                      help="inpaint: write the edit as a transparent layer instead of the composited picture")
     run.add_argument("--out", required=True, help="output PNG; with --batch N: OUT-1.png ... OUT-N.png")
@@ -161,6 +164,13 @@ def cmd_run(args) -> int:
     except OSError as exc:
         print(f"easel: cannot read an input picture: {exc}", file=sys.stderr)
         return 2
+    try:
+        units = [_control_unit(spec) for spec in args.control]
+    except (ValueError, OSError) as exc:
+        print(f"easel: {exc}", file=sys.stderr)
+        return 2
+    if units:
+        params["control"] = units
     outputs = _output_paths(args.out, args.batch or 1)
     problem = _unwritable(outputs[0])
     if problem:  # say so before the GPU spends time on it
@@ -210,6 +220,25 @@ def _read_picture(path: str, role: str) -> tuple[Image.Image, ImageData]:
     buffer = io.BytesIO()
     Image.fromarray(pixels).save(buffer, "PNG")
     return upright, ImageData("png", upright.width, upright.height, buffer.getvalue())
+
+
+def _control_unit(spec: str) -> dict:
+    """``TYPE:IMAGE[:SCALE[:START[:END]]][:pre]`` as a protocol control unit."""
+    parts = spec.split(":")
+    preprocess = parts[-1] == "pre"
+    if preprocess:
+        parts.pop()
+    if len(parts) < 2 or len(parts) > 5:
+        raise ValueError(f"--control {spec!r}: expected TYPE:IMAGE[:SCALE[:START[:END]]][:pre]")
+    unit: dict = {"type": parts[0], "preprocess": "on" if preprocess else "off"}
+    if parts[1] != "input":
+        unit["image"] = _read_picture(parts[1], "control")[1]
+    try:
+        for key, value in zip(("scale", "start", "end"), parts[2:]):
+            unit[key] = float(value)
+    except ValueError:
+        raise ValueError(f"--control {spec!r}: scale, start and end are numbers") from None
+    return unit
 
 
 def _unwritable(path: Path) -> str | None:

@@ -12,6 +12,10 @@
     [limits]
     max_steps = 150
 
+    [controlnets.sd15]         # ControlNets per family and control type
+    canny = "lllyasviel/control_v11p_sd15_canny"
+    depth = "/path/to/A1111/models/ControlNet/control_v11f1p_sd15_depth.safetensors"
+
     [models.sd15]
     source = "/path/to/A1111/models/Stable-diffusion/v1-5-pruned-emaonly.safetensors"
     family = "sd15"            # guessed from the weights when omitted
@@ -28,7 +32,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from shared.messages import DEFAULT_PORT, FAMILIES
+from shared.messages import CONTROL_TYPES, DEFAULT_PORT, FAMILIES
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -75,6 +79,8 @@ class Config:
     allowed_origins: list[str] = field(default_factory=list)
     model_folders: list[str] = field(default_factory=list)
     models: dict[str, ModelSpec] = field(default_factory=dict)
+    controlnets: dict[str, dict[str, str]] = field(default_factory=dict)  # family -> control type -> source
+    controlnet_memory_mb: int = 4096  # loaded ControlNets beyond this are dropped, least recently used first
     limits: Limits = field(default_factory=Limits)
     demo: bool = False
 
@@ -119,7 +125,7 @@ def load_config(path: str | Path | None = None) -> Config:
 
     server = data.get("server", {})
     for key in ("host", "port", "token", "default_model", "allow_pickle", "device", "allowed_origins",
-                "model_folders"):
+                "model_folders", "controlnet_memory_mb"):
         if key in server:
             setattr(config, key, server[key])
     known = {f.name for f in dataclasses.fields(Limits)}
@@ -136,6 +142,16 @@ def load_config(path: str | Path | None = None) -> Config:
             if value and _looks_like_path(value) and not Path(value).is_absolute():
                 setattr(spec, key, str((path.parent / value).resolve()))
         config.models[name] = spec
+    for family, types in data.get("controlnets", {}).items():
+        if family not in FAMILIES:
+            raise ConfigError(f"controlnets.{family}: the family must be one of {', '.join(FAMILIES)}")
+        for kind, source in types.items():
+            if kind not in CONTROL_TYPES:
+                raise ConfigError(f"controlnets.{family}.{kind}: the control type must be one of "
+                                  f"{', '.join(CONTROL_TYPES)}")
+            if _looks_like_path(source) and not Path(source).is_absolute():
+                source = str((path.parent / source).resolve())
+            config.controlnets.setdefault(family, {})[kind] = source
     for folder in config.model_folders:
         folder = (path.parent / Path(folder).expanduser()).resolve()
         for name, spec in scan_model_folder(folder, config.allow_pickle).items():

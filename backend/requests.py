@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import io
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -17,6 +17,22 @@ from backend.config import Limits
 from backend.imaging import to_array
 from shared.images import CHANNELS, ImageData
 from shared.messages import MAX_SEED, ProtocolError
+
+
+DEFAULT_PREPROCESSOR = {"canny": "canny", "lineart": "lineart_standard", "shuffle": "shuffle"}
+
+
+@dataclass
+class ControlUnit:
+    """One ControlNet unit, decoded: its image is None when it uses the job's picture."""
+
+    type: str
+    image: np.ndarray | None  # H x W x 4 RGBA, any size
+    preprocessor: str | None  # None: the image already is a control map
+    scale: float
+    start: float
+    end: float
+    resolution: int | None = None
 
 
 @dataclass
@@ -44,6 +60,7 @@ class EditRequest:
     preview_size: int = 256
     output_format: str = "png"
     inline: bool = False
+    control: list[ControlUnit] = field(default_factory=list)
 
     @property
     def denoising_steps(self) -> int:
@@ -58,6 +75,9 @@ class EditRequest:
         if self.mode == "generate":
             del out["strength"]
         out["seeds"] = [self.seed + i for i in range(self.batch)]
+        if self.control:
+            out["control"] = [{"type": u.type, "preprocess": u.preprocessor or "off", "scale": u.scale,
+                               "start": u.start, "end": u.end} for u in self.control]
         return {key: value for key, value in out.items() if value is not None}
 
 
@@ -67,6 +87,9 @@ def build_request(message: dict, uploads: dict[str, ImageData], limits: Limits, 
     mode = message["mode"]
     # A submit consumes the frames it names, accepted or refused, so a retry must upload again.
     images = {role: _resolve(message[role], uploads, role) for role in ("image", "mask") if role in message}
+    units = message.get("control", [])
+    control_images = [_resolve(unit["image"], uploads, f"control[{i}].image") if "image" in unit else None
+                      for i, unit in enumerate(units)]
     model = message.get("model") or default_model
     if model not in models:
         raise ProtocolError("unknown_model", f"no model named {model!r}; available: {', '.join(models) or 'none'}",
@@ -102,6 +125,8 @@ def build_request(message: dict, uploads: dict[str, ImageData], limits: Limits, 
     if request.seed + request.batch - 1 > MAX_SEED:
         raise ProtocolError("invalid_field", f"seed + batch - 1 must stay within {MAX_SEED}", "seed")
 
+    request.control = [_control_unit(unit, image, mode, limits, f"control[{i}]")
+                       for i, (unit, image) in enumerate(zip(units, control_images))]
     if mode == "generate":
         for key in ("width", "height"):
             value = message.get(key)
@@ -125,6 +150,25 @@ def build_request(message: dict, uploads: dict[str, ImageData], limits: Limits, 
                                 "mask")
         request.mask = mask
     return request
+
+
+def _control_unit(unit: dict, image: ImageData | None, mode: str, limits: Limits, name: str) -> ControlUnit:
+    if image is None and mode == "generate":
+        raise ProtocolError("invalid_field", f"`{name}.image` is required when generating (there is no picture "
+                            "to take it from)", f"{name}.image")
+    if unit["start"] >= unit["end"]:
+        raise ProtocolError("invalid_field", f"`{name}.start` ({unit['start']}) must be before `{name}.end` "
+                            f"({unit['end']})", f"{name}.end")
+    preprocessor = unit["preprocess"]
+    if preprocessor == "on":
+        preprocessor = DEFAULT_PREPROCESSOR.get(unit["type"])
+        if preprocessor is None:
+            raise ProtocolError("unknown_preprocessor", f"the {unit['type']} preprocessor needs annotator weights, "
+                                f"which this server does not have; send a ready {unit['type']} map with "
+                                "preprocess off", f"{name}.preprocess")
+    return ControlUnit(unit["type"], decode_image(image, limits, f"{name}.image", "RGBA") if image else None,
+                       None if preprocessor == "off" else preprocessor, float(unit["scale"]),
+                       float(unit["start"]), float(unit["end"]), unit.get("resolution"))
 
 
 def _resolve(ref: dict, uploads: dict[str, ImageData], role: str) -> ImageData:

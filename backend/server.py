@@ -29,12 +29,12 @@ from backend.imaging import encode
 from backend.jobs import Job, JobQueue
 from backend.requests import build_request
 from shared.images import ImageData, decode_frame, encode_frame
-from shared.messages import (FAMILIES, IMAGE_FORMATS, MODES, PROTOCOL_VERSION, SAMPLERS, ProtocolError,
-                             parse_client_message)
+from shared.messages import (FAMILIES, IMAGE_FORMATS, MODES, PREPROCESSORS, PROTOCOL_VERSION, SAMPLERS,
+                             ProtocolError, parse_client_message)
 
 log = logging.getLogger(__name__)
 SERVER_NAME = f"easel/{shared.__version__}"
-CLIENT_ROLES = ("image", "mask")
+CLIENT_ROLES = ("image", "mask", "control")
 
 
 class Session:
@@ -207,7 +207,9 @@ class EaselServer:
             "type": "welcome", "server": SERVER_NAME, "protocol": PROTOCOL_VERSION,
             "capabilities": {
                 "modes": list(MODES), "families": list(FAMILIES), "samplers": list(SAMPLERS),
-                "image_formats": list(IMAGE_FORMATS), "control_types": [], "preprocessors": [],
+                "image_formats": list(IMAGE_FORMATS),
+                "control_types": sorted({kind for types in self.config.controlnets.values() for kind in types}),
+                "preprocessors": list(PREPROCESSORS),
                 "limits": {"max_steps": limits.max_steps, "max_batch": limits.max_batch,
                            "max_side": limits.max_side, "max_pixels": limits.max_pixels,
                            "max_message_bytes": limits.max_message_bytes,

@@ -140,11 +140,15 @@ class Client:
         return {"frame": image_id}
 
     def submit(self, mode: str, **params) -> str:
-        """Queue a job; ``image`` and ``mask`` may be ImageData (uploaded first). Returns the job id."""
+        """Queue a job; ``image``, ``mask`` and control units' images may be ImageData (uploaded first).
+        Returns the job id."""
         job = params.pop("job", None) or uuid.uuid4().hex[:16]
         for role in ("image", "mask"):
             if isinstance(params.get(role), ImageData):
                 params[role] = self.upload(params[role], role)
+        if "control" in params:
+            params["control"] = [{**unit, "image": self.upload(unit["image"], "control")}
+                                 if isinstance(unit.get("image"), ImageData) else unit for unit in params["control"]]
         self._send({"type": "submit", "job": job, "mode": mode, **params})
         return job
 

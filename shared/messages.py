@@ -21,7 +21,10 @@ FAMILIES = ("sd15", "sdxl")
 SAMPLERS = ("dpmpp_2m", "dpmpp_2m_karras", "euler", "euler_a", "ddim", "unipc")
 IMAGE_FORMATS = ("png", "webp", "rgba8", "l8")
 RESULT_FORMATS = ("png", "webp", "rgba8")
-FRAME_ROLES = ("image", "mask", "result", "preview")
+FRAME_ROLES = ("image", "mask", "control", "result", "preview")
+CONTROL_TYPES = ("canny", "lineart", "lineart_anime", "softedge", "depth", "normal", "pose", "scribble",
+                 "segmentation", "mlsd", "tile", "shuffle", "inpaint")
+PREPROCESSORS = ("canny", "lineart_standard", "shuffle")  # those that need no annotator weights
 JOB_ID_PATTERN = r"^[A-Za-z0-9_.:-]{1,64}$"
 IMAGE_ID_PATTERN = r"^[A-Za-z0-9_.:-]{1,80}$"  # server image ids are the job id plus a suffix
 MAX_SEED = 2**32 - 1
@@ -45,6 +48,8 @@ ERROR_CODES = {
     "unknown_job": "No queued or running job of this connection has this id.",
     "model_load_failed": "The model could not be loaded.",
     "unsupported_mode": "The model cannot run this mode (an inpaint-only checkpoint asked to generate).",
+    "unknown_control_model": "No ControlNet is configured for this control type and the job's model family.",
+    "unknown_preprocessor": "The named preprocessor does not exist or cannot run on this server.",
     "internal": "The server failed unexpectedly on a job or a message; it keeps running.",
 }
 
@@ -188,6 +193,22 @@ IMAGE_REF = Field("object", "An image: `{\"frame\": id}` names a binary frame se
                       "format": Field("string", "Format of inline data.", default="png", choices=("png", "webp")),
                   })
 
+CONTROL_UNIT = Field("object", "One ControlNet unit.", fields={
+    "type": Field("string", "What the control image shows.", required=True, choices=CONTROL_TYPES),
+    "image": Field("object", "The control image (a map, or a picture to preprocess); the job's `image` when "
+                   "omitted. Resized to the picture's size, then cropped and resized exactly like it.",
+                   fields=IMAGE_REF.fields),
+    "preprocess": Field("string", "`off`: the image already is a control map; `on`: run the type's "
+                        "preprocessor; or a preprocessor's name.", default="off",
+                        choices=("off", "on") + PREPROCESSORS),
+    "scale": Field("number", "Strength of the unit; 0 disables it.", default=1.0, minimum=0, maximum=2),
+    "start": Field("number", "Fraction of the schedule where the unit starts.", default=0.0, minimum=0,
+                   maximum=1),
+    "end": Field("number", "Fraction of the schedule where the unit stops.", default=1.0, minimum=0, maximum=1),
+    "resolution": Field("integer", "Preprocessor working resolution (shorter side); the diffusion size when "
+                        "omitted.", minimum=64, maximum=4096),
+})
+
 BOX = Field("array", "[x, y, width, height] in pixels of the submitted image.",
             items=Field("integer", minimum=0), min_items=4)
 
@@ -241,6 +262,7 @@ CLIENT_MESSAGES: dict[str, dict[str, Field]] = {
         "output_format": Field("string", "Encoding of result images.", default="png", choices=RESULT_FORMATS),
         "inline": Field("boolean", "Put results in the `result` message as base64 PNG instead of binary frames.",
                         default=False),
+        "control": Field("array", "ControlNet units, applied together.", items=CONTROL_UNIT),
     },
     "cancel": {
         "type": _type("cancel"),

@@ -166,3 +166,19 @@ def test_run_checks_the_output_path_before_the_job(server, tmp_path):
         done = easel("run", "img2img", "--prompt", "x", "--image", tmp_path / "in.png", "--out", out,
                      "--server", server.url)
         assert done.returncode == 2 and why in done.stderr and "Traceback" not in done.stderr
+
+
+def test_run_with_control_units(server, inputs):
+    image, mask, folder = inputs
+    lines = Image.new("RGB", (200, 150), "black")
+    lines.paste((255, 255, 255), (0, 0, 100, 150))
+    lines.save(folder / "lines.png")
+    common = ["run", "img2img", "--prompt", "x", "--image", folder / "in.png", "--strength", 0.8, "--steps", 4,
+              "--seed", 1, "--server", server.url]
+    plain = easel(*common, "--out", folder / "plain.png")
+    steered = easel(*common, "--control", f"canny:{folder / 'lines.png'}:1.2:0:0.8",
+                    "--control", "canny:input:0.8:pre", "--out", folder / "steered.png")
+    assert plain.returncode == 0 and steered.returncode == 0, steered.stderr
+    assert not (np.asarray(Image.open(folder / "plain.png")) == np.asarray(Image.open(folder / "steered.png"))).all()
+    bad = easel(*common, "--control", "canny", "--out", folder / "bad.png")
+    assert bad.returncode == 2 and "TYPE:IMAGE" in bad.stderr

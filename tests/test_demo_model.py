@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 
@@ -14,14 +15,27 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from diffusers import (  # noqa: E402
     AutoencoderTiny,
+    ControlNetModel,
+    MultiControlNetModel,
+    StableDiffusionControlNetImg2ImgPipeline,
+    StableDiffusionControlNetInpaintPipeline,
+    StableDiffusionControlNetPipeline,
     StableDiffusionImg2ImgPipeline,
     StableDiffusionInpaintPipeline,
     StableDiffusionPipeline,
+    StableDiffusionXLControlNetImg2ImgPipeline,
+    StableDiffusionXLControlNetInpaintPipeline,
+    StableDiffusionXLControlNetPipeline,
     StableDiffusionXLInpaintPipeline,
     StableDiffusionXLPipeline,
 )
 
-from backend.engine.demo_model import DEMO_FOLDERS, write_demo_model  # noqa: E402
+from backend.engine.demo_model import (  # noqa: E402
+    CONTROL_TYPES,
+    DEMO_FOLDERS,
+    demo_controlnets,
+    write_demo_model,
+)
 
 SD_KWARGS = dict(safety_checker=None, requires_safety_checker=False)
 PIPELINES = {
@@ -47,24 +61,48 @@ def demo_dir(tmp_path_factory):
     return write_demo_model(tmp_path_factory.mktemp("tiny-demo"))
 
 
-@pytest.fixture(scope="module")
-def pipes(demo_dir):
-    loaded = {}
+# ControlNet pipelines per family: txt2img, img2img, inpaint.
+CONTROL_PIPELINES = {
+    "sd15": (StableDiffusionControlNetPipeline, StableDiffusionControlNetImg2ImgPipeline,
+             StableDiffusionControlNetInpaintPipeline),
+    "sdxl": (StableDiffusionXLControlNetPipeline, StableDiffusionXLControlNetImg2ImgPipeline,
+             StableDiffusionXLControlNetInpaintPipeline),
+}
+
+
+@contextlib.contextmanager
+def offline():
+    """Loading must not touch the network."""
     real_connect = socket.socket.connect
 
-    def no_network(self, address):  # loading must not touch the network
+    def no_network(self, address):
         if self.family in (socket.AF_INET, socket.AF_INET6):
             raise AssertionError(f"network access while loading the demo model: {address}")
         return real_connect(self, address)
 
     socket.socket.connect = no_network
     try:
+        yield
+    finally:
+        socket.socket.connect = real_connect
+
+
+@pytest.fixture(scope="module")
+def pipes(demo_dir):
+    loaded = {}
+    with offline():
         for name, (cls, kwargs) in PIPELINES.items():
             loaded[name] = cls.from_pretrained(demo_dir / name, **kwargs)
             loaded[name].set_progress_bar_config(disable=True)
-    finally:
-        socket.socket.connect = real_connect
     return loaded
+
+
+@pytest.fixture(scope="module")
+def controlnets(demo_dir):
+    """Every demo ControlNet, loaded offline from its own folder: {family: {type: model}}."""
+    with offline():
+        return {family: {kind: ControlNetModel.from_pretrained(folder) for kind, folder in folders.items()}
+                for family, folders in demo_controlnets(demo_dir).items()}
 
 
 def gen(seed: int) -> torch.Generator:
@@ -86,6 +124,15 @@ def test_writes_exactly_the_model_folders(demo_dir):
         assert (demo_dir / name / "model_index.json").is_file()
         assert list((demo_dir / name / "unet").glob("*.safetensors"))
         assert not list((demo_dir / name).rglob("*.bin"))
+    folders = demo_controlnets(demo_dir)
+    assert sorted(folders) == ["sd15", "sdxl"]
+    assert sorted(p.name for p in (demo_dir / "controlnet").iterdir()) == ["sd15", "sdxl"]
+    for family, by_type in folders.items():
+        assert list(by_type) == list(CONTROL_TYPES)
+        assert sorted(p.name for p in (demo_dir / "controlnet" / family).iterdir()) == sorted(CONTROL_TYPES)
+        for kind, folder in by_type.items():
+            assert isinstance(folder, str) and folder == str(demo_dir / "controlnet" / family / kind)
+            assert sorted(p.name for p in os.scandir(folder)) == ["config.json", "diffusion_pytorch_model.safetensors"]
 
 
 @pytest.mark.parametrize("name", list(PIPELINES))
@@ -172,6 +219,100 @@ def test_inpaint_with_base_and_inpaint_unets(pipes, family):
 def test_same_seed_writes_same_weights(demo_dir, tmp_path):
     again = write_demo_model(tmp_path / "again", seed=0)
     other = write_demo_model(tmp_path / "other", seed=1)
-    unet = "sd15/unet/diffusion_pytorch_model.safetensors"
-    assert (again / unet).read_bytes() == (demo_dir / unet).read_bytes()
-    assert (other / unet).read_bytes() != (demo_dir / unet).read_bytes()
+    for weights in ("sd15/unet/diffusion_pytorch_model.safetensors",
+                    "controlnet/sdxl/depth/diffusion_pytorch_model.safetensors"):
+        assert (again / weights).read_bytes() == (demo_dir / weights).read_bytes()
+        assert (other / weights).read_bytes() != (demo_dir / weights).read_bytes()
+
+
+# -- ControlNets ----------------------------------------------------------------------------------
+
+def split(direction: str, size: int = 128) -> Image.Image:
+    """A black/white control image split left|right or top/bottom."""
+    a = np.zeros((size, size, 3), np.uint8)
+    if direction == "lr":
+        a[:, size // 2:] = 255
+    else:
+        a[size // 2:] = 255
+    return Image.fromarray(a)
+
+
+@pytest.mark.parametrize("family", ["sd15", "sdxl"])
+def test_controlnets_fit_their_family(pipes, controlnets, family):
+    unet = pipes[family].unet
+    weights = set()
+    for kind in CONTROL_TYPES:
+        cn = controlnets[family][kind]
+        assert type(cn) is ControlNetModel
+        assert cn.config.in_channels == 4
+        assert tuple(cn.config.block_out_channels) == tuple(unet.config.block_out_channels)
+        assert cn.config.cross_attention_dim == unet.config.cross_attention_dim
+        assert cn.config.addition_embed_type == unet.config.addition_embed_type
+        # the layers diffusers zero-initialises are not zero (else the ControlNet would be a no-op)
+        assert cn.controlnet_cond_embedding.conv_out.weight.abs().sum() > 0
+        assert all(conv.weight.abs().sum() > 0 for conv in cn.controlnet_down_blocks)
+        assert cn.controlnet_mid_block.weight.abs().sum() > 0
+        weights.add(cn.controlnet_mid_block.weight.sum().item())
+    assert len(weights) == len(CONTROL_TYPES)  # every type has its own weights
+
+
+@pytest.mark.parametrize("family", ["sd15", "sdxl"])
+def test_controlnet_changes_the_picture(pipes, controlnets, family):
+    cls = CONTROL_PIPELINES[family][0]
+
+    def run(kind="canny", control="lr", scale=1.0, start=0.0, end=1.0):
+        pipe = cls.from_pipe(pipes[family], controlnet=controlnets[family][kind], dtype=torch.float32)
+        pipe.set_progress_bar_config(disable=True)
+        image = pipe("a photo of a cat", image=split(control), num_inference_steps=4, height=128, width=128,
+                     controlnet_conditioning_scale=scale, control_guidance_start=start, control_guidance_end=end,
+                     generator=gen(1)).images[0]
+        assert image.size == (128, 128)
+        return pixels(image)
+
+    on, off = run(), run(scale=0.0)
+    assert np.isfinite(on).all()
+    assert 0.0 < on.mean() < 255.0
+    assert ((on == 0) | (on == 255)).mean() < 0.5  # not saturated
+    assert np.abs(on - off).mean() > 3.0  # scale 1 vs 0
+    assert np.abs(on - run(control="tb")).mean() > 3.0  # the control image matters
+    assert np.abs(on - run(start=0.5)).mean() > 1.0  # guidance start/end matter
+    assert np.abs(on - run(kind="depth")).mean() > 3.0  # two types differ for the same control image
+
+
+@pytest.mark.parametrize("family", ["sd15", "sdxl"])
+def test_controlnet_img2img_and_inpaint_pipelines(pipes, controlnets, family):
+    _, img2img_cls, inpaint_cls = CONTROL_PIPELINES[family]
+    cn = controlnets[family]["canny"]
+    init, control = gradient(), split("lr")
+    mask = np.zeros((128, 128), np.uint8)
+    mask[32:96, 32:96] = 255
+    common = dict(num_inference_steps=4, height=128, width=128)
+
+    img2img = img2img_cls.from_pipe(pipes[family], controlnet=cn, dtype=torch.float32)
+    img2img.set_progress_bar_config(disable=True)
+    out = {scale: pixels(img2img("a photo of a cat", image=init, control_image=control, strength=0.6,
+                                 controlnet_conditioning_scale=scale, generator=gen(1), **common).images[0])
+           for scale in (0.0, 1.0)}
+    assert np.abs(out[0.0] - out[1.0]).mean() > 1.0
+
+    # both the 4-channel base UNet and the 9-channel inpaint UNet take the 4-channel ControlNet
+    for base in (pipes[family], pipes[f"{family}-inpaint"]):
+        inpaint = inpaint_cls.from_pipe(base, controlnet=cn, dtype=torch.float32)
+        inpaint.set_progress_bar_config(disable=True)
+        out = {scale: pixels(inpaint("a photo of a cat", image=init, mask_image=Image.fromarray(mask),
+                                     control_image=control, controlnet_conditioning_scale=scale, generator=gen(1),
+                                     **common).images[0])
+               for scale in (0.0, 1.0)}
+        assert np.abs(out[0.0] - out[1.0]).mean() > 1.0
+
+
+def test_multi_controlnet(pipes, controlnets):
+    cls = CONTROL_PIPELINES["sd15"][0]
+    pipe = cls.from_pipe(pipes["sd15"], controlnet=[controlnets["sd15"]["canny"], controlnets["sd15"]["depth"]],
+                         dtype=torch.float32)
+    pipe.set_progress_bar_config(disable=True)
+    assert isinstance(pipe.controlnet, MultiControlNetModel)
+    run = lambda scales: pixels(pipe("a photo of a cat", image=[split("lr"), split("tb")],  # noqa: E731
+                                     controlnet_conditioning_scale=scales, num_inference_steps=2, height=128,
+                                     width=128, generator=gen(1)).images[0])
+    assert np.abs(run([1.0, 0.0]) - run([0.0, 1.0])).mean() > 3.0

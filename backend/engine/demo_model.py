@@ -9,6 +9,9 @@ diffusers pipeline classes::
     root/sdxl/           StableDiffusionXLPipeline          (4-channel UNet)
     root/sdxl-inpaint/   StableDiffusionXLInpaintPipeline   (9-channel UNet)
     root/taesd/          AutoencoderTiny (latent_channels=4, preview decoder)
+    root/controlnet/<family>/<type>/
+                         ControlNetModel for family "sd15" / "sdxl" (made from
+                         that family's 4-channel UNet), one per CONTROL_TYPES
 
 The weights are random (seeded, so the same ``seed`` writes byte-identical
 files), with a few layers overwritten so the results behave plausibly:
@@ -19,7 +22,12 @@ files), with a few layers overwritten so the results behave plausibly:
 * the UNets carry the noisy latents on a skip path to the output, giving a
   crude but sane noise estimate, so sampling does not blow up; the random deep
   path (cross-attention on the random text encoders) is added on top, so
-  results depend on prompt, seed and init image.
+  results depend on prompt, seed and init image;
+* the ControlNets (``ControlNetModel.from_unet``) get random, calibrated
+  weights in the layers diffusers initialises to zero (conditioning embedding
+  output, residual 1x1 convs), so the control image, the conditioning scale and
+  the guidance start/end all change the picture; every control type has its own
+  seed, so two types give different pictures for the same control image.
 
 Text-to-image pictures are coloured noise; every code path of the real
 pipelines runs (tokenizers, CFG, schedulers, VAE encode/decode, masks). Both
@@ -33,6 +41,9 @@ Load them with, e.g.::
                                             requires_safety_checker=False)
     StableDiffusionXLPipeline.from_pretrained(root / "sdxl", add_watermarker=False)
     AutoencoderTiny.from_pretrained(root / "taesd")
+    StableDiffusionControlNetPipeline.from_pipe(  # dtype: else from_pipe casts sd15_pipe to float32
+        sd15_pipe, controlnet=ControlNetModel.from_pretrained(root / "controlnet" / "sd15" / "canny"),
+        dtype=sd15_pipe.dtype)
 """
 
 from __future__ import annotations
@@ -43,9 +54,36 @@ import os
 import pathlib
 from typing import Any
 
-__all__ = ["DEMO_FOLDERS", "demo_models", "ensure_demo_model", "write_demo_model", "write_demo_model_with_config"]
+__all__ = [
+    "CONTROLNET_FAMILIES",
+    "CONTROL_TYPES",
+    "DEMO_FOLDERS",
+    "demo_controlnets",
+    "demo_models",
+    "ensure_demo_model",
+    "write_demo_model",
+    "write_demo_model_with_config",
+]
 
-DEMO_FOLDERS = ("sd15", "sd15-inpaint", "sdxl", "sdxl-inpaint", "taesd")
+DEMO_FOLDERS = ("sd15", "sd15-inpaint", "sdxl", "sdxl-inpaint", "taesd", "controlnet")
+
+# One demo ControlNet per family and control type: root/controlnet/<family>/<type>/.
+CONTROL_TYPES = (
+    "canny",
+    "lineart",
+    "lineart_anime",
+    "softedge",
+    "depth",
+    "normal",
+    "pose",
+    "scribble",
+    "segmentation",
+    "mlsd",
+    "tile",
+    "shuffle",
+    "inpaint",
+)
+CONTROLNET_FAMILIES = ("sd15", "sdxl")
 
 # Standard SD 1.x / SDXL noise schedule.
 _SCHEDULER_KWARGS: dict[str, Any] = dict(
@@ -85,6 +123,17 @@ _VAE_NOISE = 0.02
 # per-channel "normalised input" noise estimate; see _shape_unet.
 _UNET_DEEP = 0.5
 _UNET_OUT = 0.5
+# ControlNet: channels of the (tiny) conditioning embedding, 3 stride-2 convs =
+# the 8 px latent grid; std of its output on a reference control image (added
+# to the ControlNet's conv_in features, ~unit scale); and the weight scale of
+# the residual 1x1 convs (a fraction of PyTorch's default conv init).
+_CN_EMBED_CHANNELS = (16, 16, 32, 32)
+_CN_EMBED_STD = 1.0
+_CN_RESIDUAL = 0.25
+# Gain (x 1/sqrt(fan_in)) and bias std of the redrawn conditioning embedding
+# convs: enough that the control image's structure survives the silu chain.
+_CN_EMBED_GAIN = 1.6
+_CN_EMBED_BIAS = 0.1
 
 
 # --------------------------------------------------------------------------- #
@@ -404,6 +453,82 @@ def _shape_taesd(taesd) -> None:
     _center_taps(convs[-1], final, -p.sum(dim=1))
 
 
+def _shape_controlnet(controlnet, seed: int) -> None:
+    """Re-draw the layers diffusers zero-initialises, so the ControlNet acts.
+
+    ``ControlNetModel.from_unet`` copies the UNet's conv_in, time embeddings and
+    down/mid blocks, and zero-initialises the conditioning embedding's conv_out
+    and the residual 1x1 convs: a no-op ControlNet. Here (seeded, so every
+    control type differs) the whole conditioning embedding is redrawn, its
+    output rescaled to std ``_CN_EMBED_STD`` on a fixed blocky reference control
+    image (a plain random init shrinks the signal ~100x over its 8 convs), and
+    the residual convs get PyTorch's default init (uniform, bound
+    1/sqrt(fan_in)) scaled by ``_CN_RESIDUAL``.
+    The UNets' per-channel output norm keeps the extra residuals from blowing
+    up the noise estimate.
+    """
+    import math
+
+    import torch
+
+    gen = torch.Generator().manual_seed(seed)
+    embedding = controlnet.controlnet_cond_embedding
+    convs = [embedding.conv_in, *embedding.blocks, embedding.conv_out]
+    for conv in convs:
+        fan_in = conv.weight[0].numel()
+        conv.weight.copy_(torch.randn(conv.weight.shape, generator=gen) * (_CN_EMBED_GAIN / math.sqrt(fan_in)))
+        conv.bias.copy_(torch.randn(conv.bias.shape, generator=gen) * _CN_EMBED_BIAS)
+    # reference control image: 64 px, 8 px blocks of random colour (flat areas + edges); small, as
+    # these convs at full size were the bulk of the write time on a busy CPU
+    channels = controlnet.config.conditioning_channels
+    reference = torch.rand((1, channels, 8, 8), generator=gen).repeat_interleave(8, 2).repeat_interleave(8, 3)
+    gain = _CN_EMBED_STD / embedding(reference).std()
+    embedding.conv_out.weight.mul_(gain)
+    embedding.conv_out.bias.mul_(gain)
+
+    for conv in [*controlnet.controlnet_down_blocks, controlnet.controlnet_mid_block]:
+        bound = _CN_RESIDUAL / math.sqrt(conv.weight[0].numel())
+        conv.weight.copy_((torch.rand(conv.weight.shape, generator=gen) * 2 - 1) * bound)
+        conv.bias.copy_((torch.rand(conv.bias.shape, generator=gen) * 2 - 1) * bound)
+
+
+def _write_controlnets(root: pathlib.Path, family: str, unet, seed: int) -> None:
+    """One ControlNet folder per control type, made from the family's 4-channel UNet.
+
+    The ControlNet is built once (the UNet-copied part is shared) and only its
+    shaped layers are redrawn per type, with a seed per (family, type).
+    """
+    import torch
+    from diffusers import ControlNetModel
+
+    torch.manual_seed(seed)
+    controlnet = ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=_CN_EMBED_CHANNELS).eval()
+    for index, control_type in enumerate(CONTROL_TYPES):
+        with torch.no_grad(), _one_torch_thread():
+            _shape_controlnet(controlnet, seed + index)
+        controlnet.save_pretrained(root / "controlnet" / family / control_type, safe_serialization=True)
+
+
+@contextlib.contextmanager
+def _one_torch_thread():
+    """Run tiny convolutions on one intra-op thread.
+
+    The calibration convs take ~4 ms per ControlNet on one thread, but OpenMP
+    threads spinning on a busy 2-core machine made them ~15x slower.
+    """
+    import torch
+
+    threads = torch.get_num_threads()
+    if threads == 1:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 # --------------------------------------------------------------------------- #
 # Public entry point
 # --------------------------------------------------------------------------- #
@@ -464,8 +589,8 @@ def _write(root: pathlib.Path, seed: int) -> None:
     te15 = text_encoder(2)
     common_15 = dict(vae=vae15, text_encoder=te15, tokenizer=tokenizer, scheduler=scheduler, safety_checker=None,
                      feature_extractor=None, requires_safety_checker=False)
-    StableDiffusionPipeline(unet=_make_unet(seed * 100 + 3, in_channels=4, xl=False), **common_15).save_pretrained(
-        root / "sd15", **save)
+    unet15 = _make_unet(seed * 100 + 3, in_channels=4, xl=False)
+    StableDiffusionPipeline(unet=unet15, **common_15).save_pretrained(root / "sd15", **save)
     StableDiffusionInpaintPipeline(unet=_make_unet(seed * 100 + 4, in_channels=9, xl=False),
                                    **common_15).save_pretrained(root / "sd15-inpaint", **save)
 
@@ -483,9 +608,8 @@ def _write(root: pathlib.Path, seed: int) -> None:
         force_zeros_for_empty_prompt=True,
         add_watermarker=False,
     )
-    StableDiffusionXLPipeline(
-        unet=_make_unet(seed * 100 + 8, in_channels=4, xl=True), **common_xl
-    ).save_pretrained(root / "sdxl", **save)
+    unetxl = _make_unet(seed * 100 + 8, in_channels=4, xl=True)
+    StableDiffusionXLPipeline(unet=unetxl, **common_xl).save_pretrained(root / "sdxl", **save)
     StableDiffusionXLInpaintPipeline(
         unet=_make_unet(seed * 100 + 9, in_channels=9, xl=True),
         requires_aesthetics_score=False,
@@ -501,6 +625,10 @@ def _write(root: pathlib.Path, seed: int) -> None:
     cfg = json.loads(cfg_path.read_text())
     cfg.pop("block_out_channels", None)
     cfg_path.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
+
+    # ---- ControlNets: root/controlnet/<family>/<type>/ -------------------- #
+    _write_controlnets(root, "sd15", unet15, seed * 100 + 20)
+    _write_controlnets(root, "sdxl", unetxl, seed * 100 + 40)
 
 
 # -- serving the demo -------------------------------------------------------------------------
@@ -519,6 +647,17 @@ def demo_models(root: str | os.PathLike) -> dict:
     }
 
 
+def demo_controlnets(root: str | os.PathLike) -> dict[str, dict[str, str]]:
+    """ControlNet folders of a written demo: ``{family: {control type: folder}}`` for the families
+    ``sd15`` and ``sdxl`` and every type in ``CONTROL_TYPES``. Each folder loads with
+    ``ControlNetModel.from_pretrained`` and fits that family's demo pipelines (4- and 9-channel UNets)."""
+    root = pathlib.Path(root)
+    return {
+        family: {control_type: str(root / "controlnet" / family / control_type) for control_type in CONTROL_TYPES}
+        for family in CONTROLNET_FAMILIES
+    }
+
+
 def write_demo_model_with_config(root: str | os.PathLike) -> pathlib.Path:
     """Write the demo model plus an ``easel.toml`` that serves it."""
     root = write_demo_model(root).resolve()
@@ -533,7 +672,7 @@ def write_demo_model_with_config(root: str | os.PathLike) -> pathlib.Path:
     return root
 
 
-DEMO_VERSION = "1"
+DEMO_VERSION = "2"
 """Bumped whenever the demo's contents change, so cached copies are rewritten."""
 
 

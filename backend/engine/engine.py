@@ -8,7 +8,7 @@ put the results back at canvas resolution as layers.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 import numpy as np
@@ -16,6 +16,8 @@ import torch
 from PIL import Image
 
 from backend.engine import masks
+from backend.engine.controlnets import ControlNetCache
+from backend.engine.preprocessors import preprocess
 from backend.engine.models import LoadedModel, ModelRegistry
 from backend.engine.previews import Previewer
 from backend.requests import EditRequest
@@ -63,6 +65,8 @@ class _Inputs:
     mask: Image.Image | None = None  # L, diffusion size
     original: np.ndarray | None = None  # RGBA crop at canvas resolution
     alpha: np.ndarray | None = None  # feathered mask over the crop
+    control: list = field(default_factory=list)  # the active control units
+    control_images: list = field(default_factory=list)  # their images at diffusion size
 
 
 def make_scheduler(name: str, config):
@@ -88,7 +92,10 @@ class Engine:
     """Runs jobs on the models of a registry, one at a time (the caller's worker thread)."""
 
     def __init__(self, registry: ModelRegistry):
+        config = registry.config
         self.registry = registry
+        self.controlnets = ControlNetCache(config.controlnets, registry.device, registry.dtype,
+                                           config.controlnet_memory_mb * 2**20, config.allow_pickle)
         self._previewers: dict[str, Previewer] = {}
 
     @property
@@ -103,6 +110,7 @@ class Engine:
         loaded = time.perf_counter()
 
         inputs = self._prepare(request, model)
+        pipe = self._with_control(request, model, inputs) or pipe
         reporter.started(request.denoising_steps, inputs.size, inputs.plan.box if inputs.plan else None)
 
         layers = []
@@ -139,6 +147,39 @@ class Engine:
         return _Inputs(_plan_size(plan), plan, image=_resample(crop[..., :3], plan), mask=_resample(alpha, plan),
                        original=crop, alpha=alpha)
 
+    def _with_control(self, request: EditRequest, model: LoadedModel, inputs: _Inputs):
+        """The ControlNet pipeline for the job's active units (scale 0 switches a unit off), with their
+        images prepared into ``inputs``; None when no unit is active."""
+        active = [(i, unit) for i, unit in enumerate(request.control) if unit.scale > 0]
+        if not active:
+            return None
+        controlnets = [self.controlnets.get(model.family, unit.type, f"control[{i}].type") for i, unit in active]
+        inputs.control = [unit for _, unit in active]
+        inputs.control_images = [self._control_image(request, model, inputs, unit) for _, unit in active]
+        return model.control_pipeline(request.mode, controlnets)
+
+    @staticmethod
+    def _control_image(request: EditRequest, model: LoadedModel, inputs: _Inputs, unit):
+        """A unit's image, resized to the picture, then cropped and resized exactly like it."""
+        source = unit.image if unit.image is not None else request.image
+        picture = Image.fromarray(np.ascontiguousarray(source[..., :3]))
+        if inputs.plan is None:
+            picture = picture.resize(inputs.size, Image.Resampling.LANCZOS)
+        else:
+            height, width = request.image.shape[:2]
+            if picture.size != (width, height):
+                picture = picture.resize((width, height), Image.Resampling.LANCZOS)
+            box = inputs.plan.box
+            picture = _resample(np.asarray(picture)[box.y:box.y1, box.x:box.x1], inputs.plan)
+        if unit.preprocessor:
+            picture = preprocess(unit.preprocessor, picture, unit.resolution, seed=request.seed)
+        if unit.type == "inpaint" and request.mode == "inpaint" and model.family == "sd15":
+            # The SD1.5 inpaint ControlNet's convention: the picture with masked pixels at -1.
+            pixels = np.asarray(picture, dtype=np.float32) / 255.0
+            pixels[np.asarray(inputs.mask) >= 128] = -1.0
+            return torch.from_numpy(pixels).permute(2, 0, 1)[None]
+        return picture
+
     def _diffuse(self, pipe, request: EditRequest, inputs: _Inputs, seed: int, on_step) -> np.ndarray:
         """One image of the batch, as H x W x 3 uint8 at diffusion size."""
         kwargs = dict(prompt=request.prompt, negative_prompt=request.negative_prompt or None,
@@ -153,6 +194,13 @@ class Engine:
         else:
             kwargs.update(image=inputs.image, mask_image=inputs.mask, strength=request.strength,
                           width=width, height=height)
+        if inputs.control:
+            single = len(inputs.control) == 1
+            pick = (lambda values: values[0]) if single else list
+            kwargs["image" if request.mode == "generate" else "control_image"] = pick(inputs.control_images)
+            kwargs.update(controlnet_conditioning_scale=pick([u.scale for u in inputs.control]),
+                          control_guidance_start=pick([u.start for u in inputs.control]),
+                          control_guidance_end=pick([u.end for u in inputs.control]))
         images = pipe(**kwargs).images
         return (np.clip(images[0], 0, 1) * 255).round().astype(np.uint8)
 

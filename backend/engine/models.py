@@ -50,14 +50,33 @@ def pick_device(preference: str = "auto") -> tuple[torch.device, torch.dtype]:
     return device, (torch.float32 if device.type == "cpu" else torch.float16)
 
 
-def _pipeline_classes(family: str) -> dict[str, type]:
+def _pipeline_classes(family: str, control: bool = False) -> dict[str, type]:
     import diffusers as d
 
+    if control and family == "sdxl":
+        return {"generate": d.StableDiffusionXLControlNetPipeline,
+                "img2img": d.StableDiffusionXLControlNetImg2ImgPipeline,
+                "inpaint": d.StableDiffusionXLControlNetInpaintPipeline}
+    if control:
+        return {"generate": d.StableDiffusionControlNetPipeline, "img2img": d.StableDiffusionControlNetImg2ImgPipeline,
+                "inpaint": d.StableDiffusionControlNetInpaintPipeline}
     if family == "sdxl":
         return {"generate": d.StableDiffusionXLPipeline, "img2img": d.StableDiffusionXLImg2ImgPipeline,
                 "inpaint": d.StableDiffusionXLInpaintPipeline}
     return {"generate": d.StableDiffusionPipeline, "img2img": d.StableDiffusionImg2ImgPipeline,
             "inpaint": d.StableDiffusionInpaintPipeline}
+
+
+def _from_pipe(cls, pipe, **components):
+    """``cls`` sharing ``pipe``'s modules and dtype. (diffusers 0.42 logs a meaningless "should be kept
+    in float32: []" warning for every module it casts to the dtype they already have.)"""
+    logger = diffusers.utils.logging.get_logger("diffusers.models.modeling_utils")
+    level = logger.level
+    logger.setLevel("ERROR")
+    try:
+        return cls.from_pipe(pipe, dtype=pipe.dtype, **components)
+    finally:
+        logger.setLevel(level)
 
 
 @dataclass
@@ -94,11 +113,21 @@ class LoadedModel:
         if mode not in self.pipelines:
             cls = _pipeline_classes(self.family)[mode]
             extra = {"unet": self.inpaint_unet} if mode == "inpaint" and self.inpaint_unet is not None else {}
-            pipe = self.base if type(self.base) is cls else cls.from_pipe(self.base, dtype=self.base.dtype,
-                                                                           **extra)
+            pipe = self.base if type(self.base) is cls else _from_pipe(cls, self.base, **extra)
             pipe.set_progress_bar_config(disable=True)
             self.pipelines[mode] = pipe
         return self.pipelines[mode]
+
+    def control_pipeline(self, mode: str, controlnets: list):
+        """The ControlNet variant of ``mode``'s pipeline for these ControlNets (built per job: cheap,
+        and jobs never share the ControlNet slot)."""
+        from diffusers.models.controlnets.multicontrolnet import MultiControlNetModel
+
+        base = self.pipeline(mode)
+        controlnet = controlnets[0] if len(controlnets) == 1 else MultiControlNetModel(controlnets)
+        pipe = _from_pipe(_pipeline_classes(self.family, control=True)[mode], base, controlnet=controlnet)
+        pipe.set_progress_bar_config(disable=True)
+        return pipe
 
 
 class ModelRegistry:
@@ -164,16 +193,11 @@ class ModelRegistry:
                              f"{spec.source}: {exc}{hint}") from exc
         return LoadedModel(spec.name, family, base, inpaint_unet, preview)
 
-    def _check_source(self, source: str) -> None:
-        if source.lower().endswith(PICKLE_SUFFIXES) and not self.config.allow_pickle:
-            raise ModelError("model_load_failed", f"{source} is a pickle checkpoint, which can run code when "
-                             "loaded; convert it to .safetensors or set allow_pickle = true")
-
     def _common(self) -> dict:
         return {"dtype": self.dtype, "use_safetensors": None if self.config.allow_pickle else True}
 
     def _load_pipeline(self, spec: ModelSpec, family: str):
-        self._check_source(spec.source)
+        check_pickle(spec.source, self.config.allow_pickle)
         cls = _pipeline_classes(family)["generate"]
         extra = {"safety_checker": None, "requires_safety_checker": False} if family == "sd15" else {}
         path = Path(spec.source).expanduser()
@@ -181,12 +205,12 @@ class ModelRegistry:
             pipe = cls.from_single_file(str(path), dtype=self.dtype, config=spec.config, **extra)
         else:
             pipe = cls.from_pretrained(str(path) if path.is_dir() else spec.source, **self._common(), **extra)
-        return _to_device(pipe, self.device)
+        return to_device(pipe, self.device)
 
     def _load_unet(self, source: str, spec: ModelSpec):
         from diffusers import UNet2DConditionModel
 
-        self._check_source(source)
+        check_pickle(source, self.config.allow_pickle)
         path = Path(source).expanduser()
         if path.is_file():
             # The base model's configs describe the architecture; only the mask channels differ.
@@ -201,14 +225,14 @@ class ModelRegistry:
         if unet.config.in_channels != 9:
             raise ModelError("model_load_failed", f"inpaint UNet {source} has {unet.config.in_channels} input "
                              "channels; a dedicated inpaint model has 9")
-        return _to_device(unet, self.device)
+        return to_device(unet, self.device)
 
     def _load_preview(self, source: str):
         from diffusers import AutoencoderTiny
 
-        self._check_source(source)
+        check_pickle(source, self.config.allow_pickle)
         path = Path(source).expanduser()
-        return _to_device(AutoencoderTiny.from_pretrained(str(path) if path.is_dir() else source,
+        return to_device(AutoencoderTiny.from_pretrained(str(path) if path.is_dir() else source,
                                                **self._common()), self.device)
 
 
@@ -230,7 +254,14 @@ def configured_native_size(spec: ModelSpec) -> int | None:
     return FAMILY_NATIVE_SIZE.get(spec.family)
 
 
-def _to_device(module, device: torch.device):
+def check_pickle(source: str, allow_pickle: bool) -> None:
+    """Refuse pickle checkpoints, which can run code when loaded, unless the user opted in."""
+    if source.lower().endswith(PICKLE_SUFFIXES) and not allow_pickle:
+        raise ModelError("model_load_failed", f"{source} is a pickle checkpoint, which can run code when "
+                         "loaded; convert it to .safetensors or set allow_pickle = true")
+
+
+def to_device(module, device: torch.device):
     """Modules load on the CPU already; moving them there again only prints warnings."""
     return module if device.type == "cpu" else module.to(device)
 

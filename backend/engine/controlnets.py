@@ -1,0 +1,71 @@
+"""ControlNet models: configured per family and control type, loaded on first use, kept in an LRU
+within a memory budget (a painter switching between canny, depth and pose keeps the recent ones)."""
+
+from __future__ import annotations
+
+import collections
+import logging
+from pathlib import Path
+
+import torch
+
+from backend.engine.models import ModelError, check_pickle, to_device
+
+log = logging.getLogger(__name__)
+
+
+class ControlNetCache:
+    """Loads ControlNets by (family, type) and drops the least recently used beyond the budget."""
+
+    def __init__(self, sources: dict[str, dict[str, str]], device: torch.device, dtype: torch.dtype,
+                 budget_bytes: int, allow_pickle: bool = False):
+        self.sources, self.device, self.dtype = sources, device, dtype
+        self.budget_bytes, self.allow_pickle = budget_bytes, allow_pickle
+        self._loaded: collections.OrderedDict[tuple[str, str], torch.nn.Module] = collections.OrderedDict()
+
+    def get(self, family: str, kind: str, field: str = "control"):
+        """The ControlNet for ``kind`` on ``family``; ModelError naming both when none is configured."""
+        key = (family, kind)
+        if key in self._loaded:
+            self._loaded.move_to_end(key)
+            return self._loaded[key]
+        source = self.sources.get(family, {}).get(kind)
+        if source is None:
+            known = ", ".join(sorted(self.sources.get(family, {}))) or "none"
+            raise ModelError("unknown_control_model", f"no {kind} ControlNet is configured for {family} models "
+                             f"(configured for {family}: {known})", field)
+        model = self._load(source)
+        self._loaded[key] = model
+        self._evict(keep=key)
+        return model
+
+    def loaded(self) -> list[tuple[str, str]]:
+        return list(self._loaded)
+
+    def _load(self, source: str):
+        from diffusers import ControlNetModel
+
+        check_pickle(source, self.allow_pickle)
+        path = Path(source).expanduser()
+        log.info("loading ControlNet from %s", source)
+        try:
+            if path.is_file():
+                model = ControlNetModel.from_single_file(str(path), dtype=self.dtype)
+            else:
+                model = ControlNetModel.from_pretrained(str(path) if path.is_dir() else source, dtype=self.dtype,
+                                                        use_safetensors=None if self.allow_pickle else True)
+        except Exception as exc:
+            raise ModelError("model_load_failed", f"the ControlNet at {source} could not be loaded: {exc}",
+                             "control") from exc
+        return to_device(model, self.device)
+
+    def _evict(self, keep: tuple[str, str]) -> None:
+        def size(model) -> int:
+            return sum(p.numel() * p.element_size() for p in model.parameters())
+
+        while len(self._loaded) > 1 and sum(map(size, self._loaded.values())) > self.budget_bytes:
+            key = next(iter(self._loaded))
+            if key == keep:
+                break
+            log.info("dropping ControlNet %s/%s to stay within the memory budget", *key)
+            del self._loaded[key]

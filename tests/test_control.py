@@ -1,0 +1,91 @@
+"""ControlNet units through the real server, on the demo model's tiny ControlNets."""
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import decode, picture, png, rect_mask
+from shared.client import EaselError
+
+
+def halves(size, vertical=True):
+    """An asymmetric control map: white on one half, black on the other."""
+    width, height = size
+    pixels = np.zeros((height, width, 3), np.uint8)
+    if vertical:
+        pixels[:, : width // 2] = 255
+    else:
+        pixels[: height // 2] = 255
+    return Image.fromarray(pixels)
+
+
+def run(client, mode="img2img", control=(), **params):
+    image = picture(256, 256)
+    base = {"prompt": "a house", "steps": 4, "seed": 3}
+    if mode != "generate":
+        base["image"] = png(image)
+        base["strength"] = 0.8
+    if mode == "inpaint":
+        base["mask"] = png(rect_mask(image.size, (60, 60, 200, 200)))
+    units = [{**unit, "image": {"data": png(unit["image"]).to_base64()}} if "image" in unit else unit
+             for unit in control]
+    params = {**base, **params}
+    if units:
+        params["control"] = units
+    result = client.run(mode, width=256, height=256, **params) if mode == "generate" else client.run(mode, **params)
+    return decode(result.images[0].image)
+
+
+@pytest.mark.parametrize("mode", ["generate", "img2img", "inpaint"])
+def test_scale_zero_equals_no_control_and_scale_one_differs(client, mode):
+    plain = run(client, mode)
+    off = run(client, mode, [{"type": "canny", "image": halves((256, 256)), "scale": 0}])
+    on = run(client, mode, [{"type": "canny", "image": halves((256, 256)), "scale": 1}])
+    assert (off == plain).all()
+    assert np.abs(on.astype(int) - plain).mean() > 1
+
+
+def test_start_and_end_change_the_result(client):
+    unit = {"type": "depth", "image": halves((256, 256))}
+    whole = run(client, "img2img", [unit])
+    late = run(client, "img2img", [{**unit, "start": 0.5}])
+    assert not (whole == late).all()
+
+
+def test_two_units_at_once(client):
+    one = run(client, "inpaint", [{"type": "canny", "image": halves((256, 256))}])
+    two = run(client, "inpaint", [{"type": "canny", "image": halves((256, 256))},
+                                  {"type": "depth", "image": halves((256, 256), vertical=False)}])
+    assert not (one == two).all()
+
+
+def test_control_image_of_another_size_is_resized_like_the_picture(client):
+    """A half-size asymmetric map steers like the same map at full size, not like its mirror image."""
+    big = halves((256, 256))
+    small = big.resize((128, 96), Image.Resampling.NEAREST)  # another size and another aspect
+    mirrored = big.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    reference, from_small, from_mirror = (run(client, "inpaint", [{"type": "canny", "image": control}]).astype(int)
+                                          for control in (big, small, mirrored))
+    assert np.abs(from_small - reference).mean() < 0.5 * np.abs(from_mirror - reference).mean()
+
+
+def test_unit_without_image_uses_the_picture_and_preprocesses(client):
+    plain = run(client, "img2img")
+    canny = run(client, "img2img", [{"type": "canny", "preprocess": "on"}])
+    assert not (canny == plain).all()
+
+
+def test_inpaint_with_control_keeps_untouched_pixels(client):
+    image = picture(256, 256)
+    layer = run(client, "inpaint", [{"type": "inpaint"}, {"type": "canny", "image": halves((256, 256))}])
+    outside = layer[..., 3] == 0
+    assert outside.any() and (layer[outside][:, :3] == np.asarray(image)[outside]).all()
+
+
+def test_missing_control_model_and_preprocessor_are_clear_errors(client):
+    with pytest.raises(EaselError) as caught:
+        run(client, "img2img", [{"type": "depth", "preprocess": "on"}])
+    assert caught.value.code == "unknown_preprocessor" and "depth" in caught.value.message
+    with pytest.raises(EaselError) as caught:
+        run(client, "generate", [{"type": "canny"}])
+    assert caught.value.field == "control[0].image"
