@@ -63,6 +63,15 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--token")
     run.set_defaults(func=cmd_run)
 
+    pre = commands.add_parser("preprocess", help="make a control map of a picture on a server")
+    pre.add_argument("preprocessor", help="a preprocessor (canny, lineart_standard, shuffle) or a control type")
+    pre.add_argument("input")
+    pre.add_argument("output")
+    pre.add_argument("--resolution", type=int, help="working resolution of the shorter side")
+    pre.add_argument("--server", default=DEFAULT_URL)
+    pre.add_argument("--token")
+    pre.set_defaults(func=cmd_preprocess)
+
     demo = commands.add_parser("demo", help="round-trip an inpaint and an img2img on the demo model")
     demo.add_argument("--out", default="easel-demo", help="folder for the results (default ./easel-demo)")
     demo.set_defaults(func=cmd_demo)
@@ -202,6 +211,30 @@ def cmd_run(args) -> int:
             print(f"easel: cannot write {path}: {exc}", file=sys.stderr)
             return 1
         print(f"{path} (seed {item.seed})")
+    return 0
+
+
+def cmd_preprocess(args) -> int:
+    from shared.client import Client, EaselError
+
+    try:
+        _, picture = _read_picture(args.input, "image")
+    except OSError as exc:
+        print(f"easel: cannot read {args.input}: {exc}", file=sys.stderr)
+        return 2
+    output = _output_paths(args.output, 1)[0]
+    problem = _unwritable(output)
+    if problem:
+        print(f"easel: cannot write {args.output}: {problem}", file=sys.stderr)
+        return 2
+    try:
+        with Client(args.server, token=args.token, name="easel-cli") as client:
+            control_map = client.preprocess(args.preprocessor, picture, resolution=args.resolution)
+    except EaselError as exc:
+        print(f"easel: {exc}", file=sys.stderr)
+        return 1
+    Image.open(io.BytesIO(control_map.data)).convert("RGB").save(output)
+    print(output)
     return 0
 
 

@@ -16,7 +16,7 @@ from PIL import Image, UnidentifiedImageError
 from backend.config import Limits
 from backend.imaging import to_array
 from shared.images import CHANNELS, ImageData
-from shared.messages import MAX_SEED, ProtocolError
+from shared.messages import MAX_SEED, PREPROCESSORS, ProtocolError
 
 
 DEFAULT_PREPROCESSOR = {"canny": "canny", "lineart": "lineart_standard", "shuffle": "shuffle"}
@@ -65,10 +65,15 @@ class EditRequest:
     @property
     def denoising_steps(self) -> int:
         """Steps that actually run: all of them when generating, steps x strength otherwise."""
+        if self.mode == "preprocess":
+            return 0
         return self.steps if self.mode == "generate" else int(self.steps * self.strength)
 
     def parameters(self) -> dict:
         """The request as run, for the ``result`` message."""
+        if self.mode == "preprocess":
+            unit = self.control[0]
+            return {"mode": "preprocess", "preprocessor": unit.preprocessor, "resolution": unit.resolution}
         keys = ("mode", "model", "prompt", "negative_prompt", "seed", "steps", "guidance", "strength", "batch",
                 "sampler", "width", "height", "mask_grow", "mask_feather")
         out = {key: getattr(self, key) for key in keys}
@@ -150,6 +155,20 @@ def build_request(message: dict, uploads: dict[str, ImageData], limits: Limits, 
                                 "mask")
         request.mask = mask
     return request
+
+
+def build_preprocess_request(message: dict, uploads: dict[str, ImageData], limits: Limits) -> EditRequest:
+    """A ``preprocess`` message as a job: one control unit run on one picture, no diffusion."""
+    name = message["preprocessor"]
+    preprocessor = DEFAULT_PREPROCESSOR.get(name, name)
+    if preprocessor not in PREPROCESSORS:
+        raise ProtocolError("unknown_preprocessor", f"the {name} preprocessor needs annotator weights, which this "
+                            "server does not have", "preprocessor")
+    image = decode_image(_resolve(message["image"], uploads, "image"), limits, "image", "RGBA")
+    unit = ControlUnit(name, None, preprocessor, 1.0, 0.0, 1.0, message.get("resolution"))
+    return EditRequest(job=message["job"], mode="preprocess", model=preprocessor, prompt="", negative_prompt="",
+                       seed=0, steps=0, guidance=0.0, strength=0.0, batch=1, sampler="euler", image=image,
+                       output_format=message["output_format"], inline=message["inline"], control=[unit])
 
 
 def _control_unit(unit: dict, image: ImageData | None, mode: str, limits: Limits, name: str) -> ControlUnit:

@@ -27,7 +27,7 @@ from backend.engine.engine import Engine, EngineResult, JobCancelled
 from backend.engine.models import ModelError
 from backend.imaging import encode
 from backend.jobs import Job, JobQueue
-from backend.requests import build_request
+from backend.requests import build_preprocess_request, build_request
 from shared.images import ImageData, decode_frame, encode_frame
 from shared.messages import (FAMILIES, IMAGE_FORMATS, MODES, PREPROCESSORS, PROTOCOL_VERSION, SAMPLERS,
                              ProtocolError, parse_client_message)
@@ -230,16 +230,22 @@ class EaselServer:
         session.uploads[header["image"]] = image
 
     async def _on_submit(self, session: Session, message: dict) -> None:
+        registry = self.engine.registry
+        await self._queue(session, message, build_request, self.config.limits, registry.names(), registry.default)
+
+    async def _on_preprocess(self, session: Session, message: dict) -> None:
+        await self._queue(session, message, build_preprocess_request, self.config.limits)
+
+    async def _queue(self, session: Session, message: dict, build, *args) -> None:
+        """Check a job request off the event loop and queue it."""
         message.setdefault("job", uuid.uuid4().hex[:16])
         job_id = message["job"]
         if self.queue.find(session, job_id):
             raise ProtocolError("duplicate_job", f"job {job_id} is still queued or running", "job", job_id)
         if len(self.queue.owned_by(session)) >= self.config.limits.max_queued_per_client:
             raise ProtocolError("limit_exceeded", "too many jobs queued from this connection", "job", job_id)
-        registry = self.engine.registry
         try:
-            request = await asyncio.to_thread(build_request, message, session.uploads, self.config.limits,
-                                              registry.names(), registry.default)
+            request = await asyncio.to_thread(build, message, session.uploads, *args)
         except ProtocolError as exc:
             exc.job = job_id
             raise

@@ -182,6 +182,19 @@ class Client:
                 return event
         raise AssertionError("unreachable")
 
+    def preprocess(self, preprocessor: str, image: ImageData, *, resolution: int | None = None) -> ImageData:
+        """The control map ``preprocessor`` (a name, or a control type) makes of ``image``."""
+        job = uuid.uuid4().hex[:16]
+        message = {"type": "preprocess", "job": job, "preprocessor": preprocessor,
+                   "image": self.upload(image, "image")}
+        if resolution:
+            message["resolution"] = resolution
+        self._send(message)
+        for event in self.events(job):
+            if isinstance(event, Result):
+                return event.images[0].image
+        raise JobCancelled("cancelled", f"preprocess job {job} was cancelled", job=job)
+
     def status(self) -> dict:
         self._send({"type": "status"})
         return self._await_reply("status")

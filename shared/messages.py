@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 PROTOCOL_VERSION = 1
@@ -263,6 +263,18 @@ CLIENT_MESSAGES: dict[str, dict[str, Field]] = {
         "inline": Field("boolean", "Put results in the `result` message as base64 PNG instead of binary frames.",
                         default=False),
         "control": Field("array", "ControlNet units, applied together.", items=CONTROL_UNIT),
+    },
+    "preprocess": {
+        "type": _type("preprocess"),
+        "job": JOB,
+        "image": replace(IMAGE_REF, required=True),
+        "preprocessor": Field("string", "A preprocessor, or a control type (meaning its default preprocessor).",
+                              required=True, choices=PREPROCESSORS + tuple(t for t in CONTROL_TYPES
+                                                                          if t not in PREPROCESSORS)),
+        "resolution": Field("integer", "Working resolution (shorter side); the picture's own when omitted.",
+                            minimum=64, maximum=4096),
+        "output_format": Field("string", "Encoding of the map.", default="png", choices=RESULT_FORMATS),
+        "inline": Field("boolean", "Put the map in the `result` message as base64 PNG.", default=False),
     },
     "cancel": {
         "type": _type("cancel"),

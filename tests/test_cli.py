@@ -182,3 +182,10 @@ def test_run_with_control_units(server, inputs):
     assert not (np.asarray(Image.open(folder / "plain.png")) == np.asarray(Image.open(folder / "steered.png"))).all()
     bad = easel(*common, "--control", "canny", "--out", folder / "bad.png")
     assert bad.returncode == 2 and "TYPE:IMAGE" in bad.stderr
+
+
+def test_preprocess_command_writes_the_map(server, inputs):
+    _, _, folder = inputs
+    done = easel("preprocess", "canny", folder / "in.png", folder / "edges.png", "--server", server.url)
+    assert done.returncode == 0, done.stderr
+    assert Image.open(folder / "edges.png").size == (400, 300)

@@ -89,3 +89,33 @@ def test_missing_control_model_and_preprocessor_are_clear_errors(client):
     with pytest.raises(EaselError) as caught:
         run(client, "generate", [{"type": "canny"}])
     assert caught.value.field == "control[0].image"
+
+
+def test_preprocess_returns_a_map_of_the_inputs_size(client):
+    image = picture(300, 200)
+    control_map = decode(client.preprocess("canny", png(image)))
+    assert control_map.shape == (200, 300, 4)
+    extremes = np.isin(control_map[..., :3], (0, 255)).mean()
+    assert extremes > 0.9, "an edge map (black with white edges), not a picture"
+    assert control_map[..., :3].max() > 200, "edges were found"
+    with pytest.raises(EaselError) as caught:
+        client.preprocess("depth", png(image))
+    assert caught.value.code == "unknown_preprocessor"
+
+
+def test_unknown_control_model_names_type_and_family(demo_config):
+    import dataclasses
+
+    from backend.engine.engine import Engine
+    from backend.engine.models import ModelRegistry, pick_device
+    from backend.server import ServerThread
+    from shared.client import Client
+
+    only_sd15 = dataclasses.replace(demo_config, controlnets={"sd15": {"canny": demo_config.controlnets["sd15"]["canny"]}})
+    engine = Engine(ModelRegistry(only_sd15, *pick_device("cpu")))
+    with ServerThread(only_sd15, engine) as server, Client(server.url) as other:
+        with pytest.raises(EaselError) as caught:
+            run(other, "img2img", [{"type": "canny", "image": halves((256, 256))}], model="demo-xl")
+    assert caught.value.code == "unknown_control_model"
+    assert "canny" in caught.value.message and "sdxl" in caught.value.message
+    assert caught.value.field == "control[0].type"

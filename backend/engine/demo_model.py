@@ -482,7 +482,8 @@ def _shape_controlnet(controlnet, seed: int) -> None:
     # these convs at full size were the bulk of the write time on a busy CPU
     channels = controlnet.config.conditioning_channels
     reference = torch.rand((1, channels, 8, 8), generator=gen).repeat_interleave(8, 2).repeat_interleave(8, 3)
-    gain = _CN_EMBED_STD / embedding(reference).std()
+    # rounded, so that float noise of the conv backend does not change the written bytes
+    gain = float(f"{_CN_EMBED_STD / embedding(reference).std().item():.3g}")
     embedding.conv_out.weight.mul_(gain)
     embedding.conv_out.bias.mul_(gain)
 
@@ -503,10 +504,10 @@ def _write_controlnets(root: pathlib.Path, family: str, unet, seed: int) -> None
 
     torch.manual_seed(seed)
     controlnet = ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=_CN_EMBED_CHANNELS).eval()
-    for index, control_type in enumerate(CONTROL_TYPES):
-        with torch.no_grad(), _one_torch_thread():
+    with torch.no_grad(), _one_torch_thread():
+        for index, control_type in enumerate(CONTROL_TYPES):
             _shape_controlnet(controlnet, seed + index)
-        controlnet.save_pretrained(root / "controlnet" / family / control_type, safe_serialization=True)
+            controlnet.save_pretrained(root / "controlnet" / family / control_type, safe_serialization=True)
 
 
 @contextlib.contextmanager

@@ -105,6 +105,8 @@ class Engine:
     def run(self, request: EditRequest, reporter: Reporter) -> EngineResult:
         """Run a job; raises JobCancelled if the reporter says it was cancelled."""
         start = time.perf_counter()
+        if request.mode == "preprocess":
+            return self._preprocess(request, reporter, start)
         model = self.registry.get(request.model)
         pipe = model.pipeline(request.mode)
         loaded = time.perf_counter()
@@ -122,6 +124,16 @@ class Engine:
             pixels = self._diffuse(pipe, request, inputs, seed, self._on_step(request, model, reporter, index))
             layers.append(Layer(index, seed, *self._to_layer(request, inputs, pixels)))
         return EngineResult(layers, loaded - start, time.perf_counter() - loaded)
+
+    @staticmethod
+    def _preprocess(request: EditRequest, reporter: Reporter, start: float) -> EngineResult:
+        """A ``preprocess`` job: the control map of the whole picture, at its size."""
+        height, width = request.image.shape[:2]
+        reporter.started(0, (width, height), None)
+        unit = request.control[0]
+        picture = Image.fromarray(np.ascontiguousarray(request.image[..., :3]))
+        control_map = np.asarray(preprocess(unit.preprocessor, picture, unit.resolution))
+        return EngineResult([Layer(0, 0, (0, 0), _opaque(control_map))], 0.0, time.perf_counter() - start)
 
     # -- stages -------------------------------------------------------------------------------
 
