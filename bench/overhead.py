@@ -171,7 +171,7 @@ def cropped_inputs(case: Case, box: list[int]) -> tuple[Image.Image, Image.Image
 def run_direct(model: LoadedModel, image: Image.Image, mask: Image.Image, steps: int) -> tuple[float, np.ndarray]:
     """One bare diffusers call; returns its seconds and its picture as uint8 RGB."""
     pipe = model.pipeline("inpaint")
-    pipe.scheduler = make_scheduler(SAMPLER, model.base.scheduler.config)
+    pipe.scheduler = make_scheduler(SAMPLER, model.scheduler_config)
     start = time.perf_counter()
     images = pipe(prompt=PROMPT, image=image, mask_image=mask, width=image.width, height=image.height,
                   strength=1.0, num_inference_steps=steps, guidance_scale=GUIDANCE,
