@@ -119,3 +119,10 @@ def test_unknown_control_model_names_type_and_family(demo_config):
     assert caught.value.code == "unknown_control_model"
     assert "canny" in caught.value.message and "sdxl" in caught.value.message
     assert caught.value.field == "control[0].type"
+
+
+@pytest.mark.parametrize("mode", ["generate", "img2img", "inpaint"])
+def test_sdxl_control_units(client, mode):
+    plain = run(client, mode, model="demo-xl")
+    steered = run(client, mode, [{"type": "canny", "image": halves((256, 256))}], model="demo-xl")
+    assert np.abs(steered.astype(int) - plain).mean() > 1
