@@ -92,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def cmd_serve(args) -> int:
     from backend.config import ConfigError, ModelSpec, load_config
-    from backend.engine.demo_model import demo_models, ensure_demo_model
+    from backend.engine.demo_model import ensure_demo_model, use_demo
     from backend.engine.engine import Engine
     from backend.engine.models import ModelError, ModelRegistry, pick_device
     from backend.server import EaselServer
@@ -106,13 +106,13 @@ def cmd_serve(args) -> int:
             config.models = {"default": ModelSpec("default", args.model)}
             config.default_model = "default"
         elif args.demo:
-            config.models, config.default_model = demo_models(ensure_demo_model()), "demo"
+            use_demo(config, ensure_demo_model())
         elif not config.models:
             if _hub_model_available(DEFAULT_HUB_MODEL):
                 config.models = {"sd15": ModelSpec("sd15", DEFAULT_HUB_MODEL)}
             else:
                 log.warning("no model configured and no hub access: serving the tiny demo model (noise pictures)")
-                config.models, config.default_model = demo_models(ensure_demo_model()), "demo"
+                use_demo(config, ensure_demo_model())
         config.check()
     except ConfigError as exc:
         print(f"easel: {exc}", file=sys.stderr)

@@ -61,13 +61,13 @@ def before_after_sheet(rows: list[tuple[str, Image.Image, Image.Image]]) -> Imag
 def run_demo(folder: Path) -> Path:
     """Run the round-trips against a fresh demo-model server and write everything into ``folder``."""
     from backend.config import Config
-    from backend.engine.demo_model import demo_models, ensure_demo_model
+    from backend.engine.demo_model import ensure_demo_model, use_demo
     from backend.engine.engine import Engine
     from backend.engine.models import ModelRegistry, pick_device
     from backend.server import ServerThread
 
     folder.mkdir(parents=True, exist_ok=True)
-    config = Config(port=0, models=demo_models(ensure_demo_model()), default_model="demo")
+    config = use_demo(Config(port=0), ensure_demo_model())
     picture, mask = sample_picture(), None
     mask = sample_mask(picture.size)
     picture.save(folder / "sample.png")

@@ -12,7 +12,7 @@ from PIL import Image
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from backend.config import Config  # noqa: E402
-from backend.engine.demo_model import demo_controlnets, demo_models, ensure_demo_model  # noqa: E402
+from backend.engine.demo_model import ensure_demo_model, use_demo  # noqa: E402
 from backend.engine.engine import Engine  # noqa: E402
 from backend.engine.models import ModelRegistry, pick_device  # noqa: E402
 from backend.server import ServerThread  # noqa: E402
@@ -27,8 +27,7 @@ def demo_root(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def demo_config(demo_root) -> Config:
-    return Config(port=0, models=demo_models(demo_root), default_model="demo",
-                  controlnets=demo_controlnets(demo_root))
+    return use_demo(Config(port=0), demo_root)
 
 
 @pytest.fixture(scope="session")

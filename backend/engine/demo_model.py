@@ -659,6 +659,13 @@ def demo_controlnets(root: str | os.PathLike) -> dict[str, dict[str, str]]:
     }
 
 
+def use_demo(config, root: str | os.PathLike):
+    """Point ``config`` (a backend.config.Config) at a written demo: its models and ControlNets."""
+    config.models, config.default_model = demo_models(root), "demo"
+    config.controlnets = demo_controlnets(root)
+    return config
+
+
 def write_demo_model_with_config(root: str | os.PathLike) -> pathlib.Path:
     """Write the demo model plus an ``easel.toml`` that serves it."""
     root = write_demo_model(root).resolve()
@@ -668,6 +675,10 @@ def write_demo_model_with_config(root: str | os.PathLike) -> pathlib.Path:
         for key in ("source", "family", "inpaint", "preview"):
             if getattr(spec, key):
                 lines.append(f'{key} = {json.dumps(getattr(spec, key))}')
+        lines.append('')
+    for family, types in demo_controlnets(root).items():
+        lines.append(f'[controlnets.{family}]')
+        lines.extend(f'{kind} = {json.dumps(source)}' for kind, source in types.items())
         lines.append('')
     (root / "easel.toml").write_text("\n".join(lines))
     return root
