@@ -45,15 +45,18 @@ class ControlNetCache:
     def _load(self, source: str):
         from diffusers import ControlNetModel
 
-        check_pickle(source, self.allow_pickle)
         path = Path(source).expanduser()
         log.info("loading ControlNet from %s", source)
         try:
+            check_pickle(source, self.allow_pickle)
             if path.is_file():
                 model = ControlNetModel.from_single_file(str(path), dtype=self.dtype)
             else:
                 model = ControlNetModel.from_pretrained(str(path) if path.is_dir() else source, dtype=self.dtype,
                                                         use_safetensors=None if self.allow_pickle else True)
+        except ModelError as exc:
+            exc.field = "control"
+            raise
         except Exception as exc:
             raise ModelError("model_load_failed", f"the ControlNet at {source} could not be loaded: {exc}",
                              "control") from exc
