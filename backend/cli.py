@@ -56,6 +56,8 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--control", action="append", default=[], metavar="TYPE:IMAGE[:SCALE[:START[:END]]][:pre]",
                      help="a ControlNet unit (repeatable); IMAGE may be 'input' for the picture itself; "
                           "':pre' runs the type's preprocessor on it")
+    run.add_argument("--reference", action="append", default=[], metavar="IMAGE[:WEIGHT[:MODE]]",
+                     help="an IP-Adapter reference picture (repeatable); MODE is reference, style or composition")
     run.add_argument("--layer", action="store_true",
                      help="inpaint: write the edit as a transparent layer instead of the composited picture")
     run.add_argument("--out", required=True, help="output PNG; with --batch N: OUT-1.png ... OUT-N.png")
@@ -180,6 +182,13 @@ def cmd_run(args) -> int:
         return 2
     if units:
         params["control"] = units
+    try:
+        references = [_reference(spec) for spec in args.reference]
+    except (ValueError, OSError) as exc:
+        print(f"easel: {exc}", file=sys.stderr)
+        return 2
+    if references:
+        params["references"] = references
     outputs = _output_paths(args.out, args.batch or 1)
     problem = _unwritable(outputs[0])
     if problem:  # say so before the GPU spends time on it
@@ -272,6 +281,22 @@ def _control_unit(spec: str) -> dict:
     except ValueError:
         raise ValueError(f"--control {spec!r}: scale, start and end are numbers") from None
     return unit
+
+
+def _reference(spec: str) -> dict:
+    """``IMAGE[:WEIGHT[:MODE]]`` as a protocol reference."""
+    parts = spec.split(":")
+    if len(parts) > 3:
+        raise ValueError(f"--reference {spec!r}: expected IMAGE[:WEIGHT[:MODE]]")
+    reference: dict = {"image": _read_picture(parts[0], "reference")[1]}
+    try:
+        if len(parts) > 1:
+            reference["weight"] = float(parts[1])
+    except ValueError:
+        raise ValueError(f"--reference {spec!r}: the weight is a number") from None
+    if len(parts) > 2:
+        reference["mode"] = parts[2]
+    return reference
 
 
 def _unwritable(path: Path) -> str | None:

@@ -16,6 +16,10 @@
     canny = "lllyasviel/control_v11p_sd15_canny"
     depth = "/path/to/A1111/models/ControlNet/control_v11f1p_sd15_depth.safetensors"
 
+    [ip_adapters.sd15]         # IP-Adapter for references, per family
+    weights = "/path/to/ip-adapter_sd15.safetensors"
+    image_encoder = "/path/to/image_encoder"
+
     [models.sd15]
     source = "/path/to/A1111/models/Stable-diffusion/v1-5-pruned-emaonly.safetensors"
     family = "sd15"            # guessed from the weights when omitted
@@ -69,6 +73,14 @@ class ModelSpec:
 
 
 @dataclass
+class AdapterSpec:
+    """An IP-Adapter: its weights file and the CLIP image encoder folder it was trained with."""
+
+    weights: str
+    image_encoder: str
+
+
+@dataclass
 class Config:
     host: str = "127.0.0.1"
     port: int = DEFAULT_PORT
@@ -81,6 +93,7 @@ class Config:
     models: dict[str, ModelSpec] = field(default_factory=dict)
     controlnets: dict[str, dict[str, str]] = field(default_factory=dict)  # family -> control type -> source
     controlnet_memory_mb: int = 4096  # loaded ControlNets beyond this are dropped, least recently used first
+    ip_adapters: dict[str, AdapterSpec] = field(default_factory=dict)  # family -> adapter
     limits: Limits = field(default_factory=Limits)
     demo: bool = False
 
@@ -152,6 +165,12 @@ def load_config(path: str | Path | None = None) -> Config:
             if _looks_like_path(source) and not Path(source).is_absolute():
                 source = str((path.parent / source).resolve())
             config.controlnets.setdefault(family, {})[kind] = source
+    for family, entry in data.get("ip_adapters", {}).items():
+        if family not in FAMILIES or not isinstance(entry, dict) or {"weights", "image_encoder"} - set(entry):
+            raise ConfigError(f"ip_adapters.{family}: needs a family ({', '.join(FAMILIES)}) with `weights` (a "
+                              ".safetensors file) and `image_encoder` (a folder)")
+        config.ip_adapters[family] = AdapterSpec(
+            *(str((path.parent / Path(entry[key]).expanduser()).resolve()) for key in ("weights", "image_encoder")))
     for folder in config.model_folders:
         folder = (path.parent / Path(folder).expanduser()).resolve()
         for name, spec in scan_model_folder(folder, config.allow_pickle).items():
@@ -167,9 +186,10 @@ def scan_model_folder(folder: Path, allow_pickle: bool = False) -> dict[str, Mod
     suffixes = (".safetensors", ".ckpt") if allow_pickle else (".safetensors",)
     pipelines = sorted(p.parent for p in folder.rglob("model_index.json"))
 
-    def is_component(path: Path) -> bool:  # weights of a diffusers pipeline or model folder
-        return any((parent / "config.json").is_file() or parent in pipelines
-                   for parent in path.parents if parent != folder and folder in parent.parents)
+    def is_component(path: Path) -> bool:  # weights of a diffusers pipeline or model, or an IP-Adapter's
+        return (path.parent / "image_encoder").is_dir() or any(
+            (parent / "config.json").is_file() or parent in pipelines
+            for parent in path.parents if parent != folder and folder in parent.parents)
 
     found = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix in suffixes and not is_component(p))
     found += pipelines

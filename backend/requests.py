@@ -19,6 +19,7 @@ from shared.images import CHANNELS, ImageData
 from shared.messages import MAX_SEED, PREPROCESSORS, ProtocolError
 
 
+MIN_PREPROCESS_SIDE = 16
 DEFAULT_PREPROCESSOR = {"canny": "canny", "lineart": "lineart_standard", "shuffle": "shuffle"}
 
 
@@ -33,6 +34,15 @@ class ControlUnit:
     start: float
     end: float
     resolution: int | None = None
+
+
+@dataclass
+class Reference:
+    """One IP-Adapter reference picture."""
+
+    image: np.ndarray  # H x W x 4 RGBA
+    weight: float
+    mode: str
 
 
 @dataclass
@@ -61,6 +71,7 @@ class EditRequest:
     output_format: str = "png"
     inline: bool = False
     control: list[ControlUnit] = field(default_factory=list)
+    references: list[Reference] = field(default_factory=list)
 
     @property
     def denoising_steps(self) -> int:
@@ -80,6 +91,8 @@ class EditRequest:
         if self.mode == "generate":
             del out["strength"]
         out["seeds"] = [self.seed + i for i in range(self.batch)]
+        if self.references:
+            out["references"] = [{"weight": r.weight, "mode": r.mode} for r in self.references]
         if self.control:
             out["control"] = [{"type": u.type, "preprocess": u.preprocessor or "off", "scale": u.scale,
                                "start": u.start, "end": u.end} for u in self.control]
@@ -95,6 +108,8 @@ def build_request(message: dict, uploads: dict[str, ImageData], limits: Limits, 
     units = message.get("control", [])
     control_images = [_resolve(unit["image"], uploads, f"control[{i}].image") if "image" in unit else None
                       for i, unit in enumerate(units)]
+    references = message.get("references", [])
+    reference_images = [_resolve(ref["image"], uploads, f"references[{i}].image") for i, ref in enumerate(references)]
     model = message.get("model") or default_model
     if model not in models:
         raise ProtocolError("unknown_model", f"no model named {model!r}; available: {', '.join(models) or 'none'}",
@@ -132,6 +147,9 @@ def build_request(message: dict, uploads: dict[str, ImageData], limits: Limits, 
 
     request.control = [_control_unit(unit, image, mode, limits, f"control[{i}]")
                        for i, (unit, image) in enumerate(zip(units, control_images))]
+    request.references = [
+        Reference(decode_image(image, limits, f"references[{i}].image", "RGBA"), float(ref["weight"]), ref["mode"])
+        for i, (ref, image) in enumerate(zip(references, reference_images))]
     if mode == "generate":
         for key in ("width", "height"):
             value = message.get(key)
@@ -165,6 +183,9 @@ def build_preprocess_request(message: dict, uploads: dict[str, ImageData], limit
         raise ProtocolError("unknown_preprocessor", f"the {name} preprocessor needs annotator weights, which this "
                             "server does not have", "preprocessor")
     image = decode_image(_resolve(message["image"], uploads, "image"), limits, "image", "RGBA")
+    if min(image.shape[:2]) < MIN_PREPROCESS_SIDE:
+        raise ProtocolError("invalid_field", f"the picture is {image.shape[1]}x{image.shape[0]}; preprocessors need "
+                            f"at least {MIN_PREPROCESS_SIDE} pixels a side", "image")
     unit = ControlUnit(name, None, preprocessor, 1.0, 0.0, 1.0, message.get("resolution"))
     return EditRequest(job=message["job"], mode="preprocess", model=preprocessor, prompt="", negative_prompt="",
                        seed=0, steps=0, guidance=0.0, strength=0.0, batch=1, sampler="euler", image=image,

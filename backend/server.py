@@ -34,7 +34,7 @@ from shared.messages import (FAMILIES, IMAGE_FORMATS, MODES, PREPROCESSORS, PROT
 
 log = logging.getLogger(__name__)
 SERVER_NAME = f"easel/{shared.__version__}"
-CLIENT_ROLES = ("image", "mask", "control")
+CLIENT_ROLES = ("image", "mask", "control", "reference")
 
 
 class Session:

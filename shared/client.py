@@ -140,15 +140,18 @@ class Client:
         return {"frame": image_id}
 
     def submit(self, mode: str, **params) -> str:
-        """Queue a job; ``image``, ``mask`` and control units' images may be ImageData (uploaded first).
+        """Queue a job; ``image``, ``mask`` and the images of control units and references may be
+        ImageData (uploaded first).
         Returns the job id."""
         job = params.pop("job", None) or uuid.uuid4().hex[:16]
         for role in ("image", "mask"):
             if isinstance(params.get(role), ImageData):
                 params[role] = self.upload(params[role], role)
-        if "control" in params:
-            params["control"] = [{**unit, "image": self.upload(unit["image"], "control")}
-                                 if isinstance(unit.get("image"), ImageData) else unit for unit in params["control"]]
+        for key, role in (("control", "control"), ("references", "reference")):
+            params[key] = [{**item, "image": self.upload(item["image"], role)}
+                           if isinstance(item.get("image"), ImageData) else item for item in params.get(key, [])]
+            if not params[key]:
+                del params[key]
         self._send({"type": "submit", "job": job, "mode": mode, **params})
         return job
 

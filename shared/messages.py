@@ -21,10 +21,11 @@ FAMILIES = ("sd15", "sdxl")
 SAMPLERS = ("dpmpp_2m", "dpmpp_2m_karras", "euler", "euler_a", "ddim", "unipc")
 IMAGE_FORMATS = ("png", "webp", "rgba8", "l8")
 RESULT_FORMATS = ("png", "webp", "rgba8")
-FRAME_ROLES = ("image", "mask", "control", "result", "preview")
+FRAME_ROLES = ("image", "mask", "control", "reference", "result", "preview")
 CONTROL_TYPES = ("canny", "lineart", "lineart_anime", "softedge", "depth", "normal", "pose", "scribble",
                  "segmentation", "mlsd", "tile", "shuffle", "inpaint")
 PREPROCESSORS = ("canny", "lineart_standard", "shuffle")  # those that need no annotator weights
+REFERENCE_MODES = ("reference", "style", "composition")
 JOB_ID_PATTERN = r"^[A-Za-z0-9_.:-]{1,64}$"
 IMAGE_ID_PATTERN = r"^[A-Za-z0-9_.:-]{1,80}$"  # server image ids are the job id plus a suffix
 MAX_SEED = 2**32 - 1
@@ -50,6 +51,7 @@ ERROR_CODES = {
     "unsupported_mode": "The model cannot run this mode (an inpaint-only checkpoint asked to generate).",
     "unknown_control_model": "No ControlNet is configured for this control type and the job's model family.",
     "unknown_preprocessor": "The named preprocessor does not exist or cannot run on this server.",
+    "unknown_adapter": "No IP-Adapter is configured for the job's model family.",
     "internal": "The server failed unexpectedly on a job or a message; it keeps running.",
 }
 
@@ -209,6 +211,14 @@ CONTROL_UNIT = Field("object", "One ControlNet unit.", fields={
                         "omitted.", minimum=64, maximum=4096),
 })
 
+REFERENCE = Field("object", "A reference picture for the IP-Adapter.", fields={
+    "image": replace(IMAGE_REF, required=True),
+    "weight": Field("number", "How much the reference steers; 0 switches it off.", default=1.0, minimum=0,
+                    maximum=2),
+    "mode": Field("string", "`reference`: everything; `style`: colours and brushwork (up blocks only); "
+                  "`composition`: layout (down blocks only).", default="reference", choices=REFERENCE_MODES),
+})
+
 BOX = Field("array", "[x, y, width, height] in pixels of the submitted image.",
             items=Field("integer", minimum=0), min_items=4)
 
@@ -263,6 +273,7 @@ CLIENT_MESSAGES: dict[str, dict[str, Field]] = {
         "inline": Field("boolean", "Put results in the `result` message as base64 PNG instead of binary frames.",
                         default=False),
         "control": Field("array", "ControlNet units, applied together.", items=CONTROL_UNIT),
+        "references": Field("array", "IP-Adapter reference pictures, blended by weight.", items=REFERENCE),
     },
     "preprocess": {
         "type": _type("preprocess"),

@@ -33,7 +33,9 @@ from diffusers import (  # noqa: E402
 from backend.engine.demo_model import (  # noqa: E402
     CONTROL_TYPES,
     DEMO_FOLDERS,
+    IP_ADAPTER_WEIGHTS,
     demo_controlnets,
+    demo_ip_adapters,
     write_demo_model,
 )
 
@@ -133,6 +135,13 @@ def test_writes_exactly_the_model_folders(demo_dir):
         for kind, folder in by_type.items():
             assert isinstance(folder, str) and folder == str(demo_dir / "controlnet" / family / kind)
             assert sorted(p.name for p in os.scandir(folder)) == ["config.json", "diffusion_pytorch_model.safetensors"]
+    adapters = demo_ip_adapters(demo_dir)
+    assert adapters == {family: str(demo_dir / "ip-adapter" / family) for family in ("sd15", "sdxl")}
+    assert sorted(p.name for p in (demo_dir / "ip-adapter").iterdir()) == ["sd15", "sdxl"]
+    for folder in adapters.values():
+        assert sorted(p.name for p in os.scandir(folder)) == ["image_encoder", IP_ADAPTER_WEIGHTS]
+        assert sorted(p.name for p in os.scandir(os.path.join(folder, "image_encoder"))) == [
+            "config.json", "model.safetensors", "preprocessor_config.json"]
 
 
 @pytest.mark.parametrize("name", list(PIPELINES))
@@ -220,7 +229,9 @@ def test_same_seed_writes_same_weights(demo_dir, tmp_path):
     again = write_demo_model(tmp_path / "again", seed=0)
     other = write_demo_model(tmp_path / "other", seed=1)
     for weights in ("sd15/unet/diffusion_pytorch_model.safetensors",
-                    "controlnet/sdxl/depth/diffusion_pytorch_model.safetensors"):
+                    "controlnet/sdxl/depth/diffusion_pytorch_model.safetensors",
+                    "ip-adapter/sd15/ip-adapter.safetensors",
+                    "ip-adapter/sdxl/image_encoder/model.safetensors"):
         assert (again / weights).read_bytes() == (demo_dir / weights).read_bytes()
         assert (other / weights).read_bytes() != (demo_dir / weights).read_bytes()
 
@@ -316,3 +327,87 @@ def test_multi_controlnet(pipes, controlnets):
                                      controlnet_conditioning_scale=scales, num_inference_steps=2, height=128,
                                      width=128, generator=gen(1)).images[0])
     assert np.abs(run([1.0, 0.0]) - run([0.0, 1.0])).mean() > 3.0
+
+
+# -- IP-Adapters ----------------------------------------------------------------------------------
+
+def flat(colour) -> Image.Image:
+    return Image.new("RGB", (64, 64), colour)
+
+
+def load_ip_adapter(pipe, demo_dir, family):
+    """The load call the demo promises: diffusers' own loader, offline, image encoder inside."""
+    folder = demo_ip_adapters(demo_dir)[family]
+    with offline():
+        pipe.load_ip_adapter(folder, subfolder="", weight_name=IP_ADAPTER_WEIGHTS,
+                             image_encoder_folder=os.path.join(folder, "image_encoder"))
+
+
+@pytest.mark.parametrize("family", ["sd15", "sdxl"])
+def test_ip_adapter_references_steer_and_scale_zero_is_no_adapter(demo_dir, family):
+    cls, kwargs = PIPELINES[family]
+    with offline():  # a pipeline of its own: loading the adapter changes the UNet
+        pipe = cls.from_pretrained(demo_dir / family, **kwargs)
+    pipe.set_progress_bar_config(disable=True)
+    run = lambda **extra: pixels(pipe("a photo of a cat", num_inference_steps=4, height=128, width=128,  # noqa: E731
+                                      generator=gen(1), **extra).images[0])
+    plain = run()
+
+    load_ip_adapter(pipe, demo_dir, family)
+    assert type(pipe.image_encoder).__name__ == "CLIPVisionModelWithProjection"
+    size = pipe.image_encoder.config.image_size
+    assert pipe.feature_extractor.crop_size["height"] == size
+    projection = pipe.unet.encoder_hid_proj.image_projection_layers[0].image_embeds
+    assert projection.in_features == pipe.image_encoder.config.projection_dim
+    assert projection.out_features == 4 * pipe.unet.config.cross_attention_dim  # the plain IP-Adapter's 4 tokens
+
+    pipe.set_ip_adapter_scale(1.0)
+    red, blue = run(ip_adapter_image=flat((220, 30, 30))), run(ip_adapter_image=flat((30, 60, 220)))
+    assert np.isfinite(red).all() and ((red == 0) | (red == 255)).mean() < 0.5
+    assert np.abs(red - blue).mean() > 3.0  # the reference image matters
+    assert np.abs(red - plain).mean() > 3.0
+
+    # InstantStyle-like per-block scales on the demo UNet (one attention in down block 1, two in
+    # up block 0): "style" = the second up-block attention, "composition" = the down-block one
+    pipe.set_ip_adapter_scale({"up": {"block_0": [0.0, 1.0]}})
+    style = run(ip_adapter_image=flat((220, 30, 30)))
+    pipe.set_ip_adapter_scale({"down": {"block_1": [1.0]}})
+    layout = run(ip_adapter_image=flat((220, 30, 30)))
+    for one, other in ((style, plain), (layout, plain), (style, layout), (style, red), (layout, red)):
+        assert np.abs(one - other).mean() > 1.0
+
+    pipe.set_ip_adapter_scale(0.0)  # diffusers skips the adapter's attention: exactly the plain UNet
+    assert np.array_equal(run(ip_adapter_image=flat((220, 30, 30))), plain)
+    pipe.unload_ip_adapter()
+    assert pipe.image_encoder is None and pipe.unet.encoder_hid_proj is None
+    assert np.array_equal(run(), plain)
+
+
+@pytest.mark.parametrize("family", ["sd15", "sdxl"])
+def test_ip_adapter_fits_the_inpaint_unet(demo_dir, family):
+    cls, kwargs = PIPELINES[f"{family}-inpaint"]
+    with offline():
+        pipe = cls.from_pretrained(demo_dir / f"{family}-inpaint", **kwargs)
+    pipe.set_progress_bar_config(disable=True)
+    load_ip_adapter(pipe, demo_dir, family)
+    mask = np.zeros((128, 128), np.uint8)
+    mask[32:96, 32:96] = 255
+
+    def run(colour):  # 4 steps: with 2 the SDXL inpaint pipeline barely leaves the init image
+        return pixels(pipe("a photo of a cat", image=gradient(), mask_image=Image.fromarray(mask),
+                           ip_adapter_image=flat(colour), num_inference_steps=4, height=128, width=128,
+                           generator=gen(1)).images[0])
+
+    assert np.abs(run((220, 30, 30)) - run((30, 60, 220))).mean() > 1.0
+
+
+def test_use_demo_configures_the_ip_adapters(demo_dir):
+    from backend.config import AdapterSpec, Config
+    from backend.engine.demo_model import use_demo
+
+    adapters = use_demo(Config(), demo_dir).ip_adapters
+    assert sorted(adapters) == ["sd15", "sdxl"]
+    for family, spec in adapters.items():
+        assert isinstance(spec, AdapterSpec)
+        assert spec.weights == os.path.join(demo_ip_adapters(demo_dir)[family], IP_ADAPTER_WEIGHTS)
+        assert os.path.isfile(spec.weights) and os.path.isfile(os.path.join(spec.image_encoder, "config.json"))

@@ -12,6 +12,12 @@ diffusers pipeline classes::
     root/controlnet/<family>/<type>/
                          ControlNetModel for family "sd15" / "sdxl" (made from
                          that family's 4-channel UNet), one per CONTROL_TYPES
+    root/ip-adapter/<family>/
+                         IP-Adapter for family "sd15" / "sdxl" in the original
+                         format (ip-adapter.safetensors: image_proj.* and
+                         ip_adapter.<n>.to_k_ip / to_v_ip) plus its CLIP image
+                         encoder (image_encoder/: CLIPVisionModelWithProjection
+                         with a preprocessor_config.json)
 
 The weights are random (seeded, so the same ``seed`` writes byte-identical
 files), with a few layers overwritten so the results behave plausibly:
@@ -27,7 +33,12 @@ files), with a few layers overwritten so the results behave plausibly:
   weights in the layers diffusers initialises to zero (conditioning embedding
   output, residual 1x1 convs), so the control image, the conditioning scale and
   the guidance start/end all change the picture; every control type has its own
-  seed, so two types give different pictures for the same control image.
+  seed, so two types give different pictures for the same control image;
+* the IP-Adapters' value projections (to_v_ip) are drawn a bit larger than
+  PyTorch's default init, so the reference image clearly changes the picture at
+  scale 1 (at scale 0 diffusers skips the adapter's attention, so the result is
+  exactly the no-adapter one). They fit both UNets of their family (4- and
+  9-channel).
 
 Text-to-image pictures are coloured noise; every code path of the real
 pipelines runs (tokenizers, CFG, schedulers, VAE encode/decode, masks). Both
@@ -44,6 +55,8 @@ Load them with, e.g.::
     StableDiffusionControlNetPipeline.from_pipe(  # dtype: else from_pipe casts sd15_pipe to float32
         sd15_pipe, controlnet=ControlNetModel.from_pretrained(root / "controlnet" / "sd15" / "canny"),
         dtype=sd15_pipe.dtype)
+    sd15_pipe.load_ip_adapter(str(root / "ip-adapter" / "sd15"), subfolder="",
+                              weight_name="ip-adapter.safetensors")  # image_encoder/ is found inside
 """
 
 from __future__ import annotations
@@ -58,14 +71,17 @@ __all__ = [
     "CONTROLNET_FAMILIES",
     "CONTROL_TYPES",
     "DEMO_FOLDERS",
+    "IP_ADAPTER_FAMILIES",
+    "IP_ADAPTER_WEIGHTS",
     "demo_controlnets",
+    "demo_ip_adapters",
     "demo_models",
     "ensure_demo_model",
     "write_demo_model",
     "write_demo_model_with_config",
 ]
 
-DEMO_FOLDERS = ("sd15", "sd15-inpaint", "sdxl", "sdxl-inpaint", "taesd", "controlnet")
+DEMO_FOLDERS = ("sd15", "sd15-inpaint", "sdxl", "sdxl-inpaint", "taesd", "controlnet", "ip-adapter")
 
 # One demo ControlNet per family and control type: root/controlnet/<family>/<type>/.
 CONTROL_TYPES = (
@@ -84,6 +100,10 @@ CONTROL_TYPES = (
     "inpaint",
 )
 CONTROLNET_FAMILIES = ("sd15", "sdxl")
+
+# One demo IP-Adapter per family: root/ip-adapter/<family>/IP_ADAPTER_WEIGHTS plus image_encoder/.
+IP_ADAPTER_FAMILIES = ("sd15", "sdxl")
+IP_ADAPTER_WEIGHTS = "ip-adapter.safetensors"
 
 # Standard SD 1.x / SDXL noise schedule.
 _SCHEDULER_KWARGS: dict[str, Any] = dict(
@@ -134,6 +154,23 @@ _CN_RESIDUAL = 0.25
 # convs: enough that the control image's structure survives the silu chain.
 _CN_EMBED_GAIN = 1.6
 _CN_EMBED_BIAS = 0.1
+# IP-Adapter image encoder (a tiny CLIP ViT): input size, patch size, width,
+# depth; and the projection_dim (image embedding size) per family, deliberately
+# unlike the text sizes, as the real ones (ViT-H 1024 for SD1.5, ViT-bigG 1280
+# for SDXL) are. The input is CLIP's standard 224 px, so whatever 224 px
+# CLIPImageProcessor a pipeline already holds (a safety checker's, or the one
+# SD1.5's unload_ip_adapter leaves behind after a real adapter) feeds it too;
+# 56 px patches keep that to 16 tokens.
+_IP_IMAGE_SIZE = 224
+_IP_PATCH = 56
+_IP_HIDDEN = 32
+_IP_LAYERS = 2
+_IP_PROJECTION = {"sd15": 24, "sdxl": 40}
+# Image tokens of diffusers' plain IP-Adapter ImageProjection (fixed by its loader).
+_IP_TOKENS = 4
+# Gain (x PyTorch's default Linear init) of the adapter's to_v_ip projections:
+# how strongly a reference image pulls the cross-attention output.
+_IP_VALUE_GAIN = 2.0
 
 
 # --------------------------------------------------------------------------- #
@@ -510,6 +547,64 @@ def _write_controlnets(root: pathlib.Path, family: str, unet, seed: int) -> None
             controlnet.save_pretrained(root / "controlnet" / family / control_type, safe_serialization=True)
 
 
+def _write_ip_adapter(root: pathlib.Path, family: str, unet, seed: int) -> None:
+    """root/ip-adapter/<family>/: a tiny CLIP image encoder and an IP-Adapter for ``unet``'s layout.
+
+    The weights file has the original IP-Adapter layout that diffusers' ``load_ip_adapter``
+    converts: ``image_proj.proj`` (image embedding -> _IP_TOKENS tokens of cross_attention_dim)
+    and ``image_proj.norm``, and ``ip_adapter.<n>.to_k_ip/to_v_ip.weight`` for the UNet's
+    cross-attention layers, numbered n = 1, 3, 5, ... in ``unet.attn_processors`` order (the
+    original numbering counted every attention layer; cross-attention ones are the odd ones).
+    """
+    import math
+
+    import torch
+    from safetensors.torch import save_file
+    from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    folder = root / "ip-adapter" / family
+    torch.manual_seed(seed)
+    encoder_config = CLIPVisionConfig(
+        hidden_size=_IP_HIDDEN,
+        intermediate_size=2 * _IP_HIDDEN,
+        projection_dim=_IP_PROJECTION[family],
+        num_hidden_layers=_IP_LAYERS,
+        num_attention_heads=2,
+        image_size=_IP_IMAGE_SIZE,
+        patch_size=_IP_PATCH,
+        hidden_act="quick_gelu",
+    )
+    encoder = CLIPVisionModelWithProjection(encoder_config).eval()
+    encoder.save_pretrained(folder / "image_encoder", safe_serialization=True)
+    # diffusers builds CLIPImageProcessor(size=image_size, crop_size=image_size) itself when the
+    # pipeline has no feature extractor; this file lets other code load the same one.
+    CLIPImageProcessor(size=_IP_IMAGE_SIZE, crop_size=_IP_IMAGE_SIZE).save_pretrained(folder / "image_encoder")
+
+    gen = torch.Generator().manual_seed(seed)
+
+    def uniform(shape, fan_in: int, gain: float = 1.0):  # PyTorch's default Linear init, times gain
+        return (torch.rand(shape, generator=gen) * 2 - 1) * (gain / math.sqrt(fan_in))
+
+    embed_dim, context = _IP_PROJECTION[family], unet.config.cross_attention_dim
+    tensors = {
+        "image_proj.proj.weight": uniform((_IP_TOKENS * context, embed_dim), embed_dim),
+        "image_proj.proj.bias": uniform((_IP_TOKENS * context,), embed_dim),
+        "image_proj.norm.weight": torch.ones(context),
+        "image_proj.norm.bias": torch.zeros(context),
+    }
+    key_id = 1
+    for name in unet.attn_processors:
+        if name.endswith("attn1.processor"):  # self-attention: no adapter
+            continue
+        attn = unet.get_submodule(name.removesuffix(".processor"))
+        inner, cross = attn.to_k.out_features, attn.to_k.in_features
+        tensors[f"ip_adapter.{key_id}.to_k_ip.weight"] = uniform((inner, cross), cross)
+        tensors[f"ip_adapter.{key_id}.to_v_ip.weight"] = uniform((inner, cross), cross, _IP_VALUE_GAIN)
+        key_id += 2
+    save_file({k: v.contiguous() for k, v in tensors.items()}, str(folder / IP_ADAPTER_WEIGHTS),
+              metadata={"format": "pt"})
+
+
 @contextlib.contextmanager
 def _one_torch_thread():
     """Run tiny convolutions on one intra-op thread.
@@ -631,6 +726,10 @@ def _write(root: pathlib.Path, seed: int) -> None:
     _write_controlnets(root, "sd15", unet15, seed * 100 + 20)
     _write_controlnets(root, "sdxl", unetxl, seed * 100 + 40)
 
+    # ---- IP-Adapters: root/ip-adapter/<family>/ -------------------------- #
+    _write_ip_adapter(root, "sd15", unet15, seed * 100 + 60)
+    _write_ip_adapter(root, "sdxl", unetxl, seed * 100 + 61)
+
 
 # -- serving the demo -------------------------------------------------------------------------
 
@@ -659,10 +758,32 @@ def demo_controlnets(root: str | os.PathLike) -> dict[str, dict[str, str]]:
     }
 
 
+def demo_ip_adapters(root: str | os.PathLike) -> dict[str, str]:
+    """IP-Adapter folders of a written demo: ``{family: folder}`` for ``sd15`` and ``sdxl``. Each
+    folder holds ``IP_ADAPTER_WEIGHTS`` and its CLIP image encoder in ``image_encoder/``, and fits
+    that family's demo pipelines (4- and 9-channel UNets)::
+
+        pipe.load_ip_adapter(folder, subfolder="", weight_name=IP_ADAPTER_WEIGHTS)
+    """
+    root = pathlib.Path(root)
+    return {family: str(root / "ip-adapter" / family) for family in IP_ADAPTER_FAMILIES}
+
+
+def _demo_adapter_specs(root: str | os.PathLike) -> dict:
+    """``demo_ip_adapters`` as backend.config entries: ``{family: AdapterSpec(weights, image_encoder)}``."""
+    from backend.config import AdapterSpec
+
+    return {family: AdapterSpec(weights=str(pathlib.Path(folder) / IP_ADAPTER_WEIGHTS),
+                                image_encoder=str(pathlib.Path(folder) / "image_encoder"))
+            for family, folder in demo_ip_adapters(root).items()}
+
+
 def use_demo(config, root: str | os.PathLike):
-    """Point ``config`` (a backend.config.Config) at a written demo: its models and ControlNets."""
+    """Point ``config`` (a backend.config.Config) at a written demo: its models, ControlNets and
+    IP-Adapters."""
     config.models, config.default_model = demo_models(root), "demo"
     config.controlnets = demo_controlnets(root)
+    config.ip_adapters = _demo_adapter_specs(root)
     return config
 
 
@@ -680,11 +801,16 @@ def write_demo_model_with_config(root: str | os.PathLike) -> pathlib.Path:
         lines.append(f'[controlnets.{family}]')
         lines.extend(f'{kind} = {json.dumps(source)}' for kind, source in types.items())
         lines.append('')
+    for family, spec in _demo_adapter_specs(root).items():
+        lines.append(f'[ip_adapters.{family}]')
+        lines.append(f'weights = {json.dumps(spec.weights)}')
+        lines.append(f'image_encoder = {json.dumps(spec.image_encoder)}')
+        lines.append('')
     (root / "easel.toml").write_text("\n".join(lines))
     return root
 
 
-DEMO_VERSION = "2"
+DEMO_VERSION = "3"
 """Bumped whenever the demo's contents change, so cached copies are rewritten."""
 
 

@@ -16,6 +16,7 @@ import torch
 from PIL import Image
 
 from backend.engine import masks
+from backend.engine.adapters import IPAdapters
 from backend.engine.controlnets import ControlNetCache
 from backend.engine.preprocessors import preprocess
 from backend.engine.models import LoadedModel, ModelRegistry
@@ -67,6 +68,7 @@ class _Inputs:
     alpha: np.ndarray | None = None  # feathered mask over the crop
     control: list = field(default_factory=list)  # the active control units
     control_images: list = field(default_factory=list)  # their images at diffusion size
+    adapter_kwargs: dict = field(default_factory=dict)  # the references' embeddings, when there are any
 
 
 def make_scheduler(name: str, config):
@@ -96,6 +98,7 @@ class Engine:
         self.registry = registry
         self.controlnets = ControlNetCache(config.controlnets, registry.device, registry.dtype,
                                            config.controlnet_memory_mb * 2**20, config.allow_pickle)
+        self.adapters = IPAdapters(config.ip_adapters, config.allow_pickle)
         self._previewers: dict[str, Previewer] = {}
 
     @property
@@ -113,6 +116,11 @@ class Engine:
 
         inputs = self._prepare(request, model)
         pipe = self._with_control(request, model, inputs) or pipe
+        references = [reference for reference in request.references if reference.weight > 0]
+        if references:
+            inputs.adapter_kwargs = self.adapters.switch_on(model, pipe, references, request.guidance > 1)
+        else:  # exactly the no-adapter job, even right after a job with references
+            self.adapters.switch_off(model)
         reporter.started(request.denoising_steps, inputs.size, inputs.plan.box if inputs.plan else None)
 
         layers = []
@@ -206,6 +214,7 @@ class Engine:
         else:
             kwargs.update(image=inputs.image, mask_image=inputs.mask, strength=request.strength,
                           width=width, height=height)
+        kwargs.update(inputs.adapter_kwargs)
         if inputs.control:
             single = len(inputs.control) == 1
             pick = (lambda values: values[0]) if single else list

@@ -1,0 +1,87 @@
+"""IP-Adapter references through the real server, on the demo model's tiny adapter."""
+
+import dataclasses
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import decode, picture, png, rect_mask
+from shared.client import EaselError
+
+
+def flat(colour):
+    return png(Image.new("RGB", (96, 96), colour))
+
+
+def run(client, mode="img2img", references=(), control=(), model="demo"):
+    image = picture(256, 256)
+    params = {"prompt": "a house", "steps": 4, "seed": 3, "model": model}
+    if mode != "generate":
+        params.update(image=png(image), strength=0.8)
+    else:
+        params.update(width=256, height=256)
+    if mode == "inpaint":
+        params["mask"] = png(rect_mask(image.size, (60, 60, 200, 200)))
+    if references:
+        params["references"] = list(references)
+    if control:
+        params["control"] = list(control)
+    return decode(client.run(mode, **params).images[0].image)
+
+
+@pytest.mark.parametrize("model", ["demo", "demo-xl"])
+def test_a_reference_steers_and_weight_zero_is_no_reference(client, model):
+    plain = run(client, model=model)
+    red = run(client, references=[{"image": flat("red")}], model=model)
+    blue = run(client, references=[{"image": flat("blue")}], model=model)
+    zero = run(client, references=[{"image": flat("red"), "weight": 0}], model=model)
+    assert np.abs(red.astype(int) - plain).mean() > 1
+    assert not (red == blue).all()
+    assert (zero == plain).all()
+
+
+def test_a_job_without_references_after_one_with_equals_a_fresh_one(client, demo_config):
+    from backend.engine.engine import Engine
+    from backend.engine.models import ModelRegistry, pick_device
+    from backend.server import ServerThread
+    from shared.client import Client
+
+    run(client, references=[{"image": flat("red")}])
+    after = run(client)
+    fresh_engine = Engine(ModelRegistry(demo_config, *pick_device("cpu")))
+    with ServerThread(demo_config, fresh_engine) as fresh, Client(fresh.url) as other:
+        assert (run(other) == after).all()
+
+
+def test_several_references_and_modes(client):
+    one = run(client, references=[{"image": flat("red")}])
+    two = run(client, references=[{"image": flat("red")}, {"image": flat("blue"), "weight": 0.5}])
+    style = run(client, references=[{"image": flat("red"), "mode": "style"}])
+    layout = run(client, references=[{"image": flat("red"), "mode": "composition"}])
+    assert not (one == two).all()
+    assert not (style == one).all() and not (layout == one).all() and not (style == layout).all()
+
+
+def test_control_reference_and_inpaint_together_keep_untouched_pixels(client):
+    image = np.asarray(picture(256, 256))
+    control_map = np.zeros((256, 256, 3), np.uint8)
+    control_map[:, :128] = 255
+    layer = run(client, "inpaint", references=[{"image": flat("green")}],
+                control=[{"type": "canny", "image": png(Image.fromarray(control_map))}])
+    outside = layer[..., 3] == 0
+    assert outside.any() and (layer[outside][:, :3] == image[outside]).all()
+    assert not (layer == run(client, "inpaint")).all()
+
+
+def test_references_without_an_adapter_are_a_clear_error(demo_config):
+    from backend.engine.engine import Engine
+    from backend.engine.models import ModelRegistry, pick_device
+    from backend.server import ServerThread
+    from shared.client import Client
+
+    bare = dataclasses.replace(demo_config, ip_adapters={})
+    with ServerThread(bare, Engine(ModelRegistry(bare, *pick_device("cpu")))) as server, Client(server.url) as other:
+        with pytest.raises(EaselError) as caught:
+            run(other, references=[{"image": flat("red")}])
+    assert caught.value.code == "unknown_adapter" and "sd15" in caught.value.message
