@@ -5,6 +5,7 @@
     port = 8760
     token = ""                 # clients must present it; required off loopback
     model_folders = []         # every .safetensors / diffusers folder inside becomes a model
+    controlnet_folders = []    # e.g. A1111's models/ControlNet: family and type read from file names
     allowed_origins = []       # browser pages allowed besides the server's own origin
     default_model = "sd15"
     allow_pickle = false       # .ckpt / .bin checkpoints run code when loaded
@@ -90,6 +91,7 @@ class Config:
     device: str = "auto"
     allowed_origins: list[str] = field(default_factory=list)
     model_folders: list[str] = field(default_factory=list)
+    controlnet_folders: list[str] = field(default_factory=list)
     models: dict[str, ModelSpec] = field(default_factory=dict)
     controlnets: dict[str, dict[str, str]] = field(default_factory=dict)  # family -> control type -> source
     controlnet_memory_mb: int = 4096  # loaded ControlNets beyond this are dropped, least recently used first
@@ -138,7 +140,7 @@ def load_config(path: str | Path | None = None) -> Config:
 
     server = data.get("server", {})
     for key in ("host", "port", "token", "default_model", "allow_pickle", "device", "allowed_origins",
-                "model_folders", "controlnet_memory_mb"):
+                "model_folders", "controlnet_folders", "controlnet_memory_mb"):
         if key in server:
             setattr(config, key, server[key])
     known = {f.name for f in dataclasses.fields(Limits)}
@@ -171,11 +173,38 @@ def load_config(path: str | Path | None = None) -> Config:
                               ".safetensors file) and `image_encoder` (a folder)")
         config.ip_adapters[family] = AdapterSpec(
             *(str((path.parent / Path(entry[key]).expanduser()).resolve()) for key in ("weights", "image_encoder")))
+    for folder in config.controlnet_folders:
+        folder = (path.parent / Path(folder).expanduser()).resolve()
+        for (family, kind), source in scan_controlnet_folder(folder).items():
+            config.controlnets.setdefault(family, {}).setdefault(kind, source)  # explicit entries win
     for folder in config.model_folders:
         folder = (path.parent / Path(folder).expanduser()).resolve()
         for name, spec in scan_model_folder(folder, config.allow_pickle).items():
             config.models.setdefault(name, spec)  # an explicit [models] entry wins
     return config
+
+
+# File-name words that name a control type, most specific first (A1111 / lllyasviel naming).
+_CONTROL_WORDS = (("lineart_anime", "lineart_anime"), ("lineart", "lineart"), ("softedge", "softedge"),
+                  ("hed", "softedge"), ("pidi", "softedge"), ("depth", "depth"), ("normal", "normal"),
+                  ("openpose", "pose"), ("pose", "pose"), ("scribble", "scribble"), ("seg", "segmentation"),
+                  ("mlsd", "mlsd"), ("tile", "tile"), ("shuffle", "shuffle"), ("inpaint", "inpaint"),
+                  ("canny", "canny"))
+
+
+def scan_controlnet_folder(folder: Path) -> dict[tuple[str, str], str]:
+    """ControlNet checkpoints in a folder such as A1111's ``models/ControlNet``, by (family, type),
+    told from their file names (``control_v11p_sd15_canny.safetensors``, ``diffusers_xl_depth_full``)."""
+    if not folder.is_dir():
+        raise ConfigError(f"ControlNet folder {folder} does not exist")
+    found = {}
+    for file in sorted(folder.rglob("*.safetensors")):
+        name = file.stem.lower()
+        family = "sdxl" if "xl" in name else "sd15"
+        kind = next((kind for word, kind in _CONTROL_WORDS if word in name), None)
+        if kind is not None:
+            found.setdefault((family, kind), str(file))
+    return found
 
 
 def scan_model_folder(folder: Path, allow_pickle: bool = False) -> dict[str, ModelSpec]:

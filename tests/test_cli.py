@@ -190,3 +190,20 @@ def test_preprocess_command_writes_the_map(server, inputs):
     done = easel("preprocess", "canny", folder / "in.png", folder / "edges.png", "--server", server.url)
     assert done.returncode == 0, done.stderr
     assert Image.open(folder / "edges.png").size == (400, 300)
+
+
+def test_run_with_references(server, inputs):
+    _, _, folder = inputs
+    Image.new("RGB", (64, 64), "red").save(folder / "red.png")
+    Image.new("RGB", (64, 64), "blue").save(folder / "blue.png")
+    common = ["run", "img2img", "--prompt", "x", "--image", folder / "in.png", "--strength", 0.8, "--steps", 4,
+              "--seed", 1, "--server", server.url]
+    outputs = {}
+    for name, extra in (("plain", []), ("zero", ["--reference", f"{folder / 'red.png'}:0"]),
+                        ("red", ["--reference", f"{folder / 'red.png'}:1:style",
+                                 "--reference", f"{folder / 'blue.png'}:0.5"])):
+        done = easel(*common, *extra, "--out", folder / f"{name}.png")
+        assert done.returncode == 0, done.stderr
+        outputs[name] = np.asarray(Image.open(folder / f"{name}.png"))
+    assert (outputs["zero"] == outputs["plain"]).all()
+    assert not (outputs["red"] == outputs["plain"]).all()

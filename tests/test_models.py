@@ -93,3 +93,19 @@ def test_a_models_folder_serves_every_checkpoint_in_it(demo_root, tmp_path):
             client.run("generate", model="sd15-inpaint", prompt="x", steps=2, width=64, height=64)
         assert (caught.value.code, caught.value.field) == ("unsupported_mode", "mode")
         assert {m["name"]: m["inpaint_model"] for m in client.models()["models"]}["sd15-inpaint"] is True
+
+
+def test_a_controlnet_folder_is_read_by_file_name(tmp_path):
+    folder = tmp_path / "ControlNet"
+    folder.mkdir()
+    for name in ("control_v11p_sd15_canny", "control_v11p_sd15s2_lineart_anime", "control_v11f1p_sd15_depth",
+                 "diffusers_xl_depth_full", "control_v11p_sd15_openpose", "notes"):
+        (folder / f"{name}.safetensors").write_bytes(b"")
+    (tmp_path / "easel.toml").write_text(
+        f'[server]\ncontrolnet_folders = ["{folder}"]\n\n[controlnets.sd15]\ncanny = "/mine/canny"\n')
+    config = load_config(tmp_path / "easel.toml")
+    assert config.controlnets["sd15"] == {"canny": "/mine/canny",
+                                          "lineart_anime": str(folder / "control_v11p_sd15s2_lineart_anime.safetensors"),
+                                          "depth": str(folder / "control_v11f1p_sd15_depth.safetensors"),
+                                          "pose": str(folder / "control_v11p_sd15_openpose.safetensors")}
+    assert config.controlnets["sdxl"] == {"depth": str(folder / "diffusers_xl_depth_full.safetensors")}

@@ -58,7 +58,9 @@ class ControlNetCache:
             exc.field = "control"
             raise
         except Exception as exc:
-            raise ModelError("model_load_failed", f"the ControlNet at {source} could not be loaded: {exc}",
+            hint = " (a single-file ControlNet fetches its configuration from the hub the first time)" \
+                if path.is_file() else ""
+            raise ModelError("model_load_failed", f"the ControlNet at {source} could not be loaded: {exc}{hint}",
                              "control") from exc
         return to_device(model, self.device)
 
