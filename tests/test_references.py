@@ -85,3 +85,11 @@ def test_references_without_an_adapter_are_a_clear_error(demo_config):
         with pytest.raises(EaselError) as caught:
             run(other, references=[{"image": flat("red")}])
     assert caught.value.code == "unknown_adapter" and "sd15" in caught.value.message
+
+
+@pytest.mark.parametrize("model", ["demo", "demo-base", "demo-xl"])  # 9-channel and 4-channel inpaint UNets
+def test_references_steer_inpainting(client, model):
+    plain = run(client, "inpaint", model=model)
+    red = run(client, "inpaint", references=[{"image": flat("red")}], model=model)
+    assert np.abs(red.astype(int) - plain).mean() > 0.5
+    assert (run(client, "inpaint", model=model) == plain).all(), "the adapter is off again afterwards"

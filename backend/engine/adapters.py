@@ -17,40 +17,46 @@ log = logging.getLogger(__name__)
 
 
 @dataclass
-class _Loaded:
-    """A model's UNet state with and without its adapter, and the adapter's image encoder."""
+class _Encoder:
+    """A model's adapter image encoder, shared by all its UNets."""
 
-    plain_processors: dict
-    adapter_processors: dict
-    projection: object
     image_encoder: object
     feature_extractor: object
 
 
+@dataclass
+class _UNetState:
+    """One UNet's attention with and without the adapter."""
+
+    plain_processors: dict
+    adapter_processors: dict
+    projection: object
+
+
 class IPAdapters:
-    """The configured IP-Adapters, one per family; the worker thread is their only user."""
+    """The configured IP-Adapters, one per family; the worker thread is their only user.
+
+    A model may have two UNets (its base one and a dedicated inpaint one): each gets the adapter
+    on first use and is switched per job; the image encoder is loaded once per model.
+    """
 
     def __init__(self, specs: dict[str, AdapterSpec], allow_pickle: bool = False):
         self.specs, self.allow_pickle = specs, allow_pickle
-        self._loaded: dict[str, _Loaded] = {}
+        self._encoders: dict[str, _Encoder] = {}
+        self._unets: dict[int, _UNetState] = {}
 
-    def switch_off(self, model: LoadedModel) -> None:
-        """Make the model's UNet plain again (if an adapter was ever loaded into it)."""
-        state = self._loaded.get(model.name)
-        if state is not None and model.base.unet.encoder_hid_proj is not None:
-            unet = model.base.unet
-            unet.set_attn_processor(dict(state.plain_processors))
-            unet.encoder_hid_proj = None
-            unet.config.encoder_hid_dim_type = None
+    def switch_off(self, pipe) -> None:
+        """Make the job's UNet plain again (if an adapter was ever loaded into it)."""
+        state = self._unets.get(id(pipe.unet))
+        if state is not None and pipe.unet.encoder_hid_proj is not None:
+            _apply(pipe.unet, state.plain_processors, None, None)
 
     def switch_on(self, model: LoadedModel, pipe, references: list, guided: bool) -> dict:
         """Turn the adapter on in ``pipe`` for these references; returns the pipeline call's kwargs."""
-        state = self._loaded.get(model.name) or self._load(model)
-        unet = model.base.unet
-        unet.set_attn_processor(dict(state.adapter_processors))
-        unet.encoder_hid_proj = state.projection
-        unet.config.encoder_hid_dim_type = "ip_image_proj"
-        pipe.image_encoder, pipe.feature_extractor = state.image_encoder, state.feature_extractor
+        state = self._unets.get(id(pipe.unet)) or self._load(model, pipe)
+        _apply(pipe.unet, state.adapter_processors, state.projection, "ip_image_proj")
+        encoder = self._encoders[model.name]
+        pipe.image_encoder, pipe.feature_extractor = encoder.image_encoder, encoder.feature_extractor
 
         weights = np.array([reference.weight for reference in references], dtype=np.float64)
         strongest = references[int(weights.argmax())]
@@ -76,26 +82,38 @@ class IPAdapters:
         uncond = (torch.stack(unconditional) * share).sum(0)[None]
         return torch.cat([uncond, cond]) if guided else cond
 
-    def _load(self, model: LoadedModel) -> _Loaded:
+    def _load(self, model: LoadedModel, pipe) -> _UNetState:
         spec = self.specs.get(model.family)
         if spec is None:
             raise ModelError("unknown_adapter", f"no IP-Adapter is configured for {model.family} models, so "
                              "references cannot be used with this model", "references")
-        check_pickle(spec.weights, self.allow_pickle)
         weights = Path(spec.weights).expanduser()
-        unet = model.base.unet
+        unet = pipe.unet
         plain = dict(unet.attn_processors)
+        encoder = self._encoders.get(model.name)
         log.info("loading the %s IP-Adapter from %s", model.family, weights)
         try:
-            model.base.load_ip_adapter(str(weights.parent), subfolder="", weight_name=weights.name,
-                                       image_encoder_folder=str(Path(spec.image_encoder).expanduser().resolve()))
+            check_pickle(spec.weights, self.allow_pickle)
+            pipe.load_ip_adapter(str(weights.parent), subfolder="", weight_name=weights.name,
+                                 image_encoder_folder=None if encoder else str(Path(spec.image_encoder).expanduser()))
         except Exception as exc:
+            _apply(unet, plain, None, None)  # never leave a half-loaded adapter behind
+            if isinstance(exc, ModelError):
+                exc.field = "references"
+                raise
             raise ModelError("model_load_failed", f"the IP-Adapter {weights} could not be loaded: {exc}",
                              "references") from exc
-        state = _Loaded(plain, dict(unet.attn_processors), unet.encoder_hid_proj, model.base.image_encoder,
-                        model.base.feature_extractor)
-        self._loaded[model.name] = state
+        if encoder is None:
+            self._encoders[model.name] = _Encoder(pipe.image_encoder, pipe.feature_extractor)
+        state = self._unets[id(unet)] = _UNetState(plain, dict(unet.attn_processors), unet.encoder_hid_proj)
         return state
+
+
+def _apply(unet, processors: dict, projection, hid_dim_type) -> None:
+    """Put a UNet in one state: plain (projection None) or with the adapter."""
+    unet.set_attn_processor(dict(processors))
+    unet.encoder_hid_proj = projection
+    unet.config.encoder_hid_dim_type = hid_dim_type
 
 
 def block_scales(mode: str, scale: float) -> float | dict:

@@ -120,7 +120,7 @@ class Engine:
         if references:
             inputs.adapter_kwargs = self.adapters.switch_on(model, pipe, references, request.guidance > 1)
         else:  # exactly the no-adapter job, even right after a job with references
-            self.adapters.switch_off(model)
+            self.adapters.switch_off(pipe)
         reporter.started(request.denoising_steps, inputs.size, inputs.plan.box if inputs.plan else None)
 
         layers = []
