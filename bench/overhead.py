@@ -436,7 +436,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--host-crop", action="store_true",
                         help="send only the context crop, as host adapters do, instead of the whole canvas")
     parser.add_argument("--steer", action="store_true", help="also run each canvas steered: 2 ControlNets "
-                        f"({', '.join(CONTROL_TYPES)}, ready-made maps) + 1 IP-Adapter reference (about 5x the "
+                        f"({', '.join(CONTROL_TYPES)}, ready-made maps) + 1 IP-Adapter reference (3-4x the "
                         "diffusion time on CPU)")
     parser.add_argument("--smooth", action="store_true", help="noise-free test picture (PNG compresses it "
                         "to almost nothing; the default picture has pixel noise, like real canvases)")
