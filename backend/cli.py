@@ -176,19 +176,12 @@ def cmd_run(args) -> int:
         print(f"easel: cannot read an input picture: {exc}", file=sys.stderr)
         return 2
     try:
-        units = [_control_unit(spec) for spec in args.control]
+        steering = {"control": [_control_unit(spec) for spec in args.control],
+                    "references": [_reference(spec) for spec in args.reference]}
     except (ValueError, OSError) as exc:
         print(f"easel: {exc}", file=sys.stderr)
         return 2
-    if units:
-        params["control"] = units
-    try:
-        references = [_reference(spec) for spec in args.reference]
-    except (ValueError, OSError) as exc:
-        print(f"easel: {exc}", file=sys.stderr)
-        return 2
-    if references:
-        params["references"] = references
+    params.update({key: items for key, items in steering.items() if items})
     outputs = _output_paths(args.out, args.batch or 1)
     problem = _unwritable(outputs[0])
     if problem:  # say so before the GPU spends time on it
