@@ -181,16 +181,16 @@ class Engine:
     @staticmethod
     def _control_image(request: EditRequest, model: LoadedModel, inputs: _Inputs, unit):
         """A unit's image, resized to the picture, then cropped and resized exactly like it."""
-        source = unit.image if unit.image is not None else request.image
-        picture = Image.fromarray(np.ascontiguousarray(source[..., :3]))
+        source = (unit.image if unit.image is not None else request.image)[..., :3]
         if inputs.plan is None:
-            picture = picture.resize(inputs.size, Image.Resampling.LANCZOS)
+            picture = Image.fromarray(np.ascontiguousarray(source)).resize(inputs.size, Image.Resampling.LANCZOS)
         else:
             height, width = request.image.shape[:2]
-            if picture.size != (width, height):
-                picture = picture.resize((width, height), Image.Resampling.LANCZOS)
-            box = inputs.plan.box
-            picture = _resample(np.asarray(picture)[box.y:box.y1, box.x:box.x1], inputs.plan)
+            if source.shape[:2] != (height, width):
+                source = np.asarray(Image.fromarray(np.ascontiguousarray(source)).resize(
+                    (width, height), Image.Resampling.LANCZOS))
+            box = inputs.plan.box  # crop before anything else touches a big canvas's map
+            picture = _resample(source[box.y:box.y1, box.x:box.x1], inputs.plan)
         if unit.preprocessor:
             picture = preprocess(unit.preprocessor, picture, unit.resolution, seed=request.seed)
         if unit.type == "inpaint" and request.mode == "inpaint" and model.family == "sd15":
