@@ -243,7 +243,7 @@ def cmd_preprocess(args) -> int:
 def _read_picture(path: str, role: str) -> tuple[Image.Image, ImageData]:
     """The picture upright (EXIF orientation applied) and what to send: the file's own bytes when
     it is a PNG or WebP that needs no turning, else an 8-bit PNG of it."""
-    from backend.imaging import to_array
+    from backend.imaging import to_array, to_png
 
     picture = Image.open(path)
     fmt = {"PNG": "png", "WEBP": "webp"}.get(picture.format)
@@ -252,9 +252,7 @@ def _read_picture(path: str, role: str) -> tuple[Image.Image, ImageData]:
     upright = ImageOps.exif_transpose(picture)
     has_alpha = "A" in upright.getbands() or "transparency" in upright.info
     pixels = to_array(upright, "L" if role == "mask" else "RGBA" if has_alpha else "RGB")
-    buffer = io.BytesIO()
-    Image.fromarray(pixels).save(buffer, "PNG")
-    return upright, ImageData("png", upright.width, upright.height, buffer.getvalue())
+    return upright, to_png(Image.fromarray(pixels))
 
 
 def _control_unit(spec: str) -> dict:

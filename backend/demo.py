@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
+from backend.imaging import to_png
 from shared.client import Client
 from shared.images import ImageData
 
@@ -33,12 +34,6 @@ def sample_mask(size: tuple[int, int]) -> Image.Image:
     mask = Image.new("L", size, 0)
     ImageDraw.Draw(mask).ellipse((width * 0.62, height * 0.04, width * 0.93, height * 0.38), fill=255)
     return mask
-
-
-def _png(image: Image.Image) -> ImageData:
-    buffer = io.BytesIO()
-    image.save(buffer, "PNG")
-    return ImageData("png", image.width, image.height, buffer.getvalue())
 
 
 def _picture(result_image: ImageData) -> Image.Image:
@@ -68,16 +63,16 @@ def run_demo(folder: Path) -> Path:
 
     folder.mkdir(parents=True, exist_ok=True)
     config = use_demo(Config(port=0), ensure_demo_model())
-    picture, mask = sample_picture(), None
+    picture = sample_picture()
     mask = sample_mask(picture.size)
     picture.save(folder / "sample.png")
     mask.save(folder / "mask.png")
 
     with ServerThread(config, Engine(ModelRegistry(config, *pick_device("auto")))) as server:
         with Client(server.url, name="easel-demo") as client:
-            fill = client.run("inpaint", prompt="a glowing moon", image=_png(picture), mask=_png(mask),
+            fill = client.run("inpaint", prompt="a glowing moon", image=to_png(picture), mask=to_png(mask),
                               seed=1, steps=12)
-            refine = client.run("img2img", prompt="an oil painting", image=_png(picture), strength=0.5,
+            refine = client.run("img2img", prompt="an oil painting", image=to_png(picture), strength=0.5,
                                 seed=2, steps=12)
 
     layer = fill.images[0]

@@ -31,6 +31,13 @@ def to_array(picture: Image.Image, mode: str) -> np.ndarray:
     return np.array(picture.convert(mode))
 
 
+def to_png(picture: Image.Image) -> ImageData:
+    """A picture as a PNG to send."""
+    buffer = io.BytesIO()
+    picture.save(buffer, "PNG")
+    return ImageData("png", picture.width, picture.height, buffer.getvalue())
+
+
 def encode(pixels: np.ndarray, fmt: str) -> ImageData:
     """RGBA pixels as transport bytes; WebP is lossless and keeps colour under zero alpha."""
     height, width = pixels.shape[:2]

@@ -15,6 +15,7 @@ from backend.config import Config  # noqa: E402
 from backend.engine.demo_model import ensure_demo_model, use_demo  # noqa: E402
 from backend.engine.engine import Engine  # noqa: E402
 from backend.engine.models import ModelRegistry, pick_device  # noqa: E402
+from backend.imaging import to_png  # noqa: E402
 from backend.server import ServerThread  # noqa: E402
 from shared.client import Client  # noqa: E402
 from shared.images import ImageData  # noqa: E402
@@ -47,10 +48,7 @@ def client(server):
         yield connected
 
 
-def png(image: Image.Image) -> ImageData:
-    buffer = io.BytesIO()
-    image.save(buffer, "PNG")
-    return ImageData("png", image.width, image.height, buffer.getvalue())
+png = to_png  # tests say png(picture)
 
 
 def decode(image: ImageData) -> np.ndarray:

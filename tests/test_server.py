@@ -7,7 +7,6 @@ import struct
 import time
 import zlib
 
-import numpy as np
 import pytest
 from PIL import Image
 from websockets.exceptions import InvalidStatus

@@ -15,7 +15,7 @@ import torch
 
 from backend.config import Config, ModelSpec, scan_model_folder
 from backend.engine.engine import Engine
-from backend.engine.models import ModelError, ModelRegistry, detect_family
+from backend.engine.models import ModelRegistry, detect_family
 from backend.requests import EditRequest
 from ldm_checkpoint import CLIP, UNET, VAE, unet_to_ldm, vae_to_ldm, write_ldm_checkpoint
 

@@ -387,7 +387,6 @@ def _shape_unet(unet) -> None:
     embedding, inpaint mask channels) is added on top, so outputs depend on
     prompt, seed, time and conditioning.
     """
-    import torch
 
     k = unet.config.out_channels  # 4
     n = 2 * k  # channels carrying [x, -x]
