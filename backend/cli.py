@@ -1,4 +1,4 @@
-"""The ``easel`` command: serve, run, demo, demo-model, schema."""
+"""The ``easel`` command: serve, run, preprocess, demo, demo-model, package, schema."""
 
 from __future__ import annotations
 
@@ -81,6 +81,11 @@ def main(argv: list[str] | None = None) -> int:
     demo_model = commands.add_parser("demo-model", help="write the tiny random-weight demo model family")
     demo_model.add_argument("dir")
     demo_model.set_defaults(func=cmd_demo_model)
+
+    package = commands.add_parser("package", help="build the Krita plugin zip or the A1111 extension folder")
+    package.add_argument("host", choices=("krita", "a1111"))
+    package.add_argument("--out", default="dist", help="folder to write into (default ./dist)")
+    package.set_defaults(func=cmd_package)
 
     schema = commands.add_parser("schema", help="print the protocol's JSON Schema")
     schema.set_defaults(func=lambda args: print(json.dumps(json_schema(), indent=2)) or 0)
@@ -343,3 +348,12 @@ def cmd_demo(args) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+# -- package ----------------------------------------------------------------------------------
+
+def cmd_package(args) -> int:
+    from backend.packaging import build
+
+    print(build(args.host, Path(args.out)))
+    return 0

@@ -1,0 +1,31 @@
+"""Build installable host adapters: a Krita plugin zip and an A1111 extension folder.
+
+Each host has a module here with ``build(out: Path) -> Path``; both bundle the protocol package
+(``shared/``) because neither host can import it from the backend's environment.
+"""
+
+from __future__ import annotations
+
+import importlib
+import shutil
+from pathlib import Path
+
+HOSTS = ("krita", "a1111")
+REPO = Path(__file__).resolve().parents[2]
+
+
+def build(host: str, out: Path) -> Path:
+    """Build the adapter for ``host`` under ``out`` and return what was written."""
+    if host not in HOSTS:
+        raise ValueError(f"unknown host {host!r}; expected one of {', '.join(HOSTS)}")
+    out.mkdir(parents=True, exist_ok=True)
+    return importlib.import_module(f"{__name__}.{host}").build(out)
+
+
+def copy_package(module, dest: Path) -> Path:
+    """Copy an imported package's source files (no caches) to ``dest/<name>``."""
+    source = Path(module.__file__).parent
+    target = dest / source.name
+    shutil.copytree(source, target, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"),
+                    dirs_exist_ok=True)
+    return target
