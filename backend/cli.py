@@ -113,7 +113,10 @@ def cmd_serve(args) -> int:
             config.models = {"default": ModelSpec("default", args.model)}
             config.default_model = "default"
         elif args.demo:
-            use_demo(config, ensure_demo_model())
+            from backend.engine.demo_annotators import ensure_demo_annotators
+
+            log.info("preparing the demo model and demo annotators (written once to the cache)")
+            use_demo(config, ensure_demo_model(), annotators=ensure_demo_annotators())
         elif not config.models:
             if _hub_model_available(DEFAULT_HUB_MODEL):
                 config.models = {"sd15": ModelSpec("sd15", DEFAULT_HUB_MODEL)}

@@ -9,6 +9,7 @@
     allowed_origins = []       # browser pages allowed besides the server's own origin
     default_model = "sd15"
     allow_pickle = false       # .ckpt / .bin checkpoints run code when loaded
+    annotators = "/path/to/Annotators"   # preprocessor weights (lllyasviel/Annotators names), or that hub id
 
     [limits]
     max_steps = 150
@@ -92,6 +93,7 @@ class Config:
     allowed_origins: list[str] = field(default_factory=list)
     model_folders: list[str] = field(default_factory=list)
     controlnet_folders: list[str] = field(default_factory=list)
+    annotators: str | None = None  # folder or hub repository with the lllyasviel/Annotators files
     models: dict[str, ModelSpec] = field(default_factory=dict)
     controlnets: dict[str, dict[str, str]] = field(default_factory=dict)  # family -> control type -> source
     controlnet_memory_mb: int = 4096  # loaded ControlNets beyond this are dropped, least recently used first
@@ -140,9 +142,13 @@ def load_config(path: str | Path | None = None) -> Config:
 
     server = data.get("server", {})
     for key in ("host", "port", "token", "default_model", "allow_pickle", "device", "allowed_origins",
-                "model_folders", "controlnet_folders", "controlnet_memory_mb"):
+                "model_folders", "controlnet_folders", "controlnet_memory_mb", "annotators"):
         if key in server:
             setattr(config, key, server[key])
+    if config.annotators:
+        folder = (path.parent / Path(config.annotators).expanduser()).resolve()
+        if folder.is_dir() or _looks_like_path(config.annotators):  # otherwise a hub repository id
+            config.annotators = str(folder)
     known = {f.name for f in dataclasses.fields(Limits)}
     for key, value in data.get("limits", {}).items():
         if key not in known:

@@ -20,7 +20,12 @@ from shared.messages import MAX_SEED, PREPROCESSORS, ProtocolError
 
 
 MIN_PREPROCESS_SIDE = 16
-DEFAULT_PREPROCESSOR = {"canny": "canny", "lineart": "lineart_standard", "shuffle": "shuffle"}
+# What `preprocess: on` runs for each control type. lineart defaults to the weightless one so it works on
+# every server; tile and inpaint take the picture itself, so they have none.
+DEFAULT_PREPROCESSOR = {"canny": "canny", "lineart": "lineart_standard", "shuffle": "shuffle",
+                        "softedge": "softedge_hed", "scribble": "scribble_hed", "depth": "depth_midas",
+                        "normal": "normal_bae", "pose": "openpose", "lineart_anime": "lineart_anime",
+                        "mlsd": "mlsd", "segmentation": "segment_anything"}
 
 
 @dataclass
@@ -180,8 +185,8 @@ def build_preprocess_request(message: dict, uploads: dict[str, ImageData], limit
     name = message["preprocessor"]
     preprocessor = DEFAULT_PREPROCESSOR.get(name, name)
     if preprocessor not in PREPROCESSORS:
-        raise ProtocolError("unknown_preprocessor", f"the {name} preprocessor needs annotator weights, which this "
-                            "server does not have", "preprocessor")
+        raise ProtocolError("unknown_preprocessor", f"the {name} control type has no preprocessor: its control "
+                            "image is the picture itself", "preprocessor")
     image = decode_image(_resolve(message["image"], uploads, "image"), limits, "image", "RGBA")
     if min(image.shape[:2]) < MIN_PREPROCESS_SIDE:
         raise ProtocolError("invalid_field", f"the picture is {image.shape[1]}x{image.shape[0]}; preprocessors need "
@@ -203,9 +208,9 @@ def _control_unit(unit: dict, image: ImageData | None, mode: str, limits: Limits
     if preprocessor == "on":
         preprocessor = DEFAULT_PREPROCESSOR.get(unit["type"])
         if preprocessor is None:
-            raise ProtocolError("unknown_preprocessor", f"the {unit['type']} preprocessor needs annotator weights, "
-                                f"which this server does not have; send a ready {unit['type']} map with "
-                                "preprocess off", f"{name}.preprocess")
+            raise ProtocolError("unknown_preprocessor", f"the {unit['type']} control type has no preprocessor: "
+                                "its control image is the picture itself, so send it with preprocess off",
+                                f"{name}.preprocess")
     return ControlUnit(unit["type"], decode_image(image, limits, f"{name}.image", "RGBA") if image else None,
                        None if preprocessor == "off" else preprocessor, float(unit["scale"]),
                        float(unit["start"]), float(unit["end"]), unit.get("resolution"))

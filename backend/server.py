@@ -29,7 +29,7 @@ from backend.imaging import encode
 from backend.jobs import Job, JobQueue
 from backend.requests import build_preprocess_request, build_request
 from shared.images import ImageData, decode_frame, encode_frame
-from shared.messages import (FAMILIES, IMAGE_FORMATS, MODES, PREPROCESSORS, PROTOCOL_VERSION, SAMPLERS,
+from shared.messages import (FAMILIES, IMAGE_FORMATS, MODES, PROTOCOL_VERSION, REFERENCE_MODES, SAMPLERS,
                              ProtocolError, parse_client_message)
 
 log = logging.getLogger(__name__)
@@ -209,7 +209,9 @@ class EaselServer:
                 "modes": list(MODES), "families": list(FAMILIES), "samplers": list(SAMPLERS),
                 "image_formats": list(IMAGE_FORMATS),
                 "control_types": sorted({kind for types in self.config.controlnets.values() for kind in types}),
-                "preprocessors": list(PREPROCESSORS),
+                "preprocessors": self.engine.preprocessors.available(),
+                "reference_families": sorted(self.config.ip_adapters),
+                "reference_modes": list(REFERENCE_MODES),
                 "limits": {"max_steps": limits.max_steps, "max_batch": limits.max_batch,
                            "max_side": limits.max_side, "max_pixels": limits.max_pixels,
                            "max_message_bytes": limits.max_message_bytes,

@@ -24,7 +24,10 @@ RESULT_FORMATS = ("png", "webp", "rgba8")
 FRAME_ROLES = ("image", "mask", "control", "reference", "result", "preview")
 CONTROL_TYPES = ("canny", "lineart", "lineart_anime", "softedge", "depth", "normal", "pose", "scribble",
                  "segmentation", "mlsd", "tile", "shuffle", "inpaint")
-PREPROCESSORS = ("canny", "lineart_standard", "shuffle")  # those that need no annotator weights
+# The first three need no weights; the others need annotator checkpoints on the server.
+PREPROCESSORS = ("canny", "lineart_standard", "shuffle", "softedge_hed", "softedge_pidinet", "scribble_hed",
+                 "depth_midas", "normal_bae", "openpose", "lineart_realistic", "lineart_anime", "mlsd",
+                 "segment_anything")
 REFERENCE_MODES = ("reference", "style", "composition")
 JOB_ID_PATTERN = r"^[A-Za-z0-9_.:-]{1,64}$"
 IMAGE_ID_PATTERN = r"^[A-Za-z0-9_.:-]{1,80}$"  # server image ids are the job id plus a suffix
@@ -50,7 +53,8 @@ ERROR_CODES = {
     "model_load_failed": "The model could not be loaded.",
     "unsupported_mode": "The model cannot run this mode (an inpaint-only checkpoint asked to generate).",
     "unknown_control_model": "No ControlNet is configured for this control type and the job's model family.",
-    "unknown_preprocessor": "The named preprocessor does not exist or cannot run on this server.",
+    "unknown_preprocessor": "The named preprocessor does not exist, or no preprocessor fits the control type.",
+    "missing_annotator": "The preprocessor's annotator weights are not in the configured annotators source.",
     "unknown_adapter": "No IP-Adapter is configured for the job's model family.",
     "internal": "The server failed unexpectedly on a job or a message; it keeps running.",
 }
@@ -330,7 +334,11 @@ SERVER_MESSAGES: dict[str, dict[str, Field]] = {
             "samplers": Field("array", required=True, items=Field("string", choices=SAMPLERS)),
             "image_formats": Field("array", required=True, items=Field("string", choices=IMAGE_FORMATS)),
             "control_types": Field("array", required=True, items=Field("string")),
-            "preprocessors": Field("array", required=True, items=Field("string")),
+            "preprocessors": Field("array", "Preprocessors this server can run now (weights present).",
+                                   required=True, items=Field("string", choices=PREPROCESSORS)),
+            "reference_families": Field("array", "Model families with an IP-Adapter for `references`.",
+                                        required=True, items=Field("string", choices=FAMILIES)),
+            "reference_modes": Field("array", required=True, items=Field("string", choices=REFERENCE_MODES)),
             "limits": LIMITS,
         }),
         "device": Field("string", "Where the model runs (cuda, mps, cpu).", required=True),

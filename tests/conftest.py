@@ -13,6 +13,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from backend.config import Config  # noqa: E402
 from backend.engine.demo_model import ensure_demo_model, use_demo  # noqa: E402
+from backend.engine.demo_annotators import ensure_demo_annotators  # noqa: E402
 from backend.engine.engine import Engine  # noqa: E402
 from backend.engine.models import ModelRegistry, pick_device  # noqa: E402
 from backend.imaging import to_png  # noqa: E402
@@ -28,7 +29,7 @@ def demo_root(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def demo_config(demo_root) -> Config:
-    return use_demo(Config(port=0), demo_root)
+    return use_demo(Config(port=0), demo_root, annotators=ensure_demo_annotators())
 
 
 @pytest.fixture(scope="session")

@@ -84,8 +84,8 @@ def test_inpaint_with_control_keeps_untouched_pixels(client):
 
 def test_missing_control_model_and_preprocessor_are_clear_errors(client):
     with pytest.raises(EaselError) as caught:
-        run(client, "img2img", [{"type": "depth", "preprocess": "on"}])
-    assert caught.value.code == "unknown_preprocessor" and "depth" in caught.value.message
+        run(client, "img2img", [{"type": "tile", "preprocess": "on"}])
+    assert caught.value.code == "unknown_preprocessor" and "tile" in caught.value.message
     with pytest.raises(EaselError) as caught:
         run(client, "generate", [{"type": "canny"}])
     assert caught.value.field == "control[0].image"
@@ -99,7 +99,7 @@ def test_preprocess_returns_a_map_of_the_inputs_size(client):
     assert extremes > 0.9, "an edge map (black with white edges), not a picture"
     assert control_map[..., :3].max() > 200, "edges were found"
     with pytest.raises(EaselError) as caught:
-        client.preprocess("depth", png(image))
+        client.preprocess("inpaint", png(image))
     assert caught.value.code == "unknown_preprocessor"
 
 

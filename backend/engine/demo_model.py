@@ -777,19 +777,24 @@ def _demo_adapter_specs(root: str | os.PathLike) -> dict:
             for family, folder in demo_ip_adapters(root).items()}
 
 
-def use_demo(config, root: str | os.PathLike):
+def use_demo(config, root: str | os.PathLike, annotators: str | os.PathLike | None = None):
     """Point ``config`` (a backend.config.Config) at a written demo: its models, ControlNets and
-    IP-Adapters."""
+    IP-Adapters, and the demo annotators folder when given (see demo_annotators)."""
     config.models, config.default_model = demo_models(root), "demo"
     config.controlnets = demo_controlnets(root)
     config.ip_adapters = _demo_adapter_specs(root)
+    if annotators is not None:
+        config.annotators = str(annotators)
     return config
 
 
 def write_demo_model_with_config(root: str | os.PathLike) -> pathlib.Path:
-    """Write the demo model plus an ``easel.toml`` that serves it."""
+    """Write the demo model, its annotators (``annotators/``) and an ``easel.toml`` that serves them."""
+    from backend.engine.demo_annotators import write_demo_annotators
+
     root = write_demo_model(root).resolve()
-    lines = ['[server]', 'default_model = "demo"', '']
+    annotators = write_demo_annotators(root / "annotators")
+    lines = ['[server]', 'default_model = "demo"', f'annotators = {json.dumps(str(annotators))}', '']
     for name, spec in demo_models(root).items():
         lines.append(f'[models.{name}]')
         for key in ("source", "family", "inpaint", "preview"):
@@ -815,26 +820,31 @@ DEMO_VERSION = "3"
 
 def ensure_demo_model(root: str | os.PathLike | None = None) -> pathlib.Path:
     """The demo model in the user's cache (``$EASEL_HOME`` or ~/.cache/easel), written on first use."""
-    import shutil
-    import tempfile
-
     if root is None:
         home = os.environ.get("EASEL_HOME") or pathlib.Path.home() / ".cache" / "easel"
         root = pathlib.Path(home) / "demo-model"
+    return ensure_written(root, DEMO_VERSION, write_demo_model)
+
+
+def ensure_written(root: str | os.PathLike, version: str, write) -> pathlib.Path:
+    """``root`` as ``write(folder)`` makes it, rewritten unless its version marker says ``version``."""
+    import shutil
+    import tempfile
+
     root = pathlib.Path(root)
     marker = root / "easel-demo-version"
-    if marker.is_file() and marker.read_text() == DEMO_VERSION:
+    if marker.is_file() and marker.read_text() == version:
         return root
     root.parent.mkdir(parents=True, exist_ok=True)
-    staging = pathlib.Path(tempfile.mkdtemp(prefix="demo-model-", dir=root.parent))
+    staging = pathlib.Path(tempfile.mkdtemp(prefix=f"{root.name}-", dir=root.parent))
     try:
-        write_demo_model(staging)
-        (staging / marker.name).write_text(DEMO_VERSION)
+        write(staging)
+        (staging / marker.name).write_text(version)
         if root.is_symlink() or root.is_file():
             root.unlink()
         else:
             shutil.rmtree(root, ignore_errors=True)
-        staging.rename(root)  # a half-written demo is never picked up
+        staging.rename(root)  # a half-written folder is never picked up
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return root

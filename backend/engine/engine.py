@@ -18,7 +18,7 @@ from PIL import Image
 from backend.engine import masks
 from backend.engine.adapters import IPAdapters
 from backend.engine.controlnets import ControlNetCache
-from backend.engine.preprocessors import preprocess
+from backend.engine.preprocessors import Preprocessors
 from backend.engine.models import LoadedModel, ModelRegistry
 from backend.engine.previews import Previewer
 from backend.requests import EditRequest
@@ -99,6 +99,7 @@ class Engine:
         self.controlnets = ControlNetCache(config.controlnets, registry.device, registry.dtype,
                                            config.controlnet_memory_mb * 2**20, config.allow_pickle)
         self.adapters = IPAdapters(config.ip_adapters, config.allow_pickle)
+        self.preprocessors = Preprocessors(config.annotators, registry.device)
         self._previewers: dict[str, Previewer] = {}
 
     @property
@@ -133,14 +134,13 @@ class Engine:
             layers.append(Layer(index, seed, *self._to_layer(request, inputs, pixels)))
         return EngineResult(layers, loaded - start, time.perf_counter() - loaded)
 
-    @staticmethod
-    def _preprocess(request: EditRequest, reporter: Reporter, start: float) -> EngineResult:
+    def _preprocess(self, request: EditRequest, reporter: Reporter, start: float) -> EngineResult:
         """A ``preprocess`` job: the control map of the whole picture, at its size."""
         height, width = request.image.shape[:2]
         reporter.started(0, (width, height), None)
         unit = request.control[0]
         picture = Image.fromarray(np.ascontiguousarray(request.image[..., :3]))
-        control_map = np.asarray(preprocess(unit.preprocessor, picture, unit.resolution))
+        control_map = np.asarray(self.preprocessors.run(unit.preprocessor, picture, unit.resolution))
         return EngineResult([Layer(0, 0, (0, 0), _opaque(control_map))], 0.0, time.perf_counter() - start)
 
     # -- stages -------------------------------------------------------------------------------
@@ -178,8 +178,7 @@ class Engine:
         inputs.control_images = [self._control_image(request, model, inputs, unit) for _, unit in active]
         return model.control_pipeline(request.mode, controlnets)
 
-    @staticmethod
-    def _control_image(request: EditRequest, model: LoadedModel, inputs: _Inputs, unit):
+    def _control_image(self, request: EditRequest, model: LoadedModel, inputs: _Inputs, unit):
         """A unit's image, resized to the picture, then cropped and resized exactly like it."""
         source = (unit.image if unit.image is not None else request.image)[..., :3]
         if inputs.plan is None:
@@ -192,7 +191,7 @@ class Engine:
             box = inputs.plan.box  # crop before anything else touches a big canvas's map
             picture = _resample(source[box.y:box.y1, box.x:box.x1], inputs.plan)
         if unit.preprocessor:
-            picture = preprocess(unit.preprocessor, picture, unit.resolution, seed=request.seed)
+            picture = self.preprocessors.run(unit.preprocessor, picture, unit.resolution, seed=request.seed)
         if unit.type == "inpaint" and request.mode == "inpaint" and model.family == "sd15":
             # The SD1.5 inpaint ControlNet's convention: the picture with masked pixels at -1.
             pixels = np.asarray(picture, dtype=np.float32) / 255.0

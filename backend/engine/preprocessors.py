@@ -1,35 +1,172 @@
-"""Control-map preprocessors from controlnet_aux (run on the worker thread, never the event loop)."""
+"""Control-map preprocessors from controlnet_aux (run on the worker thread, never the event loop).
+
+Three need no weights (canny, lineart_standard, shuffle). The others load annotator checkpoints with
+the lllyasviel/Annotators file names from the configured ``annotators`` source: a local folder, or a
+hub repository id. Those checkpoints are torch pickles; controlnet_aux reads them with ``torch.load``,
+whose default since torch 2.6 is ``weights_only=True``, so a file carrying code is refused, not run.
+"""
 
 from __future__ import annotations
 
 import functools
+import os
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
 
+import numpy as np
 from PIL import Image
+
+from backend.engine.models import ModelError
+
+# controlnet_aux's OpenPose wants hand and face networks too; a body-only pose map needs just this one.
+BODY_POSE = "body_pose_model.pth"
+
+
+@dataclass(frozen=True)
+class Annotator:
+    """A weighted preprocessor: the checkpoint files it needs and how to build its detector."""
+
+    files: tuple[str, ...]
+    build: Callable[[list[str]], Callable]  # local file paths -> detector(picture, **kwargs) -> PIL image
+    options: tuple[tuple[str, object], ...] = ()  # extra keyword arguments of the detector call
+
+
+def _from_folder(cls_name: str, **kwargs):
+    def build(paths: list[str]):
+        import controlnet_aux
+
+        return getattr(controlnet_aux, cls_name).from_pretrained(os.path.dirname(paths[0]),
+                                                                  filename=os.path.basename(paths[0]), **kwargs)
+    return build
+
+
+def _openpose(paths: list[str]):
+    from controlnet_aux import OpenposeDetector
+    from controlnet_aux.open_pose.body import Body
+
+    return OpenposeDetector(Body(paths[0]))
+
+
+def _segment_anything(paths: list[str]):
+    import torch
+    from controlnet_aux import SamDetector
+    from controlnet_aux.segment_anything import SamAutomaticMaskGenerator
+
+    detector = SamDetector.from_pretrained(os.path.dirname(paths[0]), model_type="vit_t",
+                                           filename=os.path.basename(paths[0]))
+    # Every grid point is a full pass of SAM's mask decoder: SAM's own 32x32 grid takes milliseconds on
+    # a GPU but minutes on a CPU, where a coarse grid still finds the large regions a control map needs.
+    grid = 32 if torch.cuda.is_available() else 4
+    generator = SamAutomaticMaskGenerator(detector.mask_generator.predictor.model, points_per_side=grid)
+
+    def segment(picture: Image.Image, detect_resolution: int, image_resolution: int) -> Image.Image:
+        from controlnet_aux.util import HWC3, resize_image
+
+        pixels = resize_image(HWC3(np.asarray(picture)), detect_resolution)
+        masks = generator.generate(pixels)
+        # SAM may find no region at all (a flat picture); that is an empty map, not a failure.
+        segments = detector.show_anns(masks) if masks else np.zeros_like(pixels)
+        return Image.fromarray(resize_image(segments, image_resolution))
+    return segment
+
+
+WEIGHTLESS = {
+    "canny": "CannyDetector",
+    "lineart_standard": "LineartStandardDetector",
+    "shuffle": "ContentShuffleDetector",
+}
+ANNOTATORS = {
+    "softedge_hed": Annotator(("ControlNetHED.pth",), _from_folder("HEDdetector")),
+    "scribble_hed": Annotator(("ControlNetHED.pth",), _from_folder("HEDdetector"), (("scribble", True),)),
+    "softedge_pidinet": Annotator(("table5_pidinet.pth",), _from_folder("PidiNetDetector")),
+    "depth_midas": Annotator(("dpt_hybrid-midas-501f0c75.pt",), _from_folder("MidasDetector")),
+    "normal_bae": Annotator(("scannet.pt",), _from_folder("NormalBaeDetector")),
+    "openpose": Annotator((BODY_POSE,), _openpose),
+    "lineart_realistic": Annotator(("sk_model.pth", "sk_model2.pth"),
+                                   _from_folder("LineartDetector", coarse_filename="sk_model2.pth")),
+    "lineart_anime": Annotator(("netG.pth",), _from_folder("LineartAnimeDetector")),
+    "mlsd": Annotator(("mlsd_large_512_fp32.pth",), _from_folder("MLSDdetector")),
+    "segment_anything": Annotator(("mobile_sam.pt",), _segment_anything),
+}
 
 
 @functools.lru_cache(maxsize=None)
-def _detector(name: str):
+def _weightless(name: str):
     import controlnet_aux  # heavy import: only when a job asks for a preprocessor
 
-    return {
-        "canny": controlnet_aux.CannyDetector,
-        "lineart_standard": controlnet_aux.LineartStandardDetector,
-        "shuffle": controlnet_aux.ContentShuffleDetector,
-    }[name]()
+    return getattr(controlnet_aux, WEIGHTLESS[name])()
 
 
-def preprocess(name: str, picture: Image.Image, resolution: int | None = None, seed: int = 0) -> Image.Image:
-    """The control map ``name`` makes of ``picture``, the same size as the picture.
+class Preprocessors:
+    """Runs preprocessors by name, loading annotator weights on first use and keeping them."""
 
-    ``resolution`` is the working size of the shorter side (the picture's own when None).
-    """
-    resolution = resolution or min(picture.size)
-    kwargs = {"detect_resolution": resolution}
-    if name != "lineart_standard":  # the one detector without an output-size argument
-        kwargs["image_resolution"] = resolution
-    if name == "shuffle":
-        import numpy as np
+    def __init__(self, annotators: str | None, device=None):
+        self.source = annotators
+        self.device = device
+        self._detectors: dict[str, Callable] = {}
+        self._lock = threading.Lock()
 
-        np.random.seed(seed)  # ContentShuffleDetector draws from numpy's global generator
-    result = _detector(name)(picture.convert("RGB"), **kwargs)
-    return result.convert("RGB").resize(picture.size, Image.Resampling.BILINEAR)
+    def available(self) -> list[str]:
+        """The preprocessors this server can run now (weights found locally, or a hub source)."""
+        names = list(WEIGHTLESS)
+        if self.source and not os.path.isdir(self.source):
+            return names + list(ANNOTATORS)
+        folder = Path(self.source) if self.source else None
+        return names + [name for name, annotator in ANNOTATORS.items()
+                        if folder and all((folder / file).is_file() for file in annotator.files)]
+
+    def run(self, name: str, picture: Image.Image, resolution: int | None = None, seed: int = 0) -> Image.Image:
+        """The control map ``name`` makes of ``picture``, the same size as the picture.
+
+        ``resolution`` is the working size of the shorter side (the picture's own when None).
+        """
+        resolution = resolution or min(picture.size)
+        kwargs = {"detect_resolution": resolution}
+        if name != "lineart_standard":  # the one detector without an output-size argument
+            kwargs["image_resolution"] = resolution
+        if name in WEIGHTLESS:
+            detector = _weightless(name)
+        else:
+            detector = self._detector(name)
+            kwargs.update(ANNOTATORS[name].options)
+        if name in ("shuffle", "segment_anything"):
+            np.random.seed(seed)  # both draw from numpy's global generator
+        result = detector(picture.convert("RGB"), **kwargs)
+        return result.convert("RGB").resize(picture.size, Image.Resampling.BILINEAR)
+
+    def _detector(self, name: str) -> Callable:
+        with self._lock:
+            if name not in self._detectors:
+                annotator = ANNOTATORS[name]
+                paths = [self._fetch(name, file) for file in annotator.files]
+                try:
+                    detector = annotator.build(paths)
+                except Exception as exc:
+                    raise ModelError("model_load_failed", f"the {name} annotator ({', '.join(annotator.files)}) "
+                                     f"could not be loaded: {exc}", "preprocessor") from exc
+                if self.device is not None and hasattr(detector, "to"):
+                    detector.to(self.device)
+                self._detectors[name] = detector
+            return self._detectors[name]
+
+    def _fetch(self, name: str, file: str) -> str:
+        """A local path of one annotator file, downloaded when the source is a hub repository."""
+        if not self.source:
+            raise ModelError("missing_annotator", f"the {name} preprocessor needs {file}, and no annotators folder "
+                             "is configured: set `annotators` under [server] to a folder with the "
+                             "lllyasviel/Annotators files (or to \"lllyasviel/Annotators\" to download them)", "preprocessor")
+        if os.path.isdir(self.source):
+            path = Path(self.source) / file
+            if not path.is_file():
+                raise ModelError("missing_annotator", f"the {name} preprocessor needs {file}, which is not in "
+                                 f"the annotators folder {self.source}", "preprocessor")
+            return str(path)
+        from huggingface_hub import hf_hub_download
+
+        try:
+            return hf_hub_download(self.source, file)
+        except Exception as exc:
+            raise ModelError("missing_annotator", f"the {name} preprocessor needs {file}, which could not be "
+                             f"fetched from the hub repository {self.source}: {exc}", "preprocessor") from exc

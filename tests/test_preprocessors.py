@@ -1,0 +1,87 @@
+"""Weighted preprocessors: annotator checkpoints under their lllyasviel/Annotators names."""
+
+import dataclasses
+import pickle
+import shutil
+
+import numpy as np
+import pytest
+
+from backend.engine.engine import Engine
+from backend.engine.models import ModelError, ModelRegistry, pick_device
+from backend.engine.preprocessors import ANNOTATORS, Preprocessors
+from backend.server import ServerThread
+from conftest import decode, picture, png, rect_mask
+from shared.client import Client, EaselError
+
+
+@pytest.fixture(scope="module")
+def preprocessors(demo_config):
+    return Preprocessors(demo_config.annotators)
+
+
+@pytest.mark.parametrize("name", sorted(ANNOTATORS))
+def test_every_weighted_preprocessor_runs_on_its_demo_checkpoint(preprocessors, name):
+    image = picture(96, 72)
+    control_map = preprocessors.run(name, image, resolution=64)
+    assert control_map.size == image.size and control_map.mode == "RGB"
+
+
+def test_weighted_preprocess_through_the_server(client):
+    image = picture(120, 80)
+    depth = decode(client.preprocess("depth", png(image), resolution=64))
+    assert depth.shape == (80, 120, 4) and (depth[..., 3] == 255).all()
+    assert depth[..., :3].std() > 1, "a depth map varies across the picture"
+    welcome = client.welcome["capabilities"]
+    assert set(ANNOTATORS) <= set(welcome["preprocessors"])
+    assert welcome["reference_families"] == ["sd15", "sdxl"]
+
+
+def test_control_unit_runs_its_weighted_preprocessor(client):
+    image = picture(256, 256)
+
+    def run(control):
+        return decode(client.run("inpaint", image=png(image), mask=png(rect_mask(image.size, (60, 60, 200, 200))),
+                                 prompt="a house", steps=4, seed=5, control=control).images[0].image)
+    plain = run([])
+    steered = run([{"type": "depth", "preprocess": "on", "resolution": 64}])
+    assert np.abs(steered.astype(int) - plain).mean() > 0.5
+    outside = steered[..., 3] == 0
+    assert (steered[outside][:, :3] == np.asarray(image)[outside]).all()
+
+
+def test_missing_annotator_names_the_file_and_the_server_keeps_serving(demo_config, tmp_path):
+    shutil.copy(f"{demo_config.annotators}/table5_pidinet.pth", tmp_path)  # softedge_pidinet only
+    config = dataclasses.replace(demo_config, annotators=str(tmp_path))
+    engine = Engine(ModelRegistry(config, *pick_device("cpu")))
+    with ServerThread(config, engine) as server, Client(server.url) as other:
+        assert "softedge_pidinet" in other.welcome["capabilities"]["preprocessors"]
+        assert "depth_midas" not in other.welcome["capabilities"]["preprocessors"]
+        with pytest.raises(EaselError) as caught:
+            other.preprocess("depth", png(picture(64, 64)))
+        assert caught.value.code == "missing_annotator"
+        assert "dpt_hybrid-midas-501f0c75.pt" in caught.value.message and str(tmp_path) in caught.value.message
+        assert decode(other.preprocess("softedge_pidinet", png(picture(64, 64)))).shape == (64, 64, 4)
+
+
+def test_no_annotators_configured_says_how_to_configure():
+    with pytest.raises(ModelError) as caught:
+        Preprocessors(None).run("openpose", picture(64, 64))
+    assert caught.value.code == "missing_annotator"
+    assert "body_pose_model.pth" in caught.value.message and "annotators" in caught.value.message
+
+
+class _Payload:
+    def __reduce__(self):
+        return (exec, ("open(__import__('os').environ['EASEL_PWNED'], 'w').write('ran')",))
+
+
+def test_an_annotator_carrying_code_is_refused_not_run(tmp_path, monkeypatch):
+    flag = tmp_path / "pwned"
+    monkeypatch.setenv("EASEL_PWNED", str(flag))
+    with open(tmp_path / "mlsd_large_512_fp32.pth", "wb") as file:
+        pickle.dump(_Payload(), file)
+    with pytest.raises(ModelError) as caught:
+        Preprocessors(str(tmp_path)).run("mlsd", picture(64, 64))
+    assert caught.value.code == "model_load_failed" and "mlsd" in caught.value.message
+    assert not flag.exists()
