@@ -264,38 +264,46 @@ def _read_picture(path: str, role: str) -> tuple[Image.Image, ImageData]:
 
 
 def _control_unit(spec: str) -> dict:
-    """``TYPE:IMAGE[:SCALE[:START[:END]]][:pre]`` as a protocol control unit."""
-    parts = spec.split(":")
-    preprocess = parts[-1] == "pre"
-    if preprocess:
-        parts.pop()
-    if len(parts) < 2 or len(parts) > 5:
+    """``TYPE:IMAGE[:SCALE[:START[:END]]][:pre]`` as a protocol control unit.
+
+    Numbers are taken from the end, so an IMAGE path may itself contain colons (C:\\maps\\lines.png).
+    """
+    kind, _, rest = spec.partition(":")
+    preprocess = rest.endswith(":pre")
+    image, numbers = _numbers_at_end(rest.removesuffix(":pre") if preprocess else rest, 3)
+    if not kind or not image:
         raise ValueError(f"--control {spec!r}: expected TYPE:IMAGE[:SCALE[:START[:END]]][:pre]")
-    unit: dict = {"type": parts[0], "preprocess": "on" if preprocess else "off"}
-    if parts[1] != "input":
-        unit["image"] = _read_picture(parts[1], "control")[1]
-    try:
-        for key, value in zip(("scale", "start", "end"), parts[2:]):
-            unit[key] = float(value)
-    except ValueError:
-        raise ValueError(f"--control {spec!r}: scale, start and end are numbers") from None
+    unit: dict = {"type": kind, "preprocess": "on" if preprocess else "off",
+                  **dict(zip(("scale", "start", "end"), numbers))}
+    if image != "input":
+        unit["image"] = _read_picture(image, "control")[1]
     return unit
 
 
 def _reference(spec: str) -> dict:
-    """``IMAGE[:WEIGHT[:MODE]]`` as a protocol reference."""
-    parts = spec.split(":")
-    if len(parts) > 3:
-        raise ValueError(f"--reference {spec!r}: expected IMAGE[:WEIGHT[:MODE]]")
-    reference: dict = {"image": _read_picture(parts[0], "reference")[1]}
-    try:
-        if len(parts) > 1:
-            reference["weight"] = float(parts[1])
-    except ValueError:
-        raise ValueError(f"--reference {spec!r}: the weight is a number") from None
-    if len(parts) > 2:
-        reference["mode"] = parts[2]
+    """``IMAGE[:WEIGHT[:MODE]]`` as a protocol reference (IMAGE may contain colons)."""
+    from shared.messages import REFERENCE_MODES
+
+    head, _, last = spec.rpartition(":")
+    mode = last if head and last in REFERENCE_MODES else None
+    image, numbers = _numbers_at_end(head if mode else spec, 1)
+    reference: dict = {"image": _read_picture(image, "reference")[1], **dict(zip(("weight",), numbers))}
+    if mode:
+        reference["mode"] = mode
     return reference
+
+
+def _numbers_at_end(text: str, most: int) -> tuple[str, list[float]]:
+    """Split up to ``most`` trailing ``:number`` fields off ``text``: (the rest, the numbers in order)."""
+    numbers: list[float] = []
+    while len(numbers) < most and ":" in text:
+        head, _, last = text.rpartition(":")
+        try:
+            numbers.insert(0, float(last))
+        except ValueError:
+            break
+        text = head
+    return text, numbers
 
 
 def _unwritable(path: Path) -> str | None:

@@ -21,6 +21,7 @@
     [ip_adapters.sd15]         # IP-Adapter for references, per family
     weights = "/path/to/ip-adapter_sd15.safetensors"
     image_encoder = "/path/to/image_encoder"
+    face = "/path/to/ip-adapter-plus-face_sd15.safetensors"   # optional: the `face` reference mode
 
     [models.sd15]
     source = "/path/to/A1111/models/Stable-diffusion/v1-5-pruned-emaonly.safetensors"
@@ -80,6 +81,8 @@ class AdapterSpec:
 
     weights: str
     image_encoder: str
+    face: str | None = None  # a face adapter (e.g. ip-adapter-plus-face) for the `face` reference mode
+    face_image_encoder: str | None = None  # when the face adapter needs another encoder than `weights`
 
 
 @dataclass
@@ -177,8 +180,12 @@ def load_config(path: str | Path | None = None) -> Config:
         if family not in FAMILIES or not isinstance(entry, dict) or {"weights", "image_encoder"} - set(entry):
             raise ConfigError(f"ip_adapters.{family}: needs a family ({', '.join(FAMILIES)}) with `weights` (a "
                               ".safetensors file) and `image_encoder` (a folder)")
+        unknown = set(entry) - {f.name for f in dataclasses.fields(AdapterSpec)}
+        if unknown:
+            raise ConfigError(f"ip_adapters.{family}: unknown setting {', '.join(sorted(unknown))}; known: weights, "
+                              "image_encoder, face, face_image_encoder")
         config.ip_adapters[family] = AdapterSpec(
-            *(str((path.parent / Path(entry[key]).expanduser()).resolve()) for key in ("weights", "image_encoder")))
+            **{key: str((path.parent / Path(value).expanduser()).resolve()) for key, value in entry.items()})
     for folder in config.controlnet_folders:
         folder = (path.parent / Path(folder).expanduser()).resolve()
         for (family, kind), source in scan_controlnet_folder(folder).items():

@@ -114,6 +114,10 @@ def build_request(message: dict, uploads: dict[str, ImageData], limits: Limits, 
     control_images = [_resolve(unit["image"], uploads, f"control[{i}].image") if "image" in unit else None
                       for i, unit in enumerate(units)]
     references = message.get("references", [])
+    faces = {ref["mode"] == "face" for ref in references if ref["weight"] > 0}
+    if len(faces) > 1:  # two adapters would need two image encoders and two projections in one pass
+        raise ProtocolError("invalid_field", "a job's references are either all `face` or none `face`: the face "
+                            "mode uses its own adapter", "references")
     reference_images = [_resolve(ref["image"], uploads, f"references[{i}].image") for i, ref in enumerate(references)]
     model = message.get("model") or default_model
     if model not in models:

@@ -28,7 +28,7 @@ CONTROL_TYPES = ("canny", "lineart", "lineart_anime", "softedge", "depth", "norm
 PREPROCESSORS = ("canny", "lineart_standard", "shuffle", "softedge_hed", "softedge_pidinet", "scribble_hed",
                  "depth_midas", "normal_bae", "openpose", "lineart_realistic", "lineart_anime", "mlsd",
                  "segment_anything")
-REFERENCE_MODES = ("reference", "style", "composition")
+REFERENCE_MODES = ("reference", "style", "composition", "face")
 JOB_ID_PATTERN = r"^[A-Za-z0-9_.:-]{1,64}$"
 IMAGE_ID_PATTERN = r"^[A-Za-z0-9_.:-]{1,80}$"  # server image ids are the job id plus a suffix
 MAX_SEED = 2**32 - 1
@@ -220,7 +220,8 @@ REFERENCE = Field("object", "A reference picture for the IP-Adapter.", fields={
     "weight": Field("number", "How much the reference steers; 0 switches it off.", default=1.0, minimum=0,
                     maximum=2),
     "mode": Field("string", "`reference`: everything; `style`: colours and brushwork (up blocks only); "
-                  "`composition`: layout (down blocks only).", default="reference", choices=REFERENCE_MODES),
+                  "`composition`: layout (down blocks only); `face`: the face adapter, where configured (a job's "
+                  "references are either all `face` or none).", default="reference", choices=REFERENCE_MODES),
 })
 
 BOX = Field("array", "[x, y, width, height] in pixels of the submitted image.",

@@ -207,3 +207,21 @@ def test_run_with_references(server, inputs):
         outputs[name] = np.asarray(Image.open(folder / f"{name}.png"))
     assert (outputs["zero"] == outputs["plain"]).all()
     assert not (outputs["red"] == outputs["plain"]).all()
+
+
+def test_control_and_reference_specs_allow_colons_in_paths(tmp_path):
+    from backend.cli import _control_unit, _reference
+
+    folder = tmp_path / "C:" / "maps"  # a path with a colon, as every Windows path has
+    folder.mkdir(parents=True)
+    Image.new("RGB", (32, 32), "white").save(folder / "lines.png")
+    path = folder / "lines.png"
+    unit = _control_unit(f"depth:{path}:0.5:0.1:0.9:pre")
+    assert (unit["type"], unit["preprocess"], unit["scale"], unit["start"], unit["end"]) == \
+        ("depth", "on", 0.5, 0.1, 0.9)
+    assert unit["image"].width == 32
+    assert "scale" not in _control_unit(f"canny:{path}") and _control_unit(f"canny:{path}:1.5")["scale"] == 1.5
+    reference = _reference(f"{path}:0.7:face")
+    assert (reference["weight"], reference["mode"], reference["image"].height) == (0.7, "face", 32)
+    assert _reference(f"{path}:style") == {"image": reference["image"], "mode": "style"}
+    assert _reference(str(path)).keys() == {"image"}

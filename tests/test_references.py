@@ -93,3 +93,34 @@ def test_references_steer_inpainting(client, model):
     red = run(client, "inpaint", references=[{"image": flat("red")}], model=model)
     assert np.abs(red.astype(int) - plain).mean() > 0.5
     assert (run(client, "inpaint", model=model) == plain).all(), "the adapter is off again afterwards"
+
+
+@pytest.mark.parametrize("model", ["demo", "demo-xl"])
+def test_face_mode_uses_the_face_adapter_and_switches_back(client, model):
+    plain = run(client, model=model)
+    general = run(client, references=[{"image": flat("red")}], model=model)
+    face = run(client, references=[{"image": flat("red"), "mode": "face"}], model=model)
+    assert np.abs(face.astype(int) - plain).mean() > 0.5
+    assert not (face == general).all(), "the face mode runs another adapter than the general one"
+    assert (run(client, references=[{"image": flat("red")}], model=model) == general).all()
+    assert (run(client, references=[{"image": flat("red"), "mode": "face", "weight": 0}], model=model)
+            == plain).all()
+
+
+def test_face_mode_errors(client, demo_config):
+    from backend.engine.engine import Engine
+    from backend.engine.models import ModelRegistry, pick_device
+    from backend.server import ServerThread
+    from shared.client import Client
+
+    with pytest.raises(EaselError) as caught:
+        run(client, references=[{"image": flat("red"), "mode": "face"}, {"image": flat("blue")}])
+    assert caught.value.code == "invalid_field" and caught.value.field == "references"
+    no_face = dataclasses.replace(demo_config, ip_adapters={
+        family: dataclasses.replace(spec, face=None) for family, spec in demo_config.ip_adapters.items()})
+    with ServerThread(no_face, Engine(ModelRegistry(no_face, *pick_device("cpu")))) as server, \
+            Client(server.url) as other:
+        with pytest.raises(EaselError) as caught:
+            run(other, references=[{"image": flat("red"), "mode": "face"}])
+        assert caught.value.code == "unknown_adapter" and "face" in caught.value.message
+        assert run(other, references=[{"image": flat("red")}]).shape == (256, 256, 4), "the general mode works"

@@ -18,7 +18,7 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class _Encoder:
-    """A model's adapter image encoder, shared by all its UNets."""
+    """An adapter image encoder, shared by all UNets of a model that use it."""
 
     image_encoder: object
     feature_extractor: object
@@ -26,54 +26,56 @@ class _Encoder:
 
 @dataclass
 class _UNetState:
-    """One UNet's attention with and without the adapter."""
+    """One UNet's attention with one adapter loaded."""
 
-    plain_processors: dict
     adapter_processors: dict
     projection: object
+    hidden_states: bool  # "plus" adapters read the encoder's hidden states, not its image embedding
+    encoder: _Encoder
 
 
 class IPAdapters:
-    """The configured IP-Adapters, one per family; the worker thread is their only user.
+    """The configured IP-Adapters, per family: a general one and optionally a face one.
 
-    A model may have two UNets (its base one and a dedicated inpaint one): each gets the adapter
-    on first use and is switched per job; the image encoder is loaded once per model.
+    A model may have two UNets (its base one and a dedicated inpaint one): each gets an adapter on
+    first use and is switched per job; each image encoder is loaded once per model.
     """
 
     def __init__(self, specs: dict[str, AdapterSpec], allow_pickle: bool = False):
         self.specs, self.allow_pickle = specs, allow_pickle
-        self._encoders: dict[str, _Encoder] = {}
-        self._unets: dict[int, _UNetState] = {}
+        self._encoders: dict[tuple[str, str], _Encoder] = {}
+        self._plain: dict[int, dict] = {}  # id(unet) -> its attention processors without any adapter
+        self._unets: dict[tuple[int, str], _UNetState] = {}
 
     def switch_off(self, pipe) -> None:
         """Make the job's UNet plain again (if an adapter was ever loaded into it)."""
-        state = self._unets.get(id(pipe.unet))
-        if state is not None and pipe.unet.encoder_hid_proj is not None:
-            _apply(pipe.unet, state.plain_processors, None, None)
+        plain = self._plain.get(id(pipe.unet))
+        if plain is not None and pipe.unet.encoder_hid_proj is not None:
+            _apply(pipe.unet, plain, None, None)
 
     def switch_on(self, model: LoadedModel, pipe, references: list, guided: bool) -> dict:
         """Turn the adapter on in ``pipe`` for these references; returns the pipeline call's kwargs."""
-        state = self._unets.get(id(pipe.unet)) or self._load(model, pipe)
+        kind = "face" if references[0].mode == "face" else "reference"  # one kind per job (checked before)
+        state = self._unets.get((id(pipe.unet), kind)) or self._load(model, pipe, kind)
         _apply(pipe.unet, state.adapter_processors, state.projection, "ip_image_proj")
-        encoder = self._encoders[model.name]
-        pipe.image_encoder, pipe.feature_extractor = encoder.image_encoder, encoder.feature_extractor
+        pipe.image_encoder, pipe.feature_extractor = state.encoder.image_encoder, state.encoder.feature_extractor
 
         weights = np.array([reference.weight for reference in references], dtype=np.float64)
         strongest = references[int(weights.argmax())]
         pipe.set_ip_adapter_scale(block_scales(strongest.mode, float(weights.max())))
         images = [Image.fromarray(np.ascontiguousarray(reference.image[..., :3])) for reference in references]
-        return {"ip_adapter_image_embeds": [self._blend(pipe, images, weights, guided)]}
+        return {"ip_adapter_image_embeds": [self._blend(pipe, images, weights, guided, state.hidden_states)]}
 
     @staticmethod
-    def _blend(pipe, images: list[Image.Image], weights: np.ndarray, guided: bool):
-        """Several references become one embedding: their weighted mean, shaped (1, 1, dim), with the
+    def _blend(pipe, images: list[Image.Image], weights: np.ndarray, guided: bool, hidden_states: bool):
+        """Several references become one embedding: their weighted mean, shaped (1, 1, ...), with the
         unconditional one first when classifier-free guidance runs, as the pipelines expect."""
         import torch
 
         device = pipe.unet.device
         conditional, unconditional = [], []
         for image in images:
-            cond, uncond = pipe.encode_image(image, device, 1)
+            cond, uncond = pipe.encode_image(image, device, 1, output_hidden_states=hidden_states or None)
             conditional.append(cond)
             unconditional.append(uncond)
         share = torch.tensor(weights / weights.sum(), dtype=conditional[0].dtype, device=device)
@@ -82,20 +84,28 @@ class IPAdapters:
         uncond = (torch.stack(unconditional) * share).sum(0)[None]
         return torch.cat([uncond, cond]) if guided else cond
 
-    def _load(self, model: LoadedModel, pipe) -> _UNetState:
+    def _load(self, model: LoadedModel, pipe, kind: str) -> _UNetState:
+        from diffusers.models.embeddings import ImageProjection
+
         spec = self.specs.get(model.family)
         if spec is None:
             raise ModelError("unknown_adapter", f"no IP-Adapter is configured for {model.family} models, so "
                              "references cannot be used with this model", "references")
-        weights = Path(spec.weights).expanduser()
+        if kind == "face" and not spec.face:
+            raise ModelError("unknown_adapter", f"no face IP-Adapter is configured for {model.family} models: "
+                             f"set `face` under [ip_adapters.{model.family}] to use the face mode", "references")
+        weights = Path(spec.face if kind == "face" else spec.weights).expanduser()
+        encoder_folder = str(Path(spec.face_image_encoder if kind == "face" and spec.face_image_encoder
+                                  else spec.image_encoder).expanduser())
         unet = pipe.unet
-        plain = dict(unet.attn_processors)
-        encoder = self._encoders.get(model.name)
-        log.info("loading the %s IP-Adapter from %s", model.family, weights)
+        plain = self._plain.setdefault(id(unet), dict(unet.attn_processors))
+        _apply(unet, plain, None, None)  # load into a plain UNet, whichever adapter was on before
+        encoder = self._encoders.get((model.name, encoder_folder))
+        log.info("loading the %s %s IP-Adapter from %s", model.family, kind, weights)
         try:
-            check_pickle(spec.weights, self.allow_pickle)
+            check_pickle(str(weights), self.allow_pickle)
             pipe.load_ip_adapter(str(weights.parent), subfolder="", weight_name=weights.name,
-                                 image_encoder_folder=None if encoder else str(Path(spec.image_encoder).expanduser()))
+                                 image_encoder_folder=None if encoder else encoder_folder)
         except Exception as exc:
             _apply(unet, plain, None, None)  # never leave a half-loaded adapter behind
             if isinstance(exc, ModelError):
@@ -104,21 +114,27 @@ class IPAdapters:
             raise ModelError("model_load_failed", f"the IP-Adapter {weights} could not be loaded: {exc}",
                              "references") from exc
         if encoder is None:
-            self._encoders[model.name] = _Encoder(pipe.image_encoder, pipe.feature_extractor)
-        state = self._unets[id(unet)] = _UNetState(plain, dict(unet.attn_processors), unet.encoder_hid_proj)
+            encoder = self._encoders[model.name, encoder_folder] = _Encoder(pipe.image_encoder,
+                                                                            pipe.feature_extractor)
+        projection = unet.encoder_hid_proj
+        hidden_states = not isinstance(projection.image_projection_layers[0], ImageProjection)
+        state = self._unets[id(unet), kind] = _UNetState(dict(unet.attn_processors), projection, hidden_states,
+                                                         encoder)
         return state
 
 
 def _apply(unet, processors: dict, projection, hid_dim_type) -> None:
     """Put a UNet in one state: plain (projection None) or with the adapter."""
-    unet.set_attn_processor(dict(processors))
+    # The projection first: a "plus" projection has attention layers of its own, which count among
+    # the UNet's processors.
     unet.encoder_hid_proj = projection
     unet.config.encoder_hid_dim_type = hid_dim_type
+    unet.set_attn_processor(dict(processors))
 
 
 def block_scales(mode: str, scale: float) -> float | dict:
-    """The adapter's scale per UNet part: everywhere, only the up blocks (style: colours, texture),
-    or only the down blocks (composition: layout) — the InstantStyle split, coarsely."""
+    """The adapter's scale per UNet part: everywhere (reference, face), only the up blocks (style:
+    colours, texture), or only the down blocks (composition: layout) — the InstantStyle split, coarsely."""
     if mode == "style":
         return {"down": 0.0, "mid": 0.0, "up": scale}
     if mode == "composition":

@@ -104,6 +104,7 @@ CONTROLNET_FAMILIES = ("sd15", "sdxl")
 # One demo IP-Adapter per family: root/ip-adapter/<family>/IP_ADAPTER_WEIGHTS plus image_encoder/.
 IP_ADAPTER_FAMILIES = ("sd15", "sdxl")
 IP_ADAPTER_WEIGHTS = "ip-adapter.safetensors"
+IP_ADAPTER_FACE_WEIGHTS = "ip-adapter-plus-face.safetensors"  # "plus" layout, for the face mode
 
 # Standard SD 1.x / SDXL noise schedule.
 _SCHEDULER_KWARGS: dict[str, Any] = dict(
@@ -584,24 +585,49 @@ def _write_ip_adapter(root: pathlib.Path, family: str, unet, seed: int) -> None:
     def uniform(shape, fan_in: int, gain: float = 1.0):  # PyTorch's default Linear init, times gain
         return (torch.rand(shape, generator=gen) * 2 - 1) * (gain / math.sqrt(fan_in))
 
+    def with_attention(tensors: dict) -> dict:
+        key_id = 1
+        for name in unet.attn_processors:
+            if name.endswith("attn1.processor"):  # self-attention: no adapter
+                continue
+            attn = unet.get_submodule(name.removesuffix(".processor"))
+            inner, cross = attn.to_k.out_features, attn.to_k.in_features
+            tensors[f"ip_adapter.{key_id}.to_k_ip.weight"] = uniform((inner, cross), cross)
+            tensors[f"ip_adapter.{key_id}.to_v_ip.weight"] = uniform((inner, cross), cross, _IP_VALUE_GAIN)
+            key_id += 2
+        return {key: value.contiguous() for key, value in tensors.items()}
+
     embed_dim, context = _IP_PROJECTION[family], unet.config.cross_attention_dim
-    tensors = {
+    plain = {
         "image_proj.proj.weight": uniform((_IP_TOKENS * context, embed_dim), embed_dim),
         "image_proj.proj.bias": uniform((_IP_TOKENS * context,), embed_dim),
         "image_proj.norm.weight": torch.ones(context),
         "image_proj.norm.bias": torch.zeros(context),
     }
-    key_id = 1
-    for name in unet.attn_processors:
-        if name.endswith("attn1.processor"):  # self-attention: no adapter
-            continue
-        attn = unet.get_submodule(name.removesuffix(".processor"))
-        inner, cross = attn.to_k.out_features, attn.to_k.in_features
-        tensors[f"ip_adapter.{key_id}.to_k_ip.weight"] = uniform((inner, cross), cross)
-        tensors[f"ip_adapter.{key_id}.to_v_ip.weight"] = uniform((inner, cross), cross, _IP_VALUE_GAIN)
-        key_id += 2
-    save_file({k: v.contiguous() for k, v in tensors.items()}, str(folder / IP_ADAPTER_WEIGHTS),
-              metadata={"format": "pt"})
+    save_file(with_attention(plain), str(folder / IP_ADAPTER_WEIGHTS), metadata={"format": "pt"})
+
+    # The "plus" layout (a perceiver resampler over the encoder's hidden states), as face adapters
+    # such as ip-adapter-plus-face use: 4 layers, 64-wide heads, as diffusers' converter expects.
+    width, hidden = 64, _IP_HIDDEN
+    plus = {
+        "image_proj.latents": torch.randn((1, _IP_TOKENS, width), generator=gen) / math.sqrt(width),
+        "image_proj.proj_in.weight": uniform((width, hidden), hidden),
+        "image_proj.proj_in.bias": uniform((width,), hidden),
+        "image_proj.proj_out.weight": uniform((context, width), width),
+        "image_proj.proj_out.bias": uniform((context,), width),
+        "image_proj.norm_out.weight": torch.ones(context),
+        "image_proj.norm_out.bias": torch.zeros(context),
+    }
+    for layer in range(4):
+        prefix = f"image_proj.layers.{layer}"
+        for norm in (f"{prefix}.0.norm1", f"{prefix}.0.norm2", f"{prefix}.1.0"):
+            plus[f"{norm}.weight"], plus[f"{norm}.bias"] = torch.ones(width), torch.zeros(width)
+        plus[f"{prefix}.0.to_q.weight"] = uniform((width, width), width)
+        plus[f"{prefix}.0.to_kv.weight"] = uniform((2 * width, width), width)
+        plus[f"{prefix}.0.to_out.weight"] = uniform((width, width), width)
+        plus[f"{prefix}.1.1.weight"] = uniform((4 * width, width), width)
+        plus[f"{prefix}.1.3.weight"] = uniform((width, 4 * width), 4 * width)
+    save_file(with_attention(plus), str(folder / IP_ADAPTER_FACE_WEIGHTS), metadata={"format": "pt"})
 
 
 @contextlib.contextmanager
@@ -773,7 +799,8 @@ def _demo_adapter_specs(root: str | os.PathLike) -> dict:
     from backend.config import AdapterSpec
 
     return {family: AdapterSpec(weights=str(pathlib.Path(folder) / IP_ADAPTER_WEIGHTS),
-                                image_encoder=str(pathlib.Path(folder) / "image_encoder"))
+                                image_encoder=str(pathlib.Path(folder) / "image_encoder"),
+                                face=str(pathlib.Path(folder) / IP_ADAPTER_FACE_WEIGHTS))
             for family, folder in demo_ip_adapters(root).items()}
 
 
@@ -809,12 +836,13 @@ def write_demo_model_with_config(root: str | os.PathLike) -> pathlib.Path:
         lines.append(f'[ip_adapters.{family}]')
         lines.append(f'weights = {json.dumps(spec.weights)}')
         lines.append(f'image_encoder = {json.dumps(spec.image_encoder)}')
+        lines.append(f'face = {json.dumps(spec.face)}')
         lines.append('')
     (root / "easel.toml").write_text("\n".join(lines))
     return root
 
 
-DEMO_VERSION = "3"
+DEMO_VERSION = "4"
 """Bumped whenever the demo's contents change, so cached copies are rewritten."""
 
 
