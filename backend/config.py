@@ -184,8 +184,8 @@ def load_config(path: str | Path | None = None) -> Config:
         if unknown:
             raise ConfigError(f"ip_adapters.{family}: unknown setting {', '.join(sorted(unknown))}; known: weights, "
                               "image_encoder, face, face_image_encoder")
-        config.ip_adapters[family] = AdapterSpec(
-            **{key: str((path.parent / Path(value).expanduser()).resolve()) for key, value in entry.items()})
+        config.ip_adapters[family] = AdapterSpec(**{key: _local_or_hub(value, path.parent)
+                                                    for key, value in entry.items()})
     for folder in config.controlnet_folders:
         folder = (path.parent / Path(folder).expanduser()).resolve()
         for (family, kind), source in scan_controlnet_folder(folder).items():
@@ -241,6 +241,14 @@ def scan_model_folder(folder: Path, allow_pickle: bool = False) -> dict[str, Mod
             source.relative_to(folder).as_posix()
         models[name] = ModelSpec(name=name, source=str(source))
     return models
+
+
+def _local_or_hub(value: str, base: Path) -> str:
+    """A file or folder next to the config as an absolute path; ``owner/repo/path`` on the hub as is."""
+    local = (base / Path(value).expanduser()).resolve()
+    if local.exists() or value.startswith((".", "/", "~")) or value.count("/") < 2:
+        return str(local)
+    return value
 
 
 def _looks_like_path(value: str) -> bool:

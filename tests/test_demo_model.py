@@ -33,6 +33,7 @@ from diffusers import (  # noqa: E402
 from backend.engine.demo_model import (  # noqa: E402
     CONTROL_TYPES,
     DEMO_FOLDERS,
+    IP_ADAPTER_FACE_WEIGHTS,
     IP_ADAPTER_WEIGHTS,
     demo_controlnets,
     demo_ip_adapters,
@@ -139,7 +140,8 @@ def test_writes_exactly_the_model_folders(demo_dir):
     assert adapters == {family: str(demo_dir / "ip-adapter" / family) for family in ("sd15", "sdxl")}
     assert sorted(p.name for p in (demo_dir / "ip-adapter").iterdir()) == ["sd15", "sdxl"]
     for folder in adapters.values():
-        assert sorted(p.name for p in os.scandir(folder)) == ["image_encoder", IP_ADAPTER_WEIGHTS]
+        assert sorted(p.name for p in os.scandir(folder)) == sorted(
+            ["image_encoder", IP_ADAPTER_WEIGHTS, IP_ADAPTER_FACE_WEIGHTS])
         assert sorted(p.name for p in os.scandir(os.path.join(folder, "image_encoder"))) == [
             "config.json", "model.safetensors", "preprocessor_config.json"]
 

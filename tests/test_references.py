@@ -124,3 +124,26 @@ def test_face_mode_errors(client, demo_config):
             run(other, references=[{"image": flat("red"), "mode": "face"}])
         assert caught.value.code == "unknown_adapter" and "face" in caught.value.message
         assert run(other, references=[{"image": flat("red")}]).shape == (256, 256, 4), "the general mode works"
+
+
+def test_adapters_load_from_a_folder_or_the_hub(tmp_path):
+    from backend.config import load_config
+    from backend.engine.adapters import adapter_location
+
+    (tmp_path / "ip").mkdir()
+    (tmp_path / "ip" / "a.safetensors").write_bytes(b"")
+    (tmp_path / "easel.toml").write_text(
+        '[ip_adapters.sd15]\nweights = "ip/a.safetensors"\nimage_encoder = "ip/encoder"\n'
+        '[ip_adapters.sdxl]\nweights = "h94/IP-Adapter/sdxl_models/ip-adapter_sdxl.safetensors"\n'
+        'image_encoder = "h94/IP-Adapter/sdxl_models/image_encoder"\n'
+        'face = "h94/IP-Adapter/sdxl_models/ip-adapter-plus-face_sdxl_vit-h.safetensors"\n'
+        'face_image_encoder = "h94/IP-Adapter/models/image_encoder"\n')
+    adapters = load_config(tmp_path / "easel.toml").ip_adapters
+    local = adapters["sd15"]
+    assert adapter_location(local.weights, local.image_encoder) == (
+        str(tmp_path / "ip"), "", "a.safetensors", str(tmp_path / "ip" / "encoder"))
+    hub = adapters["sdxl"]
+    assert adapter_location(hub.weights, hub.image_encoder) == (
+        "h94/IP-Adapter", "sdxl_models", "ip-adapter_sdxl.safetensors", "sdxl_models/image_encoder")
+    assert adapter_location(hub.face, hub.face_image_encoder) == (
+        "h94/IP-Adapter", "sdxl_models", "ip-adapter-plus-face_sdxl_vit-h.safetensors", "models/image_encoder")

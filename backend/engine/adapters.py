@@ -94,17 +94,17 @@ class IPAdapters:
         if kind == "face" and not spec.face:
             raise ModelError("unknown_adapter", f"no face IP-Adapter is configured for {model.family} models: "
                              f"set `face` under [ip_adapters.{model.family}] to use the face mode", "references")
-        weights = Path(spec.face if kind == "face" else spec.weights).expanduser()
-        encoder_folder = str(Path(spec.face_image_encoder if kind == "face" and spec.face_image_encoder
-                                  else spec.image_encoder).expanduser())
+        weights = spec.face if kind == "face" else spec.weights
+        source, subfolder, weight_name, encoder_folder = adapter_location(
+            weights, spec.face_image_encoder if kind == "face" and spec.face_image_encoder else spec.image_encoder)
         unet = pipe.unet
         plain = self._plain.setdefault(id(unet), dict(unet.attn_processors))
         _apply(unet, plain, None, None)  # load into a plain UNet, whichever adapter was on before
         encoder = self._encoders.get((model.name, encoder_folder))
         log.info("loading the %s %s IP-Adapter from %s", model.family, kind, weights)
         try:
-            check_pickle(str(weights), self.allow_pickle)
-            pipe.load_ip_adapter(str(weights.parent), subfolder="", weight_name=weights.name,
+            check_pickle(weights, self.allow_pickle)
+            pipe.load_ip_adapter(source, subfolder=subfolder, weight_name=weight_name,
                                  image_encoder_folder=None if encoder else encoder_folder)
         except Exception as exc:
             _apply(unet, plain, None, None)  # never leave a half-loaded adapter behind
@@ -121,6 +121,21 @@ class IPAdapters:
         state = self._unets[id(unet), kind] = _UNetState(dict(unet.attn_processors), projection, hidden_states,
                                                          encoder)
         return state
+
+
+def adapter_location(weights: str, image_encoder: str) -> tuple[str, str, str, str]:
+    """Where ``load_ip_adapter`` finds an adapter: (folder or hub repo, subfolder, file, encoder folder).
+
+    Local files load from their folder, with the encoder's absolute path. On the hub, both are
+    ``owner/repo/path`` (``h94/IP-Adapter/models/ip-adapter_sd15.safetensors`` with
+    ``h94/IP-Adapter/models/image_encoder``), and diffusers wants the encoder relative to the repo.
+    """
+    path = Path(weights).expanduser()
+    if path.is_absolute() or path.exists():
+        return str(path.parent), "", path.name, str(Path(image_encoder).expanduser())
+    owner, repo, *rest = weights.split("/")
+    encoder = image_encoder.removeprefix(f"{owner}/{repo}/")
+    return f"{owner}/{repo}", "/".join(rest[:-1]), rest[-1], encoder
 
 
 def _apply(unet, processors: dict, projection, hid_dim_type) -> None:

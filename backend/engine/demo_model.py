@@ -15,9 +15,11 @@ diffusers pipeline classes::
     root/ip-adapter/<family>/
                          IP-Adapter for family "sd15" / "sdxl" in the original
                          format (ip-adapter.safetensors: image_proj.* and
-                         ip_adapter.<n>.to_k_ip / to_v_ip) plus its CLIP image
-                         encoder (image_encoder/: CLIPVisionModelWithProjection
-                         with a preprocessor_config.json)
+                         ip_adapter.<n>.to_k_ip / to_v_ip), a "plus" one for the
+                         face mode (ip-adapter-plus-face.safetensors: a
+                         perceiver resampler over the encoder's hidden states)
+                         and their CLIP image encoder (image_encoder/:
+                         CLIPVisionModelWithProjection, preprocessor_config.json)
 
 The weights are random (seeded, so the same ``seed`` writes byte-identical
 files), with a few layers overwritten so the results behave plausibly:
