@@ -276,3 +276,18 @@ def test_the_unpacked_plugin_runs_on_the_system_python_with_its_bundled_websocke
     out = subprocess.run(["/usr/bin/python3", "-c", code, str(tmp_path)], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.startswith(str(tmp_path / "easel_krita" / "_vendor"))
+
+
+def test_actions_have_shortcuts_that_krita_does_not_use_already():
+    import re
+    from xml.etree import ElementTree
+    tree = ElementTree.parse(PLUGIN / "easel_krita.action")
+    shortcuts = {a.get("name"): a.findtext("shortcut") for a in tree.iter("Action")}
+    source = (PLUGIN / "easel_krita" / "extension.py").read_text()
+    assert set(shortcuts) == set(re.findall(r'"(easel_\w+)": "Easel: ', source)) == {"easel_generate", "easel_cancel"}
+    assert all(shortcuts.values())
+    krita_actions = Path("/usr/share/krita/actions")
+    if krita_actions.is_dir():  # Krita's own defaults, where it is installed
+        taken = {s.lower() for f in krita_actions.glob("*.action")
+                 for s in re.findall(r"<shortcut>([^<]+)</shortcut>", f.read_text())}
+        assert not {s.lower() for s in shortcuts.values()} & taken

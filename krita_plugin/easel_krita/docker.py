@@ -150,9 +150,12 @@ class EaselDocker(host.DockWidget):
         self.control_type = W.QComboBox()
         self.control_type.addItems(protocol.messages.CONTROL_TYPES)
         self.control_type.setCurrentText("lineart")
-        self.control_scale = _double(0, 2, 1.0)
-        self.control_start = _double(0, 1, 0.0)
-        self.control_end = _double(0, 1, 1.0)
+        self.control_scale = _double(0, 2, 1.0, "×")
+        self.control_start = _double(0, 1, 0.0, "from ")
+        self.control_end = _double(0, 1, 1.0, "to ")
+        self.control_scale.setToolTip("Control strength (0 switches the unit off)")
+        self.control_start.setToolTip("Fraction of the steps where the control starts")
+        self.control_end.setToolTip("Fraction of the steps where the control stops")
         self.control_pre = W.QCheckBox("Preprocess")
         add = W.QPushButton("Add")
         add.clicked.connect(self._add_control)
@@ -172,7 +175,7 @@ class EaselDocker(host.DockWidget):
         grid.addWidget(make_map, 2, 1, 1, 2)
         grid.addWidget(add, 2, 3)
         self.control_list = W.QListWidget()
-        self.control_list.setMaximumHeight(60)
+        self.control_list.setMaximumHeight(48)
         self.control_list.itemDoubleClicked.connect(lambda item: self._remove(self.controls, self.control_list, item))
         self.control_list.setToolTip("Double-click a unit to remove it")
         grid.addWidget(self.control_list, 3, 0, 1, 4)
@@ -182,7 +185,7 @@ class EaselDocker(host.DockWidget):
         box = W.QGroupBox("Reference layers")
         grid = W.QGridLayout(box)
         self.reference_layer = W.QComboBox()
-        self.reference_weight = _double(0, 2, 1.0)
+        self.reference_weight = _double(0, 2, 1.0, "weight ")
         self.reference_mode = W.QComboBox()
         self.reference_mode.addItems(protocol.messages.REFERENCE_MODES)
         add = W.QPushButton("Add")
@@ -192,7 +195,7 @@ class EaselDocker(host.DockWidget):
         grid.addWidget(self.reference_mode, 1, 1)
         grid.addWidget(add, 1, 2)
         self.reference_list = W.QListWidget()
-        self.reference_list.setMaximumHeight(60)
+        self.reference_list.setMaximumHeight(48)
         self.reference_list.setToolTip("Double-click a reference to remove it")
         self.reference_list.itemDoubleClicked.connect(
             lambda item: self._remove(self.references, self.reference_list, item))
@@ -392,8 +395,9 @@ def _spin(low: int, high: int, value: int):
     return spin
 
 
-def _double(low: float, high: float, value: float):
+def _double(low: float, high: float, value: float, prefix: str = ""):
     spin = W.QDoubleSpinBox()
+    spin.setPrefix(prefix)
     spin.setRange(low, high)
     spin.setSingleStep(0.05)
     spin.setValue(value)

@@ -386,6 +386,47 @@ def scenario_cmyk_refused(ctx):
     doc.close()
 
 
+def scenario_docker_buttons(ctx):
+    """The docker itself (offscreen): Generate, the results list, Discard, and errors as sentences."""
+    from easel_krita import host
+    from easel_krita.docker import EaselDocker
+    host.write_setting("url", os.environ["EASEL_URL"])
+    docker = EaselDocker()
+    doc = new_doc()
+    paint_layer(doc, "paint", fill_rgba8())
+    before = snapshot(doc)
+    docker._document = lambda: doc  # headless Krita has no active window or document
+    wait_for(None, timeout=30, until=lambda: docker.worker.state == "connected")
+    docker.generate()
+    check("Type a prompt" in docker.message.text(), f"an empty prompt said {docker.message.text()!r}")
+    docker.prompt.setPlainText("a red door")
+    docker.steps.setValue(3)
+    docker.batch.setValue(2)
+    docker.fixed_seed.setChecked(True)
+    docker.seed.setValue(40)
+    select(doc, 30, 30, 40, 40)
+    docker.generate_button.click()
+    check(not docker.generate_button.isEnabled() and docker.cancel_button.isEnabled(), "buttons did not switch")
+    fired = wait_for(docker.session, ["finished", "failed", "cancelled"])
+    check(fired and fired[0] == "finished", f"the docker's job ended with {fired}")
+    wait_for(None, timeout=5, until=lambda: docker.result_list.count() == 2)
+    check(docker.result_list.count() == 2, f"{docker.result_list.count()} results listed")
+    layers = easel_layers(doc)[1]
+    check([n.name() for n in layers] == ["a red door [40]"], f"layers {[n.name() for n in layers]}")
+    docker.result_list.setCurrentRow(0)  # newest first: seed 41, not applied yet
+    docker._apply_selected()
+    check(sorted(n.name() for n in easel_layers(doc)[1]) == ["a red door [40]", "a red door [41]"], "apply failed")
+    docker._discard_selected()
+    check([n.name() for n in easel_layers(doc)[1]] == ["a red door [40]"], "discard kept the layer")
+    check(docker.result_list.count() == 1, "discard kept the list entry")
+    check(snapshot(doc) == before, "a source layer changed")
+    docker.job = None
+    docker._document = lambda: None
+    docker.generate()
+    check(docker.message.text() == "Open a document first.", docker.message.text())
+    doc.close()
+
+
 SCENARIOS = [name for name in list(globals()) if name.startswith("scenario_")]
 
 
