@@ -31,7 +31,8 @@ class EaselDocker(host.DockWidget):
         self.worker = shared_worker()
         self.session = Session(self.worker, self)
         self.job: str | None = None
-        self.results = []
+        self.results: dict[int, object] = {}  # list item key -> LayerResult
+        self._keys = iter(range(1 << 62))
         self.controls: list[ControlLayer] = []
         self.references: list[ReferenceLayer] = []
         self._build()
@@ -324,13 +325,15 @@ class EaselDocker(host.DockWidget):
         for index, result in enumerate(results):
             item = W.QListWidgetItem(result.name)
             item.setIcon(QtGui.QIcon(QPixmap.fromImage(rgba_image(result.rgba, result.width, result.height))))
-            item.setData(USER_ROLE, len(self.results))
-            self.results.append(result)
+            key = next(self._keys)
+            item.setData(USER_ROLE, key)
+            self.results[key] = result
             self.result_list.insertItem(0, item)
             if index == 0:  # the first of a batch goes straight onto the canvas
                 self._apply(result)
-        while self.result_list.count() > MAX_RESULTS:
-            self.result_list.takeItem(self.result_list.count() - 1)
+        while self.result_list.count() > MAX_RESULTS:  # forget the oldest (their layers stay)
+            old = self.result_list.takeItem(self.result_list.count() - 1)
+            self.results.pop(old.data(USER_ROLE), None)
         self._say(f"Added “{results[0].name}”." + (f" {len(results) - 1} more in the list below." if len(results) > 1 else ""))
 
     def _on_failed(self, job, message) -> None:
@@ -370,6 +373,7 @@ class EaselDocker(host.DockWidget):
         item, result = self._selected_result()
         if result is not None:
             self.result_list.takeItem(self.result_list.row(item))
+            self.results.pop(item.data(USER_ROLE), None)
             if result.layer is not None:  # also take its layer off the canvas
                 result.layer.remove()
                 result.layer = None

@@ -84,7 +84,7 @@ class Session(QObject):
         Raises plan.PlanError / pixels.UnsupportedColor (sentences) before anything is queued.
         """
         if self.worker.state != "connected":
-            raise plan.PlanError(f"Not connected to the Easel server: {self.worker.message}")
+            raise plan.PlanError(self.worker.not_ready())
         info = host.canvas(doc)
         host.flush(doc)
         selection = host.selection(doc)
@@ -151,7 +151,7 @@ class Session(QObject):
     def preprocess_layer(self, doc, node, control_type: str) -> str:
         """Make a control map of ``node`` on the server; ``preprocessed(job, layer)`` when inserted."""
         if self.worker.state != "connected":
-            raise plan.PlanError(f"Not connected to the Easel server: {self.worker.message}")
+            raise plan.PlanError(self.worker.not_ready())
         info = host.canvas(doc)
         host.flush(doc)
         box = plan.Box(0, 0, info.width, info.height)  # the whole canvas, so the map lines up

@@ -15,6 +15,7 @@ from . import plan, protocol
 from .qt import QObject, QTimer, pyqtSignal
 
 RECONNECT_MS = 3000
+HEARTBEAT_S = 5  # an idle connection asks for the server's status this often, to notice it has gone
 
 
 def sentence(exc: BaseException) -> str:
@@ -38,7 +39,7 @@ class Worker(QObject):
     def __init__(self, parent=None):
         super().__init__(parent)
         self.url, self.token = protocol.messages.DEFAULT_URL, ""
-        self.state, self.message = "disconnected", "Not connected yet."
+        self.state, self.message = "connecting", "Connecting to the Easel server …"
         self.models: dict | None = None
         self.welcome: dict | None = None
         self._client = None
@@ -62,6 +63,13 @@ class Worker(QObject):
         if (url, token) != (self.url, self.token) or self.state == "disconnected":
             self.url, self.token = url, token
             self._tasks.put(("connect", None))
+
+    def not_ready(self) -> str:
+        """Why a job cannot start now, as a sentence."""
+        if self.state == "connecting":
+            return f"Still connecting to the Easel server at {self.url}; try again in a moment."
+        return (f"Not connected to the Easel server. {self.message} Start it with `easel serve`, or check "
+                "the address at the top of the Easel docker.")
 
     def native_size(self, model: str | None = None) -> int:
         return plan.native_size(self.models, model)
@@ -107,7 +115,11 @@ class Worker(QObject):
 
     def _loop(self) -> None:
         while True:
-            kind, payload = self._tasks.get()
+            try:
+                kind, payload = self._tasks.get(timeout=HEARTBEAT_S)
+            except queue.Empty:
+                self._heartbeat()
+                continue
             if kind == "stop":
                 self._close()
                 return
@@ -121,6 +133,18 @@ class Worker(QObject):
             except Exception as exc:  # a bug must not kill the thread: report it as a sentence
                 if kind in ("job", "preprocess"):
                     self.job_event.emit(payload[0], "error", f"Easel failed: {sentence(exc)}")
+
+    def _heartbeat(self) -> None:
+        """Notice a server that went away while we were idle (then the UI timer reconnects)."""
+        if self._client is None:
+            return
+        try:
+            self._client.status()
+        except Exception as exc:
+            if getattr(exc, "code", "closed") not in ("closed", "unreachable"):
+                return  # the server answered something odd, but it is there
+            self._close()
+            self.state_changed.emit("disconnected", f"Lost the connection to the Easel server: {sentence(exc)}")
 
     def _close(self) -> None:
         if self._client is not None:

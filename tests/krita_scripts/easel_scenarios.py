@@ -115,15 +115,14 @@ def check(condition, message):
 class Rig:
     """The plugin's worker and session, connected to the test server."""
 
-    def __init__(self, url):
+    def __init__(self, url, reconnect=False):
         from easel_krita.session import Session
         from easel_krita.worker import Worker
         self.worker = Worker()
-        self.worker.auto_reconnect = False
+        self.worker.auto_reconnect = reconnect
         self.session = Session(self.worker)
         self.worker.configure(url)
-        wait_for(None, timeout=30, until=lambda: self.worker.state in ("connected",) or (
-            self.worker.state == "disconnected" and self.worker.message != "Not connected yet."))
+        wait_for(None, timeout=30, until=lambda: self.worker.state in ("connected", "disconnected"))
 
     def run(self, doc, settings, controls=(), references=(), apply=True):
         """The Generate button's path: returns ('finished', results) / ('failed', msg) / ('cancelled',)."""
@@ -364,6 +363,35 @@ def scenario_unreachable_server(ctx):
     doc.close()
 
 
+def scenario_reconnects_by_itself(ctx):
+    """When the connection drops (a server restart), the plugin notices while idle and reconnects."""
+    from easel_krita import worker
+    saved = worker.HEARTBEAT_S, worker.RECONNECT_MS
+    worker.HEARTBEAT_S, worker.RECONNECT_MS = 1, 500  # the same path, only sooner
+    try:
+        _reconnect(Rig(ctx["url"], reconnect=True))
+    finally:
+        worker.HEARTBEAT_S, worker.RECONNECT_MS = saved
+
+
+def _reconnect(rig):
+    check(rig.worker.state == "connected", rig.worker.message)
+    states = []
+    rig.worker.state_changed.connect(lambda state, message: states.append((state, message)))
+    rig.worker._client._ws.close()  # what the plugin sees when the server goes away
+    wait_for(None, timeout=30, until=lambda: ("connected" in [s for s, _ in states]))
+    kinds = [s for s, _ in states]
+    check("disconnected" in kinds and kinds[-1] == "connected", f"states {states}")
+    lost = [m for s, m in states if s == "disconnected"][0]
+    check("Lost the connection" in lost, lost)
+    doc = new_doc()
+    paint_layer(doc, "paint", fill_rgba8())
+    outcome = rig.run(doc, settings(strength=0.5, steps=2))
+    check(outcome[0] == "finished", f"a job after reconnecting ended with {outcome}")
+    rig.worker.stop()
+    doc.close()
+
+
 def scenario_server_error_is_a_sentence(ctx):
     doc = new_doc()
     paint_layer(doc, "paint", fill_rgba8())
@@ -454,7 +482,8 @@ def _main() -> int:
     assert [p["name"] for p in imported] == ["easel_krita"], imported
     pykrita = os.path.join(resources, "pykrita")
     sys.path.insert(0, pykrita)
-    ctx = {"resources": resources, "pykrita": pykrita, "bad_url": os.environ["EASEL_BAD_URL"]}
+    ctx = {"resources": resources, "pykrita": pykrita, "bad_url": os.environ["EASEL_BAD_URL"],
+           "url": os.environ["EASEL_URL"]}
     wanted = os.environ.get("EASEL_SCENARIOS", "").split(",")
     import easel_krita  # noqa: F401  registers, as Krita does at start-up
     ctx["rig"] = Rig(os.environ["EASEL_URL"])
