@@ -135,8 +135,14 @@ def test_selection_bounds_come_from_its_pixels_and_the_canvas():
 def test_without_a_selection_the_whole_canvas_is_sent():
     region = plan.plan_region(256, 192, 1.0, 512)
     assert region.mode == "generate" and region.box == Box(0, 0, 256, 192)
-    assert region.size == diffusion_size(256, 192, 512)
-    assert plan.plan_region(256, 192, 0.3, None).mode == "img2img"
+    assert region.size == region.picture == diffusion_size(256, 192, 512)
+    small = plan.plan_region(256, 192, 0.3, None)
+    assert small.mode == "img2img" and small.picture == (256, 192) and not small.resampled
+    # A canvas larger than the model's size goes out at the model's size (the server would
+    # scale it down anyway), so a refine of a huge canvas sends a small picture.
+    big = plan.plan_region(6000, 4000, 0.3, 512)
+    assert big.box == Box(0, 0, 6000, 4000) and big.picture == big.size == diffusion_size(6000, 4000, 512)
+    assert big.resampled and big.picture[0] * big.picture[1] <= 1.5 * 512 * 512 * 1.05
 
 
 def test_build_inpaint_job():
@@ -154,6 +160,18 @@ def test_build_inpaint_job():
                                   "start": 0.1, "end": 0.9, "preprocess": "on"}]
     assert params["references"] == [{"image": ImageData("rgba8", 3, 1, bytes(12)), "weight": 0.7, "mode": "style"}]
     assert "width" not in params
+
+
+def test_a_big_refine_sends_the_picture_at_model_size(client):
+    region = plan.plan_region(1400, 1000, 0.5, plan.native_size(client.models()))
+    width, height = region.picture
+    rgba = np.asarray(picture(width, height).convert("RGBA")).tobytes()
+    job = plan.build_job(region, plan.Settings(prompt="oil painting", steps=2, seed=1), rgba)
+    assert job.params["image"].width * job.params["image"].height < 1400 * 1000 / 3
+    result = client.run(region.mode, **job.params).images[0]
+    assert (result.image.width, result.image.height) == region.picture
+    spot = placement.place(region, result.offset, result.image.width, result.image.height)
+    assert (spot.x, spot.y, spot.width, spot.height, spot.scale) == (0, 0, 1400, 1000, True)
 
 
 def test_build_generate_job_asks_for_the_crop_at_model_size():
@@ -194,8 +212,12 @@ def test_layer_offset_is_crop_offset_plus_result_offset():
     region = plan.Region("inpaint", Box(100, 50, 512, 512), (512, 512))
     assert placement.place(region, (0, 0), 512, 512) == placement.Placement(100, 50, 512, 512)
     assert placement.place(region, (8, 16), 64, 32) == placement.Placement(108, 66, 64, 32)
-    generated = plan.Region("generate", Box(0, 0, 250, 190), (592, 448))
+    generated = plan.Region("generate", Box(0, 0, 250, 190), (592, 448), (592, 448))
     assert placement.place(generated, (0, 0), 592, 448) == placement.Placement(0, 0, 250, 190, scale=True)
+    refined = plan.plan_region(3000, 2000, 0.5, 512)
+    assert placement.place(refined, (0, 0), *refined.picture) == placement.Placement(0, 0, 3000, 2000, scale=True)
+    small = plan.plan_region(300, 200, 0.5, 512)
+    assert placement.place(small, (0, 0), 300, 200) == placement.Placement(0, 0, 300, 200)
 
 
 def test_layer_names_carry_prompt_and_seed():

@@ -41,13 +41,25 @@ class Settings:
 class Region:
     """Which part of the canvas a job covers and how.
 
-    ``box`` is the part of the canvas sent (the context crop for inpaint, the canvas otherwise);
-    ``size`` the picture size asked of ``generate`` (its result is scaled back to the box).
+    ``box`` is the part of the canvas the job edits (the context crop for inpaint, the canvas
+    otherwise); ``size`` the size the model works at; ``picture`` the size of the pictures sent
+    (image and control maps). Inpaint sends the box as it is, so the result matches the canvas
+    pixel for pixel; a whole canvas larger than the model's size is sent already scaled down to it
+    (the server would scale it down anyway), and its result is scaled back up to the box.
     """
 
     mode: str
     box: Box
     size: tuple[int, int]
+    picture: tuple[int, int] = (0, 0)
+
+    def __post_init__(self):
+        if self.picture == (0, 0):
+            self.picture = (self.box.width, self.box.height)
+
+    @property
+    def resampled(self) -> bool:
+        return self.picture != (self.box.width, self.box.height)
 
 
 @dataclass
@@ -129,15 +141,19 @@ def plan_region(width: int, height: int, strength: float, native: int | None,
     if mode == "inpaint":
         plan = geometry.context_crop(bounds, width, height, native,
                                      margin=geometry.mask_margin(grow, feather))
-    else:
-        plan = geometry.whole_canvas(width, height, native)
-    return Region(mode, plan.box, (plan.diffusion_width, plan.diffusion_height))
+        return Region(mode, plan.box, (plan.diffusion_width, plan.diffusion_height))
+    plan = geometry.whole_canvas(width, height, native)
+    size = (plan.diffusion_width, plan.diffusion_height)
+    if mode == "generate" or size[0] * size[1] < width * height:
+        return Region(mode, plan.box, size, size)
+    return Region(mode, plan.box, size)  # a small canvas: the server scales it up itself
 
 
 def build_job(region: Region, settings: Settings, image: bytes | None, mask: bytes | None = None,
               controls: list[ControlUnit] = (), references: list[Reference] = ()) -> Job:
-    """The submit for ``region``: ``image`` and ``mask`` are RGBA / 8-bit bytes of the box."""
-    box = region.box
+    """The submit for ``region``: ``image``, ``mask`` and the control images are RGBA / 8-bit
+    bytes of the region's ``picture`` size."""
+    width, height = region.picture
     if not settings.prompt.strip() and not references:
         raise PlanError("Type a prompt first: it says what to paint.")
     if region.mode != "generate" and int(settings.steps * settings.strength) < 1:
@@ -154,12 +170,12 @@ def build_job(region: Region, settings: Settings, image: bytes | None, mask: byt
         params["width"], params["height"] = region.size
     else:
         params["strength"] = settings.strength
-        params["image"] = _raw(image, box.width, box.height, "rgba8", "picture")
+        params["image"] = _raw(image, width, height, "rgba8", "picture")
     if region.mode == "inpaint":
-        params["mask"] = _raw(mask, box.width, box.height, "l8", "mask")
+        params["mask"] = _raw(mask, width, height, "l8", "mask")
         params["mask_grow"], params["mask_feather"] = settings.mask_grow, settings.mask_feather
     params["control"] = [{
-        "type": unit.type, "image": _raw(unit.image, box.width, box.height, "rgba8", f"{unit.type} control layer"),
+        "type": unit.type, "image": _raw(unit.image, width, height, "rgba8", f"{unit.type} control layer"),
         "scale": unit.scale, "start": unit.start, "end": unit.end, "preprocess": "on" if unit.preprocess else "off",
     } for unit in controls]
     params["references"] = [{

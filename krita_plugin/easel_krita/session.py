@@ -4,7 +4,7 @@ results back as layers. The docker and the in-Krita tests both drive this.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from . import host, pixels, placement, plan, protocol
 from .qt import QObject, pyqtSignal, scaled_rgba
@@ -49,10 +49,11 @@ class LayerResult:
 
 @dataclass
 class Pending:
+    """A queued job: the document it reads from and writes to, and for a map, its source layer."""
+
     doc: object
-    region: plan.Region
-    settings: plan.Settings
-    results: list = field(default_factory=list)
+    region: plan.Region | None = None
+    source: object = None
 
 
 class Session(QObject):
@@ -85,6 +86,8 @@ class Session(QObject):
         """
         if self.worker.state != "connected":
             raise plan.PlanError(self.worker.not_ready())
+        if not settings.prompt.strip() and not references:  # answer at once, before reading pixels
+            raise plan.PlanError("Type a prompt first: it says what to paint.")
         info = host.canvas(doc)
         host.flush(doc)
         selection = host.selection(doc)
@@ -103,10 +106,17 @@ class Session(QObject):
         settings = plan.Settings(**vars(settings))
         depth, linear = info.depth, info.linear
 
+        def picture(data):
+            """Document pixels of the box -> RGBA of the region's picture size (on the worker)."""
+            rgba = pixels.to_rgba8(data, depth, linear)
+            if region.resampled:
+                rgba = scaled_rgba(rgba, box.width, box.height, *region.picture)
+            return rgba
+
         def build():
-            rgba = pixels.to_rgba8(image, depth, linear) if image is not None else None
-            units = [plan.ControlUnit(u.type, pixels.to_rgba8(data, depth, linear), u.scale, u.start, u.end,
-                                      u.preprocess) for u, data in control_reads]
+            rgba = picture(image) if image is not None else None
+            units = [plan.ControlUnit(u.type, picture(data), u.scale, u.start, u.end, u.preprocess)
+                     for u, data in control_reads]
             refs = []
             for ref, bounds, data in reference_reads:
                 ref_rgba, w, h = _shrink(pixels.to_rgba8(data, depth, linear), bounds.width, bounds.height)
@@ -127,11 +137,8 @@ class Session(QObject):
                                        pixels.from_rgba8(rgba, depth, linear), rgba, doc))
             return out
 
-        # The prompt check is cheap and gives the painter an answer before anything is queued.
-        if not settings.prompt.strip() and not references:
-            raise plan.PlanError("Type a prompt first: it says what to paint.")
         job = self.worker.submit(build, finish)
-        self.pending[job] = Pending(doc, region, settings)
+        self.pending[job] = Pending(doc, region)
         return job
 
     def cancel(self, job: str) -> None:
@@ -173,8 +180,7 @@ class Session(QObject):
                                pixels.from_rgba8(rgba, depth, linear), rgba, doc)
 
         job = self.worker.preprocess(control_type, build, finish)
-        self.pending[job] = Pending(doc, plan.Region("preprocess", box, (box.width, box.height)), plan.Settings())
-        self.pending[job].results = [node]
+        self.pending[job] = Pending(doc, source=node)
         return job
 
     # -- events -------------------------------------------------------------------------------
@@ -189,8 +195,8 @@ class Session(QObject):
             self.preview.emit(job, payload)
         elif kind == "result":
             del self.pending[job]
-            if pending.region.mode == "preprocess":
-                source = pending.results[0]
+            if pending.source is not None:  # a control map: goes just above the layer it was made of
+                source = pending.source
                 layer = host.insert_layer(pending.doc, payload.name, payload.data, 0, 0, payload.width,
                                           payload.height, parent=source.parentNode(), above=source)
                 self.preprocessed.emit(job, layer)

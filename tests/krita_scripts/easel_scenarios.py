@@ -222,6 +222,30 @@ def scenario_refine_whole_image(ctx):
     doc.close()
 
 
+def scenario_refine_big_canvas(ctx):
+    """A canvas larger than the model's size is sent scaled down and the result scaled back up."""
+    w, h = 1400, 1000
+    doc = Krita.instance().createDocument(w, h, "big", "RGBA", "U8", "", 72.0)
+    doc.setBatchmode(True)
+    layer = doc.createNode("paint", "paintlayer")
+    doc.rootNode().addChildNode(layer, None)
+    row = b"".join(bytes((x % 256, (x * 3) % 256, 128, 255)) for x in range(w))
+    layer.setPixelData(row * h, 0, 0, w, h)
+    doc.refreshProjection()
+    doc.waitForDone()
+    before = bytes(layer.pixelData(0, 0, w, h))
+    outcome = ctx["rig"].run(doc, settings(strength=0.5, steps=2))
+    check(outcome[0] == "finished", f"job ended with {outcome}")
+    result = outcome[1][0]
+    check((result.x, result.y, result.width, result.height) == (0, 0, w, h), f"placed at {vars(result)}")
+    new = easel_layers(doc)[1][0]
+    bounds = new.bounds()
+    check((bounds.x(), bounds.y(), bounds.width(), bounds.height()) == (0, 0, w, h), f"layer bounds {bounds}")
+    check(set(bytes(new.pixelData(0, 0, w, h))[3::4]) == {255}, "the refined layer is not opaque everywhere")
+    check(bytes(layer.pixelData(0, 0, w, h)) == before, "the source layer changed")
+    doc.close()
+
+
 def scenario_generate_whole_image(ctx):
     doc = new_doc()
     paint_layer(doc, "paint", fill_rgba8())
