@@ -259,8 +259,7 @@ class EaselDocker(host.DockWidget):
     def _connect(self) -> None:
         host.write_setting("url", self.url.text().strip())
         host.write_setting("token", self.token.text().strip())
-        self.worker.state = "disconnected"  # force a fresh connection even if the address is the same
-        self.worker.configure(self.url.text(), self.token.text())
+        self.worker.configure(self.url.text(), self.token.text(), force=True)
 
     def _add_control(self) -> None:
         doc, node = self._picked(self.control_layer)

@@ -38,7 +38,7 @@ class Worker(QObject):
 
     def __init__(self, parent=None):
         super().__init__(parent)
-        self.url, self.token = protocol.messages.DEFAULT_URL, ""
+        self.url, self.token = "", ""  # until configure() names a server
         self.state, self.message = "connecting", "Connecting to the Easel server …"
         self.models: dict | None = None
         self.welcome: dict | None = None
@@ -57,10 +57,10 @@ class Worker(QObject):
 
     # -- UI thread ----------------------------------------------------------------------------
 
-    def configure(self, url: str, token: str = "") -> None:
-        """Use this server from now on (reconnecting if it changed)."""
-        url, token = url.strip(), token.strip()
-        if (url, token) != (self.url, self.token) or self.state == "disconnected":
+    def configure(self, url: str, token: str = "", force: bool = False) -> None:
+        """Use this server from now on: connect if it changed, if not connected, or if ``force``."""
+        url, token = url.strip() or protocol.messages.DEFAULT_URL, token.strip()
+        if force or (url, token) != (self.url, self.token) or self.state == "disconnected":
             self.url, self.token = url, token
             self._tasks.put(("connect", None))
 

@@ -385,6 +385,15 @@ def scenario_unreachable_server(ctx):
     check(easel_layers(doc) == ([], []), "a layer was added")
     rig.worker.stop()
     doc.close()
+    # A fresh plugin with the default address tries it at once (whatever answers there).
+    from easel_krita import protocol
+    from easel_krita.worker import Worker
+    fresh = Worker()
+    fresh.auto_reconnect = False
+    fresh.configure(protocol.messages.DEFAULT_URL)
+    wait_for(None, timeout=20, until=lambda: fresh.state != "connecting")
+    check(fresh.state in ("connected", "disconnected") and "8760" in fresh.message, fresh.message)
+    fresh.stop()
 
 
 def scenario_reconnects_by_itself(ctx):
