@@ -345,10 +345,12 @@ def scenario_float_document(ctx):
 
 
 def scenario_sixteen_bit_colours(ctx):
-    doc = new_doc("U16")
-    paint_layer(doc, "paint", fill_rgba8())
-    _compare_to_krita(doc)
-    doc.close()
+    """16-bit integer and half-float documents: our conversion to sRGB agrees with Krita's."""
+    for depth in ("U16", "F16"):
+        doc = new_doc(depth)
+        paint_layer(doc, "paint", fill_rgba8())
+        _compare_to_krita(doc)
+        doc.close()
 
 
 def scenario_cancel_inserts_nothing(ctx):
