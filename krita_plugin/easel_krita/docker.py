@@ -8,7 +8,7 @@ import random
 from . import extension, host, pixels, plan, protocol
 from .qt import ALIGN_CENTER, KEEP_ASPECT, SMOOTH, USER_ROLE, HORIZONTAL, QPixmap, QtGui, QtWidgets, rgba_image
 from .session import ControlLayer, ReferenceLayer, Session
-from .worker import Worker
+from .worker import Worker, sentence
 
 W = QtWidgets
 MAX_RESULTS = 12
@@ -243,8 +243,11 @@ class EaselDocker(host.DockWidget):
             return
         try:
             self.job = self.session.generate(doc, self.settings(), list(self.controls), list(self.references))
-        except (plan.PlanError, pixels.UnsupportedColor, ValueError) as exc:
+        except (plan.PlanError, pixels.UnsupportedColor) as exc:
             self._say(str(exc), error=True)
+            return
+        except Exception as exc:  # anything else still reaches the painter as a sentence
+            self._say(f"Easel could not start the job: {sentence(exc)}", error=True)
             return
         self.generate_button.setEnabled(False)
         self.cancel_button.setEnabled(True)
@@ -297,6 +300,8 @@ class EaselDocker(host.DockWidget):
             self._say(f"Making a {self.control_type.currentText()} map of “{node.name()}” …")
         except (plan.PlanError, pixels.UnsupportedColor) as exc:
             self._say(str(exc), error=True)
+        except Exception as exc:
+            self._say(f"Easel could not make the map: {sentence(exc)}", error=True)
 
     # -- job events ---------------------------------------------------------------------------
 
