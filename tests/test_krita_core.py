@@ -58,6 +58,12 @@ def test_every_8_bit_value_survives_a_round_trip(depth, linear):
     assert pixels.to_rgba8(deep, depth, linear) == data
 
 
+def test_linear_8_bit_documents_get_the_srgb_curve_on_colour_only():
+    mid = round(pixels.srgb_to_linear(128 / 255) * 255)  # 55
+    assert pixels.to_rgba8(bytes([mid, 255, 0, mid]), "U8", True) == bytes([0, 255, 128, mid])
+    assert pixels.from_rgba8(bytes([0, 255, 128, 7]), "U8", True) == bytes([mid, 255, 0, 7])
+
+
 def test_float_documents_are_rgba_linear_and_clamped():
     # R, G, B, A order for floats; HDR and negative values clamp; alpha is linear.
     data = array("f", [1.0, pixels.srgb_to_linear(128 / 255), 0.0, 0.25, 4.0, -1.0, float("nan"), 1.0]).tobytes()

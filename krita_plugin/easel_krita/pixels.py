@@ -118,7 +118,7 @@ def to_rgba8(data: bytes, depth: str, linear: bool) -> bytes:
     Alpha is never curved. Out-of-range float values (HDR, negative) are clamped.
     """
     if depth == "U8":
-        return swap_red_blue(data)
+        return _curve_u8(swap_red_blue(data), linear, to_srgb=True)
     if depth not in _DECODERS:
         raise UnsupportedColor(f"unknown colour depth {depth}")
     if len(data) % bytes_per_pixel(depth):
@@ -141,7 +141,7 @@ def from_rgba8(data: bytes, depth: str, linear: bool) -> bytes:
     if len(data) % 4:
         raise ValueError(f"{len(data)} bytes are not whole RGBA pixels")
     if depth == "U8":
-        return swap_red_blue(data)
+        return swap_red_blue(_curve_u8(data, linear, to_srgb=False))
     if depth == "U16":
         colour, alpha = _u8_to_u16(linear), _u8_to_u16(False)
         out = array("H", bytes(len(data) * 2))
@@ -159,6 +159,17 @@ def from_rgba8(data: bytes, depth: str, linear: bool) -> bytes:
             return array("f", values).tobytes()
         return struct.pack(f"<{len(values)}e", *values)
     raise UnsupportedColor(f"unknown colour depth {depth}")
+
+
+def _curve_u8(data: bytes, linear: bool, to_srgb: bool) -> bytes:
+    """Apply the sRGB curve (or its inverse) to the colour channels of 8-bit pixels with a
+    linear profile (rare at 8 bits, and lossy in the dark tones, but Krita allows it)."""
+    if not linear:
+        return data
+    curve = (lambda v: linear_to_srgb(v / 255)) if to_srgb else (lambda v: srgb_to_linear(v / 255))
+    out = bytearray(data.translate(bytes(round(curve(v) * 255) for v in range(256))))
+    out[3::4] = data[3::4]  # alpha is not curved
+    return bytes(out)
 
 
 def bytes_per_pixel(depth: str) -> int:

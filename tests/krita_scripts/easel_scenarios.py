@@ -345,9 +345,14 @@ def scenario_float_document(ctx):
 
 
 def scenario_sixteen_bit_colours(ctx):
-    """16-bit integer and half-float documents: our conversion to sRGB agrees with Krita's."""
-    for depth in ("U16", "F16"):
-        doc = new_doc(depth)
+    """16-bit integer, half-float and linear 8-bit documents: our sRGB conversion agrees with Krita's."""
+    for depth in ("U16", "F16", "U8-linear"):
+        if depth == "U8-linear":
+            doc = Krita.instance().createDocument(W, H, "linear8", "RGBA", "U8", "sRGB-elle-V2-g10.icc", 72.0)
+            doc.setBatchmode(True)
+            check(doc.colorProfile() == "sRGB-elle-V2-g10.icc", doc.colorProfile())
+        else:
+            doc = new_doc(depth)
         paint_layer(doc, "paint", fill_rgba8())
         _compare_to_krita(doc)
         doc.close()
