@@ -289,7 +289,8 @@ def test_the_zip_holds_what_krita_imports(plugin_zip):
     assert plugin_zip.name == f"easel-krita-{version('easel-bridge')}.zip"
     names = zipfile.ZipFile(plugin_zip).namelist()
     for wanted in ("easel.desktop", "easel_krita.action", "easel_krita/", "easel_krita/__init__.py",
-                   "easel_krita/shared/client.py", "easel_krita/_vendor/websockets/sync/client.py"):
+                   "easel_krita/shared/client.py", "easel_krita/_vendor/websockets/sync/client.py",
+                   "easel_krita/_vendor/websockets-LICENSE"):
         assert wanted in names
     assert not [n for n in names if n.endswith((".pyc", ".so")) or "__pycache__" in n]
     desktop = zipfile.ZipFile(plugin_zip).read("easel.desktop").decode()

@@ -12,6 +12,7 @@ from __future__ import annotations
 import shutil
 import tempfile
 import zipfile
+from importlib import metadata
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
@@ -33,6 +34,18 @@ def plugin_version() -> str:
         return tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["version"]
 
 
+def _licence(distribution: str) -> str | None:
+    """The licence text shipped with an installed distribution, to travel with its copy."""
+    try:
+        files = metadata.files(distribution) or []
+    except PackageNotFoundError:
+        return None
+    for file in files:
+        if file.name.upper().startswith(("LICENSE", "LICENCE", "COPYING")):
+            return file.read_text()
+    return None
+
+
 def build(out: Path) -> Path:
     """Write ``out/easel-krita-<version>.zip`` and return its path."""
     target = out / f"easel-krita-{plugin_version()}.zip"
@@ -47,6 +60,9 @@ def build(out: Path) -> Path:
         shutil.copytree(Path(websockets.__file__).parent, vendor / "websockets", ignore=_SKIP)
         (vendor / "README").write_text(
             f"websockets {websockets.version.version}, bundled because Krita's Python cannot pip install.\n")
+        licence = _licence("websockets")
+        if licence:
+            (vendor / "websockets-LICENSE").write_text(licence)
         tmp_zip = target.with_suffix(".tmp")
         with zipfile.ZipFile(tmp_zip, "w", zipfile.ZIP_DEFLATED) as archive:
             # Directory entries too: Krita's importer finds the package by its "easel_krita/" entry.
