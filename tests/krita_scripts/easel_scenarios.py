@@ -31,9 +31,11 @@ def wait_for(obj, names=(), timeout=240.0, until=None):
     """
     from easel_krita.qt import QEventLoop, QTimer
     loop, fired = QEventLoop(), []
-    signals = [getattr(obj, name) for name in names]
-    for name, signal in zip(names, signals):
-        signal.connect(lambda *args, name=name: (fired.append((name, args)), loop.quit()))
+    slots = []
+    for name in names:
+        slot = (lambda name: lambda *args: (fired.append((name, args)), loop.quit()))(name)
+        getattr(obj, name).connect(slot)
+        slots.append((name, slot))
     timer = QTimer()
     timer.timeout.connect(lambda: (until and until()) and loop.quit())
     timer.start(50)
@@ -43,11 +45,8 @@ def wait_for(obj, names=(), timeout=240.0, until=None):
     deadline.start(int(timeout * 1000))
     loop.exec_() if hasattr(loop, "exec_") else loop.exec()
     timer.stop()
-    for signal in signals:
-        try:
-            signal.disconnect()
-        except TypeError:
-            pass
+    for name, slot in slots:  # only ours: the docker's own connections must stay
+        getattr(obj, name).disconnect(slot)
     return fired[0] if fired else None
 
 
@@ -488,7 +487,18 @@ def scenario_docker_buttons(ctx):
     check([n.name() for n in easel_layers(doc)[1]] == ["a red door [40]"], "discard kept the layer")
     check(docker.result_list.count() == 1, "discard kept the list entry")
     check(snapshot(doc) == before, "a source layer changed")
-    docker.job = None
+    # Cancel, as the button (and the Easel: Cancel action) does it.
+    docker.steps.setValue(60)
+    docker.batch.setValue(3)
+    docker.generate_button.click()
+    fired = wait_for(docker.session, ["progress", "finished", "failed", "cancelled"])
+    check(fired and fired[0] == "progress", f"expected progress, got {fired}")
+    docker.cancel_button.click()
+    fired = wait_for(docker.session, ["finished", "failed", "cancelled"])
+    check(fired and fired[0] == "cancelled", f"cancel ended with {fired}")
+    check(docker.message.text() == "Cancelled; nothing was added.", f"{docker.message.text()} {fired} {docker.job}")
+    check(docker.generate_button.isEnabled() and not docker.cancel_button.isEnabled(), "buttons did not reset")
+    check([n.name() for n in easel_layers(doc)[1]] == ["a red door [40]"], "the cancelled job added a layer")
     docker._document = lambda: None
     docker.generate()
     check(docker.message.text() == "Open a document first.", docker.message.text())
