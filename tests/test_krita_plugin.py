@@ -59,7 +59,7 @@ def krita_report(server, tmp_path_factory):
 
 
 SCENARIOS = ["plugin_loads", "inpaint_selection", "soft_selection", "refine_whole_image", "refine_big_canvas", "generate_whole_image",
-             "control_and_reference", "float_document", "sixteen_bit_colours", "cancel_inserts_nothing",
+             "control_and_reference", "eight_bit_channel_order", "float_document", "sixteen_bit_colours", "cancel_inserts_nothing",
              "unreachable_server", "reconnects_by_itself", "server_error_is_a_sentence", "cmyk_refused", "docker_buttons"]
 
 

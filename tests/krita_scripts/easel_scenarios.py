@@ -325,6 +325,22 @@ def _compare_to_krita(doc, layer="paint"):
     check(worst <= 2, f"{doc.colorDepth()}: our sRGB conversion differs from Krita's by up to {worst}")
 
 
+def scenario_eight_bit_channel_order(ctx):
+    """8-bit documents: the picture sent has red where Krita shows red (B,G,R,A -> R,G,B,A)."""
+    from easel_krita import pixels
+    doc = new_doc()
+    paint_layer(doc, "paint", fill_rgba8())
+    ours = pixels.to_rgba8(bytes(doc.pixelData(0, 0, W, H)), "U8", False)
+    shown = doc.thumbnail(W, H)  # Krita's own rendering, as a QImage
+    for x, y in ((0, 0), (255, 0), (0, 191), (200, 150), (37, 91)):
+        colour = shown.pixelColor(x, y)
+        i = (y * W + x) * 4
+        check(tuple(ours[i:i + 3]) == (colour.red(), colour.green(), colour.blue()),
+              f"pixel ({x},{y}): sent {tuple(ours[i:i + 3])}, Krita shows {colour.getRgb()[:3]}")
+    check(len(set(ours[0::4])) > 100 and ours[0::4] != ours[2::4], "the test picture has no colour")
+    doc.close()
+
+
 def scenario_float_document(ctx):
     doc = new_doc("F32")
     check(doc.colorProfile() == "sRGB-elle-V2-g10.icc", f"float profile {doc.colorProfile()}")
