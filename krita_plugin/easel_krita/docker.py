@@ -1,0 +1,412 @@
+"""The Easel docker: server settings, prompt and job settings, control and reference layers,
+progress with a live preview, and the last results. Work goes through ``Session``."""
+
+from __future__ import annotations
+
+import random
+
+from . import extension, host, pixels, plan, protocol
+from .qt import ALIGN_CENTER, KEEP_ASPECT, SMOOTH, USER_ROLE, HORIZONTAL, QPixmap, QtGui, QtWidgets, rgba_image
+from .session import ControlLayer, ReferenceLayer, Session
+from .worker import Worker, sentence
+
+W = QtWidgets
+MAX_RESULTS = 12
+_worker: Worker | None = None  # one connection for the whole Krita session, shared by windows
+
+
+def shared_worker() -> Worker:
+    global _worker
+    if _worker is None:
+        _worker = Worker()
+        _worker.configure(host.read_setting("url", protocol.messages.DEFAULT_URL),
+                          host.read_setting("token", ""))
+    return _worker
+
+
+class EaselDocker(host.DockWidget):
+    def __init__(self):
+        super().__init__()
+        self.setWindowTitle("Easel")
+        self.worker = shared_worker()
+        self.session = Session(self.worker, self)
+        self.job: str | None = None
+        self.results: dict[int, object] = {}  # list item key -> LayerResult
+        self._keys = iter(range(1 << 62))
+        self.controls: list[ControlLayer] = []
+        self.references: list[ReferenceLayer] = []
+        self._build()
+        self.worker.state_changed.connect(self._show_state)
+        self._show_state(self.worker.state, self.worker.message)
+        self.session.progress.connect(self._on_progress)
+        self.session.preview.connect(self._on_preview)
+        self.session.finished.connect(self._on_finished)
+        self.session.failed.connect(self._on_failed)
+        self.session.cancelled.connect(self._on_cancelled)
+        self.session.preprocessed.connect(lambda job, layer: self._say(f"Added the layer “{layer.name()}”."))
+        extension.dockers().append(self)
+
+    # -- layout -------------------------------------------------------------------------------
+
+    def _build(self) -> None:
+        root = W.QWidget(self)
+        form = W.QVBoxLayout(root)
+
+        server = W.QHBoxLayout()
+        self.url = W.QLineEdit(self.worker.url)
+        self.url.setToolTip("Address of the Easel server (easel serve), e.g. ws://127.0.0.1:8760/")
+        self.token = W.QLineEdit(self.worker.token)
+        self.token.setPlaceholderText("token")
+        self.token.setEchoMode(W.QLineEdit.EchoMode.Password if hasattr(W.QLineEdit, "EchoMode") else W.QLineEdit.Password)
+        connect = W.QPushButton("Connect")
+        connect.clicked.connect(self._connect)
+        server.addWidget(self.url, 3)
+        server.addWidget(self.token, 1)
+        server.addWidget(connect)
+        form.addLayout(server)
+        self.state = W.QLabel()
+        self.state.setWordWrap(True)
+        form.addWidget(self.state)
+
+        self.prompt = W.QPlainTextEdit()
+        self.prompt.setPlaceholderText("What to paint (selection: fill it; no selection: the whole image)")
+        self.prompt.setMaximumHeight(70)
+        form.addWidget(self.prompt)
+        self.negative = W.QLineEdit()
+        self.negative.setPlaceholderText("Negative prompt: what to avoid")
+        form.addWidget(self.negative)
+
+        grid = W.QGridLayout()
+        self.strength = W.QSlider(HORIZONTAL)
+        self.strength.setRange(1, 100)
+        self.strength.setValue(100)
+        self.strength_label = W.QLabel()
+        self.strength.valueChanged.connect(self._show_strength)
+        grid.addWidget(W.QLabel("Strength"), 0, 0)
+        grid.addWidget(self.strength, 0, 1, 1, 2)
+        grid.addWidget(self.strength_label, 0, 3)
+        self.steps = _spin(1, 150, 20)
+        self.batch = _spin(1, 8, 1)
+        grid.addWidget(W.QLabel("Steps"), 1, 0)
+        grid.addWidget(self.steps, 1, 1)
+        grid.addWidget(W.QLabel("Batch"), 1, 2)
+        grid.addWidget(self.batch, 1, 3)
+        self.fixed_seed = W.QCheckBox("Fixed seed")
+        self.seed = _spin(0, 2**31 - 1, random.randint(0, 99999))
+        self.seed.setEnabled(False)
+        self.fixed_seed.toggled.connect(self.seed.setEnabled)
+        grid.addWidget(self.fixed_seed, 2, 0, 1, 2)
+        grid.addWidget(self.seed, 2, 2, 1, 2)
+        form.addLayout(grid)
+        self._show_strength(100)
+
+        form.addWidget(self._control_box())
+        form.addWidget(self._reference_box())
+
+        buttons = W.QHBoxLayout()
+        self.generate_button = W.QPushButton("Generate")
+        self.generate_button.clicked.connect(self.generate)
+        self.cancel_button = W.QPushButton("Cancel")
+        self.cancel_button.clicked.connect(self.cancel)
+        self.cancel_button.setEnabled(False)
+        buttons.addWidget(self.generate_button, 2)
+        buttons.addWidget(self.cancel_button, 1)
+        form.addLayout(buttons)
+        self.progress = W.QProgressBar()
+        self.progress.setRange(0, 1)
+        self.progress.setValue(0)
+        form.addWidget(self.progress)
+        self.preview = W.QLabel()
+        self.preview.setMinimumHeight(96)
+        self.preview.setAlignment(ALIGN_CENTER)
+        form.addWidget(self.preview)
+        self.message = W.QLabel()
+        self.message.setWordWrap(True)
+        form.addWidget(self.message)
+
+        form.addWidget(W.QLabel("Results"))
+        self.result_list = W.QListWidget()
+        self.result_list.setIconSize(QtGui.QPixmap(64, 64).size())
+        self.result_list.setMaximumHeight(150)
+        form.addWidget(self.result_list)
+        row = W.QHBoxLayout()
+        apply = W.QPushButton("Apply as layer")
+        apply.clicked.connect(self._apply_selected)
+        discard = W.QPushButton("Discard")
+        discard.clicked.connect(self._discard_selected)
+        row.addWidget(apply)
+        row.addWidget(discard)
+        form.addLayout(row)
+        form.addStretch(1)
+
+        scroll = W.QScrollArea()
+        scroll.setWidgetResizable(True)
+        scroll.setWidget(root)
+        self.setWidget(scroll)
+
+    def _control_box(self):
+        box = W.QGroupBox("Control layers")
+        grid = W.QGridLayout(box)
+        self.control_layer = W.QComboBox()
+        self.control_type = W.QComboBox()
+        self.control_type.addItems(protocol.messages.CONTROL_TYPES)
+        self.control_type.setCurrentText("lineart")
+        self.control_scale = _double(0, 2, 1.0, "×")
+        self.control_start = _double(0, 1, 0.0, "from ")
+        self.control_end = _double(0, 1, 1.0, "to ")
+        self.control_scale.setToolTip("Control strength (0 switches the unit off)")
+        self.control_start.setToolTip("Fraction of the steps where the control starts")
+        self.control_end.setToolTip("Fraction of the steps where the control stops")
+        self.control_pre = W.QCheckBox("Preprocess")
+        add = W.QPushButton("Add")
+        add.clicked.connect(self._add_control)
+        make_map = W.QPushButton("Make map layer")
+        make_map.setToolTip("Run the type's preprocessor on the layer and add the map as a new layer")
+        make_map.clicked.connect(self._make_map)
+        refresh = W.QPushButton("↻")
+        refresh.setToolTip("Reload the document's layers")
+        refresh.clicked.connect(self._refresh_layers)
+        grid.addWidget(self.control_layer, 0, 0, 1, 3)
+        grid.addWidget(refresh, 0, 3)
+        grid.addWidget(self.control_type, 1, 0)
+        grid.addWidget(self.control_scale, 1, 1)
+        grid.addWidget(self.control_start, 1, 2)
+        grid.addWidget(self.control_end, 1, 3)
+        grid.addWidget(self.control_pre, 2, 0)
+        grid.addWidget(make_map, 2, 1, 1, 2)
+        grid.addWidget(add, 2, 3)
+        self.control_list = W.QListWidget()
+        self.control_list.setMaximumHeight(48)
+        self.control_list.itemDoubleClicked.connect(lambda item: self._remove(self.controls, self.control_list, item))
+        self.control_list.setToolTip("Double-click a unit to remove it")
+        grid.addWidget(self.control_list, 3, 0, 1, 4)
+        return box
+
+    def _reference_box(self):
+        box = W.QGroupBox("Reference layers")
+        grid = W.QGridLayout(box)
+        self.reference_layer = W.QComboBox()
+        self.reference_weight = _double(0, 2, 1.0, "weight ")
+        self.reference_mode = W.QComboBox()
+        self.reference_mode.addItems(protocol.messages.REFERENCE_MODES)
+        add = W.QPushButton("Add")
+        add.clicked.connect(self._add_reference)
+        grid.addWidget(self.reference_layer, 0, 0, 1, 3)
+        grid.addWidget(self.reference_weight, 1, 0)
+        grid.addWidget(self.reference_mode, 1, 1)
+        grid.addWidget(add, 1, 2)
+        self.reference_list = W.QListWidget()
+        self.reference_list.setMaximumHeight(48)
+        self.reference_list.setToolTip("Double-click a reference to remove it")
+        self.reference_list.itemDoubleClicked.connect(
+            lambda item: self._remove(self.references, self.reference_list, item))
+        grid.addWidget(self.reference_list, 2, 0, 1, 3)
+        return box
+
+    # -- Krita hooks --------------------------------------------------------------------------
+
+    def canvasChanged(self, canvas):
+        self._refresh_layers()
+
+    def _document(self):
+        return host.instance().activeDocument()
+
+    def _refresh_layers(self) -> None:
+        doc = self._document()
+        for combo in (self.control_layer, self.reference_layer):
+            combo.clear()
+            for node in host.all_layers(doc) if doc else []:
+                combo.addItem(node.name(), node.uniqueId().toString())
+
+    def _picked(self, combo):
+        doc = self._document()
+        node = host.find_layer(doc, combo.currentData()) if doc and combo.currentData() else None
+        if node is None:
+            self._say("Pick a layer first (press ↻ to reload the list).", error=True)
+        return doc, node
+
+    # -- actions ------------------------------------------------------------------------------
+
+    def settings(self) -> plan.Settings:
+        return plan.Settings(prompt=self.prompt.toPlainText(), negative_prompt=self.negative.text(),
+                             strength=self.strength.value() / 100, steps=self.steps.value(),
+                             seed=self.seed.value() if self.fixed_seed.isChecked() else None,
+                             batch=self.batch.value())
+
+    def generate(self) -> None:
+        doc = self._document()
+        if doc is None:
+            self._say("Open a document first.", error=True)
+            return
+        if self.job is not None:
+            self._say("A job is already running; cancel it or wait for it.", error=True)
+            return
+        try:
+            self.job = self.session.generate(doc, self.settings(), list(self.controls), list(self.references))
+        except (plan.PlanError, pixels.UnsupportedColor) as exc:
+            self._say(str(exc), error=True)
+            return
+        except Exception as exc:  # anything else still reaches the painter as a sentence
+            self._say(f"Easel could not start the job: {sentence(exc)}", error=True)
+            return
+        self.generate_button.setEnabled(False)
+        self.cancel_button.setEnabled(True)
+        self.progress.setRange(0, 0)  # busy until the first step
+        self._say("Working …")
+
+    def cancel(self) -> None:
+        if self.job is not None:
+            self.session.cancel(self.job)
+            self._say("Cancelling …")
+
+    def _connect(self) -> None:
+        host.write_setting("url", self.url.text().strip())
+        host.write_setting("token", self.token.text().strip())
+        self.worker.configure(self.url.text(), self.token.text(), force=True)
+
+    def _add_control(self) -> None:
+        doc, node = self._picked(self.control_layer)
+        if node is None:
+            return
+        if self.control_start.value() >= self.control_end.value():
+            self._say("A control's start must come before its end.", error=True)
+            return
+        unit = ControlLayer(node, self.control_type.currentText(), self.control_scale.value(),
+                            self.control_start.value(), self.control_end.value(), self.control_pre.isChecked())
+        self.controls.append(unit)
+        self.control_list.addItem(f"{node.name()}: {unit.type} ×{unit.scale:.2f} "
+                                  f"{unit.start:.0%}–{unit.end:.0%}{' (preprocess)' if unit.preprocess else ''}")
+
+    def _add_reference(self) -> None:
+        doc, node = self._picked(self.reference_layer)
+        if node is None:
+            return
+        ref = ReferenceLayer(node, self.reference_weight.value(), self.reference_mode.currentText())
+        self.references.append(ref)
+        self.reference_list.addItem(f"{node.name()}: {ref.mode} ×{ref.weight:.2f}")
+
+    @staticmethod
+    def _remove(items: list, widget, item) -> None:
+        row = widget.row(item)
+        widget.takeItem(row)
+        del items[row]
+
+    def _make_map(self) -> None:
+        doc, node = self._picked(self.control_layer)
+        if node is None:
+            return
+        try:
+            self.session.preprocess_layer(doc, node, self.control_type.currentText())
+            self._say(f"Making a {self.control_type.currentText()} map of “{node.name()}” …")
+        except (plan.PlanError, pixels.UnsupportedColor) as exc:
+            self._say(str(exc), error=True)
+        except Exception as exc:
+            self._say(f"Easel could not make the map: {sentence(exc)}", error=True)
+
+    # -- job events ---------------------------------------------------------------------------
+
+    def _end_job(self) -> None:
+        self.job = None
+        self.generate_button.setEnabled(True)
+        self.cancel_button.setEnabled(False)
+        self.progress.setRange(0, 1)
+        self.progress.setValue(0)
+
+    def _on_progress(self, job, step, total) -> None:
+        if job == self.job:
+            self.progress.setRange(0, total)
+            self.progress.setValue(step)
+
+    def _on_preview(self, job, image) -> None:
+        if job == self.job:
+            pixmap = QPixmap.fromImage(image).scaled(self.preview.width(), 160, KEEP_ASPECT, SMOOTH)
+            self.preview.setPixmap(pixmap)
+
+    def _on_finished(self, job, results) -> None:
+        if job != self.job:
+            return
+        self._end_job()
+        for index, result in enumerate(results):
+            item = W.QListWidgetItem(result.name)
+            item.setIcon(QtGui.QIcon(QPixmap.fromImage(rgba_image(result.rgba, result.width, result.height))))
+            key = next(self._keys)
+            item.setData(USER_ROLE, key)
+            self.results[key] = result
+            self.result_list.insertItem(0, item)
+            if index == 0:  # the first of a batch goes straight onto the canvas
+                self._apply(result)
+        while self.result_list.count() > MAX_RESULTS:  # forget the oldest (their layers stay)
+            old = self.result_list.takeItem(self.result_list.count() - 1)
+            self.results.pop(old.data(USER_ROLE), None)
+        self._say(f"Added “{results[0].name}”." + (f" {len(results) - 1} more in the list below." if len(results) > 1 else ""))
+
+    def _on_failed(self, job, message) -> None:
+        if job == self.job:
+            self._end_job()
+            self._say(message, error=True)
+        else:
+            self._say(message, error=True)
+
+    def _on_cancelled(self, job) -> None:
+        if job == self.job:
+            self._end_job()
+            self._say("Cancelled; nothing was added.")
+
+    def _selected_result(self):
+        item = self.result_list.currentItem()
+        if item is None:
+            self._say("Pick a result in the list first.", error=True)
+            return None, None
+        return item, self.results[item.data(USER_ROLE)]
+
+    def _apply(self, result) -> None:
+        try:
+            self.session.apply(result)
+        except RuntimeError as exc:  # the document was closed meanwhile
+            self._say(f"The result's document is gone: {exc}", error=True)
+
+    def _apply_selected(self) -> None:
+        item, result = self._selected_result()
+        if result is not None:
+            if result.layer is not None:
+                self._say("That result is already a layer.")
+                return
+            self._apply(result)
+
+    def _discard_selected(self) -> None:
+        item, result = self._selected_result()
+        if result is not None:
+            self.result_list.takeItem(self.result_list.row(item))
+            self.results.pop(item.data(USER_ROLE), None)
+            if result.layer is not None:  # also take its layer off the canvas
+                result.layer.remove()
+                result.layer = None
+
+    # -- feedback -----------------------------------------------------------------------------
+
+    def _show_strength(self, value: int) -> None:
+        self.strength_label.setText(f"{value}%" + (" fill" if value == 100 else " refine"))
+
+    def _show_state(self, state: str, message: str) -> None:
+        marks = {"connected": "●", "connecting": "◌", "disconnected": "○"}
+        self.state.setText(f"{marks.get(state, '')} {message}")
+
+    def _say(self, text: str, error: bool = False) -> None:
+        self.message.setStyleSheet("color: #d04040;" if error else "")
+        self.message.setText(text)
+
+
+def _spin(low: int, high: int, value: int):
+    spin = W.QSpinBox()
+    spin.setRange(low, high)
+    spin.setValue(value)
+    return spin
+
+
+def _double(low: float, high: float, value: float, prefix: str = ""):
+    spin = W.QDoubleSpinBox()
+    spin.setPrefix(prefix)
+    spin.setRange(low, high)
+    spin.setSingleStep(0.05)
+    spin.setValue(value)
+    return spin

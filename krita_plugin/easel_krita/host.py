@@ -1,0 +1,133 @@
+"""The Krita adapter: the only module that imports ``krita``.
+
+Reads what a job needs from a document (colour model, selection, pixels of a box, layers) and
+writes results back as new layers. Everything here runs on Krita's UI thread; conversions and
+encoding happen in the worker (``pixels``, ``plan``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from krita import DockWidget, DockWidgetFactory, DockWidgetFactoryBase, Extension, Krita  # noqa: F401
+
+from . import pixels
+from .plan import Box
+
+GROUP_NAME = "Easel"
+SETTINGS_GROUP = "easel"
+
+
+@dataclass
+class Canvas:
+    """A document's size and colour format, checked to be something Easel can convert."""
+
+    width: int
+    height: int
+    depth: str
+    linear: bool
+
+
+def instance():
+    return Krita.instance()
+
+
+def read_setting(key: str, default: str = "") -> str:
+    return Krita.instance().readSetting(SETTINGS_GROUP, key, default)
+
+
+def write_setting(key: str, value: str) -> None:
+    Krita.instance().writeSetting(SETTINGS_GROUP, key, value)
+
+
+def canvas(doc) -> Canvas:
+    """The document's size and format; raises pixels.UnsupportedColor for CMYK, Lab, grey ..."""
+    model, depth = doc.colorModel(), doc.colorDepth()
+    pixels.check_color(model, depth)
+    return Canvas(doc.width(), doc.height(), depth, pixels.is_linear_profile(doc.colorProfile()))
+
+
+def selection(doc) -> tuple[Box, bytes] | None:
+    """The selection's bounding box and its bytes (one per pixel, soft values kept), or None."""
+    sel = doc.selection()
+    if sel is None or sel.width() <= 0 or sel.height() <= 0:
+        return None
+    box = Box(sel.x(), sel.y(), sel.width(), sel.height())
+    return box, bytes(sel.pixelData(box.x, box.y, box.width, box.height))
+
+
+def selection_bytes(doc, box: Box) -> bytes:
+    sel = doc.selection()
+    return bytes(sel.pixelData(box.x, box.y, box.width, box.height))
+
+
+def flush(doc) -> None:
+    """Let Krita finish pending updates so pixel reads see the current picture."""
+    doc.refreshProjection()
+    doc.waitForDone()
+
+
+def image_pixels(doc, box: Box) -> bytes:
+    """The visible picture (all layers merged) in ``box``, in the document's own pixel format."""
+    return bytes(doc.pixelData(box.x, box.y, box.width, box.height))
+
+
+def layer_pixels(node, box: Box) -> bytes:
+    """One layer (with its masks and, for groups, its children) in ``box``, document format."""
+    return bytes(node.projectionPixelData(box.x, box.y, box.width, box.height))
+
+
+def layer_bounds(doc, node) -> Box:
+    """The layer's painted area, clipped to the canvas (the whole canvas if it is empty)."""
+    rect = node.bounds()
+    x0, y0 = max(0, rect.x()), max(0, rect.y())
+    x1, y1 = min(doc.width(), rect.x() + rect.width()), min(doc.height(), rect.y() + rect.height())
+    if x1 <= x0 or y1 <= y0:
+        return Box(0, 0, doc.width(), doc.height())
+    return Box(x0, y0, x1 - x0, y1 - y0)
+
+
+def all_layers(doc) -> list:
+    """Every layer of the document, top to bottom, depth first (for the layer pickers)."""
+    out = []
+
+    def walk(node):
+        for child in reversed(node.childNodes()):
+            out.append(child)
+            walk(child)
+
+    walk(doc.rootNode())
+    return out
+
+
+def find_layer(doc, unique_id: str):
+    for node in all_layers(doc):
+        if node.uniqueId().toString() == unique_id:
+            return node
+    return None
+
+
+def easel_group(doc):
+    """The top-level "Easel" group that holds results, created on top of the stack if missing."""
+    root = doc.rootNode()
+    for node in root.childNodes():
+        if node.name() == GROUP_NAME and node.type() == "grouplayer":
+            return node
+    group = doc.createGroupLayer(GROUP_NAME)
+    children = root.childNodes()
+    root.addChildNode(group, children[-1] if children else None)
+    return group
+
+
+def insert_layer(doc, name: str, data: bytes, x: int, y: int, width: int, height: int, parent=None, above=None):
+    """A new paint layer holding ``data`` (document format) at (x, y); on top of ``parent``'s
+    children (the Easel group by default) unless ``above`` names the node to go above."""
+    parent = parent if parent is not None else easel_group(doc)
+    layer = doc.createNode(name, "paintlayer")
+    if above is None:
+        children = parent.childNodes()
+        above = children[-1] if children else None
+    parent.addChildNode(layer, above)
+    layer.setPixelData(data, x, y, width, height)
+    flush(doc)
+    return layer

@@ -1,0 +1,40 @@
+"""Where a result goes on the canvas and how it becomes a layer.
+
+Pure. The server answers with an image and an ``offset`` relative to what was sent; the host
+sent only the context crop, so the layer goes at crop offset + result offset.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .plan import Region
+
+
+@dataclass
+class Placement:
+    """A result layer's top-left corner and size on the canvas; ``scale`` when the server's
+    picture must be resized to fit (a ``generate`` whose model size differs from the canvas)."""
+
+    x: int
+    y: int
+    width: int
+    height: int
+    scale: bool = False
+
+
+def place(region: Region, offset: tuple[int, int], width: int, height: int) -> Placement:
+    """Place a ``width`` x ``height`` result that the server put at ``offset`` within the crop."""
+    box = region.box
+    if region.mode == "inpaint":  # never resampled: outside the mask it is the canvas, byte for byte
+        return Placement(box.x + offset[0], box.y + offset[1], width, height)
+    # generate and img2img answer a picture of the size asked for or sent; it covers the whole box.
+    return Placement(box.x, box.y, box.width, box.height, (width, height) != (box.width, box.height))
+
+
+def layer_name(prompt: str, seed: int, limit: int = 40) -> str:
+    """A result layer's name: the prompt (shortened) and the seed that reproduces it."""
+    text = " ".join(prompt.split()) or "no prompt"
+    if len(text) > limit:
+        text = text[:limit - 1].rstrip() + "…"
+    return f"{text} [{seed}]"

@@ -1,0 +1,23 @@
+"""The protocol package: the copy bundled into the plugin, or the repository's in a checkout.
+
+A packaged plugin carries ``shared/`` inside this package (``easel_krita.shared``) so that it
+never collides with another plugin's top-level ``shared``; a repository checkout imports the
+original. The client module needs ``websockets`` and is imported lazily by the worker.
+"""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+
+_BUNDLED = (Path(__file__).parent / "shared").is_dir()
+_ROOT = f"{__package__}.shared" if _BUNDLED else "shared"
+
+geometry = importlib.import_module(f"{_ROOT}.geometry")
+images = importlib.import_module(f"{_ROOT}.images")
+messages = importlib.import_module(f"{_ROOT}.messages")
+
+
+def client_module():
+    """``shared.client`` (imports websockets, so only the worker needs it)."""
+    return importlib.import_module(f"{_ROOT}.client")

@@ -1,0 +1,219 @@
+"""The Generate button's code, minus the widgets: read the document, queue the job, and put
+results back as layers. The docker and the in-Krita tests both drive this.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from . import host, pixels, placement, plan, protocol
+from .qt import QObject, pyqtSignal, scaled_rgba
+
+REFERENCE_SIDE = 512  # references are resized to the image encoder's 224 px anyway
+
+
+@dataclass
+class ControlLayer:
+    """A layer the painter picked as a control unit."""
+
+    node: object
+    type: str = "lineart"
+    scale: float = 1.0
+    start: float = 0.0
+    end: float = 1.0
+    preprocess: bool = False
+
+
+@dataclass
+class ReferenceLayer:
+    node: object
+    weight: float = 1.0
+    mode: str = "reference"
+
+
+@dataclass
+class LayerResult:
+    """One result, converted to the document's format and placed on its canvas."""
+
+    name: str
+    seed: int
+    x: int
+    y: int
+    width: int
+    height: int
+    data: bytes  # document pixel format
+    rgba: bytes  # 8-bit sRGB RGBA, for thumbnails
+    doc: object = None
+    layer: object = None  # the inserted layer, once applied
+
+
+@dataclass
+class Pending:
+    """A queued job: the document it reads from and writes to, and for a map, its source layer."""
+
+    doc: object
+    region: plan.Region | None = None
+    source: object = None
+
+
+class Session(QObject):
+    """Jobs of one docker (or one test) on one worker; forwards the worker's events for its jobs.
+
+    ``finished(job, results)``, ``failed(job, sentence)``, ``cancelled(job)``,
+    ``progress(job, step, total)``, ``preview(job, QImage)``.
+    """
+
+    finished = pyqtSignal(str, object)
+    failed = pyqtSignal(str, str)
+    cancelled = pyqtSignal(str)
+    progress = pyqtSignal(str, int, int)
+    preview = pyqtSignal(str, object)
+    preprocessed = pyqtSignal(str, object)
+
+    def __init__(self, worker, parent=None):
+        super().__init__(parent)
+        self.worker = worker
+        self.pending: dict[str, Pending] = {}
+        worker.job_event.connect(self._on_event)
+
+    # -- generate -----------------------------------------------------------------------------
+
+    def generate(self, doc, settings: plan.Settings, controls: list[ControlLayer] = (),
+                 references: list[ReferenceLayer] = ()) -> str:
+        """Read what the job needs from ``doc`` (UI thread) and queue it. Returns the job id.
+
+        Raises plan.PlanError / pixels.UnsupportedColor (sentences) before anything is queued.
+        """
+        if self.worker.state != "connected":
+            raise plan.PlanError(self.worker.not_ready())
+        if not settings.prompt.strip() and not references:  # answer at once, before reading pixels
+            raise plan.PlanError("Type a prompt first: it says what to paint.")
+        info = host.canvas(doc)
+        host.flush(doc)
+        selection = host.selection(doc)
+        region = plan.plan_region(info.width, info.height, settings.strength,
+                                  self.worker.native_size(settings.model), selection,
+                                  grow=settings.mask_grow, feather=settings.mask_feather)
+        box = region.box
+        # Reads from Krita stay on this (UI) thread; conversion and encoding go to the worker.
+        image = host.image_pixels(doc, box) if region.mode != "generate" else None
+        mask = host.selection_bytes(doc, box) if region.mode == "inpaint" else None
+        control_reads = [(unit, host.layer_pixels(unit.node, box)) for unit in controls]
+        reference_reads = []
+        for ref in references:
+            bounds = host.layer_bounds(doc, ref.node)
+            reference_reads.append((ref, bounds, host.layer_pixels(ref.node, bounds)))
+        settings = plan.Settings(**vars(settings))
+        depth, linear = info.depth, info.linear
+
+        def picture(data):
+            """Document pixels of the box -> RGBA of the region's picture size (on the worker)."""
+            rgba = pixels.to_rgba8(data, depth, linear)
+            if region.resampled:
+                rgba = scaled_rgba(rgba, box.width, box.height, *region.picture)
+            return rgba
+
+        def build():
+            rgba = picture(image) if image is not None else None
+            units = [plan.ControlUnit(u.type, picture(data), u.scale, u.start, u.end, u.preprocess)
+                     for u, data in control_reads]
+            refs = []
+            for ref, bounds, data in reference_reads:
+                ref_rgba, w, h = _shrink(pixels.to_rgba8(data, depth, linear), bounds.width, bounds.height)
+                refs.append(plan.Reference(ref_rgba, w, h, ref.weight, ref.mode))
+            job = plan.build_job(region, settings, rgba, mask, units, refs)
+            return region.mode, job.params
+
+        def finish(result):
+            out = []
+            for item in result.images:
+                image_data = item.image
+                spot = placement.place(region, item.offset, image_data.width, image_data.height)
+                rgba = image_data.data
+                if spot.scale:
+                    rgba = scaled_rgba(rgba, image_data.width, image_data.height, spot.width, spot.height)
+                out.append(LayerResult(placement.layer_name(settings.prompt, item.seed), item.seed,
+                                       spot.x, spot.y, spot.width, spot.height,
+                                       pixels.from_rgba8(rgba, depth, linear), rgba, doc))
+            return out
+
+        job = self.worker.submit(build, finish)
+        self.pending[job] = Pending(doc, region)
+        return job
+
+    def cancel(self, job: str) -> None:
+        self.worker.cancel(job)
+
+    # -- results ------------------------------------------------------------------------------
+
+    @staticmethod
+    def apply(result: LayerResult):
+        """Insert ``result`` as a new layer in its document's Easel group; returns the layer."""
+        result.layer = host.insert_layer(result.doc, result.name, result.data, result.x, result.y,
+                                         result.width, result.height)
+        return result.layer
+
+    # -- preprocess ---------------------------------------------------------------------------
+
+    def preprocess_layer(self, doc, node, control_type: str) -> str:
+        """Make a control map of ``node`` on the server; ``preprocessed(job, layer)`` when inserted."""
+        if self.worker.state != "connected":
+            raise plan.PlanError(self.worker.not_ready())
+        info = host.canvas(doc)
+        host.flush(doc)
+        box = plan.Box(0, 0, info.width, info.height)  # the whole canvas, so the map lines up
+        data = host.layer_pixels(node, box)
+        depth, linear = info.depth, info.linear
+        name = f"{control_type} map of {node.name()}"
+
+        def build():
+            return protocol.images.ImageData("rgba8", box.width, box.height, pixels.to_rgba8(data, depth, linear))
+
+        def finish(result):
+            image = result
+            if image.format != "rgba8":  # preprocess answers PNG unless asked otherwise
+                from .qt import QImage, image_bytes
+                rgba = image_bytes(QImage.fromData(image.data))
+            else:
+                rgba = image.data
+            return LayerResult(name, 0, 0, 0, image.width, image.height,
+                               pixels.from_rgba8(rgba, depth, linear), rgba, doc)
+
+        job = self.worker.preprocess(control_type, build, finish)
+        self.pending[job] = Pending(doc, source=node)
+        return job
+
+    # -- events -------------------------------------------------------------------------------
+
+    def _on_event(self, job: str, kind: str, payload) -> None:
+        pending = self.pending.get(job)
+        if pending is None:
+            return
+        if kind == "progress":
+            self.progress.emit(job, *payload)
+        elif kind == "preview":
+            self.preview.emit(job, payload)
+        elif kind == "result":
+            del self.pending[job]
+            if pending.source is not None:  # a control map: goes just above the layer it was made of
+                source = pending.source
+                layer = host.insert_layer(pending.doc, payload.name, payload.data, 0, 0, payload.width,
+                                          payload.height, parent=source.parentNode(), above=source)
+                self.preprocessed.emit(job, layer)
+            else:
+                self.finished.emit(job, payload)
+        elif kind == "error":
+            del self.pending[job]
+            self.failed.emit(job, payload)
+        elif kind == "cancelled":
+            del self.pending[job]
+            self.cancelled.emit(job)
+
+
+def _shrink(rgba: bytes, width: int, height: int) -> tuple[bytes, int, int]:
+    """Scale a reference down to REFERENCE_SIDE on its longest side (it is tiny to the encoder)."""
+    side = max(width, height)
+    if side <= REFERENCE_SIDE:
+        return rgba, width, height
+    w, h = max(1, round(width * REFERENCE_SIDE / side)), max(1, round(height * REFERENCE_SIDE / side))
+    return scaled_rgba(rgba, width, height, w, h), w, h

@@ -1,0 +1,265 @@
+"""The network side: one thread that owns the websocket connection and runs jobs.
+
+Websocket I/O, image conversion and encoding all run on this thread; results come back to the
+UI thread as Qt signals (queued across threads), so Krita never waits on the network.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import uuid
+from typing import Callable
+
+from . import plan, protocol
+from .qt import QObject, QTimer, pyqtSignal
+
+RECONNECT_MS = 3000
+HEARTBEAT_S = 5  # an idle connection asks for the server's status this often, to notice it has gone
+
+
+def sentence(exc: BaseException) -> str:
+    """An exception as something a painter can read (no traceback, no class names)."""
+    message = getattr(exc, "message", None) or str(exc) or type(exc).__name__
+    message = message[0].upper() + message[1:]
+    return message if message.endswith((".", "!", "?")) else message + "."
+
+
+class Worker(QObject):
+    """A connection to the Easel server, with a job thread and automatic reconnects.
+
+    Signals carry the job id first; ``job_event`` kinds are accepted, started, progress
+    (step, total), preview (QImage), result (whatever ``finish`` returned), error (a sentence)
+    and cancelled.
+    """
+
+    state_changed = pyqtSignal(str, str)  # "connected" | "connecting" | "disconnected", a sentence
+    job_event = pyqtSignal(str, str, object)
+
+    def __init__(self, parent=None):
+        super().__init__(parent)
+        self.url, self.token = "", ""  # until configure() names a server
+        self.state, self.message = "connecting", "Connecting to the Easel server …"
+        self.models: dict | None = None
+        self.welcome: dict | None = None
+        self._client = None
+        self._tasks: queue.Queue = queue.Queue()
+        self._cancelled: set[str] = set()
+        self._submitted: set[str] = set()  # jobs the server knows: only those can be cancelled there
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._loop, name="easel-worker", daemon=True)
+        self._thread.start()
+        self.state_changed.connect(self._remember_state)
+        self._retry = QTimer(self)
+        self._retry.setInterval(RECONNECT_MS)
+        self._retry.timeout.connect(self._reconnect)
+        self.auto_reconnect = True
+
+    # -- UI thread ----------------------------------------------------------------------------
+
+    def configure(self, url: str, token: str = "", force: bool = False) -> None:
+        """Use this server from now on: connect if it changed, if not connected, or if ``force``."""
+        url, token = url.strip() or protocol.messages.DEFAULT_URL, token.strip()
+        if force or (url, token) != (self.url, self.token) or self.state == "disconnected":
+            self.url, self.token = url, token
+            self._tasks.put(("connect", None))
+
+    def not_ready(self) -> str:
+        """Why a job cannot start now, as a sentence."""
+        if self.state == "connecting":
+            return f"Still connecting to the Easel server at {self.url}; try again in a moment."
+        return (f"Not connected to the Easel server. {self.message} Start it with `easel serve`, or check "
+                "the address at the top of the Easel docker.")
+
+    def native_size(self, model: str | None = None) -> int:
+        return plan.native_size(self.models, model)
+
+    def submit(self, build: Callable[[], tuple[str, dict]], finish: Callable[[object], object]) -> str:
+        """Queue a job: ``build()`` (run here, on the worker) returns (mode, params); ``finish``
+        turns the protocol Result into what the ``result`` event carries. Returns the job id."""
+        job = uuid.uuid4().hex[:16]
+        self._tasks.put(("job", (job, build, finish)))
+        return job
+
+    def preprocess(self, preprocessor: str, build: Callable[[], object], finish: Callable[[object], object]) -> str:
+        """Queue a preprocess job: ``build()`` returns the ImageData to make a map of."""
+        job = uuid.uuid4().hex[:16]
+        self._tasks.put(("preprocess", (job, preprocessor, build, finish)))
+        return job
+
+    def cancel(self, job: str) -> None:
+        """Cancel a queued or running job; it ends with a ``cancelled`` (or its result, if too late)."""
+        with self._lock:
+            self._cancelled.add(job)
+            client = self._client if job in self._submitted else None
+        if client is not None:
+            # A small send, but still network I/O: keep it off the UI thread too.
+            threading.Thread(target=self._send_cancel, args=(client, job), daemon=True).start()
+
+    def stop(self) -> None:
+        self._retry.stop()
+        self._tasks.put(("stop", None))
+
+    def _remember_state(self, state: str, message: str) -> None:
+        self.state, self.message = state, message
+        if state == "disconnected" and self.auto_reconnect:
+            self._retry.start()
+        else:
+            self._retry.stop()
+
+    def _reconnect(self) -> None:
+        if self.state == "disconnected":
+            self._tasks.put(("connect", None))
+
+    # -- worker thread ------------------------------------------------------------------------
+
+    def _loop(self) -> None:
+        while True:
+            try:
+                kind, payload = self._tasks.get(timeout=HEARTBEAT_S)
+            except queue.Empty:
+                self._heartbeat()
+                continue
+            if kind == "stop":
+                self._close()
+                return
+            try:
+                if kind == "connect":
+                    self._connect()
+                elif kind == "job":
+                    self._run_job(*payload)
+                elif kind == "preprocess":
+                    self._run_preprocess(*payload)
+            except Exception as exc:  # a bug must not kill the thread: report it as a sentence
+                if kind in ("job", "preprocess"):
+                    self.job_event.emit(payload[0], "error", f"Easel failed: {sentence(exc)}")
+
+    def _heartbeat(self) -> None:
+        """Notice a server that went away while we were idle (then the UI timer reconnects)."""
+        if self._client is None:
+            return
+        try:
+            self._client.status()
+        except Exception as exc:
+            if getattr(exc, "code", "closed") not in ("closed", "unreachable"):
+                return  # the server answered something odd, but it is there
+            self._close()
+            self.state_changed.emit("disconnected", f"Lost the connection to the Easel server: {sentence(exc)}")
+
+    def _close(self) -> None:
+        if self._client is not None:
+            try:
+                self._client.close()
+            except Exception:
+                pass
+            self._client = None
+
+    def _connect(self) -> bool:
+        self._close()
+        client_module = protocol.client_module()
+        self.state_changed.emit("connecting", f"Connecting to {self.url} …")
+        client = client_module.Client(self.url, token=self.token or None, name="easel-krita", open_timeout=5)
+        try:
+            client.connect()
+            models = client.models()
+        except client_module.EaselError as exc:
+            client.close()
+            self.state_changed.emit("disconnected", sentence(exc))
+            return False
+        except Exception as exc:
+            client.close()
+            self.state_changed.emit("disconnected", f"Cannot talk to the Easel server at {self.url}: {sentence(exc)}")
+            return False
+        self._client, self.models, self.welcome = client, models, client.welcome
+        self.state_changed.emit("connected", f"Connected to {self.url} ({client.welcome.get('device', '?')}).")
+        return True
+
+    def _ensure_connected(self, job: str) -> bool:
+        if self._client is not None or self._connect():
+            return True
+        self.job_event.emit(job, "error", f"Not connected to the Easel server at {self.url}. "
+                                          "Start it with `easel serve`, or check the address in the docker.")
+        return False
+
+    def _lost(self, job: str, exc: BaseException) -> None:
+        """Report a failed job; a closed connection also changes the state (and reconnects)."""
+        self.job_event.emit(job, "error", sentence(exc))
+        if getattr(exc, "code", None) in ("closed", "unreachable"):
+            self._close()
+            self.state_changed.emit("disconnected", sentence(exc))
+
+    def _run_job(self, job: str, build, finish) -> None:
+        if self._take_cancel(job) or not self._ensure_connected(job):
+            return
+        client_module = protocol.client_module()
+        try:
+            mode, params = build()
+        except Exception as exc:
+            self.job_event.emit(job, "error", sentence(exc))
+            return
+        if self._take_cancel(job):
+            return
+        try:
+            client = self._client
+            client.submit(mode, job=job, **params)
+            with self._lock:
+                self._submitted.add(job)
+                cancel_now = job in self._cancelled  # Cancel pressed while we were uploading
+            if cancel_now:
+                client.cancel(job)
+            for event in client.events(job):
+                self._forward(job, event, client_module, finish)
+        except client_module.EaselError as exc:
+            self._lost(job, exc)
+        finally:
+            with self._lock:
+                self._cancelled.discard(job)
+                self._submitted.discard(job)
+
+    def _run_preprocess(self, job: str, preprocessor: str, build, finish) -> None:
+        if self._take_cancel(job) or not self._ensure_connected(job):
+            return
+        client_module = protocol.client_module()
+        try:
+            image = build()
+            result = self._client.preprocess(preprocessor, image)
+            self.job_event.emit(job, "result", finish(result))
+        except client_module.EaselError as exc:
+            self._lost(job, exc)
+        except Exception as exc:
+            self.job_event.emit(job, "error", sentence(exc))
+
+    def _take_cancel(self, job: str) -> bool:
+        if job in self._cancelled:
+            self._cancelled.discard(job)
+            self.job_event.emit(job, "cancelled", "queued")
+            return True
+        return False
+
+    def _forward(self, job: str, event, client_module, finish) -> None:
+        if isinstance(event, client_module.Accepted):
+            self.job_event.emit(job, "accepted", event.position)
+        elif isinstance(event, client_module.Started):
+            self.job_event.emit(job, "started", event.steps)
+        elif isinstance(event, client_module.Progress):
+            self.job_event.emit(job, "progress", (event.step, event.total))
+            if event.preview is not None and event.preview.format == "rgba8":
+                from .qt import rgba_image
+                self.job_event.emit(job, "preview", rgba_image(event.preview.data, event.preview.width,
+                                                               event.preview.height))
+        elif isinstance(event, client_module.Result):
+            try:
+                payload = finish(event)
+            except Exception as exc:
+                self.job_event.emit(job, "error", f"The result could not be read: {sentence(exc)}")
+                return
+            self.job_event.emit(job, "result", payload)
+        elif isinstance(event, client_module.Cancelled):
+            self.job_event.emit(job, "cancelled", event.stage)
+
+    @staticmethod
+    def _send_cancel(client, job: str) -> None:
+        try:
+            client.cancel(job)
+        except Exception:
+            pass  # the job's own events report a dropped connection

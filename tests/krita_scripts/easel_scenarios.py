@@ -1,0 +1,576 @@
+"""Scenarios that run inside real Krita (``kritarunner -s easel_scenarios -f main``).
+
+Started by tests/test_krita_plugin.py, which builds the plugin zip and runs a real Easel server on
+the demo model. This script imports the zip with Krita's own plugin importer, loads the plugin
+from there, drives the Generate path without widgets, and writes one JSON verdict per scenario to
+$EASEL_REPORT. kritarunner always exits 0, so the status leaves through ``os._exit``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import tempfile
+import time
+import traceback
+
+from krita import Krita, Selection
+
+W, H = 256, 192
+REPORT: dict = {}
+
+
+# -- helpers -----------------------------------------------------------------------------------
+
+def wait_for(obj, names=(), timeout=240.0, until=None):
+    """Run Qt's event loop until one of ``obj``'s signals ``names`` fires or ``until()`` holds.
+
+    Returns (name, arguments) of the first signal, or None. (Names, because PyQt makes a new
+    bound-signal object on every attribute access, so identity comparisons fail.)
+    """
+    from easel_krita.qt import QEventLoop, QTimer
+    loop, fired = QEventLoop(), []
+    slots = []
+    for name in names:
+        slot = (lambda name: lambda *args: (fired.append((name, args)), loop.quit()))(name)
+        getattr(obj, name).connect(slot)
+        slots.append((name, slot))
+    timer = QTimer()
+    timer.timeout.connect(lambda: (until and until()) and loop.quit())
+    timer.start(50)
+    deadline = QTimer()
+    deadline.setSingleShot(True)
+    deadline.timeout.connect(loop.quit)
+    deadline.start(int(timeout * 1000))
+    loop.exec_() if hasattr(loop, "exec_") else loop.exec()
+    timer.stop()
+    for name, slot in slots:  # only ours: the docker's own connections must stay
+        getattr(obj, name).disconnect(slot)
+    return fired[0] if fired else None
+
+
+def new_doc(depth="U8", model="RGBA", name="scene"):
+    doc = Krita.instance().createDocument(W, H, name, model, depth, "", 72.0)
+    doc.setBatchmode(True)
+    return doc
+
+
+def fill_rgba8(x0=0, y0=0, w=W, h=H, seed=0):
+    """A structured 8-bit sRGB RGBA picture (gradients and blocks), as bytes."""
+    out = bytearray(w * h * 4)
+    for y in range(h):
+        for x in range(w):
+            i = (y * w + x) * 4
+            gx, gy = x0 + x, y0 + y
+            out[i:i + 4] = bytes(((gx * 255) // W, (gy * 255) // H, ((gx // 32 + gy // 32) % 2) * 200 + 20, 255))
+    return bytes(out)
+
+
+def paint_layer(doc, name, rgba, x=0, y=0, w=W, h=H):
+    """A paint layer holding 8-bit sRGB ``rgba``, converted to the document's format by the plugin's
+    own pure converter (checked against Krita's in the colour scenario)."""
+    from easel_krita import pixels
+    layer = doc.createNode(name, "paintlayer")
+    root = doc.rootNode()
+    children = root.childNodes()
+    root.addChildNode(layer, children[-1] if children else None)
+    linear = pixels.is_linear_profile(doc.colorProfile())
+    layer.setPixelData(pixels.from_rgba8(rgba, doc.colorDepth(), linear), x, y, w, h)
+    doc.refreshProjection()
+    doc.waitForDone()
+    return layer
+
+
+def select(doc, x, y, w, h, value=255):
+    sel = Selection()
+    sel.select(x, y, w, h, value)
+    doc.setSelection(sel)
+
+
+def snapshot(doc):
+    """Every layer's name and bytes, to prove sources were not touched."""
+    return {n.name(): bytes(n.pixelData(0, 0, W, H)) for n in doc.rootNode().childNodes() if n.type() == "paintlayer"}
+
+
+def easel_layers(doc):
+    group = [n for n in doc.rootNode().childNodes() if n.name() == "Easel" and n.type() == "grouplayer"]
+    return group, (group[0].childNodes() if group else [])
+
+
+def alpha_of(doc, layer):
+    """The layer's alpha over the canvas as 0..255 values, in any depth."""
+    from easel_krita import pixels
+    linear = pixels.is_linear_profile(doc.colorProfile())
+    rgba = pixels.to_rgba8(bytes(layer.pixelData(0, 0, W, H)), doc.colorDepth(), linear)
+    return rgba[3::4], rgba
+
+
+def check(condition, message):
+    if not condition:
+        raise AssertionError(message)
+
+
+class Rig:
+    """The plugin's worker and session, connected to the test server."""
+
+    def __init__(self, url, reconnect=False):
+        from easel_krita.session import Session
+        from easel_krita.worker import Worker
+        self.worker = Worker()
+        self.worker.auto_reconnect = reconnect
+        self.session = Session(self.worker)
+        self.worker.configure(url)
+        wait_for(None, timeout=30, until=lambda: self.worker.state in ("connected", "disconnected"))
+
+    def run(self, doc, settings, controls=(), references=(), apply=True):
+        """The Generate button's path: returns ('finished', results) / ('failed', msg) / ('cancelled',)."""
+        s = self.session
+        job = s.generate(doc, settings, list(controls), list(references))
+        while True:
+            fired = wait_for(s, ["finished", "failed", "cancelled"])
+            check(fired is not None, "the job did not end within the time limit")
+            name, args = fired
+            if args[0] != job:
+                continue
+            if name == "finished" and apply:
+                s.apply(args[1][0])
+            return (name,) + tuple(args[1:])
+
+
+def settings(**kw):
+    from easel_krita.plan import Settings
+    base = dict(prompt="a red door", steps=4, seed=7, preview_every=0)
+    base.update(kw)
+    return Settings(**base)
+
+
+def rect_band(alpha, box, margin):
+    """Check alpha: 255 inside ``box``, 0 beyond ``box`` grown by ``margin``, and the soft edge
+    mirror-symmetric about the box's centre lines (so the layer sits exactly on the selection)."""
+    x, y, w, h = box
+    for py in range(y - margin, y + h + margin):
+        for px in range(x - margin, x + w + margin):
+            a = alpha[py * W + px]
+            mx, my = 2 * x + w - 1 - px, 2 * y + h - 1 - py
+            if a != alpha[py * W + mx] or a != alpha[my * W + px]:
+                raise AssertionError(f"the layer's alpha is not symmetric about the selection at ({px},{py}): "
+                                     f"{a} vs {alpha[py * W + mx]} / {alpha[my * W + px]}")
+    for py in range(H):
+        for px in range(W):
+            a = alpha[py * W + px]
+            inside = x <= px < x + w and y <= py < y + h
+            near = x - margin <= px < x + w + margin and y - margin <= py < y + h + margin
+            if inside and a != 255:
+                raise AssertionError(f"pixel ({px},{py}) inside the selection has alpha {a}, not 255")
+            if not near and a != 0:
+                raise AssertionError(f"pixel ({px},{py}) {margin}px beyond the selection has alpha {a}, not 0")
+
+
+# -- scenarios ---------------------------------------------------------------------------------
+
+def scenario_plugin_loads(ctx):
+    """The zip, imported by Krita's own importer, loads and registers its docker and actions."""
+    import easel_krita
+    from easel_krita import extension, protocol
+    check(easel_krita.__file__.startswith(ctx["pykrita"]), f"easel_krita came from {easel_krita.__file__}")
+    check(protocol._BUNDLED, "the bundled shared/ package was not used")
+    import websockets
+    check(websockets.__file__.startswith(ctx["pykrita"]), f"websockets came from {websockets.__file__}")
+    names = [type(e).__name__ for e in Krita.instance().extensions()]
+    check("EaselExtension" in names, f"no EaselExtension among {names}")
+    check(os.path.exists(os.path.join(ctx["resources"], "actions", "easel_krita.action")), "no action file")
+    from easel_krita.docker import EaselDocker  # the docker class imports with Krita's Qt
+    check(issubclass(EaselDocker, extension.host.DockWidget), "the docker is not a DockWidget")
+
+
+def scenario_inpaint_selection(ctx):
+    doc = new_doc()
+    paint_layer(doc, "paint", fill_rgba8())
+    before = snapshot(doc)
+    select(doc, 150, 100, 40, 30)
+    outcome = ctx["rig"].run(doc, settings())
+    check(outcome[0] == "finished", f"job ended with {outcome}")
+    group, layers = easel_layers(doc)
+    check(len(group) == 1 and len(layers) == 1, f"expected one layer in one Easel group, got {len(layers)}")
+    check(doc.rootNode().childNodes()[-1].name() == "Easel", "the Easel group is not on top")
+    layer = layers[0]
+    check(layer.name() == "a red door [7]", f"layer name {layer.name()!r}")
+    alpha, _ = alpha_of(doc, layer)
+    rect_band(alpha, (150, 100, 40, 30), 33)  # mask_margin(8, 16) = 33
+    check(any(alpha[py * W + px] not in (0, 255) for py in range(H) for px in range(W)), "no feathered edge")
+    check(snapshot(doc) == before, "a source layer changed")
+    doc.close()
+
+
+def scenario_soft_selection(ctx):
+    doc = new_doc()
+    paint_layer(doc, "paint", fill_rgba8())
+    select(doc, 60, 50, 80, 60, 128)
+    outcome = ctx["rig"].run(doc, settings(seed=3))
+    check(outcome[0] == "finished", f"job ended with {outcome}")
+    alpha, _ = alpha_of(doc, easel_layers(doc)[1][0])
+    core = [alpha[py * W + px] for py in range(70, 90) for px in range(80, 120)]
+    check(all(120 <= a <= 136 for a in core), f"a 50% selection gave alpha {min(core)}..{max(core)}")
+    doc.close()
+
+
+def scenario_refine_whole_image(ctx):
+    doc = new_doc()
+    paint_layer(doc, "paint", fill_rgba8())
+    before = snapshot(doc)
+    outcome = ctx["rig"].run(doc, settings(strength=0.5, steps=4))
+    check(outcome[0] == "finished", f"job ended with {outcome}")
+    result = outcome[1][0]
+    check((result.x, result.y, result.width, result.height) == (0, 0, W, H), f"placed at {result.x, result.y}")
+    alpha, rgba = alpha_of(doc, easel_layers(doc)[1][0])
+    check(set(alpha) == {255}, "a refine of the whole image is not opaque everywhere")
+    check(snapshot(doc) == before, "a source layer changed")
+    doc.close()
+
+
+def scenario_refine_big_canvas(ctx):
+    """A canvas larger than the model's size is sent scaled down and the result scaled back up."""
+    w, h = 1400, 1000
+    doc = Krita.instance().createDocument(w, h, "big", "RGBA", "U8", "", 72.0)
+    doc.setBatchmode(True)
+    layer = doc.createNode("paint", "paintlayer")
+    doc.rootNode().addChildNode(layer, None)
+    row = b"".join(bytes((x % 256, (x * 3) % 256, 128, 255)) for x in range(w))
+    layer.setPixelData(row * h, 0, 0, w, h)
+    doc.refreshProjection()
+    doc.waitForDone()
+    before = bytes(layer.pixelData(0, 0, w, h))
+    outcome = ctx["rig"].run(doc, settings(strength=0.5, steps=2))
+    check(outcome[0] == "finished", f"job ended with {outcome}")
+    result = outcome[1][0]
+    check((result.x, result.y, result.width, result.height) == (0, 0, w, h), f"placed at {vars(result)}")
+    new = easel_layers(doc)[1][0]
+    bounds = new.bounds()
+    check((bounds.x(), bounds.y(), bounds.width(), bounds.height()) == (0, 0, w, h), f"layer bounds {bounds}")
+    check(set(bytes(new.pixelData(0, 0, w, h))[3::4]) == {255}, "the refined layer is not opaque everywhere")
+    check(bytes(layer.pixelData(0, 0, w, h)) == before, "the source layer changed")
+    doc.close()
+
+
+def scenario_generate_whole_image(ctx):
+    doc = new_doc()
+    paint_layer(doc, "paint", fill_rgba8())
+    outcome = ctx["rig"].run(doc, settings(strength=1.0, steps=2))
+    check(outcome[0] == "finished", f"job ended with {outcome}")
+    alpha, _ = alpha_of(doc, easel_layers(doc)[1][0])
+    check(set(alpha) == {255}, "a generated picture does not cover the canvas")
+    doc.close()
+
+
+def scenario_control_and_reference(ctx):
+    from easel_krita.session import ControlLayer, ReferenceLayer
+    doc = new_doc()
+    paint_layer(doc, "paint", fill_rgba8())
+    lines = bytearray(W * H * 4)
+    for y in range(H):
+        for x in range(W):
+            on = (x % 24 < 3) or (y % 24 < 3)
+            lines[(y * W + x) * 4:(y * W + x) * 4 + 4] = bytes((255, 255, 255, 255) if on else (0, 0, 0, 255))
+    line_layer = paint_layer(doc, "lines", bytes(lines))
+    line_layer.setVisible(False)
+    ref_layer = paint_layer(doc, "reference", fill_rgba8(seed=1)[::-1], 0, 0, W, H)
+    ref_layer.setVisible(False)
+    doc.refreshProjection()
+    doc.waitForDone()
+    before = snapshot(doc)
+    select(doc, 40, 40, 60, 50)
+    rig = ctx["rig"]
+    plain = rig.run(doc, settings(seed=11), apply=False)
+    steered = rig.run(doc, settings(seed=11), [ControlLayer(line_layer, "canny", 1.0, 0.0, 1.0)],
+                      [ReferenceLayer(ref_layer, 1.0, "style")])
+    check(plain[0] == "finished" and steered[0] == "finished", f"jobs ended with {plain[0]}, {steered[0]}")
+    a, b = plain[1][0], steered[1][0]
+    check((a.x, a.y, a.width, a.height) == (b.x, b.y, b.width, b.height), "control changed the placement")
+    check(a.rgba != b.rgba, "the control layer and reference changed nothing")
+    layers = easel_layers(doc)[1]
+    check(len(layers) == 1, f"{len(layers)} layers in the Easel group")
+    alpha, _ = alpha_of(doc, layers[0])
+    rect_band(alpha, (40, 40, 60, 50), 33)
+    check(snapshot(doc) == before, "a source layer changed")
+    # The "Make map layer" button: a canny map of the line layer, inserted above it.
+    job = rig.session.preprocess_layer(doc, line_layer, "canny")
+    fired = wait_for(rig.session, ["preprocessed", "failed"])
+    check(fired and fired[0] == "preprocessed" and fired[1][0] == job, f"preprocess ended with {fired}")
+    names = [n.name() for n in doc.rootNode().childNodes()]
+    check("canny map of lines" in names and names.index("canny map of lines") == names.index("lines") + 1,
+          f"the map layer is not just above its source: {names}")
+    map_alpha, map_rgba = alpha_of(doc, doc.nodeByName("canny map of lines"))
+    check(set(map_alpha) == {255} and len(set(map_rgba[0::4])) > 1, "the map layer is empty")
+    check(snapshot(doc)["lines"] == before["lines"], "the map's source layer changed")
+    doc.close()
+
+
+def _compare_to_krita(doc, layer="paint"):
+    """Our conversion of a layer to 8-bit sRGB against Krita's own (a clone converted to sRGB 8-bit).
+
+    Layers, not the merged image: Krita re-composites a converted clone in the new space, which
+    differs from the original wherever layers are partly transparent.
+    """
+    from easel_krita import pixels
+    ours = pixels.to_rgba8(bytes(doc.nodeByName(layer).pixelData(0, 0, W, H)), doc.colorDepth(),
+                           pixels.is_linear_profile(doc.colorProfile()))
+    clone = doc.clone()
+    clone.setBatchmode(True)
+    clone.setColorSpace("RGBA", "U8", "sRGB-elle-V2-srgbtrc.icc")
+    clone.waitForDone()
+    theirs = pixels.swap_red_blue(bytes(clone.nodeByName(layer).pixelData(0, 0, W, H)))
+    clone.close()
+    worst = max(abs(a - b) for a, b in zip(ours, theirs))
+    check(worst <= 2, f"{doc.colorDepth()}: our sRGB conversion differs from Krita's by up to {worst}")
+
+
+def scenario_eight_bit_channel_order(ctx):
+    """8-bit documents: the picture sent has red where Krita shows red (B,G,R,A -> R,G,B,A)."""
+    from easel_krita import pixels
+    doc = new_doc()
+    paint_layer(doc, "paint", fill_rgba8())
+    ours = pixels.to_rgba8(bytes(doc.pixelData(0, 0, W, H)), "U8", False)
+    shown = doc.thumbnail(W, H)  # Krita's own rendering, as a QImage
+    for x, y in ((0, 0), (255, 0), (0, 191), (200, 150), (37, 91)):
+        colour = shown.pixelColor(x, y)
+        i = (y * W + x) * 4
+        check(tuple(ours[i:i + 3]) == (colour.red(), colour.green(), colour.blue()),
+              f"pixel ({x},{y}): sent {tuple(ours[i:i + 3])}, Krita shows {colour.getRgb()[:3]}")
+    check(len(set(ours[0::4])) > 100 and ours[0::4] != ours[2::4], "the test picture has no colour")
+    doc.close()
+
+
+def scenario_float_document(ctx):
+    doc = new_doc("F32")
+    check(doc.colorProfile() == "sRGB-elle-V2-g10.icc", f"float profile {doc.colorProfile()}")
+    paint_layer(doc, "paint", fill_rgba8())
+    _compare_to_krita(doc)
+    before = snapshot(doc)
+    select(doc, 100, 60, 50, 40)
+    outcome = ctx["rig"].run(doc, settings(seed=5))
+    check(outcome[0] == "finished", f"job ended with {outcome}")
+    layer = easel_layers(doc)[1][0]
+    alpha, rgba = alpha_of(doc, layer)
+    rect_band(alpha, (100, 60, 50, 40), 33)
+    # The layer holds the server's sRGB colours, converted to linear float and back losslessly.
+    result = outcome[1][0]
+    for py in range(result.height):
+        for px in range(result.width):
+            i, j = ((result.y + py) * W + result.x + px) * 4, (py * result.width + px) * 4
+            if result.rgba[j + 3] and any(abs(rgba[i + c] - result.rgba[j + c]) > 1 for c in range(4)):
+                raise AssertionError(f"float layer pixel {px},{py} is {rgba[i:i + 4]!r}, "
+                                     f"server sent {result.rgba[j:j + 4]!r}")
+    check(snapshot(doc) == before, "a source layer changed")
+    doc.close()
+
+
+def scenario_sixteen_bit_colours(ctx):
+    """16-bit integer, half-float and linear 8-bit documents: our sRGB conversion agrees with Krita's."""
+    see_through = bytearray(fill_rgba8())
+    see_through[3::4] = bytes(i % 256 for i in range(W * H))  # every alpha value, never curved
+    for depth in ("U16", "F16", "U8-linear"):
+        if depth == "U8-linear":
+            doc = Krita.instance().createDocument(W, H, "linear8", "RGBA", "U8", "sRGB-elle-V2-g10.icc", 72.0)
+            doc.setBatchmode(True)
+            check(doc.colorProfile() == "sRGB-elle-V2-g10.icc", doc.colorProfile())
+        else:
+            doc = new_doc(depth)
+        paint_layer(doc, "paint", bytes(see_through))
+        _compare_to_krita(doc)
+        doc.close()
+
+
+def scenario_cancel_inserts_nothing(ctx):
+    doc = new_doc()
+    paint_layer(doc, "paint", fill_rgba8())
+    select(doc, 20, 20, 50, 50)
+    s = ctx["rig"].session
+    job = s.generate(doc, settings(steps=60, batch=3, preview_every=1))
+    fired = wait_for(s, ["progress", "finished", "failed", "cancelled"])
+    check(fired and fired[0] == "progress", f"expected progress first, got {fired}")
+    s.cancel(job)
+    fired = wait_for(s, ["finished", "failed", "cancelled"])
+    check(fired and fired[0] == "cancelled" and fired[1][0] == job, f"cancel ended with {fired}")
+    check(easel_layers(doc) == ([], []), "a cancelled job added layers")
+    # The connection still works after a cancel.
+    outcome = ctx["rig"].run(doc, settings(steps=2))
+    check(outcome[0] == "finished", f"the next job ended with {outcome}")
+    doc.close()
+
+
+def scenario_unreachable_server(ctx):
+    from easel_krita.plan import PlanError
+    doc = new_doc()
+    paint_layer(doc, "paint", fill_rgba8())
+    select(doc, 20, 20, 50, 50)
+    rig = Rig(ctx["bad_url"])
+    check(rig.worker.state == "disconnected", f"state {rig.worker.state}")
+    check("cannot reach the easel server" in rig.worker.message.lower(), f"message {rig.worker.message!r}")
+    try:
+        rig.session.generate(doc, settings())
+        raise AssertionError("generate did not refuse")
+    except PlanError as exc:
+        check("Not connected to the Easel server" in str(exc) and "Traceback" not in str(exc), str(exc))
+    check(easel_layers(doc) == ([], []), "a layer was added")
+    rig.worker.stop()
+    doc.close()
+    # A fresh plugin with the default address tries it at once (whatever answers there).
+    from easel_krita import protocol
+    from easel_krita.worker import Worker
+    fresh = Worker()
+    fresh.auto_reconnect = False
+    fresh.configure(protocol.messages.DEFAULT_URL)
+    wait_for(None, timeout=20, until=lambda: fresh.state != "connecting")
+    check(fresh.state in ("connected", "disconnected") and "8760" in fresh.message, fresh.message)
+    fresh.stop()
+
+
+def scenario_reconnects_by_itself(ctx):
+    """When the connection drops (a server restart), the plugin notices while idle and reconnects."""
+    from easel_krita import worker
+    saved = worker.HEARTBEAT_S, worker.RECONNECT_MS
+    worker.HEARTBEAT_S, worker.RECONNECT_MS = 1, 500  # the same path, only sooner
+    try:
+        _reconnect(Rig(ctx["url"], reconnect=True))
+    finally:
+        worker.HEARTBEAT_S, worker.RECONNECT_MS = saved
+
+
+def _reconnect(rig):
+    check(rig.worker.state == "connected", rig.worker.message)
+    states = []
+    rig.worker.state_changed.connect(lambda state, message: states.append((state, message)))
+    rig.worker._client._ws.close()  # what the plugin sees when the server goes away
+    wait_for(None, timeout=30, until=lambda: ("connected" in [s for s, _ in states]))
+    kinds = [s for s, _ in states]
+    check("disconnected" in kinds and kinds[-1] == "connected", f"states {states}")
+    lost = [m for s, m in states if s == "disconnected"][0]
+    check("Lost the connection" in lost, lost)
+    doc = new_doc()
+    paint_layer(doc, "paint", fill_rgba8())
+    outcome = rig.run(doc, settings(strength=0.5, steps=2))
+    check(outcome[0] == "finished", f"a job after reconnecting ended with {outcome}")
+    rig.worker.stop()
+    doc.close()
+
+
+def scenario_server_error_is_a_sentence(ctx):
+    doc = new_doc()
+    paint_layer(doc, "paint", fill_rgba8())
+    outcome = ctx["rig"].run(doc, settings(model="no-such-model", strength=0.5))
+    check(outcome[0] == "failed", f"job ended with {outcome}")
+    check("no-such-model" in outcome[1] and "Traceback" not in outcome[1], outcome[1])
+    check(easel_layers(doc) == ([], []), "a failed job added a layer")
+    doc.close()
+
+
+def scenario_cmyk_refused(ctx):
+    from easel_krita.pixels import UnsupportedColor
+    doc = new_doc("U8", "CMYKA")
+    try:
+        ctx["rig"].session.generate(doc, settings())
+        raise AssertionError("a CMYK document was accepted")
+    except UnsupportedColor as exc:
+        check("CMYK" in str(exc) and "Convert" in str(exc), str(exc))
+    check(easel_layers(doc) == ([], []), "a layer was added")
+    doc.close()
+
+
+def scenario_docker_buttons(ctx):
+    """The docker itself (offscreen): Generate, the results list, Discard, and errors as sentences."""
+    from easel_krita import host
+    from easel_krita.docker import EaselDocker
+    host.write_setting("url", os.environ["EASEL_URL"])
+    docker = EaselDocker()
+    doc = new_doc()
+    paint_layer(doc, "paint", fill_rgba8())
+    before = snapshot(doc)
+    docker._document = lambda: doc  # headless Krita has no active window or document
+    wait_for(None, timeout=30, until=lambda: docker.worker.state == "connected")
+    docker.generate()
+    check("Type a prompt" in docker.message.text(), f"an empty prompt said {docker.message.text()!r}")
+    docker.prompt.setPlainText("a red door")
+    docker.steps.setValue(3)
+    docker.batch.setValue(2)
+    docker.fixed_seed.setChecked(True)
+    docker.seed.setValue(40)
+    select(doc, 30, 30, 40, 40)
+    docker.generate_button.click()
+    check(not docker.generate_button.isEnabled() and docker.cancel_button.isEnabled(), "buttons did not switch")
+    fired = wait_for(docker.session, ["finished", "failed", "cancelled"])
+    check(fired and fired[0] == "finished", f"the docker's job ended with {fired}")
+    wait_for(None, timeout=5, until=lambda: docker.result_list.count() == 2)
+    check(docker.result_list.count() == 2, f"{docker.result_list.count()} results listed")
+    layers = easel_layers(doc)[1]
+    check([n.name() for n in layers] == ["a red door [40]"], f"layers {[n.name() for n in layers]}")
+    docker.result_list.setCurrentRow(0)  # newest first: seed 41, not applied yet
+    docker._apply_selected()
+    check(sorted(n.name() for n in easel_layers(doc)[1]) == ["a red door [40]", "a red door [41]"], "apply failed")
+    docker._discard_selected()
+    check([n.name() for n in easel_layers(doc)[1]] == ["a red door [40]"], "discard kept the layer")
+    check(docker.result_list.count() == 1, "discard kept the list entry")
+    check(snapshot(doc) == before, "a source layer changed")
+    # Cancel, as the button (and the Easel: Cancel action) does it.
+    docker.steps.setValue(60)
+    docker.batch.setValue(3)
+    docker.generate_button.click()
+    fired = wait_for(docker.session, ["progress", "finished", "failed", "cancelled"])
+    check(fired and fired[0] == "progress", f"expected progress, got {fired}")
+    docker.cancel_button.click()
+    fired = wait_for(docker.session, ["finished", "failed", "cancelled"])
+    check(fired and fired[0] == "cancelled", f"cancel ended with {fired}")
+    check(docker.message.text() == "Cancelled; nothing was added.", f"{docker.message.text()} {fired} {docker.job}")
+    check(docker.generate_button.isEnabled() and not docker.cancel_button.isEnabled(), "buttons did not reset")
+    check([n.name() for n in easel_layers(doc)[1]] == ["a red door [40]"], "the cancelled job added a layer")
+    docker._document = lambda: None
+    docker.generate()
+    check(docker.message.text() == "Open a document first.", docker.message.text())
+    doc.close()
+
+
+SCENARIOS = [name for name in list(globals()) if name.startswith("scenario_")]
+
+
+def main(*_args):
+    rc = 1
+    try:
+        rc = _main()
+    except BaseException:
+        REPORT["_setup"] = {"ok": False, "error": traceback.format_exc()}
+        _write()
+    sys.stdout.flush()
+    os._exit(rc)
+
+
+def _write():
+    with open(os.environ["EASEL_REPORT"], "w") as f:
+        json.dump(REPORT, f, indent=1)
+
+
+def _main() -> int:
+    resources = tempfile.mkdtemp(prefix="easel-krita-resources-")
+    sys.path.insert(0, "/usr/share/krita/pykrita")
+    from plugin_importer.plugin_importer import PluginImporter  # Krita's own "Import Python Plugin"
+    imported = PluginImporter(os.environ["EASEL_ZIP"], resources, lambda plugin: True).import_all()
+    assert [p["name"] for p in imported] == ["easel_krita"], imported
+    pykrita = os.path.join(resources, "pykrita")
+    sys.path.insert(0, pykrita)
+    ctx = {"resources": resources, "pykrita": pykrita, "bad_url": os.environ["EASEL_BAD_URL"],
+           "url": os.environ["EASEL_URL"]}
+    wanted = os.environ.get("EASEL_SCENARIOS", "").split(",")
+    import easel_krita  # noqa: F401  registers, as Krita does at start-up
+    ctx["rig"] = Rig(os.environ["EASEL_URL"])
+    for name in SCENARIOS:
+        if wanted != [""] and name[len("scenario_"):] not in wanted:
+            continue
+        start = time.monotonic()
+        try:
+            globals()[name](ctx)
+            REPORT[name] = {"ok": True}
+        except BaseException:
+            REPORT[name] = {"ok": False, "error": traceback.format_exc()}
+        REPORT[name]["seconds"] = round(time.monotonic() - start, 2)
+        print(name, REPORT[name], flush=True)
+        _write()
+    return 0 if all(v["ok"] for v in REPORT.values()) else 1

@@ -1,0 +1,322 @@
+"""The Krita plugin's pure core (no Krita, no Qt): pixel conversions, selection masks, the
+request it builds and where results go, plus the plugin zip. In-Krita tests: test_krita_plugin.py."""
+
+from __future__ import annotations
+
+import ast
+import struct
+import subprocess
+import sys
+import zipfile
+from array import array
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from backend.packaging import build
+from shared.geometry import Box, context_crop, diffusion_size, mask_bounds, mask_margin
+from shared.images import ImageData
+
+from conftest import decode, picture, rect_mask
+
+PLUGIN = Path(__file__).resolve().parents[1] / "krita_plugin"
+sys.path.insert(0, str(PLUGIN))
+
+from easel_krita import pixels, placement, plan  # noqa: E402
+
+
+# -- pixels ------------------------------------------------------------------------------------
+
+def every_value_rgba() -> bytes:
+    """All 256 byte values in every channel (64 pixels)."""
+    return bytes(range(256))
+
+
+def test_bgra_and_rgba_swap_red_and_blue_only():
+    assert pixels.swap_red_blue(bytes([1, 2, 3, 4, 5, 6, 7, 8])) == bytes([3, 2, 1, 4, 7, 6, 5, 8])
+    data = every_value_rgba()
+    assert pixels.swap_red_blue(pixels.swap_red_blue(data)) == data
+    assert pixels.to_rgba8(bytes([10, 20, 30, 40]), "U8", False) == bytes([30, 20, 10, 40])
+
+
+def test_linear_16_bit_becomes_srgb_8_bit():
+    # B, G, R, A of linear light: mid-grey in linear light (0.2158) is sRGB 128; alpha is not curved.
+    quarter = round(pixels.srgb_to_linear(128 / 255) * 65535)
+    data = array("H", [0, quarter, 65535, 32768]).tobytes()
+    assert pixels.to_rgba8(data, "U16", True) == bytes([255, 128, 0, 128])
+    # A non-linear 16-bit document only loses precision.
+    assert pixels.to_rgba8(array("H", [0, 32896, 65535, 65535]).tobytes(), "U16", False) == bytes([255, 128, 0, 255])
+
+
+@pytest.mark.parametrize("depth", ["U16", "F16", "F32"])
+@pytest.mark.parametrize("linear", [True, False])
+def test_every_8_bit_value_survives_a_round_trip(depth, linear):
+    data = every_value_rgba()
+    deep = pixels.from_rgba8(data, depth, linear)
+    assert len(deep) == len(data) * pixels.BYTES_PER_CHANNEL[depth]
+    assert pixels.to_rgba8(deep, depth, linear) == data
+
+
+def test_linear_8_bit_documents_get_the_srgb_curve_on_colour_only():
+    mid = round(pixels.srgb_to_linear(128 / 255) * 255)  # 55
+    assert pixels.to_rgba8(bytes([mid, 255, 0, mid]), "U8", True) == bytes([0, 255, 128, mid])
+    assert pixels.from_rgba8(bytes([0, 255, 128, 7]), "U8", True) == bytes([mid, 255, 0, 7])
+
+
+def test_float_documents_are_rgba_linear_and_clamped():
+    # R, G, B, A order for floats; HDR and negative values clamp; alpha is linear.
+    data = array("f", [1.0, pixels.srgb_to_linear(128 / 255), 0.0, 0.25, 4.0, -1.0, float("nan"), 1.0]).tobytes()
+    assert pixels.to_rgba8(data, "F32", True) == bytes([255, 128, 0, 64, 255, 0, 0, 255])
+    half = struct.pack("<4e", 1.0, 0.5, 0.0, 1.0)
+    assert pixels.to_rgba8(half, "F16", False) == bytes([255, 128, 0, 255])
+    red = pixels.from_rgba8(bytes([255, 128, 0, 255]), "F32", True)
+    assert array("f", red).tolist() == pytest.approx([1.0, pixels.srgb_to_linear(128 / 255), 0.0, 1.0])
+
+
+def test_srgb_curve_matches_the_standard():
+    assert pixels.linear_to_srgb(0.0) == 0 and pixels.linear_to_srgb(1.0) == pytest.approx(1.0)
+    assert pixels.srgb_to_linear(0.5) == pytest.approx(0.214041, abs=1e-6)
+    for v in (0.001, 0.01, 0.3, 0.9):
+        assert pixels.linear_to_srgb(pixels.srgb_to_linear(v)) == pytest.approx(v)
+
+
+@pytest.mark.parametrize("model, word", [("CMYKA", "CMYK"), ("GRAYA", "greyscale"), ("LABA", "L*a*b*")])
+def test_other_colour_models_are_refused_with_a_sentence(model, word):
+    with pytest.raises(pixels.UnsupportedColor, match=word) as error:
+        pixels.check_color(model, "U8")
+    assert "Convert Image Color Space" in str(error.value)
+    pixels.check_color("RGBA", "F32")
+
+
+def test_profiles():
+    assert pixels.is_linear_profile("sRGB-elle-V2-g10.icc")
+    assert not pixels.is_linear_profile("sRGB-elle-V2-srgbtrc.icc")
+    assert not pixels.is_linear_profile("sRGB built-in")
+
+
+# -- selection and plan ------------------------------------------------------------------------
+
+def test_selection_bytes_are_the_mask_and_soft_values_stay():
+    data = bytes([0, 64, 128, 255, 0, 1])
+    assert plan.selection_mask(data, 3, 2) == data
+    with pytest.raises(plan.PlanError, match="6 expected"):
+        plan.selection_mask(data[:5], 3, 2)
+
+
+def test_mode_follows_selection_and_strength():
+    assert plan.choose_mode(True, 1.0) == "inpaint" and plan.choose_mode(True, 0.4) == "inpaint"
+    assert plan.choose_mode(False, 1.0) == "generate" and plan.choose_mode(False, 0.99) == "img2img"
+
+
+def selection_on(width, height, box, value=255):
+    """A Krita-like selection: its bounding box and bytes over it."""
+    x, y, w, h = box
+    return Box(x, y, w, h), bytes([value]) * (w * h)
+
+
+def test_a_small_selection_on_a_huge_canvas_sends_a_small_crop():
+    region = plan.plan_region(8000, 6000, 1.0, 512, selection_on(8000, 6000, (5000, 3000, 100, 80)))
+    assert region.mode == "inpaint"
+    assert (region.box.width, region.box.height) == (512, 512)
+    expected = context_crop(Box(5000, 3000, 100, 80), 8000, 6000, 512, margin=mask_margin(8, 16))
+    assert region.box == expected.box
+    assert region.box.x <= 5000 - 33 and region.box.x1 >= 5100 + 33  # the feathered edge fits
+
+
+def test_selection_bounds_come_from_its_pixels_and_the_canvas():
+    # Krita's selection box can be larger than what is selected, and reach past the canvas.
+    sel_box = Box(-20, -10, 100, 50)
+    data = bytearray(100 * 50)
+    data[30 * 100 + 40] = 90  # one soft pixel at canvas (20, 20)
+    region = plan.plan_region(300, 200, 0.5, 64, (sel_box, bytes(data)), grow=0, feather=0)
+    expected = context_crop(Box(20, 20, 1, 1), 300, 200, 64, margin=mask_margin(0, 0))
+    assert region.mode == "inpaint" and region.box == expected.box
+    # A selection with nothing selected counts as none.
+    assert plan.plan_region(300, 200, 0.5, 512, (sel_box, bytes(5000))).mode == "img2img"
+    with pytest.raises(plan.PlanError, match="outside the canvas"):
+        plan.plan_region(300, 200, 1.0, 512, selection_on(300, 200, (400, 10, 20, 20)))
+
+
+def test_without_a_selection_the_whole_canvas_is_sent():
+    region = plan.plan_region(256, 192, 1.0, 512)
+    assert region.mode == "generate" and region.box == Box(0, 0, 256, 192)
+    assert region.size == region.picture == diffusion_size(256, 192, 512)
+    small = plan.plan_region(256, 192, 0.3, None)
+    assert small.mode == "img2img" and small.picture == (256, 192) and not small.resampled
+    # A canvas larger than the model's size goes out at the model's size (the server would
+    # scale it down anyway), so a refine of a huge canvas sends a small picture.
+    big = plan.plan_region(6000, 4000, 0.3, 512)
+    assert big.box == Box(0, 0, 6000, 4000) and big.picture == big.size == diffusion_size(6000, 4000, 512)
+    assert big.resampled and big.picture[0] * big.picture[1] <= 1.5 * 512 * 512 * 1.05
+
+
+def test_build_inpaint_job():
+    region = plan.Region("inpaint", Box(10, 20, 4, 2), (512, 512))
+    settings = plan.Settings(prompt="a red door", strength=0.8, steps=10, seed=3, batch=2)
+    image, mask = bytes(range(32)), bytes([0, 255, 128, 0, 0, 0, 0, 0])
+    control = plan.ControlUnit("canny", bytes(32), 0.5, 0.1, 0.9, preprocess=True)
+    ref = plan.Reference(bytes(12), 3, 1, 0.7, "style")
+    params = plan.build_job(region, settings, image, mask, [control], [ref]).params
+    assert params["image"] == ImageData("rgba8", 4, 2, image)
+    assert params["mask"] == ImageData("l8", 4, 2, mask)
+    assert (params["strength"], params["steps"], params["seed"], params["batch"]) == (0.8, 10, 3, 2)
+    assert (params["mask_grow"], params["mask_feather"], params["output_format"]) == (8, 16, "rgba8")
+    assert params["control"] == [{"type": "canny", "image": ImageData("rgba8", 4, 2, bytes(32)), "scale": 0.5,
+                                  "start": 0.1, "end": 0.9, "preprocess": "on"}]
+    assert params["references"] == [{"image": ImageData("rgba8", 3, 1, bytes(12)), "weight": 0.7, "mode": "style"}]
+    assert "width" not in params
+
+
+def test_a_big_refine_sends_the_picture_at_model_size(client):
+    region = plan.plan_region(1400, 1000, 0.5, plan.native_size(client.models()))
+    width, height = region.picture
+    rgba = np.asarray(picture(width, height).convert("RGBA")).tobytes()
+    job = plan.build_job(region, plan.Settings(prompt="oil painting", steps=2, seed=1), rgba)
+    assert job.params["image"].width * job.params["image"].height < 1400 * 1000 / 3
+    result = client.run(region.mode, **job.params).images[0]
+    assert (result.image.width, result.image.height) == region.picture
+    spot = placement.place(region, result.offset, result.image.width, result.image.height)
+    assert (spot.x, spot.y, spot.width, spot.height, spot.scale) == (0, 0, 1400, 1000, True)
+
+
+def test_build_generate_job_asks_for_the_crop_at_model_size():
+    region = plan.plan_region(256, 192, 1.0, 512)
+    params = plan.build_job(region, plan.Settings(prompt="x"), None).params
+    assert (params["width"], params["height"]) == region.size
+    assert "image" not in params and "strength" not in params and "mask" not in params
+
+
+@pytest.mark.parametrize("settings, words", [
+    (plan.Settings(prompt="  "), "Type a prompt"),
+    (plan.Settings(prompt="x", steps=3, strength=0.2), "no step"),
+])
+def test_impossible_jobs_are_sentences(settings, words):
+    region = plan.Region("img2img", Box(0, 0, 2, 2), (8, 8))
+    with pytest.raises(plan.PlanError, match=words):
+        plan.build_job(region, settings, bytes(16))
+
+
+def test_wrong_sizes_and_control_ranges_are_refused():
+    region = plan.Region("img2img", Box(0, 0, 2, 2), (8, 8))
+    with pytest.raises(plan.PlanError, match="15 bytes"):
+        plan.build_job(region, plan.Settings(prompt="x"), bytes(15))
+    unit = plan.ControlUnit("depth", bytes(16), start=0.6, end=0.4)
+    with pytest.raises(plan.PlanError, match="start must come before its end"):
+        plan.build_job(region, plan.Settings(prompt="x"), bytes(16), controls=[unit])
+
+
+def test_native_size_comes_from_the_models_reply():
+    reply = {"default": "b", "models": [{"name": "a", "native_size": 1024}, {"name": "b", "native_size": 768}]}
+    assert plan.native_size(reply) == 768 and plan.native_size(reply, "a") == 1024
+    assert plan.native_size(None) == 512 and plan.native_size({"default": "c", "models": []}) == 512
+
+
+# -- placement ---------------------------------------------------------------------------------
+
+def test_layer_offset_is_crop_offset_plus_result_offset():
+    region = plan.Region("inpaint", Box(100, 50, 512, 512), (512, 512))
+    assert placement.place(region, (0, 0), 512, 512) == placement.Placement(100, 50, 512, 512)
+    assert placement.place(region, (8, 16), 64, 32) == placement.Placement(108, 66, 64, 32)
+    generated = plan.Region("generate", Box(0, 0, 250, 190), (592, 448), (592, 448))
+    assert placement.place(generated, (0, 0), 592, 448) == placement.Placement(0, 0, 250, 190, scale=True)
+    refined = plan.plan_region(3000, 2000, 0.5, 512)
+    assert placement.place(refined, (0, 0), *refined.picture) == placement.Placement(0, 0, 3000, 2000, scale=True)
+    small = plan.plan_region(300, 200, 0.5, 512)
+    assert placement.place(small, (0, 0), 300, 200) == placement.Placement(0, 0, 300, 200)
+
+
+def test_layer_names_carry_prompt_and_seed():
+    assert placement.layer_name("a  red\ndoor", 7) == "a red door [7]"
+    long = placement.layer_name("x" * 100, 1)
+    assert long.endswith("… [1]") and len(long) < 50
+
+
+def test_sending_only_the_crop_gives_the_same_layer_as_the_whole_canvas(client):
+    """Against the real server: the plugin's crop + placement reproduce a whole-canvas inpaint."""
+    width, height = 640, 480
+    canvas = np.asarray(picture(width, height).convert("RGBA"))
+    mask = np.asarray(rect_mask((width, height), (500, 380, 560, 420)))
+    common = dict(prompt="a red door", seed=7, steps=2, output_format="rgba8")
+    whole = client.run("inpaint", image=ImageData("rgba8", width, height, canvas.tobytes()),
+                       mask=ImageData("l8", width, height, mask.tobytes()), **common).images[0]
+
+    native = plan.native_size(client.models())
+    sel = mask_bounds(mask.tobytes(), width, height)
+    region = plan.plan_region(width, height, 1.0, native, (sel, mask[sel.y:sel.y1, sel.x:sel.x1].tobytes()))
+    box = region.box
+    assert box.width * box.height < width * height
+    crop = lambda a: np.ascontiguousarray(a[box.y:box.y1, box.x:box.x1]).tobytes()  # noqa: E731
+    job = plan.build_job(region, plan.Settings(prompt="a red door", seed=7, steps=2), crop(canvas), crop(mask))
+    job.params.update(common)
+    part = client.run(region.mode, **job.params).images[0]
+    spot = placement.place(region, part.offset, part.image.width, part.image.height)
+    assert (spot.x, spot.y) == whole.offset and (spot.width, spot.height) == (whole.image.width, whole.image.height)
+    assert np.array_equal(decode(part.image), decode(whole.image))
+
+
+# -- structure and packaging -------------------------------------------------------------------
+
+PURE = ["pixels.py", "plan.py", "placement.py", "protocol.py"]
+
+
+def imports_of(path: Path) -> set[str]:
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names |= {alias.name.split(".")[0] for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0:
+            names.add(node.module.split(".")[0])
+    return names
+
+
+def test_only_the_adapter_imports_krita_and_the_core_no_qt():
+    package = PLUGIN / "easel_krita"
+    importers = sorted(p.name for p in package.glob("*.py") if "krita" in imports_of(p))
+    assert importers == ["__init__.py", "host.py"]  # __init__ only probes whether it runs in Krita
+    for name in PURE:
+        assert not imports_of(package / name) & {"krita", "PyQt5", "PyQt6"}, name
+    assert sorted(p.name for p in package.glob("*.py") if imports_of(p) & {"PyQt5", "PyQt6"}) == ["qt.py"]
+
+
+@pytest.fixture(scope="module")
+def plugin_zip(tmp_path_factory):
+    return build("krita", tmp_path_factory.mktemp("dist"))
+
+
+def test_the_zip_holds_what_krita_imports(plugin_zip):
+    from importlib.metadata import version
+    assert plugin_zip.name == f"easel-krita-{version('easel-bridge')}.zip"
+    names = zipfile.ZipFile(plugin_zip).namelist()
+    for wanted in ("easel.desktop", "easel_krita.action", "easel_krita/", "easel_krita/__init__.py",
+                   "easel_krita/shared/client.py", "easel_krita/_vendor/websockets/sync/client.py",
+                   "easel_krita/_vendor/websockets-LICENSE"):
+        assert wanted in names
+    assert not [n for n in names if n.endswith((".pyc", ".so")) or "__pycache__" in n]
+    desktop = zipfile.ZipFile(plugin_zip).read("easel.desktop").decode()
+    assert "X-KDE-Library=easel_krita" in desktop and "ServiceTypes=Krita/PythonPlugin" in desktop
+
+
+def test_the_unpacked_plugin_runs_on_the_system_python_with_its_bundled_websockets(plugin_zip, tmp_path):
+    # Krita's Python is the system one, which has no (recent) websockets: the bundled copy must do.
+    zipfile.ZipFile(plugin_zip).extractall(tmp_path)
+    code = ("import sys; sys.path.insert(0, sys.argv[1]); import easel_krita; from easel_krita import protocol; "
+            "protocol.client_module(); import websockets; assert protocol._BUNDLED; print(websockets.__file__)")
+    out = subprocess.run(["/usr/bin/python3", "-c", code, str(tmp_path)], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith(str(tmp_path / "easel_krita" / "_vendor"))
+
+
+def test_actions_have_shortcuts_that_krita_does_not_use_already():
+    import re
+    from xml.etree import ElementTree
+    tree = ElementTree.parse(PLUGIN / "easel_krita.action")
+    shortcuts = {a.get("name"): a.findtext("shortcut") for a in tree.iter("Action")}
+    source = (PLUGIN / "easel_krita" / "extension.py").read_text()
+    assert set(shortcuts) == set(re.findall(r'"(easel_\w+)": "Easel: ', source)) == {"easel_generate", "easel_cancel"}
+    assert all(shortcuts.values())
+    krita_actions = Path("/usr/share/krita/actions")
+    if krita_actions.is_dir():  # Krita's own defaults, where it is installed
+        taken = {s.lower() for f in krita_actions.glob("*.action")
+                 for s in re.findall(r"<shortcut>([^<]+)</shortcut>", f.read_text())}
+        assert not {s.lower() for s in shortcuts.values()} & taken

@@ -1,0 +1,75 @@
+"""The Krita plugin inside real Krita: kritarunner (offscreen) against a real server on the demo model.
+
+One kritarunner process imports the built zip with Krita's own plugin importer and runs every
+scenario of tests/krita_scripts/easel_scenarios.py (a Krita start costs seconds); each test here checks one
+scenario's verdict.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from backend.packaging import build
+
+KRITARUNNER = shutil.which("kritarunner")
+pytestmark = pytest.mark.skipif(KRITARUNNER is None, reason="kritarunner is not installed (apt-get install krita)")
+SCRIPTS = Path(__file__).parent / "krita_scripts"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def krita_report(server, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("krita")
+    plugin_zip = build("krita", tmp / "dist")
+    home = tmp / "home"
+    env = {
+        **os.environ,
+        "QT_QPA_PLATFORM": "offscreen",
+        # A fresh Krita profile: nothing from the machine's own Krita settings or plugins.
+        "HOME": str(home), "XDG_DATA_HOME": str(home / "data"), "XDG_CONFIG_HOME": str(home / "config"),
+        "XDG_CACHE_HOME": str(home / "cache"), "XDG_RUNTIME_DIR": str(tmp / "runtime"),
+        "PYTHONPATH": str(SCRIPTS),
+        "EASEL_ZIP": str(plugin_zip), "EASEL_URL": server.url,
+        "EASEL_BAD_URL": f"ws://127.0.0.1:{free_port()}/", "EASEL_REPORT": str(tmp / "report.json"),
+    }
+    (tmp / "runtime").mkdir(mode=0o700)
+    for key in ("PYTHONHOME", "VIRTUAL_ENV"):  # Krita's Python is the system one, not this venv
+        env.pop(key, None)
+    proc = subprocess.run([KRITARUNNER, "-s", "easel_scenarios", "-f", "main"], env=env, cwd=tmp,
+                          capture_output=True, text=True, timeout=600)
+    report_file = tmp / "report.json"
+    report = json.loads(report_file.read_text()) if report_file.exists() else {}
+    if "_setup" in report or not report:
+        pytest.fail(f"the Krita run failed before its scenarios (rc {proc.returncode}):\n"
+                    f"{report.get('_setup', '')}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    report["_rc"] = proc.returncode
+    return report
+
+
+SCENARIOS = ["plugin_loads", "inpaint_selection", "soft_selection", "refine_whole_image", "refine_big_canvas", "generate_whole_image",
+             "control_and_reference", "eight_bit_channel_order", "float_document", "sixteen_bit_colours", "cancel_inserts_nothing",
+             "unreachable_server", "reconnects_by_itself", "server_error_is_a_sentence", "cmyk_refused", "docker_buttons"]
+
+
+@pytest.mark.parametrize("name", SCENARIOS)
+def test_in_krita(krita_report, name):
+    verdict = krita_report.get(f"scenario_{name}")
+    assert verdict is not None, f"scenario {name} did not run"
+    assert verdict["ok"], verdict["error"]
+
+
+def test_kritarunner_exit_status_follows_the_scenarios(krita_report):
+    failed = [k for k, v in krita_report.items() if isinstance(v, dict) and not v["ok"]]
+    assert krita_report["_rc"] == (1 if failed else 0)
