@@ -125,7 +125,7 @@ def cmd_serve(args) -> int:
         print(f"easel: {exc}", file=sys.stderr)
         return 2
 
-    device, dtype = pick_device(config.device)
+    device, dtype = pick_device(config.device, config.performance.dtype)
     registry = ModelRegistry(config, device, dtype)
     if args.model:  # an explicit model must load, or we say so now rather than at the first job
         try:

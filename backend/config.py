@@ -21,6 +21,9 @@
     weights = "/path/to/ip-adapter_sd15.safetensors"
     image_encoder = "/path/to/image_encoder"
 
+    [performance]              # speed switches; see backend/performance.py
+    dtype = "auto"
+
     [models.sd15]
     source = "/path/to/A1111/models/Stable-diffusion/v1-5-pruned-emaonly.safetensors"
     family = "sd15"            # guessed from the weights when omitted
@@ -37,6 +40,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from backend.performance import Performance, PerformanceError, parse_performance
 from shared.messages import CONTROL_TYPES, DEFAULT_PORT, FAMILIES
 
 if sys.version_info >= (3, 11):
@@ -98,6 +102,7 @@ class Config:
     ip_adapters: dict[str, AdapterSpec] = field(default_factory=dict)  # family -> adapter
     limits: Limits = field(default_factory=Limits)
     demo: bool = False
+    performance: Performance = field(default_factory=Performance)  # [performance]: backend/performance.py
 
     def check(self) -> "Config":
         """Raise ConfigError for settings that must not run."""
@@ -173,6 +178,10 @@ def load_config(path: str | Path | None = None) -> Config:
                               ".safetensors file) and `image_encoder` (a folder)")
         config.ip_adapters[family] = AdapterSpec(
             *(str((path.parent / Path(entry[key]).expanduser()).resolve()) for key in ("weights", "image_encoder")))
+    try:
+        config.performance = parse_performance(data.get("performance", {}))
+    except PerformanceError as exc:
+        raise ConfigError(str(exc)) from None
     for folder in config.controlnet_folders:
         folder = (path.parent / Path(folder).expanduser()).resolve()
         for (family, kind), source in scan_controlnet_folder(folder).items():
