@@ -164,3 +164,17 @@ def test_vae_tiling_above_the_threshold(demo_config, monkeypatch):
     assert calls and pixels.shape == (128, 128, 4) and pixels[..., :3].std() > 1
     run(tiled, generate(size=64))
     assert not vae.use_tiling  # switched back off for the small job
+
+
+def test_compile_leaves_sizes_outside_its_buckets_eager(demo_config, engine):
+    """Compiling on a CPU takes minutes, so this checks the dispatch: a job whose size is not a
+    compile bucket runs the modules eagerly (nothing traced, same pixels), so an odd crop size
+    never triggers a recompile on the painter's time."""
+    from torch._dynamo.utils import counters
+
+    compiled = engine_with(demo_config, compile=True, compile_sizes=[(1024, 1024)])
+    traced = counters["frames"]["total"]
+    np.testing.assert_array_equal(run(compiled, generate()), run(engine, generate()))
+    assert counters["frames"]["total"] == traced
+    assert compiled.speed.compile_sizes(512) == {(1024, 1024)}
+    assert engine_with(demo_config, compile=True).speed.compile_sizes(512) == {(512, 512)}  # default: native
