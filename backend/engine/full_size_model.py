@@ -77,7 +77,7 @@ CONTROLNET_EMBEDDING = (16, 32, 96, 256)
 SD15_SCHEDULER = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
                       set_alpha_to_one=False, skip_prk_steps=True, steps_offset=1)
 SDXL_SCHEDULER = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
-                      interpolation_type="linear", prediction_type="epsilon", sample_max_value=1.0,
+                      interpolation_type="linear", prediction_type="epsilon",
                       steps_offset=1, timestep_spacing="leading", use_karras_sigmas=False)
 
 # Parameter counts of the published checkpoints, which the modules above must reproduce.

@@ -52,7 +52,7 @@ def pick_device(preference: str = "auto", dtype: str = "auto") -> tuple[torch.de
     if dtype != "auto":
         return device, {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}[dtype]
     if device.type == "cuda" and torch.cuda.is_bf16_supported():
-        return device, torch.bfloat16  # fp16's range without its overflows, same speed on tensor cores
+        return device, torch.bfloat16  # float32's range (no fp16 overflows), fp16's tensor-core speed
     return device, (torch.float32 if device.type == "cpu" else torch.float16)
 
 
