@@ -2,7 +2,7 @@
 for speed. Parsing only (no torch here), so the config loads fast and bad values fail early.
 
     [performance]
-    dtype = "auto"            # auto | fp16 | bf16 | fp32   (auto: bf16 on CUDA that has it, else fp16; fp32 on CPU)
+    dtype = "auto"            # auto | fp16 | bf16 | fp32  (auto: bf16 on CUDA with bf16, else fp16; fp32 on CPU)
     sdpa = true               # PyTorch's fused attention (diffusers' default on torch 2); false: the classic kernel
     channels_last = "auto"    # auto | true | false   (auto: on CUDA only)
     compile = "auto"          # auto | true | false   torch.compile (auto: on CUDA only)

@@ -46,7 +46,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from overhead import ROOT, canvas, depth_map, describe_device, edge_map, quiet_libraries  # noqa: E402,F401
+# overhead.py puts the repository on sys.path for the backend imports below
+from overhead import canvas, depth_map, describe_device, edge_map, quiet_libraries  # noqa: E402
 
 import diffusers  # noqa: E402
 import numpy as np  # noqa: E402
@@ -324,7 +325,7 @@ def run_family(root: Path, family: str, args, device, easel_dtype, reference_dty
     print(f"\nmemory: easel peak after its first mode ({modes[0]}) {gib(easel[modes[0]].peak_bytes)}, with all "
           f"{len(modes)} modes loaded {gib(easel[modes[-1]].peak_bytes)}; reference {modes[0]} pipeline alone "
           f"{gib(reference[modes[0]].peak_bytes)} (easel peaks are cumulative: earlier modes stay loaded)")
-    print(f"overhead: easel wall time outside Engine.run (upload, queue, result transfer) as a share of the job")
+    print("overhead: easel wall time outside Engine.run (upload, queue, result transfer) as a share of the job")
     print(f"previews: fitting the linear preview {fit:.2f} s once per model; a 256 px preview "
           f"{1000 * per_preview:.2f} ms = {100 * per_preview / step:.2f}% of an easel {modes[0]} step "
           f"({step:.3f} s)")

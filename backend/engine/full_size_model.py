@@ -131,7 +131,8 @@ def build(family: str, part: str, device: str = "cpu"):
         if part == "image_encoder":
             from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
 
-            return CLIPVisionModelWithProjection(CLIPVisionConfig(**(VIT_H_VISION if family == "sd15" else BIGG_VISION)))
+            vision = VIT_H_VISION if family == "sd15" else BIGG_VISION
+            return CLIPVisionModelWithProjection(CLIPVisionConfig(**vision))
     raise ValueError(f"unknown part {part!r}")
 
 
