@@ -80,6 +80,11 @@ def main(argv: list[str] | None = None) -> int:
 
     demo_model = commands.add_parser("demo-model", help="write the tiny random-weight demo model family")
     demo_model.add_argument("dir")
+    demo_model.add_argument("--full-size", action="store_true",
+                            help="write SD1.5 / SDXL at their real sizes instead (random weights, fp16; for "
+                                 "benchmarks: about 6 GB for sd15 and 18 GB for sdxl)")
+    demo_model.add_argument("--family", action="append", choices=("sd15", "sdxl"),
+                            help="with --full-size: only this family (repeatable; default both)")
     demo_model.set_defaults(func=cmd_demo_model)
 
     package = commands.add_parser("package", help="build the Krita plugin zip or the A1111 extension folder")
@@ -128,7 +133,7 @@ def cmd_serve(args) -> int:
         print(f"easel: {exc}", file=sys.stderr)
         return 2
 
-    device, dtype = pick_device(config.device)
+    device, dtype = pick_device(config.device, config.performance.dtype)
     registry = ModelRegistry(config, device, dtype)
     if args.model:  # an explicit model must load, or we say so now rather than at the first job
         try:
@@ -342,6 +347,16 @@ def _output_paths(out: str, count: int) -> list[Path]:
 # -- demo -------------------------------------------------------------------------------------
 
 def cmd_demo_model(args) -> int:
+    if args.full_size:
+        from backend.engine.full_size_model import FAMILIES, write_full_size_model
+
+        root = write_full_size_model(args.dir, tuple(args.family or FAMILIES),
+                                     log=lambda line: log.info("writing %s", line))
+        print(f"full-size random model written to {root}; serve it with: easel serve --config {root / 'easel.toml'}")
+        return 0
+    if args.family:
+        print("easel: --family needs --full-size", file=sys.stderr)
+        return 2
     from backend.engine.demo_model import write_demo_model_with_config
 
     root = write_demo_model_with_config(args.dir)

@@ -23,6 +23,9 @@
     image_encoder = "/path/to/image_encoder"
     face = "/path/to/ip-adapter-plus-face_sd15.safetensors"   # optional: the `face` reference mode
 
+    [performance]              # speed switches; see backend/performance.py
+    dtype = "auto"
+
     [models.sd15]
     source = "/path/to/A1111/models/Stable-diffusion/v1-5-pruned-emaonly.safetensors"
     family = "sd15"            # guessed from the weights when omitted
@@ -39,6 +42,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from backend.performance import Performance, PerformanceError, parse_performance
 from shared.messages import CONTROL_TYPES, DEFAULT_PORT, FAMILIES
 
 if sys.version_info >= (3, 11):
@@ -103,6 +107,7 @@ class Config:
     ip_adapters: dict[str, AdapterSpec] = field(default_factory=dict)  # family -> adapter
     limits: Limits = field(default_factory=Limits)
     demo: bool = False
+    performance: Performance = field(default_factory=Performance)  # [performance]: backend/performance.py
 
     def check(self) -> "Config":
         """Raise ConfigError for settings that must not run."""
@@ -186,6 +191,10 @@ def load_config(path: str | Path | None = None) -> Config:
                               "image_encoder, face, face_image_encoder")
         config.ip_adapters[family] = AdapterSpec(**{key: _local_or_hub(value, path.parent)
                                                     for key, value in entry.items()})
+    try:
+        config.performance = parse_performance(data.get("performance", {}))
+    except PerformanceError as exc:
+        raise ConfigError(str(exc)) from None
     for folder in config.controlnet_folders:
         folder = (path.parent / Path(folder).expanduser()).resolve()
         for (family, kind), source in scan_controlnet_folder(folder).items():

@@ -72,7 +72,7 @@ class IPAdapters:
         unconditional one first when classifier-free guidance runs, as the pipelines expect."""
         import torch
 
-        device = pipe.unet.device
+        device = pipe._execution_device  # the GPU even when model CPU offload parks the UNet
         conditional, unconditional = [], []
         for image in images:
             cond, uncond = pipe.encode_image(image, device, 1, output_hidden_states=hidden_states or None)

@@ -18,8 +18,9 @@ class ControlNetCache:
     """Loads ControlNets by (family, type) and drops the least recently used beyond the budget."""
 
     def __init__(self, sources: dict[str, dict[str, str]], device: torch.device, dtype: torch.dtype,
-                 budget_bytes: int, allow_pickle: bool = False):
+                 budget_bytes: int, allow_pickle: bool = False, prepare=None):
         self.sources, self.device, self.dtype = sources, device, dtype
+        self.prepare = prepare  # called on each freshly loaded ControlNet (the engine's speed switches)
         self.budget_bytes, self.allow_pickle = budget_bytes, allow_pickle
         self._loaded: collections.OrderedDict[tuple[str, str], torch.nn.Module] = collections.OrderedDict()
 
@@ -35,6 +36,8 @@ class ControlNetCache:
             raise ModelError("unknown_control_model", f"no {kind} ControlNet is configured for {family} models "
                              f"(configured for {family}: {known})", field)
         model = self._load(source)
+        if self.prepare is not None:
+            self.prepare(model)
         self._loaded[key] = model
         self._evict(keep=key)
         return model

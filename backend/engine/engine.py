@@ -21,6 +21,7 @@ from backend.engine.controlnets import ControlNetCache
 from backend.engine.preprocessors import Preprocessors
 from backend.engine.models import LoadedModel, ModelRegistry
 from backend.engine.previews import Previewer
+from backend.engine.prompt_cache import PromptCache
 from backend.requests import EditRequest
 from shared.geometry import Box, CropPlan, context_crop, mask_bounds, mask_margin, round_to_grid, whole_canvas
 
@@ -96,8 +97,11 @@ class Engine:
     def __init__(self, registry: ModelRegistry):
         config = registry.config
         self.registry = registry
-        self.controlnets = ControlNetCache(config.controlnets, registry.device, registry.dtype,
-                                           config.controlnet_memory_mb * 2**20, config.allow_pickle)
+        self.speed = registry.speed
+        self.controlnets = ControlNetCache(config.controlnets, self.speed.load_device, registry.dtype,
+                                           config.controlnet_memory_mb * 2**20, config.allow_pickle,
+                                           prepare=self.speed.prepare_controlnet)
+        self.prompts = PromptCache(config.performance.prompt_cache)
         self.adapters = IPAdapters(config.ip_adapters, config.allow_pickle)
         self.preprocessors = Preprocessors(config.annotators, registry.device)
         self._previewers: dict[str, Previewer] = {}
@@ -130,7 +134,9 @@ class Engine:
                 raise JobCancelled()
             seed = request.seed + index
             pipe.scheduler = make_scheduler(request.sampler, model.scheduler_config)
-            pixels = self._diffuse(pipe, request, inputs, seed, self._on_step(request, model, reporter, index))
+            with self.speed.job(pipe, inputs.size, model.native_size):
+                pixels = self._diffuse(pipe, model, request, inputs, seed,
+                                       self._on_step(request, model, reporter, index))
             layers.append(Layer(index, seed, *self._to_layer(request, inputs, pixels)))
         return EngineResult(layers, loaded - start, time.perf_counter() - loaded)
 
@@ -199,10 +205,12 @@ class Engine:
             return torch.from_numpy(pixels).permute(2, 0, 1)[None]
         return picture
 
-    def _diffuse(self, pipe, request: EditRequest, inputs: _Inputs, seed: int, on_step) -> np.ndarray:
+    def _diffuse(self, pipe, model: LoadedModel, request: EditRequest, inputs: _Inputs, seed: int,
+                 on_step) -> np.ndarray:
         """One image of the batch, as H x W x 3 uint8 at diffusion size."""
-        kwargs = dict(prompt=request.prompt, negative_prompt=request.negative_prompt or None,
-                      num_inference_steps=request.steps, guidance_scale=request.guidance,
+        kwargs = self.prompts.kwargs(model.name, pipe, model.family, request.prompt,
+                                     request.negative_prompt or None, request.guidance > 1)
+        kwargs = dict(kwargs, num_inference_steps=request.steps, guidance_scale=request.guidance,
                       generator=torch.Generator("cpu").manual_seed(seed), output_type="np",
                       callback_on_step_end=on_step)
         width, height = inputs.size

@@ -18,6 +18,7 @@ import torch
 import transformers
 
 from backend.config import Config, ModelSpec
+from backend.engine.speed import Speed
 
 log = logging.getLogger(__name__)
 
@@ -37,8 +38,9 @@ class ModelError(Exception):
         self.code, self.message, self.field = code, message, field
 
 
-def pick_device(preference: str = "auto") -> tuple[torch.device, torch.dtype]:
-    """The device to run on (cuda, then mps, then cpu) and its dtype (half precision on GPUs)."""
+def pick_device(preference: str = "auto", dtype: str = "auto") -> tuple[torch.device, torch.dtype]:
+    """The device to run on (cuda, then mps, then cpu) and its dtype: ``dtype`` (fp16, bf16, fp32) or,
+    for "auto", bf16 on CUDA GPUs that support it, fp16 on other GPUs, fp32 on the CPU."""
     if preference == "auto":
         if torch.cuda.is_available():
             preference = "cuda"
@@ -47,6 +49,10 @@ def pick_device(preference: str = "auto") -> tuple[torch.device, torch.dtype]:
         else:
             preference = "cpu"
     device = torch.device(preference)
+    if dtype != "auto":
+        return device, {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}[dtype]
+    if device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return device, torch.bfloat16  # float32's range (no fp16 overflows), fp16's tensor-core speed
     return device, (torch.float32 if device.type == "cpu" else torch.float16)
 
 
@@ -135,6 +141,7 @@ class ModelRegistry:
 
     def __init__(self, config: Config, device: torch.device, dtype: torch.dtype):
         self.config, self.device, self.dtype = config, device, dtype
+        self.speed = Speed(config.performance, device)  # [performance] switches, resolved for the device
         self._loaded: dict[str, LoadedModel] = {}
         self._lock = threading.Lock()
 
@@ -182,6 +189,7 @@ class ModelRegistry:
             base = self._load_pipeline(spec, family)
             inpaint_unet = self._load_unet(spec.inpaint, spec) if spec.inpaint else None
             preview = self._load_preview(spec.preview) if spec.preview else None
+            self.speed.prepare_model(base, inpaint_unet)
         except ModelError:
             raise
         except Exception as exc:
@@ -205,7 +213,7 @@ class ModelRegistry:
             pipe = cls.from_single_file(str(path), dtype=self.dtype, config=spec.config, **extra)
         else:
             pipe = cls.from_pretrained(str(path) if path.is_dir() else spec.source, **self._common(), **extra)
-        return to_device(pipe, self.device)
+        return to_device(pipe, self.speed.load_device)
 
     def _load_unet(self, source: str, spec: ModelSpec):
         from diffusers import UNet2DConditionModel
@@ -225,7 +233,7 @@ class ModelRegistry:
         if unet.config.in_channels != 9:
             raise ModelError("model_load_failed", f"inpaint UNet {source} has {unet.config.in_channels} input "
                              "channels; a dedicated inpaint model has 9")
-        return to_device(unet, self.device)
+        return to_device(unet, self.speed.load_device)
 
     def _load_preview(self, source: str):
         from diffusers import AutoencoderTiny
