@@ -51,7 +51,7 @@ def settings_tab() -> None:
         def save(*values):
             for key, value in zip(keys, values):
                 setattr(shared.opts, key, value)
-            return f"{len(keys)} settings applied."
+            return "Applied: " + ", ".join(f"{key} = {value}" for key, value in zip(keys, values))
 
         apply.click(save, inputs=boxes, outputs=[done])
 
