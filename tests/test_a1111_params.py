@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from shared.geometry import mask_margin
-from tests.conftest import picture, rect_mask
+from conftest import picture, rect_mask
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "a1111_extension"))
 
