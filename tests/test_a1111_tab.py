@@ -297,23 +297,26 @@ def test_backend_down_reads_as_a_sentence(page, webui):
     page.wait_for_function(f"() => {STATUS}.innerText.includes('on cpu')")
 
 
-def test_send_to_img2img_and_inpaint(page):
+def test_pick_a_result_and_send_it_to_img2img_and_inpaint(page):
     page.locator("#easel_prompt textarea").fill("a lighthouse at dusk")
     choose(page, "easel_mode", "generate")
-    set_number(page, "easel_steps", 2)
-    set_number(page, "easel_seed", 99)
-    set_number(page, "easel_width", 64)
-    set_number(page, "easel_height", 64)
-    assert generate(page).startswith("Done: 1 image")
+    for field, value in (("easel_steps", 2), ("easel_seed", 99), ("easel_batch", 2), ("easel_width", 64),
+                         ("easel_height", 64)):
+        set_number(page, field, value)
+    assert generate(page).startswith("Done: 2 images in ")
+    assert "Seed: 99," in page.locator("#easel_info textarea").input_value()
+    page.locator("#easel_gallery button.thumbnail-item").nth(1).click()  # the second of the batch
+    page.wait_for_function("() => document.querySelector('#easel_info textarea').value.includes('Seed: 100,')")
     result = image_of(page, "easel_selected")
     for tab in ("img2img", "inpaint"):
         open_tab(page, "Easel")
         page.click(f"#{tab}_tab")
         open_tab(page, tab)
         page.locator(f"#{tab}_image img").first.wait_for()
-        page.wait_for_function(f"() => document.querySelector('#{tab}_seed textarea').value === '99'")
+        page.wait_for_function(f"() => document.querySelector('#{tab}_seed textarea').value === '100'")
         assert page.locator(f"#{tab}_prompt textarea").input_value() == "a lighthouse at dusk"
         assert page.locator(f"#{tab}_steps textarea").input_value() == "2"
         sent = page.locator(f"#{tab}_image img").first.get_attribute("src")
         assert np.array_equal(np.asarray(Image.open(io.BytesIO(base64.b64decode(sent.split(",", 1)[1])))
                                          .convert("RGBA")), np.asarray(result))
+
