@@ -58,9 +58,9 @@ def test_package_bundles_the_protocol_as_easel_shared(packaged):
 def test_copied_into_extensions_it_registers_its_tab_and_settings(packaged, tmp_path):
     # A copy far from the repository: the bundled protocol must be what it imports.
     copy = shutil.copytree(packaged, tmp_path / "extensions" / "easel")
-    run = subprocess.run([str(webui_python()), "-c", LOAD.format(stub=str(STUB),
-                                                                  script=str(copy / "scripts" / "easel_tab.py"))],
-                         capture_output=True, text=True, timeout=120, cwd=tmp_path, env={**os.environ, "PYTHONPATH": ""})
+    code = LOAD.format(stub=str(STUB), script=str(copy / "scripts" / "easel_tab.py"))
+    run = subprocess.run([str(webui_python()), "-c", code], capture_output=True, text=True, timeout=120,
+                         cwd=tmp_path, env={**os.environ, "PYTHONPATH": ""})
     assert run.returncode == 0, run.stderr[-3000:]
     tabs, settings, protocol = run.stdout.strip().splitlines()[-3:]
     assert tabs == "[('Blocks', 'Easel', 'easel')]"

@@ -9,7 +9,7 @@ from __future__ import annotations
 import sys
 import threading
 import traceback
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Iterator
 
 from PIL import Image
@@ -126,7 +126,8 @@ def cancel(session: str) -> str:
     return "Cancelling…"
 
 
-def preprocess(connection: Connection, control_type: str, picture: Image.Image | None) -> tuple[Image.Image | None, str]:
+def preprocess(connection: Connection, control_type: str,
+               picture: Image.Image | None) -> tuple[Image.Image | None, str]:
     """The control map the backend's preprocessor for ``control_type`` makes of ``picture``."""
     if picture is None:
         return None, "Add a picture first: the preview runs the preprocessor on it."

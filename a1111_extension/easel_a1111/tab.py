@@ -4,6 +4,7 @@ No ``from __future__ import annotations`` here: gradio finds ``gr.Request`` / ``
 parameters by their (real, not string) annotations.
 """
 
+from dataclasses import fields
 from typing import Callable
 
 import gradio as gr
@@ -14,6 +15,8 @@ from .protocol import CONTROL_TYPES, REFERENCE_MODES, SAMPLERS
 
 CONTROL_UNITS = 3
 REFERENCES = 2
+# Each unit / reference is a run of components in its dataclass's field order.
+UNIT_SIZE, REFERENCE_SIZE = len(fields(ControlSpec)), len(fields(ReferenceSpec))
 
 
 def build(connection: Callable[[], jobs.Connection], add_send_buttons: Callable | None = None) -> gr.Blocks:
@@ -55,7 +58,8 @@ def build(connection: Callable[[], jobs.Connection], add_send_buttons: Callable 
                     generate = gr.Button("Generate", variant="primary", elem_id="easel_generate")
                     cancel = gr.Button("Cancel", elem_id="easel_cancel")
                 progress = gr.Markdown("", elem_id="easel_progress")
-                preview = gr.Image(label="Live preview", type="pil", interactive=False, height=256, elem_id="easel_preview")
+                preview = gr.Image(label="Live preview", type="pil", interactive=False, height=256,
+                                   elem_id="easel_preview")
                 gallery = gr.Gallery(label="Results", columns=4, height="auto", elem_id="easel_gallery")
                 selected = gr.Image(label="Selected result", type="pil", interactive=False, height=256,
                                     elem_id="easel_selected")
@@ -75,9 +79,9 @@ def build(connection: Callable[[], jobs.Connection], add_send_buttons: Callable 
              feather_, width_, height_) = args[:14]
             rest = args[14:]
             image, painted = compat.read_editor(pic)
-            controls = [ControlSpec(*rest[i * 8:(i + 1) * 8]) for i in range(CONTROL_UNITS)]
-            rest = rest[CONTROL_UNITS * 8:]
-            references = [ReferenceSpec(*rest[i * 3:(i + 1) * 3]) for i in range(REFERENCES)]
+            controls = [ControlSpec(*rest[i * UNIT_SIZE:(i + 1) * UNIT_SIZE]) for i in range(CONTROL_UNITS)]
+            rest = rest[CONTROL_UNITS * UNIT_SIZE:]
+            references = [ReferenceSpec(*rest[i * REFERENCE_SIZE:(i + 1) * REFERENCE_SIZE]) for i in range(REFERENCES)]
             return TabValues(mode_, image, painted, prompt_ or "", negative_ or "", strength_, int(steps_),
                              guidance_, sampler_, int(seed_ if seed_ is not None else -1), int(batch_),
                              int(grow_), int(feather_), int(width_), int(height_), controls, references)
@@ -85,14 +89,10 @@ def build(connection: Callable[[], jobs.Connection], add_send_buttons: Callable 
         def run_job(request: gr.Request, *args):
             # gradio fills positional parameters annotated gr.Request; the inputs follow in *args.
             keep = gr.update()
-            try:
-                values = values_of(args)
-            except Exception as exc:  # noqa: BLE001
-                yield jobs.describe(exc, ""), keep, keep, keep, keep, keep, keep
-                return
-            for update in jobs.run(connection(), values, _session(request)):
+            for update in jobs.run(connection(), values_of(args), _session(request)):
                 if update.images is None:
-                    yield update.status, update.preview or keep, keep, keep, keep, keep, keep
+                    preview_ = keep if update.preview is None else update.preview
+                    yield update.status, preview_, keep, keep, keep, keep, keep
                 else:
                     yield (update.status, keep, update.images, update.images, update.infotexts,
                            update.images[0] if update.images else None,

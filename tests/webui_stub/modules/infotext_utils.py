@@ -6,8 +6,11 @@ the destination tab's ``init_img`` and the infotext's values into the destinatio
 
 import json
 import re
+import sys
 
 import gradio as gr
+
+sys.modules["modules.generation_parameters_copypaste"] = sys.modules[__name__]  # the pre-1.8 name, as there
 
 paste_fields = {}
 registered_param_bindings = []
