@@ -255,6 +255,8 @@ def test_cancel_stops_a_long_job(page):
     steps = [text for text in page.evaluate("window.easelSeen") if text.startswith("Step ")]
     assert steps and "150/150" not in steps[-1], steps
     assert page.locator("#easel_gallery img").count() == 0
+    page.click("#easel_cancel")
+    page.wait_for_function("() => window.easelSeen.some(text => text.trim() === 'Nothing is running.')")
 
 
 def test_bad_input_gets_a_sentence_and_the_next_job_runs(page, files):

@@ -112,8 +112,8 @@ def finish(values: TabValues, result: Result) -> tuple[list[Image.Image], list[s
     return images, texts
 
 
-def cancel(session: str) -> str:
-    """Ask the server to cancel this session's running job."""
+def cancel(session: str) -> str | None:
+    """Ask the server to cancel this session's running job; a sentence when that cannot be done."""
     with _lock:
         running = _running.get(session)
     if running is None:
@@ -123,7 +123,7 @@ def cancel(session: str) -> str:
         client.cancel(job)
     except EaselError as exc:
         return f"Could not cancel: {exc.message}"
-    return "Cancelling…"
+    return None
 
 
 def preprocess(connection: Connection, control_type: str,

@@ -81,7 +81,8 @@ def build(connection: Callable[[], jobs.Connection], add_send_buttons: Callable 
             image, painted = compat.read_editor(pic)
             controls = [ControlSpec(*rest[i * UNIT_SIZE:(i + 1) * UNIT_SIZE]) for i in range(CONTROL_UNITS)]
             rest = rest[CONTROL_UNITS * UNIT_SIZE:]
-            references = [ReferenceSpec(*rest[i * REFERENCE_SIZE:(i + 1) * REFERENCE_SIZE]) for i in range(REFERENCES)]
+            references = [ReferenceSpec(*rest[i * REFERENCE_SIZE:(i + 1) * REFERENCE_SIZE])
+                          for i in range(REFERENCES)]
             return TabValues(mode_, image, painted, prompt_ or "", negative_ or "", strength_, int(steps_),
                              guidance_, sampler_, int(seed_ if seed_ is not None else -1), int(batch_),
                              int(grow_), int(feather_), int(width_), int(height_), controls, references)
@@ -105,7 +106,9 @@ def build(connection: Callable[[], jobs.Connection], add_send_buttons: Callable 
             return images_[index], texts_[index]
 
         def cancel_job(request: gr.Request):
-            return jobs.cancel(_session(request))
+            # While a job runs, its own events end in "Cancelled."; writing here could race that.
+            message = jobs.cancel(_session(request))
+            return gr.update() if message is None else message
 
         generate.click(run_job, inputs=inputs,
                        outputs=[progress, preview, gallery, images, texts, selected, info])
