@@ -1,0 +1,150 @@
+"""Talking to the Easel backend for the tab: run a job step by step, cancel it, preview a control
+map, read the status line. No gradio here: the tab turns ``Update``s into component updates.
+
+Every failure becomes one readable sentence; tracebacks go to the WebUI's console only.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+import traceback
+from dataclasses import dataclass
+from typing import Iterator
+
+from PIL import Image
+
+from .params import InputError, TabValues, build_request, composite, decode, infotext, png_image
+from .protocol import Cancelled, Client, EaselError, Progress, Result, Started
+
+PREVIEW_EVERY = 1
+
+
+@dataclass
+class Update:
+    """What the tab should show now; ``None`` fields keep what is shown."""
+
+    status: str
+    preview: Image.Image | None = None
+    images: list[Image.Image] | None = None
+    infotexts: list[str] | None = None
+    done: bool = False
+
+
+@dataclass
+class Connection:
+    url: str
+    token: str = ""
+
+    def client(self) -> Client:
+        """A client, not yet connected (``with`` connects it)."""
+        return Client(self.url, token=self.token or None, name="easel-a1111", open_timeout=5)
+
+
+# The running job of each browser session, so the Cancel button (another request, maybe another
+# thread) can reach the connection the job was submitted on: the server only lets that one cancel it.
+_running: dict[str, tuple[Client, str]] = {}
+_lock = threading.Lock()
+
+
+def describe(error: Exception, url: str) -> str:
+    """One sentence for the painter."""
+    if isinstance(error, InputError):
+        return str(error)
+    if isinstance(error, EaselError):
+        if error.code in ("unreachable", "bad_url"):
+            return (f"Cannot reach the Easel backend at {url}: start it with `easel serve`, "
+                    "or set its address in Settings > Easel.")
+        if error.code == "closed":
+            return f"The connection to the Easel backend at {url} closed: {error.message}."
+        where = f" (field {error.field})" if error.field else ""
+        return f"The Easel backend refused the job: {error.message}{where}."
+    traceback.print_exception(type(error), error, error.__traceback__, file=sys.stderr)
+    return f"Something went wrong in the Easel tab: {type(error).__name__}: {error}"
+
+
+def run(connection: Connection, values: TabValues, session: str) -> Iterator[Update]:
+    """Submit the job and follow it: progress with previews, then the composited results."""
+    try:
+        mode, params = build_request(values)
+    except InputError as exc:
+        yield Update(str(exc), done=True)
+        return
+    params.update(preview_every=PREVIEW_EVERY, preview_size=256)
+    yield Update("Connecting to the Easel backend…")
+    client = None
+    try:
+        client = connection.client().connect()
+        job = client.submit(mode, **params)
+        with _lock:
+            _running[session] = (client, job)
+        for event in client.events(job):
+            if isinstance(event, Started):
+                yield Update(f"Running: {event.steps} steps at {event.diffusion_size[0]}x{event.diffusion_size[1]}…")
+            elif isinstance(event, Progress):
+                preview = decode(event.preview) if event.preview else None
+                yield Update(f"Step {event.step}/{event.total}", preview=preview)
+            elif isinstance(event, Cancelled):
+                yield Update("Cancelled.", done=True)
+            elif isinstance(event, Result):
+                images, texts = finish(values, event)
+                seconds = event.timings.get("total", 0)
+                yield Update(f"Done: {len(images)} image{'s' * (len(images) != 1)} in {seconds:.1f} s.",
+                             images=images, infotexts=texts, done=True)
+    except Exception as exc:  # noqa: BLE001 - every failure becomes a sentence in the tab
+        yield Update(describe(exc, connection.url), done=True)
+    finally:
+        with _lock:
+            _running.pop(session, None)
+        if client is not None:
+            client.close()
+
+
+def finish(values: TabValues, result: Result) -> tuple[list[Image.Image], list[str]]:
+    """Whole pictures (inpaint layers composited over the input) and their infotexts."""
+    images, texts = [], []
+    for item in sorted(result.images, key=lambda item: item.index):
+        picture = decode(item.image)
+        if result.parameters.get("mode") == "inpaint":
+            picture = composite(values.picture, picture, item.offset)
+        images.append(picture)
+        texts.append(infotext(result.parameters, item.seed, picture.size))
+    return images, texts
+
+
+def cancel(session: str) -> str | None:
+    """Ask the server to cancel this session's running job; a sentence when that cannot be done."""
+    with _lock:
+        running = _running.get(session)
+    if running is None:
+        return "Nothing is running."
+    client, job = running
+    try:
+        client.cancel(job)
+    except EaselError as exc:
+        return f"Could not cancel: {exc.message}"
+    return None
+
+
+def preprocess(connection: Connection, control_type: str,
+               picture: Image.Image | None) -> tuple[Image.Image | None, str]:
+    """The control map the backend's preprocessor for ``control_type`` makes of ``picture``."""
+    if picture is None:
+        return None, "Add a picture first: the preview runs the preprocessor on it."
+    try:
+        with connection.client() as client:
+            return decode(client.preprocess(control_type, png_image(picture, "RGB"))).convert("RGB"), \
+                f"{control_type} map made by the backend."
+    except Exception as exc:  # noqa: BLE001
+        return None, describe(exc, connection.url)
+
+
+def status_line(connection: Connection) -> str:
+    """One line about the backend: reachable, device, models, queue."""
+    try:
+        with connection.client() as client:
+            status, models = client.status(), client.models()
+    except Exception as exc:  # noqa: BLE001
+        return describe(exc, connection.url)
+    return (f"Easel backend at {connection.url}: {client.welcome['server']} on {status['device']}, "
+            f"default model {models['default']}, {status['queue_length']} job(s) waiting.")

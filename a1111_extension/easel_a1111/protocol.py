@@ -1,0 +1,47 @@
+"""The Easel protocol package, imported as ``easel_shared``.
+
+The packaged extension bundles a copy of the repository's ``shared/`` as ``easel_shared`` (the WebUI
+has a ``modules.shared`` of its own, and a top-level ``shared`` is too easy to confuse). Run from a
+repository checkout (a symlink into ``extensions/`` during development) there is no copy, so the
+repository's ``shared/`` is loaded under that same name; its relative imports make that work.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+NAME = "easel_shared"
+
+
+def _load() -> None:
+    if NAME in sys.modules:
+        return
+    extension = Path(__file__).resolve().parents[1]
+    for package in (extension / NAME, extension.parent / "shared"):
+        if (package / "client.py").is_file():
+            spec = importlib.util.spec_from_file_location(NAME, package / "__init__.py",
+                                                          submodule_search_locations=[str(package)])
+            module = importlib.util.module_from_spec(spec)
+            sys.modules[NAME] = module
+            try:
+                spec.loader.exec_module(module)
+            except BaseException:
+                del sys.modules[NAME]
+                raise
+            return
+    raise ImportError(f"the Easel protocol package is missing: expected {extension / NAME} "
+                      "(build the extension with `easel package a1111`)")
+
+
+_load()
+
+from easel_shared.client import (  # noqa: E402
+    Cancelled, Client, EaselError, Progress, Result, Started)
+from easel_shared.images import ImageData  # noqa: E402
+from easel_shared.messages import (  # noqa: E402
+    CONTROL_TYPES, DEFAULT_URL, MAX_SEED, MODES, PREPROCESSORS, REFERENCE_MODES, SAMPLERS)
+
+__all__ = ["CONTROL_TYPES", "Cancelled", "Client", "DEFAULT_URL", "EaselError", "ImageData", "MAX_SEED",
+           "MODES", "PREPROCESSORS", "Progress", "REFERENCE_MODES", "Result", "SAMPLERS", "Started"]

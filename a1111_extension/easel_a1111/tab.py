@@ -1,0 +1,162 @@
+"""The Easel tab's gradio UI. Logic lives in ``params`` and ``jobs``; this wires components to it.
+
+No ``from __future__ import annotations`` here: gradio finds ``gr.Request`` / ``gr.SelectData``
+parameters by their (real, not string) annotations.
+"""
+
+from dataclasses import fields
+from typing import Callable
+
+import gradio as gr
+
+from . import compat, jobs
+from .params import OWN_IMAGE, USE_INPUT, ControlSpec, ReferenceSpec, TabValues
+from .protocol import CONTROL_TYPES, REFERENCE_MODES, SAMPLERS
+
+CONTROL_UNITS = 3
+REFERENCES = 2
+# Each unit / reference is a run of components in its dataclass's field order.
+UNIT_SIZE, REFERENCE_SIZE = len(fields(ControlSpec)), len(fields(ReferenceSpec))
+
+
+def build(connection: Callable[[], jobs.Connection], add_send_buttons: Callable | None = None) -> gr.Blocks:
+    """The tab as a ``gr.Blocks``; ``connection()`` is read at every request (settings may change)."""
+    units, refs = [], []
+    with gr.Blocks(analytics_enabled=False) as tab:
+        with gr.Row():
+            status = gr.Markdown(lambda: jobs.status_line(connection()), elem_id="easel_status")
+            refresh = gr.Button("Check backend", elem_id="easel_refresh", scale=0)
+        with gr.Row():
+            with gr.Column(scale=1):
+                picture = compat.picture_editor("Picture (paint over what should change)", "easel_picture")
+                prompt = gr.Textbox(label="Prompt", lines=2, elem_id="easel_prompt")
+                negative = gr.Textbox(label="Negative prompt", lines=1, elem_id="easel_negative")
+                mode = gr.Radio(["inpaint", "img2img", "generate"], value="inpaint", label="Mode",
+                                elem_id="easel_mode")
+                with gr.Row():
+                    strength = gr.Slider(0.0, 1.0, value=1.0, step=0.01, label="Strength", elem_id="easel_strength")
+                    steps = gr.Slider(1, 150, value=20, step=1, label="Steps", elem_id="easel_steps")
+                with gr.Row():
+                    guidance = gr.Slider(0.0, 30.0, value=7.0, step=0.5, label="CFG scale", elem_id="easel_cfg")
+                    sampler = gr.Dropdown(list(SAMPLERS), value="dpmpp_2m_karras", label="Sampler",
+                                          elem_id="easel_sampler")
+                with gr.Row():
+                    seed = gr.Number(value=-1, precision=0, label="Seed (-1: random)", elem_id="easel_seed")
+                    batch = gr.Slider(1, 8, value=1, step=1, label="Batch", elem_id="easel_batch")
+                with gr.Row():
+                    grow = gr.Slider(0, 256, value=8, step=1, label="Mask grow", elem_id="easel_grow")
+                    feather = gr.Slider(0, 256, value=16, step=1, label="Mask feather", elem_id="easel_feather")
+                with gr.Row():
+                    width = gr.Slider(64, 2048, value=512, step=8, label="Width (generate)", elem_id="easel_width")
+                    height = gr.Slider(64, 2048, value=512, step=8, label="Height (generate)", elem_id="easel_height")
+                for number in range(1, CONTROL_UNITS + 1):
+                    units.append(_control_unit(number, picture, connection))
+                for number in range(1, REFERENCES + 1):
+                    refs.append(_reference(number))
+            with gr.Column(scale=1):
+                with gr.Row():
+                    generate = gr.Button("Generate", variant="primary", elem_id="easel_generate")
+                    cancel = gr.Button("Cancel", elem_id="easel_cancel")
+                progress = gr.Markdown("", elem_id="easel_progress")
+                preview = gr.Image(label="Live preview", type="pil", interactive=False, height=256,
+                                   elem_id="easel_preview")
+                gallery = gr.Gallery(label="Results", columns=4, height="auto", elem_id="easel_gallery")
+                selected = gr.Image(label="Selected result", type="pil", interactive=False, height=256,
+                                    elem_id="easel_selected")
+                info = gr.Textbox(label="Parameters used", lines=3, interactive=False, elem_id="easel_info")
+                if add_send_buttons is not None:
+                    with gr.Row():
+                        add_send_buttons(selected, info)
+        images, texts = gr.State([]), gr.State([])
+
+        controls_in = [c for unit in units for c in unit]
+        refs_in = [c for ref in refs for c in ref]
+        inputs = [picture, prompt, negative, mode, strength, steps, guidance, sampler, seed, batch, grow, feather,
+                  width, height, *controls_in, *refs_in]
+
+        def values_of(args) -> TabValues:
+            (pic, prompt_, negative_, mode_, strength_, steps_, guidance_, sampler_, seed_, batch_, grow_,
+             feather_, width_, height_) = args[:14]
+            rest = args[14:]
+            image, painted = compat.read_editor(pic)
+            controls = [ControlSpec(*rest[i * UNIT_SIZE:(i + 1) * UNIT_SIZE]) for i in range(CONTROL_UNITS)]
+            rest = rest[CONTROL_UNITS * UNIT_SIZE:]
+            references = [ReferenceSpec(*rest[i * REFERENCE_SIZE:(i + 1) * REFERENCE_SIZE])
+                          for i in range(REFERENCES)]
+            return TabValues(mode_, image, painted, prompt_ or "", negative_ or "", strength_, int(steps_),
+                             guidance_, sampler_, int(seed_ if seed_ is not None else -1), int(batch_),
+                             int(grow_), int(feather_), int(width_), int(height_), controls, references)
+
+        def run_job(request: gr.Request, *args):
+            # gradio fills positional parameters annotated gr.Request; the inputs follow in *args.
+            keep = gr.update()
+            for update in jobs.run(connection(), values_of(args), _session(request)):
+                if update.images is None:
+                    preview_ = keep if update.preview is None else update.preview
+                    yield update.status, preview_, keep, keep, keep, keep, keep
+                else:
+                    yield (update.status, keep, update.images, update.images, update.infotexts,
+                           update.images[0] if update.images else None,
+                           update.infotexts[0] if update.infotexts else "")
+
+        def pick(images_, texts_, evt: gr.SelectData):
+            index = evt.index if isinstance(evt.index, int) else evt.index[0]
+            if not images_ or index >= len(images_):
+                return gr.update(), gr.update()
+            return images_[index], texts_[index]
+
+        def cancel_job(request: gr.Request):
+            # While a job runs, its own events end in "Cancelled."; writing here could race that.
+            message = jobs.cancel(_session(request))
+            return gr.update() if message is None else message
+
+        generate.click(run_job, inputs=inputs,
+                       outputs=[progress, preview, gallery, images, texts, selected, info])
+        # Not queued: it must get through while the generate event holds the queue.
+        cancel.click(cancel_job, inputs=None, outputs=[progress], queue=False)
+        gallery.select(pick, inputs=[images, texts], outputs=[selected, info])
+        refresh.click(lambda: jobs.status_line(connection()), inputs=None, outputs=[status], queue=False)
+    return tab
+
+
+def _session(request) -> str:
+    return getattr(request, "session_hash", None) or "default"
+
+
+def _control_unit(number: int, picture, connection) -> list:
+    """A unit's components, in ``ControlSpec`` field order."""
+    with gr.Accordion(f"ControlNet unit {number}", open=False, elem_id=f"easel_cn{number}"):
+        with gr.Row():
+            enabled = gr.Checkbox(False, label="Enable", elem_id=f"easel_cn{number}_enabled")
+            kind = gr.Dropdown(list(CONTROL_TYPES), value="canny", label="Type", elem_id=f"easel_cn{number}_type")
+            source = gr.Radio([USE_INPUT, OWN_IMAGE], value=USE_INPUT, label="Control image",
+                              elem_id=f"easel_cn{number}_source")
+        with gr.Row():
+            image = compat.image_input("Own image (a map, or a picture to preprocess)", f"easel_cn{number}_image")
+            preview = gr.Image(label="Map preview", type="pil", interactive=False, elem_id=f"easel_cn{number}_map")
+        with gr.Row():
+            preprocess = gr.Checkbox(False, label="Preprocess (make the map from the image)",
+                                     elem_id=f"easel_cn{number}_pre")
+            show = gr.Button("Preview map", elem_id=f"easel_cn{number}_show", scale=0)
+        message = gr.Markdown("", elem_id=f"easel_cn{number}_message")
+        with gr.Row():
+            scale = gr.Slider(0.0, 2.0, value=1.0, step=0.05, label="Scale", elem_id=f"easel_cn{number}_scale")
+            start = gr.Slider(0.0, 1.0, value=0.0, step=0.01, label="Start", elem_id=f"easel_cn{number}_start")
+            end = gr.Slider(0.0, 1.0, value=1.0, step=0.01, label="End", elem_id=f"easel_cn{number}_end")
+
+    def show_map(kind_, source_, own, pic):
+        chosen = own if source_ == OWN_IMAGE else compat.read_editor(pic)[0]
+        return jobs.preprocess(connection(), kind_, chosen)
+
+    show.click(show_map, inputs=[kind, source, image, picture], outputs=[preview, message])
+    return [enabled, kind, source, image, preprocess, scale, start, end]
+
+
+def _reference(number: int) -> list:
+    """A reference's components, in ``ReferenceSpec`` field order."""
+    with gr.Accordion(f"Reference {number}", open=False, elem_id=f"easel_ref{number}"):
+        image = compat.image_input("Reference picture", f"easel_ref{number}_image")
+        with gr.Row():
+            weight = gr.Slider(0.0, 2.0, value=1.0, step=0.05, label="Weight", elem_id=f"easel_ref{number}_weight")
+            mode = gr.Radio(list(REFERENCE_MODES), value="reference", label="Take", elem_id=f"easel_ref{number}_mode")
+    return [image, weight, mode]

@@ -1,0 +1,28 @@
+"""``easel package a1111``: the WebUI extension folder, with the protocol package bundled.
+
+The result is ``OUT/easel`` (a folder to copy or symlink into the WebUI's ``extensions/``): the
+repository's ``a1111_extension/`` plus ``shared/`` copied in as ``easel_shared`` (the WebUI has a
+``modules.shared`` of its own; see ``easel_a1111/protocol.py``).
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import shared
+
+from . import REPO
+
+NAME = "easel"
+BUNDLED = "easel_shared"
+
+
+def build(out: Path) -> Path:
+    target = out / NAME
+    if target.exists():
+        shutil.rmtree(target)
+    shutil.copytree(REPO / "a1111_extension", target, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    source = Path(shared.__file__).parent
+    shutil.copytree(source, target / BUNDLED, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    return target

@@ -1,0 +1,168 @@
+"""The A1111 tab's request building and result handling (``easel_a1111.params`` / ``jobs``), without
+gradio: tab values in, ``submit`` parameters out, and real jobs against the demo server."""
+
+from __future__ import annotations
+
+import io
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from shared.geometry import mask_margin
+from conftest import picture, rect_mask
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "a1111_extension"))
+
+from easel_a1111 import jobs  # noqa: E402
+from easel_a1111.params import (  # noqa: E402
+    OWN_IMAGE, USE_INPUT, ControlSpec, InputError, ReferenceSpec, TabValues, build_request, composite, infotext,
+    mask_from_painting)
+
+
+def pixels(image_data) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(image_data.data)))
+
+
+def painted(size=(128, 96), box=(30, 20, 60, 50)) -> Image.Image:
+    """What gradio 3's sketch tool returns: white strokes on black, RGB."""
+    return rect_mask(size, box).convert("RGB")
+
+
+def values(**changes) -> TabValues:
+    base = dict(mode="inpaint", picture=picture(128, 96).convert("RGBA"), mask=painted(), prompt="a red door",
+                steps=4, seed=7)
+    return TabValues(**{**base, **changes})
+
+
+def test_inpaint_request_sends_the_exact_picture_and_the_painted_mask():
+    source = values()
+    mode, params = build_request(source)
+    assert mode == "inpaint"
+    assert (pixels(params["image"]) == np.asarray(source.picture)).all()
+    mask = pixels(params["mask"])
+    assert mask.shape == (96, 128) and mask[20:50, 30:60].min() == 255 and mask.sum() == 255 * 30 * 30
+    assert params["seed"] == 7 and params["steps"] == 4 and params["strength"] == 1.0
+    assert (params["mask_grow"], params["mask_feather"]) == (8, 16)
+    assert "control" not in params and "references" not in params and "width" not in params
+
+
+def test_random_seed_is_left_to_the_server_and_generate_sends_its_size():
+    mode, params = build_request(values(mode="generate", seed=-1, picture=None, mask=None, width=320, height=256))
+    assert mode == "generate" and "seed" not in params and "image" not in params and "mask" not in params
+    assert (params["width"], params["height"]) == (320, 256) and "strength" not in params
+
+
+def test_img2img_ignores_the_painting():
+    mode, params = build_request(values(mode="img2img", strength=0.5))
+    assert mode == "img2img" and "mask" not in params and params["strength"] == 0.5
+
+
+def test_strokes_on_a_transparent_layer_count_by_alpha():
+    # gradio 4's editor: coloured strokes on a transparent layer; transparent means "keep".
+    layer = Image.new("RGBA", (64, 64), (255, 255, 255, 0))
+    layer.paste((255, 255, 255, 255), (10, 10, 20, 20))
+    mask = np.asarray(mask_from_painting(layer, (64, 64)))
+    assert mask[10:20, 10:20].min() == 255 and mask.sum() == 255 * 100
+    assert mask_from_painting(Image.new("RGBA", (64, 64), (255, 255, 255, 0)), (64, 64)) is None
+    # a canvas handed back at another size is scaled to the picture
+    assert mask_from_painting(layer, (128, 128)).size == (128, 128)
+
+
+@pytest.mark.parametrize("changes, sentence", [
+    (dict(mask=Image.new("RGB", (128, 96))), "Paint over the part of the picture to change first"),
+    (dict(mask=None), "Paint over the part of the picture to change first"),
+    (dict(picture=None), "Inpaint needs a picture: upload one first."),
+    (dict(mode="img2img", picture=None), "Img2img needs a picture"),
+    (dict(prompt="  "), "Describe what to paint in the prompt."),
+    (dict(strength=0.1), "Strength 0.1 with 4 steps leaves no step to run"),
+    (dict(seed=2**32 - 1, batch=2), "The seed must be at most 4294967294 for a batch of 2"),
+    (dict(controls=[ControlSpec(enabled=True, source=OWN_IMAGE)]), "Control unit 1 is on but has no image"),
+    (dict(controls=[ControlSpec(), ControlSpec(enabled=True, start=0.6, end=0.5)]),
+     "Control unit 2: its start (0.6) must come before its end (0.5)."),
+    (dict(mode="generate", controls=[ControlSpec(enabled=True, source=USE_INPUT)]),
+     "Control unit 1 uses the input picture, but generate has none"),
+])
+def test_bad_tab_values_give_one_readable_sentence(changes, sentence):
+    with pytest.raises(InputError, match="^" + sentence.replace("(", r"\(").replace(")", r"\)")):
+        build_request(values(**changes))
+
+
+def test_control_units_and_references():
+    own = picture(64, 64, seed=3)
+    mode, params = build_request(values(
+        controls=[ControlSpec(enabled=True, type="canny", source=USE_INPUT, preprocess=True, scale=0.7, end=0.8),
+                  ControlSpec(enabled=False, type="depth", source=OWN_IMAGE, image=own),
+                  ControlSpec(enabled=True, type="lineart", source=OWN_IMAGE, image=own, start=0.1)],
+        references=[ReferenceSpec(image=own, weight=0.5, mode="style"), ReferenceSpec(image=None)]))
+    first, second = params["control"]
+    assert first == {"type": "canny", "scale": 0.7, "start": 0.0, "end": 0.8, "preprocess": "on"}  # the input picture
+    assert second["type"] == "lineart" and second["preprocess"] == "off" and second["start"] == 0.1
+    assert (pixels(second["image"]) == np.asarray(own)).all()
+    (ref,) = params["references"]
+    assert (ref["weight"], ref["mode"]) == (0.5, "style") and (pixels(ref["image"]) == np.asarray(own)).all()
+
+
+def test_composite_keeps_the_picture_where_the_layer_is_transparent():
+    base = picture(64, 48).convert("RGBA")
+    layer = np.zeros((16, 16, 4), np.uint8)
+    layer[..., :3] = 9
+    layer[4:12, 4:12, 3] = 255
+    layer[0, 0, 3] = 128
+    out = np.asarray(composite(base, Image.fromarray(layer, "RGBA"), (20, 10)))
+    expected = np.asarray(base).copy()
+    expected[14:22, 24:32, :3] = 9
+    changed = np.any(out != expected, axis=-1)
+    assert changed.sum() == 1 and changed[10, 20]  # only the half-transparent pixel blends
+
+
+def test_infotext_reads_like_the_webuis():
+    text = infotext({"mode": "inpaint", "prompt": "a red door", "negative_prompt": "blurry", "steps": 20,
+                     "sampler": "euler_a", "guidance": 7.0, "strength": 0.75, "model": "demo", "mask_grow": 8,
+                     "mask_feather": 16, "control": [{"type": "canny", "preprocess": "canny", "scale": 1.0,
+                                                      "start": 0.0, "end": 1.0}],
+                     "references": [{"weight": 0.5, "mode": "style"}]}, 42, (128, 96))
+    prompt, negative, last = text.split("\n")
+    assert prompt == "a red door" and negative == "Negative prompt: blurry"
+    assert last.startswith("Steps: 20, Sampler: Euler a, CFG scale: 7.0, Seed: 42, Size: 128x96, Model: demo, "
+                           "Denoising strength: 0.75, Mask blur: 16")
+    assert 'Easel control 1: "canny, preprocess canny, scale 1, 0-1"' in last
+    assert 'Easel reference 1: "style, weight 0.5"' in last
+
+
+def test_a_real_inpaint_job_keeps_every_unpainted_pixel(server):
+    source = values(picture=picture(128, 96, seed=5).convert("RGBA"))
+    updates = list(jobs.run(jobs.Connection(server.url), source, "unit"))
+    assert any(update.status.startswith("Step 1/4") and update.preview is not None for update in updates)
+    final = updates[-1]
+    assert final.done and final.status.startswith("Done: 1 image"), final.status
+    (result,) = final.images
+    out, before = np.asarray(result), np.asarray(source.picture)
+    assert result.size == (128, 96)
+    margin = mask_margin(8, 16)  # how far grow + feather reach beyond the painted box
+    near = np.zeros((96, 128), bool)
+    near[max(0, 20 - margin):50 + margin, max(0, 30 - margin):60 + margin] = True
+    assert (out[~near] == before[~near]).all()
+    assert (out[25:45, 35:55] != before[25:45, 35:55]).any()
+    assert "Seed: 7" in final.infotexts[0] and "Easel mode: inpaint" in final.infotexts[0]
+
+
+def test_backend_down_and_server_refusals_read_as_sentences(server):
+    down = list(jobs.run(jobs.Connection("ws://127.0.0.1:9/"), values(), "unit"))
+    assert down[-1].status == ("Cannot reach the Easel backend at ws://127.0.0.1:9/: start it with `easel serve`, "
+                               "or set its address in Settings > Easel.")
+    assert jobs.status_line(jobs.Connection("ws://127.0.0.1:9/")).startswith("Cannot reach the Easel backend")
+    refused = list(jobs.run(jobs.Connection(server.url), values(steps=100000), "unit"))
+    assert refused[-1].status.startswith("The Easel backend refused the job: ") and "steps" in refused[-1].status
+    assert "on cpu" in jobs.status_line(jobs.Connection(server.url))  # and it still serves
+
+
+def test_preview_map_of_the_input_picture(server):
+    image, message = jobs.preprocess(jobs.Connection(server.url), "canny", picture(128, 96))
+    assert image.size == (128, 96) and message == "canny map made by the backend."
+    edges = np.asarray(image.convert("L"))
+    assert (edges > 200).mean() < 0.5 and (edges > 200).any()  # sparse bright edges on black
+    none, message = jobs.preprocess(jobs.Connection(server.url), "depth", picture(128, 96))
+    assert none is None and message.startswith("The Easel backend refused the job: ")

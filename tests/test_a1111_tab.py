@@ -1,0 +1,323 @@
+"""The Easel tab in a real browser: the packaged extension, mounted the way the WebUI mounts it
+(``tests/webui_harness.py`` with real gradio 3.41.2 in the WebUI-like environment ``.venv-webui``),
+driven in headless Chromium against a real server on the demo model."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import os
+import socket
+import subprocess
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from backend.packaging import build
+from conftest import picture
+
+REPO = Path(__file__).resolve().parents[1]
+SETUP = ("run `bash .ci/run`, or set up the WebUI-like environment: `python3 -m venv .venv-webui && "
+         ".venv-webui/bin/pip install -r tests/webui-requirements.txt` and `apt-get install chromium`")
+WEBUI_PYTHON = Path(os.environ.get("EASEL_WEBUI_PYTHON", REPO / ".venv-webui" / "bin" / "python"))
+CHROMIUM = Path(os.environ.get("EASEL_CHROMIUM", "/usr/bin/chromium"))
+# The machine's closed network refuses connections that Chromium would otherwise try.
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+STATUS = "document.querySelector('#easel_status [data-testid=markdown]')"  # the status line, in page JS
+TIMEOUT = 60_000  # ms: a job on the demo model takes seconds, but the machine is shared
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def extension(tmp_path_factory) -> Path:
+    """The packaged extension, symlinked into a WebUI-like extensions/ folder."""
+    root = tmp_path_factory.mktemp("webui")
+    folder = build("a1111", root / "dist")
+    (root / "extensions").mkdir()
+    (root / "extensions" / folder.name).symlink_to(folder, target_is_directory=True)
+    return root / "extensions"
+
+
+@pytest.fixture(scope="module")
+def webui(server, extension, tmp_path_factory):
+    if not WEBUI_PYTHON.exists():
+        pytest.fail(f"no WebUI-like Python at {WEBUI_PYTHON}: {SETUP}")
+    config = tmp_path_factory.mktemp("webui-config") / "config.json"
+    config.write_text(json.dumps({"easel_url": server.url}))
+    port = free_port()
+    log = open(config.with_name("harness.log"), "w+")
+    process = subprocess.Popen([str(WEBUI_PYTHON), str(REPO / "tests" / "webui_harness.py"), str(extension),
+                                str(port), str(config)], stdout=log, stderr=subprocess.STDOUT,
+                               env={**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "PYTHONPATH": ""})
+    url = f"http://127.0.0.1:{port}/"
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            urllib.request.urlopen(url, timeout=2)
+            break
+        except OSError:
+            if process.poll() is not None or time.monotonic() > deadline:
+                process.kill()
+                log.seek(0)
+                pytest.fail(f"the WebUI harness did not start:\n{log.read()[-3000:]}")
+            time.sleep(0.5)
+    yield {"url": url, "server": server.url, "log": log}
+    process.terminate()
+    process.wait(10)
+    log.close()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not CHROMIUM.exists():
+        pytest.fail(f"no Chromium at {CHROMIUM}: {SETUP}")
+    from playwright.sync_api import sync_playwright
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture
+def page(browser, webui):
+    """A fresh page on the Easel tab."""
+    page = browser.new_page(viewport={"width": 1400, "height": 1200})
+    page.set_default_timeout(TIMEOUT)
+    page.goto(webui["url"])
+    open_tab(page, "Easel")
+    page.locator("#easel_generate").wait_for()
+    yield page
+    page.close()
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory) -> dict[str, Path]:
+    folder = tmp_path_factory.mktemp("pictures")
+    paths = {"picture": folder / "house.png", "reference": folder / "style.png"}
+    picture(192, 128, seed=11).save(paths["picture"])
+    picture(96, 96, seed=12).save(paths["reference"])
+    return paths
+
+
+# -- driving the page ------------------------------------------------------------------------------
+
+def open_tab(page, name: str) -> None:
+    page.locator("#tabs > .tab-nav button", has_text=name).click()
+
+
+def text_of(page, elem_id: str) -> str:
+    """A Markdown component's text (without gradio's "processing" overlay around it)."""
+    return page.locator(f"#{elem_id} [data-testid=markdown]").inner_text()
+
+
+def set_number(page, elem_id: str, value) -> None:
+    field = page.locator(f"#{elem_id} input[type=number]")
+    field.fill(str(value))
+    field.blur()
+
+
+def choose(page, elem_id: str, label: str) -> None:
+    page.locator(f"#{elem_id} label", has_text=label).click()
+
+
+def upload(page, elem_id: str, path: Path) -> None:
+    page.locator(f"#{elem_id} input[type=file]").set_input_files(str(path))
+    page.locator(f"#{elem_id} img").first.wait_for()
+
+
+def paint(page, start: tuple[float, float], end: tuple[float, float], size: tuple[int, int]) -> tuple:
+    """Drag the brush across the picture between two points given in picture pixels."""
+    canvas = page.locator("#easel_picture canvas").last
+    box = canvas.bounding_box()
+    at = lambda x, y: (box["x"] + x * box["width"] / size[0], box["y"] + y * box["height"] / size[1])  # noqa: E731
+    page.mouse.move(*at(*start))
+    page.mouse.down()
+    for i in range(1, 11):
+        page.mouse.move(*at(start[0] + (end[0] - start[0]) * i / 10, start[1] + (end[1] - start[1]) * i / 10))
+    page.mouse.up()
+
+
+def watch_progress(page) -> None:
+    """Record every text the progress line shows (it changes faster than polling can see)."""
+    page.evaluate("""() => {
+        window.easelSeen = [];
+        const block = document.querySelector('#easel_progress');
+        const line = block.querySelector('[data-testid=markdown]');
+        new MutationObserver(() => window.easelSeen.push(line.innerText))
+            .observe(line, {subtree: true, childList: true, characterData: true});
+    }""")
+
+
+def generate(page) -> str:
+    """Press Generate and return the text the progress line ends on."""
+    watch_progress(page)
+    page.click("#easel_generate")
+    # Every run shows at least one new text; the last one is not "Connecting…", "Running…" or "Step …".
+    final = page.wait_for_function("""() => window.easelSeen.map(text => text.trim())
+        .find(text => text && !/^(Connecting|Running|Step )/.test(text))""", timeout=TIMEOUT * 3)
+    return final.json_value()
+
+
+def image_of(page, elem_id: str) -> Image.Image:
+    """The picture an output image component shows (gradio 3 sends them as data URLs)."""
+    source = page.locator(f"#{elem_id} img").first.get_attribute("src")
+    assert source.startswith("data:image/png;base64,"), source[:60]
+    return Image.open(io.BytesIO(base64.b64decode(source.split(",", 1)[1]))).convert("RGBA")
+
+
+# -- tests ----------------------------------------------------------------------------------------
+
+def test_status_line_names_the_backend(page, webui):
+    status = text_of(page, "easel_status")
+    assert status.startswith(f"Easel backend at {webui['server']}: easel/") and "on cpu" in status, status
+    assert "default model demo" in status
+
+
+def test_paint_a_mask_generate_and_keep_every_unpainted_pixel(page, files):
+    upload(page, "easel_picture", files["picture"])
+    paint(page, (30, 40), (60, 50), (192, 128))
+    page.locator("#easel_prompt textarea").fill("a red door")
+    set_number(page, "easel_steps", 4)
+    set_number(page, "easel_seed", 5)
+    assert generate(page).startswith("Done: 1 image"), text_of(page, "easel_progress")
+    seen = page.evaluate("window.easelSeen")
+    assert any(text.startswith("Step 1/4") for text in seen) and any("Step 4/4" in text for text in seen), seen
+    assert page.locator("#easel_preview img").count() == 1  # the live preview showed a step
+    assert page.locator("#easel_gallery img").count() >= 1
+
+    before = np.asarray(Image.open(files["picture"]).convert("RGBA"))
+    after = np.asarray(image_of(page, "easel_selected"))
+    assert after.shape == before.shape
+    changed = np.argwhere(np.any(after != before, axis=-1))
+    assert len(changed) > 100, "the painted area did not change"
+    # Only around the stroke: its bounds, the brush, grow 8 + feather 16 (margin 33).
+    (top, left), (bottom, right) = changed.min(0), changed.max(0)
+    assert left >= 30 - 60 and right <= 60 + 60 and top >= 40 - 60 and bottom <= 50 + 60, (top, left, bottom, right)
+    assert (after[:, 125:] == before[:, 125:]).all() and (after[115:] == before[115:]).all()
+    info = page.locator("#easel_info textarea").input_value()
+    assert info.startswith("a red door\nSteps: 4, Sampler: DPM++ 2M Karras, CFG scale: 7.0, Seed: 5, Size: 192x128")
+    if os.environ.get("EASEL_SCREENSHOT"):  # how docs/images/a1111-tab.png is made
+        page.screenshot(path=os.environ["EASEL_SCREENSHOT"], full_page=False)
+
+
+def test_control_unit_with_preprocess_preview_and_a_reference(page, files):
+    upload(page, "easel_picture", files["picture"])
+    page.locator("#easel_prompt textarea").fill("a cottage")
+    choose(page, "easel_mode", "img2img")
+    set_number(page, "easel_strength", 0.5)
+    set_number(page, "easel_steps", 4)
+
+    page.locator("#easel_cn1").get_by_text("ControlNet unit 1").click()
+    page.locator("#easel_cn1_enabled input").check()
+    page.locator("#easel_cn1_pre input").check()
+    page.click("#easel_cn1_show")
+    page.locator("#easel_cn1_map img").wait_for()
+    assert text_of(page, "easel_cn1_message").strip() == "canny map made by the backend."
+    edges = np.asarray(image_of(page, "easel_cn1_map").convert("L"))
+    assert edges.shape == (128, 192) and 0 < (edges > 200).mean() < 0.5  # sparse edges, not the picture
+
+    page.locator("#easel_ref1").get_by_text("Reference 1").click()
+    upload(page, "easel_ref1_image", files["reference"])
+    set_number(page, "easel_ref1_weight", 0.8)
+    choose(page, "easel_ref1_mode", "style")
+
+    assert generate(page).startswith("Done: 1 image"), text_of(page, "easel_progress")
+    info = page.locator("#easel_info textarea").input_value()
+    assert "Denoising strength: 0.5" in info and "Easel mode: img2img" in info, info
+    assert 'Easel control 1: "canny, preprocess canny, scale 1, 0-1"' in info, info
+    assert 'Easel reference 1: "style, weight 0.8"' in info, info
+    assert image_of(page, "easel_selected").size == (192, 128)
+
+
+def test_cancel_stops_a_long_job(page):
+    page.locator("#easel_prompt textarea").fill("a lighthouse")
+    choose(page, "easel_mode", "generate")
+    set_number(page, "easel_steps", 150)
+    watch_progress(page)
+    page.click("#easel_generate")
+    page.wait_for_function("() => window.easelSeen.some(text => text.includes('Step 2/150'))",
+                           timeout=TIMEOUT * 2)
+    started = time.monotonic()
+    page.click("#easel_cancel")
+    page.wait_for_function("() => window.easelSeen.some(text => text.trim() === 'Cancelled.')")
+    assert time.monotonic() - started < 30
+    steps = [text for text in page.evaluate("window.easelSeen") if text.startswith("Step ")]
+    assert steps and "150/150" not in steps[-1], steps
+    assert page.locator("#easel_gallery img").count() == 0
+    page.click("#easel_cancel")
+    page.wait_for_function("() => window.easelSeen.some(text => text.trim() === 'Nothing is running.')")
+
+
+def test_bad_input_gets_a_sentence_and_the_next_job_runs(page, files):
+    page.locator("#easel_prompt textarea").fill("a red door")
+    assert generate(page) == "Inpaint needs a picture: upload one first."
+    upload(page, "easel_picture", files["picture"])
+    assert generate(page) == "Paint over the part of the picture to change first (inpaint needs a mask)."
+    choose(page, "easel_mode", "generate")
+    set_number(page, "easel_steps", 2)
+    set_number(page, "easel_width", 64)
+    set_number(page, "easel_height", 64)
+    assert generate(page).startswith("Done: 1 image")
+
+
+def test_backend_down_reads_as_a_sentence(page, webui):
+    def point_at(url: str) -> None:
+        open_tab(page, "Settings")
+        page.locator("#setting_easel_url textarea").fill(url)
+        page.click("#settings_submit")
+        page.wait_for_function("(url) => document.querySelector('#settings_result').innerText.includes(url)",
+                               arg=url)
+        open_tab(page, "Easel")
+
+    down = f"ws://127.0.0.1:{free_port()}/"
+    point_at(down)
+    try:
+        page.click("#easel_refresh")
+        page.wait_for_function(f"() => {STATUS}.innerText.includes('Cannot reach')")
+        # (Markdown shows `easel serve` as code, without the backticks)
+        expected = (f"Cannot reach the Easel backend at {down}: start it with easel serve, "
+                    "or set its address in Settings > Easel.")
+        assert text_of(page, "easel_status").strip() == expected
+        page.locator("#easel_prompt textarea").fill("a lighthouse")
+        choose(page, "easel_mode", "generate")
+        assert generate(page) == expected
+    finally:
+        point_at(webui["server"])
+    page.click("#easel_refresh")
+    page.wait_for_function(f"() => {STATUS}.innerText.includes('on cpu')")
+
+
+def test_pick_a_result_and_send_it_to_img2img_and_inpaint(page):
+    page.locator("#easel_prompt textarea").fill("a lighthouse at dusk")
+    choose(page, "easel_mode", "generate")
+    for field, value in (("easel_steps", 2), ("easel_seed", 99), ("easel_batch", 2), ("easel_width", 64),
+                         ("easel_height", 64)):
+        set_number(page, field, value)
+    assert generate(page).startswith("Done: 2 images in ")
+    assert "Seed: 99," in page.locator("#easel_info textarea").input_value()
+    page.locator("#easel_gallery button.thumbnail-item").nth(1).click()  # the second of the batch
+    page.wait_for_function("() => document.querySelector('#easel_info textarea').value.includes('Seed: 100,')")
+    result = image_of(page, "easel_selected")
+    for tab in ("img2img", "inpaint"):
+        open_tab(page, "Easel")
+        page.click(f"#{tab}_tab")
+        open_tab(page, tab)
+        page.locator(f"#{tab}_image img").first.wait_for()
+        page.wait_for_function(f"() => document.querySelector('#{tab}_seed textarea').value === '100'")
+        assert page.locator(f"#{tab}_prompt textarea").input_value() == "a lighthouse at dusk"
+        assert page.locator(f"#{tab}_steps textarea").input_value() == "2"
+        sent = page.locator(f"#{tab}_image img").first.get_attribute("src")
+        assert np.array_equal(np.asarray(Image.open(io.BytesIO(base64.b64decode(sent.split(",", 1)[1])))
+                                         .convert("RGBA")), np.asarray(result))
+
