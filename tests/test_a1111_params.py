@@ -164,5 +164,5 @@ def test_preview_map_of_the_input_picture(server):
     assert image.size == (128, 96) and message == "canny map made by the backend."
     edges = np.asarray(image.convert("L"))
     assert (edges > 200).mean() < 0.5 and (edges > 200).any()  # sparse bright edges on black
-    none, message = jobs.preprocess(jobs.Connection(server.url), "depth", picture(128, 96))
+    none, message = jobs.preprocess(jobs.Connection(server.url), "tile", picture(128, 96))
     assert none is None and message.startswith("The Easel backend refused the job: ")
