@@ -19,4 +19,6 @@ def too_old(package: str, major: int) -> bool:
 
 
 if not launch.is_installed(NEED) or too_old(NEED, 11):
-    launch.run_pip(f'install "{NEED}>=11"', "websockets for the Easel tab")
+    # gradio 3 (A1111 1.x) and its gradio_client break on websockets 12 and later.
+    bound = ",<12" if too_old("gradio", 4) else ""
+    launch.run_pip(f'install "{NEED}>=11{bound}"', "websockets for the Easel tab")

@@ -211,7 +211,8 @@ class EaselServer:
                 "control_types": sorted({kind for types in self.config.controlnets.values() for kind in types}),
                 "preprocessors": self.engine.preprocessors.available(),
                 "reference_families": sorted(self.config.ip_adapters),
-                "reference_modes": list(REFERENCE_MODES),
+                "reference_modes": [mode for mode in REFERENCE_MODES if mode != "face" or any(
+                    spec.face for spec in self.config.ip_adapters.values())],
                 "limits": {"max_steps": limits.max_steps, "max_batch": limits.max_batch,
                            "max_side": limits.max_side, "max_pixels": limits.max_pixels,
                            "max_message_bytes": limits.max_message_bytes,

@@ -185,7 +185,8 @@ class Client:
                 return event
         raise AssertionError("unreachable")
 
-    def preprocess(self, preprocessor: str, image: ImageData, *, resolution: int | None = None) -> ImageData:
+    def preprocess(self, preprocessor: str, image: ImageData, *, resolution: int | None = None,
+                   on_event: Callable[[Event], None] | None = None) -> ImageData:
         """The control map ``preprocessor`` (a name, or a control type) makes of ``image``."""
         job = uuid.uuid4().hex[:16]
         message = {"type": "preprocess", "job": job, "preprocessor": preprocessor,
@@ -194,6 +195,8 @@ class Client:
             message["resolution"] = resolution
         self._send(message)
         for event in self.events(job):
+            if on_event:
+                on_event(event)
             if isinstance(event, Result):
                 return event.images[0].image
         raise JobCancelled("cancelled", f"preprocess job {job} was cancelled", job=job)

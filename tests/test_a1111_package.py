@@ -70,7 +70,7 @@ def test_copied_into_extensions_it_registers_its_tab_and_settings(packaged, tmp_
 
 @pytest.mark.parametrize("missing, expected", [
     ("", []),
-    ("websockets", ['install "websockets>=11"\twebsockets for the Easel tab']),
+    ("websockets", ['install "websockets>=11,<12"\twebsockets for the Easel tab']),
 ])
 def test_install_py_uses_the_webuis_pip_helper(packaged, tmp_path, missing, expected):
     log = tmp_path / "pip.log"

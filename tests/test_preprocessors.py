@@ -17,7 +17,7 @@ from shared.client import Client, EaselError
 
 @pytest.fixture(scope="module")
 def preprocessors(demo_config):
-    return Preprocessors(demo_config.annotators)
+    return Preprocessors(demo_config.annotators, device="cpu")  # as the engine builds them
 
 
 @pytest.mark.parametrize("name", sorted(ANNOTATORS))
@@ -57,18 +57,29 @@ def test_missing_annotator_names_the_file_and_the_server_keeps_serving(demo_conf
     with ServerThread(config, engine) as server, Client(server.url) as other:
         assert "softedge_pidinet" in other.welcome["capabilities"]["preprocessors"]
         assert "depth_midas" not in other.welcome["capabilities"]["preprocessors"]
+        events = []
         with pytest.raises(EaselError) as caught:
-            other.preprocess("depth", png(picture(64, 64)))
-        assert caught.value.code == "missing_annotator"
+            other.preprocess("depth", png(picture(64, 64)), on_event=events.append)
+        assert caught.value.code == "missing_annotator" and caught.value.field == "preprocessor"
         assert "dpt_hybrid-midas-501f0c75.pt" in caught.value.message and str(tmp_path) in caught.value.message
+        assert not [event for event in events if type(event).__name__ == "Started"], "fails before `started`"
+        with pytest.raises(EaselError) as caught:
+            other.run("img2img", image=png(picture(64, 64)), prompt="x", steps=2, strength=0.5,
+                      control=[{"type": "canny"}, {"type": "pose", "preprocess": "on"}])
+        assert caught.value.code == "missing_annotator" and caught.value.field == "control[1].preprocess"
         assert decode(other.preprocess("softedge_pidinet", png(picture(64, 64)))).shape == (64, 64, 4)
 
 
-def test_no_annotators_configured_says_how_to_configure():
+def test_no_annotators_configured_says_how_to_configure(tmp_path):
     with pytest.raises(ModelError) as caught:
         Preprocessors(None).run("openpose", picture(64, 64))
     assert caught.value.code == "missing_annotator"
     assert "body_pose_model.pth" in caught.value.message and "annotators" in caught.value.message
+    typo = Preprocessors(str(tmp_path / "Annotatorz"))  # a missing folder is not a hub repository
+    assert typo.available() == ["canny", "lineart_standard", "shuffle"]
+    with pytest.raises(ModelError) as caught:
+        typo.run("openpose", picture(64, 64))
+    assert "Annotatorz" in caught.value.message and "hub" not in caught.value.message
 
 
 class _Payload:

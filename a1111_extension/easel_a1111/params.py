@@ -102,7 +102,7 @@ def build_request(values: TabValues) -> tuple[str, dict]:
     mode = values.mode
     if mode not in ("inpaint", "img2img", "generate"):
         raise InputError(f"Unknown mode {mode!r}: choose inpaint, img2img or generate.")
-    if not values.prompt.strip() and not values.references:
+    if not values.prompt.strip() and not any(reference.image is not None for reference in values.references):
         raise InputError("Describe what to paint in the prompt.")
     params: dict = {"prompt": values.prompt, "negative_prompt": values.negative_prompt,
                     "steps": int(values.steps), "guidance": float(values.guidance), "sampler": values.sampler,

@@ -72,7 +72,9 @@ class IPAdapters:
         unconditional one first when classifier-free guidance runs, as the pipelines expect."""
         import torch
 
-        device = pipe._execution_device  # the GPU even when model CPU offload parks the UNet
+        # The pipeline's execution device: the GPU once model CPU offload has hooked the pipeline
+        # (before that, on its very first job, the encoder runs where its weights are parked).
+        device = pipe._execution_device
         conditional, unconditional = [], []
         for image in images:
             cond, uncond = pipe.encode_image(image, device, 1, output_hidden_states=hidden_states or None)

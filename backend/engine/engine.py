@@ -19,7 +19,7 @@ from backend.engine import masks
 from backend.engine.adapters import IPAdapters
 from backend.engine.controlnets import ControlNetCache
 from backend.engine.preprocessors import Preprocessors
-from backend.engine.models import LoadedModel, ModelRegistry
+from backend.engine.models import LoadedModel, ModelError, ModelRegistry
 from backend.engine.previews import Previewer
 from backend.engine.prompt_cache import PromptCache
 from backend.requests import EditRequest
@@ -143,8 +143,9 @@ class Engine:
     def _preprocess(self, request: EditRequest, reporter: Reporter, start: float) -> EngineResult:
         """A ``preprocess`` job: the control map of the whole picture, at its size."""
         height, width = request.image.shape[:2]
-        reporter.started(0, (width, height), None)
         unit = request.control[0]
+        self.preprocessors.load(unit.preprocessor)  # a missing annotator fails before `started`
+        reporter.started(0, (width, height), None)
         picture = Image.fromarray(np.ascontiguousarray(request.image[..., :3]))
         control_map = np.asarray(self.preprocessors.run(unit.preprocessor, picture, unit.resolution))
         return EngineResult([Layer(0, 0, (0, 0), _opaque(control_map))], 0.0, time.perf_counter() - start)
@@ -181,6 +182,13 @@ class Engine:
             return None
         controlnets = [self.controlnets.get(model.family, unit.type, f"control[{i}].type") for i, unit in active]
         inputs.control = [unit for _, unit in active]
+        for i, unit in active:
+            if unit.preprocessor:
+                try:
+                    self.preprocessors.load(unit.preprocessor)
+                except ModelError as exc:
+                    exc.field = f"control[{i}].preprocess"
+                    raise
         inputs.control_images = [self._control_image(request, model, inputs, unit) for _, unit in active]
         return model.control_pipeline(request.mode, controlnets)
 

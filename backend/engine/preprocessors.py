@@ -46,7 +46,14 @@ def _openpose(paths: list[str]):
     from controlnet_aux import OpenposeDetector
     from controlnet_aux.open_pose.body import Body
 
-    return OpenposeDetector(Body(paths[0]))
+    body = Body(paths[0])
+    detector = OpenposeDetector(body)
+
+    def to(device):  # OpenposeDetector.to also moves hand and face networks, which this one lacks
+        body.model.to(device)
+        return detector
+    detector.to = to
+    return detector
 
 
 def _segment_anything(paths: list[str]):
@@ -104,6 +111,9 @@ class Preprocessors:
 
     def __init__(self, annotators: str | None, device=None):
         self.source = annotators
+        # An absolute path is a folder, even a missing one (a typo must not turn into a hub lookup).
+        self.folder = Path(annotators) if annotators and (os.path.isabs(annotators) or
+                                                          os.path.isdir(annotators)) else None
         self.device = device
         self._detectors: dict[str, Callable] = {}
         self._lock = threading.Lock()
@@ -111,11 +121,10 @@ class Preprocessors:
     def available(self) -> list[str]:
         """The preprocessors this server can run now (weights found locally, or a hub source)."""
         names = list(WEIGHTLESS)
-        if self.source and not os.path.isdir(self.source):
+        if self.source and self.folder is None:
             return names + list(ANNOTATORS)
-        folder = Path(self.source) if self.source else None
         return names + [name for name, annotator in ANNOTATORS.items()
-                        if folder and all((folder / file).is_file() for file in annotator.files)]
+                        if self.folder and all((self.folder / file).is_file() for file in annotator.files)]
 
     def run(self, name: str, picture: Image.Image, resolution: int | None = None, seed: int = 0) -> Image.Image:
         """The control map ``name`` makes of ``picture``, the same size as the picture.
@@ -126,28 +135,29 @@ class Preprocessors:
         kwargs = {"detect_resolution": resolution}
         if name != "lineart_standard":  # the one detector without an output-size argument
             kwargs["image_resolution"] = resolution
-        if name in WEIGHTLESS:
-            detector = _weightless(name)
-        else:
-            detector = self._detector(name)
+        detector = self.load(name)
+        if name in ANNOTATORS:
             kwargs.update(ANNOTATORS[name].options)
         if name in ("shuffle", "segment_anything"):
             np.random.seed(seed)  # both draw from numpy's global generator
         result = detector(picture.convert("RGB"), **kwargs)
         return result.convert("RGB").resize(picture.size, Image.Resampling.BILINEAR)
 
-    def _detector(self, name: str) -> Callable:
+    def load(self, name: str) -> Callable:
+        """The detector for ``name``, loading its annotator files on first use."""
+        if name in WEIGHTLESS:
+            return _weightless(name)
         with self._lock:
             if name not in self._detectors:
                 annotator = ANNOTATORS[name]
                 paths = [self._fetch(name, file) for file in annotator.files]
                 try:
                     detector = annotator.build(paths)
+                    if self.device is not None and hasattr(detector, "to"):
+                        detector.to(self.device)
                 except Exception as exc:
                     raise ModelError("model_load_failed", f"the {name} annotator ({', '.join(annotator.files)}) "
                                      f"could not be loaded: {exc}", "preprocessor") from exc
-                if self.device is not None and hasattr(detector, "to"):
-                    detector.to(self.device)
                 self._detectors[name] = detector
             return self._detectors[name]
 
@@ -157,8 +167,8 @@ class Preprocessors:
             raise ModelError("missing_annotator", f"the {name} preprocessor needs {file}, and no annotators folder "
                              "is configured: set `annotators` under [server] to a folder with the "
                              "lllyasviel/Annotators files (or to \"lllyasviel/Annotators\" to download them)", "preprocessor")
-        if os.path.isdir(self.source):
-            path = Path(self.source) / file
+        if self.folder is not None:
+            path = self.folder / file
             if not path.is_file():
                 raise ModelError("missing_annotator", f"the {name} preprocessor needs {file}, which is not in "
                                  f"the annotators folder {self.source}", "preprocessor")

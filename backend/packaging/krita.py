@@ -30,7 +30,10 @@ def plugin_version() -> str:
     try:
         return version("easel-bridge")
     except PackageNotFoundError:  # a checkout that was not pip-installed
-        import tomllib
+        try:
+            import tomllib
+        except ModuleNotFoundError:  # Python 3.10
+            import tomli as tomllib
         return tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["version"]
 
 

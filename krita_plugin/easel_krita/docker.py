@@ -45,6 +45,8 @@ class EaselDocker(host.DockWidget):
         self.session.cancelled.connect(self._on_cancelled)
         self.session.preprocessed.connect(lambda job, layer: self._say(f"Added the layer “{layer.name()}”."))
         extension.dockers().append(self)
+        # A closed window deletes its docker; the shortcuts must not reach for the dead widget.
+        self.destroyed.connect(lambda _=None, docker=self: extension.forget(docker))
 
     # -- layout -------------------------------------------------------------------------------
 

@@ -14,6 +14,11 @@ def dockers() -> list:
     return _dockers
 
 
+def forget(docker) -> None:
+    if docker in _dockers:
+        _dockers.remove(docker)
+
+
 class EaselExtension(host.Extension):
     """Menu actions (Tools > Scripts) with shortcuts from ``easel_krita.action``."""
 
