@@ -286,15 +286,18 @@ def _write_ip_adapter(folder: pathlib.Path, family: str) -> None:
 
 def write_config(root: pathlib.Path, families=FAMILIES) -> pathlib.Path:
     """``root/easel.toml``, serving the written families (the first is the default model)."""
-    lines = ["[server]", f'default_model = "{families[0]}"', ""]
+    def value(text) -> str:  # a TOML string: JSON's escaping is valid TOML (paths with \ or ")
+        return json.dumps(str(text))
+
+    lines = ["[server]", f"default_model = {value(families[0])}", ""]
     for family in families:
-        lines += [f"[models.{family}]", f'source = "{root / family}"', f'family = "{family}"',
-                  f'inpaint = "{root / (family + "-inpaint")}"', ""]
+        lines += [f"[models.{family}]", f"source = {value(root / family)}", f"family = {value(family)}",
+                  f"inpaint = {value(root / (family + '-inpaint'))}", ""]
         lines += [f"[controlnets.{family}]"]
-        lines += [f'{kind} = "{root / "controlnet" / family}"' for kind in CONTROL_TYPES] + [""]
+        lines += [f"{kind} = {value(root / 'controlnet' / family)}" for kind in CONTROL_TYPES] + [""]
         adapter = root / "ip-adapter" / family
-        lines += [f"[ip_adapters.{family}]", f'weights = "{adapter / IP_ADAPTER_WEIGHTS}"',
-                  f'image_encoder = "{adapter / "image_encoder"}"', ""]
+        lines += [f"[ip_adapters.{family}]", f"weights = {value(adapter / IP_ADAPTER_WEIGHTS)}",
+                  f"image_encoder = {value(adapter / 'image_encoder')}", ""]
     path = root / "easel.toml"
     path.write_text("\n".join(lines))
     return path

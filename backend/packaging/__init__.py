@@ -22,10 +22,10 @@ def build(host: str, out: Path) -> Path:
     return importlib.import_module(f"{__name__}.{host}").build(out)
 
 
-def copy_package(module, dest: Path) -> Path:
-    """Copy an imported package's source files (no caches) to ``dest/<name>``."""
+def copy_package(module, dest: Path, name: str | None = None) -> Path:
+    """Copy an imported package's source files (no caches) to ``dest/<name>`` (its own name by default)."""
     source = Path(module.__file__).parent
-    target = dest / source.name
+    target = dest / (name or source.name)
     shutil.copytree(source, target, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"),
                     dirs_exist_ok=True)
     return target

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import shared
 
-from . import REPO
+from . import REPO, copy_package
 
 NAME = "easel"
 BUNDLED = "easel_shared"
@@ -23,6 +23,5 @@ def build(out: Path) -> Path:
     if target.exists():
         shutil.rmtree(target)
     shutil.copytree(REPO / "a1111_extension", target, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
-    source = Path(shared.__file__).parent
-    shutil.copytree(source, target / BUNDLED, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    copy_package(shared, target, BUNDLED)
     return target
