@@ -345,9 +345,7 @@ class EaselDocker(host.DockWidget):
     def _on_failed(self, job, message) -> None:
         if job == self.job:
             self._end_job()
-            self._say(message, error=True)
-        else:
-            self._say(message, error=True)
+        self._say(message, error=True)
 
     def _on_cancelled(self, job) -> None:
         if job == self.job:

@@ -101,10 +101,14 @@ def _u8_to_u16(linear: bool) -> array:
     return _LUTS[key]
 
 
-def _u8_to_float(linear: bool) -> list[float]:
-    key = f"u8-f-{linear}"
+def _u8_to_float(linear: bool, code: str) -> array:
+    """8-bit value -> float, as an array of ``code``: "f" (float32) or "H" (float16 bit patterns)."""
+    key = f"u8-{code}-{linear}"
     if key not in _LUTS:
-        _LUTS[key] = [srgb_to_linear(v / 255) if linear else v / 255 for v in range(256)]
+        values = [srgb_to_linear(v / 255) if linear else v / 255 for v in range(256)]
+        if code == "H":
+            values = [struct.unpack("<H", struct.pack("<e", value))[0] for value in values]
+        _LUTS[key] = array(code, values)
     return _LUTS[key]
 
 
@@ -150,14 +154,14 @@ def from_rgba8(data: bytes, depth: str, linear: bool) -> bytes:
         out[3::4] = array("H", map(alpha.__getitem__, data[3::4]))
         return out.tobytes()
     if depth in ("F16", "F32"):
-        colour, alpha = _u8_to_float(linear), _u8_to_float(False)
-        values = [0.0] * len(data)
+        # Typed arrays throughout: a float canvas is millions of values, too many for Python lists.
+        code = "f" if depth == "F32" else "H"
+        colour, alpha = _u8_to_float(linear, code), _u8_to_float(False, code)
+        out = array(code, bytes(len(data) * BYTES_PER_CHANNEL[depth]))
         for channel in range(3):
-            values[channel::4] = list(map(colour.__getitem__, data[channel::4]))
-        values[3::4] = list(map(alpha.__getitem__, data[3::4]))
-        if depth == "F32":
-            return array("f", values).tobytes()
-        return struct.pack(f"<{len(values)}e", *values)
+            out[channel::4] = array(code, map(colour.__getitem__, data[channel::4]))
+        out[3::4] = array(code, map(alpha.__getitem__, data[3::4]))
+        return out.tobytes()
     raise UnsupportedColor(f"unknown colour depth {depth}")
 
 

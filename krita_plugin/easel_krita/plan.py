@@ -149,13 +149,18 @@ def plan_region(width: int, height: int, strength: float, native: int | None,
     return Region(mode, plan.box, size)  # a small canvas: the server scales it up itself
 
 
+def check_prompt(settings: Settings, references) -> None:
+    """A job needs a prompt, or at least a reference to follow."""
+    if not settings.prompt.strip() and not references:
+        raise PlanError("Type a prompt first: it says what to paint.")
+
+
 def build_job(region: Region, settings: Settings, image: bytes | None, mask: bytes | None = None,
               controls: list[ControlUnit] = (), references: list[Reference] = ()) -> Job:
     """The submit for ``region``: ``image``, ``mask`` and the control images are RGBA / 8-bit
     bytes of the region's ``picture`` size."""
     width, height = region.picture
-    if not settings.prompt.strip() and not references:
-        raise PlanError("Type a prompt first: it says what to paint.")
+    check_prompt(settings, references)
     if region.mode != "generate" and int(settings.steps * settings.strength) < 1:
         raise PlanError(f"{settings.steps} steps at {round(settings.strength * 100)}% strength leave no step "
                         "to run: raise the strength or the steps.")

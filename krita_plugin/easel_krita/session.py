@@ -86,8 +86,7 @@ class Session(QObject):
         """
         if self.worker.state != "connected":
             raise plan.PlanError(self.worker.not_ready())
-        if not settings.prompt.strip() and not references:  # answer at once, before reading pixels
-            raise plan.PlanError("Type a prompt first: it says what to paint.")
+        plan.check_prompt(settings, references)  # answer at once, before reading pixels
         info = host.canvas(doc)
         host.flush(doc)
         selection = host.selection(doc)
