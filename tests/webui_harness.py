@@ -1,4 +1,5 @@
-"""A WebUI-shaped gradio app for the browser tests; runs in the WebUI-like environment (.venv-webui).
+"""A WebUI-shaped gradio app for the browser tests; runs in the WebUI-like environment (.venv-webui,
+gradio 3.41.2 as A1111 1.x) or the Forge-like one (.venv-forge, gradio 4.40.0 as SD WebUI Forge).
 
 It does what the WebUI does with an extension: loads every ``extensions/*/scripts/*.py`` by path,
 calls the registered settings and tab callbacks, renders each tab into a ``gr.TabItem`` of the main
@@ -17,6 +18,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent / "webui_stub"))
 
 import gradio as gr  # noqa: E402
 
+GRADIO4 = int(gr.__version__.split(".")[0]) >= 4
+
 from modules import infotext_utils, script_callbacks, shared  # noqa: E402
 
 
@@ -29,7 +32,10 @@ def load_scripts(extensions: Path) -> None:
 def webui_tab(name: str, sketch: bool) -> None:
     """img2img / inpaint, reduced to the picture and the fields infotext pastes into."""
     with gr.TabItem(name, id=name, elem_id=f"tab_{name}"):
-        if sketch:
+        if GRADIO4:
+            image = (gr.ImageEditor(sources=["upload"], type="pil", elem_id=f"{name}_image") if sketch
+                     else gr.Image(sources=["upload"], type="pil", elem_id=f"{name}_image"))
+        elif sketch:
             image = gr.Image(source="upload", tool="sketch", type="pil", elem_id=f"{name}_image")
         else:
             image = gr.Image(source="upload", type="pil", elem_id=f"{name}_image")
@@ -70,7 +76,9 @@ def main(extensions: str, port: str, config: str) -> None:
                     interface.render()
             settings_tab()
         infotext_utils.connect_paste_params_buttons()
-    demo.queue(64).launch(server_name="127.0.0.1", server_port=int(port), show_api=False, quiet=True)
+    # gradio 3's first queue() argument is the concurrency; gradio 4's is a status rate
+    queued = demo.queue(default_concurrency_limit=64) if GRADIO4 else demo.queue(64)
+    queued.launch(server_name="127.0.0.1", server_port=int(port), show_api=False, quiet=True)
 
 
 if __name__ == "__main__":

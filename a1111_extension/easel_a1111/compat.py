@@ -1,13 +1,16 @@
 """The few places where gradio 3 (A1111 1.x pins 3.41.2) and gradio 4 (Forge) differ.
 
-Only the gradio 3 path is tested here (in a real browser); the gradio 4 path follows gradio 4's
-documented ``ImageEditor`` API and is untested.
+Both are tested in a real browser: gradio 3.41.2 (``tests/test_a1111_tab.py``) and gradio 4.40.0,
+the version SD WebUI Forge pins (``tests/test_forge_tab.py``).
 """
 
 import gradio as gr
 from PIL import Image
 
 GRADIO4 = int(gr.__version__.split(".")[0]) >= 4
+# gradio 4 hands pictures to the browser as lossy WebP files unless told otherwise; results must
+# reach the user (and "Send to") with every unpainted pixel as it was. gradio 3 sends PNG.
+LOSSLESS = {"format": "png"} if GRADIO4 else {}
 
 
 def picture_editor(label: str, elem_id: str):
@@ -15,7 +18,7 @@ def picture_editor(label: str, elem_id: str):
     if GRADIO4:
         return gr.ImageEditor(label=label, elem_id=elem_id, type="pil", image_mode="RGBA",
                               sources=["upload", "clipboard"], layers=False, transforms=(),
-                              brush=gr.Brush(colors=["#ffffff"], color_mode="fixed"))
+                              brush=gr.Brush(colors=["#ffffff"], color_mode="fixed"), **LOSSLESS)
     return gr.Image(label=label, elem_id=elem_id, source="upload", tool="sketch", type="pil",
                     image_mode="RGBA", brush_color="#ffffff")
 
@@ -38,5 +41,5 @@ def read_editor(value) -> tuple[Image.Image | None, Image.Image | None]:
 def image_input(label: str, elem_id: str):
     """A plain picture upload."""
     if GRADIO4:
-        return gr.Image(label=label, elem_id=elem_id, type="pil", sources=["upload", "clipboard"])
+        return gr.Image(label=label, elem_id=elem_id, type="pil", sources=["upload", "clipboard"], **LOSSLESS)
     return gr.Image(label=label, elem_id=elem_id, type="pil", source="upload")

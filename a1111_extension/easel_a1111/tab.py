@@ -59,10 +59,11 @@ def build(connection: Callable[[], jobs.Connection], add_send_buttons: Callable 
                     cancel = gr.Button("Cancel", elem_id="easel_cancel")
                 progress = gr.Markdown("", elem_id="easel_progress")
                 preview = gr.Image(label="Live preview", type="pil", interactive=False, height=256,
-                                   elem_id="easel_preview")
-                gallery = gr.Gallery(label="Results", columns=4, height="auto", elem_id="easel_gallery")
+                                   elem_id="easel_preview", **compat.LOSSLESS)
+                gallery = gr.Gallery(label="Results", columns=4, height="auto", elem_id="easel_gallery",
+                                     **compat.LOSSLESS)
                 selected = gr.Image(label="Selected result", type="pil", interactive=False, height=256,
-                                    elem_id="easel_selected")
+                                    elem_id="easel_selected", **compat.LOSSLESS)
                 info = gr.Textbox(label="Parameters used", lines=3, interactive=False, elem_id="easel_info")
                 if add_send_buttons is not None:
                     with gr.Row():
@@ -133,7 +134,8 @@ def _control_unit(number: int, picture, connection) -> list:
                               elem_id=f"easel_cn{number}_source")
         with gr.Row():
             image = compat.image_input("Own image (a map, or a picture to preprocess)", f"easel_cn{number}_image")
-            preview = gr.Image(label="Map preview", type="pil", interactive=False, elem_id=f"easel_cn{number}_map")
+            preview = gr.Image(label="Map preview", type="pil", interactive=False, elem_id=f"easel_cn{number}_map",
+                               **compat.LOSSLESS)
         with gr.Row():
             preprocess = gr.Checkbox(False, label="Preprocess (make the map from the image)",
                                      elem_id=f"easel_cn{number}_pre")

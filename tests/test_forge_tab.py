@@ -1,0 +1,160 @@
+"""The Easel tab under gradio 4, as SD WebUI Forge runs it: the packaged extension mounted by
+``tests/webui_harness.py`` with real gradio 4.40.0 in the Forge-like environment ``.venv-forge``,
+driven in headless Chromium against a real server on the demo model. gradio 4 differs from gradio 3
+where ``easel_a1111/compat.py`` says: the picture is an ``ImageEditor`` (a canvas with a brush tool)."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import time
+import urllib.request
+from pathlib import Path
+from urllib.parse import urljoin
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from backend.packaging import build
+from conftest import picture
+from test_a1111_tab import (CHROMIUM, CHROMIUM_ARGS, STATUS, TIMEOUT, free_port, generate, open_tab, set_number,
+                            text_of)
+
+REPO = Path(__file__).resolve().parents[1]
+SETUP = ("run `bash .ci/run`, or set up the Forge-like environment: `python3 -m venv .venv-forge && "
+         ".venv-forge/bin/pip install -r tests/forge-requirements.txt` and `apt-get install chromium`")
+FORGE_PYTHON = Path(os.environ.get("EASEL_FORGE_PYTHON", REPO / ".venv-forge" / "bin" / "python"))
+
+
+@pytest.fixture(scope="module")
+def forge(server, tmp_path_factory):
+    """The WebUI-shaped app on gradio 4 with the packaged extension in its extensions/."""
+    if not FORGE_PYTHON.exists():
+        pytest.fail(f"no Forge-like Python at {FORGE_PYTHON}: {SETUP}")
+    root = tmp_path_factory.mktemp("forge")
+    folder = build("a1111", root / "dist")
+    (root / "extensions").mkdir()
+    (root / "extensions" / folder.name).symlink_to(folder, target_is_directory=True)
+    config = root / "config.json"
+    config.write_text(json.dumps({"easel_url": server.url}))
+    port = free_port()
+    log = open(root / "harness.log", "w+")
+    process = subprocess.Popen([str(FORGE_PYTHON), str(REPO / "tests" / "webui_harness.py"), str(root / "extensions"),
+                                str(port), str(config)], stdout=log, stderr=subprocess.STDOUT,
+                               env={**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "PYTHONPATH": ""})
+    url = f"http://127.0.0.1:{port}/"
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            urllib.request.urlopen(url, timeout=2)
+            break
+        except OSError:
+            if process.poll() is not None or time.monotonic() > deadline:
+                process.kill()
+                log.seek(0)
+                pytest.fail(f"the gradio 4 harness did not start:\n{log.read()[-3000:]}")
+            time.sleep(0.5)
+    yield {"url": url, "server": server.url}
+    process.terminate()
+    process.wait(10)
+    log.close()
+
+
+@pytest.fixture(scope="module")
+def page(server, forge, tmp_path_factory):
+    if not CHROMIUM.exists():
+        pytest.fail(f"no Chromium at {CHROMIUM}: {SETUP}")
+    from playwright.sync_api import sync_playwright
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 1200})
+        page.set_default_timeout(TIMEOUT)
+        page.goto(forge["url"])
+        open_tab(page, "Easel")
+        page.locator("#easel_generate").wait_for()
+        yield page
+        browser.close()
+
+
+def image_of(page, elem_id: str) -> Image.Image:
+    """The picture an image component shows (gradio 4 serves them as files)."""
+    source = page.locator(f"#{elem_id} img").first.get_attribute("src")
+    body = page.request.get(urljoin(page.url, source)).body()
+    return Image.open(io.BytesIO(body)).convert("RGBA")
+
+
+def paint(page, start: tuple[float, float], end: tuple[float, float], size: tuple[int, int]) -> None:
+    """Pick the editor's brush and drag it across the picture between two points in picture pixels."""
+    page.locator("#easel_picture button[aria-label='Draw button']").click()
+    page.locator("#easel_prompt textarea").click()  # closes the brush options that cover the picture
+    canvas = page.locator("#easel_picture canvas").first
+    box = canvas.bounding_box()
+    at = lambda x, y: (box["x"] + x * box["width"] / size[0], box["y"] + y * box["height"] / size[1])  # noqa: E731
+    page.mouse.move(*at(*start))
+    page.mouse.down()
+    for i in range(1, 11):
+        page.mouse.move(*at(start[0] + (end[0] - start[0]) * i / 10, start[1] + (end[1] - start[1]) * i / 10))
+    page.mouse.up()
+
+
+def test_paint_a_mask_in_the_gradio4_editor_generate_and_keep_every_unpainted_pixel(page, tmp_path):
+    status = text_of(page, "easel_status")
+    assert status.startswith("Easel backend at ") and "default model demo" in status, status
+    path = tmp_path / "house.png"
+    picture(192, 128, seed=11).save(path)
+    page.locator("#easel_picture input[type=file]").set_input_files(str(path))
+    page.locator("#easel_picture canvas[width='192']").wait_for()
+    paint(page, (30, 40), (60, 50), (192, 128))
+    page.locator("#easel_prompt textarea").fill("a red door")
+    set_number(page, "easel_steps", 4)
+    set_number(page, "easel_seed", 5)
+    assert generate(page).startswith("Done: 1 image"), text_of(page, "easel_progress")
+    assert page.locator("#easel_gallery img").count() >= 1
+
+    before = np.asarray(Image.open(path).convert("RGBA"))
+    after = np.asarray(image_of(page, "easel_selected"))
+    assert after.shape == before.shape
+    changed = np.argwhere(np.any(after != before, axis=-1))
+    assert len(changed) > 100, "the painted area did not change"
+    (top, left), (bottom, right) = changed.min(0), changed.max(0)
+    assert left >= 30 - 60 and right <= 60 + 60 and top >= 40 - 60 and bottom <= 50 + 60, (top, left, bottom, right)
+    assert (after[:, 125:] == before[:, 125:]).all() and (after[115:] == before[115:]).all()
+    info = page.locator("#easel_info textarea").input_value()
+    assert info.startswith("a red door\nSteps: 4, Sampler: DPM++ 2M Karras, CFG scale: 7.0, Seed: 5, Size: 192x128")
+
+
+def test_backend_down_reads_as_a_sentence(page, forge):
+    def point_at(url: str) -> None:
+        open_tab(page, "Settings")
+        page.locator("#setting_easel_url textarea").fill(url)
+        page.click("#settings_submit")
+        page.wait_for_function("(url) => document.querySelector('#settings_result').innerText.includes(url)",
+                               arg=url)
+        open_tab(page, "Easel")
+
+    down = f"ws://127.0.0.1:{free_port()}/"
+    point_at(down)
+    try:
+        page.click("#easel_refresh")
+        page.wait_for_function(f"() => {STATUS}.innerText.includes('Cannot reach')")
+        assert text_of(page, "easel_status").strip() == (
+            f"Cannot reach the Easel backend at {down}: start it with easel serve, "
+            "or set its address in Settings > Easel.")
+    finally:
+        point_at(forge["server"])
+
+
+def test_pick_the_second_result_of_a_batch(page):
+    page.locator("#easel_prompt textarea").fill("a lighthouse at dusk")
+    page.locator("#easel_mode label", has_text="generate").click()
+    for field, value in (("easel_steps", 2), ("easel_seed", 99), ("easel_batch", 2), ("easel_width", 64),
+                         ("easel_height", 64)):
+        set_number(page, field, value)
+    assert generate(page).startswith("Done: 2 images in ")
+    assert "Seed: 99," in page.locator("#easel_info textarea").input_value()
+    page.locator("#easel_gallery button.thumbnail-item").nth(1).click()  # gradio 4's select event
+    page.wait_for_function("() => document.querySelector('#easel_info textarea').value.includes('Seed: 100,')")
+    assert image_of(page, "easel_selected").size == (64, 64)
