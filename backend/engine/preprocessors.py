@@ -166,7 +166,8 @@ class Preprocessors:
         if not self.source:
             raise ModelError("missing_annotator", f"the {name} preprocessor needs {file}, and no annotators folder "
                              "is configured: set `annotators` under [server] to a folder with the "
-                             "lllyasviel/Annotators files (or to \"lllyasviel/Annotators\" to download them)", "preprocessor")
+                             "lllyasviel/Annotators files (or to \"lllyasviel/Annotators\" to download them)",
+                             "preprocessor")
         if self.folder is not None:
             path = self.folder / file
             if not path.is_file():
