@@ -5,6 +5,7 @@ driven in headless Chromium against a real server on the demo model."""
 from __future__ import annotations
 
 import base64
+import contextlib
 import io
 import json
 import os
@@ -39,43 +40,54 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def extension(tmp_path_factory) -> Path:
-    """The packaged extension, symlinked into a WebUI-like extensions/ folder."""
-    root = tmp_path_factory.mktemp("webui")
+def packaged_extensions(root: Path) -> Path:
+    """The packaged extension, symlinked into a WebUI-like ``root/extensions/`` folder."""
     folder = build("a1111", root / "dist")
     (root / "extensions").mkdir()
     (root / "extensions" / folder.name).symlink_to(folder, target_is_directory=True)
     return root / "extensions"
 
 
-@pytest.fixture(scope="module")
-def webui(server, extension, tmp_path_factory):
-    if not WEBUI_PYTHON.exists():
-        pytest.fail(f"no WebUI-like Python at {WEBUI_PYTHON}: {SETUP}")
-    config = tmp_path_factory.mktemp("webui-config") / "config.json"
-    config.write_text(json.dumps({"easel_url": server.url}))
+@contextlib.contextmanager
+def harness(python: Path, root: Path, server_url: str):
+    """``tests/webui_harness.py`` under ``python`` (a WebUI- or Forge-like venv), serving the packaged
+    extension against ``server_url``; yields its URL and log file."""
+    extensions = packaged_extensions(root)
+    config = root / "config.json"
+    config.write_text(json.dumps({"easel_url": server_url}))
     port = free_port()
-    log = open(config.with_name("harness.log"), "w+")
-    process = subprocess.Popen([str(WEBUI_PYTHON), str(REPO / "tests" / "webui_harness.py"), str(extension),
+    log = open(root / "harness.log", "w+")
+    process = subprocess.Popen([str(python), str(REPO / "tests" / "webui_harness.py"), str(extensions),
                                 str(port), str(config)], stdout=log, stderr=subprocess.STDOUT,
                                env={**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "PYTHONPATH": ""})
     url = f"http://127.0.0.1:{port}/"
     deadline = time.monotonic() + 120
-    while True:
+    try:
+        while True:
+            try:
+                urllib.request.urlopen(url, timeout=2)
+                break
+            except OSError:
+                if process.poll() is not None or time.monotonic() > deadline:
+                    log.seek(0)
+                    pytest.fail(f"the harness under {python} did not start:\n{log.read()[-3000:]}")
+                time.sleep(0.5)
+        yield url, log
+    finally:
+        process.terminate()
         try:
-            urllib.request.urlopen(url, timeout=2)
-            break
-        except OSError:
-            if process.poll() is not None or time.monotonic() > deadline:
-                process.kill()
-                log.seek(0)
-                pytest.fail(f"the WebUI harness did not start:\n{log.read()[-3000:]}")
-            time.sleep(0.5)
-    yield {"url": url, "server": server.url, "log": log}
-    process.terminate()
-    process.wait(10)
-    log.close()
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+        log.close()
+
+
+@pytest.fixture(scope="module")
+def webui(server, tmp_path_factory):
+    if not WEBUI_PYTHON.exists():
+        pytest.fail(f"no WebUI-like Python at {WEBUI_PYTHON}: {SETUP}")
+    with harness(WEBUI_PYTHON, tmp_path_factory.mktemp("webui"), server.url) as (url, log):
+        yield {"url": url, "server": server.url, "log": log}
 
 
 @pytest.fixture(scope="module")

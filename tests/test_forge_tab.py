@@ -6,11 +6,7 @@ where ``easel_a1111/compat.py`` says: the picture is an ``ImageEditor`` (a canva
 from __future__ import annotations
 
 import io
-import json
 import os
-import subprocess
-import time
-import urllib.request
 from pathlib import Path
 from urllib.parse import urljoin
 
@@ -18,10 +14,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from backend.packaging import build
 from conftest import picture
-from test_a1111_tab import (CHROMIUM, CHROMIUM_ARGS, STATUS, TIMEOUT, free_port, generate, open_tab, set_number,
-                            text_of)
+from test_a1111_tab import (CHROMIUM, CHROMIUM_ARGS, STATUS, TIMEOUT, free_port, generate, harness, open_tab,
+                            set_number, text_of)
 
 REPO = Path(__file__).resolve().parents[1]
 SETUP = ("run `bash .ci/run`, or set up the Forge-like environment: `python3 -m venv .venv-forge && "
@@ -34,33 +29,8 @@ def forge(server, tmp_path_factory):
     """The WebUI-shaped app on gradio 4 with the packaged extension in its extensions/."""
     if not FORGE_PYTHON.exists():
         pytest.fail(f"no Forge-like Python at {FORGE_PYTHON}: {SETUP}")
-    root = tmp_path_factory.mktemp("forge")
-    folder = build("a1111", root / "dist")
-    (root / "extensions").mkdir()
-    (root / "extensions" / folder.name).symlink_to(folder, target_is_directory=True)
-    config = root / "config.json"
-    config.write_text(json.dumps({"easel_url": server.url}))
-    port = free_port()
-    log = open(root / "harness.log", "w+")
-    process = subprocess.Popen([str(FORGE_PYTHON), str(REPO / "tests" / "webui_harness.py"), str(root / "extensions"),
-                                str(port), str(config)], stdout=log, stderr=subprocess.STDOUT,
-                               env={**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "PYTHONPATH": ""})
-    url = f"http://127.0.0.1:{port}/"
-    deadline = time.monotonic() + 120
-    while True:
-        try:
-            urllib.request.urlopen(url, timeout=2)
-            break
-        except OSError:
-            if process.poll() is not None or time.monotonic() > deadline:
-                process.kill()
-                log.seek(0)
-                pytest.fail(f"the gradio 4 harness did not start:\n{log.read()[-3000:]}")
-            time.sleep(0.5)
-    yield {"url": url, "server": server.url}
-    process.terminate()
-    process.wait(10)
-    log.close()
+    with harness(FORGE_PYTHON, tmp_path_factory.mktemp("forge"), server.url) as (url, _):
+        yield {"url": url, "server": server.url}
 
 
 @pytest.fixture(scope="module")

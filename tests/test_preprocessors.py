@@ -96,3 +96,8 @@ def test_an_annotator_carrying_code_is_refused_not_run(tmp_path, monkeypatch):
         Preprocessors(str(tmp_path)).run("mlsd", picture(64, 64))
     assert caught.value.code == "model_load_failed" and "mlsd" in caught.value.message
     assert not flag.exists()
+
+
+def test_presets_of_one_network_share_it(preprocessors):
+    assert preprocessors.load("softedge_hed") is preprocessors.load("scribble_hed")
+    assert preprocessors.load("softedge_hed") is not preprocessors.load("softedge_pidinet")

@@ -14,7 +14,7 @@ import os
 import pathlib
 import types
 
-from backend.engine.demo_model import ensure_written
+from backend.engine.demo_model import cache_folder, ensure_written
 from backend.engine.preprocessors import ANNOTATORS
 
 DEMO_ANNOTATORS_VERSION = "1"
@@ -94,7 +94,4 @@ def write_demo_annotators(root: str | os.PathLike, *, seed: int = 0) -> pathlib.
 
 def ensure_demo_annotators(root: str | os.PathLike | None = None) -> pathlib.Path:
     """The demo annotators in the user's cache (``$EASEL_HOME`` or ~/.cache/easel), written on first use."""
-    if root is None:
-        home = os.environ.get("EASEL_HOME") or pathlib.Path.home() / ".cache" / "easel"
-        root = pathlib.Path(home) / "demo-annotators"
-    return ensure_written(root, DEMO_ANNOTATORS_VERSION, write_demo_annotators)
+    return ensure_written(root or cache_folder("demo-annotators"), DEMO_ANNOTATORS_VERSION, write_demo_annotators)

@@ -850,10 +850,12 @@ DEMO_VERSION = "4"
 
 def ensure_demo_model(root: str | os.PathLike | None = None) -> pathlib.Path:
     """The demo model in the user's cache (``$EASEL_HOME`` or ~/.cache/easel), written on first use."""
-    if root is None:
-        home = os.environ.get("EASEL_HOME") or pathlib.Path.home() / ".cache" / "easel"
-        root = pathlib.Path(home) / "demo-model"
-    return ensure_written(root, DEMO_VERSION, write_demo_model)
+    return ensure_written(root or cache_folder("demo-model"), DEMO_VERSION, write_demo_model)
+
+
+def cache_folder(name: str) -> pathlib.Path:
+    """``name`` in the user's cache: ``$EASEL_HOME`` or ~/.cache/easel."""
+    return pathlib.Path(os.environ.get("EASEL_HOME") or pathlib.Path.home() / ".cache" / "easel") / name
 
 
 def ensure_written(root: str | os.PathLike, version: str, write) -> pathlib.Path:

@@ -79,14 +79,16 @@ def _segment_anything(paths: list[str]):
     return segment
 
 
+_hed = _from_folder("HEDdetector")  # soft edges and scribbles: one network, loaded once
+
 WEIGHTLESS = {
     "canny": "CannyDetector",
     "lineart_standard": "LineartStandardDetector",
     "shuffle": "ContentShuffleDetector",
 }
 ANNOTATORS = {
-    "softedge_hed": Annotator(("ControlNetHED.pth",), _from_folder("HEDdetector")),
-    "scribble_hed": Annotator(("ControlNetHED.pth",), _from_folder("HEDdetector"), (("scribble", True),)),
+    "softedge_hed": Annotator(("ControlNetHED.pth",), _hed),
+    "scribble_hed": Annotator(("ControlNetHED.pth",), _hed, (("scribble", True),)),
     "softedge_pidinet": Annotator(("table5_pidinet.pth",), _from_folder("PidiNetDetector")),
     "depth_midas": Annotator(("dpt_hybrid-midas-501f0c75.pt",), _from_folder("MidasDetector")),
     "normal_bae": Annotator(("scannet.pt",), _from_folder("NormalBaeDetector")),
@@ -115,7 +117,7 @@ class Preprocessors:
         self.folder = Path(annotators) if annotators and (os.path.isabs(annotators) or
                                                           os.path.isdir(annotators)) else None
         self.device = device
-        self._detectors: dict[str, Callable] = {}
+        self._detectors: dict[tuple, Callable] = {}  # by (files, build): presets share a network
         self._lock = threading.Lock()
 
     def available(self) -> list[str]:
@@ -147,9 +149,10 @@ class Preprocessors:
         """The detector for ``name``, loading its annotator files on first use."""
         if name in WEIGHTLESS:
             return _weightless(name)
+        annotator = ANNOTATORS[name]
+        key = (annotator.files, annotator.build)
         with self._lock:
-            if name not in self._detectors:
-                annotator = ANNOTATORS[name]
+            if key not in self._detectors:
                 paths = [self._fetch(name, file) for file in annotator.files]
                 try:
                     detector = annotator.build(paths)
@@ -158,8 +161,8 @@ class Preprocessors:
                 except Exception as exc:
                     raise ModelError("model_load_failed", f"the {name} annotator ({', '.join(annotator.files)}) "
                                      f"could not be loaded: {exc}", "preprocessor") from exc
-                self._detectors[name] = detector
-            return self._detectors[name]
+                self._detectors[key] = detector
+            return self._detectors[key]
 
     def _fetch(self, name: str, file: str) -> str:
         """A local path of one annotator file, downloaded when the source is a hub repository."""
