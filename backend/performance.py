@@ -12,6 +12,7 @@ for speed. Parsing only (no torch here), so the config loads fast and bad values
     prompt_cache = 32         # prompt embeddings kept per server (entries); 0 turns the cache off
     vae_tiling_above = 4194304  # decode in tiles above this many pixels (2048 x 2048); 0: never
     cpu_offload = false       # keep models in RAM and move each to the GPU while it runs (small-VRAM GPUs)
+    park_idle_unet = "auto"   # auto | true | false   a model's idle UNet (base or inpaint) waits in RAM (auto: on CUDA)
 """
 
 from __future__ import annotations
@@ -42,18 +43,24 @@ class Performance:
     prompt_cache: int = 32
     vae_tiling_above: int = 2048 * 2048
     cpu_offload: bool = False
+    park_idle_unet: str | bool = "auto"
 
     def resolve(self, device_type: str) -> "Performance":
         """A copy with every "auto" switch decided for ``device_type`` ("cuda", "mps", "cpu").
 
         channels_last and compile pay on CUDA (published figures, tensor cores, Triton kernels); on
         a CPU they cost compile minutes or change nothing measurable, so "auto" leaves them off there.
+        Parking the idle UNet pays wherever the GPU has its own memory; CPU offload, which moves
+        every model on its own, replaces it.
         """
         on_cuda = device_type == "cuda"
+        offload = self.cpu_offload and on_cuda
+        park = on_cuda if self.park_idle_unet == "auto" else self.park_idle_unet
         return Performance(**{**self.__dict__,
                               "channels_last": on_cuda if self.channels_last == "auto" else self.channels_last,
                               "compile": on_cuda if self.compile == "auto" else self.compile,
-                              "cpu_offload": self.cpu_offload and on_cuda})
+                              "cpu_offload": offload,
+                              "park_idle_unet": park and not offload})
 
 
 def parse_performance(table: dict) -> Performance:
@@ -131,4 +138,5 @@ _CHECKS = {
     "prompt_cache": _count,
     "vae_tiling_above": _count,
     "cpu_offload": _flag,
+    "park_idle_unet": _switch,
 }

@@ -261,6 +261,21 @@ def preview_cost(engine: Engine, family: str, size: int, device, dtype) -> tuple
     return fit, statistics.median(times)
 
 
+def unet_swap_seconds(engine: Engine, family: str, device) -> float | None:
+    """Median seconds for one switch between the model's two UNets (park one, bring the other back)."""
+    model, residency = engine.registry.get(family), engine.speed.residency
+    if residency is None or model.inpaint_unet is None:
+        return None
+    times = []
+    for unet in (model.base.unet, model.inpaint_unet) * 3:
+        synchronize(device)
+        start = time.perf_counter()
+        residency.keep_only(unet, model.unets)
+        synchronize(device)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
 # -- device helpers --------------------------------------------------------------------------------
 
 
@@ -322,13 +337,19 @@ def run_family(root: Path, family: str, args, device, easel_dtype, reference_dty
               f"{easel_s:11.2f} {ref_s / easel_s:5.2f}x {100 * overhead:8.1f}% {gib(r.peak_bytes):>11s} "
               f"{gib(e.peak_bytes):>11s}")
     step = 1 / easel[modes[0]].median(easel[modes[0]].rates)
+    largest = max(modes, key=lambda mode: reference[mode].peak_bytes or 0)
+    together, alone = easel[modes[-1]].peak_bytes, reference[largest].peak_bytes
     print(f"\nmemory: easel peak after its first mode ({modes[0]}) {gib(easel[modes[0]].peak_bytes)}, with all "
-          f"{len(modes)} modes loaded {gib(easel[modes[-1]].peak_bytes)}; reference {modes[0]} pipeline alone "
-          f"{gib(reference[modes[0]].peak_bytes)} (easel peaks are cumulative: earlier modes stay loaded)")
+          f"{len(modes)} modes loaded {gib(together)}; the largest reference pipeline ({largest}) alone "
+          f"{gib(alone)}" + (f": {together / alone:.2f}x" if together and alone else "")
+          + " (easel peaks are cumulative: earlier modes stay loaded)")
     print("overhead: easel wall time outside Engine.run (upload, queue, result transfer) as a share of the job")
     print(f"previews: fitting the linear preview {fit:.2f} s once per model; a 256 px preview "
           f"{1000 * per_preview:.2f} ms = {100 * per_preview / step:.2f}% of an easel {modes[0]} step "
           f"({step:.3f} s)")
+    swap = unet_swap_seconds(engine, family, device)
+    if swap is not None:
+        print(f"unet swap: bringing the parked UNet back (base <-> inpaint, on a mode switch) {swap:.3f} s")
     del engine
     free(device)
 
@@ -375,7 +396,7 @@ def main(argv=None) -> None:
     print(f"easel      {str(easel_dtype).removeprefix('torch.')}, sdpa {settings.sdpa}, channels_last "
           f"{settings.channels_last}, compile {settings.compile} {settings.compile_modules if settings.compile else ''}"
           f", prompt_cache {settings.prompt_cache}, vae_tiling_above {settings.vae_tiling_above}, "
-          f"cpu_offload {settings.cpu_offload}, Euler")
+          f"cpu_offload {settings.cpu_offload}, park_idle_unet {settings.park_idle_unet}, Euler")
     print(f"job        prompt + negative prompt, guidance {GUIDANCE}, seed {SEED}, inpaint mask = the middle "
           f"half of the square, control maps canny + depth (scale 1, preprocess off), reference 224 px (weight 1)")
     for family in families:

@@ -117,6 +117,7 @@ class Engine:
             return self._preprocess(request, reporter, start)
         model = self.registry.get(request.model)
         pipe = model.pipeline(request.mode)
+        self.speed.keep_only(pipe.unet, model.unets)  # before adapters load into it or anything runs
         loaded = time.perf_counter()
 
         inputs = self._prepare(request, model)

@@ -103,6 +103,10 @@ class LoadedModel:
         self.scheduler_config = dict(self.base.scheduler.config)
 
     @property
+    def unets(self) -> tuple:
+        return (self.base.unet,) if self.inpaint_unet is None else (self.base.unet, self.inpaint_unet)
+
+    @property
     def native_size(self) -> int:
         return int(self.base.unet.config.sample_size) * int(self.base.vae_scale_factor)
 
@@ -190,6 +194,8 @@ class ModelRegistry:
             inpaint_unet = self._load_unet(spec.inpaint, spec) if spec.inpaint else None
             preview = self._load_preview(spec.preview) if spec.preview else None
             self.speed.prepare_model(base, inpaint_unet)
+            if inpaint_unet is not None:
+                self.speed.park(inpaint_unet)  # after prepare: the host copy keeps channels_last
         except ModelError:
             raise
         except Exception as exc:
@@ -233,7 +239,8 @@ class ModelRegistry:
         if unet.config.in_channels != 9:
             raise ModelError("model_load_failed", f"inpaint UNet {source} has {unet.config.in_channels} input "
                              "channels; a dedicated inpaint model has 9")
-        return to_device(unet, self.speed.load_device)
+        # Parked straight from the file (see _load): the GPU never holds both UNets, not even while loading.
+        return unet if self.speed.parks_idle_unet else to_device(unet, self.speed.load_device)
 
     def _load_preview(self, source: str):
         from diffusers import AutoencoderTiny

@@ -4,7 +4,8 @@ Load time (``prepare_model`` / ``prepare_controlnet``): attention kernel (SDPA o
 channels_last memory layout, ``torch.compile`` of the UNet, ControlNet and VAE decoder. Per job
 (``job``): which pipelines run compiled (only the configured diffusion sizes, so compiled shapes
 stay static and an odd crop size never triggers a recompile), VAE tiling above a pixel count, and
-model CPU offload for small-VRAM GPUs. Half precision is the registry's dtype (``pick_device``).
+model CPU offload for small-VRAM GPUs. Between jobs (``keep_only``): only the job's UNet of a model
+with two stays on the GPU (``residency.py``). Half precision is the registry's dtype (``pick_device``).
 
 Everything here is a switch: with all of them off the pipelines are exactly diffusers' defaults.
 """
@@ -16,6 +17,7 @@ import logging
 
 import torch
 
+from backend.engine.residency import Residency
 from backend.performance import Performance
 
 log = logging.getLogger(__name__)
@@ -33,6 +35,7 @@ class Speed:
             # One graph per (size bucket x guidance on/off x ControlNet residuals or not): keep them all.
             buckets = max(1, len(self.settings.compile_sizes))
             torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 8 * buckets)
+        self.residency = Residency(device) if self.settings.park_idle_unet else None
 
     @property
     def offload(self) -> bool:
@@ -69,6 +72,20 @@ class Speed:
             # processors, so from_pipe sharing and IP-Adapter switching see the same object.
             target.compile(mode=None if settings.compile_mode == "default" else settings.compile_mode,
                            dynamic=False)
+
+    @property
+    def parks_idle_unet(self) -> bool:
+        return self.residency is not None
+
+    def park(self, unet) -> None:
+        """Send a (freshly loaded and prepared) second UNet to wait in RAM, when parking is on."""
+        if self.residency is not None:
+            self.residency.park(unet)
+
+    def keep_only(self, unet, unets) -> None:
+        """Before a job: its ``unet`` on the GPU, the model's other UNets parked (when parking is on)."""
+        if self.residency is not None:
+            self.residency.keep_only(unet, unets)
 
     # -- per job --------------------------------------------------------------------------------
 
