@@ -269,7 +269,7 @@ def steered_call(engine: Engine, model: LoadedModel, steering: Steering, inputs:
     """The ControlNet inpaint pipeline for CONTROL_TYPES (built once, where Easel builds one per job),
     the maps cropped like the picture, and the engine's IP-Adapter switched on in every call; the
     adapter is switched off afterwards, so later plain calls are plain."""
-    controlnets = [engine.controlnets.get(model.family, kind) for kind in CONTROL_TYPES]
+    controlnets = engine.controlnets.get(model.family, list(CONTROL_TYPES))
     pipe = model.control_pipeline("inpaint", controlnets)
     control = dict(control_image=[Image.fromarray(crop(pixels, box)).convert("RGB") for pixels in steering.maps],
                    controlnet_conditioning_scale=[CONTROL_SCALE] * len(CONTROL_TYPES))

@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from conftest import decode, picture, png, rect_mask
@@ -126,3 +127,20 @@ def test_sdxl_control_units(client, mode):
     plain = run(client, mode, model="demo-xl")
     steered = run(client, mode, [{"type": "canny", "image": halves((256, 256))}], model="demo-xl")
     assert np.abs(steered.astype(int) - plain).mean() > 1
+
+
+def test_controlnets_beyond_the_budget_drop_the_least_recent_never_the_jobs_own(demo_config, monkeypatch):
+    from backend.engine.controlnets import ControlNetCache
+
+    cache = ControlNetCache(demo_config.controlnets, torch.device("cpu"), torch.float32, budget_bytes=1)
+    loads = []
+    original = cache._load
+    monkeypatch.setattr(cache, "_load", lambda source: loads.append(source) or original(source))
+    kinds = list(demo_config.controlnets["sd15"])[:3]
+
+    pair = cache.get("sd15", kinds[:2])
+    assert cache.get("sd15", kinds[:2]) == pair and len(loads) == 2  # both kept, though over the budget
+    cache.get("sd15", kinds[2:3])
+    assert cache.loaded() == [("sd15", kinds[2])]  # the others were least recent
+    cache.get("sd15", kinds[1:3])
+    assert cache.loaded() == [("sd15", kinds[1]), ("sd15", kinds[2])] and len(loads) == 4

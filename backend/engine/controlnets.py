@@ -24,8 +24,17 @@ class ControlNetCache:
         self.budget_bytes, self.allow_pickle = budget_bytes, allow_pickle
         self._loaded: collections.OrderedDict[tuple[str, str], torch.nn.Module] = collections.OrderedDict()
 
-    def get(self, family: str, kind: str, field: str = "control"):
-        """The ControlNet for ``kind`` on ``family``; ModelError naming both when none is configured."""
+    def get(self, family: str, kinds: list[str], fields: list[str] | None = None) -> list:
+        """The ControlNets for one job's ``kinds`` on ``family``, in order; ModelError naming the kind,
+        the family and the unit's field when one is not configured. Beyond the budget, the least
+        recently used others are dropped, never one this job uses: a job needing more than the
+        budget keeps them all rather than reloading one from disk every job."""
+        fields = fields or ["control"] * len(kinds)
+        models = [self._get(family, kind, field) for kind, field in zip(kinds, fields)]
+        self._evict(keep={(family, kind) for kind in kinds})
+        return models
+
+    def _get(self, family: str, kind: str, field: str):
         key = (family, kind)
         if key in self._loaded:
             self._loaded.move_to_end(key)
@@ -39,7 +48,6 @@ class ControlNetCache:
         if self.prepare is not None:
             self.prepare(model)
         self._loaded[key] = model
-        self._evict(keep=key)
         return model
 
     def loaded(self) -> list[tuple[str, str]]:
@@ -67,13 +75,12 @@ class ControlNetCache:
                              "control") from exc
         return to_device(model, self.device)
 
-    def _evict(self, keep: tuple[str, str]) -> None:
+    def _evict(self, keep: set[tuple[str, str]]) -> None:
         def size(model) -> int:
             return sum(p.numel() * p.element_size() for p in model.parameters())
 
-        while len(self._loaded) > 1 and sum(map(size, self._loaded.values())) > self.budget_bytes:
-            key = next(iter(self._loaded))
-            if key == keep:
-                break
+        droppable = [key for key in self._loaded if key not in keep]  # least recently used first
+        while droppable and sum(map(size, self._loaded.values())) > self.budget_bytes:
+            key = droppable.pop(0)
             log.info("dropping ControlNet %s/%s to stay within the memory budget", *key)
             del self._loaded[key]

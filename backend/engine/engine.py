@@ -181,7 +181,8 @@ class Engine:
         active = [(i, unit) for i, unit in enumerate(request.control) if unit.scale > 0]
         if not active:
             return None
-        controlnets = [self.controlnets.get(model.family, unit.type, f"control[{i}].type") for i, unit in active]
+        controlnets = self.controlnets.get(model.family, [unit.type for _, unit in active],
+                                           [f"control[{i}].type" for i, _ in active])
         inputs.control = [unit for _, unit in active]
         for i, unit in active:
             if unit.preprocessor:
