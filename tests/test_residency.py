@@ -101,3 +101,26 @@ def test_jobs_switching_unets_with_parking_equal_jobs_without(demo_config, engin
         active, idle = (model.inpaint_unet, model.base.unet)[::1 if request.mode == "inpaint" else -1]
         assert not parking.speed.residency.is_parked(active) and parking.speed.residency.is_parked(idle)
         np.testing.assert_array_equal(pixels, engine.run(request, Quiet()).layers[0].pixels)
+
+
+def test_a_compiled_module_reads_the_weights_brought_back_without_recompiling():
+    """torch.compile's graph takes the weights as inputs: after a park and return (new storage) it
+    runs on what came back, and nothing recompiles (a recompile would cost minutes on a mode switch)."""
+    from torch._dynamo.utils import counters
+
+    torch.manual_seed(0)
+    net, x = small_net().eval(), torch.randn(1, 4, 8, 8)
+    residency = Residency(torch.device("cpu"))
+    net.compile(dynamic=False)
+    with torch.no_grad():
+        before = net(x)
+        compiled = counters["frames"]["total"]
+        residency.park(net)
+        residency._host[net[2].weight].mul_(2)  # so the output tells which weights the graph read
+        residency.unpark(net)
+        after = net(x)
+        with torch.compiler.set_stance("force_eager"):
+            expected = net(x)
+    assert counters["frames"]["total"] == compiled
+    assert (after - before).abs().max() > 0.1
+    torch.testing.assert_close(after, expected)
