@@ -186,13 +186,16 @@ class Client:
         raise AssertionError("unreachable")
 
     def preprocess(self, preprocessor: str, image: ImageData, *, resolution: int | None = None,
-                   on_event: Callable[[Event], None] | None = None) -> ImageData:
-        """The control map ``preprocessor`` (a name, or a control type) makes of ``image``."""
+                   output_format: str | None = None, on_event: Callable[[Event], None] | None = None) -> ImageData:
+        """The control map ``preprocessor`` (a name, or a control type) makes of ``image``, as PNG or
+        in ``output_format`` ("rgba8": raw pixels, no encoding on either side)."""
         job = uuid.uuid4().hex[:16]
         message = {"type": "preprocess", "job": job, "preprocessor": preprocessor,
                    "image": self.upload(image, "image")}
         if resolution:
             message["resolution"] = resolution
+        if output_format:
+            message["output_format"] = output_format
         self._send(message)
         for event in self.events(job):
             if on_event:

@@ -98,6 +98,9 @@ def test_preprocess_returns_a_map_of_the_inputs_size(client):
     assert control_map.shape == (200, 300, 4)
     extremes = np.isin(control_map[..., :3], (0, 255)).mean()
     assert extremes > 0.9, "an edge map (black with white edges), not a picture"
+    raw = client.preprocess("canny", png(image), output_format="rgba8")
+    assert raw.format == "rgba8"
+    np.testing.assert_array_equal(decode(raw), control_map)
     assert control_map[..., :3].max() > 200, "edges were found"
     with pytest.raises(EaselError) as caught:
         client.preprocess("inpaint", png(image))
