@@ -7,12 +7,14 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
+from accelerate.hooks import CpuOffload
 
 from backend.config import Config, ConfigError, load_config
 from backend.engine.engine import Engine
 from backend.engine.models import ModelRegistry, pick_device
 from backend.performance import Performance
-from backend.requests import EditRequest
+from backend.requests import ControlUnit, EditRequest, Reference
+from conftest import picture, rect_mask
 
 
 def write_config(tmp_path, body: str):
@@ -178,3 +180,50 @@ def test_compile_leaves_sizes_outside_its_buckets_eager(demo_config, engine):
     assert counters["frames"]["total"] == traced
     assert compiled.speed.compile_sizes(512) == {(1024, 1024)}
     assert engine_with(demo_config, compile=True).speed.compile_sizes(512) == {(512, 512)}  # default: native
+
+
+def test_cpu_offload_hooks_change_no_pixel_in_any_mode(demo_config, engine):
+    """Offload needs a GPU, so ``Performance.resolve`` switches it off here; the test switches it back on.
+
+    On the CPU the hooks move nothing (the execution device and the parking place are both the CPU),
+    so this says nothing about weights travelling, inputs landing on the GPU, or memory saved. What it
+    shows: jobs of every mode (generate, img2img, inpaint on the dedicated inpaint UNet, inpaint with a
+    ControlNet unit, img2img and inpaint with an IP-Adapter reference) run with diffusers' offload hooks
+    on the modules their pipelines share, switching modes back and forth, with the no-offload pixels.
+    """
+    image = np.asarray(picture(128, 128).convert("RGBA"))
+    mask = np.asarray(rect_mask((128, 128), (32, 32, 96, 96)))
+    edges = np.zeros((128, 128, 4), np.uint8)
+    edges[:, :64] = 255
+    canny = ControlUnit("canny", edges, None, 1.0, 0.0, 1.0)
+    grey = Reference(np.full((96, 96, 4), 200, np.uint8), 1.0, "reference")
+
+    def job(mode, control, references):
+        request = EditRequest(job="j", mode=mode, model="demo", prompt="a house", negative_prompt="", seed=3,
+                              steps=3, guidance=5.0, strength=0.7, batch=1, sampler="euler",
+                              control=list(control), references=list(references))
+        if mode == "generate":
+            request.width = request.height = 64
+        else:
+            request.image = image
+        if mode == "inpaint":
+            request.mask = mask
+        return request
+
+    offloaded = engine_with(demo_config)
+    offloaded.speed.settings.cpu_offload = True
+    # mode, ControlNet units, references: each mode comes back after others have re-hooked the shared modules
+    for mode, control, references in [("generate", [], []), ("inpaint", [canny], []), ("img2img", [], [grey]),
+                                      ("inpaint", [], []), ("inpaint", [canny], [grey]), ("img2img", [], []),
+                                      ("generate", [], []), ("img2img", [], [grey]), ("inpaint", [canny], [])]:
+        np.testing.assert_array_equal(run(offloaded, job(mode, control, references)),
+                                      run(engine, job(mode, control, references)),
+                                      err_msg=f"{mode}, {len(control)} unit(s), {len(references)} reference(s)")
+
+    model = offloaded.registry.get("demo")
+    shared = {"unet": model.base.unet, "inpaint unet": model.inpaint_unet, "vae": model.base.vae,
+              "text encoder": model.base.text_encoder, "controlnet": offloaded.controlnets.get("sd15", ["canny"])[0],
+              "image encoder": model.pipeline("img2img").image_encoder}
+    unhooked = [name for name, module in shared.items()
+                if not isinstance(getattr(module, "_hf_hook", None), CpuOffload)]
+    assert unhooked == []

@@ -72,19 +72,22 @@ class IPAdapters:
         unconditional one first when classifier-free guidance runs, as the pipelines expect."""
         import torch
 
-        # The pipeline's execution device: the GPU once model CPU offload has hooked the pipeline
-        # (before that, on its very first job, the encoder runs where its weights are parked).
-        device = pipe._execution_device
+        # Pictures go where the encoder's weights are: under model CPU offload a freshly loaded encoder
+        # is not hooked yet (the offload hooks are set just before diffusion) and sits in RAM, while
+        # the pipeline's execution device is already the GPU. The embeddings then go to the latter.
+        encoder = pipe.image_encoder
+        hook = getattr(encoder, "_hf_hook", None)
+        device = getattr(hook, "execution_device", None) or encoder.device
         conditional, unconditional = [], []
         for image in images:
             cond, uncond = pipe.encode_image(image, device, 1, output_hidden_states=hidden_states or None)
             conditional.append(cond)
             unconditional.append(uncond)
-        share = torch.tensor(weights / weights.sum(), dtype=conditional[0].dtype, device=device)
+        share = torch.tensor(weights / weights.sum(), dtype=conditional[0].dtype, device=conditional[0].device)
         share = share.view(-1, *([1] * conditional[0].dim()))
         cond = (torch.stack(conditional) * share).sum(0)[None]
         uncond = (torch.stack(unconditional) * share).sum(0)[None]
-        return torch.cat([uncond, cond]) if guided else cond
+        return (torch.cat([uncond, cond]) if guided else cond).to(pipe._execution_device)
 
     def _load(self, model: LoadedModel, pipe, kind: str) -> _UNetState:
         from diffusers.models.embeddings import ImageProjection

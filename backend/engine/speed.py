@@ -1,11 +1,12 @@
 """Engine optimisations from the ``[performance]`` config, applied to loaded models and per job.
 
 Load time (``prepare_model`` / ``prepare_controlnet``): attention kernel (SDPA or classic),
-channels_last memory layout, ``torch.compile`` of the UNet, ControlNet and VAE decoder. Per job
-(``job``): which pipelines run compiled (only the configured diffusion sizes, so compiled shapes
-stay static and an odd crop size never triggers a recompile), VAE tiling above a pixel count, and
-model CPU offload for small-VRAM GPUs. Between jobs (``keep_only``): only the job's UNet of a model
-with two stays on the GPU (``residency.py``). Half precision is the registry's dtype (``pick_device``).
+channels_last memory layout, ``torch.compile`` of the UNet, ControlNet and VAE decoder (eager where
+compiling fails). Per job (``job``): which pipelines run compiled (only the configured diffusion
+sizes, so compiled shapes stay static and an odd crop size never triggers a recompile), VAE tiling
+above a pixel count, and model CPU offload for small-VRAM GPUs. Between jobs (``keep_only``): only
+the job's UNet of a model with two stays on the GPU (``residency.py``). Half precision is the
+registry's dtype (``pick_device``).
 
 Everything here is a switch: with all of them off the pipelines are exactly diffusers' defaults.
 """
@@ -32,9 +33,10 @@ class Speed:
         if settings.cpu_offload and not self.settings.cpu_offload:
             log.warning("performance.cpu_offload needs a CUDA GPU; running on %s without it", device)
         if self.settings.compile:
-            # One graph per (size bucket x guidance on/off x ControlNet residuals or not): keep them all.
-            buckets = max(1, len(self.settings.compile_sizes))
-            torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 8 * buckets)
+            # A painter's machine may lack what Inductor builds with (a C++ compiler on the CPU, Triton's
+            # toolchain on a GPU): run eager then, rather than fail every job.
+            torch._dynamo.config.suppress_errors = True
+            _CompileFailures.install()
         self.residency = Residency(device) if self.settings.park_idle_unet else None
 
     @property
@@ -72,6 +74,12 @@ class Speed:
             # processors, so from_pipe sharing and IP-Adapter switching see the same object.
             target.compile(mode=None if settings.compile_mode == "default" else settings.compile_mode,
                            dynamic=False)
+            # Dynamo's recompile limit is per code object, and every diffusers UNet and ControlNet
+            # enters through the same one (diffusers' forward wrapper): give each compiled module
+            # its own 8 graphs per size bucket (guidance on/off x ControlNet residuals x IP-Adapter).
+            config = torch._dynamo.config
+            config.recompile_limit += 8 * max(1, len(settings.compile_sizes))
+            config.accumulated_recompile_limit = max(config.accumulated_recompile_limit, config.recompile_limit)
 
     @property
     def parks_idle_unet(self) -> bool:
@@ -108,3 +116,33 @@ class Speed:
 
     def compile_sizes(self, native_size: int) -> set[tuple[int, int]]:
         return set(self.settings.compile_sizes) or {(native_size, native_size)}
+
+
+class _CompileFailures(logging.Filter):
+    """On dynamo's logger: it logs each frame it gives up on with a full traceback (one failure
+    cascades into dozens of frames of a UNet). Let each distinct error through once, with one line
+    of ours saying what it means for the painter."""
+
+    _installed = None
+
+    def __init__(self):
+        super().__init__()
+        self.seen: set[str] = set()
+
+    @classmethod
+    def install(cls) -> None:
+        if cls._installed is None:
+            cls._installed = cls()
+            logging.getLogger("torch._dynamo.convert_frame").addFilter(cls._installed)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno < logging.WARNING or not record.exc_info or record.exc_info[1] is None:
+            return True  # not a suppressed compile error
+        error = record.exc_info[1]
+        summary = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        if summary in self.seen:
+            return False
+        self.seen.add(summary)
+        log.warning("torch.compile failed (%s); running eager instead: same pictures, slower. Set "
+                    "performance.compile = false to skip compiling.", summary)
+        return True
