@@ -109,3 +109,35 @@ def _dynamo_settings():
     saved = config.recompile_limit, config.accumulated_recompile_limit, config.suppress_errors
     yield
     config.recompile_limit, config.accumulated_recompile_limit, config.suppress_errors = saved
+
+
+def test_new_slider_values_rerun_the_compiled_graphs_without_recompiling(demo_config, engine, monkeypatch):
+    """A painter moves the ControlNet strength and the reference weight between jobs. Compiled graphs
+    bake Python floats in as constants, so Easel hands both to the graphs as tensor data (the
+    ControlNet scale as a tensor, the adapter weight folded into the value projections): after the
+    first job of a kind, new values recompile nothing and still steer the picture as they should.
+    Dynamo decides what recompiles before any code generation, so the "eager" backend (same tracing,
+    no kernels) keeps this quick."""
+    from backend.engine import speed
+    from backend.requests import ControlUnit, Reference
+
+    monkeypatch.setattr(speed, "COMPILE_BACKEND", "eager")
+    compiled = engine_with(demo_config, compile=True, compile_modules=["unet", "controlnet"],
+                           compile_sizes=[(64, 64)])
+    edges = np.zeros((64, 64, 4), np.uint8)
+    edges[:, 32:] = 255
+    style = np.full((96, 96, 4), 180, np.uint8)
+
+    def steered(scale, weight, end=1.0):
+        return dataclasses.replace(generate(size=64), model="demo",
+                                   control=[ControlUnit("canny", edges, None, scale, 0.0, end)],
+                                   references=[Reference(style, weight, "reference")])
+
+    run(compiled, steered(1.0, 1.0))  # the first job compiles
+    frames = counters["frames"]["total"]
+    pictures = {}
+    for scale, weight, end in ((0.5, 1.0, 1.0), (0.7, 0.6, 1.0), (0.9, 0.8, 0.5), (0.5, 1.0, 1.0)):
+        pictures[scale, weight, end] = run(compiled, steered(scale, weight, end))
+        np.testing.assert_array_equal(pictures[scale, weight, end], run(engine, steered(scale, weight, end)))
+    assert counters["frames"]["total"] == frames
+    assert len({picture.tobytes() for picture in pictures.values()}) == 3  # each new value changed the picture

@@ -147,3 +147,30 @@ def test_adapters_load_from_a_folder_or_the_hub(tmp_path):
         "h94/IP-Adapter", "sdxl_models", "ip-adapter_sdxl.safetensors", "sdxl_models/image_encoder")
     assert adapter_location(hub.face, hub.face_image_encoder) == (
         "h94/IP-Adapter", "sdxl_models", "ip-adapter-plus-face_sdxl_vit-h.safetensors", "models/image_encoder")
+
+
+@pytest.mark.parametrize("scale", [0.0, 0.6, 1.3])
+def test_a_weight_folded_into_the_adapter_equals_diffusers_own_scale(scale):
+    """fold_scales moves the reference weight from the attention processors into their value
+    projections (so torch.compile sees weights, not constants); the attention output is the same."""
+    import types
+
+    import torch
+    from diffusers.models.attention_processor import Attention, IPAdapterAttnProcessor2_0
+
+    from backend.engine.adapters import fold_scales
+
+    torch.manual_seed(0)
+    processor = IPAdapterAttnProcessor2_0(hidden_size=32, cross_attention_dim=16, num_tokens=(4,), scale=scale)
+    attention = Attention(query_dim=32, cross_attention_dim=16, heads=2, dim_head=16, processor=processor)
+    hidden, text, image = torch.randn(1, 10, 32), torch.randn(1, 7, 16), torch.randn(1, 4, 16)
+    with torch.no_grad():
+        native = attention(hidden, encoder_hidden_states=(text, [image[:, None]]))
+        unet = types.SimpleNamespace(attn_processors={"attn": processor})
+        loaded = {"attn": [linear.weight.detach().clone() for linear in processor.to_v_ip]}
+        for _ in range(2):  # folding again starts from the loaded weights, not from the last fold
+            processor.scale = [scale]
+            fold_scales(unet, loaded)
+        folded = attention(hidden, encoder_hidden_states=(text, [image[:, None]]))
+    assert processor.scale == [1.0]
+    torch.testing.assert_close(folded, native)

@@ -32,6 +32,7 @@ class _UNetState:
     projection: object
     hidden_states: bool  # "plus" adapters read the encoder's hidden states, not its image embedding
     encoder: _Encoder
+    values: dict  # processor name -> its value projections' weights as loaded (in RAM), see fold_scales
 
 
 class IPAdapters:
@@ -63,6 +64,7 @@ class IPAdapters:
         weights = np.array([reference.weight for reference in references], dtype=np.float64)
         strongest = references[int(weights.argmax())]
         pipe.set_ip_adapter_scale(block_scales(strongest.mode, float(weights.max())))
+        fold_scales(pipe.unet, state.values)
         images = [Image.fromarray(np.ascontiguousarray(reference.image[..., :3])) for reference in references]
         return {"ip_adapter_image_embeds": [self._blend(pipe, images, weights, guided, state.hidden_states)]}
 
@@ -123,8 +125,10 @@ class IPAdapters:
                                                                             pipe.feature_extractor)
         projection = unet.encoder_hid_proj
         hidden_states = not isinstance(projection.image_projection_layers[0], ImageProjection)
-        state = self._unets[id(unet), kind] = _UNetState(dict(unet.attn_processors), projection, hidden_states,
-                                                         encoder)
+        processors = dict(unet.attn_processors)
+        values = {name: [linear.weight.detach().to("cpu", copy=True) for linear in processor.to_v_ip]
+                  for name, processor in processors.items() if hasattr(processor, "to_v_ip")}
+        state = self._unets[id(unet), kind] = _UNetState(processors, projection, hidden_states, encoder, values)
         return state
 
 
@@ -150,6 +154,25 @@ def _apply(unet, processors: dict, projection, hid_dim_type) -> None:
     unet.encoder_hid_proj = projection
     unet.config.encoder_hid_dim_type = hid_dim_type
     unet.set_attn_processor(dict(processors))
+
+
+def fold_scales(unet, values: dict) -> None:
+    """Move each adapter layer's scale into its value projection and set the scale to 1.
+
+    scale * attention(q, k, v) = attention(q, k, scale * v), and the projection has no bias, so the
+    pictures are the same. The reason: torch.compile bakes the processors' float scales into the
+    UNet's graph, so every new reference weight would recompile it; weights are inputs of the graph.
+    Rewritten from the loaded weights on every job, so parking and earlier jobs leave no trace.
+    """
+    import torch
+
+    with torch.no_grad():
+        processors = unet.attn_processors
+        for name, loaded_weights in values.items():
+            processor = processors[name]
+            for scale, linear, loaded in zip(processor.scale, processor.to_v_ip, loaded_weights):
+                linear.weight.copy_(loaded).mul_(float(scale))
+            processor.scale = [1.0] * len(processor.scale)
 
 
 def block_scales(mode: str, scale: float) -> float | dict:

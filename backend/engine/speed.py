@@ -23,6 +23,8 @@ from backend.performance import Performance
 
 log = logging.getLogger(__name__)
 
+COMPILE_BACKEND = "inductor"  # tests that count recompilations swap in "eager" (same tracing, no code generation)
+
 
 class Speed:
     """The resolved performance settings for one device, and the code that applies them."""
@@ -69,11 +71,14 @@ class Speed:
         if settings.channels_last:
             module.to(memory_format=torch.channels_last)
         if settings.compile and role in settings.compile_modules:
-            target = module.decoder if role == "vae_decode" else module
-            # In place (nn.Module.compile): the module keeps its class, config and attention
-            # processors, so from_pipe sharing and IP-Adapter switching see the same object.
-            target.compile(mode=None if settings.compile_mode == "default" else settings.compile_mode,
-                           dynamic=False)
+            options = {"mode": None if settings.compile_mode == "default" else settings.compile_mode,
+                       "dynamic": False, "backend": COMPILE_BACKEND}
+            if role == "controlnet":
+                module.forward = _scale_as_tensor(torch.compile(module.forward, **options))
+            else:
+                # In place (nn.Module.compile): the module keeps its class, config and attention
+                # processors, so from_pipe sharing and IP-Adapter switching see the same object.
+                (module.decoder if role == "vae_decode" else module).compile(**options)
             # Dynamo's recompile limit is per code object, and every diffusers UNet and ControlNet
             # enters through the same one (diffusers' forward wrapper): give each compiled module
             # its own 8 graphs per size bucket (guidance on/off x ControlNet residuals x IP-Adapter).
@@ -116,6 +121,21 @@ class Speed:
 
     def compile_sizes(self, native_size: int) -> set[tuple[int, int]]:
         return set(self.settings.compile_sizes) or {(native_size, native_size)}
+
+
+def _scale_as_tensor(forward):
+    """A compiled ControlNet forward that takes its ``conditioning_scale`` as a tensor.
+
+    Pipelines pass the scale as a Python float (the unit's scale, or 0 outside its start / end), and
+    torch.compile bakes floats into the graph as constants: every new slider value would recompile
+    the ControlNet. A tensor is an input of the graph, so a new value just runs it.
+    """
+    def call(sample, *args, conditioning_scale=1.0, **kwargs):
+        if not isinstance(conditioning_scale, torch.Tensor):
+            conditioning_scale = torch.full((), float(conditioning_scale), device=sample.device)
+        return forward(sample, *args, conditioning_scale=conditioning_scale, **kwargs)
+
+    return call
 
 
 class _CompileFailures(logging.Filter):
