@@ -77,11 +77,17 @@ def test_paint_a_mask_in_the_gradio4_editor_generate_and_keep_every_unpainted_pi
     picture(192, 128, seed=11).save(path)
     page.locator("#easel_picture input[type=file]").set_input_files(str(path))
     page.locator("#easel_picture canvas[width='192']").wait_for()
-    paint(page, (30, 40), (60, 50), (192, 128))
     page.locator("#easel_prompt textarea").fill("a red door")
     set_number(page, "easel_steps", 4)
     set_number(page, "easel_seed", 5)
-    assert generate(page).startswith("Done: 1 image"), text_of(page, "easel_progress")
+    for _ in range(3):
+        # On a loaded machine the editor can drop a stroke made while its brush is still being
+        # switched on; the tab then rightly asks for a mask, and the stroke is made again.
+        paint(page, (30, 40), (60, 50), (192, 128))
+        answer = generate(page)
+        if not answer.startswith("Paint over"):
+            break
+    assert answer.startswith("Done: 1 image"), text_of(page, "easel_progress")
     assert page.locator("#easel_gallery img").count() >= 1
 
     before = np.asarray(Image.open(path).convert("RGBA"))
