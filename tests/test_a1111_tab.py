@@ -283,20 +283,30 @@ def test_bad_input_gets_a_sentence_and_the_next_job_runs(page, files):
     assert generate(page).startswith("Done: 1 image")
 
 
-def test_backend_down_reads_as_a_sentence(page, webui):
-    def point_at(url: str) -> None:
-        open_tab(page, "Settings")
-        page.locator("#setting_easel_url textarea").fill(url)
-        page.click("#settings_submit")
-        page.wait_for_function("(url) => document.querySelector('#settings_result').innerText.includes(url)",
-                               arg=url)
-        open_tab(page, "Easel")
+def point_at(page, url: str) -> None:
+    """Set the tab's backend address in the WebUI's settings."""
+    open_tab(page, "Settings")
+    page.locator("#setting_easel_url textarea").fill(url)
+    page.click("#settings_submit")
+    page.wait_for_function("(url) => document.querySelector('#settings_result').innerText.includes(url)", arg=url)
+    open_tab(page, "Easel")
 
+
+@contextlib.contextmanager
+def backend_down(page, server_url: str):
+    """The tab pointed at a port nobody listens on (yielded), once it says so; back at the server after."""
     down = f"ws://127.0.0.1:{free_port()}/"
-    point_at(down)
+    point_at(page, down)
     try:
         page.click("#easel_refresh")
         page.wait_for_function(f"() => {STATUS}.innerText.includes('Cannot reach')")
+        yield down
+    finally:
+        point_at(page, server_url)
+
+
+def test_backend_down_reads_as_a_sentence(page, webui):
+    with backend_down(page, webui["server"]) as down:
         # (Markdown shows `easel serve` as code, without the backticks)
         expected = (f"Cannot reach the Easel backend at {down}: start it with easel serve, "
                     "or set its address in Settings > Easel.")
@@ -304,8 +314,6 @@ def test_backend_down_reads_as_a_sentence(page, webui):
         page.locator("#easel_prompt textarea").fill("a lighthouse")
         choose(page, "easel_mode", "generate")
         assert generate(page) == expected
-    finally:
-        point_at(webui["server"])
     page.click("#easel_refresh")
     page.wait_for_function(f"() => {STATUS}.innerText.includes('on cpu')")
 

@@ -15,8 +15,8 @@ import pytest
 from PIL import Image
 
 from conftest import picture
-from test_a1111_tab import (CHROMIUM, CHROMIUM_ARGS, STATUS, TIMEOUT, free_port, generate, harness, open_tab,
-                            set_number, text_of)
+from test_a1111_tab import (CHROMIUM, CHROMIUM_ARGS, TIMEOUT, backend_down, generate, harness, open_tab, set_number,
+                            text_of)
 
 REPO = Path(__file__).resolve().parents[1]
 SETUP = ("run `bash .ci/run`, or set up the Forge-like environment: `python3 -m venv .venv-forge && "
@@ -103,24 +103,10 @@ def test_paint_a_mask_in_the_gradio4_editor_generate_and_keep_every_unpainted_pi
 
 
 def test_backend_down_reads_as_a_sentence(page, forge):
-    def point_at(url: str) -> None:
-        open_tab(page, "Settings")
-        page.locator("#setting_easel_url textarea").fill(url)
-        page.click("#settings_submit")
-        page.wait_for_function("(url) => document.querySelector('#settings_result').innerText.includes(url)",
-                               arg=url)
-        open_tab(page, "Easel")
-
-    down = f"ws://127.0.0.1:{free_port()}/"
-    point_at(down)
-    try:
-        page.click("#easel_refresh")
-        page.wait_for_function(f"() => {STATUS}.innerText.includes('Cannot reach')")
+    with backend_down(page, forge["server"]) as down:
         assert text_of(page, "easel_status").strip() == (
             f"Cannot reach the Easel backend at {down}: start it with easel serve, "
             "or set its address in Settings > Easel.")
-    finally:
-        point_at(forge["server"])
 
 
 def test_pick_the_second_result_of_a_batch(page):
