@@ -63,11 +63,14 @@ def paint(page, start: tuple[float, float], end: tuple[float, float], size: tupl
     canvas = page.locator("#easel_picture canvas").first
     box = canvas.bounding_box()
     at = lambda x, y: (box["x"] + x * box["width"] / size[0], box["y"] + y * box["height"] / size[1])  # noqa: E731
-    page.mouse.move(*at(*start))
-    page.mouse.down()
-    for i in range(1, 11):
-        page.mouse.move(*at(start[0] + (end[0] - start[0]) * i / 10, start[1] + (end[1] - start[1]) * i / 10))
-    page.mouse.up()
+    # On a loaded machine the editor can drop a stroke made while its brush is still being switched
+    # on (CI saw it); the same stroke twice paints the same mask whether or not the first one took.
+    for _ in range(2):
+        page.mouse.move(*at(*start))
+        page.mouse.down()
+        for i in range(1, 11):
+            page.mouse.move(*at(start[0] + (end[0] - start[0]) * i / 10, start[1] + (end[1] - start[1]) * i / 10))
+        page.mouse.up()
 
 
 def test_paint_a_mask_in_the_gradio4_editor_generate_and_keep_every_unpainted_pixel(page, tmp_path):
@@ -80,14 +83,8 @@ def test_paint_a_mask_in_the_gradio4_editor_generate_and_keep_every_unpainted_pi
     page.locator("#easel_prompt textarea").fill("a red door")
     set_number(page, "easel_steps", 4)
     set_number(page, "easel_seed", 5)
-    for _ in range(3):
-        # On a loaded machine the editor can drop a stroke made while its brush is still being
-        # switched on; the tab then rightly asks for a mask, and the stroke is made again.
-        paint(page, (30, 40), (60, 50), (192, 128))
-        answer = generate(page)
-        if not answer.startswith("Paint over"):
-            break
-    assert answer.startswith("Done: 1 image"), text_of(page, "easel_progress")
+    paint(page, (30, 40), (60, 50), (192, 128))
+    assert generate(page).startswith("Done: 1 image"), text_of(page, "easel_progress")
     assert page.locator("#easel_gallery img").count() >= 1
 
     before = np.asarray(Image.open(path).convert("RGBA"))
