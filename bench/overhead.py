@@ -71,7 +71,8 @@ from backend.engine.models import LoadedModel, ModelRegistry, pick_device  # noq
 from backend.requests import Reference  # noqa: E402
 from backend.server import ServerThread  # noqa: E402
 from shared.client import Client, Started  # noqa: E402
-from shared.geometry import context_crop, mask_bounds, mask_margin  # noqa: E402
+from shared.geometry import context_crop, mask_bounds  # noqa: E402
+from shared.rules import reach as mask_margin  # noqa: E402
 from shared.images import ImageData, encode_frame  # noqa: E402
 from shared.messages import CLIENT_MESSAGES  # noqa: E402
 

@@ -1,7 +1,7 @@
 """A synchronous Python client for the Easel server (``websockets.sync.client``).
 
     with Client("ws://127.0.0.1:8760/") as easel:
-        job = easel.submit("inpaint", prompt="a red door", image=picture, mask=mask, seed=7)
+        job = easel.submit(Job.create("inpaint", prompt="a red door", image=picture, mask=mask, seed=7))
         for event in easel.events(job):
             ...  # Accepted, Started, Progress (with .preview), then Result or Cancelled
 
@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import collections
+import dataclasses
 import itertools
 import json
 import uuid
@@ -22,7 +23,8 @@ from websockets.exceptions import ConnectionClosed, InvalidURI
 from websockets.sync.client import connect
 
 from .images import ImageData, decode_frame, encode_frame
-from .messages import DEFAULT_URL, PROTOCOL_VERSION
+from .job import Job, PreprocessJob
+from .vocabulary import DEFAULT_URL, PROTOCOL_VERSION
 
 
 class EaselError(Exception):
@@ -139,21 +141,19 @@ class Client:
         self._ws.send(encode_frame(header, image.data))
         return {"frame": image_id}
 
-    def submit(self, mode: str, **params) -> str:
-        """Queue a job; ``image``, ``mask`` and the images of control units and references may be
-        ImageData (uploaded first).
-        Returns the job id."""
-        job = params.pop("job", None) or uuid.uuid4().hex[:16]
-        for role in ("image", "mask"):
-            if isinstance(params.get(role), ImageData):
-                params[role] = self.upload(params[role], role)
-        for key, role in (("control", "control"), ("references", "reference")):
-            params[key] = [{**item, "image": self.upload(item["image"], role)}
-                           if isinstance(item.get("image"), ImageData) else item for item in params.get(key, [])]
-            if not params[key]:
-                del params[key]
-        self._send({"type": "submit", "job": job, "mode": mode, **params})
-        return job
+    def submit(self, job: Job | str, **params) -> str:
+        """Queue a job; its images that are ``ImageData`` are uploaded first. Returns the job id.
+
+        ``submit("inpaint", prompt=..., image=...)`` is short for ``submit(Job.create("inpaint", ...))``.
+        The job is sent as it is: hosts that want an answer before sending call ``job.check()``.
+        """
+        if isinstance(job, str):
+            job = Job.create(job, **params)
+        elif params:
+            raise TypeError("submit takes a Job, or a mode and its parameters, not both")
+        job = dataclasses.replace(job, id=job.id or uuid.uuid4().hex[:16])
+        self._send(job.to_message(self._reference))
+        return job.id
 
     def cancel(self, job: str) -> None:
         """Ask the server to cancel a job; its events end with Cancelled (or its result, if too late)."""
@@ -173,9 +173,9 @@ class Client:
                 del self._jobs[job]
                 return
 
-    def run(self, mode: str, *, on_event: Callable[[Event], None] | None = None, **params) -> Result:
-        """Submit a job and wait for its result; raises JobCancelled or EaselError."""
-        job = self.submit(mode, **params)
+    def run(self, job: Job | str, *, on_event: Callable[[Event], None] | None = None, **params) -> Result:
+        """Submit a job (as ``submit`` takes it) and wait for its result; raises JobCancelled or EaselError."""
+        job = self.submit(job, **params)
         for event in self.events(job):
             if on_event:
                 on_event(event)
@@ -189,13 +189,10 @@ class Client:
                    output_format: str | None = None, on_event: Callable[[Event], None] | None = None) -> ImageData:
         """The control map ``preprocessor`` (a name, or a control type) makes of ``image``, as PNG or
         in ``output_format`` ("rgba8": raw pixels, no encoding on either side)."""
-        job = uuid.uuid4().hex[:16]
-        message = {"type": "preprocess", "job": job, "preprocessor": preprocessor,
-                   "image": self.upload(image, "image")}
-        if resolution:
-            message["resolution"] = resolution
-        if output_format:
-            message["output_format"] = output_format
+        request = PreprocessJob(image=image, preprocessor=preprocessor, id=uuid.uuid4().hex[:16],
+                                resolution=resolution, output_format=output_format or "png")
+        job = request.id
+        message = request.to_message(self._reference)
         self._send(message)
         for event in self.events(job):
             if on_event:
@@ -213,6 +210,12 @@ class Client:
         return self._await_reply("models")
 
     # -- plumbing -----------------------------------------------------------------------------
+
+    def _reference(self, image, role: str) -> dict:
+        """A job's image as a wire reference: ``ImageData`` is uploaded as a binary frame."""
+        if isinstance(image, ImageData):
+            return self.upload(image, role)
+        raise TypeError(f"a job's {role} must be ImageData or a wire reference, not {type(image).__name__}")
 
     def _send(self, message: dict) -> None:
         if self._ws is None:

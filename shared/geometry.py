@@ -84,14 +84,6 @@ def round_to_grid(value: float, grid: int = LATENT_GRID) -> int:
     return max(grid, int(math.floor(value / grid + 0.5)) * grid)
 
 
-def mask_margin(grow: int, feather: int) -> int:
-    """How far beyond its bounds a mask reaches once the backend grows and feathers it.
-
-    Feathering is a Gaussian blur with sigma = feather / 2, which fades out by 3 sigma.
-    """
-    return grow + feather * 3 // 2 + 1
-
-
 def diffusion_size(width: int, height: int, native: int, grid: int = LATENT_GRID) -> tuple[int, int]:
     """The size a ``width`` x ``height`` picture is diffused at by a model trained at ``native``².
 
@@ -133,7 +125,7 @@ def context_crop(
     """Plan the crop around a mask.
 
     ``bounds`` are the mask's bounds, ``margin`` how far the backend grows and feathers the mask
-    (so the soft edge stays inside the box), ``padding`` the context kept beyond that. The box is
+    (``shared.rules.reach``, so the soft edge stays inside the box), ``padding`` the context kept beyond that. The box is
     then grown so each side is at least the model's ``native`` size, its aspect kept within
     MAX_ASPECT, its sides rounded up to the latent grid, and finally clamped to the canvas.
     Applying the function again to the cropped canvas returns the whole crop.

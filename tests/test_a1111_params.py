@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from shared.geometry import mask_margin
+from shared.rules import reach as mask_margin
 from conftest import picture, rect_mask
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "a1111_extension"))

@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 
 from backend.packaging import build
-from shared.geometry import Box, context_crop, diffusion_size, mask_bounds, mask_margin
+from shared.geometry import Box, context_crop, diffusion_size, mask_bounds
+from shared.rules import reach as mask_margin
 from shared.images import ImageData
 
 from conftest import decode, picture, rect_mask

@@ -3,7 +3,7 @@
 import numpy as np
 
 from backend.engine import masks
-from shared.geometry import mask_margin
+from shared.rules import reach as mask_margin
 
 
 def square_mask(size=64, lo=24, hi=40):

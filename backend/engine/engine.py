@@ -23,7 +23,8 @@ from backend.engine.models import LoadedModel, ModelError, ModelRegistry
 from backend.engine.previews import Previewer
 from backend.engine.prompt_cache import PromptCache
 from backend.requests import EditRequest
-from shared.geometry import Box, CropPlan, context_crop, mask_bounds, mask_margin, round_to_grid, whole_canvas
+from shared.geometry import Box, CropPlan, context_crop, mask_bounds, round_to_grid, whole_canvas
+from shared.rules import reach as mask_margin
 
 
 class JobCancelled(Exception):

@@ -22,7 +22,7 @@ def grow(mask: np.ndarray, pixels: int) -> np.ndarray:
 def feather(mask: np.ndarray, pixels: int) -> np.ndarray:
     """Soften the mask's edge outward over about ``pixels``; the original mask stays at full strength.
 
-    Reaches ``shared.geometry.mask_margin`` beyond the mask, so hosts can plan crops that hold it.
+    Reaches ``shared.rules.reach`` beyond the mask, so hosts can plan crops that hold it.
     """
     if pixels <= 0:
         return mask

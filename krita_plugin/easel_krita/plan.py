@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .protocol import geometry, images
+from .protocol import geometry, images, rules
 
 Box = geometry.Box
 
@@ -140,7 +140,7 @@ def plan_region(width: int, height: int, strength: float, native: int | None,
     mode = choose_mode(bounds is not None, strength)
     if mode == "inpaint":
         plan = geometry.context_crop(bounds, width, height, native,
-                                     margin=geometry.mask_margin(grow, feather))
+                                     margin=rules.reach(grow, feather))
         return Region(mode, plan.box, (plan.diffusion_width, plan.diffusion_height))
     plan = geometry.whole_canvas(width, height, native)
     size = (plan.diffusion_width, plan.diffusion_height)

@@ -15,7 +15,9 @@ _ROOT = f"{__package__}.shared" if _BUNDLED else "shared"
 
 geometry = importlib.import_module(f"{_ROOT}.geometry")
 images = importlib.import_module(f"{_ROOT}.images")
+job = importlib.import_module(f"{_ROOT}.job")
 messages = importlib.import_module(f"{_ROOT}.messages")
+rules = importlib.import_module(f"{_ROOT}.rules")
 
 
 def client_module():

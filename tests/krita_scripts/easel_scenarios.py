@@ -197,7 +197,7 @@ def scenario_inpaint_selection(ctx):
     layer = layers[0]
     check(layer.name() == "a red door [7]", f"layer name {layer.name()!r}")
     alpha, _ = alpha_of(doc, layer)
-    rect_band(alpha, (150, 100, 40, 30), 33)  # mask_margin(8, 16) = 33
+    rect_band(alpha, (150, 100, 40, 30), 33)  # rules.reach(8, 16) = 33
     check(any(alpha[py * W + px] not in (0, 255) for py in range(H) for px in range(W)), "no feathered edge")
     check(snapshot(doc) == before, "a source layer changed")
     doc.close()

@@ -1,0 +1,117 @@
+"""Field specs: how one value of a message is checked, defaulted and documented in the JSON Schema."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from .errors import ProtocolError
+
+_JSON_TYPES = {
+    "string": str,
+    "integer": int,
+    "number": (int, float),
+    "boolean": bool,
+    "object": dict,
+    "array": list,
+}
+
+
+@dataclass
+class Field:
+    """One field of a message: its JSON type, constraints, default, and a line of documentation."""
+
+    type: str
+    doc: str = ""
+    required: bool = False
+    default: Any = None
+    nullable: bool = False
+    minimum: float | None = None
+    maximum: float | None = None
+    choices: tuple | None = None
+    pattern: str | None = None
+    max_length: int | None = None
+    items: "Field | None" = None
+    fields: "dict[str, Field] | None" = None
+    min_items: int | None = None
+    extra: bool = False  # for objects: allow unlisted keys
+
+    def check(self, value: Any, name: str) -> Any:
+        """Return ``value`` if it satisfies this field, else raise ProtocolError naming ``name``."""
+        if value is None:
+            if self.nullable:
+                return None
+            raise ProtocolError("invalid_field", f"`{name}` must not be null", name)
+        expected = _JSON_TYPES[self.type]
+        if isinstance(value, bool) and self.type in ("integer", "number"):
+            raise ProtocolError("invalid_field", f"`{name}` must be a {self.type}, not a boolean", name)
+        if self.type == "number" and isinstance(value, float) and value != value:
+            raise ProtocolError("invalid_field", f"`{name}` must be a number, not NaN", name)
+        if not isinstance(value, expected):
+            raise ProtocolError("invalid_field", f"`{name}` must be a{'n' if self.type[0] in 'aeiou' else ''} "
+                                f"{self.type}, got {type(value).__name__}", name)
+        if self.minimum is not None and value < self.minimum:
+            raise ProtocolError("invalid_field", f"`{name}` must be at least {self.minimum}, got {value}", name)
+        if self.maximum is not None and value > self.maximum:
+            raise ProtocolError("invalid_field", f"`{name}` must be at most {self.maximum}, got {value}", name)
+        if self.choices is not None and value not in self.choices:
+            raise ProtocolError("invalid_field", f"`{name}` must be one of {', '.join(map(str, self.choices))}; "
+                                f"got {value!r}", name)
+        if self.max_length is not None and len(value) > self.max_length:
+            raise ProtocolError("invalid_field", f"`{name}` is longer than {self.max_length}", name)
+        if self.pattern is not None and not re.match(self.pattern, value):
+            raise ProtocolError("invalid_field", f"`{name}` must match {self.pattern}", name)
+        if self.min_items is not None and len(value) < self.min_items:
+            raise ProtocolError("invalid_field", f"`{name}` needs at least {self.min_items} item(s)", name)
+        if self.items is not None:
+            value = [self.items.check(item, f"{name}[{i}]") for i, item in enumerate(value)]
+        if self.fields is not None:
+            value = check_fields(value, self.fields, prefix=f"{name}.", extra=self.extra)
+        return value
+
+    def schema(self) -> dict:
+        """This field as a JSON Schema fragment."""
+        out: dict[str, Any] = {"type": [self.type, "null"] if self.nullable else self.type}
+        if self.doc:
+            out["description"] = self.doc
+        for key, attr in (("minimum", self.minimum), ("maximum", self.maximum), ("pattern", self.pattern),
+                          ("maxLength", self.max_length), ("minItems", self.min_items)):
+            if attr is not None:
+                out[key] = attr
+        if self.choices is not None:
+            out["enum"] = list(self.choices) + ([None] if self.nullable else [])
+        if self.default is not None:
+            out["default"] = self.default
+        if self.items is not None:
+            out["items"] = self.items.schema()
+        if self.fields is not None:
+            out.update(object_schema(self.fields, extra=self.extra))
+        return out
+
+
+def check_fields(message: dict, fields: dict[str, Field], *, prefix: str = "", extra: bool = False) -> dict:
+    """Validate ``message`` against ``fields``; return a copy with defaults filled in."""
+    out = {}
+    for name, spec in fields.items():
+        if name in message:
+            out[name] = spec.check(message[name], prefix + name)
+        elif spec.required:
+            raise ProtocolError("invalid_field", f"`{prefix + name}` is required", prefix + name)
+        elif spec.default is not None:
+            out[name] = spec.default
+    unknown = sorted(set(message) - set(fields))
+    if unknown and not extra:
+        raise ProtocolError("invalid_field", f"unknown field `{prefix + unknown[0]}`", prefix + unknown[0])
+    for name in unknown:
+        out[name] = message[name]
+    return out
+
+
+def object_schema(fields: dict[str, Field], *, extra: bool = False) -> dict:
+    return {
+        "type": "object",
+        "properties": {name: spec.schema() for name, spec in fields.items()},
+        "required": [name for name, spec in fields.items() if spec.required],
+        "additionalProperties": extra,
+    }

@@ -1,0 +1,287 @@
+"""The job model: what a client asks the server to do, as typed dataclasses.
+
+This is the one definition of a job. Each field carries its wire spec (``Field``), so the tables
+that validate ``submit`` and ``preprocess`` messages and generate the JSON Schema are derived from
+these classes (``wire_fields``). Hosts build a ``Job``, check it with ``Job.check`` (the same rules
+the server applies) and send ``Job.to_message``; the server reads it back with ``Job.from_message``.
+
+Images are whatever the side holding the job uses: ``ImageData`` before upload, the wire reference
+(``{"frame": id}`` or inline ``{"data": ...}``) in a message; ``None`` where a field allows it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from . import rules
+from .errors import ProtocolError
+from .fields import Field, check_fields
+from .vocabulary import (CONTROL_TYPES, DEFAULT_PREPROCESSOR, IMAGE_ID_PATTERN, JOB_ID_PATTERN, MAX_SEED, MODES,
+                         PREPROCESSORS, REFERENCE_MODES, RESULT_FORMATS, SAMPLERS)
+
+IMAGE_REF = Field("object", "An image: `{\"frame\": id}` names a binary frame sent earlier on this connection; "
+                  "`{\"data\": base64, \"format\": \"png\"|\"webp\"}` carries it inline.", fields={
+                      "frame": Field("string", "Id of an uploaded binary frame.", pattern=IMAGE_ID_PATTERN),
+                      "data": Field("string", "Base64 of a PNG or WebP file."),
+                      "format": Field("string", "Format of inline data.", default="png", choices=("png", "webp")),
+                  })
+JOB_ID = Field("string", "Job id: chosen by the client in `submit`, or assigned by the server.", pattern=JOB_ID_PATTERN)
+
+ImageRef = Callable[[Any, str], dict]
+"""Turns a host's image (e.g. ``ImageData``) into a wire reference, given its role (uploads it)."""
+
+
+def wire(spec: Field, default: Any = dataclasses.MISSING, *, factory: Callable | None = None,
+         key: str | None = None) -> Any:
+    """A dataclass field with its wire spec; ``key`` is its name on the wire when that differs."""
+    metadata = {"wire": spec, "key": key}
+    if factory is not None:
+        return field(default_factory=factory, metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
+def wire_fields(cls: type) -> dict[str, Field]:
+    """The message table of a job class: one ``Field`` per wire key, its default the dataclass's."""
+    table: dict[str, Field] = {}
+    for spec in dataclasses.fields(cls):
+        if "flatten" in spec.metadata:
+            table.update(wire_fields(spec.metadata["flatten"]))
+            continue
+        value = spec.metadata["wire"]
+        if spec.default is not dataclasses.MISSING and spec.default is not None:
+            value = dataclasses.replace(value, default=spec.default)
+        table[spec.metadata["key"] or spec.name] = value
+    return table
+
+
+@dataclass
+class ControlUnit:
+    """One ControlNet unit."""
+
+    type: str = wire(Field("string", "What the control image shows.", required=True, choices=CONTROL_TYPES))
+    image: Any = wire(Field("object", "The control image (a map, or a picture to preprocess); the job's `image` "
+                            "when omitted. Resized to the picture's size, then cropped and resized exactly like it.",
+                            fields=IMAGE_REF.fields), None)
+    preprocess: str = wire(Field("string", "`off`: the image already is a control map; `on`: run the type's "
+                                 "preprocessor; or a preprocessor's name.", choices=("off", "on") + PREPROCESSORS),
+                           "off")
+    scale: float = wire(Field("number", "Strength of the unit; 0 disables it.", minimum=0, maximum=2), 1.0)
+    start: float = wire(Field("number", "Fraction of the schedule where the unit starts.", minimum=0, maximum=1),
+                        0.0)
+    end: float = wire(Field("number", "Fraction of the schedule where the unit stops.", minimum=0, maximum=1), 1.0)
+    resolution: int | None = wire(Field("integer", "Preprocessor working resolution (shorter side); the diffusion "
+                                        "size when omitted.", minimum=64, maximum=4096), None)
+
+    @property
+    def preprocessor(self) -> str | None:
+        """The preprocessor to run, or None when the image already is a map (``on``: the type's default)."""
+        if self.preprocess == "off":
+            return None
+        return DEFAULT_PREPROCESSOR.get(self.type) if self.preprocess == "on" else self.preprocess
+
+
+@dataclass
+class Reference:
+    """A reference picture for the IP-Adapter."""
+
+    image: Any = wire(dataclasses.replace(IMAGE_REF, required=True))
+    weight: float = wire(Field("number", "How much the reference steers; 0 switches it off.", minimum=0, maximum=2),
+                         1.0)
+    mode: str = wire(Field("string", "`reference`: everything; `style`: colours and brushwork (up blocks only); "
+                           "`composition`: layout (down blocks only); `face`: the face adapter, where configured "
+                           "(a job's references are either all `face` or none).", choices=REFERENCE_MODES),
+                     "reference")
+
+
+@dataclass
+class Sampling:
+    """How the picture is denoised."""
+
+    steps: int = wire(Field("integer", "Denoising steps at strength 1.", minimum=1), 20)
+    guidance: float = wire(Field("number", "Classifier-free guidance scale.", minimum=0, maximum=50), 7.0)
+    strength: float = wire(Field("number", "1 = paint from noise; below 1 start from the noised image.",
+                                 minimum=0, maximum=1), 1.0)
+    sampler: str = wire(Field("string", "Scheduler.", choices=SAMPLERS), "dpmpp_2m_karras")
+    seed: int | None = wire(Field("integer", "Seed of the first image; image i uses seed + i. Random when omitted "
+                                  "or null.", nullable=True, minimum=0, maximum=MAX_SEED), None)
+    batch: int = wire(Field("integer", "Images to make, each with its own seed.", minimum=1), 1)
+
+
+@dataclass
+class Job:
+    """A ``submit``: one edit (generate, img2img or inpaint) with its steering."""
+
+    mode: str = wire(Field("string", "What to do.", required=True, choices=MODES))
+    id: str | None = wire(JOB_ID, None, key="job")
+    model: str | None = wire(Field("string", "Configured model name; the server's default when omitted.",
+                                   max_length=200), None)
+    prompt: str = wire(Field("string", "What to paint.", max_length=10000), "")
+    negative_prompt: str = wire(Field("string", "What to avoid.", max_length=10000), "")
+    sampling: Sampling = field(default_factory=Sampling, metadata={"flatten": Sampling})
+    width: int | None = wire(Field("integer", "generate: picture width in pixels.", minimum=8), None)
+    height: int | None = wire(Field("integer", "generate: picture height in pixels.", minimum=8), None)
+    image: Any = wire(IMAGE_REF, None)
+    mask: Any = wire(IMAGE_REF, None)
+    mask_grow: int = wire(Field("integer", "inpaint: grow the mask by this many pixels.", minimum=0, maximum=256),
+                          rules.MASK_GROW)
+    mask_feather: int = wire(Field("integer", "inpaint: soften the grown mask's edge over this many pixels.",
+                                   minimum=0, maximum=256), rules.MASK_FEATHER)
+    control: list[ControlUnit] = wire(Field("array", "ControlNet units, applied together.", items=Field(
+        "object", "One ControlNet unit.", fields=wire_fields(ControlUnit))), factory=list)
+    references: list[Reference] = wire(Field("array", "IP-Adapter reference pictures, blended by weight.", items=Field(
+        "object", "A reference picture for the IP-Adapter.", fields=wire_fields(Reference))), factory=list)
+    preview_every: int = wire(Field("integer", "Send a preview every N steps; 0 = none.", minimum=0), 0)
+    preview_size: int = wire(Field("integer", "Longest side of previews.", minimum=16, maximum=1024), 256)
+    output_format: str = wire(Field("string", "Encoding of result images.", choices=RESULT_FORMATS), "png")
+    inline: bool = wire(Field("boolean", "Put results in the `result` message as base64 PNG instead of binary "
+                              "frames.", ), False)
+
+    # -- building ------------------------------------------------------------------------------
+
+    @classmethod
+    def create(cls, mode: str, **params: Any) -> "Job":
+        """A job from flat keyword arguments, as the wire names them (``steps=8, seed=3, job="a"``);
+        control units and references may be dicts. Nothing is checked here: see ``check``."""
+        sampling_keys = {spec.name for spec in dataclasses.fields(Sampling)}
+        sampling = Sampling(**{key: params.pop(key) for key in list(params) if key in sampling_keys})
+        if "job" in params:
+            params["id"] = params.pop("job")
+        params["control"] = [_as(ControlUnit, unit) for unit in params.get("control") or ()]
+        params["references"] = [_as(Reference, ref) for ref in params.get("references") or ()]
+        return cls(mode=mode, sampling=sampling, **params)
+
+    @classmethod
+    def from_message(cls, message: dict, *, validate: bool = True) -> "Job":
+        """A ``submit`` message as a job; ``validate`` checks it against the wire table first (raising
+        ``ProtocolError`` naming the field) and fills the defaults."""
+        if validate:
+            message = check_fields(message, SUBMIT_FIELDS)
+        params = {key: value for key, value in message.items() if key != "type"}
+        return cls.create(params.pop("mode"), **params)
+
+    def to_message(self, image_ref: ImageRef | None = None) -> dict:
+        """The ``submit`` message. Images that are not wire references yet go through ``image_ref``
+        (e.g. ``Client.upload``); unset fields are left out, so the server's defaults apply."""
+        def ref(image: Any, role: str) -> dict:
+            if isinstance(image, dict):
+                return image
+            if image_ref is None:
+                raise TypeError(f"the job's {role} is not a wire reference; pass image_ref to upload it")
+            return image_ref(image, role)
+
+        message: dict = {"type": "submit"}
+        for key, value in _wire_items(self):
+            if key in ("image", "mask"):
+                value = ref(value, key)
+            message[key] = value
+        if self.control:
+            message["control"] = [dict(_wire_items(unit), **({"image": ref(unit.image, "control")}
+                                                             if unit.image is not None else {}))
+                                  for unit in self.control]
+        if self.references:
+            message["references"] = [dict(_wire_items(reference), image=ref(reference.image, "reference"))
+                                     for reference in self.references]
+        return message
+
+    # -- rules ---------------------------------------------------------------------------------
+
+    @property
+    def denoising_steps(self) -> int:
+        return rules.denoising_steps(self.mode, self.sampling.steps, self.sampling.strength)
+
+    def check(self) -> None:
+        """Apply the rules that need no pixels and no server state; raise ``ProtocolError`` naming the
+        field. Hosts call it before sending; the server calls it on every submit."""
+        wants = {"generate": (), "img2img": ("image",), "inpaint": ("image", "mask")}[self.mode]
+        for role in ("image", "mask"):
+            present = getattr(self, role) is not None
+            if role in wants and not present:
+                raise ProtocolError("invalid_field", f"{self.mode} needs `{role}`", role)
+            if role not in wants and present:
+                hint = " (use inpaint to edit inside a mask)" if role == "mask" else " (use img2img)"
+                raise ProtocolError("invalid_field", f"{self.mode} takes no `{role}`{hint}", role)
+        for key in ("width", "height"):
+            if self.mode != "generate" and getattr(self, key) is not None:
+                raise ProtocolError("invalid_field", f"{self.mode} works at the picture's own size; `{key}` is for "
+                                    "generate", key)
+        faces = {reference.mode == "face" for reference in self.references if reference.weight > 0}
+        if len(faces) > 1:  # two adapters would need two image encoders and two projections in one pass
+            raise ProtocolError("invalid_field", "a job's references are either all `face` or none `face`: the "
+                                "face mode uses its own adapter", "references")
+        rules.check_seed_range(self.sampling.seed, self.sampling.batch)
+        for index, unit in enumerate(self.control):
+            name = f"control[{index}]"
+            if unit.image is None and self.mode == "generate":
+                raise ProtocolError("invalid_field", f"`{name}.image` is required when generating (there is no "
+                                    "picture to take it from)", f"{name}.image")
+            rules.check_schedule_range(unit.start, unit.end, name)
+            if unit.preprocess == "on" and unit.preprocessor is None:
+                raise ProtocolError("unknown_preprocessor", f"the {unit.type} control type has no preprocessor: "
+                                    "its control image is the picture itself, so send it with preprocess off",
+                                    f"{name}.preprocess")
+        if self.mode != "generate":
+            rules.check_denoising(self.mode, self.sampling.steps, self.sampling.strength)
+
+
+@dataclass
+class PreprocessJob:
+    """A ``preprocess``: the control map a preprocessor makes of a picture."""
+
+    image: Any = wire(dataclasses.replace(IMAGE_REF, required=True))
+    preprocessor: str = wire(Field("string", "A preprocessor, or a control type (meaning its default "
+                                   "preprocessor).", required=True,
+                                   choices=PREPROCESSORS + tuple(t for t in CONTROL_TYPES if t not in PREPROCESSORS)))
+    id: str | None = wire(JOB_ID, None, key="job")
+    resolution: int | None = wire(Field("integer", "Working resolution (shorter side); the picture's own when "
+                                        "omitted.", minimum=64, maximum=4096), None)
+    output_format: str = wire(Field("string", "Encoding of the map.", choices=RESULT_FORMATS), "png")
+    inline: bool = wire(Field("boolean", "Put the map in the `result` message as base64 PNG."), False)
+
+    @classmethod
+    def from_message(cls, message: dict, *, validate: bool = True) -> "PreprocessJob":
+        if validate:
+            message = check_fields(message, PREPROCESS_FIELDS)
+        params = {key: value for key, value in message.items() if key != "type"}
+        if "job" in params:
+            params["id"] = params.pop("job")
+        return cls(**params)
+
+    def to_message(self, image_ref: ImageRef | None = None) -> dict:
+        message = {"type": "preprocess", **dict(_wire_items(self))}
+        if not isinstance(self.image, dict):
+            if image_ref is None:
+                raise TypeError("the picture is not a wire reference; pass image_ref to upload it")
+            message["image"] = image_ref(self.image, "image")
+        return message
+
+    @property
+    def resolved(self) -> str | None:
+        """The preprocessor that runs (a control type means its default); None when the type has none."""
+        name = DEFAULT_PREPROCESSOR.get(self.preprocessor, self.preprocessor)
+        return name if name in PREPROCESSORS else None
+
+    def check(self) -> None:
+        if self.resolved is None:
+            raise ProtocolError("unknown_preprocessor", f"the {self.preprocessor} control type has no preprocessor: "
+                                "its control image is the picture itself", "preprocessor")
+
+
+def _as(cls: type, value: Any) -> Any:
+    return value if isinstance(value, cls) else cls(**value)
+
+
+def _wire_items(obj: Any):
+    """(wire key, value) of a job object's set, scalar fields (lists and unset values left out)."""
+    for spec in dataclasses.fields(obj):
+        value = getattr(obj, spec.name)
+        if "flatten" in spec.metadata:
+            yield from _wire_items(value)
+        elif value is not None and not isinstance(value, list):
+            yield spec.metadata["key"] or spec.name, value
+
+
+SUBMIT_FIELDS: dict[str, Field] = {"type": Field("string", required=True, choices=("submit",)), **wire_fields(Job)}
+PREPROCESS_FIELDS: dict[str, Field] = {"type": Field("string", required=True, choices=("preprocess",)),
+                                       **wire_fields(PreprocessJob)}
