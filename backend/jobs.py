@@ -8,14 +8,16 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-from backend.requests import EditRequest
+from backend.engine.job import EditJob, PreprocessJob
+from shared import job as protocol
 
 
 @dataclass(eq=False)
 class Job:
-    """A queued or running job and who asked for it."""
+    """A queued or running job: what the client asked for, what the engine runs, and who asked."""
 
-    request: EditRequest
+    request: protocol.Job | protocol.PreprocessJob
+    work: EditJob | PreprocessJob
     owner: object  # the client session; jobs are only visible to their owner
     submitted: float = field(default_factory=time.perf_counter)
     cancel_event: threading.Event = field(default_factory=threading.Event)
@@ -23,7 +25,7 @@ class Job:
 
     @property
     def id(self) -> str:
-        return self.request.job
+        return self.request.id
 
     def end(self) -> bool:
         """Mark the job ended; False if it already was (so it gets exactly one final message)."""

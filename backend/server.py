@@ -1,7 +1,7 @@
 """The websocket server: sessions, validation, the job queue and the GPU worker.
 
-Flow of a job: text/binary frame -> ``parse_client_message`` / ``decode_frame`` -> ``build_request``
-(images decoded off the event loop) -> ``JobQueue`` -> the worker runs ``Engine.run`` on its own
+Flow of a job: text/binary frame -> ``parse_client_message`` / ``decode_frame`` -> ``Job.from_message``
+-> ``intake`` (rules, uploads, images decoded off the event loop) -> ``JobQueue`` -> the worker runs ``Engine.run`` on its own
 thread -> results are encoded off the loop and sent to the job's session as frames + ``result``.
 """
 
@@ -24,11 +24,15 @@ from websockets.exceptions import ConnectionClosed
 import shared
 from backend.config import Config
 from backend.engine.engine import Engine, EngineResult, JobCancelled
+from backend.engine.job import EditJob
 from backend.engine.models import ModelError
+from backend.engine.passes import Pass, layer_box
 from backend.imaging import encode
+from backend.intake import build_edit_job, build_preprocess_job
 from backend.jobs import Job, JobQueue
-from backend.requests import build_preprocess_request, build_request
+from shared import job as protocol
 from shared.images import ImageData, decode_frame, encode_frame
+from shared.rules import seed_range
 from shared.messages import (FAMILIES, IMAGE_FORMATS, MODES, PROTOCOL_VERSION, REFERENCE_MODES, SAMPLERS,
                              ProtocolError, parse_client_message)
 
@@ -80,11 +84,14 @@ class _Reporter:
     def _send(self, message: dict | bytes) -> None:
         self.loop.call_soon_threadsafe(self.job.owner.send, message)
 
-    def started(self, steps, diffusion_size, box) -> None:
-        message = {"type": "started", "job": self.job.id, "model": self.job.request.model, "steps": steps,
-                   "diffusion_size": list(diffusion_size)}
-        if box is not None:
-            message["box"] = box.as_list()
+    def started(self, steps: int, passes: list[Pass]) -> None:
+        work = self.job.work
+        edit = isinstance(work, EditJob)
+        message = {"type": "started", "job": self.job.id, "model": work.model if edit else work.preprocessor,
+                   "steps": steps, "diffusion_size": list(passes[0].size)}
+        if edit and work.mode != "generate":
+            message["box"] = layer_box(passes).as_list()
+            message["passes"] = [{"box": p.box.as_list(), "diffusion_size": list(p.size)} for p in passes]
         self._send(message)
 
     def progress(self, step, total, preview) -> None:
@@ -234,25 +241,27 @@ class EaselServer:
 
     async def _on_submit(self, session: Session, message: dict) -> None:
         registry = self.engine.registry
-        await self._queue(session, message, build_request, self.config.limits, registry.names(), registry.default)
+        await self._queue(session, protocol.Job.from_message(message, validate=False), build_edit_job,
+                          self.config.limits, registry.names(), registry.default)
 
     async def _on_preprocess(self, session: Session, message: dict) -> None:
-        await self._queue(session, message, build_preprocess_request, self.config.limits)
+        await self._queue(session, protocol.PreprocessJob.from_message(message, validate=False),
+                          build_preprocess_job, self.config.limits)
 
-    async def _queue(self, session: Session, message: dict, build, *args) -> None:
+    async def _queue(self, session: Session, request, build, *args) -> None:
         """Check a job request off the event loop and queue it."""
-        message.setdefault("job", uuid.uuid4().hex[:16])
-        job_id = message["job"]
+        request.id = request.id or uuid.uuid4().hex[:16]
+        job_id = request.id
         if self.queue.find(session, job_id):
             raise ProtocolError("duplicate_job", f"job {job_id} is still queued or running", "job", job_id)
         if len(self.queue.owned_by(session)) >= self.config.limits.max_queued_per_client:
             raise ProtocolError("limit_exceeded", "too many jobs queued from this connection", "job", job_id)
         try:
-            request = await asyncio.to_thread(build, message, session.uploads, *args)
+            work = await asyncio.to_thread(build, request, session.uploads, *args)
         except ProtocolError as exc:
             exc.job = job_id
             raise
-        job = Job(request, session)
+        job = Job(request, work, session)
         session.send({"type": "accepted", "job": job_id, "position": self.queue.put(job)})
 
     async def _on_cancel(self, session: Session, message: dict) -> None:
@@ -298,15 +307,16 @@ class EaselServer:
         session: Session = job.owner
         started = time.perf_counter()
         try:
-            result = await loop.run_in_executor(self._gpu, self.engine.run, job.request, _Reporter(loop, job))
+            result = await loop.run_in_executor(self._gpu, self.engine.run, job.work, _Reporter(loop, job))
             messages = await asyncio.to_thread(self._result_messages, job, result, started)
         except JobCancelled:
             if job.end():
                 session.send({"type": "cancelled", "job": job.id, "while": "running"})
             return
         except ModelError as exc:
+            field = exc.field if exc.unit is None else f"control[{exc.unit}].{exc.field}"
             if job.end():
-                session.send(ProtocolError(exc.code, exc.message, exc.field, job.id).to_message())
+                session.send(ProtocolError(exc.code, exc.message, field, job.id).to_message())
             return
         except Exception as exc:  # the engine failed: tell the client, keep serving
             log.exception("job %s failed", job.id)
@@ -337,9 +347,29 @@ class EaselServer:
         now = time.perf_counter()
         timings = {"queued": round(started - job.submitted, 4), "load": round(result.load_seconds, 4),
                    "run": round(result.run_seconds, 4), "total": round(now - job.submitted, 4)}
-        messages.append({"type": "result", "job": job.id, "images": images, "parameters": request.parameters(),
-                         "timings": timings})
+        messages.append({"type": "result", "job": job.id, "images": images,
+                         "parameters": parameters(job, result), "timings": timings})
         return messages
+
+
+def parameters(job: Job, result: EngineResult) -> dict:
+    """The job as run, for the ``result`` message: defaults filled, the seed resolved, the size made."""
+    work = job.work
+    if not isinstance(work, EditJob):
+        return {"mode": "preprocess", "preprocessor": work.preprocessor, "resolution": work.resolution}
+    out = {"mode": work.mode, "model": work.model, "prompt": work.prompt, "negative_prompt": work.negative_prompt,
+           "seed": work.seed, "steps": work.steps, "guidance": work.guidance, "strength": work.strength,
+           "batch": work.batch, "sampler": work.sampler, "mask_grow": work.mask_grow,
+           "mask_feather": work.mask_feather, "seeds": seed_range(work.seed, work.batch)}
+    if work.mode == "generate":
+        del out["strength"]
+        out["width"], out["height"] = result.passes[0].size
+    if work.references:
+        out["references"] = [{"weight": r.weight, "mode": r.mode} for r in work.references]
+    if work.control:
+        out["control"] = [{"type": u.type, "preprocess": u.preprocessor or "off", "scale": u.scale,
+                           "start": u.start, "end": u.end} for u in work.control]
+    return out
 
 
 class ServerThread:

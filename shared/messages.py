@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import re
+from dataclasses import replace
 
 from .errors import ERROR_CODES, ProtocolError
 from .fields import Field, check_fields, object_schema
@@ -127,10 +128,18 @@ SERVER_MESSAGES: dict[str, dict[str, Field]] = {
         "type": _type("started"),
         "job": JOB_REQUIRED,
         "model": Field("string", required=True),
-        "steps": Field("integer", "Denoising steps that will actually run per image.", required=True, minimum=0),
+        "steps": Field("integer", "Denoising steps that will actually run per image and pass.", required=True,
+                       minimum=0),
         "diffusion_size": Field("array", "[width, height] the model works at.", required=True,
                                 items=Field("integer", minimum=8), min_items=2),
         "box": BOX,
+        "passes": Field("array", "The diffusion passes, in the order they run (an inpaint diffuses far-apart "
+                        "mask islands in passes of their own; progress counts steps over all of them). Each "
+                        "pass's box lies inside `box`.", items=Field("object", fields={
+                            "box": replace(BOX, required=True),
+                            "diffusion_size": Field("array", "[width, height] the pass is diffused at.",
+                                                    required=True, items=Field("integer", minimum=8), min_items=2),
+                        })),
     },
     "progress": {
         "type": _type("progress"),

@@ -119,7 +119,7 @@ def test_new_slider_values_rerun_the_compiled_graphs_without_recompiling(demo_co
     Dynamo decides what recompiles before any code generation, so the "eager" backend (same tracing,
     no kernels) keeps this quick."""
     from backend.engine import speed
-    from backend.requests import ControlUnit, Reference
+    from backend.engine.job import Control, Reference
 
     monkeypatch.setattr(speed, "COMPILE_BACKEND", "eager")
     compiled = engine_with(demo_config, compile=True, compile_modules=["unet", "controlnet"],
@@ -130,7 +130,7 @@ def test_new_slider_values_rerun_the_compiled_graphs_without_recompiling(demo_co
 
     def steered(scale, weight, end=1.0):
         return dataclasses.replace(generate(size=64), model="demo",
-                                   control=[ControlUnit("canny", edges, None, scale, 0.0, end)],
+                                   control=[Control("canny", edges, None, scale, 0.0, end)],
                                    references=[Reference(style, weight, "reference")])
 
     run(compiled, steered(1.0, 1.0))  # the first job compiles

@@ -72,7 +72,7 @@ def test_written_folders_serve_steered_inpaint_jobs(tmp_path, monkeypatch):
 
     from backend.engine.engine import Engine
     from backend.engine.models import ModelRegistry, pick_device
-    from backend.requests import ControlUnit, EditRequest, Reference
+    from backend.engine.job import Control, EditJob, Reference
 
     for name, value in TOY.items():
         monkeypatch.setattr(full, name, value)
@@ -93,8 +93,8 @@ def test_written_folders_serve_steered_inpaint_jobs(tmp_path, monkeypatch):
         def is_cancelled(self): return False
 
     for family in full.FAMILIES:
-        units = [ControlUnit(kind, image, None, 1.0, 0.0, 1.0) for kind in full.CONTROL_TYPES]
-        request = EditRequest(job=family, mode="inpaint", model=family, prompt="a door", negative_prompt="",
+        units = [Control(kind, image, None, 1.0, 0.0, 1.0) for kind in full.CONTROL_TYPES]
+        request = EditJob(mode="inpaint", model=family, prompt="a door", negative_prompt="",
                               seed=1, steps=2, guidance=5.0, strength=1.0, batch=1, sampler="euler", image=image,
                               mask=mask, control=units, references=[Reference(image, 1.0, "reference")])
         layer = engine.run(request, Quiet()).layers[0]

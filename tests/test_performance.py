@@ -13,7 +13,7 @@ from backend.config import Config, ConfigError, load_config
 from backend.engine.engine import Engine
 from backend.engine.models import ModelRegistry, pick_device
 from backend.performance import Performance
-from backend.requests import ControlUnit, EditRequest, Reference
+from backend.engine.job import Control, EditJob, Reference
 from conftest import picture, rect_mask
 
 
@@ -80,7 +80,7 @@ class Steps:
     def __init__(self):
         self.steps = 0
 
-    def started(self, steps, diffusion_size, box): pass
+    def started(self, steps, passes): pass
 
     def progress(self, step, total, preview): self.steps += 1
 
@@ -93,14 +93,14 @@ def engine_with(demo_config: Config, **settings) -> Engine:
     return Engine(ModelRegistry(config, device, dtype))
 
 
-def generate(prompt: str = "a red door", seed: int = 3, size: int = 64) -> EditRequest:
+def generate(prompt: str = "a red door", seed: int = 3, size: int = 64) -> EditJob:
     """A small text-to-image job (diffused at ``size``, unlike img2img, which scales up to 512)."""
-    return EditRequest(job="j", mode="generate", model="demo-base", prompt=prompt, negative_prompt="blurry",
+    return EditJob(mode="generate", model="demo-base", prompt=prompt, negative_prompt="blurry",
                        seed=seed, steps=2, guidance=5.0, strength=1.0, batch=1, sampler="euler",
                        width=size, height=size)
 
 
-def run(engine: Engine, request: EditRequest) -> np.ndarray:
+def run(engine: Engine, request: EditJob) -> np.ndarray:
     reporter = Steps()
     pixels = engine.run(request, reporter).layers[0].pixels
     assert reporter.steps == request.denoising_steps
@@ -195,20 +195,15 @@ def test_cpu_offload_hooks_change_no_pixel_in_any_mode(demo_config, engine):
     mask = np.asarray(rect_mask((128, 128), (32, 32, 96, 96)))
     edges = np.zeros((128, 128, 4), np.uint8)
     edges[:, :64] = 255
-    canny = ControlUnit("canny", edges, None, 1.0, 0.0, 1.0)
+    canny = Control("canny", edges, None, 1.0, 0.0, 1.0)
     grey = Reference(np.full((96, 96, 4), 200, np.uint8), 1.0, "reference")
 
     def job(mode, control, references):
-        request = EditRequest(job="j", mode=mode, model="demo", prompt="a house", negative_prompt="", seed=3,
-                              steps=3, guidance=5.0, strength=0.7, batch=1, sampler="euler",
-                              control=list(control), references=list(references))
-        if mode == "generate":
-            request.width = request.height = 64
-        else:
-            request.image = image
-        if mode == "inpaint":
-            request.mask = mask
-        return request
+        return EditJob(mode=mode, model="demo", prompt="a house", negative_prompt="", seed=3, steps=3,
+                       guidance=5.0, strength=0.7, batch=1, sampler="euler", control=tuple(control),
+                       references=tuple(references), **({"width": 64, "height": 64} if mode == "generate" else
+                                                        {"image": image}),
+                       **({"mask": mask} if mode == "inpaint" else {}))
 
     offloaded = engine_with(demo_config)
     offloaded.speed.settings.cpu_offload = True

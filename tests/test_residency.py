@@ -19,7 +19,7 @@ from backend.engine.engine import Engine
 from backend.engine.models import ModelRegistry, pick_device
 from backend.engine.residency import Residency
 from backend.performance import Performance
-from backend.requests import ControlUnit, EditRequest, Reference
+from backend.engine.job import Control, EditJob, Reference
 from conftest import picture
 
 
@@ -65,27 +65,27 @@ def test_setting_is_read_and_resolved(tmp_path):
 
 
 class Quiet:
-    def started(self, steps, diffusion_size, box): pass
+    def started(self, steps, passes): pass
 
     def progress(self, step, total, preview): pass
 
     def is_cancelled(self): return False
 
 
-def job(mode: str, **extra) -> EditRequest:
+def job(mode: str, **extra) -> EditJob:
     image = np.dstack([np.asarray(picture(256, 256)), np.full((256, 256), 255, np.uint8)])
     mask = np.zeros((256, 256), np.uint8)
     mask[60:200, 60:200] = 255
-    request = EditRequest(job="j", mode=mode, model="demo", prompt="a house", negative_prompt="", seed=3,
+    request = EditJob(mode=mode, model="demo", prompt="a house", negative_prompt="", seed=3,
                           steps=4, guidance=5.0, strength=0.8, batch=1, sampler="euler", image=image,
                           mask=mask if mode == "inpaint" else None, **extra)
     return request
 
 
-def steered(mode: str) -> EditRequest:
+def steered(mode: str) -> EditJob:
     edges = np.zeros((256, 256, 4), np.uint8)
     edges[:, 128:] = 255
-    return job(mode, control=[ControlUnit("canny", edges, None, 1.0, 0.0, 1.0)],
+    return job(mode, control=[Control("canny", edges, None, 1.0, 0.0, 1.0)],
                references=[Reference(np.dstack([np.asarray(picture(96, 96, seed=2)),
                                                 np.full((96, 96), 255, np.uint8)]), 1.0, "reference")])
 

@@ -16,7 +16,7 @@ import torch
 from backend.config import Config, ModelSpec, scan_model_folder
 from backend.engine.engine import Engine
 from backend.engine.models import ModelRegistry, detect_family
-from backend.requests import EditRequest
+from backend.engine.job import EditJob
 from ldm_checkpoint import CLIP, UNET, VAE, unet_to_ldm, vae_to_ldm, write_ldm_checkpoint
 
 COMPONENTS = ("unet", "vae", "text_encoder")
@@ -67,7 +67,7 @@ def test_single_file_loads_offline_with_the_folders_weights(registry, single_fil
 
 
 class _Quiet:
-    def started(self, steps, diffusion_size, box): pass
+    def started(self, steps, passes): pass
 
     def progress(self, step, total, preview): pass
 
@@ -78,7 +78,7 @@ def test_generate_matches_the_diffusers_folder(registry):
     engine = Engine(registry)
 
     def run(model):
-        request = EditRequest(job=model, mode="generate", model=model, prompt="a lighthouse", negative_prompt="",
+        request = EditJob(mode="generate", model=model, prompt="a lighthouse", negative_prompt="",
                               seed=7, steps=2, guidance=5.0, strength=1.0, batch=1, sampler="euler",
                               width=64, height=64)
         return engine.run(request, _Quiet()).layers[0].pixels

@@ -11,9 +11,11 @@ import numpy as np
 from PIL import Image
 
 from backend.config import AdapterSpec
+from backend.engine.conditioning import ContentCache, digest
 from backend.engine.models import LoadedModel, ModelError, check_pickle
 
 log = logging.getLogger(__name__)
+EMBEDDING_CACHE = 32  # reference embeddings kept (one picture's is at most a few MB)
 
 
 @dataclass
@@ -47,6 +49,7 @@ class IPAdapters:
         self._encoders: dict[tuple[str, str], _Encoder] = {}
         self._plain: dict[int, dict] = {}  # id(unet) -> its attention processors without any adapter
         self._unets: dict[tuple[int, str], _UNetState] = {}
+        self.embeddings = ContentCache(EMBEDDING_CACHE)
 
     def switch_off(self, pipe) -> None:
         """Make the job's UNet plain again (if an adapter was ever loaded into it)."""
@@ -65,11 +68,10 @@ class IPAdapters:
         strongest = references[int(weights.argmax())]
         pipe.set_ip_adapter_scale(block_scales(strongest.mode, float(weights.max())))
         fold_scales(pipe.unet, state.values)
-        images = [Image.fromarray(np.ascontiguousarray(reference.image[..., :3])) for reference in references]
+        images = [np.ascontiguousarray(reference.image[..., :3]) for reference in references]
         return {"ip_adapter_image_embeds": [self._blend(pipe, images, weights, guided, state.hidden_states)]}
 
-    @staticmethod
-    def _blend(pipe, images: list[Image.Image], weights: np.ndarray, guided: bool, hidden_states: bool):
+    def _blend(self, pipe, images: list[np.ndarray], weights: np.ndarray, guided: bool, hidden_states: bool):
         """Several references become one embedding: their weighted mean, shaped (1, 1, ...), with the
         unconditional one first when classifier-free guidance runs, as the pipelines expect."""
         import torch
@@ -82,7 +84,10 @@ class IPAdapters:
         device = getattr(hook, "execution_device", None) or encoder.device
         conditional, unconditional = [], []
         for image in images:
-            cond, uncond = pipe.encode_image(image, device, 1, output_hidden_states=hidden_states or None)
+            # An encoder's embedding depends only on the picture: reused across jobs, seeds and passes.
+            cond, uncond = self.embeddings.get(
+                (id(encoder), hidden_states, digest(image)),
+                lambda: pipe.encode_image(Image.fromarray(image), device, 1, output_hidden_states=hidden_states or None))
             conditional.append(cond)
             unconditional.append(uncond)
         share = torch.tensor(weights / weights.sum(), dtype=conditional[0].dtype, device=conditional[0].device)

@@ -24,17 +24,22 @@ class ControlNetCache:
         self.budget_bytes, self.allow_pickle = budget_bytes, allow_pickle
         self._loaded: collections.OrderedDict[tuple[str, str], torch.nn.Module] = collections.OrderedDict()
 
-    def get(self, family: str, kinds: list[str], fields: list[str] | None = None) -> list:
-        """The ControlNets for one job's ``kinds`` on ``family``, in order; ModelError naming the kind,
-        the family and the unit's field when one is not configured. Beyond the budget, the least
+    def get(self, family: str, kinds: list[str]) -> list:
+        """The ControlNets for one job's ``kinds`` on ``family``, in order; ModelError naming the kind
+        and the family (field ``type``, ``unit`` its position in ``kinds``) when one is not configured. Beyond the budget, the least
         recently used others are dropped, never one this job uses: a job needing more than the
         budget keeps them all rather than reloading one from disk every job."""
-        fields = fields or ["control"] * len(kinds)
-        models = [self._get(family, kind, field) for kind, field in zip(kinds, fields)]
+        models = []
+        for position, kind in enumerate(kinds):
+            try:
+                models.append(self._get(family, kind))
+            except ModelError as exc:
+                exc.unit = position
+                raise
         self._evict(keep={(family, kind) for kind in kinds})
         return models
 
-    def _get(self, family: str, kind: str, field: str):
+    def _get(self, family: str, kind: str):
         key = (family, kind)
         if key in self._loaded:
             self._loaded.move_to_end(key)
@@ -43,7 +48,7 @@ class ControlNetCache:
         if source is None:
             known = ", ".join(sorted(self.sources.get(family, {}))) or "none"
             raise ModelError("unknown_control_model", f"no {kind} ControlNet is configured for {family} models "
-                             f"(configured for {family}: {known})", field)
+                             f"(configured for {family}: {known})", "type")
         model = self._load(source)
         if self.prepare is not None:
             self.prepare(model)
@@ -66,13 +71,13 @@ class ControlNetCache:
                 model = ControlNetModel.from_pretrained(str(path) if path.is_dir() else source, dtype=self.dtype,
                                                         use_safetensors=None if self.allow_pickle else True)
         except ModelError as exc:
-            exc.field = "control"
+            exc.field = "type"
             raise
         except Exception as exc:
             hint = " (a single-file ControlNet fetches its configuration from the hub the first time)" \
                 if path.is_file() else ""
             raise ModelError("model_load_failed", f"the ControlNet at {source} could not be loaded: {exc}{hint}",
-                             "control") from exc
+                             "type") from exc
         return to_device(model, self.device)
 
     def _evict(self, keep: set[tuple[str, str]]) -> None:

@@ -1,30 +1,36 @@
-"""The engine: runs one EditRequest through diffusers and returns RGBA layers.
+"""The engine: runs one job through diffusers and returns RGBA layers.
 
-``Engine.run`` reads as its stages: load the model, plan the crop, prepare the inputs at the
-model's resolution, diffuse each image of the batch (reporting progress, honouring cancel), and
-put the results back at canvas resolution as layers.
+``Engine.run`` reads as its stages: load the model, plan the passes, prepare the conditioning
+(prompt, control maps, references), then for each image of the batch and each pass: prepare the
+pass's pictures, run it, and compose the passes into the image's result layer.
 """
 
 from __future__ import annotations
 
+import contextlib
 import time
-from dataclasses import dataclass, field
-from typing import Protocol
+from dataclasses import dataclass
+from typing import Iterator, Protocol
 
 import numpy as np
 import torch
 from PIL import Image
 
-from backend.engine import masks
+from backend.engine import compose
 from backend.engine.adapters import IPAdapters
+from backend.engine.conditioning import ContentCache, digest
 from backend.engine.controlnets import ControlNetCache
-from backend.engine.preprocessors import Preprocessors
+from backend.engine.job import Control, EditJob, PreprocessJob
 from backend.engine.models import LoadedModel, ModelError, ModelRegistry
+from backend.engine.passes import Pass, plan_passes
+from backend.engine.preprocessors import Preprocessors
 from backend.engine.previews import Previewer
 from backend.engine.prompt_cache import PromptCache
-from backend.requests import EditRequest
-from shared.geometry import Box, CropPlan, context_crop, mask_bounds, round_to_grid, whole_canvas
-from shared.rules import reach as mask_margin
+from backend.engine.runner import ControlInput, PassInputs, run_pass
+from shared.geometry import Box
+from shared.vocabulary import MAX_SEED
+
+CONTROL_MAP_CACHE = 16  # preprocessed control maps kept (a few MB each at most)
 
 
 class JobCancelled(Exception):
@@ -34,7 +40,7 @@ class JobCancelled(Exception):
 class Reporter(Protocol):
     """Where the engine tells the world how a job is going (called on the worker thread)."""
 
-    def started(self, steps: int, diffusion_size: tuple[int, int], box: Box | None) -> None: ...
+    def started(self, steps: int, passes: list[Pass]) -> None: ...
 
     def progress(self, step: int, total: int, preview: Image.Image | None) -> None: ...
 
@@ -53,24 +59,12 @@ class Layer:
 
 @dataclass
 class EngineResult:
+    """A job's layers, the passes that made them, and where the time went."""
+
     layers: list[Layer]
     load_seconds: float
     run_seconds: float
-
-
-@dataclass
-class _Inputs:
-    """A job's pictures at diffusion resolution, plus what is needed to paste the results back."""
-
-    size: tuple[int, int]  # what the model diffuses at
-    plan: CropPlan | None = None  # None when generating
-    image: Image.Image | None = None  # RGB, diffusion size
-    mask: Image.Image | None = None  # L, diffusion size
-    original: np.ndarray | None = None  # RGBA crop at canvas resolution
-    alpha: np.ndarray | None = None  # feathered mask over the crop
-    control: list = field(default_factory=list)  # the active control units
-    control_images: list = field(default_factory=list)  # their images at diffusion size
-    adapter_kwargs: dict = field(default_factory=dict)  # the references' embeddings, when there are any
+    passes: list[Pass]
 
 
 def make_scheduler(name: str, config):
@@ -103,6 +97,7 @@ class Engine:
                                            config.controlnet_memory_mb * 2**20, config.allow_pickle,
                                            prepare=self.speed.prepare_controlnet)
         self.prompts = PromptCache(config.performance.prompt_cache)
+        self.control_maps = ContentCache(CONTROL_MAP_CACHE)
         self.adapters = IPAdapters(config.ip_adapters, config.allow_pickle)
         self.preprocessors = Preprocessors(config.annotators, registry.device)
         self._previewers: dict[str, Previewer] = {}
@@ -111,149 +106,124 @@ class Engine:
     def device(self) -> torch.device:
         return self.registry.device
 
-    def run(self, request: EditRequest, reporter: Reporter) -> EngineResult:
-        """Run a job; raises JobCancelled if the reporter says it was cancelled."""
+    def run(self, job: EditJob | PreprocessJob, reporter: Reporter) -> EngineResult:
+        """Run a job; raises JobCancelled if the reporter says it was cancelled, ModelError when a
+        model, ControlNet, adapter or annotator cannot serve it."""
+        if isinstance(job, PreprocessJob):
+            return self._preprocess(job, reporter)
         start = time.perf_counter()
-        if request.mode == "preprocess":
-            return self._preprocess(request, reporter, start)
-        model = self.registry.get(request.model)
-        pipe = model.pipeline(request.mode)
+        model = self.registry.get(job.model)
+        pipe = model.pipeline(job.mode)
         self.speed.keep_only(pipe.unet, model.unets)  # before adapters load into it or anything runs
         loaded = time.perf_counter()
 
-        inputs = self._prepare(request, model)
-        pipe = self._with_control(request, model, inputs) or pipe
-        references = [reference for reference in request.references if reference.weight > 0]
-        if references:
-            inputs.adapter_kwargs = self.adapters.switch_on(model, pipe, references, request.guidance > 1)
-        else:  # exactly the no-adapter job, even right after a job with references
-            self.adapters.switch_off(pipe)
-        reporter.started(request.denoising_steps, inputs.size, inputs.plan.box if inputs.plan else None)
+        passes = plan_passes(job, model.native_size)
+        active = [(index, unit) for index, unit in enumerate(job.control) if unit.scale > 0]
+        pipe = self._with_control(job, model, active) or pipe
+        adapter = self._references(job, model, pipe)
+        prompt = self.prompts.kwargs(model.name, pipe, model.family, job.prompt, job.negative_prompt or None,
+                                     job.guidance > 1)
+        reporter.started(job.denoising_steps, passes)
 
         layers = []
-        for index in range(request.batch):
-            if reporter.is_cancelled():
-                raise JobCancelled()
-            seed = request.seed + index
-            pipe.scheduler = make_scheduler(request.sampler, model.scheduler_config)
-            with self.speed.job(pipe, inputs.size, model.native_size):
-                pixels = self._diffuse(pipe, model, request, inputs, seed,
-                                       self._on_step(request, model, reporter, index))
-            layers.append(Layer(index, seed, *self._to_layer(request, inputs, pixels)))
-        return EngineResult(layers, loaded - start, time.perf_counter() - loaded)
+        for index in range(job.batch):
+            outputs = []
+            for number, p in enumerate(passes):
+                if reporter.is_cancelled():
+                    raise JobCancelled()
+                inputs = self._pass_inputs(job, model, p, active, prompt, adapter, job.seed + index)
+                pipe.scheduler = make_scheduler(job.sampler, model.scheduler_config)
+                on_step = self._on_step(job, model, reporter, index * len(passes) + number, len(passes))
+                with self.speed.job(pipe, p.size, model.native_size):
+                    outputs.append(run_pass(pipe, inputs, on_step))
+            offset, pixels = compose.layer(job.mode, job.image, passes, outputs)
+            layers.append(Layer(index, job.seed + index, offset, pixels))
+        return EngineResult(layers, loaded - start, time.perf_counter() - loaded, passes)
 
-    def _preprocess(self, request: EditRequest, reporter: Reporter, start: float) -> EngineResult:
+    def _preprocess(self, job: PreprocessJob, reporter: Reporter) -> EngineResult:
         """A ``preprocess`` job: the control map of the whole picture, at its size."""
-        height, width = request.image.shape[:2]
-        unit = request.control[0]
-        self.preprocessors.load(unit.preprocessor)  # a missing annotator fails before `started`
-        reporter.started(0, (width, height), None)
-        picture = Image.fromarray(np.ascontiguousarray(request.image[..., :3]))
-        control_map = np.asarray(self.preprocessors.run(unit.preprocessor, picture, unit.resolution))
-        return EngineResult([Layer(0, 0, (0, 0), _opaque(control_map))], 0.0, time.perf_counter() - start)
+        start = time.perf_counter()
+        height, width = job.image.shape[:2]
+        self.preprocessors.load(job.preprocessor)  # a missing annotator fails before `started`
+        whole = Pass(Box(0, 0, width, height), (width, height), 0.0)
+        reporter.started(0, [whole])
+        picture = Image.fromarray(np.ascontiguousarray(job.image[..., :3]))
+        control_map = np.asarray(self.preprocessors.run(job.preprocessor, picture, job.resolution))
+        return EngineResult([Layer(0, 0, (0, 0), compose.opaque(control_map))], 0.0, time.perf_counter() - start,
+                            [whole])
 
-    # -- stages -------------------------------------------------------------------------------
+    # -- conditioning -------------------------------------------------------------------------
 
-    def _prepare(self, request: EditRequest, model: LoadedModel) -> _Inputs:
-        """Crop and resample the picture and mask to what the model will diffuse."""
-        if request.mode == "generate":
-            # The size as run goes back to the client in the result's parameters.
-            request.width = round_to_grid(request.width or model.native_size)
-            request.height = round_to_grid(request.height or model.native_size)
-            return _Inputs((request.width, request.height))
-        height, width = request.image.shape[:2]
-        if request.mode == "img2img":
-            plan = whole_canvas(width, height, model.native_size)
-            return _Inputs(_plan_size(plan), plan, image=_resample(request.image[..., :3], plan))
-
-        bounds = mask_bounds(request.mask.tobytes(), width, height)
-        margin = mask_margin(request.mask_grow, request.mask_feather)
-        plan = context_crop(bounds, width, height, model.native_size, margin=margin)
-        box = plan.box
-        crop = request.image[box.y:box.y1, box.x:box.x1]
-        alpha = masks.shape_mask(request.mask[box.y:box.y1, box.x:box.x1], request.mask_grow,
-                                 request.mask_feather)
-        return _Inputs(_plan_size(plan), plan, image=_resample(crop[..., :3], plan), mask=_resample(alpha, plan),
-                       original=crop, alpha=alpha)
-
-    def _with_control(self, request: EditRequest, model: LoadedModel, inputs: _Inputs):
-        """The ControlNet pipeline for the job's active units (scale 0 switches a unit off), with their
-        images prepared into ``inputs``; None when no unit is active."""
-        active = [(i, unit) for i, unit in enumerate(request.control) if unit.scale > 0]
+    def _with_control(self, job: EditJob, model: LoadedModel, active: list[tuple[int, Control]]):
+        """The ControlNet pipeline for the job's active units (scale 0 switches a unit off); None
+        when no unit is active. Missing ControlNets and annotators fail here, before ``started``."""
         if not active:
             return None
-        controlnets = self.controlnets.get(model.family, [unit.type for _, unit in active],
-                                           [f"control[{i}].type" for i, _ in active])
-        inputs.control = [unit for _, unit in active]
-        for i, unit in active:
+        try:
+            controlnets = self.controlnets.get(model.family, [unit.type for _, unit in active])
+        except ModelError as exc:  # the cache names its position among the active units
+            exc.unit = active[exc.unit][0] if exc.unit is not None else None
+            raise
+        for index, unit in active:
             if unit.preprocessor:
-                try:
+                with _unit(index, "preprocess"):
                     self.preprocessors.load(unit.preprocessor)
-                except ModelError as exc:
-                    exc.field = f"control[{i}].preprocess"
-                    raise
-        inputs.control_images = [self._control_image(request, model, inputs, unit) for _, unit in active]
-        return model.control_pipeline(request.mode, controlnets)
+        return model.control_pipeline(job.mode, controlnets)
 
-    def _control_image(self, request: EditRequest, model: LoadedModel, inputs: _Inputs, unit):
-        """A unit's image, resized to the picture, then cropped and resized exactly like it."""
-        source = (unit.image if unit.image is not None else request.image)[..., :3]
-        if inputs.plan is None:
-            picture = Image.fromarray(np.ascontiguousarray(source)).resize(inputs.size, Image.Resampling.LANCZOS)
+    def _references(self, job: EditJob, model: LoadedModel, pipe) -> dict:
+        """The adapter switched on for the job's references (the call's kwargs), or off."""
+        references = [reference for reference in job.references if reference.weight > 0]
+        if not references:  # exactly the no-adapter job, even right after a job with references
+            self.adapters.switch_off(pipe)
+            return {}
+        return self.adapters.switch_on(model, pipe, references, job.guidance > 1)
+
+    def _pass_inputs(self, job: EditJob, model: LoadedModel, p: Pass, active: list[tuple[int, Control]],
+                     prompt: dict, adapter: dict, image_seed: int) -> PassInputs:
+        """The pictures of one pass at its diffusion size: its crop of the picture, mask and maps."""
+        inputs = PassInputs(job.mode, p.size, job.steps, job.guidance, p.strength,
+                            (image_seed + p.seed) % (MAX_SEED + 1), prompt, adapter=adapter)
+        if job.image is not None:
+            inputs.image = _resample(job.image[p.box.y:p.box.y1, p.box.x:p.box.x1, :3], p.size)
+        if p.alpha is not None:
+            inputs.mask = _resample(p.alpha, p.size)
+        masked = job.mode == "inpaint" and model.family == "sd15"
+        inputs.control = [ControlInput(self._control_map(job, p, unit), unit.scale, unit.start, unit.end,
+                                       masked=masked and unit.type == "inpaint") for _, unit in active]
+        return inputs
+
+    def _control_map(self, job: EditJob, p: Pass, unit: Control) -> Image.Image:
+        """A unit's map for one pass: its image stretched to the picture, then cut and resized exactly
+        like the picture (and preprocessed there, so the map matches what the model sees)."""
+        source = (unit.image if unit.image is not None else job.image)[..., :3]
+        if job.image is None:  # generate: the map is the whole picture
+            picture = Image.fromarray(np.ascontiguousarray(source)).resize(p.size, Image.Resampling.LANCZOS)
         else:
-            height, width = request.image.shape[:2]
+            height, width = job.image.shape[:2]
             if source.shape[:2] != (height, width):
                 source = np.asarray(Image.fromarray(np.ascontiguousarray(source)).resize(
                     (width, height), Image.Resampling.LANCZOS))
-            box = inputs.plan.box  # crop before anything else touches a big canvas's map
-            picture = _resample(source[box.y:box.y1, box.x:box.x1], inputs.plan)
-        if unit.preprocessor:
-            picture = self.preprocessors.run(unit.preprocessor, picture, unit.resolution, seed=request.seed)
-        if unit.type == "inpaint" and request.mode == "inpaint" and model.family == "sd15":
-            # The SD1.5 inpaint ControlNet's convention: the picture with masked pixels at -1.
-            pixels = np.asarray(picture, dtype=np.float32) / 255.0
-            pixels[np.asarray(inputs.mask) >= 128] = -1.0
-            return torch.from_numpy(pixels).permute(2, 0, 1)[None]
-        return picture
+            picture = _resample(source[p.box.y:p.box.y1, p.box.x:p.box.x1], p.size)  # crop first: big canvases
+        if not unit.preprocessor:
+            return picture
+        key = (unit.preprocessor, unit.resolution, job.seed, digest(picture))
+        return self.control_maps.get(key, lambda: self.preprocessors.run(unit.preprocessor, picture,
+                                                                          unit.resolution, seed=job.seed))
 
-    def _diffuse(self, pipe, model: LoadedModel, request: EditRequest, inputs: _Inputs, seed: int,
-                 on_step) -> np.ndarray:
-        """One image of the batch, as H x W x 3 uint8 at diffusion size."""
-        kwargs = self.prompts.kwargs(model.name, pipe, model.family, request.prompt,
-                                     request.negative_prompt or None, request.guidance > 1)
-        kwargs = dict(kwargs, num_inference_steps=request.steps, guidance_scale=request.guidance,
-                      generator=torch.Generator("cpu").manual_seed(seed), output_type="np",
-                      callback_on_step_end=on_step)
-        width, height = inputs.size
-        if request.mode == "generate":
-            kwargs.update(width=width, height=height)
-        elif request.mode == "img2img":
-            kwargs.update(image=inputs.image, strength=request.strength)
-        else:
-            kwargs.update(image=inputs.image, mask_image=inputs.mask, strength=request.strength,
-                          width=width, height=height)
-        kwargs.update(inputs.adapter_kwargs)
-        if inputs.control:
-            single = len(inputs.control) == 1
-            pick = (lambda values: values[0]) if single else list
-            kwargs["image" if request.mode == "generate" else "control_image"] = pick(inputs.control_images)
-            kwargs.update(controlnet_conditioning_scale=pick([u.scale for u in inputs.control]),
-                          control_guidance_start=pick([u.start for u in inputs.control]),
-                          control_guidance_end=pick([u.end for u in inputs.control]))
-        images = pipe(**kwargs).images
-        return (np.clip(images[0], 0, 1) * 255).round().astype(np.uint8)
+    # -- progress -----------------------------------------------------------------------------
 
-    def _on_step(self, request: EditRequest, model: LoadedModel, reporter: Reporter, index: int):
-        per_image = request.denoising_steps
-        total = per_image * request.batch
+    def _on_step(self, job: EditJob, model: LoadedModel, reporter: Reporter, run: int, passes: int):
+        """The step callback of the ``run``-th pass of the job (counting over the whole batch)."""
+        per_pass = job.denoising_steps
+        total = per_pass * passes * job.batch
 
         def on_step(pipe, step, timestep, tensors):
             if reporter.is_cancelled():
                 raise JobCancelled()
             preview = None
-            if request.preview_every and (step + 1) % request.preview_every == 0:
-                preview = self._previewer(model)(tensors["latents"], request.preview_size)
-            reporter.progress(min(index * per_image + step + 1, total), total, preview)
+            if job.preview_every and (step + 1) % job.preview_every == 0:
+                preview = self._previewer(model)(tensors["latents"], job.preview_size)
+            reporter.progress(min(run * per_pass + step + 1, total), total, preview)
             return {}
 
         return on_step
@@ -263,29 +233,19 @@ class Engine:
             self._previewers[model.name] = Previewer(model.base.vae, model.preview_decoder)
         return self._previewers[model.name]
 
-    @staticmethod
-    def _to_layer(request: EditRequest, inputs: _Inputs, pixels: np.ndarray) -> tuple[tuple[int, int], np.ndarray]:
-        """Back to canvas resolution; inpaint results keep the input's bytes wherever alpha is 0."""
-        if inputs.plan is None:
-            return (0, 0), _opaque(pixels)
-        box = inputs.plan.box
-        if inputs.plan.is_resampled:
-            pixels = np.asarray(Image.fromarray(pixels).resize((box.width, box.height), Image.Resampling.LANCZOS))
-        if request.mode == "img2img":
-            return (0, 0), _opaque(pixels)
-        return (box.x, box.y), masks.make_layer(pixels, inputs.original, inputs.alpha)
+
+@contextlib.contextmanager
+def _unit(index: int, field: str) -> Iterator[None]:
+    """Errors raised inside name ``field`` of control unit ``index``."""
+    try:
+        yield
+    except ModelError as exc:
+        exc.unit, exc.field = index, field
+        raise
 
 
-def _plan_size(plan: CropPlan) -> tuple[int, int]:
-    return plan.diffusion_width, plan.diffusion_height
-
-
-def _resample(pixels: np.ndarray, plan: CropPlan) -> Image.Image:
+def _resample(pixels: np.ndarray, size: tuple[int, int]) -> Image.Image:
     image = Image.fromarray(np.ascontiguousarray(pixels))
-    if plan.is_resampled:
-        image = image.resize((plan.diffusion_width, plan.diffusion_height), Image.Resampling.LANCZOS)
+    if image.size != size:
+        image = image.resize(size, Image.Resampling.LANCZOS)
     return image
-
-
-def _opaque(rgb: np.ndarray) -> np.ndarray:
-    return np.dstack([rgb, np.full(rgb.shape[:2], 255, np.uint8)])

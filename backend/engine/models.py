@@ -31,11 +31,15 @@ transformers.utils.logging.disable_progress_bar()
 
 
 class ModelError(Exception):
-    """A model cannot be found or loaded; ``code`` is the protocol error code."""
+    """A model cannot be found, loaded or used; ``code`` is the protocol error code.
 
-    def __init__(self, code: str, message: str, field: str = "model"):
+    ``field`` names what is at fault; ``unit``, when set, is the index of the control unit it
+    belongs to (the server turns ``unit`` 1 and field ``type`` into ``control[1].type``).
+    """
+
+    def __init__(self, code: str, message: str, field: str = "model", unit: int | None = None):
         super().__init__(message)
-        self.code, self.message, self.field = code, message, field
+        self.code, self.message, self.field, self.unit = code, message, field, unit
 
 
 def pick_device(preference: str = "auto", dtype: str = "auto") -> tuple[torch.device, torch.dtype]:

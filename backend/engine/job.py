@@ -1,0 +1,75 @@
+"""What the engine runs: jobs decoded for it (pixels as arrays, the seed resolved, names checked).
+
+The server's intake builds these from protocol jobs; the engine never sees a message, an upload
+or a wire field name, and never changes a job (what it decided comes back in its result).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from shared import rules
+
+
+@dataclass(frozen=True, eq=False)
+class Control:
+    """One ControlNet unit: ``image`` None means the job's own picture."""
+
+    type: str
+    image: np.ndarray | None  # H x W x 4 RGBA, any size
+    preprocessor: str | None  # None: the image already is a control map
+    scale: float
+    start: float
+    end: float
+    resolution: int | None = None
+
+
+@dataclass(frozen=True, eq=False)
+class Reference:
+    """One IP-Adapter reference picture."""
+
+    image: np.ndarray  # H x W x 4 RGBA
+    weight: float
+    mode: str
+
+
+@dataclass(frozen=True, eq=False)
+class EditJob:
+    """A generate, img2img or inpaint job; image i of the batch uses seed + i."""
+
+    mode: str
+    model: str
+    prompt: str
+    negative_prompt: str
+    seed: int
+    steps: int
+    guidance: float
+    strength: float
+    batch: int
+    sampler: str
+    width: int | None = None  # generate only; the model's native size when None
+    height: int | None = None
+    image: np.ndarray | None = None  # H x W x 4 RGBA uint8
+    mask: np.ndarray | None = None  # H x W uint8, 255 = regenerate
+    mask_grow: int = rules.MASK_GROW
+    mask_feather: int = rules.MASK_FEATHER
+    preview_every: int = 0
+    preview_size: int = 256
+    control: tuple[Control, ...] = ()
+    references: tuple[Reference, ...] = ()
+
+    @property
+    def denoising_steps(self) -> int:
+        """Steps that run per image and pass."""
+        return rules.denoising_steps(self.mode, self.steps, self.strength)
+
+
+@dataclass(frozen=True, eq=False)
+class PreprocessJob:
+    """The control map of a whole picture, at its size."""
+
+    preprocessor: str
+    image: np.ndarray  # H x W x 4 RGBA
+    resolution: int | None = None

@@ -1,0 +1,120 @@
+"""The pass planner: which diffusion passes a job needs, where, and at what size.
+
+``plan_passes`` is pure (arrays in, plans out) and decides everything about geometry before any
+model runs. Inpaint diffuses one pass per mask island when separate crops cost less than one box
+around all of them, so three far-apart blobs on a big canvas are each diffused at the model's
+native scale instead of being crushed into one downscaled box. img2img and generate are one pass.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import ndimage
+
+from backend.engine import masks
+from backend.engine.job import EditJob
+from shared import rules
+from shared.geometry import Box, CropPlan, context_crop, round_to_grid, whole_canvas
+from shared.vocabulary import MAX_SEED
+
+MAX_ISLANDS = 32
+"""A mask scattered into more islands than this is diffused as one box (planning stays cheap)."""
+
+_PASS_SEED_STRIDE = 1_000_003  # a prime: passes of one image never share noise with other images' passes
+
+
+@dataclass(frozen=True, eq=False)
+class Pass:
+    """One diffusion pass: the canvas ``box`` it covers, diffused at ``size``.
+
+    ``alpha`` (inpaint) is the grown and feathered mask over the box: the pass's result is laid on
+    the picture through it. ``seed`` is added to the seed of the batch image being made.
+    """
+
+    box: Box
+    size: tuple[int, int]
+    strength: float
+    seed: int = 0
+    alpha: np.ndarray | None = None
+    fill: str | None = None  # how masked pixels are pre-filled before diffusion; None keeps them
+
+    @property
+    def resampled(self) -> bool:
+        return self.size != (self.box.width, self.box.height)
+
+
+def plan_passes(job: EditJob, native: int) -> list[Pass]:
+    """The passes of ``job`` on a model trained at ``native``² pixels, in the order they run."""
+    if job.mode == "generate":
+        width, height = round_to_grid(job.width or native), round_to_grid(job.height or native)
+        return [Pass(Box(0, 0, width, height), (width, height), 1.0)]
+    height, width = job.image.shape[:2]
+    if job.mode == "img2img":
+        return [_pass(whole_canvas(width, height, native), job.strength)]
+    margin = rules.reach(job.mask_grow, job.mask_feather)
+    crops = island_crops(job.mask, native, margin)
+    return [_pass(plan, job.strength, index,
+                  masks.shape_mask(job.mask[plan.box.y:plan.box.y1, plan.box.x:plan.box.x1], job.mask_grow,
+                                   job.mask_feather))
+            for index, plan in enumerate(crops)]
+
+
+def island_crops(mask: np.ndarray, native: int, margin: int) -> list[CropPlan]:
+    """Context crops for a mask: one around everything, or one per island when that costs less.
+
+    Islands are the mask's connected parts (8-connected, any value above 0). Islands whose crops
+    overlap are merged (their feathered edges could meet, and one pixel must come from one pass),
+    until every crop stands alone. Cost is counted at native scale: a crop's pixels, or native² for
+    a crop the model would scale up.
+    """
+    height, width = mask.shape
+    islands = island_bounds(mask)
+    whole = context_crop(_union(islands), width, height, native, margin=margin)
+    if len(islands) == 1 or len(islands) > MAX_ISLANDS:
+        return [whole]
+    groups = [[island] for island in islands]
+    while True:
+        crops = [context_crop(_union(group), width, height, native, margin=margin) for group in groups]
+        pair = next(((i, j) for i in range(len(crops)) for j in range(i + 1, len(crops))
+                     if _overlap(crops[i].box, crops[j].box)), None)
+        if pair is None:
+            break
+        i, j = pair
+        groups[i] = groups[i] + groups.pop(j)
+    if len(crops) == 1 or sum(map(_native_cost, crops)) >= _native_cost(whole):
+        return [whole]
+    return sorted(crops, key=lambda plan: (plan.box.y, plan.box.x))
+
+
+def island_bounds(mask: np.ndarray) -> list[Box]:
+    """Bounds of the mask's 8-connected parts (pixels above 0), top to bottom."""
+    labels, count = ndimage.label(mask > 0, structure=np.ones((3, 3), bool))
+    boxes = [Box(cols.start, rows.start, cols.stop - cols.start, rows.stop - rows.start)
+             for rows, cols in ndimage.find_objects(labels)[:count]]
+    return sorted(boxes, key=lambda box: (box.y, box.x))
+
+
+def layer_box(passes: list[Pass]) -> Box:
+    """The part of the canvas a job's passes cover: where its result layer goes."""
+    return _union([p.box for p in passes])
+
+
+def _pass(plan: CropPlan, strength: float, index: int = 0, alpha: np.ndarray | None = None) -> Pass:
+    seed = (index * _PASS_SEED_STRIDE) % (MAX_SEED + 1)
+    return Pass(plan.box, (plan.diffusion_width, plan.diffusion_height), strength, seed, alpha)
+
+
+def _union(boxes: list[Box]) -> Box:
+    x0, y0 = min(b.x for b in boxes), min(b.y for b in boxes)
+    x1, y1 = max(b.x1 for b in boxes), max(b.y1 for b in boxes)
+    return Box(x0, y0, x1 - x0, y1 - y0)
+
+
+def _overlap(a: Box, b: Box) -> bool:
+    return a.x < b.x1 and b.x < a.x1 and a.y < b.y1 and b.y < a.y1
+
+
+def _native_cost(plan: CropPlan) -> int:
+    return max(plan.box.width * plan.box.height, plan.diffusion_width * plan.diffusion_height)

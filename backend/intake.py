@@ -1,0 +1,135 @@
+"""Intake: a protocol job plus this connection's uploads become a job the engine can run.
+
+Everything a client can get wrong is caught here, before the job is queued: images that do not
+decode or are too large, a mask of the wrong size or with nothing in it, unknown models, limits,
+and the shared rules (``Job.check``: strength x steps, schedule ranges, seed range ...).
+"""
+
+from __future__ import annotations
+
+import io
+import random
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from backend.config import Limits
+from backend.engine.job import Control, EditJob, PreprocessJob, Reference
+from backend.imaging import to_array
+from shared.images import CHANNELS, ImageData
+from shared.job import Job
+from shared.job import PreprocessJob as PreprocessRequest
+from shared.messages import MAX_SEED, ProtocolError
+
+MIN_PREPROCESS_SIDE = 16
+
+
+def build_edit_job(job: Job, uploads: dict[str, ImageData], limits: Limits, models: list[str],
+                   default_model: str | None) -> EditJob:
+    """Check a protocol job against the rules and the server's state; raise ProtocolError if unfit."""
+    # A submit consumes the frames it names, accepted or refused, so a retry must upload again.
+    image = _resolve(job.image, uploads, "image") if job.image is not None else None
+    mask = _resolve(job.mask, uploads, "mask") if job.mask is not None else None
+    control_images = [_resolve(unit.image, uploads, f"control[{i}].image") if unit.image is not None else None
+                      for i, unit in enumerate(job.control)]
+    reference_images = [_resolve(ref.image, uploads, f"references[{i}].image") for i, ref in enumerate(job.references)]
+    job.check()
+    model = job.model or default_model
+    if model not in models:
+        raise ProtocolError("unknown_model", f"no model named {model!r}; available: {', '.join(models) or 'none'}",
+                            "model")
+    sampling = job.sampling
+    for key, value, limit in (("steps", sampling.steps, limits.max_steps), ("batch", sampling.batch, limits.max_batch)):
+        if value > limit:
+            raise ProtocolError("limit_exceeded", f"{key} {value} is over this server's limit of {limit}", key)
+    for key in ("width", "height"):
+        value = getattr(job, key)
+        if value is not None and value > limits.max_generate_side:
+            raise ProtocolError("limit_exceeded", f"{key} {value} is over this server's limit of "
+                                f"{limits.max_generate_side}", key)
+    seed = sampling.seed if sampling.seed is not None else random.randint(0, MAX_SEED - limits.max_batch)
+
+    control = tuple(Control(unit.type, decode_image(image, limits, f"control[{i}].image", "RGBA") if image else None,
+                            unit.preprocessor, float(unit.scale), float(unit.start), float(unit.end), unit.resolution)
+                    for i, (unit, image) in enumerate(zip(job.control, control_images)))
+    references = tuple(Reference(decode_image(image, limits, f"references[{i}].image", "RGBA"), float(ref.weight),
+                                 ref.mode)
+                       for i, (ref, image) in enumerate(zip(job.references, reference_images)))
+    pixels = decode_image(image, limits, "image", "RGBA") if image is not None else None
+    mask_pixels = None
+    if mask is not None:
+        mask_pixels = decode_image(mask, limits, "mask", "L")
+        if mask_pixels.shape != pixels.shape[:2]:
+            raise ProtocolError("size_mismatch", f"mask is {mask_pixels.shape[1]}x{mask_pixels.shape[0]} but the "
+                                f"image is {pixels.shape[1]}x{pixels.shape[0]}", "mask")
+        if not mask_pixels.any():
+            raise ProtocolError("empty_mask", "the mask is empty: paint (white) where the picture should change",
+                                "mask")
+    return EditJob(
+        mode=job.mode, model=model, prompt=job.prompt, negative_prompt=job.negative_prompt, seed=seed,
+        steps=sampling.steps, guidance=float(sampling.guidance), strength=float(sampling.strength),
+        batch=sampling.batch, sampler=sampling.sampler, width=job.width, height=job.height, image=pixels,
+        mask=mask_pixels, mask_grow=job.mask_grow, mask_feather=job.mask_feather, preview_every=job.preview_every,
+        preview_size=job.preview_size, control=control, references=references)
+
+
+def build_preprocess_job(request: PreprocessRequest, uploads: dict[str, ImageData], limits: Limits) -> PreprocessJob:
+    """A ``preprocess`` request as the engine's job: one preprocessor run on one picture."""
+    image = _resolve(request.image, uploads, "image")
+    request.check()
+    pixels = decode_image(image, limits, "image", "RGBA")
+    if min(pixels.shape[:2]) < MIN_PREPROCESS_SIDE:
+        raise ProtocolError("invalid_field", f"the picture is {pixels.shape[1]}x{pixels.shape[0]}; preprocessors "
+                            f"need at least {MIN_PREPROCESS_SIDE} pixels a side", "image")
+    return PreprocessJob(request.resolved, pixels, request.resolution)
+
+
+def _resolve(ref: dict, uploads: dict[str, ImageData], role: str) -> ImageData:
+    if "frame" in ref:
+        if ref["frame"] not in uploads:
+            raise ProtocolError("unknown_image", f"`{role}` names frame {ref['frame']!r}, which was not uploaded "
+                                "on this connection (or was already used)", role)
+        return uploads.pop(ref["frame"])
+    if "data" in ref:
+        try:
+            return ImageData.from_base64(ref["data"], ref["format"])
+        except ProtocolError as exc:
+            exc.field = role
+            raise
+    raise ProtocolError("invalid_field", f"`{role}` needs `frame` or `data`", role)
+
+
+def decode_image(image: ImageData, limits: Limits, role: str, mode: str) -> np.ndarray:
+    """Decode to an RGBA (H x W x 4) or L (H x W) array, refusing oversize pictures before decoding."""
+    try:
+        if image.format in CHANNELS:
+            _check_size(image.width, image.height, limits, role)
+            image.check()
+            shape = (image.height, image.width, CHANNELS[image.format])
+            pixels = np.frombuffer(image.data, np.uint8).reshape(shape)
+            pil = Image.fromarray(pixels[..., 0] if image.format == "l8" else pixels,
+                                  "L" if image.format == "l8" else "RGBA")
+        else:
+            pil = Image.open(io.BytesIO(image.data))
+            _check_size(pil.width, pil.height, limits, role)
+            if image.width and (pil.width, pil.height) != (image.width, image.height):
+                raise ProtocolError("bad_image", f"`{role}` is declared {image.width}x{image.height} but the file is "
+                                    f"{pil.width}x{pil.height}", role)
+            pil.load()
+    except ProtocolError as exc:
+        exc.field = role
+        raise
+    except Image.DecompressionBombError as exc:
+        raise ProtocolError("limit_exceeded", f"`{role}` is too large to decode safely: {exc}", role) from None
+    except UnidentifiedImageError:
+        raise ProtocolError("bad_image", f"`{role}` is not a picture this server can read (corrupt, or not a "
+                            f"{image.format.upper()} file)", role) from None
+    except (OSError, ValueError) as exc:
+        raise ProtocolError("bad_image", f"`{role}` could not be decoded: {exc}", role) from None
+    return to_array(pil, mode)
+
+
+def _check_size(width: int, height: int, limits: Limits, role: str) -> None:
+    if max(width, height) > limits.max_side or width * height > limits.max_pixels:
+        raise ProtocolError("limit_exceeded", f"`{role}` is {width}x{height}; this server accepts at most "
+                            f"{limits.max_side} pixels a side and {limits.max_pixels} pixels in all", role)
