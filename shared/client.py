@@ -47,10 +47,13 @@ class Accepted:
 
 @dataclass
 class Started:
+    """The job runs: ``steps`` per image and pass; ``passes`` are (box, diffusion size) in run order."""
+
     job: str
     steps: int
     diffusion_size: tuple[int, int]
     box: tuple[int, int, int, int] | None
+    passes: list[tuple[tuple[int, int, int, int], tuple[int, int]]] = field(default_factory=list)
 
 
 @dataclass
@@ -252,8 +255,9 @@ class Client:
             self._jobs[job].append(Accepted(job, message["position"]))
         elif kind == "started":
             box = message.get("box")
+            passes = [(tuple(p["box"]), tuple(p["diffusion_size"])) for p in message.get("passes", [])]
             self._jobs[job].append(Started(job, message["steps"], tuple(message["diffusion_size"]),
-                                           tuple(box) if box else None))
+                                           tuple(box) if box else None, passes))
         elif kind == "progress":
             preview = self._frames.pop(message["preview"], None) if "preview" in message else None
             self._jobs[job].append(Progress(job, message["step"], message["total"], preview))
