@@ -125,9 +125,10 @@ def context_crop(
     """Plan the crop around a mask.
 
     ``bounds`` are the mask's bounds, ``margin`` how far the backend grows and feathers the mask
-    (``shared.rules.reach``, so the soft edge stays inside the box), ``padding`` the context kept beyond that. The box is
-    then grown so each side is at least the model's ``native`` size, its aspect kept within
-    MAX_ASPECT, its sides rounded up to the latent grid, and finally clamped to the canvas.
+    (``shared.rules.reach``, so the soft edge stays inside the box), ``padding`` the context kept
+    beyond that. The box is then grown so each side is at least the model's ``native`` size, its
+    aspect kept within MAX_ASPECT, its sides rounded up to the latent grid, and finally clamped to
+    the canvas.
     Applying the function again to the cropped canvas returns the whole crop.
     """
     if canvas_width <= 0 or canvas_height <= 0:

@@ -18,8 +18,18 @@ from typing import Any, Callable
 from . import rules
 from .errors import ProtocolError
 from .fields import Field, check_fields
-from .vocabulary import (CONTROL_TYPES, DEFAULT_PREPROCESSOR, IMAGE_ID_PATTERN, JOB_ID_PATTERN, MAX_SEED, MODES,
-                         PREPROCESSORS, REFERENCE_MODES, RESULT_FORMATS, SAMPLERS)
+from .vocabulary import (
+    CONTROL_TYPES,
+    DEFAULT_PREPROCESSOR,
+    IMAGE_ID_PATTERN,
+    JOB_ID_PATTERN,
+    MAX_SEED,
+    MODES,
+    PREPROCESSORS,
+    REFERENCE_MODES,
+    RESULT_FORMATS,
+    SAMPLERS,
+)
 
 IMAGE_REF = Field("object", "An image: `{\"frame\": id}` names a binary frame sent earlier on this connection; "
                   "`{\"data\": base64, \"format\": \"png\"|\"webp\"}` carries it inline.", fields={

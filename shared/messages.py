@@ -15,9 +15,24 @@ from dataclasses import replace
 from .errors import ERROR_CODES, ProtocolError
 from .fields import Field, check_fields, object_schema
 from .job import PREPROCESS_FIELDS, SUBMIT_FIELDS
-from .vocabulary import (CONTROL_TYPES, DEFAULT_PORT, DEFAULT_PREPROCESSOR, DEFAULT_URL, FAMILIES, FRAME_ROLES,
-                         IMAGE_FORMATS, IMAGE_ID_PATTERN, JOB_ID_PATTERN, MAX_SEED, MODES, PREPROCESSORS,
-                         PROTOCOL_VERSION, REFERENCE_MODES, RESULT_FORMATS, SAMPLERS)
+from .vocabulary import (
+    CONTROL_TYPES,
+    DEFAULT_PORT,
+    DEFAULT_PREPROCESSOR,
+    DEFAULT_URL,
+    FAMILIES,
+    FRAME_ROLES,
+    IMAGE_FORMATS,
+    IMAGE_ID_PATTERN,
+    JOB_ID_PATTERN,
+    MAX_SEED,
+    MODES,
+    PREPROCESSORS,
+    PROTOCOL_VERSION,
+    REFERENCE_MODES,
+    RESULT_FORMATS,
+    SAMPLERS,
+)
 
 __all__ = [  # the vocabulary and checks are re-exported: hosts and tests read them from here
     "CLIENT_MESSAGES", "CONTROL_TYPES", "DEFAULT_PORT", "DEFAULT_PREPROCESSOR", "DEFAULT_URL", "ERROR_CODES",
@@ -180,7 +195,8 @@ SERVER_MESSAGES: dict[str, dict[str, Field]] = {
                          pattern=JOB_ID_PATTERN),
         "queued": Field("array", "This connection's queued jobs, in order.", required=True,
                         items=Field("string", pattern=JOB_ID_PATTERN)),
-        "queue_length": Field("integer", "Jobs waiting (not counting the running one), all clients.", required=True, minimum=0),
+        "queue_length": Field("integer", "Jobs waiting (not counting the running one), all clients.", required=True,
+                              minimum=0),
         "clients": Field("integer", "Connected clients.", required=True, minimum=0),
         "loaded_models": Field("array", required=True, items=Field("string")),
     },

@@ -150,7 +150,8 @@ def test_a_job_in_passes_costs_what_separate_jobs_cost_and_matches_the_first(cli
     (bx, by, bw, bh), _ = started.passes[0]
     alone = decode(separate[0].images[0].image)
     sx, sy = separate[0].images[0].offset
-    assert (layer[by - oy:by - oy + bh, bx - ox:bx - ox + bw] == alone[by - sy:by - sy + bh, bx - sx:bx - sx + bw]).all()
+    island = layer[by - oy:by - oy + bh, bx - ox:bx - ox + bw]
+    assert (island == alone[by - sy:by - sy + bh, bx - sx:bx - sx + bw]).all()
 
 
 def test_same_job_in_passes_same_pixels(client, three_islands):

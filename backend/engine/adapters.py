@@ -85,9 +85,10 @@ class IPAdapters:
         conditional, unconditional = [], []
         for image in images:
             # An encoder's embedding depends only on the picture: reused across jobs, seeds and passes.
-            cond, uncond = self.embeddings.get(
-                (id(encoder), hidden_states, digest(image)),
-                lambda: pipe.encode_image(Image.fromarray(image), device, 1, output_hidden_states=hidden_states or None))
+            def encode(picture: np.ndarray = image):
+                return pipe.encode_image(Image.fromarray(picture), device, 1, output_hidden_states=hidden_states or None)
+
+            cond, uncond = self.embeddings.get((id(encoder), hidden_states, digest(image)), encode)
             conditional.append(cond)
             unconditional.append(uncond)
         share = torch.tensor(weights / weights.sum(), dtype=conditional[0].dtype, device=conditional[0].device)

@@ -26,7 +26,8 @@ class ControlNetCache:
 
     def get(self, family: str, kinds: list[str]) -> list:
         """The ControlNets for one job's ``kinds`` on ``family``, in order; ModelError naming the kind
-        and the family (field ``type``, ``unit`` its position in ``kinds``) when one is not configured. Beyond the budget, the least
+        and the family (field ``type``, ``unit`` its position in ``kinds``) when one is not
+        configured. Beyond the budget, the least
         recently used others are dropped, never one this job uses: a job needing more than the
         budget keeps them all rather than reloading one from disk every job."""
         models = []
