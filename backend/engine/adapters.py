@@ -86,7 +86,8 @@ class IPAdapters:
         for image in images:
             # An encoder's embedding depends only on the picture: reused across jobs, seeds and passes.
             def encode(picture: np.ndarray = image):
-                return pipe.encode_image(Image.fromarray(picture), device, 1, output_hidden_states=hidden_states or None)
+                return pipe.encode_image(Image.fromarray(picture), device, 1,
+                                         output_hidden_states=hidden_states or None)
 
             cond, uncond = self.embeddings.get((id(encoder), hidden_states, digest(image)), encode)
             conditional.append(cond)
