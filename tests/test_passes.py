@@ -172,7 +172,9 @@ def test_conditioning_is_reused_across_images_passes_and_jobs(client, engine):
     after_first = (maps.hits, maps.misses, embeddings.hits, embeddings.misses)
     assert after_first[1] - before[1] == 1, "one map made for the crop"
     assert after_first[0] - before[0] == 1, "the batch's second image reuses it"
-    run(client, image, mask, **dict(params, seed=10, batch=1))  # another seed: the map depends on the seed
+    run(client, image, mask, **dict(params, seed=10, batch=1))  # another seed: canny edges stay the same
     run(client, image, mask, **params)  # the same job again: nothing computed
-    assert maps.misses - after_first[1] == 1 and embeddings.misses == after_first[3]
-    assert embeddings.hits - after_first[2] == 2, "each later job reuses the reference's embedding"
+    assert (maps.misses, embeddings.misses) == (after_first[1], after_first[3])
+    assert maps.hits - after_first[0] == 3 and embeddings.hits - after_first[2] == 2
+    run(client, image, blobs((640, 480), (300, 250), radius=40), **params)  # a moved selection: a new crop
+    assert maps.misses == after_first[1] + 1

@@ -23,7 +23,7 @@ from backend.engine.controlnets import ControlNetCache
 from backend.engine.job import Control, EditJob, PreprocessJob
 from backend.engine.models import LoadedModel, ModelError, ModelRegistry
 from backend.engine.passes import Pass, plan_passes
-from backend.engine.preprocessors import Preprocessors
+from backend.engine.preprocessors import SEEDED, Preprocessors
 from backend.engine.previews import Previewer
 from backend.engine.prompt_cache import PromptCache
 from backend.engine.runner import ControlInput, PassInputs, run_pass
@@ -206,7 +206,8 @@ class Engine:
             picture = _resample(source[p.box.y:p.box.y1, p.box.x:p.box.x1], p.size)  # crop first: big canvases
         if not unit.preprocessor:
             return picture
-        key = (unit.preprocessor, unit.resolution, job.seed, digest(picture))
+        seed = job.seed if unit.preprocessor in SEEDED else None
+        key = (unit.preprocessor, unit.resolution, seed, digest(picture))
         return self.control_maps.get(key, lambda: self.preprocessors.run(unit.preprocessor, picture,
                                                                           unit.resolution, seed=job.seed))
 

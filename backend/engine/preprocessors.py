@@ -20,6 +20,9 @@ from PIL import Image
 
 from backend.engine.models import ModelError
 
+# These draw from numpy's random generator: their maps depend on the job's seed.
+SEEDED = ("shuffle", "segment_anything")
+
 # controlnet_aux's OpenPose wants hand and face networks too; a body-only pose map needs just this one.
 BODY_POSE = "body_pose_model.pth"
 
@@ -140,7 +143,7 @@ class Preprocessors:
         detector = self.load(name)
         if name in ANNOTATORS:
             kwargs.update(ANNOTATORS[name].options)
-        if name in ("shuffle", "segment_anything"):
+        if name in SEEDED:
             np.random.seed(seed)  # both draw from numpy's global generator
         result = detector(picture.convert("RGB"), **kwargs)
         return result.convert("RGB").resize(picture.size, Image.Resampling.BILINEAR)
