@@ -1,9 +1,11 @@
-"""The A1111 tab's request building and result handling (``easel_a1111.params`` / ``jobs``), without
-gradio: tab values in, ``submit`` parameters out, and real jobs against the demo server."""
+"""The A1111 tab's job building and result handling (``easel_a1111.params`` / ``jobs``), without
+gradio: tab values in, a ``Job`` (and its ``submit``) out, the backend's offer, and real jobs against
+the demo server."""
 
 from __future__ import annotations
 
 import io
+import json
 import sys
 from pathlib import Path
 
@@ -11,6 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from shared.messages import CONTROL_TYPES, REFERENCE_MODES, parse_client_message
 from shared.rules import reach as mask_margin
 from conftest import picture, rect_mask
 
@@ -18,8 +21,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "a1111_extension"))
 
 from easel_a1111 import jobs  # noqa: E402
 from easel_a1111.params import (  # noqa: E402
-    OWN_IMAGE, USE_INPUT, ControlSpec, InputError, ReferenceSpec, TabValues, build_request, composite, infotext,
-    mask_from_painting)
+    OWN_IMAGE, USE_INPUT, ControlSpec, InputError, ReferenceSpec, TabValues, build_job, choose, infotext,
+    mask_from_painting, offer)
+from easel_a1111.protocol import ImageData, Result, ResultImage  # noqa: E402
 
 
 def pixels(image_data) -> np.ndarray:
@@ -39,25 +43,46 @@ def values(**changes) -> TabValues:
 
 def test_inpaint_request_sends_the_exact_picture_and_the_painted_mask():
     source = values()
-    mode, params = build_request(source)
-    assert mode == "inpaint"
-    assert (pixels(params["image"]) == np.asarray(source.picture)).all()
-    mask = pixels(params["mask"])
+    job = build_job(source)
+    assert job.mode == "inpaint"
+    assert (pixels(job.image) == np.asarray(source.picture)).all()
+    mask = pixels(job.mask)
     assert mask.shape == (96, 128) and mask[20:50, 30:60].min() == 255 and mask.sum() == 255 * 30 * 30
-    assert params["seed"] == 7 and params["steps"] == 4 and params["strength"] == 1.0
-    assert (params["mask_grow"], params["mask_feather"]) == (8, 16)
-    assert "control" not in params and "references" not in params and "width" not in params
+    assert job.sampling.seed == 7 and job.sampling.steps == 4 and job.sampling.strength == 1.0
+    assert (job.mask_grow, job.mask_feather) == (8, 16)
+    assert job.control == [] and job.references == [] and job.width is None
 
 
 def test_random_seed_is_left_to_the_server_and_generate_sends_its_size():
-    mode, params = build_request(values(mode="generate", seed=-1, picture=None, mask=None, width=320, height=256))
-    assert mode == "generate" and "seed" not in params and "image" not in params and "mask" not in params
-    assert (params["width"], params["height"]) == (320, 256) and "strength" not in params
+    job = build_job(values(mode="generate", seed=-1, picture=None, mask=None, width=320, height=256))
+    assert job.mode == "generate" and job.sampling.seed is None and job.image is None and job.mask is None
+    assert (job.width, job.height) == (320, 256) and job.sampling.strength == 1.0
 
 
 def test_img2img_ignores_the_painting():
-    mode, params = build_request(values(mode="img2img", strength=0.5))
-    assert mode == "img2img" and "mask" not in params and params["strength"] == 0.5
+    job = build_job(values(mode="img2img", strength=0.5))
+    assert job.mode == "img2img" and job.mask is None and job.sampling.strength == 0.5
+
+
+def test_the_job_is_a_valid_submit():
+    """What ``jobs.run`` sends (``Client.submit`` uploads the images and sends ``to_message``) passes the
+    server's own validation with the tab's settings in place."""
+    own = picture(64, 64, seed=3)
+    job = build_job(values(mode="inpaint", strength=0.6, guidance=5.0, sampler="euler_a", batch=2,
+                           negative_prompt="fog", mask_grow=3, mask_feather=5,
+                           controls=[ControlSpec(enabled=True, type="depth", source=OWN_IMAGE, image=own, end=0.7)],
+                           references=[ReferenceSpec(image=own, weight=0.4, mode="composition")]))
+    roles = []
+    message = parse_client_message(json.dumps(job.to_message(
+        lambda image, role: roles.append(role) or {"frame": f"{role}-{len(roles)}"})))
+    assert roles == ["image", "mask", "control", "reference"]
+    assert (message["mode"], message["prompt"], message["negative_prompt"]) == ("inpaint", "a red door", "fog")
+    assert (message["steps"], message["strength"], message["guidance"], message["sampler"]) == (4, 0.6, 5.0, "euler_a")
+    assert (message["seed"], message["batch"], message["mask_grow"], message["mask_feather"]) == (7, 2, 3, 5)
+    (unit,) = message["control"]
+    assert (unit["type"], unit["image"]["frame"], unit["end"], unit["preprocess"]) == ("depth", "control-3", 0.7, "off")
+    (ref,) = message["references"]
+    assert (ref["image"]["frame"], ref["weight"], ref["mode"]) == ("reference-4", 0.4, "composition")
 
 
 def test_strokes_on_a_transparent_layer_count_by_alpha():
@@ -84,25 +109,30 @@ def test_strokes_on_a_transparent_layer_count_by_alpha():
      "Control unit 2: its start (0.6) must come before its end (0.5)."),
     (dict(mode="generate", controls=[ControlSpec(enabled=True, source=USE_INPUT)]),
      "Control unit 1 uses the input picture, but generate has none"),
+    (dict(controls=[ControlSpec(), ControlSpec(), ControlSpec(enabled=True, type="tile", preprocess=True)]),
+     "Control unit 3: the tile type has no preprocessor, its image is the map itself; untick Preprocess."),
+    (dict(references=[ReferenceSpec(image=picture(64, 64), mode="face"), ReferenceSpec(image=picture(64, 64))]),
+     "References are either all “face” or none: the face mode uses an adapter of its own."),
 ])
 def test_bad_tab_values_give_one_readable_sentence(changes, sentence):
     with pytest.raises(InputError, match="^" + sentence.replace("(", r"\(").replace(")", r"\)")):
-        build_request(values(**changes))
+        build_job(values(**changes))
 
 
 def test_control_units_and_references():
     own = picture(64, 64, seed=3)
-    mode, params = build_request(values(
+    job = build_job(values(
         controls=[ControlSpec(enabled=True, type="canny", source=USE_INPUT, preprocess=True, scale=0.7, end=0.8),
                   ControlSpec(enabled=False, type="depth", source=OWN_IMAGE, image=own),
                   ControlSpec(enabled=True, type="lineart", source=OWN_IMAGE, image=own, start=0.1)],
         references=[ReferenceSpec(image=own, weight=0.5, mode="style"), ReferenceSpec(image=None)]))
-    first, second = params["control"]
-    assert first == {"type": "canny", "scale": 0.7, "start": 0.0, "end": 0.8, "preprocess": "on"}  # the input picture
-    assert second["type"] == "lineart" and second["preprocess"] == "off" and second["start"] == 0.1
-    assert (pixels(second["image"]) == np.asarray(own)).all()
-    (ref,) = params["references"]
-    assert (ref["weight"], ref["mode"]) == (0.5, "style") and (pixels(ref["image"]) == np.asarray(own)).all()
+    first, second = job.control
+    assert (first.type, first.image, first.scale, first.start, first.end, first.preprocess) == (
+        "canny", None, 0.7, 0.0, 0.8, "on")  # no image: the input picture
+    assert second.type == "lineart" and second.preprocess == "off" and second.start == 0.1
+    assert (pixels(second.image) == np.asarray(own)).all()
+    (ref,) = job.references
+    assert (ref.weight, ref.mode) == (0.5, "style") and (pixels(ref.image) == np.asarray(own)).all()
 
 
 def test_composite_keeps_the_picture_where_the_layer_is_transparent():
@@ -111,11 +141,37 @@ def test_composite_keeps_the_picture_where_the_layer_is_transparent():
     layer[..., :3] = 9
     layer[4:12, 4:12, 3] = 255
     layer[0, 0, 3] = 128
-    out = np.asarray(composite(base, Image.fromarray(layer, "RGBA"), (20, 10)))
+    result = Result("a", [ResultImage(0, 5, (20, 10), ImageData("rgba8", 16, 16, layer.tobytes()))],
+                    {"mode": "inpaint", "prompt": "x"})
+    (out,), _ = jobs.finish(values(picture=base), result)  # the shared composite, as the tab shows results
+    out = np.asarray(out)
     expected = np.asarray(base).copy()
     expected[14:22, 24:32, :3] = 9
     changed = np.any(out != expected, axis=-1)
     assert changed.sum() == 1 and changed[10, 20]  # only the half-transparent pixel blends
+
+
+def test_the_tab_offers_what_the_backend_offers():
+    capabilities = {"control_types": ["tile", "depth", "canny"], "reference_modes": ["style", "reference"],
+                    "reference_families": ["sd15"], "preprocessors": ["canny"],
+                    "limits": {"max_steps": 60, "max_batch": 4, "max_generate_side": 1024}}
+    offered = offer(capabilities)
+    assert offered.control_types == ("canny", "depth", "tile") and offered.reference_modes == ("reference", "style")
+    assert (offered.max_steps, offered.max_batch, offered.max_generate_side, offered.references) == (60, 4, 1024, True)
+    assert not offer({**capabilities, "reference_families": []}).references
+    # No backend while the WebUI builds the tab: everything the protocol knows, the default limits.
+    everything = offer(None)
+    assert everything.control_types == CONTROL_TYPES and everything.reference_modes == REFERENCE_MODES
+    assert (everything.max_steps, everything.max_batch, everything.max_generate_side) == (150, 8, 2048)
+    assert choose(("depth", "tile"), "canny") == "depth" and choose(("canny", "depth"), "canny") == "canny"
+
+
+def test_the_capabilities_of_a_real_backend(server):
+    capabilities = jobs.capabilities(jobs.Connection(server.url))
+    assert offer(capabilities).control_types[0] == "canny"
+    assert set(offer(capabilities).control_types) == set(capabilities["control_types"])
+    assert offer(capabilities).max_steps == capabilities["limits"]["max_steps"]
+    assert jobs.capabilities(jobs.Connection("ws://127.0.0.1:9/")) is None
 
 
 def test_infotext_reads_like_the_webuis():

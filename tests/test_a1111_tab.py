@@ -175,9 +175,9 @@ def generate(page) -> str:
     """Press Generate and return the text the progress line ends on."""
     watch_progress(page)
     page.click("#easel_generate")
-    # Every run shows at least one new text; the last one is not "Connecting…", "Running…" or "Step …".
+    # Every run shows at least one new text; the last one is not "Connecting…", "Queued…", "Running…" or "Step …".
     final = page.wait_for_function("""() => window.easelSeen.map(text => text.trim())
-        .find(text => text && !/^(Connecting|Running|Step )/.test(text))""", timeout=TIMEOUT * 3)
+        .find(text => text && !/^(Connecting|Queued|Running|Step )/.test(text))""", timeout=TIMEOUT * 3)
     return final.json_value()
 
 

@@ -58,8 +58,13 @@ def image_of(page, elem_id: str) -> Image.Image:
 
 def paint(page, start: tuple[float, float], end: tuple[float, float], size: tuple[int, int]) -> None:
     """Pick the editor's brush and drag it across the picture between two points in picture pixels."""
+    options = page.locator("#easel_picture input[type=range]")  # the brush size, in the brush options
     page.locator("#easel_picture button[aria-label='Draw button']").click()
-    page.locator("#easel_prompt textarea").click()  # closes the brush options that cover the picture
+    # The brush options open over the picture (with a transition): a click elsewhere closes them, but
+    # only once they are open, and strokes made while they are open land on them.
+    options.wait_for(state="visible")
+    page.locator("#easel_prompt textarea").click()
+    options.wait_for(state="hidden")
     canvas = page.locator("#easel_picture canvas").first
     box = canvas.bounding_box()
     at = lambda x, y: (box["x"] + x * box["width"] / size[0], box["y"] + y * box["height"] / size[1])  # noqa: E731

@@ -4,6 +4,7 @@ request it builds and where results go, plus the plugin zip. In-Krita tests: tes
 from __future__ import annotations
 
 import ast
+import json
 import struct
 import subprocess
 import sys
@@ -16,6 +17,7 @@ import pytest
 
 from backend.packaging import build
 from shared.geometry import Box, context_crop, diffusion_size, mask_bounds
+from shared.messages import CONTROL_TYPES, REFERENCE_MODES, parse_client_message
 from shared.rules import reach as mask_margin
 from shared.images import ImageData
 
@@ -24,7 +26,7 @@ from conftest import decode, picture, rect_mask
 PLUGIN = Path(__file__).resolve().parents[1] / "krita_plugin"
 sys.path.insert(0, str(PLUGIN))
 
-from easel_krita import pixels, placement, plan  # noqa: E402
+from easel_krita import capabilities, pixels, placement, plan  # noqa: E402
 
 
 # -- pixels ------------------------------------------------------------------------------------
@@ -156,17 +158,52 @@ def test_build_inpaint_job():
     region = plan.Region("inpaint", Box(10, 20, 4, 2), (512, 512))
     settings = plan.Settings(prompt="a red door", strength=0.8, steps=10, seed=3, batch=2)
     image, mask = bytes(range(32)), bytes([0, 255, 128, 0, 0, 0, 0, 0])
-    control = plan.ControlUnit("canny", bytes(32), 0.5, 0.1, 0.9, preprocess=True)
-    ref = plan.Reference(bytes(12), 3, 1, 0.7, "style")
-    params = plan.build_job(region, settings, image, mask, [control], [ref]).params
-    assert params["image"] == ImageData("rgba8", 4, 2, image)
-    assert params["mask"] == ImageData("l8", 4, 2, mask)
-    assert (params["strength"], params["steps"], params["seed"], params["batch"]) == (0.8, 10, 3, 2)
-    assert (params["mask_grow"], params["mask_feather"], params["output_format"]) == (8, 16, "rgba8")
-    assert params["control"] == [{"type": "canny", "image": ImageData("rgba8", 4, 2, bytes(32)), "scale": 0.5,
-                                  "start": 0.1, "end": 0.9, "preprocess": "on"}]
-    assert params["references"] == [{"image": ImageData("rgba8", 3, 1, bytes(12)), "weight": 0.7, "mode": "style"}]
-    assert "width" not in params
+    control = plan.ControlUnit("canny", ImageData("rgba8", 4, 2, bytes(32)), "on", 0.5, 0.1, 0.9)
+    ref = plan.Reference(ImageData("rgba8", 3, 1, bytes(12)), 0.7, "style")
+    job = plan.build_job(region, settings, image, mask, [control], [ref])
+    assert isinstance(job, plan.Job) and job.mode == "inpaint"
+    assert job.image == ImageData("rgba8", 4, 2, image)
+    assert job.mask == ImageData("l8", 4, 2, mask)
+    sampling = job.sampling
+    assert (sampling.strength, sampling.steps, sampling.seed, sampling.batch) == (0.8, 10, 3, 2)
+    assert (job.mask_grow, job.mask_feather, job.output_format) == (8, 16, "rgba8")
+    assert job.control == [plan.ControlUnit("canny", ImageData("rgba8", 4, 2, bytes(32)), scale=0.5, start=0.1,
+                                            end=0.9, preprocess="on")]
+    assert job.references == [plan.Reference(ImageData("rgba8", 3, 1, bytes(12)), weight=0.7, mode="style")]
+    assert job.width is None
+
+
+def test_the_job_is_a_valid_submit():
+    """What the worker sends (``Client.submit`` uploads the images and sends ``to_message``) passes the
+    server's own validation, with every setting in place."""
+    region = plan.Region("inpaint", Box(10, 20, 4, 2), (512, 512))
+    settings = plan.Settings(prompt="a red door", negative_prompt="blur", strength=0.8, steps=10, seed=3, batch=2,
+                             model="demo", mask_grow=4, mask_feather=6, preview_every=2)
+    control = plan.ControlUnit("depth", ImageData("rgba8", 4, 2, bytes(32)), "on", 0.5, 0.1, 0.9)
+    ref = plan.Reference(ImageData("rgba8", 3, 1, bytes(12)), 0.7, "style")
+    job = plan.build_job(region, settings, bytes(32), bytes(8), [control], [ref])
+    uploads = []
+
+    def upload(image, role):
+        uploads.append((role, image))
+        return {"frame": f"up-{len(uploads)}"}
+
+    message = parse_client_message(json.dumps(job.to_message(upload)))
+    assert [role for role, _ in uploads] == ["image", "mask", "control", "reference"]
+    assert uploads[1][1] == ImageData("l8", 4, 2, bytes(8))
+    assert message["mode"] == "inpaint" and (message["image"]["frame"], message["mask"]["frame"]) == ("up-1", "up-2")
+    assert (message["prompt"], message["negative_prompt"], message["model"]) == ("a red door", "blur", "demo")
+    assert (message["steps"], message["strength"], message["seed"], message["batch"]) == (10, 0.8, 3, 2)
+    assert (message["mask_grow"], message["mask_feather"], message["preview_every"]) == (4, 6, 2)
+    assert message["output_format"] == "rgba8" and "width" not in message
+    frame = {"format": "png"}  # the validation's default for an image reference (unused with a frame)
+    assert message["control"] == [{"type": "depth", "image": {"frame": "up-3", **frame}, "preprocess": "on",
+                                   "scale": 0.5, "start": 0.1, "end": 0.9}]
+    assert message["references"] == [{"image": {"frame": "up-4", **frame}, "weight": 0.7, "mode": "style"}]
+    # A generate asks for the model's size and sends no picture.
+    generate = plan.build_job(plan.plan_region(256, 192, 1.0, 512), plan.Settings(prompt="x"), None)
+    message = parse_client_message(json.dumps(generate.to_message()))
+    assert (message["width"], message["height"]) == diffusion_size(256, 192, 512) and "image" not in message
 
 
 def test_a_big_refine_sends_the_picture_at_model_size(client):
@@ -174,8 +211,8 @@ def test_a_big_refine_sends_the_picture_at_model_size(client):
     width, height = region.picture
     rgba = np.asarray(picture(width, height).convert("RGBA")).tobytes()
     job = plan.build_job(region, plan.Settings(prompt="oil painting", steps=2, seed=1), rgba)
-    assert job.params["image"].width * job.params["image"].height < 1400 * 1000 / 3
-    result = client.run(region.mode, **job.params).images[0]
+    assert job.image.width * job.image.height < 1400 * 1000 / 3
+    result = client.run(job).images[0]
     assert (result.image.width, result.image.height) == region.picture
     spot = placement.place(region, result.offset, result.image.width, result.image.height)
     assert (spot.x, spot.y, spot.width, spot.height, spot.scale) == (0, 0, 1400, 1000, True)
@@ -183,9 +220,9 @@ def test_a_big_refine_sends_the_picture_at_model_size(client):
 
 def test_build_generate_job_asks_for_the_crop_at_model_size():
     region = plan.plan_region(256, 192, 1.0, 512)
-    params = plan.build_job(region, plan.Settings(prompt="x"), None).params
-    assert (params["width"], params["height"]) == region.size
-    assert "image" not in params and "strength" not in params and "mask" not in params
+    job = plan.build_job(region, plan.Settings(prompt="x"), None)
+    assert (job.width, job.height) == region.size
+    assert job.image is None and job.sampling.strength == 1.0 and job.mask is None
 
 
 @pytest.mark.parametrize("settings, words", [
@@ -202,15 +239,86 @@ def test_wrong_sizes_and_control_ranges_are_refused():
     region = plan.Region("img2img", Box(0, 0, 2, 2), (8, 8))
     with pytest.raises(plan.PlanError, match="15 bytes"):
         plan.build_job(region, plan.Settings(prompt="x"), bytes(15))
-    unit = plan.ControlUnit("depth", bytes(16), start=0.6, end=0.4)
-    with pytest.raises(plan.PlanError, match="start must come before its end"):
+    unit = plan.ControlUnit("depth", ImageData("rgba8", 2, 2, bytes(16)), start=0.6, end=0.4)
+    with pytest.raises(plan.PlanError, match="The depth control starts at 60% and ends at 40%: its start must come "
+                                             "before its end"):
         plan.build_job(region, plan.Settings(prompt="x"), bytes(16), controls=[unit])
+
+
+@pytest.mark.parametrize("change, words", [
+    (dict(controls=[plan.ControlUnit("tile", ImageData("rgba8", 2, 2, bytes(16)), "on")]),
+     "The tile control type has no preprocessor: the layer itself is its control image, so add it without "
+     "Preprocess."),
+    (dict(settings=plan.Settings(prompt="x", seed=2**32 - 2, batch=3)), "The seed must be at most 4294967293 for a "
+                                                                         "batch of 3."),
+    (dict(references=[plan.Reference(ImageData("rgba8", 1, 1, bytes(4)), mode="face"),
+                      plan.Reference(ImageData("rgba8", 1, 1, bytes(4)), mode="style")]),
+     "References are either all “face” or none: the face mode uses an adapter of its own."),
+    (dict(controls=[plan.ControlUnit("depth", ImageData("rgba8", 3, 2, bytes(24)))]),
+     "the depth control layer is 3x2, not the picture's 2x2"),
+])
+def test_jobs_the_server_would_refuse_are_sentences_before_sending(change, words):
+    """``Job.check`` (the server's rules) runs on the job, and its refusals read as the docker speaks."""
+    region = plan.Region("img2img", Box(0, 0, 2, 2), (8, 8))
+    args = {"settings": plan.Settings(prompt="x", strength=0.5), "controls": (), "references": (), **change}
+    with pytest.raises(plan.PlanError) as error:
+        plan.build_job(region, args["settings"], bytes(16), None, args["controls"], args["references"])
+    assert str(error.value) == words
 
 
 def test_native_size_comes_from_the_models_reply():
     reply = {"default": "b", "models": [{"name": "a", "native_size": 1024}, {"name": "b", "native_size": 768}]}
     assert plan.native_size(reply) == 768 and plan.native_size(reply, "a") == 1024
     assert plan.native_size(None) == 512 and plan.native_size({"default": "c", "models": []}) == 512
+
+
+# -- what the server offers ---------------------------------------------------------------------
+
+def welcome(**capabilities) -> dict:
+    limits = {"max_steps": 60, "max_batch": 4, "max_side": 4096, "max_pixels": 4096**2,
+              "max_message_bytes": 2**26, "max_generate_side": 1024}
+    base = {"control_types": ["tile", "canny", "depth"], "preprocessors": ["canny", "lineart_standard"],
+            "reference_families": ["sd15"], "reference_modes": ["style", "reference"], "limits": limits}
+    return {"type": "welcome", "capabilities": {**base, **capabilities}}
+
+
+def test_the_docker_offers_the_servers_control_types_and_limits():
+    offer = capabilities.offer(welcome())
+    # The server sorts its types; the docker lists them in the protocol's order (common types first).
+    assert offer.control_types == ("canny", "depth", "tile")
+    assert offer.reference_modes == ("reference", "style") and offer.references
+    assert (offer.max_steps, offer.max_batch, offer.max_side) == (60, 4, 4096)
+    # Preprocess only where the server can run the type's preprocessor.
+    assert offer.preprocessor("canny") == "canny" and offer.why_no_preprocessor("canny") == ""
+    assert offer.preprocessor("depth") is None and "depth_midas" in offer.why_no_preprocessor("depth")
+    assert offer.preprocessor("tile") is None and "no preprocessor" in offer.why_no_preprocessor("tile")
+    # A type this plugin does not know yet is still offered (the server accepts it), after the known ones.
+    assert capabilities.offer(welcome(control_types=["zoe", "canny"])).control_types == ("canny", "zoe")
+    none = capabilities.offer(welcome(control_types=[], reference_families=[]))
+    assert none.control_types == () and not none.references
+
+
+def test_before_a_server_answers_the_docker_offers_the_whole_vocabulary():
+    for reply in (None, {}, {"type": "welcome"}):
+        offer = capabilities.offer(reply)
+        assert offer.control_types == CONTROL_TYPES and offer.reference_modes == REFERENCE_MODES
+        assert (offer.max_steps, offer.max_batch) == (150, 8)
+
+
+def test_a_changed_list_keeps_the_painters_choice_while_it_is_offered():
+    assert capabilities.pick(("canny", "depth"), "depth", "lineart") == "depth"
+    assert capabilities.pick(("canny", "lineart"), "depth", "lineart") == "lineart"
+    assert capabilities.pick(("canny", "tile"), "depth", "lineart") == "canny"
+    assert capabilities.pick((), "depth", "lineart") == ""
+
+
+def test_the_offer_of_a_real_server(client):
+    offer = capabilities.offer(client.welcome)
+    limits = client.welcome["capabilities"]["limits"]
+    assert set(offer.control_types) == set(client.welcome["capabilities"]["control_types"])
+    assert offer.control_types[0] == "canny" and (offer.max_steps, offer.max_batch) == (limits["max_steps"],
+                                                                                       limits["max_batch"])
+    assert offer.preprocessor("canny") == "canny" and offer.preprocessor("tile") is None
 
 
 # -- placement ---------------------------------------------------------------------------------
@@ -249,8 +357,7 @@ def test_sending_only_the_crop_gives_the_same_layer_as_the_whole_canvas(client):
     assert box.width * box.height < width * height
     crop = lambda a: np.ascontiguousarray(a[box.y:box.y1, box.x:box.x1]).tobytes()  # noqa: E731
     job = plan.build_job(region, plan.Settings(prompt="a red door", seed=7, steps=2), crop(canvas), crop(mask))
-    job.params.update(common)
-    part = client.run(region.mode, **job.params).images[0]
+    part = client.run(job).images[0]
     spot = placement.place(region, part.offset, part.image.width, part.image.height)
     assert (spot.x, spot.y) == whole.offset and (spot.width, spot.height) == (whole.image.width, whole.image.height)
     assert np.array_equal(decode(part.image), decode(whole.image))
@@ -258,7 +365,7 @@ def test_sending_only_the_crop_gives_the_same_layer_as_the_whole_canvas(client):
 
 # -- structure and packaging -------------------------------------------------------------------
 
-PURE = ["pixels.py", "plan.py", "placement.py", "protocol.py"]
+PURE = ["capabilities.py", "pixels.py", "plan.py", "placement.py", "protocol.py"]
 
 
 def imports_of(path: Path) -> set[str]:

@@ -12,12 +12,14 @@ import traceback
 from dataclasses import dataclass
 from typing import Iterator
 
+import numpy as np
 from PIL import Image
 
-from .params import InputError, TabValues, build_request, composite, decode, infotext, png_image
-from .protocol import Cancelled, Client, EaselError, Progress, Result, Started
+from .params import InputError, TabValues, build_job, decode, infotext, png_image
+from .protocol import Accepted, Cancelled, Client, EaselError, Progress, Result, Started, compose
 
 PREVIEW_EVERY = 1
+CAPABILITIES_TIMEOUT = 2  # s: the tab is built while the WebUI starts, which must not wait on a backend
 
 
 @dataclass
@@ -36,9 +38,9 @@ class Connection:
     url: str
     token: str = ""
 
-    def client(self) -> Client:
+    def client(self, open_timeout: float = 5) -> Client:
         """A client, not yet connected (``with`` connects it)."""
-        return Client(self.url, token=self.token or None, name="easel-a1111", open_timeout=5)
+        return Client(self.url, token=self.token or None, name="easel-a1111", open_timeout=open_timeout)
 
 
 # The running job of each browser session, so the Cancel button (another request, maybe another
@@ -66,20 +68,22 @@ def describe(error: Exception, url: str) -> str:
 def run(connection: Connection, values: TabValues, session: str) -> Iterator[Update]:
     """Submit the job and follow it: progress with previews, then the composited results."""
     try:
-        mode, params = build_request(values)
+        request = build_job(values)
     except InputError as exc:
         yield Update(str(exc), done=True)
         return
-    params.update(preview_every=PREVIEW_EVERY, preview_size=256)
+    request.preview_every, request.preview_size = PREVIEW_EVERY, 256
     yield Update("Connecting to the Easel backend…")
     client = None
     try:
         client = connection.client().connect()
-        job = client.submit(mode, **params)
+        job = client.submit(request)
         with _lock:
             _running[session] = (client, job)
         for event in client.events(job):
-            if isinstance(event, Started):
+            if isinstance(event, Accepted) and event.position > 0:  # 0: it starts next, "Running" follows
+                yield Update(f"Queued: {event.position} job{'s' * (event.position != 1)} ahead on the backend…")
+            elif isinstance(event, Started):
                 yield Update(f"Running: {event.steps} steps at {event.diffusion_size[0]}x{event.diffusion_size[1]}…")
             elif isinstance(event, Progress):
                 preview = decode(event.preview) if event.preview else None
@@ -101,12 +105,14 @@ def run(connection: Connection, values: TabValues, session: str) -> Iterator[Upd
 
 
 def finish(values: TabValues, result: Result) -> tuple[list[Image.Image], list[str]]:
-    """Whole pictures (inpaint layers composited over the input) and their infotexts."""
+    """Whole pictures (inpaint layers composited over the input: the one shared composite, so every
+    pixel outside the layer's alpha is the input's own) and their infotexts."""
     images, texts = [], []
     for item in sorted(result.images, key=lambda item: item.index):
         picture = decode(item.image)
         if result.parameters.get("mode") == "inpaint":
-            picture = composite(values.picture, picture, item.offset)
+            base = np.asarray(values.picture.convert("RGBA"))
+            picture = Image.fromarray(compose.composite(base, np.asarray(picture), item.offset), "RGBA")
         images.append(picture)
         texts.append(infotext(result.parameters, item.seed, picture.size))
     return images, texts
@@ -137,6 +143,15 @@ def preprocess(connection: Connection, control_type: str,
                 f"{control_type} map made by the backend."
     except Exception as exc:  # noqa: BLE001
         return None, describe(exc, connection.url)
+
+
+def capabilities(connection: Connection) -> dict | None:
+    """The backend's ``welcome.capabilities``, or None when it cannot be reached (quickly)."""
+    try:
+        with connection.client(open_timeout=CAPABILITIES_TIMEOUT) as client:
+            return client.welcome["capabilities"]
+    except Exception:  # noqa: BLE001 - no backend yet: the tab offers the whole vocabulary
+        return None
 
 
 def status_line(connection: Connection) -> str:

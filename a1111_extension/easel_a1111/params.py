@@ -1,19 +1,23 @@
-"""Tab values -> an Easel ``submit``, and results -> what the tab shows. No gradio here.
+"""Tab values -> an Easel job (``shared.job.Job``), what the server offers -> the tab's choices, and
+results -> what the tab shows. No gradio here.
 
 Everything a painter can get wrong is caught here with an ``InputError`` whose message is one
-sentence the tab shows as it is.
+sentence the tab shows as it is: what only the tab knows (which picture a unit uses) is checked
+here, the rest by ``Job.check``, the rules the server applies.
 """
 
 from __future__ import annotations
 
 import io
 import json
+import re
 from dataclasses import dataclass, field
 
 import numpy as np
 from PIL import Image
 
-from .protocol import MAX_SEED, ImageData
+from .protocol import (CONTROL_TYPES, MAX_SEED, MODES, REFERENCE_MODES, ControlUnit, ImageData, Job, ProtocolError,
+                       Reference, Sampling, rules)
 
 USE_INPUT = "input picture"
 OWN_IMAGE = "own image"
@@ -65,8 +69,8 @@ class TabValues:
     sampler: str = "dpmpp_2m_karras"
     seed: int = -1                   # -1: the server picks one
     batch: int = 1
-    mask_grow: int = 8
-    mask_feather: int = 16
+    mask_grow: int = rules.MASK_GROW
+    mask_feather: int = rules.MASK_FEATHER
     width: int = 512                 # generate only
     height: int = 512
     controls: list[ControlSpec] = field(default_factory=list)
@@ -97,54 +101,70 @@ def mask_from_painting(painted: Image.Image | None, size: tuple[int, int]) -> Im
     return mask if mask.size == size else mask.resize(size, Image.BILINEAR)
 
 
-def build_request(values: TabValues) -> tuple[str, dict]:
-    """(mode, keyword arguments for ``Client.submit``), images as ImageData."""
+def build_job(values: TabValues) -> Job:
+    """The job the Generate button submits, images as PNG ``ImageData``; ``InputError`` when the tab's
+    values make no job, or one the server would refuse."""
     mode = values.mode
-    if mode not in ("inpaint", "img2img", "generate"):
+    if mode not in MODES:
         raise InputError(f"Unknown mode {mode!r}: choose inpaint, img2img or generate.")
     if not values.prompt.strip() and not any(reference.image is not None for reference in values.references):
         raise InputError("Describe what to paint in the prompt.")
-    params: dict = {"prompt": values.prompt, "negative_prompt": values.negative_prompt,
-                    "steps": int(values.steps), "guidance": float(values.guidance), "sampler": values.sampler,
-                    "batch": int(values.batch)}
     seed = int(values.seed) if values.seed is not None else -1
-    if seed >= 0:
-        if seed + int(values.batch) - 1 > MAX_SEED:
-            raise InputError(f"The seed must be at most {MAX_SEED - int(values.batch) + 1} for a batch of "
-                             f"{int(values.batch)} (or -1 for a random one).")
-        params["seed"] = seed
+    job = Job(mode, prompt=values.prompt, negative_prompt=values.negative_prompt, sampling=Sampling(
+        steps=int(values.steps), guidance=float(values.guidance), sampler=values.sampler, batch=int(values.batch),
+        seed=seed if seed >= 0 else None, strength=float(values.strength) if mode != "generate" else 1.0))
     if mode == "generate":
-        params["width"], params["height"] = int(values.width), int(values.height)
+        job.width, job.height = int(values.width), int(values.height)
+    elif values.picture is None:
+        raise InputError(f"{mode.capitalize()} needs a picture: upload one first.")
     else:
-        if values.picture is None:
-            raise InputError(f"{mode.capitalize()} needs a picture: upload one first.")
-        if int(values.steps * values.strength) < 1:
-            raise InputError(f"Strength {values.strength:g} with {int(values.steps)} steps leaves no step to run: "
-                             "raise the strength or the steps.")
-        params["image"] = png_image(values.picture)
-        params["strength"] = float(values.strength)
+        job.image = png_image(values.picture)
     if mode == "inpaint":
         mask = mask_from_painting(values.mask, values.picture.size)
         if mask is None:
             raise InputError("Paint over the part of the picture to change first (inpaint needs a mask).")
-        params["mask"] = png_image(mask, "L")
-        params["mask_grow"], params["mask_feather"] = int(values.mask_grow), int(values.mask_feather)
-    units = [control_unit(number, spec, values) for number, spec in enumerate(values.controls, 1) if spec.enabled]
-    if units:
-        params["control"] = units
-    references = [reference(number, spec) for number, spec in enumerate(values.references, 1)
-                  if spec.image is not None]
-    if references:
-        params["references"] = references
-    return mode, params
+        job.mask = png_image(mask, "L")
+        job.mask_grow, job.mask_feather = int(values.mask_grow), int(values.mask_feather)
+    numbers = [number for number, spec in enumerate(values.controls, 1) if spec.enabled]
+    job.control = [control_unit(number, values.controls[number - 1], values) for number in numbers]
+    job.references = [reference(spec) for spec in values.references if spec.image is not None]
+    try:
+        job.check()
+    except ProtocolError as exc:
+        raise InputError(refusal(exc, job, numbers)) from None
+    return job
 
 
-def control_unit(number: int, spec: ControlSpec, values: TabValues) -> dict:
-    """One ``control`` entry; the job's own picture is used by leaving ``image`` out."""
-    if not spec.start < spec.end:
-        raise InputError(f"Control unit {number}: its start ({spec.start:g}) must come before its end ({spec.end:g}).")
-    unit = {"type": spec.type, "scale": float(spec.scale), "start": float(spec.start), "end": float(spec.end),
-            "preprocess": "on" if spec.preprocess else "off"}
+def refusal(error: ProtocolError, job: Job, numbers: list[int]) -> str:
+    """A rule's refusal in the tab's words; ``numbers`` are the tab's numbers of the job's control units."""
+    sampling = job.sampling
+    if error.code == "too_few_steps":
+        return (f"Strength {sampling.strength:g} with {sampling.steps} steps leaves no step to run: "
+                "raise the strength or the steps.")
+    if error.field == "seed":
+        return (f"The seed must be at most {MAX_SEED - sampling.batch + 1} for a batch of {sampling.batch} "
+                "(or -1 for a random one).")
+    unit = re.match(r"control\[(\d+)\]\.(\w+)", error.field or "")
+    if unit and int(unit[1]) < len(numbers):
+        number, control = numbers[int(unit[1])], job.control[int(unit[1])]
+        if unit[2] in ("start", "end"):
+            return f"Control unit {number}: its start ({control.start:g}) must come before its end ({control.end:g})."
+        if unit[2] == "image":
+            return (f"Control unit {number} uses the input picture, but generate has none: "
+                    "give the unit its own image.")
+        if unit[2] == "preprocess":
+            return (f"Control unit {number}: the {control.type} type has no preprocessor, its image is the map "
+                    "itself; untick Preprocess.")
+    if error.field == "references":
+        return "References are either all “face” or none: the face mode uses an adapter of its own."
+    message = error.message[:1].upper() + error.message[1:]
+    return message if message.endswith(".") else message + "."
+
+
+def control_unit(number: int, spec: ControlSpec, values: TabValues) -> ControlUnit:
+    """One control unit; the job's own picture is used by leaving ``image`` out."""
+    unit = ControlUnit(spec.type, None, "on" if spec.preprocess else "off", float(spec.scale), float(spec.start),
+                       float(spec.end))
     if spec.source == USE_INPUT:
         if values.mode == "generate":
             raise InputError(f"Control unit {number} uses the input picture, but generate has none: "
@@ -152,12 +172,52 @@ def control_unit(number: int, spec: ControlSpec, values: TabValues) -> dict:
     elif spec.image is None:
         raise InputError(f"Control unit {number} is on but has no image: add one or use the input picture.")
     else:
-        unit["image"] = png_image(spec.image, "RGB")
+        unit.image = png_image(spec.image, "RGB")
     return unit
 
 
-def reference(number: int, spec: ReferenceSpec) -> dict:
-    return {"image": png_image(spec.image, "RGB"), "weight": float(spec.weight), "mode": spec.mode}
+def reference(spec: ReferenceSpec) -> Reference:
+    return Reference(png_image(spec.image, "RGB"), float(spec.weight), spec.mode)
+
+
+@dataclass(frozen=True)
+class Offer:
+    """The choices the tab offers: what the server's ``welcome`` says, or everything the protocol
+    knows (with the default limits) when the server could not be asked."""
+
+    control_types: tuple[str, ...] = CONTROL_TYPES
+    reference_modes: tuple[str, ...] = REFERENCE_MODES
+    references: bool = True  # some model family has an IP-Adapter
+    max_steps: int = 150
+    max_batch: int = 8
+    max_generate_side: int = 2048
+
+
+def offer(capabilities: dict | None) -> Offer:
+    """The tab's choices from ``welcome.capabilities`` (None: the server was not reachable)."""
+    if not capabilities:
+        return Offer()
+    limits, default = capabilities.get("limits") or {}, Offer()
+    return Offer(
+        control_types=_ordered(capabilities.get("control_types", ()), CONTROL_TYPES),
+        reference_modes=_ordered(capabilities.get("reference_modes", ()), REFERENCE_MODES),
+        references=bool(capabilities.get("reference_families", ())),
+        max_steps=int(limits.get("max_steps", default.max_steps)),
+        max_batch=int(limits.get("max_batch", default.max_batch)),
+        max_generate_side=int(limits.get("max_generate_side", default.max_generate_side)),
+    )
+
+
+def _ordered(offered, known: tuple[str, ...]) -> tuple[str, ...]:
+    # The server sorts its lists; the tab keeps the protocol's order (common types first) and puts
+    # names this extension does not know yet last (the server accepts them).
+    offered = list(dict.fromkeys(offered))
+    return tuple(name for name in known if name in offered) + tuple(sorted(set(offered) - set(known)))
+
+
+def choose(choices: tuple[str, ...], preferred: str) -> str | None:
+    """The value a choice starts at: ``preferred`` where offered, else the first."""
+    return preferred if preferred in choices else (choices[0] if choices else None)
 
 
 def decode(image: ImageData) -> Image.Image:
@@ -165,20 +225,6 @@ def decode(image: ImageData) -> Image.Image:
     if image.format == "rgba8":
         return Image.frombytes("RGBA", (image.width, image.height), image.data)
     return Image.open(io.BytesIO(image.data)).convert("RGBA")
-
-
-def composite(picture: Image.Image, layer: Image.Image, offset: tuple[int, int]) -> Image.Image:
-    """Place an inpaint result layer over the picture. Where the layer is transparent the output is
-    the picture's own bytes (integer blend that is exact at alpha 0 and 255)."""
-    base = np.array(picture.convert("RGBA"), dtype=np.uint32)
-    x, y = offset
-    top = np.asarray(layer.convert("RGBA"), dtype=np.uint32)
-    region = base[y:y + top.shape[0], x:x + top.shape[1]]
-    top = top[:region.shape[0], :region.shape[1]]
-    alpha = top[..., 3:4]
-    region[..., :3] = (top[..., :3] * alpha + region[..., :3] * (255 - alpha) + 127) // 255
-    region[..., 3:4] = np.maximum(region[..., 3:4], alpha)
-    return Image.fromarray(base.astype(np.uint8), "RGBA")
 
 
 def infotext(parameters: dict, seed: int, size: tuple[int, int]) -> str:

@@ -37,11 +37,15 @@ def _load() -> None:
 
 _load()
 
+from easel_shared import compose, rules  # noqa: E402
 from easel_shared.client import (  # noqa: E402
-    Cancelled, Client, EaselError, Progress, Result, Started)
+    Accepted, Cancelled, Client, EaselError, Progress, Result, ResultImage, Started)
+from easel_shared.errors import ProtocolError  # noqa: E402
 from easel_shared.images import ImageData  # noqa: E402
+from easel_shared.job import ControlUnit, Job, Reference, Sampling  # noqa: E402
 from easel_shared.messages import (  # noqa: E402
     CONTROL_TYPES, DEFAULT_URL, MAX_SEED, MODES, PREPROCESSORS, REFERENCE_MODES, SAMPLERS)
 
-__all__ = ["CONTROL_TYPES", "Cancelled", "Client", "DEFAULT_URL", "EaselError", "ImageData", "MAX_SEED",
-           "MODES", "PREPROCESSORS", "Progress", "REFERENCE_MODES", "Result", "SAMPLERS", "Started"]
+__all__ = ["Accepted", "CONTROL_TYPES", "Cancelled", "Client", "ControlUnit", "DEFAULT_URL", "EaselError", "ImageData",
+           "Job", "MAX_SEED", "MODES", "PREPROCESSORS", "Progress", "ProtocolError", "REFERENCE_MODES", "Reference",
+           "Result", "ResultImage", "SAMPLERS", "Sampling", "Started", "compose", "rules"]

@@ -10,8 +10,8 @@ from typing import Callable
 import gradio as gr
 
 from . import compat, jobs
-from .params import OWN_IMAGE, USE_INPUT, ControlSpec, ReferenceSpec, TabValues
-from .protocol import CONTROL_TYPES, REFERENCE_MODES, SAMPLERS
+from .params import OWN_IMAGE, USE_INPUT, ControlSpec, Offer, ReferenceSpec, TabValues, choose, offer
+from .protocol import SAMPLERS, rules
 
 CONTROL_UNITS = 3
 REFERENCES = 2
@@ -20,8 +20,13 @@ UNIT_SIZE, REFERENCE_SIZE = len(fields(ControlSpec)), len(fields(ReferenceSpec))
 
 
 def build(connection: Callable[[], jobs.Connection], add_send_buttons: Callable | None = None) -> gr.Blocks:
-    """The tab as a ``gr.Blocks``; ``connection()`` is read at every request (settings may change)."""
+    """The tab as a ``gr.Blocks``; ``connection()`` is read at every request (settings may change).
+
+    The control types, reference modes and limits are the backend's when it answers now; a backend
+    started later gets the protocol's whole vocabulary (and refuses what it lacks with a sentence).
+    """
     units, refs = [], []
+    offered = offer(jobs.capabilities(connection()))
     with gr.Blocks(analytics_enabled=False) as tab:
         with gr.Row():
             status = gr.Markdown(lambda: jobs.status_line(connection()), elem_id="easel_status")
@@ -35,24 +40,29 @@ def build(connection: Callable[[], jobs.Connection], add_send_buttons: Callable 
                                 elem_id="easel_mode")
                 with gr.Row():
                     strength = gr.Slider(0.0, 1.0, value=1.0, step=0.01, label="Strength", elem_id="easel_strength")
-                    steps = gr.Slider(1, 150, value=20, step=1, label="Steps", elem_id="easel_steps")
+                    steps = gr.Slider(1, offered.max_steps, value=min(20, offered.max_steps), step=1,
+                                      label="Steps", elem_id="easel_steps")
                 with gr.Row():
                     guidance = gr.Slider(0.0, 30.0, value=7.0, step=0.5, label="CFG scale", elem_id="easel_cfg")
                     sampler = gr.Dropdown(list(SAMPLERS), value="dpmpp_2m_karras", label="Sampler",
                                           elem_id="easel_sampler")
                 with gr.Row():
                     seed = gr.Number(value=-1, precision=0, label="Seed (-1: random)", elem_id="easel_seed")
-                    batch = gr.Slider(1, 8, value=1, step=1, label="Batch", elem_id="easel_batch")
+                    batch = gr.Slider(1, offered.max_batch, value=1, step=1, label="Batch", elem_id="easel_batch")
                 with gr.Row():
-                    grow = gr.Slider(0, 256, value=8, step=1, label="Mask grow", elem_id="easel_grow")
-                    feather = gr.Slider(0, 256, value=16, step=1, label="Mask feather", elem_id="easel_feather")
+                    grow = gr.Slider(0, 256, value=rules.MASK_GROW, step=1, label="Mask grow", elem_id="easel_grow")
+                    feather = gr.Slider(0, 256, value=rules.MASK_FEATHER, step=1, label="Mask feather",
+                                        elem_id="easel_feather")
                 with gr.Row():
-                    width = gr.Slider(64, 2048, value=512, step=8, label="Width (generate)", elem_id="easel_width")
-                    height = gr.Slider(64, 2048, value=512, step=8, label="Height (generate)", elem_id="easel_height")
+                    side = offered.max_generate_side
+                    width = gr.Slider(64, side, value=min(512, side), step=8, label="Width (generate)",
+                                      elem_id="easel_width")
+                    height = gr.Slider(64, side, value=min(512, side), step=8, label="Height (generate)",
+                                       elem_id="easel_height")
                 for number in range(1, CONTROL_UNITS + 1):
-                    units.append(_control_unit(number, picture, connection))
+                    units.append(_control_unit(number, picture, connection, offered))
                 for number in range(1, REFERENCES + 1):
-                    refs.append(_reference(number))
+                    refs.append(_reference(number, offered))
             with gr.Column(scale=1):
                 with gr.Row():
                     generate = gr.Button("Generate", variant="primary", elem_id="easel_generate")
@@ -124,12 +134,16 @@ def _session(request) -> str:
     return getattr(request, "session_hash", None) or "default"
 
 
-def _control_unit(number: int, picture, connection) -> list:
-    """A unit's components, in ``ControlSpec`` field order."""
-    with gr.Accordion(f"ControlNet unit {number}", open=False, elem_id=f"easel_cn{number}"):
+def _control_unit(number: int, picture, connection, offered: Offer) -> list:
+    """A unit's components, in ``ControlSpec`` field order; hidden when the backend has no ControlNet."""
+    # Hidden, not left out: the Generate inputs are a fixed run of components per unit.
+    types = offered.control_types or Offer().control_types
+    with gr.Accordion(f"ControlNet unit {number}", open=False, elem_id=f"easel_cn{number}",
+                      visible=bool(offered.control_types)):
         with gr.Row():
             enabled = gr.Checkbox(False, label="Enable", elem_id=f"easel_cn{number}_enabled")
-            kind = gr.Dropdown(list(CONTROL_TYPES), value="canny", label="Type", elem_id=f"easel_cn{number}_type")
+            kind = gr.Dropdown(list(types), value=choose(types, "canny"), label="Type",
+                               elem_id=f"easel_cn{number}_type")
             source = gr.Radio([USE_INPUT, OWN_IMAGE], value=USE_INPUT, label="Control image",
                               elem_id=f"easel_cn{number}_source")
         with gr.Row():
@@ -154,11 +168,13 @@ def _control_unit(number: int, picture, connection) -> list:
     return [enabled, kind, source, image, preprocess, scale, start, end]
 
 
-def _reference(number: int) -> list:
-    """A reference's components, in ``ReferenceSpec`` field order."""
-    with gr.Accordion(f"Reference {number}", open=False, elem_id=f"easel_ref{number}"):
+def _reference(number: int, offered: Offer) -> list:
+    """A reference's components, in ``ReferenceSpec`` field order; hidden when the backend has no IP-Adapter."""
+    modes = offered.reference_modes or Offer().reference_modes
+    with gr.Accordion(f"Reference {number}", open=False, elem_id=f"easel_ref{number}", visible=offered.references):
         image = compat.image_input("Reference picture", f"easel_ref{number}_image")
         with gr.Row():
             weight = gr.Slider(0.0, 2.0, value=1.0, step=0.05, label="Weight", elem_id=f"easel_ref{number}_weight")
-            mode = gr.Radio(list(REFERENCE_MODES), value="reference", label="Take", elem_id=f"easel_ref{number}_mode")
+            mode = gr.Radio(list(modes), value=choose(modes, "reference"), label="Take",
+                            elem_id=f"easel_ref{number}_mode")
     return [image, weight, mode]

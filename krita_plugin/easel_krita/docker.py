@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import random
 
-from . import extension, host, pixels, plan, protocol
+from . import capabilities, extension, host, pixels, plan, protocol
 from .qt import ALIGN_CENTER, KEEP_ASPECT, SMOOTH, USER_ROLE, HORIZONTAL, QPixmap, QtGui, QtWidgets, rgba_image
 from .session import ControlLayer, ReferenceLayer, Session
 from .worker import Worker, sentence
@@ -35,9 +35,12 @@ class EaselDocker(host.DockWidget):
         self._keys = iter(range(1 << 62))
         self.controls: list[ControlLayer] = []
         self.references: list[ReferenceLayer] = []
+        self._offer = capabilities.Offer()  # the whole vocabulary until the server says what it offers
         self._build()
         self.worker.state_changed.connect(self._show_state)
         self._show_state(self.worker.state, self.worker.message)
+        self.session.accepted.connect(self._on_accepted)
+        self.session.started.connect(self._on_started)
         self.session.progress.connect(self._on_progress)
         self.session.preview.connect(self._on_preview)
         self.session.finished.connect(self._on_finished)
@@ -59,7 +62,8 @@ class EaselDocker(host.DockWidget):
         self.url.setToolTip("Address of the Easel server (easel serve), e.g. ws://127.0.0.1:8760/")
         self.token = W.QLineEdit(self.worker.token)
         self.token.setPlaceholderText("token")
-        self.token.setEchoMode(W.QLineEdit.EchoMode.Password if hasattr(W.QLineEdit, "EchoMode") else W.QLineEdit.Password)
+        self.token.setEchoMode(W.QLineEdit.EchoMode.Password if hasattr(W.QLineEdit, "EchoMode")
+                               else W.QLineEdit.Password)
         connect = W.QPushButton("Connect")
         connect.clicked.connect(self._connect)
         server.addWidget(self.url, 3)
@@ -87,8 +91,8 @@ class EaselDocker(host.DockWidget):
         grid.addWidget(W.QLabel("Strength"), 0, 0)
         grid.addWidget(self.strength, 0, 1, 1, 2)
         grid.addWidget(self.strength_label, 0, 3)
-        self.steps = _spin(1, 150, 20)
-        self.batch = _spin(1, 8, 1)
+        self.steps = _spin(1, self._offer.max_steps, 20)
+        self.batch = _spin(1, self._offer.max_batch, 1)
         grid.addWidget(W.QLabel("Steps"), 1, 0)
         grid.addWidget(self.steps, 1, 1)
         grid.addWidget(W.QLabel("Batch"), 1, 2)
@@ -150,9 +154,7 @@ class EaselDocker(host.DockWidget):
         box = W.QGroupBox("Control layers")
         grid = W.QGridLayout(box)
         self.control_layer = W.QComboBox()
-        self.control_type = W.QComboBox()
-        self.control_type.addItems(protocol.messages.CONTROL_TYPES)
-        self.control_type.setCurrentText("lineart")
+        self.control_type = W.QComboBox()  # filled with the server's types by _apply_offer
         self.control_scale = _double(0, 2, 1.0, "×")
         self.control_start = _double(0, 1, 0.0, "from ")
         self.control_end = _double(0, 1, 1.0, "to ")
@@ -160,14 +162,14 @@ class EaselDocker(host.DockWidget):
         self.control_start.setToolTip("Fraction of the steps where the control starts")
         self.control_end.setToolTip("Fraction of the steps where the control stops")
         self.control_pre = W.QCheckBox("Preprocess")
-        add = W.QPushButton("Add")
+        self.control_add = add = W.QPushButton("Add")
         add.clicked.connect(self._add_control)
-        make_map = W.QPushButton("Make map layer")
-        make_map.setToolTip("Run the type's preprocessor on the layer and add the map as a new layer")
+        self.make_map = make_map = W.QPushButton("Make map layer")
         make_map.clicked.connect(self._make_map)
+        self.control_type.currentTextChanged.connect(self._show_preprocess)
         refresh = W.QPushButton("↻")
-        refresh.setToolTip("Reload the document's layers")
-        refresh.clicked.connect(self._refresh_layers)
+        refresh.setToolTip("Reload the document's layers and the server's models")
+        refresh.clicked.connect(self._refresh)
         grid.addWidget(self.control_layer, 0, 0, 1, 3)
         grid.addWidget(refresh, 0, 3)
         grid.addWidget(self.control_type, 1, 0)
@@ -189,9 +191,8 @@ class EaselDocker(host.DockWidget):
         grid = W.QGridLayout(box)
         self.reference_layer = W.QComboBox()
         self.reference_weight = _double(0, 2, 1.0, "weight ")
-        self.reference_mode = W.QComboBox()
-        self.reference_mode.addItems(protocol.messages.REFERENCE_MODES)
-        add = W.QPushButton("Add")
+        self.reference_mode = W.QComboBox()  # filled with the server's modes by _apply_offer
+        self.reference_add = add = W.QPushButton("Add")
         add.clicked.connect(self._add_reference)
         grid.addWidget(self.reference_layer, 0, 0, 1, 3)
         grid.addWidget(self.reference_weight, 1, 0)
@@ -212,6 +213,11 @@ class EaselDocker(host.DockWidget):
 
     def _document(self):
         return host.instance().activeDocument()
+
+    def _refresh(self) -> None:
+        self._refresh_layers()
+        if self.worker.state == "connected":
+            self.worker.refresh_models()
 
     def _refresh_layers(self) -> None:
         doc = self._document()
@@ -314,6 +320,14 @@ class EaselDocker(host.DockWidget):
         self.progress.setRange(0, 1)
         self.progress.setValue(0)
 
+    def _on_accepted(self, job: str, ahead: int) -> None:
+        if job == self.job and ahead > 0:  # 0: it runs next, "Working …" stays until it starts
+            self._say(f"Waiting: {ahead} job{'s' * (ahead != 1)} ahead in the server's queue …")
+
+    def _on_started(self, job: str, steps: int, width: int, height: int) -> None:
+        if job == self.job:
+            self._say(f"Working: {steps} step{'s' * (steps != 1)} per image at {width}×{height} …")
+
     def _on_progress(self, job, step, total) -> None:
         if job == self.job:
             self.progress.setRange(0, total)
@@ -340,7 +354,8 @@ class EaselDocker(host.DockWidget):
         while self.result_list.count() > MAX_RESULTS:  # forget the oldest (their layers stay)
             old = self.result_list.takeItem(self.result_list.count() - 1)
             self.results.pop(old.data(USER_ROLE), None)
-        self._say(f"Added “{results[0].name}”." + (f" {len(results) - 1} more in the list below." if len(results) > 1 else ""))
+        more = f" {len(results) - 1} more in the list below." if len(results) > 1 else ""
+        self._say(f"Added “{results[0].name}”.{more}")
 
     def _on_failed(self, job, message) -> None:
         if job == self.job:
@@ -390,6 +405,35 @@ class EaselDocker(host.DockWidget):
     def _show_state(self, state: str, message: str) -> None:
         marks = {"connected": "●", "connecting": "◌", "disconnected": "○"}
         self.state.setText(f"{marks.get(state, '')} {message}")
+        self._apply_offer(self.worker.offer)  # a (re)connect may reach a server with other ControlNets
+
+    def _apply_offer(self, offer: capabilities.Offer) -> None:
+        """Offer the server's control types and reference modes, and let the spin boxes reach its limits."""
+        self._offer = offer
+        for combo, choices, preferred in ((self.control_type, offer.control_types, "lineart"),
+                                          (self.reference_mode, offer.reference_modes, "reference")):
+            current = combo.currentText()
+            if tuple(combo.itemText(i) for i in range(combo.count())) != choices:
+                combo.clear()
+                combo.addItems(choices)
+            combo.setCurrentText(capabilities.pick(choices, current, preferred))
+        self.steps.setMaximum(offer.max_steps)
+        self.batch.setMaximum(offer.max_batch)
+        self.control_add.setEnabled(bool(offer.control_types))
+        self.control_add.setToolTip("" if offer.control_types else "The server has no ControlNet configured.")
+        self.reference_add.setEnabled(offer.references and bool(offer.reference_modes))
+        self.reference_add.setToolTip("" if offer.references else "The server has no IP-Adapter configured.")
+        self._show_preprocess(self.control_type.currentText())
+
+    def _show_preprocess(self, control_type: str) -> None:
+        """Preprocess and Make map only for a type the server can make a map for."""
+        why = self._offer.why_no_preprocessor(control_type) if control_type else "Pick a control type."
+        self.control_pre.setEnabled(not why)
+        self.make_map.setEnabled(not why)
+        if why:
+            self.control_pre.setChecked(False)
+        self.control_pre.setToolTip(why or "Run the type's preprocessor on the layer when the job runs")
+        self.make_map.setToolTip(why or "Run the type's preprocessor on the layer and add the map as a new layer")
 
     def _say(self, text: str, error: bool = False) -> None:
         self.message.setStyleSheet("color: #d04040;" if error else "")

@@ -1,20 +1,23 @@
-"""What to send for a Generate press: mode, context crop and the submit's parameters.
+"""What to send for a Generate press: mode, context crop and the job (a ``shared.job.Job``).
 
 Pure: it works on plain bytes and sizes that the Krita adapter read from the document.
 The crop is planned with the same ``shared.geometry`` function the server uses, so the host
-sends only the box the server would diffuse anyway.
+sends only the box the server would diffuse anyway; the job is checked with the same rules
+(``Job.check``) the server applies, so a job it would refuse is a sentence before anything is sent.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import re
+from dataclasses import dataclass, replace
+from typing import Sequence
 
-from .protocol import geometry, images, rules
+from .protocol import errors, geometry, images, job as jobs, rules, vocabulary
 
 Box = geometry.Box
+Job, ControlUnit, Reference, Sampling = jobs.Job, jobs.ControlUnit, jobs.Reference, jobs.Sampling
 
 DEFAULT_NATIVE = 512  # SD1.5's; used when the server cannot tell a model's native size
-MASK_GROW, MASK_FEATHER = 8, 16  # the protocol's submit defaults
 
 
 class PlanError(ValueError):
@@ -32,8 +35,8 @@ class Settings:
     seed: int | None = None  # None: the server picks one
     batch: int = 1
     model: str | None = None
-    mask_grow: int = MASK_GROW
-    mask_feather: int = MASK_FEATHER
+    mask_grow: int = rules.MASK_GROW
+    mask_feather: int = rules.MASK_FEATHER
     preview_every: int = 1
 
 
@@ -62,37 +65,6 @@ class Region:
         return self.picture != (self.box.width, self.box.height)
 
 
-@dataclass
-class ControlUnit:
-    """A layer used as a ControlNet unit; ``image`` is its RGBA crop (the region's box)."""
-
-    type: str
-    image: bytes
-    scale: float = 1.0
-    start: float = 0.0
-    end: float = 1.0
-    preprocess: bool = False
-
-
-@dataclass
-class Reference:
-    """A layer used as an IP-Adapter reference: RGBA pixels of any size."""
-
-    image: bytes
-    width: int
-    height: int
-    weight: float = 1.0
-    mode: str = "reference"
-
-
-@dataclass
-class Job:
-    """A submit, ready for ``Client.submit(mode, **params)``."""
-
-    region: Region
-    params: dict = field(default_factory=dict)
-
-
 def selection_mask(data: bytes, width: int, height: int) -> bytes:
     """A Krita selection's bytes (one per pixel, 0 = unselected, 255 = selected) as an 8-bit mask.
 
@@ -114,7 +86,7 @@ def choose_mode(has_selection: bool, strength: float) -> str:
 
 def plan_region(width: int, height: int, strength: float, native: int | None,
                 selection: tuple[Box, bytes] | None = None, *,
-                grow: int = MASK_GROW, feather: int = MASK_FEATHER) -> Region | None:
+                grow: int = rules.MASK_GROW, feather: int = rules.MASK_FEATHER) -> Region | None:
     """Plan a job on a ``width`` x ``height`` canvas.
 
     ``selection`` is the selection's bounding box and its mask bytes over that box (or None).
@@ -156,51 +128,82 @@ def check_prompt(settings: Settings, references) -> None:
 
 
 def build_job(region: Region, settings: Settings, image: bytes | None, mask: bytes | None = None,
-              controls: list[ControlUnit] = (), references: list[Reference] = ()) -> Job:
-    """The submit for ``region``: ``image``, ``mask`` and the control images are RGBA / 8-bit
-    bytes of the region's ``picture`` size."""
+              controls: Sequence[ControlUnit] = (), references: Sequence[Reference] = ()) -> Job:
+    """The job for ``region``, checked with the protocol's rules.
+
+    ``image`` and ``mask`` are RGBA / 8-bit bytes of the region's ``picture`` size; each control
+    unit's image is an rgba8 ``ImageData`` of that size too, each reference's one of any size.
+    Raises ``PlanError`` (a sentence) for a job the server would refuse.
+    """
     width, height = region.picture
     check_prompt(settings, references)
-    if region.mode != "generate" and int(settings.steps * settings.strength) < 1:
-        raise PlanError(f"{settings.steps} steps at {round(settings.strength * 100)}% strength leave no step "
-                        "to run: raise the strength or the steps.")
-    params: dict = {
-        "prompt": settings.prompt, "negative_prompt": settings.negative_prompt,
-        "steps": settings.steps, "batch": settings.batch, "seed": settings.seed,
-        "output_format": "rgba8", "preview_every": settings.preview_every,
-    }
-    if settings.model:
-        params["model"] = settings.model
+    job = Job(region.mode, model=settings.model or None, prompt=settings.prompt,
+              negative_prompt=settings.negative_prompt, output_format="rgba8",
+              preview_every=settings.preview_every,
+              sampling=Sampling(steps=settings.steps, seed=settings.seed, batch=settings.batch,
+                                strength=settings.strength if region.mode != "generate" else 1.0))
     if region.mode == "generate":
-        params["width"], params["height"] = region.size
+        job.width, job.height = region.size
     else:
-        params["strength"] = settings.strength
-        params["image"] = _raw(image, width, height, "rgba8", "picture")
+        job.image = raw_image(image, width, height, "rgba8", "picture")
     if region.mode == "inpaint":
-        params["mask"] = _raw(mask, width, height, "l8", "mask")
-        params["mask_grow"], params["mask_feather"] = settings.mask_grow, settings.mask_feather
-    params["control"] = [{
-        "type": unit.type, "image": _raw(unit.image, width, height, "rgba8", f"{unit.type} control layer"),
-        "scale": unit.scale, "start": unit.start, "end": unit.end, "preprocess": "on" if unit.preprocess else "off",
-    } for unit in controls]
-    params["references"] = [{
-        "image": _raw(ref.image, ref.width, ref.height, "rgba8", "reference layer"),
-        "weight": ref.weight, "mode": ref.mode,
-    } for ref in references]
-    for unit in params["control"]:
-        if unit["start"] >= unit["end"]:
-            raise PlanError(f"The {unit['type']} control starts at {unit['start']:.0%} and ends at "
-                            f"{unit['end']:.0%}: its start must come before its end.")
-    return Job(region, params)
+        job.mask = raw_image(mask, width, height, "l8", "mask")
+        job.mask_grow, job.mask_feather = settings.mask_grow, settings.mask_feather
+    for unit in controls:
+        what = f"{unit.type} control layer"
+        if (unit.image.width, unit.image.height) != (width, height):
+            raise PlanError(f"the {what} is {unit.image.width}x{unit.image.height}, not the picture's {width}x{height}")
+        job.control.append(replace(unit, image=_checked(unit.image, what)))
+    job.references = [replace(ref, image=_checked(ref.image, "reference layer")) for ref in references]
+    check(job)
+    return job
 
 
-def _raw(data: bytes | None, width: int, height: int, fmt: str, what: str):
+def check(job: Job) -> None:
+    """``Job.check`` (the server's own rules), its refusal as a sentence for the painter."""
+    try:
+        job.check()
+    except errors.ProtocolError as exc:
+        raise PlanError(refusal(exc, job)) from None
+
+
+def refusal(error: errors.ProtocolError, job: Job) -> str:
+    """A rule's refusal of ``job`` in the docker's words (its settings and layers, not wire fields)."""
+    sampling = job.sampling
+    if error.code == "too_few_steps":
+        return (f"{sampling.steps} steps at {round(sampling.strength * 100)}% strength leave no step to run: "
+                "raise the strength or the steps.")
+    unit = re.match(r"control\[(\d+)\]\.(\w+)", error.field or "")
+    if unit and int(unit[1]) < len(job.control):
+        control = job.control[int(unit[1])]
+        if unit[2] in ("start", "end"):
+            return (f"The {control.type} control starts at {control.start:.0%} and ends at {control.end:.0%}: "
+                    "its start must come before its end.")
+        if unit[2] == "preprocess":
+            return (f"The {control.type} control type has no preprocessor: the layer itself is its control image, "
+                    "so add it without Preprocess.")
+    if error.field == "seed":
+        return (f"The seed must be at most {vocabulary.MAX_SEED - sampling.batch + 1} for a batch of "
+                f"{sampling.batch}.")
+    if error.field == "references":
+        return "References are either all “face” or none: the face mode uses an adapter of its own."
+    message = error.message[:1].upper() + error.message[1:]
+    return message if message.endswith(".") else message + "."
+
+
+def raw_image(data: bytes | None, width: int, height: int, fmt: str, what: str) -> images.ImageData:
+    """``data`` as raw ``fmt`` pixels of ``width`` x ``height``; a sentence when it is missing or short."""
     if data is None:
         raise PlanError(f"the {what} is missing")
-    image = images.ImageData(fmt, width, height, bytes(data))
-    expected = width * height * images.CHANNELS[fmt]
-    if len(image.data) != expected:
-        raise PlanError(f"the {what} has {len(image.data)} bytes for {width}x{height} ({expected} expected)")
+    return _checked(images.ImageData(fmt, width, height, bytes(data)), what)
+
+
+def _checked(image: images.ImageData, what: str) -> images.ImageData:
+    if image.format in images.CHANNELS:
+        expected = image.width * image.height * images.CHANNELS[image.format]
+        if len(image.data) != expected:
+            raise PlanError(f"the {what} has {len(image.data)} bytes for {image.width}x{image.height} "
+                            f"({expected} expected)")
     return image
 
 

@@ -13,11 +13,13 @@ from pathlib import Path
 _BUNDLED = (Path(__file__).parent / "shared").is_dir()
 _ROOT = f"{__package__}.shared" if _BUNDLED else "shared"
 
+errors = importlib.import_module(f"{_ROOT}.errors")
 geometry = importlib.import_module(f"{_ROOT}.geometry")
 images = importlib.import_module(f"{_ROOT}.images")
 job = importlib.import_module(f"{_ROOT}.job")
 messages = importlib.import_module(f"{_ROOT}.messages")
 rules = importlib.import_module(f"{_ROOT}.rules")
+vocabulary = importlib.import_module(f"{_ROOT}.vocabulary")
 
 
 def client_module():

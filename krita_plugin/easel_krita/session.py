@@ -52,17 +52,20 @@ class Pending:
     """A queued job: the document it reads from and writes to, and for a map, its source layer."""
 
     doc: object
-    region: plan.Region | None = None
     source: object = None
 
 
 class Session(QObject):
     """Jobs of one docker (or one test) on one worker; forwards the worker's events for its jobs.
 
-    ``finished(job, results)``, ``failed(job, sentence)``, ``cancelled(job)``,
-    ``progress(job, step, total)``, ``preview(job, QImage)``.
+    ``accepted(job, jobs ahead in the server's queue)``, ``started(job, steps, width, height)`` (the
+    denoising steps per image and the size the model works at), ``progress(job, step, total)``,
+    ``preview(job, QImage)``, then one of ``finished(job, results)``, ``failed(job, sentence)``,
+    ``cancelled(job)``; ``preprocessed(job, layer)`` for a map.
     """
 
+    accepted = pyqtSignal(str, int)
+    started = pyqtSignal(str, int, int, int)
     finished = pyqtSignal(str, object)
     failed = pyqtSignal(str, str)
     cancelled = pyqtSignal(str)
@@ -112,16 +115,18 @@ class Session(QObject):
                 rgba = scaled_rgba(rgba, box.width, box.height, *region.picture)
             return rgba
 
-        def build():
+        def build() -> plan.Job:
             rgba = picture(image) if image is not None else None
-            units = [plan.ControlUnit(u.type, picture(data), u.scale, u.start, u.end, u.preprocess)
+            units = [plan.ControlUnit(u.type, plan.raw_image(picture(data), *region.picture, "rgba8",
+                                                             f"{u.type} control layer"),
+                                      "on" if u.preprocess else "off", u.scale, u.start, u.end)
                      for u, data in control_reads]
             refs = []
             for ref, bounds, data in reference_reads:
                 ref_rgba, w, h = _shrink(pixels.to_rgba8(data, depth, linear), bounds.width, bounds.height)
-                refs.append(plan.Reference(ref_rgba, w, h, ref.weight, ref.mode))
-            job = plan.build_job(region, settings, rgba, mask, units, refs)
-            return region.mode, job.params
+                refs.append(plan.Reference(plan.raw_image(ref_rgba, w, h, "rgba8", "reference layer"),
+                                           ref.weight, ref.mode))
+            return plan.build_job(region, settings, rgba, mask, units, refs)
 
         def finish(result):
             out = []
@@ -137,7 +142,7 @@ class Session(QObject):
             return out
 
         job = self.worker.submit(build, finish)
-        self.pending[job] = Pending(doc, region)
+        self.pending[job] = Pending(doc)
         return job
 
     def cancel(self, job: str) -> None:
@@ -158,7 +163,14 @@ class Session(QObject):
         """Make a control map of ``node`` on the server; ``preprocessed(job, layer)`` when inserted."""
         if self.worker.state != "connected":
             raise plan.PlanError(self.worker.not_ready())
+        offer = self.worker.offer
+        if offer.preprocessor(control_type) is None:
+            raise plan.PlanError(offer.why_no_preprocessor(control_type))
         info = host.canvas(doc)
+        side = offer.max_side
+        if max(info.width, info.height) > side:  # the whole canvas goes, so the server's limit is the canvas's
+            raise plan.PlanError(f"The canvas is {info.width}x{info.height}: the server makes maps of pictures up "
+                                 f"to {side} pixels a side.")
         host.flush(doc)
         box = plan.Box(0, 0, info.width, info.height)  # the whole canvas, so the map lines up
         data = host.layer_pixels(node, box)
@@ -188,7 +200,12 @@ class Session(QObject):
         pending = self.pending.get(job)
         if pending is None:
             return
-        if kind == "progress":
+        if kind == "accepted":
+            self.accepted.emit(job, payload)
+        elif kind == "started":
+            steps, (width, height) = payload
+            self.started.emit(job, steps, width, height)
+        elif kind == "progress":
             self.progress.emit(job, *payload)
         elif kind == "preview":
             self.preview.emit(job, payload)

@@ -6,12 +6,13 @@ UI thread as Qt signals (queued across threads), so Krita never waits on the net
 
 from __future__ import annotations
 
+import dataclasses
 import queue
 import threading
 import uuid
 from typing import Callable
 
-from . import plan, protocol
+from . import capabilities, plan, protocol
 from .qt import QObject, QTimer, pyqtSignal
 
 RECONNECT_MS = 3000
@@ -28,13 +29,15 @@ def sentence(exc: BaseException) -> str:
 class Worker(QObject):
     """A connection to the Easel server, with a job thread and automatic reconnects.
 
-    Signals carry the job id first; ``job_event`` kinds are accepted, started, progress
-    (step, total), preview (QImage), result (whatever ``finish`` returned), error (a sentence)
-    and cancelled.
+    Signals carry the job id first; ``job_event`` kinds are accepted (jobs ahead in the queue),
+    started ((steps, (width, height)): denoising steps per image and the size the model works at),
+    progress ((step, total)), preview (QImage), result (whatever ``finish`` returned), error (a
+    sentence) and cancelled. ``models_changed`` carries a fresh ``models`` reply.
     """
 
     state_changed = pyqtSignal(str, str)  # "connected" | "connecting" | "disconnected", a sentence
     job_event = pyqtSignal(str, str, object)
+    models_changed = pyqtSignal(object)
 
     def __init__(self, parent=None):
         super().__init__(parent)
@@ -74,8 +77,18 @@ class Worker(QObject):
     def native_size(self, model: str | None = None) -> int:
         return plan.native_size(self.models, model)
 
-    def submit(self, build: Callable[[], tuple[str, dict]], finish: Callable[[object], object]) -> str:
-        """Queue a job: ``build()`` (run here, on the worker) returns (mode, params); ``finish``
+    @property
+    def offer(self) -> capabilities.Offer:
+        """What the server offers (control types, reference modes, limits); the whole vocabulary
+        until it has said."""
+        return capabilities.offer(self.welcome)
+
+    def refresh_models(self) -> None:
+        """Ask the server for its models again (``models_changed`` tells when they are in)."""
+        self._tasks.put(("models", None))
+
+    def submit(self, build: Callable[[], plan.Job], finish: Callable[[object], object]) -> str:
+        """Queue a job: ``build()`` (run here, on the worker) returns the ``Job``; ``finish``
         turns the protocol Result into what the ``result`` event carries. Returns the job id."""
         job = uuid.uuid4().hex[:16]
         self._tasks.put(("job", (job, build, finish)))
@@ -130,6 +143,8 @@ class Worker(QObject):
                     self._run_job(*payload)
                 elif kind == "preprocess":
                     self._run_preprocess(*payload)
+                elif kind == "models" and self._client is not None:
+                    self._refresh_models(self._client)
             except Exception as exc:  # a bug must not kill the thread: report it as a sentence
                 if kind in ("job", "preprocess"):
                     self.job_event.emit(payload[0], "error", f"Easel failed: {sentence(exc)}")
@@ -193,7 +208,7 @@ class Worker(QObject):
             return
         client_module = protocol.client_module()
         try:
-            mode, params = build()
+            request = dataclasses.replace(build(), id=job)
         except Exception as exc:
             self.job_event.emit(job, "error", sentence(exc))
             return
@@ -201,14 +216,14 @@ class Worker(QObject):
             return
         try:
             client = self._client
-            client.submit(mode, job=job, **params)
+            client.submit(request)
             with self._lock:
                 self._submitted.add(job)
                 cancel_now = job in self._cancelled  # Cancel pressed while we were uploading
             if cancel_now:
                 client.cancel(job)
             for event in client.events(job):
-                self._forward(job, event, client_module, finish)
+                self._forward(job, event, client_module, finish, client)
         except client_module.EaselError as exc:
             self._lost(job, exc)
         finally:
@@ -220,9 +235,16 @@ class Worker(QObject):
         if self._take_cancel(job) or not self._ensure_connected(job):
             return
         client_module = protocol.client_module()
+
+        def forward(event) -> None:
+            # The map's queue position and progress reach the docker as a job's do; the map itself
+            # comes back from ``preprocess``.
+            if not isinstance(event, client_module.Result):
+                self._forward(job, event, client_module, None, None)
+
         try:
             image = build()
-            result = self._client.preprocess(preprocessor, image)
+            result = self._client.preprocess(preprocessor, image, on_event=forward)
             self.job_event.emit(job, "result", finish(result))
         except client_module.EaselError as exc:
             self._lost(job, exc)
@@ -236,11 +258,20 @@ class Worker(QObject):
             return True
         return False
 
-    def _forward(self, job: str, event, client_module, finish) -> None:
+    def _refresh_models(self, client) -> None:
+        """Read the ``models`` reply again: a model loaded by a job reports what only loading tells
+        (a single-file checkpoint's native size), which plans the next job's crop."""
+        try:
+            self.models = client.models()
+        except Exception:
+            return  # the heartbeat or the next job reports a dropped connection
+        self.models_changed.emit(self.models)
+
+    def _forward(self, job: str, event, client_module, finish, client) -> None:
         if isinstance(event, client_module.Accepted):
             self.job_event.emit(job, "accepted", event.position)
         elif isinstance(event, client_module.Started):
-            self.job_event.emit(job, "started", event.steps)
+            self.job_event.emit(job, "started", (event.steps, event.diffusion_size))
         elif isinstance(event, client_module.Progress):
             self.job_event.emit(job, "progress", (event.step, event.total))
             if event.preview is not None and event.preview.format == "rgba8":
@@ -248,6 +279,8 @@ class Worker(QObject):
                 self.job_event.emit(job, "preview", rgba_image(event.preview.data, event.preview.width,
                                                                event.preview.height))
         elif isinstance(event, client_module.Result):
+            # Before the result goes out, so a Generate pressed on it plans with the fresh reply.
+            self._refresh_models(client)
             try:
                 payload = finish(event)
             except Exception as exc:

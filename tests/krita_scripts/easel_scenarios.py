@@ -399,6 +399,70 @@ def scenario_cancel_inserts_nothing(ctx):
     doc.close()
 
 
+def scenario_models_refresh_after_a_job(ctx):
+    """After a job the worker reads the server's models again (a model loaded by it reports its native
+    size only then), before the result reaches the docker; and again when asked. The job's queue
+    position and start reach the session too."""
+    rig = ctx["rig"]
+    seen = []
+    rig.session.accepted.connect(lambda job, ahead: seen.append(("accepted", job, ahead)))
+    rig.session.started.connect(lambda job, steps, w, h: seen.append(("started", job, steps, w, h)))
+    before = rig.worker.models
+    check(before and before["default"] == "demo", f"models at connect: {before}")
+    doc = new_doc()
+    paint_layer(doc, "paint", fill_rgba8())
+    finished = []
+    rig.session.finished.connect(lambda job, results: finished.append(rig.worker.models))
+    outcome = rig.run(doc, settings(strength=0.5, steps=4, model="demo-base"), apply=False)
+    check(outcome[0] == "finished", f"job ended with {outcome}")
+    check(finished and finished[0] is not before, "the models reply was not read again before the result came")
+    entry = [m for m in rig.worker.models["models"] if m["name"] == "demo-base"]
+    check(entry and entry[0]["loaded"], f"the refreshed reply does not show the job's model loaded: {entry}")
+    kinds = [event[0] for event in seen]
+    check(kinds == ["accepted", "started"], f"session events {seen}")
+    check(seen[0][2] == 0 and seen[1][2] == 2, f"accepted / started carried {seen}")  # 4 steps x 0.5
+    check(seen[1][3] % 8 == 0 and seen[1][4] % 8 == 0 and seen[1][3] >= 64, f"diffusion size {seen[1][3:]}")
+    after = rig.worker.models
+    rig.worker.refresh_models()
+    fired = wait_for(rig.worker, ["models_changed"], timeout=30)
+    check(fired is not None and rig.worker.models is not after, "refresh_models did not read the models again")
+    doc.close()
+
+
+def scenario_docker_offers_what_the_server_offers(ctx):
+    """The docker's control types, reference modes and spin box ranges follow the server's welcome."""
+    from easel_krita import capabilities, host
+    from easel_krita.docker import EaselDocker
+    host.write_setting("url", os.environ["EASEL_URL"])
+    docker = EaselDocker()
+    wait_for(None, timeout=30, until=lambda: docker.worker.state == "connected")
+    welcome = docker.worker.welcome["capabilities"]
+    items = lambda combo: [combo.itemText(i) for i in range(combo.count())]  # noqa: E731
+    check(sorted(items(docker.control_type)) == sorted(welcome["control_types"]), items(docker.control_type))
+    check(docker.control_type.currentText() == "lineart", docker.control_type.currentText())
+    check(items(docker.reference_mode)[0] == "reference" and
+          sorted(items(docker.reference_mode)) == sorted(welcome["reference_modes"]), items(docker.reference_mode))
+    check(docker.steps.maximum() == welcome["limits"]["max_steps"], f"steps up to {docker.steps.maximum()}")
+    check(docker.batch.maximum() == welcome["limits"]["max_batch"], f"batch up to {docker.batch.maximum()}")
+    check(docker.control_pre.isEnabled() and docker.make_map.isEnabled(), "lineart cannot be preprocessed")
+    docker.control_type.setCurrentText("tile")  # its picture is its map: nothing to preprocess
+    check(not docker.control_pre.isEnabled() and not docker.make_map.isEnabled(), "tile offers Preprocess")
+    check("no preprocessor" in docker.make_map.toolTip(), docker.make_map.toolTip())
+    # A server with two ControlNets, no IP-Adapter and lower limits.
+    small = {"capabilities": {**welcome, "control_types": ["depth", "canny"], "reference_families": [],
+                              "limits": {**welcome["limits"], "max_steps": 30, "max_batch": 2}}}
+    docker.steps.setValue(50)
+    docker._apply_offer(capabilities.offer(small))
+    check(items(docker.control_type) == ["canny", "depth"], items(docker.control_type))
+    check(docker.control_type.currentText() == "canny", "tile is gone, so the first type shows")
+    check(docker.steps.maximum() == 30 and docker.steps.value() == 30, f"steps {docker.steps.value()}")
+    check(docker.batch.maximum() == 2, f"batch up to {docker.batch.maximum()}")
+    check(not docker.reference_add.isEnabled() and "IP-Adapter" in docker.reference_add.toolTip(),
+          "references offered without an IP-Adapter")
+    docker._apply_offer(docker.worker.offer)
+    check(docker.control_type.currentText() == "canny" and docker.reference_add.isEnabled(), "offer not restored")
+
+
 def scenario_unreachable_server(ctx):
     from easel_krita.plan import PlanError
     doc = new_doc()
@@ -515,6 +579,9 @@ def scenario_docker_buttons(ctx):
     docker.steps.setValue(60)
     docker.batch.setValue(3)
     docker.generate_button.click()
+    fired = wait_for(docker.session, ["started", "finished", "failed", "cancelled"])
+    check(fired and fired[0] == "started", f"expected the job to start, got {fired}")
+    check(docker.message.text().startswith("Working: 60 steps per image at "), docker.message.text())
     fired = wait_for(docker.session, ["progress", "finished", "failed", "cancelled"])
     check(fired and fired[0] == "progress", f"expected progress, got {fired}")
     docker.cancel_button.click()

@@ -1,0 +1,78 @@
+"""What the connected server offers, read from its ``welcome``: the control types and reference
+modes the docker lists, which control types can be preprocessed there, and the limits its spin
+boxes follow.
+
+Pure: a ``welcome`` dict in, plain values out. Before a server has answered (or from one that says
+nothing) the docker offers the protocol's whole vocabulary with the default limits, as it always did.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .protocol import vocabulary
+
+# The server's defaults (docs/protocol.md, "Limits"), for a docker that has not heard from one yet.
+DEFAULT_MAX_STEPS, DEFAULT_MAX_BATCH, DEFAULT_MAX_SIDE = 150, 8, 8192
+
+
+@dataclass(frozen=True)
+class Offer:
+    """The choices a server offers a painter."""
+
+    control_types: tuple[str, ...] = vocabulary.CONTROL_TYPES
+    reference_modes: tuple[str, ...] = vocabulary.REFERENCE_MODES
+    preprocessors: tuple[str, ...] = vocabulary.PREPROCESSORS
+    references: bool = True  # some model family has an IP-Adapter
+    max_steps: int = DEFAULT_MAX_STEPS
+    max_batch: int = DEFAULT_MAX_BATCH
+    max_side: int = DEFAULT_MAX_SIDE
+
+    def preprocessor(self, control_type: str) -> str | None:
+        """The preprocessor ``preprocess: on`` runs for ``control_type`` on this server, or None when
+        the type has none (tile, inpaint: the picture is the map) or the server lacks its weights."""
+        name = vocabulary.DEFAULT_PREPROCESSOR.get(control_type)
+        return name if name in self.preprocessors else None
+
+    def why_no_preprocessor(self, control_type: str) -> str:
+        """A sentence for a control type whose Preprocess box is off (empty when it can preprocess)."""
+        name = vocabulary.DEFAULT_PREPROCESSOR.get(control_type)
+        if name is None:
+            return f"The {control_type} control type has no preprocessor: the layer itself is its control image."
+        if name not in self.preprocessors:
+            return f"The server cannot run the {name} preprocessor: its annotator weights are not installed there."
+        return ""
+
+
+def offer(welcome: dict | None) -> Offer:
+    """The server's offer from its ``welcome`` message; the full vocabulary when there is none."""
+    capabilities = (welcome or {}).get("capabilities")
+    if not capabilities:
+        return Offer()
+    limits = capabilities.get("limits") or {}
+    return Offer(
+        control_types=ordered(capabilities.get("control_types", ()), vocabulary.CONTROL_TYPES),
+        reference_modes=ordered(capabilities.get("reference_modes", ()), vocabulary.REFERENCE_MODES),
+        preprocessors=tuple(capabilities.get("preprocessors", ())),
+        references=bool(capabilities.get("reference_families", ())),
+        max_steps=int(limits.get("max_steps", DEFAULT_MAX_STEPS)),
+        max_batch=int(limits.get("max_batch", DEFAULT_MAX_BATCH)),
+        max_side=int(limits.get("max_side", DEFAULT_MAX_SIDE)),
+    )
+
+
+def ordered(offered, known: tuple[str, ...]) -> tuple[str, ...]:
+    """``offered`` in the vocabulary's order (the server sorts its list alphabetically, the docker
+    lists the common types first); names this plugin does not know yet come last, as the server
+    accepts them."""
+    offered = list(dict.fromkeys(offered))
+    return tuple(name for name in known if name in offered) + tuple(sorted(set(offered) - set(known)))
+
+
+def pick(choices: tuple[str, ...], current: str, preferred: str) -> str:
+    """Which choice a combo box shows after its list changed: the current one while it is still
+    offered, else ``preferred``, else the first ('' when there are none)."""
+    for name in (current, preferred):
+        if name in choices:
+            return name
+    return choices[0] if choices else ""
