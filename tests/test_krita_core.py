@@ -26,7 +26,8 @@ from conftest import decode, picture, rect_mask
 PLUGIN = Path(__file__).resolve().parents[1] / "krita_plugin"
 sys.path.insert(0, str(PLUGIN))
 
-from easel_krita import capabilities, pixels, placement, plan  # noqa: E402
+from easel_krita import pixels, placement, plan  # noqa: E402
+from easel_krita.protocol import capabilities  # noqa: E402
 
 
 # -- pixels ------------------------------------------------------------------------------------
@@ -279,7 +280,7 @@ def welcome(**capabilities) -> dict:
               "max_message_bytes": 2**26, "max_generate_side": 1024}
     base = {"control_types": ["tile", "canny", "depth"], "preprocessors": ["canny", "lineart_standard"],
             "reference_families": ["sd15"], "reference_modes": ["style", "reference"], "limits": limits}
-    return {"type": "welcome", "capabilities": {**base, **capabilities}}
+    return {**base, **capabilities}  # welcome.capabilities
 
 
 def test_the_docker_offers_the_servers_control_types_and_limits():
@@ -299,7 +300,7 @@ def test_the_docker_offers_the_servers_control_types_and_limits():
 
 
 def test_before_a_server_answers_the_docker_offers_the_whole_vocabulary():
-    for reply in (None, {}, {"type": "welcome"}):
+    for reply in (None, {}):
         offer = capabilities.offer(reply)
         assert offer.control_types == CONTROL_TYPES and offer.reference_modes == REFERENCE_MODES
         assert (offer.max_steps, offer.max_batch) == (150, 8)
@@ -313,7 +314,7 @@ def test_a_changed_list_keeps_the_painters_choice_while_it_is_offered():
 
 
 def test_the_offer_of_a_real_server(client):
-    offer = capabilities.offer(client.welcome)
+    offer = capabilities.offer(client.welcome["capabilities"])
     limits = client.welcome["capabilities"]["limits"]
     assert set(offer.control_types) == set(client.welcome["capabilities"]["control_types"])
     assert offer.control_types[0] == "canny" and (offer.max_steps, offer.max_batch) == (limits["max_steps"],
@@ -365,7 +366,7 @@ def test_sending_only_the_crop_gives_the_same_layer_as_the_whole_canvas(client):
 
 # -- structure and packaging -------------------------------------------------------------------
 
-PURE = ["capabilities.py", "pixels.py", "plan.py", "placement.py", "protocol.py"]
+PURE = ["pixels.py", "plan.py", "placement.py", "protocol.py"]
 
 
 def imports_of(path: Path) -> set[str]:

@@ -180,46 +180,6 @@ def reference(spec: ReferenceSpec) -> Reference:
     return Reference(png_image(spec.image, "RGB"), float(spec.weight), spec.mode)
 
 
-@dataclass(frozen=True)
-class Offer:
-    """The choices the tab offers: what the server's ``welcome`` says, or everything the protocol
-    knows (with the default limits) when the server could not be asked."""
-
-    control_types: tuple[str, ...] = CONTROL_TYPES
-    reference_modes: tuple[str, ...] = REFERENCE_MODES
-    references: bool = True  # some model family has an IP-Adapter
-    max_steps: int = 150
-    max_batch: int = 8
-    max_generate_side: int = 2048
-
-
-def offer(capabilities: dict | None) -> Offer:
-    """The tab's choices from ``welcome.capabilities`` (None: the server was not reachable)."""
-    if not capabilities:
-        return Offer()
-    limits, default = capabilities.get("limits") or {}, Offer()
-    return Offer(
-        control_types=_ordered(capabilities.get("control_types", ()), CONTROL_TYPES),
-        reference_modes=_ordered(capabilities.get("reference_modes", ()), REFERENCE_MODES),
-        references=bool(capabilities.get("reference_families", ())),
-        max_steps=int(limits.get("max_steps", default.max_steps)),
-        max_batch=int(limits.get("max_batch", default.max_batch)),
-        max_generate_side=int(limits.get("max_generate_side", default.max_generate_side)),
-    )
-
-
-def _ordered(offered, known: tuple[str, ...]) -> tuple[str, ...]:
-    # The server sorts its lists; the tab keeps the protocol's order (common types first) and puts
-    # names this extension does not know yet last (the server accepts them).
-    offered = list(dict.fromkeys(offered))
-    return tuple(name for name in known if name in offered) + tuple(sorted(set(offered) - set(known)))
-
-
-def choose(choices: tuple[str, ...], preferred: str) -> str | None:
-    """The value a choice starts at: ``preferred`` where offered, else the first."""
-    return preferred if preferred in choices else (choices[0] if choices else None)
-
-
 def decode(image: ImageData) -> Image.Image:
     """A result or preview image as a PIL RGBA picture."""
     if image.format == "rgba8":

@@ -37,7 +37,7 @@ def _load() -> None:
 
 _load()
 
-from easel_shared import compose, rules  # noqa: E402
+from easel_shared import capabilities, compose, rules  # noqa: E402
 from easel_shared.client import (  # noqa: E402
     Accepted, Cancelled, Client, EaselError, Progress, Result, ResultImage, Started)
 from easel_shared.errors import ProtocolError  # noqa: E402
@@ -48,4 +48,4 @@ from easel_shared.messages import (  # noqa: E402
 
 __all__ = ["Accepted", "CONTROL_TYPES", "Cancelled", "Client", "ControlUnit", "DEFAULT_URL", "EaselError", "ImageData",
            "Job", "MAX_SEED", "MODES", "PREPROCESSORS", "Progress", "ProtocolError", "REFERENCE_MODES", "Reference",
-           "Result", "ResultImage", "SAMPLERS", "Sampling", "Started", "compose", "rules"]
+           "Result", "ResultImage", "SAMPLERS", "Sampling", "Started", "capabilities", "compose", "rules"]

@@ -10,8 +10,10 @@ from typing import Callable
 import gradio as gr
 
 from . import compat, jobs
-from .params import OWN_IMAGE, USE_INPUT, ControlSpec, Offer, ReferenceSpec, TabValues, choose, offer
-from .protocol import SAMPLERS, rules
+from .params import OWN_IMAGE, USE_INPUT, ControlSpec, ReferenceSpec, TabValues
+from .protocol import SAMPLERS, capabilities, rules
+
+Offer, offer = capabilities.Offer, capabilities.offer
 
 CONTROL_UNITS = 3
 REFERENCES = 2
@@ -142,7 +144,7 @@ def _control_unit(number: int, picture, connection, offered: Offer) -> list:
                       visible=bool(offered.control_types)):
         with gr.Row():
             enabled = gr.Checkbox(False, label="Enable", elem_id=f"easel_cn{number}_enabled")
-            kind = gr.Dropdown(list(types), value=choose(types, "canny"), label="Type",
+            kind = gr.Dropdown(list(types), value=capabilities.pick(types, "canny", "canny") or None, label="Type",
                                elem_id=f"easel_cn{number}_type")
             source = gr.Radio([USE_INPUT, OWN_IMAGE], value=USE_INPUT, label="Control image",
                               elem_id=f"easel_cn{number}_source")
@@ -175,6 +177,6 @@ def _reference(number: int, offered: Offer) -> list:
         image = compat.image_input("Reference picture", f"easel_ref{number}_image")
         with gr.Row():
             weight = gr.Slider(0.0, 2.0, value=1.0, step=0.05, label="Weight", elem_id=f"easel_ref{number}_weight")
-            mode = gr.Radio(list(modes), value=choose(modes, "reference"), label="Take",
+            mode = gr.Radio(list(modes), value=capabilities.pick(modes, "reference", "reference") or None, label="Take",
                             elem_id=f"easel_ref{number}_mode")
     return [image, weight, mode]

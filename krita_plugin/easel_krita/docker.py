@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import random
 
-from . import capabilities, extension, host, pixels, plan, protocol
+from . import extension, host, pixels, plan, protocol
+from .protocol import capabilities
 from .qt import ALIGN_CENTER, KEEP_ASPECT, SMOOTH, USER_ROLE, HORIZONTAL, QPixmap, QtGui, QtWidgets, rgba_image
 from .session import ControlLayer, ReferenceLayer, Session
 from .worker import Worker, sentence

@@ -14,6 +14,7 @@ _BUNDLED = (Path(__file__).parent / "shared").is_dir()
 _ROOT = f"{__package__}.shared" if _BUNDLED else "shared"
 
 errors = importlib.import_module(f"{_ROOT}.errors")
+capabilities = importlib.import_module(f"{_ROOT}.capabilities")
 geometry = importlib.import_module(f"{_ROOT}.geometry")
 images = importlib.import_module(f"{_ROOT}.images")
 job = importlib.import_module(f"{_ROOT}.job")

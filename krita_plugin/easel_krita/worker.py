@@ -12,7 +12,8 @@ import threading
 import uuid
 from typing import Callable
 
-from . import capabilities, plan, protocol
+from . import plan, protocol
+from .protocol import capabilities
 from .qt import QObject, QTimer, pyqtSignal
 
 RECONNECT_MS = 3000
@@ -81,7 +82,7 @@ class Worker(QObject):
     def offer(self) -> capabilities.Offer:
         """What the server offers (control types, reference modes, limits); the whole vocabulary
         until it has said."""
-        return capabilities.offer(self.welcome)
+        return capabilities.offer((self.welcome or {}).get("capabilities"))
 
     def refresh_models(self) -> None:
         """Ask the server for its models again (``models_changed`` tells when they are in)."""

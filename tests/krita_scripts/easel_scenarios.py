@@ -431,7 +431,8 @@ def scenario_models_refresh_after_a_job(ctx):
 
 def scenario_docker_offers_what_the_server_offers(ctx):
     """The docker's control types, reference modes and spin box ranges follow the server's welcome."""
-    from easel_krita import capabilities, host
+    from easel_krita import host
+    from easel_krita.protocol import capabilities
     from easel_krita.docker import EaselDocker
     host.write_setting("url", os.environ["EASEL_URL"])
     docker = EaselDocker()
@@ -449,8 +450,8 @@ def scenario_docker_offers_what_the_server_offers(ctx):
     check(not docker.control_pre.isEnabled() and not docker.make_map.isEnabled(), "tile offers Preprocess")
     check("no preprocessor" in docker.make_map.toolTip(), docker.make_map.toolTip())
     # A server with two ControlNets, no IP-Adapter and lower limits.
-    small = {"capabilities": {**welcome, "control_types": ["depth", "canny"], "reference_families": [],
-                              "limits": {**welcome["limits"], "max_steps": 30, "max_batch": 2}}}
+    small = {**welcome, "control_types": ["depth", "canny"], "reference_families": [],
+             "limits": {**welcome["limits"], "max_steps": 30, "max_batch": 2}}
     docker.steps.setValue(50)
     docker._apply_offer(capabilities.offer(small))
     check(items(docker.control_type) == ["canny", "depth"], items(docker.control_type))

@@ -1,19 +1,18 @@
-"""What the connected server offers, read from its ``welcome``: the control types and reference
-modes the docker lists, which control types can be preprocessed there, and the limits its spin
-boxes follow.
+"""What a server offers, read from its ``welcome.capabilities``: the control types and reference
+modes a host lists, which control types can be preprocessed there, and the limits its fields follow.
 
-Pure: a ``welcome`` dict in, plain values out. Before a server has answered (or from one that says
-nothing) the docker offers the protocol's whole vocabulary with the default limits, as it always did.
+Pure: a dict in, plain values out, shared by the hosts. Before a server has answered (or from one
+that says nothing) a host offers the protocol's whole vocabulary with the default limits.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .protocol import vocabulary
+from . import vocabulary
 
-# The server's defaults (docs/protocol.md, "Limits"), for a docker that has not heard from one yet.
-DEFAULT_MAX_STEPS, DEFAULT_MAX_BATCH, DEFAULT_MAX_SIDE = 150, 8, 8192
+# The server's defaults (docs/protocol.md, "Limits"), for a host that has not heard from one yet.
+DEFAULT_MAX_STEPS, DEFAULT_MAX_BATCH, DEFAULT_MAX_SIDE, DEFAULT_MAX_GENERATE_SIDE = 150, 8, 8192, 2048
 
 
 @dataclass(frozen=True)
@@ -27,6 +26,7 @@ class Offer:
     max_steps: int = DEFAULT_MAX_STEPS
     max_batch: int = DEFAULT_MAX_BATCH
     max_side: int = DEFAULT_MAX_SIDE
+    max_generate_side: int = DEFAULT_MAX_GENERATE_SIDE
 
     def preprocessor(self, control_type: str) -> str | None:
         """The preprocessor ``preprocess: on`` runs for ``control_type`` on this server, or None when
@@ -44,9 +44,8 @@ class Offer:
         return ""
 
 
-def offer(welcome: dict | None) -> Offer:
-    """The server's offer from its ``welcome`` message; the full vocabulary when there is none."""
-    capabilities = (welcome or {}).get("capabilities")
+def offer(capabilities: dict | None) -> Offer:
+    """The server's offer from its ``welcome.capabilities``; the full vocabulary when there is none."""
     if not capabilities:
         return Offer()
     limits = capabilities.get("limits") or {}
@@ -58,13 +57,14 @@ def offer(welcome: dict | None) -> Offer:
         max_steps=int(limits.get("max_steps", DEFAULT_MAX_STEPS)),
         max_batch=int(limits.get("max_batch", DEFAULT_MAX_BATCH)),
         max_side=int(limits.get("max_side", DEFAULT_MAX_SIDE)),
+        max_generate_side=int(limits.get("max_generate_side", DEFAULT_MAX_GENERATE_SIDE)),
     )
 
 
 def ordered(offered, known: tuple[str, ...]) -> tuple[str, ...]:
-    """``offered`` in the vocabulary's order (the server sorts its list alphabetically, the docker
-    lists the common types first); names this plugin does not know yet come last, as the server
-    accepts them."""
+    """``offered`` in the vocabulary's order (the server sorts its list alphabetically, hosts list
+    the common types first); names this copy of the protocol does not know yet come last, as the
+    server accepts them."""
     offered = list(dict.fromkeys(offered))
     return tuple(name for name in known if name in offered) + tuple(sorted(set(offered) - set(known)))
 
