@@ -104,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def cmd_serve(args) -> int:
     from backend.config import ConfigError, ModelSpec, load_config
-    from backend.engine.demo_model import ensure_demo_model, use_demo
+    from backend.fixtures.demo_model import ensure_demo_model, use_demo
     from backend.engine.engine import Engine
     from backend.engine.models import ModelError, ModelRegistry, pick_device
     from backend.server import EaselServer
@@ -118,7 +118,7 @@ def cmd_serve(args) -> int:
             config.models = {"default": ModelSpec("default", args.model)}
             config.default_model = "default"
         elif args.demo:
-            from backend.engine.demo_annotators import ensure_demo_annotators
+            from backend.fixtures.demo_annotators import ensure_demo_annotators
 
             log.info("preparing the demo model and demo annotators (written once to the cache)")
             use_demo(config, ensure_demo_model(), annotators=ensure_demo_annotators())
@@ -348,7 +348,7 @@ def _output_paths(out: str, count: int) -> list[Path]:
 
 def cmd_demo_model(args) -> int:
     if args.full_size:
-        from backend.engine.full_size_model import FAMILIES, write_full_size_model
+        from backend.fixtures.full_size import FAMILIES, write_full_size_model
 
         root = write_full_size_model(args.dir, tuple(args.family or FAMILIES),
                                      log=lambda line: log.info("writing %s", line))
@@ -357,7 +357,7 @@ def cmd_demo_model(args) -> int:
     if args.family:
         print("easel: --family needs --full-size", file=sys.stderr)
         return 2
-    from backend.engine.demo_model import write_demo_model_with_config
+    from backend.fixtures.demo_model import write_demo_model_with_config
 
     root = write_demo_model_with_config(args.dir)
     print(f"demo model written to {root}; serve it with: easel serve --config {root / 'easel.toml'}")

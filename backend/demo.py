@@ -56,7 +56,7 @@ def before_after_sheet(rows: list[tuple[str, Image.Image, Image.Image]]) -> Imag
 def run_demo(folder: Path) -> Path:
     """Run the round-trips against a fresh demo-model server and write everything into ``folder``."""
     from backend.config import Config
-    from backend.engine.demo_model import ensure_demo_model, use_demo
+    from backend.fixtures.demo_model import ensure_demo_model, use_demo
     from backend.engine.engine import Engine
     from backend.engine.models import ModelRegistry, pick_device
     from backend.server import ServerThread

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from backend.config import load_config
-from backend.engine import full_size_model as full
+from backend.fixtures import full_size as full
 
 
 @pytest.mark.parametrize("family, part", sorted(full.KNOWN_PARAMETERS))
