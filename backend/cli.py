@@ -372,10 +372,6 @@ def cmd_demo(args) -> int:
     return 0
 
 
-if __name__ == "__main__":
-    sys.exit(main())
-
-
 # -- package ----------------------------------------------------------------------------------
 
 def cmd_package(args) -> int:
@@ -383,3 +379,7 @@ def cmd_package(args) -> int:
 
     print(build(args.host, Path(args.out)))
     return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -225,3 +225,14 @@ def test_control_and_reference_specs_allow_colons_in_paths(tmp_path):
     assert (reference["weight"], reference["mode"], reference["image"].height) == (0.7, "face", 32)
     assert _reference(f"{path}:style") == {"image": reference["image"], "mode": "style"}
     assert _reference(str(path)).keys() == {"image"}
+
+
+def test_python_m_backend_cli_runs_the_command():
+    """`python -m backend.cli` is the command (every subcommand's function is defined before it runs)."""
+    root = Path(__file__).resolve().parents[1]
+    for args, expected in ((["--help"], "demo-model"), (["run", "--help"], "--grow"),
+                           (["preprocess", "--help"], "--resolution")):
+        done = subprocess.run([sys.executable, "-m", "backend.cli", *args], capture_output=True, text=True,
+                              cwd=root, timeout=120)
+        assert done.returncode == 0, done.stderr
+        assert expected in done.stdout and "Traceback" not in done.stderr
