@@ -49,6 +49,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 # overhead.py puts the repository on sys.path for the backend imports below
 from overhead import canvas, depth_map, describe_device, edge_map, quiet_libraries  # noqa: E402
 
+# isort: split
 import diffusers  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402

@@ -72,9 +72,9 @@ from backend.fixtures.demo_model import ensure_demo_model, use_demo, write_demo_
 from backend.server import ServerThread  # noqa: E402
 from shared.client import Client, Started  # noqa: E402
 from shared.geometry import context_crop, mask_bounds  # noqa: E402
-from shared.rules import reach as mask_margin  # noqa: E402
 from shared.images import ImageData, encode_frame  # noqa: E402
 from shared.messages import CLIENT_MESSAGES  # noqa: E402
+from shared.rules import reach as mask_margin  # noqa: E402
 
 MODEL = "demo"
 MASK_SIDE = 192

@@ -173,7 +173,8 @@ class ModelRegistry:
                 "name": name,
                 "family": model.family if model else configured_family(spec),
                 "native_size": model.native_size if model else configured_native_size(spec),
-                "inpaint_model": (model.inpaint_unet is not None or model.inpaint_only) if model else bool(spec.inpaint),
+                "inpaint_model": ((model.inpaint_unet is not None or model.inpaint_only) if model
+                                  else bool(spec.inpaint)),
                 "loaded": model is not None,
             })
         return out
