@@ -8,21 +8,52 @@ import io
 import json
 import logging
 import os
+import re
 import sys
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Sequence
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image, ImageOps, UnidentifiedImageError
 
+from shared.errors import ProtocolError
+from shared.fields import Field, check_fields
 from shared.images import ImageData
-from shared.messages import DEFAULT_URL, MODES, SAMPLERS, json_schema
+from shared.job import PREPROCESS_FIELDS, SUBMIT_FIELDS, Job, PreprocessJob
+from shared.messages import DEFAULT_URL, MODES, json_schema
 
 log = logging.getLogger("easel")
 DEFAULT_HUB_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 ORIENTATION = 0x0112  # the EXIF tag phones use to say "this photo is turned"
 
+# `easel run` options -> the submit fields they set (the wire tables give their ranges and defaults).
+RUN_OPTIONS = {"prompt": "prompt", "negative": "negative_prompt", "strength": "strength", "seed": "seed",
+               "steps": "steps", "guidance": "guidance", "batch": "batch", "width": "width", "height": "height",
+               "grow": "mask_grow", "feather": "mask_feather", "sampler": "sampler", "model": "model"}
+RUN_FLAGS = {field: f"--{option}" for option, field in RUN_OPTIONS.items()} | {
+    "image": "--image", "mask": "--mask", "control": "--control", "references": "--reference"}
+RUN_PHRASES = {"send it with preprocess off": "leave out :pre"}  # protocol advice, said in the options' terms
+PREPROCESS_FLAGS = {"preprocessor": "PREPROCESSOR", "image": "INPUT", "resolution": "--resolution"}
+CONTROL_PARTS = {"type": "TYPE", "image": "IMAGE", "scale": "SCALE", "start": "START", "end": "END",
+                 "preprocess": ":pre"}
+REFERENCE_PARTS = {"image": "IMAGE", "weight": "WEIGHT", "mode": "MODE"}
+CONTROL_FIELDS = SUBMIT_FIELDS["control"].items.fields
+REFERENCE_FIELDS = SUBMIT_FIELDS["references"].items.fields
+
+
+class UsageError(Exception):
+    """Something the user typed cannot work; said before any server is asked (exit status 2)."""
+
 
 def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    return args.func(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``easel`` command line: one subcommand per task."""
     parser = argparse.ArgumentParser(prog="easel", description="Easel: a local diffusion editing server.")
     commands = parser.add_subparsers(dest="command", required=True)
 
@@ -36,42 +67,20 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--device", help="cuda, mps, cpu or auto")
     serve.set_defaults(func=cmd_serve)
 
-    run = commands.add_parser("run", help="run one job on a server")
-    run.add_argument("mode", choices=MODES)
-    run.add_argument("--prompt", required=True)
-    run.add_argument("--negative", default="")
-    run.add_argument("--image", help="picture to edit (img2img, inpaint)")
-    run.add_argument("--mask", help="white = repaint, black = keep (inpaint)")
-    run.add_argument("--strength", type=float)
-    run.add_argument("--seed", type=int)
-    run.add_argument("--steps", type=int)
-    run.add_argument("--guidance", type=float)
-    run.add_argument("--batch", type=int)
-    run.add_argument("--width", type=int)
-    run.add_argument("--height", type=int)
-    run.add_argument("--grow", type=int, help="pixels to grow the mask by")
-    run.add_argument("--feather", type=int, help="pixels to feather the mask's edge over")
-    run.add_argument("--sampler", choices=SAMPLERS)
-    run.add_argument("--model", help="configured model name")
-    run.add_argument("--control", action="append", default=[], metavar="TYPE:IMAGE[:SCALE[:START[:END]]][:pre]",
-                     help="a ControlNet unit (repeatable); IMAGE may be 'input' for the picture itself; "
-                          "':pre' runs the type's preprocessor on it")
-    run.add_argument("--reference", action="append", default=[], metavar="IMAGE[:WEIGHT[:MODE]]",
-                     help="an IP-Adapter reference picture (repeatable); MODE is reference, style or composition")
-    run.add_argument("--layer", action="store_true",
-                     help="inpaint: write the edit as a transparent layer instead of the composited picture")
-    run.add_argument("--out", required=True, help="output PNG; with --batch N: OUT-1.png ... OUT-N.png")
-    run.add_argument("--server", default=DEFAULT_URL)
-    run.add_argument("--token")
-    run.set_defaults(func=cmd_run)
+    _add_run_parser(commands)
 
-    pre = commands.add_parser("preprocess", help="make a control map of a picture on a server")
-    pre.add_argument("preprocessor", help="a preprocessor (canny, lineart_standard, shuffle) or a control type")
-    pre.add_argument("input")
-    pre.add_argument("output")
-    pre.add_argument("--resolution", type=int, help="working resolution of the shorter side")
-    pre.add_argument("--server", default=DEFAULT_URL)
-    pre.add_argument("--token")
+    pre = commands.add_parser("preprocess", help="make a control map of a picture on a server",
+                              description="Make the control map a preprocessor draws of a picture, on a running "
+                                          "server; pass the map to `easel run --control TYPE:MAP`.")
+    pre.add_argument("preprocessor", metavar="PREPROCESSOR",
+                     help="a preprocessor or a control type (its default preprocessor): "
+                          + ", ".join(PREPROCESS_FIELDS["preprocessor"].choices))
+    pre.add_argument("input", metavar="INPUT", help="the picture")
+    pre.add_argument("output", metavar="OUTPUT", help="where to write the map (PNG)")
+    pre.add_argument("--resolution", type=int, metavar="N", help=_help(PREPROCESS_FIELDS["resolution"]))
+    pre.add_argument("--force", action="store_true", help="overwrite OUTPUT if it exists")
+    pre.add_argument("--server", default=DEFAULT_URL, help="the server's address (default %(default)s)")
+    pre.add_argument("--token", help="the server's token, if it has one")
     pre.set_defaults(func=cmd_preprocess)
 
     demo = commands.add_parser("demo", help="round-trip an inpaint and an img2img on the demo model")
@@ -94,19 +103,104 @@ def main(argv: list[str] | None = None) -> int:
 
     schema = commands.add_parser("schema", help="print the protocol's JSON Schema")
     schema.set_defaults(func=lambda args: print(json.dumps(json_schema(), indent=2)) or 0)
+    return parser
 
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    return args.func(args)
+
+def _add_run_parser(commands: Any) -> None:
+    """``easel run``: every option's help, range and default come from the submit message's fields."""
+    unit, ref = CONTROL_FIELDS, REFERENCE_FIELDS
+    run = commands.add_parser(
+        "run", help="run one job on a server", formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Run one job on a running server (`easel serve`) and write the result.\n\n"
+                    "  generate  paint a new picture from the prompt\n"
+                    "  img2img   repaint --image, as much as --strength says\n"
+                    "  inpaint   repaint --image where --mask is white; the rest keeps its own pixels",
+        epilog="examples:\n"
+               "  easel run inpaint --prompt 'a red door' --image house.png --mask door.png --out door.png\n"
+               "  easel run img2img --prompt 'oil painting' --image house.png --strength 0.4 --out oil.png\n"
+               "  easel run generate --prompt 'a lighthouse' --width 768 --height 512 --batch 4 --out light.png\n"
+               "  easel run img2img --image house.png --control canny:input:0.7:pre --out traced.png")
+    run.add_argument("mode", choices=MODES, help="what to do: " + ", ".join(MODES))
+    run.add_argument("--prompt", default="", metavar="TEXT", help=_help(SUBMIT_FIELDS["prompt"], default="empty"))
+    run.add_argument("--negative", default="", metavar="TEXT",
+                     help=_help(SUBMIT_FIELDS["negative_prompt"], default="empty"))
+    run.add_argument("--image", metavar="FILE", help="the picture to edit (img2img, inpaint); any picture Pillow "
+                     "reads; phone photos are turned upright by their EXIF orientation")
+    run.add_argument("--mask", metavar="FILE", help="inpaint: white = repaint, black = keep; the size of the "
+                     "(upright) --image")
+    run.add_argument("--strength", type=float, metavar="X", help=_help(
+        SUBMIT_FIELDS["strength"], note="img2img and inpaint run steps x strength denoising steps"))
+    run.add_argument("--seed", type=int, metavar="N", help=_help(
+        SUBMIT_FIELDS["seed"], doc="seed of the first image; image i of a batch uses seed + i", default="random"))
+    run.add_argument("--steps", type=int, metavar="N", help=_help(SUBMIT_FIELDS["steps"],
+                                                                  note="the server may cap it"))
+    run.add_argument("--guidance", type=float, metavar="X", help=_help(SUBMIT_FIELDS["guidance"]))
+    run.add_argument("--batch", type=int, metavar="N", help=_help(
+        SUBMIT_FIELDS["batch"], note="written as OUT-1.png ... OUT-N.png"))
+    for side in ("width", "height"):
+        run.add_argument(f"--{side}", type=int, metavar="PX", help=_help(
+            SUBMIT_FIELDS[side], default="the model's native size"))
+    run.add_argument("--grow", type=int, metavar="PX", help=_help(SUBMIT_FIELDS["mask_grow"]))
+    run.add_argument("--feather", type=int, metavar="PX", help=_help(SUBMIT_FIELDS["mask_feather"]))
+    run.add_argument("--sampler", choices=SUBMIT_FIELDS["sampler"].choices, help=_help(SUBMIT_FIELDS["sampler"]))
+    run.add_argument("--model", metavar="NAME", help=_help(SUBMIT_FIELDS["model"]))
+    run.add_argument(
+        "--control", action="append", default=[], metavar="TYPE:IMAGE[:SCALE[:START[:END]]][:pre]",
+        help=(f"a ControlNet unit (repeatable). TYPE: {', '.join(unit['type'].choices)}. IMAGE: a control map file, "
+              f"or 'input' for the picture itself. SCALE: {_facts(unit['scale'])}. START, END: fractions of the "
+              f"schedule where the unit acts, {_facts(unit['start'], '')} (defaults {_number(unit['start'].default)} "
+              f"and {_number(unit['end'].default)}). ':pre' runs the type's preprocessor on IMAGE").replace("%", "%%"))
+    run.add_argument(
+        "--reference", action="append", default=[], metavar="IMAGE[:WEIGHT[:MODE]]",
+        help=(f"an IP-Adapter reference picture (repeatable). WEIGHT: {_facts(ref['weight'])}. MODE: "
+              f"{', '.join(ref['mode'].choices)} (default {ref['mode'].default})").replace("%", "%%"))
+    run.add_argument("--layer", action="store_true",
+                     help="write the edit alone as a transparent layer instead of the picture with the edit "
+                          "composited in")
+    run.add_argument("--out", required=True, metavar="FILE",
+                     help="the result (PNG unless the name says another format; .png added when it has no "
+                          "suffix); with --batch N: OUT-1.png ... OUT-N.png")
+    run.add_argument("--force", action="store_true", help="overwrite --out if it exists")
+    run.add_argument("--server", default=DEFAULT_URL, help="the server's address (default %(default)s)")
+    run.add_argument("--token", help="the server's token, if it has one")
+    run.set_defaults(func=cmd_run)
+
+
+def _number(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else f"{value:g}"
+
+
+def _facts(spec: Field, default: str | None = None) -> str:
+    """A field's range and default in words: ``0 to 2, default 1`` (``default=""``: the range alone)."""
+    facts = []
+    if spec.minimum is not None and spec.maximum is not None:
+        facts.append(f"{_number(spec.minimum)} to {_number(spec.maximum)}")
+    elif spec.minimum is not None:
+        facts.append(f"at least {_number(spec.minimum)}")
+    elif spec.maximum is not None:
+        facts.append(f"at most {_number(spec.maximum)}")
+    if default is None and spec.default is not None:
+        default = _number(spec.default) if isinstance(spec.default, (int, float)) else str(spec.default)
+    if default:
+        facts.append(f"default {default}")
+    return ", ".join(facts)
+
+
+def _help(spec: Field, *, doc: str | None = None, default: str | None = None, note: str = "") -> str:
+    """An option's help from its wire field: the field's words (or ``doc``), a note, then its range and default."""
+    doc = doc or spec.doc[:1].lower() + spec.doc[1:]
+    text = doc.rstrip(".") + (f"; {note}" if note else "")
+    facts = _facts(spec, default)
+    return (text + (f" ({facts})" if facts else "")).replace("%", "%%")
 
 
 # -- serve ------------------------------------------------------------------------------------
 
-def cmd_serve(args) -> int:
+def cmd_serve(args: argparse.Namespace) -> int:
     from backend.config import ConfigError, ModelSpec, load_config
-    from backend.engine.demo_model import ensure_demo_model, use_demo
     from backend.engine.engine import Engine
     from backend.engine.models import ModelError, ModelRegistry, pick_device
+    from backend.fixtures.demo_model import ensure_demo_model, use_demo
     from backend.server import EaselServer
 
     try:
@@ -118,7 +212,7 @@ def cmd_serve(args) -> int:
             config.models = {"default": ModelSpec("default", args.model)}
             config.default_model = "default"
         elif args.demo:
-            from backend.engine.demo_annotators import ensure_demo_annotators
+            from backend.fixtures.demo_annotators import ensure_demo_annotators
 
             log.info("preparing the demo model and demo annotators (written once to the cache)")
             use_demo(config, ensure_demo_model(), annotators=ensure_demo_annotators())
@@ -170,54 +264,121 @@ def _hub_model_available(repo: str) -> bool:
 
 # -- run --------------------------------------------------------------------------------------
 
-def cmd_run(args) -> int:
+@dataclass
+class Picture:
+    """An input picture as read: upright (EXIF orientation applied), what to send, and how it was stored."""
+
+    path: str
+    upright: Image.Image
+    data: ImageData
+    stored_size: tuple[int, int]
+    orientation: int = 1
+
+    @property
+    def turned(self) -> bool:
+        """Its EXIF orientation swaps width and height (the photo was stored sideways)."""
+        return self.orientation in (5, 6, 7, 8)
+
+
+class Wording:
+    """Says a protocol field the way the user typed it: ``mask_grow`` is ``--grow``, ``control[1].scale``
+    is the SCALE of the second ``--control``."""
+
+    def __init__(self, flags: dict[str, str], controls: Sequence[str] = (), references: Sequence[str] = (),
+                 phrases: dict[str, str] | None = None):
+        self.flags, self.controls, self.references = flags, list(controls), list(references)
+        self.phrases = phrases or {}
+
+    def _item(self, field: str) -> tuple[str, str | None] | None:
+        """For a list item's field (``control[1].scale``): the words for the option that made the item and
+        the part of it (``SCALE``, None for the item itself); None for any other field."""
+        match = re.fullmatch(r"(control|references)\[(\d+)\](?:\.(\w+))?", field)
+        if not match:
+            return None
+        kind, index, part = match.group(1), int(match.group(2)), match.group(3)
+        specs, option, parts = ((self.controls, "--control", CONTROL_PARTS) if kind == "control"
+                                else (self.references, "--reference", REFERENCE_PARTS))
+        if index >= len(specs):
+            words = f"the {_ordinal(index + 1)} {option}"
+        elif len(specs) > 1:
+            words = f"the {_ordinal(index + 1)} {option} ({specs[index]})"
+        else:
+            words = f"{option} {specs[index]}"
+        return words, None if part is None else parts.get(part, part)
+
+    def name(self, field: str) -> str | None:
+        """The user's words for ``field``, or None when no option sets it."""
+        item = self._item(field)
+        if item is None:
+            return self.flags.get(field)
+        words, part = item
+        return words if part is None else f"{part} of {words}"
+
+    def say(self, message: str, field: str | None) -> str:
+        """``message`` (a protocol error's) with field names replaced by options, led by the field's option."""
+        item = self._item(field) if field else None
+        unit = item[0] if item else None
+
+        def replace(match: re.Match) -> str:
+            inner = self._item(match.group(1))
+            if inner and inner[0] == unit and inner[1]:  # the unit leads the sentence: name just its part
+                return inner[1]
+            return self.name(match.group(1)) or match.group(0)
+
+        said = re.sub(r"`([^`]+)`", replace, message)
+        for words, ours in self.phrases.items():
+            said = said.replace(words, ours)
+        lead = unit or (self.name(field) if field else None)
+        return f"{lead}: {said}" if lead and lead not in said else said
+
+
+def _ordinal(n: int) -> str:
+    return f"{n}{'th' if 10 <= n % 100 <= 20 else {1: 'st', 2: 'nd', 3: 'rd'}.get(n % 10, 'th')}"
+
+
+def cmd_run(args: argparse.Namespace) -> int:
     from shared.client import Client, EaselError, Progress
 
-    params = {"prompt": args.prompt, "negative_prompt": args.negative}
-    for flag, key in (("strength", "strength"), ("seed", "seed"), ("steps", "steps"), ("guidance", "guidance"),
-                      ("batch", "batch"), ("width", "width"), ("height", "height"), ("grow", "mask_grow"),
-                      ("feather", "mask_feather"), ("sampler", "sampler"), ("model", "model")):
-        if getattr(args, flag) is not None:
-            params[key] = getattr(args, flag)
+    wording = Wording(RUN_FLAGS, args.control, args.reference, RUN_PHRASES)
     try:
-        source = None
-        if args.image:
-            source, params["image"] = _read_picture(args.image, "image")
-        if args.mask:
-            _, params["mask"] = _read_picture(args.mask, "mask")
-    except OSError as exc:
-        print(f"easel: cannot read an input picture: {exc}", file=sys.stderr)
-        return 2
-    try:
-        steering = {"control": [_control_unit(spec) for spec in args.control],
-                    "references": [_reference(spec) for spec in args.reference]}
-    except (ValueError, OSError) as exc:
+        outputs = _check_outputs(_output_paths(args.out, args.batch or 1), "--out", args.force)
+        params: dict[str, Any] = {field: getattr(args, option) for option, field in RUN_OPTIONS.items()
+                                  if getattr(args, option) is not None}
+        image = _read_picture(args.image, "image", "--image") if args.image else None
+        mask = _read_picture(args.mask, "mask", "--mask") if args.mask else None
+        params.update(image=image and image.data, mask=mask and mask.data,
+                      control=[_control_unit(spec) for spec in args.control],
+                      references=[_reference(spec) for spec in args.reference])
+        job = Job.create(args.mode, **params)
+        check_job(job)
+        if image and mask:
+            _check_mask_size(image, mask)
+    except UsageError as exc:
         print(f"easel: {exc}", file=sys.stderr)
         return 2
-    params.update({key: items for key, items in steering.items() if items})
-    outputs = _output_paths(args.out, args.batch or 1)
-    problem = _unwritable(outputs[0])
-    if problem:  # say so before the GPU spends time on it
-        print(f"easel: cannot write {args.out}: {problem}", file=sys.stderr)
+    except ProtocolError as exc:
+        print(f"easel: {wording.say(exc.message, exc.field)}", file=sys.stderr)
         return 2
 
-    def show(event):
+    shown = []
+
+    def show(event: object) -> None:
         if isinstance(event, Progress):
             print(f"\rstep {event.step}/{event.total}", end="", file=sys.stderr, flush=True)
+            shown.append(event)
 
     try:
         with Client(args.server, token=args.token, name="easel-cli") as client:
-            result = client.run(args.mode, on_event=show, **params)
+            result = client.run(job, on_event=show)
     except EaselError as exc:
-        print(f"\neasel: {exc}", file=sys.stderr)
+        print("\n" * bool(shown) + f"easel: {wording.say(exc.message, exc.field)} [{exc.code}]", file=sys.stderr)
         return 1
-    print(file=sys.stderr)
+    if shown:
+        print(file=sys.stderr)
 
     for item, path in zip(result.images, outputs):
-        layer = np.asarray(Image.open(io.BytesIO(item.image.data)).convert("RGBA")) \
-            if item.image.format != "rgba8" else np.frombuffer(item.image.data, np.uint8).reshape(
-                item.image.height, item.image.width, 4)
-        picture = _place(layer, item.offset, source, transparent=args.layer)
+        layer = _pixels(item.image)
+        picture = _place(layer, item.offset, image.upright if image else None, transparent=args.layer)
         if Image.registered_extensions()[path.suffix.lower()] == "JPEG":
             picture = picture.convert("RGB")  # JPEG has no alpha
         try:
@@ -229,43 +390,100 @@ def cmd_run(args) -> int:
     return 0
 
 
-def cmd_preprocess(args) -> int:
+def check_job(job: Job) -> None:
+    """What the server would refuse without looking at pixels: the submit message's field ranges and
+    types (the wire table), then the job rules (``Job.check``). Raises ``ProtocolError`` naming the field."""
+    check_fields(job.to_message(_placeholder), SUBMIT_FIELDS)
+    job.check()
+
+
+def _placeholder(image: object, role: str) -> dict:
+    """A wire reference standing in for a picture that is not uploaded yet (to check a message locally)."""
+    return {"frame": "local"}
+
+
+def _check_mask_size(image: Picture, mask: Picture) -> None:
+    """Refuse a mask of another size than the picture, and say why when EXIF turned the photo."""
+    if mask.upright.size == image.upright.size:
+        return
+    (mw, mh), (w, h) = mask.upright.size, image.upright.size
+    if image.turned and mask.upright.size == image.stored_size:
+        raise UsageError(
+            f"--mask {mask.path} is {mw}x{mh}: the size of --image {image.path} as stored, sideways. The photo's "
+            f"EXIF orientation turns it upright to {w}x{h} (as every viewer shows it), and Easel edits it upright. "
+            f"Draw the mask on the upright photo, or {_TURN[image.orientation]}")
+    raise UsageError(f"--mask {mask.path} is {mw}x{mh} but --image {image.path} is {w}x{h}: the mask must have "
+                     "the picture's size")
+
+
+# What turns a mask drawn on a photo's stored pixels the way the photo's EXIF orientation turns the photo.
+_TURN = {5: "flip the mask across its top-left to bottom-right diagonal", 6: "rotate the mask 90° clockwise",
+         7: "flip the mask across its top-right to bottom-left diagonal", 8: "rotate the mask 90° counter-clockwise"}
+
+
+def _pixels(image: ImageData) -> np.ndarray:
+    """A result image as an RGBA array."""
+    if image.format == "rgba8":
+        return np.frombuffer(image.data, np.uint8).reshape(image.height, image.width, 4)
+    return np.asarray(Image.open(io.BytesIO(image.data)).convert("RGBA"))
+
+
+def cmd_preprocess(args: argparse.Namespace) -> int:
     from shared.client import Client, EaselError
 
+    wording = Wording(PREPROCESS_FLAGS)
     try:
-        _, picture = _read_picture(args.input, "image")
-    except OSError as exc:
-        print(f"easel: cannot read {args.input}: {exc}", file=sys.stderr)
+        output = _check_outputs(_output_paths(args.output, 1), "OUTPUT", args.force)[0]
+        picture = _read_picture(args.input, "image", "INPUT")
+        request = PreprocessJob(image=picture.data, preprocessor=args.preprocessor, resolution=args.resolution)
+        check_fields(request.to_message(_placeholder), PREPROCESS_FIELDS)
+        request.check()
+    except UsageError as exc:
+        print(f"easel: {exc}", file=sys.stderr)
         return 2
-    output = _output_paths(args.output, 1)[0]
-    problem = _unwritable(output)
-    if problem:
-        print(f"easel: cannot write {args.output}: {problem}", file=sys.stderr)
+    except ProtocolError as exc:
+        print(f"easel: {wording.say(exc.message, exc.field)}", file=sys.stderr)
         return 2
     try:
         with Client(args.server, token=args.token, name="easel-cli") as client:
-            control_map = client.preprocess(args.preprocessor, picture, resolution=args.resolution)
+            control_map = client.preprocess(request.preprocessor, request.image, resolution=request.resolution)
     except EaselError as exc:
-        print(f"easel: {exc}", file=sys.stderr)
+        print(f"easel: {wording.say(exc.message, exc.field)} [{exc.code}]", file=sys.stderr)
         return 1
     Image.open(io.BytesIO(control_map.data)).convert("RGB").save(output)
     print(output)
     return 0
 
 
-def _read_picture(path: str, role: str) -> tuple[Image.Image, ImageData]:
-    """The picture upright (EXIF orientation applied) and what to send: the file's own bytes when
-    it is a PNG or WebP that needs no turning, else an 8-bit PNG of it."""
+def _read_picture(path: str, role: str, option: str) -> Picture:
+    """The picture at ``path`` (given as ``option``): upright (EXIF orientation applied), and what to send:
+    the file's own bytes when it is a PNG or WebP that needs no turning, else an 8-bit PNG of it."""
     from backend.imaging import to_array, to_png
 
-    picture = Image.open(path)
-    fmt = {"PNG": "png", "WEBP": "webp"}.get(picture.format)
-    if fmt and picture.getexif().get(ORIENTATION, 1) == 1:
-        return picture, ImageData(fmt, picture.width, picture.height, Path(path).read_bytes())
-    upright = ImageOps.exif_transpose(picture)
-    has_alpha = "A" in upright.getbands() or "transparency" in upright.info
-    pixels = to_array(upright, "L" if role == "mask" else "RGBA" if has_alpha else "RGB")
-    return upright, to_png(Image.fromarray(pixels))
+    try:
+        picture = Image.open(path)
+        stored = picture.size
+        orientation = picture.getexif().get(ORIENTATION, 1)
+        fmt = {"PNG": "png", "WEBP": "webp"}.get(picture.format)
+        if fmt and orientation == 1:
+            return Picture(path, picture, ImageData(fmt, picture.width, picture.height, Path(path).read_bytes()),
+                           stored)
+        upright = ImageOps.exif_transpose(picture)
+        has_alpha = "A" in upright.getbands() or "transparency" in upright.info
+        pixels = to_array(upright, "L" if role == "mask" else "RGBA" if has_alpha else "RGB")
+    except FileNotFoundError:
+        raise UsageError(f"{option}: cannot read {path}: no such file") from None
+    except IsADirectoryError:
+        raise UsageError(f"{option}: cannot read {path}: it is a folder") from None
+    except PermissionError:
+        raise UsageError(f"{option}: cannot read {path}: permission denied") from None
+    except UnidentifiedImageError:
+        raise UsageError(f"{option}: cannot read {path}: not a picture (Pillow does not know its format)") from None
+    except Image.DecompressionBombError:
+        raise UsageError(f"{option}: cannot read {path}: too many pixels to decode safely") from None
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"{option}: cannot read {path}: {getattr(exc, 'strerror', None) or exc}") from None
+    return Picture(path, upright, to_png(Image.fromarray(pixels)), stored, orientation)
 
 
 def _control_unit(spec: str) -> dict:
@@ -277,22 +495,21 @@ def _control_unit(spec: str) -> dict:
     preprocess = rest.endswith(":pre")
     image, numbers = _numbers_at_end(rest.removesuffix(":pre") if preprocess else rest, 3)
     if not kind or not image:
-        raise ValueError(f"--control {spec!r}: expected TYPE:IMAGE[:SCALE[:START[:END]]][:pre]")
+        raise UsageError(f"--control {spec}: expected TYPE:IMAGE[:SCALE[:START[:END]]][:pre]")
     unit: dict = {"type": kind, "preprocess": "on" if preprocess else "off",
                   **dict(zip(("scale", "start", "end"), numbers))}
     if image != "input":
-        unit["image"] = _read_picture(image, "control")[1]
+        unit["image"] = _read_picture(image, "control", f"--control {spec}").data
     return unit
 
 
 def _reference(spec: str) -> dict:
     """``IMAGE[:WEIGHT[:MODE]]`` as a protocol reference (IMAGE may contain colons)."""
-    from shared.messages import REFERENCE_MODES
-
     head, _, last = spec.rpartition(":")
-    mode = last if head and last in REFERENCE_MODES else None
+    mode = last if head and last in REFERENCE_FIELDS["mode"].choices else None
     image, numbers = _numbers_at_end(head if mode else spec, 1)
-    reference: dict = {"image": _read_picture(image, "reference")[1], **dict(zip(("weight",), numbers))}
+    reference: dict = {"image": _read_picture(image, "reference", f"--reference {spec}").data,
+                       **dict(zip(("weight",), numbers))}
     if mode:
         reference["mode"] = mode
     return reference
@@ -311,26 +528,35 @@ def _numbers_at_end(text: str, most: int) -> tuple[str, list[float]]:
     return text, numbers
 
 
-def _unwritable(path: Path) -> str | None:
-    if path.suffix.lower() not in Image.registered_extensions():
-        return f"{path.suffix!r} is not a picture format (use .png)"
-    if not path.parent.is_dir():
-        return f"folder {path.parent} does not exist"
-    return None
+def _check_outputs(paths: list[Path], option: str, force: bool) -> list[Path]:
+    """``paths`` when all can be written: a picture format, an existing folder, and no file there unless
+    ``force`` (all of a batch's files are checked before the GPU spends time on them)."""
+    for path in paths:
+        if path.suffix.lower() not in Image.registered_extensions():
+            raise UsageError(f"cannot write {option} {path}: {path.suffix!r} is not a picture format (use .png)")
+        if not path.parent.is_dir():
+            raise UsageError(f"cannot write {option} {path}: folder {path.parent} does not exist")
+        if path.is_dir():
+            raise UsageError(f"cannot write {option} {path}: it is a folder")
+    existing = [str(path) for path in paths if path.exists()]
+    if existing and not force:
+        raise UsageError(f"{', '.join(existing)} already exist{'s' if len(existing) == 1 else ''}; pass --force to "
+                         f"overwrite, or choose another {option}")
+    return paths
 
 
 def _place(layer: np.ndarray, offset: tuple[int, int], source: Image.Image | None, *, transparent: bool) -> Image.Image:
     """The result as a picture: the layer composited over the input (or alone, on transparency)."""
-    from backend.engine.masks import composite
     from backend.imaging import to_array
+    from shared.compose import composite
 
     if source is None:
         return Image.fromarray(layer[..., :3] if layer[..., 3].min() == 255 else layer)
-    has_alpha = "A" in source.getbands() or "transparency" in source.info
     if transparent:
         base = np.zeros((source.height, source.width, 4), np.uint8)
         base[offset[1]:offset[1] + layer.shape[0], offset[0]:offset[0] + layer.shape[1]] = layer
         return Image.fromarray(base, "RGBA")
+    has_alpha = "A" in source.getbands() or "transparency" in source.info
     base = to_array(source, "RGBA" if has_alpha else "RGB")
     return Image.fromarray(composite(base, layer, offset))
 
@@ -346,9 +572,9 @@ def _output_paths(out: str, count: int) -> list[Path]:
 
 # -- demo -------------------------------------------------------------------------------------
 
-def cmd_demo_model(args) -> int:
+def cmd_demo_model(args: argparse.Namespace) -> int:
     if args.full_size:
-        from backend.engine.full_size_model import FAMILIES, write_full_size_model
+        from backend.fixtures.full_size import FAMILIES, write_full_size_model
 
         root = write_full_size_model(args.dir, tuple(args.family or FAMILIES),
                                      log=lambda line: log.info("writing %s", line))
@@ -357,14 +583,14 @@ def cmd_demo_model(args) -> int:
     if args.family:
         print("easel: --family needs --full-size", file=sys.stderr)
         return 2
-    from backend.engine.demo_model import write_demo_model_with_config
+    from backend.fixtures.demo_model import write_demo_model_with_config
 
     root = write_demo_model_with_config(args.dir)
     print(f"demo model written to {root}; serve it with: easel serve --config {root / 'easel.toml'}")
     return 0
 
 
-def cmd_demo(args) -> int:
+def cmd_demo(args: argparse.Namespace) -> int:
     from backend.demo import run_demo
 
     folder = run_demo(Path(args.out))
@@ -372,14 +598,14 @@ def cmd_demo(args) -> int:
     return 0
 
 
-if __name__ == "__main__":
-    sys.exit(main())
-
-
 # -- package ----------------------------------------------------------------------------------
 
-def cmd_package(args) -> int:
+def cmd_package(args: argparse.Namespace) -> int:
     from backend.packaging import build
 
     print(build(args.host, Path(args.out)))
     return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -10,7 +10,9 @@ from PIL import Image, ImageDraw
 
 from backend.imaging import to_png
 from shared.client import Client
+from shared.compose import composite
 from shared.images import ImageData
+from shared.job import Job
 
 
 def sample_picture(width: int = 512, height: int = 384) -> Image.Image:
@@ -56,9 +58,9 @@ def before_after_sheet(rows: list[tuple[str, Image.Image, Image.Image]]) -> Imag
 def run_demo(folder: Path) -> Path:
     """Run the round-trips against a fresh demo-model server and write everything into ``folder``."""
     from backend.config import Config
-    from backend.engine.demo_model import ensure_demo_model, use_demo
     from backend.engine.engine import Engine
     from backend.engine.models import ModelRegistry, pick_device
+    from backend.fixtures.demo_model import ensure_demo_model, use_demo
     from backend.server import ServerThread
 
     folder.mkdir(parents=True, exist_ok=True)
@@ -70,15 +72,14 @@ def run_demo(folder: Path) -> Path:
 
     with ServerThread(config, Engine(ModelRegistry(config, *pick_device("auto")))) as server:
         with Client(server.url, name="easel-demo") as client:
-            fill = client.run("inpaint", prompt="a glowing moon", image=to_png(picture), mask=to_png(mask),
-                              seed=1, steps=12)
-            refine = client.run("img2img", prompt="an oil painting", image=to_png(picture), strength=0.5,
-                                seed=2, steps=12)
+            fill = client.run(Job.create("inpaint", prompt="a glowing moon", image=to_png(picture),
+                                         mask=to_png(mask), seed=1, steps=12))
+            refine = client.run(Job.create("img2img", prompt="an oil painting", image=to_png(picture),
+                                           strength=0.5, seed=2, steps=12))
 
     layer = fill.images[0]
-    inpainted = picture.convert("RGBA")
-    inpainted.alpha_composite(_picture(layer.image), tuple(layer.offset))
-    inpainted.convert("RGB").save(folder / "inpaint.png")
+    inpainted = Image.fromarray(composite(np.asarray(picture), np.asarray(_picture(layer.image)), layer.offset))
+    inpainted.save(folder / "inpaint.png")
     refined = _picture(refine.images[0].image).convert("RGB")
     refined.save(folder / "img2img.png")
     before_after_sheet([("inpaint", picture, inpainted), ("img2img 0.5", picture, refined)]).save(

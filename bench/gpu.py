@@ -49,16 +49,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 # overhead.py puts the repository on sys.path for the backend imports below
 from overhead import canvas, depth_map, describe_device, edge_map, quiet_libraries  # noqa: E402
 
+# isort: split
 import diffusers  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from backend.config import load_config  # noqa: E402
-from backend.engine import full_size_model  # noqa: E402
 from backend.engine.engine import Engine  # noqa: E402
 from backend.engine.models import ModelRegistry, pick_device  # noqa: E402
 from backend.engine.previews import Previewer  # noqa: E402
+from backend.fixtures import full_size  # noqa: E402
 from backend.server import ServerThread  # noqa: E402
 from shared.client import Client, Progress  # noqa: E402
 from shared.images import ImageData  # noqa: E402
@@ -130,7 +131,7 @@ def reference_pipeline(root: Path, family: str, mode: str, device: torch.device,
     pipe = cls.from_pretrained(folder, torch_dtype=dtype, **extra)
     if mode.endswith("+ip"):
         adapter = root / "ip-adapter" / family
-        pipe.load_ip_adapter(str(adapter), subfolder="", weight_name=full_size_model.IP_ADAPTER_WEIGHTS)
+        pipe.load_ip_adapter(str(adapter), subfolder="", weight_name=full_size.IP_ADAPTER_WEIGHTS)
         pipe.set_ip_adapter_scale(1.0)
     pipe.scheduler = d.EulerDiscreteScheduler.from_config(pipe.scheduler.config)  # Easel's "euler"
     pipe.set_progress_bar_config(disable=True)
@@ -196,7 +197,7 @@ def easel_params(family: str, mode: str, inputs: Inputs, steps: int) -> tuple[st
         return "img2img", dict(params, strength=IMG2IMG_STRENGTH)
     params.update(mask=raw(inputs.mask), strength=1.0)
     if mode != "inpaint":
-        kinds = full_size_model.CONTROL_TYPES[:1 if mode == "inpaint+cn" else 2]
+        kinds = full_size.CONTROL_TYPES[:1 if mode == "inpaint+cn" else 2]
         params["control"] = [{"type": kind, "image": raw(m), "preprocess": "off", "scale": 1.0}
                              for kind, m in zip(kinds, inputs.maps)]
     if mode.endswith("+ip"):
@@ -381,10 +382,10 @@ def main(argv=None) -> None:
     missing = [f for f in families if not (args.model_dir / f / "model_index.json").is_file()]
     if missing:
         print(f"writing the full-size {', '.join(missing)} model(s) to {args.model_dir} ...", flush=True)
-        full_size_model.write_full_size_model(args.model_dir, tuple(missing))
+        full_size.write_full_size_model(args.model_dir, tuple(missing))
     if not (args.model_dir / "easel.toml").is_file() or missing:
         present = tuple(f for f in NATIVE if (args.model_dir / f / "model_index.json").is_file())
-        full_size_model.write_config(args.model_dir.resolve(), present)
+        full_size.write_config(args.model_dir.resolve(), present)
 
     device, easel_dtype = pick_device(args.device, load_config(args.model_dir / "easel.toml").performance.dtype)
     reference_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}[

@@ -32,9 +32,9 @@ import numpy as np  # noqa: E402
 from PIL import Image, ImageDraw  # noqa: E402
 
 from backend.config import Config  # noqa: E402
-from backend.engine.demo_model import ensure_demo_model, use_demo  # noqa: E402
 from backend.engine.engine import Engine  # noqa: E402
 from backend.engine.models import ModelRegistry, pick_device  # noqa: E402
+from backend.fixtures.demo_model import ensure_demo_model, use_demo  # noqa: E402
 from backend.imaging import to_png  # noqa: E402
 from backend.server import ServerThread  # noqa: E402
 from shared.client import Client, Started  # noqa: E402

@@ -65,16 +65,16 @@ from PIL import Image  # noqa: E402
 
 from backend.config import Config  # noqa: E402
 from backend.engine import masks  # noqa: E402
-from backend.engine.demo_model import ensure_demo_model, use_demo, write_demo_model  # noqa: E402
 from backend.engine.engine import Engine, make_scheduler  # noqa: E402
-from backend.engine.models import LoadedModel, ModelRegistry, pick_device  # noqa: E402
 from backend.engine.job import Reference  # noqa: E402
+from backend.engine.models import LoadedModel, ModelRegistry, pick_device  # noqa: E402
+from backend.fixtures.demo_model import ensure_demo_model, use_demo, write_demo_model  # noqa: E402
 from backend.server import ServerThread  # noqa: E402
 from shared.client import Client, Started  # noqa: E402
 from shared.geometry import context_crop, mask_bounds  # noqa: E402
-from shared.rules import reach as mask_margin  # noqa: E402
 from shared.images import ImageData, encode_frame  # noqa: E402
 from shared.messages import CLIENT_MESSAGES  # noqa: E402
+from shared.rules import reach as mask_margin  # noqa: E402
 
 MODEL = "demo"
 MASK_SIDE = 192

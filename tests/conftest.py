@@ -12,10 +12,10 @@ from PIL import Image
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from backend.config import Config  # noqa: E402
-from backend.engine.demo_model import ensure_demo_model, use_demo  # noqa: E402
-from backend.engine.demo_annotators import ensure_demo_annotators  # noqa: E402
 from backend.engine.engine import Engine  # noqa: E402
 from backend.engine.models import ModelRegistry, pick_device  # noqa: E402
+from backend.fixtures.demo_annotators import ensure_demo_annotators  # noqa: E402
+from backend.fixtures.demo_model import ensure_demo_model, use_demo  # noqa: E402
 from backend.imaging import to_png  # noqa: E402
 from backend.server import ServerThread  # noqa: E402
 from shared.client import Client  # noqa: E402

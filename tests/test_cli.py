@@ -1,4 +1,4 @@
-"""The ``easel`` command as a user runs it: serve, run, demo, demo-model."""
+"""The ``easel`` command as a user runs it: serve, run, preprocess, demo, demo-model."""
 
 import os
 import socket
@@ -66,9 +66,9 @@ def test_run_batch_writes_numbered_files(server, inputs):
 def test_run_reports_the_servers_error(server, inputs):
     _, _, folder = inputs
     done = easel("run", "inpaint", "--prompt", "x", "--image", folder / "in.png", "--mask", folder / "mask.png",
-                 "--strength", 0.01, "--out", folder / "o.png", "--server", server.url)
-    assert done.returncode != 0
-    assert "no denoising step" in done.stderr and "too_few_steps" in done.stderr
+                 "--model", "nope", "--out", folder / "o.png", "--server", server.url)
+    assert done.returncode == 1
+    assert "--model: no model named 'nope'" in done.stderr and "[unknown_model]" in done.stderr
     assert not (folder / "o.png").exists()
     down = easel("run", "generate", "--prompt", "x", "--out", folder / "o.png", "--server",
                  f"ws://127.0.0.1:{free_port()}/")
@@ -139,7 +139,8 @@ def test_demo_command_writes_results_and_a_sheet(demo_root, tmp_path):
     assert done.returncode == 0, done.stderr
     for name in ("sample.png", "mask.png", "inpaint.png", "img2img.png", "sheet.png"):
         assert (tmp_path / "out" / name).is_file(), name
-    sample, inpainted = (np.asarray(Image.open(tmp_path / "out" / n).convert("RGB")) for n in ("sample.png", "inpaint.png"))
+    sample, inpainted = (np.asarray(Image.open(tmp_path / "out" / name).convert("RGB"))
+                         for name in ("sample.png", "inpaint.png"))
     assert not (sample == inpainted).all()
     assert (sample[-20:] == inpainted[-20:]).all(), "the bottom of the picture is far from the mask"
 
@@ -202,9 +203,9 @@ def test_run_with_references(server, inputs):
     for name, extra in (("plain", []), ("zero", ["--reference", f"{folder / 'red.png'}:0"]),
                         ("red", ["--reference", f"{folder / 'red.png'}:1:style",
                                  "--reference", f"{folder / 'blue.png'}:0.5"])):
-        done = easel(*common, *extra, "--out", folder / f"{name}.png")
+        done = easel(*common, *extra, "--out", folder / f"out-{name}.png")
         assert done.returncode == 0, done.stderr
-        outputs[name] = np.asarray(Image.open(folder / f"{name}.png"))
+        outputs[name] = np.asarray(Image.open(folder / f"out-{name}.png"))
     assert (outputs["zero"] == outputs["plain"]).all()
     assert not (outputs["red"] == outputs["plain"]).all()
 
@@ -225,3 +226,205 @@ def test_control_and_reference_specs_allow_colons_in_paths(tmp_path):
     assert (reference["weight"], reference["mode"], reference["image"].height) == (0.7, "face", 32)
     assert _reference(f"{path}:style") == {"image": reference["image"], "mode": "style"}
     assert _reference(str(path)).keys() == {"image"}
+
+
+def test_python_m_backend_cli_runs_the_command():
+    """`python -m backend.cli` is the command (every subcommand's function is defined before it runs)."""
+    root = Path(__file__).resolve().parents[1]
+    for args, expected in ((["--help"], "demo-model"), (["run", "--help"], "--grow"),
+                           (["preprocess", "--help"], "--resolution")):
+        done = subprocess.run([sys.executable, "-m", "backend.cli", *args], capture_output=True, text=True,
+                              cwd=root, timeout=120)
+        assert done.returncode == 0, done.stderr
+        assert expected in done.stdout and "Traceback" not in done.stderr
+
+
+# -- easel run as a new user meets it ----------------------------------------------------------
+
+def easel_here(capsys, *args):
+    """The command run in this process, for answers that need no job: (exit status, stdout, stderr)."""
+    from backend.cli import main
+
+    capsys.readouterr()
+    status = main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return status, out, err
+
+
+def nowhere():
+    return f"ws://127.0.0.1:{free_port()}/"
+
+
+def test_run_help_gives_every_option_its_range_and_default_from_the_wire_fields(capsys):
+    from backend.cli import RUN_OPTIONS, build_parser
+    from shared.job import SUBMIT_FIELDS
+
+    run = build_parser()._subparsers._group_actions[0].choices["run"]
+    helps = {action.dest: " ".join(action.help.split()) for action in run._actions}
+    assert all(helps.values()), [dest for dest, text in helps.items() if not text]
+    def number(value):
+        return str(int(value)) if float(value).is_integer() else str(value)
+
+    for option, field in RUN_OPTIONS.items():
+        spec, text = SUBMIT_FIELDS[field], helps[option]
+        for bound in (spec.minimum, spec.maximum):
+            assert bound is None or number(bound) in text, (option, text)
+        if isinstance(spec.default, (int, float)) or spec.default:
+            assert f"default {number(spec.default) if isinstance(spec.default, (int, float)) else spec.default}" \
+                in text, (option, text)
+    assert "(0 to 256, default 8)" in helps["grow"] and "(0 to 256, default 16)" in helps["feather"]
+    assert "SCALE: 0 to 2, default 1" in helps["control"] and "WEIGHT: 0 to 2, default 1" in helps["reference"]
+    assert "default random" in helps["seed"] and "native size" in helps["width"]
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["run", "--help"])
+    printed = " ".join(capsys.readouterr().out.split())
+    assert "--feather PX inpaint: soften the grown mask's edge over this many pixels (0 to 256, default 16)" in printed
+
+
+@pytest.fixture
+def small(tmp_path):
+    picture(64, 48).save(tmp_path / "in.png")
+    rect_mask((64, 48), (10, 10, 30, 30)).save(tmp_path / "mask.png")
+    return tmp_path
+
+
+@pytest.mark.parametrize("args, said", [
+    (["inpaint", "--mask", "{mask}", "--grow", 300], "--grow must be at most 256, got 300"),
+    (["inpaint", "--mask", "{mask}", "--feather", -1], "--feather must be at least 0, got -1"),
+    (["img2img", "--strength", 1.5], "--strength must be at most 1, got 1.5"),
+    (["img2img", "--strength", 0.01], "--strength: strength 0.01 x 20 steps leaves no denoising step"),
+    (["img2img", "--steps", 0], "--steps must be at least 1, got 0"),
+    (["img2img", "--guidance", 51], "--guidance must be at most 50"),
+    (["img2img", "--width", 64], "img2img works at the picture's own size; --width is for generate"),
+    (["img2img", "--mask", "{mask}"], "img2img takes no --mask"),
+    (["inpaint"], "inpaint needs --mask"),
+    (["img2img", "--seed", 4294967295, "--batch", 2], "--seed: seed + batch - 1 must stay within 4294967295"),
+    (["img2img", "--control", "canny:{image}:3"], "--control canny:{image}:3: SCALE must be at most 2, got 3.0"),
+    (["img2img", "--control", "sketch:{image}"], "--control sketch:{image}: TYPE must be one of canny,"),
+    (["img2img", "--control", "canny:input", "--control", "depth:{image}:1:0.9:0.5"],
+     "the 2nd --control (depth:{image}:1:0.9:0.5): START (0.9) must be before END (0.5)"),
+    (["img2img", "--control", "tile:input:pre"],
+     "--control tile:input:pre: the tile control type has no preprocessor: its control image is the picture "
+     "itself, so leave out :pre"),
+    (["img2img", "--reference", "{image}:5"], "--reference {image}:5: WEIGHT must be at most 2, got 5.0"),
+])
+def test_run_errors_name_the_options_typed_before_connecting(capsys, small, args, said):
+    names = {"image": small / "in.png", "mask": small / "mask.png"}
+    args = [str(a).format(**names) for a in args]
+    if args[0] != "generate":
+        args[1:1] = ["--image", names["image"]]
+    status, _, err = easel_here(capsys, "run", *args, "--out", small / "o.png", "--server", nowhere())
+    assert status == 2 and said.format(**names) in err, err
+    assert "cannot reach" not in err, "checked before connecting"
+    for field in ("mask_grow", "mask_feather", "control[", "references[", "`"):
+        assert field not in err
+    assert not (small / "o.png").exists()
+
+
+def test_generate_with_the_picture_as_control_names_the_control(capsys, small):
+    status, _, err = easel_here(capsys, "run", "generate", "--control", "canny:input", "--out", small / "o.png",
+                                "--server", nowhere())
+    assert status == 2 and "--control canny:input: IMAGE is required when generating" in err
+
+
+def test_server_errors_name_the_options_typed(server, capsys, small):
+    common = ["run", "img2img", "--image", small / "in.png", "--strength", 0.5, "--steps", 2,
+              "--out", small / "o.png", "--server", server.url]
+    status, _, err = easel_here(capsys, *common, "--steps", 500)
+    assert status == 1 and "--steps: steps 500 is over this server's limit of 150 [limit_exceeded]" in err, err
+    Image.new("RGB", (8200, 1)).save(small / "wide.png")  # over the server's 8192 pixels a side
+    status, _, err = easel_here(capsys, *common, "--control", "canny:input",
+                                "--control", f"depth:{small / 'wide.png'}")
+    assert status == 1, err
+    assert f"the 2nd --control (depth:{small / 'wide.png'}): IMAGE is 8200x1; this server accepts at most" in err
+    assert "[limit_exceeded]" in err and "control[1]" not in err and not (small / "o.png").exists()
+
+
+@pytest.mark.parametrize("option, value, path", [
+    ("--image", "{missing}", "{missing}"), ("--mask", "{missing}", "{missing}"),
+    ("--control", "canny:{missing}:0.5", "{missing}"), ("--reference", "{missing}:0.5:style", "{missing}"),
+    ("--image", "{folder}", "{folder}"), ("--image", "{text}", "{text}"),
+])
+def test_an_unreadable_input_names_the_option_and_the_path(capsys, small, option, value, path):
+    (small / "notes.png").write_text("not a picture")
+    names = {"missing": small / "nothere.png", "folder": small, "text": small / "notes.png"}
+    value, path = value.format(**names), path.format(**names)
+    options = {"--image": small / "in.png", "--mask": small / "mask.png", option: value}
+    args = ["inpaint", *(item for pair in options.items() for item in pair)]
+    status, _, err = easel_here(capsys, "run", *args, "--out", small / "o.png", "--server", nowhere())
+    assert status == 2 and f"easel: {option}" in err and f"cannot read {path}: " in err, err
+    assert "Errno" not in err and "Traceback" not in err
+    assert any(why in err for why in ("no such file", "it is a folder", "not a picture")), err
+
+
+def test_a_mask_drawn_on_a_sideways_stored_photo_is_refused_with_a_hint(server, tmp_path):
+    """A phone photo stored 120x80 with EXIF orientation 6 shows (and is edited) upright at 80x120; a mask
+    drawn on the stored pixels is 120x80. The command says so, and the fix it names works."""
+    stored = np.zeros((80, 120, 3), np.uint8)
+    stored[:, :60] = (200, 40, 40)   # the left half, which shows as the top half once upright
+    stored[:, 60:] = (40, 40, 200)
+    photo = Image.fromarray(stored)
+    exif = photo.getexif()
+    exif[0x0112] = 6
+    photo.save(tmp_path / "phone.jpg", exif=exif, quality=95)
+    mask = rect_mask((120, 80), (0, 0, 40, 80))  # over the red half, as stored
+    mask.save(tmp_path / "mask.png")
+    common = ["run", "inpaint", "--image", tmp_path / "phone.jpg", "--steps", 2, "--seed", 3, "--server", server.url]
+    done = easel(*common, "--mask", tmp_path / "mask.png", "--out", tmp_path / "o.png")
+    assert done.returncode == 2 and not (tmp_path / "o.png").exists()
+    assert "120x80" in done.stderr and "EXIF orientation turns it upright to 80x120" in done.stderr
+    assert "rotate the mask 90° clockwise" in done.stderr, done.stderr
+    mask.rotate(-90, expand=True).save(tmp_path / "turned.png")  # what the hint says: 90 degrees clockwise
+    done = easel(*common, "--mask", tmp_path / "turned.png", "--out", tmp_path / "o.png")
+    assert done.returncode == 0, done.stderr
+    upright = np.asarray(Image.open(tmp_path / "phone.jpg").transpose(Image.Transpose.ROTATE_270))
+    out = np.asarray(Image.open(tmp_path / "o.png"))
+    assert out.shape == upright.shape == (120, 80, 3)
+    assert (out[90:] == upright[90:]).all(), "the bottom (blue) part is beyond the mask's reach"
+    assert not (out[:40] == upright[:40]).all(), "the masked top (red) part was repainted"
+
+
+def test_run_does_not_overwrite_unless_forced(server, small):
+    (small / "v-2.png").write_bytes(b"keep me")
+    common = ["run", "img2img", "--image", small / "in.png", "--strength", 0.5, "--steps", 2, "--batch", 2,
+              "--out", small / "v.png", "--server", server.url]  # no --prompt: an empty one is fine
+    done = easel(*common)
+    assert done.returncode == 2 and f"{small / 'v-2.png'} already exists" in done.stderr
+    assert "--force" in done.stderr and "Traceback" not in done.stderr
+    assert not (small / "v-1.png").exists() and (small / "v-2.png").read_bytes() == b"keep me"
+    done = easel(*common, "--force")
+    assert done.returncode == 0, done.stderr
+    assert Image.open(small / "v-1.png").size == Image.open(small / "v-2.png").size == (64, 48)
+
+
+def test_preprocess_checks_before_connecting(capsys, small):
+    status, _, err = easel_here(capsys, "preprocess", "tile", small / "in.png", small / "map.png",
+                                "--server", nowhere())
+    assert status == 2 and "PREPROCESSOR: the tile control type has no preprocessor" in err
+    status, _, err = easel_here(capsys, "preprocess", "canny", small / "in.png", small / "mask.png",
+                                "--resolution", 8, "--server", nowhere())
+    assert status == 2 and "already exists" in err
+    status, _, err = easel_here(capsys, "preprocess", "canny", small / "in.png", small / "map.png",
+                                "--resolution", 8, "--server", nowhere())
+    assert status == 2 and "--resolution must be at least 64, got 8" in err
+
+
+def test_run_out_is_the_shared_composite_of_the_layer(server, tmp_path):
+    """`--out` is `shared.compose.composite` of the `--layer` over the input, byte for byte, and an RGBA
+    input keeps its transparency where nothing was painted."""
+    from shared.compose import composite
+
+    rgba = np.dstack([np.asarray(picture(128, 64)), np.full((64, 128), 255, np.uint8)])
+    rgba[:, :20, 3] = 0          # a transparent strip, beyond the mask's reach
+    rgba[40:, 60:90, 3] = 128    # a half-transparent patch under the mask
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "in.png")
+    rect_mask((128, 64), (60, 20, 90, 50)).save(tmp_path / "mask.png")
+    common = ["run", "inpaint", "--image", tmp_path / "in.png", "--mask", tmp_path / "mask.png", "--steps", 2,
+              "--seed", 5, "--server", server.url]
+    for name, extra in (("layer", ["--layer"]), ("out", [])):
+        done = easel(*common, *extra, "--out", tmp_path / f"{name}.png")
+        assert done.returncode == 0, done.stderr
+    layer, out = (np.asarray(Image.open(tmp_path / f"{name}.png")) for name in ("layer", "out"))
+    assert out.shape == rgba.shape and layer.shape == rgba.shape
+    np.testing.assert_array_equal(out, composite(rgba, layer, (0, 0)))
+    assert (out[:, :20] == rgba[:, :20]).all() and (layer[:, :20, 3] == 0).all()

@@ -30,7 +30,7 @@ from diffusers import (  # noqa: E402
     StableDiffusionXLPipeline,
 )
 
-from backend.engine.demo_model import (  # noqa: E402
+from backend.fixtures.demo_model import (  # noqa: E402
     CONTROL_TYPES,
     DEMO_FOLDERS,
     IP_ADAPTER_FACE_WEIGHTS,
@@ -405,7 +405,7 @@ def test_ip_adapter_fits_the_inpaint_unet(demo_dir, family):
 
 def test_use_demo_configures_the_ip_adapters(demo_dir):
     from backend.config import AdapterSpec, Config
-    from backend.engine.demo_model import use_demo
+    from backend.fixtures.demo_model import use_demo
 
     adapters = use_demo(Config(), demo_dir).ip_adapters
     assert sorted(adapters) == ["sd15", "sdxl"]

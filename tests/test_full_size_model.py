@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from backend.config import load_config
-from backend.engine import full_size_model as full
+from backend.fixtures import full_size as full
 
 
 @pytest.mark.parametrize("family, part", sorted(full.KNOWN_PARAMETERS))
@@ -71,8 +71,8 @@ def test_written_folders_serve_steered_inpaint_jobs(tmp_path, monkeypatch):
     import numpy as np
 
     from backend.engine.engine import Engine
-    from backend.engine.models import ModelRegistry, pick_device
     from backend.engine.job import Control, EditJob, Reference
+    from backend.engine.models import ModelRegistry, pick_device
 
     for name, value in TOY.items():
         monkeypatch.setattr(full, name, value)

@@ -15,8 +15,8 @@ import torch
 
 from backend.config import Config, ModelSpec, scan_model_folder
 from backend.engine.engine import Engine
-from backend.engine.models import ModelRegistry, detect_family
 from backend.engine.job import EditJob
+from backend.engine.models import ModelRegistry, configured_native_size, detect_family
 from ldm_checkpoint import CLIP, UNET, VAE, unet_to_ldm, vae_to_ldm, write_ldm_checkpoint
 
 COMPONENTS = ("unet", "vae", "text_encoder")
@@ -97,6 +97,29 @@ def test_a1111_model_folder_finds_the_checkpoint(single_file):
     model = ModelRegistry(Config(models=specs), torch.device("cpu"), torch.float32).get("tiny-v15")
     assert model.family == "sd15" and model.base.unet.config.in_channels == 4
 
+
+
+def test_unloaded_single_files_report_their_family_and_native_size(single_file, tmp_path):
+    """Hosts plan crops from the `models` reply before anything loads: a single file found in a model
+    folder has its family read from its header, so an SDXL checkpoint plans at 1024, not 512."""
+    from safetensors.torch import save_file
+
+    from backend.engine.models import SDXL_KEY
+
+    checkpoint, _ = single_file
+    folder = tmp_path / "Stable-diffusion"
+    folder.mkdir()
+    (folder / "tiny-v15.safetensors").symlink_to(checkpoint)
+    save_file({SDXL_KEY: torch.zeros(2), UNET + "time_embed.0.weight": torch.zeros(2, 2)},
+              str(folder / "an-xl-model.safetensors"))  # an SDXL checkpoint's header, in miniature
+    (folder / "truncated.safetensors").write_bytes(b"\x10\x00")
+    registry = ModelRegistry(Config(models=scan_model_folder(folder)), torch.device("cpu"), torch.float32)
+    described = {entry["name"]: entry for entry in registry.describe()}
+    assert {name: (entry["family"], entry["native_size"], entry["loaded"]) for name, entry in described.items()} == {
+        "tiny-v15": ("sd15", 512, False), "an-xl-model": ("sdxl", 1024, False), "truncated": (None, None, False)}
+    assert registry.loaded_names() == []
+    explicit = ModelSpec("x", str(folder / "an-xl-model.safetensors"), family="sd15")
+    assert configured_native_size(explicit) == 512, "a configured family wins over the file's header"
 
 @pytest.fixture(scope="module")
 def inpaint_file(demo_root, single_file):

@@ -7,6 +7,7 @@ the weights; a dedicated 9-channel inpaint UNet, when configured, is the only ex
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import threading
@@ -170,9 +171,10 @@ class ModelRegistry:
             model = self._loaded.get(name)
             out.append({
                 "name": name,
-                "family": model.family if model else spec.family,
+                "family": model.family if model else configured_family(spec),
                 "native_size": model.native_size if model else configured_native_size(spec),
-                "inpaint_model": (model.inpaint_unet is not None or model.inpaint_only) if model else bool(spec.inpaint),
+                "inpaint_model": ((model.inpaint_unet is not None or model.inpaint_only) if model
+                                  else bool(spec.inpaint)),
                 "loaded": model is not None,
             })
         return out
@@ -259,7 +261,8 @@ FAMILY_NATIVE_SIZE = {"sd15": 512, "sdxl": 1024}
 
 
 def configured_native_size(spec: ModelSpec) -> int | None:
-    """A model's native size without loading it: from a diffusers folder's configs, else its family."""
+    """A model's native size without loading it: from a diffusers folder's configs, else its family
+    (``configured_family``: a single file's is read from its header)."""
     for folder in (spec.source, spec.config):
         if not folder:
             continue
@@ -270,7 +273,33 @@ def configured_native_size(spec: ModelSpec) -> int | None:
             return int(unet["sample_size"]) * 2 ** (len(vae["block_out_channels"]) - 1)
         except (OSError, ValueError, KeyError, TypeError):
             continue
-    return FAMILY_NATIVE_SIZE.get(spec.family)
+    return FAMILY_NATIVE_SIZE.get(configured_family(spec))
+
+
+def configured_family(spec: ModelSpec) -> str | None:
+    """A model's family without loading it: the configured one, else detected from a local source (a
+    ``.safetensors`` file's tensor names, read from its header; a diffusers folder's model index).
+    None for a hub id (no network here) or a source that cannot be read."""
+    if spec.family:
+        return spec.family
+    path = Path(spec.source).expanduser()
+    try:
+        stat = path.stat()
+    except OSError:
+        return None
+    if path.is_file() and path.suffix != ".safetensors":
+        return None
+    return _local_family(str(path), stat.st_mtime_ns, stat.st_size)
+
+
+@functools.lru_cache(maxsize=256)
+def _local_family(path: str, mtime_ns: int, size: int) -> str | None:
+    """``detect_family`` of a local source, once per version of it (``models`` replies ask often)."""
+    try:
+        return detect_family(path)
+    except Exception as exc:  # a truncated or foreign file: the family shows once it loads, or fails to
+        log.debug("cannot tell the family of %s: %s", path, exc)
+        return None
 
 
 def check_pickle(source: str, allow_pickle: bool) -> None:
