@@ -114,8 +114,8 @@ def test_unloaded_single_files_report_their_family_and_native_size(single_file, 
               str(folder / "an-xl-model.safetensors"))  # an SDXL checkpoint's header, in miniature
     (folder / "truncated.safetensors").write_bytes(b"\x10\x00")
     registry = ModelRegistry(Config(models=scan_model_folder(folder)), torch.device("cpu"), torch.float32)
-    described = {entry["name"]: entry for entry in registry.describe()}
-    assert {name: (entry["family"], entry["native_size"], entry["loaded"]) for name, entry in described.items()} == {
+    described = {entry.name: entry for entry in registry.describe()}
+    assert {name: (entry.family, entry.native_size, entry.loaded) for name, entry in described.items()} == {
         "tiny-v15": ("sd15", 512, False), "an-xl-model": ("sdxl", 1024, False), "truncated": (None, None, False)}
     assert registry.loaded_names() == []
     explicit = ModelSpec("x", str(folder / "an-xl-model.safetensors"), family="sd15")

@@ -145,6 +145,17 @@ class LoadedModel:
         return pipe
 
 
+@dataclass(frozen=True)
+class ModelDescription:
+    """What is known of a configured model, loaded or not."""
+
+    name: str
+    family: str | None  # None: unknown until it loads
+    native_size: int | None  # side of the square it was trained at
+    inpaint_model: bool  # has a dedicated 9-channel inpaint UNet
+    loaded: bool
+
+
 class ModelRegistry:
     """The configured models; loads each lazily on the worker thread and keeps it loaded."""
 
@@ -164,19 +175,20 @@ class ModelRegistry:
     def loaded_names(self) -> list[str]:
         return list(self._loaded)
 
-    def describe(self) -> list[dict]:
-        """The ``models`` message's entries."""
+    def describe(self) -> list[ModelDescription]:
+        """Each configured model as it stands: a loaded one from its weights, the others from the config
+        (the server turns these into the ``models`` message)."""
         out = []
         for name, spec in self.config.models.items():
             model = self._loaded.get(name)
-            out.append({
-                "name": name,
-                "family": model.family if model else configured_family(spec),
-                "native_size": model.native_size if model else configured_native_size(spec),
-                "inpaint_model": ((model.inpaint_unet is not None or model.inpaint_only) if model
-                                  else bool(spec.inpaint)),
-                "loaded": model is not None,
-            })
+            out.append(ModelDescription(
+                name=name,
+                family=model.family if model else configured_family(spec),
+                native_size=model.native_size if model else configured_native_size(spec),
+                inpaint_model=((model.inpaint_unet is not None or model.inpaint_only) if model
+                               else bool(spec.inpaint)),
+                loaded=model is not None,
+            ))
         return out
 
     def get(self, name: str | None) -> LoadedModel:

@@ -1,0 +1,161 @@
+"""Every message the server sends, built from typed values: the server side's wire names live here.
+
+Text messages are returned as dicts (the transport writes them as JSON); pictures as binary frames
+(``shared.images.encode_frame``). What they must look like is ``shared.messages.SERVER_MESSAGES`` and
+``FRAME_HEADER_FIELDS``, from which ``docs/protocol.schema.json`` is generated; the tests check live
+traffic against that schema. Nothing here encodes pixels or touches a socket.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import shared
+from backend.engine.job import EditJob
+from backend.engine.passes import Pass, layer_box
+from shared.errors import ProtocolError
+from shared.images import ImageData, encode_frame
+from shared.messages import FAMILIES, IMAGE_FORMATS, MODES, PROTOCOL_VERSION, REFERENCE_MODES, SAMPLERS
+from shared.rules import seed_range
+
+if TYPE_CHECKING:  # type hints only: importing the engine here would pull torch into the message layer
+    from backend.config import Config
+    from backend.engine.engine import EngineResult, Layer
+    from backend.engine.models import ModelDescription, ModelError
+    from backend.jobs import Job
+
+SERVER_NAME = f"easel/{shared.__version__}"
+
+
+def welcome(config: Config, device: str, preprocessors: list[str], default_model: str | None) -> dict:
+    """The answer to ``hello``: who we are and what this server can do."""
+    limits = config.limits
+    return {
+        "type": "welcome", "server": SERVER_NAME, "protocol": PROTOCOL_VERSION,
+        "capabilities": {
+            "modes": list(MODES), "families": list(FAMILIES), "samplers": list(SAMPLERS),
+            "image_formats": list(IMAGE_FORMATS),
+            "control_types": sorted({kind for types in config.controlnets.values() for kind in types}),
+            "preprocessors": preprocessors,
+            "reference_families": sorted(config.ip_adapters),
+            "reference_modes": [mode for mode in REFERENCE_MODES if mode != "face" or any(
+                spec.face for spec in config.ip_adapters.values())],
+            "limits": {"max_steps": limits.max_steps, "max_batch": limits.max_batch,
+                       "max_side": limits.max_side, "max_pixels": limits.max_pixels,
+                       "max_message_bytes": limits.max_message_bytes,
+                       "max_generate_side": limits.max_generate_side},
+        },
+        "device": device, "default_model": default_model,
+    }
+
+
+def accepted(job_id: str, position: int) -> dict:
+    return {"type": "accepted", "job": job_id, "position": position}
+
+
+def started(job: Job, steps: int, passes: list[Pass]) -> dict:
+    """``started``: the model, the steps per pass and, for edits of a picture, where the passes go."""
+    work = job.work
+    edit = isinstance(work, EditJob)
+    message = {"type": "started", "job": job.id, "model": work.model if edit else work.preprocessor,
+               "steps": steps, "diffusion_size": list(passes[0].size)}
+    if edit and work.mode != "generate":
+        message["box"] = layer_box(passes).as_list()
+        message["passes"] = [{"box": p.box.as_list(), "diffusion_size": list(p.size)} for p in passes]
+    return message
+
+
+def progress(job_id: str, step: int, total: int, preview: str | None = None) -> dict:
+    """``progress``; ``preview`` is the id of the preview frame sent just before it."""
+    message = {"type": "progress", "job": job_id, "step": step, "total": total}
+    if preview is not None:
+        message["preview"] = preview
+    return message
+
+
+def preview_frame(job_id: str, step: int, image: ImageData) -> tuple[str, bytes]:
+    """A preview's image id and binary frame."""
+    image_id = f"{job_id}.p{step}"
+    return image_id, encode_frame({"image": image_id, "job": job_id, "role": "preview", "format": image.format,
+                                   "width": image.width, "height": image.height, "step": step}, image.data)
+
+
+def result_frame(job_id: str, index: int, image: ImageData) -> tuple[str, bytes]:
+    """A result image's id and binary frame."""
+    image_id = f"{job_id}.r{index}"
+    return image_id, encode_frame({"image": image_id, "job": job_id, "role": "result", "format": image.format,
+                                   "width": image.width, "height": image.height, "index": index}, image.data)
+
+
+def result_image(layer: Layer, image: ImageData, *, frame: str | None = None) -> dict:
+    """One entry of ``result.images``: the frame it travels in, or (``frame`` None) its base64 data inline."""
+    item = {"index": layer.index, "seed": layer.seed, "width": image.width, "height": image.height,
+            "offset": list(layer.offset), "format": image.format}
+    if frame is None:
+        item["data"] = image.to_base64()
+    else:
+        item["image"] = frame
+    return item
+
+
+def result(job: Job, run: EngineResult, images: list[dict], started: float, now: float) -> dict:
+    """``result``: the images, the job as run, and where the time went (``started``, ``now``: perf_counter)."""
+    timings = {"queued": round(started - job.submitted, 4), "load": round(run.load_seconds, 4),
+               "run": round(run.run_seconds, 4), "total": round(now - job.submitted, 4)}
+    return {"type": "result", "job": job.id, "images": images, "parameters": parameters(job, run),
+            "timings": timings}
+
+
+def parameters(job: Job, run: EngineResult) -> dict:
+    """The job as run, for the ``result`` message: defaults filled, the seed resolved, the size made."""
+    work = job.work
+    if not isinstance(work, EditJob):
+        return {"mode": "preprocess", "preprocessor": work.preprocessor, "resolution": work.resolution}
+    out = {"mode": work.mode, "model": work.model, "prompt": work.prompt, "negative_prompt": work.negative_prompt,
+           "seed": work.seed, "steps": work.steps, "guidance": work.guidance, "strength": work.strength,
+           "batch": work.batch, "sampler": work.sampler, "mask_grow": work.mask_grow,
+           "mask_feather": work.mask_feather, "seeds": seed_range(work.seed, work.batch)}
+    if work.mode == "generate":
+        del out["strength"]
+        out["width"], out["height"] = run.passes[0].size
+    if work.references:
+        out["references"] = [{"weight": r.weight, "mode": r.mode} for r in work.references]
+    if work.control:
+        out["control"] = [{"type": u.type, "preprocess": u.preprocessor or "off", "scale": u.scale,
+                           "start": u.start, "end": u.end} for u in work.control]
+    return out
+
+
+def error(exc: ProtocolError) -> dict:
+    """A refusal (of a message, or of a job when ``exc.job`` is set)."""
+    return exc.to_message()
+
+
+def model_error(job_id: str, exc: ModelError) -> dict:
+    """A job the engine could not serve; a control unit's field is named by its index (``control[1].type``)."""
+    field = exc.field if exc.unit is None else f"control[{exc.unit}].{exc.field}"
+    return error(ProtocolError(exc.code, exc.message, field, job_id))
+
+
+def internal_error(job_id: str | None, exc: BaseException) -> dict:
+    """A bug: the job (or the message, when ``job_id`` is None) fails, the server keeps serving."""
+    if job_id is None:
+        return error(ProtocolError("internal", f"the server failed on this message: {exc}"))
+    return error(ProtocolError("internal", f"the job failed: {type(exc).__name__}: {exc}", None, job_id))
+
+
+def cancelled(job_id: str, stage: str) -> dict:
+    """``cancelled``; ``stage`` is "queued" or "running"."""
+    return {"type": "cancelled", "job": job_id, "while": stage}
+
+
+def status(device: str, running: str | None, queued: list[str], queue_length: int, clients: int,
+           loaded_models: list[str]) -> dict:
+    return {"type": "status", "device": device, "running": running, "queued": queued, "queue_length": queue_length,
+            "clients": clients, "loaded_models": loaded_models}
+
+
+def models(default: str | None, descriptions: list[ModelDescription]) -> dict:
+    return {"type": "models", "default": default, "models": [
+        {"name": d.name, "family": d.family, "native_size": d.native_size, "inpaint_model": d.inpaint_model,
+         "loaded": d.loaded} for d in descriptions]}

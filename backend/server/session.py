@@ -1,0 +1,216 @@
+"""The protocol core of one connection, without I/O: frames in, replies out.
+
+Modelled on the websockets library's split of protocol state from I/O: ``Session.receive`` takes one
+frame as it came off the socket (text or bytes) and returns a ``Reply``: the messages to send back on
+this connection, whether to close it, and at most one ``Intake``. An intake decodes a job's pictures,
+which can take seconds, so the transport runs ``Intake.build`` on a thread and then hands it back to
+``Session.admit``, which queues the job or sends its refusal. Nothing here awaits, reads a socket or
+starts a thread: tests drive a session with plain calls.
+
+What all connections share (config, engine, the job queue, who is connected) is a ``ServerState``.
+Messages of running jobs (started, progress, result ...) are the worker's (``worker.py``).
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import uuid
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Callable, ClassVar
+
+from backend.config import Config
+from backend.intake import build_edit_job, build_preprocess_job
+from backend.jobs import Job, JobQueue
+from backend.server import messages
+from shared import job as protocol
+from shared.images import ImageData, decode_frame
+from shared.messages import PROTOCOL_VERSION, ProtocolError, parse_client_message
+
+if TYPE_CHECKING:
+    from backend.engine.engine import Engine
+    from backend.engine.job import EditJob, PreprocessJob
+
+log = logging.getLogger(__name__)
+
+CLIENT_ROLES = ("image", "mask", "control", "reference")  # frame roles a client may upload
+
+
+@dataclass(eq=False)
+class ServerState:
+    """What every connection of one server shares."""
+
+    config: Config
+    engine: Engine
+    queue: JobQueue = field(default_factory=JobQueue)
+    sessions: set[Session] = field(default_factory=set)  # the open connections
+
+    def open(self) -> Session:
+        """A session for a new connection."""
+        session = Session(self)
+        self.sessions.add(session)
+        return session
+
+
+@dataclass(eq=False)
+class Intake:
+    """A job request whose pictures still have to be decoded and checked (``build``, off the event loop)."""
+
+    request: protocol.Job | protocol.PreprocessJob
+    builder: Callable[[], EditJob | PreprocessJob]  # raises ProtocolError for what the client got wrong
+    work: EditJob | PreprocessJob | None = None
+    refusal: dict | None = None  # the error message to send instead of ``accepted``
+
+    def build(self) -> None:
+        """Decode and check the job; blocking (pictures can be large), and safe on any thread."""
+        try:
+            self.work = self.builder()
+        except ProtocolError as exc:
+            exc.job = self.request.id
+            self.refusal = messages.error(exc)
+        except Exception as exc:  # a bug must cost one answer, not the connection or the server
+            log.exception("failed to take in job %s", self.request.id)
+            self.refusal = messages.internal_error(None, exc)
+
+
+@dataclass
+class Reply:
+    """What the transport does after one incoming frame."""
+
+    send: list[dict | bytes] = field(default_factory=list)  # to this connection, in order
+    close: bool = False  # close the connection (1008, unauthorized) once ``send`` went out
+    intake: Intake | None = None  # run ``intake.build`` off the event loop, then ``Session.admit(intake)``
+
+
+class Session:
+    """One client connection's protocol state: greeted or not, its uploads, and (through the queue) its jobs."""
+
+    def __init__(self, state: ServerState):
+        self.state = state
+        self.greeted = False
+        self.uploads: dict[str, ImageData] = {}
+
+    # -- what the transport calls --------------------------------------------------------------
+
+    def receive(self, raw: str | bytes) -> Reply:
+        """Handle one frame. Never raises: whatever a client sends gets at worst an ``error``."""
+        try:
+            limit = self.state.config.limits.max_message_bytes
+            size = len(raw) if isinstance(raw, bytes) else len(raw.encode())
+            if size > limit:  # the websocket layer closes the connection only at twice this size
+                raise ProtocolError("frame_too_large", f"message of {size} bytes is over this server's limit of "
+                                    f"{limit}")
+            if isinstance(raw, bytes):
+                self._require_hello()
+                self._upload(raw)
+                return Reply()
+            message = parse_client_message(raw)
+            if message["type"] != "hello":
+                self._require_hello()
+            return self.HANDLERS[message["type"]](self, message)
+        except ProtocolError as exc:
+            return Reply([messages.error(exc)], close=exc.code == "unauthorized")
+        except Exception as exc:  # a bug must cost one answer, not the connection or the server
+            log.exception("failed to handle a message")
+            return Reply([messages.internal_error(None, exc)])
+
+    def admit(self, intake: Intake) -> Reply:
+        """Queue a job that ``intake.build`` took in, or send why it was refused."""
+        if intake.refusal is not None:
+            return Reply([intake.refusal])
+        job = Job(intake.request, intake.work, self)
+        return Reply([messages.accepted(job.id, self.state.queue.put(job))])
+
+    def close(self) -> None:
+        """The client left: its queued jobs go, its running job stops at the next step, its uploads are dropped."""
+        self.state.sessions.discard(self)
+        queue = self.state.queue
+        for job in queue.owned_by(self):
+            queue.cancel(job)
+            if job is not queue.running:
+                job.end()
+        self.uploads.clear()
+
+    # -- handlers, one per client message type ------------------------------------------------
+
+    def _hello(self, message: dict) -> Reply:
+        config, engine = self.state.config, self.state.engine
+        # compare_digest: the time taken must not tell how much of a guessed token was right
+        if config.token and not hmac.compare_digest(message.get("token", "").encode(), config.token.encode()):
+            raise ProtocolError("unauthorized", "this server needs a token, and the one sent is missing or wrong",
+                                "token")
+        if message["protocol"] != PROTOCOL_VERSION:
+            raise ProtocolError("unsupported_protocol", f"this server speaks protocol {PROTOCOL_VERSION}, "
+                                f"the client {message['protocol']}", "protocol")
+        self.greeted = True
+        return Reply([messages.welcome(config, str(engine.device), engine.preprocessors.available(),
+                                       engine.registry.default)])
+
+    def _submit(self, message: dict) -> Reply:
+        registry, limits = self.state.engine.registry, self.state.config.limits
+        names, default = registry.names(), registry.default
+        request = protocol.Job.from_message(message, validate=False)  # parse_client_message validated it
+        return self._take(request, lambda: build_edit_job(request, self.uploads, limits, names, default))
+
+    def _preprocess(self, message: dict) -> Reply:
+        limits = self.state.config.limits
+        request = protocol.PreprocessJob.from_message(message, validate=False)
+        return self._take(request, lambda: build_preprocess_job(request, self.uploads, limits))
+
+    def _cancel(self, message: dict) -> Reply:
+        queue = self.state.queue
+        job = queue.find(self, message["job"])
+        if job is None or job.ended:
+            raise ProtocolError("unknown_job", f"no queued or running job {message['job']!r} on this connection",
+                                "job", message["job"])
+        if queue.cancel(job) == "queued" and job.end():
+            return Reply([messages.cancelled(job.id, "queued")])
+        return Reply()  # a running job ends with `cancelled` (or its result) from the worker
+
+    def _status(self, message: dict) -> Reply:
+        state = self.state
+        own = state.queue.owned_by(self)
+        running = state.queue.running if state.queue.running in own else None
+        return Reply([messages.status(str(state.engine.device), running.id if running else None,
+                                      [job.id for job in own if job is not running], len(state.queue),
+                                      len(state.sessions), state.engine.registry.loaded_names())])
+
+    def _models(self, message: dict) -> Reply:
+        registry = self.state.engine.registry
+        return Reply([messages.models(registry.default, registry.describe())])
+
+    # An explicit table, so the handled types are greppable and a test can hold them to CLIENT_MESSAGES.
+    HANDLERS: ClassVar[dict[str, Callable[[Session, dict], Reply]]] = {
+        "hello": _hello, "submit": _submit, "preprocess": _preprocess, "cancel": _cancel, "status": _status,
+        "models": _models,
+    }
+
+    # -- helpers ------------------------------------------------------------------------------
+
+    def _require_hello(self) -> None:
+        if not self.greeted:
+            raise ProtocolError("hello_required", "send `hello` before anything else")
+
+    def _upload(self, raw: bytes) -> None:
+        """Keep an uploaded picture until a job names it, within this connection's upload budget."""
+        header, image = decode_frame(raw)
+        if header["role"] not in CLIENT_ROLES:
+            raise ProtocolError("invalid_field", f"clients upload roles {', '.join(CLIENT_ROLES)}, not "
+                                f"{header['role']!r}", "role")
+        self.uploads.pop(header["image"], None)  # the same id again replaces the earlier upload
+        used = sum(len(upload.data) for upload in self.uploads.values())
+        if used + len(image.data) > self.state.config.limits.max_upload_bytes:
+            raise ProtocolError("limit_exceeded", "too many unused uploads on this connection; reference them in "
+                                "a submit or reconnect", header["role"])
+        self.uploads[header["image"]] = image
+
+    def _take(self, request: protocol.Job | protocol.PreprocessJob,
+              build: Callable[[], EditJob | PreprocessJob]) -> Reply:
+        """The checks that need no pictures; the rest is the intake's, off the event loop."""
+        request.id = request.id or uuid.uuid4().hex[:16]
+        queue = self.state.queue
+        if queue.find(self, request.id):
+            raise ProtocolError("duplicate_job", f"job {request.id} is still queued or running", "job", request.id)
+        if len(queue.owned_by(self)) >= self.state.config.limits.max_queued_per_client:
+            raise ProtocolError("limit_exceeded", "too many jobs queued from this connection", "job", request.id)
+        return Reply(intake=Intake(request, build))

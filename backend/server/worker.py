@@ -1,0 +1,148 @@
+"""The GPU worker: runs queued jobs one at a time and reports them to their clients.
+
+Three threads take part, so that the GPU never waits for a PNG encoder and the event loop never
+waits for either:
+
+- the event loop takes the next job from the queue and sends the messages;
+- the GPU thread (``easel-gpu``, one, because the engine runs one job at a time) runs ``Engine.run``;
+  its ``Reporter`` calls only hand work to the encoder thread and return;
+- the encoder thread (``easel-encode``, one) encodes previews and results and builds every message of
+  a running job. Being a single FIFO thread is what keeps a job's messages in order: ``started``,
+  then each preview frame just before its ``progress``, then the result frames and ``result`` (or
+  ``cancelled`` / ``error``, which wait for the job's earlier messages to be out).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Callable
+
+import numpy as np
+from PIL import Image
+
+from backend.engine.engine import Engine, EngineResult, JobCancelled
+from backend.engine.models import ModelError
+from backend.engine.passes import Pass
+from backend.imaging import encode
+from backend.jobs import Job, JobQueue
+from backend.server import messages
+
+log = logging.getLogger(__name__)
+
+Deliver = Callable[[Job, list], None]  # sends messages (dicts, frames) to a job's client; on the event loop
+
+
+class Worker:
+    """Takes jobs from the queue, one at a time, and runs them on the GPU thread."""
+
+    def __init__(self, engine: Engine, queue: JobQueue, deliver: Deliver):
+        self.engine, self.queue, self.deliver = engine, queue, deliver
+        self._gpu = ThreadPoolExecutor(1, thread_name_prefix="easel-gpu")
+        self._encoder = ThreadPoolExecutor(1, thread_name_prefix="easel-encode")
+
+    async def run_forever(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            job = await self.queue.next()
+            try:
+                await self._run(loop, job)
+            finally:
+                self.queue.done(job)
+
+    def stop(self) -> None:
+        """Stop the running job at its next step and let the threads go (the server is stopping)."""
+        if self.queue.running:
+            self.queue.running.cancel_event.set()
+        self._gpu.shutdown(wait=False, cancel_futures=True)
+        self._encoder.shutdown(wait=False, cancel_futures=True)
+
+    async def _run(self, loop: asyncio.AbstractEventLoop, job: Job) -> None:
+        started = time.perf_counter()
+        reporter = _Reporter(loop, job, self._encoder, self.deliver)
+        try:
+            result = await loop.run_in_executor(self._gpu, self.engine.run, job.work, reporter)
+            ending = await loop.run_in_executor(self._encoder, encode_result, job, result, started)
+        except Exception as exc:
+            ending = [_failure(job, exc)]
+            # the job's progress still being encoded goes out before the message that ends it
+            await loop.run_in_executor(self._encoder, _nothing)
+        if job.end():  # a job cancelled while it finished already got its one ending
+            self.deliver(job, ending)
+
+
+class _Reporter:
+    """The engine's ``Reporter`` for one job. Called on the GPU thread; builds nothing there."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, job: Job, encoder: ThreadPoolExecutor, deliver: Deliver):
+        self.loop, self.job, self.encoder, self.deliver = loop, job, encoder, deliver
+
+    def started(self, steps: int, passes: list[Pass]) -> None:
+        self._later(lambda: [messages.started(self.job, steps, passes)])
+
+    def progress(self, step: int, total: int, preview: Image.Image | None) -> None:
+        self._later(functools.partial(encode_progress, self.job, step, total, preview))
+
+    def is_cancelled(self) -> bool:
+        return self.job.cancel_event.is_set()
+
+    def _later(self, build: Callable[[], list]) -> None:
+        """Build messages on the encoder thread, in the order asked, then send them from the event loop."""
+        self.encoder.submit(self._build_and_deliver, build)
+
+    def _build_and_deliver(self, build: Callable[[], list]) -> None:
+        try:
+            out = build()
+        except Exception:  # the encoder thread has no caller to raise to
+            log.exception("could not build a message of job %s", self.job.id)
+            return
+        try:
+            self.loop.call_soon_threadsafe(self.deliver, self.job, out)
+        except RuntimeError:  # the event loop is closed: the server stopped, nobody is listening
+            pass
+
+
+def encode_progress(job: Job, step: int, total: int, preview: Image.Image | None) -> list:
+    """``progress``, after its preview frame when there is a preview (encoder thread)."""
+    if preview is None:
+        return [messages.progress(job.id, step, total)]
+    try:
+        image = encode(np.asarray(preview.convert("RGBA")), job.request.output_format)
+    except Exception:  # a preview is a nicety: the step still counts
+        log.exception("could not encode a preview of job %s", job.id)
+        return [messages.progress(job.id, step, total)]
+    image_id, frame = messages.preview_frame(job.id, step, image)
+    return [frame, messages.progress(job.id, step, total, image_id)]
+
+
+def encode_result(job: Job, result: EngineResult, started: float) -> list:
+    """Result frames (or inline data) followed by the ``result`` message (encoder thread)."""
+    request, out, images = job.request, [], []
+    fmt = "png" if request.inline else request.output_format
+    for layer in result.layers:
+        image = encode(layer.pixels, fmt)
+        if request.inline:
+            images.append(messages.result_image(layer, image))
+        else:
+            image_id, frame = messages.result_frame(job.id, layer.index, image)
+            out.append(frame)
+            images.append(messages.result_image(layer, image, frame=image_id))
+    out.append(messages.result(job, result, images, started, time.perf_counter()))
+    return out
+
+
+def _failure(job: Job, exc: Exception) -> dict:
+    """The message that ends a job the engine did not finish."""
+    if isinstance(exc, JobCancelled):
+        return messages.cancelled(job.id, "running")
+    if isinstance(exc, ModelError):
+        return messages.model_error(job.id, exc)
+    log.error("job %s failed", job.id, exc_info=exc)  # the engine failed: tell the client, keep serving
+    return messages.internal_error(job.id, exc)
+
+
+def _nothing() -> None:
+    """A no-op: run on the encoder thread, it waits for what was queued there before it."""

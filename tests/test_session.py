@@ -1,0 +1,258 @@
+"""The server's session core driven with plain calls (no socket, no event loop), and the worker's threads.
+
+A ``Session`` turns each incoming frame into a ``Reply``; these tests read the replies directly. The
+last tests run a real server to show where pictures are encoded and in which order frames leave.
+"""
+
+import dataclasses
+import json
+import threading
+import time
+
+import pytest
+from websockets.sync.client import connect
+
+from backend.server import worker
+from backend.server.session import ServerState, Session
+from schema_check import validator
+from shared.images import encode_frame
+from shared.messages import CLIENT_MESSAGES, PROTOCOL_VERSION
+
+SERVER_MESSAGE = validator("server_message")
+SUBMIT = {"type": "submit", "job": "j1", "mode": "generate", "prompt": "x", "steps": 2, "width": 64, "height": 64,
+          "seed": 0}
+
+
+def send(session: Session, message: dict):
+    """The messages a session answers with; a job's intake runs right here, as the transport would."""
+    reply = session.receive(json.dumps(message))
+    if reply.intake is not None:
+        assert reply.send == []
+        reply.intake.build()
+        reply = session.admit(reply.intake)
+    for answer in reply.send:
+        SERVER_MESSAGE.validate(answer)
+    return reply.send
+
+
+def only_error(messages: list) -> tuple:
+    (message,) = messages
+    assert message["type"] == "error", message
+    return message["code"], message["field"], message["job"]
+
+
+def upload(image_id: str, nbytes: int, role: str = "image") -> bytes:
+    return encode_frame({"image": image_id, "role": role, "format": "rgba8", "width": nbytes // 4, "height": 1},
+                        bytes(nbytes))
+
+
+def state_with(config, engine, **changes) -> ServerState:
+    limits = {key: changes.pop(key) for key in list(changes) if key.startswith("max_")}
+    return ServerState(dataclasses.replace(config, limits=dataclasses.replace(config.limits, **limits), **changes),
+                       engine)
+
+
+@pytest.fixture
+def state(demo_config, engine):
+    return ServerState(demo_config, engine)  # its own queue: nothing here runs on the shared server
+
+
+@pytest.fixture
+def session(state):
+    session = state.open()
+    assert send(session, {"type": "hello", "protocol": PROTOCOL_VERSION})[0]["type"] == "welcome"
+    return session
+
+
+def test_the_handler_table_covers_every_client_message():
+    assert set(Session.HANDLERS) == set(CLIENT_MESSAGES)
+    assert all(callable(handler) for handler in Session.HANDLERS.values())
+
+
+def test_hello_first_then_welcome(state, engine):
+    session = state.open()
+    assert only_error(send(session, {"type": "status"})) == ("hello_required", None, None)
+    reply = session.receive(upload("early", 16))
+    assert only_error(reply.send) == ("hello_required", None, None) and not reply.close
+    (welcome,) = send(session, {"type": "hello", "protocol": PROTOCOL_VERSION, "client": "test"})
+    assert (welcome["type"], welcome["protocol"], welcome["default_model"]) == ("welcome", PROTOCOL_VERSION, "demo")
+    assert welcome["capabilities"]["preprocessors"] == engine.preprocessors.available()
+    assert send(session, {"type": "status"})[0]["type"] == "status"
+
+
+def test_an_unsupported_protocol_is_refused_and_the_connection_stays(state):
+    session = state.open()
+    reply = session.receive(json.dumps({"type": "hello", "protocol": PROTOCOL_VERSION + 1}))
+    assert only_error(reply.send) == ("unsupported_protocol", "protocol", None) and not reply.close
+    assert not session.greeted
+    assert send(session, {"type": "hello", "protocol": PROTOCOL_VERSION})[0]["type"] == "welcome"
+
+
+def test_a_missing_or_wrong_token_closes_the_connection(demo_config, engine):
+    state = state_with(demo_config, engine, token="s3cret")
+    for token in ({}, {"token": "wrong"}, {"token": "s3cre"}, {"token": "s3cret!"}):
+        session = state.open()
+        reply = session.receive(json.dumps({"type": "hello", "protocol": PROTOCOL_VERSION, **token}))
+        assert only_error(reply.send) == ("unauthorized", "token", None)
+        assert reply.close and not session.greeted
+    assert send(state.open(), {"type": "hello", "protocol": PROTOCOL_VERSION, "token": "s3cret"})[0]["type"] == \
+        "welcome"
+
+
+def test_uploads_are_held_within_the_connection_budget(demo_config, engine):
+    session = state_with(demo_config, engine, max_upload_bytes=100).open()
+    send(session, {"type": "hello", "protocol": PROTOCOL_VERSION})
+    assert session.receive(upload("a", 48)).send == []
+    assert session.receive(upload("b", 48, role="mask")).send == []
+    assert only_error(session.receive(upload("c", 48, role="control")).send) == ("limit_exceeded", "control", None)
+    assert session.receive(upload("a", 48)).send == [], "the same id again replaces the earlier upload"
+    assert only_error(session.receive(upload("r", 4, role="result")).send) == ("invalid_field", "role", None)
+    assert sorted(session.uploads) == ["a", "b"]
+    session.close()
+    assert session.uploads == {}
+
+
+def test_an_oversize_frame_is_refused_and_the_connection_stays(demo_config, engine):
+    session = state_with(demo_config, engine, max_message_bytes=64).open()
+    send(session, {"type": "hello", "protocol": PROTOCOL_VERSION})
+    reply = session.receive(upload("big", 80))
+    assert only_error(reply.send) == ("frame_too_large", None, None) and not reply.close
+
+
+def test_a_job_id_in_use_is_refused_until_the_job_ends(session, state):
+    assert send(session, SUBMIT) == [{"type": "accepted", "job": "j1", "position": 0}]
+    assert only_error(send(session, SUBMIT)) == ("duplicate_job", "job", "j1")
+    assert len(state.queue) == 1, "the refused duplicate was not queued"
+    other = state.open()
+    send(other, {"type": "hello", "protocol": PROTOCOL_VERSION})
+    assert send(other, SUBMIT) == [{"type": "accepted", "job": "j1", "position": 1}], "ids belong to a connection"
+    assert send(session, {"type": "cancel", "job": "j1"}) == [{"type": "cancelled", "job": "j1", "while": "queued"}]
+    assert [job.owner for job in state.queue.owned_by(other)] == [other], "the other connection's j1 stays"
+    assert send(session, SUBMIT)[0]["type"] == "accepted", "an id is free again once its job ended"
+
+
+def test_cancelling_an_unknown_job_is_an_error(session, state):
+    assert only_error(send(session, {"type": "cancel", "job": "nope"})) == ("unknown_job", "job", "nope")
+    other = state.open()
+    send(other, {"type": "hello", "protocol": PROTOCOL_VERSION})
+    send(other, SUBMIT)
+    assert only_error(send(session, {"type": "cancel", "job": "j1"})) == ("unknown_job", "job", "j1"), \
+        "a job can only be cancelled by its own connection"
+
+
+def test_a_refused_intake_names_the_job_and_queues_nothing(session, state):
+    submit = {**SUBMIT, "job": "bad", "mode": "img2img", "image": {"frame": "never-sent"}}
+    del submit["width"], submit["height"]
+    assert only_error(send(session, submit)) == ("unknown_image", "image", "bad")
+    assert len(state.queue) == 0
+    assert only_error(send(session, {**SUBMIT, "steps": 100000})) == ("limit_exceeded", "steps", "j1")
+
+
+def test_a_job_without_an_id_gets_one(session):
+    submit = dict(SUBMIT)
+    del submit["job"]
+    (accepted,) = send(session, submit)
+    assert accepted["type"] == "accepted" and len(accepted["job"]) == 16
+
+
+def test_status_lists_this_connections_jobs_and_close_drops_them(session, state):
+    send(session, SUBMIT)
+    send(session, {**SUBMIT, "job": "j2"})
+    (status,) = send(session, {"type": "status"})
+    assert (status["running"], status["queued"], status["queue_length"], status["clients"]) == \
+        (None, ["j1", "j2"], 2, 1)
+    session.close()
+    assert len(state.queue) == 0 and state.sessions == set()
+
+
+def test_models_are_described_by_the_engine_and_worded_by_the_server(session, engine):
+    (models,) = send(session, {"type": "models"})
+    described = engine.registry.describe()
+    assert models["default"] == "demo"
+    assert models["models"] == [dataclasses.asdict(d) for d in described]
+    assert [entry["name"] for entry in models["models"]] == engine.registry.names()
+
+
+def test_a_failing_handler_costs_one_answer(session, monkeypatch):
+    def broken(self, message):
+        raise RuntimeError("boom")
+
+    monkeypatch.setitem(Session.HANDLERS, "status", broken)
+    assert only_error(send(session, {"type": "status"})) == ("internal", None, None)
+    assert send(session, {"type": "models"})[0]["type"] == "models"
+
+
+# -- the worker: where pictures are encoded, and in which order they leave ---------------------
+
+def collect(ws, job: str) -> list:
+    """(kind, detail) for every frame of ``job`` until it ends: ("frame", header) or ("message", message)."""
+    seen = []
+    while True:
+        raw = ws.recv(timeout=120)
+        if isinstance(raw, bytes):
+            size = int.from_bytes(raw[:4], "big")
+            seen.append(("frame", json.loads(raw[4:4 + size])))
+            continue
+        message = json.loads(raw)
+        seen.append(("message", message))
+        if message["type"] in ("result", "error", "cancelled") and message.get("job") == job:
+            return seen
+
+
+def hello(url: str):
+    ws = connect(url)
+    ws.send(json.dumps({"type": "hello", "protocol": PROTOCOL_VERSION}))
+    assert json.loads(ws.recv())["type"] == "welcome"
+    return ws
+
+
+def test_previews_are_encoded_off_the_gpu_thread_and_arrive_in_order(server, monkeypatch):
+    threads, real = [], worker.encode
+
+    def slow_encode(pixels, fmt):
+        threads.append(threading.current_thread().name)
+        time.sleep(0.03)  # slower than a demo step: the GPU thread runs ahead, the order must hold anyway
+        return real(pixels, fmt)
+
+    monkeypatch.setattr(worker, "encode", slow_encode)
+    with hello(server.url) as ws:
+        ws.send(json.dumps({**SUBMIT, "job": "order", "steps": 6, "batch": 2, "preview_every": 1,
+                            "preview_size": 32}))
+        seen = collect(ws, "order")
+    assert threads and all(name.startswith("easel-encode") for name in threads), set(threads)
+    assert len(threads) == 12 + 2, "twelve previews and two results, all on the encoder thread"
+    kinds = [detail["type"] if kind == "message" else detail["role"] for kind, detail in seen]
+    assert kinds == ["accepted", "started"] + ["preview", "progress"] * 12 + ["result", "result", "result"]
+    for (_, frame), (_, message) in zip(seen[2:-3:2], seen[3:-3:2]):
+        assert message["preview"] == frame["image"] and frame["step"] == message["step"]
+    assert [message["step"] for kind, message in seen[3:-3:2]] == list(range(1, 13))
+
+
+def test_a_cancelled_job_ends_after_its_last_progress(server, monkeypatch):
+    """The encoder is held while the engine runs ahead and is cancelled: `cancelled` still comes last."""
+    first, release, real = threading.Event(), threading.Event(), worker.encode
+
+    def held_encode(pixels, fmt):
+        first.set()
+        release.wait(30)
+        return real(pixels, fmt)
+
+    monkeypatch.setattr(worker, "encode", held_encode)
+    with hello(server.url) as ws:
+        ws.send(json.dumps({**SUBMIT, "job": "held", "steps": 150, "width": 256, "height": 256,
+                            "preview_every": 1, "preview_size": 32}))
+        assert first.wait(60)
+        ws.send(json.dumps({"type": "cancel", "job": "held"}))
+        deadline = time.perf_counter() + 30
+        while not (server.server.queue.running and server.server.queue.running.cancel_event.is_set()):
+            assert time.perf_counter() < deadline
+            time.sleep(0.01)
+        time.sleep(0.5)  # the GPU thread stops at its next step while the encoder is still held
+        release.set()
+        seen = collect(ws, "held")
+        ws.send(json.dumps({**SUBMIT, "job": "after"}))  # its messages pass the same encoder thread, after
+        later = collect(ws, "after")
+    assert seen[-1] == ("message", {"type": "cancelled", "job": "held", "while": "running"})
+    assert [detail for kind, detail in later if detail.get("job") == "held"] == [], "nothing after the end"
+    steps = [detail["step"] for kind, detail in seen if kind == "message" and detail["type"] == "progress"]
+    assert steps == list(range(1, len(steps) + 1)) and len(steps) < 150
