@@ -8,7 +8,7 @@ for speed. Parsing only (no torch here), so the config loads fast and bad values
     compile = "auto"          # auto | true | false   torch.compile (auto: on CUDA only)
     compile_modules = ["unet", "controlnet", "vae_decode"]
     compile_sizes = ["512x512", "1024x1024"]   # diffusion sizes that run compiled; others run eager
-    compile_mode = "default"  # torch.compile mode: default | reduce-overhead | max-autotune | max-autotune-no-cudagraphs
+    compile_mode = "default"  # torch.compile: default | reduce-overhead | max-autotune | max-autotune-no-cudagraphs
     prompt_cache = 32         # prompt embeddings kept per server (entries); 0 turns the cache off
     vae_tiling_above = 4194304  # decode in tiles above this many pixels (2048 x 2048); 0: never
     cpu_offload = false       # keep models in RAM and move each to the GPU while it runs (small-VRAM GPUs)

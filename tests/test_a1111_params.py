@@ -13,16 +13,24 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from conftest import picture, rect_mask
 from shared.messages import CONTROL_TYPES, REFERENCE_MODES, parse_client_message
 from shared.rules import reach as mask_margin
-from conftest import picture, rect_mask
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "a1111_extension"))
 
 from easel_a1111 import jobs  # noqa: E402
 from easel_a1111.params import (  # noqa: E402
-    OWN_IMAGE, USE_INPUT, ControlSpec, InputError, ReferenceSpec, TabValues, build_job, infotext,
-    mask_from_painting)
+    OWN_IMAGE,
+    USE_INPUT,
+    ControlSpec,
+    InputError,
+    ReferenceSpec,
+    TabValues,
+    build_job,
+    infotext,
+    mask_from_painting,
+)
 from easel_a1111.protocol import ImageData, Result, ResultImage  # noqa: E402
 from easel_a1111.protocol import capabilities as offered_by  # noqa: E402
 

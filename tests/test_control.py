@@ -115,7 +115,8 @@ def test_unknown_control_model_names_type_and_family(demo_config):
     from backend.server import ServerThread
     from shared.client import Client
 
-    only_sd15 = dataclasses.replace(demo_config, controlnets={"sd15": {"canny": demo_config.controlnets["sd15"]["canny"]}})
+    canny = demo_config.controlnets["sd15"]["canny"]
+    only_sd15 = dataclasses.replace(demo_config, controlnets={"sd15": {"canny": canny}})
     engine = Engine(ModelRegistry(only_sd15, *pick_device("cpu")))
     with ServerThread(only_sd15, engine) as server, Client(server.url) as other:
         with pytest.raises(EaselError) as caught:

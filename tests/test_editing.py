@@ -121,8 +121,8 @@ def test_inline_base64_for_simple_clients(client):
 def test_a_host_that_sends_only_the_crop_gets_the_same_edit(client):
     """Hosts plan the crop with shared.geometry; the backend's plan on that crop is the whole crop."""
     from shared.geometry import context_crop, mask_bounds
-    from shared.rules import reach as mask_margin
     from shared.messages import CLIENT_MESSAGES
+    from shared.rules import reach as mask_margin
 
     image = picture(1400, 900, seed=3)
     mask = rect_mask(image.size, (900, 120, 1010, 230))

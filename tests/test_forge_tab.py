@@ -15,8 +15,17 @@ import pytest
 from PIL import Image
 
 from conftest import picture
-from test_a1111_tab import (CHROMIUM, CHROMIUM_ARGS, TIMEOUT, backend_down, generate, harness, open_tab, set_number,
-                            text_of)
+from test_a1111_tab import (
+    CHROMIUM,
+    CHROMIUM_ARGS,
+    TIMEOUT,
+    backend_down,
+    generate,
+    harness,
+    open_tab,
+    set_number,
+    text_of,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 SETUP = ("run `bash .ci/run`, or set up the Forge-like environment: `python3 -m venv .venv-forge && "

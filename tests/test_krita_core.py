@@ -16,19 +16,17 @@ import numpy as np
 import pytest
 
 from backend.packaging import build
+from conftest import decode, picture, rect_mask
 from shared.geometry import Box, context_crop, diffusion_size, mask_bounds
+from shared.images import ImageData
 from shared.messages import CONTROL_TYPES, REFERENCE_MODES, parse_client_message
 from shared.rules import reach as mask_margin
-from shared.images import ImageData
-
-from conftest import decode, picture, rect_mask
 
 PLUGIN = Path(__file__).resolve().parents[1] / "krita_plugin"
 sys.path.insert(0, str(PLUGIN))
 
 from easel_krita import pixels, placement, plan  # noqa: E402
 from easel_krita.protocol import capabilities  # noqa: E402
-
 
 # -- pixels ------------------------------------------------------------------------------------
 

@@ -104,8 +104,9 @@ def test_a_controlnet_folder_is_read_by_file_name(tmp_path):
     (tmp_path / "easel.toml").write_text(
         f'[server]\ncontrolnet_folders = ["{folder}"]\n\n[controlnets.sd15]\ncanny = "/mine/canny"\n')
     config = load_config(tmp_path / "easel.toml")
+    anime = str(folder / "control_v11p_sd15s2_lineart_anime.safetensors")
     assert config.controlnets["sd15"] == {"canny": "/mine/canny",
-                                          "lineart_anime": str(folder / "control_v11p_sd15s2_lineart_anime.safetensors"),
+                                          "lineart_anime": anime,
                                           "depth": str(folder / "control_v11f1p_sd15_depth.safetensors"),
                                           "pose": str(folder / "control_v11p_sd15_openpose.safetensors")}
     assert config.controlnets["sdxl"] == {"depth": str(folder / "diffusers_xl_depth_full.safetensors")}

@@ -11,9 +11,9 @@ from accelerate.hooks import CpuOffload
 
 from backend.config import Config, ConfigError, load_config
 from backend.engine.engine import Engine
+from backend.engine.job import Control, EditJob, Reference
 from backend.engine.models import ModelRegistry, pick_device
 from backend.performance import Performance
-from backend.engine.job import Control, EditJob, Reference
 from conftest import picture, rect_mask
 
 

@@ -16,10 +16,10 @@ import torch
 
 from backend.config import ConfigError, load_config
 from backend.engine.engine import Engine
+from backend.engine.job import Control, EditJob, Reference
 from backend.engine.models import ModelRegistry, pick_device
 from backend.engine.residency import Residency
 from backend.performance import Performance
-from backend.engine.job import Control, EditJob, Reference
 from conftest import picture
 
 

@@ -2,8 +2,8 @@
 
 import dataclasses
 import json
-import threading
 import struct
+import threading
 import time
 import zlib
 

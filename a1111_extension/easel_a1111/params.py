@@ -16,8 +16,17 @@ from dataclasses import dataclass, field
 import numpy as np
 from PIL import Image
 
-from .protocol import (CONTROL_TYPES, MAX_SEED, MODES, REFERENCE_MODES, ControlUnit, ImageData, Job, ProtocolError,
-                       Reference, Sampling, rules)
+from .protocol import (
+    MAX_SEED,
+    MODES,
+    ControlUnit,
+    ImageData,
+    Job,
+    ProtocolError,
+    Reference,
+    Sampling,
+    rules,
+)
 
 USE_INPUT = "input picture"
 OWN_IMAGE = "own image"

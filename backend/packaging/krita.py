@@ -16,8 +16,9 @@ from importlib import metadata
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
-import shared
 import websockets
+
+import shared
 
 from . import REPO, copy_package
 

@@ -7,7 +7,7 @@ import random
 
 from . import extension, host, pixels, plan, protocol
 from .protocol import capabilities
-from .qt import ALIGN_CENTER, KEEP_ASPECT, SMOOTH, USER_ROLE, HORIZONTAL, QPixmap, QtGui, QtWidgets, rgba_image
+from .qt import ALIGN_CENTER, HORIZONTAL, KEEP_ASPECT, SMOOTH, USER_ROLE, QPixmap, QtGui, QtWidgets, rgba_image
 from .session import ControlLayer, ReferenceLayer, Session
 from .worker import Worker, sentence
 

@@ -12,7 +12,8 @@ import re
 from dataclasses import dataclass, replace
 from typing import Sequence
 
-from .protocol import errors, geometry, images, job as jobs, rules, vocabulary
+from .protocol import errors, geometry, images, rules, vocabulary
+from .protocol import job as jobs
 
 Box = geometry.Box
 Job, ControlUnit, Reference, Sampling = jobs.Job, jobs.ControlUnit, jobs.Reference, jobs.Sampling

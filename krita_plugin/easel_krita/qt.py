@@ -9,7 +9,7 @@ try:
     from PyQt6 import QtCore, QtGui, QtWidgets  # Krita 6
     QT6 = True
 except ImportError:
-    from PyQt5 import QtCore, QtGui, QtWidgets  # Krita 5
+    from PyQt5 import QtCore, QtGui, QtWidgets  # noqa: F401  (Krita 5; QtWidgets is for the docker)
     QT6 = False
 
 Qt = QtCore.Qt

@@ -32,8 +32,11 @@ def wait_for(obj, names=(), timeout=240.0, until=None):
     from easel_krita.qt import QEventLoop, QTimer
     loop, fired = QEventLoop(), []
     slots = []
+    def catcher(name):
+        return lambda *args: (fired.append((name, args)), loop.quit())
+
     for name in names:
-        slot = (lambda name: lambda *args: (fired.append((name, args)), loop.quit()))(name)
+        slot = catcher(name)
         getattr(obj, name).connect(slot)
         slots.append((name, slot))
     timer = QTimer()
@@ -432,8 +435,8 @@ def scenario_models_refresh_after_a_job(ctx):
 def scenario_docker_offers_what_the_server_offers(ctx):
     """The docker's control types, reference modes and spin box ranges follow the server's welcome."""
     from easel_krita import host
-    from easel_krita.protocol import capabilities
     from easel_krita.docker import EaselDocker
+    from easel_krita.protocol import capabilities
     host.write_setting("url", os.environ["EASEL_URL"])
     docker = EaselDocker()
     wait_for(None, timeout=30, until=lambda: docker.worker.state == "connected")
