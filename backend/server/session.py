@@ -70,7 +70,7 @@ class Intake:
             self.refusal = messages.error(exc)
         except Exception as exc:  # a bug must cost one answer, not the connection or the server
             log.exception("failed to take in job %s", self.request.id)
-            self.refusal = messages.internal_error(None, exc)
+            self.refusal = messages.internal_error(self.request.id, exc)  # the job ends with this error
 
 
 @dataclass
