@@ -146,6 +146,11 @@ def choose(page, elem_id: str, label: str) -> None:
 def upload(page, elem_id: str, path: Path) -> None:
     page.locator(f"#{elem_id} input[type=file]").set_input_files(str(path))
     page.locator(f"#{elem_id} img").first.wait_for()
+    if elem_id == "easel_picture":
+        # gradio 3's sketch editor sends its mask only once its canvases are drawn; a Generate before
+        # that fails inside gradio (a None mask) and the tab never hears of it.
+        page.wait_for_function("""() => [...document.querySelectorAll('#easel_picture canvas')]
+            .some(canvas => canvas.width > 0 && canvas.height > 0)""", timeout=TIMEOUT)
 
 
 def paint(page, start: tuple[float, float], end: tuple[float, float], size: tuple[int, int]) -> tuple:
