@@ -426,9 +426,11 @@ def scenario_models_refresh_after_a_job(ctx):
     check(seen[0][2] == 0 and seen[1][2] == 2, f"accepted / started carried {seen}")  # 4 steps x 0.5
     check(seen[1][3] % 8 == 0 and seen[1][4] % 8 == 0 and seen[1][3] >= 64, f"diffusion size {seen[1][3:]}")
     after = rig.worker.models
+    changed = []
+    rig.worker.models_changed.connect(changed.append)  # before asking: the reply may come at once
     rig.worker.refresh_models()
-    fired = wait_for(rig.worker, ["models_changed"], timeout=30)
-    check(fired is not None and rig.worker.models is not after, "refresh_models did not read the models again")
+    wait_for(rig.worker, timeout=30, until=lambda: changed)
+    check(changed and rig.worker.models is not after, "refresh_models did not read the models again")
     doc.close()
 
 
