@@ -18,7 +18,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from shared.errors import ProtocolError
-from shared.fields import Field, check_fields
+from shared.fields import Field, check_fields, item_field
 from shared.images import ImageData
 from shared.job import PREPROCESS_FIELDS, SUBMIT_FIELDS, Job, PreprocessJob
 from shared.messages import DEFAULT_URL, MODES, json_schema
@@ -292,10 +292,10 @@ class Wording:
     def _item(self, field: str) -> tuple[str, str | None] | None:
         """For a list item's field (``control[1].scale``): the words for the option that made the item and
         the part of it (``SCALE``, None for the item itself); None for any other field."""
-        match = re.fullmatch(r"(control|references)\[(\d+)\](?:\.(\w+))?", field)
-        if not match:
+        item = item_field(field)
+        if item is None or item[0] not in ("control", "references"):
             return None
-        kind, index, part = match.group(1), int(match.group(2)), match.group(3)
+        kind, index, part = item
         specs, option, parts = ((self.controls, "--control", CONTROL_PARTS) if kind == "control"
                                 else (self.references, "--reference", REFERENCE_PARTS))
         if index >= len(specs):

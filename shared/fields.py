@@ -115,3 +115,13 @@ def object_schema(fields: dict[str, Field], *, extra: bool = False) -> dict:
         "required": [name for name, spec in fields.items() if spec.required],
         "additionalProperties": extra,
     }
+
+
+_ITEM = re.compile(r"(\w+)\[(\d+)\](?:\.(\w+))?")
+
+
+def item_field(name: str | None) -> tuple[str, int, str | None] | None:
+    """A list item's field name split up: ``control[1].scale`` is ("control", 1, "scale"),
+    ``references[0]`` is ("references", 0, None); None for a field outside a list."""
+    match = _ITEM.fullmatch(name or "")
+    return (match[1], int(match[2]), match[3]) if match else None

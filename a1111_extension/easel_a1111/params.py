@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import io
 import json
-import re
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -25,6 +24,7 @@ from .protocol import (
     ProtocolError,
     Reference,
     Sampling,
+    item_field,
     rules,
 )
 
@@ -153,9 +153,9 @@ def refusal(error: ProtocolError, job: Job, numbers: list[int]) -> str:
     if error.field == "seed":
         return (f"The seed must be at most {MAX_SEED - sampling.batch + 1} for a batch of {sampling.batch} "
                 "(or -1 for a random one).")
-    unit = re.match(r"control\[(\d+)\]\.(\w+)", error.field or "")
-    if unit and int(unit[1]) < len(numbers):
-        number, control = numbers[int(unit[1])], job.control[int(unit[1])]
+    unit = item_field(error.field)
+    if unit and unit[0] == "control" and unit[1] < len(numbers):
+        number, control = numbers[unit[1]], job.control[unit[1]]
         if unit[2] in ("start", "end"):
             return f"Control unit {number}: its start ({control.start:g}) must come before its end ({control.end:g})."
         if unit[2] == "image":

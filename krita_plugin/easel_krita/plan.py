@@ -8,11 +8,10 @@ sends only the box the server would diffuse anyway; the job is checked with the 
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, replace
 from typing import Sequence
 
-from .protocol import errors, geometry, images, rules, vocabulary
+from .protocol import errors, fields, geometry, images, rules, vocabulary
 from .protocol import job as jobs
 
 Box = geometry.Box
@@ -174,9 +173,9 @@ def refusal(error: errors.ProtocolError, job: Job) -> str:
     if error.code == "too_few_steps":
         return (f"{sampling.steps} steps at {round(sampling.strength * 100)}% strength leave no step to run: "
                 "raise the strength or the steps.")
-    unit = re.match(r"control\[(\d+)\]\.(\w+)", error.field or "")
-    if unit and int(unit[1]) < len(job.control):
-        control = job.control[int(unit[1])]
+    unit = fields.item_field(error.field)
+    if unit and unit[0] == "control" and unit[1] < len(job.control):
+        control = job.control[unit[1]]
         if unit[2] in ("start", "end"):
             return (f"The {control.type} control starts at {control.start:.0%} and ends at {control.end:.0%}: "
                     "its start must come before its end.")

@@ -15,6 +15,7 @@ _ROOT = f"{__package__}.shared" if _BUNDLED else "shared"
 
 errors = importlib.import_module(f"{_ROOT}.errors")
 capabilities = importlib.import_module(f"{_ROOT}.capabilities")
+fields = importlib.import_module(f"{_ROOT}.fields")
 geometry = importlib.import_module(f"{_ROOT}.geometry")
 images = importlib.import_module(f"{_ROOT}.images")
 job = importlib.import_module(f"{_ROOT}.job")
