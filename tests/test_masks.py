@@ -3,6 +3,7 @@
 import numpy as np
 
 from backend.engine import masks
+from shared.compose import composite
 from shared.rules import reach as mask_margin
 
 
@@ -40,7 +41,7 @@ def test_layer_and_composite_leave_outside_pixels_untouched():
     assert (layer[alpha == 0][:, :3] == original[alpha == 0]).all()
     canvas = rng.integers(0, 256, (100, 120, 3), dtype=np.uint8)
     canvas[10:74, 20:84] = original
-    out = masks.composite(canvas, layer, (20, 10))
+    out = composite(canvas, layer, (20, 10))
     untouched = np.ones((100, 120), bool)
     untouched[10:74, 20:84] = alpha == 0
     assert (out[untouched] == canvas[untouched]).all()

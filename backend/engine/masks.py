@@ -1,4 +1,4 @@
-"""Mask shaping and pixel-space compositing.
+"""Mask shaping, and the result layer of one crop.
 
 The mask is grown (so the fill covers the selection's edge), then feathered outward (so the
 fill blends in). The feathered mask becomes the result's alpha; every pixel where it is zero is
@@ -39,20 +39,3 @@ def make_layer(generated: np.ndarray, original: np.ndarray, alpha: np.ndarray) -
     """An RGBA layer: generated colour where alpha > 0, the original's bytes elsewhere, alpha = mask."""
     rgb = np.where(alpha[..., None] > 0, generated[..., :3], original[..., :3])
     return np.dstack([rgb, alpha]).astype(np.uint8)
-
-
-def composite(base: np.ndarray, layer: np.ndarray, offset: tuple[int, int]) -> np.ndarray:
-    """Paint an RGBA ``layer`` over ``base`` (RGB or RGBA) at ``offset``; alpha-0 pixels stay as they were."""
-    out = base.copy()
-    x, y = offset
-    h, w = layer.shape[:2]
-    region = out[y:y + h, x:x + w]
-    a = layer[..., 3:4].astype(np.float32) / 255.0
-    blended = layer[..., :3] * a + region[..., :3] * (1.0 - a)
-    touched = layer[..., 3] > 0
-    region[..., :3][touched] = np.rint(blended[touched]).astype(np.uint8)
-    if base.shape[2] == 4:
-        below = region[..., 3].astype(np.float32) / 255.0
-        merged = np.rint(255.0 * (a[..., 0] + below * (1.0 - a[..., 0])))
-        region[..., 3][touched] = merged[touched].astype(np.uint8)
-    return out
