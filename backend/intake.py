@@ -20,6 +20,7 @@ from shared.images import CHANNELS, ImageData
 from shared.job import Job
 from shared.job import PreprocessJob as PreprocessRequest
 from shared.messages import MAX_SEED, ProtocolError
+from shared.rules import expanded_size
 
 MIN_PREPROCESS_SIDE = 16
 
@@ -65,12 +66,30 @@ def build_edit_job(job: Job, uploads: dict[str, ImageData], limits: Limits, mode
         if not mask_pixels.any():
             raise ProtocolError("empty_mask", "the mask is empty: paint (white) where the picture should change",
                                 "mask")
+    if job.mode == "expand":
+        pixels = _expanded_canvas(pixels, job.expand, limits)
     return EditJob(
         mode=job.mode, model=model, prompt=job.prompt, negative_prompt=job.negative_prompt, seed=seed,
         steps=sampling.steps, guidance=float(sampling.guidance), strength=float(sampling.strength),
         batch=sampling.batch, sampler=sampling.sampler, width=job.width, height=job.height, image=pixels,
         mask=mask_pixels, mask_grow=job.mask_grow, mask_feather=job.mask_feather, preview_every=job.preview_every,
-        preview_size=job.preview_size, control=control, references=references)
+        preview_size=job.preview_size, control=control, references=references, fill=job.fill_mode,
+        soft=job.soft_inpaint, expand=job.expand)
+
+
+def _expanded_canvas(pixels: np.ndarray, sides: tuple[int, int, int, int], limits: Limits) -> np.ndarray:
+    """The canvas an expand paints on: transparent, with the picture at (left, top); refused over the limits."""
+    height, width = pixels.shape[:2]
+    left, top, right, bottom = sides
+    new_width, new_height = expanded_size(width, height, *sides)
+    if max(new_width, new_height) > limits.max_side or new_width * new_height > limits.max_pixels:
+        key = "expand_left" if new_width > limits.max_side or not (top or bottom) else "expand_top"
+        raise ProtocolError("limit_exceeded", f"the expanded canvas would be {new_width}x{new_height}; this server "
+                            f"accepts at most {limits.max_side} pixels a side and {limits.max_pixels} pixels in all",
+                            key)
+    canvas = np.zeros((new_height, new_width, 4), np.uint8)
+    canvas[top:top + height, left:left + width] = pixels
+    return canvas
 
 
 def build_preprocess_job(request: PreprocessRequest, uploads: dict[str, ImageData], limits: Limits) -> PreprocessJob:

@@ -1,9 +1,11 @@
 """The one composite: an RGBA result layer painted over the picture it was made from.
 
-Integer arithmetic (``shared.rules.blend``), so where the layer's alpha is 0 the picture keeps its
-own bytes and where it is 255 the layer's bytes land exactly. The backend's ``easel run --out``,
-``easel demo`` and the A1111 tab all composite through this function; Krita composites layers
-itself. Needs numpy (imported on use: the protocol package itself is standard library only).
+Integer arithmetic (``shared.rules.blend`` and ``blend_over``), so where the layer's alpha is 0 the
+picture keeps its own bytes (and alpha) and where it is 255 the layer's bytes land exactly. Over an
+RGBA picture it is Porter-Duff "over" on straight colour: the colour hidden under the picture's
+transparent pixels never shows through a soft edge. The backend's ``easel run --out``, ``easel demo``
+and the A1111 tab all composite through this function; Krita composites layers itself. Needs numpy
+(imported on use: the protocol package itself is standard library only).
 """
 
 from __future__ import annotations
@@ -14,8 +16,9 @@ from typing import Any
 def composite(base: Any, layer: Any, offset: tuple[int, int]) -> Any:
     """``layer`` (H x W x 4 uint8) over ``base`` (RGB or RGBA uint8) at ``offset``, as a new array.
 
-    Colour is the layer blended over the picture by the layer's alpha; an RGBA picture's alpha
-    becomes the union of both ("over"). Parts of the layer beyond the picture are ignored.
+    Colour is the layer blended over the picture by the layer's alpha (weighted by the picture's own
+    alpha when it has one); an RGBA picture's alpha becomes the union of both ("over"). Parts of the
+    layer beyond the picture are ignored.
     """
     import numpy as np
 
@@ -25,8 +28,14 @@ def composite(base: Any, layer: Any, offset: tuple[int, int]) -> Any:
     top = np.asarray(layer, dtype=np.uint32)[:region.shape[0], :region.shape[1]]
     alpha = top[..., 3:4]
     below = region[..., :3].astype(np.uint32)
-    region[..., :3] = ((top[..., :3] * alpha + below * (255 - alpha) + 127) // 255).astype(np.uint8)
+    blended = (top[..., :3] * alpha + below * (255 - alpha) + 127) // 255
     if out.shape[2] == 4:
         under = region[..., 3:4].astype(np.uint32)
-        region[..., 3:4] = ((alpha * 255 + under * (255 - alpha) + 127) // 255).astype(np.uint8)
+        weight = under * (255 - alpha)  # the picture's share of the colour, x 255
+        total = alpha * 255 + weight  # the result's alpha, x 255
+        over = (top[..., :3] * alpha * 255 + below * weight + total // 2) // np.maximum(total, 1)
+        seen = (alpha > 0) & (under < 255)  # elsewhere "over" is the plain blend (and exact at alpha 0)
+        blended = np.where(seen, over, blended)
+        region[..., 3:4] = ((total + 127) // 255).astype(np.uint8)
+    region[..., :3] = blended.astype(np.uint8)
     return out

@@ -21,6 +21,7 @@ from .fields import Field, check_fields
 from .vocabulary import (
     CONTROL_TYPES,
     DEFAULT_PREPROCESSOR,
+    FILL_MODES,
     IMAGE_ID_PATTERN,
     JOB_ID_PATTERN,
     MAX_SEED,
@@ -138,6 +139,22 @@ class Job:
                           rules.MASK_GROW)
     mask_feather: int = wire(Field("integer", "inpaint: soften the grown mask's edge over this many pixels.",
                                    minimum=0, maximum=256), rules.MASK_FEATHER)
+    soft_inpaint: bool = wire(Field("boolean", "inpaint, remove: the shaped mask acts per pixel in the denoising "
+                                    "(differential diffusion) and its feathered edge is a smooth ramp; false: the "
+                                    "mask is cut at 50% for diffusion and feathered as max(grown, blurred)."), True)
+    fill: str | None = wire(Field("string", "inpaint, remove, expand: how masked pixels and new canvas are pre-filled "
+                                  "before diffusion: `none` keeps them, `neutral` grey, `blur` the colours around, "
+                                  "`border` the nearest edge pixels, `inpaint` a fast inpainting network. The mode's "
+                                  "default when omitted (inpaint: none, remove: inpaint, expand: border).",
+                                  choices=FILL_MODES), None)
+    expand_left: int = wire(Field("integer", "expand: pixels added left of the picture.", minimum=0,
+                                  maximum=rules.MAX_EXPAND), 0)
+    expand_top: int = wire(Field("integer", "expand: pixels added above the picture.", minimum=0,
+                                 maximum=rules.MAX_EXPAND), 0)
+    expand_right: int = wire(Field("integer", "expand: pixels added right of the picture.", minimum=0,
+                                   maximum=rules.MAX_EXPAND), 0)
+    expand_bottom: int = wire(Field("integer", "expand: pixels added below the picture.", minimum=0,
+                                    maximum=rules.MAX_EXPAND), 0)
     control: list[ControlUnit] = wire(Field("array", "ControlNet units, applied together.", items=Field(
         "object", "One ControlNet unit.", fields=wire_fields(ControlUnit))), factory=list)
     references: list[Reference] = wire(Field("array", "IP-Adapter reference pictures, blended by weight.", items=Field(
@@ -204,7 +221,8 @@ class Job:
     def check(self) -> None:
         """Apply the rules that need no pixels and no server state; raise ``ProtocolError`` naming the
         field. Hosts call it before sending; the server calls it on every submit."""
-        wants = {"generate": (), "img2img": ("image",), "inpaint": ("image", "mask")}[self.mode]
+        wants = {"generate": (), "img2img": ("image",), "inpaint": ("image", "mask")}.get(self.mode)
+        wants = wants if wants is not None else {"expand": ("image",), "remove": ("image", "mask")}[self.mode]
         for role in ("image", "mask"):
             present = getattr(self, role) is not None
             if role in wants and not present:
@@ -216,6 +234,7 @@ class Job:
             if self.mode != "generate" and getattr(self, key) is not None:
                 raise ProtocolError("invalid_field", f"{self.mode} works at the picture's own size; `{key}` is for "
                                     "generate", key)
+        self._check_toolbox()
         faces = {reference.mode == "face" for reference in self.references if reference.weight > 0}
         if len(faces) > 1:  # two adapters would need two image encoders and two projections in one pass
             raise ProtocolError("invalid_field", "a job's references are either all `face` or none `face`: the "
@@ -233,6 +252,32 @@ class Job:
                                     f"{name}.preprocess")
         if self.mode != "generate":
             rules.check_denoising(self.mode, self.sampling.steps, self.sampling.strength)
+
+
+    @property
+    def expand(self) -> tuple[int, int, int, int]:
+        """Pixels an expand adds: (left, top, right, bottom)."""
+        return self.expand_left, self.expand_top, self.expand_right, self.expand_bottom
+
+    def _check_toolbox(self) -> None:
+        """Expand needs a side to grow and only expand takes sides; fill is for the masked modes."""
+        sides = ("expand_left", "expand_top", "expand_right", "expand_bottom")
+        if self.mode == "expand" and not any(self.expand):
+            raise ProtocolError("invalid_field", "expand needs at least one of `expand_left`, `expand_top`, "
+                                "`expand_right`, `expand_bottom` above 0", "expand_left")
+        if self.mode != "expand":
+            for key in sides:
+                if getattr(self, key):
+                    raise ProtocolError("invalid_field", f"`{key}` is for expand (use expand to grow the canvas)",
+                                        key)
+        if self.fill is not None and self.mode not in rules.DEFAULT_FILL:
+            raise ProtocolError("invalid_field", f"{self.mode} has no masked area to fill; `fill` is for "
+                                f"{', '.join(rules.DEFAULT_FILL)}", "fill")
+
+    @property
+    def fill_mode(self) -> str:
+        """The pre-fill that runs: the job's, else its mode's default (``none`` for modes without a mask)."""
+        return self.fill or rules.DEFAULT_FILL.get(self.mode, "none")
 
 
 @dataclass

@@ -16,9 +16,34 @@ MASK_FEATHER = 16
 """Pixels the grown mask's edge is softened over, unless the job says otherwise."""
 
 
+DEFAULT_FILL = {"inpaint": "none", "expand": "border", "remove": "inpaint"}
+"""The pre-fill of each masked mode when the job names none: inpaint keeps the pixels under the mask,
+expand edge-extends the new canvas, remove fills the selection from its surroundings."""
+
+NEW_CANVAS_FILL = "border"
+"""How transparent input pixels (and an expanded canvas's new band) are filled before diffusion."""
+
+REMOVE_STRENGTH = 0.4
+"""remove refines its pre-filled selection with a low-strength pass: ``strength`` x this."""
+
+MAX_EXPAND = 4096
+"""Most pixels an expand adds on one side."""
+
+
+def pass_strength(mode: str, strength: float) -> float:
+    """The strength a mode's diffusion passes run at (remove scales it down to a refining pass)."""
+    return strength * REMOVE_STRENGTH if mode == "remove" else strength
+
+
+def expanded_size(width: int, height: int, left: int, top: int, right: int, bottom: int) -> tuple[int, int]:
+    """The canvas an expand makes of a ``width`` x ``height`` picture: the picture sits at (left, top)."""
+    return width + left + right, height + top + bottom
+
+
 def denoising_steps(mode: str, steps: int, strength: float) -> int:
     """Steps that actually run per image: all of them when generating, steps x strength otherwise
     (the schedule starts part-way, from the noised picture)."""
+    strength = pass_strength(mode, strength)
     return steps if mode == "generate" else int(steps * strength)
 
 
@@ -64,3 +89,20 @@ def blend(top: int, below: int, alpha: int) -> int:
     blend the same way.
     """
     return (top * alpha + below * (255 - alpha) + 127) // 255
+
+
+def blend_over(top: int, top_alpha: int, below: int, below_alpha: int) -> tuple[int, int]:
+    """One 8-bit channel of ``top`` (alpha ``top_alpha``) over ``below`` (alpha ``below_alpha``):
+    (colour, alpha) of Porter-Duff "over" on straight (unpremultiplied) colour, rounded to integers.
+
+    Exact where the top is transparent (the picture keeps its bytes and alpha) or opaque (the top's
+    bytes land); where the picture is transparent its hidden colour never shows through.
+    """
+    if top_alpha == 0:
+        return below, below_alpha
+    if below_alpha == 255:
+        return blend(top, below, top_alpha), 255
+    weight_below = below_alpha * (255 - top_alpha)  # the picture's share, x 255
+    alpha255 = top_alpha * 255 + weight_below
+    colour = (top * top_alpha * 255 + below * weight_below + alpha255 // 2) // alpha255
+    return colour, (alpha255 + 127) // 255

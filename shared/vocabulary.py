@@ -7,6 +7,10 @@ DEFAULT_PORT = 8760
 DEFAULT_URL = f"ws://127.0.0.1:{DEFAULT_PORT}/"
 
 MODES = ("generate", "img2img", "inpaint")
+# The edit toolbox: grow the canvas and paint the new band; fill a selection with its surroundings.
+MODES += ("expand", "remove")
+# How masked pixels and new canvas are pre-filled before diffusion (what a strength below 1 starts from).
+FILL_MODES = ("none", "neutral", "blur", "border", "inpaint")
 FAMILIES = ("sd15", "sdxl")
 SAMPLERS = ("dpmpp_2m", "dpmpp_2m_karras", "euler", "euler_a", "ddim", "unipc")
 IMAGE_FORMATS = ("png", "webp", "rgba8", "l8")

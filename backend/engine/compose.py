@@ -41,3 +41,12 @@ def layer(mode: str, image: np.ndarray | None, passes: list[Pass],
 
 def opaque(rgb: np.ndarray) -> np.ndarray:
     return np.dstack([rgb, np.full(rgb.shape[:2], 255, np.uint8)])
+
+
+def paint(canvas: np.ndarray, p: Pass, pixels: np.ndarray) -> None:
+    """Lay a pass's output (diffusion size) into ``canvas`` (RGBA, in place) where its alpha is 255: an
+    expand's cell, opaque, so the next pass sees it as context."""
+    cell = p.alpha == 255
+    region = canvas[p.box.y:p.box.y1, p.box.x:p.box.x1]
+    region[cell, :3] = to_canvas(pixels, p)[cell]
+    region[cell, 3] = 255

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from backend.engine import compose
+from backend.engine import compose, fill
 from backend.engine.adapters import IPAdapters
 from backend.engine.conditioning import ContentCache, digest
 from backend.engine.controlnets import ControlNetCache
@@ -113,7 +113,7 @@ class Engine:
             return self._preprocess(job, reporter)
         start = time.perf_counter()
         model = self.registry.get(job.model)
-        pipe = model.pipeline(job.mode)
+        pipe = model.pipeline(pipeline_mode(job.mode))
         self.speed.keep_only(pipe.unet, model.unets)  # before adapters load into it or anything runs
         loaded = time.perf_counter()
 
@@ -128,15 +128,21 @@ class Engine:
         layers = []
         for index in range(job.batch):
             outputs = []
+            canvas = job.image.copy() if job.mode == "expand" else job.image  # expand paints it pass by pass
             for number, p in enumerate(passes):
                 if reporter.is_cancelled():
                     raise JobCancelled()
-                inputs = self._pass_inputs(job, model, p, active, prompt, adapter, job.seed + index)
+                inputs = self._pass_inputs(job, model, p, active, prompt, adapter, job.seed + index, canvas)
                 pipe.scheduler = make_scheduler(job.sampler, model.scheduler_config)
                 on_step = self._on_step(job, model, reporter, index * len(passes) + number, len(passes))
                 with self.speed.job(pipe, p.size, model.native_size):
                     outputs.append(run_pass(pipe, inputs, on_step))
-            offset, pixels = compose.layer(job.mode, job.image, passes, outputs)
+                if job.mode == "expand":
+                    compose.paint(canvas, p, outputs[-1])
+            if job.mode == "expand":
+                offset, pixels = (0, 0), canvas
+            else:
+                offset, pixels = compose.layer(pipeline_mode(job.mode), job.image, passes, outputs)
             layers.append(Layer(index, job.seed + index, offset, pixels))
         return EngineResult(layers, loaded - start, time.perf_counter() - loaded, passes)
 
@@ -168,7 +174,7 @@ class Engine:
             if unit.preprocessor:
                 with _unit(index, "preprocess"):
                     self.preprocessors.load(unit.preprocessor)
-        return model.control_pipeline(job.mode, controlnets)
+        return model.control_pipeline(pipeline_mode(job.mode), controlnets)
 
     def _references(self, job: EditJob, model: LoadedModel, pipe) -> dict:
         """The adapter switched on for the job's references (the call's kwargs), or off."""
@@ -179,15 +185,25 @@ class Engine:
         return self.adapters.switch_on(model, pipe, references, job.guidance > 1)
 
     def _pass_inputs(self, job: EditJob, model: LoadedModel, p: Pass, active: list[tuple[int, Control]],
-                     prompt: dict, adapter: dict, image_seed: int) -> PassInputs:
-        """The pictures of one pass at its diffusion size: its crop of the picture, mask and maps."""
-        inputs = PassInputs(job.mode, p.size, job.steps, job.guidance, p.strength,
+                     prompt: dict, adapter: dict, image_seed: int, canvas: np.ndarray | None = None) -> PassInputs:
+        """The pictures of one pass at its diffusion size: its crop of the picture (pre-filled under the
+        mask and where it is transparent), mask and maps. ``canvas``: the picture as painted so far."""
+        inputs = PassInputs(pipeline_mode(job.mode), p.size, job.steps, job.guidance, p.strength,
                             (image_seed + p.seed) % (MAX_SEED + 1), prompt, adapter=adapter)
-        if job.image is not None:
-            inputs.image = _resample(job.image[p.box.y:p.box.y1, p.box.x:p.box.x1, :3], p.size)
-        if p.alpha is not None:
-            inputs.mask = _resample(p.alpha, p.size)
-        masked = job.mode == "inpaint" and model.family == "sd15"
+        picture = job.image if canvas is None else canvas
+        mask = p.mask if p.mask is not None else p.alpha
+        if picture is not None:
+            crop = picture[p.box.y:p.box.y1, p.box.x:p.box.x1]
+            filled = fill.prefill(crop[..., :3], crop[..., 3] if crop.shape[2] == 4 else None, mask,
+                                  p.fill or "none")
+            inputs.image = _resample(filled, p.size)
+        if mask is not None:
+            resized = np.asarray(_resample(mask, p.size))
+            if job.soft:  # differential diffusion: the pipeline may change whatever the map lets change
+                inputs.change = resized.astype(np.float32) / 255.0
+                resized = np.where(resized > 0, 255, 0).astype(np.uint8)
+            inputs.mask = Image.fromarray(resized)
+        masked = pipeline_mode(job.mode) == "inpaint" and model.family == "sd15"
         inputs.control = [ControlInput(self._control_map(job, p, unit), unit.scale, unit.start, unit.end,
                                        masked=masked and unit.type == "inpaint") for _, unit in active]
         return inputs
@@ -233,6 +249,11 @@ class Engine:
         if model.name not in self._previewers:
             self._previewers[model.name] = Previewer(model.base.vae, model.preview_decoder)
         return self._previewers[model.name]
+
+
+def pipeline_mode(mode: str) -> str:
+    """The pipeline a mode runs on: expand and remove are inpaints of a pre-filled picture."""
+    return "inpaint" if mode in ("expand", "remove") else mode
 
 
 @contextlib.contextmanager

@@ -37,7 +37,7 @@ class Reference:
 
 @dataclass(frozen=True, eq=False)
 class EditJob:
-    """A generate, img2img or inpaint job; image i of the batch uses seed + i."""
+    """A generate, img2img, inpaint, expand or remove job; image i of the batch uses seed + i."""
 
     mode: str
     model: str
@@ -59,6 +59,10 @@ class EditJob:
     preview_size: int = 256
     control: tuple[Control, ...] = ()
     references: tuple[Reference, ...] = ()
+    fill: str = "none"  # pre-fill of masked pixels (shared.vocabulary.FILL_MODES), resolved for the mode
+    soft: bool = True  # differential diffusion and a smooth feather ramp; False: 50% threshold, max(grown, blur)
+    expand: tuple[int, int, int, int] = (0, 0, 0, 0)  # expand: (left, top, right, bottom) added; ``image`` is
+    # then the new canvas, transparent in the new band, with the submitted picture at (left, top)
 
     @property
     def denoising_steps(self) -> int:

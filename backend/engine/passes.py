@@ -8,12 +8,14 @@ native scale instead of being crushed into one downscaled box. img2img and gener
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
 from scipy import ndimage
 
 from backend.engine import masks
+from backend.engine.expand import expand_plan
 from backend.engine.job import EditJob
 from shared import rules
 from shared.geometry import Box, CropPlan, context_crop, round_to_grid, whole_canvas
@@ -39,6 +41,7 @@ class Pass:
     seed: int = 0
     alpha: np.ndarray | None = None
     fill: str | None = None  # how masked pixels are pre-filled before diffusion; None keeps them
+    mask: np.ndarray | None = None  # the diffusion mask over the box, when it is not ``alpha`` (expand)
 
     @property
     def resampled(self) -> bool:
@@ -53,11 +56,17 @@ def plan_passes(job: EditJob, native: int) -> list[Pass]:
     height, width = job.image.shape[:2]
     if job.mode == "img2img":
         return [_pass(whole_canvas(width, height, native), job.strength)]
+    if job.mode == "expand":
+        return [Pass(box, size, job.strength, _pass_seed(index), alpha, job.fill, mask)
+                for index, (box, size, mask, alpha) in enumerate(expand_plan(
+                    (height - job.expand[1] - job.expand[3], width - job.expand[0] - job.expand[2]),
+                    job.expand, native))]
     margin = rules.reach(job.mask_grow, job.mask_feather)
     crops = island_crops(job.mask, native, margin)
-    return [_pass(plan, job.strength, index,
-                  masks.shape_mask(job.mask[plan.box.y:plan.box.y1, plan.box.x:plan.box.x1], job.mask_grow,
-                                   job.mask_feather))
+    strength = rules.pass_strength(job.mode, job.strength)
+    return [dataclasses.replace(_pass(plan, strength, index, masks.shape_mask(
+                job.mask[plan.box.y:plan.box.y1, plan.box.x:plan.box.x1], job.mask_grow, job.mask_feather,
+                job.soft)), fill=job.fill)
             for index, plan in enumerate(crops)]
 
 
@@ -104,6 +113,10 @@ def layer_box(passes: list[Pass]) -> Box:
 def _pass(plan: CropPlan, strength: float, index: int = 0, alpha: np.ndarray | None = None) -> Pass:
     seed = (index * _PASS_SEED_STRIDE) % (MAX_SEED + 1)
     return Pass(plan.box, (plan.diffusion_width, plan.diffusion_height), strength, seed, alpha)
+
+
+def _pass_seed(index: int) -> int:
+    return (index * _PASS_SEED_STRIDE) % (MAX_SEED + 1)
 
 
 def _union(boxes: list[Box]) -> Box:

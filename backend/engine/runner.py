@@ -2,8 +2,9 @@
 
 The only module that knows how diffusers wants its arguments: which pipelines take ``width`` and
 ``height``, that the ControlNet image is ``image`` when generating and ``control_image`` otherwise,
-that one ControlNet takes single values and several take lists, and the SD1.5 inpaint
-ControlNet's convention for masked pixels.
+that one ControlNet takes single values and several take lists, the SD1.5 inpaint
+ControlNet's convention for masked pixels, and how to steer the latents between steps (soft
+inpainting).
 """
 
 from __future__ import annotations
@@ -42,11 +43,14 @@ class PassInputs:
     mask: Image.Image | None = None  # L, diffusion size
     control: list[ControlInput] = field(default_factory=list)
     adapter: dict = field(default_factory=dict)  # the references' embeddings, when there are any
+    change: np.ndarray | None = None  # soft inpaint: H x W floats 0-1, how much each pixel may change
 
 
 def run_pass(pipe, inputs: PassInputs, on_step: Callable) -> np.ndarray:
     """One image of one pass, as H x W x 3 uint8 at diffusion size."""
     width, height = inputs.size
+    if inputs.change is not None and inputs.mode == "inpaint":
+        on_step = differential(inputs, on_step)
     kwargs = dict(inputs.prompt, num_inference_steps=inputs.steps, guidance_scale=inputs.guidance,
                   generator=torch.Generator("cpu").manual_seed(inputs.seed), output_type="np",
                   callback_on_step_end=on_step, **inputs.adapter)
@@ -77,3 +81,48 @@ def _control_image(unit: ControlInput, mask: Image.Image | None):
     pixels = np.asarray(unit.picture, dtype=np.float32) / 255.0
     pixels[np.asarray(mask) >= 128] = -1.0
     return torch.from_numpy(pixels).permute(2, 0, 1)[None]
+
+
+def differential(inputs: PassInputs, on_step: Callable) -> Callable:
+    """Differential diffusion through the step callback: a soft mask acts per pixel.
+
+    Each latent pixel is held to the picture (its latent, noised to the schedule's next level) until
+    the remaining share of the schedule drops below its change value, then released into the
+    denoising: a pixel at 1 is painted from the first step, one at 0.5 only over the last half (like
+    img2img at strength 0.5), one at 0 is kept. The pipeline's own mask (given as everything that may
+    change) shows a 9-channel inpaint UNet where to paint; with a 4-channel UNet the pipeline's hard
+    blend is the same as this one outside the mask. The noise is drawn from the pass's seed.
+    """
+    state: dict = {}
+
+    def step(pipe, index, timestep, tensors):
+        latents = tensors["latents"]
+        if not state:
+            state.update(_differential_state(pipe, inputs, latents))
+        total = pipe.num_timesteps
+        held = state["change"] <= 1.0 - (index + 1) / total  # not released yet
+        if index + 1 < total:
+            schedule = pipe.scheduler.timesteps
+            upcoming = schedule[len(schedule) - total + index + 1]
+            target = pipe.scheduler.add_noise(state["picture"], state["noise"], upcoming.reshape(1))
+        else:
+            target = state["picture"]
+        latents = torch.where(held, target.to(latents.dtype), latents)
+        out = on_step(pipe, index, timestep, dict(tensors, latents=latents)) or {}
+        return {"latents": latents, **out}
+
+    return step
+
+
+def _differential_state(pipe, inputs: PassInputs, latents: torch.Tensor) -> dict:
+    """The picture's latents, the noise that holds it, and the change map at latent size."""
+    vae = pipe.vae
+    pixels = pipe.image_processor.preprocess(inputs.image).to(vae.device, vae.dtype)
+    with torch.no_grad():
+        picture = vae.encode(pixels).latent_dist.mode() * vae.config.scaling_factor
+    picture = picture.to(latents.device, latents.dtype).expand_as(latents)
+    generator = torch.Generator("cpu").manual_seed(inputs.seed)
+    noise = torch.randn(latents.shape, generator=generator, dtype=torch.float32).to(latents.device, latents.dtype)
+    change = torch.from_numpy(np.ascontiguousarray(inputs.change, dtype=np.float32))[None, None]
+    change = torch.nn.functional.interpolate(change, size=latents.shape[-2:], mode="area").to(latents.device)
+    return {"picture": picture, "noise": noise, "change": change}

@@ -61,6 +61,8 @@ def started(job: Job, steps: int, passes: list[Pass]) -> dict:
                "steps": steps, "diffusion_size": list(passes[0].size)}
     if edit and work.mode != "generate":
         message["box"] = layer_box(passes).as_list()
+        if work.mode == "expand":  # the result is the whole new canvas
+            message["box"] = [0, 0, work.image.shape[1], work.image.shape[0]]
         message["passes"] = [{"box": p.box.as_list(), "diffusion_size": list(p.size)} for p in passes]
     return message
 
@@ -118,6 +120,10 @@ def parameters(job: Job, run: EngineResult) -> dict:
     if work.mode == "generate":
         del out["strength"]
         out["width"], out["height"] = run.passes[0].size
+    if work.mode in ("inpaint", "remove", "expand"):
+        out.update(fill=work.fill, soft_inpaint=work.soft)
+    if work.mode == "expand":
+        out.update(zip(("expand_left", "expand_top", "expand_right", "expand_bottom"), work.expand))
     if work.references:
         out["references"] = [{"weight": r.weight, "mode": r.mode} for r in work.references]
     if work.control:
