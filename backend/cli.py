@@ -31,8 +31,13 @@ ORIENTATION = 0x0112  # the EXIF tag phones use to say "this photo is turned"
 RUN_OPTIONS = {"prompt": "prompt", "negative": "negative_prompt", "strength": "strength", "seed": "seed",
                "steps": "steps", "guidance": "guidance", "batch": "batch", "width": "width", "height": "height",
                "grow": "mask_grow", "feather": "mask_feather", "sampler": "sampler", "model": "model"}
+RUN_OPTIONS |= {"fill": "fill", "left": "expand_left", "top": "expand_top", "right": "expand_right",
+                "bottom": "expand_bottom"}
 RUN_FLAGS = {field: f"--{option}" for option, field in RUN_OPTIONS.items()} | {
     "image": "--image", "mask": "--mask", "control": "--control", "references": "--reference"}
+RUN_FLAGS["soft_inpaint"] = "--hard-mask"
+# Formats `easel run --out` writes without loss (WebP is written lossless); others need --lossy.
+LOSSLESS_FORMATS = ("PNG", "TIFF", "WEBP", "BMP", "TGA")
 RUN_PHRASES = {"send it with preprocess off": "leave out :pre"}  # protocol advice, said in the options' terms
 PREPROCESS_FLAGS = {"preprocessor": "PREPROCESSOR", "image": "INPUT", "resolution": "--resolution"}
 CONTROL_PARTS = {"type": "TYPE", "image": "IMAGE", "scale": "SCALE", "start": "START", "end": "END",
@@ -114,12 +119,17 @@ def _add_run_parser(commands: Any) -> None:
         description="Run one job on a running server (`easel serve`) and write the result.\n\n"
                     "  generate  paint a new picture from the prompt\n"
                     "  img2img   repaint --image, as much as --strength says\n"
-                    "  inpaint   repaint --image where --mask is white; the rest keeps its own pixels",
+                    "  inpaint   repaint --image where --mask is white; the rest keeps its own pixels\n"
+                    "  expand    grow the canvas of --image by --left/--top/--right/--bottom pixels and paint "
+                    "the new band\n"
+                    "  remove    fill --mask with the surroundings (no prompt needed)",
         epilog="examples:\n"
                "  easel run inpaint --prompt 'a red door' --image house.png --mask door.png --out door.png\n"
                "  easel run img2img --prompt 'oil painting' --image house.png --strength 0.4 --out oil.png\n"
                "  easel run generate --prompt 'a lighthouse' --width 768 --height 512 --batch 4 --out light.png\n"
-               "  easel run img2img --image house.png --control canny:input:0.7:pre --out traced.png")
+               "  easel run img2img --image house.png --control canny:input:0.7:pre --out traced.png\n"
+               "  easel run expand --image house.png --right 256 --prompt 'a garden' --out wider.png\n"
+               "  easel run remove --image house.png --mask bin.png --out clean.png")
     run.add_argument("mode", choices=MODES, help="what to do: " + ", ".join(MODES))
     run.add_argument("--prompt", default="", metavar="TEXT", help=_help(SUBMIT_FIELDS["prompt"], default="empty"))
     run.add_argument("--negative", default="", metavar="TEXT",
@@ -142,6 +152,13 @@ def _add_run_parser(commands: Any) -> None:
             SUBMIT_FIELDS[side], default="the model's native size"))
     run.add_argument("--grow", type=int, metavar="PX", help=_help(SUBMIT_FIELDS["mask_grow"]))
     run.add_argument("--feather", type=int, metavar="PX", help=_help(SUBMIT_FIELDS["mask_feather"]))
+    run.add_argument("--fill", choices=SUBMIT_FIELDS["fill"].choices, help=_help(SUBMIT_FIELDS["fill"]))
+    run.add_argument("--hard-mask", action="store_true",
+                     help="inpaint, remove: cut the mask at 50%% for diffusion and feather it as max(grown, "
+                          "blurred), as before soft inpainting")
+    for side, where in (("left", "left of"), ("top", "above"), ("right", "right of"), ("bottom", "below")):
+        run.add_argument(f"--{side}", type=int, metavar="PX", help=_help(
+            SUBMIT_FIELDS[f"expand_{side}"], doc=f"expand: pixels added {where} the picture"))
     run.add_argument("--sampler", choices=SUBMIT_FIELDS["sampler"].choices, help=_help(SUBMIT_FIELDS["sampler"]))
     run.add_argument("--model", metavar="NAME", help=_help(SUBMIT_FIELDS["model"]))
     run.add_argument(
@@ -161,6 +178,8 @@ def _add_run_parser(commands: Any) -> None:
                      help="the result (PNG unless the name says another format; .png added when it has no "
                           "suffix); with --batch N: OUT-1.png ... OUT-N.png")
     run.add_argument("--force", action="store_true", help="overwrite --out if it exists")
+    run.add_argument("--lossy", action="store_true",
+                     help="allow a lossy --out format (JPEG, GIF ...), which changes untouched pixels too")
     run.add_argument("--server", default=DEFAULT_URL, help="the server's address (default %(default)s)")
     run.add_argument("--token", help="the server's token, if it has one")
     run.set_defaults(func=cmd_run)
@@ -275,6 +294,11 @@ class Picture:
     orientation: int = 1
 
     @property
+    def bytes(self) -> bytes | None:
+        """The file's bytes when they are what was sent (so the server decoded the same), else None."""
+        return self.data.data if self.data.format in ("png", "webp") and self.orientation == 1 else None
+
+    @property
     def turned(self) -> bool:
         """Its EXIF orientation swaps width and height (the photo was stored sideways)."""
         return self.orientation in (5, 6, 7, 8)
@@ -342,8 +366,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     wording = Wording(RUN_FLAGS, args.control, args.reference, RUN_PHRASES)
     try:
         outputs = _check_outputs(_output_paths(args.out, args.batch or 1), "--out", args.force)
+        _check_lossless(outputs, args.lossy)
         params: dict[str, Any] = {field: getattr(args, option) for option, field in RUN_OPTIONS.items()
                                   if getattr(args, option) is not None}
+        if args.hard_mask:
+            params["soft_inpaint"] = False
         image = _read_picture(args.image, "image", "--image") if args.image else None
         mask = _read_picture(args.mask, "mask", "--mask") if args.mask else None
         params.update(image=image and image.data, mask=mask and mask.data,
@@ -378,11 +405,16 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     for item, path in zip(result.images, outputs):
         layer = _pixels(item.image)
-        picture = _place(layer, item.offset, image.upright if image else None, transparent=args.layer)
-        if Image.registered_extensions()[path.suffix.lower()] == "JPEG":
+        if args.mode == "expand":  # the result is the whole new canvas, the picture's bytes in it
+            picture = Image.fromarray(layer[..., :3] if layer[..., 3].min() == 255 else layer)
+        else:
+            picture = _place(layer, item.offset, image.upright if image else None, transparent=args.layer,
+                             data=image.bytes if image else None)
+        fmt = Image.registered_extensions()[path.suffix.lower()]
+        if fmt == "JPEG":
             picture = picture.convert("RGB")  # JPEG has no alpha
         try:
-            picture.save(path)
+            picture.save(path, **({"lossless": True, "exact": True} if fmt == "WEBP" else {}))
         except (OSError, ValueError) as exc:
             print(f"easel: cannot write {path}: {exc}", file=sys.stderr)
             return 1
@@ -545,8 +577,19 @@ def _check_outputs(paths: list[Path], option: str, force: bool) -> list[Path]:
     return paths
 
 
-def _place(layer: np.ndarray, offset: tuple[int, int], source: Image.Image | None, *, transparent: bool) -> Image.Image:
-    """The result as a picture: the layer composited over the input (or alone, on transparency)."""
+def _check_lossless(paths: list[Path], lossy: bool) -> None:
+    """Refuse an output format that would change untouched pixels, unless the user said --lossy."""
+    for path in paths:
+        fmt = Image.registered_extensions()[path.suffix.lower()]
+        if fmt not in LOSSLESS_FORMATS and not lossy:
+            raise UsageError(f"--out {path}: {fmt} is a lossy (or palette) format: it would change the pixels the "
+                             "edit left untouched. Use .png (or .webp, written lossless), or pass --lossy")
+
+
+def _place(layer: np.ndarray, offset: tuple[int, int], source: Image.Image | None, *, transparent: bool,
+           data: bytes | None = None) -> Image.Image:
+    """The result as a picture: the layer composited over the input (or alone, on transparency);
+    ``data``: the input file's bytes (16-bit colour is then rounded as the server rounds it)."""
     from backend.imaging import to_array
     from shared.compose import composite
 
@@ -557,7 +600,7 @@ def _place(layer: np.ndarray, offset: tuple[int, int], source: Image.Image | Non
         base[offset[1]:offset[1] + layer.shape[0], offset[0]:offset[0] + layer.shape[1]] = layer
         return Image.fromarray(base, "RGBA")
     has_alpha = "A" in source.getbands() or "transparency" in source.info
-    base = to_array(source, "RGBA" if has_alpha else "RGB")
+    base = to_array(source, "RGBA" if has_alpha else "RGB", data)
     return Image.fromarray(composite(base, layer, offset))
 
 

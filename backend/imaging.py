@@ -12,12 +12,17 @@ from shared.images import ImageData
 _WIDE_GREY = ("I;16", "I;16B", "I;16L", "I")
 
 
-def to_array(picture: Image.Image, mode: str) -> np.ndarray:
+def to_array(picture: Image.Image, mode: str, data: bytes | None = None) -> np.ndarray:
     """The picture as a uint8 array in Pillow ``mode`` (RGBA, RGB or L).
 
-    16-bit greyscale is scaled to 8 bits (Pillow's own conversion clips it). For a mask (mode L)
-    with transparency, transparent means "keep", whatever its colour.
+    16-bit greyscale is scaled to 8 bits (Pillow's own conversion clips it), and so is 16-bit colour
+    when ``data`` (the file's bytes) is given: Pillow keeps only the high byte of a 16-bit RGB(A) PNG,
+    which leaves a third of the pixels one level off; here each value is rounded, v / 257. For a mask
+    (mode L) with transparency, transparent means "keep", whatever its colour.
     """
+    wide = wide_colour(data) if data is not None and picture.mode in ("RGB", "RGBA") else None
+    if wide is not None and wide.shape[:2] == (picture.height, picture.width):
+        picture = Image.fromarray(wide, "RGBA" if wide.shape[2] == 4 else "RGB")
     if picture.mode in _WIDE_GREY:
         wide = np.asarray(picture, dtype=np.float64)
         if picture.mode != "I" or wide.max() > 255:
@@ -29,6 +34,21 @@ def to_array(picture: Image.Image, mode: str) -> np.ndarray:
         luma = np.asarray(rgba.convert("RGB").convert("L"), dtype=np.uint16)
         return (luma * alpha // 255).astype(np.uint8)
     return np.array(picture.convert(mode))
+
+
+def wide_colour(data: bytes) -> np.ndarray | None:
+    """A 16-bit RGB or RGBA PNG's pixels rounded to 8 bits (v / 257), or None for any other file."""
+    if len(data) < 26 or data[:8] != b"\x89PNG\r\n\x1a\n" or data[12:16] != b"IHDR":
+        return None
+    if data[24] != 16 or data[25] not in (2, 6):  # bit depth 16; colour type RGB or RGBA
+        return None
+    import cv2
+
+    wide = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    if wide is None or wide.dtype != np.uint16 or wide.ndim != 3:
+        return None
+    order = [2, 1, 0, 3] if wide.shape[2] == 4 else [2, 1, 0]  # OpenCV reads BGR(A)
+    return ((wide[..., order].astype(np.uint32) * 2 + 257) // 514).astype(np.uint8)
 
 
 def to_png(picture: Image.Image) -> ImageData:

@@ -145,7 +145,7 @@ def decode_image(image: ImageData, limits: Limits, role: str, mode: str) -> np.n
                             f"{image.format.upper()} file)", role) from None
     except (OSError, ValueError) as exc:
         raise ProtocolError("bad_image", f"`{role}` could not be decoded: {exc}", role) from None
-    return to_array(pil, mode)
+    return to_array(pil, mode, None if image.format in CHANNELS else image.data)
 
 
 def _check_size(width: int, height: int, limits: Limits, role: str) -> None:

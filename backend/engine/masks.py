@@ -31,17 +31,19 @@ def feather(mask: np.ndarray, pixels: int) -> np.ndarray:
 
 
 def ramp(mask: np.ndarray, pixels: int) -> np.ndarray:
-    """Soften the mask's edge outward with a smooth ramp ``pixels`` long; the mask stays at full strength.
+    """Soften the mask's edge outward with a smooth ramp; the mask stays at full strength.
 
-    The ramp falls from 255 at the mask's edge (where it is 50% or more) to 0 at ``pixels`` + 1 beyond
-    it along a smoothstep of the distance, so no one-pixel step is larger than 1.5 / (``pixels`` + 1) of
-    the ramp (1/11 at the default 16) and there is no jump where it meets the mask. Soft mask values
-    above the ramp are kept. Reaches less far than ``shared.rules.reach``.
+    The ramp falls from 255 at the mask's edge (where it is 50% or more) to 0 at
+    ⌊1.5 × ``pixels``⌋ + 1 beyond it (as far as the blur of ``feather`` reaches, so
+    ``shared.rules.reach`` holds) along a smoothstep of the distance: no jump where it meets the
+    mask, and no one-pixel step larger than 1.5 / (⌊1.5 × ``pixels``⌋ + 1) of the ramp (1/8.7 at a
+    feather of 8, 1/16.7 at the default 16). Soft mask values above the ramp are kept.
     """
     if pixels <= 0 or not (mask >= 128).any():
         return mask
+    length = pixels * 3 // 2 + 1
     distance = ndimage.distance_transform_edt(mask < 128)
-    x = np.clip(1.0 - distance / (pixels + 1), 0.0, 1.0)
+    x = np.clip(1.0 - distance / length, 0.0, 1.0)
     smooth = np.rint(255.0 * x * x * (3.0 - 2.0 * x)).astype(np.uint8)
     return np.maximum(mask, smooth)
 

@@ -1,0 +1,251 @@
+"""The edit toolbox: soft inpainting, transparency, pre-fill modes, expand and remove.
+
+Pure parts (mask ramp, fills, composite) are checked on arrays; the rest through a real server and
+the real client on the demo model (9-channel inpaint UNet: ``demo``; 4-channel base: ``demo-base``).
+"""
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from backend.engine import fill, masks
+from backend.engine.expand import expand_plan
+from backend.imaging import to_array
+from conftest import decode, picture, png, rect_mask
+from shared.client import EaselError, Started
+from shared.compose import composite
+from shared.images import ImageData
+from shared.rules import blend_over, reach
+
+# -- soft inpainting: the alpha ramp ------------------------------------------------------------
+
+
+def hard_square(size=96, lo=36, hi=60):
+    mask = np.zeros((size, size), np.uint8)
+    mask[lo:hi, lo:hi] = 255
+    return mask
+
+
+@pytest.mark.parametrize("feather", [8, 16, 40])
+def test_soft_feather_is_a_continuous_ramp_without_a_step(feather):
+    lo = reach(8, feather) + 10
+    alpha = masks.shape_mask(hard_square(2 * lo + 40, lo, lo + 40), 8, feather, soft=True)
+    steps = np.abs(np.diff(alpha.astype(int), axis=1)).max()
+    assert steps <= 255 / 8, f"largest one-pixel step {steps} is over 1/8 of the ramp"
+    assert (alpha[lo - 8:lo + 48, lo - 8:lo + 48] == 255).all(), "the mask and its growth stay at full strength"
+    assert (alpha[lo + 20, :lo - reach(8, feather)] == 0).all(), "within shared.rules.reach"
+    ramp = alpha[lo + 20, lo - 8 - feather * 3 // 2 - 1:lo - 8]
+    assert (np.diff(ramp.astype(int)) >= 0).all() and ramp[0] == 0 and len(set(ramp.tolist())) > feather
+
+
+def test_hard_feather_keeps_the_old_half_height_step():
+    alpha = masks.shape_mask(hard_square(), 8, 16, soft=False)
+    row = alpha[48].astype(int)
+    assert np.abs(np.diff(row)).max() > 100, "today's max(grown, blur) edge, kept behind soft_inpaint=false"
+
+
+# -- transparency: the one composite ------------------------------------------------------------
+
+
+def test_composite_over_transparent_pixels_never_shows_their_hidden_colour():
+    base = np.zeros((32, 32, 4), np.uint8)
+    base[..., :3] = (255, 0, 255)  # magenta hidden under alpha 0 ...
+    base[:, 16:] = (10, 120, 30, 255)  # ... beside an opaque green half
+    layer = np.zeros((32, 32, 4), np.uint8)
+    layer[..., :3] = (200, 200, 200)
+    layer[..., 3] = np.linspace(0, 255, 32).astype(np.uint8)[None, :].repeat(32, 0)
+    out = composite(base, layer, (0, 0))
+    seen = layer[..., 3] > 0
+    left = seen[:, :16]
+    assert (out[:, :16][left][:, :3] == 200).all(), "over a transparent pixel the layer's colour is all there is"
+    assert (out[..., 3][~seen] == base[..., 3][~seen]).all(), "alpha outside the layer is the picture's"
+    assert (out[:, 16:, 3] == 255).all()
+    assert blend_over(200, 10, 77, 0) == (200, 10) and blend_over(200, 0, 77, 40) == (77, 40)
+
+
+def test_sixteen_bit_colour_is_rounded_not_truncated(tmp_path):
+    import cv2
+
+    rng = np.random.default_rng(3)
+    wide = rng.integers(0, 65536, (20, 30, 3), dtype=np.uint16)
+    ok, data = cv2.imencode(".png", wide[..., ::-1])
+    pixels = to_array(Image.open(io.BytesIO(data.tobytes())), "RGB", data.tobytes())
+    np.testing.assert_array_equal(pixels, np.rint(wide / 257).astype(np.uint8))
+
+
+# -- pre-fill -----------------------------------------------------------------------------------
+
+
+def test_fill_modes_fill_only_the_mask():
+    rgb = np.asarray(picture(96, 64))
+    mask = np.asarray(rect_mask((96, 64), (30, 20, 60, 44)))
+    inside, outside = mask == 255, mask == 0
+    results = {mode: fill.prefill(rgb, None, mask, mode) for mode in ("none", "neutral", "blur", "border", "inpaint")}
+    for mode, out in results.items():
+        assert (out[outside] == rgb[outside]).all(), mode
+    assert (results["none"] == rgb).all()
+    assert (results["neutral"][inside] == 127).all()
+    np.testing.assert_array_equal(results["border"][25, 30:45], np.repeat(rgb[25, 29:30], 15, axis=0))
+    ring = masks.grow(mask, 6).astype(bool) & outside
+    blurred = results["blur"][inside].astype(int)
+    assert np.abs(np.diff(results["blur"][20:44, 30:60].astype(int), axis=1)).mean() < 3, "blur is smooth"
+    assert np.abs(blurred.mean(0) - rgb[ring].mean(0)).max() < 40, "blur takes the colours around"
+
+    def seam(out):  # how much the fill jumps across the mask's left and right edges
+        return (np.abs(out[20:44, 30].astype(int) - rgb[20:44, 29]).mean()
+                + np.abs(out[20:44, 59].astype(int) - rgb[20:44, 60]).mean())
+
+    assert seam(results["inpaint"]) < 0.5 * seam(results["neutral"]), "Telea continues the edges inward"
+    assert seam(results["border"]) == 0
+
+
+def test_transparent_pixels_are_filled_as_new_canvas():
+    rgb = np.zeros((40, 40, 3), np.uint8)
+    rgb[:, :20] = (30, 90, 200)
+    rgb[:, 20:] = (255, 0, 255)  # hidden under alpha 0
+    alpha = np.zeros((40, 40), np.uint8)
+    alpha[:, :20] = 255
+    out = fill.prefill(rgb, alpha, None, "none")
+    assert (out[:, 20:] == (30, 90, 200)).all(), "edge-extended from the visible part, not the hidden colour"
+
+
+def test_expand_plan_covers_the_band_once_at_native_scale():
+    plans = expand_plan((300, 400), (0, 0, 900, 0), 256)
+    todo = np.zeros((300, 1300), int)
+    for box, size, mask, alpha in plans:
+        todo[box.y:box.y1, box.x:box.x1] += alpha == 255
+        assert size[0] * size[1] <= 1.5 * 256 * 256 and (box.width, box.height) == size, "native scale"
+        assert (mask[alpha == 255] == 255).all()
+    assert (todo[:, 400:] == 1).all() and (todo[:, :400] == 0).all(), "each band pixel in one cell, no picture pixel"
+    assert len(plans) > 2
+
+
+# -- through the server -------------------------------------------------------------------------
+
+
+def run(client, mode, image, mask=None, **params):
+    params = {"prompt": "a red door", "seed": 3, "steps": 4, **params}
+    events = []
+    result = client.run(mode, image=png(image), mask=png(mask) if mask is not None else None,
+                        on_event=events.append, **params)
+    return result, next(e for e in events if isinstance(e, Started))
+
+
+@pytest.mark.parametrize("model", ["demo", "demo-base"])
+def test_soft_inpaint_changes_each_pixel_as_much_as_its_mask_says(client, model):
+    """Differential diffusion, on the 9-channel inpaint UNet and on a 4-channel base model: a faint mask
+    pixel changes a little, a half-strength one more, the core most; with soft_inpaint off the mask is
+    cut at 50% (the 9-channel UNet then repaints even the faint pixels whole)."""
+    image = picture(320, 256)
+    mask = rect_mask(image.size, (120, 90, 200, 170))
+    original = np.asarray(image.convert("RGBA")).astype(int)
+    changes = {}
+    for soft in (True, False):
+        result, _ = run(client, "inpaint", image, mask, model=model, soft_inpaint=soft, mask_feather=24)
+        item = result.images[0]
+        layer = decode(item.image).astype(int)
+        x, y = item.offset
+        h, w = layer.shape[:2]
+        alpha = layer[..., 3]
+        assert (alpha == masks.shape_mask(np.asarray(mask)[y:y + h, x:x + w], 8, 24, soft=soft)).all()
+        diff = np.abs(layer[..., :3] - original[y:y + h, x:x + w, :3]).mean(axis=2)
+        changes[soft] = [diff[(alpha > lo) & (alpha <= hi)].mean() for lo, hi in ((0, 64), (64, 128), (254, 255))]
+        assert result.parameters["soft_inpaint"] is soft and result.parameters["fill"] == "none"
+    faint, half, core = changes[True]
+    assert core > 20, "the core is repainted"
+    assert faint < half < core and faint < 0.2 * core, f"change follows the mask: {changes[True]}"
+    if model == "demo":
+        assert faint < 0.2 * changes[False][0], "cut at 50%, the inpaint UNet repaints faint pixels whole"
+
+
+def test_transparent_areas_under_the_mask_are_new_canvas_and_alpha_outside_is_kept(client):
+    rgba = np.asarray(picture(256, 192).convert("RGBA")).copy()
+    rgba[:, :128, 3] = 0
+    hidden = rgba.copy()
+    hidden[:, :128, :3] = (255, 0, 255)  # the same picture, another colour under its transparent half
+    mask = rect_mask((256, 192), (100, 60, 160, 120))
+    outs = []
+    for pixels in (rgba, hidden):
+        result, _ = run(client, "inpaint", Image.fromarray(pixels, "RGBA"), mask, strength=0.6)
+        item = result.images[0]
+        layer = decode(item.image)
+        outs.append(composite(pixels, layer, tuple(item.offset)))
+    out = outs[0]
+    visible = out[..., 3] > 0
+    assert (outs[1][..., 3] == out[..., 3]).all()
+    assert (outs[0][visible] == outs[1][visible]).all(), "hidden colour never reaches the model or the result"
+    shaped = masks.shape_mask(np.asarray(mask), 8, 16) > 0
+    assert (out[..., 3][~shaped] == rgba[..., 3][~shaped]).all()
+    assert (out[..., 3][np.asarray(mask) == 255] == 255).all(), "painted new canvas is opaque"
+
+
+def test_fill_mode_decides_what_a_low_strength_inpaint_starts_from(client):
+    image = picture(256, 192)
+    mask = rect_mask(image.size, (90, 60, 170, 140))
+    inside = np.asarray(mask) == 255
+    layers = {}
+    for mode in ("none", "neutral"):
+        result, _ = run(client, "inpaint", image, mask, fill=mode, strength=0.3, steps=10)
+        item = result.images[0]
+        assert result.parameters["fill"] == mode
+        layers[mode] = composite(np.asarray(image.convert("RGBA")), decode(item.image), tuple(item.offset))
+    grey = [np.abs(layers[mode][inside][:, :3].astype(int) - 127).mean() for mode in ("none", "neutral")]
+    assert grey[1] < grey[0], "a neutral pre-fill pulls the result toward grey"
+
+
+def test_expand_grows_the_canvas_and_keeps_the_picture_byte_for_byte(client):
+    image = picture(160, 128)
+    rgba = np.asarray(image.convert("RGBA"))
+    result, started = run(client, "expand", image, expand_left=40, expand_top=24, expand_right=600, steps=2)
+    item = result.images[0]
+    canvas = decode(item.image)
+    assert canvas.shape == (128 + 24, 160 + 40 + 600, 4) and tuple(item.offset) == (0, 0)
+    np.testing.assert_array_equal(canvas[24:24 + 128, 40:40 + 160], rgba)
+    assert (canvas[..., 3] == 255).all(), "the new band is painted, opaque"
+    band = canvas[:, 200:, :3].astype(int)
+    assert band.std() > 5, "painted, not left edge-extended"
+    assert tuple(started.box) == (0, 0, 800, 152)
+    assert len(started.passes) >= 3, "a long band is painted in several passes"
+    assert all(size[0] * size[1] <= 1.5 * 512 * 512 for _, size in started.passes), "each at native scale"
+    assert result.parameters["fill"] == "border" and result.parameters["expand_right"] == 600
+
+
+def test_expand_refusals_name_the_field(client):
+    image = picture(64, 48)
+    with pytest.raises(EaselError) as caught:
+        client.run("expand", image=png(image), steps=2)
+    assert caught.value.code == "invalid_field" and caught.value.field == "expand_left"
+    with pytest.raises(EaselError) as caught:
+        client.run("inpaint", image=png(image), mask=png(rect_mask((64, 48), (1, 1, 9, 9))), expand_top=8)
+    assert caught.value.field == "expand_top"
+    with pytest.raises(EaselError) as caught:
+        client.run("img2img", image=png(image), fill="blur")
+    assert caught.value.field == "fill"
+
+
+def test_remove_fills_the_selection_with_a_short_refining_pass(client):
+    image = picture(256, 192)
+    mask = rect_mask(image.size, (100, 70, 150, 120))
+    result, started = run(client, "remove", image, mask, prompt="", steps=20)
+    assert started.steps == 8, "20 steps x 0.4: a refining pass"
+    item = result.images[0]
+    layer = decode(item.image)
+    x, y = item.offset
+    h, w = layer.shape[:2]
+    original = np.asarray(image.convert("RGBA"))[y:y + h, x:x + w]
+    assert (layer[..., 3] == masks.shape_mask(np.asarray(mask)[y:y + h, x:x + w], 8, 16)).all()
+    assert (layer[layer[..., 3] == 0][:, :3] == original[layer[..., 3] == 0][:, :3]).all()
+    assert result.parameters["fill"] == "inpaint"
+
+
+def test_sixteen_bit_input_reaches_the_result_rounded(client):
+    import cv2
+
+    wide = (np.asarray(picture(96, 64)).astype(np.uint16) * 257 + 200).clip(0, 65535).astype(np.uint16)
+    ok, data = cv2.imencode(".png", wide[..., ::-1])
+    sent = ImageData("png", 96, 64, data.tobytes())
+    result = client.run("expand", image=sent, expand_right=32, steps=2, seed=1)
+    canvas = decode(result.images[0].image)
+    np.testing.assert_array_equal(canvas[:, :96, :3], np.rint(wide / 257).astype(np.uint8))
