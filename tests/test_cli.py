@@ -156,7 +156,7 @@ def test_run_turns_phone_photos_upright_and_reads_any_colour_mode(server, tmp_pa
     assert done.returncode == 0, done.stderr
     assert Image.open(tmp_path / "phone-out.png").size == (80, 120)
     done = easel("run", "img2img", "--prompt", "x", "--image", tmp_path / "print.jpg", "--strength", 0.5,
-                 "--steps", 2, "--out", tmp_path / "print-out.jpg", "--server", server.url)
+                 "--steps", 2, "--out", tmp_path / "print-out.jpg", "--lossy", "--server", server.url)
     assert done.returncode == 0, done.stderr
     assert Image.open(tmp_path / "print-out.jpg").size == (96, 64)
 
@@ -428,3 +428,55 @@ def test_run_out_is_the_shared_composite_of_the_layer(server, tmp_path):
     assert out.shape == rgba.shape and layer.shape == rgba.shape
     np.testing.assert_array_equal(out, composite(rgba, layer, (0, 0)))
     assert (out[:, :20] == rgba[:, :20]).all() and (layer[:, :20, 3] == 0).all()
+
+
+def test_run_expand_writes_the_grown_canvas_with_the_picture_untouched(server, tmp_path):
+    image = picture(120, 90)
+    image.save(tmp_path / "in.png")
+    done = easel("run", "expand", "--image", tmp_path / "in.png", "--left", 16, "--bottom", 40, "--prompt", "sky",
+                 "--steps", 2, "--seed", 1, "--out", tmp_path / "wide.png", "--server", server.url)
+    assert done.returncode == 0, done.stderr
+    out = np.asarray(Image.open(tmp_path / "wide.png"))
+    assert out.shape == (130, 136, 3), "opaque: the band is painted"
+    np.testing.assert_array_equal(out[:90, 16:], np.asarray(image))
+
+
+def test_run_remove_needs_no_prompt_and_keeps_the_rest(server, inputs):
+    image, mask, folder = inputs
+    done = easel("run", "remove", "--image", folder / "in.png", "--mask", folder / "mask.png", "--steps", 10,
+                 "--out", folder / "clean.png", "--server", server.url)
+    assert done.returncode == 0, done.stderr
+    assert "step 4/4" in done.stderr, "10 steps x 0.4: a short refining pass"
+    out = np.asarray(Image.open(folder / "clean.png"))
+    reach = masks.shape_mask(np.asarray(mask), 8, 16) > 0
+    assert (out[~reach] == np.asarray(image)[~reach]).all()
+
+
+@pytest.mark.parametrize("name", ["o.jpg", "o.gif"])
+def test_run_refuses_a_lossy_out_unless_told(capsys, small, name):
+    status, _, err = easel_here(capsys, "run", "img2img", "--image", small / "in.png", "--out", small / name,
+                                "--server", nowhere())
+    assert status == 2 and "lossy" in err and "--lossy" in err and "cannot reach" not in err
+
+
+def test_run_writes_webp_lossless(server, small):
+    done = easel("run", "inpaint", "--image", small / "in.png", "--mask", small / "mask.png", "--steps", 2,
+                 "--out", small / "o.webp", "--server", server.url)
+    assert done.returncode == 0, done.stderr
+    out = np.asarray(Image.open(small / "o.webp").convert("RGB"))
+    far = masks.shape_mask(np.asarray(Image.open(small / "mask.png")), 8, 16) == 0
+    assert (out[far] == np.asarray(Image.open(small / "in.png"))[far]).all()
+
+
+@pytest.mark.parametrize("args, said", [
+    (["expand"], "expand needs at least one of --left, --top, --right, --bottom above 0"),
+    (["expand", "--right", 5000], "--right must be at most 4096, got 5000"),
+    (["inpaint", "--mask", "{mask}", "--left", 8], "--left is for expand"),
+    (["img2img", "--fill", "blur"], "img2img has no masked area to fill; --fill is for"),
+])
+def test_toolbox_errors_name_the_options_typed(capsys, small, args, said):
+    names = {"image": small / "in.png", "mask": small / "mask.png"}
+    args = [str(a).format(**names) for a in args]
+    status, _, err = easel_here(capsys, "run", args[0], "--image", names["image"], *args[1:], "--out",
+                                small / "o.png", "--server", nowhere())
+    assert status == 2 and said in err, err
