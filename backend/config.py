@@ -10,6 +10,7 @@
     default_model = "sd15"
     allow_pickle = false       # .ckpt / .bin checkpoints run code when loaded
     annotators = "/path/to/Annotators"   # preprocessor weights (lllyasviel/Annotators names), or that hub id
+    lama = "/path/to/big-lama.safetensors"  # optional: LaMa for the `inpaint` fill (else OpenCV's Telea)
 
     [limits]
     max_steps = 150
@@ -101,6 +102,7 @@ class Config:
     model_folders: list[str] = field(default_factory=list)
     controlnet_folders: list[str] = field(default_factory=list)
     annotators: str | None = None  # folder or hub repository with the lllyasviel/Annotators files
+    lama: str | None = None  # a LaMa checkpoint (spandrel) for the `inpaint` pre-fill; OpenCV's Telea when None
     models: dict[str, ModelSpec] = field(default_factory=dict)
     controlnets: dict[str, dict[str, str]] = field(default_factory=dict)  # family -> control type -> source
     controlnet_memory_mb: int = 4096  # loaded ControlNets beyond this are dropped, least recently used first
@@ -153,6 +155,8 @@ def load_config(path: str | Path | None = None) -> Config:
                 "model_folders", "controlnet_folders", "controlnet_memory_mb", "annotators"):
         if key in server:
             setattr(config, key, server[key])
+    if server.get("lama"):
+        config.lama = str((path.parent / Path(server["lama"]).expanduser()).resolve())
     if config.annotators:
         folder = (path.parent / Path(config.annotators).expanduser()).resolve()
         if folder.is_dir() or _looks_like_path(config.annotators):  # otherwise a hub repository id

@@ -249,3 +249,53 @@ def test_sixteen_bit_input_reaches_the_result_rounded(client):
     result = client.run("expand", image=sent, expand_right=32, steps=2, seed=1)
     canvas = decode(result.images[0].image)
     np.testing.assert_array_equal(canvas[:, :96, :3], np.rint(wide / 257).astype(np.uint8))
+
+
+def test_inpaint_fill_runs_lama_through_spandrel_when_configured(demo_config, tmp_path):
+    """``[server] lama``: the `inpaint` fill is the LaMa network (here the random demo one), which fills
+    only around the hole; a bad file fails the job before it starts, naming the fill."""
+    import dataclasses
+
+    from backend.engine.engine import Engine
+    from backend.engine.job import EditJob
+    from backend.engine.models import ModelError, ModelRegistry, pick_device
+    from backend.fixtures.demo_lama import ensure_demo_lama
+
+    lama = fill.Lama(str(ensure_demo_lama()), "cpu")
+    rgb = np.asarray(picture(128, 96))
+    region = np.zeros((96, 128), bool)
+    region[40:60, 50:80] = True
+    out = lama(rgb, region)
+    assert (out[~region] == rgb[~region]).all() and not (out[region] == rgb[region]).all()
+    assert not (out[region] == fill.telea(rgb, region)[region]).all(), "the network, not Telea"
+
+    (tmp_path / "lama.safetensors").write_bytes(b"not a network")
+    engine = Engine(ModelRegistry(dataclasses.replace(demo_config, lama=str(tmp_path / "lama.safetensors")),
+                                  *pick_device("cpu")))
+    image = np.asarray(picture(128, 96).convert("RGBA"))
+    job = EditJob(mode="remove", model="demo", prompt="", negative_prompt="", seed=1, steps=4, guidance=7.0,
+                  strength=1.0, batch=1, sampler="euler", image=image, mask=region.astype(np.uint8) * 255,
+                  fill="inpaint")
+
+    class Reporter:
+        began = False
+
+        def started(self, *args):
+            self.began = True
+
+        def progress(self, *args):
+            pass
+
+        def is_cancelled(self):
+            return False
+
+    reporter = Reporter()
+    with pytest.raises(ModelError) as caught:
+        engine.run(job, reporter)
+    assert caught.value.field == "fill" and "lama.safetensors" in caught.value.message and not reporter.began
+
+    engine.lama = lama
+    with_lama = engine.run(job, Reporter()).layers[0].pixels
+    engine.lama = None
+    with_telea = engine.run(job, Reporter()).layers[0].pixels
+    assert (with_lama[..., 3] == with_telea[..., 3]).all() and not (with_lama == with_telea).all()

@@ -100,6 +100,7 @@ class Engine:
         self.control_maps = ContentCache(CONTROL_MAP_CACHE)
         self.adapters = IPAdapters(config.ip_adapters, config.allow_pickle)
         self.preprocessors = Preprocessors(config.annotators, registry.device)
+        self.lama = fill.Lama(config.lama, registry.device, config.allow_pickle) if config.lama else None
         self._previewers: dict[str, Previewer] = {}
 
     @property
@@ -123,6 +124,8 @@ class Engine:
         adapter = self._references(job, model, pipe)
         prompt = self.prompts.kwargs(model.name, pipe, model.family, job.prompt, job.negative_prompt or None,
                                      job.guidance > 1)
+        if self.lama is not None and any(p.fill == "inpaint" for p in passes):
+            self.lama.load()  # a network that cannot load fails the job before `started`
         reporter.started(job.denoising_steps, passes)
 
         layers = []
@@ -195,7 +198,7 @@ class Engine:
         if picture is not None:
             crop = picture[p.box.y:p.box.y1, p.box.x:p.box.x1]
             filled = fill.prefill(crop[..., :3], crop[..., 3] if crop.shape[2] == 4 else None, mask,
-                                  p.fill or "none")
+                                  p.fill or "none", self.lama)
             inputs.image = _resample(filled, p.size)
         if mask is not None:
             resized = np.asarray(_resample(mask, p.size))

@@ -12,6 +12,9 @@ Pure numpy / scipy / OpenCV on pixels: no model of the engine runs here.
 
 from __future__ import annotations
 
+import threading
+from typing import Callable
+
 import numpy as np
 from scipy import ndimage
 
@@ -22,10 +25,16 @@ TELEA_RADIUS = 5
 WORK_SIDE = 1024  # Telea and blur work at most this size (they are a starting point, not the result)
 
 
-def prefill(rgb: np.ndarray, alpha: np.ndarray | None, mask: np.ndarray | None, mode: str) -> np.ndarray:
+Network = Callable[[np.ndarray, np.ndarray], np.ndarray]
+"""An inpainting network: (rgb, region) -> rgb with the region filled."""
+
+
+def prefill(rgb: np.ndarray, alpha: np.ndarray | None, mask: np.ndarray | None, mode: str,
+            network: Network | None = None) -> np.ndarray:
     """``rgb`` (H x W x 3 uint8) with its transparent pixels (``alpha`` 0) filled as new canvas, then the
     masked pixels (``mask`` > 0, uint8) filled by ``mode``, blended by the mask's value (a soft edge keeps
-    part of the picture). Returns a new array; pixels outside both stay as they are."""
+    part of the picture). ``network`` fills for ``inpaint`` (Telea when None). Returns a new array;
+    pixels outside both stay as they are."""
     out = np.array(rgb[..., :3], dtype=np.uint8, copy=True)
     if alpha is not None:
         hole = alpha == 0
@@ -40,13 +49,13 @@ def prefill(rgb: np.ndarray, alpha: np.ndarray | None, mask: np.ndarray | None, 
         filled = np.full_like(out, NEUTRAL) if mode != "blur" else np.broadcast_to(
             out.reshape(-1, 3).mean(0).round().astype(np.uint8), out.shape).copy()
     else:
-        filled = fill(out, region, mode)
+        filled = fill(out, region, mode, network)
     weight = mask.astype(np.uint32)[..., None]
     return ((filled.astype(np.uint32) * weight + out.astype(np.uint32) * (255 - weight) + 127) // 255).astype(
         np.uint8)
 
 
-def fill(rgb: np.ndarray, region: np.ndarray, mode: str) -> np.ndarray:
+def fill(rgb: np.ndarray, region: np.ndarray, mode: str, network: Network | None = None) -> np.ndarray:
     """``rgb`` with the pixels of ``region`` (bool, some but not all) replaced by ``mode``'s fill."""
     if mode == "neutral":
         return np.where(region[..., None], np.uint8(NEUTRAL), rgb).astype(np.uint8)
@@ -55,7 +64,7 @@ def fill(rgb: np.ndarray, region: np.ndarray, mode: str) -> np.ndarray:
     if mode == "blur":
         return blur(rgb, region)
     if mode == "inpaint":
-        return telea(rgb, region)
+        return (network or telea)(rgb, region)
     raise ValueError(f"unknown fill mode {mode!r}")
 
 
@@ -109,3 +118,63 @@ def _upsample(values: np.ndarray, factor: int, shape: tuple[int, int]) -> np.nda
     zoomed = ndimage.zoom(values, factor, order=1, mode="nearest")
     pad = [(0, max(0, shape[0] - zoomed.shape[0])), (0, max(0, shape[1] - zoomed.shape[1]))]
     return np.pad(zoomed, pad, mode="edge")[:shape[0], :shape[1]]
+
+
+class Lama:
+    """The LaMa inpainting network (``[server] lama``: a checkpoint spandrel reads), loaded on first use.
+
+    It fills around the region only: the region's bounds plus as much context again (at least 32
+    pixels), at most ``LAMA_SIDE`` a side (reduced beyond that), so its cost follows the hole, not the
+    picture. Pickle checkpoints (.pth, .ckpt) are refused unless ``allow_pickle``.
+    """
+
+    LAMA_SIDE = 512
+
+    def __init__(self, source: str, device, allow_pickle: bool = False):
+        self.source, self.device, self.allow_pickle = source, device, allow_pickle
+        self._model = None
+        self._lock = threading.Lock()
+
+    def load(self):
+        from backend.engine.models import ModelError, check_pickle
+
+        with self._lock:
+            if self._model is None:
+                check_pickle(self.source, self.allow_pickle)
+                try:
+                    import spandrel
+
+                    model = spandrel.ModelLoader().load_from_file(self.source)
+                except Exception as exc:
+                    raise ModelError("model_load_failed", f"the LaMa inpainting network {self.source} could not "
+                                     f"be loaded: {exc}", "fill") from exc
+                if model.architecture.id != "LaMa":
+                    raise ModelError("model_load_failed", f"{self.source} is a {model.architecture.id} network, "
+                                     "not LaMa", "fill")
+                self._model = model.to(self.device).eval()
+            return self._model
+
+    def __call__(self, rgb: np.ndarray, region: np.ndarray) -> np.ndarray:
+        import torch
+        from PIL import Image
+
+        model = self.load()
+        rows, cols = np.nonzero(region)
+        height, width = region.shape
+        pad = max(32, int(max(np.ptp(rows), np.ptp(cols))) // 2 + 1)
+        y0, y1 = max(0, rows.min() - pad), min(height, rows.max() + 1 + pad)
+        x0, x1 = max(0, cols.min() - pad), min(width, cols.max() + 1 + pad)
+        crop, hole = rgb[y0:y1, x0:x1], region[y0:y1, x0:x1]
+        scale = min(1.0, self.LAMA_SIDE / max(crop.shape[:2]))
+        size = (max(8, -(-round(crop.shape[1] * scale) // 8) * 8), max(8, -(-round(crop.shape[0] * scale) // 8) * 8))
+        picture = np.asarray(Image.fromarray(np.ascontiguousarray(crop)).resize(size, Image.Resampling.BICUBIC))
+        mask = np.asarray(Image.fromarray(hole.astype(np.uint8) * 255).resize(size, Image.Resampling.NEAREST)) > 0
+        mask = ndimage.binary_dilation(mask, iterations=2)  # cover the resampled edge
+        with torch.no_grad():
+            image = torch.from_numpy(np.array(picture)).permute(2, 0, 1)[None].float().div(255).to(self.device)
+            holes = torch.from_numpy(mask)[None, None].float().to(self.device)
+            out = model(image, holes)[0].permute(1, 2, 0).clamp(0, 1).mul(255).round().byte().cpu().numpy()
+        filled = np.asarray(Image.fromarray(out).resize((crop.shape[1], crop.shape[0]), Image.Resampling.BICUBIC))
+        result = rgb.copy()
+        result[y0:y1, x0:x1] = np.where(hole[..., None], filled, crop)
+        return result
