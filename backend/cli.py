@@ -136,10 +136,11 @@ def _add_run_parser(commands: Any) -> None:
                      help=_help(SUBMIT_FIELDS["negative_prompt"], default="empty"))
     run.add_argument("--image", metavar="FILE", help="the picture to edit (img2img, inpaint); any picture Pillow "
                      "reads; phone photos are turned upright by their EXIF orientation")
-    run.add_argument("--mask", metavar="FILE", help="inpaint: white = repaint, black = keep; the size of the "
-                     "(upright) --image")
+    run.add_argument("--mask", metavar="FILE", help="inpaint, remove: white = repaint, black = keep; the size of "
+                     "the (upright) --image")
     run.add_argument("--strength", type=float, metavar="X", help=_help(
-        SUBMIT_FIELDS["strength"], note="img2img and inpaint run steps x strength denoising steps"))
+        SUBMIT_FIELDS["strength"], note="img2img, inpaint and expand run steps x strength denoising steps, remove "
+                                        "steps x strength x 0.4"))
     run.add_argument("--seed", type=int, metavar="N", help=_help(
         SUBMIT_FIELDS["seed"], doc="seed of the first image; image i of a batch uses seed + i", default="random"))
     run.add_argument("--steps", type=int, metavar="N", help=_help(SUBMIT_FIELDS["steps"],
