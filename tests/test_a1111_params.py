@@ -232,3 +232,40 @@ def test_preview_map_of_the_input_picture(server):
     assert (edges > 200).mean() < 0.5 and (edges > 200).any()  # sparse bright edges on black
     none, message = jobs.preprocess(jobs.Connection(server.url), "tile", picture(128, 96))
     assert none is None and message.startswith("The Easel backend refused the job: ")
+
+
+def test_toolbox_values_make_the_jobs_the_webui_user_expects():
+    """Masked content, soft inpainting, invert mask, remove without a prompt and expand."""
+    job = build_job(values(masked_content="fill", soft_inpaint=False))
+    assert job.fill == "blur" and job.soft_inpaint is False
+    assert build_job(values()).fill is None, "the mode's default is the server's"
+    inverted = build_job(values(invert_mask=True))
+    assert (pixels(inverted.mask) == 255 - pixels(build_job(values()).mask)).all()
+    removal = build_job(values(mode="remove", prompt="", masked_content="inpaint (Telea / LaMa)"))
+    assert removal.mode == "remove" and removal.fill == "inpaint" and removal.mask is not None
+    wider = build_job(values(mode="expand", mask=None, expand_right=64, expand_top=8))
+    assert wider.mode == "expand" and wider.expand == (0, 8, 64, 0) and wider.mask is None
+    message = parse_client_message(json.dumps(wider.to_message(lambda image, role: {"frame": role})))
+    assert (message["expand_right"], message["expand_top"], message["mode"]) == (64, 8, "expand")
+    with pytest.raises(InputError, match="Expand needs pixels to add"):
+        build_job(values(mode="expand"))
+    with pytest.raises(InputError, match="to keep first"):
+        build_job(values(mask=painted(box=(0, 0, 128, 96)), invert_mask=True))
+
+
+def test_a_real_expand_and_remove_from_the_tab(server):
+    source = values(picture=picture(128, 96, seed=5).convert("RGBA"))
+    final = list(jobs.run(jobs.Connection(server.url), values(**{**source.__dict__, "mode": "expand",
+                                                                 "expand_right": 32}), "unit"))[-1]
+    assert final.done and final.status.startswith("Done: 1 image"), final.status
+    (wide,) = final.images
+    assert wide.size == (160, 96) and (np.asarray(wide)[:, :128] == np.asarray(source.picture)).all()
+    assert 'Easel expand: "0, 0, 32, 0"' in final.infotexts[0] and "Easel fill: border" in final.infotexts[0]
+    final = list(jobs.run(jobs.Connection(server.url), values(**{**source.__dict__, "mode": "remove",
+                                                                 "prompt": ""}), "unit"))[-1]
+    assert final.done and final.status.startswith("Done: 1 image"), final.status
+    out, before = np.asarray(final.images[0]), np.asarray(source.picture)
+    margin = mask_margin(8, 16)
+    near = np.zeros((96, 128), bool)
+    near[max(0, 20 - margin):50 + margin, max(0, 30 - margin):60 + margin] = True
+    assert (out[~near] == before[~near]).all() and "Easel fill: inpaint" in final.infotexts[0]

@@ -105,12 +105,13 @@ def run(connection: Connection, values: TabValues, session: str) -> Iterator[Upd
 
 
 def finish(values: TabValues, result: Result) -> tuple[list[Image.Image], list[str]]:
-    """Whole pictures (inpaint layers composited over the input: the one shared composite, so every
-    pixel outside the layer's alpha is the input's own) and their infotexts."""
+    """Whole pictures (inpaint and remove layers composited over the input: the one shared composite, so
+    every pixel outside the layer's alpha is the input's own; an expand's result is the new canvas
+    itself) and their infotexts."""
     images, texts = [], []
     for item in sorted(result.images, key=lambda item: item.index):
         picture = decode(item.image)
-        if result.parameters.get("mode") == "inpaint":
+        if result.parameters.get("mode") in ("inpaint", "remove"):
             base = np.asarray(values.picture.convert("RGBA"))
             picture = Image.fromarray(compose.composite(base, np.asarray(picture), item.offset), "RGBA")
         images.append(picture)

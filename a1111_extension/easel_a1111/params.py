@@ -31,6 +31,11 @@ from .protocol import (
 USE_INPUT = "input picture"
 OWN_IMAGE = "own image"
 
+# "Masked content", in the WebUI's words where it has them, -> Easel's pre-fill (None: the mode's default).
+MASKED_CONTENT = {"mode's default": None, "original": "none", "fill": "blur", "latent nothing": "neutral",
+                  "border": "border", "inpaint (Telea / LaMa)": "inpaint"}
+MASKED_MODES = ("inpaint", "remove")
+
 # A1111's names for Easel's samplers, so infotext pastes into the WebUI's own fields.
 SAMPLER_LABELS = {"dpmpp_2m": "DPM++ 2M", "dpmpp_2m_karras": "DPM++ 2M Karras", "euler": "Euler",
                   "euler_a": "Euler a", "ddim": "DDIM", "unipc": "UniPC"}
@@ -84,6 +89,13 @@ class TabValues:
     height: int = 512
     controls: list[ControlSpec] = field(default_factory=list)
     references: list[ReferenceSpec] = field(default_factory=list)
+    masked_content: str = "mode's default"  # a MASKED_CONTENT label
+    soft_inpaint: bool = True
+    invert_mask: bool = False
+    expand_left: int = 0                # expand only: pixels added on each side
+    expand_top: int = 0
+    expand_right: int = 0
+    expand_bottom: int = 0
 
 
 def png_image(picture: Image.Image, mode: str = "RGBA") -> ImageData:
@@ -115,8 +127,9 @@ def build_job(values: TabValues) -> Job:
     values make no job, or one the server would refuse."""
     mode = values.mode
     if mode not in MODES:
-        raise InputError(f"Unknown mode {mode!r}: choose inpaint, img2img or generate.")
-    if not values.prompt.strip() and not any(reference.image is not None for reference in values.references):
+        raise InputError(f"Unknown mode {mode!r}: choose inpaint, img2img, generate, expand or remove.")
+    referenced = any(reference.image is not None for reference in values.references)
+    if mode != "remove" and not values.prompt.strip() and not referenced:
         raise InputError("Describe what to paint in the prompt.")
     seed = int(values.seed) if values.seed is not None else -1
     job = Job(mode, prompt=values.prompt, negative_prompt=values.negative_prompt, sampling=Sampling(
@@ -128,12 +141,28 @@ def build_job(values: TabValues) -> Job:
         raise InputError(f"{mode.capitalize()} needs a picture: upload one first.")
     else:
         job.image = png_image(values.picture)
-    if mode == "inpaint":
+    if mode in MASKED_MODES:
         mask = mask_from_painting(values.mask, values.picture.size)
+        if values.invert_mask:
+            inverted = Image.fromarray(255 - np.asarray(mask if mask is not None else
+                                                        Image.new("L", values.picture.size, 0)), "L")
+            mask = inverted if np.asarray(inverted).any() else None
         if mask is None:
-            raise InputError("Paint over the part of the picture to change first (inpaint needs a mask).")
+            what = "keep" if values.invert_mask else "change"
+            raise InputError(f"Paint over the part of the picture to {what} first ({mode} needs a mask).")
         job.mask = png_image(mask, "L")
         job.mask_grow, job.mask_feather = int(values.mask_grow), int(values.mask_feather)
+        job.soft_inpaint = bool(values.soft_inpaint)
+    if mode in MASKED_MODES or mode == "expand":
+        if values.masked_content not in MASKED_CONTENT:
+            raise InputError(f"Unknown masked content {values.masked_content!r}: choose one of "
+                             f"{', '.join(MASKED_CONTENT)}.")
+        job.fill = MASKED_CONTENT[values.masked_content]
+    if mode == "expand":
+        job.expand_left, job.expand_top = int(values.expand_left), int(values.expand_top)
+        job.expand_right, job.expand_bottom = int(values.expand_right), int(values.expand_bottom)
+        if not any(job.expand):
+            raise InputError("Expand needs pixels to add: set Expand left, top, right or bottom above 0.")
     numbers = [number for number, spec in enumerate(values.controls, 1) if spec.enabled]
     job.control = [control_unit(number, values.controls[number - 1], values) for number in numbers]
     job.references = [reference(spec) for spec in values.references if spec.image is not None]
@@ -206,8 +235,14 @@ def infotext(parameters: dict, seed: int, size: tuple[int, int]) -> str:
              ("Sampler", SAMPLER_LABELS.get(parameters.get("sampler"), parameters.get("sampler"))),
              ("CFG scale", parameters.get("guidance")), ("Seed", seed), ("Size", f"{size[0]}x{size[1]}"),
              ("Model", parameters.get("model")), ("Denoising strength", parameters.get("strength"))]
-    if parameters.get("mode") == "inpaint":
+    if parameters.get("mode") in MASKED_MODES:
         items += [("Mask blur", parameters.get("mask_feather")), ("Easel mask grow", parameters.get("mask_grow"))]
+        items.append(("Easel soft inpainting", parameters.get("soft_inpaint")))
+    if parameters.get("mode") in MASKED_MODES + ("expand",):
+        items.append(("Easel fill", parameters.get("fill")))
+    if parameters.get("mode") == "expand":
+        items.append(("Easel expand", _quote(", ".join(str(parameters.get(f"expand_{side}", 0))
+                                                       for side in ("left", "top", "right", "bottom")))))
     items.append(("Easel mode", parameters.get("mode")))
     for number, unit in enumerate(parameters.get("control") or [], 1):
         items.append((f"Easel control {number}", _quote(f"{unit['type']}, preprocess {unit['preprocess']}, "

@@ -10,7 +10,7 @@ from typing import Callable
 import gradio as gr
 
 from . import compat, jobs
-from .params import OWN_IMAGE, USE_INPUT, ControlSpec, ReferenceSpec, TabValues
+from .params import MASKED_CONTENT, OWN_IMAGE, USE_INPUT, ControlSpec, ReferenceSpec, TabValues
 from .protocol import SAMPLERS, capabilities, rules
 
 Offer, offer = capabilities.Offer, capabilities.offer
@@ -38,8 +38,8 @@ def build(connection: Callable[[], jobs.Connection], add_send_buttons: Callable 
                 picture = compat.picture_editor("Picture (paint over what should change)", "easel_picture")
                 prompt = gr.Textbox(label="Prompt", lines=2, elem_id="easel_prompt")
                 negative = gr.Textbox(label="Negative prompt", lines=1, elem_id="easel_negative")
-                mode = gr.Radio(["inpaint", "img2img", "generate"], value="inpaint", label="Mode",
-                                elem_id="easel_mode")
+                mode = gr.Radio(["inpaint", "img2img", "generate", "expand", "remove"], value="inpaint",
+                                label="Mode", elem_id="easel_mode")
                 with gr.Row():
                     strength = gr.Slider(0.0, 1.0, value=1.0, step=0.01, label="Strength", elem_id="easel_strength")
                     steps = gr.Slider(1, offered.max_steps, value=min(20, offered.max_steps), step=1,
@@ -55,6 +55,16 @@ def build(connection: Callable[[], jobs.Connection], add_send_buttons: Callable 
                     grow = gr.Slider(0, 256, value=rules.MASK_GROW, step=1, label="Mask grow", elem_id="easel_grow")
                     feather = gr.Slider(0, 256, value=rules.MASK_FEATHER, step=1, label="Mask feather",
                                         elem_id="easel_feather")
+                with gr.Row():
+                    masked_content = gr.Dropdown(list(MASKED_CONTENT), value="mode's default",
+                                                 label="Masked content", elem_id="easel_fill")
+                    soft = gr.Checkbox(True, label="Soft inpainting", elem_id="easel_soft")
+                    invert = gr.Checkbox(False, label="Invert mask", elem_id="easel_invert")
+                with gr.Accordion("Expand (outpaint)", open=False, elem_id="easel_expand"):
+                    with gr.Row():
+                        sides = [gr.Slider(0, rules.MAX_EXPAND, value=0, step=8, label=f"Expand {name}",
+                                           elem_id=f"easel_expand_{name}")
+                                 for name in ("left", "top", "right", "bottom")]
                 with gr.Row():
                     side = offered.max_generate_side
                     width = gr.Slider(64, side, value=min(512, side), step=8, label="Width (generate)",
@@ -85,12 +95,13 @@ def build(connection: Callable[[], jobs.Connection], add_send_buttons: Callable 
         controls_in = [c for unit in units for c in unit]
         refs_in = [c for ref in refs for c in ref]
         inputs = [picture, prompt, negative, mode, strength, steps, guidance, sampler, seed, batch, grow, feather,
-                  width, height, *controls_in, *refs_in]
+                  width, height, *controls_in, *refs_in, masked_content, soft, invert, *sides]
+        toolbox = 7  # the toolbox's components, last in ``inputs``
 
         def values_of(args) -> TabValues:
             (pic, prompt_, negative_, mode_, strength_, steps_, guidance_, sampler_, seed_, batch_, grow_,
              feather_, width_, height_) = args[:14]
-            rest = args[14:]
+            rest, (content_, soft_, invert_, *sides_) = args[14:-toolbox], args[-toolbox:]
             image, painted = compat.read_editor(pic)
             controls = [ControlSpec(*rest[i * UNIT_SIZE:(i + 1) * UNIT_SIZE]) for i in range(CONTROL_UNITS)]
             rest = rest[CONTROL_UNITS * UNIT_SIZE:]
@@ -98,7 +109,8 @@ def build(connection: Callable[[], jobs.Connection], add_send_buttons: Callable 
                           for i in range(REFERENCES)]
             return TabValues(mode_, image, painted, prompt_ or "", negative_ or "", strength_, int(steps_),
                              guidance_, sampler_, int(seed_ if seed_ is not None else -1), int(batch_),
-                             int(grow_), int(feather_), int(width_), int(height_), controls, references)
+                             int(grow_), int(feather_), int(width_), int(height_), controls, references,
+                             content_, bool(soft_), bool(invert_), *(int(value or 0) for value in sides_))
 
         def run_job(request: gr.Request, *args):
             # gradio fills positional parameters annotated gr.Request; the inputs follow in *args.
