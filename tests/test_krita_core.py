@@ -427,3 +427,25 @@ def test_actions_have_shortcuts_that_krita_does_not_use_already():
         taken = {s.lower() for f in krita_actions.glob("*.action")
                  for s in re.findall(r"<shortcut>([^<]+)</shortcut>", f.read_text())}
         assert not {s.lower() for s in shortcuts.values()} & taken
+
+
+def test_remove_and_the_selection_settings_make_the_job():
+    """The docker's Selection box (grow, feather, start from, soft) and its Remove button."""
+    assert plan.choose_mode(True, 1.0, remove=True) == "remove"
+    with pytest.raises(plan.PlanError, match="Select what to remove first"):
+        plan.choose_mode(False, 1.0, remove=True)
+    sel_box, sel_bytes = selection_on(640, 480, (300, 200, 40, 40))
+    settings = plan.Settings(prompt="", remove=True, mask_grow=0, mask_feather=2, fill="blur", soft_inpaint=False)
+    region = plan.plan_region(640, 480, 1.0, 512, (sel_box, sel_bytes), grow=0, feather=2, remove=True)
+    assert region.mode == "remove" and region.picture == (region.box.width, region.box.height)
+    w, h = region.picture
+    job = plan.build_job(region, settings, bytes(w * h * 4), bytes(w * h))
+    assert (job.mode, job.fill, job.soft_inpaint, job.mask_grow, job.mask_feather) == ("remove", "blur", False, 0, 2)
+    assert job.prompt == "", "a removal needs no prompt"
+    inpaint = plan.build_job(plan.plan_region(640, 480, 1.0, 512, (sel_box, sel_bytes)),
+                             plan.Settings(prompt="a door"), bytes(w * h * 4), bytes(w * h))
+    assert inpaint.fill is None and inpaint.soft_inpaint is True
+    with pytest.raises(plan.PlanError, match="Type a prompt first"):
+        plan.build_job(region, plan.Settings(prompt=""), bytes(w * h * 4), bytes(w * h))
+    spot = placement.place(region, (8, 4), 20, 10)
+    assert (spot.x, spot.y, spot.scale) == (region.box.x + 8, region.box.y + 4, False)

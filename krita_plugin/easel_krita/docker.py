@@ -107,16 +107,21 @@ class EaselDocker(host.DockWidget):
         form.addLayout(grid)
         self._show_strength(100)
 
+        form.addWidget(self._selection_box())
         form.addWidget(self._control_box())
         form.addWidget(self._reference_box())
 
         buttons = W.QHBoxLayout()
         self.generate_button = W.QPushButton("Generate")
-        self.generate_button.clicked.connect(self.generate)
+        self.generate_button.clicked.connect(lambda: self.generate())  # not the signal's `checked` as remove
         self.cancel_button = W.QPushButton("Cancel")
         self.cancel_button.clicked.connect(self.cancel)
         self.cancel_button.setEnabled(False)
+        self.remove_button = W.QPushButton("Remove")
+        self.remove_button.setToolTip("Take the selection out: fill it with its surroundings (no prompt needed)")
+        self.remove_button.clicked.connect(lambda: self.generate(remove=True))
         buttons.addWidget(self.generate_button, 2)
+        buttons.addWidget(self.remove_button, 1)
         buttons.addWidget(self.cancel_button, 1)
         form.addLayout(buttons)
         self.progress = W.QProgressBar()
@@ -150,6 +155,33 @@ class EaselDocker(host.DockWidget):
         scroll.setWidgetResizable(True)
         scroll.setWidget(root)
         self.setWidget(scroll)
+
+    def _selection_box(self):
+        """How a selection is edited: its grow and feather, what it starts from, soft or hard."""
+        box = W.QGroupBox("Selection")
+        grid = W.QGridLayout(box)
+        self.grow, self.grow_label = _slider(0, 256, protocol.rules.MASK_GROW, "px")
+        self.feather, self.feather_label = _slider(0, 256, protocol.rules.MASK_FEATHER, "px")
+        self.grow.setToolTip("Grow the selection by this many pixels before painting (0: exactly the selection)")
+        self.feather.setToolTip("Soften the grown selection's edge over this many pixels (0: a hard edge)")
+        grid.addWidget(W.QLabel("Grow"), 0, 0)
+        grid.addWidget(self.grow, 0, 1)
+        grid.addWidget(self.grow_label, 0, 2)
+        grid.addWidget(W.QLabel("Feather"), 1, 0)
+        grid.addWidget(self.feather, 1, 1)
+        grid.addWidget(self.feather_label, 1, 2)
+        self.fill = W.QComboBox()
+        for label, value in FILL_LABELS:
+            self.fill.addItem(label, value)
+        self.fill.setToolTip("What the selection starts from (matters below 100% strength)")
+        self.soft = W.QCheckBox("Soft")
+        self.soft.setChecked(True)
+        self.soft.setToolTip("Soft inpainting: a faint part of the selection or of its feathered edge changes "
+                             "only a little. Off: the selection is cut at 50%.")
+        grid.addWidget(W.QLabel("Start from"), 2, 0)
+        grid.addWidget(self.fill, 2, 1)
+        grid.addWidget(self.soft, 2, 2)
+        return box
 
     def _control_box(self):
         box = W.QGroupBox("Control layers")
@@ -236,13 +268,15 @@ class EaselDocker(host.DockWidget):
 
     # -- actions ------------------------------------------------------------------------------
 
-    def settings(self) -> plan.Settings:
+    def settings(self, remove: bool = False) -> plan.Settings:
         return plan.Settings(prompt=self.prompt.toPlainText(), negative_prompt=self.negative.text(),
                              strength=self.strength.value() / 100, steps=self.steps.value(),
                              seed=self.seed.value() if self.fixed_seed.isChecked() else None,
-                             batch=self.batch.value())
+                             batch=self.batch.value(), mask_grow=self.grow.value(),
+                             mask_feather=self.feather.value(), fill=self.fill.currentData(),
+                             soft_inpaint=self.soft.isChecked(), remove=remove)
 
-    def generate(self) -> None:
+    def generate(self, remove: bool = False) -> None:
         doc = self._document()
         if doc is None:
             self._say("Open a document first.", error=True)
@@ -251,7 +285,7 @@ class EaselDocker(host.DockWidget):
             self._say("A job is already running; cancel it or wait for it.", error=True)
             return
         try:
-            self.job = self.session.generate(doc, self.settings(), list(self.controls), list(self.references))
+            self.job = self.session.generate(doc, self.settings(remove), list(self.controls), list(self.references))
         except (plan.PlanError, pixels.UnsupportedColor) as exc:
             self._say(str(exc), error=True)
             return
@@ -259,6 +293,7 @@ class EaselDocker(host.DockWidget):
             self._say(f"Easel could not start the job: {sentence(exc)}", error=True)
             return
         self.generate_button.setEnabled(False)
+        self.remove_button.setEnabled(False)
         self.cancel_button.setEnabled(True)
         self.progress.setRange(0, 0)  # busy until the first step
         self._say("Working …")
@@ -317,6 +352,7 @@ class EaselDocker(host.DockWidget):
     def _end_job(self) -> None:
         self.job = None
         self.generate_button.setEnabled(True)
+        self.remove_button.setEnabled(True)
         self.cancel_button.setEnabled(False)
         self.progress.setRange(0, 1)
         self.progress.setValue(0)
@@ -439,6 +475,20 @@ class EaselDocker(host.DockWidget):
     def _say(self, text: str, error: bool = False) -> None:
         self.message.setStyleSheet("color: #d04040;" if error else "")
         self.message.setText(text)
+
+
+FILL_LABELS = (("Default", None), ("As it is", "none"), ("Grey", "neutral"), ("Blur of the surroundings", "blur"),
+               ("Edge pixels", "border"), ("Inpainted surroundings", "inpaint"))
+
+
+def _slider(low: int, high: int, value: int, unit: str):
+    """A horizontal slider and the label that shows its value."""
+    slider = W.QSlider(HORIZONTAL)
+    slider.setRange(low, high)
+    slider.setValue(value)
+    label = W.QLabel(f"{value} {unit}")
+    slider.valueChanged.connect(lambda number: label.setText(f"{number} {unit}"))
+    return slider, label
 
 
 def _spin(low: int, high: int, value: int):

@@ -26,7 +26,7 @@ class Placement:
 def place(region: Region, offset: tuple[int, int], width: int, height: int) -> Placement:
     """Place a ``width`` x ``height`` result that the server put at ``offset`` within the crop."""
     box = region.box
-    if region.mode == "inpaint":  # never resampled: outside the mask it is the canvas, byte for byte
+    if region.mode in ("inpaint", "remove"):  # never resampled: outside the mask it is the canvas, byte for byte
         return Placement(box.x + offset[0], box.y + offset[1], width, height)
     # generate and img2img answer a picture of the size asked for or sent; it covers the whole box.
     return Placement(box.x, box.y, box.width, box.height, (width, height) != (box.width, box.height))

@@ -38,6 +38,9 @@ class Settings:
     mask_grow: int = rules.MASK_GROW
     mask_feather: int = rules.MASK_FEATHER
     preview_every: int = 1
+    fill: str | None = None  # pre-fill of the selection (vocabulary.FILL_MODES); None: the mode's default
+    soft_inpaint: bool = True  # the selection acts per pixel in the diffusion; False: cut at 50%
+    remove: bool = False  # take the selection out (fill it with its surroundings) instead of painting it
 
 
 @dataclass
@@ -77,16 +80,21 @@ def selection_mask(data: bytes, width: int, height: int) -> bytes:
     return bytes(data)
 
 
-def choose_mode(has_selection: bool, strength: float) -> str:
-    """Selection -> inpaint; no selection -> img2img below 100%, generate at 100%."""
+MASKED = ("inpaint", "remove")
+
+
+def choose_mode(has_selection: bool, strength: float, remove: bool = False) -> str:
+    """Selection -> inpaint (or remove); no selection -> img2img below 100%, generate at 100%."""
+    if remove and not has_selection:
+        raise PlanError("Select what to remove first: Remove fills the selection with its surroundings.")
     if has_selection:
-        return "inpaint"
+        return "remove" if remove else "inpaint"
     return "generate" if strength >= 1.0 else "img2img"
 
 
 def plan_region(width: int, height: int, strength: float, native: int | None,
                 selection: tuple[Box, bytes] | None = None, *,
-                grow: int = rules.MASK_GROW, feather: int = rules.MASK_FEATHER) -> Region | None:
+                grow: int = rules.MASK_GROW, feather: int = rules.MASK_FEATHER, remove: bool = False) -> Region | None:
     """Plan a job on a ``width`` x ``height`` canvas.
 
     ``selection`` is the selection's bounding box and its mask bytes over that box (or None).
@@ -109,8 +117,8 @@ def plan_region(width: int, height: int, strength: float, native: int | None,
             bounds = Box(x0, y0, x1 - x0, y1 - y0) if x1 > x0 and y1 > y0 else None
             if bounds is None:
                 raise PlanError("the selection lies outside the canvas")
-    mode = choose_mode(bounds is not None, strength)
-    if mode == "inpaint":
+    mode = choose_mode(bounds is not None, strength, remove)
+    if mode in MASKED:
         plan = geometry.context_crop(bounds, width, height, native,
                                      margin=rules.reach(grow, feather))
         return Region(mode, plan.box, (plan.diffusion_width, plan.diffusion_height))
@@ -122,8 +130,8 @@ def plan_region(width: int, height: int, strength: float, native: int | None,
 
 
 def check_prompt(settings: Settings, references) -> None:
-    """A job needs a prompt, or at least a reference to follow."""
-    if not settings.prompt.strip() and not references:
+    """A job needs a prompt, or at least a reference to follow (a removal needs neither)."""
+    if not settings.remove and not settings.prompt.strip() and not references:
         raise PlanError("Type a prompt first: it says what to paint.")
 
 
@@ -146,9 +154,10 @@ def build_job(region: Region, settings: Settings, image: bytes | None, mask: byt
         job.width, job.height = region.size
     else:
         job.image = raw_image(image, width, height, "rgba8", "picture")
-    if region.mode == "inpaint":
+    if region.mode in MASKED:
         job.mask = raw_image(mask, width, height, "l8", "mask")
         job.mask_grow, job.mask_feather = settings.mask_grow, settings.mask_feather
+        job.fill, job.soft_inpaint = settings.fill, settings.soft_inpaint
     for unit in controls:
         what = f"{unit.type} control layer"
         if (unit.image.width, unit.image.height) != (width, height):

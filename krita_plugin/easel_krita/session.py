@@ -95,11 +95,11 @@ class Session(QObject):
         selection = host.selection(doc)
         region = plan.plan_region(info.width, info.height, settings.strength,
                                   self.worker.native_size(settings.model), selection,
-                                  grow=settings.mask_grow, feather=settings.mask_feather)
+                                  grow=settings.mask_grow, feather=settings.mask_feather, remove=settings.remove)
         box = region.box
         # Reads from Krita stay on this (UI) thread; conversion and encoding go to the worker.
         image = host.image_pixels(doc, box) if region.mode != "generate" else None
-        mask = host.selection_bytes(doc, box) if region.mode == "inpaint" else None
+        mask = host.selection_bytes(doc, box) if region.mode in plan.MASKED else None
         control_reads = [(unit, host.layer_pixels(unit.node, box)) for unit in controls]
         reference_reads = []
         for ref in references:
