@@ -40,6 +40,13 @@ def test_soft_feather_is_a_continuous_ramp_without_a_step(feather):
     assert (np.diff(ramp.astype(int)) >= 0).all() and ramp[0] == 0 and len(set(ramp.tolist())) > feather
 
 
+def test_soft_feather_keeps_soft_mask_values():
+    half = hard_square() // 2  # a 50% selection
+    alpha = masks.shape_mask(half, 8, 16, soft=True)
+    assert (alpha[half > 0] == 127).all() and alpha.max() == 127, "a half-strength selection stays half"
+    assert 0 < alpha[48, 36 - 8 - 6] < 127 and alpha[48, 0] == 0, "and fades outward from there"
+
+
 def test_hard_feather_keeps_the_old_half_height_step():
     alpha = masks.shape_mask(hard_square(), 8, 16, soft=False)
     row = alpha[48].astype(int)

@@ -31,20 +31,21 @@ def feather(mask: np.ndarray, pixels: int) -> np.ndarray:
 
 
 def ramp(mask: np.ndarray, pixels: int) -> np.ndarray:
-    """Soften the mask's edge outward with a smooth ramp; the mask stays at full strength.
+    """Soften the mask's edge outward with a smooth ramp; the mask itself is kept as it is.
 
-    The ramp falls from 255 at the mask's edge (where it is 50% or more) to 0 at
-    ⌊1.5 × ``pixels``⌋ + 1 beyond it (as far as the blur of ``feather`` reaches, so
-    ``shared.rules.reach`` holds) along a smoothstep of the distance: no jump where it meets the
-    mask, and no one-pixel step larger than 1.5 / (⌊1.5 × ``pixels``⌋ + 1) of the ramp (1/8.7 at a
-    feather of 8, 1/16.7 at the default 16). Soft mask values above the ramp are kept.
+    Beyond the mask each pixel takes the value of the nearest mask pixel (above 0) times a smoothstep
+    of its distance d to it: v × s(1 − d / L), s(x) = x²(3 − 2x), L = ⌊1.5 × ``pixels``⌋ + 1 (as far as
+    the blur of ``feather`` reaches, so ``shared.rules.reach`` holds). A hard mask fades from 255 with
+    no jump where the ramp meets it and no one-pixel step larger than 1.5 / L of the ramp (1/8.7 at a
+    feather of 8, 1/16.7 at the default 16); a 50% selection stays at 50% and fades from there.
     """
-    if pixels <= 0 or not (mask >= 128).any():
+    support = mask > 0
+    if pixels <= 0 or not support.any():
         return mask
     length = pixels * 3 // 2 + 1
-    distance = ndimage.distance_transform_edt(mask < 128)
+    distance, (rows, cols) = ndimage.distance_transform_edt(~support, return_indices=True)
     x = np.clip(1.0 - distance / length, 0.0, 1.0)
-    smooth = np.rint(255.0 * x * x * (3.0 - 2.0 * x)).astype(np.uint8)
+    smooth = np.rint(mask[rows, cols] * (x * x * (3.0 - 2.0 * x))).astype(np.uint8)
     return np.maximum(mask, smooth)
 
 
