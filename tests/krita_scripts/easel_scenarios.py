@@ -602,6 +602,41 @@ def scenario_docker_buttons(ctx):
     doc.close()
 
 
+def scenario_docker_remove_with_selection_settings(ctx):
+    """The docker's Selection box (grow and feather sliders, start from, soft) and its Remove button:
+    no prompt needed, and the layer's alpha follows the sliders, not the defaults."""
+    from easel_krita import host
+    from easel_krita.docker import EaselDocker
+    host.write_setting("url", os.environ["EASEL_URL"])
+    docker = EaselDocker()
+    doc = new_doc()
+    paint_layer(doc, "paint", fill_rgba8())
+    before = snapshot(doc)
+    docker._document = lambda: doc
+    wait_for(None, timeout=30, until=lambda: docker.worker.state == "connected")
+    docker.remove_button.click()
+    check("Select what to remove first" in docker.message.text(), f"no selection said {docker.message.text()!r}")
+    docker.steps.setValue(10)
+    docker.fixed_seed.setChecked(True)
+    docker.seed.setValue(5)
+    docker.grow.setValue(2)
+    docker.feather.setValue(4)
+    check(docker.grow_label.text() == "2 px", f"grow label {docker.grow_label.text()!r}")
+    docker.fill.setCurrentIndex(docker.fill.findData("blur"))
+    select(doc, 100, 80, 30, 20)
+    docker.remove_button.click()
+    check(not docker.remove_button.isEnabled() and docker.cancel_button.isEnabled(), "buttons did not switch")
+    fired = wait_for(docker.session, ["finished", "failed", "cancelled"])
+    check(fired and fired[0] == "finished", f"the removal ended with {fired}")
+    layers = easel_layers(doc)[1]
+    check([n.name() for n in layers] == ["no prompt [5]"], f"layers {[n.name() for n in layers]}")
+    alpha, _ = alpha_of(doc, layers[0])
+    rect_band(alpha, (100, 80, 30, 20), 9)  # rules.reach(2, 4) = 9, not the default 33
+    check(snapshot(doc) == before, "a source layer changed")
+    check(docker.remove_button.isEnabled() and docker.generate_button.isEnabled(), "buttons did not reset")
+    doc.close()
+
+
 SCENARIOS = [name for name in list(globals()) if name.startswith("scenario_")]
 
 
