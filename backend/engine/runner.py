@@ -117,9 +117,17 @@ def differential(inputs: PassInputs, on_step: Callable) -> Callable:
 def _differential_state(pipe, inputs: PassInputs, latents: torch.Tensor) -> dict:
     """The picture's latents, the noise that holds it, and the change map at latent size."""
     vae = pipe.vae
-    pixels = pipe.image_processor.preprocess(inputs.image).to(vae.device, vae.dtype)
-    with torch.no_grad():
-        picture = vae.encode(pixels).latent_dist.mode() * vae.config.scaling_factor
+    dtype = vae.dtype
+    upcast = dtype == torch.float16 and getattr(vae.config, "force_upcast", False)  # SDXL's VAE overflows in fp16
+    pixels = pipe.image_processor.preprocess(inputs.image).to(vae.device, torch.float32 if upcast else dtype)
+    try:
+        if upcast:
+            vae.to(torch.float32)
+        with torch.no_grad():
+            picture = vae.encode(pixels).latent_dist.mode() * vae.config.scaling_factor
+    finally:
+        if upcast:
+            vae.to(dtype)
     picture = picture.to(latents.device, latents.dtype).expand_as(latents)
     generator = torch.Generator("cpu").manual_seed(inputs.seed)
     noise = torch.randn(latents.shape, generator=generator, dtype=torch.float32).to(latents.device, latents.dtype)
