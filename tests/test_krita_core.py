@@ -449,3 +449,19 @@ def test_remove_and_the_selection_settings_make_the_job():
         plan.build_job(region, plan.Settings(prompt=""), bytes(w * h * 4), bytes(w * h))
     spot = placement.place(region, (8, 4), 20, 10)
     assert (spot.x, spot.y, spot.scale) == (region.box.x + 8, region.box.y + 4, False)
+
+
+def test_expand_plans_the_whole_canvas_and_places_the_new_canvas_at_its_origin():
+    region = plan.plan_expand(300, 200, (10, 0, 50, 20))
+    assert region.mode == "expand" and region.box == Box(0, 0, 300, 200) and region.size == (360, 220)
+    job = plan.build_job(region, plan.Settings(prompt="", expand=(10, 0, 50, 20), fill="blur"), bytes(300 * 200 * 4))
+    assert (job.mode, job.expand, job.fill, job.mask) == ("expand", (10, 0, 50, 20), "blur", None)
+    spot = placement.place(region, (0, 0), 360, 220)
+    assert (spot.x, spot.y, spot.width, spot.height, spot.scale) == (0, 0, 360, 220, False)
+    with pytest.raises(plan.PlanError, match="at least one side"):
+        plan.plan_expand(300, 200, (0, 0, 0, 0))
+    canvas = bytes([9, 9, 9, 255]) * (6 * 4)
+    band = placement.band_only(canvas, 6, 1, 1, 3, 2)  # a 3 x 2 picture at (1, 1) on a 6 x 4 canvas
+    alpha = band[3::4]
+    assert [alpha[row * 6:(row + 1) * 6] for row in range(4)] == [
+        bytes([255] * 6), bytes([255, 0, 0, 0, 255, 255]), bytes([255, 0, 0, 0, 255, 255]), bytes([255] * 6)]

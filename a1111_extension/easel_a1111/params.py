@@ -129,7 +129,7 @@ def build_job(values: TabValues) -> Job:
     if mode not in MODES:
         raise InputError(f"Unknown mode {mode!r}: choose inpaint, img2img, generate, expand or remove.")
     referenced = any(reference.image is not None for reference in values.references)
-    if mode != "remove" and not values.prompt.strip() and not referenced:
+    if mode not in ("remove", "expand") and not values.prompt.strip() and not referenced:
         raise InputError("Describe what to paint in the prompt.")
     seed = int(values.seed) if values.seed is not None else -1
     job = Job(mode, prompt=values.prompt, negative_prompt=values.negative_prompt, sampling=Sampling(

@@ -181,6 +181,21 @@ class EaselDocker(host.DockWidget):
         grid.addWidget(W.QLabel("Start from"), 2, 0)
         grid.addWidget(self.fill, 2, 1)
         grid.addWidget(self.soft, 2, 2)
+        sides = W.QHBoxLayout()
+        self.expand_sides = []
+        for name in ("left", "top", "right", "bottom"):
+            spin = _spin(0, protocol.rules.MAX_EXPAND, 0)
+            spin.setPrefix(f"{name} ")
+            spin.setSuffix(" px")
+            spin.setToolTip(f"Pixels Expand adds {name}")
+            self.expand_sides.append(spin)
+            sides.addWidget(spin)
+        self.expand_button = W.QPushButton("Expand")
+        self.expand_button.setToolTip("Grow the canvas by these pixels and paint the new band (one new layer; "
+                                      "your layers keep their pixels)")
+        self.expand_button.clicked.connect(lambda: self.generate(expand=tuple(s.value() for s in self.expand_sides)))
+        sides.addWidget(self.expand_button)
+        grid.addLayout(sides, 3, 0, 1, 3)
         return box
 
     def _control_box(self):
@@ -268,15 +283,15 @@ class EaselDocker(host.DockWidget):
 
     # -- actions ------------------------------------------------------------------------------
 
-    def settings(self, remove: bool = False) -> plan.Settings:
+    def settings(self, remove: bool = False, expand: tuple = (0, 0, 0, 0)) -> plan.Settings:
         return plan.Settings(prompt=self.prompt.toPlainText(), negative_prompt=self.negative.text(),
                              strength=self.strength.value() / 100, steps=self.steps.value(),
                              seed=self.seed.value() if self.fixed_seed.isChecked() else None,
                              batch=self.batch.value(), mask_grow=self.grow.value(),
                              mask_feather=self.feather.value(), fill=self.fill.currentData(),
-                             soft_inpaint=self.soft.isChecked(), remove=remove)
+                             soft_inpaint=self.soft.isChecked(), remove=remove, expand=expand)
 
-    def generate(self, remove: bool = False) -> None:
+    def generate(self, remove: bool = False, expand: tuple = (0, 0, 0, 0)) -> None:
         doc = self._document()
         if doc is None:
             self._say("Open a document first.", error=True)
@@ -285,7 +300,8 @@ class EaselDocker(host.DockWidget):
             self._say("A job is already running; cancel it or wait for it.", error=True)
             return
         try:
-            self.job = self.session.generate(doc, self.settings(remove), list(self.controls), list(self.references))
+            self.job = self.session.generate(doc, self.settings(remove, expand), list(self.controls),
+                                             list(self.references))
         except (plan.PlanError, pixels.UnsupportedColor) as exc:
             self._say(str(exc), error=True)
             return
@@ -294,6 +310,7 @@ class EaselDocker(host.DockWidget):
             return
         self.generate_button.setEnabled(False)
         self.remove_button.setEnabled(False)
+        self.expand_button.setEnabled(False)
         self.cancel_button.setEnabled(True)
         self.progress.setRange(0, 0)  # busy until the first step
         self._say("Working …")
@@ -353,6 +370,7 @@ class EaselDocker(host.DockWidget):
         self.job = None
         self.generate_button.setEnabled(True)
         self.remove_button.setEnabled(True)
+        self.expand_button.setEnabled(True)
         self.cancel_button.setEnabled(False)
         self.progress.setRange(0, 1)
         self.progress.setValue(0)

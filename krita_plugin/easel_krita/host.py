@@ -119,6 +119,15 @@ def easel_group(doc):
     return group
 
 
+def grow_canvas(doc, left: int, top: int, right: int, bottom: int, width: int, height: int) -> None:
+    """Grow a ``width`` x ``height`` canvas by the sides given, the picture moving to (left, top); a
+    document of another size (already grown) is left as it is."""
+    if (doc.width(), doc.height()) != (width, height):
+        return
+    doc.resizeImage(-left, -top, width + left + right, height + top + bottom)
+    flush(doc)
+
+
 def insert_layer(doc, name: str, data: bytes, x: int, y: int, width: int, height: int, parent=None, above=None):
     """A new paint layer holding ``data`` (document format) at (x, y); on top of ``parent``'s
     children (the Easel group by default) unless ``above`` names the node to go above."""

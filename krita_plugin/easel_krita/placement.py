@@ -26,6 +26,8 @@ class Placement:
 def place(region: Region, offset: tuple[int, int], width: int, height: int) -> Placement:
     """Place a ``width`` x ``height`` result that the server put at ``offset`` within the crop."""
     box = region.box
+    if region.mode == "expand":  # the new canvas, at its origin (the document is grown to it first)
+        return Placement(offset[0], offset[1], width, height)
     if region.mode in ("inpaint", "remove"):  # never resampled: outside the mask it is the canvas, byte for byte
         return Placement(box.x + offset[0], box.y + offset[1], width, height)
     # generate and img2img answer a picture of the size asked for or sent; it covers the whole box.
@@ -38,3 +40,12 @@ def layer_name(prompt: str, seed: int, limit: int = 40) -> str:
     if len(text) > limit:
         text = text[:limit - 1].rstrip() + "…"
     return f"{text} [{seed}]"
+
+
+def band_only(rgba: bytes, width: int, left: int, top: int, old_width: int, old_height: int) -> bytes:
+    """An expand's new canvas (RGBA, ``width`` wide) with alpha 0 over the old canvas at (left, top)."""
+    out = bytearray(rgba)
+    for row in range(top, top + old_height):
+        start = (row * width + left) * 4
+        out[start + 3:start + old_width * 4:4] = bytes(old_width)
+    return bytes(out)

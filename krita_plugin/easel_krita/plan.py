@@ -41,6 +41,7 @@ class Settings:
     fill: str | None = None  # pre-fill of the selection (vocabulary.FILL_MODES); None: the mode's default
     soft_inpaint: bool = True  # the selection acts per pixel in the diffusion; False: cut at 50%
     remove: bool = False  # take the selection out (fill it with its surroundings) instead of painting it
+    expand: tuple[int, int, int, int] = (0, 0, 0, 0)  # grow the canvas: pixels added left, top, right, bottom
 
 
 @dataclass
@@ -129,9 +130,25 @@ def plan_region(width: int, height: int, strength: float, native: int | None,
     return Region(mode, plan.box, size)  # a small canvas: the server scales it up itself
 
 
+def plan_expand(width: int, height: int, sides: tuple[int, int, int, int]) -> Region:
+    """Grow a ``width`` x ``height`` canvas by ``sides`` (left, top, right, bottom): the whole canvas is
+    sent, and the result is the new canvas (``size``), placed at its origin."""
+    if width <= 0 or height <= 0:
+        raise PlanError("the document is empty")
+    if not any(sides):
+        raise PlanError("Set how many pixels to add on at least one side first.")
+    if min(sides) < 0 or max(sides) > rules.MAX_EXPAND:
+        raise PlanError(f"Expand adds 0 to {rules.MAX_EXPAND} pixels a side.")
+    left, top, right, bottom = sides
+    return Region("expand", Box(0, 0, width, height), (width + left + right, height + top + bottom))
+
+
 def check_prompt(settings: Settings, references) -> None:
-    """A job needs a prompt, or at least a reference to follow (a removal needs neither)."""
-    if not settings.remove and not settings.prompt.strip() and not references:
+    """A job needs a prompt, or at least a reference to follow (a removal or an expand needs neither:
+    they continue the picture)."""
+    if settings.remove or any(settings.expand):
+        return
+    if not settings.prompt.strip() and not references:
         raise PlanError("Type a prompt first: it says what to paint.")
 
 
@@ -158,6 +175,9 @@ def build_job(region: Region, settings: Settings, image: bytes | None, mask: byt
         job.mask = raw_image(mask, width, height, "l8", "mask")
         job.mask_grow, job.mask_feather = settings.mask_grow, settings.mask_feather
         job.fill, job.soft_inpaint = settings.fill, settings.soft_inpaint
+    if region.mode == "expand":
+        job.expand_left, job.expand_top, job.expand_right, job.expand_bottom = settings.expand
+        job.fill = settings.fill
     for unit in controls:
         what = f"{unit.type} control layer"
         if (unit.image.width, unit.image.height) != (width, height):

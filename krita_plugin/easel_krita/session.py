@@ -45,6 +45,7 @@ class LayerResult:
     rgba: bytes  # 8-bit sRGB RGBA, for thumbnails
     doc: object = None
     layer: object = None  # the inserted layer, once applied
+    grow: tuple | None = None  # an expand's (left, top, right, bottom, old width, old height): grow the canvas
 
 
 @dataclass
@@ -92,10 +93,13 @@ class Session(QObject):
         plan.check_prompt(settings, references)  # answer at once, before reading pixels
         info = host.canvas(doc)
         host.flush(doc)
-        selection = host.selection(doc)
-        region = plan.plan_region(info.width, info.height, settings.strength,
-                                  self.worker.native_size(settings.model), selection,
-                                  grow=settings.mask_grow, feather=settings.mask_feather, remove=settings.remove)
+        if any(settings.expand):
+            region = plan.plan_expand(info.width, info.height, settings.expand)
+        else:
+            region = plan.plan_region(info.width, info.height, settings.strength,
+                                      self.worker.native_size(settings.model), host.selection(doc),
+                                      grow=settings.mask_grow, feather=settings.mask_feather,
+                                      remove=settings.remove)
         box = region.box
         # Reads from Krita stay on this (UI) thread; conversion and encoding go to the worker.
         image = host.image_pixels(doc, box) if region.mode != "generate" else None
@@ -134,11 +138,16 @@ class Session(QObject):
                 image_data = item.image
                 spot = placement.place(region, item.offset, image_data.width, image_data.height)
                 rgba = image_data.data
+                grow = None
+                if region.mode == "expand":  # the layer holds the new band; the picture stays in its layers
+                    grow = (*settings.expand, info.width, info.height)
+                    rgba = placement.band_only(rgba, image_data.width, *settings.expand[:2], info.width,
+                                               info.height)
                 if spot.scale:
                     rgba = scaled_rgba(rgba, image_data.width, image_data.height, spot.width, spot.height)
                 out.append(LayerResult(placement.layer_name(settings.prompt, item.seed), item.seed,
                                        spot.x, spot.y, spot.width, spot.height,
-                                       pixels.from_rgba8(rgba, depth, linear), rgba, doc))
+                                       pixels.from_rgba8(rgba, depth, linear), rgba, doc, grow=grow))
             return out
 
         job = self.worker.submit(build, finish)
@@ -152,7 +161,10 @@ class Session(QObject):
 
     @staticmethod
     def apply(result: LayerResult):
-        """Insert ``result`` as a new layer in its document's Easel group; returns the layer."""
+        """Insert ``result`` as a new layer in its document's Easel group; returns the layer. An expand's
+        result first grows the canvas (once: a document already grown is left as it is)."""
+        if result.grow is not None:
+            host.grow_canvas(result.doc, *result.grow)
         result.layer = host.insert_layer(result.doc, result.name, result.data, result.x, result.y,
                                          result.width, result.height)
         return result.layer

@@ -637,6 +637,45 @@ def scenario_docker_remove_with_selection_settings(ctx):
     doc.close()
 
 
+def scenario_docker_expand(ctx):
+    """The docker's Expand: the canvas grows, one layer holds the painted band (alpha 0 over the old
+    canvas), and the painter's layers keep their pixels, moved with the canvas."""
+    from easel_krita import host
+    from easel_krita.docker import EaselDocker
+    host.write_setting("url", os.environ["EASEL_URL"])
+    docker = EaselDocker()
+    doc = new_doc()
+    layer = paint_layer(doc, "paint", fill_rgba8())
+    before = bytes(layer.pixelData(0, 0, W, H))
+    docker._document = lambda: doc
+    wait_for(None, timeout=30, until=lambda: docker.worker.state == "connected")
+    docker.steps.setValue(2)
+    docker.fixed_seed.setChecked(True)
+    docker.seed.setValue(3)
+    for spin, value in zip(docker.expand_sides, (16, 0, 48, 8)):
+        spin.setValue(value)
+    docker.expand_button.click()
+    fired = wait_for(docker.session, ["finished", "failed", "cancelled"])
+    check(fired and fired[0] == "finished", f"the expand ended with {fired} {docker.message.text()!r}")
+    check((doc.width(), doc.height()) == (W + 64, H + 8), f"the canvas is {doc.width()}x{doc.height()}")
+    check(bytes(layer.pixelData(16, 0, W, H)) == before, "the painter's layer changed or did not move with it")
+    layers = easel_layers(doc)[1]
+    check([n.name() for n in layers] == ["no prompt [3]"], f"layers {[n.name() for n in layers]}")
+    from easel_krita import pixels
+    rgba = pixels.to_rgba8(bytes(layers[0].pixelData(0, 0, W + 64, H + 8)), doc.colorDepth(), False)
+    alpha = rgba[3::4]
+    width = W + 64
+    check(all(alpha[y * width + x] == 0 for y in range(0, H, 7) for x in range(16, 16 + W, 7)),
+          "the layer covers the old canvas")
+    check(all(alpha[y * width + x] == 255 for y in range(H + 8) for x in list(range(16)) + list(range(16 + W, width))),
+          "the new band is not painted opaque")
+    docker.expand_button.click()  # all sides back to 0? no: they stay; a second press grows again
+    fired = wait_for(docker.session, ["finished", "failed", "cancelled"])
+    check(fired and fired[0] == "finished", f"the second expand ended with {fired}")
+    check((doc.width(), doc.height()) == (W + 128, H + 16), f"the canvas is {doc.width()}x{doc.height()}")
+    doc.close()
+
+
 SCENARIOS = [name for name in list(globals()) if name.startswith("scenario_")]
 
 
