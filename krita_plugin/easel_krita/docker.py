@@ -449,7 +449,7 @@ class EaselDocker(host.DockWidget):
             self.result_list.takeItem(self.result_list.row(item))
             self.results.pop(item.data(USER_ROLE), None)
             if result.layer is not None:  # also take its layer off the canvas
-                result.layer.remove()
+                host.remove_layer(result.doc, result.layer)
                 result.layer = None
 
     # -- feedback -----------------------------------------------------------------------------

@@ -119,6 +119,16 @@ def easel_group(doc):
     return group
 
 
+def remove_layer(doc, layer) -> None:
+    """Take a result layer off the canvas, and its Easel group with it when that is left empty."""
+    parent = layer.parentNode()
+    layer.remove()
+    if parent is not None and parent.name() == GROUP_NAME and parent.type() == "grouplayer" \
+            and not parent.childNodes():
+        parent.remove()
+    flush(doc)
+
+
 def grow_canvas(doc, left: int, top: int, right: int, bottom: int, width: int, height: int) -> None:
     """Grow a ``width`` x ``height`` canvas by the sides given, the picture moving to (left, top); a
     document of another size (already grown) is left as it is."""

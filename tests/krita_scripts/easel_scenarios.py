@@ -596,6 +596,9 @@ def scenario_docker_buttons(ctx):
     check(docker.message.text() == "Cancelled; nothing was added.", f"{docker.message.text()} {fired} {docker.job}")
     check(docker.generate_button.isEnabled() and not docker.cancel_button.isEnabled(), "buttons did not reset")
     check([n.name() for n in easel_layers(doc)[1]] == ["a red door [40]"], "the cancelled job added a layer")
+    docker.result_list.setCurrentRow(0)  # the last result left: discarding it takes the empty group too
+    docker._discard_selected()
+    check(easel_layers(doc) == ([], []), "an empty Easel group stayed behind")
     docker._document = lambda: None
     docker.generate()
     check(docker.message.text() == "Open a document first.", docker.message.text())
