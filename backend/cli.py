@@ -157,6 +157,8 @@ def _add_run_parser(commands: Any) -> None:
     run.add_argument("--hard-mask", action="store_true",
                      help="inpaint, remove: cut the mask at 50%% for diffusion and feather it as max(grown, "
                           "blurred), as before soft inpainting")
+    run.add_argument("--aspect", metavar="W:H", help="expand: grow the canvas to this aspect ratio (e.g. 16:9), "
+                     "evenly on both sides that grow, instead of --left/--top/--right/--bottom")
     for side, where in (("left", "left of"), ("top", "above"), ("right", "right of"), ("bottom", "below")):
         run.add_argument(f"--{side}", type=int, metavar="PX", help=_help(
             SUBMIT_FIELDS[f"expand_{side}"], doc=f"expand: pixels added {where} the picture"))
@@ -373,6 +375,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         if args.hard_mask:
             params["soft_inpaint"] = False
         image = _read_picture(args.image, "image", "--image") if args.image else None
+        if args.aspect:
+            params.update(_aspect(args, image))
         mask = _read_picture(args.mask, "mask", "--mask") if args.mask else None
         params.update(image=image and image.data, mask=mask and mask.data,
                       control=[_control_unit(spec) for spec in args.control],
@@ -421,6 +425,28 @@ def cmd_run(args: argparse.Namespace) -> int:
             return 1
         print(f"{path} (seed {item.seed})")
     return 0
+
+
+def _aspect(args: argparse.Namespace, image: Picture | None) -> dict:
+    """``--aspect W:H`` as the expand sides that bring the (upright) picture to that ratio."""
+    from shared.rules import aspect_sides
+
+    if args.mode != "expand":
+        raise UsageError("--aspect is for expand")
+    if any(getattr(args, side) for side in ("left", "top", "right", "bottom")):
+        raise UsageError("--aspect sets the sides itself: leave out --left, --top, --right and --bottom")
+    try:
+        ratio = [int(part) for part in args.aspect.split(":")]
+        if len(ratio) != 2 or min(ratio) <= 0:
+            raise ValueError
+    except ValueError:
+        raise UsageError(f"--aspect {args.aspect}: expected W:H with two positive whole numbers, e.g. 16:9") from None
+    if image is None:
+        return {}
+    sides = aspect_sides(*image.upright.size, *ratio)
+    if not any(sides):
+        raise UsageError(f"--aspect {args.aspect}: --image {image.path} already has that aspect ratio")
+    return dict(zip(("expand_left", "expand_top", "expand_right", "expand_bottom"), sides))
 
 
 def check_job(job: Job) -> None:

@@ -40,6 +40,19 @@ def expanded_size(width: int, height: int, left: int, top: int, right: int, bott
     return width + left + right, height + top + bottom
 
 
+def aspect_sides(width: int, height: int, aspect_width: int, aspect_height: int) -> tuple[int, int, int, int]:
+    """The (left, top, right, bottom) an expand adds to bring a ``width`` x ``height`` picture to the
+    aspect ratio ``aspect_width`` : ``aspect_height``, split evenly between the two sides that grow
+    (the odd pixel goes right or bottom). (0, 0, 0, 0) when the picture already has that aspect."""
+    if min(width, height, aspect_width, aspect_height) <= 0:
+        raise ValueError("sizes and aspect must be positive")
+    if width * aspect_height < height * aspect_width:  # too narrow: grow the width
+        extra = -(-height * aspect_width // aspect_height) - width
+        return extra // 2, 0, extra - extra // 2, 0
+    extra = -(-width * aspect_height // aspect_width) - height
+    return 0, extra // 2, 0, extra - extra // 2
+
+
 def denoising_steps(mode: str, steps: int, strength: float) -> int:
     """Steps that actually run per image: all of them when generating, steps x strength otherwise
     (the schedule starts part-way, from the noised picture)."""
