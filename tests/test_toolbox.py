@@ -47,6 +47,15 @@ def test_soft_feather_keeps_soft_mask_values():
     assert 0 < alpha[48, 36 - 8 - 6] < 127 and alpha[48, 0] == 0, "and fades outward from there"
 
 
+def test_faint_specks_in_a_painted_mask_do_not_spread():
+    """A brush's faint stray values (gradio 4's editor leaves some) stay where they are: a ramp only
+    grows from mask values of 31 and more."""
+    mask = hard_square()
+    mask[90, 5] = 3
+    alpha = masks.shape_mask(mask, 8, 16, soft=True)
+    assert alpha[90, 5] == 3 and alpha[90, 8] == 0 and alpha[85, 5] == 0
+
+
 def test_hard_feather_keeps_the_old_half_height_step():
     alpha = masks.shape_mask(hard_square(), 8, 16, soft=False)
     row = alpha[48].astype(int)

@@ -30,23 +30,32 @@ def feather(mask: np.ndarray, pixels: int) -> np.ndarray:
     return np.maximum(mask, blurred)
 
 
+RAMP_LEVELS = 8
+"""Mask levels a ramp starts from (⌊255 x k / 8⌋): values below the first (31) are kept but do not spread."""
+
+
 def ramp(mask: np.ndarray, pixels: int) -> np.ndarray:
     """Soften the mask's edge outward with a smooth ramp; the mask itself is kept as it is.
 
-    Beyond the mask each pixel takes the value of the nearest mask pixel (above 0) times a smoothstep
-    of its distance d to it: v × s(1 − d / L), s(x) = x²(3 − 2x), L = ⌊1.5 × ``pixels``⌋ + 1 (as far as
-    the blur of ``feather`` reaches, so ``shared.rules.reach`` holds). A hard mask fades from 255 with
-    no jump where the ramp meets it and no one-pixel step larger than 1.5 / L of the ramp (1/8.7 at a
-    feather of 8, 1/16.7 at the default 16); a 50% selection stays at 50% and fades from there.
+    For each level t = ⌊255 × k / 8⌋ (k = 1 … 8), every pixel gets t × s(1 − d / L), d its distance
+    to the nearest mask pixel at t or above, s(x) = x²(3 − 2x), L = ⌊1.5 × ``pixels``⌋ + 1 (as far
+    as the blur of ``feather`` reaches, so ``shared.rules.reach`` holds); the result is the highest
+    of these and the mask. A hard mask fades from 255 with no jump where the ramp meets it and no
+    one-pixel step larger than 1.5 / L of the ramp (1/8.7 at a feather of 8, 1/16.7 at the default
+    16); a 50% selection stays at 50% and fades from there; faint specks (below 31) do not spread.
     """
-    support = mask > 0
-    if pixels <= 0 or not support.any():
+    if pixels <= 0 or not (mask >= 255 // RAMP_LEVELS).any():
         return mask
     length = pixels * 3 // 2 + 1
-    distance, (rows, cols) = ndimage.distance_transform_edt(~support, return_indices=True)
-    x = np.clip(1.0 - distance / length, 0.0, 1.0)
-    smooth = np.rint(mask[rows, cols] * (x * x * (3.0 - 2.0 * x))).astype(np.uint8)
-    return np.maximum(mask, smooth)
+    out = mask.astype(np.float64)
+    for k in range(1, RAMP_LEVELS + 1):
+        level = 255 * k // RAMP_LEVELS
+        inside = mask >= level
+        if not inside.any():
+            break
+        x = np.clip(1.0 - ndimage.distance_transform_edt(~inside) / length, 0.0, 1.0)
+        out = np.maximum(out, level * x * x * (3.0 - 2.0 * x))
+    return np.rint(out).astype(np.uint8)
 
 
 def shape_mask(mask: np.ndarray, grow_by: int, feather_by: int, soft: bool = True) -> np.ndarray:
