@@ -31,8 +31,8 @@ ORIENTATION = 0x0112  # the EXIF tag phones use to say "this photo is turned"
 RUN_OPTIONS = {"prompt": "prompt", "negative": "negative_prompt", "strength": "strength", "seed": "seed",
                "steps": "steps", "guidance": "guidance", "batch": "batch", "width": "width", "height": "height",
                "grow": "mask_grow", "feather": "mask_feather", "sampler": "sampler", "model": "model"}
-RUN_OPTIONS |= {"fill": "fill", "left": "expand_left", "top": "expand_top", "right": "expand_right",
-                "bottom": "expand_bottom"}
+RUN_OPTIONS |= {"fill": "fill", "padding": "mask_padding", "left": "expand_left", "top": "expand_top",
+                "right": "expand_right", "bottom": "expand_bottom"}
 RUN_FLAGS = {field: f"--{option}" for option, field in RUN_OPTIONS.items()} | {
     "image": "--image", "mask": "--mask", "control": "--control", "references": "--reference"}
 RUN_FLAGS["soft_inpaint"] = "--hard-mask"
@@ -153,6 +153,7 @@ def _add_run_parser(commands: Any) -> None:
             SUBMIT_FIELDS[side], default="the model's native size"))
     run.add_argument("--grow", type=int, metavar="PX", help=_help(SUBMIT_FIELDS["mask_grow"]))
     run.add_argument("--feather", type=int, metavar="PX", help=_help(SUBMIT_FIELDS["mask_feather"]))
+    run.add_argument("--padding", type=int, metavar="PX", help=_help(SUBMIT_FIELDS["mask_padding"]))
     run.add_argument("--fill", choices=SUBMIT_FIELDS["fill"].choices, help=_help(SUBMIT_FIELDS["fill"]))
     run.add_argument("--hard-mask", action="store_true",
                      help="inpaint, remove: cut the mask at 50%% for diffusion and feather it as max(grown, "

@@ -74,7 +74,7 @@ def build_edit_job(job: Job, uploads: dict[str, ImageData], limits: Limits, mode
         batch=sampling.batch, sampler=sampling.sampler, width=job.width, height=job.height, image=pixels,
         mask=mask_pixels, mask_grow=job.mask_grow, mask_feather=job.mask_feather, preview_every=job.preview_every,
         preview_size=job.preview_size, control=control, references=references, fill=job.fill_mode,
-        soft=job.soft_inpaint, expand=job.expand)
+        soft=job.soft_inpaint, expand=job.expand, padding=job.mask_padding)
 
 
 def _expanded_canvas(pixels: np.ndarray, sides: tuple[int, int, int, int], limits: Limits) -> np.ndarray:

@@ -18,6 +18,7 @@ from typing import Any, Callable
 from . import rules
 from .errors import ProtocolError
 from .fields import Field, check_fields
+from .geometry import DEFAULT_PADDING
 from .vocabulary import (
     CONTROL_TYPES,
     DEFAULT_PREPROCESSOR,
@@ -142,6 +143,9 @@ class Job:
     soft_inpaint: bool = wire(Field("boolean", "inpaint, remove: the shaped mask acts per pixel in the denoising "
                                     "(differential diffusion) and its feathered edge is a smooth ramp; false: the "
                                     "mask is cut at 50% for diffusion and feathered as max(grown, blurred)."), True)
+    mask_padding: int = wire(Field("integer", "inpaint, remove: context pixels kept around the grown and feathered "
+                                   "mask in the diffused crop (A1111's \"only masked padding\").", minimum=0,
+                                   maximum=1024), DEFAULT_PADDING)
     fill: str | None = wire(Field("string", "inpaint, remove, expand: how masked pixels and new canvas are pre-filled "
                                   "before diffusion: `none` keeps them, `neutral` grey, `blur` the colours around, "
                                   "`border` the nearest edge pixels, `inpaint` a fast inpainting network. The mode's "

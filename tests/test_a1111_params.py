@@ -239,6 +239,7 @@ def test_toolbox_values_make_the_jobs_the_webui_user_expects():
     job = build_job(values(masked_content="fill", soft_inpaint=False))
     assert job.fill == "blur" and job.soft_inpaint is False
     assert build_job(values()).fill is None, "the mode's default is the server's"
+    assert build_job(values(mask_padding=96)).mask_padding == 96 and build_job(values()).mask_padding == 32
     inverted = build_job(values(invert_mask=True))
     assert (pixels(inverted.mask) == 255 - pixels(build_job(values()).mask)).all()
     removal = build_job(values(mode="remove", prompt="", masked_content="inpaint (Telea / LaMa)"))

@@ -315,3 +315,21 @@ def test_inpaint_fill_runs_lama_through_spandrel_when_configured(demo_config, tm
     engine.lama = None
     with_telea = engine.run(job, Reporter()).layers[0].pixels
     assert (with_lama[..., 3] == with_telea[..., 3]).all() and not (with_lama == with_telea).all()
+
+
+def test_mask_padding_sets_the_context_kept_around_the_mask(client):
+    """A1111's "only masked padding": more padding, a larger crop around the same mask (and the
+    crop a host plans with the same padding)."""
+    from shared.geometry import context_crop, mask_bounds
+
+    image = picture(1600, 1200)
+    mask = rect_mask(image.size, (700, 500, 760, 560))
+    boxes = []
+    for padding in (0, 400):
+        result, started = run(client, "inpaint", image, mask, mask_padding=padding, steps=1)
+        assert result.parameters["mask_padding"] == padding
+        boxes.append(tuple(started.box))
+        bounds = mask_bounds(np.asarray(mask).tobytes(), 1600, 1200)
+        plan = context_crop(bounds, 1600, 1200, 512, margin=reach(8, 16), padding=padding)
+        assert tuple(started.box) == tuple(plan.box.as_list())
+    assert boxes[1][2] > boxes[0][2] and boxes[1][3] > boxes[0][3]

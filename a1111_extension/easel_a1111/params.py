@@ -96,6 +96,7 @@ class TabValues:
     expand_top: int = 0
     expand_right: int = 0
     expand_bottom: int = 0
+    mask_padding: int = 32              # "only masked padding": context kept around the mask
 
 
 def png_image(picture: Image.Image, mode: str = "RGBA") -> ImageData:
@@ -153,6 +154,7 @@ def build_job(values: TabValues) -> Job:
         job.mask = png_image(mask, "L")
         job.mask_grow, job.mask_feather = int(values.mask_grow), int(values.mask_feather)
         job.soft_inpaint = bool(values.soft_inpaint)
+        job.mask_padding = int(values.mask_padding)
     if mode in MASKED_MODES or mode == "expand":
         if values.masked_content not in MASKED_CONTENT:
             raise InputError(f"Unknown masked content {values.masked_content!r}: choose one of "

@@ -60,6 +60,8 @@ def build(connection: Callable[[], jobs.Connection], add_send_buttons: Callable 
                                                  label="Masked content", elem_id="easel_fill")
                     soft = gr.Checkbox(True, label="Soft inpainting", elem_id="easel_soft")
                     invert = gr.Checkbox(False, label="Invert mask", elem_id="easel_invert")
+                    padding = gr.Slider(0, 256, value=32, step=4, label="Only masked padding, pixels",
+                                        elem_id="easel_padding")
                 with gr.Accordion("Expand (outpaint)", open=False, elem_id="easel_expand"):
                     with gr.Row():
                         sides = [gr.Slider(0, rules.MAX_EXPAND, value=0, step=8, label=f"Expand {name}",
@@ -95,13 +97,13 @@ def build(connection: Callable[[], jobs.Connection], add_send_buttons: Callable 
         controls_in = [c for unit in units for c in unit]
         refs_in = [c for ref in refs for c in ref]
         inputs = [picture, prompt, negative, mode, strength, steps, guidance, sampler, seed, batch, grow, feather,
-                  width, height, *controls_in, *refs_in, masked_content, soft, invert, *sides]
-        toolbox = 7  # the toolbox's components, last in ``inputs``
+                  width, height, *controls_in, *refs_in, masked_content, soft, invert, *sides, padding]
+        toolbox = 8  # the toolbox's components, last in ``inputs``
 
         def values_of(args) -> TabValues:
             (pic, prompt_, negative_, mode_, strength_, steps_, guidance_, sampler_, seed_, batch_, grow_,
              feather_, width_, height_) = args[:14]
-            rest, (content_, soft_, invert_, *sides_) = args[14:-toolbox], args[-toolbox:]
+            rest, (content_, soft_, invert_, *sides_, padding_) = args[14:-toolbox], args[-toolbox:]
             image, painted = compat.read_editor(pic)
             controls = [ControlSpec(*rest[i * UNIT_SIZE:(i + 1) * UNIT_SIZE]) for i in range(CONTROL_UNITS)]
             rest = rest[CONTROL_UNITS * UNIT_SIZE:]
@@ -110,7 +112,8 @@ def build(connection: Callable[[], jobs.Connection], add_send_buttons: Callable 
             return TabValues(mode_, image, painted, prompt_ or "", negative_ or "", strength_, int(steps_),
                              guidance_, sampler_, int(seed_ if seed_ is not None else -1), int(batch_),
                              int(grow_), int(feather_), int(width_), int(height_), controls, references,
-                             content_, bool(soft_), bool(invert_), *(int(value or 0) for value in sides_))
+                             content_, bool(soft_), bool(invert_), *(int(value or 0) for value in sides_),
+                             int(padding_ if padding_ is not None else 32))
 
         def run_job(request: gr.Request, *args):
             # gradio fills positional parameters annotated gr.Request; the inputs follow in *args.

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from shared import rules
+from shared.geometry import DEFAULT_PADDING
 
 
 @dataclass(frozen=True, eq=False)
@@ -61,6 +62,7 @@ class EditJob:
     references: tuple[Reference, ...] = ()
     fill: str = "none"  # pre-fill of masked pixels (shared.vocabulary.FILL_MODES), resolved for the mode
     soft: bool = True  # differential diffusion and a smooth feather ramp; False: 50% threshold, max(grown, blur)
+    padding: int = DEFAULT_PADDING  # inpaint, remove: context kept around the mask (beyond its reach)
     expand: tuple[int, int, int, int] = (0, 0, 0, 0)  # expand: (left, top, right, bottom) added; ``image`` is
     # then the new canvas, transparent in the new band, with the submitted picture at (left, top)
 

@@ -18,7 +18,7 @@ from backend.engine import masks
 from backend.engine.expand import expand_plan
 from backend.engine.job import EditJob
 from shared import rules
-from shared.geometry import Box, CropPlan, context_crop, round_to_grid, whole_canvas
+from shared.geometry import DEFAULT_PADDING, Box, CropPlan, context_crop, round_to_grid, whole_canvas
 from shared.vocabulary import MAX_SEED
 
 MAX_ISLANDS = 32
@@ -62,7 +62,7 @@ def plan_passes(job: EditJob, native: int) -> list[Pass]:
                     (height - job.expand[1] - job.expand[3], width - job.expand[0] - job.expand[2]),
                     job.expand, native))]
     margin = rules.reach(job.mask_grow, job.mask_feather)
-    crops = island_crops(job.mask, native, margin)
+    crops = island_crops(job.mask, native, margin, padding=job.padding)
     strength = rules.pass_strength(job.mode, job.strength)
     return [dataclasses.replace(_pass(plan, strength, index, masks.shape_mask(
                 job.mask[plan.box.y:plan.box.y1, plan.box.x:plan.box.x1], job.mask_grow, job.mask_feather,
@@ -70,7 +70,7 @@ def plan_passes(job: EditJob, native: int) -> list[Pass]:
             for index, plan in enumerate(crops)]
 
 
-def island_crops(mask: np.ndarray, native: int, margin: int) -> list[CropPlan]:
+def island_crops(mask: np.ndarray, native: int, margin: int, *, padding: int = DEFAULT_PADDING) -> list[CropPlan]:
     """Context crops for a mask: one around everything, or one per island when that costs less.
 
     Islands are the mask's connected parts (8-connected, any value above 0). Islands whose crops
@@ -80,12 +80,13 @@ def island_crops(mask: np.ndarray, native: int, margin: int) -> list[CropPlan]:
     """
     height, width = mask.shape
     islands = island_bounds(mask)
-    whole = context_crop(_union(islands), width, height, native, margin=margin)
+    whole = context_crop(_union(islands), width, height, native, margin=margin, padding=padding)
     if len(islands) == 1 or len(islands) > MAX_ISLANDS:
         return [whole]
     groups = [[island] for island in islands]
     while True:
-        crops = [context_crop(_union(group), width, height, native, margin=margin) for group in groups]
+        crops = [context_crop(_union(group), width, height, native, margin=margin, padding=padding)
+                 for group in groups]
         pair = next(((i, j) for i in range(len(crops)) for j in range(i + 1, len(crops))
                      if _overlap(crops[i].box, crops[j].box)), None)
         if pair is None:

@@ -122,6 +122,8 @@ def parameters(job: Job, run: EngineResult) -> dict:
         out["width"], out["height"] = run.passes[0].size
     if work.mode in ("inpaint", "remove", "expand"):
         out.update(fill=work.fill, soft_inpaint=work.soft)
+        if work.mode != "expand":
+            out["mask_padding"] = work.padding
     if work.mode == "expand":
         out.update(zip(("expand_left", "expand_top", "expand_right", "expand_bottom"), work.expand))
     if work.references:
