@@ -38,6 +38,8 @@ RUN_FLAGS = {field: f"--{option}" for option, field in RUN_OPTIONS.items()} | {
 RUN_FLAGS["soft_inpaint"] = "--hard-mask"
 # Formats `easel run --out` writes without loss (WebP is written lossless); others need --lossy.
 LOSSLESS_FORMATS = ("PNG", "TIFF", "WEBP", "BMP", "TGA")
+RUN_OPTIONS |= {"scale": "scale", "upscaler": "upscaler"}
+RUN_FLAGS |= {"scale": "--scale", "upscaler": "--upscaler", "refine": "--strength"}  # upscale: --strength refines
 RUN_PHRASES = {"send it with preprocess off": "leave out :pre"}  # protocol advice, said in the options' terms
 PREPROCESS_FLAGS = {"preprocessor": "PREPROCESSOR", "image": "INPUT", "resolution": "--resolution"}
 CONTROL_PARTS = {"type": "TYPE", "image": "IMAGE", "scale": "SCALE", "start": "START", "end": "END",
@@ -122,14 +124,17 @@ def _add_run_parser(commands: Any) -> None:
                     "  inpaint   repaint --image where --mask is white; the rest keeps its own pixels\n"
                     "  expand    grow the canvas of --image by --left/--top/--right/--bottom pixels and paint "
                     "the new band\n"
-                    "  remove    fill --mask with the surroundings (no prompt needed)",
+                    "  remove    fill --mask with the surroundings (no prompt needed)\n"
+                    "  upscale   enlarge --image by --scale (or to --width / --height) with a super-resolution\n"
+                    "            model; --strength above 0 then refines it in tiles at the model's native scale",
         epilog="examples:\n"
                "  easel run inpaint --prompt 'a red door' --image house.png --mask door.png --out door.png\n"
                "  easel run img2img --prompt 'oil painting' --image house.png --strength 0.4 --out oil.png\n"
                "  easel run generate --prompt 'a lighthouse' --width 768 --height 512 --batch 4 --out light.png\n"
                "  easel run img2img --image house.png --control canny:input:0.7:pre --out traced.png\n"
                "  easel run expand --image house.png --right 256 --prompt 'a garden' --out wider.png\n"
-               "  easel run remove --image house.png --mask bin.png --out clean.png")
+               "  easel run remove --image house.png --mask bin.png --out clean.png\n"
+               "  easel run upscale --image house.png --scale 2 --strength 0.3 --prompt 'a house' --out big.png")
     run.add_argument("mode", choices=MODES, help="what to do: " + ", ".join(MODES))
     run.add_argument("--prompt", default="", metavar="TEXT", help=_help(SUBMIT_FIELDS["prompt"], default="empty"))
     run.add_argument("--negative", default="", metavar="TEXT",
@@ -165,6 +170,8 @@ def _add_run_parser(commands: Any) -> None:
             SUBMIT_FIELDS[f"expand_{side}"], doc=f"expand: pixels added {where} the picture"))
     run.add_argument("--sampler", choices=SUBMIT_FIELDS["sampler"].choices, help=_help(SUBMIT_FIELDS["sampler"]))
     run.add_argument("--model", metavar="NAME", help=_help(SUBMIT_FIELDS["model"]))
+    run.add_argument("--scale", type=float, metavar="X", help=_help(SUBMIT_FIELDS["scale"], default="2"))
+    run.add_argument("--upscaler", metavar="NAME", help=_help(SUBMIT_FIELDS["upscaler"]))
     run.add_argument(
         "--control", action="append", default=[], metavar="TYPE:IMAGE[:SCALE[:START[:END]]][:pre]",
         help=(f"a ControlNet unit (repeatable). TYPE: {', '.join(unit['type'].choices)}. IMAGE: a control map file, "
@@ -382,6 +389,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         params.update(image=image and image.data, mask=mask and mask.data,
                       control=[_control_unit(spec) for spec in args.control],
                       references=[_reference(spec) for spec in args.reference])
+        if args.mode == "upscale" and "strength" in params:
+            params["refine"] = params.pop("strength")  # an upscale's strength is its refine's
         job = Job.create(args.mode, **params)
         check_job(job)
         if image and mask:
@@ -411,7 +420,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     for item, path in zip(result.images, outputs):
         layer = _pixels(item.image)
-        if args.mode == "expand":  # the result is the whole new canvas, the picture's bytes in it
+        if args.mode in ("expand", "upscale"):  # the result is the whole (new) picture
             picture = Image.fromarray(layer[..., :3] if layer[..., 3].min() == 255 else layer)
         else:
             picture = _place(layer, item.offset, image.upright if image else None, transparent=args.layer,

@@ -24,6 +24,11 @@
     image_encoder = "/path/to/image_encoder"
     face = "/path/to/ip-adapter-plus-face_sd15.safetensors"   # optional: the `face` reference mode
 
+    [upscalers]                # super-resolution models (spandrel: ESRGAN, Real-ESRGAN, SwinIR, HAT, DAT ...)
+    ultrasharp = "/path/to/A1111/models/ESRGAN/4x-UltraSharp.pth"
+    # [server] upscaler_folders = ["/path/to/A1111/models/ESRGAN", "/path/to/ComfyUI/models/upscale_models"]
+    # [server] default_upscaler = "ultrasharp"   (else the first configured; `lanczos` when none)
+
     [performance]              # speed switches; see backend/performance.py
     dtype = "auto"
 
@@ -39,6 +44,7 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import json
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -110,6 +116,9 @@ class Config:
     limits: Limits = field(default_factory=Limits)
     demo: bool = False
     performance: Performance = field(default_factory=Performance)  # [performance]: backend/performance.py
+    upscalers: dict[str, str] = field(default_factory=dict)  # name -> .pth / .safetensors super-resolution model
+    upscaler_folders: list[str] = field(default_factory=list)  # A1111 models/ESRGAN, ComfyUI models/upscale_models
+    default_upscaler: str | None = None
 
     def check(self) -> "Config":
         """Raise ConfigError for settings that must not run."""
@@ -121,6 +130,9 @@ class Config:
         for spec in self.models.values():
             if spec.family is not None and spec.family not in FAMILIES:
                 raise ConfigError(f"models.{spec.name}.family must be one of {', '.join(FAMILIES)}")
+        if self.default_upscaler and self.default_upscaler not in self.upscalers:
+            raise ConfigError(f"default_upscaler {self.default_upscaler!r} is not among the configured upscalers "
+                              f"({', '.join(self.upscalers) or 'none'})")
         return self
 
     @property
@@ -152,7 +164,8 @@ def load_config(path: str | Path | None = None) -> Config:
 
     server = data.get("server", {})
     for key in ("host", "port", "token", "default_model", "allow_pickle", "device", "allowed_origins",
-                "model_folders", "controlnet_folders", "controlnet_memory_mb", "annotators"):
+                "model_folders", "controlnet_folders", "controlnet_memory_mb", "annotators", "upscaler_folders",
+                "default_upscaler"):
         if key in server:
             setattr(config, key, server[key])
     if server.get("lama"):
@@ -207,7 +220,33 @@ def load_config(path: str | Path | None = None) -> Config:
         folder = (path.parent / Path(folder).expanduser()).resolve()
         for name, spec in scan_model_folder(folder, config.allow_pickle).items():
             config.models.setdefault(name, spec)  # an explicit [models] entry wins
+    for name, source in data.get("upscalers", {}).items():
+        if not isinstance(source, str) or source.lower().endswith((".ckpt", ".pt", ".bin")):
+            raise ConfigError(f"upscalers.{name}: a .pth or .safetensors super-resolution model file, or a diffusers "
+                              f"StableDiffusionUpscalePipeline (folder or hub id), got {source!r}")
+        local = (path.parent / Path(source).expanduser()).resolve()
+        hub = source.count("/") == 1 and not local.exists() and not _looks_like_path(source) \
+            and not source.lower().endswith(UPSCALER_SUFFIXES)
+        config.upscalers[name] = source if hub else str(local)  # a hub id of an upscale pipeline as it is
+    for folder in config.upscaler_folders:
+        folder = (path.parent / Path(folder).expanduser()).resolve()
+        for name, source in scan_upscaler_folder(folder).items():
+            config.upscalers.setdefault(name, source)  # an explicit [upscalers] entry wins
     return config
+
+
+UPSCALER_SUFFIXES = (".pth", ".safetensors")
+"""Super-resolution weights: ``.pth`` files are read with spandrel's restricted unpickler (tensors only)."""
+
+
+def scan_upscaler_folder(folder: Path) -> dict[str, str]:
+    """Super-resolution models in a folder such as A1111's ``models/ESRGAN`` or ComfyUI's
+    ``models/upscale_models``, named by file name without its suffix (``4x-UltraSharp``)."""
+    if not folder.is_dir():
+        raise ConfigError(f"upscaler folder {folder} does not exist")
+    return {file.stem: str(file) for file in sorted(folder.rglob("*"))
+            if file.is_file() and file.suffix.lower() in UPSCALER_SUFFIXES
+            and not (file.parent / "config.json").exists()}  # not a diffusers model's weights
 
 
 # File-name words that name a control type, most specific first (A1111 / lllyasviel naming).
@@ -239,7 +278,7 @@ def scan_model_folder(folder: Path, allow_pickle: bool = False) -> dict[str, Mod
     if not folder.is_dir():
         raise ConfigError(f"model folder {folder} does not exist")
     suffixes = (".safetensors", ".ckpt") if allow_pickle else (".safetensors",)
-    pipelines = sorted(p.parent for p in folder.rglob("model_index.json"))
+    pipelines = sorted(p.parent for p in folder.rglob("model_index.json") if not _is_upscale_pipeline(p))
 
     def is_component(path: Path) -> bool:  # weights of a diffusers pipeline or model, or an IP-Adapter's
         return (path.parent / "image_encoder").is_dir() or any(
@@ -254,6 +293,14 @@ def scan_model_folder(folder: Path, allow_pickle: bool = False) -> dict[str, Mod
             source.relative_to(folder).as_posix()
         models[name] = ModelSpec(name=name, source=str(source))
     return models
+
+
+def _is_upscale_pipeline(index: Path) -> bool:
+    """A diffusers folder of the x4 upscaler: an upscaler (``[upscalers]``), not a model to paint with."""
+    try:
+        return "Upscale" in json.loads(index.read_text()).get("_class_name", "")
+    except (OSError, ValueError):
+        return False
 
 
 def _local_or_hub(value: str, base: Path) -> str:

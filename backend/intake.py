@@ -20,13 +20,15 @@ from shared.images import CHANNELS, ImageData
 from shared.job import Job
 from shared.job import PreprocessJob as PreprocessRequest
 from shared.messages import MAX_SEED, ProtocolError
-from shared.rules import expanded_size
+from shared.rules import HIRES_REFINE, expanded_size, upscale_size
+from shared.vocabulary import BUILTIN_UPSCALER
 
 MIN_PREPROCESS_SIDE = 16
 
 
 def build_edit_job(job: Job, uploads: dict[str, ImageData], limits: Limits, models: list[str],
-                   default_model: str | None) -> EditJob:
+                   default_model: str | None, upscalers: list[str] | None = None,
+                   default_upscaler: str = BUILTIN_UPSCALER) -> EditJob:
     """Check a protocol job against the rules and the server's state; raise ProtocolError if unfit."""
     # A submit consumes the frames it names, accepted or refused, so a retry must upload again.
     image = _resolve(job.image, uploads, "image") if job.image is not None else None
@@ -45,7 +47,8 @@ def build_edit_job(job: Job, uploads: dict[str, ImageData], limits: Limits, mode
             raise ProtocolError("limit_exceeded", f"{key} {value} is over this server's limit of {limit}", key)
     for key in ("width", "height"):
         value = getattr(job, key)
-        if value is not None and value > limits.max_generate_side:
+        # (an upscale's target size is checked against max_side once the picture's size is known)
+        if job.mode != "upscale" and value is not None and value > limits.max_generate_side:
             raise ProtocolError("limit_exceeded", f"{key} {value} is over this server's limit of "
                                 f"{limits.max_generate_side}", key)
     seed = sampling.seed if sampling.seed is not None else random.randint(0, MAX_SEED - limits.max_batch)
@@ -68,13 +71,20 @@ def build_edit_job(job: Job, uploads: dict[str, ImageData], limits: Limits, mode
                                 "mask")
     if job.mode == "expand":
         pixels = _expanded_canvas(pixels, job.expand, limits)
+    width, height, strength = job.width, job.height, float(sampling.strength)
+    if job.mode == "upscale":
+        width, height = _upscale_size(job, pixels, limits, upscalers or [BUILTIN_UPSCALER])
+        strength = float(job.refine or 0.0)
+    elif job.mode == "generate":  # the strength of a large picture's second stage ("hires fix")
+        strength = float(job.refine or HIRES_REFINE)
     return EditJob(
         mode=job.mode, model=model, prompt=job.prompt, negative_prompt=job.negative_prompt, seed=seed,
-        steps=sampling.steps, guidance=float(sampling.guidance), strength=float(sampling.strength),
-        batch=sampling.batch, sampler=sampling.sampler, width=job.width, height=job.height, image=pixels,
+        steps=sampling.steps, guidance=float(sampling.guidance), strength=strength,
+        batch=sampling.batch, sampler=sampling.sampler, width=width, height=height, image=pixels,
         mask=mask_pixels, mask_grow=job.mask_grow, mask_feather=job.mask_feather, preview_every=job.preview_every,
         preview_size=job.preview_size, control=control, references=references, fill=job.fill_mode,
-        soft=job.soft_inpaint, expand=job.expand, padding=job.mask_padding)
+        soft=job.soft_inpaint, expand=job.expand, padding=job.mask_padding,
+        upscaler=(job.upscaler or default_upscaler) if job.mode in ("upscale", "generate") else None)
 
 
 def _expanded_canvas(pixels: np.ndarray, sides: tuple[int, int, int, int], limits: Limits) -> np.ndarray:
@@ -90,6 +100,24 @@ def _expanded_canvas(pixels: np.ndarray, sides: tuple[int, int, int, int], limit
     canvas = np.zeros((new_height, new_width, 4), np.uint8)
     canvas[top:top + height, left:left + width] = pixels
     return canvas
+
+
+def _upscale_size(job: Job, pixels: np.ndarray, limits: Limits, upscalers: list[str]) -> tuple[int, int]:
+    """The size an upscale makes, refused (before the job is queued) when over the server's limits."""
+    if job.upscaler is not None and job.upscaler not in upscalers:
+        raise ProtocolError("unknown_upscaler", f"no upscaler named {job.upscaler!r}; available: "
+                            f"{', '.join(upscalers)}", "upscaler")
+    height, width = pixels.shape[:2]
+    target = upscale_size(width, height, job.scale, job.width, job.height)
+    field = "scale" if job.width is None and job.height is None else ("width" if job.width else "height")
+    if max(target) > limits.max_side or target[0] * target[1] > limits.max_pixels:
+        raise ProtocolError("limit_exceeded", f"upscaling the {width}x{height} picture to {target[0]}x{target[1]} "
+                            f"is over this server's limit of {limits.max_side} pixels a side and "
+                            f"{limits.max_pixels} pixels in all", field)
+    if target[0] < width or target[1] < height:
+        raise ProtocolError("invalid_field", f"{target[0]}x{target[1]} is smaller than the {width}x{height} "
+                            "picture: upscale makes pictures larger", field)
+    return target
 
 
 def build_preprocess_job(request: PreprocessRequest, uploads: dict[str, ImageData], limits: Limits) -> PreprocessJob:

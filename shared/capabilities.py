@@ -27,6 +27,7 @@ class Offer:
     max_batch: int = DEFAULT_MAX_BATCH
     max_side: int = DEFAULT_MAX_SIDE
     max_generate_side: int = DEFAULT_MAX_GENERATE_SIDE
+    upscalers: tuple[str, ...] = ()  # names for an upscale's `upscaler`; () when the server lists none
 
     def preprocessor(self, control_type: str) -> str | None:
         """The preprocessor ``preprocess: on`` runs for ``control_type`` on this server, or None when
@@ -58,6 +59,7 @@ def offer(capabilities: dict | None) -> Offer:
         max_batch=int(limits.get("max_batch", DEFAULT_MAX_BATCH)),
         max_side=int(limits.get("max_side", DEFAULT_MAX_SIDE)),
         max_generate_side=int(limits.get("max_generate_side", DEFAULT_MAX_GENERATE_SIDE)),
+        upscalers=tuple(capabilities.get("upscalers", ())),
     )
 
 

@@ -25,6 +25,7 @@ ERROR_CODES = {
     "unknown_preprocessor": "The named preprocessor does not exist, or no preprocessor fits the control type.",
     "missing_annotator": "The preprocessor's annotator weights are not in the configured annotators source.",
     "unknown_adapter": "No IP-Adapter is configured for the job's model family.",
+    "unknown_upscaler": "`upscaler` names no configured super-resolution model.",
     "internal": "The server failed unexpectedly on a job or a message; it keeps running.",
 }
 

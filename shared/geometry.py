@@ -162,3 +162,36 @@ def whole_canvas(canvas_width: int, canvas_height: int, native: int, grid: int =
 
 def _ceil_to(value: int, grid: int) -> int:
     return -(-value // grid) * grid
+
+
+TILE_OVERLAP = 8
+"""Tiles of a full-resolution pass overlap by at least native / TILE_OVERLAP pixels (64 at 512)."""
+
+
+def needs_tiles(width: int, height: int, native: int) -> bool:
+    """Whether a whole picture is too large to diffuse in one pass without scaling it down (more than
+    UPPER_AREA x native² pixels): such pictures are refined in tiles at native scale instead."""
+    return width * height > UPPER_AREA * native * native
+
+
+def tile_spans(length: int, tile: int, overlap: int, grid: int = LATENT_GRID) -> list[tuple[int, int]]:
+    """(start, length) of tiles of ``tile`` pixels covering ``length``, each overlapping the next by at
+    least ``overlap``; starts spread evenly on the ``grid`` (so all tiles share the latent grid), first
+    at 0 and last at the end. One span if it fits."""
+    if length <= tile:
+        return [(0, length)]
+    count = math.ceil((length - overlap) / (tile - overlap))
+    while True:  # rounding starts to the grid may open a gap: then one tile more
+        starts = [min(length - tile, round(index * (length - tile) / (count - 1) / grid) * grid)
+                  for index in range(count - 1)] + [length - tile]
+        if all(b - a <= tile - overlap for a, b in zip(starts, starts[1:])):
+            return [(start, tile) for start in starts]
+        count += 1
+
+
+def tile_grid(width: int, height: int, native: int, grid: int = LATENT_GRID) -> list[Box]:
+    """The tiles a ``width`` x ``height`` picture is diffused in at native scale, row by row: squares of
+    ``native`` (on the latent grid, so diffused 1:1) overlapping by at least native / TILE_OVERLAP."""
+    tile = _ceil_to(native, grid)
+    overlap = _ceil_to(max(grid, native // TILE_OVERLAP), grid)
+    return [Box(x, y, w, h) for y, h in tile_spans(height, tile, overlap) for x, w in tile_spans(width, tile, overlap)]

@@ -20,6 +20,7 @@ from .errors import ProtocolError
 from .fields import Field, check_fields
 from .geometry import DEFAULT_PADDING
 from .vocabulary import (
+    BUILTIN_UPSCALER,
     CONTROL_TYPES,
     DEFAULT_PREPROCESSOR,
     FILL_MODES,
@@ -132,8 +133,10 @@ class Job:
     prompt: str = wire(Field("string", "What to paint.", max_length=10000), "")
     negative_prompt: str = wire(Field("string", "What to avoid.", max_length=10000), "")
     sampling: Sampling = field(default_factory=Sampling, metadata={"flatten": Sampling})
-    width: int | None = wire(Field("integer", "generate: picture width in pixels.", minimum=8), None)
-    height: int | None = wire(Field("integer", "generate: picture height in pixels.", minimum=8), None)
+    width: int | None = wire(Field("integer", "generate: picture width in pixels; upscale: the target width.",
+                                   minimum=8), None)
+    height: int | None = wire(Field("integer", "generate: picture height in pixels; upscale: the target height.",
+                                    minimum=8), None)
     image: Any = wire(IMAGE_REF, None)
     mask: Any = wire(IMAGE_REF, None)
     mask_grow: int = wire(Field("integer", "inpaint: grow the mask by this many pixels.", minimum=0, maximum=256),
@@ -168,6 +171,18 @@ class Job:
     output_format: str = wire(Field("string", "Encoding of result images.", choices=RESULT_FORMATS), "png")
     inline: bool = wire(Field("boolean", "Put results in the `result` message as base64 PNG instead of binary "
                               "frames.", ), False)
+    scale: float | None = wire(Field("number", "upscale: the result is this many times the picture's size (2 when "
+                                     "neither `scale` nor `width` / `height` is given; `width` and `height` set a "
+                                     "target size instead).", minimum=rules.UPSCALE_MIN, maximum=rules.UPSCALE_MAX),
+                               None)
+    upscaler: str | None = wire(Field("string", f"upscale: a super-resolution model listed in `welcome` / `models` "
+                                      f"(`{BUILTIN_UPSCALER}`: plain resampling); the server's default when omitted.",
+                                      max_length=200), None)
+    refine: float | None = wire(Field("number", "upscale: strength of a diffusion refine of the upscaled picture, in "
+                                      "tiles at the model's native scale (with `prompt`, `steps`, `control` ...); "
+                                      "0 (or omitted) = none. generate above the model's native range: the strength "
+                                      f"of the second stage (omitted or 0: {rules.HIRES_REFINE:g}).",
+                                      minimum=0, maximum=1), None)
 
     # -- building ------------------------------------------------------------------------------
 
@@ -220,13 +235,16 @@ class Job:
 
     @property
     def denoising_steps(self) -> int:
+        if self.mode == "upscale":
+            return rules.denoising_steps(self.mode, self.sampling.steps, self.refine or 0.0)
         return rules.denoising_steps(self.mode, self.sampling.steps, self.sampling.strength)
 
     def check(self) -> None:
         """Apply the rules that need no pixels and no server state; raise ``ProtocolError`` naming the
         field. Hosts call it before sending; the server calls it on every submit."""
         wants = {"generate": (), "img2img": ("image",), "inpaint": ("image", "mask")}.get(self.mode)
-        wants = wants if wants is not None else {"expand": ("image",), "remove": ("image", "mask")}[self.mode]
+        wants = wants if wants is not None else {"expand": ("image",), "remove": ("image", "mask"),
+                                                    "upscale": ("image",)}[self.mode]
         for role in ("image", "mask"):
             present = getattr(self, role) is not None
             if role in wants and not present:
@@ -235,7 +253,7 @@ class Job:
                 hint = " (use inpaint to edit inside a mask)" if role == "mask" else " (use img2img)"
                 raise ProtocolError("invalid_field", f"{self.mode} takes no `{role}`{hint}", role)
         for key in ("width", "height"):
-            if self.mode != "generate" and getattr(self, key) is not None:
+            if self.mode not in ("generate", "upscale") and getattr(self, key) is not None:
                 raise ProtocolError("invalid_field", f"{self.mode} works at the picture's own size; `{key}` is for "
                                     "generate", key)
         self._check_toolbox()
@@ -254,8 +272,21 @@ class Job:
                 raise ProtocolError("unknown_preprocessor", f"the {unit.type} control type has no preprocessor: "
                                     "its control image is the picture itself, so send it with preprocess off",
                                     f"{name}.preprocess")
-        if self.mode != "generate":
+        if self.mode == "upscale":
+            self._check_upscale()
+        elif self.mode != "generate":
             rules.check_denoising(self.mode, self.sampling.steps, self.sampling.strength)
+
+    def _check_upscale(self) -> None:
+        if self.scale is not None and (self.width is not None or self.height is not None):
+            raise ProtocolError("invalid_field", "give `scale` or a target `width` / `height`, not both", "scale")
+        refine = self.refine or 0.0
+        if refine > 0 and rules.denoising_steps(self.mode, self.sampling.steps, refine) < 1:
+            raise ProtocolError("too_few_steps", f"refine {self.refine:g} x {self.sampling.steps} steps leaves no "
+                                "denoising step; raise the refine strength or the steps", "refine")
+        elif self.sampling.batch > 1:  # (refine 0: the same picture every time)
+            raise ProtocolError("invalid_field", "an upscale without `refine` makes the same picture every time: "
+                                "ask for batch 1, or refine to get variations", "batch")
 
 
     @property

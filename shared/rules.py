@@ -86,6 +86,29 @@ def seed_range(seed: int, batch: int) -> list[int]:
     return [seed + index for index in range(batch)]
 
 
+UPSCALE_MIN, UPSCALE_MAX = 1.0, 8.0
+"""The range of an upscale's ``scale``."""
+
+UPSCALE_DEFAULT = 2.0
+
+HIRES_REFINE = 0.5
+"""The strength of the second stage of a generate above the model's native range, unless ``refine`` says."""
+
+
+def upscale_size(width: int, height: int, scale: float | None = None, target_width: int | None = None,
+                 target_height: int | None = None) -> tuple[int, int]:
+    """The size an upscale makes of a ``width`` x ``height`` picture: the target size when given (one side
+    alone keeps the aspect), else ``scale`` times the picture (UPSCALE_DEFAULT when None), rounded."""
+    if target_width and target_height:
+        return target_width, target_height
+    if target_width:
+        return target_width, max(1, round(height * target_width / width))
+    if target_height:
+        return max(1, round(width * target_height / height)), target_height
+    factor = UPSCALE_DEFAULT if scale is None else scale
+    return max(1, round(width * factor)), max(1, round(height * factor))
+
+
 def reach(grow: int, feather: int) -> int:
     """How far beyond its bounds a mask reaches once it is grown and feathered.
 

@@ -11,6 +11,7 @@ MODES = ("generate", "img2img", "inpaint")
 MODES += ("expand", "remove")
 # How masked pixels and new canvas are pre-filled before diffusion (what a strength below 1 starts from).
 FILL_MODES = ("none", "neutral", "blur", "border", "inpaint")
+MODES = MODES + ("upscale",)  # super-resolution, optionally refined in tiles
 FAMILIES = ("sd15", "sdxl")
 SAMPLERS = ("dpmpp_2m", "dpmpp_2m_karras", "euler", "euler_a", "ddim", "unipc")
 IMAGE_FORMATS = ("png", "webp", "rgba8", "l8")
@@ -26,6 +27,7 @@ REFERENCE_MODES = ("reference", "style", "composition", "face")
 JOB_ID_PATTERN = r"^[A-Za-z0-9_.:-]{1,64}$"
 IMAGE_ID_PATTERN = r"^[A-Za-z0-9_.:-]{1,80}$"  # server image ids are the job id plus a suffix
 MAX_SEED = 2**32 - 1
+BUILTIN_UPSCALER = "lanczos"  # always there: plain resampling, no weights
 # What `preprocess: on` runs for each control type. lineart defaults to the weightless one so it works on
 # every server; tile and inpaint take the picture itself, so they have none.
 DEFAULT_PREPROCESSOR = {"canny": "canny", "lineart": "lineart_standard", "shuffle": "shuffle",

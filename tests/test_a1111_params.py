@@ -270,3 +270,28 @@ def test_a_real_expand_and_remove_from_the_tab(server):
     near = np.zeros((96, 128), bool)
     near[max(0, 20 - margin):50 + margin, max(0, 30 - margin):60 + margin] = True
     assert (out[~near] == before[~near]).all() and "Easel fill: inpaint" in final.infotexts[0]
+
+
+def test_upscale_sends_the_picture_scale_and_upscaler_and_refines_below_strength_1():
+    values = TabValues(mode="upscale", picture=picture(64, 48), strength=1.0, scale=3, upscaler="4x-demo-compact")
+    job = build_job(values)
+    assert (job.mode, job.scale, job.upscaler, job.refine, job.mask) == ("upscale", 3.0, "4x-demo-compact", None, None)
+    assert "refine" not in job.to_message(lambda image, role: {"frame": role}), "the upscaler alone"
+    values.strength = 0.3
+    with pytest.raises(InputError, match="prompt"):
+        build_job(values)
+    values.prompt = "a harbour"
+    assert build_job(values).refine == 0.3
+    with pytest.raises(InputError, match="Upscale needs a picture"):
+        build_job(TabValues(mode="upscale"))
+
+
+def test_an_upscale_from_the_tab_lands_whole_in_the_gallery(server):
+    source = TabValues(mode="upscale", picture=picture(64, 48).convert("RGBA"), scale=2, upscaler="lanczos")
+    final = list(jobs.run(jobs.Connection(server.url), source, "unit"))[-1]
+    assert final.done, final.status
+    (result,) = final.images
+    assert result.size == (128, 96)
+    assert (np.asarray(result.convert("RGB")) == np.asarray(source.picture.convert("RGB").resize(
+        (128, 96), Image.Resampling.LANCZOS))).all()
+    assert "Easel mode: upscale" in final.infotexts[0]

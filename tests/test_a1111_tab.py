@@ -288,6 +288,17 @@ def test_bad_input_gets_a_sentence_and_the_next_job_runs(page, files):
     assert generate(page).startswith("Done: 1 image")
 
 
+def test_upscale_makes_the_picture_larger(page, files):
+    upload(page, "easel_picture", files["picture"])
+    choose(page, "easel_mode", "upscale")
+    assert generate(page).startswith("Done: 1 image"), text_of(page, "easel_progress")
+    larger = image_of(page, "easel_selected")
+    assert larger.size == (384, 256), "Upscale by 2 with the server's first upscaler"
+    back = np.asarray(larger.convert("RGB").resize((192, 128), Image.Resampling.BOX), np.int16)
+    assert np.abs(back - np.asarray(Image.open(files["picture"]).convert("RGB"), np.int16)).mean() < 8
+    assert "Easel mode: upscale" in page.locator("#easel_info textarea").input_value()
+
+
 def point_at(page, url: str) -> None:
     """Set the tab's backend address in the WebUI's settings."""
     open_tab(page, "Settings")

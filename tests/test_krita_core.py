@@ -17,6 +17,7 @@ import pytest
 
 from backend.packaging import build
 from conftest import decode, picture, rect_mask
+from shared.client import Started
 from shared.geometry import Box, context_crop, diffusion_size, mask_bounds
 from shared.images import ImageData
 from shared.messages import CONTROL_TYPES, REFERENCE_MODES, parse_client_message
@@ -146,11 +147,11 @@ def test_without_a_selection_the_whole_canvas_is_sent():
     assert region.size == region.picture == diffusion_size(256, 192, 512)
     small = plan.plan_region(256, 192, 0.3, None)
     assert small.mode == "img2img" and small.picture == (256, 192) and not small.resampled
-    # A canvas larger than the model's size goes out at the model's size (the server would
-    # scale it down anyway), so a refine of a huge canvas sends a small picture.
+    # A canvas larger than the model's area goes out whole: the server refines it in tiles at native
+    # scale, so the refine keeps the canvas's detail.
     big = plan.plan_region(6000, 4000, 0.3, 512)
-    assert big.box == Box(0, 0, 6000, 4000) and big.picture == big.size == diffusion_size(6000, 4000, 512)
-    assert big.resampled and big.picture[0] * big.picture[1] <= 1.5 * 512 * 512 * 1.05
+    assert big.box == Box(0, 0, 6000, 4000) and big.picture == (6000, 4000) and not big.resampled
+    assert big.size == (512, 512), "one tile at native scale"
 
 
 def test_build_inpaint_job():
@@ -205,16 +206,18 @@ def test_the_job_is_a_valid_submit():
     assert (message["width"], message["height"]) == diffusion_size(256, 192, 512) and "image" not in message
 
 
-def test_a_big_refine_sends_the_picture_at_model_size(client):
+def test_a_big_refine_sends_the_whole_picture_and_is_refined_in_tiles(client):
     region = plan.plan_region(1400, 1000, 0.5, plan.native_size(client.models()))
     width, height = region.picture
     rgba = np.asarray(picture(width, height).convert("RGBA")).tobytes()
     job = plan.build_job(region, plan.Settings(prompt="oil painting", steps=2, seed=1), rgba)
-    assert job.image.width * job.image.height < 1400 * 1000 / 3
-    result = client.run(job).images[0]
+    assert (job.image.width, job.image.height) == (1400, 1000), "the canvas at full resolution"
+    started = []
+    result = client.run(job, on_event=lambda e: isinstance(e, Started) and started.append(e)).images[0]
+    assert len(started[0].passes) == 9 and all(size == (512, 512) for _, size in started[0].passes)
     assert (result.image.width, result.image.height) == region.picture
     spot = placement.place(region, result.offset, result.image.width, result.image.height)
-    assert (spot.x, spot.y, spot.width, spot.height, spot.scale) == (0, 0, 1400, 1000, True)
+    assert (spot.x, spot.y, spot.width, spot.height, spot.scale) == (0, 0, 1400, 1000, False)
 
 
 def test_build_generate_job_asks_for_the_crop_at_model_size():
@@ -329,7 +332,7 @@ def test_layer_offset_is_crop_offset_plus_result_offset():
     generated = plan.Region("generate", Box(0, 0, 250, 190), (592, 448), (592, 448))
     assert placement.place(generated, (0, 0), 592, 448) == placement.Placement(0, 0, 250, 190, scale=True)
     refined = plan.plan_region(3000, 2000, 0.5, 512)
-    assert placement.place(refined, (0, 0), *refined.picture) == placement.Placement(0, 0, 3000, 2000, scale=True)
+    assert placement.place(refined, (0, 0), *refined.picture) == placement.Placement(0, 0, 3000, 2000)
     small = plan.plan_region(300, 200, 0.5, 512)
     assert placement.place(small, (0, 0), 300, 200) == placement.Placement(0, 0, 300, 200)
 

@@ -97,6 +97,8 @@ class TabValues:
     expand_right: int = 0
     expand_bottom: int = 0
     mask_padding: int = 32              # "only masked padding": context kept around the mask
+    scale: float = 2.0               # upscale only; Strength below 1 then refines the upscaled picture
+    upscaler: str = ""               # upscale only; "" = the server's default
 
 
 def png_image(picture: Image.Image, mode: str = "RGBA") -> ImageData:
@@ -128,7 +130,9 @@ def build_job(values: TabValues) -> Job:
     values make no job, or one the server would refuse."""
     mode = values.mode
     if mode not in MODES:
-        raise InputError(f"Unknown mode {mode!r}: choose inpaint, img2img, generate, expand or remove.")
+        raise InputError(f"Unknown mode {mode!r}: choose inpaint, img2img, generate, expand, remove or upscale.")
+    if mode == "upscale":
+        return _upscale_job(values)
     referenced = any(reference.image is not None for reference in values.references)
     if mode not in ("remove", "expand") and not values.prompt.strip() and not referenced:
         raise InputError("Describe what to paint in the prompt.")
@@ -172,6 +176,27 @@ def build_job(values: TabValues) -> Job:
         job.check()
     except ProtocolError as exc:
         raise InputError(refusal(exc, job, numbers)) from None
+    return job
+
+
+def _upscale_job(values: TabValues) -> Job:
+    """An upscale: the picture by ``scale`` through the chosen upscaler; a Strength below 1 refines the
+    upscaled picture with the prompt (in tiles at the model's scale), 1 leaves it as the upscaler made it."""
+    if values.picture is None:
+        raise InputError("Upscale needs a picture: upload one first.")
+    refine = float(values.strength) if 0 < float(values.strength) < 1 else None
+    if refine and not values.prompt.strip():
+        raise InputError("Describe the picture in the prompt (the refine paints with it), or set Strength to 1 "
+                         "for the upscaler alone.")
+    seed = int(values.seed) if values.seed is not None else -1
+    job = Job("upscale", prompt=values.prompt, negative_prompt=values.negative_prompt, sampling=Sampling(
+        steps=int(values.steps), guidance=float(values.guidance), sampler=values.sampler,
+        batch=int(values.batch) if refine else 1, seed=seed if seed >= 0 else None),
+        image=png_image(values.picture), scale=float(values.scale), upscaler=values.upscaler or None, refine=refine)
+    try:
+        job.check()
+    except ProtocolError as exc:
+        raise InputError(exc.message) from None
     return job
 
 

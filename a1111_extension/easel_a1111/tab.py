@@ -38,7 +38,7 @@ def build(connection: Callable[[], jobs.Connection], add_send_buttons: Callable 
                 picture = compat.picture_editor("Picture (paint over what should change)", "easel_picture")
                 prompt = gr.Textbox(label="Prompt", lines=2, elem_id="easel_prompt")
                 negative = gr.Textbox(label="Negative prompt", lines=1, elem_id="easel_negative")
-                mode = gr.Radio(["inpaint", "img2img", "generate", "expand", "remove"], value="inpaint",
+                mode = gr.Radio(["inpaint", "img2img", "generate", "expand", "remove", "upscale"], value="inpaint",
                                 label="Mode", elem_id="easel_mode")
                 with gr.Row():
                     strength = gr.Slider(0.0, 1.0, value=1.0, step=0.01, label="Strength", elem_id="easel_strength")
@@ -73,6 +73,12 @@ def build(connection: Callable[[], jobs.Connection], add_send_buttons: Callable 
                                       elem_id="easel_width")
                     height = gr.Slider(64, side, value=min(512, side), step=8, label="Height (generate)",
                                        elem_id="easel_height")
+                with gr.Row():
+                    upscale_by = gr.Slider(1.0, 8.0, value=2.0, step=0.25, label="Upscale by (upscale; Strength "
+                                           "below 1 refines)", elem_id="easel_upscale_by")
+                    upscalers = offered.upscalers or ("lanczos",)
+                    upscaler = gr.Dropdown(list(upscalers), value=upscalers[min(1, len(upscalers) - 1)],
+                                           label="Upscaler", elem_id="easel_upscaler")
                 for number in range(1, CONTROL_UNITS + 1):
                     units.append(_control_unit(number, picture, connection, offered))
                 for number in range(1, REFERENCES + 1):
@@ -97,13 +103,15 @@ def build(connection: Callable[[], jobs.Connection], add_send_buttons: Callable 
         controls_in = [c for unit in units for c in unit]
         refs_in = [c for ref in refs for c in ref]
         inputs = [picture, prompt, negative, mode, strength, steps, guidance, sampler, seed, batch, grow, feather,
-                  width, height, *controls_in, *refs_in, masked_content, soft, invert, *sides, padding]
-        toolbox = 8  # the toolbox's components, last in ``inputs``
+                  width, height, *controls_in, *refs_in, masked_content, soft, invert, *sides, padding,
+                  upscale_by, upscaler]
+        toolbox = 8  # the toolbox's components, last in ``inputs`` but the upscale's two
 
         def values_of(args) -> TabValues:
             (pic, prompt_, negative_, mode_, strength_, steps_, guidance_, sampler_, seed_, batch_, grow_,
              feather_, width_, height_) = args[:14]
-            rest, (content_, soft_, invert_, *sides_, padding_) = args[14:-toolbox], args[-toolbox:]
+            rest, (content_, soft_, invert_, *sides_, padding_) = args[14:-toolbox - 2], args[-toolbox - 2:-2]
+            scale_, upscaler_ = args[-2:]
             image, painted = compat.read_editor(pic)
             controls = [ControlSpec(*rest[i * UNIT_SIZE:(i + 1) * UNIT_SIZE]) for i in range(CONTROL_UNITS)]
             rest = rest[CONTROL_UNITS * UNIT_SIZE:]
@@ -113,7 +121,7 @@ def build(connection: Callable[[], jobs.Connection], add_send_buttons: Callable 
                              guidance_, sampler_, int(seed_ if seed_ is not None else -1), int(batch_),
                              int(grow_), int(feather_), int(width_), int(height_), controls, references,
                              content_, bool(soft_), bool(invert_), *(int(value or 0) for value in sides_),
-                             int(padding_ if padding_ is not None else 32))
+                             int(padding_ if padding_ is not None else 32), float(scale_), upscaler_ or "")
 
         def run_job(request: gr.Request, *args):
             # gradio fills positional parameters annotated gr.Request; the inputs follow in *args.

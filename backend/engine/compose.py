@@ -2,6 +2,8 @@
 
 Inpaint results keep the input's own bytes wherever the feathered mask is 0 (never a VAE
 round-trip of them), and all passes of one image land in one layer covering the passes' boxes.
+Tiles of a whole-picture pass are blended where they overlap, each fading out linearly towards its
+neighbours (``tile_weights``), so no seam shows.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from PIL import Image
 
 from backend.engine import masks
 from backend.engine.passes import Pass, layer_box
+from shared.geometry import Box
 
 
 def to_canvas(pixels: np.ndarray, p: Pass) -> np.ndarray:
@@ -28,6 +31,8 @@ def layer(mode: str, image: np.ndarray | None, passes: list[Pass],
     alpha, and alpha 0 (the input's bytes) wherever no pass reaches.
     """
     if mode != "inpaint":
+        if len(passes) > 1:
+            return (0, 0), opaque(blend_tiles(passes, [to_canvas(pixels, p) for p, pixels in zip(passes, outputs)]))
         return (0, 0), opaque(to_canvas(outputs[0], passes[0]))
     box = layer_box(passes)
     out = np.zeros((box.height, box.width, 4), np.uint8)
@@ -50,3 +55,48 @@ def paint(canvas: np.ndarray, p: Pass, pixels: np.ndarray) -> None:
     region = canvas[p.box.y:p.box.y1, p.box.x:p.box.x1]
     region[cell, :3] = to_canvas(pixels, p)[cell]
     region[cell, 3] = 255
+
+
+def blend_tiles(passes: list[Pass], tiles: list[np.ndarray]) -> np.ndarray:
+    """Overlapping tiles (canvas size, H x W x C uint8) as one picture: a weighted mean where they
+    overlap, each tile's weight fading towards the neighbours it overlaps (``tile_weights``)."""
+    box = layer_box(passes)
+    total = np.zeros((box.height, box.width, tiles[0].shape[2]), np.float32)
+    weights = np.zeros((box.height, box.width, 1), np.float32)
+    for p, pixels, weight in zip(passes, tiles, tile_weights([p.box for p in passes])):
+        region = (slice(p.box.y - box.y, p.box.y1 - box.y), slice(p.box.x - box.x, p.box.x1 - box.x))
+        total[region] += pixels.astype(np.float32) * weight[..., None]
+        weights[region] += weight[..., None]
+    return np.clip(np.rint(total / weights), 0, 255).astype(np.uint8)
+
+
+def tile_weights(boxes: list[Box]) -> list[np.ndarray]:
+    """Blending weights of overlapping tiles (one H x W float array per box): 1 inside, 0 on the
+    outermost EDGE pixels of a side that lies inside another tile (diffusion's padding shows there),
+    ramping linearly across the rest of each overlap, so two tiles' weights sum to 1 over their overlap;
+    sides on the picture's edge stay at 1."""
+    xs = sorted({(b.x, b.x1) for b in boxes})
+    ys = sorted({(b.y, b.y1) for b in boxes})
+    return [np.outer(_ramp(b.y, b.y1, ys), _ramp(b.x, b.x1, xs)) for b in boxes]
+
+
+EDGE = 8
+"""Pixels at a tile's inner edge that are left to its neighbour (one latent cell)."""
+
+
+def _ramp(start: int, end: int, spans: list[tuple[int, int]]) -> np.ndarray:
+    """One axis of a tile's weight: rises over the overlap with the span before, falls over the one after."""
+    weight = np.ones(end - start, np.float32)
+    before = max((s1 for s0, s1 in spans if s0 < start < s1), default=start) - start
+    after = end - min((s0 for s0, s1 in spans if start < s0 < end), default=end)
+    if before > 0:
+        weight[:before] = np.minimum(weight[:before], _rise(before))
+    if after > 0:
+        weight[-after:] = np.minimum(weight[-after:], _rise(after)[::-1])
+    return weight
+
+
+def _rise(overlap: int) -> np.ndarray:
+    edge = min(EDGE, overlap // 4)
+    return np.concatenate([np.zeros(edge, np.float32),
+                           (np.arange(overlap - edge, dtype=np.float32) + 0.5) / (overlap - edge)])

@@ -2,12 +2,15 @@
 
 ``Engine.run`` reads as its stages: load the model, plan the passes, prepare the conditioning
 (prompt, control maps, references), then for each image of the batch and each pass: prepare the
-pass's pictures, run it, and compose the passes into the image's result layer.
+pass's pictures, run it, and compose the passes into the image's result layer. An ``upscale`` runs the
+super-resolution model first and refines its picture as an img2img; a generate above the native range
+generates small, upscales and refines (each stage a run of its own, under the one ``started``).
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import time
 from dataclasses import dataclass
 from typing import Iterator, Protocol
@@ -27,6 +30,7 @@ from backend.engine.preprocessors import SEEDED, Preprocessors
 from backend.engine.previews import Previewer
 from backend.engine.prompt_cache import PromptCache
 from backend.engine.runner import ControlInput, PassInputs, run_pass
+from backend.engine.upscalers import Upscalers
 from shared.geometry import Box
 from shared.vocabulary import MAX_SEED
 
@@ -101,6 +105,7 @@ class Engine:
         self.adapters = IPAdapters(config.ip_adapters, config.allow_pickle)
         self.preprocessors = Preprocessors(config.annotators, registry.device)
         self.lama = fill.Lama(config.lama, registry.device, config.allow_pickle) if config.lama else None
+        self.upscalers = Upscalers(config.upscalers, registry.device, registry.dtype, config.default_upscaler)
         self._previewers: dict[str, Previewer] = {}
 
     @property
@@ -112,6 +117,8 @@ class Engine:
         model, ControlNet, adapter or annotator cannot serve it."""
         if isinstance(job, PreprocessJob):
             return self._preprocess(job, reporter)
+        if job.mode == "upscale":
+            return self._upscale(job, reporter)
         start = time.perf_counter()
         model = self.registry.get(job.model)
         pipe = model.pipeline(pipeline_mode(job.mode))
@@ -119,6 +126,8 @@ class Engine:
         loaded = time.perf_counter()
 
         passes = plan_passes(job, model.native_size)
+        if job.mode == "generate" and len(passes) > 1:
+            return self._generate_large(job, reporter, passes, loaded - start)
         active = [(index, unit) for index, unit in enumerate(job.control) if unit.scale > 0]
         pipe = self._with_control(job, model, active) or pipe
         adapter = self._references(job, model, pipe)
@@ -160,6 +169,71 @@ class Engine:
         control_map = np.asarray(self.preprocessors.run(job.preprocessor, picture, job.resolution))
         return EngineResult([Layer(0, 0, (0, 0), compose.opaque(control_map))], 0.0, time.perf_counter() - start,
                             [whole])
+
+    def _upscale(self, job: EditJob, reporter: Reporter) -> EngineResult:
+        """An ``upscale``: the picture through the super-resolution model at ``width`` x ``height``, then,
+        when ``strength`` is above 0, refined as an img2img of that size (in tiles at native scale)."""
+        start = time.perf_counter()
+        upscaler = self.upscalers.load(job.upscaler)  # unknown or unreadable: fails before `started`
+        refine = job.strength > 0
+        native = self.registry.get(job.model).native_size if refine else 0
+        passes = plan_passes(job, native)
+        reporter.started(job.denoising_steps, passes)
+        loaded = time.perf_counter()
+
+        def on_tile(done: int, total: int) -> None:
+            self._check_cancel(reporter)
+            if not refine:  # with a refine, progress counts its denoising steps
+                reporter.progress(done, total, None)
+
+        rgb = self.upscalers.run(upscaler, np.ascontiguousarray(job.image[..., :3]), (job.width, job.height),
+                                 on_tile, prompt=job.prompt, seed=job.seed, steps=job.steps)
+        picture = compose.opaque(rgb)
+        alpha = job.image[..., 3]
+        if (alpha < 255).any():  # transparency keeps its shape, resampled
+            picture[..., 3] = np.asarray(Image.fromarray(alpha).resize((job.width, job.height),
+                                                                       Image.Resampling.LANCZOS))
+        if not refine:
+            return EngineResult([Layer(0, job.seed, (0, 0), picture)], loaded - start,
+                                time.perf_counter() - loaded, passes)
+        refined = self.run(dataclasses.replace(job, mode="img2img", image=picture, width=None, height=None,
+                                               upscaler=None), _AlreadyStarted(reporter))
+        if (alpha < 255).any():
+            for layer in refined.layers:
+                layer.pixels[..., 3] = picture[..., 3]
+        return EngineResult(refined.layers, loaded - start + refined.load_seconds,
+                            time.perf_counter() - loaded - refined.load_seconds, passes)
+
+    def _generate_large(self, job: EditJob, reporter: Reporter, passes: list[Pass], load: float) -> EngineResult:
+        """A generate above the model's native range, in two stages ("hires fix"): each image is generated
+        at ``passes[0].size`` (near native), upscaled to the asked size and refined there in tiles at native
+        scale (``passes[1:]``); progress counts the steps of both stages."""
+        upscaler = self.upscalers.load(job.upscaler)  # before `started`
+        reporter.started(job.denoising_steps, passes)
+        start = time.perf_counter()
+        first, tiles = passes[0], passes[1:]
+        width, height = first.box.width, first.box.height
+        refine_steps = int(job.steps * tiles[0].strength)
+        per_image = job.steps + len(tiles) * refine_steps
+        layers = []
+        for index in range(job.batch):
+            seed = job.seed + index
+            base = index * per_image
+            small = dataclasses.replace(job, width=first.size[0], height=first.size[1], batch=1, seed=seed)
+            made = self.run(small, _AlreadyStarted(reporter, base, per_image * job.batch))
+            picture = self.upscalers.run(upscaler, made.layers[0].pixels[..., :3], (width, height),
+                                         lambda done, total: self._check_cancel(reporter), prompt=job.prompt,
+                                         seed=seed, steps=job.steps)
+            refine = dataclasses.replace(job, mode="img2img", image=compose.opaque(picture), width=None, height=None,
+                                         batch=1, seed=seed, strength=tiles[0].strength)
+            refined = self.run(refine, _AlreadyStarted(reporter, base + job.steps, per_image * job.batch))
+            layers.append(Layer(index, seed, (0, 0), refined.layers[0].pixels))
+        return EngineResult(layers, load, time.perf_counter() - start, passes)
+
+    @staticmethod
+    def _check_cancel(reporter: Reporter) -> None:
+        if reporter.is_cancelled():
+            raise JobCancelled()
 
     # -- conditioning -------------------------------------------------------------------------
 
@@ -257,6 +331,23 @@ class Engine:
 def pipeline_mode(mode: str) -> str:
     """The pipeline a mode runs on: expand and remove are inpaints of a pre-filled picture."""
     return "inpaint" if mode in ("expand", "remove") else mode
+
+
+class _AlreadyStarted:
+    """A reporter for a stage of a job whose ``started`` was sent already (the refine of an upscale, the two
+    stages of a large generate): its steps count from ``before`` out of ``total`` (its own when None)."""
+
+    def __init__(self, reporter: Reporter, before: int = 0, total: int | None = None):
+        self.reporter, self.before, self.total = reporter, before, total
+
+    def started(self, steps: int, passes: list[Pass]) -> None:
+        pass
+
+    def progress(self, step: int, total: int, preview: Image.Image | None) -> None:
+        self.reporter.progress(self.before + step, self.total or total, preview)
+
+    def is_cancelled(self) -> bool:
+        return self.reporter.is_cancelled()
 
 
 @contextlib.contextmanager

@@ -38,7 +38,7 @@ class Reference:
 
 @dataclass(frozen=True, eq=False)
 class EditJob:
-    """A generate, img2img, inpaint, expand or remove job; image i of the batch uses seed + i."""
+    """A generate, img2img, inpaint, expand, remove or upscale job; image i of the batch uses seed + i."""
 
     mode: str
     model: str
@@ -65,6 +65,8 @@ class EditJob:
     padding: int = DEFAULT_PADDING  # inpaint, remove: context kept around the mask (beyond its reach)
     expand: tuple[int, int, int, int] = (0, 0, 0, 0)  # expand: (left, top, right, bottom) added; ``image`` is
     # then the new canvas, transparent in the new band, with the submitted picture at (left, top)
+    upscaler: str | None = None  # upscale: the super-resolution model (None: the server's default); the
+    # target size is ``width`` x ``height`` and ``strength`` the refine strength (0: none)
 
     @property
     def denoising_steps(self) -> int:

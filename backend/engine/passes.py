@@ -3,12 +3,15 @@
 ``plan_passes`` is pure (arrays in, plans out) and decides everything about geometry before any
 model runs. Inpaint diffuses one pass per mask island when separate crops cost less than one box
 around all of them, so three far-apart blobs on a big canvas are each diffused at the model's
-native scale instead of being crushed into one downscaled box. img2img and generate are one pass.
+native scale instead of being crushed into one downscaled box. img2img of a picture larger than the
+model's comfortable area (``shared.geometry.needs_tiles``) is diffused in overlapping tiles at native
+scale, each with its own seed; smaller pictures, and generate, are one pass.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -18,7 +21,16 @@ from backend.engine import masks
 from backend.engine.expand import expand_plan
 from backend.engine.job import EditJob
 from shared import rules
-from shared.geometry import DEFAULT_PADDING, Box, CropPlan, context_crop, round_to_grid, whole_canvas
+from shared.geometry import (
+    DEFAULT_PADDING,
+    Box,
+    CropPlan,
+    context_crop,
+    needs_tiles,
+    round_to_grid,
+    tile_grid,
+    whole_canvas,
+)
 from shared.vocabulary import MAX_SEED
 
 MAX_ISLANDS = 32
@@ -52,10 +64,19 @@ def plan_passes(job: EditJob, native: int) -> list[Pass]:
     """The passes of ``job`` on a model trained at ``native``² pixels, in the order they run."""
     if job.mode == "generate":
         width, height = round_to_grid(job.width or native), round_to_grid(job.height or native)
-        return [Pass(Box(0, 0, width, height), (width, height), 1.0)]
+        if not needs_tiles(width, height, native):
+            return [Pass(Box(0, 0, width, height), (width, height), 1.0)]
+        # Above the native range: generate near native, then upscale and refine in tiles ("hires fix").
+        shrink = native / math.sqrt(width * height)  # the first stage at about native² pixels, the same aspect
+        first = Pass(Box(0, 0, width, height), (round_to_grid(width * shrink), round_to_grid(height * shrink)), 1.0)
+        return [first] + refine_passes(width, height, native, job.strength)
+    if job.mode == "upscale":  # the super-resolution picture, then (strength > 0) its refine in tiles
+        if job.strength <= 0:
+            return [Pass(Box(0, 0, job.width, job.height), (job.width, job.height), 0.0)]
+        return refine_passes(job.width, job.height, native, job.strength)
     height, width = job.image.shape[:2]
     if job.mode == "img2img":
-        return [_pass(whole_canvas(width, height, native), job.strength)]
+        return refine_passes(width, height, native, job.strength)
     if job.mode == "expand":
         return [Pass(box, size, job.strength, _pass_seed(index), alpha, job.fill, mask)
                 for index, (box, size, mask, alpha) in enumerate(expand_plan(
@@ -68,6 +89,19 @@ def plan_passes(job: EditJob, native: int) -> list[Pass]:
                 job.mask[plan.box.y:plan.box.y1, plan.box.x:plan.box.x1], job.mask_grow, job.mask_feather,
                 job.soft)), fill=job.fill)
             for index, plan in enumerate(crops)]
+
+
+def refine_passes(width: int, height: int, native: int, strength: float) -> list[Pass]:
+    """The passes that refine a whole ``width`` x ``height`` picture: one, or tiles at native scale.
+
+    A picture within the comfortable area is one pass (scaled to the model's area as before); a larger
+    one is tiled (``shared.geometry.tile_grid``), each tile diffused 1:1 with the seed of its index, so
+    detail is kept at any size and the cost grows with the tile count.
+    """
+    if not needs_tiles(width, height, native):
+        return [_pass(whole_canvas(width, height, native), strength)]
+    return [_pass(CropPlan(box, round_to_grid(box.width), round_to_grid(box.height)), strength, index)
+            for index, box in enumerate(tile_grid(width, height, native))]
 
 
 def island_crops(mask: np.ndarray, native: int, margin: int, *, padding: int = DEFAULT_PADDING) -> list[CropPlan]:

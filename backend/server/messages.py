@@ -17,17 +17,20 @@ from shared.errors import ProtocolError
 from shared.images import ImageData, encode_frame
 from shared.messages import FAMILIES, IMAGE_FORMATS, MODES, PROTOCOL_VERSION, REFERENCE_MODES, SAMPLERS
 from shared.rules import seed_range
+from shared.vocabulary import BUILTIN_UPSCALER
 
 if TYPE_CHECKING:  # type hints only: importing the engine here would pull torch into the message layer
     from backend.config import Config
     from backend.engine.engine import EngineResult, Layer
     from backend.engine.models import ModelDescription, ModelError
+    from backend.engine.upscalers import UpscalerDescription
     from backend.jobs import Job
 
 SERVER_NAME = f"easel/{shared.__version__}"
 
 
-def welcome(config: Config, device: str, preprocessors: list[str], default_model: str | None) -> dict:
+def welcome(config: Config, device: str, preprocessors: list[str], default_model: str | None,
+            upscalers: list[str] | None = None) -> dict:
     """The answer to ``hello``: who we are and what this server can do."""
     limits = config.limits
     return {
@@ -44,6 +47,7 @@ def welcome(config: Config, device: str, preprocessors: list[str], default_model
                        "max_side": limits.max_side, "max_pixels": limits.max_pixels,
                        "max_message_bytes": limits.max_message_bytes,
                        "max_generate_side": limits.max_generate_side},
+            "upscalers": list(upscalers or [BUILTIN_UPSCALER]),
         },
         "device": device, "default_model": default_model,
     }
@@ -59,7 +63,7 @@ def started(job: Job, steps: int, passes: list[Pass]) -> dict:
     edit = isinstance(work, EditJob)
     message = {"type": "started", "job": job.id, "model": work.model if edit else work.preprocessor,
                "steps": steps, "diffusion_size": list(passes[0].size)}
-    if edit and work.mode != "generate":
+    if edit and (work.mode != "generate" or len(passes) > 1):  # a large generate lists its two stages
         message["box"] = layer_box(passes).as_list()
         if work.mode == "expand":  # the result is the whole new canvas
             message["box"] = [0, 0, work.image.shape[1], work.image.shape[0]]
@@ -119,13 +123,19 @@ def parameters(job: Job, run: EngineResult) -> dict:
            "mask_feather": work.mask_feather, "seeds": seed_range(work.seed, work.batch)}
     if work.mode == "generate":
         del out["strength"]
-        out["width"], out["height"] = run.passes[0].size
+        out["width"], out["height"] = run.passes[0].box.width, run.passes[0].box.height
+        if len(run.passes) > 1:  # above the native range: generated small, upscaled and refined
+            out.update(refine=work.strength, upscaler=work.upscaler)
     if work.mode in ("inpaint", "remove", "expand"):
         out.update(fill=work.fill, soft_inpaint=work.soft)
         if work.mode != "expand":
             out["mask_padding"] = work.padding
     if work.mode == "expand":
         out.update(zip(("expand_left", "expand_top", "expand_right", "expand_bottom"), work.expand))
+    if work.mode == "upscale":
+        out["refine"] = out.pop("strength")
+        out.update(upscaler=work.upscaler, width=work.width, height=work.height,
+                   scale=round(work.width / work.image.shape[1], 4))
     if work.references:
         out["references"] = [{"weight": r.weight, "mode": r.mode} for r in work.references]
     if work.control:
@@ -163,7 +173,12 @@ def status(device: str, running: str | None, queued: list[str], queue_length: in
             "clients": clients, "loaded_models": loaded_models}
 
 
-def models(default: str | None, descriptions: list[ModelDescription]) -> dict:
-    return {"type": "models", "default": default, "models": [
+def models(default: str | None, descriptions: list[ModelDescription],
+           upscalers: list[UpscalerDescription] = ()) -> dict:
+    message = {"type": "models", "default": default, "models": [
         {"name": d.name, "family": d.family, "native_size": d.native_size, "inpaint_model": d.inpaint_model,
          "loaded": d.loaded} for d in descriptions]}
+    if upscalers:
+        message["upscalers"] = [{"name": u.name, "scale": u.scale, "architecture": u.architecture,
+                                 "loaded": u.loaded} for u in upscalers]
+    return message

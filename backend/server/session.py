@@ -144,13 +144,15 @@ class Session:
                                 f"the client {message['protocol']}", "protocol")
         self.greeted = True
         return Reply([messages.welcome(config, str(engine.device), engine.preprocessors.available(),
-                                       engine.registry.default)])
+                                       engine.registry.default, engine.upscalers.names())])
 
     def _submit(self, message: dict) -> Reply:
         registry, limits = self.state.engine.registry, self.state.config.limits
         names, default = registry.names(), registry.default
         request = protocol.Job.from_message(message, validate=False)  # parse_client_message validated it
-        return self._take(request, lambda: build_edit_job(request, self.uploads, limits, names, default))
+        upscalers = self.state.engine.upscalers
+        return self._take(request, lambda: build_edit_job(request, self.uploads, limits, names, default,
+                                                          upscalers.names(), upscalers.default))
 
     def _preprocess(self, message: dict) -> Reply:
         limits = self.state.config.limits
@@ -177,7 +179,8 @@ class Session:
 
     def _models(self, message: dict) -> Reply:
         registry = self.state.engine.registry
-        return Reply([messages.models(registry.default, registry.describe())])
+        return Reply([messages.models(registry.default, registry.describe(),
+                                      self.state.engine.upscalers.describe())])
 
     # An explicit table, so the handled types are greppable and a test can hold them to CLIENT_MESSAGES.
     HANDLERS: ClassVar[dict[str, Callable[[Session, dict], Reply]]] = {

@@ -50,9 +50,10 @@ class Region:
 
     ``box`` is the part of the canvas the job edits (the context crop for inpaint, the canvas
     otherwise); ``size`` the size the model works at; ``picture`` the size of the pictures sent
-    (image and control maps). Inpaint sends the box as it is, so the result matches the canvas
-    pixel for pixel; a whole canvas larger than the model's size is sent already scaled down to it
-    (the server would scale it down anyway), and its result is scaled back up to the box.
+    (image and control maps). Inpaint and img2img send the box as it is, so the result matches the
+    canvas pixel for pixel (a refine of a canvas larger than the model's area is diffused by the server
+    in tiles at native scale, ``size`` then being one tile); a generate of a canvas larger than the
+    model's size is made at the model's size and scaled up to the box.
     """
 
     mode: str
@@ -125,8 +126,10 @@ def plan_region(width: int, height: int, strength: float, native: int | None,
         return Region(mode, plan.box, (plan.diffusion_width, plan.diffusion_height))
     plan = geometry.whole_canvas(width, height, native)
     size = (plan.diffusion_width, plan.diffusion_height)
-    if mode == "generate" or size[0] * size[1] < width * height:
+    if mode == "generate":
         return Region(mode, plan.box, size, size)
+    if geometry.needs_tiles(width, height, native):  # refined at full resolution, in tiles
+        return Region(mode, plan.box, (min(width, native), min(height, native)))
     return Region(mode, plan.box, size)  # a small canvas: the server scales it up itself
 
 

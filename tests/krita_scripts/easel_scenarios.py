@@ -233,7 +233,7 @@ def scenario_refine_whole_image(ctx):
 
 
 def scenario_refine_big_canvas(ctx):
-    """A canvas larger than the model's size is sent scaled down and the result scaled back up."""
+    """A canvas larger than the model's area is sent whole, refined in tiles, and placed over the canvas."""
     w, h = 1400, 1000
     doc = Krita.instance().createDocument(w, h, "big", "RGBA", "U8", "", 72.0)
     doc.setBatchmode(True)

@@ -1,0 +1,187 @@
+"""Full resolution: whole-picture refine of large pictures in tiles at native scale, blended without seams."""
+
+import numpy as np
+import pytest
+from PIL import Image
+from scipy import ndimage
+
+from backend.engine.compose import blend_tiles, tile_weights
+from backend.engine.job import EditJob
+from backend.engine.passes import Pass, plan_passes
+from conftest import decode, png
+from shared.client import Progress, Started
+from shared.geometry import Box, tile_grid, whole_canvas
+
+NATIVE = 512
+
+
+def edit(mode="img2img", width=1024, height=768, **params) -> EditJob:
+    image = np.zeros((height, width, 4), np.uint8)
+    return EditJob(mode=mode, model="demo", prompt="", negative_prompt="", seed=5, steps=10, guidance=7.0,
+                   strength=params.pop("strength", 0.3), batch=1, sampler="euler", image=image, **params)
+
+
+def photo(width: int, height: int, seed: int = 0) -> Image.Image:
+    """A statistically even texture with fine detail (no line of it special, unlike a tile border), the
+    high frequencies a downscaled diffusion would lose."""
+    noise = np.random.default_rng(seed).normal(size=(height, width, 3))
+    texture = ndimage.gaussian_filter(noise, (1.5, 1.5, 0)) + ndimage.gaussian_filter(noise, (12, 12, 0)) * 6
+    texture = (texture - texture.min()) / (texture.max() - texture.min())
+    return Image.fromarray((texture * 255).astype(np.uint8))
+
+
+def seams(picture: np.ndarray, boxes: list[Box]) -> tuple[float, float]:
+    """Mean gradient magnitude (8-bit levels) across the lines where tiles begin or end, and across the
+    other lines at the same place in the 8-pixel latent grid (the demo model's pictures are blocky)."""
+    gray = picture[..., :3].astype(np.float32).mean(axis=2)
+    border, interior = [], []
+    for axis, starts, ends in ((1, [b.x for b in boxes], [b.x1 for b in boxes]),
+                               (0, [b.y for b in boxes], [b.y1 for b in boxes])):
+        steps = np.abs(np.diff(gray, axis=axis)).mean(axis=1 - axis)  # one figure per line between pixels
+        lines = {c - 1 for c in starts + ends if 0 < c < gray.shape[axis]}
+        phases = {line % 8 for line in lines}
+        border += [steps[line] for line in lines]
+        interior += [steps[line] for line in range(len(steps)) if line % 8 in phases and line not in lines]
+    return float(np.mean(border)), float(np.mean(interior))
+
+
+def no_seam(picture: np.ndarray, boxes: list[Box]) -> bool:
+    """Tile borders no sharper than 1.2x the tile interiors (or than a quarter of one 8-bit level, on a
+    picture so flat that the ratio of two near-zero gradients means nothing)."""
+    border, interior = seams(picture, boxes)
+    return border <= 1.2 * interior or border - interior < 0.25
+
+
+# -- the planner --------------------------------------------------------------------------------
+
+def test_a_picture_within_the_comfortable_area_is_one_pass_as_before():
+    for width, height in ((320, 256), (640, 480), (700, 560)):
+        (only,) = plan_passes(edit(width=width, height=height), NATIVE)
+        plan = whole_canvas(width, height, NATIVE)
+        assert (only.box, only.size, only.seed) == (plan.box, (plan.diffusion_width, plan.diffusion_height), 0)
+
+
+def test_a_large_picture_is_tiled_at_native_scale():
+    passes = plan_passes(edit(width=4096, height=3072), NATIVE)
+    assert len(passes) == 9 * 7
+    covered = np.zeros((3072, 4096), bool)
+    for p in passes:
+        assert p.size == (p.box.width, p.box.height) == (NATIVE, NATIVE), "every tile at scale 1.0"
+        assert p.strength == 0.3
+        covered[p.box.y:p.box.y1, p.box.x:p.box.x1] = True
+    assert covered.all()
+    columns = sorted({p.box.x for p in passes})
+    assert all(b - a <= NATIVE - 64 for a, b in zip(columns, columns[1:])), "neighbours overlap by 64 or more"
+    assert len({p.seed for p in passes}) == len(passes), "each tile its own noise"
+    assert [p.seed for p in passes] == [p.seed for p in plan_passes(edit(width=4096, height=3072), NATIVE)]
+
+
+def test_a_long_strip_is_tiled_along_its_length():
+    passes = plan_passes(edit(width=3000, height=400), NATIVE)
+    assert len(passes) == 7
+    assert all(p.box.height == 400 and p.size == (512, 400) for p in passes)
+
+
+def test_tile_weights_fade_across_overlaps_and_cover_every_pixel():
+    boxes = tile_grid(1300, 900, NATIVE)
+    total = np.zeros((900, 1300))
+    for box, weight in zip(boxes, tile_weights(boxes)):
+        total[box.y:box.y1, box.x:box.x1] += weight
+    assert total.min() > 0.5, "every pixel has a tile that counts (the blend divides by the sum)"
+    first = tile_weights(boxes)[0]
+    assert first[0, 0] == 1.0 and first[200, 0] == 1.0, "the picture's own edges are not faded"
+    assert first[10, 511] == 0 and first[511, 10] == 0, "a tile's inner edge is left to its neighbour"
+    assert 0 < first[10, 480] < first[10, 400] < first[10, 300] == 1.0, "and fades out towards it"
+
+
+def test_blending_identical_tiles_gives_the_picture_back_exactly():
+    picture = np.asarray(photo(1300, 900))
+    boxes = tile_grid(1300, 900, NATIVE)
+    passes = [Pass(box, (box.width, box.height), 0.5) for box in boxes]
+    tiles = [picture[b.y:b.y1, b.x:b.x1] for b in boxes]
+    assert (blend_tiles(passes, tiles) == picture).all()
+
+
+# -- through the server -------------------------------------------------------------------------
+
+def refine(client, image, **params):
+    started = []
+    params = {"prompt": "a stone wall", "seed": 3, "steps": 4, "strength": 0.5, **params}
+    result = client.run("img2img", image=png(image), on_event=lambda e: isinstance(e, Started) and started.append(e),
+                        **params)
+    return result, started[0]
+
+
+@pytest.fixture(scope="module")
+def large():
+    return photo(1100, 760)
+
+
+def test_refine_of_a_large_picture_runs_in_tiles_at_full_resolution(client, large):
+    result, started = refine(client, large)
+    assert len(started.passes) == 6
+    assert all(size == (box[2], box[3]) for box, size in started.passes), "diffused 1:1, not scaled down"
+    item, = result.images
+    layer = decode(item.image)
+    assert (layer.shape, tuple(item.offset)) == ((760, 1100, 4), (0, 0))
+    assert (layer[..., 3] == 255).all()
+    again, _ = refine(client, large)
+    assert (decode(again.images[0].image) == layer).all(), "same seed, same pixels"
+    other, _ = refine(client, large, seed=4)
+    assert (decode(other.images[0].image) != layer).any()
+
+
+def test_tiles_leave_no_seams_on_a_flat_picture(client):
+    flat = Image.new("RGB", (1100, 760), (120, 140, 90))
+    result, started = refine(client, flat, strength=0.3, steps=10)
+    layer = decode(result.images[0].image)
+    boxes = [Box(*box) for box, _ in started.passes]
+    assert no_seam(layer, boxes), seams(layer, boxes)
+
+
+def test_tiles_leave_no_seams_on_a_photo(client, large):
+    result, started = refine(client, large, strength=0.3, steps=10)
+    layer = decode(result.images[0].image)
+    border, interior = seams(layer, [Box(*box) for box, _ in started.passes])
+    assert border <= 1.2 * interior, (border, interior)
+
+
+def test_small_pictures_refine_exactly_as_one_pass(client):
+    image = photo(320, 256)
+    result, started = refine(client, image)
+    assert started.passes == [((0, 0, 320, 256), (576, 456))]
+
+
+# -- generate at canvas size ----------------------------------------------------------------------
+
+def generate(width: int, height: int, strength: float = 0.5) -> EditJob:
+    return EditJob(mode="generate", model="demo", prompt="", negative_prompt="", seed=5, steps=10, guidance=7.0,
+                   strength=strength, batch=1, sampler="euler", width=width, height=height)
+
+
+def test_a_generate_within_the_native_range_is_one_pass():
+    job = generate(768, 512)
+    assert [(p.box, p.size) for p in plan_passes(job, NATIVE)] == [(Box(0, 0, 768, 512), (768, 512))]
+
+
+def test_a_generate_above_the_native_range_is_planned_small_then_tiled():
+    first, *tiles = plan_passes(generate(2048, 1536), NATIVE)
+    assert first.box == Box(0, 0, 2048, 1536) and first.size == (592, 440) and first.strength == 1.0
+    assert len(tiles) == 5 * 4 and all(t.size == (512, 512) and t.strength == 0.5 for t in tiles)
+
+
+def test_generate_at_canvas_size_runs_two_stages(client):
+    seen = []
+    params = dict(prompt="a harbour", width=1024, height=768, steps=4, seed=2)
+    result = client.run("generate", on_event=seen.append, **params)
+    started = next(event for event in seen if isinstance(event, Started))
+    assert started.diffusion_size == (592, 440), "the first stage near native"
+    assert [size for _, size in started.passes] == [(592, 440)] + [(512, 512)] * 6
+    progress = [event for event in seen if isinstance(event, Progress)]
+    assert [p.step for p in progress] == list(range(1, 4 + 6 * 2 + 1)), "steps of both stages, in order"
+    assert {p.total for p in progress} == {16}
+    layer = decode(result.images[0].image)
+    assert layer.shape == (768, 1024, 4)
+    assert (result.parameters["width"], result.parameters["height"], result.parameters["refine"]) == (1024, 768, 0.5)
+    again = client.run("generate", **params)
+    assert (decode(again.images[0].image) == layer).all(), "same seed, same pixels"
