@@ -70,8 +70,14 @@ class Limits:
     max_pixels: int = 8192 * 8192
     max_generate_side: int = 2048
     max_message_bytes: int = 4 * 8192 * 8192 + 2**20  # a raw RGBA frame of max_pixels fits
-    max_upload_bytes: int = 2 * (4 * 8192 * 8192 + 2**20)  # an image and its mask
+    max_upload_bytes: int | None = None  # unused uploads of one connection; None: 2 x max_message_bytes
     max_queued_per_client: int = 32
+    max_outbox_bytes: int = 32 * 2**20  # messages waiting for one slow client; then previews are dropped
+
+    @property
+    def upload_budget(self) -> int:
+        """Bytes of unused uploads one connection may hold: ``max_upload_bytes``, or twice a message."""
+        return self.max_upload_bytes if self.max_upload_bytes is not None else 2 * self.max_message_bytes
 
 
 @dataclass
@@ -119,6 +125,9 @@ class Config:
     upscalers: dict[str, str] = field(default_factory=dict)  # name -> .pth / .safetensors super-resolution model
     upscaler_folders: list[str] = field(default_factory=list)  # A1111 models/ESRGAN, ComfyUI models/upscale_models
     default_upscaler: str | None = None
+    hello_timeout: float = 10.0  # seconds a new connection has to say hello
+    slow_reader_seconds: float = 10.0  # over max_outbox_bytes and reading nothing this long: disconnected
+    shutdown_grace: float = 10.0  # seconds the running job may take to finish when the server stops
 
     def check(self) -> "Config":
         """Raise ConfigError for settings that must not run."""
@@ -165,7 +174,7 @@ def load_config(path: str | Path | None = None) -> Config:
     server = data.get("server", {})
     for key in ("host", "port", "token", "default_model", "allow_pickle", "device", "allowed_origins",
                 "model_folders", "controlnet_folders", "controlnet_memory_mb", "annotators", "upscaler_folders",
-                "default_upscaler"):
+                "default_upscaler", "hello_timeout", "slow_reader_seconds", "shutdown_grace"):
         if key in server:
             setattr(config, key, server[key])
     if server.get("lama"):

@@ -30,14 +30,20 @@ def build_edit_job(job: Job, uploads: dict[str, ImageData], limits: Limits, mode
                    default_model: str | None, upscalers: list[str] | None = None,
                    default_upscaler: str = BUILTIN_UPSCALER) -> EditJob:
     """Check a protocol job against the rules and the server's state; raise ProtocolError if unfit."""
-    # A submit consumes the frames it names, accepted or refused, so a retry must upload again.
-    image = _resolve(job.image, uploads, "image") if job.image is not None else None
-    mask = _resolve(job.mask, uploads, "mask") if job.mask is not None else None
-    control_images = [_resolve(unit.image, uploads, f"control[{i}].image") if unit.image is not None else None
-                      for i, unit in enumerate(job.control)]
-    reference_images = [_resolve(ref.image, uploads, f"references[{i}].image") for i, ref in enumerate(job.references)]
+    # A submit consumes the frames it names, accepted or refused, so a retry must upload again. Within
+    # the submit one frame may be named several times (the picture as `image` and as a control image).
+    refs = [job.image, job.mask, *(unit.image for unit in job.control), *(ref.image for ref in job.references)]
+    try:
+        image = _resolve(job.image, uploads, "image") if job.image is not None else None
+        mask = _resolve(job.mask, uploads, "mask") if job.mask is not None else None
+        control_images = [_resolve(unit.image, uploads, f"control[{i}].image") if unit.image is not None else None
+                          for i, unit in enumerate(job.control)]
+        reference_images = [_resolve(ref.image, uploads, f"references[{i}].image")
+                            for i, ref in enumerate(job.references)]
+    finally:
+        _consume(refs, uploads)
     job.check()
-    model = job.model or default_model
+    model = default_model if job.model is None else job.model  # "" names no model: refused below
     if model not in models:
         raise ProtocolError("unknown_model", f"no model named {model!r}; available: {', '.join(models) or 'none'}",
                             "model")
@@ -122,7 +128,10 @@ def _upscale_size(job: Job, pixels: np.ndarray, limits: Limits, upscalers: list[
 
 def build_preprocess_job(request: PreprocessRequest, uploads: dict[str, ImageData], limits: Limits) -> PreprocessJob:
     """A ``preprocess`` request as the engine's job: one preprocessor run on one picture."""
-    image = _resolve(request.image, uploads, "image")
+    try:
+        image = _resolve(request.image, uploads, "image")
+    finally:
+        _consume([request.image], uploads)
     request.check()
     pixels = decode_image(image, limits, "image", "RGBA")
     if min(pixels.shape[:2]) < MIN_PREPROCESS_SIDE:
@@ -135,8 +144,8 @@ def _resolve(ref: dict, uploads: dict[str, ImageData], role: str) -> ImageData:
     if "frame" in ref:
         if ref["frame"] not in uploads:
             raise ProtocolError("unknown_image", f"`{role}` names frame {ref['frame']!r}, which was not uploaded "
-                                "on this connection (or was already used)", role)
-        return uploads.pop(ref["frame"])
+                                "on this connection (or was used by an earlier request)", role)
+        return uploads[ref["frame"]]
     if "data" in ref:
         try:
             return ImageData.from_base64(ref["data"], ref["format"])
@@ -144,6 +153,13 @@ def _resolve(ref: dict, uploads: dict[str, ImageData], role: str) -> ImageData:
             exc.field = role
             raise
     raise ProtocolError("invalid_field", f"`{role}` needs `frame` or `data`", role)
+
+
+def _consume(refs: list, uploads: dict[str, ImageData]) -> None:
+    """Drop the uploads a request named: each frame serves one request."""
+    for ref in refs:
+        if isinstance(ref, dict) and "frame" in ref:
+            uploads.pop(ref["frame"], None)
 
 
 def decode_image(image: ImageData, limits: Limits, role: str, mode: str) -> np.ndarray:

@@ -79,6 +79,10 @@ class JobQueue:
         self._waiting.remove(job)
         return "queued"
 
+    def waiting(self) -> list[Job]:
+        """The queued jobs, in order (not the running one)."""
+        return list(self._waiting)
+
     def owned_by(self, owner: object) -> list[Job]:
         jobs = [job for job in self._waiting if job.owner is owner]
         if self.running and self.running.owner is owner:

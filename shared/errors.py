@@ -26,18 +26,41 @@ ERROR_CODES = {
     "missing_annotator": "The preprocessor's annotator weights are not in the configured annotators source.",
     "unknown_adapter": "No IP-Adapter is configured for the job's model family.",
     "unknown_upscaler": "`upscaler` names no configured super-resolution model.",
+    "out_of_memory": "The device ran out of memory during the job; lower the size, batch, ControlNets or references.",
+    "shutting_down": "The server is stopping: it takes no new jobs.",
     "internal": "The server failed unexpectedly on a job or a message; it keeps running.",
 }
 
+MAX_ECHO = 80  # characters of a client's value repeated in an error message
+MAX_MESSAGE = 1000  # characters of an error's `message`
+MAX_FIELD = 120  # characters of an error's `field`
+
+
+def shown(value: object, limit: int = MAX_ECHO) -> str:
+    """``repr(value)`` for an error message, cut to ``limit`` characters: errors never echo a large input."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit - 1] + "…"
+
+
+def clip(text: str, limit: int) -> str:
+    """``text`` cut to ``limit`` characters, and made valid Unicode (a lone surrogate becomes U+FFFD)."""
+    text = text if len(text) <= limit else text[:limit - 1] + "…"
+    return text.encode("utf-8", "replace").decode("utf-8") if not text.isascii() else text
 
 
 class ProtocolError(Exception):
     """A request the server refuses; becomes an ``error`` message."""
 
-    def __init__(self, code: str, message: str, field: str | None = None, job: str | None = None):
+    def __init__(self, code: str, message: str, field: str | None = None, job: str | None = None, *,
+                 ends_job: bool = True):
         super().__init__(message)
         assert code in ERROR_CODES, code
         self.code, self.message, self.field, self.job = code, message, field, job
+        # False when `job` names a job this error does not end: a cancel of it, or a submit that reused
+        # the id of a job still queued or running (that job goes on).
+        self.ends_job = ends_job
 
     def to_message(self) -> dict:
-        return {"type": "error", "job": self.job, "code": self.code, "message": self.message, "field": self.field}
+        field = None if self.field is None else clip(self.field, MAX_FIELD)
+        return {"type": "error", "job": self.job, "code": self.code, "message": clip(self.message, MAX_MESSAGE),
+                "field": field, "ends_job": self.job is not None and self.ends_job}

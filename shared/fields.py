@@ -6,7 +6,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import ProtocolError
+from .errors import MAX_ECHO, ProtocolError, shown
 
 _JSON_TYPES = {
     "string": str,
@@ -57,7 +57,13 @@ class Field:
             raise ProtocolError("invalid_field", f"`{name}` must be at most {self.maximum}, got {value}", name)
         if self.choices is not None and value not in self.choices:
             raise ProtocolError("invalid_field", f"`{name}` must be one of {', '.join(map(str, self.choices))}; "
-                                f"got {value!r}", name)
+                                f"got {shown(value)}", name)
+        if self.type == "string" and not value.isascii():
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:  # JSON can carry lone UTF-16 surrogates ("\ud800"); text cannot
+                raise ProtocolError("invalid_field", f"`{name}` is not valid Unicode (it holds a lone UTF-16 "
+                                    "surrogate)", name) from None
         if self.max_length is not None and len(value) > self.max_length:
             raise ProtocolError("invalid_field", f"`{name}` is longer than {self.max_length}", name)
         if self.pattern is not None and not re.match(self.pattern, value):
@@ -102,7 +108,10 @@ def check_fields(message: dict, fields: dict[str, Field], *, prefix: str = "", e
             out[name] = spec.default
     unknown = sorted(set(message) - set(fields))
     if unknown and not extra:
-        raise ProtocolError("invalid_field", f"unknown field `{prefix + unknown[0]}`", prefix + unknown[0])
+        name = prefix + unknown[0]
+        if len(name) > MAX_ECHO:  # an error never echoes a large input: the key is cut in both places
+            name = name[:MAX_ECHO - 1] + "…"
+        raise ProtocolError("invalid_field", f"unknown field `{name}`", name)
     for name in unknown:
         out[name] = message[name]
     return out

@@ -12,7 +12,7 @@ import json
 import re
 from dataclasses import replace
 
-from .errors import ERROR_CODES, ProtocolError
+from .errors import ERROR_CODES, ProtocolError, shown
 from .fields import Field, check_fields, object_schema
 from .job import PREPROCESS_FIELDS, SUBMIT_FIELDS
 from .vocabulary import (
@@ -184,6 +184,9 @@ SERVER_MESSAGES: dict[str, dict[str, Field]] = {
         "code": Field("string", required=True, choices=tuple(ERROR_CODES)),
         "message": Field("string", "A sentence for people.", required=True),
         "field": Field("string", "The offending field, if one.", required=True, nullable=True),
+        "ends_job": Field("boolean", "True when this error is the end of job `job` (a refused or failed job); "
+                          "false when `job` is null or names a job this error does not end (an unknown or "
+                          "refused `cancel`, a `duplicate_job` whose job goes on).", required=True),
     },
     "cancelled": {
         "type": _type("cancelled"),
@@ -224,15 +227,33 @@ SERVER_MESSAGES: dict[str, dict[str, Field]] = {
 }
 
 
+MAX_DEPTH = 32  # nesting of objects and arrays in one message; the deepest valid message needs 5
+
+
 def decode_json(text: str | bytes) -> dict:
     """Parse a text frame into a JSON object, or raise ``bad_json``."""
     try:
         message = json.loads(text)
+    except RecursionError:  # deeper than the parser's stack allows
+        raise ProtocolError("bad_json", f"message is nested more than {MAX_DEPTH} levels deep") from None
     except (ValueError, UnicodeDecodeError) as exc:
         raise ProtocolError("bad_json", f"message is not valid JSON: {exc}") from None
     if not isinstance(message, dict):
         raise ProtocolError("bad_json", "message must be a JSON object")
+    if _depth_over(message, MAX_DEPTH):
+        raise ProtocolError("bad_json", f"message is nested more than {MAX_DEPTH} levels deep")
     return message
+
+
+def _depth_over(value: object, limit: int) -> bool:
+    """True when ``value`` nests objects / arrays more than ``limit`` deep (iterative: no recursion)."""
+    level = [value]
+    for _ in range(limit):
+        level = [child for item in level if isinstance(item, (dict, list))
+                 for child in (item.values() if isinstance(item, dict) else item) if isinstance(child, (dict, list))]
+        if not level:
+            return False
+    return True
 
 
 def validate(message: dict, tables: dict[str, dict[str, Field]]) -> dict:
@@ -242,12 +263,13 @@ def validate(message: dict, tables: dict[str, dict[str, Field]]) -> dict:
         raise ProtocolError("invalid_field", "`type` is required and must be a string", "type",
                             job=_job_of(message))
     if kind not in tables:
-        raise ProtocolError("unknown_type", f"unknown message type {kind!r}; expected one of "
+        raise ProtocolError("unknown_type", f"unknown message type {shown(kind)}; expected one of "
                             f"{', '.join(tables)}", "type", job=_job_of(message))
     try:
         return check_fields(message, tables[kind])
     except ProtocolError as exc:
         exc.job = _job_of(message)
+        exc.ends_job = kind != "cancel"  # a refused cancel leaves its job as it was
         raise
 
 

@@ -162,6 +162,27 @@ def internal_error(job_id: str | None, exc: BaseException) -> dict:
     return error(ProtocolError("internal", f"the job failed: {type(exc).__name__}: {exc}", None, job_id))
 
 
+def out_of_memory(job: Job) -> dict:
+    """The device ran out of memory on a job: say what it asked for and what to lower."""
+    work = job.work
+    if not isinstance(work, EditJob):
+        return error(ProtocolError("out_of_memory", "the device ran out of memory running this preprocessor: "
+                                   "send a smaller picture or a lower `resolution`", "resolution", job.id))
+    asked = []
+    if work.width and work.height:
+        asked.append(f"{work.width}x{work.height}")
+    elif work.image is not None:
+        asked.append(f"a {work.image.shape[1]}x{work.image.shape[0]} picture")
+    asked.append(f"batch {work.batch}")
+    if work.control:
+        asked.append(f"{len(work.control)} ControlNet unit(s)")
+    if work.references:
+        asked.append(f"{len(work.references)} reference(s)")
+    return error(ProtocolError("out_of_memory", f"the device ran out of memory on this job ({', '.join(asked)}): "
+                               "lower the size, the batch, or the number of ControlNets and references, and "
+                               "submit again; the server freed the job's memory and goes on", "batch", job.id))
+
+
 def cancelled(job_id: str, stage: str) -> dict:
     """``cancelled``; ``stage`` is "queued" or "running"."""
     return {"type": "cancelled", "job": job_id, "while": stage}

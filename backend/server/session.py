@@ -44,12 +44,17 @@ class ServerState:
     engine: Engine
     queue: JobQueue = field(default_factory=JobQueue)
     sessions: set[Session] = field(default_factory=set)  # the open connections
+    closing: bool = False  # the server is shutting down: no new jobs
 
     def open(self) -> Session:
         """A session for a new connection."""
         session = Session(self)
         self.sessions.add(session)
         return session
+
+    def clients(self) -> int:
+        """Connected clients: sessions that said a successful ``hello`` (not bare sockets)."""
+        return sum(1 for session in self.sessions if session.greeted)
 
 
 @dataclass(eq=False)
@@ -164,7 +169,7 @@ class Session:
         job = queue.find(self, message["job"])
         if job is None or job.ended:
             raise ProtocolError("unknown_job", f"no queued or running job {message['job']!r} on this connection",
-                                "job", message["job"])
+                                "job", message["job"], ends_job=False)
         if queue.cancel(job) == "queued" and job.end():
             return Reply([messages.cancelled(job.id, "queued")])
         return Reply()  # a running job ends with `cancelled` (or its result) from the worker
@@ -175,7 +180,7 @@ class Session:
         running = state.queue.running if state.queue.running in own else None
         return Reply([messages.status(str(state.engine.device), running.id if running else None,
                                       [job.id for job in own if job is not running], len(state.queue),
-                                      len(state.sessions), state.engine.registry.loaded_names())])
+                                      state.clients(), state.engine.registry.loaded_names())])
 
     def _models(self, message: dict) -> Reply:
         registry = self.state.engine.registry
@@ -202,7 +207,7 @@ class Session:
                                 f"{header['role']!r}", "role")
         self.uploads.pop(header["image"], None)  # the same id again replaces the earlier upload
         used = sum(len(upload.data) for upload in self.uploads.values())
-        if used + len(image.data) > self.state.config.limits.max_upload_bytes:
+        if used + len(image.data) > self.state.config.limits.upload_budget:
             raise ProtocolError("limit_exceeded", "too many unused uploads on this connection; reference them in "
                                 "a submit or reconnect", header["role"])
         self.uploads[header["image"]] = image
@@ -211,9 +216,12 @@ class Session:
               build: Callable[[], EditJob | PreprocessJob]) -> Reply:
         """The checks that need no pictures; the rest is the intake's, off the event loop."""
         request.id = request.id or uuid.uuid4().hex[:16]
+        if self.state.closing:
+            raise ProtocolError("shutting_down", "the server is shutting down and takes no new jobs", None, request.id)
         queue = self.state.queue
         if queue.find(self, request.id):
-            raise ProtocolError("duplicate_job", f"job {request.id} is still queued or running", "job", request.id)
+            raise ProtocolError("duplicate_job", f"job {request.id} is still queued or running (this submit is "
+                                "refused; that job goes on)", "job", request.id, ends_job=False)
         if len(queue.owned_by(self)) >= self.state.config.limits.max_queued_per_client:
             raise ProtocolError("limit_exceeded", "too many jobs queued from this connection", "job", request.id)
         return Reply(intake=Intake(request, build))

@@ -13,10 +13,13 @@ encoded on the encoder thread -> ``EaselServer.deliver`` -> the connection's out
 from __future__ import annotations
 
 import asyncio
+import collections
 import http
-import json
 import logging
+import signal
 import threading
+import time
+from typing import Callable
 
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
@@ -25,6 +28,8 @@ from websockets.http11 import Request, Response
 from backend.config import Config
 from backend.engine.engine import Engine
 from backend.jobs import Job, JobQueue
+from backend.server import messages
+from backend.server.outbox import Outbox
 from backend.server.session import ServerState, Session
 from backend.server.worker import Worker
 
@@ -32,33 +37,97 @@ log = logging.getLogger(__name__)
 
 
 class Connection:
-    """One websocket and its outbox, drained in order by a single writer task."""
+    """One websocket and its outbox (``outbox.py``: a byte budget), drained in order by a single writer task."""
 
-    def __init__(self, ws: ServerConnection):
+    def __init__(self, ws: ServerConnection, budget: int, stall: float, on_stall: Callable[[Connection], None]):
         self.ws = ws
         self.closed = False
-        self._outbox: asyncio.Queue[str | bytes | None] = asyncio.Queue()
+        self.outbox = Outbox(budget)
+        self.stall, self.on_stall = stall, on_stall
+        self._wake = asyncio.Event()
+        self._stopping = False
+        self._progress = 0  # messages written so far: the writer's headway
+        self._watch: asyncio.TimerHandle | None = None
+        self.writer: asyncio.Task | None = None
 
     def send(self, message: dict | bytes) -> None:
         """Queue a message (a dict becomes JSON); a no-op once the connection closed."""
-        if not self.closed:
-            self._outbox.put_nowait(message if isinstance(message, bytes) else json.dumps(message))
+        if self.closed:
+            return
+        if not self.outbox.put(message) and self._watch is None:
+            # Over the budget with no preview left to drop: cut the client off unless it reads on.
+            self._watch = asyncio.get_running_loop().call_later(self.stall, self._check_stall, self._progress)
+        self._wake.set()
+
+    def _check_stall(self, progress: int) -> None:
+        self._watch = None
+        if self.closed or self.outbox.bytes <= self.outbox.budget:
+            return
+        if self._progress == progress:  # nothing written for `stall` seconds while over the budget
+            self.on_stall(self)
+        else:
+            self._watch = asyncio.get_running_loop().call_later(self.stall, self._check_stall, self._progress)
 
     async def write(self) -> None:
         """Send queued messages in order until the connection closes."""
         while True:
-            message = await self._outbox.get()
+            message = self.outbox.take()
             if message is None:
-                return
+                if self._stopping:
+                    return
+                self._wake.clear()
+                await self._wake.wait()
+                continue
             try:
                 await self.ws.send(message)
             except ConnectionClosed:
                 return
+            self._progress += 1
 
     def stop_writer(self) -> None:
-        """Send what is queued, then stop (the writer ends at the marker)."""
+        """Send what is queued, then stop."""
         self.closed = True
-        self._outbox.put_nowait(None)
+        self._stopping = True
+        self._wake.set()
+
+    def drop(self) -> None:
+        """Forget what is queued (the client is being cut off) and stop the writer."""
+        self.outbox.clear()
+        self.stop_writer()
+        if self._watch is not None:
+            self._watch.cancel()
+
+
+class AuthThrottle:
+    """Back-off for failed authentication, per peer address: each failure doubles the wait before that
+    address's next attempt is read (``BASE`` s, at most ``CAP`` s); a success or ``FORGET`` s of quiet resets it."""
+
+    BASE, CAP, FORGET, REMEMBER = 0.25, 8.0, 600.0, 4096  # seconds, seconds, seconds, addresses
+
+    def __init__(self):
+        self._failures: collections.OrderedDict[str, tuple[int, float]] = collections.OrderedDict()
+        self._locks: dict[str, asyncio.Lock] = {}
+
+    def delay(self, peer: str) -> float:
+        count, last = self._failures.get(peer, (0, 0.0))
+        if not count or time.monotonic() - last > self.FORGET:
+            return 0.0
+        return min(self.BASE * 2 ** (count - 1), self.CAP)
+
+    def lock(self, peer: str) -> asyncio.Lock:
+        """Attempts from one address are read one at a time, so parallel connections wait their turn."""
+        return self._locks.setdefault(peer, asyncio.Lock())
+
+    def failed(self, peer: str) -> int:
+        count = self._failures.pop(peer, (0, 0.0))[0] + 1
+        self._failures[peer] = (count, time.monotonic())
+        while len(self._failures) > self.REMEMBER:
+            forgotten, _ = self._failures.popitem(last=False)
+            self._locks.pop(forgotten, None)
+        return count
+
+    def succeeded(self, peer: str) -> None:
+        self._failures.pop(peer, None)
 
 
 class EaselServer:
@@ -69,6 +138,7 @@ class EaselServer:
         self.state = ServerState(config, engine)
         self.worker = Worker(engine, self.state.queue, self.deliver)
         self.port = config.port
+        self.auth = AuthThrottle()
         self._connections: dict[Session, Connection] = {}
 
     @property
@@ -79,6 +149,14 @@ class EaselServer:
 
     async def serve_forever(self, ready: threading.Event | None = None,
                             stop: asyncio.Future | None = None) -> None:
+        """Serve until ``stop`` is done (or, without one, SIGTERM / SIGINT in the main thread), then shut
+        down gracefully (``shutdown``)."""
+        loop = asyncio.get_running_loop()
+        if stop is None:
+            stop = loop.create_future()
+            if threading.current_thread() is threading.main_thread():
+                for signum in (signal.SIGTERM, signal.SIGINT):
+                    loop.add_signal_handler(signum, lambda s=signum: stop.done() or stop.set_result(s))
         limits = self.config.limits
         # Frames up to twice the limit reach the session, which answers `frame_too_large` and keeps the
         # connection; beyond that the websocket layer closes it (1009) without reading the whole frame.
@@ -91,10 +169,50 @@ class EaselServer:
             if ready is not None:
                 ready.set()
             try:
-                await (stop if stop is not None else asyncio.Future())
+                reason = await stop
+                if isinstance(reason, signal.Signals):
+                    log.info("%s: shutting down", reason.name)
+                server.close(close_connections=False)  # no new connections
+                await self.shutdown()
             finally:
                 worker.cancel()
                 self.worker.stop()
+        log.info("Easel stopped")
+
+    async def shutdown(self) -> None:
+        """Take no new jobs, cancel the queued ones (``cancelled``), let the running job finish within
+        ``shutdown_grace`` seconds or cancel it, deliver what is left, close every connection (1001)."""
+        state, queue = self.state, self.state.queue
+        state.closing = True
+        for job in queue.waiting():
+            queue.cancel(job)
+            if job.end():
+                self.deliver(job, [messages.cancelled(job.id, "queued")])
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.config.shutdown_grace
+        running = queue.running
+        while queue.running is not None and loop.time() < deadline:
+            await asyncio.sleep(0.05)
+        if queue.running is not None:
+            log.info("cancelling job %s: the server is stopping", queue.running.id)
+            queue.running.cancel_event.set()
+            deadline = loop.time() + 30  # it stops at its next step (a model still loading takes longer)
+            while queue.running is not None and loop.time() < deadline:
+                await asyncio.sleep(0.05)
+        if running is not None and queue.running is running:
+            log.warning("job %s did not stop in time", running.id)
+        await asyncio.gather(*(self._close(connection, 1001, "server shutting down")
+                               for connection in list(self._connections.values())))
+
+    async def _close(self, connection: Connection, code: int, reason: str) -> None:
+        """Send what is queued (a few seconds at most), then close with ``code`` and ``reason``."""
+        connection.stop_writer()
+        if connection.writer is not None:
+            try:
+                await asyncio.wait_for(asyncio.shield(connection.writer), 5)
+            except asyncio.TimeoutError:
+                connection.drop()
+        await connection.ws.close(code, reason)
 
     def allowed_origins(self) -> set[str]:
         """The server's own origins; any other browser page is refused."""
@@ -105,10 +223,14 @@ class EaselServer:
 
     def _check_origin(self, connection: ServerConnection, request: Request) -> Response | None:
         # A web page the user happens to visit could otherwise drive the GPU through the browser.
-        origin = request.headers.get("Origin")
+        origins = request.headers.get_all("Origin")
+        if len(origins) > 1:  # which one would the browser mean? Refuse rather than guess
+            log.warning("refused a connection with %d Origin headers", len(origins))
+            return connection.respond(http.HTTPStatus.FORBIDDEN, "more than one Origin header\n")
+        origin = origins[0] if origins else None
         if origin is not None and origin not in self.allowed_origins() | set(self.config.allowed_origins):
-            log.warning("refused a connection from origin %s", origin)
-            return connection.respond(http.HTTPStatus.FORBIDDEN, f"origin {origin} is not allowed\n")
+            log.warning("refused a connection from origin %s", origin[:200])
+            return connection.respond(http.HTTPStatus.FORBIDDEN, f"origin {origin[:200]} is not allowed\n")
         return None
 
     # -- connections --------------------------------------------------------------------------
@@ -121,14 +243,32 @@ class EaselServer:
                 connection.send(message)
 
     async def _handle(self, ws: ServerConnection) -> None:
+        config = self.config
         session = self.state.open()
-        connection = Connection(ws)
+        peer = str(ws.remote_address[0]) if ws.remote_address else "?"
+
+        def cut_off(connection: Connection) -> None:
+            budget = connection.outbox.budget
+            log.warning("disconnecting %s: it read nothing for %gs with %d bytes waiting (budget %d); its jobs "
+                        "are cancelled", peer, connection.stall, connection.outbox.bytes, budget)
+            session.close()
+            connection.drop()
+            asyncio.ensure_future(ws.close(1008, f"not reading: over the {budget}-byte outbox for "
+                                              f"{connection.stall:g}s"))
+
+        connection = Connection(ws, config.limits.max_outbox_bytes, config.slow_reader_seconds, cut_off)
         self._connections[session] = connection
-        writer = asyncio.create_task(connection.write())
+        connection.writer = asyncio.create_task(connection.write())
+        loop = asyncio.get_running_loop()
+        hello_timer = loop.call_later(config.hello_timeout, lambda: session.greeted or asyncio.ensure_future(
+            ws.close(1008, f"no hello within {config.hello_timeout:g}s")))
         refused = False
         try:
             async for raw in ws:
-                reply = session.receive(raw)
+                if config.token and not session.greeted and isinstance(raw, str):
+                    reply = await self._authenticate(session, peer, raw)
+                else:
+                    reply = session.receive(raw)
                 if reply.intake is not None:
                     # Decoding takes long: off the loop, but awaited, so this connection's requests are
                     # answered in order while the other connections go on.
@@ -142,12 +282,28 @@ class EaselServer:
         except ConnectionClosed:
             pass
         finally:
+            hello_timer.cancel()
             del self._connections[session]
             session.close()
             connection.stop_writer()
-            await writer  # flushes what was queued, such as the error that explains a refusal
+            await connection.writer  # flushes what was queued, such as the error that explains a refusal
         if refused:
             await ws.close(1008, "unauthorized")
+
+    async def _authenticate(self, session: Session, peer: str, raw: str):
+        """A text frame before a successful hello on a server with a token: slowed after failures."""
+        async with self.auth.lock(peer):
+            delay = self.auth.delay(peer)
+            if delay:
+                await asyncio.sleep(delay)
+            reply = session.receive(raw)
+            if session.greeted:
+                self.auth.succeeded(peer)
+            elif reply.close:  # unauthorized; the token itself is never logged
+                failures = self.auth.failed(peer)
+                log.warning("failed authentication from %s (%d in a row; its next attempt waits %gs)", peer,
+                            failures, self.auth.delay(peer))
+            return reply
 
 
 class ServerThread:

@@ -16,12 +16,14 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import gc
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable
 
 import numpy as np
+import torch
 from PIL import Image
 
 from backend.engine.engine import Engine, EngineResult, JobCancelled
@@ -68,6 +70,9 @@ class Worker:
             ending = await loop.run_in_executor(self._encoder, encode_result, job, result, started)
         except Exception as exc:
             ending = [_failure(job, exc)]
+            if is_out_of_memory(exc):
+                del exc  # its traceback holds the job's tensors
+                await loop.run_in_executor(self._gpu, free_memory)
             # the job's progress still being encoded goes out before the message that ends it
             await loop.run_in_executor(self._encoder, _nothing)
         if job.end():  # a job cancelled while it finished already got its one ending
@@ -140,8 +145,24 @@ def _failure(job: Job, exc: Exception) -> dict:
         return messages.cancelled(job.id, "running")
     if isinstance(exc, ModelError):
         return messages.model_error(job.id, exc)
+    if is_out_of_memory(exc):
+        log.warning("job %s ran out of device memory: %s", job.id, str(exc).splitlines()[0] if str(exc) else "")
+        return messages.out_of_memory(job)
     log.error("job %s failed", job.id, exc_info=exc)  # the engine failed: tell the client, keep serving
     return messages.internal_error(job.id, exc)
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """CUDA's OutOfMemoryError, or the RuntimeError other devices (MPS, CPU allocators) raise for it."""
+    return isinstance(exc, torch.OutOfMemoryError) or (
+        isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower())
+
+
+def free_memory() -> None:
+    """Give back what a failed job held: its tensors are garbage now, the allocator's cache goes too."""
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 def _nothing() -> None:
