@@ -1,0 +1,404 @@
+"""Reliability and security of the server (issue 12): the protocol holes a black-box run found, faults
+during a job, shutdown, slow readers, token guessing, and a bounded fuzz run. Real server on loopback,
+real clients (the bundled one, or raw websockets where the test is about the wire)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import time
+import weakref
+from pathlib import Path
+
+import pytest
+import torch
+from websockets.exceptions import ConnectionClosed, InvalidStatus
+from websockets.sync.client import connect
+
+import backend.engine.engine as engine_module
+from backend.config import Limits
+from backend.fixtures.demo_model import demo_models
+from backend.server import ServerThread
+from backend.server.outbox import Outbox
+from conftest import picture, png
+from schema_check import validator
+from shared.client import Client, EaselError, Result
+from shared.images import encode_frame
+from shared.messages import PROTOCOL_VERSION
+
+ROOT = Path(__file__).resolve().parents[1]
+SERVER_MESSAGE = validator("server_message")
+SMALL = {"type": "submit", "mode": "generate", "prompt": "x", "steps": 2, "width": 64, "height": 64, "seed": 0}
+
+
+def greeted(url: str, **kwargs):
+    ws = connect(url, **kwargs)
+    ws.send(json.dumps({"type": "hello", "protocol": PROTOCOL_VERSION}))
+    assert json.loads(ws.recv(timeout=30))["type"] == "welcome"
+    return ws
+
+
+def answer(ws, message: str | bytes | dict) -> dict:
+    """The reply to ``message``: the next text message, passing over a running job's ``started`` / ``progress``."""
+    ws.send(json.dumps(message) if isinstance(message, dict) else message)
+    while True:
+        raw = ws.recv(timeout=60)
+        if isinstance(raw, str) and (reply := json.loads(raw))["type"] not in ("started", "progress"):
+            SERVER_MESSAGE.validate(reply)
+            return reply
+
+
+def until_end(ws, job: str) -> list[dict]:
+    seen = []
+    while True:
+        raw = ws.recv(timeout=120)
+        if isinstance(raw, bytes):
+            continue
+        message = json.loads(raw)
+        seen.append(message)
+        if message["type"] in ("result", "error", "cancelled") and message["job"] == job:
+            return seen
+
+
+@pytest.fixture
+def own_server(demo_config, engine):
+    """A server of its own, with config changes: ``own_server(hello_timeout=0.5)``."""
+    started = []
+
+    def start(limits: dict | None = None, **changes) -> ServerThread:
+        config = dataclasses.replace(demo_config, limits=dataclasses.replace(demo_config.limits, **(limits or {})),
+                                     **changes)
+        started.append(ServerThread(config, engine).start())
+        return started[-1]
+
+    yield start
+    for running in started:
+        running.stop()
+
+
+# -- item 5: the protocol holes -----------------------------------------------------------------
+
+def test_a_lone_surrogate_is_refused_before_accepted_naming_the_field(server):
+    with greeted(server.url) as ws:
+        text = json.dumps({**SMALL, "job": "sur"}).replace('"prompt": "x"', '"prompt": "a \\ud800 b"')
+        error = answer(ws, text)
+        assert (error["type"], error["code"], error["field"], error["job"]) == ("error", "invalid_field", "prompt",
+                                                                                 "sur")
+        assert error["ends_job"] is True and "Unicode" in error["message"]
+        hello = '{"type": "hello", "protocol": 1, "client": "\\udfff"}'
+        assert answer(ws, hello)["field"] == "client"
+        ws.send(json.dumps({**SMALL, "job": "ok"}))
+        assert until_end(ws, "ok")[-1]["type"] == "result"
+
+
+def test_deep_json_is_bad_json_and_the_connection_goes_on(server):
+    with greeted(server.url) as ws:
+        for text in ("[" * 100_000 + "]" * 100_000, '{"type": "status", "x": ' + "[" * 40 + "]" * 40 + "}"):
+            error = answer(ws, text)
+            assert (error["code"], error["field"], error["job"]) == ("bad_json", None, None)
+            assert "nested" in error["message"]
+        assert answer(ws, {"type": "status"})["type"] == "status"
+
+
+def test_two_origin_headers_are_refused_with_403(server, caplog):
+    own = f"http://127.0.0.1:{server.server.port}"
+    with pytest.raises(InvalidStatus) as caught:
+        connect(server.url, additional_headers=[("Origin", own), ("Origin", "https://evil.example")])
+    assert caught.value.response.status_code == 403
+    assert not [r for r in caplog.records if r.exc_info], "refused without a traceback"
+
+
+def test_errors_do_not_echo_large_input(server):
+    with greeted(server.url, max_size=2**20) as ws:
+        key = "k" * 600_000
+        error = answer(ws, json.dumps({"type": "status", key: 1}))
+        assert error["code"] == "invalid_field" and len(json.dumps(error)) < 2000
+        assert error["field"].startswith("kkk") and len(error["field"]) <= 120
+        error = answer(ws, json.dumps({"type": "t" * 600_000}))
+        assert error["code"] == "unknown_type" and len(json.dumps(error)) < 2000
+        error = answer(ws, json.dumps({**SMALL, "sampler": "s" * 600_000}))
+        assert error["field"] == "sampler" and len(json.dumps(error)) < 2000
+
+
+def test_an_empty_model_name_is_refused(client):
+    with pytest.raises(EaselError) as caught:
+        client.run("generate", prompt="x", steps=2, width=64, height=64, model="")
+    assert (caught.value.code, caught.value.field) == ("unknown_model", "model")
+
+
+def test_the_upload_budget_follows_max_message_bytes(own_server):
+    assert Limits(max_message_bytes=1000).upload_budget == 2000
+    assert Limits(max_message_bytes=1000, max_upload_bytes=10).upload_budget == 10
+    small = own_server(limits={"max_message_bytes": 50_000})
+    with greeted(small.url) as ws:
+        for name in ("a", "b"):  # 2 x 40 kB fit in 2 x 50 kB ...
+            ws.send(encode_frame({"image": name, "role": "image", "format": "rgba8", "width": 100, "height": 100},
+                                 bytes(40_000)))
+        error = answer(ws, encode_frame({"image": "c", "role": "mask", "format": "rgba8", "width": 100,
+                                         "height": 100}, bytes(40_000)))  # ... a third does not
+        assert (error["code"], error["field"]) == ("limit_exceeded", "mask")
+
+
+def test_one_upload_serves_several_roles_of_one_submit_then_is_gone(server):
+    with greeted(server.url) as ws:
+        image = png(picture(128, 96))
+        ws.send(encode_frame({"image": "pic", "role": "image", "format": "png", "width": 128, "height": 96},
+                             image.data))
+        both = {**SMALL, "job": "both", "mode": "img2img", "strength": 0.5, "image": {"frame": "pic"},
+                "control": [{"type": "canny", "image": {"frame": "pic"}, "preprocess": "on"}]}
+        del both["width"], both["height"]
+        ws.send(json.dumps(both))
+        assert until_end(ws, "both")[-1]["type"] == "result"
+        error = answer(ws, {**both, "job": "again"})
+        assert (error["code"], error["field"]) == ("unknown_image", "image"), "a submit consumes its frames"
+
+
+def test_an_error_about_another_job_says_it_does_not_end_it(server):
+    with greeted(server.url) as ws:
+        ws.send(json.dumps({**SMALL, "job": "dup", "steps": 150, "width": 512, "height": 512}))
+        ws.send(json.dumps({**SMALL, "job": "dup"}))
+        seen = []
+        while (message := json.loads(ws.recv(timeout=60))) and message["type"] != "error":
+            seen.append(message["type"])
+        assert (message["code"], message["job"], message["ends_job"]) == ("duplicate_job", "dup", False)
+        error = answer(ws, {"type": "cancel", "job": "nope"})
+        assert (error["code"], error["ends_job"]) == ("unknown_job", False)
+        error = answer(ws, {"type": "cancel", "job": "dup", "extra": 1})
+        assert (error["code"], error["job"], error["ends_job"]) == ("invalid_field", "dup", False)
+        ws.send(json.dumps({"type": "cancel", "job": "dup"}))
+        assert until_end(ws, "dup")[-1]["type"] == "cancelled", "the first `dup` went on until cancelled"
+        refused = answer(ws, {**SMALL, "job": "big", "steps": 100_000})
+        assert (refused["code"], refused["ends_job"]) == ("limit_exceeded", True)
+
+
+def test_a_connection_that_never_says_hello_is_closed(own_server):
+    quick = own_server(hello_timeout=0.5)
+    with connect(quick.url) as silent:
+        with pytest.raises(ConnectionClosed) as caught:
+            silent.recv(timeout=30)
+    assert caught.value.rcvd.code == 1008 and "hello" in caught.value.rcvd.reason
+
+
+def test_status_counts_greeted_clients_only(own_server):
+    alone = own_server()
+    with connect(alone.url) as bare, greeted(alone.url) as ws:
+        bare.send(json.dumps({"type": "models"}))
+        assert json.loads(bare.recv(timeout=30))["code"] == "hello_required"  # the bare socket is in
+        assert answer(ws, {"type": "status"})["clients"] == 1
+
+
+# -- item 6: out of memory ---------------------------------------------------------------------
+
+def test_out_of_memory_ends_the_job_frees_its_memory_and_the_next_job_runs(client, monkeypatch):
+    held, real = [], engine_module.run_pass
+
+    def starved(pipe, inputs, on_step):
+        hog = torch.empty(32 * 2**20, dtype=torch.uint8)  # what the job held when the device ran out
+        held.append(weakref.ref(hog))
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(engine_module, "run_pass", starved)
+    with pytest.raises(EaselError) as caught:
+        client.run("generate", prompt="x", steps=2, width=64, height=64, batch=2, seed=0)
+    assert caught.value.code == "out_of_memory"
+    assert "batch 2" in caught.value.message and "lower the size" in caught.value.message
+    assert held and held[0]() is None, "the job's tensors were freed"
+    monkeypatch.setattr(engine_module, "run_pass", real)
+    assert isinstance(client.run("generate", prompt="x", steps=2, width=64, height=64, seed=0), Result)
+
+
+# -- item 7: graceful shutdown -----------------------------------------------------------------
+
+def test_sigterm_cancels_queued_jobs_ends_the_running_one_and_closes_with_a_reason(demo_root, tmp_path):
+    lines = ["[server]", 'default_model = "demo"', "shutdown_grace = 1", ""]
+    for name, spec in demo_models(demo_root).items():
+        lines += [f"[models.{name}]"] + [f"{key} = {json.dumps(getattr(spec, key))}"
+                                         for key in ("source", "family", "inpaint") if getattr(spec, key)] + [""]
+    (tmp_path / "easel.toml").write_text("\n".join(lines))
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    process = subprocess.Popen([sys.executable, "-m", "backend.cli", "serve", "--config", str(tmp_path / "easel.toml"),
+                                "--port", str(port)], cwd=ROOT, stderr=subprocess.PIPE, text=True,
+                               env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    try:
+        for line in process.stderr:  # wait for the server to listen
+            if "listening" in line:
+                break
+        else:
+            raise AssertionError("the server did not start")
+        with greeted(f"ws://127.0.0.1:{port}/") as ws:
+            ws.send(json.dumps({**SMALL, "job": "long", "steps": 150, "width": 256, "height": 256}))
+            ws.send(json.dumps({**SMALL, "job": "waiting"}))
+            seen = []
+            while not seen or seen[-1]["type"] != "progress":
+                raw = ws.recv(timeout=120)
+                seen.append(json.loads(raw))
+            process.send_signal(signal.SIGTERM)
+            ends = {}
+            with pytest.raises(ConnectionClosed) as caught:
+                while True:
+                    message = json.loads(ws.recv(timeout=60))
+                    if message["type"] in ("result", "error", "cancelled"):
+                        ends[message["job"]] = message
+        assert ends["waiting"] == {"type": "cancelled", "job": "waiting", "while": "queued"}
+        assert ends["long"]["type"] == "cancelled" and ends["long"]["while"] == "running"
+        assert (caught.value.rcvd.code, caught.value.rcvd.reason) == (1001, "server shutting down")
+        assert process.wait(30) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+        log = process.stderr.read()
+        process.stderr.close()
+    assert "Traceback" not in log and "SIGTERM: shutting down" in log
+
+
+def test_a_stopping_server_refuses_new_jobs(server):
+    with Client(server.url) as client:
+        server.server.state.closing = True
+        try:
+            with pytest.raises(EaselError) as caught:
+                client.run("generate", prompt="x", steps=2, width=64, height=64)
+        finally:
+            server.server.state.closing = False
+    assert caught.value.code == "shutting_down"
+
+
+# -- item 1: bounded outbox --------------------------------------------------------------------
+
+def test_the_outbox_drops_old_previews_first_and_keeps_the_newest():
+    box = Outbox(budget=10_000)
+    for step in range(1, 6):
+        assert box.put(b"p" * 3000)
+        assert box.put({"type": "progress", "job": "j", "step": step, "total": 5, "preview": f"j.p{step}"})
+    assert box.dropped_previews >= 2 and box.bytes <= 10_000
+    sent = [box.take() for _ in range(len(box))]
+    progress = [json.loads(m) for m in sent if isinstance(m, str)]
+    assert [m["step"] for m in progress] == [1, 2, 3, 4, 5], "every progress stays"
+    assert "preview" in progress[-1] and sent[-2] == b"p" * 3000, "the newest preview stays, before its progress"
+    frames = sum(isinstance(m, bytes) for m in sent)
+    assert sum("preview" in m for m in progress) == frames, "a dropped frame's progress no longer names it"
+    assert not box.put(b"r" * 20_000), "a result over the budget is kept, and reported"
+
+
+def test_a_client_that_does_not_read_is_disconnected_and_its_jobs_cancelled(own_server):
+    tight = own_server(limits={"max_outbox_bytes": 1_000_000}, slow_reader_seconds=0.5)
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # the kernel holds little for it
+    sock.connect(("127.0.0.1", tight.server.port))
+    ws = connect(tight.url, sock=sock, max_queue=1, max_size=None)
+    ws.send(json.dumps({"type": "hello", "protocol": PROTOCOL_VERSION}))
+    ws.send(json.dumps({**SMALL, "job": "big", "width": 512, "height": 512, "batch": 8, "output_format": "rgba8"}))
+    for n in range(3):
+        ws.send(json.dumps({**SMALL, "job": f"more-{n}", "steps": 150, "width": 256, "height": 256}))
+    state, deadline = tight.server.state, time.monotonic() + 120
+    while state.sessions and time.monotonic() < deadline:  # cut off after the results pile up unread
+        time.sleep(0.05)
+    assert not state.sessions, "the reader-less session was closed"
+    queue = tight.server.queue
+    while (queue.running or len(queue)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert queue.running is None and len(queue) == 0, "its jobs were cancelled"
+    with pytest.raises(ConnectionClosed) as caught:  # reading now: what was sent, then the reason
+        while True:
+            ws.recv(timeout=30)
+    ws.close()
+    assert caught.value.rcvd is None or (caught.value.rcvd.code == 1008 and "not reading" in caught.value.rcvd.reason)
+    with Client(tight.url) as other:
+        assert isinstance(other.run("generate", prompt="x", steps=2, width=64, height=64, seed=0), Result)
+
+
+# -- item 4: token guessing --------------------------------------------------------------------
+
+def test_wrong_tokens_are_slowed_per_address_and_logged_without_the_token(own_server, caplog):
+    guarded = own_server(token="s3cret-token")
+    caplog.set_level(logging.WARNING)
+    waits = []
+    for guess in ("guess-one", "guess-two", "guess-three"):
+        began = time.monotonic()
+        with pytest.raises(EaselError) as caught:
+            Client(guarded.url, token=guess).connect()
+        waits.append(time.monotonic() - began)
+        assert caught.value.code == "unauthorized"
+    assert waits[2] >= 0.5, f"the third guess waited for the back-off: {waits}"
+    with Client(guarded.url, token="s3cret-token") as ok:
+        assert ok.status()["clients"] == 1
+    text = "\n".join(record.getMessage() for record in caplog.records)
+    assert text.count("failed authentication from 127.0.0.1") == 3
+    assert "guess" not in text and "s3cret" not in text
+
+
+# -- item 8: bounded fuzz ----------------------------------------------------------------------
+
+FIELDS = {"steps": 20, "guidance": 7.0, "strength": 1.0, "batch": 1, "seed": 1, "prompt": "x", "mode": "generate",
+          "sampler": "euler", "preview_every": 0, "preview_size": 256, "width": 64, "height": 64, "job": "j",
+          "inline": False, "mask_grow": 8, "mask_feather": 16, "output_format": "png", "model": "demo"}
+WRONG = {"steps": [-1, 0, 1.5, "20", True, [], {}], "guidance": [-1, 51, "7", None, []],
+         "strength": [-0.1, 1.1, "1", {}], "batch": [0, -3, 2.5, "1"], "seed": [-1, 2**40, "1", 1.5],
+         "prompt": [1, [], {}, "x" * 10_001, "a \ud800"], "mode": ["paint", 1, None, ""],
+         "sampler": ["", "fast", 3], "preview_every": [-1, "1"], "preview_size": [0, 15, 5000],
+         "width": [0, 7, "64", 1e9], "height": [-64, [64]], "job": ["", "has space", "x" * 65, 5, "\udc80"],
+         "inline": ["yes", 1], "mask_grow": [-1, 257], "mask_feather": [300, "8"], "output_format": ["jpg", 0],
+         "model": ["", "nope", 7, "\ud800"]}
+
+
+def fuzz_cases(rng: random.Random, count: int) -> list[str | bytes]:
+    """``count`` messages a server must refuse, each answered with one error."""
+    cases: list[str | bytes] = []
+    valid = json.dumps({"type": "submit", **FIELDS})
+    while len(cases) < count:
+        kind = rng.randrange(8)
+        if kind <= 2:  # one field wrong
+            key = rng.choice(sorted(WRONG))
+            cases.append(json.dumps({"type": "submit", **FIELDS, key: rng.choice(WRONG[key])}))
+        elif kind == 3:  # an unknown field, or a missing required one
+            extra = {f"x_{rng.randrange(10**6)}": rng.random()} if rng.random() < 0.7 else {}
+            message = {"type": "submit", **FIELDS, **extra}
+            if not extra:
+                del message["mode"]
+            cases.append(json.dumps(message))
+        elif kind == 4:  # broken JSON
+            cut = valid[:rng.randrange(1, len(valid) - 1)]
+            cases.append(rng.choice([cut, "[1, 2]", "null", '"text"', "{" * rng.randrange(50, 5000), "\x00"]))
+        elif kind == 5:  # a bad binary frame
+            junk = rng.randbytes(4 * rng.randrange(0, 16) + 1)  # never a whole rgba8 picture
+            header = {"image": "u", "role": rng.choice(["image", "result", "nope"]), "format": "rgba8",
+                      "width": rng.randrange(1, 9), "height": 3}
+            cases.append(rng.choice([junk, b"\xff\xff\xff\xff" + junk, encode_frame(header, junk)]))
+        elif kind == 6:  # other message types gone wrong
+            cases.append(json.dumps(rng.choice([
+                {"type": "cancel"}, {"type": "cancel", "job": "never"}, {"type": "cancel", "job": 5},
+                {"type": "status", "x": 1}, {"type": "hello", "protocol": "1"}, {"type": "dance"}, {"type": 3},
+                {"type": "preprocess", "preprocessor": "canny"}, {"type": "models", "all": True},
+                {"type": "preprocess", "preprocessor": "nope", "image": {"data": "AA=="}}])))
+        else:  # rules that need more than one field
+            cases.append(json.dumps(rng.choice([
+                {"type": "submit", "mode": "inpaint", "prompt": "x"},
+                {"type": "submit", "mode": "img2img", "image": {"data": "%%%"}},
+                {"type": "submit", "mode": "img2img", "image": {"frame": "never-sent"}},
+                {"type": "submit", "mode": "generate", "image": {"data": "AA=="}},
+                {"type": "submit", "mode": "generate", "seed": 2**32 - 1, "batch": 2},
+                {"type": "submit", "mode": "generate", "control": [{"type": "canny", "start": 0.9, "end": 0.1}]},
+                {"type": "submit", "mode": "generate", "references": [{"weight": 1}]},
+                {"type": "submit", "mode": "img2img", "image": {"data": "AA==", "format": "gif"}}])))
+    return cases
+
+
+def test_fuzzed_messages_each_get_an_error_and_the_server_serves_on(server, caplog):
+    caplog.set_level(logging.WARNING)
+    cases = fuzz_cases(random.Random(12), 300)
+    with greeted(server.url, max_size=None) as ws:
+        for case in cases:
+            reply = answer(ws, case)
+            assert reply["type"] == "error" and reply["code"] != "internal", (case[:200], reply)
+        ws.send(json.dumps({**SMALL, "job": "after-fuzz"}))
+        assert until_end(ws, "after-fuzz")[-1]["type"] == "result"
+    bad = [r for r in caplog.records if r.exc_info or r.levelno >= logging.ERROR]
+    assert not bad, bad[0].getMessage()
