@@ -30,9 +30,11 @@ from .vocabulary import DEFAULT_URL, PROTOCOL_VERSION
 class EaselError(Exception):
     """The server refused or failed a request (an ``error`` message), or the connection failed."""
 
-    def __init__(self, code: str, message: str, field: str | None = None, job: str | None = None):
+    def __init__(self, code: str, message: str, field: str | None = None, job: str | None = None,
+                 ends_job: bool = True):
         super().__init__(f"{message} [{code}" + (f", field {field}]" if field else "]"))
         self.code, self.message, self.field, self.job = code, message, field, job
+        self.ends_job = ends_job  # False: about job `job` (a refused cancel, a duplicate id) without ending it
 
 
 class JobCancelled(EaselError):
@@ -169,7 +171,8 @@ class Client:
                 self._receive()
             event = self._jobs[job].popleft()
             if isinstance(event, EaselError):
-                del self._jobs[job]
+                if event.ends_job:  # else the job goes on: its own ending is still to come
+                    del self._jobs[job]
                 raise event
             yield event
             if isinstance(event, (Result, Cancelled)):
@@ -247,7 +250,8 @@ class Client:
         message = json.loads(raw)
         kind, job = message["type"], message.get("job")
         if kind == "error":
-            error = EaselError(message["code"], message["message"], message.get("field"), job)
+            error = EaselError(message["code"], message["message"], message.get("field"), job,
+                               message.get("ends_job", True))
             if job is None:
                 raise error
             self._jobs[job].append(error)
