@@ -72,7 +72,18 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--demo", action="store_true", help="serve the tiny random demo model")
     serve.add_argument("--token", help="clients must present this token (required off loopback)")
     serve.add_argument("--device", help="cuda, mps, cpu or auto")
+    serve.add_argument("--tls-cert", help="PEM certificate: serve wss:// (with --tls-key; `easel cert` makes a pair)")
+    serve.add_argument("--tls-key", help="the certificate's PEM private key")
     serve.set_defaults(func=cmd_serve)
+
+    cert = commands.add_parser("cert", help="make a self-signed TLS certificate for `easel serve --tls-cert`",
+                               description="Write DIR/easel-cert.pem and DIR/easel-key.pem (self-signed, for a "
+                                           "server on a LAN) and print the certificate's SHA-256 fingerprint. "
+                                           "Give clients the certificate file to pin.")
+    cert.add_argument("dir")
+    cert.add_argument("--host", action="append", help="a name or address clients use to reach the server "
+                                                       "(repeatable; default this machine's name and loopback)")
+    cert.set_defaults(func=cmd_cert)
 
     _add_run_parser(commands)
 
@@ -235,7 +246,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     try:
         config = load_config(args.config)
-        for key in ("host", "port", "token", "device"):
+        for key in ("host", "port", "token", "device", "tls_cert", "tls_key"):
             if getattr(args, key) is not None:
                 setattr(config, key, getattr(args, key))
         if args.model:
@@ -273,6 +284,20 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return 1
     except KeyboardInterrupt:
         pass
+    return 0
+
+
+def cmd_cert(args: argparse.Namespace) -> int:
+    from backend.tls import TLSError, fingerprint, make_cert
+
+    try:
+        cert, key = make_cert(args.dir, args.host)
+    except TLSError as exc:
+        print(f"easel: {exc}", file=sys.stderr)
+        return 1
+    print(f"certificate {cert}\nkey         {key}\nSHA-256     {fingerprint(cert)}")
+    print(f"serve with: easel serve --tls-cert {cert} --tls-key {key} (clients connect to wss://HOST:PORT/ and pin "
+          f"{cert.name})")
     return 0
 
 

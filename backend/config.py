@@ -125,6 +125,8 @@ class Config:
     upscalers: dict[str, str] = field(default_factory=dict)  # name -> .pth / .safetensors super-resolution model
     upscaler_folders: list[str] = field(default_factory=list)  # A1111 models/ESRGAN, ComfyUI models/upscale_models
     default_upscaler: str | None = None
+    tls_cert: str | None = None  # PEM certificate: serve wss:// (with tls_key)
+    tls_key: str | None = None
     hello_timeout: float = 10.0  # seconds a new connection has to say hello
     slow_reader_seconds: float = 10.0  # over max_outbox_bytes and reading nothing this long: disconnected
     shutdown_grace: float = 10.0  # seconds the running job may take to finish when the server stops
@@ -133,6 +135,11 @@ class Config:
         """Raise ConfigError for settings that must not run."""
         if not is_loopback(self.host) and not self.token:
             raise ConfigError(f"binding {self.host} exposes the GPU to the network: set a token (--token)")
+        if bool(self.tls_cert) != bool(self.tls_key):
+            raise ConfigError("tls_cert and tls_key go together: set both (easel cert DIR makes a pair) or neither")
+        for key in ("tls_cert", "tls_key"):
+            if getattr(self, key) and not Path(getattr(self, key)).is_file():
+                raise ConfigError(f"{key} {getattr(self, key)} is not a file")
         if self.default_model and self.models and self.default_model not in self.models:
             raise ConfigError(f"default_model {self.default_model!r} is not among the configured models "
                               f"({', '.join(self.models)})")
@@ -147,6 +154,14 @@ class Config:
     @property
     def default(self) -> str | None:
         return self.default_model or next(iter(self.models), None)
+
+
+def cleartext_warning(config: Config) -> str | None:
+    """What to tell the user when the token would cross a network in clear, or None."""
+    if is_loopback(config.host) or config.tls_cert:
+        return None
+    return (f"serving {config.host} without TLS: the token and the pictures travel in clear on the network; "
+            "`easel cert DIR` makes a certificate, then serve with --tls-cert/--tls-key")
 
 
 def is_loopback(host: str) -> bool:
@@ -174,11 +189,14 @@ def load_config(path: str | Path | None = None) -> Config:
     server = data.get("server", {})
     for key in ("host", "port", "token", "default_model", "allow_pickle", "device", "allowed_origins",
                 "model_folders", "controlnet_folders", "controlnet_memory_mb", "annotators", "upscaler_folders",
-                "default_upscaler", "hello_timeout", "slow_reader_seconds", "shutdown_grace"):
+                "default_upscaler", "hello_timeout", "slow_reader_seconds", "shutdown_grace", "tls_cert", "tls_key"):
         if key in server:
             setattr(config, key, server[key])
     if server.get("lama"):
         config.lama = str((path.parent / Path(server["lama"]).expanduser()).resolve())
+    for key in ("tls_cert", "tls_key"):
+        if getattr(config, key):
+            setattr(config, key, str((path.parent / Path(getattr(config, key)).expanduser()).resolve()))
     if config.annotators:
         folder = (path.parent / Path(config.annotators).expanduser()).resolve()
         if folder.is_dir() or _looks_like_path(config.annotators):  # otherwise a hub repository id

@@ -15,6 +15,7 @@ import collections
 import dataclasses
 import itertools
 import json
+import ssl
 import uuid
 from dataclasses import dataclass, field
 from typing import Callable, Iterator
@@ -25,6 +26,16 @@ from websockets.sync.client import connect
 from .images import ImageData, decode_frame, encode_frame
 from .job import Job, PreprocessJob
 from .vocabulary import DEFAULT_URL, PROTOCOL_VERSION
+
+
+def tls_options(url: str, cert: str | None) -> dict:
+    """``connect`` options for ``url``: for ``wss://`` with ``cert``, trust that certificate only."""
+    if cert is None or not url.startswith("wss://"):
+        return {}
+    context = ssl.create_default_context(cafile=cert)
+    # Pinned: the chain must end at this very self-signed certificate, whatever name the box has on the LAN.
+    context.check_hostname = False
+    return {"ssl": context}
 
 
 class EaselError(Exception):
@@ -95,8 +106,10 @@ class Client:
     """One websocket connection to an Easel server."""
 
     def __init__(self, url: str = DEFAULT_URL, *, token: str | None = None, name: str = "easel-python",
-                 open_timeout: float = 10, max_size: int | None = 2**29):
-        self.url, self.token, self.name = url, token, name
+                 open_timeout: float = 10, max_size: int | None = 2**29, cert: str | None = None):
+        """``cert``: for a ``wss://`` server with a self-signed certificate (``easel cert``), that
+        certificate's PEM file: the connection is trusted only if the server holds its key (pinned)."""
+        self.url, self.token, self.name, self.cert = url, token, name, cert
         self.open_timeout, self.max_size = open_timeout, max_size
         self.welcome: dict | None = None
         self._ws = None
@@ -111,7 +124,11 @@ class Client:
         """Open the connection and say hello; raises EaselError if refused or unreachable."""
         try:
             # Images are compressed already (or raw on purpose): per-message deflate only costs time.
-            self._ws = connect(self.url, open_timeout=self.open_timeout, max_size=self.max_size, compression=None)
+            self._ws = connect(self.url, open_timeout=self.open_timeout, max_size=self.max_size, compression=None,
+                               **tls_options(self.url, self.cert))
+        except ssl.SSLError as exc:
+            raise EaselError("unreachable", f"the TLS handshake with {self.url} failed (is the pinned certificate "
+                             f"the server's?): {exc}") from None
         except InvalidURI:
             raise EaselError("bad_url", f"{self.url} is not a websocket address like ws://127.0.0.1:8760/") from None
         except (OSError, TimeoutError) as exc:

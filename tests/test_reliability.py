@@ -402,3 +402,41 @@ def test_fuzzed_messages_each_get_an_error_and_the_server_serves_on(server, capl
         assert until_end(ws, "after-fuzz")[-1]["type"] == "result"
     bad = [r for r in caplog.records if r.exc_info or r.levelno >= logging.ERROR]
     assert not bad, bad[0].getMessage()
+
+
+# -- item 3: wss:// ----------------------------------------------------------------------------
+
+def easel_cert(folder: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "backend.cli", "cert", str(folder), "--host", "127.0.0.1"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_wss_with_a_pinned_certificate(own_server, tmp_path):
+    from backend.tls import fingerprint
+
+    done = easel_cert(tmp_path / "box")
+    assert done.returncode == 0, done.stderr
+    cert, key = tmp_path / "box" / "easel-cert.pem", tmp_path / "box" / "easel-key.pem"
+    assert fingerprint(cert) in done.stdout and len(fingerprint(cert)) == 95
+    secure = own_server(tls_cert=str(cert), tls_key=str(key))
+    assert secure.url.startswith("wss://")
+    with Client(secure.url, cert=str(cert)) as client:
+        assert isinstance(client.run("generate", prompt="x", steps=2, width=64, height=64, seed=0), Result)
+    assert easel_cert(tmp_path / "impostor").returncode == 0
+    for refused in (Client(secure.url), Client(secure.url, cert=str(tmp_path / "impostor" / "easel-cert.pem")),
+                    Client(secure.url.replace("wss://", "ws://"))):
+        with pytest.raises(EaselError) as caught:
+            refused.connect()
+        assert caught.value.code == "unreachable"
+
+
+def test_tls_settings_are_checked_and_cleartext_off_loopback_is_warned(tmp_path):
+    from backend.config import Config, ConfigError, cleartext_warning
+
+    with pytest.raises(ConfigError, match="together"):
+        Config(tls_cert=str(tmp_path / "c.pem")).check()
+    with pytest.raises(ConfigError, match="not a file"):
+        Config(tls_cert=str(tmp_path / "c.pem"), tls_key=str(tmp_path / "k.pem")).check()
+    assert "in clear" in cleartext_warning(Config(host="0.0.0.0", token="t"))
+    assert cleartext_warning(Config(host="0.0.0.0", token="t", tls_cert="c", tls_key="k")) is None
+    assert cleartext_warning(Config()) is None

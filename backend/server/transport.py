@@ -25,13 +25,14 @@ from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
-from backend.config import Config
+from backend.config import Config, cleartext_warning
 from backend.engine.engine import Engine
 from backend.jobs import Job, JobQueue
 from backend.server import messages
 from backend.server.outbox import Outbox
 from backend.server.session import ServerState, Session
 from backend.server.worker import Worker
+from backend.tls import server_context
 
 log = logging.getLogger(__name__)
 
@@ -158,14 +159,17 @@ class EaselServer:
                 for signum in (signal.SIGTERM, signal.SIGINT):
                     loop.add_signal_handler(signum, lambda s=signum: stop.done() or stop.set_result(s))
         limits = self.config.limits
+        tls = server_context(self.config.tls_cert, self.config.tls_key) if self.config.tls_cert else None
+        if (warning := cleartext_warning(self.config)) is not None:
+            log.warning(warning)
         # Frames up to twice the limit reach the session, which answers `frame_too_large` and keeps the
         # connection; beyond that the websocket layer closes it (1009) without reading the whole frame.
         async with serve(self._handle, self.config.host, self.config.port, process_request=self._check_origin,
-                         max_size=2 * limits.max_message_bytes, max_queue=64,
+                         max_size=2 * limits.max_message_bytes, max_queue=64, ssl=tls,
                          compression=None) as server:  # images are compressed already: deflate only costs time
             self.port = next(iter(server.sockets)).getsockname()[1]
             worker = asyncio.create_task(self.worker.run_forever())
-            log.info("Easel listening on ws://%s:%d/", self.config.host, self.port)
+            log.info("Easel listening on %s://%s:%d/", "wss" if tls else "ws", self.config.host, self.port)
             if ready is not None:
                 ready.set()
             try:
@@ -318,7 +322,7 @@ class ServerThread:
 
     @property
     def url(self) -> str:
-        return f"ws://127.0.0.1:{self.server.port}/"
+        return f"{'wss' if self.server.config.tls_cert else 'ws'}://127.0.0.1:{self.server.port}/"
 
     def _run(self) -> None:
         asyncio.set_event_loop(self._loop)
