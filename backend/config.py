@@ -73,6 +73,7 @@ class Limits:
     max_upload_bytes: int | None = None  # unused uploads of one connection; None: 2 x max_message_bytes
     max_queued_per_client: int = 32
     max_outbox_bytes: int = 32 * 2**20  # messages waiting for one slow client; then previews are dropped
+    max_kept_bytes: int = 64 * 2**20  # endings (results) kept per session for a client that reconnects
 
     @property
     def upload_budget(self) -> int:
@@ -130,6 +131,7 @@ class Config:
     hello_timeout: float = 10.0  # seconds a new connection has to say hello
     slow_reader_seconds: float = 10.0  # over max_outbox_bytes and reading nothing this long: disconnected
     shutdown_grace: float = 10.0  # seconds the running job may take to finish when the server stops
+    resume_seconds: float = 120.0  # a dropped connection's session (its jobs, their endings) is kept this long
 
     def check(self) -> "Config":
         """Raise ConfigError for settings that must not run."""
@@ -189,7 +191,8 @@ def load_config(path: str | Path | None = None) -> Config:
     server = data.get("server", {})
     for key in ("host", "port", "token", "default_model", "allow_pickle", "device", "allowed_origins",
                 "model_folders", "controlnet_folders", "controlnet_memory_mb", "annotators", "upscaler_folders",
-                "default_upscaler", "hello_timeout", "slow_reader_seconds", "shutdown_grace", "tls_cert", "tls_key"):
+                "default_upscaler", "hello_timeout", "slow_reader_seconds", "shutdown_grace", "tls_cert", "tls_key",
+                "resume_seconds"):
         if key in server:
             setattr(config, key, server[key])
     if server.get("lama"):

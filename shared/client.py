@@ -106,10 +106,16 @@ class Client:
     """One websocket connection to an Easel server."""
 
     def __init__(self, url: str = DEFAULT_URL, *, token: str | None = None, name: str = "easel-python",
-                 open_timeout: float = 10, max_size: int | None = 2**29, cert: str | None = None):
+                 open_timeout: float = 10, max_size: int | None = 2**29, cert: str | None = None,
+                 resume: bool = True):
         """``cert``: for a ``wss://`` server with a self-signed certificate (``easel cert``), that
-        certificate's PEM file: the connection is trusted only if the server holds its key (pinned)."""
+        certificate's PEM file: the connection is trusted only if the server holds its key (pinned).
+        ``resume``: when the connection drops (no close from the server), reconnect once and resume the
+        session: jobs go on, and endings that were missed arrive as if nothing happened."""
         self.url, self.token, self.name, self.cert = url, token, name, cert
+        self.resume = resume
+        self.session: str | None = None  # welcome.session
+        self._pending: set[str] = set()  # jobs submitted whose ending has not arrived
         self.open_timeout, self.max_size = open_timeout, max_size
         self.welcome: dict | None = None
         self._ws = None
@@ -122,6 +128,29 @@ class Client:
 
     def connect(self) -> "Client":
         """Open the connection and say hello; raises EaselError if refused or unreachable."""
+        self._open()
+        self._hello()
+        return self
+
+    def reconnect(self) -> "Client":
+        """Open a new connection and resume this client's session: its jobs' missed endings arrive."""
+        if self._ws is not None:
+            self._ws.close()
+        self._open()
+        self._hello(resume=True)
+        return self
+
+    def _hello(self, resume: bool = False) -> None:
+        hello = {"type": "hello", "protocol": PROTOCOL_VERSION, "client": self.name}
+        if self.token:
+            hello["token"] = self.token
+        if resume and self.session:
+            hello.update(resume=self.session, pending=sorted(self._pending))
+        self._send(hello)
+        self.welcome = self._await_reply("welcome")
+        self.session = self.welcome.get("session", self.session)
+
+    def _open(self) -> None:
         try:
             # Images are compressed already (or raw on purpose): per-message deflate only costs time.
             self._ws = connect(self.url, open_timeout=self.open_timeout, max_size=self.max_size, compression=None,
@@ -135,12 +164,6 @@ class Client:
             raise EaselError("unreachable", f"cannot reach the Easel server at {self.url}: {exc}") from None
         except Exception as exc:  # handshake refused (bad origin, HTTP error ...)
             raise EaselError("unreachable", f"the Easel server at {self.url} refused the connection: {exc}") from None
-        hello = {"type": "hello", "protocol": PROTOCOL_VERSION, "client": self.name}
-        if self.token:
-            hello["token"] = self.token
-        self._send(hello)
-        self.welcome = self._await_reply("welcome")
-        return self
 
     def close(self) -> None:
         if self._ws is not None:
@@ -174,6 +197,7 @@ class Client:
         elif params:
             raise TypeError("submit takes a Job, or a mode and its parameters, not both")
         job = dataclasses.replace(job, id=job.id or uuid.uuid4().hex[:16])
+        self._pending.add(job.id)
         self._send(job.to_message(self._reference))
         return job.id
 
@@ -215,6 +239,7 @@ class Client:
         request = PreprocessJob(image=image, preprocessor=preprocessor, id=uuid.uuid4().hex[:16],
                                 resolution=resolution, output_format=output_format or "png")
         job = request.id
+        self._pending.add(job)
         message = request.to_message(self._reference)
         self._send(message)
         for event in self.events(job):
@@ -258,6 +283,13 @@ class Client:
         try:
             raw = self._ws.recv()
         except ConnectionClosed as exc:
+            if exc.rcvd is None and self.resume and self.session and self._pending:
+                self.resume = False  # once: a second drop in a row is an error
+                try:
+                    self.reconnect()
+                finally:
+                    self.resume = True
+                return
             reason = exc.rcvd.reason if exc.rcvd and exc.rcvd.reason else "connection closed"
             raise EaselError("closed", f"the Easel server closed the connection: {reason}") from None
         if isinstance(raw, bytes):
@@ -266,6 +298,8 @@ class Client:
             return
         message = json.loads(raw)
         kind, job = message["type"], message.get("job")
+        if kind in ("result", "cancelled") or (kind == "error" and message.get("ends_job", True)):
+            self._pending.discard(job)
         if kind == "error":
             error = EaselError(message["code"], message["message"], message.get("field"), job,
                                message.get("ends_job", True))

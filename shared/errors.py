@@ -27,6 +27,7 @@ ERROR_CODES = {
     "unknown_adapter": "No IP-Adapter is configured for the job's model family.",
     "unknown_upscaler": "`upscaler` names no configured super-resolution model.",
     "out_of_memory": "The device ran out of memory during the job; lower the size, batch, ControlNets or references.",
+    "unknown_session": "`hello.resume` names no session this server kept (it expired, or was never one).",
     "shutting_down": "The server is stopping: it takes no new jobs.",
     "internal": "The server failed unexpectedly on a job or a message; it keeps running.",
 }

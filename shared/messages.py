@@ -78,6 +78,11 @@ CLIENT_MESSAGES: dict[str, dict[str, Field]] = {
         "client": Field("string", "Client name and version, for logs.", max_length=200, default=""),
         "token": Field("string", "Shared secret, required when the server was started with one.",
                        max_length=1000),
+        "resume": Field("string", "`welcome.session` of a connection that dropped: take its jobs over.",
+                        pattern=r"^[0-9a-f]{32}$"),
+        "pending": Field("array", "With `resume`: the jobs whose ending this client has not received; the "
+                         "server sends the endings it kept for them.", items=Field("string", pattern=JOB_ID_PATTERN),
+                         max_length=1024),
     },
     "submit": SUBMIT_FIELDS,
     "preprocess": PREPROCESS_FIELDS,
@@ -135,6 +140,9 @@ SERVER_MESSAGES: dict[str, dict[str, Field]] = {
         }),
         "device": Field("string", "Where the model runs (cuda, mps, cpu).", required=True),
         "default_model": Field("string", "Model used when a submit names none.", required=True),
+        "session": Field("string", "This connection's session: send it as `hello.resume` after a dropped "
+                         "connection to get the jobs' endings you missed.", pattern=r"^[0-9a-f]{32}$"),
+        "resumed": Field("boolean", "True when this `welcome` answers a `hello.resume`."),
     },
     "accepted": {
         "type": _type("accepted"),

@@ -440,3 +440,62 @@ def test_tls_settings_are_checked_and_cleartext_off_loopback_is_warned(tmp_path)
     assert "in clear" in cleartext_warning(Config(host="0.0.0.0", token="t"))
     assert cleartext_warning(Config(host="0.0.0.0", token="t", tls_cert="c", tls_key="k")) is None
     assert cleartext_warning(Config()) is None
+
+
+# -- item 2: results survive a dropped connection ------------------------------------------------
+
+def drop(ws) -> None:
+    """The network goes away under a connection: no close frame, as on a Wi-Fi blip."""
+    ws.socket.shutdown(socket.SHUT_RDWR)
+    ws.socket.close()
+
+
+def test_a_result_whose_connection_dropped_is_delivered_once_after_resume(server):
+    ws = greeted(server.url)
+    ws.send(json.dumps({"type": "hello", "protocol": PROTOCOL_VERSION}))
+    session = json.loads(ws.recv(timeout=30))["session"]
+    ws.send(json.dumps({**SMALL, "job": "blip", "steps": 12, "width": 128, "height": 128}))
+    while json.loads(ws.recv(timeout=60))["type"] != "started":
+        pass
+    drop(ws)
+    with connect(server.url) as again:
+        welcome = answer(again, {"type": "hello", "protocol": PROTOCOL_VERSION, "resume": session,
+                                 "pending": ["blip", "never-was"]})
+        assert (welcome["type"], welcome["resumed"], welcome["session"]) == ("welcome", True, session)
+        seen = until_end(again, "never-was") + until_end(again, "blip")
+        assert seen[0]["code"] == "unknown_job" and seen[0]["ends_job"] is True, "a job with no kept ending"
+        assert seen[-1]["type"] == "result"
+        status = answer(again, {"type": "status"})
+        assert status["type"] == "status" and status["clients"] >= 1, "no second ending came before the status"
+        assert answer(again, {"type": "hello", "protocol": PROTOCOL_VERSION, "resume": session})["code"] == \
+            "unknown_session", "a session is resumed once"
+
+
+def test_the_client_resumes_by_itself_and_its_job_ends_as_usual(server):
+    with Client(server.url) as client:
+        job = client.submit("generate", prompt="x", steps=10, width=128, height=128, seed=3)
+        events = client.events(job)
+        for event in events:
+            if type(event).__name__ == "Started":
+                drop(client._ws)
+                break
+        assert isinstance(list(events)[-1], Result)
+        assert client.status()["running"] is None
+
+
+def test_a_dropped_session_expires_and_its_jobs_are_cancelled(own_server):
+    brief = own_server(resume_seconds=0.3)
+    ws = connect(brief.url)
+    ws.send(json.dumps({"type": "hello", "protocol": PROTOCOL_VERSION}))
+    session = json.loads(ws.recv(timeout=30))["session"]
+    ws.send(json.dumps({**SMALL, "job": "gone", "steps": 150, "width": 256, "height": 256}))
+    assert json.loads(ws.recv(timeout=60))["type"] == "accepted"
+    drop(ws)
+    state, queue, deadline = brief.server.state, brief.server.queue, time.monotonic() + 60
+    while (state.detached or queue.running or len(queue)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not state.detached and queue.running is None, "expired: the session and its job are gone"
+    with connect(brief.url) as again:
+        error = answer(again, {"type": "hello", "protocol": PROTOCOL_VERSION, "resume": session})
+        assert (error["code"], error["field"]) == ("unknown_session", "resume")
+        assert answer(again, {"type": "hello", "protocol": PROTOCOL_VERSION})["type"] == "welcome"

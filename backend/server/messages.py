@@ -30,7 +30,7 @@ SERVER_NAME = f"easel/{shared.__version__}"
 
 
 def welcome(config: Config, device: str, preprocessors: list[str], default_model: str | None,
-            upscalers: list[str] | None = None) -> dict:
+            upscalers: list[str] | None = None, session: str | None = None, resumed: bool = False) -> dict:
     """The answer to ``hello``: who we are and what this server can do."""
     limits = config.limits
     return {
@@ -50,6 +50,7 @@ def welcome(config: Config, device: str, preprocessors: list[str], default_model
             "upscalers": list(upscalers or [BUILTIN_UPSCALER]),
         },
         "device": device, "default_model": default_model,
+        **({"session": session} if session else {}), **({"resumed": True} if resumed else {}),
     }
 
 

@@ -13,8 +13,11 @@ Messages of running jobs (started, progress, result ...) are the worker's (``wor
 
 from __future__ import annotations
 
+import collections
 import hmac
 import logging
+import secrets
+import time
 import uuid
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable, ClassVar
@@ -45,6 +48,7 @@ class ServerState:
     queue: JobQueue = field(default_factory=JobQueue)
     sessions: set[Session] = field(default_factory=set)  # the open connections
     closing: bool = False  # the server is shutting down: no new jobs
+    detached: dict[str, Session] = field(default_factory=dict)  # sessions of dropped connections, by token
 
     def open(self) -> Session:
         """A session for a new connection."""
@@ -84,6 +88,7 @@ class Reply:
 
     send: list[dict | bytes] = field(default_factory=list)  # to this connection, in order
     close: bool = False  # close the connection (1008, unauthorized) once ``send`` went out
+    resume: Session | None = None  # a kept session this connection takes over (hello.resume)
     intake: Intake | None = None  # run ``intake.build`` off the event loop, then ``Session.admit(intake)``
 
 
@@ -94,6 +99,37 @@ class Session:
         self.state = state
         self.greeted = False
         self.uploads: dict[str, ImageData] = {}
+        self.token = secrets.token_hex(16)  # `welcome.session`: what a reconnecting client presents
+        # The endings (result frames + result, error, cancelled) of this session's jobs, kept for a client
+        # whose connection drops before or just after they went out: job id -> (messages, bytes, when).
+        self.kept: collections.OrderedDict[str, tuple[list, int, float]] = collections.OrderedDict()
+        self.expiry = None  # while detached: the timer that ends the session
+
+    def keep(self, job_id: str, ending: list) -> None:
+        """Keep a job's ending for a while (``resume_seconds``, ``max_kept_bytes``), oldest dropped first."""
+        config, now = self.state.config, time.monotonic()
+        size = sum(len(m) if isinstance(m, bytes) else 200 + len(m.get("images", ())) * 200 for m in ending)
+        self.kept[job_id] = (ending, size, now)
+        total = sum(entry[1] for entry in self.kept.values())
+        while self.kept:
+            oldest_id, (_, oldest_size, when) = next(iter(self.kept.items()))
+            if total <= config.limits.max_kept_bytes and now - when <= config.resume_seconds:
+                break
+            del self.kept[oldest_id]
+            total -= oldest_size
+
+    def redeliver(self, pending: list[str]) -> list:
+        """The kept endings of ``pending`` jobs, each sent once; a job neither kept nor still queued or running
+        gets ``unknown_job`` (its ending is lost: it expired)."""
+        out = []
+        for job_id in dict.fromkeys(pending):
+            if job_id in self.kept:
+                out.extend(self.kept.pop(job_id)[0])
+            elif self.state.queue.find(self, job_id) is None:
+                out.append(messages.error(ProtocolError(
+                    "unknown_job", f"no ending of job {job_id!r} is kept: it ended more than "
+                    f"{self.state.config.resume_seconds:g}s ago, or was never submitted", "pending", job_id)))
+        return out
 
     # -- what the transport calls --------------------------------------------------------------
 
@@ -126,8 +162,23 @@ class Session:
         job = Job(intake.request, intake.work, self)
         return Reply([messages.accepted(job.id, self.state.queue.put(job))])
 
+    def detach(self, call_later: Callable) -> None:
+        """The connection dropped without a goodbye: the jobs go on and their endings are kept for
+        ``resume_seconds``, for a client that reconnects with ``hello.resume``; then the session closes."""
+        self.state.sessions.discard(self)
+        self.state.detached[self.token] = self
+        self.uploads.clear()
+        self.expiry = call_later(self.state.config.resume_seconds, self.expire)
+
+    def expire(self) -> None:
+        if self.state.detached.get(self.token) is self:
+            self.close()
+
     def close(self) -> None:
         """The client left: its queued jobs go, its running job stops at the next step, its uploads are dropped."""
+        if self.state.detached.get(self.token) is self:
+            del self.state.detached[self.token]
+        self.kept.clear()
         self.state.sessions.discard(self)
         queue = self.state.queue
         for job in queue.owned_by(self):
@@ -147,9 +198,25 @@ class Session:
         if message["protocol"] != PROTOCOL_VERSION:
             raise ProtocolError("unsupported_protocol", f"this server speaks protocol {PROTOCOL_VERSION}, "
                                 f"the client {message['protocol']}", "protocol")
+        preprocessors = engine.preprocessors.available()
+        if "resume" in message:
+            kept = self.state.detached.pop(message["resume"], None)
+            if kept is None:
+                raise ProtocolError("unknown_session", "no session to resume by that id: it expired (after "
+                                    f"{config.resume_seconds:g}s) or the server restarted; say hello without "
+                                    "`resume`", "resume")
+            if kept.expiry is not None:
+                kept.expiry.cancel()
+                kept.expiry = None
+            self.state.sessions.discard(self)
+            self.state.sessions.add(kept)
+            kept.greeted = True
+            welcome = messages.welcome(config, str(engine.device), preprocessors, engine.registry.default,
+                                       engine.upscalers.names(), kept.token, resumed=True)
+            return Reply([welcome, *kept.redeliver(message.get("pending", []))], resume=kept)
         self.greeted = True
-        return Reply([messages.welcome(config, str(engine.device), engine.preprocessors.available(),
-                                       engine.registry.default, engine.upscalers.names())])
+        return Reply([messages.welcome(config, str(engine.device), preprocessors, engine.registry.default,
+                                       engine.upscalers.names(), self.token)])
 
     def _submit(self, message: dict) -> Reply:
         registry, limits = self.state.engine.registry, self.state.config.limits

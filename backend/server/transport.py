@@ -240,7 +240,10 @@ class EaselServer:
     # -- connections --------------------------------------------------------------------------
 
     def deliver(self, job: Job, messages: list) -> None:
-        """Send a job's messages to the connection that submitted it, if it is still there."""
+        """Send a job's messages to the connection that submitted it, if it is still there. A job's ending
+        is also kept a while, for a client whose connection drops (``Session.keep``, ``hello.resume``)."""
+        if any(isinstance(m, dict) and m.get("type") in ("result", "error", "cancelled") for m in messages):
+            job.owner.keep(job.id, messages)
         connection = self._connections.get(job.owner)
         if connection is not None:
             for message in messages:
@@ -266,7 +269,7 @@ class EaselServer:
         loop = asyncio.get_running_loop()
         hello_timer = loop.call_later(config.hello_timeout, lambda: session.greeted or asyncio.ensure_future(
             ws.close(1008, f"no hello within {config.hello_timeout:g}s")))
-        refused = False
+        refused = cut = False
         try:
             async for raw in ws:
                 if config.token and not session.greeted and isinstance(raw, str):
@@ -278,6 +281,12 @@ class EaselServer:
                     # answered in order while the other connections go on.
                     await asyncio.to_thread(reply.intake.build)
                     reply = session.admit(reply.intake)
+                if reply.resume is not None:  # this connection takes over a dropped one's session
+                    del self._connections[session]
+                    session = reply.resume
+                    self._connections[session] = connection
+                    log.info("%s resumed a session with %d job(s) queued or running", peer,
+                             len(self.queue.owned_by(session)))
                 for message in reply.send:
                     connection.send(message)
                 if reply.close:
@@ -287,8 +296,13 @@ class EaselServer:
             pass
         finally:
             hello_timer.cancel()
+            cut = connection.closed  # cut off as a slow reader
             del self._connections[session]
-            session.close()
+            if session.greeted and not refused and not cut and not self.state.closing \
+                    and ws.close_code not in (1000, 1001):  # dropped, not closed: the client may come back
+                session.detach(loop.call_later)
+            else:
+                session.close()
             connection.stop_writer()
             await connection.writer  # flushes what was queued, such as the error that explains a refusal
         if refused:
