@@ -72,7 +72,7 @@ class Limits:
     max_message_bytes: int = 4 * 8192 * 8192 + 2**20  # a raw RGBA frame of max_pixels fits
     max_upload_bytes: int | None = None  # unused uploads of one connection; None: 2 x max_message_bytes
     max_queued_per_client: int = 32
-    max_outbox_bytes: int = 32 * 2**20  # messages waiting for one slow client; then previews are dropped
+    max_outbox_bytes: int = 16 * 2**20  # messages waiting for one slow client; then previews are dropped
     max_kept_bytes: int = 64 * 2**20  # endings (results) kept per session for a client that reconnects
 
     @property

@@ -87,7 +87,7 @@ def main() -> None:
         finally:
             code = server.stop()
     print(f"{args.jobs} never-read jobs of {args.size}x{args.size}, {args.steps} steps, previews of "
-          f"{args.preview_size} every step; server outbox budget {args.budget or 'default (32 MiB)'}, "
+          f"{args.preview_size} every step; server outbox budget {args.budget or 'default (16 MiB)'}, "
           f"slow_reader_seconds {args.stall or 'default (10)'}")
     print(f"  server RSS before         {before['rss_mib']:8.1f} MiB")
     print(f"  server RSS peak           {max(peak):8.1f} MiB  (+{max(peak) - before['rss_mib']:.1f})")
