@@ -499,3 +499,21 @@ def test_a_dropped_session_expires_and_its_jobs_are_cancelled(own_server):
         error = answer(again, {"type": "hello", "protocol": PROTOCOL_VERSION, "resume": session})
         assert (error["code"], error["field"]) == ("unknown_session", "resume")
         assert answer(again, {"type": "hello", "protocol": PROTOCOL_VERSION})["type"] == "welcome"
+
+
+def test_resuming_before_the_server_saw_the_drop_takes_the_session_over(server):
+    old = connect(server.url)
+    old.send(json.dumps({"type": "hello", "protocol": PROTOCOL_VERSION}))
+    session = json.loads(old.recv(timeout=30))["session"]
+    old.send(json.dumps({**SMALL, "job": "moving", "steps": 8, "width": 128, "height": 128}))
+    assert json.loads(old.recv(timeout=60))["type"] == "accepted"
+    with connect(server.url) as new:  # the old socket still looks open to the server
+        welcome = answer(new, {"type": "hello", "protocol": PROTOCOL_VERSION, "resume": session,
+                               "pending": ["moving"]})
+        assert welcome["resumed"] is True
+        assert until_end(new, "moving")[-1]["type"] == "result"
+    with pytest.raises(ConnectionClosed) as caught:
+        while True:
+            old.recv(timeout=30)
+    assert caught.value.rcvd.code == 1008 and "resumed" in caught.value.rcvd.reason
+    old.close()

@@ -108,7 +108,8 @@ class Session:
     def keep(self, job_id: str, ending: list) -> None:
         """Keep a job's ending for a while (``resume_seconds``, ``max_kept_bytes``), oldest dropped first."""
         config, now = self.state.config, time.monotonic()
-        size = sum(len(m) if isinstance(m, bytes) else 200 + len(m.get("images", ())) * 200 for m in ending)
+        size = sum(len(m) if isinstance(m, bytes) else
+                   200 + sum(200 + len(image.get("data", "")) for image in m.get("images", ())) for m in ending)
         self.kept[job_id] = (ending, size, now)
         total = sum(entry[1] for entry in self.kept.values())
         while self.kept:
@@ -200,7 +201,10 @@ class Session:
                                 f"the client {message['protocol']}", "protocol")
         preprocessors = engine.preprocessors.available()
         if "resume" in message:
-            kept = self.state.detached.pop(message["resume"], None)
+            # A dropped connection's session, or one whose old connection the server still thinks is open
+            # (the client noticed the drop first): the transport closes that old connection.
+            kept = self.state.detached.pop(message["resume"], None) or next(
+                (s for s in self.state.sessions if s.token == message["resume"] and s is not self), None)
             if kept is None:
                 raise ProtocolError("unknown_session", "no session to resume by that id: it expired (after "
                                     f"{config.resume_seconds:g}s) or the server restarted; say hello without "

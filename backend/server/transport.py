@@ -284,6 +284,10 @@ class EaselServer:
                 if reply.resume is not None:  # this connection takes over a dropped one's session
                     del self._connections[session]
                     session = reply.resume
+                    old = self._connections.get(session)
+                    if old is not None:  # its old connection is still open here: it goes
+                        old.drop()
+                        asyncio.ensure_future(old.ws.close(1008, "session resumed on another connection"))
                     self._connections[session] = connection
                     log.info("%s resumed a session with %d job(s) queued or running", peer,
                              len(self.queue.owned_by(session)))
@@ -296,13 +300,14 @@ class EaselServer:
             pass
         finally:
             hello_timer.cancel()
-            cut = connection.closed  # cut off as a slow reader
-            del self._connections[session]
-            if session.greeted and not refused and not cut and not self.state.closing \
-                    and ws.close_code not in (1000, 1001):  # dropped, not closed: the client may come back
-                session.detach(loop.call_later)
-            else:
-                session.close()
+            cut = connection.closed  # cut off as a slow reader, or its session resumed elsewhere
+            if self._connections.get(session) is connection:  # else the session lives on elsewhere
+                del self._connections[session]
+                if session.greeted and not refused and not cut and not self.state.closing \
+                        and ws.close_code not in (1000, 1001):  # dropped, not closed: the client may come back
+                    session.detach(loop.call_later)
+                else:
+                    session.close()
             connection.stop_writer()
             await connection.writer  # flushes what was queued, such as the error that explains a refusal
         if refused:
