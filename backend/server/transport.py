@@ -57,17 +57,23 @@ class Connection:
             return
         if not self.outbox.put(message) and self._watch is None:
             # Over the budget with no preview left to drop: cut the client off unless it reads on.
-            self._watch = asyncio.get_running_loop().call_later(self.stall, self._check_stall, self._progress)
+            self._watch = asyncio.get_running_loop().call_later(self.stall, self._check_stall, self._headway())
         self._wake.set()
 
-    def _check_stall(self, progress: int) -> None:
+    def _headway(self) -> tuple[int, int]:
+        """Messages written, and bytes still in the socket's write buffer: either changes while the client
+        reads, even in the middle of one large frame."""
+        transport = getattr(self.ws, "transport", None)
+        return self._progress, transport.get_write_buffer_size() if transport is not None else 0
+
+    def _check_stall(self, headway: tuple[int, int]) -> None:
         self._watch = None
         if self.closed or self.outbox.bytes <= self.outbox.budget:
             return
-        if self._progress == progress:  # nothing written for `stall` seconds while over the budget
+        if self._headway() == headway:  # nothing read for `stall` seconds while over the budget
             self.on_stall(self)
         else:
-            self._watch = asyncio.get_running_loop().call_later(self.stall, self._check_stall, self._progress)
+            self._watch = asyncio.get_running_loop().call_later(self.stall, self._check_stall, self._headway())
 
     async def write(self) -> None:
         """Send queued messages in order until the connection closes."""
