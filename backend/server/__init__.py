@@ -6,8 +6,10 @@
 - ``messages.py``: every message and frame the server sends, built from typed values.
 - ``worker.py``: the GPU worker: ``Engine.run`` on the GPU thread, previews and results encoded on
   the encoder thread, a job's messages kept in order.
-- ``transport.py``: websockets: serving, origin check, frame size limit, one ordered outbox per
-  connection; ``EaselServer`` and ``ServerThread`` (a server on its own thread).
+- ``outbox.py``: one connection's outgoing messages within a byte budget (previews dropped first).
+- ``transport.py``: websockets: serving (ws:// or wss://), origin check, frame size limit, the hello
+  timeout, token back-off, slow readers cut off, sessions detached and resumed, graceful shutdown;
+  ``EaselServer`` and ``ServerThread`` (a server on its own thread).
 """
 
 from backend.server.transport import EaselServer, ServerThread

@@ -7,7 +7,10 @@ which can take seconds, so the transport runs ``Intake.build`` on a thread and t
 ``Session.admit``, which queues the job or sends its refusal. Nothing here awaits, reads a socket or
 starts a thread: tests drive a session with plain calls.
 
-What all connections share (config, engine, the job queue, who is connected) is a ``ServerState``.
+What all connections share (config, engine, the job queue, who is connected, the sessions of dropped
+connections kept for a resume) is a ``ServerState``. A session outlives its connection when that
+drops: ``detach`` keeps its jobs running and their endings (``keep``) until a ``hello.resume`` takes
+it over (``redeliver`` sends each missed ending once) or ``resume_seconds`` pass.
 Messages of running jobs (started, progress, result ...) are the worker's (``worker.py``).
 """
 
