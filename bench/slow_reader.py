@@ -7,6 +7,8 @@ RSS is sampled from /proc. Prints the RSS before, the peak, after the N jobs, an
 client is gone, and how that client's connection ended.
 
     python bench/slow_reader.py                       # 10 jobs of 512x512, previews of 256 every step
+    python bench/slow_reader.py --reading             # the same jobs from a client that reads: the
+                                                      # engine's own working memory, to compare the peak with
     python bench/slow_reader.py --jobs 10 --steps 20 --budget 1000000000000 --stall 1e9   # no bound (as before)
 """
 
@@ -31,6 +33,7 @@ def main() -> None:
     parser.add_argument("--preview-size", type=int, default=256)
     parser.add_argument("--budget", type=int, help="[limits] max_outbox_bytes (default: the server's)")
     parser.add_argument("--stall", type=float, help="[server] slow_reader_seconds (default: the server's)")
+    parser.add_argument("--reading", action="store_true", help="the client reads everything (a baseline)")
     args = parser.parse_args()
 
     from websockets.exceptions import ConnectionClosed
@@ -49,7 +52,8 @@ def main() -> None:
                 time.sleep(1)
                 before = server.proc()
                 sock = socket.socket()
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+                if not args.reading:
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
                 sock.connect(("127.0.0.1", server.port))
                 silent = connect(server.url, sock=sock, max_queue=1, max_size=None, ping_interval=None)
                 silent.send(json.dumps({"type": "hello", "protocol": 1}))
@@ -58,6 +62,15 @@ def main() -> None:
                                             "prompt": "x", "steps": args.steps, "width": args.size,
                                             "height": args.size, "seed": n, "preview_every": 1,
                                             "preview_size": args.preview_size}))
+                if args.reading:
+                    def read_all() -> None:
+                        ended = 0
+                        while ended < args.jobs:
+                            raw = silent.recv(timeout=600)
+                            if isinstance(raw, str) and json.loads(raw)["type"] in ("result", "error", "cancelled"):
+                                ended += 1
+
+                    threading.Thread(target=read_all, daemon=True).start()
                 peak, done = [before["rss_mib"]], threading.Event()
 
                 def sample() -> None:
@@ -86,7 +99,8 @@ def main() -> None:
                 sampler.join()
         finally:
             code = server.stop()
-    print(f"{args.jobs} never-read jobs of {args.size}x{args.size}, {args.steps} steps, previews of "
+    kind = "read" if args.reading else "never-read"
+    print(f"{args.jobs} {kind} jobs of {args.size}x{args.size}, {args.steps} steps, previews of "
           f"{args.preview_size} every step; server outbox budget {args.budget or 'default (16 MiB)'}, "
           f"slow_reader_seconds {args.stall or 'default (10)'}")
     print(f"  server RSS before         {before['rss_mib']:8.1f} MiB")
