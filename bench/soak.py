@@ -4,7 +4,10 @@ Starts ``easel serve`` on the demo model as a child process. Each client thread 
 sends a few jobs at a time (generate / img2img, sometimes with previews, sometimes a refused one),
 cancels some, and now and then drops its connection with jobs in flight and opens a new one. Every
 job's end is recorded: ``result``, ``cancelled``, ``error:<code>``, or ``dropped`` (its connection
-was closed by the client before it ended: nothing more is sent for it). On a connection that stays,
+was closed by the client before it ended: nothing more is sent for it). Some rounds lose their
+connection instead (a network blip: the socket goes away without a close frame); the client then
+reconnects with ``hello.resume`` and the jobs it had not seen end, and their endings must still
+arrive, once (counted as ``… after resume``). On a connection that stays,
 a job with more than one ending, or with none, is a violation. The server's RSS, threads and open
 fds are printed at intervals; at the end: the end states, violations, tracebacks in the server's log,
 and RSS after warm-up against the end.
@@ -52,6 +55,8 @@ class Soak:
         self.finished = 0
         self.image = picture_b64(96, seed)
         self.seed = seed
+        self.resumes = 0
+        self.resumed_jobs: set[str] = set()
 
     def next_id(self, client: int) -> str | None:
         n = next(self.counter)
@@ -72,9 +77,12 @@ class Soak:
         rng = random.Random(self.seed * 1000 + index)
         out_of_jobs = False
         while not out_of_jobs:
-            with connect(self.url, max_size=None) as ws:
+            ws = connect(self.url, max_size=None)
+            try:
                 ws.send(json.dumps({"type": "hello", "protocol": 1, "client": f"soak-{index}"}))
-                assert json.loads(ws.recv(timeout=60))["type"] == "welcome"
+                welcome = json.loads(ws.recv(timeout=60))
+                assert welcome["type"] == "welcome"
+                ws.session = welcome["session"]
                 for _ in range(rng.randint(1, 6)):  # rounds on this connection
                     pending = set()
                     for _ in range(rng.randint(1, 3)):
@@ -92,6 +100,10 @@ class Soak:
                         for job in pending:
                             self.end(job, "dropped")
                         break
+                    if rng.random() < 0.15:  # a network blip: the socket goes away, then resume
+                        ws = self.blip(ws, pending)
+                        if ws is None:
+                            break
                     try:
                         self.read_until_ended(ws, pending)
                     except (ConnectionClosed, TimeoutError) as exc:
@@ -99,6 +111,44 @@ class Soak:
                         for job in pending:
                             self.end(job, "lost")
                         break
+            finally:
+                if ws is not None:
+                    ws.close()
+
+    def blip(self, ws, pending: set[str]):
+        """Lose the connection under ``pending`` jobs and resume on a new one; None if that failed."""
+        import socket
+
+        from websockets.sync.client import connect
+
+        waiting = set(pending)  # first every job is accepted (a submit lost on the wire is not a lost result)
+        while waiting:
+            message = ws.recv(timeout=300)
+            if isinstance(message, bytes):
+                continue
+            message = json.loads(message)
+            if message["type"] == "accepted":
+                waiting.discard(message["job"])
+            elif message["type"] in TERMINAL and message.get("ends_job", True) and message.get("job") in pending:
+                waiting.discard(message["job"])
+                pending.discard(message["job"])
+                self.end(message["job"], message["type"] if message["type"] != "error" else
+                         f"error:{message['code']}")
+        ws.socket.shutdown(socket.SHUT_RDWR)
+        ws.socket.close()
+        again = connect(self.url, max_size=None)
+        again.send(json.dumps({"type": "hello", "protocol": 1, "resume": ws.session, "pending": sorted(pending)}))
+        welcome = json.loads(again.recv(timeout=60))
+        if welcome.get("type") != "welcome" or not welcome.get("resumed"):
+            self.violations.append(f"resume refused: {welcome}")
+            for job in pending:
+                self.end(job, "lost")
+            again.close()
+            return None
+        again.session = ws.session
+        self.resumes += 1
+        self.resumed_jobs.update(pending)
+        return again
 
     def job_message(self, job: str, rng: random.Random) -> dict:
         kind = rng.random()
@@ -161,7 +211,10 @@ def main() -> None:
             final = server.proc()
         finally:
             code = server.stop()
-    states = collections.Counter(ends[0] for ends in soak.ends.values())
+    states = collections.Counter(ends[0] + (" after resume" if job in soak.resumed_jobs else "")
+                                 for job, ends in soak.ends.items())
+    delivered = sum(1 for job in soak.resumed_jobs
+                    if soak.ends.get(job, ["?"])[0] not in ("lost", "?", "error:unknown_job"))
     warm = [rss for finished, rss in samples if finished >= args.jobs // 5] or [samples[-1][1]]
     print(f"\n{args.jobs} jobs from {args.clients} clients in {time.perf_counter() - began:.0f} s")
     print("end states: " + ", ".join(f"{state} {count}" for state, count in sorted(states.items())))
@@ -169,6 +222,8 @@ def main() -> None:
           f"violations: {len(soak.violations)}")
     for violation in soak.violations[:10]:
         print("  " + violation)
+    print(f"connections lost under jobs and resumed: {soak.resumes}; their {len(soak.resumed_jobs)} jobs' endings "
+          f"delivered after the resume: {delivered} ({100 * delivered / max(1, len(soak.resumed_jobs)):.0f} %)")
     print(f"RSS after warm-up (20% of jobs) {warm[0]:.1f} MiB, end {final['rss_mib']:.1f} MiB "
           f"({100 * (final['rss_mib'] - warm[0]) / warm[0]:+.1f} %), min..max after warm-up "
           f"{min(warm):.1f}..{max(warm):.1f}; threads {final['threads']}, fds {final['fds']}")
