@@ -58,6 +58,8 @@ class ServerProcess:
         """RSS (MiB), threads and open fds of the server process, from /proc."""
         status = Path(f"/proc/{self.process.pid}/status").read_text()
         fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
+        if "VmRSS" not in fields:  # the process has exited
+            return {"rss_mib": 0.0, "threads": 0, "fds": 0}
         return {"rss_mib": int(fields["VmRSS"].split()[0]) / 1024, "threads": int(fields["Threads"]),
                 "fds": len(os.listdir(f"/proc/{self.process.pid}/fd"))}
 

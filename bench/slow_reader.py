@@ -70,7 +70,8 @@ def main() -> None:
                             if isinstance(raw, str) and json.loads(raw)["type"] in ("result", "error", "cancelled"):
                                 ended += 1
 
-                    threading.Thread(target=read_all, daemon=True).start()
+                    reader = threading.Thread(target=read_all, daemon=True)
+                    reader.start()
                 peak, done = [before["rss_mib"]], threading.Event()
 
                 def sample() -> None:
@@ -85,13 +86,15 @@ def main() -> None:
                 time.sleep(1)
                 after = server.proc()
                 try:  # read now: what reached the socket, then how the server ended the connection
+                    if args.reading:
+                        reader.join(600)
+                        raise TimeoutError
                     while True:
                         silent.recv(timeout=30)
-                    ending = "still open"
                 except ConnectionClosed as exc:
                     ending = f"closed by the server: {exc.rcvd}" if exc.rcvd else "closed without a reason"
                 except TimeoutError:
-                    ending = "still open (server kept it)"
+                    ending = "still open (it read everything)" if args.reading else "still open (server kept it)"
                 silent.close()
                 time.sleep(1)
                 gone = server.proc()
