@@ -455,15 +455,20 @@ def test_a_result_whose_connection_dropped_is_delivered_once_after_resume(server
     ws.send(json.dumps({"type": "hello", "protocol": PROTOCOL_VERSION}))
     session = json.loads(ws.recv(timeout=30))["session"]
     ws.send(json.dumps({**SMALL, "job": "blip", "steps": 12, "width": 128, "height": 128}))
+    ws.send(json.dumps({**SMALL, "job": "called-off"}))
+    ws.send(json.dumps({"type": "cancel", "job": "called-off"}))
     while json.loads(ws.recv(timeout=60))["type"] != "started":
         pass
-    drop(ws)
+    drop(ws)  # before the client read the `cancelled` of called-off, or anything of blip but `started`
     with connect(server.url) as again:
         welcome = answer(again, {"type": "hello", "protocol": PROTOCOL_VERSION, "resume": session,
-                                 "pending": ["blip", "never-was"]})
+                                 "pending": ["blip", "called-off", "never-was"]})
         assert (welcome["type"], welcome["resumed"], welcome["session"]) == ("welcome", True, session)
-        seen = until_end(again, "never-was") + until_end(again, "blip")
-        assert seen[0]["code"] == "unknown_job" and seen[0]["ends_job"] is True, "a job with no kept ending"
+        seen = until_end(again, "called-off") + until_end(again, "never-was") + until_end(again, "blip")
+        assert {"type": "cancelled", "job": "called-off", "while": "queued"} in seen
+        (lost,) = [m for m in seen if m["type"] == "error"]
+        assert (lost["job"], lost["code"], lost["ends_job"]) == ("never-was", "unknown_job", True), \
+            "a job with no kept ending"
         assert seen[-1]["type"] == "result"
         status = answer(again, {"type": "status"})
         assert status["type"] == "status" and status["clients"] >= 1, "no second ending came before the status"

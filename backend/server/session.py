@@ -245,7 +245,9 @@ class Session:
             raise ProtocolError("unknown_job", f"no queued or running job {message['job']!r} on this connection",
                                 "job", message["job"], ends_job=False)
         if queue.cancel(job) == "queued" and job.end():
-            return Reply([messages.cancelled(job.id, "queued")])
+            ending = messages.cancelled(job.id, "queued")
+            self.keep(job.id, [ending])  # an ending like any other: kept for a client whose connection drops
+            return Reply([ending])
         return Reply()  # a running job ends with `cancelled` (or its result) from the worker
 
     def _status(self, message: dict) -> Reply:
