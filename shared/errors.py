@@ -61,6 +61,11 @@ class ProtocolError(Exception):
         # the id of a job still queued or running (that job goes on).
         self.ends_job = ends_job
 
+    def sentence(self) -> str:
+        """The message as a sentence to show a person: capitalised, ending with a full stop."""
+        message = self.message[:1].upper() + self.message[1:]
+        return message if message.endswith(".") else message + "."
+
     def to_message(self) -> dict:
         field = None if self.field is None else clip(self.field, MAX_FIELD)
         return {"type": "error", "job": self.job, "code": self.code, "message": clip(self.message, MAX_MESSAGE),

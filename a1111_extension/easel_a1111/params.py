@@ -222,8 +222,7 @@ def refusal(error: ProtocolError, job: Job, numbers: list[int]) -> str:
                     "itself; untick Preprocess.")
     if error.field == "references":
         return "References are either all “face” or none: the face mode uses an adapter of its own."
-    message = error.message[:1].upper() + error.message[1:]
-    return message if message.endswith(".") else message + "."
+    return error.sentence()
 
 
 def control_unit(number: int, spec: ControlSpec, values: TabValues) -> ControlUnit:

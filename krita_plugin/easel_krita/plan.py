@@ -219,8 +219,7 @@ def refusal(error: errors.ProtocolError, job: Job) -> str:
                 f"{sampling.batch}.")
     if error.field == "references":
         return "References are either all “face” or none: the face mode uses an adapter of its own."
-    message = error.message[:1].upper() + error.message[1:]
-    return message if message.endswith(".") else message + "."
+    return error.sentence()
 
 
 def raw_image(data: bytes | None, width: int, height: int, fmt: str, what: str) -> images.ImageData:
