@@ -105,6 +105,11 @@ def install_wheels(folder: Path) -> tuple[list[str], float]:
     if not wheels:
         print(f"wheels     none in {folder}: using the installed packages", flush=True)
         return [], 0.0
+    foreign = [wheel.name for wheel in wheels if not fits_this_python(wheel)]
+    if foreign:  # made for the GPU machine's Python; here the installed packages serve
+        print(f"wheels     {', '.join(foreign)} not for this Python ({platform.python_version()}): "
+              "using the installed packages", flush=True)
+        return [], 0.0
     start = time.perf_counter()
     target = tempfile.mkdtemp(prefix="easel-wheels-")
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-index", "--no-deps", "--no-compile",
@@ -115,6 +120,13 @@ def install_wheels(folder: Path) -> tuple[list[str], float]:
     seconds = time.perf_counter() - start
     print(f"wheels     {', '.join(w.name for w in wheels)} into {target} ({seconds:.1f} s)", flush=True)
     return [w.name for w in wheels], seconds
+
+
+def fits_this_python(wheel: Path) -> bool:
+    from packaging.tags import sys_tags
+    from packaging.utils import parse_wheel_filename
+
+    return not parse_wheel_filename(wheel.name)[3].isdisjoint(sys_tags())
 
 
 def imported_distributions() -> list[str]:
