@@ -251,12 +251,12 @@ def easel_call(client: Client, family: str, mode: str, inputs: Inputs, steps: in
     return time.perf_counter() - start, step_rate(stamps), result.timings["run"]
 
 
-def measure_easel(client, family, mode, inputs, steps: int, runs: int, device, reset: bool = True) -> Figures:
+def measure_easel(client, family, mode, inputs, steps: int, runs: int, device) -> Figures:
     """Easel's figures; its peak is the device's during the case (Easel's models alone are
     allocated then: every mode run so far stays loaded, so the latest peak covers them all)."""
     figures = Figures()
-    if reset:
-        reset_peak(device)
+    free(device)
+    reset_peak(device)
     compiled = compile_seconds()
     start = time.perf_counter()
     easel_call(client, family, mode, inputs, steps)
@@ -599,6 +599,7 @@ def measure_family(root: Path, family: str, *, device, easel_dtype, reference_dt
     start = time.perf_counter()
     engine, config = easel_engine(root, family, size, device, easel_dtype, performance)
     run.easel_load_s = time.perf_counter() - start
+    load_peak = peak(device)
     with ServerThread(config, engine) as server, Client(server.url, name="bench-gpu") as client:
         for mode in modes:
             reason = budget.skip_reason(mode, time.perf_counter())
@@ -610,8 +611,9 @@ def measure_family(root: Path, family: str, *, device, easel_dtype, reference_dt
                 budget.record("reference", mode, reference.row_s)
                 log(f"  reference {mode:15s} done (load + warm-up {reference.warmup:.1f} s, "
                     f"case {reference.row_s:.1f} s)")
-                # The first Easel case's peak covers loading the model, as if nothing ran before it.
-                easel = measure_easel(client, family, mode, inputs, steps, runs, device, reset=bool(run.measured))
+                easel = measure_easel(client, family, mode, inputs, steps, runs, device)
+                if not run.measured and load_peak is not None:  # the first Easel peak covers loading the model
+                    easel.peak_bytes = max(easel.peak_bytes, load_peak)
                 budget.record("easel", mode, easel.row_s)
                 log(f"  easel     {mode:15s} done (warm-up {easel.warmup:.1f} s, compile {easel.compile_s:.1f} s, "
                     f"case {easel.row_s:.1f} s)")
