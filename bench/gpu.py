@@ -51,6 +51,7 @@ import math
 import statistics
 import sys
 import time
+import traceback
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -581,6 +582,22 @@ def easel_settings(root: Path, device, performance: dict | None) -> Performance:
     return dataclasses.replace(load_config(root / "easel.toml").performance, **(performance or {})).resolve(device.type)
 
 
+def measure_mode(root, family, mode, inputs, client, budget: Budget, steps, runs, device, reference_dtype,
+                 load_peak: int | None, log) -> Row:
+    """One mode: the reference case, then Easel's (whose peak covers ``load_peak``, the model's
+    loading, when this is its first case)."""
+    reference = measure_reference(root, family, mode, inputs, steps, runs, device, reference_dtype)
+    budget.record("reference", mode, reference.row_s)
+    log(f"  reference {mode:15s} done (load + warm-up {reference.warmup:.1f} s, case {reference.row_s:.1f} s)")
+    easel = measure_easel(client, family, mode, inputs, steps, runs, device)
+    if load_peak is not None:
+        easel.peak_bytes = max(easel.peak_bytes, load_peak)
+    budget.record("easel", mode, easel.row_s)
+    log(f"  easel     {mode:15s} done (warm-up {easel.warmup:.1f} s, compile {easel.compile_s:.1f} s, "
+        f"case {easel.row_s:.1f} s)")
+    return Row(mode, reference, easel)
+
+
 def measure_family(root: Path, family: str, *, device, easel_dtype, reference_dtype, size: int | None = None,
                    steps: int = 20, runs: int = 3, modes=MODES, performance: dict | None = None,
                    deadline: float | None = None, on_row=None, log=print) -> FamilyRun:
@@ -607,17 +624,18 @@ def measure_family(root: Path, family: str, *, device, easel_dtype, reference_dt
                 run.rows.append(Row(mode, skipped=reason))
                 log(f"  {mode:15s} {reason}")
             else:
-                reference = measure_reference(root, family, mode, inputs, steps, runs, device, reference_dtype)
-                budget.record("reference", mode, reference.row_s)
-                log(f"  reference {mode:15s} done (load + warm-up {reference.warmup:.1f} s, "
-                    f"case {reference.row_s:.1f} s)")
-                easel = measure_easel(client, family, mode, inputs, steps, runs, device)
-                if not run.measured and load_peak is not None:  # the first Easel peak covers loading the model
-                    easel.peak_bytes = max(easel.peak_bytes, load_peak)
-                budget.record("easel", mode, easel.row_s)
-                log(f"  easel     {mode:15s} done (warm-up {easel.warmup:.1f} s, compile {easel.compile_s:.1f} s, "
-                    f"case {easel.row_s:.1f} s)")
-                run.rows.append(Row(mode, reference, easel))
+                started = time.perf_counter()
+                try:
+                    row = measure_mode(root, family, mode, inputs, client, budget, steps, runs, device,
+                                       reference_dtype, load_peak if not run.measured else None, log)
+                except Exception as error:  # one mode's failure (out of memory, say) must not cost the others
+                    traceback.print_exc()
+                    summary = (str(error).strip().splitlines() or [""])[0][:300]
+                    row = Row(mode, skipped=f"failed after {time.perf_counter() - started:.0f} s: "
+                                            f"{type(error).__name__}: {summary}")
+                    log(f"  {mode:15s} {row.skipped}")
+                    free(device)
+                run.rows.append(row)
             run.unique_graphs = counters["stats"]["unique_graphs"]
             if on_row:
                 on_row(run)

@@ -106,3 +106,29 @@ def test_wheel_check_names_requirements_the_gpu_machine_would_lack(tmp_path):
     assert len(problems) == 2
     assert "huggingface-hub>=2: the GPU machine would have 1.33.0" in problems[0]
     assert "left-pad: not on the GPU image" in problems[1]
+
+
+def test_a_failing_mode_is_reported_and_the_others_still_run(tmp_path, monkeypatch):
+    """On the GPU machine a mode may run out of memory; the call must still return the other modes."""
+    from backend.fixtures import full_size
+
+    root = full_size.write_full_size_model(tmp_path, ("sd15",), log=lambda line: None, toy=True)
+    measure = gpu.measure_reference
+
+    def out_of_memory_on_inpaint(root, family, mode, *args):
+        if mode == "inpaint":
+            raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB\nmore detail")
+        return measure(root, family, mode, *args)
+
+    monkeypatch.setattr(gpu, "measure_reference", out_of_memory_on_inpaint)
+    device, easel_dtype, reference_dtype = gpu.devices(root, "cpu", None)
+    rows = []
+    run = gpu.measure_family(root, "sd15", device=device, easel_dtype=easel_dtype, reference_dtype=reference_dtype,
+                             size=64, steps=4, runs=1, modes=("inpaint", "img2img"), log=lambda line: None,
+                             on_row=lambda run: rows.append(len(run.rows)))
+    failed, measured = run.rows
+    assert failed.skipped.startswith("failed after ")
+    assert failed.skipped.endswith("RuntimeError: CUDA out of memory. Tried to allocate 2.00 GiB")
+    assert measured.measured and measured.easel.median(measured.easel.rates) > 0
+    assert rows == [1, 2]  # the figures were handed out after each mode
+    assert "inpaint          failed after" in run.table()

@@ -64,11 +64,15 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--model-dir", type=Path,
                         help="where the models are written (reused if there); default /tmp/easel-full, "
                              "with --tiny a temporary folder")
-    parser.add_argument("--mode", action="append", help="modes to measure (default: all four, target first)")
+    parser.add_argument("--mode", action="append", choices=ORDER["sd15"],
+                        help="modes to measure (default: all four, target first)")
     parser.add_argument("--steps", type=int, help="default 20 (--tiny: 4)")
     parser.add_argument("--runs", type=int, help="timed runs per case (default 3; --tiny: 1)")
     parser.add_argument("--compile", choices=("regional", "whole", "off", "auto"), default="regional",
                         help="Easel's torch.compile (default regional: the repeated transformer blocks only)")
+    parser.add_argument("--compile-mode", choices=("default", "reduce-overhead", "max-autotune",
+                                                   "max-autotune-no-cudagraphs"),
+                        help="torch.compile's mode for Easel (default: the config's, \"default\")")
     parser.add_argument("--compile-backend", choices=("inductor", "eager"),
                         help="default inductor (--tiny: eager, which traces like Inductor but builds no kernels)")
     parser.add_argument("--wheels", type=Path, default=WHEELS, help=f"wheels to install first (default {WHEELS})")
@@ -83,10 +87,10 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 class Tee:
-    """stdout to the terminal and to the log file under --out."""
+    """A stream (stdout, stderr) to the terminal and to the log file under --out."""
 
-    def __init__(self, stream, path: Path):
-        self.stream, self.file = stream, open(path, "w", buffering=1)
+    def __init__(self, stream, file):
+        self.stream, self.file = stream, file
 
     def write(self, text):
         self.stream.write(text)
@@ -96,6 +100,9 @@ class Tee:
     def flush(self):
         self.stream.flush()
         self.file.flush()
+
+    def __getattr__(self, name):  # isatty, fileno, encoding ...: the terminal's
+        return getattr(self.stream, name)
 
 
 def install_wheels(folder: Path) -> tuple[list[str], float]:
@@ -146,7 +153,8 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     family = args.family
-    sys.stdout = Tee(sys.stdout, args.out / f"{family}-log.txt")
+    log = open(args.out / f"{family}-log.txt", "w", buffering=1)
+    sys.stdout, sys.stderr = Tee(sys.stdout, log), Tee(sys.stderr, log)
     wheels, install_s = install_wheels(args.wheels)
     for path in (ROOT, ROOT / "bench"):
         sys.path.insert(0, str(path))
@@ -184,9 +192,12 @@ def main(argv=None) -> int:
         facts = {"family": family, "command": [Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])],
                  "python": platform.python_version(), "wheels": wheels, "install_s": install_s, "write_s": write_s,
                  "budget_s": args.budget_s, "tiny": args.tiny, "compile": args.compile,
-                 "compile_backend": args.compile_backend,
+                 "compile_mode": args.compile_mode, "compile_backend": args.compile_backend,
                  "versions": {name: version(name) for name in ("torch", "diffusers", "transformers",
                                                                "huggingface-hub", "accelerate", "websockets")}}
+
+        performance = dict(gpu.COMPILE[args.compile],
+                           **({"compile_mode": args.compile_mode} if args.compile_mode else {}))
 
         def save(run, complete: bool = False) -> None:
             figures = dict(facts, **run.as_json(), elapsed_s=time.perf_counter() - STARTED, complete=complete)
@@ -197,7 +208,7 @@ def main(argv=None) -> int:
 
         run = gpu.measure_family(model_dir, family, device=device, easel_dtype=easel_dtype,
                                  reference_dtype=reference_dtype, size=size, steps=args.steps, runs=args.runs,
-                                 modes=args.mode, performance=gpu.COMPILE[args.compile],
+                                 modes=args.mode, performance=performance,
                                  deadline=STARTED + args.budget_s, on_row=save)
         save(run, complete=True)
         print(run.table(), flush=True)
