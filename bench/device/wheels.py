@@ -13,9 +13,12 @@ ones).
 It fails when the wheels (with the repository's tracked files) pass the size limit, or when a
 wheel requires a package that is neither on the machine's image (``image.py``) nor carried, or a
 version of it the image does not have. ``--check`` installs the wheels offline into an empty folder
-with a Python 3.12 (``--python``; default ``python3.12`` on PATH or pyenv's) and imports them there;
-without one it asks this Python's pip to install for 3.12 (``--python-version 3.12
---only-binary=:all:``), which proves the install but imports nothing.
+with a Python 3.12 (``--python``; default pyenv's 3.12 or ``python3.12`` on PATH) and imports them
+from there; importing diffusers needs its own requirements (numpy, Pillow, huggingface-hub ...),
+which the GPU image has, so give ``--python`` a 3.12 virtual environment with the image's versions
+of them to import it (a bare 3.12 installs it and says what the import lacks). Without any 3.12 it
+asks this Python's pip to install for 3.12 (``--python-version 3.12 --only-binary=:all:``), which
+proves the install but imports nothing.
 """
 
 from __future__ import annotations
@@ -122,9 +125,15 @@ def travelling_bytes() -> int:
 
 
 def python312(given: str | None) -> str | None:
-    candidates = [given] if given else [shutil.which("python3.12"),
-                                         *sorted(glob.glob(os.path.expanduser("~/.pyenv/versions/3.12*/bin/python3.12")))]
-    return next((c for c in candidates if c and Path(c).exists()), None)
+    """A Python 3.12 that runs (pyenv's shims exist but may refuse a version not selected)."""
+    pyenv = sorted(glob.glob(os.path.expanduser("~/.pyenv/versions/3.12*/bin/python3.12")))
+    candidates = [given] if given else [*pyenv, shutil.which("python3.12")]
+    for candidate in filter(None, candidates):
+        probe = subprocess.run([candidate, "-c", "import sys; print(sys.version_info[:2] == (3, 12))"],
+                               capture_output=True, text=True)
+        if probe.stdout.strip() == "True":
+            return candidate
+    return None
 
 
 def check_install(wheels: list[Path], python: str | None) -> None:
@@ -138,7 +147,12 @@ def check_install(wheels: list[Path], python: str | None) -> None:
             modules = [IMPORTS[canonicalize_name(parse_wheel_filename(w.name)[0])] for w in wheels]
             code = ("import importlib, sys; sys.path.insert(0, sys.argv[1])\n"
                     "for name in sys.argv[2:]:\n"
-                    "    module = importlib.import_module(name)\n"
+                    "    try:\n"
+                    "        module = importlib.import_module(name)\n"
+                    "    except ModuleNotFoundError as error:\n"
+                    "        print(f'  {name}: installed, not imported: it needs {error.name}, which this Python '\n"
+                    "              'lacks (give --python one with the GPU image packages)')\n"
+                    "        continue\n"
                     "    assert module.__file__.startswith(sys.argv[1]), module.__file__\n"
                     "    print('  imported', name, getattr(module, '__version__', ''), 'from the target, python',\n"
                     "          sys.version.split()[0])")
