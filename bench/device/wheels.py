@@ -9,6 +9,7 @@ ones).
 
     python bench/device/wheels.py              # download, check the requirements, print the size
     python bench/device/wheels.py --check      # and install them offline into a clean target
+    python bench/device/wheels.py --image-venv /tmp/easel-image312   # ... and import them there
 
 It fails when the wheels (with the repository's tracked files) pass the size limit, or when a
 wheel requires a package that is neither on the machine's image (``image.py``) nor carried, or a
@@ -136,6 +137,20 @@ def python312(given: str | None) -> str | None:
     return None
 
 
+def image_venv(folder: Path, python: str | None) -> str:
+    """A Python 3.12 virtual environment at ``folder`` holding diffusers' requirements at the GPU image's
+    versions where known (no torch: its 3.12 wheels here bring gigabytes of CUDA libraries); made once."""
+    interpreter = folder / "bin" / "python"
+    if not interpreter.exists():
+        if python is None:
+            sys.exit("--image-venv needs a Python 3.12 (--python)")
+        subprocess.run([python, "-m", "venv", str(folder)], check=True)
+        pinned = [f"{name}=={image.VERSIONS[name]}" for name in ("huggingface-hub", "numpy", "safetensors")]
+        subprocess.run([str(interpreter), "-m", "pip", "install", "-q", "--disable-pip-version-check", *pinned,
+                        "pillow", "regex", "requests", "filelock", "packaging"], check=True)
+    return str(interpreter)
+
+
 def check_install(wheels: list[Path], python: str | None) -> None:
     """Install the wheels offline into an empty folder, as run.py does there, and import them."""
     target = tempfile.mkdtemp(prefix="easel-wheel-check-")
@@ -171,7 +186,10 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--dir", type=Path, default=WHEELS, help=f"where the wheels go (default {WHEELS})")
     parser.add_argument("--check", action="store_true", help="install them offline into a clean target and import")
-    parser.add_argument("--python", help="a Python 3.12 for --check (default: python3.12 on PATH, or pyenv's)")
+    parser.add_argument("--python", help="a Python 3.12 for --check (default: pyenv's, or python3.12 on PATH)")
+    parser.add_argument("--image-venv", type=Path,
+                        help="--check with a 3.12 virtual environment here holding diffusers' requirements at the "
+                             "GPU image's versions (made from --python the first time)")
     args = parser.parse_args(argv)
 
     wheels = download(args.dir, pins())
@@ -188,8 +206,9 @@ def main(argv=None) -> int:
     if problems:
         return 1
     print("requirements: every one is on the GPU image (in an accepted version where known) or carried")
-    if args.check:
-        check_install(wheels, python312(args.python))
+    if args.check or args.image_venv:
+        python = python312(args.python)
+        check_install(wheels, image_venv(args.image_venv, python) if args.image_venv else python)
     return 0
 
 
