@@ -565,8 +565,10 @@ def finite(value):
 
 
 def header(device, easel_dtype, reference_dtype, settings: Performance) -> list[str]:
+    from backend.engine import speed
+
     compiled = (f"compile {'regional' if settings.compile_regional else 'whole'} {settings.compile_modules} "
-                f"mode {settings.compile_mode}") if settings.compile else "compile off"
+                f"mode {settings.compile_mode} backend {speed.COMPILE_BACKEND}") if settings.compile else "compile off"
     return [f"device     {describe_device(device)}",
             f"versions   torch {torch.__version__}, diffusers {diffusers.__version__}",
             f"reference  {str(reference_dtype).removeprefix('torch.')}, diffusers defaults (SDPA), Euler",
