@@ -619,6 +619,8 @@ def measure_family(root: Path, family: str, *, device, easel_dtype, reference_dt
     engine, config = easel_engine(root, family, size, device, easel_dtype, performance)
     run.easel_load_s = time.perf_counter() - start
     load_peak = peak(device)
+    if on_row:
+        on_row(run)  # the set-up's figures, before any mode
     with ServerThread(config, engine) as server, Client(server.url, name="bench-gpu") as client:
         for mode in modes:
             reason = budget.skip_reason(mode, time.perf_counter())
