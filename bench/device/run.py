@@ -3,8 +3,7 @@
 On the GPU machine (the device tool's ``run``; one call per family, SD1.5 first; make the wheels here
 first with ``python bench/device/wheels.py``):
 
-    run(command="PYTHONUNBUFFERED=1 python3 bench/device/run.py --family sd15 --out $OUT",
-        carry=["bench/device/wheels"], timeout_s=540)
+    run(command="python3 bench/device/run.py --family sd15 --out $OUT", carry=["bench/device/wheels"], timeout_s=540)
 
 and ``--family sdxl`` for the second call. The script
 
@@ -153,6 +152,8 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     family = args.family
+    for stream in (sys.stdout, sys.stderr):  # line by line: a run stopped at its limit keeps its last lines
+        stream.reconfigure(line_buffering=True)
     log = open(args.out / f"{family}-log.txt", "w", buffering=1)
     sys.stdout, sys.stderr = Tee(sys.stdout, log), Tee(sys.stderr, log)
     wheels, install_s = install_wheels(args.wheels)
