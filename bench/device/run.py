@@ -153,7 +153,8 @@ def main(argv=None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     family = args.family
     for stream in (sys.stdout, sys.stderr):  # line by line: a run stopped at its limit keeps its last lines
-        stream.reconfigure(line_buffering=True)
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(line_buffering=True)
     log = open(args.out / f"{family}-log.txt", "w", buffering=1)
     sys.stdout, sys.stderr = Tee(sys.stdout, log), Tee(sys.stderr, log)
     wheels, install_s = install_wheels(args.wheels)
