@@ -9,6 +9,7 @@ for speed. Parsing only (no torch here), so the config loads fast and bad values
     compile_modules = ["unet", "controlnet", "vae_decode"]
     compile_sizes = ["512x512", "1024x1024"]   # diffusion sizes that run compiled; others run eager
     compile_mode = "default"  # torch.compile: default | reduce-overhead | max-autotune | max-autotune-no-cudagraphs
+    compile_regional = false  # true: compile only the repeated transformer blocks (a fraction of the compile time)
     prompt_cache = 32         # prompt embeddings kept per server (entries); 0 turns the cache off
     vae_tiling_above = 4194304  # decode in tiles above this many pixels (2048 x 2048); 0: never
     cpu_offload = false       # keep models in RAM and move each to the GPU while it runs (small-VRAM GPUs)
@@ -40,6 +41,7 @@ class Performance:
     # Empty: each model's native square size (512x512 for SD1.5, 1024x1024 for SDXL).
     compile_sizes: list[tuple[int, int]] = field(default_factory=list)
     compile_mode: str = "default"
+    compile_regional: bool = False
     prompt_cache: int = 32
     vae_tiling_above: int = 2048 * 2048
     cpu_offload: bool = False
@@ -135,6 +137,7 @@ _CHECKS = {
     "compile_modules": _modules,
     "compile_sizes": _sizes,
     "compile_mode": _choice(COMPILE_MODES),
+    "compile_regional": _flag,
     "prompt_cache": _count,
     "vae_tiling_above": _count,
     "cpu_offload": _flag,

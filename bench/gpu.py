@@ -19,10 +19,14 @@ each mode —
 
 and prints it/s (from the per-step callbacks / progress messages: steps 1..N over their span),
 seconds per image, their ratios, and peak GPU memory (``torch.cuda.max_memory_allocated``) of the
-reference pipeline of each mode (each loaded alone) and of Easel after its first mode and after
-all four modes of the family (one server holding them all). Every case runs once to warm up
-(compile happens there), then ``--runs`` times; figures are medians. Reference pipelines run
-first, each loaded alone and freed, then Easel runs the modes in the same order.
+reference pipeline of each mode (its own allocations: what it adds to the memory in use when it
+loads) and of Easel after its first mode and with all the family's modes loaded (one server
+holding them all). Every case runs once to warm up (compile happens there; the time dynamo and
+Inductor spent compiling in it is reported on its own), then ``--runs`` times; figures are
+medians. The modes run one after the other, each as its reference pipeline (loaded, measured,
+freed) and then Easel (its server stays up across the modes), so that a time budget
+(``--budget-s``) can stop after any mode: modes whose estimated cost (from the modes measured
+before, scaled by their step cost) no longer fits are skipped, and say so.
 
 The models are the random full-size architectures of ``easel demo-model --full-size`` (same
 compute and memory as the real weights); ``--model-dir`` reuses a written one, else it is written
@@ -30,6 +34,9 @@ there first (about 6 GB for sd15, 18 GB for sdxl).
 
     python bench/gpu.py --model-dir /data/easel-full                      # on a GPU: both families
     python bench/gpu.py --model-dir /tmp/full --family sd15 --size 128 --steps 4 --runs 2 --device cpu
+
+``measure_family`` is the same measurement as a function (``bench/device/run.py`` drives it on the GPU
+machine): it returns a ``FamilyRun`` whose ``table()`` is the printed table and ``as_json()`` the figures.
 
 A ``--size`` below the native size is a dry run: the models' native size is lowered to it so both
 sides diffuse at ``--size`` (Easel would otherwise scale a small picture up to the native size).
@@ -40,9 +47,11 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import gc
+import math
 import statistics
 import sys
 import time
+import traceback
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -60,6 +69,7 @@ from backend.engine.engine import Engine  # noqa: E402
 from backend.engine.models import ModelRegistry, pick_device  # noqa: E402
 from backend.engine.previews import Previewer  # noqa: E402
 from backend.fixtures import full_size  # noqa: E402
+from backend.performance import Performance  # noqa: E402
 from backend.server import ServerThread  # noqa: E402
 from shared.client import Client, Progress  # noqa: E402
 from shared.images import ImageData  # noqa: E402
@@ -69,6 +79,12 @@ MODES = ("inpaint", "inpaint+cn", "inpaint+2cn+ip", "img2img")
 PROMPT, NEGATIVE = "a red door in a white wall, oil painting", "blurry, low quality"
 SEED, GUIDANCE, IMG2IMG_STRENGTH = 7, 7.5, 0.5
 CONTROLNET_MEMORY_MB = 16384  # room for two SDXL ControlNets (2.5 GB each in half precision)
+# A mode's cost relative to a plain inpaint, for estimating what still fits in a time budget:
+# ControlNets add about their share of a UNet each, img2img runs half the steps.
+MODE_WEIGHT = {"inpaint": 1.0, "inpaint+cn": 1.4, "inpaint+2cn+ip": 1.9, "img2img": 0.6}
+TAIL_S = 20.0  # kept back from a budget for the previews, the UNet swap and writing the figures
+COMPILE = {"auto": {}, "off": {"compile": False}, "whole": {"compile": True, "compile_regional": False},
+           "regional": {"compile": True, "compile_regional": True}}
 
 
 @dataclasses.dataclass
@@ -95,9 +111,19 @@ class Figures:
     warmup: float = float("nan")
     server_run: list[float] = dataclasses.field(default_factory=list)  # easel: Engine.run as the server timed it
     peak_bytes: int | None = None
+    row_s: float = float("nan")  # the whole case: load (reference), warm-up and runs
+    compile_s: float = 0.0  # dynamo + Inductor compile time during the case
+    leftover_bytes: int | None = None  # reference: still allocated after it was freed (should be 0)
 
     def median(self, values) -> float:
         return statistics.median(values) if values else float("nan")
+
+    def summary(self) -> dict:
+        rate, seconds = self.median(self.rates), self.median(self.seconds)
+        return {"it_s": rate, "s_per_image": seconds, "runs_s": list(self.seconds), "warmup_s": self.warmup,
+                "first_job_extra_s": self.warmup - seconds, "compile_s": self.compile_s,
+                "server_run_s": self.median(self.server_run), "peak_bytes": self.peak_bytes, "case_s": self.row_s,
+                "leftover_bytes": self.leftover_bytes}
 
 
 def step_rate(stamps: list[float]) -> float:
@@ -168,19 +194,26 @@ def reference_call(pipe, mode: str, inputs: Inputs, steps: int) -> tuple[float, 
     return time.perf_counter() - start, step_rate(stamps)
 
 
-def measure_reference(root: Path, family: str, mode: str, inputs: Inputs, args, device, dtype) -> Figures:
+def measure_reference(root: Path, family: str, mode: str, inputs: Inputs, steps: int, runs: int, device,
+                      dtype) -> Figures:
+    """The plain call's figures; its peak is what it allocates on top of what was in use before
+    (Easel's models, which wait idle meanwhile), i.e. its peak had it been loaded alone."""
     figures = Figures()
+    free(device)
+    baseline = allocated(device)
     reset_peak(device)
     start = time.perf_counter()
     pipe = reference_pipeline(root, family, mode, device, dtype)
-    figures.warmup = time.perf_counter() - start + reference_call(pipe, mode, inputs, args.steps)[0]
-    for _ in range(args.runs):
-        seconds, rate = reference_call(pipe, mode, inputs, args.steps)
+    figures.warmup = time.perf_counter() - start + reference_call(pipe, mode, inputs, steps)[0]
+    for _ in range(runs):
+        seconds, rate = reference_call(pipe, mode, inputs, steps)
         figures.seconds.append(seconds)
         figures.rates.append(rate)
-    figures.peak_bytes = peak(device)
+    figures.peak_bytes = None if baseline is None else peak(device) - baseline
     del pipe
     free(device)
+    figures.leftover_bytes = None if baseline is None else allocated(device) - baseline
+    figures.row_s = time.perf_counter() - start
     return figures
 
 
@@ -219,25 +252,42 @@ def easel_call(client: Client, family: str, mode: str, inputs: Inputs, steps: in
     return time.perf_counter() - start, step_rate(stamps), result.timings["run"]
 
 
-def measure_easel(client, engine, family, mode, inputs, args, device) -> Figures:
+def measure_easel(client, family, mode, inputs, steps: int, runs: int, device) -> Figures:
+    """Easel's figures; its peak is the device's during the case (Easel's models alone are
+    allocated then: every mode run so far stays loaded, so the latest peak covers them all)."""
     figures = Figures()
+    free(device)
+    reset_peak(device)
+    compiled = compile_seconds()
     start = time.perf_counter()
-    easel_call(client, family, mode, inputs, args.steps)
+    easel_call(client, family, mode, inputs, steps)
     figures.warmup = time.perf_counter() - start
-    for _ in range(args.runs):
-        seconds, rate, run = easel_call(client, family, mode, inputs, args.steps)
+    figures.compile_s = compile_seconds() - compiled
+    for _ in range(runs):
+        seconds, rate, run = easel_call(client, family, mode, inputs, steps)
         figures.seconds.append(seconds)
         figures.rates.append(rate)
         figures.server_run.append(run)
-    figures.peak_bytes = peak(device)  # cumulative: every mode run so far stays loaded
+    figures.peak_bytes = peak(device)
+    figures.row_s = time.perf_counter() - start
     return figures
 
 
-def easel_engine(root: Path, family: str, size: int, device, dtype) -> tuple[Engine, object]:
+def compile_seconds() -> float:
+    """Seconds dynamo (tracing) and its backend (Inductor's code generation) have spent compiling
+    in this process so far."""
+    from torch._dynamo.utils import compilation_time_metrics
+
+    return float(sum(compilation_time_metrics.get("_compile.compile_inner", [])))
+
+
+def easel_engine(root: Path, family: str, size: int, device, dtype, performance: dict | None = None
+                 ) -> tuple[Engine, object]:
     config = load_config(root / "easel.toml")
     config.port, config.default_model = 0, family
     config.controlnet_memory_mb = CONTROLNET_MEMORY_MB
     config.models = {family: config.models[family]}
+    config.performance = dataclasses.replace(config.performance, **(performance or {}))
     engine = Engine(ModelRegistry(config, device, dtype))
     model = engine.registry.get(family)
     if size != NATIVE[family]:  # dry run: make the context crop and img2img plan at --size
@@ -294,6 +344,10 @@ def peak(device) -> int | None:
     return torch.cuda.max_memory_allocated() if device.type == "cuda" else None
 
 
+def allocated(device) -> int | None:
+    return torch.cuda.memory_allocated() if device.type == "cuda" else None
+
+
 def free(device) -> None:
     gc.collect()
     if device.type == "cuda":
@@ -304,55 +358,302 @@ def gib(value: int | None) -> str:
     return "n/a on cpu" if value is None else f"{value / 2**30:.2f} GiB"
 
 
-# -- main ------------------------------------------------------------------------------------------
+# -- a time budget ---------------------------------------------------------------------------------
 
 
-def run_family(root: Path, family: str, args, device, easel_dtype, reference_dtype) -> None:
-    size = args.size or NATIVE[family]
+class Budget:
+    """Which modes still fit before ``deadline`` (a ``time.perf_counter`` value; None: no limit).
+
+    A mode is a pair of cases (reference, Easel); each side's cost is estimated from that side's
+    cases so far, the dearest one scaled by ``MODE_WEIGHT``. The first case of a side has nothing
+    to go by and runs whenever any time is left."""
+
+    def __init__(self, deadline: float | None, tail_s: float = TAIL_S):
+        self.deadline, self.tail_s = deadline, tail_s
+        self.costs: dict[str, list[tuple[str, float]]] = {"reference": [], "easel": []}
+
+    def record(self, side: str, mode: str, seconds: float) -> None:
+        self.costs[side].append((mode, seconds))
+
+    def estimate(self, side: str, mode: str) -> float | None:
+        done = self.costs[side]
+        return max(seconds * MODE_WEIGHT[mode] / MODE_WEIGHT[m] for m, seconds in done) if done else None
+
+    def left(self, now: float) -> float:
+        return math.inf if self.deadline is None else self.deadline - now - self.tail_s
+
+    def skip_reason(self, mode: str, now: float) -> str | None:
+        """Why ``mode`` is skipped, or None when it should run."""
+        left = self.left(now)
+        if left == math.inf:
+            return None
+        if left <= 0:
+            return "skipped: the time budget is spent"
+        sides = {side: self.estimate(side, mode) for side in self.costs}
+        if any(cost is None for cost in sides.values()):
+            return None
+        need = sum(sides.values())
+        if need > left:
+            return (f"skipped: estimated {need:.0f} s (reference {sides['reference']:.0f} s + easel "
+                    f"{sides['easel']:.0f} s), {left:.0f} s left in the budget")
+        return None
+
+
+# -- one family ------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class Row:
+    mode: str
+    reference: Figures | None = None
+    easel: Figures | None = None
+    skipped: str | None = None
+
+    @property
+    def measured(self) -> bool:
+        return self.reference is not None and self.easel is not None
+
+
+@dataclasses.dataclass
+class FamilyRun:
+    """One family's figures, as measured so far (``measure_family`` hands it out after each mode)."""
+
+    family: str
+    size: int
+    steps: int
+    runs: int
+    device: str
+    header: list[str]
+    rows: list[Row] = dataclasses.field(default_factory=list)
+    easel_load_s: float = float("nan")
+    preview_fit_s: float | None = None
+    preview_s: float | None = None
+    unet_swap_s: float | None = None
+    notes: list[str] = dataclasses.field(default_factory=list)
+    unique_graphs: int = 0  # graphs dynamo compiled in this process
+
+    @property
+    def measured(self) -> list[Row]:
+        return [row for row in self.rows if row.measured]
+
+    def memory(self) -> dict:
+        rows = self.measured
+        if not rows or rows[0].easel.peak_bytes is None:
+            return {}
+        largest = max(rows, key=lambda row: row.reference.peak_bytes)
+        together = max(row.easel.peak_bytes for row in rows)
+        return {"easel_first_mode": rows[0].mode, "easel_first_mode_bytes": rows[0].easel.peak_bytes,
+                "easel_all_modes": [row.mode for row in rows], "easel_all_modes_bytes": together,
+                "largest_reference": largest.mode, "largest_reference_bytes": largest.reference.peak_bytes,
+                "ratio": together / largest.reference.peak_bytes}
+
+    def targets(self) -> list[dict]:
+        """The performance issue's targets against these figures (met: None where not measured, or
+        measured off the target's conditions: another size or step count)."""
+        native = self.size == NATIVE[self.family] and self.steps == 20
+        rows = {row.mode: row for row in self.measured}
+        found = []
+
+        def target(name, value, limit, higher_is_better=True):
+            met = None if value is None or not native else (value >= limit if higher_is_better else value <= limit)
+            found.append({"target": name, "value": value, "limit": limit, "met": met,
+                          **({} if native or value is None else {"note": "dry run: not the target's size / steps"})})
+
+        def ratio(row):
+            if row is None:
+                return None
+            return row.easel.median(row.easel.rates) / row.reference.median(row.reference.rates)
+
+        if self.family == "sd15":
+            row = rows.get("inpaint+cn")
+            target("sd15 inpaint+cn 512, 20 steps: easel it/s / reference it/s >= 1.5", ratio(row), 1.5)
+            target("sd15 inpaint+cn 512, 20 steps: easel it/s >= 45",
+                   None if row is None else row.easel.median(row.easel.rates), 45.0)
+        else:
+            target("sdxl inpaint 1024, 20 steps: easel it/s / reference it/s >= 1.4", ratio(rows.get("inpaint")), 1.4)
+        overheads = [overhead(row.easel) for row in rows.values()]
+        target("server + protocol overhead <= 3 % of the job (worst mode)", max(overheads) if overheads else None,
+               0.03, higher_is_better=False)
+        memory = self.memory()
+        target("all modes loaded <= 1.1 x the largest reference pipeline's peak", memory.get("ratio"), 1.1,
+               higher_is_better=False)
+        if memory and len(memory["easel_all_modes"]) < len(MODES):
+            found[-1]["note"] = f"only {', '.join(memory['easel_all_modes'])} ran"
+        return found
+
+    def table(self) -> str:
+        lines = list(self.header)
+        lines.append(f"\n== {self.family} {self.size}x{self.size}, {self.steps} steps (img2img: "
+                     f"{int(self.steps * IMG2IMG_STRENGTH)}), 1 warm-up + {self.runs} runs, medians ==")
+        lines.append(f"\n{'mode':16s} {'ref it/s':>9s} {'easel it/s':>10s} {'ratio':>6s} {'ref s/img':>10s} "
+                     f"{'easel s/img':>11s} {'ratio':>6s} {'overhead':>9s} {'ref peak':>11s} {'easel peak':>11s} "
+                     f"{'1st job+':>9s} {'compile':>8s}")
+        for row in self.rows:
+            if not row.measured:
+                lines.append(f"{row.mode:16s} {row.skipped}")
+                continue
+            r, e = row.reference, row.easel
+            ref_rate, easel_rate = r.median(r.rates), e.median(e.rates)
+            ref_s, easel_s = r.median(r.seconds), e.median(e.seconds)
+            lines.append(f"{row.mode:16s} {ref_rate:9.2f} {easel_rate:10.2f} {easel_rate / ref_rate:5.2f}x "
+                         f"{ref_s:10.2f} {easel_s:11.2f} {ref_s / easel_s:5.2f}x {100 * overhead(e):8.1f}% "
+                         f"{gib(r.peak_bytes):>11s} {gib(e.peak_bytes):>11s} {e.warmup - easel_s:8.1f}s "
+                         f"{e.compile_s:7.1f}s")
+        lines.append("1st job+: Easel's first job of the mode minus its median job (what a painter waits once); "
+                     "compile: dynamo + Inductor time inside it")
+        rows = self.measured
+        memory = self.memory()
+        if memory:
+            lines.append(f"memory: easel peak after its first mode ({memory['easel_first_mode']}) "
+                         f"{gib(memory['easel_first_mode_bytes'])}, with {len(rows)} modes loaded "
+                         f"{gib(memory['easel_all_modes_bytes'])}; the largest reference pipeline "
+                         f"({memory['largest_reference']}) alone {gib(memory['largest_reference_bytes'])}: "
+                         f"{memory['ratio']:.2f}x")
+        elif rows:
+            lines.append("memory: n/a on cpu")
+        lines.append("overhead: easel wall time outside Engine.run (upload, queue, result transfer) as a share "
+                     "of the job")
+        if self.preview_s is not None and rows:
+            step = 1 / rows[0].easel.median(rows[0].easel.rates)
+            lines.append(f"previews: fitting the linear preview {self.preview_fit_s:.2f} s once per model; a 256 px "
+                         f"preview {1000 * self.preview_s:.2f} ms = {100 * self.preview_s / step:.2f}% of an easel "
+                         f"{rows[0].mode} step ({step:.3f} s)")
+        if self.unet_swap_s is not None:
+            lines.append(f"unet swap: bringing the parked UNet back (base <-> inpaint, on a mode switch) "
+                         f"{self.unet_swap_s:.3f} s")
+        lines.append(f"easel model load {self.easel_load_s:.1f} s; dynamo compiled {self.unique_graphs} graphs")
+        for found in self.targets():
+            value = "not measured" if found["value"] is None else f"{found['value']:.3f}"
+            verdict = {True: "met", False: "MISSED", None: "-"}[found["met"]]
+            lines.append(f"target: {found['target']}: {value} ({verdict})"
+                         + (f" [{found['note']}]" if "note" in found else ""))
+        lines += [f"note: {note}" for note in self.notes]
+        return "\n".join(lines) + "\n"
+
+    def as_json(self) -> dict:
+        def row(r: Row) -> dict:
+            out = {"mode": r.mode, "skipped": r.skipped}
+            if r.measured:
+                out["reference"], out["easel"] = r.reference.summary(), r.easel.summary()
+                out["easel"]["overhead"] = overhead(r.easel)
+                out["ratio_it_s"] = out["easel"]["it_s"] / out["reference"]["it_s"]
+                out["ratio_s_per_image"] = out["reference"]["s_per_image"] / out["easel"]["s_per_image"]
+            return out
+
+        return finite({"family": self.family, "size": self.size, "steps": self.steps, "runs": self.runs,
+                       "device": self.device, "header": self.header, "rows": [row(r) for r in self.rows],
+                       "memory": self.memory(), "easel_load_s": self.easel_load_s,
+                       "preview_fit_s": self.preview_fit_s, "preview_s": self.preview_s,
+                       "unet_swap_s": self.unet_swap_s, "unique_graphs": self.unique_graphs,
+                       "targets": self.targets(), "notes": self.notes})
+
+
+def overhead(easel: Figures) -> float:
+    seconds = easel.median(easel.seconds)
+    return (seconds - easel.median(easel.server_run)) / seconds
+
+
+def finite(value):
+    """``value`` with NaN and infinities as None (JSON has no NaN)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {key: finite(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite(item) for item in value]
+    return value
+
+
+def header(device, easel_dtype, reference_dtype, settings: Performance) -> list[str]:
+    from backend.engine import speed
+
+    compiled = (f"compile {'regional' if settings.compile_regional else 'whole'} {settings.compile_modules} "
+                f"mode {settings.compile_mode} backend {speed.COMPILE_BACKEND}") if settings.compile else "compile off"
+    return [f"device     {describe_device(device)}",
+            f"versions   torch {torch.__version__}, diffusers {diffusers.__version__}",
+            f"reference  {str(reference_dtype).removeprefix('torch.')}, diffusers defaults (SDPA), Euler",
+            f"easel      {str(easel_dtype).removeprefix('torch.')}, sdpa {settings.sdpa}, channels_last "
+            f"{settings.channels_last}, {compiled}, prompt_cache {settings.prompt_cache}, vae_tiling_above "
+            f"{settings.vae_tiling_above}, cpu_offload {settings.cpu_offload}, park_idle_unet "
+            f"{settings.park_idle_unet}, Euler",
+            f"job        prompt + negative prompt, guidance {GUIDANCE}, seed {SEED}, inpaint mask = the middle "
+            f"half of the square, control maps canny + depth (scale 1, preprocess off), reference 224 px (weight 1)"]
+
+
+def easel_settings(root: Path, device, performance: dict | None) -> Performance:
+    return dataclasses.replace(load_config(root / "easel.toml").performance, **(performance or {})).resolve(device.type)
+
+
+def measure_mode(root, family, mode, inputs, client, budget: Budget, steps, runs, device, reference_dtype,
+                 load_peak: int | None, log) -> Row:
+    """One mode: the reference case, then Easel's (whose peak covers ``load_peak``, the model's
+    loading, when this is its first case)."""
+    reference = measure_reference(root, family, mode, inputs, steps, runs, device, reference_dtype)
+    budget.record("reference", mode, reference.row_s)
+    log(f"  reference {mode:15s} done (load + warm-up {reference.warmup:.1f} s, case {reference.row_s:.1f} s)")
+    easel = measure_easel(client, family, mode, inputs, steps, runs, device)
+    if load_peak is not None:
+        easel.peak_bytes = max(easel.peak_bytes, load_peak)
+    budget.record("easel", mode, easel.row_s)
+    log(f"  easel     {mode:15s} done (warm-up {easel.warmup:.1f} s, compile {easel.compile_s:.1f} s, "
+        f"case {easel.row_s:.1f} s)")
+    return Row(mode, reference, easel)
+
+
+def measure_family(root: Path, family: str, *, device, easel_dtype, reference_dtype, size: int | None = None,
+                   steps: int = 20, runs: int = 3, modes=MODES, performance: dict | None = None,
+                   deadline: float | None = None, on_row=None, log=print) -> FamilyRun:
+    """Reference and Easel figures for each of ``modes`` in turn (skipping those that no longer fit
+    before ``deadline``); ``on_row(run)`` after each mode, so figures survive a later kill."""
+    from torch._dynamo.utils import counters
+
+    size = size or NATIVE[family]
     inputs = Inputs.make(size)
-    modes = args.mode or MODES
-    print(f"\n== {family} {size}x{size}, {args.steps} steps (img2img: {int(args.steps * IMG2IMG_STRENGTH)}), "
-          f"1 warm-up + {args.runs} runs, medians ==")
-    reference = {}
-    for mode in modes:
-        reference[mode] = measure_reference(root, family, mode, inputs, args, device, reference_dtype)
-        print(f"  reference {mode:15s} done (load + warm-up {reference[mode].warmup:.1f} s)", flush=True)
+    settings = easel_settings(root, device, performance)
+    run = FamilyRun(family, size, steps, runs, describe_device(device),
+                    header(device, easel_dtype, reference_dtype, settings))
+    budget = Budget(deadline)
     free(device)
     reset_peak(device)
-    engine, config = easel_engine(root, family, size, device, easel_dtype)
-    easel = {}
+    start = time.perf_counter()
+    engine, config = easel_engine(root, family, size, device, easel_dtype, performance)
+    run.easel_load_s = time.perf_counter() - start
+    load_peak = peak(device)
+    if on_row:
+        on_row(run)  # the set-up's figures, before any mode
     with ServerThread(config, engine) as server, Client(server.url, name="bench-gpu") as client:
         for mode in modes:
-            easel[mode] = measure_easel(client, engine, family, mode, inputs, args, device)
-            print(f"  easel     {mode:15s} done (warm-up {easel[mode].warmup:.1f} s)", flush=True)
-    fit, per_preview = preview_cost(engine, family, size, device, easel_dtype)
-
-    print(f"\n{'mode':16s} {'ref it/s':>9s} {'easel it/s':>10s} {'ratio':>6s} {'ref s/img':>10s} "
-          f"{'easel s/img':>11s} {'ratio':>6s} {'overhead':>9s} {'ref peak':>11s} {'easel peak':>11s}")
-    for mode in modes:
-        r, e = reference[mode], easel[mode]
-        ref_rate, easel_rate = r.median(r.rates), e.median(e.rates)
-        ref_s, easel_s = r.median(r.seconds), e.median(e.seconds)
-        overhead = (easel_s - e.median(e.server_run)) / easel_s
-        print(f"{mode:16s} {ref_rate:9.2f} {easel_rate:10.2f} {easel_rate / ref_rate:5.2f}x {ref_s:10.2f} "
-              f"{easel_s:11.2f} {ref_s / easel_s:5.2f}x {100 * overhead:8.1f}% {gib(r.peak_bytes):>11s} "
-              f"{gib(e.peak_bytes):>11s}")
-    step = 1 / easel[modes[0]].median(easel[modes[0]].rates)
-    largest = max(modes, key=lambda mode: reference[mode].peak_bytes or 0)
-    together, alone = easel[modes[-1]].peak_bytes, reference[largest].peak_bytes
-    print(f"\nmemory: easel peak after its first mode ({modes[0]}) {gib(easel[modes[0]].peak_bytes)}, with all "
-          f"{len(modes)} modes loaded {gib(together)}; the largest reference pipeline ({largest}) alone "
-          f"{gib(alone)}" + (f": {together / alone:.2f}x" if together and alone else "")
-          + " (easel peaks are cumulative: earlier modes stay loaded)")
-    print("overhead: easel wall time outside Engine.run (upload, queue, result transfer) as a share of the job")
-    print(f"previews: fitting the linear preview {fit:.2f} s once per model; a 256 px preview "
-          f"{1000 * per_preview:.2f} ms = {100 * per_preview / step:.2f}% of an easel {modes[0]} step "
-          f"({step:.3f} s)")
-    swap = unet_swap_seconds(engine, family, device)
-    if swap is not None:
-        print(f"unet swap: bringing the parked UNet back (base <-> inpaint, on a mode switch) {swap:.3f} s")
+            reason = budget.skip_reason(mode, time.perf_counter())
+            if reason:
+                run.rows.append(Row(mode, skipped=reason))
+                log(f"  {mode:15s} {reason}")
+            else:
+                started = time.perf_counter()
+                try:
+                    row = measure_mode(root, family, mode, inputs, client, budget, steps, runs, device,
+                                       reference_dtype, load_peak if not run.measured else None, log)
+                except Exception as error:  # one mode's failure (out of memory, say) must not cost the others
+                    traceback.print_exc()
+                    summary = (str(error).strip().splitlines() or [""])[0][:300]
+                    row = Row(mode, skipped=f"failed after {time.perf_counter() - started:.0f} s: "
+                                            f"{type(error).__name__}: {summary}")
+                    log(f"  {mode:15s} {row.skipped}")
+                    free(device)
+                run.rows.append(row)
+            run.unique_graphs = counters["stats"]["unique_graphs"]
+            if on_row:
+                on_row(run)
+    if run.measured and budget.left(time.perf_counter()) > -budget.tail_s / 2:
+        run.preview_fit_s, run.preview_s = preview_cost(engine, family, size, device, easel_dtype)
+        run.unet_swap_s = unet_swap_seconds(engine, family, device)
+    elif run.measured:
+        run.notes.append("previews and the UNet swap were not measured: the time budget was spent")
     del engine
     free(device)
+    return run
+
+
+# -- main ------------------------------------------------------------------------------------------
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -367,6 +668,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--device", default="auto", help="auto, cuda, cpu or mps")
     parser.add_argument("--reference-dtype", choices=("fp16", "bf16", "fp32"),
                         help="default fp16 (the seed texts' call); fp32 on a CPU")
+    parser.add_argument("--compile", choices=tuple(COMPILE), default="auto",
+                        help="Easel's torch.compile: the config's (auto), whole modules, regional (the repeated "
+                             "transformer blocks only: a fraction of the compile time) or off")
+    parser.add_argument("--budget-s", type=float, help="skip the modes that no longer fit in this many seconds")
     args = parser.parse_args(argv)
     if args.size is not None and (args.size % 64 or args.size < 64):
         parser.error("--size must be a multiple of 64")
@@ -375,8 +680,17 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
+def devices(model_dir: Path, device: str, reference_dtype: str | None):
+    """(device, Easel's dtype from the model folder's config, the reference's dtype)."""
+    device, easel_dtype = pick_device(device, load_config(model_dir / "easel.toml").performance.dtype)
+    reference = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}[
+        reference_dtype or ("fp32" if device.type == "cpu" else "fp16")]
+    return device, easel_dtype, reference
+
+
 def main(argv=None) -> None:
     args = parse_args(argv)
+    started = time.perf_counter()
     quiet_libraries()
     families = tuple(args.family or NATIVE)
     missing = [f for f in families if not (args.model_dir / f / "model_index.json").is_file()]
@@ -387,21 +701,13 @@ def main(argv=None) -> None:
         present = tuple(f for f in NATIVE if (args.model_dir / f / "model_index.json").is_file())
         full_size.write_config(args.model_dir.resolve(), present)
 
-    device, easel_dtype = pick_device(args.device, load_config(args.model_dir / "easel.toml").performance.dtype)
-    reference_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}[
-        args.reference_dtype or ("fp32" if device.type == "cpu" else "fp16")]
-    settings = ModelRegistry(load_config(args.model_dir / "easel.toml"), device, easel_dtype).speed.settings
-    print(f"device     {describe_device(device)}")
-    print(f"versions   torch {torch.__version__}, diffusers {diffusers.__version__}")
-    print(f"reference  {str(reference_dtype).removeprefix('torch.')}, diffusers defaults (SDPA), Euler")
-    print(f"easel      {str(easel_dtype).removeprefix('torch.')}, sdpa {settings.sdpa}, channels_last "
-          f"{settings.channels_last}, compile {settings.compile} {settings.compile_modules if settings.compile else ''}"
-          f", prompt_cache {settings.prompt_cache}, vae_tiling_above {settings.vae_tiling_above}, "
-          f"cpu_offload {settings.cpu_offload}, park_idle_unet {settings.park_idle_unet}, Euler")
-    print(f"job        prompt + negative prompt, guidance {GUIDANCE}, seed {SEED}, inpaint mask = the middle "
-          f"half of the square, control maps canny + depth (scale 1, preprocess off), reference 224 px (weight 1)")
+    device, easel_dtype, reference_dtype = devices(args.model_dir, args.device, args.reference_dtype)
+    deadline = None if args.budget_s is None else started + args.budget_s
     for family in families:
-        run_family(args.model_dir, family, args, device, easel_dtype, reference_dtype)
+        run = measure_family(args.model_dir, family, device=device, easel_dtype=easel_dtype,
+                             reference_dtype=reference_dtype, size=args.size, steps=args.steps, runs=args.runs,
+                             modes=args.mode or MODES, performance=COMPILE[args.compile], deadline=deadline)
+        print(run.table(), flush=True)
 
 
 if __name__ == "__main__":

@@ -141,3 +141,21 @@ def test_new_slider_values_rerun_the_compiled_graphs_without_recompiling(demo_co
         np.testing.assert_array_equal(pictures[scale, weight, end], run(engine, steered(scale, weight, end)))
     assert counters["frames"]["total"] == frames
     assert len({picture.tobytes() for picture in pictures.values()}) == 3  # each new value changed the picture
+
+
+def test_regional_compilation_compiles_the_transformer_blocks_only(demo_config, engine, monkeypatch):
+    """compile_regional: each of the UNet's transformer blocks runs compiled and the rest of the UNet
+    eager (a fraction of the compile time on a GPU); the VAE decoder, which has no such blocks, is
+    compiled whole. Same picture as without compiling ("eager" backend: dynamo's tracing, no kernels)."""
+    from backend.engine import speed
+
+    monkeypatch.setattr(speed, "COMPILE_BACKEND", "eager")
+    compiled = engine_with(demo_config, compile=True, compile_regional=True, compile_modules=["unet", "vae_decode"],
+                           compile_sizes=[(64, 64)])
+    pixels, calls = profiled(compiled, generate(size=64))
+    unet = compiled.registry.get("demo-base").base.unet
+    blocks = speed.repeated_blocks(unet)
+    assert blocks and all(block._compiled_call_impl is not None for block in blocks)
+    assert unet._compiled_call_impl is None and speed.repeated_blocks(compiled.registry.get("demo-base").base.vae) == []
+    assert calls == 2 * len(blocks) + 1  # every block at each of the 2 steps, and the decoder once
+    np.testing.assert_array_equal(pixels, run(engine, generate(size=64)))

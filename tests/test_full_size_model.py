@@ -43,40 +43,16 @@ def test_written_config_serves_each_family(tmp_path):
     assert config.ip_adapters["sdxl"].image_encoder == str(tmp_path / "ip-adapter" / "sdxl" / "image_encoder")
 
 
-# The same writer at toy widths: the folders, links, tokenizers, ControlNets and IP-Adapters it writes
-# must load and run through Easel for both families. (The full sizes are the bench's to write.)
-TOY = {
-    "SD15_UNET": dict(full.SD15_UNET, sample_size=8, block_out_channels=(32, 64), layers_per_block=1,
-                      down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-                      up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=32, attention_head_dim=2),
-    "SDXL_UNET": dict(full.SDXL_UNET, sample_size=8, block_out_channels=(32, 64), layers_per_block=1,
-                      down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-                      up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), attention_head_dim=(2, 4),
-                      transformer_layers_per_block=(1, 1), cross_attention_dim=64, addition_time_embed_dim=8,
-                      projection_class_embeddings_input_dim=6 * 8 + 32),
-    "SD15_VAE": dict(full.SD15_VAE, block_out_channels=(32,) * 4, layers_per_block=1, sample_size=64),
-    "SDXL_VAE": dict(full.SDXL_VAE, block_out_channels=(32,) * 4, layers_per_block=1, sample_size=64),
-    "CLIP_L_TEXT": dict(full.CLIP_L_TEXT, hidden_size=32, intermediate_size=64, projection_dim=32,
-                        num_hidden_layers=2, num_attention_heads=2),
-    "BIGG_TEXT": dict(full.BIGG_TEXT, hidden_size=32, intermediate_size=64, projection_dim=32, num_hidden_layers=2,
-                      num_attention_heads=2),
-    "VIT_H_VISION": dict(full.VIT_H_VISION, hidden_size=32, intermediate_size=64, projection_dim=24,
-                         num_hidden_layers=2, num_attention_heads=2, patch_size=56),
-    "BIGG_VISION": dict(full.BIGG_VISION, hidden_size=32, intermediate_size=64, projection_dim=40,
-                        num_hidden_layers=2, num_attention_heads=2, patch_size=56),
-}
-
-
-def test_written_folders_serve_steered_inpaint_jobs(tmp_path, monkeypatch):
+# The same writer at toy widths (full.TOY): the folders, links, tokenizers, ControlNets and IP-Adapters it
+# writes must load and run through Easel for both families. (The full sizes are the bench's to write.)
+def test_written_folders_serve_steered_inpaint_jobs(tmp_path):
     import numpy as np
 
     from backend.engine.engine import Engine
     from backend.engine.job import Control, EditJob, Reference
     from backend.engine.models import ModelRegistry, pick_device
 
-    for name, value in TOY.items():
-        monkeypatch.setattr(full, name, value)
-    root = full.write_full_size_model(tmp_path, log=lambda line: None)
+    root = full.write_full_size_model(tmp_path, log=lambda line: None, toy=True)
     assert (root / "sdxl-inpaint" / "vae").is_symlink() and (root / "sdxl" / "tokenizer_2").is_dir()
     engine = Engine(ModelRegistry(load_config(root / "easel.toml"), *pick_device("cpu")))
 

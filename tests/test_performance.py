@@ -33,6 +33,7 @@ compile = "auto"
 compile_modules = ["unet"]
 compile_sizes = ["768x512", 1024]
 compile_mode = "max-autotune"
+compile_regional = true
 prompt_cache = 0
 vae_tiling_above = 1000000
 cpu_offload = true
@@ -40,6 +41,7 @@ cpu_offload = true
     perf = config.performance
     assert (perf.dtype, perf.sdpa, perf.channels_last, perf.compile) == ("bf16", False, True, "auto")
     assert perf.compile_modules == ["unet"] and perf.compile_sizes == [(768, 512), (1024, 1024)]
+    assert perf.compile_regional is True
     assert (perf.compile_mode, perf.prompt_cache, perf.vae_tiling_above, perf.cpu_offload) == \
         ("max-autotune", 0, 1000000, True)
     assert load_config(write_config(tmp_path, "")).performance == Performance()
@@ -53,6 +55,7 @@ cpu_offload = true
     ('compile_sizes = ["512x500"]', "performance.compile_sizes"),
     ('compile_sizes = ["big"]', "performance.compile_sizes"),
     ('compile_mode = "fast"', "performance.compile_mode"),
+    ('compile_regional = "yes"', "performance.compile_regional"),
     ("prompt_cache = -1", "performance.prompt_cache"),
     ('vae_tiling_above = "4M"', "performance.vae_tiling_above"),
     ("turbo = true", "performance.turbo"),

@@ -1,12 +1,13 @@
 """Engine optimisations from the ``[performance]`` config, applied to loaded models and per job.
 
 Load time (``prepare_model`` / ``prepare_controlnet``): attention kernel (SDPA or classic),
-channels_last memory layout, ``torch.compile`` of the UNet, ControlNet and VAE decoder (eager where
-compiling fails). Per job (``job``): which pipelines run compiled (only the configured diffusion
-sizes, so compiled shapes stay static and an odd crop size never triggers a recompile), VAE tiling
-above a pixel count, and model CPU offload for small-VRAM GPUs. Between jobs (``keep_only``): only
-the job's UNet of a model with two stays on the GPU (``residency.py``). Half precision is the
-registry's dtype (``pick_device``).
+channels_last memory layout, ``torch.compile`` of the UNet, ControlNet and VAE decoder, whole or
+(``compile_regional``) only their repeated transformer blocks (eager where compiling fails). Per
+job (``job``): which pipelines run compiled (only the configured diffusion sizes, so compiled
+shapes stay static and an odd crop size never triggers a recompile), VAE tiling above a pixel
+count, and model CPU offload for small-VRAM GPUs. Between jobs (``keep_only``): only the job's UNet
+of a model with two stays on the GPU (``residency.py``). Half precision is the registry's dtype
+(``pick_device``).
 
 Everything here is a switch: with all of them off the pipelines are exactly diffusers' defaults.
 """
@@ -73,7 +74,15 @@ class Speed:
         if settings.compile and role in settings.compile_modules:
             options = {"mode": None if settings.compile_mode == "default" else settings.compile_mode,
                        "dynamic": False, "backend": COMPILE_BACKEND}
-            if role == "controlnet":
+            blocks = repeated_blocks(module.decoder if role == "vae_decode" else module) \
+                if settings.compile_regional else []
+            if blocks:
+                # Regional: each transformer block is compiled in place, and blocks of the same shape
+                # share one graph, so the first job compiles a few small graphs instead of the whole
+                # network; what runs between the blocks (convolutions, the ControlNet scale) stays eager.
+                for block in blocks:
+                    block.compile(**options)
+            elif role == "controlnet":
                 module.forward = _scale_as_tensor(torch.compile(module.forward, **options))
             else:
                 # In place (nn.Module.compile): the module keeps its class, config and attention
@@ -121,6 +130,17 @@ class Speed:
 
     def compile_sizes(self, native_size: int) -> set[tuple[int, int]]:
         return set(self.settings.compile_sizes) or {(native_size, native_size)}
+
+
+REPEATED_BLOCKS = ("BasicTransformerBlock",)  # the UNet's and ControlNet's transformer blocks
+
+
+def repeated_blocks(module) -> list:
+    """The submodules regional compilation compiles: the module's own ``_repeated_blocks`` classes
+    (diffusers' list for regional compilation), else the transformer blocks; [] when it has none
+    (the VAE decoder), which is then compiled whole."""
+    names = set(getattr(module, "_repeated_blocks", None) or REPEATED_BLOCKS)
+    return [sub for sub in module.modules() if type(sub).__name__ in names]
 
 
 def _scale_as_tensor(forward):
