@@ -103,7 +103,8 @@ class Loras:
         """Switch ``pipe``'s UNet and text encoders to the job's LoRAs (loading those not loaded yet);
         weight 0 is off. Returns what the prompt's embeddings now depend on (the text encoders'
         active LoRAs), for the prompt cache's key."""
-        active = [(name, float(weight)) for name, weight in loras if weight != 0]
+        # in name order: PEFT adds the LoRAs' outputs in the order given, and float sums depend on it
+        active = sorted((name, float(weight)) for name, weight in loras if weight != 0)
         for name, _ in active:
             self._load(model, pipe, name)
         text = []

@@ -1,0 +1,143 @@
+"""LoRAs through the real server, on the demo model's tiny random LoRAs (kohya and diffusers files)."""
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import decode, picture, png, rect_mask
+from shared.client import Accepted, EaselError
+from shared.errors import ProtocolError
+from shared.loras import merge, split_prompt
+
+LORAS = {"demo": ("demo-lora", "demo-lora-diffusers"), "demo-xl": ("demo-xl-lora", "demo-xl-lora-diffusers")}
+
+
+def run(client, mode="generate", model="demo", **params):
+    params = {"prompt": "a house", "steps": 4, "seed": 3, "model": model, **params}
+    if mode == "generate":
+        params.update(width=128, height=128)
+    else:
+        image = picture(128, 128)
+        params.update(image=png(image), strength=0.8)
+        if mode == "inpaint":
+            params["mask"] = png(rect_mask(image.size, (30, 30, 100, 100)))
+    return decode(client.run(mode, **params).images[0].image).astype(int)
+
+
+@pytest.mark.parametrize("model", ["demo", "demo-xl"])
+def test_weight_zero_is_no_lora_and_weight_one_changes_the_picture(client, model):
+    lora = LORAS[model][0]
+    plain = run(client, model=model)
+    one = run(client, model=model, loras=[{"name": lora, "weight": 1}])
+    half = run(client, model=model, loras=[{"name": lora, "weight": 0.5}])
+    zero = run(client, model=model, loras=[{"name": lora, "weight": 0}])
+    assert np.abs(one - plain).mean() > 5  # visibly: several levels of 255 on average
+    assert 0 < np.abs(half - plain).mean() < np.abs(one - plain).mean()
+    assert (zero == plain).all()
+    assert (run(client, model=model) == plain).all(), "switched off again for a job without LoRAs"
+
+
+def test_a_plain_job_after_a_lora_job_equals_one_on_a_fresh_server(client, demo_config):
+    from backend.engine.engine import Engine
+    from backend.engine.models import ModelRegistry, pick_device
+    from backend.server import ServerThread
+    from shared.client import Client
+
+    run(client, loras=[{"name": "demo-lora", "weight": 1.5}, {"name": "demo-lora-diffusers", "weight": -1}])
+    after = run(client, "img2img")
+    fresh_engine = Engine(ModelRegistry(demo_config, *pick_device("cpu")))
+    with ServerThread(demo_config, fresh_engine) as fresh, Client(fresh.url) as other:
+        assert (run(other, "img2img") == after).all()
+
+
+def test_two_loras_at_once_and_both_file_formats(client):
+    kohya, diffusers = LORAS["demo"]
+    plain = run(client)
+    first = run(client, loras=[{"name": kohya}])
+    second = run(client, loras=[{"name": diffusers}])
+    both = run(client, loras=[{"name": kohya}, {"name": diffusers}])
+    for single in (first, second):
+        assert np.abs(single - plain).mean() > 5
+        assert np.abs(both - single).mean() > 2
+    assert (run(client, loras=[{"name": diffusers}, {"name": kohya}]) == both).all(), "order does not matter"
+
+
+def test_a_prompt_tag_is_taken_out_and_the_field_wins_on_a_duplicate(client):
+    field = run(client, loras=[{"name": "demo-lora", "weight": 0.7}])
+    result = client.run("generate", prompt="a house <lora:demo-lora:0.7>", steps=4, seed=3, width=128, height=128)
+    assert (decode(result.images[0].image) == field).all()
+    assert result.parameters["prompt"] == "a house"
+    assert result.parameters["loras"] == [{"name": "demo-lora", "weight": 0.7}]
+    both = run(client, prompt="a house <lora:demo-lora:-1>", loras=[{"name": "demo-lora", "weight": 0.7}])
+    assert (both == field).all()
+
+
+@pytest.mark.parametrize("model", ["demo", "demo-xl"])  # 9-channel inpaint UNets: the LoRA loads there too
+def test_loras_steer_inpainting_with_the_inpaint_unet(client, model):
+    plain = run(client, "inpaint", model=model)
+    styled = run(client, "inpaint", model=model, loras=[{"name": LORAS[model][1]}])
+    assert np.abs(styled - plain).mean() > 0.5
+    assert (run(client, "inpaint", model=model) == plain).all()
+
+
+def test_loras_work_with_references_and_control(client):
+    control_map = np.zeros((128, 128, 3), np.uint8)
+    control_map[:, :64] = 255
+    extras = {"references": [{"image": png(Image.new("RGB", (64, 64), "red"))}],
+              "control": [{"type": "canny", "image": png(Image.fromarray(control_map))}]}
+    plain = run(client, "img2img", **extras)
+    styled = run(client, "img2img", loras=[{"name": "demo-lora"}], **extras)
+    assert np.abs(styled - plain).mean() > 2
+    assert (run(client, "img2img", **extras) == plain).all()
+
+
+def test_loras_are_listed_with_their_family(client):
+    listed = {item["name"]: item["family"] for item in client.models()["loras"]}
+    assert listed == {"demo-lora": "sd15", "demo-lora-diffusers": "sd15", "demo-xl-lora": "sdxl",
+                      "demo-xl-lora-diffusers": "sdxl"}
+    welcome = {item["name"]: item["family"] for item in client.welcome["capabilities"]["loras"]}
+    assert welcome == listed
+
+
+@pytest.mark.parametrize("params, code, field, words", [
+    ({"loras": [{"name": "demo-lora"}, {"name": "nope"}]}, "unknown_lora", "loras[1].name", "demo-lora-diffusers"),
+    ({"loras": [{"name": "demo-lora", "weight": 2.5}]}, "invalid_field", "loras[0].weight", "at most 2"),
+    ({"loras": [{"name": "demo-xl-lora"}]}, "wrong_family", "loras[0].name", "for sdxl models, but model 'demo' is"),
+    ({"prompt": "a <lora:demo-xl-lora:0.5> house"}, "wrong_family", "prompt", "demo-xl-lora"),
+    ({"prompt": "a <lora:nope> house"}, "unknown_lora", "prompt", "nope"),
+    ({"prompt": "a <lora:demo-lora:lots> house"}, "invalid_field", "prompt", "not a number"),
+    ({"prompt": "a <lora:demo-lora:3> house"}, "invalid_field", "prompt", "from -2 to 2"),
+    ({"loras": [{"name": "demo-lora"}, {"name": "demo-lora", "weight": 0.5}]}, "invalid_field", "loras[1].name",
+     "twice"),
+])
+def test_bad_loras_are_refused_before_accepted_naming_the_field(client, params, code, field, words):
+    events = []
+    with pytest.raises(EaselError) as caught:
+        client.run("generate", **{"prompt": "a house", "steps": 2, "width": 64, "height": 64, **params},
+                   on_event=events.append)
+    assert (caught.value.code, caught.value.field) == (code, field)
+    assert words in caught.value.message
+    assert not any(isinstance(event, Accepted) for event in events)
+    run(client)  # the connection keeps working
+
+
+def test_prompt_tags_parse_in_pure_code():
+    assert split_prompt("a cat <lora:ink:0.6>, red <LORA:paper>") == ("a cat, red", [("ink", 0.6), ("paper", 1.0)])
+    assert split_prompt("no tags  here") == ("no tags  here", [])
+    with pytest.raises(ProtocolError) as caught:
+        split_prompt("<lora::1>")
+    assert caught.value.field == "prompt"
+    merged = merge(("loras", [("ink", 0.2)]), ("prompt", [("ink", 0.9), ("paper", 1.0)]), ("preset", [("x", 1.0)]))
+    assert merged == [("ink", 0.2, "loras[0].name"), ("paper", 1.0, "prompt"), ("x", 1.0, "preset")]
+
+
+def test_a_loras_family_is_read_from_its_header():
+    from backend.engine.loras import family_of
+
+    assert family_of({}, {"ss_base_model_version": "sdxl_base_v1-0"}) == "sdxl"
+    assert family_of({}, {"modelspec.architecture": "flux-1-dev/lora"}) == "flux"
+    cross = "lora_unet_down_blocks_1_attentions_0_transformer_blocks_0_attn2_to_k.lora_down.weight"
+    assert family_of({cross: (8, 768)}) == "sd15"
+    assert family_of({"unet." + cross.replace("lora_down", "lora_A")[10:]: (8, 2048)}) == "sdxl"
+    assert family_of({"lora_te2_text_model_encoder_layers_0_mlp_fc1.lora_down.weight": (4, 1280)}) == "sdxl"
+    assert family_of({"lora_unet_mid_block_resnets_0_conv1.lora_down.weight": (4, 1280, 3, 3)}) is None
