@@ -32,12 +32,13 @@ MIN_PREPROCESS_SIDE = 16
 
 def build_edit_job(job: Job, uploads: dict[str, ImageData], limits: Limits, models: list[str],
                    default_model: str | None, upscalers: list[str] | None = None,
-                   default_upscaler: str = BUILTIN_UPSCALER, preset: Preset | None = None,
+                   default_upscaler: str = BUILTIN_UPSCALER,
+                   with_preset: Callable[[Job], tuple[Job, Preset | None]] | None = None,
                    loras: Mapping[str, str | None] | None = None,
                    model_family: Callable[[str], str | None] | None = None) -> EditJob:
     """Check a protocol job against the rules and the server's state; raise ProtocolError if unfit.
-    ``preset``: the one the job named, already applied (``backend.presets.apply_preset``); ``loras``:
-    the server's LoRAs and their families; ``model_family``: a model's family (None: not known)."""
+    ``with_preset``: the job with its preset applied, and the preset (``backend.presets.apply_preset``);
+    ``loras``: the server's LoRAs and their families; ``model_family``: a model's family (None: not known)."""
     # A submit consumes the frames it names, accepted or refused, so a retry must upload again. Within
     # the submit one frame may be named several times (the picture as `image` and as a control image).
     refs = [job.image, job.mask, *(unit.image for unit in job.control), *(ref.image for ref in job.references)]
@@ -50,6 +51,7 @@ def build_edit_job(job: Job, uploads: dict[str, ImageData], limits: Limits, mode
                             for i, ref in enumerate(job.references)]
     finally:
         _consume(refs, uploads)
+    job, preset = with_preset(job) if with_preset else (job, None)
     job.check(few_step=preset is not None and preset.few_step)
     model = default_model if job.model is None else job.model  # "" names no model: refused below
     if model not in models:

@@ -238,9 +238,9 @@ class Session:
         upscalers = engine.upscalers
 
         def build() -> EditJob:
-            job, preset = apply_preset(request, given, self.state.config.presets)
-            return build_edit_job(job, self.uploads, limits, names, default, upscalers.names(), upscalers.default,
-                                  preset, engine.loras.families(), self._model_family)
+            return build_edit_job(request, self.uploads, limits, names, default, upscalers.names(),
+                                  upscalers.default, lambda job: apply_preset(job, given, self.state.config.presets),
+                                  engine.loras.families(), self._model_family)
 
         return self._take(request, build)
 
