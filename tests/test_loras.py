@@ -141,3 +141,25 @@ def test_a_loras_family_is_read_from_its_header():
     assert family_of({"unet." + cross.replace("lora_down", "lora_A")[10:]: (8, 2048)}) == "sdxl"
     assert family_of({"lora_te2_text_model_encoder_layers_0_mlp_fc1.lora_down.weight": (4, 1280)}) == "sdxl"
     assert family_of({"lora_unet_mid_block_resnets_0_conv1.lora_down.weight": (4, 1280, 3, 3)}) is None
+
+
+def test_easel_run_lora_option(server, tmp_path, capsys):
+    from backend.cli import main
+
+    picture(128, 128).save(tmp_path / "in.png")
+    common = ["run", "img2img", "--prompt", "a house", "--image", str(tmp_path / "in.png"), "--strength", "0.8",
+              "--steps", "4", "--seed", "1", "--server", server.url]
+    outputs = {}
+    for name, extra in (("plain", []), ("zero", ["--lora", "demo-lora:0"]), ("one", ["--lora", "demo-lora"]),
+                        ("tag", ["--prompt", "a house <lora:demo-lora:1>"])):
+        assert main(common + extra + ["--out", str(tmp_path / f"{name}.png")]) == 0, capsys.readouterr().err
+        outputs[name] = np.asarray(Image.open(tmp_path / f"{name}.png")).astype(int)
+    assert (outputs["zero"] == outputs["plain"]).all()
+    assert np.abs(outputs["one"] - outputs["plain"]).mean() > 2 and (outputs["tag"] == outputs["one"]).all()
+    capsys.readouterr()
+    assert main(common + ["--lora", "demo-lora", "--lora", "demo-lora-diffusers:2.5", "--out",
+                          str(tmp_path / "bad.png")]) == 2
+    assert "the 2nd --lora (demo-lora-diffusers:2.5): WEIGHT must be at most 2" in capsys.readouterr().err
+    assert main(common + ["--lora", "demo-xl-lora", "--out", str(tmp_path / "bad.png")]) == 1
+    err = capsys.readouterr().err
+    assert "--lora demo-xl-lora: LoRA 'demo-xl-lora' is for sdxl models" in err and "[wrong_family]" in err
