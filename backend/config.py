@@ -356,7 +356,8 @@ def scan_model_folder(folder: Path, allow_pickle: bool = False) -> dict[str, Mod
             (parent / "config.json").is_file() or parent in pipelines
             for parent in path.parents if parent != folder and folder in parent.parents)
 
-    found = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix in suffixes and not is_component(p))
+    found = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix in suffixes and not is_component(p)
+                   and not is_lora_file(p))
     found += pipelines
     models = {}
     for source in found:
@@ -364,6 +365,23 @@ def scan_model_folder(folder: Path, allow_pickle: bool = False) -> dict[str, Mod
             source.relative_to(folder).as_posix()
         models[name] = ModelSpec(name=name, source=str(source))
     return models
+
+
+def is_lora_file(path: Path) -> bool:
+    """A ``.safetensors`` file holding a LoRA (kohya or diffusers tensor names), not a checkpoint: read
+    from its header alone (8 bytes of length, then JSON), so scanning a large folder stays fast."""
+    if path.suffix != ".safetensors":
+        return False
+    try:
+        with path.open("rb") as file:
+            length = int.from_bytes(file.read(8), "little")
+            if not 0 < length < 2**27:
+                return False
+            keys = json.loads(file.read(length))
+    except (OSError, ValueError):
+        return False
+    return any(key.startswith(("lora_unet_", "lora_te")) or ".lora_A." in key or ".lora_down." in key
+               for key in keys)
 
 
 def _is_upscale_pipeline(index: Path) -> bool:
