@@ -163,3 +163,47 @@ def test_easel_run_lora_option(server, tmp_path, capsys):
     assert main(common + ["--lora", "demo-xl-lora", "--out", str(tmp_path / "bad.png")]) == 1
     err = capsys.readouterr().err
     assert "--lora demo-xl-lora: LoRA 'demo-xl-lora' is for sdxl models" in err and "[wrong_family]" in err
+
+
+def test_a_compiled_unet_runs_eager_once_a_lora_is_loaded_and_says_why(demo_config, engine, monkeypatch, caplog):
+    """PEFT wraps the UNet's layers and sets the LoRA weights as Python floats, which torch.compile would
+    bake into its graph (a recompile per slider value): the model's UNet goes eager, with a warning."""
+    import dataclasses
+
+    from backend.engine import speed
+    from test_performance import engine_with, generate
+    from test_performance import run as run_job
+
+    monkeypatch.setattr(speed, "COMPILE_BACKEND", "eager")  # same tracing, no kernels to build
+    compiled = engine_with(demo_config, compile=True, compile_modules=["unet"], compile_sizes=[(64, 64)])
+    job = dataclasses.replace(generate(size=64), model="demo", loras=(("demo-lora", 1.0),))
+    run_job(compiled, dataclasses.replace(job, loras=()))
+    unet = compiled.registry.get("demo").base.unet
+    assert unet._compiled_call_impl is not None
+    with caplog.at_level("WARNING", logger="backend.engine.speed"):
+        styled = run_job(compiled, job)
+    assert unet._compiled_call_impl is None
+    assert "LoRA demo-lora is loaded into model demo: its UNet runs eager" in caplog.text
+    np.testing.assert_array_equal(styled, run_job(engine, job))
+
+
+def test_loras_with_the_idle_unet_parked(demo_config, engine):
+    """With parking, the UNet a job does not use waits in host memory, LoRA layers included."""
+    import dataclasses
+
+    from backend.engine.job import EditJob
+    from test_performance import engine_with
+    from test_performance import run as run_job
+
+    parking = engine_with(demo_config, park_idle_unet=True)
+    image = np.asarray(picture(64, 64).convert("RGBA"))
+    mask = np.zeros((64, 64), np.uint8)
+    mask[16:48, 16:48] = 255
+    base = EditJob(mode="img2img", model="demo", prompt="a door", negative_prompt="", seed=2, steps=2, guidance=5.0,
+                   strength=0.5, batch=1, sampler="euler", image=image, loras=(("demo-lora", 1.0),))
+    inpaint = dataclasses.replace(base, mode="inpaint", mask=mask)  # (img2img and inpaint diffuse at 512)
+    first = run_job(parking, inpaint)  # the LoRA loads into the inpaint UNet ...
+    np.testing.assert_array_equal(run_job(parking, base), run_job(engine, base))  # ... and the base one
+    assert parking.speed.residency.is_parked(parking.registry.get("demo").inpaint_unet)
+    np.testing.assert_array_equal(run_job(parking, inpaint), first)  # back from RAM with its LoRA layers
+    assert parking.speed.residency.is_parked(parking.registry.get("demo").base.unet)
