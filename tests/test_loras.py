@@ -207,3 +207,25 @@ def test_loras_with_the_idle_unet_parked(demo_config, engine):
     assert parking.speed.residency.is_parked(parking.registry.get("demo").inpaint_unet)
     np.testing.assert_array_equal(run_job(parking, inpaint), first)  # back from RAM with its LoRA layers
     assert parking.speed.residency.is_parked(parking.registry.get("demo").base.unet)
+
+
+def test_a_lora_file_name_with_dots_and_the_prompt_cache(demo_config):
+    """A1111 LoRA names often hold dots (PEFT's adapter keys cannot); the prompt cache keys on the text
+    encoders' active LoRAs (a cached no-LoRA embedding must not serve a LoRA job)."""
+    import dataclasses
+
+    from backend.engine.engine import Engine
+    from backend.engine.job import EditJob
+    from backend.engine.models import ModelRegistry, pick_device
+    from test_performance import run as run_job
+
+    loras = {**demo_config.loras, "detail_v1.5": demo_config.loras["demo-lora"]}
+    config = dataclasses.replace(demo_config, loras=loras)
+    cached = Engine(ModelRegistry(config, *pick_device("cpu")))
+    uncached = Engine(ModelRegistry(dataclasses.replace(config, performance=dataclasses.replace(
+        config.performance, prompt_cache=0)), *pick_device("cpu")))
+    job = EditJob(mode="generate", model="demo", prompt="a door", negative_prompt="", seed=2, steps=2, guidance=5.0,
+                  strength=1.0, batch=1, sampler="euler", width=64, height=64)
+    run_job(cached, job)  # caches the prompt's no-LoRA embeddings
+    dotted = run_job(cached, dataclasses.replace(job, loras=(("detail_v1.5", 1.0),)))
+    np.testing.assert_array_equal(dotted, run_job(uncached, dataclasses.replace(job, loras=(("demo-lora", 1.0),))))

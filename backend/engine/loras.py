@@ -88,6 +88,7 @@ class Loras:
         self.files, self.speed = dict(files), speed
         self._tried: set[tuple[int, str]] = set()  # (id(module), LoRA) loads done, even those that added nothing
         self._states: dict[tuple[str, str], tuple] = {}  # (model, LoRA) -> converted state dict
+        self._adapters: dict[str, str] = {}  # LoRA name -> its PEFT adapter name
 
     def names(self) -> list[str]:
         return sorted(self.files)
@@ -104,9 +105,10 @@ class Loras:
         weight 0 is off. Returns what the prompt's embeddings now depend on (the text encoders'
         active LoRAs), for the prompt cache's key."""
         # in name order: PEFT adds the LoRAs' outputs in the order given, and float sums depend on it
-        active = sorted((name, float(weight)) for name, weight in loras if weight != 0)
-        for name, _ in active:
+        chosen = sorted((name, float(weight)) for name, weight in loras if weight != 0)
+        for name, _ in chosen:
             self._load(model, pipe, name)
+        active = [(self.adapter(name), weight) for name, weight in chosen]
         text = []
         for part, module in self._modules(pipe):
             loaded = set(getattr(module, "peft_config", None) or ())
@@ -118,6 +120,13 @@ class Loras:
                 text.append((part, tuple(wanted)))
         return tuple(item for item in text if item[1])
 
+    def adapter(self, name: str) -> str:
+        """The PEFT adapter name of a LoRA: its name made a valid module key (PEFT keeps adapters in
+        ModuleDicts, whose keys cannot hold a dot, and A1111 file names often do: ``detail_v1.5``)."""
+        if name not in self._adapters:
+            self._adapters[name] = f"{re.sub(r'[^A-Za-z0-9_]', '_', name)}_{len(self._adapters)}"
+        return self._adapters[name]
+
     # -- loading ------------------------------------------------------------------------------
 
     @staticmethod
@@ -125,7 +134,8 @@ class Loras:
         return [(part, getattr(pipe, part)) for part in ("unet", *TEXT_ENCODERS) if getattr(pipe, part, None)]
 
     def _load(self, model: LoadedModel, pipe, name: str) -> None:
-        missing = [(part, module) for part, module in self._modules(pipe) if (id(module), name) not in self._tried]
+        adapter = self.adapter(name)
+        missing = [(part, module) for part, module in self._modules(pipe) if (id(module), adapter) not in self._tried]
         if not missing:
             return
         path = self.files[name]
@@ -142,22 +152,23 @@ class Loras:
                                                                      **extra)
             state, alphas, metadata = self._states[model.name, name]
             with _quiet():
-                self._load_into(cls, pipe, model, name, missing, state, alphas, metadata)
+                self._load_into(cls, pipe, model, name, adapter, missing, state, alphas, metadata)
         except Exception as exc:
             raise ModelError("model_load_failed", f"LoRA {name} ({path}) could not be loaded into model "
                              f"{model.name}: {exc}", "loras") from exc
 
-    def _load_into(self, cls, pipe, model: LoadedModel, name: str, missing: list, state: dict, alphas, metadata):
+    def _load_into(self, cls, pipe, model: LoadedModel, name: str, adapter: str, missing: list, state: dict, alphas,
+                   metadata) -> None:
         for part, module in missing:
             if part == "unet":
                 self.speed.uncompile(module, f"LoRA {name} is loaded into model {model.name}")
-                cls.load_lora_into_unet(dict(state), network_alphas=alphas, unet=module, adapter_name=name,
+                cls.load_lora_into_unet(dict(state), network_alphas=alphas, unet=module, adapter_name=adapter,
                                         metadata=metadata, _pipeline=pipe)
             else:
                 cls.load_lora_into_text_encoder(dict(state), network_alphas=alphas, text_encoder=module,
-                                                prefix=part, lora_scale=1.0, adapter_name=name,
+                                                prefix=part, lora_scale=1.0, adapter_name=adapter,
                                                 metadata=metadata, _pipeline=pipe)
-            self._tried.add((id(module), name))
+            self._tried.add((id(module), adapter))
 
 
 @contextlib.contextmanager
