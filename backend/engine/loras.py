@@ -87,7 +87,6 @@ class Loras:
     def __init__(self, files: dict[str, str], speed: Speed):
         self.files, self.speed = dict(files), speed
         self._tried: set[tuple[int, str]] = set()  # (id(module), LoRA) loads done, even those that added nothing
-        self._states: dict[tuple[str, str], tuple] = {}  # (model, LoRA) -> converted state dict
         self._adapters: dict[str, str] = {}  # LoRA name -> its PEFT adapter name
 
     def names(self) -> list[str]:
@@ -141,16 +140,14 @@ class Loras:
         path = self.files[name]
         cls = type(model.base)
         try:
-            if (model.name, name) not in self._states:
-                log.info("loading LoRA %s into model %s from %s", name, model.name, path)
-                from safetensors.torch import load_file
+            from safetensors.torch import load_file
 
-                extra = {"unet_config": model.base.unet.config} if model.family == "sdxl" else {}
-                # The tensors themselves, not the path: given a path, diffusers guesses a file name (and in
-                # offline mode refuses to).
-                self._states[model.name, name] = cls.lora_state_dict(load_file(path), return_lora_metadata=True,
-                                                                     **extra)
-            state, alphas, metadata = self._states[model.name, name]
+            log.info("loading LoRA %s into model %s (%s) from %s", name, model.name,
+                     ", ".join(part for part, _ in missing), path)
+            extra = {"unet_config": model.base.unet.config} if model.family == "sdxl" else {}
+            # The tensors themselves, not the path: given a path, diffusers guesses a file name (and in offline
+            # mode refuses to). Read again for a model's second UNet rather than kept: the layers hold a copy.
+            state, alphas, metadata = cls.lora_state_dict(load_file(path), return_lora_metadata=True, **extra)
             with _quiet():
                 self._load_into(cls, pipe, model, name, adapter, missing, state, alphas, metadata)
         except Exception as exc:
