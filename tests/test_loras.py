@@ -229,3 +229,19 @@ def test_a_lora_file_name_with_dots_and_the_prompt_cache(demo_config):
     run_job(cached, job)  # caches the prompt's no-LoRA embeddings
     dotted = run_job(cached, dataclasses.replace(job, loras=(("detail_v1.5", 1.0),)))
     np.testing.assert_array_equal(dotted, run_job(uncached, dataclasses.replace(job, loras=(("demo-lora", 1.0),))))
+
+
+@pytest.mark.parametrize("name", ["demo-xl-lora", "demo-xl-lora-diffusers", "demo-lora", "demo-lora-diffusers"])
+def test_every_layer_of_a_lora_file_loads(engine, name):
+    """Kohya files (SDXL's under the original SGM block names) and diffusers files alike: every attention
+    projection of the UNet and the text encoders gets the LoRA."""
+    model = engine.registry.get("demo-xl" if "xl" in name else "demo")
+    pipe = model.pipeline("generate")
+    engine.loras.apply(model, pipe, ((name, 1.0),))
+    adapter = engine.loras.adapter(name)
+    for part in ("unet", "text_encoder", "text_encoder_2"):
+        module = getattr(pipe, part, None)
+        if module is not None:
+            wrapped = [path for path, layer in module.named_modules() if adapter in getattr(layer, "lora_A", {})]
+            assert len(wrapped) == (32 if part == "unet" else 16), part  # 4 projections x attention layers
+    engine.loras.apply(model, pipe, ())
