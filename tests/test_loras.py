@@ -245,3 +245,13 @@ def test_every_layer_of_a_lora_file_loads(engine, name):
             wrapped = [path for path, layer in module.named_modules() if adapter in getattr(layer, "lora_A", {})]
             assert len(wrapped) == (32 if part == "unet" else 16), part  # 4 projections x attention layers
     engine.loras.apply(model, pipe, ())
+
+
+def test_hosts_read_the_loras_and_presets_a_server_offers(client):
+    from shared.capabilities import offer
+
+    offered = offer(client.welcome["capabilities"])
+    assert offered.loras_for("sdxl") == ("demo-xl-lora", "demo-xl-lora-diffusers")
+    assert offered.loras_for("sd15") == ("demo-lora", "demo-lora-diffusers")
+    assert {"lcm", "tcd", "lightning"} <= set(offered.presets)
+    assert offer(None).loras == () and offer(None).presets == ()
