@@ -255,3 +255,23 @@ def test_hosts_read_the_loras_and_presets_a_server_offers(client):
     assert offered.loras_for("sd15") == ("demo-lora", "demo-lora-diffusers")
     assert {"lcm", "tcd", "lightning"} <= set(offered.presets)
     assert offer(None).loras == () and offer(None).presets == ()
+
+
+def test_fused_qkv_projections_are_turned_off_for_a_lora(demo_config, engine, caplog):
+    """Fused attention reads one concatenated QKV matrix and would silently skip a LoRA's to_q / to_k / to_v."""
+    import dataclasses
+
+    from backend.engine.engine import Engine
+    from backend.engine.models import ModelRegistry, pick_device
+    from test_performance import generate
+    from test_performance import run as run_job
+
+    fused = Engine(ModelRegistry(demo_config, *pick_device("cpu")))
+    unet = fused.registry.get("demo").base.unet
+    unet.fuse_qkv_projections()
+    job = dataclasses.replace(generate(size=64), model="demo", loras=(("demo-lora", 1.0),))
+    with caplog.at_level("WARNING", logger="backend.engine.speed"):
+        styled = run_job(fused, job)
+    assert "fused QKV projections are turned off" in caplog.text
+    assert not any("Fused" in type(p).__name__ for p in unet.attn_processors.values())
+    np.testing.assert_array_equal(styled, run_job(engine, job))

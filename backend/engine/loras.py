@@ -159,6 +159,7 @@ class Loras:
         for part, module in missing:
             if part == "unet":
                 self.speed.uncompile(module, f"LoRA {name} is loaded into model {model.name}")
+                self.speed.unfuse(module, f"LoRA {name} is loaded into model {model.name}")
                 cls.load_lora_into_unet(dict(state), network_alphas=alphas, unet=module, adapter_name=adapter,
                                         metadata=metadata, _pipeline=pipe)
             else:

@@ -95,6 +95,14 @@ class Speed:
             log.warning("%s: its UNet runs eager (uncompiled) from now on, since torch.compile would recompile "
                         "it for every LoRA weight; its ControlNets and VAE stay compiled", reason)
 
+    def unfuse(self, module, reason: str) -> None:
+        """Give a UNet whose attention runs on fused QKV projections its separate ones back, saying why:
+        LoRAs wrap ``to_q`` / ``to_k`` / ``to_v``, which fused attention never calls."""
+        if any("Fused" in type(processor).__name__ for processor in module.attn_processors.values()):
+            module.unfuse_qkv_projections()
+            log.warning("%s: its UNet's fused QKV projections are turned off (LoRAs act on the separate ones)",
+                        reason)
+
     @property
     def parks_idle_unet(self) -> bool:
         return self.residency is not None
