@@ -38,15 +38,18 @@ RUN_FLAGS = {field: f"--{option}" for option, field in RUN_OPTIONS.items()} | {
 RUN_FLAGS["soft_inpaint"] = "--hard-mask"
 # Formats `easel run --out` writes without loss (WebP is written lossless); others need --lossy.
 LOSSLESS_FORMATS = ("PNG", "TIFF", "WEBP", "BMP", "TGA")
-RUN_OPTIONS |= {"scale": "scale", "upscaler": "upscaler"}
+RUN_OPTIONS |= {"scale": "scale", "upscaler": "upscaler", "preset": "preset"}
+RUN_FLAGS |= {"preset": "--preset", "loras": "--lora"}
 RUN_FLAGS |= {"scale": "--scale", "upscaler": "--upscaler", "refine": "--strength"}  # upscale: --strength refines
 RUN_PHRASES = {"send it with preprocess off": "leave out :pre"}  # protocol advice, said in the options' terms
 PREPROCESS_FLAGS = {"preprocessor": "PREPROCESSOR", "image": "INPUT", "resolution": "--resolution"}
 CONTROL_PARTS = {"type": "TYPE", "image": "IMAGE", "scale": "SCALE", "start": "START", "end": "END",
                  "preprocess": ":pre"}
 REFERENCE_PARTS = {"image": "IMAGE", "weight": "WEIGHT", "mode": "MODE"}
+LORA_PARTS = {"name": "NAME", "weight": "WEIGHT"}
 CONTROL_FIELDS = SUBMIT_FIELDS["control"].items.fields
 REFERENCE_FIELDS = SUBMIT_FIELDS["references"].items.fields
+LORA_FIELDS = SUBMIT_FIELDS["loras"].items.fields
 
 
 class UsageError(Exception):
@@ -193,6 +196,12 @@ def _add_run_parser(commands: Any) -> None:
         "--reference", action="append", default=[], metavar="IMAGE[:WEIGHT[:MODE]]",
         help=(f"an IP-Adapter reference picture (repeatable). WEIGHT: {_facts(ref['weight'])}. MODE: "
               f"{', '.join(ref['mode'].choices)} (default {ref['mode'].default})").replace("%", "%%"))
+    lora = LORA_FIELDS
+    run.add_argument(
+        "--lora", action="append", default=[], metavar="NAME[:WEIGHT]",
+        help=(f"a LoRA the server lists (repeatable; `<lora:NAME:WEIGHT>` in --prompt works too). WEIGHT: "
+              f"{_facts(lora['weight'])}; 0 switches it off").replace("%", "%%"))
+    run.add_argument("--preset", metavar="NAME", help=_help(SUBMIT_FIELDS["preset"], note="options you give win"))
     run.add_argument("--layer", action="store_true",
                      help="write the edit alone as a transparent layer instead of the picture with the edit "
                           "composited in")
@@ -345,19 +354,21 @@ class Wording:
     is the SCALE of the second ``--control``."""
 
     def __init__(self, flags: dict[str, str], controls: Sequence[str] = (), references: Sequence[str] = (),
-                 phrases: dict[str, str] | None = None):
+                 phrases: dict[str, str] | None = None, loras: Sequence[str] = ()):
         self.flags, self.controls, self.references = flags, list(controls), list(references)
+        self.loras = list(loras)
         self.phrases = phrases or {}
 
     def _item(self, field: str) -> tuple[str, str | None] | None:
         """For a list item's field (``control[1].scale``): the words for the option that made the item and
         the part of it (``SCALE``, None for the item itself); None for any other field."""
         item = item_field(field)
-        if item is None or item[0] not in ("control", "references"):
+        if item is None or item[0] not in ("control", "references", "loras"):
             return None
         kind, index, part = item
-        specs, option, parts = ((self.controls, "--control", CONTROL_PARTS) if kind == "control"
-                                else (self.references, "--reference", REFERENCE_PARTS))
+        specs, option, parts = {"control": (self.controls, "--control", CONTROL_PARTS),
+                                "references": (self.references, "--reference", REFERENCE_PARTS),
+                                "loras": (self.loras, "--lora", LORA_PARTS)}[kind]
         if index >= len(specs):
             words = f"the {_ordinal(index + 1)} {option}"
         elif len(specs) > 1:
@@ -399,7 +410,7 @@ def _ordinal(n: int) -> str:
 def cmd_run(args: argparse.Namespace) -> int:
     from shared.client import Client, EaselError, Progress
 
-    wording = Wording(RUN_FLAGS, args.control, args.reference, RUN_PHRASES)
+    wording = Wording(RUN_FLAGS, args.control, args.reference, RUN_PHRASES, args.lora)
     try:
         outputs = _check_outputs(_output_paths(args.out, args.batch or 1), "--out", args.force)
         _check_lossless(outputs, args.lossy)
@@ -413,7 +424,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         mask = _read_picture(args.mask, "mask", "--mask") if args.mask else None
         params.update(image=image and image.data, mask=mask and mask.data,
                       control=[_control_unit(spec) for spec in args.control],
-                      references=[_reference(spec) for spec in args.reference])
+                      references=[_reference(spec) for spec in args.reference],
+                      loras=[_lora(spec) for spec in args.lora])
         if args.mode == "upscale" and "strength" in params:
             params["refine"] = params.pop("strength")  # an upscale's strength is its refine's
         job = Job.create(args.mode, **params)
@@ -460,6 +472,17 @@ def cmd_run(args: argparse.Namespace) -> int:
             return 1
         print(f"{path} (seed {item.seed})")
     return 0
+
+
+def _lora(spec: str) -> dict:
+    """``--lora NAME[:WEIGHT]`` as a ``loras`` item (the weight's range is the wire table's, checked later)."""
+    name, _, weight = spec.rpartition(":")
+    if not name:
+        return {"name": spec}
+    try:
+        return {"name": name, "weight": float(weight)}
+    except ValueError:
+        raise UsageError(f"--lora {spec}: WEIGHT must be a number, e.g. --lora {name}:0.8") from None
 
 
 def _aspect(args: argparse.Namespace, image: Picture | None) -> dict:

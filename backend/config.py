@@ -29,6 +29,13 @@
     # [server] upscaler_folders = ["/path/to/A1111/models/ESRGAN", "/path/to/ComfyUI/models/upscale_models"]
     # [server] default_upscaler = "ultrasharp"   (else the first configured; `lanczos` when none)
 
+    [loras]                    # LoRAs by name (kohya or diffusers .safetensors), any family
+    detail = "/path/to/A1111/models/Lora/add_detail.safetensors"
+    # [server] lora_folders = ["/path/to/A1111/models/Lora", "/path/to/ComfyUI/models/loras"]
+
+    [presets.watercolour]      # named bundles of job settings; see backend/presets.py
+    steps = 30
+
     [performance]              # speed switches; see backend/performance.py
     dtype = "auto"
 
@@ -50,6 +57,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from backend.performance import Performance, PerformanceError, parse_performance
+from backend.presets import BUILTIN_PRESETS, Preset, PresetError, parse_presets
 from shared.messages import CONTROL_TYPES, DEFAULT_PORT, FAMILIES
 
 if sys.version_info >= (3, 11):
@@ -126,6 +134,9 @@ class Config:
     upscalers: dict[str, str] = field(default_factory=dict)  # name -> .pth / .safetensors super-resolution model
     upscaler_folders: list[str] = field(default_factory=list)  # A1111 models/ESRGAN, ComfyUI models/upscale_models
     default_upscaler: str | None = None
+    loras: dict[str, str] = field(default_factory=dict)  # name -> LoRA .safetensors file
+    lora_folders: list[str] = field(default_factory=list)  # A1111 models/Lora, ComfyUI models/loras
+    presets: dict[str, Preset] = field(default_factory=lambda: dict(BUILTIN_PRESETS))
     tls_cert: str | None = None  # PEM certificate: serve wss:// (with tls_key)
     tls_key: str | None = None
     hello_timeout: float = 10.0  # seconds a new connection has to say hello
@@ -148,6 +159,13 @@ class Config:
         for spec in self.models.values():
             if spec.family is not None and spec.family not in FAMILIES:
                 raise ConfigError(f"models.{spec.name}.family must be one of {', '.join(FAMILIES)}")
+        for preset in self.presets.values():
+            if preset.model and self.models and preset.model not in self.models:
+                raise ConfigError(f"presets.{preset.name}.model {preset.model!r} is not among the configured models "
+                                  f"({', '.join(self.models)})")
+            for name, _ in preset.loras:
+                if name not in self.loras:
+                    raise ConfigError(f"presets.{preset.name}.loras: no LoRA named {name!r} is configured")
         if self.default_upscaler and self.default_upscaler not in self.upscalers:
             raise ConfigError(f"default_upscaler {self.default_upscaler!r} is not among the configured upscalers "
                               f"({', '.join(self.upscalers) or 'none'})")
@@ -192,7 +210,7 @@ def load_config(path: str | Path | None = None) -> Config:
     for key in ("host", "port", "token", "default_model", "allow_pickle", "device", "allowed_origins",
                 "model_folders", "controlnet_folders", "controlnet_memory_mb", "annotators", "upscaler_folders",
                 "default_upscaler", "hello_timeout", "slow_reader_seconds", "shutdown_grace", "tls_cert", "tls_key",
-                "resume_seconds"):
+                "resume_seconds", "lora_folders"):
         if key in server:
             setattr(config, key, server[key])
     if server.get("lama"):
@@ -262,7 +280,30 @@ def load_config(path: str | Path | None = None) -> Config:
         folder = (path.parent / Path(folder).expanduser()).resolve()
         for name, source in scan_upscaler_folder(folder).items():
             config.upscalers.setdefault(name, source)  # an explicit [upscalers] entry wins
+    for name, source in data.get("loras", {}).items():
+        if not isinstance(source, str) or not source.lower().endswith(".safetensors"):
+            raise ConfigError(f"loras.{name}: a LoRA .safetensors file (kohya or diffusers format), got {source!r}")
+        config.loras[name] = str((path.parent / Path(source).expanduser()).resolve())
+    for folder in config.lora_folders:
+        folder = (path.parent / Path(folder).expanduser()).resolve()
+        for name, source in scan_lora_folder(folder).items():
+            config.loras.setdefault(name, source)  # an explicit [loras] entry wins
+    try:
+        config.presets = parse_presets(data.get("presets", {}))
+    except PresetError as exc:
+        raise ConfigError(str(exc)) from None
     return config
+
+
+def scan_lora_folder(folder: Path) -> dict[str, str]:
+    """LoRAs in a folder such as A1111's ``models/Lora`` or ComfyUI's ``models/loras`` (subfolders too):
+    every ``.safetensors`` file, named by its file name without the suffix (the first one wins)."""
+    if not folder.is_dir():
+        raise ConfigError(f"LoRA folder {folder} does not exist")
+    found: dict[str, str] = {}
+    for file in sorted(folder.rglob("*.safetensors")):
+        found.setdefault(file.stem, str(file))
+    return found
 
 
 UPSCALER_SUFFIXES = (".pth", ".safetensors")
@@ -315,7 +356,8 @@ def scan_model_folder(folder: Path, allow_pickle: bool = False) -> dict[str, Mod
             (parent / "config.json").is_file() or parent in pipelines
             for parent in path.parents if parent != folder and folder in parent.parents)
 
-    found = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix in suffixes and not is_component(p))
+    found = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix in suffixes and not is_component(p)
+                   and not is_lora_file(p))
     found += pipelines
     models = {}
     for source in found:
@@ -323,6 +365,23 @@ def scan_model_folder(folder: Path, allow_pickle: bool = False) -> dict[str, Mod
             source.relative_to(folder).as_posix()
         models[name] = ModelSpec(name=name, source=str(source))
     return models
+
+
+def is_lora_file(path: Path) -> bool:
+    """A ``.safetensors`` file holding a LoRA (kohya or diffusers tensor names), not a checkpoint: read
+    from its header alone (8 bytes of length, then JSON), so scanning a large folder stays fast."""
+    if path.suffix != ".safetensors":
+        return False
+    try:
+        with path.open("rb") as file:
+            length = int.from_bytes(file.read(8), "little")
+            if not 0 < length < 2**27:
+                return False
+            keys = json.loads(file.read(length))
+    except (OSError, ValueError):
+        return False
+    return any(key.startswith(("lora_unet_", "lora_te")) or ".lora_A." in key or ".lora_down." in key
+               for key in keys)
 
 
 def _is_upscale_pipeline(index: Path) -> bool:

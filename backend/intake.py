@@ -7,8 +7,10 @@ and the shared rules (``Job.check``: strength x steps, schedule ranges, seed ran
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import random
+from collections.abc import Callable, Mapping
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -16,6 +18,8 @@ from PIL import Image, UnidentifiedImageError
 from backend.config import Limits
 from backend.engine.job import Control, EditJob, PreprocessJob, Reference
 from backend.imaging import to_array
+from backend.presets import Preset
+from shared import loras as lora_rules
 from shared.images import CHANNELS, ImageData
 from shared.job import Job
 from shared.job import PreprocessJob as PreprocessRequest
@@ -28,8 +32,13 @@ MIN_PREPROCESS_SIDE = 16
 
 def build_edit_job(job: Job, uploads: dict[str, ImageData], limits: Limits, models: list[str],
                    default_model: str | None, upscalers: list[str] | None = None,
-                   default_upscaler: str = BUILTIN_UPSCALER) -> EditJob:
-    """Check a protocol job against the rules and the server's state; raise ProtocolError if unfit."""
+                   default_upscaler: str = BUILTIN_UPSCALER,
+                   with_preset: Callable[[Job], tuple[Job, Preset | None]] | None = None,
+                   loras: Mapping[str, str | None] | None = None,
+                   model_family: Callable[[str], str | None] | None = None) -> EditJob:
+    """Check a protocol job against the rules and the server's state; raise ProtocolError if unfit.
+    ``with_preset``: the job with its preset applied, and the preset (``backend.presets.apply_preset``);
+    ``loras``: the server's LoRAs and their families; ``model_family``: a model's family (None: not known)."""
     # A submit consumes the frames it names, accepted or refused, so a retry must upload again. Within
     # the submit one frame may be named several times (the picture as `image` and as a control image).
     refs = [job.image, job.mask, *(unit.image for unit in job.control), *(ref.image for ref in job.references)]
@@ -42,11 +51,16 @@ def build_edit_job(job: Job, uploads: dict[str, ImageData], limits: Limits, mode
                             for i, ref in enumerate(job.references)]
     finally:
         _consume(refs, uploads)
-    job.check()
+    job, preset = with_preset(job) if with_preset else (job, None)
+    job.check(few_step=preset is not None and preset.few_step)
     model = default_model if job.model is None else job.model  # "" names no model: refused below
     if model not in models:
         raise ProtocolError("unknown_model", f"no model named {model!r}; available: {', '.join(models) or 'none'}",
                             "model")
+    prompt, tags = lora_rules.split_prompt(job.prompt)
+    wanted = lora_rules.merge(("loras", [(lora.name, lora.weight) for lora in job.loras]), ("prompt", tags),
+                              ("preset", list(preset.loras) if preset else []))
+    lora_rules.check(wanted, loras or {}, model_family(model) if model_family else None, model)
     sampling = job.sampling
     for key, value, limit in (("steps", sampling.steps, limits.max_steps), ("batch", sampling.batch, limits.max_batch)):
         if value > limit:
@@ -83,14 +97,17 @@ def build_edit_job(job: Job, uploads: dict[str, ImageData], limits: Limits, mode
         strength = float(job.refine or 0.0)
     elif job.mode == "generate":  # the strength of a large picture's second stage ("hires fix")
         strength = float(job.refine or HIRES_REFINE)
-    return EditJob(
-        mode=job.mode, model=model, prompt=job.prompt, negative_prompt=job.negative_prompt, seed=seed,
+    work = EditJob(
+        mode=job.mode, model=model, prompt=prompt, negative_prompt=job.negative_prompt, seed=seed,
         steps=sampling.steps, guidance=float(sampling.guidance), strength=strength,
         batch=sampling.batch, sampler=sampling.sampler, width=width, height=height, image=pixels,
         mask=mask_pixels, mask_grow=job.mask_grow, mask_feather=job.mask_feather, preview_every=job.preview_every,
         preview_size=job.preview_size, control=control, references=references, fill=job.fill_mode,
         soft=job.soft_inpaint, expand=job.expand, padding=job.mask_padding,
         upscaler=(job.upscaler or default_upscaler) if job.mode in ("upscale", "generate") else None)
+    return dataclasses.replace(
+        work, loras=tuple((name, float(weight)) for name, weight, _ in wanted), preset=job.preset,
+        few_step=bool(preset and preset.few_step), timestep_spacing=preset.timestep_spacing if preset else None)
 
 
 def _expanded_canvas(pixels: np.ndarray, sides: tuple[int, int, int, int], limits: Limits) -> np.ndarray:

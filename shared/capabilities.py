@@ -28,6 +28,13 @@ class Offer:
     max_side: int = DEFAULT_MAX_SIDE
     max_generate_side: int = DEFAULT_MAX_GENERATE_SIDE
     upscalers: tuple[str, ...] = ()  # names for an upscale's `upscaler`; () when the server lists none
+    loras: tuple[tuple[str, str | None], ...] = ()  # (name, family or None) for a job's `loras`
+    presets: tuple[str, ...] = ()  # names for a job's `preset`
+
+    def loras_for(self, family: str | None) -> tuple[str, ...]:
+        """The LoRAs a model of ``family`` can use: those made for it, and those whose family is not
+        known (None: every LoRA)."""
+        return tuple(name for name, made_for in self.loras if family is None or made_for in (family, None))
 
     def preprocessor(self, control_type: str) -> str | None:
         """The preprocessor ``preprocess: on`` runs for ``control_type`` on this server, or None when
@@ -60,6 +67,8 @@ def offer(capabilities: dict | None) -> Offer:
         max_side=int(limits.get("max_side", DEFAULT_MAX_SIDE)),
         max_generate_side=int(limits.get("max_generate_side", DEFAULT_MAX_GENERATE_SIDE)),
         upscalers=tuple(capabilities.get("upscalers", ())),
+        loras=tuple((item["name"], item.get("family")) for item in capabilities.get("loras", ())),
+        presets=tuple(item["name"] for item in capabilities.get("presets", ())),
     )
 
 

@@ -26,6 +26,7 @@ from .vocabulary import (
     FILL_MODES,
     IMAGE_ID_PATTERN,
     JOB_ID_PATTERN,
+    LORA_WEIGHT_RANGE,
     MAX_SEED,
     MODES,
     PREPROCESSORS,
@@ -109,6 +110,16 @@ class Reference:
 
 
 @dataclass
+class Lora:
+    """A LoRA applied to the job's model."""
+
+    name: str = wire(Field("string", "A LoRA listed in `welcome` / `models` (`loras`).", required=True,
+                           max_length=200))
+    weight: float = wire(Field("number", "How strongly it applies; 0 switches it off, below 0 pushes away from it.",
+                               minimum=LORA_WEIGHT_RANGE[0], maximum=LORA_WEIGHT_RANGE[1]), 1.0)
+
+
+@dataclass
 class Sampling:
     """How the picture is denoised."""
 
@@ -166,6 +177,13 @@ class Job:
         "object", "One ControlNet unit.", fields=wire_fields(ControlUnit))), factory=list)
     references: list[Reference] = wire(Field("array", "IP-Adapter reference pictures, blended by weight.", items=Field(
         "object", "A reference picture for the IP-Adapter.", fields=wire_fields(Reference))), factory=list)
+    loras: list[Lora] = wire(Field("array", "LoRAs applied together (A1111's `<lora:name:weight>` tags in `prompt` "
+                                   "work too and are taken out of the prompt; on a name given both ways, this field's "
+                                   "weight wins).", items=Field("object", "A LoRA and its weight.",
+                                                                fields=wire_fields(Lora))), factory=list)
+    preset: str | None = wire(Field("string", "A preset listed in `welcome` / `models` (`presets`): its model, "
+                                    "sampler, steps, guidance, LoRAs, prompt template and negative prompt apply "
+                                    "wherever this message leaves the field out.", max_length=200), None)
     preview_every: int = wire(Field("integer", "Send a preview every N steps; 0 = none.", minimum=0), 0)
     preview_size: int = wire(Field("integer", "Longest side of previews.", minimum=16, maximum=1024), 256)
     output_format: str = wire(Field("string", "Encoding of result images.", choices=RESULT_FORMATS), "png")
@@ -196,6 +214,7 @@ class Job:
             params["id"] = params.pop("job")
         params["control"] = [_as(ControlUnit, unit) for unit in params.get("control") or ()]
         params["references"] = [_as(Reference, ref) for ref in params.get("references") or ()]
+        params["loras"] = [_as(Lora, lora) for lora in params.get("loras") or ()]
         return cls(mode=mode, sampling=sampling, **params)
 
     @classmethod
@@ -229,6 +248,12 @@ class Job:
         if self.references:
             message["references"] = [dict(_wire_items(reference), image=ref(reference.image, "reference"))
                                      for reference in self.references]
+        if self.loras:
+            message["loras"] = [dict(_wire_items(lora)) for lora in self.loras]
+        if self.preset is not None:  # a field left at its default takes the preset's value
+            for key in PRESET_FIELDS:
+                if key in message and message[key] == SUBMIT_FIELDS[key].default:
+                    del message[key]
         return message
 
     # -- rules ---------------------------------------------------------------------------------
@@ -239,9 +264,11 @@ class Job:
             return rules.denoising_steps(self.mode, self.sampling.steps, self.refine or 0.0)
         return rules.denoising_steps(self.mode, self.sampling.steps, self.sampling.strength)
 
-    def check(self) -> None:
+    def check(self, few_step: bool | None = None) -> None:
         """Apply the rules that need no pixels and no server state; raise ``ProtocolError`` naming the
-        field. Hosts call it before sending; the server calls it on every submit."""
+        field. Hosts call it before sending; the server calls it on every submit. ``few_step``: whether
+        the job's preset makes it a few-step job (``rules.denoising_steps``); None (a host, which does
+        not know the server's presets): not when no preset is named, else the server decides."""
         wants = {"generate": (), "img2img": ("image",), "inpaint": ("image", "mask")}.get(self.mode)
         wants = wants if wants is not None else {"expand": ("image",), "remove": ("image", "mask"),
                                                     "upscale": ("image",)}[self.mode]
@@ -274,8 +301,14 @@ class Job:
                                     f"{name}.preprocess")
         if self.mode == "upscale":
             self._check_upscale()
-        elif self.mode != "generate":
-            rules.check_denoising(self.mode, self.sampling.steps, self.sampling.strength)
+        elif self.mode != "generate" and (few_step is not None or self.preset is None):
+            rules.check_denoising(self.mode, self.sampling.steps, self.sampling.strength, bool(few_step))
+        seen: set[str] = set()
+        for index, lora in enumerate(self.loras):
+            if lora.name in seen:
+                raise ProtocolError("invalid_field", f"LoRA {lora.name!r} is listed twice; give each LoRA once",
+                                    f"loras[{index}].name")
+            seen.add(lora.name)
 
     def _check_upscale(self) -> None:
         if self.scale is not None and (self.width is not None or self.height is not None):
@@ -371,6 +404,9 @@ def _wire_items(obj: Any):
         elif value is not None and not isinstance(value, list):
             yield spec.metadata["key"] or spec.name, value
 
+
+PRESET_FIELDS = ("model", "sampler", "steps", "guidance", "negative_prompt")
+"""The wire fields a preset sets (besides `loras` and the prompt template) where a submit leaves them out."""
 
 SUBMIT_FIELDS: dict[str, Field] = {"type": Field("string", required=True, choices=("submit",)), **wire_fields(Job)}
 PREPROCESS_FIELDS: dict[str, Field] = {"type": Field("string", required=True, choices=("preprocess",)),

@@ -32,6 +32,7 @@ from .vocabulary import (
     REFERENCE_MODES,
     RESULT_FORMATS,
     SAMPLERS,
+    TIMESTEP_SPACINGS,
 )
 
 __all__ = [  # the vocabulary and checks are re-exported: hosts and tests read them from here
@@ -118,6 +119,29 @@ RESULT_IMAGE = Field("object", fields={
     "format": Field("string", required=True, choices=RESULT_FORMATS),
 })
 
+LORA_ITEM = Field("object", "A LoRA a job may name in `loras` (or a `<lora:name:weight>` prompt tag).", fields={
+    "name": Field("string", required=True),
+    "family": Field("string", "The model family it was made for (`sd15`, `sdxl`, or another family's name); null "
+                    "when its file does not tell.", required=True, nullable=True),
+})
+PRESET_ITEM = Field("object", "A preset a job may name in `preset`: the settings it gives where a submit leaves the "
+                    "field out.", fields={
+    "name": Field("string", required=True),
+    "few_step": Field("boolean", "For few-step models (LCM, TCD, Lightning ...): steps x strength may go down to "
+                      "1 step.", required=True),
+    "model": Field("string"),
+    "sampler": Field("string", choices=SAMPLERS),
+    "steps": Field("integer", minimum=1),
+    "guidance": Field("number", minimum=0),
+    "negative_prompt": Field("string"),
+    "timestep_spacing": Field("string", "The scheduler's timestep spacing.", choices=TIMESTEP_SPACINGS),
+    "prompt": Field("string", "Template of the prompt: `{prompt}` is the job's."),
+    "loras": Field("array", "LoRAs it applies (a job's own `loras` win on a name given both ways).",
+                   items=Field("object", fields={"name": Field("string", required=True),
+                                                 "weight": Field("number", required=True)})),
+    "description": Field("string"),
+})
+
 SERVER_MESSAGES: dict[str, dict[str, Field]] = {
     "welcome": {
         "type": _type("welcome"),
@@ -137,6 +161,8 @@ SERVER_MESSAGES: dict[str, dict[str, Field]] = {
             "limits": LIMITS,
             "upscalers": Field("array", "Names for an upscale's `upscaler` (`lanczos`: plain resampling).",
                                items=Field("string")),
+            "loras": Field("array", "LoRAs for a job's `loras`.", items=LORA_ITEM),
+            "presets": Field("array", "Presets for a job's `preset`.", items=PRESET_ITEM),
         }),
         "device": Field("string", "Where the model runs (cuda, mps, cpu).", required=True),
         "default_model": Field("string", "Model used when a submit names none.", required=True),
@@ -231,6 +257,8 @@ SERVER_MESSAGES: dict[str, dict[str, Field]] = {
             "architecture": Field("string", "Read from the weights once loaded.", required=True, nullable=True),
             "loaded": Field("boolean", required=True),
         })),
+        "loras": Field("array", "LoRAs for a job's `loras`.", items=LORA_ITEM),
+        "presets": Field("array", "Presets for a job's `preset`.", items=PRESET_ITEM),
     },
 }
 

@@ -53,16 +53,29 @@ def aspect_sides(width: int, height: int, aspect_width: int, aspect_height: int)
     return 0, extra // 2, 0, extra - extra // 2
 
 
-def denoising_steps(mode: str, steps: int, strength: float) -> int:
+def denoising_steps(mode: str, steps: int, strength: float, few_step: bool = False) -> int:
     """Steps that actually run per image: all of them when generating, steps x strength otherwise
-    (the schedule starts part-way, from the noised picture)."""
+    (the schedule starts part-way, from the noised picture). ``few_step`` (a preset for LCM, TCD,
+    Lightning ... models, which denoise in 1-8 steps): at least 1 whenever the strength is above 0."""
     strength = pass_strength(mode, strength)
-    return steps if mode == "generate" else int(steps * strength)
+    if mode == "generate":
+        return steps
+    made = int(steps * strength)
+    return max(made, 1) if few_step and strength > 0 else made
 
 
-def check_denoising(mode: str, steps: int, strength: float) -> None:
+def schedule_steps(steps: int, strength: float) -> int:
+    """The schedule length that makes a few-step job's ``steps`` x ``strength`` run 1 step when it
+    would run none: the pipelines denoise int(schedule x strength) steps of it."""
+    schedule = steps
+    while strength > 0 and int(schedule * strength) < 1:
+        schedule += 1
+    return schedule
+
+
+def check_denoising(mode: str, steps: int, strength: float, few_step: bool = False) -> None:
     """Refuse a job whose strength and steps leave no denoising step (``too_few_steps``)."""
-    if denoising_steps(mode, steps, strength) < 1:
+    if denoising_steps(mode, steps, strength, few_step) < 1:
         raise ProtocolError("too_few_steps", f"strength {strength:g} x {steps} steps leaves no denoising step; "
                             "raise the strength or the steps", "strength")
 

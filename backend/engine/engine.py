@@ -24,6 +24,7 @@ from backend.engine.adapters import IPAdapters
 from backend.engine.conditioning import ContentCache, digest
 from backend.engine.controlnets import ControlNetCache
 from backend.engine.job import Control, EditJob, PreprocessJob
+from backend.engine.loras import Loras
 from backend.engine.models import LoadedModel, ModelError, ModelRegistry
 from backend.engine.passes import Pass, plan_passes
 from backend.engine.preprocessors import SEEDED, Preprocessors
@@ -31,6 +32,7 @@ from backend.engine.previews import Previewer
 from backend.engine.prompt_cache import PromptCache
 from backend.engine.runner import ControlInput, PassInputs, run_pass
 from backend.engine.upscalers import Upscalers
+from shared import rules
 from shared.geometry import Box
 from shared.vocabulary import MAX_SEED
 
@@ -71,13 +73,18 @@ class EngineResult:
     passes: list[Pass]
 
 
-def make_scheduler(name: str, config):
+def make_scheduler(name: str, config, spacing: str | None = None):
     """A fresh scheduler instance for one job, built from the model's own scheduler config.
 
     Sigma spacing is set explicitly for every sampler, so nothing a model ships (or an earlier
-    job chose) leaks into a sampler that names something else.
+    job chose) leaks into a sampler that names something else. ``spacing``: the timestep spacing
+    (a preset's ``trailing`` for few-step models); the model's own when None.
     """
     import diffusers as d
+
+    extra = {"timestep_spacing": spacing} if spacing else {}
+    if name in ("lcm", "tcd"):  # no sigma spacing to choose: their schedules are their own
+        return (d.LCMScheduler if name == "lcm" else d.TCDScheduler).from_config(config, **extra)
 
     cls, karras = {
         "dpmpp_2m": (d.DPMSolverMultistepScheduler, False),
@@ -87,7 +94,7 @@ def make_scheduler(name: str, config):
         "ddim": (d.DDIMScheduler, False),
         "unipc": (d.UniPCMultistepScheduler, False),
     }[name]
-    return cls.from_config(config, use_karras_sigmas=karras)
+    return cls.from_config(config, use_karras_sigmas=karras, **extra)
 
 
 class Engine:
@@ -106,6 +113,7 @@ class Engine:
         self.preprocessors = Preprocessors(config.annotators, registry.device)
         self.lama = fill.Lama(config.lama, registry.device, config.allow_pickle) if config.lama else None
         self.upscalers = Upscalers(config.upscalers, registry.device, registry.dtype, config.default_upscaler)
+        self.loras = Loras(config.loras, self.speed)
         self._previewers: dict[str, Previewer] = {}
 
     @property
@@ -131,8 +139,10 @@ class Engine:
         active = [(index, unit) for index, unit in enumerate(job.control) if unit.scale > 0]
         pipe = self._with_control(job, model, active) or pipe
         adapter = self._references(job, model, pipe)
-        prompt = self.prompts.kwargs(model.name, pipe, model.family, job.prompt, job.negative_prompt or None,
-                                     job.guidance > 1)
+        # (the prompt's embeddings depend on the LoRAs active in the text encoders)
+        text_loras = self.loras.apply(model, pipe, job.loras)
+        prompt = self.prompts.kwargs(f"{model.name}{text_loras or ''}", pipe, model.family, job.prompt,
+                                     job.negative_prompt or None, job.guidance > 1)
         if self.lama is not None and any(p.fill == "inpaint" for p in passes):
             self.lama.load()  # a network that cannot load fails the job before `started`
         reporter.started(job.denoising_steps, passes)
@@ -145,7 +155,7 @@ class Engine:
                 if reporter.is_cancelled():
                     raise JobCancelled()
                 inputs = self._pass_inputs(job, model, p, active, prompt, adapter, job.seed + index, canvas)
-                pipe.scheduler = make_scheduler(job.sampler, model.scheduler_config)
+                pipe.scheduler = make_scheduler(job.sampler, model.scheduler_config, job.timestep_spacing)
                 on_step = self._on_step(job, model, reporter, index * len(passes) + number, len(passes))
                 with self.speed.job(pipe, p.size, model.native_size):
                     outputs.append(run_pass(pipe, inputs, on_step))
@@ -265,7 +275,8 @@ class Engine:
                      prompt: dict, adapter: dict, image_seed: int, canvas: np.ndarray | None = None) -> PassInputs:
         """The pictures of one pass at its diffusion size: its crop of the picture (pre-filled under the
         mask and where it is transparent), mask and maps. ``canvas``: the picture as painted so far."""
-        inputs = PassInputs(pipeline_mode(job.mode), p.size, job.steps, job.guidance, p.strength,
+        steps = rules.schedule_steps(job.steps, p.strength) if job.few_step and job.mode != "generate" else job.steps
+        inputs = PassInputs(pipeline_mode(job.mode), p.size, steps, job.guidance, p.strength,
                             (image_seed + p.seed) % (MAX_SEED + 1), prompt, adapter=adapter)
         picture = job.image if canvas is None else canvas
         mask = p.mask if p.mask is not None else p.alpha

@@ -67,11 +67,15 @@ class EditJob:
     # then the new canvas, transparent in the new band, with the submitted picture at (left, top)
     upscaler: str | None = None  # upscale: the super-resolution model (None: the server's default); the
     # target size is ``width`` x ``height`` and ``strength`` the refine strength (0: none)
+    loras: tuple[tuple[str, float], ...] = ()  # (name, weight), the prompt's <lora:> tags already merged in
+    preset: str | None = None  # the preset the job named (already applied to its fields)
+    few_step: bool = False  # its preset says the model denoises in a few steps: at least 1 step runs
+    timestep_spacing: str | None = None  # the scheduler's; None: the model's own
 
     @property
     def denoising_steps(self) -> int:
         """Steps that run per image and pass."""
-        return rules.denoising_steps(self.mode, self.steps, self.strength)
+        return rules.denoising_steps(self.mode, self.steps, self.strength, self.few_step)
 
 
 @dataclass(frozen=True, eq=False)

@@ -95,6 +95,23 @@ class Speed:
             config.recompile_limit += 8 * max(1, len(settings.compile_sizes))
             config.accumulated_recompile_limit = max(config.accumulated_recompile_limit, config.recompile_limit)
 
+    def uncompile(self, module, reason: str) -> None:
+        """Run a compiled module eager from now on, saying why once. (LoRAs: PEFT wraps the UNet's
+        layers, and the adapter weights it sets per job are Python floats that torch.compile would
+        bake into the graph, recompiling for every new slider value.)"""
+        if getattr(module, "_compiled_call_impl", None) is not None:
+            module._compiled_call_impl = None  # what nn.Module.compile() set: back to the plain forward
+            log.warning("%s: its UNet runs eager (uncompiled) from now on, since torch.compile would recompile "
+                        "it for every LoRA weight; its ControlNets and VAE stay compiled", reason)
+
+    def unfuse(self, module, reason: str) -> None:
+        """Give a UNet whose attention runs on fused QKV projections its separate ones back, saying why:
+        LoRAs wrap ``to_q`` / ``to_k`` / ``to_v``, which fused attention never calls."""
+        if any("Fused" in type(processor).__name__ for processor in module.attn_processors.values()):
+            module.unfuse_qkv_projections()
+            log.warning("%s: its UNet's fused QKV projections are turned off (LoRAs act on the separate ones)",
+                        reason)
+
     @property
     def parks_idle_unet(self) -> bool:
         return self.residency is not None

@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING
 import shared
 from backend.engine.job import EditJob
 from backend.engine.passes import Pass, layer_box
+from backend.presets import Preset
+from backend.presets import describe as describe_presets
 from shared.errors import ProtocolError
 from shared.images import ImageData, encode_frame
 from shared.messages import FAMILIES, IMAGE_FORMATS, MODES, PROTOCOL_VERSION, REFERENCE_MODES, SAMPLERS
@@ -22,6 +24,7 @@ from shared.vocabulary import BUILTIN_UPSCALER
 if TYPE_CHECKING:  # type hints only: importing the engine here would pull torch into the message layer
     from backend.config import Config
     from backend.engine.engine import EngineResult, Layer
+    from backend.engine.loras import LoraDescription
     from backend.engine.models import ModelDescription, ModelError
     from backend.engine.upscalers import UpscalerDescription
     from backend.jobs import Job
@@ -30,7 +33,8 @@ SERVER_NAME = f"easel/{shared.__version__}"
 
 
 def welcome(config: Config, device: str, preprocessors: list[str], default_model: str | None,
-            upscalers: list[str] | None = None, session: str | None = None, resumed: bool = False) -> dict:
+            upscalers: list[str] | None = None, session: str | None = None, resumed: bool = False,
+            loras: list[LoraDescription] = ()) -> dict:
     """The answer to ``hello``: who we are and what this server can do."""
     limits = config.limits
     return {
@@ -48,6 +52,8 @@ def welcome(config: Config, device: str, preprocessors: list[str], default_model
                        "max_message_bytes": limits.max_message_bytes,
                        "max_generate_side": limits.max_generate_side},
             "upscalers": list(upscalers or [BUILTIN_UPSCALER]),
+            "loras": lora_list(loras),
+            "presets": describe_presets(config.presets),
         },
         "device": device, "default_model": default_model,
         **({"session": session} if session else {}), **({"resumed": True} if resumed else {}),
@@ -139,6 +145,10 @@ def parameters(job: Job, run: EngineResult) -> dict:
                    scale=round(work.width / work.image.shape[1], 4))
     if work.references:
         out["references"] = [{"weight": r.weight, "mode": r.mode} for r in work.references]
+    if work.loras:
+        out["loras"] = [{"name": name, "weight": weight} for name, weight in work.loras]
+    if work.preset:
+        out["preset"] = work.preset
     if work.control:
         out["control"] = [{"type": u.type, "preprocess": u.preprocessor or "off", "scale": u.scale,
                            "start": u.start, "end": u.end} for u in work.control]
@@ -195,12 +205,21 @@ def status(device: str, running: str | None, queued: list[str], queue_length: in
             "clients": clients, "loaded_models": loaded_models}
 
 
+def lora_list(loras: list[LoraDescription]) -> list[dict]:
+    """LoRAs as ``welcome`` and ``models`` list them: name and family (null when the file does not say)."""
+    return [{"name": lora.name, "family": lora.family} for lora in loras]
+
+
 def models(default: str | None, descriptions: list[ModelDescription],
-           upscalers: list[UpscalerDescription] = ()) -> dict:
+           upscalers: list[UpscalerDescription] = (), loras: list[LoraDescription] = (),
+           presets: dict[str, Preset] | None = None) -> dict:
     message = {"type": "models", "default": default, "models": [
         {"name": d.name, "family": d.family, "native_size": d.native_size, "inpaint_model": d.inpaint_model,
          "loaded": d.loaded} for d in descriptions]}
     if upscalers:
         message["upscalers"] = [{"name": u.name, "scale": u.scale, "architecture": u.architecture,
                                  "loaded": u.loaded} for u in upscalers]
+    message["loras"] = lora_list(loras)
+    if presets is not None:
+        message["presets"] = describe_presets(presets)
     return message

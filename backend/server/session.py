@@ -28,10 +28,11 @@ from typing import TYPE_CHECKING, Callable, ClassVar
 from backend.config import Config
 from backend.intake import build_edit_job, build_preprocess_job
 from backend.jobs import Job, JobQueue
+from backend.presets import apply_preset
 from backend.server import messages
 from shared import job as protocol
 from shared.images import ImageData, decode_frame
-from shared.messages import PROTOCOL_VERSION, ProtocolError, parse_client_message
+from shared.messages import CLIENT_MESSAGES, PROTOCOL_VERSION, ProtocolError, decode_json, validate
 
 if TYPE_CHECKING:
     from backend.engine.engine import Engine
@@ -101,6 +102,7 @@ class Session:
     def __init__(self, state: ServerState):
         self.state = state
         self.greeted = False
+        self.given: frozenset[str] = frozenset()  # the keys of the message being handled, as the client sent it
         self.uploads: dict[str, ImageData] = {}
         self.token = secrets.token_hex(16)  # `welcome.session`: what a reconnecting client presents
         # The endings (result frames + result, error, cancelled) of this session's jobs, kept for a client
@@ -149,7 +151,9 @@ class Session:
                 self._require_hello()
                 self._upload(raw)
                 return Reply()
-            message = parse_client_message(raw)
+            decoded = decode_json(raw)
+            message = validate(decoded, CLIENT_MESSAGES)
+            self.given = frozenset(decoded)  # the fields the client set: a preset fills the others
             if message["type"] != "hello":
                 self._require_hello()
             return self.HANDLERS[message["type"]](self, message)
@@ -219,19 +223,29 @@ class Session:
             self.state.sessions.add(kept)
             kept.greeted = True
             welcome = messages.welcome(config, str(engine.device), preprocessors, engine.registry.default,
-                                       engine.upscalers.names(), kept.token, resumed=True)
+                                       engine.upscalers.names(), kept.token, resumed=True,
+                                       loras=engine.loras.describe())
             return Reply([welcome, *kept.redeliver(message.get("pending", []))], resume=kept)
         self.greeted = True
         return Reply([messages.welcome(config, str(engine.device), preprocessors, engine.registry.default,
-                                       engine.upscalers.names(), self.token)])
+                                       engine.upscalers.names(), self.token, loras=engine.loras.describe())])
 
     def _submit(self, message: dict) -> Reply:
         registry, limits = self.state.engine.registry, self.state.config.limits
         names, default = registry.names(), registry.default
-        request = protocol.Job.from_message(message, validate=False)  # parse_client_message validated it
-        upscalers = self.state.engine.upscalers
-        return self._take(request, lambda: build_edit_job(request, self.uploads, limits, names, default,
-                                                          upscalers.names(), upscalers.default))
+        request = protocol.Job.from_message(message, validate=False)  # receive validated it
+        engine, given = self.state.engine, self.given
+        upscalers = engine.upscalers
+
+        def build() -> EditJob:
+            return build_edit_job(request, self.uploads, limits, names, default, upscalers.names(),
+                                  upscalers.default, lambda job: apply_preset(job, given, self.state.config.presets),
+                                  engine.loras.families(), self._model_family)
+
+        return self._take(request, build)
+
+    def _model_family(self, name: str) -> str | None:
+        return next((model.family for model in self.state.engine.registry.describe() if model.name == name), None)
 
     def _preprocess(self, message: dict) -> Reply:
         limits = self.state.config.limits
@@ -261,7 +275,8 @@ class Session:
     def _models(self, message: dict) -> Reply:
         registry = self.state.engine.registry
         return Reply([messages.models(registry.default, registry.describe(),
-                                      self.state.engine.upscalers.describe())])
+                                      self.state.engine.upscalers.describe(), self.state.engine.loras.describe(),
+                                      self.state.config.presets)])
 
     # An explicit table, so the handled types are greppable and a test can hold them to CLIENT_MESSAGES.
     HANDLERS: ClassVar[dict[str, Callable[[Session, dict], Reply]]] = {

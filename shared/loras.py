@@ -1,0 +1,79 @@
+"""LoRAs a job asks for: the ``loras`` field and A1111's ``<lora:name:weight>`` prompt tags.
+
+Pure and standard-library only. The tags are taken out of the prompt before it is encoded, and
+merged with the field: on a name given both ways the ``loras`` field wins (it is the explicit,
+typed request; a tag is usually left over in a pasted prompt), and both win over a preset's LoRAs.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+
+from .errors import ProtocolError, shown
+from .vocabulary import LORA_WEIGHT_RANGE
+
+# <lora:name>, <lora:name:0.8>; A1111 also accepts a second (text encoder) weight, <lora:name:0.8:0.5>,
+# which is refused here with a sentence rather than silently dropped.
+_TAG = re.compile(r"<lora:([^:<>]*)(?::([^<>]*))?>", re.IGNORECASE)
+
+
+def split_prompt(prompt: str, field: str = "prompt") -> tuple[str, list[tuple[str, float]]]:
+    """The prompt without its ``<lora:...>`` tags (spaces around them closed up), and the tags as
+    (name, weight) in order; ProtocolError naming ``field`` for a malformed tag or weight."""
+    found: list[tuple[str, float]] = []
+
+    def take(match: re.Match) -> str:
+        name, weight = match[1].strip(), match[2]
+        if not name:
+            raise ProtocolError("invalid_field", f"`{field}`: {shown(match[0])} names no LoRA; write "
+                                "<lora:NAME:WEIGHT>", field)
+        value = 1.0
+        if weight is not None:
+            try:
+                value = float(weight.strip())
+            except ValueError:
+                raise ProtocolError("invalid_field", f"`{field}`: the weight in {shown(match[0])} is not a number; "
+                                    "write <lora:NAME:WEIGHT>, e.g. <lora:name:0.8>", field) from None
+            if value != value:
+                raise ProtocolError("invalid_field", f"`{field}`: the weight in {shown(match[0])} is not a number",
+                                    field)
+        low, high = LORA_WEIGHT_RANGE
+        if not low <= value <= high:
+            raise ProtocolError("invalid_field", f"`{field}`: the weight of LoRA {shown(name)} must be from {low:g} "
+                                f"to {high:g}, got {value:g}", field)
+        found.append((name, value))
+        return " "
+
+    text = _TAG.sub(take, prompt)
+    if found:
+        text = re.sub(r"[ \t]{2,}", " ", text).strip()
+        text = re.sub(r"\s+([,.;])", r"\1", text)  # "a cat <lora:x>, red" -> "a cat, red"
+    return text, found
+
+
+def merge(*sources: tuple[str, list[tuple[str, float]]]) -> list[tuple[str, float, str]]:
+    """The job's LoRAs from (field, [(name, weight)]) sources, strongest first: a name takes its weight
+    from the first source that gives it. Each comes back as (name, weight, field that gave it); a list
+    field (``loras``) is named per item (``loras[1].name``)."""
+    out: dict[str, tuple[str, float, str]] = {}
+    for field, loras in sources:
+        for index, (name, weight) in enumerate(loras):
+            where = f"{field}[{index}].name" if field == "loras" else field
+            out.setdefault(name, (name, weight, where))
+    return list(out.values())
+
+
+def check(loras: list[tuple[str, float, str]], available: Mapping[str, str | None], family: str | None,
+          model: str) -> None:
+    """Refuse a LoRA (from ``merge``) the server does not have, or one made for another family than the
+    ``model``'s (``family``: None when not known yet). ``available``: name -> the LoRA's family (None:
+    not known)."""
+    for name, _, where in loras:
+        if name not in available:
+            names = ", ".join(sorted(available)) or "none"
+            raise ProtocolError("unknown_lora", f"no LoRA named {shown(name)}; this server has: {names}", where)
+        made_for = available[name]
+        if family is not None and made_for is not None and made_for != family:
+            raise ProtocolError("wrong_family", f"LoRA {shown(name)} is for {made_for} models, but model "
+                                f"{shown(model)} is {family}", where)

@@ -1,0 +1,277 @@
+"""LoRAs through the real server, on the demo model's tiny random LoRAs (kohya and diffusers files)."""
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import decode, picture, png, rect_mask
+from shared.client import Accepted, EaselError
+from shared.errors import ProtocolError
+from shared.loras import merge, split_prompt
+
+LORAS = {"demo": ("demo-lora", "demo-lora-diffusers"), "demo-xl": ("demo-xl-lora", "demo-xl-lora-diffusers")}
+
+
+def run(client, mode="generate", model="demo", **params):
+    params = {"prompt": "a house", "steps": 4, "seed": 3, "model": model, **params}
+    if mode == "generate":
+        params.update(width=128, height=128)
+    else:
+        image = picture(128, 128)
+        params.update(image=png(image), strength=0.8)
+        if mode == "inpaint":
+            params["mask"] = png(rect_mask(image.size, (30, 30, 100, 100)))
+    return decode(client.run(mode, **params).images[0].image).astype(int)
+
+
+@pytest.mark.parametrize("model", ["demo", "demo-xl"])
+def test_weight_zero_is_no_lora_and_weight_one_changes_the_picture(client, model):
+    lora = LORAS[model][0]
+    plain = run(client, model=model)
+    one = run(client, model=model, loras=[{"name": lora, "weight": 1}])
+    half = run(client, model=model, loras=[{"name": lora, "weight": 0.5}])
+    zero = run(client, model=model, loras=[{"name": lora, "weight": 0}])
+    assert np.abs(one - plain).mean() > 5  # visibly: several levels of 255 on average
+    assert 0 < np.abs(half - plain).mean() < np.abs(one - plain).mean()
+    assert (zero == plain).all()
+    assert (run(client, model=model) == plain).all(), "switched off again for a job without LoRAs"
+
+
+def test_a_plain_job_after_a_lora_job_equals_one_on_a_fresh_server(client, demo_config):
+    from backend.engine.engine import Engine
+    from backend.engine.models import ModelRegistry, pick_device
+    from backend.server import ServerThread
+    from shared.client import Client
+
+    run(client, loras=[{"name": "demo-lora", "weight": 1.5}, {"name": "demo-lora-diffusers", "weight": -1}])
+    after = run(client, "img2img")
+    fresh_engine = Engine(ModelRegistry(demo_config, *pick_device("cpu")))
+    with ServerThread(demo_config, fresh_engine) as fresh, Client(fresh.url) as other:
+        assert (run(other, "img2img") == after).all()
+
+
+def test_two_loras_at_once_and_both_file_formats(client):
+    kohya, diffusers = LORAS["demo"]
+    plain = run(client)
+    first = run(client, loras=[{"name": kohya}])
+    second = run(client, loras=[{"name": diffusers}])
+    both = run(client, loras=[{"name": kohya}, {"name": diffusers}])
+    for single in (first, second):
+        assert np.abs(single - plain).mean() > 5
+        assert np.abs(both - single).mean() > 2
+    assert (run(client, loras=[{"name": diffusers}, {"name": kohya}]) == both).all(), "order does not matter"
+
+
+def test_a_prompt_tag_is_taken_out_and_the_field_wins_on_a_duplicate(client):
+    field = run(client, loras=[{"name": "demo-lora", "weight": 0.7}])
+    result = client.run("generate", prompt="a house <lora:demo-lora:0.7>", steps=4, seed=3, width=128, height=128)
+    assert (decode(result.images[0].image) == field).all()
+    assert result.parameters["prompt"] == "a house"
+    assert result.parameters["loras"] == [{"name": "demo-lora", "weight": 0.7}]
+    both = run(client, prompt="a house <lora:demo-lora:-1>", loras=[{"name": "demo-lora", "weight": 0.7}])
+    assert (both == field).all()
+
+
+@pytest.mark.parametrize("model", ["demo", "demo-xl"])  # 9-channel inpaint UNets: the LoRA loads there too
+def test_loras_steer_inpainting_with_the_inpaint_unet(client, model):
+    plain = run(client, "inpaint", model=model)
+    styled = run(client, "inpaint", model=model, loras=[{"name": LORAS[model][1]}])
+    assert np.abs(styled - plain).mean() > 0.5
+    assert (run(client, "inpaint", model=model) == plain).all()
+
+
+def test_loras_work_with_references_and_control(client):
+    control_map = np.zeros((128, 128, 3), np.uint8)
+    control_map[:, :64] = 255
+    extras = {"references": [{"image": png(Image.new("RGB", (64, 64), "red"))}],
+              "control": [{"type": "canny", "image": png(Image.fromarray(control_map))}]}
+    plain = run(client, **extras)  # (generate: diffused at 128 px; img2img would scale up to 512)
+    styled = run(client, loras=[{"name": "demo-lora"}], **extras)
+    assert np.abs(styled - plain).mean() > 2
+    assert (run(client, **extras) == plain).all()
+
+
+def test_loras_are_listed_with_their_family(client):
+    listed = {item["name"]: item["family"] for item in client.models()["loras"]}
+    assert listed == {"demo-lora": "sd15", "demo-lora-diffusers": "sd15", "demo-xl-lora": "sdxl",
+                      "demo-xl-lora-diffusers": "sdxl"}
+    welcome = {item["name"]: item["family"] for item in client.welcome["capabilities"]["loras"]}
+    assert welcome == listed
+
+
+@pytest.mark.parametrize("params, code, field, words", [
+    ({"loras": [{"name": "demo-lora"}, {"name": "nope"}]}, "unknown_lora", "loras[1].name", "demo-lora-diffusers"),
+    ({"loras": [{"name": "demo-lora", "weight": 2.5}]}, "invalid_field", "loras[0].weight", "at most 2"),
+    ({"loras": [{"name": "demo-xl-lora"}]}, "wrong_family", "loras[0].name", "for sdxl models, but model 'demo' is"),
+    ({"prompt": "a <lora:demo-xl-lora:0.5> house"}, "wrong_family", "prompt", "demo-xl-lora"),
+    ({"prompt": "a <lora:nope> house"}, "unknown_lora", "prompt", "nope"),
+    ({"prompt": "a <lora:demo-lora:lots> house"}, "invalid_field", "prompt", "not a number"),
+    ({"prompt": "a <lora:demo-lora:3> house"}, "invalid_field", "prompt", "from -2 to 2"),
+    ({"loras": [{"name": "demo-lora"}, {"name": "demo-lora", "weight": 0.5}]}, "invalid_field", "loras[1].name",
+     "twice"),
+])
+def test_bad_loras_are_refused_before_accepted_naming_the_field(client, params, code, field, words):
+    events = []
+    with pytest.raises(EaselError) as caught:
+        client.run("generate", **{"prompt": "a house", "steps": 2, "width": 64, "height": 64, **params},
+                   on_event=events.append)
+    assert (caught.value.code, caught.value.field) == (code, field)
+    assert words in caught.value.message
+    assert not any(isinstance(event, Accepted) for event in events)
+    run(client)  # the connection keeps working
+
+
+def test_prompt_tags_parse_in_pure_code():
+    assert split_prompt("a cat <lora:ink:0.6>, red <LORA:paper>") == ("a cat, red", [("ink", 0.6), ("paper", 1.0)])
+    assert split_prompt("no tags  here") == ("no tags  here", [])
+    with pytest.raises(ProtocolError) as caught:
+        split_prompt("<lora::1>")
+    assert caught.value.field == "prompt"
+    merged = merge(("loras", [("ink", 0.2)]), ("prompt", [("ink", 0.9), ("paper", 1.0)]), ("preset", [("x", 1.0)]))
+    assert merged == [("ink", 0.2, "loras[0].name"), ("paper", 1.0, "prompt"), ("x", 1.0, "preset")]
+
+
+def test_a_loras_family_is_read_from_its_header():
+    from backend.engine.loras import family_of
+
+    assert family_of({}, {"ss_base_model_version": "sdxl_base_v1-0"}) == "sdxl"
+    assert family_of({}, {"modelspec.architecture": "flux-1-dev/lora"}) == "flux"
+    cross = "lora_unet_down_blocks_1_attentions_0_transformer_blocks_0_attn2_to_k.lora_down.weight"
+    assert family_of({cross: (8, 768)}) == "sd15"
+    assert family_of({"unet." + cross.replace("lora_down", "lora_A")[10:]: (8, 2048)}) == "sdxl"
+    assert family_of({"lora_te2_text_model_encoder_layers_0_mlp_fc1.lora_down.weight": (4, 1280)}) == "sdxl"
+    assert family_of({"lora_unet_mid_block_resnets_0_conv1.lora_down.weight": (4, 1280, 3, 3)}) is None
+
+
+def test_easel_run_lora_option(server, tmp_path, capsys):
+    from backend.cli import main
+
+    picture(128, 128).save(tmp_path / "in.png")
+    common = ["run", "img2img", "--prompt", "a house", "--image", str(tmp_path / "in.png"), "--strength", "0.8",
+              "--steps", "4", "--seed", "1", "--server", server.url]
+    outputs = {}
+    for name, extra in (("plain", []), ("zero", ["--lora", "demo-lora:0"]), ("one", ["--lora", "demo-lora"]),
+                        ("tag", ["--prompt", "a house <lora:demo-lora:1>"])):
+        assert main(common + extra + ["--out", str(tmp_path / f"{name}.png")]) == 0, capsys.readouterr().err
+        outputs[name] = np.asarray(Image.open(tmp_path / f"{name}.png")).astype(int)
+    assert (outputs["zero"] == outputs["plain"]).all()
+    assert np.abs(outputs["one"] - outputs["plain"]).mean() > 2 and (outputs["tag"] == outputs["one"]).all()
+    capsys.readouterr()
+    assert main(common + ["--lora", "demo-lora", "--lora", "demo-lora-diffusers:2.5", "--out",
+                          str(tmp_path / "bad.png")]) == 2
+    assert "the 2nd --lora (demo-lora-diffusers:2.5): WEIGHT must be at most 2" in capsys.readouterr().err
+    assert main(common + ["--lora", "demo-xl-lora", "--out", str(tmp_path / "bad.png")]) == 1
+    err = capsys.readouterr().err
+    assert "--lora demo-xl-lora: LoRA 'demo-xl-lora' is for sdxl models" in err and "[wrong_family]" in err
+
+
+def test_a_compiled_unet_runs_eager_once_a_lora_is_loaded_and_says_why(demo_config, engine, monkeypatch, caplog):
+    """PEFT wraps the UNet's layers and sets the LoRA weights as Python floats, which torch.compile would
+    bake into its graph (a recompile per slider value): the model's UNet goes eager, with a warning."""
+    import dataclasses
+
+    from backend.engine import speed
+    from test_performance import engine_with, generate
+    from test_performance import run as run_job
+
+    monkeypatch.setattr(speed, "COMPILE_BACKEND", "eager")  # same tracing, no kernels to build
+    compiled = engine_with(demo_config, compile=True, compile_modules=["unet"], compile_sizes=[(64, 64)])
+    job = dataclasses.replace(generate(size=64), model="demo", loras=(("demo-lora", 1.0),))
+    run_job(compiled, dataclasses.replace(job, loras=()))
+    unet = compiled.registry.get("demo").base.unet
+    assert unet._compiled_call_impl is not None
+    with caplog.at_level("WARNING", logger="backend.engine.speed"):
+        styled = run_job(compiled, job)
+    assert unet._compiled_call_impl is None
+    assert "LoRA demo-lora is loaded into model demo: its UNet runs eager" in caplog.text
+    np.testing.assert_array_equal(styled, run_job(engine, job))
+
+
+def test_loras_with_the_idle_unet_parked(demo_config, engine):
+    """With parking, the UNet a job does not use waits in host memory, LoRA layers included."""
+    import dataclasses
+
+    from backend.engine.job import EditJob
+    from test_performance import engine_with
+    from test_performance import run as run_job
+
+    parking = engine_with(demo_config, park_idle_unet=True)
+    image = np.asarray(picture(64, 64).convert("RGBA"))
+    mask = np.zeros((64, 64), np.uint8)
+    mask[16:48, 16:48] = 255
+    base = EditJob(mode="img2img", model="demo", prompt="a door", negative_prompt="", seed=2, steps=2, guidance=5.0,
+                   strength=0.5, batch=1, sampler="euler", image=image, loras=(("demo-lora", 1.0),))
+    inpaint = dataclasses.replace(base, mode="inpaint", mask=mask)  # (img2img and inpaint diffuse at 512)
+    first = run_job(parking, inpaint)  # the LoRA loads into the inpaint UNet ...
+    np.testing.assert_array_equal(run_job(parking, base), run_job(engine, base))  # ... and the base one
+    assert parking.speed.residency.is_parked(parking.registry.get("demo").inpaint_unet)
+    np.testing.assert_array_equal(run_job(parking, inpaint), first)  # back from RAM with its LoRA layers
+    assert parking.speed.residency.is_parked(parking.registry.get("demo").base.unet)
+
+
+def test_a_lora_file_name_with_dots_and_the_prompt_cache(demo_config):
+    """A1111 LoRA names often hold dots (PEFT's adapter keys cannot); the prompt cache keys on the text
+    encoders' active LoRAs (a cached no-LoRA embedding must not serve a LoRA job)."""
+    import dataclasses
+
+    from backend.engine.engine import Engine
+    from backend.engine.job import EditJob
+    from backend.engine.models import ModelRegistry, pick_device
+    from test_performance import run as run_job
+
+    loras = {**demo_config.loras, "detail_v1.5": demo_config.loras["demo-lora"]}
+    config = dataclasses.replace(demo_config, loras=loras)
+    cached = Engine(ModelRegistry(config, *pick_device("cpu")))
+    uncached = Engine(ModelRegistry(dataclasses.replace(config, performance=dataclasses.replace(
+        config.performance, prompt_cache=0)), *pick_device("cpu")))
+    job = EditJob(mode="generate", model="demo", prompt="a door", negative_prompt="", seed=2, steps=2, guidance=5.0,
+                  strength=1.0, batch=1, sampler="euler", width=64, height=64)
+    run_job(cached, job)  # caches the prompt's no-LoRA embeddings
+    dotted = run_job(cached, dataclasses.replace(job, loras=(("detail_v1.5", 1.0),)))
+    np.testing.assert_array_equal(dotted, run_job(uncached, dataclasses.replace(job, loras=(("demo-lora", 1.0),))))
+
+
+@pytest.mark.parametrize("name", ["demo-xl-lora", "demo-xl-lora-diffusers", "demo-lora", "demo-lora-diffusers"])
+def test_every_layer_of_a_lora_file_loads(engine, name):
+    """Kohya files (SDXL's under the original SGM block names) and diffusers files alike: every attention
+    projection of the UNet and the text encoders gets the LoRA."""
+    model = engine.registry.get("demo-xl" if "xl" in name else "demo")
+    pipe = model.pipeline("generate")
+    engine.loras.apply(model, pipe, ((name, 1.0),))
+    adapter = engine.loras.adapter(name)
+    for part in ("unet", "text_encoder", "text_encoder_2"):
+        module = getattr(pipe, part, None)
+        if module is not None:
+            wrapped = [path for path, layer in module.named_modules() if adapter in getattr(layer, "lora_A", {})]
+            assert len(wrapped) == (32 if part == "unet" else 16), part  # 4 projections x attention layers
+    engine.loras.apply(model, pipe, ())
+
+
+def test_hosts_read_the_loras_and_presets_a_server_offers(client):
+    from shared.capabilities import offer
+
+    offered = offer(client.welcome["capabilities"])
+    assert offered.loras_for("sdxl") == ("demo-xl-lora", "demo-xl-lora-diffusers")
+    assert offered.loras_for("sd15") == ("demo-lora", "demo-lora-diffusers")
+    assert {"lcm", "tcd", "lightning"} <= set(offered.presets)
+    assert offer(None).loras == () and offer(None).presets == ()
+
+
+def test_fused_qkv_projections_are_turned_off_for_a_lora(demo_config, engine, caplog):
+    """Fused attention reads one concatenated QKV matrix and would silently skip a LoRA's to_q / to_k / to_v."""
+    import dataclasses
+
+    from backend.engine.engine import Engine
+    from backend.engine.models import ModelRegistry, pick_device
+    from test_performance import generate
+    from test_performance import run as run_job
+
+    fused = Engine(ModelRegistry(demo_config, *pick_device("cpu")))
+    unet = fused.registry.get("demo").base.unet
+    unet.fuse_qkv_projections()
+    job = dataclasses.replace(generate(size=64), model="demo", loras=(("demo-lora", 1.0),))
+    with caplog.at_level("WARNING", logger="backend.engine.speed"):
+        styled = run_job(fused, job)
+    assert "fused QKV projections are turned off" in caplog.text
+    assert not any("Fused" in type(p).__name__ for p in unet.attn_processors.values())
+    np.testing.assert_array_equal(styled, run_job(engine, job))
