@@ -26,7 +26,7 @@ from shared.rules import reach as mask_margin
 PLUGIN = Path(__file__).resolve().parents[1] / "krita_plugin"
 sys.path.insert(0, str(PLUGIN))
 
-from easel_krita import pixels, placement, plan  # noqa: E402
+from easel_krita import models, pixels, placement, plan  # noqa: E402
 from easel_krita.protocol import capabilities  # noqa: E402
 
 # -- pixels ------------------------------------------------------------------------------------
@@ -341,6 +341,41 @@ def test_layer_names_carry_prompt_and_seed():
     assert placement.layer_name("a  red\ndoor", 7) == "a red door [7]"
     long = placement.layer_name("x" * 100, 1)
     assert long.endswith("… [1]") and len(long) < 50
+    assert placement.layer_name("a red door", 7, model="demo-base") == "a red door [7, demo-base]"
+
+
+# -- the model picker ----------------------------------------------------------------------------
+
+def test_the_model_picker_lists_what_each_model_is_and_can_do(client):
+    entries = models.choices(client.models(), client.welcome["capabilities"])
+    assert [e.name for e in entries] == [m["name"] for m in client.models()["models"]]
+    demo, base, xl = (next(e for e in entries if e.name == n) for n in ("demo", "demo-base", "demo-xl"))
+    assert demo.label == "demo (SD 1.5, 512 px) · default"
+    assert xl.label.startswith("demo-xl (SDXL, ")
+    assert "dedicated inpaint UNet" in demo.tooltip and "no inpaint UNet" in base.tooltip
+    assert "ControlNet: canny" in base.tooltip and "reference layers (IP-Adapter)" in base.tooltip
+    caps = {**client.welcome["capabilities"], "control_types": [], "reference_families": ["sdxl"]}
+    plain = models.describe({"name": "m", "family": "sd15", "native_size": 512}, caps)
+    assert "no ControlNet" in plain.tooltip and "no reference layers" in plain.tooltip
+    assert models.describe({"name": "x", "family": None, "native_size": None}).label == \
+        "x (family unknown until loaded)"
+    assert models.choices(None) == []
+
+
+def test_the_picked_model_follows_the_document_then_the_painter_then_the_server():
+    names = ["demo", "demo-base", "demo-xl"]
+    assert models.pick(names, "demo-xl", "demo-base", "demo") == "demo-xl"
+    assert models.pick(names, None, "demo-base", "demo") == "demo-base"
+    assert models.pick(names, "gone", None, "demo") == "demo"  # a model the server no longer has
+    assert models.pick(names, None, None, "also-gone") == "demo"
+    assert models.pick([], "demo", "demo", "demo") is None
+
+
+def test_document_settings_round_trip_and_foreign_bytes_read_as_none():
+    saved = {"model": "demo-base"}
+    assert models.read_saved(models.write_saved(saved)) == saved
+    for junk in (None, b"", b"\xff\xfe", b"[1, 2]", b"not json"):
+        assert models.read_saved(junk) == {}
 
 
 def test_sending_only_the_crop_gives_the_same_layer_as_the_whole_canvas(client):
@@ -367,7 +402,7 @@ def test_sending_only_the_crop_gives_the_same_layer_as_the_whole_canvas(client):
 
 # -- structure and packaging -------------------------------------------------------------------
 
-PURE = ["pixels.py", "plan.py", "placement.py", "protocol.py"]
+PURE = ["pixels.py", "plan.py", "placement.py", "protocol.py", "models.py"]
 
 
 def imports_of(path: Path) -> set[str]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import random
 
-from . import extension, host, pixels, plan, protocol
+from . import extension, host, models, pixels, plan, protocol, qt
 from .protocol import capabilities
 from .qt import ALIGN_CENTER, HORIZONTAL, KEEP_ASPECT, SMOOTH, USER_ROLE, QPixmap, QtGui, QtWidgets, rgba_image
 from .session import ControlLayer, ReferenceLayer, Session
@@ -39,6 +39,7 @@ class EaselDocker(host.DockWidget):
         self._offer = capabilities.Offer()  # the whole vocabulary until the server says what it offers
         self._build()
         self.worker.state_changed.connect(self._show_state)
+        self.worker.models_changed.connect(lambda _reply: self._show_models())
         self._show_state(self.worker.state, self.worker.message)
         self.session.accepted.connect(self._on_accepted)
         self.session.started.connect(self._on_started)
@@ -74,6 +75,18 @@ class EaselDocker(host.DockWidget):
         self.state = W.QLabel()
         self.state.setWordWrap(True)
         form.addWidget(self.state)
+
+        row = W.QHBoxLayout()
+        self.model = W.QComboBox()
+        self.model.setToolTip("The server's models (connect to list them); the choice is saved with the document")
+        self.model.activated.connect(lambda _index: self._remember_model())
+        reload_models = W.QPushButton("↻")
+        reload_models.setToolTip("Read the server's models again")
+        reload_models.clicked.connect(self._refresh)
+        row.addWidget(W.QLabel("Model"))
+        row.addWidget(self.model, 1)
+        row.addWidget(reload_models)
+        form.addLayout(row)
 
         self.prompt = W.QPlainTextEdit()
         self.prompt.setPlaceholderText("What to paint (selection: fill it; no selection: the whole image)")
@@ -258,6 +271,7 @@ class EaselDocker(host.DockWidget):
 
     def canvasChanged(self, canvas):
         self._refresh_layers()
+        self._show_models()  # another document may have saved another model
 
     def _document(self):
         return host.instance().activeDocument()
@@ -285,6 +299,7 @@ class EaselDocker(host.DockWidget):
 
     def settings(self, remove: bool = False, expand: tuple = (0, 0, 0, 0)) -> plan.Settings:
         return plan.Settings(prompt=self.prompt.toPlainText(), negative_prompt=self.negative.text(),
+                             model=self.model.currentData() or None,
                              strength=self.strength.value() / 100, steps=self.steps.value(),
                              seed=self.seed.value() if self.fixed_seed.isChecked() else None,
                              batch=self.batch.value(), mask_grow=self.grow.value(),
@@ -300,6 +315,8 @@ class EaselDocker(host.DockWidget):
             self._say("A job is already running; cancel it or wait for it.", error=True)
             return
         try:
+            if self.model.currentData():
+                host.save_document_settings(doc, {"model": self.model.currentData()})
             self.job = self.session.generate(doc, self.settings(remove, expand), list(self.controls),
                                              list(self.references))
         except (plan.PlanError, pixels.UnsupportedColor) as exc:
@@ -458,9 +475,37 @@ class EaselDocker(host.DockWidget):
         self.strength_label.setText(f"{value}%" + (" fill" if value == 100 else " refine"))
 
     def _show_state(self, state: str, message: str) -> None:
-        marks = {"connected": "●", "connecting": "◌", "disconnected": "○"}
+        marks = {"connected": "●", "connecting": "◌", "disconnected": "○", "not_responding": "◍"}
         self.state.setText(f"{marks.get(state, '')} {message}")
         self._apply_offer(self.worker.offer)  # a (re)connect may reach a server with other ControlNets
+        if state == "connected":
+            self._show_models()
+
+    def _show_models(self) -> None:
+        """List the server's models; show the document's saved one (else the server's default)."""
+        reply = self.worker.models
+        entries = models.choices(reply, (self.worker.welcome or {}).get("capabilities"))
+        doc = self._document()
+        saved = host.document_settings(doc).get("model") if doc is not None else None
+        current = self.model.currentData()
+        names = [entry.name for entry in entries]
+        chosen = models.pick(names, saved, current, (reply or {}).get("default"))
+        self.model.blockSignals(True)
+        self.model.clear()
+        for index, entry in enumerate(entries):
+            self.model.addItem(entry.label, entry.name)
+            self.model.setItemData(index, entry.tooltip, qt.TOOLTIP_ROLE)
+        if chosen is not None:
+            self.model.setCurrentIndex(names.index(chosen))
+        self.model.blockSignals(False)
+        if saved and saved not in names and reply is not None:
+            self._say(f"This document was made with the model “{saved}”, which this server does not have; "
+                      f"using {chosen}.", error=True)
+
+    def _remember_model(self) -> None:
+        doc = self._document()
+        if doc is not None and self.model.currentData():
+            host.save_document_settings(doc, {"model": self.model.currentData()})
 
     def _apply_offer(self, offer: capabilities.Offer) -> None:
         """Offer the server's control types and reference modes, and let the spin boxes reach its limits."""

@@ -11,11 +11,13 @@ from dataclasses import dataclass
 
 from krita import DockWidget, DockWidgetFactory, DockWidgetFactoryBase, Extension, Krita  # noqa: F401
 
-from . import pixels
+from . import models, pixels
 from .plan import Box
+from .qt import QtCore
 
 GROUP_NAME = "Easel"
 SETTINGS_GROUP = "easel"
+ANNOTATION = models.ANNOTATION
 
 
 @dataclass
@@ -38,6 +40,22 @@ def read_setting(key: str, default: str = "") -> str:
 
 def write_setting(key: str, value: str) -> None:
     Krita.instance().writeSetting(SETTINGS_GROUP, key, value)
+
+
+def document_settings(doc) -> dict:
+    """What the document saved for Easel (its model ...): an annotation stored in the .kra."""
+    if ANNOTATION not in doc.annotationTypes():
+        return {}
+    return models.read_saved(bytes(doc.annotation(ANNOTATION)))
+
+
+def save_document_settings(doc, changes: dict) -> None:
+    """Merge ``changes`` into the document's Easel settings; saved with the document (.kra)."""
+    saved = document_settings(doc)
+    if all(saved.get(key) == value for key, value in changes.items()):
+        return  # unchanged: do not mark the document modified
+    saved.update(changes)
+    doc.setAnnotation(ANNOTATION, "Easel settings", QtCore.QByteArray(models.write_saved(saved)))
 
 
 def canvas(doc) -> Canvas:

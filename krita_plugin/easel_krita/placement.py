@@ -34,12 +34,13 @@ def place(region: Region, offset: tuple[int, int], width: int, height: int) -> P
     return Placement(box.x, box.y, box.width, box.height, (width, height) != (box.width, box.height))
 
 
-def layer_name(prompt: str, seed: int, limit: int = 40) -> str:
-    """A result layer's name: the prompt (shortened) and the seed that reproduces it."""
+def layer_name(prompt: str, seed: int, limit: int = 40, model: str | None = None) -> str:
+    """A result layer's name: the prompt (shortened) and the seed that reproduces it, and the model
+    when it is not the server's default (``model`` None)."""
     text = " ".join(prompt.split()) or "no prompt"
     if len(text) > limit:
         text = text[:limit - 1].rstrip() + "…"
-    return f"{text} [{seed}]"
+    return f"{text} [{seed}{', ' + model if model else ''}]"
 
 
 def band_only(rgba: bytes, width: int, left: int, top: int, old_width: int, old_height: int) -> bytes:

@@ -4,7 +4,7 @@ results back as layers. The docker and the in-Krita tests both drive this.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from . import host, pixels, placement, plan, protocol
 from .qt import QObject, pyqtSignal, scaled_rgba
@@ -46,6 +46,7 @@ class LayerResult:
     doc: object = None
     layer: object = None  # the inserted layer, once applied
     grow: tuple | None = None  # an expand's (left, top, right, bottom, old width, old height): grow the canvas
+    parameters: dict = field(default_factory=dict)  # the server's account of the job (model, sampler ...)
 
 
 @dataclass
@@ -132,8 +133,12 @@ class Session(QObject):
                                            ref.weight, ref.mode))
             return plan.build_job(region, settings, rgba, mask, units, refs)
 
+        default_model = (self.worker.models or {}).get("default")
+
         def finish(result):
             out = []
+            model = result.parameters.get("model")
+            named = model if model and model != default_model else None
             for item in result.images:
                 image_data = item.image
                 spot = placement.place(region, item.offset, image_data.width, image_data.height)
@@ -145,9 +150,10 @@ class Session(QObject):
                                                info.height)
                 if spot.scale:
                     rgba = scaled_rgba(rgba, image_data.width, image_data.height, spot.width, spot.height)
-                out.append(LayerResult(placement.layer_name(settings.prompt, item.seed), item.seed,
+                out.append(LayerResult(placement.layer_name(settings.prompt, item.seed, model=named), item.seed,
                                        spot.x, spot.y, spot.width, spot.height,
-                                       pixels.from_rgba8(rgba, depth, linear), rgba, doc, grow=grow))
+                                       pixels.from_rgba8(rgba, depth, linear), rgba, doc, grow=grow,
+                                       parameters=result.parameters))
             return out
 
         job = self.worker.submit(build, finish)

@@ -679,6 +679,67 @@ def scenario_docker_expand(ctx):
     doc.close()
 
 
+def scenario_docker_model_picker(ctx):
+    """The docker lists the server's models (family, native size, what each can do), the pick goes into
+    the job (the layer and the result's parameters name it) and is saved in the .kra: reopened, the
+    document picks it again (a new document keeps the current pick until it is given its own)."""
+    from easel_krita import host
+    from easel_krita.docker import EaselDocker
+    host.write_setting("url", os.environ["EASEL_URL"])
+    docker = EaselDocker()
+    doc = new_doc()
+    paint_layer(doc, "paint", fill_rgba8())
+    docker._document = lambda: doc
+    wait_for(None, timeout=30, until=lambda: docker.worker.state == "connected" and docker.model.count())
+    names = [docker.model.itemData(i) for i in range(docker.model.count())]
+    served = [m["name"] for m in docker.worker.models["models"]]
+    check(names == served and len(names) >= 2, f"the combo lists {names}, the server {served}")
+    check(docker.model.currentData() == docker.worker.models["default"], f"shows {docker.model.currentData()}")
+    label = docker.model.itemText(names.index("demo-base"))
+    check("SD 1.5" in label and "512 px" in label, f"label {label!r}")
+    tip = docker.model.itemData(names.index("demo-base"), 3)  # Qt.ToolTipRole
+    check("no inpaint UNet" in tip and "ControlNet: " in tip, f"tooltip {tip!r}")
+    check("dedicated inpaint UNet" in docker.model.itemData(names.index("demo"), 3), "demo's tooltip")
+    docker.model.setCurrentIndex(names.index("demo-base"))
+    docker.model.activated.emit(names.index("demo-base"))  # what a click on the entry sends
+    docker.prompt.setPlainText("a red door")
+    docker.steps.setValue(4)
+    docker.strength.setValue(50)
+    docker.fixed_seed.setChecked(True)
+    docker.seed.setValue(9)
+    docker.generate_button.click()
+    fired = wait_for(docker.session, ["finished", "failed", "cancelled"])
+    check(fired and fired[0] == "finished", f"the job ended with {fired} {docker.message.text()!r}")
+    result = fired[1][1][0]
+    check(result.parameters.get("model") == "demo-base", f"the server ran {result.parameters.get('model')}")
+    check([n.name() for n in easel_layers(doc)[1]] == ["a red door [9, demo-base]"],
+          f"layers {[n.name() for n in easel_layers(doc)[1]]}")
+    check(host.document_settings(doc) == {"model": "demo-base"}, f"saved {host.document_settings(doc)}")
+    path = os.path.join(tempfile.mkdtemp(), "picked.kra")
+    check(doc.saveAs(path), "saving the .kra failed")
+    doc.close()
+    fresh = new_doc()
+    docker._document = lambda: fresh
+    docker.canvasChanged(None)
+    check(docker.model.currentData() == "demo-base", f"a new document shows {docker.model.currentData()}")
+    docker.model.setCurrentIndex(names.index("demo"))  # the new document's own pick
+    docker.model.activated.emit(names.index("demo"))
+    check(host.document_settings(fresh) == {"model": "demo"}, f"saved {host.document_settings(fresh)}")
+    reopened = Krita.instance().openDocument(path)
+    reopened.setBatchmode(True)
+    docker._document = lambda: reopened
+    docker.canvasChanged(None)
+    check(docker.model.currentData() == "demo-base", f"the reopened document shows {docker.model.currentData()}")
+    check(docker.settings().model == "demo-base", "the job would not name the saved model")
+    # On demand: the ↻ button reads the models again.
+    before = docker.worker.models
+    docker._refresh()
+    wait_for(None, timeout=30, until=lambda: docker.worker.models is not before)
+    check(docker.worker.models is not before and docker.model.currentData() == "demo-base", "refresh lost the pick")
+    fresh.close()
+    reopened.close()
+
+
 SCENARIOS = [name for name in list(globals()) if name.startswith("scenario_")]
 
 
