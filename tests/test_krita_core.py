@@ -26,7 +26,7 @@ from shared.rules import reach as mask_margin
 PLUGIN = Path(__file__).resolve().parents[1] / "krita_plugin"
 sys.path.insert(0, str(PLUGIN))
 
-from easel_krita import models, pixels, placement, plan  # noqa: E402
+from easel_krita import liveness, models, pixels, placement, plan  # noqa: E402
 from easel_krita.protocol import capabilities  # noqa: E402
 
 # -- pixels ------------------------------------------------------------------------------------
@@ -402,7 +402,7 @@ def test_sending_only_the_crop_gives_the_same_layer_as_the_whole_canvas(client):
 
 # -- structure and packaging -------------------------------------------------------------------
 
-PURE = ["pixels.py", "plan.py", "placement.py", "protocol.py", "models.py"]
+PURE = ["pixels.py", "plan.py", "placement.py", "protocol.py", "models.py", "liveness.py"]
 
 
 def imports_of(path: Path) -> set[str]:
@@ -503,3 +503,79 @@ def test_expand_plans_the_whole_canvas_and_places_the_new_canvas_at_its_origin()
     alpha = band[3::4]
     assert [alpha[row * 6:(row + 1) * 6] for row in range(4)] == [
         bytes([255] * 6), bytes([255, 0, 0, 0, 255, 255]), bytes([255, 0, 0, 0, 255, 255]), bytes([255] * 6)]
+
+
+# -- liveness ------------------------------------------------------------------------------------
+
+def test_a_silent_server_is_probed_then_not_responding_then_responding_again():
+    live = liveness.Liveness(probe_after=1.5, silent_after=5.0)
+    assert live.tick(100.0) == liveness.Step()  # idle: silence is normal, nothing is sent
+    live.wait(100.0)
+    assert live.tick(101.0) == liveness.Step()
+    assert live.tick(101.5).probe and not live.tick(102.0).probe  # one probe per 1.5 s of silence
+    assert live.tick(103.0).probe
+    live.heard(103.2)  # the probe's answer: the server is alive, a slow step is no hang
+    assert live.tick(104.0) == liveness.Step() and live.responding
+    assert live.tick(108.1).change is None  # 4.9 s since the answer
+    assert live.tick(108.3) == liveness.Step(probe=False, change="not_responding")
+    assert not live.responding and live.silence(108.3) == pytest.approx(5.1)
+    assert live.tick(108.5).change is None  # said once
+    live.heard(109.0)
+    assert live.tick(109.1).change == "responding" and live.responding
+    live.done()
+    assert live.tick(200.0) == liveness.Step() and live.silence(200.0) == 0
+
+
+def test_silence_counts_from_when_the_wait_began_not_from_the_last_message_before_it():
+    live = liveness.Liveness(probe_after=1.5, silent_after=5.0)
+    live.heard(10.0)  # the last idle heartbeat's answer
+    live.wait(60.0)  # a job sent much later
+    assert live.silence(61.0) == 1.0 and live.tick(61.0) == liveness.Step()
+    assert live.tick(65.0).change == "not_responding"
+
+
+def test_the_not_responding_sentence_says_what_the_painter_can_do():
+    busy = liveness.not_responding("ws://box:8760/", 5.2, busy=True)
+    assert "not responding (nothing for 5 s)" in busy and "Cancel stops waiting" in busy
+    assert "reconnects" in liveness.not_responding("ws://box:8760/", 5, busy=False)
+
+
+def test_a_probe_is_answered_mid_job_and_its_reply_is_not_kept(server):
+    from shared.client import Client, Progress, Result
+    with Client(server.url, name="pytest") as easel:
+        job = easel.submit("generate", prompt="x", steps=6, width=64, height=64, seed=1, preview_every=0)
+        seen = None
+        for event in easel.events(job):
+            if isinstance(event, Progress) and seen is None:
+                seen = easel.heard
+                easel.probe()
+            if isinstance(event, Result):
+                break
+        assert easel.heard > seen
+        status = easel.status()  # the probe's reply was dropped, so this is a fresh one
+        assert status["running"] is None and not easel._replies["status"]
+
+
+def test_abort_ends_a_reading_thread_at_once_without_resuming(server):
+    import threading
+    import time
+
+    from shared.client import Client, EaselError
+    easel = Client(server.url, name="pytest").connect()
+    job = easel.submit("generate", prompt="x", steps=40, width=64, height=64, seed=1, preview_every=0)
+    errors = []
+
+    def read():
+        try:
+            for _ in easel.events(job):
+                pass
+        except EaselError as exc:
+            errors.append((exc.code, time.monotonic()))
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    time.sleep(0.3)
+    started = time.monotonic()
+    easel.abort()
+    reader.join(5)
+    assert errors and errors[0][0] == "closed" and errors[0][1] - started < 2

@@ -480,6 +480,8 @@ class EaselDocker(host.DockWidget):
         self._apply_offer(self.worker.offer)  # a (re)connect may reach a server with other ControlNets
         if state == "connected":
             self._show_models()
+        if state == "not_responding" and self.job is not None:
+            self._say(message, error=True)
 
     def _show_models(self) -> None:
         """List the server's models; show the document's saved one (else the server's default)."""
