@@ -98,6 +98,20 @@ def test_profiles():
     assert not pixels.is_linear_profile("sRGB built-in")
 
 
+@pytest.mark.parametrize("profile", ["sRGB-elle-V2-srgbtrc.icc", "sRGB-elle-V2-g10.icc", "sRGB built-in",
+                                     "scRGB (linear)", "krita-2.5, lcms sRGB built-in with linear gamma TRC",
+                                     "Artifex Software sRGB ICC Profile", "sRGB-elle-V4-g10.icc"])
+def test_srgb_primaries_with_the_srgb_or_linear_curve_are_converted_exactly_here(profile):
+    assert pixels.exact_profile(profile)
+
+
+@pytest.mark.parametrize("profile", ["ClayRGB-elle-V2-g22.icc", "Rec2020-elle-V4-g10.icc", "ACEScg-elle-V4-g10.icc",
+                                     "Artifex Software A98 ICC Profile ", "sRGB-elle-V2-rec709.icc",
+                                     "sRGB-elle-V2-g22.icc", "WideRGB-elle-V2-g22.icc", "Display P3", ""])
+def test_other_primaries_or_curves_go_through_kritas_colour_management(profile):
+    assert not pixels.exact_profile(profile)
+
+
 # -- selection and plan ------------------------------------------------------------------------
 
 def test_selection_bytes_are_the_mask_and_soft_values_stay():

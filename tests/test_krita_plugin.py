@@ -67,6 +67,7 @@ def krita_report(server, stoppable, tmp_path_factory):
         pytest.fail(f"the Krita run failed before its scenarios (rc {proc.returncode}):\n"
                     f"{report.get('_setup', '')}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
     report["_rc"] = proc.returncode
+    print("Krita seconds:", {k[9:]: v.get("seconds") for k, v in report.items() if k.startswith("scenario_")})
     if report.get("figures"):
         print("Krita figures:", report["figures"])
     return report
@@ -77,7 +78,8 @@ SCENARIOS = ["plugin_loads", "inpaint_selection", "soft_selection", "refine_whol
              "sixteen_bit_colours", "cancel_inserts_nothing", "models_refresh_after_a_job",
              "docker_offers_what_the_server_offers", "unreachable_server", "reconnects_by_itself",
              "server_error_is_a_sentence", "cmyk_refused", "docker_buttons", "docker_remove_with_selection_settings",
-             "docker_expand", "docker_model_picker", "blinked_connection_still_delivers", "server_stopped_mid_job"]
+             "docker_expand", "docker_model_picker", "blinked_connection_still_delivers", "server_stopped_mid_job",
+             "wide_gamut_documents"]
 
 
 @pytest.mark.parametrize("name", SCENARIOS)

@@ -28,6 +28,19 @@ class Canvas:
     height: int
     depth: str
     linear: bool
+    profile: str = ""
+    managed: bool = False  # colours go through Krita's colour management (primaries other than sRGB's)
+
+    def to_rgba8(self, data: bytes, width: int, height: int) -> bytes | None:
+        """Document pixels as 8-bit sRGB RGBA, converted by Krita now (UI thread) for a managed profile;
+        None for the others, which ``pixels.to_rgba8`` converts exactly on the worker."""
+        if not self.managed:
+            return None
+        return pixels.swap_red_blue(_convert(data, width, height, ("RGBA", self.depth, self.profile), SRGB8))
+
+    def from_rgba8(self, rgba: bytes, width: int, height: int) -> bytes:
+        """8-bit sRGB RGBA as document pixels, through Krita's colour management (managed profiles)."""
+        return _convert(pixels.swap_red_blue(rgba), width, height, SRGB8, ("RGBA", self.depth, self.profile))
 
 
 def instance():
@@ -60,9 +73,41 @@ def save_document_settings(doc, changes: dict) -> None:
 
 def canvas(doc) -> Canvas:
     """The document's size and format; raises pixels.UnsupportedColor for CMYK, Lab, grey ..."""
-    model, depth = doc.colorModel(), doc.colorDepth()
+    model, depth, profile = doc.colorModel(), doc.colorDepth(), doc.colorProfile()
     pixels.check_color(model, depth)
-    return Canvas(doc.width(), doc.height(), depth, pixels.is_linear_profile(doc.colorProfile()))
+    return Canvas(doc.width(), doc.height(), depth, pixels.is_linear_profile(profile), profile,
+                  not pixels.exact_profile(profile))
+
+
+SRGB8 = ("RGBA", "U8", "sRGB-elle-V2-srgbtrc.icc")
+
+
+def _convert(data: bytes, width: int, height: int, source: tuple, target: tuple) -> bytes:
+    """``data`` (a ``width`` x ``height`` area in colour space ``source``: model, depth, profile) in
+    ``target``, converted by Krita's own colour management in a scratch document: the painter's
+    document, and its undo history, are not touched."""
+    scratch = Krita.instance().createDocument(width, height, "easel-colour", *source[:2], source[2], 72.0)
+    if scratch is None or scratch.colorProfile() != source[2]:
+        raise pixels.UnsupportedColor(_convert_by_hand(source[2] if source != SRGB8 else target[2]))
+    try:
+        scratch.setBatchmode(True)
+        node = scratch.createNode("easel colour", "paintlayer")
+        scratch.rootNode().addChildNode(node, None)
+        node.setPixelData(data, 0, 0, width, height)
+        converted = node.setColorSpace(*target)
+        scratch.waitForDone()
+        out = bytes(node.pixelData(0, 0, width, height))
+    finally:
+        scratch.close()
+    if not converted or len(out) != width * height * pixels.bytes_per_pixel(target[1]):
+        raise pixels.UnsupportedColor(_convert_by_hand(source[2] if source != SRGB8 else target[2]))
+    return out
+
+
+def _convert_by_hand(profile: str) -> str:
+    return (f"Krita could not convert this document's colours (profile “{profile}”) to and from sRGB, which the "
+            "model works in. Convert it with Image > Convert Image Color Space… to RGB/Alpha with the profile "
+            "sRGB-elle-V2-srgbtrc.icc (or a 16-bit/float sRGB one), and try again.")
 
 
 def selection(doc) -> tuple[Box, bytes] | None:

@@ -47,6 +47,7 @@ class LayerResult:
     layer: object = None  # the inserted layer, once applied
     grow: tuple | None = None  # an expand's (left, top, right, bottom, old width, old height): grow the canvas
     parameters: dict = field(default_factory=dict)  # the server's account of the job (model, sampler ...)
+    canvas: object = None  # host.Canvas: for a managed profile ``data`` is None until apply() converts it
 
 
 @dataclass
@@ -103,19 +104,23 @@ class Session(QObject):
                                       remove=settings.remove)
         box = region.box
         # Reads from Krita stay on this (UI) thread; conversion and encoding go to the worker.
-        image = host.image_pixels(doc, box) if region.mode != "generate" else None
+        # A profile with other primaries is converted by Krita here (it must be the UI thread).
+        image = _read(info, host.image_pixels(doc, box), box) if region.mode != "generate" else None
         mask = host.selection_bytes(doc, box) if region.mode in plan.MASKED else None
-        control_reads = [(unit, host.layer_pixels(unit.node, box)) for unit in controls]
+        control_reads = [(unit, _read(info, host.layer_pixels(unit.node, box), box)) for unit in controls]
         reference_reads = []
         for ref in references:
             bounds = host.layer_bounds(doc, ref.node)
-            reference_reads.append((ref, bounds, host.layer_pixels(ref.node, bounds)))
+            reference_reads.append((ref, bounds, _read(info, host.layer_pixels(ref.node, bounds), bounds)))
         settings = plan.Settings(**vars(settings))
         depth, linear = info.depth, info.linear
 
+        def to_rgba(data):
+            return data.rgba if isinstance(data, _Converted) else pixels.to_rgba8(data, depth, linear)
+
         def picture(data):
             """Document pixels of the box -> RGBA of the region's picture size (on the worker)."""
-            rgba = pixels.to_rgba8(data, depth, linear)
+            rgba = to_rgba(data)
             if region.resampled:
                 rgba = scaled_rgba(rgba, box.width, box.height, *region.picture)
             return rgba
@@ -128,7 +133,7 @@ class Session(QObject):
                      for u, data in control_reads]
             refs = []
             for ref, bounds, data in reference_reads:
-                ref_rgba, w, h = _shrink(pixels.to_rgba8(data, depth, linear), bounds.width, bounds.height)
+                ref_rgba, w, h = _shrink(to_rgba(data), bounds.width, bounds.height)
                 refs.append(plan.Reference(plan.raw_image(ref_rgba, w, h, "rgba8", "reference layer"),
                                            ref.weight, ref.mode))
             return plan.build_job(region, settings, rgba, mask, units, refs)
@@ -152,8 +157,8 @@ class Session(QObject):
                     rgba = scaled_rgba(rgba, image_data.width, image_data.height, spot.width, spot.height)
                 out.append(LayerResult(placement.layer_name(settings.prompt, item.seed, model=named), item.seed,
                                        spot.x, spot.y, spot.width, spot.height,
-                                       pixels.from_rgba8(rgba, depth, linear), rgba, doc, grow=grow,
-                                       parameters=result.parameters))
+                                       _write(info, rgba), rgba, doc, grow=grow, parameters=result.parameters,
+                                       canvas=info))
             return out
 
         job = self.worker.submit(build, finish)
@@ -171,6 +176,7 @@ class Session(QObject):
         result first grows the canvas (once: a document already grown is left as it is)."""
         if result.grow is not None:
             host.grow_canvas(result.doc, *result.grow)
+        _converted_back(result)
         result.layer = host.insert_layer(result.doc, result.name, result.data, result.x, result.y,
                                          result.width, result.height)
         return result.layer
@@ -191,12 +197,13 @@ class Session(QObject):
                                  f"to {side} pixels a side.")
         host.flush(doc)
         box = plan.Box(0, 0, info.width, info.height)  # the whole canvas, so the map lines up
-        data = host.layer_pixels(node, box)
+        data = _read(info, host.layer_pixels(node, box), box)
         depth, linear = info.depth, info.linear
         name = f"{control_type} map of {node.name()}"
 
         def build():
-            return protocol.images.ImageData("rgba8", box.width, box.height, pixels.to_rgba8(data, depth, linear))
+            rgba = data.rgba if isinstance(data, _Converted) else pixels.to_rgba8(data, depth, linear)
+            return protocol.images.ImageData("rgba8", box.width, box.height, rgba)
 
         def finish(result):
             image = result
@@ -205,8 +212,7 @@ class Session(QObject):
                 rgba = image_bytes(QImage.fromData(image.data))
             else:
                 rgba = image.data
-            return LayerResult(name, 0, 0, 0, image.width, image.height,
-                               pixels.from_rgba8(rgba, depth, linear), rgba, doc)
+            return LayerResult(name, 0, 0, 0, image.width, image.height, _write(info, rgba), rgba, doc, canvas=info)
 
         job = self.worker.preprocess(control_type, build, finish)
         self.pending[job] = Pending(doc, source=node)
@@ -231,6 +237,7 @@ class Session(QObject):
             del self.pending[job]
             if pending.source is not None:  # a control map: goes just above the layer it was made of
                 source = pending.source
+                _converted_back(payload)
                 layer = host.insert_layer(pending.doc, payload.name, payload.data, 0, 0, payload.width,
                                           payload.height, parent=source.parentNode(), above=source)
                 self.preprocessed.emit(job, layer)
@@ -242,6 +249,29 @@ class Session(QObject):
         elif kind == "cancelled":
             del self.pending[job]
             self.cancelled.emit(job)
+
+
+@dataclass
+class _Converted:
+    """Pixels already converted to 8-bit sRGB RGBA by Krita (a managed profile)."""
+
+    rgba: bytes
+
+
+def _read(info, data: bytes, box) -> bytes | _Converted:
+    """What was read from the document, converted by Krita now when its profile needs that (UI thread)."""
+    rgba = info.to_rgba8(data, box.width, box.height)
+    return data if rgba is None else _Converted(rgba)
+
+
+def _write(info, rgba: bytes) -> bytes | None:
+    """A result in the document's format (on the worker); None for a managed profile: apply() converts it."""
+    return None if info.managed else pixels.from_rgba8(rgba, info.depth, info.linear)
+
+
+def _converted_back(result: LayerResult) -> None:
+    if result.data is None:
+        result.data = result.canvas.from_rgba8(result.rgba, result.width, result.height)
 
 
 def _shrink(rgba: bytes, width: int, height: int) -> tuple[bytes, int, int]:

@@ -781,7 +781,7 @@ def scenario_server_stopped_mid_job(ctx):
         doc = new_doc()
         paint_layer(doc, "paint", fill_rgba8())
         select(doc, 60, 40, 50, 50)
-        job = rig.session.generate(doc, settings(steps=60, batch=2, preview_every=1))
+        job = rig.session.generate(doc, settings(steps=40, preview_every=1))
         fired = wait_for(rig.session, ["progress", "finished", "failed", "cancelled"])
         check(fired and fired[0] == "progress", f"expected progress first, got {fired}")
         os.kill(pid, signal.SIGSTOP)
@@ -811,6 +811,91 @@ def scenario_server_stopped_mid_job(ctx):
         doc.close()
     finally:
         worker.RECONNECT_MS = saved
+
+
+def _krita_srgb(doc, node_name, box):
+    """Krita's own conversion of a layer to 8-bit sRGB RGBA (a clone of the document converted)."""
+    from easel_krita import pixels
+    clone = doc.clone()
+    clone.setBatchmode(True)
+    clone.setColorSpace("RGBA", "U8", "sRGB-elle-V2-srgbtrc.icc")
+    clone.waitForDone()
+    out = pixels.swap_red_blue(bytes(clone.nodeByName(node_name).pixelData(*box)))
+    clone.close()
+    return out
+
+
+def _krita_from_srgb(rgba, width, height, depth, profile):
+    """Krita's own conversion of 8-bit sRGB RGBA to a document colour space (a whole sRGB document
+    converted with Document.setColorSpace)."""
+    from easel_krita import pixels
+    doc = Krita.instance().createDocument(width, height, "srgb", "RGBA", "U8", "sRGB-elle-V2-srgbtrc.icc", 72.0)
+    doc.setBatchmode(True)
+    layer = doc.createNode("result", "paintlayer")
+    doc.rootNode().addChildNode(layer, None)
+    layer.setPixelData(pixels.swap_red_blue(rgba), 0, 0, width, height)
+    doc.setColorSpace("RGBA", depth, profile)
+    doc.waitForDone()
+    out = bytes(doc.nodeByName("result").pixelData(0, 0, width, height))
+    doc.close()
+    return out
+
+
+def scenario_wide_gamut_documents(ctx):
+    """Adobe RGB-compatible 8-bit and Rec.2020 linear float documents: what is sent is Krita's own
+    conversion to sRGB (the plain curve-only conversion is far off), and the result layer, seen through
+    Krita's conversion back to sRGB, shows the colours the server painted."""
+    from easel_krita import host, pixels
+    figures = REPORT.setdefault("figures", {})
+    for profile, depth in (("ClayRGB-elle-V2-g22.icc", "U8"), ("Rec2020-elle-V4-g10.icc", "F32")):
+        doc = Krita.instance().createDocument(W, H, "wide", "RGBA", depth, profile, 72.0)
+        doc.setBatchmode(True)
+        check(doc.colorProfile() == profile, f"asked for {profile}, got {doc.colorProfile()}")
+        layer = doc.createNode("paint", "paintlayer")
+        doc.rootNode().addChildNode(layer, None)
+        raw = pixels.from_rgba8(fill_rgba8(), depth, depth != "U8")  # values in the document's own space
+        layer.setPixelData(raw, 0, 0, W, H)
+        doc.refreshProjection()
+        doc.waitForDone()
+        before = snapshot(doc)
+        info = host.canvas(doc)
+        check(info.managed, f"{profile} is not converted by Krita")
+        box = (0, 0, W, H)
+        ours = info.to_rgba8(bytes(layer.pixelData(*box)), W, H)
+        theirs = _krita_srgb(doc, "paint", box)
+        worst = max(abs(a - b) for a, b in zip(ours, theirs))
+        naive = max(abs(a - b) for a, b in zip(pixels.to_rgba8(raw, depth, depth != "U8"), theirs))
+        figures[f"{profile} read, off Krita's by"] = worst
+        figures[f"{profile} read, curve-only conversion off by"] = naive
+        check(worst <= 1, f"{profile}: the picture sent differs from Krita's sRGB conversion by up to {worst}")
+        check(naive > 20, f"{profile}: the test picture does not tell the primaries apart ({naive})")
+        select(doc, 100, 60, 50, 40)
+        outcome = ctx["rig"].run(doc, settings(seed=5))
+        check(outcome[0] == "finished", f"{profile}: job ended with {outcome}")
+        result = outcome[1][0]
+        new = easel_layers(doc)[1][0]
+        spot = (result.x, result.y, result.width, result.height)
+        # The layer holds what Krita's own conversion of the server's sRGB picture to the profile gives.
+        expected = _krita_from_srgb(result.rgba, result.width, result.height, depth, profile)
+        got = bytes(new.pixelData(*spot))
+        if depth == "U8":
+            worst = max(abs(a - b) for a, b in zip(got, expected))
+        else:
+            from array import array
+            worst = max(abs(a - b) for a, b in zip(array("f", got), array("f", expected)))
+        figures[f"{profile} result, off Krita's conversion by"] = worst
+        # (Krita's node and document conversions themselves differ by a level or two at 8 bits.)
+        check(worst <= (2 if depth == "U8" else 1e-4), f"{profile}: the layer is off Krita's conversion by {worst}")
+        # Seen back in sRGB, the layer shows the server's colours (8 bits of a wider gamut round a little).
+        shown = _krita_srgb(doc, new.name(), spot)
+        worst = 0
+        for i in range(0, len(shown), 4):
+            if result.rgba[i + 3] == 255:  # fully opaque: colours compare without alpha weighting
+                worst = max(worst, *(abs(shown[i + c] - result.rgba[i + c]) for c in range(3)))
+        figures[f"{profile} result shown in sRGB, off the server's colours by"] = worst
+        check(worst <= (12 if depth == "U8" else 1), f"{profile}: the layer shows the server's colours off by {worst}")
+        check(snapshot(doc) == before, "a source layer changed")
+        doc.close()
 
 
 SCENARIOS = [name for name in list(globals()) if name.startswith("scenario_")]
