@@ -238,6 +238,16 @@ def _checked(image: images.ImageData, what: str) -> images.ImageData:
     return image
 
 
+STRIP_BYTES = 8 << 20  # a strip of pixels Krita reads or writes in ~30 ms on the UI thread (6000 px wide, 8-bit)
+
+
+def strips(box: Box, bytes_per_pixel: int, budget: int = STRIP_BYTES) -> list[Box]:
+    """``box`` cut into full-width bands of at most ``budget`` bytes (at least one row each), top to
+    bottom: large reads and writes go one band per event-loop turn, so Krita's UI never waits long."""
+    rows = max(1, budget // max(1, box.width * bytes_per_pixel))
+    return [Box(box.x, y, box.width, min(rows, box.y1 - y)) for y in range(box.y, box.y1, rows)]
+
+
 def native_size(models_reply: dict | None, model: str | None = None) -> int:
     """The native size of ``model`` (or the default one) from the server's ``models`` reply."""
     if not models_reply:

@@ -4,12 +4,16 @@ results back as layers. The docker and the in-Krita tests both drive this.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 
 from . import host, pixels, placement, plan, protocol
-from .qt import QObject, pyqtSignal, scaled_rgba
+from .qt import QObject, QTimer, pyqtSignal, scaled_rgba
+from .worker import sentence
 
 REFERENCE_SIDE = 512  # references are resized to the image encoder's 224 px anyway
+SLICE_S = 0.03  # UI-thread work per event-loop turn when reading or inserting in strips
+SLICES_KEPT = 1000
 
 
 @dataclass
@@ -75,11 +79,13 @@ class Session(QObject):
     progress = pyqtSignal(str, int, int)
     preview = pyqtSignal(str, object)
     preprocessed = pyqtSignal(str, object)
+    applied = pyqtSignal(object)
 
     def __init__(self, worker, parent=None):
         super().__init__(parent)
         self.worker = worker
         self.pending: dict[str, Pending] = {}
+        self.slices: list[float] = []  # seconds of UI-thread work per event-loop turn of reads and inserts
         worker.job_event.connect(self._on_event)
 
     # -- generate -----------------------------------------------------------------------------
@@ -103,20 +109,27 @@ class Session(QObject):
                                       grow=settings.mask_grow, feather=settings.mask_feather,
                                       remove=settings.remove)
         box = region.box
-        # Reads from Krita stay on this (UI) thread; conversion and encoding go to the worker.
-        # A profile with other primaries is converted by Krita here (it must be the UI thread).
-        image = _read(info, host.image_pixels(doc, box), box) if region.mode != "generate" else None
-        mask = host.selection_bytes(doc, box) if region.mode in plan.MASKED else None
-        control_reads = [(unit, _read(info, host.layer_pixels(unit.node, box), box)) for unit in controls]
-        reference_reads = []
-        for ref in references:
-            bounds = host.layer_bounds(doc, ref.node)
-            reference_reads.append((ref, bounds, _read(info, host.layer_pixels(ref.node, bounds), bounds)))
         settings = plan.Settings(**vars(settings))
+        mask = host.selection_bytes(doc, box) if region.mode in plan.MASKED else None
+        ref_bounds = [host.layer_bounds(doc, ref.node) for ref in references]
+        image, control_reads, reference_reads = None, [], []
+
+        def reads():
+            """Reads from Krita stay on this (UI) thread, in strips (a yield between two); conversion and
+            encoding go to the worker. A profile with other primaries is converted by Krita here."""
+            nonlocal image
+            if region.mode != "generate":
+                image = yield from _read(info, lambda strip: host.image_pixels(doc, strip), box)
+            for unit in controls:
+                data = yield from _read(info, lambda strip, node=unit.node: host.layer_pixels(node, strip), box)
+                control_reads.append((unit, data))
+            for ref, bounds in zip(references, ref_bounds):
+                data = yield from _read(info, lambda strip, node=ref.node: host.layer_pixels(node, strip), bounds)
+                reference_reads.append((ref, bounds, data))
         depth, linear = info.depth, info.linear
 
         def to_rgba(data):
-            return data.rgba if isinstance(data, _Converted) else pixels.to_rgba8(data, depth, linear)
+            return data.rgba(depth, linear)
 
         def picture(data):
             """Document pixels of the box -> RGBA of the region's picture size (on the worker)."""
@@ -161,25 +174,82 @@ class Session(QObject):
                                        canvas=info))
             return out
 
-        job = self.worker.submit(build, finish)
+        job = self.worker.new_id()
         self.pending[job] = Pending(doc)
+        self._drive(job, reads(), lambda _: self.worker.submit(build, finish, job), now=False)
         return job
 
     def cancel(self, job: str) -> None:
         self.worker.cancel(job)
 
+    def _drive(self, job: str | None, steps, then, now: bool = True) -> None:
+        """Run the generator ``steps`` on the UI thread, about SLICE_S of work per event-loop turn (the
+        first turn at once when ``now``), then ``then(its return value)``. A failure ends ``job`` as a
+        sentence."""
+        def turn():
+            start = time.perf_counter()
+            try:
+                while True:
+                    next(steps)
+                    if time.perf_counter() - start >= SLICE_S:
+                        break
+            except StopIteration as stop:
+                self.slices.append(time.perf_counter() - start)
+                then(stop.value)
+                return
+            except Exception as exc:
+                if job is None:
+                    raise
+                self.pending.pop(job, None)
+                self.failed.emit(job, f"Easel could not read the document: {sentence(exc)}")
+                return
+            finally:
+                del self.slices[:-SLICES_KEPT]
+            self.slices.append(time.perf_counter() - start)
+            QTimer.singleShot(0, turn)
+
+        if now:
+            turn()
+        else:
+            QTimer.singleShot(0, turn)
+
     # -- results ------------------------------------------------------------------------------
 
-    @staticmethod
-    def apply(result: LayerResult):
-        """Insert ``result`` as a new layer in its document's Easel group; returns the layer. An expand's
-        result first grows the canvas (once: a document already grown is left as it is)."""
-        if result.grow is not None:
-            host.grow_canvas(result.doc, *result.grow)
-        _converted_back(result)
-        result.layer = host.insert_layer(result.doc, result.name, result.data, result.x, result.y,
-                                         result.width, result.height)
-        return result.layer
+    def apply(self, result: LayerResult):
+        """Insert ``result`` as a new layer in its document's Easel group. An expand's result first grows
+        the canvas (once: a document already grown is left as it is). A large result is written in strips
+        over several event-loop turns: then this returns None and ``applied(result)`` says when the layer
+        is in; otherwise it returns the layer (and ``applied`` is emitted too)."""
+        def steps():
+            if result.grow is not None:
+                host.grow_canvas(result.doc, *result.grow)
+            canvas = result.canvas
+            layer = host.new_layer(result.doc, result.name)
+            depth = canvas.depth if canvas is not None else None
+            whole = plan.Box(result.x, result.y, result.width, result.height)
+            row = result.width * (pixels.bytes_per_pixel(depth) if depth else 4)
+            # Half the reads' strips: writing a pixel costs Krita about twice reading one.
+            for strip in plan.strips(whole, row // result.width, plan.STRIP_BYTES // 2):
+                top = strip.y - result.y
+                if result.data is None:  # a managed profile: Krita converts each strip here
+                    rgba = result.rgba[top * result.width * 4:(top + strip.height) * result.width * 4]
+                    data = canvas.from_rgba8(rgba, strip.width, strip.height)
+                else:
+                    data = result.data[top * row:(top + strip.height) * row]
+                host.write_pixels(layer, data, strip.x, strip.y, strip.width, strip.height)
+                yield
+            host.attach(result.doc, layer)
+            result.layer = layer
+            return layer
+
+        done = []
+
+        def finished(layer):
+            done.append(layer)
+            self.applied.emit(result)
+
+        self._drive(None, steps(), finished)
+        return done[0] if done else None
 
     # -- preprocess ---------------------------------------------------------------------------
 
@@ -197,12 +267,12 @@ class Session(QObject):
                                  f"to {side} pixels a side.")
         host.flush(doc)
         box = plan.Box(0, 0, info.width, info.height)  # the whole canvas, so the map lines up
-        data = _read(info, host.layer_pixels(node, box), box)
+        data = _exhaust(_read(info, lambda strip: host.layer_pixels(node, strip), box))
         depth, linear = info.depth, info.linear
         name = f"{control_type} map of {node.name()}"
 
         def build():
-            rgba = data.rgba if isinstance(data, _Converted) else pixels.to_rgba8(data, depth, linear)
+            rgba = data.rgba(depth, linear)
             return protocol.images.ImageData("rgba8", box.width, box.height, rgba)
 
         def finish(result):
@@ -252,21 +322,41 @@ class Session(QObject):
 
 
 @dataclass
-class _Converted:
-    """Pixels already converted to 8-bit sRGB RGBA by Krita (a managed profile)."""
+class _Read:
+    """Pixels read in strips: the document's bytes, or 8-bit sRGB RGBA when Krita converted them
+    (a managed profile). Joined on the worker: one 96 MB copy is a long wait for the UI thread."""
 
-    rgba: bytes
+    parts: list
+    converted: bool
+
+    def rgba(self, depth: str, linear: bool) -> bytes:
+        data = b"".join(self.parts)
+        return data if self.converted else pixels.to_rgba8(data, depth, linear)
 
 
-def _read(info, data: bytes, box) -> bytes | _Converted:
-    """What was read from the document, converted by Krita now when its profile needs that (UI thread)."""
-    rgba = info.to_rgba8(data, box.width, box.height)
-    return data if rgba is None else _Converted(rgba)
+def _read(info, read, box):
+    """A generator: ``read(strip)`` for each strip of ``box`` (a yield after each), returning a _Read;
+    a profile that needs Krita's conversion is converted strip by strip, here on the UI thread."""
+    parts = []
+    for strip in plan.strips(box, pixels.bytes_per_pixel(info.depth)):
+        data = read(strip)
+        parts.append(info.to_rgba8(data, strip.width, strip.height) if info.managed else data)
+        yield
+    return _Read(parts, info.managed)
 
 
 def _write(info, rgba: bytes) -> bytes | None:
     """A result in the document's format (on the worker); None for a managed profile: apply() converts it."""
     return None if info.managed else pixels.from_rgba8(rgba, info.depth, info.linear)
+
+
+def _exhaust(steps):
+    """Run a strip generator to its end at once (for reads small enough not to need turns)."""
+    while True:
+        try:
+            next(steps)
+        except StopIteration as stop:
+            return stop.value
 
 
 def _converted_back(result: LayerResult) -> None:

@@ -101,10 +101,15 @@ class Worker(QObject):
         """Ask the server for its models again (``models_changed`` tells when they are in)."""
         self._tasks.put(("models", None))
 
-    def submit(self, build: Callable[[], plan.Job], finish: Callable[[object], object]) -> str:
+    @staticmethod
+    def new_id() -> str:
+        return uuid.uuid4().hex[:16]
+
+    def submit(self, build: Callable[[], plan.Job], finish: Callable[[object], object], job: str | None = None) -> str:
         """Queue a job: ``build()`` (run here, on the worker) returns the ``Job``; ``finish``
-        turns the protocol Result into what the ``result`` event carries. Returns the job id."""
-        job = uuid.uuid4().hex[:16]
+        turns the protocol Result into what the ``result`` event carries. Returns the job id (``job``,
+        when the caller took one from ``new_id`` already: a cancel before this submit still counts)."""
+        job = job or self.new_id()
         self._tasks.put(("job", (job, build, finish)))
         return job
 

@@ -898,6 +898,104 @@ def scenario_wide_gamut_documents(ctx):
         doc.close()
 
 
+class UiWatch:
+    """How long Krita's UI thread was kept from its event loop: the largest gap between the ticks of a
+    5 ms timer while ``until()`` does not hold."""
+
+    def __init__(self):
+        from easel_krita.qt import QTimer
+        self.gaps, self.last = [], time.perf_counter()
+        self.timer = QTimer()
+        self.timer.timeout.connect(self._tick)
+        self.timer.start(5)
+
+    def _tick(self):
+        now = time.perf_counter()
+        self.gaps.append(now - self.last)
+        self.last = now
+
+    def worst(self):
+        self.timer.stop()
+        return max(self.gaps) if self.gaps else 0.0
+
+
+def scenario_ui_thread_budget(ctx):
+    """A 6000x4000 document: Generate no longer refreshes the whole projection, reads the picture in strips
+    and a result goes in in strips, so Krita's UI thread never waits long at a time (adding the layer
+    itself, one Krita call, is what is left). Figures go to the report."""
+    from easel_krita import host, pixels
+    from easel_krita.session import LayerResult, Session
+    w, h = 6000, 4000
+    figures = REPORT.setdefault("figures", {})
+    doc = Krita.instance().createDocument(w, h, "huge", "RGBA", "U8", "", 72.0)
+    doc.setBatchmode(True)
+    row = b"".join(bytes((x % 256, (x * 7) % 256, 128, 255)) for x in range(w))
+    for name in ("under", "over"):
+        layer = doc.createNode(name, "paintlayer")
+        doc.rootNode().addChildNode(layer, None)
+        layer.setPixelData(row * h, 0, 0, w, h)
+    doc.refreshProjection()
+    doc.waitForDone()
+    timed = lambda fn: (lambda s: (fn(), time.perf_counter() - s)[1])(time.perf_counter())  # noqa: E731
+    figures["before: refreshProjection s"] = round(timed(doc.refreshProjection), 3)
+    figures["before: one read of the canvas s"] = round(timed(lambda: bytes(doc.pixelData(0, 0, w, h))), 3)
+    figures["flush now s"] = round(timed(lambda: host.flush(doc)), 3)
+    check(figures["flush now s"] < 0.05, f"flush took {figures['flush now s']} s: it refreshed the projection")
+    # Generate (a refine of the whole canvas): the reads, up to the moment the worker gets the job.
+    rig = ctx["rig"]
+    session = Session(rig.worker)
+    submitted = []
+    real_submit = rig.worker.submit
+    rig.worker.submit = lambda build, finish, job=None: submitted.append(job) or job
+    try:
+        watch = UiWatch()
+        start = time.perf_counter()
+        session.generate(doc, settings(strength=0.3, steps=10))
+        wait_for(None, timeout=60, until=lambda: submitted)
+        figures["reads: total s"] = round(time.perf_counter() - start, 3)
+        figures["reads: longest UI block s"] = round(watch.worst(), 3)
+        figures["reads: longest slice s"] = round(max(session.slices), 3)
+        figures["reads: turns"] = [round(x, 3) for x in session.slices]
+    finally:
+        rig.worker.submit = real_submit
+    check(submitted, "the job was not submitted")
+    check(figures["reads: longest UI block s"] <= 0.1, f"reads blocked the UI {figures['reads: longest UI block s']} s")
+    # A 6000x4000 result going in.
+    info = host.canvas(doc)
+    result = LayerResult("big result", 1, 0, 0, w, h, pixels.swap_red_blue(row) * h, b"", doc, canvas=info)
+    session.slices.clear()
+    attach_times = []
+    real_attach = host.attach
+    host.attach = lambda *a, **k: attach_times.append(timed(lambda: real_attach(*a, **k)))
+    try:
+        watch = UiWatch()
+        start = time.perf_counter()
+        applied = []
+        session.applied.connect(applied.append)
+        session.apply(result)
+        wait_for(None, timeout=60, until=lambda: applied)
+        figures["insert: total s"] = round(time.perf_counter() - start, 3)
+        figures["insert: longest UI block s"] = round(watch.worst(), 3)
+        figures["insert: longest strip slice s"] = round(max(session.slices[:-1]), 3)
+        figures["insert: adding the filled layer (one Krita call) s"] = round(attach_times[0], 3)
+    finally:
+        host.attach = real_attach
+    check(applied and result.layer is not None, "the result was not inserted")
+    # The old way, for the record: an empty layer added, filled at once, then the whole projection refreshed.
+    old = doc.createNode("old way", "paintlayer")
+    watch = UiWatch()
+    figures["before: add an empty layer s"] = round(timed(lambda: result.layer.parentNode().addChildNode(old, None)), 3)
+    figures["before: fill it in one call s"] = round(timed(lambda: old.setPixelData(result.data, 0, 0, w, h)), 3)
+    figures["before: refreshProjection after it s"] = round(timed(doc.refreshProjection), 3)
+    wait_for(None, timeout=1)
+    figures["before: insert, longest UI block s"] = round(watch.worst(), 3)
+    old.remove()
+    check(figures["insert: longest strip slice s"] <= 0.1, f"a strip took {figures['insert: longest strip slice s']}")
+    check(bytes(doc.pixelData(w - 1, h - 1, 1, 1)) == bytes(result.data[-4:]), "the projection does not show it")
+    check(bytes(result.layer.pixelData(0, 0, w, 2)) == bytes(result.data[:w * 8]), "the layer holds other pixels")
+    doc.close()
+
+
 SCENARIOS = [name for name in list(globals()) if name.startswith("scenario_")]
 
 
