@@ -593,3 +593,35 @@ def test_abort_ends_a_reading_thread_at_once_without_resuming(server):
     easel.abort()
     reader.join(5)
     assert errors and errors[0][0] == "closed" and errors[0][1] - started < 2
+
+
+# -- strips and upscale ------------------------------------------------------------------------------
+
+def test_strips_cover_the_box_in_full_width_bands_within_the_budget():
+    box = Box(10, 20, 6000, 4000)
+    bands = plan.strips(box, 4)
+    assert all(b.x == 10 and b.width == 6000 and b.width * b.height * 4 <= plan.STRIP_BYTES for b in bands)
+    assert [b.y for b in bands][0] == 20 and sum(b.height for b in bands) == 4000
+    assert all(a.y1 == b.y for a, b in zip(bands, bands[1:]))
+    assert len(bands) == 12  # 349 rows of 6000 8-bit pixels each
+    assert plan.strips(Box(0, 0, 300, 200), 16) == [Box(0, 0, 300, 200)]  # small: one read
+    assert len(plan.strips(Box(0, 0, 10**7, 3), 4)) == 3  # never less than a row
+
+
+def test_an_upscale_sends_the_whole_canvas_and_its_result_is_the_new_canvas():
+    region = plan.plan_upscale(256, 192, 2.0, 8192)
+    assert (region.mode, region.box, region.size) == ("upscale", Box(0, 0, 256, 192), (512, 384))
+    settings = plan.Settings(scale=2.0, upscaler="2x-demo-esrgan", refine=0.3, steps=10, seed=4)
+    job = plan.build_job(region, settings, bytes(256 * 192 * 4))
+    message = job.to_message(lambda image, role: {"frame": role})
+    assert message["mode"] == "upscale" and message["scale"] == 2.0 and message["refine"] == 0.3
+    assert message["upscaler"] == "2x-demo-esrgan" and "mask" not in message
+    plain = plan.build_job(region, plan.Settings(scale=2.0), bytes(256 * 192 * 4)).to_message(lambda i, r: {})
+    assert "refine" not in plain and "upscaler" not in plain  # the server's defaults
+    assert placement.place(region, (0, 0), 512, 384) == placement.Placement(0, 0, 512, 384)
+    with pytest.raises(plan.PlanError, match="up to 1024 pixels a side"):
+        plan.plan_upscale(600, 400, 2.0, 1024)
+    with pytest.raises(plan.PlanError, match="1 to 8 times"):
+        plan.plan_upscale(600, 400, 9, 8192)
+    with pytest.raises(plan.PlanError, match="10 steps at 5% refine leave no step to run"):
+        plan.build_job(region, plan.Settings(scale=2.0, refine=0.05, steps=10), bytes(256 * 192 * 4))

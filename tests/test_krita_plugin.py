@@ -79,7 +79,7 @@ SCENARIOS = ["plugin_loads", "inpaint_selection", "soft_selection", "refine_whol
              "docker_offers_what_the_server_offers", "unreachable_server", "reconnects_by_itself",
              "server_error_is_a_sentence", "cmyk_refused", "docker_buttons", "docker_remove_with_selection_settings",
              "docker_expand", "docker_model_picker", "blinked_connection_still_delivers", "server_stopped_mid_job",
-             "wide_gamut_documents", "ui_thread_budget"]
+             "wide_gamut_documents", "ui_thread_budget", "docker_upscale"]
 
 
 @pytest.mark.parametrize("name", SCENARIOS)

@@ -121,6 +121,7 @@ class EaselDocker(host.DockWidget):
         self._show_strength(100)
 
         form.addWidget(self._selection_box())
+        form.addWidget(self._upscale_box())
         form.addWidget(self._control_box())
         form.addWidget(self._reference_box())
 
@@ -211,6 +212,28 @@ class EaselDocker(host.DockWidget):
         grid.addLayout(sides, 3, 0, 1, 3)
         return box
 
+    def _upscale_box(self):
+        """Upscale the whole picture with the server's super-resolution models (and refine it)."""
+        box = W.QGroupBox("Upscale")
+        grid = W.QGridLayout(box)
+        self.upscale_factor = _double(protocol.rules.UPSCALE_MIN, protocol.rules.UPSCALE_MAX, 2.0, "×")
+        self.upscaler = W.QComboBox()  # filled with the server's upscalers by _apply_offer
+        self.upscaler.setToolTip("The super-resolution model (lanczos: plain resampling)")
+        self.upscale_refine, self.upscale_refine_label = _slider(0, 100, 0, "% refine")
+        self.upscale_refine.setToolTip("Refine the upscaled picture with the prompt at this strength (0: none)")
+        self.upscale_new = W.QCheckBox("New document")
+        self.upscale_new.setToolTip("Put the result into a new document; off: scale this document and add the "
+                                    "result as a layer")
+        self.upscale_button = W.QPushButton("Upscale")
+        self.upscale_button.clicked.connect(lambda: self.generate(upscale=True))
+        grid.addWidget(self.upscale_factor, 0, 0)
+        grid.addWidget(self.upscaler, 0, 1, 1, 2)
+        grid.addWidget(self.upscale_refine, 1, 0, 1, 2)
+        grid.addWidget(self.upscale_refine_label, 1, 2)
+        grid.addWidget(self.upscale_new, 2, 0)
+        grid.addWidget(self.upscale_button, 2, 1, 1, 2)
+        return box
+
     def _control_box(self):
         box = W.QGroupBox("Control layers")
         grid = W.QGridLayout(box)
@@ -297,7 +320,13 @@ class EaselDocker(host.DockWidget):
 
     # -- actions ------------------------------------------------------------------------------
 
-    def settings(self, remove: bool = False, expand: tuple = (0, 0, 0, 0)) -> plan.Settings:
+    def settings(self, remove: bool = False, expand: tuple = (0, 0, 0, 0), upscale: bool = False) -> plan.Settings:
+        if upscale:
+            return plan.Settings(prompt=self.prompt.toPlainText(), negative_prompt=self.negative.text(),
+                                 model=self.model.currentData() or None, steps=self.steps.value(),
+                                 seed=self.seed.value() if self.fixed_seed.isChecked() else None,
+                                 scale=self.upscale_factor.value(), upscaler=self.upscaler.currentData() or None,
+                                 refine=self.upscale_refine.value() / 100)
         return plan.Settings(prompt=self.prompt.toPlainText(), negative_prompt=self.negative.text(),
                              model=self.model.currentData() or None,
                              strength=self.strength.value() / 100, steps=self.steps.value(),
@@ -306,7 +335,7 @@ class EaselDocker(host.DockWidget):
                              mask_feather=self.feather.value(), fill=self.fill.currentData(),
                              soft_inpaint=self.soft.isChecked(), remove=remove, expand=expand)
 
-    def generate(self, remove: bool = False, expand: tuple = (0, 0, 0, 0)) -> None:
+    def generate(self, remove: bool = False, expand: tuple = (0, 0, 0, 0), upscale: bool = False) -> None:
         doc = self._document()
         if doc is None:
             self._say("Open a document first.", error=True)
@@ -317,8 +346,11 @@ class EaselDocker(host.DockWidget):
         try:
             if self.model.currentData():
                 host.save_document_settings(doc, {"model": self.model.currentData()})
-            self.job = self.session.generate(doc, self.settings(remove, expand), list(self.controls),
-                                             list(self.references))
+            if upscale:
+                self.job = self.session.upscale(doc, self.settings(upscale=True), self.upscale_new.isChecked())
+            else:
+                self.job = self.session.generate(doc, self.settings(remove, expand), list(self.controls),
+                                                 list(self.references))
         except (plan.PlanError, pixels.UnsupportedColor) as exc:
             self._say(str(exc), error=True)
             return
@@ -328,6 +360,7 @@ class EaselDocker(host.DockWidget):
         self.generate_button.setEnabled(False)
         self.remove_button.setEnabled(False)
         self.expand_button.setEnabled(False)
+        self.upscale_button.setEnabled(False)
         self.cancel_button.setEnabled(True)
         self.progress.setRange(0, 0)  # busy until the first step
         self._say("Working …")
@@ -388,6 +421,7 @@ class EaselDocker(host.DockWidget):
         self.generate_button.setEnabled(True)
         self.remove_button.setEnabled(True)
         self.expand_button.setEnabled(True)
+        self.upscale_button.setEnabled(True)
         self.cancel_button.setEnabled(False)
         self.progress.setRange(0, 1)
         self.progress.setValue(0)
@@ -521,6 +555,13 @@ class EaselDocker(host.DockWidget):
             combo.setCurrentText(capabilities.pick(choices, current, preferred))
         self.steps.setMaximum(offer.max_steps)
         self.batch.setMaximum(offer.max_batch)
+        names = ("",) + offer.upscalers  # "": the server's default
+        if tuple(self.upscaler.itemData(i) for i in range(self.upscaler.count())) != names:
+            current = self.upscaler.currentData()
+            self.upscaler.clear()
+            for name in names:
+                self.upscaler.addItem(name or "server default", name)
+            self.upscaler.setCurrentIndex(max(0, self.upscaler.findData(current)) if current else 0)
         self.control_add.setEnabled(bool(offer.control_types))
         self.control_add.setToolTip("" if offer.control_types else "The server has no ControlNet configured.")
         self.reference_add.setEnabled(offer.references and bool(offer.reference_modes))

@@ -207,6 +207,26 @@ def grow_canvas(doc, left: int, top: int, right: int, bottom: int, width: int, h
     _stale.add(id(doc))  # a resized image: the next read refreshes its projection first
 
 
+def scale_canvas(doc, width: int, height: int, new_width: int, new_height: int) -> None:
+    """Scale a ``width`` x ``height`` document (all its layers) to the new size; a document of another
+    size (already scaled) is left as it is."""
+    if (doc.width(), doc.height()) != (width, height):
+        return
+    doc.scaleImage(new_width, new_height, int(doc.xRes()), int(doc.yRes()), "Bicubic")
+    doc.waitForDone()
+    _stale.add(id(doc))  # a scaled image: the next read refreshes its projection first
+
+
+def new_document_like(doc, width: int, height: int, name: str):
+    """A new document of the size given in ``doc``'s colour space, shown in a window when there is one."""
+    new = Krita.instance().createDocument(width, height, name, doc.colorModel(), doc.colorDepth(),
+                                          doc.colorProfile(), doc.resolution())
+    window = Krita.instance().activeWindow()
+    if window is not None:  # headless Krita has none
+        window.addView(new)
+    return new
+
+
 def insert_layer(doc, name: str, data: bytes, x: int, y: int, width: int, height: int, parent=None, above=None):
     """A new paint layer holding ``data`` (document format) at (x, y); on top of ``parent``'s
     children (the Easel group by default) unless ``above`` names the node to go above."""

@@ -26,7 +26,7 @@ class Placement:
 def place(region: Region, offset: tuple[int, int], width: int, height: int) -> Placement:
     """Place a ``width`` x ``height`` result that the server put at ``offset`` within the crop."""
     box = region.box
-    if region.mode == "expand":  # the new canvas, at its origin (the document is grown to it first)
+    if region.mode in ("expand", "upscale"):  # the new canvas, at its origin (the document is resized first)
         return Placement(offset[0], offset[1], width, height)
     if region.mode in ("inpaint", "remove"):  # never resampled: outside the mask it is the canvas, byte for byte
         return Placement(box.x + offset[0], box.y + offset[1], width, height)

@@ -50,6 +50,8 @@ class LayerResult:
     doc: object = None
     layer: object = None  # the inserted layer, once applied
     grow: tuple | None = None  # an expand's (left, top, right, bottom, old width, old height): grow the canvas
+    resize: tuple | None = None  # an upscale's (old width, old height): scale the document to the result first
+    new_document: bool = False  # an upscale into a new document (made by apply(); ``doc`` becomes it)
     parameters: dict = field(default_factory=dict)  # the server's account of the job (model, sampler ...)
     canvas: object = None  # host.Canvas: for a managed profile ``data`` is None until apply() converts it
 
@@ -179,6 +181,38 @@ class Session(QObject):
         self._drive(job, reads(), lambda _: self.worker.submit(build, finish, job), now=False)
         return job
 
+    def upscale(self, doc, settings: plan.Settings, new_document: bool = False) -> str:
+        """Upscale the whole picture ``settings.scale`` times (``settings.refine``: a diffusion refine too);
+        the result scales the document, or goes into a new one, as a layer. Returns the job id."""
+        if self.worker.state != "connected":
+            raise plan.PlanError(self.worker.not_ready())
+        info = host.canvas(doc)
+        host.flush(doc)
+        region = plan.plan_upscale(info.width, info.height, settings.scale, self.worker.offer.max_side)
+        settings = plan.Settings(**vars(settings))
+        read = []
+
+        def reads():
+            read.append((yield from _read(info, lambda strip: host.image_pixels(doc, strip), region.box)))
+
+        def build() -> plan.Job:
+            return plan.build_job(region, settings, read[0].rgba(info.depth, info.linear))
+
+        def finish(result):
+            out = []
+            for item in result.images:
+                image = item.image
+                name = placement.layer_name(settings.prompt or f"upscaled {settings.scale:g}x", item.seed)
+                out.append(LayerResult(name, item.seed, 0, 0, image.width, image.height, _write(info, image.data),
+                                       image.data, doc, resize=(info.width, info.height), new_document=new_document,
+                                       parameters=result.parameters, canvas=info))
+            return out
+
+        job = self.worker.new_id()
+        self.pending[job] = Pending(doc)
+        self._drive(job, reads(), lambda _: self.worker.submit(build, finish, job), now=False)
+        return job
+
     def cancel(self, job: str) -> None:
         self.worker.cancel(job)
 
@@ -223,6 +257,12 @@ class Session(QObject):
         def steps():
             if result.grow is not None:
                 host.grow_canvas(result.doc, *result.grow)
+            if result.new_document and result.layer is None:
+                source = result.doc
+                result.doc = host.new_document_like(source, result.width, result.height, f"{source.name()} upscaled")
+                result.new_document = False
+            elif result.resize is not None:
+                host.scale_canvas(result.doc, *result.resize, result.width, result.height)
             canvas = result.canvas
             layer = host.new_layer(result.doc, result.name)
             depth = canvas.depth if canvas is not None else None

@@ -54,6 +54,8 @@ class Worker(QObject):
         self._cancelled: set[str] = set()
         self._submitted: set[str] = set()  # jobs the server knows: only those can be cancelled there
         self._silent: str | None = None  # why the server counts as not responding
+        self._orphan = None  # a client dropped with jobs given up: resumed on reconnect to cancel them
+        self._given_up: list[str] = []
         self._lock = threading.Lock()
         self._thread = threading.Thread(target=self._loop, name="easel-worker", daemon=True)
         self.state_changed.connect(self._remember_state)
@@ -127,6 +129,9 @@ class Worker(QObject):
             self._cancelled.add(job)
             client = self._client if job in self._submitted else None
         if client is not None and not self.liveness.responding:
+            with self._lock:
+                self._orphan = client
+                self._given_up.append(job)
             # Queued like every other event (never inside the caller's cancel()).
             QTimer.singleShot(0, lambda: self.job_event.emit(job, "cancelled", "abandoned"))
             threading.Thread(target=client.abort, daemon=True).start()
@@ -247,9 +252,22 @@ class Worker(QObject):
         self._close()
         client_module = protocol.client_module()
         self.state_changed.emit("connecting", f"Connecting to {self.url} …")
-        client = client_module.Client(self.url, token=self.token or None, name="easel-krita", open_timeout=5)
+        with self._lock:
+            orphan, given_up = self._orphan, self._given_up
+        resuming = orphan is not None and orphan.session is not None and orphan.url == self.url
+        client = orphan if resuming else client_module.Client(self.url, token=self.token or None,
+                                                              name="easel-krita", open_timeout=5)
         try:
-            client.connect()
+            if resuming:
+                # The session whose jobs were given up: resumed, so they can be cancelled and free the server.
+                client.resume = True  # abort() switched it off
+                client.reconnect()
+                for job in given_up:
+                    client.cancel(job)
+            else:
+                client.connect()
+            with self._lock:
+                self._orphan, self._given_up = None, []
             models = client.models()
         except client_module.EaselError as exc:
             client.close()

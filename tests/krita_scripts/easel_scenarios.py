@@ -137,7 +137,9 @@ class Rig:
             if args[0] != job:
                 continue
             if name == "finished" and apply:
-                s.apply(args[1][0])
+                result = args[1][0]
+                s.apply(result)  # a large or colour-managed result goes in over several event-loop turns
+                wait_for(None, timeout=60, until=lambda result=result: result.layer is not None)
             return (name,) + tuple(args[1:])
 
 
@@ -993,6 +995,71 @@ def scenario_ui_thread_budget(ctx):
     check(figures["insert: longest strip slice s"] <= 0.1, f"a strip took {figures['insert: longest strip slice s']}")
     check(bytes(doc.pixelData(w - 1, h - 1, 1, 1)) == bytes(result.data[-4:]), "the projection does not show it")
     check(bytes(result.layer.pixelData(0, 0, w, 2)) == bytes(result.data[:w * 8]), "the layer holds other pixels")
+    doc.close()
+
+
+def scenario_docker_upscale(ctx):
+    """The docker's Upscale: the server's upscalers are offered; 2x scales the document (its layers with
+    it) and adds the upscaled picture as a layer; "New document" leaves this one alone and puts the
+    result into a new document of the new size."""
+    from easel_krita import host
+    from easel_krita.docker import EaselDocker
+    host.write_setting("url", os.environ["EASEL_URL"])
+    docker = EaselDocker()
+    doc = new_doc()
+    layer = paint_layer(doc, "paint", fill_rgba8())
+    docker._document = lambda: doc
+    wait_for(None, timeout=30, until=lambda: docker.worker.state == "connected")
+    offered = [docker.upscaler.itemData(i) for i in range(docker.upscaler.count())]
+    check(offered == [""] + list(docker.worker.welcome["capabilities"]["upscalers"]), f"upscalers {offered}")
+    check("2x-demo-esrgan" in offered, f"the demo upscaler is not offered: {offered}")
+    docker.upscaler.setCurrentIndex(offered.index("2x-demo-esrgan"))
+    docker.upscale_factor.setValue(2.0)
+    docker.fixed_seed.setChecked(True)
+    docker.seed.setValue(12)
+    before_apps = len(Krita.instance().documents())
+    docker.upscale_new.setChecked(True)
+    docker.upscale_button.click()
+    fired = wait_for(docker.session, ["finished", "failed", "cancelled"])
+    check(fired and fired[0] == "finished", f"the upscale ended with {fired} {docker.message.text()!r}")
+    result = fired[1][1][0]
+    wait_for(None, timeout=30, until=lambda: result.layer is not None)  # inserted over a few event-loop turns
+    check(result.parameters.get("upscaler") == "2x-demo-esrgan", f"parameters {result.parameters}")
+    check((doc.width(), doc.height()) == (W, H) and easel_layers(doc) == ([], []), "the source document changed")
+    docs = Krita.instance().documents()
+    check(len(docs) == before_apps + 1, f"{len(docs) - before_apps} new documents")
+    made = result.doc
+    check((made.width(), made.height()) == (2 * W, 2 * H), f"the new document is {made.width()}x{made.height()}")
+    names = [n.name() for n in easel_layers(made)[1]]
+    check(names == ["upscaled 2x [12]"], f"layers of the new document {names}")
+    check((made.colorDepth(), made.colorProfile()) == (doc.colorDepth(), doc.colorProfile()), "another colour space")
+    made.close()
+    # Scale this document: its layer is scaled, and the upscaled picture lies on top at full size.
+    docker.upscale_new.setChecked(False)
+    docker.upscale_button.click()
+    fired = wait_for(docker.session, ["finished", "failed", "cancelled"])
+    check(fired and fired[0] == "finished", f"the second upscale ended with {fired} {docker.message.text()!r}")
+    wait_for(None, timeout=30, until=lambda: fired[1][1][0].layer is not None)
+    check((doc.width(), doc.height()) == (2 * W, 2 * H), f"the document is {doc.width()}x{doc.height()}")
+    bounds = layer.bounds()
+    check((bounds.width(), bounds.height()) == (2 * W, 2 * H), f"the painter's layer was not scaled: {bounds}")
+    new = easel_layers(doc)[1]
+    check([n.name() for n in new] == ["upscaled 2x [12]"], f"layers {[n.name() for n in new]}")
+    b = new[0].bounds()
+    check((b.x(), b.y(), b.width(), b.height()) == (0, 0, 2 * W, 2 * H), f"the result layer lies at {b}")
+    check(set(bytes(new[0].pixelData(0, 0, 2 * W, 2 * H))[3::4]) == {255}, "the upscaled layer is not opaque")
+    # Too large for the server: a sentence before anything is sent.
+    docker.upscale_factor.setValue(8.0)
+    small = {**docker.worker.welcome["capabilities"], "limits": {**docker.worker.welcome["capabilities"]["limits"],
+                                                                 "max_side": 2048}}
+    welcome = docker.worker.welcome
+    docker.worker.welcome = {**welcome, "capabilities": small}
+    try:
+        docker.upscale_button.click()
+    finally:
+        docker.worker.welcome = welcome  # the worker is shared with the other docker scenarios
+    check("up to 2048 pixels a side" in docker.message.text(), docker.message.text())
+    check(docker.upscale_button.isEnabled(), "a refused upscale left the buttons off")
     doc.close()
 
 
