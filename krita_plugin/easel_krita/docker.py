@@ -21,7 +21,7 @@ def shared_worker() -> Worker:
     if _worker is None:
         _worker = Worker()
         _worker.configure(host.read_setting("url", protocol.messages.DEFAULT_URL),
-                          host.read_setting("token", ""))
+                          host.read_setting("token", ""), cert=host.read_setting("cert", ""))
     return _worker
 
 
@@ -72,6 +72,11 @@ class EaselDocker(host.DockWidget):
         server.addWidget(self.token, 1)
         server.addWidget(connect)
         form.addLayout(server)
+        self.cert = W.QLineEdit(self.worker.cert)
+        self.cert.setPlaceholderText("certificate file (wss:// with `easel cert`), optional")
+        self.cert.setToolTip("For a wss:// server with a self-signed certificate: the server's easel-cert.pem. "
+                             "Only a server holding its key is trusted (the certificate is pinned).")
+        form.addWidget(self.cert)
         self.state = W.QLabel()
         self.state.setWordWrap(True)
         form.addWidget(self.state)
@@ -373,7 +378,8 @@ class EaselDocker(host.DockWidget):
     def _connect(self) -> None:
         host.write_setting("url", self.url.text().strip())
         host.write_setting("token", self.token.text().strip())
-        self.worker.configure(self.url.text(), self.token.text(), force=True)
+        host.write_setting("cert", self.cert.text().strip())
+        self.worker.configure(self.url.text(), self.token.text(), force=True, cert=self.cert.text())
 
     def _add_control(self) -> None:
         doc, node = self._picked(self.control_layer)

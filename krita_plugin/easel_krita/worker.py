@@ -45,7 +45,7 @@ class Worker(QObject):
 
     def __init__(self, parent=None):
         super().__init__(parent)
-        self.url, self.token = "", ""  # until configure() names a server
+        self.url, self.token, self.cert = "", "", ""  # until configure() names a server
         self.state, self.message = "connecting", "Connecting to the Easel server …"
         self.models: dict | None = None
         self.welcome: dict | None = None
@@ -74,11 +74,13 @@ class Worker(QObject):
 
     # -- UI thread ----------------------------------------------------------------------------
 
-    def configure(self, url: str, token: str = "", force: bool = False) -> None:
-        """Use this server from now on: connect if it changed, if not connected, or if ``force``."""
-        url, token = url.strip() or protocol.messages.DEFAULT_URL, token.strip()
-        if force or (url, token) != (self.url, self.token) or self.state == "disconnected":
-            self.url, self.token = url, token
+    def configure(self, url: str, token: str = "", force: bool = False, cert: str = "") -> None:
+        """Use this server from now on: connect if it changed, if not connected, or if ``force``.
+        ``cert``: for a ``wss://`` server with a self-signed certificate (``easel cert``), its PEM file,
+        trusted alone (pinned)."""
+        url, token, cert = url.strip() or protocol.messages.DEFAULT_URL, token.strip(), cert.strip()
+        if force or (url, token, cert) != (self.url, self.token, self.cert) or self.state == "disconnected":
+            self.url, self.token, self.cert = url, token, cert
             self._tasks.put(("connect", None))
 
     def not_ready(self) -> str:
@@ -255,8 +257,12 @@ class Worker(QObject):
         with self._lock:
             orphan, given_up = self._orphan, self._given_up
         resuming = orphan is not None and orphan.session is not None and orphan.url == self.url
-        client = orphan if resuming else client_module.Client(self.url, token=self.token or None,
-                                                              name="easel-krita", open_timeout=5)
+        if self.cert and not self.url.startswith("wss://"):
+            self.state_changed.emit("disconnected", f"A certificate is set, but {self.url} is not a wss:// address: "
+                                                    "the server's token and pictures would travel in clear.")
+            return False
+        client = orphan if resuming else client_module.Client(self.url, token=self.token or None, name="easel-krita",
+                                                              open_timeout=5, cert=self.cert or None)
         try:
             if resuming:
                 # The session whose jobs were given up: resumed, so they can be cancelled and free the server.
