@@ -41,7 +41,19 @@ def stoppable(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def krita_report(server, stoppable, tmp_path_factory):
+def secure(demo_config, engine, tmp_path_factory):
+    """A wss:// server with a self-signed certificate (``easel cert``), and that certificate."""
+    import dataclasses
+
+    from backend.server import ServerThread
+    from backend.tls import make_cert
+    cert, key = make_cert(tmp_path_factory.mktemp("cert"), ["127.0.0.1"])
+    with ServerThread(dataclasses.replace(demo_config, tls_cert=str(cert), tls_key=str(key)), engine) as running:
+        yield running, cert
+
+
+@pytest.fixture(scope="module")
+def krita_report(server, stoppable, secure, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("krita")
     plugin_zip = build("krita", tmp / "dist")
     home = tmp / "home"
@@ -54,6 +66,7 @@ def krita_report(server, stoppable, tmp_path_factory):
         "PYTHONPATH": str(SCRIPTS),
         "EASEL_ZIP": str(plugin_zip), "EASEL_URL": server.url,
         "EASEL_STOPPABLE_URL": stoppable.url, "EASEL_STOPPABLE_PID": str(stoppable.process.pid),
+        "EASEL_WSS_URL": secure[0].url, "EASEL_CERT": str(secure[1]),
         "EASEL_BAD_URL": f"ws://127.0.0.1:{free_port()}/", "EASEL_REPORT": str(tmp / "report.json"),
     }
     (tmp / "runtime").mkdir(mode=0o700)
@@ -79,7 +92,7 @@ SCENARIOS = ["plugin_loads", "inpaint_selection", "soft_selection", "refine_whol
              "docker_offers_what_the_server_offers", "unreachable_server", "reconnects_by_itself",
              "server_error_is_a_sentence", "cmyk_refused", "docker_buttons", "docker_remove_with_selection_settings",
              "docker_expand", "docker_model_picker", "blinked_connection_still_delivers", "server_stopped_mid_job",
-             "wide_gamut_documents", "ui_thread_budget", "docker_upscale"]
+             "wide_gamut_documents", "ui_thread_budget", "docker_upscale", "docker_wss_with_a_pinned_certificate"]
 
 
 @pytest.mark.parametrize("name", SCENARIOS)

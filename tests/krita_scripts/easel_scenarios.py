@@ -1063,6 +1063,48 @@ def scenario_docker_upscale(ctx):
     doc.close()
 
 
+def scenario_docker_wss_with_a_pinned_certificate(ctx):
+    """The docker's certificate field: a wss:// server with a self-signed certificate is refused without
+    it (a sentence), trusted with it (saved in the settings) and runs a job; a certificate with a ws://
+    address is refused before anything is sent."""
+    from easel_krita import host
+    from easel_krita.docker import EaselDocker
+    url, cert = os.environ["EASEL_WSS_URL"], os.environ["EASEL_CERT"]
+    docker = EaselDocker()
+    worker = docker.worker
+    try:
+        docker.url.setText(url)
+        docker.cert.setText("")
+        docker._connect()
+        wait_for(None, timeout=30, until=lambda: worker.state == "disconnected")
+        check(worker.state == "disconnected" and "TLS" in worker.message, f"{worker.state}: {worker.message}")
+        docker.url.setText(url.replace("wss://", "ws://"))
+        docker.cert.setText(cert)
+        docker._connect()
+        wait_for(None, timeout=30, until=lambda: worker.state == "disconnected" and "clear" in worker.message)
+        check("not a wss:// address" in worker.message, worker.message)
+        docker.url.setText(url)
+        docker._connect()
+        wait_for(None, timeout=30, until=lambda: worker.state == "connected")
+        check(worker.state == "connected", f"{worker.state}: {worker.message}")
+        check(host.read_setting("cert") == cert and host.read_setting("url") == url, "the settings were not saved")
+        doc = new_doc()
+        paint_layer(doc, "paint", fill_rgba8())
+        docker._document = lambda: doc
+        docker.prompt.setPlainText("a red door")
+        docker.steps.setValue(2)
+        docker.strength.setValue(100)
+        docker.generate_button.click()
+        fired = wait_for(docker.session, ["finished", "failed", "cancelled"])
+        check(fired and fired[0] == "finished", f"the job over wss:// ended with {fired} {docker.message.text()!r}")
+        doc.close()
+    finally:
+        docker.url.setText(os.environ["EASEL_URL"])
+        docker.cert.setText("")
+        docker._connect()  # the worker is shared with the other docker scenarios
+        wait_for(None, timeout=30, until=lambda: worker.state == "connected")
+
+
 SCENARIOS = [name for name in list(globals()) if name.startswith("scenario_")]
 
 
