@@ -522,6 +522,8 @@ class EaselDocker(host.DockWidget):
             self._show_models()
         if state == "not_responding" and self.job is not None:
             self._say(message, error=True)
+        elif state == "connected" and self.job is not None and self.message.text().startswith("The Easel server"):
+            self._say("The server answers again; working …")  # the job goes on where it was
 
     def _show_models(self) -> None:
         """List the server's models; show the document's saved one (else the server's default)."""
