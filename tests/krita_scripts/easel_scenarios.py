@@ -768,7 +768,7 @@ def scenario_blinked_connection_still_delivers(ctx):
 def scenario_server_stopped_mid_job(ctx):
     """A server process stopped (SIGSTOP) mid-job is reported "not responding" within seconds, not after
     the websocket's 40 s keepalive; Cancel ends the job at once, nothing is added; once the server runs
-    again the plugin reconnects and the next job works."""
+    again the plugin reconnects and the next job works. Stopped while idle, it is noticed too."""
     import signal
 
     from easel_krita import worker
@@ -809,6 +809,22 @@ def scenario_server_stopped_mid_job(ctx):
         check(rig.worker.state == "connected", f"no reconnect after the server ran again: {states[-3:]}")
         outcome = rig.run(doc, settings(steps=2))
         check(outcome[0] == "finished", f"the next job ended with {outcome}")
+        # Stopped while idle: the idle heartbeat's status (every HEARTBEAT_S = 5 s) goes unanswered, the
+        # plugin says so 5 s later, drops the connection and connects again once the server runs.
+        states.clear()
+        os.kill(pid, signal.SIGSTOP)
+        stopped = time.monotonic()
+        try:
+            wait_for(None, timeout=25, until=lambda: any(s[0] == "disconnected" for s in states))
+            kinds = [s[0] for s in states]
+            check("not_responding" in kinds and "disconnected" in kinds, f"idle and stopped: {states}")
+            silent = [s for s in states if s[0] == "not_responding"][0]
+            REPORT["figures"]["idle: not_responding_after_s"] = round(silent[2] - stopped, 2)
+            check(silent[2] - stopped < 11.5 and "reconnects" in silent[1], f"idle: {silent}")
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        wait_for(None, timeout=60, until=lambda: rig.worker.state == "connected")
+        check(rig.worker.state == "connected", f"no reconnect after an idle stop: {states[-3:]}")
         rig.worker.stop()
         doc.close()
     finally:
