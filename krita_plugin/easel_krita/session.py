@@ -307,12 +307,16 @@ class Session(QObject):
                                  f"to {side} pixels a side.")
         host.flush(doc)
         box = plan.Box(0, 0, info.width, info.height)  # the whole canvas, so the map lines up
-        data = _exhaust(_read(info, lambda strip: host.layer_pixels(node, strip), box))
+        read = []
+
+        def reads():  # in strips, like a job's reads
+            read.append((yield from _read(info, lambda strip: host.layer_pixels(node, strip), box)))
+
         depth, linear = info.depth, info.linear
         name = f"{control_type} map of {node.name()}"
 
         def build():
-            rgba = data.rgba(depth, linear)
+            rgba = read[0].rgba(depth, linear)
             return protocol.images.ImageData("rgba8", box.width, box.height, rgba)
 
         def finish(result):
@@ -324,8 +328,9 @@ class Session(QObject):
                 rgba = image.data
             return LayerResult(name, 0, 0, 0, image.width, image.height, _write(info, rgba), rgba, doc, canvas=info)
 
-        job = self.worker.preprocess(control_type, build, finish)
+        job = self.worker.new_id()
         self.pending[job] = Pending(doc, source=node)
+        self._drive(job, reads(), lambda _: self.worker.preprocess(control_type, build, finish, job), now=False)
         return job
 
     # -- events -------------------------------------------------------------------------------
@@ -388,15 +393,6 @@ def _read(info, read, box):
 def _write(info, rgba: bytes) -> bytes | None:
     """A result in the document's format (on the worker); None for a managed profile: apply() converts it."""
     return None if info.managed else pixels.from_rgba8(rgba, info.depth, info.linear)
-
-
-def _exhaust(steps):
-    """Run a strip generator to its end at once (for reads small enough not to need turns)."""
-    while True:
-        try:
-            next(steps)
-        except StopIteration as stop:
-            return stop.value
 
 
 def _converted_back(result: LayerResult) -> None:

@@ -117,9 +117,10 @@ class Worker(QObject):
         self._tasks.put(("job", (job, build, finish)))
         return job
 
-    def preprocess(self, preprocessor: str, build: Callable[[], object], finish: Callable[[object], object]) -> str:
+    def preprocess(self, preprocessor: str, build: Callable[[], object], finish: Callable[[object], object],
+                   job: str | None = None) -> str:
         """Queue a preprocess job: ``build()`` returns the ImageData to make a map of."""
-        job = uuid.uuid4().hex[:16]
+        job = job or self.new_id()
         self._tasks.put(("preprocess", (job, preprocessor, build, finish)))
         return job
 
