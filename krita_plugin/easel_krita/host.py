@@ -227,15 +227,6 @@ def new_document_like(doc, width: int, height: int, name: str):
     return new
 
 
-def insert_layer(doc, name: str, data: bytes, x: int, y: int, width: int, height: int, parent=None, above=None):
-    """A new paint layer holding ``data`` (document format) at (x, y); on top of ``parent``'s
-    children (the Easel group by default) unless ``above`` names the node to go above."""
-    layer = new_layer(doc, name)
-    write_pixels(layer, data, x, y, width, height)
-    attach(doc, layer, parent, above)
-    return layer
-
-
 def new_layer(doc, name: str):
     """A paint layer not in the document yet: filled first, then attached (one projection update)."""
     return doc.createNode(name, "paintlayer")

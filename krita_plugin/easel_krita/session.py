@@ -249,11 +249,12 @@ class Session(QObject):
 
     # -- results ------------------------------------------------------------------------------
 
-    def apply(self, result: LayerResult):
+    def apply(self, result: LayerResult, parent=None, above=None, then=None):
         """Insert ``result`` as a new layer in its document's Easel group. An expand's result first grows
         the canvas (once: a document already grown is left as it is). A large result is written in strips
         over several event-loop turns: then this returns None and ``applied(result)`` says when the layer
-        is in; otherwise it returns the layer (and ``applied`` is emitted too)."""
+        is in; otherwise it returns the layer (and ``applied`` is emitted too). ``parent`` / ``above``: where
+        the layer goes (the Easel group's top by default); ``then(layer)`` is called once it is in."""
         def steps():
             if result.grow is not None:
                 host.grow_canvas(result.doc, *result.grow)
@@ -278,7 +279,7 @@ class Session(QObject):
                     data = result.data[top * row:(top + strip.height) * row]
                 host.write_pixels(layer, data, strip.x, strip.y, strip.width, strip.height)
                 yield
-            host.attach(result.doc, layer)
+            host.attach(result.doc, layer, parent, above)
             result.layer = layer
             return layer
 
@@ -286,6 +287,8 @@ class Session(QObject):
 
         def finished(layer):
             done.append(layer)
+            if then is not None:
+                then(layer)
             self.applied.emit(result)
 
         self._drive(None, steps(), finished)
@@ -352,10 +355,8 @@ class Session(QObject):
             del self.pending[job]
             if pending.source is not None:  # a control map: goes just above the layer it was made of
                 source = pending.source
-                _converted_back(payload)
-                layer = host.insert_layer(pending.doc, payload.name, payload.data, 0, 0, payload.width,
-                                          payload.height, parent=source.parentNode(), above=source)
-                self.preprocessed.emit(job, layer)
+                self.apply(payload, parent=source.parentNode(), above=source,
+                           then=lambda layer: self.preprocessed.emit(job, layer))
             else:
                 self.finished.emit(job, payload)
         elif kind == "error":
@@ -393,11 +394,6 @@ def _read(info, read, box):
 def _write(info, rgba: bytes) -> bytes | None:
     """A result in the document's format (on the worker); None for a managed profile: apply() converts it."""
     return None if info.managed else pixels.from_rgba8(rgba, info.depth, info.linear)
-
-
-def _converted_back(result: LayerResult) -> None:
-    if result.data is None:
-        result.data = result.canvas.from_rgba8(result.rgba, result.width, result.height)
 
 
 def _shrink(rgba: bytes, width: int, height: int) -> tuple[bytes, int, int]:
