@@ -15,7 +15,10 @@ import collections
 import dataclasses
 import itertools
 import json
+import socket
 import ssl
+import threading
+import time
 import uuid
 from dataclasses import dataclass, field
 from typing import Callable, Iterator
@@ -123,6 +126,9 @@ class Client:
         self._replies: dict[str, collections.deque] = collections.defaultdict(collections.deque)
         self._frames: dict[str, ImageData] = {}
         self._ids = itertools.count(1)
+        self.heard: float | None = None  # time.monotonic() of the last message from the server
+        self._probes = 0  # status requests sent by probe() whose replies are not to be kept
+        self._probe_lock = threading.Lock()
 
     # -- connection ---------------------------------------------------------------------------
 
@@ -164,6 +170,17 @@ class Client:
             raise EaselError("unreachable", f"cannot reach the Easel server at {self.url}: {exc}") from None
         except Exception as exc:  # handshake refused (bad origin, HTTP error ...)
             raise EaselError("unreachable", f"the Easel server at {self.url} refused the connection: {exc}") from None
+
+    def abort(self) -> None:
+        """Drop the connection at once, from any thread, with no close handshake and no resume (for a
+        server that stopped answering): a thread reading events gets ``EaselError("closed")``."""
+        self.resume = False
+        ws = self._ws
+        if ws is not None:
+            try:
+                ws.socket.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass  # already gone
 
     def close(self) -> None:
         if self._ws is not None:
@@ -249,6 +266,13 @@ class Client:
                 return event.images[0].image
         raise JobCancelled("cancelled", f"preprocess job {job} was cancelled", job=job)
 
+    def probe(self) -> None:
+        """Ask for a ``status`` whose reply only counts as a sign of life (``heard``) and is not kept;
+        safe from another thread while one thread reads events, like ``cancel``."""
+        with self._probe_lock:
+            self._probes += 1
+        self._send({"type": "status"})
+
     def status(self) -> dict:
         self._send({"type": "status"})
         return self._await_reply("status")
@@ -292,6 +316,7 @@ class Client:
                 return
             reason = exc.rcvd.reason if exc.rcvd and exc.rcvd.reason else "connection closed"
             raise EaselError("closed", f"the Easel server closed the connection: {reason}") from None
+        self.heard = time.monotonic()
         if isinstance(raw, bytes):
             header, image = decode_frame(raw)
             self._frames[header["image"]] = image
@@ -321,8 +346,17 @@ class Client:
                                           message["parameters"], message["timings"]))
         elif kind == "cancelled":
             self._jobs[job].append(Cancelled(job, message["while"]))
+        elif kind == "status" and self._take_probe():
+            return  # a probe's answer: it said the server is alive, nothing more
         else:
             self._replies[kind].append(message)
+
+    def _take_probe(self) -> bool:
+        with self._probe_lock:
+            if self._probes:
+                self._probes -= 1
+                return True
+            return False
 
     def _result_image(self, item: dict) -> ResultImage:
         if "data" in item:

@@ -26,7 +26,7 @@ from shared.rules import reach as mask_margin
 PLUGIN = Path(__file__).resolve().parents[1] / "krita_plugin"
 sys.path.insert(0, str(PLUGIN))
 
-from easel_krita import pixels, placement, plan  # noqa: E402
+from easel_krita import liveness, models, pixels, placement, plan  # noqa: E402
 from easel_krita.protocol import capabilities  # noqa: E402
 
 # -- pixels ------------------------------------------------------------------------------------
@@ -96,6 +96,20 @@ def test_profiles():
     assert pixels.is_linear_profile("sRGB-elle-V2-g10.icc")
     assert not pixels.is_linear_profile("sRGB-elle-V2-srgbtrc.icc")
     assert not pixels.is_linear_profile("sRGB built-in")
+
+
+@pytest.mark.parametrize("profile", ["sRGB-elle-V2-srgbtrc.icc", "sRGB-elle-V2-g10.icc", "sRGB built-in",
+                                     "scRGB (linear)", "krita-2.5, lcms sRGB built-in with linear gamma TRC",
+                                     "Artifex Software sRGB ICC Profile", "sRGB-elle-V4-g10.icc"])
+def test_srgb_primaries_with_the_srgb_or_linear_curve_are_converted_exactly_here(profile):
+    assert pixels.exact_profile(profile)
+
+
+@pytest.mark.parametrize("profile", ["ClayRGB-elle-V2-g22.icc", "Rec2020-elle-V4-g10.icc", "ACEScg-elle-V4-g10.icc",
+                                     "Artifex Software A98 ICC Profile ", "sRGB-elle-V2-rec709.icc",
+                                     "sRGB-elle-V2-g22.icc", "WideRGB-elle-V2-g22.icc", "Display P3", ""])
+def test_other_primaries_or_curves_go_through_kritas_colour_management(profile):
+    assert not pixels.exact_profile(profile)
 
 
 # -- selection and plan ------------------------------------------------------------------------
@@ -341,6 +355,41 @@ def test_layer_names_carry_prompt_and_seed():
     assert placement.layer_name("a  red\ndoor", 7) == "a red door [7]"
     long = placement.layer_name("x" * 100, 1)
     assert long.endswith("… [1]") and len(long) < 50
+    assert placement.layer_name("a red door", 7, model="demo-base") == "a red door [7, demo-base]"
+
+
+# -- the model picker ----------------------------------------------------------------------------
+
+def test_the_model_picker_lists_what_each_model_is_and_can_do(client):
+    entries = models.choices(client.models(), client.welcome["capabilities"])
+    assert [e.name for e in entries] == [m["name"] for m in client.models()["models"]]
+    demo, base, xl = (next(e for e in entries if e.name == n) for n in ("demo", "demo-base", "demo-xl"))
+    assert demo.label == "demo (SD 1.5, 512 px) · default"
+    assert xl.label.startswith("demo-xl (SDXL, ")
+    assert "dedicated inpaint UNet" in demo.tooltip and "no inpaint UNet" in base.tooltip
+    assert "ControlNet: canny" in base.tooltip and "reference layers (IP-Adapter)" in base.tooltip
+    caps = {**client.welcome["capabilities"], "control_types": [], "reference_families": ["sdxl"]}
+    plain = models.describe({"name": "m", "family": "sd15", "native_size": 512}, caps)
+    assert "no ControlNet" in plain.tooltip and "no reference layers" in plain.tooltip
+    assert models.describe({"name": "x", "family": None, "native_size": None}).label == \
+        "x (family unknown until loaded)"
+    assert models.choices(None) == []
+
+
+def test_the_picked_model_follows_the_document_then_the_painter_then_the_server():
+    names = ["demo", "demo-base", "demo-xl"]
+    assert models.pick(names, "demo-xl", "demo-base", "demo") == "demo-xl"
+    assert models.pick(names, None, "demo-base", "demo") == "demo-base"
+    assert models.pick(names, "gone", None, "demo") == "demo"  # a model the server no longer has
+    assert models.pick(names, None, None, "also-gone") == "demo"
+    assert models.pick([], "demo", "demo", "demo") is None
+
+
+def test_document_settings_round_trip_and_foreign_bytes_read_as_none():
+    saved = {"model": "demo-base"}
+    assert models.read_saved(models.write_saved(saved)) == saved
+    for junk in (None, b"", b"\xff\xfe", b"[1, 2]", b"not json"):
+        assert models.read_saved(junk) == {}
 
 
 def test_sending_only_the_crop_gives_the_same_layer_as_the_whole_canvas(client):
@@ -367,7 +416,7 @@ def test_sending_only_the_crop_gives_the_same_layer_as_the_whole_canvas(client):
 
 # -- structure and packaging -------------------------------------------------------------------
 
-PURE = ["pixels.py", "plan.py", "placement.py", "protocol.py"]
+PURE = ["pixels.py", "plan.py", "placement.py", "protocol.py", "models.py", "liveness.py"]
 
 
 def imports_of(path: Path) -> set[str]:
@@ -468,3 +517,111 @@ def test_expand_plans_the_whole_canvas_and_places_the_new_canvas_at_its_origin()
     alpha = band[3::4]
     assert [alpha[row * 6:(row + 1) * 6] for row in range(4)] == [
         bytes([255] * 6), bytes([255, 0, 0, 0, 255, 255]), bytes([255, 0, 0, 0, 255, 255]), bytes([255] * 6)]
+
+
+# -- liveness ------------------------------------------------------------------------------------
+
+def test_a_silent_server_is_probed_then_not_responding_then_responding_again():
+    live = liveness.Liveness(probe_after=1.5, silent_after=5.0)
+    assert live.tick(100.0) == liveness.Step()  # idle: silence is normal, nothing is sent
+    live.wait(100.0)
+    assert live.tick(101.0) == liveness.Step()
+    assert live.tick(101.5).probe and not live.tick(102.0).probe  # one probe per 1.5 s of silence
+    assert live.tick(103.0).probe
+    live.heard(103.2)  # the probe's answer: the server is alive, a slow step is no hang
+    assert live.tick(104.0) == liveness.Step() and live.responding
+    assert live.tick(108.1).change is None  # 4.9 s since the answer
+    assert live.tick(108.3) == liveness.Step(probe=False, change="not_responding")
+    assert not live.responding and live.silence(108.3) == pytest.approx(5.1)
+    assert live.tick(108.5).change is None  # said once
+    live.heard(109.0)
+    assert live.tick(109.1).change == "responding" and live.responding
+    live.done()
+    assert live.tick(200.0) == liveness.Step() and live.silence(200.0) == 0
+
+
+def test_silence_counts_from_when_the_wait_began_not_from_the_last_message_before_it():
+    live = liveness.Liveness(probe_after=1.5, silent_after=5.0)
+    live.heard(10.0)  # the last idle heartbeat's answer
+    live.wait(60.0)  # a job sent much later
+    assert live.silence(61.0) == 1.0 and live.tick(61.0) == liveness.Step()
+    assert live.tick(65.0).change == "not_responding"
+
+
+def test_the_not_responding_sentence_says_what_the_painter_can_do():
+    busy = liveness.not_responding("ws://box:8760/", 5.2, busy=True)
+    assert "not responding (nothing for 5 s)" in busy and "Cancel stops waiting" in busy
+    assert "reconnects" in liveness.not_responding("ws://box:8760/", 5, busy=False)
+
+
+def test_a_probe_is_answered_mid_job_and_its_reply_is_not_kept(server):
+    from shared.client import Client, Progress, Result
+    with Client(server.url, name="pytest") as easel:
+        job = easel.submit("generate", prompt="x", steps=6, width=64, height=64, seed=1, preview_every=0)
+        seen = None
+        for event in easel.events(job):
+            if isinstance(event, Progress) and seen is None:
+                seen = easel.heard
+                easel.probe()
+            if isinstance(event, Result):
+                break
+        assert easel.heard > seen
+        status = easel.status()  # the probe's reply was dropped, so this is a fresh one
+        assert status["running"] is None and not easel._replies["status"]
+
+
+def test_abort_ends_a_reading_thread_at_once_without_resuming(server):
+    import threading
+    import time
+
+    from shared.client import Client, EaselError
+    easel = Client(server.url, name="pytest").connect()
+    job = easel.submit("generate", prompt="x", steps=40, width=64, height=64, seed=1, preview_every=0)
+    errors = []
+
+    def read():
+        try:
+            for _ in easel.events(job):
+                pass
+        except EaselError as exc:
+            errors.append((exc.code, time.monotonic()))
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    time.sleep(0.3)
+    started = time.monotonic()
+    easel.abort()
+    reader.join(5)
+    assert errors and errors[0][0] == "closed" and errors[0][1] - started < 2
+
+
+# -- strips and upscale ------------------------------------------------------------------------------
+
+def test_strips_cover_the_box_in_full_width_bands_within_the_budget():
+    box = Box(10, 20, 6000, 4000)
+    bands = plan.strips(box, 4)
+    assert all(b.x == 10 and b.width == 6000 and b.width * b.height * 4 <= plan.STRIP_BYTES for b in bands)
+    assert [b.y for b in bands][0] == 20 and sum(b.height for b in bands) == 4000
+    assert all(a.y1 == b.y for a, b in zip(bands, bands[1:]))
+    assert len(bands) == 12  # 349 rows of 6000 8-bit pixels each
+    assert plan.strips(Box(0, 0, 300, 200), 16) == [Box(0, 0, 300, 200)]  # small: one read
+    assert len(plan.strips(Box(0, 0, 10**7, 3), 4)) == 3  # never less than a row
+
+
+def test_an_upscale_sends_the_whole_canvas_and_its_result_is_the_new_canvas():
+    region = plan.plan_upscale(256, 192, 2.0, 8192)
+    assert (region.mode, region.box, region.size) == ("upscale", Box(0, 0, 256, 192), (512, 384))
+    settings = plan.Settings(scale=2.0, upscaler="2x-demo-esrgan", refine=0.3, steps=10, seed=4)
+    job = plan.build_job(region, settings, bytes(256 * 192 * 4))
+    message = job.to_message(lambda image, role: {"frame": role})
+    assert message["mode"] == "upscale" and message["scale"] == 2.0 and message["refine"] == 0.3
+    assert message["upscaler"] == "2x-demo-esrgan" and "mask" not in message
+    plain = plan.build_job(region, plan.Settings(scale=2.0), bytes(256 * 192 * 4)).to_message(lambda i, r: {})
+    assert "refine" not in plain and "upscaler" not in plain  # the server's defaults
+    assert placement.place(region, (0, 0), 512, 384) == placement.Placement(0, 0, 512, 384)
+    with pytest.raises(plan.PlanError, match="up to 1024 pixels a side"):
+        plan.plan_upscale(600, 400, 2.0, 1024)
+    with pytest.raises(plan.PlanError, match="1 to 8 times"):
+        plan.plan_upscale(600, 400, 9, 8192)
+    with pytest.raises(plan.PlanError, match="10 steps at 5% refine leave no step to run"):
+        plan.build_job(region, plan.Settings(scale=2.0, refine=0.05, steps=10), bytes(256 * 192 * 4))

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import random
 
-from . import extension, host, pixels, plan, protocol
+from . import extension, host, models, pixels, plan, protocol, qt
 from .protocol import capabilities
 from .qt import ALIGN_CENTER, HORIZONTAL, KEEP_ASPECT, SMOOTH, USER_ROLE, QPixmap, QtGui, QtWidgets, rgba_image
 from .session import ControlLayer, ReferenceLayer, Session
@@ -21,7 +21,7 @@ def shared_worker() -> Worker:
     if _worker is None:
         _worker = Worker()
         _worker.configure(host.read_setting("url", protocol.messages.DEFAULT_URL),
-                          host.read_setting("token", ""))
+                          host.read_setting("token", ""), cert=host.read_setting("cert", ""))
     return _worker
 
 
@@ -39,6 +39,7 @@ class EaselDocker(host.DockWidget):
         self._offer = capabilities.Offer()  # the whole vocabulary until the server says what it offers
         self._build()
         self.worker.state_changed.connect(self._show_state)
+        self.worker.models_changed.connect(lambda _reply: self._show_models())
         self._show_state(self.worker.state, self.worker.message)
         self.session.accepted.connect(self._on_accepted)
         self.session.started.connect(self._on_started)
@@ -71,9 +72,26 @@ class EaselDocker(host.DockWidget):
         server.addWidget(self.token, 1)
         server.addWidget(connect)
         form.addLayout(server)
+        self.cert = W.QLineEdit(self.worker.cert)
+        self.cert.setPlaceholderText("certificate file (wss:// with `easel cert`), optional")
+        self.cert.setToolTip("For a wss:// server with a self-signed certificate: the server's easel-cert.pem. "
+                             "Only a server holding its key is trusted (the certificate is pinned).")
+        form.addWidget(self.cert)
         self.state = W.QLabel()
         self.state.setWordWrap(True)
         form.addWidget(self.state)
+
+        row = W.QHBoxLayout()
+        self.model = W.QComboBox()
+        self.model.setToolTip("The server's models (connect to list them); the choice is saved with the document")
+        self.model.activated.connect(lambda _index: self._remember_model())
+        reload_models = W.QPushButton("↻")
+        reload_models.setToolTip("Read the server's models again")
+        reload_models.clicked.connect(self._refresh)
+        row.addWidget(W.QLabel("Model"))
+        row.addWidget(self.model, 1)
+        row.addWidget(reload_models)
+        form.addLayout(row)
 
         self.prompt = W.QPlainTextEdit()
         self.prompt.setPlaceholderText("What to paint (selection: fill it; no selection: the whole image)")
@@ -108,6 +126,7 @@ class EaselDocker(host.DockWidget):
         self._show_strength(100)
 
         form.addWidget(self._selection_box())
+        form.addWidget(self._upscale_box())
         form.addWidget(self._control_box())
         form.addWidget(self._reference_box())
 
@@ -198,6 +217,28 @@ class EaselDocker(host.DockWidget):
         grid.addLayout(sides, 3, 0, 1, 3)
         return box
 
+    def _upscale_box(self):
+        """Upscale the whole picture with the server's super-resolution models (and refine it)."""
+        box = W.QGroupBox("Upscale")
+        grid = W.QGridLayout(box)
+        self.upscale_factor = _double(protocol.rules.UPSCALE_MIN, protocol.rules.UPSCALE_MAX, 2.0, "×")
+        self.upscaler = W.QComboBox()  # filled with the server's upscalers by _apply_offer
+        self.upscaler.setToolTip("The super-resolution model (lanczos: plain resampling)")
+        self.upscale_refine, self.upscale_refine_label = _slider(0, 100, 0, "% refine")
+        self.upscale_refine.setToolTip("Refine the upscaled picture with the prompt at this strength (0: none)")
+        self.upscale_new = W.QCheckBox("New document")
+        self.upscale_new.setToolTip("Put the result into a new document; off: scale this document and add the "
+                                    "result as a layer")
+        self.upscale_button = W.QPushButton("Upscale")
+        self.upscale_button.clicked.connect(lambda: self.generate(upscale=True))
+        grid.addWidget(self.upscale_factor, 0, 0)
+        grid.addWidget(self.upscaler, 0, 1, 1, 2)
+        grid.addWidget(self.upscale_refine, 1, 0, 1, 2)
+        grid.addWidget(self.upscale_refine_label, 1, 2)
+        grid.addWidget(self.upscale_new, 2, 0)
+        grid.addWidget(self.upscale_button, 2, 1, 1, 2)
+        return box
+
     def _control_box(self):
         box = W.QGroupBox("Control layers")
         grid = W.QGridLayout(box)
@@ -258,6 +299,7 @@ class EaselDocker(host.DockWidget):
 
     def canvasChanged(self, canvas):
         self._refresh_layers()
+        self._show_models()  # another document may have saved another model
 
     def _document(self):
         return host.instance().activeDocument()
@@ -283,15 +325,22 @@ class EaselDocker(host.DockWidget):
 
     # -- actions ------------------------------------------------------------------------------
 
-    def settings(self, remove: bool = False, expand: tuple = (0, 0, 0, 0)) -> plan.Settings:
+    def settings(self, remove: bool = False, expand: tuple = (0, 0, 0, 0), upscale: bool = False) -> plan.Settings:
+        if upscale:
+            return plan.Settings(prompt=self.prompt.toPlainText(), negative_prompt=self.negative.text(),
+                                 model=self.model.currentData() or None, steps=self.steps.value(),
+                                 seed=self.seed.value() if self.fixed_seed.isChecked() else None,
+                                 scale=self.upscale_factor.value(), upscaler=self.upscaler.currentData() or None,
+                                 refine=self.upscale_refine.value() / 100)
         return plan.Settings(prompt=self.prompt.toPlainText(), negative_prompt=self.negative.text(),
+                             model=self.model.currentData() or None,
                              strength=self.strength.value() / 100, steps=self.steps.value(),
                              seed=self.seed.value() if self.fixed_seed.isChecked() else None,
                              batch=self.batch.value(), mask_grow=self.grow.value(),
                              mask_feather=self.feather.value(), fill=self.fill.currentData(),
                              soft_inpaint=self.soft.isChecked(), remove=remove, expand=expand)
 
-    def generate(self, remove: bool = False, expand: tuple = (0, 0, 0, 0)) -> None:
+    def generate(self, remove: bool = False, expand: tuple = (0, 0, 0, 0), upscale: bool = False) -> None:
         doc = self._document()
         if doc is None:
             self._say("Open a document first.", error=True)
@@ -300,8 +349,13 @@ class EaselDocker(host.DockWidget):
             self._say("A job is already running; cancel it or wait for it.", error=True)
             return
         try:
-            self.job = self.session.generate(doc, self.settings(remove, expand), list(self.controls),
-                                             list(self.references))
+            if self.model.currentData():
+                host.save_document_settings(doc, {"model": self.model.currentData()})
+            if upscale:
+                self.job = self.session.upscale(doc, self.settings(upscale=True), self.upscale_new.isChecked())
+            else:
+                self.job = self.session.generate(doc, self.settings(remove, expand), list(self.controls),
+                                                 list(self.references))
         except (plan.PlanError, pixels.UnsupportedColor) as exc:
             self._say(str(exc), error=True)
             return
@@ -311,6 +365,7 @@ class EaselDocker(host.DockWidget):
         self.generate_button.setEnabled(False)
         self.remove_button.setEnabled(False)
         self.expand_button.setEnabled(False)
+        self.upscale_button.setEnabled(False)
         self.cancel_button.setEnabled(True)
         self.progress.setRange(0, 0)  # busy until the first step
         self._say("Working …")
@@ -323,7 +378,8 @@ class EaselDocker(host.DockWidget):
     def _connect(self) -> None:
         host.write_setting("url", self.url.text().strip())
         host.write_setting("token", self.token.text().strip())
-        self.worker.configure(self.url.text(), self.token.text(), force=True)
+        host.write_setting("cert", self.cert.text().strip())
+        self.worker.configure(self.url.text(), self.token.text(), force=True, cert=self.cert.text())
 
     def _add_control(self) -> None:
         doc, node = self._picked(self.control_layer)
@@ -371,6 +427,7 @@ class EaselDocker(host.DockWidget):
         self.generate_button.setEnabled(True)
         self.remove_button.setEnabled(True)
         self.expand_button.setEnabled(True)
+        self.upscale_button.setEnabled(True)
         self.cancel_button.setEnabled(False)
         self.progress.setRange(0, 1)
         self.progress.setValue(0)
@@ -458,9 +515,41 @@ class EaselDocker(host.DockWidget):
         self.strength_label.setText(f"{value}%" + (" fill" if value == 100 else " refine"))
 
     def _show_state(self, state: str, message: str) -> None:
-        marks = {"connected": "●", "connecting": "◌", "disconnected": "○"}
+        marks = {"connected": "●", "connecting": "◌", "disconnected": "○", "not_responding": "◍"}
         self.state.setText(f"{marks.get(state, '')} {message}")
         self._apply_offer(self.worker.offer)  # a (re)connect may reach a server with other ControlNets
+        if state == "connected":
+            self._show_models()
+        if state == "not_responding" and self.job is not None:
+            self._say(message, error=True)
+        elif state == "connected" and self.job is not None and self.message.text().startswith("The Easel server"):
+            self._say("The server answers again; working …")  # the job goes on where it was
+
+    def _show_models(self) -> None:
+        """List the server's models; show the document's saved one (else the server's default)."""
+        reply = self.worker.models
+        entries = models.choices(reply, (self.worker.welcome or {}).get("capabilities"))
+        doc = self._document()
+        saved = host.document_settings(doc).get("model") if doc is not None else None
+        current = self.model.currentData()
+        names = [entry.name for entry in entries]
+        chosen = models.pick(names, saved, current, (reply or {}).get("default"))
+        self.model.blockSignals(True)
+        self.model.clear()
+        for index, entry in enumerate(entries):
+            self.model.addItem(entry.label, entry.name)
+            self.model.setItemData(index, entry.tooltip, qt.TOOLTIP_ROLE)
+        if chosen is not None:
+            self.model.setCurrentIndex(names.index(chosen))
+        self.model.blockSignals(False)
+        if saved and saved not in names and reply is not None:
+            self._say(f"This document was made with the model “{saved}”, which this server does not have; "
+                      f"using {chosen}.", error=True)
+
+    def _remember_model(self) -> None:
+        doc = self._document()
+        if doc is not None and self.model.currentData():
+            host.save_document_settings(doc, {"model": self.model.currentData()})
 
     def _apply_offer(self, offer: capabilities.Offer) -> None:
         """Offer the server's control types and reference modes, and let the spin boxes reach its limits."""
@@ -474,6 +563,13 @@ class EaselDocker(host.DockWidget):
             combo.setCurrentText(capabilities.pick(choices, current, preferred))
         self.steps.setMaximum(offer.max_steps)
         self.batch.setMaximum(offer.max_batch)
+        names = ("",) + offer.upscalers  # "": the server's default
+        if tuple(self.upscaler.itemData(i) for i in range(self.upscaler.count())) != names:
+            current = self.upscaler.currentData()
+            self.upscaler.clear()
+            for name in names:
+                self.upscaler.addItem(name or "server default", name)
+            self.upscaler.setCurrentIndex(max(0, self.upscaler.findData(current)) if current else 0)
         self.control_add.setEnabled(bool(offer.control_types))
         self.control_add.setToolTip("" if offer.control_types else "The server has no ControlNet configured.")
         self.reference_add.setEnabled(offer.references and bool(offer.reference_modes))

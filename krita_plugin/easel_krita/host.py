@@ -11,11 +11,13 @@ from dataclasses import dataclass
 
 from krita import DockWidget, DockWidgetFactory, DockWidgetFactoryBase, Extension, Krita  # noqa: F401
 
-from . import pixels
+from . import models, pixels
 from .plan import Box
+from .qt import QtCore
 
 GROUP_NAME = "Easel"
 SETTINGS_GROUP = "easel"
+ANNOTATION = models.ANNOTATION
 
 
 @dataclass
@@ -26,6 +28,19 @@ class Canvas:
     height: int
     depth: str
     linear: bool
+    profile: str = ""
+    managed: bool = False  # colours go through Krita's colour management (primaries other than sRGB's)
+
+    def to_rgba8(self, data: bytes, width: int, height: int) -> bytes | None:
+        """Document pixels as 8-bit sRGB RGBA, converted by Krita now (UI thread) for a managed profile;
+        None for the others, which ``pixels.to_rgba8`` converts exactly on the worker."""
+        if not self.managed:
+            return None
+        return pixels.swap_red_blue(_convert(data, width, height, ("RGBA", self.depth, self.profile), SRGB8))
+
+    def from_rgba8(self, rgba: bytes, width: int, height: int) -> bytes:
+        """8-bit sRGB RGBA as document pixels, through Krita's colour management (managed profiles)."""
+        return _convert(pixels.swap_red_blue(rgba), width, height, SRGB8, ("RGBA", self.depth, self.profile))
 
 
 def instance():
@@ -40,11 +55,59 @@ def write_setting(key: str, value: str) -> None:
     Krita.instance().writeSetting(SETTINGS_GROUP, key, value)
 
 
+def document_settings(doc) -> dict:
+    """What the document saved for Easel (its model ...): an annotation stored in the .kra."""
+    if ANNOTATION not in doc.annotationTypes():
+        return {}
+    return models.read_saved(bytes(doc.annotation(ANNOTATION)))
+
+
+def save_document_settings(doc, changes: dict) -> None:
+    """Merge ``changes`` into the document's Easel settings; saved with the document (.kra)."""
+    saved = document_settings(doc)
+    if all(saved.get(key) == value for key, value in changes.items()):
+        return  # unchanged: do not mark the document modified
+    saved.update(changes)
+    doc.setAnnotation(ANNOTATION, "Easel settings", QtCore.QByteArray(models.write_saved(saved)))
+
+
 def canvas(doc) -> Canvas:
     """The document's size and format; raises pixels.UnsupportedColor for CMYK, Lab, grey ..."""
-    model, depth = doc.colorModel(), doc.colorDepth()
+    model, depth, profile = doc.colorModel(), doc.colorDepth(), doc.colorProfile()
     pixels.check_color(model, depth)
-    return Canvas(doc.width(), doc.height(), depth, pixels.is_linear_profile(doc.colorProfile()))
+    return Canvas(doc.width(), doc.height(), depth, pixels.is_linear_profile(profile), profile,
+                  not pixels.exact_profile(profile))
+
+
+SRGB8 = ("RGBA", "U8", "sRGB-elle-V2-srgbtrc.icc")
+
+
+def _convert(data: bytes, width: int, height: int, source: tuple, target: tuple) -> bytes:
+    """``data`` (a ``width`` x ``height`` area in colour space ``source``: model, depth, profile) in
+    ``target``, converted by Krita's own colour management in a scratch document: the painter's
+    document, and its undo history, are not touched."""
+    scratch = Krita.instance().createDocument(width, height, "easel-colour", *source[:2], source[2], 72.0)
+    if scratch is None or scratch.colorProfile() != source[2]:
+        raise pixels.UnsupportedColor(_convert_by_hand(source[2] if source != SRGB8 else target[2]))
+    try:
+        scratch.setBatchmode(True)
+        node = scratch.createNode("easel colour", "paintlayer")
+        scratch.rootNode().addChildNode(node, None)
+        node.setPixelData(data, 0, 0, width, height)
+        converted = node.setColorSpace(*target)
+        scratch.waitForDone()
+        out = bytes(node.pixelData(0, 0, width, height))
+    finally:
+        scratch.close()
+    if not converted or len(out) != width * height * pixels.bytes_per_pixel(target[1]):
+        raise pixels.UnsupportedColor(_convert_by_hand(source[2] if source != SRGB8 else target[2]))
+    return out
+
+
+def _convert_by_hand(profile: str) -> str:
+    return (f"Krita could not convert this document's colours (profile “{profile}”) to and from sRGB, which the "
+            "model works in. Convert it with Image > Convert Image Color Space… to RGB/Alpha with the profile "
+            "sRGB-elle-V2-srgbtrc.icc (or a 16-bit/float sRGB one), and try again.")
 
 
 def selection(doc) -> tuple[Box, bytes] | None:
@@ -61,9 +124,16 @@ def selection_bytes(doc, box: Box) -> bytes:
     return bytes(sel.pixelData(box.x, box.y, box.width, box.height))
 
 
+_stale: set = set()  # documents whose projection misses a write of ours (ids): refreshed before a read
+
+
 def flush(doc) -> None:
-    """Let Krita finish pending updates so pixel reads see the current picture."""
-    doc.refreshProjection()
+    """Let Krita finish pending updates so pixel reads see the current picture. Painting, adding and
+    removing layers update the projection by themselves; only a document this module marked stale
+    gets the whole-image ``refreshProjection()`` (0.2 s and more on a 6000x4000 document)."""
+    if id(doc) in _stale:
+        _stale.discard(id(doc))
+        doc.refreshProjection()
     doc.waitForDone()
 
 
@@ -122,11 +192,10 @@ def easel_group(doc):
 def remove_layer(doc, layer) -> None:
     """Take a result layer off the canvas, and its Easel group with it when that is left empty."""
     parent = layer.parentNode()
-    layer.remove()
+    layer.remove()  # updates the projection by itself
     if parent is not None and parent.name() == GROUP_NAME and parent.type() == "grouplayer" \
             and not parent.childNodes():
         parent.remove()
-    flush(doc)
 
 
 def grow_canvas(doc, left: int, top: int, right: int, bottom: int, width: int, height: int) -> None:
@@ -135,18 +204,43 @@ def grow_canvas(doc, left: int, top: int, right: int, bottom: int, width: int, h
     if (doc.width(), doc.height()) != (width, height):
         return
     doc.resizeImage(-left, -top, width + left + right, height + top + bottom)
-    flush(doc)
+    _stale.add(id(doc))  # a resized image: the next read refreshes its projection first
 
 
-def insert_layer(doc, name: str, data: bytes, x: int, y: int, width: int, height: int, parent=None, above=None):
-    """A new paint layer holding ``data`` (document format) at (x, y); on top of ``parent``'s
-    children (the Easel group by default) unless ``above`` names the node to go above."""
+def scale_canvas(doc, width: int, height: int, new_width: int, new_height: int) -> None:
+    """Scale a ``width`` x ``height`` document (all its layers) to the new size; a document of another
+    size (already scaled) is left as it is."""
+    if (doc.width(), doc.height()) != (width, height):
+        return
+    doc.scaleImage(new_width, new_height, int(doc.xRes()), int(doc.yRes()), "Bicubic")
+    doc.waitForDone()
+    _stale.add(id(doc))  # a scaled image: the next read refreshes its projection first
+
+
+def new_document_like(doc, width: int, height: int, name: str):
+    """A new document of the size given in ``doc``'s colour space, shown in a window when there is one."""
+    new = Krita.instance().createDocument(width, height, name, doc.colorModel(), doc.colorDepth(),
+                                          doc.colorProfile(), doc.resolution())
+    window = Krita.instance().activeWindow()
+    if window is not None:  # headless Krita has none
+        window.addView(new)
+    return new
+
+
+def new_layer(doc, name: str):
+    """A paint layer not in the document yet: filled first, then attached (one projection update)."""
+    return doc.createNode(name, "paintlayer")
+
+
+def write_pixels(layer, data: bytes, x: int, y: int, width: int, height: int) -> None:
+    layer.setPixelData(data, x, y, width, height)
+
+
+def attach(doc, layer, parent=None, above=None) -> None:
+    """Put a filled layer into the document. Adding a node updates the projection where it paints
+    (Krita waits for that inside ``addChildNode``), so no whole-image refresh is needed."""
     parent = parent if parent is not None else easel_group(doc)
-    layer = doc.createNode(name, "paintlayer")
     if above is None:
         children = parent.childNodes()
         above = children[-1] if children else None
     parent.addChildNode(layer, above)
-    layer.setPixelData(data, x, y, width, height)
-    flush(doc)
-    return layer

@@ -36,6 +36,17 @@ def is_linear_profile(profile: str) -> bool:
     return "g10" in name or "linear" in name or "gamma 1.0" in name or "scrgb" in name
 
 
+def exact_profile(profile: str) -> bool:
+    """Whether ``to_rgba8`` / ``from_rgba8`` are exact for a Krita profile: sRGB primaries with the sRGB
+    curve or linear light. Any other profile (Adobe RGB-compatible, Rec.2020, Rec.709's curve, gamma 2.2,
+    ones this list does not know) goes through Krita's own colour management instead."""
+    name = profile.lower().strip()
+    primaries = name.startswith(("srgb", "scrgb", "artifex software srgb", "artifex software scrgb")) \
+        or "lcms srgb built-in" in name
+    curve = "srgbtrc" in name or "built-in" in name or name.startswith("artifex") or is_linear_profile(profile)
+    return primaries and curve
+
+
 def srgb_to_linear(value: float) -> float:
     """One sRGB-encoded channel (0..1) to linear light."""
     return value / 12.92 if value <= 0.04045 else ((value + 0.055) / 1.055) ** 2.4

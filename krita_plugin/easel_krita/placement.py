@@ -26,7 +26,7 @@ class Placement:
 def place(region: Region, offset: tuple[int, int], width: int, height: int) -> Placement:
     """Place a ``width`` x ``height`` result that the server put at ``offset`` within the crop."""
     box = region.box
-    if region.mode == "expand":  # the new canvas, at its origin (the document is grown to it first)
+    if region.mode in ("expand", "upscale"):  # the new canvas, at its origin (the document is resized first)
         return Placement(offset[0], offset[1], width, height)
     if region.mode in ("inpaint", "remove"):  # never resampled: outside the mask it is the canvas, byte for byte
         return Placement(box.x + offset[0], box.y + offset[1], width, height)
@@ -34,12 +34,13 @@ def place(region: Region, offset: tuple[int, int], width: int, height: int) -> P
     return Placement(box.x, box.y, box.width, box.height, (width, height) != (box.width, box.height))
 
 
-def layer_name(prompt: str, seed: int, limit: int = 40) -> str:
-    """A result layer's name: the prompt (shortened) and the seed that reproduces it."""
+def layer_name(prompt: str, seed: int, limit: int = 40, model: str | None = None) -> str:
+    """A result layer's name: the prompt (shortened) and the seed that reproduces it, and the model
+    when it is not the server's default (``model`` None)."""
     text = " ".join(prompt.split()) or "no prompt"
     if len(text) > limit:
         text = text[:limit - 1].rstrip() + "…"
-    return f"{text} [{seed}]"
+    return f"{text} [{seed}{', ' + model if model else ''}]"
 
 
 def band_only(rgba: bytes, width: int, left: int, top: int, old_width: int, old_height: int) -> bytes:

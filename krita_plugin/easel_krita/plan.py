@@ -42,6 +42,9 @@ class Settings:
     soft_inpaint: bool = True  # the selection acts per pixel in the diffusion; False: cut at 50%
     remove: bool = False  # take the selection out (fill it with its surroundings) instead of painting it
     expand: tuple[int, int, int, int] = (0, 0, 0, 0)  # grow the canvas: pixels added left, top, right, bottom
+    scale: float = 0.0  # upscale: the factor (0: not an upscale)
+    upscaler: str | None = None  # upscale: the server's super-resolution model (None: its default)
+    refine: float = 0.0  # upscale: strength of the diffusion refine of the upscaled picture (0: none)
 
 
 @dataclass
@@ -146,10 +149,24 @@ def plan_expand(width: int, height: int, sides: tuple[int, int, int, int]) -> Re
     return Region("expand", Box(0, 0, width, height), (width + left + right, height + top + bottom))
 
 
+def plan_upscale(width: int, height: int, scale: float, max_side: int) -> Region:
+    """Upscale a ``width`` x ``height`` canvas ``scale`` times: the whole canvas is sent, and the result
+    (``size``) is the new canvas, placed at its origin."""
+    if width <= 0 or height <= 0:
+        raise PlanError("the document is empty")
+    if not rules.UPSCALE_MIN <= scale <= rules.UPSCALE_MAX:
+        raise PlanError(f"Upscale by {rules.UPSCALE_MIN:g} to {rules.UPSCALE_MAX:g} times.")
+    size = rules.upscale_size(width, height, scale)
+    if max(size) > max_side:
+        raise PlanError(f"{scale:g} times {width}x{height} is {size[0]}x{size[1]}: the server makes pictures up to "
+                        f"{max_side} pixels a side. Pick a smaller factor.")
+    return Region("upscale", Box(0, 0, width, height), size)
+
+
 def check_prompt(settings: Settings, references) -> None:
-    """A job needs a prompt, or at least a reference to follow (a removal or an expand needs neither:
-    they continue the picture)."""
-    if settings.remove or any(settings.expand):
+    """A job needs a prompt, or at least a reference to follow (a removal, an expand or an upscale needs
+    neither: they continue the picture)."""
+    if settings.remove or any(settings.expand) or settings.scale:
         return
     if not settings.prompt.strip() and not references:
         raise PlanError("Type a prompt first: it says what to paint.")
@@ -181,6 +198,10 @@ def build_job(region: Region, settings: Settings, image: bytes | None, mask: byt
     if region.mode == "expand":
         job.expand_left, job.expand_top, job.expand_right, job.expand_bottom = settings.expand
         job.fill = settings.fill
+    if region.mode == "upscale":
+        job.scale, job.upscaler = settings.scale, settings.upscaler or None
+        job.refine = settings.refine or None
+        job.sampling.strength = 1.0
     for unit in controls:
         what = f"{unit.type} control layer"
         if (unit.image.width, unit.image.height) != (width, height):
@@ -202,6 +223,9 @@ def check(job: Job) -> None:
 def refusal(error: errors.ProtocolError, job: Job) -> str:
     """A rule's refusal of ``job`` in the docker's words (its settings and layers, not wire fields)."""
     sampling = job.sampling
+    if error.code == "too_few_steps" and error.field == "refine":
+        return (f"{sampling.steps} steps at {round((job.refine or 0) * 100)}% refine leave no step to run: "
+                "raise the refine or the steps.")
     if error.code == "too_few_steps":
         return (f"{sampling.steps} steps at {round(sampling.strength * 100)}% strength leave no step to run: "
                 "raise the strength or the steps.")
@@ -236,6 +260,16 @@ def _checked(image: images.ImageData, what: str) -> images.ImageData:
             raise PlanError(f"the {what} has {len(image.data)} bytes for {image.width}x{image.height} "
                             f"({expected} expected)")
     return image
+
+
+STRIP_BYTES = 8 << 20  # a strip of pixels Krita reads or writes in ~30 ms on the UI thread (6000 px wide, 8-bit)
+
+
+def strips(box: Box, bytes_per_pixel: int, budget: int = STRIP_BYTES) -> list[Box]:
+    """``box`` cut into full-width bands of at most ``budget`` bytes (at least one row each), top to
+    bottom: large reads and writes go one band per event-loop turn, so Krita's UI never waits long."""
+    rows = max(1, budget // max(1, box.width * bytes_per_pixel))
+    return [Box(box.x, y, box.width, min(rows, box.y1 - y)) for y in range(box.y, box.y1, rows)]
 
 
 def native_size(models_reply: dict | None, model: str | None = None) -> int:

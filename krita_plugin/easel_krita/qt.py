@@ -23,6 +23,7 @@ IGNORE_ASPECT = Qt.AspectRatioMode.IgnoreAspectRatio if QT6 else Qt.IgnoreAspect
 KEEP_ASPECT = Qt.AspectRatioMode.KeepAspectRatio if QT6 else Qt.KeepAspectRatio
 HORIZONTAL = Qt.Orientation.Horizontal if QT6 else Qt.Horizontal
 USER_ROLE = Qt.ItemDataRole.UserRole if QT6 else Qt.UserRole
+TOOLTIP_ROLE = Qt.ItemDataRole.ToolTipRole if QT6 else Qt.ToolTipRole
 ALIGN_CENTER = Qt.AlignmentFlag.AlignCenter if QT6 else Qt.AlignCenter
 
 

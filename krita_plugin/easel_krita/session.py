@@ -4,12 +4,16 @@ results back as layers. The docker and the in-Krita tests both drive this.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 
 from . import host, pixels, placement, plan, protocol
-from .qt import QObject, pyqtSignal, scaled_rgba
+from .qt import QObject, QTimer, pyqtSignal, scaled_rgba
+from .worker import sentence
 
 REFERENCE_SIDE = 512  # references are resized to the image encoder's 224 px anyway
+SLICE_S = 0.03  # UI-thread work per event-loop turn when reading or inserting in strips
+SLICES_KEPT = 1000
 
 
 @dataclass
@@ -46,6 +50,10 @@ class LayerResult:
     doc: object = None
     layer: object = None  # the inserted layer, once applied
     grow: tuple | None = None  # an expand's (left, top, right, bottom, old width, old height): grow the canvas
+    resize: tuple | None = None  # an upscale's (old width, old height): scale the document to the result first
+    new_document: bool = False  # an upscale into a new document (made by apply(); ``doc`` becomes it)
+    parameters: dict = field(default_factory=dict)  # the server's account of the job (model, sampler ...)
+    canvas: object = None  # host.Canvas: for a managed profile ``data`` is None until apply() converts it
 
 
 @dataclass
@@ -73,11 +81,13 @@ class Session(QObject):
     progress = pyqtSignal(str, int, int)
     preview = pyqtSignal(str, object)
     preprocessed = pyqtSignal(str, object)
+    applied = pyqtSignal(object)
 
     def __init__(self, worker, parent=None):
         super().__init__(parent)
         self.worker = worker
         self.pending: dict[str, Pending] = {}
+        self.slices: list[float] = []  # seconds of UI-thread work per event-loop turn of reads and inserts
         worker.job_event.connect(self._on_event)
 
     # -- generate -----------------------------------------------------------------------------
@@ -101,20 +111,31 @@ class Session(QObject):
                                       grow=settings.mask_grow, feather=settings.mask_feather,
                                       remove=settings.remove)
         box = region.box
-        # Reads from Krita stay on this (UI) thread; conversion and encoding go to the worker.
-        image = host.image_pixels(doc, box) if region.mode != "generate" else None
-        mask = host.selection_bytes(doc, box) if region.mode in plan.MASKED else None
-        control_reads = [(unit, host.layer_pixels(unit.node, box)) for unit in controls]
-        reference_reads = []
-        for ref in references:
-            bounds = host.layer_bounds(doc, ref.node)
-            reference_reads.append((ref, bounds, host.layer_pixels(ref.node, bounds)))
         settings = plan.Settings(**vars(settings))
+        mask = host.selection_bytes(doc, box) if region.mode in plan.MASKED else None
+        ref_bounds = [host.layer_bounds(doc, ref.node) for ref in references]
+        image, control_reads, reference_reads = None, [], []
+
+        def reads():
+            """Reads from Krita stay on this (UI) thread, in strips (a yield between two); conversion and
+            encoding go to the worker. A profile with other primaries is converted by Krita here."""
+            nonlocal image
+            if region.mode != "generate":
+                image = yield from _read(info, lambda strip: host.image_pixels(doc, strip), box)
+            for unit in controls:
+                data = yield from _read(info, lambda strip, node=unit.node: host.layer_pixels(node, strip), box)
+                control_reads.append((unit, data))
+            for ref, bounds in zip(references, ref_bounds):
+                data = yield from _read(info, lambda strip, node=ref.node: host.layer_pixels(node, strip), bounds)
+                reference_reads.append((ref, bounds, data))
         depth, linear = info.depth, info.linear
+
+        def to_rgba(data):
+            return data.rgba(depth, linear)
 
         def picture(data):
             """Document pixels of the box -> RGBA of the region's picture size (on the worker)."""
-            rgba = pixels.to_rgba8(data, depth, linear)
+            rgba = to_rgba(data)
             if region.resampled:
                 rgba = scaled_rgba(rgba, box.width, box.height, *region.picture)
             return rgba
@@ -127,13 +148,17 @@ class Session(QObject):
                      for u, data in control_reads]
             refs = []
             for ref, bounds, data in reference_reads:
-                ref_rgba, w, h = _shrink(pixels.to_rgba8(data, depth, linear), bounds.width, bounds.height)
+                ref_rgba, w, h = _shrink(to_rgba(data), bounds.width, bounds.height)
                 refs.append(plan.Reference(plan.raw_image(ref_rgba, w, h, "rgba8", "reference layer"),
                                            ref.weight, ref.mode))
             return plan.build_job(region, settings, rgba, mask, units, refs)
 
+        default_model = (self.worker.models or {}).get("default")
+
         def finish(result):
             out = []
+            model = result.parameters.get("model")
+            named = model if model and model != default_model else None
             for item in result.images:
                 image_data = item.image
                 spot = placement.place(region, item.offset, image_data.width, image_data.height)
@@ -145,29 +170,129 @@ class Session(QObject):
                                                info.height)
                 if spot.scale:
                     rgba = scaled_rgba(rgba, image_data.width, image_data.height, spot.width, spot.height)
-                out.append(LayerResult(placement.layer_name(settings.prompt, item.seed), item.seed,
+                out.append(LayerResult(placement.layer_name(settings.prompt, item.seed, model=named), item.seed,
                                        spot.x, spot.y, spot.width, spot.height,
-                                       pixels.from_rgba8(rgba, depth, linear), rgba, doc, grow=grow))
+                                       _write(info, rgba), rgba, doc, grow=grow, parameters=result.parameters,
+                                       canvas=info))
             return out
 
-        job = self.worker.submit(build, finish)
+        job = self.worker.new_id()
         self.pending[job] = Pending(doc)
+        self._drive(job, reads(), lambda _: self.worker.submit(build, finish, job), now=False)
+        return job
+
+    def upscale(self, doc, settings: plan.Settings, new_document: bool = False) -> str:
+        """Upscale the whole picture ``settings.scale`` times (``settings.refine``: a diffusion refine too);
+        the result scales the document, or goes into a new one, as a layer. Returns the job id."""
+        if self.worker.state != "connected":
+            raise plan.PlanError(self.worker.not_ready())
+        info = host.canvas(doc)
+        host.flush(doc)
+        region = plan.plan_upscale(info.width, info.height, settings.scale, self.worker.offer.max_side)
+        settings = plan.Settings(**vars(settings))
+        read = []
+
+        def reads():
+            read.append((yield from _read(info, lambda strip: host.image_pixels(doc, strip), region.box)))
+
+        def build() -> plan.Job:
+            return plan.build_job(region, settings, read[0].rgba(info.depth, info.linear))
+
+        def finish(result):
+            out = []
+            for item in result.images:
+                image = item.image
+                name = placement.layer_name(settings.prompt or f"upscaled {settings.scale:g}x", item.seed)
+                out.append(LayerResult(name, item.seed, 0, 0, image.width, image.height, _write(info, image.data),
+                                       image.data, doc, resize=(info.width, info.height), new_document=new_document,
+                                       parameters=result.parameters, canvas=info))
+            return out
+
+        job = self.worker.new_id()
+        self.pending[job] = Pending(doc)
+        self._drive(job, reads(), lambda _: self.worker.submit(build, finish, job), now=False)
         return job
 
     def cancel(self, job: str) -> None:
         self.worker.cancel(job)
 
+    def _drive(self, job: str | None, steps, then, now: bool = True) -> None:
+        """Run the generator ``steps`` on the UI thread, about SLICE_S of work per event-loop turn (the
+        first turn at once when ``now``), then ``then(its return value)``. A failure ends ``job`` as a
+        sentence."""
+        def turn():
+            start = time.perf_counter()
+            try:
+                while True:
+                    next(steps)
+                    if time.perf_counter() - start >= SLICE_S:
+                        break
+            except StopIteration as stop:
+                self.slices.append(time.perf_counter() - start)
+                then(stop.value)
+                return
+            except Exception as exc:
+                if job is None:
+                    raise
+                self.pending.pop(job, None)
+                self.failed.emit(job, f"Easel could not read the document: {sentence(exc)}")
+                return
+            finally:
+                del self.slices[:-SLICES_KEPT]
+            self.slices.append(time.perf_counter() - start)
+            QTimer.singleShot(0, turn)
+
+        if now:
+            turn()
+        else:
+            QTimer.singleShot(0, turn)
+
     # -- results ------------------------------------------------------------------------------
 
-    @staticmethod
-    def apply(result: LayerResult):
-        """Insert ``result`` as a new layer in its document's Easel group; returns the layer. An expand's
-        result first grows the canvas (once: a document already grown is left as it is)."""
-        if result.grow is not None:
-            host.grow_canvas(result.doc, *result.grow)
-        result.layer = host.insert_layer(result.doc, result.name, result.data, result.x, result.y,
-                                         result.width, result.height)
-        return result.layer
+    def apply(self, result: LayerResult, parent=None, above=None, then=None):
+        """Insert ``result`` as a new layer in its document's Easel group. An expand's result first grows
+        the canvas (once: a document already grown is left as it is). A large result is written in strips
+        over several event-loop turns: then this returns None and ``applied(result)`` says when the layer
+        is in; otherwise it returns the layer (and ``applied`` is emitted too). ``parent`` / ``above``: where
+        the layer goes (the Easel group's top by default); ``then(layer)`` is called once it is in."""
+        def steps():
+            if result.grow is not None:
+                host.grow_canvas(result.doc, *result.grow)
+            if result.new_document and result.layer is None:
+                source = result.doc
+                result.doc = host.new_document_like(source, result.width, result.height, f"{source.name()} upscaled")
+                result.new_document = False
+            elif result.resize is not None:
+                host.scale_canvas(result.doc, *result.resize, result.width, result.height)
+            canvas = result.canvas
+            layer = host.new_layer(result.doc, result.name)
+            depth = canvas.depth if canvas is not None else None
+            whole = plan.Box(result.x, result.y, result.width, result.height)
+            row = result.width * (pixels.bytes_per_pixel(depth) if depth else 4)
+            # Half the reads' strips: writing a pixel costs Krita about twice reading one.
+            for strip in plan.strips(whole, row // result.width, plan.STRIP_BYTES // 2):
+                top = strip.y - result.y
+                if result.data is None:  # a managed profile: Krita converts each strip here
+                    rgba = result.rgba[top * result.width * 4:(top + strip.height) * result.width * 4]
+                    data = canvas.from_rgba8(rgba, strip.width, strip.height)
+                else:
+                    data = result.data[top * row:(top + strip.height) * row]
+                host.write_pixels(layer, data, strip.x, strip.y, strip.width, strip.height)
+                yield
+            host.attach(result.doc, layer, parent, above)
+            result.layer = layer
+            return layer
+
+        done = []
+
+        def finished(layer):
+            done.append(layer)
+            if then is not None:
+                then(layer)
+            self.applied.emit(result)
+
+        self._drive(None, steps(), finished)
+        return done[0] if done else None
 
     # -- preprocess ---------------------------------------------------------------------------
 
@@ -185,12 +310,17 @@ class Session(QObject):
                                  f"to {side} pixels a side.")
         host.flush(doc)
         box = plan.Box(0, 0, info.width, info.height)  # the whole canvas, so the map lines up
-        data = host.layer_pixels(node, box)
+        read = []
+
+        def reads():  # in strips, like a job's reads
+            read.append((yield from _read(info, lambda strip: host.layer_pixels(node, strip), box)))
+
         depth, linear = info.depth, info.linear
         name = f"{control_type} map of {node.name()}"
 
         def build():
-            return protocol.images.ImageData("rgba8", box.width, box.height, pixels.to_rgba8(data, depth, linear))
+            rgba = read[0].rgba(depth, linear)
+            return protocol.images.ImageData("rgba8", box.width, box.height, rgba)
 
         def finish(result):
             image = result
@@ -199,11 +329,11 @@ class Session(QObject):
                 rgba = image_bytes(QImage.fromData(image.data))
             else:
                 rgba = image.data
-            return LayerResult(name, 0, 0, 0, image.width, image.height,
-                               pixels.from_rgba8(rgba, depth, linear), rgba, doc)
+            return LayerResult(name, 0, 0, 0, image.width, image.height, _write(info, rgba), rgba, doc, canvas=info)
 
-        job = self.worker.preprocess(control_type, build, finish)
+        job = self.worker.new_id()
         self.pending[job] = Pending(doc, source=node)
+        self._drive(job, reads(), lambda _: self.worker.preprocess(control_type, build, finish, job), now=False)
         return job
 
     # -- events -------------------------------------------------------------------------------
@@ -225,9 +355,8 @@ class Session(QObject):
             del self.pending[job]
             if pending.source is not None:  # a control map: goes just above the layer it was made of
                 source = pending.source
-                layer = host.insert_layer(pending.doc, payload.name, payload.data, 0, 0, payload.width,
-                                          payload.height, parent=source.parentNode(), above=source)
-                self.preprocessed.emit(job, layer)
+                self.apply(payload, parent=source.parentNode(), above=source,
+                           then=lambda layer: self.preprocessed.emit(job, layer))
             else:
                 self.finished.emit(job, payload)
         elif kind == "error":
@@ -236,6 +365,35 @@ class Session(QObject):
         elif kind == "cancelled":
             del self.pending[job]
             self.cancelled.emit(job)
+
+
+@dataclass
+class _Read:
+    """Pixels read in strips: the document's bytes, or 8-bit sRGB RGBA when Krita converted them
+    (a managed profile). Joined on the worker: one 96 MB copy is a long wait for the UI thread."""
+
+    parts: list
+    converted: bool
+
+    def rgba(self, depth: str, linear: bool) -> bytes:
+        data = b"".join(self.parts)
+        return data if self.converted else pixels.to_rgba8(data, depth, linear)
+
+
+def _read(info, read, box):
+    """A generator: ``read(strip)`` for each strip of ``box`` (a yield after each), returning a _Read;
+    a profile that needs Krita's conversion is converted strip by strip, here on the UI thread."""
+    parts = []
+    for strip in plan.strips(box, pixels.bytes_per_pixel(info.depth)):
+        data = read(strip)
+        parts.append(info.to_rgba8(data, strip.width, strip.height) if info.managed else data)
+        yield
+    return _Read(parts, info.managed)
+
+
+def _write(info, rgba: bytes) -> bytes | None:
+    """A result in the document's format (on the worker); None for a managed profile: apply() converts it."""
+    return None if info.managed else pixels.from_rgba8(rgba, info.depth, info.linear)
 
 
 def _shrink(rgba: bytes, width: int, height: int) -> tuple[bytes, int, int]:

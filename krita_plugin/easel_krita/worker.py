@@ -9,15 +9,17 @@ from __future__ import annotations
 import dataclasses
 import queue
 import threading
+import time
 import uuid
 from typing import Callable
 
-from . import plan, protocol
+from . import liveness, plan, protocol
 from .protocol import capabilities
 from .qt import QObject, QTimer, pyqtSignal
 
 RECONNECT_MS = 3000
 HEARTBEAT_S = 5  # an idle connection asks for the server's status this often, to notice it has gone
+WATCH_MS = 250  # how often the UI thread looks at the server's silence (liveness)
 
 
 def sentence(exc: BaseException) -> str:
@@ -36,13 +38,14 @@ class Worker(QObject):
     sentence) and cancelled. ``models_changed`` carries a fresh ``models`` reply.
     """
 
-    state_changed = pyqtSignal(str, str)  # "connected" | "connecting" | "disconnected", a sentence
+    # "connected" | "connecting" | "disconnected" | "not_responding" (connected, but silent), a sentence
+    state_changed = pyqtSignal(str, str)
     job_event = pyqtSignal(str, str, object)
     models_changed = pyqtSignal(object)
 
     def __init__(self, parent=None):
         super().__init__(parent)
-        self.url, self.token = "", ""  # until configure() names a server
+        self.url, self.token, self.cert = "", "", ""  # until configure() names a server
         self.state, self.message = "connecting", "Connecting to the Easel server …"
         self.models: dict | None = None
         self.welcome: dict | None = None
@@ -50,26 +53,40 @@ class Worker(QObject):
         self._tasks: queue.Queue = queue.Queue()
         self._cancelled: set[str] = set()
         self._submitted: set[str] = set()  # jobs the server knows: only those can be cancelled there
+        self._silent: str | None = None  # why the server counts as not responding
+        self._orphan = None  # a client dropped with jobs given up: resumed on reconnect to cancel them
+        self._given_up: list[str] = []
         self._lock = threading.Lock()
         self._thread = threading.Thread(target=self._loop, name="easel-worker", daemon=True)
-        self._thread.start()
         self.state_changed.connect(self._remember_state)
         self._retry = QTimer(self)
         self._retry.setInterval(RECONNECT_MS)
         self._retry.timeout.connect(self._reconnect)
         self.auto_reconnect = True
+        self.liveness = liveness.Liveness()
+        self._running: str | None = None  # the job the worker thread waits on (None: idle or a short request)
+        self._depth = 0  # nested _waiting blocks
+        self._watch = QTimer(self)
+        self._watch.setInterval(WATCH_MS)
+        self._watch.timeout.connect(self._check_liveness)
+        self._watch.start()
+        self._thread.start()  # last: the thread uses everything above
 
     # -- UI thread ----------------------------------------------------------------------------
 
-    def configure(self, url: str, token: str = "", force: bool = False) -> None:
-        """Use this server from now on: connect if it changed, if not connected, or if ``force``."""
-        url, token = url.strip() or protocol.messages.DEFAULT_URL, token.strip()
-        if force or (url, token) != (self.url, self.token) or self.state == "disconnected":
-            self.url, self.token = url, token
+    def configure(self, url: str, token: str = "", force: bool = False, cert: str = "") -> None:
+        """Use this server from now on: connect if it changed, if not connected, or if ``force``.
+        ``cert``: for a ``wss://`` server with a self-signed certificate (``easel cert``), its PEM file,
+        trusted alone (pinned)."""
+        url, token, cert = url.strip() or protocol.messages.DEFAULT_URL, token.strip(), cert.strip()
+        if force or (url, token, cert) != (self.url, self.token, self.cert) or self.state == "disconnected":
+            self.url, self.token, self.cert = url, token, cert
             self._tasks.put(("connect", None))
 
     def not_ready(self) -> str:
         """Why a job cannot start now, as a sentence."""
+        if self.state == "not_responding":
+            return self.message
         if self.state == "connecting":
             return f"Still connecting to the Easel server at {self.url}; try again in a moment."
         return (f"Not connected to the Easel server. {self.message} Start it with `easel serve`, or check "
@@ -88,30 +105,47 @@ class Worker(QObject):
         """Ask the server for its models again (``models_changed`` tells when they are in)."""
         self._tasks.put(("models", None))
 
-    def submit(self, build: Callable[[], plan.Job], finish: Callable[[object], object]) -> str:
+    @staticmethod
+    def new_id() -> str:
+        return uuid.uuid4().hex[:16]
+
+    def submit(self, build: Callable[[], plan.Job], finish: Callable[[object], object], job: str | None = None) -> str:
         """Queue a job: ``build()`` (run here, on the worker) returns the ``Job``; ``finish``
-        turns the protocol Result into what the ``result`` event carries. Returns the job id."""
-        job = uuid.uuid4().hex[:16]
+        turns the protocol Result into what the ``result`` event carries. Returns the job id (``job``,
+        when the caller took one from ``new_id`` already: a cancel before this submit still counts)."""
+        job = job or self.new_id()
         self._tasks.put(("job", (job, build, finish)))
         return job
 
-    def preprocess(self, preprocessor: str, build: Callable[[], object], finish: Callable[[object], object]) -> str:
+    def preprocess(self, preprocessor: str, build: Callable[[], object], finish: Callable[[object], object],
+                   job: str | None = None) -> str:
         """Queue a preprocess job: ``build()`` returns the ImageData to make a map of."""
-        job = uuid.uuid4().hex[:16]
+        job = job or self.new_id()
         self._tasks.put(("preprocess", (job, preprocessor, build, finish)))
         return job
 
     def cancel(self, job: str) -> None:
-        """Cancel a queued or running job; it ends with a ``cancelled`` (or its result, if too late)."""
+        """Cancel a queued or running job; it ends with a ``cancelled`` (or its result, if too late).
+        A job on a server that is not responding is given up at once: the connection is dropped (a
+        cancel could not reach it) and the worker reconnects when the server answers again."""
         with self._lock:
             self._cancelled.add(job)
             client = self._client if job in self._submitted else None
+        if client is not None and not self.liveness.responding:
+            with self._lock:
+                self._orphan = client
+                self._given_up.append(job)
+            # Queued like every other event (never inside the caller's cancel()).
+            QTimer.singleShot(0, lambda: self.job_event.emit(job, "cancelled", "abandoned"))
+            threading.Thread(target=client.abort, daemon=True).start()
+            return
         if client is not None:
             # A small send, but still network I/O: keep it off the UI thread too.
             threading.Thread(target=self._send_cancel, args=(client, job), daemon=True).start()
 
     def stop(self) -> None:
         self._retry.stop()
+        self._watch.stop()
         self._tasks.put(("stop", None))
 
     def _remember_state(self, state: str, message: str) -> None:
@@ -124,6 +158,28 @@ class Worker(QObject):
     def _reconnect(self) -> None:
         if self.state == "disconnected":
             self._tasks.put(("connect", None))
+
+    def _check_liveness(self) -> None:
+        """Probe a silent server and say when it stops (or starts again) answering (UI thread: cheap)."""
+        client = self._client
+        now = time.monotonic()
+        with self._lock:
+            if client is not None and client.heard is not None:
+                self.liveness.heard(client.heard)
+            step = self.liveness.tick(now)
+            silence, busy = self.liveness.silence(now), self._running is not None
+        if client is None:
+            return
+        if step.probe:
+            threading.Thread(target=self._send_probe, args=(client,), daemon=True).start()
+        if step.change == "not_responding":
+            self._silent = liveness.not_responding(self.url, silence, busy)
+            self.state_changed.emit("not_responding", self._silent)
+            if not busy:  # nothing to wait for: drop the connection, the reconnect timer tries again
+                threading.Thread(target=client.abort, daemon=True).start()
+        elif step.change == "responding" and self.state == "not_responding":
+            self._silent = None
+            self.state_changed.emit("connected", f"The Easel server at {self.url} answers again.")
 
     # -- worker thread ------------------------------------------------------------------------
 
@@ -155,12 +211,37 @@ class Worker(QObject):
         if self._client is None:
             return
         try:
-            self._client.status()
+            with self._waiting():
+                self._client.status()
         except Exception as exc:
             if getattr(exc, "code", "closed") not in ("closed", "unreachable"):
                 return  # the server answered something odd, but it is there
             self._close()
-            self.state_changed.emit("disconnected", f"Lost the connection to the Easel server: {sentence(exc)}")
+            self.state_changed.emit("disconnected", self._silent or
+                                    f"Lost the connection to the Easel server: {sentence(exc)}")
+
+    def _waiting(self, job: str | None = None):
+        """While in this block the worker waits on the server (liveness counts its silence). Nests:
+        a models refresh inside a job's events leaves the job's wait as it was."""
+        worker = self
+
+        class Waiting:
+            def __enter__(self):
+                with worker._lock:
+                    self.outer = worker._depth == 0
+                    worker._depth += 1
+                    if self.outer:
+                        worker.liveness.wait(time.monotonic())
+                        worker._running = job
+
+            def __exit__(self, *exc):
+                with worker._lock:
+                    worker._depth -= 1
+                    if self.outer:
+                        worker.liveness.done()
+                        worker._running = None
+
+        return Waiting()
 
     def _close(self) -> None:
         if self._client is not None:
@@ -174,9 +255,26 @@ class Worker(QObject):
         self._close()
         client_module = protocol.client_module()
         self.state_changed.emit("connecting", f"Connecting to {self.url} …")
-        client = client_module.Client(self.url, token=self.token or None, name="easel-krita", open_timeout=5)
+        with self._lock:
+            orphan, given_up = self._orphan, self._given_up
+        resuming = orphan is not None and orphan.session is not None and orphan.url == self.url
+        if self.cert and not self.url.startswith("wss://"):
+            self.state_changed.emit("disconnected", f"A certificate is set, but {self.url} is not a wss:// address: "
+                                                    "the server's token and pictures would travel in clear.")
+            return False
+        client = orphan if resuming else client_module.Client(self.url, token=self.token or None, name="easel-krita",
+                                                              open_timeout=5, cert=self.cert or None)
         try:
-            client.connect()
+            if resuming:
+                # The session whose jobs were given up: resumed, so they can be cancelled and free the server.
+                client.resume = True  # abort() switched it off
+                client.reconnect()
+                for job in given_up:
+                    client.cancel(job)
+            else:
+                client.connect()
+            with self._lock:
+                self._orphan, self._given_up = None, []
             models = client.models()
         except client_module.EaselError as exc:
             client.close()
@@ -187,6 +285,7 @@ class Worker(QObject):
             self.state_changed.emit("disconnected", f"Cannot talk to the Easel server at {self.url}: {sentence(exc)}")
             return False
         self._client, self.models, self.welcome = client, models, client.welcome
+        self._silent = None
         self.state_changed.emit("connected", f"Connected to {self.url} ({client.welcome.get('device', '?')}).")
         return True
 
@@ -202,7 +301,7 @@ class Worker(QObject):
         self.job_event.emit(job, "error", sentence(exc))
         if getattr(exc, "code", None) in ("closed", "unreachable"):
             self._close()
-            self.state_changed.emit("disconnected", sentence(exc))
+            self.state_changed.emit("disconnected", self._silent or sentence(exc))
 
     def _run_job(self, job: str, build, finish) -> None:
         if self._take_cancel(job) or not self._ensure_connected(job):
@@ -217,14 +316,15 @@ class Worker(QObject):
             return
         try:
             client = self._client
-            client.submit(request)
-            with self._lock:
-                self._submitted.add(job)
-                cancel_now = job in self._cancelled  # Cancel pressed while we were uploading
-            if cancel_now:
-                client.cancel(job)
-            for event in client.events(job):
-                self._forward(job, event, client_module, finish, client)
+            with self._waiting(job):
+                client.submit(request)
+                with self._lock:
+                    self._submitted.add(job)
+                    cancel_now = job in self._cancelled  # Cancel pressed while we were uploading
+                if cancel_now:
+                    client.cancel(job)
+                for event in client.events(job):
+                    self._forward(job, event, client_module, finish, client)
         except client_module.EaselError as exc:
             self._lost(job, exc)
         finally:
@@ -245,12 +345,18 @@ class Worker(QObject):
 
         try:
             image = build()
-            result = self._client.preprocess(preprocessor, image, on_event=forward)
+            with self._lock:
+                self._submitted.add(job)
+            with self._waiting(job):
+                result = self._client.preprocess(preprocessor, image, on_event=forward)
             self.job_event.emit(job, "result", finish(result))
         except client_module.EaselError as exc:
             self._lost(job, exc)
         except Exception as exc:
             self.job_event.emit(job, "error", sentence(exc))
+        finally:
+            with self._lock:
+                self._submitted.discard(job)
 
     def _take_cancel(self, job: str) -> bool:
         if job in self._cancelled:
@@ -263,7 +369,8 @@ class Worker(QObject):
         """Read the ``models`` reply again: a model loaded by a job reports what only loading tells
         (a single-file checkpoint's native size), which plans the next job's crop."""
         try:
-            self.models = client.models()
+            with self._waiting():
+                self.models = client.models()
         except Exception:
             return  # the heartbeat or the next job reports a dropped connection
         self.models_changed.emit(self.models)
@@ -290,6 +397,13 @@ class Worker(QObject):
             self.job_event.emit(job, "result", payload)
         elif isinstance(event, client_module.Cancelled):
             self.job_event.emit(job, "cancelled", event.stage)
+
+    @staticmethod
+    def _send_probe(client) -> None:
+        try:
+            client.probe()
+        except Exception:
+            pass  # a dropped connection is reported by the thread that reads
 
     @staticmethod
     def _send_cancel(client, job: str) -> None:
