@@ -91,6 +91,13 @@ class ModelSpec:
     inpaint: str | None = None
     preview: str | None = None
     config: str | None = None
+    instruct: str | None = None  # sd15: an InstructPix2Pix UNet (8 channels); flux: a Kontext transformer
+    # flux (backend/engine/flux.py): components of a single-file transformer, ComfyUI layout
+    text_encoder: str | None = None  # CLIP-L
+    text_encoder_2: str | None = None  # T5-XXL
+    vae: str | None = None
+    true_cfg: float = 1.0  # flux: above 1, a negative prompt and true classifier-free guidance (twice the cost)
+    cpu_offload: bool = False  # flux: keep the modules in RAM and move each to the GPU while it runs
 
 
 @dataclass
@@ -213,7 +220,7 @@ def load_config(path: str | Path | None = None) -> Config:
         if "source" not in entry:
             raise ConfigError(f"models.{name} needs a source (hub id, diffusers folder or .safetensors file)")
         spec = ModelSpec(name=name, **{k: v for k, v in entry.items() if k in ModelSpec.__dataclass_fields__})
-        for key in ("source", "inpaint", "preview", "config"):
+        for key in ("source", "inpaint", "preview", "config", "instruct", "text_encoder", "text_encoder_2", "vae"):
             value = getattr(spec, key)
             if value and _looks_like_path(value) and not Path(value).is_absolute():
                 setattr(spec, key, str((path.parent / value).resolve()))

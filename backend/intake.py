@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import random
+from typing import Callable
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -20,7 +21,8 @@ from shared.images import CHANNELS, ImageData
 from shared.job import Job
 from shared.job import PreprocessJob as PreprocessRequest
 from shared.messages import MAX_SEED, ProtocolError
-from shared.rules import HIRES_REFINE, expanded_size, upscale_size
+from shared.model_capabilities import ModelCapabilities, refusal
+from shared.rules import HIRES_REFINE, IMAGE_GUIDANCE, expanded_size, upscale_size
 from shared.vocabulary import BUILTIN_UPSCALER
 
 MIN_PREPROCESS_SIDE = 16
@@ -28,7 +30,8 @@ MIN_PREPROCESS_SIDE = 16
 
 def build_edit_job(job: Job, uploads: dict[str, ImageData], limits: Limits, models: list[str],
                    default_model: str | None, upscalers: list[str] | None = None,
-                   default_upscaler: str = BUILTIN_UPSCALER) -> EditJob:
+                   default_upscaler: str = BUILTIN_UPSCALER,
+                   capabilities: Callable[[str], ModelCapabilities] | None = None) -> EditJob:
     """Check a protocol job against the rules and the server's state; raise ProtocolError if unfit."""
     # A submit consumes the frames it names, accepted or refused, so a retry must upload again. Within
     # the submit one frame may be named several times (the picture as `image` and as a control image).
@@ -47,6 +50,9 @@ def build_edit_job(job: Job, uploads: dict[str, ImageData], limits: Limits, mode
     if model not in models:
         raise ProtocolError("unknown_model", f"no model named {model!r}; available: {', '.join(models) or 'none'}",
                             "model")
+    refused = refusal(job, model, capabilities(model)) if capabilities is not None else None
+    if refused is not None:
+        raise refused
     sampling = job.sampling
     for key, value, limit in (("steps", sampling.steps, limits.max_steps), ("batch", sampling.batch, limits.max_batch)):
         if value > limit:
@@ -90,7 +96,8 @@ def build_edit_job(job: Job, uploads: dict[str, ImageData], limits: Limits, mode
         mask=mask_pixels, mask_grow=job.mask_grow, mask_feather=job.mask_feather, preview_every=job.preview_every,
         preview_size=job.preview_size, control=control, references=references, fill=job.fill_mode,
         soft=job.soft_inpaint, expand=job.expand, padding=job.mask_padding,
-        upscaler=(job.upscaler or default_upscaler) if job.mode in ("upscale", "generate") else None)
+        upscaler=(job.upscaler or default_upscaler) if job.mode in ("upscale", "generate") else None,
+        image_guidance=float(IMAGE_GUIDANCE if job.image_guidance is None else job.image_guidance))
 
 
 def _expanded_canvas(pixels: np.ndarray, sides: tuple[int, int, int, int], limits: Limits) -> np.ndarray:

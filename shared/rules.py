@@ -53,11 +53,18 @@ def aspect_sides(width: int, height: int, aspect_width: int, aspect_height: int)
     return 0, extra // 2, 0, extra - extra // 2
 
 
+STARTS_FROM_NOISE = ("generate", "instruct")
+"""Modes that run every step: generate, and instruct (the picture conditions the model, it is not noised)."""
+
+IMAGE_GUIDANCE = 1.5
+"""instruct: how closely the edit keeps to the picture when the job does not say (InstructPix2Pix's default)."""
+
+
 def denoising_steps(mode: str, steps: int, strength: float) -> int:
     """Steps that actually run per image: all of them when generating, steps x strength otherwise
     (the schedule starts part-way, from the noised picture)."""
     strength = pass_strength(mode, strength)
-    return steps if mode == "generate" else int(steps * strength)
+    return steps if mode in STARTS_FROM_NOISE else int(steps * strength)
 
 
 def check_denoising(mode: str, steps: int, strength: float) -> None:

@@ -131,8 +131,11 @@ class Engine:
         active = [(index, unit) for index, unit in enumerate(job.control) if unit.scale > 0]
         pipe = self._with_control(job, model, active) or pipe
         adapter = self._references(job, model, pipe)
-        prompt = self.prompts.kwargs(model.name, pipe, model.family, job.prompt, job.negative_prompt or None,
-                                     job.guidance > 1)
+        if job.mode == "instruct":  # its pipeline encodes the prompt its own way (three-way guidance)
+            prompt = {"prompt": job.prompt, "negative_prompt": job.negative_prompt or None}
+        else:
+            prompt = self.prompts.kwargs(model.name, pipe, model.family, job.prompt, job.negative_prompt or None,
+                                         job.guidance > 1)
         if self.lama is not None and any(p.fill == "inpaint" for p in passes):
             self.lama.load()  # a network that cannot load fails the job before `started`
         reporter.started(job.denoising_steps, passes)
@@ -266,7 +269,8 @@ class Engine:
         """The pictures of one pass at its diffusion size: its crop of the picture (pre-filled under the
         mask and where it is transparent), mask and maps. ``canvas``: the picture as painted so far."""
         inputs = PassInputs(pipeline_mode(job.mode), p.size, job.steps, job.guidance, p.strength,
-                            (image_seed + p.seed) % (MAX_SEED + 1), prompt, adapter=adapter)
+                            (image_seed + p.seed) % (MAX_SEED + 1), prompt, adapter=adapter,
+                            image_guidance=job.image_guidance)
         picture = job.image if canvas is None else canvas
         mask = p.mask if p.mask is not None else p.alpha
         if picture is not None:
@@ -274,7 +278,7 @@ class Engine:
             filled = fill.prefill(crop[..., :3], crop[..., 3] if crop.shape[2] == 4 else None, mask,
                                   p.fill or "none", self.lama)
             inputs.image = _resample(filled, p.size)
-        if mask is not None:
+        if mask is not None and job.mode != "instruct":  # (an instruct edit is laid in through the alpha)
             resized = np.asarray(_resample(mask, p.size))
             if job.soft:  # differential diffusion: the pipeline may change whatever the map lets change
                 inputs.change = resized.astype(np.float32) / 255.0

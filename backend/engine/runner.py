@@ -44,6 +44,7 @@ class PassInputs:
     control: list[ControlInput] = field(default_factory=list)
     adapter: dict = field(default_factory=dict)  # the references' embeddings, when there are any
     change: np.ndarray | None = None  # soft inpaint: H x W floats 0-1, how much each pixel may change
+    image_guidance: float = 1.5  # instruct: how closely the edit keeps to the picture
 
 
 def run_pass(pipe, inputs: PassInputs, on_step: Callable) -> np.ndarray:
@@ -58,6 +59,8 @@ def run_pass(pipe, inputs: PassInputs, on_step: Callable) -> np.ndarray:
         kwargs.update(width=width, height=height)
     elif inputs.mode == "img2img":
         kwargs.update(image=inputs.image, strength=inputs.strength)
+    elif inputs.mode == "instruct":  # the picture conditions every step (no strength); a mask is the compositor's
+        kwargs.update(image=inputs.image, image_guidance_scale=inputs.image_guidance)
     else:
         kwargs.update(image=inputs.image, mask_image=inputs.mask, strength=inputs.strength, width=width,
                       height=height)

@@ -231,7 +231,8 @@ class Session:
         request = protocol.Job.from_message(message, validate=False)  # parse_client_message validated it
         upscalers = self.state.engine.upscalers
         return self._take(request, lambda: build_edit_job(request, self.uploads, limits, names, default,
-                                                          upscalers.names(), upscalers.default))
+                                                          upscalers.names(), upscalers.default,
+                                                          registry.capabilities))
 
     def _preprocess(self, message: dict) -> Reply:
         limits = self.state.config.limits
