@@ -122,7 +122,9 @@ class Engine:
         start = time.perf_counter()
         model = self.registry.get(job.model)
         pipe = model.pipeline(pipeline_mode(job.mode))
-        self.speed.keep_only(pipe.unet, model.unets)  # before adapters load into it or anything runs
+        flux = model.family == "flux"  # (backend/engine/flux.py: no UNet, no adapters, its own scheduler)
+        if not flux:
+            self.speed.keep_only(pipe.unet, model.unets)  # before adapters load into it or anything runs
         loaded = time.perf_counter()
 
         passes = plan_passes(job, model.native_size)
@@ -130,8 +132,10 @@ class Engine:
             return self._generate_large(job, reporter, passes, loaded - start)
         active = [(index, unit) for index, unit in enumerate(job.control) if unit.scale > 0]
         pipe = self._with_control(job, model, active) or pipe
-        adapter = self._references(job, model, pipe)
-        if job.mode == "instruct":  # its pipeline encodes the prompt its own way (three-way guidance)
+        adapter = self._references(job, model, pipe) if not flux else {}
+        if flux:
+            prompt = model.prompt(pipe, job.prompt, job.negative_prompt)
+        elif job.mode == "instruct":  # its pipeline encodes the prompt its own way (three-way guidance)
             prompt = {"prompt": job.prompt, "negative_prompt": job.negative_prompt or None}
         else:
             prompt = self.prompts.kwargs(model.name, pipe, model.family, job.prompt, job.negative_prompt or None,
@@ -148,7 +152,12 @@ class Engine:
                 if reporter.is_cancelled():
                     raise JobCancelled()
                 inputs = self._pass_inputs(job, model, p, active, prompt, adapter, job.seed + index, canvas)
-                pipe.scheduler = make_scheduler(job.sampler, model.scheduler_config)
+                if flux:
+                    model.adapt(inputs, pipe)
+                    model.before_call(pipe, self.device)
+                    pipe.scheduler = type(pipe.scheduler).from_config(model.scheduler_config)
+                else:
+                    pipe.scheduler = make_scheduler(job.sampler, model.scheduler_config)
                 on_step = self._on_step(job, model, reporter, index * len(passes) + number, len(passes))
                 with self.speed.job(pipe, p.size, model.native_size):
                     outputs.append(run_pass(pipe, inputs, on_step))
@@ -319,7 +328,7 @@ class Engine:
             if reporter.is_cancelled():
                 raise JobCancelled()
             preview = None
-            if job.preview_every and (step + 1) % job.preview_every == 0:
+            if job.preview_every and (step + 1) % job.preview_every == 0 and model.family != "flux":
                 preview = self._previewer(model)(tensors["latents"], job.preview_size)
             reporter.progress(min(run * per_pass + step + 1, total), total, preview)
             return {}
