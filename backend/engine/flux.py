@@ -105,8 +105,8 @@ class FluxModel:
         width, height = size
         extra = {"width": width, "height": height,
                  "max_sequence_length": min(512, int(pipe.tokenizer_2.model_max_length))}
-        if mode == "instruct":
-            extra["_auto_resize"] = False
+        if mode == "instruct":  # else Kontext scales the size to its max_area (1024²) and the picture to its own
+            extra.update(max_area=width * height, _auto_resize=False)
         return extra
 
     def adapt(self, inputs, pipe) -> None:
