@@ -73,7 +73,7 @@ def _kind(path: str, mtime_ns: int, size: int) -> str | None:
         if "Inpaint" in name or "Fill" in name:
             return "inpaint"
         return "base"
-    except (OSError, ValueError, KeyError, TypeError) as exc:
+    except (OSError, ValueError, KeyError, TypeError, IndexError, struct.error) as exc:  # truncated, foreign
         log.debug("cannot tell the kind of %s: %s", path, exc)
         return None
 
