@@ -85,3 +85,12 @@ def test_flux_capabilities_are_listed_and_what_flux_lacks_is_refused(client):
         client.run("inpaint", model="demo-flux-file", image=image, mask=png(rect_mask((64, 64), (8, 8, 30, 30))),
                    prompt="x", steps=STEPS)
     assert (caught.value.code, caught.value.field) == ("unsupported_mode", "mode")
+
+
+def test_flux_native_size_is_the_same_before_and_after_loading(demo_config):
+    from backend.engine.models import ModelRegistry, pick_device
+
+    registry = ModelRegistry(demo_config, *pick_device("cpu"))
+    before = {d.name: d.native_size for d in registry.describe() if d.name.startswith("demo-flux")}
+    assert before == {"demo-flux": 512, "demo-flux-file": 512}  # the demo's VAE has three levels
+    assert registry.get("demo-flux").native_size == 512

@@ -302,6 +302,7 @@ class ModelRegistry:
 
 
 FAMILY_NATIVE_SIZE = {"sd15": 512, "sdxl": 1024, "flux": 1024}
+FLUX_SAMPLE_SIZE = 128  # FluxPipeline.default_sample_size
 
 
 def configured_native_size(spec: ModelSpec) -> int | None:
@@ -312,9 +313,12 @@ def configured_native_size(spec: ModelSpec) -> int | None:
             continue
         folder = Path(folder).expanduser()
         try:
-            unet = json.loads((folder / "unet" / "config.json").read_text())
             vae = json.loads((folder / "vae" / "config.json").read_text())
-            return int(unet["sample_size"]) * 2 ** (len(vae["block_out_channels"]) - 1)
+            if (folder / "transformer").is_dir():  # Flux: its pipelines' default of 128 latents a side
+                sample_size = FLUX_SAMPLE_SIZE
+            else:
+                sample_size = json.loads((folder / "unet" / "config.json").read_text())["sample_size"]
+            return int(sample_size) * 2 ** (len(vae["block_out_channels"]) - 1)
         except (OSError, ValueError, KeyError, TypeError):
             continue
     return FAMILY_NATIVE_SIZE.get(configured_family(spec))
