@@ -94,3 +94,20 @@ def test_flux_native_size_is_the_same_before_and_after_loading(demo_config):
     before = {d.name: d.native_size for d in registry.describe() if d.name.startswith("demo-flux")}
     assert before == {"demo-flux": 512, "demo-flux-file": 512}  # the demo's VAE has three levels
     assert registry.get("demo-flux").native_size == 512
+
+
+def test_flux_single_files_that_do_not_fit_are_named(demo_root):
+    import dataclasses
+
+    from backend.config import Config
+    from backend.engine.models import ModelError, ModelRegistry, pick_device
+    from backend.fixtures.demo_flux import demo_flux_models
+
+    spec = demo_flux_models(demo_root)["demo-flux-file"]
+    cases = {"swapped": (dataclasses.replace(spec, text_encoder_2=spec.text_encoder), "T5EncoderModel"),
+             "no config": (dataclasses.replace(spec, config=None), "`config`")}
+    for name, (broken, said) in cases.items():
+        registry = ModelRegistry(Config(models={name: dataclasses.replace(broken, name=name)}), *pick_device("cpu"))
+        with pytest.raises(ModelError) as caught:
+            registry.get(name)
+        assert caught.value.code == "model_load_failed" and said in caught.value.message, caught.value.message

@@ -199,9 +199,11 @@ def _with_weights(module, path: Path, dtype: torch.dtype):
     weights = load_file(str(path))
     missing, unexpected = module.load_state_dict(weights, strict=False)
     tied = {"encoder.embed_tokens.weight", "text_model.embeddings.position_ids"}  # tied to `shared` / buffers
-    if set(missing) - tied or unexpected:
-        raise ValueError(f"{path} does not fit {type(module).__name__}: missing {sorted(missing)[:3]}, "
-                         f"unexpected {sorted(unexpected)[:3]}")
+    if set(missing) - tied:
+        raise ValueError(f"{path} does not fit {type(module).__name__}: it lacks {', '.join(sorted(missing)[:3])}")
+    if unexpected:  # e.g. a CLIP file's text_projection or logit_scale, which the text encoder does not use
+        log.info("%s: %d tensors not used by %s (%s ...)", path, len(unexpected), type(module).__name__,
+                 sorted(unexpected)[0])
     if hasattr(module, "tie_weights"):
         module.tie_weights()
     return module.to(dtype).eval()
