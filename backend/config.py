@@ -155,6 +155,13 @@ class Config:
         for spec in self.models.values():
             if spec.family is not None and spec.family not in FAMILIES:
                 raise ConfigError(f"models.{spec.name}.family must be one of {', '.join(FAMILIES)}")
+            if spec.instruct and spec.family == "sdxl":
+                raise ConfigError(f"models.{spec.name}.instruct: an InstructPix2Pix UNet fits sd15 models (flux "
+                                  "models take a Kontext transformer)")
+            if isinstance(spec.true_cfg, bool) or not isinstance(spec.true_cfg, (int, float)) or spec.true_cfg < 1:
+                raise ConfigError(f"models.{spec.name}.true_cfg must be a number of at least 1 (1: off)")
+            if not isinstance(spec.cpu_offload, bool):
+                raise ConfigError(f"models.{spec.name}.cpu_offload must be true or false")
         if self.default_upscaler and self.default_upscaler not in self.upscalers:
             raise ConfigError(f"default_upscaler {self.default_upscaler!r} is not among the configured upscalers "
                               f"({', '.join(self.upscalers) or 'none'})")

@@ -111,3 +111,21 @@ def test_flux_single_files_that_do_not_fit_are_named(demo_root):
         with pytest.raises(ModelError) as caught:
             registry.get(name)
         assert caught.value.code == "model_load_failed" and said in caught.value.message, caught.value.message
+
+
+def test_flux_config_keys_are_read_and_checked(tmp_path):
+    from backend.config import ConfigError, load_config
+
+    (tmp_path / "easel.toml").write_text('[models.f]\nsource = "./flux1-dev.safetensors"\nfamily = "flux"\n'
+                                         'config = "./configs"\nvae = "./ae.safetensors"\ntrue_cfg = 3.5\n'
+                                         'cpu_offload = true\n')
+    spec = load_config(tmp_path / "easel.toml").check().models["f"]
+    assert (spec.true_cfg, spec.cpu_offload) == (3.5, True)
+    assert spec.vae == str(tmp_path / "ae.safetensors") and spec.config == str(tmp_path / "configs")
+    for line, said in (("true_cfg = 0.5", "true_cfg"), ('cpu_offload = "yes"', "cpu_offload")):
+        (tmp_path / "bad.toml").write_text(f'[models.f]\nsource = "x"\nfamily = "flux"\n{line}\n')
+        with pytest.raises(ConfigError, match=said):
+            load_config(tmp_path / "bad.toml").check()
+    (tmp_path / "bad.toml").write_text('[models.x]\nsource = "x"\nfamily = "sdxl"\ninstruct = "./ip2p"\n')
+    with pytest.raises(ConfigError, match="instruct"):
+        load_config(tmp_path / "bad.toml").check()
