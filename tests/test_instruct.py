@@ -25,6 +25,9 @@ def test_instruct_edits_the_whole_picture_and_image_guidance_changes_it(client):
     assert np.abs(pixels[..., :3].astype(int) - np.asarray(image)).mean() > 1, "the picture was edited"
     high = decode(run(client, image, image_guidance=3.0).images[0].image)
     assert np.abs(high.astype(int) - pixels).mean() > 0.5, "image_guidance changes the result"
+    distances = [np.abs(decode(run(client, image, image_guidance=scale).images[0].image)[..., :3].astype(int)
+                        - np.asarray(image)).mean() for scale in (1.0, 2.0, 4.0)]
+    assert distances[0] > distances[1] > distances[2], f"higher image guidance keeps closer: {distances}"
     again = decode(run(client, image, image_guidance=1.0).images[0].image)
     assert (again == pixels).all(), "same seed, same pixels"
 
