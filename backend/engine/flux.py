@@ -139,10 +139,10 @@ def load_flux(spec: ModelSpec, device: torch.device, dtype: torch.dtype, allow_p
             raise ModelError("model_load_failed", f"model {spec.name!r}: a single-file Flux transformer needs "
                              "`config`, a diffusers folder (or hub id) with the pipeline's configs and tokenizers")
         components["transformer"] = load_transformer(str(path), configs, dtype)
-        base = diffusers.FluxPipeline.from_pretrained(configs, torch_dtype=dtype, **components)
+        base = diffusers.FluxPipeline.from_pretrained(configs, dtype=dtype, **components)
     else:
         base = diffusers.DiffusionPipeline.from_pretrained(str(path) if path.is_dir() else spec.source,
-                                                           torch_dtype=dtype, **components)
+                                                           dtype=dtype, **components)
     fill = load_transformer(spec.inpaint, configs, dtype) if spec.inpaint else None
     kontext = load_transformer(spec.instruct, configs, dtype) if spec.instruct else None
     if not spec.cpu_offload:
@@ -159,14 +159,14 @@ def load_transformer(source: str, configs: str | None, dtype: torch.dtype):
     path = Path(source).expanduser()
     if path.is_dir():
         sub = "transformer" if (path / "transformer").is_dir() else None
-        return FluxTransformer2DModel.from_pretrained(str(path), subfolder=sub, torch_dtype=dtype)
+        return FluxTransformer2DModel.from_pretrained(str(path), subfolder=sub, dtype=dtype)
     if not path.is_file():
-        return FluxTransformer2DModel.from_pretrained(source, subfolder="transformer", torch_dtype=dtype)
+        return FluxTransformer2DModel.from_pretrained(source, subfolder="transformer", dtype=dtype)
     shapes = safetensors_shapes(path)
     if any(name.startswith(_BFL_PREFIXES) for name in shapes):
         key = next(name for name in shapes if name.endswith("img_in.weight"))
         return FluxTransformer2DModel.from_single_file(str(path), config=configs, subfolder="transformer",
-                                                       torch_dtype=dtype, in_channels=shapes[key][1])
+                                                       dtype=dtype, in_channels=shapes[key][1])
     config = FluxTransformer2DModel.load_config(configs, subfolder="transformer")
     config.update(in_channels=shapes[_DIFFUSERS_IN][1], out_channels=64)  # a Fill file has more input channels
     return _with_weights(FluxTransformer2DModel.from_config(config), path, dtype)
@@ -184,10 +184,10 @@ def _component(key: str, source: str, configs: str | None, dtype: torch.dtype):
         folder = str(path) if path.is_dir() else source
         sub = key if path.is_dir() and (path / key).is_dir() else None
         kwargs = {"subfolder": sub} if sub else {}
-        return cls.from_pretrained(folder, torch_dtype=dtype, **kwargs)
+        return cls.from_pretrained(folder, dtype=dtype, **kwargs)
     if key == "vae":
         if "encoder.down.0.block.0.conv1.weight" in safetensors_shapes(path):  # the original (BFL) layout
-            return cls.from_single_file(str(path), config=configs, subfolder="vae", torch_dtype=dtype)
+            return cls.from_single_file(str(path), config=configs, subfolder="vae", dtype=dtype)
         return _with_weights(cls.from_config(cls.load_config(configs, subfolder="vae")), path, dtype)
     config = transformers.AutoConfig.from_pretrained(configs, subfolder=key)
     return _with_weights(cls(config), path, dtype)
