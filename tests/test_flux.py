@@ -129,3 +129,9 @@ def test_flux_config_keys_are_read_and_checked(tmp_path):
     (tmp_path / "bad.toml").write_text('[models.x]\nsource = "x"\nfamily = "sdxl"\ninstruct = "./ip2p"\n')
     with pytest.raises(ConfigError, match="instruct"):
         load_config(tmp_path / "bad.toml").check()
+
+
+def test_flux_refines_an_upscale(client):
+    result = client.run("upscale", model="demo-flux", image=png(picture(96, 64)), scale=2, refine=0.5, steps=4,
+                        prompt="x", seed=1)
+    assert decode(result.images[0].image).shape == (128, 192, 4)
