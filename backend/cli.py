@@ -39,7 +39,8 @@ RUN_FLAGS["soft_inpaint"] = "--hard-mask"
 # Formats `easel run --out` writes without loss (WebP is written lossless); others need --lossy.
 LOSSLESS_FORMATS = ("PNG", "TIFF", "WEBP", "BMP", "TGA")
 RUN_OPTIONS |= {"scale": "scale", "upscaler": "upscaler", "preset": "preset"}
-RUN_FLAGS |= {"preset": "--preset", "loras": "--lora"}
+RUN_OPTIONS |= {"image_guidance": "image_guidance"}  # instruct
+RUN_FLAGS |= {"preset": "--preset", "loras": "--lora", "image_guidance": "--image-guidance"}
 RUN_FLAGS |= {"scale": "--scale", "upscaler": "--upscaler", "refine": "--strength"}  # upscale: --strength refines
 RUN_PHRASES = {"send it with preprocess off": "leave out :pre"}  # protocol advice, said in the options' terms
 PREPROCESS_FLAGS = {"preprocessor": "PREPROCESSOR", "image": "INPUT", "resolution": "--resolution"}
@@ -148,15 +149,16 @@ def _add_run_parser(commands: Any) -> None:
                "  easel run img2img --image house.png --control canny:input:0.7:pre --out traced.png\n"
                "  easel run expand --image house.png --right 256 --prompt 'a garden' --out wider.png\n"
                "  easel run remove --image house.png --mask bin.png --out clean.png\n"
-               "  easel run upscale --image house.png --scale 2 --strength 0.3 --prompt 'a house' --out big.png")
+               "  easel run upscale --image house.png --scale 2 --strength 0.3 --prompt 'a house' --out big.png\n"
+               "  easel run instruct --prompt 'make it winter' --image house.png --image-guidance 1.5 --out winter.png")
     run.add_argument("mode", choices=MODES, help="what to do: " + ", ".join(MODES))
     run.add_argument("--prompt", default="", metavar="TEXT", help=_help(SUBMIT_FIELDS["prompt"], default="empty"))
     run.add_argument("--negative", default="", metavar="TEXT",
                      help=_help(SUBMIT_FIELDS["negative_prompt"], default="empty"))
     run.add_argument("--image", metavar="FILE", help="the picture to edit (img2img, inpaint); any picture Pillow "
                      "reads; phone photos are turned upright by their EXIF orientation")
-    run.add_argument("--mask", metavar="FILE", help="inpaint, remove: white = repaint, black = keep; the size of "
-                     "the (upright) --image")
+    run.add_argument("--mask", metavar="FILE", help="inpaint, remove, instruct (optional there): white = repaint, "
+                     "black = keep; the size of the (upright) --image")
     run.add_argument("--strength", type=float, metavar="X", help=_help(
         SUBMIT_FIELDS["strength"], note="img2img, inpaint and expand run steps x strength denoising steps, remove "
                                         "steps x strength x 0.4"))
@@ -186,6 +188,10 @@ def _add_run_parser(commands: Any) -> None:
     run.add_argument("--model", metavar="NAME", help=_help(SUBMIT_FIELDS["model"]))
     run.add_argument("--scale", type=float, metavar="X", help=_help(SUBMIT_FIELDS["scale"], default="2"))
     run.add_argument("--upscaler", metavar="NAME", help=_help(SUBMIT_FIELDS["upscaler"]))
+    run.add_argument("--image-guidance", type=float, metavar="X", dest="image_guidance", help=_help(
+        SUBMIT_FIELDS["image_guidance"], doc="instruct: how closely the edit keeps to the picture (1 = not held to "
+                                             "it, higher = closer); --prompt is the instruction and --guidance how "
+                                             "strongly it is followed", default="1.5"))
     run.add_argument(
         "--control", action="append", default=[], metavar="TYPE:IMAGE[:SCALE[:START[:END]]][:pre]",
         help=(f"a ControlNet unit (repeatable). TYPE: {', '.join(unit['type'].choices)}. IMAGE: a control map file, "

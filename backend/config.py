@@ -99,6 +99,13 @@ class ModelSpec:
     inpaint: str | None = None
     preview: str | None = None
     config: str | None = None
+    instruct: str | None = None  # sd15: an InstructPix2Pix UNet (8 channels); flux: a Kontext transformer
+    # flux (backend/engine/flux.py): components of a single-file transformer, ComfyUI layout
+    text_encoder: str | None = None  # CLIP-L
+    text_encoder_2: str | None = None  # T5-XXL
+    vae: str | None = None
+    true_cfg: float = 1.0  # flux: above 1, a negative prompt and true classifier-free guidance (twice the cost)
+    cpu_offload: bool = False  # flux: keep the modules in RAM and move each to the GPU while it runs
 
 
 @dataclass
@@ -159,6 +166,13 @@ class Config:
         for spec in self.models.values():
             if spec.family is not None and spec.family not in FAMILIES:
                 raise ConfigError(f"models.{spec.name}.family must be one of {', '.join(FAMILIES)}")
+            if spec.instruct and spec.family == "sdxl":
+                raise ConfigError(f"models.{spec.name}.instruct: an InstructPix2Pix UNet fits sd15 models (flux "
+                                  "models take a Kontext transformer)")
+            if isinstance(spec.true_cfg, bool) or not isinstance(spec.true_cfg, (int, float)) or spec.true_cfg < 1:
+                raise ConfigError(f"models.{spec.name}.true_cfg must be a number of at least 1 (1: off)")
+            if not isinstance(spec.cpu_offload, bool):
+                raise ConfigError(f"models.{spec.name}.cpu_offload must be true or false")
         for preset in self.presets.values():
             if preset.model and self.models and preset.model not in self.models:
                 raise ConfigError(f"presets.{preset.name}.model {preset.model!r} is not among the configured models "
@@ -231,7 +245,7 @@ def load_config(path: str | Path | None = None) -> Config:
         if "source" not in entry:
             raise ConfigError(f"models.{name} needs a source (hub id, diffusers folder or .safetensors file)")
         spec = ModelSpec(name=name, **{k: v for k, v in entry.items() if k in ModelSpec.__dataclass_fields__})
-        for key in ("source", "inpaint", "preview", "config"):
+        for key in ("source", "inpaint", "preview", "config", "instruct", "text_encoder", "text_encoder_2", "vae"):
             value = getattr(spec, key)
             if value and _looks_like_path(value) and not Path(value).is_absolute():
                 setattr(spec, key, str((path.parent / value).resolve()))

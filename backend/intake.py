@@ -24,7 +24,8 @@ from shared.images import CHANNELS, ImageData
 from shared.job import Job
 from shared.job import PreprocessJob as PreprocessRequest
 from shared.messages import MAX_SEED, ProtocolError
-from shared.rules import HIRES_REFINE, expanded_size, upscale_size
+from shared.model_capabilities import ModelCapabilities, refusal
+from shared.rules import HIRES_REFINE, IMAGE_GUIDANCE, expanded_size, upscale_size
 from shared.vocabulary import BUILTIN_UPSCALER
 
 MIN_PREPROCESS_SIDE = 16
@@ -35,10 +36,12 @@ def build_edit_job(job: Job, uploads: dict[str, ImageData], limits: Limits, mode
                    default_upscaler: str = BUILTIN_UPSCALER,
                    with_preset: Callable[[Job], tuple[Job, Preset | None]] | None = None,
                    loras: Mapping[str, str | None] | None = None,
-                   model_family: Callable[[str], str | None] | None = None) -> EditJob:
+                   model_family: Callable[[str], str | None] | None = None,
+                   capabilities: Callable[[str], ModelCapabilities] | None = None) -> EditJob:
     """Check a protocol job against the rules and the server's state; raise ProtocolError if unfit.
     ``with_preset``: the job with its preset applied, and the preset (``backend.presets.apply_preset``);
-    ``loras``: the server's LoRAs and their families; ``model_family``: a model's family (None: not known)."""
+    ``loras``: the server's LoRAs and their families; ``model_family``: a model's family (None: not known);
+    ``capabilities``: what a model can do (modes, control, references ...)."""
     # A submit consumes the frames it names, accepted or refused, so a retry must upload again. Within
     # the submit one frame may be named several times (the picture as `image` and as a control image).
     refs = [job.image, job.mask, *(unit.image for unit in job.control), *(ref.image for ref in job.references)]
@@ -57,6 +60,9 @@ def build_edit_job(job: Job, uploads: dict[str, ImageData], limits: Limits, mode
     if model not in models:
         raise ProtocolError("unknown_model", f"no model named {model!r}; available: {', '.join(models) or 'none'}",
                             "model")
+    refused = refusal(job, model, capabilities(model)) if capabilities is not None else None
+    if refused is not None:
+        raise refused
     prompt, tags = lora_rules.split_prompt(job.prompt)
     wanted = lora_rules.merge(("loras", [(lora.name, lora.weight) for lora in job.loras]), ("prompt", tags),
                               ("preset", list(preset.loras) if preset else []))
@@ -104,7 +110,8 @@ def build_edit_job(job: Job, uploads: dict[str, ImageData], limits: Limits, mode
         mask=mask_pixels, mask_grow=job.mask_grow, mask_feather=job.mask_feather, preview_every=job.preview_every,
         preview_size=job.preview_size, control=control, references=references, fill=job.fill_mode,
         soft=job.soft_inpaint, expand=job.expand, padding=job.mask_padding,
-        upscaler=(job.upscaler or default_upscaler) if job.mode in ("upscale", "generate") else None)
+        upscaler=(job.upscaler or default_upscaler) if job.mode in ("upscale", "generate") else None,
+        image_guidance=float(IMAGE_GUIDANCE if job.image_guidance is None else job.image_guidance))
     return dataclasses.replace(
         work, loras=tuple((name, float(weight)) for name, weight, _ in wanted), preset=job.preset,
         few_step=bool(preset and preset.few_step), timestep_spacing=preset.timestep_spacing if preset else None)

@@ -40,6 +40,10 @@ machine): it returns a ``FamilyRun`` whose ``table()`` is the printed table and 
 
 A ``--size`` below the native size is a dry run: the models' native size is lowered to it so both
 sides diffuse at ``--size`` (Easel would otherwise scale a small picture up to the native size).
+
+``--family flux`` is the flux row (``bench/flux_fill.py``): Flux Fill inpaint at 1024 x 1024, 28 steps
+(``--flux-steps``), a random full-size architecture built in memory from the real configuration, both
+sides on the same modules; ``--flux-scale tiny --size 64 --device cpu`` is its dry run.
 """
 
 from __future__ import annotations
@@ -75,6 +79,7 @@ from shared.client import Client, Progress  # noqa: E402
 from shared.images import ImageData  # noqa: E402
 
 NATIVE = {"sd15": 512, "sdxl": 1024}
+FAMILY_CHOICES = tuple(NATIVE) + ("flux",)
 MODES = ("inpaint", "inpaint+cn", "inpaint+2cn+ip", "img2img")
 PROMPT, NEGATIVE = "a red door in a white wall, oil painting", "blurry, low quality"
 SEED, GUIDANCE, IMG2IMG_STRENGTH = 7, 7.5, 0.5
@@ -660,7 +665,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--model-dir", type=Path, required=True,
                         help="folder of `easel demo-model --full-size` (written there if a family is missing)")
-    parser.add_argument("--family", action="append", choices=tuple(NATIVE), help="default: sd15 and sdxl")
+    parser.add_argument("--family", action="append", choices=FAMILY_CHOICES, help="default: sd15 and sdxl")
+    parser.add_argument("--flux-steps", type=int, default=28, help="flux row: steps (default 28)")
+    parser.add_argument("--flux-scale", choices=("full", "tiny"), default="full",
+                        help="flux row: the real architecture's sizes, or the demo's for a dry run")
     parser.add_argument("--mode", action="append", choices=MODES, help="default: all four")
     parser.add_argument("--size", type=int, help="square diffusion size (default: native, 512 / 1024)")
     parser.add_argument("--steps", type=int, default=20)
@@ -682,7 +690,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def devices(model_dir: Path, device: str, reference_dtype: str | None):
     """(device, Easel's dtype from the model folder's config, the reference's dtype)."""
-    device, easel_dtype = pick_device(device, load_config(model_dir / "easel.toml").performance.dtype)
+    toml = model_dir / "easel.toml"  # (the flux row alone needs no files: its model is built in memory)
+    device, easel_dtype = pick_device(device, load_config(toml if toml.is_file() else None).performance.dtype)
     reference = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}[
         reference_dtype or ("fp32" if device.type == "cpu" else "fp16")]
     return device, easel_dtype, reference
@@ -693,21 +702,89 @@ def main(argv=None) -> None:
     started = time.perf_counter()
     quiet_libraries()
     families = tuple(args.family or NATIVE)
-    missing = [f for f in families if not (args.model_dir / f / "model_index.json").is_file()]
+    missing = [f for f in families if f in NATIVE and not (args.model_dir / f / "model_index.json").is_file()]
     if missing:
         print(f"writing the full-size {', '.join(missing)} model(s) to {args.model_dir} ...", flush=True)
         full_size.write_full_size_model(args.model_dir, tuple(missing))
-    if not (args.model_dir / "easel.toml").is_file() or missing:
-        present = tuple(f for f in NATIVE if (args.model_dir / f / "model_index.json").is_file())
+    present = tuple(f for f in NATIVE if (args.model_dir / f / "model_index.json").is_file())
+    if present and (not (args.model_dir / "easel.toml").is_file() or missing):
         full_size.write_config(args.model_dir.resolve(), present)
 
     device, easel_dtype, reference_dtype = devices(args.model_dir, args.device, args.reference_dtype)
     deadline = None if args.budget_s is None else started + args.budget_s
     for family in families:
+        if family == "flux":
+            run_flux(args, device, easel_dtype)
+            continue
         run = measure_family(args.model_dir, family, device=device, easel_dtype=easel_dtype,
                              reference_dtype=reference_dtype, size=args.size, steps=args.steps, runs=args.runs,
                              modes=args.mode or MODES, performance=COMPILE[args.compile], deadline=deadline)
         print(run.table(), flush=True)
+
+
+def run_flux(args, device, dtype) -> None:
+    """The flux row: Flux Fill inpaint, the plain FluxFillPipeline call against Easel on the same modules."""
+    import flux_fill
+
+    dtype = torch.bfloat16 if device.type == "cuda" else dtype  # Flux runs in bf16 (fp16 overflows)
+    pipe = flux_fill.build(args.flux_scale, device, dtype)
+    native = int(pipe.default_sample_size) * int(pipe.vae_scale_factor)
+    size = args.size or 1024
+    if size != native:  # dry run: Easel plans at --size too
+        pipe.default_sample_size = size // pipe.vae_scale_factor
+    inputs = Inputs.make(size)
+    steps = args.flux_steps
+    parameters = sum(p.numel() for p in pipe.transformer.parameters())
+    print(f"\n== flux (Fill) {size}x{size}, {steps} steps, guidance {flux_fill.GUIDANCE}, transformer "
+          f"{parameters / 1e9:.2f} B parameters, {str(dtype).removeprefix('torch.')}, 1 warm-up + {args.runs} runs ==")
+    reference = Figures()
+    reset_peak(device)
+
+    def sync():
+        synchronize(device)
+
+    start = time.perf_counter()
+    reference.warmup = flux_fill.reference_call(pipe, inputs.image, inputs.mask, steps, sync)[0]
+    for _ in range(args.runs):
+        seconds, stamps = flux_fill.reference_call(pipe, inputs.image, inputs.mask, steps, sync)
+        reference.seconds.append(seconds)
+        reference.rates.append(step_rate(stamps))
+    reference.peak_bytes = peak(device)
+    print(f"  reference done ({time.perf_counter() - start:.1f} s)", flush=True)
+
+    def raw(pixels):
+        return ImageData("rgba8" if pixels.ndim == 3 else "l8", pixels.shape[1], pixels.shape[0], pixels.tobytes())
+
+    job = dict(prompt=PROMPT, image=raw(inputs.image), mask=raw(inputs.mask), seed=SEED, steps=steps,
+               guidance=flux_fill.GUIDANCE, model="flux-fill")
+    easel = Figures()
+    reset_peak(device)
+    with flux_fill.easel_server(pipe, device, dtype) as server, Client(server.url, name="bench-gpu") as client:
+        def call():
+            stamps = []
+            begin = time.perf_counter()
+            result = client.run("inpaint", on_event=lambda e: isinstance(e, Progress) and stamps.append(
+                time.perf_counter()), **job)
+            return time.perf_counter() - begin, step_rate(stamps), result.timings["run"]
+
+        easel.warmup = call()[0]
+        for _ in range(args.runs):
+            seconds, rate, run = call()
+            easel.seconds.append(seconds)
+            easel.rates.append(rate)
+            easel.server_run.append(run)
+    easel.peak_bytes = peak(device)
+    r_rate, e_rate = reference.median(reference.rates), easel.median(easel.rates)
+    r_s, e_s = reference.median(reference.seconds), easel.median(easel.seconds)
+    print(f"\n{'mode':16s} {'ref it/s':>9s} {'easel it/s':>10s} {'ratio':>6s} {'ref s/img':>10s} "
+          f"{'easel s/img':>11s} {'ratio':>6s} {'overhead':>9s} {'ref peak':>11s} {'easel peak':>11s}")
+    print(f"{'flux fill':16s} {r_rate:9.2f} {e_rate:10.2f} {e_rate / r_rate:5.2f}x {r_s:10.2f} {e_s:11.2f} "
+          f"{r_s / e_s:5.2f}x {100 * (e_s - easel.median(easel.server_run)) / e_s:8.1f}% "
+          f"{gib(reference.peak_bytes):>11s} {gib(easel.peak_bytes):>11s}")
+    print("(easel diffuses the context crop around the middle-half mask at the native size; the reference the "
+          "whole square)")
+    del pipe
+    free(device)
 
 
 if __name__ == "__main__":

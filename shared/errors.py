@@ -21,6 +21,8 @@ ERROR_CODES = {
     "unknown_job": "No queued or running job of this connection has this id.",
     "model_load_failed": "The model could not be loaded.",
     "unsupported_mode": "The model cannot run this mode (an inpaint-only checkpoint asked to generate).",
+    "unsupported": "The job asks its model for something that model cannot do (a control type, references, "
+                   "a negative prompt ...); `models` lists what each model supports.",
     "unknown_control_model": "No ControlNet is configured for this control type and the job's model family.",
     "unknown_preprocessor": "The named preprocessor does not exist, or no preprocessor fits the control type.",
     "missing_annotator": "The preprocessor's annotator weights are not in the configured annotators source.",

@@ -196,6 +196,11 @@ class Job:
     upscaler: str | None = wire(Field("string", f"upscale: a super-resolution model listed in `welcome` / `models` "
                                       f"(`{BUILTIN_UPSCALER}`: plain resampling); the server's default when omitted.",
                                       max_length=200), None)
+    image_guidance: float | None = wire(Field("number", "instruct: how closely the edit keeps to the picture "
+                                              "(InstructPix2Pix's image guidance scale: 1 = not held to it, higher "
+                                              f"= closer; {rules.IMAGE_GUIDANCE:g} when omitted); `guidance` is how "
+                                              "strongly it follows the instruction. Models without it (Flux "
+                                              "Kontext) refuse it as `unsupported`.", minimum=0, maximum=20), None)
     refine: float | None = wire(Field("number", "upscale: strength of a diffusion refine of the upscaled picture, in "
                                       "tiles at the model's native scale (with `prompt`, `steps`, `control` ...); "
                                       "0 (or omitted) = none. generate above the model's native range: the strength "
@@ -271,12 +276,13 @@ class Job:
         not know the server's presets): not when no preset is named, else the server decides."""
         wants = {"generate": (), "img2img": ("image",), "inpaint": ("image", "mask")}.get(self.mode)
         wants = wants if wants is not None else {"expand": ("image",), "remove": ("image", "mask"),
-                                                    "upscale": ("image",)}[self.mode]
+                                                    "upscale": ("image",), "instruct": ("image",)}[self.mode]
+        optional = ("mask",) if self.mode == "instruct" else ()  # instruct edits inside a mask when given one
         for role in ("image", "mask"):
             present = getattr(self, role) is not None
             if role in wants and not present:
                 raise ProtocolError("invalid_field", f"{self.mode} needs `{role}`", role)
-            if role not in wants and present:
+            if role not in wants and role not in optional and present:
                 hint = " (use inpaint to edit inside a mask)" if role == "mask" else " (use img2img)"
                 raise ProtocolError("invalid_field", f"{self.mode} takes no `{role}`{hint}", role)
         for key in ("width", "height"):
@@ -284,6 +290,9 @@ class Job:
                 raise ProtocolError("invalid_field", f"{self.mode} works at the picture's own size; `{key}` is for "
                                     "generate", key)
         self._check_toolbox()
+        if self.image_guidance is not None and self.mode != "instruct":
+            raise ProtocolError("invalid_field", f"`image_guidance` is for instruct; {self.mode} does not take it",
+                                "image_guidance")
         faces = {reference.mode == "face" for reference in self.references if reference.weight > 0}
         if len(faces) > 1:  # two adapters would need two image encoders and two projections in one pass
             raise ProtocolError("invalid_field", "a job's references are either all `face` or none `face`: the "
@@ -301,7 +310,7 @@ class Job:
                                     f"{name}.preprocess")
         if self.mode == "upscale":
             self._check_upscale()
-        elif self.mode != "generate" and (few_step is not None or self.preset is None):
+        elif self.mode not in rules.STARTS_FROM_NOISE and (few_step is not None or self.preset is None):
             rules.check_denoising(self.mode, self.sampling.steps, self.sampling.strength, bool(few_step))
         seen: set[str] = set()
         for index, lora in enumerate(self.loras):

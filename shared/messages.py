@@ -249,6 +249,19 @@ SERVER_MESSAGES: dict[str, dict[str, Field]] = {
                                  nullable=True),
             "inpaint_model": Field("boolean", "Has a dedicated 9-channel inpaint UNet.", required=True),
             "loaded": Field("boolean", required=True),
+            "capabilities": Field("object", "What the model serves on this server; a job asking it for more is "
+                                  "refused before `accepted` (`unsupported_mode`, `unsupported`, "
+                                  "`unknown_control_model`, `unknown_adapter`).", fields={
+                "modes": Field("array", "Modes it runs.", required=True, items=Field("string", choices=MODES)),
+                "control_types": Field("array", "Control types with a ControlNet for it.", required=True,
+                                       items=Field("string")),
+                "reference_modes": Field("array", "Reference (IP-Adapter) modes it takes; empty: none.",
+                                         required=True, items=Field("string", choices=REFERENCE_MODES)),
+                "negative_prompt": Field("boolean", "Takes a negative prompt (Flux: only with true CFG).",
+                                         required=True),
+                "image_guidance": Field("boolean", "instruct takes `image_guidance` (InstructPix2Pix; not Flux "
+                                        "Kontext).", required=True),
+            }),
         })),
         "upscalers": Field("array", "Super-resolution models for `upscale`.", items=Field("object", fields={
             "name": Field("string", required=True),

@@ -53,12 +53,19 @@ def aspect_sides(width: int, height: int, aspect_width: int, aspect_height: int)
     return 0, extra // 2, 0, extra - extra // 2
 
 
+STARTS_FROM_NOISE = ("generate", "instruct")
+"""Modes that run every step: generate, and instruct (the picture conditions the model, it is not noised)."""
+
+IMAGE_GUIDANCE = 1.5
+"""instruct: how closely the edit keeps to the picture when the job does not say (InstructPix2Pix's default)."""
+
+
 def denoising_steps(mode: str, steps: int, strength: float, few_step: bool = False) -> int:
     """Steps that actually run per image: all of them when generating, steps x strength otherwise
     (the schedule starts part-way, from the noised picture). ``few_step`` (a preset for LCM, TCD,
     Lightning ... models, which denoise in 1-8 steps): at least 1 whenever the strength is above 0."""
     strength = pass_strength(mode, strength)
-    if mode == "generate":
+    if mode in STARTS_FROM_NOISE:
         return steps
     made = int(steps * strength)
     return max(made, 1) if few_step and strength > 0 else made

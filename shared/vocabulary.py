@@ -12,7 +12,8 @@ MODES += ("expand", "remove")
 # How masked pixels and new canvas are pre-filled before diffusion (what a strength below 1 starts from).
 FILL_MODES = ("none", "neutral", "blur", "border", "inpaint")
 MODES = MODES + ("upscale",)  # super-resolution, optionally refined in tiles
-FAMILIES = ("sd15", "sdxl")
+MODES = MODES + ("instruct",)  # edit by instruction (InstructPix2Pix, Flux Kontext), optionally inside a mask
+FAMILIES = ("sd15", "sdxl", "flux")
 SAMPLERS = ("dpmpp_2m", "dpmpp_2m_karras", "euler", "euler_a", "ddim", "unipc")
 SAMPLERS += ("lcm", "tcd")  # few-step models (LCM, TCD LoRAs); see presets
 TIMESTEP_SPACINGS = ("leading", "trailing", "linspace")  # "trailing": few-step models (Lightning, Hyper)

@@ -53,6 +53,19 @@ def test_run_inpaint_writes_the_picture_with_only_the_mask_changed(server, input
     assert np.abs(out[np.asarray(mask) > 0].astype(int) - source[np.asarray(mask) > 0]).mean() > 5
 
 
+def test_run_instruct_with_a_mask_changes_only_the_mask(server, inputs):
+    image, mask, folder = inputs
+    done = easel("run", "instruct", "--prompt", "make it winter", "--image", folder / "in.png", "--mask",
+                 folder / "mask.png", "--image-guidance", 1.5, "--seed", 4, "--steps", 3, "--out", folder / "out.png",
+                 "--server", server.url)
+    assert done.returncode == 0, done.stderr
+    assert "step 3/3" in done.stderr
+    out, source = np.asarray(Image.open(folder / "out.png")), np.asarray(image)
+    reach = masks.shape_mask(np.asarray(mask), 8, 16) > 0
+    assert out.shape == source.shape and (out[~reach] == source[~reach]).all()
+    assert np.abs(out[np.asarray(mask) > 0].astype(int) - source[np.asarray(mask) > 0]).mean() > 5
+
+
 def test_run_batch_writes_numbered_files(server, inputs):
     _, _, folder = inputs
     done = easel("run", "img2img", "--prompt", "x", "--image", folder / "in.png", "--strength", 0.5, "--steps", 4,
@@ -120,7 +133,7 @@ def test_demo_model_command_writes_a_servable_config(tmp_path):
     process, url = serve("--config", tmp_path / "demo" / "easel.toml")
     try:
         with Client(url) as client:
-            assert {m["name"] for m in client.models()["models"]} == {"demo", "demo-base", "demo-xl"}
+            assert {m["name"] for m in client.models()["models"]} >= {"demo", "demo-base", "demo-xl", "demo-instruct"}
             assert "canny" in client.welcome["capabilities"]["control_types"]
     finally:
         stop(process)
@@ -307,6 +320,8 @@ def small(tmp_path):
      "--control tile:input:pre: the tile control type has no preprocessor: its control image is the picture "
      "itself, so leave out :pre"),
     (["img2img", "--reference", "{image}:5"], "--reference {image}:5: WEIGHT must be at most 2, got 5.0"),
+    (["instruct", "--image-guidance", 30], "--image-guidance must be at most 20, got 30"),
+    (["img2img", "--image-guidance", 2], "--image-guidance is for instruct; img2img does not take it"),
 ])
 def test_run_errors_name_the_options_typed_before_connecting(capsys, small, args, said):
     names = {"image": small / "in.png", "mask": small / "mask.png"}

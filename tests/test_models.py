@@ -82,7 +82,7 @@ inpaint = "./weights/inpaint.safetensors"
 def test_a_models_folder_serves_every_checkpoint_in_it(demo_root, tmp_path):
     (tmp_path / "easel.toml").write_text(f'[server]\nport = 0\nmodel_folders = ["{demo_root}"]\n')
     config = load_config(tmp_path / "easel.toml").check()
-    assert set(config.models) == {"sd15", "sd15-inpaint", "sdxl", "sdxl-inpaint"}
+    assert set(config.models) >= {"sd15", "sd15-inpaint", "sdxl", "sdxl-inpaint", "sd15-instruct"}
     image = picture(128, 128)
     with ServerThread(config, Engine(ModelRegistry(config, torch.device("cpu"), torch.float32))) as server, \
             Client(server.url) as client:
@@ -92,7 +92,11 @@ def test_a_models_folder_serves_every_checkpoint_in_it(demo_root, tmp_path):
         with pytest.raises(EaselError) as caught:
             client.run("generate", model="sd15-inpaint", prompt="x", steps=2, width=64, height=64)
         assert (caught.value.code, caught.value.field) == ("unsupported_mode", "mode")
-        assert {m["name"]: m["inpaint_model"] for m in client.models()["models"]}["sd15-inpaint"] is True
+        listed = {m["name"]: m for m in client.models()["models"]}
+        assert listed["sd15-inpaint"]["inpaint_model"] is True
+        # told from the folders before loading: the inpaint and InstructPix2Pix pipelines serve their modes only
+        assert listed["sd15-inpaint"]["capabilities"]["modes"] == ["inpaint", "expand", "remove"]
+        assert listed["sd15-instruct"]["capabilities"]["modes"] == ["instruct"]
 
 
 def test_a_controlnet_folder_is_read_by_file_name(tmp_path):

@@ -169,7 +169,7 @@ def test_models_are_described_by_the_engine_and_worded_by_the_server(session, en
     (models,) = send(session, {"type": "models"})
     described = engine.registry.describe()
     assert models["default"] == "demo"
-    assert models["models"] == [dataclasses.asdict(d) for d in described]
+    assert models["models"] == [dict(dataclasses.asdict(d), capabilities=d.capabilities.to_wire()) for d in described]
     assert [entry["name"] for entry in models["models"]] == engine.registry.names()
 
 

@@ -30,7 +30,7 @@ def layer(mode: str, image: np.ndarray | None, passes: list[Pass],
     generate and img2img are opaque; inpaint is the input's crop with each pass laid in through its
     alpha, and alpha 0 (the input's bytes) wherever no pass reaches.
     """
-    if mode != "inpaint":
+    if mode != "inpaint" and (mode != "instruct" or passes[0].alpha is None):  # a masked instruct: as inpaint
         if len(passes) > 1:
             return (0, 0), opaque(blend_tiles(passes, [to_canvas(pixels, p) for p, pixels in zip(passes, outputs)]))
         return (0, 0), opaque(to_canvas(outputs[0], passes[0]))

@@ -130,7 +130,9 @@ class Engine:
         start = time.perf_counter()
         model = self.registry.get(job.model)
         pipe = model.pipeline(pipeline_mode(job.mode))
-        self.speed.keep_only(pipe.unet, model.unets)  # before adapters load into it or anything runs
+        flux = model.family == "flux"  # (backend/engine/flux.py: no UNet, no adapters, its own scheduler)
+        if not flux:
+            self.speed.keep_only(pipe.unet, model.unets)  # before adapters load into it or anything runs
         loaded = time.perf_counter()
 
         passes = plan_passes(job, model.native_size)
@@ -138,11 +140,16 @@ class Engine:
             return self._generate_large(job, reporter, passes, loaded - start)
         active = [(index, unit) for index, unit in enumerate(job.control) if unit.scale > 0]
         pipe = self._with_control(job, model, active) or pipe
-        adapter = self._references(job, model, pipe)
-        # (the prompt's embeddings depend on the LoRAs active in the text encoders)
-        text_loras = self.loras.apply(model, pipe, job.loras)
-        prompt = self.prompts.kwargs(f"{model.name}{text_loras or ''}", pipe, model.family, job.prompt,
-                                     job.negative_prompt or None, job.guidance > 1)
+        adapter = self._references(job, model, pipe) if not flux else {}
+        # (the prompt's embeddings depend on the LoRAs active in the text encoders; flux takes none)
+        text_loras = self.loras.apply(model, pipe, job.loras) if not flux else ()
+        if flux:
+            prompt = model.prompt(pipe, job.prompt, job.negative_prompt)
+        elif job.mode == "instruct":  # its pipeline encodes the prompt its own way (three-way guidance)
+            prompt = {"prompt": job.prompt, "negative_prompt": job.negative_prompt or None}
+        else:
+            prompt = self.prompts.kwargs(f"{model.name}{text_loras or ''}", pipe, model.family, job.prompt,
+                                         job.negative_prompt or None, job.guidance > 1)
         if self.lama is not None and any(p.fill == "inpaint" for p in passes):
             self.lama.load()  # a network that cannot load fails the job before `started`
         reporter.started(job.denoising_steps, passes)
@@ -155,7 +162,12 @@ class Engine:
                 if reporter.is_cancelled():
                     raise JobCancelled()
                 inputs = self._pass_inputs(job, model, p, active, prompt, adapter, job.seed + index, canvas)
-                pipe.scheduler = make_scheduler(job.sampler, model.scheduler_config, job.timestep_spacing)
+                if flux:
+                    model.adapt(inputs, pipe)
+                    model.before_call(pipe, self.device)
+                    pipe.scheduler = type(pipe.scheduler).from_config(model.scheduler_config)
+                else:
+                    pipe.scheduler = make_scheduler(job.sampler, model.scheduler_config, job.timestep_spacing)
                 on_step = self._on_step(job, model, reporter, index * len(passes) + number, len(passes))
                 with self.speed.job(pipe, p.size, model.native_size):
                     outputs.append(run_pass(pipe, inputs, on_step))
@@ -277,7 +289,8 @@ class Engine:
         mask and where it is transparent), mask and maps. ``canvas``: the picture as painted so far."""
         steps = rules.schedule_steps(job.steps, p.strength) if job.few_step and job.mode != "generate" else job.steps
         inputs = PassInputs(pipeline_mode(job.mode), p.size, steps, job.guidance, p.strength,
-                            (image_seed + p.seed) % (MAX_SEED + 1), prompt, adapter=adapter)
+                            (image_seed + p.seed) % (MAX_SEED + 1), prompt, adapter=adapter,
+                            image_guidance=job.image_guidance)
         picture = job.image if canvas is None else canvas
         mask = p.mask if p.mask is not None else p.alpha
         if picture is not None:
@@ -285,7 +298,7 @@ class Engine:
             filled = fill.prefill(crop[..., :3], crop[..., 3] if crop.shape[2] == 4 else None, mask,
                                   p.fill or "none", self.lama)
             inputs.image = _resample(filled, p.size)
-        if mask is not None:
+        if mask is not None and job.mode != "instruct":  # (an instruct edit is laid in through the alpha)
             resized = np.asarray(_resample(mask, p.size))
             if job.soft:  # differential diffusion: the pipeline may change whatever the map lets change
                 inputs.change = resized.astype(np.float32) / 255.0
@@ -326,7 +339,7 @@ class Engine:
             if reporter.is_cancelled():
                 raise JobCancelled()
             preview = None
-            if job.preview_every and (step + 1) % job.preview_every == 0:
+            if job.preview_every and (step + 1) % job.preview_every == 0 and model.family != "flux":
                 preview = self._previewer(model)(tensors["latents"], job.preview_size)
             reporter.progress(min(run * per_pass + step + 1, total), total, preview)
             return {}

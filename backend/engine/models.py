@@ -19,12 +19,17 @@ import torch
 import transformers
 
 from backend.config import Config, ModelSpec
+from backend.engine.capabilities import capabilities as model_capabilities
+from backend.engine.capabilities import configured_kind
 from backend.engine.speed import Speed
+from shared.model_capabilities import ModelCapabilities
 
 log = logging.getLogger(__name__)
 
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
 SDXL_KEY = "conditioner.embedders.1.model.ln_final.weight"
+# A Flux transformer's input projection: BFL / ComfyUI layout, with a prefix, diffusers layout.
+FLUX_KEYS = {"img_in.weight", "model.diffusion_model.img_in.weight", "x_embedder.weight"}
 
 # A server's log is no place for progress bars.
 diffusers.utils.logging.disable_progress_bar()
@@ -75,7 +80,7 @@ def _pipeline_classes(family: str, control: bool = False) -> dict[str, type]:
         return {"generate": d.StableDiffusionXLPipeline, "img2img": d.StableDiffusionXLImg2ImgPipeline,
                 "inpaint": d.StableDiffusionXLInpaintPipeline}
     return {"generate": d.StableDiffusionPipeline, "img2img": d.StableDiffusionImg2ImgPipeline,
-            "inpaint": d.StableDiffusionInpaintPipeline}
+            "inpaint": d.StableDiffusionInpaintPipeline, "instruct": d.StableDiffusionInstructPix2PixPipeline}
 
 
 def _from_pipe(cls, pipe, **components):
@@ -101,6 +106,7 @@ class LoadedModel:
     preview_decoder: object | None = None
     pipelines: dict = field(default_factory=dict)
     scheduler_config: dict = field(default_factory=dict)
+    instruct_unet: object | None = None  # an InstructPix2Pix UNet (8 channels) beside the base one
 
     def __post_init__(self):
         # Jobs replace pipe.scheduler (the generate pipeline is the base itself), so keep the
@@ -109,7 +115,7 @@ class LoadedModel:
 
     @property
     def unets(self) -> tuple:
-        return (self.base.unet,) if self.inpaint_unet is None else (self.base.unet, self.inpaint_unet)
+        return tuple(unet for unet in (self.base.unet, self.inpaint_unet, self.instruct_unet) if unet is not None)
 
     @property
     def native_size(self) -> int:
@@ -120,14 +126,23 @@ class LoadedModel:
         """A dedicated inpaint checkpoint served on its own (its UNet wants mask channels)."""
         return self.base.unet.config.in_channels == 9
 
+    @property
+    def kind(self) -> str:
+        """base, inpaint (a 9-channel UNet alone) or instruct (an InstructPix2Pix UNet alone)."""
+        return {9: "inpaint", 8: "instruct"}.get(self.base.unet.config.in_channels, "base")
+
     def pipeline(self, mode: str):
         """The pipeline for ``mode``, sharing the base pipeline's modules and dtype."""
         if mode != "inpaint" and self.inpaint_only:
             raise ModelError("unsupported_mode", f"model {self.name!r} is an inpainting model: it can only inpaint",
                              "mode")
+        if (mode == "instruct") != (self.kind == "instruct") and not (mode == "instruct" and self.instruct_unet):
+            raise ModelError("unsupported_mode", f"model {self.name!r} cannot {mode}", "mode")
         if mode not in self.pipelines:
             cls = _pipeline_classes(self.family)[mode]
             extra = {"unet": self.inpaint_unet} if mode == "inpaint" and self.inpaint_unet is not None else {}
+            if mode == "instruct" and self.instruct_unet is not None:
+                extra = {"unet": self.instruct_unet}
             pipe = self.base if type(self.base) is cls else _from_pipe(cls, self.base, **extra)
             pipe.set_progress_bar_config(disable=True)
             self.pipelines[mode] = pipe
@@ -154,6 +169,7 @@ class ModelDescription:
     native_size: int | None  # side of the square it was trained at
     inpaint_model: bool  # has a dedicated 9-channel inpaint UNet
     loaded: bool
+    capabilities: ModelCapabilities | None = None
 
 
 class ModelRegistry:
@@ -188,8 +204,16 @@ class ModelRegistry:
                 inpaint_model=((model.inpaint_unet is not None or model.inpaint_only) if model
                                else bool(spec.inpaint)),
                 loaded=model is not None,
+                capabilities=self.capabilities(name),
             ))
         return out
+
+    def capabilities(self, name: str) -> ModelCapabilities:
+        """What model ``name`` can do: from its weights once loaded, else from its configuration."""
+        spec, model = self.config.models[name], self._loaded.get(name)
+        if model is not None:
+            return model_capabilities(spec, model.family, model.kind, self.config)
+        return model_capabilities(spec, configured_family(spec), configured_kind(spec), self.config)
 
     def get(self, name: str | None) -> LoadedModel:
         """The loaded model called ``name`` (the default when None), loading it on first use."""
@@ -208,12 +232,18 @@ class ModelRegistry:
         try:
             family = spec.family or detect_family(spec.source)
             log.info("loading model %s (%s) from %s", spec.name, family, spec.source)
+            if family == "flux":
+                from backend.engine.flux import load_flux
+
+                return load_flux(spec, self.speed.load_device, self.dtype, self.config.allow_pickle)
             base = self._load_pipeline(spec, family)
             inpaint_unet = self._load_unet(spec.inpaint, spec) if spec.inpaint else None
+            instruct_unet = self._load_unet(spec.instruct, spec, 8) if spec.instruct and family == "sd15" else None
             preview = self._load_preview(spec.preview) if spec.preview else None
             self.speed.prepare_model(base, inpaint_unet)
-            if inpaint_unet is not None:
-                self.speed.park(inpaint_unet)  # after prepare: the host copy keeps channels_last
+            for extra in (inpaint_unet, instruct_unet):
+                if extra is not None:
+                    self.speed.park(extra)  # after prepare: the host copy keeps channels_last
         except ModelError:
             raise
         except Exception as exc:
@@ -223,7 +253,7 @@ class ModelRegistry:
                         "`config` to a local diffusers folder of the same architecture)")
             raise ModelError("model_load_failed", f"model {spec.name!r} could not be loaded from "
                              f"{spec.source}: {exc}{hint}") from exc
-        return LoadedModel(spec.name, family, base, inpaint_unet, preview)
+        return LoadedModel(spec.name, family, base, inpaint_unet, preview, instruct_unet=instruct_unet)
 
     def _common(self) -> dict:
         return {"dtype": self.dtype, "use_safetensors": None if self.config.allow_pickle else True}
@@ -239,7 +269,7 @@ class ModelRegistry:
             pipe = cls.from_pretrained(str(path) if path.is_dir() else spec.source, **self._common(), **extra)
         return to_device(pipe, self.speed.load_device)
 
-    def _load_unet(self, source: str, spec: ModelSpec):
+    def _load_unet(self, source: str, spec: ModelSpec, channels: int = 9):
         from diffusers import UNet2DConditionModel
 
         check_pickle(source, self.config.allow_pickle)
@@ -248,15 +278,17 @@ class ModelRegistry:
             # The base model's configs describe the architecture; only the mask channels differ.
             config = spec.config or (spec.source if Path(spec.source).expanduser().is_dir() else None)
             unet = UNet2DConditionModel.from_single_file(str(path), dtype=self.dtype, config=config,
-                                                        subfolder="unet" if config else None, in_channels=9)
+                                                        subfolder="unet" if config else None,
+                                                        in_channels=channels)
         elif path.is_dir() and not (path / "unet").is_dir():
             unet = UNet2DConditionModel.from_pretrained(str(path), **self._common())
         else:
             unet = UNet2DConditionModel.from_pretrained(str(path) if path.is_dir() else source,
                                                         subfolder="unet", **self._common())
-        if unet.config.in_channels != 9:
-            raise ModelError("model_load_failed", f"inpaint UNet {source} has {unet.config.in_channels} input "
-                             "channels; a dedicated inpaint model has 9")
+        if unet.config.in_channels != channels:
+            what = "an InstructPix2Pix" if channels == 8 else "a dedicated inpaint"
+            raise ModelError("model_load_failed", f"{'instruct' if channels == 8 else 'inpaint'} UNet {source} has "
+                             f"{unet.config.in_channels} input channels; {what} model has {channels}")
         # Parked straight from the file (see _load): the GPU never holds both UNets, not even while loading.
         return unet if self.speed.parks_idle_unet else to_device(unet, self.speed.load_device)
 
@@ -269,7 +301,8 @@ class ModelRegistry:
                                                **self._common()), self.device)
 
 
-FAMILY_NATIVE_SIZE = {"sd15": 512, "sdxl": 1024}
+FAMILY_NATIVE_SIZE = {"sd15": 512, "sdxl": 1024, "flux": 1024}
+FLUX_SAMPLE_SIZE = 128  # FluxPipeline.default_sample_size
 
 
 def configured_native_size(spec: ModelSpec) -> int | None:
@@ -280,9 +313,12 @@ def configured_native_size(spec: ModelSpec) -> int | None:
             continue
         folder = Path(folder).expanduser()
         try:
-            unet = json.loads((folder / "unet" / "config.json").read_text())
             vae = json.loads((folder / "vae" / "config.json").read_text())
-            return int(unet["sample_size"]) * 2 ** (len(vae["block_out_channels"]) - 1)
+            if (folder / "transformer").is_dir():  # Flux: its pipelines' default of 128 latents a side
+                sample_size = FLUX_SAMPLE_SIZE
+            else:
+                sample_size = json.loads((folder / "unet" / "config.json").read_text())["sample_size"]
+            return int(sample_size) * 2 ** (len(vae["block_out_channels"]) - 1)
         except (OSError, ValueError, KeyError, TypeError):
             continue
     return FAMILY_NATIVE_SIZE.get(configured_family(spec))
@@ -335,7 +371,10 @@ def detect_family(source: str) -> str:
         from safetensors import safe_open
 
         with safe_open(str(path), framework="pt") as weights:
-            return "sdxl" if SDXL_KEY in weights.keys() else "sd15"
+            keys = set(weights.keys())
+        if keys & FLUX_KEYS:
+            return "flux"
+        return "sdxl" if SDXL_KEY in keys else "sd15"
     if path.is_dir():
         index = path / "model_index.json"
         if not index.is_file():
@@ -346,4 +385,4 @@ def detect_family(source: str) -> str:
         from diffusers import DiffusionPipeline
 
         class_name = DiffusionPipeline.load_config(source).get("_class_name", "")
-    return "sdxl" if "XL" in class_name else "sd15"
+    return "flux" if "Flux" in class_name else "sdxl" if "XL" in class_name else "sd15"

@@ -75,6 +75,8 @@ def plan_passes(job: EditJob, native: int) -> list[Pass]:
             return [Pass(Box(0, 0, job.width, job.height), (job.width, job.height), 0.0)]
         return refine_passes(job.width, job.height, native, job.strength)
     height, width = job.image.shape[:2]
+    if job.mode == "instruct" and job.mask is None:  # the whole picture, in one pass near native size
+        return [_pass(whole_canvas(width, height, native), 1.0)]
     if job.mode == "img2img":
         return refine_passes(width, height, native, job.strength)
     if job.mode == "expand":

@@ -44,6 +44,8 @@ class PassInputs:
     control: list[ControlInput] = field(default_factory=list)
     adapter: dict = field(default_factory=dict)  # the references' embeddings, when there are any
     change: np.ndarray | None = None  # soft inpaint: H x W floats 0-1, how much each pixel may change
+    image_guidance: float | None = 1.5  # instruct: how closely the edit keeps to the picture (None: no such scale)
+    extra: dict = field(default_factory=dict)  # further arguments of this family's pipelines (flux.py)
 
 
 def run_pass(pipe, inputs: PassInputs, on_step: Callable) -> np.ndarray:
@@ -58,9 +60,14 @@ def run_pass(pipe, inputs: PassInputs, on_step: Callable) -> np.ndarray:
         kwargs.update(width=width, height=height)
     elif inputs.mode == "img2img":
         kwargs.update(image=inputs.image, strength=inputs.strength)
+    elif inputs.mode == "instruct":  # the picture conditions every step (no strength); a mask is the compositor's
+        kwargs.update(image=inputs.image)
+        if inputs.image_guidance is not None:
+            kwargs.update(image_guidance_scale=inputs.image_guidance)
     else:
         kwargs.update(image=inputs.image, mask_image=inputs.mask, strength=inputs.strength, width=width,
                       height=height)
+    kwargs.update(inputs.extra)
     if inputs.control:
         single = len(inputs.control) == 1
         pick = (lambda values: values[0]) if single else list

@@ -215,7 +215,8 @@ def models(default: str | None, descriptions: list[ModelDescription],
            presets: dict[str, Preset] | None = None) -> dict:
     message = {"type": "models", "default": default, "models": [
         {"name": d.name, "family": d.family, "native_size": d.native_size, "inpaint_model": d.inpaint_model,
-         "loaded": d.loaded} for d in descriptions]}
+         "loaded": d.loaded, **({"capabilities": d.capabilities.to_wire()} if d.capabilities else {})}
+        for d in descriptions]}
     if upscalers:
         message["upscalers"] = [{"name": u.name, "scale": u.scale, "architecture": u.architecture,
                                  "loaded": u.loaded} for u in upscalers]

@@ -240,7 +240,7 @@ class Session:
         def build() -> EditJob:
             return build_edit_job(request, self.uploads, limits, names, default, upscalers.names(),
                                   upscalers.default, lambda job: apply_preset(job, given, self.state.config.presets),
-                                  engine.loras.families(), self._model_family)
+                                  engine.loras.families(), self._model_family, registry.capabilities)
 
         return self._take(request, build)
 

@@ -1,0 +1,209 @@
+"""The flux family: loading Flux (dev, schnell, Fill, Kontext) and what its pipeline calls need.
+
+A flux model is one base pipeline (``FluxPipeline``) whose modes share its text encoders and VAE:
+generate and img2img run its transformer, inpaint (and expand, remove) a Fill transformer, instruct a
+Kontext transformer, each configured as ``inpaint`` / ``instruct`` on the model (a diffusers folder,
+or one ``.safetensors`` transformer file). The source is a diffusers folder, a hub id, or a single
+transformer file as ComfyUI keeps it (``models/diffusion_models``), with ``config`` naming a diffusers
+folder of configs and tokenizers and ``text_encoder`` (CLIP-L), ``text_encoder_2`` (T5) and ``vae``
+naming their files or folders.
+
+Guidance is Flux's distilled guidance (the job's ``guidance``); a negative prompt needs ``true_cfg``
+above 1 (true classifier-free guidance, two transformer passes a step). The sampler is the model's
+own flow-matching Euler scheduler, whatever the job's ``sampler`` says.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from backend.config import ModelSpec
+from backend.engine.capabilities import safetensors_shapes
+
+log = logging.getLogger(__name__)
+
+_CLASSES = {"generate": "FluxPipeline", "img2img": "FluxImg2ImgPipeline", "inpaint": "FluxFillPipeline",
+            "instruct": "FluxKontextPipeline"}
+_BFL_PREFIXES = ("double_blocks.", "model.diffusion_model.double_blocks.")  # the original (ComfyUI) layout
+_DIFFUSERS_IN = "x_embedder.weight"
+
+
+@dataclass
+class FluxModel:
+    """A loaded flux model: its base pipeline and the transformers of its other modes."""
+
+    name: str
+    base: object
+    fill: object | None = None  # a Fill transformer (inpaint)
+    kontext: object | None = None  # a Kontext transformer (instruct)
+    true_cfg: float = 1.0
+    cpu_offload: bool = False
+    pipelines: dict = field(default_factory=dict)
+    family: str = "flux"
+    preview_decoder = None  # (an SD model's fields the engine and registry read)
+    unets = ()
+
+    def __post_init__(self):
+        self.scheduler_config = dict(self.base.scheduler.config)
+
+    @property
+    def kind(self) -> str:
+        name = type(self.base).__name__
+        return "inpaint" if "Fill" in name else "instruct" if "Kontext" in name else "base"
+
+    @property
+    def inpaint_unet(self):
+        return self.fill
+
+    @property
+    def inpaint_only(self) -> bool:
+        return self.kind == "inpaint"
+
+    @property
+    def native_size(self) -> int:
+        return int(self.base.default_sample_size) * int(self.base.vae_scale_factor)
+
+    def pipeline(self, mode: str):
+        """The pipeline for ``mode`` (expand and remove are inpaints), sharing the base's modules."""
+        from backend.engine.models import ModelError, _from_pipe
+
+        if mode not in self.pipelines:
+            import diffusers
+
+            cls = getattr(diffusers, _CLASSES[mode])
+            extra = {}
+            if mode == "inpaint" and self.kind != "inpaint":
+                extra = {"transformer": self.fill}
+            elif mode == "instruct" and self.kind != "instruct":
+                extra = {"transformer": self.kontext}
+            elif mode in ("generate", "img2img") and self.kind != "base":
+                extra = {"transformer": None}
+            if "transformer" in extra and extra["transformer"] is None:
+                raise ModelError("unsupported_mode", f"model {self.name!r} cannot {mode}", "mode")
+            if mode == "instruct":
+                extra.update(image_encoder=None, feature_extractor=None)
+            pipe = self.base if type(self.base) is cls else _from_pipe(cls, self.base, **extra)
+            pipe.set_progress_bar_config(disable=True)
+            self.pipelines[mode] = pipe
+        return self.pipelines[mode]
+
+    def prompt(self, pipe, prompt: str, negative: str) -> dict:
+        """The call's prompt arguments: Fill takes no negative prompt; the others one only with true CFG."""
+        kwargs = {"prompt": prompt}
+        if negative and self.true_cfg > 1 and "true_cfg_scale" in inspect.signature(pipe.__call__).parameters:
+            kwargs.update(negative_prompt=negative, true_cfg_scale=self.true_cfg)
+        return kwargs
+
+    def call_kwargs(self, mode: str, pipe, size: tuple[int, int]) -> dict:
+        """What a flux call needs beyond the common arguments: the size (img2img and Kontext would pick
+        their own), the T5 length, and Kontext's own resizing switched off (the pass is sized already)."""
+        width, height = size
+        extra = {"width": width, "height": height,
+                 "max_sequence_length": min(512, int(pipe.tokenizer_2.model_max_length))}
+        if mode == "instruct":  # else Kontext scales the size to its max_area (1024²) and the picture to its own
+            extra.update(max_area=width * height, _auto_resize=False)
+        return extra
+
+    def adapt(self, inputs, pipe) -> None:
+        """A pass's inputs as a flux pipeline takes them: no image guidance, no per-pixel change map
+        (the compositor lays the Fill result in through the feathered mask), the size and T5 length."""
+        inputs.image_guidance, inputs.change = None, None
+        inputs.extra = self.call_kwargs(inputs.mode, pipe, inputs.size)
+
+    def before_call(self, pipe, device: torch.device) -> None:
+        """``cpu_offload``: modules wait in RAM and move to the GPU one at a time (hooked per pipeline)."""
+        if self.cpu_offload and device.type != "cpu":
+            pipe.enable_model_cpu_offload(device=device)
+
+
+def load_flux(spec: ModelSpec, device: torch.device, dtype: torch.dtype, allow_pickle: bool = False) -> FluxModel:
+    """Load a flux model: a diffusers folder or hub id, or a single transformer file with its components."""
+    import diffusers
+
+    from backend.engine.models import ModelError, check_pickle, to_device
+
+    for source in (spec.source, spec.inpaint, spec.instruct, spec.text_encoder, spec.text_encoder_2, spec.vae):
+        if source:
+            check_pickle(source, allow_pickle)
+    path = Path(spec.source).expanduser()
+    configs = spec.config or (str(path) if path.is_dir() else None if path.is_file() else spec.source)
+    components = {key: _component(key, getattr(spec, key), configs, dtype)
+                  for key in ("text_encoder", "text_encoder_2", "vae") if getattr(spec, key)}
+    if path.is_file():
+        if not configs:
+            raise ModelError("model_load_failed", f"model {spec.name!r}: a single-file Flux transformer needs "
+                             "`config`, a diffusers folder (or hub id) with the pipeline's configs and tokenizers")
+        components["transformer"] = load_transformer(str(path), configs, dtype)
+        base = diffusers.FluxPipeline.from_pretrained(configs, dtype=dtype, **components)
+    else:
+        base = diffusers.DiffusionPipeline.from_pretrained(str(path) if path.is_dir() else spec.source,
+                                                           dtype=dtype, **components)
+    fill = load_transformer(spec.inpaint, configs, dtype) if spec.inpaint else None
+    kontext = load_transformer(spec.instruct, configs, dtype) if spec.instruct else None
+    if not spec.cpu_offload:
+        base = to_device(base, device)
+        fill, kontext = (to_device(module, device) if module is not None else None for module in (fill, kontext))
+    return FluxModel(spec.name, base, fill, kontext, spec.true_cfg, spec.cpu_offload)
+
+
+def load_transformer(source: str, configs: str | None, dtype: torch.dtype):
+    """A Flux transformer from a diffusers pipeline or model folder, a hub id, or one ``.safetensors`` file
+    (the original layout, as in ComfyUI's ``models/diffusion_models``, or diffusers' keys)."""
+    from diffusers import FluxTransformer2DModel
+
+    path = Path(source).expanduser()
+    if path.is_dir():
+        sub = "transformer" if (path / "transformer").is_dir() else None
+        return FluxTransformer2DModel.from_pretrained(str(path), subfolder=sub, dtype=dtype)
+    if not path.is_file():
+        return FluxTransformer2DModel.from_pretrained(source, subfolder="transformer", dtype=dtype)
+    shapes = safetensors_shapes(path)
+    if any(name.startswith(_BFL_PREFIXES) for name in shapes):
+        key = next(name for name in shapes if name.endswith("img_in.weight"))
+        return FluxTransformer2DModel.from_single_file(str(path), config=configs, subfolder="transformer",
+                                                       dtype=dtype, in_channels=shapes[key][1])
+    config = FluxTransformer2DModel.load_config(configs, subfolder="transformer")
+    config.update(in_channels=shapes[_DIFFUSERS_IN][1], out_channels=64)  # a Fill file has more input channels
+    return _with_weights(FluxTransformer2DModel.from_config(config), path, dtype)
+
+
+def _component(key: str, source: str, configs: str | None, dtype: torch.dtype):
+    """A text encoder or the VAE from its folder, hub id, or single file (built from ``configs``' config)."""
+    import diffusers
+    import transformers
+
+    cls = {"text_encoder": transformers.CLIPTextModel, "text_encoder_2": transformers.T5EncoderModel,
+           "vae": diffusers.AutoencoderKL}[key]
+    path = Path(source).expanduser()
+    if not path.is_file():
+        folder = str(path) if path.is_dir() else source
+        sub = key if path.is_dir() and (path / key).is_dir() else None
+        kwargs = {"subfolder": sub} if sub else {}
+        return cls.from_pretrained(folder, dtype=dtype, **kwargs)
+    if key == "vae":
+        if "encoder.down.0.block.0.conv1.weight" in safetensors_shapes(path):  # the original (BFL) layout
+            return cls.from_single_file(str(path), config=configs, subfolder="vae", dtype=dtype)
+        return _with_weights(cls.from_config(cls.load_config(configs, subfolder="vae")), path, dtype)
+    config = transformers.AutoConfig.from_pretrained(configs, subfolder=key)
+    return _with_weights(cls(config), path, dtype)
+
+
+def _with_weights(module, path: Path, dtype: torch.dtype):
+    from safetensors.torch import load_file
+
+    weights = load_file(str(path))
+    missing, unexpected = module.load_state_dict(weights, strict=False)
+    tied = {"encoder.embed_tokens.weight", "text_model.embeddings.position_ids"}  # tied to `shared` / buffers
+    if set(missing) - tied:
+        raise ValueError(f"{path} does not fit {type(module).__name__}: it lacks {', '.join(sorted(missing)[:3])}")
+    if unexpected:  # e.g. a CLIP file's text_projection or logit_scale, which the text encoder does not use
+        log.info("%s: %d tensors not used by %s (%s ...)", path, len(unexpected), type(module).__name__,
+                 sorted(unexpected)[0])
+    if hasattr(module, "tie_weights"):
+        module.tie_weights()
+    return module.to(dtype).eval()

@@ -1,0 +1,82 @@
+"""What one model can do, as the ``models`` message lists it, and the refusal of a job that asks more.
+
+Pure and standard-library only: the server checks every submit with ``refusal`` before `accepted`;
+a host can read ``from_wire`` to offer only what the chosen model supports and check a job the same
+way before sending it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .errors import ProtocolError
+from .vocabulary import REFERENCE_MODES
+
+SD_FAMILIES = ("sd15", "sdxl")
+"""Families whose ControlNets and IP-Adapters are configured per server: a gap there is the server's
+configuration (``unknown_control_model``, ``unknown_adapter``), not the model's."""
+
+
+@dataclass(frozen=True)
+class ModelCapabilities:
+    """The modes, control types and reference (IP-Adapter) modes a model serves on this server (control
+    types and references in every mode but instruct)."""
+
+    family: str | None  # None: not known until it loads (nothing but the modes is checked then)
+    modes: tuple[str, ...]
+    control_types: tuple[str, ...] = ()
+    reference_modes: tuple[str, ...] = ()
+    negative_prompt: bool = True  # Flux takes one only where true CFG is configured
+    image_guidance: bool = True  # instruct's `image_guidance` (InstructPix2Pix has it, Flux Kontext not)
+
+    def to_wire(self) -> dict:
+        return {"modes": list(self.modes), "control_types": list(self.control_types),
+                "reference_modes": list(self.reference_modes), "negative_prompt": self.negative_prompt,
+                "image_guidance": self.image_guidance}
+
+    @classmethod
+    def from_wire(cls, family: str | None, value: dict) -> "ModelCapabilities":
+        return cls(family, tuple(value.get("modes", ())), tuple(value.get("control_types", ())),
+                   tuple(value.get("reference_modes", ())), bool(value.get("negative_prompt", True)),
+                   bool(value.get("image_guidance", True)))
+
+
+def refusal(job, model: str, caps: ModelCapabilities) -> ProtocolError | None:
+    """Why ``model`` cannot run ``job`` (a ``shared.job.Job``), or None when it can. Switched-off control
+    units (scale 0) and references (weight 0) ask nothing of the model."""
+    mode = job.mode
+    needs_model = not (mode == "upscale" and not job.refine)  # a plain upscale never runs the model
+    if needs_model and mode not in caps.modes:
+        return ProtocolError("unsupported_mode", f"model {model!r} cannot {mode}: it serves "
+                             f"{', '.join(caps.modes) or 'nothing'}", "mode")
+    if caps.family is None:
+        return None
+    steered = caps.family in SD_FAMILIES and mode != "instruct"
+    instruct = mode == "instruct"  # neither InstructPix2Pix nor Kontext takes ControlNets or IP-Adapters here
+    for index, unit in enumerate(job.control):
+        if unit.scale > 0 and (instruct or unit.type not in caps.control_types):
+            if steered:
+                return ProtocolError("unknown_control_model", f"no {unit.type} ControlNet is configured for "
+                                     f"{caps.family} models (model {model!r})", f"control[{index}].type")
+            return ProtocolError("unsupported", f"model {model!r} ({caps.family}, {mode}) takes no ControlNet "
+                                 "units", f"control[{index}].type")
+    for index, reference in enumerate(job.references):
+        if reference.weight > 0 and (instruct or reference.mode not in caps.reference_modes):
+            if steered:
+                kind = "face " if reference.mode == "face" else ""
+                return ProtocolError("unknown_adapter", f"no {kind}IP-Adapter is configured for {caps.family} "
+                                     f"models (model {model!r}), so references cannot be used", "references")
+            return ProtocolError("unsupported", f"model {model!r} ({caps.family}, {mode}) takes no reference "
+                                 "pictures (IP-Adapter)", f"references[{index}]")
+    if job.negative_prompt and not caps.negative_prompt:
+        return ProtocolError("unsupported", f"model {model!r} takes no negative prompt ({caps.family} uses "
+                             "distilled guidance; configure `true_cfg` on the model to use one)", "negative_prompt")
+    if mode == "instruct" and job.image_guidance is not None and not caps.image_guidance:
+        return ProtocolError("unsupported", f"model {model!r} has no image guidance for instruct edits (leave "
+                             "`image_guidance` out)", "image_guidance")
+    return None
+
+
+def reference_modes(face: bool) -> tuple[str, ...]:
+    """The reference modes an IP-Adapter serves: all but `face` unless a face adapter is configured."""
+    return tuple(mode for mode in REFERENCE_MODES if mode != "face" or face)

@@ -1,0 +1,137 @@
+"""The flux family on the tiny random demo (Flux, Fill, Kontext; the ComfyUI single-file layout), through a
+real server: every mode runs, untouched pixels stay byte-identical, capabilities refuse what Flux lacks."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from backend.engine import masks
+from shared.client import EaselError
+from tests.conftest import decode, picture, png, rect_mask
+
+STEPS = 2
+
+
+def composite(image, layer) -> np.ndarray:
+    """The picture with a result layer laid over it at its offset (straight alpha, rounded)."""
+    canvas = np.asarray(image.convert("RGB")).astype(np.int32).copy()
+    pixels = decode(layer.image).astype(np.int32)
+    x, y = layer.offset
+    region = canvas[y:y + pixels.shape[0], x:x + pixels.shape[1]]
+    alpha = pixels[..., 3:4]
+    region[...] = (pixels[..., :3] * alpha + region * (255 - alpha) + 127) // 255
+    return canvas.astype(np.uint8)
+
+
+def test_flux_generates_and_the_comfyui_single_file_layout_loads_the_same_weights(client):
+    folder = client.run("generate", model="demo-flux", prompt="a lighthouse", steps=STEPS, seed=3, width=96,
+                        height=64)
+    pixels = decode(folder.images[0].image)
+    assert pixels.shape == (64, 96, 4) and pixels[..., :3].std() > 1
+    single = client.run("generate", model="demo-flux-file", prompt="a lighthouse", steps=STEPS, seed=3, width=96,
+                        height=64)
+    assert (decode(single.images[0].image) == pixels).all(), "transformer, text encoders and VAE from single files"
+    other = client.run("generate", model="demo-flux", prompt="a lighthouse", steps=STEPS, seed=4, width=96, height=64)
+    assert not (decode(other.images[0].image) == pixels).all()
+
+
+def test_flux_img2img_keeps_the_picture_size(client):
+    image = picture(96, 80)
+    result = client.run("img2img", model="demo-flux", image=png(image), prompt="oil", steps=4, strength=0.5, seed=1)
+    assert decode(result.images[0].image).shape == (80, 96, 4)
+
+
+@pytest.mark.parametrize("mode", ["inpaint", "remove", "instruct"])  # Flux Fill (twice), Flux Kontext
+def test_flux_masked_edits_leave_every_pixel_outside_the_mask_byte_identical(client, mode):
+    image = picture(160, 128, seed=2)
+    mask = rect_mask(image.size, (60, 40, 100, 80))
+    result = client.run(mode, model="demo-flux", image=png(image), mask=png(mask), prompt="a red door",
+                        steps=5 if mode == "remove" else STEPS, seed=5, guidance=3.5)  # (remove: 40% of them)
+    out, source = composite(image, result.images[0]), np.asarray(image)
+    reach = masks.shape_mask(np.asarray(mask), 8, 16) > 0
+    assert (out[~reach] == source[~reach]).all()
+    assert np.abs(out[np.asarray(mask) > 0].astype(int) - source[np.asarray(mask) > 0]).mean() > 5
+
+
+def test_flux_expand_keeps_the_picture_byte_for_byte(client):
+    image = picture(96, 64, seed=1)
+    result = client.run("expand", model="demo-flux", image=png(image), expand_right=32, prompt="a garden",
+                        steps=STEPS, seed=2)
+    pixels = decode(result.images[0].image)
+    assert pixels.shape == (64, 128, 4)
+    assert (pixels[:, :96, :3] == np.asarray(image)).all()
+
+
+def test_flux_capabilities_are_listed_and_what_flux_lacks_is_refused(client):
+    listed = {m["name"]: m for m in client.models()["models"]}
+    flux = listed["demo-flux"]
+    assert flux["family"] == "flux"
+    assert set(flux["capabilities"]["modes"]) >= {"generate", "img2img", "inpaint", "expand", "instruct"}
+    assert flux["capabilities"]["control_types"] == [] and flux["capabilities"]["reference_modes"] == []
+    assert flux["capabilities"]["negative_prompt"] is False and flux["capabilities"]["image_guidance"] is False
+    assert "inpaint" not in listed["demo-flux-file"]["capabilities"]["modes"], "no Fill configured for it"
+    image = png(picture(64, 64))
+    for params, code, field in (
+            ({"mode": "img2img", "control": [{"type": "canny", "image": image}]}, "unsupported", "control[0].type"),
+            ({"mode": "img2img", "references": [{"image": image}]}, "unsupported", "references[0]"),
+            ({"mode": "img2img", "negative_prompt": "blurry"}, "unsupported", "negative_prompt"),
+            ({"mode": "instruct", "image_guidance": 1.5}, "unsupported", "image_guidance")):
+        with pytest.raises(EaselError) as caught:
+            client.run(params.pop("mode"), model="demo-flux", image=image, prompt="x", steps=STEPS, **params)
+        assert (caught.value.code, caught.value.field) == (code, field)
+        assert "demo-flux" in caught.value.message
+    with pytest.raises(EaselError) as caught:
+        client.run("inpaint", model="demo-flux-file", image=image, mask=png(rect_mask((64, 64), (8, 8, 30, 30))),
+                   prompt="x", steps=STEPS)
+    assert (caught.value.code, caught.value.field) == ("unsupported_mode", "mode")
+
+
+def test_flux_native_size_is_the_same_before_and_after_loading(demo_config):
+    from backend.engine.models import ModelRegistry, pick_device
+
+    registry = ModelRegistry(demo_config, *pick_device("cpu"))
+    before = {d.name: d.native_size for d in registry.describe() if d.name.startswith("demo-flux")}
+    assert before == {"demo-flux": 512, "demo-flux-file": 512}  # the demo's VAE has three levels
+    assert registry.get("demo-flux").native_size == 512
+
+
+def test_flux_single_files_that_do_not_fit_are_named(demo_root):
+    import dataclasses
+
+    from backend.config import Config
+    from backend.engine.models import ModelError, ModelRegistry, pick_device
+    from backend.fixtures.demo_flux import demo_flux_models
+
+    spec = demo_flux_models(demo_root)["demo-flux-file"]
+    cases = {"swapped": (dataclasses.replace(spec, text_encoder_2=spec.text_encoder), "T5EncoderModel"),
+             "no config": (dataclasses.replace(spec, config=None), "`config`")}
+    for name, (broken, said) in cases.items():
+        registry = ModelRegistry(Config(models={name: dataclasses.replace(broken, name=name)}), *pick_device("cpu"))
+        with pytest.raises(ModelError) as caught:
+            registry.get(name)
+        assert caught.value.code == "model_load_failed" and said in caught.value.message, caught.value.message
+
+
+def test_flux_config_keys_are_read_and_checked(tmp_path):
+    from backend.config import ConfigError, load_config
+
+    (tmp_path / "easel.toml").write_text('[models.f]\nsource = "./flux1-dev.safetensors"\nfamily = "flux"\n'
+                                         'config = "./configs"\nvae = "./ae.safetensors"\ntrue_cfg = 3.5\n'
+                                         'cpu_offload = true\n')
+    spec = load_config(tmp_path / "easel.toml").check().models["f"]
+    assert (spec.true_cfg, spec.cpu_offload) == (3.5, True)
+    assert spec.vae == str(tmp_path / "ae.safetensors") and spec.config == str(tmp_path / "configs")
+    for line, said in (("true_cfg = 0.5", "true_cfg"), ('cpu_offload = "yes"', "cpu_offload")):
+        (tmp_path / "bad.toml").write_text(f'[models.f]\nsource = "x"\nfamily = "flux"\n{line}\n')
+        with pytest.raises(ConfigError, match=said):
+            load_config(tmp_path / "bad.toml").check()
+    (tmp_path / "bad.toml").write_text('[models.x]\nsource = "x"\nfamily = "sdxl"\ninstruct = "./ip2p"\n')
+    with pytest.raises(ConfigError, match="instruct"):
+        load_config(tmp_path / "bad.toml").check()
+
+
+def test_flux_refines_an_upscale(client):
+    result = client.run("upscale", model="demo-flux", image=png(picture(96, 64)), scale=2, refine=0.5, steps=4,
+                        prompt="x", seed=1)
+    assert decode(result.images[0].image).shape == (128, 192, 4)

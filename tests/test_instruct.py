@@ -1,0 +1,88 @@
+"""instruct mode (InstructPix2Pix on the demo model) and per-model capabilities, through a real server."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from shared.client import Accepted, EaselError
+from tests.conftest import decode, picture, png, rect_mask
+
+
+def run(client, image, mask=None, **params):
+    params = {"prompt": "make it winter", "steps": 3, "seed": 4, **params}
+    extra = {"mask": png(mask)} if mask is not None else {}
+    result = client.run("instruct", image=png(image), **extra, **params)
+    return result
+
+
+def test_instruct_edits_the_whole_picture_and_image_guidance_changes_it(client):
+    image = picture(192, 160)
+    low = run(client, image, image_guidance=1.0)
+    [layer] = low.images
+    pixels = decode(layer.image)
+    assert pixels.shape == (160, 192, 4) and (pixels[..., 3] == 255).all()
+    assert np.abs(pixels[..., :3].astype(int) - np.asarray(image)).mean() > 1, "the picture was edited"
+    high = decode(run(client, image, image_guidance=3.0).images[0].image)
+    assert np.abs(high.astype(int) - pixels).mean() > 0.5, "image_guidance changes the result"
+    distances = [np.abs(decode(run(client, image, image_guidance=scale).images[0].image)[..., :3].astype(int)
+                        - np.asarray(image)).mean() for scale in (1.0, 2.0, 4.0)]
+    assert distances[0] > distances[1] > distances[2], f"higher image guidance keeps closer: {distances}"
+    again = decode(run(client, image, image_guidance=1.0).images[0].image)
+    assert (again == pixels).all(), "same seed, same pixels"
+
+
+@pytest.mark.parametrize("model", ["demo", "demo-instruct"])
+def test_masked_instruct_leaves_every_pixel_outside_the_mask_byte_identical(client, model):
+    image = picture(256, 224, seed=3)
+    mask = rect_mask(image.size, (96, 80, 160, 140))
+    result = run(client, image, mask, model=model)
+    [layer] = result.images
+    x, y = layer.offset
+    pixels = decode(layer.image)
+    canvas = np.dstack([np.asarray(image), np.full((224, 256), 255, np.uint8)]).copy()
+    region = canvas[y:y + pixels.shape[0], x:x + pixels.shape[1]]
+    alpha = pixels[..., 3:4].astype(np.int32)
+    region[...] = ((pixels.astype(np.int32) * alpha + region.astype(np.int32) * (255 - alpha) + 127) // 255)
+    far = np.ones((224, 256), bool)
+    far[40:181, 56:201] = False  # the mask grown (8) and feathered (16) reaches 33 px beyond it
+    assert (canvas[far][:, :3] == np.asarray(image)[far]).all()
+    inside = canvas[100:120, 110:140, :3].astype(int) - np.asarray(image)[100:120, 110:140]
+    assert np.abs(inside).mean() > 1, "the masked part was edited"
+
+
+@pytest.mark.parametrize("params, field", [({"image_guidance": -1}, "image_guidance"),
+                                           ({"image_guidance": 25}, "image_guidance"),
+                                           ({"guidance": 60}, "guidance")])
+def test_bad_instruct_values_are_refused_naming_the_field(client, params, field):
+    with pytest.raises(EaselError) as caught:
+        run(client, picture(64, 64), **params)
+    assert (caught.value.code, caught.value.field) == ("invalid_field", field)
+
+
+def test_instruct_needs_a_picture_and_image_guidance_is_for_instruct_only(client):
+    with pytest.raises(EaselError) as caught:
+        client.run("instruct", prompt="make it winter", steps=2)
+    assert (caught.value.code, caught.value.field) == ("invalid_field", "image")
+    with pytest.raises(EaselError) as caught:
+        client.run("img2img", image=png(picture(64, 64)), prompt="x", steps=2, image_guidance=1.5)
+    assert (caught.value.code, caught.value.field) == ("invalid_field", "image_guidance")
+
+
+def test_models_list_capabilities_and_a_model_asked_for_more_is_refused_before_accepted(client):
+    listed = {m["name"]: m["capabilities"] for m in client.models()["models"]}
+    assert "instruct" in listed["demo"]["modes"] and "instruct" not in listed["demo-base"]["modes"]
+    assert listed["demo-instruct"]["modes"] == ["instruct"]
+    assert "canny" in listed["demo"]["control_types"] and "face" in listed["demo"]["reference_modes"]
+    seen = []
+    with pytest.raises(EaselError) as caught:
+        run(client, picture(64, 64), model="demo-base", on_event=seen.append)
+    assert (caught.value.code, caught.value.field) == ("unsupported_mode", "mode")
+    assert "demo-base" in caught.value.message
+    assert not any(isinstance(event, Accepted) for event in seen), "refused before `accepted`"
+    with pytest.raises(EaselError) as caught:
+        run(client, picture(64, 64), control=[{"type": "canny", "image": png(picture(64, 64))}])
+    assert (caught.value.code, caught.value.field) == ("unsupported", "control[0].type")
+    with pytest.raises(EaselError) as caught:
+        client.run("generate", model="demo-instruct", prompt="x", steps=2, width=64, height=64)
+    assert (caught.value.code, caught.value.field) == ("unsupported_mode", "mode")
