@@ -91,6 +91,10 @@ class ModelSpec:
     inpaint: str | None = None
     preview: str | None = None
     config: str | None = None
+    clip_skip: int | None = None  # A1111's count: 1 = the last layer; jobs may set their own
+    prediction_type: str | None = None  # epsilon | v_prediction; read from the checkpoint when None
+    zero_terminal_snr: bool | None = None  # read from the checkpoint when None
+    guidance_rescale: float | None = None  # 0.7 for zero-terminal-SNR models when None, else 0
 
 
 @dataclass
@@ -114,6 +118,7 @@ class Config:
     allowed_origins: list[str] = field(default_factory=list)
     model_folders: list[str] = field(default_factory=list)
     controlnet_folders: list[str] = field(default_factory=list)
+    embedding_folders: list[str] = field(default_factory=list)  # textual inversions (A1111 embeddings/)
     annotators: str | None = None  # folder or hub repository with the lllyasviel/Annotators files
     lama: str | None = None  # a LaMa checkpoint (spandrel) for the `inpaint` pre-fill; OpenCV's Telea when None
     models: dict[str, ModelSpec] = field(default_factory=dict)
@@ -148,6 +153,7 @@ class Config:
         for spec in self.models.values():
             if spec.family is not None and spec.family not in FAMILIES:
                 raise ConfigError(f"models.{spec.name}.family must be one of {', '.join(FAMILIES)}")
+            check_prompt_settings(spec)
         if self.default_upscaler and self.default_upscaler not in self.upscalers:
             raise ConfigError(f"default_upscaler {self.default_upscaler!r} is not among the configured upscalers "
                               f"({', '.join(self.upscalers) or 'none'})")
@@ -190,9 +196,9 @@ def load_config(path: str | Path | None = None) -> Config:
 
     server = data.get("server", {})
     for key in ("host", "port", "token", "default_model", "allow_pickle", "device", "allowed_origins",
-                "model_folders", "controlnet_folders", "controlnet_memory_mb", "annotators", "upscaler_folders",
-                "default_upscaler", "hello_timeout", "slow_reader_seconds", "shutdown_grace", "tls_cert", "tls_key",
-                "resume_seconds"):
+                "model_folders", "controlnet_folders", "embedding_folders", "controlnet_memory_mb", "annotators",
+                "upscaler_folders", "default_upscaler", "hello_timeout", "slow_reader_seconds", "shutdown_grace",
+                "tls_cert", "tls_key", "resume_seconds"):
         if key in server:
             setattr(config, key, server[key])
     if server.get("lama"):
@@ -246,6 +252,11 @@ def load_config(path: str | Path | None = None) -> Config:
         folder = (path.parent / Path(folder).expanduser()).resolve()
         for (family, kind), source in scan_controlnet_folder(folder).items():
             config.controlnets.setdefault(family, {}).setdefault(kind, source)  # explicit entries win
+    config.embedding_folders = [str((path.parent / Path(folder).expanduser()).resolve())
+                                for folder in config.embedding_folders]
+    for folder in config.embedding_folders:
+        if not Path(folder).is_dir():
+            raise ConfigError(f"embedding folder {folder} does not exist")
     for folder in config.model_folders:
         folder = (path.parent / Path(folder).expanduser()).resolve()
         for name, spec in scan_model_folder(folder, config.allow_pickle).items():
@@ -263,6 +274,22 @@ def load_config(path: str | Path | None = None) -> Config:
         for name, source in scan_upscaler_folder(folder).items():
             config.upscalers.setdefault(name, source)  # an explicit [upscalers] entry wins
     return config
+
+
+def check_prompt_settings(spec: ModelSpec) -> None:
+    """A model's clip skip, prediction type and guidance rescale, in range."""
+    from shared.rules import MAX_CLIP_SKIP
+
+    where = f"models.{spec.name}"
+    if spec.clip_skip is not None and (not isinstance(spec.clip_skip, int) or not 1 <= spec.clip_skip <= MAX_CLIP_SKIP):
+        raise ConfigError(f"{where}.clip_skip must be a whole number from 1 to {MAX_CLIP_SKIP}, got {spec.clip_skip!r}")
+    if spec.prediction_type is not None and spec.prediction_type not in ("epsilon", "v_prediction"):
+        raise ConfigError(f"{where}.prediction_type must be epsilon or v_prediction, got {spec.prediction_type!r}")
+    if spec.zero_terminal_snr is not None and not isinstance(spec.zero_terminal_snr, bool):
+        raise ConfigError(f"{where}.zero_terminal_snr must be true or false")
+    if spec.guidance_rescale is not None and not (isinstance(spec.guidance_rescale, (int, float))
+                                                  and 0 <= spec.guidance_rescale <= 1):
+        raise ConfigError(f"{where}.guidance_rescale must be a number from 0 to 1, got {spec.guidance_rescale!r}")
 
 
 UPSCALER_SUFFIXES = (".pth", ".safetensors")

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import io
 import random
+from typing import Callable
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from backend.config import Limits
+from backend.engine.embeddings import explicit_names
 from backend.engine.job import Control, EditJob, PreprocessJob, Reference
 from backend.imaging import to_array
 from shared.images import CHANNELS, ImageData
@@ -28,7 +30,8 @@ MIN_PREPROCESS_SIDE = 16
 
 def build_edit_job(job: Job, uploads: dict[str, ImageData], limits: Limits, models: list[str],
                    default_model: str | None, upscalers: list[str] | None = None,
-                   default_upscaler: str = BUILTIN_UPSCALER) -> EditJob:
+                   default_upscaler: str = BUILTIN_UPSCALER,
+                   embeddings: Callable[[str], tuple[str | None, list[str]]] | None = None) -> EditJob:
     """Check a protocol job against the rules and the server's state; raise ProtocolError if unfit."""
     # A submit consumes the frames it names, accepted or refused, so a retry must upload again. Within
     # the submit one frame may be named several times (the picture as `image` and as a control image).
@@ -47,6 +50,8 @@ def build_edit_job(job: Job, uploads: dict[str, ImageData], limits: Limits, mode
     if model not in models:
         raise ProtocolError("unknown_model", f"no model named {model!r}; available: {', '.join(models) or 'none'}",
                             "model")
+    if embeddings is not None:
+        check_embeddings(job, model, *embeddings(model))
     sampling = job.sampling
     for key, value, limit in (("steps", sampling.steps, limits.max_steps), ("batch", sampling.batch, limits.max_batch)):
         if value > limit:
@@ -89,8 +94,18 @@ def build_edit_job(job: Job, uploads: dict[str, ImageData], limits: Limits, mode
         batch=sampling.batch, sampler=sampling.sampler, width=width, height=height, image=pixels,
         mask=mask_pixels, mask_grow=job.mask_grow, mask_feather=job.mask_feather, preview_every=job.preview_every,
         preview_size=job.preview_size, control=control, references=references, fill=job.fill_mode,
-        soft=job.soft_inpaint, expand=job.expand, padding=job.mask_padding,
+        soft=job.soft_inpaint, expand=job.expand, padding=job.mask_padding, clip_skip=sampling.clip_skip,
         upscaler=(job.upscaler or default_upscaler) if job.mode in ("upscale", "generate") else None)
+
+
+def check_embeddings(job: Job, model: str, family: str | None, usable: list[str]) -> None:
+    """Refuse ``embedding:name`` in a prompt when the model's family has no embedding of that name."""
+    for key in ("prompt", "negative_prompt"):
+        for name in explicit_names(getattr(job, key)):
+            if name not in usable:
+                raise ProtocolError("unknown_embedding", f"`{key}` names embedding {name!r}, which this server does "
+                                    f"not have for model {model!r}{f' ({family})' if family else ''}; available: "
+                                    f"{', '.join(usable) or 'none'}", key)
 
 
 def _expanded_canvas(pixels: np.ndarray, sides: tuple[int, int, int, int], limits: Limits) -> np.ndarray:

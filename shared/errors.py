@@ -26,6 +26,7 @@ ERROR_CODES = {
     "missing_annotator": "The preprocessor's annotator weights are not in the configured annotators source.",
     "unknown_adapter": "No IP-Adapter is configured for the job's model family.",
     "unknown_upscaler": "`upscaler` names no configured super-resolution model.",
+    "unknown_embedding": "A prompt names (as `embedding:name`) no textual-inversion embedding of the model's family.",
     "out_of_memory": "The device ran out of memory during the job; lower the size, batch, ControlNets or references.",
     "unknown_session": "`hello.resume` names no session this server kept (it expired, or was never one).",
     "shutting_down": "The server is stopping: it takes no new jobs.",

@@ -118,6 +118,13 @@ RESULT_IMAGE = Field("object", fields={
     "format": Field("string", required=True, choices=RESULT_FORMATS),
 })
 
+EMBEDDINGS = Field("array", "Textual-inversion embeddings, used by name in prompts (or as `embedding:name`), each "
+                   "with the models of its family.", items=Field("object", fields={
+                       "name": Field("string", required=True),
+                       "family": Field("string", required=True, choices=FAMILIES),
+                       "vectors": Field("integer", "Tokens it takes in a prompt.", required=True),
+                   }))
+
 SERVER_MESSAGES: dict[str, dict[str, Field]] = {
     "welcome": {
         "type": _type("welcome"),
@@ -137,6 +144,7 @@ SERVER_MESSAGES: dict[str, dict[str, Field]] = {
             "limits": LIMITS,
             "upscalers": Field("array", "Names for an upscale's `upscaler` (`lanczos`: plain resampling).",
                                items=Field("string")),
+            "embeddings": EMBEDDINGS,
         }),
         "device": Field("string", "Where the model runs (cuda, mps, cpu).", required=True),
         "default_model": Field("string", "Model used when a submit names none.", required=True),
@@ -223,7 +231,13 @@ SERVER_MESSAGES: dict[str, dict[str, Field]] = {
                                  nullable=True),
             "inpaint_model": Field("boolean", "Has a dedicated 9-channel inpaint UNet.", required=True),
             "loaded": Field("boolean", required=True),
+            "prediction_type": Field("string", "What the UNet predicts: read from the checkpoint (a `v_pred` key, "
+                                     "a scheduler config) or set in the model's config.",
+                                     choices=("epsilon", "v_prediction")),
+            "zero_terminal_snr": Field("boolean", "Trained to zero terminal SNR: sampled with rescaled betas, "
+                                       "trailing timesteps and rescaled guidance."),
         })),
+        "embeddings": EMBEDDINGS,
         "upscalers": Field("array", "Super-resolution models for `upscale`.", items=Field("object", fields={
             "name": Field("string", required=True),
             "scale": Field("integer", "Factor of one application (from the file name until loaded).",

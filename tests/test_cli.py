@@ -120,7 +120,7 @@ def test_demo_model_command_writes_a_servable_config(tmp_path):
     process, url = serve("--config", tmp_path / "demo" / "easel.toml")
     try:
         with Client(url) as client:
-            assert {m["name"] for m in client.models()["models"]} == {"demo", "demo-base", "demo-xl"}
+            assert {m["name"] for m in client.models()["models"]} == {"demo", "demo-base", "demo-xl", "demo-vpred"}
             assert "canny" in client.welcome["capabilities"]["control_types"]
     finally:
         stop(process)

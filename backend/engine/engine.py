@@ -19,10 +19,11 @@ import numpy as np
 import torch
 from PIL import Image
 
-from backend.engine import compose, fill
+from backend.engine import compose, fill, prompts
 from backend.engine.adapters import IPAdapters
 from backend.engine.conditioning import ContentCache, digest
 from backend.engine.controlnets import ControlNetCache
+from backend.engine.embeddings import EmbeddingError, Embeddings
 from backend.engine.job import Control, EditJob, PreprocessJob
 from backend.engine.models import LoadedModel, ModelError, ModelRegistry
 from backend.engine.passes import Pass, plan_passes
@@ -31,6 +32,7 @@ from backend.engine.previews import Previewer
 from backend.engine.prompt_cache import PromptCache
 from backend.engine.runner import ControlInput, PassInputs, run_pass
 from backend.engine.upscalers import Upscalers
+from shared import prompt_syntax
 from shared.geometry import Box
 from shared.vocabulary import MAX_SEED
 
@@ -101,6 +103,7 @@ class Engine:
                                            config.controlnet_memory_mb * 2**20, config.allow_pickle,
                                            prepare=self.speed.prepare_controlnet)
         self.prompts = PromptCache(config.performance.prompt_cache)
+        self.embeddings = Embeddings(config.embedding_folders)
         self.control_maps = ContentCache(CONTROL_MAP_CACHE)
         self.adapters = IPAdapters(config.ip_adapters, config.allow_pickle)
         self.preprocessors = Preprocessors(config.annotators, registry.device)
@@ -131,8 +134,7 @@ class Engine:
         active = [(index, unit) for index, unit in enumerate(job.control) if unit.scale > 0]
         pipe = self._with_control(job, model, active) or pipe
         adapter = self._references(job, model, pipe)
-        prompt = self.prompts.kwargs(model.name, pipe, model.family, job.prompt, job.negative_prompt or None,
-                                     job.guidance > 1)
+        prompt = self._prompt(job, model, pipe)
         if self.lama is not None and any(p.fill == "inpaint" for p in passes):
             self.lama.load()  # a network that cannot load fails the job before `started`
         reporter.started(job.denoising_steps, passes)
@@ -145,6 +147,7 @@ class Engine:
                 if reporter.is_cancelled():
                     raise JobCancelled()
                 inputs = self._pass_inputs(job, model, p, active, prompt, adapter, job.seed + index, canvas)
+                inputs.guidance_rescale = model.prediction.guidance_rescale
                 pipe.scheduler = make_scheduler(job.sampler, model.scheduler_config)
                 on_step = self._on_step(job, model, reporter, index * len(passes) + number, len(passes))
                 with self.speed.job(pipe, p.size, model.native_size):
@@ -236,6 +239,31 @@ class Engine:
             raise JobCancelled()
 
     # -- conditioning -------------------------------------------------------------------------
+
+    def _prompt(self, job: EditJob, model: LoadedModel, pipe) -> dict:
+        """The prompt's embeddings (cached by the parsed prompt): emphasis, long prompts, embeddings, clip skip."""
+        clip_skip = job.clip_skip or model.clip_skip
+        layers = prompts.encoder_layers(pipe)
+        if clip_skip > layers:
+            raise ModelError("invalid_field", f"clip skip {clip_skip} is more than the {layers} layers of model "
+                             f"{model.name!r}'s text encoder", "clip_skip")
+        try:
+            positive = self.embeddings.apply(model, prompt_syntax.parse(job.prompt, "prompt"), "prompt")
+            negative = self.embeddings.apply(model, prompt_syntax.parse(job.negative_prompt, "negative_prompt"),
+                                             "negative_prompt") if job.negative_prompt else None
+        except EmbeddingError as exc:
+            raise ModelError(exc.code, exc.message, exc.field) from exc
+        guided = job.guidance > 1
+        key = (model.name, positive, negative, guided, clip_skip)
+        return self.prompts.get(key, lambda: prompts.encode(pipe, model.family, positive, negative, guided, clip_skip))
+
+    def usable_embeddings(self, model: str) -> tuple[str | None, list[str]]:
+        """The family of a configured model (None: unknown until it loads) and the embeddings it can use."""
+        from backend.engine.models import configured_family
+
+        spec = self.registry.config.models.get(model)
+        family = configured_family(spec) if spec else None
+        return family, self.embeddings.names(family)
 
     def _with_control(self, job: EditJob, model: LoadedModel, active: list[tuple[int, Control]]):
         """The ControlNet pipeline for the job's active units (scale 0 switches a unit off); None

@@ -19,6 +19,7 @@ import torch
 import transformers
 
 from backend.config import Config, ModelSpec
+from backend.engine import prediction as predictions
 from backend.engine.speed import Speed
 
 log = logging.getLogger(__name__)
@@ -101,11 +102,14 @@ class LoadedModel:
     preview_decoder: object | None = None
     pipelines: dict = field(default_factory=dict)
     scheduler_config: dict = field(default_factory=dict)
+    prediction: predictions.Prediction = field(default_factory=predictions.Prediction)
+    clip_skip: int = 1  # the model's default (A1111's count); jobs may set their own
 
     def __post_init__(self):
         # Jobs replace pipe.scheduler (the generate pipeline is the base itself), so keep the
-        # model's own scheduler config aside as the one every job's scheduler is built from.
-        self.scheduler_config = dict(self.base.scheduler.config)
+        # model's own scheduler config aside as the one every job's scheduler is built from
+        # (with what the model predicts: v-prediction, zero terminal SNR).
+        self.scheduler_config = dict(self.base.scheduler.config) | self.prediction.scheduler_overrides()
 
     @property
     def unets(self) -> tuple:
@@ -154,6 +158,8 @@ class ModelDescription:
     native_size: int | None  # side of the square it was trained at
     inpaint_model: bool  # has a dedicated 9-channel inpaint UNet
     loaded: bool
+    prediction_type: str = "epsilon"  # or v_prediction
+    zero_terminal_snr: bool = False
 
 
 class ModelRegistry:
@@ -188,6 +194,7 @@ class ModelRegistry:
                 inpaint_model=((model.inpaint_unet is not None or model.inpaint_only) if model
                                else bool(spec.inpaint)),
                 loaded=model is not None,
+                **_prediction_fields(model.prediction if model else predictions.resolve(spec)),
             ))
         return out
 
@@ -223,7 +230,9 @@ class ModelRegistry:
                         "`config` to a local diffusers folder of the same architecture)")
             raise ModelError("model_load_failed", f"model {spec.name!r} could not be loaded from "
                              f"{spec.source}: {exc}{hint}") from exc
-        return LoadedModel(spec.name, family, base, inpaint_unet, preview)
+        prediction = predictions.resolve(spec, dict(base.scheduler.config))
+        return LoadedModel(spec.name, family, base, inpaint_unet, preview, prediction=prediction,
+                           clip_skip=spec.clip_skip or 1)
 
     def _common(self) -> dict:
         return {"dtype": self.dtype, "use_safetensors": None if self.config.allow_pickle else True}
@@ -267,6 +276,10 @@ class ModelRegistry:
         path = Path(source).expanduser()
         return to_device(AutoencoderTiny.from_pretrained(str(path) if path.is_dir() else source,
                                                **self._common()), self.device)
+
+
+def _prediction_fields(prediction: predictions.Prediction) -> dict:
+    return {"prediction_type": prediction.prediction_type, "zero_terminal_snr": prediction.zero_terminal_snr}
 
 
 FAMILY_NATIVE_SIZE = {"sd15": 512, "sdxl": 1024}

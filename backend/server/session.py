@@ -219,11 +219,13 @@ class Session:
             self.state.sessions.add(kept)
             kept.greeted = True
             welcome = messages.welcome(config, str(engine.device), preprocessors, engine.registry.default,
-                                       engine.upscalers.names(), kept.token, resumed=True)
+                                       engine.upscalers.names(), kept.token, resumed=True,
+                                       embeddings=engine.embeddings.listing())
             return Reply([welcome, *kept.redeliver(message.get("pending", []))], resume=kept)
         self.greeted = True
         return Reply([messages.welcome(config, str(engine.device), preprocessors, engine.registry.default,
-                                       engine.upscalers.names(), self.token)])
+                                       engine.upscalers.names(), self.token,
+                                       embeddings=engine.embeddings.listing())])
 
     def _submit(self, message: dict) -> Reply:
         registry, limits = self.state.engine.registry, self.state.config.limits
@@ -231,7 +233,8 @@ class Session:
         request = protocol.Job.from_message(message, validate=False)  # parse_client_message validated it
         upscalers = self.state.engine.upscalers
         return self._take(request, lambda: build_edit_job(request, self.uploads, limits, names, default,
-                                                          upscalers.names(), upscalers.default))
+                                                          upscalers.names(), upscalers.default,
+                                                          self.state.engine.usable_embeddings))
 
     def _preprocess(self, message: dict) -> Reply:
         limits = self.state.config.limits
@@ -261,7 +264,8 @@ class Session:
     def _models(self, message: dict) -> Reply:
         registry = self.state.engine.registry
         return Reply([messages.models(registry.default, registry.describe(),
-                                      self.state.engine.upscalers.describe())])
+                                      self.state.engine.upscalers.describe(),
+                                      self.state.engine.embeddings.listing())])
 
     # An explicit table, so the handled types are greppable and a test can hold them to CLIENT_MESSAGES.
     HANDLERS: ClassVar[dict[str, Callable[[Session, dict], Reply]]] = {
