@@ -338,6 +338,8 @@ def scan_model_folder(folder: Path, allow_pickle: bool = False) -> dict[str, Mod
     pipelines = sorted(p.parent for p in folder.rglob("model_index.json") if not _is_upscale_pipeline(p))
 
     def is_component(path: Path) -> bool:  # weights of a diffusers pipeline or model, or an IP-Adapter's
+        if "embeddings" in path.relative_to(folder).parts[:-1]:  # textual inversions (A1111's embeddings/)
+            return True
         return (path.parent / "image_encoder").is_dir() or any(
             (parent / "config.json").is_file() or parent in pipelines
             for parent in path.parents if parent != folder and folder in parent.parents)
