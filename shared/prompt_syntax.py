@@ -51,10 +51,10 @@ def parse(prompt: str, field: str = "prompt") -> tuple[Piece, ...]:
             stack.append((char, index, []))
         elif char in ")]":
             if not stack:
-                raise _error(field, f"`{char}` at character {index + 1} closes nothing (write `\\{char}` for the "
+                raise _error(field, f"'{char}' at character {index + 1} closes nothing (write \\{char} for the "
                              "character itself)")
             if stack[-1][0] != ("(" if char == ")" else "["):
-                raise _error(field, f"`{char}` at character {index + 1} does not close the `{stack[-1][0]}` at "
+                raise _error(field, f"'{char}' at character {index + 1} does not close the '{stack[-1][0]}' at "
                              f"character {stack[-1][1] + 1}")
             flush()
             opening, start, inner = stack.pop()
@@ -67,8 +67,8 @@ def parse(prompt: str, field: str = "prompt") -> tuple[Piece, ...]:
     if stack:
         opening, start, _ = stack[-1]
         closing = ")" if opening == "(" else "]"
-        raise _error(field, f"`{opening}` at character {start + 1} is never closed with `{closing}` (write "
-                     f"`\\{opening}` for the character itself)")
+        raise _error(field, f"'{opening}' at character {start + 1} is never closed with '{closing}' (write "
+                     f"\\{opening} for the character itself)")
     return _merged(pieces)
 
 
@@ -92,14 +92,14 @@ def _weighted(opening: str, inner: list[Piece], field: str, start: int) -> list[
                 factor = float(tail)
             except ValueError:
                 raise _error(field, f"the weight {tail.strip()!r} of the group at character {start + 1} is not a "
-                             "number (write it like `(word:1.3)`)") from None
+                             "number (write it like (word:1.3))") from None
             if not 0 <= factor <= MAX_WEIGHT:
                 raise _error(field, f"the weight {factor:g} of the group at character {start + 1} must be between 0 "
                              f"and {MAX_WEIGHT:g}")
             inner = inner[:-1] + ([(head, 1.0)] if head else [])
         elif opening == "[" and _NUMBER_LIKE.fullmatch(tail):
-            raise _error(field, f"`[from:to:when]` prompt editing (character {start + 1}) is not supported; for "
-                         "a weight write `(word:0.9)`")
+            raise _error(field, f"[from:to:when] prompt editing (character {start + 1}) is not supported; for a "
+                         "weight write (word:0.9)")
     return [(text, round(weight * factor, 6)) for text, weight in inner]
 
 

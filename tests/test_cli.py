@@ -307,6 +307,9 @@ def small(tmp_path):
      "--control tile:input:pre: the tile control type has no preprocessor: its control image is the picture "
      "itself, so leave out :pre"),
     (["img2img", "--reference", "{image}:5"], "--reference {image}:5: WEIGHT must be at most 2, got 5.0"),
+    (["img2img", "--clip-skip", 13], "--clip-skip must be at most 12, got 13"),
+    (["img2img", "--prompt", "a (red door"], "--prompt: '(' at character 3 is never closed with ')'"),
+    (["img2img", "--negative", "(blurry:1..5)"], "--negative: the weight '1..5' of the group at character 1"),
 ])
 def test_run_errors_name_the_options_typed_before_connecting(capsys, small, args, said):
     names = {"image": small / "in.png", "mask": small / "mask.png"}

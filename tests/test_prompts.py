@@ -45,9 +45,9 @@ def test_a1111_emphasis_reads_as_weighted_pieces(prompt, pieces):
 
 
 @pytest.mark.parametrize("prompt, says", [
-    ("a (red door", "`(` at character 3 is never closed"),
-    ("a red) door", "`)` at character 6 closes nothing"),
-    ("(a]", "`]` at character 3 does not close the `(` at character 1"),
+    ("a (red door", "'(' at character 3 is never closed"),
+    ("a red) door", "')' at character 6 closes nothing"),
+    ("(a]", "']' at character 3 does not close the '(' at character 1"),
     ("(a:1.2.3)", "the weight '1.2.3'"),
     ("(a:)", "the weight ''"),
     ("(a:-1)", "between 0 and 10"),
