@@ -6,6 +6,7 @@
     token = ""                 # clients must present it; required off loopback
     model_folders = []         # every .safetensors / diffusers folder inside becomes a model
     controlnet_folders = []    # e.g. A1111's models/ControlNet: family and type read from file names
+    embedding_folders = []     # textual inversions, e.g. A1111's embeddings/ (family read from the files)
     allowed_origins = []       # browser pages allowed besides the server's own origin
     default_model = "sd15"
     allow_pickle = false       # .ckpt / .bin checkpoints run code when loaded
@@ -38,6 +39,10 @@
     inpaint = "/path/to/sd-v1-5-inpainting.safetensors"   # optional 9-channel UNet
     preview = "madebyollin/taesd"                        # optional TAESD for previews
     config = "/path/to/diffusers-config-folder"          # single files: offline configs
+    clip_skip = 2                                        # A1111's count; jobs may set their own
+    prediction_type = "v_prediction"                     # else read from the checkpoint (v_pred key ...)
+    zero_terminal_snr = true                             # likewise (ztsnr key, rescale_betas_zero_snr)
+    guidance_rescale = 0.7                               # default 0.7 with zero_terminal_snr, else 0
 """
 
 from __future__ import annotations

@@ -7,11 +7,14 @@ and a real server on loopback.
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 import torch
 from safetensors.torch import save_file
 
+from backend.config import Config, ConfigError, ModelSpec, load_config
 from backend.engine import prediction, prompts
 from backend.engine.embeddings import explicit_names, read_vectors, substitute
 from backend.engine.engine import Engine, make_scheduler
@@ -140,6 +143,13 @@ def test_a_named_embedding_changes_the_picture_and_leaves_other_prompts_alone(de
     np.testing.assert_array_equal(before, generate(engine, "a red door", model))
 
 
+def test_a_weighted_multi_vector_embedding_goes_through_compel(engine):
+    named = generate(engine, "a red door, demo-embedding")
+    weighted = generate(engine, "a red door, (demo-embedding:1.4)")
+    assert (weighted != named).any()
+    np.testing.assert_array_equal(weighted, generate(engine, "a red door, (embedding:demo-embedding:1.4)"))
+
+
 def test_embedding_files_read_weights_only(demo_root, tmp_path):
     vectors = read_vectors(str(demo_root / "embeddings" / "demo-style.pt"))["vectors"]
     assert vectors.shape == (1, 32)
@@ -196,6 +206,50 @@ def test_a_v_pred_key_in_a_single_file_says_v_prediction(tmp_path):
     assert prediction.from_checkpoint(str(tmp_path / "noob.safetensors")) == \
         {"prediction_type": "v_prediction", "zero_terminal_snr": True}
     assert prediction.from_checkpoint(str(tmp_path / "plain.safetensors")) == {}
+
+
+def test_a_v_pred_single_file_loads_with_v_prediction(demo_root, tmp_path):
+    from safetensors.torch import load_file
+
+    from ldm_checkpoint import write_ldm_checkpoint
+
+    checkpoint = write_ldm_checkpoint(demo_root / "sd15", tmp_path / "noob-vpred.safetensors")
+    save_file(load_file(str(checkpoint)) | {"v_pred": torch.zeros(0)}, str(checkpoint))
+    config = Config(models={"vpred": ModelSpec("vpred", str(checkpoint), config=str(demo_root / "sd15"))})
+    registry = ModelRegistry(config, *pick_device("cpu"))
+    assert registry.describe()[0].prediction_type == "v_prediction"  # from the header, before loading
+    engine = Engine(registry)
+    generate(engine, "a red door", "vpred")
+    scheduler = registry.get("vpred").pipeline("generate").scheduler.config
+    assert scheduler.prediction_type == "v_prediction" and not scheduler.rescale_betas_zero_snr
+
+
+def test_a_models_config_sets_clip_skip_and_prediction(demo_root, engine, tmp_path):
+    (tmp_path / "easel.toml").write_text(
+        f'[server]\nembedding_folders = ["{demo_root / "embeddings"}"]\n\n'
+        f'[models.skip2]\nsource = "{demo_root / "sd15"}"\nclip_skip = 2\n'
+        'prediction_type = "v_prediction"\nzero_terminal_snr = true\nguidance_rescale = 0.3\n')
+    config = load_config(tmp_path / "easel.toml").check()
+    configured = Engine(ModelRegistry(config, *pick_device("cpu")))
+    model = configured.registry.get("skip2")
+    assert (model.clip_skip, model.prediction) == (2, prediction.Prediction("v_prediction", True, 0.3))
+    assert configured.embeddings.names("sd15") == ["demo-embedding", "demo-style"]
+    model.prediction = prediction.Prediction()  # (only the clip skip differs from demo-base now)
+    model.scheduler_config = dict(engine.registry.get("demo-base").scheduler_config)
+    np.testing.assert_array_equal(generate(configured, "a red door", "skip2"),
+                                  generate(engine, "a red door", clip_skip=2))
+
+
+@pytest.mark.parametrize("line, says", [
+    ("clip_skip = 0", "models.m.clip_skip must be a whole number from 1 to 12"),
+    ("prediction_type = \"v\"", "models.m.prediction_type must be epsilon or v_prediction"),
+    ("zero_terminal_snr = 1", "models.m.zero_terminal_snr must be true or false"),
+    ("guidance_rescale = 2", "models.m.guidance_rescale must be a number from 0 to 1"),
+])
+def test_bad_prompt_settings_in_the_config_name_the_key(tmp_path, line, says):
+    (tmp_path / "easel.toml").write_text(f'[models.m]\nsource = "/x"\n{line}\n')
+    with pytest.raises(ConfigError, match=re.escape(says)):
+        load_config(tmp_path / "easel.toml").check()
 
 
 # -- over the wire ------------------------------------------------------------------------------
