@@ -82,7 +82,7 @@ class Quiet:
 
 
 def generate(engine: Engine, prompt: str, model: str = "demo-base", **params) -> np.ndarray:
-    params = {"negative_prompt": "", "seed": 3, "steps": 3, "guidance": 7.0, "sampler": "euler", **params}
+    params = {"negative_prompt": "", "seed": 3, "steps": 2, "guidance": 7.0, "sampler": "euler", **params}
     job = EditJob(mode="generate", model=model, prompt=prompt, strength=1.0, batch=1, width=64, height=64, **params)
     return engine.run(job, Quiet()).layers[0].pixels
 
@@ -100,7 +100,7 @@ def test_plain_short_prompts_encode_exactly_as_the_pipeline_does(engine, model):
 
     def run(prompt_args):
         pipe.scheduler = make_scheduler("euler", loaded.scheduler_config)
-        inputs = PassInputs("generate", (64, 64), 3, 7.0, 1.0, 5, prompt_args)
+        inputs = PassInputs("generate", (64, 64), 2, 7.0, 1.0, 5, prompt_args)
         return run_pass(pipe, inputs, lambda *a: {})
 
     for prompt, negative in (("a red door", "blurry"), ("a red door", None)):
@@ -131,10 +131,16 @@ def test_the_cache_keys_on_the_parsed_prompt(engine):
     assert len(engine.prompts) == 2
 
 
+@pytest.fixture(scope="module")
+def own_engine(demo_config):
+    """An engine of this module's own: embeddings load into its text encoders."""
+    return Engine(ModelRegistry(demo_config, *pick_device("cpu")))
+
+
 @pytest.mark.parametrize("model, name", [("demo-base", "demo-embedding"), ("demo-base", "demo-style"),
                                          ("demo-xl", "demo-embedding-xl")])
-def test_a_named_embedding_changes_the_picture_and_leaves_other_prompts_alone(demo_config, model, name):
-    engine = Engine(ModelRegistry(demo_config, *pick_device("cpu")))  # embeddings load into its text encoders
+def test_a_named_embedding_changes_the_picture_and_leaves_other_prompts_alone(own_engine, model, name):
+    engine = own_engine
     before = generate(engine, "a red door", model)
     with_embedding = generate(engine, f"a red door, {name}", model)
     assert (with_embedding != generate(engine, "a red door, ", model)).any()

@@ -66,7 +66,7 @@ def fits(pipe, pieces: tuple[Piece, ...] | None) -> bool:
         return True
     text = prompt_syntax.plain(pieces)
     for tokenizer in _tokenizers(pipe):
-        ids = tokenizer(pipe.maybe_convert_prompt(text, tokenizer), add_special_tokens=False).input_ids
+        ids = tokenizer(pipe.maybe_convert_prompt(text, tokenizer), add_special_tokens=False, verbose=False).input_ids
         if len(ids) > CHUNK:
             return False
     return True
