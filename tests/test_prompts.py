@@ -110,6 +110,28 @@ def test_plain_short_prompts_encode_exactly_as_the_pipeline_does(engine, model):
 
 
 @pytest.mark.parametrize("model", ["demo-base", "demo-xl"])
+def test_the_weighted_path_agrees_with_the_pipeline_on_plain_prompts(engine, model):
+    """compel's provider, set up per family here, makes the pipeline's own numbers when nothing is weighted
+    (prompt, negative, SDXL's pooled and zeroed negatives) and SDXL clip skip 2 is diffusers' clip_skip=1."""
+    loaded = engine.registry.get(model)
+    pipe = loaded.base
+    for negative in (None, "blurry"):
+        own = prompts._pipeline_encode(pipe, loaded.family, "a red door", negative, True)
+        with torch.no_grad():
+            weighted = prompts._weighted_encode(pipe, loaded.family, parse("a red door"),
+                                                parse(negative) if negative else None, True, 1)
+        for key, value in own.items():
+            torch.testing.assert_close(weighted[key], value, rtol=0, atol=0)
+    if loaded.family == "sdxl":
+        with torch.no_grad():
+            embeds, _, pooled, _ = pipe.encode_prompt("a red door", device=pipe.device,
+                                                      do_classifier_free_guidance=False, clip_skip=1)
+            skipped = prompts._weighted_encode(pipe, "sdxl", parse("a red door"), None, False, 2)
+        torch.testing.assert_close(skipped["prompt_embeds"], embeds, rtol=0, atol=0)
+        torch.testing.assert_close(skipped["pooled_prompt_embeds"], pooled, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("model", ["demo-base", "demo-xl"])
 def test_weighting_and_long_prompts_change_the_picture_and_repeat_exactly(engine, model):
     plain = generate(engine, "a red door", model)
     weighted = generate(engine, "a (red:1.5) door", model)
