@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import logging
 import re
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -123,17 +122,10 @@ class Embeddings:
 
     def __init__(self, folders: list[str]):
         self.folders = list(folders)
-        self._found: dict[str, Embedding] | None = None
-        self._tokens: dict[str, dict[str, str]] = {}  # model name -> embedding name -> token
-        self._lock = threading.Lock()
+        # Read once, at start: `welcome` lists them, and the event loop must not wait for a folder scan.
+        self.found: dict[str, Embedding] = scan(self.folders)
+        self._tokens: dict[str, dict[str, str]] = {}  # model name -> embedding name -> token (worker thread)
         self._count = 0
-
-    @property
-    def found(self) -> dict[str, Embedding]:
-        with self._lock:
-            if self._found is None:
-                self._found = scan(self.folders)
-            return self._found
 
     def names(self, family: str | None) -> list[str]:
         """Embeddings usable with a family's models (every one when the family is unknown)."""
