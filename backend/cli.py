@@ -32,10 +32,11 @@ RUN_OPTIONS = {"prompt": "prompt", "negative": "negative_prompt", "strength": "s
                "steps": "steps", "guidance": "guidance", "batch": "batch", "width": "width", "height": "height",
                "grow": "mask_grow", "feather": "mask_feather", "sampler": "sampler", "model": "model"}
 RUN_OPTIONS |= {"fill": "fill", "padding": "mask_padding", "left": "expand_left", "top": "expand_top",
-                "right": "expand_right", "bottom": "expand_bottom"}
+                "right": "expand_right", "bottom": "expand_bottom", "clip_skip": "clip_skip"}
 RUN_FLAGS = {field: f"--{option}" for option, field in RUN_OPTIONS.items()} | {
     "image": "--image", "mask": "--mask", "control": "--control", "references": "--reference"}
 RUN_FLAGS["soft_inpaint"] = "--hard-mask"
+RUN_FLAGS["clip_skip"] = "--clip-skip"
 # Formats `easel run --out` writes without loss (WebP is written lossless); others need --lossy.
 LOSSLESS_FORMATS = ("PNG", "TIFF", "WEBP", "BMP", "TGA")
 RUN_OPTIONS |= {"scale": "scale", "upscaler": "upscaler", "preset": "preset"}
@@ -186,6 +187,8 @@ def _add_run_parser(commands: Any) -> None:
             SUBMIT_FIELDS[f"expand_{side}"], doc=f"expand: pixels added {where} the picture"))
     run.add_argument("--sampler", choices=SUBMIT_FIELDS["sampler"].choices, help=_help(SUBMIT_FIELDS["sampler"]))
     run.add_argument("--model", metavar="NAME", help=_help(SUBMIT_FIELDS["model"]))
+    run.add_argument("--clip-skip", type=int, metavar="N", help=_help(SUBMIT_FIELDS["clip_skip"],
+                                                                       default="the model's"))
     run.add_argument("--scale", type=float, metavar="X", help=_help(SUBMIT_FIELDS["scale"], default="2"))
     run.add_argument("--upscaler", metavar="NAME", help=_help(SUBMIT_FIELDS["upscaler"]))
     run.add_argument("--image-guidance", type=float, metavar="X", dest="image_guidance", help=_help(

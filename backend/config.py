@@ -6,6 +6,7 @@
     token = ""                 # clients must present it; required off loopback
     model_folders = []         # every .safetensors / diffusers folder inside becomes a model
     controlnet_folders = []    # e.g. A1111's models/ControlNet: family and type read from file names
+    embedding_folders = []     # textual inversions, e.g. A1111's embeddings/ (family read from the files)
     allowed_origins = []       # browser pages allowed besides the server's own origin
     default_model = "sd15"
     allow_pickle = false       # .ckpt / .bin checkpoints run code when loaded
@@ -45,6 +46,10 @@
     inpaint = "/path/to/sd-v1-5-inpainting.safetensors"   # optional 9-channel UNet
     preview = "madebyollin/taesd"                        # optional TAESD for previews
     config = "/path/to/diffusers-config-folder"          # single files: offline configs
+    clip_skip = 2                                        # A1111's count; jobs may set their own
+    prediction_type = "v_prediction"                     # else read from the checkpoint (v_pred key ...)
+    zero_terminal_snr = true                             # likewise (ztsnr key, rescale_betas_zero_snr)
+    guidance_rescale = 0.7                               # default 0.7 with zero_terminal_snr, else 0
 """
 
 from __future__ import annotations
@@ -106,6 +111,10 @@ class ModelSpec:
     vae: str | None = None
     true_cfg: float = 1.0  # flux: above 1, a negative prompt and true classifier-free guidance (twice the cost)
     cpu_offload: bool = False  # flux: keep the modules in RAM and move each to the GPU while it runs
+    clip_skip: int | None = None  # A1111's count: 1 = the last layer; jobs may set their own
+    prediction_type: str | None = None  # epsilon | v_prediction; read from the checkpoint when None
+    zero_terminal_snr: bool | None = None  # read from the checkpoint when None
+    guidance_rescale: float | None = None  # 0.7 for zero-terminal-SNR models when None, else 0
 
 
 @dataclass
@@ -129,6 +138,7 @@ class Config:
     allowed_origins: list[str] = field(default_factory=list)
     model_folders: list[str] = field(default_factory=list)
     controlnet_folders: list[str] = field(default_factory=list)
+    embedding_folders: list[str] = field(default_factory=list)  # textual inversions (A1111 embeddings/)
     annotators: str | None = None  # folder or hub repository with the lllyasviel/Annotators files
     lama: str | None = None  # a LaMa checkpoint (spandrel) for the `inpaint` pre-fill; OpenCV's Telea when None
     models: dict[str, ModelSpec] = field(default_factory=dict)
@@ -166,6 +176,7 @@ class Config:
         for spec in self.models.values():
             if spec.family is not None and spec.family not in FAMILIES:
                 raise ConfigError(f"models.{spec.name}.family must be one of {', '.join(FAMILIES)}")
+            check_prompt_settings(spec)
             if spec.instruct and spec.family == "sdxl":
                 raise ConfigError(f"models.{spec.name}.instruct: an InstructPix2Pix UNet fits sd15 models (flux "
                                   "models take a Kontext transformer)")
@@ -222,9 +233,9 @@ def load_config(path: str | Path | None = None) -> Config:
 
     server = data.get("server", {})
     for key in ("host", "port", "token", "default_model", "allow_pickle", "device", "allowed_origins",
-                "model_folders", "controlnet_folders", "controlnet_memory_mb", "annotators", "upscaler_folders",
-                "default_upscaler", "hello_timeout", "slow_reader_seconds", "shutdown_grace", "tls_cert", "tls_key",
-                "resume_seconds", "lora_folders"):
+                "model_folders", "controlnet_folders", "embedding_folders", "controlnet_memory_mb", "annotators",
+                "upscaler_folders", "default_upscaler", "hello_timeout", "slow_reader_seconds", "shutdown_grace",
+                "tls_cert", "tls_key", "resume_seconds", "lora_folders"):
         if key in server:
             setattr(config, key, server[key])
     if server.get("lama"):
@@ -278,6 +289,11 @@ def load_config(path: str | Path | None = None) -> Config:
         folder = (path.parent / Path(folder).expanduser()).resolve()
         for (family, kind), source in scan_controlnet_folder(folder).items():
             config.controlnets.setdefault(family, {}).setdefault(kind, source)  # explicit entries win
+    config.embedding_folders = [str((path.parent / Path(folder).expanduser()).resolve())
+                                for folder in config.embedding_folders]
+    for folder in config.embedding_folders:
+        if not Path(folder).is_dir():
+            raise ConfigError(f"embedding folder {folder} does not exist")
     for folder in config.model_folders:
         folder = (path.parent / Path(folder).expanduser()).resolve()
         for name, spec in scan_model_folder(folder, config.allow_pickle).items():
@@ -318,6 +334,22 @@ def scan_lora_folder(folder: Path) -> dict[str, str]:
     for file in sorted(folder.rglob("*.safetensors")):
         found.setdefault(file.stem, str(file))
     return found
+
+
+def check_prompt_settings(spec: ModelSpec) -> None:
+    """A model's clip skip, prediction type and guidance rescale, in range."""
+    from shared.rules import MAX_CLIP_SKIP
+
+    where = f"models.{spec.name}"
+    if spec.clip_skip is not None and (not isinstance(spec.clip_skip, int) or not 1 <= spec.clip_skip <= MAX_CLIP_SKIP):
+        raise ConfigError(f"{where}.clip_skip must be a whole number from 1 to {MAX_CLIP_SKIP}, got {spec.clip_skip!r}")
+    if spec.prediction_type is not None and spec.prediction_type not in ("epsilon", "v_prediction"):
+        raise ConfigError(f"{where}.prediction_type must be epsilon or v_prediction, got {spec.prediction_type!r}")
+    if spec.zero_terminal_snr is not None and not isinstance(spec.zero_terminal_snr, bool):
+        raise ConfigError(f"{where}.zero_terminal_snr must be true or false")
+    if spec.guidance_rescale is not None and not (isinstance(spec.guidance_rescale, (int, float))
+                                                  and 0 <= spec.guidance_rescale <= 1):
+        raise ConfigError(f"{where}.guidance_rescale must be a number from 0 to 1, got {spec.guidance_rescale!r}")
 
 
 UPSCALER_SUFFIXES = (".pth", ".safetensors")
@@ -366,6 +398,8 @@ def scan_model_folder(folder: Path, allow_pickle: bool = False) -> dict[str, Mod
     pipelines = sorted(p.parent for p in folder.rglob("model_index.json") if not _is_upscale_pipeline(p))
 
     def is_component(path: Path) -> bool:  # weights of a diffusers pipeline or model, or an IP-Adapter's
+        if "embeddings" in path.relative_to(folder).parts[:-1]:  # textual inversions (A1111's embeddings/)
+            return True
         return (path.parent / "image_encoder").is_dir() or any(
             (parent / "config.json").is_file() or parent in pipelines
             for parent in path.parents if parent != folder and folder in parent.parents)

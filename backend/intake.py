@@ -16,6 +16,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from backend.config import Limits
+from backend.engine.embeddings import explicit_names
 from backend.engine.job import Control, EditJob, PreprocessJob, Reference
 from backend.imaging import to_array
 from backend.presets import Preset
@@ -37,11 +38,13 @@ def build_edit_job(job: Job, uploads: dict[str, ImageData], limits: Limits, mode
                    with_preset: Callable[[Job], tuple[Job, Preset | None]] | None = None,
                    loras: Mapping[str, str | None] | None = None,
                    model_family: Callable[[str], str | None] | None = None,
-                   capabilities: Callable[[str], ModelCapabilities] | None = None) -> EditJob:
+                   capabilities: Callable[[str], ModelCapabilities] | None = None,
+                   embeddings: Callable[[str], tuple[str | None, list[str]]] | None = None) -> EditJob:
     """Check a protocol job against the rules and the server's state; raise ProtocolError if unfit.
     ``with_preset``: the job with its preset applied, and the preset (``backend.presets.apply_preset``);
     ``loras``: the server's LoRAs and their families; ``model_family``: a model's family (None: not known);
-    ``capabilities``: what a model can do (modes, control, references ...)."""
+    ``capabilities``: what a model can do (modes, control, references ...); ``embeddings``: a model's family
+    and the textual-inversion embeddings it can use."""
     # A submit consumes the frames it names, accepted or refused, so a retry must upload again. Within
     # the submit one frame may be named several times (the picture as `image` and as a control image).
     refs = [job.image, job.mask, *(unit.image for unit in job.control), *(ref.image for ref in job.references)]
@@ -67,6 +70,8 @@ def build_edit_job(job: Job, uploads: dict[str, ImageData], limits: Limits, mode
     wanted = lora_rules.merge(("loras", [(lora.name, lora.weight) for lora in job.loras]), ("prompt", tags),
                               ("preset", list(preset.loras) if preset else []))
     lora_rules.check(wanted, loras or {}, model_family(model) if model_family else None, model)
+    if embeddings is not None:
+        check_embeddings(job, model, *embeddings(model))
     sampling = job.sampling
     for key, value, limit in (("steps", sampling.steps, limits.max_steps), ("batch", sampling.batch, limits.max_batch)):
         if value > limit:
@@ -109,12 +114,22 @@ def build_edit_job(job: Job, uploads: dict[str, ImageData], limits: Limits, mode
         batch=sampling.batch, sampler=sampling.sampler, width=width, height=height, image=pixels,
         mask=mask_pixels, mask_grow=job.mask_grow, mask_feather=job.mask_feather, preview_every=job.preview_every,
         preview_size=job.preview_size, control=control, references=references, fill=job.fill_mode,
-        soft=job.soft_inpaint, expand=job.expand, padding=job.mask_padding,
+        soft=job.soft_inpaint, expand=job.expand, padding=job.mask_padding, clip_skip=sampling.clip_skip,
         upscaler=(job.upscaler or default_upscaler) if job.mode in ("upscale", "generate") else None,
         image_guidance=float(IMAGE_GUIDANCE if job.image_guidance is None else job.image_guidance))
     return dataclasses.replace(
         work, loras=tuple((name, float(weight)) for name, weight, _ in wanted), preset=job.preset,
         few_step=bool(preset and preset.few_step), timestep_spacing=preset.timestep_spacing if preset else None)
+
+
+def check_embeddings(job: Job, model: str, family: str | None, usable: list[str]) -> None:
+    """Refuse ``embedding:name`` in a prompt when the model's family has no embedding of that name."""
+    for key in ("prompt", "negative_prompt"):
+        for name in explicit_names(getattr(job, key)):
+            if name not in usable:
+                raise ProtocolError("unknown_embedding", f"`{key}` names embedding {name!r}, which this server does "
+                                    f"not have for model {model!r}{f' ({family})' if family else ''}; available: "
+                                    f"{', '.join(usable) or 'none'}", key)
 
 
 def _expanded_canvas(pixels: np.ndarray, sides: tuple[int, int, int, int], limits: Limits) -> np.ndarray:

@@ -31,6 +31,7 @@ ERROR_CODES = {
     "unknown_lora": "A LoRA (in `loras` or a `<lora:name:weight>` tag of the prompt) names no configured LoRA.",
     "wrong_family": "A LoRA was made for another model family than the job's model.",
     "unknown_preset": "`preset` names no preset of this server.",
+    "unknown_embedding": "A prompt names (as `embedding:name`) no textual-inversion embedding of the model's family.",
     "out_of_memory": "The device ran out of memory during the job; lower the size, batch, ControlNets or references.",
     "unknown_session": "`hello.resume` names no session this server kept (it expired, or was never one).",
     "shutting_down": "The server is stopping: it takes no new jobs.",

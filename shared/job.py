@@ -15,7 +15,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from . import rules
+from . import prompt_syntax, rules
 from .errors import ProtocolError
 from .fields import Field, check_fields
 from .geometry import DEFAULT_PADDING
@@ -131,6 +131,9 @@ class Sampling:
     seed: int | None = wire(Field("integer", "Seed of the first image; image i uses seed + i. Random when omitted "
                                   "or null.", nullable=True, minimum=0, maximum=MAX_SEED), None)
     batch: int = wire(Field("integer", "Images to make, each with its own seed.", minimum=1), 1)
+    clip_skip: int | None = wire(Field("integer", "Text encoder layers skipped from the end, as A1111 counts: 1 = the "
+                                       "last layer, 2 = the one before it. The model's setting when omitted.",
+                                       minimum=1, maximum=rules.MAX_CLIP_SKIP), None)
 
 
 @dataclass
@@ -298,6 +301,8 @@ class Job:
             raise ProtocolError("invalid_field", "a job's references are either all `face` or none `face`: the "
                                 "face mode uses its own adapter", "references")
         rules.check_seed_range(self.sampling.seed, self.sampling.batch)
+        for key in ("prompt", "negative_prompt"):  # A1111 emphasis: brackets must match, weights be numbers
+            prompt_syntax.parse(getattr(self, key), key)
         for index, unit in enumerate(self.control):
             name = f"control[{index}]"
             if unit.image is None and self.mode == "generate":

@@ -141,6 +141,12 @@ PRESET_ITEM = Field("object", "A preset a job may name in `preset`: the settings
                                                  "weight": Field("number", required=True)})),
     "description": Field("string"),
 })
+EMBEDDINGS = Field("array", "Textual-inversion embeddings, used by name in prompts (or as `embedding:name`), each "
+                   "with the models of its family.", items=Field("object", fields={
+                       "name": Field("string", required=True),
+                       "family": Field("string", required=True, choices=FAMILIES),
+                       "vectors": Field("integer", "Tokens it takes in a prompt.", required=True),
+                   }))
 
 SERVER_MESSAGES: dict[str, dict[str, Field]] = {
     "welcome": {
@@ -163,6 +169,7 @@ SERVER_MESSAGES: dict[str, dict[str, Field]] = {
                                items=Field("string")),
             "loras": Field("array", "LoRAs for a job's `loras`.", items=LORA_ITEM),
             "presets": Field("array", "Presets for a job's `preset`.", items=PRESET_ITEM),
+            "embeddings": EMBEDDINGS,
         }),
         "device": Field("string", "Where the model runs (cuda, mps, cpu).", required=True),
         "default_model": Field("string", "Model used when a submit names none.", required=True),
@@ -262,7 +269,13 @@ SERVER_MESSAGES: dict[str, dict[str, Field]] = {
                 "image_guidance": Field("boolean", "instruct takes `image_guidance` (InstructPix2Pix; not Flux "
                                         "Kontext).", required=True),
             }),
+            "prediction_type": Field("string", "What the UNet predicts: read from the checkpoint (a `v_pred` key, "
+                                     "a scheduler config) or set in the model's config.",
+                                     choices=("epsilon", "v_prediction")),
+            "zero_terminal_snr": Field("boolean", "Trained to zero terminal SNR: sampled with rescaled betas, "
+                                       "trailing timesteps and rescaled guidance."),
         })),
+        "embeddings": EMBEDDINGS,
         "upscalers": Field("array", "Super-resolution models for `upscale`.", items=Field("object", fields={
             "name": Field("string", required=True),
             "scale": Field("integer", "Factor of one application (from the file name until loaded).",

@@ -29,6 +29,9 @@ REMOVE_STRENGTH = 0.4
 MAX_EXPAND = 4096
 """Most pixels an expand adds on one side."""
 
+MAX_CLIP_SKIP = 12
+"""Clip skip runs from 1 (the text encoder's last layer, as A1111 counts) to 12 (the first of SD1.5's 12)."""
+
 
 def pass_strength(mode: str, strength: float) -> float:
     """The strength a mode's diffusion passes run at (remove scales it down to a refining pass)."""

@@ -133,7 +133,8 @@ def test_demo_model_command_writes_a_servable_config(tmp_path):
     process, url = serve("--config", tmp_path / "demo" / "easel.toml")
     try:
         with Client(url) as client:
-            assert {m["name"] for m in client.models()["models"]} >= {"demo", "demo-base", "demo-xl", "demo-instruct"}
+            assert {m["name"] for m in client.models()["models"]} >= {"demo", "demo-base", "demo-xl", "demo-instruct",
+                                                                      "demo-vpred"}
             assert "canny" in client.welcome["capabilities"]["control_types"]
     finally:
         stop(process)
@@ -322,6 +323,9 @@ def small(tmp_path):
     (["img2img", "--reference", "{image}:5"], "--reference {image}:5: WEIGHT must be at most 2, got 5.0"),
     (["instruct", "--image-guidance", 30], "--image-guidance must be at most 20, got 30"),
     (["img2img", "--image-guidance", 2], "--image-guidance is for instruct; img2img does not take it"),
+    (["img2img", "--clip-skip", 13], "--clip-skip must be at most 12, got 13"),
+    (["img2img", "--prompt", "a (red door"], "--prompt: '(' at character 3 is never closed with ')'"),
+    (["img2img", "--negative", "(blurry:1..5)"], "--negative: the weight '1..5' of the group at character 1"),
 ])
 def test_run_errors_name_the_options_typed_before_connecting(capsys, small, args, said):
     names = {"image": small / "in.png", "mask": small / "mask.png"}

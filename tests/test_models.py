@@ -82,7 +82,7 @@ inpaint = "./weights/inpaint.safetensors"
 def test_a_models_folder_serves_every_checkpoint_in_it(demo_root, tmp_path):
     (tmp_path / "easel.toml").write_text(f'[server]\nport = 0\nmodel_folders = ["{demo_root}"]\n')
     config = load_config(tmp_path / "easel.toml").check()
-    assert set(config.models) >= {"sd15", "sd15-inpaint", "sdxl", "sdxl-inpaint", "sd15-instruct"}
+    assert set(config.models) >= {"sd15", "sd15-inpaint", "sdxl", "sdxl-inpaint", "sd15-instruct", "sd15-vpred"}
     image = picture(128, 128)
     with ServerThread(config, Engine(ModelRegistry(config, torch.device("cpu"), torch.float32))) as server, \
             Client(server.url) as client:

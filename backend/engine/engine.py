@@ -19,10 +19,11 @@ import numpy as np
 import torch
 from PIL import Image
 
-from backend.engine import compose, fill
+from backend.engine import compose, fill, prompts
 from backend.engine.adapters import IPAdapters
 from backend.engine.conditioning import ContentCache, digest
 from backend.engine.controlnets import ControlNetCache
+from backend.engine.embeddings import EmbeddingError, Embeddings
 from backend.engine.job import Control, EditJob, PreprocessJob
 from backend.engine.loras import Loras
 from backend.engine.models import LoadedModel, ModelError, ModelRegistry
@@ -32,7 +33,7 @@ from backend.engine.previews import Previewer
 from backend.engine.prompt_cache import PromptCache
 from backend.engine.runner import ControlInput, PassInputs, run_pass
 from backend.engine.upscalers import Upscalers
-from shared import rules
+from shared import prompt_syntax, rules
 from shared.geometry import Box
 from shared.vocabulary import MAX_SEED
 
@@ -108,6 +109,7 @@ class Engine:
                                            config.controlnet_memory_mb * 2**20, config.allow_pickle,
                                            prepare=self.speed.prepare_controlnet)
         self.prompts = PromptCache(config.performance.prompt_cache)
+        self.embeddings = Embeddings(config.embedding_folders)
         self.control_maps = ContentCache(CONTROL_MAP_CACHE)
         self.adapters = IPAdapters(config.ip_adapters, config.allow_pickle)
         self.preprocessors = Preprocessors(config.annotators, registry.device)
@@ -148,8 +150,7 @@ class Engine:
         elif job.mode == "instruct":  # its pipeline encodes the prompt its own way (three-way guidance)
             prompt = {"prompt": job.prompt, "negative_prompt": job.negative_prompt or None}
         else:
-            prompt = self.prompts.kwargs(f"{model.name}{text_loras or ''}", pipe, model.family, job.prompt,
-                                         job.negative_prompt or None, job.guidance > 1)
+            prompt = self._prompt(job, model, pipe, text_loras)
         if self.lama is not None and any(p.fill == "inpaint" for p in passes):
             self.lama.load()  # a network that cannot load fails the job before `started`
         reporter.started(job.denoising_steps, passes)
@@ -167,6 +168,7 @@ class Engine:
                     model.before_call(pipe, self.device)
                     pipe.scheduler = type(pipe.scheduler).from_config(model.scheduler_config)
                 else:
+                    inputs.guidance_rescale = model.prediction.guidance_rescale
                     pipe.scheduler = make_scheduler(job.sampler, model.scheduler_config, job.timestep_spacing)
                 on_step = self._on_step(job, model, reporter, index * len(passes) + number, len(passes))
                 with self.speed.job(pipe, p.size, model.native_size):
@@ -258,6 +260,32 @@ class Engine:
             raise JobCancelled()
 
     # -- conditioning -------------------------------------------------------------------------
+
+    def _prompt(self, job: EditJob, model: LoadedModel, pipe, text_loras: tuple = ()) -> dict:
+        """The prompt's embeddings (cached by the parsed prompt): emphasis, long prompts, embeddings, clip skip.
+        ``text_loras``: the LoRAs active in the text encoders, which the embeddings depend on."""
+        clip_skip = job.clip_skip or model.clip_skip
+        layers = prompts.encoder_layers(pipe)
+        if clip_skip > layers:
+            raise ModelError("invalid_field", f"clip skip {clip_skip} is more than the {layers} layers of model "
+                             f"{model.name!r}'s text encoder", "clip_skip")
+        try:
+            positive = self.embeddings.apply(model, prompt_syntax.parse(job.prompt, "prompt"), "prompt")
+            negative = self.embeddings.apply(model, prompt_syntax.parse(job.negative_prompt, "negative_prompt"),
+                                             "negative_prompt") if job.negative_prompt else None
+        except EmbeddingError as exc:
+            raise ModelError(exc.code, exc.message, exc.field) from exc
+        guided = job.guidance > 1
+        key = (model.name, text_loras, positive, negative, guided, clip_skip)
+        return self.prompts.get(key, lambda: prompts.encode(pipe, model.family, positive, negative, guided, clip_skip))
+
+    def usable_embeddings(self, model: str) -> tuple[str | None, list[str]]:
+        """The family of a configured model (None: unknown until it loads) and the embeddings it can use."""
+        from backend.engine.models import configured_family
+
+        spec = self.registry.config.models.get(model)
+        family = configured_family(spec) if spec else None
+        return family, self.embeddings.names(family)
 
     def _with_control(self, job: EditJob, model: LoadedModel, active: list[tuple[int, Control]]):
         """The ControlNet pipeline for the job's active units (scale 0 switches a unit off); None

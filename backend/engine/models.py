@@ -19,6 +19,7 @@ import torch
 import transformers
 
 from backend.config import Config, ModelSpec
+from backend.engine import prediction as predictions
 from backend.engine.capabilities import capabilities as model_capabilities
 from backend.engine.capabilities import configured_kind
 from backend.engine.speed import Speed
@@ -107,11 +108,14 @@ class LoadedModel:
     pipelines: dict = field(default_factory=dict)
     scheduler_config: dict = field(default_factory=dict)
     instruct_unet: object | None = None  # an InstructPix2Pix UNet (8 channels) beside the base one
+    prediction: predictions.Prediction = field(default_factory=predictions.Prediction)
+    clip_skip: int = 1  # the model's default (A1111's count); jobs may set their own
 
     def __post_init__(self):
         # Jobs replace pipe.scheduler (the generate pipeline is the base itself), so keep the
-        # model's own scheduler config aside as the one every job's scheduler is built from.
-        self.scheduler_config = dict(self.base.scheduler.config)
+        # model's own scheduler config aside as the one every job's scheduler is built from
+        # (with what the model predicts: v-prediction, zero terminal SNR).
+        self.scheduler_config = dict(self.base.scheduler.config) | self.prediction.scheduler_overrides()
 
     @property
     def unets(self) -> tuple:
@@ -170,6 +174,8 @@ class ModelDescription:
     inpaint_model: bool  # has a dedicated 9-channel inpaint UNet
     loaded: bool
     capabilities: ModelCapabilities | None = None
+    prediction_type: str = "epsilon"  # or v_prediction
+    zero_terminal_snr: bool = False
 
 
 class ModelRegistry:
@@ -205,6 +211,7 @@ class ModelRegistry:
                                else bool(spec.inpaint)),
                 loaded=model is not None,
                 capabilities=self.capabilities(name),
+                **_prediction_fields(model.prediction if model else predictions.resolve(spec)),
             ))
         return out
 
@@ -253,7 +260,9 @@ class ModelRegistry:
                         "`config` to a local diffusers folder of the same architecture)")
             raise ModelError("model_load_failed", f"model {spec.name!r} could not be loaded from "
                              f"{spec.source}: {exc}{hint}") from exc
-        return LoadedModel(spec.name, family, base, inpaint_unet, preview, instruct_unet=instruct_unet)
+        prediction = predictions.resolve(spec, dict(base.scheduler.config))
+        return LoadedModel(spec.name, family, base, inpaint_unet, preview, instruct_unet=instruct_unet,
+                           prediction=prediction, clip_skip=spec.clip_skip or 1)
 
     def _common(self) -> dict:
         return {"dtype": self.dtype, "use_safetensors": None if self.config.allow_pickle else True}
@@ -299,6 +308,10 @@ class ModelRegistry:
         path = Path(source).expanduser()
         return to_device(AutoencoderTiny.from_pretrained(str(path) if path.is_dir() else source,
                                                **self._common()), self.device)
+
+
+def _prediction_fields(prediction: predictions.Prediction) -> dict:
+    return {"prediction_type": prediction.prediction_type, "zero_terminal_snr": prediction.zero_terminal_snr}
 
 
 FAMILY_NATIVE_SIZE = {"sd15": 512, "sdxl": 1024, "flux": 1024}

@@ -9,6 +9,7 @@ inpainting).
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -46,6 +47,7 @@ class PassInputs:
     change: np.ndarray | None = None  # soft inpaint: H x W floats 0-1, how much each pixel may change
     image_guidance: float | None = 1.5  # instruct: how closely the edit keeps to the picture (None: no such scale)
     extra: dict = field(default_factory=dict)  # further arguments of this family's pipelines (flux.py)
+    guidance_rescale: float = 0.0  # zero-terminal-SNR models: rescaled CFG, where the pipeline has it
 
 
 def run_pass(pipe, inputs: PassInputs, on_step: Callable) -> np.ndarray:
@@ -56,6 +58,8 @@ def run_pass(pipe, inputs: PassInputs, on_step: Callable) -> np.ndarray:
     kwargs = dict(inputs.prompt, num_inference_steps=inputs.steps, guidance_scale=inputs.guidance,
                   generator=torch.Generator("cpu").manual_seed(inputs.seed), output_type="np",
                   callback_on_step_end=on_step, **inputs.adapter)
+    if inputs.guidance_rescale and "guidance_rescale" in inspect.signature(type(pipe).__call__).parameters:
+        kwargs["guidance_rescale"] = inputs.guidance_rescale
     if inputs.mode == "generate":
         kwargs.update(width=width, height=height)
     elif inputs.mode == "img2img":

@@ -34,7 +34,7 @@ SERVER_NAME = f"easel/{shared.__version__}"
 
 def welcome(config: Config, device: str, preprocessors: list[str], default_model: str | None,
             upscalers: list[str] | None = None, session: str | None = None, resumed: bool = False,
-            loras: list[LoraDescription] = ()) -> dict:
+            loras: list[LoraDescription] = (), embeddings: list[dict] | None = None) -> dict:
     """The answer to ``hello``: who we are and what this server can do."""
     limits = config.limits
     return {
@@ -54,6 +54,7 @@ def welcome(config: Config, device: str, preprocessors: list[str], default_model
             "upscalers": list(upscalers or [BUILTIN_UPSCALER]),
             "loras": lora_list(loras),
             "presets": describe_presets(config.presets),
+            "embeddings": embeddings or [],
         },
         "device": device, "default_model": default_model,
         **({"session": session} if session else {}), **({"resumed": True} if resumed else {}),
@@ -128,6 +129,8 @@ def parameters(job: Job, run: EngineResult) -> dict:
            "seed": work.seed, "steps": work.steps, "guidance": work.guidance, "strength": work.strength,
            "batch": work.batch, "sampler": work.sampler, "mask_grow": work.mask_grow,
            "mask_feather": work.mask_feather, "seeds": seed_range(work.seed, work.batch)}
+    if work.clip_skip is not None:
+        out["clip_skip"] = work.clip_skip
     if work.mode == "generate":
         del out["strength"]
         out["width"], out["height"] = run.passes[0].box.width, run.passes[0].box.height
@@ -212,11 +215,14 @@ def lora_list(loras: list[LoraDescription]) -> list[dict]:
 
 def models(default: str | None, descriptions: list[ModelDescription],
            upscalers: list[UpscalerDescription] = (), loras: list[LoraDescription] = (),
-           presets: dict[str, Preset] | None = None) -> dict:
+           presets: dict[str, Preset] | None = None, embeddings: list[dict] | None = None) -> dict:
     message = {"type": "models", "default": default, "models": [
         {"name": d.name, "family": d.family, "native_size": d.native_size, "inpaint_model": d.inpaint_model,
-         "loaded": d.loaded, **({"capabilities": d.capabilities.to_wire()} if d.capabilities else {})}
+         "loaded": d.loaded, "prediction_type": d.prediction_type, "zero_terminal_snr": d.zero_terminal_snr,
+         **({"capabilities": d.capabilities.to_wire()} if d.capabilities else {})}
         for d in descriptions]}
+    if embeddings is not None:  # textual inversions by family
+        message["embeddings"] = embeddings
     if upscalers:
         message["upscalers"] = [{"name": u.name, "scale": u.scale, "architecture": u.architecture,
                                  "loaded": u.loaded} for u in upscalers]

@@ -224,11 +224,12 @@ class Session:
             kept.greeted = True
             welcome = messages.welcome(config, str(engine.device), preprocessors, engine.registry.default,
                                        engine.upscalers.names(), kept.token, resumed=True,
-                                       loras=engine.loras.describe())
+                                       loras=engine.loras.describe(), embeddings=engine.embeddings.listing())
             return Reply([welcome, *kept.redeliver(message.get("pending", []))], resume=kept)
         self.greeted = True
         return Reply([messages.welcome(config, str(engine.device), preprocessors, engine.registry.default,
-                                       engine.upscalers.names(), self.token, loras=engine.loras.describe())])
+                                       engine.upscalers.names(), self.token, loras=engine.loras.describe(),
+                                       embeddings=engine.embeddings.listing())])
 
     def _submit(self, message: dict) -> Reply:
         registry, limits = self.state.engine.registry, self.state.config.limits
@@ -240,7 +241,8 @@ class Session:
         def build() -> EditJob:
             return build_edit_job(request, self.uploads, limits, names, default, upscalers.names(),
                                   upscalers.default, lambda job: apply_preset(job, given, self.state.config.presets),
-                                  engine.loras.families(), self._model_family, registry.capabilities)
+                                  engine.loras.families(), self._model_family, registry.capabilities,
+                                  engine.usable_embeddings)
 
         return self._take(request, build)
 
@@ -276,7 +278,7 @@ class Session:
         registry = self.state.engine.registry
         return Reply([messages.models(registry.default, registry.describe(),
                                       self.state.engine.upscalers.describe(), self.state.engine.loras.describe(),
-                                      self.state.config.presets)])
+                                      self.state.config.presets, self.state.engine.embeddings.listing())])
 
     # An explicit table, so the handled types are greppable and a test can hold them to CLIENT_MESSAGES.
     HANDLERS: ClassVar[dict[str, Callable[[Session, dict], Reply]]] = {

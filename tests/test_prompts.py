@@ -1,0 +1,316 @@
+"""Prompts: A1111 emphasis, long prompts, textual-inversion embeddings, clip skip, v-prediction.
+
+The pure parts (the emphasis parser, embedding names) are tested as functions; the rest through the
+real diffusers pipelines of the demo models (a character-level tokenizer: one token per character)
+and a real server on loopback.
+"""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from backend.config import Config, ConfigError, ModelSpec, load_config
+from backend.engine import prediction, prompts
+from backend.engine.embeddings import explicit_names, read_vectors, substitute
+from backend.engine.engine import Engine, make_scheduler
+from backend.engine.job import EditJob
+from backend.engine.models import ModelError, ModelRegistry, pick_device
+from backend.engine.runner import PassInputs, run_pass
+from conftest import decode
+from shared.client import Accepted, EaselError
+from shared.errors import ProtocolError
+from shared.job import Job
+from shared.prompt_syntax import parse
+
+# -- the emphasis parser ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("prompt, pieces", [
+    ("a red door", (("a red door", 1.0),)),
+    ("a (red) door", (("a ", 1.0), ("red", 1.1), (" door", 1.0))),
+    ("((red))", (("red", 1.21),)),
+    ("[blue] sky", (("blue", 0.909091), (" sky", 1.0))),
+    ("(word:1.5)", (("word", 1.5),)),
+    ("(a (b:1.2)) c", (("a ", 1.1), ("b", 1.32), (" c", 1.0))),
+    ("((a):0.5)", (("a", 0.55),)),
+    (r"\(not weighted\) \[x\]", (("(not weighted) [x]", 1.0),)),
+    ("(style: baroque)", (("style: baroque", 1.1),)),  # a colon followed by words is text
+    ("(red:1.0) door", (("red door", 1.0),)),
+    ("", ()),
+])
+def test_a1111_emphasis_reads_as_weighted_pieces(prompt, pieces):
+    assert parse(prompt) == pieces
+
+
+@pytest.mark.parametrize("prompt, says", [
+    ("a (red door", "'(' at character 3 is never closed"),
+    ("a red) door", "')' at character 6 closes nothing"),
+    ("(a]", "']' at character 3 does not close the '(' at character 1"),
+    ("(a:1.2.3)", "the weight '1.2.3'"),
+    ("(a:)", "the weight ''"),
+    ("(a:-1)", "between 0 and 10"),
+    ("(a:11)", "between 0 and 10"),
+    ("[cat:dog:0.5]", "prompt editing"),
+])
+def test_malformed_emphasis_is_refused_naming_the_field_and_the_place(prompt, says):
+    with pytest.raises(ProtocolError) as caught:
+        Job.create("generate", negative_prompt=prompt).check()
+    assert caught.value.field == "negative_prompt" and says in caught.value.message, caught.value.message
+
+
+def test_embedding_names_become_tokens_as_words_only():
+    pieces = (("a demo-style and embedding:demo-embedding.pt, not demo-styles or xdemo-style", 1.2),)
+    tokens = {"demo-style": "<t1>", "demo-embedding": "<t2>"}
+    assert substitute(pieces, tokens) == (("a <t1> and <t2>, not demo-styles or xdemo-style", 1.2),)
+    assert explicit_names("embedding:a, (embedding:b.safetensors:1.2) c") == ["a", "b"]
+
+
+# -- encoding through the demo pipelines ------------------------------------------------------
+
+
+class Quiet:
+    def started(self, steps, passes): pass
+
+    def progress(self, step, total, preview): pass
+
+    def is_cancelled(self): return False
+
+
+def generate(engine: Engine, prompt: str, model: str = "demo-base", **params) -> np.ndarray:
+    params = {"negative_prompt": "", "seed": 3, "steps": 2, "guidance": 7.0, "sampler": "euler", **params}
+    job = EditJob(mode="generate", model=model, prompt=prompt, strength=1.0, batch=1, width=64, height=64, **params)
+    return engine.run(job, Quiet()).layers[0].pixels
+
+
+# ~150 tokens (the demo tokenizer reads one token per character), the same up to token 120
+LONG = "a lighthouse on a cliff at dusk, waves below, gulls in the wind, " * 2
+LONG_A, LONG_B = LONG[:120] + "red roof and a small boat", LONG[:120] + "blue roof and a big ship"
+
+
+@pytest.mark.parametrize("model", ["demo-base", "demo-xl"])
+def test_plain_short_prompts_encode_exactly_as_the_pipeline_does(engine, model):
+    """No emphasis, within 77 tokens: the numbers the pipeline makes from the words themselves."""
+    loaded = engine.registry.get(model)
+    pipe = loaded.pipeline("generate")
+
+    def run(prompt_args):
+        pipe.scheduler = make_scheduler("euler", loaded.scheduler_config)
+        inputs = PassInputs("generate", (64, 64), 2, 7.0, 1.0, 5, prompt_args)
+        return run_pass(pipe, inputs, lambda *a: {})
+
+    for prompt, negative in (("a red door", "blurry"), ("a red door", None)):
+        words = run({"prompt": prompt, "negative_prompt": negative})
+        encoded = prompts.encode(pipe, loaded.family, parse(prompt), parse(negative) if negative else None, True)
+        np.testing.assert_array_equal(words, run(encoded))
+
+
+@pytest.mark.parametrize("model", ["demo-base", "demo-xl"])
+def test_the_weighted_path_agrees_with_the_pipeline_on_plain_prompts(engine, model):
+    """compel's provider, set up per family here, makes the pipeline's own numbers when nothing is weighted
+    (prompt, negative, SDXL's pooled and zeroed negatives) and SDXL clip skip 2 is diffusers' clip_skip=1."""
+    loaded = engine.registry.get(model)
+    pipe = loaded.base
+    for negative in (None, "blurry"):
+        own = prompts._pipeline_encode(pipe, loaded.family, "a red door", negative, True)
+        with torch.no_grad():
+            weighted = prompts._weighted_encode(pipe, loaded.family, parse("a red door"),
+                                                parse(negative) if negative else None, True, 1)
+        for key, value in own.items():
+            torch.testing.assert_close(weighted[key], value, rtol=0, atol=0)
+    if loaded.family == "sdxl":
+        with torch.no_grad():
+            embeds, _, pooled, _ = pipe.encode_prompt("a red door", device=pipe.device,
+                                                      do_classifier_free_guidance=False, clip_skip=1)
+            skipped = prompts._weighted_encode(pipe, "sdxl", parse("a red door"), None, False, 2)
+        torch.testing.assert_close(skipped["prompt_embeds"], embeds, rtol=0, atol=0)
+        torch.testing.assert_close(skipped["pooled_prompt_embeds"], pooled, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("model", ["demo-base", "demo-xl"])
+def test_weighting_and_long_prompts_change_the_picture_and_repeat_exactly(engine, model):
+    plain = generate(engine, "a red door", model)
+    weighted = generate(engine, "a (red:1.5) door", model)
+    assert (plain != weighted).any()
+    engine.prompts._entries.clear()  # encoded afresh: the same numbers
+    np.testing.assert_array_equal(weighted, generate(engine, "a (red:1.5) door", model))
+    assert (generate(engine, "a red door", model, negative_prompt="(blurry:1.3)") != plain).any()
+    assert len(LONG_A) > 140 and LONG_A[:120] == LONG_B[:120]
+    assert (generate(engine, LONG_A, model) != generate(engine, LONG_B, model)).any()
+
+
+def test_the_cache_keys_on_the_parsed_prompt(engine):
+    engine.prompts._entries.clear()
+    generate(engine, "a (red:1.2) door")
+    generate(engine, "a (red:1.2) door", seed=9)
+    generate(engine, "a (red:1.20) door")  # the same pieces
+    assert len(engine.prompts) == 1
+    generate(engine, "a (red:1.3) door")
+    assert len(engine.prompts) == 2
+
+
+@pytest.fixture(scope="module")
+def own_engine(demo_config):
+    """An engine of this module's own: embeddings load into its text encoders."""
+    return Engine(ModelRegistry(demo_config, *pick_device("cpu")))
+
+
+@pytest.mark.parametrize("model, name", [("demo-base", "demo-embedding"), ("demo-base", "demo-style"),
+                                         ("demo-xl", "demo-embedding-xl")])
+def test_a_named_embedding_changes_the_picture_and_leaves_other_prompts_alone(own_engine, model, name):
+    engine = own_engine
+    before = generate(engine, "a red door", model)
+    with_embedding = generate(engine, f"a red door, {name}", model)
+    assert (with_embedding != generate(engine, "a red door, ", model)).any()
+    np.testing.assert_array_equal(with_embedding, generate(engine, f"a red door, embedding:{name}", model))
+    engine.prompts._entries.clear()
+    np.testing.assert_array_equal(before, generate(engine, "a red door", model))
+
+
+def test_a_weighted_multi_vector_embedding_goes_through_compel(engine):
+    named = generate(engine, "a red door, demo-embedding")
+    weighted = generate(engine, "a red door, (demo-embedding:1.4)")
+    assert (weighted != named).any()
+    np.testing.assert_array_equal(weighted, generate(engine, "a red door, (embedding:demo-embedding:1.4)"))
+
+
+def test_embedding_files_read_weights_only(demo_root, tmp_path):
+    vectors = read_vectors(str(demo_root / "embeddings" / "demo-style.pt"))["vectors"]
+    assert vectors.shape == (1, 32)
+    assert set(read_vectors(str(demo_root / "embeddings" / "demo-embedding-xl.safetensors"))) == {"clip_l", "clip_g"}
+
+    class Payload:
+        def __reduce__(self):
+            return (print, ("ran",))
+
+    torch.save({"string_to_param": {"*": torch.zeros(1, 4)}, "x": Payload()}, tmp_path / "evil.pt")
+    with pytest.raises(Exception, match="[Ww]eights only"):
+        read_vectors(str(tmp_path / "evil.pt"))
+
+
+@pytest.mark.parametrize("model", ["demo-base", "demo-xl"])
+def test_clip_skip_2_differs_from_1_and_too_deep_a_skip_is_refused(engine, model):
+    default = generate(engine, "a red door", model)
+    np.testing.assert_array_equal(default, generate(engine, "a red door", model, clip_skip=1))
+    assert (generate(engine, "a red door", model, clip_skip=2) != default).any()
+    with pytest.raises(ModelError) as caught:
+        generate(engine, "a red door", model, clip_skip=5)  # the demo text encoders have 4 layers
+    assert caught.value.field == "clip_skip"
+
+
+def test_clip_skip_reads_the_layer_a1111_names(engine):
+    """SD1.5 clip skip 2: the penultimate layer's hidden states through the final layer norm."""
+    pipe = engine.registry.get("demo-base").base
+    out = prompts.encode(pipe, "sd15", parse("a red door"), None, False, clip_skip=2)["prompt_embeds"]
+    ids = pipe.tokenizer("a red door", padding="max_length", max_length=77, return_tensors="pt").input_ids
+    with torch.no_grad():
+        states = pipe.text_encoder(ids, output_hidden_states=True).hidden_states
+        expected = pipe.text_encoder.final_layer_norm(states[-2])
+    torch.testing.assert_close(out, expected)
+
+
+# -- v-prediction ---------------------------------------------------------------------------------
+
+
+def test_the_v_prediction_model_samples_with_v_prediction(engine):
+    pixels = generate(engine, "a red door", "demo-vpred")
+    model = engine.registry.get("demo-vpred")
+    scheduler = model.pipeline("generate").scheduler.config
+    assert (scheduler.prediction_type, scheduler.rescale_betas_zero_snr, scheduler.timestep_spacing) == \
+        ("v_prediction", True, "trailing")
+    assert model.prediction.guidance_rescale == prediction.ZTSNR_GUIDANCE_RESCALE
+    assert (pixels != generate(engine, "a red door", "demo-base")).any()
+    assert engine.registry.get("demo-base").pipeline("generate").scheduler.config.prediction_type == "epsilon"
+
+
+def test_a_v_pred_key_in_a_single_file_says_v_prediction(tmp_path):
+    markers = {"v_pred": torch.zeros(0), "ztsnr": torch.zeros(0), "w": torch.ones(1)}  # as NoobAI ships them
+    save_file(markers, str(tmp_path / "noob.safetensors"))
+    save_file({"w": torch.ones(1)}, str(tmp_path / "plain.safetensors"))
+    assert prediction.from_checkpoint(str(tmp_path / "noob.safetensors")) == \
+        {"prediction_type": "v_prediction", "zero_terminal_snr": True}
+    assert prediction.from_checkpoint(str(tmp_path / "plain.safetensors")) == {}
+
+
+def test_a_v_pred_single_file_loads_with_v_prediction(demo_root, tmp_path):
+    from safetensors.torch import load_file
+
+    from ldm_checkpoint import write_ldm_checkpoint
+
+    checkpoint = write_ldm_checkpoint(demo_root / "sd15", tmp_path / "noob-vpred.safetensors")
+    save_file(load_file(str(checkpoint)) | {"v_pred": torch.zeros(0)}, str(checkpoint))
+    config = Config(models={"vpred": ModelSpec("vpred", str(checkpoint), config=str(demo_root / "sd15"))})
+    registry = ModelRegistry(config, *pick_device("cpu"))
+    assert registry.describe()[0].prediction_type == "v_prediction"  # from the header, before loading
+    engine = Engine(registry)
+    generate(engine, "a red door", "vpred")
+    scheduler = registry.get("vpred").pipeline("generate").scheduler.config
+    assert scheduler.prediction_type == "v_prediction" and not scheduler.rescale_betas_zero_snr
+
+
+def test_a_models_config_sets_clip_skip_and_prediction(demo_root, engine, tmp_path):
+    (tmp_path / "easel.toml").write_text(
+        f'[server]\nembedding_folders = ["{demo_root / "embeddings"}"]\n\n'
+        f'[models.skip2]\nsource = "{demo_root / "sd15"}"\nclip_skip = 2\n'
+        'prediction_type = "v_prediction"\nzero_terminal_snr = true\nguidance_rescale = 0.3\n')
+    config = load_config(tmp_path / "easel.toml").check()
+    configured = Engine(ModelRegistry(config, *pick_device("cpu")))
+    model = configured.registry.get("skip2")
+    assert (model.clip_skip, model.prediction) == (2, prediction.Prediction("v_prediction", True, 0.3))
+    assert configured.embeddings.names("sd15") == ["demo-embedding", "demo-style"]
+    model.prediction = prediction.Prediction()  # (only the clip skip differs from demo-base now)
+    model.scheduler_config = dict(engine.registry.get("demo-base").scheduler_config)
+    np.testing.assert_array_equal(generate(configured, "a red door", "skip2"),
+                                  generate(engine, "a red door", clip_skip=2))
+
+
+@pytest.mark.parametrize("line, says", [
+    ("clip_skip = 0", "models.m.clip_skip must be a whole number from 1 to 12"),
+    ("prediction_type = \"v\"", "models.m.prediction_type must be epsilon or v_prediction"),
+    ("zero_terminal_snr = 1", "models.m.zero_terminal_snr must be true or false"),
+    ("guidance_rescale = 2", "models.m.guidance_rescale must be a number from 0 to 1"),
+])
+def test_bad_prompt_settings_in_the_config_name_the_key(tmp_path, line, says):
+    (tmp_path / "easel.toml").write_text(f'[models.m]\nsource = "/x"\n{line}\n')
+    with pytest.raises(ConfigError, match=re.escape(says)):
+        load_config(tmp_path / "easel.toml").check()
+
+
+# -- over the wire ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("change, code, field", [
+    ({"prompt": "a (red door"}, "invalid_field", "prompt"),
+    ({"negative_prompt": "(blurry:1..5)"}, "invalid_field", "negative_prompt"),
+    ({"prompt": "a door, embedding:nothing-here"}, "unknown_embedding", "prompt"),
+    ({"prompt": "embedding:demo-embedding-xl"}, "unknown_embedding", "prompt"),  # an SDXL one on SD1.5
+    ({"clip_skip": 13}, "invalid_field", "clip_skip"),
+    ({"clip_skip": 0}, "invalid_field", "clip_skip"),
+])
+def test_bad_prompts_and_clip_skips_are_refused_before_accepted(client, change, code, field):
+    job = client.submit("generate", **{"prompt": "x", "steps": 2, "width": 64, "height": 64, **change})
+    with pytest.raises(EaselError) as caught:
+        for event in client.events(job):
+            assert not isinstance(event, Accepted), "refused only after it was accepted"
+    assert (caught.value.code, caught.value.field) == (code, field), caught.value
+
+
+def test_models_and_welcome_list_embeddings_and_prediction(client):
+    listing = client.models()
+    by_name = {model["name"]: model for model in listing["models"]}
+    assert by_name["demo-vpred"]["prediction_type"] == "v_prediction" and by_name["demo-vpred"]["zero_terminal_snr"]
+    assert by_name["demo"]["prediction_type"] == "epsilon"
+    families = {item["name"]: item["family"] for item in listing["embeddings"]}
+    assert families == {"demo-embedding": "sd15", "demo-style": "sd15", "demo-embedding-xl": "sdxl"}
+    assert {item["name"] for item in client.welcome["capabilities"]["embeddings"]} == set(families)
+
+
+def test_a_weighted_job_over_the_wire_reports_its_clip_skip(client):
+    result = client.run("generate", prompt="a (red:1.3) door, demo-style", clip_skip=2, steps=2, width=64,
+                        height=64, seed=1)
+    assert result.parameters["clip_skip"] == 2
+    assert decode(result.images[0].image).shape == (64, 64, 4)
