@@ -281,10 +281,7 @@ class Engine:
 
     def usable_embeddings(self, model: str) -> tuple[str | None, list[str]]:
         """The family of a configured model (None: unknown until it loads) and the embeddings it can use."""
-        from backend.engine.models import configured_family
-
-        spec = self.registry.config.models.get(model)
-        family = configured_family(spec) if spec else None
+        family = self.registry.family(model) if model in self.registry.config.models else None
         return family, self.embeddings.names(family)
 
     def _with_control(self, job: EditJob, model: LoadedModel, active: list[tuple[int, Control]]):

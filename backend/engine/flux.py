@@ -24,6 +24,7 @@ import torch
 
 from backend.config import ModelSpec
 from backend.engine.capabilities import safetensors_shapes
+from backend.engine.prediction import Prediction
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +48,7 @@ class FluxModel:
     family: str = "flux"
     preview_decoder = None  # (an SD model's fields the engine and registry read)
     unets = ()
+    prediction = Prediction()  # (flow matching: no epsilon / v-prediction choice)
 
     def __post_init__(self):
         self.scheduler_config = dict(self.base.scheduler.config)

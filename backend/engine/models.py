@@ -215,6 +215,11 @@ class ModelRegistry:
             ))
         return out
 
+    def family(self, name: str) -> str | None:
+        """Model ``name``'s family: from its weights once loaded, else from its configuration (None: unknown)."""
+        model = self._loaded.get(name)
+        return model.family if model else configured_family(self.config.models[name])
+
     def capabilities(self, name: str) -> ModelCapabilities:
         """What model ``name`` can do: from its weights once loaded, else from its configuration."""
         spec, model = self.config.models[name], self._loaded.get(name)

@@ -241,13 +241,10 @@ class Session:
         def build() -> EditJob:
             return build_edit_job(request, self.uploads, limits, names, default, upscalers.names(),
                                   upscalers.default, lambda job: apply_preset(job, given, self.state.config.presets),
-                                  engine.loras.families(), self._model_family, registry.capabilities,
+                                  engine.loras.families(), registry.family, registry.capabilities,
                                   engine.usable_embeddings)
 
         return self._take(request, build)
-
-    def _model_family(self, name: str) -> str | None:
-        return next((model.family for model in self.state.engine.registry.describe() if model.name == name), None)
 
     def _preprocess(self, message: dict) -> Reply:
         limits = self.state.config.limits
