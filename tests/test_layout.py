@@ -33,5 +33,5 @@ def test_the_protocol_package_is_standard_library_and_relative():
             top = name.split(".")[0]
             assert name.startswith(".") or top in ("__future__", "base64", "binascii", "collections",
                                                   "dataclasses", "hashlib", "itertools", "json", "math", "re",
-                                                  "ssl", "struct", "typing", "uuid", "websockets", "numpy"), \
+                                                  "ssl", "struct", "time", "typing", "uuid", "websockets", "numpy"), \
                 f"{path} imports {name}"
