@@ -86,7 +86,10 @@ def build(connection: Callable[[], jobs.Connection], add_send_buttons: Callable 
             with gr.Column(scale=1):
                 with gr.Row():
                     generate = gr.Button("Generate", variant="primary", elem_id="easel_generate")
-                    cancel = gr.Button("Cancel", elem_id="easel_cancel")
+                    # The WebUI's script.js finds the current tab's `*_interrupt` and `*_skip` buttons for
+                    # Esc / Ctrl+Enter / Alt+Enter; javascript/easel.js shows Cancel while a job runs.
+                    cancel = gr.Button("Cancel", elem_id="easel_interrupt")
+                    gr.Button("Skip", elem_id="easel_skip", elem_classes=["easel-skip"])  # nothing to skip: no handler
                 progress = gr.Markdown("", elem_id="easel_progress")
                 preview = gr.Image(label="Live preview", type="pil", interactive=False, height=256,
                                    elem_id="easel_preview", **compat.LOSSLESS)
@@ -147,7 +150,7 @@ def build(connection: Callable[[], jobs.Connection], add_send_buttons: Callable 
             return gr.update() if message is None else message
 
         generate.click(run_job, inputs=inputs,
-                       outputs=[progress, preview, gallery, images, texts, selected, info])
+                       outputs=[progress, preview, gallery, images, texts, selected, info], **compat.CONCURRENT)
         # Not queued: it must get through while the generate event holds the queue.
         cancel.click(cancel_job, inputs=None, outputs=[progress], queue=False)
         gallery.select(pick, inputs=[images, texts], outputs=[selected, info])
@@ -166,30 +169,33 @@ def _control_unit(number: int, picture, connection, offered: Offer) -> list:
     with gr.Accordion(f"ControlNet unit {number}", open=False, elem_id=f"easel_cn{number}",
                       visible=bool(offered.control_types)):
         with gr.Row():
-            enabled = gr.Checkbox(False, label="Enable", elem_id=f"easel_cn{number}_enabled")
-            kind = gr.Dropdown(list(types), value=capabilities.pick(types, "canny", "canny") or None, label="Type",
-                               elem_id=f"easel_cn{number}_type")
-            source = gr.Radio([USE_INPUT, OWN_IMAGE], value=USE_INPUT, label="Control image",
+            enabled = gr.Checkbox(False, label=f"Enable unit {number}", elem_id=f"easel_cn{number}_enabled")
+            kind = gr.Dropdown(list(types), value=capabilities.pick(types, "canny", "canny") or None,
+                               label=f"Unit {number} type", elem_id=f"easel_cn{number}_type")
+            source = gr.Radio([USE_INPUT, OWN_IMAGE], value=USE_INPUT, label=f"Unit {number} control image",
                               elem_id=f"easel_cn{number}_source")
         with gr.Row():
-            image = compat.image_input("Own image (a map, or a picture to preprocess)", f"easel_cn{number}_image")
-            preview = gr.Image(label="Map preview", type="pil", interactive=False, elem_id=f"easel_cn{number}_map",
-                               **compat.LOSSLESS)
+            image = compat.image_input(f"Unit {number} own image (a map, or a picture to preprocess)",
+                                       f"easel_cn{number}_image")
+            preview = gr.Image(label=f"Unit {number} map preview", type="pil", interactive=False,
+                               elem_id=f"easel_cn{number}_map", **compat.LOSSLESS)
         with gr.Row():
-            preprocess = gr.Checkbox(False, label="Preprocess (make the map from the image)",
+            preprocess = gr.Checkbox(False, label=f"Unit {number}: preprocess (make the map from the image)",
                                      elem_id=f"easel_cn{number}_pre")
-            show = gr.Button("Preview map", elem_id=f"easel_cn{number}_show", scale=0)
+            show = gr.Button(f"Preview map {number}", elem_id=f"easel_cn{number}_show", scale=0)
         message = gr.Markdown("", elem_id=f"easel_cn{number}_message")
         with gr.Row():
-            scale = gr.Slider(0.0, 2.0, value=1.0, step=0.05, label="Scale", elem_id=f"easel_cn{number}_scale")
-            start = gr.Slider(0.0, 1.0, value=0.0, step=0.01, label="Start", elem_id=f"easel_cn{number}_start")
-            end = gr.Slider(0.0, 1.0, value=1.0, step=0.01, label="End", elem_id=f"easel_cn{number}_end")
+            scale = gr.Slider(0.0, 2.0, value=1.0, step=0.05, label=f"Unit {number} scale",
+                              elem_id=f"easel_cn{number}_scale")
+            start = gr.Slider(0.0, 1.0, value=0.0, step=0.01, label=f"Unit {number} start",
+                              elem_id=f"easel_cn{number}_start")
+            end = gr.Slider(0.0, 1.0, value=1.0, step=0.01, label=f"Unit {number} end", elem_id=f"easel_cn{number}_end")
 
     def show_map(kind_, source_, own, pic):
         chosen = own if source_ == OWN_IMAGE else compat.read_editor(pic)[0]
         return jobs.preprocess(connection(), kind_, chosen)
 
-    show.click(show_map, inputs=[kind, source, image, picture], outputs=[preview, message])
+    show.click(show_map, inputs=[kind, source, image, picture], outputs=[preview, message], **compat.CONCURRENT)
     return [enabled, kind, source, image, preprocess, scale, start, end]
 
 
@@ -197,9 +203,10 @@ def _reference(number: int, offered: Offer) -> list:
     """A reference's components, in ``ReferenceSpec`` field order; hidden when the backend has no IP-Adapter."""
     modes = offered.reference_modes or Offer().reference_modes
     with gr.Accordion(f"Reference {number}", open=False, elem_id=f"easel_ref{number}", visible=offered.references):
-        image = compat.image_input("Reference picture", f"easel_ref{number}_image")
+        image = compat.image_input(f"Reference {number} picture", f"easel_ref{number}_image")
         with gr.Row():
-            weight = gr.Slider(0.0, 2.0, value=1.0, step=0.05, label="Weight", elem_id=f"easel_ref{number}_weight")
-            mode = gr.Radio(list(modes), value=capabilities.pick(modes, "reference", "reference") or None, label="Take",
-                            elem_id=f"easel_ref{number}_mode")
+            weight = gr.Slider(0.0, 2.0, value=1.0, step=0.05, label=f"Reference {number} weight",
+                               elem_id=f"easel_ref{number}_weight")
+            mode = gr.Radio(list(modes), value=capabilities.pick(modes, "reference", "reference") or None,
+                            label=f"Reference {number} takes", elem_id=f"easel_ref{number}_mode")
     return [image, weight, mode]

@@ -1,7 +1,6 @@
 """The only module that touches the WebUI: settings, the tab callback and "Send to" buttons, all
 through the public extension API (``script_callbacks``, ``shared.opts``, the paste-params buttons)."""
 
-from modules import script_callbacks
 from modules import shared as webui_shared
 
 try:  # WebUI 1.8+ renamed the module; the old name stays as an alias there
@@ -40,6 +39,5 @@ def ui_tabs():
     return [(build(connection, add_send_buttons), "Easel", "easel")]
 
 
-def register() -> None:
-    script_callbacks.on_ui_settings(add_settings)
-    script_callbacks.on_ui_tabs(ui_tabs)
+# (script_callbacks function, callback): registered by ``scripts/easel_tab.py``.
+CALLBACKS = [("on_ui_settings", add_settings), ("on_ui_tabs", ui_tabs)]

@@ -1,0 +1,22 @@
+// The Easel tab's Cancel button (#easel_interrupt) is shown only while a job runs, as the WebUI shows
+// its own Interrupt buttons: the WebUI's script.js reads its style.display to decide what Esc and
+// Ctrl+Enter do in the current tab. A job runs while the progress line says so.
+(function() {
+    var BUSY = /^(Connecting|Queued|Running|Step )/;
+
+    function follow() {
+        var app = gradioApp();
+        var cancel = app.querySelector('#easel_interrupt');
+        var progress = app.querySelector('#easel_progress');
+        if (!cancel || !progress) {
+            return;
+        }
+        var update = function() {
+            cancel.style.display = BUSY.test(progress.innerText.trim()) ? 'block' : 'none';
+        };
+        update();
+        new MutationObserver(update).observe(progress, {subtree: true, childList: true, characterData: true});
+    }
+
+    onUiLoaded(follow);
+})();
