@@ -30,6 +30,7 @@ class Update:
     preview: Image.Image | None = None
     images: list[Image.Image] | None = None
     infotexts: list[str] | None = None
+    seeds: list[int] | None = None
     done: bool = False
 
 
@@ -93,8 +94,9 @@ def run(connection: Connection, values: TabValues, session: str) -> Iterator[Upd
             elif isinstance(event, Result):
                 images, texts = finish(values, event)
                 seconds = event.timings.get("total", 0)
+                seeds = [item.seed for item in sorted(event.images, key=lambda item: item.index)]
                 yield Update(f"Done: {len(images)} image{'s' * (len(images) != 1)} in {seconds:.1f} s.",
-                             images=images, infotexts=texts, done=True)
+                             images=images, infotexts=texts, seeds=seeds, done=True)
     except Exception as exc:  # noqa: BLE001 - every failure becomes a sentence in the tab
         yield Update(describe(exc, connection.url), done=True)
     finally:
@@ -146,13 +148,26 @@ def preprocess(connection: Connection, control_type: str,
         return None, describe(exc, connection.url)
 
 
-def capabilities(connection: Connection) -> dict | None:
-    """The backend's ``welcome.capabilities``, or None when it cannot be reached (quickly)."""
+@dataclass
+class Offered:
+    """What the backend offers, read in one connection; None where it could not be reached."""
+
+    capabilities: dict | None = None
+    models: dict | None = None
+
+
+def offered(connection: Connection) -> Offered:
+    """The backend's ``welcome.capabilities`` and ``models`` reply (quickly: the WebUI may be starting)."""
     try:
         with connection.client(open_timeout=CAPABILITIES_TIMEOUT) as client:
-            return client.welcome["capabilities"]
+            return Offered(client.welcome["capabilities"], client.models())
     except Exception:  # noqa: BLE001 - no backend yet: the tab offers the whole vocabulary
-        return None
+        return Offered()
+
+
+def capabilities(connection: Connection) -> dict | None:
+    """The backend's ``welcome.capabilities``, or None when it cannot be reached (quickly)."""
+    return offered(connection).capabilities
 
 
 def status_line(connection: Connection) -> str:

@@ -4,14 +4,24 @@ No ``from __future__ import annotations`` here: gradio finds ``gr.Request`` / ``
 parameters by their (real, not string) annotations.
 """
 
-from dataclasses import fields
+from dataclasses import dataclass, fields
 from typing import Callable
 
 import gradio as gr
 
 from . import compat, jobs
-from .params import MASKED_CONTENT, OWN_IMAGE, USE_INPUT, ControlSpec, ReferenceSpec, TabValues
-from .protocol import SAMPLERS, capabilities, rules
+from .params import (
+    DEFAULT_SAMPLER,
+    MASKED_CONTENT,
+    OWN_IMAGE,
+    SAMPLER_LABELS,
+    USE_INPUT,
+    ControlSpec,
+    ReferenceSpec,
+    TabValues,
+    sampler_from_infotext,
+)
+from .protocol import SAMPLERS, capabilities, model_list, rules
 
 Offer, offer = capabilities.Offer, capabilities.offer
 
@@ -21,18 +31,46 @@ REFERENCES = 2
 UNIT_SIZE, REFERENCE_SIZE = len(fields(ControlSpec)), len(fields(ReferenceSpec))
 
 
-def build(connection: Callable[[], jobs.Connection], add_send_buttons: Callable | None = None) -> gr.Blocks:
+@dataclass
+class Host:
+    """What the WebUI adds to the tab; each is optional (a bare gradio app has none)."""
+
+    # (image, infotext components) -> None: "Send to" buttons, created inside a Row
+    send_buttons: Callable | None = None
+    # (picture, [(component, infotext key or callable(parsed infotext) -> value or None)]) -> None:
+    # what "Send to Easel" fills
+    paste_fields: Callable | None = None
+    # (picture, infotext, seed, prompt, mode) -> None: keep a result as the WebUI keeps its own
+    save: Callable | None = None
+
+
+def model_dropdown_choices(offered: jobs.Offered) -> list[tuple[str, str]]:
+    """(label, name) pairs; "" stands for the server's default model."""
+    choices = model_list.model_choices(offered.models, offered.capabilities)
+    default = next((choice.name for choice in choices if choice.default), None)
+    first = f"Server default ({default})" if default else "Server default"
+    return [(first, "")] + [(choice.label, choice.name) for choice in choices]
+
+
+def build(connection: Callable[[], jobs.Connection], host: Host | None = None) -> gr.Blocks:
     """The tab as a ``gr.Blocks``; ``connection()`` is read at every request (settings may change).
 
-    The control types, reference modes and limits are the backend's when it answers now; a backend
-    started later gets the protocol's whole vocabulary (and refuses what it lacks with a sentence).
+    The models, control types, reference modes and limits are the backend's when it answers now; a
+    backend started later gets the protocol's whole vocabulary (and refuses what it lacks with a
+    sentence) until its models are refreshed.
     """
+    host = host or Host()
     units, refs = [], []
-    offered = offer(jobs.capabilities(connection()))
+    backend = jobs.offered(connection())
+    offered = offer(backend.capabilities)
     with gr.Blocks(analytics_enabled=False) as tab:
         with gr.Row():
             status = gr.Markdown(lambda: jobs.status_line(connection()), elem_id="easel_status")
             refresh = gr.Button("Check backend", elem_id="easel_refresh", scale=0)
+        with gr.Row():
+            model = gr.Dropdown(model_dropdown_choices(backend), value="", label="Model", elem_id="easel_model")
+            # the WebUI's refresh symbol, as beside its checkpoint list
+            refresh_models = gr.Button("\U0001f504", elem_id="easel_model_refresh", scale=0)
         with gr.Row():
             with gr.Column(scale=1):
                 picture = compat.picture_editor("Picture (paint over what should change)", "easel_picture")
@@ -46,8 +84,8 @@ def build(connection: Callable[[], jobs.Connection], add_send_buttons: Callable 
                                       label="Steps", elem_id="easel_steps")
                 with gr.Row():
                     guidance = gr.Slider(0.0, 30.0, value=7.0, step=0.5, label="CFG scale", elem_id="easel_cfg")
-                    sampler = gr.Dropdown(list(SAMPLERS), value="dpmpp_2m_karras", label="Sampler",
-                                          elem_id="easel_sampler")
+                    sampler = gr.Dropdown([SAMPLER_LABELS[name] for name in SAMPLERS], value=DEFAULT_SAMPLER,
+                                          label="Sampling method", elem_id="easel_sampler")
                 with gr.Row():
                     seed = gr.Number(value=-1, precision=0, label="Seed (-1: random)", elem_id="easel_seed")
                     batch = gr.Slider(1, offered.max_batch, value=1, step=1, label="Batch", elem_id="easel_batch")
@@ -98,23 +136,23 @@ def build(connection: Callable[[], jobs.Connection], add_send_buttons: Callable 
                 selected = gr.Image(label="Selected result", type="pil", interactive=False, height=256,
                                     elem_id="easel_selected", **compat.LOSSLESS)
                 info = gr.Textbox(label="Parameters used", lines=3, interactive=False, elem_id="easel_info")
-                if add_send_buttons is not None:
+                if host.send_buttons is not None:
                     with gr.Row():
-                        add_send_buttons(selected, info)
+                        host.send_buttons(selected, info)
         images, texts = gr.State([]), gr.State([])
 
         controls_in = [c for unit in units for c in unit]
         refs_in = [c for ref in refs for c in ref]
         inputs = [picture, prompt, negative, mode, strength, steps, guidance, sampler, seed, batch, grow, feather,
                   width, height, *controls_in, *refs_in, masked_content, soft, invert, *sides, padding,
-                  upscale_by, upscaler]
-        toolbox = 8  # the toolbox's components, last in ``inputs`` but the upscale's two
+                  upscale_by, upscaler, model]
+        toolbox = 8  # the toolbox's components, last in ``inputs`` but the upscale's two and the model
 
         def values_of(args) -> TabValues:
             (pic, prompt_, negative_, mode_, strength_, steps_, guidance_, sampler_, seed_, batch_, grow_,
              feather_, width_, height_) = args[:14]
-            rest, (content_, soft_, invert_, *sides_, padding_) = args[14:-toolbox - 2], args[-toolbox - 2:-2]
-            scale_, upscaler_ = args[-2:]
+            rest, (content_, soft_, invert_, *sides_, padding_) = args[14:-toolbox - 3], args[-toolbox - 3:-3]
+            scale_, upscaler_, model_ = args[-3:]
             image, painted = compat.read_editor(pic)
             controls = [ControlSpec(*rest[i * UNIT_SIZE:(i + 1) * UNIT_SIZE]) for i in range(CONTROL_UNITS)]
             rest = rest[CONTROL_UNITS * UNIT_SIZE:]
@@ -124,12 +162,17 @@ def build(connection: Callable[[], jobs.Connection], add_send_buttons: Callable 
                              guidance_, sampler_, int(seed_ if seed_ is not None else -1), int(batch_),
                              int(grow_), int(feather_), int(width_), int(height_), controls, references,
                              content_, bool(soft_), bool(invert_), *(int(value or 0) for value in sides_),
-                             int(padding_ if padding_ is not None else 32), float(scale_), upscaler_ or "")
+                             int(padding_ if padding_ is not None else 32), float(scale_), upscaler_ or "",
+                             model_ or "")
 
         def run_job(request: gr.Request, *args):
             # gradio fills positional parameters annotated gr.Request; the inputs follow in *args.
             keep = gr.update()
-            for update in jobs.run(connection(), values_of(args), _session(request)):
+            values = values_of(args)
+            for update in jobs.run(connection(), values, _session(request)):
+                if update.images and host.save is not None:
+                    for image, text, seed in zip(update.images, update.infotexts, update.seeds):
+                        host.save(image, text, seed, values.prompt, values.mode)
                 if update.images is None:
                     preview_ = keep if update.preview is None else update.preview
                     yield update.status, preview_, keep, keep, keep, keep, keep
@@ -154,7 +197,25 @@ def build(connection: Callable[[], jobs.Connection], add_send_buttons: Callable 
         # Not queued: it must get through while the generate event holds the queue.
         cancel.click(cancel_job, inputs=None, outputs=[progress], queue=False)
         gallery.select(pick, inputs=[images, texts], outputs=[selected, info])
-        refresh.click(lambda: jobs.status_line(connection()), inputs=None, outputs=[status], queue=False)
+        # The models the picker lists now ("Send to Easel" picks a pasted model only if listed).
+        listed = {value for _label, value in model_dropdown_choices(backend)} - {""}
+
+        def refresh_backend(current):
+            offered_now = jobs.offered(connection())
+            choices = model_dropdown_choices(offered_now)
+            listed.clear()
+            listed.update(value for _label, value in choices if value)
+            picked = model_list.pick_model(model_list.model_choices(offered_now.models), current)
+            return jobs.status_line(connection()), gr.update(choices=choices, value=picked)
+
+        refresh.click(refresh_backend, inputs=[model], outputs=[status, model], queue=False)
+        refresh_models.click(refresh_backend, inputs=[model], outputs=[status, model], queue=False)
+        if host.paste_fields is not None:
+            host.paste_fields(picture, [
+                (prompt, "Prompt"), (negative, "Negative prompt"), (steps, "Steps"), (guidance, "CFG scale"),
+                (seed, "Seed"), (sampler, sampler_from_infotext), (width, "Size-1"), (height, "Size-2"),
+                (strength, "Denoising strength"),
+                (model, lambda params: params.get("Model") if params.get("Model") in listed else None)])
     return tab
 
 

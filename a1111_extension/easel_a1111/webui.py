@@ -1,7 +1,9 @@
-"""The only module that touches the WebUI: settings, the tab callback and "Send to" buttons, all
-through the public extension API (``script_callbacks``, ``shared.opts``, the paste-params buttons)."""
+"""The only module that touches the WebUI: settings, the tab callback, "Send to" buttons both ways
+and saving results, all through the public extension API (``script_callbacks``, ``shared.opts``, the
+paste-params buttons, ``images.save_image``)."""
 
 from modules import shared as webui_shared
+from modules.ui_components import ToolButton
 
 try:  # WebUI 1.8+ renamed the module; the old name stays as an alias there
     from modules import infotext_utils as paste
@@ -12,6 +14,12 @@ from .jobs import Connection
 from .protocol import DEFAULT_URL
 
 SECTION = ("easel", "Easel")
+TAB = "easel"  # the tab's id: "Send to Easel" pastes into the fields registered under it
+SEND_SYMBOL = "\U0001f58c\ufe0f"  # a paintbrush, beside the WebUI's own send-to symbols
+
+# WebUI components by elem_id, as the WebUI creates them (the "Send to Easel" buttons need the
+# picture and text they send, created before the WebUI's own "Send to" buttons).
+_created: dict = {}
 
 
 def add_settings() -> None:
@@ -34,10 +42,55 @@ def add_send_buttons(image, text) -> None:
             paste_button=button, tabname=tabname, source_text_component=text, source_image_component=image))
 
 
+def add_paste_fields(picture, fields) -> None:
+    """What "Send to Easel" fills: the picture and the fields named after infotext keys."""
+    paste.add_paste_fields(TAB, picture, fields)
+
+
+def after_component(component, **kwargs) -> None:
+    """"Send to Easel" beside the WebUI's own "Send to" buttons: txt2img's and img2img's results (with
+    the source tab's prompt fields, as the WebUI sends txt2img's) and PNG Info (with the picture's
+    infotext)."""
+    elem_id = kwargs.get("elem_id")
+    if not elem_id:
+        return
+    _created[elem_id] = component
+    tabname = elem_id.split("_send_to_extras")[0] if elem_id.endswith("_send_to_extras") else None
+    if tabname in ("txt2img", "img2img") and f"{tabname}_gallery" in _created:
+        button = ToolButton(SEND_SYMBOL, elem_id=f"{tabname}_send_to_{TAB}",
+                            tooltip="Send image and generation parameters to the Easel tab.")
+        paste.register_paste_params_button(paste.ParamBinding(
+            paste_button=button, tabname=TAB, source_tabname=tabname,
+            source_image_component=_created[f"{tabname}_gallery"]))
+    elif elem_id == "extras_tab" and "pnginfo_generation_info" in _created:  # PNG Info's last "Send to"
+        button = paste.create_buttons([TAB])[TAB]
+        paste.register_paste_params_button(paste.ParamBinding(
+            paste_button=button, tabname=TAB, source_text_component=_created["pnginfo_generation_info"],
+            source_image_component=_created.get("pnginfo_image")))
+
+
+def save(picture, infotext: str, seed: int, prompt: str, mode: str) -> None:
+    """Keep a result as the WebUI keeps its own: when it saves every generated image, in its txt2img
+    (generate) or img2img (the rest) outputs folder, named by its pattern, the infotext in the file
+    (PNG "parameters", which PNG Info and "Send to" read back)."""
+    from modules import images  # the picture saving code: imported when there is a picture to save
+
+    opts = webui_shared.opts
+    if not opts.samples_save:
+        return
+    folder = opts.outdir_samples or (opts.outdir_txt2img_samples if mode == "generate"
+                                     else opts.outdir_img2img_samples)
+    extension = opts.samples_format
+    if extension.lower() not in ("png", "webp"):  # formats without alpha
+        picture = picture.convert("RGB")
+    images.save_image(picture, folder, "", seed, prompt, extension, info=infotext)
+
+
 def ui_tabs():
-    from .tab import build  # gradio is imported only once the WebUI builds its UI
-    return [(build(connection, add_send_buttons), "Easel", "easel")]
+    from .tab import Host, build  # gradio is imported only once the WebUI builds its UI
+    host = Host(send_buttons=add_send_buttons, paste_fields=add_paste_fields, save=save)
+    return [(build(connection, host), "Easel", TAB)]
 
 
 # (script_callbacks function, callback): registered by ``scripts/easel_tab.py``.
-CALLBACKS = [("on_ui_settings", add_settings), ("on_ui_tabs", ui_tabs)]
+CALLBACKS = [("on_ui_settings", add_settings), ("on_after_component", after_component), ("on_ui_tabs", ui_tabs)]

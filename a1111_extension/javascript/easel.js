@@ -20,3 +20,13 @@
 
     onUiLoaded(follow);
 })();
+
+// "Send to Easel" (the WebUI's paste buttons call switch_to_<tab> after copying the fields).
+function switch_to_easel() {
+    var buttons = gradioApp().querySelectorAll('#tabs > .tab-nav > button, #tabs > div > .tab-nav > button');
+    for (var i = 0; i < buttons.length; i++) {
+        if (buttons[i].textContent.trim() === 'Easel') {
+            buttons[i].click();
+        }
+    }
+}
