@@ -47,7 +47,15 @@ def model_choices(models_reply: dict | None, capabilities: dict | None = None) -
         for entry in models_reply.get("models", ()) if entry.get("name"))
 
 
-def pick_model(choices: tuple[ModelChoice, ...], current: str | None) -> str:
-    """The model a picker shows after its list changed: the current one while it is listed, else ""
-    (the server's default)."""
-    return current if current and any(choice.name == current for choice in choices) else ""
+def picker_labels(models_reply: dict | None, capabilities: dict | None = None) -> dict[str, str]:
+    """A picker's entries, label -> model name: first the server's default ("" = let the server
+    choose), then every model."""
+    choices = model_choices(models_reply, capabilities)
+    default = next((choice.name for choice in choices if choice.default), None)
+    first = f"Server default ({default})" if default else "Server default"
+    return {first: "", **{choice.label: choice.name for choice in choices}}
+
+
+def label_for(labels: dict[str, str], name: str | None) -> str:
+    """The entry a picker shows for ``name``: its label while it is listed, else the server default's."""
+    return next((label for label, listed in labels.items() if listed == (name or "")), next(iter(labels)))

@@ -134,6 +134,8 @@ def initialize() -> None:
     except FileNotFoundError:
         pass
     shared.state = shared_state.State()
+    from modules import styles
+    shared.prompt_styles = styles.StyleDatabase(shared.styles_filename)
 
 
 def webui_tab(tabname: str):

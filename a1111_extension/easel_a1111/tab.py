@@ -44,12 +44,22 @@ class Host:
     save: Callable | None = None
 
 
-def model_dropdown_choices(offered: jobs.Offered) -> list[tuple[str, str]]:
-    """(label, name) pairs; "" stands for the server's default model."""
-    choices = model_list.model_choices(offered.models, offered.capabilities)
-    default = next((choice.name for choice in choices if choice.default), None)
-    first = f"Server default ({default})" if default else "Server default"
-    return [(first, "")] + [(choice.label, choice.name) for choice in choices]
+class Models:
+    """The model picker's labels and the models they stand for, as the backend last listed them
+    (gradio 3's Dropdown has no separate values: the label is the value)."""
+
+    def __init__(self, offered: jobs.Offered):
+        self.update(offered)
+
+    def update(self, offered: jobs.Offered) -> None:
+        self.labels = model_list.picker_labels(offered.models, offered.capabilities)
+
+    def name(self, label: str | None) -> str:
+        """The model a label stands for; "" (the server's default) for one no longer listed."""
+        return self.labels.get(label or "", "")
+
+    def label(self, name: str | None) -> str:
+        return model_list.label_for(self.labels, name)
 
 
 def build(connection: Callable[[], jobs.Connection], host: Host | None = None) -> gr.Blocks:
@@ -68,7 +78,8 @@ def build(connection: Callable[[], jobs.Connection], host: Host | None = None) -
             status = gr.Markdown(lambda: jobs.status_line(connection()), elem_id="easel_status")
             refresh = gr.Button("Check backend", elem_id="easel_refresh", scale=0)
         with gr.Row():
-            model = gr.Dropdown(model_dropdown_choices(backend), value="", label="Model", elem_id="easel_model")
+            models = Models(backend)
+            model = gr.Dropdown(list(models.labels), value=models.label(None), label="Model", elem_id="easel_model")
             # the WebUI's refresh symbol, as beside its checkpoint list
             refresh_models = gr.Button("\U0001f504", elem_id="easel_model_refresh", scale=0)
         with gr.Row():
@@ -163,7 +174,7 @@ def build(connection: Callable[[], jobs.Connection], host: Host | None = None) -
                              int(grow_), int(feather_), int(width_), int(height_), controls, references,
                              content_, bool(soft_), bool(invert_), *(int(value or 0) for value in sides_),
                              int(padding_ if padding_ is not None else 32), float(scale_), upscaler_ or "",
-                             model_ or "")
+                             models.name(model_))
 
         def run_job(request: gr.Request, *args):
             # gradio fills positional parameters annotated gr.Request; the inputs follow in *args.
@@ -197,16 +208,10 @@ def build(connection: Callable[[], jobs.Connection], host: Host | None = None) -
         # Not queued: it must get through while the generate event holds the queue.
         cancel.click(cancel_job, inputs=None, outputs=[progress], queue=False)
         gallery.select(pick, inputs=[images, texts], outputs=[selected, info])
-        # The models the picker lists now ("Send to Easel" picks a pasted model only if listed).
-        listed = {value for _label, value in model_dropdown_choices(backend)} - {""}
-
         def refresh_backend(current):
-            offered_now = jobs.offered(connection())
-            choices = model_dropdown_choices(offered_now)
-            listed.clear()
-            listed.update(value for _label, value in choices if value)
-            picked = model_list.pick_model(model_list.model_choices(offered_now.models), current)
-            return jobs.status_line(connection()), gr.update(choices=choices, value=picked)
+            picked = models.name(current)
+            models.update(jobs.offered(connection()))
+            return jobs.status_line(connection()), gr.update(choices=list(models.labels), value=models.label(picked))
 
         refresh.click(refresh_backend, inputs=[model], outputs=[status, model], queue=False)
         refresh_models.click(refresh_backend, inputs=[model], outputs=[status, model], queue=False)
@@ -215,7 +220,8 @@ def build(connection: Callable[[], jobs.Connection], host: Host | None = None) -
                 (prompt, "Prompt"), (negative, "Negative prompt"), (steps, "Steps"), (guidance, "CFG scale"),
                 (seed, "Seed"), (sampler, sampler_from_infotext), (width, "Size-1"), (height, "Size-2"),
                 (strength, "Denoising strength"),
-                (model, lambda params: params.get("Model") if params.get("Model") in listed else None)])
+                (model, lambda params: models.label(params["Model"]) if params.get("Model") in
+                 models.labels.values() else None)])
     return tab
 
 

@@ -30,3 +30,8 @@ function switch_to_easel() {
         }
     }
 }
+
+// Called by the WebUI after it pastes infotext into a tab's fields (it recounts prompt tokens in its
+// own tabs; the Easel tab has no token counter).
+function recalculate_prompts_easel() {
+}
