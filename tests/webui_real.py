@@ -136,6 +136,7 @@ def initialize() -> None:
     shared.state = shared_state.State()
     from modules import styles
     shared.prompt_styles = styles.StyleDatabase(shared.styles_filename)
+    shared.mem_mon = types.SimpleNamespace(disabled=True)  # the GPU memory monitor (modules.memmon: torch)
 
 
 def webui_tab(tabname: str):
@@ -144,6 +145,8 @@ def webui_tab(tabname: str):
     from modules import infotext_utils, ui_common
 
     with gr.Blocks(analytics_enabled=False) as interface:
+        # the page's hidden placeholder (the WebUI makes it in txt2img): settings not on the Settings page
+        interface.dummy = gr.Label(visible=False) if tabname == "txt2img" else None
         with gr.Row():
             with gr.Column():
                 image = None
@@ -212,8 +215,9 @@ def build():
     settings = ui_settings.UiSettings()
     if hasattr(settings, "register_settings"):  # Forge registers the settings first, A1111 in create_ui
         settings.register_settings()
-    dummy = gr.Label(visible=False)
-    interfaces = [(webui_tab("txt2img"), "txt2img", "txt2img"), (webui_tab("img2img"), "img2img", "img2img"),
+    txt2img = webui_tab("txt2img")
+    dummy = txt2img.dummy
+    interfaces = [(txt2img, "txt2img", "txt2img"), (webui_tab("img2img"), "img2img", "img2img"),
                   (extras_tab(), "Extras", "extras"), (pnginfo_tab(), "PNG Info", "pnginfo")]
     loadsave = ui_loadsave.UiLoadsave(shared.cmd_opts.ui_config_file)
     settings.create_ui(loadsave, dummy)
