@@ -28,8 +28,9 @@ import types
 SOURCE, DATA = os.path.abspath(sys.argv[1]), os.path.abspath(sys.argv[2])
 MODE = sys.argv[3] if sys.argv[3].startswith("--") else "--serve"
 PORT = int(sys.argv[3]) if MODE == "--serve" else None
-# The WebUI reads its command line while its modules load.
-sys.argv = ["webui.py", "--data-dir", DATA, "--skip-version-check"]
+# The WebUI reads its command line while its modules load. Installed as usual, its data folder is its
+# own folder, which gradio may then serve files from (the page's scripts): here they are two.
+sys.argv = ["webui.py", "--data-dir", DATA, "--gradio-allowed-path", SOURCE, "--skip-version-check"]
 os.environ.setdefault("IGNORE_CMD_ARGS_ERRORS", "1")  # Forge's flags differ a little
 sys.path.insert(0, SOURCE)
 FORGE = os.path.isdir(os.path.join(SOURCE, "modules_forge"))

@@ -81,8 +81,9 @@ def save(picture, infotext: str, seed: int, prompt: str, mode: str) -> None:
     folder = opts.outdir_samples or (opts.outdir_txt2img_samples if mode == "generate"
                                      else opts.outdir_img2img_samples)
     extension = opts.samples_format
-    if extension.lower() not in ("png", "webp"):  # formats without alpha
-        picture = picture.convert("RGB")
+    # A copy: the WebUI's saving may change the picture it is given (Forge's "stealth infotext" writes
+    # the parameters into the alpha channel's low bits), and the tab shows this one.
+    picture = picture.copy() if extension.lower() in ("png", "webp") else picture.convert("RGB")
     images.save_image(picture, folder, "", seed, prompt, extension, info=infotext)
 
 
