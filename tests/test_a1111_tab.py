@@ -197,6 +197,15 @@ def test_paint_a_mask_generate_and_keep_every_unpainted_pixel(page, files):
     if os.environ.get("EASEL_SCREENSHOT"):  # how docs/images/a1111-tab.png is made
         page.screenshot(path=os.environ["EASEL_SCREENSHOT"], full_page=False)
 
+    # The result and the mask painted for it, to the WebUI's "Inpaint upload" (img2img's fifth mode).
+    page.click("#easel_send_to_inpaint_upload")
+    page.locator("#img_inpaint_mask img").first.wait_for()
+    assert page.locator("#img2img_inpaint_upload_tab").is_visible()
+    sent = image_of(page, "img_inpaint_base")
+    assert np.array_equal(np.asarray(sent), after)
+    mask = np.asarray(image_of(page, "img_inpaint_mask").convert("L"))
+    assert mask.shape == (128, 192) and mask[45, 45] == 255 and mask[5, 5] == 0 and mask[:, 125:].max() == 0
+
 
 def test_control_unit_with_preprocess_preview_and_a_reference(page, files):
     upload(page, "easel_picture", files["picture"])

@@ -145,15 +145,31 @@ def webui_tab(tabname: str):
     import gradio as gr
     from modules import infotext_utils, ui_common
 
+    upload = {"sources": ["upload"]} if FORGE else {"source": "upload"}
     with gr.Blocks(analytics_enabled=False) as interface:
         # the page's hidden placeholder (the WebUI makes it in txt2img): settings not on the Settings page
         interface.dummy = gr.Label(visible=False) if tabname == "txt2img" else None
         with gr.Row():
             with gr.Column():
-                image = None
-                if tabname == "img2img":
-                    image = gr.Image(label="Image for img2img", elem_id="img2img_image", type="pil",
-                                     **({"sources": ["upload"]} if FORGE else {"source": "upload"}))
+                image = inpaint = None
+                if tabname == "img2img":  # its modes, in the order the WebUI's switch_to_* scripts count
+                    with gr.Tabs(elem_id="mode_img2img"):
+                        with gr.TabItem("img2img", id="img2img", elem_id="img2img_img2img_tab"):
+                            image = gr.Image(label="Image for img2img", elem_id="img2img_image", type="pil",
+                                             **upload)
+                        with gr.TabItem("Sketch", id="img2img_sketch", elem_id="img2img_img2img_sketch_tab"):
+                            pass
+                        with gr.TabItem("Inpaint", id="inpaint", elem_id="img2img_inpaint_tab"):
+                            inpaint = gr.Image(label="Image for inpainting with mask", elem_id="img2maskimg",
+                                               type="pil", **(upload if FORGE else {**upload, "tool": "sketch"}))
+                        with gr.TabItem("Inpaint sketch", id="inpaint_sketch", elem_id="img2img_inpaint_sketch_tab"):
+                            pass
+                        with gr.TabItem("Inpaint upload", id="inpaint_upload", elem_id="img2img_inpaint_upload_tab"):
+                            gr.Image(label="Image for img2img", elem_id="img_inpaint_base", type="pil", **upload)
+                            gr.Image(label="Mask", elem_id="img_inpaint_mask", type="pil", image_mode="RGBA",
+                                     **upload)
+                        with gr.TabItem("Batch", id="batch", elem_id="img2img_batch_tab"):
+                            pass
                 prompt = gr.Textbox(label="Prompt", elem_id=f"{tabname}_prompt", lines=2)
                 negative = gr.Textbox(label="Negative prompt", elem_id=f"{tabname}_neg_prompt")
                 steps = gr.Slider(1, 150, value=20, step=1, label="Sampling steps", elem_id=f"{tabname}_steps")
@@ -167,8 +183,6 @@ def webui_tab(tabname: str):
                   (cfg, "CFG scale"), (width, "Size-1"), (height, "Size-2")]
         infotext_utils.add_paste_fields(tabname, image, fields, None)
         if tabname == "img2img":
-            inpaint = gr.Image(label="Image for inpainting with mask", elem_id="img2maskimg", type="pil",
-                               **({"sources": ["upload"]} if FORGE else {"source": "upload", "tool": "sketch"}))
             infotext_utils.add_paste_fields("inpaint", inpaint, list(fields), None)
     return interface
 

@@ -47,3 +47,10 @@ def image_input(label: str, elem_id: str):
     if GRADIO4:
         return gr.Image(label=label, elem_id=elem_id, type="pil", sources=["upload", "clipboard"], **LOSSLESS)
     return gr.Image(label=label, elem_id=elem_id, type="pil", source="upload")
+
+
+def run_script(code: str) -> dict:
+    """An event's page script (run in the browser after the event's inputs are read), if any."""
+    if not code:
+        return {}
+    return {"js": code} if GRADIO4 else {"_js": code}

@@ -148,6 +148,18 @@ def mask_from_painting(painted: Image.Image | None, size: tuple[int, int]) -> Im
     return mask if mask.size == size else mask.resize(size, Image.BILINEAR)
 
 
+def mask_to_send(result: Image.Image | None, values: TabValues) -> Image.Image | None:
+    """The mask painted for ``result`` (white = repaint, as the WebUI's inpaint upload reads it), or
+    None when nothing was painted or the result is not the painted picture's size (generate, expand,
+    upscale)."""
+    if result is None or values.picture is None or result.size != values.picture.size:
+        return None
+    mask = mask_from_painting(values.mask, values.picture.size)
+    if values.invert_mask:
+        mask = Image.fromarray(255 - np.asarray(mask if mask is not None else Image.new("L", result.size, 0)), "L")
+    return mask if mask is not None and np.asarray(mask).any() else None
+
+
 def build_job(values: TabValues) -> Job:
     """The job the Generate button submits, images as PNG ``ImageData``; ``InputError`` when the tab's
     values make no job, or one the server would refuse."""

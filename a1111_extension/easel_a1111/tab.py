@@ -19,6 +19,7 @@ from .params import (
     ControlSpec,
     ReferenceSpec,
     TabValues,
+    mask_to_send,
     sampler_from_infotext,
 )
 from .protocol import SAMPLERS, capabilities, model_list, rules
@@ -42,6 +43,9 @@ class Host:
     paste_fields: Callable | None = None
     # (picture, infotext, seed, prompt, mode) -> None: keep a result as the WebUI keeps its own
     save: Callable | None = None
+    # (picture, mask) components of the WebUI's inpaint upload, and the page script that shows them
+    inpaint_upload: tuple | None = None
+    show_inpaint_upload: str = ""
 
 
 class Models:
@@ -150,6 +154,9 @@ def build(connection: Callable[[], jobs.Connection], host: Host | None = None) -
                 if host.send_buttons is not None:
                     with gr.Row():
                         host.send_buttons(selected, info)
+                        if host.inpaint_upload is not None:
+                            with_mask = gr.Button("Send to inpaint upload (with the mask)",
+                                                  elem_id="easel_send_to_inpaint_upload")
         images, texts = gr.State([]), gr.State([])
 
         controls_in = [c for unit in units for c in unit]
@@ -212,6 +219,15 @@ def build(connection: Callable[[], jobs.Connection], host: Host | None = None) -
             picked = models.name(current)
             models.update(jobs.offered(connection()))
             return jobs.status_line(connection()), gr.update(choices=list(models.labels), value=models.label(picked))
+
+        if host.send_buttons is not None and host.inpaint_upload is not None:
+            def send_with_mask(result, pic, invert_):
+                image, painted = compat.read_editor(pic)
+                mask = mask_to_send(result, TabValues(picture=image, mask=painted, invert_mask=bool(invert_)))
+                return result, mask
+
+            with_mask.click(send_with_mask, inputs=[selected, picture, invert], outputs=list(host.inpaint_upload),
+                            **compat.run_script(host.show_inpaint_upload))
 
         refresh.click(refresh_backend, inputs=[model], outputs=[status, model], queue=False)
         refresh_models.click(refresh_backend, inputs=[model], outputs=[status, model], queue=False)

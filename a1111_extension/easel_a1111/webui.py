@@ -87,9 +87,19 @@ def save(picture, infotext: str, seed: int, prompt: str, mode: str) -> None:
     images.save_image(picture, folder, "", seed, prompt, extension, info=infotext)
 
 
+def inpaint_upload():
+    """img2img's "Inpaint upload" picture and mask, where "Send to inpaint upload" puts a result and the
+    mask painted for it (built before the extension tabs); None in a WebUI without them."""
+    targets = _created.get("img_inpaint_base"), _created.get("img_inpaint_mask")
+    return targets if all(target is not None for target in targets) else None
+
+
 def ui_tabs():
     from .tab import Host, build  # gradio is imported only once the WebUI builds its UI
-    host = Host(send_buttons=add_send_buttons, paste_fields=add_paste_fields, save=save)
+    # switch_to_img2img_tab: the WebUI's page script; "Inpaint upload" is img2img's fifth mode
+    host = Host(send_buttons=add_send_buttons, paste_fields=add_paste_fields, save=save,
+                inpaint_upload=inpaint_upload(),
+                show_inpaint_upload="(...args) => { switch_to_img2img_tab(4); return args; }")
     return [(build(connection, host), "Easel", TAB)]
 
 
