@@ -59,7 +59,7 @@ def test_the_webuis_script_loader_mounts_it_with_settings_and_a_saved_default_fo
             assert f"easel/{field}/value" in values, field
     for number in (1, 2):
         assert f"easel/Reference {number} weight/value" in values and f"easel/Reference {number} takes/value" in values
-    assert saved["easel/Model/value"] == "" and saved["easel/Sampling method/value"] == "DPM++ 2M Karras"
+    assert saved["easel/Model/value"] == "Server default" and saved["easel/Sampling method/value"] == "DPM++ 2M Karras"
     assert saved["easel/Mode/value"] == "inpaint"
 
 
