@@ -41,7 +41,8 @@ def test_the_webuis_script_loader_mounts_it_with_settings_and_a_saved_default_fo
     assert "easel" not in run.stderr.lower(), "the extension reported an error while loading"
     facts = json.loads(run.stdout.split("DUMP ", 1)[1].splitlines()[0])
     assert facts["tabs"] == ["txt2img", "img2img", "extras", "pnginfo", "easel", "settings"]
-    assert facts["settings"] == {"easel_url": ["easel", "Easel"], "easel_token": ["easel", "Easel"]}
+    assert facts["settings"] == {"easel_url": ["easel", "Easel"], "easel_token": ["easel", "Easel"],
+                                 "easel_cert": ["easel", "Easel"]}
     # Registered from the script the WebUI loaded (its callback names and error reports say so) ...
     assert facts["callbacks"] == ["easel/scripts/easel_tab.py"]
     # ... and the package found after the loader took the extension off sys.path (A1111 does; Forge

@@ -339,3 +339,23 @@ def test_the_models_of_a_real_backend(server):
     offered = jobs.offered(jobs.Connection(server.url))
     assert offered.models["default"] == "demo" and "demo-xl" in [m["name"] for m in offered.models["models"]]
     assert jobs.offered(jobs.Connection("ws://127.0.0.1:9/")) == jobs.Offered()
+
+
+def test_a_wss_backend_with_its_certificate(demo_config, engine, tmp_path):
+    # Settings > Easel: a wss:// address and the server's certificate (pinned); another certificate is refused.
+    import dataclasses
+
+    from backend.server import ServerThread
+    from backend.tls import make_cert
+
+    cert, key = make_cert(tmp_path / "box", ["127.0.0.1"])
+    impostor, _ = make_cert(tmp_path / "impostor", ["127.0.0.1"])
+    with ServerThread(dataclasses.replace(demo_config, tls_cert=str(cert), tls_key=str(key)), engine) as secure:
+        assert secure.url.startswith("wss://")
+        trusted = jobs.Connection(secure.url, cert=str(cert))
+        assert jobs.status_line(trusted).startswith(f"Easel backend at {secure.url}: easel/")
+        updates = list(jobs.run(trusted, values(mode="generate", width=64, height=64, steps=2), "wss"))
+        assert updates[-1].status.startswith("Done: 1 image"), updates[-1].status
+        refused = jobs.status_line(jobs.Connection(secure.url, cert=str(impostor)))
+        assert refused.startswith(f"Cannot reach the Easel backend at {secure.url}: the TLS handshake")
+        assert refused.endswith("Give the server's certificate (from `easel cert`) in Settings > Easel.")

@@ -38,10 +38,12 @@ class Update:
 class Connection:
     url: str
     token: str = ""
+    cert: str = ""  # for a wss:// server with its own certificate (`easel cert`): that PEM file, pinned
 
     def client(self, open_timeout: float = 5) -> Client:
         """A client, not yet connected (``with`` connects it)."""
-        return Client(self.url, token=self.token or None, name="easel-a1111", open_timeout=open_timeout)
+        return Client(self.url, token=self.token or None, name="easel-a1111", open_timeout=open_timeout,
+                      cert=self.cert or None)
 
 
 # The running job of each browser session, so the Cancel button (another request, maybe another
@@ -55,6 +57,9 @@ def describe(error: Exception, url: str) -> str:
     if isinstance(error, InputError):
         return str(error)
     if isinstance(error, EaselError):
+        if error.code == "unreachable" and "TLS handshake" in error.message:
+            return (f"Cannot reach the Easel backend at {url}: {error.message}. Give the server's certificate "
+                    "(from `easel cert`) in Settings > Easel.")
         if error.code in ("unreachable", "bad_url"):
             return (f"Cannot reach the Easel backend at {url}: start it with `easel serve`, "
                     "or set its address in Settings > Easel.")

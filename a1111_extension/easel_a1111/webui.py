@@ -24,15 +24,19 @@ _created: dict = {}
 
 def add_settings() -> None:
     opts, info = webui_shared.opts, webui_shared.OptionInfo
-    opts.add_option("easel_url", info(DEFAULT_URL, "Easel backend address (ws://host:port/)", section=SECTION))
+    opts.add_option("easel_url", info(DEFAULT_URL, "Easel backend address (ws://host:port/, or wss:// for a server "
+                                                   "with a certificate)", section=SECTION))
     opts.add_option("easel_token", info("", "Easel backend token (if the server was started with --token)",
                                         section=SECTION))
+    opts.add_option("easel_cert", info("", "Easel backend certificate: its PEM file (from `easel cert`) for a wss:// "
+                                           "address; only a server holding its key is trusted", section=SECTION))
 
 
 def connection() -> Connection:
     """The backend address as the settings say now (they can change while the WebUI runs)."""
     opts = webui_shared.opts
-    return Connection(getattr(opts, "easel_url", None) or DEFAULT_URL, getattr(opts, "easel_token", None) or "")
+    return Connection(getattr(opts, "easel_url", None) or DEFAULT_URL, getattr(opts, "easel_token", None) or "",
+                      getattr(opts, "easel_cert", None) or "")
 
 
 def add_send_buttons(image, text) -> None:
