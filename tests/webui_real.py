@@ -281,10 +281,15 @@ def dump(demo) -> None:
     files registered the extension callbacks, and where its modules came from."""
     import json
 
-    from modules import script_callbacks, shared
+    from modules import infotext_utils, script_callbacks, shared
 
     extensions_dir = os.path.join(DATA, "extensions")
     print("DUMP " + json.dumps({
+        # "Send to Easel": the buttons bound to its paste fields, and the infotext keys it takes
+        "send_to_easel": sorted(binding.paste_button.elem_id for binding in infotext_utils.registered_param_bindings
+                                if binding.tabname == "easel"),
+        "easel_paste_fields": [key for _field, key in infotext_utils.paste_fields.get("easel", {}).get("fields", [])
+                               if isinstance(key, str)],
         "tabs": [ifid for _interface, _label, ifid in getattr(demo, "easel_test_tabs", [])],
         "settings": {key: list(info.section) for key, info in shared.opts.data_labels.items()
                      if key.startswith("easel")},
