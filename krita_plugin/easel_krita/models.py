@@ -120,8 +120,12 @@ def offer(name: str | None, caps, server: server_capabilities.Offer) -> Offer:
     if caps.family is None:  # not known until it loads: only its modes are known
         controls, references = server.control_types, server.reference_modes
     else:
-        controls = server_capabilities.ordered(caps.control_types, vocabulary.CONTROL_TYPES)
-        references = server_capabilities.ordered(caps.reference_modes, vocabulary.REFERENCE_MODES)
+        # The model's own, within the server's offer (they agree, unless the server's changed since).
+        controls = tuple(kind for kind in server_capabilities.ordered(caps.control_types, vocabulary.CONTROL_TYPES)
+                         if kind in server.control_types)
+        references = tuple(mode for mode in server_capabilities.ordered(caps.reference_modes,
+                                                                         vocabulary.REFERENCE_MODES)
+                           if mode in server.reference_modes and server.references)
         sd = caps.family in model_capabilities.SD_FAMILIES
         kind = f"{name}” ({FAMILIES.get(caps.family, caps.family)})"
         if not controls:
