@@ -797,6 +797,19 @@ def test_a_flux_inpaint_goes_to_the_flux_model_and_keeps_the_canvas_outside_the_
     assert (layer[..., 3][y0:y0 + box[3], x0:x0 + box[2]] == 255).all()
 
 
+def test_a_flux_expand_goes_to_the_flux_model_and_keeps_the_old_canvas(client):
+    region = plan.plan_expand(64, 48, (16, 0, 0, 8))
+    canvas = picture(64, 48, seed=4)
+    settings = plan.Settings(steps=2, seed=2, model="demo-flux", expand=(16, 0, 0, 8))
+    job = plan.build_job(region, settings, rgba_of(canvas), model=plan.model_of(client.models(), "demo-flux"))
+    assert job.sampling.guidance == 30.0 and job.negative_prompt == ""
+    result = client.run(job)
+    assert (result.parameters["model"], result.parameters["mode"]) == ("demo-flux", "expand")
+    grown = decode(result.images[0].image)
+    assert grown.shape[:2] == (56, 80)
+    assert np.array_equal(grown[0:48, 16:80, :3], np.asarray(canvas)), "the old canvas changed"
+
+
 def test_the_docker_offers_only_what_the_chosen_model_can_do(client):
     reply, server = client.models(), capabilities.offer(client.welcome["capabilities"])
 
