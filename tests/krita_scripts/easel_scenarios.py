@@ -756,8 +756,11 @@ def scenario_docker_instruct(ctx):
     paint_layer(doc, "paint", fill_rgba8(seed=3))
     before = snapshot(doc)
     docker._document = lambda: doc
-    wait_for(None, timeout=30, until=lambda: docker.worker.state == "connected" and docker.model.count())
+    # A loaded machine can take a while to connect and list the models.
+    wait_for(None, timeout=120, until=lambda: docker.worker.state == "connected" and docker.model.count())
     names = [docker.model.itemData(i) for i in range(docker.model.count())]
+    check({"demo", "demo-base", "demo-flux", "demo-instruct"} <= set(names),
+          f"the models listed are {names} ({docker.worker.state}: {docker.state.text()!r})")
 
     def pick(name):
         docker.model.setCurrentIndex(names.index(name))
@@ -826,6 +829,18 @@ def scenario_docker_instruct(ctx):
     check(any(after[i:i + 4] != composite[i:i + 4] for i in inside), "the selection was not edited")
     check(docker.instruct_button.isEnabled() and docker.generate_button.isEnabled(), "buttons did not come back")
     doc.close()
+    # Without a selection the whole visible picture is edited: one opaque layer over the canvas.
+    whole = new_doc()
+    paint_layer(whole, "paint", fill_rgba8(seed=4))
+    docker._document = lambda: whole
+    docker.instruct_button.click()
+    fired = wait_for(docker.session, ["finished", "failed", "cancelled"])
+    check(fired and fired[0] == "finished", f"the whole-picture edit ended with {fired} {docker.message.text()!r}")
+    wait_for(None, timeout=60, until=lambda: bool(easel_layers(whole)[1]))
+    alpha, _ = alpha_of(whole, easel_layers(whole)[1][0])
+    check(all(a == 255 for a in alpha), "the whole-picture edit does not cover the canvas")
+    check(fired[1][1][0].parameters.get("mode") == "instruct", f"parameters {fired[1][1][0].parameters}")
+    whole.close()
 
 
 def scenario_blinked_connection_still_delivers(ctx):
