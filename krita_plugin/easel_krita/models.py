@@ -126,14 +126,15 @@ def offer(name: str | None, caps, server: server_capabilities.Offer) -> Offer:
         references = tuple(mode for mode in server_capabilities.ordered(caps.reference_modes,
                                                                          vocabulary.REFERENCE_MODES)
                            if mode in server.reference_modes and server.references)
+        # An SD family lacks them by the server's configuration; other families (flux) take none here.
         sd = caps.family in model_capabilities.SD_FAMILIES
-        kind = f"{name}” ({FAMILIES.get(caps.family, caps.family)})"
+        family = FAMILIES.get(caps.family, caps.family)
         if not controls:
-            control = (f"No ControlNet is configured for {FAMILIES.get(caps.family, caps.family)} models on this "
-                       "server." if sd else f"The model “{kind} takes no ControlNet units.")
+            control = (f"No ControlNet is configured for {family} models on this server." if sd
+                       else f"The model “{name}” ({family}) takes no ControlNet units.")
         if not references:
-            reference = (f"No IP-Adapter is configured for {FAMILIES.get(caps.family, caps.family)} models on this "
-                         "server." if sd else f"The model “{kind} takes no reference layers (IP-Adapter).")
+            reference = (f"No IP-Adapter is configured for {family} models on this server." if sd
+                         else f"The model “{name}” ({family}) takes no reference layers (IP-Adapter).")
     negative = "" if caps.negative_prompt else (f"The model “{name}” takes no negative prompt: it uses distilled "
                                                 "guidance (the server's `true_cfg` setting adds one).")
     image_guidance = "" if caps.image_guidance and "instruct" in modes else (
