@@ -367,7 +367,16 @@ def test_the_model_picker_lists_what_each_model_is_and_can_do(client):
     assert demo.label == "demo (SD 1.5, 512 px) · default"
     assert xl.label.startswith("demo-xl (SDXL, ")
     assert "dedicated inpaint UNet" in demo.tooltip and "no inpaint UNet" in base.tooltip
-    assert "ControlNet: canny" in base.tooltip and "reference layers (IP-Adapter)" in base.tooltip
+    assert "ControlNet: canny" in base.tooltip and "reference layers: reference, style" in base.tooltip
+    assert "instruct edits" in demo.tooltip and "instruct" not in base.tooltip
+    # Each model's own capabilities, not the server's lists: the flux model takes neither ControlNets nor
+    # references although the server has both configured for SD models.
+    flux = next(e for e in entries if e.name == "demo-flux")
+    assert flux.label.startswith("demo-flux (Flux, ") and "no ControlNet" in flux.tooltip
+    assert "no reference layers" in flux.tooltip and "no negative prompt" in flux.tooltip
+    assert "instruct edits (no image guidance)" in flux.tooltip
+    only = next(e for e in entries if e.name == "demo-instruct")
+    assert "cannot generate, img2img, inpaint, expand, remove" in only.tooltip
     caps = {**client.welcome["capabilities"], "control_types": [], "reference_families": ["sdxl"]}
     plain = models.describe({"name": "m", "family": "sd15", "native_size": 512}, caps)
     assert "no ControlNet" in plain.tooltip and "no reference layers" in plain.tooltip
@@ -625,3 +634,210 @@ def test_an_upscale_sends_the_whole_canvas_and_its_result_is_the_new_canvas():
         plan.plan_upscale(600, 400, 9, 8192)
     with pytest.raises(plan.PlanError, match="10 steps at 5% refine leave no step to run"):
         plan.build_job(region, plan.Settings(scale=2.0, refine=0.05, steps=10), bytes(256 * 192 * 4))
+
+
+# -- instruct edits and what the chosen model can do ------------------------------------------------
+
+def rgba_of(image) -> bytes:
+    return np.asarray(image.convert("RGBA")).tobytes()
+
+
+def test_instruct_in_a_selection_edits_only_the_selection(client):
+    """Instruct with a selection: the context crop and the selection's mask go with the job (as for
+    inpaint); the layer sits on the selection and beyond the feathered mask it leaves the canvas as it is."""
+    width, height, box = 256, 192, (100, 80, 40, 30)
+    canvas = picture(width, height, seed=5)
+    mask = np.asarray(rect_mask((width, height), (box[0], box[1], box[0] + box[2], box[1] + box[3]))).tobytes()
+    sel = (Box(0, 0, width, height), mask)
+    region = plan.plan_region(width, height, 1.0, 512, sel, instruct=True)
+    assert (region.mode, region.masked) == ("instruct", True)
+    assert region.box == context_crop(Box(*box), width, height, 512, margin=mask_margin(8, 16)).box
+    crop = canvas.crop((region.box.x, region.box.y, region.box.x1, region.box.y1))
+    x0, y0 = box[0] - region.box.x, box[1] - region.box.y
+    crop_mask = rect_mask(crop.size, (x0, y0, x0 + box[2], y0 + box[3]))
+    settings = plan.Settings(prompt="make it winter", steps=2, seed=4, instruct=True, image_guidance=2.0)
+    job = plan.build_job(region, settings, rgba_of(crop), np.asarray(crop_mask).tobytes(),
+                         model=plan.model_of(client.models(), "demo"))
+    assert job.mask is not None and job.image_guidance == 2.0 and job.sampling.guidance == 7.5
+    assert (job.mask_grow, job.mask_feather, job.fill) == (8, 16, None)
+    result = client.run(job)
+    assert (result.parameters["mode"], result.parameters["image_guidance"]) == ("instruct", 2.0)
+    item = result.images[0]
+    spot = placement.place(region, item.offset, item.image.width, item.image.height)
+    layer = decode(item.image)
+    assert not spot.scale and layer.shape[2] == 4
+    composite = np.asarray(canvas.convert("RGBA")).copy()
+    under = composite[spot.y:spot.y + spot.height, spot.x:spot.x + spot.width].astype(np.float64)
+    alpha = layer[..., 3:4] / 255.0
+    composite[spot.y:spot.y + spot.height, spot.x:spot.x + spot.width] = np.round(
+        layer.astype(np.float64) * alpha + under * (1 - alpha)).astype(np.uint8)
+    original = np.asarray(canvas.convert("RGBA"))
+    reach = mask_margin(8, 16)
+    beyond = np.ones((height, width), bool)
+    beyond[box[1] - reach:box[1] + box[3] + reach, box[0] - reach:box[0] + box[2] + reach] = False
+    assert np.array_equal(composite[beyond], original[beyond]), "pixels beyond the selection changed"
+    inside = (slice(box[1], box[1] + box[3]), slice(box[0], box[0] + box[2]))
+    assert (layer[..., 3][box[1] - spot.y:box[1] - spot.y + box[3], box[0] - spot.x:box[0] - spot.x + box[2]]
+            == 255).all(), "the selection is not covered"
+    assert not np.array_equal(composite[inside], original[inside]), "the selection was not edited"
+
+
+def test_instruct_without_a_selection_edits_the_whole_picture(client):
+    region = plan.plan_region(200, 150, 0.4, 512, None, instruct=True)
+    assert (region.mode, region.masked, region.box) == ("instruct", False, Box(0, 0, 200, 150))
+    job = plan.build_job(region, plan.Settings(prompt="make it winter", steps=2, seed=1, strength=0.4,
+                                               instruct=True), rgba_of(picture(200, 150)))
+    assert job.mask is None and job.image_guidance == 1.5 and job.sampling.strength == 1.0, "all steps run"
+    message = parse_client_message(json.dumps(job.to_message(lambda image, role: {"frame": role})))
+    assert message["mode"] == "instruct" and message["image_guidance"] == 1.5 and "mask" not in message
+    item = client.run(job).images[0]
+    spot = placement.place(region, item.offset, item.image.width, item.image.height)
+    assert (spot.x, spot.y, spot.width, spot.height, spot.scale) == (0, 0, 200, 150, False)
+    assert (decode(item.image)[..., 3] == 255).all()
+
+
+def test_instruct_needs_an_instruction_and_remove_stays_remove():
+    with pytest.raises(plan.PlanError, match="Type an instruction first"):
+        plan.check_prompt(plan.Settings(prompt=" ", instruct=True), [])
+    assert plan.choose_mode(True, 1.0, remove=True, instruct=True) == "remove"
+    assert plan.choose_mode(False, 0.5, instruct=True) == "instruct"
+
+
+def test_guidance_on_auto_suits_the_family_and_the_mode():
+    assert plan.default_guidance("sd15", "img2img") == 7.0 and plan.default_guidance(None, "generate") == 7.0
+    assert plan.default_guidance("sd15", "instruct") == 7.5
+    assert plan.default_guidance("flux", "generate") == 3.5 and plan.default_guidance("flux", "inpaint") == 30.0
+    assert plan.default_guidance("flux", "expand") == 30.0 and plan.default_guidance("flux", "instruct") == 2.5
+    region = plan.Region("img2img", Box(0, 0, 2, 2), (8, 8))
+    flux = ("f", plan.ModelCapabilities("flux", ("img2img",), negative_prompt=False))
+    job = plan.build_job(region, plan.Settings(prompt="x", strength=0.5), bytes(16), model=flux)
+    assert job.sampling.guidance == 3.5
+    job = plan.build_job(region, plan.Settings(prompt="x", strength=0.5, guidance=5.0), bytes(16), model=flux)
+    assert job.sampling.guidance == 5.0, "a guidance the painter set wins"
+
+
+TINY = ImageData("rgba8", 2, 2, bytes(16))
+
+
+@pytest.mark.parametrize("model, mode, change, words", [
+    ("demo-base", "instruct", {}, "The model “demo-base” cannot edit by instruction: it serves generate, img2img, "
+                                  "inpaint, expand, remove, upscale. Pick a model with an instruct component"),
+    ("demo-instruct", "img2img", {}, "The model “demo-instruct” cannot refine a picture: it serves instruct."),
+    ("demo-flux-file", "inpaint", {}, "The model “demo-flux-file” cannot inpaint a selection"),
+    ("demo-flux", "img2img", {"controls": [plan.ControlUnit("canny", TINY)]},
+     "The model “demo-flux” cannot use a canny control layer: take it off the list"),
+    ("demo", "instruct", {"controls": [plan.ControlUnit("canny", TINY)]},
+     "The model “demo” cannot use a canny control layer in an instruct edit"),
+    ("demo-flux", "img2img", {"references": [plan.Reference(TINY)]}, "The model “demo-flux” cannot use reference "
+                                                                      "layers: take them off the list"),
+    ("demo-flux", "img2img", {"negative_prompt": "blur"}, "The model “demo-flux” takes no negative prompt"),
+    ("demo-flux", "instruct", {"image_guidance": 2.0}, "The model “demo-flux” has no image guidance"),
+])
+def test_what_the_chosen_model_cannot_do_is_a_sentence_before_sending(client, model, mode, change, words):
+    """The plan checks the job against the picked model's ``capabilities`` (the server's own rule): the
+    painter reads a sentence at once, both before the pixels are read and on the finished job."""
+    reply = client.models()
+    picked = plan.model_of(reply, model)
+    masked = mode == "inpaint"
+    region = plan.Region(mode, Box(0, 0, 2, 2), (8, 8), masked=masked)
+    settings = plan.Settings(prompt="x", strength=0.5, model=model, instruct=mode == "instruct",
+                             negative_prompt=change.get("negative_prompt", ""),
+                             image_guidance=change.get("image_guidance"))
+    controls, references = change.get("controls", []), change.get("references", [])
+    with pytest.raises(plan.PlanError) as early:
+        plan.check_model(region, settings, [(u.type, u.scale) for u in controls],
+                         [(r.mode, r.weight) for r in references], picked)
+    assert str(early.value).startswith(words)
+    with pytest.raises(plan.PlanError) as late:
+        plan.build_job(region, settings, bytes(16), bytes(4) if masked else None, controls, references, picked)
+    assert str(late.value) == str(early.value)
+    # The server, asked the same, refuses it too (the plan only says so sooner).
+    job = plan.build_job(region, settings, bytes(16), bytes(4) if masked else None, controls, references)
+    with pytest.raises(Exception) as refused:
+        client.run(job)
+    assert getattr(refused.value, "code", None) in ("unsupported", "unsupported_mode")
+
+
+def test_what_each_model_can_do_passes(client):
+    reply = client.models()
+    for model, mode, settings in [
+            ("demo-flux", "inpaint", plan.Settings(prompt="x", model="demo-flux")),
+            ("demo-flux", "instruct", plan.Settings(prompt="x", model="demo-flux", instruct=True, image_guidance=None)),
+            ("demo", "instruct", plan.Settings(prompt="x", instruct=True, negative_prompt="blur")),
+            ("demo-instruct", "instruct", plan.Settings(prompt="x", model="demo-instruct", instruct=True))]:
+        region = plan.Region(mode, Box(0, 0, 2, 2), (8, 8), masked=mode == "inpaint")
+        plan.check_model(region, settings, model=plan.model_of(reply, model))
+    assert plan.model_of(reply, None)[0] == reply["default"] and plan.model_of(reply, "nope") is None
+
+
+def test_a_flux_inpaint_goes_to_the_flux_model_and_keeps_the_canvas_outside_the_selection(client):
+    """With a flux model picked, Generate on a selection is an ordinary inpaint (the server uses the model's
+    Fill transformer) at Flux's guidance; outside the feathered mask the canvas is byte-identical."""
+    width, height, box = 128, 96, (40, 30, 24, 20)
+    canvas = picture(width, height, seed=2)
+    mask = np.asarray(rect_mask((width, height), (box[0], box[1], box[0] + box[2], box[1] + box[3]))).tobytes()
+    region = plan.plan_region(width, height, 1.0, 512, (Box(0, 0, width, height), mask), grow=2, feather=4)
+    crop = canvas.crop((region.box.x, region.box.y, region.box.x1, region.box.y1))
+    x0, y0 = box[0] - region.box.x, box[1] - region.box.y
+    crop_mask = rect_mask(crop.size, (x0, y0, x0 + box[2], y0 + box[3]))
+    settings = plan.Settings(prompt="a red door", steps=2, seed=3, model="demo-flux", mask_grow=2, mask_feather=4)
+    job = plan.build_job(region, settings, rgba_of(crop), np.asarray(crop_mask).tobytes(),
+                         model=plan.model_of(client.models(), "demo-flux"))
+    assert job.sampling.guidance == 30.0
+    result = client.run(job)
+    assert (result.parameters["model"], result.parameters["mode"]) == ("demo-flux", "inpaint")
+    listed = {m["name"]: m for m in client.models()["models"]}  # the docker reads them again after a job
+    assert listed["demo-flux"]["loaded"] and listed["demo-flux"]["capabilities"]["control_types"] == []
+    layer = decode(result.images[0].image)
+    reach = mask_margin(2, 4)
+    outside = np.ones(layer.shape[:2], bool)
+    x0, y0 = box[0] - region.box.x, box[1] - region.box.y
+    outside[max(0, y0 - reach):y0 + box[3] + reach, max(0, x0 - reach):x0 + box[2] + reach] = False
+    assert (layer[..., 3][outside] == 0).all(), "the layer covers pixels outside the selection"
+    assert (layer[..., 3][y0:y0 + box[3], x0:x0 + box[2]] == 255).all()
+
+
+def test_a_flux_expand_goes_to_the_flux_model_and_keeps_the_old_canvas(client):
+    region = plan.plan_expand(64, 48, (16, 0, 0, 8))
+    canvas = picture(64, 48, seed=4)
+    settings = plan.Settings(steps=2, seed=2, model="demo-flux", expand=(16, 0, 0, 8))
+    job = plan.build_job(region, settings, rgba_of(canvas), model=plan.model_of(client.models(), "demo-flux"))
+    assert job.sampling.guidance == 30.0 and job.negative_prompt == ""
+    result = client.run(job)
+    assert (result.parameters["model"], result.parameters["mode"]) == ("demo-flux", "expand")
+    grown = decode(result.images[0].image)
+    assert grown.shape[:2] == (56, 80)
+    assert np.array_equal(grown[0:48, 16:80, :3], np.asarray(canvas)), "the old canvas changed"
+
+
+def test_the_docker_offers_only_what_the_chosen_model_can_do(client):
+    reply, server = client.models(), capabilities.offer(client.welcome["capabilities"])
+
+    def offer_for(name):
+        return models.offer(name, plan.model_of(reply, name)[1], server)
+
+    demo = offer_for("demo")
+    assert (demo.generate, demo.remove, demo.expand, demo.instruct, demo.control, demo.reference,
+            demo.negative_prompt, demo.image_guidance) == ("",) * 8
+    assert demo.control_types == server.control_types and "face" in demo.reference_modes
+    flux = offer_for("demo-flux")
+    assert flux.control_types == () and flux.reference_modes == ()
+    assert flux.control == "The model “demo-flux” (Flux) takes no ControlNet units."
+    assert flux.reference == "The model “demo-flux” (Flux) takes no reference layers (IP-Adapter)."
+    assert flux.negative_prompt.startswith("The model “demo-flux” takes no negative prompt")
+    assert flux.image_guidance.startswith("The model “demo-flux” has no image guidance")
+    assert (flux.generate, flux.remove, flux.expand, flux.instruct) == ("",) * 4, "Fill and Kontext serve these"
+    base = offer_for("demo-base")
+    assert base.instruct.startswith("The model “demo-base” cannot edit by instruction")
+    assert base.image_guidance == "The model “demo-base” makes no instruct edits."
+    only = offer_for("demo-instruct")
+    assert only.generate == "The model “demo-instruct” cannot generate, refine or inpaint: it serves instruct."
+    assert only.remove and only.expand and not only.instruct
+    fill_less = offer_for("demo-flux-file")
+    assert fill_less.remove and fill_less.expand and fill_less.instruct and not fill_less.generate
+    # An SD model on a server without its family's adapters: the server's configuration is named.
+    bare = models.offer("m", plan.ModelCapabilities("sdxl", ("generate",)), server)
+    assert bare.control == "No ControlNet is configured for SDXL models on this server."
+    # Nothing known of the model: the server's own offer.
+    unknown = models.offer(None, None, server)
+    assert unknown.control_types == server.control_types and unknown.instruct == ""

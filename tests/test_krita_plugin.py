@@ -91,7 +91,8 @@ SCENARIOS = ["plugin_loads", "inpaint_selection", "soft_selection", "refine_whol
              "sixteen_bit_colours", "cancel_inserts_nothing", "models_refresh_after_a_job",
              "docker_offers_what_the_server_offers", "unreachable_server", "reconnects_by_itself",
              "server_error_is_a_sentence", "cmyk_refused", "docker_buttons", "docker_remove_with_selection_settings",
-             "docker_expand", "docker_model_picker", "blinked_connection_still_delivers", "server_stopped_mid_job",
+             "docker_expand", "docker_model_picker", "docker_instruct", "blinked_connection_still_delivers",
+             "server_stopped_mid_job",
              "wide_gamut_documents", "ui_thread_budget", "docker_upscale", "docker_wss_with_a_pinned_certificate"]
 
 

@@ -211,7 +211,8 @@ class ModelRegistry:
                                else bool(spec.inpaint)),
                 loaded=model is not None,
                 capabilities=self.capabilities(name),
-                **_prediction_fields(model.prediction if model else predictions.resolve(spec)),
+                # A flux model has no `prediction` (flow matching): its configuration's is listed.
+                **_prediction_fields(getattr(model, "prediction", None) or predictions.resolve(spec)),
             ))
         return out
 

@@ -140,6 +140,8 @@ def parameters(job: Job, run: EngineResult) -> dict:
         out.update(fill=work.fill, soft_inpaint=work.soft)
         if work.mode != "expand":
             out["mask_padding"] = work.padding
+    if work.mode == "instruct":
+        out["image_guidance"] = work.image_guidance
     if work.mode == "expand":
         out.update(zip(("expand_left", "expand_top", "expand_right", "expand_bottom"), work.expand))
     if work.mode == "upscale":

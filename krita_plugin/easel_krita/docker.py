@@ -84,7 +84,7 @@ class EaselDocker(host.DockWidget):
         row = W.QHBoxLayout()
         self.model = W.QComboBox()
         self.model.setToolTip("The server's models (connect to list them); the choice is saved with the document")
-        self.model.activated.connect(lambda _index: self._remember_model())
+        self.model.activated.connect(lambda _index: (self._remember_model(), self._apply_model()))
         reload_models = W.QPushButton("↻")
         reload_models.setToolTip("Read the server's models again")
         reload_models.clicked.connect(self._refresh)
@@ -99,6 +99,7 @@ class EaselDocker(host.DockWidget):
         form.addWidget(self.prompt)
         self.negative = W.QLineEdit()
         self.negative.setPlaceholderText("Negative prompt: what to avoid")
+        self.negative.setToolTip(NEGATIVE_TIP)
         form.addWidget(self.negative)
 
         grid = W.QGridLayout()
@@ -122,10 +123,19 @@ class EaselDocker(host.DockWidget):
         self.fixed_seed.toggled.connect(self.seed.setEnabled)
         grid.addWidget(self.fixed_seed, 2, 0, 1, 2)
         grid.addWidget(self.seed, 2, 2, 1, 2)
+        self.guidance = _double(0, 50, 0)
+        self.guidance.setSingleStep(0.5)
+        self.guidance.setSpecialValueText("auto")  # 0: what suits the model (plan.default_guidance)
+        self.guidance.setToolTip("How strongly the prompt is followed. auto: what suits the model and the job "
+                                 "(7 on SD models, 7.5 for instruct edits; Flux: 3.5, 30 for inpaint and expand "
+                                 "with its Fill model, 2.5 for Kontext edits)")
+        grid.addWidget(W.QLabel("Guidance"), 3, 0)
+        grid.addWidget(self.guidance, 3, 1)
         form.addLayout(grid)
         self._show_strength(100)
 
         form.addWidget(self._selection_box())
+        form.addWidget(self._instruct_box())
         form.addWidget(self._upscale_box())
         form.addWidget(self._control_box())
         form.addWidget(self._reference_box())
@@ -137,7 +147,7 @@ class EaselDocker(host.DockWidget):
         self.cancel_button.clicked.connect(self.cancel)
         self.cancel_button.setEnabled(False)
         self.remove_button = W.QPushButton("Remove")
-        self.remove_button.setToolTip("Take the selection out: fill it with its surroundings (no prompt needed)")
+        self.remove_button.setToolTip(REMOVE_TIP)
         self.remove_button.clicked.connect(lambda: self.generate(remove=True))
         buttons.addWidget(self.generate_button, 2)
         buttons.addWidget(self.remove_button, 1)
@@ -210,11 +220,24 @@ class EaselDocker(host.DockWidget):
             self.expand_sides.append(spin)
             sides.addWidget(spin)
         self.expand_button = W.QPushButton("Expand")
-        self.expand_button.setToolTip("Grow the canvas by these pixels and paint the new band (one new layer; "
-                                      "your layers keep their pixels)")
+        self.expand_button.setToolTip(EXPAND_TIP)
         self.expand_button.clicked.connect(lambda: self.generate(expand=tuple(s.value() for s in self.expand_sides)))
         sides.addWidget(self.expand_button)
         grid.addLayout(sides, 3, 0, 1, 3)
+        return box
+
+    def _instruct_box(self):
+        """Edit by instruction: the prompt is the instruction; inside the selection, else the whole picture."""
+        box = W.QGroupBox("Instruct")
+        row = W.QHBoxLayout(box)
+        self.image_guidance = _double(0, 20, protocol.rules.IMAGE_GUIDANCE, "image guidance ")
+        self.image_guidance.setSingleStep(0.1)
+        self.image_guidance.setToolTip(IMAGE_GUIDANCE_TIP)
+        self.instruct_button = W.QPushButton("Instruct")
+        self.instruct_button.setToolTip(INSTRUCT_TIP)
+        self.instruct_button.clicked.connect(lambda: self.generate(instruct=True))
+        row.addWidget(self.image_guidance, 1)
+        row.addWidget(self.instruct_button)
         return box
 
     def _upscale_box(self):
@@ -325,22 +348,28 @@ class EaselDocker(host.DockWidget):
 
     # -- actions ------------------------------------------------------------------------------
 
-    def settings(self, remove: bool = False, expand: tuple = (0, 0, 0, 0), upscale: bool = False) -> plan.Settings:
+    def settings(self, remove: bool = False, expand: tuple = (0, 0, 0, 0), upscale: bool = False,
+                 instruct: bool = False) -> plan.Settings:
+        # A switched-off field is not sent: the chosen model cannot take it (its tooltip says why).
+        negative = self.negative.text() if self.negative.isEnabled() else ""
+        guidance = self.guidance.value() or None  # 0 shows "auto"
         if upscale:
-            return plan.Settings(prompt=self.prompt.toPlainText(), negative_prompt=self.negative.text(),
+            return plan.Settings(prompt=self.prompt.toPlainText(), negative_prompt=negative, guidance=guidance,
                                  model=self.model.currentData() or None, steps=self.steps.value(),
                                  seed=self.seed.value() if self.fixed_seed.isChecked() else None,
                                  scale=self.upscale_factor.value(), upscaler=self.upscaler.currentData() or None,
                                  refine=self.upscale_refine.value() / 100)
-        return plan.Settings(prompt=self.prompt.toPlainText(), negative_prompt=self.negative.text(),
-                             model=self.model.currentData() or None,
+        return plan.Settings(prompt=self.prompt.toPlainText(), negative_prompt=negative, guidance=guidance,
+                             model=self.model.currentData() or None, instruct=instruct,
+                             image_guidance=self.image_guidance.value() if self.image_guidance.isEnabled() else None,
                              strength=self.strength.value() / 100, steps=self.steps.value(),
                              seed=self.seed.value() if self.fixed_seed.isChecked() else None,
                              batch=self.batch.value(), mask_grow=self.grow.value(),
                              mask_feather=self.feather.value(), fill=self.fill.currentData(),
                              soft_inpaint=self.soft.isChecked(), remove=remove, expand=expand)
 
-    def generate(self, remove: bool = False, expand: tuple = (0, 0, 0, 0), upscale: bool = False) -> None:
+    def generate(self, remove: bool = False, expand: tuple = (0, 0, 0, 0), upscale: bool = False,
+                 instruct: bool = False) -> None:
         doc = self._document()
         if doc is None:
             self._say("Open a document first.", error=True)
@@ -354,18 +383,16 @@ class EaselDocker(host.DockWidget):
             if upscale:
                 self.job = self.session.upscale(doc, self.settings(upscale=True), self.upscale_new.isChecked())
             else:
-                self.job = self.session.generate(doc, self.settings(remove, expand), list(self.controls),
-                                                 list(self.references))
+                self.job = self.session.generate(doc, self.settings(remove, expand, instruct=instruct),
+                                                 list(self.controls), list(self.references))
         except (plan.PlanError, pixels.UnsupportedColor) as exc:
             self._say(str(exc), error=True)
             return
         except Exception as exc:  # anything else still reaches the painter as a sentence
             self._say(f"Easel could not start the job: {sentence(exc)}", error=True)
             return
-        self.generate_button.setEnabled(False)
-        self.remove_button.setEnabled(False)
-        self.expand_button.setEnabled(False)
-        self.upscale_button.setEnabled(False)
+        for button in self._job_buttons():
+            button.setEnabled(False)
         self.cancel_button.setEnabled(True)
         self.progress.setRange(0, 0)  # busy until the first step
         self._say("Working …")
@@ -424,10 +451,7 @@ class EaselDocker(host.DockWidget):
 
     def _end_job(self) -> None:
         self.job = None
-        self.generate_button.setEnabled(True)
-        self.remove_button.setEnabled(True)
-        self.expand_button.setEnabled(True)
-        self.upscale_button.setEnabled(True)
+        self._apply_model()  # the buttons the chosen model can use come back
         self.cancel_button.setEnabled(False)
         self.progress.setRange(0, 1)
         self.progress.setValue(0)
@@ -542,6 +566,7 @@ class EaselDocker(host.DockWidget):
         if chosen is not None:
             self.model.setCurrentIndex(names.index(chosen))
         self.model.blockSignals(False)
+        self._apply_model()
         if saved and saved not in names and reply is not None:
             self._say(f"This document was made with the model “{saved}”, which this server does not have; "
                       f"using {chosen}.", error=True)
@@ -552,15 +577,9 @@ class EaselDocker(host.DockWidget):
             host.save_document_settings(doc, {"model": self.model.currentData()})
 
     def _apply_offer(self, offer: capabilities.Offer) -> None:
-        """Offer the server's control types and reference modes, and let the spin boxes reach its limits."""
+        """Take the server's offer: its limits for the spin boxes, its upscalers, and (with the chosen
+        model) its control types and reference modes."""
         self._offer = offer
-        for combo, choices, preferred in ((self.control_type, offer.control_types, "lineart"),
-                                          (self.reference_mode, offer.reference_modes, "reference")):
-            current = combo.currentText()
-            if tuple(combo.itemText(i) for i in range(combo.count())) != choices:
-                combo.clear()
-                combo.addItems(choices)
-            combo.setCurrentText(capabilities.pick(choices, current, preferred))
         self.steps.setMaximum(offer.max_steps)
         self.batch.setMaximum(offer.max_batch)
         names = ("",) + offer.upscalers  # "": the server's default
@@ -570,10 +589,41 @@ class EaselDocker(host.DockWidget):
             for name in names:
                 self.upscaler.addItem(name or "server default", name)
             self.upscaler.setCurrentIndex(max(0, self.upscaler.findData(current)) if current else 0)
-        self.control_add.setEnabled(bool(offer.control_types))
-        self.control_add.setToolTip("" if offer.control_types else "The server has no ControlNet configured.")
-        self.reference_add.setEnabled(offer.references and bool(offer.reference_modes))
-        self.reference_add.setToolTip("" if offer.references else "The server has no IP-Adapter configured.")
+        self._apply_model()
+
+    def model_offer(self) -> models.Offer:
+        """What the docker offers with the chosen model (the server's offer when it says nothing of it)."""
+        name = self.model.currentData() or None
+        picked = plan.model_of(self.worker.models, name)
+        return models.offer(picked[0] if picked else name, picked[1] if picked else None, self._offer)
+
+    def _job_buttons(self):
+        return (self.generate_button, self.remove_button, self.expand_button, self.instruct_button,
+                self.upscale_button)
+
+    def _apply_model(self) -> None:
+        """Offer only what the chosen model can do: what it cannot is switched off, its tooltip says why."""
+        offer = self.model_offer()
+        for combo, choices, preferred in ((self.control_type, offer.control_types, "lineart"),
+                                          (self.reference_mode, offer.reference_modes, "reference")):
+            current = combo.currentText()
+            if tuple(combo.itemText(i) for i in range(combo.count())) != choices:
+                combo.clear()
+                combo.addItems(choices)
+            combo.setCurrentText(capabilities.pick(choices, current, preferred))
+        idle = self.job is None
+        for widget, why, tip in ((self.generate_button, offer.generate, GENERATE_TIP),
+                                 (self.remove_button, offer.remove, REMOVE_TIP),
+                                 (self.expand_button, offer.expand, EXPAND_TIP),
+                                 (self.instruct_button, offer.instruct, INSTRUCT_TIP),
+                                 (self.upscale_button, "", UPSCALE_TIP)):
+            widget.setEnabled(idle and not why)
+            widget.setToolTip(why or tip)
+        for widget, why, tip in ((self.control_add, offer.control, ""), (self.reference_add, offer.reference, ""),
+                                 (self.negative, offer.negative_prompt, NEGATIVE_TIP),
+                                 (self.image_guidance, offer.image_guidance, IMAGE_GUIDANCE_TIP)):
+            widget.setEnabled(not why)
+            widget.setToolTip(why or tip)
         self._show_preprocess(self.control_type.currentText())
 
     def _show_preprocess(self, control_type: str) -> None:
@@ -590,6 +640,15 @@ class EaselDocker(host.DockWidget):
         self.message.setStyleSheet("color: #d04040;" if error else "")
         self.message.setText(text)
 
+
+GENERATE_TIP = "Paint the prompt: into the selection, else the whole picture (below 100% strength: refine it)"
+REMOVE_TIP = "Take the selection out: fill it with its surroundings (no prompt needed)"
+EXPAND_TIP = "Grow the canvas by these pixels and paint the new band (one new layer; your layers keep their pixels)"
+INSTRUCT_TIP = ("Edit by instruction: the prompt says what to change (“make it winter”); only the selection "
+                "changes, else the whole picture")
+UPSCALE_TIP = "Upscale the whole picture (refine: diffuse it again with the prompt)"
+NEGATIVE_TIP = "What to avoid"
+IMAGE_GUIDANCE_TIP = "Instruct: how closely the edit keeps to the picture (1: not held to it; higher: closer)"
 
 FILL_LABELS = (("Default", None), ("As it is", "none"), ("Grey", "neutral"), ("Blur of the surroundings", "blur"),
                ("Edge pixels", "border"), ("Inpainted surroundings", "inpaint"))

@@ -28,9 +28,10 @@ def place(region: Region, offset: tuple[int, int], width: int, height: int) -> P
     box = region.box
     if region.mode in ("expand", "upscale"):  # the new canvas, at its origin (the document is resized first)
         return Placement(offset[0], offset[1], width, height)
-    if region.mode in ("inpaint", "remove"):  # never resampled: outside the mask it is the canvas, byte for byte
+    if region.masked:  # inpaint, remove, instruct in a selection: never resampled, outside the mask it is the
+        # canvas byte for byte
         return Placement(box.x + offset[0], box.y + offset[1], width, height)
-    # generate and img2img answer a picture of the size asked for or sent; it covers the whole box.
+    # generate, img2img and instruct answer a picture of the size asked for or sent; it covers the whole box.
     return Placement(box.x, box.y, box.width, box.height, (width, height) != (box.width, box.height))
 
 

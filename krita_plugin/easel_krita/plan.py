@@ -11,11 +11,12 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Sequence
 
-from .protocol import errors, fields, geometry, images, rules, vocabulary
+from .protocol import errors, fields, geometry, images, model_capabilities, rules, vocabulary
 from .protocol import job as jobs
 
 Box = geometry.Box
 Job, ControlUnit, Reference, Sampling = jobs.Job, jobs.ControlUnit, jobs.Reference, jobs.Sampling
+ModelCapabilities = model_capabilities.ModelCapabilities
 
 DEFAULT_NATIVE = 512  # SD1.5's; used when the server cannot tell a model's native size
 
@@ -31,6 +32,7 @@ class Settings:
     prompt: str = ""
     negative_prompt: str = ""
     strength: float = 1.0  # 1 = fill from noise; below = refine what is there
+    guidance: float | None = None  # None: what suits the model's family and the mode (default_guidance)
     steps: int = 20
     seed: int | None = None  # None: the server picks one
     batch: int = 1
@@ -45,6 +47,8 @@ class Settings:
     scale: float = 0.0  # upscale: the factor (0: not an upscale)
     upscaler: str | None = None  # upscale: the server's super-resolution model (None: its default)
     refine: float = 0.0  # upscale: strength of the diffusion refine of the upscaled picture (0: none)
+    instruct: bool = False  # edit by instruction (the prompt): the selection, else the whole picture
+    image_guidance: float | None = rules.IMAGE_GUIDANCE  # instruct: how closely to keep to the picture (None: omit)
 
 
 @dataclass
@@ -53,7 +57,8 @@ class Region:
 
     ``box`` is the part of the canvas the job edits (the context crop for inpaint, the canvas
     otherwise); ``size`` the size the model works at; ``picture`` the size of the pictures sent
-    (image and control maps). Inpaint and img2img send the box as it is, so the result matches the
+    (image and control maps); ``masked``: a selection's mask goes with the job (inpaint, remove, and
+    instruct inside a selection). Inpaint and img2img send the box as it is, so the result matches the
     canvas pixel for pixel (a refine of a canvas larger than the model's area is diffused by the server
     in tiles at native scale, ``size`` then being one tile); a generate of a canvas larger than the
     model's size is made at the model's size and scaled up to the box.
@@ -63,8 +68,10 @@ class Region:
     box: Box
     size: tuple[int, int]
     picture: tuple[int, int] = (0, 0)
+    masked: bool = False
 
     def __post_init__(self):
+        self.masked = self.masked or self.mode in MASKED
         if self.picture == (0, 0):
             self.picture = (self.box.width, self.box.height)
 
@@ -88,10 +95,13 @@ def selection_mask(data: bytes, width: int, height: int) -> bytes:
 MASKED = ("inpaint", "remove")
 
 
-def choose_mode(has_selection: bool, strength: float, remove: bool = False) -> str:
-    """Selection -> inpaint (or remove); no selection -> img2img below 100%, generate at 100%."""
+def choose_mode(has_selection: bool, strength: float, remove: bool = False, instruct: bool = False) -> str:
+    """Selection -> inpaint (or remove); no selection -> img2img below 100%, generate at 100%. An
+    instruct edit is instruct either way (inside the selection when there is one)."""
     if remove and not has_selection:
         raise PlanError("Select what to remove first: Remove fills the selection with its surroundings.")
+    if instruct and not remove:
+        return "instruct"
     if has_selection:
         return "remove" if remove else "inpaint"
     return "generate" if strength >= 1.0 else "img2img"
@@ -99,7 +109,8 @@ def choose_mode(has_selection: bool, strength: float, remove: bool = False) -> s
 
 def plan_region(width: int, height: int, strength: float, native: int | None,
                 selection: tuple[Box, bytes] | None = None, *,
-                grow: int = rules.MASK_GROW, feather: int = rules.MASK_FEATHER, remove: bool = False) -> Region | None:
+                grow: int = rules.MASK_GROW, feather: int = rules.MASK_FEATHER, remove: bool = False,
+                instruct: bool = False) -> Region | None:
     """Plan a job on a ``width`` x ``height`` canvas.
 
     ``selection`` is the selection's bounding box and its mask bytes over that box (or None).
@@ -122,13 +133,15 @@ def plan_region(width: int, height: int, strength: float, native: int | None,
             bounds = Box(x0, y0, x1 - x0, y1 - y0) if x1 > x0 and y1 > y0 else None
             if bounds is None:
                 raise PlanError("the selection lies outside the canvas")
-    mode = choose_mode(bounds is not None, strength, remove)
-    if mode in MASKED:
+    mode = choose_mode(bounds is not None, strength, remove, instruct)
+    if mode in MASKED or (mode == "instruct" and bounds is not None):  # the server's crop, sent as it is
         plan = geometry.context_crop(bounds, width, height, native,
                                      margin=rules.reach(grow, feather))
-        return Region(mode, plan.box, (plan.diffusion_width, plan.diffusion_height))
+        return Region(mode, plan.box, (plan.diffusion_width, plan.diffusion_height), masked=True)
     plan = geometry.whole_canvas(width, height, native)
     size = (plan.diffusion_width, plan.diffusion_height)
+    if mode == "instruct":  # the whole picture, in one pass near native size (the server scales it)
+        return Region(mode, plan.box, size)
     if mode == "generate":
         return Region(mode, plan.box, size, size)
     if geometry.needs_tiles(width, height, native):  # refined at full resolution, in tiles
@@ -165,16 +178,49 @@ def plan_upscale(width: int, height: int, scale: float, max_side: int) -> Region
 
 def check_prompt(settings: Settings, references) -> None:
     """A job needs a prompt, or at least a reference to follow (a removal, an expand or an upscale needs
-    neither: they continue the picture)."""
+    neither: they continue the picture); an instruct edit needs its instruction."""
     if settings.remove or any(settings.expand) or settings.scale:
+        return
+    if settings.instruct:
+        if not settings.prompt.strip():
+            raise PlanError("Type an instruction first: it says what to change (“make it winter”).")
         return
     if not settings.prompt.strip() and not references:
         raise PlanError("Type a prompt first: it says what to paint.")
 
 
+def default_guidance(family: str | None, mode: str) -> float:
+    """The guidance a job gets when the painter leaves it on auto: Flux's distilled guidance (about 3.5
+    for dev, 30 for its Fill model's masked modes, 2.5 for Kontext), InstructPix2Pix's 7.5, else 7."""
+    if family == "flux":
+        return {"inpaint": 30.0, "remove": 30.0, "expand": 30.0, "instruct": 2.5}.get(mode, 3.5)
+    return 7.5 if mode == "instruct" else Sampling.guidance
+
+
+def outline(region: Region, settings: Settings, family: str | None = None) -> Job:
+    """The job's settings without its pixels (those are added by ``build_job``); enough to check it
+    against a model's capabilities before anything is read from the document."""
+    instruct = region.mode == "instruct"
+    guidance = settings.guidance if settings.guidance is not None else default_guidance(family, region.mode)
+    job = Job(region.mode, model=settings.model or None, prompt=settings.prompt,
+              negative_prompt=settings.negative_prompt, output_format="rgba8",
+              preview_every=settings.preview_every,
+              sampling=Sampling(steps=settings.steps, seed=settings.seed, batch=settings.batch, guidance=guidance,
+                                strength=settings.strength if region.mode not in rules.STARTS_FROM_NOISE else 1.0))
+    if instruct:
+        job.image_guidance = settings.image_guidance
+    if region.masked:
+        job.mask_grow, job.mask_feather = settings.mask_grow, settings.mask_feather
+    if region.mode in MASKED:
+        job.fill, job.soft_inpaint = settings.fill, settings.soft_inpaint
+    return job
+
+
 def build_job(region: Region, settings: Settings, image: bytes | None, mask: bytes | None = None,
-              controls: Sequence[ControlUnit] = (), references: Sequence[Reference] = ()) -> Job:
-    """The job for ``region``, checked with the protocol's rules.
+              controls: Sequence[ControlUnit] = (), references: Sequence[Reference] = (),
+              model: tuple[str, ModelCapabilities] | None = None) -> Job:
+    """The job for ``region``, checked with the protocol's rules and, when ``model`` (its name and
+    capabilities, from ``model_of``) is known, against what that model can do.
 
     ``image`` and ``mask`` are RGBA / 8-bit bytes of the region's ``picture`` size; each control
     unit's image is an rgba8 ``ImageData`` of that size too, each reference's one of any size.
@@ -182,19 +228,13 @@ def build_job(region: Region, settings: Settings, image: bytes | None, mask: byt
     """
     width, height = region.picture
     check_prompt(settings, references)
-    job = Job(region.mode, model=settings.model or None, prompt=settings.prompt,
-              negative_prompt=settings.negative_prompt, output_format="rgba8",
-              preview_every=settings.preview_every,
-              sampling=Sampling(steps=settings.steps, seed=settings.seed, batch=settings.batch,
-                                strength=settings.strength if region.mode != "generate" else 1.0))
+    job = outline(region, settings, model[1].family if model else None)
     if region.mode == "generate":
         job.width, job.height = region.size
     else:
         job.image = raw_image(image, width, height, "rgba8", "picture")
-    if region.mode in MASKED:
+    if region.masked:
         job.mask = raw_image(mask, width, height, "l8", "mask")
-        job.mask_grow, job.mask_feather = settings.mask_grow, settings.mask_feather
-        job.fill, job.soft_inpaint = settings.fill, settings.soft_inpaint
     if region.mode == "expand":
         job.expand_left, job.expand_top, job.expand_right, job.expand_bottom = settings.expand
         job.fill = settings.fill
@@ -208,16 +248,60 @@ def build_job(region: Region, settings: Settings, image: bytes | None, mask: byt
             raise PlanError(f"the {what} is {unit.image.width}x{unit.image.height}, not the picture's {width}x{height}")
         job.control.append(replace(unit, image=_checked(unit.image, what)))
     job.references = [replace(ref, image=_checked(ref.image, "reference layer")) for ref in references]
-    check(job)
+    check(job, model)
     return job
 
 
-def check(job: Job) -> None:
-    """``Job.check`` (the server's own rules), its refusal as a sentence for the painter."""
+def check(job: Job, model: tuple[str, ModelCapabilities] | None = None) -> None:
+    """``Job.check`` (the server's own rules) and, for a known ``model``, what it can do (the server's
+    own ``model_capabilities.refusal``); a refusal as a sentence for the painter."""
     try:
         job.check()
     except errors.ProtocolError as exc:
         raise PlanError(refusal(exc, job)) from None
+    if model is not None:
+        exc = model_capabilities.refusal(job, *model)
+        if exc is not None:
+            raise PlanError(model_refusal(exc, job, model[0], model[1]))
+
+
+def check_model(region: Region, settings: Settings, controls=(), references=(),
+                model: tuple[str, ModelCapabilities] | None = None) -> None:
+    """Refuse at once, before any pixels are read, what ``model`` cannot do: ``controls`` as (type,
+    scale) and ``references`` as (mode, weight) pairs."""
+    if model is None:
+        return
+    job = outline(region, settings, model[1].family)
+    job.control = [ControlUnit(kind, None, scale=scale) for kind, scale in controls]
+    job.references = [Reference(None, weight, mode) for mode, weight in references]
+    exc = model_capabilities.refusal(job, *model)
+    if exc is not None:
+        raise PlanError(model_refusal(exc, job, model[0], model[1]))
+
+
+ACTIONS = {"generate": "generate", "img2img": "refine a picture", "inpaint": "inpaint a selection",
+           "remove": "remove", "expand": "expand", "upscale": "refine an upscale", "instruct": "edit by instruction"}
+
+
+def model_refusal(error: errors.ProtocolError, job: Job, name: str, caps: ModelCapabilities) -> str:
+    """What a model cannot do, in the docker's words: which model, which setting, and the way out."""
+    unit = fields.item_field(error.field)
+    where = " in an instruct edit" if job.mode == "instruct" else ""
+    if error.code == "unsupported_mode":
+        hint = " Pick a model with an instruct component (InstructPix2Pix or Flux Kontext)." \
+            if job.mode == "instruct" else " Pick another model."
+        return f"The model “{name}” cannot {ACTIONS.get(job.mode, job.mode)}: it serves {', '.join(caps.modes)}.{hint}"
+    if unit and unit[0] == "control" and unit[1] < len(job.control):
+        return (f"The model “{name}” cannot use a {job.control[unit[1]].type} control layer{where}: take it off the "
+                "list (double-click it) or pick another model.")
+    if error.field and error.field.startswith("references"):
+        return (f"The model “{name}” cannot use reference layers{where}: take them off the list (double-click) "
+                "or pick another model.")
+    if error.field == "negative_prompt":
+        return f"The model “{name}” takes no negative prompt ({caps.family} uses distilled guidance): clear it."
+    if error.field == "image_guidance":
+        return f"The model “{name}” has no image guidance for instruct edits: it follows the instruction alone."
+    return error.sentence()
 
 
 def refusal(error: errors.ProtocolError, job: Job) -> str:
@@ -270,6 +354,16 @@ def strips(box: Box, bytes_per_pixel: int, budget: int = STRIP_BYTES) -> list[Bo
     bottom: large reads and writes go one band per event-loop turn, so Krita's UI never waits long."""
     rows = max(1, budget // max(1, box.width * bytes_per_pixel))
     return [Box(box.x, y, box.width, min(rows, box.y1 - y)) for y in range(box.y, box.y1, rows)]
+
+
+def model_of(models_reply: dict | None, model: str | None = None) -> tuple[str, ModelCapabilities] | None:
+    """``model`` (or the server's default) and its capabilities from the server's ``models`` reply; None
+    when the reply does not list it or says nothing of what it can do (the server then decides)."""
+    name = model or (models_reply or {}).get("default")
+    for entry in (models_reply or {}).get("models", []):
+        if entry.get("name") == name and isinstance(entry.get("capabilities"), dict):
+            return name, ModelCapabilities.from_wire(entry.get("family"), entry["capabilities"])
+    return None
 
 
 def native_size(models_reply: dict | None, model: str | None = None) -> int:

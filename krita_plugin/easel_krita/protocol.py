@@ -20,6 +20,7 @@ geometry = importlib.import_module(f"{_ROOT}.geometry")
 images = importlib.import_module(f"{_ROOT}.images")
 job = importlib.import_module(f"{_ROOT}.job")
 messages = importlib.import_module(f"{_ROOT}.messages")
+model_capabilities = importlib.import_module(f"{_ROOT}.model_capabilities")
 rules = importlib.import_module(f"{_ROOT}.rules")
 vocabulary = importlib.import_module(f"{_ROOT}.vocabulary")
 

@@ -109,10 +109,14 @@ class Session(QObject):
             region = plan.plan_region(info.width, info.height, settings.strength,
                                       self.worker.native_size(settings.model), host.selection(doc),
                                       grow=settings.mask_grow, feather=settings.mask_feather,
-                                      remove=settings.remove)
+                                      remove=settings.remove, instruct=settings.instruct)
+        model = plan.model_of(self.worker.models, settings.model)
+        # What the chosen model cannot do is a sentence now, before any pixels are read.
+        plan.check_model(region, settings, [(unit.type, unit.scale) for unit in controls],
+                         [(ref.mode, ref.weight) for ref in references], model)
         box = region.box
         settings = plan.Settings(**vars(settings))
-        mask = host.selection_bytes(doc, box) if region.mode in plan.MASKED else None
+        mask = host.selection_bytes(doc, box) if region.masked else None
         ref_bounds = [host.layer_bounds(doc, ref.node) for ref in references]
         image, control_reads, reference_reads = None, [], []
 
@@ -151,7 +155,7 @@ class Session(QObject):
                 ref_rgba, w, h = _shrink(to_rgba(data), bounds.width, bounds.height)
                 refs.append(plan.Reference(plan.raw_image(ref_rgba, w, h, "rgba8", "reference layer"),
                                            ref.weight, ref.mode))
-            return plan.build_job(region, settings, rgba, mask, units, refs)
+            return plan.build_job(region, settings, rgba, mask, units, refs, model)
 
         default_model = (self.worker.models or {}).get("default")
 
@@ -196,7 +200,8 @@ class Session(QObject):
             read.append((yield from _read(info, lambda strip: host.image_pixels(doc, strip), region.box)))
 
         def build() -> plan.Job:
-            return plan.build_job(region, settings, read[0].rgba(info.depth, info.linear))
+            return plan.build_job(region, settings, read[0].rgba(info.depth, info.linear),
+                                  model=plan.model_of(self.worker.models, settings.model))
 
         def finish(result):
             out = []

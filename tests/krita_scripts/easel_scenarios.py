@@ -742,6 +742,107 @@ def scenario_docker_model_picker(ctx):
     reopened.close()
 
 
+def scenario_docker_instruct(ctx):
+    """The docker's Instruct with a selection on the demo model: one new layer, and the document's
+    composite outside the selection's feathered reach is byte-identical; the result's parameters say
+    instruct and the image guidance set. The docker offers only what the picked model can do: a model
+    without an instruct component disables Instruct, the flux model its ControlNets, references,
+    negative prompt and image guidance (each tooltip says why), an instruct-only model Generate."""
+    from easel_krita import host
+    from easel_krita.docker import EaselDocker
+    host.write_setting("url", os.environ["EASEL_URL"])
+    docker = EaselDocker()
+    doc = new_doc()
+    paint_layer(doc, "paint", fill_rgba8(seed=3))
+    before = snapshot(doc)
+    docker._document = lambda: doc
+    # A loaded machine can take a while to connect and list the models.
+    wait_for(None, timeout=120, until=lambda: docker.worker.state == "connected" and docker.model.count())
+    names = [docker.model.itemData(i) for i in range(docker.model.count())]
+    check({"demo", "demo-base", "demo-flux", "demo-instruct"} <= set(names),
+          f"the models listed are {names} ({docker.worker.state}: {docker.state.text()!r})")
+
+    def pick(name):
+        docker.model.setCurrentIndex(names.index(name))
+        docker.model.activated.emit(names.index(name))  # what a click on the entry sends
+
+    pick("demo-base")
+    check(not docker.instruct_button.isEnabled(), "Instruct is offered on a model without an instruct component")
+    check(docker.instruct_button.toolTip().startswith("The model “demo-base” cannot edit by instruction"),
+          docker.instruct_button.toolTip())
+    docker.prompt.setPlainText("make it winter")
+    docker.generate(instruct=True)  # the plan says so too, and nothing is sent
+    check(docker.job is None and "cannot edit by instruction" in docker.message.text(), docker.message.text())
+    pick("demo-flux")
+    check(docker.instruct_button.isEnabled() and docker.generate_button.isEnabled(), "flux: Instruct / Generate off")
+    check(docker.remove_button.isEnabled() and docker.expand_button.isEnabled(), "flux: its Fill model is not used")
+    for widget, words in ((docker.control_add, "takes no ControlNet units"),
+                          (docker.reference_add, "takes no reference layers"),
+                          (docker.negative, "takes no negative prompt"), (docker.image_guidance, "no image guidance")):
+        check(not widget.isEnabled() and words in widget.toolTip(), f"{widget.toolTip()!r} (enabled: "
+              f"{widget.isEnabled()})")
+    check(docker.control_type.count() == 0, "flux lists control types")
+    docker.negative.setText("blur")
+    check(docker.settings(instruct=True).negative_prompt == "" and docker.settings(instruct=True).image_guidance
+          is None, "a switched-off field would be sent")
+    docker.negative.setText("")
+    pick("demo-instruct")
+    check(not docker.generate_button.isEnabled() and not docker.remove_button.isEnabled()
+          and not docker.expand_button.isEnabled() and docker.instruct_button.isEnabled(), "instruct-only model")
+    check("serves instruct" in docker.generate_button.toolTip(), docker.generate_button.toolTip())
+    pick("demo")
+    check(all(b.isEnabled() for b in (docker.generate_button, docker.instruct_button, docker.control_add,
+                                      docker.reference_add, docker.negative, docker.image_guidance)), "demo: all on")
+    check(docker.image_guidance.value() == 1.5 and docker.guidance.text() == "auto",
+          f"defaults {docker.image_guidance.value()} {docker.guidance.text()!r}")
+    doc.refreshProjection()
+    doc.waitForDone()
+    composite = bytes(doc.pixelData(0, 0, W, H))
+    docker.steps.setValue(3)
+    docker.fixed_seed.setChecked(True)
+    docker.seed.setValue(6)
+    docker.image_guidance.setValue(2.0)
+    box = (100, 80, 40, 30)
+    select(doc, *box)
+    docker.instruct_button.click()
+    check(docker.job is not None and not docker.instruct_button.isEnabled(), f"not started: {docker.message.text()!r}")
+    fired = wait_for(docker.session, ["finished", "failed", "cancelled"])
+    check(fired and fired[0] == "finished", f"the instruct edit ended with {fired} {docker.message.text()!r}")
+    wait_for(None, timeout=60, until=lambda: bool(easel_layers(doc)[1]))
+    result = fired[1][1][0]
+    check((result.parameters.get("mode"), result.parameters.get("image_guidance")) == ("instruct", 2.0),
+          f"parameters {result.parameters}")
+    layers = easel_layers(doc)[1]
+    check([n.name() for n in layers] == ["make it winter [6]"], f"layers {[n.name() for n in layers]}")
+    check(snapshot(doc) == before, "a source layer changed")
+    doc.refreshProjection()
+    doc.waitForDone()
+    after = bytes(doc.pixelData(0, 0, W, H))
+    reach = 33  # rules.reach(8, 16)
+    near = lambda x, y: (box[0] - reach <= x < box[0] + box[2] + reach  # noqa: E731
+                         and box[1] - reach <= y < box[1] + box[3] + reach)
+    pixel = lambda data, x, y: data[(y * W + x) * 4:(y * W + x) * 4 + 4]  # noqa: E731
+    changed = [(x, y) for y in range(H) for x in range(W)
+               if not near(x, y) and pixel(after, x, y) != pixel(composite, x, y)]
+    check(not changed, f"{len(changed)} pixels outside the selection changed, e.g. {changed[:3]}")
+    inside = [(y * W + x) * 4 for y in range(box[1], box[1] + box[3]) for x in range(box[0], box[0] + box[2])]
+    check(any(after[i:i + 4] != composite[i:i + 4] for i in inside), "the selection was not edited")
+    check(docker.instruct_button.isEnabled() and docker.generate_button.isEnabled(), "buttons did not come back")
+    doc.close()
+    # Without a selection the whole visible picture is edited: one opaque layer over the canvas.
+    whole = new_doc()
+    paint_layer(whole, "paint", fill_rgba8(seed=4))
+    docker._document = lambda: whole
+    docker.instruct_button.click()
+    fired = wait_for(docker.session, ["finished", "failed", "cancelled"])
+    check(fired and fired[0] == "finished", f"the whole-picture edit ended with {fired} {docker.message.text()!r}")
+    wait_for(None, timeout=60, until=lambda: bool(easel_layers(whole)[1]))
+    alpha, _ = alpha_of(whole, easel_layers(whole)[1][0])
+    check(all(a == 255 for a in alpha), "the whole-picture edit does not cover the canvas")
+    check(fired[1][1][0].parameters.get("mode") == "instruct", f"parameters {fired[1][1][0].parameters}")
+    whole.close()
+
+
 def scenario_blinked_connection_still_delivers(ctx):
     """The network drops mid-job (no close from the server): the bundled client resumes the session and
     the job's layer still arrives, once."""
