@@ -211,8 +211,7 @@ class ModelRegistry:
                                else bool(spec.inpaint)),
                 loaded=model is not None,
                 capabilities=self.capabilities(name),
-                # A flux model has no `prediction` (flow matching): its configuration's is listed.
-                **_prediction_fields(getattr(model, "prediction", None) or predictions.resolve(spec)),
+                **_prediction_fields(model.prediction if model else predictions.resolve(spec)),
             ))
         return out
 
