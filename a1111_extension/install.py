@@ -19,6 +19,6 @@ def too_old(package: str, major: int) -> bool:
 
 
 if not launch.is_installed(NEED) or too_old(NEED, 11):
-    # gradio 3 (A1111 1.x) and its gradio_client break on websockets 12 and later.
-    bound = ",<12" if too_old("gradio", 4) else ""
+    # gradio 3's gradio_client (A1111 1.x) breaks on websockets 12 and later, gradio 4's (Forge) on 13.
+    bound = ",<12" if too_old("gradio", 4) else ",<13"
     launch.run_pip(f'install "{NEED}>=11{bound}"', "websockets for the Easel tab")

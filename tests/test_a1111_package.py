@@ -4,39 +4,15 @@ into ``extensions/``, and its ``install.py`` run through the WebUI's installer h
 from __future__ import annotations
 
 import filecmp
-import os
-import shutil
-import subprocess
+import json
 from pathlib import Path
 
 import pytest
 
 from backend.cli import main
+from webui_env import A1111, FORGE, run_webui, webui_folder
 
 REPO = Path(__file__).resolve().parents[1]
-WEBUI_PYTHON = Path(os.environ.get("EASEL_WEBUI_PYTHON", REPO / ".venv-webui" / "bin" / "python"))
-STUB = REPO / "tests" / "webui_stub"
-
-# What the WebUI does at start-up, in its own environment: load the script by path, then build
-# the settings and the tabs from the registered callbacks.
-LOAD = """
-import importlib.util, sys
-sys.path.insert(0, {stub!r})
-from modules import script_callbacks, shared
-spec = importlib.util.spec_from_file_location("easel_tab", {script!r})
-spec.loader.exec_module(importlib.util.module_from_spec(spec))
-script_callbacks.ui_settings_callback()
-tabs = script_callbacks.ui_tabs_callback()
-print([(type(blocks).__name__, title, elem_id) for blocks, title, elem_id in tabs])
-print(shared.opts.easel_url, repr(shared.opts.easel_token), shared.opts.data_labels["easel_url"].section)
-print(sys.modules["easel_shared"].__file__)
-"""
-
-
-def webui_python() -> Path:
-    if not WEBUI_PYTHON.exists():
-        pytest.fail(f"no WebUI-like Python at {WEBUI_PYTHON}: run `bash .ci/run` or see README (Tests)")
-    return WEBUI_PYTHON
 
 
 @pytest.fixture(scope="module")
@@ -55,28 +31,51 @@ def test_package_bundles_the_protocol_as_easel_shared(packaged):
     assert not list(packaged.rglob("__pycache__"))
 
 
-def test_copied_into_extensions_it_registers_its_tab_and_settings(packaged, tmp_path):
-    # A copy far from the repository: the bundled protocol must be what it imports.
-    copy = shutil.copytree(packaged, tmp_path / "extensions" / "easel")
-    code = LOAD.format(stub=str(STUB), script=str(copy / "scripts" / "easel_tab.py"))
-    run = subprocess.run([str(webui_python()), "-c", code], capture_output=True, text=True, timeout=120,
-                         cwd=tmp_path, env={**os.environ, "PYTHONPATH": ""})
+@pytest.mark.parametrize("webui", [A1111, FORGE])
+def test_the_webuis_script_loader_mounts_it_with_settings_and_a_saved_default_for_every_field(webui, tmp_path):
+    # The real WebUI start-up: extension listing, script loader, callbacks, settings, the page with the
+    # saved UI defaults. No backend runs: the tab offers the protocol's whole vocabulary.
+    root = webui_folder(tmp_path / "webui", settings={"easel_url": "ws://127.0.0.1:9/"})
+    run = run_webui(webui, root, "--dump-ui")
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-3000:]
+    assert "easel" not in run.stderr.lower(), "the extension reported an error while loading"
+    facts = json.loads(run.stdout.split("DUMP ", 1)[1].splitlines()[0])
+    assert facts["tabs"] == ["txt2img", "img2img", "extras", "pnginfo", "easel", "settings"]
+    assert facts["settings"] == {"easel_url": ["easel", "Easel"], "easel_token": ["easel", "Easel"],
+                                 "easel_cert": ["easel", "Easel"]}
+    assert facts["send_to_easel"] == ["easel_tab", "img2img_send_to_easel", "txt2img_send_to_easel"]  # + PNG Info's
+    assert facts["easel_paste_fields"] == ["Prompt", "Negative prompt", "Steps", "CFG scale", "Seed", "Size-1",
+                                           "Size-2", "Denoising strength"]
+    # Registered from the script the WebUI loaded (its callback names and error reports say so) ...
+    assert facts["callbacks"] == ["easel/scripts/easel_tab.py"]
+    # ... and the package found after the loader took the extension off sys.path (A1111 does; Forge
+    # leaves it there): the copy's own, with the bundled protocol.
+    assert facts["extension_on_sys_path"] == (webui == FORGE)
+    assert facts["modules"] == {"easel_a1111": "easel/easel_a1111/__init__.py",
+                                "easel_a1111.tab": "easel/easel_a1111/tab.py",
+                                "easel_shared": "easel/easel_shared/__init__.py"}
+    saved = json.loads((root / "ui-config.json").read_text())
+    values = [key for key in saved if key.startswith("easel/") and key.endswith("/value")]
+    # Each unit's and reference's fields have keys of their own (they shared "Enable", "Scale" ... before).
+    for number in (1, 2, 3):
+        for field in (f"Enable unit {number}", f"Unit {number} type", f"Unit {number} scale", f"Unit {number} start",
+                      f"Unit {number} end"):
+            assert f"easel/{field}/value" in values, field
+    for number in (1, 2):
+        assert f"easel/Reference {number} weight/value" in values and f"easel/Reference {number} takes/value" in values
+    assert saved["easel/Model/value"] == "Server default" and saved["easel/Sampling method/value"] == "DPM++ 2M Karras"
+    assert saved["easel/Mode/value"] == "inpaint"
+
+
+@pytest.mark.parametrize("webui, bound", [(A1111, "<12"), (FORGE, "<13")])
+def test_install_py_through_the_webuis_launch_helpers(packaged, tmp_path, webui, bound):
+    root = webui_folder(tmp_path / "webui")
+    run = run_webui(webui, root, "--run-installer")
     assert run.returncode == 0, run.stderr[-3000:]
-    tabs, settings, protocol = run.stdout.strip().splitlines()[-3:]
-    assert tabs == "[('Blocks', 'Easel', 'easel')]"
-    assert settings == "ws://127.0.0.1:8760/ '' ('easel', 'Easel')"
-    assert Path(protocol).resolve() == (copy / "easel_shared" / "__init__.py").resolve()
-
-
-@pytest.mark.parametrize("missing, expected", [
-    ("", []),
-    ("websockets", ['install "websockets>=11,<12"\twebsockets for the Easel tab']),
-])
-def test_install_py_uses_the_webuis_pip_helper(packaged, tmp_path, missing, expected):
-    log = tmp_path / "pip.log"
-    log.touch()
-    run = subprocess.run([str(webui_python()), str(packaged / "install.py")], capture_output=True, text=True,
-                         timeout=60, env={**os.environ, "PYTHONPATH": str(STUB), "EASEL_STUB_PIP_LOG": str(log),
-                                          "EASEL_STUB_MISSING": missing})
-    assert run.returncode == 0, run.stderr
-    assert log.read_text().splitlines() == expected
+    assert "RUN:" not in run.stdout  # websockets is there: nothing to install
+    run = run_webui(webui, root, "--run-installer", env={"EASEL_TEST_MISSING": "websockets"})
+    assert run.returncode == 0, run.stderr[-3000:]
+    commands = [line for line in run.stdout.splitlines() if line.startswith("RUN:")]
+    # gradio 3's client breaks on websockets 12, gradio 4's (Forge) on 13
+    assert len(commands) == 1 and commands[0].endswith(f'-m pip install "websockets>=11,{bound}" --prefer-binary'), \
+        commands

@@ -28,8 +28,10 @@ from easel_a1111.params import (  # noqa: E402
     ReferenceSpec,
     TabValues,
     build_job,
+    easel_sampler,
     infotext,
     mask_from_painting,
+    sampler_from_infotext,
 )
 from easel_a1111.protocol import ImageData, Result, ResultImage  # noqa: E402
 from easel_a1111.protocol import capabilities as offered_by  # noqa: E402
@@ -295,3 +297,65 @@ def test_an_upscale_from_the_tab_lands_whole_in_the_gallery(server):
     assert (np.asarray(result.convert("RGB")) == np.asarray(source.picture.convert("RGB").resize(
         (128, 96), Image.Resampling.LANCZOS))).all()
     assert "Easel mode: upscale" in final.infotexts[0]
+
+
+def test_the_sampler_list_is_the_webuis_and_maps_to_easels_samplers():
+    assert easel_sampler("DPM++ 2M Karras") == "dpmpp_2m_karras" and easel_sampler("Euler a") == "euler_a"
+    assert easel_sampler("euler_a") == "euler_a"  # Easel's own names still work
+    with pytest.raises(InputError, match="Easel has no 'LMS' sampler: choose one of DPM\\+\\+ 2M, "):
+        easel_sampler("LMS")
+    assert build_job(values(sampler="DDIM")).sampling.sampler == "ddim"
+    # Pasted infotext: WebUI 1.8 names the schedule in the sampler, 1.9+ (Forge) apart
+    assert sampler_from_infotext({"Sampler": "DPM++ 2M Karras"}) == "DPM++ 2M Karras"
+    assert sampler_from_infotext({"Sampler": "DPM++ 2M", "Schedule type": "Karras"}) == "DPM++ 2M Karras"
+    assert sampler_from_infotext({"Sampler": "DPM++ 2M", "Schedule type": "Automatic"}) == "DPM++ 2M"
+    assert sampler_from_infotext({"Sampler": "LMS"}) is None and sampler_from_infotext({}) is None
+
+
+def test_the_model_picked_goes_into_the_job():
+    assert build_job(values(model="demo-xl")).model == "demo-xl"
+    assert build_job(values(model="")).model is None  # the server's default
+    assert build_job(values(mode="upscale", strength=1.0, model="demo-base")).model == "demo-base"
+
+
+def test_the_model_picker_lists_what_each_model_can_do():
+    from shared.model_list import label_for, model_choices, picker_labels
+
+    reply = {"type": "models", "default": "sd", "models": [
+        {"name": "sd", "family": "sd15", "native_size": 512, "inpaint_model": True, "loaded": True},
+        {"name": "xl", "family": "sdxl", "native_size": 1024, "inpaint_model": False, "loaded": False},
+        {"name": "odd", "family": None, "native_size": None, "inpaint_model": False, "loaded": False}]}
+    capabilities = {"reference_families": ["sdxl"]}
+    assert [choice.label for choice in model_choices(reply, capabilities)] == [
+        "sd (SD 1.5, 512 px: inpaint UNet), default", "xl (SDXL, 1024 px: references)", "odd"]
+    labels = picker_labels(reply, capabilities)
+    assert list(labels.values()) == ["", "sd", "xl", "odd"] and next(iter(labels)) == "Server default (sd)"
+    assert label_for(labels, "xl") == "xl (SDXL, 1024 px: references)"
+    assert label_for(labels, "gone") == label_for(labels, None) == "Server default (sd)"
+    assert model_choices(None) == () and picker_labels(None) == {"Server default": ""}
+
+
+def test_the_models_of_a_real_backend(server):
+    offered = jobs.offered(jobs.Connection(server.url))
+    assert offered.models["default"] == "demo" and "demo-xl" in [m["name"] for m in offered.models["models"]]
+    assert jobs.offered(jobs.Connection("ws://127.0.0.1:9/")) == jobs.Offered()
+
+
+def test_a_wss_backend_with_its_certificate(demo_config, engine, tmp_path):
+    # Settings > Easel: a wss:// address and the server's certificate (pinned); another certificate is refused.
+    import dataclasses
+
+    from backend.server import ServerThread
+    from backend.tls import make_cert
+
+    cert, key = make_cert(tmp_path / "box", ["127.0.0.1"])
+    impostor, _ = make_cert(tmp_path / "impostor", ["127.0.0.1"])
+    with ServerThread(dataclasses.replace(demo_config, tls_cert=str(cert), tls_key=str(key)), engine) as secure:
+        assert secure.url.startswith("wss://")
+        trusted = jobs.Connection(secure.url, cert=str(cert))
+        assert jobs.status_line(trusted).startswith(f"Easel backend at {secure.url}: easel/")
+        updates = list(jobs.run(trusted, values(mode="generate", width=64, height=64, steps=2), "wss"))
+        assert updates[-1].status.startswith("Done: 1 image"), updates[-1].status
+        refused = jobs.status_line(jobs.Connection(secure.url, cert=str(impostor)))
+        assert refused.startswith(f"Cannot reach the Easel backend at {secure.url}: the TLS handshake")
+        assert refused.endswith("Give the server's certificate (from `easel cert`) in Settings > Easel.")

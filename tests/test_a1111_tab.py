@@ -1,99 +1,47 @@
-"""The Easel tab in a real browser: the packaged extension, mounted the way the WebUI mounts it
-(``tests/webui_harness.py`` with real gradio 3.41.2 in the WebUI-like environment ``.venv-webui``),
-driven in headless Chromium against a real server on the demo model."""
+"""The Easel tab in a real browser, inside the real AUTOMATIC1111 WebUI 1.8.0 code (gradio 3.41.2):
+the packaged extension in the WebUI's ``extensions/``, mounted by its script loader with its settings,
+infotext / "Send to" code, saved defaults and page JavaScript (``tests/webui_real.py``, in the WebUI's
+environment ``.venv-webui``), driven in headless Chromium against a real server on the demo models."""
 
 from __future__ import annotations
 
 import base64
 import contextlib
 import io
-import json
 import os
-import socket
-import subprocess
 import time
-import urllib.request
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from backend.packaging import build
 from conftest import picture
+from webui_env import A1111, SETUP, free_port, serving, webui_folder, webui_source
 
-REPO = Path(__file__).resolve().parents[1]
-SETUP = ("run `bash .ci/run`, or set up the WebUI-like environment: `python3 -m venv .venv-webui && "
-         ".venv-webui/bin/pip install -r tests/webui-requirements.txt` and `apt-get install chromium`")
-WEBUI_PYTHON = Path(os.environ.get("EASEL_WEBUI_PYTHON", REPO / ".venv-webui" / "bin" / "python"))
 CHROMIUM = Path(os.environ.get("EASEL_CHROMIUM", "/usr/bin/chromium"))
 # The machine's closed network refuses connections that Chromium would otherwise try.
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 STATUS = "document.querySelector('#easel_status [data-testid=markdown]')"  # the status line, in page JS
 TIMEOUT = 60_000  # ms: a job on the demo model takes seconds, but the machine is shared
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def packaged_extensions(root: Path) -> Path:
-    """The packaged extension, symlinked into a WebUI-like ``root/extensions/`` folder."""
-    folder = build("a1111", root / "dist")
-    (root / "extensions").mkdir()
-    (root / "extensions" / folder.name).symlink_to(folder, target_is_directory=True)
-    return root / "extensions"
-
-
-@contextlib.contextmanager
-def harness(python: Path, root: Path, server_url: str):
-    """``tests/webui_harness.py`` under ``python`` (a WebUI- or Forge-like venv), serving the packaged
-    extension against ``server_url``; yields its URL and log file."""
-    extensions = packaged_extensions(root)
-    config = root / "config.json"
-    config.write_text(json.dumps({"easel_url": server_url}))
-    port = free_port()
-    log = open(root / "harness.log", "w+")
-    process = subprocess.Popen([str(python), str(REPO / "tests" / "webui_harness.py"), str(extensions),
-                                str(port), str(config)], stdout=log, stderr=subprocess.STDOUT,
-                               env={**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "PYTHONPATH": ""})
-    url = f"http://127.0.0.1:{port}/"
-    deadline = time.monotonic() + 120
-    try:
-        while True:
-            try:
-                urllib.request.urlopen(url, timeout=2)
-                break
-            except OSError:
-                if process.poll() is not None or time.monotonic() > deadline:
-                    log.seek(0)
-                    pytest.fail(f"the harness under {python} did not start:\n{log.read()[-3000:]}")
-                time.sleep(0.5)
-        yield url, log
-    finally:
-        process.terminate()
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-        log.close()
+# Saved UI defaults (Settings > Defaults writes them): one ControlNet unit's field, not the others'.
+UI_DEFAULTS = {"easel/Unit 2 scale/value": 0.35}
 
 
 @pytest.fixture(scope="module")
 def webui(server, tmp_path_factory):
-    if not WEBUI_PYTHON.exists():
-        pytest.fail(f"no WebUI-like Python at {WEBUI_PYTHON}: {SETUP}")
-    with harness(WEBUI_PYTHON, tmp_path_factory.mktemp("webui"), server.url) as (url, log):
-        yield {"url": url, "server": server.url, "log": log}
+    webui_source(A1111)
+    root = webui_folder(tmp_path_factory.mktemp("webui") / "data", settings={"easel_url": server.url},
+                        ui_defaults=UI_DEFAULTS)
+    with serving(A1111, root) as (url, log):
+        yield {"url": url, "server": server.url, "root": root, "log": log}
 
 
 @pytest.fixture(scope="module")
 def browser():
     if not CHROMIUM.exists():
-        pytest.fail(f"no Chromium at {CHROMIUM}: {SETUP}")
+        pytest.fail(f"no Chromium at {CHROMIUM}: {SETUP[A1111]}")
     from playwright.sync_api import sync_playwright
     with sync_playwright() as playwright:
         chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
@@ -101,16 +49,33 @@ def browser():
         chromium.close()
 
 
+# Uncaught page errors with the tab they happened on: the WebUI's own scripts throw on this smaller
+# page of theirs (elements of their full txt2img / img2img tabs are missing); ours must not.
+RECORD_ERRORS = """window.easelErrors = [];
+window.addEventListener('error', (event) => {
+    const tab = typeof get_uiCurrentTab === 'function' ? get_uiCurrentTab() : null;
+    window.easelErrors.push([tab ? tab.innerText.trim() : '', String(event.message)]);
+});"""
+
+
+def easel_errors(page) -> list:
+    return [error for error in page.evaluate("window.easelErrors")
+            if error[0] == "Easel" or "easel" in error[1].lower()]
+
+
 @pytest.fixture
 def page(browser, webui):
-    """A fresh page on the Easel tab."""
+    """A fresh page on the Easel tab; page errors there (or naming it) fail the test."""
     page = browser.new_page(viewport={"width": 1400, "height": 1200})
     page.set_default_timeout(TIMEOUT)
+    page.add_init_script(RECORD_ERRORS)
     page.goto(webui["url"])
     open_tab(page, "Easel")
     page.locator("#easel_generate").wait_for()
     yield page
+    errors = easel_errors(page)
     page.close()
+    assert not errors, errors
 
 
 @pytest.fixture(scope="module")
@@ -232,6 +197,15 @@ def test_paint_a_mask_generate_and_keep_every_unpainted_pixel(page, files):
     if os.environ.get("EASEL_SCREENSHOT"):  # how docs/images/a1111-tab.png is made
         page.screenshot(path=os.environ["EASEL_SCREENSHOT"], full_page=False)
 
+    # The result and the mask painted for it, to the WebUI's "Inpaint upload" (img2img's fifth mode).
+    page.click("#easel_send_to_inpaint_upload")
+    page.locator("#img_inpaint_mask img").first.wait_for()
+    assert page.locator("#img2img_inpaint_upload_tab").is_visible()
+    sent = image_of(page, "img_inpaint_base")
+    assert np.array_equal(np.asarray(sent), after)
+    mask = np.asarray(image_of(page, "img_inpaint_mask").convert("L"))
+    assert mask.shape == (128, 192) and mask[45, 45] == 255 and mask[5, 5] == 0 and mask[:, 125:].max() == 0
+
 
 def test_control_unit_with_preprocess_preview_and_a_reference(page, files):
     upload(page, "easel_picture", files["picture"])
@@ -249,7 +223,7 @@ def test_control_unit_with_preprocess_preview_and_a_reference(page, files):
     edges = np.asarray(image_of(page, "easel_cn1_map").convert("L"))
     assert edges.shape == (128, 192) and 0 < (edges > 200).mean() < 0.5  # sparse edges, not the picture
 
-    page.locator("#easel_ref1").get_by_text("Reference 1").click()
+    page.locator("#easel_ref1").get_by_text("Reference 1", exact=True).click()
     upload(page, "easel_ref1_image", files["reference"])
     set_number(page, "easel_ref1_weight", 0.8)
     choose(page, "easel_ref1_mode", "style")
@@ -262,23 +236,27 @@ def test_control_unit_with_preprocess_preview_and_a_reference(page, files):
     assert image_of(page, "easel_selected").size == (192, 128)
 
 
-def test_cancel_stops_a_long_job(page):
+def test_ctrl_enter_starts_a_job_and_esc_cancels_it(page):
+    # The WebUI's own shortcuts (its script.js): they act on the current tab's *_generate and
+    # *_interrupt buttons; Cancel shows only while a job runs, as the WebUI's Interrupt does.
     page.locator("#easel_prompt textarea").fill("a lighthouse")
     choose(page, "easel_mode", "generate")
     set_number(page, "easel_steps", 150)
+    assert not page.locator("#easel_interrupt").is_visible()
     watch_progress(page)
-    page.click("#easel_generate")
+    page.keyboard.press("Control+Enter")
     page.wait_for_function("() => window.easelSeen.some(text => text.includes('Step 2/150'))",
                            timeout=TIMEOUT * 2)
+    assert page.locator("#easel_interrupt").is_visible()
     started = time.monotonic()
-    page.click("#easel_cancel")
+    page.keyboard.press("Alt+Enter")  # skip: nothing to skip in Easel, and no page error either
+    page.keyboard.press("Escape")
     page.wait_for_function("() => window.easelSeen.some(text => text.trim() === 'Cancelled.')")
     assert time.monotonic() - started < 30
     steps = [text for text in page.evaluate("window.easelSeen") if text.startswith("Step ")]
     assert steps and "150/150" not in steps[-1], steps
     assert page.locator("#easel_gallery img").count() == 0
-    page.click("#easel_cancel")
-    page.wait_for_function("() => window.easelSeen.some(text => text.trim() === 'Nothing is running.')")
+    page.locator("#easel_interrupt").wait_for(state="hidden")
 
 
 def test_bad_input_gets_a_sentence_and_the_next_job_runs(page, files):
@@ -317,11 +295,12 @@ def test_upscale_makes_the_picture_larger(page, files):
 
 
 def point_at(page, url: str) -> None:
-    """Set the tab's backend address in the WebUI's settings."""
+    """Set the tab's backend address on the WebUI's Settings page (its Easel section) and apply it."""
     open_tab(page, "Settings")
+    page.locator("#settings > .tab-nav button", has_text="Easel").click()
     page.locator("#setting_easel_url textarea").fill(url)
     page.click("#settings_submit")
-    page.wait_for_function("(url) => document.querySelector('#settings_result').innerText.includes(url)", arg=url)
+    page.wait_for_function("() => document.querySelector('#settings_result').innerText.includes('easel_url')")
     open_tab(page, "Easel")
 
 
@@ -362,15 +341,70 @@ def test_pick_a_result_and_send_it_to_img2img_and_inpaint(page):
     page.locator("#easel_gallery button.thumbnail-item").nth(1).click()  # the second of the batch
     page.wait_for_function("() => document.querySelector('#easel_info textarea').value.includes('Seed: 100,')")
     result = image_of(page, "easel_selected")
-    for tab in ("img2img", "inpaint"):
+    for tab, picture_id in (("img2img", "img2img_image"), ("inpaint", "img2maskimg")):
         open_tab(page, "Easel")
-        page.click(f"#{tab}_tab")
-        open_tab(page, tab)
-        page.locator(f"#{tab}_image img").first.wait_for()
-        page.wait_for_function(f"() => document.querySelector('#{tab}_seed textarea').value === '100'")
-        assert page.locator(f"#{tab}_prompt textarea").input_value() == "a lighthouse at dusk"
-        assert page.locator(f"#{tab}_steps textarea").input_value() == "2"
-        sent = page.locator(f"#{tab}_image img").first.get_attribute("src")
+        page.click(f"#tab_easel #{tab}_tab")
+        open_tab(page, "img2img")  # the WebUI's img2img tab holds both (and its fields)
+        page.locator(f"#{picture_id} img").first.wait_for()
+        page.wait_for_function("() => document.querySelector('#img2img_seed input').value === '100'")
+        assert page.locator("#img2img_prompt textarea").input_value() == "a lighthouse at dusk"
+        assert page.locator("#img2img_steps input[type=number]").input_value() == "2"
+        assert page.locator("#img2img_width input[type=number]").input_value() == "64"  # the WebUI's send_size
+        sent = page.locator(f"#{picture_id} img").first.get_attribute("src")
         assert np.array_equal(np.asarray(Image.open(io.BytesIO(base64.b64decode(sent.split(",", 1)[1])))
                                          .convert("RGBA")), np.asarray(result))
+        open_tab(page, "Easel")
+        page.locator("#easel_gallery button.thumbnail-item").nth(1).click()
 
+
+
+def test_saved_defaults_reach_each_unit_and_every_send_to_button_is_there(page):
+    # ui-config.json set unit 2's scale only (each unit's fields have keys of their own)
+    assert page.locator("#easel_cn2_scale input[type=number]").input_value() == "0.35"
+    assert page.locator("#easel_cn1_scale input[type=number]").input_value() == "1"
+    assert page.locator("#easel_cn3_scale input[type=number]").input_value() == "1"
+    for button in ("txt2img_send_to_easel", "img2img_send_to_easel", "easel_tab"):  # easel_tab: PNG Info's
+        assert page.locator(f"#{button}").count() == 1, button
+
+
+def pick_model(page, name: str) -> None:
+    page.locator("#easel_model input").click()
+    page.locator("#easel_model li", has_text=name).first.click()
+
+
+def test_a_second_model_its_saved_result_in_png_info_and_send_to_easel(page, webui):
+    # The model picker lists the server's models with what they are; the job names the one picked.
+    page.locator("#easel_model input").click()
+    listed = page.locator("#easel_model li").all_inner_texts()
+    assert [text.replace("\u2713", "").strip() for text in listed] == [  # (the chosen one has a tick)
+        "Server default (demo)", "demo (SD 1.5, 512 px: inpaint UNet, references), default",
+        "demo-base (SD 1.5, 512 px: references)", "demo-xl (SDXL, 512 px: inpaint UNet, references)"], listed
+    page.locator("#easel_model li", has_text="demo-base (").click()
+    page.locator("#easel_prompt textarea").fill("a lighthouse")
+    choose(page, "easel_mode", "generate")
+    for field, value in (("easel_steps", 2), ("easel_seed", 7), ("easel_width", 64), ("easel_height", 64)):
+        set_number(page, field, value)
+    page.locator("#easel_sampler input").click()
+    page.locator("#easel_sampler li", has_text="Euler a").click()
+    assert generate(page).startswith("Done: 1 image"), text_of(page, "easel_progress")
+    info = page.locator("#easel_info textarea").input_value()
+    assert "Sampler: Euler a," in info and "Model: demo-base," in info, info
+
+    # Saved as the WebUI saves txt2img's pictures, with the infotext in the PNG.
+    saved = [path for path in webui["root"].rglob("*.png") if Image.open(path).info.get("parameters") == info]
+    assert len(saved) == 1 and "txt2img-images" in saved[0].parts, saved
+
+    # PNG Info reads it back; its "Send to easel" fills the tab (model included) with the picture.
+    pick_model(page, "Server default")
+    page.locator("#easel_prompt textarea").fill("")
+    open_tab(page, "PNG Info")
+    page.locator("#pnginfo_image input[type=file]").set_input_files(str(saved[0]))
+    page.wait_for_function("(info) => document.querySelector('#pnginfo_generation_info textarea').value === info",
+                           arg=info)
+    page.click("#easel_tab")
+    page.locator("#easel_prompt textarea").wait_for(state="visible")  # switched to the Easel tab
+    page.wait_for_function("() => document.querySelector('#easel_prompt textarea').value === 'a lighthouse'")
+    assert page.locator("#easel_seed input").input_value() == "7"
+    assert page.locator("#easel_sampler input").input_value() == "Euler a"
+    assert "demo-base" in page.locator("#easel_model input").input_value()
+    page.locator("#easel_picture img").first.wait_for()

@@ -1,13 +1,13 @@
-"""The Easel tab under gradio 4, as SD WebUI Forge runs it: the packaged extension mounted by
-``tests/webui_harness.py`` with real gradio 4.40.0 in the Forge-like environment ``.venv-forge``,
-driven in headless Chromium against a real server on the demo model. gradio 4 differs from gradio 3
-where ``easel_a1111/compat.py`` says: the picture is an ``ImageEditor`` (a canvas with a brush tool)."""
+"""The Easel tab in a real browser inside the real SD WebUI Forge code (WebUI 1.10 base, gradio 4.40.0):
+the packaged extension in Forge's ``extensions/``, mounted by its script loader with its settings,
+infotext code, saved defaults and page JavaScript (``tests/webui_real.py`` in Forge's environment
+``.venv-forge``), driven in headless Chromium against a real server on the demo models. gradio 4 differs
+from gradio 3 where ``easel_a1111/compat.py`` says: the picture is an ``ImageEditor`` (a canvas with a
+brush tool), and events run one at a time unless the tab says otherwise."""
 
 from __future__ import annotations
 
 import io
-import os
-from pathlib import Path
 from urllib.parse import urljoin
 
 import numpy as np
@@ -18,44 +18,56 @@ from conftest import picture
 from test_a1111_tab import (
     CHROMIUM,
     CHROMIUM_ARGS,
+    RECORD_ERRORS,
     TIMEOUT,
     backend_down,
+    easel_errors,
     generate,
-    harness,
     open_tab,
     set_number,
     text_of,
+    watch_progress,
 )
-
-REPO = Path(__file__).resolve().parents[1]
-SETUP = ("run `bash .ci/run`, or set up the Forge-like environment: `python3 -m venv .venv-forge && "
-         ".venv-forge/bin/pip install -r tests/forge-requirements.txt` and `apt-get install chromium`")
-FORGE_PYTHON = Path(os.environ.get("EASEL_FORGE_PYTHON", REPO / ".venv-forge" / "bin" / "python"))
+from webui_env import FORGE, SETUP, serving, webui_folder, webui_source
 
 
 @pytest.fixture(scope="module")
 def forge(server, tmp_path_factory):
-    """The WebUI-shaped app on gradio 4 with the packaged extension in its extensions/."""
-    if not FORGE_PYTHON.exists():
-        pytest.fail(f"no Forge-like Python at {FORGE_PYTHON}: {SETUP}")
-    with harness(FORGE_PYTHON, tmp_path_factory.mktemp("forge"), server.url) as (url, _):
-        yield {"url": url, "server": server.url}
+    """Forge with the packaged extension in its extensions/."""
+    webui_source(FORGE)
+    root = webui_folder(tmp_path_factory.mktemp("forge") / "data", settings={"easel_url": server.url})
+    with serving(FORGE, root) as (url, _):
+        yield {"url": url, "server": server.url, "root": root}
 
 
 @pytest.fixture(scope="module")
-def page(server, forge, tmp_path_factory):
+def chromium(forge):
     if not CHROMIUM.exists():
-        pytest.fail(f"no Chromium at {CHROMIUM}: {SETUP}")
+        pytest.fail(f"no Chromium at {CHROMIUM}: {SETUP[FORGE]}")
     from playwright.sync_api import sync_playwright
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        page = browser.new_page(viewport={"width": 1400, "height": 1200})
-        page.set_default_timeout(TIMEOUT)
-        page.goto(forge["url"])
-        open_tab(page, "Easel")
-        page.locator("#easel_generate").wait_for()
-        yield page
+        yield browser
         browser.close()
+
+
+def open_page(chromium, url: str):
+    """A page on the Easel tab, in a browser context of its own (another user)."""
+    page = chromium.new_context(viewport={"width": 1400, "height": 1200}).new_page()
+    page.set_default_timeout(TIMEOUT)
+    page.add_init_script(RECORD_ERRORS)
+    page.goto(url)
+    open_tab(page, "Easel")
+    page.locator("#easel_generate").wait_for()
+    return page
+
+
+@pytest.fixture(scope="module")
+def page(chromium, forge):
+    page = open_page(chromium, forge["url"])
+    yield page
+    errors = easel_errors(page)
+    assert not errors, errors
 
 
 def image_of(page, elem_id: str) -> Image.Image:
@@ -72,6 +84,7 @@ def paint(page, start: tuple[float, float], end: tuple[float, float], size: tupl
     # The brush options open over the picture (with a transition): a click elsewhere closes them, but
     # only once they are open, and strokes made while they are open land on them.
     options.wait_for(state="visible")
+    options.fill("6")  # the brush's size: its default follows the editor's size on the page
     page.locator("#easel_prompt textarea").click()
     options.wait_for(state="hidden")
     canvas = page.locator("#easel_picture canvas").first
@@ -131,3 +144,32 @@ def test_pick_the_second_result_of_a_batch(page):
     page.locator("#easel_gallery button.thumbnail-item").nth(1).click()  # gradio 4's select event
     page.wait_for_function("() => document.querySelector('#easel_info textarea').value.includes('Seed: 100,')")
     assert image_of(page, "easel_selected").size == (64, 64)
+
+
+def test_two_browsers_generate_at_once_and_esc_cancels(page, chromium, forge):
+    # Forge's queue(64) leaves gradio 4 events one at a time; the tab's events are unlimited, so a second
+    # user's job reaches the backend's queue ("Queued: 1 job ahead") while the first one runs.
+    other = open_page(chromium, forge["url"])
+    try:
+        for tab in (page, other):
+            tab.locator("#easel_prompt textarea").fill("a lighthouse")
+            tab.locator("#easel_mode label", has_text="generate").click()
+            set_number(tab, "easel_steps", 150 if tab is page else 2)  # the first job runs long
+            set_number(tab, "easel_width", 512 if tab is page else 64)
+            set_number(tab, "easel_height", 512 if tab is page else 64)
+            set_number(tab, "easel_batch", 1)
+            watch_progress(tab)
+        page.keyboard.press("Control+Enter")  # the WebUI's shortcut, in Forge's script.js
+        page.wait_for_function("() => window.easelSeen.some(text => text.startsWith('Step '))", timeout=TIMEOUT * 2)
+        other.click("#easel_generate")
+        other.wait_for_function("() => window.easelSeen.some(text => /^(Queued|Running|Done)/.test(text))",
+                                timeout=TIMEOUT * 2)
+        seen = other.evaluate("window.easelSeen")
+        assert any(text.startswith("Queued: 1 job ahead") for text in seen), (seen, page.evaluate("window.easelSeen"))
+        page.keyboard.press("Escape")
+        page.wait_for_function("() => window.easelSeen.some(text => text.trim() === 'Cancelled.')")
+        other.wait_for_function("() => window.easelSeen.some(text => text.startsWith('Done: 1 image'))",
+                                timeout=TIMEOUT * 2)
+        assert not easel_errors(other), easel_errors(other)
+    finally:
+        other.context.close()

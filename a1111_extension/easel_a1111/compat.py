@@ -11,6 +11,10 @@ GRADIO4 = int(gr.__version__.split(".")[0]) >= 4
 # gradio 4 hands pictures to the browser as lossy WebP files unless told otherwise; results must
 # reach the user (and "Send to") with every unpainted pixel as it was. gradio 3 sends PNG.
 LOSSLESS = {"format": "png"} if GRADIO4 else {}
+# gradio 4 runs each event one call at a time unless told otherwise (Forge's queue(64) does not set
+# it), so a second browser's Generate would wait in gradio; Easel's server queues jobs itself.
+# gradio 3 shares the queue's concurrency_count (the WebUI's 64) across events.
+CONCURRENT = {"concurrency_limit": None} if GRADIO4 else {}
 
 
 def picture_editor(label: str, elem_id: str):
@@ -43,3 +47,10 @@ def image_input(label: str, elem_id: str):
     if GRADIO4:
         return gr.Image(label=label, elem_id=elem_id, type="pil", sources=["upload", "clipboard"], **LOSSLESS)
     return gr.Image(label=label, elem_id=elem_id, type="pil", source="upload")
+
+
+def run_script(code: str) -> dict:
+    """An event's page script (run in the browser after the event's inputs are read), if any."""
+    if not code:
+        return {}
+    return {"js": code} if GRADIO4 else {"_js": code}

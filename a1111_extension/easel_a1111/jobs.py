@@ -30,6 +30,7 @@ class Update:
     preview: Image.Image | None = None
     images: list[Image.Image] | None = None
     infotexts: list[str] | None = None
+    seeds: list[int] | None = None
     done: bool = False
 
 
@@ -37,10 +38,12 @@ class Update:
 class Connection:
     url: str
     token: str = ""
+    cert: str = ""  # for a wss:// server with its own certificate (`easel cert`): that PEM file, pinned
 
     def client(self, open_timeout: float = 5) -> Client:
         """A client, not yet connected (``with`` connects it)."""
-        return Client(self.url, token=self.token or None, name="easel-a1111", open_timeout=open_timeout)
+        return Client(self.url, token=self.token or None, name="easel-a1111", open_timeout=open_timeout,
+                      cert=self.cert or None)
 
 
 # The running job of each browser session, so the Cancel button (another request, maybe another
@@ -54,6 +57,9 @@ def describe(error: Exception, url: str) -> str:
     if isinstance(error, InputError):
         return str(error)
     if isinstance(error, EaselError):
+        if error.code == "unreachable" and "TLS handshake" in error.message:
+            return (f"Cannot reach the Easel backend at {url}: {error.message}. Give the server's certificate "
+                    "(from `easel cert`) in Settings > Easel.")
         if error.code in ("unreachable", "bad_url"):
             return (f"Cannot reach the Easel backend at {url}: start it with `easel serve`, "
                     "or set its address in Settings > Easel.")
@@ -93,8 +99,9 @@ def run(connection: Connection, values: TabValues, session: str) -> Iterator[Upd
             elif isinstance(event, Result):
                 images, texts = finish(values, event)
                 seconds = event.timings.get("total", 0)
+                seeds = [item.seed for item in sorted(event.images, key=lambda item: item.index)]
                 yield Update(f"Done: {len(images)} image{'s' * (len(images) != 1)} in {seconds:.1f} s.",
-                             images=images, infotexts=texts, done=True)
+                             images=images, infotexts=texts, seeds=seeds, done=True)
     except Exception as exc:  # noqa: BLE001 - every failure becomes a sentence in the tab
         yield Update(describe(exc, connection.url), done=True)
     finally:
@@ -146,13 +153,26 @@ def preprocess(connection: Connection, control_type: str,
         return None, describe(exc, connection.url)
 
 
-def capabilities(connection: Connection) -> dict | None:
-    """The backend's ``welcome.capabilities``, or None when it cannot be reached (quickly)."""
+@dataclass
+class Offered:
+    """What the backend offers, read in one connection; None where it could not be reached."""
+
+    capabilities: dict | None = None
+    models: dict | None = None
+
+
+def offered(connection: Connection) -> Offered:
+    """The backend's ``welcome.capabilities`` and ``models`` reply (quickly: the WebUI may be starting)."""
     try:
         with connection.client(open_timeout=CAPABILITIES_TIMEOUT) as client:
-            return client.welcome["capabilities"]
+            return Offered(client.welcome["capabilities"], client.models())
     except Exception:  # noqa: BLE001 - no backend yet: the tab offers the whole vocabulary
-        return None
+        return Offered()
+
+
+def capabilities(connection: Connection) -> dict | None:
+    """The backend's ``welcome.capabilities``, or None when it cannot be reached (quickly)."""
+    return offered(connection).capabilities
 
 
 def status_line(connection: Connection) -> str:

@@ -36,9 +36,11 @@ MASKED_CONTENT = {"mode's default": None, "original": "none", "fill": "blur", "l
                   "border": "border", "inpaint (Telea / LaMa)": "inpaint"}
 MASKED_MODES = ("inpaint", "remove")
 
-# A1111's names for Easel's samplers, so infotext pastes into the WebUI's own fields.
+# A1111's names for Easel's samplers: the tab lists these, and infotext pastes both ways.
 SAMPLER_LABELS = {"dpmpp_2m": "DPM++ 2M", "dpmpp_2m_karras": "DPM++ 2M Karras", "euler": "Euler",
                   "euler_a": "Euler a", "ddim": "DDIM", "unipc": "UniPC"}
+SAMPLER_NAMES = {label: name for name, label in SAMPLER_LABELS.items()}
+DEFAULT_SAMPLER = SAMPLER_LABELS["dpmpp_2m_karras"]
 
 
 class InputError(ValueError):
@@ -80,7 +82,7 @@ class TabValues:
     strength: float = 1.0
     steps: int = 20
     guidance: float = 7.0
-    sampler: str = "dpmpp_2m_karras"
+    sampler: str = DEFAULT_SAMPLER   # an A1111 sampler name (Easel's own names work too)
     seed: int = -1                   # -1: the server picks one
     batch: int = 1
     mask_grow: int = rules.MASK_GROW
@@ -99,6 +101,27 @@ class TabValues:
     mask_padding: int = 32              # "only masked padding": context kept around the mask
     scale: float = 2.0               # upscale only; Strength below 1 then refines the upscaled picture
     upscaler: str = ""               # upscale only; "" = the server's default
+    model: str = ""                  # "" = the server's default
+
+
+def easel_sampler(label: str) -> str:
+    """Easel's sampler for an A1111 sampler name (Easel's own names pass through); ``InputError`` for
+    one Easel does not have."""
+    if label in SAMPLER_NAMES:
+        return SAMPLER_NAMES[label]
+    if label in SAMPLER_LABELS:
+        return label
+    raise InputError(f"Easel has no {label!r} sampler: choose one of {', '.join(SAMPLER_NAMES)}.")
+
+
+def sampler_from_infotext(params: dict) -> str | None:
+    """The tab's sampler for a pasted infotext's ``Sampler`` (and, WebUI 1.9 and later, ``Schedule type``),
+    or None when Easel has no such sampler (the field then keeps its value)."""
+    label = str(params.get("Sampler") or "").strip()
+    schedule = str(params.get("Schedule type") or "").strip()
+    if schedule == "Karras" and not label.endswith(" Karras"):
+        label = f"{label} Karras"
+    return label if label in SAMPLER_NAMES else None
 
 
 def png_image(picture: Image.Image, mode: str = "RGBA") -> ImageData:
@@ -125,6 +148,18 @@ def mask_from_painting(painted: Image.Image | None, size: tuple[int, int]) -> Im
     return mask if mask.size == size else mask.resize(size, Image.BILINEAR)
 
 
+def mask_to_send(result: Image.Image | None, values: TabValues) -> Image.Image | None:
+    """The mask painted for ``result`` (white = repaint, as the WebUI's inpaint upload reads it), or
+    None when nothing was painted or the result is not the painted picture's size (generate, expand,
+    upscale)."""
+    if result is None or values.picture is None or result.size != values.picture.size:
+        return None
+    mask = mask_from_painting(values.mask, values.picture.size)
+    if values.invert_mask:
+        mask = Image.fromarray(255 - np.asarray(mask if mask is not None else Image.new("L", result.size, 0)), "L")
+    return mask if mask is not None and np.asarray(mask).any() else None
+
+
 def build_job(values: TabValues) -> Job:
     """The job the Generate button submits, images as PNG ``ImageData``; ``InputError`` when the tab's
     values make no job, or one the server would refuse."""
@@ -138,8 +173,9 @@ def build_job(values: TabValues) -> Job:
         raise InputError("Describe what to paint in the prompt.")
     seed = int(values.seed) if values.seed is not None else -1
     job = Job(mode, prompt=values.prompt, negative_prompt=values.negative_prompt, sampling=Sampling(
-        steps=int(values.steps), guidance=float(values.guidance), sampler=values.sampler, batch=int(values.batch),
-        seed=seed if seed >= 0 else None, strength=float(values.strength) if mode != "generate" else 1.0))
+        steps=int(values.steps), guidance=float(values.guidance), sampler=easel_sampler(values.sampler),
+        batch=int(values.batch), seed=seed if seed >= 0 else None,
+        strength=float(values.strength) if mode != "generate" else 1.0), model=values.model or None)
     if mode == "generate":
         job.width, job.height = int(values.width), int(values.height)
     elif values.picture is None:
@@ -190,9 +226,10 @@ def _upscale_job(values: TabValues) -> Job:
                          "for the upscaler alone.")
     seed = int(values.seed) if values.seed is not None else -1
     job = Job("upscale", prompt=values.prompt, negative_prompt=values.negative_prompt, sampling=Sampling(
-        steps=int(values.steps), guidance=float(values.guidance), sampler=values.sampler,
+        steps=int(values.steps), guidance=float(values.guidance), sampler=easel_sampler(values.sampler),
         batch=int(values.batch) if refine else 1, seed=seed if seed >= 0 else None),
-        image=png_image(values.picture), scale=float(values.scale), upscaler=values.upscaler or None, refine=refine)
+        image=png_image(values.picture), scale=float(values.scale), upscaler=values.upscaler or None, refine=refine,
+        model=values.model or None)
     try:
         job.check()
     except ProtocolError as exc:

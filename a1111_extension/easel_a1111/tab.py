@@ -4,14 +4,25 @@ No ``from __future__ import annotations`` here: gradio finds ``gr.Request`` / ``
 parameters by their (real, not string) annotations.
 """
 
-from dataclasses import fields
+from dataclasses import dataclass, fields
 from typing import Callable
 
 import gradio as gr
 
 from . import compat, jobs
-from .params import MASKED_CONTENT, OWN_IMAGE, USE_INPUT, ControlSpec, ReferenceSpec, TabValues
-from .protocol import SAMPLERS, capabilities, rules
+from .params import (
+    DEFAULT_SAMPLER,
+    MASKED_CONTENT,
+    OWN_IMAGE,
+    SAMPLER_LABELS,
+    USE_INPUT,
+    ControlSpec,
+    ReferenceSpec,
+    TabValues,
+    mask_to_send,
+    sampler_from_infotext,
+)
+from .protocol import SAMPLERS, capabilities, model_list, rules
 
 Offer, offer = capabilities.Offer, capabilities.offer
 
@@ -21,18 +32,60 @@ REFERENCES = 2
 UNIT_SIZE, REFERENCE_SIZE = len(fields(ControlSpec)), len(fields(ReferenceSpec))
 
 
-def build(connection: Callable[[], jobs.Connection], add_send_buttons: Callable | None = None) -> gr.Blocks:
+@dataclass
+class Host:
+    """What the WebUI adds to the tab; each is optional (a bare gradio app has none)."""
+
+    # (image, infotext components) -> None: "Send to" buttons, created inside a Row
+    send_buttons: Callable | None = None
+    # (picture, [(component, infotext key or callable(parsed infotext) -> value or None)]) -> None:
+    # what "Send to Easel" fills
+    paste_fields: Callable | None = None
+    # (picture, infotext, seed, prompt, mode) -> None: keep a result as the WebUI keeps its own
+    save: Callable | None = None
+    # (picture, mask) components of the WebUI's inpaint upload, and the page script that shows them
+    inpaint_upload: tuple | None = None
+    show_inpaint_upload: str = ""
+
+
+class Models:
+    """The model picker's labels and the models they stand for, as the backend last listed them
+    (gradio 3's Dropdown has no separate values: the label is the value)."""
+
+    def __init__(self, offered: jobs.Offered):
+        self.update(offered)
+
+    def update(self, offered: jobs.Offered) -> None:
+        self.labels = model_list.picker_labels(offered.models, offered.capabilities)
+
+    def name(self, label: str | None) -> str:
+        """The model a label stands for; "" (the server's default) for one no longer listed."""
+        return self.labels.get(label or "", "")
+
+    def label(self, name: str | None) -> str:
+        return model_list.label_for(self.labels, name)
+
+
+def build(connection: Callable[[], jobs.Connection], host: Host | None = None) -> gr.Blocks:
     """The tab as a ``gr.Blocks``; ``connection()`` is read at every request (settings may change).
 
-    The control types, reference modes and limits are the backend's when it answers now; a backend
-    started later gets the protocol's whole vocabulary (and refuses what it lacks with a sentence).
+    The models, control types, reference modes and limits are the backend's when it answers now; a
+    backend started later gets the protocol's whole vocabulary (and refuses what it lacks with a
+    sentence) until its models are refreshed.
     """
+    host = host or Host()
     units, refs = [], []
-    offered = offer(jobs.capabilities(connection()))
+    backend = jobs.offered(connection())
+    offered = offer(backend.capabilities)
     with gr.Blocks(analytics_enabled=False) as tab:
         with gr.Row():
             status = gr.Markdown(lambda: jobs.status_line(connection()), elem_id="easel_status")
             refresh = gr.Button("Check backend", elem_id="easel_refresh", scale=0)
+        with gr.Row():
+            models = Models(backend)
+            model = gr.Dropdown(list(models.labels), value=models.label(None), label="Model", elem_id="easel_model")
+            # the WebUI's refresh symbol, as beside its checkpoint list
+            refresh_models = gr.Button("\U0001f504", elem_id="easel_model_refresh", scale=0)
         with gr.Row():
             with gr.Column(scale=1):
                 picture = compat.picture_editor("Picture (paint over what should change)", "easel_picture")
@@ -46,8 +99,8 @@ def build(connection: Callable[[], jobs.Connection], add_send_buttons: Callable 
                                       label="Steps", elem_id="easel_steps")
                 with gr.Row():
                     guidance = gr.Slider(0.0, 30.0, value=7.0, step=0.5, label="CFG scale", elem_id="easel_cfg")
-                    sampler = gr.Dropdown(list(SAMPLERS), value="dpmpp_2m_karras", label="Sampler",
-                                          elem_id="easel_sampler")
+                    sampler = gr.Dropdown([SAMPLER_LABELS[name] for name in SAMPLERS], value=DEFAULT_SAMPLER,
+                                          label="Sampling method", elem_id="easel_sampler")
                 with gr.Row():
                     seed = gr.Number(value=-1, precision=0, label="Seed (-1: random)", elem_id="easel_seed")
                     batch = gr.Slider(1, offered.max_batch, value=1, step=1, label="Batch", elem_id="easel_batch")
@@ -86,7 +139,10 @@ def build(connection: Callable[[], jobs.Connection], add_send_buttons: Callable 
             with gr.Column(scale=1):
                 with gr.Row():
                     generate = gr.Button("Generate", variant="primary", elem_id="easel_generate")
-                    cancel = gr.Button("Cancel", elem_id="easel_cancel")
+                    # The WebUI's script.js finds the current tab's `*_interrupt` and `*_skip` buttons for
+                    # Esc / Ctrl+Enter / Alt+Enter; javascript/easel.js shows Cancel while a job runs.
+                    cancel = gr.Button("Cancel", elem_id="easel_interrupt")
+                    gr.Button("Skip", elem_id="easel_skip", elem_classes=["easel-skip"])  # nothing to skip: no handler
                 progress = gr.Markdown("", elem_id="easel_progress")
                 preview = gr.Image(label="Live preview", type="pil", interactive=False, height=256,
                                    elem_id="easel_preview", **compat.LOSSLESS)
@@ -95,23 +151,26 @@ def build(connection: Callable[[], jobs.Connection], add_send_buttons: Callable 
                 selected = gr.Image(label="Selected result", type="pil", interactive=False, height=256,
                                     elem_id="easel_selected", **compat.LOSSLESS)
                 info = gr.Textbox(label="Parameters used", lines=3, interactive=False, elem_id="easel_info")
-                if add_send_buttons is not None:
+                if host.send_buttons is not None:
                     with gr.Row():
-                        add_send_buttons(selected, info)
+                        host.send_buttons(selected, info)
+                        if host.inpaint_upload is not None:
+                            with_mask = gr.Button("Send to inpaint upload (with the mask)",
+                                                  elem_id="easel_send_to_inpaint_upload")
         images, texts = gr.State([]), gr.State([])
 
         controls_in = [c for unit in units for c in unit]
         refs_in = [c for ref in refs for c in ref]
         inputs = [picture, prompt, negative, mode, strength, steps, guidance, sampler, seed, batch, grow, feather,
                   width, height, *controls_in, *refs_in, masked_content, soft, invert, *sides, padding,
-                  upscale_by, upscaler]
-        toolbox = 8  # the toolbox's components, last in ``inputs`` but the upscale's two
+                  upscale_by, upscaler, model]
+        toolbox = 8  # the toolbox's components, last in ``inputs`` but the upscale's two and the model
 
         def values_of(args) -> TabValues:
             (pic, prompt_, negative_, mode_, strength_, steps_, guidance_, sampler_, seed_, batch_, grow_,
              feather_, width_, height_) = args[:14]
-            rest, (content_, soft_, invert_, *sides_, padding_) = args[14:-toolbox - 2], args[-toolbox - 2:-2]
-            scale_, upscaler_ = args[-2:]
+            rest, (content_, soft_, invert_, *sides_, padding_) = args[14:-toolbox - 3], args[-toolbox - 3:-3]
+            scale_, upscaler_, model_ = args[-3:]
             image, painted = compat.read_editor(pic)
             controls = [ControlSpec(*rest[i * UNIT_SIZE:(i + 1) * UNIT_SIZE]) for i in range(CONTROL_UNITS)]
             rest = rest[CONTROL_UNITS * UNIT_SIZE:]
@@ -121,12 +180,17 @@ def build(connection: Callable[[], jobs.Connection], add_send_buttons: Callable 
                              guidance_, sampler_, int(seed_ if seed_ is not None else -1), int(batch_),
                              int(grow_), int(feather_), int(width_), int(height_), controls, references,
                              content_, bool(soft_), bool(invert_), *(int(value or 0) for value in sides_),
-                             int(padding_ if padding_ is not None else 32), float(scale_), upscaler_ or "")
+                             int(padding_ if padding_ is not None else 32), float(scale_), upscaler_ or "",
+                             models.name(model_))
 
         def run_job(request: gr.Request, *args):
             # gradio fills positional parameters annotated gr.Request; the inputs follow in *args.
             keep = gr.update()
-            for update in jobs.run(connection(), values_of(args), _session(request)):
+            values = values_of(args)
+            for update in jobs.run(connection(), values, _session(request)):
+                if update.images and host.save is not None:
+                    for image, text, seed in zip(update.images, update.infotexts, update.seeds):
+                        host.save(image, text, seed, values.prompt, values.mode)
                 if update.images is None:
                     preview_ = keep if update.preview is None else update.preview
                     yield update.status, preview_, keep, keep, keep, keep, keep
@@ -147,11 +211,33 @@ def build(connection: Callable[[], jobs.Connection], add_send_buttons: Callable 
             return gr.update() if message is None else message
 
         generate.click(run_job, inputs=inputs,
-                       outputs=[progress, preview, gallery, images, texts, selected, info])
+                       outputs=[progress, preview, gallery, images, texts, selected, info], **compat.CONCURRENT)
         # Not queued: it must get through while the generate event holds the queue.
         cancel.click(cancel_job, inputs=None, outputs=[progress], queue=False)
         gallery.select(pick, inputs=[images, texts], outputs=[selected, info])
-        refresh.click(lambda: jobs.status_line(connection()), inputs=None, outputs=[status], queue=False)
+        def refresh_backend(current):
+            picked = models.name(current)
+            models.update(jobs.offered(connection()))
+            return jobs.status_line(connection()), gr.update(choices=list(models.labels), value=models.label(picked))
+
+        if host.send_buttons is not None and host.inpaint_upload is not None:
+            def send_with_mask(result, pic, invert_):
+                image, painted = compat.read_editor(pic)
+                mask = mask_to_send(result, TabValues(picture=image, mask=painted, invert_mask=bool(invert_)))
+                return result, mask
+
+            with_mask.click(send_with_mask, inputs=[selected, picture, invert], outputs=list(host.inpaint_upload),
+                            **compat.run_script(host.show_inpaint_upload))
+
+        refresh.click(refresh_backend, inputs=[model], outputs=[status, model], queue=False)
+        refresh_models.click(refresh_backend, inputs=[model], outputs=[status, model], queue=False)
+        if host.paste_fields is not None:
+            host.paste_fields(picture, [
+                (prompt, "Prompt"), (negative, "Negative prompt"), (steps, "Steps"), (guidance, "CFG scale"),
+                (seed, "Seed"), (sampler, sampler_from_infotext), (width, "Size-1"), (height, "Size-2"),
+                (strength, "Denoising strength"),
+                (model, lambda params: models.label(params["Model"]) if params.get("Model") in
+                 models.labels.values() else None)])
     return tab
 
 
@@ -166,30 +252,33 @@ def _control_unit(number: int, picture, connection, offered: Offer) -> list:
     with gr.Accordion(f"ControlNet unit {number}", open=False, elem_id=f"easel_cn{number}",
                       visible=bool(offered.control_types)):
         with gr.Row():
-            enabled = gr.Checkbox(False, label="Enable", elem_id=f"easel_cn{number}_enabled")
-            kind = gr.Dropdown(list(types), value=capabilities.pick(types, "canny", "canny") or None, label="Type",
-                               elem_id=f"easel_cn{number}_type")
-            source = gr.Radio([USE_INPUT, OWN_IMAGE], value=USE_INPUT, label="Control image",
+            enabled = gr.Checkbox(False, label=f"Enable unit {number}", elem_id=f"easel_cn{number}_enabled")
+            kind = gr.Dropdown(list(types), value=capabilities.pick(types, "canny", "canny") or None,
+                               label=f"Unit {number} type", elem_id=f"easel_cn{number}_type")
+            source = gr.Radio([USE_INPUT, OWN_IMAGE], value=USE_INPUT, label=f"Unit {number} control image",
                               elem_id=f"easel_cn{number}_source")
         with gr.Row():
-            image = compat.image_input("Own image (a map, or a picture to preprocess)", f"easel_cn{number}_image")
-            preview = gr.Image(label="Map preview", type="pil", interactive=False, elem_id=f"easel_cn{number}_map",
-                               **compat.LOSSLESS)
+            image = compat.image_input(f"Unit {number} own image (a map, or a picture to preprocess)",
+                                       f"easel_cn{number}_image")
+            preview = gr.Image(label=f"Unit {number} map preview", type="pil", interactive=False,
+                               elem_id=f"easel_cn{number}_map", **compat.LOSSLESS)
         with gr.Row():
-            preprocess = gr.Checkbox(False, label="Preprocess (make the map from the image)",
+            preprocess = gr.Checkbox(False, label=f"Unit {number}: preprocess (make the map from the image)",
                                      elem_id=f"easel_cn{number}_pre")
-            show = gr.Button("Preview map", elem_id=f"easel_cn{number}_show", scale=0)
+            show = gr.Button(f"Preview map {number}", elem_id=f"easel_cn{number}_show", scale=0)
         message = gr.Markdown("", elem_id=f"easel_cn{number}_message")
         with gr.Row():
-            scale = gr.Slider(0.0, 2.0, value=1.0, step=0.05, label="Scale", elem_id=f"easel_cn{number}_scale")
-            start = gr.Slider(0.0, 1.0, value=0.0, step=0.01, label="Start", elem_id=f"easel_cn{number}_start")
-            end = gr.Slider(0.0, 1.0, value=1.0, step=0.01, label="End", elem_id=f"easel_cn{number}_end")
+            scale = gr.Slider(0.0, 2.0, value=1.0, step=0.05, label=f"Unit {number} scale",
+                              elem_id=f"easel_cn{number}_scale")
+            start = gr.Slider(0.0, 1.0, value=0.0, step=0.01, label=f"Unit {number} start",
+                              elem_id=f"easel_cn{number}_start")
+            end = gr.Slider(0.0, 1.0, value=1.0, step=0.01, label=f"Unit {number} end", elem_id=f"easel_cn{number}_end")
 
     def show_map(kind_, source_, own, pic):
         chosen = own if source_ == OWN_IMAGE else compat.read_editor(pic)[0]
         return jobs.preprocess(connection(), kind_, chosen)
 
-    show.click(show_map, inputs=[kind, source, image, picture], outputs=[preview, message])
+    show.click(show_map, inputs=[kind, source, image, picture], outputs=[preview, message], **compat.CONCURRENT)
     return [enabled, kind, source, image, preprocess, scale, start, end]
 
 
@@ -197,9 +286,10 @@ def _reference(number: int, offered: Offer) -> list:
     """A reference's components, in ``ReferenceSpec`` field order; hidden when the backend has no IP-Adapter."""
     modes = offered.reference_modes or Offer().reference_modes
     with gr.Accordion(f"Reference {number}", open=False, elem_id=f"easel_ref{number}", visible=offered.references):
-        image = compat.image_input("Reference picture", f"easel_ref{number}_image")
+        image = compat.image_input(f"Reference {number} picture", f"easel_ref{number}_image")
         with gr.Row():
-            weight = gr.Slider(0.0, 2.0, value=1.0, step=0.05, label="Weight", elem_id=f"easel_ref{number}_weight")
-            mode = gr.Radio(list(modes), value=capabilities.pick(modes, "reference", "reference") or None, label="Take",
-                            elem_id=f"easel_ref{number}_mode")
+            weight = gr.Slider(0.0, 2.0, value=1.0, step=0.05, label=f"Reference {number} weight",
+                               elem_id=f"easel_ref{number}_weight")
+            mode = gr.Radio(list(modes), value=capabilities.pick(modes, "reference", "reference") or None,
+                            label=f"Reference {number} takes", elem_id=f"easel_ref{number}_mode")
     return [image, weight, mode]

@@ -1,8 +1,9 @@
-"""The only module that touches the WebUI: settings, the tab callback and "Send to" buttons, all
-through the public extension API (``script_callbacks``, ``shared.opts``, the paste-params buttons)."""
+"""The only module that touches the WebUI: settings, the tab callback, "Send to" buttons both ways
+and saving results, all through the public extension API (``script_callbacks``, ``shared.opts``, the
+paste-params buttons, ``images.save_image``)."""
 
-from modules import script_callbacks
 from modules import shared as webui_shared
+from modules.ui_components import ToolButton
 
 try:  # WebUI 1.8+ renamed the module; the old name stays as an alias there
     from modules import infotext_utils as paste
@@ -13,19 +14,29 @@ from .jobs import Connection
 from .protocol import DEFAULT_URL
 
 SECTION = ("easel", "Easel")
+TAB = "easel"  # the tab's id: "Send to Easel" pastes into the fields registered under it
+SEND_SYMBOL = "\U0001f58c\ufe0f"  # a paintbrush, beside the WebUI's own send-to symbols
+
+# WebUI components by elem_id, as the WebUI creates them (the "Send to Easel" buttons need the
+# picture and text they send, created before the WebUI's own "Send to" buttons).
+_created: dict = {}
 
 
 def add_settings() -> None:
     opts, info = webui_shared.opts, webui_shared.OptionInfo
-    opts.add_option("easel_url", info(DEFAULT_URL, "Easel backend address (ws://host:port/)", section=SECTION))
+    opts.add_option("easel_url", info(DEFAULT_URL, "Easel backend address (ws://host:port/, or wss:// for a server "
+                                                   "with a certificate)", section=SECTION))
     opts.add_option("easel_token", info("", "Easel backend token (if the server was started with --token)",
                                         section=SECTION))
+    opts.add_option("easel_cert", info("", "Easel backend certificate: its PEM file (from `easel cert`) for a wss:// "
+                                           "address; only a server holding its key is trusted", section=SECTION))
 
 
 def connection() -> Connection:
     """The backend address as the settings say now (they can change while the WebUI runs)."""
     opts = webui_shared.opts
-    return Connection(getattr(opts, "easel_url", None) or DEFAULT_URL, getattr(opts, "easel_token", None) or "")
+    return Connection(getattr(opts, "easel_url", None) or DEFAULT_URL, getattr(opts, "easel_token", None) or "",
+                      getattr(opts, "easel_cert", None) or "")
 
 
 def add_send_buttons(image, text) -> None:
@@ -35,11 +46,66 @@ def add_send_buttons(image, text) -> None:
             paste_button=button, tabname=tabname, source_text_component=text, source_image_component=image))
 
 
+def add_paste_fields(picture, fields) -> None:
+    """What "Send to Easel" fills: the picture and the fields named after infotext keys."""
+    paste.add_paste_fields(TAB, picture, fields)
+
+
+def after_component(component, **kwargs) -> None:
+    """"Send to Easel" beside the WebUI's own "Send to" buttons: txt2img's and img2img's results (with
+    the source tab's prompt fields, as the WebUI sends txt2img's) and PNG Info (with the picture's
+    infotext)."""
+    elem_id = kwargs.get("elem_id")
+    if not elem_id:
+        return
+    _created[elem_id] = component
+    tabname = elem_id.split("_send_to_extras")[0] if elem_id.endswith("_send_to_extras") else None
+    if tabname in ("txt2img", "img2img") and f"{tabname}_gallery" in _created:
+        button = ToolButton(SEND_SYMBOL, elem_id=f"{tabname}_send_to_{TAB}",
+                            tooltip="Send image and generation parameters to the Easel tab.")
+        paste.register_paste_params_button(paste.ParamBinding(
+            paste_button=button, tabname=TAB, source_tabname=tabname,
+            source_image_component=_created[f"{tabname}_gallery"]))
+    elif elem_id == "extras_tab" and "pnginfo_generation_info" in _created:  # PNG Info's last "Send to"
+        button = paste.create_buttons([TAB])[TAB]
+        paste.register_paste_params_button(paste.ParamBinding(
+            paste_button=button, tabname=TAB, source_text_component=_created["pnginfo_generation_info"],
+            source_image_component=_created.get("pnginfo_image")))
+
+
+def save(picture, infotext: str, seed: int, prompt: str, mode: str) -> None:
+    """Keep a result as the WebUI keeps its own: when it saves every generated image, in its txt2img
+    (generate) or img2img (the rest) outputs folder, named by its pattern, the infotext in the file
+    (PNG "parameters", which PNG Info and "Send to" read back)."""
+    from modules import images  # the picture saving code: imported when there is a picture to save
+
+    opts = webui_shared.opts
+    if not opts.samples_save:
+        return
+    folder = opts.outdir_samples or (opts.outdir_txt2img_samples if mode == "generate"
+                                     else opts.outdir_img2img_samples)
+    extension = opts.samples_format
+    # A copy: the WebUI's saving may change the picture it is given (Forge's "stealth infotext" writes
+    # the parameters into the alpha channel's low bits), and the tab shows this one.
+    picture = picture.copy() if extension.lower() in ("png", "webp") else picture.convert("RGB")
+    images.save_image(picture, folder, "", seed, prompt, extension, info=infotext)
+
+
+def inpaint_upload():
+    """img2img's "Inpaint upload" picture and mask, where "Send to inpaint upload" puts a result and the
+    mask painted for it (built before the extension tabs); None in a WebUI without them."""
+    targets = _created.get("img_inpaint_base"), _created.get("img_inpaint_mask")
+    return targets if all(target is not None for target in targets) else None
+
+
 def ui_tabs():
-    from .tab import build  # gradio is imported only once the WebUI builds its UI
-    return [(build(connection, add_send_buttons), "Easel", "easel")]
+    from .tab import Host, build  # gradio is imported only once the WebUI builds its UI
+    # switch_to_img2img_tab: the WebUI's page script; "Inpaint upload" is img2img's fifth mode
+    host = Host(send_buttons=add_send_buttons, paste_fields=add_paste_fields, save=save,
+                inpaint_upload=inpaint_upload(),
+                show_inpaint_upload="(...args) => { switch_to_img2img_tab(4); return args; }")
+    return [(build(connection, host), "Easel", TAB)]
 
 
-def register() -> None:
-    script_callbacks.on_ui_settings(add_settings)
-    script_callbacks.on_ui_tabs(ui_tabs)
+# (script_callbacks function, callback): registered by ``scripts/easel_tab.py``.
+CALLBACKS = [("on_ui_settings", add_settings), ("on_after_component", after_component), ("on_ui_tabs", ui_tabs)]

@@ -1,1 +1,0 @@
-"""Stand-in for the WebUI's ``modules`` package (test-only)."""
