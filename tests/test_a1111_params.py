@@ -440,6 +440,26 @@ def test_what_the_picked_model_can_do_passes_and_kontext_gets_no_image_guidance(
         build_job(values(chosen=chosen(CAPABLE, "ip2p"), mode="upscale", strength=0.5))
 
 
+def test_the_tab_shows_only_what_the_picked_model_can_use():
+    from easel_a1111.params import TAB_MODES, model_offer
+    from shared.model_list import chosen
+
+    everything = offer({"control_types": ["depth", "canny", "pose"], "reference_modes": list(REFERENCE_MODES),
+                        "reference_families": ["sd15", "sdxl"]})
+    sd = model_offer(chosen(CAPABLE, "sd"), everything)
+    assert sd.modes == TAB_MODES and sd.control_types == ("canny", "depth", "pose") and sd.negative_prompt
+    xl = model_offer(chosen(CAPABLE, "xl"), everything)
+    assert "instruct" not in xl.modes and xl.control_types == ("canny", "depth")
+    assert xl.reference_modes == ("reference", "style", "composition")
+    flux = model_offer(chosen(CAPABLE, "flux-dev"), everything)
+    assert flux.modes == ("img2img", "generate", "upscale") and flux.control_types == flux.reference_modes == ()
+    assert not flux.negative_prompt and not flux.image_guidance
+    ip2p = model_offer(chosen(CAPABLE, "ip2p"), everything)  # instruct takes neither ControlNets nor references
+    assert ip2p.modes == ("upscale", "instruct") and ip2p.control_types == ip2p.reference_modes == ()
+    assert model_offer(chosen(CAPABLE, "gone"), everything).modes == TAB_MODES  # not described: everything
+    assert model_offer(None, offer({"control_types": [], "reference_families": []})).reference_modes == ()
+
+
 def test_a_real_instruct_edit_keeps_every_unpainted_pixel_and_says_so(server):
     from shared.model_list import chosen
 

@@ -42,7 +42,8 @@ TAB_MODES = ("inpaint", "img2img", "generate", "expand", "remove", "upscale", "i
 
 # A1111's names for Easel's samplers: the tab lists these, and infotext pastes both ways.
 SAMPLER_LABELS = {"dpmpp_2m": "DPM++ 2M", "dpmpp_2m_karras": "DPM++ 2M Karras", "euler": "Euler",
-                  "euler_a": "Euler a", "ddim": "DDIM", "unipc": "UniPC"}
+                  "euler_a": "Euler a", "ddim": "DDIM", "unipc": "UniPC",
+                  "lcm": "LCM", "tcd": "TCD"}  # (WebUI 1.8 has LCM; Forge also TCD)
 SAMPLER_NAMES = {label: name for name, label in SAMPLER_LABELS.items()}
 DEFAULT_SAMPLER = SAMPLER_LABELS["dpmpp_2m_karras"]
 
@@ -110,6 +111,33 @@ class TabValues:
     # The picked model as the backend listed it (for the server's default too); None: not known, the
     # backend then refuses what the model cannot do
     chosen: model_list.ModelChoice | None = None
+
+
+@dataclass(frozen=True)
+class ModelOffer:
+    """What the tab shows for the picked model: the modes, ControlNet types and reference modes it can
+    use, and whether the negative prompt and the image guidance apply."""
+
+    modes: tuple[str, ...] = TAB_MODES
+    control_types: tuple[str, ...] = ()
+    reference_modes: tuple[str, ...] = ()
+    negative_prompt: bool = True
+    image_guidance: bool = True
+
+
+def model_offer(chosen: model_list.ModelChoice | None, offered) -> ModelOffer:
+    """What ``chosen`` can do on a server offering ``offered`` (``capabilities.Offer``); the server's whole
+    offer for a model it does not describe."""
+    caps = chosen.capabilities if chosen is not None else None
+    references = offered.reference_modes if offered.references else ()
+    if caps is None:
+        return ModelOffer(TAB_MODES, offered.control_types, references)
+    steered = set(caps.modes) != {"instruct"}  # instruct takes no ControlNets or references
+    # (a plain upscale runs no model, so every model can do it)
+    return ModelOffer(tuple(mode for mode in TAB_MODES if mode in caps.modes or mode == "upscale"),
+                      tuple(kind for kind in offered.control_types if kind in caps.control_types and steered),
+                      tuple(mode for mode in references if mode in caps.reference_modes and steered),
+                      caps.negative_prompt, caps.image_guidance)
 
 
 def easel_sampler(label: str) -> str:
