@@ -15,7 +15,6 @@ from .params import (
     MASKED_CONTENT,
     OWN_IMAGE,
     SAMPLER_LABELS,
-    TAB_MODES,
     USE_INPUT,
     ControlSpec,
     ReferenceSpec,
@@ -90,6 +89,7 @@ def build(connection: Callable[[], jobs.Connection], host: Host | None = None) -
             refresh = gr.Button("Check backend", elem_id="easel_refresh", scale=0)
         with gr.Row():
             models = Models(backend)
+            start = model_offer(models.chosen(None), offered)  # what the server's default model takes
             model = gr.Dropdown(list(models.labels), value=models.label(None), label="Model", elem_id="easel_model")
             # the WebUI's refresh symbol, as beside its checkpoint list
             refresh_models = gr.Button("\U0001f504", elem_id="easel_model_refresh", scale=0)
@@ -97,8 +97,9 @@ def build(connection: Callable[[], jobs.Connection], host: Host | None = None) -
             with gr.Column(scale=1):
                 picture = compat.picture_editor("Picture (paint over what should change)", "easel_picture")
                 prompt = gr.Textbox(label="Prompt", lines=2, elem_id="easel_prompt")
-                negative = gr.Textbox(label="Negative prompt", lines=1, elem_id="easel_negative")
-                mode = gr.Radio(list(TAB_MODES), value="inpaint", label="Mode", elem_id="easel_mode")
+                negative = gr.Textbox(lines=1, elem_id="easel_negative", **negative_prompt(start.negative_prompt))
+                mode = gr.Radio(list(start.modes), value=first_mode(start.modes, "inpaint"), label="Mode",
+                                elem_id="easel_mode")
                 with gr.Row():
                     strength = gr.Slider(0.0, 1.0, value=1.0, step=0.01, label="Strength", elem_id="easel_strength")
                     steps = gr.Slider(1, offered.max_steps, value=min(20, offered.max_steps), step=1,
@@ -110,7 +111,7 @@ def build(connection: Callable[[], jobs.Connection], host: Host | None = None) -
                 # instruct: the prompt is the instruction, CFG scale how strongly it is followed
                 image_guidance = gr.Slider(0.0, 20.0, value=rules.IMAGE_GUIDANCE, step=0.05,
                                            label="Image guidance (instruct: how closely to keep to the picture)",
-                                           elem_id="easel_image_guidance")
+                                           elem_id="easel_image_guidance", visible=start.image_guidance)
                 with gr.Row():
                     seed = gr.Number(value=-1, precision=0, label="Seed (-1: random)", elem_id="easel_seed")
                     batch = gr.Slider(1, offered.max_batch, value=1, step=1, label="Batch", elem_id="easel_batch")
@@ -144,9 +145,10 @@ def build(connection: Callable[[], jobs.Connection], host: Host | None = None) -
                                            label="Upscaler", elem_id="easel_upscaler")
                 unit_boxes, ref_boxes = [], []
                 for number in range(1, CONTROL_UNITS + 1):
-                    units.append(_control_unit(number, picture, connection, offered, unit_boxes))
+                    units.append(_control_unit(number, picture, connection, offered, unit_boxes,
+                                               bool(start.control_types)))
                 for number in range(1, REFERENCES + 1):
-                    refs.append(_reference(number, offered, ref_boxes))
+                    refs.append(_reference(number, offered, ref_boxes, bool(start.reference_modes)))
             with gr.Column(scale=1):
                 with gr.Row():
                     generate = gr.Button("Generate", variant="primary", elem_id="easel_generate")
@@ -246,11 +248,9 @@ def build(connection: Callable[[], jobs.Connection], host: Host | None = None) -
             # guidance. (A unit's type or a reference's mode it lacks is refused with a sentence instead.)
             can = model_offer(models.chosen(label), offered)
             controls, references = bool(can.control_types), bool(can.reference_modes)
-            first = next((name for name in can.modes if name != "upscale"), "upscale")  # its own kind of edit
-            updates = [gr.update(choices=list(can.modes), value=capabilities.pick(can.modes, mode_, first)),
-                       gr.update(interactive=can.negative_prompt, **({} if can.negative_prompt else {"value": ""}),
-                                 label="Negative prompt" if can.negative_prompt else
-                                 "Negative prompt (this model takes none)"),
+            updates = [gr.update(choices=list(can.modes), value=first_mode(can.modes, mode_)),
+                       gr.update(**negative_prompt(can.negative_prompt),
+                                 **({} if can.negative_prompt else {"value": ""})),
                        gr.update(visible=can.image_guidance)]
             for _ in units:  # accordion, Enable
                 updates += [gr.update(visible=controls), gr.update() if controls else gr.update(value=False)]
@@ -274,17 +274,27 @@ def build(connection: Callable[[], jobs.Connection], host: Host | None = None) -
     return tab
 
 
+def first_mode(modes, current: str) -> str:
+    """The mode the radio shows: ``current`` while offered, else the model's own kind of edit."""
+    return capabilities.pick(modes, current, next((name for name in modes if name != "upscale"), "upscale"))
+
+
+def negative_prompt(takes: bool) -> dict:
+    """The negative prompt's label and whether it can be typed in, for a model that takes one or not."""
+    return {"label": "Negative prompt" if takes else "Negative prompt (this model takes none)", "interactive": takes}
+
+
 def _session(request) -> str:
     return getattr(request, "session_hash", None) or "default"
 
 
-def _control_unit(number: int, picture, connection, offered: Offer, boxes: list) -> list:
+def _control_unit(number: int, picture, connection, offered: Offer, boxes: list, visible: bool) -> list:
     """A unit's components, in ``ControlSpec`` field order (its accordion added to ``boxes``); hidden when
-    the backend has no ControlNet."""
+    the model has no ControlNet."""
     # Hidden, not left out: the Generate inputs are a fixed run of components per unit.
     types = offered.control_types or Offer().control_types
     with gr.Accordion(f"ControlNet unit {number}", open=False, elem_id=f"easel_cn{number}",
-                      visible=bool(offered.control_types)) as box:
+                      visible=visible) as box:
         boxes.append(box)
         with gr.Row():
             enabled = gr.Checkbox(False, label=f"Enable unit {number}", elem_id=f"easel_cn{number}_enabled")
@@ -317,12 +327,12 @@ def _control_unit(number: int, picture, connection, offered: Offer, boxes: list)
     return [enabled, kind, source, image, preprocess, scale, start, end]
 
 
-def _reference(number: int, offered: Offer, boxes: list) -> list:
+def _reference(number: int, offered: Offer, boxes: list, visible: bool) -> list:
     """A reference's components, in ``ReferenceSpec`` field order (its accordion added to ``boxes``);
-    hidden when the backend has no IP-Adapter."""
+    hidden when the model has no IP-Adapter."""
     modes = offered.reference_modes or Offer().reference_modes
     with gr.Accordion(f"Reference {number}", open=False, elem_id=f"easel_ref{number}",
-                      visible=offered.references) as box:
+                      visible=visible) as box:
         boxes.append(box)
         image = compat.image_input(f"Reference {number} picture", f"easel_ref{number}_image")
         with gr.Row():
