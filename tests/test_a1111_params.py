@@ -476,6 +476,12 @@ def test_a_real_instruct_edit_keeps_every_unpainted_pixel_and_says_so(server):
     assert (out[25:45, 35:55] != before[25:45, 35:55]).any()
     text = final.infotexts[0]
     assert "Image CFG scale: 2.0" in text and "Easel mode: instruct" in text and "Mask blur: 16" in text, text
+    # Nothing painted: the whole picture is edited.
+    whole = list(jobs.run(jobs.Connection(server.url), values(**{**vars(source), "mask": None}), "unit"))[-1]
+    assert whole.status.startswith("Done: 1 image"), whole.status
+    edited = np.asarray(whole.images[0])
+    assert edited.shape == before.shape and (edited[~near] != before[~near]).any(axis=-1).mean() > 0.5
+    assert "Mask blur" not in whole.infotexts[0] and "Image CFG scale: 2.0" in whole.infotexts[0]
     # The demo's Flux model takes no negative prompt: refused in the tab, nothing sent.
     flux = values(negative_prompt="fog", model="demo-flux", chosen=chosen(offered.models, "demo-flux"))
     assert list(jobs.run(jobs.Connection("ws://127.0.0.1:9/"), flux, "unit"))[-1].status.startswith(
