@@ -8,7 +8,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-FAMILY_NAMES = {"sd15": "SD 1.5", "sdxl": "SDXL"}
+from .model_capabilities import ModelCapabilities
+
+FAMILY_NAMES = {"sd15": "SD 1.5", "sdxl": "SDXL", "flux": "Flux"}
+MASKED_MODES = ("inpaint", "expand", "remove")
+SHORT_LIST = 3  # ControlNet types named one by one up to this many, else counted
 
 
 @dataclass(frozen=True)
@@ -21,30 +25,67 @@ class ModelChoice:
     inpaint_model: bool = False     # a dedicated 9-channel inpaint UNet
     references: bool = False        # the server has an IP-Adapter for its family
     default: bool = False           # the server's default model
+    capabilities: ModelCapabilities | None = None  # None: a server that does not say per model
 
     @property
     def label(self) -> str:
-        """``demo-xl (SDXL, 1024 px: inpaint UNet, references)``; the default says so."""
+        """``demo-xl (SDXL, 1024 px: inpaint UNet, 13 ControlNet types, references)``; the default says so."""
         about = [FAMILY_NAMES.get(self.family, self.family)] if self.family else []
         if self.native_size:
             about.append(f"{self.native_size} px")
-        can = [what for what, has in (("inpaint UNet", self.inpaint_model), ("references", self.references)) if has]
+        can = self._can() if self.capabilities else [
+            what for what, has in (("inpaint UNet", self.inpaint_model), ("references", self.references)) if has]
         text = ", ".join(about) + (": " if about and can else "") + ", ".join(can)
         return f"{self.name}{' (' + text + ')' if text else ''}{', default' if self.default else ''}"
 
+    def _can(self) -> list[str]:
+        """What the model's own capabilities say, shortest first: its modes where they are not the usual
+        ones, its ControlNet types, its reference modes, a negative prompt it refuses."""
+        caps = self.capabilities
+        modes = set(caps.modes)
+        if modes == {"instruct"}:
+            return ["instruct only"]  # neither ControlNets nor references apply to instruct
+        if modes <= set(MASKED_MODES):
+            can = ["inpaint only"]
+        elif modes & set(MASKED_MODES):
+            can = [("Fill inpaint" if self.family == "flux" else "inpaint UNet")] if self.inpaint_model else []
+        else:
+            can = ["no inpaint"]
+        if "instruct" in modes:
+            can.append("instruct")
+        types = caps.control_types
+        if types:
+            can.append(f"ControlNet ({', '.join(types)})" if len(types) <= SHORT_LIST else
+                       f"{len(types)} ControlNet types")
+        if caps.reference_modes:
+            can.append("references + face" if "face" in caps.reference_modes else "references")
+        if not caps.negative_prompt:
+            can.append("no negative prompt")
+        return can
+
 
 def model_choices(models_reply: dict | None, capabilities: dict | None = None) -> tuple[ModelChoice, ...]:
-    """The server's models in its order; () before a server has answered. (``welcome`` lists the
-    ControlNet types of all families together, so a model's own are not known.)"""
+    """The server's models in its order; () before a server has answered. What each can do is its
+    ``capabilities`` entry; from a server without one, references by ``welcome``'s reference families."""
     if not models_reply:
         return ()
     references = set((capabilities or {}).get("reference_families") or ())
     default = models_reply.get("default")
     return tuple(ModelChoice(
         name=entry["name"], family=entry.get("family"), native_size=entry.get("native_size"),
-        inpaint_model=bool(entry.get("inpaint_model")), references=entry.get("family") in references,
-        default=entry["name"] == default)
+        inpaint_model=bool(entry.get("inpaint_model")),
+        references=bool(entry["capabilities"].get("reference_modes")) if entry.get("capabilities") else
+        entry.get("family") in references, default=entry["name"] == default,
+        capabilities=ModelCapabilities.from_wire(entry.get("family"), entry["capabilities"])
+        if entry.get("capabilities") else None)
         for entry in models_reply.get("models", ()) if entry.get("name"))
+
+
+def chosen(models_reply: dict | None, name: str | None) -> ModelChoice | None:
+    """The model a job naming ``name`` runs on ("" or None: the server's default), or None when the
+    server has not listed it."""
+    choices = model_choices(models_reply)
+    return next((choice for choice in choices if (choice.name == name if name else choice.default)), None)
 
 
 def picker_labels(models_reply: dict | None, capabilities: dict | None = None) -> dict[str, str]:

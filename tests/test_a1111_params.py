@@ -326,6 +326,7 @@ def test_the_model_picker_lists_what_each_model_can_do():
         {"name": "xl", "family": "sdxl", "native_size": 1024, "inpaint_model": False, "loaded": False},
         {"name": "odd", "family": None, "native_size": None, "inpaint_model": False, "loaded": False}]}
     capabilities = {"reference_families": ["sdxl"]}
+    # A server that does not list capabilities per model: references from welcome's families.
     assert [choice.label for choice in model_choices(reply, capabilities)] == [
         "sd (SD 1.5, 512 px: inpaint UNet), default", "xl (SDXL, 1024 px: references)", "odd"]
     labels = picker_labels(reply, capabilities)
@@ -333,6 +334,158 @@ def test_the_model_picker_lists_what_each_model_can_do():
     assert label_for(labels, "xl") == "xl (SDXL, 1024 px: references)"
     assert label_for(labels, "gone") == label_for(labels, None) == "Server default (sd)"
     assert model_choices(None) == () and picker_labels(None) == {"Server default": ""}
+
+
+def test_the_model_picker_describes_each_model_by_its_own_capabilities():
+    from shared.model_list import model_choices
+
+    assert [choice.label for choice in model_choices(CAPABLE, {"reference_families": ["sd15", "sdxl"]})] == [
+        "sd (SD 1.5, 512 px: inpaint UNet, instruct, 13 ControlNet types, references + face), default",
+        "ip2p (SD 1.5, 512 px: instruct only)",
+        "xl (SDXL, 1024 px: ControlNet (canny, depth), references)",
+        "flux (Flux, 1024 px: Fill inpaint, instruct, no negative prompt)",
+        "flux-dev (Flux, 1024 px: no inpaint, no negative prompt)",
+        "fill (SD 1.5, 512 px: inpaint only, 13 ControlNet types, references + face)"]
+
+
+def caps(modes, control_types=CONTROL_TYPES, reference_modes=REFERENCE_MODES, negative_prompt=True,
+         image_guidance=True) -> dict:
+    return {"modes": list(modes), "control_types": list(control_types), "reference_modes": list(reference_modes),
+            "negative_prompt": negative_prompt, "image_guidance": image_guidance}
+
+
+SD, FLUX = ("generate", "img2img", "inpaint", "expand", "remove", "upscale"), ("generate", "img2img", "upscale")
+# A models reply as the server sends it (the demo's kinds of model)
+CAPABLE = {"type": "models", "default": "sd", "models": [
+    {"name": "sd", "family": "sd15", "native_size": 512, "inpaint_model": True, "capabilities": caps(
+        SD + ("instruct",))},
+    {"name": "ip2p", "family": "sd15", "native_size": 512, "capabilities": caps(("instruct",))},
+    {"name": "xl", "family": "sdxl", "native_size": 1024, "capabilities": caps(SD, ("canny", "depth"),
+                                                                                 REFERENCE_MODES[:3])},
+    {"name": "flux", "family": "flux", "native_size": 1024, "inpaint_model": True, "capabilities": caps(
+        SD + ("instruct",), (), (), False, False)},
+    {"name": "flux-dev", "family": "flux", "native_size": 1024, "capabilities": caps(FLUX, (), (), False, False)},
+    {"name": "fill", "family": "sd15", "native_size": 512, "inpaint_model": True, "capabilities": caps(
+        ("inpaint", "expand", "remove"))}]}
+
+
+def test_instruct_edits_inside_the_painted_mask_or_the_whole_picture():
+    source = values(mode="instruct", prompt="make it winter", strength=0.3, image_guidance=2.5, guidance=6.0)
+    job = build_job(source)
+    job.check()
+    assert job.mode == "instruct" and job.prompt == "make it winter" and job.image_guidance == 2.5
+    assert job.sampling.guidance == 6.0 and job.sampling.strength == 1.0  # every step runs: no strength
+    assert (pixels(job.image) == np.asarray(source.picture)).all()
+    mask = pixels(job.mask)
+    assert mask[20:50, 30:60].min() == 255 and mask.sum() == 255 * 30 * 30
+    assert (job.mask_grow, job.mask_feather) == (8, 16)
+    message = parse_client_message(json.dumps(job.to_message(lambda image, role: {"frame": role})))
+    assert (message["mode"], message["image_guidance"], message["mask"]["frame"]) == ("instruct", 2.5, "mask")
+
+    whole = build_job(values(mode="instruct", prompt="make it winter", mask=None))
+    assert whole.mask is None and whole.image_guidance == 1.5  # the default, as the WebUI's Image CFG scale
+    inverted = pixels(build_job(values(mode="instruct", invert_mask=True)).mask)  # all but the painted box
+    assert inverted[20:50, 30:60].max() == 0 and inverted.sum() == 255 * (128 * 96 - 30 * 30)
+    with pytest.raises(InputError, match="^Write the instruction in the prompt"):
+        build_job(values(mode="instruct", prompt=" "))
+    with pytest.raises(InputError, match="^Instruct needs a picture: upload one first.$"):
+        build_job(values(mode="instruct", picture=None))
+    with pytest.raises(InputError, match="^Control unit 2: instruct edits take no ControlNet units; turn the unit"):
+        build_job(values(mode="instruct", controls=[ControlSpec(), ControlSpec(enabled=True)]))
+    with pytest.raises(InputError, match="^Reference 1: instruct edits take no reference pictures"):
+        build_job(values(mode="instruct", references=[ReferenceSpec(image=picture(64, 64))]))
+    assert "Image CFG scale" not in infotext({"mode": "inpaint", "image_guidance": 1.5}, 1, (8, 8))
+
+
+@pytest.mark.parametrize("model, changes, sentence", [
+    ("ip2p", {}, "The model ip2p cannot inpaint: it does instruct. Pick another mode or model."),
+    ("flux-dev", {}, "The model flux-dev cannot inpaint: it does img2img, generate, upscale. Pick another mode "
+                     "or model."),
+    ("fill", {"mode": "instruct"}, "The model fill cannot instruct: it does inpaint, expand, remove. Pick another "
+                                   "mode or model."),
+    ("flux", {"controls": [ControlSpec(), ControlSpec(enabled=True)]},
+     "Control unit 2: the model flux takes no ControlNet units; turn the unit off or pick another model."),
+    ("xl", {"controls": [ControlSpec(enabled=True, type="pose")]},
+     "Control unit 1: the backend has no pose ControlNet for SDXL models like xl; choose another type or turn "
+     "the unit off."),
+    ("flux", {"references": [ReferenceSpec(), ReferenceSpec(image=picture(64, 64))]},
+     "Reference 2: the model flux takes no reference pictures; remove the picture or pick another model."),
+    ("xl", {"references": [ReferenceSpec(image=picture(64, 64), mode="face")]},
+     "Reference 1: the model xl takes references as reference, style, composition, not face."),
+    ("flux", {"negative_prompt": "blurry"},
+     "The model flux takes no negative prompt (Flux uses distilled guidance): clear the Negative prompt or pick "
+     "another model."),
+])
+def test_the_picked_model_refuses_what_it_cannot_do_before_sending(model, changes, sentence):
+    from shared.model_list import chosen
+
+    with pytest.raises(InputError) as refused:
+        build_job(values(model=model, chosen=chosen(CAPABLE, model), **changes))
+    assert str(refused.value) == sentence
+
+
+def test_what_the_picked_model_can_do_passes_and_kontext_gets_no_image_guidance():
+    from shared.model_list import chosen
+
+    assert chosen(CAPABLE, "").name == chosen(CAPABLE, None).name == "sd" and chosen(CAPABLE, "gone") is None
+    on_default = values(chosen=chosen(CAPABLE, ""), negative_prompt="fog", mode="instruct", controls=[
+        ControlSpec(enabled=True, scale=0.0)], references=[ReferenceSpec(image=picture(64, 64), weight=0.0)])
+    assert build_job(on_default).image_guidance == 1.5  # switched-off units and references ask nothing
+    assert build_job(values(chosen=chosen(CAPABLE, "ip2p"), model="ip2p", mode="instruct")).image_guidance == 1.5
+    kontext = build_job(values(chosen=chosen(CAPABLE, "flux"), model="flux", mode="instruct"))
+    assert kontext.image_guidance is None  # Flux Kontext has none: left out rather than refused
+    assert build_job(values(chosen=chosen(CAPABLE, "flux"), model="flux")).mode == "inpaint"  # its Fill model
+    assert build_job(values(chosen=chosen(CAPABLE, "flux-dev"), mode="upscale", strength=1.0)).mode == "upscale"
+    with pytest.raises(InputError, match="^The model ip2p cannot upscale"):
+        build_job(values(chosen=chosen(CAPABLE, "ip2p"), mode="upscale", strength=0.5))
+
+
+def test_the_tab_shows_only_what_the_picked_model_can_use():
+    from easel_a1111.params import TAB_MODES, model_offer
+    from shared.model_list import chosen
+
+    everything = offer({"control_types": ["depth", "canny", "pose"], "reference_modes": list(REFERENCE_MODES),
+                        "reference_families": ["sd15", "sdxl"]})
+    sd = model_offer(chosen(CAPABLE, "sd"), everything)
+    assert sd.modes == TAB_MODES and sd.control_types == ("canny", "depth", "pose") and sd.negative_prompt
+    xl = model_offer(chosen(CAPABLE, "xl"), everything)
+    assert "instruct" not in xl.modes and xl.control_types == ("canny", "depth")
+    assert xl.reference_modes == ("reference", "style", "composition")
+    flux = model_offer(chosen(CAPABLE, "flux-dev"), everything)
+    assert flux.modes == ("img2img", "generate", "upscale") and flux.control_types == flux.reference_modes == ()
+    assert not flux.negative_prompt and not flux.image_guidance
+    ip2p = model_offer(chosen(CAPABLE, "ip2p"), everything)  # instruct takes neither ControlNets nor references
+    assert ip2p.modes == ("upscale", "instruct") and ip2p.control_types == ip2p.reference_modes == ()
+    assert model_offer(chosen(CAPABLE, "gone"), everything).modes == TAB_MODES  # not described: everything
+    assert model_offer(None, offer({"control_types": [], "reference_families": []})).reference_modes == ()
+
+
+def test_a_real_instruct_edit_keeps_every_unpainted_pixel_and_says_so(server):
+    from shared.model_list import chosen
+
+    offered = jobs.offered(jobs.Connection(server.url))
+    source = values(mode="instruct", prompt="make it winter", picture=picture(128, 96, seed=5).convert("RGBA"),
+                    image_guidance=2.0, model="demo-instruct", chosen=chosen(offered.models, "demo-instruct"))
+    final = list(jobs.run(jobs.Connection(server.url), source, "unit"))[-1]
+    assert final.done and final.status.startswith("Done: 1 image"), final.status
+    out, before = np.asarray(final.images[0]), np.asarray(source.picture)
+    near = np.zeros((96, 128), bool)
+    margin = mask_margin(8, 16)
+    near[max(0, 20 - margin):50 + margin, max(0, 30 - margin):60 + margin] = True
+    assert out.shape == before.shape and (out[~near] == before[~near]).all()
+    assert (out[25:45, 35:55] != before[25:45, 35:55]).any()
+    text = final.infotexts[0]
+    assert "Image CFG scale: 2.0" in text and "Easel mode: instruct" in text and "Mask blur: 16" in text, text
+    # Nothing painted: the whole picture is edited.
+    whole = list(jobs.run(jobs.Connection(server.url), values(**{**vars(source), "mask": None}), "unit"))[-1]
+    assert whole.status.startswith("Done: 1 image"), whole.status
+    edited = np.asarray(whole.images[0])
+    assert edited.shape == before.shape and (edited[~near] != before[~near]).any(axis=-1).mean() > 0.5
+    assert "Mask blur" not in whole.infotexts[0] and "Image CFG scale: 2.0" in whole.infotexts[0]
+    # The demo's Flux model takes no negative prompt: refused in the tab, nothing sent.
+    flux = values(negative_prompt="fog", model="demo-flux", chosen=chosen(offered.models, "demo-flux"))
+    assert list(jobs.run(jobs.Connection("ws://127.0.0.1:9/"), flux, "unit"))[-1].status.startswith(
+        "The model demo-flux takes no negative prompt")
 
 
 def test_the_models_of_a_real_backend(server):

@@ -377,8 +377,14 @@ def test_a_second_model_its_saved_result_in_png_info_and_send_to_easel(page, web
     page.locator("#easel_model input").click()
     listed = page.locator("#easel_model li").all_inner_texts()
     assert [text.replace("\u2713", "").strip() for text in listed] == [  # (the chosen one has a tick)
-        "Server default (demo)", "demo (SD 1.5, 512 px: inpaint UNet, references), default",
-        "demo-base (SD 1.5, 512 px: references)", "demo-xl (SDXL, 512 px: inpaint UNet, references)"], listed
+        "Server default (demo)",
+        "demo (SD 1.5, 512 px: inpaint UNet, instruct, 13 ControlNet types, references + face), default",
+        "demo-instruct (SD 1.5, 512 px: instruct only)",
+        "demo-base (SD 1.5, 512 px: 13 ControlNet types, references + face)",
+        "demo-xl (SDXL, 512 px: inpaint UNet, 13 ControlNet types, references + face)",
+        "demo-flux (Flux, 512 px: Fill inpaint, instruct, no negative prompt)",
+        "demo-flux-file (Flux, 512 px: no inpaint, no negative prompt)",
+        "demo-vpred (SD 1.5, 512 px: 13 ControlNet types, references + face)"], listed
     page.locator("#easel_model li", has_text="demo-base (").click()
     page.locator("#easel_prompt textarea").fill("a lighthouse")
     choose(page, "easel_mode", "generate")
@@ -408,3 +414,40 @@ def test_a_second_model_its_saved_result_in_png_info_and_send_to_easel(page, web
     assert page.locator("#easel_sampler input").input_value() == "Euler a"
     assert "demo-base" in page.locator("#easel_model input").input_value()
     page.locator("#easel_picture img").first.wait_for()
+
+
+def test_instruct_inside_a_painted_mask_and_a_model_offers_only_what_it_takes(page, webui, files):
+    # An InstructPix2Pix model: the Mode radio offers its instruct edit (and the model-free upscale).
+    pick_model(page, "demo-instruct (")
+    page.wait_for_function("() => document.querySelectorAll('#easel_mode input').length === 2")
+    assert page.locator("#easel_mode input:checked").get_attribute("value") == "instruct"
+    assert not page.locator("#easel_cn1").is_visible() and not page.locator("#easel_ref1").is_visible()
+    upload(page, "easel_picture", files["picture"])
+    paint(page, (30, 40), (60, 50), (192, 128))
+    page.locator("#easel_prompt textarea").fill("make it winter")
+    for field, value in (("easel_steps", 3), ("easel_seed", 5), ("easel_image_guidance", 2)):
+        set_number(page, field, value)
+    assert generate(page).startswith("Done: 1 image"), text_of(page, "easel_progress")
+    before = np.asarray(Image.open(files["picture"]).convert("RGBA"))
+    after = np.asarray(image_of(page, "easel_selected"))
+    changed = np.argwhere(np.any(after != before, axis=-1))
+    assert len(changed) > 100, "the painted area did not change"
+    (top, left), (bottom, right) = changed.min(0), changed.max(0)  # stroke, brush, grow 8 + feather 16
+    assert left >= 30 - 60 and right <= 60 + 60 and top >= 40 - 60 and bottom <= 50 + 60, (top, left, bottom, right)
+    info = page.locator("#easel_info textarea").input_value()
+    assert info.startswith("make it winter\nSteps: 3,") and "Image CFG scale: 2.0" in info, info
+    assert "Model: demo-instruct" in info and "Easel mode: instruct" in info, info
+    saved = [path for path in webui["root"].rglob("*.png") if Image.open(path).info.get("parameters") == info]
+    assert len(saved) == 1, saved  # kept as the WebUI keeps img2img's pictures, infotext and all
+
+    # Flux takes no negative prompt, ControlNets, references or image guidance here: none is offered.
+    page.locator("#easel_negative textarea").fill("fog")
+    pick_model(page, "demo-flux (")
+    page.wait_for_function("() => document.querySelectorAll('#easel_mode input').length === 7")
+    assert page.locator("#easel_negative textarea").is_disabled()
+    assert page.locator("#easel_negative textarea").input_value() == ""
+    for hidden in ("easel_cn1", "easel_ref1", "easel_image_guidance"):
+        assert not page.locator(f"#{hidden}").is_visible(), hidden
+    pick_model(page, "demo-base (")
+    page.locator("#easel_cn1").wait_for(state="visible")
+    assert page.locator("#easel_negative textarea").is_enabled()

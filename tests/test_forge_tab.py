@@ -125,6 +125,14 @@ def test_paint_a_mask_in_the_gradio4_editor_generate_and_keep_every_unpainted_pi
     info = page.locator("#easel_info textarea").input_value()
     assert info.startswith("a red door\nSteps: 4, Sampler: DPM++ 2M Karras, CFG scale: 7.0, Seed: 5, Size: 192x128")
 
+    # Picking a Flux model leaves out what it cannot take (gradio 4's updates), and back again.
+    for model, takes in (("demo-flux (", False), ("Server default", True)):
+        page.locator("#easel_model input").click()
+        page.locator("ul.options li", has_text=model).first.click()
+        page.locator("#easel_cn1").wait_for(state="visible" if takes else "hidden")
+        assert page.locator("#easel_negative textarea").is_enabled() == takes
+        assert page.locator("#easel_image_guidance").is_visible() == takes
+
 
 def test_backend_down_reads_as_a_sentence(page, forge):
     with backend_down(page, forge["server"]) as down:

@@ -16,7 +16,7 @@ import numpy as np
 from PIL import Image
 
 from .params import InputError, TabValues, build_job, decode, infotext, png_image
-from .protocol import Accepted, Cancelled, Client, EaselError, Progress, Result, Started, compose
+from .protocol import Accepted, Cancelled, Client, EaselError, Job, Progress, Result, Started, compose
 
 PREVIEW_EVERY = 1
 CAPABILITIES_TIMEOUT = 2  # s: the tab is built while the WebUI starts, which must not wait on a backend
@@ -97,7 +97,7 @@ def run(connection: Connection, values: TabValues, session: str) -> Iterator[Upd
             elif isinstance(event, Cancelled):
                 yield Update("Cancelled.", done=True)
             elif isinstance(event, Result):
-                images, texts = finish(values, event)
+                images, texts = finish(values, event, request)
                 seconds = event.timings.get("total", 0)
                 seeds = [item.seed for item in sorted(event.images, key=lambda item: item.index)]
                 yield Update(f"Done: {len(images)} image{'s' * (len(images) != 1)} in {seconds:.1f} s.",
@@ -111,18 +111,23 @@ def run(connection: Connection, values: TabValues, session: str) -> Iterator[Upd
             client.close()
 
 
-def finish(values: TabValues, result: Result) -> tuple[list[Image.Image], list[str]]:
-    """Whole pictures (inpaint and remove layers composited over the input: the one shared composite, so
-    every pixel outside the layer's alpha is the input's own; an expand's result is the new canvas
-    itself) and their infotexts."""
+def finish(values: TabValues, result: Result, job: Job | None = None) -> tuple[list[Image.Image], list[str]]:
+    """Whole pictures (inpaint, remove and instruct layers composited over the input: the one shared
+    composite, so every pixel outside the layer's alpha is the input's own; an expand's result is the new
+    canvas itself) and their infotexts. ``job``: the job as sent, for what the result does not repeat."""
+    parameters = dict(result.parameters)
+    if job is not None and job.mode == "instruct":
+        # (the server's parameters leave out the image guidance and whether a mask was painted)
+        parameters.setdefault("image_guidance", job.image_guidance)
+        parameters["masked"] = job.mask is not None
     images, texts = [], []
     for item in sorted(result.images, key=lambda item: item.index):
         picture = decode(item.image)
-        if result.parameters.get("mode") in ("inpaint", "remove"):
+        if parameters.get("mode") in ("inpaint", "remove", "instruct"):
             base = np.asarray(values.picture.convert("RGBA"))
             picture = Image.fromarray(compose.composite(base, np.asarray(picture), item.offset), "RGBA")
         images.append(picture)
-        texts.append(infotext(result.parameters, item.seed, picture.size))
+        texts.append(infotext(parameters, item.seed, picture.size))
     return images, texts
 
 

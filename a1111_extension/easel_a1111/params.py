@@ -25,6 +25,8 @@ from .protocol import (
     Reference,
     Sampling,
     item_field,
+    model_capabilities,
+    model_list,
     rules,
 )
 
@@ -35,10 +37,13 @@ OWN_IMAGE = "own image"
 MASKED_CONTENT = {"mode's default": None, "original": "none", "fill": "blur", "latent nothing": "neutral",
                   "border": "border", "inpaint (Telea / LaMa)": "inpaint"}
 MASKED_MODES = ("inpaint", "remove")
+# The Mode radio's choices in the tab's order; instruct edits inside the painted mask when there is one.
+TAB_MODES = ("inpaint", "img2img", "generate", "expand", "remove", "upscale", "instruct")
 
 # A1111's names for Easel's samplers: the tab lists these, and infotext pastes both ways.
 SAMPLER_LABELS = {"dpmpp_2m": "DPM++ 2M", "dpmpp_2m_karras": "DPM++ 2M Karras", "euler": "Euler",
-                  "euler_a": "Euler a", "ddim": "DDIM", "unipc": "UniPC"}
+                  "euler_a": "Euler a", "ddim": "DDIM", "unipc": "UniPC",
+                  "lcm": "LCM", "tcd": "TCD"}  # (WebUI 1.8 has LCM; Forge also TCD)
 SAMPLER_NAMES = {label: name for name, label in SAMPLER_LABELS.items()}
 DEFAULT_SAMPLER = SAMPLER_LABELS["dpmpp_2m_karras"]
 
@@ -102,6 +107,37 @@ class TabValues:
     scale: float = 2.0               # upscale only; Strength below 1 then refines the upscaled picture
     upscaler: str = ""               # upscale only; "" = the server's default
     model: str = ""                  # "" = the server's default
+    image_guidance: float = rules.IMAGE_GUIDANCE  # instruct only: how closely the edit keeps to the picture
+    # The picked model as the backend listed it (for the server's default too); None: not known, the
+    # backend then refuses what the model cannot do
+    chosen: model_list.ModelChoice | None = None
+
+
+@dataclass(frozen=True)
+class ModelOffer:
+    """What the tab shows for the picked model: the modes, ControlNet types and reference modes it can
+    use, and whether the negative prompt and the image guidance apply."""
+
+    modes: tuple[str, ...] = TAB_MODES
+    control_types: tuple[str, ...] = ()
+    reference_modes: tuple[str, ...] = ()
+    negative_prompt: bool = True
+    image_guidance: bool = True
+
+
+def model_offer(chosen: model_list.ModelChoice | None, offered) -> ModelOffer:
+    """What ``chosen`` can do on a server offering ``offered`` (``capabilities.Offer``); the server's whole
+    offer for a model it does not describe."""
+    caps = chosen.capabilities if chosen is not None else None
+    references = offered.reference_modes if offered.references else ()
+    if caps is None:
+        return ModelOffer(TAB_MODES, offered.control_types, references)
+    steered = set(caps.modes) != {"instruct"}  # instruct takes no ControlNets or references
+    # (a plain upscale runs no model, so every model can do it)
+    return ModelOffer(tuple(mode for mode in TAB_MODES if mode in caps.modes or mode == "upscale"),
+                      tuple(kind for kind in offered.control_types if kind in caps.control_types and steered),
+                      tuple(mode for mode in references if mode in caps.reference_modes and steered),
+                      caps.negative_prompt, caps.image_guidance)
 
 
 def easel_sampler(label: str) -> str:
@@ -160,41 +196,53 @@ def mask_to_send(result: Image.Image | None, values: TabValues) -> Image.Image |
     return mask if mask is not None and np.asarray(mask).any() else None
 
 
+def painted_mask(values: TabValues) -> Image.Image | None:
+    """The mask to send: the painting (inverted when asked), None when it leaves nothing to change."""
+    mask = mask_from_painting(values.mask, values.picture.size)
+    if values.invert_mask:
+        inverted = Image.fromarray(255 - np.asarray(mask if mask is not None else
+                                                    Image.new("L", values.picture.size, 0)), "L")
+        mask = inverted if np.asarray(inverted).any() else None
+    return mask
+
+
 def build_job(values: TabValues) -> Job:
     """The job the Generate button submits, images as PNG ``ImageData``; ``InputError`` when the tab's
-    values make no job, or one the server would refuse."""
+    values make no job, or one the server (or the picked model) would refuse."""
     mode = values.mode
     if mode not in MODES:
-        raise InputError(f"Unknown mode {mode!r}: choose inpaint, img2img, generate, expand, remove or upscale.")
+        raise InputError(f"Unknown mode {mode!r}: choose {', '.join(TAB_MODES[:-1])} or {TAB_MODES[-1]}.")
     if mode == "upscale":
-        return _upscale_job(values)
+        return _checked(_upscale_job(values), values, [], [])
     referenced = any(reference.image is not None for reference in values.references)
+    if mode == "instruct" and not values.prompt.strip():
+        raise InputError("Write the instruction in the prompt (e.g. “make it winter”).")
     if mode not in ("remove", "expand") and not values.prompt.strip() and not referenced:
         raise InputError("Describe what to paint in the prompt.")
     seed = int(values.seed) if values.seed is not None else -1
     job = Job(mode, prompt=values.prompt, negative_prompt=values.negative_prompt, sampling=Sampling(
         steps=int(values.steps), guidance=float(values.guidance), sampler=easel_sampler(values.sampler),
         batch=int(values.batch), seed=seed if seed >= 0 else None,
-        strength=float(values.strength) if mode != "generate" else 1.0), model=values.model or None)
+        strength=float(values.strength) if mode not in rules.STARTS_FROM_NOISE else 1.0), model=values.model or None)
     if mode == "generate":
         job.width, job.height = int(values.width), int(values.height)
     elif values.picture is None:
         raise InputError(f"{mode.capitalize()} needs a picture: upload one first.")
     else:
         job.image = png_image(values.picture)
-    if mode in MASKED_MODES:
-        mask = mask_from_painting(values.mask, values.picture.size)
-        if values.invert_mask:
-            inverted = Image.fromarray(255 - np.asarray(mask if mask is not None else
-                                                        Image.new("L", values.picture.size, 0)), "L")
-            mask = inverted if np.asarray(inverted).any() else None
-        if mask is None:
-            what = "keep" if values.invert_mask else "change"
-            raise InputError(f"Paint over the part of the picture to {what} first ({mode} needs a mask).")
+    mask = painted_mask(values) if mode in MASKED_MODES + ("instruct",) else None
+    if mode in MASKED_MODES and mask is None:
+        what = "keep" if values.invert_mask else "change"
+        raise InputError(f"Paint over the part of the picture to {what} first ({mode} needs a mask).")
+    if mask is not None:  # instruct without one edits the whole picture
         job.mask = png_image(mask, "L")
         job.mask_grow, job.mask_feather = int(values.mask_grow), int(values.mask_feather)
         job.soft_inpaint = bool(values.soft_inpaint)
         job.mask_padding = int(values.mask_padding)
+    if mode == "instruct" and (values.chosen is None or values.chosen.capabilities is None
+                               or values.chosen.capabilities.image_guidance):
+        # (Flux Kontext has no image guidance: the tab leaves it out rather than refuse the job)
+        job.image_guidance = float(values.image_guidance)
     if mode in MASKED_MODES or mode == "expand":
         if values.masked_content not in MASKED_CONTENT:
             raise InputError(f"Unknown masked content {values.masked_content!r}: choose one of "
@@ -207,12 +255,68 @@ def build_job(values: TabValues) -> Job:
             raise InputError("Expand needs pixels to add: set Expand left, top, right or bottom above 0.")
     numbers = [number for number, spec in enumerate(values.controls, 1) if spec.enabled]
     job.control = [control_unit(number, values.controls[number - 1], values) for number in numbers]
-    job.references = [reference(spec) for spec in values.references if spec.image is not None]
+    ref_numbers = [number for number, spec in enumerate(values.references, 1) if spec.image is not None]
+    job.references = [reference(values.references[number - 1]) for number in ref_numbers]
     try:
         job.check()
     except ProtocolError as exc:
         raise InputError(refusal(exc, job, numbers)) from None
+    return _checked(job, values, numbers, ref_numbers)
+
+
+def _checked(job: Job, values: TabValues, numbers: list[int], ref_numbers: list[int]) -> Job:
+    """``job`` when the picked model can run it (as the server checks before `accepted`), else
+    ``InputError`` saying what to change; ``numbers`` / ``ref_numbers``: the tab's numbers of the job's
+    control units and references."""
+    if job.mode == "instruct":  # no model takes ControlNets or references in instruct (protocol §5.1)
+        unit = next((n for n, u in zip(numbers, job.control) if u.scale > 0), None)
+        if unit is not None:
+            raise InputError(f"Control unit {unit}: instruct edits take no ControlNet units; turn the unit off.")
+        ref = next((n for n, r in zip(ref_numbers, job.references) if r.weight > 0), None)
+        if ref is not None:
+            raise InputError(f"Reference {ref}: instruct edits take no reference pictures; remove the picture.")
+    chosen = values.chosen
+    if chosen is None or chosen.capabilities is None:
+        return job
+    error = model_capabilities.refusal(job, chosen.name, chosen.capabilities)
+    if error is not None:
+        raise InputError(model_refusal(error, job, chosen, numbers, ref_numbers))
     return job
+
+
+def model_refusal(error: ProtocolError, job: Job, chosen: model_list.ModelChoice, numbers: list[int],
+                  ref_numbers: list[int]) -> str:
+    """What the picked model cannot do, in the tab's words, with what to change."""
+    caps, name = chosen.capabilities, chosen.name
+    unit = item_field(error.field)
+    if error.field == "mode":
+        modes = [mode for mode in TAB_MODES if mode in caps.modes]
+        return (f"The model {name} cannot {job.mode}: it does {', '.join(modes) or 'nothing here'}. "
+                "Pick another mode or model.")
+    if unit and unit[0] == "control" and unit[1] < len(numbers):
+        kind = job.control[unit[1]].type
+        if error.code == "unknown_control_model":
+            return (f"Control unit {numbers[unit[1]]}: the backend has no {kind} ControlNet for "
+                    f"{family_name(chosen)} models like {name}; choose another type or turn the unit off.")
+        return (f"Control unit {numbers[unit[1]]}: the model {name} takes no ControlNet units; turn the unit "
+                "off or pick another model.")
+    if (error.field or "").startswith("references"):
+        index = unit[1] if unit else next(i for i, r in enumerate(job.references)
+                                          if r.weight > 0 and r.mode not in caps.reference_modes)
+        number = ref_numbers[index] if index < len(ref_numbers) else index + 1
+        if error.code == "unknown_adapter" and caps.reference_modes:
+            return (f"Reference {number}: the model {name} takes references as "
+                    f"{', '.join(caps.reference_modes)}, not {job.references[index].mode}.")
+        return (f"Reference {number}: the model {name} takes no reference pictures; remove the picture or "
+                "pick another model.")
+    if error.field == "negative_prompt":
+        return (f"The model {name} takes no negative prompt ({family_name(chosen)} uses distilled guidance): "
+                "clear the Negative prompt or pick another model.")
+    return error.sentence()
+
+
+def family_name(chosen: model_list.ModelChoice) -> str:
+    return model_list.FAMILY_NAMES.get(chosen.family, chosen.family or "its")
 
 
 def _upscale_job(values: TabValues) -> Job:
@@ -290,7 +394,7 @@ def decode(image: ImageData) -> Image.Image:
 
 def infotext(parameters: dict, seed: int, size: tuple[int, int]) -> str:
     """The parameters a result was made with, in the WebUI's infotext format, so "Send to img2img"
-    fills the prompt, steps, seed, size ... fields there."""
+    fills the prompt, steps, seed, size ... fields there. ``masked``: an instruct edit inside a mask."""
     lines = [parameters.get("prompt", "")]
     if parameters.get("negative_prompt"):
         lines.append(f"Negative prompt: {parameters['negative_prompt']}")
@@ -298,7 +402,9 @@ def infotext(parameters: dict, seed: int, size: tuple[int, int]) -> str:
              ("Sampler", SAMPLER_LABELS.get(parameters.get("sampler"), parameters.get("sampler"))),
              ("CFG scale", parameters.get("guidance")), ("Seed", seed), ("Size", f"{size[0]}x{size[1]}"),
              ("Model", parameters.get("model")), ("Denoising strength", parameters.get("strength"))]
-    if parameters.get("mode") in MASKED_MODES:
+    if parameters.get("mode") == "instruct":  # the WebUI's own name for InstructPix2Pix's image guidance
+        items.append(("Image CFG scale", parameters.get("image_guidance")))
+    if parameters.get("mode") in MASKED_MODES or parameters.get("masked"):
         items += [("Mask blur", parameters.get("mask_feather")), ("Easel mask grow", parameters.get("mask_grow"))]
         items.append(("Easel soft inpainting", parameters.get("soft_inpaint")))
     if parameters.get("mode") in MASKED_MODES + ("expand",):

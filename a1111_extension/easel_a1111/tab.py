@@ -20,6 +20,7 @@ from .params import (
     ReferenceSpec,
     TabValues,
     mask_to_send,
+    model_offer,
     sampler_from_infotext,
 )
 from .protocol import SAMPLERS, capabilities, model_list, rules
@@ -57,6 +58,11 @@ class Models:
 
     def update(self, offered: jobs.Offered) -> None:
         self.labels = model_list.picker_labels(offered.models, offered.capabilities)
+        self.reply = offered.models
+
+    def chosen(self, label: str | None) -> model_list.ModelChoice | None:
+        """The model a job with this label runs on (the server's default for "Server default")."""
+        return model_list.chosen(self.reply, self.name(label))
 
     def name(self, label: str | None) -> str:
         """The model a label stands for; "" (the server's default) for one no longer listed."""
@@ -83,6 +89,7 @@ def build(connection: Callable[[], jobs.Connection], host: Host | None = None) -
             refresh = gr.Button("Check backend", elem_id="easel_refresh", scale=0)
         with gr.Row():
             models = Models(backend)
+            start = model_offer(models.chosen(None), offered)  # what the server's default model takes
             model = gr.Dropdown(list(models.labels), value=models.label(None), label="Model", elem_id="easel_model")
             # the WebUI's refresh symbol, as beside its checkpoint list
             refresh_models = gr.Button("\U0001f504", elem_id="easel_model_refresh", scale=0)
@@ -90,9 +97,9 @@ def build(connection: Callable[[], jobs.Connection], host: Host | None = None) -
             with gr.Column(scale=1):
                 picture = compat.picture_editor("Picture (paint over what should change)", "easel_picture")
                 prompt = gr.Textbox(label="Prompt", lines=2, elem_id="easel_prompt")
-                negative = gr.Textbox(label="Negative prompt", lines=1, elem_id="easel_negative")
-                mode = gr.Radio(["inpaint", "img2img", "generate", "expand", "remove", "upscale"], value="inpaint",
-                                label="Mode", elem_id="easel_mode")
+                negative = gr.Textbox(lines=1, elem_id="easel_negative", **negative_prompt(start.negative_prompt))
+                mode = gr.Radio(list(start.modes), value=first_mode(start.modes, "inpaint"), label="Mode",
+                                elem_id="easel_mode")
                 with gr.Row():
                     strength = gr.Slider(0.0, 1.0, value=1.0, step=0.01, label="Strength", elem_id="easel_strength")
                     steps = gr.Slider(1, offered.max_steps, value=min(20, offered.max_steps), step=1,
@@ -101,6 +108,10 @@ def build(connection: Callable[[], jobs.Connection], host: Host | None = None) -
                     guidance = gr.Slider(0.0, 30.0, value=7.0, step=0.5, label="CFG scale", elem_id="easel_cfg")
                     sampler = gr.Dropdown([SAMPLER_LABELS[name] for name in SAMPLERS], value=DEFAULT_SAMPLER,
                                           label="Sampling method", elem_id="easel_sampler")
+                # instruct: the prompt is the instruction, CFG scale how strongly it is followed
+                image_guidance = gr.Slider(0.0, 20.0, value=rules.IMAGE_GUIDANCE, step=0.05,
+                                           label="Image guidance (instruct: how closely to keep to the picture)",
+                                           elem_id="easel_image_guidance", visible=start.image_guidance)
                 with gr.Row():
                     seed = gr.Number(value=-1, precision=0, label="Seed (-1: random)", elem_id="easel_seed")
                     batch = gr.Slider(1, offered.max_batch, value=1, step=1, label="Batch", elem_id="easel_batch")
@@ -132,10 +143,12 @@ def build(connection: Callable[[], jobs.Connection], host: Host | None = None) -
                     upscalers = offered.upscalers or ("lanczos",)
                     upscaler = gr.Dropdown(list(upscalers), value=upscalers[min(1, len(upscalers) - 1)],
                                            label="Upscaler", elem_id="easel_upscaler")
+                unit_boxes, ref_boxes = [], []
                 for number in range(1, CONTROL_UNITS + 1):
-                    units.append(_control_unit(number, picture, connection, offered))
+                    units.append(_control_unit(number, picture, connection, offered, unit_boxes,
+                                               bool(start.control_types)))
                 for number in range(1, REFERENCES + 1):
-                    refs.append(_reference(number, offered))
+                    refs.append(_reference(number, offered, ref_boxes, bool(start.reference_modes)))
             with gr.Column(scale=1):
                 with gr.Row():
                     generate = gr.Button("Generate", variant="primary", elem_id="easel_generate")
@@ -163,14 +176,14 @@ def build(connection: Callable[[], jobs.Connection], host: Host | None = None) -
         refs_in = [c for ref in refs for c in ref]
         inputs = [picture, prompt, negative, mode, strength, steps, guidance, sampler, seed, batch, grow, feather,
                   width, height, *controls_in, *refs_in, masked_content, soft, invert, *sides, padding,
-                  upscale_by, upscaler, model]
-        toolbox = 8  # the toolbox's components, last in ``inputs`` but the upscale's two and the model
+                  upscale_by, upscaler, model, image_guidance]
+        toolbox = 8  # the toolbox's components, last in ``inputs`` but the upscale's two, the model and guidance
 
         def values_of(args) -> TabValues:
             (pic, prompt_, negative_, mode_, strength_, steps_, guidance_, sampler_, seed_, batch_, grow_,
              feather_, width_, height_) = args[:14]
-            rest, (content_, soft_, invert_, *sides_, padding_) = args[14:-toolbox - 3], args[-toolbox - 3:-3]
-            scale_, upscaler_, model_ = args[-3:]
+            rest, (content_, soft_, invert_, *sides_, padding_) = args[14:-toolbox - 4], args[-toolbox - 4:-4]
+            scale_, upscaler_, model_, image_guidance_ = args[-4:]
             image, painted = compat.read_editor(pic)
             controls = [ControlSpec(*rest[i * UNIT_SIZE:(i + 1) * UNIT_SIZE]) for i in range(CONTROL_UNITS)]
             rest = rest[CONTROL_UNITS * UNIT_SIZE:]
@@ -181,7 +194,7 @@ def build(connection: Callable[[], jobs.Connection], host: Host | None = None) -
                              int(grow_), int(feather_), int(width_), int(height_), controls, references,
                              content_, bool(soft_), bool(invert_), *(int(value or 0) for value in sides_),
                              int(padding_ if padding_ is not None else 32), float(scale_), upscaler_ or "",
-                             models.name(model_))
+                             models.name(model_), float(image_guidance_), models.chosen(model_))
 
         def run_job(request: gr.Request, *args):
             # gradio fills positional parameters annotated gr.Request; the inputs follow in *args.
@@ -229,28 +242,60 @@ def build(connection: Callable[[], jobs.Connection], host: Host | None = None) -
             with_mask.click(send_with_mask, inputs=[selected, picture, invert], outputs=list(host.inpaint_upload),
                             **compat.run_script(host.show_inpaint_upload))
 
+        def offer_model(label, mode_):
+            # Only what the picked model can use: its modes, ControlNet units and references where it takes
+            # them (else hidden and switched off, so nothing hidden is sent), its negative prompt and image
+            # guidance. (A unit's type or a reference's mode it lacks is refused with a sentence instead.)
+            can = model_offer(models.chosen(label), offered)
+            controls, references = bool(can.control_types), bool(can.reference_modes)
+            updates = [gr.update(choices=list(can.modes), value=first_mode(can.modes, mode_)),
+                       gr.update(**negative_prompt(can.negative_prompt),
+                                 **({} if can.negative_prompt else {"value": ""})),
+                       gr.update(visible=can.image_guidance)]
+            for _ in units:  # accordion, Enable
+                updates += [gr.update(visible=controls), gr.update() if controls else gr.update(value=False)]
+            for _ in refs:  # accordion, weight (0: the reference asks nothing of the model)
+                updates += [gr.update(visible=references), gr.update() if references else gr.update(value=0.0)]
+            return updates
+
+        unit_outputs = [c for box, unit in zip(unit_boxes, units) for c in (box, unit[0])]
+        ref_outputs = [c for box, ref in zip(ref_boxes, refs) for c in (box, ref[1])]
+        model.change(offer_model, inputs=[model, mode],
+                     outputs=[mode, negative, image_guidance, *unit_outputs, *ref_outputs], queue=False)
         refresh.click(refresh_backend, inputs=[model], outputs=[status, model], queue=False)
         refresh_models.click(refresh_backend, inputs=[model], outputs=[status, model], queue=False)
         if host.paste_fields is not None:
             host.paste_fields(picture, [
                 (prompt, "Prompt"), (negative, "Negative prompt"), (steps, "Steps"), (guidance, "CFG scale"),
                 (seed, "Seed"), (sampler, sampler_from_infotext), (width, "Size-1"), (height, "Size-2"),
-                (strength, "Denoising strength"),
+                (strength, "Denoising strength"), (image_guidance, "Image CFG scale"),
                 (model, lambda params: models.label(params["Model"]) if params.get("Model") in
                  models.labels.values() else None)])
     return tab
+
+
+def first_mode(modes, current: str) -> str:
+    """The mode the radio shows: ``current`` while offered, else the model's own kind of edit."""
+    return capabilities.pick(modes, current, next((name for name in modes if name != "upscale"), "upscale"))
+
+
+def negative_prompt(takes: bool) -> dict:
+    """The negative prompt's label and whether it can be typed in, for a model that takes one or not."""
+    return {"label": "Negative prompt" if takes else "Negative prompt (this model takes none)", "interactive": takes}
 
 
 def _session(request) -> str:
     return getattr(request, "session_hash", None) or "default"
 
 
-def _control_unit(number: int, picture, connection, offered: Offer) -> list:
-    """A unit's components, in ``ControlSpec`` field order; hidden when the backend has no ControlNet."""
+def _control_unit(number: int, picture, connection, offered: Offer, boxes: list, visible: bool) -> list:
+    """A unit's components, in ``ControlSpec`` field order (its accordion added to ``boxes``); hidden when
+    the model has no ControlNet."""
     # Hidden, not left out: the Generate inputs are a fixed run of components per unit.
     types = offered.control_types or Offer().control_types
     with gr.Accordion(f"ControlNet unit {number}", open=False, elem_id=f"easel_cn{number}",
-                      visible=bool(offered.control_types)):
+                      visible=visible) as box:
+        boxes.append(box)
         with gr.Row():
             enabled = gr.Checkbox(False, label=f"Enable unit {number}", elem_id=f"easel_cn{number}_enabled")
             kind = gr.Dropdown(list(types), value=capabilities.pick(types, "canny", "canny") or None,
@@ -282,10 +327,13 @@ def _control_unit(number: int, picture, connection, offered: Offer) -> list:
     return [enabled, kind, source, image, preprocess, scale, start, end]
 
 
-def _reference(number: int, offered: Offer) -> list:
-    """A reference's components, in ``ReferenceSpec`` field order; hidden when the backend has no IP-Adapter."""
+def _reference(number: int, offered: Offer, boxes: list, visible: bool) -> list:
+    """A reference's components, in ``ReferenceSpec`` field order (its accordion added to ``boxes``);
+    hidden when the model has no IP-Adapter."""
     modes = offered.reference_modes or Offer().reference_modes
-    with gr.Accordion(f"Reference {number}", open=False, elem_id=f"easel_ref{number}", visible=offered.references):
+    with gr.Accordion(f"Reference {number}", open=False, elem_id=f"easel_ref{number}",
+                      visible=visible) as box:
+        boxes.append(box)
         image = compat.image_input(f"Reference {number} picture", f"easel_ref{number}_image")
         with gr.Row():
             weight = gr.Slider(0.0, 2.0, value=1.0, step=0.05, label=f"Reference {number} weight",
