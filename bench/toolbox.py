@@ -36,7 +36,7 @@ from scipy import ndimage  # noqa: E402
 
 from backend.config import Config, load_config  # noqa: E402
 from backend.engine import masks  # noqa: E402
-from backend.engine.engine import Engine  # noqa: E402
+from backend.engine.engine import MATCH_LIGHT_MIN, Engine  # noqa: E402
 from backend.engine.job import EditJob  # noqa: E402
 from backend.engine.models import ModelRegistry, pick_device  # noqa: E402
 from backend.fixtures.demo_model import ensure_demo_model, use_demo  # noqa: E402
@@ -97,6 +97,8 @@ def seam(engine: Engine, model: str, steps: int) -> None:
         alpha = masks.shape_mask(mask, MASK_GROW, MASK_FEATHER, soft=soft)
         shifted = image.copy()
         shifted[..., :3] = np.clip(image[..., :3].astype(int) + 24, 0, 255).astype(np.uint8)
+        if soft:  # as the engine lays a soft inpaint in: its light matched along the edge first
+            shifted = masks.match_light(shifted, image, alpha, max(MASK_FEATHER, MATCH_LIGHT_MIN), MASK_GROW)
         out = composite(image, np.dstack([shifted[..., :3], alpha]), (0, 0))
         print(f"  soft_inpaint={str(soft).lower():5}  shaping alone (a repaint 24 levels lighter): composite "
               f"gradient / input gradient, worst distance: {ratio(out):.2f}")

@@ -46,3 +46,26 @@ def test_layer_and_composite_leave_outside_pixels_untouched():
     untouched[10:74, 20:84] = alpha == 0
     assert (out[untouched] == canvas[untouched]).all()
     assert (out[10:74, 20:84][alpha == 255] == generated[alpha == 255]).all()
+
+
+def test_a_repaint_that_got_the_light_wrong_meets_the_picture_at_the_edge_and_keeps_its_middle():
+    y, x = np.mgrid[0:160, 0:160]
+    original = np.dstack([x, y, (x + y) // 2]).astype(np.uint8)  # a gentle gradient, ~1 level a pixel
+    mask = square_mask(160, 40, 120)
+    alpha = masks.shape_mask(mask, 8, 16)
+    repaint = np.clip(original.astype(int) + 24, 0, 255).astype(np.uint8)  # 24 levels too light
+    matched = masks.match_light(repaint, original, alpha, 16, keep=8)
+    ramp = (alpha > 0) & (alpha < 255)
+    before = np.abs(repaint.astype(int) - original)[ramp].mean()
+    after = np.abs(matched.astype(int) - original)[ramp].mean()
+    assert before == 24 and after < 2, "over the ramp the repaint now meets the picture"
+    assert (matched[70:90, 70:90] == repaint[70:90, 70:90]).all(), "the middle of the edit is its own"
+    assert (matched[alpha == 0] == repaint[alpha == 0]).all()
+    layer = masks.make_layer(matched, original, alpha)
+    assert (layer[alpha == 0][:, :3] == original[alpha == 0]).all(), "outside the alpha: the input's bytes"
+    out = composite(original, layer, (0, 0))
+
+    def slope(picture):
+        rows, cols = np.gradient(picture[..., :3].astype(float), axis=(0, 1))
+        return np.hypot(rows, cols).mean(axis=2)[ramp].mean()
+    assert slope(out) <= 1.3 * slope(original), "no seam: across the ramp the composite is as smooth as the picture"

@@ -23,12 +23,13 @@ def to_canvas(pixels: np.ndarray, p: Pass) -> np.ndarray:
     return np.asarray(Image.fromarray(pixels).resize((p.box.width, p.box.height), Image.Resampling.LANCZOS))
 
 
-def layer(mode: str, image: np.ndarray | None, passes: list[Pass],
-          outputs: list[np.ndarray]) -> tuple[tuple[int, int], np.ndarray]:
+def layer(mode: str, image: np.ndarray | None, passes: list[Pass], outputs: list[np.ndarray],
+          match_width: int = 0, match_keep: int = 0) -> tuple[tuple[int, int], np.ndarray]:
     """(offset, RGBA layer) for one image of a batch from its passes' outputs (diffusion size).
 
     generate and img2img are opaque; inpaint is the input's crop with each pass laid in through its
-    alpha, and alpha 0 (the input's bytes) wherever no pass reaches.
+    alpha, and alpha 0 (the input's bytes) wherever no pass reaches. ``match_width`` > 0: each pass's
+    light is matched to the picture along its alpha's edge first (``masks.match_light``, with ``match_keep``).
     """
     if mode != "inpaint" and (mode != "instruct" or passes[0].alpha is None):  # a masked instruct: as inpaint
         if len(passes) > 1:
@@ -40,7 +41,10 @@ def layer(mode: str, image: np.ndarray | None, passes: list[Pass],
     for p, pixels in zip(passes, outputs):
         x, y = p.box.x - box.x, p.box.y - box.y
         original = image[p.box.y:p.box.y1, p.box.x:p.box.x1]
-        out[y:y + p.box.height, x:x + p.box.width] = masks.make_layer(to_canvas(pixels, p), original, p.alpha)
+        generated = to_canvas(pixels, p)
+        if match_width:
+            generated = masks.match_light(generated, original, p.alpha, match_width, match_keep)
+        out[y:y + p.box.height, x:x + p.box.width] = masks.make_layer(generated, original, p.alpha)
     return (box.x, box.y), out
 
 

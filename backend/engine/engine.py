@@ -98,6 +98,10 @@ def make_scheduler(name: str, config, spacing: str | None = None):
     return cls.from_config(config, use_karras_sigmas=karras, **extra)
 
 
+MATCH_LIGHT_MIN = 8
+"""Pixels of ring (and twice that of fade inside) for matching a repaint's light, at the smallest feathers."""
+
+
 class Engine:
     """Runs jobs on the models of a registry, one at a time (the caller's worker thread)."""
 
@@ -178,7 +182,10 @@ class Engine:
             if job.mode == "expand":
                 offset, pixels = (0, 0), canvas
             else:
-                offset, pixels = compose.layer(pipeline_mode(job.mode), job.image, passes, outputs)
+                # soft inpainting also matches the repaint's light to the picture along the edge
+                match = max(job.mask_feather, MATCH_LIGHT_MIN) if job.soft else 0
+                offset, pixels = compose.layer(pipeline_mode(job.mode), job.image, passes, outputs, match,
+                                               job.mask_grow)
             layers.append(Layer(index, job.seed + index, offset, pixels))
         return EngineResult(layers, loaded - start, time.perf_counter() - loaded, passes)
 
