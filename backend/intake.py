@@ -63,7 +63,8 @@ def build_edit_job(job: Job, uploads: dict[str, ImageData], limits: Limits, mode
     if model not in models:
         raise ProtocolError("unknown_model", f"no model named {model!r}; available: {', '.join(models) or 'none'}",
                             "model")
-    refused = refusal(job, model, capabilities(model)) if capabilities is not None else None
+    offers = capabilities(model) if capabilities is not None else None
+    refused = refusal(job, model, offers) if offers is not None else None
     if refused is not None:
         raise refused
     prompt, tags = lora_rules.split_prompt(job.prompt)
@@ -116,7 +117,9 @@ def build_edit_job(job: Job, uploads: dict[str, ImageData], limits: Limits, mode
         preview_size=job.preview_size, control=control, references=references, fill=job.fill_mode,
         soft=job.soft_inpaint, expand=job.expand, padding=job.mask_padding, clip_skip=sampling.clip_skip,
         upscaler=(job.upscaler or default_upscaler) if job.mode in ("upscale", "generate") else None,
-        image_guidance=float(IMAGE_GUIDANCE if job.image_guidance is None else job.image_guidance))
+        # (None where the model has no image guidance, e.g. Flux Kontext: the result does not claim one)
+        image_guidance=None if offers is not None and not offers.image_guidance
+        else float(IMAGE_GUIDANCE if job.image_guidance is None else job.image_guidance))
     return dataclasses.replace(
         work, loras=tuple((name, float(weight)) for name, weight, _ in wanted), preset=job.preset,
         few_step=bool(preset and preset.few_step), timestep_spacing=preset.timestep_spacing if preset else None)

@@ -65,7 +65,7 @@ class EditJob:
     padding: int = DEFAULT_PADDING  # inpaint, remove: context kept around the mask (beyond its reach)
     expand: tuple[int, int, int, int] = (0, 0, 0, 0)  # expand: (left, top, right, bottom) added; ``image`` is
     # then the new canvas, transparent in the new band, with the submitted picture at (left, top)
-    image_guidance: float = 1.5  # instruct: how closely the edit keeps to the picture
+    image_guidance: float | None = 1.5  # instruct: how closely the edit keeps to the picture (None: no such scale)
     clip_skip: int | None = None  # A1111's count (1 = last layer); None: the model's setting
     upscaler: str | None = None  # upscale: the super-resolution model (None: the server's default); the
     # target size is ``width`` x ``height`` and ``strength`` the refine strength (0: none)

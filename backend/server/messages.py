@@ -140,7 +140,7 @@ def parameters(job: Job, run: EngineResult) -> dict:
         out.update(fill=work.fill, soft_inpaint=work.soft)
         if work.mode != "expand":
             out["mask_padding"] = work.padding
-    if work.mode == "instruct":
+    if work.mode == "instruct" and work.image_guidance is not None:
         out["image_guidance"] = work.image_guidance
     if work.mode == "expand":
         out.update(zip(("expand_left", "expand_top", "expand_right", "expand_bottom"), work.expand))
