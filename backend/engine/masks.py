@@ -106,3 +106,40 @@ def make_layer(generated: np.ndarray, original: np.ndarray, alpha: np.ndarray) -
     """An RGBA layer: generated colour where alpha > 0, the original's bytes elsewhere, alpha = mask."""
     rgb = np.where(alpha[..., None] > 0, generated[..., :3], original[..., :3])
     return np.dstack([rgb, alpha]).astype(np.uint8)
+
+
+def match_band_light(generated: np.ndarray, known: np.ndarray, cell: np.ndarray, width: int,
+                     length: int) -> np.ndarray:
+    """``generated`` with its light matched, over ``cell``, to the pixels ``known`` beside it (an expand).
+
+    An expand's band meets pixels that may not change (the picture, byte for byte, or cells painted
+    before), so the seam cannot be feathered away on their side: the band has to meet them. The pass
+    also repainted those known pixels as context, so ``known - generated`` there is what the repaint got
+    wrong in light (a VAE round trip, a colour drift), measured where it should equal them. It is taken
+    in a ring of ``width`` pixels of known pixels (alpha > 0: transparent ones have no light) beside
+    the cell, smoothed along the edge (normalised Gaussian: low frequencies only), carried into the
+    cell from the nearest ring pixel, smoothed again (so the corner where two edges meet has no
+    crease), and added to the cell in full up to ``length`` pixels from the ring, fading out smoothly
+    by ``2 x length``: the band starts at the known pixels' light and keeps its own far away. Pixels
+    outside ``cell`` are not changed. ``known`` is RGBA (H x W x 4, the canvas so far), ``cell`` bool.
+    """
+    if width <= 0 or not cell.any():
+        return generated
+    ring = (known[..., 3] > 0) & ~cell & (ndimage.distance_transform_edt(~cell) <= width)
+    if not ring.any():
+        return generated
+    weight = ring.astype(np.float32)
+    sigma = float(width)
+    seen = np.maximum(ndimage.gaussian_filter(weight, sigma, mode="constant"), 1e-6)
+    distance, (rows, cols) = ndimage.distance_transform_edt(~ring, return_indices=True)
+    x = np.clip(2.0 - distance / max(length, 1), 0.0, 1.0)
+    fade = np.where(cell, x * x * (3.0 - 2.0 * x), 0.0)
+    out = generated[..., :3].astype(np.float32)
+    for channel in range(3):
+        difference = (known[..., channel].astype(np.float32) - out[..., channel]) * weight
+        along = ndimage.gaussian_filter(difference, sigma, mode="constant") / seen
+        field = ndimage.gaussian_filter(along[rows, cols], sigma, mode="nearest")
+        out[..., channel] += field * fade
+    matched = generated.copy()
+    matched[..., :3] = np.clip(np.rint(out), 0, 255).astype(np.uint8)
+    return matched
