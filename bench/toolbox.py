@@ -88,10 +88,19 @@ PHOTOS = ("astronaut", "coffee", "chelsea", "rocket")
 """scikit-image's bundled photos (read from its package folder, no download)."""
 
 
-def lighter(rgb: np.ndarray, shift: int = SHIFT) -> np.ndarray:
+def lighter(rgb: np.ndarray, shift: float | np.ndarray = SHIFT) -> np.ndarray:
     out = rgb.copy()
-    out[..., :3] = np.clip(rgb[..., :3].astype(int) + shift, 0, 255).astype(np.uint8)
+    shift = np.asarray(shift, np.float64)
+    out[..., :3] = np.clip(np.rint(rgb[..., :3].astype(np.float64) + (shift[..., None] if shift.ndim else shift)),
+                           0, 255).astype(np.uint8)
     return out
+
+
+def uneven(index: int, shape: tuple[int, int], shift: int = SHIFT) -> np.ndarray:
+    """The light error of pass ``index`` of an uneven repaint: each pass off by its own amount (½ to 1½ x
+    ``shift``), sloping by ½ x ``shift`` across its box: passes disagree with each other and along the edge."""
+    base = shift * (1.0 + 0.5 * np.sin(2.1 * index + 0.7))
+    return base + 0.5 * shift * (np.linspace(-0.5, 0.5, shape[1])[None, :] + np.linspace(-0.5, 0.5, shape[0])[:, None])
 
 
 def profile(truth: np.ndarray, out: np.ndarray, distance: np.ndarray, depths: range) -> list[float]:
@@ -150,27 +159,51 @@ def expand_distance(shape: tuple[int, int], sides: tuple[int, int, int, int]) ->
 
 
 def expand_shaping(truth: np.ndarray, sides: tuple[int, int, int, int], soft: bool, native: int = 512,
-                   shift: int = SHIFT) -> np.ndarray:
+                   shift: int = SHIFT, drift: bool = False) -> np.ndarray:
     """The canvas of an expand whose every pass returns the truth ``shift`` levels lighter (a band that
-    continues the picture perfectly but with its light slightly off), laid in pass by pass as the
-    engine does (soft: each cell's light matched to the pixels beside it first)."""
+    continues the picture perfectly but with its light slightly off; ``drift``: off by ``uneven``
+    amounts), laid in pass by pass as the engine does (soft: each cell's light matched to the pixels
+    beside it first)."""
     original, canvas = expand_case(truth, sides)
     job = edit("expand", "none", canvas, 1, expand=sides, fill="border", soft=soft)
-    for p in plan_passes(job, native):
-        repaint = lighter(truth[p.box.y:p.box.y1, p.box.x:p.box.x1, :3], shift)
+    for index, p in enumerate(plan_passes(job, native)):
+        crop = truth[p.box.y:p.box.y1, p.box.x:p.box.x1, :3]
+        repaint = lighter(crop, uneven(index, crop.shape[:2], shift) if drift else shift)
         if p.resampled:
             repaint = np.asarray(Image.fromarray(repaint).resize(p.size, Image.Resampling.LANCZOS))
         compose.paint(canvas, p, repaint, *(expand_match(job, native) if soft else (0, 0)))
     return canvas
 
 
-def expand_seam(truth: np.ndarray, sides: tuple[int, int, int, int], out: np.ndarray) -> tuple[float, float]:
-    """(worst ``profile`` over the seam: the picture's edge pixels and the band's first ``reach`` pixels,
-    worst over the whole band), the truth being the picture the original was cut from."""
+def expand_seam(truth: np.ndarray, sides: tuple[int, int, int, int], out: np.ndarray,
+                native: int = 512) -> tuple[float, float, float]:
+    """(worst ``profile`` over the seam: the picture's edge pixels and the band's first ``reach`` pixels;
+    worst over the whole band; the same ratio over the pixels beside the borders between the band's
+    cells, where two passes meet), the truth being the picture the original was cut from."""
     distance = expand_distance(out.shape[:2], sides)
     near = reach(MASK_GROW, MASK_FEATHER)
     ratios = profile(truth, out, distance, range(0, int(distance.max()) + 1))
-    return max(ratios[:near + 1]), max(ratios)
+    label = np.zeros(out.shape[:2], int)
+    for number, p in enumerate(plan_passes(edit("expand", "none", out, 1, expand=sides), native), 1):
+        label[p.box.y:p.box.y1, p.box.x:p.box.x1][p.alpha == 255] = number
+    borders = np.zeros(label.shape, bool)
+    for axis in (0, 1):
+        a, b = (label[1:], label[:-1]) if axis == 0 else (label[:, 1:], label[:, :-1])
+        meet = (a != b) & (a > 0) & (b > 0)
+        (borders[1:] if axis == 0 else borders[:, 1:])[meet] = True
+        (borders[:-1] if axis == 0 else borders[:, :-1])[meet] = True
+    cells = (gradient(out)[borders].mean() / gradient(truth)[borders].mean()) if borders.any() else 1.0
+    return max(ratios[:near + 1]), max(ratios), float(cells)
+
+
+def light_error(truth: np.ndarray, out: np.ndarray, sides: tuple[int, int, int, int], depth: int = 16,
+                sigma: float = 16.0) -> float:
+    """How far the band's local light is from the truth's in its first ``depth`` pixels: mean |low-passed
+    (Gaussian, ``sigma``: the light, not the texture) grey difference|, in levels. Unlike the gradient ratio it means something for the
+    demo model's noise too (its light near the edge, not its texture)."""
+    difference = out[..., :3].astype(np.float32).mean(axis=2) - truth[..., :3].astype(np.float32).mean(axis=2)
+    distance = expand_distance(out.shape[:2], sides)
+    return float(np.abs(ndimage.gaussian_filter(difference, sigma))[(distance >= 1) & (distance <= depth)].mean())
 
 
 def seam(engine: Engine, model: str, steps: int) -> None:
@@ -200,16 +233,22 @@ def expand_seams(engine: Engine, model: str, steps: int) -> None:
           f"band (worst over the whole band)")
     for name, sides in cases:
         for soft in (True, False):
-            near, whole = expand_seam(truth, sides, expand_shaping(truth, sides, soft))
+            near, whole, cells = expand_seam(truth, sides, expand_shaping(truth, sides, soft))
             print(f"  {name:21} soft_inpaint={str(soft).lower():5}  shaping alone (a repaint {SHIFT} levels "
-                  f"lighter): {near:.2f} ({whole:.2f})")
+                  f"lighter): {near:.2f} ({whole:.2f}; between cells {cells:.2f})")
+            near, whole, cells = expand_seam(truth, sides, expand_shaping(truth, sides, soft, drift=True))
+            print(f"  {name:21} soft_inpaint={str(soft).lower():5}  shaping alone (each pass off by its own "
+                  f"{SHIFT // 2}-{SHIFT * 3 // 2} levels, sloping): {near:.2f} ({whole:.2f}; between cells "
+                  f"{cells:.2f})")
     sides = cases[0][1]
     for soft in (True, False):
         _, canvas = expand_case(truth, sides)
         out = engine.run(edit("expand", model, canvas, steps, expand=sides, fill="border", soft=soft),
                          Quiet()).layers[0].pixels
-        near, whole = expand_seam(truth, sides, out)
-        print(f"  {cases[0][0]:21} soft_inpaint={str(soft).lower():5}  {model} model: {near:.2f} ({whole:.2f})")
+        near, whole, cells = expand_seam(truth, sides, out, engine.registry.get(model).native_size)
+        print(f"  {cases[0][0]:21} soft_inpaint={str(soft).lower():5}  {model} model: {near:.2f} ({whole:.2f}; "
+              f"between cells {cells:.2f}); light error in the band's first 16 px: "
+              f"{light_error(truth, out, sides):.1f} levels")
 
 
 def photo_seams(names: tuple[str, ...] = PHOTOS, shift: int = SHIFT) -> None:
@@ -227,10 +266,11 @@ def photo_seams(names: tuple[str, ...] = PHOTOS, shift: int = SHIFT) -> None:
         mask[height // 3:height * 2 // 3, width // 3:width * 2 // 3] = 255
         inpaint = [inpaint_seam(photo, mask, inpaint_shaping(photo, mask, soft, shift)) for soft in (True, False)]
         sides = (0, 0, width // 4, 0)
-        grown = [expand_seam(photo, sides, expand_shaping(photo, sides, soft, shift=shift)) for soft in (True, False)]
+        grown = [expand_seam(photo, sides, expand_shaping(photo, sides, soft, shift=shift, drift=drift))[0]
+                 for drift in (False, True) for soft in (True, False)]
         print(f"  {name:10} {width}x{height}  inpaint hard rectangle {width // 3}x{height // 3}: "
-              f"{inpaint[0]:.2f} / {inpaint[1]:.2f}   expand right {width // 4}: {grown[0][0]:.2f} / {grown[1][0]:.2f}"
-              f" (whole band {grown[0][1]:.2f} / {grown[1][1]:.2f})")
+              f"{inpaint[0]:.2f} / {inpaint[1]:.2f}   expand right {width // 4}: {grown[0]:.2f} / {grown[1]:.2f}"
+              f"   the same, each pass off by its own amount: {grown[2]:.2f} / {grown[3]:.2f}")
 
 
 def expand(engine: Engine, model: str, steps: int, size: tuple[int, int], side: int) -> None:
