@@ -32,16 +32,15 @@ if str(ROOT) not in sys.path:
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import numpy as np  # noqa: E402
+from PIL import Image  # noqa: E402
 from scipy import ndimage  # noqa: E402
 
 from backend.config import Config, load_config  # noqa: E402
-from PIL import Image  # noqa: E402
-
 from backend.engine import compose, masks  # noqa: E402
 from backend.engine.engine import MATCH_LIGHT_MIN, Engine, expand_match  # noqa: E402
 from backend.engine.job import EditJob  # noqa: E402
-from backend.engine.passes import plan_passes  # noqa: E402
 from backend.engine.models import ModelRegistry, pick_device  # noqa: E402
+from backend.engine.passes import plan_passes  # noqa: E402
 from backend.fixtures.demo_model import ensure_demo_model, use_demo  # noqa: E402
 from shared.compose import composite  # noqa: E402
 from shared.rules import MASK_FEATHER, MASK_GROW, reach  # noqa: E402
@@ -199,8 +198,8 @@ def expand_seam(truth: np.ndarray, sides: tuple[int, int, int, int], out: np.nda
 def light_error(truth: np.ndarray, out: np.ndarray, sides: tuple[int, int, int, int], depth: int = 16,
                 sigma: float = 16.0) -> float:
     """How far the band's local light is from the truth's in its first ``depth`` pixels: mean |low-passed
-    (Gaussian, ``sigma``: the light, not the texture) grey difference|, in levels. Unlike the gradient ratio it means something for the
-    demo model's noise too (its light near the edge, not its texture)."""
+    (Gaussian, ``sigma``: the light, not the texture) grey difference|, in levels. Unlike the gradient
+    ratio it says something for the demo model's noise too (its light near the edge, not its texture)."""
     difference = out[..., :3].astype(np.float32).mean(axis=2) - truth[..., :3].astype(np.float32).mean(axis=2)
     distance = expand_distance(out.shape[:2], sides)
     return float(np.abs(ndimage.gaussian_filter(difference, sigma))[(distance >= 1) & (distance <= depth)].mean())
