@@ -1,18 +1,37 @@
-"""The edit toolbox's figures: the seam across a hard mask's border, and what an expand costs.
+"""The edit toolbox's figures: the seam across a hard mask's border and an expand's old edge, and what
+an expand costs.
 
-Seam: inpaints a hard-edged rectangle of a smooth synthetic picture (soft photo-like texture), with
-soft inpainting and with the old behaviour (``soft_inpaint: false``). Across the border (each
-distance from the hard mask's edge out to ``shared.rules.reach``) it divides the composite's mean
-gradient magnitude by the input's own at the same pixels and prints the worst distance (1.0 = no
+Seam, inpaint: inpaints a hard-edged rectangle of a smooth synthetic picture (soft photo-like
+texture), with soft inpainting and with the old behaviour (``soft_inpaint: false``). Across the border
+(each distance from the hard mask's edge out to ``shared.rules.reach``) it divides the composite's
+mean gradient magnitude by the input's own at the same pixels and prints the worst distance (1.0 = no
 seam; the target is at most 1.3), plus the largest one-pixel step of the result's alpha as a share
 of its ramp. "Shaping alone" replaces the model by a repaint that is the picture 24 levels lighter
 (a fill that got the light slightly wrong): the seam the grow / feather ramp itself makes.
-Expand: grows a picture (default 3000 x 2000) by 512 pixels on one side and prints the passes, the
+
+Seam, expand: a picture is cut (its right 192 px; its left 96 and bottom 160) and grown back by
+expand, so the uncut picture says what each new pixel's gradient would be without a seam. At each
+distance from the old edge (0: the picture's own edge pixels, whose gradient sees the band; 1, 2 …
+into the band) the composite's mean gradient magnitude is divided by the uncut picture's at the same
+pixels; printed: the worst over the old edge and the first ``reach`` pixels (the seam), the worst over
+the whole band, and the same ratio over the pixels beside the borders between the band's cells (where
+two passes meet). "Shaping alone": every pass returns the uncut picture 24 levels lighter, or each pass
+off by its own 12–36 levels sloping across its box (passes that disagree with each other); it measures
+what laying the band in (and matching its light) does. With the model: the same ratios, plus the
+light error near the edge (the band's low-passed light minus the uncut picture's, in levels).
+
+Photos: the shaping-alone seams (inpaint of a hard centre rectangle, expand by a quarter of the width
+on the right) on scikit-image's bundled photos (``skimage.data``: read offline from its package
+folder). scikit-image is not an Easel dependency; it comes with controlnet-aux, so it is imported
+lazily here, and ``--no-photos`` skips it. The demo model's repaint of a photo is noise, so only the
+shaping is measured on photos.
+
+Expand cost: grows a picture (default 3000 x 2000) by 512 pixels on one side and prints the passes, the
 pixels they diffused, the seconds, and whether the original pixels came back byte-identical.
 
 Runs on the demo model through the engine (no server): its pictures are noise, so the seam figure
-here is a worst case for the generated side (noise has far more gradient than a photo); run it with
-``--model`` on real weights (``--config``) for the figure on a real model.
+for the model is a worst case for the generated side (noise has far more gradient than a photo); run it
+with ``--model`` on real weights (``--config``) for the figure on a real model.
 
     python bench/toolbox.py                       # demo model, CPU
     python bench/toolbox.py --config easel.toml --model sd15 --device cuda
@@ -171,7 +190,16 @@ def expand_shaping(truth: np.ndarray, sides: tuple[int, int, int, int], soft: bo
         if p.resampled:
             repaint = np.asarray(Image.fromarray(repaint).resize(p.size, Image.Resampling.LANCZOS))
         compose.paint(canvas, p, repaint, *(expand_match(job, native) if soft else (0, 0)))
+    check_kept(original, canvas, sides)
     return canvas
+
+
+def check_kept(original: np.ndarray, canvas: np.ndarray, sides: tuple[int, int, int, int]) -> None:
+    """Every figure of an expand is of one whose picture came back byte for byte."""
+    left, top = sides[0], sides[1]
+    kept = canvas[top:top + original.shape[0], left:left + original.shape[1]]
+    if not (kept == original).all():
+        raise AssertionError("the expand changed the picture's own pixels")
 
 
 def expand_seam(truth: np.ndarray, sides: tuple[int, int, int, int], out: np.ndarray,
@@ -241,9 +269,10 @@ def expand_seams(engine: Engine, model: str, steps: int) -> None:
                   f"{cells:.2f})")
     sides = cases[0][1]
     for soft in (True, False):
-        _, canvas = expand_case(truth, sides)
+        original, canvas = expand_case(truth, sides)
         out = engine.run(edit("expand", model, canvas, steps, expand=sides, fill="border", soft=soft),
                          Quiet()).layers[0].pixels
+        check_kept(original, out, sides)
         near, whole, cells = expand_seam(truth, sides, out, engine.registry.get(model).native_size)
         print(f"  {cases[0][0]:21} soft_inpaint={str(soft).lower():5}  {model} model: {near:.2f} ({whole:.2f}; "
               f"between cells {cells:.2f}); light error in the band's first 16 px: "
