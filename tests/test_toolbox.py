@@ -219,6 +219,41 @@ def test_expand_light_matching_ignores_colour_hidden_under_transparent_pixels():
     np.testing.assert_array_equal(results[0], results[1])
 
 
+def test_the_engine_lays_an_expand_in_with_its_light_matched(engine, monkeypatch):
+    """Through the engine: the demo model cannot get the light slightly wrong, so a stand-in for the pipeline
+    call returns what each pass was given (the border-extended canvas), 24 levels lighter."""
+    from backend.engine import engine as engine_module
+
+    def lighter(pipe, inputs, on_step):
+        return np.clip(np.asarray(inputs.image).astype(int) + 24, 0, 255).astype(np.uint8)
+
+    monkeypatch.setattr(engine_module, "run_pass", lighter)
+    picture_ = smooth(96, 64)
+    canvas = np.zeros((64, 144, 4), np.uint8)
+    canvas[:, :96] = picture_
+    bands = {}
+    for soft in (True, False):
+        job = EditJob(mode="expand", model="demo", prompt="", negative_prompt="", seed=1, steps=2, guidance=1.0,
+                      strength=1.0, batch=1, sampler="euler", image=canvas, expand=(0, 0, 48, 0), fill="border",
+                      soft=soft)
+        out = engine.run(job, Quiet()).layers[0].pixels
+        np.testing.assert_array_equal(out[:, :96], picture_)
+        bands[soft] = out[:, 96:104, :3].astype(int) - picture_[:, 95:96, :3].astype(int)
+    assert abs(bands[True].mean()) < 3, "the band starts at the picture's light"
+    assert bands[False].mean() > 18, "laid in as painted, the step stays"
+
+
+class Quiet:
+    def started(self, steps, passes):
+        pass
+
+    def progress(self, *args):
+        pass
+
+    def is_cancelled(self):
+        return False
+
+
 # -- through the server -------------------------------------------------------------------------
 
 
