@@ -217,6 +217,11 @@ def test_expand_light_matching_ignores_colour_hidden_under_transparent_pixels():
         np.testing.assert_array_equal(canvas[:, :80], picture_[:, :80])
         results.append(canvas[:, 80:])
     np.testing.assert_array_equal(results[0], results[1])
+    # a wholly transparent picture has no light to meet: the band is laid in as painted
+    cell = np.zeros((16, 24), bool)
+    cell[:, 12:] = True
+    painted = np.full((16, 24, 3), 200, np.uint8)
+    assert masks.match_band_light(painted, np.zeros((16, 24, 4), np.uint8), cell, 16, 64) is painted
 
 
 def test_the_engine_lays_an_expand_in_with_its_light_matched(engine, monkeypatch):
