@@ -179,7 +179,7 @@ def _add_run_parser(commands: Any) -> None:
     run.add_argument("--fill", choices=SUBMIT_FIELDS["fill"].choices, help=_help(SUBMIT_FIELDS["fill"]))
     run.add_argument("--hard-mask", action="store_true",
                      help="inpaint, remove: cut the mask at 50%% for diffusion and feather it as max(grown, "
-                          "blurred), as before soft inpainting")
+                          "blurred), as before soft inpainting; inpaint, remove, expand: no light matching")
     run.add_argument("--aspect", metavar="W:H", help="expand: grow the canvas to this aspect ratio (e.g. 16:9), "
                      "evenly on both sides that grow, instead of --left/--top/--right/--bottom")
     for side, where in (("left", "left of"), ("top", "above"), ("right", "right of"), ("bottom", "below")):

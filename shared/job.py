@@ -158,8 +158,11 @@ class Job:
     mask_feather: int = wire(Field("integer", "inpaint: soften the grown mask's edge over this many pixels.",
                                    minimum=0, maximum=256), rules.MASK_FEATHER)
     soft_inpaint: bool = wire(Field("boolean", "inpaint, remove: the shaped mask acts per pixel in the denoising "
-                                    "(differential diffusion) and its feathered edge is a smooth ramp; false: the "
-                                    "mask is cut at 50% for diffusion and feathered as max(grown, blurred)."), True)
+                                    "(differential diffusion), its feathered edge is a smooth ramp and the repaint's "
+                                    "light is matched to the picture along it; expand: the new band's light is "
+                                    "matched to the picture (and to the band painted before) where they meet; false: "
+                                    "the mask is cut at 50% for diffusion and feathered as max(grown, blurred), and "
+                                    "no light is matched."), True)
     mask_padding: int = wire(Field("integer", "inpaint, remove: context pixels kept around the grown and feathered "
                                    "mask in the diffused crop (A1111's \"only masked padding\").", minimum=0,
                                    maximum=1024), DEFAULT_PADDING)

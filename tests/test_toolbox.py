@@ -9,9 +9,13 @@ import io
 import numpy as np
 import pytest
 from PIL import Image
+from scipy import ndimage
 
-from backend.engine import fill, masks
+from backend.engine import compose, fill, masks
+from backend.engine.engine import expand_match
 from backend.engine.expand import expand_plan
+from backend.engine.job import EditJob
+from backend.engine.passes import plan_passes
 from backend.imaging import to_array
 from conftest import decode, picture, png, rect_mask
 from shared.client import EaselError, Started
@@ -136,6 +140,123 @@ def test_expand_plan_covers_the_band_once_at_native_scale():
         assert (mask[alpha == 255] == 255).all()
     assert (todo[:, 400:] == 1).all() and (todo[:, :400] == 0).all(), "each band pixel in one cell, no picture pixel"
     assert len(plans) > 2
+
+
+def smooth(width, height, seed=0):
+    """Photo-like light: a gradient with soft blotches (about a level a pixel, no hard edges)."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:height, 0:width].astype(np.float64)
+    rgb = np.dstack([70 + 90 * x / width, 80 + 70 * y / height, 150 - 50 * x / width])
+    rgb += 30 * np.dstack([np.cos(x / 23 + c) * np.sin(y / 17 - c) for c in range(3)])
+    rgb += rng.normal(0, 1.5, rgb.shape)
+    return np.dstack([np.clip(np.rint(rgb), 0, 255), np.full((height, width), 255)]).astype(np.uint8)
+
+
+def grad(rgba):
+    grey = rgba[..., :3].astype(np.float64).mean(axis=2)
+    return np.hypot(*np.gradient(grey))
+
+
+def expand_with_wrong_light(truth, sides, match=True, native=64):
+    """An expand of ``truth`` less its ``sides`` whose every pass returns the truth with its light off
+    (each pass by its own 14-34 levels, sloping by 6 across its box): the band continues the picture but
+    meets it, and the cells meet each other, with a step."""
+    left, top, right, bottom = sides
+    height, width = truth.shape[:2]
+    canvas = np.zeros_like(truth)
+    canvas[top:height - bottom, left:width - right] = truth[top:height - bottom, left:width - right]
+    job = EditJob(mode="expand", model="demo", prompt="", negative_prompt="", seed=1, steps=1, guidance=1.0,
+                  strength=1.0, batch=1, sampler="euler", image=canvas.copy(), expand=sides, fill="border")
+    passes = plan_passes(job, native)
+    for index, p in enumerate(passes):
+        slope = np.linspace(-3, 3, p.box.width)[None, :, None] + np.linspace(-3, 3, p.box.height)[:, None, None]
+        repaint = truth[p.box.y:p.box.y1, p.box.x:p.box.x1, :3] + (14, 34, 20, 28)[index % 4] + slope
+        repaint = np.clip(np.rint(repaint), 0, 255).astype(np.uint8)
+        if p.resampled:
+            repaint = np.asarray(Image.fromarray(repaint).resize(p.size, Image.Resampling.LANCZOS))
+        compose.paint(canvas, p, repaint, *(expand_match(job, native) if match else (0, 0)))
+    return canvas, len(passes)
+
+
+@pytest.mark.parametrize("sides", [(0, 0, 72, 0), (40, 24, 0, 56)])
+def test_expand_meets_the_picture_light_without_a_seam_and_keeps_it_byte_for_byte(sides):
+    left, top, right, bottom = sides
+    truth = smooth(112 + left + right, 80 + top + bottom)
+    inside = np.zeros(truth.shape[:2], bool)
+    inside[top:top + 80, left:left + 112] = True
+    band = np.rint(ndimage.distance_transform_edt(~inside)).astype(int)
+    ratios = {}
+    for match in (True, False):
+        out, passes = expand_with_wrong_light(truth, sides, match)
+        assert passes >= 3, "several passes: cells meet the picture and each other"
+        np.testing.assert_array_equal(out[inside], truth[inside])
+        assert (out[..., 3] == 255).all()
+        # the seam: the composite's gradient over the picture's own, at the picture's edge and into the band
+        edge = ~inside & (band <= 2) | inside & (ndimage.distance_transform_edt(inside) <= 2)
+        ratios[match] = grad(out)[edge].mean() / grad(truth)[edge].mean()
+        if match:  # nor where the cells meet each other, across the band
+            assert grad(out)[~inside].mean() / grad(truth)[~inside].mean() <= 1.2
+    assert ratios[True] <= 1.3, ratios
+    assert ratios[False] > 2, "the case has a seam to remove"
+
+
+def test_expand_light_matching_ignores_colour_hidden_under_transparent_pixels():
+    truth = smooth(120, 64)
+    results = []
+    for hidden in ((255, 0, 255), (0, 0, 0)):
+        picture_ = truth.copy()
+        picture_[:, 40:80, 3] = 0  # a transparent stripe reaching the old edge
+        picture_[:, 40:80, :3] = hidden
+        sides = (0, 0, 40, 0)
+        canvas = np.zeros_like(truth)
+        canvas[:, :80] = picture_[:, :80]
+        job = EditJob(mode="expand", model="demo", prompt="", negative_prompt="", seed=1, steps=1, guidance=1.0,
+                      strength=1.0, batch=1, sampler="euler", image=canvas.copy(), expand=sides, fill="border")
+        for p in plan_passes(job, 64):
+            compose.paint(canvas, p, np.full((*p.size[::-1], 3), 200, np.uint8), *expand_match(job, 64))
+        np.testing.assert_array_equal(canvas[:, :80], picture_[:, :80])
+        results.append(canvas[:, 80:])
+    np.testing.assert_array_equal(results[0], results[1])
+    # a wholly transparent picture has no light to meet: the band is laid in as painted
+    cell = np.zeros((16, 24), bool)
+    cell[:, 12:] = True
+    painted = np.full((16, 24, 3), 200, np.uint8)
+    assert masks.match_band_light(painted, np.zeros((16, 24, 4), np.uint8), cell, 16, 64) is painted
+
+
+def test_the_engine_lays_an_expand_in_with_its_light_matched(engine, monkeypatch):
+    """Through the engine: the demo model cannot get the light slightly wrong, so a stand-in for the pipeline
+    call returns what each pass was given (the border-extended canvas), 24 levels lighter."""
+    from backend.engine import engine as engine_module
+
+    def lighter(pipe, inputs, on_step):
+        return np.clip(np.asarray(inputs.image).astype(int) + 24, 0, 255).astype(np.uint8)
+
+    monkeypatch.setattr(engine_module, "run_pass", lighter)
+    picture_ = smooth(96, 64)
+    canvas = np.zeros((64, 144, 4), np.uint8)
+    canvas[:, :96] = picture_
+    bands = {}
+    for soft in (True, False):
+        job = EditJob(mode="expand", model="demo", prompt="", negative_prompt="", seed=1, steps=2, guidance=1.0,
+                      strength=1.0, batch=1, sampler="euler", image=canvas, expand=(0, 0, 48, 0), fill="border",
+                      soft=soft)
+        out = engine.run(job, Quiet()).layers[0].pixels
+        np.testing.assert_array_equal(out[:, :96], picture_)
+        bands[soft] = out[:, 96:104, :3].astype(int) - picture_[:, 95:96, :3].astype(int)
+    assert abs(bands[True].mean()) < 3, "the band starts at the picture's light"
+    assert bands[False].mean() > 18, "laid in as painted, the step stays"
+
+
+class Quiet:
+    def started(self, steps, passes):
+        pass
+
+    def progress(self, *args):
+        pass
+
+    def is_cancelled(self):
+        return False
 
 
 # -- through the server -------------------------------------------------------------------------

@@ -52,12 +52,17 @@ def opaque(rgb: np.ndarray) -> np.ndarray:
     return np.dstack([rgb, np.full(rgb.shape[:2], 255, np.uint8)])
 
 
-def paint(canvas: np.ndarray, p: Pass, pixels: np.ndarray) -> None:
+def paint(canvas: np.ndarray, p: Pass, pixels: np.ndarray, match_width: int = 0, match_length: int = 0) -> None:
     """Lay a pass's output (diffusion size) into ``canvas`` (RGBA, in place) where its alpha is 255: an
-    expand's cell, opaque, so the next pass sees it as context."""
+    expand's cell, opaque, so the next pass sees it as context. ``match_width`` > 0: the cell's light is
+    matched first to the pixels already on the canvas beside it (``masks.match_band_light``), which
+    stay as they are."""
     cell = p.alpha == 255
     region = canvas[p.box.y:p.box.y1, p.box.x:p.box.x1]
-    region[cell, :3] = to_canvas(pixels, p)[cell]
+    generated = to_canvas(pixels, p)
+    if match_width:
+        generated = masks.match_band_light(generated, region, cell, match_width, match_length)
+    region[cell, :3] = generated[cell, :3]
     region[cell, 3] = 255
 
 
