@@ -425,7 +425,7 @@ def test_sending_only_the_crop_gives_the_same_layer_as_the_whole_canvas(client):
 
 # -- structure and packaging -------------------------------------------------------------------
 
-PURE = ["pixels.py", "plan.py", "placement.py", "protocol.py", "models.py", "liveness.py"]
+PURE = ["pixels.py", "plan.py", "placement.py", "protocol.py", "models.py", "liveness.py", "turns.py"]
 
 
 def imports_of(path: Path) -> set[str]:
