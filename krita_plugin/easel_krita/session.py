@@ -58,6 +58,7 @@ class LayerResult:
     new_document: bool = False  # an upscale into a new document (made by apply(); ``doc`` becomes it)
     parameters: dict = field(default_factory=dict)  # the server's account of the job (model, sampler ...)
     canvas: object = None  # host.Canvas: for a managed profile ``data`` is None until apply() converts it
+    dropped: bool = False  # discarded while apply() was still writing it: the rest of the insert is dropped
 
 
 @dataclass
@@ -260,7 +261,8 @@ class Session(QObject):
         over several event-loop turns: then this returns None and ``applied(result)`` says when the layer
         is in; otherwise it returns the layer (and ``applied`` is emitted too). ``parent`` / ``above``: where
         the layer goes (the Easel group's top by default); ``then(layer)`` is called once it is in. The layer
-        joins the document only once filled (a document closed meanwhile gets nothing, and no ``applied``)."""
+        joins the document only once filled: if the document is closed or the result ``dropped`` meanwhile,
+        nothing is added (and no ``applied``)."""
         def steps():
             # Growing or scaling the canvas recomposites all of it, as adding a layer does.
             alone = (result.grow is not None or result.resize is not None or result.new_document) and \
@@ -284,7 +286,7 @@ class Session(QObject):
             make_group = parent is None and host.find_easel_group(doc) is None
             for step in plan.insert_steps(whole, size, doc.width() * doc.height(), make_group):
                 yield ALONE if step.alone else None
-                if not host.is_open(doc):  # closed meanwhile: the filled layer never joined it
+                if result.dropped or not host.is_open(doc):  # the half-filled layer never joined the document
                     return None
                 if step.kind == "fill":
                     top, strip = step.box.y - result.y, step.box

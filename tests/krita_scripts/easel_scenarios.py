@@ -1160,31 +1160,39 @@ def scenario_ui_thread_budget(ctx):
     check(len(set(writes)) > 1, f"the strips were written in one turn: {writes}")
     check(len(made) == 1 and len(added) == 1, f"the group was made {len(made)} times, the layer added {len(added)}")
     check(max(writes) < made[0] < added[0], f"turns: strips {sorted(set(writes))}, group {made}, layer {added}")
-    # A document closed halfway through an insert: the rest is dropped without an error, and the layer
-    # never joined the document.
+    # A result discarded, then a document closed, halfway through an insert: the rest is dropped without an
+    # error, and the half-filled layer never joins the document.
     small = Krita.instance().createDocument(3000, 2000, "closed", "RGBA", "U8", "", 72.0)
     small.setBatchmode(True)
-    dropped = LayerResult("dropped", 3, 0, 0, 3000, 2000, bytes(3000 * 2000 * 4), b"", small, canvas=host.canvas(small))
-    writes, errors, hook, applied = [], [], sys.excepthook, []
+    untouched = [n.name() for n in small.rootNode().childNodes()]
+    for how in ("discarded", "closed"):
+        cut = LayerResult(how, 3, 0, 0, 3000, 2000, bytes(3000 * 2000 * 4), b"", small, canvas=host.canvas(small))
+        writes, errors, hook, applied = [], [], sys.excepthook, []
 
-    def write_then_close(*args):
-        writes.append(args[1:])
-        real["write_pixels"](*args)
-        if len(writes) == 2:
-            small.close()
+        def write_then_stop(*args, cut=cut, writes=writes):
+            writes.append(args[1:])
+            real["write_pixels"](*args)
+            if len(writes) == 2:
+                if cut.name == "closed":
+                    small.close()
+                else:
+                    cut.dropped = True  # what the docker's Discard does
 
-    host.write_pixels = write_then_close
-    sys.excepthook = lambda kind, value, tb: errors.append(repr(value)[:300])
-    try:
-        session.applied.connect(applied.append)
-        session.apply(dropped)
-        wait_for(None, timeout=2)
-        session.applied.disconnect()
-    finally:
-        sys.excepthook = hook
-        host.write_pixels = real["write_pixels"]
-    check(len(writes) == 2 and not errors and not applied and dropped.layer is None,
-          f"closing mid-insert: {len(writes)} strips written, errors {errors}, applied {len(applied)}")
+        host.write_pixels = write_then_stop
+        sys.excepthook = lambda kind, value, tb, errors=errors: errors.append(repr(value)[:300])
+        try:
+            session.applied.connect(applied.append)
+            session.apply(cut)
+            wait_for(None, timeout=2)
+            session.applied.disconnect()
+        finally:
+            sys.excepthook = hook
+            host.write_pixels = real["write_pixels"]
+        check(len(writes) == 2 and not errors and not applied and cut.layer is None,
+              f"{how} mid-insert: {len(writes)} strips written, errors {errors}, applied {len(applied)}")
+        if how == "discarded":
+            now = [n.name() for n in small.rootNode().childNodes()]
+            check(now == untouched, f"a discarded insert left layers {now} (was {untouched})")
 
 
 def scenario_docker_upscale(ctx):
