@@ -1042,7 +1042,8 @@ def scenario_ui_thread_budget(ctx):
     """A 6000x4000 document: Generate no longer refreshes the whole projection, reads the picture in strips,
     and a result goes in as strips written while the layer is outside the document, then the Easel group
     and the filled layer each in a turn of their own (each makes Krita recomposite the whole canvas and
-    wait for it: that wait is the longest block left). The layer is exact. Figures go to the report."""
+    wait for it: that wait is the longest block left). The layer is exact; a result discarded or a document
+    closed halfway through gets no layer. Figures go to the report."""
     from easel_krita import host
     from easel_krita.session import LayerResult, Session
     w, h = 6000, 4000
@@ -1143,6 +1144,8 @@ def scenario_ui_thread_budget(ctx):
     group = layer.parentNode()
     check(group.name() == host.GROUP_NAME and group.type() == "grouplayer" and group.parentNode().parentNode() is None,
           "the layer is not in the top-level Easel group")
+    stack = [n.name() for n in doc.rootNode().childNodes()]
+    check(stack[-3:] == ["under", "over", host.GROUP_NAME], f"the Easel group is not on top of the stack: {stack}")
     check([n.name() for n in group.childNodes()] == ["big result", "again"], "the layers are not in the group in order")
     b = layer.bounds()
     check((b.x(), b.y(), b.width(), b.height(), layer.name()) == (0, 0, w, h, "big result"), f"the layer lies at {b}")
