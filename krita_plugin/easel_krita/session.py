@@ -257,12 +257,12 @@ class Session(QObject):
 
     def apply(self, result: LayerResult, parent=None, above=None, then=None):
         """Insert ``result`` as a new layer in its document's Easel group. An expand's result first grows
-        the canvas (once: a document already grown is left as it is). A large result is written in strips
-        over several event-loop turns: then this returns None and ``applied(result)`` says when the layer
-        is in; otherwise it returns the layer (and ``applied`` is emitted too). ``parent`` / ``above``: where
-        the layer goes (the Easel group's top by default); ``then(layer)`` is called once it is in. The layer
-        joins the document only once filled: if the document is closed or the result ``dropped`` meanwhile,
-        nothing is added (and no ``applied``)."""
+        the canvas (once: a document already grown is left as it is). A large result, or one in a large
+        document, goes in over several event-loop turns: then this returns None and ``applied(result)`` says
+        when the layer is in; otherwise it returns the layer (and ``applied`` is emitted too). ``parent`` /
+        ``above``: where the layer goes (the Easel group's top by default); ``then(layer)`` is called once it
+        is in. The layer joins the document only once filled: if the document is closed or the result
+        ``dropped`` meanwhile, nothing is added (and no ``applied``)."""
         def steps():
             # Growing or scaling the canvas recomposites all of it, as adding a layer does.
             alone = (result.grow is not None or result.resize is not None or result.new_document) and \
