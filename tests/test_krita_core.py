@@ -26,7 +26,7 @@ from shared.rules import reach as mask_margin
 PLUGIN = Path(__file__).resolve().parents[1] / "krita_plugin"
 sys.path.insert(0, str(PLUGIN))
 
-from easel_krita import liveness, models, pixels, placement, plan  # noqa: E402
+from easel_krita import liveness, models, pixels, placement, plan, turns  # noqa: E402
 from easel_krita.protocol import capabilities  # noqa: E402
 
 # -- pixels ------------------------------------------------------------------------------------
@@ -425,7 +425,7 @@ def test_sending_only_the_crop_gives_the_same_layer_as_the_whole_canvas(client):
 
 # -- structure and packaging -------------------------------------------------------------------
 
-PURE = ["pixels.py", "plan.py", "placement.py", "protocol.py", "models.py", "liveness.py"]
+PURE = ["pixels.py", "plan.py", "placement.py", "protocol.py", "models.py", "liveness.py", "turns.py"]
 
 
 def imports_of(path: Path) -> set[str]:
@@ -615,6 +615,58 @@ def test_strips_cover_the_box_in_full_width_bands_within_the_budget():
     assert len(bands) == 12  # 349 rows of 6000 8-bit pixels each
     assert plan.strips(Box(0, 0, 300, 200), 16) == [Box(0, 0, 300, 200)]  # small: one read
     assert len(plan.strips(Box(0, 0, 10**7, 3), 4)) == 3  # never less than a row
+
+
+def test_an_insert_fills_the_whole_box_before_it_touches_the_document():
+    box = Box(7, 3, 6000, 4000)
+    steps = plan.insert_steps(box, 4, 6000 * 4000, make_group=True)
+    fills = [s.box for s in steps if s.kind == "fill"]
+    assert [s.kind for s in steps[len(fills):]] == ["group", "add"]  # the layer goes in whole, or not at all
+    assert all(s.kind == "fill" for s in steps[:len(fills)]) and len(fills) == 23  # 174 rows each
+    assert fills[0].y == 3 and all(a.y1 == b.y for a, b in zip(fills, fills[1:])) and fills[-1].y1 == box.y1
+    assert all(b.x == 7 and b.width == 6000 and b.width * b.height * 4 <= plan.WRITE_STRIP_BYTES for b in fills)
+    assert [s.alone for s in steps if s.kind != "fill"] == [True, True] and not any(s.alone for s in steps[:-2])
+    assert [s.kind for s in plan.insert_steps(box, 4, 6000 * 4000, make_group=False)][-2:] == ["fill", "add"]
+
+
+def test_an_insert_into_a_small_canvas_needs_no_turns_of_its_own():
+    steps = plan.insert_steps(Box(10, 10, 50, 40), 4, 256 * 192, make_group=True)
+    assert [(s.kind, s.alone) for s in steps] == [("fill", False), ("group", False), ("add", False)]
+    # a small result in a huge canvas: the adds still recomposite all of the canvas
+    assert plan.insert_steps(Box(0, 0, 50, 40), 4, 6000 * 4000, make_group=False)[-1].alone
+
+
+def _pieces(costs, budget=0.03):
+    """Run a generator of pieces with these costs (seconds; "alone" marks a piece after ALONE) on a fake
+    clock; returns the pieces run in each turn."""
+    now, ran = [0.0], []
+
+    def steps():
+        for index, cost in enumerate(costs):
+            heavy = isinstance(cost, tuple)
+            yield turns.ALONE if heavy else None
+            now[0] += cost[1] if heavy else cost
+            ran[-1].append(index)
+        return "layer"
+
+    work = turns.Turns(steps(), budget, clock=lambda: now[0])
+    while not work.done:
+        ran.append([])
+        work.turn()
+    return ran, work.value
+
+
+def test_turns_hold_about_a_budget_of_light_pieces():
+    ran, value = _pieces([0.01] * 7)
+    assert ran == [[0, 1, 2], [3, 4, 5], [6]] and value == "layer"
+    assert _pieces([0.001] * 5)[0] == [[0, 1, 2, 3, 4]]  # quick work ends in the first turn
+
+
+def test_a_heavy_piece_has_a_turn_to_itself():
+    ran, value = _pieces([0.01, 0.01, ("alone", 0.1), ("alone", 0.1)])
+    assert ran == [[0, 1], [2], [3]] and value == "layer"
+    assert _pieces([("alone", 0.1), 0.01, 0.01])[0] == [[0], [1, 2]]  # first: no empty turn before it
+    assert _pieces([0.001, ("alone", 0.001)])[0] == [[0], [1]]  # even when it would be quick
 
 
 def test_an_upscale_sends_the_whole_canvas_and_its_result_is_the_new_canvas():

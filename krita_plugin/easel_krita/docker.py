@@ -529,6 +529,7 @@ class EaselDocker(host.DockWidget):
         if result is not None:
             self.result_list.takeItem(self.result_list.row(item))
             self.results.pop(item.data(USER_ROLE), None)
+            result.dropped = True  # an insert still under way stops before its layer joins the document
             if result.layer is not None:  # also take its layer off the canvas
                 host.remove_layer(result.doc, result.layer)
                 result.layer = None

@@ -177,12 +177,20 @@ def find_layer(doc, unique_id: str):
     return None
 
 
-def easel_group(doc):
-    """The top-level "Easel" group that holds results, created on top of the stack if missing."""
-    root = doc.rootNode()
-    for node in root.childNodes():
+def find_easel_group(doc):
+    """The top-level "Easel" group that holds results, or None."""
+    for node in doc.rootNode().childNodes():
         if node.name() == GROUP_NAME and node.type() == "grouplayer":
             return node
+    return None
+
+
+def easel_group(doc):
+    """The top-level "Easel" group that holds results, created on top of the stack if missing."""
+    group = find_easel_group(doc)
+    if group is not None:
+        return group
+    root = doc.rootNode()
     group = doc.createGroupLayer(GROUP_NAME)
     children = root.childNodes()
     root.addChildNode(group, children[-1] if children else None)
@@ -227,6 +235,11 @@ def new_document_like(doc, width: int, height: int, name: str):
     return new
 
 
+def is_open(doc) -> bool:
+    """False once the painter closed the document (Krita then answers None for its layers)."""
+    return doc.rootNode() is not None
+
+
 def new_layer(doc, name: str):
     """A paint layer not in the document yet: filled first, then attached (one projection update)."""
     return doc.createNode(name, "paintlayer")
@@ -237,8 +250,9 @@ def write_pixels(layer, data: bytes, x: int, y: int, width: int, height: int) ->
 
 
 def attach(doc, layer, parent=None, above=None) -> None:
-    """Put a filled layer into the document. Adding a node updates the projection where it paints
-    (Krita waits for that inside ``addChildNode``), so no whole-image refresh is needed."""
+    """Put a filled layer into the document: one undo step. ``addChildNode`` recomposites the whole
+    canvas and waits for it, so no refresh is needed after it (nor possible in parts: Krita 5's
+    scripting API has no call that updates only a part of the canvas)."""
     parent = parent if parent is not None else easel_group(doc)
     if above is None:
         children = parent.childNodes()

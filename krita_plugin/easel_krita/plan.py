@@ -356,6 +356,37 @@ def strips(box: Box, bytes_per_pixel: int, budget: int = STRIP_BYTES) -> list[Bo
     return [Box(box.x, y, box.width, min(rows, box.y1 - y)) for y in range(box.y, box.y1, rows)]
 
 
+WRITE_STRIP_BYTES = STRIP_BYTES // 2  # writing a pixel costs Krita about twice reading one
+# Krita 5 recomposites the whole canvas inside every scripting call that changes the layer stack and
+# the UI thread waits for it: 0.07-0.26 s for a 6000x4000 two-layer canvas here, so about a sixth of
+# that at this size, below which two such calls in one event-loop turn stay near a turn's budget.
+ALONE_PIXELS = 4_000_000
+
+
+@dataclass(frozen=True)
+class InsertStep:
+    """One piece of putting a result in as a layer: ``fill`` writes ``box`` of the layer while it is
+    still outside the document, ``group`` makes sure the Easel group exists, ``add`` puts the filled
+    layer into the document (one undo step). ``alone``: the piece gets an event-loop turn to itself."""
+
+    kind: str
+    box: Box | None = None
+    alone: bool = False
+
+
+def insert_steps(box: Box, bytes_per_pixel: int, canvas_pixels: int, make_group: bool) -> list[InsertStep]:
+    """How a result covering ``box`` goes into a document of ``canvas_pixels``: the layer is filled in
+    strips before it joins the document, so a document closed halfway never holds a half-written layer;
+    then the two calls that change the layer stack, each of which makes Krita recomposite the whole
+    canvas, come one per turn on a large canvas, so their waits never add up in one UI-thread block."""
+    alone = canvas_pixels >= ALONE_PIXELS
+    steps = [InsertStep("fill", strip) for strip in strips(box, bytes_per_pixel, WRITE_STRIP_BYTES)]
+    if make_group:
+        steps.append(InsertStep("group", alone=alone))
+    steps.append(InsertStep("add", alone=alone))
+    return steps
+
+
 def model_of(models_reply: dict | None, model: str | None = None) -> tuple[str, ModelCapabilities] | None:
     """``model`` (or the server's default) and its capabilities from the server's ``models`` reply; None
     when the reply does not list it or says nothing of what it can do (the server then decides)."""

@@ -4,16 +4,20 @@ results back as layers. The docker and the in-Krita tests both drive this.
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 
-from . import host, pixels, placement, plan, protocol
+from . import host, pixels, placement, plan, protocol, turns
 from .qt import QObject, QTimer, pyqtSignal, scaled_rgba
+from .turns import ALONE
 from .worker import sentence
 
 REFERENCE_SIDE = 512  # references are resized to the image encoder's 224 px anyway
 SLICE_S = 0.03  # UI-thread work per event-loop turn when reading or inserting in strips
 SLICES_KEPT = 1000
+# Not 0: a 0 ms single shot is a posted event, which Qt's event loop runs back to back with the next
+# turn before the timers and input that fell due during the first (seen here as one 0.39 s UI block
+# for a 0.16 s and a 0.23 s turn); a timer 1 ms away lets one full pass of the loop run in between.
+NEXT_TURN_MS = 1
 
 
 @dataclass
@@ -54,6 +58,7 @@ class LayerResult:
     new_document: bool = False  # an upscale into a new document (made by apply(); ``doc`` becomes it)
     parameters: dict = field(default_factory=dict)  # the server's account of the job (model, sampler ...)
     canvas: object = None  # host.Canvas: for a managed profile ``data`` is None until apply() converts it
+    dropped: bool = False  # discarded while apply() was still writing it: the rest of the insert is dropped
 
 
 @dataclass
@@ -222,20 +227,14 @@ class Session(QObject):
         self.worker.cancel(job)
 
     def _drive(self, job: str | None, steps, then, now: bool = True) -> None:
-        """Run the generator ``steps`` on the UI thread, about SLICE_S of work per event-loop turn (the
-        first turn at once when ``now``), then ``then(its return value)``. A failure ends ``job`` as a
-        sentence."""
+        """Run the generator ``steps`` on the UI thread in event-loop turns (``turns.Turns``: about
+        SLICE_S of work each; the first turn at once when ``now``), then ``then(its return value)``. A
+        failure ends ``job`` as a sentence."""
+        work = turns.Turns(steps, SLICE_S)
+
         def turn():
-            start = time.perf_counter()
             try:
-                while True:
-                    next(steps)
-                    if time.perf_counter() - start >= SLICE_S:
-                        break
-            except StopIteration as stop:
-                self.slices.append(time.perf_counter() - start)
-                then(stop.value)
-                return
+                self.slices.append(work.turn())
             except Exception as exc:
                 if job is None:
                     raise
@@ -244,23 +243,32 @@ class Session(QObject):
                 return
             finally:
                 del self.slices[:-SLICES_KEPT]
-            self.slices.append(time.perf_counter() - start)
-            QTimer.singleShot(0, turn)
+            if work.done:
+                then(work.value)
+            else:
+                QTimer.singleShot(NEXT_TURN_MS, turn)
 
         if now:
             turn()
         else:
-            QTimer.singleShot(0, turn)
+            QTimer.singleShot(NEXT_TURN_MS, turn)
 
     # -- results ------------------------------------------------------------------------------
 
     def apply(self, result: LayerResult, parent=None, above=None, then=None):
         """Insert ``result`` as a new layer in its document's Easel group. An expand's result first grows
-        the canvas (once: a document already grown is left as it is). A large result is written in strips
-        over several event-loop turns: then this returns None and ``applied(result)`` says when the layer
-        is in; otherwise it returns the layer (and ``applied`` is emitted too). ``parent`` / ``above``: where
-        the layer goes (the Easel group's top by default); ``then(layer)`` is called once it is in."""
+        the canvas (once: a document already grown is left as it is). A large result, or one in a large
+        document, goes in over several event-loop turns: then this returns None and ``applied(result)`` says
+        when the layer is in; otherwise it returns the layer (and ``applied`` is emitted too). ``parent`` /
+        ``above``: where the layer goes (the Easel group's top by default); ``then(layer)`` is called once it
+        is in. The layer joins the document only once filled: if the document is closed or the result
+        ``dropped`` meanwhile, nothing is added (and no ``applied``)."""
         def steps():
+            # Growing or scaling the canvas recomposites all of it, as adding a layer does.
+            alone = (result.grow is not None or result.resize is not None or result.new_document) and \
+                max(result.width * result.height, result.doc.width() * result.doc.height()) >= plan.ALONE_PIXELS
+            if alone:
+                yield ALONE
             if result.grow is not None:
                 host.grow_canvas(result.doc, *result.grow)
             if result.new_document and result.layer is None:
@@ -269,28 +277,37 @@ class Session(QObject):
                 result.new_document = False
             elif result.resize is not None:
                 host.scale_canvas(result.doc, *result.resize, result.width, result.height)
-            canvas = result.canvas
-            layer = host.new_layer(result.doc, result.name)
+            canvas, doc = result.canvas, result.doc
+            layer = host.new_layer(doc, result.name)
             depth = canvas.depth if canvas is not None else None
+            size = pixels.bytes_per_pixel(depth) if depth else 4
+            row = result.width * size
             whole = plan.Box(result.x, result.y, result.width, result.height)
-            row = result.width * (pixels.bytes_per_pixel(depth) if depth else 4)
-            # Half the reads' strips: writing a pixel costs Krita about twice reading one.
-            for strip in plan.strips(whole, row // result.width, plan.STRIP_BYTES // 2):
-                top = strip.y - result.y
-                if result.data is None:  # a managed profile: Krita converts each strip here
-                    rgba = result.rgba[top * result.width * 4:(top + strip.height) * result.width * 4]
-                    data = canvas.from_rgba8(rgba, strip.width, strip.height)
+            make_group = parent is None and host.find_easel_group(doc) is None
+            for step in plan.insert_steps(whole, size, doc.width() * doc.height(), make_group):
+                yield ALONE if step.alone else None
+                if result.dropped or not host.is_open(doc):  # the half-filled layer never joined the document
+                    return None
+                if step.kind == "fill":
+                    top, strip = step.box.y - result.y, step.box
+                    if result.data is None:  # a managed profile: Krita converts each strip here
+                        rgba = result.rgba[top * result.width * 4:(top + strip.height) * result.width * 4]
+                        data = canvas.from_rgba8(rgba, strip.width, strip.height)
+                    else:
+                        data = result.data[top * row:(top + strip.height) * row]
+                    host.write_pixels(layer, data, strip.x, strip.y, strip.width, strip.height)
+                elif step.kind == "group":
+                    host.easel_group(doc)
                 else:
-                    data = result.data[top * row:(top + strip.height) * row]
-                host.write_pixels(layer, data, strip.x, strip.y, strip.width, strip.height)
-                yield
-            host.attach(result.doc, layer, parent, above)
+                    host.attach(doc, layer, parent, above)
             result.layer = layer
             return layer
 
         done = []
 
         def finished(layer):
+            if layer is None:
+                return
             done.append(layer)
             if then is not None:
                 then(layer)
