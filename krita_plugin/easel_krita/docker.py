@@ -519,8 +519,9 @@ class EaselDocker(host.DockWidget):
     def _apply_selected(self) -> None:
         item, result = self._selected_result()
         if result is not None:
-            if result.layer is not None:
-                self._say("That result is already a layer.")
+            if result.layer is not None or result.inserting:
+                self._say("That result is already a layer." if result.layer is not None
+                          else "That result is going in as a layer already.")
                 return
             self._apply(result)
 

@@ -59,6 +59,7 @@ class LayerResult:
     parameters: dict = field(default_factory=dict)  # the server's account of the job (model, sampler ...)
     canvas: object = None  # host.Canvas: for a managed profile ``data`` is None until apply() converts it
     dropped: bool = False  # discarded while apply() was still writing it: the rest of the insert is dropped
+    inserting: bool = False  # apply() is writing it over several turns: a second apply() adds nothing
 
 
 @dataclass
@@ -262,8 +263,18 @@ class Session(QObject):
         when the layer is in; otherwise it returns the layer (and ``applied`` is emitted too). ``parent`` /
         ``above``: where the layer goes (the Easel group's top by default); ``then(layer)`` is called once it
         is in. The layer joins the document only once filled: if the document is closed or the result
-        ``dropped`` meanwhile, nothing is added (and no ``applied``)."""
+        ``dropped`` meanwhile, nothing is added (and no ``applied``). A result already in, or still going
+        in, is not added twice."""
+        if result.layer is not None or result.inserting:
+            return result.layer
+
         def steps():
+            try:
+                return (yield from insert())
+            finally:  # done, dropped, or failed: the result may be applied again only if it is not in
+                result.inserting = False
+
+        def insert():
             # Growing or scaling the canvas recomposites all of it, as adding a layer does.
             alone = (result.grow is not None or result.resize is not None or result.new_document) and \
                 max(result.width * result.height, result.doc.width() * result.doc.height()) >= plan.ALONE_PIXELS
@@ -313,6 +324,7 @@ class Session(QObject):
                 then(layer)
             self.applied.emit(result)
 
+        result.inserting = True
         self._drive(None, steps(), finished)
         return done[0] if done else None
 

@@ -1110,8 +1110,10 @@ def scenario_ui_thread_budget(ctx):
         applied = []
         session.applied.connect(applied.append)
         session.apply(result)
+        check(session.apply(result) is None, f"{label}: a second apply during the insert returned a layer")
         wait_for(None, timeout=120, until=lambda: applied)
         session.applied.disconnect()
+        check(len(applied) == 1, f"{label}: applied {len(applied)} times")
         figures[f"{label}: total s"] = round(time.perf_counter() - start, 3)
         figures[f"{label}: longest UI block s"] = round(watch.worst(), 3)
         figures[f"{label}: event-loop turns"] = len(session.slices)
