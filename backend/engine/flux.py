@@ -89,7 +89,14 @@ class FluxModel:
                 raise ModelError("unsupported_mode", f"model {self.name!r} cannot {mode}", "mode")
             if mode == "instruct":
                 extra.update(image_encoder=None, feature_extractor=None)
-            pipe = self.base if type(self.base) is cls else _from_pipe(cls, self.base, **extra)
+            if type(self.base) is cls:
+                pipe = self.base
+            else:  # (from_pipe casts every module to the dtype, which a quantised transformer refuses)
+                transformer = extra.pop("transformer", self.base.transformer)
+                quantized = is_quantized(transformer)
+                pipe = _from_pipe(cls, self.base, transformer=None if quantized else transformer, **extra)
+                if quantized:
+                    pipe.register_modules(transformer=transformer)
             pipe.set_progress_bar_config(disable=True)
             self.pipelines[mode] = pipe
         return self.pipelines[mode]
@@ -164,6 +171,8 @@ def load_transformer(source: str, configs: str | None, dtype: torch.dtype):
         return FluxTransformer2DModel.from_pretrained(str(path), subfolder=sub, dtype=dtype)
     if not path.is_file():
         return FluxTransformer2DModel.from_pretrained(source, subfolder="transformer", dtype=dtype)
+    if path.suffix.lower() == ".gguf":
+        return load_gguf_transformer(path, configs, dtype)
     shapes = safetensors_shapes(path)
     if any(name.startswith(_BFL_PREFIXES) for name in shapes):
         key = next(name for name in shapes if name.endswith("img_in.weight"))
@@ -172,6 +181,44 @@ def load_transformer(source: str, configs: str | None, dtype: torch.dtype):
     config = FluxTransformer2DModel.load_config(configs, subfolder="transformer")
     config.update(in_channels=shapes[_DIFFUSERS_IN][1], out_channels=64)  # a Fill file has more input channels
     return _with_weights(FluxTransformer2DModel.from_config(config), path, dtype)
+
+
+def load_gguf_transformer(path: Path, configs: str | None, dtype: torch.dtype):
+    """A quantised Flux transformer from one ``.gguf`` file (city96's FLUX.1 GGUFs in ComfyUI's
+    ``models/unet`` or ``models/diffusion_models``: Q8_0, Q5_K_S, Q4_K_S ...; the original layout or
+    diffusers'), loaded by diffusers' GGUF support: the linear layers keep their quantised blocks
+    (``GGUFParameter``) and dequantise them to ``dtype`` as they run, so the transformer takes about
+    the file's size in memory. The architecture comes from ``configs``' transformer config; the input
+    and output widths from the file (a Fill transformer has more input channels)."""
+    from diffusers import FluxTransformer2DModel, GGUFQuantizationConfig
+
+    from backend.engine.capabilities import gguf_shapes
+
+    shapes = gguf_shapes(path)  # ValueError naming the file when it is not GGUF
+    bfl = any(name.startswith(_BFL_PREFIXES) for name in shapes)
+    first = next((name for name in shapes if name.endswith(("img_in.weight", _DIFFUSERS_IN))), None)
+    last = next((name for name in shapes if name.endswith(("final_layer.linear.weight", "proj_out.weight"))
+                 and not name.startswith(("single_transformer_blocks.", "single_blocks."))), None)
+    if first is None or last is None or not (bfl or _DIFFUSERS_IN in shapes):
+        names = ", ".join(list(shapes)[:3]) or "no tensors"
+        raise ValueError(f"{path} holds no Flux transformer (its tensors: {names} ...); a Flux GGUF has img_in / "
+                         "double_blocks (the original layout) or x_embedder / transformer_blocks (diffusers')")
+    try:
+        model = FluxTransformer2DModel.from_single_file(
+            str(path), config=configs, subfolder="transformer", dtype=dtype,
+            quantization_config=GGUFQuantizationConfig(compute_dtype=dtype),
+            in_channels=shapes[first][1], out_channels=shapes[last][0])
+    except (ValueError, KeyError, RuntimeError, IndexError) as exc:  # a layout or shape that does not fit
+        raise ValueError(f"{path} does not fit the Flux transformer of {configs}: {exc}") from exc
+    empty = [name for name, param in model.named_parameters() if param.device.type == "meta"]
+    if empty:
+        raise ValueError(f"{path} does not fit FluxTransformer2DModel: it lacks {', '.join(empty[:3])}")
+    return model
+
+
+def is_quantized(module) -> bool:
+    """Whether ``module`` holds quantised weights (a GGUF transformer): they must not be cast to a dtype."""
+    return getattr(module, "hf_quantizer", None) is not None or getattr(module, "is_quantized", False)
 
 
 def _component(key: str, source: str, configs: str | None, dtype: torch.dtype):

@@ -1,0 +1,112 @@
+"""Quantised Flux: GGUF transformer files (as city96's FLUX.1 GGUFs sit in ComfyUI's models/unet), loaded by
+diffusers' own GGUF support. The demo's `demo-flux-gguf` is the demo Flux with its base transformer in Q8_0 and
+its Fill transformer in Q4_0: the weights stay quantised in memory, every mode runs through the real pipelines,
+untouched pixels stay byte-identical, and a file that is not a Flux GGUF is named in a readable error."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from backend.engine import masks
+from tests.conftest import decode, picture, png, rect_mask
+from tests.test_flux import composite
+
+STEPS = 2
+
+
+def quantised(module) -> dict[str, int]:
+    """Quant type name -> number of GGUF-quantised parameters in ``module``."""
+    from diffusers.quantizers.gguf.utils import GGUFParameter
+
+    counts: dict[str, int] = {}
+    for param in module.parameters():
+        if isinstance(param, GGUFParameter):
+            counts[param.quant_type.name] = counts.get(param.quant_type.name, 0) + 1
+    return counts
+
+
+def test_gguf_transformers_load_and_keep_their_weights_quantised(engine):
+    import torch
+
+    model = engine.registry.get("demo-flux-gguf")
+    plain = engine.registry.get("demo-flux-file").base.transformer
+    base, fill = model.base.transformer, model.fill
+    linears = sum(isinstance(m, torch.nn.Linear) for m in plain.modules())
+    assert quantised(base) == {"Q8_0": linears} and quantised(fill) == {"Q4_0": linears}
+    nbytes = {name: sum(p.numel() * p.element_size() for p in t.parameters())
+              for name, t in (("plain", plain), ("q8", base), ("q4", fill))}
+    assert nbytes["q8"] < 0.4 * nbytes["plain"], nbytes  # float32 on the CPU: ~3.8x smaller in Q8_0
+    for mode in ("generate", "img2img", "inpaint"):  # the mode pipelines share the quantised modules
+        assert quantised(model.pipeline(mode).transformer)
+
+
+def test_gguf_flux_generates_nearly_the_picture_of_its_full_precision_weights(client):
+    kwargs = dict(prompt="a lighthouse", steps=STEPS, seed=3, width=96, height=64)
+    full = decode(client.run("generate", model="demo-flux-file", **kwargs).images[0].image).astype(int)
+    q8 = decode(client.run("generate", model="demo-flux-gguf", **kwargs).images[0].image).astype(int)
+    assert q8.shape == (64, 96, 4) and q8[..., :3].std() > 1
+    assert 0 < np.abs(q8 - full).mean() < 2, np.abs(q8 - full).mean()  # Q8_0 rounding, not another picture
+    again = decode(client.run("generate", model="demo-flux-gguf", **kwargs).images[0].image).astype(int)
+    assert (again == q8).all(), "reproducible"
+
+
+@pytest.mark.parametrize("mode", ["inpaint", "remove"])  # the Q4_0 Fill transformer
+def test_gguf_fill_edits_leave_every_pixel_outside_the_mask_byte_identical(client, mode):
+    image = picture(160, 128, seed=2)
+    mask = rect_mask(image.size, (60, 40, 100, 80))
+    result = client.run(mode, model="demo-flux-gguf", image=png(image), mask=png(mask), prompt="a red door",
+                        steps=5 if mode == "remove" else STEPS, seed=5, guidance=30)
+    out, source = composite(image, result.images[0]), np.asarray(image)
+    reach = masks.shape_mask(np.asarray(mask), 8, 16) > 0
+    assert (out[~reach] == source[~reach]).all()
+    assert np.abs(out[np.asarray(mask) > 0].astype(int) - source[np.asarray(mask) > 0]).mean() > 5
+
+
+def test_gguf_models_are_described_without_loading(demo_root):
+    from backend.config import Config
+    from backend.engine.models import ModelRegistry, pick_device
+    from backend.fixtures.demo_flux import demo_flux_models
+
+    spec = dataclasses.replace(demo_flux_models(demo_root)["demo-flux-gguf"], family=None)  # told from the file
+    registry = ModelRegistry(Config(models={spec.name: spec}), *pick_device("cpu"))
+    (described,) = registry.describe()
+    assert (described.family, described.native_size, described.loaded) == ("flux", 512, False)
+    assert {"generate", "inpaint", "expand"} <= set(described.capabilities.modes)
+
+
+def gguf_without_flux(path):
+    import gguf
+
+    writer = gguf.GGUFWriter(str(path), arch="llama")
+    writer.add_tensor("token_embd.weight", np.zeros((8, 32), np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+
+
+def test_gguf_files_that_are_broken_or_not_flux_are_named(demo_root, tmp_path):
+    from backend.config import Config
+    from backend.engine.models import ModelError, ModelRegistry, pick_device
+    from backend.fixtures.demo_flux import demo_flux_models
+
+    spec = demo_flux_models(demo_root)["demo-flux-gguf"]
+    whole = (demo_root / "flux-comfy" / "unet" / "flux-fill-demo-Q4_0.gguf").read_bytes()
+    (tmp_path / "cut.gguf").write_bytes(whole[:len(whole) // 2])
+    (tmp_path / "renamed.gguf").write_bytes(Path(spec.vae).read_bytes()[:4096])
+    gguf_without_flux(tmp_path / "llm.gguf")
+    cases = {"cut": "is not a readable GGUF file", "renamed": "is not a readable GGUF file",
+             "llm": "holds no Flux transformer"}
+    for name, said in cases.items():
+        broken = str(tmp_path / f"{name}.gguf")
+        for key in ("inpaint", "source"):
+            config = Config(models={name: dataclasses.replace(spec, name=name, **{key: broken})})
+            with pytest.raises(ModelError) as caught:
+                ModelRegistry(config, *pick_device("cpu")).get(name)
+            message = caught.value.message
+            assert caught.value.code == "model_load_failed" and said in message and broken in message, message
+            assert repr(name) in message, message  # the model too
