@@ -15,6 +15,12 @@ a model built on the ``meta`` device: no memory) by the same rule the measuremen
 whose rows split into the quant's blocks is quantised, everything else (biases, norm scales) is bf16. The
 count of one block is printed beside its measurement, so the rule is checked where it can be.
 
+``--load-check`` writes a Flux transformer of the real width with one block of each kind (random, 0.5 B
+parameters) as a Q8_0 GGUF in the original (BFL / ComfyUI, city96) layout and loads it with Easel's loader
+(``backend.engine.flux.load_gguf_transformer``: diffusers converts the layout, whose single-block split
+assumes the real 3072 width, which is why the demo's tiny GGUFs use diffusers' tensor names instead), then
+compares its output with the unquantised model's.
+
 Optionally (``--forward-tokens N``) the seconds one double block's forward pass takes on N image tokens
 (plus 512 text tokens) in bf16 and in each measured quant, on this CPU (GGUF layers dequantise on the
 fly; on a GPU diffusers can use fused kernels instead, so these seconds say nothing about a GPU).
@@ -26,10 +32,14 @@ fly; on a GPU diffusers can use fused kernels instead, so these seconds say noth
 from __future__ import annotations
 
 import argparse
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository, for backend.*
 
 DEV = dict(patch_size=1, in_channels=64, out_channels=64, num_layers=19, num_single_layers=38, attention_head_dim=128,
            num_attention_heads=24, joint_attention_dim=4096, pooled_projection_dim=768, guidance_embeds=True,
@@ -124,6 +134,102 @@ def forward_seconds(double, tokens: int, runs: int = 2) -> float:
     return best
 
 
+def original_layout(weights: dict) -> dict:
+    """A diffusers Flux transformer's state dict in the original (BFL) tensor names, as city96's GGUFs and
+    ComfyUI's files have them: the inverse of diffusers' ``convert_flux_transformer_checkpoint_to_diffusers``."""
+    out = {}
+
+    def put(name, *parts):
+        out[name] = torch.cat([weights.pop(part) for part in parts]) if len(parts) > 1 else weights.pop(parts[0])
+
+    for new, old in (("time_in.in_layer", "time_text_embed.timestep_embedder.linear_1"),
+                     ("time_in.out_layer", "time_text_embed.timestep_embedder.linear_2"),
+                     ("vector_in.in_layer", "time_text_embed.text_embedder.linear_1"),
+                     ("vector_in.out_layer", "time_text_embed.text_embedder.linear_2"),
+                     ("guidance_in.in_layer", "time_text_embed.guidance_embedder.linear_1"),
+                     ("guidance_in.out_layer", "time_text_embed.guidance_embedder.linear_2"),
+                     ("txt_in", "context_embedder"), ("img_in", "x_embedder"), ("final_layer.linear", "proj_out")):
+        for kind in ("weight", "bias"):
+            put(f"{new}.{kind}", f"{old}.{kind}")
+    for kind in ("weight", "bias"):  # diffusers' AdaLayerNormContinuous has scale, shift; the original shift, scale
+        scale, shift = weights.pop(f"norm_out.linear.{kind}").chunk(2, dim=0)
+        out[f"final_layer.adaLN_modulation.1.{kind}"] = torch.cat([shift, scale])
+    blocks = sorted({int(name.split(".")[1]) for name in weights if name.startswith("transformer_blocks.")})
+    for i in blocks:
+        d, b = f"transformer_blocks.{i}.", f"double_blocks.{i}."
+        for kind in ("weight", "bias"):
+            put(f"{b}img_mod.lin.{kind}", f"{d}norm1.linear.{kind}")
+            put(f"{b}txt_mod.lin.{kind}", f"{d}norm1_context.linear.{kind}")
+            put(f"{b}img_attn.qkv.{kind}", *(f"{d}attn.to_{x}.{kind}" for x in "qkv"))
+            put(f"{b}txt_attn.qkv.{kind}", *(f"{d}attn.add_{x}_proj.{kind}" for x in "qkv"))
+            put(f"{b}img_attn.proj.{kind}", f"{d}attn.to_out.0.{kind}")
+            put(f"{b}txt_attn.proj.{kind}", f"{d}attn.to_add_out.{kind}")
+            put(f"{b}img_mlp.0.{kind}", f"{d}ff.net.0.proj.{kind}")
+            put(f"{b}img_mlp.2.{kind}", f"{d}ff.net.2.{kind}")
+            put(f"{b}txt_mlp.0.{kind}", f"{d}ff_context.net.0.proj.{kind}")
+            put(f"{b}txt_mlp.2.{kind}", f"{d}ff_context.net.2.{kind}")
+        put(f"{b}img_attn.norm.query_norm.scale", f"{d}attn.norm_q.weight")
+        put(f"{b}img_attn.norm.key_norm.scale", f"{d}attn.norm_k.weight")
+        put(f"{b}txt_attn.norm.query_norm.scale", f"{d}attn.norm_added_q.weight")
+        put(f"{b}txt_attn.norm.key_norm.scale", f"{d}attn.norm_added_k.weight")
+    singles = sorted({int(name.split(".")[1]) for name in weights if name.startswith("single_transformer_blocks.")})
+    for i in singles:
+        d, b = f"single_transformer_blocks.{i}.", f"single_blocks.{i}."
+        for kind in ("weight", "bias"):
+            put(f"{b}modulation.lin.{kind}", f"{d}norm.linear.{kind}")
+            put(f"{b}linear1.{kind}", *(f"{d}attn.to_{x}.{kind}" for x in "qkv"), f"{d}proj_mlp.{kind}")
+            put(f"{b}linear2.{kind}", f"{d}proj_out.{kind}")
+        put(f"{b}norm.query_norm.scale", f"{d}attn.norm_q.weight")
+        put(f"{b}norm.key_norm.scale", f"{d}attn.norm_k.weight")
+    if weights:
+        raise ValueError(f"not mapped: {', '.join(sorted(weights)[:5])}")
+    return out
+
+
+def load_check(quant: str = "Q8_0") -> None:
+    """A 1 + 1 block Flux transformer of the real width, as an original-layout GGUF, through Easel's loader."""
+    import tempfile
+
+    from diffusers import FluxTransformer2DModel
+
+    from backend.engine.flux import load_gguf_transformer
+    from backend.fixtures.demo_flux import write_gguf
+
+    torch.manual_seed(0)
+    config = dict(DEV, num_layers=1, num_single_layers=1)
+    model = FluxTransformer2DModel(**config).to(torch.bfloat16).eval()
+    with torch.no_grad():
+        model.proj_out.weight.mul_(0.1)
+    with tempfile.TemporaryDirectory(prefix="easel-gguf-") as folder:
+        model.save_config(Path(folder) / "transformer")
+        path = Path(folder) / f"flux-1+1-{quant}.gguf"
+        start = time.perf_counter()
+        write_gguf(original_layout(dict(model.state_dict())), path, quant)
+        written = time.perf_counter() - start
+        start = time.perf_counter()
+        loaded = load_gguf_transformer(path, folder, torch.bfloat16)
+        seconds = time.perf_counter() - start
+        size = path.stat().st_size
+    from diffusers.quantizers.gguf.utils import GGUFParameter
+
+    quantised = sum(isinstance(p, GGUFParameter) for p in loaded.parameters())
+    linears = sum(isinstance(m, torch.nn.Linear) for m in model.modules())
+    torch.manual_seed(1)
+    tokens = 64
+    inputs = dict(hidden_states=torch.randn(1, tokens, 64, dtype=torch.bfloat16),
+                  encoder_hidden_states=torch.randn(1, 32, 4096, dtype=torch.bfloat16),
+                  pooled_projections=torch.randn(1, 768, dtype=torch.bfloat16), timestep=torch.tensor([0.5]),
+                  guidance=torch.tensor([3.5]), img_ids=torch.zeros(tokens, 3), txt_ids=torch.zeros(32, 3),
+                  return_dict=False)
+    with torch.no_grad():
+        want, got = model(**inputs)[0].float(), loaded(**inputs)[0].float()
+    error = float((got - want).norm() / want.norm())
+    print(f"load check: 1 + 1 blocks at 3072 wide ({sum(p.numel() for p in model.parameters()) / 1e9:.2f} B "
+          f"parameters), original layout, {quant}: file {mib(size)} written in {written:.0f} s, loaded by Easel's "
+          f"loader in {seconds:.1f} s; {quantised} of {linears} linear weights quantised; "
+          f"output relative error {error:.4f} against bf16")
+
+
 def gib(n: int) -> str:
     return f"{n / 2**30:6.2f} GiB"
 
@@ -136,8 +242,12 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--quants", nargs="*", default=["Q8_0", "Q5_0", "Q4_0"], choices=MEASURABLE)
     parser.add_argument("--forward-tokens", type=int, default=0, help="also time one double block's forward")
+    parser.add_argument("--load-check", action="store_true",
+                        help="only: an original-layout GGUF of a 1 + 1 block full-width Flux through Easel's loader")
     args = parser.parse_args(argv)
     torch.set_grad_enabled(False)
+    if args.load_check:
+        return load_check()
     from diffusers import FluxTransformer2DModel
 
     with torch.device("meta"):

@@ -1,7 +1,7 @@
 """Quantised Flux: GGUF transformer files (as city96's FLUX.1 GGUFs sit in ComfyUI's models/unet), loaded by
-diffusers' own GGUF support. The demo's `demo-flux-gguf` is the demo Flux with its base transformer in Q8_0 and
-its Fill transformer in Q4_0: the weights stay quantised in memory, every mode runs through the real pipelines,
-untouched pixels stay byte-identical, and a file that is not a Flux GGUF is named in a readable error."""
+diffusers' own GGUF support. The demo's `demo-flux-gguf` is the demo Flux with its base and Kontext transformers
+in Q8_0 and its Fill transformer in Q4_0: the weights stay quantised in memory, every mode runs through the real
+pipelines, untouched pixels stay byte-identical, and a file that is not a Flux GGUF is named in a readable error."""
 
 from __future__ import annotations
 
@@ -37,10 +37,11 @@ def test_gguf_transformers_load_and_keep_their_weights_quantised(engine):
     base, fill = model.base.transformer, model.fill
     linears = sum(isinstance(m, torch.nn.Linear) for m in plain.modules())
     assert quantised(base) == {"Q8_0": linears} and quantised(fill) == {"Q4_0": linears}
+    assert quantised(model.kontext) == {"Q8_0": linears}
     nbytes = {name: sum(p.numel() * p.element_size() for p in t.parameters())
               for name, t in (("plain", plain), ("q8", base), ("q4", fill))}
     assert nbytes["q8"] < 0.4 * nbytes["plain"], nbytes  # float32 on the CPU: ~3.8x smaller in Q8_0
-    for mode in ("generate", "img2img", "inpaint"):  # the mode pipelines share the quantised modules
+    for mode in ("generate", "img2img", "inpaint", "instruct"):  # the mode pipelines share the quantised modules
         assert quantised(model.pipeline(mode).transformer)
 
 
@@ -54,12 +55,12 @@ def test_gguf_flux_generates_nearly_the_picture_of_its_full_precision_weights(cl
     assert (again == q8).all(), "reproducible"
 
 
-@pytest.mark.parametrize("mode", ["inpaint", "remove"])  # the Q4_0 Fill transformer
-def test_gguf_fill_edits_leave_every_pixel_outside_the_mask_byte_identical(client, mode):
+@pytest.mark.parametrize("mode", ["inpaint", "remove", "instruct"])  # the Q4_0 Fill, the Q8_0 Kontext transformer
+def test_gguf_masked_edits_leave_every_pixel_outside_the_mask_byte_identical(client, mode):
     image = picture(160, 128, seed=2)
     mask = rect_mask(image.size, (60, 40, 100, 80))
     result = client.run(mode, model="demo-flux-gguf", image=png(image), mask=png(mask), prompt="a red door",
-                        steps=5 if mode == "remove" else STEPS, seed=5, guidance=30)
+                        steps=5 if mode == "remove" else STEPS, seed=5, guidance=3.5 if mode == "instruct" else 30)
     out, source = composite(image, result.images[0]), np.asarray(image)
     reach = masks.shape_mask(np.asarray(mask), 8, 16) > 0
     assert (out[~reach] == source[~reach]).all()
@@ -75,7 +76,7 @@ def test_gguf_models_are_described_without_loading(demo_root):
     registry = ModelRegistry(Config(models={spec.name: spec}), *pick_device("cpu"))
     (described,) = registry.describe()
     assert (described.family, described.native_size, described.loaded) == ("flux", 512, False)
-    assert {"generate", "inpaint", "expand"} <= set(described.capabilities.modes)
+    assert {"generate", "inpaint", "expand", "instruct"} <= set(described.capabilities.modes)
 
 
 def gguf_without_flux(path):
