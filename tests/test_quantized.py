@@ -111,3 +111,68 @@ def test_gguf_files_that_are_broken_or_not_flux_are_named(demo_root, tmp_path):
             message = caught.value.message
             assert caught.value.code == "model_load_failed" and said in message and broken in message, message
             assert repr(name) in message, message  # the model too
+
+
+# -- quantize = "int8": torchao's int8 weight-only, through diffusers' TorchAoConfig, on diffusers folders --
+
+
+def int8_weights(module) -> int:
+    """How many of ``module``'s parameters are torchao int8 tensors."""
+    return sum("Int8" in type(param).__name__ for param in module.parameters())
+
+
+def test_int8_quantize_setting_quantises_folder_transformers_and_every_mode_runs(demo_config):
+    pytest.importorskip("torchao")
+    from backend.config import Config
+    from backend.engine.engine import Engine
+    from backend.engine.models import ModelRegistry, pick_device
+    from backend.server import ServerThread
+    from shared.client import Client
+
+    spec = dataclasses.replace(demo_config.models["demo-flux"], name="int8", quantize="int8")
+    config = Config(port=0, models={"int8": spec, "demo-flux": demo_config.models["demo-flux"]})
+    engine = Engine(ModelRegistry(config, *pick_device("cpu")))
+    model = engine.registry.get("int8")
+    linears = int8_weights(model.base.transformer)
+    assert linears == 30 and int8_weights(model.fill) == linears and int8_weights(model.kontext) == linears
+    assert int8_weights(model.base.text_encoder_2) == 0, "only the transformers"
+    kwargs = dict(prompt="a lighthouse", steps=STEPS, seed=3, width=96, height=64)
+    image = picture(160, 128, seed=2)
+    mask = rect_mask(image.size, (60, 40, 100, 80))
+    reach = masks.shape_mask(np.asarray(mask), 8, 16) > 0
+    with ServerThread(config, engine) as server, Client(server.url) as client:
+        full = decode(client.run("generate", model="demo-flux", **kwargs).images[0].image).astype(int)
+        int8 = decode(client.run("generate", model="int8", **kwargs).images[0].image).astype(int)
+        assert 0 < np.abs(int8 - full).mean() < 2, np.abs(int8 - full).mean()
+        for mode in ("inpaint", "instruct"):
+            result = client.run(mode, model="int8", image=png(image), mask=png(mask), prompt="a red door",
+                                steps=STEPS, seed=5)
+            out = composite(image, result.images[0])
+            assert (out[~reach] == np.asarray(image)[~reach]).all()
+    assert int8_weights(model.pipeline("inpaint").transformer) == linears
+
+
+def test_quantize_setting_is_checked(tmp_path):
+    from backend.config import ConfigError, load_config
+
+    (tmp_path / "easel.toml").write_text('[models.f]\nsource = "black-forest-labs/FLUX.1-dev"\nfamily = "flux"\n'
+                                         'quantize = "int8"\n')
+    assert load_config(tmp_path / "easel.toml").check().models["f"].quantize == "int8"
+    for lines, said in (('source = "a/b"\nfamily = "flux"\nquantize = "int4"', "must be 'int8'"),
+                        ('source = "a/b"\nfamily = "sdxl"\nquantize = "int8"', "flux models"),
+                        ('source = "./flux1-dev-Q8_0.gguf"\nfamily = "flux"\nquantize = "int8"', "quantised already")):
+        (tmp_path / "bad.toml").write_text(f"[models.f]\n{lines}\n")
+        with pytest.raises(ConfigError, match=said):
+            load_config(tmp_path / "bad.toml").check()
+
+
+def test_quantize_on_a_single_safetensors_transformer_is_refused_naming_the_file(demo_config, demo_root):
+    pytest.importorskip("torchao")
+    from backend.config import Config
+    from backend.engine.models import ModelError, ModelRegistry, pick_device
+
+    fill = str(demo_root / "flux-comfy" / "diffusion_models" / "flux-demo.safetensors")
+    spec = dataclasses.replace(demo_config.models["demo-flux"], name="mixed", quantize="int8", inpaint=fill)
+    with pytest.raises(ModelError) as caught:
+        ModelRegistry(Config(models={"mixed": spec}), *pick_device("cpu")).get("mixed")
+    assert fill in caught.value.message and "GGUF" in caught.value.message, caught.value.message

@@ -143,36 +143,44 @@ def load_flux(spec: ModelSpec, device: torch.device, dtype: torch.dtype, allow_p
     configs = spec.config or (str(path) if path.is_dir() else None if path.is_file() else spec.source)
     components = {key: _component(key, getattr(spec, key), configs, dtype)
                   for key in ("text_encoder", "text_encoder_2", "vae") if getattr(spec, key)}
+    quantize = spec.quantize
     if path.is_file():
         if not configs:
             raise ModelError("model_load_failed", f"model {spec.name!r}: a single-file Flux transformer needs "
                              "`config`, a diffusers folder (or hub id) with the pipeline's configs and tokenizers")
-        components["transformer"] = load_transformer(str(path), configs, dtype)
+        components["transformer"] = load_transformer(str(path), configs, dtype, quantize)
         base = diffusers.FluxPipeline.from_pretrained(configs, dtype=dtype, **components)
     else:
+        if quantize:  # (loaded on its own: the pipeline's loader would not quantise it)
+            components["transformer"] = load_transformer(spec.source, configs, dtype, quantize)
         base = diffusers.DiffusionPipeline.from_pretrained(str(path) if path.is_dir() else spec.source,
                                                            dtype=dtype, **components)
-    fill = load_transformer(spec.inpaint, configs, dtype) if spec.inpaint else None
-    kontext = load_transformer(spec.instruct, configs, dtype) if spec.instruct else None
+    fill = load_transformer(spec.inpaint, configs, dtype, quantize) if spec.inpaint else None
+    kontext = load_transformer(spec.instruct, configs, dtype, quantize) if spec.instruct else None
     if not spec.cpu_offload:
         base = to_device(base, device)
         fill, kontext = (to_device(module, device) if module is not None else None for module in (fill, kontext))
     return FluxModel(spec.name, base, fill, kontext, spec.true_cfg, spec.cpu_offload)
 
 
-def load_transformer(source: str, configs: str | None, dtype: torch.dtype):
-    """A Flux transformer from a diffusers pipeline or model folder, a hub id, or one ``.safetensors`` file
-    (the original layout, as in ComfyUI's ``models/diffusion_models``, or diffusers' keys)."""
+def load_transformer(source: str, configs: str | None, dtype: torch.dtype, quantize: str | None = None):
+    """A Flux transformer from a diffusers pipeline or model folder, a hub id, one ``.safetensors`` file
+    (the original layout, as in ComfyUI's ``models/diffusion_models``, or diffusers' keys) or one ``.gguf``
+    file (quantised already). ``quantize`` ("int8"): a folder's or hub id's weights quantised as they load."""
     from diffusers import FluxTransformer2DModel
 
     path = Path(source).expanduser()
+    if path.is_file() and path.suffix.lower() == ".gguf":
+        return load_gguf_transformer(path, configs, dtype)
+    if path.is_file() and quantize:
+        raise ValueError(f"quantize = {quantize!r} applies to transformers from a diffusers folder or hub id, not "
+                         f"to the single file {path}: use a GGUF of it (Q8_0 is about int8's size)")
+    quantized = quantization(quantize, dtype)
     if path.is_dir():
         sub = "transformer" if (path / "transformer").is_dir() else None
-        return FluxTransformer2DModel.from_pretrained(str(path), subfolder=sub, dtype=dtype)
+        return FluxTransformer2DModel.from_pretrained(str(path), subfolder=sub, dtype=dtype, **quantized)
     if not path.is_file():
-        return FluxTransformer2DModel.from_pretrained(source, subfolder="transformer", dtype=dtype)
-    if path.suffix.lower() == ".gguf":
-        return load_gguf_transformer(path, configs, dtype)
+        return FluxTransformer2DModel.from_pretrained(source, subfolder="transformer", dtype=dtype, **quantized)
     shapes = safetensors_shapes(path)
     if any(name.startswith(_BFL_PREFIXES) for name in shapes):
         key = next(name for name in shapes if name.endswith("img_in.weight"))
@@ -214,6 +222,21 @@ def load_gguf_transformer(path: Path, configs: str | None, dtype: torch.dtype):
     if empty:
         raise ValueError(f"{path} does not fit FluxTransformer2DModel: it lacks {', '.join(empty[:3])}")
     return model
+
+
+def quantization(quantize: str | None, dtype: torch.dtype) -> dict:
+    """``from_pretrained``'s quantisation argument for the model setting ``quantize``: "int8" is torchao's
+    int8 weight-only quantisation (each linear weight one byte a parameter plus a scale a row; activations
+    stay in ``dtype``) through diffusers' ``TorchAoConfig``."""
+    if not quantize:
+        return {}
+    from diffusers import TorchAoConfig
+
+    try:
+        from torchao.quantization import Int8WeightOnlyConfig
+    except ImportError as exc:
+        raise ValueError(f"quantize = {quantize!r} needs the torchao package (pip install torchao)") from exc
+    return {"quantization_config": TorchAoConfig(Int8WeightOnlyConfig())}
 
 
 def is_quantized(module) -> bool:
