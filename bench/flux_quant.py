@@ -10,6 +10,9 @@ dequantised weights are from the originals (relative RMS). The ``gguf`` package 
 Q5_1, Q4_0, Q4_1 in Python; the K-quants (Q6_K, Q5_K, Q4_K, Q3_K, Q2_K: what city96 ships as Q4_K_S and
 so on) it only dequantises, so their bytes are counted from ``gguf.GGML_QUANT_SIZES``, not measured.
 
+Measured the same way: torchao's int8 weight-only quantisation (the ``quantize = "int8"`` model setting),
+applied to the same blocks by ``torchao.quantization.quantize_``.
+
 Counted: the whole transformer (19 double + 38 single blocks plus the embedders and the output layer, from
 a model built on the ``meta`` device: no memory) by the same rule the measurement follows: every 2-D weight
 whose rows split into the quant's blocks is quantised, everything else (biases, norm scales) is bf16. The
@@ -57,6 +60,8 @@ def quant_bytes(shape, quant: str | None, rest_bytes: int = 2) -> int:
     count = int(np.prod(shape))
     if quant is None or len(shape) != 2:
         return count * rest_bytes
+    if quant == "int8":  # torchao's Int8Tensor: int8 data, a float32 scale and an int8 zero point a row
+        return count + shape[0] * 5
     block, size = gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType[quant]]
     if shape[-1] % block:
         return count * rest_bytes
@@ -68,8 +73,33 @@ def counted(module, quant: str | None) -> int:
 
 
 def held(module) -> int:
-    """Bytes the module's parameters occupy (a GGUF parameter: its quantised blocks)."""
-    return sum(p.numel() * p.element_size() for p in module.parameters())
+    """Bytes the module's parameters occupy (a GGUF parameter: its quantised blocks; a torchao tensor: the
+    tensors inside it)."""
+    def nbytes(tensor) -> int:
+        if hasattr(tensor, "__tensor_flatten__") and not hasattr(tensor, "quant_type"):
+            return sum(nbytes(getattr(tensor, name)) for name in tensor.__tensor_flatten__()[0])
+        return tensor.numel() * tensor.element_size()
+
+    return sum(nbytes(p) for p in module.parameters())
+
+
+def int8(module):
+    """A copy of ``module`` quantised by torchao's int8 weight-only config (what ``quantize = "int8"`` and
+    diffusers' TorchAoConfig apply to each linear layer); the relative RMS error of the dequantised weights."""
+    import copy
+
+    from torchao.quantization import Int8WeightOnlyConfig, quantize_
+
+    out = copy.deepcopy(module)
+    quantize_(out, Int8WeightOnlyConfig())
+    error, norm = 0.0, 0.0
+    for (_, linear), (_, original) in zip(
+            [(n, m) for n, m in out.named_modules() if isinstance(m, torch.nn.Linear)],
+            [(n, m) for n, m in module.named_modules() if isinstance(m, torch.nn.Linear)]):
+        want = original.weight.detach().float()
+        error += float(((linear.weight.dequantize().float() - want) ** 2).sum())
+        norm += float((want ** 2).sum())
+    return out, (error / norm) ** 0.5
 
 
 def blocks(dtype=torch.bfloat16):
@@ -117,7 +147,7 @@ def quantise(module, quant: str, compute_dtype=torch.bfloat16):
 
 
 def forward_seconds(double, tokens: int, runs: int = 2) -> float:
-    from diffusers.models.embeddings import FluxPosEmbed
+    from diffusers.models.transformers.transformer_flux import FluxPosEmbed
 
     torch.manual_seed(1)
     dtype = torch.bfloat16
@@ -242,6 +272,8 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--quants", nargs="*", default=["Q8_0", "Q5_0", "Q4_0"], choices=MEASURABLE)
     parser.add_argument("--forward-tokens", type=int, default=0, help="also time one double block's forward")
+    parser.add_argument("--no-int8", dest="int8", action="store_false",
+                        help="skip the torchao int8 weight-only row (quantize = \"int8\")")
     parser.add_argument("--load-check", action="store_true",
                         help="only: an original-layout GGUF of a 1 + 1 block full-width Flux through Easel's loader")
     args = parser.parse_args(argv)
@@ -278,6 +310,18 @@ def main(argv=None) -> None:
               f"   (quantised in {seconds:.0f} s)", flush=True)
         if args.forward_tokens:
             timings[quant] = forward_seconds(q_double, args.forward_tokens)
+        del q_double, q_single
+    if args.int8:
+        start = time.perf_counter()
+        q_double, e_double = int8(double)
+        q_single, e_single = int8(single)
+        seconds = time.perf_counter() - start
+        print(f"{'int8 ao':8s} {mib(held(q_double)):>14s} {mib(counted(double, 'int8')):>12s} "
+              f"{mib(held(q_single)):>14s} {mib(counted(single, 'int8')):>12s} {max(e_double, e_single):9.4f} "
+              f"{gib(19 * held(q_double) + 38 * held(q_single)):>15s} {gib(counted(whole, 'int8')):>15s}"
+              f"   (quantised in {seconds:.0f} s)", flush=True)
+        if args.forward_tokens:
+            timings["int8 ao"] = forward_seconds(q_double, args.forward_tokens)
         del q_double, q_single
     for quant in COUNTED:
         print(f"{quant:8s} {'-':>14s} {mib(counted(double, quant)):>12s} {'-':>14s} {mib(counted(single, quant)):>12s} "
