@@ -3,10 +3,14 @@
 A flux model is one base pipeline (``FluxPipeline``) whose modes share its text encoders and VAE:
 generate and img2img run its transformer, inpaint (and expand, remove) a Fill transformer, instruct a
 Kontext transformer, each configured as ``inpaint`` / ``instruct`` on the model (a diffusers folder,
-or one ``.safetensors`` transformer file). The source is a diffusers folder, a hub id, or a single
-transformer file as ComfyUI keeps it (``models/diffusion_models``), with ``config`` naming a diffusers
-folder of configs and tokenizers and ``text_encoder`` (CLIP-L), ``text_encoder_2`` (T5) and ``vae``
-naming their files or folders.
+or one ``.safetensors`` or ``.gguf`` transformer file). The source is a diffusers folder, a hub id, or a
+single transformer file as ComfyUI keeps it (``models/diffusion_models``, ``models/unet``), with
+``config`` naming a diffusers folder of configs and tokenizers and ``text_encoder`` (CLIP-L),
+``text_encoder_2`` (T5) and ``vae`` naming their files or folders.
+
+Smaller GPUs: a ``.gguf`` transformer (city96's quantised FLUX.1 files) stays quantised in memory
+through diffusers' GGUF support; ``quantize = "int8"`` quantises folder / hub transformers as they load
+(torchao through diffusers' ``TorchAoConfig``); ``cpu_offload`` keeps the modules in RAM between uses.
 
 Guidance is Flux's distilled guidance (the job's ``guidance``); a negative prompt needs ``true_cfg``
 above 1 (true classifier-free guidance, two transformer passes a step). The sampler is the model's
@@ -175,7 +179,7 @@ def load_transformer(source: str, configs: str | None, dtype: torch.dtype, quant
     if path.is_file() and quantize:
         raise ValueError(f"quantize = {quantize!r} applies to transformers from a diffusers folder or hub id, not "
                          f"to the single file {path}: use a GGUF of it (Q8_0 is about int8's size)")
-    quantized = quantization(quantize, dtype)
+    quantized = quantization(quantize)
     if path.is_dir():
         sub = "transformer" if (path / "transformer").is_dir() else None
         return FluxTransformer2DModel.from_pretrained(str(path), subfolder=sub, dtype=dtype, **quantized)
@@ -224,10 +228,10 @@ def load_gguf_transformer(path: Path, configs: str | None, dtype: torch.dtype):
     return model
 
 
-def quantization(quantize: str | None, dtype: torch.dtype) -> dict:
+def quantization(quantize: str | None) -> dict:
     """``from_pretrained``'s quantisation argument for the model setting ``quantize``: "int8" is torchao's
     int8 weight-only quantisation (each linear weight one byte a parameter plus a scale a row; activations
-    stay in ``dtype``) through diffusers' ``TorchAoConfig``."""
+    stay in the model's dtype) through diffusers' ``TorchAoConfig``."""
     if not quantize:
         return {}
     from diffusers import TorchAoConfig
@@ -240,7 +244,8 @@ def quantization(quantize: str | None, dtype: torch.dtype) -> dict:
 
 
 def is_quantized(module) -> bool:
-    """Whether ``module`` holds quantised weights (a GGUF transformer): they must not be cast to a dtype."""
+    """Whether ``module`` holds quantised weights (a GGUF or torchao transformer): diffusers refuses to cast
+    such a model to a dtype, which ``from_pipe`` does to every module it is given."""
     return getattr(module, "hf_quantizer", None) is not None or getattr(module, "is_quantized", False)
 
 
