@@ -67,6 +67,26 @@ def test_gguf_masked_edits_leave_every_pixel_outside_the_mask_byte_identical(cli
     assert np.abs(out[np.asarray(mask) > 0].astype(int) - source[np.asarray(mask) > 0]).mean() > 5
 
 
+def test_gguf_fill_under_cpu_offload_hooks_gives_the_same_pixels(demo_root):
+    """``cpu_offload``'s hooks (diffusers' enable_model_cpu_offload, here with the CPU as the execution
+    device: the hooks run, nothing moves) around quantised weights: the same picture."""
+    import torch
+    from PIL import Image
+
+    from backend.config import Config
+    from backend.engine.models import ModelRegistry, pick_device
+    from backend.fixtures.demo_flux import demo_flux_models
+
+    spec = demo_flux_models(demo_root)["demo-flux-gguf"]
+    pipe = ModelRegistry(Config(models={spec.name: spec}), *pick_device("cpu")).get(spec.name).pipeline("inpaint")
+    call = dict(prompt="x", image=Image.new("RGB", (64, 64), (120, 80, 40)), mask_image=Image.new("L", (64, 64), 255),
+                height=64, width=64, num_inference_steps=2, guidance_scale=30, max_sequence_length=32, output_type="np")
+    plain = pipe(generator=torch.Generator().manual_seed(1), **call).images
+    pipe.enable_model_cpu_offload(device=torch.device("cpu"))
+    assert hasattr(pipe.transformer, "_hf_hook") and quantised(pipe.transformer) == {"Q4_0": 30}
+    assert (pipe(generator=torch.Generator().manual_seed(1), **call).images == plain).all()
+
+
 def test_gguf_models_are_described_without_loading(demo_root):
     from backend.config import Config
     from backend.engine.models import ModelRegistry, pick_device
