@@ -99,6 +99,25 @@ def test_gguf_models_are_described_without_loading(demo_root):
     assert {"generate", "inpaint", "expand", "instruct"} <= set(described.capabilities.modes)
 
 
+def test_gguf_headers_give_torch_shapes_and_a_fill_file_is_told_apart(demo_root, tmp_path):
+    import gguf
+
+    from backend.config import ModelSpec
+    from backend.engine.capabilities import configured_kind, gguf_shapes
+
+    unet = demo_root / "flux-comfy" / "unet"
+    assert gguf_shapes(unet / "flux-demo-Q8_0.gguf")["x_embedder.weight"] == [32, 64]  # (out, in), as torch has it
+    assert gguf_shapes(unet / "flux-fill-demo-Q4_0.gguf")["x_embedder.weight"] == [32, 192]
+    writer = gguf.GGUFWriter(str(tmp_path / "fill.gguf"), arch="flux")  # FLUX.1 Fill's input: 384 channels
+    writer.add_tensor("img_in.weight", np.zeros((3072, 384), np.float16))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    assert configured_kind(ModelSpec("f", str(tmp_path / "fill.gguf"), "flux")) == "inpaint"
+    assert configured_kind(ModelSpec("b", str(unet / "flux-demo-Q8_0.gguf"), "flux")) == "base"
+
+
 def gguf_without_flux(path):
     import gguf
 
