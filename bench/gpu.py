@@ -726,8 +726,9 @@ def main(argv=None) -> None:
         print(run.table(), flush=True)
 
 
-def run_flux(args, device, dtype) -> None:
-    """The flux row: Flux Fill inpaint, the plain FluxFillPipeline call against Easel on the same modules."""
+def run_flux(args, device, dtype) -> dict:
+    """The flux row: Flux Fill inpaint, the plain FluxFillPipeline call against Easel on the same modules;
+    prints its table and returns its figures."""
     import flux_fill
 
     dtype = torch.bfloat16 if device.type == "cuda" else dtype  # Flux runs in bf16 (fp16 overflows)
@@ -740,6 +741,7 @@ def run_flux(args, device, dtype) -> None:
     steps = args.flux_steps
     parameters = sum(p.numel() for p in pipe.transformer.parameters())
     weights = f"{str(dtype).removeprefix('torch.')}"
+    quant = {}
     if args.flux_quant:
         import tempfile
 
@@ -798,6 +800,8 @@ def run_flux(args, device, dtype) -> None:
           "whole square)")
     del pipe
     free(device)
+    return {"row": f"flux fill {args.flux_quant or 'bf16'}", "weights": weights, "quant": quant, "size": size,
+            "steps": steps, "parameters": parameters, "reference": reference.summary(), "easel": easel.summary()}
 
 
 if __name__ == "__main__":
