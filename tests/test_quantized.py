@@ -215,3 +215,30 @@ def test_quantize_on_a_single_safetensors_transformer_is_refused_naming_the_file
     with pytest.raises(ModelError) as caught:
         ModelRegistry(Config(models={"mixed": spec}), *pick_device("cpu")).get("mixed")
     assert fill in caught.value.message and "GGUF" in caught.value.message, caught.value.message
+
+
+# Where each K-quant block keeps its float16 scale(s) (ggml's block_qN_K layouts): set to sane values, the
+# rest of the block random, so that the blocks are valid whatever their bytes.
+K_SCALES = {"Q2_K": (80, 82), "Q3_K": (108,), "Q4_K": (0, 2), "Q5_K": (0, 2), "Q6_K": (208,)}
+
+
+@pytest.mark.parametrize("quant", sorted(K_SCALES))
+def test_k_quant_blocks_decode_as_the_gguf_reference_does(quant):
+    """city96's FLUX.1 files are mostly K-quants (Q4_K_S, Q5_K_S, Q6_K ...), which the gguf package cannot
+    write here: random valid blocks, decoded by diffusers' GGUF layer, equal the gguf package's reference."""
+    import gguf
+    import torch
+    from diffusers.quantizers.gguf.utils import GGUFParameter, dequantize_gguf_tensor
+
+    qtype = gguf.GGMLQuantizationType[quant]
+    block, size = gguf.GGML_QUANT_SIZES[qtype]
+    rng = np.random.default_rng(0)
+    data = rng.integers(0, 256, (4, 2, size), dtype=np.uint8)
+    for offset in K_SCALES[quant]:
+        data[..., offset:offset + 2] = np.frombuffer(np.float16(0.01).tobytes(), np.uint8)
+    data = data.reshape(4, 2 * size)
+    want = gguf.quants.dequantize(data, qtype)
+    got = dequantize_gguf_tensor(GGUFParameter(torch.from_numpy(data), quant_type=qtype)).float().numpy()
+    assert want.shape == got.shape == (4, 2 * block)
+    # (diffusers decodes in float16, the reference in float32: equal to float16's precision of the largest value)
+    assert np.abs(got - want).max() <= 2e-3 * np.abs(want).max(), np.abs(got - want).max() / np.abs(want).max()
