@@ -111,6 +111,7 @@ class ModelSpec:
     vae: str | None = None
     true_cfg: float = 1.0  # flux: above 1, a negative prompt and true classifier-free guidance (twice the cost)
     cpu_offload: bool = False  # flux: keep the modules in RAM and move each to the GPU while it runs
+    quantize: str | None = None  # flux: "int8" (torchao weight-only) for transformers from diffusers folders / hub ids
     clip_skip: int | None = None  # A1111's count: 1 = the last layer; jobs may set their own
     prediction_type: str | None = None  # epsilon | v_prediction; read from the checkpoint when None
     zero_terminal_snr: bool | None = None  # read from the checkpoint when None
@@ -184,6 +185,7 @@ class Config:
                 raise ConfigError(f"models.{spec.name}.true_cfg must be a number of at least 1 (1: off)")
             if not isinstance(spec.cpu_offload, bool):
                 raise ConfigError(f"models.{spec.name}.cpu_offload must be true or false")
+            check_quantize(spec)
         for preset in self.presets.values():
             if preset.model and self.models and preset.model not in self.models:
                 raise ConfigError(f"presets.{preset.name}.model {preset.model!r} is not among the configured models "
@@ -334,6 +336,26 @@ def scan_lora_folder(folder: Path) -> dict[str, str]:
     for file in sorted(folder.rglob("*.safetensors")):
         found.setdefault(file.stem, str(file))
     return found
+
+
+QUANTIZE = ("int8",)  # backend/engine/flux.py: torchao's int8 weight-only through diffusers' TorchAoConfig
+
+
+def check_quantize(spec: ModelSpec) -> None:
+    """``quantize``: one of QUANTIZE, on a flux model with a transformer it applies to (a ``.gguf`` file is
+    quantised already; a single ``.safetensors`` file has a GGUF of its own to use instead)."""
+    if spec.quantize is None:
+        return
+    if spec.quantize not in QUANTIZE:
+        raise ConfigError(f"models.{spec.name}.quantize must be {' or '.join(map(repr, QUANTIZE))} (or left out); "
+                          "for other quants use a .gguf transformer file")
+    if spec.family not in ("flux", None):
+        raise ConfigError(f"models.{spec.name}.quantize applies to flux models (their 12 B transformer)")
+    sources = [s for s in (spec.source, spec.inpaint, spec.instruct) if s]
+    if all(s.lower().endswith((".gguf", ".safetensors")) for s in sources):
+        raise ConfigError(f"models.{spec.name}.quantize applies to transformers from a diffusers folder or hub id; "
+                          "this model's are single files (a .gguf is quantised already; for a .safetensors "
+                          "transformer use a GGUF of it)")
 
 
 def check_prompt_settings(spec: ModelSpec) -> None:

@@ -7,6 +7,11 @@ module objects: the reference is ``FluxFillPipeline(...)(prompt, image, mask_ima
 guidance 30, max_sequence_length 512)``; Easel is ``Client.run("inpaint", ...)`` against a server in
 this process whose registry holds that pipeline as a loaded flux model. ``--flux-scale tiny`` builds
 the demo's sizes instead, for a dry run on a CPU.
+
+``--flux-quant Q8_0`` (or Q5_0, Q4_0 ...) runs both sides on a GGUF-quantised transformer instead:
+the random transformer is written as a ``.gguf`` file of its real sizes (``write_quantised``) and
+loaded back the way Easel loads a painter's GGUF file (``backend.engine.flux.load_gguf_transformer``:
+diffusers' GGUF layers, the weights kept quantised on the GPU and dequantised as each layer runs).
 """
 
 from __future__ import annotations
@@ -84,6 +89,60 @@ def build(scale: str, device: torch.device, dtype: torch.dtype):
                                       tokenizer_2=t5_tokenizer, transformer=transformer)
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+def write_quantised(transformer, path, quant: str, sample_rows: int = 64) -> None:
+    """``transformer`` as a GGUF file at its real sizes, every matrix whose rows split into ``quant``'s
+    blocks quantised: the gguf package quantises the first ``sample_rows`` rows of it and they repeat
+    down the matrix (the same bytes, memory and compute as a file of 12 B individually quantised weights,
+    written in seconds rather than the many minutes the package's Python quantiser takes for all of
+    them); the other tensors (biases, norm scales) float32, as ``backend.fixtures.demo_flux.write_gguf``
+    and city96's files keep them."""
+    import gguf
+
+    qtype = gguf.GGMLQuantizationType[quant]
+    block, _ = gguf.GGML_QUANT_SIZES[qtype]
+    writer = gguf.GGUFWriter(str(path), arch="flux")
+    writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
+    for name, tensor in transformer.state_dict().items():
+        if tensor.ndim == 2 and tensor.shape[-1] % block == 0:
+            rows = tensor.shape[0]
+            sample = gguf.quants.quantize(tensor[:sample_rows].float().cpu().numpy(), qtype)
+            data = np.tile(sample, (-(-rows // len(sample)), 1))[:rows]
+            writer.add_tensor(name, np.ascontiguousarray(data), raw_dtype=qtype)
+        else:
+            writer.add_tensor(name, tensor.float().cpu().numpy())
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+
+
+def quantise(pipe, quant: str, folder, device: torch.device, dtype: torch.dtype) -> dict:
+    """Swap ``pipe``'s transformer for its GGUF-quantised copy (``write_quantised``), loaded by Easel's own
+    GGUF loader onto ``device``; the file's size and the seconds writing and loading it took."""
+    import gc
+    from pathlib import Path
+
+    from backend.engine.flux import load_gguf_transformer
+
+    folder = Path(folder)
+    pipe.transformer.save_config(folder / "transformer")  # the architecture, as a model's `config` folder has it
+    path = folder / f"flux-fill-{quant}.gguf"
+    start = time.perf_counter()
+    write_quantised(pipe.transformer, path, quant)
+    written = time.perf_counter() - start
+    pipe.transformer = None
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    start = time.perf_counter()
+    transformer = load_gguf_transformer(path, str(folder), dtype)
+    transformer = transformer.to(device) if device.type != "cpu" else transformer
+    pipe.register_modules(transformer=transformer)
+    loaded = time.perf_counter() - start
+    return {"file_bytes": path.stat().st_size, "write_s": written, "load_s": loaded,
+            "weight_bytes": sum(p.numel() * p.element_size() for p in transformer.parameters())}
 
 
 def reference_call(pipe, image: np.ndarray, mask: np.ndarray, steps: int, sync) -> tuple[float, list[float]]:

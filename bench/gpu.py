@@ -43,7 +43,9 @@ sides diffuse at ``--size`` (Easel would otherwise scale a small picture up to t
 
 ``--family flux`` is the flux row (``bench/flux_fill.py``): Flux Fill inpaint at 1024 x 1024, 28 steps
 (``--flux-steps``), a random full-size architecture built in memory from the real configuration, both
-sides on the same modules; ``--flux-scale tiny --size 64 --device cpu`` is its dry run.
+sides on the same modules; ``--flux-scale tiny --size 64 --device cpu`` is its dry run. ``--flux-quant
+Q8_0`` (Q5_0, Q4_0 ...) runs the row on a GGUF-quantised transformer loaded by Easel's GGUF loader: its
+peak memory and seconds against the bf16 row's.
 """
 
 from __future__ import annotations
@@ -669,6 +671,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--flux-steps", type=int, default=28, help="flux row: steps (default 28)")
     parser.add_argument("--flux-scale", choices=("full", "tiny"), default="full",
                         help="flux row: the real architecture's sizes, or the demo's for a dry run")
+    parser.add_argument("--flux-quant", choices=("Q8_0", "Q5_1", "Q5_0", "Q4_1", "Q4_0"),
+                        help="flux row: a GGUF-quantised transformer (written, then loaded as Easel loads .gguf)")
     parser.add_argument("--mode", action="append", choices=MODES, help="default: all four")
     parser.add_argument("--size", type=int, help="square diffusion size (default: native, 512 / 1024)")
     parser.add_argument("--steps", type=int, default=20)
@@ -722,8 +726,9 @@ def main(argv=None) -> None:
         print(run.table(), flush=True)
 
 
-def run_flux(args, device, dtype) -> None:
-    """The flux row: Flux Fill inpaint, the plain FluxFillPipeline call against Easel on the same modules."""
+def run_flux(args, device, dtype) -> dict:
+    """The flux row: Flux Fill inpaint, the plain FluxFillPipeline call against Easel on the same modules;
+    prints its table and returns its figures."""
     import flux_fill
 
     dtype = torch.bfloat16 if device.type == "cuda" else dtype  # Flux runs in bf16 (fp16 overflows)
@@ -735,8 +740,18 @@ def run_flux(args, device, dtype) -> None:
     inputs = Inputs.make(size)
     steps = args.flux_steps
     parameters = sum(p.numel() for p in pipe.transformer.parameters())
+    weights = f"{str(dtype).removeprefix('torch.')}"
+    quant = {}
+    if args.flux_quant:
+        import tempfile
+
+        with tempfile.TemporaryDirectory(prefix="easel-gguf-") as folder:
+            quant = flux_fill.quantise(pipe, args.flux_quant, folder, device, dtype)
+        weights = (f"GGUF {args.flux_quant} ({gib(quant['weight_bytes'])} of transformer weights, file "
+                   f"{gib(quant['file_bytes'])} written in {quant['write_s']:.0f} s, loaded in "
+                   f"{quant['load_s']:.1f} s), computing in {weights}")
     print(f"\n== flux (Fill) {size}x{size}, {steps} steps, guidance {flux_fill.GUIDANCE}, transformer "
-          f"{parameters / 1e9:.2f} B parameters, {str(dtype).removeprefix('torch.')}, 1 warm-up + {args.runs} runs ==")
+          f"{parameters / 1e9:.2f} B parameters, {weights}, 1 warm-up + {args.runs} runs ==")
     reference = Figures()
     reset_peak(device)
 
@@ -785,6 +800,8 @@ def run_flux(args, device, dtype) -> None:
           "whole square)")
     del pipe
     free(device)
+    return {"row": f"flux fill {args.flux_quant or 'bf16'}", "weights": weights, "quant": quant, "size": size,
+            "steps": steps, "parameters": parameters, "reference": reference.summary(), "easel": easel.summary()}
 
 
 if __name__ == "__main__":

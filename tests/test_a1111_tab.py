@@ -384,6 +384,7 @@ def test_a_second_model_its_saved_result_in_png_info_and_send_to_easel(page, web
         "demo-xl (SDXL, 512 px: inpaint UNet, 13 ControlNet types, references + face)",
         "demo-flux (Flux, 512 px: Fill inpaint, instruct, no negative prompt)",
         "demo-flux-file (Flux, 512 px: no inpaint, no negative prompt)",
+        "demo-flux-gguf (Flux, 512 px: Fill inpaint, instruct, no negative prompt)",
         "demo-vpred (SD 1.5, 512 px: 13 ControlNet types, references + face)"], listed
     page.locator("#easel_model li", has_text="demo-base (").click()
     page.locator("#easel_prompt textarea").fill("a lighthouse")

@@ -56,6 +56,27 @@ def test_cpu_dry_run_writes_a_figure_or_a_reason_for_every_mode(tmp_path):
     assert not {"controlnet-aux", "controlnet_aux", "spandrel", "timm"} & set(figures["imported"])
 
 
+def test_flux_cpu_dry_run_writes_a_bf16_and_a_gguf_row(tmp_path):
+    """`run.py --family flux --flux-quant Q8_0 --tiny --device cpu`: the bf16 row, then the same row on a
+    GGUF-quantised transformer written and loaded by Easel's GGUF loader (issue #16)."""
+    out = tmp_path / "out"
+    done = subprocess.run([sys.executable, "bench/device/run.py", "--family", "flux", "--flux-quant", "Q8_0",
+                           "--device", "cpu", "--tiny", "--out", str(out), "--wheels", str(tmp_path / "no-wheels")],
+                          cwd=ROOT, capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert sorted(p.name for p in out.iterdir()) == ["flux-figures.json", "flux-log.txt", "flux-table.txt"]
+    figures = json.loads((out / "flux-figures.json").read_text())
+    assert figures["complete"] is True and [row["row"] for row in figures["rows"]] == ["flux fill bf16",
+                                                                                         "flux fill Q8_0"]
+    bf16, q8 = figures["rows"]
+    assert bf16["quant"] == {} and 0 < q8["quant"]["weight_bytes"] < q8["quant"]["file_bytes"]
+    for row in figures["rows"]:
+        for side in ("reference", "easel"):
+            assert row[side]["s_per_image"] > 0 and row[side]["it_s"] > 0, (row["row"], side)
+    assert "GGUF Q8_0" in (out / "flux-table.txt").read_text()
+    assert "gguf" in figures["imported"]
+
+
 def test_budget_runs_the_first_mode_then_skips_what_no_longer_fits():
     budget = gpu.Budget(deadline=100.0, tail_s=10.0)
     assert budget.skip_reason("inpaint+cn", now=0.0) is None  # nothing measured yet: run it

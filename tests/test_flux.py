@@ -94,7 +94,7 @@ def test_flux_native_size_is_the_same_before_and_after_loading(demo_config):
 
     registry = ModelRegistry(demo_config, *pick_device("cpu"))
     before = {d.name: d.native_size for d in registry.describe() if d.name.startswith("demo-flux")}
-    assert before == {"demo-flux": 512, "demo-flux-file": 512}  # the demo's VAE has three levels
+    assert before == {"demo-flux": 512, "demo-flux-file": 512, "demo-flux-gguf": 512}  # the VAE has three levels
     assert registry.get("demo-flux").native_size == 512
 
 

@@ -28,6 +28,7 @@ SD_MODES = ("generate", "img2img") + MASKED_MODES + ("upscale",)
 _UNET_IN = "model.diffusion_model.input_blocks.0.0.weight"
 _FLUX_IN = ("img_in.weight", "model.diffusion_model.img_in.weight", "x_embedder.weight")
 FLUX_FILL_IN = 384  # packed latents (64) + packed masked-image latents (64) + packed mask (256)
+WEIGHT_FILE_SUFFIXES = (".safetensors", ".gguf")  # single files whose tensor names and shapes are read unloaded
 
 
 def capabilities(spec: ModelSpec, family: str | None, kind: str | None, config: Config) -> ModelCapabilities:
@@ -66,7 +67,7 @@ def _kind(path: str, mtime_ns: int, size: int) -> str | None:
     try:
         source = Path(path)
         if source.is_file():
-            return _file_kind(source) if source.suffix == ".safetensors" else None
+            return _file_kind(source) if source.suffix.lower() in WEIGHT_FILE_SUFFIXES else None
         name = json.loads((source / "model_index.json").read_text()).get("_class_name", "")
         if "InstructPix2Pix" in name or "Kontext" in name:
             return "instruct"
@@ -79,7 +80,7 @@ def _kind(path: str, mtime_ns: int, size: int) -> str | None:
 
 
 def _file_kind(path: Path) -> str:
-    shapes = safetensors_shapes(path)
+    shapes = weight_shapes(path)
     if _UNET_IN in shapes:
         return {9: "inpaint", 8: "instruct"}.get(shapes[_UNET_IN][1], "base")
     flux = next((shapes[key] for key in _FLUX_IN if key in shapes), None)
@@ -96,3 +97,23 @@ def safetensors_shapes(path: Path) -> dict[str, list[int]]:
             raise ValueError(f"{path} has a {length}-byte header")
         header = json.loads(file.read(length))
     return {name: entry["shape"] for name, entry in header.items() if name != "__metadata__"}
+
+
+def gguf_shapes(path: Path) -> dict[str, list[int]]:
+    """Tensor name -> shape (in torch's order, a quantised tensor's logical shape), read from a ``.gguf``
+    file's header with the ``gguf`` package (the tensors are mapped, not read). ValueError, naming the
+    file, for one that is not GGUF or is cut short."""
+    try:
+        from gguf import GGUFReader
+
+        reader = GGUFReader(str(path))
+        return {tensor.name: [int(n) for n in reversed(tensor.shape)] for tensor in reader.tensors}
+    except ImportError:
+        raise
+    except Exception as exc:  # bad magic, a version it cannot read, a header or data cut short
+        raise ValueError(f"{path} is not a readable GGUF file: not GGUF at all, or cut short ({exc})") from exc
+
+
+def weight_shapes(path: Path) -> dict[str, list[int]]:
+    """A single weights file's tensor shapes: ``.gguf`` (GGUF) or else ``.safetensors``."""
+    return gguf_shapes(path) if Path(path).suffix.lower() == ".gguf" else safetensors_shapes(path)

@@ -3,10 +3,14 @@
 A flux model is one base pipeline (``FluxPipeline``) whose modes share its text encoders and VAE:
 generate and img2img run its transformer, inpaint (and expand, remove) a Fill transformer, instruct a
 Kontext transformer, each configured as ``inpaint`` / ``instruct`` on the model (a diffusers folder,
-or one ``.safetensors`` transformer file). The source is a diffusers folder, a hub id, or a single
-transformer file as ComfyUI keeps it (``models/diffusion_models``), with ``config`` naming a diffusers
-folder of configs and tokenizers and ``text_encoder`` (CLIP-L), ``text_encoder_2`` (T5) and ``vae``
-naming their files or folders.
+or one ``.safetensors`` or ``.gguf`` transformer file). The source is a diffusers folder, a hub id, or a
+single transformer file as ComfyUI keeps it (``models/diffusion_models``, ``models/unet``), with
+``config`` naming a diffusers folder of configs and tokenizers and ``text_encoder`` (CLIP-L),
+``text_encoder_2`` (T5) and ``vae`` naming their files or folders.
+
+Smaller GPUs: a ``.gguf`` transformer (city96's quantised FLUX.1 files) stays quantised in memory
+through diffusers' GGUF support; ``quantize = "int8"`` quantises folder / hub transformers as they load
+(torchao through diffusers' ``TorchAoConfig``); ``cpu_offload`` keeps the modules in RAM between uses.
 
 Guidance is Flux's distilled guidance (the job's ``guidance``); a negative prompt needs ``true_cfg``
 above 1 (true classifier-free guidance, two transformer passes a step). The sampler is the model's
@@ -89,7 +93,14 @@ class FluxModel:
                 raise ModelError("unsupported_mode", f"model {self.name!r} cannot {mode}", "mode")
             if mode == "instruct":
                 extra.update(image_encoder=None, feature_extractor=None)
-            pipe = self.base if type(self.base) is cls else _from_pipe(cls, self.base, **extra)
+            if type(self.base) is cls:
+                pipe = self.base
+            else:  # (from_pipe casts every module to the dtype, which a quantised transformer refuses)
+                transformer = extra.pop("transformer", self.base.transformer)
+                quantized = is_quantized(transformer)
+                pipe = _from_pipe(cls, self.base, transformer=None if quantized else transformer, **extra)
+                if quantized:
+                    pipe.register_modules(transformer=transformer)
             pipe.set_progress_bar_config(disable=True)
             self.pipelines[mode] = pipe
         return self.pipelines[mode]
@@ -136,34 +147,44 @@ def load_flux(spec: ModelSpec, device: torch.device, dtype: torch.dtype, allow_p
     configs = spec.config or (str(path) if path.is_dir() else None if path.is_file() else spec.source)
     components = {key: _component(key, getattr(spec, key), configs, dtype)
                   for key in ("text_encoder", "text_encoder_2", "vae") if getattr(spec, key)}
+    quantize = spec.quantize
     if path.is_file():
         if not configs:
             raise ModelError("model_load_failed", f"model {spec.name!r}: a single-file Flux transformer needs "
                              "`config`, a diffusers folder (or hub id) with the pipeline's configs and tokenizers")
-        components["transformer"] = load_transformer(str(path), configs, dtype)
+        components["transformer"] = load_transformer(str(path), configs, dtype, quantize)
         base = diffusers.FluxPipeline.from_pretrained(configs, dtype=dtype, **components)
     else:
+        if quantize:  # (loaded on its own: the pipeline's loader would not quantise it)
+            components["transformer"] = load_transformer(spec.source, configs, dtype, quantize)
         base = diffusers.DiffusionPipeline.from_pretrained(str(path) if path.is_dir() else spec.source,
                                                            dtype=dtype, **components)
-    fill = load_transformer(spec.inpaint, configs, dtype) if spec.inpaint else None
-    kontext = load_transformer(spec.instruct, configs, dtype) if spec.instruct else None
+    fill = load_transformer(spec.inpaint, configs, dtype, quantize) if spec.inpaint else None
+    kontext = load_transformer(spec.instruct, configs, dtype, quantize) if spec.instruct else None
     if not spec.cpu_offload:
         base = to_device(base, device)
         fill, kontext = (to_device(module, device) if module is not None else None for module in (fill, kontext))
     return FluxModel(spec.name, base, fill, kontext, spec.true_cfg, spec.cpu_offload)
 
 
-def load_transformer(source: str, configs: str | None, dtype: torch.dtype):
-    """A Flux transformer from a diffusers pipeline or model folder, a hub id, or one ``.safetensors`` file
-    (the original layout, as in ComfyUI's ``models/diffusion_models``, or diffusers' keys)."""
+def load_transformer(source: str, configs: str | None, dtype: torch.dtype, quantize: str | None = None):
+    """A Flux transformer from a diffusers pipeline or model folder, a hub id, one ``.safetensors`` file
+    (the original layout, as in ComfyUI's ``models/diffusion_models``, or diffusers' keys) or one ``.gguf``
+    file (quantised already). ``quantize`` ("int8"): a folder's or hub id's weights quantised as they load."""
     from diffusers import FluxTransformer2DModel
 
     path = Path(source).expanduser()
+    if path.is_file() and path.suffix.lower() == ".gguf":
+        return load_gguf_transformer(path, configs, dtype)
+    if path.is_file() and quantize:
+        raise ValueError(f"quantize = {quantize!r} applies to transformers from a diffusers folder or hub id, not "
+                         f"to the single file {path}: use a GGUF of it (Q8_0 is about int8's size)")
+    quantized = quantization(quantize)
     if path.is_dir():
         sub = "transformer" if (path / "transformer").is_dir() else None
-        return FluxTransformer2DModel.from_pretrained(str(path), subfolder=sub, dtype=dtype)
+        return FluxTransformer2DModel.from_pretrained(str(path), subfolder=sub, dtype=dtype, **quantized)
     if not path.is_file():
-        return FluxTransformer2DModel.from_pretrained(source, subfolder="transformer", dtype=dtype)
+        return FluxTransformer2DModel.from_pretrained(source, subfolder="transformer", dtype=dtype, **quantized)
     shapes = safetensors_shapes(path)
     if any(name.startswith(_BFL_PREFIXES) for name in shapes):
         key = next(name for name in shapes if name.endswith("img_in.weight"))
@@ -172,6 +193,60 @@ def load_transformer(source: str, configs: str | None, dtype: torch.dtype):
     config = FluxTransformer2DModel.load_config(configs, subfolder="transformer")
     config.update(in_channels=shapes[_DIFFUSERS_IN][1], out_channels=64)  # a Fill file has more input channels
     return _with_weights(FluxTransformer2DModel.from_config(config), path, dtype)
+
+
+def load_gguf_transformer(path: Path, configs: str | None, dtype: torch.dtype):
+    """A quantised Flux transformer from one ``.gguf`` file (city96's FLUX.1 GGUFs in ComfyUI's
+    ``models/unet`` or ``models/diffusion_models``: Q8_0, Q5_K_S, Q4_K_S ...; the original layout or
+    diffusers'), loaded by diffusers' GGUF support: the linear layers keep their quantised blocks
+    (``GGUFParameter``) and dequantise them to ``dtype`` as they run, so the transformer takes about
+    the file's size in memory. The architecture comes from ``configs``' transformer config; the input
+    and output widths from the file (a Fill transformer has more input channels)."""
+    from diffusers import FluxTransformer2DModel, GGUFQuantizationConfig
+
+    from backend.engine.capabilities import gguf_shapes
+
+    shapes = gguf_shapes(path)  # ValueError naming the file when it is not GGUF
+    bfl = any(name.startswith(_BFL_PREFIXES) for name in shapes)
+    first = next((name for name in shapes if name.endswith(("img_in.weight", _DIFFUSERS_IN))), None)
+    last = next((name for name in shapes if name.endswith(("final_layer.linear.weight", "proj_out.weight"))
+                 and not name.startswith(("single_transformer_blocks.", "single_blocks."))), None)
+    if first is None or last is None or not (bfl or _DIFFUSERS_IN in shapes):
+        names = ", ".join(list(shapes)[:3]) or "no tensors"
+        raise ValueError(f"{path} holds no Flux transformer (its tensors: {names} ...); a Flux GGUF has img_in / "
+                         "double_blocks (the original layout) or x_embedder / transformer_blocks (diffusers')")
+    try:
+        model = FluxTransformer2DModel.from_single_file(
+            str(path), config=configs, subfolder="transformer", dtype=dtype,
+            quantization_config=GGUFQuantizationConfig(compute_dtype=dtype),
+            in_channels=shapes[first][1], out_channels=shapes[last][0])
+    except (ValueError, KeyError, RuntimeError, IndexError) as exc:  # a layout or shape that does not fit
+        raise ValueError(f"{path} does not fit the Flux transformer of {configs}: {exc}") from exc
+    empty = [name for name, param in model.named_parameters() if param.device.type == "meta"]
+    if empty:
+        raise ValueError(f"{path} does not fit FluxTransformer2DModel: it lacks {', '.join(empty[:3])}")
+    return model
+
+
+def quantization(quantize: str | None) -> dict:
+    """``from_pretrained``'s quantisation argument for the model setting ``quantize``: "int8" is torchao's
+    int8 weight-only quantisation (each linear weight one byte a parameter plus a scale a row; activations
+    stay in the model's dtype) through diffusers' ``TorchAoConfig``."""
+    if not quantize:
+        return {}
+    from diffusers import TorchAoConfig
+
+    try:
+        from torchao.quantization import Int8WeightOnlyConfig
+    except ImportError as exc:
+        raise ValueError(f"quantize = {quantize!r} needs the torchao package (pip install torchao)") from exc
+    return {"quantization_config": TorchAoConfig(Int8WeightOnlyConfig())}
+
+
+def is_quantized(module) -> bool:
+    """Whether ``module`` holds quantised weights (a GGUF or torchao transformer): diffusers refuses to cast
+    such a model to a dtype, which ``from_pipe`` does to every module it is given."""
+    return getattr(module, "hf_quantizer", None) is not None or getattr(module, "is_quantized", False)
 
 
 def _component(key: str, source: str, configs: str | None, dtype: torch.dtype):

@@ -20,8 +20,8 @@ import transformers
 
 from backend.config import Config, ModelSpec
 from backend.engine import prediction as predictions
+from backend.engine.capabilities import WEIGHT_FILE_SUFFIXES, configured_kind, weight_shapes
 from backend.engine.capabilities import capabilities as model_capabilities
-from backend.engine.capabilities import configured_kind
 from backend.engine.speed import Speed
 from shared.model_capabilities import ModelCapabilities
 
@@ -353,7 +353,7 @@ def configured_family(spec: ModelSpec) -> str | None:
         stat = path.stat()
     except OSError:
         return None
-    if path.is_file() and path.suffix != ".safetensors":
+    if path.is_file() and path.suffix.lower() not in WEIGHT_FILE_SUFFIXES:
         return None
     return _local_family(str(path), stat.st_mtime_ns, stat.st_size)
 
@@ -384,14 +384,14 @@ def detect_family(source: str) -> str:
     """Guess sd15 or sdxl from a diffusers folder, a single file's keys, or a hub id's model index."""
     path = Path(source).expanduser()
     if path.is_file():
-        if path.suffix != ".safetensors":
+        if path.suffix.lower() not in WEIGHT_FILE_SUFFIXES:
             raise ModelError("model_load_failed", f"cannot tell the family of {source}; set family in the config")
-        from safetensors import safe_open
-
-        with safe_open(str(path), framework="pt") as weights:
-            keys = set(weights.keys())
+        keys = set(weight_shapes(path))
         if keys & FLUX_KEYS:
             return "flux"
+        if path.suffix.lower() == ".gguf":
+            raise ModelError("model_load_failed", f"{source} holds no Flux transformer: GGUF files are read as "
+                             "Flux transformers only (city96's FLUX.1 GGUFs, for example)")
         return "sdxl" if SDXL_KEY in keys else "sd15"
     if path.is_dir():
         index = path / "model_index.json"

@@ -5,7 +5,15 @@ first with ``python bench/device/wheels.py``):
 
     run(command="python3 bench/device/run.py --family sd15 --out $OUT", carry=["bench/device/wheels"], timeout_s=540)
 
-and ``--family sdxl`` for the second call. The script
+and ``--family sdxl`` for the second call. ``--family flux`` is the flux row instead (``gpu.run_flux``:
+Flux Fill at 1024², 28 steps, a random full-size architecture built on the GPU, nothing written but the
+GGUF files), in bf16 and then once per ``--flux-quant`` (issue #16: GGUF Q8_0 / Q4_0 transformers loaded by
+Easel's loader), each row's peak memory and seconds; it needs the ``gguf`` wheel for the quantised rows:
+
+    run(command="python3 bench/device/run.py --family flux --flux-quant Q8_0 --flux-quant Q4_0 --out $OUT",
+        carry=["bench/device/wheels"], timeout_s=540)
+
+The script
 
 1. installs the carried wheels (``bench/device/wheels/``) offline into a temporary folder and puts it
    and the repository first on ``sys.path`` (nothing is installed into the machine's Python);
@@ -40,7 +48,7 @@ from pathlib import Path
 STARTED = time.perf_counter()
 ROOT = Path(__file__).resolve().parents[2]
 WHEELS = ROOT / "bench" / "device" / "wheels"
-FAMILIES = ("sd15", "sdxl")
+FAMILIES = ("sd15", "sdxl", "flux")
 # The target's mode first: what a budget cuts is the least wanted.
 ORDER = {"sd15": ("inpaint+cn", "inpaint", "img2img", "inpaint+2cn+ip"),
          "sdxl": ("inpaint", "inpaint+cn", "img2img", "inpaint+2cn+ip")}
@@ -75,13 +83,15 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--compile-backend", choices=("inductor", "eager"),
                         help="default inductor (--tiny: eager, which traces like Inductor but builds no kernels)")
     parser.add_argument("--wheels", type=Path, default=WHEELS, help=f"wheels to install first (default {WHEELS})")
+    parser.add_argument("--flux-quant", action="append", choices=("Q8_0", "Q5_0", "Q4_0"), default=[],
+                        help="--family flux: a row with a GGUF-quantised transformer after the bf16 one (repeatable)")
     args = parser.parse_args(argv)
     if args.out is None:
         parser.error("--out is required where $OUT is not set")
     args.steps = args.steps or (4 if args.tiny else 20)
     args.runs = args.runs or (1 if args.tiny else 3)
     args.compile_backend = args.compile_backend or ("eager" if args.tiny else "inductor")
-    args.mode = tuple(args.mode or ORDER[args.family])
+    args.mode = tuple(args.mode or ORDER.get(args.family, ()))
     return args
 
 
@@ -174,6 +184,8 @@ def main(argv=None) -> int:
     gpu.quiet_libraries()
     speed.COMPILE_BACKEND = args.compile_backend
 
+    if family == "flux":
+        return run_flux(args, gpu, torch, wheels, install_s, argv)
     temporary = args.model_dir is None and args.tiny
     model_dir = args.model_dir or (Path(tempfile.mkdtemp(prefix="easel-tiny-")) if args.tiny
                                    else Path("/tmp/easel-full"))
@@ -219,6 +231,48 @@ def main(argv=None) -> int:
     finally:
         if temporary:
             shutil.rmtree(model_dir, ignore_errors=True)
+    return 0
+
+
+def run_flux(args, gpu, torch, wheels, install_s, argv) -> int:
+    """The flux rows: bf16, then each ``--flux-quant``, while the budget lasts (a row is skipped, and says
+    so, when the slowest row so far would not fit in what is left); figures and table after every row."""
+    import types
+
+    device, easel_dtype, _ = gpu.devices(Path("/nonexistent"), args.device, None)
+    facts = {"family": "flux", "command": [Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])],
+             "python": platform.python_version(), "wheels": wheels, "install_s": install_s, "budget_s": args.budget_s,
+             "tiny": args.tiny, "device": str(device),
+             "versions": {name: version(name) for name in ("torch", "diffusers", "transformers", "accelerate",
+                                                           "gguf")}}
+    rows, table, slowest = [], [], 0.0
+    for quant in (None, *args.flux_quant):
+        left = args.budget_s - (time.perf_counter() - STARTED)
+        if rows and slowest > left:
+            rows.append({"row": f"flux fill {quant or 'bf16'}",
+                         "skipped": f"skipped: the slowest row took {slowest:.0f} s, {left:.0f} s left"})
+            table.append(f"flux fill {quant or 'bf16'}: {rows[-1]['skipped']}")
+            continue
+        start = time.perf_counter()
+        row_args = types.SimpleNamespace(flux_scale="tiny" if args.tiny else "full", size=64 if args.tiny else None,
+                                         flux_steps=4 if args.tiny else 28, runs=args.runs, flux_quant=quant)
+        row = gpu.run_flux(row_args, device, easel_dtype)
+        row["row_s"], row["skipped"] = time.perf_counter() - start, None
+        slowest = max(slowest, row["row_s"])
+        rows.append(row)
+        table.append(f"{row['row']}: {row['weights']}; reference {row['reference']['s_per_image']:.2f} s/image, "
+                     f"peak {gpu.gib(row['reference']['peak_bytes'])}; easel {row['easel']['s_per_image']:.2f} "
+                     f"s/image, peak {gpu.gib(row['easel']['peak_bytes'])}")
+        figures = dict(facts, rows=rows, elapsed_s=time.perf_counter() - STARTED, complete=False)
+        (args.out / "flux-figures.json").write_text(json.dumps(figures, indent=2) + "\n")
+        (args.out / "flux-table.txt").write_text("\n".join(table) + "\n")
+    figures = dict(facts, rows=rows, elapsed_s=time.perf_counter() - STARTED, complete=True,
+                   imported=imported_distributions())
+    (args.out / "flux-figures.json").write_text(json.dumps(figures, indent=2) + "\n")
+    (args.out / "flux-table.txt").write_text("\n".join(table) + "\n")
+    print("\n".join(table), flush=True)
+    print(f"done in {time.perf_counter() - STARTED:.0f} s (budget {args.budget_s:.0f} s); figures in {args.out}",
+          flush=True)
     return 0
 
 

@@ -45,7 +45,7 @@ import image  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 WHEELS = ROOT / "bench" / "device" / "wheels"
-PACKAGES = ("diffusers", "websockets")  # what the bench imports that the image lacks
+PACKAGES = ("diffusers", "websockets", "gguf")  # what the bench imports that the image lacks (gguf: --flux-quant)
 IMPORTS = {"diffusers": "diffusers", "websockets": "websockets"}  # distribution -> module to import
 # Required in the metadata but never imported on the GPU machine's Python, so not carried (the
 # wheels install with --no-deps).
