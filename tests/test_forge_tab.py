@@ -181,3 +181,17 @@ def test_two_browsers_generate_at_once_and_esc_cancels(page, chromium, forge):
         assert not easel_errors(other), easel_errors(other)
     finally:
         other.context.close()
+
+
+def test_upscale_makes_the_picture_larger(page, tmp_path):
+    path = tmp_path / "harbour.png"
+    picture(192, 128, seed=11).save(path)
+    page.locator("#easel_picture input[type=file]").set_input_files(str(path))
+    page.locator("#easel_picture canvas[width='192']").wait_for()
+    page.locator("#easel_mode label", has_text="upscale").click()
+    assert generate(page).startswith("Done: 1 image"), text_of(page, "easel_progress")
+    larger = image_of(page, "easel_selected")
+    assert larger.size == (384, 256), "Upscale by 2 with the server's first upscaler"
+    back = np.asarray(larger.convert("RGB").resize((192, 128), Image.Resampling.BOX), np.int16)
+    assert np.abs(back - np.asarray(Image.open(path).convert("RGB"), np.int16)).mean() < 8
+    assert "Easel mode: upscale" in page.locator("#easel_info textarea").input_value()
