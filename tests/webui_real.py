@@ -336,6 +336,8 @@ def main() -> None:
     scripts.load_scripts()
     scripts.scripts_postproc.initialize_scripts(scripts.postprocessing_scripts_data)
     demo = build()
+    # as webui.py does: the "Send to" code only opens picture files this page's gradio made (ui_tempdir)
+    sys.modules["modules.shared"].demo = demo
     if MODE == "--dump-ui":
         dump(demo)
     if MODE != "--serve":
