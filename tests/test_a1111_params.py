@@ -614,14 +614,15 @@ def test_a_link_that_stays_down_ends_in_one_sentence(blinker, monkeypatch):
     assert "1 s" in final.status and final.images is None
 
 
-def test_cancel_while_the_link_is_down_cancels_once_it_is_back(blinker):
-    updates, said = [], None
+@pytest.mark.parametrize("pressed", [0, 0.6])  # s after the tab says "reconnecting": at once, or while it retries
+def test_cancel_while_the_link_is_down_cancels_once_it_is_back(blinker, pressed):
+    updates, said = [], []
     for update in jobs.run(jobs.Connection(blinker.url), values(steps=40), "blinking"):
         updates.append(update)
         if update.status.startswith("Step 1/") and blinker.connections == 1:
-            blinker.cut(1.5)
+            blinker.cut(2.0)
         elif "reconnecting" in update.status:
-            said = jobs.cancel("blinking")
-    assert said == "Cancelling once the connection to the backend is back…"
+            threading.Timer(pressed, lambda: said.append(jobs.cancel("blinking"))).start()
+    assert said == ["Cancelling once the connection to the backend is back…"]
     assert updates[-1].status == "Cancelled." and updates[-1].done, [u.status for u in updates]
     assert blinker.connections >= 2

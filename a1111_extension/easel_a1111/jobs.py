@@ -54,7 +54,9 @@ class Connection:
 # thread) can reach the connection the job was submitted on: the server only lets that one cancel it.
 _running: dict[str, tuple[Client, str]] = {}
 _lock = threading.Lock()
-# Sessions whose Cancel came while their connection was down: sent once it is resumed.
+# Sessions whose job's connection is being made again (its socket changes under a Cancel then), and
+# those whose Cancel came while it was down: sent once it is resumed.
+_reconnecting: set[str] = set()
 _cancel_when_back: set[str] = set()
 
 
@@ -102,11 +104,14 @@ def run(connection: Connection, values: TabValues, session: str) -> Iterator[Upd
                     raise
                 # The backend still runs the job and keeps its ending for our session: get it back.
                 yield Update("The connection to the Easel backend dropped; reconnecting…")
+                with _lock:
+                    _reconnecting.add(session)
                 failure = _resume(client)
+                with _lock:
+                    _reconnecting.discard(session)
+                    wanted = session in _cancel_when_back
+                    _cancel_when_back.discard(session)
                 if failure is None:
-                    with _lock:
-                        wanted = session in _cancel_when_back
-                        _cancel_when_back.discard(session)
                     if wanted:
                         client.cancel(job)
                 elif failure.code in ("unreachable", "closed"):
@@ -123,6 +128,7 @@ def run(connection: Connection, values: TabValues, session: str) -> Iterator[Upd
     finally:
         with _lock:
             _running.pop(session, None)
+            _reconnecting.discard(session)
             _cancel_when_back.discard(session)
         if client is not None:
             client.close()
@@ -183,8 +189,12 @@ def finish(values: TabValues, result: Result, job: Job | None = None) -> tuple[l
 
 def cancel(session: str) -> str | None:
     """Ask the server to cancel this session's running job; a sentence when that cannot be done."""
+    later = "Cancelling once the connection to the backend is back…"
     with _lock:
         running = _running.get(session)
+        if running is not None and session in _reconnecting:
+            _cancel_when_back.add(session)
+            return later
     if running is None:
         return "Nothing is running."
     client, job = running
@@ -197,7 +207,7 @@ def cancel(session: str) -> str | None:
         with _lock:
             if session in _running:
                 _cancel_when_back.add(session)
-                return "Cancelling once the connection to the backend is back…"
+                return later
         return f"Could not cancel: {exc.message}"
     return None
 
