@@ -130,10 +130,13 @@ def test_paint_a_mask_in_the_gradio4_editor_generate_and_keep_every_unpainted_pi
     page.locator("#img_inpaint_mask img").first.wait_for()
     assert page.locator("#img2img_inpaint_upload_tab").is_visible()
     sent = np.asarray(image_of(page, "img_inpaint_base"), np.int16)
-    # (the WebUI's own picture fields hand pictures to the browser as gradio 4's lossy WebP)
-    assert sent.shape == after.shape and np.abs(sent - after).mean() < 3
+    # The WebUI's own picture fields hand pictures to the browser as gradio 4's lossy WebP (about 3.4 levels
+    # off on average for this picture, up to 16 along a hard mask's edge): the result, not the input, is sent.
+    assert sent.shape == after.shape and np.abs(sent - after).mean() < 8
+    edited = np.any(after != before, axis=-1)
+    assert np.abs(sent - after)[edited].mean() < np.abs(sent - before.astype(np.int16))[edited].mean() / 2
     mask = np.asarray(image_of(page, "img_inpaint_mask").convert("L"))
-    assert mask.shape == (128, 192) and mask[45, 45] > 240 and mask[5, 5] < 15 and mask[:, 125:].max() < 15
+    assert mask.shape == (128, 192) and mask[45, 45] > 220 and mask[5, 5] < 32 and mask[:, 125:].max() < 32
     (top, left), (bottom, right) = np.argwhere(mask > 127).min(0), np.argwhere(mask > 127).max(0)
     assert 30 - 8 <= left and right <= 60 + 8 and 40 - 8 <= top and bottom <= 50 + 8, "only the stroke (brush 6)"
     open_tab(page, "Easel")
