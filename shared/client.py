@@ -45,10 +45,13 @@ class EaselError(Exception):
     """The server refused or failed a request (an ``error`` message), or the connection failed."""
 
     def __init__(self, code: str, message: str, field: str | None = None, job: str | None = None,
-                 ends_job: bool = True):
+                 ends_job: bool = True, dropped: bool = False):
         super().__init__(f"{message} [{code}" + (f", field {field}]" if field else "]"))
         self.code, self.message, self.field, self.job = code, message, field, job
         self.ends_job = ends_job  # False: about job `job` (a refused cancel, a duplicate id) without ending it
+        # True: the connection went away without the server closing it (a network blink), so the session and
+        # its jobs live on at the server for a while, and a later ``reconnect()`` may still get their endings.
+        self.dropped = dropped
 
 
 class JobCancelled(EaselError):
@@ -129,6 +132,7 @@ class Client:
         self.heard: float | None = None  # time.monotonic() of the last message from the server
         self._probes = 0  # status requests sent by probe() whose replies are not to be kept
         self._probe_lock = threading.Lock()
+        self._resuming = False
 
     # -- connection ---------------------------------------------------------------------------
 
@@ -307,15 +311,19 @@ class Client:
         try:
             raw = self._ws.recv()
         except ConnectionClosed as exc:
-            if exc.rcvd is None and self.resume and self.session and self._pending:
-                self.resume = False  # once: a second drop in a row is an error
+            if exc.rcvd is None and self.resume and not self._resuming and self.session and self._pending:
+                self._resuming = True  # once: a second drop in a row is an error (``dropped``: retry later)
                 try:
                     self.reconnect()
+                except EaselError as failed:
+                    failed.dropped = failed.code in ("unreachable", "closed")  # not a refused resume
+                    raise
                 finally:
-                    self.resume = True
+                    self._resuming = False
                 return
             reason = exc.rcvd.reason if exc.rcvd and exc.rcvd.reason else "connection closed"
-            raise EaselError("closed", f"the Easel server closed the connection: {reason}") from None
+            raise EaselError("closed", f"the Easel server closed the connection: {reason}",
+                             dropped=exc.rcvd is None and self.resume and bool(self.session)) from None
         self.heard = time.monotonic()
         if isinstance(raw, bytes):
             header, image = decode_frame(raw)

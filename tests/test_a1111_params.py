@@ -6,7 +6,10 @@ from __future__ import annotations
 
 import io
 import json
+import socket
 import sys
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -512,3 +515,114 @@ def test_a_wss_backend_with_its_certificate(demo_config, engine, tmp_path):
         refused = jobs.status_line(jobs.Connection(secure.url, cert=str(impostor)))
         assert refused.startswith(f"Cannot reach the Easel backend at {secure.url}: the TLS handshake")
         assert refused.endswith("Give the server's certificate (from `easel cert`) in Settings > Easel.")
+
+
+class Blinker:
+    """A TCP proxy between the tab and the server whose link can be cut, as a Wi-Fi blink or a sleeping
+    laptop cuts it: open connections end with no websocket close, and for a while new ones are reset."""
+
+    def __init__(self, upstream: str):
+        host, port = upstream.removeprefix("ws://").rstrip("/").split(":")
+        self.upstream = (host, int(port))
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.url = f"ws://127.0.0.1:{self.listener.getsockname()[1]}/"
+        self.down_until = 0.0
+        self.links: list[socket.socket] = []
+        self.connections = 0
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def cut(self, seconds: float) -> None:
+        self.down_until = time.monotonic() + seconds
+        for end in self.links:
+            try:
+                end.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass  # that side went already
+        self.links.clear()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                near, _ = self.listener.accept()
+            except OSError:
+                return  # closed
+            if time.monotonic() < self.down_until:
+                near.close()
+                continue
+            self.connections += 1
+            far = socket.create_connection(self.upstream)
+            self.links += [near, far]
+            for source, sink in ((near, far), (far, near)):
+                threading.Thread(target=self._pump, args=(source, sink), daemon=True).start()
+
+    @staticmethod
+    def _pump(source: socket.socket, sink: socket.socket) -> None:
+        try:
+            while data := source.recv(65536):
+                sink.sendall(data)
+        except OSError:
+            pass
+        for end in (source, sink):
+            try:
+                end.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def close(self) -> None:
+        self.listener.close()
+        self.cut(0)
+
+
+@pytest.fixture
+def blinker(server):
+    proxy = Blinker(server.url)
+    yield proxy
+    proxy.close()
+
+
+def test_a_job_whose_connection_blinked_still_lands_once(blinker):
+    """The link drops after the first step and stays down longer than one immediate retry: the tab
+    reconnects, resumes its session, and shows the finished picture once."""
+    source = values(picture=picture(128, 96, seed=5).convert("RGBA"), steps=8)
+    updates = []
+    for update in jobs.run(jobs.Connection(blinker.url), source, "unit"):
+        updates.append(update)
+        if update.status.startswith("Step 1/") and blinker.connections == 1:
+            blinker.cut(1.5)
+    final = updates[-1]
+    assert final.done and final.status.startswith("Done: 1 image"), [u.status for u in updates]
+    assert blinker.connections >= 2, "the job ended without the link being cut"
+    assert any("reconnecting" in update.status for update in updates)
+    assert sum(update.images is not None for update in updates) == 1 and sum(u.done for u in updates) == 1
+    (result,) = final.images
+    expected = list(jobs.run(jobs.Connection(blinker.url), source, "unit"))[-1].images[0]
+    assert (np.asarray(result) == np.asarray(expected)).all(), "the result that was kept is the job's own"
+
+
+def test_a_link_that_stays_down_ends_in_one_sentence(blinker, monkeypatch):
+    monkeypatch.setattr(jobs, "RECONNECT_WINDOW", 1.0)
+    updates = []
+    started = time.monotonic()
+    for update in jobs.run(jobs.Connection(blinker.url), values(steps=8), "unit"):
+        updates.append(update)
+        if update.status.startswith("Step 1/") and blinker.connections == 1:
+            blinker.cut(600)
+    assert time.monotonic() - started < 30
+    final = updates[-1]
+    assert final.done and final.status.startswith(
+        f"Lost the connection to the Easel backend at {blinker.url} mid-job"), final.status
+    assert "1 s" in final.status and final.images is None
+
+
+@pytest.mark.parametrize("pressed", [0, 0.6])  # s after the tab says "reconnecting": at once, or while it retries
+def test_cancel_while_the_link_is_down_cancels_once_it_is_back(blinker, pressed):
+    updates, said = [], []
+    for update in jobs.run(jobs.Connection(blinker.url), values(steps=40), "blinking"):
+        updates.append(update)
+        if update.status.startswith("Step 1/") and blinker.connections == 1:
+            blinker.cut(2.0)
+        elif "reconnecting" in update.status:
+            threading.Timer(pressed, lambda: said.append(jobs.cancel("blinking"))).start()
+    assert said == ["Cancelling once the connection to the backend is back…"]
+    assert updates[-1].status == "Cancelled." and updates[-1].done, [u.status for u in updates]
+    assert blinker.connections >= 2

@@ -11,6 +11,7 @@ import io
 import os
 import time
 from pathlib import Path
+from urllib.parse import urljoin
 
 import numpy as np
 import pytest
@@ -452,3 +453,37 @@ def test_instruct_inside_a_painted_mask_and_a_model_offers_only_what_it_takes(pa
     pick_model(page, "demo-base (")
     page.locator("#easel_cn1").wait_for(state="visible")
     assert page.locator("#easel_negative textarea").is_enabled()
+
+
+def test_send_to_easel_from_txt2img_and_img2img_puts_their_result_in_the_sketch_editor(page):
+    for tab, prompt, size in (("txt2img", "a harbour", (96, 64)), ("img2img", "a cottage", (80, 72))):
+        open_tab(page, tab)
+        page.locator(f"#{tab}_prompt textarea").fill(prompt)
+        set_number(page, f"{tab}_width", size[0])
+        set_number(page, f"{tab}_height", size[1])
+        page.click(f"#{tab}_generate")  # the test WebUI's stand-in result (webui_real.stand_in_result)
+        shown = page.locator(f"#{tab}_gallery img").first
+        shown.wait_for()
+        result = Image.open(io.BytesIO(page.request.get(urljoin(page.url, shown.get_attribute("src"))).body()))
+        assert result.size == size
+        page.click(f"#{tab}_send_to_easel")
+        page.locator("#easel_prompt textarea").wait_for(state="visible")  # switched to the Easel tab
+        page.wait_for_function("(text) => document.querySelector('#easel_prompt textarea').value === text",
+                               arg=prompt)
+        page.wait_for_function("(width) => document.querySelector('#easel_width input[type=number]').value === width",
+                               arg=str(size[0]))  # the WebUI's send_size
+        page.locator("#easel_picture img").first.wait_for()
+        # What the editor holds, as a job gets it: upscaled by 2 with plain Lanczos, it is the sent picture's.
+        choose(page, "easel_mode", "upscale")
+        page.locator("#easel_upscaler input").click()
+        page.locator("#easel_upscaler li", has_text="lanczos").first.click()
+        before = page.locator("#easel_selected img").first.get_attribute("src") \
+            if page.locator("#easel_selected img").count() else None
+        page.click("#easel_generate")  # (a Lanczos upscale may show the same "Done" text as the last one)
+        page.wait_for_function("""(before) => {
+            const img = document.querySelector('#easel_selected img');
+            return img && img.getAttribute('src') !== before;
+        }""", arg=before)
+        larger = image_of(page, "easel_selected").convert("RGB")
+        expected = result.convert("RGB").resize((2 * size[0], 2 * size[1]), Image.Resampling.LANCZOS)
+        assert np.array_equal(np.asarray(larger), np.asarray(expected)), f"the picture sent from {tab}"

@@ -125,6 +125,22 @@ def test_paint_a_mask_in_the_gradio4_editor_generate_and_keep_every_unpainted_pi
     info = page.locator("#easel_info textarea").input_value()
     assert info.startswith("a red door\nSteps: 4, Sampler: DPM++ 2M Karras, CFG scale: 7.0, Seed: 5, Size: 192x128")
 
+    # The result and the mask painted on gradio 4's editor (its layers), to the WebUI's "Inpaint upload".
+    page.click("#easel_send_to_inpaint_upload")
+    page.locator("#img_inpaint_mask img").first.wait_for()
+    assert page.locator("#img2img_inpaint_upload_tab").is_visible()
+    sent = np.asarray(image_of(page, "img_inpaint_base"), np.int16)
+    # The WebUI's own picture fields hand pictures to the browser as gradio 4's lossy WebP (about 3.4 levels
+    # off on average for this picture, up to 16 along a hard mask's edge): the result, not the input, is sent.
+    assert sent.shape == after.shape and np.abs(sent - after).mean() < 8
+    edited = np.any(after != before, axis=-1)
+    assert np.abs(sent - after)[edited].mean() < np.abs(sent - before.astype(np.int16))[edited].mean() / 2
+    mask = np.asarray(image_of(page, "img_inpaint_mask").convert("L"))
+    assert mask.shape == (128, 192) and mask[45, 45] > 220 and mask[5, 5] < 32 and mask[:, 125:].max() < 32
+    (top, left), (bottom, right) = np.argwhere(mask > 127).min(0), np.argwhere(mask > 127).max(0)
+    assert 30 - 8 <= left and right <= 60 + 8 and 40 - 8 <= top and bottom <= 50 + 8, "only the stroke (brush 6)"
+    open_tab(page, "Easel")
+
     # Picking a Flux model leaves out what it cannot take (gradio 4's updates), and back again.
     for model, takes in (("demo-flux (", False), ("Server default", True)):
         page.locator("#easel_model input").click()
@@ -181,3 +197,91 @@ def test_two_browsers_generate_at_once_and_esc_cancels(page, chromium, forge):
         assert not easel_errors(other), easel_errors(other)
     finally:
         other.context.close()
+
+
+def test_upscale_makes_the_picture_larger(page, tmp_path):
+    path = tmp_path / "harbour.png"
+    picture(192, 128, seed=11).save(path)
+    page.locator("#easel_picture input[type=file]").set_input_files(str(path))
+    page.locator("#easel_picture canvas[width='192']").wait_for()
+    page.locator("#easel_mode label", has_text="upscale").click()
+    assert generate(page).startswith("Done: 1 image"), text_of(page, "easel_progress")
+    larger = image_of(page, "easel_selected")
+    assert larger.size == (384, 256), "Upscale by 2 with the server's first upscaler"
+    back = np.asarray(larger.convert("RGB").resize((192, 128), Image.Resampling.BOX), np.int16)
+    assert np.abs(back - np.asarray(Image.open(path).convert("RGB"), np.int16)).mean() < 8
+    assert "Easel mode: upscale" in page.locator("#easel_info textarea").input_value()
+
+
+def png_of(page, locator) -> Image.Image:
+    """A picture the page shows from a file (gradio 4), as the browser got it."""
+    body = page.request.get(urljoin(page.url, locator.get_attribute("src"))).body()
+    return Image.open(io.BytesIO(body)).convert("RGB")
+
+
+def upscaled_by_easel(page) -> Image.Image:
+    """Upscale the picture in Easel's editor by 2 with plain Lanczos: what the editor holds, as a job gets it."""
+    page.locator("#easel_mode label", has_text="upscale").click()
+    page.locator("#easel_upscaler input").click()
+    page.locator("ul.options li", has_text="lanczos").first.click()
+    set_number(page, "easel_upscale_by", 2)
+    # An upscale by Lanczos takes no time: the progress line may go from one "Done: 1 image in 0.0 s." to
+    # the same text with nothing to see in between, so the new result is what shows that it ran.
+    shown = page.locator("#easel_selected img")
+    before = shown.first.get_attribute("src") if shown.count() else None
+    page.click("#easel_generate")
+    page.wait_for_function("""(before) => {
+        const img = document.querySelector('#easel_selected img');
+        return img && img.getAttribute('src') !== before;
+    }""", arg=before)
+    assert text_of(page, "easel_progress").startswith("Done: 1 image"), text_of(page, "easel_progress")
+    return image_of(page, "easel_selected").convert("RGB")
+
+
+def test_send_to_easel_fills_the_gradio4_editor_from_txt2img_img2img_and_png_info(page, forge):
+    for tab, prompt, size in (("txt2img", "a harbour", (96, 64)), ("img2img", "a cottage", (80, 72))):
+        open_tab(page, tab)
+        page.locator(f"#{tab}_prompt textarea").fill(prompt)
+        set_number(page, f"{tab}_seed", 40)
+        set_number(page, f"{tab}_width", size[0])
+        set_number(page, f"{tab}_height", size[1])
+        page.click(f"#{tab}_generate")  # the test WebUI's stand-in result (webui_real.stand_in_result)
+        shown = page.locator(f"#{tab}_gallery img").first
+        shown.wait_for()
+        result = png_of(page, shown)
+        assert result.size == size
+        page.click(f"#{tab}_send_to_easel")
+        page.locator("#easel_prompt textarea").wait_for(state="visible")  # switched to the Easel tab
+        page.wait_for_function("(text) => document.querySelector('#easel_prompt textarea').value === text",
+                               arg=prompt)
+        assert page.locator("#easel_seed input").input_value() == "40"  # the WebUI's send_seed
+        page.locator(f"#easel_picture canvas[width='{size[0]}']").wait_for()
+        page.wait_for_function("(width) => document.querySelector('#easel_width input[type=number]').value === width",
+                               arg=str(size[0]))  # the WebUI's send_size
+        larger = upscaled_by_easel(page)
+        assert larger.size == (2 * size[0], 2 * size[1])
+        assert np.array_equal(np.asarray(larger), np.asarray(result.resize(larger.size, Image.Resampling.LANCZOS))), \
+            f"the picture sent from {tab} is not the one in the editor"
+
+    # A result of Easel's own, saved with its infotext: PNG Info reads it and sends it back.
+    page.locator("#easel_prompt textarea").fill("a lighthouse")
+    page.locator("#easel_mode label", has_text="generate").click()
+    for field, value in (("easel_steps", 2), ("easel_seed", 7), ("easel_width", 64), ("easel_height", 64)):
+        set_number(page, field, value)
+    assert generate(page).startswith("Done: 1 image"), text_of(page, "easel_progress")
+    info = page.locator("#easel_info textarea").input_value()
+    (saved,) = [path for path in forge["root"].rglob("*.png") if Image.open(path).info.get("parameters") == info]
+    page.locator("#easel_prompt textarea").fill("")
+    set_number(page, "easel_seed", -1)
+    open_tab(page, "PNG Info")
+    page.locator("#pnginfo_image input[type=file]").set_input_files(str(saved))
+    page.wait_for_function("(info) => document.querySelector('#pnginfo_generation_info textarea').value === info",
+                           arg=info)
+    page.click("#easel_tab")
+    page.locator("#easel_prompt textarea").wait_for(state="visible")
+    page.wait_for_function("() => document.querySelector('#easel_prompt textarea').value === 'a lighthouse'")
+    assert page.locator("#easel_seed input").input_value() == "7"
+    page.locator("#easel_picture canvas[width='64']").wait_for()
+    larger = upscaled_by_easel(page)
+    expected = Image.open(saved).convert("RGB")
+    assert np.array_equal(np.asarray(larger), np.asarray(expected.resize((128, 128), Image.Resampling.LANCZOS)))

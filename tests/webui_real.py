@@ -9,8 +9,8 @@ What runs as it is: the WebUI's command line and paths, its settings (``shared.o
 (``ui_settings``, with its Defaults tab), the output panels with their "Send to" buttons
 (``ui_common``), picture saving and reading (``images``), the gradio patches and the page's own
 JavaScript and CSS (``ui_gradio_extensions``; ``gradio_extensons``, in Forge ``gradio_extensions``). The
-page holds txt2img and img2img (their output panels and the fields infotext pastes into; nothing generates there),
-PNG Info, the extension tabs and Settings, in the WebUI's tab ids.
+page holds txt2img and img2img (their output panels and the fields infotext pastes into; their Generate
+puts a stand-in picture in the panel), PNG Info, the extension tabs and Settings, in the WebUI's tab ids.
 
 What cannot run without torch and the diffusion code is replaced by the small stubs in ``STUBS``.
 
@@ -83,7 +83,12 @@ class _State:
 def _checkpoint_manager_ui():
     """Forge's quicksettings models row (its real one loads the model lists through torch)."""
     import gradio as gr
+    from modules import shared
 
+    # As the real one does when nothing is chosen yet: the first checkpoint found (here a name only).
+    # Forge's infotext paste compares a picture's "Model" with it and fails on None.
+    if shared.opts.sd_model_checkpoint in (None, "None", "none", ""):
+        shared.opts.set("sd_model_checkpoint", "v1-5-pruned-emaonly.safetensors [6ce0161689]")
     entry = sys.modules["modules_forge.main_entry"]
     entry.ui_checkpoint = gr.Dropdown(label="Checkpoint", choices=[], elem_classes=["model_selection"])
     entry.ui_vae = gr.Dropdown(label="VAE / Text Encoder", choices=[], multiselect=True, value=[])
@@ -170,21 +175,35 @@ def webui_tab(tabname: str):
                                      **upload)
                         with gr.TabItem("Batch", id="batch", elem_id="img2img_batch_tab"):
                             pass
-                prompt = gr.Textbox(label="Prompt", elem_id=f"{tabname}_prompt", lines=2)
-                negative = gr.Textbox(label="Negative prompt", elem_id=f"{tabname}_neg_prompt")
+                prompt = gr.Textbox("", label="Prompt", elem_id=f"{tabname}_prompt", lines=2)  # value='' as the
+                negative = gr.Textbox("", label="Negative prompt", elem_id=f"{tabname}_neg_prompt")  # WebUI's toprow
                 steps = gr.Slider(1, 150, value=20, step=1, label="Sampling steps", elem_id=f"{tabname}_steps")
                 seed = gr.Number(label="Seed", value=-1, elem_id=f"{tabname}_seed")
                 cfg = gr.Slider(1, 30, value=7, step=0.5, label="CFG Scale", elem_id=f"{tabname}_cfg_scale")
                 width = gr.Slider(64, 2048, value=512, step=8, label="Width", elem_id=f"{tabname}_width")
                 height = gr.Slider(64, 2048, value=512, step=8, label="Height", elem_id=f"{tabname}_height")
+                generate = gr.Button("Generate", elem_id=f"{tabname}_generate")
             with gr.Column():
-                ui_common.create_output_panel(tabname, f"outputs/{tabname}")
+                panel = ui_common.create_output_panel(tabname, f"outputs/{tabname}")
+        # In place of the diffusion (stubbed): a picture of the asked size in the real output panel, so its
+        # "Send to" buttons (the WebUI's gallery code and page script) have a result to send.
+        generate.click(stand_in_result, inputs=[seed, width, height], outputs=[panel.gallery])
         fields = [(prompt, "Prompt"), (negative, "Negative prompt"), (steps, "Steps"), (seed, "Seed"),
                   (cfg, "CFG scale"), (width, "Size-1"), (height, "Size-2")]
         infotext_utils.add_paste_fields(tabname, image, fields, None)
         if tabname == "img2img":
             infotext_utils.add_paste_fields("inpaint", inpaint, list(fields), None)
     return interface
+
+
+def stand_in_result(seed, width, height) -> list:
+    """What txt2img / img2img would make: gradients of the asked size, a plane set by the seed."""
+    from PIL import Image
+
+    size = (int(width), int(height))
+    planes = (Image.linear_gradient("L").resize(size), Image.radial_gradient("L").resize(size),
+              Image.new("L", size, int(seed or 0) % 256))
+    return [Image.merge("RGB", planes)]
 
 
 def extras_tab():
@@ -317,6 +336,8 @@ def main() -> None:
     scripts.load_scripts()
     scripts.scripts_postproc.initialize_scripts(scripts.postprocessing_scripts_data)
     demo = build()
+    # as webui.py does: the "Send to" code only opens picture files this page's gradio made (ui_tempdir)
+    sys.modules["modules.shared"].demo = demo
     if MODE == "--dump-ui":
         dump(demo)
     if MODE != "--serve":

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import sys
 import threading
+import time
 import traceback
 from dataclasses import dataclass
 from typing import Iterator
@@ -20,6 +21,9 @@ from .protocol import Accepted, Cancelled, Client, EaselError, Job, Progress, Re
 
 PREVIEW_EVERY = 1
 CAPABILITIES_TIMEOUT = 2  # s: the tab is built while the WebUI starts, which must not wait on a backend
+# s: how long a job whose connection dropped keeps trying to resume it. The server keeps the session far
+# longer (resume_seconds); this bounds how long the painter looks at "reconnecting" before a sentence.
+RECONNECT_WINDOW = 15.0
 
 
 @dataclass
@@ -50,6 +54,10 @@ class Connection:
 # thread) can reach the connection the job was submitted on: the server only lets that one cancel it.
 _running: dict[str, tuple[Client, str]] = {}
 _lock = threading.Lock()
+# Sessions whose job's connection is being made again (its socket changes under a Cancel then), and
+# those whose Cancel came while it was down: sent once it is resumed.
+_reconnecting: set[str] = set()
+_cancel_when_back: set[str] = set()
 
 
 def describe(error: Exception, url: str) -> str:
@@ -86,29 +94,77 @@ def run(connection: Connection, values: TabValues, session: str) -> Iterator[Upd
         job = client.submit(request)
         with _lock:
             _running[session] = (client, job)
-        for event in client.events(job):
-            if isinstance(event, Accepted) and event.position > 0:  # 0: it starts next, "Running" follows
-                yield Update(f"Queued: {event.position} job{'s' * (event.position != 1)} ahead on the backend…")
-            elif isinstance(event, Started):
-                yield Update(f"Running: {event.steps} steps at {event.diffusion_size[0]}x{event.diffusion_size[1]}…")
-            elif isinstance(event, Progress):
-                preview = decode(event.preview) if event.preview else None
-                yield Update(f"Step {event.step}/{event.total}", preview=preview)
-            elif isinstance(event, Cancelled):
-                yield Update("Cancelled.", done=True)
-            elif isinstance(event, Result):
-                images, texts = finish(values, event, request)
-                seconds = event.timings.get("total", 0)
-                seeds = [item.seed for item in sorted(event.images, key=lambda item: item.index)]
-                yield Update(f"Done: {len(images)} image{'s' * (len(images) != 1)} in {seconds:.1f} s.",
-                             images=images, infotexts=texts, seeds=seeds, done=True)
+        while True:
+            try:
+                for event in client.events(job):
+                    yield from _shown(event, values, request)
+                break
+            except EaselError as exc:
+                if not exc.dropped:
+                    raise
+                # The backend still runs the job and keeps its ending for our session: get it back.
+                yield Update("The connection to the Easel backend dropped; reconnecting…")
+                with _lock:
+                    _reconnecting.add(session)
+                failure = _resume(client)
+                with _lock:
+                    _reconnecting.discard(session)
+                    wanted = session in _cancel_when_back
+                    _cancel_when_back.discard(session)
+                if failure is None:
+                    if wanted:
+                        client.cancel(job)
+                elif failure.code in ("unreachable", "closed"):
+                    yield Update(f"Lost the connection to the Easel backend at {connection.url} mid-job and could "
+                                 f"not reconnect within {RECONNECT_WINDOW:g} s ({failure.message}). The job may "
+                                 "still finish there, but its result will not reach this tab.", done=True)
+                    return
+                else:
+                    yield Update(f"The connection to the Easel backend at {connection.url} dropped mid-job, and "
+                                 f"the backend no longer has the job: {failure.message}.", done=True)
+                    return
     except Exception as exc:  # noqa: BLE001 - every failure becomes a sentence in the tab
         yield Update(describe(exc, connection.url), done=True)
     finally:
         with _lock:
             _running.pop(session, None)
+            _reconnecting.discard(session)
+            _cancel_when_back.discard(session)
         if client is not None:
             client.close()
+
+
+def _shown(event, values: TabValues, request: Job) -> Iterator[Update]:
+    if isinstance(event, Accepted) and event.position > 0:  # 0: it starts next, "Running" follows
+        yield Update(f"Queued: {event.position} job{'s' * (event.position != 1)} ahead on the backend…")
+    elif isinstance(event, Started):
+        yield Update(f"Running: {event.steps} steps at {event.diffusion_size[0]}x{event.diffusion_size[1]}…")
+    elif isinstance(event, Progress):
+        preview = decode(event.preview) if event.preview else None
+        yield Update(f"Step {event.step}/{event.total}", preview=preview)
+    elif isinstance(event, Cancelled):
+        yield Update("Cancelled.", done=True)
+    elif isinstance(event, Result):
+        images, texts = finish(values, event, request)
+        seconds = event.timings.get("total", 0)
+        seeds = [item.seed for item in sorted(event.images, key=lambda item: item.index)]
+        yield Update(f"Done: {len(images)} image{'s' * (len(images) != 1)} in {seconds:.1f} s.",
+                     images=images, infotexts=texts, seeds=seeds, done=True)
+
+
+def _resume(client: Client) -> EaselError | None:
+    """Reconnect and resume the client's session, retrying while the link is down (a blink lasts
+    seconds); None once resumed, else the last failure."""
+    deadline, wait = time.monotonic() + RECONNECT_WINDOW, 0.25
+    while True:
+        try:
+            client.reconnect()
+            return None
+        except EaselError as exc:
+            if exc.code not in ("unreachable", "closed") or time.monotonic() + wait > deadline:
+                return exc
+        time.sleep(wait)
+        wait = min(wait * 2, 2.0)
 
 
 def finish(values: TabValues, result: Result, job: Job | None = None) -> tuple[list[Image.Image], list[str]]:
@@ -133,14 +189,25 @@ def finish(values: TabValues, result: Result, job: Job | None = None) -> tuple[l
 
 def cancel(session: str) -> str | None:
     """Ask the server to cancel this session's running job; a sentence when that cannot be done."""
+    later = "Cancelling once the connection to the backend is back…"
     with _lock:
         running = _running.get(session)
+        if running is not None and session in _reconnecting:
+            _cancel_when_back.add(session)
+            return later
     if running is None:
         return "Nothing is running."
     client, job = running
     try:
         client.cancel(job)
     except EaselError as exc:
+        if exc.code != "closed":
+            return f"Could not cancel: {exc.message}"
+        # The connection is down, maybe only for a blink: the job's runner resumes it and cancels then.
+        with _lock:
+            if session in _running:
+                _cancel_when_back.add(session)
+                return later
         return f"Could not cancel: {exc.message}"
     return None
 

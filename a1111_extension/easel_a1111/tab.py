@@ -96,8 +96,10 @@ def build(connection: Callable[[], jobs.Connection], host: Host | None = None) -
         with gr.Row():
             with gr.Column(scale=1):
                 picture = compat.picture_editor("Picture (paint over what should change)", "easel_picture")
-                prompt = gr.Textbox(label="Prompt", lines=2, elem_id="easel_prompt")
-                negative = gr.Textbox(lines=1, elem_id="easel_negative", **negative_prompt(start.negative_prompt))
+                # value="": the WebUI's infotext paste ("Send to Easel" from PNG Info) converts a pasted value
+                # to the type of the field's value, and gradio 4 leaves a Textbox's at None (nothing pasted).
+                prompt = gr.Textbox("", label="Prompt", lines=2, elem_id="easel_prompt")
+                negative = gr.Textbox("", lines=1, elem_id="easel_negative", **negative_prompt(start.negative_prompt))
                 mode = gr.Radio(list(start.modes), value=first_mode(start.modes, "inpaint"), label="Mode",
                                 elem_id="easel_mode")
                 with gr.Row():
