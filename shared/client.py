@@ -150,6 +150,23 @@ class Client:
         self._hello(resume=True)
         return self
 
+    def reconnect_within(self, seconds: float) -> None:
+        """``reconnect()``, tried again while the server cannot be reached (a network blink can last
+        seconds) for at most ``seconds``, backing off from a quarter second to two. Raises the last
+        ``EaselError`` when it does not come back in time, or at once when the server refuses the
+        resume or ``abort()`` gave the session up meanwhile."""
+        deadline, wait = time.monotonic() + seconds, 0.25
+        while True:
+            try:
+                self.reconnect()
+                return
+            except EaselError as exc:
+                if exc.code not in ("unreachable", "closed") or not self.resume or \
+                        time.monotonic() + wait > deadline:
+                    raise
+            time.sleep(wait)
+            wait = min(wait * 2, 2.0)
+
     def _hello(self, resume: bool = False) -> None:
         hello = {"type": "hello", "protocol": PROTOCOL_VERSION, "client": self.name}
         if self.token:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import sys
 import threading
-import time
 import traceback
 from dataclasses import dataclass
 from typing import Iterator
@@ -106,7 +105,11 @@ def run(connection: Connection, values: TabValues, session: str) -> Iterator[Upd
                 yield Update("The connection to the Easel backend dropped; reconnecting…")
                 with _lock:
                     _reconnecting.add(session)
-                failure = _resume(client)
+                try:
+                    client.reconnect_within(RECONNECT_WINDOW)
+                    failure = None
+                except EaselError as failed:
+                    failure = failed
                 with _lock:
                     _reconnecting.discard(session)
                     wanted = session in _cancel_when_back
@@ -150,21 +153,6 @@ def _shown(event, values: TabValues, request: Job) -> Iterator[Update]:
         seeds = [item.seed for item in sorted(event.images, key=lambda item: item.index)]
         yield Update(f"Done: {len(images)} image{'s' * (len(images) != 1)} in {seconds:.1f} s.",
                      images=images, infotexts=texts, seeds=seeds, done=True)
-
-
-def _resume(client: Client) -> EaselError | None:
-    """Reconnect and resume the client's session, retrying while the link is down (a blink lasts
-    seconds); None once resumed, else the last failure."""
-    deadline, wait = time.monotonic() + RECONNECT_WINDOW, 0.25
-    while True:
-        try:
-            client.reconnect()
-            return None
-        except EaselError as exc:
-            if exc.code not in ("unreachable", "closed") or time.monotonic() + wait > deadline:
-                return exc
-        time.sleep(wait)
-        wait = min(wait * 2, 2.0)
 
 
 def finish(values: TabValues, result: Result, job: Job | None = None) -> tuple[list[Image.Image], list[str]]:

@@ -20,6 +20,9 @@ from .qt import QObject, QTimer, pyqtSignal
 RECONNECT_MS = 3000
 HEARTBEAT_S = 5  # an idle connection asks for the server's status this often, to notice it has gone
 WATCH_MS = 250  # how often the UI thread looks at the server's silence (liveness)
+# s: how long a job whose connection dropped (a Wi-Fi blink) tries to resume it. The server keeps the
+# session and the job's ending far longer; this bounds the wait before the docker says it is lost.
+RESUME_S = 15.0
 
 
 def sentence(exc: BaseException) -> str:
@@ -323,7 +326,7 @@ class Worker(QObject):
                     cancel_now = job in self._cancelled  # Cancel pressed while we were uploading
                 if cancel_now:
                     client.cancel(job)
-                for event in client.events(job):
+                for event in self._follow(client, job):
                     self._forward(job, event, client_module, finish, client)
         except client_module.EaselError as exc:
             self._lost(job, exc)
@@ -331,6 +334,25 @@ class Worker(QObject):
             with self._lock:
                 self._cancelled.discard(job)
                 self._submitted.discard(job)
+
+    def _follow(self, client, job: str):
+        """The job's events. A connection that drops mid-job without the server closing it is resumed
+        (for up to RESUME_S): the server ran the job on and kept its ending, which then arrives once. A
+        Cancel pressed meanwhile is sent when the connection is back."""
+        while True:
+            try:
+                yield from client.events(job)
+                return
+            except protocol.client_module().EaselError as exc:
+                if not exc.dropped:
+                    raise
+            self.state_changed.emit("connecting", f"The connection to {self.url} dropped; resuming the job …")
+            client.reconnect_within(RESUME_S)  # an EaselError when it does not come back: the job is lost
+            self.state_changed.emit("connected", f"Connected to {self.url} again.")
+            with self._lock:
+                cancel_now = job in self._cancelled
+            if cancel_now:
+                client.cancel(job)
 
     def _run_preprocess(self, job: str, preprocessor: str, build, finish) -> None:
         if self._take_cancel(job) or not self._ensure_connected(job):

@@ -844,10 +844,22 @@ def scenario_docker_instruct(ctx):
 
 
 def scenario_blinked_connection_still_delivers(ctx):
-    """The network drops mid-job (no close from the server): the bundled client resumes the session and
-    the job's layer still arrives, once."""
+    """The network drops mid-job (no close from the server) and stays down for 1.5 s, longer than one
+    immediate retry: the worker keeps trying, resumes the session and the job's layer still arrives, once."""
     import socket
+
+    from easel_krita import protocol
+    client_module = protocol.client_module()
+    connect, down_until = client_module.connect, [0.0]
+
+    def link(*args, **kwargs):  # while the link is down, a new connection cannot reach the server
+        if time.monotonic() < down_until[0]:
+            raise ConnectionRefusedError(111, "Connection refused")
+        return connect(*args, **kwargs)
+
     rig = Rig(ctx["url"])
+    states = []
+    rig.worker.state_changed.connect(lambda state, message: states.append(state))
     doc = new_doc()
     paint_layer(doc, "paint", fill_rgba8())
     select(doc, 60, 40, 50, 50)
@@ -855,8 +867,13 @@ def scenario_blinked_connection_still_delivers(ctx):
     fired = wait_for(rig.session, ["progress", "finished", "failed", "cancelled"])
     check(fired and fired[0] == "progress", f"expected progress first, got {fired}")
     first = rig.worker._client._ws
-    first.socket.shutdown(socket.SHUT_RDWR)  # what a Wi-Fi blink looks like to the plugin
-    fired = wait_for(rig.session, ["finished", "failed", "cancelled"])
+    client_module.connect, down_until[0] = link, time.monotonic() + 1.5
+    try:
+        first.socket.shutdown(socket.SHUT_RDWR)  # what a Wi-Fi blink looks like to the plugin
+        fired = wait_for(rig.session, ["finished", "failed", "cancelled"])
+    finally:
+        client_module.connect = connect
+    check("connecting" in states, f"the docker was not told the connection dropped: {states}")
     check(fired and fired[0] == "finished" and fired[1][0] == job, f"after the blink the job ended with {fired}")
     check(rig.worker._client._ws is not first, "the client did not reconnect")
     rig.session.apply(fired[1][1][0])
