@@ -41,17 +41,30 @@ def tls_options(url: str, cert: str | None) -> dict:
     return {"ssl": context}
 
 
+def unreachable_reason(exc: BaseException, timeout: float) -> str:
+    """Why a connection could not be opened, in words: a server not started, a wrong host name and a
+    server that does not answer in time need different fixes."""
+    if isinstance(exc, ConnectionRefusedError):
+        return "nothing is listening at that address and port"
+    if isinstance(exc, socket.gaierror):
+        return "that host name is unknown"
+    if isinstance(exc, TimeoutError):
+        return f"no answer within {timeout:g} s"
+    return str(exc) or type(exc).__name__
+
+
 class EaselError(Exception):
     """The server refused or failed a request (an ``error`` message), or the connection failed."""
 
     def __init__(self, code: str, message: str, field: str | None = None, job: str | None = None,
-                 ends_job: bool = True, dropped: bool = False):
+                 ends_job: bool = True, dropped: bool = False, reason: str = ""):
         super().__init__(f"{message} [{code}" + (f", field {field}]" if field else "]"))
         self.code, self.message, self.field, self.job = code, message, field, job
         self.ends_job = ends_job  # False: about job `job` (a refused cancel, a duplicate id) without ending it
         # True: the connection went away without the server closing it (a network blink), so the session and
         # its jobs live on at the server for a while, and a later ``reconnect()`` may still get their endings.
         self.dropped = dropped
+        self.reason = reason  # "unreachable": why, in a few words (nothing listening, no answer in time ...)
 
 
 class JobCancelled(EaselError):
@@ -188,9 +201,13 @@ class Client:
         except InvalidURI:
             raise EaselError("bad_url", f"{self.url} is not a websocket address like ws://127.0.0.1:8760/") from None
         except (OSError, TimeoutError) as exc:
-            raise EaselError("unreachable", f"cannot reach the Easel server at {self.url}: {exc}") from None
+            reason = unreachable_reason(exc, self.open_timeout)
+            raise EaselError("unreachable", f"cannot reach the Easel server at {self.url}: {reason}",
+                             reason=reason) from None
         except Exception as exc:  # handshake refused (bad origin, HTTP error ...)
-            raise EaselError("unreachable", f"the Easel server at {self.url} refused the connection: {exc}") from None
+            reason = f"the server refused the connection: {exc}"
+            raise EaselError("unreachable", f"the Easel server at {self.url} refused the connection: {exc}",
+                             reason=reason) from None
 
     def abort(self) -> None:
         """Drop the connection at once, from any thread, with no close handshake and no resume (for a

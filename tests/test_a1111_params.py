@@ -222,7 +222,8 @@ def test_a_real_inpaint_job_keeps_every_unpainted_pixel(server):
 
 def test_backend_down_and_server_refusals_read_as_sentences(server):
     down = list(jobs.run(jobs.Connection("ws://127.0.0.1:9/"), values(), "unit"))
-    assert down[-1].status == ("Cannot reach the Easel backend at ws://127.0.0.1:9/: start it with `easel serve`, "
+    assert down[-1].status == ("Cannot reach the Easel backend at ws://127.0.0.1:9/ (nothing is listening at that "
+                               "address and port): start it with `easel serve`, "
                                "or set its address in Settings > Easel.")
     assert jobs.status_line(jobs.Connection("ws://127.0.0.1:9/")).startswith("Cannot reach the Easel backend")
     refused = list(jobs.run(jobs.Connection(server.url), values(steps=100000), "unit"))

@@ -321,7 +321,8 @@ def backend_down(page, server_url: str):
 def test_backend_down_reads_as_a_sentence(page, webui):
     with backend_down(page, webui["server"]) as down:
         # (Markdown shows `easel serve` as code, without the backticks)
-        expected = (f"Cannot reach the Easel backend at {down}: start it with easel serve, "
+        expected = (f"Cannot reach the Easel backend at {down} (nothing is listening at that address and port): "
+                    "start it with easel serve, "
                     "or set its address in Settings > Easel.")
         assert text_of(page, "easel_status").strip() == expected
         page.locator("#easel_prompt textarea").fill("a lighthouse")

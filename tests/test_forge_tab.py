@@ -153,7 +153,8 @@ def test_paint_a_mask_in_the_gradio4_editor_generate_and_keep_every_unpainted_pi
 def test_backend_down_reads_as_a_sentence(page, forge):
     with backend_down(page, forge["server"]) as down:
         assert text_of(page, "easel_status").strip() == (
-            f"Cannot reach the Easel backend at {down}: start it with easel serve, "
+            f"Cannot reach the Easel backend at {down} (nothing is listening at that address and port): "
+            "start it with easel serve, "
             "or set its address in Settings > Easel.")
 
 

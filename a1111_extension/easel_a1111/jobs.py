@@ -68,7 +68,8 @@ def describe(error: Exception, url: str) -> str:
             return (f"Cannot reach the Easel backend at {url}: {error.message}. Give the server's certificate "
                     "(from `easel cert`) in Settings > Easel.")
         if error.code in ("unreachable", "bad_url"):
-            return (f"Cannot reach the Easel backend at {url}: start it with `easel serve`, "
+            why = f" ({error.reason})" if error.reason else ""
+            return (f"Cannot reach the Easel backend at {url}{why}: start it with `easel serve`, "
                     "or set its address in Settings > Easel.")
         if error.code == "closed":
             return f"The connection to the Easel backend at {url} closed: {error.message}."
