@@ -81,6 +81,10 @@ def main() -> None:
                 sampler = threading.Thread(target=sample, daemon=True)
                 sampler.start()
                 began = time.perf_counter()
+                # The N submits are admitted one by one while the first job runs: an observer job sent
+                # before the last of them is queued would finish early and leave the rest unmeasured.
+                while observer.status()["queue_length"] < args.jobs - 1 and time.perf_counter() - began < 120:
+                    time.sleep(0.05)
                 observer.run("generate", prompt="after", steps=2, width=64, height=64, seed=0)
                 elapsed = time.perf_counter() - began
                 time.sleep(1)
@@ -113,6 +117,10 @@ def main() -> None:
     print(f"  threads {before['threads']} -> {gone['threads']}, fds {before['fds']} -> {gone['fds']}")
     print(f"  the never-reading client: {ending}")
     print(f"  jobs ran for {elapsed:.1f} s; server exit status {code}, tracebacks in its log: {server.tracebacks()}")
+    # a cut-off client's jobs are cancelled: then the figures are not those of N whole jobs
+    for line in server.log:
+        if "disconnecting" in line:
+            print(f"  server: {line.strip()}")
 
 
 if __name__ == "__main__":

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from backend import memory
 from backend.engine.engine import Engine, EngineResult, JobCancelled
 from backend.engine.models import ModelError
 from backend.engine.passes import Pass
@@ -77,6 +78,8 @@ class Worker:
             await loop.run_in_executor(self._encoder, _nothing)
         if job.end():  # a job cancelled while it finished already got its one ending
             self.deliver(job, ending)
+        # the job's buffers are free now: hand their pages back before the next job fragments them
+        await loop.run_in_executor(self._gpu, memory.release)
 
 
 class _Reporter:
