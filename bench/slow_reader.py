@@ -39,6 +39,7 @@ def main() -> None:
     from websockets.exceptions import ConnectionClosed
     from websockets.sync.client import connect
 
+    from backend import memory
     from shared.client import Client
 
     limits = {"max_outbox_bytes": args.budget} if args.budget else {}
@@ -109,14 +110,16 @@ def main() -> None:
     kind = "read" if args.reading else "never-read"
     print(f"{args.jobs} {kind} jobs of {args.size}x{args.size}, {args.steps} steps, previews of "
           f"{args.preview_size} every step; server outbox budget {args.budget or 'default (16 MiB)'}, "
-          f"slow_reader_seconds {args.stall or 'default (10)'}")
+          f"slow_reader_seconds {args.stall or 'default (10)'}; malloc "
+          f"{'as configured' if memory.user_configured() else 'tuned by easel serve (backend/memory.py)'}")
     print(f"  server RSS before         {before['rss_mib']:8.1f} MiB")
     print(f"  server RSS peak           {max(peak):8.1f} MiB  (+{max(peak) - before['rss_mib']:.1f})")
     print(f"  server RSS after the jobs {after['rss_mib']:8.1f} MiB  (+{after['rss_mib'] - before['rss_mib']:.1f})")
     print(f"  server RSS client gone    {gone['rss_mib']:8.1f} MiB  (+{gone['rss_mib'] - before['rss_mib']:.1f})")
     print(f"  threads {before['threads']} -> {gone['threads']}, fds {before['fds']} -> {gone['fds']}")
     print(f"  the never-reading client: {ending}")
-    print(f"  jobs ran for {elapsed:.1f} s; server exit status {code}, tracebacks in its log: {server.tracebacks()}")
+    print(f"  jobs ran for {elapsed:.1f} s (server CPU {after['cpu_s'] - before['cpu_s']:.1f} s); "
+          f"server exit status {code}, tracebacks in its log: {server.tracebacks()}")
     # a cut-off client's jobs are cancelled: then the figures are not those of N whole jobs
     for line in server.log:
         if "disconnecting" in line:

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import time
 
+import numpy as np
 import pytest
+import torch
 
 from backend import cli, memory
 
@@ -89,3 +91,20 @@ def test_the_worker_releases_memory_after_each_job(client, monkeypatch):
     while not calls and time.perf_counter() < deadline:
         time.sleep(0.05)
     assert calls
+
+
+@pytest.mark.parametrize("latent_size, preview_size, decoded, size", [
+    ((64, 64), 256, (32, 32), (256, 256)), ((64, 96), 256, (22, 32), (256, 176)),
+    ((64, 64), 512, (64, 64), (512, 512)), ((8, 8), 256, (8, 8), (256, 256))])
+def test_taesd_previews_decode_at_about_the_asked_size(demo_root, latent_size, preview_size, decoded, size):
+    from diffusers import AutoencoderTiny
+
+    from backend.engine.previews import Previewer
+
+    taesd, seen = AutoencoderTiny.from_pretrained(demo_root / "taesd"), []
+    real = taesd.decode
+    taesd.decode = lambda latent: seen.append(tuple(latent.shape[-2:])) or real(latent)
+    preview = Previewer(None, taesd)(torch.randn(1, 4, *latent_size), preview_size)
+    assert seen == [decoded]  # not the job's full size, only to be shrunk afterwards
+    assert preview.size == size
+    assert np.asarray(preview).std() > 0
