@@ -256,9 +256,6 @@ def _help(spec: Field, *, doc: str | None = None, default: str | None = None, no
 # -- serve ------------------------------------------------------------------------------------
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from backend import memory
-
-    memory.tune()  # first: before torch loads and the server's threads allocate
     from backend.config import ConfigError, ModelSpec, load_config
     from backend.engine.engine import Engine
     from backend.engine.models import ModelError, ModelRegistry, pick_device
