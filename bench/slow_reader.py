@@ -111,7 +111,7 @@ def main() -> None:
     print(f"{args.jobs} {kind} jobs of {args.size}x{args.size}, {args.steps} steps, previews of "
           f"{args.preview_size} every step; server outbox budget {args.budget or 'default (16 MiB)'}, "
           f"slow_reader_seconds {args.stall or 'default (10)'}; malloc "
-          f"{'trimmed when the queue runs empty' if memory.enabled() else 'not trimmed (EASEL_MALLOC=system)'}")
+          f"{'trimmed after each job' if memory.enabled() else 'not trimmed (EASEL_MALLOC=system)'}")
     print(f"  server RSS before         {before['rss_mib']:8.1f} MiB")
     print(f"  server RSS peak           {max(peak):8.1f} MiB  (+{max(peak) - before['rss_mib']:.1f})")
     print(f"  server RSS after the jobs {after['rss_mib']:8.1f} MiB  (+{after['rss_mib'] - before['rss_mib']:.1f})")

@@ -1,4 +1,4 @@
-"""Freed memory goes back to the system when the server goes idle (backend/memory.py): on glibc, not with
+"""Freed memory goes back to the system after each job (backend/memory.py): on glibc, not with
 EASEL_MALLOC=system, a no-op elsewhere; and TAESD previews decode at about the asked size. What they
 save is measured in bench/slow_reader.py, not here (RSS figures on a shared machine are no test)."""
 
@@ -61,11 +61,11 @@ def test_no_c_library_at_all_is_left_alone(fresh):
     assert memory.glibc() is None and memory.release() is False
 
 
-def test_the_worker_releases_memory_when_it_goes_idle(client, monkeypatch):
+def test_the_worker_releases_memory_after_each_job(client, monkeypatch):
     calls = []
     monkeypatch.setattr(memory, "release", lambda: calls.append(time.perf_counter()))
     client.run("generate", prompt="x", steps=2, width=64, height=64, seed=0)
-    deadline = time.perf_counter() + 10  # it runs after the ending was sent, the queue being empty
+    deadline = time.perf_counter() + 10  # it runs after the ending was sent
     while not calls and time.perf_counter() < deadline:
         time.sleep(0.05)
     assert calls

@@ -55,10 +55,6 @@ class Worker:
                 await self._run(loop, job)
             finally:
                 self.queue.done(job)
-            if not len(self.queue):
-                # Idle: give the freed pages back. Not between queued jobs: the next job would fault
-                # them all in again (about 8 % of a 512-px demo job's time on the CPU).
-                await loop.run_in_executor(self._gpu, memory.release)
 
     def stop(self) -> None:
         """Stop the running job at its next step and let the threads go (the server is stopping)."""
@@ -82,6 +78,9 @@ class Worker:
             await loop.run_in_executor(self._encoder, _nothing)
         if job.end():  # a job cancelled while it finished already got its one ending
             self.deliver(job, ending)
+        # The job's buffers are free now: hand their pages back, so that the next job does not grow the
+        # arena around them (backend/memory.py). Only when the queue ran empty did the peak stay higher.
+        await loop.run_in_executor(self._gpu, memory.release)
 
 
 class _Reporter:
