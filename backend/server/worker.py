@@ -79,7 +79,7 @@ class Worker:
         if job.end():  # a job cancelled while it finished already got its one ending
             self.deliver(job, ending)
         # The job's buffers are free now: hand their pages back, so that the next job does not grow the
-        # arena around them (backend/memory.py). Only when the queue ran empty did the peak stay higher.
+        # arena around them (backend/memory.py; trimming only once the queue ran empty left the peak higher).
         await loop.run_in_executor(self._gpu, memory.release)
 
 
