@@ -39,6 +39,7 @@ def main() -> None:
     from websockets.exceptions import ConnectionClosed
     from websockets.sync.client import connect
 
+    from backend import memory
     from shared.client import Client
 
     limits = {"max_outbox_bytes": args.budget} if args.budget else {}
@@ -81,6 +82,10 @@ def main() -> None:
                 sampler = threading.Thread(target=sample, daemon=True)
                 sampler.start()
                 began = time.perf_counter()
+                # The N submits are admitted one by one while the first job runs: an observer job sent
+                # before the last of them is queued would finish early and leave the rest unmeasured.
+                while observer.status()["queue_length"] < args.jobs - 1 and time.perf_counter() - began < 120:
+                    time.sleep(0.05)
                 observer.run("generate", prompt="after", steps=2, width=64, height=64, seed=0)
                 elapsed = time.perf_counter() - began
                 time.sleep(1)
@@ -105,14 +110,20 @@ def main() -> None:
     kind = "read" if args.reading else "never-read"
     print(f"{args.jobs} {kind} jobs of {args.size}x{args.size}, {args.steps} steps, previews of "
           f"{args.preview_size} every step; server outbox budget {args.budget or 'default (16 MiB)'}, "
-          f"slow_reader_seconds {args.stall or 'default (10)'}")
+          f"slow_reader_seconds {args.stall or 'default (10)'}; malloc "
+          f"{'trimmed after each job' if memory.enabled() else 'not trimmed (EASEL_MALLOC=system)'}")
     print(f"  server RSS before         {before['rss_mib']:8.1f} MiB")
     print(f"  server RSS peak           {max(peak):8.1f} MiB  (+{max(peak) - before['rss_mib']:.1f})")
     print(f"  server RSS after the jobs {after['rss_mib']:8.1f} MiB  (+{after['rss_mib'] - before['rss_mib']:.1f})")
     print(f"  server RSS client gone    {gone['rss_mib']:8.1f} MiB  (+{gone['rss_mib'] - before['rss_mib']:.1f})")
     print(f"  threads {before['threads']} -> {gone['threads']}, fds {before['fds']} -> {gone['fds']}")
     print(f"  the never-reading client: {ending}")
-    print(f"  jobs ran for {elapsed:.1f} s; server exit status {code}, tracebacks in its log: {server.tracebacks()}")
+    print(f"  jobs ran for {elapsed:.1f} s (server CPU {after['cpu_s'] - before['cpu_s']:.1f} s); "
+          f"server exit status {code}, tracebacks in its log: {server.tracebacks()}")
+    # a cut-off client's jobs are cancelled: then the figures are not those of N whole jobs
+    for line in server.log:
+        if "disconnecting" in line:
+            print(f"  server: {line.strip()}")
 
 
 if __name__ == "__main__":

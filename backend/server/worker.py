@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from backend import memory
 from backend.engine.engine import Engine, EngineResult, JobCancelled
 from backend.engine.models import ModelError
 from backend.engine.passes import Pass
@@ -77,6 +78,9 @@ class Worker:
             await loop.run_in_executor(self._encoder, _nothing)
         if job.end():  # a job cancelled while it finished already got its one ending
             self.deliver(job, ending)
+        # The job's buffers are free now: hand their pages back, so that the next job does not grow the
+        # arena around them (backend/memory.py; trimming only once the queue ran empty left the peak higher).
+        await loop.run_in_executor(self._gpu, memory.release)
 
 
 class _Reporter:

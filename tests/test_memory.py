@@ -1,0 +1,88 @@
+"""Freed memory goes back to the system after each job (backend/memory.py): on glibc, not with
+EASEL_MALLOC=system, a no-op elsewhere; and TAESD previews decode at about the asked size. What they
+save is measured in bench/slow_reader.py, not here (RSS figures on a shared machine are no test)."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from backend import memory
+
+
+@pytest.fixture
+def fresh(monkeypatch):
+    """The module as a new process sees it, whatever the tests before did."""
+    monkeypatch.setattr(memory, "_libc", None)
+    monkeypatch.delenv("EASEL_MALLOC", raising=False)
+    return monkeypatch
+
+
+def test_on_glibc_freed_memory_goes_back(fresh):
+    if memory.glibc() is None:
+        pytest.skip("not glibc: nothing to trim (see the no-op tests)")
+    assert memory.enabled()
+    garbage = [bytearray(64 * 1024) for _ in range(512)]  # 32 MiB in blocks that come from the arena
+    del garbage[:-1]  # the last one stays, so the freed blocks are holes below it, not the heap's top
+    assert memory.release() is True
+
+
+@pytest.mark.parametrize("value", ["system", "SYSTEM"])
+def test_easel_malloc_system_turns_it_off(fresh, value):
+    fresh.setenv("EASEL_MALLOC", value)
+    assert not memory.enabled()
+    assert memory.release() is False
+
+
+def test_elsewhere_it_is_a_no_op(fresh):
+    fresh.setattr(memory.sys, "platform", "darwin")
+    assert memory.glibc() is None and not memory.enabled()
+    assert memory.release() is False
+
+
+def test_a_libc_that_is_not_glibc_is_left_alone(fresh):
+    class Musl:  # has malloc but no gnu_get_libc_version (nor malloc_trim)
+        def __init__(self, name):
+            pass
+
+    fresh.setattr(memory.ctypes, "CDLL", Musl)
+    assert memory.glibc() is None
+    assert memory.release() is False
+
+
+def test_no_c_library_at_all_is_left_alone(fresh):
+    def missing(name):
+        raise OSError(f"{name}: cannot open shared object file")
+
+    fresh.setattr(memory.ctypes, "CDLL", missing)
+    assert memory.glibc() is None and memory.release() is False
+
+
+def test_the_worker_releases_memory_after_each_job(client, monkeypatch):
+    calls = []
+    monkeypatch.setattr(memory, "release", lambda: calls.append(time.perf_counter()))
+    client.run("generate", prompt="x", steps=2, width=64, height=64, seed=0)
+    deadline = time.perf_counter() + 10  # it runs after the ending was sent
+    while not calls and time.perf_counter() < deadline:
+        time.sleep(0.05)
+    assert calls
+
+
+@pytest.mark.parametrize("latent_size, preview_size, decoded, size", [
+    ((64, 64), 256, (32, 32), (256, 256)), ((64, 96), 256, (22, 32), (256, 176)),
+    ((64, 64), 512, (64, 64), (512, 512)), ((8, 8), 256, (8, 8), (256, 256))])
+def test_taesd_previews_decode_at_about_the_asked_size(demo_root, latent_size, preview_size, decoded, size):
+    from diffusers import AutoencoderTiny
+
+    from backend.engine.previews import Previewer
+
+    taesd, seen = AutoencoderTiny.from_pretrained(demo_root / "taesd"), []
+    real = taesd.decode
+    taesd.decode = lambda latent: seen.append(tuple(latent.shape[-2:])) or real(latent)
+    preview = Previewer(None, taesd)(torch.randn(1, 4, *latent_size), preview_size)
+    assert seen == [decoded]  # not the job's full size, only to be shrunk afterwards
+    assert preview.size == size
+    assert np.asarray(preview).std() > 0
