@@ -54,7 +54,10 @@ class Worker:
             try:
                 await self._run(loop, job)
             finally:
-                self.queue.done(job)
+                self.queue.done(job)  # before the trim below: a status asked after the result says it is done
+            # The job's buffers are free now: hand their pages back, so that the next job does not grow the
+            # arena around them (backend/memory.py; trimming only once the queue ran empty left the peak higher).
+            await loop.run_in_executor(self._gpu, memory.release)
 
     def stop(self) -> None:
         """Stop the running job at its next step and let the threads go (the server is stopping)."""
@@ -78,9 +81,6 @@ class Worker:
             await loop.run_in_executor(self._encoder, _nothing)
         if job.end():  # a job cancelled while it finished already got its one ending
             self.deliver(job, ending)
-        # The job's buffers are free now: hand their pages back, so that the next job does not grow the
-        # arena around them (backend/memory.py; trimming only once the queue ran empty left the peak higher).
-        await loop.run_in_executor(self._gpu, memory.release)
 
 
 class _Reporter:
