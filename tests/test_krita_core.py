@@ -351,6 +351,17 @@ def test_layer_offset_is_crop_offset_plus_result_offset():
     assert placement.place(small, (0, 0), 300, 200) == placement.Placement(0, 0, 300, 200)
 
 
+def test_a_result_fits_only_the_canvas_it_was_read_from_or_the_one_it_makes():
+    assert placement.misfit((300, 200), (300, 200)) is None
+    cropped = placement.misfit((260, 170), (300, 200))
+    assert "260x170" in cropped and "300x200" in cropped and "Undo" in cropped
+    assert placement.misfit((600, 400), (300, 200)) is not None  # scaled by the painter: off the picture
+    # An upscale or expand makes a canvas: the document may be that already (an earlier result of its batch).
+    assert placement.misfit((600, 400), (300, 200), made=(600, 400)) is None
+    assert placement.misfit((300, 200), (300, 200), made=(600, 400)) is None
+    assert placement.misfit((400, 300), (300, 200), made=(600, 400)) is not None
+
+
 def test_layer_names_carry_prompt_and_seed():
     assert placement.layer_name("a  red\ndoor", 7) == "a red door [7]"
     long = placement.layer_name("x" * 100, 1)

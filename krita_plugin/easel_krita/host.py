@@ -177,6 +177,11 @@ def find_layer(doc, unique_id: str):
     return None
 
 
+def holds(doc, layer) -> bool:
+    """Whether ``layer`` is still in ``doc``: the painter may have deleted it, or the group it was in."""
+    return is_open(doc) and find_layer(doc, layer.uniqueId().toString()) is not None
+
+
 def find_easel_group(doc):
     """The top-level "Easel" group that holds results, or None."""
     for node in doc.rootNode().childNodes():

@@ -1324,6 +1324,77 @@ def scenario_docker_wss_with_a_pinned_certificate(ctx):
         wait_for(None, timeout=30, until=lambda: worker.state == "connected")
 
 
+def scenario_documents_changed_under_a_job(ctx):
+    """The painter changes the document while a job runs or after: a document closed before its picture was
+    read ends the job with a sentence; a result for a document cropped or resized since is refused with a
+    sentence (it would land off the picture), and so is an in-place upscale; a result whose layer (or the
+    whole Easel group) the painter deleted can be applied again."""
+    from easel_krita import host, plan
+    from easel_krita.docker import EaselDocker
+    s = ctx["rig"].session
+    doc = new_doc()
+    paint_layer(doc, "paint", fill_rgba8())
+    s.generate(doc, settings(strength=0.5, steps=2))
+    doc.close()  # before the first read turn
+    fired = wait_for(s, ["finished", "failed", "cancelled"])
+    check(fired and fired[0] == "failed" and "closed" in fired[1][1], f"a closed document gave {fired}")
+    for how in ("generate", "upscale"):
+        doc = new_doc()
+        paint_layer(doc, "paint", fill_rgba8())
+        before = snapshot(doc)
+        select(doc, 150, 100, 40, 30)
+        if how == "generate":
+            job = s.generate(doc, settings(steps=2))
+        else:
+            job = s.upscale(doc, settings(prompt="", scale=2.0))
+        wait_for(s, ["accepted"], timeout=30)  # read and sent
+        doc.resizeImage(40, 30, W - 40, H - 30)  # a crop: what was at (40, 30) is at (0, 0) now
+        doc.waitForDone()
+        fired = wait_for(s, ["finished", "failed", "cancelled"])
+        check(fired and fired[0] == "finished" and fired[1][0] == job, f"{how}: ended with {fired}")
+        try:
+            s.apply(fired[1][1][0])
+            raise AssertionError(f"{how}: a result for the uncropped document was applied to the cropped one")
+        except plan.PlanError as exc:
+            check("Undo" in str(exc) and f"{W}x{H}" in str(exc), str(exc))
+        wait_for(None, timeout=0.2)
+        check(easel_layers(doc) == ([], []) and (doc.width(), doc.height()) == (W - 40, H - 30),
+              f"{how}: the cropped document changed: {doc.width()}x{doc.height()} {easel_layers(doc)}")
+        check(set(before) == set(snapshot(doc)), "layers came or went")
+        doc.close()
+    # The docker: the painter deletes the Easel group, then applies the result again from the list.
+    host.write_setting("url", os.environ["EASEL_URL"])
+    docker = EaselDocker()
+    doc = new_doc()
+    paint_layer(doc, "paint", fill_rgba8())
+    docker._document = lambda: doc
+    wait_for(None, timeout=30, until=lambda: docker.worker.state == "connected")
+    docker.prompt.setPlainText("a red door")
+    docker.steps.setValue(2)
+    docker.strength.setValue(50)
+    docker.generate_button.click()
+    fired = wait_for(docker.session, ["finished", "failed", "cancelled"])
+    check(fired and fired[0] == "finished", f"the docker's job ended with {fired}")
+    result = fired[1][1][0]
+    wait_for(None, timeout=30, until=lambda: result.layer is not None)
+    host.find_easel_group(doc).remove()
+    docker.result_list.setCurrentRow(0)
+    docker._apply_selected()
+    wait_for(None, timeout=30, until=lambda: easel_layers(doc)[1])
+    check([n.name() for n in easel_layers(doc)[1]] == [result.name],
+          f"Apply after the painter deleted the layer: {docker.message.text()!r}, layers {easel_layers(doc)}")
+    # A job whose document is cropped before its result comes: the docker says why nothing was added.
+    docker.generate_button.click()
+    wait_for(docker.session, ["accepted"], timeout=30)
+    doc.resizeImage(0, 0, W // 2, H // 2)
+    doc.waitForDone()
+    fired = wait_for(docker.session, ["finished", "failed", "cancelled"])
+    check(fired and fired[0] == "finished", f"the docker's second job ended with {fired}")
+    check("would not line up" in docker.message.text(), docker.message.text())
+    check(len(easel_layers(doc)[1]) == 1, "the misfit result was added")
+    doc.close()
+
+
 SCENARIOS = [name for name in list(globals()) if name.startswith("scenario_")]
 
 
