@@ -241,6 +241,21 @@ def test_build_generate_job_asks_for_the_crop_at_model_size():
     assert job.image is None and job.sampling.strength == 1.0 and job.mask is None
 
 
+@pytest.mark.parametrize("width, height", [(200, 4000), (500, 6000), (3, 900), (1, 5000), (6000, 300)])
+def test_a_generate_of_a_long_thin_canvas_stays_within_the_servers_generate_limit(width, height):
+    """At native area a 200x4000 banner is 144x2808, which the server refuses ("Height 2808 is over this
+    server's limit of 2048"): it is made within the limit, aspect kept, and scaled up to the canvas."""
+    region = plan.plan_region(width, height, 1.0, 512)
+    assert max(region.size) <= plan.DEFAULT_MAX_GENERATE_SIDE and region.picture == region.size
+    assert min(region.size) >= 8 and all(side % 8 == 0 for side in region.size)
+    assert (region.size[0] > region.size[1]) == (width > height)
+    if min(width, height) >= 200:  # the aspect survives where the grid allows it
+        assert region.size[0] / region.size[1] == pytest.approx(width / height, rel=0.1)
+    assert plan.plan_region(width, height, 1.0, 512, max_generate_side=1024).size[width < height] == 1024
+    assert placement.place(region, (0, 0), *region.size) == placement.Placement(0, 0, width, height, scale=True)
+    assert plan.plan_region(256, 192, 1.0, 512).size == diffusion_size(256, 192, 512)  # within it: unchanged
+
+
 @pytest.mark.parametrize("settings, words", [
     (plan.Settings(prompt="  "), "Type a prompt"),
     (plan.Settings(prompt="x", steps=3, strength=0.2), "no step"),

@@ -133,7 +133,8 @@ class Session(QObject):
             region = plan.plan_region(info.width, info.height, settings.strength,
                                       self.worker.native_size(settings.model), host.selection(doc),
                                       grow=settings.mask_grow, feather=settings.mask_feather,
-                                      remove=settings.remove, instruct=settings.instruct)
+                                      remove=settings.remove, instruct=settings.instruct,
+                                      max_generate_side=self.worker.offer.max_generate_side)
         model = plan.model_of(self.worker.models, settings.model)
         # What the chosen model cannot do is a sentence now, before any pixels are read.
         plan.check_model(region, settings, [(unit.type, unit.scale) for unit in controls],
