@@ -373,6 +373,9 @@ def strips(box: Box, bytes_per_pixel: int, budget: int = STRIP_BYTES) -> list[Bo
 
 
 WRITE_STRIP_BYTES = STRIP_BYTES // 2  # writing a pixel costs Krita about twice reading one
+# A profile Krita converts (host.Converter) costs the UI thread about 55 ms a megapixel more, read or written
+# (6000-px strips, measured): strips of half a megapixel keep a turn near its budget.
+MANAGED_STRIP_PIXELS = 300_000
 # Krita 5 recomposites the whole canvas inside every scripting call that changes the layer stack and
 # the UI thread waits for it: 0.07-0.26 s for a 6000x4000 two-layer canvas here, so about a sixth of
 # that at this size, below which two such calls in one event-loop turn stay near a turn's budget.
@@ -390,13 +393,14 @@ class InsertStep:
     alone: bool = False
 
 
-def insert_steps(box: Box, bytes_per_pixel: int, canvas_pixels: int, make_group: bool) -> list[InsertStep]:
+def insert_steps(box: Box, bytes_per_pixel: int, canvas_pixels: int, make_group: bool,
+                 strip_bytes: int = WRITE_STRIP_BYTES) -> list[InsertStep]:
     """How a result covering ``box`` goes into a document of ``canvas_pixels``: the layer is filled in
     strips before it joins the document, so a document closed halfway never holds a half-written layer;
     then the two calls that change the layer stack, each of which makes Krita recomposite the whole
     canvas, come one per turn on a large canvas, so their waits never add up in one UI-thread block."""
     alone = canvas_pixels >= ALONE_PIXELS
-    steps = [InsertStep("fill", strip) for strip in strips(box, bytes_per_pixel, WRITE_STRIP_BYTES)]
+    steps = [InsertStep("fill", strip) for strip in strips(box, bytes_per_pixel, strip_bytes)]
     if make_group:
         steps.append(InsertStep("group", alone=alone))
     steps.append(InsertStep("add", alone=alone))

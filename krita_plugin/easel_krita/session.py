@@ -320,22 +320,30 @@ class Session(QObject):
             row = result.width * size
             whole = plan.Box(result.x, result.y, result.width, result.height)
             make_group = parent is None and host.find_easel_group(doc) is None
-            for step in plan.insert_steps(whole, size, doc.width() * doc.height(), make_group):
-                yield ALONE if step.alone else None
-                if result.dropped or not host.is_open(doc):  # the half-filled layer never joined the document
-                    return None
-                if step.kind == "fill":
-                    top, strip = step.box.y - result.y, step.box
-                    if result.data is None:  # a managed profile: Krita converts each strip here
-                        rgba = result.rgba[top * result.width * 4:(top + strip.height) * result.width * 4]
-                        data = canvas.from_rgba8(rgba, strip.width, strip.height)
+            managed = result.data is None  # a managed profile: Krita converts each strip here, in smaller strips
+            steps = plan.insert_steps(whole, size, doc.width() * doc.height(), make_group,
+                                      plan.MANAGED_STRIP_PIXELS * size if managed else plan.WRITE_STRIP_BYTES)
+            writer = canvas.writer() if managed else None
+            try:
+                for step in steps:
+                    yield ALONE if step.alone else None
+                    if result.dropped or not host.is_open(doc):  # the half-filled layer never joined the document
+                        return None
+                    if step.kind == "fill":
+                        top, strip = step.box.y - result.y, step.box
+                        if managed:
+                            rgba = result.rgba[top * result.width * 4:(top + strip.height) * result.width * 4]
+                            data = writer.convert(rgba, strip.width, strip.height)
+                        else:
+                            data = result.data[top * row:(top + strip.height) * row]
+                        host.write_pixels(layer, data, strip.x, strip.y, strip.width, strip.height)
+                    elif step.kind == "group":
+                        host.easel_group(doc)
                     else:
-                        data = result.data[top * row:(top + strip.height) * row]
-                    host.write_pixels(layer, data, strip.x, strip.y, strip.width, strip.height)
-                elif step.kind == "group":
-                    host.easel_group(doc)
-                else:
-                    host.attach(doc, layer, parent, above)
+                        host.attach(doc, layer, parent, above)
+            finally:
+                if writer is not None:
+                    writer.close()
             result.layer = layer
             return layer
 
@@ -450,15 +458,21 @@ def _read(doc, info, read, box):
     The painter can close, crop or resize ``doc`` between two strips (a large read spans many turns):
     then the picture would be short or out of line, so the job ends with a sentence (PlanError)."""
     parts = []
-    for strip in plan.strips(box, pixels.bytes_per_pixel(info.depth)):
-        if not host.is_open(doc):
-            raise plan.PlanError("The document was closed before Easel had read it; nothing was sent.")
-        if (doc.width(), doc.height()) != (info.width, info.height):
-            raise plan.PlanError(f"The document changed size ({info.width}x{info.height} to {doc.width()}x"
-                                 f"{doc.height()}) while Easel read it; nothing was sent. Press the button again.")
-        data = read(strip)
-        parts.append(info.to_rgba8(data, strip.width, strip.height) if info.managed else data)
-        yield
+    size = pixels.bytes_per_pixel(info.depth)
+    reader = info.reader() if info.managed else None  # one scratch document for all the strips
+    try:
+        for strip in plan.strips(box, size, plan.MANAGED_STRIP_PIXELS * size if reader else plan.STRIP_BYTES):
+            if not host.is_open(doc):
+                raise plan.PlanError("The document was closed before Easel had read it; nothing was sent.")
+            if (doc.width(), doc.height()) != (info.width, info.height):
+                raise plan.PlanError(f"The document changed size ({info.width}x{info.height} to {doc.width()}x"
+                                     f"{doc.height()}) while Easel read it; nothing was sent. Press the button again.")
+            data = read(strip)
+            parts.append(reader.convert(data, strip.width, strip.height) if reader else data)
+            yield
+    finally:  # done, failed, or the generator dropped
+        if reader is not None:
+            reader.close()
     return _Read(parts, info.managed)
 
 
