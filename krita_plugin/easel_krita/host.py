@@ -291,10 +291,10 @@ def scale_canvas(doc, width: int, height: int, new_width: int, new_height: int) 
     _stale.add(id(doc))  # a scaled image: the next read refreshes its projection first
 
 
-def new_document_like(doc, width: int, height: int, name: str):
-    """A new document of the size given in ``doc``'s colour space, shown in a window when there is one."""
-    new = Krita.instance().createDocument(width, height, name, doc.colorModel(), doc.colorDepth(),
-                                          doc.colorProfile(), doc.resolution())
+def new_document_like(canvas: Canvas, width: int, height: int, name: str, resolution: float):
+    """A new RGBA document of the size given in ``canvas``'s depth and profile (what the source document
+    had when the job read it: the painter may have closed that one since), shown in a window if any."""
+    new = Krita.instance().createDocument(width, height, name, "RGBA", canvas.depth, canvas.profile, resolution)
     window = Krita.instance().activeWindow()
     if window is not None:  # headless Krita has none
         window.addView(new)

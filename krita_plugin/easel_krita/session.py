@@ -55,7 +55,10 @@ class LayerResult:
     layer: object = None  # the inserted layer, once applied
     grow: tuple | None = None  # an expand's (left, top, right, bottom, old width, old height): grow the canvas
     resize: tuple | None = None  # an upscale's (old width, old height): scale the document to the result first
-    new_document: bool = False  # an upscale into a new document (made by apply(); ``doc`` becomes it)
+    # An upscale into a new document: its (name, resolution), taken from the source when the job read it
+    # (the painter may close the source meanwhile); apply() makes it, ``doc`` becomes it, and this goes back
+    # to None.
+    new_document: tuple | None = None
     parameters: dict = field(default_factory=dict)  # the server's account of the job (model, sampler ...)
     canvas: object = None  # host.Canvas: for a managed profile ``data`` is None until apply() converts it
     dropped: bool = False  # discarded while apply() was still writing it: the rest of the insert is dropped
@@ -219,6 +222,7 @@ class Session(QObject):
         host.flush(doc)
         region = plan.plan_upscale(info.width, info.height, settings.scale, self.worker.offer.max_side)
         settings = plan.Settings(**vars(settings))
+        made = (f"{doc.name()} upscaled", doc.resolution()) if new_document else None
         read = []
 
         def reads():
@@ -234,7 +238,7 @@ class Session(QObject):
                 image = item.image
                 name = placement.layer_name(settings.prompt or f"upscaled {settings.scale:g}x", item.seed)
                 out.append(LayerResult(name, item.seed, 0, 0, image.width, image.height, _write(info, image.data),
-                                       image.data, doc, resize=(info.width, info.height), new_document=new_document,
+                                       image.data, doc, resize=(info.width, info.height), new_document=made,
                                        parameters=result.parameters, canvas=info, read_size=(info.width, info.height)))
             return out
 
@@ -308,9 +312,9 @@ class Session(QObject):
             if result.grow is not None:
                 host.grow_canvas(result.doc, *result.grow)
             if result.new_document and result.layer is None:
-                source = result.doc
-                result.doc = host.new_document_like(source, result.width, result.height, f"{source.name()} upscaled")
-                result.new_document = False
+                result.doc = host.new_document_like(result.canvas, result.width, result.height,
+                                                    *result.new_document)
+                result.new_document = None
             elif result.resize is not None:
                 host.scale_canvas(result.doc, *result.resize, result.width, result.height)
             canvas, doc = result.canvas, result.doc

@@ -1365,6 +1365,26 @@ def scenario_documents_changed_under_a_job(ctx):
               f"{how}: the cropped document changed: {doc.width()}x{doc.height()} {easel_layers(doc)}")
         check(set(before) == set(snapshot(doc)), "layers came or went")
         doc.close()
+    # An upscale into a new document whose source the painter closed once it was sent: the new document
+    # still comes, in the source's colour space.
+    doc = Krita.instance().createDocument(W, H, "closed source", "RGBA", "U16", "ClayRGB-elle-V2-g22.icc", 300.0)
+    doc.setBatchmode(True)
+    paint_layer(doc, "paint", fill_rgba8())
+    job = s.upscale(doc, settings(prompt="", scale=2.0), new_document=True)
+    wait_for(s, ["accepted"], timeout=30)
+    doc.close()
+    fired = wait_for(s, ["finished", "failed", "cancelled"])
+    check(fired and fired[0] == "finished" and fired[1][0] == job, f"the upscale ended with {fired}")
+    result = fired[1][1][0]
+    s.apply(result)
+    wait_for(None, timeout=30, until=lambda: result.layer is not None)
+    made = result.doc
+    check(result.layer is not None and made is not None, "no new document for a closed source")
+    check((made.width(), made.height(), made.colorDepth(), made.colorProfile(), made.resolution(), made.name()) ==
+          (2 * W, 2 * H, "U16", "ClayRGB-elle-V2-g22.icc", 300, "closed source upscaled"),
+          f"the new document is {made.width()}x{made.height()} {made.colorDepth()} {made.colorProfile()} "
+          f"{made.resolution()} {made.name()!r}")
+    made.close()
     # The docker: the painter deletes the Easel group, then applies the result again from the list.
     host.write_setting("url", os.environ["EASEL_URL"])
     docker = EaselDocker()
