@@ -94,7 +94,7 @@ SCENARIOS = ["plugin_loads", "inpaint_selection", "soft_selection", "refine_whol
              "docker_expand", "docker_model_picker", "docker_instruct", "blinked_connection_still_delivers",
              "server_stopped_mid_job",
              "wide_gamut_documents", "ui_thread_budget", "docker_upscale", "docker_wss_with_a_pinned_certificate",
-             "documents_changed_under_a_job", "ui_thread_budget_other_profiles"]
+             "documents_changed_under_a_job", "ui_thread_budget_other_profiles", "connection_closed_between_jobs"]
 
 
 @pytest.mark.parametrize("name", SCENARIOS)

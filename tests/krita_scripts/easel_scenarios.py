@@ -1505,6 +1505,23 @@ def plan_box(w, h):
     from easel_krita import plan
     return plan.Box(0, 0, w, h)
 
+def scenario_connection_closed_between_jobs(ctx):
+    """The server closed the connection while the plugin was idle (restarted, say) and the idle heartbeat
+    has not noticed yet: the next Generate goes out on a new connection instead of failing with the old
+    one's close ("Easel failed: Received 1001 (going away) ...")."""
+    rig = ctx["rig"]
+    doc = new_doc()
+    paint_layer(doc, "paint", fill_rgba8())
+    check(rig.worker.state == "connected", f"not connected: {rig.worker.message}")
+    old = rig.worker._client
+    old._ws.close()  # what a server shutting down does to it (close code 1001 there, 1000 here)
+    outcome = rig.run(doc, settings(strength=0.5, steps=2), apply=False)
+    check(outcome[0] == "finished", f"the job after a closed connection ended with {outcome}")
+    check(rig.worker._client is not old and rig.worker.state == "connected",
+          f"{rig.worker.state}: {rig.worker.message}")
+    doc.close()
+
+
 SCENARIOS = [name for name in list(globals()) if name.startswith("scenario_")]
 
 
