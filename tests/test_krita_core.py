@@ -99,7 +99,8 @@ def test_profiles():
 
 
 @pytest.mark.parametrize("profile", ["sRGB-elle-V2-srgbtrc.icc", "sRGB-elle-V2-g10.icc", "sRGB built-in",
-                                     "scRGB (linear)", "krita-2.5, lcms sRGB built-in with linear gamma TRC",
+                                     "Artifex Software scRGB ICCProfile",
+                                     "krita-2.5, lcms sRGB built-in with linear gamma TRC",
                                      "Artifex Software sRGB ICC Profile", "sRGB-elle-V4-g10.icc"])
 def test_srgb_primaries_with_the_srgb_or_linear_curve_are_converted_exactly_here(profile):
     assert pixels.exact_profile(profile)
@@ -107,7 +108,8 @@ def test_srgb_primaries_with_the_srgb_or_linear_curve_are_converted_exactly_here
 
 @pytest.mark.parametrize("profile", ["ClayRGB-elle-V2-g22.icc", "Rec2020-elle-V4-g10.icc", "ACEScg-elle-V4-g10.icc",
                                      "Artifex Software A98 ICC Profile ", "sRGB-elle-V2-rec709.icc",
-                                     "sRGB-elle-V2-g22.icc", "WideRGB-elle-V2-g22.icc", "Display P3", ""])
+                                     "sRGB-elle-V2-g22.icc", "WideRGB-elle-V2-g22.icc", "Display P3", "",
+                                     "scRGB (linear)"])  # Krita's own: other primaries (its red is sRGB 255,16,25)
 def test_other_primaries_or_curves_go_through_kritas_colour_management(profile):
     assert not pixels.exact_profile(profile)
 
@@ -241,6 +243,21 @@ def test_build_generate_job_asks_for_the_crop_at_model_size():
     assert job.image is None and job.sampling.strength == 1.0 and job.mask is None
 
 
+@pytest.mark.parametrize("width, height", [(200, 4000), (500, 6000), (3, 900), (1, 5000), (6000, 300)])
+def test_a_generate_of_a_long_thin_canvas_stays_within_the_servers_generate_limit(width, height):
+    """At native area a 200x4000 banner is 144x2808, which the server refuses ("Height 2808 is over this
+    server's limit of 2048"): it is made within the limit, aspect kept, and scaled up to the canvas."""
+    region = plan.plan_region(width, height, 1.0, 512)
+    assert max(region.size) <= plan.DEFAULT_MAX_GENERATE_SIDE and region.picture == region.size
+    assert min(region.size) >= 8 and all(side % 8 == 0 for side in region.size)
+    assert (region.size[0] > region.size[1]) == (width > height)
+    if min(width, height) >= 200:  # the aspect survives where the grid allows it
+        assert region.size[0] / region.size[1] == pytest.approx(width / height, rel=0.1)
+    assert plan.plan_region(width, height, 1.0, 512, max_generate_side=1024).size[width < height] == 1024
+    assert placement.place(region, (0, 0), *region.size) == placement.Placement(0, 0, width, height, scale=True)
+    assert plan.plan_region(256, 192, 1.0, 512).size == diffusion_size(256, 192, 512)  # within it: unchanged
+
+
 @pytest.mark.parametrize("settings, words", [
     (plan.Settings(prompt="  "), "Type a prompt"),
     (plan.Settings(prompt="x", steps=3, strength=0.2), "no step"),
@@ -349,6 +366,17 @@ def test_layer_offset_is_crop_offset_plus_result_offset():
     assert placement.place(refined, (0, 0), *refined.picture) == placement.Placement(0, 0, 3000, 2000)
     small = plan.plan_region(300, 200, 0.5, 512)
     assert placement.place(small, (0, 0), 300, 200) == placement.Placement(0, 0, 300, 200)
+
+
+def test_a_result_fits_only_the_canvas_it_was_read_from_or_the_one_it_makes():
+    assert placement.misfit((300, 200), (300, 200)) is None
+    cropped = placement.misfit((260, 170), (300, 200))
+    assert "260x170" in cropped and "300x200" in cropped and "Undo" in cropped
+    assert placement.misfit((600, 400), (300, 200)) is not None  # scaled by the painter: off the picture
+    # An upscale or expand makes a canvas: the document may be that already (an earlier result of its batch).
+    assert placement.misfit((600, 400), (300, 200), made=(600, 400)) is None
+    assert placement.misfit((300, 200), (300, 200), made=(600, 400)) is None
+    assert placement.misfit((400, 300), (300, 200), made=(600, 400)) is not None
 
 
 def test_layer_names_carry_prompt_and_seed():

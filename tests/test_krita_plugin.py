@@ -93,7 +93,8 @@ SCENARIOS = ["plugin_loads", "inpaint_selection", "soft_selection", "refine_whol
              "server_error_is_a_sentence", "cmyk_refused", "docker_buttons", "docker_remove_with_selection_settings",
              "docker_expand", "docker_model_picker", "docker_instruct", "blinked_connection_still_delivers",
              "server_stopped_mid_job",
-             "wide_gamut_documents", "ui_thread_budget", "docker_upscale", "docker_wss_with_a_pinned_certificate"]
+             "wide_gamut_documents", "ui_thread_budget", "docker_upscale", "docker_wss_with_a_pinned_certificate",
+             "documents_changed_under_a_job", "ui_thread_budget_other_profiles", "connection_closed_between_jobs"]
 
 
 @pytest.mark.parametrize("name", SCENARIOS)

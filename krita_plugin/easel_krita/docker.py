@@ -478,6 +478,7 @@ class EaselDocker(host.DockWidget):
         if job != self.job:
             return
         self._end_job()
+        added = True
         for index, result in enumerate(results):
             item = W.QListWidgetItem(result.name)
             item.setIcon(QtGui.QIcon(QPixmap.fromImage(rgba_image(result.rgba, result.width, result.height))))
@@ -486,10 +487,12 @@ class EaselDocker(host.DockWidget):
             self.results[key] = result
             self.result_list.insertItem(0, item)
             if index == 0:  # the first of a batch goes straight onto the canvas
-                self._apply(result)
+                added = self._apply(result)
         while self.result_list.count() > MAX_RESULTS:  # forget the oldest (their layers stay)
             old = self.result_list.takeItem(self.result_list.count() - 1)
             self.results.pop(old.data(USER_ROLE), None)
+        if not added:  # _apply said why
+            return
         more = f" {len(results) - 1} more in the list below." if len(results) > 1 else ""
         self._say(f"Added “{results[0].name}”.{more}")
 
@@ -510,16 +513,22 @@ class EaselDocker(host.DockWidget):
             return None, None
         return item, self.results[item.data(USER_ROLE)]
 
-    def _apply(self, result) -> None:
+    def _apply(self, result) -> bool:
+        """Put ``result`` in as a layer; False (and a sentence) when its document was closed or resized."""
         try:
             self.session.apply(result)
-        except RuntimeError as exc:  # the document was closed meanwhile
+        except plan.PlanError as exc:
+            self._say(str(exc), error=True)
+            return False
+        except RuntimeError as exc:  # the document went away under Krita's own feet
             self._say(f"The result's document is gone: {exc}", error=True)
+            return False
+        return True
 
     def _apply_selected(self) -> None:
         item, result = self._selected_result()
         if result is not None:
-            if result.layer is not None or result.inserting:
+            if result.applied_layer() is not None or result.inserting:  # a layer the painter deleted is not in
                 self._say("That result is already a layer." if result.layer is not None
                           else "That result is going in as a layer already.")
                 return
@@ -531,7 +540,7 @@ class EaselDocker(host.DockWidget):
             self.result_list.takeItem(self.result_list.row(item))
             self.results.pop(item.data(USER_ROLE), None)
             result.dropped = True  # an insert still under way stops before its layer joins the document
-            if result.layer is not None:  # also take its layer off the canvas
+            if result.applied_layer() is not None:  # also take its layer off the canvas (if still there)
                 host.remove_layer(result.doc, result.layer)
                 result.layer = None
 

@@ -39,9 +39,11 @@ def is_linear_profile(profile: str) -> bool:
 def exact_profile(profile: str) -> bool:
     """Whether ``to_rgba8`` / ``from_rgba8`` are exact for a Krita profile: sRGB primaries with the sRGB
     curve or linear light. Any other profile (Adobe RGB-compatible, Rec.2020, Rec.709's curve, gamma 2.2,
-    ones this list does not know) goes through Krita's own colour management instead."""
+    ones this list does not know) goes through Krita's own colour management instead. Krita's own
+    "scRGB (linear)" is not sRGB's primaries, whatever its name: Krita shows its pure red as sRGB
+    (255, 16, 25), so the exact conversion was off by 84 levels there (measured)."""
     name = profile.lower().strip()
-    primaries = name.startswith(("srgb", "scrgb", "artifex software srgb", "artifex software scrgb")) \
+    primaries = name.startswith(("srgb", "artifex software srgb", "artifex software scrgb")) \
         or "lcms srgb built-in" in name
     curve = "srgbtrc" in name or "built-in" in name or name.startswith("artifex") or is_linear_profile(profile)
     return primaries and curve

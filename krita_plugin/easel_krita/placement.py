@@ -51,3 +51,18 @@ def band_only(rgba: bytes, width: int, left: int, top: int, old_width: int, old_
         start = (row * width + left) * 4
         out[start + 3:start + old_width * 4:4] = bytes(old_width)
     return bytes(out)
+
+
+def misfit(now: tuple[int, int], read: tuple[int, int], made: tuple[int, int] | None = None) -> str | None:
+    """Why a result cannot go into its document any more, or None when it can.
+
+    The result was placed on a canvas of size ``read`` (the size when the job read the document); the
+    painter may have cropped, resized or scaled the document since, and then the layer would land off
+    the picture it was made from. ``made``: the canvas an expand or upscale makes of it (the document may
+    be that size already, grown or scaled by an earlier result of the same batch). Only the size is
+    known, so a canvas grown on the right or bottom is refused too: the painter can Undo and apply again.
+    """
+    if now == read or (made is not None and now == made):
+        return None
+    return (f"The document is {now[0]}x{now[1]} now and was {read[0]}x{read[1]} when this job read it: the result "
+            "would not line up with the picture. Undo the resize or crop and press Apply as layer again.")

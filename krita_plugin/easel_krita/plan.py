@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Sequence
 
-from .protocol import errors, fields, geometry, images, model_capabilities, rules, vocabulary
+from .protocol import capabilities, errors, fields, geometry, images, model_capabilities, rules, vocabulary
 from .protocol import job as jobs
 
 Box = geometry.Box
@@ -19,6 +19,7 @@ Job, ControlUnit, Reference, Sampling = jobs.Job, jobs.ControlUnit, jobs.Referen
 ModelCapabilities = model_capabilities.ModelCapabilities
 
 DEFAULT_NATIVE = 512  # SD1.5's; used when the server cannot tell a model's native size
+DEFAULT_MAX_GENERATE_SIDE = capabilities.DEFAULT_MAX_GENERATE_SIDE  # the server's limit when it does not say
 
 
 class PlanError(ValueError):
@@ -110,12 +111,13 @@ def choose_mode(has_selection: bool, strength: float, remove: bool = False, inst
 def plan_region(width: int, height: int, strength: float, native: int | None,
                 selection: tuple[Box, bytes] | None = None, *,
                 grow: int = rules.MASK_GROW, feather: int = rules.MASK_FEATHER, remove: bool = False,
-                instruct: bool = False) -> Region | None:
+                instruct: bool = False, max_generate_side: int = DEFAULT_MAX_GENERATE_SIDE) -> Region | None:
     """Plan a job on a ``width`` x ``height`` canvas.
 
     ``selection`` is the selection's bounding box and its mask bytes over that box (or None).
     An empty selection counts as none. Returns the region; the crop around a selection is the
-    server's own ``context_crop`` with the margin the feathered mask reaches.
+    server's own ``context_crop`` with the margin the feathered mask reaches. ``max_generate_side``: the
+    server's longest generated side (a generate of a long, thin canvas is made within it).
     """
     if width <= 0 or height <= 0:
         raise PlanError("the document is empty")
@@ -143,10 +145,24 @@ def plan_region(width: int, height: int, strength: float, native: int | None,
     if mode == "instruct":  # the whole picture, in one pass near native size (the server scales it)
         return Region(mode, plan.box, size)
     if mode == "generate":
+        size = generate_size(*size, max_generate_side)
         return Region(mode, plan.box, size, size)
     if geometry.needs_tiles(width, height, native):  # refined at full resolution, in tiles
         return Region(mode, plan.box, (min(width, native), min(height, native)))
     return Region(mode, plan.box, size)  # a small canvas: the server scales it up itself
+
+
+def generate_size(width: int, height: int, limit: int, grid: int = geometry.LATENT_GRID) -> tuple[int, int]:
+    """A generate's model size within the server's ``limit`` a side, aspect kept: a long, thin canvas (a
+    200x4000 banner is 144x2808 at native area) is made smaller and scaled up to the canvas, as a small
+    canvas's picture is, instead of being refused by the server for a size the painter never asked for."""
+    side = max(width, height)
+    if side <= limit:
+        return width, height
+    shrink = limit / side
+    fit = max(grid, (limit // grid) * grid)
+    return tuple(fit if value == side else max(grid, min(fit, geometry.round_to_grid(value * shrink, grid)))
+                 for value in (width, height))
 
 
 def plan_expand(width: int, height: int, sides: tuple[int, int, int, int]) -> Region:
@@ -357,6 +373,9 @@ def strips(box: Box, bytes_per_pixel: int, budget: int = STRIP_BYTES) -> list[Bo
 
 
 WRITE_STRIP_BYTES = STRIP_BYTES // 2  # writing a pixel costs Krita about twice reading one
+# A profile Krita converts (host.Converter) costs the UI thread about 55 ms a megapixel more, read or written
+# (6000-px strips, measured): strips of half a megapixel keep a turn near its budget.
+MANAGED_STRIP_PIXELS = 300_000
 # Krita 5 recomposites the whole canvas inside every scripting call that changes the layer stack and
 # the UI thread waits for it: 0.07-0.26 s for a 6000x4000 two-layer canvas here, so about a sixth of
 # that at this size, below which two such calls in one event-loop turn stay near a turn's budget.
@@ -374,13 +393,14 @@ class InsertStep:
     alone: bool = False
 
 
-def insert_steps(box: Box, bytes_per_pixel: int, canvas_pixels: int, make_group: bool) -> list[InsertStep]:
+def insert_steps(box: Box, bytes_per_pixel: int, canvas_pixels: int, make_group: bool,
+                 strip_bytes: int = WRITE_STRIP_BYTES) -> list[InsertStep]:
     """How a result covering ``box`` goes into a document of ``canvas_pixels``: the layer is filled in
     strips before it joins the document, so a document closed halfway never holds a half-written layer;
     then the two calls that change the layer stack, each of which makes Krita recomposite the whole
     canvas, come one per turn on a large canvas, so their waits never add up in one UI-thread block."""
     alone = canvas_pixels >= ALONE_PIXELS
-    steps = [InsertStep("fill", strip) for strip in strips(box, bytes_per_pixel, WRITE_STRIP_BYTES)]
+    steps = [InsertStep("fill", strip) for strip in strips(box, bytes_per_pixel, strip_bytes)]
     if make_group:
         steps.append(InsertStep("group", alone=alone))
     steps.append(InsertStep("add", alone=alone))

@@ -55,11 +55,32 @@ class LayerResult:
     layer: object = None  # the inserted layer, once applied
     grow: tuple | None = None  # an expand's (left, top, right, bottom, old width, old height): grow the canvas
     resize: tuple | None = None  # an upscale's (old width, old height): scale the document to the result first
-    new_document: bool = False  # an upscale into a new document (made by apply(); ``doc`` becomes it)
+    # An upscale into a new document: its (name, resolution), taken from the source when the job read it
+    # (the painter may close the source meanwhile); apply() makes it, ``doc`` becomes it, and this goes back
+    # to None.
+    new_document: tuple | None = None
     parameters: dict = field(default_factory=dict)  # the server's account of the job (model, sampler ...)
     canvas: object = None  # host.Canvas: for a managed profile ``data`` is None until apply() converts it
     dropped: bool = False  # discarded while apply() was still writing it: the rest of the insert is dropped
     inserting: bool = False  # apply() is writing it over several turns: a second apply() adds nothing
+    read_size: tuple | None = None  # the canvas size when the job read the document (placement.misfit)
+
+    def fits(self) -> str | None:
+        """Why the result cannot go into its document now (a sentence), or None."""
+        if self.new_document:  # a document of its own: the source may be anything by now
+            return None
+        if not host.is_open(self.doc):
+            return "The document this result was made for is closed; the result stays in the list."
+        if self.read_size is None:
+            return None
+        made = (self.width, self.height) if self.grow is not None or self.resize is not None else None
+        return placement.misfit((self.doc.width(), self.doc.height()), self.read_size, made)
+
+    def applied_layer(self):
+        """The result's layer while it is still in the document (the painter may have deleted it)."""
+        if self.layer is not None and not host.holds(self.doc, self.layer):
+            self.layer = None
+        return self.layer
 
 
 @dataclass
@@ -115,7 +136,8 @@ class Session(QObject):
             region = plan.plan_region(info.width, info.height, settings.strength,
                                       self.worker.native_size(settings.model), host.selection(doc),
                                       grow=settings.mask_grow, feather=settings.mask_feather,
-                                      remove=settings.remove, instruct=settings.instruct)
+                                      remove=settings.remove, instruct=settings.instruct,
+                                      max_generate_side=self.worker.offer.max_generate_side)
         model = plan.model_of(self.worker.models, settings.model)
         # What the chosen model cannot do is a sentence now, before any pixels are read.
         plan.check_model(region, settings, [(unit.type, unit.scale) for unit in controls],
@@ -131,12 +153,12 @@ class Session(QObject):
             encoding go to the worker. A profile with other primaries is converted by Krita here."""
             nonlocal image
             if region.mode != "generate":
-                image = yield from _read(info, lambda strip: host.image_pixels(doc, strip), box)
+                image = yield from _read(doc, info, lambda strip: host.image_pixels(doc, strip), box)
             for unit in controls:
-                data = yield from _read(info, lambda strip, node=unit.node: host.layer_pixels(node, strip), box)
+                data = yield from _read(doc, info, lambda strip, node=unit.node: host.layer_pixels(node, strip), box)
                 control_reads.append((unit, data))
             for ref, bounds in zip(references, ref_bounds):
-                data = yield from _read(info, lambda strip, node=ref.node: host.layer_pixels(node, strip), bounds)
+                data = yield from _read(doc, info, lambda strip, node=ref.node: host.layer_pixels(node, strip), bounds)
                 reference_reads.append((ref, bounds, data))
         depth, linear = info.depth, info.linear
 
@@ -183,7 +205,7 @@ class Session(QObject):
                 out.append(LayerResult(placement.layer_name(settings.prompt, item.seed, model=named), item.seed,
                                        spot.x, spot.y, spot.width, spot.height,
                                        _write(info, rgba), rgba, doc, grow=grow, parameters=result.parameters,
-                                       canvas=info))
+                                       canvas=info, read_size=(info.width, info.height)))
             return out
 
         job = self.worker.new_id()
@@ -200,10 +222,11 @@ class Session(QObject):
         host.flush(doc)
         region = plan.plan_upscale(info.width, info.height, settings.scale, self.worker.offer.max_side)
         settings = plan.Settings(**vars(settings))
+        made = (f"{doc.name()} upscaled", doc.resolution()) if new_document else None
         read = []
 
         def reads():
-            read.append((yield from _read(info, lambda strip: host.image_pixels(doc, strip), region.box)))
+            read.append((yield from _read(doc, info, lambda strip: host.image_pixels(doc, strip), region.box)))
 
         def build() -> plan.Job:
             return plan.build_job(region, settings, read[0].rgba(info.depth, info.linear),
@@ -215,8 +238,8 @@ class Session(QObject):
                 image = item.image
                 name = placement.layer_name(settings.prompt or f"upscaled {settings.scale:g}x", item.seed)
                 out.append(LayerResult(name, item.seed, 0, 0, image.width, image.height, _write(info, image.data),
-                                       image.data, doc, resize=(info.width, info.height), new_document=new_document,
-                                       parameters=result.parameters, canvas=info))
+                                       image.data, doc, resize=(info.width, info.height), new_document=made,
+                                       parameters=result.parameters, canvas=info, read_size=(info.width, info.height)))
             return out
 
         job = self.worker.new_id()
@@ -240,7 +263,8 @@ class Session(QObject):
                 if job is None:
                     raise
                 self.pending.pop(job, None)
-                self.failed.emit(job, f"Easel could not read the document: {sentence(exc)}")
+                self.failed.emit(job, str(exc) if isinstance(exc, plan.PlanError)
+                                 else f"Easel could not read the document: {sentence(exc)}")
                 return
             finally:
                 del self.slices[:-SLICES_KEPT]
@@ -264,9 +288,14 @@ class Session(QObject):
         ``above``: where the layer goes (the Easel group's top by default); ``then(layer)`` is called once it
         is in. The layer joins the document only once filled: if the document is closed or the result
         ``dropped`` meanwhile, nothing is added (and no ``applied``). A result already in, or still going
-        in, is not added twice."""
-        if result.layer is not None or result.inserting:
+        in, is not added twice (a layer the painter deleted since may be added again). A result that no
+        longer fits its document (closed, cropped, resized: ``LayerResult.fits``) raises PlanError, a
+        sentence, and nothing is added."""
+        if result.applied_layer() is not None or result.inserting:
             return result.layer
+        misfit = result.fits()
+        if misfit is not None:
+            raise plan.PlanError(misfit)
 
         def steps():
             try:
@@ -283,9 +312,9 @@ class Session(QObject):
             if result.grow is not None:
                 host.grow_canvas(result.doc, *result.grow)
             if result.new_document and result.layer is None:
-                source = result.doc
-                result.doc = host.new_document_like(source, result.width, result.height, f"{source.name()} upscaled")
-                result.new_document = False
+                result.doc = host.new_document_like(result.canvas, result.width, result.height,
+                                                    *result.new_document)
+                result.new_document = None
             elif result.resize is not None:
                 host.scale_canvas(result.doc, *result.resize, result.width, result.height)
             canvas, doc = result.canvas, result.doc
@@ -295,22 +324,30 @@ class Session(QObject):
             row = result.width * size
             whole = plan.Box(result.x, result.y, result.width, result.height)
             make_group = parent is None and host.find_easel_group(doc) is None
-            for step in plan.insert_steps(whole, size, doc.width() * doc.height(), make_group):
-                yield ALONE if step.alone else None
-                if result.dropped or not host.is_open(doc):  # the half-filled layer never joined the document
-                    return None
-                if step.kind == "fill":
-                    top, strip = step.box.y - result.y, step.box
-                    if result.data is None:  # a managed profile: Krita converts each strip here
-                        rgba = result.rgba[top * result.width * 4:(top + strip.height) * result.width * 4]
-                        data = canvas.from_rgba8(rgba, strip.width, strip.height)
+            managed = result.data is None  # a managed profile: Krita converts each strip here, in smaller strips
+            steps = plan.insert_steps(whole, size, doc.width() * doc.height(), make_group,
+                                      plan.MANAGED_STRIP_PIXELS * size if managed else plan.WRITE_STRIP_BYTES)
+            writer = canvas.writer() if managed else None
+            try:
+                for step in steps:
+                    yield ALONE if step.alone else None
+                    if result.dropped or not host.is_open(doc):  # the half-filled layer never joined the document
+                        return None
+                    if step.kind == "fill":
+                        top, strip = step.box.y - result.y, step.box
+                        if managed:
+                            rgba = result.rgba[top * result.width * 4:(top + strip.height) * result.width * 4]
+                            data = writer.convert(rgba, strip.width, strip.height)
+                        else:
+                            data = result.data[top * row:(top + strip.height) * row]
+                        host.write_pixels(layer, data, strip.x, strip.y, strip.width, strip.height)
+                    elif step.kind == "group":
+                        host.easel_group(doc)
                     else:
-                        data = result.data[top * row:(top + strip.height) * row]
-                    host.write_pixels(layer, data, strip.x, strip.y, strip.width, strip.height)
-                elif step.kind == "group":
-                    host.easel_group(doc)
-                else:
-                    host.attach(doc, layer, parent, above)
+                        host.attach(doc, layer, parent, above)
+            finally:
+                if writer is not None:
+                    writer.close()
             result.layer = layer
             return layer
 
@@ -347,7 +384,7 @@ class Session(QObject):
         read = []
 
         def reads():  # in strips, like a job's reads
-            read.append((yield from _read(info, lambda strip: host.layer_pixels(node, strip), box)))
+            read.append((yield from _read(doc, info, lambda strip: host.layer_pixels(node, strip), box)))
 
         depth, linear = info.depth, info.linear
         name = f"{control_type} map of {node.name()}"
@@ -363,7 +400,8 @@ class Session(QObject):
                 rgba = image_bytes(QImage.fromData(image.data))
             else:
                 rgba = image.data
-            return LayerResult(name, 0, 0, 0, image.width, image.height, _write(info, rgba), rgba, doc, canvas=info)
+            return LayerResult(name, 0, 0, 0, image.width, image.height, _write(info, rgba), rgba, doc, canvas=info,
+                               read_size=(info.width, info.height))
 
         job = self.worker.new_id()
         self.pending[job] = Pending(doc, source=node)
@@ -389,8 +427,11 @@ class Session(QObject):
             del self.pending[job]
             if pending.source is not None:  # a control map: goes just above the layer it was made of
                 source = pending.source
-                self.apply(payload, parent=source.parentNode(), above=source,
-                           then=lambda layer: self.preprocessed.emit(job, layer))
+                try:
+                    self.apply(payload, parent=source.parentNode(), above=source,
+                               then=lambda layer: self.preprocessed.emit(job, layer))
+                except plan.PlanError as exc:  # the document was closed or resized meanwhile
+                    self.failed.emit(job, str(exc))
             else:
                 self.finished.emit(job, payload)
         elif kind == "error":
@@ -414,14 +455,28 @@ class _Read:
         return data if self.converted else pixels.to_rgba8(data, depth, linear)
 
 
-def _read(info, read, box):
+def _read(doc, info, read, box):
     """A generator: ``read(strip)`` for each strip of ``box`` (a yield after each), returning a _Read;
-    a profile that needs Krita's conversion is converted strip by strip, here on the UI thread."""
+    a profile that needs Krita's conversion is converted strip by strip, here on the UI thread.
+
+    The painter can close, crop or resize ``doc`` between two strips (a large read spans many turns):
+    then the picture would be short or out of line, so the job ends with a sentence (PlanError)."""
     parts = []
-    for strip in plan.strips(box, pixels.bytes_per_pixel(info.depth)):
-        data = read(strip)
-        parts.append(info.to_rgba8(data, strip.width, strip.height) if info.managed else data)
-        yield
+    size = pixels.bytes_per_pixel(info.depth)
+    reader = info.reader() if info.managed else None  # one scratch document for all the strips
+    try:
+        for strip in plan.strips(box, size, plan.MANAGED_STRIP_PIXELS * size if reader else plan.STRIP_BYTES):
+            if not host.is_open(doc):
+                raise plan.PlanError("The document was closed before Easel had read it; nothing was sent.")
+            if (doc.width(), doc.height()) != (info.width, info.height):
+                raise plan.PlanError(f"The document changed size ({info.width}x{info.height} to {doc.width()}x"
+                                     f"{doc.height()}) while Easel read it; nothing was sent. Press the button again.")
+            data = read(strip)
+            parts.append(reader.convert(data, strip.width, strip.height) if reader else data)
+            yield
+    finally:  # done, failed, or the generator dropped
+        if reader is not None:
+            reader.close()
     return _Read(parts, info.managed)
 
 

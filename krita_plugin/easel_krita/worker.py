@@ -320,7 +320,16 @@ class Worker(QObject):
         try:
             client = self._client
             with self._waiting(job):
-                client.submit(request)
+                try:
+                    client.submit(request)
+                except client_module.EaselError as exc:
+                    # The server closed this connection since the last job (restarted, say) and the idle
+                    # heartbeat has not noticed yet: nothing of the job reached it, so it goes once more on
+                    # a new connection instead of failing with the old connection's close.
+                    if exc.code != "closed" or not self._connect():
+                        raise
+                    client = self._client
+                    client.submit(request)
                 with self._lock:
                     self._submitted.add(job)
                     cancel_now = job in self._cancelled  # Cancel pressed while we were uploading

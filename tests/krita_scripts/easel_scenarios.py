@@ -983,7 +983,10 @@ def scenario_wide_gamut_documents(ctx):
     Krita's conversion back to sRGB, shows the colours the server painted."""
     from easel_krita import host, pixels
     figures = REPORT.setdefault("figures", {})
-    for profile, depth in (("ClayRGB-elle-V2-g22.icc", "U8"), ("Rec2020-elle-V4-g10.icc", "F32")):
+    # 16-bit Adobe RGB: Krita's layer-only conversion was 17 levels off its image conversion there.
+    # Krita's "scRGB (linear)": named like sRGB, but with other primaries (84 levels off sRGB's).
+    for profile, depth in (("ClayRGB-elle-V2-g22.icc", "U8"), ("Rec2020-elle-V4-g10.icc", "F32"),
+                           ("ClayRGB-elle-V2-g22.icc", "U16"), ("scRGB (linear)", "F32")):
         doc = Krita.instance().createDocument(W, H, "wide", "RGBA", depth, profile, 72.0)
         doc.setBatchmode(True)
         check(doc.colorProfile() == profile, f"asked for {profile}, got {doc.colorProfile()}")
@@ -1001,8 +1004,8 @@ def scenario_wide_gamut_documents(ctx):
         theirs = _krita_srgb(doc, "paint", box)
         worst = max(abs(a - b) for a, b in zip(ours, theirs))
         naive = max(abs(a - b) for a, b in zip(pixels.to_rgba8(raw, depth, depth != "U8"), theirs))
-        figures[f"{profile} read, off Krita's by"] = worst
-        figures[f"{profile} read, curve-only conversion off by"] = naive
+        figures[f"{profile} {depth} read, off Krita's by"] = worst
+        figures[f"{profile} {depth} read, curve-only conversion off by"] = naive
         check(worst <= 1, f"{profile}: the picture sent differs from Krita's sRGB conversion by up to {worst}")
         check(naive > 20, f"{profile}: the test picture does not tell the primaries apart ({naive})")
         select(doc, 100, 60, 50, 40)
@@ -1014,22 +1017,22 @@ def scenario_wide_gamut_documents(ctx):
         # The layer holds what Krita's own conversion of the server's sRGB picture to the profile gives.
         expected = _krita_from_srgb(result.rgba, result.width, result.height, depth, profile)
         got = bytes(new.pixelData(*spot))
-        if depth == "U8":
-            worst = max(abs(a - b) for a, b in zip(got, expected))
-        else:
-            from array import array
-            worst = max(abs(a - b) for a, b in zip(array("f", got), array("f", expected)))
-        figures[f"{profile} result, off Krita's conversion by"] = worst
-        # (Krita's node and document conversions themselves differ by a level or two at 8 bits.)
-        check(worst <= (2 if depth == "U8" else 1e-4), f"{profile}: the layer is off Krita's conversion by {worst}")
+        from array import array
+        code = {"U8": "B", "U16": "H", "F32": "f"}[depth]
+        worst = max(abs(a - b) for a, b in zip(array(code, got), array(code, expected)))
+        figures[f"{profile} {depth} result, off Krita's conversion by"] = worst
+        check(worst <= {"U8": 2, "U16": 2, "F32": 1e-4}[depth],
+              f"{profile} {depth}: the layer is off Krita's conversion by {worst}")
         # Seen back in sRGB, the layer shows the server's colours (8 bits of a wider gamut round a little).
         shown = _krita_srgb(doc, new.name(), spot)
         worst = 0
         for i in range(0, len(shown), 4):
             if result.rgba[i + 3] == 255:  # fully opaque: colours compare without alpha weighting
                 worst = max(worst, *(abs(shown[i + c] - result.rgba[i + c]) for c in range(3)))
-        figures[f"{profile} result shown in sRGB, off the server's colours by"] = worst
-        check(worst <= (12 if depth == "U8" else 1), f"{profile}: the layer shows the server's colours off by {worst}")
+        figures[f"{profile} {depth} result shown in sRGB, off the server's colours by"] = worst
+        # (Not for scRGB: Krita's own round trip through it is 35 off, its yellows' negative blue clipped.)
+        check(worst <= (12 if depth == "U8" else 1) or profile.startswith("scRGB"),
+              f"{profile}: the layer shows the server's colours off by {worst}")
         check(snapshot(doc) == before, "a source layer changed")
         doc.close()
 
@@ -1322,6 +1325,201 @@ def scenario_docker_wss_with_a_pinned_certificate(ctx):
         docker.cert.setText("")
         docker._connect()  # the worker is shared with the other docker scenarios
         wait_for(None, timeout=30, until=lambda: worker.state == "connected")
+
+
+def scenario_documents_changed_under_a_job(ctx):
+    """The painter changes the document while a job runs or after: a document closed before its picture was
+    read ends the job with a sentence; a result for a document cropped or resized since is refused with a
+    sentence (it would land off the picture), and so is an in-place upscale; a result whose layer (or the
+    whole Easel group) the painter deleted can be applied again."""
+    from easel_krita import host, plan
+    from easel_krita.docker import EaselDocker
+    s = ctx["rig"].session
+    doc = new_doc()
+    paint_layer(doc, "paint", fill_rgba8())
+    s.generate(doc, settings(strength=0.5, steps=2))
+    doc.close()  # before the first read turn
+    fired = wait_for(s, ["finished", "failed", "cancelled"])
+    check(fired and fired[0] == "failed" and "closed" in fired[1][1], f"a closed document gave {fired}")
+    for how in ("generate", "upscale"):
+        doc = new_doc()
+        paint_layer(doc, "paint", fill_rgba8())
+        before = snapshot(doc)
+        select(doc, 150, 100, 40, 30)
+        if how == "generate":
+            job = s.generate(doc, settings(steps=2))
+        else:
+            job = s.upscale(doc, settings(prompt="", scale=2.0))
+        wait_for(s, ["accepted"], timeout=30)  # read and sent
+        doc.resizeImage(40, 30, W - 40, H - 30)  # a crop: what was at (40, 30) is at (0, 0) now
+        doc.waitForDone()
+        fired = wait_for(s, ["finished", "failed", "cancelled"])
+        check(fired and fired[0] == "finished" and fired[1][0] == job, f"{how}: ended with {fired}")
+        try:
+            s.apply(fired[1][1][0])
+            raise AssertionError(f"{how}: a result for the uncropped document was applied to the cropped one")
+        except plan.PlanError as exc:
+            check("Undo" in str(exc) and f"{W}x{H}" in str(exc), str(exc))
+        wait_for(None, timeout=0.2)
+        check(easel_layers(doc) == ([], []) and (doc.width(), doc.height()) == (W - 40, H - 30),
+              f"{how}: the cropped document changed: {doc.width()}x{doc.height()} {easel_layers(doc)}")
+        check(set(before) == set(snapshot(doc)), "layers came or went")
+        doc.close()
+    # An upscale into a new document whose source the painter closed once it was sent: the new document
+    # still comes, in the source's colour space.
+    doc = Krita.instance().createDocument(W, H, "closed source", "RGBA", "U16", "ClayRGB-elle-V2-g22.icc", 300.0)
+    doc.setBatchmode(True)
+    paint_layer(doc, "paint", fill_rgba8())
+    job = s.upscale(doc, settings(prompt="", scale=2.0), new_document=True)
+    wait_for(s, ["accepted"], timeout=30)
+    doc.close()
+    fired = wait_for(s, ["finished", "failed", "cancelled"])
+    check(fired and fired[0] == "finished" and fired[1][0] == job, f"the upscale ended with {fired}")
+    result = fired[1][1][0]
+    s.apply(result)
+    wait_for(None, timeout=30, until=lambda: result.layer is not None)
+    made = result.doc
+    check(result.layer is not None and made is not None, "no new document for a closed source")
+    check((made.width(), made.height(), made.colorDepth(), made.colorProfile(), made.resolution(), made.name()) ==
+          (2 * W, 2 * H, "U16", "ClayRGB-elle-V2-g22.icc", 300, "closed source upscaled"),
+          f"the new document is {made.width()}x{made.height()} {made.colorDepth()} {made.colorProfile()} "
+          f"{made.resolution()} {made.name()!r}")
+    made.close()
+    # The docker: the painter deletes the Easel group, then applies the result again from the list.
+    host.write_setting("url", os.environ["EASEL_URL"])
+    docker = EaselDocker()
+    doc = new_doc()
+    paint_layer(doc, "paint", fill_rgba8())
+    docker._document = lambda: doc
+    wait_for(None, timeout=30, until=lambda: docker.worker.state == "connected")
+    docker.prompt.setPlainText("a red door")
+    docker.steps.setValue(2)
+    docker.strength.setValue(50)
+    docker.generate_button.click()
+    fired = wait_for(docker.session, ["finished", "failed", "cancelled"])
+    check(fired and fired[0] == "finished", f"the docker's job ended with {fired}")
+    result = fired[1][1][0]
+    wait_for(None, timeout=30, until=lambda: result.layer is not None)
+    host.find_easel_group(doc).remove()
+    docker.result_list.setCurrentRow(0)
+    docker._apply_selected()
+    wait_for(None, timeout=30, until=lambda: easel_layers(doc)[1])
+    check([n.name() for n in easel_layers(doc)[1]] == [result.name],
+          f"Apply after the painter deleted the layer: {docker.message.text()!r}, layers {easel_layers(doc)}")
+    # A job whose document is cropped before its result comes: the docker says why nothing was added.
+    docker.generate_button.click()
+    wait_for(docker.session, ["accepted"], timeout=30)
+    doc.resizeImage(0, 0, W // 2, H // 2)
+    doc.waitForDone()
+    fired = wait_for(docker.session, ["finished", "failed", "cancelled"])
+    check(fired and fired[0] == "finished", f"the docker's second job ended with {fired}")
+    check("would not line up" in docker.message.text(), docker.message.text())
+    check(len(easel_layers(doc)[1]) == 1, "the misfit result was added")
+    doc.close()
+
+
+def scenario_ui_thread_budget_other_profiles(ctx):
+    """A 6000x4000 16-bit Adobe RGB-compatible document, which Krita's colour management converts strip by
+    strip: a read and an insert each make one scratch document for all their strips, not one per strip
+    (0.1-0.15 s of UI thread each: read turns were 0.6 s, insert turns 0.38 s here), so a typical turn
+    stays short; and the strips, converted one after another in that one document, are what Krita's own
+    conversion gives."""
+    from statistics import median
+
+    from easel_krita import host, pixels
+    from easel_krita import session as session_mod
+    from easel_krita.session import LayerResult, Session
+    w, h, profile = 6000, 4000, "ClayRGB-elle-V2-g22.icc"
+    figures = REPORT.setdefault("figures", {})
+    doc = Krita.instance().createDocument(w, h, "wide big", "RGBA", "U16", profile, 72.0)
+    doc.setBatchmode(True)
+    layer = doc.createNode("paint", "paintlayer")
+    doc.rootNode().addChildNode(layer, None)
+    row = b"".join(bytes((x % 256, (x * 7) % 256, (x // 24) % 256, 255)) for x in range(w))
+    band = pixels.from_rgba8(row * 200, "U16", False)
+    for y in range(0, h, 200):
+        layer.setPixelData(band, 0, y, w, 200)
+    doc.refreshProjection()
+    doc.waitForDone()
+    info = host.canvas(doc)
+    check(info.managed, "the profile is not converted by Krita")
+
+    class Counting:  # host's Krita, counting the documents it makes
+        made = 0
+
+        def instance(self):
+            return self
+
+        def createDocument(self, *args):
+            Counting.made += 1
+            return Krita.instance().createDocument(*args)
+
+    host.Krita = Counting()
+    try:
+        steps, turns = session_mod._read(doc, info, lambda strip: host.image_pixels(doc, strip), plan_box(w, h)), []
+        try:
+            while True:
+                start = time.perf_counter()
+                next(steps)
+                turns.append(time.perf_counter() - start)
+        except StopIteration as stop:
+            read = stop.value
+        read_docs = Counting.made
+        # The insert: the server's sRGB picture, converted by Krita strip by strip as it goes in.
+        rgba = read.rgba(info.depth, info.linear)
+        session = Session(ctx["rig"].worker)
+        result = LayerResult("wide result", 1, 0, 0, w, h, None, rgba, doc, canvas=info)
+        session.apply(result)
+        wait_for(None, timeout=300, until=lambda: result.layer is not None)
+        insert_docs = Counting.made - read_docs
+    finally:
+        host.Krita = Krita
+    figures["other profile: read turns"] = len(turns)
+    figures["other profile: read turn s, median and longest"] = (round(median(turns), 3), round(max(turns), 3))
+    figures["other profile: insert turns"] = len(session.slices)
+    figures["other profile: insert turn s, median and longest"] = (round(median(session.slices), 3),
+                                                                   round(max(session.slices), 3))
+    check(len(turns) > 2 and read_docs == 1, f"the read made {read_docs} scratch documents in {len(turns)} strips")
+    check(result.layer is not None, "the result was not inserted")
+    check(insert_docs == 1, f"the insert made {insert_docs} scratch documents")
+    check(median(turns) <= 0.15 and median(session.slices) <= 0.15,
+          f"typical turns blocked Krita's UI {median(turns):.3f} s (read), {median(session.slices):.3f} s (insert)")
+    # One conversion of the whole document by Krita (a clone to sRGB 8-bit) to compare rows with.
+    clone = doc.clone()
+    clone.setBatchmode(True)
+    clone.setColorSpace("RGBA", "U8", "sRGB-elle-V2-srgbtrc.icc")
+    clone.waitForDone()
+    for y in (0, 49, 50, 51, 1999, h - 1):  # across strip boundaries
+        theirs = pixels.swap_red_blue(bytes(clone.nodeByName("paint").pixelData(0, y, w, 1)))
+        worst = max(abs(a - b) for a, b in zip(rgba[y * w * 4:(y + 1) * w * 4], theirs))
+        check(worst <= 1, f"row {y} of the strip-wise read is off Krita's conversion by {worst}")
+        # The inserted layer, seen back in sRGB by Krita, shows the picture it was given (16 bits hold it).
+        shown = pixels.swap_red_blue(bytes(clone.nodeByName("wide result").pixelData(0, y, w, 1)))
+        worst = max(abs(a - b) for a, b in zip(rgba[y * w * 4:(y + 1) * w * 4], shown))
+        check(worst <= 1, f"row {y} of the inserted layer shows the picture off by {worst}")
+    clone.close()
+    doc.close()
+
+
+def plan_box(w, h):
+    from easel_krita import plan
+    return plan.Box(0, 0, w, h)
+
+def scenario_connection_closed_between_jobs(ctx):
+    """The server closed the connection while the plugin was idle (restarted, say) and the idle heartbeat
+    has not noticed yet: the next Generate goes out on a new connection instead of failing with the old
+    one's close ("Easel failed: Received 1001 (going away) ...")."""
+    rig = ctx["rig"]
+    doc = new_doc()
+    paint_layer(doc, "paint", fill_rgba8())
+    check(rig.worker.state == "connected", f"not connected: {rig.worker.message}")
+    old = rig.worker._client
+    old._ws.close()  # what a server shutting down does to it (close code 1001 there, 1000 here)
+    outcome = rig.run(doc, settings(strength=0.5, steps=2), apply=False)
+    check(outcome[0] == "finished", f"the job after a closed connection ended with {outcome}")
+    check(rig.worker._client is not old and rig.worker.state == "connected",
+          f"{rig.worker.state}: {rig.worker.message}")
+    doc.close()
 
 
 SCENARIOS = [name for name in list(globals()) if name.startswith("scenario_")]
