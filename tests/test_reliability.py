@@ -9,6 +9,7 @@ import json
 import logging
 import os
 import random
+import re
 import signal
 import socket
 import subprocess
@@ -125,6 +126,37 @@ def test_errors_do_not_echo_large_input(server):
         assert error["code"] == "unknown_type" and len(json.dumps(error)) < 2000
         error = answer(ws, json.dumps({**SMALL, "sampler": "s" * 600_000}))
         assert error["field"] == "sampler" and len(json.dumps(error)) < 2000
+
+
+def test_errors_repeat_at_most_80_characters_of_a_number_or_a_name(server):
+    # Numbers have no length limit in JSON, and names up to 200 characters pass the field checks: the
+    # docs promise that an error repeats at most 80 characters of any of them.
+    digits = "9" * 4000
+    sent = [('{"type": "submit", "job": "s", "mode": "generate", "steps": %s}' % digits, "steps"),
+            ('{"type": "submit", "job": "w", "mode": "generate", "width": %s}' % digits, "width"),
+            ('{"type": "submit", "job": "g", "mode": "generate", "guidance": %s}' % digits, "guidance"),
+            ('{"type": "submit", "job": "n", "mode": "generate", "seed": -%s}' % digits, "seed"),
+            (json.dumps({**SMALL, "job": "m", "model": "m" * 200}), "model"),
+            (json.dumps({**SMALL, "job": "p", "preset": "p" * 200}), "preset"),
+            (json.dumps({**SMALL, "job": "e", "prompt": "embedding:" + "e" * 9000}), "prompt"),
+            (json.dumps({**SMALL, "job": "t", "prompt": "(x:" + "1" * 9000 + "..1)"}), "prompt"),
+            ('{"type": "hello", "protocol": %s}' % digits, "protocol")]
+    with greeted(server.url) as ws:
+        for text, field in sent:
+            error = answer(ws, text)
+            assert (error["type"], error["field"]) == ("error", field), error
+            longest = max(len(run) for run in re.findall(r"(9+|m+|p+|e+|1+)", error["message"]))
+            assert longest <= 80, f"{field}: {longest} characters of the client's value echoed"
+        assert answer(ws, {"type": "status"})["type"] == "status"
+
+
+def test_a_frame_header_nested_too_deep_is_bad_image_without_a_traceback(server, caplog):
+    with greeted(server.url) as ws:
+        header = b"[" * 4096  # the longest header allowed, all nesting
+        error = answer(ws, len(header).to_bytes(4, "big") + header + png(picture(64, 64)).data)
+        assert (error["code"], error["field"], error["job"]) == ("bad_image", None, None)
+        assert answer(ws, {"type": "status"})["type"] == "status"
+    assert not [r for r in caplog.records if r.exc_info], "refused without a traceback"
 
 
 def test_an_empty_model_name_is_refused(client):

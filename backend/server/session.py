@@ -31,6 +31,7 @@ from backend.jobs import Job, JobQueue
 from backend.presets import apply_preset
 from backend.server import messages
 from shared import job as protocol
+from shared.errors import shown
 from shared.images import ImageData, decode_frame
 from shared.messages import CLIENT_MESSAGES, PROTOCOL_VERSION, ProtocolError, decode_json, validate
 
@@ -205,7 +206,7 @@ class Session:
                                 "token")
         if message["protocol"] != PROTOCOL_VERSION:
             raise ProtocolError("unsupported_protocol", f"this server speaks protocol {PROTOCOL_VERSION}, "
-                                f"the client {message['protocol']}", "protocol")
+                                f"the client {shown(message['protocol'])}", "protocol")
         preprocessors = engine.preprocessors.available()
         if "resume" in message:
             # A dropped connection's session, or one whose old connection the server still thinks is open
