@@ -554,3 +554,15 @@ def test_resuming_before_the_server_saw_the_drop_takes_the_session_over(server):
             old.recv(timeout=30)
     assert caught.value.rcvd.code == 1008 and "resumed" in caught.value.rcvd.reason
     old.close()
+
+
+def test_a_connection_with_a_session_cannot_take_another_over(server):
+    # It would orphan its own session: its running job's ending sent nowhere and kept for ever.
+    with greeted(server.url) as other, greeted(server.url) as ws:
+        other.send(json.dumps({"type": "hello", "protocol": PROTOCOL_VERSION}))
+        session = json.loads(other.recv(timeout=30))["session"]
+        assert answer(ws, {**SMALL, "job": "mine", "steps": 8, "width": 128, "height": 128})["type"] == "accepted"
+        error = answer(ws, {"type": "hello", "protocol": PROTOCOL_VERSION, "resume": session})
+        assert (error["type"], error["code"], error["field"]) == ("error", "invalid_field", "resume")
+        assert until_end(ws, "mine")[-1]["type"] == "result", "the connection kept its own session and job"
+        assert answer(other, {"type": "status"})["type"] == "status", "the other session was not taken over"

@@ -208,6 +208,11 @@ class Session:
             raise ProtocolError("unsupported_protocol", f"this server speaks protocol {PROTOCOL_VERSION}, "
                                 f"the client {shown(message['protocol'])}", "protocol")
         preprocessors = engine.preprocessors.available()
+        if "resume" in message and self.greeted and message["resume"] != self.token:
+            # Taking another session over would orphan this one: its jobs would run on with nowhere to send
+            # their endings, kept (and counted) for ever. (Its own id is `unknown_session` below: resumed already.)
+            raise ProtocolError("invalid_field", "this connection already has a session: resume on a new connection, "
+                                "in its first hello", "resume")
         if "resume" in message:
             # A dropped connection's session, or one whose old connection the server still thinks is open
             # (the client noticed the drop first): the transport closes that old connection.
