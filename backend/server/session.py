@@ -168,6 +168,11 @@ class Session:
         """Queue a job that ``intake.build`` took in, or send why it was refused."""
         if intake.refusal is not None:
             return Reply([intake.refusal])
+        if self.state.closing:
+            # The server began to stop while the pictures were decoded: the shutdown has already cancelled
+            # the queue, so a job queued now would get `accepted` and then never end.
+            return Reply([messages.error(ProtocolError("shutting_down", "the server is shutting down and takes "
+                                                       "no new jobs", None, intake.request.id))])
         job = Job(intake.request, intake.work, self)
         return Reply([messages.accepted(job.id, self.state.queue.put(job))])
 
