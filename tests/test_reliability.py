@@ -566,3 +566,26 @@ def test_a_connection_with_a_session_cannot_take_another_over(server):
         assert (error["type"], error["code"], error["field"]) == ("error", "invalid_field", "resume")
         assert until_end(ws, "mine")[-1]["type"] == "result", "the connection kept its own session and job"
         assert answer(other, {"type": "status"})["type"] == "status", "the other session was not taken over"
+
+
+def test_an_ending_is_kept_resume_seconds_after_it_was_sent_even_when_no_other_job_ends(own_server):
+    # Kept endings were dropped only when the session's next job ended: an idle client held its last
+    # results (up to max_kept_bytes) for as long as it stayed, and a resume got them long after.
+    brief = own_server(resume_seconds=1.0)
+    ws = connect(brief.url)
+    ws.send(json.dumps({"type": "hello", "protocol": PROTOCOL_VERSION}))
+    session = json.loads(ws.recv(timeout=30))["session"]
+    ws.send(json.dumps({**SMALL, "job": "old"}))
+    assert until_end(ws, "old")[-1]["type"] == "result"
+    state, deadline = brief.server.state, time.monotonic() + 30
+    while any(s.kept for s in state.sessions) and time.monotonic() < deadline:  # the server's own clock
+        time.sleep(0.05)
+    assert not any(s.kept for s in state.sessions), "the result is let go once resume_seconds passed"
+    drop(ws)
+    with connect(brief.url) as again:
+        welcome = answer(again, {"type": "hello", "protocol": PROTOCOL_VERSION, "resume": session,
+                                 "pending": ["old"]})
+        assert welcome["resumed"] is True
+        error = json.loads(again.recv(timeout=30))
+        assert (error["type"], error["code"], error["job"], error["field"]) == ("error", "unknown_job", "old",
+                                                                                  "pending")

@@ -113,17 +113,24 @@ class Session:
 
     def keep(self, job_id: str, ending: list) -> None:
         """Keep a job's ending for a while (``resume_seconds``, ``max_kept_bytes``), oldest dropped first."""
-        config, now = self.state.config, time.monotonic()
+        now = time.monotonic()
         size = sum(len(m) if isinstance(m, bytes) else
                    200 + sum(200 + len(image.get("data", "")) for image in m.get("images", ())) for m in ending)
         self.kept[job_id] = (ending, size, now)
-        total = sum(entry[1] for entry in self.kept.values())
+        self.prune(now)
+
+    def prune(self, now: float) -> bool:
+        """Drop kept endings older than ``resume_seconds`` or over ``max_kept_bytes``, oldest first; True when
+        some went. Also called on a timer (the transport's): an idle session must not hold its last results."""
+        config = self.state.config
+        total, before = sum(entry[1] for entry in self.kept.values()), len(self.kept)
         while self.kept:
             oldest_id, (_, oldest_size, when) = next(iter(self.kept.items()))
             if total <= config.limits.max_kept_bytes and now - when <= config.resume_seconds:
                 break
             del self.kept[oldest_id]
             total -= oldest_size
+        return len(self.kept) < before
 
     def redeliver(self, pending: list[str]) -> list:
         """The kept endings of ``pending`` jobs, each sent once; a job neither kept nor still queued or running

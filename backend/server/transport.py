@@ -25,6 +25,7 @@ from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
+from backend import memory
 from backend.config import Config, cleartext_warning
 from backend.engine.engine import Engine
 from backend.jobs import Job, JobQueue
@@ -175,6 +176,7 @@ class EaselServer:
                          compression=None) as server:  # images are compressed already: deflate only costs time
             self.port = next(iter(server.sockets)).getsockname()[1]
             worker = asyncio.create_task(self.worker.run_forever())
+            pruner = asyncio.create_task(self._prune_kept())
             log.info("Easel listening on %s://%s:%d/", "wss" if tls else "ws", self.config.host, self.port)
             if ready is not None:
                 ready.set()
@@ -185,6 +187,7 @@ class EaselServer:
                 server.close(close_connections=False)  # no new connections
                 await self.shutdown()
             finally:
+                pruner.cancel()
                 worker.cancel()
                 self.worker.stop()
         log.info("Easel stopped")
@@ -213,6 +216,17 @@ class EaselServer:
             log.warning("job %s did not stop in time", running.id)
         await asyncio.gather(*(self._close(connection, 1001, "server shutting down")
                                for connection in list(self._connections.values())))
+
+    async def _prune_kept(self) -> None:
+        """Drop kept endings as they pass ``resume_seconds`` (``Session.prune``), not only when a session's next
+        job ends: a client that stays connected and idle would otherwise hold its last results for ever."""
+        interval = max(self.config.resume_seconds / 4, 0.05)
+        while True:
+            await asyncio.sleep(interval)
+            now = time.monotonic()
+            sessions = [*self.state.sessions, *self.state.detached.values()]
+            if any([session.prune(now) for session in sessions]):  # a list: prune every one of them
+                await asyncio.to_thread(memory.release)  # the results' pages go back to the system
 
     async def _close(self, connection: Connection, code: int, reason: str) -> None:
         """Send what is queued (a few seconds at most), then close with ``code`` and ``reason``."""
