@@ -178,6 +178,27 @@ def test_the_upload_budget_follows_max_message_bytes(own_server):
         assert (error["code"], error["field"]) == ("limit_exceeded", "mask")
 
 
+def test_a_connection_holds_at_most_1024_unused_uploads_however_small(server):
+    # Tiny frames passed the byte budget by the hundred thousand, each kept with its bookkeeping (and
+    # each upload summed all the others: a flood kept the event loop busy for minutes).
+    def tiny(name: str, role: str = "mask") -> bytes:
+        return encode_frame({"image": name, "role": role, "format": "l8", "width": 1, "height": 1}, b"\xff")
+
+    with greeted(server.url) as ws:
+        for n in range(1024):
+            ws.send(tiny(f"u{n}"))
+        error = answer(ws, tiny("one-more", "control"))
+        assert (error["code"], error["field"], error["job"]) == ("limit_exceeded", "control", None)
+        ws.send(tiny("u7"))  # the same id again replaces its upload: still 1024
+        assert answer(ws, {"type": "status"})["type"] == "status", "no error for the replacement"
+        assert answer(ws, {"type": "preprocess", "job": "p", "image": {"frame": "u1"}, "preprocessor": "x" * 300}
+                      )["field"] == "preprocessor"  # a field error leaves the uploads in place
+        refused = answer(ws, {"type": "preprocess", "job": "p", "image": {"frame": "u1"}, "preprocessor": "canny"})
+        assert (refused["code"], refused["job"]) == ("invalid_field", "p"), "1x1 is too small to preprocess"
+        ws.send(tiny("fits-now"))  # the refused preprocess consumed u1: room for one
+        assert answer(ws, {"type": "status"})["type"] == "status"
+
+
 def test_one_upload_serves_several_roles_of_one_submit_then_is_gone(server):
     with greeted(server.url) as ws:
         image = png(picture(128, 96))

@@ -42,6 +42,35 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 CLIENT_ROLES = ("image", "mask", "control", "reference")  # frame roles a client may upload
+MAX_UPLOADS = 1024  # unused uploads one connection may hold, however small: each costs bookkeeping
+
+
+class Uploads(dict):
+    """A connection's unused uploads by image id, with their payload bytes kept as a running total.
+
+    Summing the payloads on every upload made a flood of tiny frames quadratic on the event loop (100,000
+    one-byte frames kept it busy for minutes, every other client waiting). An intake thread pops the
+    frames its request names (``backend.intake``), so the total is adjusted in ``pop`` itself."""
+
+    def __init__(self):
+        super().__init__()
+        self.bytes = 0
+
+    def __setitem__(self, key: str, image: ImageData) -> None:
+        self.pop(key, None)
+        super().__setitem__(key, image)
+        self.bytes += len(image.data)
+
+    def pop(self, key: str, default=None):
+        image = super().pop(key, None)
+        if image is None:
+            return default
+        self.bytes = max(0, self.bytes - len(image.data))  # (never below 0 if a clear came in between)
+        return image
+
+    def clear(self) -> None:
+        super().clear()
+        self.bytes = 0
 
 
 @dataclass(eq=False)
@@ -104,7 +133,7 @@ class Session:
         self.state = state
         self.greeted = False
         self.given: frozenset[str] = frozenset()  # the keys of the message being handled, as the client sent it
-        self.uploads: dict[str, ImageData] = {}
+        self.uploads = Uploads()
         self.token = secrets.token_hex(16)  # `welcome.session`: what a reconnecting client presents
         # The endings (result frames + result, error, cancelled) of this session's jobs, kept for a client
         # whose connection drops before or just after they went out: job id -> (messages, bytes, when).
@@ -314,8 +343,8 @@ class Session:
             raise ProtocolError("invalid_field", f"clients upload roles {', '.join(CLIENT_ROLES)}, not "
                                 f"{header['role']!r}", "role")
         self.uploads.pop(header["image"], None)  # the same id again replaces the earlier upload
-        used = sum(len(upload.data) for upload in self.uploads.values())
-        if used + len(image.data) > self.state.config.limits.upload_budget:
+        if self.uploads.bytes + len(image.data) > self.state.config.limits.upload_budget \
+                or len(self.uploads) >= MAX_UPLOADS:
             raise ProtocolError("limit_exceeded", "too many unused uploads on this connection; reference them in "
                                 "a submit or reconnect", header["role"])
         self.uploads[header["image"]] = image
