@@ -388,6 +388,20 @@ def test_wrong_tokens_are_slowed_per_address_and_logged_without_the_token(own_se
     assert "guess" not in text and "s3cret" not in text
 
 
+def test_connections_from_many_addresses_leave_no_throttle_state_behind(own_server):
+    # Each address that spoke before its hello kept a lock for ever: from ever new addresses (IPv6, or any
+    # of 127.0.0.0/8) the server's memory grew with every connection.
+    guarded = own_server(token="s3cret-token")
+    for n in range(2, 22):
+        sock = socket.create_connection(("127.0.0.1", guarded.server.port), source_address=(f"127.0.0.{n}", 0))
+        with connect(guarded.url, sock=sock) as ws:
+            first = {"type": "status"} if n % 2 else {"type": "hello", "protocol": PROTOCOL_VERSION, "token": "no"}
+            assert answer(ws, first)["code"] in ("hello_required", "unauthorized")
+    assert guarded.server.auth._locks == {}, "no address is remembered but for its failures"
+    with Client(guarded.url, token="s3cret-token") as ok:
+        assert ok.status()["clients"] == 1
+
+
 # -- item 8: bounded fuzz ----------------------------------------------------------------------
 
 FIELDS = {"steps": 20, "guidance": 7.0, "strength": 1.0, "batch": 1, "seed": 1, "prompt": "x", "mode": "generate",

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import http
 import logging
 import signal
@@ -114,7 +115,9 @@ class AuthThrottle:
 
     def __init__(self):
         self._failures: collections.OrderedDict[str, tuple[int, float]] = collections.OrderedDict()
-        self._locks: dict[str, asyncio.Lock] = {}
+        # A peer's lock and how many of its connections hold or wait for it; gone when none does, so that
+        # connections from ever new addresses (IPv6, or any of 127.0.0.0/8) leave nothing behind.
+        self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
 
     def delay(self, peer: str) -> float:
         count, last = self._failures.get(peer, (0, 0.0))
@@ -122,16 +125,27 @@ class AuthThrottle:
             return 0.0
         return min(self.BASE * 2 ** (count - 1), self.CAP)
 
-    def lock(self, peer: str) -> asyncio.Lock:
+    @contextlib.asynccontextmanager
+    async def turn(self, peer: str):
         """Attempts from one address are read one at a time, so parallel connections wait their turn."""
-        return self._locks.setdefault(peer, asyncio.Lock())
+        lock, users = self._locks.get(peer, (None, 0))
+        lock = lock or asyncio.Lock()
+        self._locks[peer] = (lock, users + 1)
+        try:
+            async with lock:
+                yield
+        finally:
+            users = self._locks[peer][1] - 1
+            if users:
+                self._locks[peer] = (lock, users)
+            else:
+                del self._locks[peer]
 
     def failed(self, peer: str) -> int:
         count = self._failures.pop(peer, (0, 0.0))[0] + 1
         self._failures[peer] = (count, time.monotonic())
         while len(self._failures) > self.REMEMBER:
-            forgotten, _ = self._failures.popitem(last=False)
-            self._locks.pop(forgotten, None)
+            self._failures.popitem(last=False)
         return count
 
     def succeeded(self, peer: str) -> None:
@@ -335,7 +349,7 @@ class EaselServer:
 
     async def _authenticate(self, session: Session, peer: str, raw: str):
         """A text frame before a successful hello on a server with a token: slowed after failures."""
-        async with self.auth.lock(peer):
+        async with self.auth.turn(peer):
             delay = self.auth.delay(peer)
             if delay:
                 await asyncio.sleep(delay)
