@@ -473,9 +473,28 @@ def test_fuzzed_messages_each_get_an_error_and_the_server_serves_on(server, capl
 
 # -- item 3: wss:// ----------------------------------------------------------------------------
 
-def easel_cert(folder: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "backend.cli", "cert", str(folder), "--host", "127.0.0.1"], cwd=ROOT,
+def easel_cert(folder: Path, *options: str) -> subprocess.CompletedProcess:
+    options = options or ("--host", "127.0.0.1")
+    return subprocess.run([sys.executable, "-m", "backend.cli", "cert", str(folder), *options], cwd=ROOT,
                           capture_output=True, text=True, timeout=120)
+
+
+def test_easel_cert_keeps_a_pair_clients_pinned_and_refuses_what_is_no_host_name(tmp_path):
+    # Running `easel cert DIR` again replaced the key every client had pinned, without a word; a host with a
+    # comma added names to the certificate (openssl reads the list), and an empty one failed inside openssl.
+    assert easel_cert(tmp_path / "box").returncode == 0
+    pinned = (tmp_path / "box" / "easel-cert.pem").read_bytes()
+    again = easel_cert(tmp_path / "box")
+    assert again.returncode == 1 and "--force" in again.stderr and "Traceback" not in again.stderr
+    assert (tmp_path / "box" / "easel-cert.pem").read_bytes() == pinned, "the pinned pair is kept"
+    forced = easel_cert(tmp_path / "box", "--host", "127.0.0.1", "--force")
+    assert forced.returncode == 0 and (tmp_path / "box" / "easel-cert.pem").read_bytes() != pinned
+    (tmp_path / "a-file").write_text("not a folder")
+    for folder, host in ((tmp_path / "odd", ""), (tmp_path / "odd", "box,DNS:elsewhere.example"),
+                         (tmp_path / "a-file", "127.0.0.1")):
+        refused = easel_cert(folder, "--host", host)
+        assert refused.returncode == 1 and refused.stderr.startswith("easel: "), refused.stderr
+    assert not (tmp_path / "odd").exists()
 
 
 def test_wss_with_a_pinned_certificate(own_server, tmp_path):
