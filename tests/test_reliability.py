@@ -523,6 +523,12 @@ def test_tls_settings_are_checked_and_cleartext_off_loopback_is_warned(tmp_path)
         Config(tls_cert=str(tmp_path / "c.pem")).check()
     with pytest.raises(ConfigError, match="not a file"):
         Config(tls_cert=str(tmp_path / "c.pem"), tls_key=str(tmp_path / "k.pem")).check()
+    for pair in ("one", "other"):
+        assert easel_cert(tmp_path / pair).returncode == 0
+    with pytest.raises(ConfigError, match="cannot use the TLS certificate"):  # was a traceback at serve time
+        Config(tls_cert=str(tmp_path / "one" / "easel-cert.pem"), tls_key=str(tmp_path / "other" / "easel-key.pem")
+               ).check()
+    Config(tls_cert=str(tmp_path / "one" / "easel-cert.pem"), tls_key=str(tmp_path / "one" / "easel-key.pem")).check()
     assert "in clear" in cleartext_warning(Config(host="0.0.0.0", token="t"))
     assert cleartext_warning(Config(host="0.0.0.0", token="t", tls_cert="c", tls_key="k")) is None
     assert cleartext_warning(Config()) is None
