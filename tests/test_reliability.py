@@ -649,3 +649,25 @@ def test_an_ending_is_kept_resume_seconds_after_it_was_sent_even_when_no_other_j
         error = json.loads(again.recv(timeout=30))
         assert (error["type"], error["code"], error["job"], error["field"]) == ("error", "unknown_job", "old",
                                                                                   "pending")
+
+
+def test_a_resume_does_not_answer_a_reused_job_id_with_the_ending_of_its_earlier_job(server):
+    # Job ids may be reused once their job ended; the first job's kept result was sent on the resume as if
+    # it were the second's (another picture), and the second's ending came after it.
+    ws = greeted(server.url)
+    ws.send(json.dumps({"type": "hello", "protocol": PROTOCOL_VERSION}))
+    session = json.loads(ws.recv(timeout=30))["session"]
+    ws.send(json.dumps({**SMALL, "job": "same"}))
+    assert until_end(ws, "same")[-1]["type"] == "result"
+    ws.send(json.dumps({**SMALL, "job": "same", "steps": 150, "width": 256, "height": 256}))
+    while json.loads(ws.recv(timeout=60))["type"] != "started":
+        pass
+    drop(ws)
+    with connect(server.url) as again:
+        welcome = answer(again, {"type": "hello", "protocol": PROTOCOL_VERSION, "resume": session,
+                                 "pending": ["same"]})
+        assert welcome["resumed"] is True
+        again.send(json.dumps({"type": "cancel", "job": "same"}))
+        seen = until_end(again, "same")
+        assert seen[-1] == {"type": "cancelled", "job": "same", "while": "running"}, seen[-1]
+        assert [m["type"] for m in seen if m["type"] != "progress"] == ["cancelled"], "no earlier ending came"

@@ -359,6 +359,9 @@ class Session:
         if queue.find(self, request.id):
             raise ProtocolError("duplicate_job", f"job {request.id} is still queued or running (this submit is "
                                 "refused; that job goes on)", "job", request.id, ends_job=False)
+        # The id is the client's again (an id may be reused once its job ended): the old job's kept ending
+        # must not answer a resume that asks for the new one.
+        self.kept.pop(request.id, None)
         if len(queue.owned_by(self)) >= self.state.config.limits.max_queued_per_client:
             raise ProtocolError("limit_exceeded", "too many jobs queued from this connection", "job", request.id)
         return Reply(intake=Intake(request, build))
