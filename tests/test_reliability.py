@@ -108,6 +108,20 @@ def test_deep_json_is_bad_json_and_the_connection_goes_on(server):
         assert answer(ws, {"type": "status"})["type"] == "status"
 
 
+def test_before_its_hello_a_client_cannot_make_the_server_hold_a_large_message(server):
+    # The websocket layer reads a whole message before the session sees it: a stranger's 200 MB frame
+    # was held in full (peak RSS +400 MB per connection) just to be told `hello_required`.
+    large = json.dumps({"type": "status", "x": "a" * 300_000})
+    with connect(server.url) as stranger:
+        stranger.send(large)
+        with pytest.raises(ConnectionClosed) as caught:
+            stranger.recv(timeout=30)
+        assert caught.value.rcvd.code == 1009
+    with greeted(server.url) as ws:  # after the hello the message limits are the usual ones
+        error = answer(ws, large)
+        assert (error["code"], error["field"]) == ("invalid_field", "x")
+
+
 def test_two_origin_headers_are_refused_with_403(server, caplog):
     own = f"http://127.0.0.1:{server.server.port}"
     with pytest.raises(InvalidStatus) as caught:

@@ -38,6 +38,8 @@ from backend.tls import server_context
 
 log = logging.getLogger(__name__)
 
+PRE_HELLO_BYTES = 256 * 1024  # largest message before a successful hello (the largest hello is about 70 kB)
+
 
 class Connection:
     """One websocket and its outbox (``outbox.py``: a byte budget), drained in order by a single writer task."""
@@ -303,6 +305,11 @@ class EaselServer:
         loop = asyncio.get_running_loop()
         hello_timer = loop.call_later(config.hello_timeout, lambda: session.greeted or asyncio.ensure_future(
             ws.close(1008, f"no hello within {config.hello_timeout:g}s")))
+        # Until its hello succeeds a client may send only small messages: the websocket layer reads a whole
+        # message before the session sees it, so a stranger (no token yet) could make the server hold twice
+        # max_message_bytes per connection. Its frame-size limit is read per frame, so it can change here.
+        full_size = 2 * config.limits.max_message_bytes
+        ws.protocol.max_message_size = min(PRE_HELLO_BYTES, full_size)
         refused = cut = False
         try:
             async for raw in ws:
@@ -325,6 +332,8 @@ class EaselServer:
                     self._connections[session] = connection
                     log.info("%s resumed a session with %d job(s) queued or running", peer,
                              len(self.queue.owned_by(session)))
+                if session.greeted:
+                    ws.protocol.max_message_size = full_size
                 for message in reply.send:
                     connection.send(message)
                 if reply.close:
