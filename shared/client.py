@@ -135,6 +135,8 @@ class Client:
         self.resume = resume
         self.session: str | None = None  # welcome.session
         self._pending: set[str] = set()  # jobs submitted whose ending has not arrived
+        # Jobs sent but not yet `accepted` (or ended): sent again when a resume says their submit was lost.
+        self._unsent: dict[str, Job | PreprocessJob] = {}
         self.open_timeout, self.max_size = open_timeout, max_size
         self.welcome: dict | None = None
         self._ws = None
@@ -238,7 +240,7 @@ class Client:
         image_id = f"up-{next(self._ids)}"
         header = {"image": image_id, "role": role, "format": image.format,
                   "width": image.width, "height": image.height}
-        self._ws.send(encode_frame(header, image.data))
+        self._send_frame(encode_frame(header, image.data))
         return {"frame": image_id}
 
     def submit(self, job: Job | str, **params) -> str:
@@ -252,8 +254,7 @@ class Client:
         elif params:
             raise TypeError("submit takes a Job, or a mode and its parameters, not both")
         job = dataclasses.replace(job, id=job.id or uuid.uuid4().hex[:16])
-        self._pending.add(job.id)
-        self._send(job.to_message(self._reference))
+        self._send_job(job)
         return job.id
 
     def cancel(self, job: str) -> None:
@@ -294,9 +295,7 @@ class Client:
         request = PreprocessJob(image=image, preprocessor=preprocessor, id=uuid.uuid4().hex[:16],
                                 resolution=resolution, output_format=output_format or "png")
         job = request.id
-        self._pending.add(job)
-        message = request.to_message(self._reference)
-        self._send(message)
+        self._send_job(request)
         for event in self.events(job):
             if on_event:
                 on_event(event)
@@ -327,13 +326,30 @@ class Client:
             return self.upload(image, role)
         raise TypeError(f"a job's {role} must be ImageData or a wire reference, not {type(image).__name__}")
 
+    def _send_job(self, job: Job | PreprocessJob) -> None:
+        """Upload a job's pictures and send it. When the connection drops meanwhile, the job waits: the next
+        read resumes the session, and if the server never received the submit it is sent again then."""
+        self._pending.add(job.id)
+        self._unsent[job.id] = job
+        try:
+            self._send(job.to_message(self._reference))
+        except EaselError as exc:
+            if not (exc.dropped and self.resume and self.session):
+                self._pending.discard(job.id)
+                self._unsent.pop(job.id, None)
+                raise
+
     def _send(self, message: dict) -> None:
+        self._send_frame(json.dumps(message))
+
+    def _send_frame(self, frame: str | bytes) -> None:
         if self._ws is None:
             raise EaselError("closed", "the client is not connected")
         try:
-            self._ws.send(json.dumps(message))
+            self._ws.send(frame)
         except ConnectionClosed as exc:
-            raise EaselError("closed", f"the connection to the Easel server closed: {exc}") from None
+            raise EaselError("closed", f"the connection to the Easel server closed: {exc}",
+                             dropped=exc.rcvd is None) from None
 
     def _await_reply(self, kind: str) -> dict:
         while not self._replies[kind]:
@@ -365,6 +381,11 @@ class Client:
             return
         message = json.loads(raw)
         kind, job = message["type"], message.get("job")
+        if kind == "error" and message["code"] == "not_received" and job in self._unsent:
+            self._send_job(self._unsent[job])  # the submit was lost with the old connection
+            return
+        if kind in ("accepted", "result", "cancelled") or (kind == "error" and message.get("ends_job", True)):
+            self._unsent.pop(job, None)
         if kind in ("result", "cancelled") or (kind == "error" and message.get("ends_job", True)):
             self._pending.discard(job)
         if kind == "error":

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import io
 import json
-import socket
 import sys
 import threading
 import time
@@ -17,6 +16,7 @@ import pytest
 from PIL import Image
 
 from conftest import picture, rect_mask
+from netfaults import Blinker
 from shared.messages import CONTROL_TYPES, REFERENCE_MODES, parse_client_message
 from shared.rules import reach as mask_margin
 
@@ -518,62 +518,6 @@ def test_a_wss_backend_with_its_certificate(demo_config, engine, tmp_path):
         assert refused.endswith("Give the server's certificate (from `easel cert`) in Settings > Easel.")
 
 
-class Blinker:
-    """A TCP proxy between the tab and the server whose link can be cut, as a Wi-Fi blink or a sleeping
-    laptop cuts it: open connections end with no websocket close, and for a while new ones are reset."""
-
-    def __init__(self, upstream: str):
-        host, port = upstream.removeprefix("ws://").rstrip("/").split(":")
-        self.upstream = (host, int(port))
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.url = f"ws://127.0.0.1:{self.listener.getsockname()[1]}/"
-        self.down_until = 0.0
-        self.links: list[socket.socket] = []
-        self.connections = 0
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def cut(self, seconds: float) -> None:
-        self.down_until = time.monotonic() + seconds
-        for end in self.links:
-            try:
-                end.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass  # that side went already
-        self.links.clear()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                near, _ = self.listener.accept()
-            except OSError:
-                return  # closed
-            if time.monotonic() < self.down_until:
-                near.close()
-                continue
-            self.connections += 1
-            far = socket.create_connection(self.upstream)
-            self.links += [near, far]
-            for source, sink in ((near, far), (far, near)):
-                threading.Thread(target=self._pump, args=(source, sink), daemon=True).start()
-
-    @staticmethod
-    def _pump(source: socket.socket, sink: socket.socket) -> None:
-        try:
-            while data := source.recv(65536):
-                sink.sendall(data)
-        except OSError:
-            pass
-        for end in (source, sink):
-            try:
-                end.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-
-    def close(self) -> None:
-        self.listener.close()
-        self.cut(0)
-
-
 @pytest.fixture
 def blinker(server):
     proxy = Blinker(server.url)
@@ -598,6 +542,14 @@ def test_a_job_whose_connection_blinked_still_lands_once(blinker):
     (result,) = final.images
     expected = list(jobs.run(jobs.Connection(blinker.url), source, "unit"))[-1].images[0]
     assert (np.asarray(result) == np.asarray(expected)).all(), "the result that was kept is the job's own"
+
+
+def test_a_link_that_drops_while_the_picture_uploads_still_runs_the_job(blinker):
+    blinker.cut_on_upload = True  # on the first frame at least UPLOAD_BYTES long: a picture of noise is
+    noise = Image.fromarray(np.random.default_rng(1).integers(0, 256, (96, 128, 4), np.uint8))
+    updates = list(jobs.run(jobs.Connection(blinker.url), values(picture=noise), "unit"))
+    assert blinker.connections == 2, "the link was cut under the upload, then the tab resumed"
+    assert updates[-1].done and updates[-1].status.startswith("Done: 1 image"), [u.status for u in updates]
 
 
 def test_a_link_that_stays_down_ends_in_one_sentence(blinker, monkeypatch):

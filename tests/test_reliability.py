@@ -18,9 +18,12 @@ import time
 import weakref
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 from websockets.exceptions import ConnectionClosed, InvalidStatus
+from websockets.protocol import State
 from websockets.sync.client import connect
 
 import backend.engine.engine as engine_module
@@ -29,6 +32,7 @@ from backend.fixtures.demo_model import demo_models
 from backend.server import ServerThread
 from backend.server.outbox import Outbox
 from conftest import picture, png
+from netfaults import Blinker
 from schema_check import validator
 from shared.client import Client, EaselError, Result
 from shared.images import encode_frame
@@ -563,18 +567,20 @@ def test_a_result_whose_connection_dropped_is_delivered_once_after_resume(server
     ws.send(json.dumps({**SMALL, "job": "blip", "steps": 12, "width": 128, "height": 128}))
     ws.send(json.dumps({**SMALL, "job": "called-off"}))
     ws.send(json.dumps({"type": "cancel", "job": "called-off"}))
+    ws.send(json.dumps({**SMALL, "job": "refused", "steps": 10**6}))
     while json.loads(ws.recv(timeout=60))["type"] != "started":
         pass
     drop(ws)  # before the client read the `cancelled` of called-off, or anything of blip but `started`
     with connect(server.url) as again:
         welcome = answer(again, {"type": "hello", "protocol": PROTOCOL_VERSION, "resume": session,
-                                 "pending": ["blip", "called-off", "never-was"]})
+                                 "pending": ["blip", "called-off", "refused", "never-was"]})
         assert (welcome["type"], welcome["resumed"], welcome["session"]) == ("welcome", True, session)
-        seen = until_end(again, "called-off") + until_end(again, "never-was") + until_end(again, "blip")
+        seen = until_end(again, "called-off") + until_end(again, "refused") + until_end(again, "never-was") + \
+            until_end(again, "blip")
         assert {"type": "cancelled", "job": "called-off", "while": "queued"} in seen
-        (lost,) = [m for m in seen if m["type"] == "error"]
-        assert (lost["job"], lost["code"], lost["ends_job"]) == ("never-was", "unknown_job", True), \
-            "a job with no kept ending"
+        errors = {m["job"]: (m["code"], m["field"], m["ends_job"]) for m in seen if m["type"] == "error"}
+        assert errors == {"refused": ("limit_exceeded", "steps", True),  # a refusal is an ending, kept too
+                          "never-was": ("not_received", "pending", True)}, "a job whose submit never arrived"
         assert seen[-1]["type"] == "result"
         status = answer(again, {"type": "status"})
         assert status["type"] == "status" and status["clients"] >= 1, "no second ending came before the status"
@@ -592,6 +598,43 @@ def test_the_client_resumes_by_itself_and_its_job_ends_as_usual(server):
                 break
         assert isinstance(list(events)[-1], Result)
         assert client.status()["running"] is None
+
+
+def test_a_job_received_whose_ending_is_no_longer_kept_is_unknown_on_resume(own_server):
+    forgetful = own_server(limits={"max_kept_bytes": 1})  # no ending fits: none is kept
+    ws = greeted(forgetful.url)
+    ws.send(json.dumps({"type": "hello", "protocol": PROTOCOL_VERSION}))
+    session = json.loads(ws.recv(timeout=30))["session"]
+    ws.send(json.dumps({**SMALL, "job": "old"}))
+    assert until_end(ws, "old")[-1]["type"] == "result"
+    drop(ws)
+    with connect(forgetful.url) as again:
+        answer(again, {"type": "hello", "protocol": PROTOCOL_VERSION, "resume": session, "pending": ["old"]})
+        (lost,) = [m for m in until_end(again, "old") if m["type"] == "error"]
+        assert (lost["code"], lost["field"]) == ("unknown_job", "pending"), "received, but its ending is gone"
+
+
+def test_a_submit_lost_with_the_connection_is_sent_again_by_the_client(server):
+    link = Blinker(server.url)
+    try:
+        with Client(link.url) as client:
+            link.cut_on_upload = True  # the link drops under the job's upload: the server never gets the job
+            noise = Image.fromarray(np.random.default_rng(1).integers(0, 256, (64, 96, 3), np.uint8))
+            job = client.submit("img2img", prompt="x", image=png(noise), strength=0.5, steps=4, seed=1)
+            events = list(client.events(job))
+        assert link.connections == 2, "the client resumed its session once"
+        assert isinstance(events[-1], Result) and events[-1].images[0].image.width == 96
+    finally:
+        link.close()
+
+
+def test_a_connection_that_dropped_before_a_submit_takes_the_job_after_resuming(server):
+    with Client(server.url) as client:
+        drop(client._ws)
+        while client._ws.state is not State.CLOSED:  # the client's reader saw the drop
+            time.sleep(0.01)
+        job = client.submit("generate", prompt="x", steps=2, width=64, height=64, seed=2)
+        assert isinstance(list(client.events(job))[-1], Result)
 
 
 def test_a_dropped_session_expires_and_its_jobs_are_cancelled(own_server):

@@ -42,6 +42,10 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 CLIENT_ROLES = ("image", "mask", "control", "reference")  # frame roles a client may upload
+# A session keeps the endings of at most this many jobs (refusals included: a flood of bad submits must not
+# grow it), and remembers having received this many job ids (a few dozen bytes each).
+KEPT_ENDINGS = 1024
+RECEIVED_KEPT = 4096
 MAX_UPLOADS = 1024  # unused uploads one connection may hold, however small: each costs bookkeeping
 
 
@@ -139,6 +143,9 @@ class Session:
         # whose connection drops before or just after they went out: job id -> (messages, bytes, when).
         self.kept: collections.OrderedDict[str, tuple[list, int, float]] = collections.OrderedDict()
         self.expiry = None  # while detached: the timer that ends the session
+        # The ids of the jobs this session took a submit or preprocess for (the newest RECEIVED_KEPT): on a
+        # resume they tell a job whose ending expired from one whose submit was lost with the connection.
+        self.received: collections.OrderedDict[str, None] = collections.OrderedDict()
 
     def keep(self, job_id: str, ending: list) -> None:
         """Keep a job's ending for a while (``resume_seconds``, ``max_kept_bytes``), oldest dropped first."""
@@ -155,23 +162,29 @@ class Session:
         total, before = sum(entry[1] for entry in self.kept.values()), len(self.kept)
         while self.kept:
             oldest_id, (_, oldest_size, when) = next(iter(self.kept.items()))
-            if total <= config.limits.max_kept_bytes and now - when <= config.resume_seconds:
+            if total <= config.limits.max_kept_bytes and now - when <= config.resume_seconds \
+                    and len(self.kept) <= KEPT_ENDINGS:
                 break
             del self.kept[oldest_id]
             total -= oldest_size
         return len(self.kept) < before
 
     def redeliver(self, pending: list[str]) -> list:
-        """The kept endings of ``pending`` jobs, each sent once; a job neither kept nor still queued or running
-        gets ``unknown_job`` (its ending is lost: it expired)."""
+        """The kept endings of ``pending`` jobs, each sent once. A job neither kept nor still queued or running
+        gets ``not_received`` when its submit never arrived (the client sends it again), else ``unknown_job``
+        (its ending expired)."""
         out = []
         for job_id in dict.fromkeys(pending):
             if job_id in self.kept:
                 out.extend(self.kept.pop(job_id)[0])
+            elif job_id not in self.received:
+                out.append(messages.error(ProtocolError(
+                    "not_received", f"job {job_id!r} never arrived here: its submit was lost with the connection; "
+                    "send it again", "pending", job_id)))
             elif self.state.queue.find(self, job_id) is None:
                 out.append(messages.error(ProtocolError(
                     "unknown_job", f"no ending of job {job_id!r} is kept: it ended more than "
-                    f"{self.state.config.resume_seconds:g}s ago, or was never submitted", "pending", job_id)))
+                    f"{self.state.config.resume_seconds:g}s ago", "pending", job_id)))
         return out
 
     # -- what the transport calls --------------------------------------------------------------
@@ -195,7 +208,10 @@ class Session:
                 self._require_hello()
             return self.HANDLERS[message["type"]](self, message)
         except ProtocolError as exc:
-            return Reply([messages.error(exc)], close=exc.code == "unauthorized")
+            error = messages.error(exc)
+            if exc.job is not None and exc.ends_job:  # a refused job's ending: kept like the others
+                self.keep(exc.job, [error])
+            return Reply([error], close=exc.code == "unauthorized")
         except Exception as exc:  # a bug must cost one answer, not the connection or the server
             log.exception("failed to handle a message")
             return Reply([messages.internal_error(None, exc)])
@@ -203,6 +219,7 @@ class Session:
     def admit(self, intake: Intake) -> Reply:
         """Queue a job that ``intake.build`` took in, or send why it was refused."""
         if intake.refusal is not None:
+            self.keep(intake.request.id, [intake.refusal])  # a refusal is an ending: kept like the others
             return Reply([intake.refusal])
         if self.state.closing:
             # The server began to stop while the pictures were decoded: the shutdown has already cancelled
@@ -353,6 +370,10 @@ class Session:
               build: Callable[[], EditJob | PreprocessJob]) -> Reply:
         """The checks that need no pictures; the rest is the intake's, off the event loop."""
         request.id = request.id or uuid.uuid4().hex[:16]
+        self.received[request.id] = None
+        self.received.move_to_end(request.id)
+        while len(self.received) > RECEIVED_KEPT:
+            self.received.popitem(last=False)
         if self.state.closing:
             raise ProtocolError("shutting_down", "the server is shutting down and takes no new jobs", None, request.id)
         queue = self.state.queue
