@@ -224,8 +224,10 @@ class Session:
         if self.state.closing:
             # The server began to stop while the pictures were decoded: the shutdown has already cancelled
             # the queue, so a job queued now would get `accepted` and then never end.
-            return Reply([messages.error(ProtocolError("shutting_down", "the server is shutting down and takes "
-                                                       "no new jobs", None, intake.request.id))])
+            refusal = messages.error(ProtocolError("shutting_down", "the server is shutting down and takes no new "
+                                                   "jobs", None, intake.request.id))
+            self.keep(intake.request.id, [refusal])  # an ending like any other refusal
+            return Reply([refusal])
         job = Job(intake.request, intake.work, self)
         return Reply([messages.accepted(job.id, self.state.queue.put(job))])
 
