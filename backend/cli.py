@@ -88,6 +88,8 @@ def build_parser() -> argparse.ArgumentParser:
     cert.add_argument("dir")
     cert.add_argument("--host", action="append", help="a name or address clients use to reach the server "
                                                        "(repeatable; default this machine's name and loopback)")
+    cert.add_argument("--force", action="store_true", help="replace a pair already in DIR (clients that pinned "
+                                                           "it must then pin the new certificate)")
     cert.set_defaults(func=cmd_cert)
 
     _add_run_parser(commands)
@@ -309,7 +311,7 @@ def cmd_cert(args: argparse.Namespace) -> int:
     from backend.tls import TLSError, fingerprint, make_cert
 
     try:
-        cert, key = make_cert(args.dir, args.host)
+        cert, key = make_cert(args.dir, args.host, force=args.force)
     except TLSError as exc:
         print(f"easel: {exc}", file=sys.stderr)
         return 1

@@ -171,6 +171,12 @@ class Config:
         for key in ("tls_cert", "tls_key"):
             if getattr(self, key) and not Path(getattr(self, key)).is_file():
                 raise ConfigError(f"{key} {getattr(self, key)} is not a file")
+        if self.tls_cert:  # a key of another pair, or a file that is no PEM, is said now rather than as a traceback
+            from backend.tls import TLSError, server_context
+            try:
+                server_context(self.tls_cert, self.tls_key)
+            except TLSError as exc:
+                raise ConfigError(str(exc)) from None
         if self.default_model and self.models and self.default_model not in self.models:
             raise ConfigError(f"default_model {self.default_model!r} is not among the configured models "
                               f"({', '.join(self.models)})")

@@ -21,6 +21,7 @@ from backend.engine.job import Control, EditJob, PreprocessJob, Reference
 from backend.imaging import to_array
 from backend.presets import Preset
 from shared import loras as lora_rules
+from shared.errors import shown
 from shared.images import CHANNELS, ImageData
 from shared.job import Job
 from shared.job import PreprocessJob as PreprocessRequest
@@ -61,7 +62,7 @@ def build_edit_job(job: Job, uploads: dict[str, ImageData], limits: Limits, mode
     job.check(few_step=preset is not None and preset.few_step)
     model = default_model if job.model is None else job.model  # "" names no model: refused below
     if model not in models:
-        raise ProtocolError("unknown_model", f"no model named {model!r}; available: {', '.join(models) or 'none'}",
+        raise ProtocolError("unknown_model", f"no model named {shown(model)}; available: {', '.join(models) or 'none'}",
                             "model")
     offers = capabilities(model) if capabilities is not None else None
     refused = refusal(job, model, offers) if offers is not None else None
@@ -76,12 +77,12 @@ def build_edit_job(job: Job, uploads: dict[str, ImageData], limits: Limits, mode
     sampling = job.sampling
     for key, value, limit in (("steps", sampling.steps, limits.max_steps), ("batch", sampling.batch, limits.max_batch)):
         if value > limit:
-            raise ProtocolError("limit_exceeded", f"{key} {value} is over this server's limit of {limit}", key)
+            raise ProtocolError("limit_exceeded", f"{key} {shown(value)} is over this server's limit of {limit}", key)
     for key in ("width", "height"):
         value = getattr(job, key)
         # (an upscale's target size is checked against max_side once the picture's size is known)
         if job.mode != "upscale" and value is not None and value > limits.max_generate_side:
-            raise ProtocolError("limit_exceeded", f"{key} {value} is over this server's limit of "
+            raise ProtocolError("limit_exceeded", f"{key} {shown(value)} is over this server's limit of "
                                 f"{limits.max_generate_side}", key)
     seed = sampling.seed if sampling.seed is not None else random.randint(0, MAX_SEED - limits.max_batch)
 
@@ -130,8 +131,8 @@ def check_embeddings(job: Job, model: str, family: str | None, usable: list[str]
     for key in ("prompt", "negative_prompt"):
         for name in explicit_names(getattr(job, key)):
             if name not in usable:
-                raise ProtocolError("unknown_embedding", f"`{key}` names embedding {name!r}, which this server does "
-                                    f"not have for model {model!r}{f' ({family})' if family else ''}; available: "
+                raise ProtocolError("unknown_embedding", f"`{key}` names embedding {shown(name)}, which this server "
+                                    f"does not have for model {model!r}{f' ({family})' if family else ''}; available: "
                                     f"{', '.join(usable) or 'none'}", key)
 
 
@@ -153,7 +154,7 @@ def _expanded_canvas(pixels: np.ndarray, sides: tuple[int, int, int, int], limit
 def _upscale_size(job: Job, pixels: np.ndarray, limits: Limits, upscalers: list[str]) -> tuple[int, int]:
     """The size an upscale makes, refused (before the job is queued) when over the server's limits."""
     if job.upscaler is not None and job.upscaler not in upscalers:
-        raise ProtocolError("unknown_upscaler", f"no upscaler named {job.upscaler!r}; available: "
+        raise ProtocolError("unknown_upscaler", f"no upscaler named {shown(job.upscaler)}; available: "
                             f"{', '.join(upscalers)}", "upscaler")
     height, width = pixels.shape[:2]
     target = upscale_size(width, height, job.scale, job.width, job.height)

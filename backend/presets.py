@@ -19,7 +19,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from shared.errors import ProtocolError
+from shared.errors import ProtocolError, shown
 from shared.fields import Field
 from shared.job import PRESET_FIELDS, SUBMIT_FIELDS, Job
 from shared.vocabulary import LORA_WEIGHT_RANGE, TIMESTEP_SPACINGS
@@ -137,7 +137,7 @@ def apply_preset(job: Job, given: set[str] | frozenset[str], presets: dict[str, 
         return job, None
     preset = presets.get(job.preset)
     if preset is None:
-        raise ProtocolError("unknown_preset", f"no preset named {job.preset!r}; this server has: "
+        raise ProtocolError("unknown_preset", f"no preset named {shown(job.preset)}; this server has: "
                             f"{', '.join(sorted(presets)) or 'none'}", "preset")
     sampling = {key: getattr(preset, key) for key in ("sampler", "steps", "guidance")
                 if key not in given and getattr(preset, key) is not None}

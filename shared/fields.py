@@ -52,9 +52,9 @@ class Field:
             raise ProtocolError("invalid_field", f"`{name}` must be a{'n' if self.type[0] in 'aeiou' else ''} "
                                 f"{self.type}, got {type(value).__name__}", name)
         if self.minimum is not None and value < self.minimum:
-            raise ProtocolError("invalid_field", f"`{name}` must be at least {self.minimum}, got {value}", name)
+            raise ProtocolError("invalid_field", f"`{name}` must be at least {self.minimum}, got {shown(value)}", name)
         if self.maximum is not None and value > self.maximum:
-            raise ProtocolError("invalid_field", f"`{name}` must be at most {self.maximum}, got {value}", name)
+            raise ProtocolError("invalid_field", f"`{name}` must be at most {self.maximum}, got {shown(value)}", name)
         if self.choices is not None and value not in self.choices:
             raise ProtocolError("invalid_field", f"`{name}` must be one of {', '.join(map(str, self.choices))}; "
                                 f"got {shown(value)}", name)

@@ -82,6 +82,8 @@ def decode_frame(frame: bytes) -> tuple[dict, ImageData]:
         raise ProtocolError("bad_image", f"binary frame header length {size} is invalid")
     try:
         header = json.loads(frame[4:4 + size])
+    except RecursionError:  # 4096 bytes of `[` nest deeper than the parser's stack allows
+        raise ProtocolError("bad_image", "binary frame header is nested too deep to be a frame header") from None
     except ValueError:
         raise ProtocolError("bad_image", "binary frame header is not JSON") from None
     if not isinstance(header, dict):

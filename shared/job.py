@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from . import prompt_syntax, rules
-from .errors import ProtocolError
+from .errors import ProtocolError, shown
 from .fields import Field, check_fields
 from .geometry import DEFAULT_PADDING
 from .vocabulary import (
@@ -323,7 +323,7 @@ class Job:
         seen: set[str] = set()
         for index, lora in enumerate(self.loras):
             if lora.name in seen:
-                raise ProtocolError("invalid_field", f"LoRA {lora.name!r} is listed twice; give each LoRA once",
+                raise ProtocolError("invalid_field", f"LoRA {shown(lora.name)} is listed twice; give each LoRA once",
                                     f"loras[{index}].name")
             seen.add(lora.name)
 

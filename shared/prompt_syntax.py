@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import re
 
-from .errors import ProtocolError
+from .errors import ProtocolError, shown
 
 UP = 1.1  # A1111's factor for one level of ( ) or [ ]
 MAX_WEIGHT = 10.0
@@ -91,7 +91,7 @@ def _weighted(opening: str, inner: list[Piece], field: str, start: int) -> list[
             try:
                 factor = float(tail)
             except ValueError:
-                raise _error(field, f"the weight {tail.strip()!r} of the group at character {start + 1} is not a "
+                raise _error(field, f"the weight {shown(tail.strip())} of the group at character {start + 1} is not a "
                              "number (write it like (word:1.3))") from None
             if not 0 <= factor <= MAX_WEIGHT:
                 raise _error(field, f"the weight {factor:g} of the group at character {start + 1} must be between 0 "

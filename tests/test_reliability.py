@@ -9,6 +9,7 @@ import json
 import logging
 import os
 import random
+import re
 import signal
 import socket
 import subprocess
@@ -111,6 +112,20 @@ def test_deep_json_is_bad_json_and_the_connection_goes_on(server):
         assert answer(ws, {"type": "status"})["type"] == "status"
 
 
+def test_before_its_hello_a_client_cannot_make_the_server_hold_a_large_message(server):
+    # The websocket layer reads a whole message before the session sees it: a stranger's 200 MB frame
+    # was held in full (peak RSS +400 MB per connection) just to be told `hello_required`.
+    large = json.dumps({"type": "status", "x": "a" * 300_000})
+    with connect(server.url) as stranger:
+        stranger.send(large)
+        with pytest.raises(ConnectionClosed) as caught:
+            stranger.recv(timeout=30)
+        assert caught.value.rcvd.code == 1009
+    with greeted(server.url) as ws:  # after the hello the message limits are the usual ones
+        error = answer(ws, large)
+        assert (error["code"], error["field"]) == ("invalid_field", "x")
+
+
 def test_two_origin_headers_are_refused_with_403(server, caplog):
     own = f"http://127.0.0.1:{server.server.port}"
     with pytest.raises(InvalidStatus) as caught:
@@ -131,6 +146,37 @@ def test_errors_do_not_echo_large_input(server):
         assert error["field"] == "sampler" and len(json.dumps(error)) < 2000
 
 
+def test_errors_repeat_at_most_80_characters_of_a_number_or_a_name(server):
+    # Numbers have no length limit in JSON, and names up to 200 characters pass the field checks: the
+    # docs promise that an error repeats at most 80 characters of any of them.
+    digits = "9" * 4000
+    sent = [('{"type": "submit", "job": "s", "mode": "generate", "steps": %s}' % digits, "steps"),
+            ('{"type": "submit", "job": "w", "mode": "generate", "width": %s}' % digits, "width"),
+            ('{"type": "submit", "job": "g", "mode": "generate", "guidance": %s}' % digits, "guidance"),
+            ('{"type": "submit", "job": "n", "mode": "generate", "seed": -%s}' % digits, "seed"),
+            (json.dumps({**SMALL, "job": "m", "model": "m" * 200}), "model"),
+            (json.dumps({**SMALL, "job": "p", "preset": "p" * 200}), "preset"),
+            (json.dumps({**SMALL, "job": "e", "prompt": "embedding:" + "e" * 9000}), "prompt"),
+            (json.dumps({**SMALL, "job": "t", "prompt": "(x:" + "1" * 9000 + "..1)"}), "prompt"),
+            ('{"type": "hello", "protocol": %s}' % digits, "protocol")]
+    with greeted(server.url) as ws:
+        for text, field in sent:
+            error = answer(ws, text)
+            assert (error["type"], error["field"]) == ("error", field), error
+            longest = max(len(run) for run in re.findall(r"(9+|m+|p+|e+|1+)", error["message"]))
+            assert longest <= 80, f"{field}: {longest} characters of the client's value echoed"
+        assert answer(ws, {"type": "status"})["type"] == "status"
+
+
+def test_a_frame_header_nested_too_deep_is_bad_image_without_a_traceback(server, caplog):
+    with greeted(server.url) as ws:
+        header = b"[" * 4096  # the longest header allowed, all nesting
+        error = answer(ws, len(header).to_bytes(4, "big") + header + png(picture(64, 64)).data)
+        assert (error["code"], error["field"], error["job"]) == ("bad_image", None, None)
+        assert answer(ws, {"type": "status"})["type"] == "status"
+    assert not [r for r in caplog.records if r.exc_info], "refused without a traceback"
+
+
 def test_an_empty_model_name_is_refused(client):
     with pytest.raises(EaselError) as caught:
         client.run("generate", prompt="x", steps=2, width=64, height=64, model="")
@@ -148,6 +194,27 @@ def test_the_upload_budget_follows_max_message_bytes(own_server):
         error = answer(ws, encode_frame({"image": "c", "role": "mask", "format": "rgba8", "width": 100,
                                          "height": 100}, bytes(40_000)))  # ... a third does not
         assert (error["code"], error["field"]) == ("limit_exceeded", "mask")
+
+
+def test_a_connection_holds_at_most_1024_unused_uploads_however_small(server):
+    # Tiny frames passed the byte budget by the hundred thousand, each kept with its bookkeeping (and
+    # each upload summed all the others: a flood kept the event loop busy for minutes).
+    def tiny(name: str, role: str = "mask") -> bytes:
+        return encode_frame({"image": name, "role": role, "format": "l8", "width": 1, "height": 1}, b"\xff")
+
+    with greeted(server.url) as ws:
+        for n in range(1024):
+            ws.send(tiny(f"u{n}"))
+        error = answer(ws, tiny("one-more", "control"))
+        assert (error["code"], error["field"], error["job"]) == ("limit_exceeded", "control", None)
+        ws.send(tiny("u7"))  # the same id again replaces its upload: still 1024
+        assert answer(ws, {"type": "status"})["type"] == "status", "no error for the replacement"
+        assert answer(ws, {"type": "preprocess", "job": "p", "image": {"frame": "u1"}, "preprocessor": "x" * 300}
+                      )["field"] == "preprocessor"  # a field error leaves the uploads in place
+        refused = answer(ws, {"type": "preprocess", "job": "p", "image": {"frame": "u1"}, "preprocessor": "canny"})
+        assert (refused["code"], refused["job"]) == ("invalid_field", "p"), "1x1 is too small to preprocess"
+        ws.send(tiny("fits-now"))  # the refused preprocess consumed u1: room for one
+        assert answer(ws, {"type": "status"})["type"] == "status"
 
 
 def test_one_upload_serves_several_roles_of_one_submit_then_is_gone(server):
@@ -339,6 +406,20 @@ def test_wrong_tokens_are_slowed_per_address_and_logged_without_the_token(own_se
     assert "guess" not in text and "s3cret" not in text
 
 
+def test_connections_from_many_addresses_leave_no_throttle_state_behind(own_server):
+    # Each address that spoke before its hello kept a lock for ever: from ever new addresses (IPv6, or any
+    # of 127.0.0.0/8) the server's memory grew with every connection.
+    guarded = own_server(token="s3cret-token")
+    for n in range(2, 22):
+        sock = socket.create_connection(("127.0.0.1", guarded.server.port), source_address=(f"127.0.0.{n}", 0))
+        with connect(guarded.url, sock=sock) as ws:
+            first = {"type": "status"} if n % 2 else {"type": "hello", "protocol": PROTOCOL_VERSION, "token": "no"}
+            assert answer(ws, first)["code"] in ("hello_required", "unauthorized")
+    assert guarded.server.auth._locks == {}, "no address is remembered but for its failures"
+    with Client(guarded.url, token="s3cret-token") as ok:
+        assert ok.status()["clients"] == 1
+
+
 # -- item 8: bounded fuzz ----------------------------------------------------------------------
 
 FIELDS = {"steps": 20, "guidance": 7.0, "strength": 1.0, "batch": 1, "seed": 1, "prompt": "x", "mode": "generate",
@@ -410,9 +491,28 @@ def test_fuzzed_messages_each_get_an_error_and_the_server_serves_on(server, capl
 
 # -- item 3: wss:// ----------------------------------------------------------------------------
 
-def easel_cert(folder: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "backend.cli", "cert", str(folder), "--host", "127.0.0.1"], cwd=ROOT,
+def easel_cert(folder: Path, *options: str) -> subprocess.CompletedProcess:
+    options = options or ("--host", "127.0.0.1")
+    return subprocess.run([sys.executable, "-m", "backend.cli", "cert", str(folder), *options], cwd=ROOT,
                           capture_output=True, text=True, timeout=120)
+
+
+def test_easel_cert_keeps_a_pair_clients_pinned_and_refuses_what_is_no_host_name(tmp_path):
+    # Running `easel cert DIR` again replaced the key every client had pinned, without a word; a host with a
+    # comma added names to the certificate (openssl reads the list), and an empty one failed inside openssl.
+    assert easel_cert(tmp_path / "box").returncode == 0
+    pinned = (tmp_path / "box" / "easel-cert.pem").read_bytes()
+    again = easel_cert(tmp_path / "box")
+    assert again.returncode == 1 and "--force" in again.stderr and "Traceback" not in again.stderr
+    assert (tmp_path / "box" / "easel-cert.pem").read_bytes() == pinned, "the pinned pair is kept"
+    forced = easel_cert(tmp_path / "box", "--host", "127.0.0.1", "--force")
+    assert forced.returncode == 0 and (tmp_path / "box" / "easel-cert.pem").read_bytes() != pinned
+    (tmp_path / "a-file").write_text("not a folder")
+    for folder, host in ((tmp_path / "odd", ""), (tmp_path / "odd", "box,DNS:elsewhere.example"),
+                         (tmp_path / "a-file", "127.0.0.1")):
+        refused = easel_cert(folder, "--host", host)
+        assert refused.returncode == 1 and refused.stderr.startswith("easel: "), refused.stderr
+    assert not (tmp_path / "odd").exists()
 
 
 def test_wss_with_a_pinned_certificate(own_server, tmp_path):
@@ -441,6 +541,12 @@ def test_tls_settings_are_checked_and_cleartext_off_loopback_is_warned(tmp_path)
         Config(tls_cert=str(tmp_path / "c.pem")).check()
     with pytest.raises(ConfigError, match="not a file"):
         Config(tls_cert=str(tmp_path / "c.pem"), tls_key=str(tmp_path / "k.pem")).check()
+    for pair in ("one", "other"):
+        assert easel_cert(tmp_path / pair).returncode == 0
+    with pytest.raises(ConfigError, match="cannot use the TLS certificate"):  # was a traceback at serve time
+        Config(tls_cert=str(tmp_path / "one" / "easel-cert.pem"), tls_key=str(tmp_path / "other" / "easel-key.pem")
+               ).check()
+    Config(tls_cert=str(tmp_path / "one" / "easel-cert.pem"), tls_key=str(tmp_path / "one" / "easel-key.pem")).check()
     assert "in clear" in cleartext_warning(Config(host="0.0.0.0", token="t"))
     assert cleartext_warning(Config(host="0.0.0.0", token="t", tls_cert="c", tls_key="k")) is None
     assert cleartext_warning(Config()) is None
@@ -565,3 +671,60 @@ def test_resuming_before_the_server_saw_the_drop_takes_the_session_over(server):
             old.recv(timeout=30)
     assert caught.value.rcvd.code == 1008 and "resumed" in caught.value.rcvd.reason
     old.close()
+
+
+def test_a_connection_with_a_session_cannot_take_another_over(server):
+    # It would orphan its own session: its running job's ending sent nowhere and kept for ever.
+    with greeted(server.url) as other, greeted(server.url) as ws:
+        other.send(json.dumps({"type": "hello", "protocol": PROTOCOL_VERSION}))
+        session = json.loads(other.recv(timeout=30))["session"]
+        assert answer(ws, {**SMALL, "job": "mine", "steps": 8, "width": 128, "height": 128})["type"] == "accepted"
+        error = answer(ws, {"type": "hello", "protocol": PROTOCOL_VERSION, "resume": session})
+        assert (error["type"], error["code"], error["field"]) == ("error", "invalid_field", "resume")
+        assert until_end(ws, "mine")[-1]["type"] == "result", "the connection kept its own session and job"
+        assert answer(other, {"type": "status"})["type"] == "status", "the other session was not taken over"
+
+
+def test_an_ending_is_kept_resume_seconds_after_it_was_sent_even_when_no_other_job_ends(own_server):
+    # Kept endings were dropped only when the session's next job ended: an idle client held its last
+    # results (up to max_kept_bytes) for as long as it stayed, and a resume got them long after.
+    brief = own_server(resume_seconds=1.0)
+    ws = connect(brief.url)
+    ws.send(json.dumps({"type": "hello", "protocol": PROTOCOL_VERSION}))
+    session = json.loads(ws.recv(timeout=30))["session"]
+    ws.send(json.dumps({**SMALL, "job": "old"}))
+    assert until_end(ws, "old")[-1]["type"] == "result"
+    state, deadline = brief.server.state, time.monotonic() + 30
+    while any(s.kept for s in state.sessions) and time.monotonic() < deadline:  # the server's own clock
+        time.sleep(0.05)
+    assert not any(s.kept for s in state.sessions), "the result is let go once resume_seconds passed"
+    drop(ws)
+    with connect(brief.url) as again:
+        welcome = answer(again, {"type": "hello", "protocol": PROTOCOL_VERSION, "resume": session,
+                                 "pending": ["old"]})
+        assert welcome["resumed"] is True
+        error = json.loads(again.recv(timeout=30))
+        assert (error["type"], error["code"], error["job"], error["field"]) == ("error", "unknown_job", "old",
+                                                                                  "pending")
+
+
+def test_a_resume_does_not_answer_a_reused_job_id_with_the_ending_of_its_earlier_job(server):
+    # Job ids may be reused once their job ended; the first job's kept result was sent on the resume as if
+    # it were the second's (another picture), and the second's ending came after it.
+    ws = greeted(server.url)
+    ws.send(json.dumps({"type": "hello", "protocol": PROTOCOL_VERSION}))
+    session = json.loads(ws.recv(timeout=30))["session"]
+    ws.send(json.dumps({**SMALL, "job": "same"}))
+    assert until_end(ws, "same")[-1]["type"] == "result"
+    ws.send(json.dumps({**SMALL, "job": "same", "steps": 150, "width": 256, "height": 256}))
+    while json.loads(ws.recv(timeout=60))["type"] != "started":
+        pass
+    drop(ws)
+    with connect(server.url) as again:
+        welcome = answer(again, {"type": "hello", "protocol": PROTOCOL_VERSION, "resume": session,
+                                 "pending": ["same"]})
+        assert welcome["resumed"] is True
+        again.send(json.dumps({"type": "cancel", "job": "same"}))
+        seen = until_end(again, "same")
+        assert seen[-1] == {"type": "cancelled", "job": "same", "while": "running"}, seen[-1]
+        assert [m["type"] for m in seen if m["type"] != "progress"] == ["cancelled"], "no earlier ending came"

@@ -148,6 +148,16 @@ def test_a_refused_intake_names_the_job_and_queues_nothing(session, state):
     assert only_error(send(session, {**SUBMIT, "steps": 100000})) == ("limit_exceeded", "steps", "j1")
 
 
+def test_a_job_whose_pictures_were_decoded_while_the_server_began_to_stop_is_refused(session, state):
+    # SIGTERM between a submit's field checks and the end of its (slow) picture decoding: the shutdown has
+    # cancelled the queue by then, so the job must be refused, not accepted and left without an ending.
+    reply = session.receive(json.dumps({**SUBMIT, "job": "late"}))
+    state.closing = True
+    reply.intake.build()
+    assert only_error(session.admit(reply.intake).send) == ("shutting_down", None, "late")
+    assert len(state.queue) == 0 and state.queue.running is None
+
+
 def test_a_job_without_an_id_gets_one(session):
     submit = dict(SUBMIT)
     del submit["job"]

@@ -18,6 +18,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from shared.errors import shown
 from shared.prompt_syntax import Piece
 
 log = logging.getLogger(__name__)
@@ -143,7 +144,7 @@ class Embeddings:
             if name not in usable:
                 other = self.found.get(name)
                 why = f" (it is an {other.family} embedding)" if other and family else ""
-                raise EmbeddingError("unknown_embedding", f"`{field}` names embedding {name!r}, which this server "
+                raise EmbeddingError("unknown_embedding", f"`{field}` names embedding {shown(name)}, which this server "
                                      f"does not have for {family or 'this model'}{why}; available: "
                                      f"{', '.join(sorted(usable)) or 'none'}", field)
 

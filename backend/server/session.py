@@ -31,6 +31,7 @@ from backend.jobs import Job, JobQueue
 from backend.presets import apply_preset
 from backend.server import messages
 from shared import job as protocol
+from shared.errors import shown
 from shared.images import ImageData, decode_frame
 from shared.messages import CLIENT_MESSAGES, PROTOCOL_VERSION, ProtocolError, decode_json, validate
 
@@ -45,6 +46,35 @@ CLIENT_ROLES = ("image", "mask", "control", "reference")  # frame roles a client
 # grow it), and remembers having received this many job ids (a few dozen bytes each).
 KEPT_ENDINGS = 1024
 RECEIVED_KEPT = 4096
+MAX_UPLOADS = 1024  # unused uploads one connection may hold, however small: each costs bookkeeping
+
+
+class Uploads(dict):
+    """A connection's unused uploads by image id, with their payload bytes kept as a running total.
+
+    Summing the payloads on every upload made a flood of tiny frames quadratic on the event loop (100,000
+    one-byte frames kept it busy for minutes, every other client waiting). An intake thread pops the
+    frames its request names (``backend.intake``), so the total is adjusted in ``pop`` itself."""
+
+    def __init__(self):
+        super().__init__()
+        self.bytes = 0
+
+    def __setitem__(self, key: str, image: ImageData) -> None:
+        self.pop(key, None)
+        super().__setitem__(key, image)
+        self.bytes += len(image.data)
+
+    def pop(self, key: str, default=None):
+        image = super().pop(key, None)
+        if image is None:
+            return default
+        self.bytes = max(0, self.bytes - len(image.data))  # (never below 0 if a clear came in between)
+        return image
+
+    def clear(self) -> None:
+        super().clear()
+        self.bytes = 0
 
 
 @dataclass(eq=False)
@@ -107,7 +137,7 @@ class Session:
         self.state = state
         self.greeted = False
         self.given: frozenset[str] = frozenset()  # the keys of the message being handled, as the client sent it
-        self.uploads: dict[str, ImageData] = {}
+        self.uploads = Uploads()
         self.token = secrets.token_hex(16)  # `welcome.session`: what a reconnecting client presents
         # The endings (result frames + result, error, cancelled) of this session's jobs, kept for a client
         # whose connection drops before or just after they went out: job id -> (messages, bytes, when).
@@ -119,11 +149,17 @@ class Session:
 
     def keep(self, job_id: str, ending: list) -> None:
         """Keep a job's ending for a while (``resume_seconds``, ``max_kept_bytes``), oldest dropped first."""
-        config, now = self.state.config, time.monotonic()
+        now = time.monotonic()
         size = sum(len(m) if isinstance(m, bytes) else
                    200 + sum(200 + len(image.get("data", "")) for image in m.get("images", ())) for m in ending)
         self.kept[job_id] = (ending, size, now)
-        total = sum(entry[1] for entry in self.kept.values())
+        self.prune(now)
+
+    def prune(self, now: float) -> bool:
+        """Drop kept endings older than ``resume_seconds`` or over ``max_kept_bytes``, oldest first; True when
+        some went. Also called on a timer (the transport's): an idle session must not hold its last results."""
+        config = self.state.config
+        total, before = sum(entry[1] for entry in self.kept.values()), len(self.kept)
         while self.kept:
             oldest_id, (_, oldest_size, when) = next(iter(self.kept.items()))
             if total <= config.limits.max_kept_bytes and now - when <= config.resume_seconds \
@@ -131,6 +167,7 @@ class Session:
                 break
             del self.kept[oldest_id]
             total -= oldest_size
+        return len(self.kept) < before
 
     def redeliver(self, pending: list[str]) -> list:
         """The kept endings of ``pending`` jobs, each sent once. A job neither kept nor still queued or running
@@ -184,6 +221,13 @@ class Session:
         if intake.refusal is not None:
             self.keep(intake.request.id, [intake.refusal])  # a refusal is an ending: kept like the others
             return Reply([intake.refusal])
+        if self.state.closing:
+            # The server began to stop while the pictures were decoded: the shutdown has already cancelled
+            # the queue, so a job queued now would get `accepted` and then never end.
+            refusal = messages.error(ProtocolError("shutting_down", "the server is shutting down and takes no new "
+                                                   "jobs", None, intake.request.id))
+            self.keep(intake.request.id, [refusal])  # an ending like any other refusal
+            return Reply([refusal])
         job = Job(intake.request, intake.work, self)
         return Reply([messages.accepted(job.id, self.state.queue.put(job))])
 
@@ -222,8 +266,13 @@ class Session:
                                 "token")
         if message["protocol"] != PROTOCOL_VERSION:
             raise ProtocolError("unsupported_protocol", f"this server speaks protocol {PROTOCOL_VERSION}, "
-                                f"the client {message['protocol']}", "protocol")
+                                f"the client {shown(message['protocol'])}", "protocol")
         preprocessors = engine.preprocessors.available()
+        if "resume" in message and self.greeted and message["resume"] != self.token:
+            # Taking another session over would orphan this one: its jobs would run on with nowhere to send
+            # their endings, kept (and counted) for ever. (Its own id is `unknown_session` below: resumed already.)
+            raise ProtocolError("invalid_field", "this connection already has a session: resume on a new connection, "
+                                "in its first hello", "resume")
         if "resume" in message:
             # A dropped connection's session, or one whose old connection the server still thinks is open
             # (the client noticed the drop first): the transport closes that old connection.
@@ -313,8 +362,8 @@ class Session:
             raise ProtocolError("invalid_field", f"clients upload roles {', '.join(CLIENT_ROLES)}, not "
                                 f"{header['role']!r}", "role")
         self.uploads.pop(header["image"], None)  # the same id again replaces the earlier upload
-        used = sum(len(upload.data) for upload in self.uploads.values())
-        if used + len(image.data) > self.state.config.limits.upload_budget:
+        if self.uploads.bytes + len(image.data) > self.state.config.limits.upload_budget \
+                or len(self.uploads) >= MAX_UPLOADS:
             raise ProtocolError("limit_exceeded", "too many unused uploads on this connection; reference them in "
                                 "a submit or reconnect", header["role"])
         self.uploads[header["image"]] = image
@@ -333,6 +382,9 @@ class Session:
         if queue.find(self, request.id):
             raise ProtocolError("duplicate_job", f"job {request.id} is still queued or running (this submit is "
                                 "refused; that job goes on)", "job", request.id, ends_job=False)
+        # The id is the client's again (an id may be reused once its job ended): the old job's kept ending
+        # must not answer a resume that asks for the new one.
+        self.kept.pop(request.id, None)
         if len(queue.owned_by(self)) >= self.state.config.limits.max_queued_per_client:
             raise ProtocolError("limit_exceeded", "too many jobs queued from this connection", "job", request.id)
         return Reply(intake=Intake(request, build))

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import http
 import logging
 import signal
@@ -25,6 +26,7 @@ from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
+from backend import memory
 from backend.config import Config, cleartext_warning
 from backend.engine.engine import Engine
 from backend.jobs import Job, JobQueue
@@ -35,6 +37,8 @@ from backend.server.worker import Worker
 from backend.tls import server_context
 
 log = logging.getLogger(__name__)
+
+PRE_HELLO_BYTES = 256 * 1024  # largest message before a successful hello (the largest hello is about 70 kB)
 
 
 class Connection:
@@ -113,7 +117,9 @@ class AuthThrottle:
 
     def __init__(self):
         self._failures: collections.OrderedDict[str, tuple[int, float]] = collections.OrderedDict()
-        self._locks: dict[str, asyncio.Lock] = {}
+        # A peer's lock and how many of its connections hold or wait for it; gone when none does, so that
+        # connections from ever new addresses (IPv6, or any of 127.0.0.0/8) leave nothing behind.
+        self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
 
     def delay(self, peer: str) -> float:
         count, last = self._failures.get(peer, (0, 0.0))
@@ -121,16 +127,27 @@ class AuthThrottle:
             return 0.0
         return min(self.BASE * 2 ** (count - 1), self.CAP)
 
-    def lock(self, peer: str) -> asyncio.Lock:
+    @contextlib.asynccontextmanager
+    async def turn(self, peer: str):
         """Attempts from one address are read one at a time, so parallel connections wait their turn."""
-        return self._locks.setdefault(peer, asyncio.Lock())
+        lock, users = self._locks.get(peer, (None, 0))
+        lock = lock or asyncio.Lock()
+        self._locks[peer] = (lock, users + 1)
+        try:
+            async with lock:
+                yield
+        finally:
+            users = self._locks[peer][1] - 1
+            if users:
+                self._locks[peer] = (lock, users)
+            else:
+                del self._locks[peer]
 
     def failed(self, peer: str) -> int:
         count = self._failures.pop(peer, (0, 0.0))[0] + 1
         self._failures[peer] = (count, time.monotonic())
         while len(self._failures) > self.REMEMBER:
-            forgotten, _ = self._failures.popitem(last=False)
-            self._locks.pop(forgotten, None)
+            self._failures.popitem(last=False)
         return count
 
     def succeeded(self, peer: str) -> None:
@@ -175,6 +192,7 @@ class EaselServer:
                          compression=None) as server:  # images are compressed already: deflate only costs time
             self.port = next(iter(server.sockets)).getsockname()[1]
             worker = asyncio.create_task(self.worker.run_forever())
+            pruner = asyncio.create_task(self._prune_kept())
             log.info("Easel listening on %s://%s:%d/", "wss" if tls else "ws", self.config.host, self.port)
             if ready is not None:
                 ready.set()
@@ -185,6 +203,7 @@ class EaselServer:
                 server.close(close_connections=False)  # no new connections
                 await self.shutdown()
             finally:
+                pruner.cancel()
                 worker.cancel()
                 self.worker.stop()
         log.info("Easel stopped")
@@ -213,6 +232,17 @@ class EaselServer:
             log.warning("job %s did not stop in time", running.id)
         await asyncio.gather(*(self._close(connection, 1001, "server shutting down")
                                for connection in list(self._connections.values())))
+
+    async def _prune_kept(self) -> None:
+        """Drop kept endings as they pass ``resume_seconds`` (``Session.prune``), not only when a session's next
+        job ends: a client that stays connected and idle would otherwise hold its last results for ever."""
+        interval = max(self.config.resume_seconds / 4, 0.05)
+        while True:
+            await asyncio.sleep(interval)
+            now = time.monotonic()
+            sessions = [*self.state.sessions, *self.state.detached.values()]
+            if any([session.prune(now) for session in sessions]):  # a list: prune every one of them
+                await asyncio.to_thread(memory.release)  # the results' pages go back to the system
 
     async def _close(self, connection: Connection, code: int, reason: str) -> None:
         """Send what is queued (a few seconds at most), then close with ``code`` and ``reason``."""
@@ -275,6 +305,11 @@ class EaselServer:
         loop = asyncio.get_running_loop()
         hello_timer = loop.call_later(config.hello_timeout, lambda: session.greeted or asyncio.ensure_future(
             ws.close(1008, f"no hello within {config.hello_timeout:g}s")))
+        # Until its hello succeeds a client may send only small messages: the websocket layer reads a whole
+        # message before the session sees it, so a stranger (no token yet) could make the server hold twice
+        # max_message_bytes per connection. Its frame-size limit is read per frame, so it can change here.
+        full_size = 2 * config.limits.max_message_bytes
+        ws.protocol.max_message_size = min(PRE_HELLO_BYTES, full_size)
         refused = cut = False
         try:
             async for raw in ws:
@@ -297,6 +332,8 @@ class EaselServer:
                     self._connections[session] = connection
                     log.info("%s resumed a session with %d job(s) queued or running", peer,
                              len(self.queue.owned_by(session)))
+                if session.greeted:
+                    ws.protocol.max_message_size = full_size
                 for message in reply.send:
                     connection.send(message)
                 if reply.close:
@@ -321,7 +358,7 @@ class EaselServer:
 
     async def _authenticate(self, session: Session, peer: str, raw: str):
         """A text frame before a successful hello on a server with a token: slowed after failures."""
-        async with self.auth.lock(peer):
+        async with self.auth.turn(peer):
             delay = self.auth.delay(peer)
             if delay:
                 await asyncio.sleep(delay)
