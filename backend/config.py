@@ -85,6 +85,8 @@ class Limits:
     max_message_bytes: int = 4 * 8192 * 8192 + 2**20  # a raw RGBA frame of max_pixels fits
     max_upload_bytes: int | None = None  # unused uploads of one connection; None: 2 x max_message_bytes
     max_queued_per_client: int = 32
+    max_queued: int = 256  # waiting jobs of all connections together: many connections must not hold more
+    max_connections: int = 64  # open connections, greeted or not; more are refused at the handshake (HTTP 503)
     max_outbox_bytes: int = 16 * 2**20  # messages waiting for one slow client; then previews are dropped
     max_kept_bytes: int = 64 * 2**20  # endings (results) kept per session for a client that reconnects
 

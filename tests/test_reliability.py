@@ -265,6 +265,42 @@ def test_status_counts_greeted_clients_only(own_server):
         assert answer(ws, {"type": "status"})["clients"] == 1
 
 
+def test_connections_past_max_connections_are_refused_at_the_handshake(own_server):
+    small = own_server(limits={"max_connections": 2})
+    first, second = connect(small.url), connect(small.url)
+    with pytest.raises(InvalidStatus) as caught:
+        connect(small.url)
+    assert caught.value.response.status_code == 503 and b"too many connections" in caught.value.response.body
+    first.close()
+    deadline = time.monotonic() + 30
+    while True:  # room again once the server has seen the close
+        try:
+            third = connect(small.url)
+            break
+        except InvalidStatus:
+            assert time.monotonic() < deadline, "a closed connection still counted"
+            time.sleep(0.05)
+    third.send(json.dumps({"type": "hello", "protocol": PROTOCOL_VERSION}))
+    assert json.loads(third.recv(timeout=30))["type"] == "welcome"
+    third.close()
+    second.close()
+
+
+def test_the_queue_of_all_connections_together_has_a_limit(own_server):
+    small = own_server(limits={"max_queued": 2})
+    with greeted(small.url) as one, greeted(small.url) as other:
+        one.send(json.dumps({**SMALL, "job": "long", "steps": 150, "width": 256, "height": 256}))
+        while json.loads(one.recv(timeout=60))["type"] != "started":
+            pass
+        assert answer(one, {**SMALL, "job": "a"})["type"] == "accepted"
+        assert answer(other, {**SMALL, "job": "b"})["type"] == "accepted"
+        full = answer(other, {**SMALL, "job": "c"})
+        assert (full["code"], full["job"], full["ends_job"]) == ("limit_exceeded", "c", True)
+        assert "queue is full" in full["message"]
+        for ws, job in ((one, "long"), (one, "a"), (other, "b")):
+            ws.send(json.dumps({"type": "cancel", "job": job}))
+
+
 # -- item 6: out of memory ---------------------------------------------------------------------
 
 def test_out_of_memory_ends_the_job_frees_its_memory_and_the_next_job_runs(client, monkeypatch):

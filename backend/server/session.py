@@ -385,6 +385,10 @@ class Session:
         # The id is the client's again (an id may be reused once its job ended): the old job's kept ending
         # must not answer a resume that asks for the new one.
         self.kept.pop(request.id, None)
-        if len(queue.owned_by(self)) >= self.state.config.limits.max_queued_per_client:
+        limits = self.state.config.limits
+        if len(queue.owned_by(self)) >= limits.max_queued_per_client:
             raise ProtocolError("limit_exceeded", "too many jobs queued from this connection", "job", request.id)
+        if len(queue) >= limits.max_queued:  # each waiting job holds its decoded pictures
+            raise ProtocolError("limit_exceeded", f"the server's queue is full ({limits.max_queued} jobs waiting); "
+                                "try again when some have run", "job", request.id)
         return Reply(intake=Intake(request, build))

@@ -187,7 +187,7 @@ class EaselServer:
             log.warning(warning)
         # Frames up to twice the limit reach the session, which answers `frame_too_large` and keeps the
         # connection; beyond that the websocket layer closes it (1009) without reading the whole frame.
-        async with serve(self._handle, self.config.host, self.config.port, process_request=self._check_origin,
+        async with serve(self._handle, self.config.host, self.config.port, process_request=self._check_request,
                          max_size=2 * limits.max_message_bytes, max_queue=64, ssl=tls,
                          compression=None) as server:  # images are compressed already: deflate only costs time
             self.port = next(iter(server.sockets)).getsockname()[1]
@@ -261,7 +261,12 @@ class EaselServer:
         hosts = {f"[{host}]" if ":" in host else host for host in hosts}  # IPv6 literals are bracketed
         return {f"{scheme}://{host}:{self.port}" for host in hosts for scheme in ("http", "https")}
 
-    def _check_origin(self, connection: ServerConnection, request: Request) -> Response | None:
+    def _check_request(self, connection: ServerConnection, request: Request) -> Response | None:
+        """The handshake's checks: room for one more connection, and the browser origin."""
+        if len(self._connections) >= self.config.limits.max_connections:  # each holds a socket and buffers
+            log.warning("refused a connection: %d are open (max_connections)", len(self._connections))
+            return connection.respond(http.HTTPStatus.SERVICE_UNAVAILABLE,
+                                      f"too many connections ({self.config.limits.max_connections} open)\n")
         # A web page the user happens to visit could otherwise drive the GPU through the browser.
         origins = request.headers.get_all("Origin")
         if len(origins) > 1:  # which one would the browser mean? Refuse rather than guess
