@@ -320,6 +320,8 @@ def attach(doc, layer, parent=None, above=None) -> None:
     canvas and waits for it, so no refresh is needed after it (nor possible in parts: Krita 5's
     scripting API has no call that updates only a part of the canvas)."""
     parent = parent if parent is not None else easel_group(doc)
+    if not parent.visible():  # a painter who hid the group would not see the result that is said to be added
+        parent.setVisible(True)  # shown by the recomposite below (setVisible alone does not update the canvas)
     if above is None:
         children = parent.childNodes()
         above = children[-1] if children else None

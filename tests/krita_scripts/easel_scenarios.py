@@ -208,6 +208,19 @@ def scenario_inpaint_selection(ctx):
     doc.close()
 
 
+def scenario_hidden_easel_group_is_shown_with_a_new_result(ctx):
+    doc = new_doc()
+    paint_layer(doc, "paint", fill_rgba8())
+    select(doc, 150, 100, 40, 30)
+    check(ctx["rig"].run(doc, settings())[0] == "finished", "the first job failed")
+    (group,), _ = easel_layers(doc)
+    group.setVisible(False)  # the painter compares with the original
+    check(ctx["rig"].run(doc, settings(seed=8))[0] == "finished", "the second job failed")
+    (group,), layers = easel_layers(doc)
+    check(len(layers) == 2 and group.visible(), "the new result went into a hidden group")
+    doc.close()
+
+
 def scenario_soft_selection(ctx):
     doc = new_doc()
     paint_layer(doc, "paint", fill_rgba8())
