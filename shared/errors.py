@@ -48,7 +48,10 @@ MAX_FIELD = 120  # characters of an error's `field`
 def shown(value: object, limit: int = MAX_ECHO) -> str:
     """``repr(value)`` for an error message, cut to ``limit`` characters: errors never echo a large input."""
     text = repr(value)
-    return text if len(text) <= limit else text[:limit - 1] + "…"
+    if len(text) <= limit:
+        return text
+    closing = text[-1] if text[-1] in "'\"" else ""  # a cut string still reads as one: 'abc…'
+    return text[:limit - 1 - len(closing)] + "…" + closing
 
 
 def clip(text: str, limit: int) -> str:

@@ -6,6 +6,7 @@ from pathlib import Path
 import jsonschema
 import pytest
 
+from shared.errors import MAX_ECHO, shown
 from shared.images import ImageData, decode_frame, encode_frame
 from shared.messages import ProtocolError, json_schema, parse_client_message
 
@@ -61,3 +62,10 @@ def test_schema_is_valid_and_matches_the_documented_file():
     schema = json_schema()
     jsonschema.Draft202012Validator.check_schema(schema)
     assert json.loads(SCHEMA_FILE.read_text()) == schema, "regenerate with: easel schema > docs/protocol.schema.json"
+
+
+def test_a_long_value_in_an_error_is_cut_and_still_reads_as_a_string():
+    cut = shown("lora-" * 100)
+    assert len(cut) == MAX_ECHO and cut.startswith("'lora-") and cut.endswith("…'")
+    assert shown(10**100).endswith("…") and len(shown(10**100)) == MAX_ECHO
+    assert shown("short") == "'short'"
