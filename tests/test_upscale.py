@@ -95,10 +95,35 @@ def test_tiles_give_what_one_call_gives(compact):
 def test_a_model_is_applied_again_and_resampled_to_the_exact_size(demo_root):
     upscalers = Upscalers(demo_upscalers(demo_root), torch.device("cpu"), torch.float32)
     model = upscalers.load("2x-demo-esrgan")
-    rounds = []
-    out = upscalers.run(model, np.asarray(picture(48, 44)), (130, 119), lambda done, total: rounds.append(total))
+    ticks = []
+    out = upscalers.run(model, np.asarray(picture(48, 44)), (130, 119), lambda done, total: ticks.append((done, total)))
     assert out.shape == (119, 130, 3)
-    assert len(rounds) == 2, "2x twice reaches 2.7x"
+    assert ticks == [(1, 2), (2, 2)], "2x twice reaches 2.7x; progress counts both rounds' tiles, never backwards"
+
+
+def test_a_smaller_target_than_the_model_makes_is_reached_tile_by_tile(compact):
+    """A 4x model asked for 1.25x (the Krita Upscale of a 6000 x 4000 document can go no further under
+    max_side) resamples each tile to the target: the picture is the full 4x output resampled, without
+    ever holding that output (it took 18 GB for 6000 x 4000)."""
+    import tracemalloc
+
+    rgb = np.asarray(picture(600, 400))
+    full = upscale_tiled(compact, rgb)  # the whole 2400 x 1600 output, then resampled as before
+    expected = np.asarray(Image.fromarray(full).resize((750, 500), Image.Resampling.LANCZOS)).astype(int)
+    ticks = []
+    tracemalloc.start()
+    try:
+        out = Upscalers({}, torch.device("cpu"), torch.float32).run(compact, rgb, (750, 500),
+                                                                    lambda done, total: ticks.append((done, total)))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert out.shape == (500, 750, 3) and ticks == [(1, 2), (2, 2)]
+    # (single pixels differ at hard edges: the old path rounded to 8 bits before resampling)
+    columns = np.abs(out - expected).mean(axis=(0, 2))
+    assert columns.max() < 1, "no column, where the tiles meet (110, 640) or elsewhere, differs by a level"
+    # the old blend held the 4x output as float32 plus its weights: 5 x its 8-bit size, and more in temporaries
+    assert peak < 2 * full.nbytes, "the 4x output is never held, only one tile's"
 
 
 # -- through the server -------------------------------------------------------------------------
