@@ -237,6 +237,19 @@ def test_transparency_keeps_its_shape(client):
     assert (alpha[:, :150] == 0).all() and (alpha[:, 170:] == 255).all()
 
 
+@pytest.mark.parametrize("upscaler", ["lanczos", "4x-demo-compact"])
+def test_the_colour_hidden_under_transparency_leaves_no_fringe(client, upscaler):
+    """A white cut-out on a transparent layer (stored black underneath, as Krita and most editors keep it)
+    came back with a dark outline: its edge pixels were resampled with the hidden black."""
+    rgba = np.zeros((96, 96, 4), np.uint8)
+    rgba[24:72, 24:72] = 255
+    result, _ = events_of(client, image=Image.fromarray(rgba), scale=2, upscaler=upscaler)
+    out = decode(result.images[0].image).astype(int)
+    seen = out[..., 3] >= 16  # pixels that show over a background (fainter ones are Lanczos ringing)
+    assert seen[48:144, 48:144].all() and not seen[:40].any()
+    assert out[..., :3][seen].min() >= 200, "the edge is the cut-out's white, not darkened by the hidden black"
+
+
 def test_cancel_stops_an_upscale_between_tiles(client):
     job = client.submit("upscale", image=png(picture(1200, 900)), scale=2, upscaler="2x-demo-esrgan")
     seen = []

@@ -226,10 +226,13 @@ class Engine:
             if not refine:  # with a refine, progress counts its denoising steps
                 reporter.progress(done, total, None)
 
-        rgb = self.upscalers.run(upscaler, np.ascontiguousarray(job.image[..., :3]), (job.width, job.height),
-                                 on_tile, prompt=job.prompt, seed=job.seed, steps=job.steps)
-        picture = compose.opaque(rgb)
         alpha = job.image[..., 3]
+        rgb = np.ascontiguousarray(job.image[..., :3])
+        if (alpha == 0).any():  # the colour hidden under transparency (often black) would bleed into the
+            rgb = fill.prefill(rgb, alpha, None, "none")  # resampled edge as a dark fringe: new canvas
+        rgb = self.upscalers.run(upscaler, rgb, (job.width, job.height), on_tile, prompt=job.prompt, seed=job.seed,
+                                 steps=job.steps)
+        picture = compose.opaque(rgb)
         if (alpha < 255).any():  # transparency keeps its shape, resampled
             picture[..., 3] = np.asarray(Image.fromarray(alpha).resize((job.width, job.height),
                                                                        Image.Resampling.LANCZOS))
