@@ -318,6 +318,12 @@ class Job:
                                     f"{name}.preprocess")
         if self.mode == "upscale":
             self._check_upscale()
+        elif self.mode == "generate" and self.refine and (few_step is not None or self.preset is None) and \
+                rules.denoising_steps("img2img", self.sampling.steps, self.refine, bool(few_step)) < 1:
+            # (refine means nothing else to a generate: one that cannot run a step is a mistake at any size)
+            raise ProtocolError("too_few_steps", f"refine {self.refine:g} x {self.sampling.steps} steps leaves no "
+                                "denoising step for the second stage of a large generate; raise the refine "
+                                "strength or the steps", "refine")
         elif self.mode not in rules.STARTS_FROM_NOISE and (few_step is not None or self.preset is None):
             rules.check_denoising(self.mode, self.sampling.steps, self.sampling.strength, bool(few_step))
         seen: set[str] = set()

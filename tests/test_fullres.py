@@ -185,3 +185,22 @@ def test_generate_at_canvas_size_runs_two_stages(client):
     assert (result.parameters["width"], result.parameters["height"], result.parameters["refine"]) == (1024, 768, 0.5)
     again = client.run("generate", **params)
     assert (decode(again.images[0].image) == layer).all(), "same seed, same pixels"
+
+
+def test_a_large_generate_with_too_few_steps_for_its_refine_says_so(client):
+    """`steps` 1 (or `refine` 0.1 with 5 steps) above native size ran the whole first stage, then failed with
+    "RuntimeError: stack expects a non-empty TensorList" [internal]: the second stage had no step to run."""
+    from shared.client import Accepted, EaselError
+
+    seen = []
+    with pytest.raises(EaselError) as error:
+        client.run("generate", width=1024, height=768, steps=5, refine=0.1, on_event=seen.append)
+    assert (error.value.code, error.value.field) == ("too_few_steps", "refine")
+    assert not any(isinstance(event, Accepted) for event in seen), "refused before `accepted`"
+    seen = []
+    with pytest.raises(EaselError) as error:
+        client.run("generate", width=1024, height=768, steps=1, on_event=seen.append)
+    assert (error.value.code, error.value.field) == ("too_few_steps", "steps")
+    assert "at least 2 steps" in error.value.message
+    assert not any(isinstance(event, Started) for event in seen), "before any work"
+    assert client.run("generate", width=512, height=512, steps=1).images, "within the native range 1 step is fine"

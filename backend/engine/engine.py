@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import math
 import time
 from dataclasses import dataclass
 from typing import Iterator, Protocol
@@ -252,11 +253,16 @@ class Engine:
         at ``passes[0].size`` (near native), upscaled to the asked size and refined there in tiles at native
         scale (``passes[1:]``); progress counts the steps of both stages."""
         upscaler = self.upscalers.load(job.upscaler)  # before `started`
-        reporter.started(job.denoising_steps, passes)
-        start = time.perf_counter()
         first, tiles = passes[0], passes[1:]
         width, height = first.box.width, first.box.height
-        refine_steps = int(job.steps * tiles[0].strength)
+        refine_steps = rules.denoising_steps("img2img", job.steps, tiles[0].strength, job.few_step)
+        if refine_steps < 1:  # (the default refine: an explicit one was refused before `accepted`)
+            raise ModelError("too_few_steps", f"a {width}x{height} generate is above the model's native size: it is "
+                             f"made near native size and refined in tiles at strength {tiles[0].strength:g}, and "
+                             f"{job.steps} step(s) x {tiles[0].strength:g} leaves no refine step; ask for at least "
+                             f"{math.ceil(1 / tiles[0].strength)} steps, or a higher `refine`", "steps")
+        reporter.started(job.denoising_steps, passes)
+        start = time.perf_counter()
         per_image = job.steps + len(tiles) * refine_steps
         layers = []
         for index in range(job.batch):
