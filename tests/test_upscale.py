@@ -178,6 +178,9 @@ def test_upscale_with_refine_runs_tiles_at_native_scale(client):
     result, seen = events_of(client, **params)
     started = next(event for event in seen if isinstance(event, Started))
     assert len(started.passes) == 9 and started.steps == 2
+    progress = [(e.step, e.total) for e in seen if isinstance(e, Progress)]
+    assert progress == [(step, 1 + 9 * 2) for step in range(1, 20)], \
+        "the super-resolution tile, then the refine's steps, on one bar (the tiles were not counted)"
     assert all(size == (box[2], box[3]) == (512, 512) for box, size in started.passes)
     refined = decode(result.images[0].image)
     assert refined.shape == (1024, 1280, 4)

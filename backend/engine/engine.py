@@ -221,11 +221,14 @@ class Engine:
         passes = plan_passes(job, native)
         reporter.started(job.denoising_steps, passes)
         loaded = time.perf_counter()
+        # progress counts the super-resolution tiles, then the refine's steps: a slow upscaler (the x4
+        # pipeline, a large picture) does not leave the bar standing still before the refine
+        tiles = self.upscalers.tiles(upscaler, (job.image.shape[1], job.image.shape[0]), (job.width, job.height))
+        total = tiles + (job.denoising_steps * len(passes) * job.batch if refine else 0)
 
-        def on_tile(done: int, total: int) -> None:
+        def on_tile(done: int, _: int) -> None:
             self._check_cancel(reporter)
-            if not refine:  # with a refine, progress counts its denoising steps
-                reporter.progress(done, total, None)
+            reporter.progress(done, total, None)
 
         alpha = job.image[..., 3]
         rgb = np.ascontiguousarray(job.image[..., :3])
@@ -241,7 +244,7 @@ class Engine:
             return EngineResult([Layer(0, job.seed, (0, 0), picture)], loaded - start,
                                 time.perf_counter() - loaded, passes)
         refined = self.run(dataclasses.replace(job, mode="img2img", image=picture, width=None, height=None,
-                                               upscaler=None), _AlreadyStarted(reporter))
+                                               upscaler=None), _AlreadyStarted(reporter, tiles, total))
         if (alpha < 255).any():
             for layer in refined.layers:
                 layer.pixels[..., 3] = picture[..., 3]

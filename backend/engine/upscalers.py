@@ -117,6 +117,13 @@ class Upscalers:
         pipe.set_progress_bar_config(disable=True)
         return DiffusionUpscaler(pipe.to(self.device))
 
+    def tiles(self, model, picture: tuple[int, int], size: tuple[int, int]) -> int:
+        """How many tiles ``run`` takes from a ``picture`` (width, height) to ``size`` (0 for plain resampling)."""
+        if model is None:
+            return 0
+        tile, overlap = getattr(model, "tile", TILE), getattr(model, "overlap", TILE_OVERLAP)
+        return sum(len(tile_boxes(w, h, tile, overlap)) for w, h in upscale_rounds(*picture, model.scale, size))
+
     def run(self, model, rgb: np.ndarray, size: tuple[int, int],
             on_tile: Callable[[int, int], None] = lambda done, total: None, *, prompt: str = "", seed: int = 0,
             steps: int = 20) -> np.ndarray:
@@ -131,7 +138,7 @@ class Upscalers:
         if model is not None:
             tile, overlap = getattr(model, "tile", TILE), getattr(model, "overlap", TILE_OVERLAP)
             rounds = upscale_rounds(rgb.shape[1], rgb.shape[0], model.scale, size)
-            total = sum(len(tile_boxes(w, h, tile, overlap)) for w, h in rounds)
+            total = self.tiles(model, (rgb.shape[1], rgb.shape[0]), size)
             done = 0
             for number, (w, h) in enumerate(rounds):
                 # The last round goes straight to the target: a 6000 x 4000 picture made 1.3x larger by a 4x
