@@ -340,7 +340,7 @@ class Job:
         if refine > 0 and rules.denoising_steps(self.mode, self.sampling.steps, refine) < 1:
             raise ProtocolError("too_few_steps", f"refine {self.refine:g} x {self.sampling.steps} steps leaves no "
                                 "denoising step; raise the refine strength or the steps", "refine")
-        elif self.sampling.batch > 1:  # (refine 0: the same picture every time)
+        elif refine == 0 and self.sampling.batch > 1:  # (without a refine: the same picture every time)
             raise ProtocolError("invalid_field", "an upscale without `refine` makes the same picture every time: "
                                 "ask for batch 1, or refine to get variations", "batch")
 

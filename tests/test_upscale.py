@@ -190,6 +190,15 @@ def test_upscale_with_refine_runs_tiles_at_native_scale(client):
     assert (decode(again.images[0].image) == refined).all(), "same seed, same pixels"
 
 
+def test_a_batch_of_refined_upscales_gives_variations(client):
+    """A batch with a refine was refused as if it had none ("an upscale without `refine` makes the same
+    picture every time"): the batch rule fired whenever the refine had enough steps."""
+    result, _ = events_of(client, image=picture(96, 80), scale=2, refine=0.5, steps=2, batch=2, seed=3)
+    first, second = (decode(item.image) for item in result.images)
+    assert first.shape == second.shape == (160, 192, 4) and [item.seed for item in result.images] == [3, 4]
+    assert (first != second).any(), "each image of the batch refined with its own seed"
+
+
 @pytest.mark.parametrize("params, code, field", [
     ({"scale": 9}, "invalid_field", "scale"),
     ({"scale": 0.5}, "invalid_field", "scale"),
