@@ -175,7 +175,7 @@ def upscale_tiled(model, rgb: np.ndarray, on_tile: Callable[[int, int], None] = 
     ``size`` (width, height): the result's size when it is not the model's scale times the picture's; each
     tile's output is then resampled to its part of that size before blending, so memory follows the result,
     not the model's full output."""
-    from backend.engine.compose import tile_weights
+    from backend.engine.compose import iter_tile_weights
 
     height, width = rgb.shape[:2]
     scale = model.scale
@@ -200,7 +200,7 @@ def upscale_tiled(model, rgb: np.ndarray, on_tile: Callable[[int, int], None] = 
         return np.clip(np.rint(result), 0, 255).astype(np.uint8)
     total = np.zeros((out_height, out_width, 3), np.float32)
     weights = np.zeros((out_height, out_width, 1), np.float32)
-    for number, (box, out, weight) in enumerate(zip(boxes, out_boxes, tile_weights(out_boxes))):
+    for number, (box, out, weight) in enumerate(zip(boxes, out_boxes, iter_tile_weights(out_boxes))):
         total[out.y:out.y1, out.x:out.x1] += run(box, out) * weight[..., None]
         weights[out.y:out.y1, out.x:out.x1] += weight[..., None]
         on_tile(number + 1, len(boxes))
