@@ -295,6 +295,13 @@ class Job:
             if self.mode not in ("generate", "upscale") and getattr(self, key) is not None:
                 raise ProtocolError("invalid_field", f"{self.mode} works at the picture's own size; `{key}` is for "
                                     "generate", key)
+        # (silently ignored, `img2img --scale 2` looked like it would enlarge the picture)
+        if self.mode != "upscale" and self.scale is not None:
+            raise ProtocolError("invalid_field", f"`scale` is for upscale; {self.mode} does not take it", "scale")
+        for key in ("upscaler", "refine"):
+            if self.mode not in ("upscale", "generate") and getattr(self, key) is not None:
+                raise ProtocolError("invalid_field", f"`{key}` is for upscale (and a generate above the model's "
+                                    f"native size); {self.mode} does not take it", key)
         self._check_toolbox()
         if self.image_guidance is not None and self.mode != "instruct":
             raise ProtocolError("invalid_field", f"`image_guidance` is for instruct; {self.mode} does not take it",

@@ -314,6 +314,8 @@ def small(tmp_path):
     (["img2img", "--guidance", 51], "--guidance must be at most 50"),
     (["img2img", "--width", 64], "img2img works at the picture's own size; --width is for generate"),
     (["img2img", "--mask", "{mask}"], "img2img takes no --mask"),
+    (["img2img", "--scale", 2], "--scale is for upscale; img2img does not take it"),
+    (["inpaint", "--mask", "{mask}", "--upscaler", "lanczos"], "--upscaler is for upscale (and a generate above"),
     (["inpaint"], "inpaint needs --mask"),
     (["img2img", "--seed", 4294967295, "--batch", 2], "--seed: seed + batch - 1 must stay within 4294967295"),
     (["img2img", "--control", "canny:{image}:3"], "--control canny:{image}:3: SCALE must be at most 2, got 3.0"),
