@@ -164,7 +164,8 @@ def _add_run_parser(commands: Any) -> None:
     run.add_argument("--strength", type=float, metavar="X", help=_help(
         SUBMIT_FIELDS["strength"], note="img2img, inpaint and expand run steps x strength denoising steps, remove "
                                         "steps x strength x 0.4; upscale: the strength of the refine in tiles, "
-                                        "none (0) when omitted"))
+                                        "none (0) when omitted; generate above the model's native size: the "
+                                        "strength of its refine stage, 0.5 when omitted"))
     run.add_argument("--seed", type=int, metavar="N", help=_help(
         SUBMIT_FIELDS["seed"], doc="seed of the first image; image i of a batch uses seed + i", default="random"))
     run.add_argument("--steps", type=int, metavar="N", help=_help(SUBMIT_FIELDS["steps"],
@@ -437,8 +438,10 @@ def cmd_run(args: argparse.Namespace) -> int:
                       control=[_control_unit(spec) for spec in args.control],
                       references=[_reference(spec) for spec in args.reference],
                       loras=[_lora(spec) for spec in args.lora])
-        if args.mode == "upscale" and "strength" in params:
-            params["refine"] = params.pop("strength")  # an upscale's strength is its refine's
+        if args.mode in ("upscale", "generate") and "strength" in params:
+            # an upscale's strength is its refine's, and so is a large generate's second stage (a generate
+            # has no other use for one; the server's advice "a higher --strength" must be something to type)
+            params["refine"] = params.pop("strength")
         job = Job.create(args.mode, **params)
         check_job(job)
         if image and mask:

@@ -315,6 +315,8 @@ def small(tmp_path):
     (["img2img", "--width", 64], "img2img works at the picture's own size; --width is for generate"),
     (["img2img", "--mask", "{mask}"], "img2img takes no --mask"),
     (["img2img", "--scale", 2], "--scale is for upscale; img2img does not take it"),
+    (["generate", "--width", 1024, "--height", 768, "--steps", 2, "--strength", 0.3],
+     "--strength: refine 0.3 x 2 steps leaves no denoising step for the second stage of a large generate"),
     (["inpaint", "--mask", "{mask}", "--upscaler", "lanczos"], "--upscaler is for upscale (and a generate above"),
     (["inpaint"], "inpaint needs --mask"),
     (["img2img", "--seed", 4294967295, "--batch", 2], "--seed: seed + batch - 1 must stay within 4294967295"),
