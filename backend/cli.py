@@ -158,13 +158,16 @@ def _add_run_parser(commands: Any) -> None:
     run.add_argument("--prompt", default="", metavar="TEXT", help=_help(SUBMIT_FIELDS["prompt"], default="empty"))
     run.add_argument("--negative", default="", metavar="TEXT",
                      help=_help(SUBMIT_FIELDS["negative_prompt"], default="empty"))
-    run.add_argument("--image", metavar="FILE", help="the picture to edit (img2img, inpaint); any picture Pillow "
-                     "reads; phone photos are turned upright by their EXIF orientation")
+    run.add_argument("--image", metavar="FILE", help="the picture to edit (img2img, inpaint, expand, remove, "
+                     "upscale, instruct); any picture Pillow reads; phone photos are turned upright by their EXIF "
+                     "orientation")
     run.add_argument("--mask", metavar="FILE", help="inpaint, remove, instruct (optional there): white = repaint, "
                      "black = keep; the size of the (upright) --image")
     run.add_argument("--strength", type=float, metavar="X", help=_help(
         SUBMIT_FIELDS["strength"], note="img2img, inpaint and expand run steps x strength denoising steps, remove "
-                                        "steps x strength x 0.4"))
+                                        "steps x strength x 0.4; upscale: the strength of the refine in tiles, "
+                                        "none (0) when omitted; generate above the model's native size: the "
+                                        "strength of its refine stage, 0.5 when omitted"))
     run.add_argument("--seed", type=int, metavar="N", help=_help(
         SUBMIT_FIELDS["seed"], doc="seed of the first image; image i of a batch uses seed + i", default="random"))
     run.add_argument("--steps", type=int, metavar="N", help=_help(SUBMIT_FIELDS["steps"],
@@ -174,7 +177,7 @@ def _add_run_parser(commands: Any) -> None:
         SUBMIT_FIELDS["batch"], note="written as OUT-1.png ... OUT-N.png"))
     for side in ("width", "height"):
         run.add_argument(f"--{side}", type=int, metavar="PX", help=_help(
-            SUBMIT_FIELDS[side], default="the model's native size"))
+            SUBMIT_FIELDS[side], default="generate: the model's native size; upscale: from --scale"))
     run.add_argument("--grow", type=int, metavar="PX", help=_help(SUBMIT_FIELDS["mask_grow"]))
     run.add_argument("--feather", type=int, metavar="PX", help=_help(SUBMIT_FIELDS["mask_feather"]))
     run.add_argument("--padding", type=int, metavar="PX", help=_help(SUBMIT_FIELDS["mask_padding"]))
@@ -437,8 +440,10 @@ def cmd_run(args: argparse.Namespace) -> int:
                       control=[_control_unit(spec) for spec in args.control],
                       references=[_reference(spec) for spec in args.reference],
                       loras=[_lora(spec) for spec in args.lora])
-        if args.mode == "upscale" and "strength" in params:
-            params["refine"] = params.pop("strength")  # an upscale's strength is its refine's
+        if args.mode in ("upscale", "generate") and "strength" in params:
+            # an upscale's strength is its refine's, and so is a large generate's second stage (a generate
+            # has no other use for one; the server's advice "a higher --strength" must be something to type)
+            params["refine"] = params.pop("strength")
         job = Job.create(args.mode, **params)
         check_job(job)
         if image and mask:

@@ -12,6 +12,10 @@ from __future__ import annotations
 
 from typing import Any
 
+BAND = 1 << 18
+"""Pixels composited at a time (whole rows): the integer temporaries of a whole 4096 x 3072 picture took
+800 MB; a band's take about 30 MB."""
+
 
 def composite(base: Any, layer: Any, offset: tuple[int, int]) -> Any:
     """``layer`` (H x W x 4 uint8) over ``base`` (RGB or RGBA uint8) at ``offset``, as a new array.
@@ -25,11 +29,23 @@ def composite(base: Any, layer: Any, offset: tuple[int, int]) -> Any:
     out = np.array(base, dtype=np.uint8, copy=True)
     x, y = offset
     region = out[y:y + layer.shape[0], x:x + layer.shape[1]]
-    top = np.asarray(layer, dtype=np.uint32)[:region.shape[0], :region.shape[1]]
+    layer = np.asarray(layer)
+    rows = max(1, BAND // max(1, region.shape[1]))
+    for row in range(0, region.shape[0], rows):
+        band = region[row:row + rows]
+        _over(band, layer[row:row + band.shape[0], :band.shape[1]])
+    return out
+
+
+def _over(region: Any, layer: Any) -> None:
+    """``layer`` over ``region`` (a view into the picture), in place."""
+    import numpy as np
+
+    top = layer.astype(np.uint32)
     alpha = top[..., 3:4]
     below = region[..., :3].astype(np.uint32)
     blended = (top[..., :3] * alpha + below * (255 - alpha) + 127) // 255
-    if out.shape[2] == 4:
+    if region.shape[2] == 4:
         under = region[..., 3:4].astype(np.uint32)
         weight = under * (255 - alpha)  # the picture's share of the colour, x 255
         total = alpha * 255 + weight  # the result's alpha, x 255
@@ -38,4 +54,3 @@ def composite(base: Any, layer: Any, offset: tuple[int, int]) -> Any:
         blended = np.where(seen, over, blended)
         region[..., 3:4] = ((total + 127) // 255).astype(np.uint8)
     region[..., :3] = blended.astype(np.uint8)
-    return out

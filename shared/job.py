@@ -295,6 +295,13 @@ class Job:
             if self.mode not in ("generate", "upscale") and getattr(self, key) is not None:
                 raise ProtocolError("invalid_field", f"{self.mode} works at the picture's own size; `{key}` is for "
                                     "generate", key)
+        # (silently ignored, `img2img --scale 2` looked like it would enlarge the picture)
+        if self.mode != "upscale" and self.scale is not None:
+            raise ProtocolError("invalid_field", f"`scale` is for upscale; {self.mode} does not take it", "scale")
+        for key in ("upscaler", "refine"):
+            if self.mode not in ("upscale", "generate") and getattr(self, key) is not None:
+                raise ProtocolError("invalid_field", f"`{key}` is for upscale (and a generate above the model's "
+                                    f"native size); {self.mode} does not take it", key)
         self._check_toolbox()
         if self.image_guidance is not None and self.mode != "instruct":
             raise ProtocolError("invalid_field", f"`image_guidance` is for instruct; {self.mode} does not take it",
@@ -318,6 +325,12 @@ class Job:
                                     f"{name}.preprocess")
         if self.mode == "upscale":
             self._check_upscale()
+        elif self.mode == "generate" and self.refine and (few_step is not None or self.preset is None) and \
+                rules.denoising_steps("img2img", self.sampling.steps, self.refine, bool(few_step)) < 1:
+            # (refine means nothing else to a generate: one that cannot run a step is a mistake at any size)
+            raise ProtocolError("too_few_steps", f"refine {self.refine:g} x {self.sampling.steps} steps leaves no "
+                                "denoising step for the second stage of a large generate; raise the refine "
+                                "strength or the steps", "refine")
         elif self.mode not in rules.STARTS_FROM_NOISE and (few_step is not None or self.preset is None):
             rules.check_denoising(self.mode, self.sampling.steps, self.sampling.strength, bool(few_step))
         seen: set[str] = set()
@@ -334,7 +347,7 @@ class Job:
         if refine > 0 and rules.denoising_steps(self.mode, self.sampling.steps, refine) < 1:
             raise ProtocolError("too_few_steps", f"refine {self.refine:g} x {self.sampling.steps} steps leaves no "
                                 "denoising step; raise the refine strength or the steps", "refine")
-        elif self.sampling.batch > 1:  # (refine 0: the same picture every time)
+        elif refine == 0 and self.sampling.batch > 1:  # (without a refine: the same picture every time)
             raise ProtocolError("invalid_field", "an upscale without `refine` makes the same picture every time: "
                                 "ask for batch 1, or refine to get variations", "batch")
 

@@ -289,6 +289,9 @@ def test_run_help_gives_every_option_its_range_and_default_from_the_wire_fields(
     assert "(0 to 256, default 8)" in helps["grow"] and "(0 to 256, default 16)" in helps["feather"]
     assert "SCALE: 0 to 2, default 1" in helps["control"] and "WEIGHT: 0 to 2, default 1" in helps["reference"]
     assert "default random" in helps["seed"] and "native size" in helps["width"]
+    # upscale's own readings of the shared options (a plain upscale does not refine at strength 1)
+    assert "upscale: from --scale" in helps["width"] and "none (0) when omitted" in helps["strength"]
+    assert "upscale" in helps["image"] and "expand" in helps["image"]
     with pytest.raises(SystemExit):
         build_parser().parse_args(["run", "--help"])
     printed = " ".join(capsys.readouterr().out.split())
@@ -311,6 +314,10 @@ def small(tmp_path):
     (["img2img", "--guidance", 51], "--guidance must be at most 50"),
     (["img2img", "--width", 64], "img2img works at the picture's own size; --width is for generate"),
     (["img2img", "--mask", "{mask}"], "img2img takes no --mask"),
+    (["img2img", "--scale", 2], "--scale is for upscale; img2img does not take it"),
+    (["generate", "--width", 1024, "--height", 768, "--steps", 2, "--strength", 0.3],
+     "--strength: refine 0.3 x 2 steps leaves no denoising step for the second stage of a large generate"),
+    (["inpaint", "--mask", "{mask}", "--upscaler", "lanczos"], "--upscaler is for upscale (and a generate above"),
     (["inpaint"], "inpaint needs --mask"),
     (["img2img", "--seed", 4294967295, "--batch", 2], "--seed: seed + batch - 1 must stay within 4294967295"),
     (["img2img", "--control", "canny:{image}:3"], "--control canny:{image}:3: SCALE must be at most 2, got 3.0"),

@@ -95,10 +95,35 @@ def test_tiles_give_what_one_call_gives(compact):
 def test_a_model_is_applied_again_and_resampled_to_the_exact_size(demo_root):
     upscalers = Upscalers(demo_upscalers(demo_root), torch.device("cpu"), torch.float32)
     model = upscalers.load("2x-demo-esrgan")
-    rounds = []
-    out = upscalers.run(model, np.asarray(picture(48, 44)), (130, 119), lambda done, total: rounds.append(total))
+    ticks = []
+    out = upscalers.run(model, np.asarray(picture(48, 44)), (130, 119), lambda done, total: ticks.append((done, total)))
     assert out.shape == (119, 130, 3)
-    assert len(rounds) == 2, "2x twice reaches 2.7x"
+    assert ticks == [(1, 2), (2, 2)], "2x twice reaches 2.7x; progress counts both rounds' tiles, never backwards"
+
+
+def test_a_smaller_target_than_the_model_makes_is_reached_tile_by_tile(compact):
+    """A 4x model asked for 1.25x (the Krita Upscale of a 6000 x 4000 document can go no further under
+    max_side) resamples each tile to the target: the picture is the full 4x output resampled, without
+    ever holding that output (it took 18 GB for 6000 x 4000)."""
+    import tracemalloc
+
+    rgb = np.asarray(picture(600, 400))
+    full = upscale_tiled(compact, rgb)  # the whole 2400 x 1600 output, then resampled as before
+    expected = np.asarray(Image.fromarray(full).resize((750, 500), Image.Resampling.LANCZOS)).astype(int)
+    ticks = []
+    tracemalloc.start()
+    try:
+        out = Upscalers({}, torch.device("cpu"), torch.float32).run(compact, rgb, (750, 500),
+                                                                    lambda done, total: ticks.append((done, total)))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert out.shape == (500, 750, 3) and ticks == [(1, 2), (2, 2)]
+    # (single pixels differ at hard edges: the old path rounded to 8 bits before resampling)
+    columns = np.abs(out - expected).mean(axis=(0, 2))
+    assert columns.max() < 1, "no column, where the tiles meet (110, 640) or elsewhere, differs by a level"
+    # the old blend held the 4x output as float32 plus its weights: 5 x its 8-bit size, and more in temporaries
+    assert peak < 2 * full.nbytes, "the 4x output is never held, only one tile's"
 
 
 # -- through the server -------------------------------------------------------------------------
@@ -153,6 +178,9 @@ def test_upscale_with_refine_runs_tiles_at_native_scale(client):
     result, seen = events_of(client, **params)
     started = next(event for event in seen if isinstance(event, Started))
     assert len(started.passes) == 9 and started.steps == 2
+    progress = [(e.step, e.total) for e in seen if isinstance(e, Progress)]
+    assert progress == [(step, 1 + 9 * 2) for step in range(1, 20)], \
+        "the super-resolution tile, then the refine's steps, on one bar (the tiles were not counted)"
     assert all(size == (box[2], box[3]) == (512, 512) for box, size in started.passes)
     refined = decode(result.images[0].image)
     assert refined.shape == (1024, 1280, 4)
@@ -160,6 +188,15 @@ def test_upscale_with_refine_runs_tiles_at_native_scale(client):
     assert np.abs(refined.astype(int) - decode(plain.images[0].image)).mean() > 1, "the refine repaints"
     again, _ = events_of(client, **params)
     assert (decode(again.images[0].image) == refined).all(), "same seed, same pixels"
+
+
+def test_a_batch_of_refined_upscales_gives_variations(client):
+    """A batch with a refine was refused as if it had none ("an upscale without `refine` makes the same
+    picture every time"): the batch rule fired whenever the refine had enough steps."""
+    result, _ = events_of(client, image=picture(96, 80), scale=2, refine=0.5, steps=2, batch=2, seed=3)
+    first, second = (decode(item.image) for item in result.images)
+    assert first.shape == second.shape == (160, 192, 4) and [item.seed for item in result.images] == [3, 4]
+    assert (first != second).any(), "each image of the batch refined with its own seed"
 
 
 @pytest.mark.parametrize("params, code, field", [
@@ -210,6 +247,19 @@ def test_transparency_keeps_its_shape(client):
     result, _ = events_of(client, image=Image.fromarray(rgba), scale=2, upscaler="lanczos")
     alpha = decode(result.images[0].image)[..., 3]
     assert (alpha[:, :150] == 0).all() and (alpha[:, 170:] == 255).all()
+
+
+@pytest.mark.parametrize("upscaler", ["lanczos", "4x-demo-compact"])
+def test_the_colour_hidden_under_transparency_leaves_no_fringe(client, upscaler):
+    """A white cut-out on a transparent layer (stored black underneath, as Krita and most editors keep it)
+    came back with a dark outline: its edge pixels were resampled with the hidden black."""
+    rgba = np.zeros((96, 96, 4), np.uint8)
+    rgba[24:72, 24:72] = 255
+    result, _ = events_of(client, image=Image.fromarray(rgba), scale=2, upscaler=upscaler)
+    out = decode(result.images[0].image).astype(int)
+    seen = out[..., 3] >= 16  # pixels that show over a background (fainter ones are Lanczos ringing)
+    assert seen[48:144, 48:144].all() and not seen[:40].any()
+    assert out[..., :3][seen].min() >= 200, "the edge is the cut-out's white, not darkened by the hidden black"
 
 
 def test_cancel_stops_an_upscale_between_tiles(client):

@@ -8,6 +8,8 @@ neighbours (``tile_weights``), so no seam shows.
 
 from __future__ import annotations
 
+from typing import Iterator
+
 import numpy as np
 from PIL import Image
 
@@ -72,11 +74,15 @@ def blend_tiles(passes: list[Pass], tiles: list[np.ndarray]) -> np.ndarray:
     box = layer_box(passes)
     total = np.zeros((box.height, box.width, tiles[0].shape[2]), np.float32)
     weights = np.zeros((box.height, box.width, 1), np.float32)
-    for p, pixels, weight in zip(passes, tiles, tile_weights([p.box for p in passes])):
+    for p, pixels, weight in zip(passes, tiles, iter_tile_weights([p.box for p in passes])):
         region = (slice(p.box.y - box.y, p.box.y1 - box.y), slice(p.box.x - box.x, p.box.x1 - box.x))
         total[region] += pixels.astype(np.float32) * weight[..., None]
         weights[region] += weight[..., None]
-    return np.clip(np.rint(total / weights), 0, 255).astype(np.uint8)
+    # in place: on a 7800 x 5200 refine each whole-picture temporary was another 490 MB (3.6 GB peak)
+    total /= weights
+    np.rint(total, out=total)
+    np.clip(total, 0, 255, out=total)
+    return total.astype(np.uint8)
 
 
 def tile_weights(boxes: list[Box]) -> list[np.ndarray]:
@@ -84,9 +90,14 @@ def tile_weights(boxes: list[Box]) -> list[np.ndarray]:
     outermost EDGE pixels of a side that lies inside another tile (diffusion's padding shows there),
     ramping linearly across the rest of each overlap, so two tiles' weights sum to 1 over their overlap;
     sides on the picture's edge stay at 1."""
+    return list(iter_tile_weights(boxes))
+
+
+def iter_tile_weights(boxes: list[Box]) -> Iterator[np.ndarray]:
+    """``tile_weights`` one tile at a time (all of them at once are as large as the picture, in float)."""
     xs = sorted({(b.x, b.x1) for b in boxes})
     ys = sorted({(b.y, b.y1) for b in boxes})
-    return [np.outer(_ramp(b.y, b.y1, ys), _ramp(b.x, b.x1, xs)) for b in boxes]
+    return (np.outer(_ramp(b.y, b.y1, ys), _ramp(b.x, b.x1, xs)) for b in boxes)
 
 
 EDGE = 8

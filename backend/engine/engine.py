@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import math
 import time
 from dataclasses import dataclass
 from typing import Iterator, Protocol
@@ -220,16 +221,22 @@ class Engine:
         passes = plan_passes(job, native)
         reporter.started(job.denoising_steps, passes)
         loaded = time.perf_counter()
+        # progress counts the super-resolution tiles, then the refine's steps: a slow upscaler (the x4
+        # pipeline, a large picture) does not leave the bar standing still before the refine
+        tiles = self.upscalers.tiles(upscaler, (job.image.shape[1], job.image.shape[0]), (job.width, job.height))
+        total = tiles + (job.denoising_steps * len(passes) * job.batch if refine else 0)
 
-        def on_tile(done: int, total: int) -> None:
+        def on_tile(done: int, _: int) -> None:
             self._check_cancel(reporter)
-            if not refine:  # with a refine, progress counts its denoising steps
-                reporter.progress(done, total, None)
+            reporter.progress(done, total, None)
 
-        rgb = self.upscalers.run(upscaler, np.ascontiguousarray(job.image[..., :3]), (job.width, job.height),
-                                 on_tile, prompt=job.prompt, seed=job.seed, steps=job.steps)
-        picture = compose.opaque(rgb)
         alpha = job.image[..., 3]
+        rgb = np.ascontiguousarray(job.image[..., :3])
+        if (alpha == 0).any():  # the colour hidden under transparency (often black) would bleed into the
+            rgb = fill.prefill(rgb, alpha, None, "none")  # resampled edge as a dark fringe: new canvas
+        rgb = self.upscalers.run(upscaler, rgb, (job.width, job.height), on_tile, prompt=job.prompt, seed=job.seed,
+                                 steps=job.steps)
+        picture = compose.opaque(rgb)
         if (alpha < 255).any():  # transparency keeps its shape, resampled
             picture[..., 3] = np.asarray(Image.fromarray(alpha).resize((job.width, job.height),
                                                                        Image.Resampling.LANCZOS))
@@ -237,7 +244,7 @@ class Engine:
             return EngineResult([Layer(0, job.seed, (0, 0), picture)], loaded - start,
                                 time.perf_counter() - loaded, passes)
         refined = self.run(dataclasses.replace(job, mode="img2img", image=picture, width=None, height=None,
-                                               upscaler=None), _AlreadyStarted(reporter))
+                                               upscaler=None), _AlreadyStarted(reporter, tiles, total))
         if (alpha < 255).any():
             for layer in refined.layers:
                 layer.pixels[..., 3] = picture[..., 3]
@@ -249,11 +256,16 @@ class Engine:
         at ``passes[0].size`` (near native), upscaled to the asked size and refined there in tiles at native
         scale (``passes[1:]``); progress counts the steps of both stages."""
         upscaler = self.upscalers.load(job.upscaler)  # before `started`
-        reporter.started(job.denoising_steps, passes)
-        start = time.perf_counter()
         first, tiles = passes[0], passes[1:]
         width, height = first.box.width, first.box.height
-        refine_steps = int(job.steps * tiles[0].strength)
+        refine_steps = rules.denoising_steps("img2img", job.steps, tiles[0].strength, job.few_step)
+        if refine_steps < 1:  # (the default refine: an explicit one was refused before `accepted`)
+            raise ModelError("too_few_steps", f"a {width}x{height} generate is above the model's native size: it is "
+                             f"made near native size and refined in tiles at strength {tiles[0].strength:g}, and "
+                             f"{job.steps} step(s) x {tiles[0].strength:g} leaves no refine step; ask for at least "
+                             f"{math.ceil(1 / tiles[0].strength)} steps, or a higher `refine`", "steps")
+        reporter.started(job.denoising_steps, passes)
+        start = time.perf_counter()
         per_image = job.steps + len(tiles) * refine_steps
         layers = []
         for index in range(job.batch):

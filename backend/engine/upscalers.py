@@ -4,7 +4,8 @@ spandrel reads the architecture (ESRGAN, Real-ESRGAN Compact, SwinIR, HAT, DAT, 
 of a ``.pth`` (with its restricted unpickler: tensors only, no code) or ``.safetensors`` file. Pictures
 run in overlapping tiles of TILE input pixels, blended like diffusion tiles, so any size fits in memory;
 a model is applied again while the picture is still smaller than the target (a 2x model for 4x), and
-the result is resampled to the exact target size.
+the tiles of its last application are resampled to their part of the exact target size before blending
+(memory follows the result, not the model's full output).
 
 diffusers' ``StableDiffusionUpscalePipeline`` (the x4 upscaler, a diffusers folder or hub id) is the other
 kind: a latent diffusion model guided by the job's prompt, run in tiles of 128 input pixels (its native
@@ -116,56 +117,103 @@ class Upscalers:
         pipe.set_progress_bar_config(disable=True)
         return DiffusionUpscaler(pipe.to(self.device))
 
+    def tiles(self, model, picture: tuple[int, int], size: tuple[int, int]) -> int:
+        """How many tiles ``run`` takes from a ``picture`` (width, height) to ``size`` (0 for plain resampling)."""
+        if model is None:
+            return 0
+        tile, overlap = getattr(model, "tile", TILE), getattr(model, "overlap", TILE_OVERLAP)
+        return sum(len(tile_boxes(w, h, tile, overlap)) for w, h in upscale_rounds(*picture, model.scale, size))
+
     def run(self, model, rgb: np.ndarray, size: tuple[int, int],
             on_tile: Callable[[int, int], None] = lambda done, total: None, *, prompt: str = "", seed: int = 0,
             steps: int = 20) -> np.ndarray:
-        """``rgb`` (H x W x 3 uint8) at ``size`` (width, height): through ``model`` (rounds of tiles) and
-        then resampled to the exact size; plain Lanczos resampling when ``model`` is None. ``prompt``,
-        ``seed`` and ``steps`` guide a diffusion upscaler."""
+        """``rgb`` (H x W x 3 uint8) at ``size`` (width, height): through ``model`` (rounds of tiles, the last
+        one resampled tile by tile to the exact size); plain Lanczos resampling when ``model`` is None.
+        ``on_tile(done, total)`` counts the tiles of all rounds. ``prompt``, ``seed`` and ``steps`` guide a
+        diffusion upscaler."""
         width, height = size
         picture = rgb
-        rounds = 0
         if isinstance(model, DiffusionUpscaler):
             model.prompt, model.seed, model.steps, model.calls = prompt, seed, steps, 0
         if model is not None:
-            while rounds < MAX_ROUNDS and (picture.shape[1] < width or picture.shape[0] < height):
-                rounds += 1
-                picture = upscale_tiled(model, picture, on_tile, getattr(model, "tile", TILE),
-                                        getattr(model, "overlap", TILE_OVERLAP))
+            tile, overlap = getattr(model, "tile", TILE), getattr(model, "overlap", TILE_OVERLAP)
+            rounds = upscale_rounds(rgb.shape[1], rgb.shape[0], model.scale, size)
+            total = self.tiles(model, (rgb.shape[1], rgb.shape[0]), size)
+            done = 0
+            for number, (w, h) in enumerate(rounds):
+                # The last round goes straight to the target: a 6000 x 4000 picture made 1.3x larger by a 4x
+                # model never holds its 24000 x 16000 intermediate (18 GB of blend buffers).
+                last = number == len(rounds) - 1
+                picture = upscale_tiled(model, picture, lambda d, t, before=done: on_tile(before + d, total),
+                                        tile, overlap, size if last else None)
+                done += len(tile_boxes(w, h, tile, overlap))
         if picture.shape[:2] != (height, width):
             picture = np.asarray(Image.fromarray(picture).resize((width, height), Image.Resampling.LANCZOS))
         return picture
 
 
+def upscale_rounds(width: int, height: int, scale: int, size: tuple[int, int]) -> list[tuple[int, int]]:
+    """The input sizes of the applications of a ``scale``x model that bring ``width`` x ``height`` up to
+    ``size``: again while the picture is still smaller than the target, at most MAX_ROUNDS times."""
+    rounds = []
+    while len(rounds) < MAX_ROUNDS and (width < size[0] or height < size[1]):
+        rounds.append((width, height))
+        width, height = width * scale, height * scale
+    return rounds
+
+
+def tile_boxes(width: int, height: int, tile: int = TILE, overlap: int = TILE_OVERLAP) -> list[Box]:
+    """The input tiles of one application of a model to a ``width`` x ``height`` picture, row by row."""
+    return [Box(x, y, w, h) for y, h in tile_spans(height, tile, overlap, 1)
+            for x, w in tile_spans(width, tile, overlap, 1)]
+
+
 def upscale_tiled(model, rgb: np.ndarray, on_tile: Callable[[int, int], None] = lambda done, total: None,
-                  tile: int = TILE, overlap: int = TILE_OVERLAP) -> np.ndarray:
-    """One application of a spandrel model to ``rgb`` in overlapping tiles, blended where they overlap."""
-    from backend.engine.compose import tile_weights
+                  tile: int = TILE, overlap: int = TILE_OVERLAP, size: tuple[int, int] | None = None) -> np.ndarray:
+    """One application of a spandrel model to ``rgb`` in overlapping tiles, blended where they overlap.
+
+    ``size`` (width, height): the result's size when it is not the model's scale times the picture's; each
+    tile's output is then resampled to its part of that size before blending, so memory follows the result,
+    not the model's full output."""
+    from backend.engine.compose import iter_tile_weights
 
     height, width = rgb.shape[:2]
     scale = model.scale
-    boxes = [Box(x, y, w, h) for y, h in tile_spans(height, tile, overlap, 1)
-             for x, w in tile_spans(width, tile, overlap, 1)]
-    out_boxes = [Box(b.x * scale, b.y * scale, b.width * scale, b.height * scale) for b in boxes]
+    out_width, out_height = size or (width * scale, height * scale)
+    boxes = tile_boxes(width, height, tile, overlap)
+    out_boxes = [_scaled(b, out_width / width, out_height / height) for b in boxes]
     parameter = next(model.model.parameters())
 
-    def run(box: Box) -> np.ndarray:  # one tile, as H x W x 3 float32 in 0 ... 255
+    def run(box: Box, out: Box) -> np.ndarray:  # one tile at its output box, as H x W x 3 float32 in 0 ... 255
         crop = torch.from_numpy(rgb[box.y:box.y1, box.x:box.x1].copy()).permute(2, 0, 1)[None]
         crop = crop.to(parameter.device, parameter.dtype) / 255.0
         with torch.inference_mode():
-            return (model(crop).clamp(0, 1)[0].permute(1, 2, 0).float() * 255.0).cpu().numpy()
+            made = (model(crop).clamp(0, 1)[0].permute(1, 2, 0).float() * 255.0).cpu().numpy()
+        if made.shape[:2] == (out.height, out.width):
+            return made
+        return np.stack([np.asarray(Image.fromarray(np.ascontiguousarray(made[..., c]), "F").resize(
+            (out.width, out.height), Image.Resampling.LANCZOS)) for c in range(3)], axis=-1)
 
     if len(boxes) == 1:  # the whole picture in one call: nothing to blend
-        result = run(boxes[0])
+        result = run(boxes[0], out_boxes[0])
         on_tile(1, 1)
         return np.clip(np.rint(result), 0, 255).astype(np.uint8)
-    total = np.zeros((height * scale, width * scale, 3), np.float32)
-    weights = np.zeros((height * scale, width * scale, 1), np.float32)
-    for number, (box, out, weight) in enumerate(zip(boxes, out_boxes, tile_weights(out_boxes))):
-        total[out.y:out.y1, out.x:out.x1] += run(box) * weight[..., None]
+    total = np.zeros((out_height, out_width, 3), np.float32)
+    weights = np.zeros((out_height, out_width, 1), np.float32)
+    for number, (box, out, weight) in enumerate(zip(boxes, out_boxes, iter_tile_weights(out_boxes))):
+        total[out.y:out.y1, out.x:out.x1] += run(box, out) * weight[..., None]
         weights[out.y:out.y1, out.x:out.x1] += weight[..., None]
         on_tile(number + 1, len(boxes))
-    return np.clip(np.rint(total / weights), 0, 255).astype(np.uint8)
+    total /= weights  # in place: at 8000 px a side each temporary would be another 770 MB
+    np.rint(total, out=total)
+    np.clip(total, 0, 255, out=total)
+    return total.astype(np.uint8)
+
+
+def _scaled(box: Box, sx: float, sy: float) -> Box:
+    """``box`` on a picture resampled by ``sx`` x ``sy``: neighbouring boxes stay edge to edge."""
+    x0, y0, x1, y1 = round(box.x * sx), round(box.y * sy), round(box.x1 * sx), round(box.y1 * sy)
+    return Box(x0, y0, x1 - x0, y1 - y0)
 
 
 class DiffusionUpscaler:
