@@ -81,7 +81,9 @@ class Limits:
     max_batch: int = 8
     max_side: int = 8192
     max_pixels: int = 8192 * 8192
-    max_generate_side: int = 2048
+    # A generate above the native range runs in two stages, the second in tiles at native scale, so its
+    # cost grows with the area like any refine: a painter's canvas (3000-8000 px) may be generated whole.
+    max_generate_side: int = 8192
     max_message_bytes: int = 4 * 8192 * 8192 + 2**20  # a raw RGBA frame of max_pixels fits
     max_upload_bytes: int | None = None  # unused uploads of one connection; None: 2 x max_message_bytes
     max_queued_per_client: int = 32

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from . import vocabulary
 
 # The server's defaults (docs/protocol.md, "Limits"), for a host that has not heard from one yet.
-DEFAULT_MAX_STEPS, DEFAULT_MAX_BATCH, DEFAULT_MAX_SIDE, DEFAULT_MAX_GENERATE_SIDE = 150, 8, 8192, 2048
+DEFAULT_MAX_STEPS, DEFAULT_MAX_BATCH, DEFAULT_MAX_SIDE, DEFAULT_MAX_GENERATE_SIDE = 150, 8, 8192, 8192
 
 
 @dataclass(frozen=True)

@@ -178,7 +178,7 @@ def test_the_tab_offers_what_the_backend_offers():
     # No backend while the WebUI builds the tab: everything the protocol knows, the default limits.
     everything = offer(None)
     assert everything.control_types == CONTROL_TYPES and everything.reference_modes == REFERENCE_MODES
-    assert (everything.max_steps, everything.max_batch, everything.max_generate_side) == (150, 8, 2048)
+    assert (everything.max_steps, everything.max_batch, everything.max_generate_side) == (150, 8, 8192)
 
 
 def test_the_capabilities_of_a_real_backend(server):

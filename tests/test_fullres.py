@@ -206,6 +206,16 @@ def test_generate_at_canvas_size_runs_two_stages(client):
     assert (decode(again.images[0].image) == layer).all(), "same seed, same pixels"
 
 
+def test_a_painters_canvas_size_is_generated_whole(client):
+    """4096 x 3072 was refused by the old 2048-px limit; it runs as the two stages above (cancelled once started)."""
+    job = client.submit("generate", prompt="a harbour", width=4096, height=3072, steps=2, seed=2)
+    started = next(event for event in client.events(job) if isinstance(event, Started))
+    assert started.diffusion_size == (592, 440) and len(started.passes) == 1 + 63
+    assert all(size == (512, 512) for _, size in started.passes[1:]), "the second stage at native scale"
+    client.cancel(job)
+    assert type(list(client.events(job))[-1]).__name__ in ("Cancelled", "Result")
+
+
 def test_a_large_generate_with_too_few_steps_for_its_refine_says_so(client):
     """`steps` 1 (or `refine` 0.1 with 5 steps) above native size ran the whole first stage, then failed with
     "RuntimeError: stack expects a non-empty TensorList" [internal]: the second stage had no step to run."""
