@@ -76,6 +76,16 @@ def test_a_large_picture_is_tiled_at_native_scale():
     assert [p.seed for p in passes] == [p.seed for p in plan_passes(edit(width=4096, height=3072), NATIVE)]
 
 
+def test_a_strong_img2img_of_a_large_picture_is_remade_whole_then_refined_in_tiles():
+    """Tiles at strength 0.9 would each paint a picture of their own; the picture is remade near native
+    first, as a large generate is made, and its tiles refine that at the hires strength."""
+    first, *tiles = plan_passes(edit(width=2048, height=1536, strength=0.9), NATIVE)
+    assert (first.box, first.size, first.strength) == (Box(0, 0, 2048, 1536), (592, 440), 0.9)
+    assert len(tiles) == 5 * 4 and all(t.size == (512, 512) and t.strength == 0.5 for t in tiles)
+    assert all(p.strength == 0.7 for p in plan_passes(edit(width=2048, height=1536, strength=0.7), NATIVE)), \
+        "up to RECOMPOSE_STRENGTH the tiles refine the picture itself"
+
+
 def test_a_long_strip_is_tiled_along_its_length():
     passes = plan_passes(edit(width=3000, height=400), NATIVE)
     assert len(passes) == 7
@@ -148,6 +158,17 @@ def test_refine_of_a_large_picture_runs_in_tiles_at_full_resolution(client, larg
     assert (decode(again.images[0].image) == layer).all(), "same seed, same pixels"
     other, _ = refine(client, large, seed=4)
     assert (decode(other.images[0].image) != layer).any()
+
+
+def test_a_strong_img2img_of_a_large_picture_runs_in_two_stages(client, large):
+    seen = []
+    result = client.run("img2img", image=png(large), prompt="a harbour", strength=0.9, steps=4, seed=2,
+                        on_event=seen.append)
+    started = next(event for event in seen if isinstance(event, Started))
+    assert [size for _, size in started.passes] == [(616, 424)] + [(512, 512)] * 6
+    progress = [event for event in seen if isinstance(event, Progress)]
+    assert [p.step for p in progress] == list(range(1, 3 + 6 * 2 + 1)), "3 steps at 0.9, then 2 per tile"
+    assert decode(result.images[0].image).shape == (760, 1100, 4)
 
 
 def test_tiles_leave_no_seams_on_a_flat_picture(client):

@@ -28,7 +28,7 @@ from backend.engine.embeddings import EmbeddingError, Embeddings
 from backend.engine.job import Control, EditJob, PreprocessJob
 from backend.engine.loras import Loras
 from backend.engine.models import LoadedModel, ModelError, ModelRegistry
-from backend.engine.passes import Pass, plan_passes
+from backend.engine.passes import Pass, is_two_stage, plan_passes
 from backend.engine.preprocessors import SEEDED, Preprocessors
 from backend.engine.previews import Previewer
 from backend.engine.prompt_cache import PromptCache
@@ -151,8 +151,8 @@ class Engine:
         loaded = time.perf_counter()
 
         passes = plan_passes(job, model.native_size)
-        if job.mode == "generate" and len(passes) > 1:
-            return self._generate_large(job, reporter, passes, loaded - start)
+        if job.mode in ("generate", "img2img") and is_two_stage(passes):
+            return self._two_stages(job, reporter, passes, loaded - start)
         active = [(index, unit) for index, unit in enumerate(job.control) if unit.scale > 0]
         pipe = self._with_control(job, model, active) or pipe
         adapter = self._references(job, model, pipe) if not flux else {}
@@ -251,34 +251,42 @@ class Engine:
         return EngineResult(refined.layers, loaded - start + refined.load_seconds,
                             time.perf_counter() - loaded - refined.load_seconds, passes)
 
-    def _generate_large(self, job: EditJob, reporter: Reporter, passes: list[Pass], load: float) -> EngineResult:
-        """A generate above the model's native range, in two stages ("hires fix"): each image is generated
-        at ``passes[0].size`` (near native), upscaled to the asked size and refined there in tiles at native
-        scale (``passes[1:]``); progress counts the steps of both stages."""
+    def _two_stages(self, job: EditJob, reporter: Reporter, passes: list[Pass], load: float) -> EngineResult:
+        """A generate above the model's native range ("hires fix"), or a strong img2img of a picture too large
+        for one pass, in two stages: each image is made (or remade) whole at ``passes[0].size`` (near
+        native), upscaled to the full size and refined there in tiles at native scale (``passes[1:]``);
+        progress counts the steps of both stages."""
         upscaler = self.upscalers.load(job.upscaler)  # before `started`
         first, tiles = passes[0], passes[1:]
         width, height = first.box.width, first.box.height
+        first_steps = rules.denoising_steps(job.mode, job.steps, first.strength, job.few_step)
         refine_steps = rules.denoising_steps("img2img", job.steps, tiles[0].strength, job.few_step)
         if refine_steps < 1:  # (the default refine: an explicit one was refused before `accepted`)
-            raise ModelError("too_few_steps", f"a {width}x{height} generate is above the model's native size: it is "
-                             f"made near native size and refined in tiles at strength {tiles[0].strength:g}, and "
+            made = "made" if job.mode == "generate" else f"remade at strength {first.strength:g}"
+            raise ModelError("too_few_steps", f"a {width}x{height} {job.mode} is above the model's native size: it is "
+                             f"{made} near native size and refined in tiles at strength {tiles[0].strength:g}, and "
                              f"{job.steps} step(s) x {tiles[0].strength:g} leaves no refine step; ask for at least "
-                             f"{math.ceil(1 / tiles[0].strength)} steps, or a higher `refine`", "steps")
+                             f"{math.ceil(1 / tiles[0].strength)} steps" +
+                             (", or a higher `refine`" if job.mode == "generate" else ""), "steps")
         reporter.started(job.denoising_steps, passes)
         start = time.perf_counter()
-        per_image = job.steps + len(tiles) * refine_steps
+        per_image = first_steps + len(tiles) * refine_steps
         layers = []
         for index in range(job.batch):
             seed = job.seed + index
             base = index * per_image
-            small = dataclasses.replace(job, width=first.size[0], height=first.size[1], batch=1, seed=seed)
+            if job.image is None:
+                small = dataclasses.replace(job, width=first.size[0], height=first.size[1], batch=1, seed=seed)
+            else:  # the picture at the first stage's size: one pass there (its control maps follow it)
+                shrunk = np.asarray(Image.fromarray(job.image).resize(first.size, Image.Resampling.LANCZOS))
+                small = dataclasses.replace(job, image=shrunk, batch=1, seed=seed)
             made = self.run(small, _AlreadyStarted(reporter, base, per_image * job.batch))
             picture = self.upscalers.run(upscaler, made.layers[0].pixels[..., :3], (width, height),
                                          lambda done, total: self._check_cancel(reporter), prompt=job.prompt,
                                          seed=seed, steps=job.steps)
             refine = dataclasses.replace(job, mode="img2img", image=compose.opaque(picture), width=None, height=None,
                                          batch=1, seed=seed, strength=tiles[0].strength)
-            refined = self.run(refine, _AlreadyStarted(reporter, base + job.steps, per_image * job.batch))
+            refined = self.run(refine, _AlreadyStarted(reporter, base + first_steps, per_image * job.batch))
             layers.append(Layer(index, seed, (0, 0), refined.layers[0].pixels))
         return EngineResult(layers, load, time.perf_counter() - start, passes)
 

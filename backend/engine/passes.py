@@ -67,9 +67,7 @@ def plan_passes(job: EditJob, native: int) -> list[Pass]:
         if not needs_tiles(width, height, native):
             return [Pass(Box(0, 0, width, height), (width, height), 1.0)]
         # Above the native range: generate near native, then upscale and refine in tiles ("hires fix").
-        shrink = native / math.sqrt(width * height)  # the first stage at about native² pixels, the same aspect
-        first = Pass(Box(0, 0, width, height), (round_to_grid(width * shrink), round_to_grid(height * shrink)), 1.0)
-        return [first] + refine_passes(width, height, native, job.strength)
+        return [near_native(width, height, native, 1.0)] + refine_passes(width, height, native, job.strength)
     if job.mode == "upscale":  # the super-resolution picture, then (strength > 0) its refine in tiles
         if job.strength <= 0:
             return [Pass(Box(0, 0, job.width, job.height), (job.width, job.height), 0.0)]
@@ -78,6 +76,10 @@ def plan_passes(job: EditJob, native: int) -> list[Pass]:
     if job.mode == "instruct" and job.mask is None:  # the whole picture, in one pass near native size
         return [_pass(whole_canvas(width, height, native), 1.0)]
     if job.mode == "img2img":
+        if job.strength > rules.RECOMPOSE_STRENGTH and needs_tiles(width, height, native):
+            # remade whole near native first, then refined in tiles, as a large generate
+            return [near_native(width, height, native, job.strength)] + \
+                refine_passes(width, height, native, rules.HIRES_REFINE)
         return refine_passes(width, height, native, job.strength)
     if job.mode == "expand":
         return [Pass(box, size, job.strength, _pass_seed(index), alpha, job.fill, mask)
@@ -91,6 +93,19 @@ def plan_passes(job: EditJob, native: int) -> list[Pass]:
                 job.mask[plan.box.y:plan.box.y1, plan.box.x:plan.box.x1], job.mask_grow, job.mask_feather,
                 job.soft)), fill=job.fill)
             for index, plan in enumerate(crops)]
+
+
+def near_native(width: int, height: int, native: int, strength: float) -> Pass:
+    """The first stage of a two-stage job: the whole picture at about native² pixels, the same aspect."""
+    shrink = native / math.sqrt(width * height)
+    return Pass(Box(0, 0, width, height), (round_to_grid(width * shrink), round_to_grid(height * shrink)), strength)
+
+
+def is_two_stage(passes: list[Pass]) -> bool:
+    """Whether ``passes`` are a first stage near native size (the whole picture) followed by its tiles."""
+    whole = passes[0].box
+    return len(passes) > 1 and all(whole.x <= p.box.x and whole.y <= p.box.y and p.box.x1 <= whole.x1 and
+                                   p.box.y1 <= whole.y1 for p in passes[1:])
 
 
 def refine_passes(width: int, height: int, native: int, strength: float) -> list[Pass]:
