@@ -226,7 +226,7 @@ def test_a_big_refine_sends_the_whole_picture_and_is_refined_in_tiles(client):
     region = plan.plan_region(1400, 1000, 0.5, plan.native_size(client.models()))
     width, height = region.picture
     rgba = np.asarray(picture(width, height).convert("RGBA")).tobytes()
-    job = plan.build_job(region, plan.Settings(prompt="oil painting", steps=2, seed=1), rgba)
+    job = plan.build_job(region, plan.Settings(prompt="oil painting", strength=0.5, steps=2, seed=1), rgba)
     assert (job.image.width, job.image.height) == (1400, 1000), "the canvas at full resolution"
     started = []
     result = client.run(job, on_event=lambda e: isinstance(e, Started) and started.append(e)).images[0]
@@ -234,6 +234,15 @@ def test_a_big_refine_sends_the_whole_picture_and_is_refined_in_tiles(client):
     assert (result.image.width, result.image.height) == region.picture
     spot = placement.place(region, result.offset, result.image.width, result.image.height)
     assert (spot.x, spot.y, spot.width, spot.height, spot.scale) == (0, 0, 1400, 1000, False)
+
+
+def test_a_generate_of_a_large_canvas_asks_the_server_for_the_canvas_size():
+    """Not a near-native picture stretched 5x by Krita: the server makes it near native and refines it in
+    tiles at the canvas's size (two stages)."""
+    region = plan.plan_region(4000, 3000, 1.0, 512)
+    job = plan.build_job(region, plan.Settings(prompt="x"), None)
+    assert (job.width, job.height) == region.size == region.picture == (4000, 3000)
+    assert placement.place(region, (0, 0), 4000, 3000) == placement.Placement(0, 0, 4000, 3000, scale=False)
 
 
 def test_build_generate_job_asks_for_the_crop_at_model_size():
@@ -247,8 +256,8 @@ def test_build_generate_job_asks_for_the_crop_at_model_size():
 def test_a_generate_of_a_long_thin_canvas_stays_within_the_servers_generate_limit(width, height):
     """At native area a 200x4000 banner is 144x2808, which the server refuses ("Height 2808 is over this
     server's limit of 2048"): it is made within the limit, aspect kept, and scaled up to the canvas."""
-    region = plan.plan_region(width, height, 1.0, 512)
-    assert max(region.size) <= plan.DEFAULT_MAX_GENERATE_SIDE and region.picture == region.size
+    region = plan.plan_region(width, height, 1.0, 512, max_generate_side=2048)
+    assert max(region.size) <= 2048 and region.picture == region.size
     assert min(region.size) >= 8 and all(side % 8 == 0 for side in region.size)
     assert (region.size[0] > region.size[1]) == (width > height)
     if min(width, height) >= 200:  # the aspect survives where the grid allows it

@@ -145,7 +145,9 @@ def plan_region(width: int, height: int, strength: float, native: int | None,
     if mode == "instruct":  # the whole picture, in one pass near native size (the server scales it)
         return Region(mode, plan.box, size)
     if mode == "generate":
-        size = generate_size(*size, max_generate_side)
+        if geometry.needs_tiles(width, height, native):  # made at the canvas's size: the server generates it
+            size = (geometry.round_to_grid(width), geometry.round_to_grid(height))  # near native, then refines
+        size = generate_size(*size, max_generate_side)  # it in tiles at full size, not stretched here
         return Region(mode, plan.box, size, size)
     if geometry.needs_tiles(width, height, native):  # refined at full resolution, in tiles
         return Region(mode, plan.box, (min(width, native), min(height, native)))
