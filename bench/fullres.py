@@ -81,12 +81,23 @@ def refine(engine: Engine, image: np.ndarray, steps: int, strength: float = 0.3)
 
 
 def seams(picture: np.ndarray, boxes: list[Box]) -> float:
+    return seams_at(picture, [c for b in boxes for c in (b.x, b.x1)], [r for b in boxes for r in (b.y, b.y1)])
+
+
+def last_borders(boxes: list[Box]) -> tuple[list[int], list[int]]:
+    """Where the last column and row of tiles begin and the ones before them end (off the 8-px grid of the
+    others on a picture whose sides are not multiples of 8, before the tiles were planned on it extended)."""
+    xs, ys = sorted({b.x for b in boxes}), sorted({b.y for b in boxes})
+    tile = boxes[0].width
+    return [xs[-1], xs[-2] + tile], [ys[-1], ys[-2] + tile]
+
+
+def seams_at(picture: np.ndarray, columns: list[int], rows: list[int]) -> float:
     gray = picture.astype(np.float32).mean(axis=2)
     border, interior = [], []
-    for axis, starts, ends in ((1, [b.x for b in boxes], [b.x1 for b in boxes]),
-                               (0, [b.y for b in boxes], [b.y1 for b in boxes])):
+    for axis, coordinates in ((1, columns), (0, rows)):
         steps = np.abs(np.diff(gray, axis=axis)).mean(axis=1 - axis)
-        lines = {c - 1 for c in starts + ends if 0 < c < gray.shape[axis]}
+        lines = {c - 1 for c in coordinates if 0 < c < gray.shape[axis]}
         phases = {line % 8 for line in lines}
         border += [steps[line] for line in lines]
         interior += [steps[line] for line in range(len(steps)) if line % 8 in phases and line not in lines]
@@ -121,6 +132,15 @@ def bench_seams(engine: Engine, steps: int) -> None:
             boxes = [p.box for p in passes]
             print(f"  seams, {name} 1100x760, strength {strength}: border/interior gradient "
                   f"{seams(out, boxes):.2f} ({len(passes)} tiles); input's own {seams(picture, boxes):.2f}")
+    flat = np.zeros((3001, 4097, 3), np.uint8)
+    flat[...] = (120, 140, 90)
+    for name, picture in (("flat colour", flat), ("photo", photo(4097, 3001))):  # sides off the 8-px grid
+        out, passes, _ = refine(engine, picture, steps, 0.3)
+        columns, rows = last_borders([p.box for p in passes])
+        print(f"  seams, {name} 4097x3001, strength 0.3: border/interior gradient at the last column's and "
+              f"row's borders (x {columns}, y {rows}) {seams_at(out, columns, rows):.2f}, at all "
+              f"{seams(out, [p.box for p in passes]):.2f} ({len(passes)} tiles); input's own "
+              f"{seams_at(picture, columns, rows):.2f}")
 
 
 def bench_detail(engine: Engine, steps: int) -> None:

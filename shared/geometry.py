@@ -164,6 +164,11 @@ def _ceil_to(value: int, grid: int) -> int:
     return -(-value // grid) * grid
 
 
+def ceil_to_grid(value: int, grid: int = LATENT_GRID) -> int:
+    """The smallest multiple of ``grid`` not below ``value``."""
+    return _ceil_to(value, grid)
+
+
 TILE_OVERLAP = 8
 """Tiles of a full-resolution pass overlap by at least native / TILE_OVERLAP pixels (64 at 512)."""
 

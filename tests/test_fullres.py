@@ -1,5 +1,7 @@
 """Full resolution: whole-picture refine of large pictures in tiles at native scale, blended without seams."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -7,7 +9,7 @@ from scipy import ndimage
 
 from backend.engine.compose import blend_tiles, tile_weights
 from backend.engine.job import EditJob
-from backend.engine.passes import Pass, plan_passes
+from backend.engine.passes import Pass, is_two_stage, plan_passes
 from conftest import decode, png
 from shared.client import Progress, Started
 from shared.geometry import Box, tile_grid, whole_canvas
@@ -33,12 +35,16 @@ def photo(width: int, height: int, seed: int = 0) -> Image.Image:
 def seams(picture: np.ndarray, boxes: list[Box]) -> tuple[float, float]:
     """Mean gradient magnitude (8-bit levels) across the lines where tiles begin or end, and across the
     other lines at the same place in the 8-pixel latent grid (the demo model's pictures are blocky)."""
+    return seams_at(picture, [c for b in boxes for c in (b.x, b.x1)], [r for b in boxes for r in (b.y, b.y1)])
+
+
+def seams_at(picture: np.ndarray, columns: list[int], rows: list[int]) -> tuple[float, float]:
+    """``seams`` across the borders before the given columns and rows only."""
     gray = picture[..., :3].astype(np.float32).mean(axis=2)
     border, interior = [], []
-    for axis, starts, ends in ((1, [b.x for b in boxes], [b.x1 for b in boxes]),
-                               (0, [b.y for b in boxes], [b.y1 for b in boxes])):
+    for axis, coordinates in ((1, columns), (0, rows)):
         steps = np.abs(np.diff(gray, axis=axis)).mean(axis=1 - axis)  # one figure per line between pixels
-        lines = {c - 1 for c in starts + ends if 0 < c < gray.shape[axis]}
+        lines = {c - 1 for c in coordinates if 0 < c < gray.shape[axis]}
         phases = {line % 8 for line in lines}
         border += [steps[line] for line in lines]
         interior += [steps[line] for line in range(len(steps)) if line % 8 in phases and line not in lines]
@@ -86,10 +92,47 @@ def test_a_strong_img2img_of_a_large_picture_is_remade_whole_then_refined_in_til
         "up to RECOMPOSE_STRENGTH the tiles refine the picture itself"
 
 
+def test_a_strong_img2img_of_an_odd_sized_picture_is_still_two_stages():
+    first, *tiles = plan_passes(edit(width=2001, height=1501, strength=0.9), NATIVE)
+    assert first.box == Box(0, 0, 2001, 1501) and first.strength == 0.9
+    assert tiles and all(t.strength == 0.5 and t.box.x % 8 == 0 and t.box.y % 8 == 0 for t in tiles)
+    assert is_two_stage([first, *tiles]) and not is_two_stage(tiles), "a plain tile grid is one stage"
+
+
 def test_a_long_strip_is_tiled_along_its_length():
     passes = plan_passes(edit(width=3000, height=400), NATIVE)
     assert len(passes) == 7
     assert all(p.box.height == 400 and p.size == (512, 400) for p in passes)
+
+
+def test_tiles_of_a_picture_off_the_latent_grid_all_start_on_it():
+    """The last column and row of tiles started at the picture's end minus the tile (x 3585 of 4097), off the
+    8-px grid of the other tiles; now the tiles are those of the picture extended to the grid."""
+    for width, height in ((1001, 701), (4097, 3001), (3000, 401)):
+        passes = plan_passes(edit(width=width, height=height), NATIVE)
+        assert all(p.box.x % 8 == 0 and p.box.y % 8 == 0 for p in passes), (width, height)
+        assert all(p.size == (p.box.width, p.box.height) for p in passes), "still 1:1"
+        reach = (max(p.box.x1 for p in passes), max(p.box.y1 for p in passes))
+        assert reach == (-(-width // 8) * 8, -(-height // 8) * 8), "the picture extended to the grid"
+    assert [p.box for p in plan_passes(edit(width=4096, height=3072), NATIVE)] == tile_grid(4096, 3072, NATIVE), \
+        "a picture on the grid is tiled as before"
+
+
+def test_a_picture_is_extended_to_the_grid_by_its_edge_pixels():
+    from backend.engine.engine import extended
+    from backend.engine.job import Control
+
+    picture = np.asarray(photo(13, 9).convert("RGBA"))
+    small = np.asarray(photo(26, 18, seed=1).convert("RGBA"))  # a control image twice the picture's size
+    job = edit(width=13, height=9, control=(Control("tile", small, None, 1.0, 0.0, 1.0),
+                                            Control("depth", None, "depth", 1.0, 0.0, 1.0)))
+    job = extended(dataclasses.replace(job, image=picture), 16, 16)
+    assert job.image.shape == (16, 16, 4)
+    assert (job.image[:9, :13] == picture).all(), "the picture itself untouched"
+    assert (job.image[:9, 13:] == picture[:, 12:13]).all() and (job.image[9:] == job.image[8:9]).all(), \
+        "the edge repeated, not black"
+    assert job.control[0].image.shape == (16, 16, 4), "stretched to the picture, then extended like it"
+    assert job.control[1].image is None, "a unit on the picture itself follows it"
 
 
 def test_tile_weights_fade_across_overlaps_and_cover_every_pixel():
@@ -149,7 +192,9 @@ def large():
 def test_refine_of_a_large_picture_runs_in_tiles_at_full_resolution(client, large):
     result, started = refine(client, large)
     assert len(started.passes) == 6
-    assert all(size == (box[2], box[3]) for box, size in started.passes), "diffused 1:1, not scaled down"
+    assert all(size == (NATIVE, NATIVE) for _, size in started.passes), "diffused 1:1, not scaled down"
+    assert all(size == (box[2], box[3]) or box[0] + box[2] == 1100 for box, size in started.passes), \
+        "boxes are the tiles (cut to the picture where its side is off the 8-px grid)"
     item, = result.images
     layer = decode(item.image)
     assert (layer.shape, tuple(item.offset)) == ((760, 1100, 4), (0, 0))
@@ -183,6 +228,26 @@ def test_tiles_leave_no_seams_on_a_photo(client, large):
     result, started = refine(client, large, strength=0.3, steps=10)
     layer = decode(result.images[0].image)
     border, interior = seams(layer, [Box(*box) for box, _ in started.passes])
+    assert border <= 1.2 * interior, (border, interior)
+
+
+def test_tiles_of_a_picture_off_the_latent_grid_leave_no_seams(client):
+    """A 1001 x 701 picture's last column of tiles began at x 489 and its last row at y 189, off the 8-px grid of
+    the others: the tiles' 8x8 latent blocks met out of phase there and the blend showed (border gradient 1.8x
+    the interior's on a 4097 x 3001 picture). The tiles are now cut from the picture extended to the grid by
+    its edge pixels, and the result cut back."""
+    picture = photo(1001, 701)
+    result, started = refine(client, picture, strength=0.3, steps=10)
+    item, = result.images
+    layer = decode(item.image)
+    assert (layer.shape, tuple(item.offset)) == ((701, 1001, 4), (0, 0)), "the input's size"
+    boxes = [Box(*box) for box, _ in started.passes]
+    assert all(box.x % 8 == 0 and box.y % 8 == 0 for box in boxes), boxes
+    assert tuple(started.box) == (0, 0, 1001, 701) and max(b.x1 for b in boxes) == 1001 and \
+        max(b.y1 for b in boxes) == 701, "reported on the picture"
+    assert {size for _, size in started.passes} == {(512, 512)}
+    xs, ys = sorted({b.x for b in boxes}), sorted({b.y for b in boxes})
+    border, interior = seams_at(layer, [xs[-1], xs[-2] + 512], [ys[-1], ys[-2] + 512])  # the last tiles' overlaps
     assert border <= 1.2 * interior, (border, interior)
 
 

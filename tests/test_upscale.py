@@ -190,6 +190,16 @@ def test_upscale_with_refine_runs_tiles_at_native_scale(client):
     assert (decode(again.images[0].image) == refined).all(), "same seed, same pixels"
 
 
+def test_the_refine_of_an_upscale_off_the_latent_grid_keeps_its_tiles_on_it(client):
+    """A target whose sides are not multiples of 8 put its last tiles off the 8-px grid of the others (a seam
+    where they blend); they are planned on the target extended to the grid, and the result is the target."""
+    result, seen = events_of(client, image=picture(250, 175), width=1001, height=701, refine=0.5, steps=2, seed=2)
+    started = next(event for event in seen if isinstance(event, Started))
+    assert all(box[0] % 8 == 0 and box[1] % 8 == 0 and size == (512, 512) for box, size in started.passes)
+    assert max(box[0] + box[2] for box, _ in started.passes) == 1001, "reported on the target"
+    assert decode(result.images[0].image).shape == (701, 1001, 4)
+
+
 def test_a_batch_of_refined_upscales_gives_variations(client):
     """A batch with a refine was refused as if it had none ("an upscale without `refine` makes the same
     picture every time"): the batch rule fired whenever the refine had enough steps."""

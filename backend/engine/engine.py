@@ -28,7 +28,7 @@ from backend.engine.embeddings import EmbeddingError, Embeddings
 from backend.engine.job import Control, EditJob, PreprocessJob
 from backend.engine.loras import Loras
 from backend.engine.models import LoadedModel, ModelError, ModelRegistry
-from backend.engine.passes import Pass, is_two_stage, plan_passes
+from backend.engine.passes import Pass, is_two_stage, layer_box, on_picture, plan_passes
 from backend.engine.preprocessors import SEEDED, Preprocessors
 from backend.engine.previews import Previewer
 from backend.engine.prompt_cache import PromptCache
@@ -153,6 +153,14 @@ class Engine:
         passes = plan_passes(job, model.native_size)
         if job.mode in ("generate", "img2img") and is_two_stage(passes):
             return self._two_stages(job, reporter, passes, loaded - start)
+        shown, cut = passes, None  # the passes as reported; the picture's size when its result is cut back to it
+        reach = layer_box(passes)
+        if job.image is not None and (reach.x1 > job.image.shape[1] or reach.y1 > job.image.shape[0]):
+            # the tiles of a picture whose sides are off the 8-px grid reach past it (refine_passes): they are
+            # cut from the picture extended there, and reported (and the result returned) on the picture
+            cut = job.image.shape[:2]
+            shown = on_picture(passes, cut[1], cut[0])
+            job = extended(job, reach.x1, reach.y1)
         active = [(index, unit) for index, unit in enumerate(job.control) if unit.scale > 0]
         pipe = self._with_control(job, model, active) or pipe
         adapter = self._references(job, model, pipe) if not flux else {}
@@ -166,7 +174,7 @@ class Engine:
             prompt = self._prompt(job, model, pipe, text_loras)
         if self.lama is not None and any(p.fill == "inpaint" for p in passes):
             self.lama.load()  # a network that cannot load fails the job before `started`
-        reporter.started(job.denoising_steps, passes)
+        reporter.started(job.denoising_steps, shown)
 
         layers = []
         for index in range(job.batch):
@@ -196,8 +204,10 @@ class Engine:
                 match = max(job.mask_feather, MATCH_LIGHT_MIN) if job.soft else 0
                 offset, pixels = compose.layer(pipeline_mode(job.mode), job.image, passes, outputs, match,
                                                job.mask_grow)
+                if cut is not None:
+                    pixels = pixels[:cut[0], :cut[1]]
             layers.append(Layer(index, job.seed + index, offset, pixels))
-        return EngineResult(layers, loaded - start, time.perf_counter() - loaded, passes)
+        return EngineResult(layers, loaded - start, time.perf_counter() - loaded, shown)
 
     def _preprocess(self, job: PreprocessJob, reporter: Reporter) -> EngineResult:
         """A ``preprocess`` job: the control map of the whole picture, at its size."""
@@ -218,7 +228,7 @@ class Engine:
         upscaler = self.upscalers.load(job.upscaler)  # unknown or unreadable: fails before `started`
         refine = job.strength > 0
         native = self.registry.get(job.model).native_size if refine else 0
-        passes = plan_passes(job, native)
+        passes = on_picture(plan_passes(job, native), job.width, job.height)
         reporter.started(job.denoising_steps, passes)
         loaded = time.perf_counter()
         # progress counts the super-resolution tiles, then the refine's steps: a slow upscaler (the x4
@@ -268,6 +278,7 @@ class Engine:
                              f"{job.steps} step(s) x {tiles[0].strength:g} leaves no refine step; ask for at least "
                              f"{math.ceil(1 / tiles[0].strength)} steps" +
                              (", or a higher `refine`" if job.mode == "generate" else ""), "steps")
+        passes = on_picture(passes, width, height)  # (the refine stage plans its own, off-grid tiles included)
         reporter.started(job.denoising_steps, passes)
         start = time.perf_counter()
         per_image = first_steps + len(tiles) * refine_steps
@@ -443,6 +454,23 @@ def _unit(index: int, field: str) -> Iterator[None]:
     except ModelError as exc:
         exc.unit, exc.field = index, field
         raise
+
+
+def extended(job: EditJob, width: int, height: int) -> EditJob:
+    """``job`` on its picture extended to ``width`` x ``height`` on the right and bottom by repeating its edge
+    pixels (black there would darken the edge tiles), and its control images likewise, once stretched to the
+    picture as ``_control_map`` does (stretched to the extended size instead, they would shift against it)."""
+    rows, columns = job.image.shape[:2]
+
+    def extend(pixels: np.ndarray) -> np.ndarray:
+        if pixels.shape[:2] != (rows, columns):
+            pixels = np.asarray(Image.fromarray(np.ascontiguousarray(pixels)).resize((columns, rows),
+                                                                                       Image.Resampling.LANCZOS))
+        return np.pad(pixels, ((0, height - rows), (0, width - columns), (0, 0)), mode="edge")
+
+    control = [unit if unit.image is None else dataclasses.replace(unit, image=extend(unit.image))
+               for unit in job.control]
+    return dataclasses.replace(job, image=extend(job.image), control=tuple(control))
 
 
 def _resample(pixels: np.ndarray, size: tuple[int, int]) -> Image.Image:
