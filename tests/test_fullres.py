@@ -97,6 +97,9 @@ def test_a_strong_img2img_of_an_odd_sized_picture_is_still_two_stages():
     assert first.box == Box(0, 0, 2001, 1501) and first.strength == 0.9
     assert tiles and all(t.strength == 0.5 and t.box.x % 8 == 0 and t.box.y % 8 == 0 for t in tiles)
     assert is_two_stage([first, *tiles]) and not is_two_stage(tiles), "a plain tile grid is one stage"
+    # a large generate's own refine stage (refine 0.8 asked) refines its picture, it is not remade again
+    stage = plan_passes(edit(width=2001, height=1501, strength=0.8, recompose=False), NATIVE)
+    assert not is_two_stage(stage) and {p.strength for p in stage} == {0.8}
 
 
 def test_a_long_strip_is_tiled_along_its_length():

@@ -254,7 +254,7 @@ class Engine:
             return EngineResult([Layer(0, job.seed, (0, 0), picture)], loaded - start,
                                 time.perf_counter() - loaded, passes)
         refined = self.run(dataclasses.replace(job, mode="img2img", image=picture, width=None, height=None,
-                                               upscaler=None), _AlreadyStarted(reporter, tiles, total))
+                                               upscaler=None, recompose=False), _AlreadyStarted(reporter, tiles, total))
         if (alpha < 255).any():
             for layer in refined.layers:
                 layer.pixels[..., 3] = picture[..., 3]
@@ -296,7 +296,7 @@ class Engine:
                                          lambda done, total: self._check_cancel(reporter), prompt=job.prompt,
                                          seed=seed, steps=job.steps)
             refine = dataclasses.replace(job, mode="img2img", image=compose.opaque(picture), width=None, height=None,
-                                         batch=1, seed=seed, strength=tiles[0].strength)
+                                         batch=1, seed=seed, strength=tiles[0].strength, recompose=False)
             refined = self.run(refine, _AlreadyStarted(reporter, base + first_steps, per_image * job.batch))
             layers.append(Layer(index, seed, (0, 0), refined.layers[0].pixels))
         return EngineResult(layers, load, time.perf_counter() - start, passes)

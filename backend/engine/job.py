@@ -73,6 +73,9 @@ class EditJob:
     preset: str | None = None  # the preset the job named (already applied to its fields)
     few_step: bool = False  # its preset says the model denoises in a few steps: at least 1 step runs
     timestep_spacing: str | None = None  # the scheduler's; None: the model's own
+    # img2img: a strong one of a large picture is remade whole first (passes.plan_passes); False for the refine
+    # stage of a large generate or an upscale, which refines its own picture at the strength asked
+    recompose: bool = True
 
     @property
     def denoising_steps(self) -> int:

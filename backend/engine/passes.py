@@ -77,7 +77,7 @@ def plan_passes(job: EditJob, native: int) -> list[Pass]:
     if job.mode == "instruct" and job.mask is None:  # the whole picture, in one pass near native size
         return [_pass(whole_canvas(width, height, native), 1.0)]
     if job.mode == "img2img":
-        if job.strength > rules.RECOMPOSE_STRENGTH and needs_tiles(width, height, native):
+        if job.recompose and job.strength > rules.RECOMPOSE_STRENGTH and needs_tiles(width, height, native):
             # remade whole near native first, then refined in tiles, as a large generate
             return [near_native(width, height, native, job.strength)] + \
                 refine_passes(width, height, native, rules.HIRES_REFINE)
