@@ -384,9 +384,10 @@ class Client:
         if kind == "error" and message["code"] == "not_received" and job in self._unsent:
             self._send_job(self._unsent[job])  # the submit was lost with the old connection
             return
-        if kind in ("accepted", "result", "cancelled") or (kind == "error" and message.get("ends_job", True)):
+        ends = kind in ("result", "cancelled") or (kind == "error" and message.get("ends_job", True))
+        if ends or kind == "accepted":
             self._unsent.pop(job, None)
-        if kind in ("result", "cancelled") or (kind == "error" and message.get("ends_job", True)):
+        if ends:
             self._pending.discard(job)
         if kind == "error":
             error = EaselError(message["code"], message["message"], message.get("field"), job,
