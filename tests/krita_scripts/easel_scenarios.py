@@ -172,6 +172,17 @@ def rect_band(alpha, box, margin):
                 raise AssertionError(f"pixel ({px},{py}) {margin}px beyond the selection has alpha {a}, not 0")
 
 
+def press_generate(docker, steps: int, strength: int, what: str = "the job"):
+    """The painter's Generate in the docker (prompt "a red door"): the job's ``finished`` (name, arguments)."""
+    docker.prompt.setPlainText("a red door")
+    docker.steps.setValue(steps)
+    docker.strength.setValue(strength)
+    docker.generate_button.click()
+    fired = wait_for(docker.session, ["finished", "failed", "cancelled"])
+    check(fired and fired[0] == "finished", f"{what} ended with {fired} {docker.message.text()!r}")
+    return fired
+
+
 # -- scenarios ---------------------------------------------------------------------------------
 
 def scenario_plugin_loads(ctx):
@@ -717,15 +728,9 @@ def scenario_docker_model_picker(ctx):
     check("dedicated inpaint UNet" in docker.model.itemData(names.index("demo"), 3), "demo's tooltip")
     docker.model.setCurrentIndex(names.index("demo-base"))
     docker.model.activated.emit(names.index("demo-base"))  # what a click on the entry sends
-    docker.prompt.setPlainText("a red door")
-    docker.steps.setValue(4)
-    docker.strength.setValue(50)
     docker.fixed_seed.setChecked(True)
     docker.seed.setValue(9)
-    docker.generate_button.click()
-    fired = wait_for(docker.session, ["finished", "failed", "cancelled"])
-    check(fired and fired[0] == "finished", f"the job ended with {fired} {docker.message.text()!r}")
-    result = fired[1][1][0]
+    result = press_generate(docker, 4, 50)[1][1][0]
     check(result.parameters.get("model") == "demo-base", f"the server ran {result.parameters.get('model')}")
     check([n.name() for n in easel_layers(doc)[1]] == ["a red door [9, demo-base]"],
           f"layers {[n.name() for n in easel_layers(doc)[1]]}")
@@ -1326,12 +1331,7 @@ def scenario_docker_wss_with_a_pinned_certificate(ctx):
         doc = new_doc()
         paint_layer(doc, "paint", fill_rgba8())
         docker._document = lambda: doc
-        docker.prompt.setPlainText("a red door")
-        docker.steps.setValue(2)
-        docker.strength.setValue(100)
-        docker.generate_button.click()
-        fired = wait_for(docker.session, ["finished", "failed", "cancelled"])
-        check(fired and fired[0] == "finished", f"the job over wss:// ended with {fired} {docker.message.text()!r}")
+        press_generate(docker, 2, 100, "the job over wss://")
         doc.close()
     finally:
         docker.url.setText(os.environ["EASEL_URL"])
@@ -1405,13 +1405,7 @@ def scenario_documents_changed_under_a_job(ctx):
     paint_layer(doc, "paint", fill_rgba8())
     docker._document = lambda: doc
     wait_for(None, timeout=30, until=lambda: docker.worker.state == "connected")
-    docker.prompt.setPlainText("a red door")
-    docker.steps.setValue(2)
-    docker.strength.setValue(50)
-    docker.generate_button.click()
-    fired = wait_for(docker.session, ["finished", "failed", "cancelled"])
-    check(fired and fired[0] == "finished", f"the docker's job ended with {fired}")
-    result = fired[1][1][0]
+    result = press_generate(docker, 2, 50, "the docker's job")[1][1][0]
     wait_for(None, timeout=30, until=lambda: result.layer is not None)
     host.find_easel_group(doc).remove()
     docker.result_list.setCurrentRow(0)
