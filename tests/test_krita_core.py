@@ -77,11 +77,38 @@ def test_float_documents_are_rgba_linear_and_clamped():
     assert array("f", red).tolist() == pytest.approx([1.0, pixels.srgb_to_linear(128 / 255), 0.0, 1.0])
 
 
+def test_transparent_layer_pixels_are_laid_on_a_background_before_they_steer_a_job():
+    # A sketch layer: a black line pixel, transparent "black" around it, colour left under an erased pixel,
+    # and an anti-aliased half-covered grey edge.
+    sketch = bytes([0, 0, 0, 255, 0, 0, 0, 0, 200, 10, 90, 0, 0, 0, 0, 128])
+    assert pixels.flatten(sketch, 255) == bytes([0, 0, 0, 255, 255, 255, 255, 255, 255, 255, 255, 255,
+                                                 127, 127, 127, 255])
+    assert pixels.flatten(sketch, 0) == bytes([0, 0, 0, 255, 0, 0, 0, 255, 0, 0, 0, 255, 0, 0, 0, 255])
+    white_edge = bytes([255, 255, 255, 51])
+    assert pixels.flatten(white_edge, 0) == bytes([51, 51, 51, 255])
+    opaque = b"".join(bytes([v, 255 - v, v // 2, 255]) for v in range(256))
+    assert pixels.flatten(opaque, 255) == opaque  # an opaque layer as it is
+    with pytest.raises(ValueError):
+        pixels.flatten(b"\x00" * 5, 0)
+
+
 def test_srgb_curve_matches_the_standard():
     assert pixels.linear_to_srgb(0.0) == 0 and pixels.linear_to_srgb(1.0) == pytest.approx(1.0)
     assert pixels.srgb_to_linear(0.5) == pytest.approx(0.214041, abs=1e-6)
     for v in (0.001, 0.01, 0.3, 0.9):
         assert pixels.linear_to_srgb(pixels.srgb_to_linear(v)) == pytest.approx(v)
+
+
+def test_a_control_or_reference_layer_must_still_be_there_and_line_up():
+    plan.check_source_layer("control", "sketch", "", (300, 200), (300, 200))  # in this document
+    plan.check_source_layer("reference", "photo", "photo.jpg", (4000, 3000), (300, 200))  # a photo beside it
+    plan.check_source_layer("control", "depth", "depth.kra", (300, 200), (300, 200))  # another, the same size
+    with pytest.raises(plan.PlanError, match="The reference layer “photo” is gone \\(deleted, or its document "
+                                              "closed\\): remove it from the reference list"):
+        plan.check_source_layer("reference", "photo", None, None, (300, 200))
+    with pytest.raises(plan.PlanError, match="“sketch” is in another document \\(“old.kra”, 640x480\\) and cannot "
+                                              "line up with this 300x200 canvas"):
+        plan.check_source_layer("control", "sketch", "old.kra", (640, 480), (300, 200))
 
 
 @pytest.mark.parametrize("model, word", [("CMYKA", "CMYK"), ("GRAYA", "greyscale"), ("LABA", "L*a*b*")])

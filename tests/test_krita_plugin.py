@@ -95,7 +95,8 @@ SCENARIOS = ["plugin_loads", "inpaint_selection", "hidden_easel_group_is_shown_w
              "docker_expand", "docker_model_picker", "docker_instruct", "blinked_connection_still_delivers",
              "server_stopped_mid_job",
              "wide_gamut_documents", "ui_thread_budget", "docker_upscale", "docker_wss_with_a_pinned_certificate",
-             "documents_changed_under_a_job", "ui_thread_budget_other_profiles", "connection_closed_between_jobs"]
+             "documents_changed_under_a_job", "ui_thread_budget_other_profiles", "connection_closed_between_jobs",
+             "sketch_on_a_transparent_layer_steers", "control_and_reference_layers_from_elsewhere"]
 
 
 @pytest.mark.parametrize("name", SCENARIOS)

@@ -238,6 +238,17 @@ def find_layer(doc, unique_id: str):
     return None
 
 
+def owner(doc, node):
+    """The open document that holds ``node`` (a layer the painter picked for a control or reference):
+    ``doc`` itself when it is there, else another open document, or None once the layer was deleted or
+    its document closed (Krita still answers for such a node, with pixels that are not on any canvas)."""
+    unique_id = node.uniqueId().toString()
+    for candidate in [doc, *Krita.instance().documents()]:
+        if is_open(candidate) and find_layer(candidate, unique_id) is not None:
+            return candidate
+    return None
+
+
 def holds(doc, layer) -> bool:
     """Whether ``layer`` is still in ``doc``: the painter may have deleted it, or the group it was in."""
     return is_open(doc) and find_layer(doc, layer.uniqueId().toString()) is not None

@@ -207,6 +207,21 @@ def check_prompt(settings: Settings, references) -> None:
         raise PlanError("Type a prompt first: it says what to paint.")
 
 
+def check_source_layer(role: str, name: str, where: str | None, size: tuple[int, int] | None,
+                       canvas: tuple[int, int]) -> None:
+    """A control or reference layer the painter picked, before it is read. ``where``: None when it is in no
+    open document any more (deleted, or its document closed), "" when it is in this document, else the
+    name of the other open document that holds it (of ``size``). A reference may come from another
+    document (a photo opened beside the painting); a control must line up with this ``canvas``."""
+    if where is None:
+        raise PlanError(f"The {role} layer “{name}” is gone (deleted, or its document closed): remove it from "
+                        f"the {role} list, or pick a layer and add it again.")
+    if role == "control" and where and size != canvas:
+        raise PlanError(f"The control layer “{name}” is in another document (“{where}”, {size[0]}x{size[1]}) and "
+                        f"cannot line up with this {canvas[0]}x{canvas[1]} canvas: use a layer of this document, "
+                        "or of one the same size.")
+
+
 def default_guidance(family: str | None, mode: str) -> float:
     """The guidance a job gets when the painter leaves it on auto: Flux's distilled guidance (about 3.5
     for dev, 30 for its Fill model's masked modes, 2.5 for Kontext), InstructPix2Pix's 7.5, else 7."""

@@ -11,6 +11,7 @@ from .qt import QObject, QTimer, pyqtSignal, scaled_rgba
 from .turns import ALONE
 from .worker import sentence
 
+PAPER = 255  # what the transparent parts of a picture layer (a sketch, a reference) are laid on: white
 REFERENCE_SIDE = 512  # references are resized to the image encoder's 224 px anyway
 SLICE_S = 0.03  # UI-thread work per event-loop turn when reading or inserting in strips
 SLICES_KEPT = 1000
@@ -142,10 +143,23 @@ class Session(QObject):
         # What the chosen model cannot do is a sentence now, before any pixels are read.
         plan.check_model(region, settings, [(unit.type, unit.scale) for unit in controls],
                          [(ref.mode, ref.weight) for ref in references], model)
+        # A picked layer may have been deleted, or belong to another document (the docker keeps its lists
+        # when the painter switches documents): a sentence now, rather than a job steered by stray pixels.
+        owners = []
+        for role, items in (("control", controls), ("reference", references)):
+            for item in items:
+                found = host.owner(doc, item.node)
+                where = None if found is None else "" if found is doc else found.name()
+                plan.check_source_layer(role, item.node.name(), where,
+                                        None if found is None else (found.width(), found.height()),
+                                        (info.width, info.height))
+                if found is not doc:
+                    host.flush(found)
+                owners.append(found)
         box = region.box
         settings = plan.Settings(**vars(settings))
         mask = host.selection_bytes(doc, box) if region.masked else None
-        ref_bounds = [host.layer_bounds(doc, ref.node) for ref in references]
+        ref_bounds = [host.layer_bounds(found, ref.node) for found, ref in zip(owners[len(controls):], references)]
         image, control_reads, reference_reads = None, [], []
 
         def reads():
@@ -165,22 +179,25 @@ class Session(QObject):
         def to_rgba(data):
             return data.rgba(depth, linear)
 
-        def picture(data):
-            """Document pixels of the box -> RGBA of the region's picture size (on the worker)."""
+        def picture(data, background=None):
+            """Document pixels of the box -> RGBA of the region's picture size (on the worker); a control
+            layer is laid over an opaque ``background`` first (its transparent pixels hold no picture)."""
             rgba = to_rgba(data)
+            if background is not None:
+                rgba = pixels.flatten(rgba, background)
             if region.resampled:
                 rgba = scaled_rgba(rgba, box.width, box.height, *region.picture)
             return rgba
 
         def build() -> plan.Job:
             rgba = picture(image) if image is not None else None
-            units = [plan.ControlUnit(u.type, plan.raw_image(picture(data), *region.picture, "rgba8",
+            units = [plan.ControlUnit(u.type, plan.raw_image(picture(data, _background(u)), *region.picture, "rgba8",
                                                              f"{u.type} control layer"),
                                       "on" if u.preprocess else "off", u.scale, u.start, u.end)
                      for u, data in control_reads]
             refs = []
             for ref, bounds, data in reference_reads:
-                ref_rgba, w, h = _shrink(to_rgba(data), bounds.width, bounds.height)
+                ref_rgba, w, h = _shrink(pixels.flatten(to_rgba(data), PAPER), bounds.width, bounds.height)
                 refs.append(plan.Reference(plan.raw_image(ref_rgba, w, h, "rgba8", "reference layer"),
                                            ref.weight, ref.mode))
             return plan.build_job(region, settings, rgba, mask, units, refs, model)
@@ -390,7 +407,7 @@ class Session(QObject):
         name = f"{control_type} map of {node.name()}"
 
         def build():
-            rgba = read[0].rgba(depth, linear)
+            rgba = pixels.flatten(read[0].rgba(depth, linear), PAPER)  # a sketch on a transparent layer: on paper
             return protocol.images.ImageData("rgba8", box.width, box.height, rgba)
 
         def finish(result):
@@ -483,6 +500,12 @@ def _read(doc, info, read, box):
 def _write(info, rgba: bytes) -> bytes | None:
     """A result in the document's format (on the worker); None for a managed profile: apply() converts it."""
     return None if info.managed else pixels.from_rgba8(rgba, info.depth, info.linear)
+
+
+def _background(unit: ControlLayer) -> int:
+    """What a control layer's transparent pixels are: paper (white) under a picture to preprocess (a sketch
+    of dark lines on a transparent layer), black under a ready map (its "nothing here")."""
+    return PAPER if unit.preprocess else 0
 
 
 def _shrink(rgba: bytes, width: int, height: int) -> tuple[bytes, int, int]:

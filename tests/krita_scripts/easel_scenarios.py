@@ -335,6 +335,116 @@ def scenario_control_and_reference(ctx):
     doc.close()
 
 
+def recorded_jobs(worker):
+    """Record each job the worker builds (the request as sent); call the returned function to stop."""
+    built, original = [], worker.submit
+
+    def submit(build, finish, job):
+        def recording():
+            made = build()
+            built.append(made)
+            return made
+        return original(recording, finish, job)
+
+    worker.submit = submit
+    return built, lambda: delattr(worker, "submit")
+
+
+def sketch_layer(doc, name="sketch"):
+    """Dark lines drawn on a transparent layer (how painters sketch): a vertical and a horizontal stroke."""
+    data = bytearray(W * H * 4)  # transparent: what Krita keeps under alpha 0 is black
+    for y in range(H):
+        for x in range(W):
+            if 100 <= x < 104 or 60 <= y < 63:
+                data[(y * W + x) * 4:(y * W + x) * 4 + 4] = bytes((30, 30, 30, 255))
+    return paint_layer(doc, name, bytes(data))
+
+
+def scenario_sketch_on_a_transparent_layer_steers(ctx):
+    """A sketch on a transparent layer, as a control to preprocess, a reference and the "Make map layer"
+    source, is a sketch on paper: not a black picture (the colour Krita keeps under transparent pixels)."""
+    from easel_krita.session import ControlLayer, ReferenceLayer
+    rig = ctx["rig"]
+    doc = new_doc()
+    paint_layer(doc, "paint", fill_rgba8())
+    sketch = sketch_layer(doc)
+    sketch.setVisible(False)
+    built, stop = recorded_jobs(rig.worker)
+    try:
+        outcome = rig.run(doc, settings(strength=0.5, steps=2),
+                          [ControlLayer(sketch, "canny", preprocess=True), ControlLayer(sketch, "lineart")],
+                          [ReferenceLayer(sketch)], apply=False)
+    finally:
+        stop()
+    check(outcome[0] == "finished", f"the job ended with {outcome}")
+    picture, ready = (unit.image.data for unit in built[0].control)
+    at = (10 * W + 10) * 4  # an empty (transparent) part of the sketch
+    line = (10 * W + 101) * 4
+    check(picture[at:at + 3] == b"\xff\xff\xff" and picture[line:line + 3] == bytes((30, 30, 30)),
+          f"the sketch to preprocess was sent as {list(picture[at:at + 4])} around {list(picture[line:line + 4])}")
+    check(ready[at:at + 3] == b"\x00\x00\x00", f"a ready map's empty part was sent as {list(ready[at:at + 4])}")
+    reference = built[0].references[0].image.data
+    check(reference[at:at + 3] == b"\xff\xff\xff",
+          f"the reference's empty part was sent as {list(reference[at:at + 4])}")
+    # "Make map layer": canny finds the strokes (on black it found nothing: an empty map).
+    job = rig.session.preprocess_layer(doc, sketch, "canny")
+    fired = wait_for(rig.session, ["preprocessed", "failed"])
+    check(fired and fired[0] == "preprocessed" and fired[1][0] == job, f"preprocess ended with {fired}")
+    _, map_rgba = alpha_of(doc, fired[1][1])
+    edges = sum(1 for value in map_rgba[0::4] if value > 128)
+    check(edges > 200, f"the canny map of the sketch has {edges} edge pixels")
+    doc.close()
+
+
+def scenario_control_and_reference_layers_from_elsewhere(ctx):
+    """The docker keeps its control and reference lists when the painter switches documents or deletes a
+    layer: a reference from another open document (a photo beside the painting) is read whole from there, a
+    control that cannot line up, a deleted layer and one of a closed document are sentences."""
+    from easel_krita import plan
+    from easel_krita.session import ControlLayer, ReferenceLayer
+    rig = ctx["rig"]
+    photo = Krita.instance().createDocument(400, 300, "photo", "RGBA", "U8", "", 72.0)
+    photo.setBatchmode(True)
+    shot = photo.createNode("shot", "paintlayer")
+    photo.rootNode().addChildNode(shot, None)
+    shot.setPixelData(bytes((0, 0, 255, 255)) * (400 * 300), 0, 0, 400, 300)  # red, BGRA
+    photo.refreshProjection()
+    photo.waitForDone()
+    doc = new_doc()
+    paint_layer(doc, "paint", fill_rgba8())
+    gone = sketch_layer(doc, "gone")
+    gone.remove()
+    built, stop = recorded_jobs(rig.worker)
+    try:
+        outcome = rig.run(doc, settings(strength=0.5, steps=2), references=[ReferenceLayer(shot)], apply=False)
+        check(outcome[0] == "finished", f"the job with a reference from another document ended with {outcome}")
+        image = built[0].references[0].image
+        check((image.width, image.height) == (400, 300) and set(image.data[0::4]) == {255},
+              f"the reference was sent as {image.width}x{image.height}, reds {set(image.data[0::4])}")
+        for controls, references, words in (
+                ([ControlLayer(shot, "canny")], [],
+                 "“shot” is in another document (“photo”, 400x300) and cannot line up"),
+                ([ControlLayer(gone, "canny")], [], "The control layer “gone” is gone"),
+                ([], [ReferenceLayer(gone)], "The reference layer “gone” is gone")):
+            try:
+                outcome = rig.run(doc, settings(strength=0.5, steps=2), controls, references, apply=False)
+            except plan.PlanError as exc:
+                check(words in str(exc), f"the refusal says {exc}")
+            else:
+                check(False, f"a job with {controls or references} ended with {outcome}")
+        photo.close()
+        try:
+            rig.run(doc, settings(strength=0.5, steps=2), references=[ReferenceLayer(shot)], apply=False)
+        except plan.PlanError as exc:
+            check("The reference layer “shot” is gone" in str(exc), f"the refusal says {exc}")
+        else:
+            check(False, "a reference of a closed document was used")
+        check(len(built) == 1, f"{len(built)} jobs were sent")
+    finally:
+        stop()
+    doc.close()
+
+
 def _compare_to_krita(doc, layer="paint"):
     """Our conversion of a layer to 8-bit sRGB against Krita's own (a clone converted to sRGB 8-bit).
 
