@@ -99,6 +99,26 @@ def test_srgb_curve_matches_the_standard():
         assert pixels.linear_to_srgb(pixels.srgb_to_linear(v)) == pytest.approx(v)
 
 
+def test_a_picture_the_server_would_refuse_for_its_size_is_a_sentence_before_it_is_read():
+    wide = plan.plan_region(9000, 64, 0.5, 512)
+    with pytest.raises(plan.PlanError, match=r"The canvas is 9000x64: the server takes pictures up to 8192 pixels a "
+                                             r"side, so it cannot edit the whole of it. Select the part"):
+        plan.check_picture_size(wide, 8192, 8192 * 8192)
+    instruct = plan.plan_region(5000, 5000, 1.0, 512, instruct=True)
+    with pytest.raises(plan.PlanError, match="5000x5000: the server takes pictures up to 16,000,000 pixels in all"):
+        plan.check_picture_size(instruct, 8192, 16_000_000)
+    everything = (Box(0, 0, 9000, 64), b"\xff" * (9000 * 64))
+    with pytest.raises(plan.PlanError, match="The selection, with its grown edge and the context around it, spans "
+                                             "9000x64"):
+        plan.check_picture_size(plan.plan_region(9000, 64, 1.0, 512, everything), 8192, 8192 * 8192)
+    with pytest.raises(plan.PlanError, match="Expanded, the canvas would be 8400x64: .* Add fewer pixels"):
+        plan.check_picture_size(plan.plan_expand(8000, 64, (0, 0, 400, 0)), 8192, 8192 * 8192)
+    corner = (Box(8900, 10, 20, 20), b"\xff" * 400)
+    for fine in (plan.plan_region(9000, 64, 1.0, 512, corner), plan.plan_region(9000, 64, 1.0, 512),
+                 plan.plan_region(8192, 64, 0.5, 512)):  # a small crop, a generate, a canvas at the limit
+        plan.check_picture_size(fine, 8192, 8192 * 8192)
+
+
 def test_a_control_or_reference_layer_must_still_be_there_and_line_up():
     plan.check_source_layer("control", "sketch", "", (300, 200), (300, 200))  # in this document
     plan.check_source_layer("reference", "photo", "photo.jpg", (4000, 3000), (300, 200))  # a photo beside it

@@ -154,6 +154,29 @@ def plan_region(width: int, height: int, strength: float, native: int | None,
     return Region(mode, plan.box, size)  # a small canvas: the server scales it up itself
 
 
+def check_picture_size(region: Region, max_side: int, max_pixels: int) -> None:
+    """Refuse, before a pixel is read, a picture the server would refuse for its size (``max_side`` a side,
+    ``max_pixels`` in all) after the whole canvas had been read and sent: a sentence that says what to do."""
+    if region.mode in ("generate", "upscale"):  # no picture of this size is sent (plan_upscale checks its own)
+        return
+    width, height = region.size if region.mode == "expand" else region.picture
+    if max(width, height) > max_side:
+        limit = f"{max_side} pixels a side"
+    elif width * height > max_pixels:
+        limit = f"{max_pixels:,} pixels in all"
+    else:
+        return
+    if region.mode == "expand":
+        raise PlanError(f"Expanded, the canvas would be {width}x{height}: the server takes pictures up to {limit}. "
+                        "Add fewer pixels.")
+    if region.masked:
+        raise PlanError(f"The selection, with its grown edge and the context around it, spans {width}x{height}: the "
+                        f"server takes pictures up to {limit}. Select a smaller part and edit it piece by piece.")
+    raise PlanError(f"The canvas is {width}x{height}: the server takes pictures up to {limit}, so it cannot edit the "
+                    "whole of it. Select the part to change, or scale the image down (Image > Scale Image To New "
+                    "Size…).")
+
+
 def generate_size(width: int, height: int, limit: int, grid: int = geometry.LATENT_GRID) -> tuple[int, int]:
     """A generate's model size within the server's ``limit`` a side, aspect kept: a long, thin canvas (a
     200x4000 banner is 144x2808 at native area) is made smaller and scaled up to the canvas, as a small

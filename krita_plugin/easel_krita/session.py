@@ -139,6 +139,7 @@ class Session(QObject):
                                       grow=settings.mask_grow, feather=settings.mask_feather,
                                       remove=settings.remove, instruct=settings.instruct,
                                       max_generate_side=self.worker.offer.max_generate_side)
+        plan.check_picture_size(region, self.worker.offer.max_side, self.worker.offer.max_pixels)
         model = plan.model_of(self.worker.models, settings.model)
         # What the chosen model cannot do is a sentence now, before any pixels are read.
         plan.check_model(region, settings, [(unit.type, unit.scale) for unit in controls],

@@ -445,6 +445,40 @@ def scenario_control_and_reference_layers_from_elsewhere(ctx):
     doc.close()
 
 
+def scenario_canvas_beyond_the_servers_limit(ctx):
+    """A refine of a canvas wider than the server takes is a sentence at once, before the canvas is read and
+    sent (the server refused it only after, with "`image` is 9000x64 ..."); a selection near its far edge is
+    still an edit of a small crop."""
+    from easel_krita import plan
+    rig = ctx["rig"]
+    w, h = 9000, 64
+    doc = Krita.instance().createDocument(w, h, "banner", "RGBA", "U8", "", 72.0)
+    doc.setBatchmode(True)
+    layer = doc.createNode("paint", "paintlayer")
+    doc.rootNode().addChildNode(layer, None)
+    layer.setPixelData(bytes((40, 90, 200, 255)) * (w * h), 0, 0, w, h)
+    doc.refreshProjection()
+    doc.waitForDone()
+    built, stop = recorded_jobs(rig.worker)
+    try:
+        for kind in (dict(strength=0.5), dict(instruct=True, prompt="make it winter")):
+            try:
+                outcome = rig.run(doc, settings(steps=2, **kind), apply=False)
+            except plan.PlanError as exc:
+                check(str(exc).startswith("The canvas is 9000x64: the server takes pictures up to 8192 pixels a side"),
+                      f"the refusal says {exc}")
+            else:
+                check(False, f"{kind}: the job ended with {outcome}")
+        check(built == [], f"{len(built)} jobs were built")
+        select(doc, 8900, 10, 20, 20)
+        outcome = rig.run(doc, settings(steps=2))
+        check(outcome[0] == "finished", f"an inpaint near the far edge ended with {outcome}")
+        check(outcome[1][0].x + outcome[1][0].width == w, f"placed at {vars(outcome[1][0])}")
+    finally:
+        stop()
+    doc.close()
+
+
 def _compare_to_krita(doc, layer="paint"):
     """Our conversion of a layer to 8-bit sRGB against Krita's own (a clone converted to sRGB 8-bit).
 
