@@ -129,6 +129,9 @@ def test_a_control_or_reference_layer_must_still_be_there_and_line_up():
     with pytest.raises(plan.PlanError, match="“sketch” is in another document \\(“old.kra”, 640x480\\) and cannot "
                                               "line up with this 300x200 canvas"):
         plan.check_source_layer("control", "sketch", "old.kra", (640, 480), (300, 200))
+    with pytest.raises(plan.PlanError, match="“Selection Mask” is a selection mask, not a layer: pick a layer as the "
+                                              "reference"):
+        plan.check_source_layer("reference", "Selection Mask", "", (300, 200), (300, 200), "selectionmask")
 
 
 @pytest.mark.parametrize("model, word", [("CMYKA", "CMYK"), ("GRAYA", "greyscale"), ("LABA", "L*a*b*")])

@@ -30,13 +30,14 @@ class Canvas:
     linear: bool
     profile: str = ""
     managed: bool = False  # colours go through Krita's colour management (primaries other than sRGB's)
+    model: str = "RGBA"  # another only for a layer of its own colour space (read through Krita's conversion)
 
     def to_rgba8(self, data: bytes, width: int, height: int) -> bytes | None:
         """Document pixels as 8-bit sRGB RGBA, converted by Krita now (UI thread) for a managed profile;
         None for the others, which ``pixels.to_rgba8`` converts exactly on the worker."""
         if not self.managed:
             return None
-        return pixels.swap_red_blue(_convert(data, width, height, ("RGBA", self.depth, self.profile), SRGB8))
+        return pixels.swap_red_blue(_convert(data, width, height, (self.model, self.depth, self.profile), SRGB8))
 
     def from_rgba8(self, rgba: bytes, width: int, height: int) -> bytes:
         """8-bit sRGB RGBA as document pixels, through Krita's colour management (managed profiles)."""
@@ -44,7 +45,7 @@ class Canvas:
 
     def reader(self) -> Converter:
         """Many strips of document pixels to 8-bit sRGB RGBA (managed profiles); close() it after."""
-        return Converter(("RGBA", self.depth, self.profile), SRGB8, out=pixels.swap_red_blue)
+        return Converter((self.model, self.depth, self.profile), SRGB8, out=pixels.swap_red_blue)
 
     def writer(self) -> Converter:
         """Many strips of 8-bit sRGB RGBA to document pixels (managed profiles); close() it after."""
@@ -124,6 +125,27 @@ def canvas(doc) -> Canvas:
     pixels.check_color(model, depth)
     return Canvas(doc.width(), doc.height(), depth, pixels.is_linear_profile(profile), profile,
                   not pixels.exact_profile(profile))
+
+
+def layer_canvas(node, info: Canvas) -> Canvas:
+    """How to read ``node``'s own pixels (``layer_pixels``): as the document's (``info``), or in the layer's own
+    colour space (Layer > Convert Layer Color Space: a grey or 16-bit layer in an 8-bit document, or a layer of
+    another document), which Krita's colour management converts when the plugin cannot."""
+    model, depth, profile = node.colorModel(), node.colorDepth(), node.colorProfile()
+    if (model, depth, profile) == ("RGBA", info.depth, info.profile):
+        return info
+    exact = model == "RGBA" and depth in pixels.DEPTHS and pixels.exact_profile(profile)
+    return Canvas(info.width, info.height, depth, pixels.is_linear_profile(profile), profile, not exact, model)
+
+
+def is_mask(node) -> bool:
+    """A selection, transparency, filter ... mask: one channel of coverage, not a picture."""
+    return node.type().endswith("mask")
+
+
+def pickable_layers(doc) -> list:
+    """The layers a control or reference can be made of (the layer pickers): every layer but masks."""
+    return [node for node in all_layers(doc) if not is_mask(node)]
 
 
 SRGB8 = ("RGBA", "U8", "sRGB-elle-V2-srgbtrc.icc")

@@ -231,11 +231,15 @@ def check_prompt(settings: Settings, references) -> None:
 
 
 def check_source_layer(role: str, name: str, where: str | None, size: tuple[int, int] | None,
-                       canvas: tuple[int, int]) -> None:
+                       canvas: tuple[int, int], kind: str = "paintlayer") -> None:
     """A control or reference layer the painter picked, before it is read. ``where``: None when it is in no
     open document any more (deleted, or its document closed), "" when it is in this document, else the
     name of the other open document that holds it (of ``size``). A reference may come from another
-    document (a photo opened beside the painting); a control must line up with this ``canvas``."""
+    document (a photo opened beside the painting); a control must line up with this ``canvas``. ``kind``:
+    Krita's node type; a mask (``selectionmask`` ...) holds coverage, not a picture."""
+    if kind.endswith("mask"):
+        raise PlanError(f"“{name}” is a {kind[:-4]} mask, not a layer: pick a layer as the {role} (a mask holds "
+                        "no picture).")
     if where is None:
         raise PlanError(f"The {role} layer “{name}” is gone (deleted, or its document closed): remove it from "
                         f"the {role} list, or pick a layer and add it again.")

@@ -153,7 +153,7 @@ class Session(QObject):
                 where = None if found is None else "" if found is doc else found.name()
                 plan.check_source_layer(role, item.node.name(), where,
                                         None if found is None else (found.width(), found.height()),
-                                        (info.width, info.height))
+                                        (info.width, info.height), item.node.type())
                 if found is not doc:
                     host.flush(found)
                 owners.append(found)
@@ -169,15 +169,22 @@ class Session(QObject):
             nonlocal image
             if region.mode != "generate":
                 image = yield from _read(doc, info, lambda strip: host.image_pixels(doc, strip), box)
-            for unit in controls:
-                data = yield from _read(doc, info, lambda strip, node=unit.node: host.layer_pixels(node, strip), box)
-                control_reads.append((unit, data))
+            for unit in controls:  # a layer may have a colour space of its own: read in it
+                layer = host.layer_canvas(unit.node, info)
+                data = yield from _read(doc, layer, lambda strip, node=unit.node: host.layer_pixels(node, strip), box,
+                                        info)
+                control_reads.append((unit, (data, layer)))
             for ref, bounds in zip(references, ref_bounds):
-                data = yield from _read(doc, info, lambda strip, node=ref.node: host.layer_pixels(node, strip), bounds)
-                reference_reads.append((ref, bounds, data))
+                layer = host.layer_canvas(ref.node, info)
+                data = yield from _read(doc, layer, lambda strip, node=ref.node: host.layer_pixels(node, strip),
+                                        bounds, info)
+                reference_reads.append((ref, bounds, (data, layer)))
         depth, linear = info.depth, info.linear
 
         def to_rgba(data):
+            if isinstance(data, tuple):  # a layer's pixels, in the layer's own format
+                data, layer = data
+                return data.rgba(layer.depth, layer.linear)
             return data.rgba(depth, linear)
 
         def picture(data, background=None):
@@ -398,13 +405,16 @@ class Session(QObject):
             raise plan.PlanError(f"The canvas is {info.width}x{info.height}: the server makes maps of pictures up "
                                  f"to {side} pixels a side.")
         host.flush(doc)
+        if host.is_mask(node):
+            plan.check_source_layer("control", node.name(), "", None, (info.width, info.height), node.type())
         box = plan.Box(0, 0, info.width, info.height)  # the whole canvas, so the map lines up
+        layer = host.layer_canvas(node, info)  # the layer may have a colour space of its own
         read = []
 
         def reads():  # in strips, like a job's reads
-            read.append((yield from _read(doc, info, lambda strip: host.layer_pixels(node, strip), box)))
+            read.append((yield from _read(doc, layer, lambda strip: host.layer_pixels(node, strip), box, info)))
 
-        depth, linear = info.depth, info.linear
+        depth, linear = layer.depth, layer.linear
         name = f"{control_type} map of {node.name()}"
 
         def build():
@@ -473,12 +483,15 @@ class _Read:
         return data if self.converted else pixels.to_rgba8(data, depth, linear)
 
 
-def _read(doc, info, read, box):
+def _read(doc, info, read, box, canvas=None):
     """A generator: ``read(strip)`` for each strip of ``box`` (a yield after each), returning a _Read;
-    a profile that needs Krita's conversion is converted strip by strip, here on the UI thread.
+    a profile that needs Krita's conversion is converted strip by strip, here on the UI thread. ``info``
+    says what the pixels read are (the document's format, or a layer's own: ``host.layer_canvas``);
+    ``canvas`` the document's size as the job saw it (``info``'s when None).
 
     The painter can close, crop or resize ``doc`` between two strips (a large read spans many turns):
     then the picture would be short or out of line, so the job ends with a sentence (PlanError)."""
+    canvas = canvas or info
     parts = []
     size = pixels.bytes_per_pixel(info.depth)
     reader = info.reader() if info.managed else None  # one scratch document for all the strips
@@ -486,8 +499,8 @@ def _read(doc, info, read, box):
         for strip in plan.strips(box, size, plan.MANAGED_STRIP_PIXELS * size if reader else plan.STRIP_BYTES):
             if not host.is_open(doc):
                 raise plan.PlanError("The document was closed before Easel had read it; nothing was sent.")
-            if (doc.width(), doc.height()) != (info.width, info.height):
-                raise plan.PlanError(f"The document changed size ({info.width}x{info.height} to {doc.width()}x"
+            if (doc.width(), doc.height()) != (canvas.width, canvas.height):
+                raise plan.PlanError(f"The document changed size ({canvas.width}x{canvas.height} to {doc.width()}x"
                                      f"{doc.height()}) while Easel read it; nothing was sent. Press the button again.")
             data = read(strip)
             parts.append(reader.convert(data, strip.width, strip.height) if reader else data)

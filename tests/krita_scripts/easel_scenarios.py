@@ -445,6 +445,68 @@ def scenario_control_and_reference_layers_from_elsewhere(ctx):
     doc.close()
 
 
+def scenario_layers_of_their_own_colour_space_and_masks(ctx):
+    """A layer converted to a colour space of its own (Layer > Convert Layer Color Space: grey, 16-bit linear)
+    is read as a picture for a control, a reference and "Make map layer" (it failed with "The reference layer
+    has 98304 bytes for 256x192 (196608 expected)"); masks are not offered as layers (the global selection's
+    "Selection Mask" came first in the pickers), and one picked anyway is a sentence."""
+    from easel_krita import host, pixels, plan
+    from easel_krita.docker import EaselDocker
+    from easel_krita.session import ControlLayer, ReferenceLayer
+    rig = ctx["rig"]
+    doc = new_doc()
+    paint_layer(doc, "paint", fill_rgba8())
+    picture = fill_rgba8()
+    grey = paint_layer(doc, "grey", picture)
+    greys = Krita.instance().profiles("GRAYA", "U8")
+    check(grey.setColorSpace("GRAYA", "U8", next(p for p in greys if "srgbtrc" in p)), "no grey layer")
+    deep = paint_layer(doc, "deep", picture)
+    check(deep.setColorSpace("RGBA", "U16", "sRGB-elle-V2-g10.icc"), "no 16-bit linear layer")
+    doc.waitForDone()
+    select(doc, 50, 50, 30, 30)
+    built, stop = recorded_jobs(rig.worker)
+    try:
+        outcome = rig.run(doc, settings(strength=0.5, steps=2), [ControlLayer(grey, "scribble")],
+                          [ReferenceLayer(deep), ReferenceLayer(grey)], apply=False)
+    finally:
+        stop()
+    check(outcome[0] == "finished", f"the job ended with {outcome}")
+    job = built[0]
+    crop = job.control[0].image  # the selection's crop of the grey layer
+    x0, y0 = outcome[1][0].x, outcome[1][0].y
+    sent = crop.data
+    stored = bytes(grey.pixelData(x0, y0, crop.width, crop.height))  # grey, alpha: the layer's own bytes
+    worst = 0
+    for y in range(0, crop.height, 7):
+        for x in range(0, crop.width, 7):
+            i = (y * crop.width + x) * 4
+            check(sent[i] == sent[i + 1] == sent[i + 2], f"the grey layer was sent in colour at ({x}, {y})")
+            worst = max(worst, abs(sent[i] - stored[i // 2]))
+    check(worst <= 2, f"the grey layer was sent off its own grey by {worst}")
+    deep_sent = job.references[0].image.data
+    worst = max(abs(a - b) for a, b in zip(deep_sent, picture))
+    check(worst <= 1, f"the 16-bit layer was sent off its picture by {worst}")
+    job = rig.session.preprocess_layer(doc, grey, "canny")
+    fired = wait_for(rig.session, ["preprocessed", "failed"])
+    check(fired and fired[0] == "preprocessed", f"the map of the grey layer ended with {fired}")
+    # Masks: not in the pickers; picked anyway (an older list), a sentence.
+    mask = next(n for n in host.all_layers(doc) if n.type() == "selectionmask")
+    host.write_setting("url", ctx["bad_url"])
+    docker = EaselDocker()
+    docker._document = lambda: doc
+    docker._refresh_layers()
+    listed = [docker.control_layer.itemText(i) for i in range(docker.control_layer.count())]
+    check(mask.name() not in listed and "grey" in listed, f"the layer pickers list {listed}")
+    try:
+        rig.run(doc, settings(strength=0.5, steps=2), [ControlLayer(mask, "scribble")], apply=False)
+    except plan.PlanError as exc:
+        check(str(exc).startswith(f"“{mask.name()}” is a selection mask, not a layer"), f"the refusal says {exc}")
+    else:
+        check(False, "a mask was used as a control")
+    check(pixels.flatten(b"\x00\x00\x00\x00", 255) == b"\xff" * 4, "flatten")
+    doc.close()
+
+
 def scenario_canvas_beyond_the_servers_limit(ctx):
     """A refine of a canvas wider than the server takes is a sentence at once, before the canvas is read and
     sent (the server refused it only after, with "`image` is 9000x64 ..."); a selection near its far edge is
