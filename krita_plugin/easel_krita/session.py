@@ -321,6 +321,8 @@ class Session(QObject):
         misfit = result.fits()
         if misfit is not None:
             raise plan.PlanError(misfit)
+        if not result.new_document and result.canvas is not None:
+            _follow_conversion(result)
 
         def steps():
             try:
@@ -509,6 +511,20 @@ def _read(doc, info, read, box, canvas=None):
         if reader is not None:
             reader.close()
     return _Read(parts, info.managed)
+
+
+def _follow_conversion(result: LayerResult) -> None:
+    """The painter may have converted the document (Image > Convert Image Color Space: 8- to 16-bit, another
+    profile ...) since the job read it: the result's pixels, made for the old format, are made again for the
+    new one from its sRGB picture (written as they were, they were garbage: half the bytes of a 16-bit layer).
+    A document no longer in RGB is a sentence."""
+    try:
+        now = host.canvas(result.doc)
+    except pixels.UnsupportedColor as exc:
+        raise plan.PlanError(f"The document was converted since this job read it. {exc}") from None
+    was = result.canvas
+    if (now.depth, now.profile) != (was.depth, was.profile):
+        result.canvas, result.data = now, _write(now, result.rgba)
 
 
 def _write(info, rgba: bytes) -> bytes | None:

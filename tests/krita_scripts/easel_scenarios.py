@@ -507,6 +507,41 @@ def scenario_layers_of_their_own_colour_space_and_masks(ctx):
     doc.close()
 
 
+def scenario_result_applied_after_the_document_was_converted(ctx):
+    """Results wait in the list; the painter converts the document (8-bit to 16-bit linear, then to grey)
+    before applying one: the layer shows the result (it was written in the old format: garbage), and a
+    document no longer in RGB is a sentence."""
+    from easel_krita import pixels, plan
+    rig = ctx["rig"]
+    doc = new_doc()
+    paint_layer(doc, "paint", fill_rgba8())
+    select(doc, 50, 50, 30, 30)
+    outcome = rig.run(doc, settings(batch=2), apply=False)
+    check(outcome[0] == "finished", f"the job ended with {outcome}")
+    first, second = outcome[1]
+    check(doc.setColorSpace("RGBA", "U16", "sRGB-elle-V2-g10.icc"), "the document was not converted")
+    doc.waitForDone()
+    rig.session.apply(first)
+    wait_for(None, timeout=60, until=lambda: first.layer is not None)
+    check(first.layer is not None, "the result was not applied")
+    shown = pixels.to_rgba8(bytes(first.layer.pixelData(first.x, first.y, first.width, first.height)), "U16", True)
+    check(len(shown) == len(first.rgba), "sizes differ")
+    worst = max(abs(a - b) for a, b in zip(shown, first.rgba))
+    check(worst <= 1, f"the layer is off the result by {worst}")
+    greys = Krita.instance().profiles("GRAYA", "U8")
+    check(doc.setColorSpace("GRAYA", "U8", next(p for p in greys if "srgbtrc" in p)), "no grey document")
+    doc.waitForDone()
+    try:
+        rig.session.apply(second)
+    except plan.PlanError as exc:
+        check(str(exc).startswith("The document was converted since this job read it. Easel works on RGB documents, "
+                                  "and this one is greyscale."), f"the refusal says {exc}")
+    else:
+        check(False, "a result went into a grey document")
+    check(len(easel_layers(doc)[1]) == 1, "a second layer was added")
+    doc.close()
+
+
 def scenario_canvas_beyond_the_servers_limit(ctx):
     """A refine of a canvas wider than the server takes is a sentence at once, before the canvas is read and
     sent (the server refused it only after, with "`image` is 9000x64 ..."); a selection near its far edge is
