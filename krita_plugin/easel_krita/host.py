@@ -319,8 +319,14 @@ def scale_canvas(doc, width: int, height: int, new_width: int, new_height: int) 
     size (already scaled) is left as it is."""
     if (doc.width(), doc.height()) != (width, height):
         return
-    doc.scaleImage(new_width, new_height, int(doc.xRes()), int(doc.yRes()), "Bicubic")
+    xres, yres = doc.xRes(), doc.yRes()
+    doc.scaleImage(new_width, new_height, int(xres), int(yres), "Bicubic")
     doc.waitForDone()
+    # Krita 5's scaleImage turns the resolution it is given into whole multiples of 72 ppi (300 -> 288, 96 ->
+    # 72, measured): the document keeps its own, as Image > Scale Image To New Size does by default.
+    if (doc.xRes(), doc.yRes()) != (xres, yres):
+        doc.setXRes(xres)
+        doc.setYRes(yres)
     _stale.add(id(doc))  # a scaled image: the next read refreshes its projection first
 
 

@@ -542,6 +542,27 @@ def scenario_result_applied_after_the_document_was_converted(ctx):
     doc.close()
 
 
+def scenario_upscale_keeps_the_print_resolution(ctx):
+    """Upscale that scales the document keeps its resolution: a 300 ppi document was 288 ppi after it (and
+    96 ppi 72), as Krita's scaleImage rounds the resolution it is given down to a multiple of 72."""
+    from easel_krita import plan
+    rig = ctx["rig"]
+    for ppi in (300.0, 96.0):
+        doc = Krita.instance().createDocument(W, H, "print", "RGBA", "U8", "", ppi)
+        doc.setBatchmode(True)
+        layer = paint_layer(doc, "paint", fill_rgba8())
+        job = rig.session.upscale(doc, plan.Settings(scale=2.0, upscaler="lanczos", steps=2, seed=5))
+        fired = wait_for(rig.session, ["finished", "failed", "cancelled"])
+        check(fired and fired[0] == "finished" and fired[1][0] == job, f"the upscale ended with {fired}")
+        result = fired[1][1][0]
+        rig.session.apply(result)
+        wait_for(None, timeout=60, until=lambda result=result: result.layer is not None)
+        check((doc.width(), doc.height()) == (2 * W, 2 * H), f"the document is {doc.width()}x{doc.height()}")
+        check(layer.bounds().width() == 2 * W, "the painter's layer was not scaled")
+        check((doc.xRes(), doc.yRes()) == (ppi, ppi), f"a {ppi:g} ppi document is {doc.xRes():g}x{doc.yRes():g} ppi")
+        doc.close()
+
+
 def scenario_canvas_beyond_the_servers_limit(ctx):
     """A refine of a canvas wider than the server takes is a sentence at once, before the canvas is read and
     sent (the server refused it only after, with "`image` is 9000x64 ..."); a selection near its far edge is
