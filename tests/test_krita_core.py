@@ -99,6 +99,24 @@ def test_srgb_curve_matches_the_standard():
         assert pixels.linear_to_srgb(pixels.srgb_to_linear(v)) == pytest.approx(v)
 
 
+def test_select_all_is_the_whole_picture_refined_at_full_size():
+    everything = (Box(0, 0, 1400, 1000), b"\xff" * (1400 * 1000))
+    assert plan.plan_region(1400, 1000, 0.4, 512, everything) == plan.plan_region(1400, 1000, 0.4, 512)
+    assert plan.plan_region(1400, 1000, 1.0, 512, everything).mode == "generate"
+    assert plan.plan_region(1400, 1000, 1.0, 512, everything, instruct=True).masked is False
+    assert plan.plan_region(1400, 1000, 1.0, 512, everything, remove=True).mode == "remove"
+    beyond = bytearray(b"\xff" * (1420 * 1010))  # a selection reaching past the canvas on every side
+    assert plan.selects_everything(Box(-10, -5, 1420, 1010), bytes(beyond), 1400, 1000)
+    beyond[(5 + 999) * 1420 + 10 + 1399] = 254  # the canvas's last pixel not quite selected
+    assert not plan.selects_everything(Box(-10, -5, 1420, 1010), bytes(beyond), 1400, 1000)
+    beyond[(5 + 999) * 1420 + 10 + 1399], beyond[0] = 255, 0  # outside the canvas: does not count
+    assert plan.selects_everything(Box(-10, -5, 1420, 1010), bytes(beyond), 1400, 1000)
+    almost = bytearray(everything[1])
+    almost[700 * 1400 + 3] = 128  # one soft pixel: an inpaint, as before
+    assert plan.plan_region(1400, 1000, 0.4, 512, (everything[0], bytes(almost))).mode == "inpaint"
+    assert not plan.selects_everything(Box(0, 0, 1400, 999), b"\xff" * (1400 * 999), 1400, 1000)
+
+
 def test_a_picture_the_server_would_refuse_for_its_size_is_a_sentence_before_it_is_read():
     wide = plan.plan_region(9000, 64, 0.5, 512)
     with pytest.raises(plan.PlanError, match=r"The canvas is 9000x64: the server takes pictures up to 8192 pixels a "
@@ -107,10 +125,10 @@ def test_a_picture_the_server_would_refuse_for_its_size_is_a_sentence_before_it_
     instruct = plan.plan_region(5000, 5000, 1.0, 512, instruct=True)
     with pytest.raises(plan.PlanError, match="5000x5000: the server takes pictures up to 16,000,000 pixels in all"):
         plan.check_picture_size(instruct, 8192, 16_000_000)
-    everything = (Box(0, 0, 9000, 64), b"\xff" * (9000 * 64))
+    band = (Box(0, 0, 9000, 40), b"\xff" * (9000 * 40))
     with pytest.raises(plan.PlanError, match="The selection, with its grown edge and the context around it, spans "
                                              "9000x64"):
-        plan.check_picture_size(plan.plan_region(9000, 64, 1.0, 512, everything), 8192, 8192 * 8192)
+        plan.check_picture_size(plan.plan_region(9000, 64, 1.0, 512, band), 8192, 8192 * 8192)
     with pytest.raises(plan.PlanError, match="Expanded, the canvas would be 8400x64: .* Add fewer pixels"):
         plan.check_picture_size(plan.plan_expand(8000, 64, (0, 0, 400, 0)), 8192, 8192 * 8192)
     corner = (Box(8900, 10, 20, 20), b"\xff" * 400)

@@ -115,7 +115,8 @@ def plan_region(width: int, height: int, strength: float, native: int | None,
     """Plan a job on a ``width`` x ``height`` canvas.
 
     ``selection`` is the selection's bounding box and its mask bytes over that box (or None).
-    An empty selection counts as none. Returns the region; the crop around a selection is the
+    An empty selection counts as none, and so does one that selects the whole canvas (Select All) except
+    for a removal. Returns the region; the crop around a selection is the
     server's own ``context_crop`` with the margin the feathered mask reaches. ``max_generate_side``: the
     server's longest generated side (a generate of a long, thin canvas is made within it).
     """
@@ -135,6 +136,11 @@ def plan_region(width: int, height: int, strength: float, native: int | None,
             bounds = Box(x0, y0, x1 - x0, y1 - y0) if x1 > x0 and y1 > y0 else None
             if bounds is None:
                 raise PlanError("the selection lies outside the canvas")
+            if not remove and selects_everything(sel_box, sel_bytes, width, height):
+                # Select All is the whole picture, as with no selection: refined in tiles at full size (as
+                # an inpaint it was one crop of the whole canvas, diffused at about the model's size and
+                # stretched back: a 1400x1000 refine came back from 744x528).
+                bounds = None
     mode = choose_mode(bounds is not None, strength, remove, instruct)
     if mode in MASKED or (mode == "instruct" and bounds is not None):  # the server's crop, sent as it is
         plan = geometry.context_crop(bounds, width, height, native,
@@ -188,6 +194,18 @@ def generate_size(width: int, height: int, limit: int, grid: int = geometry.LATE
     fit = max(grid, (limit // grid) * grid)
     return tuple(fit if value == side else max(grid, min(fit, geometry.round_to_grid(value * shrink, grid)))
                  for value in (width, height))
+
+
+def selects_everything(box: Box, data: bytes, width: int, height: int) -> bool:
+    """Whether a selection (its bounding ``box`` and bytes) selects every pixel of a ``width`` x ``height``
+    canvas fully (Select All; parts outside the canvas do not count)."""
+    if box.x > 0 or box.y > 0 or box.x1 < width or box.y1 < height:
+        return False
+    if (box.x, box.y, box.width, box.height) == (0, 0, width, height):
+        return data.count(255) == len(data)
+    left, top = -box.x, -box.y
+    return all(data[(top + y) * box.width + left:(top + y) * box.width + left + width].count(255) == width
+               for y in range(height))
 
 
 def plan_expand(width: int, height: int, sides: tuple[int, int, int, int]) -> Region:

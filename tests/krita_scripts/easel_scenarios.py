@@ -563,6 +563,40 @@ def scenario_upscale_keeps_the_print_resolution(ctx):
         doc.close()
 
 
+def scenario_select_all_refines_at_full_size(ctx):
+    """Select All, then a refine: the whole picture refined in tiles at full size, as with no selection (it
+    was one crop of the whole canvas, a 1400x1000 picture diffused at 744x528 and stretched back)."""
+    rig = ctx["rig"]
+    w, h = 1400, 1000
+    doc = Krita.instance().createDocument(w, h, "big", "RGBA", "U8", "", 72.0)
+    doc.setBatchmode(True)
+    layer = doc.createNode("paint", "paintlayer")
+    doc.rootNode().addChildNode(layer, None)
+    row = b"".join(bytes((x % 256, (x * 3) % 256, 128, 255)) for x in range(w))
+    layer.setPixelData(row * h, 0, 0, w, h)
+    doc.refreshProjection()
+    doc.waitForDone()
+    sel = Selection()
+    sel.select(0, 0, w, h, 255)
+    doc.setSelection(sel)
+    sizes = []
+
+    def started(job, steps, width, height):
+        sizes.append((width, height))
+
+    rig.session.started.connect(started)
+    try:
+        outcome = rig.run(doc, settings(strength=0.4, steps=5))
+    finally:
+        rig.session.started.disconnect(started)
+    check(outcome[0] == "finished", f"the refine ended with {outcome}")
+    check(sizes == [(512, 512)], f"the refine was diffused at {sizes}, not in native tiles")
+    result = outcome[1][0]
+    check((result.x, result.y, result.width, result.height) == (0, 0, w, h), f"placed at {vars(result)}")
+    check(set(bytes(result.layer.pixelData(0, 0, w, h))[3::4]) == {255}, "the refined layer is not opaque")
+    doc.close()
+
+
 def scenario_canvas_beyond_the_servers_limit(ctx):
     """A refine of a canvas wider than the server takes is a sentence at once, before the canvas is read and
     sent (the server refused it only after, with "`image` is 9000x64 ..."); a selection near its far edge is
