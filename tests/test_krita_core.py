@@ -461,6 +461,10 @@ def test_layer_names_carry_prompt_and_seed():
     long = placement.layer_name("x" * 100, 1)
     assert long.endswith("… [1]") and len(long) < 50
     assert placement.layer_name("a red door", 7, model="demo-base") == "a red door [7, demo-base]"
+    # LoRA tags would fill the name; a job without a prompt says what it was
+    assert placement.layer_name("<lora:detail:0.5> <LORA:ink-style:0.8>, a red door <lora:x>", 7) == "a red door [7]"
+    assert placement.layer_name("<lora:detail:0.5>", 7, empty="removed") == "removed [7]"
+    assert placement.layer_name("", 3, empty="expanded") == "expanded [3]"
 
 
 # -- the model picker ----------------------------------------------------------------------------

@@ -227,7 +227,10 @@ class Session(QObject):
                                                info.height)
                 if spot.scale:
                     rgba = scaled_rgba(rgba, image_data.width, image_data.height, spot.width, spot.height)
-                out.append(LayerResult(placement.layer_name(settings.prompt, item.seed, model=named), item.seed,
+                name = placement.layer_name(settings.prompt, item.seed, model=named,
+                                            empty={"remove": "removed", "expand": "expanded"}.get(region.mode,
+                                                                                                  "no prompt"))
+                out.append(LayerResult(name, item.seed,
                                        spot.x, spot.y, spot.width, spot.height,
                                        _write(info, rgba), rgba, doc, grow=grow, parameters=result.parameters,
                                        canvas=info, read_size=(info.width, info.height)))

@@ -954,7 +954,7 @@ def scenario_docker_remove_with_selection_settings(ctx):
     fired = wait_for(docker.session, ["finished", "failed", "cancelled"])
     check(fired and fired[0] == "finished", f"the removal ended with {fired}")
     layers = easel_layers(doc)[1]
-    check([n.name() for n in layers] == ["no prompt [5]"], f"layers {[n.name() for n in layers]}")
+    check([n.name() for n in layers] == ["removed [5]"], f"layers {[n.name() for n in layers]}")
     alpha, _ = alpha_of(doc, layers[0])
     rect_band(alpha, (100, 80, 30, 20), 9)  # rules.reach(2, 4) = 9, not the default 33
     check(snapshot(doc) == before, "a source layer changed")
@@ -985,7 +985,7 @@ def scenario_docker_expand(ctx):
     check((doc.width(), doc.height()) == (W + 64, H + 8), f"the canvas is {doc.width()}x{doc.height()}")
     check(bytes(layer.pixelData(16, 0, W, H)) == before, "the painter's layer changed or did not move with it")
     layers = easel_layers(doc)[1]
-    check([n.name() for n in layers] == ["no prompt [3]"], f"layers {[n.name() for n in layers]}")
+    check([n.name() for n in layers] == ["expanded [3]"], f"layers {[n.name() for n in layers]}")
     from easel_krita import pixels
     rgba = pixels.to_rgba8(bytes(layers[0].pixelData(0, 0, W + 64, H + 8)), doc.colorDepth(), False)
     alpha = rgba[3::4]
