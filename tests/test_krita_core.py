@@ -92,6 +92,23 @@ def test_transparent_layer_pixels_are_laid_on_a_background_before_they_steer_a_j
         pixels.flatten(b"\x00" * 5, 0)
 
 
+def test_a_control_layer_becomes_the_control_image_its_type_expects():
+    # A sketch: one dark stroke pixel, one anti-aliased half pixel, three empty (transparent) ones.
+    sketch = bytes([30, 30, 30, 255, 30, 30, 30, 128, 0, 0, 0, 0, 0, 0, 0, 0, 7, 7, 7, 0])
+    on_paper = bytes([30, 30, 30, 255, 142, 142, 142, 255] + [255] * 12)
+    assert plan.control_picture(sketch, "lineart", preprocess=True) == on_paper
+    assert plan.control_picture(sketch, "tile", preprocess=False) == on_paper  # the picture is the map
+    strokes = bytes([255, 255, 255, 255, 128, 128, 128, 255] + [0, 0, 0, 255] * 3)
+    for line_type in ("lineart", "scribble", "canny", "softedge"):  # a ready line map: its strokes are lines
+        assert plan.control_picture(sketch, line_type, preprocess=False) == strokes
+    assert plan.control_picture(sketch, "depth", preprocess=False) == bytes(  # other maps: on black
+        [30, 30, 30, 255, 15, 15, 15, 255] + [0, 0, 0, 255] * 3)
+    # A ready map that is mostly opaque (white lines on black, a corner erased) stays a map, on black.
+    map_ = bytes([255, 255, 255, 255, 0, 0, 0, 255, 0, 0, 0, 255, 9, 9, 9, 0])
+    assert plan.control_picture(map_, "lineart", preprocess=False) == bytes(
+        [255, 255, 255, 255, 0, 0, 0, 255, 0, 0, 0, 255, 0, 0, 0, 255])
+
+
 def test_srgb_curve_matches_the_standard():
     assert pixels.linear_to_srgb(0.0) == 0 and pixels.linear_to_srgb(1.0) == pytest.approx(1.0)
     assert pixels.srgb_to_linear(0.5) == pytest.approx(0.214041, abs=1e-6)

@@ -214,6 +214,23 @@ def flatten(rgba: bytes, background: int) -> bytes:
     return bytes(out)
 
 
+def strokes(rgba: bytes) -> bytes:
+    """What is painted on a transparent layer as white lines on black (opaque RGBA): the coverage (alpha)
+    of each pixel, whatever its colour. A sketch in dark strokes on a transparent layer is a line map so."""
+    alpha = rgba[3::4]
+    out = bytearray(len(rgba))
+    for channel in range(3):
+        out[channel::4] = alpha
+    out[3::4] = b"\xff" * len(alpha)
+    return bytes(out)
+
+
+def mostly_transparent(rgba: bytes) -> bool:
+    """Whether more than half of the pixels are fully transparent (strokes on an empty layer, not a map)."""
+    alpha = rgba[3::4]
+    return alpha.count(0) * 2 > len(alpha)
+
+
 def _over_table(background: int) -> bytes:
     """colour ``c`` at alpha ``a`` over ``background``, indexed by the 16-bit code of the bytes (c, a)."""
     key = f"over-{background}"

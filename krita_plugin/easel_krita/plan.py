@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Sequence
 
+from . import pixels
 from .protocol import capabilities, errors, fields, geometry, images, model_capabilities, rules, vocabulary
 from .protocol import job as jobs
 
@@ -265,6 +266,23 @@ def check_source_layer(role: str, name: str, where: str | None, size: tuple[int,
         raise PlanError(f"The control layer “{name}” is in another document (“{where}”, {size[0]}x{size[1]}) and "
                         f"cannot line up with this {canvas[0]}x{canvas[1]} canvas: use a layer of this document, "
                         "or of one the same size.")
+
+
+LINE_TYPES = ("canny", "lineart", "lineart_anime", "softedge", "scribble", "mlsd")  # maps of white lines on black
+PICTURE_TYPES = ("tile", "shuffle", "inpaint")  # the picture itself is the control image
+
+
+def control_picture(rgba: bytes, control_type: str, preprocess: bool) -> bytes:
+    """A control layer's pixels (8-bit RGBA) as the opaque control image sent. The server uses only RGB, and
+    a layer's transparent pixels hold black (or an erased colour): a picture (one to preprocess, or a tile,
+    shuffle or inpaint unit) is laid on white paper; a ready line map (canny, lineart, scribble ...) on a
+    mostly transparent layer is strokes, so whatever is painted is a line (a sketch in dark lines on an
+    empty layer; over black it showed nothing); any other ready map is laid on black, its "nothing here"."""
+    if preprocess or control_type in PICTURE_TYPES:
+        return pixels.flatten(rgba, 255)
+    if control_type in LINE_TYPES and pixels.mostly_transparent(rgba):
+        return pixels.strokes(rgba)
+    return pixels.flatten(rgba, 0)
 
 
 def default_guidance(family: str | None, mode: str) -> float:

@@ -187,19 +187,19 @@ class Session(QObject):
                 return data.rgba(layer.depth, layer.linear)
             return data.rgba(depth, linear)
 
-        def picture(data, background=None):
+        def picture(data, unit=None):
             """Document pixels of the box -> RGBA of the region's picture size (on the worker); a control
-            layer is laid over an opaque ``background`` first (its transparent pixels hold no picture)."""
+            ``unit``'s layer becomes an opaque control image first (its transparent pixels hold no picture)."""
             rgba = to_rgba(data)
-            if background is not None:
-                rgba = pixels.flatten(rgba, background)
+            if unit is not None:
+                rgba = plan.control_picture(rgba, unit.type, unit.preprocess)
             if region.resampled:
                 rgba = scaled_rgba(rgba, box.width, box.height, *region.picture)
             return rgba
 
         def build() -> plan.Job:
             rgba = picture(image) if image is not None else None
-            units = [plan.ControlUnit(u.type, plan.raw_image(picture(data, _background(u)), *region.picture, "rgba8",
+            units = [plan.ControlUnit(u.type, plan.raw_image(picture(data, u), *region.picture, "rgba8",
                                                              f"{u.type} control layer"),
                                       "on" if u.preprocess else "off", u.scale, u.start, u.end)
                      for u, data in control_reads]
@@ -533,12 +533,6 @@ def _follow_conversion(result: LayerResult) -> None:
 def _write(info, rgba: bytes) -> bytes | None:
     """A result in the document's format (on the worker); None for a managed profile: apply() converts it."""
     return None if info.managed else pixels.from_rgba8(rgba, info.depth, info.linear)
-
-
-def _background(unit: ControlLayer) -> int:
-    """What a control layer's transparent pixels are: paper (white) under a picture to preprocess (a sketch
-    of dark lines on a transparent layer), black under a ready map (its "nothing here")."""
-    return PAPER if unit.preprocess else 0
 
 
 def _shrink(rgba: bytes, width: int, height: int) -> tuple[bytes, int, int]:

@@ -362,7 +362,8 @@ def sketch_layer(doc, name="sketch"):
 
 def scenario_sketch_on_a_transparent_layer_steers(ctx):
     """A sketch on a transparent layer, as a control to preprocess, a reference and the "Make map layer"
-    source, is a sketch on paper: not a black picture (the colour Krita keeps under transparent pixels)."""
+    source, is a sketch on paper: not a black picture (the colour Krita keeps under transparent pixels); as a
+    ready line map (Preprocess off) its strokes are the lines (over black, dark strokes showed nothing)."""
     from easel_krita.session import ControlLayer, ReferenceLayer
     rig = ctx["rig"]
     doc = new_doc()
@@ -382,7 +383,8 @@ def scenario_sketch_on_a_transparent_layer_steers(ctx):
     line = (10 * W + 101) * 4
     check(picture[at:at + 3] == b"\xff\xff\xff" and picture[line:line + 3] == bytes((30, 30, 30)),
           f"the sketch to preprocess was sent as {list(picture[at:at + 4])} around {list(picture[line:line + 4])}")
-    check(ready[at:at + 3] == b"\x00\x00\x00", f"a ready map's empty part was sent as {list(ready[at:at + 4])}")
+    check(ready[at:at + 3] == b"\x00\x00\x00" and ready[line:line + 3] == b"\xff\xff\xff",
+          f"the sketch as a ready line map was sent as {list(ready[at:at + 4])} around {list(ready[line:line + 4])}")
     reference = built[0].references[0].image.data
     check(reference[at:at + 3] == b"\xff\xff\xff",
           f"the reference's empty part was sent as {list(reference[at:at + 4])}")
