@@ -452,7 +452,7 @@ def scenario_layers_of_their_own_colour_space_and_masks(ctx):
     is read as a picture for a control, a reference and "Make map layer" (it failed with "The reference layer
     has 98304 bytes for 256x192 (196608 expected)"); masks are not offered as layers (the global selection's
     "Selection Mask" came first in the pickers), and one picked anyway is a sentence."""
-    from easel_krita import host, pixels, plan
+    from easel_krita import extension, host, pixels, plan
     from easel_krita.docker import EaselDocker
     from easel_krita.session import ControlLayer, ReferenceLayer
     rig = ctx["rig"]
@@ -499,6 +499,7 @@ def scenario_layers_of_their_own_colour_space_and_masks(ctx):
     docker._refresh_layers()
     listed = [docker.control_layer.itemText(i) for i in range(docker.control_layer.count())]
     check(mask.name() not in listed and "grey" in listed, f"the layer pickers list {listed}")
+    extension.forget(docker)  # the shortcuts drive the first live docker: not this one
     try:
         rig.run(doc, settings(strength=0.5, steps=2), [ControlLayer(mask, "scribble")], apply=False)
     except plan.PlanError as exc:
