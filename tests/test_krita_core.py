@@ -4,6 +4,7 @@ request it builds and where results go, plus the plugin zip. In-Krita tests: tes
 from __future__ import annotations
 
 import ast
+import dataclasses
 import json
 import struct
 import subprocess
@@ -636,6 +637,16 @@ def test_remove_and_the_selection_settings_make_the_job():
         plan.build_job(region, plan.Settings(prompt=""), bytes(w * h * 4), bytes(w * h))
     spot = placement.place(region, (8, 4), 20, 10)
     assert (spot.x, spot.y, spot.scale) == (region.box.x + 8, region.box.y + 4, False)
+    # Remove refines at 40% of the strength: with too few steps the way out is more steps, not more strength
+    # (it said "2 steps at 100% strength leave no step to run: raise the strength or the steps").
+    with pytest.raises(plan.PlanError, match=r"^Remove refines the filled selection at 40% of the strength: 2 steps "
+                                             r"at 100% strength leave no step to run. Use at least 3 steps.$"):
+        plan.build_job(region, dataclasses.replace(settings, steps=2), bytes(w * h * 4), bytes(w * h))
+    refine = plan.plan_region(640, 480, 0.3, 512, (sel_box, sel_bytes))
+    with pytest.raises(plan.PlanError, match=r"^3 steps at 30% strength leave no step to run: raise the strength, or "
+                                             r"use at least 4 steps.$"):
+        plan.build_job(refine, plan.Settings(prompt="a door", strength=0.3, steps=3), bytes(w * h * 4), bytes(w * h))
+    assert [plan.steps_needed(s) for s in (1.0, 0.5, 0.4, 0.3, 0.1, 0.07, 0.0)] == [1, 2, 3, 4, 10, 15, None]
 
 
 def test_expand_plans_the_whole_canvas_and_places_the_new_canvas_at_its_origin():

@@ -400,6 +400,16 @@ def model_refusal(error: errors.ProtocolError, job: Job, name: str, caps: ModelC
     return error.sentence()
 
 
+def steps_needed(strength: float) -> int | None:
+    """The fewest steps that leave one denoising step at ``strength`` (the steps x strength rule), or None at 0."""
+    if strength <= 0:
+        return None
+    steps = max(1, int(1 / strength))
+    while int(steps * strength) < 1:
+        steps += 1
+    return steps
+
+
 def refusal(error: errors.ProtocolError, job: Job) -> str:
     """A rule's refusal of ``job`` in the docker's words (its settings and layers, not wire fields)."""
     sampling = job.sampling
@@ -407,8 +417,14 @@ def refusal(error: errors.ProtocolError, job: Job) -> str:
         return (f"{sampling.steps} steps at {round((job.refine or 0) * 100)}% refine leave no step to run: "
                 "raise the refine or the steps.")
     if error.code == "too_few_steps":
-        return (f"{sampling.steps} steps at {round(sampling.strength * 100)}% strength leave no step to run: "
-                "raise the strength or the steps.")
+        shown = f"{sampling.steps} steps at {round(sampling.strength * 100)}% strength"
+        need = steps_needed(rules.pass_strength(job.mode, sampling.strength))
+        if job.mode == "remove":  # it refines the filled selection at a part of the strength: raising it may not do
+            return (f"Remove refines the filled selection at {rules.REMOVE_STRENGTH:.0%} of the strength: {shown} "
+                    f"leave no step to run. Use at least {need} steps." if need else
+                    f"{shown} leave no step to run: raise the strength.")
+        return f"{shown} leave no step to run: raise the strength, or use at least {need} steps." if need else \
+            f"{shown} leave no step to run: raise the strength."
     unit = fields.item_field(error.field)
     if unit and unit[0] == "control" and unit[1] < len(job.control):
         control = job.control[unit[1]]
