@@ -13,6 +13,7 @@ from . import vocabulary
 
 # The server's defaults (docs/protocol.md, "Limits"), for a host that has not heard from one yet.
 DEFAULT_MAX_STEPS, DEFAULT_MAX_BATCH, DEFAULT_MAX_SIDE, DEFAULT_MAX_GENERATE_SIDE = 150, 8, 8192, 8192
+DEFAULT_MAX_PIXELS = 8192 * 8192
 
 
 @dataclass(frozen=True)
@@ -26,6 +27,7 @@ class Offer:
     max_steps: int = DEFAULT_MAX_STEPS
     max_batch: int = DEFAULT_MAX_BATCH
     max_side: int = DEFAULT_MAX_SIDE
+    max_pixels: int = DEFAULT_MAX_PIXELS  # width x height of a picture sent
     max_generate_side: int = DEFAULT_MAX_GENERATE_SIDE
     upscalers: tuple[str, ...] = ()  # names for an upscale's `upscaler`; () when the server lists none
     loras: tuple[tuple[str, str | None], ...] = ()  # (name, family or None) for a job's `loras`
@@ -65,6 +67,7 @@ def offer(capabilities: dict | None) -> Offer:
         max_steps=int(limits.get("max_steps", DEFAULT_MAX_STEPS)),
         max_batch=int(limits.get("max_batch", DEFAULT_MAX_BATCH)),
         max_side=int(limits.get("max_side", DEFAULT_MAX_SIDE)),
+        max_pixels=int(limits.get("max_pixels", DEFAULT_MAX_PIXELS)),
         max_generate_side=int(limits.get("max_generate_side", DEFAULT_MAX_GENERATE_SIDE)),
         upscalers=tuple(capabilities.get("upscalers", ())),
         loras=tuple((item["name"], item.get("family")) for item in capabilities.get("loras", ())),

@@ -4,6 +4,7 @@ request it builds and where results go, plus the plugin zip. In-Krita tests: tes
 from __future__ import annotations
 
 import ast
+import dataclasses
 import json
 import struct
 import subprocess
@@ -77,11 +78,96 @@ def test_float_documents_are_rgba_linear_and_clamped():
     assert array("f", red).tolist() == pytest.approx([1.0, pixels.srgb_to_linear(128 / 255), 0.0, 1.0])
 
 
+def test_transparent_layer_pixels_are_laid_on_a_background_before_they_steer_a_job():
+    # A sketch layer: a black line pixel, transparent "black" around it, colour left under an erased pixel,
+    # and an anti-aliased half-covered grey edge.
+    sketch = bytes([0, 0, 0, 255, 0, 0, 0, 0, 200, 10, 90, 0, 0, 0, 0, 128])
+    assert pixels.flatten(sketch, 255) == bytes([0, 0, 0, 255, 255, 255, 255, 255, 255, 255, 255, 255,
+                                                 127, 127, 127, 255])
+    assert pixels.flatten(sketch, 0) == bytes([0, 0, 0, 255, 0, 0, 0, 255, 0, 0, 0, 255, 0, 0, 0, 255])
+    white_edge = bytes([255, 255, 255, 51])
+    assert pixels.flatten(white_edge, 0) == bytes([51, 51, 51, 255])
+    opaque = b"".join(bytes([v, 255 - v, v // 2, 255]) for v in range(256))
+    assert pixels.flatten(opaque, 255) == opaque  # an opaque layer as it is
+    with pytest.raises(ValueError):
+        pixels.flatten(b"\x00" * 5, 0)
+
+
+def test_a_control_layer_becomes_the_control_image_its_type_expects():
+    # A sketch: one dark stroke pixel, one anti-aliased half pixel, three empty (transparent) ones.
+    sketch = bytes([30, 30, 30, 255, 30, 30, 30, 128, 0, 0, 0, 0, 0, 0, 0, 0, 7, 7, 7, 0])
+    on_paper = bytes([30, 30, 30, 255, 142, 142, 142, 255] + [255] * 12)
+    assert plan.control_picture(sketch, "lineart", preprocess=True) == on_paper
+    assert plan.control_picture(sketch, "tile", preprocess=False) == on_paper  # the picture is the map
+    strokes = bytes([255, 255, 255, 255, 128, 128, 128, 255] + [0, 0, 0, 255] * 3)
+    for line_type in ("lineart", "scribble", "canny", "softedge"):  # a ready line map: its strokes are lines
+        assert plan.control_picture(sketch, line_type, preprocess=False) == strokes
+    assert plan.control_picture(sketch, "depth", preprocess=False) == bytes(  # other maps: on black
+        [30, 30, 30, 255, 15, 15, 15, 255] + [0, 0, 0, 255] * 3)
+    # A ready map that is mostly opaque (white lines on black, a corner erased) stays a map, on black.
+    map_ = bytes([255, 255, 255, 255, 0, 0, 0, 255, 0, 0, 0, 255, 9, 9, 9, 0])
+    assert plan.control_picture(map_, "lineart", preprocess=False) == bytes(
+        [255, 255, 255, 255, 0, 0, 0, 255, 0, 0, 0, 255, 0, 0, 0, 255])
+
+
 def test_srgb_curve_matches_the_standard():
     assert pixels.linear_to_srgb(0.0) == 0 and pixels.linear_to_srgb(1.0) == pytest.approx(1.0)
     assert pixels.srgb_to_linear(0.5) == pytest.approx(0.214041, abs=1e-6)
     for v in (0.001, 0.01, 0.3, 0.9):
         assert pixels.linear_to_srgb(pixels.srgb_to_linear(v)) == pytest.approx(v)
+
+
+def test_select_all_is_the_whole_picture_refined_at_full_size():
+    everything = (Box(0, 0, 1400, 1000), b"\xff" * (1400 * 1000))
+    assert plan.plan_region(1400, 1000, 0.4, 512, everything) == plan.plan_region(1400, 1000, 0.4, 512)
+    assert plan.plan_region(1400, 1000, 1.0, 512, everything).mode == "generate"
+    assert plan.plan_region(1400, 1000, 1.0, 512, everything, instruct=True).masked is False
+    assert plan.plan_region(1400, 1000, 1.0, 512, everything, remove=True).mode == "remove"
+    beyond = bytearray(b"\xff" * (1420 * 1010))  # a selection reaching past the canvas on every side
+    assert plan.selects_everything(Box(-10, -5, 1420, 1010), bytes(beyond), 1400, 1000)
+    beyond[(5 + 999) * 1420 + 10 + 1399] = 254  # the canvas's last pixel not quite selected
+    assert not plan.selects_everything(Box(-10, -5, 1420, 1010), bytes(beyond), 1400, 1000)
+    beyond[(5 + 999) * 1420 + 10 + 1399], beyond[0] = 255, 0  # outside the canvas: does not count
+    assert plan.selects_everything(Box(-10, -5, 1420, 1010), bytes(beyond), 1400, 1000)
+    almost = bytearray(everything[1])
+    almost[700 * 1400 + 3] = 128  # one soft pixel: an inpaint, as before
+    assert plan.plan_region(1400, 1000, 0.4, 512, (everything[0], bytes(almost))).mode == "inpaint"
+    assert not plan.selects_everything(Box(0, 0, 1400, 999), b"\xff" * (1400 * 999), 1400, 1000)
+
+
+def test_a_picture_the_server_would_refuse_for_its_size_is_a_sentence_before_it_is_read():
+    wide = plan.plan_region(9000, 64, 0.5, 512)
+    with pytest.raises(plan.PlanError, match=r"The canvas is 9000x64: the server takes pictures up to 8192 pixels a "
+                                             r"side, so it cannot edit the whole of it. Select the part"):
+        plan.check_picture_size(wide, 8192, 8192 * 8192)
+    instruct = plan.plan_region(5000, 5000, 1.0, 512, instruct=True)
+    with pytest.raises(plan.PlanError, match="5000x5000: the server takes pictures up to 16,000,000 pixels in all"):
+        plan.check_picture_size(instruct, 8192, 16_000_000)
+    band = (Box(0, 0, 9000, 40), b"\xff" * (9000 * 40))
+    with pytest.raises(plan.PlanError, match="The selection, with its grown edge and the context around it, spans "
+                                             "9000x64"):
+        plan.check_picture_size(plan.plan_region(9000, 64, 1.0, 512, band), 8192, 8192 * 8192)
+    with pytest.raises(plan.PlanError, match="Expanded, the canvas would be 8400x64: .* Add fewer pixels"):
+        plan.check_picture_size(plan.plan_expand(8000, 64, (0, 0, 400, 0)), 8192, 8192 * 8192)
+    corner = (Box(8900, 10, 20, 20), b"\xff" * 400)
+    for fine in (plan.plan_region(9000, 64, 1.0, 512, corner), plan.plan_region(9000, 64, 1.0, 512),
+                 plan.plan_region(8192, 64, 0.5, 512)):  # a small crop, a generate, a canvas at the limit
+        plan.check_picture_size(fine, 8192, 8192 * 8192)
+
+
+def test_a_control_or_reference_layer_must_still_be_there_and_line_up():
+    plan.check_source_layer("control", "sketch", "", (300, 200), (300, 200))  # in this document
+    plan.check_source_layer("reference", "photo", "photo.jpg", (4000, 3000), (300, 200))  # a photo beside it
+    plan.check_source_layer("control", "depth", "depth.kra", (300, 200), (300, 200))  # another, the same size
+    with pytest.raises(plan.PlanError, match="The reference layer “photo” is gone \\(deleted, or its document "
+                                              "closed\\): remove it from the reference list"):
+        plan.check_source_layer("reference", "photo", None, None, (300, 200))
+    with pytest.raises(plan.PlanError, match="“sketch” is in another document \\(“old.kra”, 640x480\\) and cannot "
+                                              "line up with this 300x200 canvas"):
+        plan.check_source_layer("control", "sketch", "old.kra", (640, 480), (300, 200))
+    with pytest.raises(plan.PlanError, match="“Selection Mask” is a selection mask, not a layer: pick a layer as the "
+                                              "reference"):
+        plan.check_source_layer("reference", "Selection Mask", "", (300, 200), (300, 200), "selectionmask")
 
 
 @pytest.mark.parametrize("model, word", [("CMYKA", "CMYK"), ("GRAYA", "greyscale"), ("LABA", "L*a*b*")])
@@ -393,6 +479,10 @@ def test_layer_names_carry_prompt_and_seed():
     long = placement.layer_name("x" * 100, 1)
     assert long.endswith("… [1]") and len(long) < 50
     assert placement.layer_name("a red door", 7, model="demo-base") == "a red door [7, demo-base]"
+    # LoRA tags would fill the name; a job without a prompt says what it was
+    assert placement.layer_name("<lora:detail:0.5> <LORA:ink-style:0.8>, a red door <lora:x>", 7) == "a red door [7]"
+    assert placement.layer_name("<lora:detail:0.5>", 7, empty="removed") == "removed [7]"
+    assert placement.layer_name("", 3, empty="expanded") == "expanded [3]"
 
 
 # -- the model picker ----------------------------------------------------------------------------
@@ -547,6 +637,16 @@ def test_remove_and_the_selection_settings_make_the_job():
         plan.build_job(region, plan.Settings(prompt=""), bytes(w * h * 4), bytes(w * h))
     spot = placement.place(region, (8, 4), 20, 10)
     assert (spot.x, spot.y, spot.scale) == (region.box.x + 8, region.box.y + 4, False)
+    # Remove refines at 40% of the strength: with too few steps the way out is more steps, not more strength
+    # (it said "2 steps at 100% strength leave no step to run: raise the strength or the steps").
+    with pytest.raises(plan.PlanError, match=r"^Remove refines the filled selection at 40% of the strength: 2 steps "
+                                             r"at 100% strength leave no step to run. Use at least 3 steps.$"):
+        plan.build_job(region, dataclasses.replace(settings, steps=2), bytes(w * h * 4), bytes(w * h))
+    refine = plan.plan_region(640, 480, 0.3, 512, (sel_box, sel_bytes))
+    with pytest.raises(plan.PlanError, match=r"^3 steps at 30% strength leave no step to run: raise the strength, or "
+                                             r"use at least 4 steps.$"):
+        plan.build_job(refine, plan.Settings(prompt="a door", strength=0.3, steps=3), bytes(w * h * 4), bytes(w * h))
+    assert [plan.steps_needed(s) for s in (1.0, 0.5, 0.4, 0.3, 0.1, 0.07, 0.0)] == [1, 2, 3, 4, 10, 15, None]
 
 
 def test_expand_plans_the_whole_canvas_and_places_the_new_canvas_at_its_origin():

@@ -336,7 +336,7 @@ class EaselDocker(host.DockWidget):
         doc = self._document()
         for combo in (self.control_layer, self.reference_layer):
             combo.clear()
-            for node in host.all_layers(doc) if doc else []:
+            for node in host.pickable_layers(doc) if doc else []:
                 combo.addItem(node.name(), node.uniqueId().toString())
 
     def _picked(self, combo):

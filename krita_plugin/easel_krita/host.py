@@ -30,13 +30,14 @@ class Canvas:
     linear: bool
     profile: str = ""
     managed: bool = False  # colours go through Krita's colour management (primaries other than sRGB's)
+    model: str = "RGBA"  # another only for a layer of its own colour space (read through Krita's conversion)
 
     def to_rgba8(self, data: bytes, width: int, height: int) -> bytes | None:
         """Document pixels as 8-bit sRGB RGBA, converted by Krita now (UI thread) for a managed profile;
         None for the others, which ``pixels.to_rgba8`` converts exactly on the worker."""
         if not self.managed:
             return None
-        return pixels.swap_red_blue(_convert(data, width, height, ("RGBA", self.depth, self.profile), SRGB8))
+        return pixels.swap_red_blue(_convert(data, width, height, (self.model, self.depth, self.profile), SRGB8))
 
     def from_rgba8(self, rgba: bytes, width: int, height: int) -> bytes:
         """8-bit sRGB RGBA as document pixels, through Krita's colour management (managed profiles)."""
@@ -44,7 +45,7 @@ class Canvas:
 
     def reader(self) -> Converter:
         """Many strips of document pixels to 8-bit sRGB RGBA (managed profiles); close() it after."""
-        return Converter(("RGBA", self.depth, self.profile), SRGB8, out=pixels.swap_red_blue)
+        return Converter((self.model, self.depth, self.profile), SRGB8, out=pixels.swap_red_blue)
 
     def writer(self) -> Converter:
         """Many strips of 8-bit sRGB RGBA to document pixels (managed profiles); close() it after."""
@@ -124,6 +125,27 @@ def canvas(doc) -> Canvas:
     pixels.check_color(model, depth)
     return Canvas(doc.width(), doc.height(), depth, pixels.is_linear_profile(profile), profile,
                   not pixels.exact_profile(profile))
+
+
+def layer_canvas(node, info: Canvas) -> Canvas:
+    """How to read ``node``'s own pixels (``layer_pixels``): as the document's (``info``), or in the layer's own
+    colour space (Layer > Convert Layer Color Space: a grey or 16-bit layer in an 8-bit document, or a layer of
+    another document), which Krita's colour management converts when the plugin cannot."""
+    model, depth, profile = node.colorModel(), node.colorDepth(), node.colorProfile()
+    if (model, depth, profile) == ("RGBA", info.depth, info.profile):
+        return info
+    exact = model == "RGBA" and depth in pixels.DEPTHS and pixels.exact_profile(profile)
+    return Canvas(info.width, info.height, depth, pixels.is_linear_profile(profile), profile, not exact, model)
+
+
+def is_mask(node) -> bool:
+    """A selection, transparency, filter ... mask: one channel of coverage, not a picture."""
+    return node.type().endswith("mask")
+
+
+def pickable_layers(doc) -> list:
+    """The layers a control or reference can be made of (the layer pickers): every layer but masks."""
+    return [node for node in all_layers(doc) if not is_mask(node)]
 
 
 SRGB8 = ("RGBA", "U8", "sRGB-elle-V2-srgbtrc.icc")
@@ -238,6 +260,17 @@ def find_layer(doc, unique_id: str):
     return None
 
 
+def owner(doc, node):
+    """The open document that holds ``node`` (a layer the painter picked for a control or reference):
+    ``doc`` itself when it is there, else another open document, or None once the layer was deleted or
+    its document closed (Krita still answers for such a node, with pixels that are not on any canvas)."""
+    unique_id = node.uniqueId().toString()
+    for candidate in [doc, *Krita.instance().documents()]:
+        if is_open(candidate) and find_layer(candidate, unique_id) is not None:
+            return candidate
+    return None
+
+
 def holds(doc, layer) -> bool:
     """Whether ``layer`` is still in ``doc``: the painter may have deleted it, or the group it was in."""
     return is_open(doc) and find_layer(doc, layer.uniqueId().toString()) is not None
@@ -286,8 +319,14 @@ def scale_canvas(doc, width: int, height: int, new_width: int, new_height: int) 
     size (already scaled) is left as it is."""
     if (doc.width(), doc.height()) != (width, height):
         return
-    doc.scaleImage(new_width, new_height, int(doc.xRes()), int(doc.yRes()), "Bicubic")
+    xres, yres = doc.xRes(), doc.yRes()
+    doc.scaleImage(new_width, new_height, int(xres), int(yres), "Bicubic")
     doc.waitForDone()
+    # Krita 5's scaleImage turns the resolution it is given into whole multiples of 72 ppi (300 -> 288, 96 ->
+    # 72, measured): the document keeps its own, as Image > Scale Image To New Size does by default.
+    if (doc.xRes(), doc.yRes()) != (xres, yres):
+        doc.setXRes(xres)
+        doc.setYRes(yres)
     _stale.add(id(doc))  # a scaled image: the next read refreshes its projection first
 
 

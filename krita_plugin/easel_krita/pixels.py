@@ -9,6 +9,7 @@ linear-light profile, while the model sees sRGB; these functions do both steps. 
 from __future__ import annotations
 
 import struct
+import sys
 from array import array
 
 DEPTHS = ("U8", "U16", "F16", "F32")
@@ -187,6 +188,60 @@ def _curve_u8(data: bytes, linear: bool, to_srgb: bool) -> bytes:
     out = bytearray(data.translate(bytes(round(curve(v) * 255) for v in range(256))))
     out[3::4] = data[3::4]  # alpha is not curved
     return bytes(out)
+
+
+def flatten(rgba: bytes, background: int) -> bytes:
+    """8-bit RGBA laid over an opaque grey ``background`` (0 black ... 255 white): opaque RGBA.
+
+    The server uses only the RGB of a control image or a reference, but a Krita layer's transparent
+    pixels hold black (or whatever colour was erased there): a sketch of dark lines on a transparent
+    layer reads as a black picture with nothing on it. A picture goes over white (paper), a ready
+    control map over black (its "nothing here"); partly transparent pixels (anti-aliased edges) blend."""
+    if len(rgba) % 4:
+        raise ValueError(f"{len(rgba)} bytes are not whole RGBA pixels")
+    alpha = rgba[3::4]
+    if alpha.count(255) == len(alpha):
+        return bytes(rgba)
+    table = _over_table(background)
+    pair = bytearray(len(rgba) // 2)  # (colour, alpha) byte pairs read as one 16-bit code: a table index
+    pair[1::2] = alpha
+    codes = memoryview(pair).cast("H")
+    out = bytearray(len(rgba))
+    for channel in range(3):
+        pair[0::2] = rgba[channel::4]
+        out[channel::4] = bytes(map(table.__getitem__, codes))
+    out[3::4] = b"\xff" * len(alpha)
+    return bytes(out)
+
+
+def strokes(rgba: bytes) -> bytes:
+    """What is painted on a transparent layer as white lines on black (opaque RGBA): the coverage (alpha)
+    of each pixel, whatever its colour. A sketch in dark strokes on a transparent layer is a line map so."""
+    alpha = rgba[3::4]
+    out = bytearray(len(rgba))
+    for channel in range(3):
+        out[channel::4] = alpha
+    out[3::4] = b"\xff" * len(alpha)
+    return bytes(out)
+
+
+def mostly_transparent(rgba: bytes) -> bool:
+    """Whether more than half of the pixels are fully transparent (strokes on an empty layer, not a map)."""
+    alpha = rgba[3::4]
+    return alpha.count(0) * 2 > len(alpha)
+
+
+def _over_table(background: int) -> bytes:
+    """colour ``c`` at alpha ``a`` over ``background``, indexed by the 16-bit code of the bytes (c, a)."""
+    key = f"over-{background}"
+    if key not in _LUTS:
+        table = bytearray(65536)
+        for a in range(256):
+            for c in range(256):
+                code = int.from_bytes(bytes((c, a)), sys.byteorder)
+                table[code] = (c * a + background * (255 - a) + 127) // 255
+        _LUTS[key] = bytes(table)
+    return _LUTS[key]
 
 
 def bytes_per_pixel(depth: str) -> int:

@@ -6,6 +6,7 @@ sent only the context crop, so the layer goes at crop offset + result offset.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from .plan import Region
@@ -35,10 +36,14 @@ def place(region: Region, offset: tuple[int, int], width: int, height: int) -> P
     return Placement(box.x, box.y, box.width, box.height, (width, height) != (box.width, box.height))
 
 
-def layer_name(prompt: str, seed: int, limit: int = 40, model: str | None = None) -> str:
-    """A result layer's name: the prompt (shortened) and the seed that reproduces it, and the model
-    when it is not the server's default (``model`` None)."""
-    text = " ".join(prompt.split()) or "no prompt"
+_LORA_TAG = re.compile(r"<lora:[^<>]*>", re.IGNORECASE)
+
+
+def layer_name(prompt: str, seed: int, limit: int = 40, model: str | None = None, empty: str = "no prompt") -> str:
+    """A result layer's name: the prompt (shortened, without its ``<lora:…>`` tags, which would fill the
+    name) and the seed that reproduces it, and the model when it is not the server's default (``model``
+    None). ``empty``: the name for a job with no prompt (a removal, an expand)."""
+    text = " ".join(_LORA_TAG.sub(" ", prompt).split()).strip(" ,") or empty
     if len(text) > limit:
         text = text[:limit - 1].rstrip() + "…"
     return f"{text} [{seed}{', ' + model if model else ''}]"

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Sequence
 
+from . import pixels
 from .protocol import capabilities, errors, fields, geometry, images, model_capabilities, rules, vocabulary
 from .protocol import job as jobs
 
@@ -115,7 +116,8 @@ def plan_region(width: int, height: int, strength: float, native: int | None,
     """Plan a job on a ``width`` x ``height`` canvas.
 
     ``selection`` is the selection's bounding box and its mask bytes over that box (or None).
-    An empty selection counts as none. Returns the region; the crop around a selection is the
+    An empty selection counts as none, and so does one that selects the whole canvas (Select All) except
+    for a removal. Returns the region; the crop around a selection is the
     server's own ``context_crop`` with the margin the feathered mask reaches. ``max_generate_side``: the
     server's longest generated side (a generate of a long, thin canvas is made within it).
     """
@@ -135,6 +137,11 @@ def plan_region(width: int, height: int, strength: float, native: int | None,
             bounds = Box(x0, y0, x1 - x0, y1 - y0) if x1 > x0 and y1 > y0 else None
             if bounds is None:
                 raise PlanError("the selection lies outside the canvas")
+            if not remove and selects_everything(sel_box, sel_bytes, width, height):
+                # Select All is the whole picture, as with no selection: refined in tiles at full size (as
+                # an inpaint it was one crop of the whole canvas, diffused at about the model's size and
+                # stretched back: a 1400x1000 refine came back from 744x528).
+                bounds = None
     mode = choose_mode(bounds is not None, strength, remove, instruct)
     if mode in MASKED or (mode == "instruct" and bounds is not None):  # the server's crop, sent as it is
         plan = geometry.context_crop(bounds, width, height, native,
@@ -154,6 +161,29 @@ def plan_region(width: int, height: int, strength: float, native: int | None,
     return Region(mode, plan.box, size)  # a small canvas: the server scales it up itself
 
 
+def check_picture_size(region: Region, max_side: int, max_pixels: int) -> None:
+    """Refuse, before a pixel is read, a picture the server would refuse for its size (``max_side`` a side,
+    ``max_pixels`` in all) after the whole canvas had been read and sent: a sentence that says what to do."""
+    if region.mode in ("generate", "upscale"):  # no picture of this size is sent (plan_upscale checks its own)
+        return
+    width, height = region.size if region.mode == "expand" else region.picture
+    if max(width, height) > max_side:
+        limit = f"{max_side} pixels a side"
+    elif width * height > max_pixels:
+        limit = f"{max_pixels:,} pixels in all"
+    else:
+        return
+    if region.mode == "expand":
+        raise PlanError(f"Expanded, the canvas would be {width}x{height}: the server takes pictures up to {limit}. "
+                        "Add fewer pixels.")
+    if region.masked:
+        raise PlanError(f"The selection, with its grown edge and the context around it, spans {width}x{height}: the "
+                        f"server takes pictures up to {limit}. Select a smaller part and edit it piece by piece.")
+    raise PlanError(f"The canvas is {width}x{height}: the server takes pictures up to {limit}, so it cannot edit the "
+                    "whole of it. Select the part to change, or scale the image down (Image > Scale Image To New "
+                    "Size…).")
+
+
 def generate_size(width: int, height: int, limit: int, grid: int = geometry.LATENT_GRID) -> tuple[int, int]:
     """A generate's model size within the server's ``limit`` a side, aspect kept: a long, thin canvas (a
     200x4000 banner is 144x2808 at native area) is made smaller and scaled up to the canvas, as a small
@@ -165,6 +195,18 @@ def generate_size(width: int, height: int, limit: int, grid: int = geometry.LATE
     fit = max(grid, (limit // grid) * grid)
     return tuple(fit if value == side else max(grid, min(fit, geometry.round_to_grid(value * shrink, grid)))
                  for value in (width, height))
+
+
+def selects_everything(box: Box, data: bytes, width: int, height: int) -> bool:
+    """Whether a selection (its bounding ``box`` and bytes) selects every pixel of a ``width`` x ``height``
+    canvas fully (Select All; parts outside the canvas do not count)."""
+    if box.x > 0 or box.y > 0 or box.x1 < width or box.y1 < height:
+        return False
+    if (box.x, box.y, box.width, box.height) == (0, 0, width, height):
+        return data.count(255) == len(data)
+    left, top = -box.x, -box.y
+    return all(data[(top + y) * box.width + left:(top + y) * box.width + left + width].count(255) == width
+               for y in range(height))
 
 
 def plan_expand(width: int, height: int, sides: tuple[int, int, int, int]) -> Region:
@@ -205,6 +247,42 @@ def check_prompt(settings: Settings, references) -> None:
         return
     if not settings.prompt.strip() and not references:
         raise PlanError("Type a prompt first: it says what to paint.")
+
+
+def check_source_layer(role: str, name: str, where: str | None, size: tuple[int, int] | None,
+                       canvas: tuple[int, int], kind: str = "paintlayer") -> None:
+    """A control or reference layer the painter picked, before it is read. ``where``: None when it is in no
+    open document any more (deleted, or its document closed), "" when it is in this document, else the
+    name of the other open document that holds it (of ``size``). A reference may come from another
+    document (a photo opened beside the painting); a control must line up with this ``canvas``. ``kind``:
+    Krita's node type; a mask (``selectionmask`` ...) holds coverage, not a picture."""
+    if kind.endswith("mask"):
+        raise PlanError(f"“{name}” is a {kind[:-4]} mask, not a layer: pick a layer as the {role} (a mask holds "
+                        "no picture).")
+    if where is None:
+        raise PlanError(f"The {role} layer “{name}” is gone (deleted, or its document closed): remove it from "
+                        f"the {role} list, or pick a layer and add it again.")
+    if role == "control" and where and size != canvas:
+        raise PlanError(f"The control layer “{name}” is in another document (“{where}”, {size[0]}x{size[1]}) and "
+                        f"cannot line up with this {canvas[0]}x{canvas[1]} canvas: use a layer of this document, "
+                        "or of one the same size.")
+
+
+LINE_TYPES = ("canny", "lineart", "lineart_anime", "softedge", "scribble", "mlsd")  # maps of white lines on black
+PICTURE_TYPES = ("tile", "shuffle", "inpaint")  # the picture itself is the control image
+
+
+def control_picture(rgba: bytes, control_type: str, preprocess: bool) -> bytes:
+    """A control layer's pixels (8-bit RGBA) as the opaque control image sent. The server uses only RGB, and
+    a layer's transparent pixels hold black (or an erased colour): a picture (one to preprocess, or a tile,
+    shuffle or inpaint unit) is laid on white paper; a ready line map (canny, lineart, scribble ...) on a
+    mostly transparent layer is strokes, so whatever is painted is a line (a sketch in dark lines on an
+    empty layer; over black it showed nothing); any other ready map is laid on black, its "nothing here"."""
+    if preprocess or control_type in PICTURE_TYPES:
+        return pixels.flatten(rgba, 255)
+    if control_type in LINE_TYPES and pixels.mostly_transparent(rgba):
+        return pixels.strokes(rgba)
+    return pixels.flatten(rgba, 0)
 
 
 def default_guidance(family: str | None, mode: str) -> float:
@@ -322,6 +400,16 @@ def model_refusal(error: errors.ProtocolError, job: Job, name: str, caps: ModelC
     return error.sentence()
 
 
+def steps_needed(strength: float) -> int | None:
+    """The fewest steps that leave one denoising step at ``strength`` (the steps x strength rule), or None at 0."""
+    if strength <= 0:
+        return None
+    steps = max(1, int(1 / strength))
+    while int(steps * strength) < 1:
+        steps += 1
+    return steps
+
+
 def refusal(error: errors.ProtocolError, job: Job) -> str:
     """A rule's refusal of ``job`` in the docker's words (its settings and layers, not wire fields)."""
     sampling = job.sampling
@@ -329,8 +417,14 @@ def refusal(error: errors.ProtocolError, job: Job) -> str:
         return (f"{sampling.steps} steps at {round((job.refine or 0) * 100)}% refine leave no step to run: "
                 "raise the refine or the steps.")
     if error.code == "too_few_steps":
-        return (f"{sampling.steps} steps at {round(sampling.strength * 100)}% strength leave no step to run: "
-                "raise the strength or the steps.")
+        shown = f"{sampling.steps} steps at {round(sampling.strength * 100)}% strength"
+        need = steps_needed(rules.pass_strength(job.mode, sampling.strength))
+        if job.mode == "remove":  # it refines the filled selection at a part of the strength: raising it may not do
+            return (f"Remove refines the filled selection at {rules.REMOVE_STRENGTH:.0%} of the strength: {shown} "
+                    f"leave no step to run. Use at least {need} steps." if need else
+                    f"{shown} leave no step to run: raise the strength.")
+        return f"{shown} leave no step to run: raise the strength, or use at least {need} steps." if need else \
+            f"{shown} leave no step to run: raise the strength."
     unit = fields.item_field(error.field)
     if unit and unit[0] == "control" and unit[1] < len(job.control):
         control = job.control[unit[1]]

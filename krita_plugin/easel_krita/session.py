@@ -11,6 +11,7 @@ from .qt import QObject, QTimer, pyqtSignal, scaled_rgba
 from .turns import ALONE
 from .worker import sentence
 
+PAPER = 255  # what the transparent parts of a picture layer (a sketch, a reference) are laid on: white
 REFERENCE_SIDE = 512  # references are resized to the image encoder's 224 px anyway
 SLICE_S = 0.03  # UI-thread work per event-loop turn when reading or inserting in strips
 SLICES_KEPT = 1000
@@ -138,14 +139,28 @@ class Session(QObject):
                                       grow=settings.mask_grow, feather=settings.mask_feather,
                                       remove=settings.remove, instruct=settings.instruct,
                                       max_generate_side=self.worker.offer.max_generate_side)
+        plan.check_picture_size(region, self.worker.offer.max_side, self.worker.offer.max_pixels)
         model = plan.model_of(self.worker.models, settings.model)
         # What the chosen model cannot do is a sentence now, before any pixels are read.
         plan.check_model(region, settings, [(unit.type, unit.scale) for unit in controls],
                          [(ref.mode, ref.weight) for ref in references], model)
+        # A picked layer may have been deleted, or belong to another document (the docker keeps its lists
+        # when the painter switches documents): a sentence now, rather than a job steered by stray pixels.
+        owners = []
+        for role, items in (("control", controls), ("reference", references)):
+            for item in items:
+                found = host.owner(doc, item.node)
+                where = None if found is None else "" if found is doc else found.name()
+                plan.check_source_layer(role, item.node.name(), where,
+                                        None if found is None else (found.width(), found.height()),
+                                        (info.width, info.height), item.node.type())
+                if found is not doc:
+                    host.flush(found)
+                owners.append(found)
         box = region.box
         settings = plan.Settings(**vars(settings))
         mask = host.selection_bytes(doc, box) if region.masked else None
-        ref_bounds = [host.layer_bounds(doc, ref.node) for ref in references]
+        ref_bounds = [host.layer_bounds(found, ref.node) for found, ref in zip(owners[len(controls):], references)]
         image, control_reads, reference_reads = None, [], []
 
         def reads():
@@ -154,33 +169,43 @@ class Session(QObject):
             nonlocal image
             if region.mode != "generate":
                 image = yield from _read(doc, info, lambda strip: host.image_pixels(doc, strip), box)
-            for unit in controls:
-                data = yield from _read(doc, info, lambda strip, node=unit.node: host.layer_pixels(node, strip), box)
-                control_reads.append((unit, data))
+            for unit in controls:  # a layer may have a colour space of its own: read in it
+                layer = host.layer_canvas(unit.node, info)
+                data = yield from _read(doc, layer, lambda strip, node=unit.node: host.layer_pixels(node, strip), box,
+                                        info)
+                control_reads.append((unit, (data, layer)))
             for ref, bounds in zip(references, ref_bounds):
-                data = yield from _read(doc, info, lambda strip, node=ref.node: host.layer_pixels(node, strip), bounds)
-                reference_reads.append((ref, bounds, data))
+                layer = host.layer_canvas(ref.node, info)
+                data = yield from _read(doc, layer, lambda strip, node=ref.node: host.layer_pixels(node, strip),
+                                        bounds, info)
+                reference_reads.append((ref, bounds, (data, layer)))
         depth, linear = info.depth, info.linear
 
         def to_rgba(data):
+            if isinstance(data, tuple):  # a layer's pixels, in the layer's own format
+                data, layer = data
+                return data.rgba(layer.depth, layer.linear)
             return data.rgba(depth, linear)
 
-        def picture(data):
-            """Document pixels of the box -> RGBA of the region's picture size (on the worker)."""
+        def picture(data, unit=None):
+            """Document pixels of the box -> RGBA of the region's picture size (on the worker); a control
+            ``unit``'s layer becomes an opaque control image first (its transparent pixels hold no picture)."""
             rgba = to_rgba(data)
+            if unit is not None:
+                rgba = plan.control_picture(rgba, unit.type, unit.preprocess)
             if region.resampled:
                 rgba = scaled_rgba(rgba, box.width, box.height, *region.picture)
             return rgba
 
         def build() -> plan.Job:
             rgba = picture(image) if image is not None else None
-            units = [plan.ControlUnit(u.type, plan.raw_image(picture(data), *region.picture, "rgba8",
+            units = [plan.ControlUnit(u.type, plan.raw_image(picture(data, u), *region.picture, "rgba8",
                                                              f"{u.type} control layer"),
                                       "on" if u.preprocess else "off", u.scale, u.start, u.end)
                      for u, data in control_reads]
             refs = []
             for ref, bounds, data in reference_reads:
-                ref_rgba, w, h = _shrink(to_rgba(data), bounds.width, bounds.height)
+                ref_rgba, w, h = _shrink(pixels.flatten(to_rgba(data), PAPER), bounds.width, bounds.height)
                 refs.append(plan.Reference(plan.raw_image(ref_rgba, w, h, "rgba8", "reference layer"),
                                            ref.weight, ref.mode))
             return plan.build_job(region, settings, rgba, mask, units, refs, model)
@@ -202,7 +227,10 @@ class Session(QObject):
                                                info.height)
                 if spot.scale:
                     rgba = scaled_rgba(rgba, image_data.width, image_data.height, spot.width, spot.height)
-                out.append(LayerResult(placement.layer_name(settings.prompt, item.seed, model=named), item.seed,
+                name = placement.layer_name(settings.prompt, item.seed, model=named,
+                                            empty={"remove": "removed", "expand": "expanded"}.get(region.mode,
+                                                                                                  "no prompt"))
+                out.append(LayerResult(name, item.seed,
                                        spot.x, spot.y, spot.width, spot.height,
                                        _write(info, rgba), rgba, doc, grow=grow, parameters=result.parameters,
                                        canvas=info, read_size=(info.width, info.height)))
@@ -296,6 +324,8 @@ class Session(QObject):
         misfit = result.fits()
         if misfit is not None:
             raise plan.PlanError(misfit)
+        if not result.new_document and result.canvas is not None:
+            _follow_conversion(result)
 
         def steps():
             try:
@@ -380,17 +410,20 @@ class Session(QObject):
             raise plan.PlanError(f"The canvas is {info.width}x{info.height}: the server makes maps of pictures up "
                                  f"to {side} pixels a side.")
         host.flush(doc)
+        if host.is_mask(node):
+            plan.check_source_layer("control", node.name(), "", None, (info.width, info.height), node.type())
         box = plan.Box(0, 0, info.width, info.height)  # the whole canvas, so the map lines up
+        layer = host.layer_canvas(node, info)  # the layer may have a colour space of its own
         read = []
 
         def reads():  # in strips, like a job's reads
-            read.append((yield from _read(doc, info, lambda strip: host.layer_pixels(node, strip), box)))
+            read.append((yield from _read(doc, layer, lambda strip: host.layer_pixels(node, strip), box, info)))
 
-        depth, linear = info.depth, info.linear
+        depth, linear = layer.depth, layer.linear
         name = f"{control_type} map of {node.name()}"
 
         def build():
-            rgba = read[0].rgba(depth, linear)
+            rgba = pixels.flatten(read[0].rgba(depth, linear), PAPER)  # a sketch on a transparent layer: on paper
             return protocol.images.ImageData("rgba8", box.width, box.height, rgba)
 
         def finish(result):
@@ -455,12 +488,15 @@ class _Read:
         return data if self.converted else pixels.to_rgba8(data, depth, linear)
 
 
-def _read(doc, info, read, box):
+def _read(doc, info, read, box, canvas=None):
     """A generator: ``read(strip)`` for each strip of ``box`` (a yield after each), returning a _Read;
-    a profile that needs Krita's conversion is converted strip by strip, here on the UI thread.
+    a profile that needs Krita's conversion is converted strip by strip, here on the UI thread. ``info``
+    says what the pixels read are (the document's format, or a layer's own: ``host.layer_canvas``);
+    ``canvas`` the document's size as the job saw it (``info``'s when None).
 
     The painter can close, crop or resize ``doc`` between two strips (a large read spans many turns):
     then the picture would be short or out of line, so the job ends with a sentence (PlanError)."""
+    canvas = canvas or info
     parts = []
     size = pixels.bytes_per_pixel(info.depth)
     reader = info.reader() if info.managed else None  # one scratch document for all the strips
@@ -468,8 +504,8 @@ def _read(doc, info, read, box):
         for strip in plan.strips(box, size, plan.MANAGED_STRIP_PIXELS * size if reader else plan.STRIP_BYTES):
             if not host.is_open(doc):
                 raise plan.PlanError("The document was closed before Easel had read it; nothing was sent.")
-            if (doc.width(), doc.height()) != (info.width, info.height):
-                raise plan.PlanError(f"The document changed size ({info.width}x{info.height} to {doc.width()}x"
+            if (doc.width(), doc.height()) != (canvas.width, canvas.height):
+                raise plan.PlanError(f"The document changed size ({canvas.width}x{canvas.height} to {doc.width()}x"
                                      f"{doc.height()}) while Easel read it; nothing was sent. Press the button again.")
             data = read(strip)
             parts.append(reader.convert(data, strip.width, strip.height) if reader else data)
@@ -478,6 +514,20 @@ def _read(doc, info, read, box):
         if reader is not None:
             reader.close()
     return _Read(parts, info.managed)
+
+
+def _follow_conversion(result: LayerResult) -> None:
+    """The painter may have converted the document (Image > Convert Image Color Space: 8- to 16-bit, another
+    profile ...) since the job read it: the result's pixels, made for the old format, are made again for the
+    new one from its sRGB picture (written as they were, they were garbage: half the bytes of a 16-bit layer).
+    A document no longer in RGB is a sentence."""
+    try:
+        now = host.canvas(result.doc)
+    except pixels.UnsupportedColor as exc:
+        raise plan.PlanError(f"The document was converted since this job read it. {exc}") from None
+    was = result.canvas
+    if (now.depth, now.profile) != (was.depth, was.profile):
+        result.canvas, result.data = now, _write(now, result.rgba)
 
 
 def _write(info, rgba: bytes) -> bytes | None:
