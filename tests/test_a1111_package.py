@@ -65,6 +65,23 @@ def test_the_webuis_script_loader_mounts_it_with_settings_and_a_saved_default_fo
         assert f"easel/Reference {number} weight/value" in values and f"easel/Reference {number} takes/value" in values
     assert saved["easel/Model/value"] == "Server default" and saved["easel/Sampling method/value"] == "DPM++ 2M Karras"
     assert saved["easel/Mode/value"] == "inpaint"
+    assert "easel/Parameters used/value" not in saved  # an output: the last job's text is no default
+
+
+@pytest.mark.parametrize("webui", [A1111, FORGE])
+def test_a_saved_default_model_starts_the_page_with_what_that_model_offers(webui, server, tmp_path):
+    # Settings > Defaults saved an instruct-only model (and Mode "inpaint", which it cannot do): the page
+    # must open on that model's modes, without the ControlNet units and references it cannot take.
+    root = webui_folder(tmp_path / "webui", settings={"easel_url": server.url}, ui_defaults={
+        "easel/Model/value": "demo-instruct (SD 1.5, 512 px: instruct only)", "easel/Mode/value": "inpaint"})
+    run = run_webui(webui, root, "--dump-ui")
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-3000:]
+    fields = json.loads(run.stdout.split("DUMP ", 1)[1].splitlines()[0])["easel_fields"]
+    assert fields["easel_model"]["value"] == "demo-instruct (SD 1.5, 512 px: instruct only)"
+    assert fields["easel_mode"]["choices"] == ["upscale", "instruct"] and fields["easel_mode"]["value"] == "instruct"
+    assert not any(fields[f"easel_cn{n}"]["visible"] for n in (1, 2, 3))
+    assert not any(fields[f"easel_ref{n}"]["visible"] for n in (1, 2))
+    assert fields["easel_image_guidance"]["visible"]
 
 
 @pytest.mark.parametrize("webui, bound", [(A1111, "<12"), (FORGE, "<13")])

@@ -9,6 +9,7 @@ import json
 import sys
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -462,6 +463,34 @@ def test_the_tab_shows_only_what_the_picked_model_can_use():
     assert ip2p.modes == ("upscale", "instruct") and ip2p.control_types == ip2p.reference_modes == ()
     assert model_offer(chosen(CAPABLE, "gone"), everything).modes == TAB_MODES  # not described: everything
     assert model_offer(None, offer({"control_types": [], "reference_families": []})).reference_modes == ()
+
+
+def test_what_a_model_takes_none_of_stays_out_of_its_jobs():
+    # Hidden units and references, and the greyed-out negative prompt, may still hold values (a saved
+    # default, a picture from before the model changed): a Flux job gets none of them.
+    from easel_a1111.params import model_offer, within_offer
+    from shared.model_list import chosen
+
+    everything = offer({"control_types": ["canny"], "reference_modes": list(REFERENCE_MODES),
+                        "reference_families": ["sd15", "sdxl"]})
+    held = values(mode="img2img", strength=0.5, negative_prompt="fog",
+                  controls=[ControlSpec(enabled=True)], references=[ReferenceSpec(image=picture(64, 64), weight=0.7)])
+    flux = within_offer(held, model_offer(chosen(CAPABLE, "flux-dev"), everything))
+    job = build_job(replace(flux, model="flux-dev", chosen=chosen(CAPABLE, "flux-dev")))
+    assert job.control == [] and job.references == [] and job.negative_prompt == ""
+    sd = within_offer(held, model_offer(chosen(CAPABLE, "sd"), everything))
+    assert sd == held  # a model that takes them keeps them, weights and all
+
+
+def test_the_webuis_file_name_patterns_get_the_jobs_parameters():
+    from easel_a1111.params import saving_fields
+
+    second = saving_fields(values(mode="img2img", strength=0.4, sampler="Euler a", guidance=5.0), [7, 8], 1)
+    assert (second["seed"], second["all_seeds"], second["batch_size"], second["batch_index"]) == (8, [7, 8], 2, 1)
+    assert (second["steps"], second["cfg_scale"], second["sampler_name"]) == (4, 5.0, "Euler a")
+    assert second["denoising_strength"] == 0.4 and second["prompt"] == "a red door" and second["styles"] == []
+    assert saving_fields(values(mode="generate", strength=0.4), [7], 0)["denoising_strength"] is None
+    assert saving_fields(values(mode="upscale", strength=1.0), [7], 0)["denoising_strength"] is None
 
 
 def test_a_real_instruct_edit_keeps_every_unpainted_pixel_and_says_so(server):

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import io
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 from PIL import Image
@@ -138,6 +138,28 @@ def model_offer(chosen: model_list.ModelChoice | None, offered) -> ModelOffer:
                       tuple(kind for kind in offered.control_types if kind in caps.control_types and steered),
                       tuple(mode for mode in references if mode in caps.reference_modes and steered),
                       caps.negative_prompt, caps.image_guidance)
+
+
+def within_offer(values: TabValues, can: ModelOffer) -> TabValues:
+    """``values`` without the ControlNet units, references and negative prompt of a model that takes none:
+    their fields are hidden or greyed out then, and what such a field holds (a saved default, a picture
+    from before the model changed) must not reach the job."""
+    controls = values.controls if can.control_types else [ControlSpec() for _ in values.controls]
+    references = values.references if can.reference_modes else [ReferenceSpec() for _ in values.references]
+    negative = values.negative_prompt if can.negative_prompt else ""
+    return replace(values, controls=controls, references=references, negative_prompt=negative)
+
+
+def saving_fields(values: TabValues, seeds: list[int], index: int) -> dict:
+    """What the WebUI's file name patterns read of a job ([seed], [steps], [cfg], [sampler], [denoising],
+    [batch_number], [seed_first] ... read its ``p``), for result ``index`` of a job whose pictures have
+    ``seeds``; without them a pattern's parameters stay in the file name as written ("[steps]")."""
+    refines = values.mode not in rules.STARTS_FROM_NOISE and not (values.mode == "upscale" and values.strength >= 1)
+    return {"seed": seeds[index], "all_seeds": list(seeds), "prompt": values.prompt,
+            "negative_prompt": values.negative_prompt, "steps": int(values.steps), "cfg_scale": float(values.guidance),
+            "sampler_name": values.sampler, "denoising_strength": float(values.strength) if refines else None,
+            "styles": [], "batch_size": len(seeds), "batch_index": index, "n_iter": 1, "iteration": 0,
+            "user": None}
 
 
 def easel_sampler(label: str) -> str:
