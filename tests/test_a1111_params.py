@@ -547,6 +547,24 @@ def test_a_wss_backend_with_its_certificate(demo_config, engine, tmp_path):
         assert refused.endswith("Give the server's certificate (from `easel cert`) in Settings > Easel.")
 
 
+def test_a_wrong_token_or_address_says_what_to_set(demo_config, engine):
+    # Settings > Easel is where both are fixed; neither is a server that is down or a job it refused.
+    import dataclasses
+
+    from backend.server import ServerThread
+
+    with ServerThread(dataclasses.replace(demo_config, token="sekrit"), engine) as guarded:
+        for token in ("", "wrong"):
+            expected = (f"The Easel backend at {guarded.url} needs a token, and the one in Settings > Easel is missing "
+                        "or wrong: give the one the server was started with (--token).")
+            assert jobs.status_line(jobs.Connection(guarded.url, token=token)) == expected
+            assert list(jobs.run(jobs.Connection(guarded.url, token=token), values(), "token"))[-1].status == expected
+        assert jobs.status_line(jobs.Connection(guarded.url, token="sekrit")).startswith("Easel backend at ")
+    assert jobs.status_line(jobs.Connection("localhost:8760")) == (
+        "localhost:8760 is not an Easel backend address: set one like ws://127.0.0.1:8760/ (wss:// for a server "
+        "with a certificate) in Settings > Easel.")
+
+
 @pytest.fixture
 def blinker(server):
     proxy = Blinker(server.url)

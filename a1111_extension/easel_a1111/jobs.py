@@ -16,7 +16,7 @@ import numpy as np
 from PIL import Image
 
 from .params import InputError, TabValues, build_job, decode, infotext, png_image
-from .protocol import Accepted, Cancelled, Client, EaselError, Job, Progress, Result, Started, compose
+from .protocol import DEFAULT_URL, Accepted, Cancelled, Client, EaselError, Job, Progress, Result, Started, compose
 
 PREVIEW_EVERY = 1
 CAPABILITIES_TIMEOUT = 2  # s: the tab is built while the WebUI starts, which must not wait on a backend
@@ -67,7 +67,13 @@ def describe(error: Exception, url: str) -> str:
         if error.code == "unreachable" and "TLS handshake" in error.message:
             return (f"Cannot reach the Easel backend at {url}: {error.message}. Give the server's certificate "
                     "(from `easel cert`) in Settings > Easel.")
-        if error.code in ("unreachable", "bad_url"):
+        if error.code == "bad_url":
+            return (f"{url} is not an Easel backend address: set one like {DEFAULT_URL} (wss:// for a server with "
+                    "a certificate) in Settings > Easel.")
+        if error.code == "unauthorized":  # (no job was sent: the hello was refused)
+            return (f"The Easel backend at {url} needs a token, and the one in Settings > Easel is missing or wrong: "
+                    "give the one the server was started with (--token).")
+        if error.code == "unreachable":
             why = f" ({error.reason})" if error.reason else ""
             return (f"Cannot reach the Easel backend at {url}{why}: start it with `easel serve`, "
                     "or set its address in Settings > Easel.")
