@@ -572,6 +572,36 @@ def blinker(server):
     proxy.close()
 
 
+@pytest.mark.parametrize("cancel", [False, True])
+def test_a_backend_that_stops_answering_mid_job_is_not_waited_for(blinker, monkeypatch, cancel):
+    # A stopped (SIGSTOP) or hung backend closes nothing: without a probe the tab showed its last step for
+    # as long as it stayed stopped, and a Cancel showed nothing at all.
+    monkeypatch.setattr(jobs, "SILENT_AFTER", 3.0, raising=False)
+    monkeypatch.setattr(jobs, "CANCEL_GRACE", 1.0, raising=False)
+    runner = jobs.run(jobs.Connection(blinker.url), values(mode="generate", width=256, height=256, steps=150),
+                      f"frozen-{cancel}")
+    for update in runner:
+        if update.status.startswith("Step 2/"):
+            break
+    blinker.frozen = True
+    started = time.monotonic()
+    thaw = threading.Timer(20, setattr, (blinker, "frozen", False))  # a tab that waits fails, not hangs
+    thaw.start()
+    if cancel:
+        assert jobs.cancel(f"frozen-{cancel}") is None  # sent (into a socket nobody reads)
+    rest = list(runner)
+    thaw.cancel()
+    blinker.frozen = False
+    if cancel:
+        assert rest[-1].status == (f"Cancelled here: the Easel backend at {blinker.url} did not answer the Cancel "
+                                   "within 1 s (it may be stuck or paused), so the tab stopped waiting for the job.")
+    else:
+        assert rest[-1].status == (f"The Easel backend at {blinker.url} stopped answering mid-job (nothing for 3 s): "
+                                   "it may be stuck or paused. The tab stopped waiting for the job; restart the "
+                                   "backend if it does not recover.")
+    assert time.monotonic() - started < 10 and rest[-1].done
+
+
 def test_a_job_whose_connection_blinked_still_lands_once(blinker):
     """The link drops after the first step and stays down longer than one immediate retry: the tab
     reconnects, resumes its session, and shows the finished picture once."""

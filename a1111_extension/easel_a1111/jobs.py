@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import sys
 import threading
+import time
 import traceback
 from dataclasses import dataclass
 from typing import Iterator
@@ -23,6 +24,13 @@ CAPABILITIES_TIMEOUT = 2  # s: the tab is built while the WebUI starts, which mu
 # s: how long a job whose connection dropped keeps trying to resume it. The server keeps the session far
 # longer (resume_seconds); this bounds how long the painter looks at "reconnecting" before a sentence.
 RECONNECT_WINDOW = 15.0
+# A live backend answers a status at once, even mid-job: the tab asks for one after PROBE_EVERY s of silence.
+# One that answers nothing for SILENT_AFTER s is stuck or paused (a stopped process, a hung machine), and a
+# Cancel it leaves unanswered for CANCEL_GRACE s cannot be waited for: the tab stops waiting, with a sentence.
+# Generous, because a reply waits behind a large result still on its way (only whole messages count).
+PROBE_EVERY = 2.0
+SILENT_AFTER = 45.0
+CANCEL_GRACE = 10.0
 
 
 @dataclass
@@ -57,6 +65,61 @@ _lock = threading.Lock()
 # those whose Cancel came while it was down: sent once it is resumed.
 _reconnecting: set[str] = set()
 _cancel_when_back: set[str] = set()
+
+
+class Watch:
+    """Watches a running job's connection from a thread of its own: probes it while it is silent, and
+    drops it (``Client.abort``) when the backend stops answering or leaves a Cancel unanswered; ``why``
+    ("silent" or "cancel") says which. Paused while the connection is being made again."""
+
+    def __init__(self, client: Client):
+        self.client, self.why = client, None
+        self.since = time.monotonic()
+        self.cancelled_at: float | None = None
+        self.paused = False
+        self._stop = threading.Event()
+        threading.Thread(target=self._run, daemon=True).start()
+
+    def cancel_asked(self) -> None:
+        if self.cancelled_at is None:
+            self.cancelled_at = time.monotonic()
+
+    def resume(self) -> None:
+        self.since, self.paused = time.monotonic(), False
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _run(self) -> None:
+        probed = 0.0
+        while not self._stop.wait(0.25):
+            if self.paused:
+                continue
+            now = time.monotonic()
+            heard = max(self.since, self.client.heard or 0.0)
+            if now - heard >= PROBE_EVERY and now - probed >= PROBE_EVERY:
+                probed = now
+                try:
+                    self.client.probe()
+                except Exception:  # noqa: BLE001 - a dropped connection is the reader's to report
+                    pass
+            if self.cancelled_at is not None and now - max(heard, self.cancelled_at) >= CANCEL_GRACE:
+                self.why = "cancel"
+            elif now - heard >= SILENT_AFTER:
+                self.why = "silent"
+            if self.why is not None:
+                self.client.abort()
+                return
+
+    def sentence(self, url: str) -> str:
+        if self.why == "cancel":
+            return (f"Cancelled here: the Easel backend at {url} did not answer the Cancel within {CANCEL_GRACE:g} s "
+                    "(it may be stuck or paused), so the tab stopped waiting for the job.")
+        return (f"The Easel backend at {url} stopped answering mid-job (nothing for {SILENT_AFTER:g} s): it may be "
+                "stuck or paused. The tab stopped waiting for the job; restart the backend if it does not recover.")
+
+
+_watches: dict[str, Watch] = {}
 
 
 def describe(error: Exception, url: str) -> str:
@@ -94,22 +157,28 @@ def run(connection: Connection, values: TabValues, session: str) -> Iterator[Upd
         return
     request.preview_every, request.preview_size = PREVIEW_EVERY, 256
     yield Update("Connecting to the Easel backend…")
-    client = None
+    client = watch = None
     try:
         client = connection.client().connect()
         job = client.submit(request)
+        watch = Watch(client)
         with _lock:
             _running[session] = (client, job)
+            _watches[session] = watch
         while True:
             try:
                 for event in client.events(job):
                     yield from _shown(event, values, request)
                 break
             except EaselError as exc:
+                if watch.why is not None:  # the watch dropped a backend that stopped answering
+                    yield Update(watch.sentence(connection.url), done=True)
+                    return
                 if not exc.dropped:
                     raise
                 # The backend still runs the job and keeps its ending for our session: get it back.
                 yield Update("The connection to the Easel backend dropped; reconnecting…")
+                watch.paused = True
                 with _lock:
                     _reconnecting.add(session)
                 try:
@@ -122,7 +191,9 @@ def run(connection: Connection, values: TabValues, session: str) -> Iterator[Upd
                     wanted = session in _cancel_when_back
                     _cancel_when_back.discard(session)
                 if failure is None:
+                    watch.resume()
                     if wanted:
+                        watch.cancel_asked()
                         client.cancel(job)
                 elif failure.code in ("unreachable", "closed"):
                     yield Update(f"Lost the connection to the Easel backend at {connection.url} mid-job and could "
@@ -138,8 +209,11 @@ def run(connection: Connection, values: TabValues, session: str) -> Iterator[Upd
     finally:
         with _lock:
             _running.pop(session, None)
+            _watches.pop(session, None)
             _reconnecting.discard(session)
             _cancel_when_back.discard(session)
+        if watch is not None:
+            watch.stop()
         if client is not None:
             client.close()
 
@@ -195,6 +269,10 @@ def cancel(session: str) -> str | None:
     client, job = running
     try:
         client.cancel(job)
+        with _lock:
+            watch = _watches.get(session)
+        if watch is not None:  # a backend that does not answer it is not waited for
+            watch.cancel_asked()
     except EaselError as exc:
         if exc.code != "closed":
             return f"Could not cancel: {exc.message}"
