@@ -229,6 +229,10 @@ def test_backend_down_and_server_refusals_read_as_sentences(server):
     assert jobs.status_line(jobs.Connection("ws://127.0.0.1:9/")).startswith("Cannot reach the Easel backend")
     refused = list(jobs.run(jobs.Connection(server.url), values(steps=100000), "unit"))
     assert refused[-1].status.startswith("The Easel backend refused the job: ") and "steps" in refused[-1].status
+    assert refused[-1].status.endswith(" (Steps).")  # the tab's name for the field, not the protocol's
+    too_large = list(jobs.run(jobs.Connection(server.url), values(mode="upscale", scale=8.0, strength=1.0,
+                                                                   picture=picture(2048, 64)), "unit"))
+    assert too_large[-1].status.endswith(" (Upscale by)."), too_large[-1].status
     assert "on cpu" in jobs.status_line(jobs.Connection(server.url))  # and it still serves
 
 

@@ -16,7 +16,7 @@ from typing import Iterator
 import numpy as np
 from PIL import Image
 
-from .params import InputError, TabValues, build_job, decode, infotext, png_image
+from .params import InputError, TabValues, build_job, decode, field_label, infotext, png_image
 from .protocol import DEFAULT_URL, Accepted, Cancelled, Client, EaselError, Job, Progress, Result, Started, compose
 
 PREVIEW_EVERY = 1
@@ -142,7 +142,7 @@ def describe(error: Exception, url: str) -> str:
                     "or set its address in Settings > Easel.")
         if error.code == "closed":
             return f"The connection to the Easel backend at {url} closed: {error.message}."
-        where = f" (field {error.field})" if error.field else ""
+        where = f" ({field_label(error.field)})" if error.field else ""
         return f"The Easel backend refused the job: {error.message}{where}."
     traceback.print_exception(type(error), error, error.__traceback__, file=sys.stderr)
     return f"Something went wrong in the Easel tab: {type(error).__name__}: {error}"

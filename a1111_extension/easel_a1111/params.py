@@ -48,6 +48,26 @@ SAMPLER_NAMES = {label: name for name, label in SAMPLER_LABELS.items()}
 DEFAULT_SAMPLER = SAMPLER_LABELS["dpmpp_2m_karras"]
 
 
+# The protocol's job fields by the names the tab shows them under, for the backend's refusals.
+FIELD_LABELS = {"scale": "Upscale by", "refine": "Strength", "strength": "Strength", "steps": "Steps",
+                "guidance": "CFG scale", "sampler": "Sampling method", "seed": "Seed", "batch": "Batch",
+                "width": "Width", "height": "Height", "image": "Picture", "mask": "the painted mask",
+                "prompt": "Prompt", "negative_prompt": "Negative prompt", "image_guidance": "Image guidance",
+                "upscaler": "Upscaler", "model": "Model", "fill": "Masked content", "mask_grow": "Mask grow",
+                "mask_feather": "Mask feather", "mask_padding": "Only masked padding",
+                "soft_inpaint": "Soft inpainting", "expand": "Expand (outpaint)", "expand_left": "Expand left",
+                "expand_top": "Expand top", "expand_right": "Expand right", "expand_bottom": "Expand bottom",
+                "control": "ControlNet units", "references": "References"}
+
+
+def field_label(field: str) -> str:
+    """Where in the tab a refused job field is: its label, or the protocol's name for one it has none for."""
+    item = item_field(field)
+    if item is not None:
+        return "a ControlNet unit" if item[0] == "control" else "a reference" if item[0] == "references" else field
+    return FIELD_LABELS.get(field, field)
+
+
 class InputError(ValueError):
     """Something in the tab is missing or contradictory; the message is for the painter."""
 
