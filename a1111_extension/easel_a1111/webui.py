@@ -68,7 +68,9 @@ def after_component(component, **kwargs) -> None:
         paste.register_paste_params_button(paste.ParamBinding(
             paste_button=button, tabname=TAB, source_tabname=tabname,
             source_image_component=_created[f"{tabname}_gallery"]))
-    elif elem_id == "extras_tab" and "pnginfo_generation_info" in _created:  # PNG Info's last "Send to"
+    # PNG Info's last "Send to"; only the first after PNG Info's text: other extensions make "Send to" rows of
+    # their own (an image browser's), where a button bound to PNG Info's text would send the wrong picture.
+    elif elem_id == "extras_tab" and "pnginfo_generation_info" in _created and f"{TAB}_tab" not in _created:
         button = paste.create_buttons([TAB])[TAB]
         paste.register_paste_params_button(paste.ParamBinding(
             paste_button=button, tabname=TAB, source_text_component=_created["pnginfo_generation_info"],
