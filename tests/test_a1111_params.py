@@ -306,6 +306,11 @@ def test_an_upscale_from_the_tab_lands_whole_in_the_gallery(server):
     assert (np.asarray(result.convert("RGB")) == np.asarray(source.picture.convert("RGB").resize(
         (128, 96), Image.Resampling.LANCZOS))).all()
     assert "Easel mode: upscale" in final.infotexts[0]
+    assert "Postprocess upscale by: 2.0, Postprocess upscaler: lanczos" in final.infotexts[0]
+    assert "Denoising strength" not in final.infotexts[0]  # the upscaler alone
+    refined = list(jobs.run(jobs.Connection(server.url), replace(source, strength=0.3, prompt="a house", steps=4),
+                            "unit"))[-1]
+    assert "Denoising strength: 0.3," in refined.infotexts[0], refined.infotexts[0]
 
 
 def test_the_sampler_list_is_the_webuis_and_maps_to_easels_samplers():

@@ -444,6 +444,10 @@ def infotext(parameters: dict, seed: int, size: tuple[int, int]) -> str:
              ("Sampler", SAMPLER_LABELS.get(parameters.get("sampler"), parameters.get("sampler"))),
              ("CFG scale", parameters.get("guidance")), ("Seed", seed), ("Size", f"{size[0]}x{size[1]}"),
              ("Model", parameters.get("model")), ("Denoising strength", parameters.get("strength"))]
+    if parameters.get("mode") == "upscale":  # the WebUI's Extras names; the refine's strength (0: none)
+        items[-1] = ("Denoising strength", parameters.get("refine") or None)
+        items += [("Postprocess upscale by", parameters.get("scale")),
+                  ("Postprocess upscaler", parameters.get("upscaler"))]
     if parameters.get("mode") == "instruct":  # the WebUI's own name for InstructPix2Pix's image guidance
         items.append(("Image CFG scale", parameters.get("image_guidance")))
     if parameters.get("mode") in MASKED_MODES or parameters.get("masked"):

@@ -291,6 +291,9 @@ def build(connection: Callable[[], jobs.Connection], host: Host | None = None) -
                 (prompt, "Prompt"), (negative, "Negative prompt"), (steps, "Steps"), (guidance, "CFG scale"),
                 (seed, "Seed"), (sampler, sampler_from_infotext), (width, "Size-1"), (height, "Size-2"),
                 (strength, "Denoising strength"), (image_guidance, "Image CFG scale"),
+                (upscale_by, "Postprocess upscale by"),
+                (upscaler, lambda params: params.get("Postprocess upscaler") if params.get("Postprocess upscaler")
+                 in upscalers else None),
                 (model, lambda params: models.label(params["Model"]) if params.get("Model") in
                  models.labels.values() else None)])
     return tab
