@@ -611,6 +611,25 @@ def test_a_backend_that_stops_answering_mid_job_is_not_waited_for(blinker, monke
     assert time.monotonic() - started < 10 and rest[-1].done
 
 
+def test_a_map_preview_from_a_backend_that_stops_answering_is_not_waited_for(blinker, monkeypatch):
+    monkeypatch.setattr(jobs, "SILENT_AFTER", 2.0, raising=False)
+    made = jobs.Connection.client
+
+    def frozen_once_connected(self, open_timeout=5):  # hung between the hello and the preview's answer
+        client = made(self, open_timeout)
+        connect = client.connect
+        client.connect = lambda: (connect(), setattr(blinker, "frozen", True))[0]
+        return client
+
+    monkeypatch.setattr(jobs.Connection, "client", frozen_once_connected)
+    thaw = threading.Timer(20, setattr, (blinker, "frozen", False))  # a tab that waits fails, not hangs
+    thaw.start()
+    image, message = jobs.preprocess(jobs.Connection(blinker.url), "canny", picture(128, 96))
+    thaw.cancel()
+    blinker.frozen = False
+    assert image is None and message.startswith(f"The Easel backend at {blinker.url} stopped answering"), message
+
+
 def test_a_job_whose_connection_blinked_still_lands_once(blinker):
     """The link drops after the first step and stays down longer than one immediate retry: the tab
     reconnects, resumes its session, and shows the finished picture once."""

@@ -290,12 +290,18 @@ def preprocess(connection: Connection, control_type: str,
     """The control map the backend's preprocessor for ``control_type`` makes of ``picture``."""
     if picture is None:
         return None, "Add a picture first: the preview runs the preprocessor on it."
+    watch = None
     try:
         with connection.client() as client:
+            watch = Watch(client)  # a backend that stops answering is not waited for here either
             return decode(client.preprocess(control_type, png_image(picture, "RGB"))).convert("RGB"), \
                 f"{control_type} map made by the backend."
     except Exception as exc:  # noqa: BLE001
-        return None, describe(exc, connection.url)
+        stuck = watch is not None and watch.why is not None
+        return None, watch.sentence(connection.url) if stuck else describe(exc, connection.url)
+    finally:
+        if watch is not None:
+            watch.stop()
 
 
 @dataclass
