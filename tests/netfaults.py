@@ -22,6 +22,7 @@ class Blinker:
         self.cut_on_upload = False  # True: the client's next upload is lost on the way, and the link cut
         self.links: list[socket.socket] = []
         self.connections = 0
+        self.frozen = False  # True: nothing passes either way and nothing closes, as with a stopped server
         threading.Thread(target=self._accept, daemon=True).start()
 
     def cut(self, seconds: float) -> None:
@@ -55,6 +56,8 @@ class Blinker:
                     self.cut_on_upload = False
                     self.cut(0)  # what the client sent is lost with the link, whatever its sends said
                     return
+                while self.frozen:
+                    time.sleep(0.02)
                 sink.sendall(data)
         except OSError:
             pass

@@ -45,7 +45,8 @@ def test_the_webuis_script_loader_mounts_it_with_settings_and_a_saved_default_fo
                                  "easel_cert": ["easel", "Easel"]}
     assert facts["send_to_easel"] == ["easel_tab", "img2img_send_to_easel", "txt2img_send_to_easel"]  # + PNG Info's
     assert facts["easel_paste_fields"] == ["Prompt", "Negative prompt", "Steps", "CFG scale", "Seed", "Size-1",
-                                           "Size-2", "Denoising strength", "Image CFG scale"]
+                                           "Size-2", "Denoising strength", "Image CFG scale",
+                                           "Postprocess upscale by"]
     # Registered from the script the WebUI loaded (its callback names and error reports say so) ...
     assert facts["callbacks"] == ["easel/scripts/easel_tab.py"]
     # ... and the package found after the loader took the extension off sys.path (A1111 does; Forge
@@ -65,6 +66,50 @@ def test_the_webuis_script_loader_mounts_it_with_settings_and_a_saved_default_fo
         assert f"easel/Reference {number} weight/value" in values and f"easel/Reference {number} takes/value" in values
     assert saved["easel/Model/value"] == "Server default" and saved["easel/Sampling method/value"] == "DPM++ 2M Karras"
     assert saved["easel/Mode/value"] == "inpaint"
+    assert "easel/Parameters used/value" not in saved  # an output: the last job's text is no default
+
+
+BROWSER = """import gradio as gr
+from modules import infotext_utils, script_callbacks
+
+
+def tab():
+    with gr.Blocks(analytics_enabled=False) as ui:
+        infotext_utils.create_buttons(["txt2img", "img2img", "inpaint", "extras"])
+    return [(ui, "Browser", "browser")]
+
+
+script_callbacks.on_ui_tabs(tab)
+"""
+
+
+def test_another_extensions_send_to_row_gets_no_send_to_easel_button(tmp_path):
+    # An image browser extension makes a "Send to" row of its own with create_buttons (its tab built after
+    # PNG Info): a "Send to Easel" there would be bound to PNG Info's text and picture.
+    root = webui_folder(tmp_path / "webui", settings={"easel_url": "ws://127.0.0.1:9/"})
+    (root / "extensions" / "browser" / "scripts").mkdir(parents=True)
+    (root / "extensions" / "browser" / "scripts" / "browser.py").write_text(BROWSER)
+    run = run_webui(A1111, root, "--dump-ui")
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-3000:]
+    facts = json.loads(run.stdout.split("DUMP ", 1)[1].splitlines()[0])
+    assert "browser" in facts["tabs"]
+    assert facts["send_to_easel"] == ["easel_tab", "img2img_send_to_easel", "txt2img_send_to_easel"]
+
+
+@pytest.mark.parametrize("webui", [A1111, FORGE])
+def test_a_saved_default_model_starts_the_page_with_what_that_model_offers(webui, server, tmp_path):
+    # Settings > Defaults saved an instruct-only model (and Mode "inpaint", which it cannot do): the page
+    # must open on that model's modes, without the ControlNet units and references it cannot take.
+    root = webui_folder(tmp_path / "webui", settings={"easel_url": server.url}, ui_defaults={
+        "easel/Model/value": "demo-instruct (SD 1.5, 512 px: instruct only)", "easel/Mode/value": "inpaint"})
+    run = run_webui(webui, root, "--dump-ui")
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-3000:]
+    fields = json.loads(run.stdout.split("DUMP ", 1)[1].splitlines()[0])["easel_fields"]
+    assert fields["easel_model"]["value"] == "demo-instruct (SD 1.5, 512 px: instruct only)"
+    assert fields["easel_mode"]["choices"] == ["upscale", "instruct"] and fields["easel_mode"]["value"] == "instruct"
+    assert not any(fields[f"easel_cn{n}"]["visible"] for n in (1, 2, 3))
+    assert not any(fields[f"easel_ref{n}"]["visible"] for n in (1, 2))
+    assert fields["easel_image_guidance"]["visible"]
 
 
 @pytest.mark.parametrize("webui, bound", [(A1111, "<12"), (FORGE, "<13")])

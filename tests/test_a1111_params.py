@@ -9,6 +9,7 @@ import json
 import sys
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -228,6 +229,10 @@ def test_backend_down_and_server_refusals_read_as_sentences(server):
     assert jobs.status_line(jobs.Connection("ws://127.0.0.1:9/")).startswith("Cannot reach the Easel backend")
     refused = list(jobs.run(jobs.Connection(server.url), values(steps=100000), "unit"))
     assert refused[-1].status.startswith("The Easel backend refused the job: ") and "steps" in refused[-1].status
+    assert refused[-1].status.endswith(" (Steps).")  # the tab's name for the field, not the protocol's
+    too_large = list(jobs.run(jobs.Connection(server.url), values(mode="upscale", scale=8.0, strength=1.0,
+                                                                   picture=picture(2048, 64)), "unit"))
+    assert too_large[-1].status.endswith(" (Upscale by)."), too_large[-1].status
     assert "on cpu" in jobs.status_line(jobs.Connection(server.url))  # and it still serves
 
 
@@ -301,6 +306,11 @@ def test_an_upscale_from_the_tab_lands_whole_in_the_gallery(server):
     assert (np.asarray(result.convert("RGB")) == np.asarray(source.picture.convert("RGB").resize(
         (128, 96), Image.Resampling.LANCZOS))).all()
     assert "Easel mode: upscale" in final.infotexts[0]
+    assert "Postprocess upscale by: 2.0, Postprocess upscaler: lanczos" in final.infotexts[0]
+    assert "Denoising strength" not in final.infotexts[0]  # the upscaler alone
+    refined = list(jobs.run(jobs.Connection(server.url), replace(source, strength=0.3, prompt="a house", steps=4),
+                            "unit"))[-1]
+    assert "Denoising strength: 0.3," in refined.infotexts[0], refined.infotexts[0]
 
 
 def test_the_sampler_list_is_the_webuis_and_maps_to_easels_samplers():
@@ -464,6 +474,34 @@ def test_the_tab_shows_only_what_the_picked_model_can_use():
     assert model_offer(None, offer({"control_types": [], "reference_families": []})).reference_modes == ()
 
 
+def test_what_a_model_takes_none_of_stays_out_of_its_jobs():
+    # Hidden units and references, and the greyed-out negative prompt, may still hold values (a saved
+    # default, a picture from before the model changed): a Flux job gets none of them.
+    from easel_a1111.params import model_offer, within_offer
+    from shared.model_list import chosen
+
+    everything = offer({"control_types": ["canny"], "reference_modes": list(REFERENCE_MODES),
+                        "reference_families": ["sd15", "sdxl"]})
+    held = values(mode="img2img", strength=0.5, negative_prompt="fog",
+                  controls=[ControlSpec(enabled=True)], references=[ReferenceSpec(image=picture(64, 64), weight=0.7)])
+    flux = within_offer(held, model_offer(chosen(CAPABLE, "flux-dev"), everything))
+    job = build_job(replace(flux, model="flux-dev", chosen=chosen(CAPABLE, "flux-dev")))
+    assert job.control == [] and job.references == [] and job.negative_prompt == ""
+    sd = within_offer(held, model_offer(chosen(CAPABLE, "sd"), everything))
+    assert sd == held  # a model that takes them keeps them, weights and all
+
+
+def test_the_webuis_file_name_patterns_get_the_jobs_parameters():
+    from easel_a1111.params import saving_fields
+
+    second = saving_fields(values(mode="img2img", strength=0.4, sampler="Euler a", guidance=5.0), [7, 8], 1)
+    assert (second["seed"], second["all_seeds"], second["batch_size"], second["batch_index"]) == (8, [7, 8], 2, 1)
+    assert (second["steps"], second["cfg_scale"], second["sampler_name"]) == (4, 5.0, "Euler a")
+    assert second["denoising_strength"] == 0.4 and second["prompt"] == "a red door" and second["styles"] == []
+    assert saving_fields(values(mode="generate", strength=0.4), [7], 0)["denoising_strength"] is None
+    assert saving_fields(values(mode="upscale", strength=1.0), [7], 0)["denoising_strength"] is None
+
+
 def test_a_real_instruct_edit_keeps_every_unpainted_pixel_and_says_so(server):
     from shared.model_list import chosen
 
@@ -518,11 +556,78 @@ def test_a_wss_backend_with_its_certificate(demo_config, engine, tmp_path):
         assert refused.endswith("Give the server's certificate (from `easel cert`) in Settings > Easel.")
 
 
+def test_a_wrong_token_or_address_says_what_to_set(demo_config, engine):
+    # Settings > Easel is where both are fixed; neither is a server that is down or a job it refused.
+    import dataclasses
+
+    from backend.server import ServerThread
+
+    with ServerThread(dataclasses.replace(demo_config, token="sekrit"), engine) as guarded:
+        for token in ("", "wrong"):
+            expected = (f"The Easel backend at {guarded.url} needs a token, and the one in Settings > Easel is missing "
+                        "or wrong: give the one the server was started with (--token).")
+            assert jobs.status_line(jobs.Connection(guarded.url, token=token)) == expected
+            assert list(jobs.run(jobs.Connection(guarded.url, token=token), values(), "token"))[-1].status == expected
+        assert jobs.status_line(jobs.Connection(guarded.url, token="sekrit")).startswith("Easel backend at ")
+    assert jobs.status_line(jobs.Connection("localhost:8760")) == (
+        "localhost:8760 is not an Easel backend address: set one like ws://127.0.0.1:8760/ (wss:// for a server "
+        "with a certificate) in Settings > Easel.")
+
+
 @pytest.fixture
 def blinker(server):
     proxy = Blinker(server.url)
     yield proxy
     proxy.close()
+
+
+@pytest.mark.parametrize("cancel", [False, True])
+def test_a_backend_that_stops_answering_mid_job_is_not_waited_for(blinker, monkeypatch, cancel):
+    # A stopped (SIGSTOP) or hung backend closes nothing: without a probe the tab showed its last step for
+    # as long as it stayed stopped, and a Cancel showed nothing at all.
+    monkeypatch.setattr(jobs, "SILENT_AFTER", 3.0, raising=False)
+    monkeypatch.setattr(jobs, "CANCEL_GRACE", 1.0, raising=False)
+    runner = jobs.run(jobs.Connection(blinker.url), values(mode="generate", width=256, height=256, steps=150),
+                      f"frozen-{cancel}")
+    for update in runner:
+        if update.status.startswith("Step 2/"):
+            break
+    blinker.frozen = True
+    started = time.monotonic()
+    thaw = threading.Timer(20, setattr, (blinker, "frozen", False))  # a tab that waits fails, not hangs
+    thaw.start()
+    if cancel:
+        assert jobs.cancel(f"frozen-{cancel}") is None  # sent (into a socket nobody reads)
+    rest = list(runner)
+    thaw.cancel()
+    blinker.frozen = False
+    if cancel:
+        assert rest[-1].status == (f"Cancelled here: the Easel backend at {blinker.url} did not answer the Cancel "
+                                   "within 1 s (it may be stuck or paused), so the tab stopped waiting for the job.")
+    else:
+        assert rest[-1].status == (f"The Easel backend at {blinker.url} stopped answering mid-job (nothing for 3 s): "
+                                   "it may be stuck or paused. The tab stopped waiting for the job; restart the "
+                                   "backend if it does not recover.")
+    assert time.monotonic() - started < 10 and rest[-1].done
+
+
+def test_a_map_preview_from_a_backend_that_stops_answering_is_not_waited_for(blinker, monkeypatch):
+    monkeypatch.setattr(jobs, "SILENT_AFTER", 2.0, raising=False)
+    made = jobs.Connection.client
+
+    def frozen_once_connected(self, open_timeout=5):  # hung between the hello and the preview's answer
+        client = made(self, open_timeout)
+        connect = client.connect
+        client.connect = lambda: (connect(), setattr(blinker, "frozen", True))[0]
+        return client
+
+    monkeypatch.setattr(jobs.Connection, "client", frozen_once_connected)
+    thaw = threading.Timer(20, setattr, (blinker, "frozen", False))  # a tab that waits fails, not hangs
+    thaw.start()
+    image, message = jobs.preprocess(jobs.Connection(blinker.url), "canny", picture(128, 96))
+    thaw.cancel()
+    blinker.frozen = False
+    assert image is None and message.startswith(f"The Easel backend at {blinker.url} stopped answering"), message
 
 
 def test_a_job_whose_connection_blinked_still_lands_once(blinker):

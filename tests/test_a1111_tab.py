@@ -33,8 +33,9 @@ UI_DEFAULTS = {"easel/Unit 2 scale/value": 0.35}
 @pytest.fixture(scope="module")
 def webui(server, tmp_path_factory):
     webui_source(A1111)
-    root = webui_folder(tmp_path_factory.mktemp("webui") / "data", settings={"easel_url": server.url},
-                        ui_defaults=UI_DEFAULTS)
+    # a file name pattern with the job's parameters (the WebUI reads them off the job it saves for)
+    root = webui_folder(tmp_path_factory.mktemp("webui") / "data", ui_defaults=UI_DEFAULTS, settings={
+        "easel_url": server.url, "samples_filename_pattern": "[seed]-[steps]-[sampler]-[cfg]"})
     with serving(A1111, root) as (url, log):
         yield {"url": url, "server": server.url, "root": root, "log": log}
 
@@ -402,6 +403,7 @@ def test_a_second_model_its_saved_result_in_png_info_and_send_to_easel(page, web
     # Saved as the WebUI saves txt2img's pictures, with the infotext in the PNG.
     saved = [path for path in webui["root"].rglob("*.png") if Image.open(path).info.get("parameters") == info]
     assert len(saved) == 1 and "txt2img-images" in saved[0].parts, saved
+    assert saved[0].name.endswith("-7-2-Euler a-7.0.png"), saved[0].name  # [seed]-[steps]-[sampler]-[cfg]
 
     # PNG Info reads it back; its "Send to easel" fills the tab (model included) with the picture.
     pick_model(page, "Server default")
@@ -454,6 +456,9 @@ def test_instruct_inside_a_painted_mask_and_a_model_offers_only_what_it_takes(pa
     pick_model(page, "demo-base (")
     page.locator("#easel_cn1").wait_for(state="visible")
     assert page.locator("#easel_negative textarea").is_enabled()
+    # references back as they were (a hidden one is left out of jobs, its weight untouched)
+    page.locator("#easel_ref1").get_by_text("Reference 1", exact=True).click()
+    assert page.locator("#easel_ref1_weight input[type=number]").input_value() == "1"
 
 
 def test_send_to_easel_from_txt2img_and_img2img_puts_their_result_in_the_sketch_editor(page):

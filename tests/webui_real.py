@@ -318,7 +318,14 @@ def dump(demo) -> None:
         "modules": {name: os.path.relpath(getattr(sys.modules[name], "__file__", "") or "", extensions_dir)
                     for name in ("easel_a1111", "easel_a1111.tab", "easel_shared")},
         "extension_on_sys_path": any(path.startswith(extensions_dir) for path in sys.path),
-    }))
+        # the Easel tab's fields as the page will be served (saved defaults applied)
+        "easel_fields": {block.elem_id: {"visible": block.visible, "value": getattr(block, "value", None),
+                                         "choices": [choice[-1] if isinstance(choice, (tuple, list)) else choice
+                                                     for choice in getattr(block, "choices", None) or []],
+                                         "interactive": getattr(block, "interactive", None)}
+                         for block in demo.blocks.values()
+                         if (getattr(block, "elem_id", None) or "").startswith("easel_")},
+    }, default=str))
 
 
 def main() -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import sys
 import threading
+import time
 import traceback
 from dataclasses import dataclass
 from typing import Iterator
@@ -15,14 +16,21 @@ from typing import Iterator
 import numpy as np
 from PIL import Image
 
-from .params import InputError, TabValues, build_job, decode, infotext, png_image
-from .protocol import Accepted, Cancelled, Client, EaselError, Job, Progress, Result, Started, compose
+from .params import InputError, TabValues, build_job, decode, field_label, infotext, png_image
+from .protocol import DEFAULT_URL, Accepted, Cancelled, Client, EaselError, Job, Progress, Result, Started, compose
 
 PREVIEW_EVERY = 1
 CAPABILITIES_TIMEOUT = 2  # s: the tab is built while the WebUI starts, which must not wait on a backend
 # s: how long a job whose connection dropped keeps trying to resume it. The server keeps the session far
 # longer (resume_seconds); this bounds how long the painter looks at "reconnecting" before a sentence.
 RECONNECT_WINDOW = 15.0
+# A live backend answers a status at once, even mid-job: the tab asks for one after PROBE_EVERY s of silence.
+# One that answers nothing for SILENT_AFTER s is stuck or paused (a stopped process, a hung machine), and a
+# Cancel it leaves unanswered for CANCEL_GRACE s cannot be waited for: the tab stops waiting, with a sentence.
+# Generous, because a reply waits behind a large result still on its way (only whole messages count).
+PROBE_EVERY = 2.0
+SILENT_AFTER = 45.0
+CANCEL_GRACE = 10.0
 
 
 @dataclass
@@ -59,6 +67,61 @@ _reconnecting: set[str] = set()
 _cancel_when_back: set[str] = set()
 
 
+class Watch:
+    """Watches a running job's connection from a thread of its own: probes it while it is silent, and
+    drops it (``Client.abort``) when the backend stops answering or leaves a Cancel unanswered; ``why``
+    ("silent" or "cancel") says which. Paused while the connection is being made again."""
+
+    def __init__(self, client: Client):
+        self.client, self.why = client, None
+        self.since = time.monotonic()
+        self.cancelled_at: float | None = None
+        self.paused = False
+        self._stop = threading.Event()
+        threading.Thread(target=self._run, daemon=True).start()
+
+    def cancel_asked(self) -> None:
+        if self.cancelled_at is None:
+            self.cancelled_at = time.monotonic()
+
+    def resume(self) -> None:
+        self.since, self.paused = time.monotonic(), False
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _run(self) -> None:
+        probed = 0.0
+        while not self._stop.wait(0.25):
+            if self.paused:
+                continue
+            now = time.monotonic()
+            heard = max(self.since, self.client.heard or 0.0)
+            if now - heard >= PROBE_EVERY and now - probed >= PROBE_EVERY:
+                probed = now
+                try:
+                    self.client.probe()
+                except Exception:  # noqa: BLE001 - a dropped connection is the reader's to report
+                    pass
+            if self.cancelled_at is not None and now - max(heard, self.cancelled_at) >= CANCEL_GRACE:
+                self.why = "cancel"
+            elif now - heard >= SILENT_AFTER:
+                self.why = "silent"
+            if self.why is not None:
+                self.client.abort()
+                return
+
+    def sentence(self, url: str) -> str:
+        if self.why == "cancel":
+            return (f"Cancelled here: the Easel backend at {url} did not answer the Cancel within {CANCEL_GRACE:g} s "
+                    "(it may be stuck or paused), so the tab stopped waiting for the job.")
+        return (f"The Easel backend at {url} stopped answering mid-job (nothing for {SILENT_AFTER:g} s): it may be "
+                "stuck or paused. The tab stopped waiting for the job; restart the backend if it does not recover.")
+
+
+_watches: dict[str, Watch] = {}
+
+
 def describe(error: Exception, url: str) -> str:
     """One sentence for the painter."""
     if isinstance(error, InputError):
@@ -67,13 +130,19 @@ def describe(error: Exception, url: str) -> str:
         if error.code == "unreachable" and "TLS handshake" in error.message:
             return (f"Cannot reach the Easel backend at {url}: {error.message}. Give the server's certificate "
                     "(from `easel cert`) in Settings > Easel.")
-        if error.code in ("unreachable", "bad_url"):
+        if error.code == "bad_url":
+            return (f"{url} is not an Easel backend address: set one like {DEFAULT_URL} (wss:// for a server with "
+                    "a certificate) in Settings > Easel.")
+        if error.code == "unauthorized":  # (no job was sent: the hello was refused)
+            return (f"The Easel backend at {url} needs a token, and the one in Settings > Easel is missing or wrong: "
+                    "give the one the server was started with (--token).")
+        if error.code == "unreachable":
             why = f" ({error.reason})" if error.reason else ""
             return (f"Cannot reach the Easel backend at {url}{why}: start it with `easel serve`, "
                     "or set its address in Settings > Easel.")
         if error.code == "closed":
             return f"The connection to the Easel backend at {url} closed: {error.message}."
-        where = f" (field {error.field})" if error.field else ""
+        where = f" ({field_label(error.field)})" if error.field else ""
         return f"The Easel backend refused the job: {error.message}{where}."
     traceback.print_exception(type(error), error, error.__traceback__, file=sys.stderr)
     return f"Something went wrong in the Easel tab: {type(error).__name__}: {error}"
@@ -88,22 +157,28 @@ def run(connection: Connection, values: TabValues, session: str) -> Iterator[Upd
         return
     request.preview_every, request.preview_size = PREVIEW_EVERY, 256
     yield Update("Connecting to the Easel backend…")
-    client = None
+    client = watch = None
     try:
         client = connection.client().connect()
         job = client.submit(request)
+        watch = Watch(client)
         with _lock:
             _running[session] = (client, job)
+            _watches[session] = watch
         while True:
             try:
                 for event in client.events(job):
                     yield from _shown(event, values, request)
                 break
             except EaselError as exc:
+                if watch.why is not None:  # the watch dropped a backend that stopped answering
+                    yield Update(watch.sentence(connection.url), done=True)
+                    return
                 if not exc.dropped:
                     raise
                 # The backend still runs the job and keeps its ending for our session: get it back.
                 yield Update("The connection to the Easel backend dropped; reconnecting…")
+                watch.paused = True
                 with _lock:
                     _reconnecting.add(session)
                 try:
@@ -116,7 +191,9 @@ def run(connection: Connection, values: TabValues, session: str) -> Iterator[Upd
                     wanted = session in _cancel_when_back
                     _cancel_when_back.discard(session)
                 if failure is None:
+                    watch.resume()
                     if wanted:
+                        watch.cancel_asked()
                         client.cancel(job)
                 elif failure.code in ("unreachable", "closed"):
                     yield Update(f"Lost the connection to the Easel backend at {connection.url} mid-job and could "
@@ -132,8 +209,11 @@ def run(connection: Connection, values: TabValues, session: str) -> Iterator[Upd
     finally:
         with _lock:
             _running.pop(session, None)
+            _watches.pop(session, None)
             _reconnecting.discard(session)
             _cancel_when_back.discard(session)
+        if watch is not None:
+            watch.stop()
         if client is not None:
             client.close()
 
@@ -189,6 +269,10 @@ def cancel(session: str) -> str | None:
     client, job = running
     try:
         client.cancel(job)
+        with _lock:
+            watch = _watches.get(session)
+        if watch is not None:  # a backend that does not answer it is not waited for
+            watch.cancel_asked()
     except EaselError as exc:
         if exc.code != "closed":
             return f"Could not cancel: {exc.message}"
@@ -206,12 +290,18 @@ def preprocess(connection: Connection, control_type: str,
     """The control map the backend's preprocessor for ``control_type`` makes of ``picture``."""
     if picture is None:
         return None, "Add a picture first: the preview runs the preprocessor on it."
+    watch = None
     try:
         with connection.client() as client:
+            watch = Watch(client)  # a backend that stops answering is not waited for here either
             return decode(client.preprocess(control_type, png_image(picture, "RGB"))).convert("RGB"), \
                 f"{control_type} map made by the backend."
     except Exception as exc:  # noqa: BLE001
-        return None, describe(exc, connection.url)
+        stuck = watch is not None and watch.why is not None
+        return None, watch.sentence(connection.url) if stuck else describe(exc, connection.url)
+    finally:
+        if watch is not None:
+            watch.stop()
 
 
 @dataclass

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import io
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 from PIL import Image
@@ -46,6 +46,26 @@ SAMPLER_LABELS = {"dpmpp_2m": "DPM++ 2M", "dpmpp_2m_karras": "DPM++ 2M Karras", 
                   "lcm": "LCM", "tcd": "TCD"}  # (WebUI 1.8 has LCM; Forge also TCD)
 SAMPLER_NAMES = {label: name for name, label in SAMPLER_LABELS.items()}
 DEFAULT_SAMPLER = SAMPLER_LABELS["dpmpp_2m_karras"]
+
+
+# The protocol's job fields by the names the tab shows them under, for the backend's refusals.
+FIELD_LABELS = {"scale": "Upscale by", "refine": "Strength", "strength": "Strength", "steps": "Steps",
+                "guidance": "CFG scale", "sampler": "Sampling method", "seed": "Seed", "batch": "Batch",
+                "width": "Width", "height": "Height", "image": "Picture", "mask": "the painted mask",
+                "prompt": "Prompt", "negative_prompt": "Negative prompt", "image_guidance": "Image guidance",
+                "upscaler": "Upscaler", "model": "Model", "fill": "Masked content", "mask_grow": "Mask grow",
+                "mask_feather": "Mask feather", "mask_padding": "Only masked padding",
+                "soft_inpaint": "Soft inpainting", "expand": "Expand (outpaint)", "expand_left": "Expand left",
+                "expand_top": "Expand top", "expand_right": "Expand right", "expand_bottom": "Expand bottom",
+                "control": "ControlNet units", "references": "References"}
+
+
+def field_label(field: str) -> str:
+    """Where in the tab a refused job field is: its label, or the protocol's name for one it has none for."""
+    item = item_field(field)
+    if item is not None:
+        return "a ControlNet unit" if item[0] == "control" else "a reference" if item[0] == "references" else field
+    return FIELD_LABELS.get(field, field)
 
 
 class InputError(ValueError):
@@ -138,6 +158,28 @@ def model_offer(chosen: model_list.ModelChoice | None, offered) -> ModelOffer:
                       tuple(kind for kind in offered.control_types if kind in caps.control_types and steered),
                       tuple(mode for mode in references if mode in caps.reference_modes and steered),
                       caps.negative_prompt, caps.image_guidance)
+
+
+def within_offer(values: TabValues, can: ModelOffer) -> TabValues:
+    """``values`` without the ControlNet units, references and negative prompt of a model that takes none:
+    their fields are hidden or greyed out then, and what such a field holds (a saved default, a picture
+    from before the model changed) must not reach the job."""
+    controls = values.controls if can.control_types else [ControlSpec() for _ in values.controls]
+    references = values.references if can.reference_modes else [ReferenceSpec() for _ in values.references]
+    negative = values.negative_prompt if can.negative_prompt else ""
+    return replace(values, controls=controls, references=references, negative_prompt=negative)
+
+
+def saving_fields(values: TabValues, seeds: list[int], index: int) -> dict:
+    """What the WebUI's file name patterns read of a job ([seed], [steps], [cfg], [sampler], [denoising],
+    [batch_number], [seed_first] ... read its ``p``), for result ``index`` of a job whose pictures have
+    ``seeds``; without them a pattern's parameters stay in the file name as written ("[steps]")."""
+    refines = values.mode not in rules.STARTS_FROM_NOISE and not (values.mode == "upscale" and values.strength >= 1)
+    return {"seed": seeds[index], "all_seeds": list(seeds), "prompt": values.prompt,
+            "negative_prompt": values.negative_prompt, "steps": int(values.steps), "cfg_scale": float(values.guidance),
+            "sampler_name": values.sampler, "denoising_strength": float(values.strength) if refines else None,
+            "styles": [], "batch_size": len(seeds), "batch_index": index, "n_iter": 1, "iteration": 0,
+            "user": None}
 
 
 def easel_sampler(label: str) -> str:
@@ -402,6 +444,10 @@ def infotext(parameters: dict, seed: int, size: tuple[int, int]) -> str:
              ("Sampler", SAMPLER_LABELS.get(parameters.get("sampler"), parameters.get("sampler"))),
              ("CFG scale", parameters.get("guidance")), ("Seed", seed), ("Size", f"{size[0]}x{size[1]}"),
              ("Model", parameters.get("model")), ("Denoising strength", parameters.get("strength"))]
+    if parameters.get("mode") == "upscale":  # the WebUI's Extras names; the refine's strength (0: none)
+        items[-1] = ("Denoising strength", parameters.get("refine") or None)
+        items += [("Postprocess upscale by", parameters.get("scale")),
+                  ("Postprocess upscaler", parameters.get("upscaler"))]
     if parameters.get("mode") == "instruct":  # the WebUI's own name for InstructPix2Pix's image guidance
         items.append(("Image CFG scale", parameters.get("image_guidance")))
     if parameters.get("mode") in MASKED_MODES or parameters.get("masked"):

@@ -22,6 +22,8 @@ from .params import (
     mask_to_send,
     model_offer,
     sampler_from_infotext,
+    saving_fields,
+    within_offer,
 )
 from .protocol import SAMPLERS, capabilities, model_list, rules
 
@@ -42,7 +44,7 @@ class Host:
     # (picture, [(component, infotext key or callable(parsed infotext) -> value or None)]) -> None:
     # what "Send to Easel" fills
     paste_fields: Callable | None = None
-    # (picture, infotext, seed, prompt, mode) -> None: keep a result as the WebUI keeps its own
+    # (picture, infotext, mode, ``params.saving_fields``) -> None: keep a result as the WebUI keeps its own
     save: Callable | None = None
     # (picture, mask) components of the WebUI's inpaint upload, and the page script that shows them
     inpaint_upload: tuple | None = None
@@ -166,6 +168,9 @@ def build(connection: Callable[[], jobs.Connection], host: Host | None = None) -
                 selected = gr.Image(label="Selected result", type="pil", interactive=False, height=256,
                                     elem_id="easel_selected", **compat.LOSSLESS)
                 info = gr.Textbox(label="Parameters used", lines=3, interactive=False, elem_id="easel_info")
+                # An output: the WebUI's Settings > Defaults would otherwise save the last job's parameters
+                # as the text this box starts with.
+                info.do_not_save_to_config = True
                 if host.send_buttons is not None:
                     with gr.Row():
                         host.send_buttons(selected, info)
@@ -191,12 +196,13 @@ def build(connection: Callable[[], jobs.Connection], host: Host | None = None) -
             rest = rest[CONTROL_UNITS * UNIT_SIZE:]
             references = [ReferenceSpec(*rest[i * REFERENCE_SIZE:(i + 1) * REFERENCE_SIZE])
                           for i in range(REFERENCES)]
-            return TabValues(mode_, image, painted, prompt_ or "", negative_ or "", strength_, int(steps_),
-                             guidance_, sampler_, int(seed_ if seed_ is not None else -1), int(batch_),
-                             int(grow_), int(feather_), int(width_), int(height_), controls, references,
-                             content_, bool(soft_), bool(invert_), *(int(value or 0) for value in sides_),
-                             int(padding_ if padding_ is not None else 32), float(scale_), upscaler_ or "",
-                             models.name(model_), float(image_guidance_), models.chosen(model_))
+            values = TabValues(mode_, image, painted, prompt_ or "", negative_ or "", strength_, int(steps_),
+                               guidance_, sampler_, int(seed_ if seed_ is not None else -1), int(batch_),
+                               int(grow_), int(feather_), int(width_), int(height_), controls, references,
+                               content_, bool(soft_), bool(invert_), *(int(value or 0) for value in sides_),
+                               int(padding_ if padding_ is not None else 32), float(scale_), upscaler_ or "",
+                               models.name(model_), float(image_guidance_), models.chosen(model_))
+            return within_offer(values, model_offer(values.chosen, offered))
 
         def run_job(request: gr.Request, *args):
             # gradio fills positional parameters annotated gr.Request; the inputs follow in *args.
@@ -204,8 +210,8 @@ def build(connection: Callable[[], jobs.Connection], host: Host | None = None) -
             values = values_of(args)
             for update in jobs.run(connection(), values, _session(request)):
                 if update.images and host.save is not None:
-                    for image, text, seed in zip(update.images, update.infotexts, update.seeds):
-                        host.save(image, text, seed, values.prompt, values.mode)
+                    for index, (image, text) in enumerate(zip(update.images, update.infotexts)):
+                        host.save(image, text, values.mode, saving_fields(values, update.seeds, index))
                 if update.images is None:
                     preview_ = keep if update.preview is None else update.preview
                     yield update.status, preview_, keep, keep, keep, keep, keep
@@ -246,8 +252,9 @@ def build(connection: Callable[[], jobs.Connection], host: Host | None = None) -
 
         def offer_model(label, mode_):
             # Only what the picked model can use: its modes, ControlNet units and references where it takes
-            # them (else hidden and switched off, so nothing hidden is sent), its negative prompt and image
-            # guidance. (A unit's type or a reference's mode it lacks is refused with a sentence instead.)
+            # them (else hidden, and left out of its jobs by ``within_offer``; units switched off), its negative
+            # prompt and image guidance. (A unit's type or a reference's mode it lacks is refused with a
+            # sentence instead.)
             can = model_offer(models.chosen(label), offered)
             controls, references = bool(can.control_types), bool(can.reference_modes)
             updates = [gr.update(choices=list(can.modes), value=first_mode(can.modes, mode_)),
@@ -256,14 +263,27 @@ def build(connection: Callable[[], jobs.Connection], host: Host | None = None) -
                        gr.update(visible=can.image_guidance)]
             for _ in units:  # accordion, Enable
                 updates += [gr.update(visible=controls), gr.update() if controls else gr.update(value=False)]
-            for _ in refs:  # accordion, weight (0: the reference asks nothing of the model)
-                updates += [gr.update(visible=references), gr.update() if references else gr.update(value=0.0)]
-            return updates
+            return updates + [gr.update(visible=references) for _ in refs]
 
+        def offer_saved_model(label):
+            # The WebUI calls a dropdown's ``init_field`` when it gives it a value saved in Settings > Defaults,
+            # before the page is served: the page then starts with that model's offer, not the server
+            # default's the tab was built with (and a saved Mode is kept only where that model has it).
+            can = model_offer(models.chosen(label), offered)
+            mode.choices = compat.choices(can.modes)
+            mode.value = first_mode(can.modes, mode.value)
+            for name, value in negative_prompt(can.negative_prompt).items():
+                setattr(negative, name, value)
+            image_guidance.visible = can.image_guidance
+            for box in unit_boxes:
+                box.visible = bool(can.control_types)
+            for box in ref_boxes:
+                box.visible = bool(can.reference_modes)
+
+        model.init_field = offer_saved_model
         unit_outputs = [c for box, unit in zip(unit_boxes, units) for c in (box, unit[0])]
-        ref_outputs = [c for box, ref in zip(ref_boxes, refs) for c in (box, ref[1])]
         model.change(offer_model, inputs=[model, mode],
-                     outputs=[mode, negative, image_guidance, *unit_outputs, *ref_outputs], queue=False)
+                     outputs=[mode, negative, image_guidance, *unit_outputs, *ref_boxes], queue=False)
         refresh.click(refresh_backend, inputs=[model], outputs=[status, model], queue=False)
         refresh_models.click(refresh_backend, inputs=[model], outputs=[status, model], queue=False)
         if host.paste_fields is not None:
@@ -271,6 +291,9 @@ def build(connection: Callable[[], jobs.Connection], host: Host | None = None) -
                 (prompt, "Prompt"), (negative, "Negative prompt"), (steps, "Steps"), (guidance, "CFG scale"),
                 (seed, "Seed"), (sampler, sampler_from_infotext), (width, "Size-1"), (height, "Size-2"),
                 (strength, "Denoising strength"), (image_guidance, "Image CFG scale"),
+                (upscale_by, "Postprocess upscale by"),
+                (upscaler, lambda params: params.get("Postprocess upscaler") if params.get("Postprocess upscaler")
+                 in upscalers else None),
                 (model, lambda params: models.label(params["Model"]) if params.get("Model") in
                  models.labels.values() else None)])
     return tab

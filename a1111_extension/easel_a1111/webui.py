@@ -2,6 +2,8 @@
 and saving results, all through the public extension API (``script_callbacks``, ``shared.opts``, the
 paste-params buttons, ``images.save_image``)."""
 
+from types import SimpleNamespace
+
 from modules import shared as webui_shared
 from modules.ui_components import ToolButton
 
@@ -66,17 +68,19 @@ def after_component(component, **kwargs) -> None:
         paste.register_paste_params_button(paste.ParamBinding(
             paste_button=button, tabname=TAB, source_tabname=tabname,
             source_image_component=_created[f"{tabname}_gallery"]))
-    elif elem_id == "extras_tab" and "pnginfo_generation_info" in _created:  # PNG Info's last "Send to"
+    # PNG Info's last "Send to"; only the first after PNG Info's text: other extensions make "Send to" rows of
+    # their own (an image browser's), where a button bound to PNG Info's text would send the wrong picture.
+    elif elem_id == "extras_tab" and "pnginfo_generation_info" in _created and f"{TAB}_tab" not in _created:
         button = paste.create_buttons([TAB])[TAB]
         paste.register_paste_params_button(paste.ParamBinding(
             paste_button=button, tabname=TAB, source_text_component=_created["pnginfo_generation_info"],
             source_image_component=_created.get("pnginfo_image")))
 
 
-def save(picture, infotext: str, seed: int, prompt: str, mode: str) -> None:
+def save(picture, infotext: str, mode: str, job: dict) -> None:
     """Keep a result as the WebUI keeps its own: when it saves every generated image, in its txt2img
     (generate) or img2img (the rest) outputs folder, named by its pattern, the infotext in the file
-    (PNG "parameters", which PNG Info and "Send to" read back)."""
+    (PNG "parameters", which PNG Info and "Send to" read back). ``job``: ``params.saving_fields``."""
     from modules import images  # the picture saving code: imported when there is a picture to save
 
     opts = webui_shared.opts
@@ -88,7 +92,9 @@ def save(picture, infotext: str, seed: int, prompt: str, mode: str) -> None:
     # A copy: the WebUI's saving may change the picture it is given (Forge's "stealth infotext" writes
     # the parameters into the alpha channel's low bits), and the tab shows this one.
     picture = picture.copy() if extension.lower() in ("png", "webp") else picture.convert("RGB")
-    images.save_image(picture, folder, "", seed, prompt, extension, info=infotext)
+    # ``p``: what the file name pattern reads of a WebUI job ([steps], [sampler] ...), here the Easel job's.
+    images.save_image(picture, folder, "", job["seed"], job["prompt"], extension, info=infotext,
+                      p=SimpleNamespace(**job))
 
 
 def inpaint_upload():
