@@ -131,6 +131,22 @@ def test_a_job_id_in_use_is_refused_until_the_job_ends(session, state):
     assert send(session, SUBMIT)[0]["type"] == "accepted", "an id is free again once its job ended"
 
 
+def test_a_refused_request_reusing_a_live_id_does_not_end_that_job(session, state):
+    # Field errors are checked before `duplicate_job`: their error names the live job, and a client that
+    # ends jobs by `ends_job` must not give that job up.
+    send(session, SUBMIT)
+    for message in ({**SUBMIT, "steps": 0}, {"type": "preprocess", "job": "j1", "preprocessor": "canny"},
+                    {"type": "sumbit", "job": "j1"}, {"job": "j1"}):
+        (error,) = send(session, message)
+        assert (error["job"], error["ends_job"]) == ("j1", False), (message, error)
+    (error,) = send(session, {"type": "status", "job": "j1"})
+    assert (error["field"], error["job"], error["ends_job"]) == ("job", None, False), "a status names no job"
+    assert [job.id for job in state.queue.owned_by(session)] == ["j1"]
+    send(session, {"type": "cancel", "job": "j1"})
+    (error,) = send(session, {**SUBMIT, "steps": 0})
+    assert (error["job"], error["ends_job"]) == ("j1", True), "once j1 ended, a refused submit is that id's ending"
+
+
 def test_cancelling_an_unknown_job_is_an_error(session, state):
     assert only_error(send(session, {"type": "cancel", "job": "nope"})) == ("unknown_job", "job", "nope")
     other = state.open()

@@ -208,6 +208,10 @@ class Session:
                 self._require_hello()
             return self.HANDLERS[message["type"]](self, message)
         except ProtocolError as exc:
+            if exc.job is not None and exc.ends_job and self._live(exc.job):
+                # A refused request that reuses the id of a job still queued or running (its fields are
+                # checked before `duplicate_job`): the error ends the request, not that job, which goes on.
+                exc.ends_job = False
             error = messages.error(exc)
             if exc.job is not None and exc.ends_job:  # a refused job's ending: kept like the others
                 self.keep(exc.job, [error])
@@ -350,6 +354,11 @@ class Session:
     }
 
     # -- helpers ------------------------------------------------------------------------------
+
+    def _live(self, job_id: str) -> bool:
+        """Whether this connection has a queued or running job of that id."""
+        job = self.state.queue.find(self, job_id)
+        return job is not None and not job.ended
 
     def _require_hello(self) -> None:
         if not self.greeted:
