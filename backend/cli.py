@@ -106,6 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
     pre.add_argument("--force", action="store_true", help="overwrite OUTPUT if it exists")
     pre.add_argument("--server", default=DEFAULT_URL, help="the server's address (default %(default)s)")
     pre.add_argument("--token", help="the server's token, if it has one")
+    pre.add_argument("--cert", metavar="PEM", help="for a wss:// server with a self-signed certificate (`easel cert`): that certificate's PEM file, pinned")
     pre.set_defaults(func=cmd_preprocess)
 
     demo = commands.add_parser("demo", help="round-trip an inpaint and an img2img on the demo model")
@@ -227,6 +228,7 @@ def _add_run_parser(commands: Any) -> None:
                      help="allow a lossy --out format (JPEG, GIF ...), which changes untouched pixels too")
     run.add_argument("--server", default=DEFAULT_URL, help="the server's address (default %(default)s)")
     run.add_argument("--token", help="the server's token, if it has one")
+    run.add_argument("--cert", metavar="PEM", help="for a wss:// server with a self-signed certificate (`easel cert`): that certificate's PEM file, pinned")
     run.set_defaults(func=cmd_run)
 
 
@@ -463,7 +465,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             shown.append(event)
 
     try:
-        with Client(args.server, token=args.token, name="easel-cli") as client:
+        with Client(args.server, token=args.token, name="easel-cli", cert=args.cert) as client:
             result = client.run(job, on_event=show)
     except EaselError as exc:
         print("\n" * bool(shown) + f"easel: {wording.say(exc.message, exc.field)} [{exc.code}]", file=sys.stderr)
@@ -578,7 +580,7 @@ def cmd_preprocess(args: argparse.Namespace) -> int:
         print(f"easel: {wording.say(exc.message, exc.field)}", file=sys.stderr)
         return 2
     try:
-        with Client(args.server, token=args.token, name="easel-cli") as client:
+        with Client(args.server, token=args.token, name="easel-cli", cert=args.cert) as client:
             control_map = client.preprocess(request.preprocessor, request.image, resolution=request.resolution)
     except EaselError as exc:
         print(f"easel: {wording.say(exc.message, exc.field)} [{exc.code}]", file=sys.stderr)
