@@ -58,6 +58,9 @@ class UsageError(Exception):
     """Something the user typed cannot work; said before any server is asked (exit status 2)."""
 
 
+CERT_HELP = "for a wss:// server with a self-signed certificate (`easel cert`): that certificate's PEM file, pinned"
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -106,7 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
     pre.add_argument("--force", action="store_true", help="overwrite OUTPUT if it exists")
     pre.add_argument("--server", default=DEFAULT_URL, help="the server's address (default %(default)s)")
     pre.add_argument("--token", help="the server's token, if it has one")
-    pre.add_argument("--cert", metavar="PEM", help="for a wss:// server with a self-signed certificate (`easel cert`): that certificate's PEM file, pinned")
+    pre.add_argument("--cert", metavar="PEM", help=CERT_HELP)
     pre.set_defaults(func=cmd_preprocess)
 
     demo = commands.add_parser("demo", help="round-trip an inpaint and an img2img on the demo model")
@@ -228,7 +231,7 @@ def _add_run_parser(commands: Any) -> None:
                      help="allow a lossy --out format (JPEG, GIF ...), which changes untouched pixels too")
     run.add_argument("--server", default=DEFAULT_URL, help="the server's address (default %(default)s)")
     run.add_argument("--token", help="the server's token, if it has one")
-    run.add_argument("--cert", metavar="PEM", help="for a wss:// server with a self-signed certificate (`easel cert`): that certificate's PEM file, pinned")
+    run.add_argument("--cert", metavar="PEM", help=CERT_HELP)
     run.set_defaults(func=cmd_run)
 
 
