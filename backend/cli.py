@@ -148,7 +148,8 @@ def _add_run_parser(commands: Any) -> None:
                     "the new band\n"
                     "  remove    fill --mask with the surroundings (no prompt needed)\n"
                     "  upscale   enlarge --image by --scale (or to --width / --height) with a super-resolution\n"
-                    "            model; --strength above 0 then refines it in tiles at the model's native scale",
+                    "            model; --strength above 0 then refines it in tiles at the model's native scale\n"
+                    "  instruct  edit --image as --prompt says (\"make it winter\"); with --mask only there",
         epilog="examples:\n"
                "  easel run inpaint --prompt 'a red door' --image house.png --mask door.png --out door.png\n"
                "  easel run img2img --prompt 'oil painting' --image house.png --strength 0.4 --out oil.png\n"
@@ -171,7 +172,7 @@ def _add_run_parser(commands: Any) -> None:
         SUBMIT_FIELDS["strength"], note="img2img, inpaint and expand run steps x strength denoising steps, remove "
                                         "steps x strength x 0.4; upscale: the strength of the refine in tiles, "
                                         "none (0) when omitted; generate above the model's native size: the "
-                                        "strength of its refine stage, 0.5 when omitted"))
+                                        "strength of its refine stage, 0.5 when omitted; instruct takes none"))
     run.add_argument("--seed", type=int, metavar="N", help=_help(
         SUBMIT_FIELDS["seed"], doc="seed of the first image; image i of a batch uses seed + i", default="random"))
     run.add_argument("--steps", type=int, metavar="N", help=_help(SUBMIT_FIELDS["steps"],
@@ -198,7 +199,9 @@ def _add_run_parser(commands: Any) -> None:
     run.add_argument("--model", metavar="NAME", help=_help(SUBMIT_FIELDS["model"]))
     run.add_argument("--clip-skip", type=int, metavar="N", help=_help(SUBMIT_FIELDS["clip_skip"],
                                                                        default="the model's"))
-    run.add_argument("--scale", type=float, metavar="X", help=_help(SUBMIT_FIELDS["scale"], default="2"))
+    run.add_argument("--scale", type=float, metavar="X", help=_help(
+        SUBMIT_FIELDS["scale"], doc="upscale: the result is this many times the picture's size; --width / --height "
+                                    "set a target size instead", default="2"))
     run.add_argument("--upscaler", metavar="NAME", help=_help(SUBMIT_FIELDS["upscaler"]))
     run.add_argument("--image-guidance", type=float, metavar="X", dest="image_guidance", help=_help(
         SUBMIT_FIELDS["image_guidance"], doc="instruct: how closely the edit keeps to the picture (1 = not held to "

@@ -330,6 +330,7 @@ def small(tmp_path):
     (["img2img", "--reference", "{image}:5"], "--reference {image}:5: WEIGHT must be at most 2, got 5.0"),
     (["instruct", "--image-guidance", 30], "--image-guidance must be at most 20, got 30"),
     (["img2img", "--image-guidance", 2], "--image-guidance is for instruct; img2img does not take it"),
+    (["instruct", "--strength", 0.5], "instruct takes no --strength: it runs every step"),
     (["img2img", "--clip-skip", 13], "--clip-skip must be at most 12, got 13"),
     (["img2img", "--prompt", "a (red door"], "--prompt: '(' at character 3 is never closed with ')'"),
     (["img2img", "--negative", "(blurry:1..5)"], "--negative: the weight '1..5' of the group at character 1"),
