@@ -1,6 +1,7 @@
 """Message validation, image frames and the documented JSON Schema."""
 
 import json
+import re
 from pathlib import Path
 
 import jsonschema
@@ -62,6 +63,25 @@ def test_schema_is_valid_and_matches_the_documented_file():
     schema = json_schema()
     jsonschema.Draft202012Validator.check_schema(schema)
     assert json.loads(SCHEMA_FILE.read_text()) == schema, "regenerate with: easel schema > docs/protocol.schema.json"
+
+
+def test_the_documented_transcripts_are_valid_traffic():
+    """Every whole message of docs/protocol.md's transcripts holds to the schema (lines cut with `…` aside),
+    so a transcript cannot keep a field or a value the server no longer sends."""
+    from schema_check import validator
+
+    doc = (Path(__file__).parent.parent / "docs" / "protocol.md").read_text()
+    checked = 0
+    for direction, text in re.findall(r"^(C>S|S>C) (?:\[binary\] header )?(\{.*?\})(?: \+ \d+ bytes)?$", doc, re.M):
+        try:
+            message = json.loads(text)
+        except ValueError:
+            continue  # a line cut with `…`
+        kind = "frame_header" if "type" not in message else f"{'client' if direction == 'C>S' else 'server'}_message"
+        errors = list(validator(kind).iter_errors(message))
+        assert not errors, f"{text[:120]}: {errors[0].message}"
+        checked += 1
+    assert checked >= 40
 
 
 def test_a_long_value_in_an_error_is_cut_and_still_reads_as_a_string():
