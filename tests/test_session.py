@@ -174,6 +174,18 @@ def test_a_job_whose_pictures_were_decoded_while_the_server_began_to_stop_is_ref
     assert len(state.queue) == 0 and state.queue.running is None
 
 
+def test_a_preprocess_refused_for_its_preprocessor_leaves_its_upload(session):
+    # The documented order (unknown_preprocessor, then the image looked up): the upload was consumed first.
+    session.receive(encode_frame({"image": "pic", "role": "image", "format": "rgba8", "width": 64, "height": 64},
+                                 bytes(64 * 64 * 4)))
+    refused = {"type": "preprocess", "job": "p1", "preprocessor": "tile", "image": {"frame": "never-sent"}}
+    assert only_error(send(session, refused)) == ("unknown_preprocessor", "preprocessor", "p1")
+    assert only_error(send(session, {**refused, "image": {"frame": "pic"}})) == \
+        ("unknown_preprocessor", "preprocessor", "p1")
+    (accepted,) = send(session, {**refused, "preprocessor": "canny", "image": {"frame": "pic"}})
+    assert accepted["type"] == "accepted", "the upload is still there"
+
+
 def test_a_job_without_an_id_gets_one(session):
     submit = dict(SUBMIT)
     del submit["job"]
