@@ -76,7 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", help="address to bind (default 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port (default 8760)")
     serve.add_argument("--config", help="TOML config file")
-    serve.add_argument("--model", help="hub id, diffusers folder or .safetensors file to serve")
+    serve.add_argument("--model", help="hub id, diffusers folder or .safetensors file to serve, as the model `default`")
     serve.add_argument("--demo", action="store_true", help="serve the tiny random demo model")
     serve.add_argument("--token", help="clients must present this token (required off loopback)")
     serve.add_argument("--device", help="cuda, mps, cpu or auto")
