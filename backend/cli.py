@@ -441,6 +441,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         if args.hard_mask:
             params["soft_inpaint"] = False
         image = _read_picture(args.image, "image", "--image") if args.image else None
+        keeps_alpha = args.mode in ("inpaint", "remove", "expand", "upscale") or (args.mode == "instruct" and args.mask)
+        _check_alpha_kept(outputs, args.layer or (keeps_alpha and image is not None and _has_alpha(image.upright)))
         if args.aspect:
             params.update(_aspect(args, image))
         mask = _read_picture(args.mask, "mask", "--mask") if args.mask else None
@@ -695,6 +697,19 @@ def _check_lossless(paths: list[Path], lossy: bool) -> None:
                              "edit left untouched. Use .png (or .webp, written lossless), or pass --lossy")
 
 
+def _has_alpha(picture: Image.Image) -> bool:
+    return "A" in picture.getbands() or "transparency" in picture.info
+
+
+def _check_alpha_kept(paths: list[Path], transparent: bool) -> None:
+    """Refuse a format that drops transparency when the result has some (a layer, a transparent input)."""
+    for path in paths:
+        fmt = Image.registered_extensions()[path.suffix.lower()]
+        if transparent and fmt == "BMP":  # (Pillow writes 32-bit BMPs that readers take as opaque)
+            raise UsageError(f"--out {path}: BMP keeps no transparency, and this result has some (a --layer, or a "
+                             "transparent --image): its transparent parts would turn opaque. Use .png, .webp or .tif")
+
+
 def _place(layer: np.ndarray, offset: tuple[int, int], source: Image.Image | None, *, transparent: bool,
            data: bytes | None = None) -> Image.Image:
     """The result as a picture: the layer composited over the input (or alone, on transparency);
@@ -708,8 +723,7 @@ def _place(layer: np.ndarray, offset: tuple[int, int], source: Image.Image | Non
         base = np.zeros((source.height, source.width, 4), np.uint8)
         base[offset[1]:offset[1] + layer.shape[0], offset[0]:offset[0] + layer.shape[1]] = layer
         return Image.fromarray(base, "RGBA")
-    has_alpha = "A" in source.getbands() or "transparency" in source.info
-    base = to_array(source, "RGBA" if has_alpha else "RGB", data)
+    base = to_array(source, "RGBA" if _has_alpha(source) else "RGB", data)
     return Image.fromarray(composite(base, layer, offset))
 
 
