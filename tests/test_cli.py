@@ -351,9 +351,9 @@ def test_run_errors_name_the_options_typed_before_connecting(capsys, small, args
 def test_bmp_is_refused_where_the_result_keeps_transparency(capsys, small):
     # A transparent picture inpainted into a .bmp came back opaque, its hidden colours showing.
     Image.new("RGBA", (64, 48), (200, 10, 10, 0)).save(small / "clear.png")
-    for mode, picture, extra in (("inpaint", "clear.png", ["--mask", small / "mask.png"]),
+    for mode, name, extra in (("inpaint", "clear.png", ["--mask", small / "mask.png"]),
                                  ("inpaint", "in.png", ["--mask", small / "mask.png", "--layer"])):
-        status, _, err = easel_here(capsys, "run", mode, "--image", small / picture, *extra, "--out", small / "o.bmp",
+        status, _, err = easel_here(capsys, "run", mode, "--image", small / name, *extra, "--out", small / "o.bmp",
                                     "--server", nowhere())
         assert status == 2 and "BMP keeps no transparency" in err, err
     status, _, err = easel_here(capsys, "run", "img2img", "--image", small / "clear.png", "--out", small / "o.bmp",
