@@ -80,6 +80,17 @@ def test_hello_first_then_welcome(state, engine):
     assert send(session, {"type": "status"})[0]["type"] == "status"
 
 
+def test_json_sent_as_a_binary_frame_is_told_to_go_as_text(state):
+    # A client whose library sends bytes as binary frames was told to say hello (it had) or about a 2 GB header.
+    session = state.open()
+    hello = json.dumps({"type": "hello", "protocol": PROTOCOL_VERSION}).encode()
+    (error,) = session.receive(hello).send
+    assert error["code"] == "hello_required" and "text frames" in error["message"]
+    assert send(session, {"type": "hello", "protocol": PROTOCOL_VERSION})[0]["type"] == "welcome"
+    (error,) = session.receive(json.dumps({"type": "status"}).encode()).send
+    assert (error["code"], error["job"]) == ("bad_image", None) and "text frames" in error["message"]
+
+
 def test_an_unsupported_protocol_is_refused_and_the_connection_stays(state):
     session = state.open()
     reply = session.receive(json.dumps({"type": "hello", "protocol": PROTOCOL_VERSION + 1}))

@@ -198,6 +198,11 @@ class Session:
                 raise ProtocolError("frame_too_large", f"message of {size} bytes is over this server's limit of "
                                     f"{limit}")
             if isinstance(raw, bytes):
+                if raw[:1] == b"{":  # never a frame (its length prefix would be over 2 GB): JSON sent as bytes
+                    hint = "this binary frame looks like a JSON message: send JSON messages as text frames"
+                    if not self.greeted:
+                        raise ProtocolError("hello_required", f"send `hello` before anything else ({hint})")
+                    raise ProtocolError("bad_image", f"binary frames carry images; {hint}")
                 self._require_hello()
                 self._upload(raw)
                 return Reply()
