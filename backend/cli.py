@@ -598,6 +598,18 @@ def cmd_preprocess(args: argparse.Namespace) -> int:
     return 0
 
 
+def _stored_size(path: str) -> str:
+    """``path``'s width x height from its header alone, without Pillow's pixel limit; "" if unreadable."""
+    limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
+    try:
+        with Image.open(path) as picture:  # reads the header only
+            return f"{picture.width}x{picture.height}"
+    except Exception:  # (only for a message: the error being reported is the real one)
+        return ""
+    finally:
+        Image.MAX_IMAGE_PIXELS = limit
+
+
 def _read_picture(path: str, role: str, option: str) -> Picture:
     """The picture at ``path`` (given as ``option``): upright (EXIF orientation applied), and what to send:
     the file's own bytes when it is a PNG or WebP that needs no turning, else an 8-bit PNG of it."""
@@ -623,7 +635,10 @@ def _read_picture(path: str, role: str, option: str) -> Picture:
     except UnidentifiedImageError:
         raise UsageError(f"{option}: cannot read {path}: not a picture (Pillow does not know its format)") from None
     except Image.DecompressionBombError:
-        raise UsageError(f"{option}: cannot read {path}: too many pixels to decode safely") from None
+        size = _stored_size(path)
+        raise UsageError(f"{option}: cannot read {path}: {size + ' is ' if size else ''}too many pixels to decode "
+                         f"safely (at most {2 * Image.MAX_IMAGE_PIXELS}); a server takes at most 8192 pixels a side "
+                         "unless its `max_side` says otherwise: scale the picture down first") from None
     except (OSError, ValueError) as exc:
         raise UsageError(f"{option}: cannot read {path}: {getattr(exc, 'strerror', None) or exc}") from None
     return Picture(path, upright, to_png(Image.fromarray(pixels)), stored, orientation)

@@ -361,6 +361,15 @@ def test_bmp_is_refused_where_the_result_keeps_transparency(capsys, small):
     assert "cannot reach" in err, "an img2img result is opaque: BMP is fine"
 
 
+def test_a_picture_too_large_to_decode_says_its_size(capsys, small, monkeypatch):
+    # A 16000x12000 photo got "too many pixels to decode safely", naming neither its size nor a way out.
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # in.png (64x48) is then over twice the limit
+    status, _, err = easel_here(capsys, "run", "img2img", "--image", small / "in.png", "--out", small / "o.png",
+                                "--server", nowhere())
+    assert status == 2 and "64x48 is too many pixels" in err and "scale the picture down" in err, err
+    assert Image.MAX_IMAGE_PIXELS == 1000, "the limit is put back"
+
+
 def test_generate_with_the_picture_as_control_names_the_control(capsys, small):
     status, _, err = easel_here(capsys, "run", "generate", "--control", "canny:input", "--out", small / "o.png",
                                 "--server", nowhere())
