@@ -1,5 +1,6 @@
 """Message validation, image frames and the documented JSON Schema."""
 
+import base64
 import json
 import re
 from pathlib import Path
@@ -57,6 +58,17 @@ def test_frames_round_trip_and_reject_lies():
     assert caught.value.code == "bad_image"
     with pytest.raises(ProtocolError):
         decode_frame(b"\x00\x00\x10\x00{}")
+
+
+def test_a_picture_of_another_format_is_named_in_the_error():
+    # A tool that inlined its JPEG as it was read "bytes are not a PNG file" and nothing more.
+    jpeg = b"\xff\xd8\xff\xe0" + bytes(60)
+    for make, said in ((lambda: ImageData.from_base64(base64.b64encode(jpeg).decode()), "it is a JPEG file"),
+                       (lambda: ImageData("webp", 1, 1, b"\x89PNG\r\n\x1a\n" + bytes(30)).check(),
+                        "it is a PNG file: say so in `format`")):
+        with pytest.raises(ProtocolError) as caught:
+            make()
+        assert caught.value.code == "bad_image" and said in caught.value.message, caught.value.message
 
 
 def test_schema_is_valid_and_matches_the_documented_file():
