@@ -222,7 +222,10 @@ def _add_run_parser(commands: Any) -> None:
         "--lora", action="append", default=[], metavar="NAME[:WEIGHT]",
         help=(f"a LoRA the server lists (repeatable; `<lora:NAME:WEIGHT>` in --prompt works too). WEIGHT: "
               f"{_facts(lora['weight'])}; 0 switches it off").replace("%", "%%"))
-    run.add_argument("--preset", metavar="NAME", help=_help(SUBMIT_FIELDS["preset"], note="options you give win"))
+    run.add_argument("--preset", metavar="NAME", help=_help(
+        SUBMIT_FIELDS["preset"], doc="a preset listed in `welcome` / `models` (`presets`): its model, sampler, steps, "
+        "guidance, LoRAs, prompt template and negative prompt apply wherever you leave the option out; the options "
+        "you give win"))
     run.add_argument("--layer", action="store_true",
                      help="write the edit alone as a transparent layer instead of the picture with the edit "
                           "composited in")
