@@ -311,6 +311,8 @@ def small(tmp_path):
     (["img2img", "--strength", 1.5], "--strength must be at most 1, got 1.5"),
     (["img2img", "--strength", 0.01], "--strength: strength 0.01 x 20 steps leaves no denoising step"),
     (["img2img", "--steps", 0], "--steps must be at least 1, got 0"),
+    (["remove", "--mask", "{mask}", "--steps", 2],  # said "strength 1 x 2 steps leaves no step"
+     "remove refines at strength x 0.4, and 1 x 0.4 x 2 steps leaves no denoising step"),
     (["img2img", "--guidance", 51], "--guidance must be at most 50"),
     (["img2img", "--width", 64], "img2img works at the picture's own size; --width is for generate"),
     (["img2img", "--mask", "{mask}"], "img2img takes no --mask"),
