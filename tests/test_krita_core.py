@@ -4,6 +4,7 @@ request it builds and where results go, plus the plugin zip. In-Krita tests: tes
 from __future__ import annotations
 
 import ast
+import dataclasses
 import json
 import struct
 import subprocess
@@ -540,6 +541,8 @@ def test_remove_and_the_selection_settings_make_the_job():
     job = plan.build_job(region, settings, bytes(w * h * 4), bytes(w * h))
     assert (job.mode, job.fill, job.soft_inpaint, job.mask_grow, job.mask_feather) == ("remove", "blur", False, 0, 2)
     assert job.prompt == "", "a removal needs no prompt"
+    with pytest.raises(plan.PlanError, match=r"2 steps at 100% strength leave no step to run \(Remove refines at 0.4"):
+        plan.build_job(region, dataclasses.replace(settings, steps=2), bytes(w * h * 4), bytes(w * h))
     inpaint = plan.build_job(plan.plan_region(640, 480, 1.0, 512, (sel_box, sel_bytes)),
                              plan.Settings(prompt="a door"), bytes(w * h * 4), bytes(w * h))
     assert inpaint.fill is None and inpaint.soft_inpaint is True

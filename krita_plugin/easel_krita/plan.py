@@ -329,8 +329,9 @@ def refusal(error: errors.ProtocolError, job: Job) -> str:
         return (f"{sampling.steps} steps at {round((job.refine or 0) * 100)}% refine leave no step to run: "
                 "raise the refine or the steps.")
     if error.code == "too_few_steps":
-        return (f"{sampling.steps} steps at {round(sampling.strength * 100)}% strength leave no step to run: "
-                "raise the strength or the steps.")
+        removes = " (Remove refines at 0.4 × the strength)" if job.mode == "remove" else ""
+        return (f"{sampling.steps} steps at {round(sampling.strength * 100)}% strength leave no step to run"
+                f"{removes}: raise the strength or the steps.")
     unit = fields.item_field(error.field)
     if unit and unit[0] == "control" and unit[1] < len(job.control):
         control = job.control[unit[1]]
