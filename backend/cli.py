@@ -174,7 +174,8 @@ def _add_run_parser(commands: Any) -> None:
                                         "none (0) when omitted; generate above the model's native size: the "
                                         "strength of its refine stage, 0.5 when omitted; instruct takes none"))
     run.add_argument("--seed", type=int, metavar="N", help=_help(
-        SUBMIT_FIELDS["seed"], doc="seed of the first image; image i of a batch uses seed + i", default="random"))
+        SUBMIT_FIELDS["seed"], doc="seed of the first image; image i of a batch uses seed + i; -1: random, as in A1111",
+        default="random"))
     run.add_argument("--steps", type=int, metavar="N", help=_help(SUBMIT_FIELDS["steps"],
                                                                   note="the server may cap it"))
     run.add_argument("--guidance", type=float, metavar="X", help=_help(SUBMIT_FIELDS["guidance"]))
@@ -441,6 +442,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         _check_lossless(outputs, args.lossy)
         params: dict[str, Any] = {field: getattr(args, option) for option, field in RUN_OPTIONS.items()
                                   if getattr(args, option) is not None}
+        if args.seed == -1:  # A1111's way of asking for a random seed, which WebUI users type by habit
+            del params["seed"]
         if args.hard_mask:
             params["soft_inpaint"] = False
         image = _read_picture(args.image, "image", "--image") if args.image else None

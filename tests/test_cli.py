@@ -378,6 +378,16 @@ def test_generate_with_the_picture_as_control_names_the_control(capsys, small):
     assert status == 2 and "--control canny:input: IMAGE is required when generating" in err
 
 
+def test_seed_minus_one_is_random_as_in_a1111(server, capsys, small):
+    # WebUI users type -1 for a random seed; it was refused ("--seed must be at least 0").
+    status, out, err = easel_here(capsys, "run", "generate", "--seed", -1, "--steps", 1, "--width", 64, "--height", 64,
+                                  "--out", small / "r.png", "--server", server.url)
+    assert status == 0 and "(seed " in out and "(seed -1)" not in out, err
+    status, _, err = easel_here(capsys, "run", "generate", "--seed", -2, "--out", small / "q.png",
+                                "--server", nowhere())
+    assert status == 2 and "--seed must be at least 0, got -2" in err
+
+
 def test_server_errors_name_the_options_typed(server, capsys, small):
     common = ["run", "img2img", "--image", small / "in.png", "--strength", 0.5, "--steps", 2,
               "--out", small / "o.png", "--server", server.url]
