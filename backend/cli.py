@@ -438,6 +438,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     wording = Wording(RUN_FLAGS, args.control, args.reference, RUN_PHRASES, args.lora)
     try:
+        _check_cert(args)
         outputs = _check_outputs(_output_paths(args.out, args.batch or 1), "--out", args.force)
         _check_lossless(outputs, args.lossy)
         params: dict[str, Any] = {field: getattr(args, option) for option, field in RUN_OPTIONS.items()
@@ -582,6 +583,7 @@ def cmd_preprocess(args: argparse.Namespace) -> int:
 
     wording = Wording(PREPROCESS_FLAGS)
     try:
+        _check_cert(args)
         output = _check_outputs(_output_paths(args.output, 1), "OUTPUT", args.force)[0]
         picture = _read_picture(args.input, "image", "INPUT")
         request = PreprocessJob(image=picture.data, preprocessor=args.preprocessor, resolution=args.resolution)
@@ -716,6 +718,12 @@ def _check_lossless(paths: list[Path], lossy: bool) -> None:
         if fmt not in LOSSLESS_FORMATS and not lossy:
             raise UsageError(f"--out {path}: {fmt} is a lossy (or palette) format: it would change the pixels the "
                              "edit left untouched. Use .png (or .webp, written lossless), or pass --lossy")
+
+
+def _check_cert(args: argparse.Namespace) -> None:
+    """A pinned certificate only means something for a wss:// server: else it would be ignored unsaid."""
+    if args.cert and not args.server.startswith("wss://"):
+        raise UsageError(f"--cert is for a wss:// server, and --server is {args.server}: use wss://HOST:PORT/")
 
 
 def _has_alpha(picture: Image.Image) -> bool:

@@ -378,6 +378,12 @@ def test_generate_with_the_picture_as_control_names_the_control(capsys, small):
     assert status == 2 and "--control canny:input: IMAGE is required when generating" in err
 
 
+def test_a_certificate_for_a_ws_address_is_refused(capsys, small):
+    status, _, err = easel_here(capsys, "run", "generate", "--cert", small / "in.png", "--out", small / "o.png",
+                                "--server", nowhere())
+    assert status == 2 and "--cert is for a wss:// server" in err, err
+
+
 def test_seed_minus_one_is_random_as_in_a1111(server, capsys, small):
     # WebUI users type -1 for a random seed; it was refused ("--seed must be at least 0").
     status, out, err = easel_here(capsys, "run", "generate", "--seed", -1, "--steps", 1, "--width", 64, "--height", 64,
