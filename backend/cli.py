@@ -58,6 +58,9 @@ class UsageError(Exception):
     """Something the user typed cannot work; said before any server is asked (exit status 2)."""
 
 
+CERT_HELP = "for a wss:// server with a self-signed certificate (`easel cert`): that certificate's PEM file, pinned"
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -73,7 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", help="address to bind (default 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port (default 8760)")
     serve.add_argument("--config", help="TOML config file")
-    serve.add_argument("--model", help="hub id, diffusers folder or .safetensors file to serve")
+    serve.add_argument("--model", help="hub id, diffusers folder or .safetensors file to serve, as the model `default`")
     serve.add_argument("--demo", action="store_true", help="serve the tiny random demo model")
     serve.add_argument("--token", help="clients must present this token (required off loopback)")
     serve.add_argument("--device", help="cuda, mps, cpu or auto")
@@ -106,6 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
     pre.add_argument("--force", action="store_true", help="overwrite OUTPUT if it exists")
     pre.add_argument("--server", default=DEFAULT_URL, help="the server's address (default %(default)s)")
     pre.add_argument("--token", help="the server's token, if it has one")
+    pre.add_argument("--cert", metavar="PEM", help=CERT_HELP)
     pre.set_defaults(func=cmd_preprocess)
 
     demo = commands.add_parser("demo", help="round-trip an inpaint and an img2img on the demo model")
@@ -144,7 +148,8 @@ def _add_run_parser(commands: Any) -> None:
                     "the new band\n"
                     "  remove    fill --mask with the surroundings (no prompt needed)\n"
                     "  upscale   enlarge --image by --scale (or to --width / --height) with a super-resolution\n"
-                    "            model; --strength above 0 then refines it in tiles at the model's native scale",
+                    "            model; --strength above 0 then refines it in tiles at the model's native scale\n"
+                    "  instruct  edit --image as --prompt says (\"make it winter\"); with --mask only there",
         epilog="examples:\n"
                "  easel run inpaint --prompt 'a red door' --image house.png --mask door.png --out door.png\n"
                "  easel run img2img --prompt 'oil painting' --image house.png --strength 0.4 --out oil.png\n"
@@ -167,9 +172,10 @@ def _add_run_parser(commands: Any) -> None:
         SUBMIT_FIELDS["strength"], note="img2img, inpaint and expand run steps x strength denoising steps, remove "
                                         "steps x strength x 0.4; upscale: the strength of the refine in tiles, "
                                         "none (0) when omitted; generate above the model's native size: the "
-                                        "strength of its refine stage, 0.5 when omitted"))
+                                        "strength of its refine stage, 0.5 when omitted; instruct takes none"))
     run.add_argument("--seed", type=int, metavar="N", help=_help(
-        SUBMIT_FIELDS["seed"], doc="seed of the first image; image i of a batch uses seed + i", default="random"))
+        SUBMIT_FIELDS["seed"], doc="seed of the first image; image i of a batch uses seed + i; -1: random, as in A1111",
+        default="random"))
     run.add_argument("--steps", type=int, metavar="N", help=_help(SUBMIT_FIELDS["steps"],
                                                                   note="the server may cap it"))
     run.add_argument("--guidance", type=float, metavar="X", help=_help(SUBMIT_FIELDS["guidance"]))
@@ -194,7 +200,9 @@ def _add_run_parser(commands: Any) -> None:
     run.add_argument("--model", metavar="NAME", help=_help(SUBMIT_FIELDS["model"]))
     run.add_argument("--clip-skip", type=int, metavar="N", help=_help(SUBMIT_FIELDS["clip_skip"],
                                                                        default="the model's"))
-    run.add_argument("--scale", type=float, metavar="X", help=_help(SUBMIT_FIELDS["scale"], default="2"))
+    run.add_argument("--scale", type=float, metavar="X", help=_help(
+        SUBMIT_FIELDS["scale"], doc="upscale: the result is this many times the picture's size; --width / --height "
+                                    "set a target size instead", default="2"))
     run.add_argument("--upscaler", metavar="NAME", help=_help(SUBMIT_FIELDS["upscaler"]))
     run.add_argument("--image-guidance", type=float, metavar="X", dest="image_guidance", help=_help(
         SUBMIT_FIELDS["image_guidance"], doc="instruct: how closely the edit keeps to the picture (1 = not held to "
@@ -215,7 +223,10 @@ def _add_run_parser(commands: Any) -> None:
         "--lora", action="append", default=[], metavar="NAME[:WEIGHT]",
         help=(f"a LoRA the server lists (repeatable; `<lora:NAME:WEIGHT>` in --prompt works too). WEIGHT: "
               f"{_facts(lora['weight'])}; 0 switches it off").replace("%", "%%"))
-    run.add_argument("--preset", metavar="NAME", help=_help(SUBMIT_FIELDS["preset"], note="options you give win"))
+    run.add_argument("--preset", metavar="NAME", help=_help(
+        SUBMIT_FIELDS["preset"], doc="a preset listed in `welcome` / `models` (`presets`): its model, sampler, steps, "
+        "guidance, LoRAs, prompt template and negative prompt apply wherever you leave the option out; the options "
+        "you give win"))
     run.add_argument("--layer", action="store_true",
                      help="write the edit alone as a transparent layer instead of the picture with the edit "
                           "composited in")
@@ -227,6 +238,7 @@ def _add_run_parser(commands: Any) -> None:
                      help="allow a lossy --out format (JPEG, GIF ...), which changes untouched pixels too")
     run.add_argument("--server", default=DEFAULT_URL, help="the server's address (default %(default)s)")
     run.add_argument("--token", help="the server's token, if it has one")
+    run.add_argument("--cert", metavar="PEM", help=CERT_HELP)
     run.set_defaults(func=cmd_run)
 
 
@@ -426,13 +438,18 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     wording = Wording(RUN_FLAGS, args.control, args.reference, RUN_PHRASES, args.lora)
     try:
+        _check_cert(args)
         outputs = _check_outputs(_output_paths(args.out, args.batch or 1), "--out", args.force)
         _check_lossless(outputs, args.lossy)
         params: dict[str, Any] = {field: getattr(args, option) for option, field in RUN_OPTIONS.items()
                                   if getattr(args, option) is not None}
+        if args.seed == -1:  # A1111's way of asking for a random seed, which WebUI users type by habit
+            del params["seed"]
         if args.hard_mask:
             params["soft_inpaint"] = False
         image = _read_picture(args.image, "image", "--image") if args.image else None
+        keeps_alpha = args.mode in ("inpaint", "remove", "expand", "upscale") or (args.mode == "instruct" and args.mask)
+        _check_alpha_kept(outputs, args.layer or (keeps_alpha and image is not None and _has_alpha(image.upright)))
         if args.aspect:
             params.update(_aspect(args, image))
         mask = _read_picture(args.mask, "mask", "--mask") if args.mask else None
@@ -463,7 +480,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             shown.append(event)
 
     try:
-        with Client(args.server, token=args.token, name="easel-cli") as client:
+        with Client(args.server, token=args.token, name="easel-cli", cert=args.cert) as client:
             result = client.run(job, on_event=show)
     except EaselError as exc:
         print("\n" * bool(shown) + f"easel: {wording.say(exc.message, exc.field)} [{exc.code}]", file=sys.stderr)
@@ -566,6 +583,7 @@ def cmd_preprocess(args: argparse.Namespace) -> int:
 
     wording = Wording(PREPROCESS_FLAGS)
     try:
+        _check_cert(args)
         output = _check_outputs(_output_paths(args.output, 1), "OUTPUT", args.force)[0]
         picture = _read_picture(args.input, "image", "INPUT")
         request = PreprocessJob(image=picture.data, preprocessor=args.preprocessor, resolution=args.resolution)
@@ -578,7 +596,7 @@ def cmd_preprocess(args: argparse.Namespace) -> int:
         print(f"easel: {wording.say(exc.message, exc.field)}", file=sys.stderr)
         return 2
     try:
-        with Client(args.server, token=args.token, name="easel-cli") as client:
+        with Client(args.server, token=args.token, name="easel-cli", cert=args.cert) as client:
             control_map = client.preprocess(request.preprocessor, request.image, resolution=request.resolution)
     except EaselError as exc:
         print(f"easel: {wording.say(exc.message, exc.field)} [{exc.code}]", file=sys.stderr)
@@ -586,6 +604,18 @@ def cmd_preprocess(args: argparse.Namespace) -> int:
     Image.open(io.BytesIO(control_map.data)).convert("RGB").save(output)
     print(output)
     return 0
+
+
+def _stored_size(path: str) -> str:
+    """``path``'s width x height from its header alone, without Pillow's pixel limit; "" if unreadable."""
+    limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
+    try:
+        with Image.open(path) as picture:  # reads the header only
+            return f"{picture.width}x{picture.height}"
+    except Exception:  # (only for a message: the error being reported is the real one)
+        return ""
+    finally:
+        Image.MAX_IMAGE_PIXELS = limit
 
 
 def _read_picture(path: str, role: str, option: str) -> Picture:
@@ -613,7 +643,10 @@ def _read_picture(path: str, role: str, option: str) -> Picture:
     except UnidentifiedImageError:
         raise UsageError(f"{option}: cannot read {path}: not a picture (Pillow does not know its format)") from None
     except Image.DecompressionBombError:
-        raise UsageError(f"{option}: cannot read {path}: too many pixels to decode safely") from None
+        size = _stored_size(path)
+        raise UsageError(f"{option}: cannot read {path}: {size + ' is ' if size else ''}too many pixels to decode "
+                         f"safely (at most {2 * Image.MAX_IMAGE_PIXELS}); a server takes at most 8192 pixels a side "
+                         "unless its `max_side` says otherwise: scale the picture down first") from None
     except (OSError, ValueError) as exc:
         raise UsageError(f"{option}: cannot read {path}: {getattr(exc, 'strerror', None) or exc}") from None
     return Picture(path, upright, to_png(Image.fromarray(pixels)), stored, orientation)
@@ -687,6 +720,25 @@ def _check_lossless(paths: list[Path], lossy: bool) -> None:
                              "edit left untouched. Use .png (or .webp, written lossless), or pass --lossy")
 
 
+def _check_cert(args: argparse.Namespace) -> None:
+    """A pinned certificate only means something for a wss:// server: else it would be ignored unsaid."""
+    if args.cert and not args.server.startswith("wss://"):
+        raise UsageError(f"--cert is for a wss:// server, and --server is {args.server}: use wss://HOST:PORT/")
+
+
+def _has_alpha(picture: Image.Image) -> bool:
+    return "A" in picture.getbands() or "transparency" in picture.info
+
+
+def _check_alpha_kept(paths: list[Path], transparent: bool) -> None:
+    """Refuse a format that drops transparency when the result has some (a layer, a transparent input)."""
+    for path in paths:
+        fmt = Image.registered_extensions()[path.suffix.lower()]
+        if transparent and fmt == "BMP":  # (Pillow writes 32-bit BMPs that readers take as opaque)
+            raise UsageError(f"--out {path}: BMP keeps no transparency, and this result has some (a --layer, or a "
+                             "transparent --image): its transparent parts would turn opaque. Use .png, .webp or .tif")
+
+
 def _place(layer: np.ndarray, offset: tuple[int, int], source: Image.Image | None, *, transparent: bool,
            data: bytes | None = None) -> Image.Image:
     """The result as a picture: the layer composited over the input (or alone, on transparency);
@@ -700,8 +752,7 @@ def _place(layer: np.ndarray, offset: tuple[int, int], source: Image.Image | Non
         base = np.zeros((source.height, source.width, 4), np.uint8)
         base[offset[1]:offset[1] + layer.shape[0], offset[0]:offset[0] + layer.shape[1]] = layer
         return Image.fromarray(base, "RGBA")
-    has_alpha = "A" in source.getbands() or "transparency" in source.info
-    base = to_array(source, "RGBA" if has_alpha else "RGB", data)
+    base = to_array(source, "RGBA" if _has_alpha(source) else "RGB", data)
     return Image.fromarray(composite(base, layer, offset))
 
 

@@ -171,11 +171,11 @@ def _upscale_size(job: Job, pixels: np.ndarray, limits: Limits, upscalers: list[
 
 def build_preprocess_job(request: PreprocessRequest, uploads: dict[str, ImageData], limits: Limits) -> PreprocessJob:
     """A ``preprocess`` request as the engine's job: one preprocessor run on one picture."""
+    request.check()  # before the upload is looked up (and consumed): a refused preprocessor leaves it there
     try:
         image = _resolve(request.image, uploads, "image")
     finally:
         _consume([request.image], uploads)
-    request.check()
     pixels = decode_image(image, limits, "image", "RGBA")
     if min(pixels.shape[:2]) < MIN_PREPROCESS_SIDE:
         raise ProtocolError("invalid_field", f"the picture is {pixels.shape[1]}x{pixels.shape[0]}; preprocessors "

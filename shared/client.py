@@ -23,7 +23,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
-from websockets.exceptions import ConnectionClosed, InvalidURI
+from websockets.exceptions import ConnectionClosed, InvalidMessage, InvalidURI
 from websockets.sync.client import connect
 
 from .images import ImageData, decode_frame, encode_frame
@@ -39,6 +39,14 @@ def tls_options(url: str, cert: str | None) -> dict:
     # Pinned: the chain must end at this very self-signed certificate, whatever name the box has on the LAN.
     context.check_hostname = False
     return {"ssl": context}
+
+
+def tls_hint(exc: ssl.SSLError, cert: str | None) -> str:
+    """What to try when a TLS handshake fails: the three causes need different fixes."""
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return ("is the pinned certificate the server's?" if cert else
+                "the server's certificate is not trusted here: pin it, the easel-cert.pem that `easel cert` wrote")
+    return "does the server speak wss://? One started without a TLS certificate speaks ws:// only"
 
 
 def unreachable_reason(exc: BaseException, timeout: float) -> str:
@@ -194,12 +202,17 @@ class Client:
 
     def _open(self) -> None:
         try:
+            options = tls_options(self.url, self.cert)
+        except OSError as exc:  # before connecting: a missing file is not an unreachable server
+            reason = f"cannot read the certificate to pin, {self.cert}: {exc.strerror or exc}"
+            raise EaselError("unreachable", reason, reason=reason) from None
+        try:
             # Images are compressed already (or raw on purpose): per-message deflate only costs time.
             self._ws = connect(self.url, open_timeout=self.open_timeout, max_size=self.max_size, compression=None,
-                               **tls_options(self.url, self.cert))
+                               **options)
         except ssl.SSLError as exc:
-            raise EaselError("unreachable", f"the TLS handshake with {self.url} failed (is the pinned certificate "
-                             f"the server's?): {exc}") from None
+            raise EaselError("unreachable", f"the TLS handshake with {self.url} failed ({tls_hint(exc, self.cert)}): "
+                             f"{exc}") from None
         except InvalidURI:
             raise EaselError("bad_url", f"{self.url} is not a websocket address like ws://127.0.0.1:8760/") from None
         except (OSError, TimeoutError) as exc:
@@ -207,6 +220,9 @@ class Client:
             raise EaselError("unreachable", f"cannot reach the Easel server at {self.url}: {reason}",
                              reason=reason) from None
         except Exception as exc:  # handshake refused (bad origin, HTTP error ...)
+            if isinstance(exc, InvalidMessage) and self.url.startswith("ws://"):
+                # What a ws:// client reads from a wss:// server: TLS bytes, not an HTTP answer.
+                exc = f"{exc} (a server started with a TLS certificate speaks wss:// only)"
             reason = f"the server refused the connection: {exc}"
             raise EaselError("unreachable", f"the Easel server at {self.url} refused the connection: {exc}",
                              reason=reason) from None

@@ -44,12 +44,13 @@ class Field:
                 return None
             raise ProtocolError("invalid_field", f"`{name}` must not be null", name)
         expected = _JSON_TYPES[self.type]
+        article = "an" if self.type[0] in "aeiou" else "a"
         if isinstance(value, bool) and self.type in ("integer", "number"):
-            raise ProtocolError("invalid_field", f"`{name}` must be a {self.type}, not a boolean", name)
+            raise ProtocolError("invalid_field", f"`{name}` must be {article} {self.type}, not a boolean", name)
         if self.type == "number" and isinstance(value, float) and value != value:
             raise ProtocolError("invalid_field", f"`{name}` must be a number, not NaN", name)
         if not isinstance(value, expected):
-            raise ProtocolError("invalid_field", f"`{name}` must be a{'n' if self.type[0] in 'aeiou' else ''} "
+            raise ProtocolError("invalid_field", f"`{name}` must be {article} "
                                 f"{self.type}, got {type(value).__name__}", name)
         if self.minimum is not None and value < self.minimum:
             raise ProtocolError("invalid_field", f"`{name}` must be at least {self.minimum}, got {shown(value)}", name)

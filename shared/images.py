@@ -39,7 +39,7 @@ class ImageData:
                                     f"{expected} bytes, got {len(self.data)}")
         elif not self.data.startswith(_SIGNATURES[self.format]) or (
                 self.format == "webp" and self.data[8:12] != b"WEBP"):
-            raise ProtocolError("bad_image", f"bytes are not a {self.format.upper()} file")
+            raise ProtocolError("bad_image", f"bytes are not a {self.format.upper()} file{_other_format(self.data)}")
         return self
 
     @classmethod
@@ -63,8 +63,23 @@ class ImageData:
 def png_size(data: bytes) -> tuple[int, int]:
     """Width and height from a PNG's IHDR chunk, without decoding it."""
     if len(data) < 24 or not data.startswith(_SIGNATURES["png"]) or data[12:16] != b"IHDR":
-        raise ProtocolError("bad_image", "bytes are not a PNG file")
+        raise ProtocolError("bad_image", f"bytes are not a PNG file{_other_format(data)}")
     return struct.unpack(">II", data[16:24])
+
+
+# Files a client may have sent as they were (a photo, a scan): said by name, with what to send instead.
+_OTHER_SIGNATURES = ((b"\xff\xd8\xff", "JPEG"), (b"GIF8", "GIF"), (b"BM", "BMP"), (b"II*\x00", "TIFF"),
+                     (b"MM\x00*", "TIFF"), (b"\x89PNG\r\n\x1a\n", "PNG"), (b"RIFF", "WebP"))
+
+
+def _other_format(data: bytes) -> str:
+    """``" (it is a JPEG file; ...)"`` when ``data`` is a picture file of a format that was not declared."""
+    for signature, name in _OTHER_SIGNATURES:
+        if data.startswith(signature) and not (name == "WebP" and data[8:12] != b"WEBP"):
+            if name in ("PNG", "WebP"):
+                return f" (it is a {name} file: say so in `format`)"
+            return f" (it is a {name} file: convert it to PNG or WebP first, or send raw rgba8 / l8 frames)"
+    return ""
 
 
 def encode_frame(header: dict, payload: bytes) -> bytes:

@@ -302,6 +302,11 @@ class Job:
             if self.mode not in ("upscale", "generate") and getattr(self, key) is not None:
                 raise ProtocolError("invalid_field", f"`{key}` is for upscale (and a generate above the model's "
                                     f"native size); {self.mode} does not take it", key)
+        if self.mode in ("upscale", "instruct") and self.sampling.strength != 1.0:
+            # (silently ignored: an upscale "at strength 0.3" came back unrefined, an instruct ran every step)
+            hint = ("its refine's strength is `refine`" if self.mode == "upscale" else
+                    "it runs every step, from the picture; `image_guidance` says how closely it keeps to it")
+            raise ProtocolError("invalid_field", f"{self.mode} takes no `strength`: {hint}", "strength")
         self._check_toolbox()
         if self.image_guidance is not None and self.mode != "instruct":
             raise ProtocolError("invalid_field", f"`image_guidance` is for instruct; {self.mode} does not take it",

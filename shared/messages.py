@@ -289,6 +289,7 @@ SERVER_MESSAGES: dict[str, dict[str, Field]] = {
 }
 
 
+JOB_MESSAGES = ("submit", "preprocess", "cancel")  # the client messages that name a job
 MAX_DEPTH = 32  # nesting of objects and arrays in one message; the deepest valid message needs 5
 
 
@@ -330,8 +331,11 @@ def validate(message: dict, tables: dict[str, dict[str, Field]]) -> dict:
     try:
         return check_fields(message, tables[kind])
     except ProtocolError as exc:
-        exc.job = _job_of(message)
-        exc.ends_job = kind != "cancel"  # a refused cancel leaves its job as it was
+        # Only a submit, a preprocess or a cancel is about a job; a `job` key on any other message is just
+        # an unknown field, and naming that job would make a client end a job the error did not end.
+        if kind in JOB_MESSAGES:
+            exc.job = _job_of(message)
+            exc.ends_job = kind != "cancel"  # a refused cancel leaves its job as it was
         raise
 
 

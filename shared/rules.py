@@ -86,6 +86,10 @@ def schedule_steps(steps: int, strength: float) -> int:
 def check_denoising(mode: str, steps: int, strength: float, few_step: bool = False) -> None:
     """Refuse a job whose strength and steps leave no denoising step (``too_few_steps``)."""
     if denoising_steps(mode, steps, strength, few_step) < 1:
+        if mode == "remove":  # (its pass runs at strength x 0.4: "strength 1 x 2 steps" read as 2 steps)
+            raise ProtocolError("too_few_steps", f"remove refines at strength x {REMOVE_STRENGTH:g}, and "
+                                f"{strength:g} x {REMOVE_STRENGTH:g} x {steps} steps leaves no denoising step; raise "
+                                "the steps or the strength", "strength")
         raise ProtocolError("too_few_steps", f"strength {strength:g} x {steps} steps leaves no denoising step; "
                             "raise the strength or the steps", "strength")
 

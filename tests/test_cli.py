@@ -311,6 +311,8 @@ def small(tmp_path):
     (["img2img", "--strength", 1.5], "--strength must be at most 1, got 1.5"),
     (["img2img", "--strength", 0.01], "--strength: strength 0.01 x 20 steps leaves no denoising step"),
     (["img2img", "--steps", 0], "--steps must be at least 1, got 0"),
+    (["remove", "--mask", "{mask}", "--steps", 2],  # said "strength 1 x 2 steps leaves no step"
+     "remove refines at strength x 0.4, and 1 x 0.4 x 2 steps leaves no denoising step"),
     (["img2img", "--guidance", 51], "--guidance must be at most 50"),
     (["img2img", "--width", 64], "img2img works at the picture's own size; --width is for generate"),
     (["img2img", "--mask", "{mask}"], "img2img takes no --mask"),
@@ -330,6 +332,7 @@ def small(tmp_path):
     (["img2img", "--reference", "{image}:5"], "--reference {image}:5: WEIGHT must be at most 2, got 5.0"),
     (["instruct", "--image-guidance", 30], "--image-guidance must be at most 20, got 30"),
     (["img2img", "--image-guidance", 2], "--image-guidance is for instruct; img2img does not take it"),
+    (["instruct", "--strength", 0.5], "instruct takes no --strength: it runs every step"),
     (["img2img", "--clip-skip", 13], "--clip-skip must be at most 12, got 13"),
     (["img2img", "--prompt", "a (red door"], "--prompt: '(' at character 3 is never closed with ')'"),
     (["img2img", "--negative", "(blurry:1..5)"], "--negative: the weight '1..5' of the group at character 1"),
@@ -347,10 +350,48 @@ def test_run_errors_name_the_options_typed_before_connecting(capsys, small, args
     assert not (small / "o.png").exists()
 
 
+def test_bmp_is_refused_where_the_result_keeps_transparency(capsys, small):
+    # A transparent picture inpainted into a .bmp came back opaque, its hidden colours showing.
+    Image.new("RGBA", (64, 48), (200, 10, 10, 0)).save(small / "clear.png")
+    for mode, name, extra in (("inpaint", "clear.png", ["--mask", small / "mask.png"]),
+                                 ("inpaint", "in.png", ["--mask", small / "mask.png", "--layer"])):
+        status, _, err = easel_here(capsys, "run", mode, "--image", small / name, *extra, "--out", small / "o.bmp",
+                                    "--server", nowhere())
+        assert status == 2 and "BMP keeps no transparency" in err, err
+    status, _, err = easel_here(capsys, "run", "img2img", "--image", small / "clear.png", "--out", small / "o.bmp",
+                                "--server", nowhere())
+    assert "cannot reach" in err, "an img2img result is opaque: BMP is fine"
+
+
+def test_a_picture_too_large_to_decode_says_its_size(capsys, small, monkeypatch):
+    # A 16000x12000 photo got "too many pixels to decode safely", naming neither its size nor a way out.
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # in.png (64x48) is then over twice the limit
+    status, _, err = easel_here(capsys, "run", "img2img", "--image", small / "in.png", "--out", small / "o.png",
+                                "--server", nowhere())
+    assert status == 2 and "64x48 is too many pixels" in err and "scale the picture down" in err, err
+    assert Image.MAX_IMAGE_PIXELS == 1000, "the limit is put back"
+
+
 def test_generate_with_the_picture_as_control_names_the_control(capsys, small):
     status, _, err = easel_here(capsys, "run", "generate", "--control", "canny:input", "--out", small / "o.png",
                                 "--server", nowhere())
     assert status == 2 and "--control canny:input: IMAGE is required when generating" in err
+
+
+def test_a_certificate_for_a_ws_address_is_refused(capsys, small):
+    status, _, err = easel_here(capsys, "run", "generate", "--cert", small / "in.png", "--out", small / "o.png",
+                                "--server", nowhere())
+    assert status == 2 and "--cert is for a wss:// server" in err, err
+
+
+def test_seed_minus_one_is_random_as_in_a1111(server, capsys, small):
+    # WebUI users type -1 for a random seed; it was refused ("--seed must be at least 0").
+    status, out, err = easel_here(capsys, "run", "generate", "--seed", -1, "--steps", 1, "--width", 64, "--height", 64,
+                                  "--out", small / "r.png", "--server", server.url)
+    assert status == 0 and "(seed " in out and "(seed -1)" not in out, err
+    status, _, err = easel_here(capsys, "run", "generate", "--seed", -2, "--out", small / "q.png",
+                                "--server", nowhere())
+    assert status == 2 and "--seed must be at least 0, got -2" in err
 
 
 def test_server_errors_name_the_options_typed(server, capsys, small):

@@ -630,6 +630,8 @@ def test_remove_and_the_selection_settings_make_the_job():
     job = plan.build_job(region, settings, bytes(w * h * 4), bytes(w * h))
     assert (job.mode, job.fill, job.soft_inpaint, job.mask_grow, job.mask_feather) == ("remove", "blur", False, 0, 2)
     assert job.prompt == "", "a removal needs no prompt"
+    with pytest.raises(plan.PlanError, match=r"Remove refines the filled selection at 40% of the strength"):
+        plan.build_job(region, dataclasses.replace(settings, steps=2), bytes(w * h * 4), bytes(w * h))
     inpaint = plan.build_job(plan.plan_region(640, 480, 1.0, 512, (sel_box, sel_bytes)),
                              plan.Settings(prompt="a door"), bytes(w * h * 4), bytes(w * h))
     assert inpaint.fill is None and inpaint.soft_inpaint is True

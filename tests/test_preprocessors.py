@@ -67,6 +67,17 @@ def test_missing_annotator_names_the_file_and_the_server_keeps_serving(demo_conf
             other.run("img2img", image=png(picture(64, 64)), prompt="x", steps=2, strength=0.5,
                       control=[{"type": "canny"}, {"type": "pose", "preprocess": "on"}])
         assert caught.value.code == "missing_annotator" and caught.value.field == "control[1].preprocess"
+        # Jobs run in stages (a strong img2img of a picture over the native area, a large generate, an
+        # upscale's refine) loaded the annotator inside a stage: they failed after `started`.
+        pose = [{"type": "pose", "preprocess": "on", "image": png(picture(64, 64))}]
+        for mode, params in (("img2img", {"image": png(picture(640, 640)), "strength": 0.9}),
+                             ("generate", {"width": 1024, "height": 768}),
+                             ("upscale", {"image": png(picture(64, 64)), "refine": 0.5})):
+            events = []
+            with pytest.raises(EaselError) as caught:
+                other.run(mode, prompt="x", steps=2, control=pose, on_event=events.append, **params)
+            assert (caught.value.code, caught.value.field) == ("missing_annotator", "control[0].preprocess"), mode
+            assert not [event for event in events if type(event).__name__ == "Started"], f"{mode}: before `started`"
         assert decode(other.preprocess("softedge_pidinet", png(picture(64, 64)))).shape == (64, 64, 4)
 
 

@@ -562,12 +562,23 @@ def test_wss_with_a_pinned_certificate(own_server, tmp_path):
     assert secure.url.startswith("wss://")
     with Client(secure.url, cert=str(cert)) as client:
         assert isinstance(client.run("generate", prompt="x", steps=2, width=64, height=64, seed=0), Result)
+    # `easel run` / `easel preprocess` pin it too (they had no way to reach a wss:// server of `easel cert`).
+    run = subprocess.run([sys.executable, "-m", "backend.cli", "run", "generate", "--steps", "2", "--width", "64",
+                          "--height", "64", "--out", str(tmp_path / "out.png"), "--server", secure.url,
+                          "--cert", str(cert)], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0 and (tmp_path / "out.png").exists(), run.stderr
     assert easel_cert(tmp_path / "impostor").returncode == 0
-    for refused in (Client(secure.url), Client(secure.url, cert=str(tmp_path / "impostor" / "easel-cert.pem")),
-                    Client(secure.url.replace("wss://", "ws://"))):
+    # Each way of getting it wrong says what to change: pin the certificate, pin the right one, say wss://,
+    # or name a file that is there.
+    plain = own_server()
+    for refused, hint in ((Client(secure.url), "pin it"),
+                          (Client(secure.url, cert=str(tmp_path / "impostor" / "easel-cert.pem")), "the server's?"),
+                          (Client(secure.url.replace("wss://", "ws://")), "speaks wss:// only"),
+                          (Client(plain.url.replace("ws://", "wss://"), cert=str(cert)), "speaks ws:// only"),
+                          (Client(secure.url, cert=str(tmp_path / "none.pem")), "cannot read the certificate")):
         with pytest.raises(EaselError) as caught:
             refused.connect()
-        assert caught.value.code == "unreachable"
+        assert caught.value.code == "unreachable" and hint in caught.value.message, caught.value.message
 
 
 def test_tls_settings_are_checked_and_cleartext_off_loopback_is_warned(tmp_path):

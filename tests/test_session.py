@@ -80,6 +80,17 @@ def test_hello_first_then_welcome(state, engine):
     assert send(session, {"type": "status"})[0]["type"] == "status"
 
 
+def test_json_sent_as_a_binary_frame_is_told_to_go_as_text(state):
+    # A client whose library sends bytes as binary frames was told to say hello (it had) or about a 2 GB header.
+    session = state.open()
+    hello = json.dumps({"type": "hello", "protocol": PROTOCOL_VERSION}).encode()
+    (error,) = session.receive(hello).send
+    assert error["code"] == "hello_required" and "text frames" in error["message"]
+    assert send(session, {"type": "hello", "protocol": PROTOCOL_VERSION})[0]["type"] == "welcome"
+    (error,) = session.receive(json.dumps({"type": "status"}).encode()).send
+    assert (error["code"], error["job"]) == ("bad_image", None) and "text frames" in error["message"]
+
+
 def test_an_unsupported_protocol_is_refused_and_the_connection_stays(state):
     session = state.open()
     reply = session.receive(json.dumps({"type": "hello", "protocol": PROTOCOL_VERSION + 1}))
@@ -131,6 +142,22 @@ def test_a_job_id_in_use_is_refused_until_the_job_ends(session, state):
     assert send(session, SUBMIT)[0]["type"] == "accepted", "an id is free again once its job ended"
 
 
+def test_a_refused_request_reusing_a_live_id_does_not_end_that_job(session, state):
+    # Field errors are checked before `duplicate_job`: their error names the live job, and a client that
+    # ends jobs by `ends_job` must not give that job up.
+    send(session, SUBMIT)
+    for message in ({**SUBMIT, "steps": 0}, {"type": "preprocess", "job": "j1", "preprocessor": "canny"},
+                    {"type": "sumbit", "job": "j1"}, {"job": "j1"}):
+        (error,) = send(session, message)
+        assert (error["job"], error["ends_job"]) == ("j1", False), (message, error)
+    (error,) = send(session, {"type": "status", "job": "j1"})
+    assert (error["field"], error["job"], error["ends_job"]) == ("job", None, False), "a status names no job"
+    assert [job.id for job in state.queue.owned_by(session)] == ["j1"]
+    send(session, {"type": "cancel", "job": "j1"})
+    (error,) = send(session, {**SUBMIT, "steps": 0})
+    assert (error["job"], error["ends_job"]) == ("j1", True), "once j1 ended, a refused submit is that id's ending"
+
+
 def test_cancelling_an_unknown_job_is_an_error(session, state):
     assert only_error(send(session, {"type": "cancel", "job": "nope"})) == ("unknown_job", "job", "nope")
     other = state.open()
@@ -156,6 +183,18 @@ def test_a_job_whose_pictures_were_decoded_while_the_server_began_to_stop_is_ref
     reply.intake.build()
     assert only_error(session.admit(reply.intake).send) == ("shutting_down", None, "late")
     assert len(state.queue) == 0 and state.queue.running is None
+
+
+def test_a_preprocess_refused_for_its_preprocessor_leaves_its_upload(session):
+    # The documented order (unknown_preprocessor, then the image looked up): the upload was consumed first.
+    session.receive(encode_frame({"image": "pic", "role": "image", "format": "rgba8", "width": 64, "height": 64},
+                                 bytes(64 * 64 * 4)))
+    refused = {"type": "preprocess", "job": "p1", "preprocessor": "tile", "image": {"frame": "never-sent"}}
+    assert only_error(send(session, refused)) == ("unknown_preprocessor", "preprocessor", "p1")
+    assert only_error(send(session, {**refused, "image": {"frame": "pic"}})) == \
+        ("unknown_preprocessor", "preprocessor", "p1")
+    (accepted,) = send(session, {**refused, "preprocessor": "canny", "image": {"frame": "pic"}})
+    assert accepted["type"] == "accepted", "the upload is still there"
 
 
 def test_a_job_without_an_id_gets_one(session):

@@ -216,6 +216,7 @@ def test_a_batch_of_refined_upscales_gives_variations(client):
     ({"width": 100}, "invalid_field", "width"),
     ({"scale": 2, "width": 400}, "invalid_field", "scale"),
     ({"batch": 2}, "invalid_field", "batch"),
+    ({"strength": 0.3}, "invalid_field", "strength"),  # was ignored: no refine ran
     ({"refine": 0.01, "steps": 20}, "too_few_steps", "refine"),
     ({"mask": png(Image.new("L", (160, 128), 255))}, "invalid_field", "mask"),
 ])

@@ -46,6 +46,8 @@ def capabilities(spec: ModelSpec, family: str | None, kind: str | None, config: 
     if family not in SD_FAMILIES:
         return ModelCapabilities(family, modes, negative_prompt=family != "flux" or spec.true_cfg > 1,
                                  image_guidance=family != "flux")
+    if modes == ("instruct",):  # instruct takes no control units or references: listing its family's misled hosts
+        return ModelCapabilities(family, modes)
     adapter = config.ip_adapters.get(family)
     return ModelCapabilities(family, modes, tuple(sorted(config.controlnets.get(family, {}))),
                              reference_modes(bool(adapter.face)) if adapter else ())

@@ -229,6 +229,8 @@ class Engine:
         refine = job.strength > 0
         native = self.registry.get(job.model).native_size if refine else 0
         passes = on_picture(plan_passes(job, native), job.width, job.height)
+        if refine:
+            self._load_ahead(dataclasses.replace(job, mode="img2img"))
         reporter.started(job.denoising_steps, passes)
         loaded = time.perf_counter()
         # progress counts the super-resolution tiles, then the refine's steps: a slow upscaler (the x4
@@ -279,6 +281,7 @@ class Engine:
                              f"{math.ceil(1 / tiles[0].strength)} steps" +
                              (", or a higher `refine`" if job.mode == "generate" else ""), "steps")
         passes = on_picture(passes, width, height)  # (the refine stage plans its own, off-grid tiles included)
+        self._load_ahead(job)
         reporter.started(job.denoising_steps, passes)
         start = time.perf_counter()
         per_image = first_steps + len(tiles) * refine_steps
@@ -300,6 +303,16 @@ class Engine:
             refined = self.run(refine, _AlreadyStarted(reporter, base + first_steps, per_image * job.batch))
             layers.append(Layer(index, seed, (0, 0), refined.layers[0].pixels))
         return EngineResult(layers, load, time.perf_counter() - start, passes)
+
+    def _load_ahead(self, job: EditJob) -> None:
+        """Load what the stages of ``job`` load only after its ``started`` (each stage is a run of its own):
+        a missing ControlNet, annotator or IP-Adapter then fails the job before ``started``, as in one pass."""
+        model = self.registry.get(job.model)
+        if model.family == "flux":
+            return
+        active = [(index, unit) for index, unit in enumerate(job.control) if unit.scale > 0]
+        pipe = self._with_control(job, model, active) or model.pipeline(pipeline_mode(job.mode))
+        self._references(job, model, pipe)
 
     @staticmethod
     def _check_cancel(reporter: Reporter) -> None:

@@ -198,6 +198,11 @@ class Session:
                 raise ProtocolError("frame_too_large", f"message of {size} bytes is over this server's limit of "
                                     f"{limit}")
             if isinstance(raw, bytes):
+                if raw[:1] == b"{":  # never a frame (its length prefix would be over 2 GB): JSON sent as bytes
+                    hint = "this binary frame looks like a JSON message: send JSON messages as text frames"
+                    if not self.greeted:
+                        raise ProtocolError("hello_required", f"send `hello` before anything else ({hint})")
+                    raise ProtocolError("bad_image", f"binary frames carry images; {hint}")
                 self._require_hello()
                 self._upload(raw)
                 return Reply()
@@ -208,6 +213,10 @@ class Session:
                 self._require_hello()
             return self.HANDLERS[message["type"]](self, message)
         except ProtocolError as exc:
+            if exc.job is not None and exc.ends_job and self._live(exc.job):
+                # A refused request that reuses the id of a job still queued or running (its fields are
+                # checked before `duplicate_job`): the error ends the request, not that job, which goes on.
+                exc.ends_job = False
             error = messages.error(exc)
             if exc.job is not None and exc.ends_job:  # a refused job's ending: kept like the others
                 self.keep(exc.job, [error])
@@ -350,6 +359,11 @@ class Session:
     }
 
     # -- helpers ------------------------------------------------------------------------------
+
+    def _live(self, job_id: str) -> bool:
+        """Whether this connection has a queued or running job of that id."""
+        job = self.state.queue.find(self, job_id)
+        return job is not None and not job.ended
 
     def _require_hello(self) -> None:
         if not self.greeted:
