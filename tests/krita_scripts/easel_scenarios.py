@@ -85,6 +85,19 @@ def paint_layer(doc, name, rgba, x=0, y=0, w=W, h=H):
     return layer
 
 
+def big_doc(w, h):
+    """A ``w`` x ``h`` document larger than the model's area, one opaque paint layer of column gradients."""
+    doc = Krita.instance().createDocument(w, h, "big", "RGBA", "U8", "", 72.0)
+    doc.setBatchmode(True)
+    layer = doc.createNode("paint", "paintlayer")
+    doc.rootNode().addChildNode(layer, None)
+    row = b"".join(bytes((x % 256, (x * 3) % 256, 128, 255)) for x in range(w))
+    layer.setPixelData(row * h, 0, 0, w, h)
+    doc.refreshProjection()
+    doc.waitForDone()
+    return doc, layer
+
+
 def select(doc, x, y, w, h, value=255):
     sel = Selection()
     sel.select(x, y, w, h, value)
@@ -261,14 +274,7 @@ def scenario_refine_whole_image(ctx):
 def scenario_refine_big_canvas(ctx):
     """A canvas larger than the model's area is sent whole, refined in tiles, and placed over the canvas."""
     w, h = 1400, 1000
-    doc = Krita.instance().createDocument(w, h, "big", "RGBA", "U8", "", 72.0)
-    doc.setBatchmode(True)
-    layer = doc.createNode("paint", "paintlayer")
-    doc.rootNode().addChildNode(layer, None)
-    row = b"".join(bytes((x % 256, (x * 3) % 256, 128, 255)) for x in range(w))
-    layer.setPixelData(row * h, 0, 0, w, h)
-    doc.refreshProjection()
-    doc.waitForDone()
+    doc, layer = big_doc(w, h)
     before = bytes(layer.pixelData(0, 0, w, h))
     outcome = ctx["rig"].run(doc, settings(strength=0.5, steps=2))
     check(outcome[0] == "finished", f"job ended with {outcome}")
@@ -571,14 +577,7 @@ def scenario_select_all_refines_at_full_size(ctx):
     was one crop of the whole canvas, a 1400x1000 picture diffused at 744x528 and stretched back)."""
     rig = ctx["rig"]
     w, h = 1400, 1000
-    doc = Krita.instance().createDocument(w, h, "big", "RGBA", "U8", "", 72.0)
-    doc.setBatchmode(True)
-    layer = doc.createNode("paint", "paintlayer")
-    doc.rootNode().addChildNode(layer, None)
-    row = b"".join(bytes((x % 256, (x * 3) % 256, 128, 255)) for x in range(w))
-    layer.setPixelData(row * h, 0, 0, w, h)
-    doc.refreshProjection()
-    doc.waitForDone()
+    doc, _ = big_doc(w, h)
     sel = Selection()
     sel.select(0, 0, w, h, 255)
     doc.setSelection(sel)
