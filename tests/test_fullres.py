@@ -322,3 +322,73 @@ def test_a_large_generate_with_too_few_steps_for_its_refine_says_so(client):
     assert "at least 2 steps" in error.value.message
     assert not any(isinstance(event, Started) for event in seen), "before any work"
     assert client.run("generate", width=512, height=512, steps=1).images, "within the native range 1 step is fine"
+
+
+# -- a large selection refined ---------------------------------------------------------------------
+
+def ellipse_mask(width: int, height: int, box: Box) -> np.ndarray:
+    """An ellipse filling ``box`` on a ``width`` x ``height`` canvas (255 inside)."""
+    rows, columns = np.ogrid[:height, :width]
+    cx, cy, rx, ry = box.x + box.width / 2, box.y + box.height / 2, box.width / 2, box.height / 2
+    return np.where(((columns - cx) / rx) ** 2 + ((rows - cy) / ry) ** 2 <= 1, 255, 0).astype(np.uint8)
+
+
+def masked(width: int, height: int, box: Box, strength: float, **params) -> EditJob:
+    job = edit("inpaint", width, height, strength=strength, mask_grow=8, mask_feather=16, **params)
+    return dataclasses.replace(job, mask=ellipse_mask(width, height, box))
+
+
+def test_a_large_selection_refined_gently_is_tiled_at_native_scale():
+    job = masked(2000, 1400, Box(300, 200, 1400, 1000), 0.4)
+    passes = plan_passes(job, NATIVE)
+    assert len(passes) > 1 and all(p.size == (p.box.width, p.box.height) for p in passes), "1:1, not scaled down"
+    x0, y0 = min(p.box.x for p in passes), min(p.box.y for p in passes)
+    assert all((p.box.x - x0) % 8 == 0 and (p.box.y - y0) % 8 == 0 for p in passes), "the tiles share one latent grid"
+    assert all(p.alpha.shape == (p.box.height, p.box.width) and p.alpha.any() for p in passes), \
+        "each tile has its part of the mask; tiles the mask does not reach are left out"
+    assert len({p.seed for p in passes}) == len(passes)
+    whole = plan_passes(dataclasses.replace(job, mask=np.full((1400, 2000), 255, np.uint8)), NATIVE)
+    assert len(passes) < len(whole), "the corners the ellipse leaves out cost nothing"
+
+
+def test_a_large_selection_remade_or_prefilled_is_still_one_pass():
+    """Above RECOMPOSE_STRENGTH each tile would paint its own picture; a pre-fill spans the whole selection."""
+    for job in (masked(2000, 1400, Box(300, 200, 1400, 1000), 1.0),
+                masked(2000, 1400, Box(300, 200, 1400, 1000), 0.4, fill="blur"),
+                masked(600, 500, Box(100, 100, 400, 300), 0.4)):
+        passes = plan_passes(job, NATIVE)
+        assert len(passes) == 1, [p.box for p in passes]
+
+
+def test_a_large_selection_refines_at_full_resolution_and_keeps_every_other_pixel(client):
+    """A painter's large selection refined at a low strength was one crop diffused at about the model's size
+    and stretched back (soft beside the sharp picture around it); it is now refined in tiles at native scale.
+    The picture is off the 8-px grid and the selection reaches its right edge, so the last tiles reach past it."""
+    width, height = 1203, 901
+    picture = np.asarray(photo(width, height))
+    mask = ellipse_mask(width, height, Box(380, 90, 900, 760))
+    seen = []
+    result = client.run("inpaint", image=png(Image.fromarray(picture)), mask=png(Image.fromarray(mask)),
+                        prompt="moss", strength=0.4, steps=10, seed=1, mask_grow=8, mask_feather=16,
+                        on_event=seen.append)
+    started = next(event for event in seen if isinstance(event, Started))
+    assert len(started.passes) > 1 and all(size == (NATIVE, NATIVE) for _, size in started.passes)
+    assert all(box[0] + box[2] <= width and box[1] + box[3] <= height for box, _ in started.passes), \
+        "reported on the picture"
+    item, = result.images
+    layer = decode(item.image)
+    x, y = item.offset
+    assert x + layer.shape[1] <= width and y + layer.shape[0] <= height
+    alpha = layer[..., 3]
+    crop = picture[y:y + layer.shape[0], x:x + layer.shape[1]]
+    assert (layer[alpha == 0, :3] == crop[alpha == 0]).all(), "outside the mask the picture's own bytes"
+    inside = mask[y:y + layer.shape[0], x:x + layer.shape[1]] == 255
+    assert (alpha[inside] == 255).all() and (layer[inside, :3] != crop[inside]).any()
+    # seams, in the rectangle inside the ellipse (all of it refined; the ellipse's own edge is no seam)
+    x0, y0, x1, y1 = 830 - 318 - x, 470 - 268 - y, 830 + 318 - x, 470 + 268 - y
+    boxes = [Box(*box) for box, _ in started.passes]
+    columns = [c - x - x0 for b in boxes for c in (b.x, b.x1) if x0 < c - x < x1]
+    rows = [r - y - y0 for b in boxes for r in (b.y, b.y1) if y0 < r - y < y1]
+    assert columns and rows
+    border, interior = seams_at(layer[y0:y1, x0:x1], columns, rows)
+    assert border <= 1.2 * interior, (border, interior)

@@ -14,7 +14,7 @@ import numpy as np
 from PIL import Image
 
 from backend.engine import masks
-from backend.engine.passes import Pass, layer_box
+from backend.engine.passes import Pass, layer_box, overlapping
 from shared.geometry import Box
 
 
@@ -40,13 +40,22 @@ def layer(mode: str, image: np.ndarray | None, passes: list[Pass], outputs: list
     box = layer_box(passes)
     out = np.zeros((box.height, box.width, 4), np.uint8)
     out[..., :3] = image[box.y:box.y1, box.x:box.x1, :3]
-    for p, pixels in zip(passes, outputs):
-        x, y = p.box.x - box.x, p.box.y - box.y
-        original = image[p.box.y:p.box.y1, p.box.x:p.box.x1]
-        generated = to_canvas(pixels, p)
+    for group in overlapping([p.box for p in passes]):  # one pass per island, or the tiles of a large crop
+        tiles = [passes[i] for i in group]
+        where = layer_box(tiles)
+        original = image[where.y:where.y1, where.x:where.x1]
+        if len(tiles) == 1:
+            generated, alpha = to_canvas(outputs[group[0]], tiles[0]), tiles[0].alpha
+        else:  # blended as a refine's tiles are, and laid in through their parts of the one shaped mask
+            generated = blend_tiles(tiles, [to_canvas(outputs[i], passes[i]) for i in group])
+            alpha = np.zeros((where.height, where.width), np.uint8)
+            for p in tiles:
+                part = alpha[p.box.y - where.y:p.box.y1 - where.y, p.box.x - where.x:p.box.x1 - where.x]
+                np.maximum(part, p.alpha, out=part)
         if match_width:
-            generated = masks.match_light(generated, original, p.alpha, match_width, match_keep)
-        out[y:y + p.box.height, x:x + p.box.width] = masks.make_layer(generated, original, p.alpha)
+            generated = masks.match_light(generated, original, alpha, match_width, match_keep)
+        x, y = where.x - box.x, where.y - box.y
+        out[y:y + where.height, x:x + where.width] = masks.make_layer(generated, original, alpha)
     return (box.x, box.y), out
 
 
@@ -78,8 +87,9 @@ def blend_tiles(passes: list[Pass], tiles: list[np.ndarray]) -> np.ndarray:
         region = (slice(p.box.y - box.y, p.box.y1 - box.y), slice(p.box.x - box.x, p.box.x1 - box.x))
         total[region] += pixels.astype(np.float32) * weight[..., None]
         weights[region] += weight[..., None]
-    # in place: on a 7800 x 5200 refine each whole-picture temporary was another 490 MB (3.6 GB peak)
-    total /= weights
+    # in place: on a 7800 x 5200 refine each whole-picture temporary was another 490 MB (3.6 GB peak); no weight
+    # where no tile reaches (a masked crop's tiles the mask left out: the layer keeps the picture's bytes there)
+    total /= np.maximum(weights, 1e-6)
     np.rint(total, out=total)
     np.clip(total, 0, 255, out=total)
     return total.astype(np.uint8)

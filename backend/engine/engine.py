@@ -204,8 +204,8 @@ class Engine:
                 match = max(job.mask_feather, MATCH_LIGHT_MIN) if job.soft else 0
                 offset, pixels = compose.layer(pipeline_mode(job.mode), job.image, passes, outputs, match,
                                                job.mask_grow)
-                if cut is not None:
-                    pixels = pixels[:cut[0], :cut[1]]
+                if cut is not None:  # (a masked crop's layer starts at its offset, not at the corner)
+                    pixels = pixels[:cut[0] - offset[1], :cut[1] - offset[0]]
             layers.append(Layer(index, job.seed + index, offset, pixels))
         return EngineResult(layers, loaded - start, time.perf_counter() - loaded, shown)
 

@@ -5,7 +5,8 @@ model runs. Inpaint diffuses one pass per mask island when separate crops cost l
 around all of them, so three far-apart blobs on a big canvas are each diffused at the model's
 native scale instead of being crushed into one downscaled box. img2img of a picture larger than the
 model's comfortable area (``shared.geometry.needs_tiles``) is diffused in overlapping tiles at native
-scale, each with its own seed; smaller pictures, and generate, are one pass.
+scale, each with its own seed; smaller pictures, and generate, are one pass. An inpaint crop that large,
+refined at a strength that keeps its composition, is tiled the same way, each tile with its part of the mask.
 """
 
 from __future__ import annotations
@@ -88,12 +89,45 @@ def plan_passes(job: EditJob, native: int) -> list[Pass]:
                     (height - job.expand[1] - job.expand[3], width - job.expand[0] - job.expand[2]),
                     job.expand, native))]
     margin = rules.reach(job.mask_grow, job.mask_feather)
-    crops = island_crops(job.mask, native, margin, padding=job.padding)
     strength = rules.pass_strength(job.mode, job.strength)
-    return [dataclasses.replace(_pass(plan, strength, index, masks.shape_mask(
+    planned: list[Pass] = []
+    for plan in island_crops(job.mask, native, margin, padding=job.padding):
+        if refines_in_tiles(plan.box, native, strength, job.fill):
+            planned += masked_tiles(job, plan.box, native, strength, len(planned))
+        else:
+            planned.append(dataclasses.replace(_pass(plan, strength, len(planned), masks.shape_mask(
                 job.mask[plan.box.y:plan.box.y1, plan.box.x:plan.box.x1], job.mask_grow, job.mask_feather,
-                job.soft)), fill=job.fill)
-            for index, plan in enumerate(crops)]
+                job.soft)), fill=job.fill))
+    return planned
+
+
+def refines_in_tiles(box: Box, native: int, strength: float, fill: str | None) -> bool:
+    """Whether a masked crop is refined in tiles at native scale rather than as one pass scaled to the model:
+    a crop too large for one pass, refined (not remade: above RECOMPOSE_STRENGTH each tile would paint a
+    picture of its own) on the pixels as they are (a pre-fill spans the whole selection, not a tile)."""
+    return needs_tiles(box.width, box.height, native) and strength <= rules.RECOMPOSE_STRENGTH and \
+        (fill or "none") == "none"
+
+
+def masked_tiles(job: EditJob, box: Box, native: int, strength: float, first: int) -> list[Pass]:
+    """The tiles that refine a large masked crop at native scale: the crop's tile grid (on the 8-pixel grid,
+    moved left or up by the few pixels that keep it on the picture where it can), each tile with its part of
+    the shaped mask as alpha; tiles the alpha does not reach are left out. Where the picture itself is off
+    the grid the last tiles reach past it, as ``refine_passes``' do (the engine extends the picture there)."""
+    height, width = job.mask.shape
+    w, h = ceil_to_grid(box.width), ceil_to_grid(box.height)
+    x0, y0 = max(0, min(box.x, width - w)), max(0, min(box.y, height - h))
+    area = np.zeros((h, w), np.uint8)  # the mask over the grid's area; nothing past the picture
+    seen = job.mask[y0:y0 + h, x0:x0 + w]
+    area[:seen.shape[0], :seen.shape[1]] = seen
+    alpha = masks.shape_mask(area, job.mask_grow, job.mask_feather, job.soft)
+    tiles = []
+    for tile in tile_grid(w, h, native):
+        part = alpha[tile.y:tile.y1, tile.x:tile.x1]
+        if part.any():
+            tiles.append(Pass(Box(x0 + tile.x, y0 + tile.y, tile.width, tile.height), (tile.width, tile.height),
+                              strength, _pass_seed(first + len(tiles)), np.ascontiguousarray(part), job.fill))
+    return tiles
 
 
 def near_native(width: int, height: int, native: int, strength: float) -> Pass:
@@ -173,14 +207,22 @@ def island_bounds(mask: np.ndarray) -> list[Box]:
     return sorted(boxes, key=lambda box: (box.y, box.x))
 
 
+def overlapping(boxes: list[Box]) -> list[list[int]]:
+    """The indices of ``boxes`` in groups that overlap (the tiles of one crop; a pass alone), in order."""
+    groups: list[list[int]] = []
+    for index, box in enumerate(boxes):
+        touching = [g for g in groups if any(_overlap(box, boxes[i]) for i in g)]
+        groups = [g for g in groups if g not in touching] + [sorted([index] + [i for g in touching for i in g])]
+    return sorted(groups)
+
+
 def layer_box(passes: list[Pass]) -> Box:
     """The part of the canvas a job's passes cover: where its result layer goes."""
     return _union([p.box for p in passes])
 
 
 def _pass(plan: CropPlan, strength: float, index: int = 0, alpha: np.ndarray | None = None) -> Pass:
-    seed = (index * _PASS_SEED_STRIDE) % (MAX_SEED + 1)
-    return Pass(plan.box, (plan.diffusion_width, plan.diffusion_height), strength, seed, alpha)
+    return Pass(plan.box, (plan.diffusion_width, plan.diffusion_height), strength, _pass_seed(index), alpha)
 
 
 def _pass_seed(index: int) -> int:
