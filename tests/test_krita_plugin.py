@@ -96,6 +96,7 @@ SCENARIOS = ["plugin_loads", "inpaint_selection", "hidden_easel_group_is_shown_w
              "server_stopped_mid_job",
              "wide_gamut_documents", "ui_thread_budget", "docker_upscale", "docker_wss_with_a_pinned_certificate",
              "documents_changed_under_a_job", "ui_thread_budget_other_profiles", "connection_closed_between_jobs",
+             "large_selection_refines_at_full_size",
              "sketch_on_a_transparent_layer_steers", "control_and_reference_layers_from_elsewhere",
              "canvas_beyond_the_servers_limit", "layers_of_their_own_colour_space_and_masks",
              "result_applied_after_the_document_was_converted", "upscale_keeps_the_print_resolution",

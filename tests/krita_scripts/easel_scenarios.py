@@ -599,6 +599,36 @@ def scenario_select_all_refines_at_full_size(ctx):
     doc.close()
 
 
+def scenario_large_selection_refines_at_full_size(ctx):
+    """A large selection refined at 40%: tiles at native scale (it was one crop diffused at about the model's
+    size and stretched back, soft beside the picture around it); the layer changes nothing outside the
+    selection's feathered edge and no source pixel."""
+    rig = ctx["rig"]
+    w, h = 1400, 1000
+    doc, layer = big_doc(w, h)
+    before = bytes(layer.pixelData(0, 0, w, h))
+    select(doc, 150, 120, 1100, 760)
+    sizes = []
+
+    def started(job, steps, width, height):
+        sizes.append((width, height))
+
+    rig.session.started.connect(started)
+    try:
+        outcome = rig.run(doc, settings(strength=0.4, steps=5))
+    finally:
+        rig.session.started.disconnect(started)
+    check(outcome[0] == "finished", f"the refine ended with {outcome}")
+    check(sizes == [(512, 512)], f"the selection was diffused at {sizes}, not in native tiles")
+    alpha = bytes(easel_layers(doc)[1][0].pixelData(0, 0, w, h))[3::4]
+    inner = [alpha[y * w + x] for y in range(200, 800, 50) for x in range(230, 1170, 50)]
+    check(set(inner) == {255}, "the selection's inside is not wholly replaced")
+    outer = [alpha[y * w + x] for y in (0, 60, 940, 999) for x in range(0, w, 25)]
+    check(set(outer) == {0}, "pixels well outside the selection changed")
+    check(bytes(layer.pixelData(0, 0, w, h)) == before, "the source layer changed")
+    doc.close()
+
+
 def scenario_canvas_beyond_the_servers_limit(ctx):
     """A refine of a canvas wider than the server takes is a sentence at once, before the canvas is read and
     sent (the server refused it only after, with "`image` is 9000x64 ..."); a selection near its far edge is
