@@ -351,11 +351,15 @@ def test_a_large_selection_refined_gently_is_tiled_at_native_scale():
     assert len(passes) < len(whole), "the corners the ellipse leaves out cost nothing"
 
 
-def test_a_large_selection_remade_or_prefilled_is_still_one_pass():
-    """Above RECOMPOSE_STRENGTH each tile would paint its own picture; a pre-fill spans the whole selection."""
-    for job in (masked(2000, 1400, Box(300, 200, 1400, 1000), 1.0),
-                masked(2000, 1400, Box(300, 200, 1400, 1000), 0.4, fill="blur"),
-                masked(600, 500, Box(100, 100, 400, 300), 0.4)):
+def test_a_prefilled_large_selection_and_a_small_one_are_one_pass():
+    """A pre-fill spans the whole selection, not a tile; a small selection is diffused as before, in a crop
+    however large its ``mask_padding`` makes it (that context is what the padding asks for)."""
+    for job in (masked(2000, 1400, Box(300, 200, 1400, 1000), 0.4, fill="blur"),
+                masked(2000, 1400, Box(300, 200, 1400, 1000), 1.0, fill="blur"),
+                masked(600, 500, Box(100, 100, 400, 300), 0.4),
+                masked(600, 500, Box(100, 100, 400, 300), 1.0),
+                masked(1600, 1200, Box(700, 500, 60, 60), 0.4, padding=400),  # large only by the context asked
+                masked(1600, 1200, Box(700, 500, 60, 60), 1.0, padding=400)):
         passes = plan_passes(job, NATIVE)
         assert len(passes) == 1, [p.box for p in passes]
 
@@ -392,3 +396,33 @@ def test_a_large_selection_refines_at_full_resolution_and_keeps_every_other_pixe
     assert columns and rows
     border, interior = seams_at(layer[y0:y1, x0:x1], columns, rows)
     assert border <= 1.2 * interior, (border, interior)
+
+
+def test_a_large_selection_remade_is_inpainted_near_native_then_refined_in_tiles():
+    first, *tiles = plan_passes(masked(2000, 1400, Box(300, 200, 1400, 1000), 1.0), NATIVE)
+    assert first.first_stage and first.resampled and first.strength == 1.0 and is_two_stage([first, *tiles])
+    assert tiles and all(t.strength == 0.5 and t.size == (t.box.width, t.box.height) and t.alpha.any() for t in tiles)
+    stage = plan_passes(dataclasses.replace(masked(2000, 1400, Box(300, 200, 1400, 1000), 1.0), recompose=False),
+                        NATIVE)
+    assert len(stage) == 1 and not is_two_stage(stage), "the first stage itself is one pass"
+
+
+def test_a_large_selection_remade_runs_in_two_stages_and_keeps_every_other_pixel(client):
+    width, height = 1203, 901
+    picture = np.asarray(photo(width, height))
+    mask = ellipse_mask(width, height, Box(380, 90, 900, 760))
+    seen = []
+    result = client.run("inpaint", image=png(Image.fromarray(picture)), mask=png(Image.fromarray(mask)),
+                        prompt="a pond", strength=1.0, steps=4, seed=1, on_event=seen.append)
+    started = next(event for event in seen if isinstance(event, Started))
+    (first_box, first_size), *tiles = started.passes
+    assert first_size != (first_box[2], first_box[3]) and tiles and all(size == (NATIVE, NATIVE) for _, size in tiles)
+    progress = [event for event in seen if isinstance(event, Progress)]
+    assert [p.step for p in progress] == list(range(1, 4 + 2 * len(tiles) + 1)), "4 steps, then 2 per tile"
+    item, = result.images
+    layer = decode(item.image)
+    x, y = item.offset
+    alpha = layer[..., 3]
+    crop = picture[y:y + layer.shape[0], x:x + layer.shape[1]]
+    assert (layer[alpha == 0, :3] == crop[alpha == 0]).all(), "outside the mask the picture's own bytes"
+    assert (alpha[mask[y:y + layer.shape[0], x:x + layer.shape[1]] == 255] == 255).all()

@@ -151,7 +151,9 @@ class Engine:
         loaded = time.perf_counter()
 
         passes = plan_passes(job, model.native_size)
-        if job.mode in ("generate", "img2img") and is_two_stage(passes):
+        if is_two_stage(passes):
+            if job.mode == "inpaint":
+                return self._selection_two_stages(job, reporter, passes, loaded - start)
             return self._two_stages(job, reporter, passes, loaded - start)
         shown, cut = passes, None  # the passes as reported; the picture's size when its result is cut back to it
         reach = layer_box(passes)
@@ -313,6 +315,38 @@ class Engine:
         active = [(index, unit) for index, unit in enumerate(job.control) if unit.scale > 0]
         pipe = self._with_control(job, model, active) or model.pipeline(pipeline_mode(job.mode))
         self._references(job, model, pipe)
+
+    def _selection_two_stages(self, job: EditJob, reporter: Reporter, passes: list[Pass], load: float) -> EngineResult:
+        """A large selection remade (an inpaint above RECOMPOSE_STRENGTH whose crop needs tiles), in two stages:
+        each image is inpainted as one pass near native size (``passes[0]``), laid into the picture, and that
+        picture's selection refined in tiles at full size (``passes[1:]``, at HIRES_REFINE) through the same
+        shaped mask, so every pixel outside it keeps the input's bytes."""
+        first, tiles = passes[0], passes[1:]
+        first_steps = rules.denoising_steps("inpaint", job.steps, first.strength, job.few_step)
+        refine_steps = rules.denoising_steps("inpaint", job.steps, tiles[0].strength, job.few_step)
+        if refine_steps < 1:
+            raise ModelError("too_few_steps", f"a {first.box.width}x{first.box.height} selection at strength "
+                             f"{first.strength:g} is inpainted near native size and refined in tiles at strength "
+                             f"{tiles[0].strength:g}, and {job.steps} step(s) x {tiles[0].strength:g} leaves no refine "
+                             f"step; ask for at least {math.ceil(1 / tiles[0].strength)} steps", "steps")
+        height, width = job.image.shape[:2]
+        reporter.started(job.denoising_steps, on_picture(passes, width, height))
+        start = time.perf_counter()
+        per_image = first_steps + len(tiles) * refine_steps
+        layers = []
+        for index in range(job.batch):
+            seed = job.seed + index
+            base = index * per_image
+            made = self.run(dataclasses.replace(job, batch=1, seed=seed, recompose=False),
+                            _AlreadyStarted(reporter, base, per_image * job.batch)).layers[0]
+            (x, y), pixels = made.offset, made.pixels
+            picture = job.image.copy()  # the first stage laid in: its bytes where its alpha reaches, else the input's
+            picture[y:y + pixels.shape[0], x:x + pixels.shape[1], :3] = pixels[..., :3]
+            refine = dataclasses.replace(job, image=picture, batch=1, seed=seed, strength=tiles[0].strength,
+                                         recompose=False)
+            refined = self.run(refine, _AlreadyStarted(reporter, base + first_steps, per_image * job.batch)).layers[0]
+            layers.append(Layer(index, seed, refined.offset, refined.pixels))
+        return EngineResult(layers, load, time.perf_counter() - start, on_picture(passes, width, height))
 
     @staticmethod
     def _check_cancel(reporter: Reporter) -> None:

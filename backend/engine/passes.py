@@ -56,6 +56,7 @@ class Pass:
     alpha: np.ndarray | None = None
     fill: str | None = None  # how masked pixels are pre-filled before diffusion; None keeps them
     mask: np.ndarray | None = None  # the diffusion mask over the box, when it is not ``alpha`` (expand)
+    first_stage: bool = False  # made (or remade) near native size, then refined by the tiles after it
 
     @property
     def resampled(self) -> bool:
@@ -90,22 +91,41 @@ def plan_passes(job: EditJob, native: int) -> list[Pass]:
                     job.expand, native))]
     margin = rules.reach(job.mask_grow, job.mask_feather)
     strength = rules.pass_strength(job.mode, job.strength)
+    crops = island_crops(job.mask, native, margin, padding=job.padding)
     planned: list[Pass] = []
-    for plan in island_crops(job.mask, native, margin, padding=job.padding):
-        if refines_in_tiles(plan.box, native, strength, job.fill):
+    for plan in crops:
+        if refines_in_tiles(selection_box(job.mask, plan.box, margin), native, strength, job.fill):
             planned += masked_tiles(job, plan.box, native, strength, len(planned))
         else:
             planned.append(dataclasses.replace(_pass(plan, strength, len(planned), masks.shape_mask(
                 job.mask[plan.box.y:plan.box.y1, plan.box.x:plan.box.x1], job.mask_grow, job.mask_feather,
                 job.soft)), fill=job.fill))
+    selection = selection_box(job.mask, crops[0].box, margin)
+    if job.mode == "inpaint" and job.recompose and len(crops) == 1 and \
+            not refines_in_tiles(selection, native, strength, job.fill) and \
+            refines_in_tiles(selection, native, rules.HIRES_REFINE, job.fill):
+        # a large selection remade: near native first (the one pass above), then refined in tiles at full size
+        return [dataclasses.replace(planned[0], first_stage=True)] + \
+            masked_tiles(job, crops[0].box, native, rules.HIRES_REFINE, 1)
     return planned
 
 
-def refines_in_tiles(box: Box, native: int, strength: float, fill: str | None) -> bool:
+def selection_box(mask: np.ndarray, box: Box, margin: int) -> Box:
+    """The part of crop ``box`` the mask reaches, grown by ``margin`` (where its feathered edge ends): how
+    large the selection is, whatever context the crop adds around it (``mask_padding``)."""
+    rows, columns = np.nonzero(mask[box.y:box.y1, box.x:box.x1])
+    if not len(rows):
+        return Box(box.x, box.y, 0, 0)
+    return Box(box.x, box.y, min(box.width, int(columns.max() - columns.min()) + 1 + 2 * margin),
+               min(box.height, int(rows.max() - rows.min()) + 1 + 2 * margin))
+
+
+def refines_in_tiles(selection: Box, native: int, strength: float, fill: str | None) -> bool:
     """Whether a masked crop is refined in tiles at native scale rather than as one pass scaled to the model:
-    a crop too large for one pass, refined (not remade: above RECOMPOSE_STRENGTH each tile would paint a
-    picture of its own) on the pixels as they are (a pre-fill spans the whole selection, not a tile)."""
-    return needs_tiles(box.width, box.height, native) and strength <= rules.RECOMPOSE_STRENGTH and \
+    a selection too large for one pass (not merely a crop made large by its context), refined (not remade:
+    above RECOMPOSE_STRENGTH each tile would paint a picture of its own) on the pixels as they are (a
+    pre-fill spans the whole selection, not a tile)."""
+    return needs_tiles(selection.width, selection.height, native) and strength <= rules.RECOMPOSE_STRENGTH and \
         (fill or "none") == "none"
 
 
@@ -133,17 +153,14 @@ def masked_tiles(job: EditJob, box: Box, native: int, strength: float, first: in
 def near_native(width: int, height: int, native: int, strength: float) -> Pass:
     """The first stage of a two-stage job: the whole picture at about native² pixels, the same aspect."""
     shrink = native / math.sqrt(width * height)
-    return Pass(Box(0, 0, width, height), (round_to_grid(width * shrink), round_to_grid(height * shrink)), strength)
+    return Pass(Box(0, 0, width, height), (round_to_grid(width * shrink), round_to_grid(height * shrink)), strength,
+                first_stage=True)
 
 
 def is_two_stage(passes: list[Pass]) -> bool:
-    """Whether ``passes`` are a first stage near native size (the whole picture) followed by its tiles (which
-    may reach a few pixels past it: ``refine_passes``); a plain tile grid's tiles are all alike."""
-    if len(passes) < 2:
-        return False
-    whole, tile = passes[0].box, passes[1].box
-    return whole.width * whole.height > tile.width * tile.height and \
-        all(whole.x <= p.box.x < whole.x1 and whole.y <= p.box.y < whole.y1 for p in passes[1:])
+    """Whether ``passes`` are a first stage near native size (the whole picture, or a large selection's crop)
+    followed by the tiles that refine it at full size."""
+    return len(passes) > 1 and passes[0].first_stage
 
 
 def refine_passes(width: int, height: int, native: int, strength: float) -> list[Pass]:

@@ -601,8 +601,8 @@ def scenario_select_all_refines_at_full_size(ctx):
 
 def scenario_large_selection_refines_at_full_size(ctx):
     """A large selection refined at 40%: tiles at native scale (it was one crop diffused at about the model's
-    size and stretched back, soft beside the picture around it); the layer changes nothing outside the
-    selection's feathered edge and no source pixel."""
+    size and stretched back, soft beside the picture around it); at 100% remade near native, then refined in
+    tiles. The layers change nothing outside the selection's feathered edge, and no source pixel changes."""
     rig = ctx["rig"]
     w, h = 1400, 1000
     doc, layer = big_doc(w, h)
@@ -615,16 +615,19 @@ def scenario_large_selection_refines_at_full_size(ctx):
 
     rig.session.started.connect(started)
     try:
-        outcome = rig.run(doc, settings(strength=0.4, steps=5))
+        for strength in (0.4, 1.0):  # refined in tiles; remade near native, then refined in tiles
+            sizes.clear()
+            outcome = rig.run(doc, settings(strength=strength, steps=5))
+            check(outcome[0] == "finished", f"the {strength:.0%} inpaint ended with {outcome}")
+            if strength < 1:
+                check(sizes == [(512, 512)], f"the selection was diffused at {sizes}, not in native tiles")
+            alpha = bytes(outcome[1][0].layer.pixelData(0, 0, w, h))[3::4]
+            inner = [alpha[y * w + x] for y in range(200, 800, 50) for x in range(230, 1170, 50)]
+            check(set(inner) == {255}, f"{strength:.0%}: the selection's inside is not wholly replaced")
+            outer = [alpha[y * w + x] for y in (0, 60, 940, 999) for x in range(0, w, 25)]
+            check(set(outer) == {0}, f"{strength:.0%}: pixels well outside the selection changed")
     finally:
         rig.session.started.disconnect(started)
-    check(outcome[0] == "finished", f"the refine ended with {outcome}")
-    check(sizes == [(512, 512)], f"the selection was diffused at {sizes}, not in native tiles")
-    alpha = bytes(easel_layers(doc)[1][0].pixelData(0, 0, w, h))[3::4]
-    inner = [alpha[y * w + x] for y in range(200, 800, 50) for x in range(230, 1170, 50)]
-    check(set(inner) == {255}, "the selection's inside is not wholly replaced")
-    outer = [alpha[y * w + x] for y in (0, 60, 940, 999) for x in range(0, w, 25)]
-    check(set(outer) == {0}, "pixels well outside the selection changed")
     check(bytes(layer.pixelData(0, 0, w, h)) == before, "the source layer changed")
     doc.close()
 
