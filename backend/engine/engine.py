@@ -317,9 +317,9 @@ class Engine:
         self._references(job, model, pipe)
 
     def _selection_two_stages(self, job: EditJob, reporter: Reporter, passes: list[Pass], load: float) -> EngineResult:
-        """A large selection remade (an inpaint above RECOMPOSE_STRENGTH whose crop needs tiles), in two stages:
-        each image is inpainted as one pass near native size (``passes[0]``), laid into the picture, and that
-        picture's selection refined in tiles at full size (``passes[1:]``, at HIRES_REFINE) through the same
+        """A large selection remade (an inpaint above RECOMPOSE_STRENGTH of a selection that needs tiles), in two
+        stages: each image is inpainted as one pass near native size (``passes[0]``), laid into the picture, and
+        that picture's selection refined in tiles at full size (``passes[1:]``, at HIRES_REFINE) through the same
         shaped mask, so every pixel outside it keeps the input's bytes."""
         first, tiles = passes[0], passes[1:]
         first_steps = rules.denoising_steps("inpaint", job.steps, first.strength, job.few_step)

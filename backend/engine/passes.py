@@ -5,8 +5,9 @@ model runs. Inpaint diffuses one pass per mask island when separate crops cost l
 around all of them, so three far-apart blobs on a big canvas are each diffused at the model's
 native scale instead of being crushed into one downscaled box. img2img of a picture larger than the
 model's comfortable area (``shared.geometry.needs_tiles``) is diffused in overlapping tiles at native
-scale, each with its own seed; smaller pictures, and generate, are one pass. An inpaint crop that large,
-refined at a strength that keeps its composition, is tiled the same way, each tile with its part of the mask.
+scale, each with its own seed; smaller pictures, and generate, are one pass. A selection that large is
+tiled the same way, each tile with its part of the mask (after a first pass near native size when the
+inpaint remakes it).
 """
 
 from __future__ import annotations
