@@ -122,7 +122,7 @@ def plan_region(width: int, height: int, strength: float, native: int | None,
     server's longest generated side (a generate of a long, thin canvas is made within it).
     """
     if width <= 0 or height <= 0:
-        raise PlanError("the document is empty")
+        raise PlanError("The document is empty: it has no canvas to edit.")
     native = native or DEFAULT_NATIVE
     bounds = None
     if selection is not None:
@@ -136,7 +136,7 @@ def plan_region(width: int, height: int, strength: float, native: int | None,
             x1, y1 = min(width, bounds.x1), min(height, bounds.y1)
             bounds = Box(x0, y0, x1 - x0, y1 - y0) if x1 > x0 and y1 > y0 else None
             if bounds is None:
-                raise PlanError("the selection lies outside the canvas")
+                raise PlanError("The selection lies outside the canvas: select part of the picture first.")
             if not remove and selects_everything(sel_box, sel_bytes, width, height):
                 # Select All is the whole picture, as with no selection: refined in tiles at full size (as
                 # an inpaint it was one crop of the whole canvas, diffused at about the model's size and
@@ -213,7 +213,7 @@ def plan_expand(width: int, height: int, sides: tuple[int, int, int, int]) -> Re
     """Grow a ``width`` x ``height`` canvas by ``sides`` (left, top, right, bottom): the whole canvas is
     sent, and the result is the new canvas (``size``), placed at its origin."""
     if width <= 0 or height <= 0:
-        raise PlanError("the document is empty")
+        raise PlanError("The document is empty: it has no canvas to edit.")
     if not any(sides):
         raise PlanError("Set how many pixels to add on at least one side first.")
     if min(sides) < 0 or max(sides) > rules.MAX_EXPAND:
@@ -226,7 +226,7 @@ def plan_upscale(width: int, height: int, scale: float, max_side: int) -> Region
     """Upscale a ``width`` x ``height`` canvas ``scale`` times: the whole canvas is sent, and the result
     (``size``) is the new canvas, placed at its origin."""
     if width <= 0 or height <= 0:
-        raise PlanError("the document is empty")
+        raise PlanError("The document is empty: it has no canvas to edit.")
     if not rules.UPSCALE_MIN <= scale <= rules.UPSCALE_MAX:
         raise PlanError(f"Upscale by {rules.UPSCALE_MIN:g} to {rules.UPSCALE_MAX:g} times.")
     size = rules.upscale_size(width, height, scale)
