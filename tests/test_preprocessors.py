@@ -68,11 +68,14 @@ def test_missing_annotator_names_the_file_and_the_server_keeps_serving(demo_conf
                       control=[{"type": "canny"}, {"type": "pose", "preprocess": "on"}])
         assert caught.value.code == "missing_annotator" and caught.value.field == "control[1].preprocess"
         # Jobs run in stages (a strong img2img of a picture over the native area, a large generate, an
-        # upscale's refine) loaded the annotator inside a stage: they failed after `started`.
+        # upscale's refine, a large selection remade) loaded the annotator inside a stage: they failed after
+        # `started`.
         pose = [{"type": "pose", "preprocess": "on", "image": png(picture(64, 64))}]
         for mode, params in (("img2img", {"image": png(picture(640, 640)), "strength": 0.9}),
                              ("generate", {"width": 1024, "height": 768}),
-                             ("upscale", {"image": png(picture(64, 64)), "refine": 0.5})):
+                             ("upscale", {"image": png(picture(64, 64)), "refine": 0.5}),
+                             ("inpaint", {"image": png(picture(900, 900)), "strength": 1.0,  # a large selection
+                                          "mask": png(rect_mask((900, 900), (50, 50, 850, 850)))})):
             events = []
             with pytest.raises(EaselError) as caught:
                 other.run(mode, prompt="x", steps=2, control=pose, on_event=events.append, **params)

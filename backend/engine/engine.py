@@ -152,8 +152,6 @@ class Engine:
 
         passes = plan_passes(job, model.native_size)
         if is_two_stage(passes):
-            if job.mode == "inpaint":
-                return self._selection_two_stages(job, reporter, passes, loaded - start)
             return self._two_stages(job, reporter, passes, loaded - start)
         shown, cut = passes, None  # the passes as reported; the picture's size when its result is cut back to it
         reach = layer_box(passes)
@@ -266,19 +264,27 @@ class Engine:
                             time.perf_counter() - loaded - refined.load_seconds, passes)
 
     def _two_stages(self, job: EditJob, reporter: Reporter, passes: list[Pass], load: float) -> EngineResult:
-        """A generate above the model's native range ("hires fix"), or a strong img2img of a picture too large
-        for one pass, in two stages: each image is made (or remade) whole at ``passes[0].size`` (near
-        native), upscaled to the full size and refined there in tiles at native scale (``passes[1:]``);
-        progress counts the steps of both stages."""
-        upscaler = self.upscalers.load(job.upscaler)  # before `started`
+        """A generate above the model's native range ("hires fix"), a strong img2img of a picture too large for
+        one pass, or a large selection remade (an inpaint above RECOMPOSE_STRENGTH), in two stages: each image
+        is made (or remade) at ``passes[0].size`` (near native), brought to full size — the whole picture
+        upscaled, or the selection's pass laid into the picture — and refined there in tiles at native scale
+        (``passes[1:]``; a selection's through the same shaped mask, so every pixel outside it keeps the input's
+        bytes); progress counts the steps of both stages."""
+        selection = job.mode == "inpaint"
+        upscaler = None if selection else self.upscalers.load(job.upscaler)  # before `started`
         first, tiles = passes[0], passes[1:]
-        width, height = first.box.width, first.box.height
+        width, height = (first.box.width, first.box.height) if job.image is None else job.image.shape[1::-1]
+        refine_mode = "inpaint" if selection else "img2img"
         first_steps = rules.denoising_steps(job.mode, job.steps, first.strength, job.few_step)
-        refine_steps = rules.denoising_steps("img2img", job.steps, tiles[0].strength, job.few_step)
+        refine_steps = rules.denoising_steps(refine_mode, job.steps, tiles[0].strength, job.few_step)
         if refine_steps < 1:  # (the default refine: an explicit one was refused before `accepted`)
-            made = "made" if job.mode == "generate" else f"remade at strength {first.strength:g}"
-            raise ModelError("too_few_steps", f"a {width}x{height} {job.mode} is above the model's native size: it is "
-                             f"{made} near native size and refined in tiles at strength {tiles[0].strength:g}, and "
+            if selection:
+                what = (f"a {first.box.width}x{first.box.height} selection at strength {first.strength:g} is "
+                        "inpainted near native size")
+            else:
+                made = "made" if job.mode == "generate" else f"remade at strength {first.strength:g}"
+                what = f"a {width}x{height} {job.mode} is above the model's native size: it is {made} near native size"
+            raise ModelError("too_few_steps", f"{what} and refined in tiles at strength {tiles[0].strength:g}, and "
                              f"{job.steps} step(s) x {tiles[0].strength:g} leaves no refine step; ask for at least "
                              f"{math.ceil(1 / tiles[0].strength)} steps" +
                              (", or a higher `refine`" if job.mode == "generate" else ""), "steps")
@@ -291,19 +297,29 @@ class Engine:
         for index in range(job.batch):
             seed = job.seed + index
             base = index * per_image
-            if job.image is None:
-                small = dataclasses.replace(job, width=first.size[0], height=first.size[1], batch=1, seed=seed)
-            else:  # the picture at the first stage's size: one pass there (its control maps follow it)
-                shrunk = np.asarray(Image.fromarray(job.image).resize(first.size, Image.Resampling.LANCZOS))
-                small = dataclasses.replace(job, image=shrunk, batch=1, seed=seed)
-            made = self.run(small, _AlreadyStarted(reporter, base, per_image * job.batch))
-            picture = self.upscalers.run(upscaler, made.layers[0].pixels[..., :3], (width, height),
-                                         lambda done, total: self._check_cancel(reporter), prompt=job.prompt,
-                                         seed=seed, steps=job.steps)
-            refine = dataclasses.replace(job, mode="img2img", image=compose.opaque(picture), width=None, height=None,
-                                         batch=1, seed=seed, strength=tiles[0].strength, recompose=False)
-            refined = self.run(refine, _AlreadyStarted(reporter, base + first_steps, per_image * job.batch))
-            layers.append(Layer(index, seed, (0, 0), refined.layers[0].pixels))
+            stage = _AlreadyStarted(reporter, base, per_image * job.batch)
+            if selection:  # its one pass near native, laid into the picture where its alpha reaches
+                made = self.run(dataclasses.replace(job, batch=1, seed=seed, recompose=False), stage).layers[0]
+                (x, y), pixels = made.offset, made.pixels
+                picture = job.image.copy()
+                picture[y:y + pixels.shape[0], x:x + pixels.shape[1], :3] = pixels[..., :3]
+                refine = dataclasses.replace(job, image=picture, batch=1, seed=seed, strength=tiles[0].strength,
+                                             recompose=False)
+            else:
+                if job.image is None:
+                    small = dataclasses.replace(job, width=first.size[0], height=first.size[1], batch=1, seed=seed)
+                else:  # the picture at the first stage's size: one pass there (its control maps follow it)
+                    shrunk = np.asarray(Image.fromarray(job.image).resize(first.size, Image.Resampling.LANCZOS))
+                    small = dataclasses.replace(job, image=shrunk, batch=1, seed=seed)
+                made = self.run(small, stage).layers[0]
+                picture = self.upscalers.run(upscaler, made.pixels[..., :3], (width, height),
+                                             lambda done, total: self._check_cancel(reporter), prompt=job.prompt,
+                                             seed=seed, steps=job.steps)
+                refine = dataclasses.replace(job, mode="img2img", image=compose.opaque(picture), width=None,
+                                             height=None, batch=1, seed=seed, strength=tiles[0].strength,
+                                             recompose=False)
+            refined = self.run(refine, _AlreadyStarted(reporter, base + first_steps, per_image * job.batch)).layers[0]
+            layers.append(Layer(index, seed, refined.offset, refined.pixels))
         return EngineResult(layers, load, time.perf_counter() - start, passes)
 
     def _load_ahead(self, job: EditJob) -> None:
@@ -315,38 +331,6 @@ class Engine:
         active = [(index, unit) for index, unit in enumerate(job.control) if unit.scale > 0]
         pipe = self._with_control(job, model, active) or model.pipeline(pipeline_mode(job.mode))
         self._references(job, model, pipe)
-
-    def _selection_two_stages(self, job: EditJob, reporter: Reporter, passes: list[Pass], load: float) -> EngineResult:
-        """A large selection remade (an inpaint above RECOMPOSE_STRENGTH of a selection that needs tiles), in two
-        stages: each image is inpainted as one pass near native size (``passes[0]``), laid into the picture, and
-        that picture's selection refined in tiles at full size (``passes[1:]``, at HIRES_REFINE) through the same
-        shaped mask, so every pixel outside it keeps the input's bytes."""
-        first, tiles = passes[0], passes[1:]
-        first_steps = rules.denoising_steps("inpaint", job.steps, first.strength, job.few_step)
-        refine_steps = rules.denoising_steps("inpaint", job.steps, tiles[0].strength, job.few_step)
-        if refine_steps < 1:
-            raise ModelError("too_few_steps", f"a {first.box.width}x{first.box.height} selection at strength "
-                             f"{first.strength:g} is inpainted near native size and refined in tiles at strength "
-                             f"{tiles[0].strength:g}, and {job.steps} step(s) x {tiles[0].strength:g} leaves no refine "
-                             f"step; ask for at least {math.ceil(1 / tiles[0].strength)} steps", "steps")
-        height, width = job.image.shape[:2]
-        reporter.started(job.denoising_steps, on_picture(passes, width, height))
-        start = time.perf_counter()
-        per_image = first_steps + len(tiles) * refine_steps
-        layers = []
-        for index in range(job.batch):
-            seed = job.seed + index
-            base = index * per_image
-            made = self.run(dataclasses.replace(job, batch=1, seed=seed, recompose=False),
-                            _AlreadyStarted(reporter, base, per_image * job.batch)).layers[0]
-            (x, y), pixels = made.offset, made.pixels
-            picture = job.image.copy()  # the first stage laid in: its bytes where its alpha reaches, else the input's
-            picture[y:y + pixels.shape[0], x:x + pixels.shape[1], :3] = pixels[..., :3]
-            refine = dataclasses.replace(job, image=picture, batch=1, seed=seed, strength=tiles[0].strength,
-                                         recompose=False)
-            refined = self.run(refine, _AlreadyStarted(reporter, base + first_steps, per_image * job.batch)).layers[0]
-            layers.append(Layer(index, seed, refined.offset, refined.pixels))
-        return EngineResult(layers, load, time.perf_counter() - start, on_picture(passes, width, height))
 
     @staticmethod
     def _check_cancel(reporter: Reporter) -> None:
