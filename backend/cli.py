@@ -17,6 +17,7 @@ from typing import Any, Sequence
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from shared.capabilities import DEFAULT_MAX_SIDE
 from shared.errors import ProtocolError
 from shared.fields import Field, check_fields, item_field
 from shared.images import ImageData
@@ -645,8 +646,8 @@ def _read_picture(path: str, role: str, option: str) -> Picture:
     except Image.DecompressionBombError:
         size = _stored_size(path)
         raise UsageError(f"{option}: cannot read {path}: {size + ' is ' if size else ''}too many pixels to decode "
-                         f"safely (at most {2 * Image.MAX_IMAGE_PIXELS}); a server takes at most 8192 pixels a side "
-                         "unless its `max_side` says otherwise: scale the picture down first") from None
+                         f"safely (at most {2 * Image.MAX_IMAGE_PIXELS}); a server takes at most {DEFAULT_MAX_SIDE} "
+                         "pixels a side unless its `max_side` says otherwise: scale the picture down first") from None
     except (OSError, ValueError) as exc:
         raise UsageError(f"{option}: cannot read {path}: {getattr(exc, 'strerror', None) or exc}") from None
     return Picture(path, upright, to_png(Image.fromarray(pixels)), stored, orientation)

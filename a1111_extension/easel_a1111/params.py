@@ -387,7 +387,7 @@ def refusal(error: ProtocolError, job: Job, numbers: list[int]) -> str:
     """A rule's refusal in the tab's words; ``numbers`` are the tab's numbers of the job's control units."""
     sampling = job.sampling
     if error.code == "too_few_steps":
-        removes = " (remove refines at 0.4 × the strength)" if job.mode == "remove" else ""
+        removes = f" (remove refines at {rules.REMOVE_STRENGTH:g} × the strength)" if job.mode == "remove" else ""
         return (f"Strength {sampling.strength:g} with {sampling.steps} steps leaves no step to run{removes}: "
                 "raise the strength or the steps.")
     if error.field == "seed":

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import math
 import time
 from dataclasses import dataclass
 from typing import Iterator, Protocol
@@ -286,7 +285,7 @@ class Engine:
                 what = f"a {width}x{height} {job.mode} is above the model's native size: it is {made} near native size"
             raise ModelError("too_few_steps", f"{what} and refined in tiles at strength {tiles[0].strength:g}, and "
                              f"{job.steps} step(s) x {tiles[0].strength:g} leaves no refine step; ask for at least "
-                             f"{math.ceil(1 / tiles[0].strength)} steps" +
+                             f"{rules.schedule_steps(1, tiles[0].strength)} steps" +
                              (", or a higher `refine`" if job.mode == "generate" else ""), "steps")
         passes = on_picture(passes, width, height)  # (the refine stage plans its own, off-grid tiles included)
         self._load_ahead(job)

@@ -93,18 +93,18 @@ def plan_passes(job: EditJob, native: int) -> list[Pass]:
     margin = rules.reach(job.mask_grow, job.mask_feather)
     strength = rules.pass_strength(job.mode, job.strength)
     crops = island_crops(job.mask, native, margin, padding=job.padding)
+    selections = [selection_box(job.mask, plan.box, margin) for plan in crops]
     planned: list[Pass] = []
-    for plan in crops:
-        if refines_in_tiles(selection_box(job.mask, plan.box, margin), native, strength, job.fill):
+    for plan, selection in zip(crops, selections):
+        if refines_in_tiles(selection, native, strength, job.fill):
             planned += masked_tiles(job, plan.box, native, strength, len(planned))
         else:
             planned.append(dataclasses.replace(_pass(plan, strength, len(planned), masks.shape_mask(
                 job.mask[plan.box.y:plan.box.y1, plan.box.x:plan.box.x1], job.mask_grow, job.mask_feather,
                 job.soft)), fill=job.fill))
-    selection = selection_box(job.mask, crops[0].box, margin)
     if job.mode == "inpaint" and job.recompose and len(crops) == 1 and \
-            not refines_in_tiles(selection, native, strength, job.fill) and \
-            refines_in_tiles(selection, native, rules.HIRES_REFINE, job.fill):
+            not refines_in_tiles(selections[0], native, strength, job.fill) and \
+            refines_in_tiles(selections[0], native, rules.HIRES_REFINE, job.fill):
         # a large selection remade: near native first (the one pass above), then refined in tiles at full size
         return [dataclasses.replace(planned[0], first_stage=True)] + \
             masked_tiles(job, crops[0].box, native, rules.HIRES_REFINE, 1)

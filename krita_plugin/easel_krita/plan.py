@@ -400,16 +400,6 @@ def model_refusal(error: errors.ProtocolError, job: Job, name: str, caps: ModelC
     return error.sentence()
 
 
-def steps_needed(strength: float) -> int | None:
-    """The fewest steps that leave one denoising step at ``strength`` (the steps x strength rule), or None at 0."""
-    if strength <= 0:
-        return None
-    steps = max(1, int(1 / strength))
-    while int(steps * strength) < 1:
-        steps += 1
-    return steps
-
-
 def refusal(error: errors.ProtocolError, job: Job) -> str:
     """A rule's refusal of ``job`` in the docker's words (its settings and layers, not wire fields)."""
     sampling = job.sampling
@@ -418,7 +408,8 @@ def refusal(error: errors.ProtocolError, job: Job) -> str:
                 "raise the refine or the steps.")
     if error.code == "too_few_steps":
         shown = f"{sampling.steps} steps at {round(sampling.strength * 100)}% strength"
-        need = steps_needed(rules.pass_strength(job.mode, sampling.strength))
+        strength = rules.pass_strength(job.mode, sampling.strength)
+        need = rules.schedule_steps(1, strength) if strength > 0 else None  # the fewest steps that run one
         if job.mode == "remove":  # it refines the filled selection at a part of the strength: raising it may not do
             return (f"Remove refines the filled selection at {rules.REMOVE_STRENGTH:.0%} of the strength: {shown} "
                     f"leave no step to run. Use at least {need} steps." if need else
