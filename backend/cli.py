@@ -65,7 +65,23 @@ CERT_HELP = "for a wss:// server with a self-signed certificate (`easel cert`): 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    if argv is None and args.func is cmd_serve:  # a real command line, not a call from Python
+        _restart_with_jemalloc()
     return args.func(args)
+
+
+def _restart_with_jemalloc() -> None:
+    """Become ``easel serve`` on jemalloc where it is installed (the same process id; backend/memory.py says why)."""
+    from backend import memory
+    environ = memory.preload_environment(os.environ)
+    if environ is None or not sys.executable:
+        return
+    sys.stdout.flush()
+    sys.stderr.flush()
+    try:
+        os.execve(sys.executable, sys.orig_argv, environ)
+    except OSError as exc:
+        log.warning("could not start again with jemalloc (%s): serving on the system's malloc", exc)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -274,6 +290,7 @@ def _help(spec: Field, *, doc: str | None = None, default: str | None = None, no
 # -- serve ------------------------------------------------------------------------------------
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    from backend import memory
     from backend.config import ConfigError, ModelSpec, load_config
     from backend.engine.engine import Engine
     from backend.engine.models import ModelError, ModelRegistry, pick_device
@@ -303,6 +320,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"easel: {exc}", file=sys.stderr)
         return 2
+    log.info("memory: %s", memory.allocator())
 
     device, dtype = pick_device(config.device, config.performance.dtype)
     registry = ModelRegistry(config, device, dtype)

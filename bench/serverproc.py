@@ -66,6 +66,11 @@ class ServerProcess:
                 "fds": len(os.listdir(f"/proc/{self.process.pid}/fd")),
                 "cpu_s": sum(map(int, ticks)) / os.sysconf("SC_CLK_TCK")}
 
+    def allocator(self) -> str:
+        """The malloc the server runs on, as its log says it (``easel serve`` prefers jemalloc)."""
+        said = next((line.split("memory: ", 1)[1].strip() for line in self.log if "memory: " in line), "?")
+        return f"server memory: {said}"
+
     def stop(self) -> int:
         self.process.terminate()
         code = self.process.wait(60)

@@ -39,7 +39,6 @@ def main() -> None:
     from websockets.exceptions import ConnectionClosed
     from websockets.sync.client import connect
 
-    from backend import memory
     from shared.client import Client
 
     limits = {"max_outbox_bytes": args.budget} if args.budget else {}
@@ -110,8 +109,7 @@ def main() -> None:
     kind = "read" if args.reading else "never-read"
     print(f"{args.jobs} {kind} jobs of {args.size}x{args.size}, {args.steps} steps, previews of "
           f"{args.preview_size} every step; server outbox budget {args.budget or 'default (16 MiB)'}, "
-          f"slow_reader_seconds {args.stall or 'default (10)'}; malloc "
-          f"{'trimmed after each job' if memory.enabled() else 'not trimmed (EASEL_MALLOC=system)'}")
+          f"slow_reader_seconds {args.stall or 'default (10)'}; {server.allocator()}")
     print(f"  server RSS before         {before['rss_mib']:8.1f} MiB")
     print(f"  server RSS peak           {max(peak):8.1f} MiB  (+{max(peak) - before['rss_mib']:.1f})")
     print(f"  server RSS after the jobs {after['rss_mib']:8.1f} MiB  (+{after['rss_mib'] - before['rss_mib']:.1f})")

@@ -1,5 +1,6 @@
 """The ``easel`` command as a user runs it: serve, run, preprocess, demo, demo-model."""
 
+import ctypes.util
 import os
 import socket
 import subprocess
@@ -122,9 +123,14 @@ def test_serve_without_models_falls_back_to_the_demo_with_a_warning(demo_root, t
         with Client(url) as client:
             result = client.run("generate", prompt="x", steps=2, width=64, height=64, seed=1)
         assert result.images[0].image.width == 64
+        maps = open(f"/proc/{process.pid}/maps").read() if sys.platform.startswith("linux") else ""
     finally:
         log = stop(process)
     assert "demo model" in log
+    if ctypes.util.find_library("jemalloc") and sys.platform.startswith("linux"):
+        # the same process restarted itself on jemalloc (backend/memory.py): a never-reading client's 10 jobs
+        # grew it by +41 MiB at the peak instead of 90-130 (bench/slow_reader.py)
+        assert "/libjemalloc" in maps and "memory: jemalloc, free pages given back after each job" in log
 
 
 def test_demo_model_command_writes_a_servable_config(tmp_path):

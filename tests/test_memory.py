@@ -1,9 +1,14 @@
-"""Freed memory goes back to the system after each job (backend/memory.py): on glibc, not with
-EASEL_MALLOC=system, a no-op elsewhere; and TAESD previews decode at about the asked size. What they
-save is measured in bench/slow_reader.py, not here (RSS figures on a shared machine are no test)."""
+"""Freed memory goes back to the system after each job (backend/memory.py): `easel serve` on jemalloc
+where it is installed, purged or trimmed after each job, not with EASEL_MALLOC=system, a no-op elsewhere;
+and TAESD previews decode at about the asked size. What they save is measured in bench/slow_reader.py,
+not here (RSS figures on a shared machine are no test)."""
 
 from __future__ import annotations
 
+import ctypes.util
+import os
+import subprocess
+import sys
 import time
 
 import numpy as np
@@ -17,13 +22,17 @@ from backend import memory
 def fresh(monkeypatch):
     """The module as a new process sees it, whatever the tests before did."""
     monkeypatch.setattr(memory, "_libc", None)
+    monkeypatch.setattr(memory, "_jemalloc", None)
     monkeypatch.delenv("EASEL_MALLOC", raising=False)
     return monkeypatch
 
 
+JEMALLOC = ctypes.util.find_library("jemalloc")
+
+
 def test_on_glibc_freed_memory_goes_back(fresh):
-    if memory.glibc() is None:
-        pytest.skip("not glibc: nothing to trim (see the no-op tests)")
+    if memory.glibc() is None or memory.jemalloc() is not None:
+        pytest.skip("not glibc's malloc: nothing to trim (see the no-op and jemalloc tests)")
     assert memory.enabled()
     garbage = [bytearray(64 * 1024) for _ in range(512)]  # 32 MiB in blocks that come from the arena
     del garbage[:-1]  # the last one stays, so the freed blocks are holes below it, not the heap's top
@@ -39,8 +48,34 @@ def test_easel_malloc_system_turns_it_off(fresh, value):
 
 def test_elsewhere_it_is_a_no_op(fresh):
     fresh.setattr(memory.sys, "platform", "darwin")
-    assert memory.glibc() is None and not memory.enabled()
+    assert memory.glibc() is None and memory.jemalloc() is None and not memory.enabled()
     assert memory.release() is False
+    assert memory.preload_environment({}) is None
+
+
+@pytest.mark.skipif(JEMALLOC is None, reason="jemalloc is not installed (Debian/Ubuntu: libjemalloc2)")
+def test_under_jemalloc_freed_memory_is_purged():
+    # A fresh interpreter with jemalloc preloaded, as `easel serve` restarts itself: release purges its arenas.
+    script = ("from backend import memory; garbage = [bytearray(1 << 20) for _ in range(64)]; del garbage; "
+              "print(memory.jemalloc() is not None, memory.release(), memory.allocator())")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "LD_PRELOAD": JEMALLOC, "EASEL_MALLOC": ""})
+    said = done.stdout.split(" ", 2)
+    assert said == ["True", "True", "jemalloc, free pages given back after each job\n"], done.stderr
+
+
+def test_serve_is_started_again_on_jemalloc_once_and_only_where_wanted(fresh):
+    # The environment `easel serve` restarts itself in: jemalloc first, the user's own preloads kept, and a mark
+    # so that a preload ld.so ignored cannot restart it for ever.
+    fresh.setattr(memory, "jemalloc", lambda: None)
+    fresh.setattr(memory.ctypes.util, "find_library", lambda name: "libjemalloc.so.2" if name == "jemalloc" else None)
+    environ = memory.preload_environment({"LD_PRELOAD": "libmine.so", "PATH": "/bin"})
+    assert environ == {"LD_PRELOAD": "libjemalloc.so.2 libmine.so", "PATH": "/bin", memory.PRELOADED: "1"}
+    assert memory.preload_environment({})["LD_PRELOAD"] == "libjemalloc.so.2"
+    assert memory.preload_environment(environ) is None
+    assert memory.preload_environment({"EASEL_MALLOC": "system"}) is None
+    fresh.setattr(memory.ctypes.util, "find_library", lambda name: None)
+    assert memory.preload_environment({}) is None, "not installed: glibc's malloc and its trim, as before"
 
 
 def test_a_libc_that_is_not_glibc_is_left_alone(fresh):
