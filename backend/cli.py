@@ -40,6 +40,7 @@ RUN_FLAGS["soft_inpaint"] = "--hard-mask"
 RUN_FLAGS["clip_skip"] = "--clip-skip"
 # Formats `easel run --out` writes without loss (WebP is written lossless); others need --lossy.
 LOSSLESS_FORMATS = ("PNG", "TIFF", "WEBP", "BMP", "TGA")
+PROFILE_FORMATS = ("PNG", "TIFF", "WEBP", "JPEG")  # those Pillow writes an ICC colour profile into
 RUN_OPTIONS |= {"scale": "scale", "upscaler": "upscaler", "preset": "preset"}
 RUN_OPTIONS |= {"image_guidance": "image_guidance"}  # instruct
 RUN_FLAGS |= {"preset": "--preset", "loras": "--lora", "image_guidance": "--image-guidance"}
@@ -182,7 +183,7 @@ def _add_run_parser(commands: Any) -> None:
                      help=_help(SUBMIT_FIELDS["negative_prompt"], default="empty"))
     run.add_argument("--image", metavar="FILE", help="the picture to edit (img2img, inpaint, expand, remove, "
                      "upscale, instruct); any picture Pillow reads; phone photos are turned upright by their EXIF "
-                     "orientation")
+                     "orientation; an RGB colour profile (Adobe RGB, Display P3) is kept in the result")
     run.add_argument("--mask", metavar="FILE", help="inpaint, remove, instruct (optional there): white = repaint, "
                      "black = keep; the size of the (upright) --image")
     run.add_argument("--strength", type=float, metavar="X", help=_help(
@@ -382,6 +383,7 @@ class Picture:
     data: ImageData
     stored_size: tuple[int, int]
     orientation: int = 1
+    icc: bytes | None = None  # an RGB colour profile: the numbers are edited as they are, and results carry it
 
     @property
     def bytes(self) -> bytes | None:
@@ -469,6 +471,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         image = _read_picture(args.image, "image", "--image") if args.image else None
         keeps_alpha = args.mode in ("inpaint", "remove", "expand", "upscale") or (args.mode == "instruct" and args.mask)
         _check_alpha_kept(outputs, args.layer or (keeps_alpha and image is not None and _has_alpha(image.upright)))
+        _check_profile_kept(outputs, image)
         if args.aspect:
             params.update(_aspect(args, image))
         mask = _read_picture(args.mask, "mask", "--mask") if args.mask else None
@@ -517,8 +520,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         fmt = Image.registered_extensions()[path.suffix.lower()]
         if fmt == "JPEG":
             picture = picture.convert("RGB")  # JPEG has no alpha
+        options = {"lossless": True, "exact": True} if fmt == "WEBP" else {}
+        if image is not None and image.icc and fmt in PROFILE_FORMATS:
+            options["icc_profile"] = image.icc
         try:
-            picture.save(path, **({"lossless": True, "exact": True} if fmt == "WEBP" else {}))
+            picture.save(path, **options)
         except (OSError, ValueError) as exc:
             print(f"easel: cannot write {path}: {exc}", file=sys.stderr)
             return 1
@@ -640,16 +646,17 @@ def _stored_size(path: str) -> str:
 def _read_picture(path: str, role: str, option: str) -> Picture:
     """The picture at ``path`` (given as ``option``): upright (EXIF orientation applied), and what to send:
     the file's own bytes when it is a PNG or WebP that needs no turning, else an 8-bit PNG of it."""
-    from backend.imaging import to_array, to_png
+    from backend.imaging import rgb_profile, to_array, to_png
 
     try:
         picture = Image.open(path)
         stored = picture.size
         orientation = picture.getexif().get(ORIENTATION, 1)
+        icc = rgb_profile(picture) if role == "image" else None
         fmt = {"PNG": "png", "WEBP": "webp"}.get(picture.format)
         if fmt and orientation == 1:
             return Picture(path, picture, ImageData(fmt, picture.width, picture.height, Path(path).read_bytes()),
-                           stored)
+                           stored, icc=icc)
         upright = ImageOps.exif_transpose(picture)
         has_alpha = "A" in upright.getbands() or "transparency" in upright.info
         pixels = to_array(upright, "L" if role == "mask" else "RGBA" if has_alpha else "RGB")
@@ -668,7 +675,7 @@ def _read_picture(path: str, role: str, option: str) -> Picture:
                          "pixels a side unless its `max_side` says otherwise: scale the picture down first") from None
     except (OSError, ValueError) as exc:
         raise UsageError(f"{option}: cannot read {path}: {getattr(exc, 'strerror', None) or exc}") from None
-    return Picture(path, upright, to_png(Image.fromarray(pixels)), stored, orientation)
+    return Picture(path, upright, to_png(Image.fromarray(pixels)), stored, orientation, icc)
 
 
 def _control_unit(spec: str) -> dict:
@@ -756,6 +763,21 @@ def _check_alpha_kept(paths: list[Path], transparent: bool) -> None:
         if transparent and fmt == "BMP":  # (Pillow writes 32-bit BMPs that readers take as opaque)
             raise UsageError(f"--out {path}: BMP keeps no transparency, and this result has some (a --layer, or a "
                              "transparent --image): its transparent parts would turn opaque. Use .png, .webp or .tif")
+
+
+def _check_profile_kept(paths: list[Path], image: Picture | None) -> None:
+    """Refuse a format that cannot carry the picture's colour profile when dropping it would change how the
+    result looks (a wide-gamut photo's numbers read as sRGB: duller colours, untouched parts too)."""
+    from backend.imaging import profile_is_srgb, profile_name
+
+    if image is None or not image.icc:
+        return
+    for path in paths:
+        fmt = Image.registered_extensions()[path.suffix.lower()]
+        if fmt not in PROFILE_FORMATS and not profile_is_srgb(image.icc):
+            raise UsageError(f"--out {path}: {fmt} keeps no colour profile, and --image {image.path} has one "
+                             f"({profile_name(image.icc)}): without it every colour of the result would look "
+                             "different. Use .png, .webp, .tif or .jpg (with --lossy)")
 
 
 def _place(layer: np.ndarray, offset: tuple[int, int], source: Image.Image | None, *, transparent: bool,

@@ -70,3 +70,42 @@ def encode(pixels: np.ndarray, fmt: str) -> ImageData:
     else:
         image.save(buffer, "PNG", compress_level=1)
     return ImageData(fmt, width, height, buffer.getvalue())
+
+
+def rgb_profile(picture: Image.Image) -> bytes | None:
+    """The picture's embedded ICC profile when it describes RGB colour (Adobe RGB, Display P3, sRGB …);
+    None without one, for grey or CMYK ones, and for a profile littleCMS cannot read."""
+    from PIL import ImageCms
+
+    icc = picture.info.get("icc_profile")
+    if not icc:
+        return None
+    try:
+        return icc if ImageCms.ImageCmsProfile(io.BytesIO(icc)).profile.xcolor_space.strip() == "RGB" else None
+    except (ImageCms.PyCMSError, OSError, TypeError, ValueError):
+        return None
+
+
+def profile_is_srgb(icc: bytes) -> bool:
+    """Whether an RGB profile shows every colour as sRGB does (within a level): dropping it changes nothing."""
+    from PIL import ImageCms
+
+    levels = np.linspace(0, 255, 6).astype(np.uint8)
+    cube = np.stack(np.meshgrid(levels, levels, levels), -1).reshape(1, -1, 3)
+    try:
+        seen = ImageCms.profileToProfile(Image.fromarray(cube, "RGB"), ImageCms.ImageCmsProfile(io.BytesIO(icc)),
+                                         ImageCms.createProfile("sRGB"),
+                                         renderingIntent=ImageCms.Intent.RELATIVE_COLORIMETRIC)
+    except (ImageCms.PyCMSError, OSError, TypeError, ValueError):
+        return False
+    return int(np.abs(np.asarray(seen, np.int16) - cube).max()) <= 1
+
+
+def profile_name(icc: bytes) -> str:
+    """The profile's own description (``Adobe RGB (1998)``), for messages."""
+    from PIL import ImageCms
+
+    try:
+        return ImageCms.getProfileDescription(ImageCms.ImageCmsProfile(io.BytesIO(icc))).strip() or "unnamed"
+    except (ImageCms.PyCMSError, OSError, TypeError, ValueError):
+        return "unnamed"

@@ -1,6 +1,9 @@
-"""Decoding pictures the way painters' files come: 16-bit, palettes, masks with transparency."""
+"""Decoding pictures the way painters' files come: 16-bit, palettes, masks with transparency, colour profiles."""
+
+from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from backend.imaging import encode, to_array
@@ -35,3 +38,29 @@ def test_encoded_results_keep_colour_under_zero_alpha():
     layer[:4, :, 3] = 0
     for fmt in ("png", "webp", "rgba8"):
         assert (decode(encode(layer, fmt)) == layer).all(), fmt
+
+
+KRITA_PROFILES = Path("/usr/share/color/icc/krita")  # Debian's krita-data, which the Krita tests install
+
+
+def krita_profile(name: str) -> bytes:
+    if not (KRITA_PROFILES / name).is_file():
+        pytest.skip(f"{name} comes with Krita's data (apt-get install krita)")
+    return (KRITA_PROFILES / name).read_bytes()
+
+
+def test_a_pictures_rgb_colour_profile_is_found_and_told_from_srgb():
+    from PIL import ImageCms
+
+    from backend.imaging import profile_is_srgb, profile_name, rgb_profile
+
+    adobe_like, grey = krita_profile("ClayRGB-elle-V2-g22.icc"), krita_profile("Gray-D50-elle-V2-g22.icc")
+    srgb = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    tagged = Image.new("RGB", (4, 4))
+    assert rgb_profile(tagged) is None
+    for icc, kept in ((adobe_like, adobe_like), (srgb, srgb), (grey, None), (b"not a profile", None)):
+        tagged.info["icc_profile"] = icc
+        assert rgb_profile(tagged) == kept
+    assert not profile_is_srgb(adobe_like) and not profile_is_srgb(krita_profile("Rec2020-elle-V4-g10.icc"))
+    assert profile_is_srgb(srgb) and profile_is_srgb(krita_profile("sRGB-elle-V2-srgbtrc.icc"))
+    assert profile_name(adobe_like) == "ClayRGB-elle-V2-g22.icc" and profile_name(b"junk") == "unnamed"
