@@ -775,3 +775,37 @@ def test_a_resume_does_not_answer_a_reused_job_id_with_the_ending_of_its_earlier
         seen = until_end(again, "same")
         assert seen[-1] == {"type": "cancelled", "job": "same", "while": "running"}, seen[-1]
         assert [m["type"] for m in seen if m["type"] != "progress"] == ["cancelled"], "no earlier ending came"
+
+
+@pytest.mark.parametrize("code", [1000, None])
+def test_a_client_that_closes_its_websocket_ends_its_session_with_or_without_a_code(server, code):
+    # `WebSocket.close()` in a browser, and `ws.close()` in Node's ws, send a close frame without a code (the
+    # server reads 1005): the server took that for a drop and ran the job on for resume_seconds, for nobody.
+    ws = connect(server.url)
+    ws.send(json.dumps({"type": "hello", "protocol": PROTOCOL_VERSION}))
+    assert json.loads(ws.recv(timeout=30))["type"] == "welcome"
+    ws.send(json.dumps({**SMALL, "job": "left", "steps": 150, "width": 256, "height": 256}))
+    while json.loads(ws.recv(timeout=60))["type"] != "progress":
+        pass
+    ws.close(code)  # None: a close frame without a code
+    state, queue, deadline = server.server.state, server.server.queue, time.monotonic() + 20
+    while queue.running is not None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert queue.running is None and not state.detached, "the session ended and its job stopped"
+
+
+def test_a_page_that_goes_away_with_1001_resumes_its_session(server):
+    # A browser closes a page's websockets with 1001 (going away) when the page unloads, a reload too; the
+    # session ended at once, so a reloaded page got `unknown_session` and its job was cancelled.
+    ws = connect(server.url)
+    ws.send(json.dumps({"type": "hello", "protocol": PROTOCOL_VERSION}))
+    session = json.loads(ws.recv(timeout=30))["session"]
+    ws.send(json.dumps({**SMALL, "job": "reload", "steps": 8, "width": 128, "height": 128}))
+    while json.loads(ws.recv(timeout=60))["type"] != "started":
+        pass
+    ws.close(1001)
+    with connect(server.url) as again:
+        welcome = answer(again, {"type": "hello", "protocol": PROTOCOL_VERSION, "resume": session,
+                                 "pending": ["reload"]})
+        assert (welcome["type"], welcome.get("resumed")) == ("welcome", True)
+        assert until_end(again, "reload")[-1]["type"] == "result"

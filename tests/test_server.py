@@ -9,7 +9,7 @@ import zlib
 
 import pytest
 from PIL import Image
-from websockets.exceptions import InvalidStatus
+from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
 from backend.config import Config, ConfigError, Limits
@@ -217,13 +217,42 @@ def test_public_address_needs_a_token():
     Config(host="0.0.0.0", token="t").check()
 
 
-def test_foreign_browser_origins_are_refused(server):
-    with pytest.raises(InvalidStatus) as caught:
-        connect(server.url, origin="https://evil.example")
-    assert caught.value.response.status_code == 403
+@pytest.mark.parametrize("origins", ["http://localhost:5173", ["http://localhost:5173/"], ["https://Example.app"],
+                                     ["https://example.app:443"], ["localhost:5173"], [5173]])
+def test_allowed_origins_that_no_browser_would_send_are_refused_at_start(origins):
+    # Compared as exact strings, each of these silently refused every page (a bare string letter by letter).
+    with pytest.raises(ConfigError, match="allowed_origins"):
+        Config(allowed_origins=origins).check()
+    Config(allowed_origins=["http://localhost:5173", "https://example.app", "null", "chrome-extension://abc"]).check()
+
+
+def test_foreign_browser_origins_are_refused_with_a_reason_a_page_can_read(server):
+    # A refused handshake (HTTP 403) reaches a web page as a bare close 1006 with no reason, so a developer
+    # could not tell a foreign origin from a server that is down. Now the page's `onclose` reads 1008 and why.
+    sessions = len(server.server.state.sessions)
+    with connect(server.url, origin="https://evil.example") as ws:
+        with pytest.raises(ConnectionClosed) as caught:
+            ws.send(json.dumps({"type": "hello", "protocol": 1}))  # (unless the close came first)
+            ws.recv(timeout=30)  # the close: no welcome, nothing the page sent was read
+    assert caught.value.rcvd.code == 1008
+    assert caught.value.rcvd.reason == "origin https://evil.example is not allowed: add it to [server] " \
+        "allowed_origins"
+    assert len(server.server.state.sessions) == sessions, "no session was opened for it"
+    with connect(server.url, origin="https://" + "e" * 200 + ".example") as ws:
+        with pytest.raises(ConnectionClosed) as caught:
+            ws.recv(timeout=30)
+    assert caught.value.rcvd.reason == "origin not allowed: see [server] allowed_origins", "fits a close frame"
     with connect(server.url, origin=f"http://127.0.0.1:{server.server.port}") as ws:
         ws.send(json.dumps({"type": "hello", "protocol": 1}))
         assert json.loads(ws.recv())["type"] == "welcome"
+
+
+def test_an_origin_in_allowed_origins_is_served(demo_config, engine):
+    config = dataclasses.replace(demo_config, allowed_origins=["http://localhost:5173"])
+    with ServerThread(config, engine) as served:
+        with connect(served.url, origin="http://localhost:5173") as ws:
+            ws.send(json.dumps({"type": "hello", "protocol": 1}))
+            assert json.loads(ws.recv(timeout=30))["type"] == "welcome"
 
 
 def test_traffic_validates_against_the_schema(server):
