@@ -42,7 +42,11 @@ class Field:
         if value is None:
             if self.nullable:
                 return None
-            raise ProtocolError("invalid_field", f"`{name}` must not be null", name)
+            # Clients in JavaScript meet this most: JSON.stringify writes NaN and Infinity as null.
+            hint = " (JSON has no NaN or Infinity: JavaScript writes them as null)" \
+                if self.type in ("integer", "number") else ""
+            hint += "" if self.required else ": leave it out instead"
+            raise ProtocolError("invalid_field", f"`{name}` must not be null{hint}", name)
         expected = _JSON_TYPES[self.type]
         article = "an" if self.type[0] in "aeiou" else "a"
         if isinstance(value, bool) and self.type in ("integer", "number"):
@@ -66,7 +70,8 @@ class Field:
                 raise ProtocolError("invalid_field", f"`{name}` is not valid Unicode (it holds a lone UTF-16 "
                                     "surrogate)", name) from None
         if self.max_length is not None and len(value) > self.max_length:
-            raise ProtocolError("invalid_field", f"`{name}` is longer than {self.max_length}", name)
+            unit = "characters (Unicode code points)" if self.type == "string" else "items"
+            raise ProtocolError("invalid_field", f"`{name}` is longer than {self.max_length} {unit}", name)
         if self.pattern is not None and not re.match(self.pattern, value):
             raise ProtocolError("invalid_field", f"`{name}` must match {self.pattern}", name)
         if self.min_items is not None and len(value) < self.min_items:

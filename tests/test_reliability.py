@@ -809,3 +809,24 @@ def test_a_page_that_goes_away_with_1001_resumes_its_session(server):
                                  "pending": ["reload"]})
         assert (welcome["type"], welcome.get("resumed")) == ("welcome", True)
         assert until_end(again, "reload")[-1]["type"] == "result"
+
+
+def test_a_second_resume_asking_for_a_job_already_redelivered_is_told_so(server):
+    # The answer said the job "ended more than 120s ago" of one that ended a second before and went out on
+    # the first resume: a client would look for a clock problem.
+    ws = connect(server.url)
+    ws.send(json.dumps({"type": "hello", "protocol": PROTOCOL_VERSION}))
+    session = json.loads(ws.recv(timeout=30))["session"]
+    ws.send(json.dumps({**SMALL, "job": "twice"}))
+    assert json.loads(ws.recv(timeout=60))["type"] == "accepted"
+    drop(ws)
+    queue, deadline = server.server.queue, time.monotonic() + 60
+    while (queue.running or len(queue)) and time.monotonic() < deadline:  # it ends while the client is away
+        time.sleep(0.05)
+    for _ in range(2):
+        again = connect(server.url)
+        answer(again, {"type": "hello", "protocol": PROTOCOL_VERSION, "resume": session, "pending": ["twice"]})
+        ending = until_end(again, "twice")[-1]
+        drop(again)
+    assert (ending["type"], ending.get("code"), ending.get("field")) == ("error", "unknown_job", "pending"), ending
+    assert "earlier resume" in ending["message"], ending["message"]

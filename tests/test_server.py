@@ -292,6 +292,25 @@ def test_traffic_validates_against_the_schema(server):
     assert {"welcome", "models", "status", "accepted", "started", "progress", "result", "error"} <= kinds
 
 
+def test_a_null_number_is_refused_with_a_hint_a_javascript_client_can_act_on(server):
+    # JSON.stringify writes NaN and Infinity as null: "`guidance` must not be null" told a JavaScript developer
+    # who never wrote null nothing. Lengths are counted in code points, not in JavaScript's UTF-16 units.
+    with connect(server.url) as ws:
+        ws.send(json.dumps({"type": "hello", "protocol": 1}))
+        assert json.loads(ws.recv(timeout=30))["type"] == "welcome"
+        ws.send('{"type": "submit", "job": "nan", "mode": "generate", "guidance": null}')
+        error = json.loads(ws.recv(timeout=30))
+        assert (error["code"], error["field"], error["job"]) == ("invalid_field", "guidance", "nan")
+        assert "NaN" in error["message"] and "leave it out" in error["message"], error["message"]
+        ws.send(json.dumps({"type": "submit", "job": "fox", "mode": "generate", "prompt": "🦊" * 10001}))
+        error = json.loads(ws.recv(timeout=30))
+        assert (error["code"], error["field"]) == ("invalid_field", "prompt")
+        assert "10000 characters (Unicode code points)" in error["message"], error["message"]
+        ws.send(json.dumps({"type": "submit", "job": "next", "mode": "generate", "prompt": "🦊" * 6000, "steps": 1,
+                            "width": 64, "height": 64}))  # 12000 UTF-16 units: fine
+        assert json.loads(ws.recv(timeout=30))["type"] == "accepted"
+
+
 def test_a_job_id_still_in_use_is_refused(server):
     with raw_session(server.url) as ws:
         submit = {"type": "submit", "job": "dup", "mode": "generate", "steps": 150, "width": 512, "height": 512}

@@ -183,8 +183,10 @@ class Session:
                     "send it again", "pending", job_id)))
             elif self.state.queue.find(self, job_id) is None:
                 out.append(messages.error(ProtocolError(
-                    "unknown_job", f"no ending of job {job_id!r} is kept: it ended more than "
-                    f"{self.state.config.resume_seconds:g}s ago", "pending", job_id)))
+                    "unknown_job", f"no ending of job {job_id!r} is kept: it went out on an earlier resume (a kept "
+                    f"ending does on one only), or it was let go ({self.state.config.resume_seconds:g}s after it "
+                    "was sent, or for max_kept_bytes)",
+                    "pending", job_id)))
         return out
 
     # -- what the transport calls --------------------------------------------------------------
