@@ -7,7 +7,7 @@
     model_folders = []         # every .safetensors / diffusers folder inside becomes a model
     controlnet_folders = []    # e.g. A1111's models/ControlNet: family and type read from file names
     embedding_folders = []     # textual inversions, e.g. A1111's embeddings/ (family read from the files)
-    allowed_origins = []       # browser pages allowed besides the server's own origin
+    allowed_origins = []       # web pages that may connect, each as its location.origin: "http://localhost:5173"
     default_model = "sd15"
     allow_pickle = false       # .ckpt / .bin checkpoints run code when loaded
     annotators = "/path/to/Annotators"   # preprocessor weights (lllyasviel/Annotators names), or that hub id
