@@ -53,11 +53,22 @@ class ImageData:
         try:
             raw = base64.b64decode(data, validate=True)
         except (binascii.Error, ValueError):
-            raise ProtocolError("bad_image", "inline image is not valid base64") from None
+            raise ProtocolError("bad_image", f"inline image is not valid base64{_base64_hint(data)}") from None
         return cls.from_png(raw) if fmt == "png" else cls(fmt, 0, 0, raw).check()
 
     def to_base64(self) -> str:
         return base64.b64encode(self.data).decode("ascii")
+
+
+def _base64_hint(data: str) -> str:
+    """What is wrong with base64 that does not decode, where a client library is known to make it so."""
+    if data[:5].lower() == "data:":  # a browser's canvas.toDataURL() / FileReader.readAsDataURL()
+        return ": it is a data: URL; send only the base64 after its comma (`data:image/png;base64,` goes)"
+    if any(c in data for c in "-_"):
+        return ": it is base64url (`-` and `_`); send standard base64 (`+` and `/`, padded with `=`)"
+    if any(c.isspace() for c in data):
+        return ": it holds line breaks or spaces; send it on one line"
+    return ""
 
 
 def png_size(data: bytes) -> tuple[int, int]:

@@ -1,5 +1,6 @@
 """Queue, cancel, several clients, bad input, security, and traffic against the schema."""
 
+import base64
 import dataclasses
 import json
 import struct
@@ -308,6 +309,25 @@ def test_a_null_number_is_refused_with_a_hint_a_javascript_client_can_act_on(ser
         assert "10000 characters (Unicode code points)" in error["message"], error["message"]
         ws.send(json.dumps({"type": "submit", "job": "next", "mode": "generate", "prompt": "🦊" * 6000, "steps": 1,
                             "width": 64, "height": 64}))  # 12000 UTF-16 units: fine
+        assert json.loads(ws.recv(timeout=30))["type"] == "accepted"
+
+
+def test_a_data_url_sent_as_inline_data_is_refused_saying_what_to_send(server):
+    # canvas.toDataURL() is how a web page gets a PNG's base64, prefix and all; the answer was only "not valid
+    # base64". The next valid job still runs.
+    data = base64.b64encode(png(picture(64, 64)).data).decode()
+    with connect(server.url) as ws:
+        ws.send(json.dumps({"type": "hello", "protocol": 1}))
+        assert json.loads(ws.recv(timeout=30))["type"] == "welcome"
+        job = {"type": "submit", "mode": "img2img", "strength": 0.5, "steps": 2, "seed": 1}
+        for sent, said in (("data:image/png;base64," + data, "data: URL"),
+                           (data.replace("+", "-").replace("/", "_"), "base64url"),
+                           (data[:40] + "\n" + data[40:], "line breaks")):
+            ws.send(json.dumps({**job, "job": "page", "image": {"data": sent}}))
+            error = json.loads(ws.recv(timeout=30))
+            assert (error["code"], error["field"], error["job"]) == ("bad_image", "image", "page")
+            assert said in error["message"], error["message"]
+        ws.send(json.dumps({**job, "job": "page", "image": {"data": data}}))
         assert json.loads(ws.recv(timeout=30))["type"] == "accepted"
 
 
