@@ -309,6 +309,7 @@ class EaselServer:
 
     async def _handle(self, ws: ServerConnection) -> None:
         if (refusal := self._refused.pop(ws, None)) is not None:  # a foreign browser origin: no session
+            ws.protocol.max_message_size = PRE_HELLO_BYTES  # nothing it sends is read: let none of it be large
             await ws.close(1008, refusal)
             return
         config = self.config
