@@ -117,7 +117,10 @@ def check_fields(message: dict, fields: dict[str, Field], *, prefix: str = "", e
         name = prefix + unknown[0]
         if len(name) > MAX_ECHO:  # an error never echoes a large input: the key is cut in both places
             name = name[:MAX_ECHO - 1] + "…"
-        raise ProtocolError("invalid_field", f"unknown field `{name}`", name)
+        # camelCase is how JavaScript names things: say the protocol's name for it (outputFormat: output_format)
+        snake = re.sub(r"(?<=[a-z0-9])([A-Z])", r"_\1", unknown[0]).lower()
+        hint = f" (did you mean `{prefix + snake}`?)" if snake != unknown[0] and snake in fields else ""
+        raise ProtocolError("invalid_field", f"unknown field `{name}`{hint}", name)
     for name in unknown:
         out[name] = message[name]
     return out

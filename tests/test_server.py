@@ -293,9 +293,10 @@ def test_traffic_validates_against_the_schema(server):
     assert {"welcome", "models", "status", "accepted", "started", "progress", "result", "error"} <= kinds
 
 
-def test_a_null_number_is_refused_with_a_hint_a_javascript_client_can_act_on(server):
+def test_field_errors_give_hints_a_javascript_client_can_act_on(server):
     # JSON.stringify writes NaN and Infinity as null: "`guidance` must not be null" told a JavaScript developer
-    # who never wrote null nothing. Lengths are counted in code points, not in JavaScript's UTF-16 units.
+    # who never wrote null nothing; a camelCase name was only "unknown". Lengths are counted in code points,
+    # not in JavaScript's UTF-16 units.
     with connect(server.url) as ws:
         ws.send(json.dumps({"type": "hello", "protocol": 1}))
         assert json.loads(ws.recv(timeout=30))["type"] == "welcome"
@@ -307,6 +308,10 @@ def test_a_null_number_is_refused_with_a_hint_a_javascript_client_can_act_on(ser
         error = json.loads(ws.recv(timeout=30))
         assert (error["code"], error["field"]) == ("invalid_field", "prompt")
         assert "10000 characters (Unicode code points)" in error["message"], error["message"]
+        ws.send(json.dumps({"type": "submit", "job": "camel", "mode": "generate", "outputFormat": "webp"}))
+        error = json.loads(ws.recv(timeout=30))  # JavaScript's naming: the error names the protocol's field
+        assert (error["code"], error["field"]) == ("invalid_field", "outputFormat")
+        assert "did you mean `output_format`?" in error["message"], error["message"]
         ws.send(json.dumps({"type": "submit", "job": "next", "mode": "generate", "prompt": "🦊" * 6000, "steps": 1,
                             "width": 64, "height": 64}))  # 12000 UTF-16 units: fine
         assert json.loads(ws.recv(timeout=30))["type"] == "accepted"
