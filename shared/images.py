@@ -105,7 +105,12 @@ def decode_frame(frame: bytes) -> tuple[dict, ImageData]:
         raise ProtocolError("bad_image", "binary frame is shorter than its length prefix")
     (size,) = struct.unpack(">I", frame[:4])
     if size > MAX_HEADER_BYTES or 4 + size > len(frame):
-        raise ProtocolError("bad_image", f"binary frame header length {size} is invalid")
+        (swapped,) = struct.unpack("<I", frame[:4])
+        hint = f"; read little-endian it would be {swapped}: write it big-endian" \
+            if swapped <= MAX_HEADER_BYTES and 4 + swapped <= len(frame) and frame[4:5] == b"{" else ""
+        raise ProtocolError("bad_image", f"binary frame header length {size} is invalid: the first 4 bytes are the "
+                            f"header's length, unsigned 32-bit big-endian, at most {MAX_HEADER_BYTES} and within "
+                            f"the frame's {len(frame)} bytes{hint}")
     try:
         header = json.loads(frame[4:4 + size])
     except RecursionError:  # 4096 bytes of `[` nest deeper than the parser's stack allows

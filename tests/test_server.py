@@ -336,6 +336,24 @@ def test_a_data_url_sent_as_inline_data_is_refused_saying_what_to_send(server):
         assert json.loads(ws.recv(timeout=30))["type"] == "accepted"
 
 
+def test_a_frame_whose_length_is_little_endian_is_refused_saying_so_and_the_next_upload_is_taken(server):
+    # A JavaScript client writing the length with a Uint32Array (little-endian on every machine it runs on)
+    # read only "header length 1056964608 is invalid".
+    header = json.dumps({"image": "a", "role": "image", "format": "l8", "width": 2, "height": 2}).encode()
+    with connect(server.url) as ws:
+        ws.send(json.dumps({"type": "hello", "protocol": 1}))
+        assert json.loads(ws.recv(timeout=30))["type"] == "welcome"
+        ws.send(struct.pack("<I", len(header)) + header + bytes(4))
+        error = json.loads(ws.recv(timeout=30))
+        assert (error["code"], error["field"], error["job"]) == ("bad_image", None, None)
+        assert f"read little-endian it would be {len(header)}: write it big-endian" in error["message"], error
+        ws.send(struct.pack(">I", len(header)) + header + bytes(4))
+        ws.send(json.dumps({"type": "submit", "job": "grey", "mode": "img2img", "image": {"frame": "a"},
+                            "strength": 0.5, "steps": 2}))
+        reply = json.loads(ws.recv(timeout=30))
+        assert (reply["type"], reply["job"]) == ("accepted", "grey"), reply
+
+
 def test_a_job_id_still_in_use_is_refused(server):
     with raw_session(server.url) as ws:
         submit = {"type": "submit", "job": "dup", "mode": "generate", "steps": 150, "width": 512, "height": 512}
