@@ -830,3 +830,13 @@ def test_a_second_resume_asking_for_a_job_already_redelivered_is_told_so(server)
         drop(again)
     assert (ending["type"], ending.get("code"), ending.get("field")) == ("error", "unknown_job", "pending"), ending
     assert "earlier resume" in ending["message"], ending["message"]
+
+
+def test_pending_jobs_without_resume_are_refused_and_the_connection_stays(server):
+    # A hello with `pending` and no `resume` got a new session's welcome: the client waited for ever for the
+    # endings of jobs that new session never had.
+    with connect(server.url) as ws:
+        error = answer(ws, {"type": "hello", "protocol": PROTOCOL_VERSION, "pending": ["lost"]})
+        assert (error["type"], error["code"], error["field"], error["job"]) == ("error", "invalid_field",
+                                                                                 "pending", None)
+        assert answer(ws, {"type": "hello", "protocol": PROTOCOL_VERSION, "pending": []})["type"] == "welcome"

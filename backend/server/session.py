@@ -278,6 +278,12 @@ class Session:
         if message["protocol"] != PROTOCOL_VERSION:
             raise ProtocolError("unsupported_protocol", f"this server speaks protocol {PROTOCOL_VERSION}, "
                                 f"the client {shown(message['protocol'])}", "protocol")
+        if message.get("pending") and "resume" not in message:
+            # Without `resume` this hello starts a new session, whose welcome would leave the jobs named waiting
+            # for endings that never come: say so instead.
+            raise ProtocolError("invalid_field", "`pending` names jobs of the session in `resume`; this hello has no "
+                                "`resume` (send it with the `welcome.session` of the dropped connection, or say "
+                                "hello without `pending` for a new session)", "pending")
         preprocessors = engine.preprocessors.available()
         if "resume" in message and self.greeted and message["resume"] != self.token:
             # Taking another session over would orphan this one: its jobs would run on with nowhere to send
