@@ -100,6 +100,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--device", help="cuda, mps, cpu or auto")
     serve.add_argument("--tls-cert", help="PEM certificate: serve wss:// (with --tls-key; `easel cert` makes a pair)")
     serve.add_argument("--tls-key", help="the certificate's PEM private key")
+    serve.add_argument("--allow-origin", action="append", metavar="ORIGIN", dest="allow_origin",
+                       help="let web pages of this origin connect, as their location.origin says it, e.g. "
+                            "http://localhost:5173 (repeatable; added to [server] allowed_origins)")
     serve.set_defaults(func=cmd_serve)
 
     cert = commands.add_parser("cert", help="make a self-signed TLS certificate for `easel serve --tls-cert`",
@@ -303,6 +306,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         for key in ("host", "port", "token", "device", "tls_cert", "tls_key"):
             if getattr(args, key) is not None:
                 setattr(config, key, getattr(args, key))
+        if args.allow_origin:
+            config.allowed_origins = [*config.allowed_origins, *args.allow_origin]
         if args.model:
             config.models = {"default": ModelSpec("default", args.model)}
             config.default_model = "default"

@@ -7,7 +7,7 @@
     model_folders = []         # every .safetensors / diffusers folder inside becomes a model
     controlnet_folders = []    # e.g. A1111's models/ControlNet: family and type read from file names
     embedding_folders = []     # textual inversions, e.g. A1111's embeddings/ (family read from the files)
-    allowed_origins = []       # browser pages allowed besides the server's own origin
+    allowed_origins = []       # web pages that may connect, each as its location.origin: "http://localhost:5173"
     default_model = "sd15"
     allow_pickle = false       # .ckpt / .bin checkpoints run code when loaded
     annotators = "/path/to/Annotators"   # preprocessor weights (lllyasviel/Annotators names), or that hub id
@@ -181,6 +181,7 @@ class Config:
                 server_context(self.tls_cert, self.tls_key)
             except TLSError as exc:
                 raise ConfigError(str(exc)) from None
+        check_origins(self.allowed_origins)
         if self.default_model and self.models and self.default_model not in self.models:
             raise ConfigError(f"default_model {self.default_model!r} is not among the configured models "
                               f"({', '.join(self.models)})")
@@ -349,6 +350,22 @@ def scan_lora_folder(folder: Path) -> dict[str, str]:
 
 
 QUANTIZE = ("int8",)  # backend/engine/flux.py: torchao's int8 weight-only through diffusers' TorchAoConfig
+
+
+def check_origins(origins) -> None:
+    """``allowed_origins``: a list of origins as a browser sends them (its page's ``location.origin``), compared
+    as exact strings: one written otherwise (a trailing slash, a path, capitals, a default port) never matched,
+    and a bare string was taken letter by letter, leaving every page refused without a word."""
+    if not isinstance(origins, list) or not all(isinstance(origin, str) for origin in origins):
+        raise ConfigError('allowed_origins must be a list of strings, e.g. ["http://localhost:5173"]')
+    for origin in origins:
+        scheme, _, rest = origin.partition("://")
+        default_port = {"http": ":80", "https": ":443"}.get(scheme)
+        if origin != "null" and (not scheme or not rest or any(c in rest for c in "/?#") or origin != origin.lower()
+                                 or (default_port is not None and rest.endswith(default_port))):
+            raise ConfigError(f"allowed_origins: {origin!r} is not an origin as a browser sends it: write the "
+                              "page's location.origin, scheme://host[:port] in lower case, without a path or a "
+                              "trailing slash, and without the scheme's default port (e.g. http://localhost:5173)")
 
 
 def check_quantize(spec: ModelSpec) -> None:

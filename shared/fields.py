@@ -42,7 +42,11 @@ class Field:
         if value is None:
             if self.nullable:
                 return None
-            raise ProtocolError("invalid_field", f"`{name}` must not be null", name)
+            # Clients in JavaScript meet this most: JSON.stringify writes NaN and Infinity as null.
+            hint = " (JSON has no NaN or Infinity: JavaScript writes them as null)" \
+                if self.type in ("integer", "number") else ""
+            hint += "" if self.required else ": leave it out instead"
+            raise ProtocolError("invalid_field", f"`{name}` must not be null{hint}", name)
         expected = _JSON_TYPES[self.type]
         article = "an" if self.type[0] in "aeiou" else "a"
         if isinstance(value, bool) and self.type in ("integer", "number"):
@@ -66,7 +70,8 @@ class Field:
                 raise ProtocolError("invalid_field", f"`{name}` is not valid Unicode (it holds a lone UTF-16 "
                                     "surrogate)", name) from None
         if self.max_length is not None and len(value) > self.max_length:
-            raise ProtocolError("invalid_field", f"`{name}` is longer than {self.max_length}", name)
+            unit = "characters (Unicode code points)" if self.type == "string" else "items"
+            raise ProtocolError("invalid_field", f"`{name}` is longer than {self.max_length} {unit}", name)
         if self.pattern is not None and not re.match(self.pattern, value):
             raise ProtocolError("invalid_field", f"`{name}` must match {self.pattern}", name)
         if self.min_items is not None and len(value) < self.min_items:
@@ -112,7 +117,10 @@ def check_fields(message: dict, fields: dict[str, Field], *, prefix: str = "", e
         name = prefix + unknown[0]
         if len(name) > MAX_ECHO:  # an error never echoes a large input: the key is cut in both places
             name = name[:MAX_ECHO - 1] + "…"
-        raise ProtocolError("invalid_field", f"unknown field `{name}`", name)
+        # camelCase is how JavaScript names things: say the protocol's name for it (outputFormat: output_format)
+        snake = re.sub(r"(?<=[a-z0-9])([A-Z])", r"_\1", unknown[0]).lower()
+        hint = f" (did you mean `{prefix + snake}`?)" if snake != unknown[0] and snake in fields else ""
+        raise ProtocolError("invalid_field", f"unknown field `{name}`{hint}", name)
     for name in unknown:
         out[name] = message[name]
     return out

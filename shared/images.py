@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import re
 import struct
 from dataclasses import dataclass
 
@@ -53,11 +54,22 @@ class ImageData:
         try:
             raw = base64.b64decode(data, validate=True)
         except (binascii.Error, ValueError):
-            raise ProtocolError("bad_image", "inline image is not valid base64") from None
+            raise ProtocolError("bad_image", f"inline image is not valid base64{_base64_hint(data)}") from None
         return cls.from_png(raw) if fmt == "png" else cls(fmt, 0, 0, raw).check()
 
     def to_base64(self) -> str:
         return base64.b64encode(self.data).decode("ascii")
+
+
+def _base64_hint(data: str) -> str:
+    """What is wrong with base64 that does not decode, where a client library is known to make it so."""
+    if data[:5].lower() == "data:":  # a browser's canvas.toDataURL() / FileReader.readAsDataURL()
+        return ": it is a data: URL; send only the base64 after its comma (`data:image/png;base64,` goes)"
+    if "-" in data or "_" in data:
+        return ": it is base64url (`-` and `_`); send standard base64 (`+` and `/`, padded with `=`)"
+    if re.search(r"\s", data):  # (a scan in C: the string may be hundreds of megabytes)
+        return ": it holds line breaks or spaces; send it on one line"
+    return ""
 
 
 def png_size(data: bytes) -> tuple[int, int]:
@@ -94,7 +106,12 @@ def decode_frame(frame: bytes) -> tuple[dict, ImageData]:
         raise ProtocolError("bad_image", "binary frame is shorter than its length prefix")
     (size,) = struct.unpack(">I", frame[:4])
     if size > MAX_HEADER_BYTES or 4 + size > len(frame):
-        raise ProtocolError("bad_image", f"binary frame header length {size} is invalid")
+        (swapped,) = struct.unpack("<I", frame[:4])
+        hint = f"; read little-endian it would be {swapped}: write it big-endian" \
+            if swapped <= MAX_HEADER_BYTES and 4 + swapped <= len(frame) and frame[4:5] == b"{" else ""
+        raise ProtocolError("bad_image", f"binary frame header length {size} is invalid: the first 4 bytes are the "
+                            f"header's length, unsigned 32-bit big-endian, at most {MAX_HEADER_BYTES} and within "
+                            f"the frame's {len(frame)} bytes{hint}")
     try:
         header = json.loads(frame[4:4 + size])
     except RecursionError:  # 4096 bytes of `[` nest deeper than the parser's stack allows

@@ -1,6 +1,7 @@
 """The ``easel`` command as a user runs it: serve, run, preprocess, demo, demo-model."""
 
 import ctypes.util
+import json
 import os
 import socket
 import subprocess
@@ -11,6 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from websockets.exceptions import ConnectionClosed
+from websockets.sync.client import connect
 
 from backend.engine import masks
 from conftest import picture, rect_mask
@@ -132,6 +135,25 @@ def test_serve_without_models_falls_back_to_the_demo_with_a_warning(demo_root, t
         # the same process restarted itself on jemalloc (backend/memory.py): a never-reading client's 10 jobs
         # grew it by +53-62 MiB at the peak instead of 100-130 (bench/slow_reader.py)
         assert "/libjemalloc" in maps and "memory: jemalloc, free pages given back after each job" in log
+
+
+def test_serve_lets_in_the_web_pages_of_an_allowed_origin(demo_root, tmp_path):
+    # A web app's developer had to write a config file just to let a page of theirs connect.
+    (tmp_path / "demo-model").symlink_to(demo_root)
+    env = {"EASEL_HOME": str(tmp_path)}
+    refused = easel("serve", "--port", free_port(), "--allow-origin", "http://localhost:5173/", env=env, timeout=120)
+    assert refused.returncode == 2 and "allowed_origins" in refused.stderr, "a trailing slash would never match"
+    process, url = serve("--allow-origin", "http://localhost:5173", env=env)
+    try:
+        with connect(url, origin="http://localhost:5173") as ws:
+            ws.send(json.dumps({"type": "hello", "protocol": 1}))
+            assert json.loads(ws.recv(timeout=30))["type"] == "welcome"
+        with connect(url, origin="http://localhost:5174") as ws:
+            with pytest.raises(ConnectionClosed) as caught:
+                ws.recv(timeout=30)
+        assert caught.value.rcvd.code == 1008
+    finally:
+        stop(process)
 
 
 def test_demo_model_command_writes_a_servable_config(tmp_path):

@@ -775,3 +775,68 @@ def test_a_resume_does_not_answer_a_reused_job_id_with_the_ending_of_its_earlier
         seen = until_end(again, "same")
         assert seen[-1] == {"type": "cancelled", "job": "same", "while": "running"}, seen[-1]
         assert [m["type"] for m in seen if m["type"] != "progress"] == ["cancelled"], "no earlier ending came"
+
+
+@pytest.mark.parametrize("code", [1000, None])
+def test_a_client_that_closes_its_websocket_ends_its_session_with_or_without_a_code(server, code):
+    # `WebSocket.close()` in a browser, and `ws.close()` in Node's ws, send a close frame without a code (the
+    # server reads 1005): the server took that for a drop and ran the job on for resume_seconds, for nobody.
+    ws = connect(server.url)
+    ws.send(json.dumps({"type": "hello", "protocol": PROTOCOL_VERSION}))
+    assert json.loads(ws.recv(timeout=30))["type"] == "welcome"
+    ws.send(json.dumps({**SMALL, "job": "left", "steps": 150, "width": 256, "height": 256}))
+    while json.loads(ws.recv(timeout=60))["type"] != "progress":
+        pass
+    ws.close(code)  # None: a close frame without a code
+    state, queue, deadline = server.server.state, server.server.queue, time.monotonic() + 20
+    while queue.running is not None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert queue.running is None and not state.detached, "the session ended and its job stopped"
+
+
+def test_a_page_that_goes_away_with_1001_resumes_its_session(server):
+    # A browser closes a page's websockets with 1001 (going away) when the page unloads, a reload too; the
+    # session ended at once, so a reloaded page got `unknown_session` and its job was cancelled.
+    ws = connect(server.url)
+    ws.send(json.dumps({"type": "hello", "protocol": PROTOCOL_VERSION}))
+    session = json.loads(ws.recv(timeout=30))["session"]
+    ws.send(json.dumps({**SMALL, "job": "reload", "steps": 8, "width": 128, "height": 128}))
+    while json.loads(ws.recv(timeout=60))["type"] != "started":
+        pass
+    ws.close(1001)
+    with connect(server.url) as again:
+        welcome = answer(again, {"type": "hello", "protocol": PROTOCOL_VERSION, "resume": session,
+                                 "pending": ["reload"]})
+        assert (welcome["type"], welcome.get("resumed")) == ("welcome", True)
+        assert until_end(again, "reload")[-1]["type"] == "result"
+
+
+def test_a_second_resume_asking_for_a_job_already_redelivered_is_told_so(server):
+    # The answer said the job "ended more than 120s ago" of one that ended a second before and went out on
+    # the first resume: a client would look for a clock problem.
+    ws = connect(server.url)
+    ws.send(json.dumps({"type": "hello", "protocol": PROTOCOL_VERSION}))
+    session = json.loads(ws.recv(timeout=30))["session"]
+    ws.send(json.dumps({**SMALL, "job": "twice"}))
+    assert json.loads(ws.recv(timeout=60))["type"] == "accepted"
+    drop(ws)
+    queue, deadline = server.server.queue, time.monotonic() + 60
+    while (queue.running or len(queue)) and time.monotonic() < deadline:  # it ends while the client is away
+        time.sleep(0.05)
+    for _ in range(2):
+        again = connect(server.url)
+        answer(again, {"type": "hello", "protocol": PROTOCOL_VERSION, "resume": session, "pending": ["twice"]})
+        ending = until_end(again, "twice")[-1]
+        drop(again)
+    assert (ending["type"], ending.get("code"), ending.get("field")) == ("error", "unknown_job", "pending"), ending
+    assert "earlier resume" in ending["message"], ending["message"]
+
+
+def test_pending_jobs_without_resume_are_refused_and_the_connection_stays(server):
+    # A hello with `pending` and no `resume` got a new session's welcome: the client waited for ever for the
+    # endings of jobs that new session never had.
+    with connect(server.url) as ws:
+        error = answer(ws, {"type": "hello", "protocol": PROTOCOL_VERSION, "pending": ["lost"]})
+        assert (error["type"], error["code"], error["field"], error["job"]) == ("error", "invalid_field",
+                                                                                 "pending", None)
+        assert answer(ws, {"type": "hello", "protocol": PROTOCOL_VERSION, "pending": []})["type"] == "welcome"

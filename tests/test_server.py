@@ -1,5 +1,6 @@
 """Queue, cancel, several clients, bad input, security, and traffic against the schema."""
 
+import base64
 import dataclasses
 import json
 import struct
@@ -9,7 +10,7 @@ import zlib
 
 import pytest
 from PIL import Image
-from websockets.exceptions import InvalidStatus
+from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
 from backend.config import Config, ConfigError, Limits
@@ -217,13 +218,42 @@ def test_public_address_needs_a_token():
     Config(host="0.0.0.0", token="t").check()
 
 
-def test_foreign_browser_origins_are_refused(server):
-    with pytest.raises(InvalidStatus) as caught:
-        connect(server.url, origin="https://evil.example")
-    assert caught.value.response.status_code == 403
+@pytest.mark.parametrize("origins", ["http://localhost:5173", ["http://localhost:5173/"], ["https://Example.app"],
+                                     ["https://example.app:443"], ["localhost:5173"], [5173]])
+def test_allowed_origins_that_no_browser_would_send_are_refused_at_start(origins):
+    # Compared as exact strings, each of these silently refused every page (a bare string letter by letter).
+    with pytest.raises(ConfigError, match="allowed_origins"):
+        Config(allowed_origins=origins).check()
+    Config(allowed_origins=["http://localhost:5173", "https://example.app", "null", "chrome-extension://abc"]).check()
+
+
+def test_foreign_browser_origins_are_refused_with_a_reason_a_page_can_read(server):
+    # A refused handshake (HTTP 403) reaches a web page as a bare close 1006 with no reason, so a developer
+    # could not tell a foreign origin from a server that is down. Now the page's `onclose` reads 1008 and why.
+    before = set(server.server.state.sessions)
+    with connect(server.url, origin="https://evil.example") as ws:
+        with pytest.raises(ConnectionClosed) as caught:
+            ws.send(json.dumps({"type": "hello", "protocol": 1}))  # (unless the close came first)
+            ws.recv(timeout=30)  # the close: no welcome, nothing the page sent was read
+    assert caught.value.rcvd.code == 1008
+    assert caught.value.rcvd.reason == "origin https://evil.example is not allowed: add it to [server] " \
+        "allowed_origins"
+    assert not set(server.server.state.sessions) - before, "no session was opened for it"
+    with connect(server.url, origin="https://" + "e" * 200 + ".example") as ws:
+        with pytest.raises(ConnectionClosed) as caught:
+            ws.recv(timeout=30)
+    assert caught.value.rcvd.reason == "origin not allowed: see [server] allowed_origins", "fits a close frame"
     with connect(server.url, origin=f"http://127.0.0.1:{server.server.port}") as ws:
         ws.send(json.dumps({"type": "hello", "protocol": 1}))
         assert json.loads(ws.recv())["type"] == "welcome"
+
+
+def test_an_origin_in_allowed_origins_is_served(demo_config, engine):
+    config = dataclasses.replace(demo_config, allowed_origins=["http://localhost:5173"])
+    with ServerThread(config, engine) as served:
+        with connect(served.url, origin="http://localhost:5173") as ws:
+            ws.send(json.dumps({"type": "hello", "protocol": 1}))
+            assert json.loads(ws.recv(timeout=30))["type"] == "welcome"
 
 
 def test_traffic_validates_against_the_schema(server):
@@ -261,6 +291,67 @@ def test_traffic_validates_against_the_schema(server):
         server_message.validate(message)
     kinds = {m["type"] for m in received}
     assert {"welcome", "models", "status", "accepted", "started", "progress", "result", "error"} <= kinds
+
+
+def test_field_errors_give_hints_a_javascript_client_can_act_on(server):
+    # JSON.stringify writes NaN and Infinity as null: "`guidance` must not be null" told a JavaScript developer
+    # who never wrote null nothing; a camelCase name was only "unknown". Lengths are counted in code points,
+    # not in JavaScript's UTF-16 units.
+    with connect(server.url) as ws:
+        ws.send(json.dumps({"type": "hello", "protocol": 1}))
+        assert json.loads(ws.recv(timeout=30))["type"] == "welcome"
+        ws.send('{"type": "submit", "job": "nan", "mode": "generate", "guidance": null}')
+        error = json.loads(ws.recv(timeout=30))
+        assert (error["code"], error["field"], error["job"]) == ("invalid_field", "guidance", "nan")
+        assert "NaN" in error["message"] and "leave it out" in error["message"], error["message"]
+        ws.send(json.dumps({"type": "submit", "job": "fox", "mode": "generate", "prompt": "🦊" * 10001}))
+        error = json.loads(ws.recv(timeout=30))
+        assert (error["code"], error["field"]) == ("invalid_field", "prompt")
+        assert "10000 characters (Unicode code points)" in error["message"], error["message"]
+        ws.send(json.dumps({"type": "submit", "job": "camel", "mode": "generate", "outputFormat": "webp"}))
+        error = json.loads(ws.recv(timeout=30))  # JavaScript's naming: the error names the protocol's field
+        assert (error["code"], error["field"]) == ("invalid_field", "outputFormat")
+        assert "did you mean `output_format`?" in error["message"], error["message"]
+        ws.send(json.dumps({"type": "submit", "job": "next", "mode": "generate", "prompt": "🦊" * 6000, "steps": 1,
+                            "width": 64, "height": 64}))  # 12000 UTF-16 units: fine
+        assert json.loads(ws.recv(timeout=30))["type"] == "accepted"
+
+
+def test_a_data_url_sent_as_inline_data_is_refused_saying_what_to_send(server):
+    # canvas.toDataURL() is how a web page gets a PNG's base64, prefix and all; the answer was only "not valid
+    # base64". The next valid job still runs.
+    data = base64.b64encode(png(picture(64, 64)).data).decode()
+    with connect(server.url) as ws:
+        ws.send(json.dumps({"type": "hello", "protocol": 1}))
+        assert json.loads(ws.recv(timeout=30))["type"] == "welcome"
+        job = {"type": "submit", "mode": "img2img", "strength": 0.5, "steps": 2, "seed": 1}
+        for sent, said in (("data:image/png;base64," + data, "data: URL"),
+                           (data.replace("+", "-").replace("/", "_"), "base64url"),
+                           (data[:40] + "\n" + data[40:], "line breaks")):
+            ws.send(json.dumps({**job, "job": "page", "image": {"data": sent}}))
+            error = json.loads(ws.recv(timeout=30))
+            assert (error["code"], error["field"], error["job"]) == ("bad_image", "image", "page")
+            assert said in error["message"], error["message"]
+        ws.send(json.dumps({**job, "job": "page", "image": {"data": data}}))
+        assert json.loads(ws.recv(timeout=30))["type"] == "accepted"
+
+
+def test_a_frame_whose_length_is_little_endian_is_refused_saying_so_and_the_next_upload_is_taken(server):
+    # A JavaScript client writing the length with a Uint32Array (little-endian on every machine it runs on)
+    # read only "header length 1056964608 is invalid".
+    header = json.dumps({"image": "a", "role": "image", "format": "l8", "width": 2, "height": 2}).encode()
+    with connect(server.url) as ws:
+        ws.send(json.dumps({"type": "hello", "protocol": 1}))
+        assert json.loads(ws.recv(timeout=30))["type"] == "welcome"
+        ws.send(struct.pack("<I", len(header)) + header + bytes(4))
+        error = json.loads(ws.recv(timeout=30))
+        assert (error["code"], error["field"], error["job"]) == ("bad_image", None, None)
+        assert f"read little-endian it would be {len(header)}: write it big-endian" in error["message"], error
+        ws.send(struct.pack(">I", len(header)) + header + bytes(4))
+        ws.send(json.dumps({"type": "submit", "job": "grey", "mode": "img2img", "image": {"frame": "a"},
+                            "strength": 0.5, "steps": 2}))
+        reply = json.loads(ws.recv(timeout=30))
+        assert (reply["type"], reply["job"]) == ("accepted", "grey"), reply
 
 
 def test_a_job_id_still_in_use_is_refused(server):

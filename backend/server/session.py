@@ -183,8 +183,10 @@ class Session:
                     "send it again", "pending", job_id)))
             elif self.state.queue.find(self, job_id) is None:
                 out.append(messages.error(ProtocolError(
-                    "unknown_job", f"no ending of job {job_id!r} is kept: it ended more than "
-                    f"{self.state.config.resume_seconds:g}s ago", "pending", job_id)))
+                    "unknown_job", f"no ending of job {job_id!r} is kept: it went out on an earlier resume (a kept "
+                    f"ending does on one only), or it was let go ({self.state.config.resume_seconds:g}s after it "
+                    "was sent, or for max_kept_bytes)",
+                    "pending", job_id)))
         return out
 
     # -- what the transport calls --------------------------------------------------------------
@@ -276,6 +278,12 @@ class Session:
         if message["protocol"] != PROTOCOL_VERSION:
             raise ProtocolError("unsupported_protocol", f"this server speaks protocol {PROTOCOL_VERSION}, "
                                 f"the client {shown(message['protocol'])}", "protocol")
+        if message.get("pending") and "resume" not in message:
+            # Without `resume` this hello starts a new session, whose welcome would leave the jobs named waiting
+            # for endings that never come: say so instead.
+            raise ProtocolError("invalid_field", "`pending` names jobs of the session in `resume`; this hello has no "
+                                "`resume` (send it with the `welcome.session` of the dropped connection, or say "
+                                "hello without `pending` for a new session)", "pending")
         preprocessors = engine.preprocessors.available()
         if "resume" in message and self.greeted and message["resume"] != self.token:
             # Taking another session over would orphan this one: its jobs would run on with nowhere to send

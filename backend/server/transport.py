@@ -20,6 +20,7 @@ import logging
 import signal
 import threading
 import time
+import weakref
 from typing import Callable
 
 from websockets.asyncio.server import ServerConnection, serve
@@ -39,6 +40,16 @@ from backend.tls import server_context
 log = logging.getLogger(__name__)
 
 PRE_HELLO_BYTES = 256 * 1024  # largest message before a successful hello (the largest hello is about 70 kB)
+# Close codes by which a client says it is done: its session ends at once. 1005 is a close frame without a
+# code, what `WebSocket.close()` sends in browsers and in Node's `ws`. Not 1001 (going away): a browser sends
+# it for a page that unloads, also on a reload, after which the page may resume its session.
+CLIENT_DONE = (1000, 1005)
+CLOSE_REASON_BYTES = 123  # the most a close frame's reason may hold (RFC 6455)
+
+
+def close_reason(reason: str, fallback: str) -> str:
+    """``reason`` if it fits a close frame, else ``fallback``."""
+    return reason if len(reason.encode()) <= CLOSE_REASON_BYTES else fallback
 
 
 class Connection:
@@ -164,6 +175,8 @@ class EaselServer:
         self.port = config.port
         self.auth = AuthThrottle()
         self._connections: dict[Session, Connection] = {}
+        # Handshakes from foreign origins, and their close reason (weak: a handshake that fails never reaches _handle)
+        self._refused: weakref.WeakKeyDictionary[ServerConnection, str] = weakref.WeakKeyDictionary()
 
     @property
     def queue(self) -> JobQueue:
@@ -275,7 +288,11 @@ class EaselServer:
         origin = origins[0] if origins else None
         if origin is not None and origin not in self.allowed_origins() | set(self.config.allowed_origins):
             log.warning("refused a connection from origin %s", origin[:200])
-            return connection.respond(http.HTTPStatus.FORBIDDEN, f"origin {origin[:200]} is not allowed\n")
+            # A browser shows a page nothing of a refused handshake (an HTTP 403 is a bare close 1006), so the
+            # handshake completes and `_handle` closes at once with 1008 and the reason, reading nothing.
+            advice = "[server] allowed_origins"
+            self._refused[connection] = close_reason(f"origin {origin} is not allowed: add it to {advice}",
+                                                     f"origin not allowed: see {advice}")
         return None
 
     # -- connections --------------------------------------------------------------------------
@@ -291,6 +308,10 @@ class EaselServer:
                 connection.send(message)
 
     async def _handle(self, ws: ServerConnection) -> None:
+        if (refusal := self._refused.pop(ws, None)) is not None:  # a foreign browser origin: no session
+            ws.protocol.max_message_size = PRE_HELLO_BYTES  # nothing it sends is read: let none of it be large
+            await ws.close(1008, refusal)
+            return
         config = self.config
         session = self.state.open()
         peer = str(ws.remote_address[0]) if ws.remote_address else "?"
@@ -352,7 +373,7 @@ class EaselServer:
             if self._connections.get(session) is connection:  # else the session lives on elsewhere
                 del self._connections[session]
                 if session.greeted and not refused and not cut and not self.state.closing \
-                        and ws.close_code not in (1000, 1001):  # dropped, not closed: the client may come back
+                        and ws.close_code not in CLIENT_DONE:  # dropped, not closed: the client may come back
                     session.detach(loop.call_later)
                 else:
                     session.close()
