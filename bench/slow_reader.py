@@ -111,9 +111,9 @@ def main() -> None:
           f"{args.preview_size} every step; server outbox budget {args.budget or 'default (16 MiB)'}, "
           f"slow_reader_seconds {args.stall or 'default (10)'}; {server.allocator()}")
     print(f"  server RSS before         {before['rss_mib']:8.1f} MiB")
-    print(f"  server RSS peak           {max(peak):8.1f} MiB  (+{max(peak) - before['rss_mib']:.1f})")
-    print(f"  server RSS after the jobs {after['rss_mib']:8.1f} MiB  (+{after['rss_mib'] - before['rss_mib']:.1f})")
-    print(f"  server RSS client gone    {gone['rss_mib']:8.1f} MiB  (+{gone['rss_mib'] - before['rss_mib']:.1f})")
+    print(f"  server RSS peak           {max(peak):8.1f} MiB  ({max(peak) - before['rss_mib']:+.1f})")
+    print(f"  server RSS after the jobs {after['rss_mib']:8.1f} MiB  ({after['rss_mib'] - before['rss_mib']:+.1f})")
+    print(f"  server RSS client gone    {gone['rss_mib']:8.1f} MiB  ({gone['rss_mib'] - before['rss_mib']:+.1f})")
     print(f"  threads {before['threads']} -> {gone['threads']}, fds {before['fds']} -> {gone['fds']}")
     print(f"  the never-reading client: {ending}")
     print(f"  jobs ran for {elapsed:.1f} s (server CPU {after['cpu_s'] - before['cpu_s']:.1f} s); "
