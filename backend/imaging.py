@@ -17,12 +17,22 @@ def to_array(picture: Image.Image, mode: str, data: bytes | None = None) -> np.n
 
     16-bit greyscale is scaled to 8 bits (Pillow's own conversion clips it), and so is 16-bit colour
     when ``data`` (the file's bytes) is given: Pillow keeps only the high byte of a 16-bit RGB(A) PNG,
-    which leaves a third of the pixels one level off; here each value is rounded, v / 257. For a mask
-    (mode L) with transparency, transparent means "keep", whatever its colour.
+    which leaves a third of the pixels one level off; here each value is rounded, v / 257. A 32-bit
+    float picture (a float TIFF) whose values all lie within 0..1, as painting and HDR programs write
+    them, is scaled by 255 (Pillow reads floats as 0..255 levels, which left it black). A CMYK picture
+    with its CMYK profile embedded is converted to sRGB through that profile, as a colour-managed viewer
+    shows it. For a mask (mode L) with transparency, transparent means "keep", whatever its colour.
     """
     wide = wide_colour(data) if data is not None and picture.mode in ("RGB", "RGBA") else None
     if wide is not None and wide.shape[:2] == (picture.height, picture.width):
         picture = Image.fromarray(wide, "RGBA" if wide.shape[2] == 4 else "RGB")
+    if picture.mode == "F":
+        floats = np.nan_to_num(np.asarray(picture, dtype=np.float64), nan=0.0, posinf=255.0, neginf=0.0)
+        if floats.size and floats.max() <= 1.0:
+            floats = floats * 255.0
+        picture = Image.fromarray(np.clip(np.rint(floats), 0, 255).astype(np.uint8), "L")
+    if picture.mode == "CMYK":
+        picture = _cmyk_to_srgb(picture)
     if picture.mode in _WIDE_GREY:
         wide = np.asarray(picture, dtype=np.float64)
         if picture.mode != "I" or wide.max() > 255:
@@ -34,6 +44,24 @@ def to_array(picture: Image.Image, mode: str, data: bytes | None = None) -> np.n
         luma = np.asarray(rgba.convert("RGB").convert("L"), dtype=np.uint16)
         return (luma * alpha // 255).astype(np.uint8)
     return np.array(picture.convert(mode))
+
+
+def _cmyk_to_srgb(picture: Image.Image) -> Image.Image:
+    """A CMYK picture as sRGB through its embedded CMYK profile (a print file's colours as a colour-managed
+    viewer shows them: Pillow's own conversion makes 100% cyan 0,255,255, far brighter than any ink); the
+    picture as it is without a readable CMYK profile (Pillow's conversion then applies)."""
+    from PIL import ImageCms
+
+    icc = picture.info.get("icc_profile")
+    if not icc:
+        return picture
+    try:
+        profile = ImageCms.ImageCmsProfile(io.BytesIO(icc))
+        if profile.profile.xcolor_space.strip() != "CMYK":
+            return picture
+        return ImageCms.profileToProfile(picture, profile, ImageCms.createProfile("sRGB"), outputMode="RGB")
+    except (ImageCms.PyCMSError, OSError, TypeError, ValueError):
+        return picture
 
 
 def wide_colour(data: bytes) -> np.ndarray | None:
