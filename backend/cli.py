@@ -41,6 +41,8 @@ RUN_FLAGS["clip_skip"] = "--clip-skip"
 # Formats `easel run --out` writes without loss (WebP is written lossless); others need --lossy.
 LOSSLESS_FORMATS = ("PNG", "TIFF", "WEBP", "BMP", "TGA")
 PROFILE_FORMATS = ("PNG", "TIFF", "WEBP", "JPEG")  # those Pillow writes an ICC colour profile into
+# Those that keep partial transparency as written here (Pillow's BMP is read as opaque; GIF keeps on/off at best).
+ALPHA_FORMATS = ("PNG", "TIFF", "WEBP", "TGA")
 RUN_OPTIONS |= {"scale": "scale", "upscaler": "upscaler", "preset": "preset"}
 RUN_OPTIONS |= {"image_guidance": "image_guidance"}  # instruct
 RUN_FLAGS |= {"preset": "--preset", "loras": "--lora", "image_guidance": "--image-guidance"}
@@ -651,6 +653,10 @@ def _read_picture(path: str, role: str, option: str) -> Picture:
     try:
         picture = Image.open(path)
         stored = picture.size
+        frames = getattr(picture, "n_frames", 1)
+        if frames > 1:  # an animated GIF / PNG or a multi-page TIFF: said, not chosen silently
+            print(f"easel: note: {option} {path} has {frames} frames (pages); the first is used, and the result "
+                  "is one picture", file=sys.stderr)
         orientation = picture.getexif().get(ORIENTATION, 1)
         icc = rgb_profile(picture) if role == "image" else None
         fmt = {"PNG": "png", "WEBP": "webp"}.get(picture.format)
@@ -757,12 +763,14 @@ def _has_alpha(picture: Image.Image) -> bool:
 
 
 def _check_alpha_kept(paths: list[Path], transparent: bool) -> None:
-    """Refuse a format that drops transparency when the result has some (a layer, a transparent input)."""
+    """Refuse a format that drops transparency when the result has some (a layer, a transparent input),
+    --lossy or not: a JPEG or GIF showed the colours stored under the transparent pixels, never seen before."""
     for path in paths:
         fmt = Image.registered_extensions()[path.suffix.lower()]
-        if transparent and fmt == "BMP":  # (Pillow writes 32-bit BMPs that readers take as opaque)
-            raise UsageError(f"--out {path}: BMP keeps no transparency, and this result has some (a --layer, or a "
-                             "transparent --image): its transparent parts would turn opaque. Use .png, .webp or .tif")
+        if transparent and fmt not in ALPHA_FORMATS:
+            raise UsageError(f"--out {path}: {fmt} keeps no transparency, and this result has some (a --layer, or "
+                             "a transparent --image): its transparent parts would turn opaque, showing whatever "
+                             "colour is stored under them. Use .png, .webp, .tif or .tga")
 
 
 def _check_profile_kept(paths: list[Path], image: Picture | None) -> None:

@@ -378,17 +378,34 @@ def test_run_errors_name_the_options_typed_before_connecting(capsys, small, args
     assert not (small / "o.png").exists()
 
 
-def test_bmp_is_refused_where_the_result_keeps_transparency(capsys, small):
-    # A transparent picture inpainted into a .bmp came back opaque, its hidden colours showing.
+@pytest.mark.parametrize("out, fmt", [("o.bmp", "BMP"), ("o.jpg", "JPEG"), ("o.gif", "GIF")])
+def test_formats_without_transparency_are_refused_where_the_result_keeps_some(capsys, small, out, fmt):
+    # A transparent picture inpainted into a .bmp came back opaque, its hidden colours showing; into a .jpg or
+    # .gif (with --lossy, which is about changed pixels, not lost transparency) the same, silently.
     Image.new("RGBA", (64, 48), (200, 10, 10, 0)).save(small / "clear.png")
     for mode, name, extra in (("inpaint", "clear.png", ["--mask", small / "mask.png"]),
                                  ("inpaint", "in.png", ["--mask", small / "mask.png", "--layer"])):
-        status, _, err = easel_here(capsys, "run", mode, "--image", small / name, *extra, "--out", small / "o.bmp",
-                                    "--server", nowhere())
-        assert status == 2 and "BMP keeps no transparency" in err, err
-    status, _, err = easel_here(capsys, "run", "img2img", "--image", small / "clear.png", "--out", small / "o.bmp",
+        status, _, err = easel_here(capsys, "run", mode, "--image", small / name, *extra, "--out", small / out,
+                                    "--lossy", "--server", nowhere())
+        assert status == 2 and f"{fmt} keeps no transparency" in err and ".tga" in err, err
+    status, _, err = easel_here(capsys, "run", "img2img", "--image", small / "clear.png", "--out", small / out,
+                                "--lossy", "--server", nowhere())
+    assert "cannot reach" in err, f"an img2img result is opaque: {fmt} is fine"
+    status, _, err = easel_here(capsys, "run", "inpaint", "--image", small / "clear.png", "--mask", small / "mask.png",
+                                "--out", small / "o.tga", "--server", nowhere())
+    assert "cannot reach" in err, "TGA keeps transparency"
+
+
+def test_a_picture_with_several_frames_says_which_is_used(capsys, small):
+    # An animated GIF or a multi-page TIFF was edited on its first frame without a word.
+    frames = [Image.new("RGB", (64, 48), colour) for colour in ("red", "green", "blue")]
+    frames[0].save(small / "anim.gif", save_all=True, append_images=frames[1:], duration=100)
+    status, _, err = easel_here(capsys, "run", "img2img", "--image", small / "anim.gif", "--out", small / "o.png",
                                 "--server", nowhere())
-    assert "cannot reach" in err, "an img2img result is opaque: BMP is fine"
+    assert f"--image {small / 'anim.gif'} has 3 frames (pages); the first is used" in err, err
+    status, _, err = easel_here(capsys, "run", "img2img", "--image", small / "in.png", "--out", small / "o.png",
+                                "--server", nowhere())
+    assert "frames" not in err
 
 
 def test_a_picture_too_large_to_decode_says_its_size(capsys, small, monkeypatch):
