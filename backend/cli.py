@@ -654,7 +654,9 @@ def _read_picture(path: str, role: str, option: str) -> Picture:
         picture = Image.open(path)
         stored = picture.size
         frames = getattr(picture, "n_frames", 1)
-        if frames > 1:  # an animated GIF / PNG or a multi-page TIFF: said, not chosen silently
+        # an animated GIF / PNG / WebP or a multi-page TIFF: said, not chosen silently (a camera's MPO JPEG
+        # holds a preview or a second eye after the photo, which every viewer shows alone: nothing to say)
+        if frames > 1 and picture.format != "MPO":
             print(f"easel: note: {option} {path} has {frames} frames (pages); the first is used, and the result "
                   "is one picture", file=sys.stderr)
         orientation = picture.getexif().get(ORIENTATION, 1)

@@ -337,10 +337,12 @@ def small(tmp_path):
     (["inpaint", "--mask", "{mask}", "--grow", 300], "--grow must be at most 256, got 300"),
     (["inpaint", "--mask", "{mask}", "--feather", -1], "--feather must be at least 0, got -1"),
     (["img2img", "--strength", 1.5], "--strength must be at most 1, got 1.5"),
-    (["img2img", "--strength", 0.01], "--strength: strength 0.01 x 20 steps leaves no denoising step"),
+    (["img2img", "--strength", 0.01], "--strength: strength 0.01 x 20 steps leaves no denoising step; use at least "
+     "100 steps, or a higher strength"),
     (["img2img", "--steps", 0], "--steps must be at least 1, got 0"),
-    (["remove", "--mask", "{mask}", "--steps", 2],  # said "strength 1 x 2 steps leaves no step"
-     "remove refines at strength x 0.4, and 1 x 0.4 x 2 steps leaves no denoising step"),
+    (["remove", "--mask", "{mask}", "--steps", 2],  # said "strength 1 x 2 steps leaves no step", then "raise the
+     # strength" when 1 is the most there is
+     "remove refines at strength x 0.4, and 1 x 0.4 x 2 steps leaves no denoising step; use at least 3 steps\n"),
     (["img2img", "--guidance", 51], "--guidance must be at most 50"),
     (["img2img", "--width", 64], "img2img works at the picture's own size; --width is for generate"),
     (["img2img", "--mask", "{mask}"], "img2img takes no --mask"),
@@ -403,9 +405,11 @@ def test_a_picture_with_several_frames_says_which_is_used(capsys, small):
     status, _, err = easel_here(capsys, "run", "img2img", "--image", small / "anim.gif", "--out", small / "o.png",
                                 "--server", nowhere())
     assert f"--image {small / 'anim.gif'} has 3 frames (pages); the first is used" in err, err
-    status, _, err = easel_here(capsys, "run", "img2img", "--image", small / "in.png", "--out", small / "o.png",
-                                "--server", nowhere())
-    assert "frames" not in err
+    frames[0].save(small / "camera.jpg", format="MPO", save_all=True, append_images=frames[1:])  # photo + previews
+    for name in ("in.png", "camera.jpg"):
+        status, _, err = easel_here(capsys, "run", "img2img", "--image", small / name, "--out", small / "o.png",
+                                    "--server", nowhere())
+        assert "frames" not in err and "cannot reach" in err, err
 
 
 def test_a_picture_too_large_to_decode_says_its_size(capsys, small, monkeypatch):
