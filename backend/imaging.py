@@ -21,8 +21,11 @@ def to_array(picture: Image.Image, mode: str, data: bytes | None = None) -> np.n
     float picture (a float TIFF) whose values all lie within 0..1, as painting and HDR programs write
     them, is scaled by 255 (Pillow reads floats as 0..255 levels, which left it black). A CMYK picture
     with its CMYK profile embedded is converted to sRGB through that profile, as a colour-managed viewer
-    shows it. For a mask (mode L) with transparency, transparent means "keep", whatever its colour.
+    shows it, and so is a grey picture with a grey profile (gamma 1.8, linear …) made into colour (RGB(A)):
+    an RGB result cannot carry a grey profile, and its numbers read as sRGB looked lighter or darker. For
+    a mask (mode L) with transparency, transparent means "keep", whatever its colour.
     """
+    icc = picture.info.get("icc_profile")
     wide = wide_colour(data) if data is not None and picture.mode in ("RGB", "RGBA") else None
     if wide is not None and wide.shape[:2] == (picture.height, picture.width):
         picture = Image.fromarray(wide, "RGBA" if wide.shape[2] == 4 else "RGB")
@@ -38,6 +41,8 @@ def to_array(picture: Image.Image, mode: str, data: bytes | None = None) -> np.n
         if picture.mode != "I" or wide.max() > 255:
             wide = wide / 257.0
         picture = Image.fromarray(np.clip(np.rint(wide), 0, 255).astype(np.uint8), "L")
+    if mode != "L" and icc and picture.mode in ("L", "LA"):
+        picture = _grey_to_srgb(picture, icc)
     if mode == "L" and ("A" in picture.getbands() or "transparency" in picture.info):
         rgba = picture.convert("RGBA")
         alpha = np.asarray(rgba, dtype=np.uint16)[..., 3]
@@ -62,6 +67,26 @@ def _cmyk_to_srgb(picture: Image.Image) -> Image.Image:
         return ImageCms.profileToProfile(picture, profile, ImageCms.createProfile("sRGB"), outputMode="RGB")
     except (ImageCms.PyCMSError, OSError, TypeError, ValueError):
         return picture
+
+
+def _grey_to_srgb(picture: Image.Image, icc: bytes) -> Image.Image:
+    """A grey (L or LA) picture as sRGB RGB(A) through its embedded grey profile; as it is when the profile
+    is not a grey one littleCMS can read (the picture's numbers are then taken as sRGB greys)."""
+    from PIL import ImageCms
+
+    try:
+        profile = ImageCms.ImageCmsProfile(io.BytesIO(icc))
+        if profile.profile.xcolor_space.strip() != "GRAY":
+            return picture
+        if picture.mode == "L" and "transparency" in picture.info:
+            picture = picture.convert("LA")
+        rgb = ImageCms.profileToProfile(picture.getchannel("L"), profile, ImageCms.createProfile("sRGB"),
+                                        outputMode="RGB")
+    except (ImageCms.PyCMSError, OSError, TypeError, ValueError):
+        return picture
+    if picture.mode == "LA":
+        rgb.putalpha(picture.getchannel("A"))
+    return rgb
 
 
 def wide_colour(data: bytes) -> np.ndarray | None:

@@ -1,6 +1,7 @@
 """The ``easel`` command as a user runs it: serve, run, preprocess, demo, demo-model."""
 
 import ctypes.util
+import io
 import os
 import socket
 import subprocess
@@ -201,6 +202,35 @@ def test_run_keeps_a_wide_gamut_pictures_numbers_and_its_colour_profile(server, 
     assert out.info.get("icc_profile") == wide
     reach = masks.shape_mask(np.asarray(mask), 8, 16) > 0
     assert (np.asarray(out)[~reach] == np.asarray(image)[~reach]).all()
+
+
+def test_run_shows_grey_and_cmyk_pictures_in_the_colours_their_profiles_give(server, tmp_path):
+    # A gamma-1.8 grey scan and a profiled CMYK print file came back as their bare numbers read as sRGB
+    # (darker greys; 100% cyan as 0,255,255): now converted through their profiles, and the server (which
+    # decodes the PNG itself) and the composite agree, so untouched pixels are exactly those colours.
+    from PIL import ImageCms
+
+    from backend.imaging import to_array
+
+    grey = Image.fromarray(np.tile(np.linspace(0, 255, 64).astype(np.uint8), (48, 1)), "L")
+    grey.save(tmp_path / "scan.png", icc_profile=krita_profile("Gray-D50-elle-V4-g18.icc"))
+    Image.new("CMYK", (64, 48), (255, 0, 0, 0)).save(tmp_path / "print.jpg", quality=100,
+                                                      icc_profile=krita_profile("cmyk.icm"))
+    rect_mask((64, 48), (24, 16, 40, 32)).save(tmp_path / "mask.png")
+    for name in ("scan.png", "print.jpg"):
+        done = easel("run", "inpaint", "--prompt", "x", "--image", tmp_path / name, "--mask", tmp_path / "mask.png",
+                     "--grow", 0, "--feather", 0, "--steps", 2, "--out", tmp_path / f"{name}-out.png",
+                     "--server", server.url)
+        assert done.returncode == 0, done.stderr
+        out = np.asarray(Image.open(tmp_path / f"{name}-out.png").convert("RGB"))
+        shown = to_array(Image.open(tmp_path / name), "RGB")
+        keep = np.asarray(Image.open(tmp_path / "mask.png")) == 0
+        assert (out[keep] == shown[keep]).all(), name
+        assert not (out[keep] == np.asarray(Image.open(tmp_path / name).convert("RGB"))[keep]).all(), name
+    profile = ImageCms.ImageCmsProfile(io.BytesIO(krita_profile("cmyk.icm")))
+    assert out[0, 0].tolist() == list(ImageCms.profileToProfile(Image.new("CMYK", (1, 1), (255, 0, 0, 0)), profile,
+                                                                  ImageCms.createProfile("sRGB"),
+                                                                  outputMode="RGB").getpixel((0, 0)))
 
 
 def test_run_checks_the_output_path_before_the_job(server, tmp_path):

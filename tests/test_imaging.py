@@ -90,3 +90,22 @@ def test_cmyk_with_its_profile_is_converted_through_it():
     expected = ImageCms.profileToProfile(cyan, ImageCms.ImageCmsProfile(io.BytesIO(cmyk)),
                                          ImageCms.createProfile("sRGB"), outputMode="RGB").getpixel((0, 0))
     assert seen == list(expected) and seen[1] < 200
+
+
+def test_a_grey_picture_with_a_grey_profile_becomes_the_colours_it_shows():
+    # A scan with a gamma 1.8 grey profile came back as RGB without it: its numbers read as sRGB, every grey
+    # darker than in the viewer (32 shows as 43 there). A mask's numbers are numbers: they stay.
+    from PIL import ImageCms
+
+    g18 = krita_profile("Gray-D50-elle-V4-g18.icc")
+    grey = Image.fromarray(np.array([[32, 64, 128, 192]], np.uint8), "L")
+    grey.info["icc_profile"] = g18
+    expected = ImageCms.profileToProfile(grey, ImageCms.ImageCmsProfile(io.BytesIO(g18)),
+                                         ImageCms.createProfile("sRGB"), outputMode="RGB")
+    seen = to_array(grey, "RGB")
+    assert (seen == np.asarray(expected)).all() and seen[0, 0, 0] > 38
+    assert to_array(grey, "L")[0].tolist() == [32, 64, 128, 192]
+    clear = grey.convert("LA")
+    clear.putalpha(Image.fromarray(np.array([[0, 255, 255, 255]], np.uint8)))
+    clear.info["icc_profile"] = g18
+    assert (to_array(clear, "RGBA")[..., :3] == seen).all() and to_array(clear, "RGBA")[0, 0, 3] == 0
