@@ -258,5 +258,8 @@ def decode_image(image: ImageData, limits: Limits, role: str, mode: str) -> np.n
 
 def _check_size(width: int, height: int, limits: Limits, role: str) -> None:
     if max(width, height) > limits.max_side or width * height > limits.max_pixels:
+        scale = min(limits.max_side / max(width, height), (limits.max_pixels / (width * height)) ** 0.5)
+        fit = f"{max(1, int(width * scale + 1e-6))}x{max(1, int(height * scale + 1e-6))}"
         raise ProtocolError("limit_exceeded", f"`{role}` is {width}x{height}; this server accepts at most "
-                            f"{limits.max_side} pixels a side and {limits.max_pixels} pixels in all", role)
+                            f"{limits.max_side} pixels a side and {limits.max_pixels} pixels in all: scale it "
+                            f"down (to {fit} at most, keeping its shape) or crop it first", role)

@@ -484,6 +484,7 @@ def test_server_errors_name_the_options_typed(server, capsys, small):
     assert status == 1, err
     assert f"the 2nd --control (depth:{small / 'wide.png'}): IMAGE is 8200x1; this server accepts at most" in err
     assert "[limit_exceeded]" in err and "control[1]" not in err and not (small / "o.png").exists()
+    assert "scale it down (to 8192x1 at most, keeping its shape) or crop it first" in err, "and what to do"
 
 
 @pytest.mark.parametrize("option, value, path", [
