@@ -654,9 +654,10 @@ def _read_picture(path: str, role: str, option: str) -> Picture:
         picture = Image.open(path)
         stored = picture.size
         frames = getattr(picture, "n_frames", 1)
-        # an animated GIF / PNG / WebP or a multi-page TIFF: said, not chosen silently (a camera's MPO JPEG
-        # holds a preview or a second eye after the photo, which every viewer shows alone: nothing to say)
-        if frames > 1 and picture.format != "MPO":
+        # an animated GIF / PNG / WebP / AVIF or a multi-page TIFF: said, not chosen silently (a camera's MPO
+        # JPEG holds a preview after the photo, and a PSD's "frames" are its layers after the flattened
+        # picture, which is what is read: nothing to say)
+        if frames > 1 and picture.format in ("GIF", "PNG", "WEBP", "AVIF", "TIFF"):
             print(f"easel: note: {option} {path} has {frames} frames (pages); the first is used, and the result "
                   "is one picture", file=sys.stderr)
         orientation = picture.getexif().get(ORIENTATION, 1)
