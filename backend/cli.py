@@ -249,7 +249,7 @@ def _add_run_parser(commands: Any) -> None:
         "you give win"))
     run.add_argument("--layer", action="store_true",
                      help="write the edit alone as a transparent layer instead of the picture with the edit "
-                          "composited in")
+                          "composited in (not for expand or upscale, which write the whole new picture)")
     run.add_argument("--out", required=True, metavar="FILE",
                      help="the result (PNG unless the name says another format; .png added when it has no "
                           "suffix); with --batch N: OUT-1.png ... OUT-N.png")
@@ -464,6 +464,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         _check_cert(args)
         outputs = _check_outputs(_output_paths(args.out, args.batch or 1), "--out", args.force)
         _check_lossless(outputs, args.lossy)
+        if args.layer and args.mode in ("expand", "upscale"):  # (it was ignored: an opaque picture came back)
+            raise UsageError(f"--layer is for inpaint, remove, instruct, img2img and generate: {args.mode} writes the "
+                             "whole new picture (the input's pixels are kept in it as they are); leave out --layer")
         params: dict[str, Any] = {field: getattr(args, option) for option, field in RUN_OPTIONS.items()
                                   if getattr(args, option) is not None}
         if args.seed == -1:  # A1111's way of asking for a random seed, which WebUI users type by habit

@@ -428,6 +428,15 @@ def test_formats_without_transparency_are_refused_where_the_result_keeps_some(ca
     assert "cannot reach" in err, "TGA keeps transparency"
 
 
+@pytest.mark.parametrize("mode, extra", [("expand", ["--right", 16]), ("upscale", [])])
+def test_layer_is_refused_where_the_result_is_the_whole_picture(capsys, small, mode, extra):
+    # expand --layer and upscale --layer wrote the opaque whole picture, the --layer ignored without a word.
+    status, _, err = easel_here(capsys, "run", mode, "--image", small / "in.png", *extra, "--layer",
+                                "--out", small / "o.png", "--server", nowhere())
+    assert status == 2 and f"--layer is for inpaint, remove, instruct, img2img and generate: {mode} writes" in err
+    assert not (small / "o.png").exists()
+
+
 def test_a_picture_with_several_frames_says_which_is_used(capsys, small):
     # An animated GIF or a multi-page TIFF was edited on its first frame without a word.
     frames = [Image.new("RGB", (64, 48), colour) for colour in ("red", "green", "blue")]
