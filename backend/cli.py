@@ -648,6 +648,35 @@ def _stored_size(path: str) -> str:
         Image.MAX_IMAGE_PIXELS = limit
 
 
+# Camera raw files: several are TIFF inside, and Pillow reads their first image, a small preview or raw data.
+CAMERA_RAW = (".dng", ".cr2", ".cr3", ".crw", ".nef", ".nrw", ".arw", ".srf", ".sr2", ".orf", ".rw2", ".raf",
+              ".pef", ".srw", ".3fr", ".iiq", ".erf", ".kdc", ".mos", ".mrw", ".x3f")
+
+
+def _known_format(path: str) -> str | None:
+    """What a file Pillow cannot open is, when it is a common picture format all the same (a phone's HEIC
+    photo was "not a picture"); None for anything else."""
+    try:
+        with open(path, "rb") as file:
+            head = file.read(512)
+    except OSError:
+        return None
+    if head[4:8] == b"ftyp":
+        brand = head[8:12]
+        if brand in (b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"mif1", b"msf1", b"mif2"):
+            return "a HEIC/HEIF picture (as iPhones save photos)"
+        if brand in (b"avif", b"avis"):
+            return "an AVIF picture"
+    if head.lstrip().startswith(b"%PDF"):
+        return "a PDF document"
+    text = head.lstrip(b"\xef\xbb\xbf \t\r\n").lower()
+    if text.startswith(b"<svg") or (text.startswith(b"<?xml") and b"<svg" in head.lower()):
+        return "an SVG drawing (vector, not pixels)"
+    if head.startswith(b"\xff\x0a") or head[4:12] == b"jxl \r\n\x87\n":
+        return "a JPEG XL picture"
+    return None
+
+
 def _read_picture(path: str, role: str, option: str) -> Picture:
     """The picture at ``path`` (given as ``option``): upright (EXIF orientation applied), and what to send:
     the file's own bytes when it is a PNG or WebP that needs no turning, else an 8-bit PNG of it."""
@@ -655,6 +684,8 @@ def _read_picture(path: str, role: str, option: str) -> Picture:
 
     try:
         picture = Image.open(path)
+        if picture.format == "TIFF" and Path(path).suffix.lower() in CAMERA_RAW:  # (its small preview)
+            raise UnidentifiedImageError(path)
         stored = picture.size
         frames = getattr(picture, "n_frames", 1)
         # an animated GIF / PNG / WebP / AVIF or a multi-page TIFF: said, not chosen silently (a camera's MPO
@@ -679,6 +710,14 @@ def _read_picture(path: str, role: str, option: str) -> Picture:
     except PermissionError:
         raise UsageError(f"{option}: cannot read {path}: permission denied") from None
     except UnidentifiedImageError:
+        kind = _known_format(path)
+        if Path(path).suffix.lower() in CAMERA_RAW:
+            raise UsageError(f"{option}: cannot read {path}: it is a camera raw file, which Easel does not develop "
+                             "(read as a TIFF, it gives its small preview); export it as PNG, TIFF or JPEG from "
+                             "your raw developer first") from None
+        if kind:
+            raise UsageError(f"{option}: cannot read {path}: it is {kind}, which Easel cannot read; export it as "
+                             "PNG, TIFF or JPEG first") from None
         raise UsageError(f"{option}: cannot read {path}: not a picture (Pillow does not know its format)") from None
     except Image.DecompressionBombError:
         size = _stored_size(path)

@@ -513,6 +513,25 @@ def test_an_unreadable_input_names_the_option_and_the_path(capsys, small, option
     assert any(why in err for why in ("no such file", "it is a folder", "not a picture")), err
 
 
+def test_pictures_easel_cannot_read_are_named_with_a_way_out(capsys, small):
+    # An iPhone's HEIC photo was "not a picture (Pillow does not know its format)"; a camera's DNG (a TIFF
+    # inside) was read as its first image, a small preview, and edited without a word.
+    (small / "IMG_0001.HEIC").write_bytes(b"\0\0\0\x18ftypheic\0\0\0\0mif1heic" + bytes(64))
+    (small / "logo.svg").write_text('<?xml version="1.0"?>\n<svg xmlns="http://www.w3.org/2000/svg"/>')
+    picture(64, 48).save(small / "DSC_0001.dng", "TIFF")  # the preview a DNG's first image would be
+    picture(64, 48).save(small / "renamed.dng", "PNG")  # not a raw file, whatever its name
+    for name, said in (("IMG_0001.HEIC", "it is a HEIC/HEIF picture (as iPhones save photos), which Easel cannot "
+                                         "read; export it as PNG, TIFF or JPEG first"),
+                       ("logo.svg", "it is an SVG drawing (vector, not pixels)"),
+                       ("DSC_0001.dng", "it is a camera raw file, which Easel does not develop")):
+        status, _, err = easel_here(capsys, "run", "img2img", "--image", small / name, "--out", small / "o.png",
+                                    "--server", nowhere())
+        assert status == 2 and f"--image: cannot read {small / name}: {said}" in err, err
+    status, _, err = easel_here(capsys, "run", "img2img", "--image", small / "renamed.dng", "--out", small / "o.png",
+                                "--server", nowhere())
+    assert "cannot reach" in err, err
+
+
 def test_a_mask_drawn_on_a_sideways_stored_photo_is_refused_with_a_hint(server, tmp_path):
     """A phone photo stored 120x80 with EXIF orientation 6 shows (and is edited) upright at 80x120; a mask
     drawn on the stored pixels is 120x80. The command says so, and the fix it names works."""
