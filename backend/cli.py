@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 
 from shared.capabilities import DEFAULT_MAX_SIDE
 from shared.errors import ProtocolError
@@ -595,6 +595,11 @@ def _check_mask_size(image: Picture, mask: Picture) -> None:
                      "the picture's size")
 
 
+# What turns a photo's stored pixels upright, by its EXIF orientation (as ImageOps.exif_transpose does).
+_EXIF_TURNS = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
+               5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
+               8: Image.Transpose.ROTATE_90}
+
 # What turns a mask drawn on a photo's stored pixels the way the photo's EXIF orientation turns the photo.
 _TURN = {5: "flip the mask across its top-left to bottom-right diagonal", 6: "rotate the mask 90° clockwise",
          7: "flip the mask across its top-right to bottom-left diagonal", 8: "rotate the mask 90° counter-clockwise"}
@@ -714,9 +719,14 @@ def _read_picture(path: str, role: str, option: str) -> Picture:
         if fmt and orientation == 1:
             return Picture(path, picture, ImageData(fmt, picture.width, picture.height, Path(path).read_bytes()),
                            stored, icc=icc)
-        upright = ImageOps.exif_transpose(picture)
-        has_alpha = "A" in upright.getbands() or "transparency" in upright.info
-        pixels = to_array(upright, "L" if role == "mask" else "RGBA" if has_alpha else "RGB")
+        # decoded as stored, then turned: a 16-bit PNG or TIFF is rounded from its file's bytes (v / 257), which
+        # needs the stored layout; the upright picture is what is sent, so the composite uses the same numbers
+        has_alpha = "A" in picture.getbands() or "transparency" in picture.info
+        data = Path(path).read_bytes() if picture.format in ("PNG", "TIFF") else None
+        pixels = to_array(picture, "L" if role == "mask" else "RGBA" if has_alpha else "RGB", data)
+        upright = Image.fromarray(pixels)
+        if orientation in _EXIF_TURNS:
+            upright = upright.transpose(_EXIF_TURNS[orientation])
     except FileNotFoundError:
         raise UsageError(f"{option}: cannot read {path}: no such file") from None
     except IsADirectoryError:
@@ -740,7 +750,7 @@ def _read_picture(path: str, role: str, option: str) -> Picture:
                          "pixels a side unless its `max_side` says otherwise: scale the picture down first") from None
     except (OSError, ValueError) as exc:
         raise UsageError(f"{option}: cannot read {path}: {getattr(exc, 'strerror', None) or exc}") from None
-    return Picture(path, upright, to_png(Image.fromarray(pixels)), stored, orientation, icc)
+    return Picture(path, upright, to_png(upright), stored, orientation, icc)
 
 
 def _control_unit(spec: str) -> dict:

@@ -26,7 +26,7 @@ def to_array(picture: Image.Image, mode: str, data: bytes | None = None) -> np.n
     a mask (mode L) with transparency, transparent means "keep", whatever its colour.
     """
     icc = picture.info.get("icc_profile")
-    wide = wide_colour(data) if data is not None and picture.mode in ("RGB", "RGBA") else None
+    wide = wide_colour(data, _tiff_bits(picture)) if data is not None and picture.mode in ("RGB", "RGBA") else None
     if wide is not None and wide.shape[:2] == (picture.height, picture.width):
         picture = Image.fromarray(wide, "RGBA" if wide.shape[2] == 4 else "RGB")
     if picture.mode == "F":
@@ -89,11 +89,23 @@ def _grey_to_srgb(picture: Image.Image, icc: bytes) -> Image.Image:
     return rgb
 
 
-def wide_colour(data: bytes) -> np.ndarray | None:
-    """A 16-bit RGB or RGBA PNG's pixels rounded to 8 bits (v / 257), or None for any other file."""
-    if len(data) < 26 or data[:8] != b"\x89PNG\r\n\x1a\n" or data[12:16] != b"IHDR":
+def _tiff_bits(picture: Image.Image) -> tuple[int, ...]:
+    """A TIFF's bits per sample (its tag 258); () for any other picture."""
+    tags = getattr(picture, "tag_v2", None)
+    bits = tags.get(258, ()) if tags is not None else ()
+    return tuple(bits) if isinstance(bits, (tuple, list)) else (bits,)
+
+
+def wide_colour(data: bytes, tiff_bits: tuple[int, ...] = ()) -> np.ndarray | None:
+    """A 16-bit RGB or RGBA PNG's or TIFF's pixels (the first page, as stored: no orientation applied) rounded
+    to 8 bits (v / 257), or None for any other file; ``tiff_bits``: the TIFF's bits per sample, as Pillow read
+    them (Pillow keeps the high byte of a 16-bit colour TIFF, as of a PNG)."""
+    if data[:4] in (b"II*\0", b"MM\0*"):
+        if not tiff_bits or set(tiff_bits) != {16}:
+            return None
+    elif len(data) < 26 or data[:8] != b"\x89PNG\r\n\x1a\n" or data[12:16] != b"IHDR":
         return None
-    if data[24] != 16 or data[25] not in (2, 6):  # bit depth 16; colour type RGB or RGBA
+    elif data[24] != 16 or data[25] not in (2, 6):  # bit depth 16; colour type RGB or RGBA
         return None
     import cv2
 

@@ -7,6 +7,7 @@ import socket
 import subprocess
 import sys
 import time
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -231,6 +232,37 @@ def test_run_shows_grey_and_cmyk_pictures_in_the_colours_their_profiles_give(ser
     assert out[0, 0].tolist() == list(ImageCms.profileToProfile(Image.new("CMYK", (1, 1), (255, 0, 0, 0)), profile,
                                                                   ImageCms.createProfile("sRGB"),
                                                                   outputMode="RGB").getpixel((0, 0)))
+
+
+def test_16_bit_tiffs_and_turned_16_bit_pngs_are_rounded_as_the_readme_says(server, capsys, tmp_path):
+    # Results are 8-bit, 16-bit values rounded (v / 257): a 16-bit TIFF, and a 16-bit PNG that EXIF turns,
+    # kept Pillow's high byte instead (1234 -> 4, not 5), untouched pixels one level off.
+    import cv2
+
+    wide = np.zeros((48, 64, 3), np.uint16)
+    wide[..., 0], wide[..., 1], wide[..., 2] = np.linspace(0, 65535, 64).astype(np.uint16), 40000, 1234
+    cv2.imwrite(str(tmp_path / "scan.tif"), wide[..., ::-1])  # OpenCV writes BGR
+    rect_mask((64, 48), (24, 16, 40, 32)).save(tmp_path / "mask.png")
+    status, _, err = easel_here(capsys, "run", "inpaint", "--prompt", "x", "--image", tmp_path / "scan.tif", "--mask",
+                                tmp_path / "mask.png", "--grow", 0, "--feather", 0, "--steps", 2,
+                                "--out", tmp_path / "out.png", "--server", server.url)
+    assert status == 0, err
+    keep = np.asarray(Image.open(tmp_path / "mask.png")) == 0
+    rounded = np.rint(wide / 257).astype(np.uint8)
+    assert (np.asarray(Image.open(tmp_path / "out.png"))[keep] == rounded[keep]).all()
+    assert rounded[0, 0, 2] == 5
+    png = cv2.imencode(".png", wide[::-1, ::-1, ::-1])[1].tobytes()  # stored upside down ...
+    exif = Image.Exif()
+    exif[0x0112] = 3  # ... and EXIF turns it the right way up
+    body = exif.tobytes().removeprefix(b"Exif\0\0")
+    chunk = len(body).to_bytes(4, "big") + b"eXIf" + body + zlib.crc32(b"eXIf" + body).to_bytes(4, "big")
+    end = png.index(b"IDAT") - 4
+    (tmp_path / "phone.png").write_bytes(png[:end] + chunk + png[end:])
+    status, _, err = easel_here(capsys, "run", "inpaint", "--prompt", "x", "--image", tmp_path / "phone.png",
+                                "--mask", tmp_path / "mask.png", "--grow", 0, "--feather", 0, "--steps", 2,
+                                "--out", tmp_path / "phone-out.png", "--server", server.url)
+    assert status == 0, err
+    assert (np.asarray(Image.open(tmp_path / "phone-out.png"))[keep] == rounded[keep]).all()
 
 
 def test_run_checks_the_output_path_before_the_job(server, tmp_path):
