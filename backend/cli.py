@@ -801,6 +801,10 @@ def _check_outputs(paths: list[Path], option: str, force: bool) -> list[Path]:
     for path in paths:
         if path.suffix.lower() not in Image.registered_extensions():
             raise UsageError(f"cannot write {option} {path}: {path.suffix!r} is not a picture format (use .png)")
+        fmt = Image.registered_extensions()[path.suffix.lower()]
+        if not _writable(fmt):  # (a .psd was refused only after the job, with a traceback)
+            raise UsageError(f"cannot write {option} {path}: Easel reads {fmt} files but cannot write them; use .png "
+                             "(or .tif, .webp) and open that in your editor")
         if not path.parent.is_dir():
             raise UsageError(f"cannot write {option} {path}: folder {path.parent} does not exist")
         if path.is_dir():
@@ -810,6 +814,13 @@ def _check_outputs(paths: list[Path], option: str, force: bool) -> list[Path]:
         raise UsageError(f"{', '.join(existing)} already exist{'s' if len(existing) == 1 else ''}; pass --force to "
                          f"overwrite, or choose another {option}")
     return paths
+
+
+def _writable(fmt: str) -> bool:
+    """Whether Pillow can write ``fmt`` here: it reads PSD, FITS, XPM ... but writes none of them, and its GRIB,
+    BUFR, HDF5 and WMF writers are stubs that fail unless a handler is installed."""
+    save = Image.SAVE.get(fmt)
+    return save is not None and "Stub" not in getattr(save, "__module__", "") and fmt != "WMF"
 
 
 def _check_lossless(paths: list[Path], lossy: bool) -> None:

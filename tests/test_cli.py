@@ -469,6 +469,16 @@ def test_layer_is_refused_where_the_result_is_the_whole_picture(capsys, small, m
     assert not (small / "o.png").exists()
 
 
+@pytest.mark.parametrize("name", ["o.psd", "o.grib", "o.xpm"])
+def test_formats_pillow_cannot_write_are_refused_before_the_job(capsys, small, name):
+    # --out o.psd --lossy ran the job, then ended in a traceback (KeyError: 'PSD'); .grib in "save handler
+    # not installed" after the job.
+    status, _, err = easel_here(capsys, "run", "img2img", "--image", small / "in.png", "--lossy", "--out",
+                                small / name, "--server", nowhere())
+    assert status == 2 and "cannot write them; use .png" in err and "cannot reach" not in err, err
+    assert not (small / name).exists()
+
+
 def test_a_picture_with_several_frames_says_which_is_used(capsys, small):
     # An animated GIF or a multi-page TIFF was edited on its first frame without a word.
     frames = [Image.new("RGB", (64, 48), colour) for colour in ("red", "green", "blue")]
