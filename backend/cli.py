@@ -475,7 +475,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             params["soft_inpaint"] = False
         image = _read_picture(args.image, "image", "--image") if args.image else None
         keeps_alpha = args.mode in ("inpaint", "remove", "expand", "upscale") or (args.mode == "instruct" and args.mask)
-        _check_alpha_kept(outputs, args.layer or (keeps_alpha and image is not None and _has_alpha(image.upright)))
+        _check_alpha_kept(outputs, args.layer or (keeps_alpha and image is not None and _transparent(image.upright)))
         _check_profile_kept(outputs, image)
         if args.aspect:
             params.update(_aspect(args, image))
@@ -840,6 +840,16 @@ def _check_cert(args: argparse.Namespace) -> None:
 
 def _has_alpha(picture: Image.Image) -> bool:
     return "A" in picture.getbands() or "transparency" in picture.info
+
+
+def _transparent(picture: Image.Image) -> bool:
+    """Whether some pixel of the picture is not fully opaque (an RGBA export with alpha 255 everywhere is not:
+    its result is opaque, and a .jpg or .bmp of it loses nothing)."""
+    if "A" in picture.getbands():
+        return picture.getchannel("A").getextrema()[0] < 255
+    if "transparency" in picture.info:
+        return picture.convert("RGBA").getchannel("A").getextrema()[0] < 255
+    return False
 
 
 def _check_alpha_kept(paths: list[Path], transparent: bool) -> None:

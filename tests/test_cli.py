@@ -458,6 +458,10 @@ def test_formats_without_transparency_are_refused_where_the_result_keeps_some(ca
     status, _, err = easel_here(capsys, "run", "inpaint", "--image", small / "clear.png", "--mask", small / "mask.png",
                                 "--out", small / "o.tga", "--server", nowhere())
     assert "cannot reach" in err, "TGA keeps transparency"
+    Image.new("RGBA", (64, 48), (200, 10, 10, 255)).save(small / "opaque.png")  # an alpha channel, all opaque
+    status, _, err = easel_here(capsys, "run", "inpaint", "--image", small / "opaque.png", "--mask",
+                                small / "mask.png", "--lossy", "--out", small / out, "--server", nowhere())
+    assert "cannot reach" in err, f"nothing transparent to lose: {fmt} is fine"
 
 
 @pytest.mark.parametrize("mode, extra", [("expand", ["--right", 16]), ("upscale", [])])
