@@ -484,6 +484,8 @@ def cmd_run(args: argparse.Namespace) -> int:
                       control=[_control_unit(spec) for spec in args.control],
                       references=[_reference(spec) for spec in args.reference],
                       loras=[_lora(spec) for spec in args.lora])
+        if image is not None and args.mode not in ("expand", "upscale", "generate"):
+            _note_stretched_controls(args.control, params["control"], image)
         if args.mode in ("upscale", "generate") and "strength" in params:
             # an upscale's strength is its refine's, and so is a large generate's second stage (a generate
             # has no other use for one; the server's advice "a higher --strength" must be something to type)
@@ -768,6 +770,18 @@ def _control_unit(spec: str) -> dict:
     if image != "input":
         unit["image"] = _read_picture(image, "control", f"--control {spec}").data
     return unit
+
+
+def _note_stretched_controls(specs: Sequence[str], units: list[dict], image: Picture) -> None:
+    """Say when a control map's shape is not the picture's: the server stretches it to the picture's size
+    (protocol §5.6), which a 6000x200 map given for a 4:3 photo did without a word."""
+    width, height = image.upright.size
+    for spec, unit in zip(specs, units):
+        given = unit.get("image")
+        if isinstance(given, ImageData) and abs(given.width * height / (given.height * width) - 1) > 0.01:
+            print(f"easel: note: --control {spec} is {given.width}x{given.height} and --image {image.path} "
+                  f"{width}x{height}: the map is stretched to the picture's size, distorting it (crop it to the "
+                  "picture's shape first if that is not meant)", file=sys.stderr)
 
 
 def _reference(spec: str) -> dict:

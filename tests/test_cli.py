@@ -483,6 +483,18 @@ def test_formats_pillow_cannot_write_are_refused_before_the_job(capsys, small, n
     assert not (small / name).exists()
 
 
+def test_a_control_map_of_another_shape_is_said_to_be_stretched(capsys, small):
+    # A 600x20 map given for a 64x48 picture was stretched to it without a word.
+    picture(600, 48).resize((600, 20)).save(small / "strip.png")
+    picture(128, 96).save(small / "double.png")  # the picture's shape at twice its size: nothing to say
+    status, _, err = easel_here(capsys, "run", "img2img", "--image", small / "in.png", "--control",
+                                f"canny:{small / 'strip.png'}", "--control", f"depth:{small / 'double.png'}",
+                                "--out", small / "o.png", "--server", nowhere())
+    assert f"--control canny:{small / 'strip.png'} is 600x20 and --image {small / 'in.png'} 64x48: the map is " \
+           "stretched" in err, err
+    assert "double.png is" not in err and "cannot reach" in err
+
+
 def test_a_picture_with_several_frames_says_which_is_used(capsys, small):
     # An animated GIF or a multi-page TIFF was edited on its first frame without a word.
     frames = [Image.new("RGB", (64, 48), colour) for colour in ("red", "green", "blue")]
