@@ -10,6 +10,7 @@ import logging
 import os
 import re
 import sys
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -386,6 +387,7 @@ class Picture:
     stored_size: tuple[int, int]
     orientation: int = 1
     icc: bytes | None = None  # an RGB colour profile: the numbers are edited as they are, and results carry it
+    transparent: bool = False  # some pixel is not fully opaque
 
     @property
     def bytes(self) -> bytes | None:
@@ -475,7 +477,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             params["soft_inpaint"] = False
         image = _read_picture(args.image, "image", "--image") if args.image else None
         keeps_alpha = args.mode in ("inpaint", "remove", "expand", "upscale") or (args.mode == "instruct" and args.mask)
-        _check_alpha_kept(outputs, args.layer or (keeps_alpha and image is not None and _transparent(image.upright)))
+        _check_alpha_kept(outputs, args.layer or (keeps_alpha and image is not None and image.transparent))
         _check_profile_kept(outputs, image)
         if args.aspect:
             params.update(_aspect(args, image))
@@ -704,7 +706,9 @@ def _read_picture(path: str, role: str, option: str) -> Picture:
     from backend.imaging import rgb_profile, to_array, to_png
 
     try:
-        picture = Image.open(path)
+        with warnings.catch_warnings():  # (Pillow warns above 89 Mpx; a server's own limit is said below)
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            picture = Image.open(path)
         if picture.format == "TIFF" and Path(path).suffix.lower() in CAMERA_RAW:  # (its small preview)
             raise UnidentifiedImageError(path)
         stored = picture.size
@@ -715,16 +719,20 @@ def _read_picture(path: str, role: str, option: str) -> Picture:
         if frames > 1 and picture.format in ("GIF", "PNG", "WEBP", "AVIF", "TIFF"):
             print(f"easel: note: {option} {path} has {frames} frames (pages); the first is used, and the result "
                   "is one picture", file=sys.stderr)
-        orientation = picture.getexif().get(ORIENTATION, 1)
+        # (a PNG's getexif() decodes the whole picture to look for an eXIf chunk after the pixels: not when
+        # the file has none, so a PNG sent as it is is not decoded here at all)
+        data = Path(path).read_bytes() if picture.format in ("PNG", "TIFF") else None
+        no_exif = picture.format == "PNG" and b"eXIf" not in data
+        orientation = 1 if no_exif else picture.getexif().get(ORIENTATION, 1)
         icc = rgb_profile(picture) if role == "image" else None
         fmt = {"PNG": "png", "WEBP": "webp"}.get(picture.format)
-        if fmt and orientation == 1:
-            return Picture(path, picture, ImageData(fmt, picture.width, picture.height, Path(path).read_bytes()),
-                           stored, icc=icc)
+        if fmt and orientation == 1:  # (only a picture with alpha is decoded here, to see whether it is used)
+            return Picture(path, picture, ImageData(fmt, picture.width, picture.height,
+                                                    data if data is not None else Path(path).read_bytes()),
+                           stored, icc=icc, transparent=_transparent(picture))
         # decoded as stored, then turned: a 16-bit PNG or TIFF is rounded from its file's bytes (v / 257), which
         # needs the stored layout; the upright picture is what is sent, so the composite uses the same numbers
         has_alpha = "A" in picture.getbands() or "transparency" in picture.info
-        data = Path(path).read_bytes() if picture.format in ("PNG", "TIFF") else None
         pixels = to_array(picture, "L" if role == "mask" else "RGBA" if has_alpha else "RGB", data)
         upright = Image.fromarray(pixels)
         if orientation in _EXIF_TURNS:
@@ -752,7 +760,7 @@ def _read_picture(path: str, role: str, option: str) -> Picture:
                          "pixels a side unless its `max_side` says otherwise: scale the picture down first") from None
     except (OSError, ValueError) as exc:
         raise UsageError(f"{option}: cannot read {path}: {getattr(exc, 'strerror', None) or exc}") from None
-    return Picture(path, upright, to_png(upright), stored, orientation, icc)
+    return Picture(path, upright, to_png(upright), stored, orientation, icc, _transparent(upright))
 
 
 def _control_unit(spec: str) -> dict:

@@ -518,6 +518,26 @@ def test_a_picture_too_large_to_decode_says_its_size(capsys, small, monkeypatch)
     assert Image.MAX_IMAGE_PIXELS == 1000, "the limit is put back"
 
 
+def test_a_large_or_cut_off_png_is_said_plainly(capsys, small, monkeypatch):
+    # A 12000x9000 PNG printed Pillow's DecompressionBombWarning (and was decoded, 475 MB, only to be sent as
+    # it was and refused by the server); a cut-off RGBA PNG ended in a traceback once only its alpha was read.
+    import warnings
+
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 2000)  # in.png (64x48) is then over it, not over twice it
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        status, _, err = easel_here(capsys, "run", "img2img", "--image", small / "in.png", "--out", small / "o.png",
+                                    "--server", nowhere())
+    assert "cannot reach" in err and not [w for w in seen if w.category is Image.DecompressionBombWarning]
+    monkeypatch.undo()
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (48, 64, 4), np.uint8)).save(small / "clear.png")
+    whole = (small / "clear.png").read_bytes()
+    (small / "cut.png").write_bytes(whole[:len(whole) // 2])
+    status, _, err = easel_here(capsys, "run", "inpaint", "--image", small / "cut.png", "--mask", small / "mask.png",
+                                "--out", small / "o.png", "--server", nowhere())
+    assert status == 2 and f"--image: cannot read {small / 'cut.png'}: image file is truncated" in err, err
+
+
 def test_generate_with_the_picture_as_control_names_the_control(capsys, small):
     status, _, err = easel_here(capsys, "run", "generate", "--control", "canny:input", "--out", small / "o.png",
                                 "--server", nowhere())
