@@ -41,9 +41,9 @@ RUN_FLAGS["soft_inpaint"] = "--hard-mask"
 RUN_FLAGS["clip_skip"] = "--clip-skip"
 # Formats `easel run --out` writes without loss (WebP is written lossless); others need --lossy.
 LOSSLESS_FORMATS = ("PNG", "TIFF", "WEBP", "BMP", "TGA")
-PROFILE_FORMATS = ("PNG", "TIFF", "WEBP", "JPEG")  # those Pillow writes an ICC colour profile into
+PROFILE_FORMATS = ("PNG", "TIFF", "WEBP", "JPEG", "AVIF")  # those Pillow writes an ICC colour profile into
 # Those that keep partial transparency as written here (Pillow's BMP is read as opaque; GIF keeps on/off at best).
-ALPHA_FORMATS = ("PNG", "TIFF", "WEBP", "TGA")
+ALPHA_FORMATS = ("PNG", "TIFF", "WEBP", "TGA", "AVIF")
 RUN_OPTIONS |= {"scale": "scale", "upscaler": "upscaler", "preset": "preset"}
 RUN_OPTIONS |= {"image_guidance": "image_guidance"}  # instruct
 RUN_FLAGS |= {"preset": "--preset", "loras": "--lora", "image_guidance": "--image-guidance"}

@@ -495,6 +495,19 @@ def test_a_control_map_of_another_shape_is_said_to_be_stretched(capsys, small):
     assert "double.png is" not in err and "cannot reach" in err
 
 
+def test_avif_keeps_a_profile_and_transparency(capsys, small):
+    # An Adobe RGB photo with --out x.avif --lossy was refused: "AVIF keeps no colour profile" (it keeps both).
+    from PIL import features
+
+    if not features.check("avif"):
+        pytest.skip("this Pillow writes no AVIF")
+    Image.new("RGBA", (64, 48), (200, 10, 10, 0)).save(small / "wide.png", icc_profile=krita_profile(
+        "ClayRGB-elle-V2-g22.icc"))
+    status, _, err = easel_here(capsys, "run", "inpaint", "--image", small / "wide.png", "--mask", small / "mask.png",
+                                "--lossy", "--out", small / "o.avif", "--server", nowhere())
+    assert "cannot reach" in err, err
+
+
 def test_a_picture_with_several_frames_says_which_is_used(capsys, small):
     # An animated GIF or a multi-page TIFF was edited on its first frame without a word.
     frames = [Image.new("RGB", (64, 48), colour) for colour in ("red", "green", "blue")]
