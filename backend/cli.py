@@ -553,7 +553,7 @@ def _lora(spec: str) -> dict:
 
 def _aspect(args: argparse.Namespace, image: Picture | None) -> dict:
     """``--aspect W:H`` as the expand sides that bring the (upright) picture to that ratio."""
-    from shared.rules import aspect_sides
+    from shared.rules import MAX_EXPAND, aspect_sides
 
     if args.mode != "expand":
         raise UsageError("--aspect is for expand")
@@ -570,6 +570,12 @@ def _aspect(args: argparse.Namespace, image: Picture | None) -> dict:
     sides = aspect_sides(*image.upright.size, *ratio)
     if not any(sides):
         raise UsageError(f"--aspect {args.aspect}: --image {image.path} already has that aspect ratio")
+    if max(sides) > MAX_EXPAND:  # (it said "--left must be at most 4096, got 5233", an option not typed)
+        width, height = image.upright.size
+        grown = "left and right" if sides[0] or sides[2] else "top and bottom"
+        raise UsageError(f"--aspect {args.aspect}: the {width}x{height} picture would grow by {max(sides)} pixels "
+                         f"on the {grown}, and an expand adds at most {MAX_EXPAND} a side; choose a ratio nearer "
+                         "the picture's, or expand in two runs")
     return dict(zip(("expand_left", "expand_top", "expand_right", "expand_bottom"), sides))
 
 

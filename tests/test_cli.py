@@ -508,6 +508,15 @@ def test_avif_keeps_a_profile_and_transparency(capsys, small):
     assert "cannot reach" in err, err
 
 
+def test_an_aspect_too_far_from_the_pictures_is_said_in_its_terms(capsys, small):
+    # A 64x8000 strip with --aspect 16:9 was told "--left must be at most 4096, got 7079": not an option typed.
+    Image.new("RGB", (64, 8000)).save(small / "strip.png")
+    status, _, err = easel_here(capsys, "run", "expand", "--image", small / "strip.png", "--aspect", "16:9",
+                                "--out", small / "o.png", "--server", nowhere())
+    assert status == 2 and "--aspect 16:9: the 64x8000 picture would grow by 7080 pixels on the left and right, and " \
+                           "an expand adds at most 4096 a side" in err and "--left" not in err, err
+
+
 def test_a_picture_with_several_frames_says_which_is_used(capsys, small):
     # An animated GIF or a multi-page TIFF was edited on its first frame without a word.
     frames = [Image.new("RGB", (64, 48), colour) for colour in ("red", "green", "blue")]
