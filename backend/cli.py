@@ -461,7 +461,10 @@ def _ordinal(n: int) -> str:
 def cmd_run(args: argparse.Namespace) -> int:
     from shared.client import Client, EaselError, Progress
 
-    wording = Wording(RUN_FLAGS, args.control, args.reference, RUN_PHRASES, args.lora)
+    flags = RUN_FLAGS
+    if args.aspect:  # the sides are --aspect's, not options typed
+        flags = RUN_FLAGS | {f"expand_{side}": f"--aspect {args.aspect}" for side in ("left", "top", "right", "bottom")}
+    wording = Wording(flags, args.control, args.reference, RUN_PHRASES, args.lora)
     try:
         _check_cert(args)
         outputs = _check_outputs(_output_paths(args.out, args.batch or 1), "--out", args.force)

@@ -517,6 +517,15 @@ def test_an_aspect_too_far_from_the_pictures_is_said_in_its_terms(capsys, small)
                            "an expand adds at most 4096 a side" in err and "--left" not in err, err
 
 
+
+def test_an_aspect_over_the_servers_canvas_limit_names_the_aspect(server, capsys, small):
+    Image.new("RGB", (1000, 1000)).save(small / "square.png")  # 9:1 makes it 9000 wide: over 8192
+    status, _, err = easel_here(capsys, "run", "expand", "--image", small / "square.png", "--aspect", "9:1",
+                                "--out", small / "o.png", "--server", server.url)
+    assert status == 1 and err.startswith("easel: --aspect 9:1: the expanded canvas would be 9000x1000"), err
+    assert "--left" not in err
+
+
 def test_a_picture_with_several_frames_says_which_is_used(capsys, small):
     # An animated GIF or a multi-page TIFF was edited on its first frame without a word.
     frames = [Image.new("RGB", (64, 48), colour) for colour in ("red", "green", "blue")]
