@@ -388,6 +388,7 @@ class Picture:
     orientation: int = 1
     icc: bytes | None = None  # an RGB colour profile: the numbers are edited as they are, and results carry it
     transparent: bool = False  # some pixel is not fully opaque
+    dpi: tuple[float, float] | None = None  # its print resolution, kept in results of the same pixel density
 
     @property
     def bytes(self) -> bytes | None:
@@ -534,6 +535,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         options = {"lossless": True, "exact": True} if fmt == "WEBP" else {}
         if image is not None and image.icc and fmt in PROFILE_FORMATS:
             options["icc_profile"] = image.icc
+        if image is not None and image.dpi and args.mode != "upscale":  # (an upscale has more pixels an inch)
+            options["dpi"] = image.dpi
         try:
             picture.save(path, **options)
         except (OSError, ValueError) as exc:
@@ -735,10 +738,11 @@ def _read_picture(path: str, role: str, option: str) -> Picture:
         orientation = 1 if no_exif else picture.getexif().get(ORIENTATION, 1)
         icc = rgb_profile(picture) if role == "image" else None
         fmt = {"PNG": "png", "WEBP": "webp"}.get(picture.format)
+        dpi = _dpi(picture, orientation)
         if fmt and orientation == 1:  # (only a picture with alpha is decoded here, to see whether it is used)
             return Picture(path, picture, ImageData(fmt, picture.width, picture.height,
                                                     data if data is not None else Path(path).read_bytes()),
-                           stored, icc=icc, transparent=_transparent(picture))
+                           stored, icc=icc, transparent=_transparent(picture), dpi=dpi)
         # decoded as stored, then turned: a 16-bit PNG or TIFF is rounded from its file's bytes (v / 257), which
         # needs the stored layout; the upright picture is what is sent, so the composite uses the same numbers
         has_alpha = "A" in picture.getbands() or "transparency" in picture.info
@@ -769,7 +773,19 @@ def _read_picture(path: str, role: str, option: str) -> Picture:
                          "pixels a side unless its `max_side` says otherwise: scale the picture down first") from None
     except (OSError, ValueError) as exc:
         raise UsageError(f"{option}: cannot read {path}: {getattr(exc, 'strerror', None) or exc}") from None
-    return Picture(path, upright, to_png(upright), stored, orientation, icc, _transparent(upright))
+    return Picture(path, upright, to_png(upright), stored, orientation, icc, _transparent(upright), dpi)
+
+
+def _dpi(picture: Image.Image, orientation: int) -> tuple[float, float] | None:
+    """The picture's print resolution (a scan's 300 dpi), upright; None without a usable one."""
+    dpi = picture.info.get("dpi")
+    try:
+        x, y = (round(float(value), 2) for value in dpi)
+    except (TypeError, ValueError):
+        return None
+    if not (x > 0 and y > 0):
+        return None
+    return (y, x) if orientation in (5, 6, 7, 8) else (x, y)
 
 
 def _control_unit(spec: str) -> dict:

@@ -265,6 +265,17 @@ def test_16_bit_tiffs_and_turned_16_bit_pngs_are_rounded_as_the_readme_says(serv
     assert (np.asarray(Image.open(tmp_path / "phone-out.png"))[keep] == rounded[keep]).all()
 
 
+def test_run_keeps_a_scans_print_resolution(server, capsys, tmp_path):
+    # A 300-dpi scan came back without its resolution (72 dpi in most editors: printed four times as large).
+    picture(64, 48).save(tmp_path / "scan.jpg", dpi=(300, 300), quality=95)
+    for out in ("out.png", "out.tif", "out.jpg"):
+        status, _, err = easel_here(capsys, "run", "img2img", "--prompt", "x", "--image", tmp_path / "scan.jpg",
+                                    "--strength", 0.5, "--steps", 2, "--lossy", "--out", tmp_path / out,
+                                    "--server", server.url)
+        assert status == 0, err
+        assert [round(v) for v in Image.open(tmp_path / out).info["dpi"]] == [300, 300], out
+
+
 def test_run_checks_the_output_path_before_the_job(server, tmp_path):
     image = picture(64, 64)
     image.save(tmp_path / "in.png")
