@@ -10,12 +10,13 @@ import logging
 import os
 import re
 import sys
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 
 from shared.capabilities import DEFAULT_MAX_SIDE
 from shared.errors import ProtocolError
@@ -40,7 +41,9 @@ RUN_FLAGS["soft_inpaint"] = "--hard-mask"
 RUN_FLAGS["clip_skip"] = "--clip-skip"
 # Formats `easel run --out` writes without loss (WebP is written lossless); others need --lossy.
 LOSSLESS_FORMATS = ("PNG", "TIFF", "WEBP", "BMP", "TGA")
-PROFILE_FORMATS = ("PNG", "TIFF", "WEBP", "JPEG")  # those Pillow writes an ICC colour profile into
+PROFILE_FORMATS = ("PNG", "TIFF", "WEBP", "JPEG", "AVIF")  # those Pillow writes an ICC colour profile into
+# Those that keep partial transparency as written here (Pillow's BMP is read as opaque; GIF keeps on/off at best).
+ALPHA_FORMATS = ("PNG", "TIFF", "WEBP", "TGA", "AVIF")
 RUN_OPTIONS |= {"scale": "scale", "upscaler": "upscaler", "preset": "preset"}
 RUN_OPTIONS |= {"image_guidance": "image_guidance"}  # instruct
 RUN_FLAGS |= {"preset": "--preset", "loras": "--lora", "image_guidance": "--image-guidance"}
@@ -250,7 +253,7 @@ def _add_run_parser(commands: Any) -> None:
         "you give win"))
     run.add_argument("--layer", action="store_true",
                      help="write the edit alone as a transparent layer instead of the picture with the edit "
-                          "composited in")
+                          "composited in (not for expand or upscale, which write the whole new picture)")
     run.add_argument("--out", required=True, metavar="FILE",
                      help="the result (PNG unless the name says another format; .png added when it has no "
                           "suffix); with --batch N: OUT-1.png ... OUT-N.png")
@@ -389,6 +392,8 @@ class Picture:
     stored_size: tuple[int, int]
     orientation: int = 1
     icc: bytes | None = None  # an RGB colour profile: the numbers are edited as they are, and results carry it
+    transparent: bool = False  # some pixel is not fully opaque
+    dpi: tuple[float, float] | None = None  # its print resolution, kept in results of the same pixel density
 
     @property
     def bytes(self) -> bytes | None:
@@ -462,11 +467,17 @@ def _ordinal(n: int) -> str:
 def cmd_run(args: argparse.Namespace) -> int:
     from shared.client import Client, EaselError, Progress
 
-    wording = Wording(RUN_FLAGS, args.control, args.reference, RUN_PHRASES, args.lora)
+    flags = RUN_FLAGS
+    if args.aspect:  # the sides are --aspect's, not options typed
+        flags = RUN_FLAGS | {f"expand_{side}": f"--aspect {args.aspect}" for side in ("left", "top", "right", "bottom")}
+    wording = Wording(flags, args.control, args.reference, RUN_PHRASES, args.lora)
     try:
         _check_cert(args)
         outputs = _check_outputs(_output_paths(args.out, args.batch or 1), "--out", args.force)
         _check_lossless(outputs, args.lossy)
+        if args.layer and args.mode in ("expand", "upscale"):  # (it was ignored: an opaque picture came back)
+            raise UsageError(f"--layer is for inpaint, remove, instruct, img2img and generate: {args.mode} writes the "
+                             "whole new picture (the input's pixels are kept in it as they are); leave out --layer")
         params: dict[str, Any] = {field: getattr(args, option) for option, field in RUN_OPTIONS.items()
                                   if getattr(args, option) is not None}
         if args.seed == -1:  # A1111's way of asking for a random seed, which WebUI users type by habit
@@ -475,7 +486,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             params["soft_inpaint"] = False
         image = _read_picture(args.image, "image", "--image") if args.image else None
         keeps_alpha = args.mode in ("inpaint", "remove", "expand", "upscale") or (args.mode == "instruct" and args.mask)
-        _check_alpha_kept(outputs, args.layer or (keeps_alpha and image is not None and _has_alpha(image.upright)))
+        _check_alpha_kept(outputs, args.layer or (keeps_alpha and image is not None and image.transparent))
         _check_profile_kept(outputs, image)
         if args.aspect:
             params.update(_aspect(args, image))
@@ -484,6 +495,8 @@ def cmd_run(args: argparse.Namespace) -> int:
                       control=[_control_unit(spec) for spec in args.control],
                       references=[_reference(spec) for spec in args.reference],
                       loras=[_lora(spec) for spec in args.lora])
+        if image is not None and args.mode not in ("expand", "upscale", "generate"):
+            _note_stretched_controls(args.control, params["control"], image)
         if args.mode in ("upscale", "generate") and "strength" in params:
             # an upscale's strength is its refine's, and so is a large generate's second stage (a generate
             # has no other use for one; the server's advice "a higher --strength" must be something to type)
@@ -516,18 +529,19 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(file=sys.stderr)
 
     for item, path in zip(result.images, outputs):
-        layer = _pixels(item.image)
         if args.mode in ("expand", "upscale"):  # the result is the whole (new) picture
-            picture = Image.fromarray(layer[..., :3] if layer[..., 3].min() == 255 else layer)
+            picture = _whole(item.image)
         else:
-            picture = _place(layer, item.offset, image.upright if image else None, transparent=args.layer,
-                             data=image.bytes if image else None)
+            picture = _place(_pixels(item.image), item.offset, image.upright if image else None,
+                             transparent=args.layer, data=image.bytes if image else None)
         fmt = Image.registered_extensions()[path.suffix.lower()]
         if fmt == "JPEG":
             picture = picture.convert("RGB")  # JPEG has no alpha
         options = {"lossless": True, "exact": True} if fmt == "WEBP" else {}
         if image is not None and image.icc and fmt in PROFILE_FORMATS:
             options["icc_profile"] = image.icc
+        if image is not None and image.dpi and args.mode != "upscale":  # (an upscale has more pixels an inch)
+            options["dpi"] = image.dpi
         try:
             picture.save(path, **options)
         except (OSError, ValueError) as exc:
@@ -550,7 +564,7 @@ def _lora(spec: str) -> dict:
 
 def _aspect(args: argparse.Namespace, image: Picture | None) -> dict:
     """``--aspect W:H`` as the expand sides that bring the (upright) picture to that ratio."""
-    from shared.rules import aspect_sides
+    from shared.rules import MAX_EXPAND, aspect_sides
 
     if args.mode != "expand":
         raise UsageError("--aspect is for expand")
@@ -567,6 +581,12 @@ def _aspect(args: argparse.Namespace, image: Picture | None) -> dict:
     sides = aspect_sides(*image.upright.size, *ratio)
     if not any(sides):
         raise UsageError(f"--aspect {args.aspect}: --image {image.path} already has that aspect ratio")
+    if max(sides) > MAX_EXPAND:  # (it said "--left must be at most 4096, got 5233", an option not typed)
+        width, height = image.upright.size
+        grown = "left and right" if sides[0] or sides[2] else "top and bottom"
+        raise UsageError(f"--aspect {args.aspect}: the {width}x{height} picture would grow by {max(sides)} pixels "
+                         f"on the {grown}, and an expand adds at most {MAX_EXPAND} a side; choose a ratio nearer "
+                         "the picture's, or expand in two runs")
     return dict(zip(("expand_left", "expand_top", "expand_right", "expand_bottom"), sides))
 
 
@@ -596,9 +616,29 @@ def _check_mask_size(image: Picture, mask: Picture) -> None:
                      "the picture's size")
 
 
+# What turns a photo's stored pixels upright, by its EXIF orientation (as ImageOps.exif_transpose does).
+_EXIF_TURNS = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
+               5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
+               8: Image.Transpose.ROTATE_90}
+
 # What turns a mask drawn on a photo's stored pixels the way the photo's EXIF orientation turns the photo.
 _TURN = {5: "flip the mask across its top-left to bottom-right diagonal", 6: "rotate the mask 90° clockwise",
          7: "flip the mask across its top-right to bottom-left diagonal", 8: "rotate the mask 90° counter-clockwise"}
+
+
+def _whole(image: ImageData) -> Image.Image:
+    """An expand's or an upscale's result as the picture to write: RGB when it is opaque, else RGBA. Made
+    without _pixels's array copies: an 8192x6144 upscale took 717 MB in easel run, most of it copies."""
+    if image.format == "rgba8":
+        picture = Image.frombuffer("RGBA", (image.width, image.height), image.data, "raw", "RGBA", 0, 1)
+    else:
+        picture = Image.open(io.BytesIO(image.data))
+        picture.load()
+    if picture.mode not in ("RGB", "RGBA"):
+        picture = picture.convert("RGBA")
+    if picture.mode == "RGBA" and picture.getchannel("A").getextrema()[0] == 255:
+        picture = picture.convert("RGB")
+    return picture
 
 
 def _pixels(image: ImageData) -> np.ndarray:
@@ -648,23 +688,73 @@ def _stored_size(path: str) -> str:
         Image.MAX_IMAGE_PIXELS = limit
 
 
+# Camera raw files: several are TIFF inside, and Pillow reads their first image, a small preview or raw data.
+CAMERA_RAW = (".dng", ".cr2", ".cr3", ".crw", ".nef", ".nrw", ".arw", ".srf", ".sr2", ".orf", ".rw2", ".raf",
+              ".pef", ".srw", ".3fr", ".iiq", ".erf", ".kdc", ".mos", ".mrw", ".x3f")
+
+
+def _known_format(path: str) -> str | None:
+    """What a file Pillow cannot open is, when it is a common picture format all the same (a phone's HEIC
+    photo was "not a picture"); None for anything else."""
+    try:
+        with open(path, "rb") as file:
+            head = file.read(512)
+    except OSError:
+        return None
+    if head[4:8] == b"ftyp":
+        brand = head[8:12]
+        if brand in (b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"mif1", b"msf1", b"mif2"):
+            return "a HEIC/HEIF picture (as iPhones save photos)"
+        if brand in (b"avif", b"avis"):
+            return "an AVIF picture"
+    if head.lstrip().startswith(b"%PDF"):
+        return "a PDF document"
+    text = head.lstrip(b"\xef\xbb\xbf \t\r\n").lower()
+    if text.startswith(b"<svg") or (text.startswith(b"<?xml") and b"<svg" in head.lower()):
+        return "an SVG drawing (vector, not pixels)"
+    if head.startswith(b"\xff\x0a") or head[4:12] == b"jxl \r\n\x87\n":
+        return "a JPEG XL picture"
+    return None
+
+
 def _read_picture(path: str, role: str, option: str) -> Picture:
     """The picture at ``path`` (given as ``option``): upright (EXIF orientation applied), and what to send:
     the file's own bytes when it is a PNG or WebP that needs no turning, else an 8-bit PNG of it."""
     from backend.imaging import rgb_profile, to_array, to_png
 
     try:
-        picture = Image.open(path)
+        with warnings.catch_warnings():  # (Pillow warns above 89 Mpx; a server's own limit is said below)
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            picture = Image.open(path)
+        if picture.format == "TIFF" and Path(path).suffix.lower() in CAMERA_RAW:  # (its small preview)
+            raise UnidentifiedImageError(path)
         stored = picture.size
-        orientation = picture.getexif().get(ORIENTATION, 1)
+        frames = getattr(picture, "n_frames", 1)
+        # an animated GIF / PNG / WebP / AVIF or a multi-page TIFF: said, not chosen silently (a camera's MPO
+        # JPEG holds a preview after the photo, and a PSD's "frames" are its layers after the flattened
+        # picture, which is what is read: nothing to say)
+        if frames > 1 and picture.format in ("GIF", "PNG", "WEBP", "AVIF", "TIFF"):
+            print(f"easel: note: {option} {path} has {frames} frames (pages); the first is used, and the result "
+                  "is one picture", file=sys.stderr)
+        # (a PNG's getexif() decodes the whole picture to look for an eXIf chunk after the pixels: not when
+        # the file has none, so a PNG sent as it is is not decoded here at all)
+        data = Path(path).read_bytes() if picture.format in ("PNG", "TIFF") else None
+        no_exif = picture.format == "PNG" and b"eXIf" not in data
+        orientation = 1 if no_exif else picture.getexif().get(ORIENTATION, 1)
         icc = rgb_profile(picture) if role == "image" else None
         fmt = {"PNG": "png", "WEBP": "webp"}.get(picture.format)
-        if fmt and orientation == 1:
-            return Picture(path, picture, ImageData(fmt, picture.width, picture.height, Path(path).read_bytes()),
-                           stored, icc=icc)
-        upright = ImageOps.exif_transpose(picture)
-        has_alpha = "A" in upright.getbands() or "transparency" in upright.info
-        pixels = to_array(upright, "L" if role == "mask" else "RGBA" if has_alpha else "RGB")
+        dpi = _dpi(picture, orientation)
+        if fmt and orientation == 1:  # (only a picture with alpha is decoded here, to see whether it is used)
+            return Picture(path, picture, ImageData(fmt, picture.width, picture.height,
+                                                    data if data is not None else Path(path).read_bytes()),
+                           stored, icc=icc, transparent=_transparent(picture), dpi=dpi)
+        # decoded as stored, then turned: a 16-bit PNG or TIFF is rounded from its file's bytes (v / 257), which
+        # needs the stored layout; the upright picture is what is sent, so the composite uses the same numbers
+        has_alpha = "A" in picture.getbands() or "transparency" in picture.info
+        pixels = to_array(picture, "L" if role == "mask" else "RGBA" if has_alpha else "RGB", data)
+        upright = Image.fromarray(pixels)
+        if orientation in _EXIF_TURNS:
+            upright = upright.transpose(_EXIF_TURNS[orientation])
     except FileNotFoundError:
         raise UsageError(f"{option}: cannot read {path}: no such file") from None
     except IsADirectoryError:
@@ -672,6 +762,14 @@ def _read_picture(path: str, role: str, option: str) -> Picture:
     except PermissionError:
         raise UsageError(f"{option}: cannot read {path}: permission denied") from None
     except UnidentifiedImageError:
+        kind = _known_format(path)
+        if Path(path).suffix.lower() in CAMERA_RAW:
+            raise UsageError(f"{option}: cannot read {path}: it is a camera raw file, which Easel does not develop "
+                             "(read as a TIFF, it gives its small preview); export it as PNG, TIFF or JPEG from "
+                             "your raw developer first") from None
+        if kind:
+            raise UsageError(f"{option}: cannot read {path}: it is {kind}, which Easel cannot read; export it as "
+                             "PNG, TIFF or JPEG first") from None
         raise UsageError(f"{option}: cannot read {path}: not a picture (Pillow does not know its format)") from None
     except Image.DecompressionBombError:
         size = _stored_size(path)
@@ -680,7 +778,19 @@ def _read_picture(path: str, role: str, option: str) -> Picture:
                          "pixels a side unless its `max_side` says otherwise: scale the picture down first") from None
     except (OSError, ValueError) as exc:
         raise UsageError(f"{option}: cannot read {path}: {getattr(exc, 'strerror', None) or exc}") from None
-    return Picture(path, upright, to_png(Image.fromarray(pixels)), stored, orientation, icc)
+    return Picture(path, upright, to_png(upright), stored, orientation, icc, _transparent(upright), dpi)
+
+
+def _dpi(picture: Image.Image, orientation: int) -> tuple[float, float] | None:
+    """The picture's print resolution (a scan's 300 dpi), upright; None without a usable one."""
+    dpi = picture.info.get("dpi")
+    try:
+        x, y = (round(float(value), 2) for value in dpi)
+    except (TypeError, ValueError):
+        return None
+    if not (x > 0 and y > 0):
+        return None
+    return (y, x) if orientation in (5, 6, 7, 8) else (x, y)
 
 
 def _control_unit(spec: str) -> dict:
@@ -698,6 +808,18 @@ def _control_unit(spec: str) -> dict:
     if image != "input":
         unit["image"] = _read_picture(image, "control", f"--control {spec}").data
     return unit
+
+
+def _note_stretched_controls(specs: Sequence[str], units: list[dict], image: Picture) -> None:
+    """Say when a control map's shape is not the picture's: the server stretches it to the picture's size
+    (protocol §5.6), which a 6000x200 map given for a 4:3 photo did without a word."""
+    width, height = image.upright.size
+    for spec, unit in zip(specs, units):
+        given = unit.get("image")
+        if isinstance(given, ImageData) and abs(given.width * height / (given.height * width) - 1) > 0.01:
+            print(f"easel: note: --control {spec} is {given.width}x{given.height} and --image {image.path} "
+                  f"{width}x{height}: the map is stretched to the picture's size, distorting it (crop it to the "
+                  "picture's shape first if that is not meant)", file=sys.stderr)
 
 
 def _reference(spec: str) -> dict:
@@ -731,6 +853,10 @@ def _check_outputs(paths: list[Path], option: str, force: bool) -> list[Path]:
     for path in paths:
         if path.suffix.lower() not in Image.registered_extensions():
             raise UsageError(f"cannot write {option} {path}: {path.suffix!r} is not a picture format (use .png)")
+        fmt = Image.registered_extensions()[path.suffix.lower()]
+        if not _writable(fmt):  # (a .psd was refused only after the job, with a traceback)
+            raise UsageError(f"cannot write {option} {path}: Easel reads {fmt} files but cannot write them; use .png "
+                             "(or .tif, .webp) and open that in your editor")
         if not path.parent.is_dir():
             raise UsageError(f"cannot write {option} {path}: folder {path.parent} does not exist")
         if path.is_dir():
@@ -740,6 +866,13 @@ def _check_outputs(paths: list[Path], option: str, force: bool) -> list[Path]:
         raise UsageError(f"{', '.join(existing)} already exist{'s' if len(existing) == 1 else ''}; pass --force to "
                          f"overwrite, or choose another {option}")
     return paths
+
+
+def _writable(fmt: str) -> bool:
+    """Whether Pillow can write ``fmt`` here: it reads PSD, FITS, XPM ... but writes none of them, and its GRIB,
+    BUFR, HDF5 and WMF writers are stubs that fail unless a handler is installed."""
+    save = Image.SAVE.get(fmt)
+    return save is not None and "Stub" not in getattr(save, "__module__", "") and fmt != "WMF"
 
 
 def _check_lossless(paths: list[Path], lossy: bool) -> None:
@@ -761,13 +894,25 @@ def _has_alpha(picture: Image.Image) -> bool:
     return "A" in picture.getbands() or "transparency" in picture.info
 
 
+def _transparent(picture: Image.Image) -> bool:
+    """Whether some pixel of the picture is not fully opaque (an RGBA export with alpha 255 everywhere is not:
+    its result is opaque, and a .jpg or .bmp of it loses nothing)."""
+    if "A" in picture.getbands():
+        return picture.getchannel("A").getextrema()[0] < 255
+    if "transparency" in picture.info:
+        return picture.convert("RGBA").getchannel("A").getextrema()[0] < 255
+    return False
+
+
 def _check_alpha_kept(paths: list[Path], transparent: bool) -> None:
-    """Refuse a format that drops transparency when the result has some (a layer, a transparent input)."""
+    """Refuse a format that drops transparency when the result has some (a layer, a transparent input),
+    --lossy or not: a JPEG or GIF showed the colours stored under the transparent pixels, never seen before."""
     for path in paths:
         fmt = Image.registered_extensions()[path.suffix.lower()]
-        if transparent and fmt == "BMP":  # (Pillow writes 32-bit BMPs that readers take as opaque)
-            raise UsageError(f"--out {path}: BMP keeps no transparency, and this result has some (a --layer, or a "
-                             "transparent --image): its transparent parts would turn opaque. Use .png, .webp or .tif")
+        if transparent and fmt not in ALPHA_FORMATS:
+            raise UsageError(f"--out {path}: {fmt} keeps no transparency, and this result has some (a --layer, or "
+                             "a transparent --image): its transparent parts would turn opaque, showing whatever "
+                             "colour is stored under them. Use .png, .webp, .tif or .tga")
 
 
 def _check_profile_kept(paths: list[Path], image: Picture | None) -> None:

@@ -17,17 +17,32 @@ def to_array(picture: Image.Image, mode: str, data: bytes | None = None) -> np.n
 
     16-bit greyscale is scaled to 8 bits (Pillow's own conversion clips it), and so is 16-bit colour
     when ``data`` (the file's bytes) is given: Pillow keeps only the high byte of a 16-bit RGB(A) PNG,
-    which leaves a third of the pixels one level off; here each value is rounded, v / 257. For a mask
-    (mode L) with transparency, transparent means "keep", whatever its colour.
+    which leaves a third of the pixels one level off; here each value is rounded, v / 257. A 32-bit
+    float picture (a float TIFF) whose values all lie within 0..1, as painting and HDR programs write
+    them, is scaled by 255 (Pillow reads floats as 0..255 levels, which left it black). A CMYK picture
+    with its CMYK profile embedded is converted to sRGB through that profile, as a colour-managed viewer
+    shows it, and so is a grey picture with a grey profile (gamma 1.8, linear …) made into colour (RGB(A)):
+    an RGB result cannot carry a grey profile, and its numbers read as sRGB looked lighter or darker. For
+    a mask (mode L) with transparency, transparent means "keep", whatever its colour.
     """
-    wide = wide_colour(data) if data is not None and picture.mode in ("RGB", "RGBA") else None
+    icc = picture.info.get("icc_profile")
+    wide = wide_colour(data, _tiff_bits(picture)) if data is not None and picture.mode in ("RGB", "RGBA") else None
     if wide is not None and wide.shape[:2] == (picture.height, picture.width):
         picture = Image.fromarray(wide, "RGBA" if wide.shape[2] == 4 else "RGB")
+    if picture.mode == "F":
+        floats = np.nan_to_num(np.asarray(picture, dtype=np.float64), nan=0.0, posinf=255.0, neginf=0.0)
+        if floats.size and floats.max() <= 1.0:
+            floats = floats * 255.0
+        picture = Image.fromarray(np.clip(np.rint(floats), 0, 255).astype(np.uint8), "L")
+    if picture.mode == "CMYK":
+        picture = _cmyk_to_srgb(picture)
     if picture.mode in _WIDE_GREY:
         wide = np.asarray(picture, dtype=np.float64)
         if picture.mode != "I" or wide.max() > 255:
             wide = wide / 257.0
         picture = Image.fromarray(np.clip(np.rint(wide), 0, 255).astype(np.uint8), "L")
+    if mode != "L" and icc and picture.mode in ("L", "LA"):
+        picture = _grey_to_srgb(picture, icc)
     if mode == "L" and ("A" in picture.getbands() or "transparency" in picture.info):
         rgba = picture.convert("RGBA")
         alpha = np.asarray(rgba, dtype=np.uint16)[..., 3]
@@ -36,11 +51,61 @@ def to_array(picture: Image.Image, mode: str, data: bytes | None = None) -> np.n
     return np.array(picture.convert(mode))
 
 
-def wide_colour(data: bytes) -> np.ndarray | None:
-    """A 16-bit RGB or RGBA PNG's pixels rounded to 8 bits (v / 257), or None for any other file."""
-    if len(data) < 26 or data[:8] != b"\x89PNG\r\n\x1a\n" or data[12:16] != b"IHDR":
+def _cmyk_to_srgb(picture: Image.Image) -> Image.Image:
+    """A CMYK picture as sRGB through its embedded CMYK profile (a print file's colours as a colour-managed
+    viewer shows them: Pillow's own conversion makes 100% cyan 0,255,255, far brighter than any ink); the
+    picture as it is without a readable CMYK profile (Pillow's conversion then applies)."""
+    from PIL import ImageCms
+
+    icc = picture.info.get("icc_profile")
+    if not icc:
+        return picture
+    try:
+        profile = ImageCms.ImageCmsProfile(io.BytesIO(icc))
+        if profile.profile.xcolor_space.strip() != "CMYK":
+            return picture
+        return ImageCms.profileToProfile(picture, profile, ImageCms.createProfile("sRGB"), outputMode="RGB")
+    except (ImageCms.PyCMSError, OSError, TypeError, ValueError):
+        return picture
+
+
+def _grey_to_srgb(picture: Image.Image, icc: bytes) -> Image.Image:
+    """A grey (L or LA) picture as sRGB RGB(A) through its embedded grey profile; as it is when the profile
+    is not a grey one littleCMS can read (the picture's numbers are then taken as sRGB greys)."""
+    from PIL import ImageCms
+
+    try:
+        profile = ImageCms.ImageCmsProfile(io.BytesIO(icc))
+        if profile.profile.xcolor_space.strip() != "GRAY":
+            return picture
+        if picture.mode == "L" and "transparency" in picture.info:
+            picture = picture.convert("LA")
+        rgb = ImageCms.profileToProfile(picture.getchannel("L"), profile, ImageCms.createProfile("sRGB"),
+                                        outputMode="RGB")
+    except (ImageCms.PyCMSError, OSError, TypeError, ValueError):
+        return picture
+    if picture.mode == "LA":
+        rgb.putalpha(picture.getchannel("A"))
+    return rgb
+
+
+def _tiff_bits(picture: Image.Image) -> tuple[int, ...]:
+    """A TIFF's bits per sample (its tag 258); () for any other picture."""
+    tags = getattr(picture, "tag_v2", None)
+    bits = tags.get(258, ()) if tags is not None else ()
+    return tuple(bits) if isinstance(bits, (tuple, list)) else (bits,)
+
+
+def wide_colour(data: bytes, tiff_bits: tuple[int, ...] = ()) -> np.ndarray | None:
+    """A 16-bit RGB or RGBA PNG's or TIFF's pixels (the first page, as stored: no orientation applied) rounded
+    to 8 bits (v / 257), or None for any other file; ``tiff_bits``: the TIFF's bits per sample, as Pillow read
+    them (Pillow keeps the high byte of a 16-bit colour TIFF, as of a PNG)."""
+    if data[:4] in (b"II*\0", b"MM\0*"):
+        if not tiff_bits or set(tiff_bits) != {16}:
+            return None
+    elif len(data) < 26 or data[:8] != b"\x89PNG\r\n\x1a\n" or data[12:16] != b"IHDR":
         return None
-    if data[24] != 16 or data[25] not in (2, 6):  # bit depth 16; colour type RGB or RGBA
+    elif data[24] != 16 or data[25] not in (2, 6):  # bit depth 16; colour type RGB or RGBA
         return None
     import cv2
 

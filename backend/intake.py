@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import math
 import random
 from collections.abc import Callable, Mapping
 
@@ -27,7 +28,7 @@ from shared.job import Job
 from shared.job import PreprocessJob as PreprocessRequest
 from shared.messages import MAX_SEED, ProtocolError
 from shared.model_capabilities import ModelCapabilities, refusal
-from shared.rules import HIRES_REFINE, IMAGE_GUIDANCE, expanded_size, upscale_size
+from shared.rules import HIRES_REFINE, IMAGE_GUIDANCE, UPSCALE_MAX, UPSCALE_MIN, expanded_size, upscale_size
 from shared.vocabulary import BUILTIN_UPSCALER
 
 MIN_PREPROCESS_SIDE = 16
@@ -160,13 +161,33 @@ def _upscale_size(job: Job, pixels: np.ndarray, limits: Limits, upscalers: list[
     target = upscale_size(width, height, job.scale, job.width, job.height)
     field = "scale" if job.width is None and job.height is None else ("width" if job.width else "height")
     if max(target) > limits.max_side or target[0] * target[1] > limits.max_pixels:
+        largest = _largest_upscale(width, height, limits, field)
         raise ProtocolError("limit_exceeded", f"upscaling the {width}x{height} picture to {target[0]}x{target[1]} "
                             f"is over this server's limit of {limits.max_side} pixels a side and "
-                            f"{limits.max_pixels} pixels in all", field)
+                            f"{limits.max_pixels} pixels in all; {largest}", field)
     if target[0] < width or target[1] < height:
         raise ProtocolError("invalid_field", f"{target[0]}x{target[1]} is smaller than the {width}x{height} "
                             "picture: upscale makes pictures larger", field)
     return target
+
+
+def _largest_upscale(width: int, height: int, limits: Limits, field: str) -> str:
+    """What to ask for instead of an upscale over the limits: the largest scale (to two decimals) that fits
+    (a 6000x200 panorama's --scale 2 was refused without a word on what would do)."""
+    def fits(size: tuple[int, int]) -> bool:
+        return max(size) <= limits.max_side and size[0] * size[1] <= limits.max_pixels
+
+    scale = math.floor(100 * min(limits.max_side / max(width, height),
+                                 math.sqrt(limits.max_pixels / (width * height)))) / 100
+    while scale >= UPSCALE_MIN and not fits(upscale_size(width, height, scale)):
+        scale = round(scale - 0.01, 2)
+    if scale < UPSCALE_MIN or upscale_size(width, height, scale) == (width, height):
+        return "the picture is already as large as this server allows: scale it down first, or upscale a crop"
+    if field != "scale":  # a target size asked for: say the size (a --scale is capped, a --width is not)
+        size = upscale_size(width, height, scale)
+        return f"the most it can grow to, keeping its shape, is {size[0]}x{size[1]}"
+    size = upscale_size(width, height, min(scale, UPSCALE_MAX))
+    return f"the most it can grow to, keeping its shape, is {size[0]}x{size[1]} (`scale` {min(scale, UPSCALE_MAX):g})"
 
 
 def build_preprocess_job(request: PreprocessRequest, uploads: dict[str, ImageData], limits: Limits) -> PreprocessJob:
@@ -237,5 +258,8 @@ def decode_image(image: ImageData, limits: Limits, role: str, mode: str) -> np.n
 
 def _check_size(width: int, height: int, limits: Limits, role: str) -> None:
     if max(width, height) > limits.max_side or width * height > limits.max_pixels:
+        scale = min(limits.max_side / max(width, height), (limits.max_pixels / (width * height)) ** 0.5)
+        fit = f"{max(1, int(width * scale + 1e-6))}x{max(1, int(height * scale + 1e-6))}"
         raise ProtocolError("limit_exceeded", f"`{role}` is {width}x{height}; this server accepts at most "
-                            f"{limits.max_side} pixels a side and {limits.max_pixels} pixels in all", role)
+                            f"{limits.max_side} pixels a side and {limits.max_pixels} pixels in all: scale it "
+                            f"down (to {fit} at most, keeping its shape) or crop it first", role)

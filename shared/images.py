@@ -122,4 +122,8 @@ def decode_frame(frame: bytes) -> tuple[dict, ImageData]:
         raise ProtocolError("bad_image", "binary frame header must be a JSON object")
     header = check_fields(header, FRAME_HEADER_FIELDS)
     image = ImageData(header["format"], header["width"], header["height"], bytes(frame[4 + size:]))
-    return header, image.check()
+    try:
+        return header, image.check()
+    except ProtocolError as exc:  # said of the frame's role: with a mask uploaded too, "bytes are not a PNG
+        exc.field = exc.field or header["role"]  # file" left which one unsaid
+        raise

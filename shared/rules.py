@@ -86,12 +86,22 @@ def schedule_steps(steps: int, strength: float) -> int:
 def check_denoising(mode: str, steps: int, strength: float, few_step: bool = False) -> None:
     """Refuse a job whose strength and steps leave no denoising step (``too_few_steps``)."""
     if denoising_steps(mode, steps, strength, few_step) < 1:
+        advice = _step_advice(mode, steps, strength)
         if mode == "remove":  # (its pass runs at strength x 0.4: "strength 1 x 2 steps" read as 2 steps)
             raise ProtocolError("too_few_steps", f"remove refines at strength x {REMOVE_STRENGTH:g}, and "
-                                f"{strength:g} x {REMOVE_STRENGTH:g} x {steps} steps leaves no denoising step; raise "
-                                "the steps or the strength", "strength")
+                                f"{strength:g} x {REMOVE_STRENGTH:g} x {steps} steps leaves no denoising step; "
+                                f"{advice}", "strength")
         raise ProtocolError("too_few_steps", f"strength {strength:g} x {steps} steps leaves no denoising step; "
-                            "raise the strength or the steps", "strength")
+                            f"{advice}", "strength")
+
+
+def _step_advice(mode: str, steps: int, strength: float) -> str:
+    """What makes a job that runs no step run one: the fewest steps that do at this strength, and a higher
+    strength only where there is one (remove at strength 1 was told to "raise the strength")."""
+    if pass_strength(mode, strength) <= 0:
+        return "raise the strength"
+    fewest = schedule_steps(steps, pass_strength(mode, strength))
+    return f"use at least {fewest} steps" + (", or a higher strength" if strength < 1 else "")
 
 
 def check_schedule_range(start: float, end: float, name: str) -> None:

@@ -1,12 +1,14 @@
 """The ``easel`` command as a user runs it: serve, run, preprocess, demo, demo-model."""
 
 import ctypes.util
+import io
 import json
 import os
 import socket
 import subprocess
 import sys
 import time
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -225,6 +227,77 @@ def test_run_keeps_a_wide_gamut_pictures_numbers_and_its_colour_profile(server, 
     assert (np.asarray(out)[~reach] == np.asarray(image)[~reach]).all()
 
 
+def test_run_shows_grey_and_cmyk_pictures_in_the_colours_their_profiles_give(server, tmp_path):
+    # A gamma-1.8 grey scan and a profiled CMYK print file came back as their bare numbers read as sRGB
+    # (darker greys; 100% cyan as 0,255,255): now converted through their profiles, and the server (which
+    # decodes the PNG itself) and the composite agree, so untouched pixels are exactly those colours.
+    from PIL import ImageCms
+
+    from backend.imaging import to_array
+
+    grey = Image.fromarray(np.tile(np.linspace(0, 255, 64).astype(np.uint8), (48, 1)), "L")
+    grey.save(tmp_path / "scan.png", icc_profile=krita_profile("Gray-D50-elle-V4-g18.icc"))
+    Image.new("CMYK", (64, 48), (255, 0, 0, 0)).save(tmp_path / "print.jpg", quality=100,
+                                                      icc_profile=krita_profile("cmyk.icm"))
+    rect_mask((64, 48), (24, 16, 40, 32)).save(tmp_path / "mask.png")
+    for name in ("scan.png", "print.jpg"):
+        done = easel("run", "inpaint", "--prompt", "x", "--image", tmp_path / name, "--mask", tmp_path / "mask.png",
+                     "--grow", 0, "--feather", 0, "--steps", 2, "--out", tmp_path / f"{name}-out.png",
+                     "--server", server.url)
+        assert done.returncode == 0, done.stderr
+        out = np.asarray(Image.open(tmp_path / f"{name}-out.png").convert("RGB"))
+        shown = to_array(Image.open(tmp_path / name), "RGB")
+        keep = np.asarray(Image.open(tmp_path / "mask.png")) == 0
+        assert (out[keep] == shown[keep]).all(), name
+        assert not (out[keep] == np.asarray(Image.open(tmp_path / name).convert("RGB"))[keep]).all(), name
+    profile = ImageCms.ImageCmsProfile(io.BytesIO(krita_profile("cmyk.icm")))
+    assert out[0, 0].tolist() == list(ImageCms.profileToProfile(Image.new("CMYK", (1, 1), (255, 0, 0, 0)), profile,
+                                                                  ImageCms.createProfile("sRGB"),
+                                                                  outputMode="RGB").getpixel((0, 0)))
+
+
+def test_16_bit_tiffs_and_turned_16_bit_pngs_are_rounded_as_the_readme_says(server, capsys, tmp_path):
+    # Results are 8-bit, 16-bit values rounded (v / 257): a 16-bit TIFF, and a 16-bit PNG that EXIF turns,
+    # kept Pillow's high byte instead (1234 -> 4, not 5), untouched pixels one level off.
+    import cv2
+
+    wide = np.zeros((48, 64, 3), np.uint16)
+    wide[..., 0], wide[..., 1], wide[..., 2] = np.linspace(0, 65535, 64).astype(np.uint16), 40000, 1234
+    cv2.imwrite(str(tmp_path / "scan.tif"), wide[..., ::-1])  # OpenCV writes BGR
+    rect_mask((64, 48), (24, 16, 40, 32)).save(tmp_path / "mask.png")
+    status, _, err = easel_here(capsys, "run", "inpaint", "--prompt", "x", "--image", tmp_path / "scan.tif", "--mask",
+                                tmp_path / "mask.png", "--grow", 0, "--feather", 0, "--steps", 2,
+                                "--out", tmp_path / "out.png", "--server", server.url)
+    assert status == 0, err
+    keep = np.asarray(Image.open(tmp_path / "mask.png")) == 0
+    rounded = np.rint(wide / 257).astype(np.uint8)
+    assert (np.asarray(Image.open(tmp_path / "out.png"))[keep] == rounded[keep]).all()
+    assert rounded[0, 0, 2] == 5
+    png = cv2.imencode(".png", wide[::-1, ::-1, ::-1])[1].tobytes()  # stored upside down ...
+    exif = Image.Exif()
+    exif[0x0112] = 3  # ... and EXIF turns it the right way up
+    body = exif.tobytes().removeprefix(b"Exif\0\0")
+    chunk = len(body).to_bytes(4, "big") + b"eXIf" + body + zlib.crc32(b"eXIf" + body).to_bytes(4, "big")
+    end = png.index(b"IDAT") - 4
+    (tmp_path / "phone.png").write_bytes(png[:end] + chunk + png[end:])
+    status, _, err = easel_here(capsys, "run", "inpaint", "--prompt", "x", "--image", tmp_path / "phone.png",
+                                "--mask", tmp_path / "mask.png", "--grow", 0, "--feather", 0, "--steps", 2,
+                                "--out", tmp_path / "phone-out.png", "--server", server.url)
+    assert status == 0, err
+    assert (np.asarray(Image.open(tmp_path / "phone-out.png"))[keep] == rounded[keep]).all()
+
+
+def test_run_keeps_a_scans_print_resolution(server, capsys, tmp_path):
+    # A 300-dpi scan came back without its resolution (72 dpi in most editors: printed four times as large).
+    picture(64, 48).save(tmp_path / "scan.jpg", dpi=(300, 300), quality=95)
+    for out in ("out.png", "out.tif", "out.jpg"):
+        status, _, err = easel_here(capsys, "run", "img2img", "--prompt", "x", "--image", tmp_path / "scan.jpg",
+                                    "--strength", 0.5, "--steps", 2, "--lossy", "--out", tmp_path / out,
+                                    "--server", server.url)
+        assert status == 0, err
+        assert [round(v) for v in Image.open(tmp_path / out).info["dpi"]] == [300, 300], out
+
+
 def test_run_checks_the_output_path_before_the_job(server, tmp_path):
     image = picture(64, 64)
     image.save(tmp_path / "in.png")
@@ -359,10 +432,12 @@ def small(tmp_path):
     (["inpaint", "--mask", "{mask}", "--grow", 300], "--grow must be at most 256, got 300"),
     (["inpaint", "--mask", "{mask}", "--feather", -1], "--feather must be at least 0, got -1"),
     (["img2img", "--strength", 1.5], "--strength must be at most 1, got 1.5"),
-    (["img2img", "--strength", 0.01], "--strength: strength 0.01 x 20 steps leaves no denoising step"),
+    (["img2img", "--strength", 0.01], "--strength: strength 0.01 x 20 steps leaves no denoising step; use at least "
+     "100 steps, or a higher strength"),
     (["img2img", "--steps", 0], "--steps must be at least 1, got 0"),
-    (["remove", "--mask", "{mask}", "--steps", 2],  # said "strength 1 x 2 steps leaves no step"
-     "remove refines at strength x 0.4, and 1 x 0.4 x 2 steps leaves no denoising step"),
+    (["remove", "--mask", "{mask}", "--steps", 2],  # said "strength 1 x 2 steps leaves no step", then "raise the
+     # strength" when 1 is the most there is
+     "remove refines at strength x 0.4, and 1 x 0.4 x 2 steps leaves no denoising step; use at least 3 steps\n"),
     (["img2img", "--guidance", 51], "--guidance must be at most 50"),
     (["img2img", "--width", 64], "img2img works at the picture's own size; --width is for generate"),
     (["img2img", "--mask", "{mask}"], "img2img takes no --mask"),
@@ -400,17 +475,102 @@ def test_run_errors_name_the_options_typed_before_connecting(capsys, small, args
     assert not (small / "o.png").exists()
 
 
-def test_bmp_is_refused_where_the_result_keeps_transparency(capsys, small):
-    # A transparent picture inpainted into a .bmp came back opaque, its hidden colours showing.
+@pytest.mark.parametrize("out, fmt", [("o.bmp", "BMP"), ("o.jpg", "JPEG"), ("o.gif", "GIF")])
+def test_formats_without_transparency_are_refused_where_the_result_keeps_some(capsys, small, out, fmt):
+    # A transparent picture inpainted into a .bmp came back opaque, its hidden colours showing; into a .jpg or
+    # .gif (with --lossy, which is about changed pixels, not lost transparency) the same, silently.
     Image.new("RGBA", (64, 48), (200, 10, 10, 0)).save(small / "clear.png")
     for mode, name, extra in (("inpaint", "clear.png", ["--mask", small / "mask.png"]),
                                  ("inpaint", "in.png", ["--mask", small / "mask.png", "--layer"])):
-        status, _, err = easel_here(capsys, "run", mode, "--image", small / name, *extra, "--out", small / "o.bmp",
-                                    "--server", nowhere())
-        assert status == 2 and "BMP keeps no transparency" in err, err
-    status, _, err = easel_here(capsys, "run", "img2img", "--image", small / "clear.png", "--out", small / "o.bmp",
+        status, _, err = easel_here(capsys, "run", mode, "--image", small / name, *extra, "--out", small / out,
+                                    "--lossy", "--server", nowhere())
+        assert status == 2 and f"{fmt} keeps no transparency" in err and ".tga" in err, err
+    status, _, err = easel_here(capsys, "run", "img2img", "--image", small / "clear.png", "--out", small / out,
+                                "--lossy", "--server", nowhere())
+    assert "cannot reach" in err, f"an img2img result is opaque: {fmt} is fine"
+    status, _, err = easel_here(capsys, "run", "inpaint", "--image", small / "clear.png", "--mask", small / "mask.png",
+                                "--out", small / "o.tga", "--server", nowhere())
+    assert "cannot reach" in err, "TGA keeps transparency"
+    Image.new("RGBA", (64, 48), (200, 10, 10, 255)).save(small / "opaque.png")  # an alpha channel, all opaque
+    status, _, err = easel_here(capsys, "run", "inpaint", "--image", small / "opaque.png", "--mask",
+                                small / "mask.png", "--lossy", "--out", small / out, "--server", nowhere())
+    assert "cannot reach" in err, f"nothing transparent to lose: {fmt} is fine"
+
+
+@pytest.mark.parametrize("mode, extra", [("expand", ["--right", 16]), ("upscale", [])])
+def test_layer_is_refused_where_the_result_is_the_whole_picture(capsys, small, mode, extra):
+    # expand --layer and upscale --layer wrote the opaque whole picture, the --layer ignored without a word.
+    status, _, err = easel_here(capsys, "run", mode, "--image", small / "in.png", *extra, "--layer",
+                                "--out", small / "o.png", "--server", nowhere())
+    assert status == 2 and f"--layer is for inpaint, remove, instruct, img2img and generate: {mode} writes" in err
+    assert not (small / "o.png").exists()
+
+
+@pytest.mark.parametrize("name", ["o.psd", "o.grib", "o.xpm"])
+def test_formats_pillow_cannot_write_are_refused_before_the_job(capsys, small, name):
+    # --out o.psd --lossy ran the job, then ended in a traceback (KeyError: 'PSD'); .grib in "save handler
+    # not installed" after the job.
+    status, _, err = easel_here(capsys, "run", "img2img", "--image", small / "in.png", "--lossy", "--out",
+                                small / name, "--server", nowhere())
+    assert status == 2 and "cannot write them; use .png" in err and "cannot reach" not in err, err
+    assert not (small / name).exists()
+
+
+def test_a_control_map_of_another_shape_is_said_to_be_stretched(capsys, small):
+    # A 600x20 map given for a 64x48 picture was stretched to it without a word.
+    picture(600, 48).resize((600, 20)).save(small / "strip.png")
+    picture(128, 96).save(small / "double.png")  # the picture's shape at twice its size: nothing to say
+    status, _, err = easel_here(capsys, "run", "img2img", "--image", small / "in.png", "--control",
+                                f"canny:{small / 'strip.png'}", "--control", f"depth:{small / 'double.png'}",
+                                "--out", small / "o.png", "--server", nowhere())
+    assert f"--control canny:{small / 'strip.png'} is 600x20 and --image {small / 'in.png'} 64x48: the map is " \
+           "stretched" in err, err
+    assert "double.png is" not in err and "cannot reach" in err
+
+
+def test_avif_keeps_a_profile_and_transparency(capsys, small):
+    # An Adobe RGB photo with --out x.avif --lossy was refused: "AVIF keeps no colour profile" (it keeps both).
+    from PIL import features
+
+    if not features.check("avif"):
+        pytest.skip("this Pillow writes no AVIF")
+    Image.new("RGBA", (64, 48), (200, 10, 10, 0)).save(small / "wide.png", icc_profile=krita_profile(
+        "ClayRGB-elle-V2-g22.icc"))
+    status, _, err = easel_here(capsys, "run", "inpaint", "--image", small / "wide.png", "--mask", small / "mask.png",
+                                "--lossy", "--out", small / "o.avif", "--server", nowhere())
+    assert "cannot reach" in err, err
+
+
+def test_an_aspect_too_far_from_the_pictures_is_said_in_its_terms(capsys, small):
+    # A 64x8000 strip with --aspect 16:9 was told "--left must be at most 4096, got 7079": not an option typed.
+    Image.new("RGB", (64, 8000)).save(small / "strip.png")
+    status, _, err = easel_here(capsys, "run", "expand", "--image", small / "strip.png", "--aspect", "16:9",
+                                "--out", small / "o.png", "--server", nowhere())
+    assert status == 2 and "--aspect 16:9: the 64x8000 picture would grow by 7080 pixels on the left and right, and " \
+                           "an expand adds at most 4096 a side" in err and "--left" not in err, err
+
+
+
+def test_an_aspect_over_the_servers_canvas_limit_names_the_aspect(server, capsys, small):
+    Image.new("RGB", (1000, 1000)).save(small / "square.png")  # 9:1 makes it 9000 wide: over 8192
+    status, _, err = easel_here(capsys, "run", "expand", "--image", small / "square.png", "--aspect", "9:1",
+                                "--out", small / "o.png", "--server", server.url)
+    assert status == 1 and err.startswith("easel: --aspect 9:1: the expanded canvas would be 9000x1000"), err
+    assert "--left" not in err
+
+
+def test_a_picture_with_several_frames_says_which_is_used(capsys, small):
+    # An animated GIF or a multi-page TIFF was edited on its first frame without a word.
+    frames = [Image.new("RGB", (64, 48), colour) for colour in ("red", "green", "blue")]
+    frames[0].save(small / "anim.gif", save_all=True, append_images=frames[1:], duration=100)
+    status, _, err = easel_here(capsys, "run", "img2img", "--image", small / "anim.gif", "--out", small / "o.png",
                                 "--server", nowhere())
-    assert "cannot reach" in err, "an img2img result is opaque: BMP is fine"
+    assert f"--image {small / 'anim.gif'} has 3 frames (pages); the first is used" in err, err
+    frames[0].save(small / "camera.jpg", format="MPO", save_all=True, append_images=frames[1:])  # photo + previews
+    for name in ("in.png", "camera.jpg"):
+        status, _, err = easel_here(capsys, "run", "img2img", "--image", small / name, "--out", small / "o.png",
+                                    "--server", nowhere())
+        assert "frames" not in err and "cannot reach" in err, err
 
 
 def test_a_picture_too_large_to_decode_says_its_size(capsys, small, monkeypatch):
@@ -420,6 +580,26 @@ def test_a_picture_too_large_to_decode_says_its_size(capsys, small, monkeypatch)
                                 "--server", nowhere())
     assert status == 2 and "64x48 is too many pixels" in err and "scale the picture down" in err, err
     assert Image.MAX_IMAGE_PIXELS == 1000, "the limit is put back"
+
+
+def test_a_large_or_cut_off_png_is_said_plainly(capsys, small, monkeypatch):
+    # A 12000x9000 PNG printed Pillow's DecompressionBombWarning (and was decoded, 475 MB, only to be sent as
+    # it was and refused by the server); a cut-off RGBA PNG ended in a traceback once only its alpha was read.
+    import warnings
+
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 2000)  # in.png (64x48) is then over it, not over twice it
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        status, _, err = easel_here(capsys, "run", "img2img", "--image", small / "in.png", "--out", small / "o.png",
+                                    "--server", nowhere())
+    assert "cannot reach" in err and not [w for w in seen if w.category is Image.DecompressionBombWarning]
+    monkeypatch.undo()
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (48, 64, 4), np.uint8)).save(small / "clear.png")
+    whole = (small / "clear.png").read_bytes()
+    (small / "cut.png").write_bytes(whole[:len(whole) // 2])
+    status, _, err = easel_here(capsys, "run", "inpaint", "--image", small / "cut.png", "--mask", small / "mask.png",
+                                "--out", small / "o.png", "--server", nowhere())
+    assert status == 2 and f"--image: cannot read {small / 'cut.png'}: image file is truncated" in err, err
 
 
 def test_generate_with_the_picture_as_control_names_the_control(capsys, small):
@@ -455,6 +635,7 @@ def test_server_errors_name_the_options_typed(server, capsys, small):
     assert status == 1, err
     assert f"the 2nd --control (depth:{small / 'wide.png'}): IMAGE is 8200x1; this server accepts at most" in err
     assert "[limit_exceeded]" in err and "control[1]" not in err and not (small / "o.png").exists()
+    assert "scale it down (to 8192x1 at most, keeping its shape) or crop it first" in err, "and what to do"
 
 
 @pytest.mark.parametrize("option, value, path", [
@@ -472,6 +653,25 @@ def test_an_unreadable_input_names_the_option_and_the_path(capsys, small, option
     assert status == 2 and f"easel: {option}" in err and f"cannot read {path}: " in err, err
     assert "Errno" not in err and "Traceback" not in err
     assert any(why in err for why in ("no such file", "it is a folder", "not a picture")), err
+
+
+def test_pictures_easel_cannot_read_are_named_with_a_way_out(capsys, small):
+    # An iPhone's HEIC photo was "not a picture (Pillow does not know its format)"; a camera's DNG (a TIFF
+    # inside) was read as its first image, a small preview, and edited without a word.
+    (small / "IMG_0001.HEIC").write_bytes(b"\0\0\0\x18ftypheic\0\0\0\0mif1heic" + bytes(64))
+    (small / "logo.svg").write_text('<?xml version="1.0"?>\n<svg xmlns="http://www.w3.org/2000/svg"/>')
+    picture(64, 48).save(small / "DSC_0001.dng", "TIFF")  # the preview a DNG's first image would be
+    picture(64, 48).save(small / "renamed.dng", "PNG")  # not a raw file, whatever its name
+    for name, said in (("IMG_0001.HEIC", "it is a HEIC/HEIF picture (as iPhones save photos), which Easel cannot "
+                                         "read; export it as PNG, TIFF or JPEG first"),
+                       ("logo.svg", "it is an SVG drawing (vector, not pixels)"),
+                       ("DSC_0001.dng", "it is a camera raw file, which Easel does not develop")):
+        status, _, err = easel_here(capsys, "run", "img2img", "--image", small / name, "--out", small / "o.png",
+                                    "--server", nowhere())
+        assert status == 2 and f"--image: cannot read {small / name}: {said}" in err, err
+    status, _, err = easel_here(capsys, "run", "img2img", "--image", small / "renamed.dng", "--out", small / "o.png",
+                                "--server", nowhere())
+    assert "cannot reach" in err, err
 
 
 def test_a_mask_drawn_on_a_sideways_stored_photo_is_refused_with_a_hint(server, tmp_path):

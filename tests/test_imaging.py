@@ -1,5 +1,6 @@
 """Decoding pictures the way painters' files come: 16-bit, palettes, masks with transparency, colour profiles."""
 
+import io
 from pathlib import Path
 
 import numpy as np
@@ -64,3 +65,47 @@ def test_a_pictures_rgb_colour_profile_is_found_and_told_from_srgb():
     assert not profile_is_srgb(adobe_like) and not profile_is_srgb(krita_profile("Rec2020-elle-V4-g10.icc"))
     assert profile_is_srgb(srgb) and profile_is_srgb(krita_profile("sRGB-elle-V2-srgbtrc.icc"))
     assert profile_name(adobe_like) == "ClayRGB-elle-V2-g22.icc" and profile_name(b"junk") == "unnamed"
+
+
+def test_float_pictures_within_0_to_1_are_scaled_not_left_black():
+    # A 32-bit float TIFF (values 0..1, as Krita or an HDR tool writes it) came out black: Pillow reads 0..255.
+    ramp = np.linspace(0, 1, 256, dtype=np.float32).reshape(16, 16)
+    pixels = to_array(Image.fromarray(ramp, "F"), "RGB")
+    assert pixels[0, 0].tolist() == [0, 0, 0] and pixels[-1, -1].tolist() == [255, 255, 255]
+    assert 125 <= pixels[8, 0, 0] <= 130, "mid-grey stays mid-grey"
+    levels = to_array(Image.fromarray(ramp * 255, "F"), "L")  # a float picture in 0..255 levels keeps them
+    assert levels[0, 0] == 0 and levels[-1, -1] == 255 and 125 <= levels[8, 0] <= 130
+
+
+def test_cmyk_with_its_profile_is_converted_through_it():
+    # A print file's 100% cyan came out 0,255,255 (Pillow's own conversion), far brighter than the ink.
+    from PIL import ImageCms
+
+    cmyk = krita_profile("cmyk.icm")
+    cyan = Image.new("CMYK", (4, 4), (255, 0, 0, 0))
+    plain = to_array(cyan, "RGB")[0, 0].tolist()
+    assert plain == [0, 255, 255], "without a profile: Pillow's conversion"
+    cyan.info["icc_profile"] = cmyk
+    seen = to_array(cyan, "RGB")[0, 0].tolist()
+    expected = ImageCms.profileToProfile(cyan, ImageCms.ImageCmsProfile(io.BytesIO(cmyk)),
+                                         ImageCms.createProfile("sRGB"), outputMode="RGB").getpixel((0, 0))
+    assert seen == list(expected) and seen[1] < 200
+
+
+def test_a_grey_picture_with_a_grey_profile_becomes_the_colours_it_shows():
+    # A scan with a gamma 1.8 grey profile came back as RGB without it: its numbers read as sRGB, every grey
+    # darker than in the viewer (32 shows as 43 there). A mask's numbers are numbers: they stay.
+    from PIL import ImageCms
+
+    g18 = krita_profile("Gray-D50-elle-V4-g18.icc")
+    grey = Image.fromarray(np.array([[32, 64, 128, 192]], np.uint8), "L")
+    grey.info["icc_profile"] = g18
+    expected = ImageCms.profileToProfile(grey, ImageCms.ImageCmsProfile(io.BytesIO(g18)),
+                                         ImageCms.createProfile("sRGB"), outputMode="RGB")
+    seen = to_array(grey, "RGB")
+    assert (seen == np.asarray(expected)).all() and seen[0, 0, 0] > 38
+    assert to_array(grey, "L")[0].tolist() == [32, 64, 128, 192]
+    clear = grey.convert("LA")
+    clear.putalpha(Image.fromarray(np.array([[0, 255, 255, 255]], np.uint8)))
+    clear.info["icc_profile"] = g18
+    assert (to_array(clear, "RGBA")[..., :3] == seen).all() and to_array(clear, "RGBA")[0, 0, 3] == 0

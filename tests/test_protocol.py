@@ -55,7 +55,11 @@ def test_frames_round_trip_and_reject_lies():
     with pytest.raises(ProtocolError) as caught:
         decode_frame(encode_frame({"image": "a", "role": "image", "format": "rgba8", "width": 3, "height": 1},
                                   raw.data))
-    assert caught.value.code == "bad_image"
+    assert (caught.value.code, caught.value.field) == ("bad_image", "image")
+    with pytest.raises(ProtocolError) as caught:  # the error names the frame's role (it named none)
+        decode_frame(encode_frame({"image": "b", "role": "mask", "format": "png", "width": 2, "height": 1},
+                                  b"\xff\xd8\xff\xe0" + bytes(60)))
+    assert (caught.value.code, caught.value.field) == ("bad_image", "mask") and "JPEG" in caught.value.message
     with pytest.raises(ProtocolError):
         decode_frame(b"\x00\x00\x10\x00{}")
 

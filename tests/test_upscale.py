@@ -230,6 +230,10 @@ def test_a_16000_pixel_upscale_is_refused_with_the_limit_named(client):
     error = refused(client, image=picture(2000, 1500), scale=8)
     assert (error.code, error.field) == ("limit_exceeded", "scale")
     assert "16000x12000" in error.message and "8192" in error.message
+    # and what would do (it said only what would not): the largest scale that fits, to two decimals
+    assert "the most it can grow to, keeping its shape, is 8180x6135 (`scale` 4.09)" in error.message
+    error = refused(client, image=picture(200, 150), width=16000)
+    assert error.field == "width" and error.message.endswith("keeping its shape, is 8192x6144"), error.message
 
 
 # -- easel run upscale --------------------------------------------------------------------------
