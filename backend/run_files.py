@@ -1,0 +1,353 @@
+"""The files ``easel run`` and ``easel preprocess`` read and write.
+
+Input pictures as a painter's files come (upright by their EXIF orientation, 16-bit rounded, colour
+profiles, formats Pillow cannot read named), and results written as the input was: composited over it
+or as a layer, in a format that keeps what the result holds (exact pixels, transparency, the colour
+profile, the print resolution). Everything here is checked before a job is sent, and every refusal is a
+``UsageError`` that names the option and says what to do.
+"""
+
+from __future__ import annotations
+
+import io
+import sys
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from shared.capabilities import DEFAULT_MAX_SIDE
+from shared.images import ImageData
+
+
+ORIENTATION = 0x0112  # the EXIF tag phones use to say "this photo is turned"
+# Formats `easel run --out` writes without loss (WebP is written lossless); others need --lossy.
+LOSSLESS_FORMATS = ("PNG", "TIFF", "WEBP", "BMP", "TGA")
+PROFILE_FORMATS = ("PNG", "TIFF", "WEBP", "JPEG", "AVIF")  # those Pillow writes an ICC colour profile into
+# Those that keep partial transparency as written here (Pillow's BMP is read as opaque; GIF keeps on/off at best).
+ALPHA_FORMATS = ("PNG", "TIFF", "WEBP", "TGA", "AVIF")
+# Camera raw files: several are TIFF inside, and Pillow reads their first image, a small preview or raw data.
+CAMERA_RAW = (".dng", ".cr2", ".cr3", ".crw", ".nef", ".nrw", ".arw", ".srf", ".sr2", ".orf", ".rw2", ".raf",
+              ".pef", ".srw", ".3fr", ".iiq", ".erf", ".kdc", ".mos", ".mrw", ".x3f")
+
+
+class UsageError(Exception):
+    """Something the user typed cannot work; said before any server is asked (exit status 2)."""
+
+
+@dataclass
+class Picture:
+    """An input picture as read: upright (EXIF orientation applied), what to send, and how it was stored."""
+
+    path: str
+    upright: Image.Image
+    data: ImageData
+    stored_size: tuple[int, int]
+    orientation: int = 1
+    icc: bytes | None = None  # an RGB colour profile: the numbers are edited as they are, and results carry it
+    transparent: bool = False  # some pixel is not fully opaque
+    dpi: tuple[float, float] | None = None  # its print resolution, kept in results of the same pixel density
+
+    @property
+    def bytes(self) -> bytes | None:
+        """The file's bytes when they are what was sent (so the server decoded the same), else None."""
+        return self.data.data if self.data.format in ("png", "webp") and self.orientation == 1 else None
+
+    @property
+    def turned(self) -> bool:
+        """Its EXIF orientation swaps width and height (the photo was stored sideways)."""
+        return self.orientation in (5, 6, 7, 8)
+
+
+# -- reading ----------------------------------------------------------------------------------
+
+
+def read_picture(path: str, role: str, option: str) -> Picture:
+    """The picture at ``path`` (given as ``option``): upright (EXIF orientation applied), and what to send:
+    the file's own bytes when it is a PNG or WebP that needs no turning, else an 8-bit PNG of it."""
+    from backend.imaging import rgb_profile, to_array, to_png
+
+    try:
+        with warnings.catch_warnings():  # (Pillow warns above 89 Mpx; a server's own limit is said below)
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            picture = Image.open(path)
+        if picture.format == "TIFF" and Path(path).suffix.lower() in CAMERA_RAW:  # (its small preview)
+            raise UnidentifiedImageError(path)
+        stored = picture.size
+        frames = getattr(picture, "n_frames", 1)
+        # an animated GIF / PNG / WebP / AVIF or a multi-page TIFF: said, not chosen silently (a camera's MPO
+        # JPEG holds a preview after the photo, and a PSD's "frames" are its layers after the flattened
+        # picture, which is what is read: nothing to say)
+        if frames > 1 and picture.format in ("GIF", "PNG", "WEBP", "AVIF", "TIFF"):
+            print(f"easel: note: {option} {path} has {frames} frames (pages); the first is used, and the result "
+                  "is one picture", file=sys.stderr)
+        # (a PNG's getexif() decodes the whole picture to look for an eXIf chunk after the pixels: not when
+        # the file has none, so a PNG sent as it is is not decoded here at all)
+        data = Path(path).read_bytes() if picture.format in ("PNG", "TIFF") else None
+        no_exif = picture.format == "PNG" and b"eXIf" not in data
+        orientation = 1 if no_exif else picture.getexif().get(ORIENTATION, 1)
+        icc = rgb_profile(picture) if role == "image" else None
+        fmt = {"PNG": "png", "WEBP": "webp"}.get(picture.format)
+        dpi = _dpi(picture, orientation)
+        if fmt and orientation == 1:  # (only a picture with alpha is decoded here, to see whether it is used)
+            return Picture(path, picture, ImageData(fmt, picture.width, picture.height,
+                                                    data if data is not None else Path(path).read_bytes()),
+                           stored, icc=icc, transparent=_transparent(picture), dpi=dpi)
+        # decoded as stored, then turned: a 16-bit PNG or TIFF is rounded from its file's bytes (v / 257), which
+        # needs the stored layout; the upright picture is what is sent, so the composite uses the same numbers
+        has_alpha = "A" in picture.getbands() or "transparency" in picture.info
+        pixels = to_array(picture, "L" if role == "mask" else "RGBA" if has_alpha else "RGB", data)
+        upright = Image.fromarray(pixels)
+        if orientation in _EXIF_TURNS:
+            upright = upright.transpose(_EXIF_TURNS[orientation])
+    except FileNotFoundError:
+        raise UsageError(f"{option}: cannot read {path}: no such file") from None
+    except IsADirectoryError:
+        raise UsageError(f"{option}: cannot read {path}: it is a folder") from None
+    except PermissionError:
+        raise UsageError(f"{option}: cannot read {path}: permission denied") from None
+    except UnidentifiedImageError:
+        kind = _known_format(path)
+        if Path(path).suffix.lower() in CAMERA_RAW:
+            raise UsageError(f"{option}: cannot read {path}: it is a camera raw file, which Easel does not develop "
+                             "(read as a TIFF, it gives its small preview); export it as PNG, TIFF or JPEG from "
+                             "your raw developer first") from None
+        if kind:
+            raise UsageError(f"{option}: cannot read {path}: it is {kind}, which Easel cannot read; export it as "
+                             "PNG, TIFF or JPEG first") from None
+        raise UsageError(f"{option}: cannot read {path}: not a picture (Pillow does not know its format)") from None
+    except Image.DecompressionBombError:
+        size = _stored_size(path)
+        raise UsageError(f"{option}: cannot read {path}: {size + ' is ' if size else ''}too many pixels to decode "
+                         f"safely (at most {2 * Image.MAX_IMAGE_PIXELS}); a server takes at most {DEFAULT_MAX_SIDE} "
+                         "pixels a side unless its `max_side` says otherwise: scale the picture down first") from None
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"{option}: cannot read {path}: {getattr(exc, 'strerror', None) or exc}") from None
+    return Picture(path, upright, to_png(upright), stored, orientation, icc, _transparent(upright), dpi)
+
+
+def _known_format(path: str) -> str | None:
+    """What a file Pillow cannot open is, when it is a common picture format all the same (a phone's HEIC
+    photo was "not a picture"); None for anything else."""
+    try:
+        with open(path, "rb") as file:
+            head = file.read(512)
+    except OSError:
+        return None
+    if head[4:8] == b"ftyp":
+        brand = head[8:12]
+        if brand in (b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"mif1", b"msf1", b"mif2"):
+            return "a HEIC/HEIF picture (as iPhones save photos)"
+        if brand in (b"avif", b"avis"):
+            return "an AVIF picture"
+    if head.lstrip().startswith(b"%PDF"):
+        return "a PDF document"
+    text = head.lstrip(b"\xef\xbb\xbf \t\r\n").lower()
+    if text.startswith(b"<svg") or (text.startswith(b"<?xml") and b"<svg" in head.lower()):
+        return "an SVG drawing (vector, not pixels)"
+    if head.startswith(b"\xff\x0a") or head[4:12] == b"jxl \r\n\x87\n":
+        return "a JPEG XL picture"
+    return None
+
+
+def _stored_size(path: str) -> str:
+    """``path``'s width x height from its header alone, without Pillow's pixel limit; "" if unreadable."""
+    limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
+    try:
+        with Image.open(path) as picture:  # reads the header only
+            return f"{picture.width}x{picture.height}"
+    except Exception:  # (only for a message: the error being reported is the real one)
+        return ""
+    finally:
+        Image.MAX_IMAGE_PIXELS = limit
+
+
+def _dpi(picture: Image.Image, orientation: int) -> tuple[float, float] | None:
+    """The picture's print resolution (a scan's 300 dpi), upright; None without a usable one."""
+    dpi = picture.info.get("dpi")
+    try:
+        x, y = (round(float(value), 2) for value in dpi)
+    except (TypeError, ValueError):
+        return None
+    if not (x > 0 and y > 0):
+        return None
+    return (y, x) if orientation in (5, 6, 7, 8) else (x, y)
+
+
+# What turns a photo's stored pixels upright, by its EXIF orientation (as ImageOps.exif_transpose does).
+_EXIF_TURNS = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
+               5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
+               8: Image.Transpose.ROTATE_90}
+
+
+def _has_alpha(picture: Image.Image) -> bool:
+    return "A" in picture.getbands() or "transparency" in picture.info
+
+
+def _transparent(picture: Image.Image) -> bool:
+    """Whether some pixel of the picture is not fully opaque (an RGBA export with alpha 255 everywhere is not:
+    its result is opaque, and a .jpg or .bmp of it loses nothing)."""
+    if "A" in picture.getbands():
+        return picture.getchannel("A").getextrema()[0] < 255
+    if "transparency" in picture.info:
+        return picture.convert("RGBA").getchannel("A").getextrema()[0] < 255
+    return False
+
+
+def check_mask_size(image: Picture, mask: Picture) -> None:
+    """Refuse a mask of another size than the picture, and say why when EXIF turned the photo."""
+    if mask.upright.size == image.upright.size:
+        return
+    (mw, mh), (w, h) = mask.upright.size, image.upright.size
+    if image.turned and mask.upright.size == image.stored_size:
+        raise UsageError(
+            f"--mask {mask.path} is {mw}x{mh}: the size of --image {image.path} as stored, sideways. The photo's "
+            f"EXIF orientation turns it upright to {w}x{h} (as every viewer shows it), and Easel edits it upright. "
+            f"Draw the mask on the upright photo, or {_TURN[image.orientation]}")
+    raise UsageError(f"--mask {mask.path} is {mw}x{mh} but --image {image.path} is {w}x{h}: the mask must have "
+                     "the picture's size")
+
+
+# What turns a mask drawn on a photo's stored pixels the way the photo's EXIF orientation turns the photo.
+_TURN = {5: "flip the mask across its top-left to bottom-right diagonal", 6: "rotate the mask 90° clockwise",
+         7: "flip the mask across its top-right to bottom-left diagonal", 8: "rotate the mask 90° counter-clockwise"}
+
+
+# -- writing ----------------------------------------------------------------------------------
+
+
+def output_paths(out: str, count: int) -> list[Path]:
+    path = Path(out)
+    if not path.suffix:
+        path = path.with_name(path.name + ".png")
+    if count == 1:
+        return [path]
+    return [path.with_name(f"{path.stem}-{i}{path.suffix}") for i in range(1, count + 1)]
+
+
+def check_outputs(paths: list[Path], option: str, force: bool) -> list[Path]:
+    """``paths`` when all can be written: a picture format, an existing folder, and no file there unless
+    ``force`` (all of a batch's files are checked before the GPU spends time on them)."""
+    for path in paths:
+        if path.suffix.lower() not in Image.registered_extensions():
+            raise UsageError(f"cannot write {option} {path}: {path.suffix!r} is not a picture format (use .png)")
+        fmt = Image.registered_extensions()[path.suffix.lower()]
+        if not _writable(fmt):  # (a .psd was refused only after the job, with a traceback)
+            raise UsageError(f"cannot write {option} {path}: Easel reads {fmt} files but cannot write them; use .png "
+                             "(or .tif, .webp) and open that in your editor")
+        if not path.parent.is_dir():
+            raise UsageError(f"cannot write {option} {path}: folder {path.parent} does not exist")
+        if path.is_dir():
+            raise UsageError(f"cannot write {option} {path}: it is a folder")
+    existing = [str(path) for path in paths if path.exists()]
+    if existing and not force:
+        raise UsageError(f"{', '.join(existing)} already exist{'s' if len(existing) == 1 else ''}; pass --force to "
+                         f"overwrite, or choose another {option}")
+    return paths
+
+
+def _writable(fmt: str) -> bool:
+    """Whether Pillow can write ``fmt`` here: it reads PSD, FITS, XPM ... but writes none of them, and its GRIB,
+    BUFR, HDF5 and WMF writers are stubs that fail unless a handler is installed."""
+    save = Image.SAVE.get(fmt)
+    return save is not None and "Stub" not in getattr(save, "__module__", "") and fmt != "WMF"
+
+
+def check_lossless(paths: list[Path], lossy: bool) -> None:
+    """Refuse an output format that would change untouched pixels, unless the user said --lossy."""
+    for path in paths:
+        fmt = Image.registered_extensions()[path.suffix.lower()]
+        if fmt not in LOSSLESS_FORMATS and not lossy:
+            raise UsageError(f"--out {path}: {fmt} is a lossy (or palette) format: it would change the pixels the "
+                             "edit left untouched. Use .png (or .webp, written lossless), or pass --lossy")
+
+
+def check_alpha_kept(paths: list[Path], transparent: bool) -> None:
+    """Refuse a format that drops transparency when the result has some (a layer, a transparent input),
+    --lossy or not: a JPEG or GIF showed the colours stored under the transparent pixels, never seen before."""
+    for path in paths:
+        fmt = Image.registered_extensions()[path.suffix.lower()]
+        if transparent and fmt not in ALPHA_FORMATS:
+            raise UsageError(f"--out {path}: {fmt} keeps no transparency, and this result has some (a --layer, or "
+                             "a transparent --image): its transparent parts would turn opaque, showing whatever "
+                             "colour is stored under them. Use .png, .webp, .tif or .tga")
+
+
+def check_profile_kept(paths: list[Path], image: Picture | None) -> None:
+    """Refuse a format that cannot carry the picture's colour profile when dropping it would change how the
+    result looks (a wide-gamut photo's numbers read as sRGB: duller colours, untouched parts too)."""
+    from backend.imaging import profile_is_srgb, profile_name
+
+    if image is None or not image.icc:
+        return
+    for path in paths:
+        fmt = Image.registered_extensions()[path.suffix.lower()]
+        if fmt not in PROFILE_FORMATS and not profile_is_srgb(image.icc):
+            raise UsageError(f"--out {path}: {fmt} keeps no colour profile, and --image {image.path} has one "
+                             f"({profile_name(image.icc)}): without it every colour of the result would look "
+                             "different. Use .png, .webp, .tif or .jpg (with --lossy)")
+
+
+def result_picture(image: ImageData, offset: tuple[int, int], source: Picture | None, *, whole: bool,
+                   layer: bool) -> Image.Image:
+    """A result as the picture to write: the whole new picture (``whole``: expand, upscale), else the layer
+    composited over the input, or alone on transparency (``layer``)."""
+    if whole:
+        return _whole(image)
+    return _place(_pixels(image), offset, source.upright if source else None, transparent=layer,
+                  data=source.bytes if source else None)
+
+
+def write_picture(picture: Image.Image, path: Path, source: Picture | None, *, keep_dpi: bool = True) -> None:
+    """Write a result in its path's format, with the input's colour profile and (``keep_dpi``: the same pixels
+    an inch) its print resolution; Pillow's OSError or ValueError when it cannot."""
+    fmt = Image.registered_extensions()[path.suffix.lower()]
+    if fmt == "JPEG":
+        picture = picture.convert("RGB")  # JPEG has no alpha
+    options = {"lossless": True, "exact": True} if fmt == "WEBP" else {}
+    if source is not None and source.icc and fmt in PROFILE_FORMATS:
+        options["icc_profile"] = source.icc
+    if source is not None and source.dpi and keep_dpi:
+        options["dpi"] = source.dpi
+    picture.save(path, **options)
+
+
+def _whole(image: ImageData) -> Image.Image:
+    """An expand's or an upscale's result as the picture to write: RGB when it is opaque, else RGBA. Made
+    without _pixels's array copies: an 8192x6144 upscale took 717 MB in easel run, most of it copies."""
+    if image.format == "rgba8":
+        picture = Image.frombuffer("RGBA", (image.width, image.height), image.data, "raw", "RGBA", 0, 1)
+    else:
+        picture = Image.open(io.BytesIO(image.data))
+        picture.load()
+    if picture.mode not in ("RGB", "RGBA"):
+        picture = picture.convert("RGBA")
+    if picture.mode == "RGBA" and picture.getchannel("A").getextrema()[0] == 255:
+        picture = picture.convert("RGB")
+    return picture
+
+
+def _pixels(image: ImageData) -> np.ndarray:
+    """A result image as an RGBA array."""
+    if image.format == "rgba8":
+        return np.frombuffer(image.data, np.uint8).reshape(image.height, image.width, 4)
+    return np.asarray(Image.open(io.BytesIO(image.data)).convert("RGBA"))
+
+
+def _place(layer: np.ndarray, offset: tuple[int, int], source: Image.Image | None, *, transparent: bool,
+           data: bytes | None = None) -> Image.Image:
+    """The result as a picture: the layer composited over the input (or alone, on transparency);
+    ``data``: the input file's bytes (16-bit colour is then rounded as the server rounds it)."""
+    from backend.imaging import to_array
+    from shared.compose import composite
+
+    if source is None:
+        return Image.fromarray(layer[..., :3] if layer[..., 3].min() == 255 else layer)
+    if transparent:
+        base = np.zeros((source.height, source.width, 4), np.uint8)
+        base[offset[1]:offset[1] + layer.shape[0], offset[0]:offset[0] + layer.shape[1]] = layer
+        return Image.fromarray(base, "RGBA")
+    base = to_array(source, "RGBA" if _has_alpha(source) else "RGB", data)
+    return Image.fromarray(composite(base, layer, offset))
