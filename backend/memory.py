@@ -6,8 +6,8 @@ then it raises that threshold to the block's size (up to 32 MiB), and torch's CP
 (UNet and VAE activations, decoded previews, a result's pixels) are carved out of the malloc arena of
 the thread that made them. Freed, they stay resident as holes between live blocks, and each job's
 peak regrows the arena with fragmentation: 10 back-to-back 512-px jobs on the demo model grew the
-server's RSS by 100-130 MiB at the peak. jemalloc reuses those buffers without the holes (+40-55 MiB,
-the same speed), so ``easel serve`` starts itself again with it preloaded when it is installed (Debian and
+server's RSS by 100-130 MiB at the peak. jemalloc reuses those buffers without the holes (+40-60 MiB,
+about the same speed), so ``easel serve`` starts itself again with it preloaded when it is installed (Debian and
 Ubuntu: ``libjemalloc2``), as the A1111 WebUI's launcher does with tcmalloc. Its background thread hands
 pages unused for about ``DECAY_MS`` back to the system (``JEMALLOC_CONF``; a ``MALLOC_CONF`` of the
 user's own is kept instead), so an idle server shrinks by itself, and back-to-back jobs reuse their
