@@ -21,7 +21,6 @@ from PIL import Image, UnidentifiedImageError
 from shared.capabilities import DEFAULT_MAX_SIDE
 from shared.images import ImageData
 
-
 ORIENTATION = 0x0112  # the EXIF tag phones use to say "this photo is turned"
 # Formats `easel run --out` writes without loss (WebP is written lossless); others need --lossy.
 LOSSLESS_FORMATS = ("PNG", "TIFF", "WEBP", "BMP", "TGA")
