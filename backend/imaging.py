@@ -43,7 +43,7 @@ def to_array(picture: Image.Image, mode: str, data: bytes | None = None) -> np.n
         picture = Image.fromarray(np.clip(np.rint(wide), 0, 255).astype(np.uint8), "L")
     if mode != "L" and icc and picture.mode in ("L", "LA"):
         picture = _grey_to_srgb(picture, icc)
-    if mode == "L" and ("A" in picture.getbands() or "transparency" in picture.info):
+    if mode == "L" and has_alpha(picture):
         rgba = picture.convert("RGBA")
         alpha = np.asarray(rgba, dtype=np.uint16)[..., 3]
         luma = np.asarray(rgba.convert("RGB").convert("L"), dtype=np.uint16)
@@ -51,38 +51,53 @@ def to_array(picture: Image.Image, mode: str, data: bytes | None = None) -> np.n
     return np.array(picture.convert(mode))
 
 
+def has_alpha(picture: Image.Image) -> bool:
+    """Whether the picture has an alpha channel or a transparent colour (a palette's or a PNG's tRNS)."""
+    return "A" in picture.getbands() or "transparency" in picture.info
+
+
+def _profile(icc: bytes | None, space: str | None = None):
+    """The ICC profile ``icc`` as littleCMS reads it, when it describes ``space`` ("RGB", "GRAY", "CMYK"; any
+    when None); None without one or for one it cannot read."""
+    from PIL import ImageCms
+
+    if not icc:
+        return None
+    try:
+        profile = ImageCms.ImageCmsProfile(io.BytesIO(icc))
+    except (ImageCms.PyCMSError, OSError, TypeError, ValueError):
+        return None
+    return profile if space is None or profile.profile.xcolor_space.strip() == space else None
+
+
+def _to_srgb(picture: Image.Image, profile) -> Image.Image | None:
+    """``picture`` converted from ``profile`` to sRGB RGB; None where littleCMS cannot."""
+    from PIL import ImageCms
+
+    try:
+        return ImageCms.profileToProfile(picture, profile, ImageCms.createProfile("sRGB"), outputMode="RGB")
+    except (ImageCms.PyCMSError, OSError, TypeError, ValueError):
+        return None
+
+
 def _cmyk_to_srgb(picture: Image.Image) -> Image.Image:
     """A CMYK picture as sRGB through its embedded CMYK profile (a print file's colours as a colour-managed
     viewer shows them: Pillow's own conversion makes 100% cyan 0,255,255, far brighter than any ink); the
     picture as it is without a readable CMYK profile (Pillow's conversion then applies)."""
-    from PIL import ImageCms
-
-    icc = picture.info.get("icc_profile")
-    if not icc:
-        return picture
-    try:
-        profile = ImageCms.ImageCmsProfile(io.BytesIO(icc))
-        if profile.profile.xcolor_space.strip() != "CMYK":
-            return picture
-        return ImageCms.profileToProfile(picture, profile, ImageCms.createProfile("sRGB"), outputMode="RGB")
-    except (ImageCms.PyCMSError, OSError, TypeError, ValueError):
-        return picture
+    profile = _profile(picture.info.get("icc_profile"), "CMYK")
+    return (_to_srgb(picture, profile) if profile else None) or picture
 
 
 def _grey_to_srgb(picture: Image.Image, icc: bytes) -> Image.Image:
     """A grey (L or LA) picture as sRGB RGB(A) through its embedded grey profile; as it is when the profile
     is not a grey one littleCMS can read (the picture's numbers are then taken as sRGB greys)."""
-    from PIL import ImageCms
-
-    try:
-        profile = ImageCms.ImageCmsProfile(io.BytesIO(icc))
-        if profile.profile.xcolor_space.strip() != "GRAY":
-            return picture
-        if picture.mode == "L" and "transparency" in picture.info:
-            picture = picture.convert("LA")
-        rgb = ImageCms.profileToProfile(picture.getchannel("L"), profile, ImageCms.createProfile("sRGB"),
-                                        outputMode="RGB")
-    except (ImageCms.PyCMSError, OSError, TypeError, ValueError):
+    profile = _profile(icc, "GRAY")
+    if profile is None:
+        return picture
+    if picture.mode == "L" and "transparency" in picture.info:
+        picture = picture.convert("LA")
+    rgb = _to_srgb(picture.getchannel("L"), profile)
+    if rgb is None:
         return picture
     if picture.mode == "LA":
         rgb.putalpha(picture.getchannel("A"))
@@ -140,37 +155,23 @@ def encode(pixels: np.ndarray, fmt: str) -> ImageData:
 def rgb_profile(picture: Image.Image) -> bytes | None:
     """The picture's embedded ICC profile when it describes RGB colour (Adobe RGB, Display P3, sRGB …);
     None without one, for grey or CMYK ones, and for a profile littleCMS cannot read."""
-    from PIL import ImageCms
-
     icc = picture.info.get("icc_profile")
-    if not icc:
-        return None
-    try:
-        return icc if ImageCms.ImageCmsProfile(io.BytesIO(icc)).profile.xcolor_space.strip() == "RGB" else None
-    except (ImageCms.PyCMSError, OSError, TypeError, ValueError):
-        return None
+    return icc if _profile(icc, "RGB") is not None else None
 
 
 def profile_is_srgb(icc: bytes) -> bool:
     """Whether an RGB profile shows every colour as sRGB does (within a level): dropping it changes nothing."""
-    from PIL import ImageCms
 
+    profile = _profile(icc, "RGB")
     levels = np.linspace(0, 255, 6).astype(np.uint8)
     cube = np.stack(np.meshgrid(levels, levels, levels), -1).reshape(1, -1, 3)
-    try:
-        seen = ImageCms.profileToProfile(Image.fromarray(cube, "RGB"), ImageCms.ImageCmsProfile(io.BytesIO(icc)),
-                                         ImageCms.createProfile("sRGB"),
-                                         renderingIntent=ImageCms.Intent.RELATIVE_COLORIMETRIC)
-    except (ImageCms.PyCMSError, OSError, TypeError, ValueError):
-        return False
-    return int(np.abs(np.asarray(seen, np.int16) - cube).max()) <= 1
+    seen = _to_srgb(Image.fromarray(cube, "RGB"), profile) if profile is not None else None
+    return seen is not None and int(np.abs(np.asarray(seen, np.int16) - cube).max()) <= 1
 
 
 def profile_name(icc: bytes) -> str:
     """The profile's own description (``Adobe RGB (1998)``), for messages."""
     from PIL import ImageCms
 
-    try:
-        return ImageCms.getProfileDescription(ImageCms.ImageCmsProfile(io.BytesIO(icc))).strip() or "unnamed"
-    except (ImageCms.PyCMSError, OSError, TypeError, ValueError):
-        return "unnamed"
+    profile = _profile(icc)
+    return (ImageCms.getProfileDescription(profile).strip() if profile is not None else "") or "unnamed"

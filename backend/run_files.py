@@ -18,10 +18,12 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from backend.imaging import has_alpha, profile_is_srgb, profile_name, rgb_profile, to_array, to_png
 from shared.capabilities import DEFAULT_MAX_SIDE
 from shared.images import ImageData
 
 ORIENTATION = 0x0112  # the EXIF tag phones use to say "this photo is turned"
+SIDEWAYS = (5, 6, 7, 8)  # the EXIF orientations that swap width and height
 # Formats `easel run --out` writes without loss (WebP is written lossless); others need --lossy.
 LOSSLESS_FORMATS = ("PNG", "TIFF", "WEBP", "BMP", "TGA")
 PROFILE_FORMATS = ("PNG", "TIFF", "WEBP", "JPEG", "AVIF")  # those Pillow writes an ICC colour profile into
@@ -57,7 +59,7 @@ class Picture:
     @property
     def turned(self) -> bool:
         """Its EXIF orientation swaps width and height (the photo was stored sideways)."""
-        return self.orientation in (5, 6, 7, 8)
+        return self.orientation in SIDEWAYS
 
 
 # -- reading ----------------------------------------------------------------------------------
@@ -66,8 +68,6 @@ class Picture:
 def read_picture(path: str, role: str, option: str) -> Picture:
     """The picture at ``path`` (given as ``option``): upright (EXIF orientation applied), and what to send:
     the file's own bytes when it is a PNG or WebP that needs no turning, else an 8-bit PNG of it."""
-    from backend.imaging import rgb_profile, to_array, to_png
-
     try:
         with warnings.catch_warnings():  # (Pillow warns above 89 Mpx; a server's own limit is said below)
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
@@ -96,8 +96,7 @@ def read_picture(path: str, role: str, option: str) -> Picture:
                            stored, icc=icc, transparent=_transparent(picture), dpi=dpi)
         # decoded as stored, then turned: a 16-bit PNG or TIFF is rounded from its file's bytes (v / 257), which
         # needs the stored layout; the upright picture is what is sent, so the composite uses the same numbers
-        has_alpha = "A" in picture.getbands() or "transparency" in picture.info
-        pixels = to_array(picture, "L" if role == "mask" else "RGBA" if has_alpha else "RGB", data)
+        pixels = to_array(picture, "L" if role == "mask" else "RGBA" if has_alpha(picture) else "RGB", data)
         upright = Image.fromarray(pixels)
         if orientation in _EXIF_TURNS:
             upright = upright.transpose(_EXIF_TURNS[orientation])
@@ -172,17 +171,13 @@ def _dpi(picture: Image.Image, orientation: int) -> tuple[float, float] | None:
         return None
     if not (x > 0 and y > 0):
         return None
-    return (y, x) if orientation in (5, 6, 7, 8) else (x, y)
+    return (y, x) if orientation in SIDEWAYS else (x, y)
 
 
 # What turns a photo's stored pixels upright, by its EXIF orientation (as ImageOps.exif_transpose does).
 _EXIF_TURNS = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
                5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
                8: Image.Transpose.ROTATE_90}
-
-
-def _has_alpha(picture: Image.Image) -> bool:
-    return "A" in picture.getbands() or "transparency" in picture.info
 
 
 def _transparent(picture: Image.Image) -> bool:
@@ -226,13 +221,18 @@ def output_paths(out: str, count: int) -> list[Path]:
     return [path.with_name(f"{path.stem}-{i}{path.suffix}") for i in range(1, count + 1)]
 
 
+def _format(path: Path) -> str | None:
+    """The Pillow format a file name's extension stands for (``.tif``: TIFF); None for no picture format."""
+    return Image.registered_extensions().get(path.suffix.lower())
+
+
 def check_outputs(paths: list[Path], option: str, force: bool) -> list[Path]:
     """``paths`` when all can be written: a picture format, an existing folder, and no file there unless
     ``force`` (all of a batch's files are checked before the GPU spends time on them)."""
     for path in paths:
-        if path.suffix.lower() not in Image.registered_extensions():
+        if _format(path) is None:
             raise UsageError(f"cannot write {option} {path}: {path.suffix!r} is not a picture format (use .png)")
-        fmt = Image.registered_extensions()[path.suffix.lower()]
+        fmt = _format(path)
         if not _writable(fmt):  # (a .psd was refused only after the job, with a traceback)
             raise UsageError(f"cannot write {option} {path}: Easel reads {fmt} files but cannot write them; use .png "
                              "(or .tif, .webp) and open that in your editor")
@@ -257,7 +257,7 @@ def _writable(fmt: str) -> bool:
 def check_lossless(paths: list[Path], lossy: bool) -> None:
     """Refuse an output format that would change untouched pixels, unless the user said --lossy."""
     for path in paths:
-        fmt = Image.registered_extensions()[path.suffix.lower()]
+        fmt = _format(path)
         if fmt not in LOSSLESS_FORMATS and not lossy:
             raise UsageError(f"--out {path}: {fmt} is a lossy (or palette) format: it would change the pixels the "
                              "edit left untouched. Use .png (or .webp, written lossless), or pass --lossy")
@@ -267,7 +267,7 @@ def check_alpha_kept(paths: list[Path], transparent: bool) -> None:
     """Refuse a format that drops transparency when the result has some (a layer, a transparent input),
     --lossy or not: a JPEG or GIF showed the colours stored under the transparent pixels, never seen before."""
     for path in paths:
-        fmt = Image.registered_extensions()[path.suffix.lower()]
+        fmt = _format(path)
         if transparent and fmt not in ALPHA_FORMATS:
             raise UsageError(f"--out {path}: {fmt} keeps no transparency, and this result has some (a --layer, or "
                              "a transparent --image): its transparent parts would turn opaque, showing whatever "
@@ -277,12 +277,10 @@ def check_alpha_kept(paths: list[Path], transparent: bool) -> None:
 def check_profile_kept(paths: list[Path], image: Picture | None) -> None:
     """Refuse a format that cannot carry the picture's colour profile when dropping it would change how the
     result looks (a wide-gamut photo's numbers read as sRGB: duller colours, untouched parts too)."""
-    from backend.imaging import profile_is_srgb, profile_name
-
     if image is None or not image.icc:
         return
     for path in paths:
-        fmt = Image.registered_extensions()[path.suffix.lower()]
+        fmt = _format(path)
         if fmt not in PROFILE_FORMATS and not profile_is_srgb(image.icc):
             raise UsageError(f"--out {path}: {fmt} keeps no colour profile, and --image {image.path} has one "
                              f"({profile_name(image.icc)}): without it every colour of the result would look "
@@ -302,7 +300,7 @@ def result_picture(image: ImageData, offset: tuple[int, int], source: Picture | 
 def write_picture(picture: Image.Image, path: Path, source: Picture | None, *, keep_dpi: bool = True) -> None:
     """Write a result in its path's format, with the input's colour profile and (``keep_dpi``: the same pixels
     an inch) its print resolution; Pillow's OSError or ValueError when it cannot."""
-    fmt = Image.registered_extensions()[path.suffix.lower()]
+    fmt = _format(path)
     if fmt == "JPEG":
         picture = picture.convert("RGB")  # JPEG has no alpha
     options = {"lossless": True, "exact": True} if fmt == "WEBP" else {}
@@ -339,7 +337,6 @@ def _place(layer: np.ndarray, offset: tuple[int, int], source: Image.Image | Non
            data: bytes | None = None) -> Image.Image:
     """The result as a picture: the layer composited over the input (or alone, on transparency);
     ``data``: the input file's bytes (16-bit colour is then rounded as the server rounds it)."""
-    from backend.imaging import to_array
     from shared.compose import composite
 
     if source is None:
@@ -348,5 +345,5 @@ def _place(layer: np.ndarray, offset: tuple[int, int], source: Image.Image | Non
         base = np.zeros((source.height, source.width, 4), np.uint8)
         base[offset[1]:offset[1] + layer.shape[0], offset[0]:offset[0] + layer.shape[1]] = layer
         return Image.fromarray(base, "RGBA")
-    base = to_array(source, "RGBA" if _has_alpha(source) else "RGB", data)
+    base = to_array(source, "RGBA" if has_alpha(source) else "RGB", data)
     return Image.fromarray(composite(base, layer, offset))

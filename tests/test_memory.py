@@ -72,7 +72,9 @@ def test_under_jemalloc_an_idle_process_gives_freed_memory_back_by_itself():
             time.sleep(0.1)
         print(before, held, rss(), sep="|")
     """
-    environ = memory.preload_environment({**os.environ, "EASEL_MALLOC": ""})
+    environ = memory.preload_environment({**os.environ, "EASEL_MALLOC": "", memory.PRELOADED: ""})
+    if environ is None:
+        pytest.skip("this test process already runs on jemalloc")
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, env=environ)
     said, figures = done.stdout.splitlines()
     assert said == "True|False|jemalloc, pages unused for 2 s given back", done.stderr
