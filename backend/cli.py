@@ -20,6 +20,7 @@ from backend.run_files import (
     UsageError,
     check_alpha_kept,
     check_lossless,
+    check_mask_grey,
     check_mask_size,
     check_outputs,
     check_profile_kept,
@@ -479,6 +480,8 @@ def cmd_run(args: argparse.Namespace) -> int:
             params["refine"] = params.pop("strength")
         job = Job.create(args.mode, **params)
         check_job(job)
+        if mask:
+            check_mask_grey(mask)
         if image and mask:
             check_mask_size(image, mask)
     except UsageError as exc:

@@ -204,6 +204,33 @@ def check_mask_size(image: Picture, mask: Picture) -> None:
                      "the picture's size")
 
 
+# How far a mask's channels may differ and it still counts as grey (a grey mask saved as an RGB JPEG).
+GREY_TOLERANCE = 24
+
+
+def check_mask_grey(mask: Picture) -> None:
+    """Refuse a mask in colour, which the server reads by its brightness: red strokes on black were a 30%
+    edit, and strokes painted over a copy of the picture made every pixel of it part of the mask. Strokes of
+    one colour on a transparent layer are fine: the server reads them by their alpha."""
+    if mask.upright.mode not in ("RGB", "RGBA", "P", "PA", "CMYK", "YCbCr", "LAB", "HSV"):
+        return
+    rgba = np.asarray(mask.upright.convert("RGBA"))
+    alpha = rgba[..., 3]
+    visible = rgba[..., :3][alpha > 0]
+    if not len(visible) or (alpha.min() < 255 and (visible == visible[0]).all()):
+        return
+    spread = rgba[..., :3].max(axis=2).astype(np.int16) - rgba[..., :3].min(axis=2)
+    spread[alpha == 0] = 0
+    if spread.max() <= GREY_TOLERANCE:
+        return
+    y, x = np.unravel_index(int(spread.argmax()), spread.shape)
+    r, g, b = rgba[y, x, :3].tolist()
+    raise UsageError(f"--mask {mask.path} is in colour (its pixel at {x},{y} is {r},{g},{b}), and a mask is read by "
+                     "its brightness: white = change, black = keep, so a coloured stroke counts only in part (pure "
+                     "red as 30%) and a picture under the strokes counts everywhere. Save the mask as white strokes "
+                     "on black (grey for a soft edge), or as strokes of one colour on a transparent layer")
+
+
 # What turns a mask drawn on a photo's stored pixels the way the photo's EXIF orientation turns the photo.
 _TURN = {5: "flip the mask across its top-left to bottom-right diagonal", 6: "rotate the mask 90° clockwise",
          7: "flip the mask across its top-right to bottom-left diagonal", 8: "rotate the mask 90° counter-clockwise"}

@@ -516,6 +516,33 @@ def test_formats_pillow_cannot_write_are_refused_before_the_job(capsys, small, n
     assert not (small / name).exists()
 
 
+def test_a_mask_in_colour_is_refused_with_how_to_save_one(capsys, small):
+    """Red strokes on black were a 30% edit, and strokes over a copy of the picture made all of it the mask."""
+    strokes = np.zeros((48, 64, 3), np.uint8)
+    strokes[10:30, 10:30] = (255, 0, 0)
+    painted_over = np.asarray(picture(64, 48)).copy()
+    painted_over[10:30, 10:30] = (255, 0, 0)
+    for name, pixels in (("red.png", strokes), ("over.png", painted_over)):
+        Image.fromarray(pixels).save(small / name)
+        status, _, err = easel_here(capsys, "run", "inpaint", "--image", small / "in.png", "--mask", small / name,
+                                    "--out", small / "o.png", "--server", nowhere())
+        assert status == 2 and "is in colour (its pixel at " in err, err
+        assert "Save the mask as white strokes on black" in err
+    assert "(its pixel at 10,10 is 255,0,0)" in easel_here(capsys, "run", "inpaint", "--image", small / "in.png",
+                                                            "--mask", small / "red.png", "--out", small / "o.png",
+                                                            "--server", nowhere())[2]
+    grey = np.zeros((48, 64, 3), np.uint8)
+    grey[10:30, 10:30] = (250, 255, 247)  # a grey mask saved in colour, a few levels apart
+    Image.fromarray(grey).save(small / "grey.png")
+    on_layer = np.zeros((48, 64, 4), np.uint8)
+    on_layer[10:30, 10:30] = (255, 0, 0, 255)  # red strokes on a transparent layer: read by their alpha
+    Image.fromarray(on_layer).save(small / "layer.png")
+    for name in ("grey.png", "layer.png"):
+        status, _, err = easel_here(capsys, "run", "inpaint", "--image", small / "in.png", "--mask", small / name,
+                                    "--out", small / "o.png", "--server", nowhere())
+        assert status == 1 and "in colour" not in err and "unreachable" in err, err
+
+
 def test_a_control_map_of_another_shape_is_said_to_be_stretched(capsys, small):
     # A 600x20 map given for a 64x48 picture was stretched to it without a word.
     picture(600, 48).resize((600, 20)).save(small / "strip.png")
