@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import dataclasses
 import io
 import json
 import logging
 import os
 import re
 import sys
+import uuid
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -498,9 +501,22 @@ def cmd_run(args: argparse.Namespace) -> int:
             print(f"\rstep {event.step}/{event.total}", end="", file=sys.stderr, flush=True)
             shown.append(event)
 
+    job = dataclasses.replace(job, id=uuid.uuid4().hex[:16])  # known before it is sent, to cancel it
+    connected = False
     try:
         with Client(args.server, token=args.token, name="easel-cli", cert=args.cert) as client:
-            result = client.run(job, on_event=show)
+            connected = True
+            try:
+                result = client.run(job, on_event=show)
+            except KeyboardInterrupt:
+                # (closing the connection cancels it too; asking first says so even if the close is cut short)
+                with contextlib.suppress(Exception):
+                    client.cancel(job.id)
+                raise
+    except KeyboardInterrupt:  # Ctrl-C printed a traceback from inside the websocket library
+        print("\n" * bool(shown) + "easel: interrupted" + ": the job was cancelled on the server" * connected,
+              file=sys.stderr)
+        return 130
     except EaselError as exc:
         print("\n" * bool(shown) + f"easel: {wording.say(exc.message, exc.field)} [{exc.code}]", file=sys.stderr)
         return 1

@@ -728,6 +728,31 @@ def test_a_mask_drawn_on_a_sideways_stored_photo_is_refused_with_a_hint(server, 
     assert not (out[:40] == upright[:40]).all(), "the masked top (red) part was repainted"
 
 
+def test_ctrl_c_cancels_the_job_and_ends_cleanly(server, tmp_path):
+    """Ctrl-C during a tiled job printed a traceback from inside the websocket library."""
+    import signal
+
+    picture(800, 600).save(tmp_path / "big.png")  # img2img in 2 x 2 tiles: many steps to stop in
+    # (this checkout's command, whichever checkout the `easel` script was installed from)
+    command = [sys.executable, "-m", "backend.cli", "run", "img2img", "--image", tmp_path / "big.png", "--strength",
+               0.5, "--steps", 40, "--out", tmp_path / "o.png", "--server", server.url]
+    process = subprocess.Popen([str(part) for part in command], cwd=Path(__file__).parents[1], stderr=subprocess.PIPE,
+                               stdout=subprocess.PIPE, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    said = b""
+    while b"step 1/" not in said:
+        chunk = os.read(process.stderr.fileno(), 4096)
+        assert chunk, said
+        said += chunk
+    process.send_signal(signal.SIGINT)
+    out, err = process.communicate(timeout=60)
+    err = (said + err).decode()
+    assert process.returncode == 130, err
+    assert "easel: interrupted: the job was cancelled on the server" in err and "Traceback" not in err, err
+    assert not (tmp_path / "o.png").exists()
+    with Client(server.url) as client:  # the server goes on with the next job
+        assert client.run("generate", prompt="x", width=64, height=64, steps=1).images
+
+
 def test_run_does_not_overwrite_unless_forced(server, small):
     (small / "v-2.png").write_bytes(b"keep me")
     common = ["run", "img2img", "--image", small / "in.png", "--strength", 0.5, "--steps", 2, "--batch", 2,
