@@ -333,6 +333,13 @@ def test_a_mask_painted_in_black_on_a_transparent_layer_is_its_alpha(client):
     assert (layer[..., :3][expected == 0] == original[expected == 0]).all()
 
 
+def test_a_mask_of_another_size_is_refused_saying_what_to_send(client):
+    with pytest.raises(EaselError) as refused:
+        run(client, "inpaint", picture(96, 64), rect_mask((64, 96), (10, 10, 30, 30)), steps=1)
+    assert refused.value.code == "size_mismatch" and refused.value.field == "mask"
+    assert "mask is 64x96 but the image is 96x64: a mask must have the picture's size" in refused.value.message
+
+
 def test_fill_mode_decides_what_a_low_strength_inpaint_starts_from(client):
     image = picture(256, 192)
     mask = rect_mask(image.size, (90, 60, 170, 140))
