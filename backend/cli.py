@@ -27,6 +27,8 @@ from backend.run_files import (
     check_mask_size,
     check_outputs,
     check_profile_kept,
+    inverted_mask,
+    note_mask_coverage,
     output_paths,
     read_picture,
     result_picture,
@@ -215,6 +217,9 @@ def _add_run_parser(commands: Any) -> None:
     run.add_argument("--feather", type=int, metavar="PX", help=_help(SUBMIT_FIELDS["mask_feather"]))
     run.add_argument("--padding", type=int, metavar="PX", help=_help(SUBMIT_FIELDS["mask_padding"]))
     run.add_argument("--fill", choices=SUBMIT_FIELDS["fill"].choices, help=_help(SUBMIT_FIELDS["fill"]))
+    run.add_argument("--invert-mask", action="store_true",
+                     help="read --mask the other way round: white = keep, black = repaint (as a mask of what to "
+                          "protect is drawn; A1111's \"Inpaint not masked\")")
     run.add_argument("--hard-mask", action="store_true",
                      help="inpaint, remove: cut the mask at 50%% for diffusion and feather it as max(grown, "
                           "blurred), as before soft inpainting; inpaint, remove, expand: no light matching")
@@ -471,6 +476,12 @@ def cmd_run(args: argparse.Namespace) -> int:
         if args.aspect:
             params.update(_aspect(args, image))
         mask = read_picture(args.mask, "mask", "--mask") if args.mask else None
+        if args.invert_mask and not mask:
+            raise UsageError("--invert-mask needs --mask")
+        if mask:
+            check_mask_grey(mask)
+            if args.invert_mask:
+                mask = inverted_mask(mask)
         params.update(image=image and image.data, mask=mask and mask.data,
                       control=[_control_unit(spec) for spec in args.control],
                       references=[_reference(spec) for spec in args.reference],
@@ -483,10 +494,10 @@ def cmd_run(args: argparse.Namespace) -> int:
             params["refine"] = params.pop("strength")
         job = Job.create(args.mode, **params)
         check_job(job)
-        if mask:
-            check_mask_grey(mask)
         if image and mask:
             check_mask_size(image, mask)
+        if mask:
+            note_mask_coverage(mask, args.invert_mask)
     except UsageError as exc:
         print(f"easel: {exc}", file=sys.stderr)
         return 2

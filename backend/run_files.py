@@ -12,7 +12,7 @@ from __future__ import annotations
 import io
 import sys
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -229,6 +229,39 @@ def check_mask_grey(mask: Picture) -> None:
                      "its brightness: white = change, black = keep, so a coloured stroke counts only in part (pure "
                      "red as 30%) and a picture under the strokes counts everywhere. Save the mask as white strokes "
                      "on black (grey for a soft edge), or as strokes of one colour on a transparent layer")
+
+
+# A mask that selects this much of the picture is more likely drawn white = keep than meant as it reads.
+MOSTLY = 0.75
+
+
+def mask_values(mask: Picture) -> np.ndarray:
+    """The mask's 8-bit values as the server reads them (255 = change; transparency and 16 bits as there)."""
+    return to_array(mask.upright, "L", mask.bytes)
+
+
+def inverted_mask(mask: Picture) -> Picture:
+    """``--invert-mask``: the mask to send, white where the given one is black (sent as an 8-bit grey PNG)."""
+    flipped = Image.fromarray(255 - mask_values(mask), "L")
+    if not flipped.getbbox():
+        raise UsageError(f"--mask {mask.path} is white everywhere: inverted (--invert-mask), it leaves nothing to "
+                         "change; leave out --invert-mask, or paint black where the picture should change")
+    return replace(mask, upright=flipped, data=to_png(flipped), orientation=1)
+
+
+def note_mask_coverage(mask: Picture, inverted: bool) -> None:
+    """Say so when a mask selects most of the picture: a mask drawn white = keep (the other convention)
+    repainted nearly everything without a word."""
+    share = float((mask_values(mask) > 0).mean())
+    if share < MOSTLY:
+        return
+    if inverted:
+        said = (f"--mask {mask.path}, inverted, selects {share:.0%} of the picture (its black parts); if it is white "
+                "where the picture should change, leave out --invert-mask")
+    else:
+        said = (f"--mask {mask.path} selects {share:.0%} of the picture (white = change, black = keep); if it is "
+                "white where the picture should stay, pass --invert-mask")
+    print(f"easel: note: {said}", file=sys.stderr)
 
 
 # What turns a mask drawn on a photo's stored pixels the way the photo's EXIF orientation turns the photo.

@@ -543,6 +543,29 @@ def test_a_mask_in_colour_is_refused_with_how_to_save_one(capsys, small):
         assert status == 1 and "in colour" not in err and "unreachable" in err, err
 
 
+def test_invert_mask_reads_a_mask_drawn_white_for_keep_and_a_mask_of_most_of_the_picture_is_noted(
+        server, capsys, small):
+    """A mask drawn the other way round (white = keep) repainted nearly the whole picture without a word."""
+    keep = Image.fromarray(255 - np.asarray(Image.open(small / "mask.png")))
+    keep.save(small / "keep.png")
+    common = ["run", "inpaint", "--image", small / "in.png", "--steps", 1, "--seed", 5, "--server", server.url]
+    status, _, err = easel_here(capsys, *common, "--mask", small / "mask.png", "--out", small / "a.png")
+    assert status == 0 and "note" not in err, err
+    status, _, err = easel_here(capsys, *common, "--mask", small / "keep.png", "--invert-mask",
+                                "--out", small / "b.png")
+    assert status == 0 and "note" not in err, err
+    assert (small / "a.png").read_bytes() == (small / "b.png").read_bytes()
+    status, _, err = easel_here(capsys, *common, "--mask", small / "keep.png", "--out", small / "c.png")
+    assert status == 0 and "--mask " + str(small / "keep.png") + " selects 87% of the picture" in err, err
+    assert "if it is white where the picture should stay, pass --invert-mask" in err
+    Image.new("L", (64, 48), 255).save(small / "white.png")
+    status, _, err = easel_here(capsys, *common, "--mask", small / "white.png", "--invert-mask",
+                                "--out", small / "d.png")
+    assert status == 2 and "is white everywhere: inverted (--invert-mask), it leaves nothing to change" in err, err
+    status, _, err = easel_here(capsys, *common, "--invert-mask", "--out", small / "e.png")
+    assert status == 2 and "--invert-mask needs --mask" in err, err
+
+
 def test_a_control_map_of_another_shape_is_said_to_be_stretched(capsys, small):
     # A 600x20 map given for a 64x48 picture was stretched to it without a word.
     picture(600, 48).resize((600, 20)).save(small / "strip.png")
