@@ -476,12 +476,6 @@ def cmd_run(args: argparse.Namespace) -> int:
         if args.aspect:
             params.update(_aspect(args, image))
         mask = read_picture(args.mask, "mask", "--mask") if args.mask else None
-        if args.invert_mask and not mask:
-            raise UsageError("--invert-mask needs --mask")
-        if mask:
-            check_mask_grey(mask)
-            if args.invert_mask:
-                mask = inverted_mask(mask)
         params.update(image=image and image.data, mask=mask and mask.data,
                       control=[_control_unit(spec) for spec in args.control],
                       references=[_reference(spec) for spec in args.reference],
@@ -494,9 +488,15 @@ def cmd_run(args: argparse.Namespace) -> int:
             params["refine"] = params.pop("strength")
         job = Job.create(args.mode, **params)
         check_job(job)
+        if args.invert_mask and not mask:
+            raise UsageError("--invert-mask needs --mask")
         if image and mask:
             check_mask_size(image, mask)
         if mask:
+            check_mask_grey(mask)
+            if args.invert_mask:
+                mask = inverted_mask(mask)
+                job = dataclasses.replace(job, mask=mask.data)
             note_mask_coverage(mask, args.invert_mask)
     except UsageError as exc:
         print(f"easel: {exc}", file=sys.stderr)
