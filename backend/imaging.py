@@ -50,17 +50,22 @@ def to_array(picture: Image.Image, mode: str, data: bytes | None = None) -> np.n
 
 
 def _mask_with_alpha(rgba: Image.Image) -> np.ndarray:
-    """A mask with transparency as 8-bit values: luminance x alpha (transparent means keep), except that
-    strokes of one colour on a transparent layer are read by their alpha alone. Black strokes on a
-    transparent layer (A1111's way: it takes an RGBA mask's alpha) read as luminance were an empty mask,
-    and red ones a 30% edit; painted in one colour, only the alpha says where the painter painted."""
+    """A mask with transparency as 8-bit values: luminance x alpha (transparent means keep), or, for strokes
+    of one colour on a transparent layer, the alpha alone."""
     pixels = np.asarray(rgba)
-    alpha = pixels[..., 3]
-    visible = pixels[..., :3][alpha > 0]
-    if alpha.min() < 255 and len(visible) and (visible == visible[0]).all():
-        return alpha.copy()
+    if painted_in_alpha(pixels):
+        return pixels[..., 3].copy()
     luma = np.asarray(rgba.convert("RGB").convert("L"), dtype=np.uint16)
-    return (luma * alpha.astype(np.uint16) // 255).astype(np.uint8)
+    return (luma * pixels[..., 3].astype(np.uint16) // 255).astype(np.uint8)
+
+
+def painted_in_alpha(rgba: np.ndarray) -> bool:
+    """Whether an RGBA mask is strokes of one colour on transparency, so that only its alpha says where the
+    painter painted. Black strokes on a transparent layer (A1111 takes an RGBA mask's alpha) read as luminance
+    were an empty mask, and red ones a 30% edit."""
+    alpha = rgba[..., 3]
+    visible = rgba[..., :3][alpha > 0]
+    return bool(alpha.min() < 255 and len(visible) and (visible == visible[0]).all())
 
 
 def has_alpha(picture: Image.Image) -> bool:

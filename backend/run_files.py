@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from backend.imaging import has_alpha, profile_is_srgb, profile_name, rgb_profile, to_array, to_png
+from backend.imaging import has_alpha, painted_in_alpha, profile_is_srgb, profile_name, rgb_profile, to_array, to_png
 from shared.capabilities import DEFAULT_MAX_SIDE
 from shared.images import ImageData
 
@@ -216,8 +216,7 @@ def check_mask_grey(mask: Picture) -> None:
         return
     rgba = np.asarray(mask.upright.convert("RGBA"))
     alpha = rgba[..., 3]
-    visible = rgba[..., :3][alpha > 0]
-    if not len(visible) or (alpha.min() < 255 and (visible == visible[0]).all()):
+    if not alpha.any() or painted_in_alpha(rgba):
         return
     spread = rgba[..., :3].max(axis=2).astype(np.int16) - rgba[..., :3].min(axis=2)
     spread[alpha == 0] = 0
