@@ -866,6 +866,9 @@ def test_run_writes_webp_lossless(server, small):
     (["expand", "--right", 5000], "--right must be at most 4096, got 5000"),
     (["inpaint", "--mask", "{mask}", "--left", 8], "--left is for expand"),
     (["img2img", "--fill", "blur"], "img2img has no masked area to fill; --fill is for"),
+    # (it said instruct "has no masked area to fill" with the --mask right there)
+    (["instruct", "--mask", "{mask}", "--fill", "blur"], "instruct pre-fills nothing (the picture itself guides "
+     "the edit); --fill is for inpaint"),
 ])
 def test_toolbox_errors_name_the_options_typed(capsys, small, args, said):
     names = {"image": small / "in.png", "mask": small / "mask.png"}
