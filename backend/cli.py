@@ -617,6 +617,9 @@ def cmd_preprocess(args: argparse.Namespace) -> int:
     try:
         with Client(args.server, token=args.token, name="easel-cli", cert=args.cert) as client:
             control_map = client.preprocess(request.preprocessor, request.image, resolution=request.resolution)
+    except KeyboardInterrupt:  # (leaving the `with` closed the connection, which cancels the job)
+        print("easel: interrupted", file=sys.stderr)
+        return 130
     except EaselError as exc:
         print(f"easel: {wording.say(exc.message, exc.field)} [{exc.code}]", file=sys.stderr)
         return 1

@@ -777,6 +777,27 @@ def test_ctrl_c_cancels_the_job_and_ends_cleanly(server, tmp_path):
         assert client.run("generate", prompt="x", width=64, height=64, steps=1).images
 
 
+@pytest.mark.parametrize("command", ["run", "preprocess"])
+def test_ctrl_c_while_a_server_does_not_answer_ends_cleanly(small, command):
+    import signal
+
+    with socket.socket() as silent:  # takes the connection, never answers the handshake
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        url = f"ws://127.0.0.1:{silent.getsockname()[1]}/"
+        args = (["run", "img2img", "--image", small / "in.png", "--strength", 0.5, "--out", small / "o.png"]
+                if command == "run" else ["preprocess", "canny", small / "in.png", small / "o.png"])
+        process = subprocess.Popen([sys.executable, "-m", "backend.cli", *map(str, args), "--server", url],
+                                   cwd=Path(__file__).parents[1], stderr=subprocess.PIPE, text=True,
+                                   env={**os.environ, "HF_HUB_OFFLINE": "1"})
+        connection, _ = silent.accept()
+        with connection:
+            time.sleep(0.5)
+            process.send_signal(signal.SIGINT)
+            _, err = process.communicate(timeout=30)
+    assert process.returncode == 130 and err.strip() == "easel: interrupted", err
+
+
 def test_run_does_not_overwrite_unless_forced(server, small):
     (small / "v-2.png").write_bytes(b"keep me")
     common = ["run", "img2img", "--image", small / "in.png", "--strength", 0.5, "--steps", 2, "--batch", 2,
