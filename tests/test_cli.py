@@ -516,6 +516,37 @@ def test_formats_pillow_cannot_write_are_refused_before_the_job(capsys, small, n
     assert not (small / name).exists()
 
 
+def _mask_files(folder, mask):
+    """The one mask as painters' tools save it: 1-bit, 16-bit grey, white or black strokes on a transparent
+    layer, a JPEG, an RGB PNG."""
+    values = np.asarray(mask)
+    Image.fromarray(values).convert("1").save(folder / "one-bit.png")
+    Image.fromarray(values.astype(np.uint16) * 257).save(folder / "sixteen.png")
+    for name, colour in (("white-on-clear.png", 255), ("black-on-clear.png", 0)):
+        layer = np.zeros(values.shape + (4,), np.uint8)
+        layer[..., :3], layer[..., 3] = colour, values
+        Image.fromarray(layer, "RGBA").save(folder / name)
+    Image.fromarray(values).save(folder / "grey.jpg", quality=90)
+    Image.fromarray(values).convert("RGB").save(folder / "rgb.png")
+    return ["one-bit.png", "sixteen.png", "white-on-clear.png", "black-on-clear.png", "grey.jpg", "rgb.png"]
+
+
+def test_masks_as_painters_save_them_change_only_their_area(server, capsys, small):
+    source = np.asarray(Image.open(small / "in.png"))
+    mask = Image.open(small / "mask.png")
+    reach = masks.shape_mask(np.asarray(mask), 8, 16) > 0
+    outs = {}
+    for name in _mask_files(small, mask):
+        status, out, err = easel_here(capsys, "run", "inpaint", "--image", small / "in.png", "--mask", small / name,
+                                      "--steps", 1, "--seed", 2, "--out", small / f"out-{name}.png",
+                                      "--server", server.url)
+        assert status == 0, (name, err)
+        outs[name] = np.asarray(Image.open(small / f"out-{name}.png"))
+        assert (outs[name][~reach] == source[~reach]).all(), name
+    exact = [name for name in outs if name != "grey.jpg"]
+    assert all((outs[name] == outs[exact[0]]).all() for name in exact), "each reads as the same mask"
+
+
 def test_a_mask_in_colour_is_refused_with_how_to_save_one(capsys, small):
     """Red strokes on black were a 30% edit, and strokes over a copy of the picture made all of it the mask."""
     strokes = np.zeros((48, 64, 3), np.uint8)
