@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import dataclasses
 import io
 import json
 import logging
 import os
 import re
 import sys
+import uuid
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -20,9 +23,12 @@ from backend.run_files import (
     UsageError,
     check_alpha_kept,
     check_lossless,
+    check_mask_grey,
     check_mask_size,
     check_outputs,
     check_profile_kept,
+    inverted_mask,
+    note_mask_coverage,
     output_paths,
     read_picture,
     result_picture,
@@ -211,6 +217,9 @@ def _add_run_parser(commands: Any) -> None:
     run.add_argument("--feather", type=int, metavar="PX", help=_help(SUBMIT_FIELDS["mask_feather"]))
     run.add_argument("--padding", type=int, metavar="PX", help=_help(SUBMIT_FIELDS["mask_padding"]))
     run.add_argument("--fill", choices=SUBMIT_FIELDS["fill"].choices, help=_help(SUBMIT_FIELDS["fill"]))
+    run.add_argument("--invert-mask", action="store_true",
+                     help="read --mask the other way round: white = keep, black = repaint (as a mask of what to "
+                          "protect is drawn; A1111's \"Inpaint not masked\")")
     run.add_argument("--hard-mask", action="store_true",
                      help="inpaint, remove: cut the mask at 50%% for diffusion and feather it as max(grown, "
                           "blurred), as before soft inpainting; inpaint, remove, expand: no light matching")
@@ -479,8 +488,16 @@ def cmd_run(args: argparse.Namespace) -> int:
             params["refine"] = params.pop("strength")
         job = Job.create(args.mode, **params)
         check_job(job)
+        if args.invert_mask and not mask:
+            raise UsageError("--invert-mask needs --mask")
         if image and mask:
             check_mask_size(image, mask)
+        if mask:
+            check_mask_grey(mask)
+            if args.invert_mask:
+                mask = inverted_mask(mask)
+                job = dataclasses.replace(job, mask=mask.data)
+            note_mask_coverage(mask, args.invert_mask)
     except UsageError as exc:
         print(f"easel: {exc}", file=sys.stderr)
         return 2
@@ -495,9 +512,22 @@ def cmd_run(args: argparse.Namespace) -> int:
             print(f"\rstep {event.step}/{event.total}", end="", file=sys.stderr, flush=True)
             shown.append(event)
 
+    job = dataclasses.replace(job, id=uuid.uuid4().hex[:16])  # known before it is sent, to cancel it
+    connected = False
     try:
         with Client(args.server, token=args.token, name="easel-cli", cert=args.cert) as client:
-            result = client.run(job, on_event=show)
+            connected = True
+            try:
+                result = client.run(job, on_event=show)
+            except KeyboardInterrupt:
+                # (closing the connection cancels it too; asking first says so even if the close is cut short)
+                with contextlib.suppress(Exception):
+                    client.cancel(job.id)
+                raise
+    except KeyboardInterrupt:  # Ctrl-C printed a traceback from inside the websocket library
+        print("\n" * bool(shown) + "easel: interrupted" + ": the job was cancelled on the server" * connected,
+              file=sys.stderr)
+        return 130
     except EaselError as exc:
         print("\n" * bool(shown) + f"easel: {wording.say(exc.message, exc.field)} [{exc.code}]", file=sys.stderr)
         return 1
@@ -587,6 +617,9 @@ def cmd_preprocess(args: argparse.Namespace) -> int:
     try:
         with Client(args.server, token=args.token, name="easel-cli", cert=args.cert) as client:
             control_map = client.preprocess(request.preprocessor, request.image, resolution=request.resolution)
+    except KeyboardInterrupt:  # (leaving the `with` closed the connection, which cancels the job)
+        print("easel: interrupted", file=sys.stderr)
+        return 130
     except EaselError as exc:
         print(f"easel: {wording.say(exc.message, exc.field)} [{exc.code}]", file=sys.stderr)
         return 1

@@ -23,7 +23,8 @@ def to_array(picture: Image.Image, mode: str, data: bytes | None = None) -> np.n
     with its CMYK profile embedded is converted to sRGB through that profile, as a colour-managed viewer
     shows it, and so is a grey picture with a grey profile (gamma 1.8, linear …) made into colour (RGB(A)):
     an RGB result cannot carry a grey profile, and its numbers read as sRGB looked lighter or darker. For
-    a mask (mode L) with transparency, transparent means "keep", whatever its colour.
+    a mask (mode L) with transparency, transparent means "keep", whatever its colour, and strokes all of
+    one colour are read by their alpha.
     """
     icc = picture.info.get("icc_profile")
     wide = wide_colour(data, _tiff_bits(picture)) if data is not None and picture.mode in ("RGB", "RGBA") else None
@@ -44,11 +45,27 @@ def to_array(picture: Image.Image, mode: str, data: bytes | None = None) -> np.n
     if mode != "L" and icc and picture.mode in ("L", "LA"):
         picture = _grey_to_srgb(picture, icc)
     if mode == "L" and has_alpha(picture):
-        rgba = picture.convert("RGBA")
-        alpha = np.asarray(rgba, dtype=np.uint16)[..., 3]
-        luma = np.asarray(rgba.convert("RGB").convert("L"), dtype=np.uint16)
-        return (luma * alpha // 255).astype(np.uint8)
+        return _mask_with_alpha(picture.convert("RGBA"))
     return np.array(picture.convert(mode))
+
+
+def _mask_with_alpha(rgba: Image.Image) -> np.ndarray:
+    """A mask with transparency as 8-bit values: luminance x alpha (transparent means keep), or, for strokes
+    of one colour on a transparent layer, the alpha alone."""
+    pixels = np.asarray(rgba)
+    if painted_in_alpha(pixels):
+        return pixels[..., 3].copy()
+    luma = np.asarray(rgba.convert("RGB").convert("L"), dtype=np.uint16)
+    return (luma * pixels[..., 3].astype(np.uint16) // 255).astype(np.uint8)
+
+
+def painted_in_alpha(rgba: np.ndarray) -> bool:
+    """Whether an RGBA mask is strokes of one colour on transparency, so that only its alpha says where the
+    painter painted. Black strokes on a transparent layer (A1111 takes an RGBA mask's alpha) read as luminance
+    were an empty mask, and red ones a 30% edit."""
+    alpha = rgba[..., 3]
+    visible = rgba[..., :3][alpha > 0]
+    return bool(alpha.min() < 255 and len(visible) and (visible == visible[0]).all())
 
 
 def has_alpha(picture: Image.Image) -> bool:

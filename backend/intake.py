@@ -99,7 +99,9 @@ def build_edit_job(job: Job, uploads: dict[str, ImageData], limits: Limits, mode
         mask_pixels = decode_image(mask, limits, "mask", "L")
         if mask_pixels.shape != pixels.shape[:2]:
             raise ProtocolError("size_mismatch", f"mask is {mask_pixels.shape[1]}x{mask_pixels.shape[0]} but the "
-                                f"image is {pixels.shape[1]}x{pixels.shape[0]}", "mask")
+                                f"image is {pixels.shape[1]}x{pixels.shape[0]}: a mask must have the picture's size "
+                                "(scale or pad it to the picture; a crop of the picture needs the same crop of the "
+                                "mask)", "mask")
         if not mask_pixels.any():
             raise ProtocolError("empty_mask", "the mask is empty: paint (white) where the picture should change",
                                 "mask")

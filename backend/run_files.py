@@ -12,13 +12,13 @@ from __future__ import annotations
 import io
 import sys
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from backend.imaging import has_alpha, profile_is_srgb, profile_name, rgb_profile, to_array, to_png
+from backend.imaging import has_alpha, painted_in_alpha, profile_is_srgb, profile_name, rgb_profile, to_array, to_png
 from shared.capabilities import DEFAULT_MAX_SIDE
 from shared.images import ImageData
 
@@ -202,6 +202,65 @@ def check_mask_size(image: Picture, mask: Picture) -> None:
             f"Draw the mask on the upright photo, or {_TURN[image.orientation]}")
     raise UsageError(f"--mask {mask.path} is {mw}x{mh} but --image {image.path} is {w}x{h}: the mask must have "
                      "the picture's size")
+
+
+# How far a mask's channels may differ and it still counts as grey (a grey mask saved as an RGB JPEG).
+GREY_TOLERANCE = 24
+
+
+def check_mask_grey(mask: Picture) -> None:
+    """Refuse a mask in colour, which the server reads by its brightness: red strokes on black were a 30%
+    edit, and strokes painted over a copy of the picture made every pixel of it part of the mask. Strokes of
+    one colour on a transparent layer are fine: the server reads them by their alpha."""
+    if mask.upright.mode not in ("RGB", "RGBA", "P", "PA", "CMYK", "YCbCr", "LAB", "HSV"):
+        return
+    rgba = np.asarray(mask.upright.convert("RGBA"))
+    alpha = rgba[..., 3]
+    if not alpha.any() or painted_in_alpha(rgba):
+        return
+    spread = rgba[..., :3].max(axis=2).astype(np.int16) - rgba[..., :3].min(axis=2)
+    spread[alpha == 0] = 0
+    if spread.max() <= GREY_TOLERANCE:
+        return
+    y, x = np.unravel_index(int(spread.argmax()), spread.shape)
+    r, g, b = rgba[y, x, :3].tolist()
+    raise UsageError(f"--mask {mask.path} is in colour (its pixel at {x},{y} is {r},{g},{b}), and a mask is read by "
+                     "its brightness: white = change, black = keep, so a coloured stroke counts only in part (pure "
+                     "red as 30%) and a picture under the strokes counts everywhere. Save the mask as white strokes "
+                     "on black (grey for a soft edge), or as strokes of one colour on a transparent layer")
+
+
+# A mask that selects this much of the picture is more likely drawn white = keep than meant as it reads.
+MOSTLY = 0.75
+
+
+def mask_values(mask: Picture) -> np.ndarray:
+    """The mask's 8-bit values as the server reads them (255 = change; transparency and 16 bits as there)."""
+    return to_array(mask.upright, "L", mask.bytes)
+
+
+def inverted_mask(mask: Picture) -> Picture:
+    """``--invert-mask``: the mask to send, white where the given one is black (sent as an 8-bit grey PNG)."""
+    flipped = Image.fromarray(255 - mask_values(mask), "L")
+    if not flipped.getbbox():
+        raise UsageError(f"--mask {mask.path} is white everywhere: inverted (--invert-mask), it leaves nothing to "
+                         "change; leave out --invert-mask, or paint black where the picture should change")
+    return replace(mask, upright=flipped, data=to_png(flipped), orientation=1)
+
+
+def note_mask_coverage(mask: Picture, inverted: bool) -> None:
+    """Say so when a mask selects most of the picture: a mask drawn white = keep (the other convention)
+    repainted nearly everything without a word."""
+    share = float((mask_values(mask) > 0).mean())
+    if share < MOSTLY:
+        return
+    if inverted:
+        said = (f"--mask {mask.path}, inverted, selects {share:.0%} of the picture (its black parts); if it is white "
+                "where the picture should change, leave out --invert-mask")
+    else:
+        said = (f"--mask {mask.path} selects {share:.0%} of the picture (white = change, black = keep); if it is "
+                "white where the picture should stay, pass --invert-mask")
+    print(f"easel: note: {said}", file=sys.stderr)
 
 
 # What turns a mask drawn on a photo's stored pixels the way the photo's EXIF orientation turns the photo.

@@ -374,7 +374,10 @@ class Job:
                     raise ProtocolError("invalid_field", f"`{key}` is for expand (use expand to grow the canvas)",
                                         key)
         if self.fill is not None and self.mode not in rules.DEFAULT_FILL:
-            raise ProtocolError("invalid_field", f"{self.mode} has no masked area to fill; `fill` is for "
+            # (an instruct edit with a mask has a masked area, but the picture conditions it: nothing is pre-filled)
+            what = "pre-fills nothing (the picture itself guides the edit)" if self.mode == "instruct" \
+                else "has no masked area to fill"
+            raise ProtocolError("invalid_field", f"{self.mode} {what}; `fill` is for "
                                 f"{', '.join(rules.DEFAULT_FILL)}", "fill")
 
     @property

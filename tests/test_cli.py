@@ -516,6 +516,88 @@ def test_formats_pillow_cannot_write_are_refused_before_the_job(capsys, small, n
     assert not (small / name).exists()
 
 
+def _mask_files(folder, mask):
+    """The one mask as painters' tools save it: 1-bit, 16-bit grey, white or black strokes on a transparent
+    layer, a JPEG, an RGB PNG."""
+    values = np.asarray(mask)
+    Image.fromarray(values).convert("1").save(folder / "one-bit.png")
+    Image.fromarray(values.astype(np.uint16) * 257).save(folder / "sixteen.png")
+    for name, colour in (("white-on-clear.png", 255), ("black-on-clear.png", 0)):
+        layer = np.zeros(values.shape + (4,), np.uint8)
+        layer[..., :3], layer[..., 3] = colour, values
+        Image.fromarray(layer, "RGBA").save(folder / name)
+    Image.fromarray(values).save(folder / "grey.jpg", quality=90)
+    Image.fromarray(values).convert("RGB").save(folder / "rgb.png")
+    return ["one-bit.png", "sixteen.png", "white-on-clear.png", "black-on-clear.png", "grey.jpg", "rgb.png"]
+
+
+def test_masks_as_painters_save_them_change_only_their_area(server, capsys, small):
+    source = np.asarray(Image.open(small / "in.png"))
+    mask = Image.open(small / "mask.png")
+    reach = masks.shape_mask(np.asarray(mask), 8, 16) > 0
+    outs = {}
+    for name in _mask_files(small, mask):
+        status, out, err = easel_here(capsys, "run", "inpaint", "--image", small / "in.png", "--mask", small / name,
+                                      "--steps", 1, "--seed", 2, "--out", small / f"out-{name}.png",
+                                      "--server", server.url)
+        assert status == 0, (name, err)
+        outs[name] = np.asarray(Image.open(small / f"out-{name}.png"))
+        assert (outs[name][~reach] == source[~reach]).all(), name
+    exact = [name for name in outs if name != "grey.jpg"]
+    assert all((outs[name] == outs[exact[0]]).all() for name in exact), "each reads as the same mask"
+
+
+def test_a_mask_in_colour_is_refused_with_how_to_save_one(capsys, small):
+    """Red strokes on black were a 30% edit, and strokes over a copy of the picture made all of it the mask."""
+    strokes = np.zeros((48, 64, 3), np.uint8)
+    strokes[10:30, 10:30] = (255, 0, 0)
+    painted_over = np.asarray(picture(64, 48)).copy()
+    painted_over[10:30, 10:30] = (255, 0, 0)
+    for name, pixels in (("red.png", strokes), ("over.png", painted_over)):
+        Image.fromarray(pixels).save(small / name)
+        status, _, err = easel_here(capsys, "run", "inpaint", "--image", small / "in.png", "--mask", small / name,
+                                    "--out", small / "o.png", "--server", nowhere())
+        assert status == 2 and "is in colour (its pixel at " in err, err
+        assert "Save the mask as white strokes on black" in err
+    assert "(its pixel at 10,10 is 255,0,0)" in easel_here(capsys, "run", "inpaint", "--image", small / "in.png",
+                                                            "--mask", small / "red.png", "--out", small / "o.png",
+                                                            "--server", nowhere())[2]
+    grey = np.zeros((48, 64, 3), np.uint8)
+    grey[10:30, 10:30] = (250, 255, 247)  # a grey mask saved in colour, a few levels apart
+    Image.fromarray(grey).save(small / "grey.png")
+    on_layer = np.zeros((48, 64, 4), np.uint8)
+    on_layer[10:30, 10:30] = (255, 0, 0, 255)  # red strokes on a transparent layer: read by their alpha
+    Image.fromarray(on_layer).save(small / "layer.png")
+    for name in ("grey.png", "layer.png"):
+        status, _, err = easel_here(capsys, "run", "inpaint", "--image", small / "in.png", "--mask", small / name,
+                                    "--out", small / "o.png", "--server", nowhere())
+        assert status == 1 and "in colour" not in err and "unreachable" in err, err
+
+
+def test_invert_mask_reads_a_mask_drawn_white_for_keep_and_a_mask_of_most_of_the_picture_is_noted(
+        server, capsys, small):
+    """A mask drawn the other way round (white = keep) repainted nearly the whole picture without a word."""
+    keep = Image.fromarray(255 - np.asarray(Image.open(small / "mask.png")))
+    keep.save(small / "keep.png")
+    common = ["run", "inpaint", "--image", small / "in.png", "--steps", 1, "--seed", 5, "--server", server.url]
+    status, _, err = easel_here(capsys, *common, "--mask", small / "mask.png", "--out", small / "a.png")
+    assert status == 0 and "note" not in err, err
+    status, _, err = easel_here(capsys, *common, "--mask", small / "keep.png", "--invert-mask",
+                                "--out", small / "b.png")
+    assert status == 0 and "note" not in err, err
+    assert (small / "a.png").read_bytes() == (small / "b.png").read_bytes()
+    status, _, err = easel_here(capsys, *common, "--mask", small / "keep.png", "--out", small / "c.png")
+    assert status == 0 and "--mask " + str(small / "keep.png") + " selects 87% of the picture" in err, err
+    assert "if it is white where the picture should stay, pass --invert-mask" in err
+    Image.new("L", (64, 48), 255).save(small / "white.png")
+    status, _, err = easel_here(capsys, *common, "--mask", small / "white.png", "--invert-mask",
+                                "--out", small / "d.png")
+    assert status == 2 and "is white everywhere: inverted (--invert-mask), it leaves nothing to change" in err, err
+    status, _, err = easel_here(capsys, "run", "instruct", "--image", small / "in.png", "--invert-mask",
+                                "--out", small / "e.png", "--server", server.url)
+    assert status == 2 and "--invert-mask needs --mask" in err, err
+
+
 def test_a_control_map_of_another_shape_is_said_to_be_stretched(capsys, small):
     # A 600x20 map given for a 64x48 picture was stretched to it without a word.
     picture(600, 48).resize((600, 20)).save(small / "strip.png")
@@ -701,6 +783,52 @@ def test_a_mask_drawn_on_a_sideways_stored_photo_is_refused_with_a_hint(server, 
     assert not (out[:40] == upright[:40]).all(), "the masked top (red) part was repainted"
 
 
+def test_ctrl_c_cancels_the_job_and_ends_cleanly(server, tmp_path):
+    """Ctrl-C during a tiled job printed a traceback from inside the websocket library."""
+    import signal
+
+    picture(800, 600).save(tmp_path / "big.png")  # img2img in 2 x 2 tiles: many steps to stop in
+    # (this checkout's command, whichever checkout the `easel` script was installed from)
+    command = [sys.executable, "-m", "backend.cli", "run", "img2img", "--image", tmp_path / "big.png", "--strength",
+               0.5, "--steps", 40, "--out", tmp_path / "o.png", "--server", server.url]
+    process = subprocess.Popen([str(part) for part in command], cwd=Path(__file__).parents[1], stderr=subprocess.PIPE,
+                               stdout=subprocess.PIPE, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    said = b""
+    while b"step 1/" not in said:
+        chunk = os.read(process.stderr.fileno(), 4096)
+        assert chunk, said
+        said += chunk
+    process.send_signal(signal.SIGINT)
+    out, err = process.communicate(timeout=60)
+    err = (said + err).decode()
+    assert process.returncode == 130, err
+    assert "easel: interrupted: the job was cancelled on the server" in err and "Traceback" not in err, err
+    assert not (tmp_path / "o.png").exists()
+    with Client(server.url) as client:  # the server goes on with the next job
+        assert client.run("generate", prompt="x", width=64, height=64, steps=1).images
+
+
+@pytest.mark.parametrize("command", ["run", "preprocess"])
+def test_ctrl_c_while_a_server_does_not_answer_ends_cleanly(small, command):
+    import signal
+
+    with socket.socket() as silent:  # takes the connection, never answers the handshake
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        url = f"ws://127.0.0.1:{silent.getsockname()[1]}/"
+        args = (["run", "img2img", "--image", small / "in.png", "--strength", 0.5, "--out", small / "o.png"]
+                if command == "run" else ["preprocess", "canny", small / "in.png", small / "o.png"])
+        process = subprocess.Popen([sys.executable, "-m", "backend.cli", *map(str, args), "--server", url],
+                                   cwd=Path(__file__).parents[1], stderr=subprocess.PIPE, text=True,
+                                   env={**os.environ, "HF_HUB_OFFLINE": "1"})
+        connection, _ = silent.accept()
+        with connection:
+            time.sleep(0.5)
+            process.send_signal(signal.SIGINT)
+            _, err = process.communicate(timeout=30)
+    assert process.returncode == 130 and err.strip() == "easel: interrupted", err
+
+
 def test_run_does_not_overwrite_unless_forced(server, small):
     (small / "v-2.png").write_bytes(b"keep me")
     common = ["run", "img2img", "--image", small / "in.png", "--strength", 0.5, "--steps", 2, "--batch", 2,
@@ -790,6 +918,9 @@ def test_run_writes_webp_lossless(server, small):
     (["expand", "--right", 5000], "--right must be at most 4096, got 5000"),
     (["inpaint", "--mask", "{mask}", "--left", 8], "--left is for expand"),
     (["img2img", "--fill", "blur"], "img2img has no masked area to fill; --fill is for"),
+    # (it said instruct "has no masked area to fill" with the --mask right there)
+    (["instruct", "--mask", "{mask}", "--fill", "blur"], "instruct pre-fills nothing (the picture itself guides "
+     "the edit); --fill is for inpaint"),
 ])
 def test_toolbox_errors_name_the_options_typed(capsys, small, args, said):
     names = {"image": small / "in.png", "mask": small / "mask.png"}

@@ -27,6 +27,26 @@ def test_mask_transparency_means_keep():
     assert (to_array(Image.fromarray(np.full((4, 4), 200, np.uint8), "L"), "L") == 200).all()
 
 
+def test_strokes_of_one_colour_on_a_transparent_layer_are_read_by_their_alpha():
+    """Black strokes on transparency (A1111 reads an RGBA mask's alpha) were an empty mask, red ones a 30%
+    edit: painted in one colour, the alpha alone says where the painter painted."""
+    for colour in ((0, 0, 0), (255, 0, 0), (255, 255, 255)):
+        rgba = np.zeros((4, 4, 4), np.uint8)
+        rgba[..., :3] = colour
+        rgba[:2, :, 3] = 255
+        rgba[2, :, 3] = 100  # a soft edge
+        mask = to_array(Image.fromarray(rgba, "RGBA"), "L")
+        assert mask[:2].min() == 255 and (mask[2] == 100).all() and (mask[3] == 0).all(), colour
+    mixed = np.zeros((4, 4, 4), np.uint8)
+    mixed[..., 3] = 255
+    mixed[0, :, :3] = 255  # white strokes on opaque black, beside a transparent corner: luminance x alpha
+    mixed[3, 3, 3] = 0
+    assert to_array(Image.fromarray(mixed, "RGBA"), "L")[:, 0].tolist() == [255, 0, 0, 0]
+    opaque_black = np.zeros((4, 4, 4), np.uint8)
+    opaque_black[..., 3] = 255  # one colour, but nothing transparent: black, keep everything
+    assert not to_array(Image.fromarray(opaque_black, "RGBA"), "L").any()
+
+
 def test_palette_pictures_decode_to_their_colours():
     palette = Image.new("P", (2, 1))
     palette.putpalette([255, 0, 0, 0, 0, 255])

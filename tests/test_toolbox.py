@@ -318,6 +318,28 @@ def test_transparent_areas_under_the_mask_are_new_canvas_and_alpha_outside_is_ke
     assert (out[..., 3][np.asarray(mask) == 255] == 255).all(), "painted new canvas is opaque"
 
 
+def test_a_mask_painted_in_black_on_a_transparent_layer_is_its_alpha(client):
+    """A mask exported as black strokes on transparency was refused as empty ("paint (white)")."""
+    image = picture(96, 64)
+    strokes = np.zeros((64, 96, 4), np.uint8)
+    strokes[20:40, 30:60, 3] = 255
+    result, _ = run(client, "inpaint", image, Image.fromarray(strokes, "RGBA"), steps=1)
+    item = result.images[0]
+    layer = decode(item.image)
+    x, y = item.offset
+    expected = masks.shape_mask(strokes[..., 3], 8, 16)[y:y + layer.shape[0], x:x + layer.shape[1]]
+    assert (layer[..., 3] == expected).all()
+    original = np.asarray(image)[y:y + layer.shape[0], x:x + layer.shape[1]]
+    assert (layer[..., :3][expected == 0] == original[expected == 0]).all()
+
+
+def test_a_mask_of_another_size_is_refused_saying_what_to_send(client):
+    with pytest.raises(EaselError) as refused:
+        run(client, "inpaint", picture(96, 64), rect_mask((64, 96), (10, 10, 30, 30)), steps=1)
+    assert refused.value.code == "size_mismatch" and refused.value.field == "mask"
+    assert "mask is 64x96 but the image is 96x64: a mask must have the picture's size" in refused.value.message
+
+
 def test_fill_mode_decides_what_a_low_strength_inpaint_starts_from(client):
     image = picture(256, 192)
     mask = rect_mask(image.size, (90, 60, 170, 140))
