@@ -57,10 +57,13 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import json
+import logging
+import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from backend import model_files
 from backend.performance import Performance, PerformanceError, parse_performance
 from backend.presets import BUILTIN_PRESETS, Preset, PresetError, parse_presets
 from shared.messages import CONTROL_TYPES, DEFAULT_PORT, FAMILIES
@@ -69,6 +72,8 @@ if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover
     import tomli as tomllib
+
+log = logging.getLogger(__name__)
 
 
 class ConfigError(ValueError):
@@ -157,6 +162,9 @@ class Config:
     upscaler_folders: list[str] = field(default_factory=list)  # A1111 models/ESRGAN, ComfyUI models/upscale_models
     default_upscaler: str | None = None
     loras: dict[str, str] = field(default_factory=dict)  # name -> LoRA .safetensors file
+    # files in model_folders / lora_folders left out (name -> the file and why), for a job that names one
+    skipped_models: dict[str, str] = field(default_factory=dict)
+    skipped_loras: dict[str, str] = field(default_factory=dict)
     lora_folders: list[str] = field(default_factory=list)  # A1111 models/Lora, ComfyUI models/loras
     presets: dict[str, Preset] = field(default_factory=lambda: dict(BUILTIN_PRESETS))
     tls_cert: str | None = None  # PEM certificate: serve wss:// (with tls_key)
@@ -231,6 +239,55 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+SECTIONS = ("server", "limits", "models", "controlnets", "ip_adapters", "upscalers", "loras", "presets",
+            "performance")
+FOLDERS = list  # a list of folder paths
+SERVER_KEYS = {"host": str, "port": int, "token": str, "default_model": str, "allow_pickle": bool, "device": str,
+               "allowed_origins": list, "model_folders": FOLDERS, "controlnet_folders": FOLDERS,
+               "embedding_folders": FOLDERS, "upscaler_folders": FOLDERS, "lora_folders": FOLDERS,
+               "controlnet_memory_mb": int, "annotators": str, "default_upscaler": str, "hello_timeout": float,
+               "slow_reader_seconds": float, "shutdown_grace": float, "resume_seconds": float, "tls_cert": str,
+               "tls_key": str, "lama": str}
+MODEL_KEYS = {f.name for f in dataclasses.fields(ModelSpec)} - {"name"}
+MODEL_PATH_KEYS = ("source", "inpaint", "preview", "config", "instruct", "text_encoder", "text_encoder_2", "vae")
+
+
+def check_sections(data: dict) -> None:
+    """Every top-level table is one Easel reads: a misspelt one (``[lora]``, ``[model.x]``) was skipped
+    without a word, and its settings with it."""
+    for key, value in data.items():
+        if key not in SECTIONS:
+            raise ConfigError(f"unknown section [{key}]{_did_you_mean(key, SECTIONS)}; known: {', '.join(SECTIONS)}")
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key} must be a table ([{key}] followed by its settings), got {value!r}")
+
+
+def check_type(where: str, value, kind) -> None:
+    """``value`` is of ``kind`` (int, float: any number, bool, str, list: of strings), or ConfigError: a
+    string where a list belongs was taken letter by letter ("/" scanned the whole disk), and "false"
+    in quotes is true."""
+    if kind is list:
+        if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+            raise ConfigError(f"{where} must be a list of strings in brackets, e.g. [\"/path/one\", \"/path/two\"], "
+                              f"got {value!r}")
+        return
+    fits = {int: lambda v: isinstance(v, int) and not isinstance(v, bool),
+            float: lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
+            bool: lambda v: isinstance(v, bool), str: lambda v: isinstance(v, str)}[kind](value)
+    if not fits:
+        what = {int: "a whole number", float: "a number", bool: "true or false (no quotes)", str: "a string in quotes"}
+        raise ConfigError(f"{where} must be {what[kind]}, got {value!r}")
+
+
+def _did_you_mean(word: str, known) -> str:
+    import difflib
+
+    close = difflib.get_close_matches(word.lower(), [k.lower() for k in known], n=1, cutoff=0.6)
+    if not close:
+        return ""
+    return f" (did you mean {next(k for k in known if k.lower() == close[0])!r}?)"
+
+
 def load_config(path: str | Path | None = None) -> Config:
     """Read a TOML config file (or return the defaults when ``path`` is None)."""
     config = Config()
@@ -238,19 +295,26 @@ def load_config(path: str | Path | None = None) -> Config:
         return config
     path = Path(path)
     try:
-        data = tomllib.loads(path.read_text())
+        text = path.read_text()
+        data = tomllib.loads(text)
     except FileNotFoundError:
         raise ConfigError(f"config file {path} does not exist") from None
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+        hint = ""
+        if "\\" in text:  # Windows paths pasted in "...": TOML reads \U, \m ... as escapes
+            hint = (" (inside double quotes a backslash starts an escape: write Windows paths in single quotes, "
+                    "'C:\\models\\Lora', or with forward slashes, \"C:/models/Lora\")")
+        raise ConfigError(f"config file {path} is not valid TOML: {exc}{hint}") from None
 
+    check_sections(data)
     server = data.get("server", {})
-    for key in ("host", "port", "token", "default_model", "allow_pickle", "device", "allowed_origins",
-                "model_folders", "controlnet_folders", "embedding_folders", "controlnet_memory_mb", "annotators",
-                "upscaler_folders", "default_upscaler", "hello_timeout", "slow_reader_seconds", "shutdown_grace",
-                "tls_cert", "tls_key", "resume_seconds", "lora_folders"):
-        if key in server:
-            setattr(config, key, server[key])
+    for key, value in server.items():
+        if key not in SERVER_KEYS:
+            raise ConfigError(f"[server] has no setting {key!r}{_did_you_mean(key, SERVER_KEYS)}; known: "
+                              f"{', '.join(sorted(SERVER_KEYS))}")
+        check_type(f"server.{key}", value, SERVER_KEYS[key])
+        if key != "lama":
+            setattr(config, key, value)
     if server.get("lama"):
         config.lama = str((path.parent / Path(server["lama"]).expanduser()).resolve())
     for key in ("tls_cert", "tls_key"):
@@ -263,16 +327,25 @@ def load_config(path: str | Path | None = None) -> Config:
     known = {f.name for f in dataclasses.fields(Limits)}
     for key, value in data.get("limits", {}).items():
         if key not in known:
-            raise ConfigError(f"unknown limit {key!r}; known: {', '.join(sorted(known))}")
-        setattr(config.limits, key, int(value))
+            raise ConfigError(f"unknown limit {key!r}{_did_you_mean(key, known)}; known: {', '.join(sorted(known))}")
+        check_type(f"limits.{key}", value, int)
+        setattr(config.limits, key, value)
     for name, entry in data.get("models", {}).items():
+        if not isinstance(entry, dict):
+            raise ConfigError(f"models.{name} must be a table: [models.{name}] with source = \"...\" under it")
         if "source" not in entry:
             raise ConfigError(f"models.{name} needs a source (hub id, diffusers folder or .safetensors file)")
-        spec = ModelSpec(name=name, **{k: v for k, v in entry.items() if k in ModelSpec.__dataclass_fields__})
-        for key in ("source", "inpaint", "preview", "config", "instruct", "text_encoder", "text_encoder_2", "vae"):
+        for key, value in entry.items():
+            if key not in MODEL_KEYS:
+                raise ConfigError(f"models.{name} has no setting {key!r}{_did_you_mean(key, MODEL_KEYS)}; known: "
+                                  f"{', '.join(sorted(MODEL_KEYS))}")
+            if key in MODEL_PATH_KEYS:
+                check_type(f"models.{name}.{key}", value, str)
+        spec = ModelSpec(name=name, **entry)
+        for key in MODEL_PATH_KEYS:
             value = getattr(spec, key)
-            if value and _looks_like_path(value) and not Path(value).is_absolute():
-                setattr(spec, key, str((path.parent / value).resolve()))
+            if value:
+                setattr(spec, key, _local_path_or_hub(value, path.parent))
         config.models[name] = spec
     for family, types in data.get("controlnets", {}).items():
         if family not in FAMILIES:
@@ -309,7 +382,7 @@ def load_config(path: str | Path | None = None) -> Config:
             raise ConfigError(f"embedding folder {folder} does not exist")
     for folder in config.model_folders:
         folder = (path.parent / Path(folder).expanduser()).resolve()
-        for name, spec in scan_model_folder(folder, config.allow_pickle).items():
+        for name, spec in scan_model_folder(folder, config.allow_pickle, config.skipped_models).items():
             config.models.setdefault(name, spec)  # an explicit [models] entry wins
     for name, source in data.get("upscalers", {}).items():
         if not isinstance(source, str) or source.lower().endswith((".ckpt", ".pt", ".bin")):
@@ -327,10 +400,16 @@ def load_config(path: str | Path | None = None) -> Config:
         if not isinstance(source, str) or not source.lower().endswith(".safetensors"):
             raise ConfigError(f"loras.{name}: a LoRA .safetensors file (kohya or diffusers format), got {source!r}")
         config.loras[name] = str((path.parent / Path(source).expanduser()).resolve())
+        problem = model_files.file_problem(config.loras[name], model_files.lora_problem)
+        if problem:
+            raise ConfigError(f"loras.{name}: {config.loras[name]} {problem}")
     for folder in config.lora_folders:
         folder = (path.parent / Path(folder).expanduser()).resolve()
-        for name, source in scan_lora_folder(folder).items():
+        for name, source in scan_lora_folder(folder, config.skipped_loras).items():
             config.loras.setdefault(name, source)  # an explicit [loras] entry wins
+    for skipped, kept in ((config.skipped_models, config.models), (config.skipped_loras, config.loras)):
+        for name in set(skipped) & set(kept):
+            del skipped[name]
     try:
         config.presets = parse_presets(data.get("presets", {}))
     except PresetError as exc:
@@ -338,14 +417,29 @@ def load_config(path: str | Path | None = None) -> Config:
     return config
 
 
-def scan_lora_folder(folder: Path) -> dict[str, str]:
-    """LoRAs in a folder such as A1111's ``models/Lora`` or ComfyUI's ``models/loras`` (subfolders too):
-    every ``.safetensors`` file, named by its file name without the suffix (the first one wins)."""
+def scan_lora_folder(folder: Path, skipped: dict[str, str] | None = None) -> dict[str, str]:
+    """LoRAs in a folder such as A1111's ``models/Lora`` or ComfyUI's ``models/loras`` (subfolders and
+    linked folders too): every ``.safetensors`` file holding a LoRA, named by its file name without the
+    suffix (the first one in path order wins; the others are logged). Files that are no LoRA (an
+    embedding, a checkpoint, a LoHa, a download cut short) are logged and left out, and their names
+    go into ``skipped`` (name -> why) for the error a job naming one gets."""
     if not folder.is_dir():
         raise ConfigError(f"LoRA folder {folder} does not exist")
     found: dict[str, str] = {}
-    for file in sorted(folder.rglob("*.safetensors")):
-        found.setdefault(file.stem, str(file))
+    for file in model_files.walk(folder):
+        if file.suffix.lower() != ".safetensors":
+            continue
+        if file.stem in found:
+            log.warning("LoRA %s: %s has the same name as %s and is not used (rename one of them)", file.stem,
+                        file, found[file.stem])
+            continue
+        problem = model_files.file_problem(file, model_files.lora_problem)
+        if problem:
+            log.warning("LoRA folder: %s %s; left out", file, problem)
+            if skipped is not None:
+                skipped.setdefault(file.stem, f"{file} {problem}")
+            continue
+        found[file.stem] = str(file)
     return found
 
 
@@ -410,8 +504,8 @@ def scan_upscaler_folder(folder: Path) -> dict[str, str]:
     ``models/upscale_models``, named by file name without its suffix (``4x-UltraSharp``)."""
     if not folder.is_dir():
         raise ConfigError(f"upscaler folder {folder} does not exist")
-    return {file.stem: str(file) for file in sorted(folder.rglob("*"))
-            if file.is_file() and file.suffix.lower() in UPSCALER_SUFFIXES
+    return {file.stem: str(file) for file in model_files.walk(folder)
+            if file.suffix.lower() in UPSCALER_SUFFIXES
             and not (file.parent / "config.json").exists()}  # not a diffusers model's weights
 
 
@@ -429,7 +523,9 @@ def scan_controlnet_folder(folder: Path) -> dict[tuple[str, str], str]:
     if not folder.is_dir():
         raise ConfigError(f"ControlNet folder {folder} does not exist")
     found = {}
-    for file in sorted(folder.rglob("*.safetensors")):
+    for file in model_files.walk(folder):
+        if file.suffix.lower() != ".safetensors":
+            continue
         name = file.stem.lower()
         family = "sdxl" if "xl" in name else "sd15"
         kind = next((kind for word, kind in _CONTROL_WORDS if word in name), None)
@@ -438,13 +534,18 @@ def scan_controlnet_folder(folder: Path) -> dict[tuple[str, str], str]:
     return found
 
 
-def scan_model_folder(folder: Path, allow_pickle: bool = False) -> dict[str, ModelSpec]:
+def scan_model_folder(folder: Path, allow_pickle: bool = False,
+                      skipped: dict[str, str] | None = None) -> dict[str, ModelSpec]:
     """One model per checkpoint file or diffusers folder under ``folder`` (e.g. A1111's
-    ``models/Stable-diffusion``), named after the file without its suffix."""
+    ``models/Stable-diffusion``; subfolders and linked folders too), named after its path in the folder
+    without the suffix. A ``.safetensors`` file that is no checkpoint (a VAE, LoRA, ControlNet or
+    embedding dropped in, a download cut short) is logged and left out; its name goes into ``skipped``
+    (name -> why) for the error a job naming it gets."""
     if not folder.is_dir():
         raise ConfigError(f"model folder {folder} does not exist")
     suffixes = (".safetensors", ".ckpt") if allow_pickle else (".safetensors",)
-    pipelines = sorted(p.parent for p in folder.rglob("model_index.json") if not _is_upscale_pipeline(p))
+    files = model_files.walk(folder)
+    pipelines = sorted(p.parent for p in files if p.name == "model_index.json" and not _is_upscale_pipeline(p))
 
     def is_component(path: Path) -> bool:  # weights of a diffusers pipeline or model, or an IP-Adapter's
         if "embeddings" in path.relative_to(folder).parts[:-1]:  # textual inversions (A1111's embeddings/)
@@ -453,32 +554,35 @@ def scan_model_folder(folder: Path, allow_pickle: bool = False) -> dict[str, Mod
             (parent / "config.json").is_file() or parent in pipelines
             for parent in path.parents if parent != folder and folder in parent.parents)
 
-    found = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix in suffixes and not is_component(p)
-                   and not is_lora_file(p))
-    found += pipelines
+    pickles = 0
     models = {}
-    for source in found:
-        name = source.relative_to(folder).with_suffix("").as_posix() if source.is_file() else \
-            source.relative_to(folder).as_posix()
+    for source in files:
+        suffix = source.suffix.lower()
+        if suffix not in (".safetensors", ".ckpt") or is_component(source):
+            continue
+        name = source.relative_to(folder).with_suffix("").as_posix()
+        if not source.exists():
+            log.warning("model folder: %s is a link to %s, which does not exist; left out", source,
+                        os.readlink(source))
+            continue
+        if suffix not in suffixes:
+            pickles += 1
+            continue
+        problem = model_files.file_problem(source, model_files.checkpoint_problem) if suffix == ".safetensors" \
+            else None
+        if problem:
+            log.warning("model folder: %s %s; left out", source, problem)
+            if skipped is not None:
+                skipped.setdefault(name, f"{source} {problem}")
+            continue
         models[name] = ModelSpec(name=name, source=str(source))
+    for source in pipelines:
+        name = source.relative_to(folder).as_posix()
+        models[name] = ModelSpec(name=name, source=str(source))
+    if pickles:
+        log.warning("model folder %s: %d .ckpt checkpoint(s) left out: pickle files can run code when loaded "
+                    "(convert them to .safetensors, or set allow_pickle = true under [server])", folder, pickles)
     return models
-
-
-def is_lora_file(path: Path) -> bool:
-    """A ``.safetensors`` file holding a LoRA (kohya or diffusers tensor names), not a checkpoint: read
-    from its header alone (8 bytes of length, then JSON), so scanning a large folder stays fast."""
-    if path.suffix != ".safetensors":
-        return False
-    try:
-        with path.open("rb") as file:
-            length = int.from_bytes(file.read(8), "little")
-            if not 0 < length < 2**27:
-                return False
-            keys = json.loads(file.read(length))
-    except (OSError, ValueError):
-        return False
-    return any(key.startswith(("lora_unet_", "lora_te")) or ".lora_A." in key or ".lora_down." in key
-               for key in keys)
 
 
 def _is_upscale_pipeline(index: Path) -> bool:
@@ -494,6 +598,18 @@ def _local_or_hub(value: str, base: Path) -> str:
     local = (base / Path(value).expanduser()).resolve()
     if local.exists() or value.startswith((".", "/", "~")) or value.count("/") < 2:
         return str(local)
+    return value
+
+
+def _local_path_or_hub(value: str, base: Path) -> str:
+    """A model's weights: an absolute path as written (``~`` expanded), a relative one against the config
+    file's folder, and a hub id (``owner/repo``) as it is unless such a folder is there."""
+    expanded = Path(value).expanduser()
+    if expanded.is_absolute():
+        return str(expanded)
+    local = base / expanded
+    if _looks_like_path(value) or local.exists():
+        return str(local.resolve())
     return value
 
 

@@ -30,6 +30,10 @@ def split_prompt(prompt: str, field: str = "prompt") -> tuple[str, list[tuple[st
                                 "<lora:NAME:WEIGHT>", field)
         value = 1.0
         if weight is not None:
+            if ":" in weight or "=" in weight:  # A1111's <lora:x:0.8:0.5>, <lora:x:unet=0.8:te=0.5>
+                raise ProtocolError("invalid_field", f"`{field}`: {shown(match[0])} gives separate UNet / text "
+                                    "encoder weights, which this server does not take; write one weight for both, "
+                                    f"<lora:{name}:WEIGHT>", field)
             try:
                 value = float(weight.strip())
             except ValueError:
@@ -52,6 +56,18 @@ def split_prompt(prompt: str, field: str = "prompt") -> tuple[str, list[tuple[st
     return text, found
 
 
+def missing(what: str, name: str, available, left_out: Mapping[str, str] | None = None) -> str:
+    """The sentence for a ``what`` (LoRA, model) called ``name`` that is not among ``available``: why the
+    server left such a file out, or the name it has in other capitals (A1111 on Windows finds
+    ``<lora:Detail:1>`` for detail.safetensors), and what it has."""
+    if left_out and name in left_out:
+        return f"{what} {shown(name)} cannot be used: {left_out[name]}"
+    names = ", ".join(sorted(available)) or "none"
+    same = [other for other in available if other.casefold() == name.casefold()]
+    hint = f" (did you mean {shown(same[0])}? names are case-sensitive)" if len(same) == 1 else ""
+    return f"no {what} named {shown(name)}{hint}; this server has: {names}"
+
+
 def merge(*sources: tuple[str, list[tuple[str, float]]]) -> list[tuple[str, float, str]]:
     """The job's LoRAs from (field, [(name, weight)]) sources, strongest first: a name takes its weight
     from the first source that gives it. Each comes back as (name, weight, field that gave it); a list
@@ -65,14 +81,13 @@ def merge(*sources: tuple[str, list[tuple[str, float]]]) -> list[tuple[str, floa
 
 
 def check(loras: list[tuple[str, float, str]], available: Mapping[str, str | None], family: str | None,
-          model: str) -> None:
+          model: str, left_out: Mapping[str, str] | None = None) -> None:
     """Refuse a LoRA (from ``merge``) the server does not have, or one made for another family than the
     ``model``'s (``family``: None when not known yet). ``available``: name -> the LoRA's family (None:
-    not known)."""
+    not known); ``left_out``: name -> why, for files the server found but cannot use."""
     for name, _, where in loras:
         if name not in available:
-            names = ", ".join(sorted(available)) or "none"
-            raise ProtocolError("unknown_lora", f"no LoRA named {shown(name)}; this server has: {names}", where)
+            raise ProtocolError("unknown_lora", missing("LoRA", name, available, left_out), where)
         made_for = available[name]
         if family is not None and made_for is not None and made_for != family:
             raise ProtocolError("wrong_family", f"LoRA {shown(name)} is for {made_for} models, but model "

@@ -107,6 +107,9 @@ def test_loras_are_listed_with_their_family(client):
     ({"prompt": "a <lora:nope> house"}, "unknown_lora", "prompt", "nope"),
     ({"prompt": "a <lora:demo-lora:lots> house"}, "invalid_field", "prompt", "not a number"),
     ({"prompt": "a <lora:demo-lora:3> house"}, "invalid_field", "prompt", "from -2 to 2"),
+    ({"prompt": "a <lora:demo-lora:1:0.5> house"}, "invalid_field", "prompt", "separate UNet / text encoder weights"),
+    ({"prompt": "a <lora:demo-lora:unet=1:te=0.5> house"}, "invalid_field", "prompt", "<lora:demo-lora:WEIGHT>"),
+    ({"prompt": "a <lora:Demo-LoRA> house"}, "unknown_lora", "prompt", "did you mean 'demo-lora'?"),
     ({"loras": [{"name": "demo-lora"}, {"name": "demo-lora", "weight": 0.5}]}, "invalid_field", "loras[1].name",
      "twice"),
 ])
@@ -275,3 +278,59 @@ def test_fused_qkv_projections_are_turned_off_for_a_lora(demo_config, engine, ca
     assert "fused QKV projections are turned off" in caplog.text
     assert not any("Fused" in type(p).__name__ for p in unet.attn_processors.values())
     np.testing.assert_array_equal(styled, run_job(engine, job))
+
+
+def test_an_a1111_lora_folder_as_users_have_it(tmp_path, demo_root, caplog):
+    """models/Lora holds more than LoRAs: an embedding or a checkpoint saved to the wrong folder, a LyCORIS
+    LoHa, a download cut short, the same name in two subfolders. Only LoRAs are offered; a job naming
+    one of the others is told why before `accepted` (an embedding ran as if no LoRA had been asked)."""
+    import torch
+    from safetensors.torch import save_file
+
+    from backend.config import ConfigError, load_config
+    from backend.engine.engine import Engine
+    from backend.engine.models import ModelRegistry
+    from backend.server import ServerThread
+    from shared.client import Client
+
+    folder, elsewhere = tmp_path / "Lora", tmp_path / "shared-loras"
+    (folder / "styles").mkdir(parents=True)
+    elsewhere.mkdir()
+    lora = (demo_root / "loras" / "demo-lora.safetensors").read_bytes()
+    (folder / "Ink Style (v1.5).SafeTensors").write_bytes(lora)
+    (folder / "styles" / "Ink Style (v1.5).safetensors").write_bytes(lora)  # same name: the first is used
+    (elsewhere / "paper.safetensors").write_bytes(lora)
+    (folder / "linked").symlink_to(elsewhere)
+    (folder / "easynegative.safetensors").write_bytes((demo_root / "embeddings" / "demo-embedding.safetensors")
+                                                      .read_bytes())
+    (folder / "half.safetensors").write_bytes(lora[:len(lora) // 2])
+    save_file({"lora_unet_down_blocks_0_attentions_0_proj_in.hada_w1_a": torch.zeros(4, 2),
+               "lora_unet_down_blocks_0_attentions_0_proj_in.hada_w1_b": torch.zeros(2, 4)},
+              str(folder / "loha.safetensors"))
+    (tmp_path / "easel.toml").write_text(f'[server]\nport = 0\nlora_folders = ["{folder}"]\n'
+                                         f'[models.demo]\nsource = "{demo_root / "sd15"}"\n')
+    with caplog.at_level("WARNING", logger="backend.config"):
+        config = load_config(tmp_path / "easel.toml").check()
+    assert sorted(config.loras) == ["Ink Style (v1.5)", "paper"]
+    assert config.loras["Ink Style (v1.5)"] == str(folder / "Ink Style (v1.5).SafeTensors")
+    assert "has the same name as" in caplog.text
+    why = config.skipped_loras
+    assert "embedding_folders" in why["easynegative"] and "cut short" in why["half"] and "LoHa" in why["loha"]
+    with ServerThread(config, Engine(ModelRegistry(config, torch.device("cpu"), torch.float32))) as server, \
+            Client(server.url) as client:
+        listed = {lora["name"]: lora["family"] for lora in client.models()["loras"]}
+        assert listed == {"Ink Style (v1.5)": "sd15", "paper": "sd15"}
+        for name, words in (("easynegative", "textual-inversion embedding"), ("loha", "LyCORIS")):
+            events = []
+            with pytest.raises(EaselError) as caught:
+                client.run("generate", prompt=f"a house <lora:{name}:1>", steps=1, width=64, height=64,
+                           on_event=events.append)
+            assert (caught.value.code, caught.value.field) == ("unknown_lora", "prompt") and words in str(caught.value)
+            assert not any(isinstance(event, Accepted) for event in events)
+        result = client.run("generate", prompt="a house <lora:Ink Style (v1.5):0.5>", steps=1, width=64, height=64)
+        assert result.parameters["loras"] == [{"name": "Ink Style (v1.5)", "weight": 0.5}]
+    for entry, words in ((demo_root / "embeddings" / "demo-embedding.safetensors", "textual-inversion embedding"),
+                         (tmp_path / "nowhere.safetensors", "does not exist")):
+        (tmp_path / "easel.toml").write_text(f'[loras]\nmine = "{entry}"\n')
+        with pytest.raises(ConfigError, match=words):
+            load_config(tmp_path / "easel.toml")

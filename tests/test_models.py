@@ -6,7 +6,7 @@ from safetensors.torch import save_file
 
 from backend.config import Config, ConfigError, ModelSpec, load_config
 from backend.engine.engine import Engine
-from backend.engine.models import ModelError, ModelRegistry, configured_native_size, detect_family
+from backend.engine.models import ModelError, ModelRegistry, configured_family, configured_native_size, detect_family
 from backend.server import ServerThread
 from conftest import picture, png, rect_mask
 from shared.client import Client, EaselError
@@ -114,3 +114,114 @@ def test_a_controlnet_folder_is_read_by_file_name(tmp_path):
                                           "depth": str(folder / "control_v11f1p_sd15_depth.safetensors"),
                                           "pose": str(folder / "control_v11p_sd15_openpose.safetensors")}
     assert config.controlnets["sdxl"] == {"depth": str(folder / "diffusers_xl_depth_full.safetensors")}
+
+
+@pytest.mark.parametrize("toml, words", [
+    ('[server]\nmodel_folder = ["/m"]\n', "no setting 'model_folder' (did you mean 'model_folders'?)"),
+    ('[models.a]\nsource = "/m.safetensors"\ninpaitn = "/i.safetensors"\n', "models.a has no setting 'inpaitn' "
+                                                                            "(did you mean 'inpaint'?)"),
+    ('[lora]\nx = "/x.safetensors"\n', "unknown section [lora] (did you mean 'loras'?)"),
+    # a string where a list belongs was read letter by letter: "/" first, the whole disk scanned
+    ('[server]\nlora_folders = "/home/me/Lora"\n', "server.lora_folders must be a list of strings"),
+    ('[server]\nport = "8760"\n', "server.port must be a whole number"),
+    ('[server]\nallow_pickle = "false"\n', "server.allow_pickle must be true or false"),
+    ('[limits]\nmax_steps = "many"\n', "limits.max_steps must be a whole number"),
+    ('models = "x"\n', "models must be a table"),
+    ('[models]\na = "/x.safetensors"\n', "models.a must be a table"),
+    ('[models.a]\nsource = 5\n', "models.a.source must be a string"),
+    ('[server]\nmodel_folders = ["C:\\Users\\me\\models"]\n', "write Windows paths in single quotes"),
+])
+def test_config_mistakes_are_named_with_what_to_write(tmp_path, toml, words):
+    (tmp_path / "easel.toml").write_text(toml)
+    with pytest.raises(ConfigError) as caught:
+        load_config(tmp_path / "easel.toml")
+    assert words in str(caught.value)
+
+
+def test_model_paths_expand_home_and_find_folders_beside_the_config(tmp_path, monkeypatch, demo_root):
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    (tmp_path / "weights" / "sd15").mkdir(parents=True)
+    (tmp_path / "easel.toml").write_text('[models.a]\nsource = "~/sd/model.safetensors"\nconfig = "weights/sd15"\n'
+                                         '[models.hub]\nsource = "owner/repo"\n')
+    config = load_config(tmp_path / "easel.toml")
+    assert config.models["a"].source == str(tmp_path / "home" / "sd" / "model.safetensors")
+    assert config.models["a"].config == str(tmp_path / "weights" / "sd15"), "a folder there, not a hub id"
+    assert config.models["hub"].source == "owner/repo"
+
+
+def _checkpoint_header(path, keys):
+    save_file({key: torch.zeros(2, 2) for key in keys}, str(path))
+
+
+def test_an_a1111_model_folder_as_users_have_it(tmp_path, demo_root, caplog):
+    """What lies in a real models/Stable-diffusion: files dropped in the wrong folder, downloads cut short,
+    links (one broken, one to a folder on another disk), capital suffixes, pickles. Only checkpoints are
+    served; the rest is logged with what to do, and a job naming one is told why before `accepted`."""
+    folder, other_disk = tmp_path / "Stable-diffusion", tmp_path / "big-disk" / "SDXL"
+    folder.mkdir()
+    other_disk.mkdir(parents=True)
+    unet = "model.diffusion_model.input_blocks.0.0.weight"
+    _checkpoint_header(folder / "v1-5 (pruned) [emaonly].safetensors", [unet])
+    _checkpoint_header(folder / "Photon.SAFETENSORS", [unet])
+    _checkpoint_header(other_disk / "juggernaut.safetensors", [unet, "conditioner.embedders.1.model.ln_final.weight"])
+    (folder / "SDXL").symlink_to(other_disk)
+    (folder / "gone.safetensors").symlink_to(tmp_path / "nowhere.safetensors")
+    (folder / "v1-5 (pruned) [emaonly].yaml").write_text("model: {}\n")
+    (folder / "v1-5 (pruned) [emaonly].preview.png").write_bytes(b"\x89PNG")
+    (folder / "old.ckpt").write_bytes(b"pickle")
+    (folder / "vae-ft-mse-840000.safetensors").write_bytes((demo_root / "sd15" / "vae" /
+                                                           "diffusion_pytorch_model.safetensors").read_bytes())
+    (folder / "add_detail.safetensors").write_bytes((demo_root / "loras" / "demo-lora.safetensors").read_bytes())
+    (folder / "easynegative.safetensors").write_bytes((demo_root / "embeddings" /
+                                                      "demo-embedding.safetensors").read_bytes())
+    whole = (folder / "v1-5 (pruned) [emaonly].safetensors").read_bytes()
+    (folder / "downloading.safetensors").write_bytes(whole[:len(whole) - 8])
+    (folder / "empty.safetensors").write_bytes(b"")
+    (folder / "sd15").symlink_to(demo_root / "sd15")  # a diffusers folder
+    (tmp_path / "easel.toml").write_text(f'[server]\nport = 0\nmodel_folders = ["{folder}"]\n')
+    with caplog.at_level("WARNING", logger="backend.config"):
+        config = load_config(tmp_path / "easel.toml").check()
+    assert sorted(config.models) == ["Photon", "SDXL/juggernaut", "sd15", "v1-5 (pruned) [emaonly]"]
+    assert configured_family(config.models["SDXL/juggernaut"]) == "sdxl"
+    why = config.skipped_models
+    assert "is a VAE" in why["vae-ft-mse-840000"] and "is a LoRA" in why["add_detail"]
+    assert "embedding_folders" in why["easynegative"] and "cut short" in why["downloading"]
+    assert "is empty" in why["empty"]
+    logged = caplog.text
+    assert "gone.safetensors is a link to" in logged and "allow_pickle = true" in logged
+    with ServerThread(config, Engine(ModelRegistry(config, torch.device("cpu"), torch.float32))) as server, \
+            Client(server.url) as client:
+        events = []
+        with pytest.raises(EaselError) as caught:
+            client.run("generate", model="vae-ft-mse-840000", prompt="x", steps=1, width=64, height=64,
+                       on_event=events.append)
+        assert (caught.value.code, caught.value.field) == ("unknown_model", "model") and not events
+        assert "is a VAE alone" in str(caught.value)
+        with pytest.raises(EaselError) as caught:
+            client.run("generate", model="photon", prompt="x", steps=1, width=64, height=64)
+        assert "did you mean 'Photon'?" in str(caught.value)
+        result = client.run("generate", model="sd15", prompt="x", steps=1, width=64, height=64, seed=1)
+        assert result.parameters["model"] == "sd15", "the server keeps serving"
+
+
+def test_a_model_whose_weights_went_away_says_so(tmp_path, demo_root):
+    gone = tmp_path / "moved.safetensors"
+    config = Config(models={"mine": ModelSpec("mine", str(gone))})
+    with pytest.raises(ModelError) as caught:
+        ModelRegistry(config, torch.device("cpu"), torch.float32).get("mine")
+    assert caught.value.code == "model_load_failed"
+    assert f"{gone} does not exist" in caught.value.message and "restart easel serve" in caught.value.message
+
+
+def test_serve_refuses_model_folders_with_nothing_to_serve(tmp_path, capsys):
+    """Rather than fetching a 4 GB hub model, or the demo, that nobody asked for."""
+    from backend.cli import main
+
+    folder = tmp_path / "checkpoints"
+    folder.mkdir()
+    (folder / "old.ckpt").write_bytes(b"pickle")
+    (folder / "vae.safetensors").write_bytes(b"")
+    (tmp_path / "easel.toml").write_text(f'[server]\nport = 0\nmodel_folders = ["{folder}"]\n')
+    assert main(["serve", "--config", str(tmp_path / "easel.toml")]) == 2
+    said = capsys.readouterr().err
+    assert "no model found in model_folders" in said and "vae: " in said and "allow_pickle" in said

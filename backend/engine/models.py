@@ -241,6 +241,11 @@ class ModelRegistry:
     # -- loading ------------------------------------------------------------------------------
 
     def _load(self, spec: ModelSpec) -> LoadedModel:
+        source = Path(spec.source).expanduser()
+        if source.is_absolute() and not source.exists():  # else diffusers takes the path for a hub id and says so
+            raise ModelError("model_load_failed", f"model {spec.name!r}: {spec.source} does not exist (moved, renamed "
+                             "or deleted since the server started?); put it back, or restart easel serve to list "
+                             "the model folders again")
         try:
             family = spec.family or detect_family(spec.source)
             log.info("loading model %s (%s) from %s", spec.name, family, spec.source)

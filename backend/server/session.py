@@ -325,7 +325,8 @@ class Session:
             return build_edit_job(request, self.uploads, limits, names, default, upscalers.names(),
                                   upscalers.default, lambda job: apply_preset(job, given, self.state.config.presets),
                                   engine.loras.families(), registry.family, registry.capabilities,
-                                  engine.usable_embeddings)
+                                  engine.usable_embeddings,
+                                  (self.state.config.skipped_models, self.state.config.skipped_loras))
 
         return self._take(request, build)
 

@@ -1,0 +1,127 @@
+"""What a weights file in a user's model folder is, told from its ``.safetensors`` header alone.
+
+A1111 and ComfyUI folders hold more than their names promise: a VAE, LoRA or embedding dropped into
+``models/Stable-diffusion``, an embedding in ``models/Lora``, a download still in progress. Served as
+models (or LoRAs) they failed only when a job used them, with a loader's traceback, or (an embedding
+as a LoRA) ran as if nothing had been asked. The checks here are pure functions of a header (its
+tensor names and offsets) and the file's size; ``read_header`` and ``walk`` are the only I/O.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+MAX_HEADER = 100 * 2**20
+# A Flux transformer's input projection: BFL / ComfyUI layout, with a prefix, diffusers layout.
+FLUX_KEYS = ("img_in.weight", "model.diffusion_model.img_in.weight", "x_embedder.weight")
+EMBEDDING_KEYS = ("emb_params", "clip_l", "clip_g", "string_to_param.*", "string_to_token.*")
+WHERE = {"lora": "a LoRA: put it into a folder of lora_folders (A1111: models/Lora, ComfyUI: models/loras)",
+         "embedding": "a textual-inversion embedding: put it into a folder of embedding_folders (A1111: embeddings)",
+         "controlnet": "a ControlNet: put it into a folder of controlnet_folders (A1111: models/ControlNet)",
+         "vae": "a VAE alone, not a whole model (A1111: models/VAE); Easel uses the checkpoint's own VAE",
+         "lycoris": "a LyCORIS LoHa / LoKr, which Easel cannot load (LoRA and LoCon files work)"}
+
+
+def read_header(path: str | os.PathLike) -> tuple[dict, int]:
+    """A ``.safetensors`` file's header (tensor name -> {dtype, shape, data_offsets}, and ``__metadata__``)
+    and the bytes of tensor data after it; ValueError saying what is wrong with a file that is not one."""
+    path = Path(path)
+    size = path.stat().st_size
+    with path.open("rb") as file:
+        start = file.read(8)
+        if len(start) < 8:
+            raise ValueError("is empty" if size == 0 else f"is {size} bytes: too short for a .safetensors file")
+        length = int.from_bytes(start, "little")
+        if not 2 <= length <= min(MAX_HEADER, size - 8):
+            raise ValueError("is not a .safetensors file (its first bytes give no header length that fits)")
+        try:
+            header = json.loads(file.read(length))
+        except ValueError:
+            raise ValueError("is not a .safetensors file (its header is no JSON)") from None
+    if not isinstance(header, dict):
+        raise ValueError("is not a .safetensors file (its header is no JSON object)")
+    return header, size - 8 - length
+
+
+def cut_short(header: dict, data: int) -> str | None:
+    """A sentence when the tensors the header lists run past the ``data`` bytes the file holds after it
+    (a download still running, a copy that stopped), else None."""
+    ends = [entry["data_offsets"][1] for key, entry in header.items()
+            if key != "__metadata__" and isinstance(entry, dict) and len(entry.get("data_offsets", ())) == 2]
+    needed = max(ends, default=0)
+    if data < needed:
+        return f"is cut short ({data} of its {needed} bytes of weights: still downloading, or a broken copy)"
+    return None
+
+
+def kind_of(keys) -> str:
+    """What the tensor names say a file holds: checkpoint, lora, lycoris, embedding, controlnet, vae or other."""
+    keys = [key for key in keys if key != "__metadata__"]
+    if any(key.startswith("model.diffusion_model.") or key in FLUX_KEYS or key.startswith("double_blocks.")
+           for key in keys):
+        return "checkpoint"
+    if any(".hada_w1_" in key or ".lokr_w1" in key for key in keys):
+        return "lycoris"
+    if any(key.startswith(("lora_unet_", "lora_te")) or ".lora_A." in key or ".lora_down." in key
+           or ".lora.down." in key for key in keys):
+        return "lora"
+    if any(key.startswith(("control_model.", "controlnet_", "input_hint_block.")) for key in keys):
+        return "controlnet"
+    if keys and all(key in EMBEDDING_KEYS[:3] or key.startswith(("string_to_param.", "string_to_token."))
+                    for key in keys):
+        return "embedding"
+    if keys and all(key.startswith(("encoder.", "decoder.", "quant_conv.", "post_quant_conv.", "first_stage_model."))
+                    for key in keys):
+        return "vae"
+    return "other"
+
+
+def checkpoint_problem(header: dict, data: int) -> str | None:
+    """Why a ``.safetensors`` file in a model folder is no model to serve (a sentence after its name), or None."""
+    kind = kind_of(header)
+    if kind == "checkpoint":
+        return cut_short(header, data)
+    if kind in WHERE:
+        return f"is {WHERE[kind]}"
+    return "holds no UNet or Flux transformer: not a model checkpoint"
+
+
+def lora_problem(header: dict, data: int) -> str | None:
+    """Why a ``.safetensors`` file in a LoRA folder is no LoRA to offer (a sentence after its name), or None."""
+    kind = kind_of(header)
+    if kind == "lora":
+        return cut_short(header, data)
+    if kind in WHERE and kind != "lora":
+        return f"is {WHERE[kind]}"
+    if kind == "checkpoint":
+        return "is a whole model checkpoint, not a LoRA: put it into a folder of model_folders"
+    return "holds no LoRA weights (no lora_up / lora_down or lora_A / lora_B tensors)"
+
+
+def file_problem(path: str | os.PathLike, check) -> str | None:
+    """``check`` (checkpoint_problem or lora_problem) of the file at ``path``, or what makes it unreadable."""
+    try:
+        return check(*read_header(path))
+    except FileNotFoundError:
+        return "does not exist"
+    except OSError as exc:
+        return f"cannot be read ({exc.strerror or exc})"
+    except ValueError as exc:
+        return str(exc)
+
+
+def walk(folder: Path):
+    """Every file under ``folder`` as a sorted list of paths, following links to folders as A1111 and
+    ComfyUI do (a model folder is often a link to a bigger disk), each real folder once."""
+    seen, out = set(), []
+    for root, dirs, files in os.walk(folder, followlinks=True):
+        real = os.path.realpath(root)
+        if real in seen:  # a link back up the tree
+            dirs[:] = []
+            continue
+        seen.add(real)
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        out += [Path(root) / name for name in files if not name.startswith(".")]  # ._x: macOS litter
+    return sorted(out)
