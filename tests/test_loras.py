@@ -334,3 +334,39 @@ def test_an_a1111_lora_folder_as_users_have_it(tmp_path, demo_root, caplog):
         (tmp_path / "easel.toml").write_text(f'[loras]\nmine = "{entry}"\n')
         with pytest.raises(ConfigError, match=words):
             load_config(tmp_path / "easel.toml")
+
+
+def test_a_lora_file_saved_again_while_serving_is_loaded_again(demo_config, tmp_path):
+    """A painter retrains a LoRA, or downloads its new version over the old file: the next job uses the
+    new weights (the loaded layers held a copy of the old ones, used on without a word)."""
+    import dataclasses
+    import os
+
+    from safetensors.torch import load_file, save_file
+
+    from backend.engine.engine import Engine
+    from backend.engine.job import EditJob
+    from backend.engine.models import ModelRegistry, pick_device
+    from test_performance import run as run_job
+
+    first = load_file(demo_config.loras["demo-lora"])
+    second = {key: value * 3 if "lora_up" in key else value for key, value in first.items()}
+    mine, fixed = tmp_path / "mine.safetensors", tmp_path / "second.safetensors"
+    save_file(first, str(mine))
+    save_file(second, str(fixed))
+    config = dataclasses.replace(demo_config, loras={"mine": str(mine), "second": str(fixed),
+                                                     "demo-lora": demo_config.loras["demo-lora"]})
+    engine = Engine(ModelRegistry(config, *pick_device("cpu")))
+    job = EditJob(mode="generate", model="demo", prompt="a door", negative_prompt="", seed=2, steps=2, guidance=5.0,
+                  strength=1.0, batch=1, sampler="euler", width=64, height=64)
+    plain = run_job(engine, job)
+    before = run_job(engine, dataclasses.replace(job, loras=(("mine", 1.0), ("demo-lora", 0.5))))
+    save_file(second, str(mine))
+    os.utime(mine, ns=(os.stat(mine).st_mtime_ns + 10**9,) * 2)  # a new time even where the clock is coarse
+    after = run_job(engine, dataclasses.replace(job, loras=(("mine", 1.0), ("demo-lora", 0.5))))
+    assert not np.array_equal(before, after)
+    np.testing.assert_array_equal(after, run_job(engine, dataclasses.replace(job, loras=(("second", 1.0),
+                                                                                        ("demo-lora", 0.5)))))
+    np.testing.assert_array_equal(plain, run_job(engine, job))
+    unet = engine.registry.get("demo").base.unet
+    assert sum(name.startswith("mine_") for name in unet.peft_config) == 1, "the old layers are gone"
