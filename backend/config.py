@@ -191,8 +191,9 @@ class Config:
                 raise ConfigError(str(exc)) from None
         check_origins(self.allowed_origins)
         if self.default_model and self.models and self.default_model not in self.models:
-            raise ConfigError(f"default_model {self.default_model!r} is not among the configured models "
-                              f"({', '.join(self.models)})")
+            why = self.skipped_models.get(self.default_model)
+            raise ConfigError(f"default_model {self.default_model!r} " + (f"cannot be served: {why}" if why else
+                              f"is not among the configured models ({', '.join(self.models)})"))
         for spec in self.models.values():
             if spec.family is not None and spec.family not in FAMILIES:
                 raise ConfigError(f"models.{spec.name}.family must be one of {', '.join(FAMILIES)}")
@@ -555,7 +556,20 @@ def scan_model_folder(folder: Path, allow_pickle: bool = False,
             for parent in path.parents if parent != folder and folder in parent.parents)
 
     pickles = 0
-    models = {}
+    models: dict[str, ModelSpec] = {}
+
+    def add(name: str, source: Path) -> None:
+        # model.ckpt beside model.safetensors (the same weights, converted), or a diffusers folder of that
+        # name: one name, served by the folder, else the .safetensors file (capitals sorted a .ckpt last)
+        rank = (source.is_dir(), source.suffix.lower() == ".safetensors")
+        if name in models:
+            kept = Path(models[name].source)
+            if (kept.is_dir(), kept.suffix.lower() == ".safetensors") >= rank:
+                log.warning("model %s: %s is served, %s (the same name) is not", name, kept, source)
+                return
+            log.warning("model %s: %s is served, %s (the same name) is not", name, source, kept)
+        models[name] = ModelSpec(name=name, source=str(source))
+
     for source in files:
         suffix = source.suffix.lower()
         if suffix not in (".safetensors", ".ckpt") or is_component(source):
@@ -575,10 +589,9 @@ def scan_model_folder(folder: Path, allow_pickle: bool = False,
             if skipped is not None:
                 skipped.setdefault(name, f"{source} {problem}")
             continue
-        models[name] = ModelSpec(name=name, source=str(source))
+        add(name, source)
     for source in pipelines:
-        name = source.relative_to(folder).as_posix()
-        models[name] = ModelSpec(name=name, source=str(source))
+        add(source.relative_to(folder).as_posix(), source)
     if pickles:
         log.warning("model folder %s: %d .ckpt checkpoint(s) left out: pickle files can run code when loaded "
                     "(convert them to .safetensors, or set allow_pickle = true under [server])", folder, pickles)

@@ -4,7 +4,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from backend.config import Config, ConfigError, ModelSpec, load_config
+from backend.config import Config, ConfigError, ModelSpec, load_config, scan_model_folder
 from backend.engine.engine import Engine
 from backend.engine.models import ModelError, ModelRegistry, configured_family, configured_native_size, detect_family
 from backend.server import ServerThread
@@ -189,6 +189,12 @@ def test_an_a1111_model_folder_as_users_have_it(tmp_path, demo_root, caplog):
     assert "is empty" in why["empty"]
     logged = caplog.text
     assert "gone.safetensors is a link to" in logged and "allow_pickle = true" in logged
+    (folder / "Photon.ckpt").write_bytes(b"pickle")  # the same weights before conversion
+    with_pickles = scan_model_folder(folder, allow_pickle=True)
+    assert with_pickles["Photon"].source.endswith("Photon.SAFETENSORS") and with_pickles["old"].source.endswith(".ckpt")
+    (tmp_path / "default.toml").write_text(f'[server]\nmodel_folders = ["{folder}"]\ndefault_model = "add_detail"\n')
+    with pytest.raises(ConfigError, match="default_model 'add_detail' cannot be served: .* is a LoRA"):
+        load_config(tmp_path / "default.toml").check()
     with ServerThread(config, Engine(ModelRegistry(config, torch.device("cpu"), torch.float32))) as server, \
             Client(server.url) as client:
         events = []
