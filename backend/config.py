@@ -74,6 +74,16 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 log = logging.getLogger(__name__)
+_warned: set[str] = set()
+
+
+def _warn_once(message: str, *args) -> None:
+    """Log what a folder holds amiss the first time it is seen: the folders are read again on every
+    ``hello`` and ``models``."""
+    text = message % args
+    if text not in _warned:
+        _warned.add(text)
+        log.warning(text)
 
 
 class ConfigError(ValueError):
@@ -165,6 +175,8 @@ class Config:
     # files in model_folders / lora_folders left out (name -> the file and why), for a job that names one
     skipped_models: dict[str, str] = field(default_factory=dict)
     skipped_loras: dict[str, str] = field(default_factory=dict)
+    folder_models: set[str] = field(default_factory=set)  # the names found in model_folders (read again)
+    folder_loras: set[str] = field(default_factory=set)  # the names found in lora_folders
     lora_folders: list[str] = field(default_factory=list)  # A1111 models/Lora, ComfyUI models/loras
     presets: dict[str, Preset] = field(default_factory=lambda: dict(BUILTIN_PRESETS))
     tls_cert: str | None = None  # PEM certificate: serve wss:// (with tls_key)
@@ -381,10 +393,6 @@ def load_config(path: str | Path | None = None) -> Config:
     for folder in config.embedding_folders:
         if not Path(folder).is_dir():
             raise ConfigError(f"embedding folder {folder} does not exist")
-    for folder in config.model_folders:
-        folder = (path.parent / Path(folder).expanduser()).resolve()
-        for name, spec in scan_model_folder(folder, config.allow_pickle, config.skipped_models).items():
-            config.models.setdefault(name, spec)  # an explicit [models] entry wins
     for name, source in data.get("upscalers", {}).items():
         if not isinstance(source, str) or source.lower().endswith((".ckpt", ".pt", ".bin")):
             raise ConfigError(f"upscalers.{name}: a .pth or .safetensors super-resolution model file, or a diffusers "
@@ -404,18 +412,41 @@ def load_config(path: str | Path | None = None) -> Config:
         problem = model_files.file_problem(config.loras[name], model_files.lora_problem)
         if problem:
             raise ConfigError(f"loras.{name}: {config.loras[name]} {problem}")
-    for folder in config.lora_folders:
-        folder = (path.parent / Path(folder).expanduser()).resolve()
-        for name, source in scan_lora_folder(folder, config.skipped_loras).items():
-            config.loras.setdefault(name, source)  # an explicit [loras] entry wins
-    for skipped, kept in ((config.skipped_models, config.models), (config.skipped_loras, config.loras)):
-        for name in set(skipped) & set(kept):
-            del skipped[name]
+    config.model_folders, config.lora_folders = (
+        [str((path.parent / Path(folder).expanduser()).resolve()) for folder in folders]
+        for folders in (config.model_folders, config.lora_folders))
+    scan_folders(config)
     try:
         config.presets = parse_presets(data.get("presets", {}))
     except PresetError as exc:
         raise ConfigError(str(exc)) from None
     return config
+
+
+def scan_folders(config: Config) -> bool:
+    """Read ``model_folders`` and ``lora_folders`` (absolute paths) into ``config.models`` and ``config.loras``,
+    again: what they find joins the configured entries ([models.*] and [loras] win on a name), a file
+    added since shows, one removed goes, and each dict is replaced whole (the GPU worker reads them).
+    True when the models or LoRAs changed. ConfigError for a folder that is not there."""
+    models = {name: spec for name, spec in config.models.items() if name not in config.folder_models}
+    loras = {name: source for name, source in config.loras.items() if name not in config.folder_loras}
+    skipped_models: dict[str, str] = {}
+    skipped_loras: dict[str, str] = {}
+    for folder in config.model_folders:
+        for name, spec in scan_model_folder(Path(folder), config.allow_pickle, skipped_models).items():
+            if name not in models:
+                old = config.models.get(name)
+                models[name] = old if old is not None and old.source == spec.source else spec
+    for folder in config.lora_folders:
+        for name, source in scan_lora_folder(Path(folder), skipped_loras).items():
+            loras.setdefault(name, source)
+    folder_models = {name for name in models if name not in config.models or name in config.folder_models}
+    folder_loras = {name for name in loras if name not in config.loras or name in config.folder_loras}
+    changed = list(models.items()) != list(config.models.items()) or loras != config.loras
+    config.models, config.loras, config.folder_models, config.folder_loras = models, loras, folder_models, folder_loras
+    config.skipped_models = {name: why for name, why in skipped_models.items() if name not in models}
+    config.skipped_loras = {name: why for name, why in skipped_loras.items() if name not in loras}
+    return changed
 
 
 def scan_lora_folder(folder: Path, skipped: dict[str, str] | None = None) -> dict[str, str]:
@@ -431,12 +462,12 @@ def scan_lora_folder(folder: Path, skipped: dict[str, str] | None = None) -> dic
         if file.suffix.lower() != ".safetensors":
             continue
         if file.stem in found:
-            log.warning("LoRA %s: %s has the same name as %s and is not used (rename one of them)", file.stem,
+            _warn_once("LoRA %s: %s has the same name as %s and is not used (rename one of them)", file.stem,
                         file, found[file.stem])
             continue
-        problem = model_files.file_problem(file, model_files.lora_problem)
+        problem = model_files.cached_problem(file, model_files.lora_problem)
         if problem:
-            log.warning("LoRA folder: %s %s; left out", file, problem)
+            _warn_once("LoRA folder: %s %s; left out", file, problem)
             if skipped is not None:
                 skipped.setdefault(file.stem, f"{file} {problem}")
             continue
@@ -565,9 +596,9 @@ def scan_model_folder(folder: Path, allow_pickle: bool = False,
         if name in models:
             kept = Path(models[name].source)
             if (kept.is_dir(), kept.suffix.lower() == ".safetensors") >= rank:
-                log.warning("model %s: %s is served, %s (the same name) is not", name, kept, source)
+                _warn_once("model %s: %s is served, %s (the same name) is not", name, kept, source)
                 return
-            log.warning("model %s: %s is served, %s (the same name) is not", name, source, kept)
+            _warn_once("model %s: %s is served, %s (the same name) is not", name, source, kept)
         models[name] = ModelSpec(name=name, source=str(source))
 
     for source in files:
@@ -576,16 +607,16 @@ def scan_model_folder(folder: Path, allow_pickle: bool = False,
             continue
         name = source.relative_to(folder).with_suffix("").as_posix()
         if not source.exists():
-            log.warning("model folder: %s is a link to %s, which does not exist; left out", source,
+            _warn_once("model folder: %s is a link to %s, which does not exist; left out", source,
                         os.readlink(source))
             continue
         if suffix not in suffixes:
             pickles += 1
             continue
-        problem = model_files.file_problem(source, model_files.checkpoint_problem) if suffix == ".safetensors" \
+        problem = model_files.cached_problem(source, model_files.checkpoint_problem) if suffix == ".safetensors" \
             else None
         if problem:
-            log.warning("model folder: %s %s; left out", source, problem)
+            _warn_once("model folder: %s %s; left out", source, problem)
             if skipped is not None:
                 skipped.setdefault(name, f"{source} {problem}")
             continue
@@ -593,7 +624,7 @@ def scan_model_folder(folder: Path, allow_pickle: bool = False,
     for source in pipelines:
         add(source.relative_to(folder).as_posix(), source)
     if pickles:
-        log.warning("model folder %s: %d .ckpt checkpoint(s) left out: pickle files can run code when loaded "
+        _warn_once("model folder %s: %d .ckpt checkpoint(s) left out: pickle files can run code when loaded "
                     "(convert them to .safetensors, or set allow_pickle = true under [server])", folder, pickles)
     return models
 

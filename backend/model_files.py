@@ -9,6 +9,7 @@ tensor names and offsets) and the file's size; ``read_header`` and ``walk`` are 
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from pathlib import Path
@@ -110,6 +111,20 @@ def file_problem(path: str | os.PathLike, check) -> str | None:
         return f"cannot be read ({exc.strerror or exc})"
     except ValueError as exc:
         return str(exc)
+
+
+def cached_problem(path: Path, check) -> str | None:
+    """``file_problem``, read once per version of the file (the folders are read again and again)."""
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return file_problem(path, check)
+    return _cached_problem(str(path), stat.st_mtime_ns, stat.st_size, check)
+
+
+@functools.lru_cache(maxsize=4096)
+def _cached_problem(path: str, mtime_ns: int, size: int, check) -> str | None:
+    return file_problem(path, check)
 
 
 def walk(folder: Path):

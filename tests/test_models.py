@@ -231,3 +231,34 @@ def test_serve_refuses_model_folders_with_nothing_to_serve(tmp_path, capsys):
     assert main(["serve", "--config", str(tmp_path / "easel.toml")]) == 2
     said = capsys.readouterr().err
     assert "no model found in model_folders" in said and "vae: " in said and "allow_pickle" in said
+
+
+def test_files_added_and_removed_while_serving_show_at_the_next_hello_or_models(tmp_path, demo_root):
+    """A painter downloads a checkpoint or a LoRA into the A1111 folders with the server running: a host's
+    refresh (`models`) or a new connection lists it and a job may name it; a deleted one goes."""
+    models, loras = tmp_path / "Stable-diffusion", tmp_path / "Lora"
+    models.mkdir()
+    loras.mkdir()
+    unet = "model.diffusion_model.input_blocks.0.0.weight"
+    _checkpoint_header(models / "first.safetensors", [unet])
+    (tmp_path / "easel.toml").write_text(f'[server]\nport = 0\nmodel_folders = ["{models}"]\n'
+                                         f'lora_folders = ["{loras}"]\ndefault_model = "demo"\n'
+                                         f'[models.demo]\nsource = "{demo_root / "sd15"}"\n')
+    config = load_config(tmp_path / "easel.toml").check()
+    with ServerThread(config, Engine(ModelRegistry(config, torch.device("cpu"), torch.float32))) as server, \
+            Client(server.url) as client:
+        assert [m["name"] for m in client.models()["models"]] == ["demo", "first"]
+        _checkpoint_header(models / "second.safetensors", [unet])
+        (models / "first.safetensors").unlink()
+        (loras / "ink.safetensors").write_bytes((demo_root / "loras" / "demo-lora.safetensors").read_bytes())
+        reply = client.models()
+        assert [m["name"] for m in reply["models"]] == ["demo", "second"]
+        assert reply["loras"] == [{"name": "ink", "family": "sd15"}]
+        result = client.run("generate", prompt="a house <lora:ink:0.5>", steps=1, width=64, height=64)
+        assert result.parameters["loras"] == [{"name": "ink", "weight": 0.5}]
+        with pytest.raises(EaselError) as caught:
+            client.run("generate", model="first", prompt="x", steps=1, width=64, height=64)
+        assert caught.value.code == "unknown_model"
+        (loras / "ink.safetensors").unlink()
+        with Client(server.url) as other:
+            assert other.welcome["capabilities"]["loras"] == []

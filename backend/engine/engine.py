@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import logging
 import time
 from dataclasses import dataclass
 from typing import Iterator, Protocol
@@ -19,6 +20,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from backend.config import ConfigError, scan_folders
 from backend.engine import compose, fill, prompts
 from backend.engine.adapters import IPAdapters
 from backend.engine.conditioning import ContentCache, digest
@@ -36,6 +38,8 @@ from backend.engine.upscalers import Upscalers
 from shared import prompt_syntax, rules
 from shared.geometry import Box
 from shared.vocabulary import MAX_SEED
+
+log = logging.getLogger(__name__)
 
 CONTROL_MAP_CACHE = 16  # preprocessed control maps kept (a few MB each at most)
 
@@ -133,6 +137,18 @@ class Engine:
     @property
     def device(self) -> torch.device:
         return self.registry.device
+
+    def refresh_folders(self) -> None:
+        """Read the model and LoRA folders again, so a file added, replaced or removed since the server
+        started shows in the next ``welcome`` / ``models`` and can be asked for (models already loaded stay)."""
+        config = self.registry.config
+        if not (config.model_folders or config.lora_folders):
+            return
+        try:
+            if scan_folders(config):
+                self.loras.files = dict(config.loras)
+        except ConfigError as exc:  # a folder on a disk that went away: keep what was found before
+            log.warning("cannot read the model folders again: %s", exc)
 
     def run(self, job: EditJob | PreprocessJob, reporter: Reporter) -> EngineResult:
         """Run a job; raises JobCancelled if the reporter says it was cancelled, ModelError when a

@@ -142,7 +142,9 @@ class Loras:
         missing = [(part, module) for part, module in self._modules(pipe) if (id(module), adapter) not in self._tried]
         if not missing:
             return
-        path = self.files[name]
+        path = self.files.get(name)
+        if path is None:  # its file left the LoRA folder after the job was accepted
+            raise ModelError("model_load_failed", f"LoRA {name} is gone from the LoRA folders", "loras")
         cls = type(model.base)
         try:
             from safetensors.torch import load_file
@@ -163,6 +165,8 @@ class Loras:
         """A LoRA file saved again since it was loaded (a painter retraining it, a new version downloaded
         over the old) loads again under a new adapter name: the layers hold a copy of the old weights,
         which jobs went on using without a word (A1111 reloads on a new modification time too)."""
+        if name not in self.files:
+            return
         try:
             stat = os.stat(self.files[name])
             version = (stat.st_mtime_ns, stat.st_size)

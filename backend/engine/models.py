@@ -230,12 +230,13 @@ class ModelRegistry:
     def get(self, name: str | None) -> LoadedModel:
         """The loaded model called ``name`` (the default when None), loading it on first use."""
         name = name or self.default
-        if name not in self.config.models:
-            raise ModelError("unknown_model", f"no model named {name!r}; configured: "
-                             f"{', '.join(self.config.models) or 'none'}")
+        models = self.config.models  # one look: reading the folders again replaces the dict
+        if name not in models:
+            raise ModelError("unknown_model", f"no model named {name!r}; "
+                             f"configured: {', '.join(models) or 'none'}")
         with self._lock:
             if name not in self._loaded:
-                self._loaded[name] = self._load(self.config.models[name])
+                self._loaded[name] = self._load(models[name])
             return self._loaded[name]
 
     # -- loading ------------------------------------------------------------------------------

@@ -285,6 +285,7 @@ class Session:
                                 "`resume` (send it with the `welcome.session` of the dropped connection, or say "
                                 "hello without `pending` for a new session)", "pending")
         preprocessors = engine.preprocessors.available()
+        engine.refresh_folders()
         if "resume" in message and self.greeted and message["resume"] != self.token:
             # Taking another session over would orphan this one: its jobs would run on with nowhere to send
             # their endings, kept (and counted) for ever. (Its own id is `unknown_session` below: resumed already.)
@@ -356,6 +357,7 @@ class Session:
                                       state.clients(), state.engine.registry.loaded_names())])
 
     def _models(self, message: dict) -> Reply:
+        self.state.engine.refresh_folders()
         registry = self.state.engine.registry
         return Reply([messages.models(registry.default, registry.describe(),
                                       self.state.engine.upscalers.describe(), self.state.engine.loras.describe(),
