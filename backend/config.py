@@ -4,7 +4,7 @@
     host = "127.0.0.1"
     port = 8760
     token = ""                 # clients must present it; required off loopback
-    model_folders = []         # every .safetensors / diffusers folder inside becomes a model
+    model_folders = []         # each checkpoint .safetensors / diffusers folder inside is a model (read per hello)
     controlnet_folders = []    # e.g. A1111's models/ControlNet: family and type read from file names
     embedding_folders = []     # textual inversions, e.g. A1111's embeddings/ (family read from the files)
     allowed_origins = []       # web pages that may connect, each as its location.origin: "http://localhost:5173"
