@@ -84,9 +84,16 @@ def checkpoint_problem(header: dict, data: int) -> str | None:
     kind = kind_of(header)
     if kind == "checkpoint":
         return cut_short(header, data)
+    return misplaced(header, data) or "holds no UNet or Flux transformer: not a model checkpoint"
+
+
+def misplaced(header: dict, data: int) -> str | None:
+    """Why a file configured as a model's ``source`` cannot be one, where its header says so plainly (a
+    file of another kind, or cut short); None for layouts it does not know, which the loader may."""
+    kind = kind_of(header)
     if kind in WHERE:
         return f"is {WHERE[kind]}"
-    return "holds no UNet or Flux transformer: not a model checkpoint"
+    return cut_short(header, data)
 
 
 def lora_problem(header: dict, data: int) -> str | None:
@@ -94,7 +101,7 @@ def lora_problem(header: dict, data: int) -> str | None:
     kind = kind_of(header)
     if kind == "lora":
         return cut_short(header, data)
-    if kind in WHERE and kind != "lora":
+    if kind in WHERE:
         return f"is {WHERE[kind]}"
     if kind == "checkpoint":
         return "is a whole model checkpoint, not a LoRA: put it into a folder of model_folders"

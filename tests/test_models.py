@@ -262,3 +262,12 @@ def test_files_added_and_removed_while_serving_show_at_the_next_hello_or_models(
         (loras / "ink.safetensors").unlink()
         with Client(server.url) as other:
             assert other.welcome["capabilities"]["loras"] == []
+
+
+def test_a_configured_source_that_is_no_checkpoint_says_what_it_is(tmp_path, demo_root):
+    vae = tmp_path / "vae-ft-mse-840000-ema-pruned.safetensors"
+    vae.write_bytes((demo_root / "sd15" / "vae" / "diffusion_pytorch_model.safetensors").read_bytes())
+    config = Config(models={"mine": ModelSpec("mine", str(vae))})
+    with pytest.raises(ModelError) as caught:
+        ModelRegistry(config, torch.device("cpu"), torch.float32).get("mine")
+    assert caught.value.code == "model_load_failed" and "is a VAE alone, not a whole model" in caught.value.message

@@ -18,6 +18,7 @@ import diffusers
 import torch
 import transformers
 
+from backend import model_files
 from backend.config import Config, ModelSpec
 from backend.engine import prediction as predictions
 from backend.engine.capabilities import WEIGHT_FILE_SUFFIXES, configured_kind, weight_shapes
@@ -247,6 +248,10 @@ class ModelRegistry:
             raise ModelError("model_load_failed", f"model {spec.name!r}: {spec.source} does not exist (moved, renamed "
                              "or deleted since the server started?); put it back, or restart easel serve to list "
                              "the model folders again")
+        if source.is_file() and source.suffix.lower() == ".safetensors":
+            problem = model_files.file_problem(source, model_files.misplaced)  # else a loader's traceback
+            if problem:
+                raise ModelError("model_load_failed", f"model {spec.name!r}: {spec.source} {problem}")
         try:
             family = spec.family or detect_family(spec.source)
             log.info("loading model %s (%s) from %s", spec.name, family, spec.source)
