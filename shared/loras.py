@@ -63,8 +63,14 @@ def missing(what: str, name: str, available, left_out: Mapping[str, str] | None 
     if left_out and name in left_out:
         return f"{what} {shown(name)} cannot be used: {left_out[name]}"
     names = ", ".join(sorted(available)) or "none"
-    same = [other for other in available if other.casefold() == name.casefold()]
-    hint = f" (did you mean {shown(same[0])}? names are case-sensitive)" if len(same) == 1 else ""
+    # ComfyUI names files with their folder and suffix (styles/ink.safetensors); A1111 by the bare name
+    stripped = re.sub(r"\.(safetensors|ckpt|pt)$", "", name.replace("\\", "/"), flags=re.IGNORECASE).casefold()
+    bare = stripped.rsplit("/", 1)[-1]
+    same = [other for other in available if other.casefold() in (name.casefold(), stripped)] or [
+        other for other in available if other.rsplit("/", 1)[-1].casefold() == bare]
+    hint = ""
+    if len(same) == 1:
+        hint = f" (did you mean {shown(same[0])}? names are case-sensitive, without the file's suffix)"
     return f"no {what} named {shown(name)}{hint}; this server has: {names}"
 
 

@@ -7,7 +7,7 @@ from PIL import Image
 from conftest import decode, picture, png, rect_mask
 from shared.client import Accepted, EaselError
 from shared.errors import ProtocolError
-from shared.loras import merge, split_prompt
+from shared.loras import merge, missing, split_prompt
 
 LORAS = {"demo": ("demo-lora", "demo-lora-diffusers"), "demo-xl": ("demo-xl-lora", "demo-xl-lora-diffusers")}
 
@@ -132,6 +132,12 @@ def test_prompt_tags_parse_in_pure_code():
     assert caught.value.field == "prompt"
     merged = merge(("loras", [("ink", 0.2)]), ("prompt", [("ink", 0.9), ("paper", 1.0)]), ("preset", [("x", 1.0)]))
     assert merged == [("ink", 0.2, "loras[0].name"), ("paper", 1.0, "prompt"), ("x", 1.0, "preset")]
+    # the name a user most likely meant: other capitals, ComfyUI's folder/file.safetensors, a model's subfolder
+    for asked, offered, meant in (("Ink", {"ink", "paper"}, "ink"), ("styles/Ink.safetensors", {"ink"}, "ink"),
+                                  ("SD1.5/v1-5.safetensors", {"SD1.5/v1-5", "v1-5"}, "SD1.5/v1-5"),
+                                  ("juggernaut", {"SDXL/juggernaut", "v1-5"}, "SDXL/juggernaut")):
+        assert f"did you mean {meant!r}?" in missing("LoRA", asked, dict.fromkeys(offered))
+    assert "did you mean" not in missing("LoRA", "Ink", dict.fromkeys({"ink", "INK"}))
 
 
 def test_a_loras_family_is_read_from_its_header():
