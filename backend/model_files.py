@@ -21,7 +21,8 @@ EMBEDDING_KEYS = ("emb_params", "clip_l", "clip_g", "string_to_param.*", "string
 WHERE = {"lora": "a LoRA: put it into a folder of lora_folders (A1111: models/Lora, ComfyUI: models/loras)",
          "embedding": "a textual-inversion embedding: put it into a folder of embedding_folders (A1111: embeddings)",
          "controlnet": "a ControlNet: put it into a folder of controlnet_folders (A1111: models/ControlNet)",
-         "vae": "a VAE alone, not a whole model (A1111: models/VAE); Easel uses the checkpoint's own VAE",
+         "vae": "a VAE alone, not a whole model (A1111: models/VAE; a flux model's `vae`)",
+         "text_encoder": "a text encoder alone, not a whole model (a flux model's `text_encoder` / `text_encoder_2`)",
          "lycoris": "a LyCORIS LoHa / LoKr, which Easel cannot load (LoRA and LoCon files work)"}
 
 
@@ -58,7 +59,8 @@ def cut_short(header: dict, data: int) -> str | None:
 
 
 def kind_of(keys) -> str:
-    """What the tensor names say a file holds: checkpoint, lora, lycoris, embedding, controlnet, vae or other."""
+    """What the tensor names say a file holds: checkpoint, lora, lycoris, controlnet, text_encoder, embedding,
+    vae or other."""
     keys = [key for key in keys if key != "__metadata__"]
     if any(key.startswith("model.diffusion_model.") or key in FLUX_KEYS or key.startswith("double_blocks.")
            for key in keys):
@@ -70,6 +72,8 @@ def kind_of(keys) -> str:
         return "lora"
     if any(key.startswith(("control_model.", "controlnet_", "input_hint_block.")) for key in keys):
         return "controlnet"
+    if any(key.startswith(("text_model.", "encoder.block.", "encoder.layers.", "text_encoders.")) for key in keys):
+        return "text_encoder"  # CLIP, T5
     if keys and all(key in EMBEDDING_KEYS[:3] or key.startswith(("string_to_param.", "string_to_token."))
                     for key in keys):
         return "embedding"

@@ -271,3 +271,17 @@ def test_a_configured_source_that_is_no_checkpoint_says_what_it_is(tmp_path, dem
     with pytest.raises(ModelError) as caught:
         ModelRegistry(config, torch.device("cpu"), torch.float32).get("mine")
     assert caught.value.code == "model_load_failed" and "is a VAE alone, not a whole model" in caught.value.message
+
+
+@pytest.mark.parametrize("path, kind", [
+    ("loras/demo-lora.safetensors", "lora"), ("loras/demo-xl-lora-diffusers.safetensors", "lora"),
+    ("embeddings/demo-embedding.safetensors", "embedding"), ("embeddings/demo-embedding-xl.safetensors", "embedding"),
+    ("sd15/vae/diffusion_pytorch_model.safetensors", "vae"), ("flux-comfy/vae/ae.safetensors", "vae"),
+    ("flux-comfy/text_encoders/clip_l.safetensors", "text_encoder"),
+    ("flux-comfy/text_encoders/t5xxl.safetensors", "text_encoder"),
+    ("flux-comfy/diffusion_models/flux-demo.safetensors", "checkpoint"),
+])
+def test_what_a_weights_file_holds_is_read_from_its_header(demo_root, path, kind):
+    from backend.model_files import kind_of, read_header
+
+    assert kind_of(read_header(demo_root / path)[0]) == kind
