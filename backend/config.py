@@ -66,6 +66,7 @@ from pathlib import Path
 from backend import model_files
 from backend.performance import Performance, PerformanceError, parse_performance
 from backend.presets import BUILTIN_PRESETS, Preset, PresetError, parse_presets
+from shared.loras import missing
 from shared.messages import CONTROL_TYPES, DEFAULT_PORT, FAMILIES
 
 if sys.version_info >= (3, 11):
@@ -203,9 +204,8 @@ class Config:
                 raise ConfigError(str(exc)) from None
         check_origins(self.allowed_origins)
         if self.default_model and self.models and self.default_model not in self.models:
-            why = self.skipped_models.get(self.default_model)
-            raise ConfigError(f"default_model {self.default_model!r} " + (f"cannot be served: {why}" if why else
-                              f"is not among the configured models ({', '.join(self.models)})"))
+            why = missing("model", self.default_model, self.models, self.skipped_models)
+            raise ConfigError(f"default_model: {why}")
         for spec in self.models.values():
             if spec.family is not None and spec.family not in FAMILIES:
                 raise ConfigError(f"models.{spec.name}.family must be one of {', '.join(FAMILIES)}")
@@ -224,7 +224,8 @@ class Config:
                                   f"({', '.join(self.models)})")
             for name, _ in preset.loras:
                 if name not in self.loras:
-                    raise ConfigError(f"presets.{preset.name}.loras: no LoRA named {name!r} is configured")
+                    why = missing("LoRA", name, self.loras, self.skipped_loras)
+                    raise ConfigError(f"presets.{preset.name}.loras: {why}")
         if self.default_upscaler and self.default_upscaler not in self.upscalers:
             raise ConfigError(f"default_upscaler {self.default_upscaler!r} is not among the configured upscalers "
                               f"({', '.join(self.upscalers) or 'none'})")

@@ -193,7 +193,10 @@ def test_an_a1111_model_folder_as_users_have_it(tmp_path, demo_root, caplog):
     with_pickles = scan_model_folder(folder, allow_pickle=True)
     assert with_pickles["Photon"].source.endswith("Photon.SAFETENSORS") and with_pickles["old"].source.endswith(".ckpt")
     (tmp_path / "default.toml").write_text(f'[server]\nmodel_folders = ["{folder}"]\ndefault_model = "add_detail"\n')
-    with pytest.raises(ConfigError, match="default_model 'add_detail' cannot be served: .* is a LoRA"):
+    with pytest.raises(ConfigError, match="default_model: model 'add_detail' cannot be used: .* is a LoRA"):
+        load_config(tmp_path / "default.toml").check()
+    (tmp_path / "default.toml").write_text(f'[server]\nmodel_folders = ["{folder}"]\ndefault_model = "photon"\n')
+    with pytest.raises(ConfigError, match="did you mean 'Photon'"):
         load_config(tmp_path / "default.toml").check()
     with ServerThread(config, Engine(ModelRegistry(config, torch.device("cpu"), torch.float32))) as server, \
             Client(server.url) as client:

@@ -89,7 +89,7 @@ class Loras:
         self.files, self.speed = dict(files), speed
         self._tried: set[tuple[int, str]] = set()  # (id(module), LoRA) loads done, even those that added nothing
         self._adapters: dict[str, str] = {}  # LoRA name -> its PEFT adapter name
-        self._versions: dict[str, tuple[int, int] | None] = {}  # LoRA name -> (mtime, size) of the file loaded
+        self._versions: dict[str, tuple | None] = {}  # LoRA name -> (path, mtime, size) of the file loaded
         self._holders: dict[str, list[tuple[str, object]]] = {}  # adapter -> the (part, module)s it is loaded in
         self._count = itertools.count()
 
@@ -169,7 +169,7 @@ class Loras:
             return
         try:
             stat = os.stat(self.files[name])
-            version = (stat.st_mtime_ns, stat.st_size)
+            version = (self.files[name], stat.st_mtime_ns, stat.st_size)  # another file of that name: another LoRA
         except OSError:
             version = None  # gone: the load says so
         if self._versions.setdefault(name, version) == version:
