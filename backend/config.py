@@ -360,6 +360,7 @@ def load_config(path: str | Path | None = None) -> Config:
             value = getattr(spec, key)
             if value:
                 setattr(spec, key, _local_path_or_hub(value, path.parent))
+        check_family(spec)
         config.models[name] = spec
     for family, types in data.get("controlnets", {}).items():
         if family not in FAMILIES:
@@ -510,6 +511,21 @@ def check_quantize(spec: ModelSpec) -> None:
         raise ConfigError(f"models.{spec.name}.quantize applies to transformers from a diffusers folder or hub id; "
                           "this model's are single files (a .gguf is quantised already; for a .safetensors "
                           "transformer use a GGUF of it)")
+
+
+def check_family(spec: ModelSpec) -> None:
+    """A configured ``family`` that the single file's own weights contradict: the model "loaded" as the
+    other family and every job on it ended with an internal error."""
+    if spec.family not in FAMILIES or not spec.source.lower().endswith(".safetensors"):
+        return
+    try:
+        header, _ = model_files.read_header(spec.source)
+    except (OSError, ValueError):
+        return  # not there yet, or unreadable: its load says so
+    problem = model_files.family_problem(header, spec.family)
+    if problem:
+        raise ConfigError(f"models.{spec.name}.family is {spec.family!r}, but {spec.source} {problem}: leave family "
+                          "out (it is read from the file) or correct it")
 
 
 def check_prompt_settings(spec: ModelSpec) -> None:

@@ -83,6 +83,35 @@ def kind_of(keys) -> str:
     return "other"
 
 
+UNET_IN = "model.diffusion_model.input_blocks.0.0.weight"  # a single file's first UNet convolution
+
+
+def family_evidence(header: dict) -> str | None:
+    """The family a single checkpoint's own text encoders prove (sd15: CLIP-L alone, sdxl: CLIP-L and
+    OpenCLIP-G, flux: its transformer), or None when the file does not prove one (SD 2, a UNet alone)."""
+    if "conditioner.embedders.1.model.ln_final.weight" in header:
+        return "sdxl"
+    if any(key in header for key in FLUX_KEYS):
+        return "flux"
+    if any(key.startswith("cond_stage_model.transformer.") for key in header):
+        return "sd15"
+    return None
+
+
+def family_problem(header: dict, family: str) -> str | None:
+    """Why a checkpoint cannot be served as ``family`` (a configured ``family`` the weights contradict)."""
+    proven = family_evidence(header)
+    if proven is not None and proven != family:
+        return f"is a {proven} checkpoint, not {family}"
+    return None
+
+
+def unet_channels(header: dict) -> int | None:
+    """Input channels of a single file's UNet (4 base, 9 inpaint, 8 InstructPix2Pix), None when not told."""
+    entry = header.get(UNET_IN)
+    return int(entry["shape"][1]) if isinstance(entry, dict) and len(entry.get("shape", ())) == 4 else None
+
+
 def checkpoint_problem(header: dict, data: int) -> str | None:
     """Why a ``.safetensors`` file in a model folder is no model to serve (a sentence after its name), or None."""
     kind = kind_of(header)

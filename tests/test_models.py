@@ -288,3 +288,19 @@ def test_what_a_weights_file_holds_is_read_from_its_header(demo_root, path, kind
     from backend.model_files import kind_of, read_header
 
     assert kind_of(read_header(demo_root / path)[0]) == kind
+
+
+def test_a_family_or_inpaint_unet_the_weights_contradict_is_said_plainly(tmp_path):
+    """`family = "sdxl"` on an SD1.5 file "loaded" and every job on it ended with an internal error; an
+    `inpaint` that is a base model failed with diffusers' shape-mismatch traceback."""
+    sd15 = tmp_path / "v1-5.safetensors"
+    save_file({"model.diffusion_model.input_blocks.0.0.weight": torch.zeros(8, 4, 3, 3),
+               "cond_stage_model.transformer.text_model.final_layer_norm.weight": torch.zeros(2)}, str(sd15))
+    (tmp_path / "easel.toml").write_text(f'[models.xl]\nsource = "{sd15}"\nfamily = "sdxl"\n')
+    with pytest.raises(ConfigError, match=r"models.xl.family is 'sdxl', but .* is a sd15 checkpoint, not sdxl"):
+        load_config(tmp_path / "easel.toml")
+    config = Config(models={"m": ModelSpec("m", str(sd15), "sd15", inpaint=str(sd15))})
+    registry = ModelRegistry(config, torch.device("cpu"), torch.float32)
+    with pytest.raises(ModelError) as caught:
+        registry._load_unet(str(sd15), config.models["m"])
+    assert "has 4 input channels; a dedicated inpaint model has 9 (this is a base model" in caught.value.message

@@ -299,6 +299,13 @@ class ModelRegistry:
 
         check_pickle(source, self.config.allow_pickle)
         path = Path(source).expanduser()
+        if path.is_file() and path.suffix.lower() == ".safetensors":
+            try:  # said before diffusers' shape-mismatch traceback
+                found = model_files.unet_channels(model_files.read_header(path)[0])
+            except (OSError, ValueError):
+                found = None
+            if found is not None and found != channels:
+                raise ModelError("model_load_failed", _channels_message(source, found, channels))
         if path.is_file():
             # The base model's configs describe the architecture; only the mask channels differ.
             config = spec.config or (spec.source if Path(spec.source).expanduser().is_dir() else None)
@@ -311,9 +318,7 @@ class ModelRegistry:
             unet = UNet2DConditionModel.from_pretrained(str(path) if path.is_dir() else source,
                                                         subfolder="unet", **self._common())
         if unet.config.in_channels != channels:
-            what = "an InstructPix2Pix" if channels == 8 else "a dedicated inpaint"
-            raise ModelError("model_load_failed", f"{'instruct' if channels == 8 else 'inpaint'} UNet {source} has "
-                             f"{unet.config.in_channels} input channels; {what} model has {channels}")
+            raise ModelError("model_load_failed", _channels_message(source, unet.config.in_channels, channels))
         # Parked straight from the file (see _load): the GPU never holds both UNets, not even while loading.
         return unet if self.speed.parks_idle_unet else to_device(unet, self.speed.load_device)
 
@@ -324,6 +329,13 @@ class ModelRegistry:
         path = Path(source).expanduser()
         return to_device(AutoencoderTiny.from_pretrained(str(path) if path.is_dir() else source,
                                                **self._common()), self.device)
+
+
+def _channels_message(source: str, found: int, channels: int) -> str:
+    what = "an InstructPix2Pix" if channels == 8 else "a dedicated inpaint"
+    return (f"{'instruct' if channels == 8 else 'inpaint'} UNet {source} has {found} input channels; {what} model has "
+            f"{channels}" + (" (this is a base model: leave `inpaint` out, and base models inpaint too)"
+                             if found == 4 else ""))
 
 
 def _prediction_fields(prediction: predictions.Prediction) -> dict:
