@@ -369,9 +369,8 @@ def load_config(path: str | Path | None = None) -> Config:
             if kind not in CONTROL_TYPES:
                 raise ConfigError(f"controlnets.{family}.{kind}: the control type must be one of "
                                   f"{', '.join(CONTROL_TYPES)}")
-            if _looks_like_path(source) and not Path(source).is_absolute():
-                source = str((path.parent / source).resolve())
-            config.controlnets.setdefault(family, {})[kind] = source
+            check_type(f"controlnets.{family}.{kind}", source, str)
+            config.controlnets.setdefault(family, {})[kind] = _local_path_or_hub(source, path.parent)
     for family, entry in data.get("ip_adapters", {}).items():
         if family not in FAMILIES or not isinstance(entry, dict) or {"weights", "image_encoder"} - set(entry):
             raise ConfigError(f"ip_adapters.{family}: needs a family ({', '.join(FAMILIES)}) with `weights` (a "

@@ -142,8 +142,10 @@ def test_model_paths_expand_home_and_find_folders_beside_the_config(tmp_path, mo
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     (tmp_path / "weights" / "sd15").mkdir(parents=True)
     (tmp_path / "easel.toml").write_text('[models.a]\nsource = "~/sd/model.safetensors"\nconfig = "weights/sd15"\n'
-                                         '[models.hub]\nsource = "owner/repo"\n')
+                                         '[models.hub]\nsource = "owner/repo"\n'
+                                         '[controlnets.sd15]\ncanny = "~/cn/canny.safetensors"\n')
     config = load_config(tmp_path / "easel.toml")
+    assert config.controlnets["sd15"]["canny"] == str(tmp_path / "home" / "cn" / "canny.safetensors")
     assert config.models["a"].source == str(tmp_path / "home" / "sd" / "model.safetensors")
     assert config.models["a"].config == str(tmp_path / "weights" / "sd15"), "a folder there, not a hub id"
     assert config.models["hub"].source == "owner/repo"
