@@ -46,6 +46,11 @@ def split_prompt(prompt: str, field: str = "prompt") -> tuple[str, list[tuple[st
         if not low <= value <= high:
             raise ProtocolError("invalid_field", f"`{field}`: the weight of LoRA {shown(name)} must be from {low:g} "
                                 f"to {high:g}, got {value:g}", field)
+        if any(seen == name for seen, _ in found):
+            # two weights for one LoRA (a pasted prompt plus a tag of one's own): taking either one without
+            # a word gave a picture the painter did not ask for
+            raise ProtocolError("invalid_field", f"`{field}`: LoRA {shown(name)} is tagged twice; keep one "
+                                f"<lora:{name}:WEIGHT> tag", field)
         found.append((name, value))
         return " "
 

@@ -110,6 +110,7 @@ def test_loras_are_listed_with_their_family(client):
     ({"prompt": "a <lora:demo-lora:1:0.5> house"}, "invalid_field", "prompt", "separate UNet / text encoder weights"),
     ({"prompt": "a <lora:demo-lora:unet=1:te=0.5> house"}, "invalid_field", "prompt", "<lora:demo-lora:WEIGHT>"),
     ({"prompt": "a <lora:Demo-LoRA> house"}, "unknown_lora", "prompt", "did you mean 'demo-lora'?"),
+    ({"prompt": "a <lora:demo-lora:0.5> house <lora:demo-lora:1>"}, "invalid_field", "prompt", "tagged twice"),
     ({"loras": [{"name": "demo-lora"}, {"name": "demo-lora", "weight": 0.5}]}, "invalid_field", "loras[1].name",
      "twice"),
 ])
