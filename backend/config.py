@@ -433,14 +433,22 @@ def scan_folders(config: Config) -> bool:
     loras = {name: source for name, source in config.loras.items() if name not in config.folder_loras}
     skipped_models: dict[str, str] = {}
     skipped_loras: dict[str, str] = {}
+    # One file reached twice (a folder listed with its subfolder, ComfyUI's checkpoints linked to A1111's)
+    # is listed once, by the first name it was found under.
+    seen = {os.path.realpath(spec.source) for spec in models.values()}
     for folder in config.model_folders:
         for name, spec in scan_model_folder(Path(folder), config.allow_pickle, skipped_models).items():
-            if name not in models:
+            real = os.path.realpath(spec.source)
+            if name not in models and real not in seen:
+                seen.add(real)
                 old = config.models.get(name)
                 models[name] = old if old is not None and old.source == spec.source else spec
+    seen = {os.path.realpath(source) for source in loras.values()}
     for folder in config.lora_folders:
         for name, source in scan_lora_folder(Path(folder), skipped_loras).items():
-            loras.setdefault(name, source)
+            if name not in loras and os.path.realpath(source) not in seen:
+                seen.add(os.path.realpath(source))
+                loras[name] = source
     folder_models = {name for name in models if name not in config.models or name in config.folder_models}
     folder_loras = {name for name in loras if name not in config.loras or name in config.folder_loras}
     changed = list(models.items()) != list(config.models.items()) or loras != config.loras

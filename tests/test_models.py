@@ -180,7 +180,8 @@ def test_an_a1111_model_folder_as_users_have_it(tmp_path, demo_root, caplog):
     (folder / "downloading.safetensors").write_bytes(whole[:len(whole) - 8])
     (folder / "empty.safetensors").write_bytes(b"")
     (folder / "sd15").symlink_to(demo_root / "sd15")  # a diffusers folder
-    (tmp_path / "easel.toml").write_text(f'[server]\nport = 0\nmodel_folders = ["{folder}"]\n')
+    # the SDXL folder listed again on its own (and reached through the link): each file is served once
+    (tmp_path / "easel.toml").write_text(f'[server]\nport = 0\nmodel_folders = ["{folder}", "{other_disk}"]\n')
     with caplog.at_level("WARNING", logger="backend.config"):
         config = load_config(tmp_path / "easel.toml").check()
     assert sorted(config.models) == ["Photon", "SDXL/juggernaut", "sd15", "v1-5 (pruned) [emaonly]"]
