@@ -51,7 +51,8 @@ def cut_short(header: dict, data: int) -> str | None:
     """A sentence when the tensors the header lists run past the ``data`` bytes the file holds after it
     (a download still running, a copy that stopped), else None."""
     ends = [entry["data_offsets"][1] for key, entry in header.items()
-            if key != "__metadata__" and isinstance(entry, dict) and len(entry.get("data_offsets", ())) == 2]
+            if key != "__metadata__" and isinstance(entry, dict) and isinstance(entry.get("data_offsets"), list)
+            and len(entry["data_offsets"]) == 2 and isinstance(entry["data_offsets"][1], int)]
     needed = max(ends, default=0)
     if data < needed:
         return f"is cut short ({data} of its {needed} bytes of weights: still downloading, or a broken copy)"
@@ -108,8 +109,8 @@ def family_problem(header: dict, family: str) -> str | None:
 
 def unet_channels(header: dict) -> int | None:
     """Input channels of a single file's UNet (4 base, 9 inpaint, 8 InstructPix2Pix), None when not told."""
-    entry = header.get(UNET_IN)
-    return int(entry["shape"][1]) if isinstance(entry, dict) and len(entry.get("shape", ())) == 4 else None
+    shape = header.get(UNET_IN, {}).get("shape") if isinstance(header.get(UNET_IN), dict) else None
+    return shape[1] if isinstance(shape, list) and len(shape) == 4 and isinstance(shape[1], int) else None
 
 
 def checkpoint_problem(header: dict, data: int) -> str | None:
@@ -145,6 +146,8 @@ def file_problem(path: str | os.PathLike, check) -> str | None:
     """``check`` (checkpoint_problem or lora_problem) of the file at ``path``, or what makes it unreadable."""
     try:
         return check(*read_header(path))
+    except (TypeError, KeyError, IndexError, AttributeError):  # JSON, but not laid out as safetensors says
+        return "is not a .safetensors file (its header does not describe tensors)"
     except FileNotFoundError:
         return "does not exist"
     except OSError as exc:

@@ -307,3 +307,17 @@ def test_a_family_or_inpaint_unet_the_weights_contradict_is_said_plainly(tmp_pat
     with pytest.raises(ModelError) as caught:
         registry._load_unet(str(sd15), config.models["m"])
     assert "has 4 input channels; a dedicated inpaint model has 9 (this is a base model" in caught.value.message
+
+
+def test_a_header_that_is_json_but_no_safetensors_header_is_left_out(tmp_path):
+    import json
+    import struct
+
+    from backend.config import scan_lora_folder
+
+    for name, header in (("offsets", {"x": {"data_offsets": 5}}), ("list", [1, 2]), ("number", {"x": 3})):
+        data = json.dumps(header).encode()
+        (tmp_path / f"{name}.safetensors").write_bytes(struct.pack("<Q", len(data)) + data + bytes(8))
+    skipped = {}
+    assert scan_model_folder(tmp_path, skipped=skipped) == {} and set(skipped) == {"offsets", "list", "number"}
+    assert scan_lora_folder(tmp_path) == {}

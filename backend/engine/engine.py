@@ -149,6 +149,8 @@ class Engine:
                 self.loras.files = dict(config.loras)
         except ConfigError as exc:  # a folder on a disk that went away: keep what was found before
             log.warning("cannot read the model folders again: %s", exc)
+        except Exception:  # a folder's oddity must never cost a client its hello
+            log.exception("cannot read the model folders again")
 
     def run(self, job: EditJob | PreprocessJob, reporter: Reporter) -> EngineResult:
         """Run a job; raises JobCancelled if the reporter says it was cancelled, ModelError when a
