@@ -417,6 +417,10 @@ def load_config(path: str | Path | None = None) -> Config:
         [str((path.parent / Path(folder).expanduser()).resolve()) for folder in folders]
         for folders in (config.model_folders, config.lora_folders))
     scan_folders(config)
+    if config.default_model is None and config.folder_models:
+        # the first model now, pinned: a file added to a folder later, sorting first, must not become the
+        # model every job without one runs on
+        config.default_model = next(iter(config.models))
     try:
         config.presets = parse_presets(data.get("presets", {}))
     except PresetError as exc:

@@ -247,6 +247,12 @@ def test_files_added_and_removed_while_serving_show_at_the_next_hello_or_models(
     loras.mkdir()
     unet = "model.diffusion_model.input_blocks.0.0.weight"
     _checkpoint_header(models / "first.safetensors", [unet])
+    (tmp_path / "plain.toml").write_text(f'[server]\nmodel_folders = ["{models}"]\n')
+    plain = load_config(tmp_path / "plain.toml")
+    _checkpoint_header(models / "a-new-one.safetensors", [unet])
+    Engine(ModelRegistry(plain, torch.device("cpu"), torch.float32)).refresh_folders()
+    assert list(plain.models) == ["a-new-one", "first"] and plain.default == "first", "the default stays put"
+    (models / "a-new-one.safetensors").unlink()
     (tmp_path / "easel.toml").write_text(f'[server]\nport = 0\nmodel_folders = ["{models}"]\n'
                                          f'lora_folders = ["{loras}"]\ndefault_model = "demo"\n'
                                          f'[models.demo]\nsource = "{demo_root / "sd15"}"\n')
