@@ -428,11 +428,12 @@ def load_config(path: str | Path | None = None) -> Config:
     return config
 
 
-def scan_folders(config: Config) -> bool:
+def scan_folders(config: Config, keep=()) -> bool:
     """Read ``model_folders`` and ``lora_folders`` (absolute paths) into ``config.models`` and ``config.loras``,
     again: what they find joins the configured entries ([models.*] and [loras] win on a name), a file
     added since shows, one removed goes, and each dict is replaced whole (the GPU worker reads them).
-    True when the models or LoRAs changed. ConfigError for a folder that is not there."""
+    True when the models or LoRAs changed. ConfigError for a folder that is not there. Models named in
+    ``keep`` (loaded ones: they run without their file) stay listed when their file goes."""
     models = {name: spec for name, spec in config.models.items() if name not in config.folder_models}
     loras = {name: source for name, source in config.loras.items() if name not in config.folder_loras}
     skipped_models: dict[str, str] = {}
@@ -447,6 +448,8 @@ def scan_folders(config: Config) -> bool:
                 seen.add(real)
                 old = config.models.get(name)
                 models[name] = old if old is not None and old.source == spec.source else spec
+    for name in config.folder_models & set(keep):
+        models.setdefault(name, config.models[name])
     seen = {os.path.realpath(source) for source in loras.values()}
     for folder in config.lora_folders:
         for name, source in scan_lora_folder(Path(folder), skipped_loras).items():

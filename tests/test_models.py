@@ -241,7 +241,8 @@ def test_serve_refuses_model_folders_with_nothing_to_serve(tmp_path, capsys):
 
 def test_files_added_and_removed_while_serving_show_at_the_next_hello_or_models(tmp_path, demo_root):
     """A painter downloads a checkpoint or a LoRA into the A1111 folders with the server running: a host's
-    refresh (`models`) or a new connection lists it and a job may name it; a deleted one goes."""
+    refresh (`models`) or a new connection lists it, and a job may name it (even before either); a deleted
+    one goes, unless it is loaded."""
     models, loras = tmp_path / "Stable-diffusion", tmp_path / "Lora"
     models.mkdir()
     loras.mkdir()
@@ -274,6 +275,12 @@ def test_files_added_and_removed_while_serving_show_at_the_next_hello_or_models(
         (loras / "ink.safetensors").unlink()
         with Client(server.url) as other:
             assert other.welcome["capabilities"]["loras"] == []
+        # a loaded model runs on without its file
+        (models / "diffusers").symlink_to(demo_root / "sd15-vpred")
+        client.run("generate", model="diffusers", prompt="x", steps=1, width=64, height=64)
+        (models / "diffusers").unlink()
+        assert "diffusers" in [m["name"] for m in client.models()["models"]]
+        client.run("generate", model="diffusers", prompt="x", steps=1, width=64, height=64)
 
 
 def test_a_configured_source_that_is_no_checkpoint_says_what_it_is(tmp_path, demo_root):

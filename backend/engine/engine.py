@@ -140,12 +140,13 @@ class Engine:
 
     def refresh_folders(self) -> None:
         """Read the model and LoRA folders again, so a file added, replaced or removed since the server
-        started shows in the next ``welcome`` / ``models`` and can be asked for (models already loaded stay)."""
+        started shows in the next ``welcome`` / ``models`` and can be asked for (a model already loaded stays, and
+        keeps the weights it loaded, its file gone or not)."""
         config = self.registry.config
         if not (config.model_folders or config.lora_folders):
             return
         try:
-            if scan_folders(config):
+            if scan_folders(config, keep=self.registry.loaded_names()):
                 self.loras.files = dict(config.loras)
         except ConfigError as exc:  # a folder on a disk that went away: keep what was found before
             log.warning("cannot read the model folders again: %s", exc)

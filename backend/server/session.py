@@ -31,6 +31,7 @@ from backend.jobs import Job, JobQueue
 from backend.presets import apply_preset
 from backend.server import messages
 from shared import job as protocol
+from shared import loras as lora_rules
 from shared.errors import shown
 from shared.images import ImageData, decode_frame
 from shared.messages import CLIENT_MESSAGES, PROTOCOL_VERSION, ProtocolError, decode_json, validate
@@ -317,9 +318,11 @@ class Session:
 
     def _submit(self, message: dict) -> Reply:
         registry, limits = self.state.engine.registry, self.state.config.limits
-        names, default = registry.names(), registry.default
         request = protocol.Job.from_message(message, validate=False)  # receive validated it
         engine, given = self.state.engine, self.given
+        if not _names_known(request, registry.names(), engine.loras.files):
+            engine.refresh_folders()  # a file added since this client's hello: `easel run --model new`
+        names, default = registry.names(), registry.default
         upscalers = engine.upscalers
 
         def build() -> EditJob:
@@ -417,3 +420,16 @@ class Session:
             raise ProtocolError("limit_exceeded", f"the server's queue is full ({limits.max_queued} jobs waiting); "
                                 "try again when some have run", "job", request.id)
         return Reply(intake=Intake(request, build))
+
+
+def _names_known(request: protocol.Job, models, loras) -> bool:
+    """Whether every model and LoRA ``request`` names is one the server has (a malformed tag counts as
+    known: the intake says what is wrong with it)."""
+    if request.model is not None and request.model not in models:
+        return False
+    named = [lora.name for lora in request.loras]
+    try:
+        named += [name for name, _ in lora_rules.split_prompt(request.prompt)[1]]
+    except ProtocolError:
+        pass
+    return all(name in loras for name in named)
