@@ -269,18 +269,18 @@ def test_files_added_and_removed_while_serving_show_at_the_next_hello_or_models(
         assert reply["loras"] == [{"name": "ink", "family": "sd15"}]
         result = client.run("generate", prompt="a house <lora:ink:0.5>", steps=1, width=64, height=64)
         assert result.parameters["loras"] == [{"name": "ink", "weight": 0.5}]
+        # named before any refresh lists it; once loaded, it runs on without its file
+        (models / "diffusers").symlink_to(demo_root / "sd15-vpred")
+        client.run("generate", model="diffusers", prompt="x", steps=1, width=64, height=64)
+        (models / "diffusers").unlink()
+        assert "diffusers" in [m["name"] for m in client.models()["models"]]
+        client.run("generate", model="diffusers", prompt="x", steps=1, width=64, height=64)
         with pytest.raises(EaselError) as caught:
             client.run("generate", model="first", prompt="x", steps=1, width=64, height=64)
         assert caught.value.code == "unknown_model"
         (loras / "ink.safetensors").unlink()
         with Client(server.url) as other:
             assert other.welcome["capabilities"]["loras"] == []
-        # a loaded model runs on without its file
-        (models / "diffusers").symlink_to(demo_root / "sd15-vpred")
-        client.run("generate", model="diffusers", prompt="x", steps=1, width=64, height=64)
-        (models / "diffusers").unlink()
-        assert "diffusers" in [m["name"] for m in client.models()["models"]]
-        client.run("generate", model="diffusers", prompt="x", steps=1, width=64, height=64)
 
 
 def test_a_configured_source_that_is_no_checkpoint_says_what_it_is(tmp_path, demo_root):

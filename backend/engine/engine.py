@@ -132,19 +132,25 @@ class Engine:
         self.lama = fill.Lama(config.lama, registry.device, config.allow_pickle) if config.lama else None
         self.upscalers = Upscalers(config.upscalers, registry.device, registry.dtype, config.default_upscaler)
         self.loras = Loras(config.loras, self.speed)
+        self._refreshed_on_miss = -1e9
         self._previewers: dict[str, Previewer] = {}
 
     @property
     def device(self) -> torch.device:
         return self.registry.device
 
-    def refresh_folders(self) -> None:
+    def refresh_folders(self, at_most_every: float = 0.0) -> None:
         """Read the model and LoRA folders again, so a file added, replaced or removed since the server
         started shows in the next ``welcome`` / ``models`` and can be asked for (a model already loaded stays, and
         keeps the weights it loaded, its file gone or not)."""
         config = self.registry.config
         if not (config.model_folders or config.lora_folders):
             return
+        if at_most_every:  # on a client's misses: a client naming nothing real, again and again, must not walk
+            now = time.monotonic()  # the folders each time
+            if now - self._refreshed_on_miss < at_most_every:
+                return
+            self._refreshed_on_miss = now
         try:
             if scan_folders(config, keep=self.registry.loaded_names()):
                 self.loras.files = dict(config.loras)

@@ -321,7 +321,7 @@ class Session:
         request = protocol.Job.from_message(message, validate=False)  # receive validated it
         engine, given = self.state.engine, self.given
         if not _names_known(request, registry.names(), engine.loras.files):
-            engine.refresh_folders()  # a file added since this client's hello: `easel run --model new`
+            engine.refresh_folders(at_most_every=1.0)  # a file added since this client's hello
         names, default = registry.names(), registry.default
         upscalers = engine.upscalers
 
