@@ -474,7 +474,10 @@ def scan_lora_folder(folder: Path, skipped: dict[str, str] | None = None) -> dic
     if not folder.is_dir():
         raise ConfigError(f"LoRA folder {folder} does not exist")
     found: dict[str, str] = {}
+    pickles = []
     for file in model_files.walk(folder):
+        if file.suffix.lower() in (".pt", ".ckpt"):
+            pickles.append(file.name)
         if file.suffix.lower() != ".safetensors":
             continue
         if file.stem in found:
@@ -488,6 +491,10 @@ def scan_lora_folder(folder: Path, skipped: dict[str, str] | None = None) -> dic
                 skipped.setdefault(file.stem, f"{file} {problem}")
             continue
         found[file.stem] = str(file)
+    if pickles:  # A1111 reads these too; a pickle can run code when loaded
+        _warn_once("LoRA folder %s: %d .pt / .ckpt file(s) left out (%s): LoRAs are read from .safetensors files "
+                   "only; convert them", folder, len(pickles), ", ".join(pickles[:5]) + (" ..." if len(pickles) > 5
+                                                                                        else ""))
     return found
 
 

@@ -311,6 +311,7 @@ def test_an_a1111_lora_folder_as_users_have_it(tmp_path, demo_root, caplog):
     (folder / "easynegative.safetensors").write_bytes((demo_root / "embeddings" / "demo-embedding.safetensors")
                                                       .read_bytes())
     (folder / "half.safetensors").write_bytes(lora[:len(lora) // 2])
+    (folder / "old-style.pt").write_bytes(b"pickle")
     save_file({"lora_unet_down_blocks_0_attentions_0_proj_in.hada_w1_a": torch.zeros(4, 2),
                "lora_unet_down_blocks_0_attentions_0_proj_in.hada_w1_b": torch.zeros(2, 4)},
               str(folder / "loha.safetensors"))
@@ -320,7 +321,7 @@ def test_an_a1111_lora_folder_as_users_have_it(tmp_path, demo_root, caplog):
         config = load_config(tmp_path / "easel.toml").check()
     assert sorted(config.loras) == ["Ink Style (v1.5)", "paper"]
     assert config.loras["Ink Style (v1.5)"] == str(folder / "Ink Style (v1.5).SafeTensors")
-    assert "has the same name as" in caplog.text
+    assert "has the same name as" in caplog.text and "1 .pt / .ckpt file(s) left out (old-style.pt)" in caplog.text
     why = config.skipped_loras
     assert "embedding_folders" in why["easynegative"] and "cut short" in why["half"] and "LoHa" in why["loha"]
     with ServerThread(config, Engine(ModelRegistry(config, torch.device("cpu"), torch.float32))) as server, \
