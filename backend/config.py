@@ -293,6 +293,14 @@ def check_type(where: str, value, kind) -> None:
         raise ConfigError(f"{where} must be {what[kind]}, got {value!r}")
 
 
+def _not_a_folder(kind: str, folder) -> str:
+    if Path(folder).is_file():  # a checkpoint listed where its folder belongs
+        entry = {"model": "[models.NAME] source", "LoRA": "[loras] NAME"}.get(kind)
+        alone = f", or name the file alone with {entry} = \"...\"" if entry else ""
+        return f"{kind} folder {folder} is a file, not a folder: give the folder it is in{alone}"
+    return f"{kind} folder {folder} does not exist"
+
+
 def _did_you_mean(word: str, known) -> str:
     import difflib
 
@@ -393,7 +401,7 @@ def load_config(path: str | Path | None = None) -> Config:
                                 for folder in config.embedding_folders]
     for folder in config.embedding_folders:
         if not Path(folder).is_dir():
-            raise ConfigError(f"embedding folder {folder} does not exist")
+            raise ConfigError(_not_a_folder("embedding", folder))
     for name, source in data.get("upscalers", {}).items():
         if not isinstance(source, str) or source.lower().endswith((".ckpt", ".pt", ".bin")):
             raise ConfigError(f"upscalers.{name}: a .pth or .safetensors super-resolution model file, or a diffusers "
@@ -472,7 +480,7 @@ def scan_lora_folder(folder: Path, skipped: dict[str, str] | None = None) -> dic
     embedding, a checkpoint, a LoHa, a download cut short) are logged and left out, and their names
     go into ``skipped`` (name -> why) for the error a job naming one gets."""
     if not folder.is_dir():
-        raise ConfigError(f"LoRA folder {folder} does not exist")
+        raise ConfigError(_not_a_folder("LoRA", folder))
     found: dict[str, str] = {}
     pickles = []
     for file in model_files.walk(folder):
@@ -573,7 +581,7 @@ def scan_upscaler_folder(folder: Path) -> dict[str, str]:
     """Super-resolution models in a folder such as A1111's ``models/ESRGAN`` or ComfyUI's
     ``models/upscale_models``, named by file name without its suffix (``4x-UltraSharp``)."""
     if not folder.is_dir():
-        raise ConfigError(f"upscaler folder {folder} does not exist")
+        raise ConfigError(_not_a_folder("upscaler", folder))
     return {file.stem: str(file) for file in model_files.walk(folder)
             if file.suffix.lower() in UPSCALER_SUFFIXES
             and not (file.parent / "config.json").exists()}  # not a diffusers model's weights
@@ -591,7 +599,7 @@ def scan_controlnet_folder(folder: Path) -> dict[tuple[str, str], str]:
     """ControlNet checkpoints in a folder such as A1111's ``models/ControlNet``, by (family, type),
     told from their file names (``control_v11p_sd15_canny.safetensors``, ``diffusers_xl_depth_full``)."""
     if not folder.is_dir():
-        raise ConfigError(f"ControlNet folder {folder} does not exist")
+        raise ConfigError(_not_a_folder("ControlNet", folder))
     found = {}
     for file in model_files.walk(folder):
         if file.suffix.lower() != ".safetensors":
@@ -612,7 +620,7 @@ def scan_model_folder(folder: Path, allow_pickle: bool = False,
     embedding dropped in, a download cut short) is logged and left out; its name goes into ``skipped``
     (name -> why) for the error a job naming it gets."""
     if not folder.is_dir():
-        raise ConfigError(f"model folder {folder} does not exist")
+        raise ConfigError(_not_a_folder("model", folder))
     suffixes = (".safetensors", ".ckpt") if allow_pickle else (".safetensors",)
     files = model_files.walk(folder)
     pipelines = sorted(p.parent for p in files if p.name == "model_index.json" and not _is_upscale_pipeline(p))

@@ -130,6 +130,8 @@ def test_a_controlnet_folder_is_read_by_file_name(tmp_path):
     ('[models]\na = "/x.safetensors"\n', "models.a must be a table"),
     ('[models.a]\nsource = 5\n', "models.a.source must be a string"),
     ('[server]\nmodel_folders = ["C:\\Users\\me\\models"]\n', "write Windows paths in single quotes"),
+    ('[server]\nmodel_folders = ["easel.toml"]\n', "is a file, not a folder: give the folder it is in, or name the "
+                                                   "file alone with [models.NAME] source"),
 ])
 def test_config_mistakes_are_named_with_what_to_write(tmp_path, toml, words):
     (tmp_path / "easel.toml").write_text(toml)
