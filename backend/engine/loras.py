@@ -165,18 +165,19 @@ class Loras:
         """A LoRA file saved again since it was loaded (a painter retraining it, a new version downloaded
         over the old) loads again under a new adapter name: the layers hold a copy of the old weights,
         which jobs went on using without a word (A1111 reloads on a new modification time too)."""
-        if name not in self.files:
+        path = self.files.get(name)  # one look: the server thread replaces the dict when it reads the folders
+        if path is None:
             return
         try:
-            stat = os.stat(self.files[name])
-            version = (self.files[name], stat.st_mtime_ns, stat.st_size)  # another file of that name: another LoRA
+            stat = os.stat(path)
+            version = (path, stat.st_mtime_ns, stat.st_size)  # another file of that name: another LoRA
         except OSError:
             version = None  # gone: the load says so
         if self._versions.setdefault(name, version) == version:
             return
         self._versions[name] = version
         old = self._adapters.pop(name, None)
-        log.info("LoRA %s: %s changed since it was loaded; loading it again", name, self.files[name])
+        log.info("LoRA %s: %s changed since it was loaded; loading it again", name, path)
         for part, module in self._holders.pop(old, []):
             _delete(part, module, old)
 
