@@ -55,6 +55,7 @@
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import ipaddress
 import json
 import logging
@@ -302,8 +303,6 @@ def _not_a_folder(kind: str, folder) -> str:
 
 
 def _did_you_mean(word: str, known) -> str:
-    import difflib
-
     close = difflib.get_close_matches(word.lower(), [k.lower() for k in known], n=1, cutoff=0.6)
     if not close:
         return ""
@@ -583,7 +582,7 @@ def scan_upscaler_folder(folder: Path) -> dict[str, str]:
     if not folder.is_dir():
         raise ConfigError(_not_a_folder("upscaler", folder))
     return {file.stem: str(file) for file in model_files.walk(folder)
-            if file.suffix.lower() in UPSCALER_SUFFIXES
+            if file.suffix.lower() in UPSCALER_SUFFIXES and file.is_file()  # not a broken link
             and not (file.parent / "config.json").exists()}  # not a diffusers model's weights
 
 
@@ -602,7 +601,7 @@ def scan_controlnet_folder(folder: Path) -> dict[tuple[str, str], str]:
         raise ConfigError(_not_a_folder("ControlNet", folder))
     found = {}
     for file in model_files.walk(folder):
-        if file.suffix.lower() != ".safetensors":
+        if file.suffix.lower() != ".safetensors" or not file.is_file():
             continue
         name = file.stem.lower()
         family = "sdxl" if "xl" in name else "sd15"

@@ -224,7 +224,7 @@ def test_a_model_whose_weights_went_away_says_so(tmp_path, demo_root):
     with pytest.raises(ModelError) as caught:
         ModelRegistry(config, torch.device("cpu"), torch.float32).get("mine")
     assert caught.value.code == "model_load_failed"
-    assert f"{gone} does not exist" in caught.value.message and "restart easel serve" in caught.value.message
+    assert f"{gone} does not exist" in caught.value.message and "pick another model" in caught.value.message
 
 
 def test_serve_refuses_model_folders_with_nothing_to_serve(tmp_path, capsys):

@@ -164,7 +164,7 @@ class Loras:
     def _forget_if_replaced(self, name: str) -> None:
         """A LoRA file saved again since it was loaded (a painter retraining it, a new version downloaded
         over the old) loads again under a new adapter name: the layers hold a copy of the old weights,
-        which jobs went on using without a word (A1111 reloads on a new modification time too)."""
+        which jobs went on using without a word."""
         path = self.files.get(name)  # one look: the server thread replaces the dict when it reads the folders
         if path is None:
             return
