@@ -218,6 +218,15 @@ def test_an_a1111_model_folder_as_users_have_it(tmp_path, demo_root, caplog):
         assert result.parameters["model"] == "sd15", "the server keeps serving"
 
 
+def test_a_checkpoints_folder_given_as_a_source_names_the_file_to_give(tmp_path):
+    folder = tmp_path / "Stable-diffusion"
+    folder.mkdir()
+    _checkpoint_header(folder / "v1-5-pruned-emaonly.safetensors", ["model.diffusion_model.out.0.weight"])
+    with pytest.raises(ModelError) as caught:
+        ModelRegistry(Config(models={"m": ModelSpec("m", str(folder))}), torch.device("cpu"), torch.float32).get("m")
+    assert f"give the file: {folder / 'v1-5-pruned-emaonly.safetensors'}" in caught.value.message
+
+
 def test_a_model_whose_weights_went_away_says_so(tmp_path, demo_root):
     gone = tmp_path / "moved.safetensors"
     config = Config(models={"mine": ModelSpec("mine", str(gone))})

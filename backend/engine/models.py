@@ -419,8 +419,10 @@ def detect_family(source: str) -> str:
     if path.is_dir():
         index = path / "model_index.json"
         if not index.is_file():
+            files = sorted(file.name for file in path.iterdir() if file.suffix.lower() == ".safetensors")
+            hint = f"; for a checkpoint file in it, give the file: {path / files[0]}" if files else ""
             raise ModelError("model_load_failed", f"{source} is not a diffusers pipeline folder "
-                             "(no model_index.json)")
+                             f"(no model_index.json){hint}")
         class_name = json.loads(index.read_text()).get("_class_name", "")
     else:
         from diffusers import DiffusionPipeline
