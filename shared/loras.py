@@ -35,7 +35,7 @@ def split_prompt(prompt: str, field: str = "prompt") -> tuple[str, list[tuple[st
                                     "encoder weights, which this server does not take; write one weight for both, "
                                     f"<lora:{name}:WEIGHT>", field)
             try:
-                value = float(weight.strip())
+                value = float(weight.strip()) + 0.0  # -0 is 0
             except ValueError:
                 raise ProtocolError("invalid_field", f"`{field}`: the weight in {shown(match[0])} is not a number; "
                                     "write <lora:NAME:WEIGHT>, e.g. <lora:name:0.8>", field) from None

@@ -128,6 +128,7 @@ def test_bad_loras_are_refused_before_accepted_naming_the_field(client, params, 
 def test_prompt_tags_parse_in_pure_code():
     assert split_prompt("a cat <lora:ink:0.6>, red <LORA:paper>") == ("a cat, red", [("ink", 0.6), ("paper", 1.0)])
     assert split_prompt("no tags  here") == ("no tags  here", [])
+    assert str(split_prompt("<lora:ink:-0>")[1][0][1]) == "0.0", "shown as 0 in result.parameters, not -0.0"
     with pytest.raises(ProtocolError) as caught:
         split_prompt("<lora::1>")
     assert caught.value.field == "prompt"
