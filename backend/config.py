@@ -221,8 +221,8 @@ class Config:
             check_quantize(spec)
         for preset in self.presets.values():
             if preset.model and self.models and preset.model not in self.models:
-                raise ConfigError(f"presets.{preset.name}.model {preset.model!r} is not among the configured models "
-                                  f"({', '.join(self.models)})")
+                why = missing("model", preset.model, self.models, self.skipped_models)
+                raise ConfigError(f"presets.{preset.name}.model: {why}")
             for name, _ in preset.loras:
                 if name not in self.loras:
                     why = missing("LoRA", name, self.loras, self.skipped_loras)

@@ -203,6 +203,9 @@ def test_an_a1111_model_folder_as_users_have_it(tmp_path, demo_root, caplog):
     (tmp_path / "default.toml").write_text(f'[server]\nmodel_folders = ["{folder}"]\ndefault_model = "photon"\n')
     with pytest.raises(ConfigError, match="did you mean 'Photon'"):
         load_config(tmp_path / "default.toml").check()
+    (tmp_path / "default.toml").write_text(f'[server]\nmodel_folders = ["{folder}"]\n[presets.x]\nmodel = "photon"\n')
+    with pytest.raises(ConfigError, match="presets.x.model: no model named 'photon' \\(did you mean 'Photon'"):
+        load_config(tmp_path / "default.toml").check()
     with ServerThread(config, Engine(ModelRegistry(config, torch.device("cpu"), torch.float32))) as server, \
             Client(server.url) as client:
         events = []
