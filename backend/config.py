@@ -451,18 +451,27 @@ def scan_folders(config: Config, keep=()) -> bool:
     for folder in config.model_folders:
         for name, spec in scan_model_folder(Path(folder), config.allow_pickle, skipped_models).items():
             real = os.path.realpath(spec.source)
-            if name not in models and real not in seen:
-                seen.add(real)
-                old = config.models.get(name)
-                models[name] = old if old is not None and old.source == spec.source else spec
+            if real in seen:
+                continue
+            seen.add(real)
+            if name in models:
+                _warn_once("model %s: %s is not served: %s has that name (rename one of them)", name, spec.source,
+                           models[name].source)
+                continue
+            old = config.models.get(name)
+            models[name] = old if old is not None and old.source == spec.source else spec
     for name in config.folder_models & set(keep):
         models.setdefault(name, config.models[name])
     seen = {os.path.realpath(source) for source in loras.values()}
     for folder in config.lora_folders:
         for name, source in scan_lora_folder(Path(folder), skipped_loras).items():
-            if name not in loras and os.path.realpath(source) not in seen:
-                seen.add(os.path.realpath(source))
-                loras[name] = source
+            if os.path.realpath(source) in seen:
+                continue
+            seen.add(os.path.realpath(source))
+            if name in loras:
+                _warn_once("LoRA %s: %s is not used: %s has that name (rename one of them)", name, source, loras[name])
+                continue
+            loras[name] = source
     folder_models = {name for name in models if name not in config.models or name in config.folder_models}
     folder_loras = {name for name in loras if name not in config.loras or name in config.folder_loras}
     changed = list(models.items()) != list(config.models.items()) or loras != config.loras

@@ -182,8 +182,13 @@ def test_an_a1111_model_folder_as_users_have_it(tmp_path, demo_root, caplog):
     (folder / "downloading.safetensors").write_bytes(whole[:len(whole) - 8])
     (folder / "empty.safetensors").write_bytes(b"")
     (folder / "sd15").symlink_to(demo_root / "sd15")  # a diffusers folder
-    # the SDXL folder listed again on its own (and reached through the link): each file is served once
-    (tmp_path / "easel.toml").write_text(f'[server]\nport = 0\nmodel_folders = ["{folder}", "{other_disk}"]\n')
+    # the SDXL folder listed again on its own (and reached through the link): each file is served once; a
+    # ComfyUI folder with another file of a name already taken is logged
+    comfy = tmp_path / "ComfyUI" / "checkpoints"
+    comfy.mkdir(parents=True)
+    _checkpoint_header(comfy / "Photon.safetensors", [unet, "another.weight"])
+    (tmp_path / "easel.toml").write_text(f'[server]\nport = 0\nmodel_folders = ["{folder}", "{other_disk}", '
+                                         f'"{comfy}"]\n')
     with caplog.at_level("WARNING", logger="backend.config"):
         config = load_config(tmp_path / "easel.toml").check()
     assert sorted(config.models) == ["Photon", "SDXL/juggernaut", "sd15", "v1-5 (pruned) [emaonly]"]
@@ -194,6 +199,7 @@ def test_an_a1111_model_folder_as_users_have_it(tmp_path, demo_root, caplog):
     assert "is empty" in why["empty"]
     logged = caplog.text
     assert "gone.safetensors is a link to" in logged and "allow_pickle = true" in logged
+    assert f"model Photon: {comfy / 'Photon.safetensors'} is not served: {folder / 'Photon.SAFETENSORS'}" in logged
     (folder / "Photon.ckpt").write_bytes(b"pickle")  # the same weights before conversion
     with_pickles = scan_model_folder(folder, allow_pickle=True)
     assert with_pickles["Photon"].source.endswith("Photon.SAFETENSORS") and with_pickles["old"].source.endswith(".ckpt")
