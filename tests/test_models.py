@@ -301,6 +301,8 @@ def test_files_added_and_removed_while_serving_show_at_the_next_hello_or_models(
         (loras / "ink.safetensors").unlink()
         with Client(server.url) as other:
             assert other.welcome["capabilities"]["loras"] == []
+        loras.rename(tmp_path / "unmounted")  # the disk it is on went away: what was found stays
+        assert [m["name"] for m in client.models()["models"]] == ["demo", "second", "diffusers"]
 
 
 def test_a_configured_source_that_is_no_checkpoint_says_what_it_is(tmp_path, demo_root):

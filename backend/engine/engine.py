@@ -133,6 +133,7 @@ class Engine:
         self.upscalers = Upscalers(config.upscalers, registry.device, registry.dtype, config.default_upscaler)
         self.loras = Loras(config.loras, self.speed)
         self._refreshed_on_miss = -1e9
+        self._refresh_error: str | None = None
         self._previewers: dict[str, Previewer] = {}
 
     @property
@@ -154,8 +155,11 @@ class Engine:
         try:
             if scan_folders(config, keep=self.registry.loaded_names()):
                 self.loras.files = dict(config.loras)
+            self._refresh_error = None
         except ConfigError as exc:  # a folder on a disk that went away: keep what was found before
-            log.warning("cannot read the model folders again: %s", exc)
+            if str(exc) != self._refresh_error:  # once, not at every hello while it is away
+                log.warning("cannot read the model folders again: %s", exc)
+            self._refresh_error = str(exc)
         except Exception:  # a folder's oddity must never cost a client its hello
             log.exception("cannot read the model folders again")
 
