@@ -356,3 +356,15 @@ def test_a_header_that_is_json_but_no_safetensors_header_is_left_out(tmp_path):
     skipped = {}
     assert scan_model_folder(tmp_path, skipped=skipped) == {} and set(skipped) == {"offsets", "list", "number"}
     assert scan_lora_folder(tmp_path) == {}
+
+
+def test_a_folder_checkpoint_that_needs_its_configuration_says_how_to_give_it(tmp_path):
+    folder = tmp_path / "Stable-diffusion"
+    folder.mkdir()
+    _checkpoint_header(folder / "photon.safetensors", ["model.diffusion_model.out.0.weight",
+                                                       "cond_stage_model.transformer.text_model.x.weight"])
+    (tmp_path / "easel.toml").write_text(f'[server]\nmodel_folders = ["{folder}"]\n')
+    config = load_config(tmp_path / "easel.toml")
+    with pytest.raises(ModelError) as caught:
+        ModelRegistry(config, torch.device("cpu"), torch.float32).get("photon")
+    assert f'[models."photon"] with source = "{folder / "photon.safetensors"}" and `config`' in caught.value.message

@@ -272,8 +272,12 @@ class ModelRegistry:
         except Exception as exc:
             hint = ""
             if Path(spec.source).expanduser().is_file() and not spec.config:
-                hint = (" (a single-file checkpoint needs its diffusers configuration: allow hub access once, or set "
-                        "`config` to a local diffusers folder of the same architecture)")
+                where = "set `config`"
+                if spec.name in self.config.folder_models:  # it has no entry of its own to set it in
+                    where = (f"serve it with an entry of its own, [models.{json.dumps(spec.name)}] with source = "
+                             f"{json.dumps(spec.source)} and `config`")
+                hint = (" (a single-file checkpoint needs its diffusers configuration: allow hub access once, or "
+                        f"{where} set to a local diffusers folder of the same architecture)")
             raise ModelError("model_load_failed", f"model {spec.name!r} could not be loaded from "
                              f"{spec.source}: {exc}{hint}") from exc
         prediction = predictions.resolve(spec, dict(base.scheduler.config))
