@@ -327,6 +327,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
             log.info("preparing the demo model and demo annotators (written once to the cache)")
             use_demo(config, ensure_demo_model(), annotators=ensure_demo_annotators())
+        elif not config.models and config.model_folders:  # not a 4 GB download the user never asked for
+            raise ConfigError(f"no model found in model_folders ({', '.join(config.model_folders)}): they hold no "
+                              ".safetensors checkpoint or diffusers folder that can be served"
+                              + "".join(f"\n  {name}: {why}" for name, why in config.skipped_models.items())
+                              + ("" if config.allow_pickle else "\n(.ckpt files are read only with allow_pickle = "
+                                 "true: they can run code when loaded)"))
         elif not config.models:
             if _hub_model_available(DEFAULT_HUB_MODEL):
                 config.models = {"sd15": ModelSpec("sd15", DEFAULT_HUB_MODEL)}

@@ -4,7 +4,7 @@
     host = "127.0.0.1"
     port = 8760
     token = ""                 # clients must present it; required off loopback
-    model_folders = []         # every .safetensors / diffusers folder inside becomes a model
+    model_folders = []         # each checkpoint .safetensors / diffusers folder inside is a model (read per hello)
     controlnet_folders = []    # e.g. A1111's models/ControlNet: family and type read from file names
     embedding_folders = []     # textual inversions, e.g. A1111's embeddings/ (family read from the files)
     allowed_origins = []       # web pages that may connect, each as its location.origin: "http://localhost:5173"
@@ -55,20 +55,37 @@
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import ipaddress
 import json
+import logging
+import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from backend import model_files
 from backend.performance import Performance, PerformanceError, parse_performance
 from backend.presets import BUILTIN_PRESETS, Preset, PresetError, parse_presets
+from shared.loras import missing
 from shared.messages import CONTROL_TYPES, DEFAULT_PORT, FAMILIES
 
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover
     import tomli as tomllib
+
+log = logging.getLogger(__name__)
+_warned: set[str] = set()
+
+
+def _warn_once(message: str, *args) -> None:
+    """Log what a folder holds amiss the first time it is seen: the folders are read again on every
+    ``hello`` and ``models``."""
+    text = message % args
+    if text not in _warned:
+        _warned.add(text)
+        log.warning(text)
 
 
 class ConfigError(ValueError):
@@ -157,6 +174,11 @@ class Config:
     upscaler_folders: list[str] = field(default_factory=list)  # A1111 models/ESRGAN, ComfyUI models/upscale_models
     default_upscaler: str | None = None
     loras: dict[str, str] = field(default_factory=dict)  # name -> LoRA .safetensors file
+    # files in model_folders / lora_folders left out (name -> the file and why), for a job that names one
+    skipped_models: dict[str, str] = field(default_factory=dict)
+    skipped_loras: dict[str, str] = field(default_factory=dict)
+    folder_models: set[str] = field(default_factory=set)  # the names found in model_folders (read again)
+    folder_loras: set[str] = field(default_factory=set)  # the names found in lora_folders
     lora_folders: list[str] = field(default_factory=list)  # A1111 models/Lora, ComfyUI models/loras
     presets: dict[str, Preset] = field(default_factory=lambda: dict(BUILTIN_PRESETS))
     tls_cert: str | None = None  # PEM certificate: serve wss:// (with tls_key)
@@ -183,8 +205,8 @@ class Config:
                 raise ConfigError(str(exc)) from None
         check_origins(self.allowed_origins)
         if self.default_model and self.models and self.default_model not in self.models:
-            raise ConfigError(f"default_model {self.default_model!r} is not among the configured models "
-                              f"({', '.join(self.models)})")
+            why = missing("model", self.default_model, self.models, self.skipped_models)
+            raise ConfigError(f"default_model: {why}")
         for spec in self.models.values():
             if spec.family is not None and spec.family not in FAMILIES:
                 raise ConfigError(f"models.{spec.name}.family must be one of {', '.join(FAMILIES)}")
@@ -199,11 +221,12 @@ class Config:
             check_quantize(spec)
         for preset in self.presets.values():
             if preset.model and self.models and preset.model not in self.models:
-                raise ConfigError(f"presets.{preset.name}.model {preset.model!r} is not among the configured models "
-                                  f"({', '.join(self.models)})")
+                why = missing("model", preset.model, self.models, self.skipped_models)
+                raise ConfigError(f"presets.{preset.name}.model: {why}")
             for name, _ in preset.loras:
                 if name not in self.loras:
-                    raise ConfigError(f"presets.{preset.name}.loras: no LoRA named {name!r} is configured")
+                    why = missing("LoRA", name, self.loras, self.skipped_loras)
+                    raise ConfigError(f"presets.{preset.name}.loras: {why}")
         if self.default_upscaler and self.default_upscaler not in self.upscalers:
             raise ConfigError(f"default_upscaler {self.default_upscaler!r} is not among the configured upscalers "
                               f"({', '.join(self.upscalers) or 'none'})")
@@ -231,6 +254,61 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+SECTIONS = ("server", "limits", "models", "controlnets", "ip_adapters", "upscalers", "loras", "presets",
+            "performance")
+FOLDERS = list  # a list of folder paths
+SERVER_KEYS = {"host": str, "port": int, "token": str, "default_model": str, "allow_pickle": bool, "device": str,
+               "allowed_origins": list, "model_folders": FOLDERS, "controlnet_folders": FOLDERS,
+               "embedding_folders": FOLDERS, "upscaler_folders": FOLDERS, "lora_folders": FOLDERS,
+               "controlnet_memory_mb": int, "annotators": str, "default_upscaler": str, "hello_timeout": float,
+               "slow_reader_seconds": float, "shutdown_grace": float, "resume_seconds": float, "tls_cert": str,
+               "tls_key": str, "lama": str}
+MODEL_KEYS = {f.name for f in dataclasses.fields(ModelSpec)} - {"name"}
+MODEL_PATH_KEYS = ("source", "inpaint", "preview", "config", "instruct", "text_encoder", "text_encoder_2", "vae")
+
+
+def check_sections(data: dict) -> None:
+    """Every top-level table is one Easel reads: a misspelt one (``[lora]``, ``[model.x]``) was skipped
+    without a word, and its settings with it."""
+    for key, value in data.items():
+        if key not in SECTIONS:
+            raise ConfigError(f"unknown section [{key}]{_did_you_mean(key, SECTIONS)}; known: {', '.join(SECTIONS)}")
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key} must be a table ([{key}] followed by its settings), got {value!r}")
+
+
+def check_type(where: str, value, kind) -> None:
+    """``value`` is of ``kind`` (int, float: any number, bool, str, list: of strings), or ConfigError: a
+    string where a list belongs was taken letter by letter ("/" scanned the whole disk), and "false"
+    in quotes is true."""
+    if kind is list:
+        if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+            raise ConfigError(f"{where} must be a list of strings in brackets, e.g. [\"/path/one\", \"/path/two\"], "
+                              f"got {value!r}")
+        return
+    fits = {int: lambda v: isinstance(v, int) and not isinstance(v, bool),
+            float: lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
+            bool: lambda v: isinstance(v, bool), str: lambda v: isinstance(v, str)}[kind](value)
+    if not fits:
+        what = {int: "a whole number", float: "a number", bool: "true or false (no quotes)", str: "a string in quotes"}
+        raise ConfigError(f"{where} must be {what[kind]}, got {value!r}")
+
+
+def _not_a_folder(kind: str, folder) -> str:
+    if Path(folder).is_file():  # a checkpoint listed where its folder belongs
+        entry = {"model": "[models.NAME] source", "LoRA": "[loras] NAME"}.get(kind)
+        alone = f", or name the file alone with {entry} = \"...\"" if entry else ""
+        return f"{kind} folder {folder} is a file, not a folder: give the folder it is in{alone}"
+    return f"{kind} folder {folder} does not exist"
+
+
+def _did_you_mean(word: str, known) -> str:
+    close = difflib.get_close_matches(word.lower(), [k.lower() for k in known], n=1, cutoff=0.6)
+    if not close:
+        return ""
+    return f" (did you mean {next(k for k in known if k.lower() == close[0])!r}?)"
+
+
 def load_config(path: str | Path | None = None) -> Config:
     """Read a TOML config file (or return the defaults when ``path`` is None)."""
     config = Config()
@@ -238,19 +316,26 @@ def load_config(path: str | Path | None = None) -> Config:
         return config
     path = Path(path)
     try:
-        data = tomllib.loads(path.read_text())
+        text = path.read_text()
+        data = tomllib.loads(text)
     except FileNotFoundError:
         raise ConfigError(f"config file {path} does not exist") from None
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+        hint = ""
+        if "\\" in text:  # Windows paths pasted in "...": TOML reads \U, \m ... as escapes
+            hint = (" (inside double quotes a backslash starts an escape: write Windows paths in single quotes, "
+                    "'C:\\models\\Lora', or with forward slashes, \"C:/models/Lora\")")
+        raise ConfigError(f"config file {path} is not valid TOML: {exc}{hint}") from None
 
+    check_sections(data)
     server = data.get("server", {})
-    for key in ("host", "port", "token", "default_model", "allow_pickle", "device", "allowed_origins",
-                "model_folders", "controlnet_folders", "embedding_folders", "controlnet_memory_mb", "annotators",
-                "upscaler_folders", "default_upscaler", "hello_timeout", "slow_reader_seconds", "shutdown_grace",
-                "tls_cert", "tls_key", "resume_seconds", "lora_folders"):
-        if key in server:
-            setattr(config, key, server[key])
+    for key, value in server.items():
+        if key not in SERVER_KEYS:
+            raise ConfigError(f"[server] has no setting {key!r}{_did_you_mean(key, SERVER_KEYS)}; known: "
+                              f"{', '.join(sorted(SERVER_KEYS))}")
+        check_type(f"server.{key}", value, SERVER_KEYS[key])
+        if key != "lama":
+            setattr(config, key, value)
     if server.get("lama"):
         config.lama = str((path.parent / Path(server["lama"]).expanduser()).resolve())
     for key in ("tls_cert", "tls_key"):
@@ -263,16 +348,26 @@ def load_config(path: str | Path | None = None) -> Config:
     known = {f.name for f in dataclasses.fields(Limits)}
     for key, value in data.get("limits", {}).items():
         if key not in known:
-            raise ConfigError(f"unknown limit {key!r}; known: {', '.join(sorted(known))}")
-        setattr(config.limits, key, int(value))
+            raise ConfigError(f"unknown limit {key!r}{_did_you_mean(key, known)}; known: {', '.join(sorted(known))}")
+        check_type(f"limits.{key}", value, int)
+        setattr(config.limits, key, value)
     for name, entry in data.get("models", {}).items():
+        if not isinstance(entry, dict):
+            raise ConfigError(f"models.{name} must be a table: [models.{name}] with source = \"...\" under it")
         if "source" not in entry:
             raise ConfigError(f"models.{name} needs a source (hub id, diffusers folder or .safetensors file)")
-        spec = ModelSpec(name=name, **{k: v for k, v in entry.items() if k in ModelSpec.__dataclass_fields__})
-        for key in ("source", "inpaint", "preview", "config", "instruct", "text_encoder", "text_encoder_2", "vae"):
+        for key, value in entry.items():
+            if key not in MODEL_KEYS:
+                raise ConfigError(f"models.{name} has no setting {key!r}{_did_you_mean(key, MODEL_KEYS)}; known: "
+                                  f"{', '.join(sorted(MODEL_KEYS))}")
+            if key in MODEL_PATH_KEYS:
+                check_type(f"models.{name}.{key}", value, str)
+        spec = ModelSpec(name=name, **entry)
+        for key in MODEL_PATH_KEYS:
             value = getattr(spec, key)
-            if value and _looks_like_path(value) and not Path(value).is_absolute():
-                setattr(spec, key, str((path.parent / value).resolve()))
+            if value:
+                setattr(spec, key, _local_path_or_hub(value, path.parent))
+        check_family(spec)
         config.models[name] = spec
     for family, types in data.get("controlnets", {}).items():
         if family not in FAMILIES:
@@ -281,9 +376,8 @@ def load_config(path: str | Path | None = None) -> Config:
             if kind not in CONTROL_TYPES:
                 raise ConfigError(f"controlnets.{family}.{kind}: the control type must be one of "
                                   f"{', '.join(CONTROL_TYPES)}")
-            if _looks_like_path(source) and not Path(source).is_absolute():
-                source = str((path.parent / source).resolve())
-            config.controlnets.setdefault(family, {})[kind] = source
+            check_type(f"controlnets.{family}.{kind}", source, str)
+            config.controlnets.setdefault(family, {})[kind] = _local_path_or_hub(source, path.parent)
     for family, entry in data.get("ip_adapters", {}).items():
         if family not in FAMILIES or not isinstance(entry, dict) or {"weights", "image_encoder"} - set(entry):
             raise ConfigError(f"ip_adapters.{family}: needs a family ({', '.join(FAMILIES)}) with `weights` (a "
@@ -306,11 +400,7 @@ def load_config(path: str | Path | None = None) -> Config:
                                 for folder in config.embedding_folders]
     for folder in config.embedding_folders:
         if not Path(folder).is_dir():
-            raise ConfigError(f"embedding folder {folder} does not exist")
-    for folder in config.model_folders:
-        folder = (path.parent / Path(folder).expanduser()).resolve()
-        for name, spec in scan_model_folder(folder, config.allow_pickle).items():
-            config.models.setdefault(name, spec)  # an explicit [models] entry wins
+            raise ConfigError(_not_a_folder("embedding", folder))
     for name, source in data.get("upscalers", {}).items():
         if not isinstance(source, str) or source.lower().endswith((".ckpt", ".pt", ".bin")):
             raise ConfigError(f"upscalers.{name}: a .pth or .safetensors super-resolution model file, or a diffusers "
@@ -327,10 +417,17 @@ def load_config(path: str | Path | None = None) -> Config:
         if not isinstance(source, str) or not source.lower().endswith(".safetensors"):
             raise ConfigError(f"loras.{name}: a LoRA .safetensors file (kohya or diffusers format), got {source!r}")
         config.loras[name] = str((path.parent / Path(source).expanduser()).resolve())
-    for folder in config.lora_folders:
-        folder = (path.parent / Path(folder).expanduser()).resolve()
-        for name, source in scan_lora_folder(folder).items():
-            config.loras.setdefault(name, source)  # an explicit [loras] entry wins
+        problem = model_files.file_problem(config.loras[name], model_files.lora_problem)
+        if problem:
+            raise ConfigError(f"loras.{name}: {config.loras[name]} {problem}")
+    config.model_folders, config.lora_folders = (
+        [str((path.parent / Path(folder).expanduser()).resolve()) for folder in folders]
+        for folders in (config.model_folders, config.lora_folders))
+    scan_folders(config)
+    if config.default_model is None and config.folder_models:
+        # the first model now, pinned: a file added to a folder later, sorting first, must not become the
+        # model every job without one runs on
+        config.default_model = next(iter(config.models))
     try:
         config.presets = parse_presets(data.get("presets", {}))
     except PresetError as exc:
@@ -338,14 +435,82 @@ def load_config(path: str | Path | None = None) -> Config:
     return config
 
 
-def scan_lora_folder(folder: Path) -> dict[str, str]:
-    """LoRAs in a folder such as A1111's ``models/Lora`` or ComfyUI's ``models/loras`` (subfolders too):
-    every ``.safetensors`` file, named by its file name without the suffix (the first one wins)."""
+def scan_folders(config: Config, keep=()) -> bool:
+    """Read ``model_folders`` and ``lora_folders`` (absolute paths) into ``config.models`` and ``config.loras``,
+    again: what they find joins the configured entries ([models.*] and [loras] win on a name), a file
+    added since shows, one removed goes, and each dict is replaced whole (the GPU worker reads them).
+    True when the models or LoRAs changed. ConfigError for a folder that is not there. Models named in
+    ``keep`` (loaded ones: they run without their file) stay listed when their file goes."""
+    models = {name: spec for name, spec in config.models.items() if name not in config.folder_models}
+    loras = {name: source for name, source in config.loras.items() if name not in config.folder_loras}
+    skipped_models: dict[str, str] = {}
+    skipped_loras: dict[str, str] = {}
+    # One file reached twice (a folder listed with its subfolder, ComfyUI's checkpoints linked to A1111's)
+    # is listed once, by the first name it was found under.
+    seen = {os.path.realpath(spec.source) for spec in models.values()}
+    for folder in config.model_folders:
+        for name, spec in scan_model_folder(Path(folder), config.allow_pickle, skipped_models).items():
+            real = os.path.realpath(spec.source)
+            if real in seen:
+                continue
+            seen.add(real)
+            if name in models:
+                _warn_once("model %s: %s is not served: %s has that name (rename one of them)", name, spec.source,
+                           models[name].source)
+                continue
+            old = config.models.get(name)
+            models[name] = old if old is not None and old.source == spec.source else spec
+    for name in config.folder_models & set(keep):
+        models.setdefault(name, config.models[name])
+    seen = {os.path.realpath(source) for source in loras.values()}
+    for folder in config.lora_folders:
+        for name, source in scan_lora_folder(Path(folder), skipped_loras).items():
+            if os.path.realpath(source) in seen:
+                continue
+            seen.add(os.path.realpath(source))
+            if name in loras:
+                _warn_once("LoRA %s: %s is not used: %s has that name (rename one of them)", name, source, loras[name])
+                continue
+            loras[name] = source
+    folder_models = {name for name in models if name not in config.models or name in config.folder_models}
+    folder_loras = {name for name in loras if name not in config.loras or name in config.folder_loras}
+    changed = list(models.items()) != list(config.models.items()) or loras != config.loras
+    config.models, config.loras, config.folder_models, config.folder_loras = models, loras, folder_models, folder_loras
+    config.skipped_models = {name: why for name, why in skipped_models.items() if name not in models}
+    config.skipped_loras = {name: why for name, why in skipped_loras.items() if name not in loras}
+    return changed
+
+
+def scan_lora_folder(folder: Path, skipped: dict[str, str] | None = None) -> dict[str, str]:
+    """LoRAs in a folder such as A1111's ``models/Lora`` or ComfyUI's ``models/loras`` (subfolders and
+    linked folders too): every ``.safetensors`` file holding a LoRA, named by its file name without the
+    suffix (the first one in path order wins; the others are logged). Files that are no LoRA (an
+    embedding, a checkpoint, a LoHa, a download cut short) are logged and left out, and their names
+    go into ``skipped`` (name -> why) for the error a job naming one gets."""
     if not folder.is_dir():
-        raise ConfigError(f"LoRA folder {folder} does not exist")
+        raise ConfigError(_not_a_folder("LoRA", folder))
     found: dict[str, str] = {}
-    for file in sorted(folder.rglob("*.safetensors")):
-        found.setdefault(file.stem, str(file))
+    pickles = []
+    for file in model_files.walk(folder):
+        if file.suffix.lower() in (".pt", ".ckpt"):
+            pickles.append(file.name)
+        if file.suffix.lower() != ".safetensors":
+            continue
+        if file.stem in found:
+            _warn_once("LoRA %s: %s has the same name as %s and is not used (rename one of them)", file.stem,
+                        file, found[file.stem])
+            continue
+        problem = model_files.cached_problem(file, model_files.lora_problem)
+        if problem:
+            _warn_once("LoRA folder: %s %s; left out", file, problem)
+            if skipped is not None:
+                skipped.setdefault(file.stem, f"{file} {problem}")
+            continue
+        found[file.stem] = str(file)
+    if pickles:  # A1111 reads these too; a pickle can run code when loaded
+        _warn_once("LoRA folder %s: %d .pt / .ckpt file(s) left out (%s): LoRAs are read from .safetensors files "
+                   "only; convert them", folder, len(pickles), ", ".join(pickles[:5]) + (" ..." if len(pickles) > 5
+                                                                                        else ""))
     return found
 
 
@@ -385,6 +550,21 @@ def check_quantize(spec: ModelSpec) -> None:
                           "transformer use a GGUF of it)")
 
 
+def check_family(spec: ModelSpec) -> None:
+    """A configured ``family`` that the single file's own weights contradict: the model "loaded" as the
+    other family and every job on it ended with an internal error."""
+    if spec.family not in FAMILIES or not spec.source.lower().endswith(".safetensors"):
+        return
+    try:
+        header, _ = model_files.read_header(spec.source)
+    except (OSError, ValueError):
+        return  # not there yet, or unreadable: its load says so
+    problem = model_files.family_problem(header, spec.family)
+    if problem:
+        raise ConfigError(f"models.{spec.name}.family is {spec.family!r}, but {spec.source} {problem}: leave family "
+                          "out (it is read from the file) or correct it")
+
+
 def check_prompt_settings(spec: ModelSpec) -> None:
     """A model's clip skip, prediction type and guidance rescale, in range."""
     from shared.rules import MAX_CLIP_SKIP
@@ -409,9 +589,9 @@ def scan_upscaler_folder(folder: Path) -> dict[str, str]:
     """Super-resolution models in a folder such as A1111's ``models/ESRGAN`` or ComfyUI's
     ``models/upscale_models``, named by file name without its suffix (``4x-UltraSharp``)."""
     if not folder.is_dir():
-        raise ConfigError(f"upscaler folder {folder} does not exist")
-    return {file.stem: str(file) for file in sorted(folder.rglob("*"))
-            if file.is_file() and file.suffix.lower() in UPSCALER_SUFFIXES
+        raise ConfigError(_not_a_folder("upscaler", folder))
+    return {file.stem: str(file) for file in model_files.walk(folder)
+            if file.suffix.lower() in UPSCALER_SUFFIXES and file.is_file()  # not a broken link
             and not (file.parent / "config.json").exists()}  # not a diffusers model's weights
 
 
@@ -427,9 +607,11 @@ def scan_controlnet_folder(folder: Path) -> dict[tuple[str, str], str]:
     """ControlNet checkpoints in a folder such as A1111's ``models/ControlNet``, by (family, type),
     told from their file names (``control_v11p_sd15_canny.safetensors``, ``diffusers_xl_depth_full``)."""
     if not folder.is_dir():
-        raise ConfigError(f"ControlNet folder {folder} does not exist")
+        raise ConfigError(_not_a_folder("ControlNet", folder))
     found = {}
-    for file in sorted(folder.rglob("*.safetensors")):
+    for file in model_files.walk(folder):
+        if file.suffix.lower() != ".safetensors" or not file.is_file():
+            continue
         name = file.stem.lower()
         family = "sdxl" if "xl" in name else "sd15"
         kind = next((kind for word, kind in _CONTROL_WORDS if word in name), None)
@@ -438,13 +620,18 @@ def scan_controlnet_folder(folder: Path) -> dict[tuple[str, str], str]:
     return found
 
 
-def scan_model_folder(folder: Path, allow_pickle: bool = False) -> dict[str, ModelSpec]:
+def scan_model_folder(folder: Path, allow_pickle: bool = False,
+                      skipped: dict[str, str] | None = None) -> dict[str, ModelSpec]:
     """One model per checkpoint file or diffusers folder under ``folder`` (e.g. A1111's
-    ``models/Stable-diffusion``), named after the file without its suffix."""
+    ``models/Stable-diffusion``; subfolders and linked folders too), named after its path in the folder
+    without the suffix. A ``.safetensors`` file that is no checkpoint (a VAE, LoRA, ControlNet or
+    embedding dropped in, a download cut short) is logged and left out; its name goes into ``skipped``
+    (name -> why) for the error a job naming it gets."""
     if not folder.is_dir():
-        raise ConfigError(f"model folder {folder} does not exist")
+        raise ConfigError(_not_a_folder("model", folder))
     suffixes = (".safetensors", ".ckpt") if allow_pickle else (".safetensors",)
-    pipelines = sorted(p.parent for p in folder.rglob("model_index.json") if not _is_upscale_pipeline(p))
+    files = model_files.walk(folder)
+    pipelines = sorted(p.parent for p in files if p.name == "model_index.json" and not _is_upscale_pipeline(p))
 
     def is_component(path: Path) -> bool:  # weights of a diffusers pipeline or model, or an IP-Adapter's
         if "embeddings" in path.relative_to(folder).parts[:-1]:  # textual inversions (A1111's embeddings/)
@@ -453,32 +640,47 @@ def scan_model_folder(folder: Path, allow_pickle: bool = False) -> dict[str, Mod
             (parent / "config.json").is_file() or parent in pipelines
             for parent in path.parents if parent != folder and folder in parent.parents)
 
-    found = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix in suffixes and not is_component(p)
-                   and not is_lora_file(p))
-    found += pipelines
-    models = {}
-    for source in found:
-        name = source.relative_to(folder).with_suffix("").as_posix() if source.is_file() else \
-            source.relative_to(folder).as_posix()
+    pickles = 0
+    models: dict[str, ModelSpec] = {}
+
+    def add(name: str, source: Path) -> None:
+        # model.ckpt beside model.safetensors (the same weights, converted), or a diffusers folder of that
+        # name: one name, served by the folder, else the .safetensors file (capitals sorted a .ckpt last)
+        rank = (source.is_dir(), source.suffix.lower() == ".safetensors")
+        if name in models:
+            kept = Path(models[name].source)
+            if (kept.is_dir(), kept.suffix.lower() == ".safetensors") >= rank:
+                _warn_once("model %s: %s is served, %s (the same name) is not", name, kept, source)
+                return
+            _warn_once("model %s: %s is served, %s (the same name) is not", name, source, kept)
         models[name] = ModelSpec(name=name, source=str(source))
+
+    for source in files:
+        suffix = source.suffix.lower()
+        if suffix not in (".safetensors", ".ckpt") or is_component(source):
+            continue
+        name = source.relative_to(folder).with_suffix("").as_posix()
+        if not source.exists():
+            _warn_once("model folder: %s is a link to %s, which does not exist; left out", source,
+                        os.readlink(source))
+            continue
+        if suffix not in suffixes:
+            pickles += 1
+            continue
+        problem = model_files.cached_problem(source, model_files.checkpoint_problem) if suffix == ".safetensors" \
+            else None
+        if problem:
+            _warn_once("model folder: %s %s; left out", source, problem)
+            if skipped is not None:
+                skipped.setdefault(name, f"{source} {problem}")
+            continue
+        add(name, source)
+    for source in pipelines:
+        add(source.relative_to(folder).as_posix(), source)
+    if pickles:
+        _warn_once("model folder %s: %d .ckpt checkpoint(s) left out: pickle files can run code when loaded "
+                    "(convert them to .safetensors, or set allow_pickle = true under [server])", folder, pickles)
     return models
-
-
-def is_lora_file(path: Path) -> bool:
-    """A ``.safetensors`` file holding a LoRA (kohya or diffusers tensor names), not a checkpoint: read
-    from its header alone (8 bytes of length, then JSON), so scanning a large folder stays fast."""
-    if path.suffix != ".safetensors":
-        return False
-    try:
-        with path.open("rb") as file:
-            length = int.from_bytes(file.read(8), "little")
-            if not 0 < length < 2**27:
-                return False
-            keys = json.loads(file.read(length))
-    except (OSError, ValueError):
-        return False
-    return any(key.startswith(("lora_unet_", "lora_te")) or ".lora_A." in key or ".lora_down." in key
-               for key in keys)
 
 
 def _is_upscale_pipeline(index: Path) -> bool:
@@ -494,6 +696,18 @@ def _local_or_hub(value: str, base: Path) -> str:
     local = (base / Path(value).expanduser()).resolve()
     if local.exists() or value.startswith((".", "/", "~")) or value.count("/") < 2:
         return str(local)
+    return value
+
+
+def _local_path_or_hub(value: str, base: Path) -> str:
+    """A model's weights: an absolute path as written (``~`` expanded), a relative one against the config
+    file's folder, and a hub id (``owner/repo``) as it is unless such a folder is there."""
+    expanded = Path(value).expanduser()
+    if expanded.is_absolute():
+        return str(expanded)
+    local = base / expanded
+    if _looks_like_path(value) or local.exists():
+        return str(local.resolve())
     return value
 
 

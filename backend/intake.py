@@ -41,12 +41,14 @@ def build_edit_job(job: Job, uploads: dict[str, ImageData], limits: Limits, mode
                    loras: Mapping[str, str | None] | None = None,
                    model_family: Callable[[str], str | None] | None = None,
                    capabilities: Callable[[str], ModelCapabilities] | None = None,
-                   embeddings: Callable[[str], tuple[str | None, list[str]]] | None = None) -> EditJob:
+                   embeddings: Callable[[str], tuple[str | None, list[str]]] | None = None,
+                   left_out: tuple[Mapping[str, str], Mapping[str, str]] = ({}, {})) -> EditJob:
     """Check a protocol job against the rules and the server's state; raise ProtocolError if unfit.
     ``with_preset``: the job with its preset applied, and the preset (``backend.presets.apply_preset``);
     ``loras``: the server's LoRAs and their families; ``model_family``: a model's family (None: not known);
     ``capabilities``: what a model can do (modes, control, references ...); ``embeddings``: a model's family
-    and the textual-inversion embeddings it can use."""
+    and the textual-inversion embeddings it can use; ``left_out``: the model files and LoRA files the
+    server found but cannot use (name -> why), for the error a job naming one gets."""
     # A submit consumes the frames it names, accepted or refused, so a retry must upload again. Within
     # the submit one frame may be named several times (the picture as `image` and as a control image).
     refs = [job.image, job.mask, *(unit.image for unit in job.control), *(ref.image for ref in job.references)]
@@ -63,8 +65,7 @@ def build_edit_job(job: Job, uploads: dict[str, ImageData], limits: Limits, mode
     job.check(few_step=preset is not None and preset.few_step)
     model = default_model if job.model is None else job.model  # "" names no model: refused below
     if model not in models:
-        raise ProtocolError("unknown_model", f"no model named {shown(model)}; available: {', '.join(models) or 'none'}",
-                            "model")
+        raise ProtocolError("unknown_model", lora_rules.missing("model", model, models, left_out[0]), "model")
     offers = capabilities(model) if capabilities is not None else None
     refused = refusal(job, model, offers) if offers is not None else None
     if refused is not None:
@@ -72,7 +73,7 @@ def build_edit_job(job: Job, uploads: dict[str, ImageData], limits: Limits, mode
     prompt, tags = lora_rules.split_prompt(job.prompt)
     wanted = lora_rules.merge(("loras", [(lora.name, lora.weight) for lora in job.loras]), ("prompt", tags),
                               ("preset", list(preset.loras) if preset else []))
-    lora_rules.check(wanted, loras or {}, model_family(model) if model_family else None, model)
+    lora_rules.check(wanted, loras or {}, model_family(model) if model_family else None, model, left_out[1])
     if embeddings is not None:
         check_embeddings(job, model, *embeddings(model))
     sampling = job.sampling

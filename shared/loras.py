@@ -30,8 +30,12 @@ def split_prompt(prompt: str, field: str = "prompt") -> tuple[str, list[tuple[st
                                 "<lora:NAME:WEIGHT>", field)
         value = 1.0
         if weight is not None:
+            if ":" in weight or "=" in weight:  # A1111's <lora:x:0.8:0.5>, <lora:x:unet=0.8:te=0.5>
+                raise ProtocolError("invalid_field", f"`{field}`: {shown(match[0])} gives separate UNet / text "
+                                    "encoder weights, which this server does not take; write one weight for both, "
+                                    f"<lora:{name}:WEIGHT>", field)
             try:
-                value = float(weight.strip())
+                value = float(weight.strip()) + 0.0  # -0 is 0
             except ValueError:
                 raise ProtocolError("invalid_field", f"`{field}`: the weight in {shown(match[0])} is not a number; "
                                     "write <lora:NAME:WEIGHT>, e.g. <lora:name:0.8>", field) from None
@@ -42,6 +46,11 @@ def split_prompt(prompt: str, field: str = "prompt") -> tuple[str, list[tuple[st
         if not low <= value <= high:
             raise ProtocolError("invalid_field", f"`{field}`: the weight of LoRA {shown(name)} must be from {low:g} "
                                 f"to {high:g}, got {value:g}", field)
+        if any(seen == name for seen, _ in found):
+            # two weights for one LoRA (a pasted prompt plus a tag of one's own): taking either one without
+            # a word gave a picture the painter did not ask for
+            raise ProtocolError("invalid_field", f"`{field}`: LoRA {shown(name)} is tagged twice; keep one "
+                                f"<lora:{name}:WEIGHT> tag", field)
         found.append((name, value))
         return " "
 
@@ -50,6 +59,24 @@ def split_prompt(prompt: str, field: str = "prompt") -> tuple[str, list[tuple[st
         text = re.sub(r"[ \t]{2,}", " ", text).strip()
         text = re.sub(r"\s+([,.;])", r"\1", text)  # "a cat <lora:x>, red" -> "a cat, red"
     return text, found
+
+
+def missing(what: str, name: str, available, left_out: Mapping[str, str] | None = None) -> str:
+    """The sentence for a ``what`` (LoRA, model) called ``name`` that is not among ``available``: why the
+    server left such a file out, or the name it has in other capitals (A1111 on Windows finds
+    ``<lora:Detail:1>`` for detail.safetensors), and what it has."""
+    if left_out and name in left_out:
+        return f"{what} {shown(name)} cannot be used: {left_out[name]}"
+    names = ", ".join(sorted(available)) or "none"
+    # ComfyUI names files with their folder and suffix (styles/ink.safetensors); A1111 by the bare name
+    stripped = re.sub(r"\.(safetensors|ckpt|pt)$", "", name.replace("\\", "/"), flags=re.IGNORECASE).casefold()
+    bare = stripped.rsplit("/", 1)[-1]
+    same = [other for other in available if other.casefold() in (name.casefold(), stripped)] or [
+        other for other in available if other.rsplit("/", 1)[-1].casefold() == bare]
+    hint = ""
+    if len(same) == 1:
+        hint = f" (did you mean {shown(same[0])}? names are case-sensitive, without the file's suffix)"
+    return f"no {what} named {shown(name)}{hint}; this server has: {names}"
 
 
 def merge(*sources: tuple[str, list[tuple[str, float]]]) -> list[tuple[str, float, str]]:
@@ -65,14 +92,13 @@ def merge(*sources: tuple[str, list[tuple[str, float]]]) -> list[tuple[str, floa
 
 
 def check(loras: list[tuple[str, float, str]], available: Mapping[str, str | None], family: str | None,
-          model: str) -> None:
+          model: str, left_out: Mapping[str, str] | None = None) -> None:
     """Refuse a LoRA (from ``merge``) the server does not have, or one made for another family than the
     ``model``'s (``family``: None when not known yet). ``available``: name -> the LoRA's family (None:
-    not known)."""
+    not known); ``left_out``: name -> why, for files the server found but cannot use."""
     for name, _, where in loras:
         if name not in available:
-            names = ", ".join(sorted(available)) or "none"
-            raise ProtocolError("unknown_lora", f"no LoRA named {shown(name)}; this server has: {names}", where)
+            raise ProtocolError("unknown_lora", missing("LoRA", name, available, left_out), where)
         made_for = available[name]
         if family is not None and made_for is not None and made_for != family:
             raise ProtocolError("wrong_family", f"LoRA {shown(name)} is for {made_for} models, but model "

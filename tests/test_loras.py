@@ -7,7 +7,7 @@ from PIL import Image
 from conftest import decode, picture, png, rect_mask
 from shared.client import Accepted, EaselError
 from shared.errors import ProtocolError
-from shared.loras import merge, split_prompt
+from shared.loras import merge, missing, split_prompt
 
 LORAS = {"demo": ("demo-lora", "demo-lora-diffusers"), "demo-xl": ("demo-xl-lora", "demo-xl-lora-diffusers")}
 
@@ -107,6 +107,10 @@ def test_loras_are_listed_with_their_family(client):
     ({"prompt": "a <lora:nope> house"}, "unknown_lora", "prompt", "nope"),
     ({"prompt": "a <lora:demo-lora:lots> house"}, "invalid_field", "prompt", "not a number"),
     ({"prompt": "a <lora:demo-lora:3> house"}, "invalid_field", "prompt", "from -2 to 2"),
+    ({"prompt": "a <lora:demo-lora:1:0.5> house"}, "invalid_field", "prompt", "separate UNet / text encoder weights"),
+    ({"prompt": "a <lora:demo-lora:unet=1:te=0.5> house"}, "invalid_field", "prompt", "<lora:demo-lora:WEIGHT>"),
+    ({"prompt": "a <lora:Demo-LoRA> house"}, "unknown_lora", "prompt", "did you mean 'demo-lora'?"),
+    ({"prompt": "a <lora:demo-lora:0.5> house <lora:demo-lora:1>"}, "invalid_field", "prompt", "tagged twice"),
     ({"loras": [{"name": "demo-lora"}, {"name": "demo-lora", "weight": 0.5}]}, "invalid_field", "loras[1].name",
      "twice"),
 ])
@@ -124,11 +128,18 @@ def test_bad_loras_are_refused_before_accepted_naming_the_field(client, params, 
 def test_prompt_tags_parse_in_pure_code():
     assert split_prompt("a cat <lora:ink:0.6>, red <LORA:paper>") == ("a cat, red", [("ink", 0.6), ("paper", 1.0)])
     assert split_prompt("no tags  here") == ("no tags  here", [])
+    assert str(split_prompt("<lora:ink:-0>")[1][0][1]) == "0.0", "shown as 0 in result.parameters, not -0.0"
     with pytest.raises(ProtocolError) as caught:
         split_prompt("<lora::1>")
     assert caught.value.field == "prompt"
     merged = merge(("loras", [("ink", 0.2)]), ("prompt", [("ink", 0.9), ("paper", 1.0)]), ("preset", [("x", 1.0)]))
     assert merged == [("ink", 0.2, "loras[0].name"), ("paper", 1.0, "prompt"), ("x", 1.0, "preset")]
+    # the name a user most likely meant: other capitals, ComfyUI's folder/file.safetensors, a model's subfolder
+    for asked, offered, meant in (("Ink", {"ink", "paper"}, "ink"), ("styles/Ink.safetensors", {"ink"}, "ink"),
+                                  ("SD1.5/v1-5.safetensors", {"SD1.5/v1-5", "v1-5"}, "SD1.5/v1-5"),
+                                  ("juggernaut", {"SDXL/juggernaut", "v1-5"}, "SDXL/juggernaut")):
+        assert f"did you mean {meant!r}?" in missing("LoRA", asked, dict.fromkeys(offered))
+    assert "did you mean" not in missing("LoRA", "Ink", dict.fromkeys({"ink", "INK"}))
 
 
 def test_a_loras_family_is_read_from_its_header():
@@ -275,3 +286,96 @@ def test_fused_qkv_projections_are_turned_off_for_a_lora(demo_config, engine, ca
     assert "fused QKV projections are turned off" in caplog.text
     assert not any("Fused" in type(p).__name__ for p in unet.attn_processors.values())
     np.testing.assert_array_equal(styled, run_job(engine, job))
+
+
+def test_an_a1111_lora_folder_as_users_have_it(tmp_path, demo_root, caplog):
+    """models/Lora holds more than LoRAs: an embedding or a checkpoint saved to the wrong folder, a LyCORIS
+    LoHa, a download cut short, the same name in two subfolders. Only LoRAs are offered; a job naming
+    one of the others is told why before `accepted` (an embedding ran as if no LoRA had been asked)."""
+    import torch
+    from safetensors.torch import save_file
+
+    from backend.config import ConfigError, load_config
+    from backend.engine.engine import Engine
+    from backend.engine.models import ModelRegistry
+    from backend.server import ServerThread
+    from shared.client import Client
+
+    folder, elsewhere = tmp_path / "Lora", tmp_path / "shared-loras"
+    (folder / "styles").mkdir(parents=True)
+    elsewhere.mkdir()
+    lora = (demo_root / "loras" / "demo-lora.safetensors").read_bytes()
+    (folder / "Ink Style (v1.5).SafeTensors").write_bytes(lora)
+    (folder / "styles" / "Ink Style (v1.5).safetensors").write_bytes(lora)  # same name: the first is used
+    (elsewhere / "paper.safetensors").write_bytes(lora)
+    (folder / "linked").symlink_to(elsewhere)
+    (folder / "easynegative.safetensors").write_bytes((demo_root / "embeddings" / "demo-embedding.safetensors")
+                                                      .read_bytes())
+    (folder / "half.safetensors").write_bytes(lora[:len(lora) // 2])
+    (folder / "old-style.pt").write_bytes(b"pickle")
+    save_file({"lora_unet_down_blocks_0_attentions_0_proj_in.hada_w1_a": torch.zeros(4, 2),
+               "lora_unet_down_blocks_0_attentions_0_proj_in.hada_w1_b": torch.zeros(2, 4)},
+              str(folder / "loha.safetensors"))
+    (tmp_path / "easel.toml").write_text(f'[server]\nport = 0\nlora_folders = ["{folder}"]\n'
+                                         f'[models.demo]\nsource = "{demo_root / "sd15"}"\n')
+    with caplog.at_level("WARNING", logger="backend.config"):
+        config = load_config(tmp_path / "easel.toml").check()
+    assert sorted(config.loras) == ["Ink Style (v1.5)", "paper"]
+    assert config.loras["Ink Style (v1.5)"] == str(folder / "Ink Style (v1.5).SafeTensors")
+    assert "has the same name as" in caplog.text and "1 .pt / .ckpt file(s) left out (old-style.pt)" in caplog.text
+    why = config.skipped_loras
+    assert "embedding_folders" in why["easynegative"] and "cut short" in why["half"] and "LoHa" in why["loha"]
+    with ServerThread(config, Engine(ModelRegistry(config, torch.device("cpu"), torch.float32))) as server, \
+            Client(server.url) as client:
+        listed = {lora["name"]: lora["family"] for lora in client.models()["loras"]}
+        assert listed == {"Ink Style (v1.5)": "sd15", "paper": "sd15"}
+        for name, words in (("easynegative", "textual-inversion embedding"), ("loha", "LyCORIS")):
+            events = []
+            with pytest.raises(EaselError) as caught:
+                client.run("generate", prompt=f"a house <lora:{name}:1>", steps=1, width=64, height=64,
+                           on_event=events.append)
+            assert (caught.value.code, caught.value.field) == ("unknown_lora", "prompt") and words in str(caught.value)
+            assert not any(isinstance(event, Accepted) for event in events)
+        result = client.run("generate", prompt="a house <lora:Ink Style (v1.5):0.5>", steps=1, width=64, height=64)
+        assert result.parameters["loras"] == [{"name": "Ink Style (v1.5)", "weight": 0.5}]
+    for entry, words in ((demo_root / "embeddings" / "demo-embedding.safetensors", "textual-inversion embedding"),
+                         (tmp_path / "nowhere.safetensors", "does not exist")):
+        (tmp_path / "easel.toml").write_text(f'[loras]\nmine = "{entry}"\n')
+        with pytest.raises(ConfigError, match=words):
+            load_config(tmp_path / "easel.toml")
+
+
+def test_a_lora_file_saved_again_while_serving_is_loaded_again(demo_config, tmp_path):
+    """A painter retrains a LoRA, or downloads its new version over the old file: the next job uses the
+    new weights (the loaded layers held a copy of the old ones, used on without a word)."""
+    import dataclasses
+    import os
+
+    from safetensors.torch import load_file, save_file
+
+    from backend.engine.engine import Engine
+    from backend.engine.job import EditJob
+    from backend.engine.models import ModelRegistry, pick_device
+    from test_performance import run as run_job
+
+    first = load_file(demo_config.loras["demo-lora"])
+    second = {key: value * 3 if "lora_up" in key else value for key, value in first.items()}
+    mine, fixed = tmp_path / "mine.safetensors", tmp_path / "second.safetensors"
+    save_file(first, str(mine))
+    save_file(second, str(fixed))
+    config = dataclasses.replace(demo_config, loras={"mine": str(mine), "second": str(fixed),
+                                                     "demo-lora": demo_config.loras["demo-lora"]})
+    engine = Engine(ModelRegistry(config, *pick_device("cpu")))
+    job = EditJob(mode="generate", model="demo", prompt="a door", negative_prompt="", seed=2, steps=2, guidance=5.0,
+                  strength=1.0, batch=1, sampler="euler", width=64, height=64)
+    plain = run_job(engine, job)
+    before = run_job(engine, dataclasses.replace(job, loras=(("mine", 1.0), ("demo-lora", 0.5))))
+    save_file(second, str(mine))
+    os.utime(mine, ns=(os.stat(mine).st_mtime_ns + 10**9,) * 2)  # a new time even where the clock is coarse
+    after = run_job(engine, dataclasses.replace(job, loras=(("mine", 1.0), ("demo-lora", 0.5))))
+    assert not np.array_equal(before, after)
+    np.testing.assert_array_equal(after, run_job(engine, dataclasses.replace(job, loras=(("second", 1.0),
+                                                                                        ("demo-lora", 0.5)))))
+    np.testing.assert_array_equal(plain, run_job(engine, job))
+    unet = engine.registry.get("demo").base.unet
+    assert sum(name.startswith("mine_") for name in unet.peft_config) == 1, "the old layers are gone"

@@ -314,3 +314,14 @@ def test_a_weighted_job_over_the_wire_reports_its_clip_skip(client):
                         height=64, seed=1)
     assert result.parameters["clip_skip"] == 2
     assert decode(result.images[0].image).shape == (64, 64, 4)
+
+
+def test_an_embeddings_folder_linked_into_the_embeddings_folder_is_read(demo_root, tmp_path):
+    """A1111 users link a folder of embeddings on another disk into embeddings/, as they do models."""
+    from backend.engine.embeddings import Embeddings
+
+    folder = tmp_path / "embeddings"
+    folder.mkdir()
+    (folder / "shared").symlink_to(demo_root / "embeddings")
+    names = {entry["name"] for entry in Embeddings([str(folder)]).listing()}
+    assert {"demo-embedding", "demo-embedding-xl"} <= names

@@ -113,10 +113,13 @@ def test_unloaded_single_files_report_their_family_and_native_size(single_file, 
     save_file({SDXL_KEY: torch.zeros(2), UNET + "time_embed.0.weight": torch.zeros(2, 2)},
               str(folder / "an-xl-model.safetensors"))  # an SDXL checkpoint's header, in miniature
     (folder / "truncated.safetensors").write_bytes(b"\x10\x00")
-    registry = ModelRegistry(Config(models=scan_model_folder(folder)), torch.device("cpu"), torch.float32)
+    skipped = {}
+    registry = ModelRegistry(Config(models=scan_model_folder(folder, skipped=skipped)), torch.device("cpu"),
+                             torch.float32)
     described = {entry.name: entry for entry in registry.describe()}
     assert {name: (entry.family, entry.native_size, entry.loaded) for name, entry in described.items()} == {
-        "tiny-v15": ("sd15", 512, False), "an-xl-model": ("sdxl", 1024, False), "truncated": (None, None, False)}
+        "tiny-v15": ("sd15", 512, False), "an-xl-model": ("sdxl", 1024, False)}
+    assert "too short" in skipped["truncated"], "a file that is no checkpoint is left out, saying why"
     assert registry.loaded_names() == []
     explicit = ModelSpec("x", str(folder / "an-xl-model.safetensors"), family="sd15")
     assert configured_native_size(explicit) == 512, "a configured family wins over the file's header"

@@ -18,6 +18,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from backend import model_files
 from shared.errors import shown
 from shared.prompt_syntax import Piece
 
@@ -78,7 +79,7 @@ def scan(folders: list[str]) -> dict[str, Embedding]:
     are not embeddings are skipped with a warning."""
     found: dict[str, Embedding] = {}
     for folder in folders:
-        for path in sorted(Path(folder).rglob("*")):
+        for path in model_files.walk(Path(folder)):  # linked folders too, as the model folders
             if not path.is_file() or path.suffix.lower() not in SUFFIXES or path.stem in found:
                 continue
             try:

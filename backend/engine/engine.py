@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import logging
 import time
 from dataclasses import dataclass
 from typing import Iterator, Protocol
@@ -19,6 +20,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from backend.config import ConfigError, scan_folders
 from backend.engine import compose, fill, prompts
 from backend.engine.adapters import IPAdapters
 from backend.engine.conditioning import ContentCache, digest
@@ -36,6 +38,8 @@ from backend.engine.upscalers import Upscalers
 from shared import prompt_syntax, rules
 from shared.geometry import Box
 from shared.vocabulary import MAX_SEED
+
+log = logging.getLogger(__name__)
 
 CONTROL_MAP_CACHE = 16  # preprocessed control maps kept (a few MB each at most)
 
@@ -128,11 +132,36 @@ class Engine:
         self.lama = fill.Lama(config.lama, registry.device, config.allow_pickle) if config.lama else None
         self.upscalers = Upscalers(config.upscalers, registry.device, registry.dtype, config.default_upscaler)
         self.loras = Loras(config.loras, self.speed)
+        self._refreshed_on_miss = -1e9
+        self._refresh_error: str | None = None
         self._previewers: dict[str, Previewer] = {}
 
     @property
     def device(self) -> torch.device:
         return self.registry.device
+
+    def refresh_folders(self, at_most_every: float = 0.0) -> None:
+        """Read the model and LoRA folders again, so a file added, replaced or removed since the server
+        started shows in the next ``welcome`` / ``models`` and can be asked for (a model already loaded stays, and
+        keeps the weights it loaded, its file gone or not)."""
+        config = self.registry.config
+        if not (config.model_folders or config.lora_folders):
+            return
+        if at_most_every:  # on a client's misses: a client naming nothing real, again and again, must not walk
+            now = time.monotonic()  # the folders each time
+            if now - self._refreshed_on_miss < at_most_every:
+                return
+            self._refreshed_on_miss = now
+        try:
+            if scan_folders(config, keep=self.registry.loaded_names()):
+                self.loras.files = dict(config.loras)
+            self._refresh_error = None
+        except ConfigError as exc:  # a folder on a disk that went away: keep what was found before
+            if str(exc) != self._refresh_error:  # once, not at every hello while it is away
+                log.warning("cannot read the model folders again: %s", exc)
+            self._refresh_error = str(exc)
+        except Exception:  # a folder's oddity must never cost a client its hello
+            log.exception("cannot read the model folders again")
 
     def run(self, job: EditJob | PreprocessJob, reporter: Reporter) -> EngineResult:
         """Run a job; raises JobCancelled if the reporter says it was cancelled, ModelError when a

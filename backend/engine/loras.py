@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import itertools
 import logging
 import os
 import re
@@ -88,6 +89,9 @@ class Loras:
         self.files, self.speed = dict(files), speed
         self._tried: set[tuple[int, str]] = set()  # (id(module), LoRA) loads done, even those that added nothing
         self._adapters: dict[str, str] = {}  # LoRA name -> its PEFT adapter name
+        self._versions: dict[str, tuple | None] = {}  # LoRA name -> (path, mtime, size) of the file loaded
+        self._holders: dict[str, list[tuple[str, object]]] = {}  # adapter -> the (part, module)s it is loaded in
+        self._count = itertools.count()
 
     def names(self) -> list[str]:
         return sorted(self.files)
@@ -123,7 +127,7 @@ class Loras:
         """The PEFT adapter name of a LoRA: its name made a valid module key (PEFT keeps adapters in
         ModuleDicts, whose keys cannot hold a dot, and A1111 file names often do: ``detail_v1.5``)."""
         if name not in self._adapters:
-            self._adapters[name] = f"{re.sub(r'[^A-Za-z0-9_]', '_', name)}_{len(self._adapters)}"
+            self._adapters[name] = f"{re.sub(r'[^A-Za-z0-9_]', '_', name)}_{next(self._count)}"
         return self._adapters[name]
 
     # -- loading ------------------------------------------------------------------------------
@@ -133,11 +137,14 @@ class Loras:
         return [(part, getattr(pipe, part)) for part in ("unet", *TEXT_ENCODERS) if getattr(pipe, part, None)]
 
     def _load(self, model: LoadedModel, pipe, name: str) -> None:
+        self._forget_if_replaced(name)
         adapter = self.adapter(name)
         missing = [(part, module) for part, module in self._modules(pipe) if (id(module), adapter) not in self._tried]
         if not missing:
             return
-        path = self.files[name]
+        path = self.files.get(name)
+        if path is None:  # its file left the LoRA folder after the job was accepted
+            raise ModelError("model_load_failed", f"LoRA {name} is gone from the LoRA folders", "loras")
         cls = type(model.base)
         try:
             from safetensors.torch import load_file
@@ -154,6 +161,26 @@ class Loras:
             raise ModelError("model_load_failed", f"LoRA {name} ({path}) could not be loaded into model "
                              f"{model.name}: {exc}", "loras") from exc
 
+    def _forget_if_replaced(self, name: str) -> None:
+        """A LoRA file saved again since it was loaded (a painter retraining it, a new version downloaded
+        over the old) loads again under a new adapter name: the layers hold a copy of the old weights,
+        which jobs went on using without a word."""
+        path = self.files.get(name)  # one look: the server thread replaces the dict when it reads the folders
+        if path is None:
+            return
+        try:
+            stat = os.stat(path)
+            version = (path, stat.st_mtime_ns, stat.st_size)  # another file of that name: another LoRA
+        except OSError:
+            version = None  # gone: the load says so
+        if self._versions.setdefault(name, version) == version:
+            return
+        self._versions[name] = version
+        old = self._adapters.pop(name, None)
+        log.info("LoRA %s: %s changed since it was loaded; loading it again", name, path)
+        for part, module in self._holders.pop(old, []):
+            _delete(part, module, old)
+
     def _load_into(self, cls, pipe, model: LoadedModel, name: str, adapter: str, missing: list, state: dict, alphas,
                    metadata) -> None:
         for part, module in missing:
@@ -167,6 +194,7 @@ class Loras:
                                                 prefix=part, lora_scale=1.0, adapter_name=adapter,
                                                 metadata=metadata, _pipeline=pipe)
             self._tried.add((id(module), adapter))
+            self._holders.setdefault(adapter, []).append((part, module))
 
 
 @contextlib.contextmanager
@@ -206,3 +234,15 @@ def _switch(part: str, module, wanted: list[tuple[str, float]]) -> None:
         return
     enable_lora_for_text_encoder(module)
     set_adapters_for_text_encoder([name for name, _ in wanted], module, [weight for _, weight in wanted])
+
+
+def _delete(part: str, module, adapter: str) -> None:
+    """Take ``adapter``'s layers out of one module, where it has any."""
+    if adapter not in (getattr(module, "peft_config", None) or {}):
+        return
+    if part == "unet":
+        module.delete_adapters([adapter])
+        return
+    from diffusers.utils.peft_utils import delete_adapter_layers
+
+    delete_adapter_layers(module, adapter)

@@ -18,6 +18,7 @@ import diffusers
 import torch
 import transformers
 
+from backend import model_files
 from backend.config import Config, ModelSpec
 from backend.engine import prediction as predictions
 from backend.engine.capabilities import WEIGHT_FILE_SUFFIXES, configured_kind, weight_shapes
@@ -230,17 +231,27 @@ class ModelRegistry:
     def get(self, name: str | None) -> LoadedModel:
         """The loaded model called ``name`` (the default when None), loading it on first use."""
         name = name or self.default
-        if name not in self.config.models:
-            raise ModelError("unknown_model", f"no model named {name!r}; configured: "
-                             f"{', '.join(self.config.models) or 'none'}")
+        models = self.config.models  # one look: reading the folders again replaces the dict
+        if name not in models:
+            raise ModelError("unknown_model", f"no model named {name!r}; "
+                             f"configured: {', '.join(models) or 'none'}")
         with self._lock:
             if name not in self._loaded:
-                self._loaded[name] = self._load(self.config.models[name])
+                self._loaded[name] = self._load(models[name])
             return self._loaded[name]
 
     # -- loading ------------------------------------------------------------------------------
 
     def _load(self, spec: ModelSpec) -> LoadedModel:
+        source = Path(spec.source).expanduser()
+        if source.is_absolute() and not source.exists():  # else diffusers takes the path for a hub id and says so
+            raise ModelError("model_load_failed", f"model {spec.name!r}: {spec.source} does not exist (moved, renamed "
+                             "or deleted since the server started?); put it back, or pick another model (the "
+                             "`models` list is read from the model folders again)")
+        if source.is_file() and source.suffix.lower() == ".safetensors":
+            problem = model_files.file_problem(source, model_files.misplaced)  # else a loader's traceback
+            if problem:
+                raise ModelError("model_load_failed", f"model {spec.name!r}: {spec.source} {problem}")
         try:
             family = spec.family or detect_family(spec.source)
             log.info("loading model %s (%s) from %s", spec.name, family, spec.source)
@@ -261,8 +272,12 @@ class ModelRegistry:
         except Exception as exc:
             hint = ""
             if Path(spec.source).expanduser().is_file() and not spec.config:
-                hint = (" (a single-file checkpoint needs its diffusers configuration: allow hub access once, or set "
-                        "`config` to a local diffusers folder of the same architecture)")
+                where = "set `config`"
+                if spec.name in self.config.folder_models:  # it has no entry of its own to set it in
+                    where = (f"serve it with an entry of its own, [models.{json.dumps(spec.name)}] with source = "
+                             f"{json.dumps(spec.source)} and `config`")
+                hint = (" (a single-file checkpoint needs its diffusers configuration: allow hub access once, or "
+                        f"{where} set to a local diffusers folder of the same architecture)")
             raise ModelError("model_load_failed", f"model {spec.name!r} could not be loaded from "
                              f"{spec.source}: {exc}{hint}") from exc
         prediction = predictions.resolve(spec, dict(base.scheduler.config))
@@ -288,6 +303,13 @@ class ModelRegistry:
 
         check_pickle(source, self.config.allow_pickle)
         path = Path(source).expanduser()
+        if path.is_file() and path.suffix.lower() == ".safetensors":
+            try:  # said before diffusers' shape-mismatch traceback
+                found = model_files.unet_channels(model_files.read_header(path)[0])
+            except (OSError, ValueError):
+                found = None
+            if found is not None and found != channels:
+                raise ModelError("model_load_failed", _channels_message(source, found, channels))
         if path.is_file():
             # The base model's configs describe the architecture; only the mask channels differ.
             config = spec.config or (spec.source if Path(spec.source).expanduser().is_dir() else None)
@@ -300,9 +322,7 @@ class ModelRegistry:
             unet = UNet2DConditionModel.from_pretrained(str(path) if path.is_dir() else source,
                                                         subfolder="unet", **self._common())
         if unet.config.in_channels != channels:
-            what = "an InstructPix2Pix" if channels == 8 else "a dedicated inpaint"
-            raise ModelError("model_load_failed", f"{'instruct' if channels == 8 else 'inpaint'} UNet {source} has "
-                             f"{unet.config.in_channels} input channels; {what} model has {channels}")
+            raise ModelError("model_load_failed", _channels_message(source, unet.config.in_channels, channels))
         # Parked straight from the file (see _load): the GPU never holds both UNets, not even while loading.
         return unet if self.speed.parks_idle_unet else to_device(unet, self.speed.load_device)
 
@@ -313,6 +333,13 @@ class ModelRegistry:
         path = Path(source).expanduser()
         return to_device(AutoencoderTiny.from_pretrained(str(path) if path.is_dir() else source,
                                                **self._common()), self.device)
+
+
+def _channels_message(source: str, found: int, channels: int) -> str:
+    what = "an InstructPix2Pix" if channels == 8 else "a dedicated inpaint"
+    return (f"{'instruct' if channels == 8 else 'inpaint'} UNet {source} has {found} input channels; {what} model has "
+            f"{channels}" + (" (this is a base model: leave `inpaint` out, and base models inpaint too)"
+                             if found == 4 else ""))
 
 
 def _prediction_fields(prediction: predictions.Prediction) -> dict:
@@ -396,8 +423,10 @@ def detect_family(source: str) -> str:
     if path.is_dir():
         index = path / "model_index.json"
         if not index.is_file():
+            files = sorted(file.name for file in path.iterdir() if file.suffix.lower() == ".safetensors")
+            hint = f"; for a checkpoint file in it, give the file: {path / files[0]}" if files else ""
             raise ModelError("model_load_failed", f"{source} is not a diffusers pipeline folder "
-                             "(no model_index.json)")
+                             f"(no model_index.json){hint}")
         class_name = json.loads(index.read_text()).get("_class_name", "")
     else:
         from diffusers import DiffusionPipeline

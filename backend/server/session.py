@@ -31,6 +31,7 @@ from backend.jobs import Job, JobQueue
 from backend.presets import apply_preset
 from backend.server import messages
 from shared import job as protocol
+from shared import loras as lora_rules
 from shared.errors import shown
 from shared.images import ImageData, decode_frame
 from shared.messages import CLIENT_MESSAGES, PROTOCOL_VERSION, ProtocolError, decode_json, validate
@@ -285,6 +286,7 @@ class Session:
                                 "`resume` (send it with the `welcome.session` of the dropped connection, or say "
                                 "hello without `pending` for a new session)", "pending")
         preprocessors = engine.preprocessors.available()
+        engine.refresh_folders()
         if "resume" in message and self.greeted and message["resume"] != self.token:
             # Taking another session over would orphan this one: its jobs would run on with nowhere to send
             # their endings, kept (and counted) for ever. (Its own id is `unknown_session` below: resumed already.)
@@ -316,16 +318,19 @@ class Session:
 
     def _submit(self, message: dict) -> Reply:
         registry, limits = self.state.engine.registry, self.state.config.limits
-        names, default = registry.names(), registry.default
         request = protocol.Job.from_message(message, validate=False)  # receive validated it
         engine, given = self.state.engine, self.given
+        if not _names_known(request, registry.names(), engine.loras.files):
+            engine.refresh_folders(at_most_every=1.0)  # a file added since this client's hello
+        names, default = registry.names(), registry.default
         upscalers = engine.upscalers
 
         def build() -> EditJob:
             return build_edit_job(request, self.uploads, limits, names, default, upscalers.names(),
                                   upscalers.default, lambda job: apply_preset(job, given, self.state.config.presets),
                                   engine.loras.families(), registry.family, registry.capabilities,
-                                  engine.usable_embeddings)
+                                  engine.usable_embeddings,
+                                  (self.state.config.skipped_models, self.state.config.skipped_loras))
 
         return self._take(request, build)
 
@@ -355,6 +360,7 @@ class Session:
                                       state.clients(), state.engine.registry.loaded_names())])
 
     def _models(self, message: dict) -> Reply:
+        self.state.engine.refresh_folders()
         registry = self.state.engine.registry
         return Reply([messages.models(registry.default, registry.describe(),
                                       self.state.engine.upscalers.describe(), self.state.engine.loras.describe(),
@@ -414,3 +420,16 @@ class Session:
             raise ProtocolError("limit_exceeded", f"the server's queue is full ({limits.max_queued} jobs waiting); "
                                 "try again when some have run", "job", request.id)
         return Reply(intake=Intake(request, build))
+
+
+def _names_known(request: protocol.Job, models, loras) -> bool:
+    """Whether every model and LoRA ``request`` names is one the server has (a malformed tag counts as
+    known: the intake says what is wrong with it)."""
+    if request.model is not None and request.model not in models:
+        return False
+    named = [lora.name for lora in request.loras]
+    try:
+        named += [name for name, _ in lora_rules.split_prompt(request.prompt)[1]]
+    except ProtocolError:
+        pass
+    return all(name in loras for name in named)
