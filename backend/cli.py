@@ -457,6 +457,7 @@ def _ordinal(n: int) -> str:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from shared.client import Client, EaselError, Progress
+    from shared.infotext import infotext
 
     flags = RUN_FLAGS
     if args.aspect:  # the sides are --aspect's, not options typed
@@ -540,11 +541,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     if shown:
         print(file=sys.stderr)
 
+    parameters = dict(result.parameters, masked=args.mode == "instruct" and mask is not None)
     for item, path in zip(result.images, outputs):
         picture = result_picture(item.image, item.offset, image, whole=args.mode in ("expand", "upscale"),
                                  layer=args.layer)
         try:
-            write_picture(picture, path, image, keep_dpi=args.mode != "upscale")  # (an upscale: more pixels an inch)
+            write_picture(picture, path, image, keep_dpi=args.mode != "upscale",  # (an upscale: more pixels an inch)
+                          infotext=infotext(parameters, item.seed, picture.size))
         except (OSError, ValueError) as exc:
             print(f"easel: cannot write {path}: {exc}", file=sys.stderr)
             return 1

@@ -10,13 +10,15 @@ profile, the print resolution). Everything here is checked before a job is sent,
 from __future__ import annotations
 
 import io
+import struct
 import sys
 import warnings
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import ExifTags, Image, TiffImagePlugin, TiffTags, UnidentifiedImageError
+from PIL.PngImagePlugin import PngInfo
 
 from backend.imaging import has_alpha, painted_in_alpha, profile_is_srgb, profile_name, rgb_profile, to_array, to_png
 from shared.capabilities import DEFAULT_MAX_SIDE
@@ -356,9 +358,11 @@ def result_picture(image: ImageData, offset: tuple[int, int], source: Picture | 
                   data=source.bytes if source else None)
 
 
-def write_picture(picture: Image.Image, path: Path, source: Picture | None, *, keep_dpi: bool = True) -> None:
-    """Write a result in its path's format, with the input's colour profile and (``keep_dpi``: the same pixels
-    an inch) its print resolution; Pillow's OSError or ValueError when it cannot."""
+def write_picture(picture: Image.Image, path: Path, source: Picture | None, *, keep_dpi: bool = True,
+                  infotext: str | None = None) -> None:
+    """Write a result in its path's format, with the input's colour profile, (``keep_dpi``: the same pixels
+    an inch) its print resolution and ``infotext`` where the WebUI keeps its own (a PNG's "parameters" text,
+    the EXIF user comment of a JPEG, WebP or AVIF); Pillow's OSError or ValueError when it cannot."""
     fmt = _format(path)
     if fmt == "JPEG":
         picture = picture.convert("RGB")  # JPEG has no alpha
@@ -367,7 +371,25 @@ def write_picture(picture: Image.Image, path: Path, source: Picture | None, *, k
         options["icc_profile"] = source.icc
     if source is not None and source.dpi and keep_dpi:
         options["dpi"] = source.dpi
+    if infotext and fmt == "PNG":
+        options["pnginfo"] = PngInfo()
+        options["pnginfo"].add_text("parameters", infotext)  # (iTXt when it is not Latin-1)
+    elif infotext and fmt in ("JPEG", "WEBP", "AVIF"):
+        options["exif"] = _user_comment(infotext)
     picture.save(path, **options)
+
+
+def _user_comment(text: str) -> bytes:
+    """EXIF holding ``text`` as its UserComment, in UTF-16 as the WebUI writes it (and reads it, with piexif).
+    Pillow's Exif writes a nested IFD's bytes as BYTE, which piexif reads as numbers: the Exif IFD is made
+    here with the UNDEFINED type that the EXIF standard gives the tag, behind a one-entry IFD0 pointing at it."""
+    head = b"II*\0" + struct.pack("<L", 8)
+    exif_ifd = TiffImagePlugin.ImageFileDirectory_v2(ifh=head, group=ExifTags.IFD.Exif)
+    exif_ifd.tagtype[ExifTags.Base.UserComment] = TiffTags.UNDEFINED
+    exif_ifd[ExifTags.Base.UserComment] = b"UNICODE\0" + text.encode("utf-16-be")
+    where = len(head) + 2 + 12 + 4  # after IFD0: its entry count, one entry, the next IFD's offset (none)
+    ifd0 = struct.pack("<HHHLLL", 1, ExifTags.IFD.Exif, TiffTags.LONG, 1, where, 0)
+    return b"Exif\0\0" + head + ifd0 + exif_ifd.tobytes(where)
 
 
 def _whole(image: ImageData) -> Image.Image:

@@ -33,11 +33,10 @@ from easel_a1111.params import (  # noqa: E402
     TabValues,
     build_job,
     easel_sampler,
-    infotext,
     mask_from_painting,
     sampler_from_infotext,
 )
-from easel_a1111.protocol import ImageData, Result, ResultImage  # noqa: E402
+from easel_a1111.protocol import ImageData, Result, ResultImage, infotext  # noqa: E402
 from easel_a1111.protocol import capabilities as offered_by  # noqa: E402
 
 offer = offered_by.offer
@@ -203,6 +202,9 @@ def test_infotext_reads_like_the_webuis():
                            "Denoising strength: 0.75, Mask blur: 16")
     assert 'Easel control 1: "canny, preprocess canny, scale 1, 0-1"' in last
     assert 'Easel reference 1: "style, weight 0.5"' in last
+    # the WebUI keeps <lora:> tags in the prompt it saves; the server hands them back apart
+    text = infotext({"mode": "generate", "prompt": "a cat", "loras": [{"name": "ink wash", "weight": 0.8}]}, 1, (8, 8))
+    assert text.split("\n")[0] == "a cat <lora:ink wash:0.8>"
 
 
 def test_a_real_inpaint_job_keeps_every_unpainted_pixel(server):

@@ -928,3 +928,31 @@ def test_toolbox_errors_name_the_options_typed(capsys, small, args, said):
     status, _, err = easel_here(capsys, "run", args[0], "--image", names["image"], *args[1:], "--out",
                                 small / "o.png", "--server", nowhere())
     assert status == 2 and said in err, err
+
+
+def test_run_results_carry_their_parameters_as_the_webui_saves_them(server, capsys, small):
+    # A result kept no record of how it was made beyond the seed printed once: the WebUI's PNG Info, image
+    # browsers and a later `easel run` could not tell its prompt, LoRAs or settings.
+    status, out, err = easel_here(capsys, "run", "inpaint", "--image", small / "in.png", "--mask", small / "mask.png",
+                                  "--prompt", "a red door", "--negative", "blurry", "--lora", "demo-lora:0.5",
+                                  "--steps", 2, "--out", small / "o.png", "--server", server.url)
+    assert status == 0, err
+    seed = int(out.split("(seed ")[1].rstrip(")\n"))
+    prompt, negative, items = Image.open(small / "o.png").info["parameters"].split("\n")
+    assert prompt == "a red door <lora:demo-lora:0.5>" and negative == "Negative prompt: blurry"
+    assert items.startswith(f"Steps: 2, Sampler: DPM++ 2M Karras, CFG scale: 7.0, Seed: {seed}, Size: 64x48, "
+                            "Model: demo, Denoising strength: 1.0, Mask blur: 16"), items
+    assert "Easel mode: inpaint" in items
+
+    status, _, err = easel_here(capsys, "run", "img2img", "--image", small / "in.png", "--prompt", "café au lait",
+                                "--strength", 0.5, "--steps", 2, "--lossy", "--out", small / "o.jpg",
+                                "--server", server.url)
+    assert status == 0, err
+    comment = Image.open(small / "o.jpg").getexif().get_ifd(0x8769)[0x9286]
+    assert comment.startswith(b"UNICODE\0") and comment[8:].decode("utf-16-be").startswith("café au lait\nSteps: 2")
+    webui_python = Path(__file__).resolve().parents[1] / ".venv-webui" / "bin" / "python"
+    if webui_python.exists():  # read back as the WebUI reads it (modules/images.py: piexif)
+        read = subprocess.run([webui_python, "-c", "import sys, piexif, piexif.helper; print(piexif.helper."
+                               "UserComment.load(piexif.load(sys.argv[1])['Exif'][piexif.ExifIFD.UserComment]))",
+                               small / "o.jpg"], capture_output=True, text=True, encoding="utf-8")
+        assert read.stdout.startswith("café au lait\nSteps: 2"), read.stderr

@@ -16,8 +16,20 @@ from typing import Iterator
 import numpy as np
 from PIL import Image
 
-from .params import InputError, TabValues, build_job, decode, field_label, infotext, png_image
-from .protocol import DEFAULT_URL, Accepted, Cancelled, Client, EaselError, Job, Progress, Result, Started, compose
+from .params import InputError, TabValues, build_job, decode, field_label, png_image
+from .protocol import (
+    DEFAULT_URL,
+    Accepted,
+    Cancelled,
+    Client,
+    EaselError,
+    Job,
+    Progress,
+    Result,
+    Started,
+    compose,
+    infotext,
+)
 
 PREVIEW_EVERY = 1
 CAPABILITIES_TIMEOUT = 2  # s: the tab is built while the WebUI starts, which must not wait on a backend

@@ -9,7 +9,6 @@ here, the rest by ``Job.check``, the rules the server applies.
 from __future__ import annotations
 
 import io
-import json
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -18,6 +17,7 @@ from PIL import Image
 from .protocol import (
     MAX_SEED,
     MODES,
+    SAMPLER_LABELS,
     ControlUnit,
     ImageData,
     Job,
@@ -40,10 +40,7 @@ MASKED_MODES = ("inpaint", "remove")
 # The Mode radio's choices in the tab's order; instruct edits inside the painted mask when there is one.
 TAB_MODES = ("inpaint", "img2img", "generate", "expand", "remove", "upscale", "instruct")
 
-# A1111's names for Easel's samplers: the tab lists these, and infotext pastes both ways.
-SAMPLER_LABELS = {"dpmpp_2m": "DPM++ 2M", "dpmpp_2m_karras": "DPM++ 2M Karras", "euler": "Euler",
-                  "euler_a": "Euler a", "ddim": "DDIM", "unipc": "UniPC",
-                  "lcm": "LCM", "tcd": "TCD"}  # (WebUI 1.8 has LCM; Forge also TCD)
+# SAMPLER_LABELS, A1111's names for Easel's samplers: the tab lists these, and infotext pastes both ways.
 SAMPLER_NAMES = {label: name for name, label in SAMPLER_LABELS.items()}
 DEFAULT_SAMPLER = SAMPLER_LABELS["dpmpp_2m_karras"]
 
@@ -433,42 +430,3 @@ def decode(image: ImageData) -> Image.Image:
     if image.format == "rgba8":
         return Image.frombytes("RGBA", (image.width, image.height), image.data)
     return Image.open(io.BytesIO(image.data)).convert("RGBA")
-
-
-def infotext(parameters: dict, seed: int, size: tuple[int, int]) -> str:
-    """The parameters a result was made with, in the WebUI's infotext format, so "Send to img2img"
-    fills the prompt, steps, seed, size ... fields there. ``masked``: an instruct edit inside a mask."""
-    lines = [parameters.get("prompt", "")]
-    if parameters.get("negative_prompt"):
-        lines.append(f"Negative prompt: {parameters['negative_prompt']}")
-    items = [("Steps", parameters.get("steps")),
-             ("Sampler", SAMPLER_LABELS.get(parameters.get("sampler"), parameters.get("sampler"))),
-             ("CFG scale", parameters.get("guidance")), ("Seed", seed), ("Size", f"{size[0]}x{size[1]}"),
-             ("Model", parameters.get("model")), ("Denoising strength", parameters.get("strength"))]
-    if parameters.get("mode") == "upscale":  # the WebUI's Extras names; the refine's strength (0: none)
-        items[-1] = ("Denoising strength", parameters.get("refine") or None)
-        items += [("Postprocess upscale by", parameters.get("scale")),
-                  ("Postprocess upscaler", parameters.get("upscaler"))]
-    if parameters.get("mode") == "instruct":  # the WebUI's own name for InstructPix2Pix's image guidance
-        items.append(("Image CFG scale", parameters.get("image_guidance")))
-    if parameters.get("mode") in MASKED_MODES or parameters.get("masked"):
-        items += [("Mask blur", parameters.get("mask_feather")), ("Easel mask grow", parameters.get("mask_grow"))]
-        items.append(("Easel soft inpainting", parameters.get("soft_inpaint")))
-    if parameters.get("mode") in MASKED_MODES + ("expand",):
-        items.append(("Easel fill", parameters.get("fill")))
-    if parameters.get("mode") == "expand":
-        items.append(("Easel expand", _quote(", ".join(str(parameters.get(f"expand_{side}", 0))
-                                                       for side in ("left", "top", "right", "bottom")))))
-    items.append(("Easel mode", parameters.get("mode")))
-    for number, unit in enumerate(parameters.get("control") or [], 1):
-        items.append((f"Easel control {number}", _quote(f"{unit['type']}, preprocess {unit['preprocess']}, "
-                                                        f"scale {unit['scale']:g}, {unit['start']:g}-{unit['end']:g}")))
-    for number, ref in enumerate(parameters.get("references") or [], 1):
-        items.append((f"Easel reference {number}", _quote(f"{ref['mode']}, weight {ref['weight']:g}")))
-    lines.append(", ".join(f"{key}: {value}" for key, value in items if value is not None))
-    return "\n".join(lines)
-
-
-def _quote(text: str) -> str:
-    # The WebUI's infotext parser reads a JSON string where a value holds a comma.
-    return json.dumps(text) if "," in text or ":" in text else text

@@ -42,10 +42,11 @@ from easel_shared.client import Accepted, Cancelled, Client, EaselError, Progres
 from easel_shared.errors import ProtocolError  # noqa: E402
 from easel_shared.fields import item_field  # noqa: E402
 from easel_shared.images import ImageData  # noqa: E402
+from easel_shared.infotext import SAMPLER_LABELS, infotext  # noqa: E402
 from easel_shared.job import ControlUnit, Job, Reference, Sampling  # noqa: E402
 from easel_shared.messages import CONTROL_TYPES, DEFAULT_URL, MAX_SEED, MODES, PREPROCESSORS, REFERENCE_MODES, SAMPLERS  # noqa: E402
 
 __all__ = ["Accepted", "CONTROL_TYPES", "Cancelled", "Client", "ControlUnit", "DEFAULT_URL", "EaselError", "ImageData",
            "Job", "MAX_SEED", "MODES", "PREPROCESSORS", "Progress", "ProtocolError", "REFERENCE_MODES", "Reference",
-           "Result", "ResultImage", "SAMPLERS", "Sampling", "Started", "capabilities", "compose", "item_field",
-           "model_capabilities", "model_list", "rules"]
+           "Result", "ResultImage", "SAMPLERS", "SAMPLER_LABELS", "Sampling", "Started", "capabilities", "compose",
+           "infotext", "item_field", "model_capabilities", "model_list", "rules"]
