@@ -474,6 +474,8 @@ def cmd_run(args: argparse.Namespace) -> int:
                                   if getattr(args, option) is not None}
         if args.seed == -1:  # A1111's way of asking for a random seed, which WebUI users type by habit
             del params["seed"]
+        elif args.seed is not None and args.seed < 0:  # (the wire's hint, "leave it out", is not for a command line)
+            raise UsageError(f"--seed must be at least 0, got {args.seed} (-1: a random seed)")
         if args.hard_mask:
             params["soft_inpaint"] = False
         image = read_picture(args.image, "image", "--image") if args.image else None

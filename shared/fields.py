@@ -36,6 +36,7 @@ class Field:
     fields: "dict[str, Field] | None" = None
     min_items: int | None = None
     extra: bool = False  # for objects: allow unlisted keys
+    below: str = ""  # what to do instead of a value under the minimum, for a habit from elsewhere
 
     def check(self, value: Any, name: str) -> Any:
         """Return ``value`` if it satisfies this field, else raise ProtocolError naming ``name``."""
@@ -57,7 +58,9 @@ class Field:
             raise ProtocolError("invalid_field", f"`{name}` must be {article} "
                                 f"{self.type}, got {type(value).__name__}", name)
         if self.minimum is not None and value < self.minimum:
-            raise ProtocolError("invalid_field", f"`{name}` must be at least {self.minimum}, got {shown(value)}", name)
+            hint = f" ({self.below})" if self.below else ""
+            raise ProtocolError("invalid_field", f"`{name}` must be at least {self.minimum}, got {shown(value)}{hint}",
+                                name)
         if self.maximum is not None and value > self.maximum:
             raise ProtocolError("invalid_field", f"`{name}` must be at most {self.maximum}, got {shown(value)}", name)
         if self.choices is not None and value not in self.choices:

@@ -129,7 +129,8 @@ class Sampling:
                                  minimum=0, maximum=1), 1.0)
     sampler: str = wire(Field("string", "Scheduler.", choices=SAMPLERS), "dpmpp_2m_karras")
     seed: int | None = wire(Field("integer", "Seed of the first image; image i uses seed + i. Random when omitted "
-                                  "or null.", nullable=True, minimum=0, maximum=MAX_SEED), None)
+                                  "or null.", nullable=True, minimum=0, maximum=MAX_SEED,
+                                  below="for a random seed leave it out or send null, as the WebUI's -1"), None)
     batch: int = wire(Field("integer", "Images to make, each with its own seed.", minimum=1), 1)
     clip_skip: int | None = wire(Field("integer", "Text encoder layers skipped from the end, as A1111 counts: 1 = the "
                                        "last layer, 2 = the one before it. The model's setting when omitted.",

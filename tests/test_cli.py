@@ -703,7 +703,7 @@ def test_seed_minus_one_is_random_as_in_a1111(server, capsys, small):
     assert status == 0 and "(seed " in out and "(seed -1)" not in out, err
     status, _, err = easel_here(capsys, "run", "generate", "--seed", -2, "--out", small / "q.png",
                                 "--server", nowhere())
-    assert status == 2 and "--seed must be at least 0, got -2" in err
+    assert status == 2 and "--seed must be at least 0, got -2 (-1: a random seed)" in err
 
 
 def test_server_errors_name_the_options_typed(server, capsys, small):

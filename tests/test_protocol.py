@@ -47,6 +47,11 @@ def test_bad_messages_name_the_problem(text, code, field):
     assert error.message and " a integer" not in error.message
 
 
+def test_a_webui_users_random_seed_is_told_how_to_ask_for_one():
+    error = error_of('{"type": "submit", "mode": "generate", "seed": -1}')
+    assert error.field == "seed" and "leave it out or send null" in error.message
+
+
 def test_frames_round_trip_and_reject_lies():
     raw = ImageData("rgba8", 2, 1, bytes(range(8)))
     header, image = decode_frame(encode_frame({"image": "a", "role": "image", "format": "rgba8",

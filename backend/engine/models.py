@@ -245,9 +245,9 @@ class ModelRegistry:
     def _load(self, spec: ModelSpec) -> LoadedModel:
         source = Path(spec.source).expanduser()
         if source.is_absolute() and not source.exists():  # else diffusers takes the path for a hub id and says so
-            raise ModelError("model_load_failed", f"model {spec.name!r}: {spec.source} does not exist (moved, renamed "
-                             "or deleted since the server started?); put it back, or pick another model (the "
-                             "`models` list is read from the model folders again)")
+            raise ModelError("model_load_failed", f"model {spec.name!r} could not be loaded: {spec.source} does not "
+                             "exist (moved, renamed or deleted?); put it back, or pick another model (the `models` "
+                             "list is read from the model folders again)")
         if source.is_file() and source.suffix.lower() == ".safetensors":
             problem = model_files.file_problem(source, model_files.misplaced)  # else a loader's traceback
             if problem:
