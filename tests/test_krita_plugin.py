@@ -86,7 +86,8 @@ def krita_report(server, stoppable, secure, tmp_path_factory):
     return report
 
 
-SCENARIOS = ["plugin_loads", "inpaint_selection", "hidden_easel_group_is_shown_with_a_new_result",
+SCENARIOS = ["plugin_loads", "inpaint_selection", "a_result_is_one_undo_step",
+             "hidden_easel_group_is_shown_with_a_new_result",
              "soft_selection", "refine_whole_image", "refine_big_canvas",
              "generate_whole_image", "control_and_reference", "eight_bit_channel_order", "float_document",
              "sixteen_bit_colours", "cancel_inserts_nothing", "models_refresh_after_a_job",

@@ -353,9 +353,8 @@ class Session(QObject):
             size = pixels.bytes_per_pixel(depth) if depth else 4
             row = result.width * size
             whole = plan.Box(result.x, result.y, result.width, result.height)
-            make_group = parent is None and host.find_easel_group(doc) is None
             managed = result.data is None  # a managed profile: Krita converts each strip here, in smaller strips
-            steps = plan.insert_steps(whole, size, doc.width() * doc.height(), make_group,
+            steps = plan.insert_steps(whole, size, doc.width() * doc.height(),
                                       plan.MANAGED_STRIP_PIXELS * size if managed else plan.WRITE_STRIP_BYTES)
             writer = canvas.writer() if managed else None
             try:
@@ -371,8 +370,6 @@ class Session(QObject):
                         else:
                             data = result.data[top * row:(top + strip.height) * row]
                         host.write_pixels(layer, data, strip.x, strip.y, strip.width, strip.height)
-                    elif step.kind == "group":
-                        host.easel_group(doc)
                     else:
                         host.attach(doc, layer, parent, above)
             finally:

@@ -185,6 +185,59 @@ def rect_band(alpha, box, margin):
                 raise AssertionError(f"pixel ({px},{py}) {margin}px beyond the selection has alpha {a}, not 0")
 
 
+class Undo:
+    """The document's own undo history, as Edit > Undo / Redo drive it. Headless Krita has no window, so
+    no edit_undo action: the history (a KUndo2QStack, a child QObject of the KisDocument) is reached
+    through the scripting Document's private pointer (libkis: QObject, then ``Private *d``, whose first
+    member is a ``QPointer<KisDocument>``: its object pointer follows its data pointer), and checked to
+    be what it should be before anything is called on it."""
+
+    def __init__(self, doc):
+        import ctypes
+
+        from PyQt5 import sip
+
+        from easel_krita.qt import QObject
+        private = ctypes.c_void_p.from_address(sip.unwrapinstance(doc) + 16).value
+        kisdoc = sip.wrapinstance(ctypes.c_void_p.from_address(private + 8).value, QObject)
+        check(kisdoc.metaObject().className() == "KisDocument", "the undo history was not found")
+        self.doc = doc
+        self.stack = [c for c in kisdoc.findChildren(QObject) if c.metaObject().className() == "KUndo2QStack"][0]
+        self.index = None
+        # The stack's index is no property, only its signal says it: one step back and forth tells it (the
+        # document must hold a step already, such as a layer added).
+        self.stack.indexChanged.connect(self._moved)
+        self.undo()
+        self.redo()
+        check(self.index is not None, "the undo history did not answer")
+
+    def _moved(self, index):
+        self.index = index
+
+    def settled(self):
+        """The index once Krita has run what is queued (commands land on the stack after their stroke)."""
+        self.doc.waitForDone()
+        wait_for(None, timeout=0.3)
+        return self.index
+
+    def undo(self):
+        from easel_krita.qt import QtCore
+        QtCore.QMetaObject.invokeMethod(self.stack, "undo")
+        return self.settled()
+
+    def redo(self):
+        from easel_krita.qt import QtCore
+        QtCore.QMetaObject.invokeMethod(self.stack, "redo")
+        return self.settled()
+
+
+def layer_stack(doc):
+    """Every node's name and type, nested: the layer stack as the painter sees it."""
+    def walk(node):
+        return [(child.name(), child.type(), walk(child)) for child in node.childNodes()]
+    return walk(doc.rootNode())
+
+
 def press_generate(docker, steps: int, strength: int, what: str = "the job"):
     """The painter's Generate in the docker (prompt "a red door"): the job's ``finished`` (name, arguments)."""
     docker.prompt.setPlainText("a red door")
@@ -229,6 +282,35 @@ def scenario_inpaint_selection(ctx):
     rect_band(alpha, (150, 100, 40, 30), 33)  # rules.reach(8, 16) = 33
     check(any(alpha[py * W + px] not in (0, 255) for py in range(H) for px in range(W)), "no feathered edge")
     check(snapshot(doc) == before, "a source layer changed")
+    doc.close()
+
+
+def scenario_a_result_is_one_undo_step(ctx):
+    """Edit > Undo after a result takes it away whole (the Easel group made for it too), leaving the layer
+    stack and the picture exactly as they were; Redo brings it back; a second result and a discard are one
+    step each too."""
+    doc = new_doc()
+    paint_layer(doc, "paint", fill_rgba8())
+    select(doc, 150, 100, 40, 30)
+    undo = Undo(doc)
+    start, stack, picture = undo.settled(), layer_stack(doc), bytes(doc.pixelData(0, 0, W, H))
+    check(ctx["rig"].run(doc, settings())[0] == "finished", "the first job failed")
+    made, with_result = undo.settled(), layer_stack(doc)
+    check(made == start + 1, f"the first result took {made - start} undo steps")
+    undo.undo()
+    check(layer_stack(doc) == stack, f"after Undo the layers are {layer_stack(doc)}, not {stack}")
+    check(bytes(doc.pixelData(0, 0, W, H)) == picture, "after Undo the picture differs")
+    undo.redo()
+    check(layer_stack(doc) == with_result, f"after Redo the layers are {layer_stack(doc)}")
+    outcome = ctx["rig"].run(doc, settings(seed=8))
+    check(outcome[0] == "finished" and undo.settled() == made + 1, f"the second result: {outcome[0]}, "
+          f"{undo.index - made} steps")
+    from easel_krita import host
+    for layer in (outcome[1][0].layer, easel_layers(doc)[1][0]):  # Discard: the second, then the first and its group
+        was = undo.settled()
+        host.remove_layer(doc, layer)
+        check(undo.settled() == was + 1, f"a discard took {undo.index - was} undo steps")
+    check(layer_stack(doc) == stack, f"after the discards the layers are {layer_stack(doc)}")
     doc.close()
 
 
@@ -1460,12 +1542,11 @@ def scenario_ui_thread_budget(ctx):
     info = host.canvas(doc)
     result = LayerResult("big result", 1, 0, 0, w, h, data, b"", doc, canvas=info)
     events, calls = [], {}
-    real = {name: getattr(host, name) for name in ("write_pixels", "easel_group", "attach")}
+    real = {name: getattr(host, name) for name in ("write_pixels", "attach")}
 
     def spy(name):
         def call(*args, **kwargs):
-            if name != "easel_group" or host.find_easel_group(args[0]) is None:  # not a mere look-up
-                events.append((name, len(session.slices)))  # the turn it runs in
+            events.append((name, len(session.slices)))  # the turn it runs in
             start = time.perf_counter()
             out = real[name](*args, **kwargs)
             calls.setdefault(name, []).append(time.perf_counter() - start)
@@ -1498,7 +1579,6 @@ def scenario_ui_thread_budget(ctx):
     try:
         insert(result, "insert")
         first = list(events)
-        figures["insert: making the Easel group s"] = round(max(calls["easel_group"]), 3)
         again = LayerResult("again", 2, 0, 0, w, h, data, b"", doc, canvas=info)
         insert(again, "insert again")  # the group is there now
     finally:
@@ -1528,14 +1608,13 @@ def scenario_ui_thread_budget(ctx):
               f"the layer holds other pixels in rows {y}..{y + band}")
     check(bytes(doc.pixelData(w - 1, h - 1, 1, 1)) == data[-4:], "the projection does not show it")
     doc.close()
-    # The first insert's order, which no timing decides: the strips over several turns, then the group,
-    # then the layer, each of those two in a turn with nothing else.
+    # The first insert's order, which no timing decides: the strips over several turns, then the layer (in
+    # the Easel group made with it: one change of the layer stack), in a turn with nothing else.
     writes = [turn for name, turn in first if name == "write_pixels"]
-    made = [turn for name, turn in first if name == "easel_group"]
     added = [turn for name, turn in first if name == "attach"]
     check(len(set(writes)) > 1, f"the strips were written in one turn: {writes}")
-    check(len(made) == 1 and len(added) == 1, f"the group was made {len(made)} times, the layer added {len(added)}")
-    check(max(writes) < made[0] < added[0], f"turns: strips {sorted(set(writes))}, group {made}, layer {added}")
+    check(len(added) == 1, f"the layer was added {len(added)} times")
+    check(max(writes) < added[0], f"turns: strips {sorted(set(writes))}, layer {added}")
     # A result discarded, then a document closed, halfway through an insert: the rest is dropped without an
     # error, and the half-filled layer never joins the document.
     small = Krita.instance().createDocument(3000, 2000, "closed", "RGBA", "U8", "", 72.0)
@@ -1860,6 +1939,7 @@ def scenario_connection_closed_between_jobs(ctx):
     check(rig.worker._client is not old and rig.worker.state == "connected",
           f"{rig.worker.state}: {rig.worker.message}")
     doc.close()
+
 
 
 SCENARIOS = [name for name in list(globals()) if name.startswith("scenario_")]
