@@ -755,6 +755,14 @@ def test_strips_cover_the_box_in_full_width_bands_within_the_budget():
     assert len(plan.strips(Box(0, 0, 10**7, 3), 4)) == 3  # never less than a row
 
 
+def test_a_refusal_only_the_painter_can_mend_is_not_retried():
+    # A wrong token retried every few seconds flickered "Connecting …" over the sentence saying what to do.
+    assert not liveness.retry("unauthorized") and not liveness.retry("unsupported_protocol")
+    assert not liveness.retry("bad_url")
+    assert liveness.retry("unreachable") and liveness.retry("closed") and liveness.retry("shutting_down")
+    assert liveness.retry(None)
+
+
 def test_an_insert_fills_the_whole_box_before_it_touches_the_document():
     box = Box(7, 3, 6000, 4000)
     steps = plan.insert_steps(box, 4, 6000 * 4000)

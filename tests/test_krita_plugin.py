@@ -22,6 +22,7 @@ from backend.packaging import build
 KRITARUNNER = shutil.which("kritarunner")
 pytestmark = pytest.mark.skipif(KRITARUNNER is None, reason="kritarunner is not installed (apt-get install krita)")
 SCRIPTS = Path(__file__).parent / "krita_scripts"
+TOKEN = "a-token-for-the-lan"
 
 
 def free_port() -> int:
@@ -42,13 +43,15 @@ def stoppable(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def secure(demo_config, engine, tmp_path_factory):
-    """A wss:// server with a self-signed certificate (``easel cert``), and that certificate."""
+    """A wss:// server with a self-signed certificate (``easel cert``) and a token (as one on the LAN must
+    have), and that certificate."""
     import dataclasses
 
     from backend.server import ServerThread
     from backend.tls import make_cert
     cert, key = make_cert(tmp_path_factory.mktemp("cert"), ["127.0.0.1"])
-    with ServerThread(dataclasses.replace(demo_config, tls_cert=str(cert), tls_key=str(key)), engine) as running:
+    config = dataclasses.replace(demo_config, tls_cert=str(cert), tls_key=str(key), token=TOKEN)
+    with ServerThread(config, engine) as running:
         yield running, cert
 
 
@@ -66,7 +69,7 @@ def krita_report(server, stoppable, secure, tmp_path_factory):
         "PYTHONPATH": str(SCRIPTS),
         "EASEL_ZIP": str(plugin_zip), "EASEL_URL": server.url,
         "EASEL_STOPPABLE_URL": stoppable.url, "EASEL_STOPPABLE_PID": str(stoppable.process.pid),
-        "EASEL_WSS_URL": secure[0].url, "EASEL_CERT": str(secure[1]),
+        "EASEL_WSS_URL": secure[0].url, "EASEL_CERT": str(secure[1]), "EASEL_WSS_TOKEN": TOKEN,
         "EASEL_BAD_URL": f"ws://127.0.0.1:{free_port()}/", "EASEL_REPORT": str(tmp / "report.json"),
     }
     (tmp / "runtime").mkdir(mode=0o700)

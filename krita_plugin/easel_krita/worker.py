@@ -66,6 +66,7 @@ class Worker(QObject):
         self._retry.setInterval(RECONNECT_MS)
         self._retry.timeout.connect(self._reconnect)
         self.auto_reconnect = True
+        self._held = False  # the last refusal needs the painter (liveness.retry): no reconnects until configure()
         self.liveness = liveness.Liveness()
         self._running: str | None = None  # the job the worker thread waits on (None: idle or a short request)
         self._depth = 0  # nested _waiting blocks
@@ -84,6 +85,7 @@ class Worker(QObject):
         url, token, cert = url.strip() or protocol.messages.DEFAULT_URL, token.strip(), cert.strip()
         if force or (url, token, cert) != (self.url, self.token, self.cert) or self.state == "disconnected":
             self.url, self.token, self.cert = url, token, cert
+            self._held = False
             self._tasks.put(("connect", None))
 
     def not_ready(self) -> str:
@@ -153,7 +155,7 @@ class Worker(QObject):
 
     def _remember_state(self, state: str, message: str) -> None:
         self.state, self.message = state, message
-        if state == "disconnected" and self.auto_reconnect:
+        if state == "disconnected" and self.auto_reconnect and not self._held:
             self._retry.start()
         else:
             self._retry.stop()
@@ -262,6 +264,7 @@ class Worker(QObject):
             orphan, given_up = self._orphan, self._given_up
         resuming = orphan is not None and orphan.session is not None and orphan.url == self.url
         if self.cert and not self.url.startswith("wss://"):
+            self._held = True
             self.state_changed.emit("disconnected", f"A certificate is set, but {self.url} is not a wss:// address: "
                                                     "the server's token and pictures would travel in clear.")
             return False
@@ -281,7 +284,10 @@ class Worker(QObject):
             models = client.models()
         except client_module.EaselError as exc:
             client.close()
-            self.state_changed.emit("disconnected", sentence(exc))
+            self._held = not liveness.retry(exc.code)  # set before the signal that starts the retry timer
+            hint = " Type the server's token at the top of the Easel docker and press Connect." \
+                if exc.code == "unauthorized" else ""
+            self.state_changed.emit("disconnected", sentence(exc) + hint)
             return False
         except Exception as exc:
             client.close()

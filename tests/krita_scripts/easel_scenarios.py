@@ -1716,16 +1716,34 @@ def scenario_docker_upscale(ctx):
 
 
 def scenario_docker_wss_with_a_pinned_certificate(ctx):
-    """The docker's certificate field: a wss:// server with a self-signed certificate is refused without
-    it (a sentence), trusted with it (saved in the settings) and runs a job; a certificate with a ws://
-    address is refused before anything is sent."""
+    """The docker's certificate and token fields: a wss:// server with a self-signed certificate is refused
+    without it (a sentence), trusted with it (saved in the settings) and runs a job; a certificate with a
+    ws:// address is refused before anything is sent; a missing or wrong token is a sentence that stays
+    (no reconnect every few seconds flickers "Connecting …" over it) until the painter presses Connect."""
     from easel_krita import host
+    from easel_krita import worker as worker_module
     from easel_krita.docker import EaselDocker
-    url, cert = os.environ["EASEL_WSS_URL"], os.environ["EASEL_CERT"]
+    url, cert, token = os.environ["EASEL_WSS_URL"], os.environ["EASEL_CERT"], os.environ["EASEL_WSS_TOKEN"]
     docker = EaselDocker()
     worker = docker.worker
     try:
         docker.url.setText(url)
+        docker.cert.setText(cert)
+        for wrong in ("", "not-the-token"):
+            docker.token.setText(wrong)
+            docker._connect()
+            wait_for(None, timeout=30, until=lambda: worker.state == "disconnected")
+            check("needs a token" in worker.message and "press Connect" in worker.message, worker.message)
+            states = []
+
+            def seen(state, message, states=states):
+                states.append(state)
+            worker.state_changed.connect(seen)
+            wait_for(None, timeout=worker_module.RECONNECT_MS / 1000 + 1.5)
+            worker.state_changed.disconnect(seen)
+            check(not states and worker.state == "disconnected" and "needs a token" in docker.state.text(),
+                  f"after a refused token: {states} {worker.state} {docker.state.text()!r}")
+        docker.token.setText(token)
         docker.cert.setText("")
         docker._connect()
         wait_for(None, timeout=30, until=lambda: worker.state == "disconnected")
@@ -1739,7 +1757,8 @@ def scenario_docker_wss_with_a_pinned_certificate(ctx):
         docker._connect()
         wait_for(None, timeout=30, until=lambda: worker.state == "connected")
         check(worker.state == "connected", f"{worker.state}: {worker.message}")
-        check(host.read_setting("cert") == cert and host.read_setting("url") == url, "the settings were not saved")
+        check(host.read_setting("cert") == cert and host.read_setting("url") == url
+              and host.read_setting("token") == token, "the settings were not saved")
         doc = new_doc()
         paint_layer(doc, "paint", fill_rgba8())
         docker._document = lambda: doc
@@ -1748,6 +1767,7 @@ def scenario_docker_wss_with_a_pinned_certificate(ctx):
     finally:
         docker.url.setText(os.environ["EASEL_URL"])
         docker.cert.setText("")
+        docker.token.setText("")
         docker._connect()  # the worker is shared with the other docker scenarios
         wait_for(None, timeout=30, until=lambda: worker.state == "connected")
 
