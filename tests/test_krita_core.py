@@ -483,6 +483,9 @@ def test_layer_names_carry_prompt_and_seed():
     assert placement.layer_name("<lora:detail:0.5> <LORA:ink-style:0.8>, a red door <lora:x>", 7) == "a red door [7]"
     assert placement.layer_name("<lora:detail:0.5>", 7, empty="removed") == "removed [7]"
     assert placement.layer_name("", 3, empty="expanded") == "expanded [3]"
+    # in an animation the layer is a still one over every frame: its name says which frame it was made of
+    assert placement.layer_name("a red door", 7, frame=0) == "a red door [7, frame 0]"
+    assert placement.layer_name("a red door", 7, model="demo-base", frame=12) == "a red door [7, demo-base, frame 12]"
 
 
 # -- the model picker ----------------------------------------------------------------------------

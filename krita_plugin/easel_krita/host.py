@@ -230,6 +230,12 @@ def layer_pixels(node, box: Box) -> bytes:
     return bytes(node.projectionPixelData(box.x, box.y, box.width, box.height))
 
 
+def frame(doc) -> int | None:
+    """The frame on the timeline whose picture the document shows now, when any of its layers is animated
+    (None otherwise): reads see that frame only."""
+    return doc.currentTime() if any(node.animated() for node in all_layers(doc)) else None
+
+
 def layer_bounds(doc, node) -> Box:
     """The layer's painted area, clipped to the canvas (the whole canvas if it is empty)."""
     rect = node.bounds()

@@ -1962,6 +1962,72 @@ def scenario_connection_closed_between_jobs(ctx):
 
 
 
+def animation_document(folder, w=64, h=48):
+    """A two-frame animation as a painter's .kra holds it: a layer red on frames 0-2 and blue from frame 3.
+    Krita's scripting API has no call that adds a keyframe (importAnimation crashes headless), so the .kra
+    is put together from two saved documents: the second one's layer becomes the first one's frame 3."""
+    import zipfile
+    saved = {}
+    for name, bgra in (("red", (0, 0, 255, 255)), ("blue", (255, 0, 0, 255))):
+        doc = Krita.instance().createDocument(w, h, "anim", "RGBA", "U8", "", 72.0)
+        doc.setBatchmode(True)
+        layer = doc.createNode("drawing", "paintlayer")
+        doc.rootNode().addChildNode(layer, None)
+        layer.setPixelData(bytes(bgra) * (w * h), 0, 0, w, h)
+        layer.enableAnimation()
+        doc.waitForDone()
+        saved[name] = os.path.join(folder, f"{name}.kra")
+        check(doc.saveAs(saved[name]), "saving a frame failed")
+        doc.close()
+    out = os.path.join(folder, "animation.kra")
+    keyframes = ('<?xml version="1.0" encoding="UTF-8"?>\n<keyframes xmlns="http://www.calligra.org/DTD/krita-keyframes">'
+                 '<channel name="content">'
+                 '<keyframe color-label="0" time="0" frame="layer2"><offset y="0" type="point" x="0"/></keyframe>'
+                 '<keyframe color-label="0" time="3" frame="layer2.f1"><offset y="0" type="point" x="0"/></keyframe>'
+                 '</channel></keyframes>')
+    with zipfile.ZipFile(saved["red"]) as red, zipfile.ZipFile(saved["blue"]) as blue, zipfile.ZipFile(out, "w") as kra:
+        for item in red.infolist():
+            data = red.read(item.filename)
+            kra.writestr(item, keyframes.encode() if item.filename.endswith("layer2.keyframes.xml") else data)
+        for suffix in ("", ".defaultpixel"):
+            kra.writestr(f"anim/layers/layer2.f1{suffix}", blue.read(f"anim/layers/layer2{suffix}"))
+    doc = Krita.instance().openDocument(out)
+    doc.setBatchmode(True)
+    return doc
+
+
+def scenario_animation_reads_the_frame_shown(ctx):
+    """In an animation the job reads the frame shown, and the result layer (a still one, over every frame)
+    is named after it; a painter who steps to another frame before the picture was read gets a sentence,
+    not a picture of the wrong frame, and nothing is added."""
+    from easel_krita import host
+    doc = animation_document(tempfile.mkdtemp())
+    drawing = [n for n in doc.rootNode().childNodes() if n.name() == "drawing"][0]
+    check(drawing.animated() and drawing.hasKeyframeAtTime(3), "the animation did not load")
+    doc.setCurrentTime(3)
+    doc.waitForDone()
+    select(doc, 10, 10, 20, 20)
+    read = []
+    real = host.image_pixels
+    host.image_pixels = lambda d, box: read.append(real(d, box)) or read[-1]
+    try:
+        outcome = ctx["rig"].run(doc, settings(strength=0.5))
+    finally:
+        host.image_pixels = real
+    check(outcome[0] == "finished", f"the job ended with {outcome}")
+    check(read and read[0][:4] == bytes((255, 0, 0, 255)), f"read {read[0][:4].hex() if read else None}, not frame 3")
+    check([n.name() for n in easel_layers(doc)[1]] == ["a red door [7, frame 3]"],
+          f"layers {[n.name() for n in easel_layers(doc)[1]]}")
+    session = ctx["rig"].session
+    job = session.generate(doc, settings(strength=0.5, seed=8))
+    doc.setCurrentTime(0)  # before the first read, which waits for the next event-loop turn
+    fired = wait_for(session, ["finished", "failed", "cancelled"])
+    check(fired and fired[0] == "failed" and fired[1][0] == job, f"the job ended with {fired}")
+    check("from frame 3 to frame 0" in fired[1][1], fired[1][1])
+    check(len(easel_layers(doc)[1]) == 1, "a layer was added")
+    doc.close()
+
+
 SCENARIOS = [name for name in list(globals()) if name.startswith("scenario_")]
 
 
