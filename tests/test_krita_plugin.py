@@ -22,6 +22,7 @@ from backend.packaging import build
 KRITARUNNER = shutil.which("kritarunner")
 pytestmark = pytest.mark.skipif(KRITARUNNER is None, reason="kritarunner is not installed (apt-get install krita)")
 SCRIPTS = Path(__file__).parent / "krita_scripts"
+ROOT = Path(__file__).resolve().parents[1]
 TOKEN = "a-token-for-the-lan"
 
 
@@ -33,11 +34,12 @@ def free_port() -> int:
 
 @pytest.fixture(scope="module")
 def stoppable(tmp_path_factory):
-    """A server in a process of its own, which a scenario stops (SIGSTOP) and lets run again."""
+    """A server in a process of its own, which a scenario stops (SIGSTOP) and lets run again, and at last
+    kills and starts again on the same port (its ``command``)."""
     from bench.serverproc import ServerProcess
     process = ServerProcess(tmp_path_factory.mktemp("stoppable"))
     yield process
-    os.kill(process.process.pid, signal.SIGCONT)  # a failed scenario may leave it stopped
+    os.kill(process.process.pid, signal.SIGCONT)  # a failed scenario may leave it stopped (or it was restarted)
     process.stop()
 
 
@@ -69,6 +71,7 @@ def krita_report(server, stoppable, secure, tmp_path_factory):
         "PYTHONPATH": str(SCRIPTS),
         "EASEL_ZIP": str(plugin_zip), "EASEL_URL": server.url,
         "EASEL_STOPPABLE_URL": stoppable.url, "EASEL_STOPPABLE_PID": str(stoppable.process.pid),
+        "EASEL_STOPPABLE_CMD": json.dumps(stoppable.command), "EASEL_STOPPABLE_CWD": str(ROOT),
         "EASEL_WSS_URL": secure[0].url, "EASEL_CERT": str(secure[1]), "EASEL_WSS_TOKEN": TOKEN,
         "EASEL_BAD_URL": f"ws://127.0.0.1:{free_port()}/", "EASEL_REPORT": str(tmp / "report.json"),
     }

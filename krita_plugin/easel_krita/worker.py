@@ -268,15 +268,31 @@ class Worker(QObject):
             self.state_changed.emit("disconnected", f"A certificate is set, but {self.url} is not a wss:// address: "
                                                     "the server's token and pictures would travel in clear.")
             return False
-        client = orphan if resuming else client_module.Client(self.url, token=self.token or None, name="easel-krita",
-                                                              open_timeout=5, cert=self.cert or None)
+        def fresh():
+            return client_module.Client(self.url, token=self.token or None, name="easel-krita", open_timeout=5,
+                                        cert=self.cert or None)
+
+        client = orphan if resuming else fresh()
         try:
             if resuming:
                 # The session whose jobs were given up: resumed, so they can be cancelled and free the server.
                 client.resume = True  # abort() switched it off
-                client.reconnect()
-                for job in given_up:
-                    client.cancel(job)
+                try:
+                    client.reconnect()
+                except client_module.EaselError as exc:
+                    if exc.code in ("unreachable", "closed"):
+                        raise
+                    # The server no longer knows the session (the painter restarted the stuck server, or it let
+                    # the session go): its jobs went with it. Asking again would fail again, every retry and
+                    # every Connect, and never reconnect: a new session instead.
+                    client.close()
+                    with self._lock:
+                        self._orphan, self._given_up = None, []
+                    client = fresh()
+                    client.connect()
+                else:
+                    for job in given_up:
+                        client.cancel(job)
             else:
                 client.connect()
             with self._lock:

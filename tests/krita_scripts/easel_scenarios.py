@@ -1319,8 +1319,10 @@ def scenario_blinked_connection_still_delivers(ctx):
 def scenario_server_stopped_mid_job(ctx):
     """A server process stopped (SIGSTOP) mid-job is reported "not responding" within seconds, not after
     the websocket's 40 s keepalive; Cancel ends the job at once, nothing is added; once the server runs
-    again the plugin reconnects and the next job works. Stopped while idle, it is noticed too."""
+    again the plugin reconnects and the next job works. Stopped while idle, it is noticed too. Stuck, given
+    up and restarted, the server is connected to again (it knows nothing of the old session)."""
     import signal
+    import subprocess
 
     from easel_krita import worker
     pid, url = int(os.environ["EASEL_STOPPABLE_PID"]), os.environ["EASEL_STOPPABLE_URL"]
@@ -1376,6 +1378,33 @@ def scenario_server_stopped_mid_job(ctx):
             os.kill(pid, signal.SIGCONT)
         wait_for(None, timeout=60, until=lambda: rig.worker.state == "connected")
         check(rig.worker.state == "connected", f"no reconnect after an idle stop: {states[-3:]}")
+        # Stuck mid-job, given up, then restarted, as a painter restarts a stuck server: the new one knows
+        # nothing of the old session (whose job the plugin would cancel); the plugin starts a new one.
+        job = rig.session.generate(doc, settings(steps=40, preview_every=1))
+        fired = wait_for(rig.session, ["progress", "finished", "failed", "cancelled"])
+        check(fired and fired[0] == "progress", f"expected progress first, got {fired}")
+        os.kill(pid, signal.SIGSTOP)
+        wait_for(None, timeout=20, until=lambda: rig.worker.state == "not_responding")
+        rig.session.cancel(job)
+        fired = wait_for(rig.session, ["finished", "failed", "cancelled"], timeout=10)
+        check(fired and fired[0] == "cancelled", f"cancel ended with {fired}")
+        os.kill(pid, signal.SIGKILL)
+        log = tempfile.NamedTemporaryFile("w+", suffix=".log")
+        command, folder = json.loads(os.environ["EASEL_STOPPABLE_CMD"]), os.environ["EASEL_STOPPABLE_CWD"]
+        restarted = subprocess.Popen(command, cwd=folder, stderr=log, text=True)
+        try:
+            wait_for(None, timeout=120,
+                     until=lambda: "listening" in open(log.name).read() or restarted.poll() is not None)
+            check(restarted.poll() is None, f"the server did not start again: {open(log.name).read()[-2000:]}")
+            states.clear()
+            wait_for(None, timeout=30, until=lambda: rig.worker.state == "connected")
+            check(rig.worker.state == "connected", f"no connection to the restarted server: {states[-3:]}")
+            outcome = rig.run(doc, settings(steps=2))
+            check(outcome[0] == "finished", f"a job on the restarted server ended with {outcome}")
+        finally:
+            restarted.kill()
+            restarted.wait()
+            log.close()
         rig.worker.stop()
         doc.close()
     finally:
