@@ -972,6 +972,15 @@ def test_what_each_model_can_do_passes(client):
     assert plan.model_of(reply, None)[0] == reply["default"] and plan.model_of(reply, "nope") is None
 
 
+def test_an_upscale_refine_the_model_cannot_run_is_refused_before_the_read():
+    # It was refused only on the worker, after the whole picture had been read; a plain upscale runs no model.
+    instruct = ("i", plan.ModelCapabilities("sd15", ("instruct",)))
+    region = plan.plan_upscale(64, 48, 2, 4096)
+    with pytest.raises(plan.PlanError, match="cannot refine an upscale"):
+        plan.check_model(region, plan.Settings(prompt="x", scale=2, refine=0.3), model=instruct)
+    plan.check_model(region, plan.Settings(scale=2), model=instruct)
+
+
 def test_a_flux_inpaint_goes_to_the_flux_model_and_keeps_the_canvas_outside_the_selection(client):
     """With a flux model picked, Generate on a selection is an ordinary inpaint (the server uses the model's
     Fill transformer) at Flux's guidance; outside the feathered mask the canvas is byte-identical."""

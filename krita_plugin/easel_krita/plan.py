@@ -309,6 +309,9 @@ def outline(region: Region, settings: Settings, family: str | None = None) -> Jo
         job.mask_grow, job.mask_feather = settings.mask_grow, settings.mask_feather
     if region.mode in MASKED:
         job.fill, job.soft_inpaint = settings.fill, settings.soft_inpaint
+    if region.mode == "upscale":  # whether the model runs at all: only to refine
+        job.scale, job.upscaler = settings.scale, settings.upscaler or None
+        job.refine = settings.refine or None
     return job
 
 
@@ -334,9 +337,6 @@ def build_job(region: Region, settings: Settings, image: bytes | None, mask: byt
     if region.mode == "expand":
         job.expand_left, job.expand_top, job.expand_right, job.expand_bottom = settings.expand
         job.fill = settings.fill
-    if region.mode == "upscale":
-        job.scale, job.upscaler = settings.scale, settings.upscaler or None
-        job.refine = settings.refine or None
         job.sampling.strength = 1.0
     for unit in controls:
         what = f"{unit.type} control layer"

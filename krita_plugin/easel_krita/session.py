@@ -251,22 +251,27 @@ class Session(QObject):
         info = host.canvas(doc)
         host.flush(doc)
         region = plan.plan_upscale(info.width, info.height, settings.scale, self.worker.offer.max_side)
+        model = plan.model_of(self.worker.models, settings.model)
+        # A refine the chosen model cannot run (an instruct-only one) is a sentence now, not after the read.
+        plan.check_model(region, settings, model=model)
         settings = plan.Settings(**vars(settings))
         made = (f"{doc.name()} upscaled", doc.resolution()) if new_document else None
+        default_model = (self.worker.models or {}).get("default")
         read = []
 
         def reads():
             read.append((yield from _read(doc, info, lambda strip: host.image_pixels(doc, strip), region.box)))
 
         def build() -> plan.Job:
-            return plan.build_job(region, settings, read[0].rgba(info.depth, info.linear),
-                                  model=plan.model_of(self.worker.models, settings.model))
+            return plan.build_job(region, settings, read[0].rgba(info.depth, info.linear), model=model)
 
         def finish(result):
             out = []
+            used = result.parameters.get("model")
             for item in result.images:
                 image = item.image
-                name = placement.layer_name(settings.prompt or f"upscaled {settings.scale:g}x", item.seed)
+                name = placement.layer_name(settings.prompt or f"upscaled {settings.scale:g}x", item.seed,
+                                            model=used if used and used != default_model else None)
                 out.append(LayerResult(name, item.seed, 0, 0, image.width, image.height, _write(info, image.data),
                                        image.data, doc, resize=(info.width, info.height), new_document=made,
                                        parameters=result.parameters, canvas=info, read_size=(info.width, info.height)))

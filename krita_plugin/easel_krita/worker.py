@@ -43,6 +43,10 @@ class Worker(QObject):
 
     # "connected" | "connecting" | "disconnected" | "not_responding" (connected, but silent), a sentence
     state_changed = pyqtSignal(str, str)
+    # The same, once ``state`` / ``message`` hold it (UI thread). What a widget made later listens to: it reads
+    # ``state`` first, and a state_changed sent before it listened (queued from the worker thread, but not
+    # yet in ``state``) would never reach it.
+    state_shown = pyqtSignal(str, str)
     job_event = pyqtSignal(str, str, object)
     models_changed = pyqtSignal(object)
 
@@ -159,6 +163,7 @@ class Worker(QObject):
             self._retry.start()
         else:
             self._retry.stop()
+        self.state_shown.emit(state, message)
 
     def _reconnect(self) -> None:
         if self.state == "disconnected":

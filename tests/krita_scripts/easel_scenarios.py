@@ -1044,6 +1044,32 @@ def scenario_docker_buttons(ctx):
     doc.close()
 
 
+def scenario_docker_made_after_the_worker_connected(ctx):
+    """Krita makes the docker while the worker connects (a local server answers in milliseconds): news of
+    the connection sent before the docker listened still shows, with the server's models (the docker
+    said "Connecting …" with no models until the next reconnect)."""
+    from easel_krita import docker as docker_module
+    from easel_krita import host
+    for key, value in (("url", os.environ["EASEL_URL"]), ("token", ""), ("cert", "")):
+        host.write_setting(key, value)
+    saved = docker_module._worker
+    docker_module._worker = None
+    worker = docker_module.shared_worker()
+    try:
+        deadline = time.monotonic() + 60
+        while worker.models is None and time.monotonic() < deadline:  # Qt runs nothing: the news waits in its queue
+            time.sleep(0.05)
+        time.sleep(0.3)  # the worker thread sends "connected" just after it has the models
+        docker = docker_module.EaselDocker()
+        wait_for(None, timeout=5, until=lambda: docker.model.count() > 0)
+        check(worker.state == "connected", f"{worker.state}: {worker.message}")
+        check(docker.state.text().startswith("● Connected") and docker.model.count() > 0,
+              f"the docker shows {docker.state.text()!r} and {docker.model.count()} models")
+    finally:
+        worker.stop()
+        docker_module._worker = saved
+
+
 def scenario_docker_remove_with_selection_settings(ctx):
     """The docker's Selection box (grow and feather sliders, start from, soft) and its Remove button:
     no prompt needed, and the layer's alpha follows the sliders, not the defaults."""
@@ -1219,10 +1245,29 @@ def scenario_docker_instruct(ctx):
     check(docker.settings(instruct=True).negative_prompt == "" and docker.settings(instruct=True).image_guidance
           is None, "a switched-off field would be sent")
     docker.negative.setText("")
+    # An upscale refined by a model other than the server's default names it, as every other result does.
+    docker.upscale_refine.setValue(30)
+    docker.upscale_new.setChecked(True)
+    docker.steps.setValue(4)
+    docker.fixed_seed.setChecked(True)
+    docker.seed.setValue(5)
+    docker.upscale_button.click()
+    fired = wait_for(docker.session, ["finished", "failed", "cancelled"])
+    check(fired and fired[0] == "finished", f"the flux upscale ended with {fired} {docker.message.text()!r}")
+    upscaled = fired[1][1][0]
+    wait_for(None, timeout=60, until=lambda: upscaled.layer is not None)
+    check(upscaled.name == "make it winter [5, demo-flux]", f"the upscale's layer is {upscaled.name!r}")
+    upscaled.doc.close()
+    docker.upscale_refine.setValue(0)
+    docker.upscale_new.setChecked(False)
     pick("demo-instruct")
     check(not docker.generate_button.isEnabled() and not docker.remove_button.isEnabled()
           and not docker.expand_button.isEnabled() and docker.instruct_button.isEnabled(), "instruct-only model")
     check("serves instruct" in docker.generate_button.toolTip(), docker.generate_button.toolTip())
+    docker.upscale_refine.setValue(30)  # an upscale it cannot refine: refused before the picture is read
+    docker.upscale_button.click()
+    check(docker.job is None and "cannot refine an upscale" in docker.message.text(), docker.message.text())
+    docker.upscale_refine.setValue(0)
     pick("demo")
     check(all(b.isEnabled() for b in (docker.generate_button, docker.instruct_button, docker.control_add,
                                       docker.reference_add, docker.negative, docker.image_guidance)), "demo: all on")
