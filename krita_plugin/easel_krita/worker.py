@@ -98,6 +98,8 @@ class Worker(QObject):
             return self.message
         if self.state == "connecting":
             return f"Still connecting to the Easel server at {self.url}; try again in a moment."
+        if self._held:  # the server is there and said what to mend (the token ...): not "start it"
+            return f"Not connected to the Easel server. {self.message}"
         return (f"Not connected to the Easel server. {self.message} Start it with `easel serve`, or check "
                 "the address at the top of the Easel docker.")
 

@@ -1817,6 +1817,14 @@ def scenario_docker_wss_with_a_pinned_certificate(ctx):
             worker.state_changed.disconnect(seen)
             check(not states and worker.state == "disconnected" and "needs a token" in docker.state.text(),
                   f"after a refused token: {states} {worker.state} {docker.state.text()!r}")
+        doc = new_doc()
+        docker._document = lambda: doc
+        docker.prompt.setPlainText("a red door")
+        docker.generate()  # says what to mend, not to start a server that is running
+        check("needs a token" in docker.message.text() and "easel serve" not in docker.message.text(),
+              docker.message.text())
+        docker._document = lambda: None
+        doc.close()
         docker.token.setText(token)
         docker.cert.setText("")
         docker._connect()
