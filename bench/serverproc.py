@@ -38,8 +38,9 @@ class ServerProcess:
             probe.bind(("127.0.0.1", 0))
             self.port = probe.getsockname()[1]
         self.url = f"ws://127.0.0.1:{self.port}/"
-        self.process = subprocess.Popen([sys.executable, "-m", "backend.cli", "serve", "--config", str(config),
-                                         "--port", str(self.port)], cwd=ROOT, stderr=subprocess.PIPE, text=True)
+        # The command line, for a test that restarts the server on the same port, as a painter restarts a stuck one.
+        self.command = [sys.executable, "-m", "backend.cli", "serve", "--config", str(config), "--port", str(self.port)]
+        self.process = subprocess.Popen(self.command, cwd=ROOT, stderr=subprocess.PIPE, text=True)
         self.log: list[str] = []
         for line in self.process.stderr:
             self.log.append(line)

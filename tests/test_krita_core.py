@@ -483,6 +483,9 @@ def test_layer_names_carry_prompt_and_seed():
     assert placement.layer_name("<lora:detail:0.5> <LORA:ink-style:0.8>, a red door <lora:x>", 7) == "a red door [7]"
     assert placement.layer_name("<lora:detail:0.5>", 7, empty="removed") == "removed [7]"
     assert placement.layer_name("", 3, empty="expanded") == "expanded [3]"
+    # in an animation the layer is a still one over every frame: its name says which frame it was made of
+    assert placement.layer_name("a red door", 7, frame=0) == "a red door [7, frame 0]"
+    assert placement.layer_name("a red door", 7, model="demo-base", frame=12) == "a red door [7, demo-base, frame 12]"
 
 
 # -- the model picker ----------------------------------------------------------------------------
@@ -755,23 +758,32 @@ def test_strips_cover_the_box_in_full_width_bands_within_the_budget():
     assert len(plan.strips(Box(0, 0, 10**7, 3), 4)) == 3  # never less than a row
 
 
+def test_a_refusal_only_the_painter_can_mend_is_not_retried():
+    # A wrong token retried every few seconds flickered "Connecting …" over the sentence saying what to do.
+    assert not liveness.retry("unauthorized") and not liveness.retry("unsupported_protocol")
+    assert not liveness.retry("bad_url")
+    assert liveness.retry("unreachable") and liveness.retry("closed") and liveness.retry("shutting_down")
+    assert liveness.retry(None)
+
+
 def test_an_insert_fills_the_whole_box_before_it_touches_the_document():
     box = Box(7, 3, 6000, 4000)
-    steps = plan.insert_steps(box, 4, 6000 * 4000, make_group=True)
+    steps = plan.insert_steps(box, 4, 6000 * 4000)
     fills = [s.box for s in steps if s.kind == "fill"]
-    assert [s.kind for s in steps[len(fills):]] == ["group", "add"]  # the layer goes in whole, or not at all
+    # The layer goes in whole, or not at all, with one change of the layer stack: one undo step for the
+    # painter, even when the Easel group is made for it (making it first was a step of its own).
+    assert [s.kind for s in steps[len(fills):]] == ["add"]
     assert all(s.kind == "fill" for s in steps[:len(fills)]) and len(fills) == 23  # 174 rows each
     assert fills[0].y == 3 and all(a.y1 == b.y for a, b in zip(fills, fills[1:])) and fills[-1].y1 == box.y1
     assert all(b.x == 7 and b.width == 6000 and b.width * b.height * 4 <= plan.WRITE_STRIP_BYTES for b in fills)
-    assert [s.alone for s in steps if s.kind != "fill"] == [True, True] and not any(s.alone for s in steps[:-2])
-    assert [s.kind for s in plan.insert_steps(box, 4, 6000 * 4000, make_group=False)][-2:] == ["fill", "add"]
+    assert steps[-1].alone and not any(s.alone for s in steps[:-1])
 
 
 def test_an_insert_into_a_small_canvas_needs_no_turns_of_its_own():
-    steps = plan.insert_steps(Box(10, 10, 50, 40), 4, 256 * 192, make_group=True)
-    assert [(s.kind, s.alone) for s in steps] == [("fill", False), ("group", False), ("add", False)]
-    # a small result in a huge canvas: the adds still recomposite all of the canvas
-    assert plan.insert_steps(Box(0, 0, 50, 40), 4, 6000 * 4000, make_group=False)[-1].alone
+    steps = plan.insert_steps(Box(10, 10, 50, 40), 4, 256 * 192)
+    assert [(s.kind, s.alone) for s in steps] == [("fill", False), ("add", False)]
+    # a small result in a huge canvas: the add still recomposites all of the canvas
+    assert plan.insert_steps(Box(0, 0, 50, 40), 4, 6000 * 4000)[-1].alone
 
 
 def _pieces(costs, budget=0.03):
@@ -958,6 +970,15 @@ def test_what_each_model_can_do_passes(client):
         region = plan.Region(mode, Box(0, 0, 2, 2), (8, 8), masked=mode == "inpaint")
         plan.check_model(region, settings, model=plan.model_of(reply, model))
     assert plan.model_of(reply, None)[0] == reply["default"] and plan.model_of(reply, "nope") is None
+
+
+def test_an_upscale_refine_the_model_cannot_run_is_refused_before_the_read():
+    # It was refused only on the worker, after the whole picture had been read; a plain upscale runs no model.
+    instruct = ("i", plan.ModelCapabilities("sd15", ("instruct",)))
+    region = plan.plan_upscale(64, 48, 2, 4096)
+    with pytest.raises(plan.PlanError, match="cannot refine an upscale"):
+        plan.check_model(region, plan.Settings(prompt="x", scale=2, refine=0.3), model=instruct)
+    plan.check_model(region, plan.Settings(scale=2), model=instruct)
 
 
 def test_a_flux_inpaint_goes_to_the_flux_model_and_keeps_the_canvas_outside_the_selection(client):

@@ -22,6 +22,8 @@ from backend.packaging import build
 KRITARUNNER = shutil.which("kritarunner")
 pytestmark = pytest.mark.skipif(KRITARUNNER is None, reason="kritarunner is not installed (apt-get install krita)")
 SCRIPTS = Path(__file__).parent / "krita_scripts"
+ROOT = Path(__file__).resolve().parents[1]
+TOKEN = "a-token-for-the-lan"
 
 
 def free_port() -> int:
@@ -32,23 +34,26 @@ def free_port() -> int:
 
 @pytest.fixture(scope="module")
 def stoppable(tmp_path_factory):
-    """A server in a process of its own, which a scenario stops (SIGSTOP) and lets run again."""
+    """A server in a process of its own, which a scenario stops (SIGSTOP) and lets run again, and at last
+    kills and starts again on the same port (its ``command``)."""
     from bench.serverproc import ServerProcess
     process = ServerProcess(tmp_path_factory.mktemp("stoppable"))
     yield process
-    os.kill(process.process.pid, signal.SIGCONT)  # a failed scenario may leave it stopped
+    os.kill(process.process.pid, signal.SIGCONT)  # a failed scenario may leave it stopped (or it was restarted)
     process.stop()
 
 
 @pytest.fixture(scope="module")
 def secure(demo_config, engine, tmp_path_factory):
-    """A wss:// server with a self-signed certificate (``easel cert``), and that certificate."""
+    """A wss:// server with a self-signed certificate (``easel cert``) and a token (as one on the LAN must
+    have), and that certificate."""
     import dataclasses
 
     from backend.server import ServerThread
     from backend.tls import make_cert
     cert, key = make_cert(tmp_path_factory.mktemp("cert"), ["127.0.0.1"])
-    with ServerThread(dataclasses.replace(demo_config, tls_cert=str(cert), tls_key=str(key)), engine) as running:
+    config = dataclasses.replace(demo_config, tls_cert=str(cert), tls_key=str(key), token=TOKEN)
+    with ServerThread(config, engine) as running:
         yield running, cert
 
 
@@ -66,7 +71,8 @@ def krita_report(server, stoppable, secure, tmp_path_factory):
         "PYTHONPATH": str(SCRIPTS),
         "EASEL_ZIP": str(plugin_zip), "EASEL_URL": server.url,
         "EASEL_STOPPABLE_URL": stoppable.url, "EASEL_STOPPABLE_PID": str(stoppable.process.pid),
-        "EASEL_WSS_URL": secure[0].url, "EASEL_CERT": str(secure[1]),
+        "EASEL_STOPPABLE_CMD": json.dumps(stoppable.command), "EASEL_STOPPABLE_CWD": str(ROOT),
+        "EASEL_WSS_URL": secure[0].url, "EASEL_CERT": str(secure[1]), "EASEL_WSS_TOKEN": TOKEN,
         "EASEL_BAD_URL": f"ws://127.0.0.1:{free_port()}/", "EASEL_REPORT": str(tmp / "report.json"),
     }
     (tmp / "runtime").mkdir(mode=0o700)
@@ -86,12 +92,14 @@ def krita_report(server, stoppable, secure, tmp_path_factory):
     return report
 
 
-SCENARIOS = ["plugin_loads", "inpaint_selection", "hidden_easel_group_is_shown_with_a_new_result",
+SCENARIOS = ["plugin_loads", "inpaint_selection", "a_result_is_one_undo_step",
+             "hidden_easel_group_is_shown_with_a_new_result",
              "soft_selection", "refine_whole_image", "refine_big_canvas",
              "generate_whole_image", "control_and_reference", "eight_bit_channel_order", "float_document",
              "sixteen_bit_colours", "cancel_inserts_nothing", "models_refresh_after_a_job",
              "docker_offers_what_the_server_offers", "unreachable_server", "reconnects_by_itself",
-             "server_error_is_a_sentence", "cmyk_refused", "docker_buttons", "docker_remove_with_selection_settings",
+             "server_error_is_a_sentence", "cmyk_refused", "docker_buttons",
+             "docker_made_after_the_worker_connected", "docker_remove_with_selection_settings",
              "docker_expand", "docker_model_picker", "docker_instruct", "blinked_connection_still_delivers",
              "server_stopped_mid_job",
              "wide_gamut_documents", "ui_thread_budget", "docker_upscale", "docker_wss_with_a_pinned_certificate",
@@ -100,7 +108,7 @@ SCENARIOS = ["plugin_loads", "inpaint_selection", "hidden_easel_group_is_shown_w
              "sketch_on_a_transparent_layer_steers", "control_and_reference_layers_from_elsewhere",
              "canvas_beyond_the_servers_limit", "layers_of_their_own_colour_space_and_masks",
              "result_applied_after_the_document_was_converted", "upscale_keeps_the_print_resolution",
-             "select_all_refines_at_full_size"]
+             "select_all_refines_at_full_size", "animation_reads_the_frame_shown"]
 
 
 @pytest.mark.parametrize("name", SCENARIOS)

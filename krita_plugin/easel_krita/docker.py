@@ -38,7 +38,9 @@ class EaselDocker(host.DockWidget):
         self.references: list[ReferenceLayer] = []
         self._offer = capabilities.Offer()  # the whole vocabulary until the server says what it offers
         self._build()
-        self.worker.state_changed.connect(self._show_state)
+        # Not state_changed: the worker may have connected while the widgets were built, and that news, still
+        # on its way to worker.state, would pass this docker by (it showed "Connecting …" and no models for good).
+        self.worker.state_shown.connect(self._show_state)
         self.worker.models_changed.connect(lambda _reply: self._show_models())
         self._show_state(self.worker.state, self.worker.message)
         self.session.accepted.connect(self._on_accepted)

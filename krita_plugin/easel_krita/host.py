@@ -230,6 +230,12 @@ def layer_pixels(node, box: Box) -> bytes:
     return bytes(node.projectionPixelData(box.x, box.y, box.width, box.height))
 
 
+def frame(doc) -> int | None:
+    """The frame on the timeline whose picture the document shows now, when any of its layers is animated
+    (None otherwise): reads see that frame only."""
+    return doc.currentTime() if any(node.animated() for node in all_layers(doc)) else None
+
+
 def layer_bounds(doc, node) -> Box:
     """The layer's painted area, clipped to the canvas (the whole canvas if it is empty)."""
     rect = node.bounds()
@@ -284,25 +290,15 @@ def find_easel_group(doc):
     return None
 
 
-def easel_group(doc):
-    """The top-level "Easel" group that holds results, created on top of the stack if missing."""
-    group = find_easel_group(doc)
-    if group is not None:
-        return group
-    root = doc.rootNode()
-    group = doc.createGroupLayer(GROUP_NAME)
-    children = root.childNodes()
-    root.addChildNode(group, children[-1] if children else None)
-    return group
-
-
 def remove_layer(doc, layer) -> None:
-    """Take a result layer off the canvas, and its Easel group with it when that is left empty."""
+    """Take a result layer off the canvas, and its Easel group with it when that would be left empty: the
+    group alone is removed then, so the discard is one undo step, as the result's arrival was."""
     parent = layer.parentNode()
-    layer.remove()  # updates the projection by itself
     if parent is not None and parent.name() == GROUP_NAME and parent.type() == "grouplayer" \
-            and not parent.childNodes():
+            and [child.uniqueId() for child in parent.childNodes()] == [layer.uniqueId()]:
         parent.remove()
+    else:
+        layer.remove()  # updates the projection by itself
 
 
 def grow_canvas(doc, left: int, top: int, right: int, bottom: int, width: int, height: int) -> None:
@@ -355,10 +351,21 @@ def write_pixels(layer, data: bytes, x: int, y: int, width: int, height: int) ->
 
 
 def attach(doc, layer, parent=None, above=None) -> None:
-    """Put a filled layer into the document: one undo step. ``addChildNode`` recomposites the whole
-    canvas and waits for it, so no refresh is needed after it (nor possible in parts: Krita 5's
-    scripting API has no call that updates only a part of the canvas)."""
-    parent = parent if parent is not None else easel_group(doc)
+    """Put a filled layer into the document: one undo step, so one Undo takes the result away whole.
+    Without an Easel group the layer goes in inside a new one: the group is filled before it joins the
+    document, since making it there first was an undo step of its own (Undo left an empty group behind,
+    and Krita recomposited the canvas twice). ``addChildNode`` recomposites the whole canvas and waits
+    for it, so no refresh is needed after it (nor possible in parts: Krita 5's scripting API has no call
+    that updates only a part of the canvas)."""
+    if parent is None:
+        parent = find_easel_group(doc)
+        if parent is None:
+            group = doc.createGroupLayer(GROUP_NAME)
+            group.setChildNodes([layer])  # outside the document: no undo step, no recomposite
+            root = doc.rootNode()
+            children = root.childNodes()
+            root.addChildNode(group, children[-1] if children else None)
+            return
     if not parent.visible():  # a painter who hid the group would not see the result that is said to be added
         parent.setVisible(True)  # shown by the recomposite below (setVisible alone does not update the canvas)
     if above is None:

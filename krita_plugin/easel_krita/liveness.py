@@ -72,3 +72,14 @@ def not_responding(url: str, seconds: float, busy: bool) -> str:
     what = "Cancel stops waiting for it" if busy else "Easel reconnects when it answers again"
     return (f"The Easel server at {url} is not responding (nothing for {seconds:.0f} s): it may be stuck or "
             f"paused. {what}.")
+
+
+# Refusals only the painter can mend (the token, the address, a plugin or server of another protocol):
+# retrying every few seconds cannot, and each try swaps the sentence saying what to do for "Connecting …".
+NEEDS_THE_PAINTER = frozenset({"unauthorized", "unsupported_protocol", "bad_url"})
+
+
+def retry(code: str | None) -> bool:
+    """Whether a connection that failed with error ``code`` is worth trying again by itself (a server
+    down or restarting is; a wrong token is not, until the painter presses Connect)."""
+    return code not in NEEDS_THE_PAINTER

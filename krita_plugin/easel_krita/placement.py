@@ -39,14 +39,18 @@ def place(region: Region, offset: tuple[int, int], width: int, height: int) -> P
 _LORA_TAG = re.compile(r"<lora:[^<>]*>", re.IGNORECASE)
 
 
-def layer_name(prompt: str, seed: int, limit: int = 40, model: str | None = None, empty: str = "no prompt") -> str:
+def layer_name(prompt: str, seed: int, limit: int = 40, model: str | None = None, empty: str = "no prompt",
+               frame: int | None = None) -> str:
     """A result layer's name: the prompt (shortened, without its ``<lora:…>`` tags, which would fill the
     name) and the seed that reproduces it, and the model when it is not the server's default (``model``
-    None). ``empty``: the name for a job with no prompt (a removal, an expand)."""
+    None). ``empty``: the name for a job with no prompt (a removal, an expand). ``frame``: in an animation,
+    the frame the job read: the layer itself is a still one over every frame, so its name says where it
+    belongs."""
     text = " ".join(_LORA_TAG.sub(" ", prompt).split()).strip(" ,") or empty
     if len(text) > limit:
         text = text[:limit - 1].rstrip() + "…"
-    return f"{text} [{seed}{', ' + model if model else ''}]"
+    extra = "".join(f", {part}" for part in (model, None if frame is None else f"frame {frame}") if part)
+    return f"{text} [{seed}{extra}]"
 
 
 def band_only(rgba: bytes, width: int, left: int, top: int, old_width: int, old_height: int) -> bytes:

@@ -309,6 +309,9 @@ def outline(region: Region, settings: Settings, family: str | None = None) -> Jo
         job.mask_grow, job.mask_feather = settings.mask_grow, settings.mask_feather
     if region.mode in MASKED:
         job.fill, job.soft_inpaint = settings.fill, settings.soft_inpaint
+    if region.mode == "upscale":  # whether the model runs at all: only to refine
+        job.scale, job.upscaler = settings.scale, settings.upscaler or None
+        job.refine = settings.refine or None
     return job
 
 
@@ -334,9 +337,6 @@ def build_job(region: Region, settings: Settings, image: bytes | None, mask: byt
     if region.mode == "expand":
         job.expand_left, job.expand_top, job.expand_right, job.expand_bottom = settings.expand
         job.fill = settings.fill
-    if region.mode == "upscale":
-        job.scale, job.upscaler = settings.scale, settings.upscaler or None
-        job.refine = settings.refine or None
         job.sampling.strength = 1.0
     for unit in controls:
         what = f"{unit.type} control layer"
@@ -472,25 +472,22 @@ ALONE_PIXELS = 4_000_000
 @dataclass(frozen=True)
 class InsertStep:
     """One piece of putting a result in as a layer: ``fill`` writes ``box`` of the layer while it is
-    still outside the document, ``group`` makes sure the Easel group exists, ``add`` puts the filled
-    layer into the document (one undo step). ``alone``: the piece gets an event-loop turn to itself."""
+    still outside the document, ``add`` puts the filled layer into the document (inside a new Easel group
+    when there is none: still one undo step). ``alone``: the piece gets an event-loop turn to itself."""
 
     kind: str
     box: Box | None = None
     alone: bool = False
 
 
-def insert_steps(box: Box, bytes_per_pixel: int, canvas_pixels: int, make_group: bool,
+def insert_steps(box: Box, bytes_per_pixel: int, canvas_pixels: int,
                  strip_bytes: int = WRITE_STRIP_BYTES) -> list[InsertStep]:
     """How a result covering ``box`` goes into a document of ``canvas_pixels``: the layer is filled in
-    strips before it joins the document, so a document closed halfway never holds a half-written layer;
-    then the two calls that change the layer stack, each of which makes Krita recomposite the whole
-    canvas, come one per turn on a large canvas, so their waits never add up in one UI-thread block."""
-    alone = canvas_pixels >= ALONE_PIXELS
+    strips before it joins the document, so a document closed halfway never holds a half-written layer
+    and the painter's Undo takes the whole result away at once; then the one call that changes the layer
+    stack, which makes Krita recomposite the whole canvas, gets a turn to itself on a large canvas."""
     steps = [InsertStep("fill", strip) for strip in strips(box, bytes_per_pixel, strip_bytes)]
-    if make_group:
-        steps.append(InsertStep("group", alone=alone))
-    steps.append(InsertStep("add", alone=alone))
+    steps.append(InsertStep("add", alone=canvas_pixels >= ALONE_PIXELS))
     return steps
 
 

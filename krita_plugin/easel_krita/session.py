@@ -159,6 +159,7 @@ class Session(QObject):
                 owners.append(found)
         box = region.box
         settings = plan.Settings(**vars(settings))
+        frame = host.frame(doc)  # an animation: the frame shown now is the one read, and named on the result
         mask = host.selection_bytes(doc, box) if region.masked else None
         ref_bounds = [host.layer_bounds(found, ref.node) for found, ref in zip(owners[len(controls):], references)]
         image, control_reads, reference_reads = None, [], []
@@ -168,16 +169,16 @@ class Session(QObject):
             encoding go to the worker. A profile with other primaries is converted by Krita here."""
             nonlocal image
             if region.mode != "generate":
-                image = yield from _read(doc, info, lambda strip: host.image_pixels(doc, strip), box)
+                image = yield from _read(doc, info, lambda strip: host.image_pixels(doc, strip), box, frame=frame)
             for unit in controls:  # a layer may have a colour space of its own: read in it
                 layer = host.layer_canvas(unit.node, info)
                 data = yield from _read(doc, layer, lambda strip, node=unit.node: host.layer_pixels(node, strip), box,
-                                        info)
+                                        info, frame)
                 control_reads.append((unit, (data, layer)))
             for ref, bounds in zip(references, ref_bounds):
                 layer = host.layer_canvas(ref.node, info)
                 data = yield from _read(doc, layer, lambda strip, node=ref.node: host.layer_pixels(node, strip),
-                                        bounds, info)
+                                        bounds, info, frame)
                 reference_reads.append((ref, bounds, (data, layer)))
         depth, linear = info.depth, info.linear
 
@@ -229,7 +230,8 @@ class Session(QObject):
                     rgba = scaled_rgba(rgba, image_data.width, image_data.height, spot.width, spot.height)
                 name = placement.layer_name(settings.prompt, item.seed, model=named,
                                             empty={"remove": "removed", "expand": "expanded"}.get(region.mode,
-                                                                                                  "no prompt"))
+                                                                                                  "no prompt"),
+                                            frame=frame)
                 out.append(LayerResult(name, item.seed,
                                        spot.x, spot.y, spot.width, spot.height,
                                        _write(info, rgba), rgba, doc, grow=grow, parameters=result.parameters,
@@ -249,22 +251,27 @@ class Session(QObject):
         info = host.canvas(doc)
         host.flush(doc)
         region = plan.plan_upscale(info.width, info.height, settings.scale, self.worker.offer.max_side)
+        model = plan.model_of(self.worker.models, settings.model)
+        # A refine the chosen model cannot run (an instruct-only one) is a sentence now, not after the read.
+        plan.check_model(region, settings, model=model)
         settings = plan.Settings(**vars(settings))
         made = (f"{doc.name()} upscaled", doc.resolution()) if new_document else None
+        default_model = (self.worker.models or {}).get("default")
         read = []
 
         def reads():
             read.append((yield from _read(doc, info, lambda strip: host.image_pixels(doc, strip), region.box)))
 
         def build() -> plan.Job:
-            return plan.build_job(region, settings, read[0].rgba(info.depth, info.linear),
-                                  model=plan.model_of(self.worker.models, settings.model))
+            return plan.build_job(region, settings, read[0].rgba(info.depth, info.linear), model=model)
 
         def finish(result):
             out = []
+            used = result.parameters.get("model")
             for item in result.images:
                 image = item.image
-                name = placement.layer_name(settings.prompt or f"upscaled {settings.scale:g}x", item.seed)
+                name = placement.layer_name(settings.prompt or f"upscaled {settings.scale:g}x", item.seed,
+                                            model=used if used and used != default_model else None)
                 out.append(LayerResult(name, item.seed, 0, 0, image.width, image.height, _write(info, image.data),
                                        image.data, doc, resize=(info.width, info.height), new_document=made,
                                        parameters=result.parameters, canvas=info, read_size=(info.width, info.height)))
@@ -353,9 +360,8 @@ class Session(QObject):
             size = pixels.bytes_per_pixel(depth) if depth else 4
             row = result.width * size
             whole = plan.Box(result.x, result.y, result.width, result.height)
-            make_group = parent is None and host.find_easel_group(doc) is None
             managed = result.data is None  # a managed profile: Krita converts each strip here, in smaller strips
-            steps = plan.insert_steps(whole, size, doc.width() * doc.height(), make_group,
+            steps = plan.insert_steps(whole, size, doc.width() * doc.height(),
                                       plan.MANAGED_STRIP_PIXELS * size if managed else plan.WRITE_STRIP_BYTES)
             writer = canvas.writer() if managed else None
             try:
@@ -371,8 +377,6 @@ class Session(QObject):
                         else:
                             data = result.data[top * row:(top + strip.height) * row]
                         host.write_pixels(layer, data, strip.x, strip.y, strip.width, strip.height)
-                    elif step.kind == "group":
-                        host.easel_group(doc)
                     else:
                         host.attach(doc, layer, parent, above)
             finally:
@@ -488,14 +492,16 @@ class _Read:
         return data if self.converted else pixels.to_rgba8(data, depth, linear)
 
 
-def _read(doc, info, read, box, canvas=None):
+def _read(doc, info, read, box, canvas=None, frame=None):
     """A generator: ``read(strip)`` for each strip of ``box`` (a yield after each), returning a _Read;
     a profile that needs Krita's conversion is converted strip by strip, here on the UI thread. ``info``
     says what the pixels read are (the document's format, or a layer's own: ``host.layer_canvas``);
-    ``canvas`` the document's size as the job saw it (``info``'s when None).
+    ``canvas`` the document's size as the job saw it (``info``'s when None); ``frame`` the animation frame
+    it saw (``host.frame``).
 
-    The painter can close, crop or resize ``doc`` between two strips (a large read spans many turns):
-    then the picture would be short or out of line, so the job ends with a sentence (PlanError)."""
+    The painter can close, crop or resize ``doc``, or step to another frame of an animation, between two
+    strips (a large read spans many turns, and the first waits for the next one): then the picture would
+    be short, out of line or of two frames, so the job ends with a sentence (PlanError)."""
     canvas = canvas or info
     parts = []
     size = pixels.bytes_per_pixel(info.depth)
@@ -507,6 +513,9 @@ def _read(doc, info, read, box, canvas=None):
             if (doc.width(), doc.height()) != (canvas.width, canvas.height):
                 raise plan.PlanError(f"The document changed size ({canvas.width}x{canvas.height} to {doc.width()}x"
                                      f"{doc.height()}) while Easel read it; nothing was sent. Press the button again.")
+            if frame is not None and doc.currentTime() != frame:
+                raise plan.PlanError(f"The animation went from frame {frame} to frame {doc.currentTime()} while "
+                                     "Easel read it; nothing was sent. Press the button again on the frame to change.")
             data = read(strip)
             parts.append(reader.convert(data, strip.width, strip.height) if reader else data)
             yield

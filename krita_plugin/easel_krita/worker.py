@@ -43,6 +43,10 @@ class Worker(QObject):
 
     # "connected" | "connecting" | "disconnected" | "not_responding" (connected, but silent), a sentence
     state_changed = pyqtSignal(str, str)
+    # The same, once ``state`` / ``message`` hold it (UI thread). What a widget made later listens to: it reads
+    # ``state`` first, and a state_changed sent before it listened (queued from the worker thread, but not
+    # yet in ``state``) would never reach it.
+    state_shown = pyqtSignal(str, str)
     job_event = pyqtSignal(str, str, object)
     models_changed = pyqtSignal(object)
 
@@ -66,6 +70,7 @@ class Worker(QObject):
         self._retry.setInterval(RECONNECT_MS)
         self._retry.timeout.connect(self._reconnect)
         self.auto_reconnect = True
+        self._held = False  # the last refusal needs the painter (liveness.retry): no reconnects until configure()
         self.liveness = liveness.Liveness()
         self._running: str | None = None  # the job the worker thread waits on (None: idle or a short request)
         self._depth = 0  # nested _waiting blocks
@@ -84,6 +89,7 @@ class Worker(QObject):
         url, token, cert = url.strip() or protocol.messages.DEFAULT_URL, token.strip(), cert.strip()
         if force or (url, token, cert) != (self.url, self.token, self.cert) or self.state == "disconnected":
             self.url, self.token, self.cert = url, token, cert
+            self._held = False
             self._tasks.put(("connect", None))
 
     def not_ready(self) -> str:
@@ -92,6 +98,8 @@ class Worker(QObject):
             return self.message
         if self.state == "connecting":
             return f"Still connecting to the Easel server at {self.url}; try again in a moment."
+        if self._held:  # the server is there and said what to mend (the token ...): not "start it"
+            return f"Not connected to the Easel server. {self.message}"
         return (f"Not connected to the Easel server. {self.message} Start it with `easel serve`, or check "
                 "the address at the top of the Easel docker.")
 
@@ -153,10 +161,11 @@ class Worker(QObject):
 
     def _remember_state(self, state: str, message: str) -> None:
         self.state, self.message = state, message
-        if state == "disconnected" and self.auto_reconnect:
+        if state == "disconnected" and self.auto_reconnect and not self._held:
             self._retry.start()
         else:
             self._retry.stop()
+        self.state_shown.emit(state, message)
 
     def _reconnect(self) -> None:
         if self.state == "disconnected":
@@ -262,18 +271,35 @@ class Worker(QObject):
             orphan, given_up = self._orphan, self._given_up
         resuming = orphan is not None and orphan.session is not None and orphan.url == self.url
         if self.cert and not self.url.startswith("wss://"):
+            self._held = True
             self.state_changed.emit("disconnected", f"A certificate is set, but {self.url} is not a wss:// address: "
                                                     "the server's token and pictures would travel in clear.")
             return False
-        client = orphan if resuming else client_module.Client(self.url, token=self.token or None, name="easel-krita",
-                                                              open_timeout=5, cert=self.cert or None)
+        def fresh():
+            return client_module.Client(self.url, token=self.token or None, name="easel-krita", open_timeout=5,
+                                        cert=self.cert or None)
+
+        client = orphan if resuming else fresh()
         try:
             if resuming:
                 # The session whose jobs were given up: resumed, so they can be cancelled and free the server.
                 client.resume = True  # abort() switched it off
-                client.reconnect()
-                for job in given_up:
-                    client.cancel(job)
+                try:
+                    client.reconnect()
+                except client_module.EaselError as exc:
+                    if exc.code in ("unreachable", "closed"):
+                        raise
+                    # The server no longer knows the session (the painter restarted the stuck server, or it let
+                    # the session go): its jobs went with it. Asking again would fail again, every retry and
+                    # every Connect, and never reconnect: a new session instead.
+                    client.close()
+                    with self._lock:
+                        self._orphan, self._given_up = None, []
+                    client = fresh()
+                    client.connect()
+                else:
+                    for job in given_up:
+                        client.cancel(job)
             else:
                 client.connect()
             with self._lock:
@@ -281,7 +307,10 @@ class Worker(QObject):
             models = client.models()
         except client_module.EaselError as exc:
             client.close()
-            self.state_changed.emit("disconnected", sentence(exc))
+            self._held = not liveness.retry(exc.code)  # set before the signal that starts the retry timer
+            hint = " Type the server's token at the top of the Easel docker and press Connect." \
+                if exc.code == "unauthorized" else ""
+            self.state_changed.emit("disconnected", sentence(exc) + hint)
             return False
         except Exception as exc:
             client.close()

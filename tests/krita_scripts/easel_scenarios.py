@@ -185,6 +185,59 @@ def rect_band(alpha, box, margin):
                 raise AssertionError(f"pixel ({px},{py}) {margin}px beyond the selection has alpha {a}, not 0")
 
 
+class Undo:
+    """The document's own undo history, as Edit > Undo / Redo drive it. Headless Krita has no window, so
+    no edit_undo action: the history (a KUndo2QStack, a child QObject of the KisDocument) is reached
+    through the scripting Document's private pointer (libkis: QObject, then ``Private *d``, whose first
+    member is a ``QPointer<KisDocument>``: its object pointer follows its data pointer), and checked to
+    be what it should be before anything is called on it."""
+
+    def __init__(self, doc):
+        import ctypes
+
+        from PyQt5 import sip
+
+        from easel_krita.qt import QObject
+        private = ctypes.c_void_p.from_address(sip.unwrapinstance(doc) + 16).value
+        kisdoc = sip.wrapinstance(ctypes.c_void_p.from_address(private + 8).value, QObject)
+        check(kisdoc.metaObject().className() == "KisDocument", "the undo history was not found")
+        self.doc = doc
+        self.stack = [c for c in kisdoc.findChildren(QObject) if c.metaObject().className() == "KUndo2QStack"][0]
+        self.index = None
+        # The stack's index is no property, only its signal says it: one step back and forth tells it (the
+        # document must hold a step already, such as a layer added).
+        self.stack.indexChanged.connect(self._moved)
+        self.undo()
+        self.redo()
+        check(self.index is not None, "the undo history did not answer")
+
+    def _moved(self, index):
+        self.index = index
+
+    def settled(self):
+        """The index once Krita has run what is queued (commands land on the stack after their stroke)."""
+        self.doc.waitForDone()
+        wait_for(None, timeout=0.3)
+        return self.index
+
+    def undo(self):
+        from easel_krita.qt import QtCore
+        QtCore.QMetaObject.invokeMethod(self.stack, "undo")
+        return self.settled()
+
+    def redo(self):
+        from easel_krita.qt import QtCore
+        QtCore.QMetaObject.invokeMethod(self.stack, "redo")
+        return self.settled()
+
+
+def layer_stack(doc):
+    """Every node's name and type, nested: the layer stack as the painter sees it."""
+    def walk(node):
+        return [(child.name(), child.type(), walk(child)) for child in node.childNodes()]
+    return walk(doc.rootNode())
+
+
 def press_generate(docker, steps: int, strength: int, what: str = "the job"):
     """The painter's Generate in the docker (prompt "a red door"): the job's ``finished`` (name, arguments)."""
     docker.prompt.setPlainText("a red door")
@@ -229,6 +282,35 @@ def scenario_inpaint_selection(ctx):
     rect_band(alpha, (150, 100, 40, 30), 33)  # rules.reach(8, 16) = 33
     check(any(alpha[py * W + px] not in (0, 255) for py in range(H) for px in range(W)), "no feathered edge")
     check(snapshot(doc) == before, "a source layer changed")
+    doc.close()
+
+
+def scenario_a_result_is_one_undo_step(ctx):
+    """Edit > Undo after a result takes it away whole (the Easel group made for it too), leaving the layer
+    stack and the picture exactly as they were; Redo brings it back; a second result and a discard are one
+    step each too."""
+    doc = new_doc()
+    paint_layer(doc, "paint", fill_rgba8())
+    select(doc, 150, 100, 40, 30)
+    undo = Undo(doc)
+    start, stack, picture = undo.settled(), layer_stack(doc), bytes(doc.pixelData(0, 0, W, H))
+    check(ctx["rig"].run(doc, settings())[0] == "finished", "the first job failed")
+    made, with_result = undo.settled(), layer_stack(doc)
+    check(made == start + 1, f"the first result took {made - start} undo steps")
+    undo.undo()
+    check(layer_stack(doc) == stack, f"after Undo the layers are {layer_stack(doc)}, not {stack}")
+    check(bytes(doc.pixelData(0, 0, W, H)) == picture, "after Undo the picture differs")
+    undo.redo()
+    check(layer_stack(doc) == with_result, f"after Redo the layers are {layer_stack(doc)}")
+    outcome = ctx["rig"].run(doc, settings(seed=8))
+    check(outcome[0] == "finished" and undo.settled() == made + 1, f"the second result: {outcome[0]}, "
+          f"{undo.index - made} steps")
+    from easel_krita import host
+    for layer in (outcome[1][0].layer, easel_layers(doc)[1][0]):  # Discard: the second, then the first and its group
+        was = undo.settled()
+        host.remove_layer(doc, layer)
+        check(undo.settled() == was + 1, f"a discard took {undo.index - was} undo steps")
+    check(layer_stack(doc) == stack, f"after the discards the layers are {layer_stack(doc)}")
     doc.close()
 
 
@@ -962,6 +1044,32 @@ def scenario_docker_buttons(ctx):
     doc.close()
 
 
+def scenario_docker_made_after_the_worker_connected(ctx):
+    """Krita makes the docker while the worker connects (a local server answers in milliseconds): news of
+    the connection sent before the docker listened still shows, with the server's models (the docker
+    said "Connecting …" with no models until the next reconnect)."""
+    from easel_krita import docker as docker_module
+    from easel_krita import host
+    for key, value in (("url", os.environ["EASEL_URL"]), ("token", ""), ("cert", "")):
+        host.write_setting(key, value)
+    saved = docker_module._worker
+    docker_module._worker = None
+    worker = docker_module.shared_worker()
+    try:
+        deadline = time.monotonic() + 60
+        while worker.models is None and time.monotonic() < deadline:  # Qt runs nothing: the news waits in its queue
+            time.sleep(0.05)
+        time.sleep(0.3)  # the worker thread sends "connected" just after it has the models
+        docker = docker_module.EaselDocker()
+        wait_for(None, timeout=5, until=lambda: docker.model.count() > 0)
+        check(worker.state == "connected", f"{worker.state}: {worker.message}")
+        check(docker.state.text().startswith("● Connected") and docker.model.count() > 0,
+              f"the docker shows {docker.state.text()!r} and {docker.model.count()} models")
+    finally:
+        worker.stop()
+        docker_module._worker = saved
+
+
 def scenario_docker_remove_with_selection_settings(ctx):
     """The docker's Selection box (grow and feather sliders, start from, soft) and its Remove button:
     no prompt needed, and the layer's alpha follows the sliders, not the defaults."""
@@ -1137,10 +1245,29 @@ def scenario_docker_instruct(ctx):
     check(docker.settings(instruct=True).negative_prompt == "" and docker.settings(instruct=True).image_guidance
           is None, "a switched-off field would be sent")
     docker.negative.setText("")
+    # An upscale refined by a model other than the server's default names it, as every other result does.
+    docker.upscale_refine.setValue(30)
+    docker.upscale_new.setChecked(True)
+    docker.steps.setValue(4)
+    docker.fixed_seed.setChecked(True)
+    docker.seed.setValue(5)
+    docker.upscale_button.click()
+    fired = wait_for(docker.session, ["finished", "failed", "cancelled"])
+    check(fired and fired[0] == "finished", f"the flux upscale ended with {fired} {docker.message.text()!r}")
+    upscaled = fired[1][1][0]
+    wait_for(None, timeout=60, until=lambda: upscaled.layer is not None)
+    check(upscaled.name == "make it winter [5, demo-flux]", f"the upscale's layer is {upscaled.name!r}")
+    upscaled.doc.close()
+    docker.upscale_refine.setValue(0)
+    docker.upscale_new.setChecked(False)
     pick("demo-instruct")
     check(not docker.generate_button.isEnabled() and not docker.remove_button.isEnabled()
           and not docker.expand_button.isEnabled() and docker.instruct_button.isEnabled(), "instruct-only model")
     check("serves instruct" in docker.generate_button.toolTip(), docker.generate_button.toolTip())
+    docker.upscale_refine.setValue(30)  # an upscale it cannot refine: refused before the picture is read
+    docker.upscale_button.click()
+    check(docker.job is None and "cannot refine an upscale" in docker.message.text(), docker.message.text())
+    docker.upscale_refine.setValue(0)
     pick("demo")
     check(all(b.isEnabled() for b in (docker.generate_button, docker.instruct_button, docker.control_add,
                                       docker.reference_add, docker.negative, docker.image_guidance)), "demo: all on")
@@ -1237,8 +1364,10 @@ def scenario_blinked_connection_still_delivers(ctx):
 def scenario_server_stopped_mid_job(ctx):
     """A server process stopped (SIGSTOP) mid-job is reported "not responding" within seconds, not after
     the websocket's 40 s keepalive; Cancel ends the job at once, nothing is added; once the server runs
-    again the plugin reconnects and the next job works. Stopped while idle, it is noticed too."""
+    again the plugin reconnects and the next job works. Stopped while idle, it is noticed too. Stuck, given
+    up and restarted, the server is connected to again (it knows nothing of the old session)."""
     import signal
+    import subprocess
 
     from easel_krita import worker
     pid, url = int(os.environ["EASEL_STOPPABLE_PID"]), os.environ["EASEL_STOPPABLE_URL"]
@@ -1294,6 +1423,33 @@ def scenario_server_stopped_mid_job(ctx):
             os.kill(pid, signal.SIGCONT)
         wait_for(None, timeout=60, until=lambda: rig.worker.state == "connected")
         check(rig.worker.state == "connected", f"no reconnect after an idle stop: {states[-3:]}")
+        # Stuck mid-job, given up, then restarted, as a painter restarts a stuck server: the new one knows
+        # nothing of the old session (whose job the plugin would cancel); the plugin starts a new one.
+        job = rig.session.generate(doc, settings(steps=40, preview_every=1))
+        fired = wait_for(rig.session, ["progress", "finished", "failed", "cancelled"])
+        check(fired and fired[0] == "progress", f"expected progress first, got {fired}")
+        os.kill(pid, signal.SIGSTOP)
+        wait_for(None, timeout=20, until=lambda: rig.worker.state == "not_responding")
+        rig.session.cancel(job)
+        fired = wait_for(rig.session, ["finished", "failed", "cancelled"], timeout=10)
+        check(fired and fired[0] == "cancelled", f"cancel ended with {fired}")
+        os.kill(pid, signal.SIGKILL)
+        log = tempfile.NamedTemporaryFile("w+", suffix=".log")
+        command, folder = json.loads(os.environ["EASEL_STOPPABLE_CMD"]), os.environ["EASEL_STOPPABLE_CWD"]
+        restarted = subprocess.Popen(command, cwd=folder, stderr=log, text=True)
+        try:
+            wait_for(None, timeout=120,
+                     until=lambda: "listening" in open(log.name).read() or restarted.poll() is not None)
+            check(restarted.poll() is None, f"the server did not start again: {open(log.name).read()[-2000:]}")
+            states.clear()
+            wait_for(None, timeout=30, until=lambda: rig.worker.state == "connected")
+            check(rig.worker.state == "connected", f"no connection to the restarted server: {states[-3:]}")
+            outcome = rig.run(doc, settings(steps=2))
+            check(outcome[0] == "finished", f"a job on the restarted server ended with {outcome}")
+        finally:
+            restarted.kill()
+            restarted.wait()
+            log.close()
         rig.worker.stop()
         doc.close()
     finally:
@@ -1460,12 +1616,11 @@ def scenario_ui_thread_budget(ctx):
     info = host.canvas(doc)
     result = LayerResult("big result", 1, 0, 0, w, h, data, b"", doc, canvas=info)
     events, calls = [], {}
-    real = {name: getattr(host, name) for name in ("write_pixels", "easel_group", "attach")}
+    real = {name: getattr(host, name) for name in ("write_pixels", "attach")}
 
     def spy(name):
         def call(*args, **kwargs):
-            if name != "easel_group" or host.find_easel_group(args[0]) is None:  # not a mere look-up
-                events.append((name, len(session.slices)))  # the turn it runs in
+            events.append((name, len(session.slices)))  # the turn it runs in
             start = time.perf_counter()
             out = real[name](*args, **kwargs)
             calls.setdefault(name, []).append(time.perf_counter() - start)
@@ -1498,7 +1653,6 @@ def scenario_ui_thread_budget(ctx):
     try:
         insert(result, "insert")
         first = list(events)
-        figures["insert: making the Easel group s"] = round(max(calls["easel_group"]), 3)
         again = LayerResult("again", 2, 0, 0, w, h, data, b"", doc, canvas=info)
         insert(again, "insert again")  # the group is there now
     finally:
@@ -1528,14 +1682,13 @@ def scenario_ui_thread_budget(ctx):
               f"the layer holds other pixels in rows {y}..{y + band}")
     check(bytes(doc.pixelData(w - 1, h - 1, 1, 1)) == data[-4:], "the projection does not show it")
     doc.close()
-    # The first insert's order, which no timing decides: the strips over several turns, then the group,
-    # then the layer, each of those two in a turn with nothing else.
+    # The first insert's order, which no timing decides: the strips over several turns, then the layer (in
+    # the Easel group made with it: one change of the layer stack), in a turn with nothing else.
     writes = [turn for name, turn in first if name == "write_pixels"]
-    made = [turn for name, turn in first if name == "easel_group"]
     added = [turn for name, turn in first if name == "attach"]
     check(len(set(writes)) > 1, f"the strips were written in one turn: {writes}")
-    check(len(made) == 1 and len(added) == 1, f"the group was made {len(made)} times, the layer added {len(added)}")
-    check(max(writes) < made[0] < added[0], f"turns: strips {sorted(set(writes))}, group {made}, layer {added}")
+    check(len(added) == 1, f"the layer was added {len(added)} times")
+    check(max(writes) < added[0], f"turns: strips {sorted(set(writes))}, layer {added}")
     # A result discarded, then a document closed, halfway through an insert: the rest is dropped without an
     # error, and the half-filled layer never joins the document.
     small = Krita.instance().createDocument(3000, 2000, "closed", "RGBA", "U8", "", 72.0)
@@ -1637,16 +1790,42 @@ def scenario_docker_upscale(ctx):
 
 
 def scenario_docker_wss_with_a_pinned_certificate(ctx):
-    """The docker's certificate field: a wss:// server with a self-signed certificate is refused without
-    it (a sentence), trusted with it (saved in the settings) and runs a job; a certificate with a ws://
-    address is refused before anything is sent."""
+    """The docker's certificate and token fields: a wss:// server with a self-signed certificate is refused
+    without it (a sentence), trusted with it (saved in the settings) and runs a job; a certificate with a
+    ws:// address is refused before anything is sent; a missing or wrong token is a sentence that stays
+    (no reconnect every few seconds flickers "Connecting …" over it) until the painter presses Connect."""
     from easel_krita import host
+    from easel_krita import worker as worker_module
     from easel_krita.docker import EaselDocker
-    url, cert = os.environ["EASEL_WSS_URL"], os.environ["EASEL_CERT"]
+    url, cert, token = os.environ["EASEL_WSS_URL"], os.environ["EASEL_CERT"], os.environ["EASEL_WSS_TOKEN"]
     docker = EaselDocker()
     worker = docker.worker
     try:
         docker.url.setText(url)
+        docker.cert.setText(cert)
+        for wrong in ("", "not-the-token"):
+            docker.token.setText(wrong)
+            docker._connect()
+            wait_for(None, timeout=30, until=lambda: worker.state == "disconnected")
+            check("needs a token" in worker.message and "press Connect" in worker.message, worker.message)
+            states = []
+
+            def seen(state, message, states=states):
+                states.append(state)
+            worker.state_changed.connect(seen)
+            wait_for(None, timeout=worker_module.RECONNECT_MS / 1000 + 1.5)
+            worker.state_changed.disconnect(seen)
+            check(not states and worker.state == "disconnected" and "needs a token" in docker.state.text(),
+                  f"after a refused token: {states} {worker.state} {docker.state.text()!r}")
+        doc = new_doc()
+        docker._document = lambda: doc
+        docker.prompt.setPlainText("a red door")
+        docker.generate()  # says what to mend, not to start a server that is running
+        check("needs a token" in docker.message.text() and "easel serve" not in docker.message.text(),
+              docker.message.text())
+        docker._document = lambda: None
+        doc.close()
+        docker.token.setText(token)
         docker.cert.setText("")
         docker._connect()
         wait_for(None, timeout=30, until=lambda: worker.state == "disconnected")
@@ -1660,7 +1839,8 @@ def scenario_docker_wss_with_a_pinned_certificate(ctx):
         docker._connect()
         wait_for(None, timeout=30, until=lambda: worker.state == "connected")
         check(worker.state == "connected", f"{worker.state}: {worker.message}")
-        check(host.read_setting("cert") == cert and host.read_setting("url") == url, "the settings were not saved")
+        check(host.read_setting("cert") == cert and host.read_setting("url") == url
+              and host.read_setting("token") == token, "the settings were not saved")
         doc = new_doc()
         paint_layer(doc, "paint", fill_rgba8())
         docker._document = lambda: doc
@@ -1669,6 +1849,7 @@ def scenario_docker_wss_with_a_pinned_certificate(ctx):
     finally:
         docker.url.setText(os.environ["EASEL_URL"])
         docker.cert.setText("")
+        docker.token.setText("")
         docker._connect()  # the worker is shared with the other docker scenarios
         wait_for(None, timeout=30, until=lambda: worker.state == "connected")
 
@@ -1859,6 +2040,73 @@ def scenario_connection_closed_between_jobs(ctx):
     check(outcome[0] == "finished", f"the job after a closed connection ended with {outcome}")
     check(rig.worker._client is not old and rig.worker.state == "connected",
           f"{rig.worker.state}: {rig.worker.message}")
+    doc.close()
+
+
+
+def animation_document(folder, w=64, h=48):
+    """A two-frame animation as a painter's .kra holds it: a layer red on frames 0-2 and blue from frame 3.
+    Krita's scripting API has no call that adds a keyframe (importAnimation crashes headless), so the .kra
+    is put together from two saved documents: the second one's layer becomes the first one's frame 3."""
+    import zipfile
+    saved = {}
+    for name, bgra in (("red", (0, 0, 255, 255)), ("blue", (255, 0, 0, 255))):
+        doc = Krita.instance().createDocument(w, h, "anim", "RGBA", "U8", "", 72.0)
+        doc.setBatchmode(True)
+        layer = doc.createNode("drawing", "paintlayer")
+        doc.rootNode().addChildNode(layer, None)
+        layer.setPixelData(bytes(bgra) * (w * h), 0, 0, w, h)
+        layer.enableAnimation()
+        doc.waitForDone()
+        saved[name] = os.path.join(folder, f"{name}.kra")
+        check(doc.saveAs(saved[name]), "saving a frame failed")
+        doc.close()
+    out = os.path.join(folder, "animation.kra")
+    keyframes = ('<?xml version="1.0" encoding="UTF-8"?>\n<keyframes xmlns="http://www.calligra.org/DTD/krita-keyframes">'
+                 '<channel name="content">'
+                 '<keyframe color-label="0" time="0" frame="layer2"><offset y="0" type="point" x="0"/></keyframe>'
+                 '<keyframe color-label="0" time="3" frame="layer2.f1"><offset y="0" type="point" x="0"/></keyframe>'
+                 '</channel></keyframes>')
+    with zipfile.ZipFile(saved["red"]) as red, zipfile.ZipFile(saved["blue"]) as blue, zipfile.ZipFile(out, "w") as kra:
+        for item in red.infolist():
+            data = red.read(item.filename)
+            kra.writestr(item, keyframes.encode() if item.filename.endswith("layer2.keyframes.xml") else data)
+        for suffix in ("", ".defaultpixel"):
+            kra.writestr(f"anim/layers/layer2.f1{suffix}", blue.read(f"anim/layers/layer2{suffix}"))
+    doc = Krita.instance().openDocument(out)
+    doc.setBatchmode(True)
+    return doc
+
+
+def scenario_animation_reads_the_frame_shown(ctx):
+    """In an animation the job reads the frame shown, and the result layer (a still one, over every frame)
+    is named after it; a painter who steps to another frame before the picture was read gets a sentence,
+    not a picture of the wrong frame, and nothing is added."""
+    from easel_krita import host
+    doc = animation_document(tempfile.mkdtemp())
+    drawing = [n for n in doc.rootNode().childNodes() if n.name() == "drawing"][0]
+    check(drawing.animated() and drawing.hasKeyframeAtTime(3), "the animation did not load")
+    doc.setCurrentTime(3)
+    doc.waitForDone()
+    select(doc, 10, 10, 20, 20)
+    read = []
+    real = host.image_pixels
+    host.image_pixels = lambda d, box: read.append(real(d, box)) or read[-1]
+    try:
+        outcome = ctx["rig"].run(doc, settings(strength=0.5))
+    finally:
+        host.image_pixels = real
+    check(outcome[0] == "finished", f"the job ended with {outcome}")
+    check(read and read[0][:4] == bytes((255, 0, 0, 255)), f"read {read[0][:4].hex() if read else None}, not frame 3")
+    check([n.name() for n in easel_layers(doc)[1]] == ["a red door [7, frame 3]"],
+          f"layers {[n.name() for n in easel_layers(doc)[1]]}")
+    session = ctx["rig"].session
+    job = session.generate(doc, settings(strength=0.5, seed=8))
+    doc.setCurrentTime(0)  # before the first read, which waits for the next event-loop turn
+    fired = wait_for(session, ["finished", "failed", "cancelled"])
+    check(fired and fired[0] == "failed" and fired[1][0] == job, f"the job ended with {fired}")
+    check("from frame 3 to frame 0" in fired[1][1], fired[1][1])
+    check(len(easel_layers(doc)[1]) == 1, "a layer was added")
     doc.close()
 
 
