@@ -35,6 +35,7 @@ from easel_a1111.params import (  # noqa: E402
     easel_sampler,
     mask_from_painting,
     sampler_from_infotext,
+    seed_from_infotext,
 )
 from easel_a1111.protocol import ImageData, Result, ResultImage, infotext  # noqa: E402
 from easel_a1111.protocol import capabilities as offered_by  # noqa: E402
@@ -205,6 +206,13 @@ def test_infotext_reads_like_the_webuis():
     # the WebUI keeps <lora:> tags in the prompt it saves; the server hands them back apart
     text = infotext({"mode": "generate", "prompt": "a cat", "loras": [{"name": "ink wash", "weight": 0.8}]}, 1, (8, 8))
     assert text.split("\n")[0] == "a cat <lora:ink wash:0.8>"
+
+
+def test_reuse_seed_reads_the_seed_of_the_shown_result():
+    text = infotext({"mode": "generate", "prompt": "Seed: 3, a cat", "steps": 2}, 2802081332, (64, 64))
+    assert seed_from_infotext(text) == 2802081332  # the prompt's "Seed: 3" is not the parameters'
+    assert seed_from_infotext("") is None and seed_from_infotext(None) is None
+    assert seed_from_infotext("a cat\nSteps: 2, Sampler: Euler") is None
 
 
 def test_a_real_inpaint_job_keeps_every_unpainted_pixel(server):

@@ -334,6 +334,8 @@ def test_backend_down_reads_as_a_sentence(page, webui):
 
 
 def test_pick_a_result_and_send_it_to_img2img_and_inpaint(page):
+    page.click("#easel_reuse_seed")  # (no result yet)
+    page.wait_for_function("() => document.querySelector('#easel_progress').innerText.includes('generate one first')")
     page.locator("#easel_prompt textarea").fill("a lighthouse at dusk")
     choose(page, "easel_mode", "generate")
     for field, value in (("easel_steps", 2), ("easel_seed", 99), ("easel_batch", 2), ("easel_width", 64),
@@ -344,6 +346,11 @@ def test_pick_a_result_and_send_it_to_img2img_and_inpaint(page):
     page.locator("#easel_gallery button.thumbnail-item").nth(1).click()  # the second of the batch
     page.wait_for_function("() => document.querySelector('#easel_info textarea').value.includes('Seed: 100,')")
     result = image_of(page, "easel_selected")
+    # ♻️ takes the shown result's seed, 🎲 makes it random again (as beside the WebUI's own seed)
+    page.click("#easel_reuse_seed")
+    page.wait_for_function("() => document.querySelector('#easel_seed input').value === '100'")
+    page.click("#easel_random_seed")
+    page.wait_for_function("() => document.querySelector('#easel_seed input').value === '-1'")
     for tab, picture_id in (("img2img", "img2img_image"), ("inpaint", "img2maskimg")):
         open_tab(page, "Easel")
         page.click(f"#tab_easel #{tab}_tab")

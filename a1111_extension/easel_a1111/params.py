@@ -9,6 +9,7 @@ here, the rest by ``Job.check``, the rules the server applies.
 from __future__ import annotations
 
 import io
+import re
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -197,6 +198,14 @@ def sampler_from_infotext(params: dict) -> str | None:
     if schedule == "Karras" and not label.endswith(" Karras"):
         label = f"{label} Karras"
     return label if label in SAMPLER_NAMES else None
+
+
+def seed_from_infotext(text: str | None) -> int | None:
+    """The seed an infotext names (its last line: a prompt may say "Seed: 3" too), or None when it names none
+    (no result yet)."""
+    lines = (text or "").strip().split("\n")
+    found = re.search(r"(?:^|, )Seed: (\d+)(?:,|$)", lines[-1])
+    return int(found[1]) if found else None
 
 
 def png_image(picture: Image.Image, mode: str = "RGBA") -> ImageData:

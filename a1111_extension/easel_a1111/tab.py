@@ -23,6 +23,7 @@ from .params import (
     model_offer,
     sampler_from_infotext,
     saving_fields,
+    seed_from_infotext,
     within_offer,
 )
 from .protocol import SAMPLERS, capabilities, model_list, rules
@@ -118,6 +119,11 @@ def build(connection: Callable[[], jobs.Connection], host: Host | None = None) -
                                            elem_id="easel_image_guidance", visible=start.image_guidance)
                 with gr.Row():
                     seed = gr.Number(value=-1, precision=0, label="Seed (-1: random)", elem_id="easel_seed")
+                    # the WebUI's own pair beside its seed: a random seed again, and the shown result's seed
+                    # (the field stays -1 after a random one, which the painter may want to keep)
+                    random_seed = gr.Button("\U0001f3b2\ufe0f", elem_id="easel_random_seed", scale=0,
+                                            elem_classes=["tool"])
+                    reuse_seed = gr.Button("\u267b\ufe0f", elem_id="easel_reuse_seed", scale=0, elem_classes=["tool"])
                     batch = gr.Slider(1, offered.max_batch, value=1, step=1, label="Batch", elem_id="easel_batch")
                 with gr.Row():
                     grow = gr.Slider(0, 256, value=rules.MASK_GROW, step=1, label="Mask grow", elem_id="easel_grow")
@@ -236,6 +242,15 @@ def build(connection: Callable[[], jobs.Connection], host: Host | None = None) -
         # Not queued: it must get through while the generate event holds the queue.
         cancel.click(cancel_job, inputs=None, outputs=[progress], queue=False)
         gallery.select(pick, inputs=[images, texts], outputs=[selected, info])
+
+        def reuse(text):
+            found = seed_from_infotext(text)
+            if found is None:
+                return gr.update(), "No result to take the seed from yet: generate one first."
+            return found, gr.update()
+
+        random_seed.click(lambda: -1, inputs=None, outputs=[seed], queue=False)
+        reuse_seed.click(reuse, inputs=[info], outputs=[seed, progress], queue=False)
         def refresh_backend(current):
             picked = models.name(current)
             models.update(jobs.offered(connection()))
