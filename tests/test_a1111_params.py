@@ -215,6 +215,12 @@ def test_reuse_seed_reads_the_seed_of_the_shown_result():
     assert seed_from_infotext("a cat\nSteps: 2, Sampler: Euler") is None
 
 
+def test_a_sentence_keeps_its_lora_tags_in_the_tabs_markdown():
+    shown = jobs.markdown("`prompt`: '<lora:x:0.8:0.5>' gives two weights; write <lora:x:WEIGHT> (`<b>` as is)")
+    assert shown == ("`prompt`: '&lt;lora:x:0.8:0.5&gt;' gives two weights; write &lt;lora:x:WEIGHT&gt; "
+                     "(`<b>` as is)")
+
+
 def test_a_real_inpaint_job_keeps_every_unpainted_pixel(server):
     source = values(picture=picture(128, 96, seed=5).convert("RGBA"))
     updates = list(jobs.run(jobs.Connection(server.url), source, "unit"))

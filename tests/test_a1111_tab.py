@@ -283,6 +283,9 @@ def test_bad_input_gets_a_sentence_and_the_next_job_runs(page, files):
     set_number(page, "easel_width", 64)
     set_number(page, "easel_height", 64)
     assert generate(page).startswith("Done: 1 image")
+    # a sentence that shows a <lora:> tag shows it whole (Markdown took it for a link and hid its brackets)
+    page.locator("#easel_prompt textarea").fill("a red door <lora:demo-lora:0.8:0.5>")
+    assert generate(page).endswith("write one weight for both, <lora:demo-lora:WEIGHT> (Prompt).")
 
 
 def test_upscale_makes_the_picture_larger(page, files):

@@ -88,7 +88,7 @@ def build(connection: Callable[[], jobs.Connection], host: Host | None = None) -
     offered = offer(backend.capabilities)
     with gr.Blocks(analytics_enabled=False) as tab:
         with gr.Row():
-            status = gr.Markdown(lambda: jobs.status_line(connection()), elem_id="easel_status")
+            status = gr.Markdown(lambda: jobs.markdown(jobs.status_line(connection())), elem_id="easel_status")
             refresh = gr.Button("Check backend", elem_id="easel_refresh", scale=0)
         with gr.Row():
             models = Models(backend)
@@ -220,9 +220,9 @@ def build(connection: Callable[[], jobs.Connection], host: Host | None = None) -
                         host.save(image, text, values.mode, saving_fields(values, update.seeds, index))
                 if update.images is None:
                     preview_ = keep if update.preview is None else update.preview
-                    yield update.status, preview_, keep, keep, keep, keep, keep
+                    yield jobs.markdown(update.status), preview_, keep, keep, keep, keep, keep
                 else:
-                    yield (update.status, keep, update.images, update.images, update.infotexts,
+                    yield (jobs.markdown(update.status), keep, update.images, update.images, update.infotexts,
                            update.images[0] if update.images else None,
                            update.infotexts[0] if update.infotexts else "")
 
@@ -235,7 +235,7 @@ def build(connection: Callable[[], jobs.Connection], host: Host | None = None) -
         def cancel_job(request: gr.Request):
             # While a job runs, its own events end in "Cancelled."; writing here could race that.
             message = jobs.cancel(_session(request))
-            return gr.update() if message is None else message
+            return gr.update() if message is None else jobs.markdown(message)
 
         generate.click(run_job, inputs=inputs,
                        outputs=[progress, preview, gallery, images, texts, selected, info], **compat.CONCURRENT)
@@ -254,7 +254,8 @@ def build(connection: Callable[[], jobs.Connection], host: Host | None = None) -
         def refresh_backend(current):
             picked = models.name(current)
             models.update(jobs.offered(connection()))
-            return jobs.status_line(connection()), gr.update(choices=list(models.labels), value=models.label(picked))
+            return (jobs.markdown(jobs.status_line(connection())),
+                    gr.update(choices=list(models.labels), value=models.label(picked)))
 
         if host.send_buttons is not None and host.inpaint_upload is not None:
             def send_with_mask(result, pic, invert_):
@@ -361,7 +362,8 @@ def _control_unit(number: int, picture, connection, offered: Offer, boxes: list,
 
     def show_map(kind_, source_, own, pic):
         chosen = own if source_ == OWN_IMAGE else compat.read_editor(pic)[0]
-        return jobs.preprocess(connection(), kind_, chosen)
+        map_, message_ = jobs.preprocess(connection(), kind_, chosen)
+        return map_, jobs.markdown(message_)
 
     show.click(show_map, inputs=[kind, source, image, picture], outputs=[preview, message], **compat.CONCURRENT)
     return [enabled, kind, source, image, preprocess, scale, start, end]
