@@ -47,7 +47,8 @@ def infotext(parameters: dict, seed: int, size: tuple[int, int]) -> str:
     for number, ref in enumerate(parameters.get("references") or [], 1):
         items.append((f"Easel reference {number}", _quote(f"{ref['mode']}, weight {ref['weight']:g}")))
     lines.append(", ".join(f"{key}: {value}" for key, value in items if value is not None))
-    return "\n".join(lines)
+    # no empty first line for a job without a prompt (remove, expand): the WebUI writes none either
+    return "\n".join(line for number, line in enumerate(lines) if line or number)
 
 
 def _quote(text: str) -> str:

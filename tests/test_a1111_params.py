@@ -206,6 +206,7 @@ def test_infotext_reads_like_the_webuis():
     # the WebUI keeps <lora:> tags in the prompt it saves; the server hands them back apart
     text = infotext({"mode": "generate", "prompt": "a cat", "loras": [{"name": "ink wash", "weight": 0.8}]}, 1, (8, 8))
     assert text.split("\n")[0] == "a cat <lora:ink wash:0.8>"
+    assert infotext({"mode": "remove", "prompt": "", "steps": 4}, 1, (8, 8)).startswith("Steps: 4, ")
 
 
 def test_reuse_seed_reads_the_seed_of_the_shown_result():
