@@ -492,6 +492,19 @@ def test_the_tab_shows_only_what_the_picked_model_can_use():
     assert model_offer(None, offer({"control_types": [], "reference_families": []})).reference_modes == ()
 
 
+def test_the_lora_picker_lists_the_models_loras_and_adds_a_tag_once():
+    from easel_a1111.params import model_offer, with_lora
+    from shared.model_list import chosen
+
+    loras = offer({"loras": [{"name": "ink", "family": "sd15"}, {"name": "xl-ink", "family": "sdxl"},
+                             {"name": "any"}]})
+    assert model_offer(chosen(CAPABLE, "sd"), loras).loras == ("ink", "any")
+    assert model_offer(chosen(CAPABLE, "flux"), loras).loras == ("any",)
+    assert model_offer(None, loras).loras == ("ink", "xl-ink", "any")
+    assert with_lora("a cat ", "ink") == "a cat <lora:ink:1>" and with_lora("", "ink", 0.5) == "<lora:ink:0.5>"
+    assert with_lora("a cat <lora:Ink:0.3>", "ink") == "a cat <lora:Ink:0.3>"  # tagged already: its weight kept
+
+
 def test_what_a_model_takes_none_of_stays_out_of_its_jobs():
     # Hidden units and references, and the greyed-out negative prompt, may still hold values (a saved
     # default, a picture from before the model changed): a Flux job gets none of them.

@@ -461,10 +461,17 @@ def test_instruct_inside_a_painted_mask_and_a_model_offers_only_what_it_takes(pa
     page.wait_for_function("() => document.querySelectorAll('#easel_mode input').length === 7")
     assert page.locator("#easel_negative textarea").is_disabled()
     assert page.locator("#easel_negative textarea").input_value() == ""
-    for hidden in ("easel_cn1", "easel_ref1", "easel_image_guidance"):
+    for hidden in ("easel_cn1", "easel_ref1", "easel_image_guidance", "easel_lora"):  # (no Flux LoRA on demo)
         assert not page.locator(f"#{hidden}").is_visible(), hidden
     pick_model(page, "demo-base (")
     page.locator("#easel_cn1").wait_for(state="visible")
+    # the LoRA picker lists the SD 1.5 LoRAs and adds the picked one's tag to the prompt
+    page.locator("#easel_lora input").click()
+    assert [text.strip() for text in page.locator("#easel_lora li").all_inner_texts()] == [
+        "demo-lora", "demo-lora-diffusers"]
+    page.locator("#easel_lora li", has_text="demo-lora").first.click()
+    page.wait_for_function("() => document.querySelector('#easel_prompt textarea').value"
+                           " === 'make it winter <lora:demo-lora:1>'")
     assert page.locator("#easel_negative textarea").is_enabled()
     # references back as they were (a hidden one is left out of jobs, its weight untouched)
     page.locator("#easel_ref1").get_by_text("Reference 1", exact=True).click()

@@ -141,6 +141,7 @@ class ModelOffer:
     reference_modes: tuple[str, ...] = ()
     negative_prompt: bool = True
     image_guidance: bool = True
+    loras: tuple[str, ...] = ()  # the server's LoRAs made for the model's family (or for any)
 
 
 def model_offer(chosen: model_list.ModelChoice | None, offered) -> ModelOffer:
@@ -148,14 +149,23 @@ def model_offer(chosen: model_list.ModelChoice | None, offered) -> ModelOffer:
     offer for a model it does not describe."""
     caps = chosen.capabilities if chosen is not None else None
     references = offered.reference_modes if offered.references else ()
+    loras = offered.loras_for(chosen.family if chosen is not None else None)
     if caps is None:
-        return ModelOffer(TAB_MODES, offered.control_types, references)
+        return ModelOffer(TAB_MODES, offered.control_types, references, loras=loras)
     steered = set(caps.modes) != {"instruct"}  # instruct takes no ControlNets or references
     # (a plain upscale runs no model, so every model can do it)
     return ModelOffer(tuple(mode for mode in TAB_MODES if mode in caps.modes or mode == "upscale"),
                       tuple(kind for kind in offered.control_types if kind in caps.control_types and steered),
                       tuple(mode for mode in references if mode in caps.reference_modes and steered),
-                      caps.negative_prompt, caps.image_guidance)
+                      caps.negative_prompt, caps.image_guidance, loras)
+
+
+def with_lora(prompt: str, name: str, weight: float = 1.0) -> str:
+    """``prompt`` with a ``<lora:name:weight>`` tag at its end, as the WebUI's LoRA cards add one; unchanged
+    when it already tags that LoRA (the server refuses a LoRA tagged twice; its weight is the painter's to edit)."""
+    if re.search(rf"<lora:{re.escape(name)}(?::[^<>]*)?>", prompt, re.IGNORECASE):
+        return prompt
+    return f"{prompt.rstrip()} <lora:{name}:{weight:g}>".lstrip()
 
 
 def within_offer(values: TabValues, can: ModelOffer) -> TabValues:

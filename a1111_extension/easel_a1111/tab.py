@@ -24,6 +24,7 @@ from .params import (
     sampler_from_infotext,
     saving_fields,
     seed_from_infotext,
+    with_lora,
     within_offer,
 )
 from .protocol import SAMPLERS, capabilities, model_list, rules
@@ -103,6 +104,11 @@ def build(connection: Callable[[], jobs.Connection], host: Host | None = None) -
                 # to the type of the field's value, and gradio 4 leaves a Textbox's at None (nothing pasted).
                 prompt = gr.Textbox("", label="Prompt", lines=2, elem_id="easel_prompt")
                 negative = gr.Textbox("", lines=1, elem_id="easel_negative", **negative_prompt(start.negative_prompt))
+                # The WebUI's LoRA cards add a tag to the prompt; the tab has no cards, and a painter could not
+                # otherwise learn which LoRAs the server has. Only those made for the picked model's family.
+                lora = gr.Dropdown(list(start.loras), value=None, elem_id="easel_lora", visible=bool(start.loras),
+                                   label="LoRA (adds its <lora:name:1> tag to the prompt)")
+                lora.do_not_save_to_config = True  # a picker, not a setting
                 mode = gr.Radio(list(start.modes), value=first_mode(start.modes, "inpaint"), label="Mode",
                                 elem_id="easel_mode")
                 with gr.Row():
@@ -249,6 +255,13 @@ def build(connection: Callable[[], jobs.Connection], host: Host | None = None) -
                 return gr.update(), "No result to take the seed from yet: generate one first."
             return found, gr.update()
 
+        def add_lora(prompt_, picked):
+            if not picked:
+                return gr.update(), gr.update()
+            return with_lora(prompt_ or "", picked), gr.update(value=None)
+
+        # (input: the painter's pick only, not the reset to nothing that follows it)
+        lora.input(add_lora, inputs=[prompt, lora], outputs=[prompt, lora], queue=False)
         random_seed.click(lambda: -1, inputs=None, outputs=[seed], queue=False)
         reuse_seed.click(reuse, inputs=[info], outputs=[seed, progress], queue=False)
         def refresh_backend(current):
@@ -279,7 +292,8 @@ def build(connection: Callable[[], jobs.Connection], host: Host | None = None) -
                        gr.update(visible=can.image_guidance)]
             for _ in units:  # accordion, Enable
                 updates += [gr.update(visible=controls), gr.update() if controls else gr.update(value=False)]
-            return updates + [gr.update(visible=references) for _ in refs]
+            return updates + [gr.update(visible=references) for _ in refs] + [
+                gr.update(choices=list(can.loras), value=None, visible=bool(can.loras))]
 
         def offer_saved_model(label):
             # The WebUI calls a dropdown's ``init_field`` when it gives it a value saved in Settings > Defaults,
@@ -295,11 +309,12 @@ def build(connection: Callable[[], jobs.Connection], host: Host | None = None) -
                 box.visible = bool(can.control_types)
             for box in ref_boxes:
                 box.visible = bool(can.reference_modes)
+            lora.choices, lora.visible = compat.choices(can.loras), bool(can.loras)
 
         model.init_field = offer_saved_model
         unit_outputs = [c for box, unit in zip(unit_boxes, units) for c in (box, unit[0])]
         model.change(offer_model, inputs=[model, mode],
-                     outputs=[mode, negative, image_guidance, *unit_outputs, *ref_boxes], queue=False)
+                     outputs=[mode, negative, image_guidance, *unit_outputs, *ref_boxes, lora], queue=False)
         refresh.click(refresh_backend, inputs=[model], outputs=[status, model], queue=False)
         refresh_models.click(refresh_backend, inputs=[model], outputs=[status, model], queue=False)
         if host.paste_fields is not None:
