@@ -433,6 +433,8 @@ def test_a_second_model_its_saved_result_in_png_info_and_send_to_easel(page, web
 
 def test_instruct_inside_a_painted_mask_and_a_model_offers_only_what_it_takes(page, webui, files):
     # An InstructPix2Pix model: the Mode radio offers its instruct edit (and the model-free upscale).
+    page.locator("#easel_cn1").get_by_text("ControlNet unit 1").click()
+    page.locator("#easel_cn1_enabled input").check()  # hidden with a model that takes none, and left out
     pick_model(page, "demo-instruct (")
     page.wait_for_function("() => document.querySelectorAll('#easel_mode input').length === 2")
     assert page.locator("#easel_mode input:checked").get_attribute("value") == "instruct"
@@ -459,12 +461,15 @@ def test_instruct_inside_a_painted_mask_and_a_model_offers_only_what_it_takes(pa
     page.locator("#easel_negative textarea").fill("fog")
     pick_model(page, "demo-flux (")
     page.wait_for_function("() => document.querySelectorAll('#easel_mode input').length === 7")
-    assert page.locator("#easel_negative textarea").is_disabled()
-    assert page.locator("#easel_negative textarea").input_value() == ""
+    assert page.locator("#easel_negative textarea").is_disabled()  # greyed out and left out of Flux jobs ...
+    assert page.locator("#easel_negative textarea").input_value() == "fog"  # ... but kept for the next model
+    assert page.locator("#easel_mode input:checked").get_attribute("value") == "inpaint"  # chosen before instruct
     for hidden in ("easel_cn1", "easel_ref1", "easel_image_guidance", "easel_lora"):  # (no Flux LoRA on demo)
         assert not page.locator(f"#{hidden}").is_visible(), hidden
     pick_model(page, "demo-base (")
     page.locator("#easel_cn1").wait_for(state="visible")
+    assert page.locator("#easel_cn1_enabled input").is_checked()
+    assert page.locator("#easel_negative textarea").input_value() == "fog"
     # the LoRA picker lists the SD 1.5 LoRAs and adds the picked one's tag to the prompt
     page.locator("#easel_lora input").click()
     assert [text.strip() for text in page.locator("#easel_lora li").all_inner_texts()] == [

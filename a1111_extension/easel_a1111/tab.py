@@ -279,19 +279,21 @@ def build(connection: Callable[[], jobs.Connection], host: Host | None = None) -
             with_mask.click(send_with_mask, inputs=[selected, picture, invert], outputs=list(host.inpaint_upload),
                             **compat.run_script(host.show_inpaint_upload))
 
-        def offer_model(label, mode_):
+        def offer_model(label, mode_, wanted_):
             # Only what the picked model can use: its modes, ControlNet units and references where it takes
-            # them (else hidden, and left out of its jobs by ``within_offer``; units switched off), its negative
-            # prompt and image guidance. (A unit's type or a reference's mode it lacks is refused with a
-            # sentence instead.)
+            # them (else hidden, and left out of its jobs by ``within_offer``), its negative prompt (else greyed
+            # out, and left out too) and image guidance. What is hidden or greyed out keeps its value, and the
+            # mode the painter last chose comes back with a model that has it: switching to a model and back
+            # loses nothing. (A unit's type or a reference's mode it lacks is refused with a sentence instead.)
             can = model_offer(models.chosen(label), offered)
             controls, references = bool(can.control_types), bool(can.reference_modes)
-            updates = [gr.update(choices=list(can.modes), value=first_mode(can.modes, mode_)),
-                       gr.update(**negative_prompt(can.negative_prompt),
-                                 **({} if can.negative_prompt else {"value": ""})),
+            preferred = wanted_ or mode_
+            shown = first_mode(can.modes, preferred)
+            updates = [gr.update(choices=list(can.modes), value=shown), preferred if shown != preferred else None,
+                       gr.update(**negative_prompt(can.negative_prompt)),
                        gr.update(visible=can.image_guidance)]
-            for _ in units:  # accordion, Enable
-                updates += [gr.update(visible=controls), gr.update() if controls else gr.update(value=False)]
+            for _ in units:
+                updates.append(gr.update(visible=controls))
             return updates + [gr.update(visible=references) for _ in refs] + [
                 gr.update(choices=list(can.loras), value=None, visible=bool(can.loras))]
 
@@ -312,9 +314,10 @@ def build(connection: Callable[[], jobs.Connection], host: Host | None = None) -
             lora.choices, lora.visible = compat.choices(can.loras), bool(can.loras)
 
         model.init_field = offer_saved_model
-        unit_outputs = [c for box, unit in zip(unit_boxes, units) for c in (box, unit[0])]
-        model.change(offer_model, inputs=[model, mode],
-                     outputs=[mode, negative, image_guidance, *unit_outputs, *ref_boxes, lora], queue=False)
+        wanted_mode = gr.State(None)  # the mode a model without it took off the radio, until one has it again
+        mode.input(lambda: None, inputs=None, outputs=[wanted_mode], queue=False)  # the painter chose anew
+        model.change(offer_model, inputs=[model, mode, wanted_mode],
+                     outputs=[mode, wanted_mode, negative, image_guidance, *unit_boxes, *ref_boxes, lora], queue=False)
         refresh.click(refresh_backend, inputs=[model], outputs=[status, model], queue=False)
         refresh_models.click(refresh_backend, inputs=[model], outputs=[status, model], queue=False)
         if host.paste_fields is not None:
