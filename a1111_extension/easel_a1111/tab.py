@@ -279,7 +279,7 @@ def build(connection: Callable[[], jobs.Connection], host: Host | None = None) -
             with_mask.click(send_with_mask, inputs=[selected, picture, invert], outputs=list(host.inpaint_upload),
                             **compat.run_script(host.show_inpaint_upload))
 
-        def offer_model(label, mode_, wanted_):
+        def offer_model(label, mode_, displaced):
             # Only what the picked model can use: its modes, ControlNet units and references where it takes
             # them (else hidden, and left out of its jobs by ``within_offer``), its negative prompt (else greyed
             # out, and left out too) and image guidance. What is hidden or greyed out keeps its value, and the
@@ -287,9 +287,13 @@ def build(connection: Callable[[], jobs.Connection], host: Host | None = None) -
             # loses nothing. (A unit's type or a reference's mode it lacks is refused with a sentence instead.)
             can = model_offer(models.chosen(label), offered)
             controls, references = bool(can.control_types), bool(can.reference_modes)
-            preferred = wanted_ or mode_
+            # ``displaced``: (the mode a model took off the radio, the one it showed instead); the radio still
+            # showing the latter means the painter has not chosen since
+            wanted, forced = displaced or (None, None)
+            preferred = wanted if wanted and mode_ == forced else mode_
             shown = first_mode(can.modes, preferred)
-            updates = [gr.update(choices=list(can.modes), value=shown), preferred if shown != preferred else None,
+            updates = [gr.update(choices=list(can.modes), value=shown),
+                       (preferred, shown) if shown != preferred else None,
                        gr.update(**negative_prompt(can.negative_prompt)),
                        gr.update(visible=can.image_guidance)]
             for _ in units:
@@ -314,8 +318,8 @@ def build(connection: Callable[[], jobs.Connection], host: Host | None = None) -
             lora.choices, lora.visible = compat.choices(can.loras), bool(can.loras)
 
         model.init_field = offer_saved_model
-        wanted_mode = gr.State(None)  # the mode a model without it took off the radio, until one has it again
-        mode.input(lambda: None, inputs=None, outputs=[wanted_mode], queue=False)  # the painter chose anew
+        # (not the Radio's input event: gradio 4 sends it for the model's own update of the radio too)
+        wanted_mode = gr.State(None)
         model.change(offer_model, inputs=[model, mode, wanted_mode],
                      outputs=[mode, wanted_mode, negative, image_guidance, *unit_boxes, *ref_boxes, lora], queue=False)
         refresh.click(refresh_backend, inputs=[model], outputs=[status, model], queue=False)
