@@ -76,6 +76,27 @@ def test_random_seed_is_left_to_the_server_and_generate_sends_its_size():
     assert (job.width, job.height) == (320, 256) and job.sampling.strength == 1.0
 
 
+def test_strength_is_the_refine_of_a_generate_above_the_models_native_size():
+    from shared.model_list import chosen
+
+    sd = chosen(CAPABLE, "sd")  # 512 px
+    large = build_job(values(mode="generate", picture=None, mask=None, width=1024, height=1024, strength=0.35,
+                             chosen=sd))
+    assert large.refine == 0.35 and large.sampling.strength == 1.0
+    # at the native size there is no refine, and Strength 1 leaves the server's own (as before)
+    assert build_job(values(mode="generate", picture=None, mask=None, width=512, height=512, strength=0.35,
+                            chosen=sd)).refine is None
+    assert build_job(values(mode="generate", picture=None, mask=None, width=1024, height=1024,
+                            chosen=sd)).refine is None
+    with pytest.raises(InputError, match=r"^Strength 0.1 with 4 steps leaves no step for the refine of a picture "
+                                         r"this large \(above the model's native size\): raise"):
+        build_job(values(mode="generate", picture=None, mask=None, width=1024, height=1024, strength=0.1, steps=4,
+                         chosen=sd))
+    text = infotext({"mode": "generate", "prompt": "a cat", "steps": 4, "refine": 0.35, "upscaler": "lanczos"},
+                    1, (1024, 1024))
+    assert text.endswith("Size: 1024x1024, Denoising strength: 0.35, Hires upscaler: lanczos, Easel mode: generate")
+
+
 def test_img2img_ignores_the_painting():
     job = build_job(values(mode="img2img", strength=0.5))
     assert job.mode == "img2img" and job.mask is None and job.sampling.strength == 0.5

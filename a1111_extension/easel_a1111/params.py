@@ -25,6 +25,7 @@ from .protocol import (
     ProtocolError,
     Reference,
     Sampling,
+    geometry,
     item_field,
     model_capabilities,
     model_list,
@@ -284,6 +285,11 @@ def build_job(values: TabValues) -> Job:
         strength=float(values.strength) if mode not in rules.STARTS_FROM_NOISE else 1.0), model=values.model or None)
     if mode == "generate":
         job.width, job.height = int(values.width), int(values.height)
+        native = values.chosen.native_size if values.chosen is not None else None
+        if values.strength < 1 and native and geometry.needs_tiles(job.width, job.height, native):
+            # Above the model's native size the picture is made small, enlarged and refined: Strength is that
+            # refine's, as the WebUI's Denoising strength is its hires fix's (at the native size there is none)
+            job.refine = float(values.strength)
     elif values.picture is None:
         raise InputError(f"{mode.capitalize()} needs a picture: upload one first.")
     else:
@@ -402,6 +408,9 @@ def _upscale_job(values: TabValues) -> Job:
 def refusal(error: ProtocolError, job: Job, numbers: list[int]) -> str:
     """A rule's refusal in the tab's words; ``numbers`` are the tab's numbers of the job's control units."""
     sampling = job.sampling
+    if error.code == "too_few_steps" and job.mode == "generate":
+        return (f"Strength {job.refine:g} with {sampling.steps} steps leaves no step for the refine of a picture "
+                "this large (above the model's native size): raise the strength or the steps.")
     if error.code == "too_few_steps":
         removes = f" (remove refines at {rules.REMOVE_STRENGTH:g} × the strength)" if job.mode == "remove" else ""
         return (f"Strength {sampling.strength:g} with {sampling.steps} steps leaves no step to run{removes}: "
