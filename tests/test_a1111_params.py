@@ -94,7 +94,7 @@ def test_strength_is_the_refine_of_a_generate_above_the_models_native_size():
                          chosen=sd))
     text = infotext({"mode": "generate", "prompt": "a cat", "steps": 4, "refine": 0.35, "upscaler": "lanczos"},
                     1, (1024, 1024))
-    assert text.endswith("Size: 1024x1024, Denoising strength: 0.35, Hires upscaler: lanczos, Easel mode: generate")
+    assert text.endswith("Size: 1024x1024, Denoising strength: 0.35, Easel upscaler: lanczos, Easel mode: generate")
 
 
 def test_img2img_ignores_the_painting():
