@@ -26,6 +26,11 @@ def infotext(parameters: dict, seed: int, size: tuple[int, int]) -> str:
              ("Sampler", SAMPLER_LABELS.get(parameters.get("sampler"), parameters.get("sampler"))),
              ("CFG scale", parameters.get("guidance")), ("Seed", seed), ("Size", f"{size[0]}x{size[1]}"),
              ("Model", parameters.get("model")), ("Denoising strength", parameters.get("strength"))]
+    if mode == "generate" and parameters.get("refine"):  # above the native size: the refine's strength
+        items[-1] = ("Denoising strength", parameters["refine"])
+        # not the WebUI's "Hires upscaler": with it txt2img's paste switches on its hires fix, which would
+        # enlarge this Size (the final one, not a first pass) again
+        items.append(("Easel upscaler", parameters.get("upscaler")))
     if mode == "upscale":  # the WebUI's Extras names; the refine's strength (0: none)
         items[-1] = ("Denoising strength", parameters.get("refine") or None)
         items += [("Postprocess upscale by", parameters.get("scale")),
@@ -47,7 +52,8 @@ def infotext(parameters: dict, seed: int, size: tuple[int, int]) -> str:
     for number, ref in enumerate(parameters.get("references") or [], 1):
         items.append((f"Easel reference {number}", _quote(f"{ref['mode']}, weight {ref['weight']:g}")))
     lines.append(", ".join(f"{key}: {value}" for key, value in items if value is not None))
-    return "\n".join(lines)
+    # no empty first line for a job without a prompt (remove, expand): the WebUI writes none either
+    return "\n".join(line for number, line in enumerate(lines) if line or number)
 
 
 def _quote(text: str) -> str:

@@ -67,6 +67,7 @@ def test_the_webuis_script_loader_mounts_it_with_settings_and_a_saved_default_fo
     assert saved["easel/Model/value"] == "Server default" and saved["easel/Sampling method/value"] == "DPM++ 2M Karras"
     assert saved["easel/Mode/value"] == "inpaint"
     assert "easel/Parameters used/value" not in saved  # an output: the last job's text is no default
+    assert not [key for key in values if "LoRA" in key]  # a picker that adds to the prompt, no setting
 
 
 BROWSER = """import gradio as gr

@@ -35,6 +35,7 @@ from easel_a1111.params import (  # noqa: E402
     easel_sampler,
     mask_from_painting,
     sampler_from_infotext,
+    seed_from_infotext,
 )
 from easel_a1111.protocol import ImageData, Result, ResultImage, infotext  # noqa: E402
 from easel_a1111.protocol import capabilities as offered_by  # noqa: E402
@@ -73,6 +74,27 @@ def test_random_seed_is_left_to_the_server_and_generate_sends_its_size():
     job = build_job(values(mode="generate", seed=-1, picture=None, mask=None, width=320, height=256))
     assert job.mode == "generate" and job.sampling.seed is None and job.image is None and job.mask is None
     assert (job.width, job.height) == (320, 256) and job.sampling.strength == 1.0
+
+
+def test_strength_is_the_refine_of_a_generate_above_the_models_native_size():
+    from shared.model_list import chosen
+
+    sd = chosen(CAPABLE, "sd")  # 512 px
+    large = build_job(values(mode="generate", picture=None, mask=None, width=1024, height=1024, strength=0.35,
+                             chosen=sd))
+    assert large.refine == 0.35 and large.sampling.strength == 1.0
+    # at the native size there is no refine, and Strength 1 leaves the server's own (as before)
+    assert build_job(values(mode="generate", picture=None, mask=None, width=512, height=512, strength=0.35,
+                            chosen=sd)).refine is None
+    assert build_job(values(mode="generate", picture=None, mask=None, width=1024, height=1024,
+                            chosen=sd)).refine is None
+    with pytest.raises(InputError, match=r"^Strength 0.1 with 4 steps leaves no step for the refine of a picture "
+                                         r"this large \(above the model's native size\): raise"):
+        build_job(values(mode="generate", picture=None, mask=None, width=1024, height=1024, strength=0.1, steps=4,
+                         chosen=sd))
+    text = infotext({"mode": "generate", "prompt": "a cat", "steps": 4, "refine": 0.35, "upscaler": "lanczos"},
+                    1, (1024, 1024))
+    assert text.endswith("Size: 1024x1024, Denoising strength: 0.35, Easel upscaler: lanczos, Easel mode: generate")
 
 
 def test_img2img_ignores_the_painting():
@@ -205,6 +227,20 @@ def test_infotext_reads_like_the_webuis():
     # the WebUI keeps <lora:> tags in the prompt it saves; the server hands them back apart
     text = infotext({"mode": "generate", "prompt": "a cat", "loras": [{"name": "ink wash", "weight": 0.8}]}, 1, (8, 8))
     assert text.split("\n")[0] == "a cat <lora:ink wash:0.8>"
+    assert infotext({"mode": "remove", "prompt": "", "steps": 4}, 1, (8, 8)).startswith("Steps: 4, ")
+
+
+def test_reuse_seed_reads_the_seed_of_the_shown_result():
+    text = infotext({"mode": "generate", "prompt": "Seed: 3, a cat", "steps": 2}, 2802081332, (64, 64))
+    assert seed_from_infotext(text) == 2802081332  # the prompt's "Seed: 3" is not the parameters'
+    assert seed_from_infotext("") is None and seed_from_infotext(None) is None
+    assert seed_from_infotext("a cat\nSteps: 2, Sampler: Euler") is None
+
+
+def test_a_sentence_keeps_its_lora_tags_in_the_tabs_markdown():
+    shown = jobs.markdown("`prompt`: '<lora:x:0.8:0.5>' gives two weights; write <lora:x:WEIGHT> (`<b>` as is)")
+    assert shown == ("`prompt`: '&lt;lora:x:0.8:0.5&gt;' gives two weights; write &lt;lora:x:WEIGHT&gt; "
+                     "(`<b>` as is)")
 
 
 def test_a_real_inpaint_job_keeps_every_unpainted_pixel(server):
@@ -475,6 +511,19 @@ def test_the_tab_shows_only_what_the_picked_model_can_use():
     assert ip2p.modes == ("upscale", "instruct") and ip2p.control_types == ip2p.reference_modes == ()
     assert model_offer(chosen(CAPABLE, "gone"), everything).modes == TAB_MODES  # not described: everything
     assert model_offer(None, offer({"control_types": [], "reference_families": []})).reference_modes == ()
+
+
+def test_the_lora_picker_lists_the_models_loras_and_adds_a_tag_once():
+    from easel_a1111.params import model_offer, with_lora
+    from shared.model_list import chosen
+
+    loras = offer({"loras": [{"name": "ink", "family": "sd15"}, {"name": "xl-ink", "family": "sdxl"},
+                             {"name": "any"}]})
+    assert model_offer(chosen(CAPABLE, "sd"), loras).loras == ("ink", "any")
+    assert model_offer(chosen(CAPABLE, "flux"), loras).loras == ("any",)
+    assert model_offer(None, loras).loras == ("ink", "xl-ink", "any")
+    assert with_lora("a cat ", "ink") == "a cat <lora:ink:1>" and with_lora("", "ink", 0.5) == "<lora:ink:0.5>"
+    assert with_lora("a cat <lora:Ink:0.3>", "ink") == "a cat <lora:Ink:0.3>"  # tagged already: its weight kept
 
 
 def test_what_a_model_takes_none_of_stays_out_of_its_jobs():

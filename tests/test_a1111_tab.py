@@ -283,6 +283,9 @@ def test_bad_input_gets_a_sentence_and_the_next_job_runs(page, files):
     set_number(page, "easel_width", 64)
     set_number(page, "easel_height", 64)
     assert generate(page).startswith("Done: 1 image")
+    # a sentence that shows a <lora:> tag shows it whole (Markdown took it for a link and hid its brackets)
+    page.locator("#easel_prompt textarea").fill("a red door <lora:demo-lora:0.8:0.5>")
+    assert generate(page).endswith("write one weight for both, <lora:demo-lora:WEIGHT> (Prompt).")
 
 
 def test_upscale_makes_the_picture_larger(page, files):
@@ -334,6 +337,8 @@ def test_backend_down_reads_as_a_sentence(page, webui):
 
 
 def test_pick_a_result_and_send_it_to_img2img_and_inpaint(page):
+    page.click("#easel_reuse_seed")  # (no result yet)
+    page.wait_for_function("() => document.querySelector('#easel_progress').innerText.includes('generate one first')")
     page.locator("#easel_prompt textarea").fill("a lighthouse at dusk")
     choose(page, "easel_mode", "generate")
     for field, value in (("easel_steps", 2), ("easel_seed", 99), ("easel_batch", 2), ("easel_width", 64),
@@ -344,6 +349,11 @@ def test_pick_a_result_and_send_it_to_img2img_and_inpaint(page):
     page.locator("#easel_gallery button.thumbnail-item").nth(1).click()  # the second of the batch
     page.wait_for_function("() => document.querySelector('#easel_info textarea').value.includes('Seed: 100,')")
     result = image_of(page, "easel_selected")
+    # ♻️ takes the shown result's seed, 🎲 makes it random again (as beside the WebUI's own seed)
+    page.click("#easel_reuse_seed")
+    page.wait_for_function("() => document.querySelector('#easel_seed input').value === '100'")
+    page.click("#easel_random_seed")
+    page.wait_for_function("() => document.querySelector('#easel_seed input').value === '-1'")
     for tab, picture_id in (("img2img", "img2img_image"), ("inpaint", "img2maskimg")):
         open_tab(page, "Easel")
         page.click(f"#tab_easel #{tab}_tab")
@@ -423,6 +433,8 @@ def test_a_second_model_its_saved_result_in_png_info_and_send_to_easel(page, web
 
 def test_instruct_inside_a_painted_mask_and_a_model_offers_only_what_it_takes(page, webui, files):
     # An InstructPix2Pix model: the Mode radio offers its instruct edit (and the model-free upscale).
+    page.locator("#easel_cn1").get_by_text("ControlNet unit 1").click()
+    page.locator("#easel_cn1_enabled input").check()  # hidden with a model that takes none, and left out
     pick_model(page, "demo-instruct (")
     page.wait_for_function("() => document.querySelectorAll('#easel_mode input').length === 2")
     assert page.locator("#easel_mode input:checked").get_attribute("value") == "instruct"
@@ -449,12 +461,22 @@ def test_instruct_inside_a_painted_mask_and_a_model_offers_only_what_it_takes(pa
     page.locator("#easel_negative textarea").fill("fog")
     pick_model(page, "demo-flux (")
     page.wait_for_function("() => document.querySelectorAll('#easel_mode input').length === 7")
-    assert page.locator("#easel_negative textarea").is_disabled()
-    assert page.locator("#easel_negative textarea").input_value() == ""
-    for hidden in ("easel_cn1", "easel_ref1", "easel_image_guidance"):
+    assert page.locator("#easel_negative textarea").is_disabled()  # greyed out and left out of Flux jobs ...
+    assert page.locator("#easel_negative textarea").input_value() == "fog"  # ... but kept for the next model
+    assert page.locator("#easel_mode input:checked").get_attribute("value") == "inpaint"  # chosen before instruct
+    for hidden in ("easel_cn1", "easel_ref1", "easel_image_guidance", "easel_lora"):  # (no Flux LoRA on demo)
         assert not page.locator(f"#{hidden}").is_visible(), hidden
     pick_model(page, "demo-base (")
     page.locator("#easel_cn1").wait_for(state="visible")
+    assert page.locator("#easel_cn1_enabled input").is_checked()
+    assert page.locator("#easel_negative textarea").input_value() == "fog"
+    # the LoRA picker lists the SD 1.5 LoRAs and adds the picked one's tag to the prompt
+    page.locator("#easel_lora input").click()
+    assert [text.strip() for text in page.locator("#easel_lora li").all_inner_texts()] == [
+        "demo-lora", "demo-lora-diffusers"]
+    page.locator("#easel_lora li", has_text="demo-lora").first.click()
+    page.wait_for_function("() => document.querySelector('#easel_prompt textarea').value"
+                           " === 'make it winter <lora:demo-lora:1>'")
     assert page.locator("#easel_negative textarea").is_enabled()
     # references back as they were (a hidden one is left out of jobs, its weight untouched)
     page.locator("#easel_ref1").get_by_text("Reference 1", exact=True).click()

@@ -148,6 +148,12 @@ def test_paint_a_mask_in_the_gradio4_editor_generate_and_keep_every_unpainted_pi
         page.locator("#easel_cn1").wait_for(state="visible" if takes else "hidden")
         assert page.locator("#easel_negative textarea").is_enabled() == takes
         assert page.locator("#easel_image_guidance").is_visible() == takes
+    # An instruct-only model takes inpaint off the radio; the next model that has it brings it back.
+    for model, mode in (("demo-instruct (", "instruct"), ("Server default", "inpaint")):
+        page.locator("#easel_model input").click()
+        page.locator("ul.options li", has_text=model).first.click()
+        page.wait_for_function("(mode) => document.querySelector('#easel_mode input:checked').value === mode",
+                               arg=mode)
 
 
 def test_backend_down_reads_as_a_sentence(page, forge):

@@ -6,6 +6,7 @@ Every failure becomes one readable sentence; tracebacks go to the WebUI's consol
 
 from __future__ import annotations
 
+import re
 import sys
 import threading
 import time
@@ -336,6 +337,15 @@ def offered(connection: Connection) -> Offered:
 def capabilities(connection: Connection) -> dict | None:
     """The backend's ``welcome.capabilities``, or None when it cannot be reached (quickly)."""
     return offered(connection).capabilities
+
+
+def markdown(sentence: str) -> str:
+    """A sentence as the tab's Markdown lines show it: a ``<lora:name:w>`` in it otherwise reads as an HTML tag
+    or a link and loses its brackets (the painter would then type the tag without them, and the prompt would
+    hold plain words, no LoRA). Code spans show their text as it is, so they are left alone."""
+    parts = re.split(r"(`[^`]*`)", sentence)
+    return "".join(part if part.startswith("`") else part.replace("<", "&lt;").replace(">", "&gt;")
+                   for part in parts)
 
 
 def status_line(connection: Connection) -> str:

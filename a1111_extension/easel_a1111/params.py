@@ -9,6 +9,7 @@ here, the rest by ``Job.check``, the rules the server applies.
 from __future__ import annotations
 
 import io
+import re
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -24,6 +25,7 @@ from .protocol import (
     ProtocolError,
     Reference,
     Sampling,
+    geometry,
     item_field,
     model_capabilities,
     model_list,
@@ -140,6 +142,7 @@ class ModelOffer:
     reference_modes: tuple[str, ...] = ()
     negative_prompt: bool = True
     image_guidance: bool = True
+    loras: tuple[str, ...] = ()  # the server's LoRAs made for the model's family (or for any)
 
 
 def model_offer(chosen: model_list.ModelChoice | None, offered) -> ModelOffer:
@@ -147,14 +150,23 @@ def model_offer(chosen: model_list.ModelChoice | None, offered) -> ModelOffer:
     offer for a model it does not describe."""
     caps = chosen.capabilities if chosen is not None else None
     references = offered.reference_modes if offered.references else ()
+    loras = offered.loras_for(chosen.family if chosen is not None else None)
     if caps is None:
-        return ModelOffer(TAB_MODES, offered.control_types, references)
+        return ModelOffer(TAB_MODES, offered.control_types, references, loras=loras)
     steered = set(caps.modes) != {"instruct"}  # instruct takes no ControlNets or references
     # (a plain upscale runs no model, so every model can do it)
     return ModelOffer(tuple(mode for mode in TAB_MODES if mode in caps.modes or mode == "upscale"),
                       tuple(kind for kind in offered.control_types if kind in caps.control_types and steered),
                       tuple(mode for mode in references if mode in caps.reference_modes and steered),
-                      caps.negative_prompt, caps.image_guidance)
+                      caps.negative_prompt, caps.image_guidance, loras)
+
+
+def with_lora(prompt: str, name: str, weight: float = 1.0) -> str:
+    """``prompt`` with a ``<lora:name:weight>`` tag at its end, as the WebUI's LoRA cards add one; unchanged
+    when it already tags that LoRA (the server refuses a LoRA tagged twice; its weight is the painter's to edit)."""
+    if re.search(rf"<lora:{re.escape(name)}(?::[^<>]*)?>", prompt, re.IGNORECASE):
+        return prompt
+    return f"{prompt.rstrip()} <lora:{name}:{weight:g}>".lstrip()
 
 
 def within_offer(values: TabValues, can: ModelOffer) -> TabValues:
@@ -197,6 +209,14 @@ def sampler_from_infotext(params: dict) -> str | None:
     if schedule == "Karras" and not label.endswith(" Karras"):
         label = f"{label} Karras"
     return label if label in SAMPLER_NAMES else None
+
+
+def seed_from_infotext(text: str | None) -> int | None:
+    """The seed an infotext names (its last line: a prompt may say "Seed: 3" too), or None when it names none
+    (no result yet)."""
+    lines = (text or "").strip().split("\n")
+    found = re.search(r"(?:^|, )Seed: (\d+)(?:,|$)", lines[-1])
+    return int(found[1]) if found else None
 
 
 def png_image(picture: Image.Image, mode: str = "RGBA") -> ImageData:
@@ -265,6 +285,11 @@ def build_job(values: TabValues) -> Job:
         strength=float(values.strength) if mode not in rules.STARTS_FROM_NOISE else 1.0), model=values.model or None)
     if mode == "generate":
         job.width, job.height = int(values.width), int(values.height)
+        native = values.chosen.native_size if values.chosen is not None else None
+        if values.strength < 1 and native and geometry.needs_tiles(job.width, job.height, native):
+            # Above the model's native size the picture is made small, enlarged and refined: Strength is that
+            # refine's, as the WebUI's Denoising strength is its hires fix's (at the native size there is none)
+            job.refine = float(values.strength)
     elif values.picture is None:
         raise InputError(f"{mode.capitalize()} needs a picture: upload one first.")
     else:
@@ -383,6 +408,9 @@ def _upscale_job(values: TabValues) -> Job:
 def refusal(error: ProtocolError, job: Job, numbers: list[int]) -> str:
     """A rule's refusal in the tab's words; ``numbers`` are the tab's numbers of the job's control units."""
     sampling = job.sampling
+    if error.code == "too_few_steps" and job.mode == "generate":
+        return (f"Strength {job.refine:g} with {sampling.steps} steps leaves no step for the refine of a picture "
+                "this large (above the model's native size): raise the strength or the steps.")
     if error.code == "too_few_steps":
         removes = f" (remove refines at {rules.REMOVE_STRENGTH:g} × the strength)" if job.mode == "remove" else ""
         return (f"Strength {sampling.strength:g} with {sampling.steps} steps leaves no step to run{removes}: "

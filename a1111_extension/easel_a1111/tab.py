@@ -23,6 +23,8 @@ from .params import (
     model_offer,
     sampler_from_infotext,
     saving_fields,
+    seed_from_infotext,
+    with_lora,
     within_offer,
 )
 from .protocol import SAMPLERS, capabilities, model_list, rules
@@ -87,7 +89,7 @@ def build(connection: Callable[[], jobs.Connection], host: Host | None = None) -
     offered = offer(backend.capabilities)
     with gr.Blocks(analytics_enabled=False) as tab:
         with gr.Row():
-            status = gr.Markdown(lambda: jobs.status_line(connection()), elem_id="easel_status")
+            status = gr.Markdown(lambda: jobs.markdown(jobs.status_line(connection())), elem_id="easel_status")
             refresh = gr.Button("Check backend", elem_id="easel_refresh", scale=0)
         with gr.Row():
             models = Models(backend)
@@ -102,6 +104,11 @@ def build(connection: Callable[[], jobs.Connection], host: Host | None = None) -
                 # to the type of the field's value, and gradio 4 leaves a Textbox's at None (nothing pasted).
                 prompt = gr.Textbox("", label="Prompt", lines=2, elem_id="easel_prompt")
                 negative = gr.Textbox("", lines=1, elem_id="easel_negative", **negative_prompt(start.negative_prompt))
+                # The WebUI's LoRA cards add a tag to the prompt; the tab has no cards, and a painter could not
+                # otherwise learn which LoRAs the server has. Only those made for the picked model's family.
+                lora = gr.Dropdown(list(start.loras), value=None, elem_id="easel_lora", visible=bool(start.loras),
+                                   label="LoRA (adds its <lora:name:1> tag to the prompt)")
+                lora.do_not_save_to_config = True  # a picker, not a setting
                 mode = gr.Radio(list(start.modes), value=first_mode(start.modes, "inpaint"), label="Mode",
                                 elem_id="easel_mode")
                 with gr.Row():
@@ -118,6 +125,11 @@ def build(connection: Callable[[], jobs.Connection], host: Host | None = None) -
                                            elem_id="easel_image_guidance", visible=start.image_guidance)
                 with gr.Row():
                     seed = gr.Number(value=-1, precision=0, label="Seed (-1: random)", elem_id="easel_seed")
+                    # the WebUI's own pair beside its seed: a random seed again, and the shown result's seed
+                    # (the field stays -1 after a random one, which the painter may want to keep)
+                    random_seed = gr.Button("\U0001f3b2\ufe0f", elem_id="easel_random_seed", scale=0,
+                                            elem_classes=["tool"])
+                    reuse_seed = gr.Button("\u267b\ufe0f", elem_id="easel_reuse_seed", scale=0, elem_classes=["tool"])
                     batch = gr.Slider(1, offered.max_batch, value=1, step=1, label="Batch", elem_id="easel_batch")
                 with gr.Row():
                     grow = gr.Slider(0, 256, value=rules.MASK_GROW, step=1, label="Mask grow", elem_id="easel_grow")
@@ -214,9 +226,9 @@ def build(connection: Callable[[], jobs.Connection], host: Host | None = None) -
                         host.save(image, text, values.mode, saving_fields(values, update.seeds, index))
                 if update.images is None:
                     preview_ = keep if update.preview is None else update.preview
-                    yield update.status, preview_, keep, keep, keep, keep, keep
+                    yield jobs.markdown(update.status), preview_, keep, keep, keep, keep, keep
                 else:
-                    yield (update.status, keep, update.images, update.images, update.infotexts,
+                    yield (jobs.markdown(update.status), keep, update.images, update.images, update.infotexts,
                            update.images[0] if update.images else None,
                            update.infotexts[0] if update.infotexts else "")
 
@@ -229,17 +241,34 @@ def build(connection: Callable[[], jobs.Connection], host: Host | None = None) -
         def cancel_job(request: gr.Request):
             # While a job runs, its own events end in "Cancelled."; writing here could race that.
             message = jobs.cancel(_session(request))
-            return gr.update() if message is None else message
+            return gr.update() if message is None else jobs.markdown(message)
 
         generate.click(run_job, inputs=inputs,
                        outputs=[progress, preview, gallery, images, texts, selected, info], **compat.CONCURRENT)
         # Not queued: it must get through while the generate event holds the queue.
         cancel.click(cancel_job, inputs=None, outputs=[progress], queue=False)
         gallery.select(pick, inputs=[images, texts], outputs=[selected, info])
+
+        def reuse(text):
+            found = seed_from_infotext(text)
+            if found is None:
+                return gr.update(), "No result to take the seed from yet: generate one first."
+            return found, gr.update()
+
+        def add_lora(prompt_, picked):
+            if not picked:
+                return gr.update(), gr.update()
+            return with_lora(prompt_ or "", picked), gr.update(value=None)
+
+        # (input: the painter's pick only, not the reset to nothing that follows it)
+        lora.input(add_lora, inputs=[prompt, lora], outputs=[prompt, lora], queue=False)
+        random_seed.click(lambda: -1, inputs=None, outputs=[seed], queue=False)
+        reuse_seed.click(reuse, inputs=[info], outputs=[seed, progress], queue=False)
         def refresh_backend(current):
             picked = models.name(current)
             models.update(jobs.offered(connection()))
-            return jobs.status_line(connection()), gr.update(choices=list(models.labels), value=models.label(picked))
+            return (jobs.markdown(jobs.status_line(connection())),
+                    gr.update(choices=list(models.labels), value=models.label(picked)))
 
         if host.send_buttons is not None and host.inpaint_upload is not None:
             def send_with_mask(result, pic, invert_):
@@ -250,20 +279,27 @@ def build(connection: Callable[[], jobs.Connection], host: Host | None = None) -
             with_mask.click(send_with_mask, inputs=[selected, picture, invert], outputs=list(host.inpaint_upload),
                             **compat.run_script(host.show_inpaint_upload))
 
-        def offer_model(label, mode_):
+        def offer_model(label, mode_, displaced):
             # Only what the picked model can use: its modes, ControlNet units and references where it takes
-            # them (else hidden, and left out of its jobs by ``within_offer``; units switched off), its negative
-            # prompt and image guidance. (A unit's type or a reference's mode it lacks is refused with a
-            # sentence instead.)
+            # them (else hidden, and left out of its jobs by ``within_offer``), its negative prompt (else greyed
+            # out, and left out too) and image guidance. What is hidden or greyed out keeps its value, and the
+            # mode the painter last chose comes back with a model that has it: switching to a model and back
+            # loses nothing. (A unit's type or a reference's mode it lacks is refused with a sentence instead.)
             can = model_offer(models.chosen(label), offered)
             controls, references = bool(can.control_types), bool(can.reference_modes)
-            updates = [gr.update(choices=list(can.modes), value=first_mode(can.modes, mode_)),
-                       gr.update(**negative_prompt(can.negative_prompt),
-                                 **({} if can.negative_prompt else {"value": ""})),
+            # ``displaced``: (the mode a model took off the radio, the one it showed instead); the radio still
+            # showing the latter means the painter has not chosen since
+            wanted, forced = displaced or (None, None)
+            preferred = wanted if wanted and mode_ == forced else mode_
+            shown = first_mode(can.modes, preferred)
+            updates = [gr.update(choices=list(can.modes), value=shown),
+                       (preferred, shown) if shown != preferred else None,
+                       gr.update(**negative_prompt(can.negative_prompt)),
                        gr.update(visible=can.image_guidance)]
-            for _ in units:  # accordion, Enable
-                updates += [gr.update(visible=controls), gr.update() if controls else gr.update(value=False)]
-            return updates + [gr.update(visible=references) for _ in refs]
+            for _ in units:
+                updates.append(gr.update(visible=controls))
+            return updates + [gr.update(visible=references) for _ in refs] + [
+                gr.update(choices=list(can.loras), value=None, visible=bool(can.loras))]
 
         def offer_saved_model(label):
             # The WebUI calls a dropdown's ``init_field`` when it gives it a value saved in Settings > Defaults,
@@ -279,11 +315,13 @@ def build(connection: Callable[[], jobs.Connection], host: Host | None = None) -
                 box.visible = bool(can.control_types)
             for box in ref_boxes:
                 box.visible = bool(can.reference_modes)
+            lora.choices, lora.visible = compat.choices(can.loras), bool(can.loras)
 
         model.init_field = offer_saved_model
-        unit_outputs = [c for box, unit in zip(unit_boxes, units) for c in (box, unit[0])]
-        model.change(offer_model, inputs=[model, mode],
-                     outputs=[mode, negative, image_guidance, *unit_outputs, *ref_boxes], queue=False)
+        # (not the Radio's input event: gradio 4 sends it for the model's own update of the radio too)
+        wanted_mode = gr.State(None)
+        model.change(offer_model, inputs=[model, mode, wanted_mode],
+                     outputs=[mode, wanted_mode, negative, image_guidance, *unit_boxes, *ref_boxes, lora], queue=False)
         refresh.click(refresh_backend, inputs=[model], outputs=[status, model], queue=False)
         refresh_models.click(refresh_backend, inputs=[model], outputs=[status, model], queue=False)
         if host.paste_fields is not None:
@@ -346,7 +384,8 @@ def _control_unit(number: int, picture, connection, offered: Offer, boxes: list,
 
     def show_map(kind_, source_, own, pic):
         chosen = own if source_ == OWN_IMAGE else compat.read_editor(pic)[0]
-        return jobs.preprocess(connection(), kind_, chosen)
+        map_, message_ = jobs.preprocess(connection(), kind_, chosen)
+        return map_, jobs.markdown(message_)
 
     show.click(show_map, inputs=[kind, source, image, picture], outputs=[preview, message], **compat.CONCURRENT)
     return [enabled, kind, source, image, preprocess, scale, start, end]
