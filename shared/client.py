@@ -6,7 +6,10 @@
             ...  # Accepted, Started, Progress (with .preview), then Result or Cancelled
 
 ``events`` raises ``EaselError`` when the server answers the job with an ``error``.
-``cancel`` may be called from another thread while one thread iterates events.
+One client may be used from several threads at once: a GUI's worker thread iterates a job's events
+while the UI thread calls ``cancel``, ``status`` or ``models``, or two threads each run their own job.
+There is no asyncio API: in asyncio code, run the blocking calls in a thread
+(``await asyncio.to_thread(easel.run, ...)``).
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import collections
 import dataclasses
 import itertools
 import json
+import os
 import socket
 import ssl
 import threading
@@ -29,6 +33,24 @@ from websockets.sync.client import connect
 from .images import ImageData, decode_frame, encode_frame
 from .job import Job, PreprocessJob
 from .vocabulary import DEFAULT_URL, PROTOCOL_VERSION
+
+
+def _image_data(image) -> ImageData:
+    """``image`` if it is ``ImageData``; else a ``TypeError`` saying how to make one of what it is."""
+    if isinstance(image, ImageData):
+        return image
+    kind = type(image).__name__
+    if isinstance(image, (str, bytes, os.PathLike)):
+        how = ("ImageData.from_png(data) for a PNG file's bytes" if isinstance(image, bytes) else
+               "ImageData.from_file(path) for a PNG file")
+    elif hasattr(image, "shape") and hasattr(image, "dtype"):
+        how = "ImageData.from_array(array) for a uint8 array"
+    elif hasattr(image, "save") and hasattr(image, "mode"):
+        how = "ImageData.from_pil(picture) for a Pillow image"
+    else:
+        how = "ImageData.from_png, from_file, from_pil or from_array"
+    raise TypeError(f"must be ImageData (shared.images) or a wire reference like {{'frame': id}}, not {kind}: "
+                    f"use {how}")
 
 
 def tls_options(url: str, cert: str | None) -> dict:
@@ -59,6 +81,10 @@ def unreachable_reason(exc: BaseException, timeout: float) -> str:
     if isinstance(exc, TimeoutError):
         return f"no answer within {timeout:g} s"
     return str(exc) or type(exc).__name__
+
+
+_NOT_CONNECTED = ("the client is not connected: call connect() first (or use `with Client(...)`), and again "
+                  "after close()")
 
 
 class EaselError(Exception):
@@ -156,21 +182,45 @@ class Client:
         self._probes = 0  # status requests sent by probe() whose replies are not to be kept
         self._probe_lock = threading.Lock()
         self._resuming = False
+        # One thread reads the socket at a time and files what it reads; the others wait for their message.
+        self._read_cond = threading.Condition()
+        self._reader: int | None = None  # threading.get_ident() of the thread reading now
 
     # -- connection ---------------------------------------------------------------------------
 
     def connect(self) -> "Client":
-        """Open the connection and say hello; raises EaselError if refused or unreachable."""
+        """Open the connection and say hello (a new session: a connection open already is closed, ending
+        its session); raises EaselError if refused or unreachable."""
+        self.close()  # (a second connect() left the first socket open, and its session alive at the server)
+        self._pending.clear()  # jobs of an earlier session end with it
+        self._unsent.clear()
         self._open()
         self._hello()
         return self
 
     def reconnect(self) -> "Client":
-        """Open a new connection and resume this client's session: its jobs' missed endings arrive."""
+        """Open a new connection and resume this client's session: its jobs' missed endings arrive.
+        When the server no longer has the session (it restarted, or ``resume_seconds`` passed), the
+        client says hello afresh on the new connection and raises ``EaselError("unknown_session")``:
+        it is connected, with a new session, and its unfinished jobs are gone."""
         if self._ws is not None:
             self._ws.close()
         self._open()
-        self._hello(resume=True)
+        try:
+            self._hello(resume=True)
+        except EaselError as exc:
+            if exc.code != "unknown_session":
+                raise
+            # (the connection was left without a session: the next request got `hello_required`)
+            lost = sorted(self._pending)
+            self._pending.clear()
+            self._unsent.clear()
+            self.session = None
+            self._hello()
+            raise EaselError("unknown_session", "the server no longer has this client's session (it restarted, or "
+                             "the session expired): connected again with a new session, but its unfinished jobs "
+                             f"are lost{': ' + ', '.join(lost) if lost else ''}; submit them again",
+                             "resume") from None
         return self
 
     def reconnect_within(self, seconds: float) -> None:
@@ -211,15 +261,27 @@ class Client:
             self._ws = connect(self.url, open_timeout=self.open_timeout, max_size=self.max_size, compression=None,
                                **options)
         except ssl.SSLError as exc:
+            reason = f"the TLS handshake failed ({tls_hint(exc, self.cert)})"
             raise EaselError("unreachable", f"the TLS handshake with {self.url} failed ({tls_hint(exc, self.cert)}): "
-                             f"{exc}") from None
+                             f"{exc}", reason=reason) from None
         except InvalidURI:
             raise EaselError("bad_url", f"{self.url} is not a websocket address like ws://127.0.0.1:8760/") from None
+        except ConnectionClosed:  # a network blink cuts the handshake: it said "refused ... no close frame"
+            reason = "the connection was cut during the opening handshake"
+            raise EaselError("unreachable", f"cannot reach the Easel server at {self.url}: {reason}",
+                             reason=reason) from None
         except (OSError, TimeoutError) as exc:
             reason = unreachable_reason(exc, self.open_timeout)
             raise EaselError("unreachable", f"cannot reach the Easel server at {self.url}: {reason}",
                              reason=reason) from None
         except Exception as exc:  # handshake refused (bad origin, HTTP error ...)
+            if isinstance(exc, InvalidMessage) and isinstance(exc.__cause__, EOFError):
+                # Nothing came back at all: a network blink looks like this, and so may a wss:// server.
+                tls = " or a server started with a TLS certificate, which speaks wss:// only" \
+                    if self.url.startswith("ws://") else ""
+                reason = f"the connection closed before the server answered (a network cut: try again{tls})"
+                raise EaselError("unreachable", f"cannot reach the Easel server at {self.url}: {reason}",
+                                 reason=reason) from None
             if isinstance(exc, InvalidMessage) and self.url.startswith("ws://"):
                 # What a ws:// client reads from a wss:// server: TLS bytes, not an HTTP answer.
                 exc = f"{exc} (a server started with a TLS certificate speaks wss:// only)"
@@ -259,7 +321,7 @@ class Client:
         self._send_frame(encode_frame(header, image.data))
         return {"frame": image_id}
 
-    def submit(self, job: Job | str, **params) -> str:
+    def submit(self, job: Job | str, /, **params) -> str:
         """Queue a job; its images that are ``ImageData`` are uploaded first. Returns the job id.
 
         ``submit("inpaint", prompt=..., image=...)`` is short for ``submit(Job.create("inpaint", ...))``.
@@ -279,20 +341,31 @@ class Client:
 
     def events(self, job: str) -> Iterator[Event]:
         """Yield the job's events until it ends; raise EaselError if it ends in an error."""
+        if job not in self._pending and not self._jobs.get(job):
+            # (waiting for it would block for ever: no message about it is coming)
+            raise EaselError("unknown_job", f"no job {job} of this client is waiting for its events: it was never "
+                             "submitted on this client, or its events were read already", job=job, ends_job=False)
         while True:
-            while not self._jobs[job]:
-                self._receive()
+            try:
+                self._wait(lambda: self._jobs[job])
+            except EaselError as exc:
+                if exc.job is None and exc.code in ("closed", "unreachable", "unknown_session"):
+                    exc.job = job  # the job waited for: after reconnect(), events(exc.job) goes on
+                    exc.ends_job = not exc.dropped
+                raise
             event = self._jobs[job].popleft()
             if isinstance(event, EaselError):
                 if event.ends_job:  # else the job goes on: its own ending is still to come
                     del self._jobs[job]
                 raise event
-            yield event
             if isinstance(event, (Result, Cancelled)):
+                # before the yield: ``run`` stops iterating at the result, and the job's queue stayed behind
                 del self._jobs[job]
+                yield event
                 return
+            yield event
 
-    def run(self, job: Job | str, *, on_event: Callable[[Event], None] | None = None, **params) -> Result:
+    def run(self, job: Job | str, /, *, on_event: Callable[[Event], None] | None = None, **params) -> Result:
         """Submit a job (as ``submit`` takes it) and wait for its result; raises JobCancelled or EaselError."""
         job = self.submit(job, **params)
         for event in self.events(job):
@@ -338,13 +411,14 @@ class Client:
 
     def _reference(self, image, role: str) -> dict:
         """A job's image as a wire reference: ``ImageData`` is uploaded as a binary frame."""
-        if isinstance(image, ImageData):
-            return self.upload(image, role)
-        raise TypeError(f"a job's {role} must be ImageData or a wire reference, not {type(image).__name__}")
+        return self.upload(_image_data(image), role)
 
     def _send_job(self, job: Job | PreprocessJob) -> None:
         """Upload a job's pictures and send it. When the connection drops meanwhile, the job waits: the next
         read resumes the session, and if the server never received the submit it is sent again then."""
+        # Every picture is checked before the first is uploaded: a wrong one raises with nothing sent
+        # (no upload left unused at the server) and no job left waiting here.
+        job.to_message(lambda image, role: _image_data(image) and {"frame": "unsent"})
         self._pending.add(job.id)
         self._unsent[job.id] = job
         try:
@@ -360,7 +434,7 @@ class Client:
 
     def _send_frame(self, frame: str | bytes) -> None:
         if self._ws is None:
-            raise EaselError("closed", "the client is not connected")
+            raise EaselError("closed", _NOT_CONNECTED)
         try:
             self._ws.send(frame)
         except ConnectionClosed as exc:
@@ -368,14 +442,35 @@ class Client:
                              dropped=exc.rcvd is None) from None
 
     def _await_reply(self, kind: str) -> dict:
-        while not self._replies[kind]:
-            self._receive()
+        self._wait(lambda: self._replies[kind])
         return self._replies[kind].popleft()
+
+    def _wait(self, ready: Callable[[], object]) -> None:
+        """Read messages until ``ready()``. When another thread is reading, wait for it to file what it
+        reads (a UI thread's ``status`` reply read by the worker thread iterating events, say)."""
+        me = threading.get_ident()
+        while not ready():
+            with self._read_cond:
+                if self._reader not in (None, me):
+                    self._read_cond.wait(0.5)
+                    continue
+                nested = self._reader == me  # a resume's hello, read while resuming
+                self._reader = me
+            try:
+                self._receive()
+            finally:
+                if not nested:
+                    with self._read_cond:
+                        self._reader = None
+                        self._read_cond.notify_all()
 
     def _receive(self) -> None:
         """Read one message and file it under its job (or as a reply)."""
+        ws = self._ws
+        if ws is None:
+            raise EaselError("closed", _NOT_CONNECTED)
         try:
-            raw = self._ws.recv()
+            raw = ws.recv()
         except ConnectionClosed as exc:
             if exc.rcvd is None and self.resume and not self._resuming and self.session and self._pending:
                 self._resuming = True  # once: a second drop in a row is an error (``dropped``: retry later)
@@ -401,6 +496,8 @@ class Client:
             self._send_job(self._unsent[job])  # the submit was lost with the old connection
             return
         ends = kind in ("result", "cancelled") or (kind == "error" and message.get("ends_job", True))
+        if kind == "error" and not ends and job is not None and job not in self._pending:
+            return  # a refused cancel of a job that ended meanwhile: nobody waits for its events any more
         if ends or kind == "accepted":
             self._unsent.pop(job, None)
         if ends:
