@@ -182,6 +182,7 @@ class Client:
         self._probes = 0  # status requests sent by probe() whose replies are not to be kept
         self._probe_lock = threading.Lock()
         self._resuming = False
+        self._ended_by: str | None = None  # "close" / "abort": this client ended the connection itself
         # One thread reads the socket at a time and files what it reads; the others wait for their message.
         self._read_cond = threading.Condition()
         self._reader: int | None = None  # threading.get_ident() of the thread reading now
@@ -258,6 +259,7 @@ class Client:
             raise EaselError("unreachable", reason, reason=reason) from None
         try:
             # Images are compressed already (or raw on purpose): per-message deflate only costs time.
+            self._ended_by = None
             self._ws = connect(self.url, open_timeout=self.open_timeout, max_size=self.max_size, compression=None,
                                **options)
         except ssl.SSLError as exc:
@@ -293,6 +295,7 @@ class Client:
         """Drop the connection at once, from any thread, with no close handshake and no resume (for a
         server that stopped answering): a thread reading events gets ``EaselError("closed")``."""
         self.resume = False
+        self._ended_by = "abort"
         ws = self._ws
         if ws is not None:
             try:
@@ -301,7 +304,10 @@ class Client:
                 pass  # already gone
 
     def close(self) -> None:
+        """End the connection and its session (the server cancels its jobs); a thread reading events
+        gets ``EaselError("closed")``. ``connect()`` opens a new one."""
         if self._ws is not None:
+            self._ended_by = "close"
             self._ws.close()
             self._ws = None
 
@@ -482,6 +488,8 @@ class Client:
                 finally:
                     self._resuming = False
                 return
+            if self._ended_by:  # (it said "the Easel server closed the connection" after our own close())
+                raise EaselError("closed", f"the connection was ended by {self._ended_by}() on this client") from None
             reason = exc.rcvd.reason if exc.rcvd and exc.rcvd.reason else "connection closed"
             raise EaselError("closed", f"the Easel server closed the connection: {reason}",
                              dropped=exc.rcvd is None and self.resume and bool(self.session)) from None

@@ -175,3 +175,23 @@ def test_connecting_again_ends_the_first_connection(server):
         client.connect()
         # (the first socket stayed open, its session alive at the server, until the process ended)
         assert first.state.name == "CLOSED" and client.status()["type"] == "status"
+
+
+def test_closing_from_the_ui_thread_says_who_closed(server):
+    client = Client(server.url).connect()
+    seen, failed = [], []
+
+    def worker():
+        try:
+            client.run("generate", prompt="x", steps=4, width=64, height=64, on_event=seen.append)
+        except EaselError as exc:
+            failed.append(exc)
+
+    reader = threading.Thread(target=worker)
+    reader.start()
+    while not seen:
+        time.sleep(0.005)
+    client.close()
+    reader.join(20)
+    # (it said "the Easel server closed the connection")
+    assert "ended by close() on this client" in str(failed[0]) and failed[0].code == "closed"
