@@ -5,7 +5,12 @@
         for event in easel.events(job):
             ...  # Accepted, Started, Progress (with .preview), then Result or Cancelled
 
-``events`` raises ``EaselError`` when the server answers the job with an ``error``.
+Pictures are ``shared.images.ImageData``: ``ImageData.from_file(path)``, ``from_png(data)``,
+``from_pil(picture)``, ``from_array(array)``; a result's ``images[i].image`` has ``.data`` (the file's
+bytes), ``.to_pil()`` and ``.to_array()``, with the image's ``seed`` and ``offset`` beside it.
+
+``events`` raises ``EaselError`` when the server answers the job with an ``error``, and so does every
+call when the connection fails (``code`` "unreachable", "closed", or the protocol's error code).
 One client may be used from several threads at once: a GUI's worker thread iterates a job's events
 while the UI thread calls ``cancel``, ``status`` or ``models``, or two threads each run their own job.
 There is no asyncio API: in asyncio code, run the blocking calls in a thread
