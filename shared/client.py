@@ -35,6 +35,7 @@ from typing import Callable, Iterator
 from websockets.exceptions import ConnectionClosed, InvalidMessage, InvalidURI
 from websockets.sync.client import connect
 
+from .errors import ProtocolError
 from .images import ImageData, decode_frame, encode_frame
 from .job import Job, PreprocessJob
 from .vocabulary import DEFAULT_URL, PROTOCOL_VERSION
@@ -429,7 +430,10 @@ class Client:
         read resumes the session, and if the server never received the submit it is sent again then."""
         # Every picture is checked before the first is uploaded: a wrong one raises with nothing sent
         # (no upload left unused at the server) and no job left waiting here.
-        job.to_message(lambda image, role: _image_data(image) and {"frame": "unsent"})
+        try:
+            job.to_message(lambda image, role: _image_data(image).check() and {"frame": "unsent"})
+        except ProtocolError as exc:  # (the server's answer to a bad upload names no job)
+            raise EaselError(exc.code, exc.message, exc.field, job.id) from None
         self._pending.add(job.id)
         self._unsent[job.id] = job
         try:

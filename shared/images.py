@@ -35,6 +35,9 @@ class ImageData:
 
     def check(self) -> "ImageData":
         """Raise ``bad_image`` if the bytes cannot be what the header says."""
+        if self.format not in CHANNELS and self.format not in _SIGNATURES:
+            raise ProtocolError("invalid_field", f"`format` must be one of {', '.join([*_SIGNATURES, *CHANNELS])}; "
+                                f"got {self.format!r}", "format")
         if self.format in CHANNELS:
             expected = self.width * self.height * CHANNELS[self.format]
             if len(self.data) != expected:

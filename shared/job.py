@@ -440,11 +440,15 @@ class PreprocessJob:
 
 
 def _named(where: str, image_ref: ImageRef, image: Any, role: str) -> dict:
-    """``image_ref(image, role)``, its ``TypeError`` (not an image it can send) naming the field."""
+    """``image_ref(image, role)``, its ``TypeError`` (not an image it can send) and ``ProtocolError``
+    (an image whose bytes are not what it says) naming the field."""
     try:
         return image_ref(image, role)
     except TypeError as exc:
         raise TypeError(f"`{where}` {exc}") from None
+    except ProtocolError as exc:
+        exc.field = where
+        raise
 
 
 def _as(cls: type, value: Any, where: str) -> Any:

@@ -195,3 +195,16 @@ def test_closing_from_the_ui_thread_says_who_closed(server):
     reader.join(20)
     # (it said "the Easel server closed the connection")
     assert "ended by close() on this client" in str(failed[0]) and failed[0].code == "closed"
+
+
+@pytest.mark.parametrize("image, words", [
+    (ImageData("rgba8", 10, 10, b"short"), "rgba8 image of 10x10 needs 400 bytes, got 5"),
+    (ImageData("jpeg", 64, 64, b"\xff\xd8\xff"), "`format` must be one of png, webp, rgba8, l8; got 'jpeg'"),
+])
+def test_an_image_whose_bytes_are_not_what_it_says_names_the_job_and_field(client, image, words):
+    # (the server refused the upload with no job named, and the job's own error stayed queued at the client)
+    with pytest.raises(EaselError, match=words) as caught:
+        client.run("img2img", job="bad-bytes", prompt="x", image=png(picture(64, 64)), strength=0.5, steps=2,
+                   control=[{"type": "canny", "image": image}])
+    assert (caught.value.job, caught.value.field) == ("bad-bytes", "control[0].image")
+    assert not client._pending and client.status()["type"] == "status" and not any(client._jobs.values())
