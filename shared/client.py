@@ -326,7 +326,8 @@ class Client:
     # -- requests -----------------------------------------------------------------------------
 
     def upload(self, image: ImageData, role: str = "image") -> dict:
-        """Send an image as a binary frame; returns the reference to put in a request."""
+        """Send an image as a binary frame; returns the reference to put in a request. The request that
+        names it uses it up (send it again for the next one): jobs given ``ImageData`` upload it themselves."""
         image_id = f"up-{next(self._ids)}"
         header = {"image": image_id, "role": role, "format": image.format,
                   "width": image.width, "height": image.height}
