@@ -188,6 +188,7 @@ class Client:
         self._probes = 0  # status requests sent by probe() whose replies are not to be kept
         self._probe_lock = threading.Lock()
         self._resuming = False
+        self._abandoned: set[str] = set()  # jobs whose run() was interrupted: their messages are dropped
         self._ended_by: str | None = None  # "close" / "abort": this client ended the connection itself
         # One thread reads the socket at a time and files what it reads; the others wait for their message.
         self._read_cond = threading.Condition()
@@ -200,6 +201,7 @@ class Client:
         its session); raises EaselError if refused or unreachable."""
         self.close()  # (a second connect() left the first socket open, and its session alive at the server)
         self._pending.clear()  # jobs of an earlier session end with it
+        self._abandoned.clear()
         self._unsent.clear()
         self._open()
         self._hello()
@@ -379,16 +381,36 @@ class Client:
             yield event
 
     def run(self, job: Job | str, /, *, on_event: Callable[[Event], None] | None = None, **params) -> Result:
-        """Submit a job (as ``submit`` takes it) and wait for its result; raises JobCancelled or EaselError."""
+        """Submit a job (as ``submit`` takes it) and wait for its result; raises JobCancelled or EaselError.
+        When the wait ends otherwise (Ctrl+C, a notebook's interrupt, an exception from ``on_event``) the
+        job is cancelled, and what comes of it is not kept."""
         job = self.submit(job, **params)
-        for event in self.events(job):
-            if on_event:
-                on_event(event)
-            if isinstance(event, Cancelled):
-                raise JobCancelled("cancelled", f"job {job} was cancelled", job=job)
-            if isinstance(event, Result):
-                return event
+        try:
+            for event in self.events(job):
+                if on_event:
+                    on_event(event)
+                if isinstance(event, Cancelled):
+                    raise JobCancelled("cancelled", f"job {job} was cancelled", job=job)
+                if isinstance(event, Result):
+                    return event
+        except EaselError:
+            raise  # a dropped connection's job is still to be followed (``exc.job``)
+        except BaseException:
+            # (the job ran on at the server, the next job queued behind it, and its events piled up here)
+            self._abandon(job)
+            raise
         raise AssertionError("unreachable")
+
+    def _abandon(self, job: str) -> None:
+        """Cancel a job nobody will read the events of, and drop them as they come."""
+        if job not in self._pending:
+            return
+        self._abandoned.add(job)
+        self._jobs.pop(job, None)
+        try:
+            self.cancel(job)
+        except EaselError:
+            pass  # the connection is gone: the job goes with its session
 
     def preprocess(self, preprocessor: str, image: ImageData, *, resolution: int | None = None,
                    output_format: str | None = None, on_event: Callable[[Event], None] | None = None) -> ImageData:
@@ -545,6 +567,10 @@ class Client:
             return  # a probe's answer: it said the server is alive, nothing more
         else:
             self._replies[kind].append(message)
+        if job in self._abandoned:
+            self._jobs.pop(job, None)
+            if ends:
+                self._abandoned.discard(job)
 
     def _take_probe(self) -> bool:
         with self._probe_lock:

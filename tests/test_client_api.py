@@ -208,3 +208,22 @@ def test_an_image_whose_bytes_are_not_what_it_says_names_the_job_and_field(clien
                    control=[{"type": "canny", "image": image}])
     assert (caught.value.job, caught.value.field) == ("bad-bytes", "control[0].image")
     assert not client._pending and client.status()["type"] == "status" and not any(client._jobs.values())
+
+
+def test_an_interrupted_run_cancels_its_job(client):
+    class Stop(Exception):
+        pass
+
+    def interrupt(event):
+        if isinstance(event, Progress):
+            raise Stop  # as Ctrl+C, or a notebook's interrupt, would in the middle of run()
+
+    with pytest.raises(Stop):
+        client.run("generate", prompt="x", steps=150, width=64, height=64, on_event=interrupt)
+    # (the job ran on to its 150th step, and its events piled up at the client)
+    deadline = time.monotonic() + 5
+    while client.status()["running"] is not None:
+        assert time.monotonic() < deadline, "the interrupted job still runs"
+        time.sleep(0.05)
+    assert isinstance(client.run("generate", prompt="x", steps=2, width=64, height=64), Result)
+    assert not client._pending and not client._abandoned and not any(client._jobs.values())
