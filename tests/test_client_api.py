@@ -227,3 +227,13 @@ def test_an_interrupted_run_cancels_its_job(client):
         time.sleep(0.05)
     assert isinstance(client.run("generate", prompt="x", steps=2, width=64, height=64), Result)
     assert not client._pending and not client._abandoned and not any(client._jobs.values())
+
+
+def test_a_job_id_still_in_use_is_refused_without_touching_its_job(client):
+    first = client.submit("generate", job="twice", prompt="x", steps=4, width=64, height=64)
+    with pytest.raises(EaselError, match="job twice of this client is still queued or running") as caught:
+        client.submit("generate", job="twice", prompt="y", steps=2, width=64, height=64)
+    assert (caught.value.code, caught.value.field, caught.value.ends_job) == ("duplicate_job", "job", False)
+    # (the server's refusal was filed as an event of the first job: its events() raised it)
+    assert isinstance(list(client.events(first))[-1], Result)
+    assert client.run("generate", job="twice", prompt="y", steps=2, width=64, height=64).job == "twice"
