@@ -448,12 +448,12 @@ class Client:
         """A job's image as a wire reference: ``ImageData`` is uploaded as a binary frame."""
         return self.upload(_image_data(image), role)
 
-    def _send_job(self, job: Job | PreprocessJob) -> None:
+    def _send_job(self, job: Job | PreprocessJob, again: bool = False) -> None:
         """Upload a job's pictures and send it. When the connection drops meanwhile, the job waits: the next
         read resumes the session, and if the server never received the submit it is sent again then."""
         # Every picture is checked before the first is uploaded: a wrong one raises with nothing sent
         # (no upload left unused at the server) and no job left waiting here.
-        if job.id in self._pending:
+        if job.id in self._pending and not again:
             # (the server's refusal came as an error of the job already running: its events() raised it)
             raise EaselError("duplicate_job", f"job {job.id} of this client is still queued or running: wait for "
                              "its end, or give this one another id (or none: one is made up)", "job", job.id,
@@ -538,7 +538,7 @@ class Client:
         message = json.loads(raw)
         kind, job = message["type"], message.get("job")
         if kind == "error" and message["code"] == "not_received" and job in self._unsent:
-            self._send_job(self._unsent[job])  # the submit was lost with the old connection
+            self._send_job(self._unsent[job], again=True)  # the submit was lost with the old connection
             return
         ends = kind in ("result", "cancelled") or (kind == "error" and message.get("ends_job", True))
         if kind == "error" and not ends and job is not None and job not in self._pending:
