@@ -451,13 +451,13 @@ class Client:
     def _send_job(self, job: Job | PreprocessJob, again: bool = False) -> None:
         """Upload a job's pictures and send it. When the connection drops meanwhile, the job waits: the next
         read resumes the session, and if the server never received the submit it is sent again then."""
-        # Every picture is checked before the first is uploaded: a wrong one raises with nothing sent
-        # (no upload left unused at the server) and no job left waiting here.
         if job.id in self._pending and not again:
             # (the server's refusal came as an error of the job already running: its events() raised it)
             raise EaselError("duplicate_job", f"job {job.id} of this client is still queued or running: wait for "
                              "its end, or give this one another id (or none: one is made up)", "job", job.id,
                              ends_job=False)
+        # Every picture is checked before the first is uploaded: a wrong one raises with nothing sent
+        # (no upload left unused at the server) and no job left waiting here.
         try:
             job.to_message(lambda image, role: _image_data(image).check() and {"frame": "unsent"})
         except ProtocolError as exc:  # (the server's answer to a bad upload names no job)
