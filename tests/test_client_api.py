@@ -237,3 +237,10 @@ def test_a_job_id_still_in_use_is_refused_without_touching_its_job(client):
     # (the server's refusal was filed as an event of the first job: its events() raised it)
     assert isinstance(list(client.events(first))[-1], Result)
     assert client.run("generate", job="twice", prompt="y", steps=2, width=64, height=64).job == "twice"
+
+
+def test_a_tls_failure_says_why_in_reason(server):
+    with pytest.raises(EaselError) as caught:
+        Client(server.url.replace("ws://", "wss://")).connect()
+    # (`reason` was empty for TLS failures alone)
+    assert caught.value.code == "unreachable" and "TLS handshake failed" in caught.value.reason
