@@ -94,7 +94,11 @@ _NOT_CONNECTED = ("the client is not connected: call connect() first (or use `wi
 
 
 class EaselError(Exception):
-    """The server refused or failed a request (an ``error`` message), or the connection failed."""
+    """The server refused or failed a request (an ``error`` message), or the connection failed.
+
+    ``code``: the protocol's error code (docs/protocol.md §6), or ``unreachable`` (``reason`` says why in
+    a few words), ``closed``, ``bad_url``, ``cancelled`` (``JobCancelled``). ``field``: the job's field
+    at fault; ``job``: the job it is about (for a failed connection, the job that was waited for)."""
 
     def __init__(self, code: str, message: str, field: str | None = None, job: str | None = None,
                  ends_job: bool = True, dropped: bool = False, reason: str = ""):
