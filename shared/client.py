@@ -424,11 +424,17 @@ class Client:
                                 resolution=resolution, output_format=output_format or "png")
         job = request.id
         self._send_job(request)
-        for event in self.events(job):
-            if on_event:
-                on_event(event)
-            if isinstance(event, Result):
-                return event.images[0].image
+        try:
+            for event in self.events(job):
+                if on_event:
+                    on_event(event)
+                if isinstance(event, Result):
+                    return event.images[0].image
+        except EaselError:
+            raise
+        except BaseException:  # interrupted, as ``run``
+            self._abandon(job)
+            raise
         raise JobCancelled("cancelled", f"preprocess job {job} was cancelled", job=job)
 
     def probe(self) -> None:

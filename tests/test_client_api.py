@@ -244,3 +244,16 @@ def test_a_tls_failure_says_why_in_reason(server):
         Client(server.url.replace("ws://", "wss://")).connect()
     # (`reason` was empty for TLS failures alone)
     assert caught.value.code == "unreachable" and "TLS handshake failed" in caught.value.reason
+
+
+def test_an_interrupted_preprocess_leaves_nothing_behind(client):
+    class Stop(Exception):
+        pass
+
+    def interrupt(event):
+        raise Stop
+
+    with pytest.raises(Stop):
+        client.preprocess("canny", png(picture(64, 64)), on_event=interrupt)
+    assert client.preprocess("canny", png(picture(64, 64))).width == 64
+    assert not client._pending and not client._abandoned and not any(client._jobs.values())
