@@ -5,8 +5,16 @@
         for event in easel.events(job):
             ...  # Accepted, Started, Progress (with .preview), then Result or Cancelled
 
-``events`` raises ``EaselError`` when the server answers the job with an ``error``.
-``cancel`` may be called from another thread while one thread iterates events.
+Pictures are ``shared.images.ImageData``: ``ImageData.from_file(path)``, ``from_png(data)``,
+``from_pil(picture)``, ``from_array(array)``; a result's ``images[i].image`` has ``.data`` (the file's
+bytes), ``.to_pil()`` and ``.to_array()``, with the image's ``seed`` and ``offset`` beside it.
+
+``events`` raises ``EaselError`` when the server answers the job with an ``error``, and so does every
+call when the connection fails (``code`` "unreachable", "closed", or the protocol's error code).
+One client may be used from several threads at once: a GUI's worker thread iterates a job's events
+while the UI thread calls ``cancel``, ``status`` or ``models``, or two threads each run their own job.
+There is no asyncio API: in asyncio code, run the blocking calls in a thread
+(``await asyncio.to_thread(easel.run, ...)``).
 """
 
 from __future__ import annotations
@@ -15,6 +23,7 @@ import collections
 import dataclasses
 import itertools
 import json
+import os
 import socket
 import ssl
 import threading
@@ -26,9 +35,28 @@ from typing import Callable, Iterator
 from websockets.exceptions import ConnectionClosed, InvalidMessage, InvalidURI
 from websockets.sync.client import connect
 
+from .errors import ProtocolError
 from .images import ImageData, decode_frame, encode_frame
 from .job import Job, PreprocessJob
 from .vocabulary import DEFAULT_URL, PROTOCOL_VERSION
+
+
+def _image_data(image) -> ImageData:
+    """``image`` if it is ``ImageData``; else a ``TypeError`` saying how to make one of what it is."""
+    if isinstance(image, ImageData):
+        return image
+    kind = type(image).__name__
+    if isinstance(image, (str, bytes, os.PathLike)):
+        how = ("ImageData.from_png(data) for a PNG file's bytes" if isinstance(image, bytes) else
+               "ImageData.from_file(path) for a PNG file")
+    elif hasattr(image, "shape") and hasattr(image, "dtype"):
+        how = "ImageData.from_array(array) for a uint8 array"
+    elif hasattr(image, "save") and hasattr(image, "mode"):
+        how = "ImageData.from_pil(picture) for a Pillow image"
+    else:
+        how = "ImageData.from_png, from_file, from_pil or from_array"
+    raise TypeError(f"must be ImageData (shared.images) or a wire reference like {{'frame': id}}, not {kind}: "
+                    f"use {how}")
 
 
 def tls_options(url: str, cert: str | None) -> dict:
@@ -61,8 +89,16 @@ def unreachable_reason(exc: BaseException, timeout: float) -> str:
     return str(exc) or type(exc).__name__
 
 
+_NOT_CONNECTED = ("the client is not connected: call connect() first (or use `with Client(...)`), and again "
+                  "after close()")
+
+
 class EaselError(Exception):
-    """The server refused or failed a request (an ``error`` message), or the connection failed."""
+    """The server refused or failed a request (an ``error`` message), or the connection failed.
+
+    ``code``: the protocol's error code (docs/protocol.md §6), or ``unreachable`` (``reason`` says why in
+    a few words), ``closed``, ``bad_url``, ``cancelled`` (``JobCancelled``). ``field``: the job's field
+    at fault; ``job``: the job it is about (for a failed connection, the job that was waited for)."""
 
     def __init__(self, code: str, message: str, field: str | None = None, job: str | None = None,
                  ends_job: bool = True, dropped: bool = False, reason: str = ""):
@@ -156,21 +192,48 @@ class Client:
         self._probes = 0  # status requests sent by probe() whose replies are not to be kept
         self._probe_lock = threading.Lock()
         self._resuming = False
+        self._abandoned: set[str] = set()  # jobs whose run() was interrupted: their messages are dropped
+        self._ended_by: str | None = None  # "close" / "abort": this client ended the connection itself
+        # One thread reads the socket at a time and files what it reads; the others wait for their message.
+        self._read_cond = threading.Condition()
+        self._reader: int | None = None  # threading.get_ident() of the thread reading now
 
     # -- connection ---------------------------------------------------------------------------
 
     def connect(self) -> "Client":
-        """Open the connection and say hello; raises EaselError if refused or unreachable."""
+        """Open the connection and say hello (a new session: a connection open already is closed, ending
+        its session); raises EaselError if refused or unreachable."""
+        self.close()  # (a second connect() left the first socket open, and its session alive at the server)
+        self._pending.clear()  # jobs of an earlier session end with it
+        self._abandoned.clear()
+        self._unsent.clear()
         self._open()
         self._hello()
         return self
 
     def reconnect(self) -> "Client":
-        """Open a new connection and resume this client's session: its jobs' missed endings arrive."""
+        """Open a new connection and resume this client's session: its jobs' missed endings arrive.
+        When the server no longer has the session (it restarted, or ``resume_seconds`` passed), the
+        client says hello afresh on the new connection and raises ``EaselError("unknown_session")``:
+        it is connected, with a new session, and its unfinished jobs are gone."""
         if self._ws is not None:
             self._ws.close()
         self._open()
-        self._hello(resume=True)
+        try:
+            self._hello(resume=True)
+        except EaselError as exc:
+            if exc.code != "unknown_session":
+                raise
+            # (the connection was left without a session: the next request got `hello_required`)
+            lost = sorted(self._pending)
+            self._pending.clear()
+            self._unsent.clear()
+            self.session = None
+            self._hello()
+            raise EaselError("unknown_session", "the server no longer has this client's session (it restarted, or "
+                             "the session expired): connected again with a new session, but its unfinished jobs "
+                             f"are lost{': ' + ', '.join(lost) if lost else ''}; submit them again",
+                             "resume") from None
         return self
 
     def reconnect_within(self, seconds: float) -> None:
@@ -208,18 +271,31 @@ class Client:
             raise EaselError("unreachable", reason, reason=reason) from None
         try:
             # Images are compressed already (or raw on purpose): per-message deflate only costs time.
+            self._ended_by = None
             self._ws = connect(self.url, open_timeout=self.open_timeout, max_size=self.max_size, compression=None,
                                **options)
         except ssl.SSLError as exc:
+            reason = f"the TLS handshake failed ({tls_hint(exc, self.cert)})"
             raise EaselError("unreachable", f"the TLS handshake with {self.url} failed ({tls_hint(exc, self.cert)}): "
-                             f"{exc}") from None
+                             f"{exc}", reason=reason) from None
         except InvalidURI:
             raise EaselError("bad_url", f"{self.url} is not a websocket address like ws://127.0.0.1:8760/") from None
+        except ConnectionClosed:  # a network blink cuts the handshake: it said "refused ... no close frame"
+            reason = "the connection was cut during the opening handshake"
+            raise EaselError("unreachable", f"cannot reach the Easel server at {self.url}: {reason}",
+                             reason=reason) from None
         except (OSError, TimeoutError) as exc:
             reason = unreachable_reason(exc, self.open_timeout)
             raise EaselError("unreachable", f"cannot reach the Easel server at {self.url}: {reason}",
                              reason=reason) from None
         except Exception as exc:  # handshake refused (bad origin, HTTP error ...)
+            if isinstance(exc, InvalidMessage) and isinstance(exc.__cause__, EOFError):
+                # Nothing came back at all: a network blink looks like this, and so may a wss:// server.
+                tls = " or a server started with a TLS certificate, which speaks wss:// only" \
+                    if self.url.startswith("ws://") else ""
+                reason = f"the connection closed before the server answered (a network cut: try again{tls})"
+                raise EaselError("unreachable", f"cannot reach the Easel server at {self.url}: {reason}",
+                                 reason=reason) from None
             if isinstance(exc, InvalidMessage) and self.url.startswith("ws://"):
                 # What a ws:// client reads from a wss:// server: TLS bytes, not an HTTP answer.
                 exc = f"{exc} (a server started with a TLS certificate speaks wss:// only)"
@@ -231,6 +307,7 @@ class Client:
         """Drop the connection at once, from any thread, with no close handshake and no resume (for a
         server that stopped answering): a thread reading events gets ``EaselError("closed")``."""
         self.resume = False
+        self._ended_by = "abort"
         ws = self._ws
         if ws is not None:
             try:
@@ -239,7 +316,10 @@ class Client:
                 pass  # already gone
 
     def close(self) -> None:
+        """End the connection and its session (the server cancels its jobs); a thread reading events
+        gets ``EaselError("closed")``. ``connect()`` opens a new one."""
         if self._ws is not None:
+            self._ended_by = "close"
             self._ws.close()
             self._ws = None
 
@@ -252,14 +332,15 @@ class Client:
     # -- requests -----------------------------------------------------------------------------
 
     def upload(self, image: ImageData, role: str = "image") -> dict:
-        """Send an image as a binary frame; returns the reference to put in a request."""
+        """Send an image as a binary frame; returns the reference to put in a request. The request that
+        names it uses it up (send it again for the next one): jobs given ``ImageData`` upload it themselves."""
         image_id = f"up-{next(self._ids)}"
         header = {"image": image_id, "role": role, "format": image.format,
                   "width": image.width, "height": image.height}
         self._send_frame(encode_frame(header, image.data))
         return {"frame": image_id}
 
-    def submit(self, job: Job | str, **params) -> str:
+    def submit(self, job: Job | str, /, **params) -> str:
         """Queue a job; its images that are ``ImageData`` are uploaded first. Returns the job id.
 
         ``submit("inpaint", prompt=..., image=...)`` is short for ``submit(Job.create("inpaint", ...))``.
@@ -279,30 +360,61 @@ class Client:
 
     def events(self, job: str) -> Iterator[Event]:
         """Yield the job's events until it ends; raise EaselError if it ends in an error."""
+        if job not in self._pending and not self._jobs.get(job):
+            # (waiting for it would block for ever: no message about it is coming)
+            raise EaselError("unknown_job", f"no job {job} of this client is waiting for its events: it was never "
+                             "submitted on this client, or its events were read already", job=job, ends_job=False)
         while True:
-            while not self._jobs[job]:
-                self._receive()
+            try:
+                self._wait(lambda: self._jobs[job])
+            except EaselError as exc:
+                if exc.job is None and exc.code in ("closed", "unreachable", "unknown_session"):
+                    exc.job = job  # the job waited for: after reconnect(), events(exc.job) goes on
+                    exc.ends_job = not exc.dropped
+                raise
             event = self._jobs[job].popleft()
             if isinstance(event, EaselError):
                 if event.ends_job:  # else the job goes on: its own ending is still to come
                     del self._jobs[job]
                 raise event
-            yield event
             if isinstance(event, (Result, Cancelled)):
+                # before the yield: ``run`` stops iterating at the result, and the job's queue stayed behind
                 del self._jobs[job]
+                yield event
                 return
+            yield event
 
-    def run(self, job: Job | str, *, on_event: Callable[[Event], None] | None = None, **params) -> Result:
-        """Submit a job (as ``submit`` takes it) and wait for its result; raises JobCancelled or EaselError."""
+    def run(self, job: Job | str, /, *, on_event: Callable[[Event], None] | None = None, **params) -> Result:
+        """Submit a job (as ``submit`` takes it) and wait for its result; raises JobCancelled or EaselError.
+        When the wait ends otherwise (Ctrl+C, a notebook's interrupt, an exception from ``on_event``) the
+        job is cancelled, and what comes of it is not kept."""
         job = self.submit(job, **params)
-        for event in self.events(job):
-            if on_event:
-                on_event(event)
-            if isinstance(event, Cancelled):
-                raise JobCancelled("cancelled", f"job {job} was cancelled", job=job)
-            if isinstance(event, Result):
-                return event
+        try:
+            for event in self.events(job):
+                if on_event:
+                    on_event(event)
+                if isinstance(event, Cancelled):
+                    raise JobCancelled("cancelled", f"job {job} was cancelled", job=job)
+                if isinstance(event, Result):
+                    return event
+        except EaselError:
+            raise  # a dropped connection's job is still to be followed (``exc.job``)
+        except BaseException:
+            # (the job ran on at the server, the next job queued behind it, and its events piled up here)
+            self._abandon(job)
+            raise
         raise AssertionError("unreachable")
+
+    def _abandon(self, job: str) -> None:
+        """Cancel a job nobody will read the events of, and drop them as they come."""
+        if job not in self._pending:
+            return
+        self._abandoned.add(job)
+        self._jobs.pop(job, None)
+        try:
+            self.cancel(job)
+        except EaselError:
+            pass  # the connection is gone: the job goes with its session
 
     def preprocess(self, preprocessor: str, image: ImageData, *, resolution: int | None = None,
                    output_format: str | None = None, on_event: Callable[[Event], None] | None = None) -> ImageData:
@@ -312,11 +424,17 @@ class Client:
                                 resolution=resolution, output_format=output_format or "png")
         job = request.id
         self._send_job(request)
-        for event in self.events(job):
-            if on_event:
-                on_event(event)
-            if isinstance(event, Result):
-                return event.images[0].image
+        try:
+            for event in self.events(job):
+                if on_event:
+                    on_event(event)
+                if isinstance(event, Result):
+                    return event.images[0].image
+        except EaselError:
+            raise
+        except BaseException:  # interrupted, as ``run``
+            self._abandon(job)
+            raise
         raise JobCancelled("cancelled", f"preprocess job {job} was cancelled", job=job)
 
     def probe(self) -> None:
@@ -338,13 +456,22 @@ class Client:
 
     def _reference(self, image, role: str) -> dict:
         """A job's image as a wire reference: ``ImageData`` is uploaded as a binary frame."""
-        if isinstance(image, ImageData):
-            return self.upload(image, role)
-        raise TypeError(f"a job's {role} must be ImageData or a wire reference, not {type(image).__name__}")
+        return self.upload(_image_data(image), role)
 
-    def _send_job(self, job: Job | PreprocessJob) -> None:
+    def _send_job(self, job: Job | PreprocessJob, again: bool = False) -> None:
         """Upload a job's pictures and send it. When the connection drops meanwhile, the job waits: the next
         read resumes the session, and if the server never received the submit it is sent again then."""
+        if job.id in self._pending and not again:
+            # (the server's refusal came as an error of the job already running: its events() raised it)
+            raise EaselError("duplicate_job", f"job {job.id} of this client is still queued or running: wait for "
+                             "its end, or give this one another id (or none: one is made up)", "job", job.id,
+                             ends_job=False)
+        # Every picture is checked before the first is uploaded: a wrong one raises with nothing sent
+        # (no upload left unused at the server) and no job left waiting here.
+        try:
+            job.to_message(lambda image, role: _image_data(image).check() and {"frame": "unsent"})
+        except ProtocolError as exc:  # (the server's answer to a bad upload names no job)
+            raise EaselError(exc.code, exc.message, exc.field, job.id) from None
         self._pending.add(job.id)
         self._unsent[job.id] = job
         try:
@@ -360,7 +487,7 @@ class Client:
 
     def _send_frame(self, frame: str | bytes) -> None:
         if self._ws is None:
-            raise EaselError("closed", "the client is not connected")
+            raise EaselError("closed", _NOT_CONNECTED)
         try:
             self._ws.send(frame)
         except ConnectionClosed as exc:
@@ -368,14 +495,35 @@ class Client:
                              dropped=exc.rcvd is None) from None
 
     def _await_reply(self, kind: str) -> dict:
-        while not self._replies[kind]:
-            self._receive()
+        self._wait(lambda: self._replies[kind])
         return self._replies[kind].popleft()
+
+    def _wait(self, ready: Callable[[], object]) -> None:
+        """Read messages until ``ready()``. When another thread is reading, wait for it to file what it
+        reads (a UI thread's ``status`` reply read by the worker thread iterating events, say)."""
+        me = threading.get_ident()
+        while not ready():
+            with self._read_cond:
+                if self._reader not in (None, me):
+                    self._read_cond.wait(0.5)
+                    continue
+                nested = self._reader == me  # a resume's hello, read while resuming
+                self._reader = me
+            try:
+                self._receive()
+            finally:
+                if not nested:
+                    with self._read_cond:
+                        self._reader = None
+                        self._read_cond.notify_all()
 
     def _receive(self) -> None:
         """Read one message and file it under its job (or as a reply)."""
+        ws = self._ws
+        if ws is None:
+            raise EaselError("closed", _NOT_CONNECTED)
         try:
-            raw = self._ws.recv()
+            raw = ws.recv()
         except ConnectionClosed as exc:
             if exc.rcvd is None and self.resume and not self._resuming and self.session and self._pending:
                 self._resuming = True  # once: a second drop in a row is an error (``dropped``: retry later)
@@ -387,6 +535,8 @@ class Client:
                 finally:
                     self._resuming = False
                 return
+            if self._ended_by:  # (it said "the Easel server closed the connection" after our own close())
+                raise EaselError("closed", f"the connection was ended by {self._ended_by}() on this client") from None
             reason = exc.rcvd.reason if exc.rcvd and exc.rcvd.reason else "connection closed"
             raise EaselError("closed", f"the Easel server closed the connection: {reason}",
                              dropped=exc.rcvd is None and self.resume and bool(self.session)) from None
@@ -398,9 +548,11 @@ class Client:
         message = json.loads(raw)
         kind, job = message["type"], message.get("job")
         if kind == "error" and message["code"] == "not_received" and job in self._unsent:
-            self._send_job(self._unsent[job])  # the submit was lost with the old connection
+            self._send_job(self._unsent[job], again=True)  # the submit was lost with the old connection
             return
         ends = kind in ("result", "cancelled") or (kind == "error" and message.get("ends_job", True))
+        if kind == "error" and not ends and job is not None and job not in self._pending:
+            return  # a refused cancel of a job that ended meanwhile: nobody waits for its events any more
         if ends or kind == "accepted":
             self._unsent.pop(job, None)
         if ends:
@@ -430,6 +582,10 @@ class Client:
             return  # a probe's answer: it said the server is alive, nothing more
         else:
             self._replies[kind].append(message)
+        if job in self._abandoned:
+            self._jobs.pop(job, None)
+            if ends:
+                self._abandoned.discard(job)
 
     def _take_probe(self) -> bool:
         with self._probe_lock:

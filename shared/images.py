@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import base64
 import binascii
+import io
 import json
+import os
 import re
 import struct
 from dataclasses import dataclass
@@ -33,6 +35,9 @@ class ImageData:
 
     def check(self) -> "ImageData":
         """Raise ``bad_image`` if the bytes cannot be what the header says."""
+        if self.format not in CHANNELS and self.format not in _SIGNATURES:
+            raise ProtocolError("invalid_field", f"`format` must be one of {', '.join([*_SIGNATURES, *CHANNELS])}; "
+                                f"got {self.format!r}", "format")
         if self.format in CHANNELS:
             expected = self.width * self.height * CHANNELS[self.format]
             if len(self.data) != expected:
@@ -56,6 +61,59 @@ class ImageData:
         except (binascii.Error, ValueError):
             raise ProtocolError("bad_image", f"inline image is not valid base64{_base64_hint(data)}") from None
         return cls.from_png(raw) if fmt == "png" else cls(fmt, 0, 0, raw).check()
+
+    @classmethod
+    def from_file(cls, path: str | os.PathLike) -> "ImageData":
+        """A PNG file on disk (other formats: open them with Pillow and use ``from_pil``)."""
+        with open(path, "rb") as file:
+            return cls.from_png(file.read())
+
+    @classmethod
+    def from_pil(cls, picture) -> "ImageData":
+        """A Pillow image, encoded as PNG (Pillow is the caller's: nothing here imports it)."""
+        if picture.mode not in ("1", "L", "LA", "P", "RGB", "RGBA", "I", "I;16"):  # CMYK, YCbCr ... PNG has not
+            picture = picture.convert("RGBA")
+        buffer = io.BytesIO()
+        picture.save(buffer, format="PNG")
+        return cls.from_png(buffer.getvalue())
+
+    @classmethod
+    def from_array(cls, array) -> "ImageData":
+        """A numpy array of 8-bit pixels, rows top to bottom: height x width (grey), height x width x 3
+        (RGB) or x 4 (RGBA). Sent raw (``l8`` / ``rgba8``): nothing is encoded."""
+        shape, dtype = getattr(array, "shape", None), str(getattr(array, "dtype", ""))
+        if shape is None or dtype != "uint8" or len(shape) not in (2, 3) or \
+                (len(shape) == 3 and shape[2] not in (3, 4)):
+            hint = " (scale floats to 0-255 and use .astype('uint8'))" if dtype.startswith("float") else ""
+            raise TypeError(f"from_array takes a uint8 array of height x width, or height x width x 3 or 4 channels, "
+                            f"not {type(array).__name__} of shape {shape} and dtype {dtype or '?'}{hint}")
+        if len(shape) == 2:
+            return cls("l8", shape[1], shape[0], array.tobytes())
+        if shape[2] == 3:
+            import numpy  # the caller's: an array of its own came in
+
+            array = numpy.dstack([array, numpy.full(shape[:2], 255, numpy.uint8)])
+        return cls("rgba8", shape[1], shape[0], array.tobytes())
+
+    def to_pil(self):
+        """The picture as a Pillow image (RGBA, or L for ``l8``); needs Pillow installed."""
+        from PIL import Image  # optional: the client itself runs without Pillow
+
+        if self.format in CHANNELS:
+            return Image.frombytes("RGBA" if self.format == "rgba8" else "L", (self.width, self.height), self.data)
+        picture = Image.open(io.BytesIO(self.data))
+        picture.load()
+        return picture
+
+    def to_array(self):
+        """The pixels as a numpy array (height x width x 4 for RGBA, height x width for grey); needs numpy,
+        and Pillow for PNG and WebP."""
+        import numpy  # optional, as Pillow above
+
+        if self.format in CHANNELS:
+            shape = (self.height, self.width, 4) if self.format == "rgba8" else (self.height, self.width)
+            return numpy.frombuffer(self.data, numpy.uint8).reshape(shape)
+        return numpy.asarray(self.to_pil())
 
     def to_base64(self) -> str:
         return base64.b64encode(self.data).decode("ascii")

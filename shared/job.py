@@ -12,6 +12,7 @@ Images are whatever the side holding the job uses: ``ImageData`` before upload, 
 from __future__ import annotations
 
 import dataclasses
+import difflib
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -224,9 +225,15 @@ class Job:
         sampling = Sampling(**{key: params.pop(key) for key in list(params) if key in sampling_keys})
         if "job" in params:
             params["id"] = params.pop("job")
-        params["control"] = [_as(ControlUnit, unit) for unit in params.get("control") or ()]
-        params["references"] = [_as(Reference, ref) for ref in params.get("references") or ()]
-        params["loras"] = [_as(Lora, lora) for lora in params.get("loras") or ()]
+        for key, kind in (("control", ControlUnit), ("references", Reference), ("loras", Lora)):
+            params[key] = [_as(kind, item, f"{key}[{index}]") for index, item in enumerate(params.get(key) or ())]
+        known = {spec.metadata.get("key") or spec.name for spec in dataclasses.fields(cls)} | {"id"}
+        unknown = sorted(set(params) - known)
+        if unknown:  # (Python's own message named Job.__init__, and the misspelt name only)
+            names = sorted((known | sampling_keys) - {"mode", "sampling", "id"})
+            close = difflib.get_close_matches(unknown[0], names, 1)
+            raise TypeError(f"no job parameter {unknown[0]!r}" + (f"; did you mean {close[0]!r}?" if close else
+                                                                    f"; a job takes {', '.join(names)}"))
         return cls(mode=mode, sampling=sampling, **params)
 
     @classmethod
@@ -241,25 +248,27 @@ class Job:
     def to_message(self, image_ref: ImageRef | None = None) -> dict:
         """The ``submit`` message. Images that are not wire references yet go through ``image_ref``
         (e.g. ``Client.upload``); unset fields are left out, so the server's defaults apply."""
-        def ref(image: Any, role: str) -> dict:
+        def ref(image: Any, role: str, where: str) -> dict:
             if isinstance(image, dict):
                 return image
             if image_ref is None:
-                raise TypeError(f"the job's {role} is not a wire reference; pass image_ref to upload it")
-            return image_ref(image, role)
+                raise TypeError(f"the job's `{where}` is not a wire reference; pass image_ref to upload it")
+            return _named(where, image_ref, image, role)
 
         message: dict = {"type": "submit"}
         for key, value in _wire_items(self):
             if key in ("image", "mask"):
-                value = ref(value, key)
+                value = ref(value, key, key)
             message[key] = value
         if self.control:
-            message["control"] = [dict(_wire_items(unit), **({"image": ref(unit.image, "control")}
+            message["control"] = [dict(_wire_items(unit), **({"image": ref(unit.image, "control",
+                                                                            f"control[{index}].image")}
                                                              if unit.image is not None else {}))
-                                  for unit in self.control]
+                                  for index, unit in enumerate(self.control)]
         if self.references:
-            message["references"] = [dict(_wire_items(reference), image=ref(reference.image, "reference"))
-                                     for reference in self.references]
+            message["references"] = [dict(_wire_items(reference), image=ref(reference.image, "reference",
+                                                                            f"references[{index}].image"))
+                                     for index, reference in enumerate(self.references)]
         if self.loras:
             message["loras"] = [dict(_wire_items(lora)) for lora in self.loras]
         if self.preset is not None:  # a field left at its default takes the preset's value
@@ -415,7 +424,7 @@ class PreprocessJob:
         if not isinstance(self.image, dict):
             if image_ref is None:
                 raise TypeError("the picture is not a wire reference; pass image_ref to upload it")
-            message["image"] = image_ref(self.image, "image")
+            message["image"] = _named("image", image_ref, self.image, "image")
         return message
 
     @property
@@ -430,8 +439,29 @@ class PreprocessJob:
                                 "its control image is the picture itself", "preprocessor")
 
 
-def _as(cls: type, value: Any) -> Any:
-    return value if isinstance(value, cls) else cls(**value)
+def _named(where: str, image_ref: ImageRef, image: Any, role: str) -> dict:
+    """``image_ref(image, role)``, its ``TypeError`` (not an image it can send) and ``ProtocolError``
+    (an image whose bytes are not what it says) naming the field."""
+    try:
+        return image_ref(image, role)
+    except TypeError as exc:
+        raise TypeError(f"`{where}` {exc}") from None
+    except ProtocolError as exc:
+        exc.field = where
+        raise
+
+
+def _as(cls: type, value: Any, where: str) -> Any:
+    """A control unit, reference or LoRA given as the dataclass or as a dict of its fields."""
+    if isinstance(value, cls):
+        return value
+    if not isinstance(value, dict):
+        raise TypeError(f"`{where}` must be a {cls.__name__} or a dict of its fields, not {type(value).__name__}")
+    unknown = sorted(set(value) - {spec.name for spec in dataclasses.fields(cls)})
+    if unknown:
+        raise TypeError(f"`{where}` has no field {unknown[0]!r}; a {cls.__name__} has "
+                        f"{', '.join(spec.name for spec in dataclasses.fields(cls))}")
+    return cls(**value)
 
 
 def _wire_items(obj: Any):

@@ -1,0 +1,261 @@
+"""The bundled Python client as a library, as a tool written against its docs uses it: a worker
+thread and a UI thread on one client, pictures of the types a tool has at hand, mistakes it makes."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from backend.server import ServerThread
+from conftest import picture, png
+from netfaults import Blinker
+from shared.client import Client, EaselError, Progress, Result
+from shared.images import ImageData
+from shared.job import Job
+
+
+def test_the_ui_thread_asks_for_status_while_a_worker_thread_reads_a_job(client):
+    # (status() from a second thread raised websockets' ConcurrencyError: two threads in recv)
+    job = client.submit("generate", prompt="x", steps=4, width=64, height=64, seed=1, preview_every=1)
+    events, answers = [], []
+
+    def worker():
+        events.extend(client.events(job))
+
+    reader = threading.Thread(target=worker)
+    reader.start()
+    while not events:
+        time.sleep(0.005)
+    answers.append(client.status())
+    answers.append(client.models())
+    reader.join(60)
+    assert [answer["type"] for answer in answers] == ["status", "models"]
+    assert [event.step for event in events if isinstance(event, Progress)] == [1, 2, 3, 4]
+    assert isinstance(events[-1], Result)
+
+
+def test_two_threads_each_run_their_own_job_on_one_client(client):
+    results = {}
+
+    def run(seed: int) -> None:
+        results[seed] = client.run("generate", prompt="x", steps=2, width=64, height=64, seed=seed)
+
+    threads = [threading.Thread(target=run, args=(seed,)) for seed in (3, 4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert {seed: result.images[0].seed for seed, result in results.items()} == {3: 3, 4: 4}
+
+
+@pytest.mark.parametrize("given, named, how", [
+    (picture(64, 64), "mask", "ImageData.from_pil(picture)"),
+    (png(picture(64, 64)).data, "mask", "ImageData.from_png(data)"),
+    (np.zeros((64, 64), np.uint8), "mask", "ImageData.from_array(array)"),
+    ("mask.png", "mask", "ImageData.from_file(path)"),
+])
+def test_a_picture_of_the_wrong_type_is_named_before_anything_is_sent(client, given, named, how):
+    image = png(picture(64, 64))
+    with pytest.raises(TypeError, match=rf"`{named}` must be ImageData .*{how.replace('(', '.').replace(')', '.')}"):
+        client.submit("inpaint", prompt="x", image=image, mask=given, steps=2)
+    # (the image had been uploaded before the mask failed, and the job stayed pending for ever)
+    assert not client._pending and not client._unsent
+    assert client.upload(image)["frame"] == "up-1", "the image was not uploaded"
+    with pytest.raises(TypeError, match=r"`references\[1\].image` .* not bytes"):
+        client.submit("img2img", prompt="x", image=image, steps=2, references=[{"image": image}, {"image": b"PNG"}])
+
+
+def test_a_job_built_with_a_wrong_name_or_shape_says_which():
+    with pytest.raises(TypeError, match="no job parameter 'stenght'; did you mean 'strength'"):
+        Job.create("img2img", stenght=0.5)
+    with pytest.raises(TypeError, match=r"`control\[0\]` has no field 'kind'; a ControlUnit has type, image"):
+        Job.create("img2img", control=[{"kind": "canny"}])
+    with pytest.raises(TypeError, match=r"`control\[1\]` must be a ControlUnit or a dict of its fields, not str"):
+        Job.create("img2img", control=[{"type": "canny"}, "depth"])
+
+
+def test_a_job_id_is_given_as_the_wire_names_it(client):
+    # (submit's own first parameter was called `job`: job="mine" raised "got multiple values")
+    result = client.run("generate", job="mine", prompt="x", steps=2, width=64, height=64, seed=0)
+    assert result.job == "mine"
+
+
+def test_pictures_convert_to_and_from_pillow_and_numpy(client):
+    rgb = np.asarray(picture(96, 64))
+    for given in (ImageData.from_pil(picture(96, 64)), ImageData.from_pil(picture(96, 64).convert("CMYK")),
+                  ImageData.from_array(rgb), ImageData.from_array(rgb[..., 0].copy())):
+        result = client.run("img2img", prompt="x", image=given, strength=0.5, steps=2, seed=5)
+        layer = result.images[0]
+        assert layer.image.to_pil().size == (96, 64) and layer.image.to_array().shape == (64, 96, 4)
+        assert (layer.seed, layer.offset) == (5, (0, 0))
+    assert np.array_equal(ImageData.from_array(rgb).to_array()[..., :3], rgb)
+    with pytest.raises(TypeError, match=r"uint8 array .* dtype float32 \(scale floats to 0-255"):
+        ImageData.from_array(rgb.astype(np.float32))
+
+
+def test_a_job_that_is_not_waited_for_raises_instead_of_blocking(client):
+    with pytest.raises(EaselError, match="no job nope of this client") as caught:
+        next(client.events("nope"))
+    assert caught.value.code == "unknown_job" and caught.value.job == "nope"
+
+
+def test_run_leaves_nothing_behind(client):
+    for steps in (2, 1):  # a result, then an error (too few steps at strength 0.5)
+        try:
+            result = client.run("img2img", prompt="x", image=png(picture(64, 64)), strength=0.5, steps=steps)
+        except EaselError:
+            pass
+    client.cancel(result.job)  # too late: the server refuses it, and nobody reads that
+    assert client.status()["type"] == "status"
+    # (each run kept an empty queue for its job: a batch of thousands of jobs grew without end)
+    assert not any(client._jobs.values()) and len(client._jobs) <= 1
+
+
+def test_a_closed_client_says_to_connect(server):
+    easel = Client(server.url).connect()
+    job = easel.submit("generate", prompt="x", steps=2, width=64, height=64)
+    easel.close()
+    # (events of a job submitted before close() raised AttributeError: 'NoneType' object has no attribute 'recv')
+    with pytest.raises(EaselError, match=r"not connected: call connect\(\)"):
+        list(easel.events(job))
+
+
+def test_a_long_drop_names_the_job_to_follow_after_reconnecting(server):
+    link = Blinker(server.url)
+    try:
+        with Client(link.url) as client:
+            job = client.submit("generate", prompt="x", steps=4, width=64, height=64, seed=1)
+            with pytest.raises(EaselError) as caught:
+                for event in client.events(job):
+                    if not isinstance(event, Progress):
+                        link.cut(1.5)  # longer than the client's own one resume
+            # (it said "refused the connection: no close frame received or sent", and named no job)
+            error = caught.value
+            assert error.dropped and error.job == job and error.code == "unreachable"
+            assert "cut during the opening handshake" in str(error) or "network cut: try again" in str(error)
+            client.reconnect_within(10)
+            assert isinstance(list(client.events(error.job))[-1], Result)
+    finally:
+        link.close()
+
+
+def test_a_restarted_server_leaves_the_client_connected_afresh(demo_config, engine):
+    # Servers of their own: the first one's session stays detached after the client has gone to the second.
+    first, restarted = ServerThread(demo_config, engine).start(), ServerThread(demo_config, engine).start()
+    link = Blinker(first.url)
+    try:
+        with Client(link.url) as client:
+            job = client.submit("generate", prompt="x", steps=4, width=64, height=64, seed=1)
+            with pytest.raises(EaselError) as caught:
+                for _ in client.events(job):
+                    host, port = restarted.url.removeprefix("ws://").rstrip("/").split(":")
+                    link.upstream = (host, int(port))  # the same address, a server that never saw the session
+                    link.cut(0)
+            error = caught.value
+            assert (error.code, error.job) == ("unknown_session", job)
+            assert f"new session, but its unfinished jobs are lost: {job}; submit them again" in str(error)
+            # (the connection was left without a session: every request then got `hello_required`)
+            assert client.status()["type"] == "status"
+            with pytest.raises(EaselError, match="no job"):
+                next(client.events(job))
+            deadline = time.monotonic() + 30
+            while first.server.queue.running and time.monotonic() < deadline:  # the engine runs one job at a time
+                time.sleep(0.05)
+            assert isinstance(client.run("generate", prompt="x", steps=2, width=64, height=64), Result)
+    finally:
+        link.close()
+        restarted.stop()
+        first.stop()
+
+
+def test_connecting_again_ends_the_first_connection(server):
+    with Client(server.url) as client:
+        first = client._ws
+        client.connect()
+        # (the first socket stayed open, its session alive at the server, until the process ended)
+        assert first.state.name == "CLOSED" and client.status()["type"] == "status"
+
+
+def test_closing_from_the_ui_thread_says_who_closed(server):
+    client = Client(server.url).connect()
+    seen, failed = [], []
+
+    def worker():
+        try:
+            client.run("generate", prompt="x", steps=4, width=64, height=64, on_event=seen.append)
+        except EaselError as exc:
+            failed.append(exc)
+
+    reader = threading.Thread(target=worker)
+    reader.start()
+    while not seen:
+        time.sleep(0.005)
+    client.close()
+    reader.join(20)
+    # (it said "the Easel server closed the connection")
+    assert "ended by close() on this client" in str(failed[0]) and failed[0].code == "closed"
+
+
+@pytest.mark.parametrize("image, words", [
+    (ImageData("rgba8", 10, 10, b"short"), "rgba8 image of 10x10 needs 400 bytes, got 5"),
+    (ImageData("jpeg", 64, 64, b"\xff\xd8\xff"), "`format` must be one of png, webp, rgba8, l8; got 'jpeg'"),
+])
+def test_an_image_whose_bytes_are_not_what_it_says_names_the_job_and_field(client, image, words):
+    # (the server refused the upload with no job named, and the job's own error stayed queued at the client)
+    with pytest.raises(EaselError, match=words) as caught:
+        client.run("img2img", job="bad-bytes", prompt="x", image=png(picture(64, 64)), strength=0.5, steps=2,
+                   control=[{"type": "canny", "image": image}])
+    assert (caught.value.job, caught.value.field) == ("bad-bytes", "control[0].image")
+    assert not client._pending and client.status()["type"] == "status" and not any(client._jobs.values())
+
+
+def test_an_interrupted_run_cancels_its_job(client):
+    class Stop(Exception):
+        pass
+
+    def interrupt(event):
+        if isinstance(event, Progress):
+            raise Stop  # as Ctrl+C, or a notebook's interrupt, would in the middle of run()
+
+    with pytest.raises(Stop):
+        client.run("generate", prompt="x", steps=150, width=64, height=64, on_event=interrupt)
+    # (the job ran on to its 150th step, and its events piled up at the client)
+    deadline = time.monotonic() + 5
+    while client.status()["running"] is not None:
+        assert time.monotonic() < deadline, "the interrupted job still runs"
+        time.sleep(0.05)
+    assert isinstance(client.run("generate", prompt="x", steps=2, width=64, height=64), Result)
+    assert not client._pending and not client._abandoned and not any(client._jobs.values())
+
+
+def test_a_job_id_still_in_use_is_refused_without_touching_its_job(client):
+    first = client.submit("generate", job="twice", prompt="x", steps=4, width=64, height=64)
+    with pytest.raises(EaselError, match="job twice of this client is still queued or running") as caught:
+        client.submit("generate", job="twice", prompt="y", steps=2, width=64, height=64)
+    assert (caught.value.code, caught.value.field, caught.value.ends_job) == ("duplicate_job", "job", False)
+    # (the server's refusal was filed as an event of the first job: its events() raised it)
+    assert isinstance(list(client.events(first))[-1], Result)
+    assert client.run("generate", job="twice", prompt="y", steps=2, width=64, height=64).job == "twice"
+
+
+def test_a_tls_failure_says_why_in_reason(server):
+    with pytest.raises(EaselError) as caught:
+        Client(server.url.replace("ws://", "wss://")).connect()
+    # (`reason` was empty for TLS failures alone)
+    assert caught.value.code == "unreachable" and "TLS handshake failed" in caught.value.reason
+
+
+def test_an_interrupted_preprocess_leaves_nothing_behind(client):
+    class Stop(Exception):
+        pass
+
+    def interrupt(event):
+        raise Stop
+
+    with pytest.raises(Stop):
+        client.preprocess("canny", png(picture(64, 64)), on_event=interrupt)
+    assert client.preprocess("canny", png(picture(64, 64))).width == 64
+    assert not client._pending and not client._abandoned and not any(client._jobs.values())
