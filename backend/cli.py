@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import dataclasses
 import io
 import json
@@ -12,7 +11,6 @@ import logging
 import os
 import re
 import sys
-import uuid
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -521,18 +519,11 @@ def cmd_run(args: argparse.Namespace) -> int:
             print(f"\rstep {event.step}/{event.total}", end="", file=sys.stderr, flush=True)
             shown.append(event)
 
-    job = dataclasses.replace(job, id=uuid.uuid4().hex[:16])  # known before it is sent, to cancel it
     connected = False
     try:
         with Client(args.server, token=args.token, name="easel-cli", cert=args.cert) as client:
             connected = True
-            try:
-                result = client.run(job, on_event=show)
-            except KeyboardInterrupt:
-                # (closing the connection cancels it too; asking first says so even if the close is cut short)
-                with contextlib.suppress(Exception):
-                    client.cancel(job.id)
-                raise
+            result = client.run(job, on_event=show)  # (interrupted, it cancels the job)
     except KeyboardInterrupt:  # Ctrl-C printed a traceback from inside the websocket library
         print("\n" * bool(shown) + "easel: interrupted" + ": the job was cancelled on the server" * connected,
               file=sys.stderr)
