@@ -96,7 +96,8 @@ class ImageData:
         return cls("rgba8", shape[1], shape[0], array.tobytes())
 
     def to_pil(self):
-        """The picture as a Pillow image (RGBA, or L for ``l8``); needs Pillow installed."""
+        """The picture as a Pillow image (RGBA for ``rgba8``, L for ``l8``, else in the file's own mode); needs
+        Pillow installed."""
         from PIL import Image  # optional: the client itself runs without Pillow
 
         if self.format in CHANNELS:
