@@ -101,7 +101,7 @@ class EaselError(Exception):
     at fault; ``job``: the job it is about (for a failed connection, the job that was waited for)."""
 
     def __init__(self, code: str, message: str, field: str | None = None, job: str | None = None,
-                 ends_job: bool = True, dropped: bool = False, reason: str = ""):
+                 ends_job: bool = True, dropped: bool = False, reason: str = "", tls: bool = False):
         super().__init__(f"{message} [{code}" + (f", field {field}]" if field else "]"))
         self.code, self.message, self.field, self.job = code, message, field, job
         self.ends_job = ends_job  # False: about job `job` (a refused cancel, a duplicate id) without ending it
@@ -109,6 +109,9 @@ class EaselError(Exception):
         # its jobs live on at the server for a while, and a later ``reconnect()`` may still get their endings.
         self.dropped = dropped
         self.reason = reason  # "unreachable": why, in a few words (nothing listening, no answer in time ...)
+        # True: "unreachable" because the TLS handshake failed (a wrong pinned certificate, a ws:// server):
+        # trying again cannot help until the user changes something, unlike a server not running yet.
+        self.tls = tls
 
 
 class JobCancelled(EaselError):
@@ -277,7 +280,7 @@ class Client:
         except ssl.SSLError as exc:
             reason = f"the TLS handshake failed ({tls_hint(exc, self.cert)})"
             raise EaselError("unreachable", f"the TLS handshake with {self.url} failed ({tls_hint(exc, self.cert)}): "
-                             f"{exc}", reason=reason) from None
+                             f"{exc}", reason=reason, tls=True) from None
         except InvalidURI:
             raise EaselError("bad_url", f"{self.url} is not a websocket address like ws://127.0.0.1:8760/") from None
         except ConnectionClosed:  # a network blink cuts the handshake: it said "refused ... no close frame"

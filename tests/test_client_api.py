@@ -246,6 +246,10 @@ def test_a_tls_failure_says_why_in_reason(server):
         Client(server.url.replace("ws://", "wss://")).connect()
     # (`reason` was empty for TLS failures alone)
     assert caught.value.code == "unreachable" and "TLS handshake failed" in caught.value.reason
+    assert caught.value.tls  # (hosts stop retrying: only the user can mend it)
+    with pytest.raises(EaselError) as caught:
+        Client("ws://127.0.0.1:9/").connect()  # nothing listens there: worth trying again later
+    assert caught.value.code == "unreachable" and not caught.value.tls
 
 
 def test_an_interrupted_preprocess_leaves_nothing_behind(client):

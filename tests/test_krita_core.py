@@ -764,6 +764,8 @@ def test_a_refusal_only_the_painter_can_mend_is_not_retried():
     assert not liveness.retry("bad_url")
     assert liveness.retry("unreachable") and liveness.retry("closed") and liveness.retry("shutting_down")
     assert liveness.retry(None)
+    # a pinned certificate that is not the server's fails the same way on every try
+    assert not liveness.retry("unreachable", tls=True)
 
 
 def test_an_insert_fills_the_whole_box_before_it_touches_the_document():

@@ -79,7 +79,8 @@ def not_responding(url: str, seconds: float, busy: bool) -> str:
 NEEDS_THE_PAINTER = frozenset({"unauthorized", "unsupported_protocol", "bad_url"})
 
 
-def retry(code: str | None) -> bool:
+def retry(code: str | None, tls: bool = False) -> bool:
     """Whether a connection that failed with error ``code`` is worth trying again by itself (a server
-    down or restarting is; a wrong token is not, until the painter presses Connect)."""
-    return code not in NEEDS_THE_PAINTER
+    down or restarting is; a wrong token is not, until the painter presses Connect, nor a failed TLS
+    handshake, ``tls``: a certificate that is not the server's, or a server without one)."""
+    return not tls and code not in NEEDS_THE_PAINTER

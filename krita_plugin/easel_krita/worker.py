@@ -307,7 +307,7 @@ class Worker(QObject):
             models = client.models()
         except client_module.EaselError as exc:
             client.close()
-            self._held = not liveness.retry(exc.code)  # set before the signal that starts the retry timer
+            self._held = not liveness.retry(exc.code, exc.tls)  # set before the signal that starts the retry timer
             hint = " Type the server's token at the top of the Easel docker and press Connect." \
                 if exc.code == "unauthorized" else ""
             self.state_changed.emit("disconnected", sentence(exc) + hint)
