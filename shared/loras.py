@@ -101,5 +101,9 @@ def check(loras: list[tuple[str, float, str]], available: Mapping[str, str | Non
             raise ProtocolError("unknown_lora", missing("LoRA", name, available, left_out), where)
         made_for = available[name]
         if family is not None and made_for is not None and made_for != family:
+            fitting = sorted(other for other, kind in available.items() if kind == family)
+            instead = f", or one of the {family} LoRAs: {', '.join(fitting[:5])}{' …' * (len(fitting) > 5)}" \
+                if fitting else ""
             raise ProtocolError("wrong_family", f"LoRA {shown(name)} is for {made_for} models, but model "
-                                f"{shown(model)} is {family}", where)
+                                f"{shown(model)} is {family}: pick a model of the {made_for} family for it"
+                                f"{instead}", where)

@@ -102,7 +102,9 @@ def test_loras_are_listed_with_their_family(client):
 @pytest.mark.parametrize("params, code, field, words", [
     ({"loras": [{"name": "demo-lora"}, {"name": "nope"}]}, "unknown_lora", "loras[1].name", "demo-lora-diffusers"),
     ({"loras": [{"name": "demo-lora", "weight": 2.5}]}, "invalid_field", "loras[0].weight", "at most 2"),
-    ({"loras": [{"name": "demo-xl-lora"}]}, "wrong_family", "loras[0].name", "for sdxl models, but model 'demo' is"),
+    ({"loras": [{"name": "demo-xl-lora"}]}, "wrong_family", "loras[0].name",
+     "for sdxl models, but model 'demo' is sd15: pick a model of the sdxl family for it, or one of the sd15 "
+     "LoRAs: demo-lora"),
     ({"prompt": "a <lora:demo-xl-lora:0.5> house"}, "wrong_family", "prompt", "demo-xl-lora"),
     ({"prompt": "a <lora:nope> house"}, "unknown_lora", "prompt", "nope"),
     ({"prompt": "a <lora:demo-lora:lots> house"}, "invalid_field", "prompt", "not a number"),
