@@ -89,6 +89,11 @@ def unreachable_reason(exc: BaseException, timeout: float) -> str:
     return str(exc) or type(exc).__name__
 
 
+def _left(timeout: float | None, began: float) -> float | None:
+    """Seconds left of ``timeout`` counted from ``began`` (``time.monotonic()``); None for no timeout."""
+    return None if timeout is None else max(0.0, timeout - (time.monotonic() - began))
+
+
 _NOT_CONNECTED = ("the client is not connected: call connect() first (or use `with Client(...)`), and again "
                   "after close()")
 
@@ -361,15 +366,20 @@ class Client:
         """Ask the server to cancel a job; its events end with Cancelled (or its result, if too late)."""
         self._send({"type": "cancel", "job": job})
 
-    def events(self, job: str) -> Iterator[Event]:
-        """Yield the job's events until it ends; raise EaselError if it ends in an error."""
+    def events(self, job: str, timeout: float | None = None) -> Iterator[Event]:
+        """Yield the job's events until it ends; raise EaselError if it ends in an error. With ``timeout``
+        (seconds from the first event asked for), ``EaselError("timeout")`` when the job has not ended by
+        then; the job goes on at the server, and ``events(job)`` goes on following it."""
         if job not in self._pending and not self._jobs.get(job):
             # (waiting for it would block for ever: no message about it is coming)
             raise EaselError("unknown_job", f"no job {job} of this client is waiting for its events: it was never "
                              "submitted on this client, or its events were read already", job=job, ends_job=False)
+        deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             try:
-                self._wait(lambda: self._jobs[job])
+                if not self._wait(lambda: self._jobs[job], deadline):
+                    raise EaselError("timeout", f"job {job} did not end within {timeout:g}s; it goes on at the server "
+                                     "(cancel it, or read its events again)", job=job, ends_job=False)
             except EaselError as exc:
                 if exc.job is None and exc.code in ("closed", "unreachable", "unknown_session"):
                     exc.job = job  # the job waited for: after reconnect(), events(exc.job) goes on
@@ -387,20 +397,27 @@ class Client:
                 return
             yield event
 
-    def run(self, job: Job | str, /, *, on_event: Callable[[Event], None] | None = None, **params) -> Result:
+    def run(self, job: Job | str, /, *, on_event: Callable[[Event], None] | None = None,
+            timeout: float | None = None, **params) -> Result:
         """Submit a job (as ``submit`` takes it) and wait for its result; raises JobCancelled or EaselError.
-        When the wait ends otherwise (Ctrl+C, a notebook's interrupt, an exception from ``on_event``) the
-        job is cancelled, and what comes of it is not kept."""
+        When the wait ends otherwise (Ctrl+C, a notebook's interrupt, an exception from ``on_event``, no
+        result within ``timeout`` seconds: ``EaselError("timeout")``) the job is cancelled, and what comes
+        of it is not kept."""
+        began = time.monotonic()
         job = self.submit(job, **params)
         try:
-            for event in self.events(job):
+            for event in self.events(job, _left(timeout, began)):
                 if on_event:
                     on_event(event)
                 if isinstance(event, Cancelled):
                     raise JobCancelled("cancelled", f"job {job} was cancelled", job=job)
                 if isinstance(event, Result):
                     return event
-        except EaselError:
+        except EaselError as exc:
+            if exc.code == "timeout":
+                self._abandon(job)
+                raise EaselError("timeout", f"job {job} did not end within {timeout:g}s, so it was cancelled",
+                                 job=job) from None
             raise  # a dropped connection's job is still to be followed (``exc.job``)
         except BaseException:
             # (the job ran on at the server, the next job queued behind it, and its events piled up here)
@@ -420,20 +437,26 @@ class Client:
             pass  # the connection is gone: the job goes with its session
 
     def preprocess(self, preprocessor: str, image: ImageData, *, resolution: int | None = None,
-                   output_format: str | None = None, on_event: Callable[[Event], None] | None = None) -> ImageData:
+                   output_format: str | None = None, on_event: Callable[[Event], None] | None = None,
+                   timeout: float | None = None) -> ImageData:
         """The control map ``preprocessor`` (a name, or a control type) makes of ``image``, as PNG or
-        in ``output_format`` ("rgba8": raw pixels, no encoding on either side)."""
+        in ``output_format`` ("rgba8": raw pixels, no encoding on either side); ``timeout`` as ``run``'s."""
+        began = time.monotonic()
         request = PreprocessJob(image=image, preprocessor=preprocessor, id=uuid.uuid4().hex[:16],
                                 resolution=resolution, output_format=output_format or "png")
         job = request.id
         self._send_job(request)
         try:
-            for event in self.events(job):
+            for event in self.events(job, _left(timeout, began)):
                 if on_event:
                     on_event(event)
                 if isinstance(event, Result):
                     return event.images[0].image
-        except EaselError:
+        except EaselError as exc:
+            if exc.code == "timeout":
+                self._abandon(job)
+                raise EaselError("timeout", f"preprocess job {job} did not end within {timeout:g}s, so it was "
+                                 "cancelled", job=job) from None
             raise
         except BaseException:  # interrupted, as ``run``
             self._abandon(job)
@@ -501,32 +524,39 @@ class Client:
         self._wait(lambda: self._replies[kind])
         return self._replies[kind].popleft()
 
-    def _wait(self, ready: Callable[[], object]) -> None:
-        """Read messages until ``ready()``. When another thread is reading, wait for it to file what it
-        reads (a UI thread's ``status`` reply read by the worker thread iterating events, say)."""
+    def _wait(self, ready: Callable[[], object], deadline: float | None = None) -> bool:
+        """Read messages until ``ready()``; False if ``deadline`` (``time.monotonic()``) passes first. When
+        another thread is reading, wait for it to file what it reads (a UI thread's ``status`` reply read
+        by the worker thread iterating events, say)."""
         me = threading.get_ident()
         while not ready():
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            if left == 0:
+                return False
             with self._read_cond:
                 if self._reader not in (None, me):
-                    self._read_cond.wait(0.5)
+                    self._read_cond.wait(0.5 if left is None else min(0.5, left))
                     continue
                 nested = self._reader == me  # a resume's hello, read while resuming
                 self._reader = me
             try:
-                self._receive()
+                self._receive(left)
             finally:
                 if not nested:
                     with self._read_cond:
                         self._reader = None
                         self._read_cond.notify_all()
+        return True
 
-    def _receive(self) -> None:
-        """Read one message and file it under its job (or as a reply)."""
+    def _receive(self, timeout: float | None = None) -> None:
+        """Read one message and file it under its job (or as a reply); nothing when ``timeout`` passes first."""
         ws = self._ws
         if ws is None:
             raise EaselError("closed", _NOT_CONNECTED)
         try:
-            raw = ws.recv()
+            raw = ws.recv(timeout)
+        except TimeoutError:
+            return
         except ConnectionClosed as exc:
             if exc.rcvd is None and self.resume and not self._resuming and self.session and self._pending:
                 self._resuming = True  # once: a second drop in a row is an error (``dropped``: retry later)

@@ -263,3 +263,26 @@ def test_an_interrupted_preprocess_leaves_nothing_behind(client):
         client.preprocess("canny", png(picture(64, 64)), on_event=interrupt)
     assert client.preprocess("canny", png(picture(64, 64))).width == 64
     assert not client._pending and not client._abandoned and not any(client._jobs.values())
+
+
+def test_a_run_that_takes_too_long_is_cancelled_and_the_client_goes_on(client):
+    began = time.monotonic()
+    with pytest.raises(EaselError, match=r"did not end within 0.5s, so it was cancelled") as caught:
+        client.run("generate", job="slow", prompt="x", steps=150, width=64, height=64, timeout=0.5)
+    assert (caught.value.code, caught.value.job) == ("timeout", "slow")
+    assert time.monotonic() - began < 5, "it gave up at its timeout, not at the job's end"
+    deadline = time.monotonic() + 5
+    while client.status()["running"] is not None:  # (without a timeout, only abort() ended the wait, and the
+        assert time.monotonic() < deadline, "the timed-out job still runs"  # connection with it)
+        time.sleep(0.05)
+    assert isinstance(client.run("generate", prompt="x", steps=2, width=64, height=64, timeout=60), Result)
+    assert not client._pending and not client._abandoned and not any(client._jobs.values())
+
+
+def test_events_with_a_timeout_leave_the_job_running_to_be_read_again(client):
+    job = client.submit("generate", prompt="x", steps=40, width=64, height=64, seed=5)
+    with pytest.raises(EaselError) as caught:
+        for _ in client.events(job, timeout=0.01):
+            pass
+    assert (caught.value.code, caught.value.job, caught.value.ends_job) == ("timeout", job, False)
+    assert isinstance(list(client.events(job))[-1], Result), "the job went on and its result came"
