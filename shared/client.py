@@ -23,6 +23,7 @@ import collections
 import dataclasses
 import itertools
 import json
+import logging
 import os
 import socket
 import ssl
@@ -93,6 +94,12 @@ def _left(timeout: float | None, began: float) -> float | None:
     """Seconds left of ``timeout`` counted from ``began`` (``time.monotonic()``); None for no timeout."""
     return None if timeout is None else max(0.0, timeout - (time.monotonic() - began))
 
+
+# The websocket library logs a keepalive that failed with its traceback, which Python prints to stderr when the
+# tool has configured no logging; the failure reaches the caller as EaselError already. A library's NullHandler
+# keeps that console quiet, and a tool that does configure logging still gets the record.
+_log = logging.getLogger("easel.client")
+_log.addHandler(logging.NullHandler())
 
 _NOT_CONNECTED = ("the client is not connected: call connect() first (or use `with Client(...)`), and again "
                   "after close()")
@@ -178,18 +185,20 @@ class Client:
 
     def __init__(self, url: str = DEFAULT_URL, *, token: str | None = None, name: str = "easel-python",
                  open_timeout: float = 10, max_size: int | None = 2**29, cert: str | None = None,
-                 resume: bool = True):
+                 resume: bool = True, keepalive: float | None = 20):
         """``cert``: for a ``wss://`` server with a self-signed certificate (``easel cert``), that
         certificate's PEM file: the connection is trusted only if the server holds its key (pinned).
         ``resume``: when the connection drops (no close from the server), reconnect once and resume the
-        session: jobs go on, and endings that were missed arrive as if nothing happened."""
+        session: jobs go on, and endings that were missed arrive as if nothing happened.
+        ``keepalive``: seconds between pings; a server that leaves one unanswered as long is given up
+        (``EaselError("closed")``, or the resume above). None: never."""
         self.url, self.token, self.name, self.cert = url, token, name, cert
         self.resume = resume
         self.session: str | None = None  # welcome.session
         self._pending: set[str] = set()  # jobs submitted whose ending has not arrived
         # Jobs sent but not yet `accepted` (or ended): sent again when a resume says their submit was lost.
         self._unsent: dict[str, Job | PreprocessJob] = {}
-        self.open_timeout, self.max_size = open_timeout, max_size
+        self.open_timeout, self.max_size, self.keepalive = open_timeout, max_size, keepalive
         self.welcome: dict | None = None
         self._ws = None
         self._jobs: dict[str, collections.deque] = collections.defaultdict(collections.deque)
@@ -281,7 +290,7 @@ class Client:
             # Images are compressed already (or raw on purpose): per-message deflate only costs time.
             self._ended_by = None
             self._ws = connect(self.url, open_timeout=self.open_timeout, max_size=self.max_size, compression=None,
-                               **options)
+                               ping_interval=self.keepalive, ping_timeout=self.keepalive, logger=_log, **options)
         except ssl.SSLError as exc:
             reason = f"the TLS handshake failed ({tls_hint(exc, self.cert)})"
             raise EaselError("unreachable", f"the TLS handshake with {self.url} failed ({tls_hint(exc, self.cert)}): "

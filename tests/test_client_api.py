@@ -3,8 +3,11 @@ thread and a UI thread on one client, pictures of the types a tool has at hand, 
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,6 +18,8 @@ from netfaults import Blinker
 from shared.client import Client, EaselError, Progress, Result
 from shared.images import ImageData
 from shared.job import Job
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_the_ui_thread_asks_for_status_while_a_worker_thread_reads_a_job(client):
@@ -286,3 +291,25 @@ def test_events_with_a_timeout_leave_the_job_running_to_be_read_again(client):
             pass
     assert (caught.value.code, caught.value.job, caught.value.ends_job) == ("timeout", job, False)
     assert isinstance(list(client.events(job))[-1], Result), "the job went on and its result came"
+
+
+def test_a_server_that_stops_answering_is_given_up_quietly_at_the_keepalive(server):
+    # As a console tool that configured no logging runs it: websockets' "keepalive ping failed" traceback
+    # was printed to its stderr, beside the EaselError that already said what happened.
+    link = Blinker(server.url)
+    script = ("import sys\nfrom shared.client import Client, EaselError\n"
+              "easel = Client(sys.argv[1], keepalive=0.3, open_timeout=1).connect()\n"
+              "print('connected', flush=True)\nsys.stdin.readline()\n"
+              "try:\n    easel.status()\nexcept EaselError as exc:\n    print('gave up:', exc.code)\n")
+    tool = subprocess.Popen([sys.executable, "-c", script, link.url], cwd=ROOT, stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert tool.stdout.readline() == "connected\n"
+        link.frozen = True  # as a server stopped with SIGSTOP: nothing passes, nothing closes
+        out, err = tool.communicate("\n", timeout=60)
+    finally:
+        tool.kill()
+        link.frozen = False
+        link.close()
+    assert "gave up: unreachable" in out or "gave up: closed" in out, out + err
+    assert "Traceback" not in err and "keepalive" not in err, err
