@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import inspect
 import itertools
 import json
 import logging
@@ -100,6 +101,8 @@ def _left(timeout: float | None, began: float) -> float | None:
 # keeps that console quiet, and a tool that does configure logging still gets the record.
 _log = logging.getLogger("easel.client")
 _log.addHandler(logging.NullHandler())
+# The sync client has pings from websockets 13 on; the WebUI's gradio keeps 11 or 12 (no keepalive there).
+_PINGS = "ping_interval" in inspect.signature(connect).parameters
 
 _NOT_CONNECTED = ("the client is not connected: call connect() first (or use `with Client(...)`), and again "
                   "after close()")
@@ -191,7 +194,7 @@ class Client:
         ``resume``: when the connection drops (no close from the server), reconnect once and resume the
         session: jobs go on, and endings that were missed arrive as if nothing happened.
         ``keepalive``: seconds between pings; a server that leaves one unanswered as long is given up
-        (``EaselError("closed")``, or the resume above). None: never."""
+        (``EaselError("closed")``, or the resume above). None: never (so with websockets before 13)."""
         self.url, self.token, self.name, self.cert = url, token, name, cert
         self.resume = resume
         self.session: str | None = None  # welcome.session
@@ -289,8 +292,10 @@ class Client:
         try:
             # Images are compressed already (or raw on purpose): per-message deflate only costs time.
             self._ended_by = None
+            if _PINGS:
+                options.update(ping_interval=self.keepalive, ping_timeout=self.keepalive)
             self._ws = connect(self.url, open_timeout=self.open_timeout, max_size=self.max_size, compression=None,
-                               ping_interval=self.keepalive, ping_timeout=self.keepalive, logger=_log, **options)
+                               logger=_log, **options)
         except ssl.SSLError as exc:
             reason = f"the TLS handshake failed ({tls_hint(exc, self.cert)})"
             raise EaselError("unreachable", f"the TLS handshake with {self.url} failed ({tls_hint(exc, self.cert)}): "

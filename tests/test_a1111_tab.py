@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import dataclasses
 import io
 import os
 import time
@@ -17,6 +18,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from backend.engine.engine import Engine
+from backend.engine.models import ModelRegistry, pick_device
+from backend.server import ServerThread
 from conftest import picture
 from webui_env import A1111, SETUP, free_port, serving, webui_folder, webui_source
 
@@ -334,6 +338,23 @@ def test_backend_down_reads_as_a_sentence(page, webui):
         assert generate(page) == expected
     page.click("#easel_refresh")
     page.wait_for_function(f"() => {STATUS}.innerText.includes('on cpu')")
+
+
+def test_check_backend_offers_what_the_backend_now_has(page, webui, demo_config):
+    # Another backend set in Settings (or one started after the WebUI, or a LoRA added to its folder): the
+    # fields followed the backend the tab was built against until the WebUI restarted.
+    config = dataclasses.replace(demo_config, loras={**demo_config.loras, "ink-style": demo_config.loras["demo-lora"]})
+    with ServerThread(config, Engine(ModelRegistry(config, *pick_device("cpu")))) as other:
+        point_at(page, other.url)
+        try:
+            page.click("#easel_refresh")
+            page.wait_for_function(f"() => {STATUS}.innerText.includes('{other.url}')")
+            page.locator("#easel_lora input").click()
+            page.locator("#easel_lora li", has_text="ink-style").click()
+            page.wait_for_function("() => document.querySelector('#easel_prompt textarea').value"
+                                   ".includes('<lora:ink-style:1>')")
+        finally:
+            point_at(page, webui["server"])
 
 
 def test_pick_a_result_and_send_it_to_img2img_and_inpaint(page):

@@ -54,8 +54,9 @@ class Host:
 
 
 class Models:
-    """The model picker's labels and the models they stand for, as the backend last listed them
-    (gradio 3's Dropdown has no separate values: the label is the value)."""
+    """The model picker's labels and the models they stand for, and what the backend offers (its ``offer``:
+    control types, reference modes, LoRAs …), as the backend last said (gradio 3's Dropdown has no separate
+    values: the label is the value)."""
 
     def __init__(self, offered: jobs.Offered):
         self.update(offered)
@@ -63,6 +64,7 @@ class Models:
     def update(self, offered: jobs.Offered) -> None:
         self.labels = model_list.picker_labels(offered.models, offered.capabilities)
         self.reply = offered.models
+        self.offer = offer(offered.capabilities)
 
     def chosen(self, label: str | None) -> model_list.ModelChoice | None:
         """The model a job with this label runs on (the server's default for "Server default")."""
@@ -86,7 +88,7 @@ def build(connection: Callable[[], jobs.Connection], host: Host | None = None) -
     host = host or Host()
     units, refs = [], []
     backend = jobs.offered(connection())
-    offered = offer(backend.capabilities)
+    offered = offer(backend.capabilities)  # the fields' ranges and choices; ``models.offer`` follows the backend
     with gr.Blocks(analytics_enabled=False) as tab:
         with gr.Row():
             status = gr.Markdown(lambda: jobs.markdown(jobs.status_line(connection())), elem_id="easel_status")
@@ -214,7 +216,7 @@ def build(connection: Callable[[], jobs.Connection], host: Host | None = None) -
                                content_, bool(soft_), bool(invert_), *(int(value or 0) for value in sides_),
                                int(padding_ if padding_ is not None else 32), float(scale_), upscaler_ or "",
                                models.name(model_), float(image_guidance_), models.chosen(model_))
-            return within_offer(values, model_offer(values.chosen, offered))
+            return within_offer(values, model_offer(values.chosen, models.offer))
 
         def run_job(request: gr.Request, *args):
             # gradio fills positional parameters annotated gr.Request; the inputs follow in *args.
@@ -285,7 +287,7 @@ def build(connection: Callable[[], jobs.Connection], host: Host | None = None) -
             # out, and left out too) and image guidance. What is hidden or greyed out keeps its value, and the
             # mode the painter last chose comes back with a model that has it: switching to a model and back
             # loses nothing. (A unit's type or a reference's mode it lacks is refused with a sentence instead.)
-            can = model_offer(models.chosen(label), offered)
+            can = model_offer(models.chosen(label), models.offer)
             controls, references = bool(can.control_types), bool(can.reference_modes)
             # ``displaced``: (the mode a model took off the radio, the one it showed instead); the radio still
             # showing the latter means the painter has not chosen since
@@ -305,7 +307,7 @@ def build(connection: Callable[[], jobs.Connection], host: Host | None = None) -
             # The WebUI calls a dropdown's ``init_field`` when it gives it a value saved in Settings > Defaults,
             # before the page is served: the page then starts with that model's offer, not the server
             # default's the tab was built with (and a saved Mode is kept only where that model has it).
-            can = model_offer(models.chosen(label), offered)
+            can = model_offer(models.chosen(label), models.offer)
             mode.choices = compat.choices(can.modes)
             mode.value = first_mode(can.modes, mode.value)
             for name, value in negative_prompt(can.negative_prompt).items():
@@ -320,10 +322,13 @@ def build(connection: Callable[[], jobs.Connection], host: Host | None = None) -
         model.init_field = offer_saved_model
         # (not the Radio's input event: gradio 4 sends it for the model's own update of the radio too)
         wanted_mode = gr.State(None)
-        model.change(offer_model, inputs=[model, mode, wanted_mode],
-                     outputs=[mode, wanted_mode, negative, image_guidance, *unit_boxes, *ref_boxes, lora], queue=False)
-        refresh.click(refresh_backend, inputs=[model], outputs=[status, model], queue=False)
-        refresh_models.click(refresh_backend, inputs=[model], outputs=[status, model], queue=False)
+        offer_fields = dict(fn=offer_model, inputs=[model, mode, wanted_mode], queue=False,
+                            outputs=[mode, wanted_mode, negative, image_guidance, *unit_boxes, *ref_boxes, lora])
+        model.change(**offer_fields)
+        # then the fields again: a backend started after the WebUI, another one set in Settings, a LoRA added
+        # to its folder (the picked model's label, and so its change event, may stay the same)
+        for button in (refresh, refresh_models):
+            button.click(refresh_backend, inputs=[model], outputs=[status, model], queue=False).then(**offer_fields)
         if host.paste_fields is not None:
             host.paste_fields(picture, [
                 (prompt, "Prompt"), (negative, "Negative prompt"), (steps, "Steps"), (guidance, "CFG scale"),
