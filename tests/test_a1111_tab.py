@@ -355,6 +355,8 @@ def test_check_backend_offers_what_the_backend_now_has(page, webui, demo_config)
                                    ".includes('<lora:ink-style:1>')")
         finally:
             point_at(page, webui["server"])
+            page.click("#easel_refresh")  # the tab's offer is the module server's again, for the tests after
+            page.wait_for_function(f"() => {STATUS}.innerText.includes('{webui['server']}')")
 
 
 def test_pick_a_result_and_send_it_to_img2img_and_inpaint(page):
