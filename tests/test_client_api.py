@@ -75,6 +75,12 @@ def test_a_job_built_with_a_wrong_name_or_shape_says_which():
         Job.create("img2img", control=[{"kind": "canny"}])
     with pytest.raises(TypeError, match=r"`control\[1\]` must be a ControlUnit or a dict of its fields, not str"):
         Job.create("img2img", control=[{"type": "canny"}, "depth"])
+    with pytest.raises(TypeError, match=r"`references\[0\]` needs `image`"):
+        Job.create("img2img", references=[{"weight": 0.5}])
+    with pytest.raises(TypeError, match=r"`control\[0\]` needs `type`"):
+        Job.create("img2img", control=[{"scale": 0.5}])
+    with pytest.raises(TypeError, match=r"`control` must be a list of ControlUnits or dicts, not one dict"):
+        Job.create("img2img", control={"type": "canny"})
 
 
 def test_a_job_id_is_given_as_the_wire_names_it(client):
