@@ -37,6 +37,7 @@ from shared.fields import Field, check_fields, item_field
 from shared.images import ImageData
 from shared.job import PREPROCESS_FIELDS, SUBMIT_FIELDS, Job, PreprocessJob
 from shared.messages import DEFAULT_URL, MODES, json_schema
+from shared.rules import expanded_size
 
 log = logging.getLogger("easel")
 DEFAULT_HUB_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
@@ -487,8 +488,15 @@ def cmd_run(args: argparse.Namespace) -> int:
                       control=[_control_unit(spec) for spec in args.control],
                       references=[_reference(spec) for spec in args.reference],
                       loras=[_lora(spec) for spec in args.lora])
-        if image is not None and args.mode not in ("expand", "upscale", "generate"):
-            _note_stretched_controls(args.control, params["control"], image)
+        if image is not None and args.mode not in ("upscale", "generate"):
+            size, name = image.upright.size, f"--image {image.path}"
+            if args.mode == "expand":  # (its maps are stretched to the new canvas, not to the picture)
+                size = expanded_size(*size, *(params.get(f"expand_{side}", 0)
+                                              for side in ("left", "top", "right", "bottom")))
+                name = "the expanded canvas"
+            _note_stretched_controls(args.control, params["control"], size, name)
+        elif args.mode == "generate" and args.width and args.height:
+            _note_stretched_controls(args.control, params["control"], (args.width, args.height), "--width/--height")
         if args.mode in ("upscale", "generate") and "strength" in params:
             # an upscale's strength is its refine's, and so is a large generate's second stage (a generate
             # has no other use for one; the server's advice "a higher --strength" must be something to type)
@@ -647,16 +655,17 @@ def _control_unit(spec: str) -> dict:
     return unit
 
 
-def _note_stretched_controls(specs: Sequence[str], units: list[dict], image: Picture) -> None:
-    """Say when a control map's shape is not the picture's: the server stretches it to the picture's size
-    (protocol §5.6), which a 6000x200 map given for a 4:3 photo did without a word."""
-    width, height = image.upright.size
+def _note_stretched_controls(specs: Sequence[str], units: list[dict], size: tuple[int, int], name: str) -> None:
+    """Say when a control map's shape is not the picture's (``size``, called ``name``): the server stretches
+    it to that size (protocol §5.6), which a 6000x200 map given for a 4:3 photo did without a word, and a map
+    of the picture alone did over an expand's new band."""
+    width, height = size
     for spec, unit in zip(specs, units):
         given = unit.get("image")
         if isinstance(given, ImageData) and abs(given.width * height / (given.height * width) - 1) > 0.01:
-            print(f"easel: note: --control {spec} is {given.width}x{given.height} and --image {image.path} "
-                  f"{width}x{height}: the map is stretched to the picture's size, distorting it (crop it to the "
-                  "picture's shape first if that is not meant)", file=sys.stderr)
+            print(f"easel: note: --control {spec} is {given.width}x{given.height} and {name} "
+                  f"{width}x{height}: the map is stretched to that size, distorting it (crop or pad it to that "
+                  "shape first if that is not meant)", file=sys.stderr)
 
 
 def _reference(spec: str) -> dict:

@@ -608,6 +608,18 @@ def test_a_control_map_of_another_shape_is_said_to_be_stretched(capsys, small):
     assert f"--control canny:{small / 'strip.png'} is 600x20 and --image {small / 'in.png'} 64x48: the map is " \
            "stretched" in err, err
     assert "double.png is" not in err and "cannot reach" in err
+    # an expand stretches its maps to the new canvas: a map of the picture alone went over the band unsaid
+    status, _, err = easel_here(capsys, "run", "expand", "--image", small / "in.png", "--right", 64, "--control",
+                                f"canny:{small / 'double.png'}", "--control", f"depth:{small / 'strip.png'}",
+                                "--out", small / "o.png", "--server", nowhere())
+    assert f"--control canny:{small / 'double.png'} is 128x96 and the expanded canvas 128x48: the map is " \
+           "stretched" in err, err
+    picture(256, 96).save(small / "canvas.png")
+    status, _, err = easel_here(capsys, "run", "generate", "--width", 256, "--height", 96, "--control",
+                                f"canny:{small / 'canvas.png'}", "--control", f"depth:{small / 'double.png'}",
+                                "--out", small / "o.png", "--server", nowhere())
+    assert "canvas.png is" not in err and f"depth:{small / 'double.png'} is 128x96 and --width/--height 256x96" \
+        in err, err
 
 
 def test_avif_keeps_a_profile_and_transparency(capsys, small):
