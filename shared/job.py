@@ -369,6 +369,12 @@ class Job:
         elif refine == 0 and self.sampling.batch > 1:  # (without a refine: the same picture every time)
             raise ProtocolError("invalid_field", "an upscale without `refine` makes the same picture every time: "
                                 "ask for batch 1, or refine to get variations", "batch")
+        if refine == 0:  # (they were listed in the result as if they had steered, a preprocessor as run)
+            for key, what in (("control", "control units"), ("references", "reference pictures")):
+                if getattr(self, key):
+                    raise ProtocolError("invalid_field", f"an upscale without `refine` runs no diffusion, so its "
+                                        f"{what} would do nothing: set `refine` above 0 (they steer the refine), or "
+                                        "leave them out", key)
 
 
     @property
