@@ -268,8 +268,8 @@ def check_source_layer(role: str, name: str, where: str | None, size: tuple[int,
                         "or of one the same size.")
 
 
-LINE_TYPES = ("canny", "lineart", "lineart_anime", "softedge", "scribble", "mlsd")  # maps of white lines on black
-PICTURE_TYPES = ("tile", "shuffle", "inpaint")  # the picture itself is the control image
+LINE_TYPES = vocabulary.LINE_MAP_TYPES  # maps of white lines on black
+PICTURE_TYPES = vocabulary.PICTURE_CONTROL_TYPES  # the picture itself is the control image
 
 
 def control_picture(rgba: bytes, control_type: str, preprocess: bool) -> bytes:
