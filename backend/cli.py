@@ -38,6 +38,7 @@ from shared.images import ImageData
 from shared.job import PREPROCESS_FIELDS, SUBMIT_FIELDS, Job, PreprocessJob
 from shared.messages import DEFAULT_URL, MODES, json_schema
 from shared.rules import expanded_size
+from shared.vocabulary import DEFAULT_PREPROCESSOR, PREPROCESSORS
 
 log = logging.getLogger("easel")
 DEFAULT_HUB_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
@@ -130,7 +131,9 @@ def build_parser() -> argparse.ArgumentParser:
                                           "server; pass the map to `easel run --control TYPE:MAP`.")
     pre.add_argument("preprocessor", metavar="PREPROCESSOR",
                      help="a preprocessor or a control type (its default preprocessor): "
-                          + ", ".join(PREPROCESS_FIELDS["preprocessor"].choices))
+                          # (tile and inpaint are types without one: always refused, so not offered)
+                          + ", ".join(name for name in PREPROCESS_FIELDS["preprocessor"].choices
+                                      if name in PREPROCESSORS or name in DEFAULT_PREPROCESSOR))
     pre.add_argument("input", metavar="INPUT", help="the picture")
     pre.add_argument("output", metavar="OUTPUT", help="where to write the map (PNG)")
     pre.add_argument("--resolution", type=int, metavar="N", help=_help(PREPROCESS_FIELDS["resolution"]))

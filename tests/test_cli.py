@@ -374,6 +374,8 @@ def test_python_m_backend_cli_runs_the_command():
                               cwd=root, timeout=120)
         assert done.returncode == 0, done.stderr
         assert expected in done.stdout and "Traceback" not in done.stderr
+        if args[0] == "preprocess":  # (tile and inpaint were offered, and always refused)
+            assert "segmentation" in done.stdout and "tile" not in done.stdout and "inpaint" not in done.stdout
 
 
 # -- easel run as a new user meets it ----------------------------------------------------------
