@@ -651,6 +651,10 @@ def _control_unit(spec: str) -> dict:
     image, numbers = _numbers_at_end(rest.removesuffix(":pre") if preprocess else rest, 3)
     if not kind or not image:
         raise UsageError(f"--control {spec}: expected TYPE:IMAGE[:SCALE[:START[:END]]][:pre]")
+    stray = _stray_part(image, allow_input=True)
+    if stray:  # (was "cannot read input:pre: no such file" for depth:input:pre:0.5)
+        raise UsageError(f"--control {spec}: {stray!r} is not a SCALE, START or END number; expected "
+                         "TYPE:IMAGE[:SCALE[:START[:END]]][:pre], with :pre last")
     unit: dict = {"type": kind, "preprocess": "on" if preprocess else "off",
                   **dict(zip(("scale", "start", "end"), numbers))}
     if image != "input":
@@ -676,11 +680,36 @@ def _reference(spec: str) -> dict:
     head, _, last = spec.rpartition(":")
     mode = last if head and last in REFERENCE_FIELDS["mode"].choices else None
     image, numbers = _numbers_at_end(head if mode else spec, 1)
+    stray = _stray_part(image)
+    if stray:  # (was "cannot read style.png:0.5:Style: no such file")
+        raise UsageError(f"--reference {spec}: {stray!r} is neither a WEIGHT nor a MODE (one of "
+                         f"{', '.join(REFERENCE_FIELDS['mode'].choices)}); expected IMAGE[:WEIGHT[:MODE]]")
     reference: dict = {"image": read_picture(image, "reference", f"--reference {spec}").data,
                        **dict(zip(("weight",), numbers))}
     if mode:
         reference["mode"] = mode
     return reference
+
+
+def _stray_part(image: str, allow_input: bool = False) -> str | None:
+    """The part after IMAGE's last colon when IMAGE is no file but what comes before that colon is one (or
+    ``input``): a misplaced or misspelt option part, not a path."""
+    if Path(image).exists():
+        return None
+    parts = image.split(":")
+    for end in range(len(parts) - 1, 0, -1):
+        head = ":".join(parts[:end])
+        if (allow_input and head == "input") or Path(head).is_file():
+            return next((part for part in parts[end:] if not _is_number(part)), parts[end])
+    return None
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 def _numbers_at_end(text: str, most: int) -> tuple[str, list[float]]:

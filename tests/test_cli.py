@@ -365,6 +365,22 @@ def test_control_and_reference_specs_allow_colons_in_paths(tmp_path):
     assert _reference(str(path)).keys() == {"image"}
 
 
+def test_a_misplaced_pre_or_a_misspelt_mode_is_named_not_read_as_a_file_name(tmp_path):
+    # `depth:input:pre:0.5` said "cannot read input:pre: no such file", `x.png:0.5:Style` "cannot read x.png:0.5:Style"
+    from backend.cli import UsageError, _control_unit, _reference
+
+    Image.new("RGB", (32, 32), "white").save(tmp_path / "x.png")
+    path = tmp_path / "x.png"
+    for spec in ("depth:input:pre:0.5", f"depth:{path}:pre:0.5:0.9"):
+        with pytest.raises(UsageError, match="'pre' is not a SCALE, START or END number; .* with :pre last"):
+            _control_unit(spec)
+    for spec in (f"{path}:0.5:Style", f"{path}:Style"):
+        with pytest.raises(UsageError, match="'Style' is neither a WEIGHT nor a MODE"):
+            _reference(spec)
+    with pytest.raises(UsageError, match="no such file"):
+        _reference(f"{tmp_path / 'missing.png'}:0.5")
+
+
 def test_python_m_backend_cli_runs_the_command():
     """`python -m backend.cli` is the command (every subcommand's function is defined before it runs)."""
     root = Path(__file__).resolve().parents[1]
