@@ -102,6 +102,23 @@ def test_pictures_convert_to_and_from_pillow_and_numpy(client):
         ImageData.from_array(rgb.astype(np.float32))
 
 
+def test_a_phone_photo_from_pillow_is_sent_upright(tmp_path):
+    # Image.open keeps a JPEG's pixels as stored; from_pil sent a portrait photo (or a control map or reference
+    # taken from one) sideways, where the CLI and every viewer show it upright.
+    from PIL import Image, ImageOps
+
+    upright = picture(96, 64)
+    for orientation in range(1, 9):
+        stored = upright.transpose(Image.Transpose.TRANSPOSE) if orientation >= 5 else upright.copy()
+        exif = stored.getexif()
+        exif[0x0112] = orientation
+        stored.save(tmp_path / "photo.jpg", exif=exif, quality=100)
+        opened = Image.open(tmp_path / "photo.jpg")
+        expected = np.asarray(ImageOps.exif_transpose(opened).convert("RGB"))
+        sent = ImageData.from_pil(opened).to_array()[..., :3]
+        assert sent.shape == expected.shape and np.array_equal(sent, expected), orientation
+
+
 def test_a_job_that_is_not_waited_for_raises_instead_of_blocking(client):
     with pytest.raises(EaselError, match="no job nope of this client") as caught:
         next(client.events("nope"))
