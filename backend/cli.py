@@ -37,6 +37,8 @@ from shared.fields import Field, check_fields, item_field
 from shared.images import ImageData
 from shared.job import PREPROCESS_FIELDS, SUBMIT_FIELDS, Job, PreprocessJob
 from shared.messages import DEFAULT_URL, MODES, json_schema
+from shared.rules import expanded_size
+from shared.vocabulary import DEFAULT_PREPROCESSOR, PREPROCESSORS
 
 log = logging.getLogger("easel")
 DEFAULT_HUB_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
@@ -129,7 +131,9 @@ def build_parser() -> argparse.ArgumentParser:
                                           "server; pass the map to `easel run --control TYPE:MAP`.")
     pre.add_argument("preprocessor", metavar="PREPROCESSOR",
                      help="a preprocessor or a control type (its default preprocessor): "
-                          + ", ".join(PREPROCESS_FIELDS["preprocessor"].choices))
+                          # (tile and inpaint are types without one: always refused, so not offered)
+                          + ", ".join(name for name in PREPROCESS_FIELDS["preprocessor"].choices
+                                      if name in PREPROCESSORS or name in DEFAULT_PREPROCESSOR))
     pre.add_argument("input", metavar="INPUT", help="the picture")
     pre.add_argument("output", metavar="OUTPUT", help="where to write the map (PNG)")
     pre.add_argument("--resolution", type=int, metavar="N", help=_help(PREPROCESS_FIELDS["resolution"]))
@@ -487,8 +491,15 @@ def cmd_run(args: argparse.Namespace) -> int:
                       control=[_control_unit(spec) for spec in args.control],
                       references=[_reference(spec) for spec in args.reference],
                       loras=[_lora(spec) for spec in args.lora])
-        if image is not None and args.mode not in ("expand", "upscale", "generate"):
-            _note_stretched_controls(args.control, params["control"], image)
+        if image is not None and args.mode not in ("upscale", "generate"):
+            size, name = image.upright.size, f"--image {image.path}"
+            if args.mode == "expand":  # (its maps are stretched to the new canvas, not to the picture)
+                size = expanded_size(*size, *(params.get(f"expand_{side}", 0)
+                                              for side in ("left", "top", "right", "bottom")))
+                name = "the expanded canvas"
+            _note_stretched_controls(args.control, params["control"], size, name)
+        elif args.mode == "generate" and args.width and args.height:
+            _note_stretched_controls(args.control, params["control"], (args.width, args.height), "--width/--height")
         if args.mode in ("upscale", "generate") and "strength" in params:
             # an upscale's strength is its refine's, and so is a large generate's second stage (a generate
             # has no other use for one; the server's advice "a higher --strength" must be something to type)
@@ -640,6 +651,10 @@ def _control_unit(spec: str) -> dict:
     image, numbers = _numbers_at_end(rest.removesuffix(":pre") if preprocess else rest, 3)
     if not kind or not image:
         raise UsageError(f"--control {spec}: expected TYPE:IMAGE[:SCALE[:START[:END]]][:pre]")
+    stray = _stray_part(image, allow_input=True)
+    if stray:  # (was "cannot read input:pre: no such file" for depth:input:pre:0.5)
+        raise UsageError(f"--control {spec}: {stray!r} is not a SCALE, START or END number; expected "
+                         "TYPE:IMAGE[:SCALE[:START[:END]]][:pre], with :pre last")
     unit: dict = {"type": kind, "preprocess": "on" if preprocess else "off",
                   **dict(zip(("scale", "start", "end"), numbers))}
     if image != "input":
@@ -647,16 +662,17 @@ def _control_unit(spec: str) -> dict:
     return unit
 
 
-def _note_stretched_controls(specs: Sequence[str], units: list[dict], image: Picture) -> None:
-    """Say when a control map's shape is not the picture's: the server stretches it to the picture's size
-    (protocol §5.6), which a 6000x200 map given for a 4:3 photo did without a word."""
-    width, height = image.upright.size
+def _note_stretched_controls(specs: Sequence[str], units: list[dict], size: tuple[int, int], name: str) -> None:
+    """Say when a control map's shape is not the picture's (``size``, called ``name``): the server stretches
+    it to that size (protocol §5.6), which a 6000x200 map given for a 4:3 photo did without a word, and a map
+    of the picture alone did over an expand's new band."""
+    width, height = size
     for spec, unit in zip(specs, units):
         given = unit.get("image")
         if isinstance(given, ImageData) and abs(given.width * height / (given.height * width) - 1) > 0.01:
-            print(f"easel: note: --control {spec} is {given.width}x{given.height} and --image {image.path} "
-                  f"{width}x{height}: the map is stretched to the picture's size, distorting it (crop it to the "
-                  "picture's shape first if that is not meant)", file=sys.stderr)
+            print(f"easel: note: --control {spec} is {given.width}x{given.height} and {name} "
+                  f"{width}x{height}: the map is stretched to that size, distorting it (crop or pad it to that "
+                  "shape first if that is not meant)", file=sys.stderr)
 
 
 def _reference(spec: str) -> dict:
@@ -664,11 +680,36 @@ def _reference(spec: str) -> dict:
     head, _, last = spec.rpartition(":")
     mode = last if head and last in REFERENCE_FIELDS["mode"].choices else None
     image, numbers = _numbers_at_end(head if mode else spec, 1)
+    stray = _stray_part(image)
+    if stray:  # (was "cannot read style.png:0.5:Style: no such file")
+        raise UsageError(f"--reference {spec}: {stray!r} is neither a WEIGHT nor a MODE (one of "
+                         f"{', '.join(REFERENCE_FIELDS['mode'].choices)}); expected IMAGE[:WEIGHT[:MODE]]")
     reference: dict = {"image": read_picture(image, "reference", f"--reference {spec}").data,
                        **dict(zip(("weight",), numbers))}
     if mode:
         reference["mode"] = mode
     return reference
+
+
+def _stray_part(image: str, allow_input: bool = False) -> str | None:
+    """The part after IMAGE's last colon when IMAGE is no file but what comes before that colon is one (or
+    ``input``): a misplaced or misspelt option part, not a path."""
+    if Path(image).exists():
+        return None
+    parts = image.split(":")
+    for end in range(len(parts) - 1, 0, -1):
+        head = ":".join(parts[:end])
+        if (allow_input and head == "input") or Path(head).is_file():
+            return next((part for part in parts[end:] if not _is_number(part)), parts[end])
+    return None
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 def _numbers_at_end(text: str, most: int) -> tuple[str, list[float]]:

@@ -8,6 +8,7 @@ import numpy as np
 from PIL import Image
 
 from shared.images import ImageData
+from shared.vocabulary import LINE_MAP_TYPES, PICTURE_CONTROL_TYPES
 
 _WIDE_GREY = ("I;16", "I;16B", "I;16L", "I")
 
@@ -66,6 +67,30 @@ def painted_in_alpha(rgba: np.ndarray) -> bool:
     alpha = rgba[..., 3]
     visible = rgba[..., :3][alpha > 0]
     return bool(alpha.min() < 255 and len(visible) and (visible == visible[0]).all())
+
+
+def over(rgba: np.ndarray, background: int) -> np.ndarray:
+    """RGBA laid over an opaque grey ``background`` (0 black ... 255 white): opaque RGBA."""
+    alpha = rgba[..., 3:].astype(np.uint16)
+    rgb = (rgba[..., :3].astype(np.uint16) * alpha + background * (255 - alpha) + 127) // 255
+    return np.dstack([rgb.astype(np.uint8), np.full(rgba.shape[:2], 255, np.uint8)])
+
+
+def opaque_control(rgba: np.ndarray, control_type: str | None, preprocess: bool) -> np.ndarray:
+    """A control image (``control_type`` None: a reference) as the opaque picture it stands for. A transparent
+    pixel's stored colour is no picture (black, or what was erased there): a sketch of dark lines on a
+    transparent layer, as exported by a paint program or a web canvas, read as a black map with nothing on
+    it. A picture (one to preprocess, a tile / shuffle / inpaint unit, a reference) goes over white paper; a
+    ready line map on a mostly transparent layer is its strokes, white on black, whatever their colour;
+    any other ready map goes over black, its "nothing here". The rule Krita's plugin applies itself."""
+    alpha = rgba[..., 3]
+    if alpha.min() == 255:
+        return rgba
+    if control_type is None or preprocess or control_type in PICTURE_CONTROL_TYPES:
+        return over(rgba, 255)
+    if control_type in LINE_MAP_TYPES and (alpha == 0).mean() > 0.5:
+        return np.dstack([alpha, alpha, alpha, np.full_like(alpha, 255)])
+    return over(rgba, 0)
 
 
 def has_alpha(picture: Image.Image) -> bool:

@@ -19,7 +19,7 @@ from PIL import Image, UnidentifiedImageError
 from backend.config import Limits
 from backend.engine.embeddings import explicit_names
 from backend.engine.job import Control, EditJob, PreprocessJob, Reference
-from backend.imaging import to_array
+from backend.imaging import opaque_control, to_array
 from backend.presets import Preset
 from shared import loras as lora_rules
 from shared.errors import shown
@@ -88,11 +88,12 @@ def build_edit_job(job: Job, uploads: dict[str, ImageData], limits: Limits, mode
                                 f"{limits.max_generate_side}", key)
     seed = sampling.seed if sampling.seed is not None else random.randint(0, MAX_SEED - limits.max_batch)
 
-    control = tuple(Control(unit.type, decode_image(image, limits, f"control[{i}].image", "RGBA") if image else None,
+    control = tuple(Control(unit.type, opaque_control(decode_image(image, limits, f"control[{i}].image", "RGBA"),
+                                                      unit.type, bool(unit.preprocessor)) if image else None,
                             unit.preprocessor, float(unit.scale), float(unit.start), float(unit.end), unit.resolution)
                     for i, (unit, image) in enumerate(zip(job.control, control_images)))
-    references = tuple(Reference(decode_image(image, limits, f"references[{i}].image", "RGBA"), float(ref.weight),
-                                 ref.mode)
+    references = tuple(Reference(opaque_control(decode_image(image, limits, f"references[{i}].image", "RGBA"),
+                                                None, False), float(ref.weight), ref.mode)
                        for i, (ref, image) in enumerate(zip(job.references, reference_images)))
     pixels = decode_image(image, limits, "image", "RGBA") if image is not None else None
     mask_pixels = None
@@ -200,7 +201,7 @@ def build_preprocess_job(request: PreprocessRequest, uploads: dict[str, ImageDat
         image = _resolve(request.image, uploads, "image")
     finally:
         _consume([request.image], uploads)
-    pixels = decode_image(image, limits, "image", "RGBA")
+    pixels = opaque_control(decode_image(image, limits, "image", "RGBA"), None, True)
     if min(pixels.shape[:2]) < MIN_PREPROCESS_SIDE:
         raise ProtocolError("invalid_field", f"the picture is {pixels.shape[1]}x{pixels.shape[0]}; preprocessors "
                             f"need at least {MIN_PREPROCESS_SIDE} pixels a side", "image")

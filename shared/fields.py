@@ -105,6 +105,13 @@ class Field:
         return out
 
 
+# A1111's API names (txt2img / img2img and its ControlNet units) for fields the protocol names otherwise.
+WEBUI_NAMES = {"denoising_strength": "strength", "cfg_scale": "guidance", "sampler_name": "sampler",
+               "batch_size": "batch", "init_images": "image", "weight": "scale", "guidance_start": "start",
+               "guidance_end": "end", "processor_res": "resolution", "module": "preprocess",
+               "input_image": "image"}
+
+
 def check_fields(message: dict, fields: dict[str, Field], *, prefix: str = "", extra: bool = False) -> dict:
     """Validate ``message`` against ``fields``; return a copy with defaults filled in."""
     out = {}
@@ -123,6 +130,8 @@ def check_fields(message: dict, fields: dict[str, Field], *, prefix: str = "", e
         # camelCase is how JavaScript names things: say the protocol's name for it (outputFormat: output_format)
         snake = re.sub(r"(?<=[a-z0-9])([A-Z])", r"_\1", unknown[0]).lower()
         hint = f" (did you mean `{prefix + snake}`?)" if snake != unknown[0] and snake in fields else ""
+        if unknown[0] in WEBUI_NAMES and WEBUI_NAMES[unknown[0]] in fields:  # a tool ported from A1111's API
+            hint = f" (A1111's `{unknown[0]}` is `{prefix + WEBUI_NAMES[unknown[0]]}` here)"
         raise ProtocolError("invalid_field", f"unknown field `{name}`{hint}", name)
     for name in unknown:
         out[name] = message[name]

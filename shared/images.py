@@ -22,6 +22,9 @@ from .messages import FRAME_HEADER_FIELDS, ProtocolError, check_fields
 CHANNELS = {"rgba8": 4, "l8": 1}
 _SIGNATURES = {"png": b"\x89PNG\r\n\x1a\n", "webp": b"RIFF"}
 MAX_HEADER_BYTES = 4096
+EXIF_ORIENTATION = 0x0112
+# EXIF orientation -> Pillow's Image.Transpose value that turns the stored pixels upright
+_EXIF_TURNS = {2: 0, 3: 3, 4: 1, 5: 5, 6: 4, 7: 6, 8: 2}
 
 
 @dataclass
@@ -70,7 +73,12 @@ class ImageData:
 
     @classmethod
     def from_pil(cls, picture) -> "ImageData":
-        """A Pillow image, encoded as PNG (Pillow is the caller's: nothing here imports it)."""
+        """A Pillow image, encoded as PNG (Pillow is the caller's: nothing here imports it), turned upright by
+        its EXIF orientation as viewers show it: a phone photo opened with ``Image.open`` is stored sideways
+        (and a mask or control map drawn over it would not fit)."""
+        orientation = picture.getexif().get(EXIF_ORIENTATION, 1) if hasattr(picture, "getexif") else 1
+        if orientation in _EXIF_TURNS:  # (Pillow's Transpose values, as ImageOps.exif_transpose turns them)
+            picture = picture.transpose(_EXIF_TURNS[orientation])
         if picture.mode not in ("1", "L", "LA", "P", "RGB", "RGBA", "I", "I;16"):  # CMYK, YCbCr ... PNG has not
             picture = picture.convert("RGBA")
         buffer = io.BytesIO()

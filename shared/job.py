@@ -226,7 +226,11 @@ class Job:
         if "job" in params:
             params["id"] = params.pop("job")
         for key, kind in (("control", ControlUnit), ("references", Reference), ("loras", Lora)):
-            params[key] = [_as(kind, item, f"{key}[{index}]") for index, item in enumerate(params.get(key) or ())]
+            items = params.get(key) or ()
+            if isinstance(items, (dict, str, bytes, kind)):  # (iterated, a dict said "`control[0]` ... not str")
+                raise TypeError(f"`{key}` must be a list of {kind.__name__}s or dicts, not one "
+                                f"{type(items).__name__}: put a single one in a list, {key}=[...]")
+            params[key] = [_as(kind, item, f"{key}[{index}]") for index, item in enumerate(items)]
         known = {spec.metadata.get("key") or spec.name for spec in dataclasses.fields(cls)} | {"id"}
         unknown = sorted(set(params) - known)
         if unknown:  # (Python's own message named Job.__init__, and the misspelt name only)
@@ -365,6 +369,12 @@ class Job:
         elif refine == 0 and self.sampling.batch > 1:  # (without a refine: the same picture every time)
             raise ProtocolError("invalid_field", "an upscale without `refine` makes the same picture every time: "
                                 "ask for batch 1, or refine to get variations", "batch")
+        if refine == 0:  # (they were listed in the result as if they had steered, a preprocessor as run)
+            for key, what in (("control", "control units"), ("references", "reference pictures")):
+                if getattr(self, key):
+                    raise ProtocolError("invalid_field", f"an upscale without `refine` runs no diffusion, so its "
+                                        f"{what} would do nothing: set `refine` above 0 (they steer the refine), or "
+                                        "leave them out", key)
 
 
     @property
@@ -461,6 +471,10 @@ def _as(cls: type, value: Any, where: str) -> Any:
     if unknown:
         raise TypeError(f"`{where}` has no field {unknown[0]!r}; a {cls.__name__} has "
                         f"{', '.join(spec.name for spec in dataclasses.fields(cls))}")
+    missing = [spec.name for spec in dataclasses.fields(cls) if spec.name not in value
+               and spec.default is dataclasses.MISSING and spec.default_factory is dataclasses.MISSING]
+    if missing:  # (Python's own message named ControlUnit.__init__ and a "positional argument")
+        raise TypeError(f"`{where}` needs `{missing[0]}`")
     return cls(**value)
 
 

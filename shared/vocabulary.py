@@ -27,6 +27,10 @@ CONTROL_TYPES = ("canny", "lineart", "lineart_anime", "softedge", "depth", "norm
 PREPROCESSORS = ("canny", "lineart_standard", "shuffle", "softedge_hed", "softedge_pidinet", "scribble_hed",
                  "depth_midas", "normal_bae", "openpose", "lineart_realistic", "lineart_anime", "mlsd",
                  "segment_anything")
+# Control images as painters draw them on a transparent layer: a ready line map is white lines on black; these
+# types take the picture itself. (Their transparent pixels are read by these, the server's and Krita's rule.)
+LINE_MAP_TYPES = ("canny", "lineart", "lineart_anime", "softedge", "scribble", "mlsd")
+PICTURE_CONTROL_TYPES = ("tile", "shuffle", "inpaint")
 REFERENCE_MODES = ("reference", "style", "composition", "face")
 JOB_ID_PATTERN = r"^[A-Za-z0-9_.:-]{1,64}$"
 IMAGE_ID_PATTERN = r"^[A-Za-z0-9_.:-]{1,80}$"  # server image ids are the job id plus a suffix

@@ -365,6 +365,22 @@ def test_control_and_reference_specs_allow_colons_in_paths(tmp_path):
     assert _reference(str(path)).keys() == {"image"}
 
 
+def test_a_misplaced_pre_or_a_misspelt_mode_is_named_not_read_as_a_file_name(tmp_path):
+    # `depth:input:pre:0.5` said "cannot read input:pre: no such file", `x.png:0.5:Style` "cannot read x.png:0.5:Style"
+    from backend.cli import UsageError, _control_unit, _reference
+
+    Image.new("RGB", (32, 32), "white").save(tmp_path / "x.png")
+    path = tmp_path / "x.png"
+    for spec in ("depth:input:pre:0.5", f"depth:{path}:pre:0.5:0.9"):
+        with pytest.raises(UsageError, match="'pre' is not a SCALE, START or END number; .* with :pre last"):
+            _control_unit(spec)
+    for spec in (f"{path}:0.5:Style", f"{path}:Style"):
+        with pytest.raises(UsageError, match="'Style' is neither a WEIGHT nor a MODE"):
+            _reference(spec)
+    with pytest.raises(UsageError, match="no such file"):
+        _reference(f"{tmp_path / 'missing.png'}:0.5")
+
+
 def test_python_m_backend_cli_runs_the_command():
     """`python -m backend.cli` is the command (every subcommand's function is defined before it runs)."""
     root = Path(__file__).resolve().parents[1]
@@ -374,6 +390,8 @@ def test_python_m_backend_cli_runs_the_command():
                               cwd=root, timeout=120)
         assert done.returncode == 0, done.stderr
         assert expected in done.stdout and "Traceback" not in done.stderr
+        if args[0] == "preprocess":  # (tile and inpaint were offered, and always refused)
+            assert "segmentation" in done.stdout and "tile" not in done.stdout and "inpaint" not in done.stdout
 
 
 # -- easel run as a new user meets it ----------------------------------------------------------
@@ -608,6 +626,18 @@ def test_a_control_map_of_another_shape_is_said_to_be_stretched(capsys, small):
     assert f"--control canny:{small / 'strip.png'} is 600x20 and --image {small / 'in.png'} 64x48: the map is " \
            "stretched" in err, err
     assert "double.png is" not in err and "cannot reach" in err
+    # an expand stretches its maps to the new canvas: a map of the picture alone went over the band unsaid
+    status, _, err = easel_here(capsys, "run", "expand", "--image", small / "in.png", "--right", 64, "--control",
+                                f"canny:{small / 'double.png'}", "--control", f"depth:{small / 'strip.png'}",
+                                "--out", small / "o.png", "--server", nowhere())
+    assert f"--control canny:{small / 'double.png'} is 128x96 and the expanded canvas 128x48: the map is " \
+           "stretched" in err, err
+    picture(256, 96).save(small / "canvas.png")
+    status, _, err = easel_here(capsys, "run", "generate", "--width", 256, "--height", 96, "--control",
+                                f"canny:{small / 'canvas.png'}", "--control", f"depth:{small / 'double.png'}",
+                                "--out", small / "o.png", "--server", nowhere())
+    assert "canvas.png is" not in err and f"depth:{small / 'double.png'} is 128x96 and --width/--height 256x96" \
+        in err, err
 
 
 def test_avif_keeps_a_profile_and_transparency(capsys, small):

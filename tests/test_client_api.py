@@ -80,6 +80,12 @@ def test_a_job_built_with_a_wrong_name_or_shape_says_which():
         Job.create("img2img", control=[{"kind": "canny"}])
     with pytest.raises(TypeError, match=r"`control\[1\]` must be a ControlUnit or a dict of its fields, not str"):
         Job.create("img2img", control=[{"type": "canny"}, "depth"])
+    with pytest.raises(TypeError, match=r"`references\[0\]` needs `image`"):
+        Job.create("img2img", references=[{"weight": 0.5}])
+    with pytest.raises(TypeError, match=r"`control\[0\]` needs `type`"):
+        Job.create("img2img", control=[{"scale": 0.5}])
+    with pytest.raises(TypeError, match=r"`control` must be a list of ControlUnits or dicts, not one dict"):
+        Job.create("img2img", control={"type": "canny"})
 
 
 def test_a_job_id_is_given_as_the_wire_names_it(client):
@@ -99,6 +105,23 @@ def test_pictures_convert_to_and_from_pillow_and_numpy(client):
     assert np.array_equal(ImageData.from_array(rgb).to_array()[..., :3], rgb)
     with pytest.raises(TypeError, match=r"uint8 array .* dtype float32 \(scale floats to 0-255"):
         ImageData.from_array(rgb.astype(np.float32))
+
+
+def test_a_phone_photo_from_pillow_is_sent_upright(tmp_path):
+    # Image.open keeps a JPEG's pixels as stored; from_pil sent a portrait photo (or a control map or reference
+    # taken from one) sideways, where the CLI and every viewer show it upright.
+    from PIL import Image, ImageOps
+
+    upright = picture(96, 64)
+    for orientation in range(1, 9):
+        stored = upright.transpose(Image.Transpose.TRANSPOSE) if orientation >= 5 else upright.copy()
+        exif = stored.getexif()
+        exif[0x0112] = orientation
+        stored.save(tmp_path / "photo.jpg", exif=exif, quality=100)
+        opened = Image.open(tmp_path / "photo.jpg")
+        expected = np.asarray(ImageOps.exif_transpose(opened).convert("RGB"))
+        sent = ImageData.from_pil(opened).to_array()[..., :3]
+        assert sent.shape == expected.shape and np.array_equal(sent, expected), orientation
 
 
 def test_a_job_that_is_not_waited_for_raises_instead_of_blocking(client):

@@ -148,3 +148,51 @@ def test_controlnets_beyond_the_budget_drop_the_least_recent_never_the_jobs_own(
     assert cache.loaded() == [("sd15", kinds[2])]  # the others were least recent
     cache.get("sd15", kinds[1:3])
     assert cache.loaded() == [("sd15", kinds[1]), ("sd15", kinds[2])] and len(loads) == 4
+
+
+@pytest.mark.parametrize("mode", ["img2img", "expand"])
+def test_a_unit_on_the_picture_itself_never_sees_the_colour_under_transparency(client, mode):
+    # The model's input is pre-filled where the picture is transparent (an expand's new band too), but a unit
+    # without `image` read the colour stored there (black, or whatever was erased): a tile unit pulled an
+    # expand's band toward black, and a canny preprocess drew the picture's border as an edge.
+    rgba = np.dstack([np.asarray(picture(128, 128)), np.full((128, 128), 255, np.uint8)])
+    rgba[:, 80:, 3] = 0
+    hidden_black, hidden_white = rgba.copy(), rgba.copy()
+    hidden_black[:, 80:, :3], hidden_white[:, 80:, :3] = 0, 255
+    params = {"prompt": "x", "steps": 2, "seed": 4, "strength": 0.8}
+    if mode == "expand":
+        params["expand_right"] = 64
+
+    def result(pixels, control):
+        layer = decode(client.run(mode, image=png(Image.fromarray(pixels, "RGBA")), control=control,
+                                  **params).images[0].image)
+        return np.where(layer[..., 3:] > 0, layer, 0)  # (an expand keeps the picture's hidden colour, unseen)
+
+    assert (result(hidden_black, []) == result(hidden_white, [])).all(), "the model's input is pre-filled"
+    for unit in ({"type": "tile"}, {"type": "canny", "preprocess": "on"}):
+        assert (result(hidden_black, [unit]) == result(hidden_white, [unit])).all(), unit["type"]
+
+
+def test_a_transparent_control_map_or_reference_reads_as_painted_not_as_its_hidden_colour(client):
+    # A sketch in dark strokes on a transparent layer (a paint program's or a web canvas's PNG, sent as it is by
+    # `easel run --control`) read as an all-black map: the colour under transparency is black, as the strokes.
+    strokes = np.zeros((128, 128, 4), np.uint8)
+    strokes[30:34, 10:118, 3] = strokes[10:118, 60:64, 3] = 255  # black strokes, black under transparency
+    lines = np.zeros((128, 128, 3), np.uint8)
+    lines[30:34, 10:118] = lines[10:118, 60:64] = 255  # the same lines as a ready map: white on black
+    photo = np.asarray(picture(128, 128))
+    cut_out = np.dstack([photo, np.full((128, 128), 255, np.uint8)])
+    cut_out[:, 64:] = 0  # half the reference erased: transparent, black under it
+    on_paper = np.asarray(picture(128, 128)).copy()
+    on_paper[:, 64:] = 255
+
+    def result(**params):
+        return decode(client.run("img2img", image=png(picture(128, 128, seed=1)), prompt="x", steps=2, seed=4,
+                                 strength=0.8, **params).images[0].image)
+
+    def as_png(pixels):
+        return png(Image.fromarray(pixels))
+
+    assert (result(control=[{"type": "canny", "image": as_png(strokes)}]) ==
+            result(control=[{"type": "canny", "image": as_png(lines)}])).all()
+    assert (result(references=[{"image": as_png(cut_out)}]) == result(references=[{"image": as_png(on_paper)}])).all()

@@ -115,3 +115,15 @@ def test_an_annotator_carrying_code_is_refused_not_run(tmp_path, monkeypatch):
 def test_presets_of_one_network_share_it(preprocessors):
     assert preprocessors.load("softedge_hed") is preprocessors.load("scribble_hed")
     assert preprocessors.load("softedge_hed") is not preprocessors.load("softedge_pidinet")
+
+
+def test_a_thin_picture_is_preprocessed_not_a_crash(client):
+    # controlnet_aux rounds the working size to a multiple of 64: a shorter side under 33 became 0 and
+    # OpenCV failed (`internal`), for a 16x16 preprocess or a 256x16 generate's unit alike
+    for width, height in ((16, 16), (300, 32)):
+        image = picture(256, 256).resize((width, height))
+        control_map = decode(client.preprocess("canny", png(image)))
+        assert control_map.shape == (height, width, 4)
+    result = client.run("generate", prompt="x", steps=2, seed=1, width=256, height=16,
+                        control=[{"type": "canny", "preprocess": "on", "image": png(picture(256, 64))}])
+    assert decode(result.images[0].image).shape == (16, 256, 4)

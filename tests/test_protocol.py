@@ -110,3 +110,16 @@ def test_a_long_value_in_an_error_is_cut_and_still_reads_as_a_string():
     assert len(cut) == MAX_ECHO and cut.startswith("'lora-") and cut.endswith("…'")
     assert shown(10**100).endswith("…") and len(shown(10**100)) == MAX_ECHO
     assert shown("short") == "'short'"
+
+
+def test_a1111_api_names_are_answered_with_the_protocols():
+    # A tool ported from A1111's API (and its ControlNet units) got only "unknown field `control[0].weight`".
+    from shared.job import Job
+
+    for message, field, said in (
+            ({"control": [{"type": "canny", "weight": 0.5}]}, "control[0].weight", "`control[0].scale`"),
+            ({"control": [{"type": "canny", "guidance_end": 0.5}]}, "control[0].guidance_end", "`control[0].end`"),
+            ({"denoising_strength": 0.5}, "denoising_strength", "`strength`")):
+        with pytest.raises(ProtocolError) as caught:
+            Job.from_message({"type": "submit", "mode": "img2img", **message})
+        assert caught.value.field == field and f"is {said} here" in caught.value.message, caught.value.message

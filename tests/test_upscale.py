@@ -219,6 +219,9 @@ def test_a_batch_of_refined_upscales_gives_variations(client):
     ({"strength": 0.3}, "invalid_field", "strength"),  # was ignored: no refine ran
     ({"refine": 0.01, "steps": 20}, "too_few_steps", "refine"),
     ({"mask": png(Image.new("L", (160, 128), 255))}, "invalid_field", "mask"),
+    # were listed in the result as if they had steered (a preprocessor as run), though nothing diffused
+    ({"control": [{"type": "tile"}]}, "invalid_field", "control"),
+    ({"references": [{"image": png(picture(64, 64))}]}, "invalid_field", "references"),
 ])
 def test_bad_upscales_are_refused_before_accepted(client, params, code, field):
     error = refused(client, **params)

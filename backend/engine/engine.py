@@ -451,7 +451,10 @@ class Engine:
             if source.shape[:2] != (height, width):
                 source = np.asarray(Image.fromarray(np.ascontiguousarray(source)).resize(
                     (width, height), Image.Resampling.LANCZOS))
-            picture = _resample(source[p.box.y:p.box.y1, p.box.x:p.box.x1], p.size)  # crop first: big canvases
+            crop = source[p.box.y:p.box.y1, p.box.x:p.box.x1]  # crop first: big canvases
+            if unit.image is None:  # the picture's transparent pixels (an expand's new band) are new canvas here
+                crop = fill.prefill(crop, job.image[p.box.y:p.box.y1, p.box.x:p.box.x1, 3], None, "none")  # too
+            picture = _resample(crop, p.size)
         if not unit.preprocessor:
             return picture
         seed = job.seed if unit.preprocessor in SEEDED else None

@@ -23,6 +23,10 @@ from backend.engine.models import ModelError
 # These draw from numpy's random generator: their maps depend on the job's seed.
 SEEDED = ("shuffle", "segment_anything")
 
+# controlnet_aux works at its detect resolution rounded to a multiple of 64: a shorter side below 33
+# rounds to 0 and OpenCV fails. The protocol's smallest `resolution`, so a thin picture is worked on larger.
+MIN_RESOLUTION = 64
+
 # controlnet_aux's OpenPose wants hand and face networks too; a body-only pose map needs just this one.
 BODY_POSE = "body_pose_model.pth"
 
@@ -134,9 +138,10 @@ class Preprocessors:
     def run(self, name: str, picture: Image.Image, resolution: int | None = None, seed: int = 0) -> Image.Image:
         """The control map ``name`` makes of ``picture``, the same size as the picture.
 
-        ``resolution`` is the working size of the shorter side (the picture's own when None).
+        ``resolution`` is the working size of the shorter side (the picture's own when None, at least
+        MIN_RESOLUTION).
         """
-        resolution = resolution or min(picture.size)
+        resolution = resolution or max(min(picture.size), MIN_RESOLUTION)
         kwargs = {"detect_resolution": resolution}
         if name != "lineart_standard":  # the one detector without an output-size argument
             kwargs["image_resolution"] = resolution

@@ -193,7 +193,7 @@ def _curve_u8(data: bytes, linear: bool, to_srgb: bool) -> bytes:
 def flatten(rgba: bytes, background: int) -> bytes:
     """8-bit RGBA laid over an opaque grey ``background`` (0 black ... 255 white): opaque RGBA.
 
-    The server uses only the RGB of a control image or a reference, but a Krita layer's transparent
+    The model uses only the RGB of a control image or a reference, but a Krita layer's transparent
     pixels hold black (or whatever colour was erased there): a sketch of dark lines on a transparent
     layer reads as a black picture with nothing on it. A picture goes over white (paper), a ready
     control map over black (its "nothing here"); partly transparent pixels (anti-aliased edges) blend."""

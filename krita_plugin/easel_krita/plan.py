@@ -268,13 +268,14 @@ def check_source_layer(role: str, name: str, where: str | None, size: tuple[int,
                         "or of one the same size.")
 
 
-LINE_TYPES = ("canny", "lineart", "lineart_anime", "softedge", "scribble", "mlsd")  # maps of white lines on black
-PICTURE_TYPES = ("tile", "shuffle", "inpaint")  # the picture itself is the control image
+LINE_TYPES = vocabulary.LINE_MAP_TYPES  # maps of white lines on black
+PICTURE_TYPES = vocabulary.PICTURE_CONTROL_TYPES  # the picture itself is the control image
 
 
 def control_picture(rgba: bytes, control_type: str, preprocess: bool) -> bytes:
-    """A control layer's pixels (8-bit RGBA) as the opaque control image sent. The server uses only RGB, and
-    a layer's transparent pixels hold black (or an erased colour): a picture (one to preprocess, or a tile,
+    """A control layer's pixels (8-bit RGBA) as the opaque control image sent (the server applies the same rule
+    to a transparent one, backend.imaging.opaque_control). The model uses RGB, and a layer's transparent
+    pixels hold black (or an erased colour): a picture (one to preprocess, or a tile,
     shuffle or inpaint unit) is laid on white paper; a ready line map (canny, lineart, scribble ...) on a
     mostly transparent layer is strokes, so whatever is painted is a line (a sketch in dark lines on an
     empty layer; over black it showed nothing); any other ready map is laid on black, its "nothing here"."""
