@@ -452,8 +452,9 @@ class Engine:
                 source = np.asarray(Image.fromarray(np.ascontiguousarray(source)).resize(
                     (width, height), Image.Resampling.LANCZOS))
             crop = source[p.box.y:p.box.y1, p.box.x:p.box.x1]  # crop first: big canvases
-            if unit.image is None:  # the picture's transparent pixels (an expand's new band) are new canvas here
-                crop = fill.prefill(crop, job.image[p.box.y:p.box.y1, p.box.x:p.box.x1, 3], None, "none")  # too
+            if unit.image is None:  # the picture's transparent pixels (an expand's new band) are new canvas
+                # here too, as the model sees them, not the colour stored under them
+                crop = fill.prefill(crop, job.image[p.box.y:p.box.y1, p.box.x:p.box.x1, 3], None, "none")
             picture = _resample(crop, p.size)
         if not unit.preprocessor:
             return picture
