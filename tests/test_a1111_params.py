@@ -738,3 +738,16 @@ def test_cancel_while_the_link_is_down_cancels_once_it_is_back(blinker, pressed)
     assert said == ["Cancelling once the connection to the backend is back…"]
     assert updates[-1].status == "Cancelled." and updates[-1].done, [u.status for u in updates]
     assert blinker.connections >= 2
+
+
+def test_a_sketch_on_a_clear_layer_is_sent_with_its_transparency():
+    # Dark lines on a transparent PNG (a paint program's export): sent as RGB, the colour stored under the
+    # transparency (black here) came through, and the line map was black on black.
+    sketch = Image.new("RGBA", (64, 64), (0, 0, 0, 0))
+    sketch.paste((20, 20, 20, 255), (10, 30, 54, 33))
+    job = build_job(values(mode="img2img", strength=0.5,
+                           controls=[ControlSpec(enabled=True, type="scribble", source=OWN_IMAGE, image=sketch)],
+                           references=[ReferenceSpec(image=sketch, weight=0.5)]))
+    for sent in (job.control[0].image, job.references[0].image):
+        alpha = np.asarray(Image.open(io.BytesIO(sent.data)).convert("RGBA"))[..., 3]
+        assert alpha[0, 0] == 0 and alpha[31, 20] == 255, "the strokes and the clear layer around them"

@@ -43,10 +43,12 @@ def read_editor(value) -> tuple[Image.Image | None, Image.Image | None]:
 
 
 def image_input(label: str, elem_id: str):
-    """A plain picture upload."""
+    """A plain picture upload, transparency kept (gradio's default RGB shows what lies under it: a sketch of
+    dark lines on a clear layer came out all black)."""
     if GRADIO4:
-        return gr.Image(label=label, elem_id=elem_id, type="pil", sources=["upload", "clipboard"], **LOSSLESS)
-    return gr.Image(label=label, elem_id=elem_id, type="pil", source="upload")
+        return gr.Image(label=label, elem_id=elem_id, type="pil", sources=["upload", "clipboard"], image_mode="RGBA",
+                        **LOSSLESS)
+    return gr.Image(label=label, elem_id=elem_id, type="pil", source="upload", image_mode="RGBA")
 
 
 def choices(values) -> list[tuple[str, str]]:

@@ -17,7 +17,7 @@ from typing import Iterator
 import numpy as np
 from PIL import Image
 
-from .params import InputError, TabValues, build_job, decode, field_label, png_image
+from .params import InputError, TabValues, build_job, control_png, decode, field_label
 from .protocol import (
     DEFAULT_URL,
     Accepted,
@@ -307,7 +307,7 @@ def preprocess(connection: Connection, control_type: str,
     try:
         with connection.client() as client:
             watch = Watch(client)  # a backend that stops answering is not waited for here either
-            return decode(client.preprocess(control_type, png_image(picture, "RGB"))).convert("RGB"), \
+            return decode(client.preprocess(control_type, control_png(picture))).convert("RGB"), \
                 f"{control_type} map made by the backend."
     except Exception as exc:  # noqa: BLE001
         stuck = watch is not None and watch.why is not None

@@ -226,6 +226,14 @@ def png_image(picture: Image.Image, mode: str = "RGBA") -> ImageData:
     return ImageData.from_png(buffer.getvalue())
 
 
+def control_png(picture: Image.Image) -> ImageData:
+    """A unit's or reference's picture as PNG: RGBA where it has transparency, which the server reads by the
+    control's rule (a sketch of dark lines on a clear layer is its strokes; as RGB it was the black stored
+    under the transparency), else RGB."""
+    clear = "A" in picture.getbands() and picture.getchannel("A").getextrema()[0] < 255
+    return png_image(picture, "RGBA" if clear else "RGB")
+
+
 def mask_from_painting(painted: Image.Image | None, size: tuple[int, int]) -> Image.Image | None:
     """The painted strokes as an 8-bit mask (255 = repaint), or None when nothing was painted.
 
@@ -445,12 +453,12 @@ def control_unit(number: int, spec: ControlSpec, values: TabValues) -> ControlUn
     elif spec.image is None:
         raise InputError(f"Control unit {number} is on but has no image: add one or use the input picture.")
     else:
-        unit.image = png_image(spec.image, "RGB")
+        unit.image = control_png(spec.image)
     return unit
 
 
 def reference(spec: ReferenceSpec) -> Reference:
-    return Reference(png_image(spec.image, "RGB"), float(spec.weight), spec.mode)
+    return Reference(control_png(spec.image), float(spec.weight), spec.mode)
 
 
 def decode(image: ImageData) -> Image.Image:
