@@ -22,6 +22,7 @@ from backend.engine.job import Control, EditJob, PreprocessJob, Reference
 from backend.imaging import to_array
 from backend.presets import Preset
 from shared import loras as lora_rules
+from shared import rules
 from shared.errors import shown
 from shared.images import CHANNELS, ImageData
 from shared.job import Job
@@ -116,7 +117,9 @@ def build_edit_job(job: Job, uploads: dict[str, ImageData], limits: Limits, mode
         strength = float(job.refine or HIRES_REFINE)
     work = EditJob(
         mode=job.mode, model=model, prompt=prompt, negative_prompt=job.negative_prompt, seed=seed,
-        steps=sampling.steps, guidance=float(sampling.guidance), strength=strength,
+        steps=sampling.steps, strength=strength,
+        guidance=float(sampling.guidance if sampling.guidance is not None else
+                       rules.default_guidance(model_family(model) if model_family else None, job.mode)),
         batch=sampling.batch, sampler=sampling.sampler, width=width, height=height, image=pixels,
         mask=mask_pixels, mask_grow=job.mask_grow, mask_feather=job.mask_feather, preview_every=job.preview_every,
         preview_size=job.preview_size, control=control, references=references, fill=job.fill_mode,

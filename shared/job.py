@@ -125,7 +125,10 @@ class Sampling:
     """How the picture is denoised."""
 
     steps: int = wire(Field("integer", "Denoising steps at strength 1.", minimum=1), 20)
-    guidance: float = wire(Field("number", "Classifier-free guidance scale.", minimum=0, maximum=50), 7.0)
+    guidance: float | None = wire(Field("number", "Classifier-free guidance scale. The model's when omitted: "
+                                        f"{rules.GUIDANCE:g} (instruct 7.5); on flux models Flux's distilled "
+                                        "guidance, 3.5 (inpaint, expand, remove on the Fill model: 30; instruct "
+                                        "on Kontext: 2.5).", minimum=0, maximum=50), None)
     strength: float = wire(Field("number", "1 = paint from noise; below 1 start from the noised image.",
                                  minimum=0, maximum=1), 1.0)
     sampler: str = wire(Field("string", "Scheduler.", choices=SAMPLERS), "dpmpp_2m_karras")
