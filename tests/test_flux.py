@@ -78,7 +78,8 @@ def test_flux_capabilities_are_listed_and_what_flux_lacks_is_refused(client):
             ({"mode": "img2img", "control": [{"type": "canny", "image": image}]}, "unsupported", "control[0].type"),
             ({"mode": "img2img", "references": [{"image": image}]}, "unsupported", "references[0]"),
             ({"mode": "img2img", "negative_prompt": "blurry"}, "unsupported", "negative_prompt"),
-            ({"mode": "instruct", "image_guidance": 1.5}, "unsupported", "image_guidance")):
+            ({"mode": "instruct", "image_guidance": 1.5}, "unsupported", "image_guidance"),
+            ({"mode": "img2img", "clip_skip": 2}, "unsupported", "clip_skip")):  # (it was echoed, and ignored)
         with pytest.raises(EaselError) as caught:
             client.run(params.pop("mode"), model="demo-flux", image=image, prompt="x", steps=STEPS, **params)
         assert (caught.value.code, caught.value.field) == (code, field)
@@ -158,3 +159,12 @@ def test_a_job_that_leaves_guidance_out_gets_what_its_model_is_made_for(client):
         size = {"width": 64, "height": 64} if mode == "generate" else {}
         result = client.run(mode, model=model, prompt="x", steps=1, seed=1, **picture_in, **size)
         assert result.parameters["guidance"] == expected, (mode, model)
+
+
+def test_flux_reads_emphasis_for_its_words(client):
+    # Flux's encoders take no weights; `(a red door:1.3)` reached T5 and CLIP-L as brackets, a colon and digits.
+    def generate(prompt):
+        result = client.run("generate", model="demo-flux", prompt=prompt, steps=STEPS, seed=3, width=64, height=64)
+        return decode(result.images[0].image)
+
+    assert (generate("(a red door:1.3), [old] wall") == generate("a red door, old wall")).all()

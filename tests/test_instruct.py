@@ -88,3 +88,16 @@ def test_models_list_capabilities_and_a_model_asked_for_more_is_refused_before_a
     with pytest.raises(EaselError) as caught:
         client.run("generate", model="demo-instruct", prompt="x", steps=2, width=64, height=64)
     assert (caught.value.code, caught.value.field) == ("unsupported_mode", "mode")
+
+
+def test_instruct_reads_the_prompt_as_every_other_mode_does(client):
+    # The instruction went to InstructPix2Pix as raw text: `(word:1.0)` was brackets and digits, clip skip and
+    # `embedding:name` did nothing, while `result.parameters` echoed the clip skip as if it had run.
+    image = picture(64, 64, seed=1)
+    edit = lambda **params: decode(run(client, image, guidance=5.0, **params).images[0].image)  # noqa: E731
+    plain = edit(prompt="make it red")
+    assert (edit(prompt="(make it red:1.0)") == plain).all(), "weight 1 is the plain prompt"
+    assert not (edit(prompt="(make it red:1.4)") == plain).all()
+    assert not (edit(prompt="make it red", clip_skip=2) == plain).all(), "clip skip reads an earlier layer"
+    named = edit(prompt="make it red embedding:demo-style")
+    assert (edit(prompt="make it red demo-style") == named).all() and not (named == plain).all()
