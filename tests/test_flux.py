@@ -73,6 +73,8 @@ def test_flux_capabilities_are_listed_and_what_flux_lacks_is_refused(client):
     assert flux["capabilities"]["control_types"] == [] and flux["capabilities"]["reference_modes"] == []
     assert flux["capabilities"]["negative_prompt"] is False and flux["capabilities"]["image_guidance"] is False
     assert "inpaint" not in listed["demo-flux-file"]["capabilities"]["modes"], "no Fill configured for it"
+    assert "prediction_type" not in flux and "zero_terminal_snr" not in flux, "flow matching: no epsilon to claim"
+    assert listed["demo"]["prediction_type"] == "epsilon"
     image = png(picture(64, 64))
     for params, code, field in (
             ({"mode": "img2img", "control": [{"type": "canny", "image": image}]}, "unsupported", "control[0].type"),
@@ -125,7 +127,11 @@ def test_flux_config_keys_are_read_and_checked(tmp_path):
     spec = load_config(tmp_path / "easel.toml").check().models["f"]
     assert (spec.true_cfg, spec.cpu_offload) == (3.5, True)
     assert spec.vae == str(tmp_path / "ae.safetensors") and spec.config == str(tmp_path / "configs")
-    for line, said in (("true_cfg = 0.5", "true_cfg"), ('cpu_offload = "yes"', "cpu_offload")):
+    for line, said in (("true_cfg = 0.5", "true_cfg"), ('cpu_offload = "yes"', "cpu_offload"),
+                       # SD's sampling keys were taken and ignored on flux (and `models` said v-prediction)
+                       ('prediction_type = "v_prediction"', "prediction_type is for sd15 and sdxl"),
+                       ("zero_terminal_snr = true", "zero_terminal_snr is for sd15"),
+                       ("guidance_rescale = 0.7", "guidance_rescale is for sd15"), ("clip_skip = 2", "clip_skip")):
         (tmp_path / "bad.toml").write_text(f'[models.f]\nsource = "x"\nfamily = "flux"\n{line}\n')
         with pytest.raises(ConfigError, match=said):
             load_config(tmp_path / "bad.toml").check()

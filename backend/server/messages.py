@@ -220,7 +220,8 @@ def models(default: str | None, descriptions: list[ModelDescription],
            presets: dict[str, Preset] | None = None, embeddings: list[dict] | None = None) -> dict:
     message = {"type": "models", "default": default, "models": [
         {"name": d.name, "family": d.family, "native_size": d.native_size, "inpaint_model": d.inpaint_model,
-         "loaded": d.loaded, "prediction_type": d.prediction_type, "zero_terminal_snr": d.zero_terminal_snr,
+         "loaded": d.loaded, **({"prediction_type": d.prediction_type, "zero_terminal_snr": d.zero_terminal_snr}
+                                if d.prediction_type is not None else {}),
          **({"capabilities": d.capabilities.to_wire()} if d.capabilities else {})}
         for d in descriptions]}
     if embeddings is not None:  # textual inversions by family
