@@ -69,6 +69,12 @@ def build_edit_job(job: Job, uploads: dict[str, ImageData], limits: Limits, mode
         raise ProtocolError("unknown_model", lora_rules.missing("model", model, models, left_out[0]), "model")
     offers = capabilities(model) if capabilities is not None else None
     refused = refusal(job, model, offers) if offers is not None else None
+    if refused is not None and refused.code == "unsupported_mode":  # say which models would do
+        able = [name for name in models if name != model and job.mode in capabilities(name).modes]
+        raise ProtocolError(refused.code, f"{refused.message}; " + (
+            f"pick a model that can: {', '.join(able[:6])}{f' and {len(able) - 6} more' if len(able) > 6 else ''}"
+            if able else f"no model on this server can {job.mode}"),
+            refused.field)
     if refused is not None:
         raise refused
     prompt, tags = lora_rules.split_prompt(job.prompt)

@@ -81,6 +81,8 @@ def test_models_list_capabilities_and_a_model_asked_for_more_is_refused_before_a
         run(client, picture(64, 64), model="demo-base", on_event=seen.append)
     assert (caught.value.code, caught.value.field) == ("unsupported_mode", "mode")
     assert "demo-base" in caught.value.message
+    # (it said what demo-base serves and stopped: the painter had to find a model that instructs)
+    assert caught.value.message.endswith("pick a model that can: demo, demo-instruct, demo-flux, demo-flux-gguf")
     assert not any(isinstance(event, Accepted) for event in seen), "refused before `accepted`"
     with pytest.raises(EaselError) as caught:
         run(client, picture(64, 64), control=[{"type": "canny", "image": png(picture(64, 64))}])
