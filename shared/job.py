@@ -168,8 +168,9 @@ class Job:
                                     "matched to the picture (and to the band painted before) where they meet; false: "
                                     "the mask is cut at 50% for diffusion and feathered as max(grown, blurred), and "
                                     "no light is matched."), True)
-    mask_padding: int = wire(Field("integer", "inpaint, remove: context pixels kept around the grown and feathered "
-                                   "mask in the diffused crop (A1111's \"only masked padding\").", minimum=0,
+    mask_padding: int = wire(Field("integer", "inpaint, remove, instruct with a mask: context pixels kept around the "
+                                   "grown and feathered mask in the diffused crop (A1111's \"only masked "
+                                   "padding\").", minimum=0,
                                    maximum=1024), DEFAULT_PADDING)
     fill: str | None = wire(Field("string", "inpaint, remove, expand: how masked pixels and new canvas are pre-filled "
                                   "before diffusion: `none` keeps them, `neutral` grey, `blur` the colours around, "

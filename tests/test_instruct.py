@@ -103,3 +103,13 @@ def test_instruct_reads_the_prompt_as_every_other_mode_does(client):
     assert not (edit(prompt="make it red", clip_skip=2) == plain).all(), "clip skip reads an earlier layer"
     named = edit(prompt="make it red embedding:demo-style")
     assert (edit(prompt="make it red demo-style") == named).all() and not (named == plain).all()
+
+
+def test_masked_instruct_plans_its_crop_with_mask_padding_and_says_so(client):
+    # The padding was honoured but documented for inpaint and remove only, and the result did not list it.
+    image, mask = picture(640, 576, seed=2), rect_mask((640, 576), (300, 260, 330, 290))
+    tight = run(client, image, mask, steps=1, mask_padding=0)
+    wide = run(client, image, mask, steps=1, mask_padding=280)
+    assert (tight.parameters["mask_padding"], wide.parameters["mask_padding"]) == (0, 280)
+    assert decode(wide.images[0].image).shape[0] > decode(tight.images[0].image).shape[0], "more context diffused"
+    assert "mask_padding" not in run(client, picture(64, 64), steps=1).parameters, "no mask: no crop"
