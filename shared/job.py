@@ -64,6 +64,8 @@ def wire_fields(cls: type) -> dict[str, Field]:
         if "flatten" in spec.metadata:
             table.update(wire_fields(spec.metadata["flatten"]))
             continue
+        if "local" in spec.metadata:
+            continue
         value = spec.metadata["wire"]
         if spec.default is not dataclasses.MISSING and spec.default is not None:
             value = dataclasses.replace(value, default=spec.default)
@@ -218,6 +220,9 @@ class Job:
                                       "0 (or omitted) = none. generate above the model's native range: the strength "
                                       f"of the second stage (omitted or 0: {rules.HIRES_REFINE:g}).",
                                       minimum=0, maximum=1), None)
+    # The wire fields the caller set (``create``); None: not known, so a field at its default counts as left
+    # out. With a preset, a field left out takes the preset's value. (Not a wire field.)
+    given: frozenset[str] | None = field(default=None, compare=False, repr=False, metadata={"local": True})
 
     # -- building ------------------------------------------------------------------------------
 
@@ -225,20 +230,22 @@ class Job:
     def create(cls, mode: str, **params: Any) -> "Job":
         """A job from flat keyword arguments, as the wire names them (``steps=8, seed=3, job="a"``);
         control units and references may be dicts. Nothing is checked here: see ``check``."""
+        given = frozenset(params) - {"job"}
         sampling_keys = {spec.name for spec in dataclasses.fields(Sampling)}
         sampling = Sampling(**{key: params.pop(key) for key in list(params) if key in sampling_keys})
         if "job" in params:
             params["id"] = params.pop("job")
         for key, kind in (("control", ControlUnit), ("references", Reference), ("loras", Lora)):
             params[key] = [_as(kind, item, f"{key}[{index}]") for index, item in enumerate(params.get(key) or ())]
-        known = {spec.metadata.get("key") or spec.name for spec in dataclasses.fields(cls)} | {"id"}
+        known = {spec.metadata.get("key") or spec.name for spec in dataclasses.fields(cls)
+                 if "local" not in spec.metadata} | {"id"}
         unknown = sorted(set(params) - known)
         if unknown:  # (Python's own message named Job.__init__, and the misspelt name only)
             names = sorted((known | sampling_keys) - {"mode", "sampling", "id"})
             close = difflib.get_close_matches(unknown[0], names, 1)
             raise TypeError(f"no job parameter {unknown[0]!r}" + (f"; did you mean {close[0]!r}?" if close else
                                                                     f"; a job takes {', '.join(names)}"))
-        return cls(mode=mode, sampling=sampling, **params)
+        return cls(mode=mode, sampling=sampling, given=given, **params)
 
     @classmethod
     def from_message(cls, message: dict, *, validate: bool = True) -> "Job":
@@ -275,9 +282,11 @@ class Job:
                                      for index, reference in enumerate(self.references)]
         if self.loras:
             message["loras"] = [dict(_wire_items(lora)) for lora in self.loras]
-        if self.preset is not None:  # a field left at its default takes the preset's value
+        if self.preset is not None:  # a field left out takes the preset's value (`--steps 20` ran the preset's 4)
             for key in PRESET_FIELDS:
-                if key in message and message[key] == SUBMIT_FIELDS[key].default:
+                left_out = key not in self.given if self.given is not None else \
+                    message.get(key) == SUBMIT_FIELDS[key].default
+                if key in message and left_out:
                     del message[key]
         return message
 
@@ -474,6 +483,8 @@ def _wire_items(obj: Any):
         value = getattr(obj, spec.name)
         if "flatten" in spec.metadata:
             yield from _wire_items(value)
+        elif "local" in spec.metadata:
+            continue
         elif value is not None and not isinstance(value, list):
             yield spec.metadata["key"] or spec.name, value
 
