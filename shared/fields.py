@@ -105,6 +105,15 @@ class Field:
         return out
 
 
+OTHER_NAMES = {"cfg_scale": "guidance", "guidance_scale": "guidance", "image_cfg_scale": "image_guidance",
+               "image_guidance_scale": "image_guidance", "denoising_strength": "strength",
+               "num_inference_steps": "steps", "sampler_name": "sampler", "scheduler": "sampler",
+               "batch_size": "batch", "num_images_per_prompt": "batch", "negative": "negative_prompt",
+               "mask_blur": "mask_feather", "inpaint_full_res_padding": "mask_padding", "clip_skip_layers": "clip_skip"}
+"""Names the A1111 API and diffusers give a submit's fields, which habit sends here (`cfg_scale` was only
+"unknown")."""
+
+
 def check_fields(message: dict, fields: dict[str, Field], *, prefix: str = "", extra: bool = False) -> dict:
     """Validate ``message`` against ``fields``; return a copy with defaults filled in."""
     out = {}
@@ -123,6 +132,9 @@ def check_fields(message: dict, fields: dict[str, Field], *, prefix: str = "", e
         # camelCase is how JavaScript names things: say the protocol's name for it (outputFormat: output_format)
         snake = re.sub(r"(?<=[a-z0-9])([A-Z])", r"_\1", unknown[0]).lower()
         hint = f" (did you mean `{prefix + snake}`?)" if snake != unknown[0] and snake in fields else ""
+        other = OTHER_NAMES.get(snake)
+        if not hint and other in fields:
+            hint = f" (`{prefix + other}` is its name here)"
         raise ProtocolError("invalid_field", f"unknown field `{name}`{hint}", name)
     for name in unknown:
         out[name] = message[name]
