@@ -80,7 +80,13 @@ def build_edit_job(job: Job, uploads: dict[str, ImageData], limits: Limits, mode
     prompt, tags = lora_rules.split_prompt(job.prompt)
     wanted = lora_rules.merge(("loras", [(lora.name, lora.weight) for lora in job.loras]), ("prompt", tags),
                               ("preset", list(preset.loras) if preset else []))
-    lora_rules.check(wanted, loras or {}, model_family(model) if model_family else None, model, left_out[1])
+    family = model_family(model) if model_family else None
+    lora_rules.check(wanted, loras or {}, family, model, left_out[1])
+    if family == "flux":  # (a flux LoRA passed the family check and was not applied, yet listed as run)
+        for name, weight, where in wanted:
+            if weight != 0:
+                raise ProtocolError("unsupported", f"model {model!r} (flux) takes no LoRAs here yet: LoRA "
+                                    f"{shown(name)} would not be applied (leave it out, or give it weight 0)", where)
     if embeddings is not None:
         check_embeddings(job, model, *embeddings(model))
     sampling = job.sampling

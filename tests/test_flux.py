@@ -174,3 +174,36 @@ def test_flux_reads_emphasis_for_its_words(client):
         return decode(result.images[0].image)
 
     assert (generate("(a red door:1.3), [old] wall") == generate("a red door, old wall")).all()
+
+
+def test_a_flux_lora_is_refused_before_accepted_not_listed_as_run(demo_config, tmp_path):
+    # A LoRA whose header says flux passed the family check on a flux model, was never applied, and
+    # result.parameters.loras listed it as run.
+    import dataclasses
+
+    import torch
+    from safetensors.torch import save_file
+
+    from backend.engine.engine import Engine
+    from backend.engine.models import ModelRegistry, pick_device
+    from backend.server import ServerThread
+    from shared.client import Accepted, Client
+
+    path = tmp_path / "flux-style.safetensors"
+    save_file({"lora_unet_double_blocks_0_img_attn_qkv.lora_down.weight": torch.zeros(4, 32)}, str(path),
+              metadata={"ss_base_model_version": "flux1"})
+    config = dataclasses.replace(demo_config, loras={"flux-style": str(path)})
+    with ServerThread(config, Engine(ModelRegistry(config, *pick_device("cpu")))) as server, \
+            Client(server.url) as client:
+        assert {"name": "flux-style", "family": "flux"} in client.models()["loras"]
+        for params, field in (({"loras": [{"name": "flux-style"}]}, "loras[0].name"),
+                              ({"prompt": "a door <lora:flux-style:0.8>"}, "prompt")):
+            seen = []
+            with pytest.raises(EaselError) as caught:
+                client.run("generate", model="demo-flux", **{"prompt": "a door", **params}, steps=STEPS, width=64,
+                           height=64, on_event=seen.append)
+            assert (caught.value.code, caught.value.field) == ("unsupported", field)
+            assert "flux-style" in caught.value.message and "demo-flux" in caught.value.message
+            assert not any(isinstance(event, Accepted) for event in seen)
+        client.run("generate", model="demo-flux", prompt="a door", loras=[{"name": "flux-style", "weight": 0}],
+                   steps=STEPS, width=64, height=64, seed=1)  # weight 0 switches it off: nothing asked of flux
