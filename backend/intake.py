@@ -33,6 +33,7 @@ from shared.rules import HIRES_REFINE, IMAGE_GUIDANCE, UPSCALE_MAX, UPSCALE_MIN,
 from shared.vocabulary import BUILTIN_UPSCALER
 
 MIN_PREPROCESS_SIDE = 16
+FLUX_SAMPLER = "euler"  # the name of the sampler a flux model runs (FlowMatchEulerDiscreteScheduler)
 
 
 def build_edit_job(job: Job, uploads: dict[str, ImageData], limits: Limits, models: list[str],
@@ -131,8 +132,10 @@ def build_edit_job(job: Job, uploads: dict[str, ImageData], limits: Limits, mode
         mode=job.mode, model=model, prompt=prompt, negative_prompt=job.negative_prompt, seed=seed,
         steps=sampling.steps, strength=strength,
         guidance=float(sampling.guidance if sampling.guidance is not None else
-                       rules.default_guidance(model_family(model) if model_family else None, job.mode)),
-        batch=sampling.batch, sampler=sampling.sampler, width=width, height=height, image=pixels,
+                       rules.default_guidance(family, job.mode)),
+        batch=sampling.batch, width=width,
+        # (flux runs its own flow-matching Euler whatever the job says: the result says so, not dpmpp_2m_karras)
+        sampler=FLUX_SAMPLER if family == "flux" else sampling.sampler, height=height, image=pixels,
         mask=mask_pixels, mask_grow=job.mask_grow, mask_feather=job.mask_feather, preview_every=job.preview_every,
         preview_size=job.preview_size, control=control, references=references, fill=job.fill_mode,
         soft=job.soft_inpaint, expand=job.expand, padding=job.mask_padding, clip_skip=sampling.clip_skip,

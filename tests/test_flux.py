@@ -40,6 +40,11 @@ def test_flux_img2img_keeps_the_picture_size(client):
     image = picture(96, 80)
     result = client.run("img2img", model="demo-flux", image=png(image), prompt="oil", steps=4, strength=0.5, seed=1)
     assert decode(result.images[0].image).shape == (80, 96, 4)
+    # flux runs its own flow-matching Euler: the result (and the infotext made of it) said dpmpp_2m_karras
+    assert result.parameters["sampler"] == "euler"
+    told = client.run("img2img", model="demo-flux", image=png(image), prompt="oil", steps=4, strength=0.5, seed=1,
+                      sampler="lcm")
+    assert told.parameters["sampler"] == "euler" and told.images[0].image.data == result.images[0].image.data
 
 
 @pytest.mark.parametrize("mode", ["inpaint", "remove", "instruct"])  # Flux Fill (twice), Flux Kontext
