@@ -214,7 +214,10 @@ class Job:
                                               "(InstructPix2Pix's image guidance scale: 1 = not held to it, higher "
                                               f"= closer; {rules.IMAGE_GUIDANCE:g} when omitted); `guidance` is how "
                                               "strongly it follows the instruction. Models without it (Flux "
-                                              "Kontext) refuse it as `unsupported`.", minimum=0, maximum=20), None)
+                                              "Kontext) refuse it as `unsupported`.", minimum=1, maximum=20,
+                                              below="below 1 InstructPix2Pix runs with no guidance at all, the "
+                                                    "instruction's too: 0.5 and 0 made the picture guidance 1 "
+                                                    "makes; 1 = not held to the picture"), None)
     refine: float | None = wire(Field("number", "upscale: strength of a diffusion refine of the upscaled picture, in "
                                       "tiles at the model's native scale (with `prompt`, `steps`, `control` ...); "
                                       "0 (or omitted) = none. generate above the model's native range: the strength "

@@ -51,6 +51,16 @@ def test_masked_instruct_leaves_every_pixel_outside_the_mask_byte_identical(clie
     assert np.abs(inside).mean() > 1, "the masked part was edited"
 
 
+def test_image_guidance_below_one_is_refused_saying_it_would_switch_guidance_off(client):
+    # diffusers' InstructPix2Pix guides only while image_guidance >= 1: 0, 0.5 and 0.99 all made the picture
+    # of guidance 1 (the instruction unguided too), a cliff just below the "1 = not held to the picture".
+    with pytest.raises(EaselError) as caught:
+        run(client, picture(64, 64), image_guidance=0.5)
+    assert (caught.value.code, caught.value.field) == ("invalid_field", "image_guidance")
+    assert "at least 1" in caught.value.message and "no guidance at all" in caught.value.message
+    assert run(client, picture(64, 64), image_guidance=1.0, steps=1).parameters["image_guidance"] == 1.0
+
+
 @pytest.mark.parametrize("params, field", [({"image_guidance": -1}, "image_guidance"),
                                            ({"image_guidance": 25}, "image_guidance"),
                                            ({"guidance": 60}, "guidance")])
