@@ -167,7 +167,9 @@ class Job:
     soft_inpaint: bool = wire(Field("boolean", "inpaint, remove: the shaped mask acts per pixel in the denoising "
                                     "(differential diffusion), its feathered edge is a smooth ramp and the repaint's "
                                     "light is matched to the picture along it; expand: the new band's light is "
-                                    "matched to the picture (and to the band painted before) where they meet; false: "
+                                    "matched to the picture (and to the band painted before) where they meet; "
+                                    "instruct with a mask: the edge is a smooth ramp and the edit's light is matched "
+                                    "along it; false: "
                                     "the mask is cut at 50% for diffusion and feathered as max(grown, blurred), and "
                                     "no light is matched."), True)
     mask_padding: int = wire(Field("integer", "inpaint, remove, instruct with a mask: context pixels kept around the "

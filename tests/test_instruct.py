@@ -123,3 +123,7 @@ def test_masked_instruct_plans_its_crop_with_mask_padding_and_says_so(client):
     assert (tight.parameters["mask_padding"], wide.parameters["mask_padding"]) == (0, 280)
     assert decode(wide.images[0].image).shape[0] > decode(tight.images[0].image).shape[0], "more context diffused"
     assert "mask_padding" not in run(client, picture(64, 64), steps=1).parameters, "no mask: no crop"
+    # soft_inpaint shapes its edge and matches its light too (documented for inpaint, remove, expand only)
+    hard = run(client, image, mask, steps=1, mask_padding=0, soft_inpaint=False)
+    assert (tight.parameters["soft_inpaint"], hard.parameters["soft_inpaint"]) == (True, False)
+    assert hard.images[0].image.data != tight.images[0].image.data

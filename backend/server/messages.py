@@ -142,8 +142,8 @@ def parameters(job: Job, run: EngineResult) -> dict:
             out["mask_padding"] = work.padding
     if work.mode == "instruct" and work.image_guidance is not None:
         out["image_guidance"] = work.image_guidance
-    if work.mode == "instruct" and work.mask is not None:  # (its crop is planned with it, as an inpaint's)
-        out["mask_padding"] = work.padding
+    if work.mode == "instruct" and work.mask is not None:  # (its crop and edge are made as an inpaint's)
+        out.update(mask_padding=work.padding, soft_inpaint=work.soft)
     if work.mode == "expand":
         out.update(zip(("expand_left", "expand_top", "expand_right", "expand_bottom"), work.expand))
     if work.mode == "upscale":
