@@ -118,8 +118,9 @@ def build_edit_job(job: Job, uploads: dict[str, ImageData], limits: Limits, mode
                                 "(scale or pad it to the picture; a crop of the picture needs the same crop of the "
                                 "mask)", "mask")
         if not mask_pixels.any():
-            raise ProtocolError("empty_mask", "the mask is empty: paint (white) where the picture should change",
-                                "mask")
+            whole = "; or leave `mask` out to edit the whole picture" if job.mode == "instruct" else ""
+            raise ProtocolError("empty_mask", "the mask is empty: paint (white) where the picture should change"
+                                + whole, "mask")
     if job.mode == "expand":
         pixels = _expanded_canvas(pixels, job.expand, limits)
     width, height, strength = job.width, job.height, float(sampling.strength)

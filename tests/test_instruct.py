@@ -51,6 +51,14 @@ def test_masked_instruct_leaves_every_pixel_outside_the_mask_byte_identical(clie
     assert np.abs(inside).mean() > 1, "the masked part was edited"
 
 
+def test_an_empty_mask_on_instruct_says_the_mask_may_be_left_out(client):
+    # A host with nothing selected sends an all-black mask; for instruct the fix is to send none.
+    with pytest.raises(EaselError) as caught:
+        run(client, picture(64, 64), rect_mask((64, 64), (0, 0, 0, 0)))
+    assert (caught.value.code, caught.value.field) == ("empty_mask", "mask")
+    assert "leave `mask` out to edit the whole picture" in caught.value.message
+
+
 def test_image_guidance_below_one_is_refused_saying_it_would_switch_guidance_off(client):
     # diffusers' InstructPix2Pix guides only while image_guidance >= 1: 0, 0.5 and 0.99 all made the picture
     # of guidance 1 (the instruction unguided too), a cliff just below the "1 = not held to the picture".
