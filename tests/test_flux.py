@@ -212,3 +212,54 @@ def test_a_flux_lora_is_refused_before_accepted_not_listed_as_run(demo_config, t
             assert not any(isinstance(event, Accepted) for event in seen)
         client.run("generate", model="demo-flux", prompt="a door", loras=[{"name": "flux-style", "weight": 0}],
                    steps=STEPS, width=64, height=64, seed=1)  # weight 0 switches it off: nothing asked of flux
+
+
+@pytest.fixture(scope="module")
+def flux_grid_16(demo_root, tmp_path_factory):
+    """The demo Flux with a four-level VAE: 16 pixels a packed latent token, as FLUX.1 has (the demo's
+    three-level VAE makes it 8, the grid passes are planned on, so the demo could not show the gap)."""
+    import torch
+    from diffusers import AutoencoderKL, FluxFillPipeline, FluxPipeline
+
+    from backend.fixtures.demo_flux import _transformer
+
+    root = tmp_path_factory.mktemp("flux16")
+    base = FluxPipeline.from_pretrained(str(demo_root / "flux"))
+    torch.manual_seed(0)
+    vae = AutoencoderKL(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 4,
+                        up_block_types=("UpDecoderBlock2D",) * 4, block_out_channels=(8, 8, 8, 8),
+                        layers_per_block=1, latent_channels=16, norm_num_groups=1, scaling_factor=0.3611,
+                        shift_factor=0.1159, use_quant_conv=False, use_post_quant_conv=False,
+                        mid_block_add_attention=False, force_upcast=False).eval()
+    common = dict(scheduler=base.scheduler, vae=vae, text_encoder=base.text_encoder, tokenizer=base.tokenizer,
+                  text_encoder_2=base.text_encoder_2, tokenizer_2=base.tokenizer_2)
+    FluxPipeline(transformer=base.transformer, **common).save_pretrained(root / "flux")
+    # Fill: latents (64) + masked-picture latents (64) + the mask, 8 x 8 pixels a latent, packed (256)
+    FluxFillPipeline(transformer=_transformer(7, 384), **common).save_pretrained(root / "flux-fill")
+    return root
+
+
+def test_sizes_off_flux1s_16_pixel_grid_come_back_at_the_size_asked(demo_config, flux_grid_16):
+    # FLUX.1's pipelines floor every size to 16 pixels: a generate asked for 200 x 136 came back 192 x 128
+    # (result.parameters still said 200), and a repaint ran 1200 wide for a 1208 pass and was stretched back.
+    import dataclasses
+
+    from backend.config import ModelSpec
+    from backend.engine.engine import Engine
+    from backend.engine.models import ModelRegistry, pick_device
+    from backend.server import ServerThread
+    from shared.client import Client
+
+    spec = ModelSpec("flux16", str(flux_grid_16 / "flux"), "flux", inpaint=str(flux_grid_16 / "flux-fill"))
+    config = dataclasses.replace(demo_config, models={"flux16": spec}, default_model="flux16")
+    with ServerThread(config, Engine(ModelRegistry(config, *pick_device("cpu")))) as server, \
+            Client(server.url) as client:
+        made = client.run("generate", prompt="x", steps=1, seed=1, width=200, height=136)
+        assert decode(made.images[0].image).shape == (136, 200, 4)
+        assert (made.parameters["width"], made.parameters["height"]) == (200, 136)
+        image = picture(700, 500, seed=3)  # diffused at 1208 x 864: off the 16-pixel grid
+        mask = rect_mask(image.size, (300, 200, 340, 250))
+        result = client.run("inpaint", image=png(image), mask=png(mask), prompt="x", steps=1, seed=1, guidance=30.0)
+        out, source = composite(image, result.images[0]), np.asarray(image)
+        reach = masks.shape_mask(np.asarray(mask), 8, 16) > 0
+        assert (out[~reach] == source[~reach]).all()

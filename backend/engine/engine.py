@@ -221,6 +221,8 @@ class Engine:
                 on_step = self._on_step(job, model, reporter, index * len(passes) + number, len(passes))
                 with self.speed.job(pipe, p.size, model.native_size):
                     outputs.append(run_pass(pipe, inputs, on_step))
+                if flux:  # (it ran on the model's own grid)
+                    outputs[-1] = model.fit(outputs[-1], p.size)
                 if job.mode == "expand":  # (soft: its cells meet the picture's light, as an inpaint's edge does)
                     compose.paint(canvas, p, outputs[-1], *(expand_match(job, model.native_size) if job.soft
                                                             else (0, 0)))
