@@ -579,6 +579,11 @@ def check_prompt_settings(spec: ModelSpec) -> None:
     if spec.guidance_rescale is not None and not (isinstance(spec.guidance_rescale, (int, float))
                                                   and 0 <= spec.guidance_rescale <= 1):
         raise ConfigError(f"{where}.guidance_rescale must be a number from 0 to 1, got {spec.guidance_rescale!r}")
+    if spec.family == "flux":  # (they were taken and ignored, and `models` then claimed a v-prediction flux)
+        for key in ("clip_skip", "prediction_type", "zero_terminal_snr", "guidance_rescale"):
+            if getattr(spec, key) is not None:
+                raise ConfigError(f"{where}.{key} is for sd15 and sdxl models: a flux model is flow matching, with its "
+                                  "own scheduler, and reads the whole prompt (leave it out)")
 
 
 UPSCALER_SUFFIXES = (".pth", ".safetensors")

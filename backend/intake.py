@@ -22,6 +22,7 @@ from backend.engine.job import Control, EditJob, PreprocessJob, Reference
 from backend.imaging import opaque_control, to_array
 from backend.presets import Preset
 from shared import loras as lora_rules
+from shared import rules
 from shared.errors import shown
 from shared.images import CHANNELS, ImageData
 from shared.job import Job
@@ -32,6 +33,7 @@ from shared.rules import HIRES_REFINE, IMAGE_GUIDANCE, UPSCALE_MAX, UPSCALE_MIN,
 from shared.vocabulary import BUILTIN_UPSCALER
 
 MIN_PREPROCESS_SIDE = 16
+FLUX_SAMPLER = "euler"  # the name of the sampler a flux model runs (FlowMatchEulerDiscreteScheduler)
 
 
 def build_edit_job(job: Job, uploads: dict[str, ImageData], limits: Limits, models: list[str],
@@ -68,12 +70,24 @@ def build_edit_job(job: Job, uploads: dict[str, ImageData], limits: Limits, mode
         raise ProtocolError("unknown_model", lora_rules.missing("model", model, models, left_out[0]), "model")
     offers = capabilities(model) if capabilities is not None else None
     refused = refusal(job, model, offers) if offers is not None else None
+    if refused is not None and refused.code == "unsupported_mode":  # say which models would do
+        able = [name for name in models if name != model and job.mode in capabilities(name).modes]
+        raise ProtocolError(refused.code, f"{refused.message}; " + (
+            f"pick a model that can: {', '.join(able[:6])}{f' and {len(able) - 6} more' if len(able) > 6 else ''}"
+            if able else f"no model on this server can {job.mode}"),
+            refused.field)
     if refused is not None:
         raise refused
     prompt, tags = lora_rules.split_prompt(job.prompt)
     wanted = lora_rules.merge(("loras", [(lora.name, lora.weight) for lora in job.loras]), ("prompt", tags),
                               ("preset", list(preset.loras) if preset else []))
-    lora_rules.check(wanted, loras or {}, model_family(model) if model_family else None, model, left_out[1])
+    family = model_family(model) if model_family else None
+    lora_rules.check(wanted, loras or {}, family, model, left_out[1])
+    if family == "flux":  # (a flux LoRA passed the family check and was not applied, yet listed as run)
+        for name, weight, where in wanted:
+            if weight != 0:
+                raise ProtocolError("unsupported", f"model {model!r} (flux) takes no LoRAs here yet: LoRA "
+                                    f"{shown(name)} would not be applied (leave it out, or give it weight 0)", where)
     if embeddings is not None:
         check_embeddings(job, model, *embeddings(model))
     sampling = job.sampling
@@ -105,8 +119,9 @@ def build_edit_job(job: Job, uploads: dict[str, ImageData], limits: Limits, mode
                                 "(scale or pad it to the picture; a crop of the picture needs the same crop of the "
                                 "mask)", "mask")
         if not mask_pixels.any():
-            raise ProtocolError("empty_mask", "the mask is empty: paint (white) where the picture should change",
-                                "mask")
+            whole = "; or leave `mask` out to edit the whole picture" if job.mode == "instruct" else ""
+            raise ProtocolError("empty_mask", "the mask is empty: paint (white) where the picture should change"
+                                + whole, "mask")
     if job.mode == "expand":
         pixels = _expanded_canvas(pixels, job.expand, limits)
     width, height, strength = job.width, job.height, float(sampling.strength)
@@ -117,8 +132,12 @@ def build_edit_job(job: Job, uploads: dict[str, ImageData], limits: Limits, mode
         strength = float(job.refine or HIRES_REFINE)
     work = EditJob(
         mode=job.mode, model=model, prompt=prompt, negative_prompt=job.negative_prompt, seed=seed,
-        steps=sampling.steps, guidance=float(sampling.guidance), strength=strength,
-        batch=sampling.batch, sampler=sampling.sampler, width=width, height=height, image=pixels,
+        steps=sampling.steps, strength=strength,
+        guidance=float(sampling.guidance if sampling.guidance is not None else
+                       rules.default_guidance(family, job.mode)),
+        batch=sampling.batch, width=width,
+        # (flux runs its own flow-matching Euler whatever the job says: the result says so, not dpmpp_2m_karras)
+        sampler=FLUX_SAMPLER if family == "flux" else sampling.sampler, height=height, image=pixels,
         mask=mask_pixels, mask_grow=job.mask_grow, mask_feather=job.mask_feather, preview_every=job.preview_every,
         preview_size=job.preview_size, control=control, references=references, fill=job.fill_mode,
         soft=job.soft_inpaint, expand=job.expand, padding=job.mask_padding, clip_skip=sampling.clip_skip,

@@ -35,7 +35,9 @@ class Offer:
 
     def loras_for(self, family: str | None) -> tuple[str, ...]:
         """The LoRAs a model of ``family`` can use: those made for it, and those whose family is not
-        known (None: every LoRA)."""
+        known (None: every LoRA). None for flux, which takes no LoRAs yet (the server refuses them)."""
+        if family == "flux":
+            return ()
         return tuple(name for name, made_for in self.loras if family is None or made_for in (family, None))
 
     def preprocessor(self, control_type: str) -> str | None:

@@ -105,11 +105,15 @@ class Field:
         return out
 
 
-# A1111's API names (txt2img / img2img and its ControlNet units) for fields the protocol names otherwise.
-WEBUI_NAMES = {"denoising_strength": "strength", "cfg_scale": "guidance", "sampler_name": "sampler",
-               "batch_size": "batch", "init_images": "image", "weight": "scale", "guidance_start": "start",
-               "guidance_end": "end", "processor_res": "resolution", "module": "preprocess",
-               "input_image": "image"}
+OTHER_NAMES = {"cfg_scale": "guidance", "guidance_scale": "guidance", "image_cfg_scale": "image_guidance",
+               "image_guidance_scale": "image_guidance", "denoising_strength": "strength",
+               "num_inference_steps": "steps", "sampler_name": "sampler", "scheduler": "sampler",
+               "batch_size": "batch", "num_images_per_prompt": "batch", "negative": "negative_prompt",
+               "mask_blur": "mask_feather", "inpaint_full_res_padding": "mask_padding", "clip_skip_layers": "clip_skip",
+               "init_images": "image", "input_image": "image", "weight": "scale", "guidance_start": "start",
+               "guidance_end": "end", "processor_res": "resolution", "module": "preprocess"}
+"""Names the A1111 API (its ControlNet units' too) and diffusers give a submit's fields, which habit sends here
+(`cfg_scale`, a unit's `weight` were only "unknown")."""
 
 
 def check_fields(message: dict, fields: dict[str, Field], *, prefix: str = "", extra: bool = False) -> dict:
@@ -130,8 +134,9 @@ def check_fields(message: dict, fields: dict[str, Field], *, prefix: str = "", e
         # camelCase is how JavaScript names things: say the protocol's name for it (outputFormat: output_format)
         snake = re.sub(r"(?<=[a-z0-9])([A-Z])", r"_\1", unknown[0]).lower()
         hint = f" (did you mean `{prefix + snake}`?)" if snake != unknown[0] and snake in fields else ""
-        if unknown[0] in WEBUI_NAMES and WEBUI_NAMES[unknown[0]] in fields:  # a tool ported from A1111's API
-            hint = f" (A1111's `{unknown[0]}` is `{prefix + WEBUI_NAMES[unknown[0]]}` here)"
+        other = OTHER_NAMES.get(snake)
+        if not hint and other in fields:
+            hint = f" (`{prefix + other}` is its name here)"
         raise ProtocolError("invalid_field", f"unknown field `{name}`{hint}", name)
     for name in unknown:
         out[name] = message[name]

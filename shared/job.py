@@ -64,6 +64,8 @@ def wire_fields(cls: type) -> dict[str, Field]:
         if "flatten" in spec.metadata:
             table.update(wire_fields(spec.metadata["flatten"]))
             continue
+        if "local" in spec.metadata:
+            continue
         value = spec.metadata["wire"]
         if spec.default is not dataclasses.MISSING and spec.default is not None:
             value = dataclasses.replace(value, default=spec.default)
@@ -125,7 +127,10 @@ class Sampling:
     """How the picture is denoised."""
 
     steps: int = wire(Field("integer", "Denoising steps at strength 1.", minimum=1), 20)
-    guidance: float = wire(Field("number", "Classifier-free guidance scale.", minimum=0, maximum=50), 7.0)
+    guidance: float | None = wire(Field("number", "Classifier-free guidance scale. The model's when omitted: "
+                                        f"{rules.GUIDANCE:g} (instruct 7.5); on flux models Flux's distilled "
+                                        "guidance, 3.5 (inpaint, expand, remove on the Fill model: 30; instruct "
+                                        "on Kontext: 2.5).", minimum=0, maximum=50), None)
     strength: float = wire(Field("number", "1 = paint from noise; below 1 start from the noised image.",
                                  minimum=0, maximum=1), 1.0)
     sampler: str = wire(Field("string", "Scheduler.", choices=SAMPLERS), "dpmpp_2m_karras")
@@ -162,11 +167,14 @@ class Job:
     soft_inpaint: bool = wire(Field("boolean", "inpaint, remove: the shaped mask acts per pixel in the denoising "
                                     "(differential diffusion), its feathered edge is a smooth ramp and the repaint's "
                                     "light is matched to the picture along it; expand: the new band's light is "
-                                    "matched to the picture (and to the band painted before) where they meet; false: "
+                                    "matched to the picture (and to the band painted before) where they meet; "
+                                    "instruct with a mask: the edge is a smooth ramp and the edit's light is matched "
+                                    "along it; false: "
                                     "the mask is cut at 50% for diffusion and feathered as max(grown, blurred), and "
                                     "no light is matched."), True)
-    mask_padding: int = wire(Field("integer", "inpaint, remove: context pixels kept around the grown and feathered "
-                                   "mask in the diffused crop (A1111's \"only masked padding\").", minimum=0,
+    mask_padding: int = wire(Field("integer", "inpaint, remove, instruct with a mask: context pixels kept around the "
+                                   "grown and feathered mask in the diffused crop (A1111's \"only masked "
+                                   "padding\").", minimum=0,
                                    maximum=1024), DEFAULT_PADDING)
     fill: str | None = wire(Field("string", "inpaint, remove, expand: how masked pixels and new canvas are pre-filled "
                                   "before diffusion: `none` keeps them, `neutral` grey, `blur` the colours around, "
@@ -208,12 +216,18 @@ class Job:
                                               "(InstructPix2Pix's image guidance scale: 1 = not held to it, higher "
                                               f"= closer; {rules.IMAGE_GUIDANCE:g} when omitted); `guidance` is how "
                                               "strongly it follows the instruction. Models without it (Flux "
-                                              "Kontext) refuse it as `unsupported`.", minimum=0, maximum=20), None)
+                                              "Kontext) refuse it as `unsupported`.", minimum=1, maximum=20,
+                                              below="below 1 InstructPix2Pix runs with no guidance at all, the "
+                                                    "instruction's too: 0.5 and 0 made the picture guidance 1 "
+                                                    "makes; 1 = not held to the picture"), None)
     refine: float | None = wire(Field("number", "upscale: strength of a diffusion refine of the upscaled picture, in "
                                       "tiles at the model's native scale (with `prompt`, `steps`, `control` ...); "
                                       "0 (or omitted) = none. generate above the model's native range: the strength "
                                       f"of the second stage (omitted or 0: {rules.HIRES_REFINE:g}).",
                                       minimum=0, maximum=1), None)
+    # The wire fields the caller set (``create``); None: not known, so a field at its default counts as left
+    # out. With a preset, a field left out takes the preset's value. (Not a wire field.)
+    given: frozenset[str] | None = field(default=None, compare=False, repr=False, metadata={"local": True})
 
     # -- building ------------------------------------------------------------------------------
 
@@ -221,6 +235,7 @@ class Job:
     def create(cls, mode: str, **params: Any) -> "Job":
         """A job from flat keyword arguments, as the wire names them (``steps=8, seed=3, job="a"``);
         control units and references may be dicts. Nothing is checked here: see ``check``."""
+        given = frozenset(params) - {"job"}
         sampling_keys = {spec.name for spec in dataclasses.fields(Sampling)}
         sampling = Sampling(**{key: params.pop(key) for key in list(params) if key in sampling_keys})
         if "job" in params:
@@ -231,14 +246,15 @@ class Job:
                 raise TypeError(f"`{key}` must be a list of {kind.__name__}s or dicts, not one "
                                 f"{type(items).__name__}: put a single one in a list, {key}=[...]")
             params[key] = [_as(kind, item, f"{key}[{index}]") for index, item in enumerate(items)]
-        known = {spec.metadata.get("key") or spec.name for spec in dataclasses.fields(cls)} | {"id"}
+        known = {spec.metadata.get("key") or spec.name for spec in dataclasses.fields(cls)
+                 if "local" not in spec.metadata} | {"id"}
         unknown = sorted(set(params) - known)
         if unknown:  # (Python's own message named Job.__init__, and the misspelt name only)
             names = sorted((known | sampling_keys) - {"mode", "sampling", "id"})
             close = difflib.get_close_matches(unknown[0], names, 1)
             raise TypeError(f"no job parameter {unknown[0]!r}" + (f"; did you mean {close[0]!r}?" if close else
                                                                     f"; a job takes {', '.join(names)}"))
-        return cls(mode=mode, sampling=sampling, **params)
+        return cls(mode=mode, sampling=sampling, given=given, **params)
 
     @classmethod
     def from_message(cls, message: dict, *, validate: bool = True) -> "Job":
@@ -275,9 +291,11 @@ class Job:
                                      for index, reference in enumerate(self.references)]
         if self.loras:
             message["loras"] = [dict(_wire_items(lora)) for lora in self.loras]
-        if self.preset is not None:  # a field left at its default takes the preset's value
+        if self.preset is not None:  # a field left out takes the preset's value (`--steps 20` ran the preset's 4)
             for key in PRESET_FIELDS:
-                if key in message and message[key] == SUBMIT_FIELDS[key].default:
+                left_out = key not in self.given if self.given is not None else \
+                    message.get(key) == SUBMIT_FIELDS[key].default
+                if key in message and left_out:
                     del message[key]
         return message
 
@@ -484,6 +502,8 @@ def _wire_items(obj: Any):
         value = getattr(obj, spec.name)
         if "flatten" in spec.metadata:
             yield from _wire_items(value)
+        elif "local" in spec.metadata:
+            continue
         elif value is not None and not isinstance(value, list):
             yield spec.metadata["key"] or spec.name, value
 

@@ -71,6 +71,9 @@ def refusal(job, model: str, caps: ModelCapabilities) -> ProtocolError | None:
     if job.negative_prompt and not caps.negative_prompt:
         return ProtocolError("unsupported", f"model {model!r} takes no negative prompt ({caps.family} uses "
                              "distilled guidance; configure `true_cfg` on the model to use one)", "negative_prompt")
+    if job.sampling.clip_skip is not None and caps.family == "flux":  # (it was echoed in the result, and ignored)
+        return ProtocolError("unsupported", f"model {model!r} (flux) has no clip skip: its prompt is read whole by "
+                             "CLIP-L and T5 (leave `clip_skip` out)", "clip_skip")
     if mode == "instruct" and job.image_guidance is not None and not caps.image_guidance:
         return ProtocolError("unsupported", f"model {model!r} has no image guidance for instruct edits (leave "
                              "`image_guidance` out)", "image_guidance")

@@ -62,6 +62,18 @@ STARTS_FROM_NOISE = ("generate", "instruct")
 IMAGE_GUIDANCE = 1.5
 """instruct: how closely the edit keeps to the picture when the job does not say (InstructPix2Pix's default)."""
 
+GUIDANCE = 7.0
+"""Classifier-free guidance of an SD job that does not say."""
+
+
+def default_guidance(family: str | None, mode: str) -> float:
+    """The guidance a job gets when it leaves ``guidance`` out: Flux's distilled guidance (3.5 for dev, 30
+    for its Fill model's masked modes, 2.5 for Kontext), InstructPix2Pix's 7.5, else 7. (One number for
+    every family ran Flux Fill at 7, a quarter of what it is trained for, and dev at twice its 3.5.)"""
+    if family == "flux":
+        return {"inpaint": 30.0, "remove": 30.0, "expand": 30.0, "instruct": 2.5}.get(mode, 3.5)
+    return 7.5 if mode == "instruct" else GUIDANCE
+
 
 def denoising_steps(mode: str, steps: int, strength: float, few_step: bool = False) -> int:
     """Steps that actually run per image: all of them when generating, steps x strength otherwise

@@ -430,6 +430,7 @@ def test_run_help_gives_every_option_its_range_and_default_from_the_wire_fields(
     assert "(0 to 256, default 8)" in helps["grow"] and "(0 to 256, default 16)" in helps["feather"]
     assert "SCALE: 0 to 2, default 1" in helps["control"] and "WEIGHT: 0 to 2, default 1" in helps["reference"]
     assert "default random" in helps["seed"] and "native size" in helps["width"]
+    assert "default the model's: 7, instruct 7.5; flux 3.5" in helps["guidance"], "one default per family"
     # upscale's own readings of the shared options (a plain upscale does not refine at strength 1)
     assert "upscale: from --scale" in helps["width"] and "none (0) when omitted" in helps["strength"]
     assert "upscale" in helps["image"] and "expand" in helps["image"]

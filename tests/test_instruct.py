@@ -51,6 +51,24 @@ def test_masked_instruct_leaves_every_pixel_outside_the_mask_byte_identical(clie
     assert np.abs(inside).mean() > 1, "the masked part was edited"
 
 
+def test_an_empty_mask_on_instruct_says_the_mask_may_be_left_out(client):
+    # A host with nothing selected sends an all-black mask; for instruct the fix is to send none.
+    with pytest.raises(EaselError) as caught:
+        run(client, picture(64, 64), rect_mask((64, 64), (0, 0, 0, 0)))
+    assert (caught.value.code, caught.value.field) == ("empty_mask", "mask")
+    assert "leave `mask` out to edit the whole picture" in caught.value.message
+
+
+def test_image_guidance_below_one_is_refused_saying_it_would_switch_guidance_off(client):
+    # diffusers' InstructPix2Pix guides only while image_guidance >= 1: 0, 0.5 and 0.99 all made the picture
+    # of guidance 1 (the instruction unguided too), a cliff just below the "1 = not held to the picture".
+    with pytest.raises(EaselError) as caught:
+        run(client, picture(64, 64), image_guidance=0.5)
+    assert (caught.value.code, caught.value.field) == ("invalid_field", "image_guidance")
+    assert "at least 1" in caught.value.message and "no guidance at all" in caught.value.message
+    assert run(client, picture(64, 64), image_guidance=1.0, steps=1).parameters["image_guidance"] == 1.0
+
+
 @pytest.mark.parametrize("params, field", [({"image_guidance": -1}, "image_guidance"),
                                            ({"image_guidance": 25}, "image_guidance"),
                                            ({"guidance": 60}, "guidance")])
@@ -81,6 +99,8 @@ def test_models_list_capabilities_and_a_model_asked_for_more_is_refused_before_a
         run(client, picture(64, 64), model="demo-base", on_event=seen.append)
     assert (caught.value.code, caught.value.field) == ("unsupported_mode", "mode")
     assert "demo-base" in caught.value.message
+    # (it said what demo-base serves and stopped: the painter had to find a model that instructs)
+    assert caught.value.message.endswith("pick a model that can: demo, demo-instruct, demo-flux, demo-flux-gguf")
     assert not any(isinstance(event, Accepted) for event in seen), "refused before `accepted`"
     with pytest.raises(EaselError) as caught:
         run(client, picture(64, 64), control=[{"type": "canny", "image": png(picture(64, 64))}])
@@ -88,3 +108,30 @@ def test_models_list_capabilities_and_a_model_asked_for_more_is_refused_before_a
     with pytest.raises(EaselError) as caught:
         client.run("generate", model="demo-instruct", prompt="x", steps=2, width=64, height=64)
     assert (caught.value.code, caught.value.field) == ("unsupported_mode", "mode")
+
+
+def test_instruct_reads_the_prompt_as_every_other_mode_does(client):
+    # The instruction went to InstructPix2Pix as raw text: `(word:1.0)` was brackets and digits, clip skip and
+    # `embedding:name` did nothing, while `result.parameters` echoed the clip skip as if it had run.
+    image = picture(64, 64, seed=1)
+    edit = lambda **params: decode(run(client, image, guidance=5.0, **params).images[0].image)  # noqa: E731
+    plain = edit(prompt="make it red")
+    assert (edit(prompt="(make it red:1.0)") == plain).all(), "weight 1 is the plain prompt"
+    assert not (edit(prompt="(make it red:1.4)") == plain).all()
+    assert not (edit(prompt="make it red", clip_skip=2) == plain).all(), "clip skip reads an earlier layer"
+    named = edit(prompt="make it red embedding:demo-style")
+    assert (edit(prompt="make it red demo-style") == named).all() and not (named == plain).all()
+
+
+def test_masked_instruct_plans_its_crop_with_mask_padding_and_says_so(client):
+    # The padding was honoured but documented for inpaint and remove only, and the result did not list it.
+    image, mask = picture(640, 576, seed=2), rect_mask((640, 576), (300, 260, 330, 290))
+    tight = run(client, image, mask, steps=1, mask_padding=0)
+    wide = run(client, image, mask, steps=1, mask_padding=280)
+    assert (tight.parameters["mask_padding"], wide.parameters["mask_padding"]) == (0, 280)
+    assert decode(wide.images[0].image).shape[0] > decode(tight.images[0].image).shape[0], "more context diffused"
+    assert "mask_padding" not in run(client, picture(64, 64), steps=1).parameters, "no mask: no crop"
+    # soft_inpaint shapes its edge and matches its light too (documented for inpaint, remove, expand only)
+    hard = run(client, image, mask, steps=1, mask_padding=0, soft_inpaint=False)
+    assert (tight.parameters["soft_inpaint"], hard.parameters["soft_inpaint"]) == (True, False)
+    assert hard.images[0].image.data != tight.images[0].image.data

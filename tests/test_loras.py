@@ -1,5 +1,7 @@
 """LoRAs through the real server, on the demo model's tiny random LoRAs (kohya and diffusers files)."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -268,6 +270,9 @@ def test_hosts_read_the_loras_and_presets_a_server_offers(client):
     assert offered.loras_for("sd15") == ("demo-lora", "demo-lora-diffusers")
     assert {"lcm", "tcd", "lightning"} <= set(offered.presets)
     assert offer(None).loras == () and offer(None).presets == ()
+    mixed = dataclasses.replace(offered, loras=(("style", None), ("flux-style", "flux"), ("demo-lora", "sd15")))
+    assert mixed.loras_for("flux") == (), "the server refuses LoRAs on flux: a host must not offer them"
+    assert mixed.loras_for("sd15") == ("style", "demo-lora")
 
 
 def test_fused_qkv_projections_are_turned_off_for_a_lora(demo_config, engine, caplog):

@@ -56,6 +56,15 @@ def test_fields_the_job_sets_win_over_the_preset(client):
     assert (result.parameters["steps"], result.parameters["guidance"], result.parameters["sampler"]) == (6, 3.0, "lcm")
 
 
+def test_a_field_the_job_sets_wins_even_at_its_default_value(client):
+    # The client dropped a preset's fields that held their default value: `easel run --preset lcm --steps 20
+    # --sampler dpmpp_2m_karras` ran LCM at 4 steps, though "the options you give win".
+    result = client.run("generate", preset="lcm", steps=20, sampler="dpmpp_2m_karras", prompt="a house", width=64,
+                        height=64, seed=1)
+    assert (result.parameters["steps"], result.parameters["sampler"]) == (20, "dpmpp_2m_karras")
+    assert result.parameters["guidance"] == 1.5, "what the job leaves out is the preset's"
+
+
 def test_a_configured_preset_is_its_settings_written_out(styled):
     common = {"prompt": "a house", "seed": 4, "width": 128, "height": 128}
     by_preset = styled.run("generate", preset="ink", **common)

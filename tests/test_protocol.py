@@ -122,4 +122,4 @@ def test_a1111_api_names_are_answered_with_the_protocols():
             ({"denoising_strength": 0.5}, "denoising_strength", "`strength`")):
         with pytest.raises(ProtocolError) as caught:
             Job.from_message({"type": "submit", "mode": "img2img", **message})
-        assert caught.value.field == field and f"is {said} here" in caught.value.message, caught.value.message
+        assert caught.value.field == field and f"{said} is its name here" in caught.value.message, caught.value.message

@@ -312,6 +312,12 @@ def test_field_errors_give_hints_a_javascript_client_can_act_on(server):
         error = json.loads(ws.recv(timeout=30))  # JavaScript's naming: the error names the protocol's field
         assert (error["code"], error["field"]) == ("invalid_field", "outputFormat")
         assert "did you mean `output_format`?" in error["message"], error["message"]
+        for name, ours in (("cfg_scale", "guidance"), ("imageGuidanceScale", "image_guidance"),
+                           ("denoising_strength", "strength")):  # A1111's and diffusers' names, sent by habit
+            ws.send(json.dumps({"type": "submit", "job": "habit", "mode": "generate", name: 5}))
+            error = json.loads(ws.recv(timeout=30))
+            assert (error["code"], error["field"]) == ("invalid_field", name)
+            assert f"`{ours}` is its name here" in error["message"], error["message"]
         ws.send(json.dumps({"type": "submit", "job": "next", "mode": "generate", "prompt": "🦊" * 6000, "steps": 1,
                             "width": 64, "height": 64}))  # 12000 UTF-16 units: fine
         assert json.loads(ws.recv(timeout=30))["type"] == "accepted"

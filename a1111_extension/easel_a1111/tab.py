@@ -122,7 +122,7 @@ def build(connection: Callable[[], jobs.Connection], host: Host | None = None) -
                     sampler = gr.Dropdown([SAMPLER_LABELS[name] for name in SAMPLERS], value=DEFAULT_SAMPLER,
                                           label="Sampling method", elem_id="easel_sampler")
                 # instruct: the prompt is the instruction, CFG scale how strongly it is followed
-                image_guidance = gr.Slider(0.0, 20.0, value=rules.IMAGE_GUIDANCE, step=0.05,
+                image_guidance = gr.Slider(1.0, 20.0, value=rules.IMAGE_GUIDANCE, step=0.05,
                                            label="Image guidance (instruct: how closely to keep to the picture)",
                                            elem_id="easel_image_guidance", visible=start.image_guidance)
                 with gr.Row():

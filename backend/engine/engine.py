@@ -194,10 +194,9 @@ class Engine:
         adapter = self._references(job, model, pipe) if not flux else {}
         # (the prompt's embeddings depend on the LoRAs active in the text encoders; flux takes none)
         text_loras = self.loras.apply(model, pipe, job.loras) if not flux else ()
-        if flux:
-            prompt = model.prompt(pipe, job.prompt, job.negative_prompt)
-        elif job.mode == "instruct":  # its pipeline encodes the prompt its own way (three-way guidance)
-            prompt = {"prompt": job.prompt, "negative_prompt": job.negative_prompt or None}
+        if flux:  # (its encoders take no weights: emphasis gives its words, not its brackets and numbers)
+            prompt = model.prompt(pipe, *(prompt_syntax.plain(prompt_syntax.parse(text, key)) for text, key in
+                                          ((job.prompt, "prompt"), (job.negative_prompt, "negative_prompt"))))
         else:
             prompt = self._prompt(job, model, pipe, text_loras)
         if self.lama is not None and any(p.fill == "inpaint" for p in passes):
@@ -222,6 +221,8 @@ class Engine:
                 on_step = self._on_step(job, model, reporter, index * len(passes) + number, len(passes))
                 with self.speed.job(pipe, p.size, model.native_size):
                     outputs.append(run_pass(pipe, inputs, on_step))
+                if flux:  # (it ran on the model's own grid)
+                    outputs[-1] = model.fit(outputs[-1], p.size)
                 if job.mode == "expand":  # (soft: its cells meet the picture's light, as an inpaint's edge does)
                     compose.paint(canvas, p, outputs[-1], *(expand_match(job, model.native_size) if job.soft
                                                             else (0, 0)))
@@ -381,6 +382,11 @@ class Engine:
                                              "negative_prompt") if job.negative_prompt else None
         except EmbeddingError as exc:
             raise ModelError(exc.code, exc.message, exc.field) from exc
+        if job.mode == "instruct" and prompts.is_plain(pipe, positive, negative, clip_skip):
+            # InstructPix2Pix has no encode_prompt: a plain prompt goes as text (its three-way guidance
+            # repeats the negative); emphasis, long prompts and clip skip come as embeddings below
+            return {"prompt": prompt_syntax.plain(positive),
+                    "negative_prompt": prompt_syntax.plain(negative) if negative else None}
         guided = job.guidance > 1
         key = (model.name, text_loras, positive, negative, guided, clip_skip)
         return self.prompts.get(key, lambda: prompts.encode(pipe, model.family, positive, negative, guided, clip_skip))

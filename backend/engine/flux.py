@@ -24,7 +24,9 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
+from PIL import Image
 
 from backend.config import ModelSpec
 from backend.engine.capabilities import safetensors_shapes
@@ -112,15 +114,30 @@ class FluxModel:
             kwargs.update(negative_prompt=negative, true_cfg_scale=self.true_cfg)
         return kwargs
 
+    @property
+    def grid(self) -> int:
+        """Pixels a packed latent token spans (16 on FLUX.1): the pipelines floor every size to it."""
+        return 2 * int(self.base.vae_scale_factor)
+
     def call_kwargs(self, mode: str, pipe, size: tuple[int, int]) -> dict:
         """What a flux call needs beyond the common arguments: the size (img2img and Kontext would pick
-        their own), the T5 length, and Kontext's own resizing switched off (the pass is sized already)."""
-        width, height = size
+        their own) on the model's grid, the T5 length, and Kontext's own resizing switched off (the pass
+        is sized already). Passes are planned on the 8-pixel grid; FLUX.1's pipelines floored 1208 to 1200
+        without a word (a generate came back 992 wide for 1000, a repaint 0.7% off the picture it sits
+        in): the call runs at the nearest size on its grid, and ``fit`` brings the result back."""
+        width, height = (max(self.grid, round(side / self.grid) * self.grid) for side in size)
         extra = {"width": width, "height": height,
                  "max_sequence_length": min(512, int(pipe.tokenizer_2.model_max_length))}
         if mode == "instruct":  # else Kontext scales the size to its max_area (1024²) and the picture to its own
             extra.update(max_area=width * height, _auto_resize=False)
         return extra
+
+    @staticmethod
+    def fit(pixels: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+        """A pass's output (H x W x 3) at the pass's ``size`` (width, height)."""
+        if (pixels.shape[1], pixels.shape[0]) == tuple(size):
+            return pixels
+        return np.asarray(Image.fromarray(pixels).resize(tuple(size), Image.Resampling.LANCZOS))
 
     def adapt(self, inputs, pipe) -> None:
         """A pass's inputs as a flux pipeline takes them: no image guidance, no per-pixel change map

@@ -175,8 +175,8 @@ class ModelDescription:
     inpaint_model: bool  # has a dedicated 9-channel inpaint UNet
     loaded: bool
     capabilities: ModelCapabilities | None = None
-    prediction_type: str = "epsilon"  # or v_prediction
-    zero_terminal_snr: bool = False
+    prediction_type: str | None = "epsilon"  # or v_prediction; None: flow matching (flux), not listed
+    zero_terminal_snr: bool | None = False
 
 
 class ModelRegistry:
@@ -204,15 +204,18 @@ class ModelRegistry:
         out = []
         for name, spec in self.config.models.items():
             model = self._loaded.get(name)
+            family = model.family if model else configured_family(spec)
             out.append(ModelDescription(
                 name=name,
-                family=model.family if model else configured_family(spec),
+                family=family,
                 native_size=model.native_size if model else configured_native_size(spec),
                 inpaint_model=((model.inpaint_unet is not None or model.inpaint_only) if model
                                else bool(spec.inpaint)),
                 loaded=model is not None,
                 capabilities=self.capabilities(name),
-                **_prediction_fields(model.prediction if model else predictions.resolve(spec)),
+                # (flux is flow matching: no UNet prediction type to tell)
+                **(dict(prediction_type=None, zero_terminal_snr=None) if family == "flux" else
+                   _prediction_fields(model.prediction if model else predictions.resolve(spec))),
             ))
         return out
 

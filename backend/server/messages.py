@@ -142,6 +142,8 @@ def parameters(job: Job, run: EngineResult) -> dict:
             out["mask_padding"] = work.padding
     if work.mode == "instruct" and work.image_guidance is not None:
         out["image_guidance"] = work.image_guidance
+    if work.mode == "instruct" and work.mask is not None:  # (its crop and edge are made as an inpaint's)
+        out.update(mask_padding=work.padding, soft_inpaint=work.soft)
     if work.mode == "expand":
         out.update(zip(("expand_left", "expand_top", "expand_right", "expand_bottom"), work.expand))
     if work.mode == "upscale":
@@ -220,7 +222,8 @@ def models(default: str | None, descriptions: list[ModelDescription],
            presets: dict[str, Preset] | None = None, embeddings: list[dict] | None = None) -> dict:
     message = {"type": "models", "default": default, "models": [
         {"name": d.name, "family": d.family, "native_size": d.native_size, "inpaint_model": d.inpaint_model,
-         "loaded": d.loaded, "prediction_type": d.prediction_type, "zero_terminal_snr": d.zero_terminal_snr,
+         "loaded": d.loaded, **({"prediction_type": d.prediction_type, "zero_terminal_snr": d.zero_terminal_snr}
+                                if d.prediction_type is not None else {}),
          **({"capabilities": d.capabilities.to_wire()} if d.capabilities else {})}
         for d in descriptions]}
     if embeddings is not None:  # textual inversions by family

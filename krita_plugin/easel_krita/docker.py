@@ -232,7 +232,7 @@ class EaselDocker(host.DockWidget):
         """Edit by instruction: the prompt is the instruction; inside the selection, else the whole picture."""
         box = W.QGroupBox("Instruct")
         row = W.QHBoxLayout(box)
-        self.image_guidance = _double(0, 20, protocol.rules.IMAGE_GUIDANCE, "image guidance ")
+        self.image_guidance = _double(1, 20, protocol.rules.IMAGE_GUIDANCE, "image guidance ")
         self.image_guidance.setSingleStep(0.1)
         self.image_guidance.setToolTip(IMAGE_GUIDANCE_TIP)
         self.instruct_button = W.QPushButton("Instruct")

@@ -286,12 +286,7 @@ def control_picture(rgba: bytes, control_type: str, preprocess: bool) -> bytes:
     return pixels.flatten(rgba, 0)
 
 
-def default_guidance(family: str | None, mode: str) -> float:
-    """The guidance a job gets when the painter leaves it on auto: Flux's distilled guidance (about 3.5
-    for dev, 30 for its Fill model's masked modes, 2.5 for Kontext), InstructPix2Pix's 7.5, else 7."""
-    if family == "flux":
-        return {"inpaint": 30.0, "remove": 30.0, "expand": 30.0, "instruct": 2.5}.get(mode, 3.5)
-    return 7.5 if mode == "instruct" else Sampling.guidance
+default_guidance = rules.default_guidance  # the painter's "auto": the server's own default for the model
 
 
 def outline(region: Region, settings: Settings, family: str | None = None) -> Job:
