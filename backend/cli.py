@@ -307,11 +307,33 @@ def _help(spec: Field, *, doc: str | None = None, default: str | None = None, no
 # -- serve ------------------------------------------------------------------------------------
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    try:
+        return _serve(args)
+    except KeyboardInterrupt:  # Ctrl-C before the server listens (its own handler stops it gracefully after)
+        print("\neasel: interrupted while starting: the server did not start", file=sys.stderr)
+        return 130
+
+
+def _use_demo(config: Any, annotators: bool) -> None:
+    """Serve the demo model, written to the cache on first use; a cache that cannot be written is named."""
+    from backend.config import ConfigError
+    from backend.fixtures.cache import cache_folder
+    from backend.fixtures.demo_annotators import ensure_demo_annotators
+    from backend.fixtures.demo_model import ensure_demo_model, use_demo
+
+    try:
+        use_demo(config, ensure_demo_model(), annotators=ensure_demo_annotators() if annotators else None)
+    except OSError as exc:
+        where = exc.filename or cache_folder("")
+        raise ConfigError(f"cannot write the demo model to the cache ({where}: {exc.strerror or exc}): set EASEL_HOME "
+                          "to a folder you can write to") from None
+
+
+def _serve(args: argparse.Namespace) -> int:
     from backend import memory
     from backend.config import ConfigError, ModelSpec, load_config
     from backend.engine.engine import Engine
     from backend.engine.models import ModelError, ModelRegistry, pick_device
-    from backend.fixtures.demo_model import ensure_demo_model, use_demo
     from backend.server import EaselServer
 
     try:
@@ -325,10 +347,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
             config.models = {"default": ModelSpec("default", args.model)}
             config.default_model = "default"
         elif args.demo:
-            from backend.fixtures.demo_annotators import ensure_demo_annotators
-
             log.info("preparing the demo model and demo annotators (written once to the cache)")
-            use_demo(config, ensure_demo_model(), annotators=ensure_demo_annotators())
+            _use_demo(config, annotators=True)
         elif not config.models and config.model_folders:  # not a 4 GB download the user never asked for
             raise ConfigError(f"no model found in model_folders ({', '.join(config.model_folders)}): they hold no "
                               ".safetensors checkpoint or diffusers folder that can be served"
@@ -340,7 +360,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
                 config.models = {"sd15": ModelSpec("sd15", DEFAULT_HUB_MODEL)}
             else:
                 log.warning("no model configured and no hub access: serving the tiny demo model (noise pictures)")
-                use_demo(config, ensure_demo_model())
+                _use_demo(config, annotators=False)
         config.check()
     except ConfigError as exc:
         print(f"easel: {exc}", file=sys.stderr)
