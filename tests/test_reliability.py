@@ -31,10 +31,11 @@ from backend.config import Limits
 from backend.fixtures.demo_model import demo_models
 from backend.server import ServerThread
 from backend.server.outbox import Outbox
+from backend.server.transport import listen_address
 from conftest import picture, png
 from netfaults import Blinker
 from schema_check import validator
-from shared.client import Client, EaselError, Result
+from shared.client import Client, EaselError, JobCancelled, Progress, Result
 from shared.images import encode_frame
 from shared.messages import PROTOCOL_VERSION
 
@@ -323,8 +324,9 @@ def test_out_of_memory_ends_the_job_frees_its_memory_and_the_next_job_runs(clien
 
 # -- item 7: graceful shutdown -----------------------------------------------------------------
 
-def test_sigterm_cancels_queued_jobs_ends_the_running_one_and_closes_with_a_reason(demo_root, tmp_path):
-    lines = ["[server]", 'default_model = "demo"', "shutdown_grace = 1", ""]
+def serve_demo(demo_root, tmp_path, grace: float) -> tuple[subprocess.Popen, int]:
+    """``easel serve`` of this checkout on the demo models, listening."""
+    lines = ["[server]", 'default_model = "demo"', f"shutdown_grace = {grace}", ""]
     for name, spec in demo_models(demo_root).items():
         lines += [f"[models.{name}]"] + [f"{key} = {json.dumps(getattr(spec, key))}"
                                          for key in ("source", "family", "inpaint") if getattr(spec, key)] + [""]
@@ -335,12 +337,15 @@ def test_sigterm_cancels_queued_jobs_ends_the_running_one_and_closes_with_a_reas
     process = subprocess.Popen([sys.executable, "-m", "backend.cli", "serve", "--config", str(tmp_path / "easel.toml"),
                                 "--port", str(port)], cwd=ROOT, stderr=subprocess.PIPE, text=True,
                                env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    for line in process.stderr:  # wait for the server to listen
+        if "listening" in line:
+            return process, port
+    raise AssertionError("the server did not start")
+
+
+def test_sigterm_cancels_queued_jobs_ends_the_running_one_and_closes_with_a_reason(demo_root, tmp_path):
+    process, port = serve_demo(demo_root, tmp_path, grace=1)
     try:
-        for line in process.stderr:  # wait for the server to listen
-            if "listening" in line:
-                break
-        else:
-            raise AssertionError("the server did not start")
         with greeted(f"ws://127.0.0.1:{port}/") as ws:
             ws.send(json.dumps({**SMALL, "job": "long", "steps": 150, "width": 256, "height": 256}))
             ws.send(json.dumps({**SMALL, "job": "waiting"}))
@@ -355,8 +360,9 @@ def test_sigterm_cancels_queued_jobs_ends_the_running_one_and_closes_with_a_reas
                     message = json.loads(ws.recv(timeout=60))
                     if message["type"] in ("result", "error", "cancelled"):
                         ends[message["job"]] = message
-        assert ends["waiting"] == {"type": "cancelled", "job": "waiting", "while": "queued"}
-        assert ends["long"]["type"] == "cancelled" and ends["long"]["while"] == "running"
+        # a client that cancelled nothing is told why its jobs ended
+        assert ends["waiting"] == {"type": "cancelled", "job": "waiting", "while": "queued", "reason": "shutting_down"}
+        assert ends["long"] == {"type": "cancelled", "job": "long", "while": "running", "reason": "shutting_down"}
         assert (caught.value.rcvd.code, caught.value.rcvd.reason) == (1001, "server shutting down")
         assert process.wait(30) == 0
     finally:
@@ -365,6 +371,42 @@ def test_sigterm_cancels_queued_jobs_ends_the_running_one_and_closes_with_a_reas
         log = process.stderr.read()
         process.stderr.close()
     assert "Traceback" not in log and "SIGTERM: shutting down" in log
+
+
+def test_a_second_ctrl_c_cancels_the_running_job_without_its_grace(demo_root, tmp_path):
+    # the log said nothing for shutdown_grace seconds after Ctrl-C, and pressing it again did nothing
+    process, port = serve_demo(demo_root, tmp_path, grace=600)
+    said = []
+
+    def signal_twice(event):
+        if isinstance(event, Progress) and not said:
+            process.send_signal(signal.SIGTERM)
+            for line in process.stderr:
+                said.append(line)
+                if "waiting up to 600s for job long to finish (Ctrl-C or SIGTERM again: cancel it now)" in line:
+                    break
+            process.send_signal(signal.SIGINT)
+
+    try:
+        with Client(f"ws://127.0.0.1:{port}/") as client:
+            with pytest.raises(JobCancelled) as caught:
+                client.run("generate", job="long", prompt="x", steps=150, width=256, height=256, seed=0,
+                           on_event=signal_twice)
+        assert str(caught.value).startswith("job long was cancelled: the server is shutting down"), caught.value
+        assert process.wait(60) == 0, "it waited for the job's 600 s of grace"
+    finally:
+        if process.poll() is None:
+            process.kill()
+        log = "".join(said) + process.stderr.read()
+        process.stderr.close()
+    assert "SIGINT again: not waiting for the running job" in log and "Traceback" not in log, log
+
+
+def test_the_log_says_an_address_clients_can_use():
+    assert listen_address("ws", "127.0.0.1", 8760) == "ws://127.0.0.1:8760/"
+    assert listen_address("wss", "::1", 8760) == "wss://[::1]:8760/"  # was wss://::1:8760/, no URL at all
+    assert listen_address("ws", "::", 8760).startswith("ws://[::]:8760/ (every address of this machine: clients use")
+    assert "clients use its name or LAN address" in listen_address("ws", "0.0.0.0", 8760)
 
 
 def test_a_stopping_server_refuses_new_jobs(server):

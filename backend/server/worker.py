@@ -146,7 +146,7 @@ def encode_result(job: Job, result: EngineResult, started: float) -> list:
 def _failure(job: Job, exc: Exception) -> dict:
     """The message that ends a job the engine did not finish."""
     if isinstance(exc, JobCancelled):
-        return messages.cancelled(job.id, "running")
+        return messages.cancelled(job.id, "running", job.cancel_reason)
     if isinstance(exc, ModelError):
         return messages.model_error(job.id, exc)
     if is_out_of_memory(exc):
