@@ -302,6 +302,21 @@ def test_the_queue_of_all_connections_together_has_a_limit(own_server):
             ws.send(json.dumps({"type": "cancel", "job": job}))
 
 
+def test_one_connections_limit_says_the_number_and_leaves_the_others_room(own_server):
+    small = own_server(limits={"max_queued_per_client": 2})
+    with greeted(small.url) as one, greeted(small.url) as other:
+        assert answer(one, {**SMALL, "job": "long", "steps": 150, "width": 256, "height": 256})["type"] == "accepted"
+        assert answer(one, {**SMALL, "job": "a"})["type"] == "accepted"
+        over = answer(one, {**SMALL, "job": "b"})
+        assert (over["code"], over["job"], over["ends_job"]) == ("limit_exceeded", "b", True)
+        # was "too many jobs queued from this connection": how many, and until when?
+        assert over["message"] == ("this connection has 2 jobs queued or running, this server's most "
+                                   "(max_queued_per_client); submit more when some have ended")
+        assert answer(other, {**SMALL, "job": "b"})["type"] == "accepted"
+        for ws, job in ((one, "long"), (one, "a"), (other, "b")):
+            ws.send(json.dumps({"type": "cancel", "job": job}))
+
+
 # -- item 6: out of memory ---------------------------------------------------------------------
 
 def test_out_of_memory_ends_the_job_frees_its_memory_and_the_next_job_runs(client, monkeypatch):

@@ -415,7 +415,9 @@ class Session:
         self.kept.pop(request.id, None)
         limits = self.state.config.limits
         if len(queue.owned_by(self)) >= limits.max_queued_per_client:
-            raise ProtocolError("limit_exceeded", "too many jobs queued from this connection", "job", request.id)
+            raise ProtocolError("limit_exceeded", f"this connection has {limits.max_queued_per_client} jobs queued or "
+                                "running, this server's most (max_queued_per_client); submit more when some have "
+                                "ended", "job", request.id)
         if len(queue) >= limits.max_queued:  # each waiting job holds its decoded pictures
             raise ProtocolError("limit_exceeded", f"the server's queue is full ({limits.max_queued} jobs waiting); "
                                 "try again when some have run", "job", request.id)
