@@ -379,11 +379,28 @@ def _serve(args: argparse.Namespace) -> int:
     try:
         asyncio.run(server.serve_forever())
     except OSError as exc:
-        print(f"easel: cannot listen on {config.host}:{config.port}: {exc}", file=sys.stderr)
+        print(f"easel: {listen_error(config.host, config.port, exc)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         pass
     return 0
+
+
+def listen_error(host: str, port: int, exc: OSError) -> str:
+    """Why the server cannot listen, in the terms of ``--host`` / ``--port`` (not a bind() call's tuple)."""
+    import errno
+    import socket
+
+    where = f"{f'[{host}]' if ':' in host else host}:{port}"
+    if exc.errno == errno.EADDRINUSE:
+        return (f"cannot listen on {where}: the port is in use (another easel serve, or another program): stop it or "
+                "choose another --port")
+    if exc.errno == errno.EADDRNOTAVAIL:
+        return (f"cannot listen on {where}: {host} is not an address of this machine: give one of its own, or "
+                "0.0.0.0 for all of them")
+    if isinstance(exc, socket.gaierror):
+        return f"cannot listen on {where}: no address is known for the name {host} ({exc.strerror})"
+    return f"cannot listen on {where}: {exc.strerror or exc}"
 
 
 def cmd_cert(args: argparse.Namespace) -> int:

@@ -185,6 +185,22 @@ def test_serve_with_a_cache_it_cannot_write_says_where_and_what_to_set(tmp_path,
     assert "set EASEL_HOME to a folder you can write to" in err
 
 
+def test_a_port_in_use_or_an_address_not_here_says_what_to_change(demo_root, tmp_path, capsys):
+    from backend.cli import main
+
+    (tmp_path / "easel.toml").write_text(f'[models.demo]\nsource = "{demo_root / "sd15"}"\n')
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert main(["serve", "--config", str(tmp_path / "easel.toml"), "--port", str(port)]) == 1
+    # was "[Errno 98] error while attempting to bind on address ('127.0.0.1', N): address already in use"
+    assert (f"easel: cannot listen on 127.0.0.1:{port}: the port is in use (another easel serve, or another "
+            "program): stop it or choose another --port") in capsys.readouterr().err
+    assert main(["serve", "--config", str(tmp_path / "easel.toml"), "--host", "192.0.2.123", "--token", "t"]) == 1
+    assert "192.0.2.123 is not an address of this machine" in capsys.readouterr().err
+
+
 def test_demo_model_command_writes_a_servable_config(tmp_path):
     done = easel("demo-model", tmp_path / "demo")
     assert done.returncode == 0, done.stderr
