@@ -327,6 +327,10 @@ class Client:
             if isinstance(exc, InvalidMessage) and self.url.startswith("ws://"):
                 # What a ws:// client reads from a wss:// server: TLS bytes, not an HTTP answer.
                 exc = f"{exc} (a server started with a TLS certificate speaks wss:// only)"
+            body = getattr(getattr(exc, "response", None), "body", None)
+            if body and getattr(exc.response, "status_code", None) == 503:
+                # the server's own sentence (too many connections open), not just "HTTP 503"
+                exc = f"{body.decode(errors='replace').strip()[:200]} (HTTP 503)"
             reason = f"the server refused the connection: {exc}"
             raise EaselError("unreachable", f"the Easel server at {self.url} refused the connection: {exc}",
                              reason=reason) from None

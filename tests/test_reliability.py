@@ -272,6 +272,12 @@ def test_connections_past_max_connections_are_refused_at_the_handshake(own_serve
     with pytest.raises(InvalidStatus) as caught:
         connect(small.url)
     assert caught.value.response.status_code == 503 and b"too many connections" in caught.value.response.body
+    # the bundled client said only "server rejected WebSocket connection: HTTP 503"
+    with pytest.raises(EaselError) as refused:
+        Client(small.url).connect()
+    assert refused.value.code == "unreachable" and str(refused.value).startswith(
+        f"the Easel server at {small.url} refused the connection: too many connections (2 open, this server's "
+        "max_connections): try again when another client has disconnected (HTTP 503)"), refused.value
     first.close()
     deadline = time.monotonic() + 30
     while True:  # room again once the server has seen the close

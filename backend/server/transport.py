@@ -306,7 +306,8 @@ class EaselServer:
         if len(self._connections) >= self.config.limits.max_connections:  # each holds a socket and buffers
             log.warning("refused a connection: %d are open (max_connections)", len(self._connections))
             return connection.respond(http.HTTPStatus.SERVICE_UNAVAILABLE,
-                                      f"too many connections ({self.config.limits.max_connections} open)\n")
+                                      f"too many connections ({self.config.limits.max_connections} open, this server's "
+                                      "max_connections): try again when another client has disconnected\n")
         # A web page the user happens to visit could otherwise drive the GPU through the browser.
         origins = request.headers.get_all("Origin")
         if len(origins) > 1:  # which one would the browser mean? Refuse rather than guess
