@@ -345,13 +345,18 @@ def test_out_of_memory_ends_the_job_frees_its_memory_and_the_next_job_runs(clien
 
 # -- item 7: graceful shutdown -----------------------------------------------------------------
 
-def serve_demo(demo_root, tmp_path, grace: float) -> tuple[subprocess.Popen, int]:
-    """``easel serve`` of this checkout on the demo models, listening."""
+def demo_toml(demo_root, tmp_path, grace: float) -> Path:
     lines = ["[server]", 'default_model = "demo"', f"shutdown_grace = {grace}", ""]
     for name, spec in demo_models(demo_root).items():
         lines += [f"[models.{name}]"] + [f"{key} = {json.dumps(getattr(spec, key))}"
                                          for key in ("source", "family", "inpaint") if getattr(spec, key)] + [""]
     (tmp_path / "easel.toml").write_text("\n".join(lines))
+    return tmp_path / "easel.toml"
+
+
+def serve_demo(demo_root, tmp_path, grace: float) -> tuple[subprocess.Popen, int]:
+    """``easel serve`` of this checkout on the demo models, listening."""
+    demo_toml(demo_root, tmp_path, grace)
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
@@ -392,6 +397,35 @@ def test_sigterm_cancels_queued_jobs_ends_the_running_one_and_closes_with_a_reas
         log = process.stderr.read()
         process.stderr.close()
     assert "Traceback" not in log and "SIGTERM: shutting down" in log
+
+
+def test_ctrl_c_stops_the_server_where_the_event_loop_takes_no_signal_handlers(demo_root, tmp_path):
+    # Windows' event loops raise NotImplementedError from add_signal_handler: `easel serve` died at start there
+    toml = demo_toml(demo_root, tmp_path, grace=1)
+    script = ("import asyncio, sys\n"
+              "def windows(*args): raise NotImplementedError\n"
+              "asyncio.AbstractEventLoop.add_signal_handler = windows\n"
+              "type(asyncio.new_event_loop()).add_signal_handler = windows\n"
+              "from backend.cli import main\n"
+              "sys.exit(main(sys.argv[1:]))\n")
+    process = subprocess.Popen([sys.executable, "-c", script, "serve", "--config", str(toml), "--port", "0"],
+                               cwd=ROOT, stderr=subprocess.PIPE, text=True,
+                               env={**os.environ, "HF_HUB_OFFLINE": "1"},
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    try:
+        for line in process.stderr:
+            if "listening" in line:
+                break
+        else:
+            raise AssertionError("the server did not start")
+        process.send_signal(signal.SIGINT)
+        assert process.wait(60) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+        log = process.stderr.read()
+        process.stderr.close()
+    assert "SIGINT: shutting down" in log and "Traceback" not in log, log
 
 
 def test_a_second_ctrl_c_cancels_the_running_job_without_its_grace(demo_root, tmp_path):

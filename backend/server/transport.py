@@ -199,11 +199,16 @@ class EaselServer:
         """Serve until ``stop`` is done (or, without one, SIGTERM / SIGINT in the main thread), then shut
         down gracefully (``shutdown``)."""
         loop = asyncio.get_running_loop()
+        restore = []  # Python-level signal handlers set here, to put back
         if stop is None:
             stop = loop.create_future()
             if threading.current_thread() is threading.main_thread():
                 for signum in (signal.SIGTERM, signal.SIGINT):
-                    loop.add_signal_handler(signum, self._signalled, stop, signum)
+                    try:
+                        loop.add_signal_handler(signum, self._signalled, stop, signum)
+                    except NotImplementedError:  # Windows' event loops: `easel serve` stopped there at start
+                        restore.append((signum, signal.signal(
+                            signum, lambda s, _frame: loop.call_soon_threadsafe(self._signalled, stop, s))))
         limits = self.config.limits
         tls = server_context(self.config.tls_cert, self.config.tls_key) if self.config.tls_cert else None
         if (warning := cleartext_warning(self.config)) is not None:
@@ -229,6 +234,8 @@ class EaselServer:
                 pruner.cancel()
                 worker.cancel()
                 self.worker.stop()
+                for signum, handler in restore:
+                    signal.signal(signum, handler)
         log.info("Easel stopped")
 
     def _signalled(self, stop: asyncio.Future, signum: int) -> None:
