@@ -137,6 +137,7 @@ class Session:
     def __init__(self, state: ServerState):
         self.state = state
         self.greeted = False
+        self.client = ""  # `hello.client`, for the server's log
         self.given: frozenset[str] = frozenset()  # the keys of the message being handled, as the client sent it
         self.uploads = Uploads()
         self.token = secrets.token_hex(16)  # `welcome.session`: what a reconnecting client presents
@@ -312,6 +313,7 @@ class Session:
                                        loras=engine.loras.describe(), embeddings=engine.embeddings.listing())
             return Reply([welcome, *kept.redeliver(message.get("pending", []))], resume=kept)
         self.greeted = True
+        self.client = str(message.get("client", ""))
         return Reply([messages.welcome(config, str(engine.device), preprocessors, engine.registry.default,
                                        engine.upscalers.names(), self.token, loras=engine.loras.describe(),
                                        embeddings=engine.embeddings.listing())])

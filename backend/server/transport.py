@@ -374,10 +374,15 @@ class EaselServer:
         refused = cut = False
         try:
             async for raw in ws:
+                greeted = session.greeted
                 if config.token and not session.greeted and isinstance(raw, str):
                     reply = await self._authenticate(session, peer, raw)
                 else:
                     reply = session.receive(raw)
+                if session.greeted and not greeted and reply.resume is None:
+                    # websockets' own "connection open" names nobody: which client, from where
+                    name = session.client if session.client.isprintable() else repr(session.client)  # no forged lines
+                    log.info("%s connected from %s", name or "a client", peer)
                 if reply.intake is not None:
                     # Decoding takes long: off the loop, but awaited, so this connection's requests are
                     # answered in order while the other connections go on.

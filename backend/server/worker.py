@@ -81,6 +81,7 @@ class Worker:
             await loop.run_in_executor(self._encoder, _nothing)
         if job.end():  # a job cancelled while it finished already got its one ending
             self.deliver(job, ending)
+            log.info("job %s (%s) %s in %.1fs", job.id, _what(job), _outcome(ending[-1]), time.perf_counter() - started)
 
 
 class _Reporter:
@@ -141,6 +142,21 @@ def encode_result(job: Job, result: EngineResult, started: float) -> list:
             images.append(messages.result_image(layer, image, frame=image_id))
     out.append(messages.result(job, result, images, started, time.perf_counter()))
     return out
+
+
+def _what(job: Job) -> str:
+    """A job as the log names it: mode and model, never the prompt (a painter's words stay out of the log)."""
+    work = job.work
+    if getattr(work, "mode", None):
+        return f"{work.mode} on {work.model}"
+    return f"preprocess {getattr(job.request, 'preprocessor', '')}".strip()
+
+
+def _outcome(ending: dict) -> str:
+    kind = ending.get("type")
+    if kind == "error":
+        return f"failed ({ending.get('code')})"
+    return {"result": "done", "cancelled": "cancelled"}.get(kind, str(kind))
 
 
 def _failure(job: Job, exc: Exception) -> dict:
