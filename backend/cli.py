@@ -771,6 +771,15 @@ def _check_cert(args: argparse.Namespace) -> None:
 # -- demo -------------------------------------------------------------------------------------
 
 def cmd_demo_model(args: argparse.Namespace) -> int:
+    try:
+        return _demo_model(args)
+    except OSError as exc:  # was a traceback from mkdir
+        print(f"easel: cannot write the model to {args.dir} ({exc.filename or args.dir}: {exc.strerror or exc}): give "
+              "a folder you can write to", file=sys.stderr)
+        return 1
+
+
+def _demo_model(args: argparse.Namespace) -> int:
     if args.full_size:
         from backend.fixtures.full_size import FAMILIES, write_full_size_model
 
@@ -791,7 +800,12 @@ def cmd_demo_model(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from backend.demo import run_demo
 
-    folder = run_demo(Path(args.out))
+    try:
+        folder = run_demo(Path(args.out))
+    except OSError as exc:  # was a traceback from mkdir
+        print(f"easel: cannot write {exc.filename or args.out} ({exc.strerror or exc}): the results go to {args.out}, "
+              "the demo model to the cache ($EASEL_HOME, else ~/.cache/easel); make both writable", file=sys.stderr)
+        return 1
     print(f"demo results in {folder}/ (see sheet.png)")
     return 0
 

@@ -201,6 +201,18 @@ def test_a_port_in_use_or_an_address_not_here_says_what_to_change(demo_root, tmp
     assert "192.0.2.123 is not an address of this machine" in capsys.readouterr().err
 
 
+def test_demo_commands_name_a_folder_they_cannot_write(tmp_path, monkeypatch, capsys):
+    from backend.cli import main
+
+    (tmp_path / "file").write_text("not a folder")
+    assert main(["demo-model", str(tmp_path / "file" / "demo")]) == 1  # both were an OSError traceback
+    assert f"easel: cannot write the model to {tmp_path / 'file' / 'demo'}" in capsys.readouterr().err
+    monkeypatch.setenv("EASEL_HOME", str(tmp_path / "file"))
+    assert main(["demo", "--out", str(tmp_path / "out")]) == 1
+    err = capsys.readouterr().err
+    assert "the demo model to the cache ($EASEL_HOME, else ~/.cache/easel); make both writable" in err
+
+
 def test_demo_model_command_writes_a_servable_config(tmp_path):
     done = easel("demo-model", tmp_path / "demo")
     assert done.returncode == 0, done.stderr
