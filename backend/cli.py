@@ -310,11 +310,33 @@ def _help(spec: Field, *, doc: str | None = None, default: str | None = None, no
 # -- serve ------------------------------------------------------------------------------------
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    try:
+        return _serve(args)
+    except KeyboardInterrupt:  # Ctrl-C before the server listens (its own handler stops it gracefully after)
+        print("\neasel: interrupted while starting: the server did not start", file=sys.stderr)
+        return 130
+
+
+def _use_demo(config: Any, annotators: bool) -> None:
+    """Serve the demo model, written to the cache on first use; a cache that cannot be written is named."""
+    from backend.config import ConfigError
+    from backend.fixtures.cache import cache_folder
+    from backend.fixtures.demo_annotators import ensure_demo_annotators
+    from backend.fixtures.demo_model import ensure_demo_model, use_demo
+
+    try:
+        use_demo(config, ensure_demo_model(), annotators=ensure_demo_annotators() if annotators else None)
+    except OSError as exc:
+        where = exc.filename or cache_folder("")
+        raise ConfigError(f"cannot write the demo model to the cache ({where}: {exc.strerror or exc}): set EASEL_HOME "
+                          "to a folder you can write to") from None
+
+
+def _serve(args: argparse.Namespace) -> int:
     from backend import memory
     from backend.config import ConfigError, ModelSpec, load_config
     from backend.engine.engine import Engine
     from backend.engine.models import ModelError, ModelRegistry, pick_device
-    from backend.fixtures.demo_model import ensure_demo_model, use_demo
     from backend.server import EaselServer
 
     try:
@@ -328,10 +350,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
             config.models = {"default": ModelSpec("default", args.model)}
             config.default_model = "default"
         elif args.demo:
-            from backend.fixtures.demo_annotators import ensure_demo_annotators
-
             log.info("preparing the demo model and demo annotators (written once to the cache)")
-            use_demo(config, ensure_demo_model(), annotators=ensure_demo_annotators())
+            _use_demo(config, annotators=True)
         elif not config.models and config.model_folders:  # not a 4 GB download the user never asked for
             raise ConfigError(f"no model found in model_folders ({', '.join(config.model_folders)}): they hold no "
                               ".safetensors checkpoint or diffusers folder that can be served"
@@ -343,7 +363,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
                 config.models = {"sd15": ModelSpec("sd15", DEFAULT_HUB_MODEL)}
             else:
                 log.warning("no model configured and no hub access: serving the tiny demo model (noise pictures)")
-                use_demo(config, ensure_demo_model())
+                _use_demo(config, annotators=False)
         config.check()
     except ConfigError as exc:
         print(f"easel: {exc}", file=sys.stderr)
@@ -362,11 +382,28 @@ def cmd_serve(args: argparse.Namespace) -> int:
     try:
         asyncio.run(server.serve_forever())
     except OSError as exc:
-        print(f"easel: cannot listen on {config.host}:{config.port}: {exc}", file=sys.stderr)
+        print(f"easel: {listen_error(config.host, config.port, exc)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         pass
     return 0
+
+
+def listen_error(host: str, port: int, exc: OSError) -> str:
+    """Why the server cannot listen, in the terms of ``--host`` / ``--port`` (not a bind() call's tuple)."""
+    import errno
+    import socket
+
+    where = f"{f'[{host}]' if ':' in host else host}:{port}"
+    if exc.errno == errno.EADDRINUSE:
+        return (f"cannot listen on {where}: the port is in use (another easel serve, or another program): stop it or "
+                "choose another --port")
+    if exc.errno == errno.EADDRNOTAVAIL:
+        return (f"cannot listen on {where}: {host} is not an address of this machine: give one of its own, or "
+                "0.0.0.0 for all of them")
+    if isinstance(exc, socket.gaierror):
+        return f"cannot listen on {where}: no address is known for the name {host} ({exc.strerror})"
+    return f"cannot listen on {where}: {exc.strerror or exc}"
 
 
 def cmd_cert(args: argparse.Namespace) -> int:
@@ -737,6 +774,15 @@ def _check_cert(args: argparse.Namespace) -> None:
 # -- demo -------------------------------------------------------------------------------------
 
 def cmd_demo_model(args: argparse.Namespace) -> int:
+    try:
+        return _demo_model(args)
+    except OSError as exc:  # was a traceback from mkdir
+        print(f"easel: cannot write the model to {args.dir} ({exc.filename or args.dir}: {exc.strerror or exc}): give "
+              "a folder you can write to", file=sys.stderr)
+        return 1
+
+
+def _demo_model(args: argparse.Namespace) -> int:
     if args.full_size:
         from backend.fixtures.full_size import FAMILIES, write_full_size_model
 
@@ -757,7 +803,12 @@ def cmd_demo_model(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from backend.demo import run_demo
 
-    folder = run_demo(Path(args.out))
+    try:
+        folder = run_demo(Path(args.out))
+    except OSError as exc:  # was a traceback from mkdir
+        print(f"easel: cannot write {exc.filename or args.out} ({exc.strerror or exc}): the results go to {args.out}, "
+              "the demo model to the cache ($EASEL_HOME, else ~/.cache/easel); make both writable", file=sys.stderr)
+        return 1
     print(f"demo results in {folder}/ (see sheet.png)")
     return 0
 

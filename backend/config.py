@@ -190,6 +190,7 @@ class Config:
 
     def check(self) -> "Config":
         """Raise ConfigError for settings that must not run."""
+        check_ranges(self)
         if not is_loopback(self.host) and not self.token:
             raise ConfigError(f"binding {self.host} exposes the GPU to the network: set a token (--token)")
         if bool(self.tls_cert) != bool(self.tls_key):
@@ -235,6 +236,31 @@ class Config:
     @property
     def default(self) -> str | None:
         return self.default_model or next(iter(self.models), None)
+
+
+# The least each limit may be. Below it the server started and then refused every job (max_steps = 0: "steps 1
+# is over this server's limit of 0") or every connection (max_connections = 0, a max_message_bytes too small for
+# a hello), where a typo in the config file belongs at startup. 0 is the least for the byte budgets that only
+# decide what waits.
+LIMIT_FLOORS = {"max_message_bytes": 2**20, "max_outbox_bytes": 0, "max_kept_bytes": 0, "max_upload_bytes": 0}
+# [server] numbers: (least, whether the least itself is allowed)
+SERVER_FLOORS = {"hello_timeout": (0, False), "slow_reader_seconds": (0, False), "shutdown_grace": (0, True),
+                 "resume_seconds": (0, True), "controlnet_memory_mb": (0, True)}
+
+
+def check_ranges(config: Config) -> None:
+    """Numbers the config file or the command line set that no server can run with, named with their range."""
+    if isinstance(config.port, bool) or not isinstance(config.port, int) or not 0 <= config.port <= 65535:
+        raise ConfigError(f"port must be from 1 to 65535 (0: any free port), got {config.port}")
+    for key, least in {f.name: LIMIT_FLOORS.get(f.name, 1) for f in dataclasses.fields(Limits)}.items():
+        value = getattr(config.limits, key)
+        if value is not None and value < least:
+            raise ConfigError(f"limits.{key} must be at least {least}, got {value}" + (
+                "" if least else " (leave it out for the default)"))
+    for key, (least, allowed) in SERVER_FLOORS.items():
+        value = getattr(config, key)
+        if value < least or (value == least and not allowed):
+            raise ConfigError(f"server.{key} must be {'at least' if allowed else 'more than'} {least}, got {value}")
 
 
 def cleartext_warning(config: Config) -> str | None:
@@ -316,10 +342,21 @@ def load_config(path: str | Path | None = None) -> Config:
         return config
     path = Path(path)
     try:
-        text = path.read_text()
+        # TOML is UTF-8 whatever the locale (Windows would read cp1252 and garble accented paths); an editor's
+        # byte order mark is no TOML, but Notepad writes one
+        text = path.read_bytes().decode("utf-8-sig")
         data = tomllib.loads(text)
     except FileNotFoundError:
         raise ConfigError(f"config file {path} does not exist") from None
+    except (IsADirectoryError, PermissionError):  # Windows says PermissionError for a folder
+        if path.is_dir():
+            raise ConfigError(f"config file {path} is a folder: give the .toml file in it") from None
+        raise ConfigError(f"config file {path} cannot be read: permission denied (check its owner and mode)") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"config file {path} is not UTF-8 text (byte {exc.start} is not UTF-8): save it as UTF-8, "
+                          "or give the .toml file if this is another file") from None
+    except OSError as exc:
+        raise ConfigError(f"config file {path} cannot be read: {exc.strerror or exc}") from None
     except tomllib.TOMLDecodeError as exc:
         hint = ""
         if "\\" in text:  # Windows paths pasted in "...": TOML reads \U, \m ... as escapes

@@ -21,6 +21,7 @@ class Job:
     owner: object  # the client session; jobs are only visible to their owner
     submitted: float = field(default_factory=time.perf_counter)
     cancel_event: threading.Event = field(default_factory=threading.Event)
+    cancel_reason: str | None = None  # `cancelled.reason`: set when the server, not the client, cancels it
     ended: bool = False
 
     @property

@@ -133,6 +133,11 @@ class JobCancelled(EaselError):
     """Raised by ``Client.run`` when the job was cancelled."""
 
 
+def _why_cancelled(event: "Cancelled") -> str:
+    """Why a job nobody here cancelled ended so: else the user was left to think they had."""
+    return {"shutting_down": ": the server is shutting down"}.get(event.reason or "", "")
+
+
 @dataclass
 class Accepted:
     job: str
@@ -178,6 +183,7 @@ class Result:
 class Cancelled:
     job: str
     stage: str  # "queued" or "running"
+    reason: str | None = None  # "shutting_down" when the server cancelled it; None when the client asked
 
 
 Event = Accepted | Started | Progress | Result | Cancelled
@@ -321,6 +327,10 @@ class Client:
             if isinstance(exc, InvalidMessage) and self.url.startswith("ws://"):
                 # What a ws:// client reads from a wss:// server: TLS bytes, not an HTTP answer.
                 exc = f"{exc} (a server started with a TLS certificate speaks wss:// only)"
+            body = getattr(getattr(exc, "response", None), "body", None)
+            if body and getattr(exc.response, "status_code", None) == 503:
+                # the server's own sentence (too many connections open), not just "HTTP 503"
+                exc = f"{body.decode(errors='replace').strip()[:200]} (HTTP 503)"
             reason = f"the server refused the connection: {exc}"
             raise EaselError("unreachable", f"the Easel server at {self.url} refused the connection: {exc}",
                              reason=reason) from None
@@ -424,7 +434,7 @@ class Client:
                 if on_event:
                     on_event(event)
                 if isinstance(event, Cancelled):
-                    raise JobCancelled("cancelled", f"job {job} was cancelled", job=job)
+                    raise JobCancelled("cancelled", f"job {job} was cancelled{_why_cancelled(event)}", job=job)
                 if isinstance(event, Result):
                     return event
         except EaselError as exc:
@@ -460,12 +470,15 @@ class Client:
                                 resolution=resolution, output_format=output_format or "png")
         job = request.id
         self._send_job(request)
+        why = ""
         try:
             for event in self.events(job, _left(timeout, began)):
                 if on_event:
                     on_event(event)
                 if isinstance(event, Result):
                     return event.images[0].image
+                if isinstance(event, Cancelled):
+                    why = _why_cancelled(event)
         except EaselError as exc:
             if exc.code == "timeout":
                 self._abandon(job)
@@ -475,7 +488,7 @@ class Client:
         except BaseException:  # interrupted, as ``run``
             self._abandon(job)
             raise
-        raise JobCancelled("cancelled", f"preprocess job {job} was cancelled", job=job)
+        raise JobCancelled("cancelled", f"preprocess job {job} was cancelled{why}", job=job)
 
     def probe(self) -> None:
         """Ask for a ``status`` whose reply only counts as a sign of life (``heard``) and is not kept;
@@ -624,7 +637,7 @@ class Client:
             self._jobs[job].append(Result(job, [self._result_image(item) for item in message["images"]],
                                           message["parameters"], message["timings"]))
         elif kind == "cancelled":
-            self._jobs[job].append(Cancelled(job, message["while"]))
+            self._jobs[job].append(Cancelled(job, message["while"], message.get("reason")))
         elif kind == "status" and self._take_probe():
             return  # a probe's answer: it said the server is alive, nothing more
         else:

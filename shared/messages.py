@@ -233,6 +233,8 @@ SERVER_MESSAGES: dict[str, dict[str, Field]] = {
         "type": _type("cancelled"),
         "job": JOB_REQUIRED,
         "while": Field("string", "Where the job was when cancelled.", required=True, choices=("queued", "running")),
+        "reason": Field("string", "Present when the client did not ask for it: `shutting_down`, the server is stopping "
+                        "(SIGTERM / SIGINT).", choices=("shutting_down",)),
     },
     "status": {
         "type": _type("status"),

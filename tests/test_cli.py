@@ -158,6 +158,61 @@ def test_serve_lets_in_the_web_pages_of_an_allowed_origin(demo_root, tmp_path):
         stop(process)
 
 
+def test_ctrl_c_while_serve_starts_ends_without_a_traceback(demo_root, tmp_path):
+    # a painter who gives up while the model loads got a screen of KeyboardInterrupt traceback (status -2)
+    import signal
+
+    (tmp_path / "demo-model").symlink_to(demo_root)
+    process = subprocess.Popen([sys.executable, "-m", "backend.cli", "serve", "--demo", "--port", str(free_port())],
+                               cwd=Path(__file__).parents[1], stderr=subprocess.PIPE, text=True,
+                               env={**os.environ, "HF_HUB_OFFLINE": "1", "EASEL_HOME": str(tmp_path)},
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    time.sleep(1.5)  # importing torch and diffusers takes longer than this
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 130, err
+    assert "easel: interrupted while starting: the server did not start" in err and "Traceback" not in err, err
+
+
+def test_serve_with_a_cache_it_cannot_write_says_where_and_what_to_set(tmp_path, monkeypatch, capsys):
+    from backend.cli import main
+
+    (tmp_path / "home").write_text("a file, not a folder")
+    monkeypatch.setenv("EASEL_HOME", str(tmp_path / "home"))
+    assert main(["serve", "--demo", "--port", "0"]) == 2  # was an OSError traceback
+    err = capsys.readouterr().err
+    assert f"cannot write the demo model to the cache ({tmp_path / 'home'}" in err
+    assert "set EASEL_HOME to a folder you can write to" in err
+
+
+def test_a_port_in_use_or_an_address_not_here_says_what_to_change(demo_root, tmp_path, capsys):
+    from backend.cli import main
+
+    (tmp_path / "easel.toml").write_text(f'[models.demo]\nsource = "{demo_root / "sd15"}"\n')
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert main(["serve", "--config", str(tmp_path / "easel.toml"), "--port", str(port)]) == 1
+    # was "[Errno 98] error while attempting to bind on address ('127.0.0.1', N): address already in use"
+    assert (f"easel: cannot listen on 127.0.0.1:{port}: the port is in use (another easel serve, or another "
+            "program): stop it or choose another --port") in capsys.readouterr().err
+    assert main(["serve", "--config", str(tmp_path / "easel.toml"), "--host", "192.0.2.123", "--token", "t"]) == 1
+    assert "192.0.2.123 is not an address of this machine" in capsys.readouterr().err
+
+
+def test_demo_commands_name_a_folder_they_cannot_write(tmp_path, monkeypatch, capsys):
+    from backend.cli import main
+
+    (tmp_path / "file").write_text("not a folder")
+    assert main(["demo-model", str(tmp_path / "file" / "demo")]) == 1  # both were an OSError traceback
+    assert f"easel: cannot write the model to {tmp_path / 'file' / 'demo'}" in capsys.readouterr().err
+    monkeypatch.setenv("EASEL_HOME", str(tmp_path / "file"))
+    assert main(["demo", "--out", str(tmp_path / "out")]) == 1
+    err = capsys.readouterr().err
+    assert "the demo model to the cache ($EASEL_HOME, else ~/.cache/easel); make both writable" in err
+
+
 def test_demo_model_command_writes_a_servable_config(tmp_path):
     done = easel("demo-model", tmp_path / "demo")
     assert done.returncode == 0, done.stderr

@@ -140,6 +140,45 @@ def test_config_mistakes_are_named_with_what_to_write(tmp_path, toml, words):
     assert words in str(caught.value)
 
 
+def test_a_config_file_easel_cannot_read_says_what_it_is(tmp_path):
+    # each was a traceback from `easel serve --config`
+    (tmp_path / "configs").mkdir()
+    with pytest.raises(ConfigError, match="is a folder: give the .toml file in it"):
+        load_config(tmp_path / "configs")
+    (tmp_path / "latin1.toml").write_bytes('[models.a]\nsource = "/mod\u00e8les/a.safetensors"\n'.encode("latin-1"))
+    with pytest.raises(ConfigError, match="is not UTF-8 text .*save it as UTF-8"):
+        load_config(tmp_path / "latin1.toml")
+    # Notepad's byte order mark, and an accented path read as UTF-8 whatever the locale
+    (tmp_path / "notepad.toml").write_bytes('\ufeff[models.a]\nsource = "/mod\u00e8les/a.safetensors"\n'.encode())
+    assert load_config(tmp_path / "notepad.toml").models["a"].source == "/mod\u00e8les/a.safetensors"
+
+
+@pytest.mark.parametrize("toml, words", [
+    # each started a server that refused every job or connection, or a traceback once the model had loaded
+    ("[server]\nport = 70000\n", "port must be from 1 to 65535 (0: any free port), got 70000"),
+    ("[limits]\nmax_steps = 0\n", "limits.max_steps must be at least 1, got 0"),
+    ("[limits]\nmax_batch = -2\n", "limits.max_batch must be at least 1, got -2"),
+    ("[limits]\nmax_connections = 0\n", "limits.max_connections must be at least 1"),
+    ("[limits]\nmax_queued = 0\n", "limits.max_queued must be at least 1"),
+    ("[limits]\nmax_message_bytes = 100\n", "limits.max_message_bytes must be at least 1048576"),
+    ("[limits]\nmax_outbox_bytes = -1\n", "limits.max_outbox_bytes must be at least 0, got -1"),
+    ("[server]\nhello_timeout = 0\n", "server.hello_timeout must be more than 0"),
+    ("[server]\nresume_seconds = -1\n", "server.resume_seconds must be at least 0"),
+])
+def test_numbers_no_server_can_run_with_stop_it_at_startup(tmp_path, toml, words):
+    (tmp_path / "easel.toml").write_text(toml)
+    with pytest.raises(ConfigError) as caught:
+        load_config(tmp_path / "easel.toml").check()
+    assert words in str(caught.value)
+
+
+def test_the_largest_and_zero_byte_budgets_still_serve(tmp_path):
+    (tmp_path / "easel.toml").write_text("[server]\nport = 0\nshutdown_grace = 0\n\n[limits]\nmax_steps = 100000\n"
+                                         "max_outbox_bytes = 0\nmax_kept_bytes = 0\n")
+    config = load_config(tmp_path / "easel.toml").check()
+    assert config.limits.max_steps == 100000 and config.limits.max_outbox_bytes == 0
+
+
 def test_model_paths_expand_home_and_find_folders_beside_the_config(tmp_path, monkeypatch, demo_root):
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     (tmp_path / "weights" / "sd15").mkdir(parents=True)

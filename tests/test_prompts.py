@@ -143,6 +143,17 @@ def test_weighting_and_long_prompts_change_the_picture_and_repeat_exactly(engine
     assert (generate(engine, LONG_A, model) != generate(engine, LONG_B, model)).any()
 
 
+def test_a_long_prompt_leaves_no_indexing_errors_warning_in_the_log(engine, capfd, caplog):
+    # "Token indices sequence length is longer than ... will result in indexing errors" on a prompt that works
+    for prompt in (LONG_A, f"({LONG_B}:1.2)"):  # the pipeline's own encoding, and compel's
+        for tokenizer in prompts._tokenizers(engine.registry.get("demo-base").base):
+            tokenizer.deprecation_warnings.clear()  # as on a freshly started server
+        engine.prompts._entries.clear()
+        capfd.readouterr()
+        generate(engine, prompt + ", a long prompt for a fresh tokenizer", "demo-base")
+        assert "indexing errors" not in capfd.readouterr().err + caplog.text, prompt
+
+
 def test_the_cache_keys_on_the_parsed_prompt(engine):
     engine.prompts._entries.clear()
     generate(engine, "a (red:1.2) door")

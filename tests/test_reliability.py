@@ -31,10 +31,11 @@ from backend.config import Limits
 from backend.fixtures.demo_model import demo_models
 from backend.server import ServerThread
 from backend.server.outbox import Outbox
+from backend.server.transport import listen_address
 from conftest import picture, png
 from netfaults import Blinker
 from schema_check import validator
-from shared.client import Client, EaselError, Result
+from shared.client import Client, EaselError, JobCancelled, Progress, Result
 from shared.images import encode_frame
 from shared.messages import PROTOCOL_VERSION
 
@@ -271,6 +272,12 @@ def test_connections_past_max_connections_are_refused_at_the_handshake(own_serve
     with pytest.raises(InvalidStatus) as caught:
         connect(small.url)
     assert caught.value.response.status_code == 503 and b"too many connections" in caught.value.response.body
+    # the bundled client said only "server rejected WebSocket connection: HTTP 503"
+    with pytest.raises(EaselError) as refused:
+        Client(small.url).connect()
+    assert refused.value.code == "unreachable" and str(refused.value).startswith(
+        f"the Easel server at {small.url} refused the connection: too many connections (2 open, this server's "
+        "max_connections): try again when another client has disconnected (HTTP 503)"), refused.value
     first.close()
     deadline = time.monotonic() + 30
     while True:  # room again once the server has seen the close
@@ -301,6 +308,21 @@ def test_the_queue_of_all_connections_together_has_a_limit(own_server):
             ws.send(json.dumps({"type": "cancel", "job": job}))
 
 
+def test_one_connections_limit_says_the_number_and_leaves_the_others_room(own_server):
+    small = own_server(limits={"max_queued_per_client": 2})
+    with greeted(small.url) as one, greeted(small.url) as other:
+        assert answer(one, {**SMALL, "job": "long", "steps": 150, "width": 256, "height": 256})["type"] == "accepted"
+        assert answer(one, {**SMALL, "job": "a"})["type"] == "accepted"
+        over = answer(one, {**SMALL, "job": "b"})
+        assert (over["code"], over["job"], over["ends_job"]) == ("limit_exceeded", "b", True)
+        # was "too many jobs queued from this connection": how many, and until when?
+        assert over["message"] == ("this connection has 2 jobs queued or running, this server's most "
+                                   "(max_queued_per_client); submit more when some have ended")
+        assert answer(other, {**SMALL, "job": "b"})["type"] == "accepted"
+        for ws, job in ((one, "long"), (one, "a"), (other, "b")):
+            ws.send(json.dumps({"type": "cancel", "job": job}))
+
+
 # -- item 6: out of memory ---------------------------------------------------------------------
 
 def test_out_of_memory_ends_the_job_frees_its_memory_and_the_next_job_runs(client, monkeypatch):
@@ -323,24 +345,33 @@ def test_out_of_memory_ends_the_job_frees_its_memory_and_the_next_job_runs(clien
 
 # -- item 7: graceful shutdown -----------------------------------------------------------------
 
-def test_sigterm_cancels_queued_jobs_ends_the_running_one_and_closes_with_a_reason(demo_root, tmp_path):
-    lines = ["[server]", 'default_model = "demo"', "shutdown_grace = 1", ""]
+def demo_toml(demo_root, tmp_path, grace: float) -> Path:
+    lines = ["[server]", 'default_model = "demo"', f"shutdown_grace = {grace}", ""]
     for name, spec in demo_models(demo_root).items():
         lines += [f"[models.{name}]"] + [f"{key} = {json.dumps(getattr(spec, key))}"
                                          for key in ("source", "family", "inpaint") if getattr(spec, key)] + [""]
     (tmp_path / "easel.toml").write_text("\n".join(lines))
+    return tmp_path / "easel.toml"
+
+
+def serve_demo(demo_root, tmp_path, grace: float) -> tuple[subprocess.Popen, int]:
+    """``easel serve`` of this checkout on the demo models, listening."""
+    demo_toml(demo_root, tmp_path, grace)
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     process = subprocess.Popen([sys.executable, "-m", "backend.cli", "serve", "--config", str(tmp_path / "easel.toml"),
                                 "--port", str(port)], cwd=ROOT, stderr=subprocess.PIPE, text=True,
                                env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    for line in process.stderr:  # wait for the server to listen
+        if "listening" in line:
+            return process, port
+    raise AssertionError("the server did not start")
+
+
+def test_sigterm_cancels_queued_jobs_ends_the_running_one_and_closes_with_a_reason(demo_root, tmp_path):
+    process, port = serve_demo(demo_root, tmp_path, grace=1)
     try:
-        for line in process.stderr:  # wait for the server to listen
-            if "listening" in line:
-                break
-        else:
-            raise AssertionError("the server did not start")
         with greeted(f"ws://127.0.0.1:{port}/") as ws:
             ws.send(json.dumps({**SMALL, "job": "long", "steps": 150, "width": 256, "height": 256}))
             ws.send(json.dumps({**SMALL, "job": "waiting"}))
@@ -355,8 +386,9 @@ def test_sigterm_cancels_queued_jobs_ends_the_running_one_and_closes_with_a_reas
                     message = json.loads(ws.recv(timeout=60))
                     if message["type"] in ("result", "error", "cancelled"):
                         ends[message["job"]] = message
-        assert ends["waiting"] == {"type": "cancelled", "job": "waiting", "while": "queued"}
-        assert ends["long"]["type"] == "cancelled" and ends["long"]["while"] == "running"
+        # a client that cancelled nothing is told why its jobs ended
+        assert ends["waiting"] == {"type": "cancelled", "job": "waiting", "while": "queued", "reason": "shutting_down"}
+        assert ends["long"] == {"type": "cancelled", "job": "long", "while": "running", "reason": "shutting_down"}
         assert (caught.value.rcvd.code, caught.value.rcvd.reason) == (1001, "server shutting down")
         assert process.wait(30) == 0
     finally:
@@ -365,6 +397,71 @@ def test_sigterm_cancels_queued_jobs_ends_the_running_one_and_closes_with_a_reas
         log = process.stderr.read()
         process.stderr.close()
     assert "Traceback" not in log and "SIGTERM: shutting down" in log
+
+
+def test_ctrl_c_stops_the_server_where_the_event_loop_takes_no_signal_handlers(demo_root, tmp_path):
+    # Windows' event loops raise NotImplementedError from add_signal_handler: `easel serve` died at start there
+    toml = demo_toml(demo_root, tmp_path, grace=1)
+    script = ("import asyncio, sys\n"
+              "def windows(*args): raise NotImplementedError\n"
+              "asyncio.AbstractEventLoop.add_signal_handler = windows\n"
+              "type(asyncio.new_event_loop()).add_signal_handler = windows\n"
+              "from backend.cli import main\n"
+              "sys.exit(main(sys.argv[1:]))\n")
+    process = subprocess.Popen([sys.executable, "-c", script, "serve", "--config", str(toml), "--port", "0"],
+                               cwd=ROOT, stderr=subprocess.PIPE, text=True,
+                               env={**os.environ, "HF_HUB_OFFLINE": "1"},
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    try:
+        for line in process.stderr:
+            if "listening" in line:
+                break
+        else:
+            raise AssertionError("the server did not start")
+        process.send_signal(signal.SIGINT)
+        assert process.wait(60) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+        log = process.stderr.read()
+        process.stderr.close()
+    assert "SIGINT: shutting down" in log and "Traceback" not in log, log
+
+
+def test_a_second_ctrl_c_cancels_the_running_job_without_its_grace(demo_root, tmp_path):
+    # the log said nothing for shutdown_grace seconds after Ctrl-C, and pressing it again did nothing
+    process, port = serve_demo(demo_root, tmp_path, grace=600)
+    said = []
+
+    def signal_twice(event):
+        if isinstance(event, Progress) and not said:
+            process.send_signal(signal.SIGTERM)
+            for line in process.stderr:
+                said.append(line)
+                if "waiting up to 600s for job long to finish (Ctrl-C or SIGTERM again: cancel it now)" in line:
+                    break
+            process.send_signal(signal.SIGINT)
+
+    try:
+        with Client(f"ws://127.0.0.1:{port}/") as client:
+            with pytest.raises(JobCancelled) as caught:
+                client.run("generate", job="long", prompt="x", steps=150, width=256, height=256, seed=0,
+                           on_event=signal_twice)
+        assert str(caught.value).startswith("job long was cancelled: the server is shutting down"), caught.value
+        assert process.wait(60) == 0, "it waited for the job's 600 s of grace"
+    finally:
+        if process.poll() is None:
+            process.kill()
+        log = "".join(said) + process.stderr.read()
+        process.stderr.close()
+    assert "SIGINT again: not waiting for the running job" in log and "Traceback" not in log, log
+
+
+def test_the_log_says_an_address_clients_can_use():
+    assert listen_address("ws", "127.0.0.1", 8760) == "ws://127.0.0.1:8760/"
+    assert listen_address("wss", "::1", 8760) == "wss://[::1]:8760/"  # was wss://::1:8760/, no URL at all
+    assert listen_address("ws", "::", 8760).startswith("ws://[::]:8760/ (every address of this machine: clients use")
+    assert "clients use its name or LAN address" in listen_address("ws", "0.0.0.0", 8760)
 
 
 def test_a_stopping_server_refuses_new_jobs(server):
@@ -785,7 +882,8 @@ def test_a_client_that_closes_its_websocket_ends_its_session_with_or_without_a_c
     # server reads 1005): the server took that for a drop and ran the job on for resume_seconds, for nobody.
     ws = connect(server.url)
     ws.send(json.dumps({"type": "hello", "protocol": PROTOCOL_VERSION}))
-    assert json.loads(ws.recv(timeout=30))["type"] == "welcome"
+    welcome = json.loads(ws.recv(timeout=30))
+    assert welcome["type"] == "welcome"
     ws.send(json.dumps({**SMALL, "job": "left", "steps": 150, "width": 256, "height": 256}))
     while json.loads(ws.recv(timeout=60))["type"] != "progress":
         pass
@@ -793,7 +891,8 @@ def test_a_client_that_closes_its_websocket_ends_its_session_with_or_without_a_c
     state, queue, deadline = server.server.state, server.server.queue, time.monotonic() + 20
     while queue.running is not None and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert queue.running is None and not state.detached, "the session ended and its job stopped"
+    # its own session: an earlier test's dropped client may still wait out resume_seconds on this shared server
+    assert queue.running is None and welcome["session"] not in state.detached, "the session ended and its job stopped"
 
 
 def test_a_page_that_goes_away_with_1001_resumes_its_session(server):

@@ -371,3 +371,19 @@ def test_a_job_id_still_in_use_is_refused(server):
         while (message := json.loads(ws.recv())) and message["type"] != "cancelled":
             pass
         assert message["job"] == "dup"
+
+
+def test_the_log_says_who_connected_and_how_each_job_ended_without_the_prompt(server, caplog):
+    # the log said "connection open" and nothing about jobs: an admin could not tell who ran what, or how long
+    import logging
+
+    with caplog.at_level(logging.INFO), Client(server.url, name="probe-tool") as client:
+        client.run("generate", job="logged", prompt="a secret sketch", steps=1, width=64, height=64, seed=0)
+        with pytest.raises(EaselError):
+            client.run("generate", job="refused-model", prompt="x", model="no-such-model", steps=1)
+        deadline = time.monotonic() + 10
+        while "job logged" not in caplog.text and time.monotonic() < deadline:
+            time.sleep(0.05)
+    assert "probe-tool" in caplog.text and "connected from 127.0.0.1" in caplog.text
+    assert any(record.getMessage().startswith("job logged (generate on demo) done in ") for record in caplog.records)
+    assert "a secret sketch" not in caplog.text

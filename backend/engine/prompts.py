@@ -65,6 +65,7 @@ def fits(pipe, pieces: tuple[Piece, ...] | None) -> bool:
     if not pieces:
         return True
     text = prompt_syntax.plain(pieces)
+    _no_long_prompt_warning(pipe)
     for tokenizer in _tokenizers(pipe):
         ids = tokenizer(pipe.maybe_convert_prompt(text, tokenizer), add_special_tokens=False, verbose=False).input_ids
         if len(ids) > CHUNK:
@@ -83,6 +84,7 @@ def encode(pipe, family: str, positive: tuple[Piece, ...], negative: tuple[Piece
     """The pipeline call's prompt arguments (embeddings) for parsed prompts; ``negative`` None: none given."""
     import torch
 
+    _no_long_prompt_warning(pipe)
     with torch.no_grad():
         if is_plain(pipe, positive, negative, clip_skip):
             return _pipeline_encode(pipe, family, prompt_syntax.plain(positive),
@@ -116,6 +118,16 @@ def _providers(pipe, family: str, clip_skip: int) -> list:
     return [EmbeddingsProvider(tokenizer, SkippedEncoder(encoder, skip), truncate=False, returned_embeddings_type=kind,
                                split_long_text_mode=SplitLongTextMode.PHRASES, device=device)
             for tokenizer, encoder in zip(_tokenizers(pipe), _encoders(pipe))]
+
+
+LONG_SEQUENCE_WARNING = "sequence-length-is-longer-than-the-specified-maximum"  # transformers' once-only key
+
+
+def _no_long_prompt_warning(pipe) -> None:
+    """A long prompt is tokenized whole (diffusers' embedding lookup, compel) and encoded in chunks, so
+    transformers' warning that it "will result in indexing errors" is untrue; it alarmed admins reading the log."""
+    for tokenizer in _tokenizers(pipe):
+        getattr(tokenizer, "deprecation_warnings", {})[LONG_SEQUENCE_WARNING] = True
 
 
 def _weighted_encode(pipe, family: str, positive: tuple[Piece, ...], negative: tuple[Piece, ...] | None,

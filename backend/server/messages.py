@@ -201,9 +201,9 @@ def out_of_memory(job: Job) -> dict:
                                "submit again; the server freed the job's memory and goes on", "batch", job.id))
 
 
-def cancelled(job_id: str, stage: str) -> dict:
-    """``cancelled``; ``stage`` is "queued" or "running"."""
-    return {"type": "cancelled", "job": job_id, "while": stage}
+def cancelled(job_id: str, stage: str, reason: str | None = None) -> dict:
+    """``cancelled``; ``stage`` is "queued" or "running"; ``reason`` when the client did not ask for it."""
+    return {"type": "cancelled", "job": job_id, "while": stage} | ({"reason": reason} if reason else {})
 
 
 def status(device: str, running: str | None, queued: list[str], queue_length: int, clients: int,

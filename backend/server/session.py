@@ -137,6 +137,7 @@ class Session:
     def __init__(self, state: ServerState):
         self.state = state
         self.greeted = False
+        self.client = ""  # `hello.client`, for the server's log
         self.given: frozenset[str] = frozenset()  # the keys of the message being handled, as the client sent it
         self.uploads = Uploads()
         self.token = secrets.token_hex(16)  # `welcome.session`: what a reconnecting client presents
@@ -312,6 +313,7 @@ class Session:
                                        loras=engine.loras.describe(), embeddings=engine.embeddings.listing())
             return Reply([welcome, *kept.redeliver(message.get("pending", []))], resume=kept)
         self.greeted = True
+        self.client = str(message.get("client", ""))
         return Reply([messages.welcome(config, str(engine.device), preprocessors, engine.registry.default,
                                        engine.upscalers.names(), self.token, loras=engine.loras.describe(),
                                        embeddings=engine.embeddings.listing())])
@@ -415,7 +417,9 @@ class Session:
         self.kept.pop(request.id, None)
         limits = self.state.config.limits
         if len(queue.owned_by(self)) >= limits.max_queued_per_client:
-            raise ProtocolError("limit_exceeded", "too many jobs queued from this connection", "job", request.id)
+            raise ProtocolError("limit_exceeded", f"this connection has {limits.max_queued_per_client} jobs queued or "
+                                "running, this server's most (max_queued_per_client); submit more when some have "
+                                "ended", "job", request.id)
         if len(queue) >= limits.max_queued:  # each waiting job holds its decoded pictures
             raise ProtocolError("limit_exceeded", f"the server's queue is full ({limits.max_queued} jobs waiting); "
                                 "try again when some have run", "job", request.id)

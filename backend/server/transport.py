@@ -52,6 +52,15 @@ def close_reason(reason: str, fallback: str) -> str:
     return reason if len(reason.encode()) <= CLOSE_REASON_BYTES else fallback
 
 
+def listen_address(scheme: str, host: str, port: int) -> str:
+    """Where clients reach a server bound to ``host``, as the log says it: an IPv6 address in brackets (else the
+    URL cannot be pasted), and for every address of the machine, that clients use one of them."""
+    url = f"{scheme}://{f'[{host}]' if ':' in host else host}:{port}/"
+    if host in ("", "0.0.0.0", "::"):
+        return f"{url} (every address of this machine: clients use its name or LAN address)"
+    return url
+
+
 class Connection:
     """One websocket and its outbox (``outbox.py``: a byte budget), drained in order by a single writer task."""
 
@@ -174,6 +183,7 @@ class EaselServer:
         self.worker = Worker(engine, self.state.queue, self.deliver)
         self.port = config.port
         self.auth = AuthThrottle()
+        self._hurry = False  # a second stop signal: the running job gets no grace
         self._connections: dict[Session, Connection] = {}
         # Handshakes from foreign origins, and their close reason (weak: a handshake that fails never reaches _handle)
         self._refused: weakref.WeakKeyDictionary[ServerConnection, str] = weakref.WeakKeyDictionary()
@@ -189,11 +199,16 @@ class EaselServer:
         """Serve until ``stop`` is done (or, without one, SIGTERM / SIGINT in the main thread), then shut
         down gracefully (``shutdown``)."""
         loop = asyncio.get_running_loop()
+        restore = []  # Python-level signal handlers set here, to put back
         if stop is None:
             stop = loop.create_future()
             if threading.current_thread() is threading.main_thread():
                 for signum in (signal.SIGTERM, signal.SIGINT):
-                    loop.add_signal_handler(signum, lambda s=signum: stop.done() or stop.set_result(s))
+                    try:
+                        loop.add_signal_handler(signum, self._signalled, stop, signum)
+                    except NotImplementedError:  # Windows' event loops: `easel serve` stopped there at start
+                        restore.append((signum, signal.signal(
+                            signum, lambda s, _frame: loop.call_soon_threadsafe(self._signalled, stop, s))))
         limits = self.config.limits
         tls = server_context(self.config.tls_cert, self.config.tls_key) if self.config.tls_cert else None
         if (warning := cleartext_warning(self.config)) is not None:
@@ -206,7 +221,7 @@ class EaselServer:
             self.port = next(iter(server.sockets)).getsockname()[1]
             worker = asyncio.create_task(self.worker.run_forever())
             pruner = asyncio.create_task(self._prune_kept())
-            log.info("Easel listening on %s://%s:%d/", "wss" if tls else "ws", self.config.host, self.port)
+            log.info("Easel listening on %s", listen_address("wss" if tls else "ws", self.config.host, self.port))
             if ready is not None:
                 ready.set()
             try:
@@ -219,24 +234,43 @@ class EaselServer:
                 pruner.cancel()
                 worker.cancel()
                 self.worker.stop()
+                for signum, handler in restore:
+                    signal.signal(signum, handler)
         log.info("Easel stopped")
+
+    def _signalled(self, stop: asyncio.Future, signum: int) -> None:
+        """The first SIGTERM / SIGINT stops the server; another, while a job has its grace, cancels that job now
+        (the admin who pressed Ctrl-C twice did not mean to wait ``shutdown_grace`` seconds)."""
+        if not stop.done():
+            stop.set_result(signal.Signals(signum))
+        elif not self._hurry:
+            self._hurry = True
+            log.info("%s again: not waiting for the running job", signal.Signals(signum).name)
 
     async def shutdown(self) -> None:
         """Take no new jobs, cancel the queued ones (``cancelled``), let the running job finish within
         ``shutdown_grace`` seconds or cancel it, deliver what is left, close every connection (1001)."""
         state, queue = self.state, self.state.queue
         state.closing = True
-        for job in queue.waiting():
+        waiting = queue.waiting()
+        for job in waiting:
             queue.cancel(job)
             if job.end():
-                self.deliver(job, [messages.cancelled(job.id, "queued")])
+                self.deliver(job, [messages.cancelled(job.id, "queued", "shutting_down")])
+        if waiting:
+            log.info("cancelled %d queued job(s): the server is stopping", len(waiting))
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.config.shutdown_grace
         running = queue.running
-        while queue.running is not None and loop.time() < deadline:
+        if running is not None and self.config.shutdown_grace > 0 and not self._hurry:
+            # else the log said nothing for up to shutdown_grace seconds, as if the server hung
+            log.info("waiting up to %gs for job %s to finish (Ctrl-C or SIGTERM again: cancel it now)",
+                     self.config.shutdown_grace, running.id)
+        while queue.running is not None and loop.time() < deadline and not self._hurry:
             await asyncio.sleep(0.05)
         if queue.running is not None:
             log.info("cancelling job %s: the server is stopping", queue.running.id)
+            queue.running.cancel_reason = "shutting_down"
             queue.running.cancel_event.set()
             deadline = loop.time() + 30  # it stops at its next step (a model still loading takes longer)
             while queue.running is not None and loop.time() < deadline:
@@ -279,7 +313,8 @@ class EaselServer:
         if len(self._connections) >= self.config.limits.max_connections:  # each holds a socket and buffers
             log.warning("refused a connection: %d are open (max_connections)", len(self._connections))
             return connection.respond(http.HTTPStatus.SERVICE_UNAVAILABLE,
-                                      f"too many connections ({self.config.limits.max_connections} open)\n")
+                                      f"too many connections ({self.config.limits.max_connections} open, this server's "
+                                      "max_connections): try again when another client has disconnected\n")
         # A web page the user happens to visit could otherwise drive the GPU through the browser.
         origins = request.headers.get_all("Origin")
         if len(origins) > 1:  # which one would the browser mean? Refuse rather than guess
@@ -339,10 +374,15 @@ class EaselServer:
         refused = cut = False
         try:
             async for raw in ws:
+                greeted = session.greeted
                 if config.token and not session.greeted and isinstance(raw, str):
                     reply = await self._authenticate(session, peer, raw)
                 else:
                     reply = session.receive(raw)
+                if session.greeted and not greeted and reply.resume is None:
+                    # websockets' own "connection open" names nobody: which client, from where
+                    name = session.client if session.client.isprintable() else repr(session.client)  # no forged lines
+                    log.info("%s connected from %s", name or "a client", peer)
                 if reply.intake is not None:
                     # Decoding takes long: off the loop, but awaited, so this connection's requests are
                     # answered in order while the other connections go on.

@@ -81,6 +81,7 @@ class Worker:
             await loop.run_in_executor(self._encoder, _nothing)
         if job.end():  # a job cancelled while it finished already got its one ending
             self.deliver(job, ending)
+            log.info("job %s (%s) %s in %.1fs", job.id, _what(job), _outcome(ending[-1]), time.perf_counter() - started)
 
 
 class _Reporter:
@@ -143,10 +144,25 @@ def encode_result(job: Job, result: EngineResult, started: float) -> list:
     return out
 
 
+def _what(job: Job) -> str:
+    """A job as the log names it: mode and model, never the prompt (a painter's words stay out of the log)."""
+    work = job.work
+    if getattr(work, "mode", None):
+        return f"{work.mode} on {work.model}"
+    return f"preprocess {getattr(job.request, 'preprocessor', '')}".strip()
+
+
+def _outcome(ending: dict) -> str:
+    kind = ending.get("type")
+    if kind == "error":
+        return f"failed ({ending.get('code')})"
+    return {"result": "done", "cancelled": "cancelled"}.get(kind, str(kind))
+
+
 def _failure(job: Job, exc: Exception) -> dict:
     """The message that ends a job the engine did not finish."""
     if isinstance(exc, JobCancelled):
-        return messages.cancelled(job.id, "running")
+        return messages.cancelled(job.id, "running", job.cancel_reason)
     if isinstance(exc, ModelError):
         return messages.model_error(job.id, exc)
     if is_out_of_memory(exc):
