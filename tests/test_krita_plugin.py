@@ -20,7 +20,10 @@ import pytest
 from backend.packaging import build
 
 KRITARUNNER = shutil.which("kritarunner")
-pytestmark = pytest.mark.skipif(KRITARUNNER is None, reason="kritarunner is not installed (apt-get install krita)")
+KRITA_SECONDS = 600  # the whole Krita session, every scenario: one module fixture
+# (the first test's setup runs that session: pytest's own 300 s per test cut it short on a busy machine)
+pytestmark = [pytest.mark.skipif(KRITARUNNER is None, reason="kritarunner is not installed (apt-get install krita)"),
+              pytest.mark.timeout(KRITA_SECONDS + 120)]
 SCRIPTS = Path(__file__).parent / "krita_scripts"
 ROOT = Path(__file__).resolve().parents[1]
 TOKEN = "a-token-for-the-lan"
@@ -79,7 +82,7 @@ def krita_report(server, stoppable, secure, tmp_path_factory):
     for key in ("PYTHONHOME", "VIRTUAL_ENV"):  # Krita's Python is the system one, not this venv
         env.pop(key, None)
     proc = subprocess.run([KRITARUNNER, "-s", "easel_scenarios", "-f", "main"], env=env, cwd=tmp,
-                          capture_output=True, text=True, timeout=600)
+                          capture_output=True, text=True, timeout=KRITA_SECONDS)
     report_file = tmp / "report.json"
     report = json.loads(report_file.read_text()) if report_file.exists() else {}
     if "_setup" in report or not report:
