@@ -370,6 +370,15 @@ def serve_demo(demo_root, tmp_path, grace: float) -> tuple[subprocess.Popen, int
     raise AssertionError("the server did not start")
 
 
+def stopped(process: subprocess.Popen) -> str:
+    """The rest of a server process's log, once it ended (killed if it had not)."""
+    if process.poll() is None:
+        process.kill()
+    log = process.stderr.read()
+    process.stderr.close()
+    return log
+
+
 def test_sigterm_cancels_queued_jobs_ends_the_running_one_and_closes_with_a_reason(demo_root, tmp_path):
     process, port = serve_demo(demo_root, tmp_path, grace=1)
     try:
@@ -393,10 +402,7 @@ def test_sigterm_cancels_queued_jobs_ends_the_running_one_and_closes_with_a_reas
         assert (caught.value.rcvd.code, caught.value.rcvd.reason) == (1001, "server shutting down")
         assert process.wait(30) == 0
     finally:
-        if process.poll() is None:
-            process.kill()
-        log = process.stderr.read()
-        process.stderr.close()
+        log = stopped(process)
     assert "Traceback" not in log and "SIGTERM: shutting down" in log
 
 
@@ -422,10 +428,7 @@ def test_ctrl_c_stops_the_server_where_the_event_loop_takes_no_signal_handlers(d
         process.send_signal(signal.SIGINT)
         assert process.wait(60) == 0
     finally:
-        if process.poll() is None:
-            process.kill()
-        log = process.stderr.read()
-        process.stderr.close()
+        log = stopped(process)
     assert "SIGINT: shutting down" in log and "Traceback" not in log, log
 
 
@@ -451,10 +454,7 @@ def test_a_second_ctrl_c_cancels_the_running_job_without_its_grace(demo_root, tm
         assert str(caught.value).startswith("job long was cancelled: the server is shutting down"), caught.value
         assert process.wait(60) == 0, "it waited for the job's 600 s of grace"
     finally:
-        if process.poll() is None:
-            process.kill()
-        log = "".join(said) + process.stderr.read()
-        process.stderr.close()
+        log = "".join(said) + stopped(process)
     assert "SIGINT again: not waiting for the running job" in log and "Traceback" not in log, log
 
 
