@@ -394,7 +394,9 @@ def listen_error(host: str, port: int, exc: OSError) -> str:
     import errno
     import socket
 
-    where = f"{f'[{host}]' if ':' in host else host}:{port}"
+    from backend.server.transport import url_host
+
+    where = f"{url_host(host)}:{port}"
     if exc.errno == errno.EADDRINUSE:
         return (f"cannot listen on {where}: the port is in use (another easel serve, or another program): stop it or "
                 "choose another --port")

@@ -52,10 +52,15 @@ def close_reason(reason: str, fallback: str) -> str:
     return reason if len(reason.encode()) <= CLOSE_REASON_BYTES else fallback
 
 
+def url_host(host: str) -> str:
+    """``host`` as a URL (or ``host:port``) writes it: an IPv6 literal in brackets."""
+    return f"[{host}]" if ":" in host else host
+
+
 def listen_address(scheme: str, host: str, port: int) -> str:
     """Where clients reach a server bound to ``host``, as the log says it: an IPv6 address in brackets (else the
     URL cannot be pasted), and for every address of the machine, that clients use one of them."""
-    url = f"{scheme}://{f'[{host}]' if ':' in host else host}:{port}/"
+    url = f"{scheme}://{url_host(host)}:{port}/"
     if host in ("", "0.0.0.0", "::"):
         return f"{url} (every address of this machine: clients use its name or LAN address)"
     return url
@@ -305,8 +310,7 @@ class EaselServer:
         """The server's own origins; any other browser page is refused."""
         hosts = {self.config.host, "127.0.0.1", "localhost"} if self.config.host in ("127.0.0.1", "localhost") \
             else {self.config.host}
-        hosts = {f"[{host}]" if ":" in host else host for host in hosts}  # IPv6 literals are bracketed
-        return {f"{scheme}://{host}:{self.port}" for host in hosts for scheme in ("http", "https")}
+        return {f"{scheme}://{url_host(host)}:{self.port}" for host in hosts for scheme in ("http", "https")}
 
     def _check_request(self, connection: ServerConnection, request: Request) -> Response | None:
         """The handshake's checks: room for one more connection, and the browser origin."""
