@@ -68,6 +68,7 @@ REFERENCE_FIELDS = SUBMIT_FIELDS["references"].items.fields
 LORA_FIELDS = SUBMIT_FIELDS["loras"].items.fields
 
 
+TOKEN_HELP = "the server's token, if it has one (default $EASEL_TOKEN)"
 CERT_HELP = "for a wss:// server with a self-signed certificate (`easel cert`): that certificate's PEM file, pinned"
 
 
@@ -104,7 +105,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--config", help="TOML config file")
     serve.add_argument("--model", help="hub id, diffusers folder or .safetensors file to serve, as the model `default`")
     serve.add_argument("--demo", action="store_true", help="serve the tiny random demo model")
-    serve.add_argument("--token", help="clients must present this token (required off loopback)")
+    serve.add_argument("--token", default=os.environ.get("EASEL_TOKEN") or None,
+                       help="clients must present this token (required off loopback); default $EASEL_TOKEN, "
+                            "which, unlike the command line, other users cannot read in the process list")
     serve.add_argument("--device", help="cuda, mps, cpu or auto")
     serve.add_argument("--tls-cert", help="PEM certificate: serve wss:// (with --tls-key; `easel cert` makes a pair)")
     serve.add_argument("--tls-key", help="the certificate's PEM private key")
@@ -139,7 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
     pre.add_argument("--resolution", type=int, metavar="N", help=_help(PREPROCESS_FIELDS["resolution"]))
     pre.add_argument("--force", action="store_true", help="overwrite OUTPUT if it exists")
     pre.add_argument("--server", default=DEFAULT_URL, help="the server's address (default %(default)s)")
-    pre.add_argument("--token", help="the server's token, if it has one")
+    pre.add_argument("--token", default=os.environ.get("EASEL_TOKEN") or None, help=TOKEN_HELP)
     pre.add_argument("--cert", metavar="PEM", help=CERT_HELP)
     pre.set_defaults(func=cmd_preprocess)
 
@@ -274,7 +277,7 @@ def _add_run_parser(commands: Any) -> None:
     run.add_argument("--lossy", action="store_true",
                      help="allow a lossy --out format (JPEG, GIF ...), which changes untouched pixels too")
     run.add_argument("--server", default=DEFAULT_URL, help="the server's address (default %(default)s)")
-    run.add_argument("--token", help="the server's token, if it has one")
+    run.add_argument("--token", default=os.environ.get("EASEL_TOKEN") or None, help=TOKEN_HELP)
     run.add_argument("--cert", metavar="PEM", help=CERT_HELP)
     run.set_defaults(func=cmd_run)
 

@@ -1,6 +1,7 @@
 """The ``easel`` command as a user runs it: serve, run, preprocess, demo, demo-model."""
 
 import ctypes.util
+import dataclasses
 import io
 import json
 import os
@@ -18,6 +19,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
 from backend.engine import masks
+from backend.server import ServerThread
 from conftest import picture, rect_mask
 from shared.client import Client
 from test_imaging import krita_profile
@@ -1042,3 +1044,19 @@ def test_run_results_carry_their_parameters_as_the_webui_saves_them(server, caps
                                "UserComment.load(piexif.load(sys.argv[1])['Exif'][piexif.ExifIFD.UserComment]))",
                                small / "o.jpg"], capture_output=True, text=True, encoding="utf-8")
         assert read.stdout.startswith("café au lait\nSteps: 2"), read.stderr
+
+
+def test_the_token_can_come_from_easel_token_so_it_is_not_in_the_process_list(
+        demo_config, engine, inputs, capsys, monkeypatch):
+    from backend.cli import build_parser
+
+    _, _, folder = inputs
+    with ServerThread(dataclasses.replace(demo_config, token="s3cret"), engine) as guarded:
+        command = ["preprocess", "canny", folder / "in.png", folder / "edges.png", "--server", guarded.url]
+        monkeypatch.delenv("EASEL_TOKEN", raising=False)
+        status, _, err = easel_here(capsys, *command)
+        assert status == 1 and "token" in err
+        monkeypatch.setenv("EASEL_TOKEN", "s3cret")
+        status, _, err = easel_here(capsys, *command)
+        assert status == 0, err
+    assert build_parser().parse_args(["serve"]).token == "s3cret", "the server takes it the same way"

@@ -4,6 +4,7 @@ A ``Session`` turns each incoming frame into a ``Reply``; these tests read the r
 last tests run a real server to show where pictures are encoded and in which order frames leave.
 """
 
+import asyncio
 import dataclasses
 import json
 import threading
@@ -140,6 +141,32 @@ def test_a_job_id_in_use_is_refused_until_the_job_ends(session, state):
     assert send(session, {"type": "cancel", "job": "j1"}) == [{"type": "cancelled", "job": "j1", "while": "queued"}]
     assert [job.owner for job in state.queue.owned_by(other)] == [other], "the other connection's j1 stays"
     assert send(session, SUBMIT)[0]["type"] == "accepted", "an id is free again once its job ended"
+
+
+def test_clients_take_turns_so_a_long_queue_does_not_hold_up_another_client(session, state):
+    def greeted():
+        other = state.open()
+        send(other, {"type": "hello", "protocol": PROTOCOL_VERSION})
+        return other
+
+    def positions(client, *ids):
+        return [send(client, {**SUBMIT, "job": job})[0]["position"] for job in ids]
+
+    def run_next():  # as the worker does: the running job ends, the next starts
+        if state.queue.running:
+            state.queue.done(state.queue.running)
+        return asyncio.run(state.queue.next()).id
+
+    krita, script = greeted(), session
+    assert positions(script, "s1", "s2", "s3") == [0, 1, 2]
+    assert positions(krita, "k1") == [1], "the second client's first job comes after one job, not three"
+    assert send(script, {"type": "status"})[0]["queued"] == ["s1", "s2", "s3"], "a client's jobs keep their order"
+    assert run_next() == "s1"
+    assert positions(script, "s4") == [4], "behind s1 (running), k1, s2, s3"
+    assert [run_next(), run_next()] == ["k1", "s2"]
+    # A painter who waits for each result before sending the next job gets every other turn.
+    assert positions(krita, "k2") == [1]
+    assert [run_next(), run_next(), run_next()] == ["k2", "s3", "s4"]
 
 
 def test_a_refused_request_reusing_a_live_id_does_not_end_that_job(session, state):
