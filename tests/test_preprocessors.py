@@ -3,6 +3,7 @@
 import dataclasses
 import pickle
 import shutil
+import time
 
 import numpy as np
 import pytest
@@ -12,7 +13,7 @@ from backend.engine.models import ModelError, ModelRegistry, pick_device
 from backend.engine.preprocessors import ANNOTATORS, Preprocessors
 from backend.server import ServerThread
 from conftest import decode, picture, png, rect_mask
-from shared.client import Client, EaselError
+from shared.client import Client, EaselError, JobCancelled, Started
 
 
 @pytest.fixture(scope="module")
@@ -127,3 +128,25 @@ def test_a_thin_picture_is_preprocessed_not_a_crash(client):
     result = client.run("generate", prompt="x", steps=2, seed=1, width=256, height=16,
                         control=[{"type": "canny", "preprocess": "on", "image": png(picture(256, 64))}])
     assert decode(result.images[0].image).shape == (16, 256, 4)
+
+
+def test_a_running_preprocess_stops_when_cancelled_not_when_its_annotator_is_done(client):
+    # normal_bae at a working size of 1024 runs 15-40 s on these CPUs; a cancel used to wait for all of it
+    # (and, inside a submit, for every unit's map), holding the queue.
+    unit = {"type": "normal", "preprocess": "normal_bae", "resolution": 1024, "image": png(picture(64, 64))}
+    calls = {"preprocess": lambda **kw: client.preprocess("normal_bae", png(picture(64, 64)), resolution=1024, **kw),
+             "generate": lambda **kw: client.run("generate", prompt="x", steps=2, seed=0, width=64, height=64,
+                                                 control=[unit], **kw),
+             "img2img": lambda **kw: client.run("img2img", prompt="x", steps=2, seed=0, image=png(picture(64, 64)),
+                                                control=[unit], **kw)}
+    started = []
+
+    def cancel_once_started(event):
+        if isinstance(event, Started):  # the annotator runs next
+            started.append(time.monotonic())
+            client.cancel(event.job)
+
+    for what, call in calls.items():
+        with pytest.raises(JobCancelled):
+            call(on_event=cancel_once_started)
+        assert time.monotonic() - started[-1] < 6, f"{what}: the annotator stopped at its next layer"

@@ -14,7 +14,7 @@ import dataclasses
 import logging
 import time
 from dataclasses import dataclass
-from typing import Iterator, Protocol
+from typing import Callable, Iterator, Protocol
 
 import numpy as np
 import torch
@@ -210,7 +210,8 @@ class Engine:
             for number, p in enumerate(passes):
                 if reporter.is_cancelled():
                     raise JobCancelled()
-                inputs = self._pass_inputs(job, model, p, active, prompt, adapter, job.seed + index, canvas)
+                inputs = self._pass_inputs(job, model, p, active, prompt, adapter, job.seed + index, canvas,
+                                           check=lambda: self._check_cancel(reporter))
                 if flux:
                     model.adapt(inputs, pipe)
                     model.before_call(pipe, self.device)
@@ -246,7 +247,8 @@ class Engine:
         whole = Pass(Box(0, 0, width, height), (width, height), 0.0)
         reporter.started(0, [whole])
         picture = Image.fromarray(np.ascontiguousarray(job.image[..., :3]))
-        control_map = np.asarray(self.preprocessors.run(job.preprocessor, picture, job.resolution))
+        control_map = np.asarray(self.preprocessors.run(job.preprocessor, picture, job.resolution,
+                                                        check=lambda: self._check_cancel(reporter)))
         return EngineResult([Layer(0, 0, (0, 0), compose.opaque(control_map))], 0.0, time.perf_counter() - start,
                             [whole])
 
@@ -421,9 +423,11 @@ class Engine:
         return self.adapters.switch_on(model, pipe, references, job.guidance > 1)
 
     def _pass_inputs(self, job: EditJob, model: LoadedModel, p: Pass, active: list[tuple[int, Control]],
-                     prompt: dict, adapter: dict, image_seed: int, canvas: np.ndarray | None = None) -> PassInputs:
+                     prompt: dict, adapter: dict, image_seed: int, canvas: np.ndarray | None = None,
+                     check: Callable[[], None] | None = None) -> PassInputs:
         """The pictures of one pass at its diffusion size: its crop of the picture (pre-filled under the
-        mask and where it is transparent), mask and maps. ``canvas``: the picture as painted so far."""
+        mask and where it is transparent), mask and maps. ``canvas``: the picture as painted so far;
+        ``check`` raises when the job is cancelled while a preprocessor runs."""
         steps = rules.schedule_steps(job.steps, p.strength) if job.few_step and job.mode != "generate" else job.steps
         inputs = PassInputs(pipeline_mode(job.mode), p.size, steps, job.guidance, p.strength,
                             (image_seed + p.seed) % (MAX_SEED + 1), prompt, adapter=adapter,
@@ -442,11 +446,12 @@ class Engine:
                 resized = np.where(resized > 0, 255, 0).astype(np.uint8)
             inputs.mask = Image.fromarray(resized)
         masked = pipeline_mode(job.mode) == "inpaint" and model.family == "sd15"
-        inputs.control = [ControlInput(self._control_map(job, p, unit), unit.scale, unit.start, unit.end,
+        inputs.control = [ControlInput(self._control_map(job, p, unit, check), unit.scale, unit.start, unit.end,
                                        masked=masked and unit.type == "inpaint") for _, unit in active]
         return inputs
 
-    def _control_map(self, job: EditJob, p: Pass, unit: Control) -> Image.Image:
+    def _control_map(self, job: EditJob, p: Pass, unit: Control, check: Callable[[], None] | None = None
+                     ) -> Image.Image:
         """A unit's map for one pass: its image stretched to the picture, then cut and resized exactly
         like the picture (and preprocessed there, so the map matches what the model sees)."""
         source = (unit.image if unit.image is not None else job.image)[..., :3]
@@ -467,7 +472,7 @@ class Engine:
         seed = job.seed if unit.preprocessor in SEEDED else None
         key = (unit.preprocessor, unit.resolution, seed, digest(picture))
         return self.control_maps.get(key, lambda: self.preprocessors.run(unit.preprocessor, picture,
-                                                                          unit.resolution, seed=job.seed))
+                                                                          unit.resolution, job.seed, check))
 
     # -- progress -----------------------------------------------------------------------------
 

@@ -8,6 +8,7 @@ whose default since torch 2.6 is ``weights_only=True``, so a file carrying code 
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import threading
@@ -115,6 +116,32 @@ def _weightless(name: str):
     return getattr(controlnet_aux, WEIGHTLESS[name])()
 
 
+@contextlib.contextmanager
+def _checked_between_layers(check: Callable[[], None] | None):
+    """Calls ``check`` before every torch module's forward on this thread while inside.
+
+    controlnet_aux's detectors are one opaque call, which at a large resolution on a CPU runs for minutes;
+    a cancel must not wait for all of it. A global forward hook reaches every network a detector holds,
+    whatever its attribute names; the thread test keeps it off anything another thread runs meanwhile.
+    """
+    if check is None:
+        yield
+        return
+    import torch
+
+    thread = threading.get_ident()
+
+    def before_layer(module, args):
+        if threading.get_ident() == thread:
+            check()
+
+    handle = torch.nn.modules.module.register_module_forward_pre_hook(before_layer)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
 class Preprocessors:
     """Runs preprocessors by name, loading annotator weights on first use and keeping them."""
 
@@ -135,11 +162,13 @@ class Preprocessors:
         return names + [name for name, annotator in ANNOTATORS.items()
                         if self.folder and all((self.folder / file).is_file() for file in annotator.files)]
 
-    def run(self, name: str, picture: Image.Image, resolution: int | None = None, seed: int = 0) -> Image.Image:
+    def run(self, name: str, picture: Image.Image, resolution: int | None = None, seed: int = 0,
+            check: Callable[[], None] | None = None) -> Image.Image:
         """The control map ``name`` makes of ``picture``, the same size as the picture.
 
         ``resolution`` is the working size of the shorter side (the picture's own when None, at least
-        MIN_RESOLUTION).
+        MIN_RESOLUTION). ``check`` is called before each layer of a weighted annotator's network: what it
+        raises (a cancel) stops the annotator there.
         """
         resolution = resolution or max(min(picture.size), MIN_RESOLUTION)
         kwargs = {"detect_resolution": resolution}
@@ -150,7 +179,8 @@ class Preprocessors:
             kwargs.update(ANNOTATORS[name].options)
         if name in SEEDED:
             np.random.seed(seed)  # both draw from numpy's global generator
-        result = detector(picture.convert("RGB"), **kwargs)
+        with _checked_between_layers(check):
+            result = detector(picture.convert("RGB"), **kwargs)
         return result.convert("RGB").resize(picture.size, Image.Resampling.BILINEAR)
 
     def load(self, name: str) -> Callable:
