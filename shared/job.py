@@ -20,6 +20,7 @@ from . import prompt_syntax, rules
 from .errors import ProtocolError, shown
 from .fields import Field, check_fields
 from .geometry import DEFAULT_PADDING
+from .loras import split_prompt
 from .vocabulary import (
     BUILTIN_UPSCALER,
     CONTROL_TYPES,
@@ -340,6 +341,10 @@ class Job:
                     "it runs every step, from the picture; `image_guidance` says how closely it keeps to it")
             raise ProtocolError("invalid_field", f"{self.mode} takes no `strength`: {hint}", "strength")
         self._check_toolbox()
+        if self.mode == "instruct" and self.preset is None and not split_prompt(self.prompt)[0].strip():
+            # (an empty instruction ran every step and handed back the picture, a little changed)
+            raise ProtocolError("invalid_field", "instruct needs an instruction in `prompt`: what to change, such "
+                                "as \"make it winter\"", "prompt")
         if self.image_guidance is not None and self.mode != "instruct":
             raise ProtocolError("invalid_field", f"`image_guidance` is for instruct; {self.mode} does not take it",
                                 "image_guidance")

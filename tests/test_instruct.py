@@ -87,6 +87,14 @@ def test_instruct_needs_a_picture_and_image_guidance_is_for_instruct_only(client
     assert (caught.value.code, caught.value.field) == ("invalid_field", "image_guidance")
 
 
+def test_an_instruct_without_an_instruction_is_refused_saying_what_to_write(client):
+    for prompt in ("", "  ", "<lora:demo-lora:0.5>"):
+        with pytest.raises(EaselError) as caught:
+            client.run("instruct", image=png(picture(64, 64)), prompt=prompt, steps=2)
+        assert (caught.value.code, caught.value.field) == ("invalid_field", "prompt"), prompt
+        assert "make it winter" in caught.value.message
+
+
 def test_models_list_capabilities_and_a_model_asked_for_more_is_refused_before_accepted(client):
     listed = {m["name"]: m["capabilities"] for m in client.models()["models"]}
     assert "instruct" in listed["demo"]["modes"] and "instruct" not in listed["demo-base"]["modes"]
