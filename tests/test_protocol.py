@@ -63,6 +63,13 @@ def test_a_javascript_value_or_a_picture_sent_as_text_is_named(text, said):
                                                          "column 2 (char 1)"), "other mistakes keep the parser's words"
 
 
+def test_a_frame_without_its_payload_is_said_to_be_empty():
+    for fmt in ("png", "webp"):
+        with pytest.raises(ProtocolError) as caught:
+            decode_frame(encode_frame({"image": "a", "role": "image", "format": fmt, "width": 2, "height": 1}, b""))
+        assert caught.value.message == f"bytes are not a {fmt.upper()} file (it is empty: 0 bytes)"
+
+
 def test_a_webui_users_random_seed_is_told_how_to_ask_for_one():
     error = error_of('{"type": "submit", "mode": "generate", "seed": -1}')
     assert error.field == "seed" and "leave it out or send null" in error.message
