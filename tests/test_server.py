@@ -227,6 +227,17 @@ def test_allowed_origins_that_no_browser_would_send_are_refused_at_start(origins
     Config(allowed_origins=["http://localhost:5173", "https://example.app", "null", "chrome-extension://abc"]).check()
 
 
+@pytest.mark.parametrize("origin, said", [
+    ("http://localhost:*", "without wildcards"), ("*", "without wildcards"),
+    ("file://", "sends the origin null"), ("file:///home/me/page.html", "serve the page over http://localhost")])
+def test_a_wildcard_or_a_file_origin_is_refused_at_start_saying_what_to_allow(origin, said):
+    # `http://localhost:*` started a server that refused every page; `file://` (what a file page's location.origin
+    # reads in Chromium) was told to "write the page's location.origin", which it was.
+    with pytest.raises(ConfigError) as caught:
+        Config(allowed_origins=[origin]).check()
+    assert said in str(caught.value), caught.value
+
+
 def test_foreign_browser_origins_are_refused_with_a_reason_a_page_can_read(server):
     # A refused handshake (HTTP 403) reaches a web page as a bare close 1006 with no reason, so a developer
     # could not tell a foreign origin from a server that is down. Now the page's `onclose` reads 1008 and why.
