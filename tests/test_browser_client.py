@@ -60,6 +60,7 @@ def page_and_server(demo_config, engine):
             yield f"{origin}/page.html"
     finally:
         site.shutdown()
+        site.server_close()
 
 
 def wait(page, condition: str, errors: list) -> None:
