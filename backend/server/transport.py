@@ -16,6 +16,7 @@ import asyncio
 import collections
 import contextlib
 import http
+import json
 import logging
 import signal
 import threading
@@ -76,6 +77,14 @@ def origin_refusal(origin: str, allowed: set[str]) -> tuple[str, str]:
     shorter = close_reason(f"origin {origin} is not allowed: add it to [server] allowed_origins",
                            "origin not allowed: see easel serve --allow-origin or [server] allowed_origins")
     return close_reason(reason, shorter), f"refused a connection from origin {shown_origin}: {advice}"
+
+
+def _carries_token(text: str) -> bool:
+    """Whether a refused hello tried a token at all."""
+    try:
+        return bool(json.loads(text).get("token"))
+    except (ValueError, AttributeError, RecursionError):
+        return True  # not a hello that can be read: count it as the failure it is
 
 
 def url_host(host: str) -> str:
@@ -461,6 +470,10 @@ class EaselServer:
             reply = session.receive(raw)
             if session.greeted:
                 self.auth.succeeded(peer)
+            elif reply.close and not _carries_token(raw):
+                # Nothing was guessed: a page or a tool that (re)connects before its user has given it the token
+                # must not slow down the right token of every other client on the same address (loopback).
+                log.warning("refused a hello without a token from %s: this server needs one", peer)
             elif reply.close:  # unauthorized; the token itself is never logged
                 failures = self.auth.failed(peer)
                 log.warning("failed authentication from %s (%d in a row; its next attempt waits %gs)", peer,
