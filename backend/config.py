@@ -562,6 +562,14 @@ def check_origins(origins) -> None:
         raise ConfigError('allowed_origins must be a list of strings, e.g. ["http://localhost:5173"]')
     for origin in origins:
         scheme, _, rest = origin.partition("://")
+        if scheme == "file":  # Chromium's location.origin reads "file://" there, but its pages send `null`
+            raise ConfigError(f"allowed_origins: {origin!r}: a page opened from a file sends the origin null, "
+                              "whatever its location.origin reads; serve the page over http://localhost (e.g. "
+                              "`python3 -m http.server 5173`) and allow that origin, http://localhost:5173 (allowing "
+                              "\"null\" would let every page opened from a file in)")
+        if "*" in origin:  # "http://localhost:*" started a server that refused every page
+            raise ConfigError(f"allowed_origins: {origin!r}: origins are compared exactly, without wildcards: list "
+                              "each page's origin, as its location.origin says it (e.g. http://localhost:5173)")
         default_port = {"http": ":80", "https": ":443"}.get(scheme)
         if origin != "null" and (not scheme or not rest or any(c in rest for c in "/?#") or origin != origin.lower()
                                  or (default_port is not None and rest.endswith(default_port))):

@@ -153,6 +153,8 @@ _OTHER_SIGNATURES = ((b"\xff\xd8\xff", "JPEG"), (b"GIF8", "GIF"), (b"BM", "BMP")
 
 def _other_format(data: bytes) -> str:
     """``" (it is a JPEG file; ...)"`` when ``data`` is a picture file of a format that was not declared."""
+    if not data:  # a frame whose payload was left out (or an empty `data`): "not a PNG file" sent them looking at bytes
+        return " (it is empty: 0 bytes)"
     for signature, name in _OTHER_SIGNATURES:
         if data.startswith(signature) and not (name == "WebP" and data[8:12] != b"WEBP"):
             if name in ("PNG", "WebP"):

@@ -295,6 +295,23 @@ JOB_MESSAGES = ("submit", "preprocess", "cancel")  # the client messages that na
 MAX_DEPTH = 32  # nesting of objects and arrays in one message; the deepest valid message needs 5
 
 
+# What `WebSocket.send` makes of a JavaScript value that is neither a string nor bytes: `String(value)`.
+JS_STRINGIFIED = re.compile(r"\[object [A-Za-z0-9]{1,40}\]|undefined")
+PICTURE_TEXT = ("data:", "iVBORw0KGgo", "UklGR")  # a data: URL, the base64 of a PNG, of a WebP (RIFF)
+
+
+def not_json_reason(text: str | bytes, exc: Exception) -> str:
+    """Why a text frame is not JSON, naming the mistakes a tool makes, which the parser's own words do not tell."""
+    if isinstance(text, str) and JS_STRINGIFIED.fullmatch(text.strip()):
+        return (f"it reads `{text.strip()}`, a JavaScript value that `WebSocket.send` turned into a string: send a "
+                "message as `JSON.stringify(message)`, and a picture's bytes (an ArrayBuffer or a typed array such as "
+                "`imageData.data`) in a binary frame")
+    if isinstance(text, str) and text.lstrip().startswith(PICTURE_TEXT):
+        return ("it is a picture sent as a text frame: upload a picture as a binary frame (a length-prefixed header "
+                "and the file's bytes), or put its base64 in a submit's `image.data`")
+    return str(exc)
+
+
 def decode_json(text: str | bytes) -> dict:
     """Parse a text frame into a JSON object, or raise ``bad_json``."""
     try:
@@ -302,7 +319,7 @@ def decode_json(text: str | bytes) -> dict:
     except RecursionError:  # deeper than the parser's stack allows
         raise ProtocolError("bad_json", f"message is nested more than {MAX_DEPTH} levels deep") from None
     except (ValueError, UnicodeDecodeError) as exc:
-        raise ProtocolError("bad_json", f"message is not valid JSON: {exc}") from None
+        raise ProtocolError("bad_json", f"message is not valid JSON: {not_json_reason(text, exc)}") from None
     if not isinstance(message, dict):
         raise ProtocolError("bad_json", "message must be a JSON object")
     if _depth_over(message, MAX_DEPTH):

@@ -47,6 +47,29 @@ def test_bad_messages_name_the_problem(text, code, field):
     assert error.message and " a integer" not in error.message
 
 
+@pytest.mark.parametrize("text, said", [
+    ("[object Object]", "`JSON.stringify(message)`"),  # ws.send(message) without JSON.stringify, in a browser
+    ("[object ImageData]", "`imageData.data`"),  # ws.send(ctx.getImageData(...)) instead of a frame of its bytes
+    ("undefined", "`JSON.stringify(message)`"),
+    ("data:image/png;base64,iVBORw0KGgoAAAANSUhEUg==", "upload a picture as a binary frame"),  # canvas.toDataURL()
+    ("iVBORw0KGgoAAAANSUhEUgAAAAEAAAAB", "or put its base64 in a submit's `image.data`"),
+])
+def test_a_javascript_value_or_a_picture_sent_as_text_is_named(text, said):
+    # A browser's WebSocket.send sends String(value) for an object: the server answered "Expecting value: line 1
+    # column 2 (char 1)", which says nothing of the mistake.
+    error = error_of(text)
+    assert error.code == "bad_json" and said in error.message, error.message
+    assert error_of("{'type': 'hello'}").message.endswith("Expecting property name enclosed in double quotes: line 1 "
+                                                         "column 2 (char 1)"), "other mistakes keep the parser's words"
+
+
+def test_a_frame_without_its_payload_is_said_to_be_empty():
+    for fmt in ("png", "webp"):
+        with pytest.raises(ProtocolError) as caught:
+            decode_frame(encode_frame({"image": "a", "role": "image", "format": fmt, "width": 2, "height": 1}, b""))
+        assert caught.value.message == f"bytes are not a {fmt.upper()} file (it is empty: 0 bytes)"
+
+
 def test_a_webui_users_random_seed_is_told_how_to_ask_for_one():
     error = error_of('{"type": "submit", "mode": "generate", "seed": -1}')
     assert error.field == "seed" and "leave it out or send null" in error.message

@@ -556,6 +556,23 @@ def test_wrong_tokens_are_slowed_per_address_and_logged_without_the_token(own_se
     assert "guess" not in text and "s3cret" not in text
 
 
+def test_hellos_without_a_token_do_not_slow_down_the_right_token(own_server, caplog):
+    # A web page that reconnects every second before its user has typed the token counted as a guesser: the
+    # back-off of 127.0.0.1 grew to 8 s, and the Krita docker on the same machine, with the right token, waited.
+    guarded = own_server(token="s3cret-token")
+    caplog.set_level(logging.WARNING)
+    for _ in range(6):
+        with connect(guarded.url) as ws:
+            ws.send(json.dumps({"type": "hello", "protocol": PROTOCOL_VERSION, "client": "page/1"}))
+            assert json.loads(ws.recv(timeout=30))["code"] == "unauthorized"
+    began = time.monotonic()
+    with Client(guarded.url, token="s3cret-token") as ok:
+        assert ok.status()["clients"] == 1
+    assert time.monotonic() - began < 1.0, "no back-off (8 s by now): nothing was guessed"
+    text = "\n".join(record.getMessage() for record in caplog.records)
+    assert text.count("refused a hello without a token from 127.0.0.1") == 6 and "failed authentication" not in text
+
+
 def test_connections_from_many_addresses_leave_no_throttle_state_behind(own_server):
     # Each address that spoke before its hello kept a lock for ever: from ever new addresses (IPv6, or any
     # of 127.0.0.0/8) the server's memory grew with every connection.

@@ -227,6 +227,17 @@ def test_allowed_origins_that_no_browser_would_send_are_refused_at_start(origins
     Config(allowed_origins=["http://localhost:5173", "https://example.app", "null", "chrome-extension://abc"]).check()
 
 
+@pytest.mark.parametrize("origin, said", [
+    ("http://localhost:*", "without wildcards"), ("*", "without wildcards"),
+    ("file://", "sends the origin null"), ("file:///home/me/page.html", "serve the page over http://localhost")])
+def test_a_wildcard_or_a_file_origin_is_refused_at_start_saying_what_to_allow(origin, said):
+    # `http://localhost:*` started a server that refused every page; `file://` (what a file page's location.origin
+    # reads in Chromium) was told to "write the page's location.origin", which it was.
+    with pytest.raises(ConfigError) as caught:
+        Config(allowed_origins=[origin]).check()
+    assert said in str(caught.value), caught.value
+
+
 def test_foreign_browser_origins_are_refused_with_a_reason_a_page_can_read(server):
     # A refused handshake (HTTP 403) reaches a web page as a bare close 1006 with no reason, so a developer
     # could not tell a foreign origin from a server that is down. Now the page's `onclose` reads 1008 and why.
@@ -236,13 +247,14 @@ def test_foreign_browser_origins_are_refused_with_a_reason_a_page_can_read(serve
             ws.send(json.dumps({"type": "hello", "protocol": 1}))  # (unless the close came first)
             ws.recv(timeout=30)  # the close: no welcome, nothing the page sent was read
     assert caught.value.rcvd.code == 1008
-    assert caught.value.rcvd.reason == "origin https://evil.example is not allowed: add it to [server] " \
-        "allowed_origins"
+    assert caught.value.rcvd.reason == "origin https://evil.example is not allowed: add it with easel serve " \
+        "--allow-origin or [server] allowed_origins"
     assert not set(server.server.state.sessions) - before, "no session was opened for it"
     with connect(server.url, origin="https://" + "e" * 200 + ".example") as ws:
         with pytest.raises(ConnectionClosed) as caught:
             ws.recv(timeout=30)
-    assert caught.value.rcvd.reason == "origin not allowed: see [server] allowed_origins", "fits a close frame"
+    assert caught.value.rcvd.reason == "origin not allowed: see easel serve --allow-origin or [server] " \
+        "allowed_origins", "fits a close frame"
     with connect(server.url, origin=f"http://127.0.0.1:{server.server.port}") as ws:
         ws.send(json.dumps({"type": "hello", "protocol": 1}))
         assert json.loads(ws.recv())["type"] == "welcome"
@@ -254,6 +266,34 @@ def test_an_origin_in_allowed_origins_is_served(demo_config, engine):
         with connect(served.url, origin="http://localhost:5173") as ws:
             ws.send(json.dumps({"type": "hello", "protocol": 1}))
             assert json.loads(ws.recv(timeout=30))["type"] == "welcome"
+
+
+def refusal(url, origin):
+    with connect(url, origin=origin) as ws:
+        with pytest.raises(ConnectionClosed) as caught:
+            ws.recv(timeout=30)
+    return caught.value.rcvd.code, caught.value.rcvd.reason
+
+
+def test_a_refused_page_is_told_how_to_get_in(demo_config, engine, caplog):
+    # A page from a file (origin `null`) was told to "add it to [server] allowed_origins", which the docs warn
+    # against (every file page would get in), and the server's log named the origin and nothing to do; a dev
+    # server opened as 127.0.0.1 when localhost is allowed was told the same, and neither named --allow-origin.
+    config = dataclasses.replace(demo_config, allowed_origins=["http://localhost:5173"])
+    with ServerThread(config, engine) as served, caplog.at_level("WARNING", logger="backend.server.transport"):
+        assert refusal(served.url, "null") == (1008, "origin null (a file:// page or a sandboxed frame) is not "
+                                               "allowed: serve the page over http://localhost")
+        assert refusal(served.url, "http://127.0.0.1:5173") == (
+            1008, "origin http://127.0.0.1:5173 is not allowed; http://localhost:5173 is: open the page as "
+            "http://localhost:5173")
+        assert refusal(served.url, "http://localhost:3000")[1].endswith("easel serve --allow-origin or [server] "
+                                                                        "allowed_origins")
+    said = [r.getMessage() for r in caplog.records if "refused a connection from origin" in r.getMessage()]
+    assert len(said) == 3
+    assert "serve the page over http://localhost" in said[0] and "--allow-origin http://localhost:PORT" in said[0]
+    assert "open the page as http://localhost:5173" in said[1]
+    assert "start easel serve with --allow-origin http://localhost:3000 or add it to [server] allowed_origins" \
+        in said[2]
 
 
 def test_traffic_validates_against_the_schema(server):

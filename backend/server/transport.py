@@ -16,6 +16,7 @@ import asyncio
 import collections
 import contextlib
 import http
+import json
 import logging
 import signal
 import threading
@@ -50,6 +51,40 @@ CLOSE_REASON_BYTES = 123  # the most a close frame's reason may hold (RFC 6455)
 def close_reason(reason: str, fallback: str) -> str:
     """``reason`` if it fits a close frame, else ``fallback``."""
     return reason if len(reason.encode()) <= CLOSE_REASON_BYTES else fallback
+
+
+def origin_refusal(origin: str, allowed: set[str]) -> tuple[str, str]:
+    """The close reason a refused page reads, and the line the server logs: each says how to let the page in.
+    A page opened from a file (origin `null`) is told to be served over http://localhost instead, since allowing
+    `null` lets every file page in; one opened under the other loopback name of an allowed origin is told that."""
+    scheme, _, rest = origin.partition("://")
+    host, colon, port = rest.rpartition(":") if rest.count(":") == 1 else (rest, "", "")
+    aliases = {"127.0.0.1": "localhost", "localhost": "127.0.0.1"}
+    alias = f"{scheme}://{aliases[host]}{colon}{port}" if host in aliases else None
+    shown_origin = origin[:200]
+    if origin == "null":
+        reason = "origin null (a file:// page or a sandboxed frame) is not allowed: serve the page over http://localhost"
+        advice = ("a page opened from a file:// URL or in a sandboxed frame: serve the page over http://localhost "
+                  "(e.g. `python3 -m http.server`) and allow that origin with `easel serve --allow-origin "
+                  "http://localhost:PORT` or `[server] allowed_origins` (allowing \"null\" lets every file page in)")
+    elif alias in allowed:
+        reason = f"origin {origin} is not allowed; {alias} is: open the page as {alias}"
+        advice = f"{alias} is allowed, a different origin to a browser: open the page as {alias}, or allow this one too"
+    else:
+        reason = f"origin {origin} is not allowed: add it with easel serve --allow-origin or [server] allowed_origins"
+        advice = f"to let its pages connect, start easel serve with --allow-origin {shown_origin} or add it to " \
+            "[server] allowed_origins"
+    shorter = close_reason(f"origin {origin} is not allowed: add it to [server] allowed_origins",
+                           "origin not allowed: see easel serve --allow-origin or [server] allowed_origins")
+    return close_reason(reason, shorter), f"refused a connection from origin {shown_origin}: {advice}"
+
+
+def _carries_token(text: str) -> bool:
+    """Whether a refused hello tried a token at all."""
+    try:
+        return bool(json.loads(text).get("token"))
+    except (ValueError, AttributeError, RecursionError):
+        return True  # not a hello that can be read: count it as the failure it is
 
 
 def url_host(host: str) -> str:
@@ -325,13 +360,13 @@ class EaselServer:
             log.warning("refused a connection with %d Origin headers", len(origins))
             return connection.respond(http.HTTPStatus.FORBIDDEN, "more than one Origin header\n")
         origin = origins[0] if origins else None
-        if origin is not None and origin not in self.allowed_origins() | set(self.config.allowed_origins):
-            log.warning("refused a connection from origin %s", origin[:200])
+        allowed = self.allowed_origins() | set(self.config.allowed_origins)
+        if origin is not None and origin not in allowed:
             # A browser shows a page nothing of a refused handshake (an HTTP 403 is a bare close 1006), so the
             # handshake completes and `_handle` closes at once with 1008 and the reason, reading nothing.
-            advice = "[server] allowed_origins"
-            self._refused[connection] = close_reason(f"origin {origin} is not allowed: add it to {advice}",
-                                                     f"origin not allowed: see {advice}")
+            reason, line = origin_refusal(origin, allowed)
+            log.warning("%s", line)
+            self._refused[connection] = reason
         return None
 
     # -- connections --------------------------------------------------------------------------
@@ -435,6 +470,10 @@ class EaselServer:
             reply = session.receive(raw)
             if session.greeted:
                 self.auth.succeeded(peer)
+            elif reply.close and not _carries_token(raw):
+                # Nothing was guessed: a page or a tool that (re)connects before its user has given it the token
+                # must not slow down the right token of every other client on the same address (loopback).
+                log.warning("refused a hello without a token from %s: this server needs one", peer)
             elif reply.close:  # unauthorized; the token itself is never logged
                 failures = self.auth.failed(peer)
                 log.warning("failed authentication from %s (%d in a row; its next attempt waits %gs)", peer,
