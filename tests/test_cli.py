@@ -669,8 +669,8 @@ def test_invert_mask_reads_a_mask_drawn_white_for_keep_and_a_mask_of_most_of_the
     status, _, err = easel_here(capsys, *common, "--mask", small / "white.png", "--invert-mask",
                                 "--out", small / "d.png")
     assert status == 2 and "is white everywhere: inverted (--invert-mask), it leaves nothing to change" in err, err
-    status, _, err = easel_here(capsys, "run", "instruct", "--image", small / "in.png", "--invert-mask",
-                                "--out", small / "e.png", "--server", server.url)
+    status, _, err = easel_here(capsys, "run", "instruct", "--prompt", "x", "--image", small / "in.png",
+                                "--invert-mask", "--out", small / "e.png", "--server", server.url)
     assert status == 2 and "--invert-mask needs --mask" in err, err
 
 
