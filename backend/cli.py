@@ -337,7 +337,7 @@ def _use_demo(config: Any, annotators: bool) -> None:
 
 def _serve(args: argparse.Namespace) -> int:
     from backend import memory
-    from backend.config import ConfigError, ModelSpec, load_config
+    from backend.config import ConfigError, ModelSpec, load_config, missing_files
     from backend.engine.engine import Engine
     from backend.engine.models import ModelError, ModelRegistry, pick_device
     from backend.server import EaselServer
@@ -368,6 +368,10 @@ def _serve(args: argparse.Namespace) -> int:
                 log.warning("no model configured and no hub access: serving the tiny demo model (noise pictures)")
                 _use_demo(config, annotators=False)
         config.check()
+        gone = missing_files(config)
+        if gone:
+            raise ConfigError("these files or folders are not there: fix their paths in the config (a relative path "
+                              "is read from the config file's folder):\n  " + "\n  ".join(gone))
     except ConfigError as exc:
         print(f"easel: {exc}", file=sys.stderr)
         return 2

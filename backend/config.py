@@ -263,6 +263,23 @@ def check_ranges(config: Config) -> None:
             raise ConfigError(f"server.{key} must be {'at least' if allowed else 'more than'} {least}, got {value}")
 
 
+def missing_files(config: Config) -> list[str]:
+    """The configured weight files and folders that are not there, each as ``setting: path``.
+
+    Hub ids stay relative (``owner/repo``); every absolute path here was written as a local one. Loading is
+    lazy, so without this a mistyped path in a pasted config started the server and failed its first job."""
+    entries: list[tuple[str, str | None]] = [("server.lama", config.lama), ("server.annotators", config.annotators)]
+    entries += [(f"models.{spec.name}.{key}", getattr(spec, key))
+                for spec in config.models.values() if spec.name not in config.folder_models for key in MODEL_PATH_KEYS]
+    entries += [(f"controlnets.{family}.{kind}", source)
+                for family, kinds in config.controlnets.items() for kind, source in kinds.items()]
+    entries += [(f"ip_adapters.{family}.{item.name}", getattr(spec, item.name))
+                for family, spec in config.ip_adapters.items() for item in dataclasses.fields(spec)]
+    entries += [(f"upscalers.{name}", source) for name, source in config.upscalers.items()]
+    return [f"{where}: {value} does not exist" for where, value in entries
+            if value and Path(value).is_absolute() and not Path(value).exists()]
+
+
 def cleartext_warning(config: Config) -> str | None:
     """What to tell the user when the token would cross a network in clear, or None."""
     if is_loopback(config.host) or config.tls_cert:

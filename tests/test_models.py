@@ -298,6 +298,18 @@ def test_serve_refuses_model_folders_with_nothing_to_serve(tmp_path, capsys):
     assert "no model found in model_folders" in said and "vae: " in said and "allow_pickle" in said
 
 
+def test_serve_names_configured_weights_that_are_not_there(tmp_path, capsys):
+    """A typo in a pasted config stops the server at once, not its first job (models load lazily)."""
+    from backend.cli import main
+
+    (tmp_path / "easel.toml").write_text('[server]\nport = 0\n[models.sd15]\nsource = "./v1-5-pruned.safetensors"\n'
+                                         'preview = "madebyollin/taesd"\n[upscalers]\nesrgan = "/nowhere/4x.pth"\n')
+    assert main(["serve", "--config", str(tmp_path / "easel.toml")]) == 2
+    said = capsys.readouterr().err
+    assert f"models.sd15.source: {tmp_path / 'v1-5-pruned.safetensors'} does not exist" in said
+    assert "upscalers.esrgan: /nowhere/4x.pth does not exist" in said and "taesd" not in said, "hub ids are no paths"
+
+
 def test_files_added_and_removed_while_serving_show_at_the_next_hello_or_models(tmp_path, demo_root):
     """A painter downloads a checkpoint or a LoRA into the A1111 folders with the server running: a host's
     refresh (`models`) or a new connection lists it, and a job may name it (even before either); a deleted
