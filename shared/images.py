@@ -36,6 +36,11 @@ class ImageData:
     height: int
     data: bytes
 
+    def __repr__(self) -> str:
+        # the bytes themselves flooded a notebook or REPL that showed a result, a preview or a control map
+        return (f"ImageData(format={self.format!r}, width={self.width}, height={self.height}, "
+                f"data=<{len(self.data)} bytes>)")
+
     def check(self) -> "ImageData":
         """Raise ``bad_image`` if the bytes cannot be what the header says."""
         if self.format not in CHANNELS and self.format not in _SIGNATURES:

@@ -336,3 +336,9 @@ def test_a_server_that_stops_answering_is_given_up_quietly_at_the_keepalive(serv
         link.close()
     assert "gave up: unreachable" in out or "gave up: closed" in out, out + err
     assert "Traceback" not in err and "keepalive" not in err, err
+
+
+def test_a_result_shown_in_a_notebook_is_a_line_not_its_bytes(client):
+    result = client.run("img2img", image=ImageData.from_pil(picture(64, 64)), prompt="x", steps=2, strength=0.5)
+    shown = repr(result)
+    assert "data=<" in shown and " bytes>" in shown and len(shown) < 2000, shown[:300]
