@@ -74,7 +74,13 @@ class ImageData:
     def from_file(cls, path: str | os.PathLike) -> "ImageData":
         """A PNG file on disk (other formats: open them with Pillow and use ``from_pil``)."""
         with open(path, "rb") as file:
-            return cls.from_png(file.read())
+            data = file.read()
+        if not data.startswith(_SIGNATURES["png"]):  # a photo's JPEG: the fix is a call here, not a converter
+            kind = next((name for signature, name in _OTHER_SIGNATURES if data.startswith(signature)), "")
+            kind = f" (it is a {kind} file)" if kind else ""
+            raise ProtocolError("bad_image", f"{os.fspath(path)} is not a PNG file{kind}: open it with Pillow and use "
+                                "ImageData.from_pil(Image.open(path))")
+        return cls.from_png(data)
 
     @classmethod
     def from_pil(cls, picture) -> "ImageData":

@@ -73,6 +73,14 @@ def test_a_picture_of_the_wrong_type_is_named_before_anything_is_sent(client, gi
         client.submit("img2img", prompt="x", image=image, steps=2, references=[{"image": image}, {"image": b"PNG"}])
 
 
+def test_a_photo_given_to_from_file_says_which_call_takes_it(tmp_path):
+    from shared.errors import ProtocolError
+
+    picture(64, 64).save(tmp_path / "photo.jpg")
+    with pytest.raises(ProtocolError, match=r"photo.jpg is not a PNG file \(it is a JPEG file\): .*from_pil"):
+        ImageData.from_file(tmp_path / "photo.jpg")
+
+
 def test_a_job_built_with_a_wrong_name_or_shape_says_which():
     with pytest.raises(TypeError, match="no job parameter 'stenght'; did you mean 'strength'"):
         Job.create("img2img", stenght=0.5)
