@@ -57,7 +57,11 @@ RUN_OPTIONS |= {"scale": "scale", "upscaler": "upscaler", "preset": "preset"}
 RUN_OPTIONS |= {"image_guidance": "image_guidance"}  # instruct
 RUN_FLAGS |= {"preset": "--preset", "loras": "--lora", "image_guidance": "--image-guidance"}
 RUN_FLAGS |= {"scale": "--scale", "upscaler": "--upscaler", "refine": "--strength"}  # upscale: --strength refines
-RUN_PHRASES = {"send it with preprocess off": "leave out :pre"}  # protocol advice, said in the options' terms
+# the client's advice on connecting, said as the options that act on it
+CONNECT_PHRASES = {"the one sent is missing or wrong": "the one sent is missing or wrong: give it with --token, or in "
+                   "$EASEL_TOKEN", "pin it, the easel-cert.pem": "pass --cert with the easel-cert.pem"}
+RUN_PHRASES = {"send it with preprocess off": "leave out :pre",  # protocol advice, said in the options' terms
+               **CONNECT_PHRASES}
 PREPROCESS_FLAGS = {"preprocessor": "PREPROCESSOR", "image": "INPUT", "resolution": "--resolution"}
 CONTROL_PARTS = {"type": "TYPE", "image": "IMAGE", "scale": "SCALE", "start": "START", "end": "END",
                  "preprocess": ":pre"}
@@ -662,7 +666,7 @@ def _placeholder(image: object, role: str) -> dict:
 def cmd_preprocess(args: argparse.Namespace) -> int:
     from shared.client import Client, EaselError
 
-    wording = Wording(PREPROCESS_FLAGS)
+    wording = Wording(PREPROCESS_FLAGS, phrases=CONNECT_PHRASES)
     try:
         _check_cert(args)
         output = check_outputs(output_paths(args.output, 1), "OUTPUT", args.force)[0]

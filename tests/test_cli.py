@@ -1055,7 +1055,7 @@ def test_the_token_can_come_from_easel_token_so_it_is_not_in_the_process_list(
         command = ["preprocess", "canny", folder / "in.png", folder / "edges.png", "--server", guarded.url]
         monkeypatch.delenv("EASEL_TOKEN", raising=False)
         status, _, err = easel_here(capsys, *command)
-        assert status == 1 and "token" in err
+        assert status == 1 and "give it with --token, or in $EASEL_TOKEN" in err, err
         monkeypatch.setenv("EASEL_TOKEN", "s3cret")
         status, _, err = easel_here(capsys, *command)
         assert status == 0, err
