@@ -381,7 +381,11 @@ def _serve(args: argparse.Namespace) -> int:
         return 2
     log.info("memory: %s", memory.allocator())
 
-    device, dtype = pick_device(config.device, config.performance.dtype)
+    try:
+        device, dtype = pick_device(config.device, config.performance.dtype)
+    except ValueError as exc:
+        print(f"easel: {exc} (--device, or [server] device)", file=sys.stderr)
+        return 2
     registry = ModelRegistry(config, device, dtype)
     if args.model:  # an explicit model must load, or we say so now rather than at the first job
         try:

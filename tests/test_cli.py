@@ -203,6 +203,20 @@ def test_a_port_in_use_or_an_address_not_here_says_what_to_change(demo_root, tmp
     assert "192.0.2.123 is not an address of this machine" in capsys.readouterr().err
 
 
+def test_a_device_that_is_not_here_stops_serve_saying_what_to_use(demo_root, tmp_path, capsys):
+    """It was a torch traceback ("gpu"), or a server whose every job failed ("cuda" without a GPU)."""
+    import torch
+
+    from backend.cli import main
+
+    (tmp_path / "easel.toml").write_text(f'[server]\ndevice = "gpu"\n[models.demo]\nsource = "{demo_root / "sd15"}"\n')
+    assert main(["serve", "--config", str(tmp_path / "easel.toml"), "--port", "0"]) == 2
+    assert "device 'gpu' is not one Easel runs on: use auto, cuda" in capsys.readouterr().err
+    if not torch.cuda.is_available():
+        assert main(["serve", "--config", str(tmp_path / "easel.toml"), "--port", "0", "--device", "cuda"]) == 2
+        assert "this torch sees 0 CUDA GPU(s)" in capsys.readouterr().err
+
+
 def test_demo_commands_name_a_folder_they_cannot_write(tmp_path, monkeypatch, capsys):
     from backend.cli import main
 
