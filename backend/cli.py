@@ -341,7 +341,7 @@ def _use_demo(config: Any, annotators: bool) -> None:
 
 def _serve(args: argparse.Namespace) -> int:
     from backend import memory
-    from backend.config import ConfigError, ModelSpec, load_config, missing_files
+    from backend.config import ConfigError, ModelSpec, load_config, looks_like_path, missing_files
     from backend.engine.engine import Engine
     from backend.engine.models import ModelError, ModelRegistry, pick_device
     from backend.server import EaselServer
@@ -354,6 +354,12 @@ def _serve(args: argparse.Namespace) -> int:
         if args.allow_origin:
             config.allowed_origins = [*config.allowed_origins, *args.allow_origin]
         if args.model:
+            where = Path(args.model).expanduser()
+            if not where.exists() and (where.is_absolute() or looks_like_path(args.model)):
+                # (diffusers took it for a hub id: "does not appear to have a file named model_index.json")
+                raise ConfigError(f"--model {args.model} could not be loaded: there is no such file or folder "
+                                  f"({where.absolute()}); give a diffusers folder, a .safetensors checkpoint or a hub "
+                                  "id (owner/name)")
             config.models = {"default": ModelSpec("default", args.model)}
             config.default_model = "default"
         elif args.demo:

@@ -397,7 +397,7 @@ def load_config(path: str | Path | None = None) -> Config:
             setattr(config, key, str((path.parent / Path(getattr(config, key)).expanduser()).resolve()))
     if config.annotators:
         folder = (path.parent / Path(config.annotators).expanduser()).resolve()
-        if folder.is_dir() or _looks_like_path(config.annotators):  # otherwise a hub repository id
+        if folder.is_dir() or looks_like_path(config.annotators):  # otherwise a hub repository id
             config.annotators = str(folder)
     known = {f.name for f in dataclasses.fields(Limits)}
     for key, value in data.get("limits", {}).items():
@@ -460,7 +460,7 @@ def load_config(path: str | Path | None = None) -> Config:
             raise ConfigError(f"upscalers.{name}: a .pth or .safetensors super-resolution model file, or a diffusers "
                               f"StableDiffusionUpscalePipeline (folder or hub id), got {source!r}")
         local = (path.parent / Path(source).expanduser()).resolve()
-        hub = source.count("/") == 1 and not local.exists() and not _looks_like_path(source) \
+        hub = source.count("/") == 1 and not local.exists() and not looks_like_path(source) \
             and not source.lower().endswith(UPSCALER_SUFFIXES)
         config.upscalers[name] = source if hub else str(local)  # a hub id of an upscale pipeline as it is
     for folder in config.upscaler_folders:
@@ -765,10 +765,10 @@ def _local_path_or_hub(value: str, base: Path) -> str:
     if expanded.is_absolute():
         return str(expanded)
     local = base / expanded
-    if _looks_like_path(value) or local.exists():
+    if looks_like_path(value) or local.exists():
         return str(local.resolve())
     return value
 
 
-def _looks_like_path(value: str) -> bool:
+def looks_like_path(value: str) -> bool:
     return value.startswith((".", "/", "~")) or value.endswith((".safetensors", ".ckpt", ".pt", ".bin"))

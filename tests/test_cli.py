@@ -248,6 +248,15 @@ def test_serve_with_a_model_that_cannot_load_is_an_error(tmp_path):
     assert "could not be loaded" in done.stderr
 
 
+def test_serve_names_a_model_path_that_is_not_there(tmp_path, monkeypatch, capsys):
+    """Not diffusers' "does not appear to have a file named model_index.json" (it took the path for a hub id)."""
+    from backend.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    assert main(["serve", "--port", "0", "--model", "v1-5-pruned.safetensors"]) == 2
+    assert f"there is no such file or folder ({tmp_path / 'v1-5-pruned.safetensors'})" in capsys.readouterr().err
+
+
 def test_demo_command_writes_results_and_a_sheet(demo_root, tmp_path):
     (tmp_path / "home").mkdir()
     (tmp_path / "home" / "demo-model").symlink_to(demo_root)
