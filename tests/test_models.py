@@ -284,6 +284,15 @@ def test_a_model_whose_weights_went_away_says_so(tmp_path, demo_root):
     assert f"{gone} does not exist" in caught.value.message and "pick another model" in caught.value.message
 
 
+def test_a_hub_model_not_in_the_cache_offline_says_what_to_do():
+    # was diffusers' "... model_index.json", or "check out the root cause in the stacktrace above" (none shown)
+    config = Config(models={"xl": ModelSpec("xl", "owner/not-downloaded")})
+    with pytest.raises(ModelError) as caught:
+        ModelRegistry(config, torch.device("cpu"), torch.float32).get("xl")
+    assert "read as a hub id" in caught.value.message and "connect once to download it" in caught.value.message
+    assert "stacktrace" not in caught.value.message
+
+
 def test_serve_refuses_model_folders_with_nothing_to_serve(tmp_path, capsys):
     """Rather than fetching a 4 GB hub model, or the demo, that nobody asked for."""
     from backend.cli import main

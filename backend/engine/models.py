@@ -293,8 +293,14 @@ class ModelRegistry:
                              f"{json.dumps(spec.source)} and `config`")
                 hint = (" (a single-file checkpoint needs its diffusers configuration: allow hub access once, or "
                         f"{where} set to a local diffusers folder of the same architecture)")
+            said = str(exc).replace(" Please check out the root cause in the stacktrace above.", "")  # (none is shown)
+            if not hint and not Path(spec.source).expanduser().exists() and any(
+                    word in said for word in ("cached", "connect", "offline", "model_index.json")):
+                hint = (" (read as a hub id: the hub cache has no copy of it and the hub could not be reached or has "
+                        "no such model: connect once to download it, or give a local diffusers folder or .safetensors "
+                        "file)")
             raise ModelError("model_load_failed", f"model {spec.name!r} could not be loaded from "
-                             f"{spec.source}: {exc}{hint}") from exc
+                             f"{spec.source}: {said}{hint}") from exc
         prediction = predictions.resolve(spec, dict(base.scheduler.config))
         return LoadedModel(spec.name, family, base, inpaint_unet, preview, instruct_unet=instruct_unet,
                            prediction=prediction, clip_skip=spec.clip_skip or 1)
