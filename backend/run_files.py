@@ -10,6 +10,7 @@ profile, the print resolution). Everything here is checked before a job is sent,
 from __future__ import annotations
 
 import io
+import os
 import struct
 import sys
 import warnings
@@ -117,6 +118,8 @@ def read_picture(path: str, role: str, option: str) -> Picture:
         if kind:
             raise UsageError(f"{option}: cannot read {path}: it is {kind}, which Easel cannot read; export it as "
                              "PNG, TIFF or JPEG first") from None
+        if os.path.getsize(path) == 0:  # a download or an export that never finished: not a format to look up
+            raise UsageError(f"{option}: cannot read {path}: the file is empty (0 bytes)") from None
         raise UsageError(f"{option}: cannot read {path}: not a picture (Pillow does not know its format)") from None
     except Image.DecompressionBombError:
         size = _stored_size(path)

@@ -855,10 +855,12 @@ def test_pictures_easel_cannot_read_are_named_with_a_way_out(capsys, small):
     (small / "logo.svg").write_text('<?xml version="1.0"?>\n<svg xmlns="http://www.w3.org/2000/svg"/>')
     picture(64, 48).save(small / "DSC_0001.dng", "TIFF")  # the preview a DNG's first image would be
     picture(64, 48).save(small / "renamed.dng", "PNG")  # not a raw file, whatever its name
+    (small / "cut-short.png").write_bytes(b"")  # a download that never finished
     for name, said in (("IMG_0001.HEIC", "it is a HEIC/HEIF picture (as iPhones save photos), which Easel cannot "
                                          "read; export it as PNG, TIFF or JPEG first"),
                        ("logo.svg", "it is an SVG drawing (vector, not pixels)"),
-                       ("DSC_0001.dng", "it is a camera raw file, which Easel does not develop")):
+                       ("DSC_0001.dng", "it is a camera raw file, which Easel does not develop"),
+                       ("cut-short.png", "the file is empty (0 bytes)")):
         status, _, err = easel_here(capsys, "run", "img2img", "--image", small / name, "--out", small / "o.png",
                                     "--server", nowhere())
         assert status == 2 and f"--image: cannot read {small / name}: {said}" in err, err
