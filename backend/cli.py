@@ -679,7 +679,7 @@ def cmd_preprocess(args: argparse.Namespace) -> int:
     wording = Wording(PREPROCESS_FLAGS, phrases=CONNECT_PHRASES)
     try:
         _check_cert(args)
-        output = check_outputs(output_paths(args.output, 1), "OUTPUT", args.force)[0]
+        output = check_outputs(output_paths(args.output, 1, "OUTPUT"), "OUTPUT", args.force)[0]
         picture = read_picture(args.input, "image", "INPUT")
         request = PreprocessJob(image=picture.data, preprocessor=args.preprocessor, resolution=args.resolution)
         check_fields(request.to_message(_placeholder), PREPROCESS_FIELDS)

@@ -276,7 +276,10 @@ _TURN = {5: "flip the mask across its top-left to bottom-right diagonal", 6: "ro
 # -- writing ----------------------------------------------------------------------------------
 
 
-def output_paths(out: str, count: int) -> list[Path]:
+def output_paths(out: str, count: int, option: str = "--out") -> list[Path]:
+    # a folder given as the result (`--out results/`) became results.png beside it
+    if out.endswith(("/", os.sep)) or Path(out).is_dir():
+        raise UsageError(f"{option} {out} is a folder: give a file in it, e.g. {Path(out) / 'result.png'}")
     path = Path(out)
     if not path.suffix:
         path = path.with_name(path.name + ".png")

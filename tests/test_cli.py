@@ -848,6 +848,19 @@ def test_an_unreadable_input_names_the_option_and_the_path(capsys, small, option
     assert any(why in err for why in ("no such file", "it is a folder", "not a picture")), err
 
 
+def test_a_folder_given_as_the_result_asks_for_a_file_in_it(capsys, small):
+    # `--out results/` wrote results.png beside the folder
+    (small / "results").mkdir()
+    for out in (f"{small / 'results'}/", small / "results"):
+        status, _, err = easel_here(capsys, "run", "img2img", "--image", small / "in.png", "--out", out,
+                                    "--server", nowhere())
+        assert status == 2 and f"is a folder: give a file in it, e.g. {small / 'results' / 'result.png'}" in err, err
+    status, _, err = easel_here(capsys, "preprocess", "canny", small / "in.png", small / "results", "--server",
+                                nowhere())
+    assert status == 2 and "OUTPUT" in err and "is a folder" in err, err
+    assert not (small / "results.png").exists()
+
+
 def test_pictures_easel_cannot_read_are_named_with_a_way_out(capsys, small):
     # An iPhone's HEIC photo was "not a picture (Pillow does not know its format)"; a camera's DNG (a TIFF
     # inside) was read as its first image, a small preview, and edited without a word.
