@@ -1,4 +1,4 @@
-"""The ``easel`` command: serve, run, preprocess, demo, demo-model, package, schema."""
+"""The ``easel`` command: serve, run, preprocess, models, demo, demo-model, package, schema."""
 
 from __future__ import annotations
 
@@ -149,6 +149,14 @@ def build_parser() -> argparse.ArgumentParser:
     pre.add_argument("--token", default=os.environ.get("EASEL_TOKEN") or None, help=TOKEN_HELP)
     pre.add_argument("--cert", metavar="PEM", help=CERT_HELP)
     pre.set_defaults(func=cmd_preprocess)
+
+    models = commands.add_parser("models", help="list a server's models, LoRAs, embeddings, upscalers and presets",
+                                 description="What a running server offers, by the names `easel run` takes "
+                                             "(--model, --lora, --upscaler, --preset, embeddings in --prompt).")
+    models.add_argument("--server", default=DEFAULT_URL, help="the server's address (default %(default)s)")
+    models.add_argument("--token", default=os.environ.get("EASEL_TOKEN") or None, help=TOKEN_HELP)
+    models.add_argument("--cert", metavar="PEM", help=CERT_HELP)
+    models.set_defaults(func=cmd_models)
 
     demo = commands.add_parser("demo", help="round-trip an inpaint and an img2img on the demo model")
     demo.add_argument("--out", default="easel-demo", help="folder for the results (default ./easel-demo)")
@@ -701,6 +709,36 @@ def cmd_preprocess(args: argparse.Namespace) -> int:
         return 1
     Image.open(io.BytesIO(control_map.data)).convert("RGB").save(output)
     print(output)
+    return 0
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    # the names were only to be had from a refusal's "this server has: ..." or a host's picker
+    from shared.client import Client, EaselError
+    from shared.model_list import model_choices
+
+    try:
+        _check_cert(args)
+        with Client(args.server, token=args.token, name="easel-cli", cert=args.cert) as client:
+            reply = client.models()
+    except UsageError as exc:
+        print(f"easel: {exc}", file=sys.stderr)
+        return 2
+    except EaselError as exc:
+        print(f"easel: {Wording({}, phrases=CONNECT_PHRASES).say(exc.message, None)} [{exc.code}]", file=sys.stderr)
+        return 1
+    print("models (--model):")
+    for choice in model_choices(reply):
+        print(f"  {choice.label}")
+    for title, key, about in (("LoRAs (--lora)", "loras", lambda item: item.get("family")),
+                              ("embeddings (in --prompt)", "embeddings", lambda item: item.get("family")),
+                              ("upscalers (--upscaler)", "upscalers",
+                               lambda item: item.get("scale") and f"{item['scale']}x"),
+                              ("presets (--preset)", "presets", lambda item: item.get("description"))):
+        items = reply.get(key) or []
+        print(f"{title}:" + ("" if items else " none"))
+        for item in items:
+            print(f"  {item['name']}" + (f" ({about(item)})" if about(item) else ""))
     return 0
 
 

@@ -490,6 +490,15 @@ def nowhere():
     return f"ws://127.0.0.1:{free_port()}/"
 
 
+def test_models_lists_the_names_run_takes(server, capsys):
+    status, out, err = easel_here(capsys, "models", "--server", server.url)
+    assert status == 0, err
+    assert out.startswith("models (--model):\n  demo (SD 1.5, ") and "\npresets (--preset):\n  lcm (" in out, out
+    assert "LoRAs (--lora):" in out and "upscalers (--upscaler):\n  lanczos" in out
+    status, _, err = easel_here(capsys, "models", "--server", nowhere())
+    assert status == 1 and "cannot reach the Easel server" in err
+
+
 def test_run_help_gives_every_option_its_range_and_default_from_the_wire_fields(capsys):
     from backend.cli import RUN_OPTIONS, build_parser
     from shared.job import SUBMIT_FIELDS
