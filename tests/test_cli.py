@@ -490,6 +490,12 @@ def nowhere():
     return f"ws://127.0.0.1:{free_port()}/"
 
 
+def test_package_into_a_file_says_so(tmp_path, capsys):
+    (tmp_path / "dist").write_text("")
+    status, _, err = easel_here(capsys, "package", "krita", "--out", tmp_path / "dist")
+    assert status == 1 and "cannot write into --out" in err and "it is a file, not a folder" in err, err
+
+
 def test_models_lists_the_names_run_takes(server, capsys):
     status, out, err = easel_here(capsys, "models", "--server", server.url)
     assert status == 0, err
