@@ -350,3 +350,12 @@ def test_a_result_shown_in_a_notebook_is_a_line_not_its_bytes(client):
     result = client.run("img2img", image=ImageData.from_pil(picture(64, 64)), prompt="x", steps=2, strength=0.5)
     shown = repr(result)
     assert "data=<" in shown and " bytes>" in shown and len(shown) < 2000, shown[:300]
+
+
+@pytest.mark.parametrize("typed, meant", [("localhost:8760", "ws://localhost:8760/"),
+                                          ("http://127.0.0.1:8760/", "ws://127.0.0.1:8760/"),
+                                          ("https://gpu-box.local", "wss://gpu-box.local:8760/")])
+def test_an_address_typed_as_a_browsers_says_the_websocket_one(typed, meant):
+    with pytest.raises(EaselError, match=f"did you mean {meant}") as caught:
+        Client(typed).connect()
+    assert caught.value.code == "bad_url"
