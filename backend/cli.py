@@ -26,6 +26,7 @@ from backend.run_files import (
     check_outputs,
     check_profile_kept,
     inverted_mask,
+    note_generate_size,
     note_mask_coverage,
     output_paths,
     read_picture,
@@ -587,6 +588,8 @@ def cmd_run(args: argparse.Namespace) -> int:
                 mask = inverted_mask(mask)
                 job = dataclasses.replace(job, mask=mask.data)
             note_mask_coverage(mask, args.invert_mask)
+        if args.mode == "generate":
+            note_generate_size(args.width, args.height)
     except UsageError as exc:
         print(f"easel: {exc}", file=sys.stderr)
         return 2

@@ -23,6 +23,7 @@ from PIL.PngImagePlugin import PngInfo
 
 from backend.imaging import has_alpha, painted_in_alpha, profile_is_srgb, profile_name, rgb_profile, to_array, to_png
 from shared.capabilities import DEFAULT_MAX_SIDE
+from shared.geometry import round_to_grid
 from shared.images import ImageData
 
 ORIENTATION = 0x0112  # the EXIF tag phones use to say "this photo is turned"
@@ -251,6 +252,14 @@ def inverted_mask(mask: Picture) -> Picture:
         raise UsageError(f"--mask {mask.path} is white everywhere: inverted (--invert-mask), it leaves nothing to "
                          "change; leave out --invert-mask, or paint black where the picture should change")
     return replace(mask, upright=flipped, data=to_png(flipped), orientation=1)
+
+
+def note_generate_size(width: int | None, height: int | None) -> None:
+    """Say so when a generate's size is off the 8-pixel grid: --width 1366 wrote a 1368-wide picture unsaid."""
+    moved = [f"{option} {value} is made as {round_to_grid(value)}"
+             for option, value in (("--width", width), ("--height", height)) if value and round_to_grid(value) != value]
+    if moved:
+        print(f"easel: note: {', '.join(moved)} (a generated picture's sides are multiples of 8)", file=sys.stderr)
 
 
 def note_mask_coverage(mask: Picture, inverted: bool) -> None:

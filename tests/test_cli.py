@@ -490,6 +490,13 @@ def nowhere():
     return f"ws://127.0.0.1:{free_port()}/"
 
 
+def test_a_generate_size_off_the_grid_is_noted(server, tmp_path, capsys):
+    status, _, err = easel_here(capsys, "run", "generate", "--prompt", "x", "--steps", 1, "--width", 60, "--height", 64,
+                                "--out", tmp_path / "g.png", "--server", server.url)
+    assert status == 0 and "note: --width 60 is made as 64 (a generated picture's sides are multiples of 8)" in err
+    assert Image.open(tmp_path / "g.png").size == (64, 64)
+
+
 def test_package_into_a_file_says_so(tmp_path, capsys):
     (tmp_path / "dist").write_text("")
     status, _, err = easel_here(capsys, "package", "krita", "--out", tmp_path / "dist")
