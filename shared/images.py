@@ -75,6 +75,8 @@ class ImageData:
         """A PNG file on disk (other formats: open them with Pillow and use ``from_pil``)."""
         with open(path, "rb") as file:
             data = file.read()
+        if not data:
+            raise ProtocolError("bad_image", f"{os.fspath(path)} is empty (0 bytes)")
         if not data.startswith(_SIGNATURES["png"]):  # a photo's JPEG: the fix is a call here, not a converter
             kind = next((name for signature, name in _OTHER_SIGNATURES if data.startswith(signature)), "")
             kind = f" (it is a {kind} file)" if kind else ""

@@ -79,6 +79,9 @@ def test_a_photo_given_to_from_file_says_which_call_takes_it(tmp_path):
     picture(64, 64).save(tmp_path / "photo.jpg")
     with pytest.raises(ProtocolError, match=r"photo.jpg is not a PNG file \(it is a JPEG file\): .*from_pil"):
         ImageData.from_file(tmp_path / "photo.jpg")
+    (tmp_path / "cut-short.png").write_bytes(b"")
+    with pytest.raises(ProtocolError, match=r"cut-short.png is empty \(0 bytes\)"):
+        ImageData.from_file(tmp_path / "cut-short.png")
 
 
 def test_a_job_built_with_a_wrong_name_or_shape_says_which():
