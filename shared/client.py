@@ -559,6 +559,9 @@ class Client:
         try:
             self._ws.send(frame)
         except ConnectionClosed as exc:
+            if self._ended_by:  # (after abort() it said "no close frame received or sent")
+                raise EaselError("closed", f"the connection was ended by {self._ended_by}() on this client: call "
+                                 "connect() for a new session") from None
             raise EaselError("closed", f"the connection to the Easel server closed: {exc}",
                              dropped=exc.rcvd is None) from None
 

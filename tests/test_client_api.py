@@ -362,3 +362,13 @@ def test_an_address_typed_as_a_browsers_says_the_websocket_one(typed, meant):
     with pytest.raises(EaselError, match=f"did you mean {meant}") as caught:
         Client(typed).connect()
     assert caught.value.code == "bad_url"
+
+
+def test_a_call_after_abort_says_the_client_ended_it(server):
+    easel = Client(server.url, name="pytest").connect()
+    easel.abort()
+    with pytest.raises(EaselError, match=r"ended by abort\(\) on this client: call connect\(\)") as caught:
+        easel.status()
+    assert caught.value.code == "closed"
+    assert easel.connect().status()["type"] == "status"
+    easel.close()
