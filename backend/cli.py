@@ -362,6 +362,8 @@ def _serve(args: argparse.Namespace) -> int:
                 setattr(config, key, getattr(args, key))
         if args.allow_origin:
             config.allowed_origins = [*config.allowed_origins, *args.allow_origin]
+        if args.model and args.demo:  # (--demo was ignored without a word)
+            raise ConfigError("--model and --demo each choose what to serve: give one of them")
         if args.model:
             where = Path(args.model).expanduser()
             if not where.exists() and (where.is_absolute() or looks_like_path(args.model)):

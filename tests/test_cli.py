@@ -255,6 +255,8 @@ def test_serve_names_a_model_path_that_is_not_there(tmp_path, monkeypatch, capsy
     monkeypatch.chdir(tmp_path)
     assert main(["serve", "--port", "0", "--model", "v1-5-pruned.safetensors"]) == 2
     assert f"there is no such file or folder ({tmp_path / 'v1-5-pruned.safetensors'})" in capsys.readouterr().err
+    assert main(["serve", "--port", "0", "--demo", "--model", "v1-5-pruned.safetensors"]) == 2
+    assert "--model and --demo each choose what to serve: give one of them" in capsys.readouterr().err
 
 
 def test_demo_command_writes_results_and_a_sheet(demo_root, tmp_path):
