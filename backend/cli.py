@@ -532,7 +532,7 @@ def _ordinal(n: int) -> str:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from shared.client import Client, EaselError, Progress
+    from shared.client import Accepted, Client, EaselError, Progress
     from shared.infotext import infotext
 
     flags = RUN_FLAGS
@@ -602,6 +602,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     shown = []
 
     def show(event: object) -> None:
+        if isinstance(event, Accepted) and event.position:
+            print(f"easel: waiting for {event.position} job(s) ahead on the server", file=sys.stderr)
         if isinstance(event, Progress):
             print(f"\rstep {event.step}/{event.total}", end="", file=sys.stderr, flush=True)
             shown.append(event)
@@ -610,6 +612,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     try:
         with Client(args.server, token=args.token, name="easel-cli", cert=args.cert) as client:
             connected = True
+            _note_loading(client, job.model)
             result = client.run(job, on_event=show)  # (interrupted, it cancels the job)
     except KeyboardInterrupt:  # Ctrl-C printed a traceback from inside the websocket library
         print("\n" * bool(shown) + "easel: interrupted" + ": the job was cancelled on the server" * connected,
@@ -633,6 +636,15 @@ def cmd_run(args: argparse.Namespace) -> int:
             return 1
         print(f"{path} (seed {item.seed})")
     return 0
+
+
+def _note_loading(client: Any, model: str | None) -> None:
+    """Say that the model loads first when it is not loaded: a first job on a hub model downloads gigabytes,
+    and nothing was shown until its first step."""
+    name = model or (client.welcome or {}).get("default_model")
+    if name and name not in client.status().get("loaded_models", ()):
+        print(f"easel: model {name!r} loads first (once, on its first job; a hub model is downloaded first: see the "
+              "server's log)", file=sys.stderr)
 
 
 def _lora(spec: str) -> dict:

@@ -499,6 +499,18 @@ def test_a_generate_size_off_the_grid_is_noted(server, tmp_path, capsys):
     assert Image.open(tmp_path / "g.png").size == (64, 64)
 
 
+def test_run_says_when_the_model_loads_first(demo_config, tmp_path, capsys):
+    """A first job on a hub model downloads gigabytes before its first step; nothing was shown meanwhile."""
+    from backend.engine.engine import Engine
+    from backend.engine.models import ModelRegistry, pick_device
+
+    with ServerThread(demo_config, Engine(ModelRegistry(demo_config, *pick_device("cpu")))) as fresh:
+        for first in (True, False):
+            status, _, err = easel_here(capsys, "run", "generate", "--prompt", "x", "--steps", 1, "--width", 64,
+                                        "--height", 64, "--out", tmp_path / f"{first}.png", "--server", fresh.url)
+            assert status == 0 and ("model 'demo' loads first" in err) == first, err
+
+
 def test_package_into_a_file_says_so(tmp_path, capsys):
     (tmp_path / "dist").write_text("")
     status, _, err = easel_here(capsys, "package", "krita", "--out", tmp_path / "dist")
