@@ -189,7 +189,6 @@ class Cancelled:
 Event = Accepted | Started | Progress | Result | Cancelled
 
 
-
 def _meant_url(url: str) -> str:
     """``"; did you mean ws://localhost:8760/?"`` for an address typed as a browser's or without a scheme."""
     scheme, sep, rest = url.partition("://")
