@@ -1,4 +1,4 @@
-"""The ``easel`` command: serve, run, preprocess, demo, demo-model, package, schema."""
+"""The ``easel`` command: serve, run, preprocess, models, demo, demo-model, package, schema."""
 
 from __future__ import annotations
 
@@ -26,6 +26,7 @@ from backend.run_files import (
     check_outputs,
     check_profile_kept,
     inverted_mask,
+    note_generate_size,
     note_mask_coverage,
     output_paths,
     read_picture,
@@ -57,7 +58,11 @@ RUN_OPTIONS |= {"scale": "scale", "upscaler": "upscaler", "preset": "preset"}
 RUN_OPTIONS |= {"image_guidance": "image_guidance"}  # instruct
 RUN_FLAGS |= {"preset": "--preset", "loras": "--lora", "image_guidance": "--image-guidance"}
 RUN_FLAGS |= {"scale": "--scale", "upscaler": "--upscaler", "refine": "--strength"}  # upscale: --strength refines
-RUN_PHRASES = {"send it with preprocess off": "leave out :pre"}  # protocol advice, said in the options' terms
+# the client's advice on connecting, said as the options that act on it
+CONNECT_PHRASES = {"the one sent is missing or wrong": "the one sent is missing or wrong: give it with --token, or in "
+                   "$EASEL_TOKEN", "pin it, the easel-cert.pem": "pass --cert with the easel-cert.pem"}
+RUN_PHRASES = {"send it with preprocess off": "leave out :pre",  # protocol advice, said in the options' terms
+               **CONNECT_PHRASES}
 PREPROCESS_FLAGS = {"preprocessor": "PREPROCESSOR", "image": "INPUT", "resolution": "--resolution"}
 CONTROL_PARTS = {"type": "TYPE", "image": "IMAGE", "scale": "SCALE", "start": "START", "end": "END",
                  "preprocess": ":pre"}
@@ -145,6 +150,14 @@ def build_parser() -> argparse.ArgumentParser:
     pre.add_argument("--token", default=os.environ.get("EASEL_TOKEN") or None, help=TOKEN_HELP)
     pre.add_argument("--cert", metavar="PEM", help=CERT_HELP)
     pre.set_defaults(func=cmd_preprocess)
+
+    models = commands.add_parser("models", help="list a server's models, LoRAs, embeddings, upscalers and presets",
+                                 description="What a running server offers, by the names `easel run` takes "
+                                             "(--model, --lora, --upscaler, --preset, embeddings in --prompt).")
+    models.add_argument("--server", default=DEFAULT_URL, help="the server's address (default %(default)s)")
+    models.add_argument("--token", default=os.environ.get("EASEL_TOKEN") or None, help=TOKEN_HELP)
+    models.add_argument("--cert", metavar="PEM", help=CERT_HELP)
+    models.set_defaults(func=cmd_models)
 
     demo = commands.add_parser("demo", help="round-trip an inpaint and an img2img on the demo model")
     demo.add_argument("--out", default="easel-demo", help="folder for the results (default ./easel-demo)")
@@ -337,7 +350,7 @@ def _use_demo(config: Any, annotators: bool) -> None:
 
 def _serve(args: argparse.Namespace) -> int:
     from backend import memory
-    from backend.config import ConfigError, ModelSpec, load_config
+    from backend.config import ConfigError, ModelSpec, load_config, looks_like_path, missing_files
     from backend.engine.engine import Engine
     from backend.engine.models import ModelError, ModelRegistry, pick_device
     from backend.server import EaselServer
@@ -349,7 +362,15 @@ def _serve(args: argparse.Namespace) -> int:
                 setattr(config, key, getattr(args, key))
         if args.allow_origin:
             config.allowed_origins = [*config.allowed_origins, *args.allow_origin]
+        if args.model and args.demo:  # (--demo was ignored without a word)
+            raise ConfigError("--model and --demo each choose what to serve: give one of them")
         if args.model:
+            where = Path(args.model).expanduser()
+            if not where.exists() and (where.is_absolute() or looks_like_path(args.model)):
+                # (diffusers took it for a hub id: "does not appear to have a file named model_index.json")
+                raise ConfigError(f"--model {args.model} could not be loaded: there is no such file or folder "
+                                  f"({where.absolute()}); give a diffusers folder, a .safetensors checkpoint or a hub "
+                                  "id (owner/name)")
             config.models = {"default": ModelSpec("default", args.model)}
             config.default_model = "default"
         elif args.demo:
@@ -368,12 +389,20 @@ def _serve(args: argparse.Namespace) -> int:
                 log.warning("no model configured and no hub access: serving the tiny demo model (noise pictures)")
                 _use_demo(config, annotators=False)
         config.check()
+        gone = missing_files(config)
+        if gone:
+            raise ConfigError("these files or folders are not there: fix their paths in the config (a relative path "
+                              "is read from the config file's folder):\n  " + "\n  ".join(gone))
     except ConfigError as exc:
         print(f"easel: {exc}", file=sys.stderr)
         return 2
     log.info("memory: %s", memory.allocator())
 
-    device, dtype = pick_device(config.device, config.performance.dtype)
+    try:
+        device, dtype = pick_device(config.device, config.performance.dtype)
+    except ValueError as exc:
+        print(f"easel: {exc} (--device, or [server] device)", file=sys.stderr)
+        return 2
     registry = ModelRegistry(config, device, dtype)
     if args.model:  # an explicit model must load, or we say so now rather than at the first job
         try:
@@ -503,7 +532,7 @@ def _ordinal(n: int) -> str:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from shared.client import Client, EaselError, Progress
+    from shared.client import Accepted, Client, EaselError, Progress
     from shared.infotext import infotext
 
     flags = RUN_FLAGS
@@ -561,6 +590,8 @@ def cmd_run(args: argparse.Namespace) -> int:
                 mask = inverted_mask(mask)
                 job = dataclasses.replace(job, mask=mask.data)
             note_mask_coverage(mask, args.invert_mask)
+        if args.mode == "generate":
+            note_generate_size(args.width, args.height)
     except UsageError as exc:
         print(f"easel: {exc}", file=sys.stderr)
         return 2
@@ -571,6 +602,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     shown = []
 
     def show(event: object) -> None:
+        if isinstance(event, Accepted) and event.position:
+            print(f"easel: waiting for {event.position} job(s) ahead on the server", file=sys.stderr)
         if isinstance(event, Progress):
             print(f"\rstep {event.step}/{event.total}", end="", file=sys.stderr, flush=True)
             shown.append(event)
@@ -579,6 +612,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     try:
         with Client(args.server, token=args.token, name="easel-cli", cert=args.cert) as client:
             connected = True
+            _note_loading(client, job.model)
             result = client.run(job, on_event=show)  # (interrupted, it cancels the job)
     except KeyboardInterrupt:  # Ctrl-C printed a traceback from inside the websocket library
         print("\n" * bool(shown) + "easel: interrupted" + ": the job was cancelled on the server" * connected,
@@ -602,6 +636,15 @@ def cmd_run(args: argparse.Namespace) -> int:
             return 1
         print(f"{path} (seed {item.seed})")
     return 0
+
+
+def _note_loading(client: Any, model: str | None) -> None:
+    """Say that the model loads first when it is not loaded: a first job on a hub model downloads gigabytes,
+    and nothing was shown until its first step."""
+    name = model or (client.welcome or {}).get("default_model")
+    if name and name not in client.status().get("loaded_models", ()):
+        print(f"easel: model {name!r} loads first (once, on its first job; a hub model is downloaded first: see the "
+              "server's log)", file=sys.stderr)
 
 
 def _lora(spec: str) -> dict:
@@ -658,10 +701,10 @@ def _placeholder(image: object, role: str) -> dict:
 def cmd_preprocess(args: argparse.Namespace) -> int:
     from shared.client import Client, EaselError
 
-    wording = Wording(PREPROCESS_FLAGS)
+    wording = Wording(PREPROCESS_FLAGS, phrases=CONNECT_PHRASES)
     try:
         _check_cert(args)
-        output = check_outputs(output_paths(args.output, 1), "OUTPUT", args.force)[0]
+        output = check_outputs(output_paths(args.output, 1, "OUTPUT"), "OUTPUT", args.force)[0]
         picture = read_picture(args.input, "image", "INPUT")
         request = PreprocessJob(image=picture.data, preprocessor=args.preprocessor, resolution=args.resolution)
         check_fields(request.to_message(_placeholder), PREPROCESS_FIELDS)
@@ -683,6 +726,36 @@ def cmd_preprocess(args: argparse.Namespace) -> int:
         return 1
     Image.open(io.BytesIO(control_map.data)).convert("RGB").save(output)
     print(output)
+    return 0
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    # the names were only to be had from a refusal's "this server has: ..." or a host's picker
+    from shared.client import Client, EaselError
+    from shared.model_list import model_choices
+
+    try:
+        _check_cert(args)
+        with Client(args.server, token=args.token, name="easel-cli", cert=args.cert) as client:
+            reply = client.models()
+    except UsageError as exc:
+        print(f"easel: {exc}", file=sys.stderr)
+        return 2
+    except EaselError as exc:
+        print(f"easel: {Wording({}, phrases=CONNECT_PHRASES).say(exc.message, None)} [{exc.code}]", file=sys.stderr)
+        return 1
+    print("models (--model):")
+    for choice in model_choices(reply):
+        print(f"  {choice.label}")
+    for title, key, about in (("LoRAs (--lora)", "loras", lambda item: item.get("family")),
+                              ("embeddings (in --prompt)", "embeddings", lambda item: item.get("family")),
+                              ("upscalers (--upscaler)", "upscalers",
+                               lambda item: item.get("scale") and f"{item['scale']}x"),
+                              ("presets (--preset)", "presets", lambda item: item.get("description"))):
+        items = reply.get(key) or []
+        print(f"{title}:" + ("" if items else " none"))
+        for item in items:
+            print(f"  {item['name']}" + (f" ({about(item)})" if about(item) else ""))
     return 0
 
 
@@ -823,7 +896,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_package(args: argparse.Namespace) -> int:
     from backend.packaging import build
 
-    print(build(args.host, Path(args.out)))
+    try:
+        print(build(args.host, Path(args.out)))
+    except OSError as exc:  # (a traceback: --out naming a file, a folder not ours to write)
+        where = "it is a file, not a folder" if Path(args.out).is_file() else (exc.strerror or str(exc))
+        print(f"easel: cannot write into --out {args.out}: {where}; give a folder you can write to", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -263,6 +263,23 @@ def check_ranges(config: Config) -> None:
             raise ConfigError(f"server.{key} must be {'at least' if allowed else 'more than'} {least}, got {value}")
 
 
+def missing_files(config: Config) -> list[str]:
+    """The configured weight files and folders that are not there, each as ``setting: path``.
+
+    Hub ids stay relative (``owner/repo``); every absolute path here was written as a local one. Loading is
+    lazy, so without this a mistyped path in a pasted config started the server and failed its first job."""
+    entries: list[tuple[str, str | None]] = [("server.lama", config.lama), ("server.annotators", config.annotators)]
+    entries += [(f"models.{spec.name}.{key}", getattr(spec, key))
+                for spec in config.models.values() if spec.name not in config.folder_models for key in MODEL_PATH_KEYS]
+    entries += [(f"controlnets.{family}.{kind}", source)
+                for family, kinds in config.controlnets.items() for kind, source in kinds.items()]
+    entries += [(f"ip_adapters.{family}.{item.name}", getattr(spec, item.name))
+                for family, spec in config.ip_adapters.items() for item in dataclasses.fields(spec)]
+    entries += [(f"upscalers.{name}", source) for name, source in config.upscalers.items()]
+    return [f"{where}: {value} does not exist" for where, value in entries
+            if value and Path(value).is_absolute() and not Path(value).exists()]
+
+
 def cleartext_warning(config: Config) -> str | None:
     """What to tell the user when the token would cross a network in clear, or None."""
     if is_loopback(config.host) or config.tls_cert:
@@ -380,7 +397,7 @@ def load_config(path: str | Path | None = None) -> Config:
             setattr(config, key, str((path.parent / Path(getattr(config, key)).expanduser()).resolve()))
     if config.annotators:
         folder = (path.parent / Path(config.annotators).expanduser()).resolve()
-        if folder.is_dir() or _looks_like_path(config.annotators):  # otherwise a hub repository id
+        if folder.is_dir() or looks_like_path(config.annotators):  # otherwise a hub repository id
             config.annotators = str(folder)
     known = {f.name for f in dataclasses.fields(Limits)}
     for key, value in data.get("limits", {}).items():
@@ -443,7 +460,7 @@ def load_config(path: str | Path | None = None) -> Config:
             raise ConfigError(f"upscalers.{name}: a .pth or .safetensors super-resolution model file, or a diffusers "
                               f"StableDiffusionUpscalePipeline (folder or hub id), got {source!r}")
         local = (path.parent / Path(source).expanduser()).resolve()
-        hub = source.count("/") == 1 and not local.exists() and not _looks_like_path(source) \
+        hub = source.count("/") == 1 and not local.exists() and not looks_like_path(source) \
             and not source.lower().endswith(UPSCALER_SUFFIXES)
         config.upscalers[name] = source if hub else str(local)  # a hub id of an upscale pipeline as it is
     for folder in config.upscaler_folders:
@@ -756,10 +773,10 @@ def _local_path_or_hub(value: str, base: Path) -> str:
     if expanded.is_absolute():
         return str(expanded)
     local = base / expanded
-    if _looks_like_path(value) or local.exists():
+    if looks_like_path(value) or local.exists():
         return str(local.resolve())
     return value
 
 
-def _looks_like_path(value: str) -> bool:
+def looks_like_path(value: str) -> bool:
     return value.startswith((".", "/", "~")) or value.endswith((".safetensors", ".ckpt", ".pt", ".bin"))

@@ -137,7 +137,10 @@ def apply_preset(job: Job, given: set[str] | frozenset[str], presets: dict[str, 
         return job, None
     preset = presets.get(job.preset)
     if preset is None:
-        raise ProtocolError("unknown_preset", f"no preset named {shown(job.preset)}; this server has: "
+        # (models and LoRAs said "did you mean" for a wrong capital; `--preset LCM` was only refused)
+        same = [name for name in presets if name.casefold() == job.preset.casefold()]
+        hint = f" (did you mean {shown(same[0])}? names are case-sensitive)" if same else ""
+        raise ProtocolError("unknown_preset", f"no preset named {shown(job.preset)}{hint}; this server has: "
                             f"{', '.join(sorted(presets)) or 'none'}", "preset")
     sampling = {key: getattr(preset, key) for key in ("sampler", "steps", "guidance")
                 if key not in given and getattr(preset, key) is not None}

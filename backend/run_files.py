@@ -10,6 +10,7 @@ profile, the print resolution). Everything here is checked before a job is sent,
 from __future__ import annotations
 
 import io
+import os
 import struct
 import sys
 import warnings
@@ -22,6 +23,7 @@ from PIL.PngImagePlugin import PngInfo
 
 from backend.imaging import has_alpha, painted_in_alpha, profile_is_srgb, profile_name, rgb_profile, to_array, to_png
 from shared.capabilities import DEFAULT_MAX_SIDE
+from shared.geometry import round_to_grid
 from shared.images import ImageData
 
 ORIENTATION = 0x0112  # the EXIF tag phones use to say "this photo is turned"
@@ -117,6 +119,8 @@ def read_picture(path: str, role: str, option: str) -> Picture:
         if kind:
             raise UsageError(f"{option}: cannot read {path}: it is {kind}, which Easel cannot read; export it as "
                              "PNG, TIFF or JPEG first") from None
+        if os.path.getsize(path) == 0:  # a download or an export that never finished: not a format to look up
+            raise UsageError(f"{option}: cannot read {path}: the file is empty (0 bytes)") from None
         raise UsageError(f"{option}: cannot read {path}: not a picture (Pillow does not know its format)") from None
     except Image.DecompressionBombError:
         size = _stored_size(path)
@@ -250,6 +254,14 @@ def inverted_mask(mask: Picture) -> Picture:
     return replace(mask, upright=flipped, data=to_png(flipped), orientation=1)
 
 
+def note_generate_size(width: int | None, height: int | None) -> None:
+    """Say so when a generate's size is off the 8-pixel grid: --width 1366 wrote a 1368-wide picture unsaid."""
+    moved = [f"{option} {value} is made as {round_to_grid(value)}"
+             for option, value in (("--width", width), ("--height", height)) if value and round_to_grid(value) != value]
+    if moved:
+        print(f"easel: note: {', '.join(moved)} (a generated picture's sides are multiples of 8)", file=sys.stderr)
+
+
 def note_mask_coverage(mask: Picture, inverted: bool) -> None:
     """Say so when a mask selects most of the picture: a mask drawn white = keep (the other convention)
     repainted nearly everything without a word."""
@@ -273,7 +285,10 @@ _TURN = {5: "flip the mask across its top-left to bottom-right diagonal", 6: "ro
 # -- writing ----------------------------------------------------------------------------------
 
 
-def output_paths(out: str, count: int) -> list[Path]:
+def output_paths(out: str, count: int, option: str = "--out") -> list[Path]:
+    # a folder given as the result (`--out results/`) became results.png beside it
+    if out.endswith(("/", os.sep)) or Path(out).is_dir():
+        raise UsageError(f"{option} {out} is a folder: give a file in it, e.g. {Path(out) / 'result.png'}")
     path = Path(out)
     if not path.suffix:
         path = path.with_name(path.name + ".png")

@@ -189,6 +189,19 @@ class Cancelled:
 Event = Accepted | Started | Progress | Result | Cancelled
 
 
+def _meant_url(url: str) -> str:
+    """``"; did you mean ws://localhost:8760/?"`` for an address typed as a browser's or without a scheme."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        rest, scheme = url, ""
+    if scheme.lower() not in ("", "http", "https") or not rest:
+        return ""
+    host, _, path = rest.partition("/")
+    if ":" not in host:  # (a websocket address without a port is port 80, not the server's)
+        host += f":{DEFAULT_URL.rsplit(':', 1)[1].strip('/')}"
+    return f"; did you mean {'wss' if scheme.lower() == 'https' else 'ws'}://{host}/{path}?"
+
+
 class Client:
     """One websocket connection to an Easel server."""
 
@@ -307,7 +320,8 @@ class Client:
             raise EaselError("unreachable", f"the TLS handshake with {self.url} failed ({tls_hint(exc, self.cert)}): "
                              f"{exc}", reason=reason, tls=True) from None
         except InvalidURI:
-            raise EaselError("bad_url", f"{self.url} is not a websocket address like ws://127.0.0.1:8760/") from None
+            raise EaselError("bad_url", f"{self.url} is not a websocket address like ws://127.0.0.1:8760/"
+                             f"{_meant_url(self.url)}") from None
         except ConnectionClosed:  # a network blink cuts the handshake: it said "refused ... no close frame"
             reason = "the connection was cut during the opening handshake"
             raise EaselError("unreachable", f"cannot reach the Easel server at {self.url}: {reason}",
@@ -544,6 +558,9 @@ class Client:
         try:
             self._ws.send(frame)
         except ConnectionClosed as exc:
+            if self._ended_by:  # (after abort() it said "no close frame received or sent")
+                raise EaselError("closed", f"the connection was ended by {self._ended_by}() on this client: call "
+                                 "connect() for a new session") from None
             raise EaselError("closed", f"the connection to the Easel server closed: {exc}",
                              dropped=exc.rcvd is None) from None
 

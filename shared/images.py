@@ -36,6 +36,11 @@ class ImageData:
     height: int
     data: bytes
 
+    def __repr__(self) -> str:
+        # the bytes themselves flooded a notebook or REPL that showed a result, a preview or a control map
+        return (f"ImageData(format={self.format!r}, width={self.width}, height={self.height}, "
+                f"data=<{len(self.data)} bytes>)")
+
     def check(self) -> "ImageData":
         """Raise ``bad_image`` if the bytes cannot be what the header says."""
         if self.format not in CHANNELS and self.format not in _SIGNATURES:
@@ -69,7 +74,15 @@ class ImageData:
     def from_file(cls, path: str | os.PathLike) -> "ImageData":
         """A PNG file on disk (other formats: open them with Pillow and use ``from_pil``)."""
         with open(path, "rb") as file:
-            return cls.from_png(file.read())
+            data = file.read()
+        if not data:
+            raise ProtocolError("bad_image", f"{os.fspath(path)} is empty (0 bytes)")
+        if not data.startswith(_SIGNATURES["png"]):  # a photo's JPEG: the fix is a call here, not a converter
+            kind = next((name for signature, name in _OTHER_SIGNATURES if data.startswith(signature)), "")
+            kind = f" (it is a {kind} file)" if kind else ""
+            raise ProtocolError("bad_image", f"{os.fspath(path)} is not a PNG file{kind}: open it with Pillow and use "
+                                "ImageData.from_pil(Image.open(path))")
+        return cls.from_png(data)
 
     @classmethod
     def from_pil(cls, picture) -> "ImageData":

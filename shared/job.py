@@ -179,8 +179,9 @@ class Job:
                                    maximum=1024), DEFAULT_PADDING)
     fill: str | None = wire(Field("string", "inpaint, remove, expand: how masked pixels and new canvas are pre-filled "
                                   "before diffusion: `none` keeps them, `neutral` grey, `blur` the colours around, "
-                                  "`border` the nearest edge pixels, `inpaint` a fast inpainting network. The mode's "
-                                  "default when omitted (inpaint: none, remove: inpaint, expand: border).",
+                                  "`border` the nearest edge pixels, `inpaint` the surroundings painted inward "
+                                  "(OpenCV's Telea, or the server's LaMa). The mode's default when omitted (inpaint: "
+                                  "none, remove: inpaint, expand: border).",
                                   choices=FILL_MODES), None)
     expand_left: int = wire(Field("integer", "expand: pixels added left of the picture.", minimum=0,
                                   maximum=rules.MAX_EXPAND), 0)

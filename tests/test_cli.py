@@ -203,6 +203,20 @@ def test_a_port_in_use_or_an_address_not_here_says_what_to_change(demo_root, tmp
     assert "192.0.2.123 is not an address of this machine" in capsys.readouterr().err
 
 
+def test_a_device_that_is_not_here_stops_serve_saying_what_to_use(demo_root, tmp_path, capsys):
+    """It was a torch traceback ("gpu"), or a server whose every job failed ("cuda" without a GPU)."""
+    import torch
+
+    from backend.cli import main
+
+    (tmp_path / "easel.toml").write_text(f'[server]\ndevice = "gpu"\n[models.demo]\nsource = "{demo_root / "sd15"}"\n')
+    assert main(["serve", "--config", str(tmp_path / "easel.toml"), "--port", "0"]) == 2
+    assert "device 'gpu' is not one Easel runs on: use auto, cuda" in capsys.readouterr().err
+    if not torch.cuda.is_available():
+        assert main(["serve", "--config", str(tmp_path / "easel.toml"), "--port", "0", "--device", "cuda"]) == 2
+        assert "this torch sees 0 CUDA GPU(s)" in capsys.readouterr().err
+
+
 def test_demo_commands_name_a_folder_they_cannot_write(tmp_path, monkeypatch, capsys):
     from backend.cli import main
 
@@ -232,6 +246,17 @@ def test_serve_with_a_model_that_cannot_load_is_an_error(tmp_path):
     done = easel("serve", "--port", free_port(), "--model", tmp_path / "missing-folder", timeout=120)
     assert done.returncode != 0
     assert "could not be loaded" in done.stderr
+
+
+def test_serve_names_a_model_path_that_is_not_there(tmp_path, monkeypatch, capsys):
+    """Not diffusers' "does not appear to have a file named model_index.json" (it took the path for a hub id)."""
+    from backend.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    assert main(["serve", "--port", "0", "--model", "v1-5-pruned.safetensors"]) == 2
+    assert f"there is no such file or folder ({tmp_path / 'v1-5-pruned.safetensors'})" in capsys.readouterr().err
+    assert main(["serve", "--port", "0", "--demo", "--model", "v1-5-pruned.safetensors"]) == 2
+    assert "--model and --demo each choose what to serve: give one of them" in capsys.readouterr().err
 
 
 def test_demo_command_writes_results_and_a_sheet(demo_root, tmp_path):
@@ -465,6 +490,40 @@ def easel_here(capsys, *args):
 
 def nowhere():
     return f"ws://127.0.0.1:{free_port()}/"
+
+
+def test_a_generate_size_off_the_grid_is_noted(server, tmp_path, capsys):
+    status, _, err = easel_here(capsys, "run", "generate", "--prompt", "x", "--steps", 1, "--width", 60, "--height", 64,
+                                "--out", tmp_path / "g.png", "--server", server.url)
+    assert status == 0 and "note: --width 60 is made as 64 (a generated picture's sides are multiples of 8)" in err
+    assert Image.open(tmp_path / "g.png").size == (64, 64)
+
+
+def test_run_says_when_the_model_loads_first(demo_config, tmp_path, capsys):
+    """A first job on a hub model downloads gigabytes before its first step; nothing was shown meanwhile."""
+    from backend.engine.engine import Engine
+    from backend.engine.models import ModelRegistry, pick_device
+
+    with ServerThread(demo_config, Engine(ModelRegistry(demo_config, *pick_device("cpu")))) as fresh:
+        for first in (True, False):
+            status, _, err = easel_here(capsys, "run", "generate", "--prompt", "x", "--steps", 1, "--width", 64,
+                                        "--height", 64, "--out", tmp_path / f"{first}.png", "--server", fresh.url)
+            assert status == 0 and ("model 'demo' loads first" in err) == first, err
+
+
+def test_package_into_a_file_says_so(tmp_path, capsys):
+    (tmp_path / "dist").write_text("")
+    status, _, err = easel_here(capsys, "package", "krita", "--out", tmp_path / "dist")
+    assert status == 1 and "cannot write into --out" in err and "it is a file, not a folder" in err, err
+
+
+def test_models_lists_the_names_run_takes(server, capsys):
+    status, out, err = easel_here(capsys, "models", "--server", server.url)
+    assert status == 0, err
+    assert out.startswith("models (--model):\n  demo (SD 1.5, ") and "\npresets (--preset):\n  lcm (" in out, out
+    assert "LoRAs (--lora):" in out and "upscalers (--upscaler):\n  lanczos" in out
+    status, _, err = easel_here(capsys, "models", "--server", nowhere())
+    assert status == 1 and "cannot reach the Easel server" in err
 
 
 def test_run_help_gives_every_option_its_range_and_default_from_the_wire_fields(capsys):
@@ -825,6 +884,19 @@ def test_an_unreadable_input_names_the_option_and_the_path(capsys, small, option
     assert any(why in err for why in ("no such file", "it is a folder", "not a picture")), err
 
 
+def test_a_folder_given_as_the_result_asks_for_a_file_in_it(capsys, small):
+    # `--out results/` wrote results.png beside the folder
+    (small / "results").mkdir()
+    for out in (f"{small / 'results'}/", small / "results"):
+        status, _, err = easel_here(capsys, "run", "img2img", "--image", small / "in.png", "--out", out,
+                                    "--server", nowhere())
+        assert status == 2 and f"is a folder: give a file in it, e.g. {small / 'results' / 'result.png'}" in err, err
+    status, _, err = easel_here(capsys, "preprocess", "canny", small / "in.png", small / "results", "--server",
+                                nowhere())
+    assert status == 2 and "OUTPUT" in err and "is a folder" in err, err
+    assert not (small / "results.png").exists()
+
+
 def test_pictures_easel_cannot_read_are_named_with_a_way_out(capsys, small):
     # An iPhone's HEIC photo was "not a picture (Pillow does not know its format)"; a camera's DNG (a TIFF
     # inside) was read as its first image, a small preview, and edited without a word.
@@ -832,10 +904,12 @@ def test_pictures_easel_cannot_read_are_named_with_a_way_out(capsys, small):
     (small / "logo.svg").write_text('<?xml version="1.0"?>\n<svg xmlns="http://www.w3.org/2000/svg"/>')
     picture(64, 48).save(small / "DSC_0001.dng", "TIFF")  # the preview a DNG's first image would be
     picture(64, 48).save(small / "renamed.dng", "PNG")  # not a raw file, whatever its name
+    (small / "cut-short.png").write_bytes(b"")  # a download that never finished
     for name, said in (("IMG_0001.HEIC", "it is a HEIC/HEIF picture (as iPhones save photos), which Easel cannot "
                                          "read; export it as PNG, TIFF or JPEG first"),
                        ("logo.svg", "it is an SVG drawing (vector, not pixels)"),
-                       ("DSC_0001.dng", "it is a camera raw file, which Easel does not develop")):
+                       ("DSC_0001.dng", "it is a camera raw file, which Easel does not develop"),
+                       ("cut-short.png", "the file is empty (0 bytes)")):
         status, _, err = easel_here(capsys, "run", "img2img", "--image", small / name, "--out", small / "o.png",
                                     "--server", nowhere())
         assert status == 2 and f"--image: cannot read {small / name}: {said}" in err, err
@@ -1055,7 +1129,7 @@ def test_the_token_can_come_from_easel_token_so_it_is_not_in_the_process_list(
         command = ["preprocess", "canny", folder / "in.png", folder / "edges.png", "--server", guarded.url]
         monkeypatch.delenv("EASEL_TOKEN", raising=False)
         status, _, err = easel_here(capsys, *command)
-        assert status == 1 and "token" in err
+        assert status == 1 and "give it with --token, or in $EASEL_TOKEN" in err, err
         monkeypatch.setenv("EASEL_TOKEN", "s3cret")
         status, _, err = easel_here(capsys, *command)
         assert status == 0, err

@@ -73,6 +73,17 @@ def test_a_picture_of_the_wrong_type_is_named_before_anything_is_sent(client, gi
         client.submit("img2img", prompt="x", image=image, steps=2, references=[{"image": image}, {"image": b"PNG"}])
 
 
+def test_a_photo_given_to_from_file_says_which_call_takes_it(tmp_path):
+    from shared.errors import ProtocolError
+
+    picture(64, 64).save(tmp_path / "photo.jpg")
+    with pytest.raises(ProtocolError, match=r"photo.jpg is not a PNG file \(it is a JPEG file\): .*from_pil"):
+        ImageData.from_file(tmp_path / "photo.jpg")
+    (tmp_path / "cut-short.png").write_bytes(b"")
+    with pytest.raises(ProtocolError, match=r"cut-short.png is empty \(0 bytes\)"):
+        ImageData.from_file(tmp_path / "cut-short.png")
+
+
 def test_a_job_built_with_a_wrong_name_or_shape_says_which():
     with pytest.raises(TypeError, match="no job parameter 'stenght'; did you mean 'strength'"):
         Job.create("img2img", stenght=0.5)
@@ -336,3 +347,28 @@ def test_a_server_that_stops_answering_is_given_up_quietly_at_the_keepalive(serv
         link.close()
     assert "gave up: unreachable" in out or "gave up: closed" in out, out + err
     assert "Traceback" not in err and "keepalive" not in err, err
+
+
+def test_a_result_shown_in_a_notebook_is_a_line_not_its_bytes(client):
+    result = client.run("img2img", image=ImageData.from_pil(picture(64, 64)), prompt="x", steps=2, strength=0.5)
+    shown = repr(result)
+    assert "data=<" in shown and " bytes>" in shown and len(shown) < 2000, shown[:300]
+
+
+@pytest.mark.parametrize("typed, meant", [("localhost:8760", "ws://localhost:8760/"),
+                                          ("http://127.0.0.1:8760/", "ws://127.0.0.1:8760/"),
+                                          ("https://gpu-box.local", "wss://gpu-box.local:8760/")])
+def test_an_address_typed_as_a_browsers_says_the_websocket_one(typed, meant):
+    with pytest.raises(EaselError, match=f"did you mean {meant}") as caught:
+        Client(typed).connect()
+    assert caught.value.code == "bad_url"
+
+
+def test_a_call_after_abort_says_the_client_ended_it(server):
+    easel = Client(server.url, name="pytest").connect()
+    easel.abort()
+    with pytest.raises(EaselError, match=r"ended by abort\(\) on this client: call connect\(\)") as caught:
+        easel.status()
+    assert caught.value.code == "closed"
+    assert easel.connect().status()["type"] == "status"
+    easel.close()

@@ -284,6 +284,15 @@ def test_a_model_whose_weights_went_away_says_so(tmp_path, demo_root):
     assert f"{gone} does not exist" in caught.value.message and "pick another model" in caught.value.message
 
 
+def test_a_hub_model_not_in_the_cache_offline_says_what_to_do():
+    # was diffusers' "... model_index.json", or "check out the root cause in the stacktrace above" (none shown)
+    config = Config(models={"xl": ModelSpec("xl", "owner/not-downloaded")})
+    with pytest.raises(ModelError) as caught:
+        ModelRegistry(config, torch.device("cpu"), torch.float32).get("xl")
+    assert "read as a hub id" in caught.value.message and "connect once to download it" in caught.value.message
+    assert "stacktrace" not in caught.value.message
+
+
 def test_serve_refuses_model_folders_with_nothing_to_serve(tmp_path, capsys):
     """Rather than fetching a 4 GB hub model, or the demo, that nobody asked for."""
     from backend.cli import main
@@ -296,6 +305,18 @@ def test_serve_refuses_model_folders_with_nothing_to_serve(tmp_path, capsys):
     assert main(["serve", "--config", str(tmp_path / "easel.toml")]) == 2
     said = capsys.readouterr().err
     assert "no model found in model_folders" in said and "vae: " in said and "allow_pickle" in said
+
+
+def test_serve_names_configured_weights_that_are_not_there(tmp_path, capsys):
+    """A typo in a pasted config stops the server at once, not its first job (models load lazily)."""
+    from backend.cli import main
+
+    (tmp_path / "easel.toml").write_text('[server]\nport = 0\n[models.sd15]\nsource = "./v1-5-pruned.safetensors"\n'
+                                         'preview = "madebyollin/taesd"\n[upscalers]\nesrgan = "/nowhere/4x.pth"\n')
+    assert main(["serve", "--config", str(tmp_path / "easel.toml")]) == 2
+    said = capsys.readouterr().err
+    assert f"models.sd15.source: {tmp_path / 'v1-5-pruned.safetensors'} does not exist" in said
+    assert "upscalers.esrgan: /nowhere/4x.pth does not exist" in said and "taesd" not in said, "hub ids are no paths"
 
 
 def test_files_added_and_removed_while_serving_show_at_the_next_hello_or_models(tmp_path, demo_root):

@@ -94,6 +94,8 @@ def test_an_unknown_preset_is_refused_before_accepted(client):
         client.run("generate", preset="nope", prompt="a house", width=64, height=64, on_event=events.append)
     assert (caught.value.code, caught.value.field) == ("unknown_preset", "preset")
     assert "lcm" in caught.value.message and not any(isinstance(event, Accepted) for event in events)
+    with pytest.raises(EaselError, match=r"no preset named 'LCM' \(did you mean 'lcm'\? names are case-sensitive\)"):
+        client.run("generate", preset="LCM", prompt="a house", width=64, height=64)
 
 
 def test_presets_and_loras_from_the_config_file(tmp_path, demo_root):

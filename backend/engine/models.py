@@ -60,7 +60,19 @@ def pick_device(preference: str = "auto", dtype: str = "auto") -> tuple[torch.de
             preference = "mps"
         else:
             preference = "cpu"
-    device = torch.device(preference)
+    try:
+        device = torch.device(preference)
+    except RuntimeError:  # torch's own message lists twenty device types Easel cannot run on
+        device = None
+    if device is None or device.type not in ("cuda", "mps", "cpu"):
+        raise ValueError(f"device {preference!r} is not one Easel runs on: use auto, cuda (cuda:1 for the second GPU), "
+                         "mps or cpu")
+    # else the server started and every job failed, deep in torch ("Torch not compiled with CUDA enabled")
+    if device.type == "cuda" and (device.index or 0) >= (torch.cuda.device_count() if torch.cuda.is_available() else 0):
+        raise ValueError(f"device {preference}: this torch sees {torch.cuda.device_count()} CUDA GPU(s) (torch "
+                         f"{torch.__version__}, CUDA {torch.version.cuda or 'not built in'}): use auto, or cpu")
+    if device.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise ValueError("device mps: Apple's Metal is not available here: use auto, or cpu")
     if dtype != "auto":
         return device, {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}[dtype]
     if device.type == "cuda" and torch.cuda.is_bf16_supported():
@@ -281,8 +293,14 @@ class ModelRegistry:
                              f"{json.dumps(spec.source)} and `config`")
                 hint = (" (a single-file checkpoint needs its diffusers configuration: allow hub access once, or "
                         f"{where} set to a local diffusers folder of the same architecture)")
+            said = str(exc).replace(" Please check out the root cause in the stacktrace above.", "")  # (none is shown)
+            if not hint and not Path(spec.source).expanduser().exists() and any(
+                    word in said for word in ("cached", "connect", "offline", "model_index.json")):
+                hint = (" (read as a hub id: the hub cache has no copy of it and the hub could not be reached or has "
+                        "no such model: connect once to download it, or give a local diffusers folder or .safetensors "
+                        "file)")
             raise ModelError("model_load_failed", f"model {spec.name!r} could not be loaded from "
-                             f"{spec.source}: {exc}{hint}") from exc
+                             f"{spec.source}: {said}{hint}") from exc
         prediction = predictions.resolve(spec, dict(base.scheduler.config))
         return LoadedModel(spec.name, family, base, inpaint_unet, preview, instruct_unet=instruct_unet,
                            prediction=prediction, clip_skip=spec.clip_skip or 1)
