@@ -920,6 +920,19 @@ def test_guidance_on_auto_suits_the_family_and_the_mode():
     assert job.sampling.guidance == 5.0, "a guidance the painter set wins"
 
 
+def test_guidance_on_auto_is_left_to_the_server_while_the_model_is_not_known():
+    """Before ``models`` arrives (or for a model not loaded yet, family unknown) auto sends no guidance:
+    7 would have run a Flux Fill inpaint at a quarter of its 30."""
+    region = plan.Region("inpaint", Box(0, 0, 2, 2), (8, 8), masked=True)
+    job = plan.build_job(region, plan.Settings(prompt="x"), bytes(16), bytes(4))
+    assert job.sampling.guidance is None and "guidance" not in job.to_message(lambda image, role: {})
+    unloaded = ("f", plan.ModelCapabilities(None, ("inpaint",)))
+    job = plan.build_job(region, plan.Settings(prompt="x"), bytes(16), bytes(4), model=unloaded)
+    assert job.sampling.guidance is None
+    job = plan.build_job(region, plan.Settings(prompt="x", guidance=4.0), bytes(16), bytes(4))
+    assert job.sampling.guidance == 4.0, "a guidance the painter set is sent"
+
+
 TINY = ImageData("rgba8", 2, 2, bytes(16))
 
 

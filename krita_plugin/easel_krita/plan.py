@@ -34,7 +34,8 @@ class Settings:
     prompt: str = ""
     negative_prompt: str = ""
     strength: float = 1.0  # 1 = fill from noise; below = refine what is there
-    guidance: float | None = None  # None: what suits the model's family and the mode (default_guidance)
+    guidance: float | None = None  # None: what suits the model's family and the mode (default_guidance; the
+    # server's choice while the family is not known)
     steps: int = 20
     seed: int | None = None  # None: the server picks one
     batch: int = 1
@@ -293,7 +294,11 @@ def outline(region: Region, settings: Settings, family: str | None = None) -> Jo
     """The job's settings without its pixels (those are added by ``build_job``); enough to check it
     against a model's capabilities before anything is read from the document."""
     instruct = region.mode == "instruct"
-    guidance = settings.guidance if settings.guidance is not None else default_guidance(family, region.mode)
+    guidance = settings.guidance
+    if guidance is None and family is not None:
+        # (sent, not left out, for servers older than their own per-family default; a model not known yet
+        # gets none, so the server picks its model's rather than SD's 7 for a Flux Fill)
+        guidance = default_guidance(family, region.mode)
     job = Job(region.mode, model=settings.model or None, prompt=settings.prompt,
               negative_prompt=settings.negative_prompt, output_format="rgba8",
               preview_every=settings.preview_every,
