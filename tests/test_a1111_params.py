@@ -751,3 +751,25 @@ def test_a_sketch_on_a_clear_layer_is_sent_with_its_transparency():
     for sent in (job.control[0].image, job.references[0].image):
         alpha = np.asarray(Image.open(io.BytesIO(sent.data)).convert("RGBA"))[..., 3]
         assert alpha[0, 0] == 0 and alpha[31, 20] == 255, "the strokes and the clear layer around them"
+
+
+def test_cfg_scale_on_auto_gets_the_models_own_guidance(server):
+    """The CFG slider's 0 is auto: the job leaves guidance out and the backend picks the model's (a Flux
+    Fill inpaint 30, which the tab's fixed 7 ran at a quarter of); the infotext and the saved file's [cfg]
+    say what was used, and the slider's note names it for the picked model and mode."""
+    from easel_a1111.params import guidance_note, saving_fields
+    from shared.model_list import chosen
+
+    offered = jobs.offered(jobs.Connection(server.url))
+    flux = chosen(offered.models, "demo-flux")
+    auto = values(guidance=0.0, steps=2, model="demo-flux", chosen=flux)
+    assert "guidance" not in build_job(auto).to_message(lambda image, role: {})
+    assert build_job(replace(auto, guidance=5.0)).sampling.guidance == 5.0, "a CFG scale the painter set is sent"
+    final = list(jobs.run(jobs.Connection(server.url), auto, "unit"))[-1]
+    assert final.status.startswith("Done: 1 image"), final.status
+    assert "CFG scale: 30.0" in final.infotexts[0], final.infotexts[0]
+    assert saving_fields(auto, final.seeds, 0, final.guidance)["cfg_scale"] == 30.0
+    assert guidance_note(flux, "inpaint") == "0 = auto: 30, this model's own for inpaint"
+    assert guidance_note(flux, "img2img") == "0 = auto: 3.5, this model's own for img2img"
+    assert guidance_note(chosen(offered.models, "demo"), "inpaint") == "0 = auto: 7, this model's own for inpaint"
+    assert guidance_note(None, "inpaint") == "0 = auto: the model's own (the backend picks it)"

@@ -538,3 +538,18 @@ def test_send_to_easel_from_txt2img_and_img2img_puts_their_result_in_the_sketch_
         larger = image_of(page, "easel_selected").convert("RGB")
         expected = result.convert("RGB").resize((2 * size[0], 2 * size[1]), Image.Resampling.LANCZOS)
         assert np.array_equal(np.asarray(larger), np.asarray(expected)), f"the picture sent from {tab}"
+
+
+def test_cfg_scale_starts_on_auto_and_says_what_the_picked_model_gets(page):
+    # A Flux Fill inpaint wants 30 and Flux's img2img 3.5: auto (0) sends none, the backend uses the model's.
+    assert page.locator("#easel_cfg input[type=number]").input_value() == "0"
+    cfg = page.locator("#easel_cfg")
+    assert "0 = auto: 7, this model's own for inpaint" in cfg.inner_text(), cfg.inner_text()
+    pick_model(page, "demo-flux (")
+    page.wait_for_function("() => document.querySelector('#easel_cfg').innerText.includes('auto: 30,')")
+    choose(page, "easel_mode", "img2img")
+    page.wait_for_function("() => document.querySelector('#easel_cfg').innerText.includes('auto: 3.5, this "
+                           "model\\'s own for img2img')")
+    pick_model(page, "demo-base (")
+    page.wait_for_function("() => document.querySelector('#easel_cfg').innerText.includes('auto: 7, this "
+                           "model\\'s own for img2img')")

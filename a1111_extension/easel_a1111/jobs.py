@@ -55,6 +55,7 @@ class Update:
     images: list[Image.Image] | None = None
     infotexts: list[str] | None = None
     seeds: list[int] | None = None
+    guidance: float | None = None  # the CFG scale the result was made at (the model's own on auto)
     done: bool = False
 
 
@@ -246,7 +247,8 @@ def _shown(event, values: TabValues, request: Job) -> Iterator[Update]:
         seconds = event.timings.get("total", 0)
         seeds = [item.seed for item in sorted(event.images, key=lambda item: item.index)]
         yield Update(f"Done: {len(images)} image{'s' * (len(images) != 1)} in {seconds:.1f} s.",
-                     images=images, infotexts=texts, seeds=seeds, done=True)
+                     images=images, infotexts=texts, seeds=seeds, guidance=event.parameters.get("guidance"),
+                     done=True)
 
 
 def finish(values: TabValues, result: Result, job: Job | None = None) -> tuple[list[Image.Image], list[str]]:
