@@ -12,7 +12,7 @@ import json
 import re
 from dataclasses import replace
 
-from .errors import ERROR_CODES, ProtocolError, shown
+from .errors import CANCEL_REASONS, ERROR_CODES, ProtocolError, shown
 from .fields import Field, check_fields, object_schema
 from .job import PREPROCESS_FIELDS, SUBMIT_FIELDS
 from .vocabulary import (
@@ -234,7 +234,7 @@ SERVER_MESSAGES: dict[str, dict[str, Field]] = {
         "job": JOB_REQUIRED,
         "while": Field("string", "Where the job was when cancelled.", required=True, choices=("queued", "running")),
         "reason": Field("string", "Present when the client did not ask for it: `shutting_down`, the server is stopping "
-                        "(SIGTERM / SIGINT).", choices=("shutting_down",)),
+                        "(SIGTERM / SIGINT).", choices=tuple(CANCEL_REASONS)),
     },
     "status": {
         "type": _type("status"),

@@ -773,3 +773,23 @@ def test_cfg_scale_on_auto_gets_the_models_own_guidance(server):
     assert guidance_note(flux, "img2img") == "0 = auto: 3.5, this model's own for img2img"
     assert guidance_note(chosen(offered.models, "demo"), "inpaint") == "0 = auto: 7, this model's own for inpaint"
     assert guidance_note(None, "inpaint") == "0 = auto: the model's own (the backend picks it)"
+
+
+def test_a_job_the_backend_cancels_says_why(demo_config, engine):
+    # A backend stopping (SIGTERM) cancels the running job with `reason: shutting_down`: the painter, who
+    # pressed no Cancel, was shown a bare "Cancelled." as if they had.
+    import dataclasses
+
+    from backend.server import ServerThread
+
+    stopping = ServerThread(dataclasses.replace(demo_config, shutdown_grace=0), engine).start()
+    stopper = threading.Thread(target=stopping.stop)
+    try:
+        shown = []
+        for update in jobs.run(jobs.Connection(stopping.url), values(steps=60, mode="img2img", strength=1.0), "unit"):
+            shown.append(update.status)
+            if update.status.startswith("Step") and not stopper.is_alive():
+                stopper.start()
+    finally:
+        stopper.join(60) if stopper.is_alive() else stopping.stop()
+    assert shown[-1] == "Cancelled by the Easel backend: the server is shutting down.", shown

@@ -1067,3 +1067,12 @@ def test_the_docker_offers_only_what_the_chosen_model_can_do(client):
     # Nothing known of the model: the server's own offer.
     unknown = models.offer(None, None, server)
     assert unknown.control_types == server.control_types and unknown.instruct == ""
+
+
+def test_a_job_the_server_cancelled_says_why():
+    # `cancelled.reason`: the painter pressed no Cancel, and a bare "Cancelled" read as if they had.
+    assert plan.cancelled_sentence(None) == "Cancelled; nothing was added."
+    assert plan.cancelled_sentence("shutting_down") == ("Cancelled by the server: the server is shutting down; "
+                                                        "nothing was added.")
+    assert plan.cancelled_sentence("overheated") == ("Cancelled by the server: the server gave the reason "
+                                                     "'overheated'; nothing was added.")

@@ -28,6 +28,7 @@ from .protocol import (
     Progress,
     Result,
     Started,
+    cancel_reason,
     compose,
     infotext,
 )
@@ -241,7 +242,8 @@ def _shown(event, values: TabValues, request: Job) -> Iterator[Update]:
         preview = decode(event.preview) if event.preview else None
         yield Update(f"Step {event.step}/{event.total}", preview=preview)
     elif isinstance(event, Cancelled):
-        yield Update("Cancelled.", done=True)
+        why = cancel_reason(event.reason)  # the backend's own cancel: else it read as the painter's
+        yield Update(f"Cancelled by the Easel backend: {why}." if why else "Cancelled.", done=True)
     elif isinstance(event, Result):
         images, texts = finish(values, event, request)
         seconds = event.timings.get("total", 0)

@@ -511,3 +511,10 @@ def native_size(models_reply: dict | None, model: str | None = None) -> int:
         if entry.get("name") == name:
             return entry.get("native_size") or DEFAULT_NATIVE
     return DEFAULT_NATIVE
+
+
+def cancelled_sentence(reason: str | None) -> str:
+    """What the docker says of a cancelled job: why, when the server cancelled it itself (``cancelled.reason``;
+    the painter pressed no Cancel, and a bare "Cancelled" read as if they had)."""
+    why = errors.cancel_reason(reason)
+    return f"Cancelled by the server: {why}; nothing was added." if why else "Cancelled; nothing was added."
