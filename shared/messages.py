@@ -270,6 +270,10 @@ SERVER_MESSAGES: dict[str, dict[str, Field]] = {
                                          required=True),
                 "image_guidance": Field("boolean", "instruct takes `image_guidance` (InstructPix2Pix; not Flux "
                                         "Kontext).", required=True),
+                "loras": Field("boolean", "Applies LoRAs (`loras`, `<lora:>` tags); false on flux, which takes "
+                               "none yet.", required=True),
+                "clip_skip": Field("boolean", "Takes `clip_skip` (false on flux: its prompt is read whole).",
+                                   required=True),
             }),
             "prediction_type": Field("string", "What the UNet predicts: read from the checkpoint (a `v_pred` key, "
                                      "a scheduler config) or set in the model's config.",

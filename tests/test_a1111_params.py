@@ -793,3 +793,18 @@ def test_a_job_the_backend_cancels_says_why(demo_config, engine):
     finally:
         stopper.join(60) if stopper.is_alive() else stopping.stop()
     assert shown[-1] == "Cancelled by the Easel backend: the server is shutting down.", shown
+
+
+def test_a_model_that_takes_no_loras_gets_none_offered_and_a_tagged_prompt_is_refused_in_the_tab():
+    # What the model's capabilities say (`loras: false`), not its family; an older server's flux takes none.
+    from easel_a1111.params import model_offer
+    from shared.model_list import chosen
+
+    loras = offer({"loras": [{"name": "ink", "family": "sd15"}]})
+    plain = {**CAPABLE, "models": [{"name": "sd-x", "family": "sd15", "native_size": 512,
+                                    "capabilities": {**caps(SD), "loras": False, "clip_skip": False}}]}
+    assert model_offer(chosen(plain, "sd-x"), loras).loras == ()
+    with pytest.raises(InputError, match="The model sd-x takes no LoRAs: take <lora:ink> out of the Prompt"):
+        build_job(values(prompt="a door <lora:ink:0.7>", model="sd-x", chosen=chosen(plain, "sd-x")))
+    with pytest.raises(InputError, match="The model flux takes no LoRAs"):
+        build_job(values(prompt="a door <lora:ink>", model="flux", chosen=chosen(CAPABLE, "flux")))

@@ -151,6 +151,8 @@ def model_offer(chosen: model_list.ModelChoice | None, offered) -> ModelOffer:
     caps = chosen.capabilities if chosen is not None else None
     references = offered.reference_modes if offered.references else ()
     loras = offered.loras_for(chosen.family if chosen is not None else None)
+    if caps is not None and not caps.loras:
+        loras = ()
     if caps is None:
         return ModelOffer(TAB_MODES, offered.control_types, references, loras=loras)
     steered = set(caps.modes) != {"instruct"}  # instruct takes no ControlNets or references
@@ -395,6 +397,11 @@ def model_refusal(error: ProtocolError, job: Job, chosen: model_list.ModelChoice
     if error.field == "negative_prompt":
         return (f"The model {name} takes no negative prompt ({family_name(chosen)} uses distilled guidance): "
                 "clear the Negative prompt or pick another model.")
+    lora = next((lora for lora, weight, where in model_capabilities.asked_loras(job)
+                 if weight != 0 and where == error.field), None)
+    if lora is not None:
+        return (f"The model {name} takes no LoRAs: take <lora:{lora}> out of the Prompt (or give it weight 0), "
+                "or pick another model.")
     return error.sentence()
 
 

@@ -398,6 +398,11 @@ def model_refusal(error: errors.ProtocolError, job: Job, name: str, caps: ModelC
         return f"The model “{name}” takes no negative prompt ({caps.family} uses distilled guidance): clear it."
     if error.field == "image_guidance":
         return f"The model “{name}” has no image guidance for instruct edits: it follows the instruction alone."
+    lora = next((lora for lora, weight, where in model_capabilities.asked_loras(job)
+                 if weight != 0 and where == error.field), None)
+    if lora is not None:
+        return (f"The model “{name}” takes no LoRAs: take the <lora:{lora}> tag out of the prompt (or give it "
+                "weight 0), or pick another model.")
     return error.sentence()
 
 
