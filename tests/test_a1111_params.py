@@ -808,3 +808,18 @@ def test_a_model_that_takes_no_loras_gets_none_offered_and_a_tagged_prompt_is_re
         build_job(values(prompt="a door <lora:ink:0.7>", model="sd-x", chosen=chosen(plain, "sd-x")))
     with pytest.raises(InputError, match="The model flux takes no LoRAs"):
         build_job(values(prompt="a door <lora:ink>", model="flux", chosen=chosen(CAPABLE, "flux")))
+
+
+def test_a_picture_sent_to_easel_lands_in_the_mode_it_came_from():
+    # "Send to Easel" from img2img's inpaint tabs lands in inpaint, from its img2img tabs in img2img (at the
+    # WebUI's 0.75 when Strength is 1, which would paint the picture over); from txt2img a generate, which
+    # would ignore the picture, becomes inpaint, and any other mode stays the painter's.
+    from easel_a1111.params import sent_mode
+
+    for tab in (2, 3, 4):  # Inpaint, Inpaint sketch, Inpaint upload
+        assert sent_mode("img2img", tab, "generate", 1.0) == ("inpaint", 1.0)
+    assert sent_mode("img2img", 0, "inpaint", 1.0) == ("img2img", 0.75)
+    assert sent_mode("img2img", 1, "inpaint", 0.4) == ("img2img", 0.4)  # (Sketch) the painter's strength kept
+    assert sent_mode("txt2img", None, "generate", 1.0) == ("inpaint", 1.0)
+    assert sent_mode("txt2img", None, "upscale", 1.0) == ("upscale", 1.0)
+    assert sent_mode("txt2img", None, "img2img", 0.5) == ("img2img", 0.5)

@@ -172,6 +172,22 @@ def guidance_note(chosen: model_list.ModelChoice | None, mode: str) -> str:
     return f"0 = auto: {rules.default_guidance(family, mode):g}, this model's own for {mode}"
 
 
+IMG2IMG_INPAINT_TABS = (2, 3, 4)  # img2img's Inpaint, Inpaint sketch, Inpaint upload, in the WebUI's order
+WEBUI_DENOISING = 0.75  # the WebUI's img2img Denoising strength, unless set
+
+
+def sent_mode(source: str, img2img_tab: int | None, mode: str, strength: float) -> tuple[str, float]:
+    """(Mode, Strength) for a picture "Send to Easel" brings from the WebUI's ``source`` tab (``img2img_tab``:
+    the img2img mode tab it was made in): inpaint from img2img's inpaint tabs, img2img from its others (at the
+    WebUI's 0.75 when Strength is 1, which would paint a new picture over it); from txt2img the painter's
+    mode, but for generate, which would ignore the picture: inpaint, the tab's own edit."""
+    if source == "img2img" and img2img_tab is not None:
+        if img2img_tab in IMG2IMG_INPAINT_TABS:
+            return "inpaint", strength
+        return "img2img", WEBUI_DENOISING if strength >= 1 else strength
+    return ("inpaint" if mode == "generate" else mode), strength
+
+
 def with_lora(prompt: str, name: str, weight: float = 1.0) -> str:
     """``prompt`` with a ``<lora:name:weight>`` tag at its end, as the WebUI's LoRA cards add one; unchanged
     when it already tags that LoRA (the server refuses a LoRA tagged twice; its weight is the painter's to edit)."""

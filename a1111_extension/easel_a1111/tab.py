@@ -15,6 +15,7 @@ from .params import (
     MASKED_CONTENT,
     OWN_IMAGE,
     SAMPLER_LABELS,
+    TAB_MODES,
     USE_INPUT,
     ControlSpec,
     ReferenceSpec,
@@ -25,6 +26,7 @@ from .params import (
     sampler_from_infotext,
     saving_fields,
     seed_from_infotext,
+    sent_mode,
     with_lora,
     within_offer,
 )
@@ -52,6 +54,10 @@ class Host:
     # (picture, mask) components of the WebUI's inpaint upload, and the page script that shows them
     inpaint_upload: tuple | None = None
     show_inpaint_upload: str = ""
+    # the WebUI tab ("txt2img", "img2img") -> its "Send to Easel" button, which also sets the Mode; and the
+    # page script that puts img2img's mode tab index (0 img2img ... 4 inpaint upload) first in its inputs
+    sent_from: dict | None = None
+    img2img_tab: str = ""
 
 
 class Models:
@@ -339,6 +345,21 @@ def build(connection: Callable[[], jobs.Connection], host: Host | None = None) -
         # to its folder (the picked model's label, and so its change event, may stay the same)
         for button in (refresh, refresh_models):
             button.click(refresh_backend, inputs=[model], outputs=[status, model], queue=False).then(**offer_fields)
+        if host.sent_from:
+            sent_tab = gr.Number(value=-1, visible=False, elem_id="easel_sent_tab")  # for the page script
+            sent_tab.do_not_save_to_config = True
+
+            def land(source):
+                def landed(tab_, label, mode_, strength_):
+                    index = int(tab_) if tab_ is not None and tab_ >= 0 and source == "img2img" else None
+                    wanted, strength_ = sent_mode(source, index, mode_, float(strength_))
+                    return first_mode(model_offer(models.chosen(label), models.offer).modes, wanted), strength_
+                return landed
+
+            for source, button in host.sent_from.items():
+                script = host.img2img_tab if source == "img2img" else ""
+                button.click(land(source), inputs=[sent_tab, model, mode, strength], outputs=[mode, strength],
+                             queue=False, **compat.run_script(script))
         if host.paste_fields is not None:
             host.paste_fields(picture, [
                 (prompt, "Prompt"), (negative, "Negative prompt"), (steps, "Steps"), (guidance, "CFG scale"),
@@ -348,7 +369,9 @@ def build(connection: Callable[[], jobs.Connection], host: Host | None = None) -
                 (upscaler, lambda params: params.get("Postprocess upscaler") if params.get("Postprocess upscaler")
                  in upscalers else None),
                 (model, lambda params: models.label(params["Model"]) if params.get("Model") in
-                 models.labels.values() else None)])
+                 models.labels.values() else None),
+                # an Easel result's own mode (PNG Info); a model without it gets its own (``offer_model``)
+                (mode, lambda params: params.get("Easel mode") if params.get("Easel mode") in TAB_MODES else None)])
     return tab
 
 
