@@ -83,10 +83,11 @@ def build_edit_job(job: Job, uploads: dict[str, ImageData], limits: Limits, mode
                               ("preset", list(preset.loras) if preset else []))
     family = model_family(model) if model_family else None
     lora_rules.check(wanted, loras or {}, family, model, left_out[1])
-    if family == "flux":  # (a flux LoRA passed the family check and was not applied, yet listed as run)
+    if family == "flux" or (offers is not None and not offers.loras):  # (a flux LoRA passed the family check
+        # and was not applied, yet listed as run; a preset's LoRAs are checked here only)
         for name, weight, where in wanted:
             if weight != 0:
-                raise ProtocolError("unsupported", f"model {model!r} (flux) takes no LoRAs here yet: LoRA "
+                raise ProtocolError("unsupported", f"model {model!r} ({family}) takes no LoRAs here yet: LoRA "
                                     f"{shown(name)} would not be applied (leave it out, or give it weight 0)", where)
     if embeddings is not None:
         check_embeddings(job, model, *embeddings(model))

@@ -37,7 +37,7 @@ from typing import Callable, Iterator
 from websockets.exceptions import ConnectionClosed, InvalidMessage, InvalidURI
 from websockets.sync.client import connect
 
-from .errors import ProtocolError
+from .errors import ProtocolError, cancel_reason
 from .images import ImageData, decode_frame, encode_frame
 from .job import Job, PreprocessJob
 from .vocabulary import DEFAULT_URL, PROTOCOL_VERSION
@@ -135,7 +135,8 @@ class JobCancelled(EaselError):
 
 def _why_cancelled(event: "Cancelled") -> str:
     """Why a job nobody here cancelled ended so: else the user was left to think they had."""
-    return {"shutting_down": ": the server is shutting down"}.get(event.reason or "", "")
+    why = cancel_reason(event.reason)
+    return f": {why}" if why else ""
 
 
 @dataclass

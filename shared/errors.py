@@ -40,6 +40,18 @@ ERROR_CODES = {
     "internal": "The server failed unexpectedly on a job or a message; it keeps running.",
 }
 
+CANCEL_REASONS = {"shutting_down": "the server is shutting down"}
+"""A ``cancelled`` message's ``reason`` (present when the client did not ask for the cancel), in plain words."""
+
+
+def cancel_reason(reason: str | None) -> str:
+    """Why the server cancelled a job, in plain words for a status line; "" when the client asked for it.
+    A reason from a newer server than this list is shown as it came."""
+    if not reason:
+        return ""
+    return CANCEL_REASONS.get(reason, f"the server gave the reason {shown(reason)}")
+
+
 MAX_ECHO = 80  # characters of a client's value repeated in an error message
 MAX_MESSAGE = 1000  # characters of an error's `message`
 MAX_FIELD = 120  # characters of an error's `field`

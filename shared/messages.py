@@ -12,7 +12,7 @@ import json
 import re
 from dataclasses import replace
 
-from .errors import ERROR_CODES, ProtocolError, shown
+from .errors import CANCEL_REASONS, ERROR_CODES, ProtocolError, shown
 from .fields import Field, check_fields, object_schema
 from .job import PREPROCESS_FIELDS, SUBMIT_FIELDS
 from .vocabulary import (
@@ -234,7 +234,7 @@ SERVER_MESSAGES: dict[str, dict[str, Field]] = {
         "job": JOB_REQUIRED,
         "while": Field("string", "Where the job was when cancelled.", required=True, choices=("queued", "running")),
         "reason": Field("string", "Present when the client did not ask for it: `shutting_down`, the server is stopping "
-                        "(SIGTERM / SIGINT).", choices=("shutting_down",)),
+                        "(SIGTERM / SIGINT).", choices=tuple(CANCEL_REASONS)),
     },
     "status": {
         "type": _type("status"),
@@ -270,6 +270,10 @@ SERVER_MESSAGES: dict[str, dict[str, Field]] = {
                                          required=True),
                 "image_guidance": Field("boolean", "instruct takes `image_guidance` (InstructPix2Pix; not Flux "
                                         "Kontext).", required=True),
+                "loras": Field("boolean", "Applies LoRAs (`loras`, `<lora:>` tags); false on flux, which takes "
+                               "none yet.", required=True),
+                "clip_skip": Field("boolean", "Takes `clip_skip` (false on flux: its prompt is read whole).",
+                                   required=True),
             }),
             "prediction_type": Field("string", "What the UNet predicts: read from the checkpoint (a `v_pred` key, "
                                      "a scheduler config) or set in the model's config.",

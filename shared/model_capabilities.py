@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .errors import ProtocolError
+from . import loras as lora_rules
+from .errors import ProtocolError, shown
 from .vocabulary import REFERENCE_MODES
 
 SD_FAMILIES = ("sd15", "sdxl")
@@ -28,17 +29,21 @@ class ModelCapabilities:
     reference_modes: tuple[str, ...] = ()
     negative_prompt: bool = True  # Flux takes one only where true CFG is configured
     image_guidance: bool = True  # instruct's `image_guidance` (InstructPix2Pix has it, Flux Kontext not)
+    loras: bool = True  # LoRAs (the `loras` field, `<lora:>` tags) are applied; Flux takes none here yet
+    clip_skip: bool = True  # `clip_skip` applies (Flux reads its prompt whole: it has none)
 
     def to_wire(self) -> dict:
         return {"modes": list(self.modes), "control_types": list(self.control_types),
                 "reference_modes": list(self.reference_modes), "negative_prompt": self.negative_prompt,
-                "image_guidance": self.image_guidance}
+                "image_guidance": self.image_guidance, "loras": self.loras, "clip_skip": self.clip_skip}
 
     @classmethod
     def from_wire(cls, family: str | None, value: dict) -> "ModelCapabilities":
+        # (`loras` and `clip_skip` are newer: a server without them refuses both on flux, as it says now)
         return cls(family, tuple(value.get("modes", ())), tuple(value.get("control_types", ())),
                    tuple(value.get("reference_modes", ())), bool(value.get("negative_prompt", True)),
-                   bool(value.get("image_guidance", True)))
+                   bool(value.get("image_guidance", True)), bool(value.get("loras", family != "flux")),
+                   bool(value.get("clip_skip", family != "flux")))
 
 
 def refusal(job, model: str, caps: ModelCapabilities) -> ProtocolError | None:
@@ -71,13 +76,28 @@ def refusal(job, model: str, caps: ModelCapabilities) -> ProtocolError | None:
     if job.negative_prompt and not caps.negative_prompt:
         return ProtocolError("unsupported", f"model {model!r} takes no negative prompt ({caps.family} uses "
                              "distilled guidance; configure `true_cfg` on the model to use one)", "negative_prompt")
-    if job.sampling.clip_skip is not None and caps.family == "flux":  # (it was echoed in the result, and ignored)
-        return ProtocolError("unsupported", f"model {model!r} (flux) has no clip skip: its prompt is read whole by "
-                             "CLIP-L and T5 (leave `clip_skip` out)", "clip_skip")
+    if job.sampling.clip_skip is not None and not caps.clip_skip:  # (it was echoed in the result, and ignored)
+        return ProtocolError("unsupported", f"model {model!r} ({caps.family}) has no clip skip: its prompt is read "
+                             "whole by CLIP-L and T5 (leave `clip_skip` out)", "clip_skip")
+    if not caps.loras:  # (a preset's LoRAs are the server's to check: hosts do not know them)
+        for name, weight, where in asked_loras(job):
+            if weight != 0:
+                return ProtocolError("unsupported", f"model {model!r} ({caps.family}) takes no LoRAs here yet: LoRA "
+                                     f"{shown(name)} would not be applied (leave it out, or give it weight 0)", where)
     if mode == "instruct" and job.image_guidance is not None and not caps.image_guidance:
         return ProtocolError("unsupported", f"model {model!r} has no image guidance for instruct edits (leave "
                              "`image_guidance` out)", "image_guidance")
     return None
+
+
+def asked_loras(job) -> list[tuple[str, float, str]]:
+    """The LoRAs ``job`` names itself, in its ``loras`` field and its prompt's tags (a malformed tag is
+    ``Job.check``'s to refuse)."""
+    try:
+        tags = lora_rules.split_prompt(job.prompt)[1]
+    except ProtocolError:
+        tags = []
+    return lora_rules.merge(("loras", [(lora.name, lora.weight) for lora in job.loras]), ("prompt", tags))
 
 
 def reference_modes(face: bool) -> tuple[str, ...]:

@@ -751,3 +751,75 @@ def test_a_sketch_on_a_clear_layer_is_sent_with_its_transparency():
     for sent in (job.control[0].image, job.references[0].image):
         alpha = np.asarray(Image.open(io.BytesIO(sent.data)).convert("RGBA"))[..., 3]
         assert alpha[0, 0] == 0 and alpha[31, 20] == 255, "the strokes and the clear layer around them"
+
+
+def test_cfg_scale_on_auto_gets_the_models_own_guidance(server):
+    """The CFG slider's 0 is auto: the job leaves guidance out and the backend picks the model's (a Flux
+    Fill inpaint 30, which the tab's fixed 7 ran at a quarter of); the infotext and the saved file's [cfg]
+    say what was used, and the slider's note names it for the picked model and mode."""
+    from easel_a1111.params import guidance_note, saving_fields
+    from shared.model_list import chosen
+
+    offered = jobs.offered(jobs.Connection(server.url))
+    flux = chosen(offered.models, "demo-flux")
+    auto = values(guidance=0.0, steps=2, model="demo-flux", chosen=flux)
+    assert "guidance" not in build_job(auto).to_message(lambda image, role: {})
+    assert build_job(replace(auto, guidance=5.0)).sampling.guidance == 5.0, "a CFG scale the painter set is sent"
+    final = list(jobs.run(jobs.Connection(server.url), auto, "unit"))[-1]
+    assert final.status.startswith("Done: 1 image"), final.status
+    assert "CFG scale: 30.0" in final.infotexts[0], final.infotexts[0]
+    assert saving_fields(auto, final.seeds, 0, final.guidance)["cfg_scale"] == 30.0
+    assert guidance_note(flux, "inpaint") == "0 = auto: 30, this model's own for inpaint"
+    assert guidance_note(flux, "img2img") == "0 = auto: 3.5, this model's own for img2img"
+    assert guidance_note(chosen(offered.models, "demo"), "inpaint") == "0 = auto: 7, this model's own for inpaint"
+    assert guidance_note(None, "inpaint") == "0 = auto: the model's own (the backend picks it)"
+
+
+def test_a_job_the_backend_cancels_says_why(demo_config, engine):
+    # A backend stopping (SIGTERM) cancels the running job with `reason: shutting_down`: the painter, who
+    # pressed no Cancel, was shown a bare "Cancelled." as if they had.
+    import dataclasses
+
+    from backend.server import ServerThread
+
+    stopping = ServerThread(dataclasses.replace(demo_config, shutdown_grace=0), engine).start()
+    stopper = threading.Thread(target=stopping.stop)
+    try:
+        shown = []
+        for update in jobs.run(jobs.Connection(stopping.url), values(steps=60, mode="img2img", strength=1.0), "unit"):
+            shown.append(update.status)
+            if update.status.startswith("Step") and not stopper.is_alive():
+                stopper.start()
+    finally:
+        stopper.join(60) if stopper.is_alive() else stopping.stop()
+    assert shown[-1] == "Cancelled by the Easel backend: the server is shutting down.", shown
+
+
+def test_a_model_that_takes_no_loras_gets_none_offered_and_a_tagged_prompt_is_refused_in_the_tab():
+    # What the model's capabilities say (`loras: false`), not its family; an older server's flux takes none.
+    from easel_a1111.params import model_offer
+    from shared.model_list import chosen
+
+    loras = offer({"loras": [{"name": "ink", "family": "sd15"}]})
+    plain = {**CAPABLE, "models": [{"name": "sd-x", "family": "sd15", "native_size": 512,
+                                    "capabilities": {**caps(SD), "loras": False, "clip_skip": False}}]}
+    assert model_offer(chosen(plain, "sd-x"), loras).loras == ()
+    with pytest.raises(InputError, match="The model sd-x takes no LoRAs: take <lora:ink> out of the Prompt"):
+        build_job(values(prompt="a door <lora:ink:0.7>", model="sd-x", chosen=chosen(plain, "sd-x")))
+    with pytest.raises(InputError, match="The model flux takes no LoRAs"):
+        build_job(values(prompt="a door <lora:ink>", model="flux", chosen=chosen(CAPABLE, "flux")))
+
+
+def test_a_picture_sent_to_easel_lands_in_the_mode_it_came_from():
+    # "Send to Easel" from img2img's inpaint tabs lands in inpaint, from its img2img tabs in img2img (at the
+    # WebUI's 0.75 when Strength is 1, which would paint the picture over); from txt2img a generate, which
+    # would ignore the picture, becomes inpaint, and any other mode stays the painter's.
+    from easel_a1111.params import sent_mode
+
+    for tab in (2, 3, 4):  # Inpaint, Inpaint sketch, Inpaint upload
+        assert sent_mode("img2img", tab, "generate", 1.0) == ("inpaint", 1.0)
+    assert sent_mode("img2img", 0, "inpaint", 1.0) == ("img2img", 0.75)
+    assert sent_mode("img2img", 1, "inpaint", 0.4) == ("img2img", 0.4)  # (Sketch) the painter's strength kept
+    assert sent_mode("txt2img", None, "generate", 1.0) == ("inpaint", 1.0)
+    assert sent_mode("txt2img", None, "upscale", 1.0) == ("upscale", 1.0)
+    assert sent_mode("txt2img", None, "img2img", 0.5) == ("img2img", 0.5)

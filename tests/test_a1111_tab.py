@@ -441,6 +441,7 @@ def test_a_second_model_its_saved_result_in_png_info_and_send_to_easel(page, web
     # PNG Info reads it back; its "Send to easel" fills the tab (model included) with the picture.
     pick_model(page, "Server default")
     page.locator("#easel_prompt textarea").fill("")
+    choose(page, "easel_mode", "inpaint")
     open_tab(page, "PNG Info")
     page.locator("#pnginfo_image input[type=file]").set_input_files(str(saved[0]))
     page.wait_for_function("(info) => document.querySelector('#pnginfo_generation_info textarea').value === info",
@@ -451,6 +452,7 @@ def test_a_second_model_its_saved_result_in_png_info_and_send_to_easel(page, web
     assert page.locator("#easel_seed input").input_value() == "7"
     assert page.locator("#easel_sampler input").input_value() == "Euler a"
     assert "demo-base" in page.locator("#easel_model input").input_value()
+    page.wait_for_function("() => document.querySelector('#easel_mode input:checked').value === 'generate'")
     page.locator("#easel_picture img").first.wait_for()
 
 
@@ -526,6 +528,7 @@ def test_send_to_easel_from_txt2img_and_img2img_puts_their_result_in_the_sketch_
         page.locator("#easel_picture img").first.wait_for()
         # What the editor holds, as a job gets it: upscaled by 2 with plain Lanczos, it is the sent picture's.
         choose(page, "easel_mode", "upscale")
+        set_number(page, "easel_strength", 1)  # (from img2img it lands at the WebUI's 0.75: an upscale would refine)
         page.locator("#easel_upscaler input").click()
         page.locator("#easel_upscaler li", has_text="lanczos").first.click()
         before = page.locator("#easel_selected img").first.get_attribute("src") \
@@ -538,3 +541,34 @@ def test_send_to_easel_from_txt2img_and_img2img_puts_their_result_in_the_sketch_
         larger = image_of(page, "easel_selected").convert("RGB")
         expected = result.convert("RGB").resize((2 * size[0], 2 * size[1]), Image.Resampling.LANCZOS)
         assert np.array_equal(np.asarray(larger), np.asarray(expected)), f"the picture sent from {tab}"
+
+
+def test_cfg_scale_starts_on_auto_and_says_what_the_picked_model_gets(page):
+    # A Flux Fill inpaint wants 30 and Flux's img2img 3.5: auto (0) sends none, the backend uses the model's.
+    assert page.locator("#easel_cfg input[type=number]").input_value() == "0"
+    cfg = page.locator("#easel_cfg")
+    assert "0 = auto: 7, this model's own for inpaint" in cfg.inner_text(), cfg.inner_text()
+    pick_model(page, "demo-flux (")
+    page.wait_for_function("() => document.querySelector('#easel_cfg').innerText.includes('auto: 30,')")
+    choose(page, "easel_mode", "img2img")
+    page.wait_for_function("() => document.querySelector('#easel_cfg').innerText.includes('auto: 3.5, this "
+                           "model\\'s own for img2img')")
+    pick_model(page, "demo-base (")
+    page.wait_for_function("() => document.querySelector('#easel_cfg').innerText.includes('auto: 7, this "
+                           "model\\'s own for img2img')")
+
+
+def test_send_to_easel_lands_in_the_mode_the_picture_came_from(page):
+    choose(page, "easel_mode", "generate")  # which would ignore a picture sent
+    for tab, sub, mode, strength in (("txt2img", None, "inpaint", "1"), ("img2img", "img2img", "img2img", "0.75"),
+                                     ("img2img", "Inpaint", "inpaint", "0.75")):
+        open_tab(page, tab)
+        if sub:
+            page.locator("#mode_img2img").get_by_role("button", name=sub, exact=True).click()
+        page.click(f"#{tab}_generate")
+        page.locator(f"#{tab}_gallery img").first.wait_for()
+        page.click(f"#{tab}_send_to_easel")
+        page.locator("#easel_prompt textarea").wait_for(state="visible")
+        page.wait_for_function("(mode) => document.querySelector('#easel_mode input:checked').value === mode",
+                               arg=mode)
+        assert page.locator("#easel_strength input[type=number]").input_value() == strength, (tab, sub)

@@ -77,6 +77,9 @@ def test_flux_capabilities_are_listed_and_what_flux_lacks_is_refused(client):
     assert set(flux["capabilities"]["modes"]) >= {"generate", "img2img", "inpaint", "expand", "instruct"}
     assert flux["capabilities"]["control_types"] == [] and flux["capabilities"]["reference_modes"] == []
     assert flux["capabilities"]["negative_prompt"] is False and flux["capabilities"]["image_guidance"] is False
+    # hosts read what flux refuses from the model, not from its family
+    assert flux["capabilities"]["loras"] is False and flux["capabilities"]["clip_skip"] is False
+    assert listed["demo"]["capabilities"]["loras"] is True and listed["demo"]["capabilities"]["clip_skip"] is True
     assert "inpaint" not in listed["demo-flux-file"]["capabilities"]["modes"], "no Fill configured for it"
     assert "prediction_type" not in flux and "zero_terminal_snr" not in flux, "flow matching: no epsilon to claim"
     assert listed["demo"]["prediction_type"] == "epsilon"

@@ -232,6 +232,7 @@ def upscaled_by_easel(page) -> Image.Image:
     page.locator("#easel_upscaler input").click()
     page.locator("ul.options li", has_text="lanczos").first.click()
     set_number(page, "easel_upscale_by", 2)
+    set_number(page, "easel_strength", 1)  # (a picture sent from img2img lands at 0.75: an upscale would refine)
     # An upscale by Lanczos takes no time: the progress line may go from one "Done: 1 image in 0.0 s." to
     # the same text with nothing to see in between, so the new result is what shows that it ran.
     shown = page.locator("#easel_selected img")
@@ -252,6 +253,8 @@ def test_send_to_easel_fills_the_gradio4_editor_from_txt2img_img2img_and_png_inf
         set_number(page, f"{tab}_seed", 40)
         set_number(page, f"{tab}_width", size[0])
         set_number(page, f"{tab}_height", size[1])
+        if tab == "img2img":
+            page.evaluate("switch_to_img2img_tab(4)")  # the WebUI's own script: its Inpaint upload tab
         page.click(f"#{tab}_generate")  # the test WebUI's stand-in result (webui_real.stand_in_result)
         shown = page.locator(f"#{tab}_gallery img").first
         shown.wait_for()
@@ -262,6 +265,8 @@ def test_send_to_easel_fills_the_gradio4_editor_from_txt2img_img2img_and_png_inf
         page.wait_for_function("(text) => document.querySelector('#easel_prompt textarea').value === text",
                                arg=prompt)
         assert page.locator("#easel_seed input").input_value() == "40"  # the WebUI's send_seed
+        if tab == "img2img":  # made in img2img's Inpaint upload tab, it lands in inpaint (from txt2img's upscale)
+            page.wait_for_function("() => document.querySelector('#easel_mode input:checked').value === 'inpaint'")
         page.locator(f"#easel_picture canvas[width='{size[0]}']").wait_for()
         page.wait_for_function("(width) => document.querySelector('#easel_width input[type=number]').value === width",
                                arg=str(size[0]))  # the WebUI's send_size

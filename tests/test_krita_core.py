@@ -920,6 +920,19 @@ def test_guidance_on_auto_suits_the_family_and_the_mode():
     assert job.sampling.guidance == 5.0, "a guidance the painter set wins"
 
 
+def test_guidance_on_auto_is_left_to_the_server_while_the_model_is_not_known():
+    """Before ``models`` arrives (or for a model not loaded yet, family unknown) auto sends no guidance:
+    7 would have run a Flux Fill inpaint at a quarter of its 30."""
+    region = plan.Region("inpaint", Box(0, 0, 2, 2), (8, 8), masked=True)
+    job = plan.build_job(region, plan.Settings(prompt="x"), bytes(16), bytes(4))
+    assert job.sampling.guidance is None and "guidance" not in job.to_message(lambda image, role: {})
+    unloaded = ("f", plan.ModelCapabilities(None, ("inpaint",)))
+    job = plan.build_job(region, plan.Settings(prompt="x"), bytes(16), bytes(4), model=unloaded)
+    assert job.sampling.guidance is None
+    job = plan.build_job(region, plan.Settings(prompt="x", guidance=4.0), bytes(16), bytes(4))
+    assert job.sampling.guidance == 4.0, "a guidance the painter set is sent"
+
+
 TINY = ImageData("rgba8", 2, 2, bytes(16))
 
 
@@ -936,6 +949,8 @@ TINY = ImageData("rgba8", 2, 2, bytes(16))
                                                                       "layers: take them off the list"),
     ("demo-flux", "img2img", {"negative_prompt": "blur"}, "The model “demo-flux” takes no negative prompt"),
     ("demo-flux", "instruct", {"image_guidance": 2.0}, "The model “demo-flux” has no image guidance"),
+    ("demo-flux", "img2img", {"prompt": "x <lora:demo-lora:0.8>"},
+     "The model “demo-flux” takes no LoRAs: take the <lora:demo-lora> tag out of the prompt"),
 ])
 def test_what_the_chosen_model_cannot_do_is_a_sentence_before_sending(client, model, mode, change, words):
     """The plan checks the job against the picked model's ``capabilities`` (the server's own rule): the
@@ -944,7 +959,7 @@ def test_what_the_chosen_model_cannot_do_is_a_sentence_before_sending(client, mo
     picked = plan.model_of(reply, model)
     masked = mode == "inpaint"
     region = plan.Region(mode, Box(0, 0, 2, 2), (8, 8), masked=masked)
-    settings = plan.Settings(prompt="x", strength=0.5, model=model, instruct=mode == "instruct",
+    settings = plan.Settings(prompt=change.get("prompt", "x"), strength=0.5, model=model, instruct=mode == "instruct",
                              negative_prompt=change.get("negative_prompt", ""),
                              image_guidance=change.get("image_guidance"))
     controls, references = change.get("controls", []), change.get("references", [])
@@ -1054,3 +1069,27 @@ def test_the_docker_offers_only_what_the_chosen_model_can_do(client):
     # Nothing known of the model: the server's own offer.
     unknown = models.offer(None, None, server)
     assert unknown.control_types == server.control_types and unknown.instruct == ""
+
+
+def test_a_job_the_server_cancelled_says_why():
+    # `cancelled.reason`: the painter pressed no Cancel, and a bare "Cancelled" read as if they had.
+    assert plan.cancelled_sentence(None) == "Cancelled; nothing was added."
+    assert plan.cancelled_sentence("shutting_down") == ("Cancelled by the server: the server is shutting down; "
+                                                        "nothing was added.")
+    assert plan.cancelled_sentence("overheated") == ("Cancelled by the server: the server gave the reason "
+                                                     "'overheated'; nothing was added.")
+
+
+def test_the_model_says_whether_it_takes_loras_and_clip_skip():
+    """``models[].capabilities.loras`` / ``clip_skip``; a server older than them: flux takes neither."""
+    said = plan.ModelCapabilities.from_wire("sd15", {"modes": ["img2img"], "loras": False, "clip_skip": False})
+    assert not said.loras and not said.clip_skip
+    older = plan.ModelCapabilities.from_wire("flux", {"modes": ["img2img"]})
+    assert not older.loras and not older.clip_skip
+    assert plan.ModelCapabilities.from_wire("sd15", {"modes": ["img2img"]}).loras
+    region = plan.Region("img2img", Box(0, 0, 2, 2), (8, 8))
+    with pytest.raises(plan.PlanError, match="takes no LoRAs"):
+        plan.check_model(region, plan.Settings(prompt="x <lora:ink>", strength=0.5), model=("sd-x", said))
+    plan.check_model(region, plan.Settings(prompt="x <lora:ink:0>", strength=0.5), model=("sd-x", said))  # off
+    entry = {"name": "sd-x", "family": "sd15", "capabilities": said.to_wire()}
+    assert "no LoRAs" in models.describe(entry).tooltip

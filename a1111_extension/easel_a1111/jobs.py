@@ -28,6 +28,7 @@ from .protocol import (
     Progress,
     Result,
     Started,
+    cancel_reason,
     compose,
     infotext,
 )
@@ -55,6 +56,7 @@ class Update:
     images: list[Image.Image] | None = None
     infotexts: list[str] | None = None
     seeds: list[int] | None = None
+    guidance: float | None = None  # the CFG scale the result was made at (the model's own on auto)
     done: bool = False
 
 
@@ -240,13 +242,15 @@ def _shown(event, values: TabValues, request: Job) -> Iterator[Update]:
         preview = decode(event.preview) if event.preview else None
         yield Update(f"Step {event.step}/{event.total}", preview=preview)
     elif isinstance(event, Cancelled):
-        yield Update("Cancelled.", done=True)
+        why = cancel_reason(event.reason)  # the backend's own cancel: else it read as the painter's
+        yield Update(f"Cancelled by the Easel backend: {why}." if why else "Cancelled.", done=True)
     elif isinstance(event, Result):
         images, texts = finish(values, event, request)
         seconds = event.timings.get("total", 0)
         seeds = [item.seed for item in sorted(event.images, key=lambda item: item.index)]
         yield Update(f"Done: {len(images)} image{'s' * (len(images) != 1)} in {seconds:.1f} s.",
-                     images=images, infotexts=texts, seeds=seeds, done=True)
+                     images=images, infotexts=texts, seeds=seeds, guidance=event.parameters.get("guidance"),
+                     done=True)
 
 
 def finish(values: TabValues, result: Result, job: Job | None = None) -> tuple[list[Image.Image], list[str]]:

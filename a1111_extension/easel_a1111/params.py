@@ -105,7 +105,7 @@ class TabValues:
     negative_prompt: str = ""
     strength: float = 1.0
     steps: int = 20
-    guidance: float = 7.0
+    guidance: float = 0.0            # the CFG scale; 0 = auto: the model's own (left out of the job)
     sampler: str = DEFAULT_SAMPLER   # an A1111 sampler name (Easel's own names work too)
     seed: int = -1                   # -1: the server picks one
     batch: int = 1
@@ -151,6 +151,8 @@ def model_offer(chosen: model_list.ModelChoice | None, offered) -> ModelOffer:
     caps = chosen.capabilities if chosen is not None else None
     references = offered.reference_modes if offered.references else ()
     loras = offered.loras_for(chosen.family if chosen is not None else None)
+    if caps is not None and not caps.loras:
+        loras = ()
     if caps is None:
         return ModelOffer(TAB_MODES, offered.control_types, references, loras=loras)
     steered = set(caps.modes) != {"instruct"}  # instruct takes no ControlNets or references
@@ -159,6 +161,31 @@ def model_offer(chosen: model_list.ModelChoice | None, offered) -> ModelOffer:
                       tuple(kind for kind in offered.control_types if kind in caps.control_types and steered),
                       tuple(mode for mode in references if mode in caps.reference_modes and steered),
                       caps.negative_prompt, caps.image_guidance, loras)
+
+
+def guidance_note(chosen: model_list.ModelChoice | None, mode: str) -> str:
+    """What the CFG slider's auto (0) means for the picked model and mode: the backend's default for its
+    family (``rules.default_guidance``), or that the backend picks one for a model it has not described."""
+    family = chosen.family if chosen is not None else None
+    if family is None:
+        return "0 = auto: the model's own (the backend picks it)"
+    return f"0 = auto: {rules.default_guidance(family, mode):g}, this model's own for {mode}"
+
+
+IMG2IMG_INPAINT_TABS = (2, 3, 4)  # img2img's Inpaint, Inpaint sketch, Inpaint upload, in the WebUI's order
+WEBUI_DENOISING = 0.75  # the WebUI's img2img Denoising strength, unless set
+
+
+def sent_mode(source: str, img2img_tab: int | None, mode: str, strength: float) -> tuple[str, float]:
+    """(Mode, Strength) for a picture "Send to Easel" brings from the WebUI's ``source`` tab (``img2img_tab``:
+    the img2img mode tab it was made in): inpaint from img2img's inpaint tabs, img2img from its others (at the
+    WebUI's 0.75 when Strength is 1, which would paint a new picture over it); from txt2img the painter's
+    mode, but for generate, which would ignore the picture: inpaint, the tab's own edit."""
+    if source == "img2img" and img2img_tab is not None:
+        if img2img_tab in IMG2IMG_INPAINT_TABS:
+            return "inpaint", strength
+        return "img2img", WEBUI_DENOISING if strength >= 1 else strength
+    return ("inpaint" if mode == "generate" else mode), strength
 
 
 def with_lora(prompt: str, name: str, weight: float = 1.0) -> str:
@@ -179,13 +206,15 @@ def within_offer(values: TabValues, can: ModelOffer) -> TabValues:
     return replace(values, controls=controls, references=references, negative_prompt=negative)
 
 
-def saving_fields(values: TabValues, seeds: list[int], index: int) -> dict:
+def saving_fields(values: TabValues, seeds: list[int], index: int, guidance: float | None = None) -> dict:
     """What the WebUI's file name patterns read of a job ([seed], [steps], [cfg], [sampler], [denoising],
     [batch_number], [seed_first] ... read its ``p``), for result ``index`` of a job whose pictures have
-    ``seeds``; without them a pattern's parameters stay in the file name as written ("[steps]")."""
+    ``seeds`` and were made at CFG ``guidance`` (the result's: on auto the tab does not know it); without
+    them a pattern's parameters stay in the file name as written ("[steps]")."""
     refines = values.mode not in rules.STARTS_FROM_NOISE and not (values.mode == "upscale" and values.strength >= 1)
     return {"seed": seeds[index], "all_seeds": list(seeds), "prompt": values.prompt,
-            "negative_prompt": values.negative_prompt, "steps": int(values.steps), "cfg_scale": float(values.guidance),
+            "negative_prompt": values.negative_prompt, "steps": int(values.steps),
+            "cfg_scale": float(guidance if guidance is not None else values.guidance),
             "sampler_name": values.sampler, "denoising_strength": float(values.strength) if refines else None,
             "styles": [], "batch_size": len(seeds), "batch_index": index, "n_iter": 1, "iteration": 0,
             "user": None}
@@ -288,7 +317,7 @@ def build_job(values: TabValues) -> Job:
         raise InputError("Describe what to paint in the prompt.")
     seed = int(values.seed) if values.seed is not None else -1
     job = Job(mode, prompt=values.prompt, negative_prompt=values.negative_prompt, sampling=Sampling(
-        steps=int(values.steps), guidance=float(values.guidance), sampler=easel_sampler(values.sampler),
+        steps=int(values.steps), guidance=cfg(values), sampler=easel_sampler(values.sampler),
         batch=int(values.batch), seed=seed if seed >= 0 else None,
         strength=float(values.strength) if mode not in rules.STARTS_FROM_NOISE else 1.0), model=values.model or None)
     if mode == "generate":
@@ -384,11 +413,23 @@ def model_refusal(error: ProtocolError, job: Job, chosen: model_list.ModelChoice
     if error.field == "negative_prompt":
         return (f"The model {name} takes no negative prompt ({family_name(chosen)} uses distilled guidance): "
                 "clear the Negative prompt or pick another model.")
+    lora = next((lora for lora, weight, where in model_capabilities.asked_loras(job)
+                 if weight != 0 and where == error.field), None)
+    if lora is not None:
+        return (f"The model {name} takes no LoRAs: take <lora:{lora}> out of the Prompt (or give it weight 0), "
+                "or pick another model.")
     return error.sentence()
 
 
 def family_name(chosen: model_list.ModelChoice) -> str:
     return model_list.FAMILY_NAMES.get(chosen.family, chosen.family or "its")
+
+
+def cfg(values: TabValues) -> float | None:
+    """The job's guidance: None on auto (0), so the backend uses the model's own for the mode; one fixed
+    number ran a Flux Fill inpaint at 7, a quarter of its 30. (A CFG of 0 would run no guidance at all, as
+    1 does: nothing is lost.)"""
+    return float(values.guidance) or None
 
 
 def _upscale_job(values: TabValues) -> Job:
@@ -402,7 +443,7 @@ def _upscale_job(values: TabValues) -> Job:
                          "for the upscaler alone.")
     seed = int(values.seed) if values.seed is not None else -1
     job = Job("upscale", prompt=values.prompt, negative_prompt=values.negative_prompt, sampling=Sampling(
-        steps=int(values.steps), guidance=float(values.guidance), sampler=easel_sampler(values.sampler),
+        steps=int(values.steps), guidance=cfg(values), sampler=easel_sampler(values.sampler),
         batch=int(values.batch) if refine else 1, seed=seed if seed >= 0 else None),
         image=png_image(values.picture), scale=float(values.scale), upscaler=values.upscaler or None, refine=refine,
         model=values.model or None)

@@ -39,7 +39,7 @@ _load()
 
 from easel_shared import capabilities, compose, geometry, model_capabilities, model_list, rules  # noqa: E402
 from easel_shared.client import Accepted, Cancelled, Client, EaselError, Progress, Result, ResultImage, Started  # noqa: E402
-from easel_shared.errors import ProtocolError  # noqa: E402
+from easel_shared.errors import ProtocolError, cancel_reason  # noqa: E402
 from easel_shared.fields import item_field  # noqa: E402
 from easel_shared.images import ImageData  # noqa: E402
 from easel_shared.infotext import SAMPLER_LABELS, infotext  # noqa: E402
@@ -48,5 +48,5 @@ from easel_shared.messages import CONTROL_TYPES, DEFAULT_URL, MAX_SEED, MODES, P
 
 __all__ = ["Accepted", "CONTROL_TYPES", "Cancelled", "Client", "ControlUnit", "DEFAULT_URL", "EaselError", "ImageData",
            "Job", "MAX_SEED", "MODES", "PREPROCESSORS", "Progress", "ProtocolError", "REFERENCE_MODES", "Reference",
-           "Result", "ResultImage", "SAMPLERS", "SAMPLER_LABELS", "Sampling", "Started", "capabilities", "compose",
-           "geometry", "infotext", "item_field", "model_capabilities", "model_list", "rules"]
+           "Result", "ResultImage", "SAMPLERS", "SAMPLER_LABELS", "Sampling", "Started", "cancel_reason",
+           "capabilities", "compose", "geometry", "infotext", "item_field", "model_capabilities", "model_list", "rules"]

@@ -15,15 +15,18 @@ from .params import (
     MASKED_CONTENT,
     OWN_IMAGE,
     SAMPLER_LABELS,
+    TAB_MODES,
     USE_INPUT,
     ControlSpec,
     ReferenceSpec,
     TabValues,
+    guidance_note,
     mask_to_send,
     model_offer,
     sampler_from_infotext,
     saving_fields,
     seed_from_infotext,
+    sent_mode,
     with_lora,
     within_offer,
 )
@@ -51,6 +54,10 @@ class Host:
     # (picture, mask) components of the WebUI's inpaint upload, and the page script that shows them
     inpaint_upload: tuple | None = None
     show_inpaint_upload: str = ""
+    # the WebUI tab ("txt2img", "img2img") -> its "Send to Easel" button, which also sets the Mode; and the
+    # page script that puts img2img's mode tab index (0 img2img ... 4 inpaint upload) first in its inputs
+    sent_from: dict | None = None
+    img2img_tab: str = ""
 
 
 class Models:
@@ -118,7 +125,11 @@ def build(connection: Callable[[], jobs.Connection], host: Host | None = None) -
                     steps = gr.Slider(1, offered.max_steps, value=min(20, offered.max_steps), step=1,
                                       label="Steps", elem_id="easel_steps")
                 with gr.Row():
-                    guidance = gr.Slider(0.0, 30.0, value=7.0, step=0.5, label="CFG scale", elem_id="easel_cfg")
+                    # 0 is auto, the model's own (a Flux Fill inpaint wants 30, SD 7): one fixed default ran
+                    # every family at SD's 7, and a default that followed the model would be saved as a fixed
+                    # number by the WebUI's ui-config.json at its first start. The note says what auto is.
+                    guidance = gr.Slider(0.0, 30.0, value=0.0, step=0.5, label="CFG scale (0: auto)",
+                                         info=guidance_note(models.chosen(None), mode.value), elem_id="easel_cfg")
                     sampler = gr.Dropdown([SAMPLER_LABELS[name] for name in SAMPLERS], value=DEFAULT_SAMPLER,
                                           label="Sampling method", elem_id="easel_sampler")
                 # instruct: the prompt is the instruction, CFG scale how strongly it is followed
@@ -225,7 +236,7 @@ def build(connection: Callable[[], jobs.Connection], host: Host | None = None) -
             for update in jobs.run(connection(), values, _session(request)):
                 if update.images and host.save is not None:
                     for index, (image, text) in enumerate(zip(update.images, update.infotexts)):
-                        host.save(image, text, values.mode, saving_fields(values, update.seeds, index))
+                        host.save(image, text, values.mode, saving_fields(values, update.seeds, index, update.guidance))
                 if update.images is None:
                     preview_ = keep if update.preview is None else update.preview
                     yield jobs.markdown(update.status), preview_, keep, keep, keep, keep, keep
@@ -297,7 +308,8 @@ def build(connection: Callable[[], jobs.Connection], host: Host | None = None) -
             updates = [gr.update(choices=list(can.modes), value=shown),
                        (preferred, shown) if shown != preferred else None,
                        gr.update(**negative_prompt(can.negative_prompt)),
-                       gr.update(visible=can.image_guidance)]
+                       gr.update(visible=can.image_guidance),
+                       gr.update(info=guidance_note(models.chosen(label), shown))]
             for _ in units:
                 updates.append(gr.update(visible=controls))
             return updates + [gr.update(visible=references) for _ in refs] + [
@@ -313,6 +325,7 @@ def build(connection: Callable[[], jobs.Connection], host: Host | None = None) -
             for name, value in negative_prompt(can.negative_prompt).items():
                 setattr(negative, name, value)
             image_guidance.visible = can.image_guidance
+            guidance.info = guidance_note(models.chosen(label), mode.value)
             for box in unit_boxes:
                 box.visible = bool(can.control_types)
             for box in ref_boxes:
@@ -323,12 +336,30 @@ def build(connection: Callable[[], jobs.Connection], host: Host | None = None) -
         # (not the Radio's input event: gradio 4 sends it for the model's own update of the radio too)
         wanted_mode = gr.State(None)
         offer_fields = dict(fn=offer_model, inputs=[model, mode, wanted_mode], queue=False,
-                            outputs=[mode, wanted_mode, negative, image_guidance, *unit_boxes, *ref_boxes, lora])
+                            outputs=[mode, wanted_mode, negative, image_guidance, guidance, *unit_boxes, *ref_boxes,
+                                     lora])
         model.change(**offer_fields)
+        mode.change(lambda label, mode_: gr.update(info=guidance_note(models.chosen(label), mode_)),
+                    inputs=[model, mode], outputs=[guidance], queue=False)
         # then the fields again: a backend started after the WebUI, another one set in Settings, a LoRA added
         # to its folder (the picked model's label, and so its change event, may stay the same)
         for button in (refresh, refresh_models):
             button.click(refresh_backend, inputs=[model], outputs=[status, model], queue=False).then(**offer_fields)
+        if host.sent_from:
+            sent_tab = gr.Number(value=-1, visible=False, elem_id="easel_sent_tab")  # for the page script
+            sent_tab.do_not_save_to_config = True
+
+            def land(source):
+                def landed(tab_, label, mode_, strength_):
+                    index = int(tab_) if tab_ is not None and tab_ >= 0 and source == "img2img" else None
+                    wanted, strength_ = sent_mode(source, index, mode_, float(strength_))
+                    return first_mode(model_offer(models.chosen(label), models.offer).modes, wanted), strength_
+                return landed
+
+            for source, button in host.sent_from.items():
+                script = host.img2img_tab if source == "img2img" else ""
+                button.click(land(source), inputs=[sent_tab, model, mode, strength], outputs=[mode, strength],
+                             queue=False, **compat.run_script(script))
         if host.paste_fields is not None:
             host.paste_fields(picture, [
                 (prompt, "Prompt"), (negative, "Negative prompt"), (steps, "Steps"), (guidance, "CFG scale"),
@@ -338,7 +369,9 @@ def build(connection: Callable[[], jobs.Connection], host: Host | None = None) -
                 (upscaler, lambda params: params.get("Postprocess upscaler") if params.get("Postprocess upscaler")
                  in upscalers else None),
                 (model, lambda params: models.label(params["Model"]) if params.get("Model") in
-                 models.labels.values() else None)])
+                 models.labels.values() else None),
+                # an Easel result's own mode (PNG Info); a model without it gets its own (``offer_model``)
+                (mode, lambda params: params.get("Easel mode") if params.get("Easel mode") in TAB_MODES else None)])
     return tab
 
 

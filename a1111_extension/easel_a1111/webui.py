@@ -65,6 +65,7 @@ def after_component(component, **kwargs) -> None:
     if tabname in ("txt2img", "img2img") and f"{tabname}_gallery" in _created:
         button = ToolButton(SEND_SYMBOL, elem_id=f"{tabname}_send_to_{TAB}",
                             tooltip="Send image and generation parameters to the Easel tab.")
+        _created[f"{tabname}_send_to_{TAB}"] = button  # the tab sets its Mode from it
         paste.register_paste_params_button(paste.ParamBinding(
             paste_button=button, tabname=TAB, source_tabname=tabname,
             source_image_component=_created[f"{tabname}_gallery"]))
@@ -107,9 +108,13 @@ def inpaint_upload():
 def ui_tabs():
     from .tab import Host, build  # gradio is imported only once the WebUI builds its UI
     # switch_to_img2img_tab: the WebUI's page script; "Inpaint upload" is img2img's fifth mode
+    sent_from = {tab: _created[f"{tab}_send_to_{TAB}"] for tab in ("txt2img", "img2img")
+                 if f"{tab}_send_to_{TAB}" in _created}
     host = Host(send_buttons=add_send_buttons, paste_fields=add_paste_fields, save=save,
                 inpaint_upload=inpaint_upload(),
-                show_inpaint_upload="(...args) => { switch_to_img2img_tab(4); return args; }")
+                show_inpaint_upload="(...args) => { switch_to_img2img_tab(4); return args; }", sent_from=sent_from,
+                # (the WebUI's get_tab_index, as its own img2img submit reads the mode tab)
+                img2img_tab="(...args) => { args[0] = get_tab_index('mode_img2img'); return args; }")
     return [(build(connection, host), "Easel", TAB)]
 
 

@@ -45,7 +45,7 @@ def capabilities(spec: ModelSpec, family: str | None, kind: str | None, config: 
         modes += ("instruct",)
     if family not in SD_FAMILIES:
         return ModelCapabilities(family, modes, negative_prompt=family != "flux" or spec.true_cfg > 1,
-                                 image_guidance=family != "flux")
+                                 image_guidance=family != "flux", loras=family != "flux", clip_skip=family != "flux")
     if modes == ("instruct",):  # instruct takes no control units or references: listing its family's misled hosts
         return ModelCapabilities(family, modes)
     adapter = config.ip_adapters.get(family)

@@ -503,10 +503,10 @@ class EaselDocker(host.DockWidget):
             self._end_job()
         self._say(message, error=True)
 
-    def _on_cancelled(self, job) -> None:
+    def _on_cancelled(self, job, reason: str = "") -> None:
         if job == self.job:
             self._end_job()
-            self._say("Cancelled; nothing was added.")
+            self._say(plan.cancelled_sentence(reason), error=bool(reason))
 
     def _selected_result(self):
         item = self.result_list.currentItem()

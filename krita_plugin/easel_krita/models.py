@@ -54,6 +54,8 @@ def describe(entry: dict, capabilities: dict | None = None, default: str | None 
         can.append(f"reference layers: {', '.join(references)}" if references else "no reference layers")
         if not own.get("negative_prompt", True):
             can.append("no negative prompt")
+        if not own.get("loras", family != "flux"):  # (a server older than `loras` refuses them on flux)
+            can.append("no LoRAs")
     else:
         controls = entry.get("control_types", capabilities.get("control_types"))
         can.append(f"ControlNet: {', '.join(controls)}" if controls else "no ControlNet")

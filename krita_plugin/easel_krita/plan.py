@@ -34,7 +34,8 @@ class Settings:
     prompt: str = ""
     negative_prompt: str = ""
     strength: float = 1.0  # 1 = fill from noise; below = refine what is there
-    guidance: float | None = None  # None: what suits the model's family and the mode (default_guidance)
+    guidance: float | None = None  # None: what suits the model's family and the mode (default_guidance; the
+    # server's choice while the family is not known)
     steps: int = 20
     seed: int | None = None  # None: the server picks one
     batch: int = 1
@@ -293,7 +294,11 @@ def outline(region: Region, settings: Settings, family: str | None = None) -> Jo
     """The job's settings without its pixels (those are added by ``build_job``); enough to check it
     against a model's capabilities before anything is read from the document."""
     instruct = region.mode == "instruct"
-    guidance = settings.guidance if settings.guidance is not None else default_guidance(family, region.mode)
+    guidance = settings.guidance
+    if guidance is None and family is not None:
+        # (sent, not left out, for servers older than their own per-family default; a model not known yet
+        # gets none, so the server picks its model's rather than SD's 7 for a Flux Fill)
+        guidance = default_guidance(family, region.mode)
     job = Job(region.mode, model=settings.model or None, prompt=settings.prompt,
               negative_prompt=settings.negative_prompt, output_format="rgba8",
               preview_every=settings.preview_every,
@@ -393,6 +398,11 @@ def model_refusal(error: errors.ProtocolError, job: Job, name: str, caps: ModelC
         return f"The model “{name}” takes no negative prompt ({caps.family} uses distilled guidance): clear it."
     if error.field == "image_guidance":
         return f"The model “{name}” has no image guidance for instruct edits: it follows the instruction alone."
+    lora = next((lora for lora, weight, where in model_capabilities.asked_loras(job)
+                 if weight != 0 and where == error.field), None)
+    if lora is not None:
+        return (f"The model “{name}” takes no LoRAs: take the <lora:{lora}> tag out of the prompt (or give it "
+                "weight 0), or pick another model.")
     return error.sentence()
 
 
@@ -506,3 +516,10 @@ def native_size(models_reply: dict | None, model: str | None = None) -> int:
         if entry.get("name") == name:
             return entry.get("native_size") or DEFAULT_NATIVE
     return DEFAULT_NATIVE
+
+
+def cancelled_sentence(reason: str | None) -> str:
+    """What the docker says of a cancelled job: why, when the server cancelled it itself (``cancelled.reason``;
+    the painter pressed no Cancel, and a bare "Cancelled" read as if they had)."""
+    why = errors.cancel_reason(reason)
+    return f"Cancelled by the server: {why}; nothing was added." if why else "Cancelled; nothing was added."

@@ -98,14 +98,15 @@ class Session(QObject):
     ``accepted(job, jobs ahead in the server's queue)``, ``started(job, steps, width, height)`` (the
     denoising steps per image and the size the model works at), ``progress(job, step, total)``,
     ``preview(job, QImage)``, then one of ``finished(job, results)``, ``failed(job, sentence)``,
-    ``cancelled(job)``; ``preprocessed(job, layer)`` for a map.
+    ``cancelled(job, reason)`` (``reason``: the server's, e.g. "shutting_down", when it cancelled the job
+    itself; "" when it was asked to); ``preprocessed(job, layer)`` for a map.
     """
 
     accepted = pyqtSignal(str, int)
     started = pyqtSignal(str, int, int, int)
     finished = pyqtSignal(str, object)
     failed = pyqtSignal(str, str)
-    cancelled = pyqtSignal(str)
+    cancelled = pyqtSignal(str, str)
     progress = pyqtSignal(str, int, int)
     preview = pyqtSignal(str, object)
     preprocessed = pyqtSignal(str, object)
@@ -476,7 +477,7 @@ class Session(QObject):
             self.failed.emit(job, payload)
         elif kind == "cancelled":
             del self.pending[job]
-            self.cancelled.emit(job)
+            self.cancelled.emit(job, payload or "")
 
 
 @dataclass

@@ -38,7 +38,8 @@ class Worker(QObject):
     Signals carry the job id first; ``job_event`` kinds are accepted (jobs ahead in the queue),
     started ((steps, (width, height)): denoising steps per image and the size the model works at),
     progress ((step, total)), preview (QImage), result (whatever ``finish`` returned), error (a
-    sentence) and cancelled. ``models_changed`` carries a fresh ``models`` reply.
+    sentence) and cancelled (the server's ``reason`` when it cancelled the job itself, else None).
+    ``models_changed`` carries a fresh ``models`` reply.
     """
 
     # "connected" | "connecting" | "disconnected" | "not_responding" (connected, but silent), a sentence
@@ -147,7 +148,7 @@ class Worker(QObject):
                 self._orphan = client
                 self._given_up.append(job)
             # Queued like every other event (never inside the caller's cancel()).
-            QTimer.singleShot(0, lambda: self.job_event.emit(job, "cancelled", "abandoned"))
+            QTimer.singleShot(0, lambda: self.job_event.emit(job, "cancelled", None))
             threading.Thread(target=client.abort, daemon=True).start()
             return
         if client is not None:
@@ -421,7 +422,7 @@ class Worker(QObject):
     def _take_cancel(self, job: str) -> bool:
         if job in self._cancelled:
             self._cancelled.discard(job)
-            self.job_event.emit(job, "cancelled", "queued")
+            self.job_event.emit(job, "cancelled", None)
             return True
         return False
 
@@ -456,7 +457,7 @@ class Worker(QObject):
                 return
             self.job_event.emit(job, "result", payload)
         elif isinstance(event, client_module.Cancelled):
-            self.job_event.emit(job, "cancelled", event.stage)
+            self.job_event.emit(job, "cancelled", event.reason)
 
     @staticmethod
     def _send_probe(client) -> None:

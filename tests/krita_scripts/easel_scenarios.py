@@ -1044,6 +1044,59 @@ def scenario_docker_buttons(ctx):
     doc.close()
 
 
+def scenario_docker_says_why_the_server_cancelled(ctx):
+    """A server stopping mid-job (SIGTERM, and again: no grace) cancels the job with `reason: shutting_down`;
+    the docker says so, not a bare "Cancelled" as if the painter had pressed Cancel."""
+    import signal
+    import socket
+    import subprocess
+
+    from easel_krita import docker as docker_module
+    from easel_krita import host
+    command = json.loads(os.environ["EASEL_STOPPABLE_CMD"])
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    command[command.index("--port") + 1] = str(port)
+    log = tempfile.NamedTemporaryFile("w+", suffix=".log")
+    server = subprocess.Popen(command, cwd=os.environ["EASEL_STOPPABLE_CWD"], stderr=log, text=True)
+    saved = docker_module._worker  # the docker's worker is shared: one of its own, on this server
+    docker_module._worker = None
+    try:
+        wait_for(None, timeout=120, until=lambda: "listening" in open(log.name).read() or server.poll() is not None)
+        check(server.poll() is None, f"the server did not start: {open(log.name).read()[-2000:]}")
+        for key, value in (("url", f"ws://127.0.0.1:{port}/"), ("token", ""), ("cert", "")):
+            host.write_setting(key, value)
+        docker = docker_module.EaselDocker()
+        doc = new_doc()
+        paint_layer(doc, "paint", fill_rgba8())
+        docker._document = lambda: doc  # headless Krita has no active window or document
+        wait_for(None, timeout=30, until=lambda: docker.worker.state == "connected")
+        docker.prompt.setPlainText("a red door")
+        docker.steps.setValue(60)
+        select(doc, 30, 30, 40, 40)
+        docker.generate_button.click()
+        fired = wait_for(docker.session, ["progress", "finished", "failed", "cancelled"])
+        check(fired and fired[0] == "progress", f"expected progress, got {fired}")
+        server.send_signal(signal.SIGTERM)
+        wait_for(None, timeout=1)
+        server.send_signal(signal.SIGTERM)  # again: the running job gets no grace
+        fired = wait_for(docker.session, ["finished", "failed", "cancelled"], timeout=60)
+        check(fired and fired[0] == "cancelled", f"the stop ended the job with {fired}")
+        said = docker.message.text()
+        check(said == "Cancelled by the server: the server is shutting down; nothing was added.", said)
+        check(easel_layers(doc) == ([], []), "the cancelled job added a layer")
+        doc.close()
+    finally:
+        if docker_module._worker is not None:
+            docker_module._worker.stop()
+        docker_module._worker = saved
+        host.write_setting("url", os.environ["EASEL_URL"])
+        server.kill()
+        server.wait()
+        log.close()
+
+
 def scenario_docker_made_after_the_worker_connected(ctx):
     """Krita makes the docker while the worker connects (a local server answers in milliseconds): news of
     the connection sent before the docker listened still shows, with the server's models (the docker
