@@ -388,8 +388,8 @@ class Job:
             raise ProtocolError("invalid_field", "give `scale` or a target `width` / `height`, not both", "scale")
         refine = self.refine or 0.0
         if refine > 0 and rules.denoising_steps(self.mode, self.sampling.steps, refine) < 1:
-            raise ProtocolError("too_few_steps", f"refine {self.refine:g} x {self.sampling.steps} steps leaves no "
-                                "denoising step; raise the refine strength or the steps", "refine")
+            raise ProtocolError("too_few_steps", f"`refine` {self.refine:g} with {self.sampling.steps} `steps` leaves "
+                                "no denoising step; raise either", "refine")
         elif refine == 0 and self.sampling.batch > 1:  # (without a refine: the same picture every time)
             raise ProtocolError("invalid_field", "an upscale without `refine` makes the same picture every time: "
                                 "ask for batch 1, or refine to get variations", "batch")

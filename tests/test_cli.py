@@ -593,6 +593,8 @@ def small(tmp_path):
     (["instruct", "--image-guidance", 30], "--image-guidance must be at most 20, got 30"),
     (["img2img", "--image-guidance", 2], "--image-guidance is for instruct; img2img does not take it"),
     (["instruct", "--strength", 0.5], "instruct takes no --strength: it runs every step"),
+    (["upscale", "--scale", 2, "--strength", 0.01, "--steps", 20],
+     "--strength 0.01 with 20 --steps leaves no denoising step; raise either"),
     (["img2img", "--clip-skip", 13], "--clip-skip must be at most 12, got 13"),
     (["img2img", "--prompt", "a (red door"], "--prompt: '(' at character 3 is never closed with ')'"),
     (["img2img", "--negative", "(blurry:1..5)"], "--negative: the weight '1..5' of the group at character 1"),
