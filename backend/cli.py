@@ -538,6 +538,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     flags = RUN_FLAGS
     if args.aspect:  # the sides are --aspect's, not options typed
         flags = RUN_FLAGS | {f"expand_{side}": f"--aspect {args.aspect}" for side in ("left", "top", "right", "bottom")}
+    if args.model is None:  # an error about the server's default model: not one `--model` typed here
+        flags = {field: flag for field, flag in flags.items() if field != "model"}
     wording = Wording(flags, args.control, args.reference, RUN_PHRASES, args.lora)
     try:
         _check_cert(args)

@@ -1136,3 +1136,21 @@ def test_the_token_can_come_from_easel_token_so_it_is_not_in_the_process_list(
         status, _, err = easel_here(capsys, *command)
         assert status == 0, err
     assert build_parser().parse_args(["serve"]).token == "s3cret", "the server takes it the same way"
+
+
+def test_an_error_of_the_servers_default_model_is_not_put_on_a_model_option_never_typed(
+        demo_config, inputs, capsys, tmp_path):
+    from backend.config import ModelSpec
+    from backend.engine.engine import Engine
+    from backend.engine.models import ModelRegistry, pick_device
+
+    config = dataclasses.replace(demo_config, models={"broken": ModelSpec("broken", str(tmp_path / "gone"), "sd15")},
+                                 default_model="broken")
+    _, _, folder = inputs
+    with ServerThread(config, Engine(ModelRegistry(config, *pick_device("cpu")))) as running:
+        command = ["run", "img2img", "--image", folder / "in.png", "--prompt", "x", "--steps", 2,
+                   "--out", folder / "out.png", "--server", running.url]
+        status, _, err = easel_here(capsys, *command)
+        assert status == 1 and "could not be loaded" in err and "--model" not in err, err
+        status, _, err = easel_here(capsys, *command, "--model", "broken")
+        assert status == 1 and "easel: --model: model 'broken' could not be loaded" in err, err
