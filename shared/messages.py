@@ -268,8 +268,8 @@ SERVER_MESSAGES: dict[str, dict[str, Field]] = {
                                          required=True, items=Field("string", choices=REFERENCE_MODES)),
                 "negative_prompt": Field("boolean", "Takes a negative prompt (Flux: only with true CFG).",
                                          required=True),
-                "image_guidance": Field("boolean", "instruct takes `image_guidance` (InstructPix2Pix; not Flux "
-                                        "Kontext).", required=True),
+                "image_guidance": Field("boolean", "Its instruct takes `image_guidance` (InstructPix2Pix; not Flux "
+                                        "Kontext); false on a model without instruct.", required=True),
                 "loras": Field("boolean", "Applies LoRAs (`loras`, `<lora:>` tags); false on flux, which takes "
                                "none yet.", required=True),
                 "clip_skip": Field("boolean", "Takes `clip_skip` (false on flux: its prompt is read whole).",

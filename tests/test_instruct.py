@@ -99,6 +99,8 @@ def test_models_list_capabilities_and_a_model_asked_for_more_is_refused_before_a
     listed = {m["name"]: m["capabilities"] for m in client.models()["models"]}
     assert "instruct" in listed["demo"]["modes"] and "instruct" not in listed["demo-base"]["modes"]
     assert listed["demo-instruct"]["modes"] == ["instruct"]
+    assert listed["demo"]["image_guidance"] and listed["demo-instruct"]["image_guidance"]
+    assert not listed["demo-base"]["image_guidance"], "a model without instruct has no image guidance to take"
     # instruct takes no ControlNets or references: a host picking demo-instruct must not offer them
     assert listed["demo-instruct"]["control_types"] == listed["demo-instruct"]["reference_modes"] == []
     assert "canny" in listed["demo"]["control_types"] and "face" in listed["demo"]["reference_modes"]

@@ -43,14 +43,16 @@ def capabilities(spec: ModelSpec, family: str | None, kind: str | None, config: 
         modes = SD_MODES
     if spec.instruct and kind != "inpaint" and family in ("sd15", "flux", None):
         modes += ("instruct",)
+    # (only instruct takes it: a model without instruct said `image_guidance: true`)
+    image_guidance = "instruct" in modes and family != "flux"
     if family not in SD_FAMILIES:
         return ModelCapabilities(family, modes, negative_prompt=family != "flux" or spec.true_cfg > 1,
-                                 image_guidance=family != "flux", loras=family != "flux", clip_skip=family != "flux")
+                                 image_guidance=image_guidance, loras=family != "flux", clip_skip=family != "flux")
     if modes == ("instruct",):  # instruct takes no control units or references: listing its family's misled hosts
         return ModelCapabilities(family, modes)
     adapter = config.ip_adapters.get(family)
     return ModelCapabilities(family, modes, tuple(sorted(config.controlnets.get(family, {}))),
-                             reference_modes(bool(adapter.face)) if adapter else ())
+                             reference_modes(bool(adapter.face)) if adapter else (), image_guidance=image_guidance)
 
 
 def configured_kind(spec: ModelSpec) -> str | None:
