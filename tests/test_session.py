@@ -169,6 +169,23 @@ def test_clients_take_turns_so_a_long_queue_does_not_hold_up_another_client(sess
     assert [run_next(), run_next(), run_next()] == ["k2", "s3", "s4"]
 
 
+def test_jobs_whose_pictures_were_decoded_at_once_on_several_connections_stay_within_max_queued(demo_config, engine):
+    # Each connection decodes its pictures on its own thread: two submits that both passed the check before
+    # either was queued made a queue of max_queued + 1 (one more per connection sending at that moment).
+    state = state_with(demo_config, engine, max_queued=1)
+    one, other = state.open(), state.open()
+    for session in (one, other):
+        send(session, {"type": "hello", "protocol": PROTOCOL_VERSION})
+    intakes = [session.receive(json.dumps({**SUBMIT, "job": job})).intake
+               for session, job in ((one, "a"), (other, "b"))]
+    for intake in intakes:
+        intake.build()
+    assert one.admit(intakes[0]).send[0]["type"] == "accepted"
+    (refusal,) = other.admit(intakes[1]).send
+    assert (refusal["code"], refusal["job"], refusal["ends_job"]) == ("limit_exceeded", "b", True)
+    assert "queue is full" in refusal["message"] and len(state.queue) == 1
+
+
 def test_a_refused_request_reusing_a_live_id_does_not_end_that_job(session, state):
     # Field errors are checked before `duplicate_job`: their error names the live job, and a client that
     # ends jobs by `ends_job` must not give that job up.

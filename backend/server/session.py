@@ -241,6 +241,14 @@ class Session:
                                                    "jobs", None, intake.request.id))
             self.keep(intake.request.id, [refusal])  # an ending like any other refusal
             return Reply([refusal])
+        try:
+            # Again: other connections' jobs may have been queued while this one's pictures were decoded (each
+            # connection decodes on its own thread), and each waiting job holds its pictures.
+            self._room_for(intake.request.id)
+        except ProtocolError as exc:
+            refusal = messages.error(exc)
+            self.keep(intake.request.id, [refusal])
+            return Reply([refusal])
         job = Job(intake.request, intake.work, self)
         return Reply([messages.accepted(job.id, self.state.queue.put(job))])
 
@@ -415,15 +423,19 @@ class Session:
         # The id is the client's again (an id may be reused once its job ended): the old job's kept ending
         # must not answer a resume that asks for the new one.
         self.kept.pop(request.id, None)
-        limits = self.state.config.limits
+        self._room_for(request.id)
+        return Reply(intake=Intake(request, build))
+
+    def _room_for(self, job_id: str) -> None:
+        """Refuse a job past ``max_queued_per_client`` or ``max_queued``."""
+        queue, limits = self.state.queue, self.state.config.limits
         if len(queue.owned_by(self)) >= limits.max_queued_per_client:
             raise ProtocolError("limit_exceeded", f"this connection has {limits.max_queued_per_client} jobs queued or "
                                 "running, this server's most (max_queued_per_client); submit more when some have "
-                                "ended", "job", request.id)
+                                "ended", "job", job_id)
         if len(queue) >= limits.max_queued:  # each waiting job holds its decoded pictures
             raise ProtocolError("limit_exceeded", f"the server's queue is full ({limits.max_queued} jobs waiting); "
-                                "try again when some have run", "job", request.id)
-        return Reply(intake=Intake(request, build))
+                                "try again when some have run", "job", job_id)
 
 
 def _names_known(request: protocol.Job, models, loras) -> bool:
