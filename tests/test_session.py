@@ -169,6 +169,24 @@ def test_clients_take_turns_so_a_long_queue_does_not_hold_up_another_client(sess
     assert [run_next(), run_next(), run_next()] == ["k2", "s3", "s4"]
 
 
+def test_accepted_position_holds_for_a_connection_not_served_and_can_grow_for_others(session, state):
+    # docs/protocol.md §1 Queue said only a connection's second and later queued jobs could be passed: its
+    # first one is passed too while its previous job runs
+    def greeted():
+        other = state.open()
+        send(other, {"type": "hello", "protocol": PROTOCOL_VERSION})
+        return other
+
+    script, painter, page = session, greeted(), greeted()
+    send(script, {**SUBMIT, "job": "s0"})
+    asyncio.run(state.queue.next())  # s0 runs
+    (queued,) = send(script, {**SUBMIT, "job": "s1"})
+    (first,) = send(painter, {**SUBMIT, "job": "p1"})
+    assert (queued["position"], first["position"]) == (1, 1)
+    send(page, {**SUBMIT, "job": "w1"})  # later, from a new connection: behind p1, ahead of s1
+    assert [job.id for job in state.queue.waiting()] == ["p1", "w1", "s1"]
+
+
 def test_jobs_whose_pictures_were_decoded_at_once_on_several_connections_stay_within_max_queued(demo_config, engine):
     # Each connection decodes its pictures on its own thread: two submits that both passed the check before
     # either was queued made a queue of max_queued + 1 (one more per connection sending at that moment).
