@@ -185,6 +185,10 @@ def test_accepted_position_holds_for_a_connection_not_served_and_can_grow_for_ot
     assert (queued["position"], first["position"]) == (1, 1)
     send(page, {**SUBMIT, "job": "w1"})  # later, from a new connection: behind p1, ahead of s1
     assert [job.id for job in state.queue.waiting()] == ["p1", "w1", "s1"]
+    # status says where each queued job stands now (the script had no way to learn s1 was passed)
+    (now,) = send(script, {"type": "status"})
+    assert (now["running"], now["queued"], now["ahead"]) == ("s0", ["s1"], [3])
+    assert send(painter, {"type": "status"})[0]["ahead"] == [1]
 
 
 def test_jobs_whose_pictures_were_decoded_at_once_on_several_connections_stay_within_max_queued(demo_config, engine):
@@ -270,8 +274,8 @@ def test_status_lists_this_connections_jobs_and_close_drops_them(session, state)
     send(session, SUBMIT)
     send(session, {**SUBMIT, "job": "j2"})
     (status,) = send(session, {"type": "status"})
-    assert (status["running"], status["queued"], status["queue_length"], status["clients"]) == \
-        (None, ["j1", "j2"], 2, 1)
+    assert (status["running"], status["queued"], status["ahead"], status["queue_length"], status["clients"]) == \
+        (None, ["j1", "j2"], [0, 1], 2, 1)
     session.close()
     assert len(state.queue) == 0 and state.sessions == set()
 

@@ -365,9 +365,13 @@ class Session:
         state = self.state
         own = state.queue.owned_by(self)
         running = state.queue.running if state.queue.running in own else None
+        queued = [job for job in own if job is not running]
+        # `accepted.position` only held as things stood then: other connections' later jobs may have gone ahead
+        order = {job: index for index, job in enumerate(state.queue.waiting())}
+        ahead = [order[job] + (1 if state.queue.running else 0) for job in queued]
         return Reply([messages.status(str(state.engine.device), running.id if running else None,
-                                      [job.id for job in own if job is not running], len(state.queue),
-                                      state.clients(), state.engine.registry.loaded_names())])
+                                      [job.id for job in queued], len(state.queue),
+                                      state.clients(), state.engine.registry.loaded_names(), ahead)])
 
     def _models(self, message: dict) -> Reply:
         self.state.engine.refresh_folders()
