@@ -218,7 +218,9 @@ class Client:
         self.url, self.token, self.name, self.cert = url, token, name, cert
         self.resume = resume
         self.session: str | None = None  # welcome.session
-        self._pending: set[str] = set()  # jobs submitted whose ending has not arrived
+        # Jobs submitted whose ending has not arrived, in the order sent: a resume names them in that order, and
+        # those whose submit was lost are sent again in it (the server runs a connection's jobs in order).
+        self._pending: dict[str, None] = {}
         # Jobs sent but not yet `accepted` (or ended): sent again when a resume says their submit was lost.
         self._unsent: dict[str, Job | PreprocessJob] = {}
         self.open_timeout, self.max_size, self.keepalive = open_timeout, max_size, keepalive
@@ -298,7 +300,7 @@ class Client:
         if self.token:
             hello["token"] = self.token
         if resume and self.session:
-            hello.update(resume=self.session, pending=sorted(self._pending))
+            hello.update(resume=self.session, pending=list(self._pending))
         self._send(hello)
         self.welcome = self._await_reply("welcome")
         self.session = self.welcome.get("session", self.session)
@@ -540,13 +542,13 @@ class Client:
             job.to_message(lambda image, role: _image_data(image).check() and {"frame": "unsent"})
         except ProtocolError as exc:  # (the server's answer to a bad upload names no job)
             raise EaselError(exc.code, exc.message, exc.field, job.id) from None
-        self._pending.add(job.id)
+        self._pending[job.id] = None
         self._unsent[job.id] = job
         try:
             self._send(job.to_message(self._reference))
         except EaselError as exc:
             if not (exc.dropped and self.resume and self.session):
-                self._pending.discard(job.id)
+                self._pending.pop(job.id, None)
                 self._unsent.pop(job.id, None)
                 raise
 
@@ -634,7 +636,7 @@ class Client:
         if ends or kind == "accepted":
             self._unsent.pop(job, None)
         if ends:
-            self._pending.discard(job)
+            self._pending.pop(job, None)
         if kind == "error":
             error = EaselError(message["code"], message["message"], message.get("field"), job,
                                message.get("ends_job", True))

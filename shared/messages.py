@@ -243,6 +243,8 @@ SERVER_MESSAGES: dict[str, dict[str, Field]] = {
                          pattern=JOB_ID_PATTERN),
         "queued": Field("array", "This connection's queued jobs, in order.", required=True,
                         items=Field("string", pattern=JOB_ID_PATTERN)),
+        "ahead": Field("array", "For each job of `queued`, the jobs ahead of it now, counting the running job.",
+                       items=Field("integer", minimum=0)),
         "queue_length": Field("integer", "Jobs waiting (not counting the running one), all clients.", required=True,
                               minimum=0),
         "clients": Field("integer", "Connected clients.", required=True, minimum=0),

@@ -150,3 +150,56 @@ def test_a_running_preprocess_stops_when_cancelled_not_when_its_annotator_is_don
         with pytest.raises(JobCancelled):
             call(on_event=cancel_once_started)
         assert time.monotonic() - started[-1] < 6, f"{what}: the annotator stopped at its next layer"
+
+
+class _CancelledAfter:
+    """A reporter whose job is cancelled once ``checks`` cancel checks have passed after `started`."""
+
+    def __init__(self, checks: int):
+        self.checks, self.began = checks, False
+
+    def started(self, steps, passes):
+        self.began = True
+
+    def progress(self, *args):
+        pass
+
+    def is_cancelled(self):
+        if not self.began:
+            return False
+        self.checks -= 1
+        return self.checks < 0
+
+
+@pytest.mark.parametrize("name", sorted(ANNOTATORS))
+def test_a_cancel_stops_every_annotator_even_one_that_swallows_errors(preprocessors, name):
+    # MLSD's detector wraps its network in `except Exception: pass`: the cancel raised at its next layer was
+    # swallowed and a black map came back as if it had finished
+    class Stop(Exception):
+        pass
+
+    def cancelled():
+        raise Stop()
+
+    with pytest.raises(Stop):
+        preprocessors.run(name, picture(96, 64), 64, check=cancelled)
+
+
+def test_a_cancelled_mlsd_preprocess_is_cancelled_and_leaves_no_black_map_for_the_next_job(engine):
+    from backend.engine.engine import JobCancelled as EngineCancelled
+    from backend.engine.job import Control, EditJob, PreprocessJob
+
+    image = np.asarray(picture(64, 64).convert("RGBA"))
+    with pytest.raises(EngineCancelled):  # it was a `result` (a black map) for a job the client had cancelled
+        engine.run(PreprocessJob("mlsd", image, 64), _CancelledAfter(0))
+    unit = Control("mlsd", image, "mlsd", 1.0, 0.0, 1.0, 64)
+    job = EditJob(mode="generate", model="demo", prompt="x", negative_prompt="", seed=3, steps=2, guidance=5.0,
+                  strength=1.0, batch=1, sampler="euler", width=64, height=64, control=(unit,))
+    engine.control_maps.clear()
+    with pytest.raises(EngineCancelled):
+        engine.run(job, _CancelledAfter(1))  # passes the check before the pass, then stops inside MLSD
+    assert len(engine.control_maps) == 0, "no map was kept of the cancelled run"
+    after_cancel = engine.run(job, _CancelledAfter(10**6)).layers[0].pixels
+    engine.control_maps.clear()
+    fresh = engine.run(job, _CancelledAfter(10**6)).layers[0].pixels
+    np.testing.assert_array_equal(after_cancel, fresh)

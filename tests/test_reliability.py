@@ -815,6 +815,22 @@ def test_a_connection_that_dropped_before_a_submit_takes_the_job_after_resuming(
         assert isinstance(list(client.events(job))[-1], Result)
 
 
+def test_submits_lost_with_the_connection_are_sent_again_in_the_order_they_were_made(server, caplog):
+    # The client named its pending jobs sorted by id on resume, and sent the lost ones again in that order:
+    # a script's jobs (random ids by default) ran shuffled, though a connection's jobs run in the order sent.
+    caplog.set_level(logging.INFO, logger="backend.server.worker")
+    with Client(server.url) as client:
+        drop(client._ws)
+        while client._ws.state is not State.CLOSED:
+            time.sleep(0.01)
+        jobs = [client.submit("generate", job=job, prompt="x", steps=2, width=64, height=64, seed=1)
+                for job in ("zeta", "mu", "alpha")]
+        for job in jobs:
+            assert isinstance(list(client.events(job))[-1], Result)
+    ran = [record.getMessage().split()[1] for record in caplog.records if record.getMessage().startswith("job ")]
+    assert [job for job in ran if job in jobs] == jobs
+
+
 def test_a_dropped_session_expires_and_its_jobs_are_cancelled(own_server):
     brief = own_server(resume_seconds=0.3)
     ws = connect(brief.url)

@@ -169,6 +169,45 @@ def test_clients_take_turns_so_a_long_queue_does_not_hold_up_another_client(sess
     assert [run_next(), run_next(), run_next()] == ["k2", "s3", "s4"]
 
 
+def test_accepted_position_holds_for_a_connection_not_served_and_can_grow_for_others(session, state):
+    # docs/protocol.md §1 Queue said only a connection's second and later queued jobs could be passed: its
+    # first one is passed too while its previous job runs
+    def greeted():
+        other = state.open()
+        send(other, {"type": "hello", "protocol": PROTOCOL_VERSION})
+        return other
+
+    script, painter, page = session, greeted(), greeted()
+    send(script, {**SUBMIT, "job": "s0"})
+    asyncio.run(state.queue.next())  # s0 runs
+    (queued,) = send(script, {**SUBMIT, "job": "s1"})
+    (first,) = send(painter, {**SUBMIT, "job": "p1"})
+    assert (queued["position"], first["position"]) == (1, 1)
+    send(page, {**SUBMIT, "job": "w1"})  # later, from a new connection: behind p1, ahead of s1
+    assert [job.id for job in state.queue.waiting()] == ["p1", "w1", "s1"]
+    # status says where each queued job stands now (the script had no way to learn s1 was passed)
+    (now,) = send(script, {"type": "status"})
+    assert (now["running"], now["queued"], now["ahead"]) == ("s0", ["s1"], [3])
+    assert send(painter, {"type": "status"})[0]["ahead"] == [1]
+
+
+def test_jobs_whose_pictures_were_decoded_at_once_on_several_connections_stay_within_max_queued(demo_config, engine):
+    # Each connection decodes its pictures on its own thread: two submits that both passed the check before
+    # either was queued made a queue of max_queued + 1 (one more per connection sending at that moment).
+    state = state_with(demo_config, engine, max_queued=1)
+    one, other = state.open(), state.open()
+    for session in (one, other):
+        send(session, {"type": "hello", "protocol": PROTOCOL_VERSION})
+    intakes = [session.receive(json.dumps({**SUBMIT, "job": job})).intake
+               for session, job in ((one, "a"), (other, "b"))]
+    for intake in intakes:
+        intake.build()
+    assert one.admit(intakes[0]).send[0]["type"] == "accepted"
+    (refusal,) = other.admit(intakes[1]).send
+    assert (refusal["code"], refusal["job"], refusal["ends_job"]) == ("limit_exceeded", "b", True)
+    assert "queue is full" in refusal["message"] and len(state.queue) == 1
+
+
 def test_a_refused_request_reusing_a_live_id_does_not_end_that_job(session, state):
     # Field errors are checked before `duplicate_job`: their error names the live job, and a client that
     # ends jobs by `ends_job` must not give that job up.
@@ -235,8 +274,8 @@ def test_status_lists_this_connections_jobs_and_close_drops_them(session, state)
     send(session, SUBMIT)
     send(session, {**SUBMIT, "job": "j2"})
     (status,) = send(session, {"type": "status"})
-    assert (status["running"], status["queued"], status["queue_length"], status["clients"]) == \
-        (None, ["j1", "j2"], 2, 1)
+    assert (status["running"], status["queued"], status["ahead"], status["queue_length"], status["clients"]) == \
+        (None, ["j1", "j2"], [0, 1], 2, 1)
     session.close()
     assert len(state.queue) == 0 and state.sessions == set()
 

@@ -123,6 +123,9 @@ def _checked_between_layers(check: Callable[[], None] | None):
     controlnet_aux's detectors are one opaque call, which at a large resolution on a CPU runs for minutes;
     a cancel must not wait for all of it. A global forward hook reaches every network a detector holds,
     whatever its attribute names; the thread test keeps it off anything another thread runs meanwhile.
+    What ``check`` raised is raised again on the way out: MLSD's detector wraps its network in a bare
+    ``except Exception: pass`` and returned a black map as if finished (a preprocess job's `result`, and
+    inside a submit a map kept in the control-map cache for the next job on that picture).
     """
     if check is None:
         yield
@@ -130,16 +133,23 @@ def _checked_between_layers(check: Callable[[], None] | None):
     import torch
 
     thread = threading.get_ident()
+    raised: list[BaseException] = []
 
     def before_layer(module, args):
         if threading.get_ident() == thread:
-            check()
+            try:
+                check()
+            except BaseException as exc:
+                raised.append(exc)
+                raise
 
     handle = torch.nn.modules.module.register_module_forward_pre_hook(before_layer)
     try:
         yield
     finally:
         handle.remove()
+    if raised:  # the detector returned all the same: what it made is not the map
+        raise raised[0]
 
 
 class Preprocessors:

@@ -207,9 +207,9 @@ def cancelled(job_id: str, stage: str, reason: str | None = None) -> dict:
 
 
 def status(device: str, running: str | None, queued: list[str], queue_length: int, clients: int,
-           loaded_models: list[str]) -> dict:
-    return {"type": "status", "device": device, "running": running, "queued": queued, "queue_length": queue_length,
-            "clients": clients, "loaded_models": loaded_models}
+           loaded_models: list[str], ahead: list[int]) -> dict:
+    return {"type": "status", "device": device, "running": running, "queued": queued, "ahead": ahead,
+            "queue_length": queue_length, "clients": clients, "loaded_models": loaded_models}
 
 
 def lora_list(loras: list[LoraDescription]) -> list[dict]:

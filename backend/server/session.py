@@ -241,6 +241,14 @@ class Session:
                                                    "jobs", None, intake.request.id))
             self.keep(intake.request.id, [refusal])  # an ending like any other refusal
             return Reply([refusal])
+        try:
+            # Again: other connections' jobs may have been queued while this one's pictures were decoded (each
+            # connection decodes on its own thread), and each waiting job holds its pictures.
+            self._room_for(intake.request.id)
+        except ProtocolError as exc:
+            refusal = messages.error(exc)
+            self.keep(intake.request.id, [refusal])
+            return Reply([refusal])
         job = Job(intake.request, intake.work, self)
         return Reply([messages.accepted(job.id, self.state.queue.put(job))])
 
@@ -357,9 +365,13 @@ class Session:
         state = self.state
         own = state.queue.owned_by(self)
         running = state.queue.running if state.queue.running in own else None
+        queued = [job for job in own if job is not running]
+        # `accepted.position` only held as things stood then: other connections' later jobs may have gone ahead
+        order = {job: index for index, job in enumerate(state.queue.waiting())}
+        ahead = [order[job] + (1 if state.queue.running else 0) for job in queued]
         return Reply([messages.status(str(state.engine.device), running.id if running else None,
-                                      [job.id for job in own if job is not running], len(state.queue),
-                                      state.clients(), state.engine.registry.loaded_names())])
+                                      [job.id for job in queued], len(state.queue),
+                                      state.clients(), state.engine.registry.loaded_names(), ahead)])
 
     def _models(self, message: dict) -> Reply:
         self.state.engine.refresh_folders()
@@ -415,15 +427,19 @@ class Session:
         # The id is the client's again (an id may be reused once its job ended): the old job's kept ending
         # must not answer a resume that asks for the new one.
         self.kept.pop(request.id, None)
-        limits = self.state.config.limits
+        self._room_for(request.id)
+        return Reply(intake=Intake(request, build))
+
+    def _room_for(self, job_id: str) -> None:
+        """Refuse a job past ``max_queued_per_client`` or ``max_queued``."""
+        queue, limits = self.state.queue, self.state.config.limits
         if len(queue.owned_by(self)) >= limits.max_queued_per_client:
             raise ProtocolError("limit_exceeded", f"this connection has {limits.max_queued_per_client} jobs queued or "
                                 "running, this server's most (max_queued_per_client); submit more when some have "
-                                "ended", "job", request.id)
+                                "ended", "job", job_id)
         if len(queue) >= limits.max_queued:  # each waiting job holds its decoded pictures
             raise ProtocolError("limit_exceeded", f"the server's queue is full ({limits.max_queued} jobs waiting); "
-                                "try again when some have run", "job", request.id)
-        return Reply(intake=Intake(request, build))
+                                "try again when some have run", "job", job_id)
 
 
 def _names_known(request: protocol.Job, models, loras) -> bool:
