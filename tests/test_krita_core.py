@@ -840,6 +840,12 @@ def test_an_upscale_sends_the_whole_canvas_and_its_result_is_the_new_canvas():
         plan.build_job(region, plan.Settings(scale=2.0, refine=0.05, steps=10), bytes(256 * 192 * 4))
 
 
+def test_a_plain_upscale_is_named_for_the_upscale_not_for_a_prompt_left_in_the_box():
+    assert placement.upscale_label("a castle", 2.0, 0.0) == "upscaled 2x"  # the prompt took no part in it
+    assert placement.upscale_label("a castle", 1.5, 0.3) == "a castle"
+    assert placement.upscale_label("  ", 3.3, 0.3) == "upscaled 3.3x"
+
+
 # -- instruct edits and what the chosen model can do ------------------------------------------------
 
 def rgba_of(image) -> bytes:

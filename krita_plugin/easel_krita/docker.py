@@ -350,7 +350,7 @@ class EaselDocker(host.DockWidget):
 
     # -- actions ------------------------------------------------------------------------------
 
-    def settings(self, remove: bool = False, expand: tuple = (0, 0, 0, 0), upscale: bool = False,
+    def settings(self, remove: bool = False, expand: tuple | None = None, upscale: bool = False,
                  instruct: bool = False) -> plan.Settings:
         # A switched-off field is not sent: the chosen model cannot take it (its tooltip says why).
         negative = self.negative.text() if self.negative.isEnabled() else ""
@@ -368,9 +368,9 @@ class EaselDocker(host.DockWidget):
                              seed=self.seed.value() if self.fixed_seed.isChecked() else None,
                              batch=self.batch.value(), mask_grow=self.grow.value(),
                              mask_feather=self.feather.value(), fill=self.fill.currentData(),
-                             soft_inpaint=self.soft.isChecked(), remove=remove, expand=expand)
+                             soft_inpaint=self.soft.isChecked(), remove=remove, expand=expand or (0, 0, 0, 0))
 
-    def generate(self, remove: bool = False, expand: tuple = (0, 0, 0, 0), upscale: bool = False,
+    def generate(self, remove: bool = False, expand: tuple | None = None, upscale: bool = False,
                  instruct: bool = False) -> None:
         doc = self._document()
         if doc is None:
@@ -382,6 +382,8 @@ class EaselDocker(host.DockWidget):
         try:
             if self.model.currentData():
                 host.save_document_settings(doc, {"model": self.model.currentData()})
+            if expand is not None:  # Expand pressed: with no side set it is a sentence, not some other job
+                plan.check_expand(expand)
             if upscale:
                 self.job = self.session.upscale(doc, self.settings(upscale=True), self.upscale_new.isChecked())
             else:

@@ -215,12 +215,18 @@ def plan_expand(width: int, height: int, sides: tuple[int, int, int, int]) -> Re
     sent, and the result is the new canvas (``size``), placed at its origin."""
     if width <= 0 or height <= 0:
         raise PlanError("The document is empty: it has no canvas to edit.")
+    check_expand(sides)
+    left, top, right, bottom = sides
+    return Region("expand", Box(0, 0, width, height), (width + left + right, height + top + bottom))
+
+
+def check_expand(sides: tuple[int, int, int, int]) -> None:
+    """The pixels an Expand press adds (left, top, right, bottom), checked before anything else: all four at 0
+    is not a job of another kind (it ran a generate of the whole canvas, named after the old prompt)."""
     if not any(sides):
         raise PlanError("Set how many pixels to add on at least one side first.")
     if min(sides) < 0 or max(sides) > rules.MAX_EXPAND:
         raise PlanError(f"Expand adds 0 to {rules.MAX_EXPAND} pixels a side.")
-    left, top, right, bottom = sides
-    return Region("expand", Box(0, 0, width, height), (width + left + right, height + top + bottom))
 
 
 def plan_upscale(width: int, height: int, scale: float, max_side: int) -> Region:

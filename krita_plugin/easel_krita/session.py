@@ -271,7 +271,8 @@ class Session(QObject):
             used = result.parameters.get("model")
             for item in result.images:
                 image = item.image
-                name = placement.layer_name(settings.prompt or f"upscaled {settings.scale:g}x", item.seed,
+                name = placement.layer_name(placement.upscale_label(settings.prompt, settings.scale, settings.refine),
+                                            item.seed,
                                             model=used if used and used != default_model else None)
                 out.append(LayerResult(name, item.seed, 0, 0, image.width, image.height, _write(info, image.data),
                                        image.data, doc, resize=(info.width, info.height), new_document=made,

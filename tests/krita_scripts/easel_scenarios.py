@@ -1173,6 +1173,12 @@ def scenario_docker_expand(ctx):
     docker.steps.setValue(2)
     docker.fixed_seed.setChecked(True)
     docker.seed.setValue(3)
+    docker.prompt.setPlainText("a castle")  # left from an earlier job
+    docker.expand_button.click()  # no side set: a sentence, not a generate of the whole canvas
+    check(docker.job is None and "at least one side" in docker.message.text(),
+          f"Expand with no side set: {docker.message.text()!r}")
+    check(docker.expand_button.isEnabled() and easel_layers(doc) == ([], []), "nothing was to happen")
+    docker.prompt.setPlainText("")
     for spin, value in zip(docker.expand_sides, (16, 0, 48, 8)):
         spin.setValue(value)
     docker.expand_button.click()
@@ -1793,6 +1799,7 @@ def scenario_docker_upscale(ctx):
     check(offered == [""] + list(docker.worker.welcome["capabilities"]["upscalers"]), f"upscalers {offered}")
     check("2x-demo-esrgan" in offered, f"the demo upscaler is not offered: {offered}")
     docker.upscaler.setCurrentIndex(offered.index("2x-demo-esrgan"))
+    docker.prompt.setPlainText("a castle")  # left from an earlier job: no refine, so not the layer's name
     docker.upscale_factor.setValue(2.0)
     docker.fixed_seed.setChecked(True)
     docker.seed.setValue(12)
