@@ -229,17 +229,27 @@ def check_expand(sides: tuple[int, int, int, int]) -> None:
         raise PlanError(f"Expand adds 0 to {rules.MAX_EXPAND} pixels a side.")
 
 
-def plan_upscale(width: int, height: int, scale: float, max_side: int) -> Region:
+def plan_upscale(width: int, height: int, scale: float, max_side: int, max_pixels: int | None = None) -> Region:
     """Upscale a ``width`` x ``height`` canvas ``scale`` times: the whole canvas is sent, and the result
-    (``size``) is the new canvas, placed at its origin."""
+    (``size``) is the new canvas, placed at its origin. Over the server's ``max_side`` or ``max_pixels`` it is
+    a sentence before anything is read (the server refused it only once the whole canvas had been sent)."""
     if width <= 0 or height <= 0:
         raise PlanError("The document is empty: it has no canvas to edit.")
     if not rules.UPSCALE_MIN <= scale <= rules.UPSCALE_MAX:
         raise PlanError(f"Upscale by {rules.UPSCALE_MIN:g} to {rules.UPSCALE_MAX:g} times.")
     size = rules.upscale_size(width, height, scale)
-    if max(size) > max_side:
+
+    def fits(made: tuple[int, int]) -> bool:
+        return max(made) <= max_side and (max_pixels is None or made[0] * made[1] <= max_pixels)
+
+    if not fits(size):
+        limit = f"{max_side} pixels a side" if max(size) > max_side else f"{max_pixels:,} pixels in all"
+        largest = next((f / 10 for f in range(int(scale * 10), int(rules.UPSCALE_MIN * 10) - 1, -1)
+                        if fits(rules.upscale_size(width, height, f / 10))), None)
+        way = f"Pick {largest:g}x or less." if largest is not None and largest > 1 else \
+            "The picture is already as large as the server allows: scale it down first."
         raise PlanError(f"{scale:g} times {width}x{height} is {size[0]}x{size[1]}: the server makes pictures up to "
-                        f"{max_side} pixels a side. Pick a smaller factor.")
+                        f"{limit}. {way}")
     return Region("upscale", Box(0, 0, width, height), size)
 
 
