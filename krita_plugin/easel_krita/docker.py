@@ -536,7 +536,8 @@ class EaselDocker(host.DockWidget):
                 self._say("That result is already a layer." if result.layer is not None
                           else "That result is going in as a layer already.")
                 return
-            self._apply(result)
+            if self._apply(result):  # the line above still said the last job's (or "already a layer")
+                self._say(f"Added “{result.name}”.")
 
     def _discard_selected(self) -> None:
         item, result = self._selected_result()
