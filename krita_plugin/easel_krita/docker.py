@@ -204,7 +204,8 @@ class EaselDocker(host.DockWidget):
         self.fill = W.QComboBox()
         for label, value in FILL_LABELS:
             self.fill.addItem(label, value)
-        self.fill.setToolTip("What the selection starts from (matters below 100% strength)")
+        self.fill.setToolTip("What the selection starts from: below 100% strength, and for Remove at any strength "
+                             f"(it refines the filled selection at {protocol.rules.REMOVE_STRENGTH:.0%} of it)")
         self.soft = W.QCheckBox("Soft")
         self.soft.setChecked(True)
         self.soft.setToolTip("Soft inpainting: a faint part of the selection or of its feathered edge changes "
