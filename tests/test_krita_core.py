@@ -843,8 +843,10 @@ def test_an_upscale_sends_the_whole_canvas_and_its_result_is_the_new_canvas():
     assert plan.plan_upscale(4000, 3000, 1.1, 8192, 4096 * 4096).size == (4400, 3300)
     with pytest.raises(plan.PlanError, match="1 to 8 times"):
         plan.plan_upscale(600, 400, 9, 8192)
-    with pytest.raises(plan.PlanError, match="10 steps at 5% refine leave no step to run"):
+    with pytest.raises(plan.PlanError, match="10 steps at 5% refine leave no step to run: raise the refine, or use "
+                                             "at least 20 steps"):
         plan.build_job(region, plan.Settings(scale=2.0, refine=0.05, steps=10), bytes(256 * 192 * 4))
+    plan.build_job(region, plan.Settings(scale=2.0, refine=0.05, steps=20), bytes(256 * 192 * 4))  # as it says
 
 
 def test_a_plain_upscale_is_named_for_the_upscale_not_for_a_prompt_left_in_the_box():

@@ -426,8 +426,9 @@ def refusal(error: errors.ProtocolError, job: Job) -> str:
     """A rule's refusal of ``job`` in the docker's words (its settings and layers, not wire fields)."""
     sampling = job.sampling
     if error.code == "too_few_steps" and error.field == "refine":
+        # the number, as the strength's sentence gives it: "raise the steps" left the painter guessing (1% takes 100)
         return (f"{sampling.steps} steps at {round((job.refine or 0) * 100)}% refine leave no step to run: "
-                "raise the refine or the steps.")
+                f"raise the refine, or use at least {rules.schedule_steps(1, job.refine or 0)} steps.")
     if error.code == "too_few_steps":
         shown = f"{sampling.steps} steps at {round(sampling.strength * 100)}% strength"
         strength = rules.pass_strength(job.mode, sampling.strength)
