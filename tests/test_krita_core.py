@@ -847,6 +847,10 @@ def test_an_upscale_sends_the_whole_canvas_and_its_result_is_the_new_canvas():
                                              "at least 20 steps"):
         plan.build_job(region, plan.Settings(scale=2.0, refine=0.05, steps=10), bytes(256 * 192 * 4))
     plan.build_job(region, plan.Settings(scale=2.0, refine=0.05, steps=20), bytes(256 * 192 * 4))  # as it says
+    with pytest.raises(plan.PlanError, match="2 steps at 10% refine leave no step to run: .* at least 10 steps"):
+        plan.check_upscale_refine(plan.Settings(scale=2.0, refine=0.1, steps=2))  # before a pixel is read
+    plan.check_upscale_refine(plan.Settings(scale=2.0, refine=0.1, steps=10))
+    plan.check_upscale_refine(plan.Settings(scale=2.0, steps=1))  # no refine: no step needed
 
 
 def test_a_plain_upscale_is_named_for_the_upscale_not_for_a_prompt_left_in_the_box():

@@ -253,6 +253,19 @@ def plan_upscale(width: int, height: int, scale: float, max_side: int, max_pixel
     return Region("upscale", Box(0, 0, width, height), size)
 
 
+def refine_refusal(steps: int, refine: float) -> str:
+    # the number, as the strength's sentence gives it: "raise the steps" left the painter guessing (1% takes 100)
+    return (f"{steps} steps at {round(refine * 100)}% refine leave no step to run: raise the refine, or use at "
+            f"least {rules.schedule_steps(1, refine)} steps.")
+
+
+def check_upscale_refine(settings: Settings) -> None:
+    """An upscale's refine that would run no step, refused before the whole canvas is read (``Job.check``
+    refuses it too, but only once the job has its picture)."""
+    if settings.refine > 0 and rules.denoising_steps("upscale", settings.steps, settings.refine) < 1:
+        raise PlanError(refine_refusal(settings.steps, settings.refine))
+
+
 def check_prompt(settings: Settings, references) -> None:
     """A job needs a prompt, or at least a reference to follow (a removal, an expand or an upscale needs
     neither: they continue the picture); an instruct edit needs its instruction."""
@@ -426,9 +439,7 @@ def refusal(error: errors.ProtocolError, job: Job) -> str:
     """A rule's refusal of ``job`` in the docker's words (its settings and layers, not wire fields)."""
     sampling = job.sampling
     if error.code == "too_few_steps" and error.field == "refine":
-        # the number, as the strength's sentence gives it: "raise the steps" left the painter guessing (1% takes 100)
-        return (f"{sampling.steps} steps at {round((job.refine or 0) * 100)}% refine leave no step to run: "
-                f"raise the refine, or use at least {rules.schedule_steps(1, job.refine or 0)} steps.")
+        return refine_refusal(sampling.steps, job.refine or 0)
     if error.code == "too_few_steps":
         shown = f"{sampling.steps} steps at {round(sampling.strength * 100)}% strength"
         strength = rules.pass_strength(job.mode, sampling.strength)

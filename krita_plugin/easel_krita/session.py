@@ -253,6 +253,7 @@ class Session(QObject):
         host.flush(doc)
         region = plan.plan_upscale(info.width, info.height, settings.scale, self.worker.offer.max_side,
                                    self.worker.offer.max_pixels)
+        plan.check_upscale_refine(settings)
         model = plan.model_of(self.worker.models, settings.model)
         # A refine the chosen model cannot run (an instruct-only one) is a sentence now, not after the read.
         plan.check_model(region, settings, model=model)

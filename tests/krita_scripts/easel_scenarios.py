@@ -1850,6 +1850,13 @@ def scenario_docker_upscale(ctx):
         docker.worker.welcome = welcome  # the worker is shared with the other docker scenarios
     check("up to 2048 pixels a side" in docker.message.text(), docker.message.text())
     check(docker.upscale_button.isEnabled(), "a refused upscale left the buttons off")
+    # A refine that runs no step: a sentence at once, with the steps that would do (it was one after the read).
+    docker.upscale_factor.setValue(2.0)
+    docker.upscale_refine.setValue(10)
+    docker.steps.setValue(2)
+    docker.upscale_button.click()
+    check(docker.job is None and "at least 10 steps" in docker.message.text(), docker.message.text())
+    check(docker.upscale_button.isEnabled(), "a refused refine left the buttons off")
     doc.close()
 
 
