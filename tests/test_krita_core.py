@@ -651,6 +651,15 @@ def test_remove_and_the_selection_settings_make_the_job():
     with pytest.raises(plan.PlanError, match=r"^3 steps at 30% strength leave no step to run: raise the strength, or "
                                              r"use at least 4 steps.$"):
         plan.build_job(refine, plan.Settings(prompt="a door", strength=0.3, steps=3), bytes(w * h * 4), bytes(w * h))
+    # The same sentences before a pixel is read (Session.generate / upscale call this first).
+    with pytest.raises(plan.PlanError, match=r"^3 steps at 30% strength leave no step to run: raise the strength, or "
+                                             r"use at least 4 steps.$"):
+        plan.check_steps(refine, plan.Settings(prompt="a door", strength=0.3, steps=3))
+    with pytest.raises(plan.PlanError, match=r"^Remove refines the filled selection at 40% .* Use at least 3 steps.$"):
+        plan.check_steps(region, dataclasses.replace(settings, steps=2))
+    plan.check_steps(refine, plan.Settings(prompt="a door", strength=0.3, steps=4))
+    plan.check_steps(plan.plan_region(640, 480, 1.0, 512), plan.Settings(prompt="a door", steps=1))  # a generate
+    plan.check_steps(plan.plan_expand(64, 48, (8, 0, 0, 0)), plan.Settings(strength=0.01, steps=1))  # from noise
 
 
 def test_expand_plans_the_whole_canvas_and_places_the_new_canvas_at_its_origin():

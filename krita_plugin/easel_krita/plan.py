@@ -266,6 +266,21 @@ def check_upscale_refine(settings: Settings) -> None:
         raise PlanError(refine_refusal(settings.steps, settings.refine))
 
 
+def check_steps(region: Region, settings: Settings) -> None:
+    """Steps and strength that would run no denoising step, refused before a pixel is read, in the words
+    ``build_job`` uses (it refused them only once the picture had been read, the buttons off meanwhile)."""
+    if region.mode == "upscale":
+        check_upscale_refine(settings)
+        return
+    job = outline(region, settings)
+    if job.mode in rules.STARTS_FROM_NOISE or job.mode == "expand":  # (an expand runs at strength 1: build_job)
+        return
+    try:
+        rules.check_denoising(job.mode, job.sampling.steps, job.sampling.strength)
+    except errors.ProtocolError as exc:
+        raise PlanError(refusal(exc, job)) from None
+
+
 def check_prompt(settings: Settings, references) -> None:
     """A job needs a prompt, or at least a reference to follow (a removal, an expand or an upscale needs
     neither: they continue the picture); an instruct edit needs its instruction."""

@@ -141,6 +141,7 @@ class Session(QObject):
                                       remove=settings.remove, instruct=settings.instruct,
                                       max_generate_side=self.worker.offer.max_generate_side)
         plan.check_picture_size(region, self.worker.offer.max_side, self.worker.offer.max_pixels)
+        plan.check_steps(region, settings)
         model = plan.model_of(self.worker.models, settings.model)
         # What the chosen model cannot do is a sentence now, before any pixels are read.
         plan.check_model(region, settings, [(unit.type, unit.scale) for unit in controls],
@@ -253,7 +254,7 @@ class Session(QObject):
         host.flush(doc)
         region = plan.plan_upscale(info.width, info.height, settings.scale, self.worker.offer.max_side,
                                    self.worker.offer.max_pixels)
-        plan.check_upscale_refine(settings)
+        plan.check_steps(region, settings)
         model = plan.model_of(self.worker.models, settings.model)
         # A refine the chosen model cannot run (an instruct-only one) is a sentence now, not after the read.
         plan.check_model(region, settings, model=model)

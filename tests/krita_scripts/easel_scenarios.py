@@ -1159,6 +1159,11 @@ def scenario_docker_remove_with_selection_settings(ctx):
     rect_band(alpha, (100, 80, 30, 20), 9)  # rules.reach(2, 4) = 9, not the default 33
     check(snapshot(doc) == before, "a source layer changed")
     check(docker.remove_button.isEnabled() and docker.generate_button.isEnabled(), "buttons did not reset")
+    # Too few steps for the removal's refine: the sentence at once, nothing read or sent, the buttons on.
+    docker.steps.setValue(2)
+    docker.remove_button.click()
+    check(docker.job is None and docker.message.text().endswith("Use at least 3 steps."), docker.message.text())
+    check(docker.remove_button.isEnabled() and len(easel_layers(doc)[1]) == 1, "a refused removal did something")
     doc.close()
 
 
