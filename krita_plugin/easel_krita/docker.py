@@ -484,6 +484,8 @@ class EaselDocker(host.DockWidget):
             return
         self._end_job()
         added = True
+        # (apply() turns new_document into the document it makes; the painter still looks at this one)
+        where = " to a new document" if results and results[0].new_document else ""
         for index, result in enumerate(results):
             item = W.QListWidgetItem(result.name)
             item.setIcon(QtGui.QIcon(QPixmap.fromImage(rgba_image(result.rgba, result.width, result.height))))
@@ -499,7 +501,7 @@ class EaselDocker(host.DockWidget):
         if not added:  # _apply said why
             return
         more = f" {len(results) - 1} more in the list below." if len(results) > 1 else ""
-        self._say(f"Added “{results[0].name}”.{more}")
+        self._say(f"Added “{results[0].name}”{where}.{more}")
 
     def _on_failed(self, job, message) -> None:
         if job == self.job:
@@ -537,8 +539,9 @@ class EaselDocker(host.DockWidget):
                 self._say("That result is already a layer." if result.layer is not None
                           else "That result is going in as a layer already.")
                 return
+            where = " to a new document" if result.new_document else ""
             if self._apply(result):  # the line above still said the last job's (or "already a layer")
-                self._say(f"Added “{result.name}”.")
+                self._say(f"Added “{result.name}”{where}.")
 
     def _discard_selected(self) -> None:
         item, result = self._selected_result()

@@ -1827,6 +1827,7 @@ def scenario_docker_upscale(ctx):
     check((made.width(), made.height()) == (2 * W, 2 * H), f"the new document is {made.width()}x{made.height()}")
     names = [n.name() for n in easel_layers(made)[1]]
     check(names == ["upscaled 2x [12]"], f"layers of the new document {names}")
+    check(docker.message.text() == "Added “upscaled 2x [12]” to a new document.", docker.message.text())
     check((made.colorDepth(), made.colorProfile()) == (doc.colorDepth(), doc.colorProfile()), "another colour space")
     made.close()
     # Scale this document: its layer is scaled, and the upscaled picture lies on top at full size.
