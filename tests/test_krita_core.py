@@ -651,6 +651,15 @@ def test_remove_and_the_selection_settings_make_the_job():
     with pytest.raises(plan.PlanError, match=r"^3 steps at 30% strength leave no step to run: raise the strength, or "
                                              r"use at least 4 steps.$"):
         plan.build_job(refine, plan.Settings(prompt="a door", strength=0.3, steps=3), bytes(w * h * 4), bytes(w * h))
+    # The same sentences before a pixel is read (Session.generate / upscale call this first).
+    with pytest.raises(plan.PlanError, match=r"^3 steps at 30% strength leave no step to run: raise the strength, or "
+                                             r"use at least 4 steps.$"):
+        plan.check_steps(refine, plan.Settings(prompt="a door", strength=0.3, steps=3))
+    with pytest.raises(plan.PlanError, match=r"^Remove refines the filled selection at 40% .* Use at least 3 steps.$"):
+        plan.check_steps(region, dataclasses.replace(settings, steps=2))
+    plan.check_steps(refine, plan.Settings(prompt="a door", strength=0.3, steps=4))
+    plan.check_steps(plan.plan_region(640, 480, 1.0, 512), plan.Settings(prompt="a door", steps=1))  # a generate
+    plan.check_steps(plan.plan_expand(64, 48, (8, 0, 0, 0)), plan.Settings(strength=0.01, steps=1))  # from noise
 
 
 def test_expand_plans_the_whole_canvas_and_places_the_new_canvas_at_its_origin():
@@ -832,12 +841,31 @@ def test_an_upscale_sends_the_whole_canvas_and_its_result_is_the_new_canvas():
     plain = plan.build_job(region, plan.Settings(scale=2.0), bytes(256 * 192 * 4)).to_message(lambda i, r: {})
     assert "refine" not in plain and "upscaler" not in plain  # the server's defaults
     assert placement.place(region, (0, 0), 512, 384) == placement.Placement(0, 0, 512, 384)
-    with pytest.raises(plan.PlanError, match="up to 1024 pixels a side"):
+    with pytest.raises(plan.PlanError, match="up to 1024 pixels a side. Pick 1.7x or less"):
         plan.plan_upscale(600, 400, 2.0, 1024)
+    # A server of fewer pixels than its side allows squared (a small GPU's max_pixels): refused before the
+    # read, with the factor that fits, as the server refused it only after the whole canvas was sent.
+    with pytest.raises(plan.PlanError, match=r"4000x3000 is 8000x6000: .* up to 16,777,216 pixels in all. Pick 1.1x"):
+        plan.plan_upscale(4000, 3000, 2.0, 8192, 4096 * 4096)
+    with pytest.raises(plan.PlanError, match="already as large as the server allows"):
+        plan.plan_upscale(4096, 4096, 1.5, 8192, 4096 * 4096)
+    assert plan.plan_upscale(4000, 3000, 1.1, 8192, 4096 * 4096).size == (4400, 3300)
     with pytest.raises(plan.PlanError, match="1 to 8 times"):
         plan.plan_upscale(600, 400, 9, 8192)
-    with pytest.raises(plan.PlanError, match="10 steps at 5% refine leave no step to run"):
+    with pytest.raises(plan.PlanError, match="10 steps at 5% refine leave no step to run: raise the refine, or use "
+                                             "at least 20 steps"):
         plan.build_job(region, plan.Settings(scale=2.0, refine=0.05, steps=10), bytes(256 * 192 * 4))
+    plan.build_job(region, plan.Settings(scale=2.0, refine=0.05, steps=20), bytes(256 * 192 * 4))  # as it says
+    with pytest.raises(plan.PlanError, match="2 steps at 10% refine leave no step to run: .* at least 10 steps"):
+        plan.check_upscale_refine(plan.Settings(scale=2.0, refine=0.1, steps=2))  # before a pixel is read
+    plan.check_upscale_refine(plan.Settings(scale=2.0, refine=0.1, steps=10))
+    plan.check_upscale_refine(plan.Settings(scale=2.0, steps=1))  # no refine: no step needed
+
+
+def test_a_plain_upscale_is_named_for_the_upscale_not_for_a_prompt_left_in_the_box():
+    assert placement.upscale_label("a castle", 2.0, 0.0) == "upscaled 2x"  # the prompt took no part in it
+    assert placement.upscale_label("a castle", 1.5, 0.3) == "a castle"
+    assert placement.upscale_label("  ", 3.3, 0.3) == "upscaled 3.3x"
 
 
 # -- instruct edits and what the chosen model can do ------------------------------------------------

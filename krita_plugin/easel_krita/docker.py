@@ -204,7 +204,8 @@ class EaselDocker(host.DockWidget):
         self.fill = W.QComboBox()
         for label, value in FILL_LABELS:
             self.fill.addItem(label, value)
-        self.fill.setToolTip("What the selection starts from (matters below 100% strength)")
+        self.fill.setToolTip("What the selection starts from: below 100% strength, and for Remove at any strength "
+                             f"(it refines the filled selection at {protocol.rules.REMOVE_STRENGTH:.0%} of it)")
         self.soft = W.QCheckBox("Soft")
         self.soft.setChecked(True)
         self.soft.setToolTip("Soft inpainting: a faint part of the selection or of its feathered edge changes "
@@ -350,7 +351,7 @@ class EaselDocker(host.DockWidget):
 
     # -- actions ------------------------------------------------------------------------------
 
-    def settings(self, remove: bool = False, expand: tuple = (0, 0, 0, 0), upscale: bool = False,
+    def settings(self, remove: bool = False, expand: tuple | None = None, upscale: bool = False,
                  instruct: bool = False) -> plan.Settings:
         # A switched-off field is not sent: the chosen model cannot take it (its tooltip says why).
         negative = self.negative.text() if self.negative.isEnabled() else ""
@@ -368,9 +369,9 @@ class EaselDocker(host.DockWidget):
                              seed=self.seed.value() if self.fixed_seed.isChecked() else None,
                              batch=self.batch.value(), mask_grow=self.grow.value(),
                              mask_feather=self.feather.value(), fill=self.fill.currentData(),
-                             soft_inpaint=self.soft.isChecked(), remove=remove, expand=expand)
+                             soft_inpaint=self.soft.isChecked(), remove=remove, expand=expand or (0, 0, 0, 0))
 
-    def generate(self, remove: bool = False, expand: tuple = (0, 0, 0, 0), upscale: bool = False,
+    def generate(self, remove: bool = False, expand: tuple | None = None, upscale: bool = False,
                  instruct: bool = False) -> None:
         doc = self._document()
         if doc is None:
@@ -382,6 +383,8 @@ class EaselDocker(host.DockWidget):
         try:
             if self.model.currentData():
                 host.save_document_settings(doc, {"model": self.model.currentData()})
+            if expand is not None:  # Expand pressed: with no side set it is a sentence, not some other job
+                plan.check_expand(expand)
             if upscale:
                 self.job = self.session.upscale(doc, self.settings(upscale=True), self.upscale_new.isChecked())
             else:
@@ -481,6 +484,8 @@ class EaselDocker(host.DockWidget):
             return
         self._end_job()
         added = True
+        # (apply() turns new_document into the document it makes; the painter still looks at this one)
+        where = " to a new document" if results and results[0].new_document else ""
         for index, result in enumerate(results):
             item = W.QListWidgetItem(result.name)
             item.setIcon(QtGui.QIcon(QPixmap.fromImage(rgba_image(result.rgba, result.width, result.height))))
@@ -496,7 +501,7 @@ class EaselDocker(host.DockWidget):
         if not added:  # _apply said why
             return
         more = f" {len(results) - 1} more in the list below." if len(results) > 1 else ""
-        self._say(f"Added “{results[0].name}”.{more}")
+        self._say(f"Added “{results[0].name}”{where}.{more}")
 
     def _on_failed(self, job, message) -> None:
         if job == self.job:
@@ -534,7 +539,9 @@ class EaselDocker(host.DockWidget):
                 self._say("That result is already a layer." if result.layer is not None
                           else "That result is going in as a layer already.")
                 return
-            self._apply(result)
+            where = " to a new document" if result.new_document else ""
+            if self._apply(result):  # the line above still said the last job's (or "already a layer")
+                self._say(f"Added “{result.name}”{where}.")
 
     def _discard_selected(self) -> None:
         item, result = self._selected_result()

@@ -53,6 +53,13 @@ def layer_name(prompt: str, seed: int, limit: int = 40, model: str | None = None
     return f"{text} [{seed}{extra}]"
 
 
+def upscale_label(prompt: str, scale: float, refine: float) -> str:
+    """What an upscale's layer is named after (``layer_name`` adds the seed): the prompt only when a refine
+    used it; a plain upscale ignores the prompt, and a layer named after a prompt left in the box from an
+    earlier job ("a castle") hid what it was."""
+    return prompt if refine > 0 and prompt.strip() else f"upscaled {scale:g}x"
+
+
 def band_only(rgba: bytes, width: int, left: int, top: int, old_width: int, old_height: int) -> bytes:
     """An expand's new canvas (RGBA, ``width`` wide) with alpha 0 over the old canvas at (left, top)."""
     out = bytearray(rgba)

@@ -215,26 +215,70 @@ def plan_expand(width: int, height: int, sides: tuple[int, int, int, int]) -> Re
     sent, and the result is the new canvas (``size``), placed at its origin."""
     if width <= 0 or height <= 0:
         raise PlanError("The document is empty: it has no canvas to edit.")
-    if not any(sides):
-        raise PlanError("Set how many pixels to add on at least one side first.")
-    if min(sides) < 0 or max(sides) > rules.MAX_EXPAND:
-        raise PlanError(f"Expand adds 0 to {rules.MAX_EXPAND} pixels a side.")
+    check_expand(sides)
     left, top, right, bottom = sides
     return Region("expand", Box(0, 0, width, height), (width + left + right, height + top + bottom))
 
 
-def plan_upscale(width: int, height: int, scale: float, max_side: int) -> Region:
+def check_expand(sides: tuple[int, int, int, int]) -> None:
+    """The pixels an Expand press adds (left, top, right, bottom), checked before anything else: all four at 0
+    is not a job of another kind (it ran a generate of the whole canvas, named after the old prompt)."""
+    if not any(sides):
+        raise PlanError("Set how many pixels to add on at least one side first.")
+    if min(sides) < 0 or max(sides) > rules.MAX_EXPAND:
+        raise PlanError(f"Expand adds 0 to {rules.MAX_EXPAND} pixels a side.")
+
+
+def plan_upscale(width: int, height: int, scale: float, max_side: int, max_pixels: int | None = None) -> Region:
     """Upscale a ``width`` x ``height`` canvas ``scale`` times: the whole canvas is sent, and the result
-    (``size``) is the new canvas, placed at its origin."""
+    (``size``) is the new canvas, placed at its origin. Over the server's ``max_side`` or ``max_pixels`` it is
+    a sentence before anything is read (the server refused it only once the whole canvas had been sent)."""
     if width <= 0 or height <= 0:
         raise PlanError("The document is empty: it has no canvas to edit.")
     if not rules.UPSCALE_MIN <= scale <= rules.UPSCALE_MAX:
         raise PlanError(f"Upscale by {rules.UPSCALE_MIN:g} to {rules.UPSCALE_MAX:g} times.")
     size = rules.upscale_size(width, height, scale)
-    if max(size) > max_side:
+
+    def fits(made: tuple[int, int]) -> bool:
+        return max(made) <= max_side and (max_pixels is None or made[0] * made[1] <= max_pixels)
+
+    if not fits(size):
+        limit = f"{max_side} pixels a side" if max(size) > max_side else f"{max_pixels:,} pixels in all"
+        largest = next((f / 10 for f in range(int(scale * 10), int(rules.UPSCALE_MIN * 10) - 1, -1)
+                        if fits(rules.upscale_size(width, height, f / 10))), None)
+        way = f"Pick {largest:g}x or less." if largest is not None and largest > 1 else \
+            "The picture is already as large as the server allows: scale it down first."
         raise PlanError(f"{scale:g} times {width}x{height} is {size[0]}x{size[1]}: the server makes pictures up to "
-                        f"{max_side} pixels a side. Pick a smaller factor.")
+                        f"{limit}. {way}")
     return Region("upscale", Box(0, 0, width, height), size)
+
+
+def refine_refusal(steps: int, refine: float) -> str:
+    # the number, as the strength's sentence gives it: "raise the steps" left the painter guessing (1% takes 100)
+    return (f"{steps} steps at {round(refine * 100)}% refine leave no step to run: raise the refine, or use at "
+            f"least {rules.schedule_steps(1, refine)} steps.")
+
+
+def check_upscale_refine(settings: Settings) -> None:
+    """An upscale's refine that would run no step, refused before the whole canvas is read (``Job.check``
+    refuses it too, but only once the job has its picture)."""
+    if settings.refine > 0 and rules.denoising_steps("upscale", settings.steps, settings.refine) < 1:
+        raise PlanError(refine_refusal(settings.steps, settings.refine))
+
+
+def check_steps(region: Region, settings: Settings) -> None:
+    """Steps and strength that would run no denoising step, refused before a pixel is read, in the words
+    ``build_job`` uses (it refused them only once the picture had been read, the buttons off meanwhile)."""
+    if region.mode == "upscale":
+        check_upscale_refine(settings)
+        return
+    job = outline(region, settings)
+    if job.mode in rules.STARTS_FROM_NOISE or job.mode == "expand":  # (an expand runs at strength 1: build_job)
+        return
+    try:
+        rules.check_denoising(job.mode, job.sampling.steps, job.sampling.strength)
+    except errors.ProtocolError as exc:
+        raise PlanError(refusal(exc, job)) from None
 
 
 def check_prompt(settings: Settings, references) -> None:
@@ -410,8 +454,7 @@ def refusal(error: errors.ProtocolError, job: Job) -> str:
     """A rule's refusal of ``job`` in the docker's words (its settings and layers, not wire fields)."""
     sampling = job.sampling
     if error.code == "too_few_steps" and error.field == "refine":
-        return (f"{sampling.steps} steps at {round((job.refine or 0) * 100)}% refine leave no step to run: "
-                "raise the refine or the steps.")
+        return refine_refusal(sampling.steps, job.refine or 0)
     if error.code == "too_few_steps":
         shown = f"{sampling.steps} steps at {round(sampling.strength * 100)}% strength"
         strength = rules.pass_strength(job.mode, sampling.strength)

@@ -141,6 +141,7 @@ class Session(QObject):
                                       remove=settings.remove, instruct=settings.instruct,
                                       max_generate_side=self.worker.offer.max_generate_side)
         plan.check_picture_size(region, self.worker.offer.max_side, self.worker.offer.max_pixels)
+        plan.check_steps(region, settings)
         model = plan.model_of(self.worker.models, settings.model)
         # What the chosen model cannot do is a sentence now, before any pixels are read.
         plan.check_model(region, settings, [(unit.type, unit.scale) for unit in controls],
@@ -251,7 +252,9 @@ class Session(QObject):
             raise plan.PlanError(self.worker.not_ready())
         info = host.canvas(doc)
         host.flush(doc)
-        region = plan.plan_upscale(info.width, info.height, settings.scale, self.worker.offer.max_side)
+        region = plan.plan_upscale(info.width, info.height, settings.scale, self.worker.offer.max_side,
+                                   self.worker.offer.max_pixels)
+        plan.check_steps(region, settings)
         model = plan.model_of(self.worker.models, settings.model)
         # A refine the chosen model cannot run (an instruct-only one) is a sentence now, not after the read.
         plan.check_model(region, settings, model=model)
@@ -271,7 +274,8 @@ class Session(QObject):
             used = result.parameters.get("model")
             for item in result.images:
                 image = item.image
-                name = placement.layer_name(settings.prompt or f"upscaled {settings.scale:g}x", item.seed,
+                name = placement.layer_name(placement.upscale_label(settings.prompt, settings.scale, settings.refine),
+                                            item.seed,
                                             model=used if used and used != default_model else None)
                 out.append(LayerResult(name, item.seed, 0, 0, image.width, image.height, _write(info, image.data),
                                        image.data, doc, resize=(info.width, info.height), new_document=made,

@@ -1016,6 +1016,10 @@ def scenario_docker_buttons(ctx):
     docker.result_list.setCurrentRow(0)  # newest first: seed 41, not applied yet
     docker._apply_selected()
     check(sorted(n.name() for n in easel_layers(doc)[1]) == ["a red door [40]", "a red door [41]"], "apply failed")
+    check(docker.message.text() == "Added “a red door [41]”.", f"after Apply: {docker.message.text()!r}")
+    docker._apply_selected()
+    check(docker.message.text() == "That result is already a layer.", f"Apply again: {docker.message.text()!r}")
+    docker.result_list.setCurrentRow(0)
     docker._discard_selected()
     check([n.name() for n in easel_layers(doc)[1]] == ["a red door [40]"], "discard kept the layer")
     check(docker.result_list.count() == 1, "discard kept the list entry")
@@ -1155,6 +1159,11 @@ def scenario_docker_remove_with_selection_settings(ctx):
     rect_band(alpha, (100, 80, 30, 20), 9)  # rules.reach(2, 4) = 9, not the default 33
     check(snapshot(doc) == before, "a source layer changed")
     check(docker.remove_button.isEnabled() and docker.generate_button.isEnabled(), "buttons did not reset")
+    # Too few steps for the removal's refine: the sentence at once, nothing read or sent, the buttons on.
+    docker.steps.setValue(2)
+    docker.remove_button.click()
+    check(docker.job is None and docker.message.text().endswith("Use at least 3 steps."), docker.message.text())
+    check(docker.remove_button.isEnabled() and len(easel_layers(doc)[1]) == 1, "a refused removal did something")
     doc.close()
 
 
@@ -1173,6 +1182,12 @@ def scenario_docker_expand(ctx):
     docker.steps.setValue(2)
     docker.fixed_seed.setChecked(True)
     docker.seed.setValue(3)
+    docker.prompt.setPlainText("a castle")  # left from an earlier job
+    docker.expand_button.click()  # no side set: a sentence, not a generate of the whole canvas
+    check(docker.job is None and "at least one side" in docker.message.text(),
+          f"Expand with no side set: {docker.message.text()!r}")
+    check(docker.expand_button.isEnabled() and easel_layers(doc) == ([], []), "nothing was to happen")
+    docker.prompt.setPlainText("")
     for spin, value in zip(docker.expand_sides, (16, 0, 48, 8)):
         spin.setValue(value)
     docker.expand_button.click()
@@ -1793,6 +1808,7 @@ def scenario_docker_upscale(ctx):
     check(offered == [""] + list(docker.worker.welcome["capabilities"]["upscalers"]), f"upscalers {offered}")
     check("2x-demo-esrgan" in offered, f"the demo upscaler is not offered: {offered}")
     docker.upscaler.setCurrentIndex(offered.index("2x-demo-esrgan"))
+    docker.prompt.setPlainText("a castle")  # left from an earlier job: no refine, so not the layer's name
     docker.upscale_factor.setValue(2.0)
     docker.fixed_seed.setChecked(True)
     docker.seed.setValue(12)
@@ -1811,6 +1827,7 @@ def scenario_docker_upscale(ctx):
     check((made.width(), made.height()) == (2 * W, 2 * H), f"the new document is {made.width()}x{made.height()}")
     names = [n.name() for n in easel_layers(made)[1]]
     check(names == ["upscaled 2x [12]"], f"layers of the new document {names}")
+    check(docker.message.text() == "Added “upscaled 2x [12]” to a new document.", docker.message.text())
     check((made.colorDepth(), made.colorProfile()) == (doc.colorDepth(), doc.colorProfile()), "another colour space")
     made.close()
     # Scale this document: its layer is scaled, and the upscaled picture lies on top at full size.
@@ -1839,6 +1856,13 @@ def scenario_docker_upscale(ctx):
         docker.worker.welcome = welcome  # the worker is shared with the other docker scenarios
     check("up to 2048 pixels a side" in docker.message.text(), docker.message.text())
     check(docker.upscale_button.isEnabled(), "a refused upscale left the buttons off")
+    # A refine that runs no step: a sentence at once, with the steps that would do (it was one after the read).
+    docker.upscale_factor.setValue(2.0)
+    docker.upscale_refine.setValue(10)
+    docker.steps.setValue(2)
+    docker.upscale_button.click()
+    check(docker.job is None and "at least 10 steps" in docker.message.text(), docker.message.text())
+    check(docker.upscale_button.isEnabled(), "a refused refine left the buttons off")
     doc.close()
 
 
@@ -2174,6 +2198,51 @@ def scenario_animation_reads_the_frame_shown(ctx):
     check(len(easel_layers(doc)[1]) == 1, "a layer was added")
     doc.close()
 
+
+def _bounds(node):
+    b = node.bounds()
+    return (b.x(), b.y(), b.width(), b.height())
+
+
+def scenario_expand_moves_every_layer_and_undoes(ctx):
+    """Expand on a document with a layer off the origin, a hidden layer, a group and a selection: each moves
+    with the canvas by (left, top) and keeps its pixels, the hidden layer stays hidden, the selection moves
+    with its picture; Undo twice (the result, then the canvas) gives the document back as it was."""
+    from easel_krita import pixels
+    doc = new_doc()
+    paint_layer(doc, "paint", fill_rgba8())
+    small = paint_layer(doc, "offset", fill_rgba8(w=40, h=30, seed=1), 100, 60, 40, 30)
+    hidden = paint_layer(doc, "hidden", fill_rgba8(w=20, h=20), 10, 10, 20, 20)
+    hidden.setVisible(False)
+    group, inner = doc.createGroupLayer("group"), doc.createNode("inner", "paintlayer")
+    group.setChildNodes([inner])
+    doc.rootNode().addChildNode(group, None)
+    inner.setPixelData(pixels.from_rgba8(fill_rgba8(w=16, h=16), "U8", False), 200, 150, 16, 16)
+    doc.refreshProjection()
+    doc.waitForDone()
+    select(doc, 50, 50, 30, 30)
+    undo = Undo(doc)
+    start, stack, picture = undo.settled(), layer_stack(doc), bytes(doc.pixelData(0, 0, W, H))
+    was = [(node, _bounds(node), bytes(node.pixelData(*_bounds(node)))) for node in (small, hidden, inner)]
+    outcome = ctx["rig"].run(doc, settings(prompt="", expand=(8, 16, 0, 24), steps=2))
+    check(outcome[0] == "finished", f"the expand ended with {outcome}")
+    check((doc.width(), doc.height()) == (W + 8, H + 40), f"the canvas is {doc.width()}x{doc.height()}")
+    for node, (x, y, w, h), data in was:
+        check(_bounds(node) == (x + 8, y + 16, w, h), f"“{node.name()}” lies at {_bounds(node)}, was {(x, y, w, h)}")
+        check(bytes(node.pixelData(*_bounds(node))) == data, f"“{node.name()}” changed")
+    check(not hidden.visible(), "the hidden layer was shown")
+    sel = doc.selection()
+    check((sel.x(), sel.y(), sel.width(), sel.height()) == (58, 66, 30, 30), "the selection did not move")
+    check(bytes(doc.pixelData(8, 16, W, H)) == picture, "the old picture is not where it moved to")
+    check(undo.settled() == start + 2, f"the expand took {undo.index - start} undo steps (result, canvas)")
+    undo.undo()
+    undo.undo()
+    check((doc.width(), doc.height()) == (W, H), f"after two Undos the canvas is {doc.width()}x{doc.height()}")
+    check(layer_stack(doc) == stack, f"after two Undos the layers are {layer_stack(doc)}")
+    check(bytes(doc.pixelData(0, 0, W, H)) == picture, "after two Undos the picture differs")
+    for node, box, _ in was:
+        check(_bounds(node) == box, f"after two Undos “{node.name()}” lies at {_bounds(node)}, not {box}")
+    doc.close()
 
 SCENARIOS = [name for name in list(globals()) if name.startswith("scenario_")]
 
