@@ -192,6 +192,10 @@ def _upscale_size(job: Job, pixels: np.ndarray, limits: Limits, upscalers: list[
     if target[0] < width or target[1] < height:
         raise ProtocolError("invalid_field", f"{target[0]}x{target[1]} is smaller than the {width}x{height} "
                             "picture: upscale makes pictures larger", field)
+    if target == (width, height) and not job.refine:  # (it handed back a copy of the picture as a new layer)
+        raise ProtocolError("invalid_field", f"upscaling the {width}x{height} picture to its own size without "
+                            "`refine` changes nothing: ask for a larger size, or give `refine` to refine it at "
+                            "this size", field)
     return target
 
 

@@ -212,6 +212,8 @@ def test_a_batch_of_refined_upscales_gives_variations(client):
 @pytest.mark.parametrize("params, code, field", [
     ({"scale": 9}, "invalid_field", "scale"),
     ({"scale": 0.5}, "invalid_field", "scale"),
+    ({"scale": 1}, "invalid_field", "scale"),  # handed back a copy of the picture
+    ({"width": 160}, "invalid_field", "width"),
     ({"upscaler": "4x-nothing"}, "unknown_upscaler", "upscaler"),
     ({"width": 100}, "invalid_field", "width"),
     ({"scale": 2, "width": 400}, "invalid_field", "scale"),
