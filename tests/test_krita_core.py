@@ -660,6 +660,10 @@ def test_remove_and_the_selection_settings_make_the_job():
     plan.check_steps(refine, plan.Settings(prompt="a door", strength=0.3, steps=4))
     plan.check_steps(plan.plan_region(640, 480, 1.0, 512), plan.Settings(prompt="a door", steps=1))  # a generate
     plan.check_steps(plan.plan_expand(64, 48, (8, 0, 0, 0)), plan.Settings(strength=0.01, steps=1))  # from noise
+    same = plan.plan_upscale(101, 77, 1.0, 4096)  # the server refused it after the whole canvas was sent
+    with pytest.raises(plan.PlanError, match=r"^An upscale to the document's own size without a refine changes"):
+        plan.check_steps(same, plan.Settings(scale=1.0))
+    plan.check_steps(same, plan.Settings(scale=1.0, refine=0.3, steps=10))  # a refine at full size
 
 
 def test_expand_plans_the_whole_canvas_and_places_the_new_canvas_at_its_origin():

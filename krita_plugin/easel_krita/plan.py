@@ -270,6 +270,10 @@ def check_steps(region: Region, settings: Settings) -> None:
     """Steps and strength that would run no denoising step, refused before a pixel is read, in the words
     ``build_job`` uses (it refused them only once the picture had been read, the buttons off meanwhile)."""
     if region.mode == "upscale":
+        if region.size == (region.box.width, region.box.height) and not settings.refine:
+            # (the server refuses it too, once the whole canvas has been sent)
+            raise PlanError("An upscale to the document's own size without a refine changes nothing: pick a "
+                            "larger factor, or a refine strength.")
         check_upscale_refine(settings)
         return
     job = outline(region, settings)
