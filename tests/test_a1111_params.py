@@ -36,6 +36,7 @@ from easel_a1111.params import (  # noqa: E402
     mask_from_painting,
     sampler_from_infotext,
     seed_from_infotext,
+    unused_mask_note,
 )
 from easel_a1111.protocol import ImageData, Result, ResultImage, infotext  # noqa: E402
 from easel_a1111.protocol import capabilities as offered_by  # noqa: E402
@@ -235,6 +236,18 @@ def test_reuse_seed_reads_the_seed_of_the_shown_result():
     assert seed_from_infotext(text) == 2802081332  # the prompt's "Seed: 3" is not the parameters'
     assert seed_from_infotext("") is None and seed_from_infotext(None) is None
     assert seed_from_infotext("a cat\nSteps: 2, Sampler: Euler") is None
+
+
+def test_a_mask_painted_for_a_mode_that_edits_the_whole_picture_is_said_to_be_unused(server):
+    # (img2img with a painted mask ran on the whole picture without a word: a painter expects the mask to count)
+    final = list(jobs.run(jobs.Connection(server.url), values(mode="img2img", strength=0.5), "unit"))[-1]
+    assert final.status.startswith("Done: 1 image") and final.status.endswith(
+        "The painted mask was not used: img2img changes the whole picture (inpaint changes only the painted "
+        "part)."), final.status
+    assert not unused_mask_note(values()), "inpaint uses it"
+    assert not unused_mask_note(values(mode="img2img", mask=None))
+    assert not unused_mask_note(values(mode="img2img", mask=Image.new("RGB", (128, 96)))), "nothing painted"
+    assert "upscale enlarges the whole picture" in unused_mask_note(values(mode="upscale"))
 
 
 def test_a_sentence_keeps_its_lora_tags_in_the_tabs_markdown():

@@ -17,7 +17,7 @@ from typing import Iterator
 import numpy as np
 from PIL import Image
 
-from .params import InputError, TabValues, build_job, control_png, decode, field_label
+from .params import InputError, TabValues, build_job, control_png, decode, field_label, unused_mask_note
 from .protocol import (
     DEFAULT_URL,
     Accepted,
@@ -248,7 +248,9 @@ def _shown(event, values: TabValues, request: Job) -> Iterator[Update]:
         images, texts = finish(values, event, request)
         seconds = event.timings.get("total", 0)
         seeds = [item.seed for item in sorted(event.images, key=lambda item: item.index)]
-        yield Update(f"Done: {len(images)} image{'s' * (len(images) != 1)} in {seconds:.1f} s.",
+        note = unused_mask_note(values)
+        yield Update(f"Done: {len(images)} image{'s' * (len(images) != 1)} in {seconds:.1f} s."
+                     + (f" {note}" if note else ""),
                      images=images, infotexts=texts, seeds=seeds, guidance=event.parameters.get("guidance"),
                      done=True)
 

@@ -302,6 +302,16 @@ def painted_mask(values: TabValues) -> Image.Image | None:
     return mask
 
 
+def unused_mask_note(values: TabValues) -> str:
+    """A sentence for the status line when a mask is painted in a mode that edits the whole picture: the
+    job ran without it, which a painter who painted one would not guess ("" otherwise)."""
+    whole = {"img2img": "img2img changes the whole picture", "upscale": "upscale enlarges the whole picture"}
+    if values.mode not in whole or values.picture is None or values.mask is None \
+            or mask_from_painting(values.mask, values.picture.size) is None:
+        return ""
+    return f"The painted mask was not used: {whole[values.mode]} (inpaint changes only the painted part)."
+
+
 def build_job(values: TabValues) -> Job:
     """The job the Generate button submits, images as PNG ``ImageData``; ``InputError`` when the tab's
     values make no job, or one the server (or the picked model) would refuse."""
