@@ -572,3 +572,32 @@ def test_send_to_easel_lands_in_the_mode_the_picture_came_from(page):
         page.wait_for_function("(mode) => document.querySelector('#easel_mode input:checked').value === mode",
                                arg=mode)
         assert page.locator("#easel_strength input[type=number]").input_value() == strength, (tab, sub)
+
+
+def test_a_flux_fill_inpaint_on_auto_cfg_is_saved_and_pasted_back_as_it_ran(page, webui, files):
+    # Auto CFG ran the Fill model at its 30 and Flux runs its own Euler whatever sampler is picked: the
+    # file name read the tab's "DPM++ 2M Karras"; PNG Info's infotext brings back the 30 that ran.
+    pick_model(page, "demo-flux (")
+    upload(page, "easel_picture", files["picture"])
+    choose(page, "easel_mode", "inpaint")
+    paint(page, (40, 40), (120, 90), (192, 128))
+    page.locator("#easel_prompt textarea").fill("a blue door")
+    set_number(page, "easel_steps", 2)
+    set_number(page, "easel_seed", 31)
+    assert generate(page).startswith("Done: 1 image"), text_of(page, "easel_progress")
+    info = page.locator("#easel_info textarea").input_value()
+    assert "Sampler: Euler, CFG scale: 30.0," in info, info
+    (saved,) = [path for path in webui["root"].rglob("*.png") if Image.open(path).info.get("parameters") == info]
+    assert saved.name.endswith("-31-2-Euler-30.0.png"), saved.name  # [seed]-[steps]-[sampler]-[cfg]
+
+    pick_model(page, "demo-base (")
+    choose(page, "easel_mode", "img2img")
+    open_tab(page, "PNG Info")
+    page.locator("#pnginfo_image input[type=file]").set_input_files(str(saved))
+    page.wait_for_function("(info) => document.querySelector('#pnginfo_generation_info textarea').value === info",
+                           arg=info)
+    page.click("#easel_tab")
+    page.wait_for_function("() => document.querySelector('#easel_mode input:checked').value === 'inpaint'")
+    assert "demo-flux" in page.locator("#easel_model input").input_value()
+    assert page.locator("#easel_cfg input[type=number]").input_value() == "30"
+    page.wait_for_function("() => document.querySelector('#easel_cfg').innerText.includes('auto: 30,')")

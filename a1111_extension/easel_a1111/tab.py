@@ -236,7 +236,8 @@ def build(connection: Callable[[], jobs.Connection], host: Host | None = None) -
             for update in jobs.run(connection(), values, _session(request)):
                 if update.images and host.save is not None:
                     for index, (image, text) in enumerate(zip(update.images, update.infotexts)):
-                        host.save(image, text, values.mode, saving_fields(values, update.seeds, index, update.guidance))
+                        made = saving_fields(values, update.seeds, index, update.guidance, update.sampler)
+                        host.save(image, text, values.mode, made)
                 if update.images is None:
                     preview_ = keep if update.preview is None else update.preview
                     yield jobs.markdown(update.status), preview_, keep, keep, keep, keep, keep
