@@ -219,7 +219,8 @@ def saving_fields(values: TabValues, seeds: list[int], index: int, guidance: flo
     return {"seed": seeds[index], "all_seeds": list(seeds), "prompt": values.prompt,
             "negative_prompt": values.negative_prompt, "steps": int(values.steps),
             "cfg_scale": float(guidance if guidance is not None else values.guidance),
-            "sampler_name": sampler or values.sampler, "denoising_strength": float(values.strength) if refines else None,
+            "sampler_name": sampler or values.sampler,
+            "denoising_strength": float(values.strength) if refines else None,
             "styles": [], "batch_size": len(seeds), "batch_index": index, "n_iter": 1, "iteration": 0,
             "user": None}
 
