@@ -603,3 +603,24 @@ def test_a_flux_fill_inpaint_on_auto_cfg_is_saved_and_pasted_back_as_it_ran(page
     assert "demo-flux" in page.locator("#easel_model input").input_value()
     assert page.locator("#easel_cfg input[type=number]").input_value() == "30"
     page.wait_for_function("() => document.querySelector('#easel_cfg').innerText.includes('auto: 30,')")
+
+
+def test_png_info_of_another_models_picture_leaves_cfg_on_auto(page, tmp_path):
+    # A WebUI picture's "CFG scale: 7" is its own model's: pasted as it was, a Flux Fill inpaint ran at 7.
+    from PIL.PngImagePlugin import PngInfo
+
+    text = PngInfo()
+    text.add_text("parameters", "a cat\nSteps: 20, Sampler: Euler a, CFG scale: 7, Seed: 3, Size: 64x64, "
+                                "Model: v1-5-pruned-emaonly")
+    path = tmp_path / "webui.png"
+    picture(64, 64, seed=4).save(path, pnginfo=text)
+    pick_model(page, "demo-flux (")
+    set_number(page, "easel_cfg", 5)
+    open_tab(page, "PNG Info")
+    page.locator("#pnginfo_image input[type=file]").set_input_files(str(path))
+    page.wait_for_function("() => document.querySelector('#pnginfo_generation_info textarea').value.includes('cat')")
+    page.click("#easel_tab")
+    page.wait_for_function("() => document.querySelector('#easel_prompt textarea').value === 'a cat'")
+    assert page.locator("#easel_cfg input[type=number]").input_value() == "0"
+    assert "demo-flux" in page.locator("#easel_model input").input_value()
+    assert "auto: 30," in page.locator("#easel_cfg").inner_text()
