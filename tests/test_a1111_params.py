@@ -781,9 +781,17 @@ def test_cfg_scale_on_auto_gets_the_models_own_guidance(server):
     final = list(jobs.run(jobs.Connection(server.url), auto, "unit"))[-1]
     assert final.status.startswith("Done: 1 image"), final.status
     assert "CFG scale: 30.0" in final.infotexts[0], final.infotexts[0]
-    assert saving_fields(auto, final.seeds, 0, final.guidance)["cfg_scale"] == 30.0
+    made = saving_fields(auto, final.seeds, 0, final.guidance, final.sampler)
+    assert made["cfg_scale"] == 30.0
+    # Flux runs its own Euler whatever sampler is picked: the file name's [sampler] is the one that ran,
+    # as the infotext says (it read the tab's "DPM++ 2M Karras")
+    assert auto.sampler == "DPM++ 2M Karras" and made["sampler_name"] == "Euler", made
+    assert "Sampler: Euler," in final.infotexts[0], final.infotexts[0]
     assert guidance_note(flux, "inpaint") == "0 = auto: 30, this model's own for inpaint"
     assert guidance_note(flux, "img2img") == "0 = auto: 3.5, this model's own for img2img"
+    # a plain upscale runs no model: the note says whose CFG scale it is
+    assert guidance_note(flux, "upscale") == ("0 = auto: 3.5, this model's own for an upscale's refine "
+                                              "(Strength below 1)")
     assert guidance_note(chosen(offered.models, "demo"), "inpaint") == "0 = auto: 7, this model's own for inpaint"
     assert guidance_note(None, "inpaint") == "0 = auto: the model's own (the backend picks it)"
 

@@ -30,8 +30,9 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic"
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 STATUS = "document.querySelector('#easel_status [data-testid=markdown]')"  # the status line, in page JS
 TIMEOUT = 60_000  # ms: a job on the demo model takes seconds, but the machine is shared
-# Saved UI defaults (Settings > Defaults writes them): one ControlNet unit's field, not the others'.
-UI_DEFAULTS = {"easel/Unit 2 scale/value": 0.35}
+# Saved UI defaults (Settings > Defaults writes them): one ControlNet unit's field, not the others'; and
+# the CFG scale's 7 that a WebUI saved at its first start before 0 (auto) was the tab's default.
+UI_DEFAULTS = {"easel/Unit 2 scale/value": 0.35, "easel/CFG scale/value": 7.0}
 
 
 @pytest.fixture(scope="module")
@@ -545,6 +546,7 @@ def test_send_to_easel_from_txt2img_and_img2img_puts_their_result_in_the_sketch_
 
 def test_cfg_scale_starts_on_auto_and_says_what_the_picked_model_gets(page):
     # A Flux Fill inpaint wants 30 and Flux's img2img 3.5: auto (0) sends none, the backend uses the model's.
+    # (An older tab's saved default of 7 stays behind: it would run every Flux Fill inpaint at 7.)
     assert page.locator("#easel_cfg input[type=number]").input_value() == "0"
     cfg = page.locator("#easel_cfg")
     assert "0 = auto: 7, this model's own for inpaint" in cfg.inner_text(), cfg.inner_text()
@@ -572,3 +574,53 @@ def test_send_to_easel_lands_in_the_mode_the_picture_came_from(page):
         page.wait_for_function("(mode) => document.querySelector('#easel_mode input:checked').value === mode",
                                arg=mode)
         assert page.locator("#easel_strength input[type=number]").input_value() == strength, (tab, sub)
+
+
+def test_a_flux_fill_inpaint_on_auto_cfg_is_saved_and_pasted_back_as_it_ran(page, webui, files):
+    # Auto CFG ran the Fill model at its 30 and Flux runs its own Euler whatever sampler is picked: the
+    # file name read the tab's "DPM++ 2M Karras"; PNG Info's infotext brings back the 30 that ran.
+    pick_model(page, "demo-flux (")
+    upload(page, "easel_picture", files["picture"])
+    choose(page, "easel_mode", "inpaint")
+    paint(page, (40, 40), (120, 90), (192, 128))
+    page.locator("#easel_prompt textarea").fill("a blue door")
+    set_number(page, "easel_steps", 2)
+    set_number(page, "easel_seed", 31)
+    assert generate(page).startswith("Done: 1 image"), text_of(page, "easel_progress")
+    info = page.locator("#easel_info textarea").input_value()
+    assert "Sampler: Euler, CFG scale: 30.0," in info, info
+    (saved,) = [path for path in webui["root"].rglob("*.png") if Image.open(path).info.get("parameters") == info]
+    assert saved.name.endswith("-31-2-Euler-30.0.png"), saved.name  # [seed]-[steps]-[sampler]-[cfg]
+
+    pick_model(page, "demo-base (")
+    choose(page, "easel_mode", "img2img")
+    open_tab(page, "PNG Info")
+    page.locator("#pnginfo_image input[type=file]").set_input_files(str(saved))
+    page.wait_for_function("(info) => document.querySelector('#pnginfo_generation_info textarea').value === info",
+                           arg=info)
+    page.click("#easel_tab")
+    page.wait_for_function("() => document.querySelector('#easel_mode input:checked').value === 'inpaint'")
+    assert "demo-flux" in page.locator("#easel_model input").input_value()
+    assert page.locator("#easel_cfg input[type=number]").input_value() == "30"
+    page.wait_for_function("() => document.querySelector('#easel_cfg').innerText.includes('auto: 30,')")
+
+
+def test_png_info_of_another_models_picture_leaves_cfg_on_auto(page, tmp_path):
+    # A WebUI picture's "CFG scale: 7" is its own model's: pasted as it was, a Flux Fill inpaint ran at 7.
+    from PIL.PngImagePlugin import PngInfo
+
+    text = PngInfo()
+    text.add_text("parameters", "a cat\nSteps: 20, Sampler: Euler a, CFG scale: 7, Seed: 3, Size: 64x64, "
+                                "Model: v1-5-pruned-emaonly")
+    path = tmp_path / "webui.png"
+    picture(64, 64, seed=4).save(path, pnginfo=text)
+    pick_model(page, "demo-flux (")
+    set_number(page, "easel_cfg", 5)
+    open_tab(page, "PNG Info")
+    page.locator("#pnginfo_image input[type=file]").set_input_files(str(path))
+    page.wait_for_function("() => document.querySelector('#pnginfo_generation_info textarea').value.includes('cat')")
+    page.click("#easel_tab")
+    page.wait_for_function("() => document.querySelector('#easel_prompt textarea').value === 'a cat'")
+    assert page.locator("#easel_cfg input[type=number]").input_value() == "0"
+    assert "demo-flux" in page.locator("#easel_model input").input_value()
+    page.wait_for_function("() => document.querySelector('#easel_cfg').innerText.includes('auto: 30,')")

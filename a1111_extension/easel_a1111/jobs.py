@@ -20,6 +20,7 @@ from PIL import Image
 from .params import InputError, TabValues, build_job, control_png, decode, field_label, unused_mask_note
 from .protocol import (
     DEFAULT_URL,
+    SAMPLER_LABELS,
     Accepted,
     Cancelled,
     Client,
@@ -57,6 +58,7 @@ class Update:
     infotexts: list[str] | None = None
     seeds: list[int] | None = None
     guidance: float | None = None  # the CFG scale the result was made at (the model's own on auto)
+    sampler: str | None = None  # the sampler it ran, by the WebUI's name (Flux runs its own Euler whatever is picked)
     done: bool = False
 
 
@@ -252,7 +254,12 @@ def _shown(event, values: TabValues, request: Job) -> Iterator[Update]:
         yield Update(f"Done: {len(images)} image{'s' * (len(images) != 1)} in {seconds:.1f} s."
                      + (f" {note}" if note else ""),
                      images=images, infotexts=texts, seeds=seeds, guidance=event.parameters.get("guidance"),
-                     done=True)
+                     sampler=sampler_label(event.parameters.get("sampler")), done=True)
+
+
+def sampler_label(name: str | None) -> str | None:
+    """A result's sampler by the WebUI's name, as its infotext says it."""
+    return SAMPLER_LABELS.get(name, name) if name else None
 
 
 def finish(values: TabValues, result: Result, job: Job | None = None) -> tuple[list[Image.Image], list[str]]:

@@ -169,7 +169,9 @@ def guidance_note(chosen: model_list.ModelChoice | None, mode: str) -> str:
     family = chosen.family if chosen is not None else None
     if family is None:
         return "0 = auto: the model's own (the backend picks it)"
-    return f"0 = auto: {rules.default_guidance(family, mode):g}, this model's own for {mode}"
+    # (an upscale at Strength 1 runs no model: the CFG scale is its refine's)
+    what = "an upscale's refine (Strength below 1)" if mode == "upscale" else mode
+    return f"0 = auto: {rules.default_guidance(family, mode):g}, this model's own for {what}"
 
 
 IMG2IMG_INPAINT_TABS = (2, 3, 4)  # img2img's Inpaint, Inpaint sketch, Inpaint upload, in the WebUI's order
@@ -206,16 +208,19 @@ def within_offer(values: TabValues, can: ModelOffer) -> TabValues:
     return replace(values, controls=controls, references=references, negative_prompt=negative)
 
 
-def saving_fields(values: TabValues, seeds: list[int], index: int, guidance: float | None = None) -> dict:
+def saving_fields(values: TabValues, seeds: list[int], index: int, guidance: float | None = None,
+                  sampler: str | None = None) -> dict:
     """What the WebUI's file name patterns read of a job ([seed], [steps], [cfg], [sampler], [denoising],
     [batch_number], [seed_first] ... read its ``p``), for result ``index`` of a job whose pictures have
-    ``seeds`` and were made at CFG ``guidance`` (the result's: on auto the tab does not know it); without
+    ``seeds`` and were made at CFG ``guidance`` (the result's: on auto the tab does not know it) with
+    ``sampler`` (the result's, by the WebUI's name: Flux runs Euler whatever is picked); without
     them a pattern's parameters stay in the file name as written ("[steps]")."""
     refines = values.mode not in rules.STARTS_FROM_NOISE and not (values.mode == "upscale" and values.strength >= 1)
     return {"seed": seeds[index], "all_seeds": list(seeds), "prompt": values.prompt,
             "negative_prompt": values.negative_prompt, "steps": int(values.steps),
             "cfg_scale": float(guidance if guidance is not None else values.guidance),
-            "sampler_name": values.sampler, "denoising_strength": float(values.strength) if refines else None,
+            "sampler_name": sampler or values.sampler,
+            "denoising_strength": float(values.strength) if refines else None,
             "styles": [], "batch_size": len(seeds), "batch_index": index, "n_iter": 1, "iteration": 0,
             "user": None}
 

@@ -236,7 +236,8 @@ def build(connection: Callable[[], jobs.Connection], host: Host | None = None) -
             for update in jobs.run(connection(), values, _session(request)):
                 if update.images and host.save is not None:
                     for index, (image, text) in enumerate(zip(update.images, update.infotexts)):
-                        host.save(image, text, values.mode, saving_fields(values, update.seeds, index, update.guidance))
+                        made = saving_fields(values, update.seeds, index, update.guidance, update.sampler)
+                        host.save(image, text, values.mode, made)
                 if update.images is None:
                     preview_ = keep if update.preview is None else update.preview
                     yield jobs.markdown(update.status), preview_, keep, keep, keep, keep, keep
@@ -362,7 +363,11 @@ def build(connection: Callable[[], jobs.Connection], host: Host | None = None) -
                              queue=False, **compat.run_script(script))
         if host.paste_fields is not None:
             host.paste_fields(picture, [
-                (prompt, "Prompt"), (negative, "Negative prompt"), (steps, "Steps"), (guidance, "CFG scale"),
+                (prompt, "Prompt"), (negative, "Negative prompt"), (steps, "Steps"),
+                # another model's CFG scale (a WebUI picture's 7) would run a Flux Fill inpaint at 7, not its 30:
+                # such a picture's infotext sets auto; an Easel result's brings back the guidance it ran at
+                (guidance, lambda params: params.get("CFG scale") if params.get("Model") in models.labels.values()
+                 else 0.0),
                 (seed, "Seed"), (sampler, sampler_from_infotext), (width, "Size-1"), (height, "Size-2"),
                 (strength, "Denoising strength"), (image_guidance, "Image CFG scale"),
                 (upscale_by, "Postprocess upscale by"),
