@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import dataclasses
 import http.server
-import os
 import re
 import threading
 from pathlib import Path
@@ -13,11 +12,9 @@ from pathlib import Path
 import pytest
 
 from backend.server import ServerThread
+from test_a1111_tab import CHROMIUM, CHROMIUM_ARGS  # one Chromium set-up for every browser test
 
 DOC = Path(__file__).parent.parent / "docs" / "protocol.md"
-CHROMIUM = Path(os.environ.get("EASEL_CHROMIUM", "/usr/bin/chromium"))
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 TIMEOUT = 120_000  # ms: the job takes seconds on the demo model, but the machine is shared
 MASK = (140, 130, 40, 70)  # the page's mask box: x, y, width, height
 REACH = 8 + 25 + 1  # mask_grow, the feather's ramp (1.5 × 16 + 1) and a pixel of rounding: how far a change may go
