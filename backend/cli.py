@@ -16,6 +16,7 @@ from typing import Any, Sequence
 
 from PIL import Image
 
+from backend import logs
 from backend.run_files import (
     Picture,
     UsageError,
@@ -79,7 +80,7 @@ CERT_HELP = "for a wss:// server with a self-signed certificate (`easel cert`): 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logs.configure()
     if argv is None and args.func is cmd_serve:  # a real command line, not a call from Python
         _restart_with_jemalloc()
     return args.func(args)

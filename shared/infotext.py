@@ -32,7 +32,10 @@ def infotext(parameters: dict, seed: int, size: tuple[int, int]) -> str:
         # enlarge this Size (the final one, not a first pass) again
         items.append(("Easel upscaler", parameters.get("upscaler")))
     if mode == "upscale":  # the WebUI's Extras names; the refine's strength (0: none)
-        items[-1] = ("Denoising strength", parameters.get("refine") or None)
+        if not parameters.get("refine"):  # the upscaler alone: no model, sampler or seed took part
+            items = [("Size", f"{size[0]}x{size[1]}")]
+        else:
+            items[-1] = ("Denoising strength", parameters["refine"])
         items += [("Postprocess upscale by", parameters.get("scale")),
                   ("Postprocess upscaler", parameters.get("upscaler"))]
     if mode == "instruct":  # the WebUI's own name for InstructPix2Pix's image guidance

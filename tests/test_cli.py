@@ -5,6 +5,7 @@ import dataclasses
 import io
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -135,6 +136,9 @@ def test_serve_without_models_falls_back_to_the_demo_with_a_warning(demo_root, t
     finally:
         log = stop(process)
     assert "demo model" in log
+    # a new user took the notices libraries print about each other's versions at import for faults
+    foreign = [line for line in log.splitlines() if not re.match(r"(INFO|WARNING|ERROR) (easel|backend|shared)", line)]
+    assert not foreign, foreign
     if ctypes.util.find_library("jemalloc") and sys.platform.startswith("linux"):
         # the same process restarted itself on jemalloc (backend/memory.py): a never-reading client's 10 jobs
         # grew it by about +45 MiB at the peak instead of 100-130 (bench/slow_reader.py)
