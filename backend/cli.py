@@ -897,10 +897,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
 # -- package ----------------------------------------------------------------------------------
 
 def cmd_package(args: argparse.Namespace) -> int:
-    from backend.packaging import build
+    from backend.packaging import NotACheckout, build
 
     try:
         print(build(args.host, Path(args.out)))
+    except NotACheckout as exc:
+        print(f"easel: {exc}", file=sys.stderr)
+        return 1
     except OSError as exc:  # (a traceback: --out naming a file, a folder not ours to write)
         where = "it is a file, not a folder" if Path(args.out).is_file() else (exc.strerror or str(exc))
         print(f"easel: cannot write into --out {args.out}: {where}; give a folder you can write to", file=sys.stderr)

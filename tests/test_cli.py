@@ -521,6 +521,16 @@ def test_package_into_a_file_says_so(tmp_path, capsys):
     assert status == 1 and "cannot write into --out" in err and "it is a file, not a folder" in err, err
 
 
+def test_package_from_an_installation_without_the_adapters_says_to_use_a_checkout(tmp_path, capsys, monkeypatch):
+    # `pip install .` (not -e) copies only the server; the missing plugin folder was called an unwritable --out
+    from backend import packaging
+
+    monkeypatch.setitem(packaging.SOURCES, "krita", tmp_path / "site-packages" / "krita_plugin")
+    status, _, err = easel_here(capsys, "package", "krita", "--out", tmp_path / "dist")
+    assert status == 1 and "from a checkout" in err and "pip install -e ." in err and "--out" not in err, err
+    assert not (tmp_path / "dist").exists()
+
+
 def test_models_lists_the_names_run_takes(server, capsys):
     status, out, err = easel_here(capsys, "models", "--server", server.url)
     assert status == 0, err

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import shared
 
-from . import REPO, copy_package
+from . import SOURCES, copy_package
 
 NAME = "easel"
 BUNDLED = "easel_shared"
@@ -22,6 +22,6 @@ def build(out: Path) -> Path:
     target = out / NAME
     if target.exists():
         shutil.rmtree(target)
-    shutil.copytree(REPO / "a1111_extension", target, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    shutil.copytree(SOURCES["a1111"], target, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
     copy_package(shared, target, BUNDLED)
     return target

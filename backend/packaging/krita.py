@@ -20,9 +20,9 @@ import websockets
 
 import shared
 
-from . import REPO, copy_package
+from . import REPO, SOURCES, copy_package
 
-PLUGIN = REPO / "krita_plugin"
+PLUGIN = SOURCES["krita"]
 PACKAGE = "easel_krita"
 _SKIP = shutil.ignore_patterns("__pycache__", "*.pyc", "*.so", "*.pyd", "*.c")
 
