@@ -173,9 +173,13 @@ def test_ctrl_c_while_serve_starts_ends_without_a_traceback(demo_root, tmp_path)
                                cwd=Path(__file__).parents[1], stderr=subprocess.PIPE, text=True,
                                env={**os.environ, "HF_HUB_OFFLINE": "1", "EASEL_HOME": str(tmp_path)},
                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-    time.sleep(1.5)  # importing torch and diffusers takes longer than this
+    said = []
+    while not said or "preparing the demo model" not in said[-1]:  # serve has begun; torch is still to load
+        said.append(process.stderr.readline())
+        assert said[-1], said
     process.send_signal(signal.SIGINT)
     _, err = process.communicate(timeout=60)
+    err = "".join(said) + err
     assert process.returncode == 130, err
     assert "easel: interrupted while starting: the server did not start" in err and "Traceback" not in err, err
 
