@@ -35,6 +35,9 @@ def infotext(parameters: dict, seed: int, size: tuple[int, int]) -> str:
         items[-1] = ("Denoising strength", parameters.get("refine") or None)
         items += [("Postprocess upscale by", parameters.get("scale")),
                   ("Postprocess upscaler", parameters.get("upscaler"))]
+    # the WebUI's own key, which its paste reads: without it a picture made at clip skip 2 is remade from its
+    # infotext at the last layer (other pixels from the same seed)
+    items.append(("Clip skip", parameters.get("clip_skip")))
     if mode == "instruct":  # the WebUI's own name for InstructPix2Pix's image guidance
         items.append(("Image CFG scale", parameters.get("image_guidance")))
     if mode in _MASKED_MODES or parameters.get("masked"):
