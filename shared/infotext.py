@@ -43,6 +43,9 @@ def infotext(parameters: dict, seed: int, size: tuple[int, int]) -> str:
     if mode in _MASKED_MODES or parameters.get("masked"):
         items += [("Mask blur", parameters.get("mask_feather")), ("Easel mask grow", parameters.get("mask_grow"))]
         items.append(("Easel soft inpainting", parameters.get("soft_inpaint")))
+        # the WebUI's names for the diffused crop's context: its paste reads a missing padding as 32
+        if parameters.get("mask_padding") is not None:
+            items += [("Inpaint area", "Only masked"), ("Masked area padding", parameters["mask_padding"])]
     if mode in _MASKED_MODES + ("expand",):
         items.append(("Easel fill", parameters.get("fill")))
     if mode == "expand":
