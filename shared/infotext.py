@@ -38,11 +38,17 @@ def infotext(parameters: dict, seed: int, size: tuple[int, int]) -> str:
             items[-1] = ("Denoising strength", parameters["refine"])
         items += [("Postprocess upscale by", parameters.get("scale")),
                   ("Postprocess upscaler", parameters.get("upscaler"))]
+    # the WebUI's own key, which its paste reads: without it a picture made at clip skip 2 is remade from its
+    # infotext at the last layer (other pixels from the same seed)
+    items.append(("Clip skip", parameters.get("clip_skip")))
     if mode == "instruct":  # the WebUI's own name for InstructPix2Pix's image guidance
         items.append(("Image CFG scale", parameters.get("image_guidance")))
     if mode in _MASKED_MODES or parameters.get("masked"):
         items += [("Mask blur", parameters.get("mask_feather")), ("Easel mask grow", parameters.get("mask_grow"))]
         items.append(("Easel soft inpainting", parameters.get("soft_inpaint")))
+        # the WebUI's names for the diffused crop's context: its paste reads a missing padding as 32
+        if parameters.get("mask_padding") is not None:
+            items += [("Inpaint area", "Only masked"), ("Masked area padding", parameters["mask_padding"])]
     if mode in _MASKED_MODES + ("expand",):
         items.append(("Easel fill", parameters.get("fill")))
     if mode == "expand":

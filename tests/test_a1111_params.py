@@ -231,6 +231,19 @@ def test_infotext_reads_like_the_webuis():
     assert infotext({"mode": "remove", "prompt": "", "steps": 4}, 1, (8, 8)).startswith("Steps: 4, ")
 
 
+def test_infotext_says_the_clip_skip_a_job_ran_at():
+    # the WebUI's paste reads a missing "Clip skip" as 1: a picture made at 2 came back from its infotext at 1
+    text = infotext({"mode": "generate", "prompt": "a cat", "steps": 4, "clip_skip": 2}, 1, (8, 8))
+    assert "Clip skip: 2" in text.split("\n")[-1].split(", ")
+    assert "Clip skip" not in infotext({"mode": "generate", "prompt": "a cat", "steps": 4}, 1, (8, 8))
+
+
+def test_infotext_says_the_masked_area_padding_an_inpaint_ran_with():
+    # the WebUI's paste reads a missing "Masked area padding" as 32: an inpaint at 96 came back at 32
+    text = infotext({"mode": "inpaint", "prompt": "a door", "steps": 4, "mask_padding": 96}, 1, (8, 8))
+    assert {"Inpaint area: Only masked", "Masked area padding: 96"} <= set(text.split("\n")[-1].split(", "))
+
+
 def test_reuse_seed_reads_the_seed_of_the_shown_result():
     text = infotext({"mode": "generate", "prompt": "Seed: 3, a cat", "steps": 2}, 2802081332, (64, 64))
     assert seed_from_infotext(text) == 2802081332  # the prompt's "Seed: 3" is not the parameters'

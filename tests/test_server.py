@@ -41,6 +41,22 @@ def test_cancel_a_running_job_stops_within_a_step(client):
     assert time.perf_counter() - cancelled_at < 30 * per_step + 2
 
 
+def test_a_job_cancelled_mid_run_leaves_nothing_on_for_the_next_job(client):
+    # cancelled between two steps, with a LoRA, an IP-Adapter reference and a ControlNet switched on: the next
+    # job without them must give the pixels it gave before
+    image, mask = png(picture(128, 128)), png(rect_mask((128, 128), (30, 30, 100, 100)))
+    plain = dict(prompt="a door", image=image, mask=mask, steps=4, seed=5, strength=0.9)
+    before = client.run("inpaint", **plain).images[0].image.data
+    job = client.submit("inpaint", **dict(plain, steps=150), loras=[{"name": "demo-lora", "weight": 1.2}],
+                        references=[{"image": png(picture(96, 96, seed=2)), "mode": "style"}],
+                        control=[{"type": "canny", "preprocess": "on"}])
+    for event in client.events(job):
+        if isinstance(event, Progress) and event.step == 2:
+            client.cancel(job)
+    assert isinstance(event, Cancelled) and event.stage == "running"
+    assert client.run("inpaint", **plain).images[0].image.data == before
+
+
 def test_cancel_a_queued_job(server):
     with Client(server.url) as first, Client(server.url) as second:
         running = first.submit("generate", **LONG)

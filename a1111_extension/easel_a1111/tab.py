@@ -376,8 +376,23 @@ def build(connection: Callable[[], jobs.Connection], host: Host | None = None) -
                 (model, lambda params: models.label(params["Model"]) if params.get("Model") in
                  models.labels.values() else None),
                 # an Easel result's own mode (PNG Info); a model without it gets its own (``offer_model``)
-                (mode, lambda params: params.get("Easel mode") if params.get("Easel mode") in TAB_MODES else None)])
+                (mode, lambda params: params.get("Easel mode") if params.get("Easel mode") in TAB_MODES else None),
+                # the mask's shaping and context as the result ran with them: else a pasted inpaint reran with
+                # whatever the sliders held (other pixels from the same seed)
+                (grow, "Easel mask grow"), (feather, "Mask blur"), (soft, "Easel soft inpainting"),
+                (masked_content, lambda params: next((label for label, fill in MASKED_CONTENT.items()
+                                                      if fill and fill == params.get("Easel fill")), None)),
+                # (the WebUI's parse says "Masked area padding: 32" of every picture that names none)
+                (padding, lambda params: params.get("Masked area padding")
+                 if params.get("Inpaint area") == "Only masked" else None),
+                *((slider, lambda params, side=side: _expand_side(params, side)) for side, slider in enumerate(sides))])
     return tab
+
+
+def _expand_side(params: dict, side: int) -> str | None:
+    """One side (left, top, right, bottom) of an Easel result's ``Easel expand: "l, t, r, b"``."""
+    values = str(params.get("Easel expand") or "").split(",")
+    return values[side].strip() if len(values) == 4 else None
 
 
 def first_mode(modes, current: str) -> str:
