@@ -47,7 +47,8 @@ def test_the_webuis_script_loader_mounts_it_with_settings_and_a_saved_default_fo
     # (CFG scale is pasted by a function: only an Easel result's, another model's 7 leaves it on auto)
     assert facts["easel_paste_fields"] == ["Prompt", "Negative prompt", "Steps", "Seed", "Size-1",
                                            "Size-2", "Denoising strength", "Image CFG scale",
-                                           "Postprocess upscale by"]
+                                           "Postprocess upscale by", "Easel mask grow", "Mask blur",
+                                           "Easel soft inpainting"]
     # Registered from the script the WebUI loaded (its callback names and error reports say so) ...
     assert facts["callbacks"] == ["easel/scripts/easel_tab.py"]
     # ... and the package found after the loader took the extension off sys.path (A1111 does; Forge
