@@ -1053,8 +1053,8 @@ def scenario_docker_fits_a_narrow_dock(ctx):
     long sentence in it; Generate, the progress and the message are in sight without scrolling (and no empty
     live preview lies between them and the results while idle); a slider keeps its length while dragged (its
     value label does not change width); Tab leaves the prompt. Without a connection the job buttons are off,
-    their tooltip saying why. (This offscreen Krita's font is DejaVu Sans 12 pt at 100 dpi, a third wider
-    than Krita's usual 9-10 pt UI font: 300 px here is a docker about 230 px wide there.)"""
+    their tooltip saying why. (This offscreen Krita's font is DejaVu Sans 12 pt at 100 dpi, larger than
+    Krita's usual 9-10 pt UI font: a docker that fits 300 px here fits about 250 px there, measured.)"""
     from easel_krita import host
     from easel_krita.docker import EaselDocker
     from easel_krita.qt import QtCore, QtGui, QtWidgets
