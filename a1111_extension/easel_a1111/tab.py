@@ -435,12 +435,14 @@ def _control_unit(number: int, picture, connection, offered: Offer, boxes: list,
                                      elem_id=f"easel_cn{number}_pre")
             show = gr.Button(f"Preview map {number}", elem_id=f"easel_cn{number}_show", scale=0)
         message = gr.Markdown("", elem_id=f"easel_cn{number}_message")
+        # the scale on its own line, start and end paired (three in a row wrapped two and one, labels broken)
+        scale = gr.Slider(0.0, 2.0, value=1.0, step=0.05, label=f"Unit {number} scale",
+                          elem_id=f"easel_cn{number}_scale")
         with gr.Row():
-            scale = gr.Slider(0.0, 2.0, value=1.0, step=0.05, label=f"Unit {number} scale",
-                              elem_id=f"easel_cn{number}_scale")
             start = gr.Slider(0.0, 1.0, value=0.0, step=0.01, label=f"Unit {number} start",
-                              elem_id=f"easel_cn{number}_start")
-            end = gr.Slider(0.0, 1.0, value=1.0, step=0.01, label=f"Unit {number} end", elem_id=f"easel_cn{number}_end")
+                              elem_id=f"easel_cn{number}_start", min_width=PAIRED)
+            end = gr.Slider(0.0, 1.0, value=1.0, step=0.01, label=f"Unit {number} end", elem_id=f"easel_cn{number}_end",
+                            min_width=PAIRED)
 
     def show_map(kind_, source_, own, pic):
         chosen = own if source_ == OWN_IMAGE else compat.read_editor(pic)[0]
@@ -461,7 +463,7 @@ def _reference(number: int, offered: Offer, boxes: list, visible: bool) -> list:
         image = compat.image_input(f"Reference {number} picture", f"easel_ref{number}_image")
         with gr.Row():
             weight = gr.Slider(0.0, 2.0, value=1.0, step=0.05, label=f"Reference {number} weight",
-                               elem_id=f"easel_ref{number}_weight")
+                               elem_id=f"easel_ref{number}_weight", min_width=PAIRED)
             mode = gr.Radio(list(modes), value=capabilities.pick(modes, "reference", "reference") or None,
-                            label=f"Reference {number} takes", elem_id=f"easel_ref{number}_mode")
+                            label=f"Reference {number} takes", elem_id=f"easel_ref{number}_mode", min_width=PAIRED)
     return [image, weight, mode]
