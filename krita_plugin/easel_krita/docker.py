@@ -170,6 +170,9 @@ class EaselDocker(host.DockWidget):
         self.result_list = W.QListWidget()
         self.result_list.setIconSize(QtGui.QPixmap(64, 64).size())
         self.result_list.setMaximumHeight(150)
+        # a result's name (its prompt and seed) is elided in a narrow docker, whole in its tooltip: a sideways
+        # scroll bar would hide the end of every name and a third of the list's height
+        self.result_list.setHorizontalScrollBarPolicy(qt.SCROLL_BAR_OFF)
         form.addWidget(self.result_list)
         row = W.QHBoxLayout()
         apply = W.QPushButton("Apply as layer")
@@ -510,6 +513,7 @@ class EaselDocker(host.DockWidget):
         where = " to a new document" if results and results[0].new_document else ""
         for index, result in enumerate(results):
             item = W.QListWidgetItem(result.name)
+            item.setToolTip(result.name)
             item.setIcon(QtGui.QIcon(QPixmap.fromImage(rgba_image(result.rgba, result.width, result.height))))
             key = next(self._keys)
             item.setData(USER_ROLE, key)

@@ -1050,11 +1050,12 @@ def scenario_docker_buttons(ctx):
 
 def scenario_docker_fits_a_narrow_dock(ctx):
     """Docked narrow, the docker needs no horizontal scroll bar, even with long model and layer names and a
-    long sentence in it; Generate, the progress and the message are in sight without scrolling (and no empty
-    live preview lies between them and the results while idle); a slider keeps its length while dragged (its
-    value label does not change width); Tab leaves the prompt. Without a connection the job buttons are off,
-    their tooltip saying why. (This offscreen Krita's font is DejaVu Sans 12 pt at 100 dpi, larger than
-    Krita's usual 9-10 pt UI font: a docker that fits 300 px here fits about 250 px there, measured.)"""
+    long sentence in it, nor do its lists of results, units and references; Generate, the progress and the
+    message are in sight without scrolling (and no empty live preview lies between them and the results
+    while idle); a slider keeps its length while dragged (its value label does not change width); Tab leaves
+    the prompt. Without a connection the job buttons are off, their tooltip saying why. (This offscreen
+    Krita's font is DejaVu Sans 12 pt at 100 dpi, larger than Krita's usual 9-10 pt UI font: a docker that
+    fits 300 px here fits about 250 px there, measured.)"""
     from easel_krita import host
     from easel_krita.docker import EaselDocker
     from easel_krita.qt import QtCore, QtGui, QtWidgets
@@ -1069,6 +1070,9 @@ def scenario_docker_fits_a_narrow_dock(ctx):
     docker._refresh_layers()
     docker._add_control()
     docker._add_reference()
+    result = QtWidgets.QListWidgetItem("a red door with brass handles in a whitewashed wall [2146117813]")
+    result.setIcon(QtGui.QIcon(QtGui.QPixmap(64, 64)))  # as a result is listed
+    docker.result_list.addItem(result)
     docker._say("The certificate file /home/painter/Documents/easel/certificates/easel-cert-of-the-studio-server.pem "
                 "is not the server's.", error=True)
     docker.show()
@@ -1088,6 +1092,9 @@ def scenario_docker_fits_a_narrow_dock(ctx):
             top = widget.mapTo(root, QtCore.QPoint(0, 0)).y()
             check(top <= 480, f"{name} starts {top} px down the docker")
         check(not docker.preview.isVisible(), "an empty live preview leaves a gap while no job runs")
+        for name, widget in (("results", docker.result_list), ("control units", docker.control_list),
+                             ("references", docker.reference_list)):
+            check(not widget.horizontalScrollBar().isVisible(), f"the {name} list scrolls sideways")
         lengths = {}
         for value in (100, 55, 1):
             docker.strength.setValue(value)
