@@ -304,6 +304,45 @@ def test_upscale_makes_the_picture_larger(page, files):
     assert "Easel mode: upscale" in page.locator("#easel_info textarea").input_value()
 
 
+def box(page, selector: str) -> dict:
+    return page.locator(selector).first.bounding_box()
+
+
+LABEL_HEIGHT = """(id) => document.querySelector(`#${id} [data-testid=block-info]`).getBoundingClientRect().height"""
+
+
+def check_window_widths(page, tool: str) -> None:
+    """The tab keeps the WebUI's look: its model refresh button is the WebUI's small square tool button (as
+    ``tool``); the four Expand sliders sit two by two in a wide window (in four columns the fourth wrapped
+    alone); at 800 px wide (a laptop's half screen), a ControlNet unit and a reference opened, paired fields
+    go one under the other, so that no label wraps into lines of its own, and nothing scrolls sideways."""
+    page.set_viewport_size({"width": 1400, "height": 900})
+    refresh, reference = box(page, "#easel_model_refresh"), box(page, tool)
+    assert abs(refresh["width"] - reference["width"]) <= 2 and abs(refresh["height"] - reference["height"]) <= 2, \
+        (refresh, reference)
+    page.locator("#easel_expand").get_by_text("Expand (outpaint)").click()
+    page.locator("#easel_expand_bottom").wait_for()
+    sides = {name: box(page, f"#easel_expand_{name}") for name in ("left", "right", "top", "bottom")}
+    assert sides["left"]["y"] == sides["right"]["y"] < sides["top"]["y"] == sides["bottom"]["y"], sides
+    assert max(side["width"] for side in sides.values()) - min(side["width"] for side in sides.values()) <= 2, sides
+    page.locator("#easel_cn1").get_by_text("ControlNet unit 1").click()
+    page.locator("#easel_ref1").get_by_text("Reference 1", exact=True).click()
+    page.locator("#easel_ref1_weight").wait_for()
+    page.set_viewport_size({"width": 800, "height": 900})
+    page.wait_for_function("() => window.innerWidth === 800")
+    one_line = page.evaluate(LABEL_HEIGHT, "easel_grow")
+    for elem_id in ("easel_padding", "easel_upscale_by", "easel_feather", "easel_cfg", "easel_width",
+                    "easel_cn1_scale", "easel_cn1_start", "easel_ref1_weight"):
+        height = page.evaluate(LABEL_HEIGHT, elem_id)
+        assert height <= one_line + 2, f"{elem_id}'s label wraps at 800 px: {height} px tall, one line is {one_line}"
+    assert page.evaluate("() => document.documentElement.scrollWidth") <= 800  # no sideways scrolling
+
+
+def test_the_tab_keeps_the_webuis_look_in_a_wide_and_a_narrow_window(page):
+    # the WebUI's own refresh button beside its checkpoint list
+    check_window_widths(page, "#refresh_sd_model_checkpoint")
+
+
 def point_at(page, url: str) -> None:
     """Set the tab's backend address on the WebUI's Settings page (its Easel section) and apply it."""
     open_tab(page, "Settings")

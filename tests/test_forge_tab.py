@@ -21,6 +21,7 @@ from test_a1111_tab import (
     RECORD_ERRORS,
     TIMEOUT,
     backend_down,
+    check_window_widths,
     easel_errors,
     generate,
     open_tab,
@@ -297,3 +298,11 @@ def test_send_to_easel_fills_the_gradio4_editor_from_txt2img_img2img_and_png_inf
     larger = upscaled_by_easel(page)
     expected = Image.open(saved).convert("RGB")
     assert np.array_equal(np.asarray(larger), np.asarray(expected.resize((128, 128), Image.Resampling.LANCZOS)))
+
+
+def test_the_tab_keeps_the_webuis_look_in_a_wide_and_a_narrow_window(page):
+    # (this stand-in Forge has no refresh button by its checkpoint list: the seed's dice is the WebUI's tool look)
+    try:
+        check_window_widths(page, "#easel_random_seed")
+    finally:
+        page.set_viewport_size({"width": 1400, "height": 1200})  # as the other tests of this page have it

@@ -35,6 +35,9 @@ from .protocol import SAMPLERS, capabilities, model_list, rules
 Offer, offer = capabilities.Offer, capabilities.offer
 
 CONTROL_UNITS = 3
+# px: a field that shares a row with another takes at least this: in a narrow window (800 px) the two go one
+# under the other, not side by side with their labels wrapped into three or four lines
+PAIRED = 220
 REFERENCES = 2
 # Each unit / reference is a run of components in its dataclass's field order.
 UNIT_SIZE, REFERENCE_SIZE = len(fields(ControlSpec)), len(fields(ReferenceSpec))
@@ -104,8 +107,9 @@ def build(connection: Callable[[], jobs.Connection], host: Host | None = None) -
             models = Models(backend)
             start = model_offer(models.chosen(None), offered)  # what the server's default model takes
             model = gr.Dropdown(list(models.labels), value=models.label(None), label="Model", elem_id="easel_model")
-            # the WebUI's refresh symbol, as beside its checkpoint list
-            refresh_models = gr.Button("\U0001f504", elem_id="easel_model_refresh", scale=0)
+            # the WebUI's refresh symbol, as beside its checkpoint list, and its small square "tool" look (a
+            # plain button was as tall as the whole dropdown and four times as wide)
+            refresh_models = gr.Button("\U0001f504", elem_id="easel_model_refresh", scale=0, elem_classes=["tool"])
         with gr.Row():
             with gr.Column(scale=1):
                 picture = compat.picture_editor("Picture (paint over what should change)", "easel_picture")
@@ -121,17 +125,19 @@ def build(connection: Callable[[], jobs.Connection], host: Host | None = None) -
                 mode = gr.Radio(list(start.modes), value=first_mode(start.modes, "inpaint"), label="Mode",
                                 elem_id="easel_mode")
                 with gr.Row():
-                    strength = gr.Slider(0.0, 1.0, value=1.0, step=0.01, label="Strength", elem_id="easel_strength")
+                    strength = gr.Slider(0.0, 1.0, value=1.0, step=0.01, label="Strength", elem_id="easel_strength",
+                                         min_width=PAIRED)
                     steps = gr.Slider(1, offered.max_steps, value=min(20, offered.max_steps), step=1,
-                                      label="Steps", elem_id="easel_steps")
+                                      label="Steps", elem_id="easel_steps", min_width=PAIRED)
                 with gr.Row():
                     # 0 is auto, the model's own (a Flux Fill inpaint wants 30, SD 7): one fixed default ran
                     # every family at SD's 7, and a default that followed the model would be saved as a fixed
                     # number by the WebUI's ui-config.json at its first start. The note says what auto is.
                     guidance = gr.Slider(0.0, 30.0, value=0.0, step=0.5, label="CFG scale (0: auto)",
-                                         info=guidance_note(models.chosen(None), mode.value), elem_id="easel_cfg")
+                                         info=guidance_note(models.chosen(None), mode.value), elem_id="easel_cfg",
+                                         min_width=PAIRED)
                     sampler = gr.Dropdown([SAMPLER_LABELS[name] for name in SAMPLERS], value=DEFAULT_SAMPLER,
-                                          label="Sampling method", elem_id="easel_sampler")
+                                          label="Sampling method", elem_id="easel_sampler", min_width=PAIRED)
                 # instruct: the prompt is the instruction, CFG scale how strongly it is followed
                 image_guidance = gr.Slider(1.0, 20.0, value=rules.IMAGE_GUIDANCE, step=0.05,
                                            label="Image guidance (instruct: how closely to keep to the picture)",
@@ -143,35 +149,46 @@ def build(connection: Callable[[], jobs.Connection], host: Host | None = None) -
                     random_seed = gr.Button("\U0001f3b2\ufe0f", elem_id="easel_random_seed", scale=0,
                                             elem_classes=["tool"])
                     reuse_seed = gr.Button("\u267b\ufe0f", elem_id="easel_reuse_seed", scale=0, elem_classes=["tool"])
-                    batch = gr.Slider(1, offered.max_batch, value=1, step=1, label="Batch", elem_id="easel_batch")
+                    batch = gr.Slider(1, offered.max_batch, value=1, step=1, label="Batch", elem_id="easel_batch",
+                                      min_width=PAIRED)
                 with gr.Row():
-                    grow = gr.Slider(0, 256, value=rules.MASK_GROW, step=1, label="Mask grow", elem_id="easel_grow")
+                    grow = gr.Slider(0, 256, value=rules.MASK_GROW, step=1, label="Mask grow", elem_id="easel_grow",
+                                     min_width=PAIRED)
                     feather = gr.Slider(0, 256, value=rules.MASK_FEATHER, step=1, label="Mask feather",
-                                        elem_id="easel_feather")
+                                        elem_id="easel_feather", min_width=PAIRED)
+                # Two by two: four in one row squeezed the padding slider's label into four lines on a narrow
+                # window, and the checkboxes wrapped apart.
                 with gr.Row():
                     masked_content = gr.Dropdown(list(MASKED_CONTENT), value="mode's default",
-                                                 label="Masked content", elem_id="easel_fill")
+                                                 label="Masked content", elem_id="easel_fill", min_width=PAIRED)
+                    padding = gr.Slider(0, 256, value=32, step=4, label="Only masked padding, pixels",
+                                        elem_id="easel_padding", min_width=PAIRED)
+                with gr.Row():
                     soft = gr.Checkbox(True, label="Soft inpainting", elem_id="easel_soft")
                     invert = gr.Checkbox(False, label="Invert mask", elem_id="easel_invert")
-                    padding = gr.Slider(0, 256, value=32, step=4, label="Only masked padding, pixels",
-                                        elem_id="easel_padding")
                 with gr.Accordion("Expand (outpaint)", open=False, elem_id="easel_expand"):
-                    with gr.Row():
-                        sides = [gr.Slider(0, rules.MAX_EXPAND, value=0, step=8, label=f"Expand {name}",
-                                           elem_id=f"easel_expand_{name}")
-                                 for name in ("left", "top", "right", "bottom")]
+                    # left and right, then top and bottom (in four columns the fourth wrapped alone below)
+                    expand = {}
+                    for pair in (("left", "right"), ("top", "bottom")):
+                        with gr.Row():
+                            for name in pair:
+                                expand[name] = gr.Slider(0, rules.MAX_EXPAND, value=0, step=8, label=f"Expand {name}",
+                                                         elem_id=f"easel_expand_{name}", min_width=PAIRED)
+                    sides = [expand[name] for name in ("left", "top", "right", "bottom")]
                 with gr.Row():
                     side = offered.max_generate_side
                     width = gr.Slider(64, side, value=min(512, side), step=8, label="Width (generate)",
-                                      elem_id="easel_width")
+                                      elem_id="easel_width", min_width=PAIRED)
                     height = gr.Slider(64, side, value=min(512, side), step=8, label="Height (generate)",
-                                       elem_id="easel_height")
+                                       elem_id="easel_height", min_width=PAIRED)
                 with gr.Row():
-                    upscale_by = gr.Slider(1.0, 8.0, value=2.0, step=0.25, label="Upscale by (upscale; Strength "
-                                           "below 1 refines)", elem_id="easel_upscale_by")
+                    # the WebUI's own short label; the rest in its note (as one label it wrapped into four lines)
+                    upscale_by = gr.Slider(1.0, 8.0, value=2.0, step=0.25, label="Upscale by",
+                                           info="upscale mode; Strength below 1 refines", elem_id="easel_upscale_by",
+                                           min_width=PAIRED)
                     upscalers = offered.upscalers or ("lanczos",)
                     upscaler = gr.Dropdown(list(upscalers), value=upscalers[min(1, len(upscalers) - 1)],
-                                           label="Upscaler", elem_id="easel_upscaler")
+                                           label="Upscaler", elem_id="easel_upscaler", min_width=PAIRED)
                 unit_boxes, ref_boxes = [], []
                 for number in range(1, CONTROL_UNITS + 1):
                     units.append(_control_unit(number, picture, connection, offered, unit_boxes,
@@ -433,12 +450,14 @@ def _control_unit(number: int, picture, connection, offered: Offer, boxes: list,
                                      elem_id=f"easel_cn{number}_pre")
             show = gr.Button(f"Preview map {number}", elem_id=f"easel_cn{number}_show", scale=0)
         message = gr.Markdown("", elem_id=f"easel_cn{number}_message")
+        # the scale on its own line, start and end paired (three in a row wrapped two and one, labels broken)
+        scale = gr.Slider(0.0, 2.0, value=1.0, step=0.05, label=f"Unit {number} scale",
+                          elem_id=f"easel_cn{number}_scale")
         with gr.Row():
-            scale = gr.Slider(0.0, 2.0, value=1.0, step=0.05, label=f"Unit {number} scale",
-                              elem_id=f"easel_cn{number}_scale")
             start = gr.Slider(0.0, 1.0, value=0.0, step=0.01, label=f"Unit {number} start",
-                              elem_id=f"easel_cn{number}_start")
-            end = gr.Slider(0.0, 1.0, value=1.0, step=0.01, label=f"Unit {number} end", elem_id=f"easel_cn{number}_end")
+                              elem_id=f"easel_cn{number}_start", min_width=PAIRED)
+            end = gr.Slider(0.0, 1.0, value=1.0, step=0.01, label=f"Unit {number} end", elem_id=f"easel_cn{number}_end",
+                            min_width=PAIRED)
 
     def show_map(kind_, source_, own, pic):
         chosen = own if source_ == OWN_IMAGE else compat.read_editor(pic)[0]
@@ -459,7 +478,7 @@ def _reference(number: int, offered: Offer, boxes: list, visible: bool) -> list:
         image = compat.image_input(f"Reference {number} picture", f"easel_ref{number}_image")
         with gr.Row():
             weight = gr.Slider(0.0, 2.0, value=1.0, step=0.05, label=f"Reference {number} weight",
-                               elem_id=f"easel_ref{number}_weight")
+                               elem_id=f"easel_ref{number}_weight", min_width=PAIRED)
             mode = gr.Radio(list(modes), value=capabilities.pick(modes, "reference", "reference") or None,
-                            label=f"Reference {number} takes", elem_id=f"easel_ref{number}_mode")
+                            label=f"Reference {number} takes", elem_id=f"easel_ref{number}_mode", min_width=PAIRED)
     return [image, weight, mode]

@@ -58,6 +58,8 @@ class EaselDocker(host.DockWidget):
     # -- layout -------------------------------------------------------------------------------
 
     def _build(self) -> None:
+        # Painters dock it narrow (~260 px): rows hold one or two controls, combo boxes elide long names, and
+        # the action buttons get rows of their own, so nothing pushes the docker wider than that.
         root = W.QWidget(self)
         form = W.QVBoxLayout(root)
 
@@ -66,38 +68,38 @@ class EaselDocker(host.DockWidget):
         self.url.setToolTip("Address of the Easel server (easel serve), e.g. ws://127.0.0.1:8760/")
         self.token = W.QLineEdit(self.worker.token)
         self.token.setPlaceholderText("token")
+        self.token.setToolTip("The server's token, if it has one (easel serve --token)")
         self.token.setEchoMode(W.QLineEdit.EchoMode.Password if hasattr(W.QLineEdit, "EchoMode")
                                else W.QLineEdit.Password)
-        connect = W.QPushButton("Connect")
+        self.connect_button = connect = W.QPushButton("Connect")
+        connect.setToolTip("Connect to this address (and save it, with the token and certificate)")
         connect.clicked.connect(self._connect)
         server.addWidget(self.url, 3)
         server.addWidget(self.token, 1)
         server.addWidget(connect)
         form.addLayout(server)
         self.cert = W.QLineEdit(self.worker.cert)
-        self.cert.setPlaceholderText("certificate file (wss:// with `easel cert`), optional")
-        self.cert.setToolTip("For a wss:// server with a self-signed certificate: the server's easel-cert.pem. "
-                             "Only a server holding its key is trusted (the certificate is pinned).")
+        self.cert.setPlaceholderText("certificate file (wss://), optional")
+        self.cert.setToolTip("For a wss:// server with a self-signed certificate (`easel cert`): the server's "
+                             "easel-cert.pem. Only a server holding its key is trusted (the certificate is pinned).")
         form.addWidget(self.cert)
-        self.state = W.QLabel()
-        self.state.setWordWrap(True)
+        self.state = _sentence_label()
         form.addWidget(self.state)
 
         row = W.QHBoxLayout()
-        self.model = W.QComboBox()
-        self.model.setToolTip("The server's models (connect to list them); the choice is saved with the document")
+        self.model = _combo("The server's models (connect to list them); the choice is saved with the document")
         self.model.activated.connect(lambda _index: (self._remember_model(), self._apply_model()))
-        reload_models = W.QPushButton("↻")
-        reload_models.setToolTip("Read the server's models again")
-        reload_models.clicked.connect(self._refresh)
+        self.reload_models = _tool("↻", "Read the server's models again")
+        self.reload_models.clicked.connect(self._refresh)
         row.addWidget(W.QLabel("Model"))
         row.addWidget(self.model, 1)
-        row.addWidget(reload_models)
+        row.addWidget(self.reload_models)
         form.addLayout(row)
 
         self.prompt = W.QPlainTextEdit()
         self.prompt.setPlaceholderText("What to paint (selection: fill it; no selection: the whole image)")
         self.prompt.setMaximumHeight(70)
+        self.prompt.setTabChangesFocus(True)  # Tab goes on to the next field, as in the one-line fields
         form.addWidget(self.prompt)
         self.negative = W.QLineEdit()
         self.negative.setPlaceholderText("Negative prompt: what to avoid")
@@ -105,81 +107,91 @@ class EaselDocker(host.DockWidget):
         form.addWidget(self.negative)
 
         grid = W.QGridLayout()
-        self.strength = W.QSlider(HORIZONTAL)
-        self.strength.setRange(1, 100)
-        self.strength.setValue(100)
-        self.strength_label = W.QLabel()
-        self.strength.valueChanged.connect(self._show_strength)
+        self.strength, self.strength_label = _slider(1, 100, 100, _strength_text, ("100% refine",))
+        self.strength.setToolTip("100%: paint anew from noise; less: refine what is there (lower: closer to it)")
         grid.addWidget(W.QLabel("Strength"), 0, 0)
-        grid.addWidget(self.strength, 0, 1, 1, 2)
-        grid.addWidget(self.strength_label, 0, 3)
+        grid.addLayout(_row(self.strength, self.strength_label), 0, 1)
         self.steps = _spin(1, self._offer.max_steps, 20)
+        self.steps.setToolTip("Denoising steps per image (more: slower, often finer)")
         self.batch = _spin(1, self._offer.max_batch, 1)
+        self.batch.setToolTip("Images per job: the first goes onto the canvas, the others wait under Results")
         grid.addWidget(W.QLabel("Steps"), 1, 0)
-        grid.addWidget(self.steps, 1, 1)
-        grid.addWidget(W.QLabel("Batch"), 1, 2)
-        grid.addWidget(self.batch, 1, 3)
-        self.fixed_seed = W.QCheckBox("Fixed seed")
-        self.seed = _spin(0, 2**31 - 1, random.randint(0, 99999))
-        self.seed.setEnabled(False)
-        self.fixed_seed.toggled.connect(self.seed.setEnabled)
-        grid.addWidget(self.fixed_seed, 2, 0, 1, 2)
-        grid.addWidget(self.seed, 2, 2, 1, 2)
+        grid.addLayout(_row(self.steps, W.QLabel("Batch"), self.batch), 1, 1)
         self.guidance = _double(0, 50, 0)
         self.guidance.setSingleStep(0.5)
         self.guidance.setSpecialValueText("auto")  # 0: what suits the model (plan.default_guidance)
         self.guidance.setToolTip("How strongly the prompt is followed. auto: what suits the model and the job "
                                  "(7 on SD models, 7.5 for instruct edits; Flux: 3.5, 30 for inpaint and expand "
                                  "with its Fill model, 2.5 for Kontext edits)")
-        grid.addWidget(W.QLabel("Guidance"), 3, 0)
-        grid.addWidget(self.guidance, 3, 1)
+        grid.addWidget(W.QLabel("Guidance"), 2, 0)
+        grid.addWidget(self.guidance, 2, 1)
+        self.seed = _spin(0, 2**31 - 1, random.randint(0, 99999))
+        self.seed.setMinimumWidth(self.seed.fontMetrics().horizontalAdvance("0") * 9)  # not 2**31's 10 digits
+        self.seed.setEnabled(False)
+        self.fixed_seed = W.QCheckBox("Fixed")
+        self.fixed_seed.setToolTip("Use this seed for every job (off: a new random seed each time)")
+        self.fixed_seed.toggled.connect(self.seed.setEnabled)
+        grid.addWidget(W.QLabel("Seed"), 3, 0)
+        grid.addLayout(_row(self.seed, self.fixed_seed), 3, 1)
+        grid.setColumnStretch(1, 1)
         form.addLayout(grid)
-        self._show_strength(100)
 
-        form.addWidget(self._selection_box())
-        form.addWidget(self._instruct_box())
-        form.addWidget(self._upscale_box())
-        form.addWidget(self._control_box())
-        form.addWidget(self._reference_box())
-
+        # What a painter presses and watches comes first, in sight without scrolling; the boxes of settings
+        # for the other tools follow (the docker is taller than most screens).
         buttons = W.QHBoxLayout()
         self.generate_button = W.QPushButton("Generate")
         self.generate_button.clicked.connect(lambda: self.generate())  # not the signal's `checked` as remove
-        self.cancel_button = W.QPushButton("Cancel")
-        self.cancel_button.clicked.connect(self.cancel)
-        self.cancel_button.setEnabled(False)
         self.remove_button = W.QPushButton("Remove")
         self.remove_button.setToolTip(REMOVE_TIP)
         self.remove_button.clicked.connect(lambda: self.generate(remove=True))
         buttons.addWidget(self.generate_button, 2)
         buttons.addWidget(self.remove_button, 1)
-        buttons.addWidget(self.cancel_button, 1)
         form.addLayout(buttons)
+        running = W.QHBoxLayout()  # Cancel beside the progress it stops
         self.progress = W.QProgressBar()
         self.progress.setRange(0, 1)
         self.progress.setValue(0)
-        form.addWidget(self.progress)
+        self.cancel_button = W.QPushButton("Cancel")
+        self.cancel_button.setToolTip("Stop the running job; nothing is added")
+        self.cancel_button.clicked.connect(self.cancel)
+        self.cancel_button.setEnabled(False)
+        running.addWidget(self.progress, 1)
+        running.addWidget(self.cancel_button)
+        form.addLayout(running)
+        self.message = _sentence_label()
+        form.addWidget(self.message)
         self.preview = W.QLabel()
         self.preview.setMinimumHeight(96)
         self.preview.setAlignment(ALIGN_CENTER)
+        self.preview.hide()  # shown while a job sends previews: idle, it was an empty gap above the results
         form.addWidget(self.preview)
-        self.message = W.QLabel()
-        self.message.setWordWrap(True)
-        form.addWidget(self.message)
 
         form.addWidget(W.QLabel("Results"))
         self.result_list = W.QListWidget()
         self.result_list.setIconSize(QtGui.QPixmap(64, 64).size())
         self.result_list.setMaximumHeight(150)
+        # a result's name (its prompt and seed) is elided in a narrow docker, whole in its tooltip: a sideways
+        # scroll bar would hide the end of every name and a third of the list's height
+        self.result_list.setHorizontalScrollBarPolicy(qt.SCROLL_BAR_OFF)
         form.addWidget(self.result_list)
         row = W.QHBoxLayout()
         apply = W.QPushButton("Apply as layer")
+        apply.setToolTip("Add the result picked in the list as a layer")
         apply.clicked.connect(self._apply_selected)
         discard = W.QPushButton("Discard")
+        discard.setToolTip("Forget the result picked in the list, and take its layer away if it was added")
         discard.clicked.connect(self._discard_selected)
         row.addWidget(apply)
         row.addWidget(discard)
         form.addLayout(row)
+
+        form.addWidget(self._selection_box())
+        form.addWidget(self._expand_box())
+        form.addWidget(self._instruct_box())
+        form.addWidget(self._upscale_box())
+        form.addWidget(self._control_box())
+        form.addWidget(self._reference_box())
+
         form.addStretch(1)
 
         scroll = W.QScrollArea()
@@ -191,56 +203,62 @@ class EaselDocker(host.DockWidget):
         """How a selection is edited: its grow and feather, what it starts from, soft or hard."""
         box = W.QGroupBox("Selection")
         grid = W.QGridLayout(box)
-        self.grow, self.grow_label = _slider(0, 256, protocol.rules.MASK_GROW, "px")
-        self.feather, self.feather_label = _slider(0, 256, protocol.rules.MASK_FEATHER, "px")
+        self.grow, self.grow_label = _slider(0, 256, protocol.rules.MASK_GROW, "{} px".format)
+        self.feather, self.feather_label = _slider(0, 256, protocol.rules.MASK_FEATHER, "{} px".format)
         self.grow.setToolTip("Grow the selection by this many pixels before painting (0: exactly the selection)")
         self.feather.setToolTip("Soften the grown selection's edge over this many pixels (0: a hard edge)")
         grid.addWidget(W.QLabel("Grow"), 0, 0)
-        grid.addWidget(self.grow, 0, 1)
-        grid.addWidget(self.grow_label, 0, 2)
+        grid.addLayout(_row(self.grow, self.grow_label), 0, 1)
         grid.addWidget(W.QLabel("Feather"), 1, 0)
-        grid.addWidget(self.feather, 1, 1)
-        grid.addWidget(self.feather_label, 1, 2)
-        self.fill = W.QComboBox()
+        grid.addLayout(_row(self.feather, self.feather_label), 1, 1)
+        self.fill = _combo("What the selection starts from: below 100% strength, and for Remove at any strength "
+                           f"(it refines the filled selection at {protocol.rules.REMOVE_STRENGTH:.0%} of it)")
         for label, value in FILL_LABELS:
             self.fill.addItem(label, value)
-        self.fill.setToolTip("What the selection starts from: below 100% strength, and for Remove at any strength "
-                             f"(it refines the filled selection at {protocol.rules.REMOVE_STRENGTH:.0%} of it)")
+        grid.addWidget(W.QLabel("Start from"), 2, 0)
+        grid.addWidget(self.fill, 2, 1)
         self.soft = W.QCheckBox("Soft")
         self.soft.setChecked(True)
         self.soft.setToolTip("Soft inpainting: a faint part of the selection or of its feathered edge changes "
                              "only a little. Off: the selection is cut at 50%.")
-        grid.addWidget(W.QLabel("Start from"), 2, 0)
-        grid.addWidget(self.fill, 2, 1)
-        grid.addWidget(self.soft, 2, 2)
-        sides = W.QHBoxLayout()
-        self.expand_sides = []
-        for name in ("left", "top", "right", "bottom"):
-            spin = _spin(0, protocol.rules.MAX_EXPAND, 0)
-            spin.setPrefix(f"{name} ")
-            spin.setSuffix(" px")
-            spin.setToolTip(f"Pixels Expand adds {name}")
-            self.expand_sides.append(spin)
-            sides.addWidget(spin)
+        grid.addWidget(self.soft, 3, 1)
+        grid.setColumnStretch(1, 1)
+        return box
+
+    def _expand_box(self):
+        """Grow the canvas on the sides set and paint the new band."""
+        box = W.QGroupBox("Expand the canvas (pixels)")
+        grid = W.QGridLayout(box)
+        # Arrows, not the sides' names: two of "bottom 4096"'s width do not fit a narrow docker side by side.
+        # Made in the order they are seen (the Tab key's), kept in the protocol's (left, top, right, bottom).
+        spins = {}
+        for name, arrow, place, where in (("left", "←", (0, 0), "on the left"), ("right", "→", (0, 1), "on the right"),
+                                          ("top", "↑", (1, 0), "at the top"), ("bottom", "↓", (1, 1), "at the bottom")):
+            spins[name] = spin = _spin(0, protocol.rules.MAX_EXPAND, 0)
+            spin.setPrefix(f"{arrow} ")
+            spin.setToolTip(f"Pixels Expand adds {where}")
+            grid.addWidget(spin, *place)
+        self.expand_sides = [spins[name] for name in ("left", "top", "right", "bottom")]
         self.expand_button = W.QPushButton("Expand")
         self.expand_button.setToolTip(EXPAND_TIP)
         self.expand_button.clicked.connect(lambda: self.generate(expand=tuple(s.value() for s in self.expand_sides)))
-        sides.addWidget(self.expand_button)
-        grid.addLayout(sides, 3, 0, 1, 3)
+        grid.addWidget(self.expand_button, 2, 0, 1, 2)
         return box
 
     def _instruct_box(self):
         """Edit by instruction: the prompt is the instruction; inside the selection, else the whole picture."""
         box = W.QGroupBox("Instruct")
-        row = W.QHBoxLayout(box)
-        self.image_guidance = _double(1, 20, protocol.rules.IMAGE_GUIDANCE, "image guidance ")
+        grid = W.QGridLayout(box)
+        self.image_guidance = _double(1, 20, protocol.rules.IMAGE_GUIDANCE)
         self.image_guidance.setSingleStep(0.1)
         self.image_guidance.setToolTip(IMAGE_GUIDANCE_TIP)
         self.instruct_button = W.QPushButton("Instruct")
         self.instruct_button.setToolTip(INSTRUCT_TIP)
         self.instruct_button.clicked.connect(lambda: self.generate(instruct=True))
-        row.addWidget(self.image_guidance, 1)
-        row.addWidget(self.instruct_button)
+        grid.addWidget(W.QLabel("Image guidance"), 0, 0)
+        grid.addWidget(self.image_guidance, 0, 1)
+        grid.addWidget(self.instruct_button, 1, 0, 1, 2)
+        grid.setColumnStretch(1, 1)
         return box
 
     def _upscale_box(self):
@@ -248,77 +266,80 @@ class EaselDocker(host.DockWidget):
         box = W.QGroupBox("Upscale")
         grid = W.QGridLayout(box)
         self.upscale_factor = _double(protocol.rules.UPSCALE_MIN, protocol.rules.UPSCALE_MAX, 2.0, "×")
-        self.upscaler = W.QComboBox()  # filled with the server's upscalers by _apply_offer
-        self.upscaler.setToolTip("The super-resolution model (lanczos: plain resampling)")
-        self.upscale_refine, self.upscale_refine_label = _slider(0, 100, 0, "% refine")
+        self.upscale_factor.setToolTip("How many times wider and taller the picture becomes")
+        self.upscaler = _combo("The super-resolution model (lanczos: plain resampling)")  # filled by _apply_offer
+        self.upscale_refine, self.upscale_refine_label = _slider(0, 100, 0, "{}%".format)
         self.upscale_refine.setToolTip("Refine the upscaled picture with the prompt at this strength (0: none)")
         self.upscale_new = W.QCheckBox("New document")
         self.upscale_new.setToolTip("Put the result into a new document; off: scale this document and add the "
                                     "result as a layer")
         self.upscale_button = W.QPushButton("Upscale")
         self.upscale_button.clicked.connect(lambda: self.generate(upscale=True))
-        grid.addWidget(self.upscale_factor, 0, 0)
-        grid.addWidget(self.upscaler, 0, 1, 1, 2)
-        grid.addWidget(self.upscale_refine, 1, 0, 1, 2)
-        grid.addWidget(self.upscale_refine_label, 1, 2)
-        grid.addWidget(self.upscale_new, 2, 0)
-        grid.addWidget(self.upscale_button, 2, 1, 1, 2)
+        grid.addWidget(W.QLabel("Scale"), 0, 0)
+        grid.addWidget(self.upscale_factor, 0, 1)
+        grid.addWidget(W.QLabel("Upscaler"), 1, 0)
+        grid.addWidget(self.upscaler, 1, 1)
+        grid.addWidget(W.QLabel("Refine"), 2, 0)
+        grid.addLayout(_row(self.upscale_refine, self.upscale_refine_label), 2, 1)
+        grid.addWidget(self.upscale_new, 3, 0, 1, 2)
+        grid.addWidget(self.upscale_button, 4, 0, 1, 2)
+        grid.setColumnStretch(1, 1)
         return box
 
     def _control_box(self):
         box = W.QGroupBox("Control layers")
-        grid = W.QGridLayout(box)
-        self.control_layer = W.QComboBox()
-        self.control_type = W.QComboBox()  # filled with the server's types by _apply_offer
+        column = W.QVBoxLayout(box)
+        self.control_layer = _combo("The layer that steers the job (a line drawing, a depth map, a picture …)")
+        refresh = _tool("↻", "Reload the document's layers and the server's models")
+        refresh.clicked.connect(self._refresh)
+        column.addLayout(_row(self.control_layer, refresh))
+        grid = W.QGridLayout()
+        self.control_type = _combo("Control type")  # filled with the server's types by _apply_offer
         self.control_scale = _double(0, 2, 1.0, "×")
         self.control_start = _double(0, 1, 0.0, "from ")
         self.control_end = _double(0, 1, 1.0, "to ")
         self.control_scale.setToolTip("Control strength (0 switches the unit off)")
         self.control_start.setToolTip("Fraction of the steps where the control starts")
         self.control_end.setToolTip("Fraction of the steps where the control stops")
+        self.make_map = make_map = W.QPushButton("Make map layer")
+        make_map.clicked.connect(self._make_map)
         self.control_pre = W.QCheckBox("Preprocess")
         self.control_add = add = W.QPushButton("Add")
         add.clicked.connect(self._add_control)
-        self.make_map = make_map = W.QPushButton("Make map layer")
-        make_map.clicked.connect(self._make_map)
         self.control_type.currentTextChanged.connect(self._show_preprocess)
-        refresh = W.QPushButton("↻")
-        refresh.setToolTip("Reload the document's layers and the server's models")
-        refresh.clicked.connect(self._refresh)
-        grid.addWidget(self.control_layer, 0, 0, 1, 3)
-        grid.addWidget(refresh, 0, 3)
-        grid.addWidget(self.control_type, 1, 0)
-        grid.addWidget(self.control_scale, 1, 1)
-        grid.addWidget(self.control_start, 1, 2)
-        grid.addWidget(self.control_end, 1, 3)
-        grid.addWidget(self.control_pre, 2, 0)
-        grid.addWidget(make_map, 2, 1, 1, 2)
-        grid.addWidget(add, 2, 3)
-        self.control_list = W.QListWidget()
-        self.control_list.setMaximumHeight(48)
+        grid.addWidget(self.control_type, 0, 0)
+        grid.addWidget(self.control_scale, 0, 1)
+        grid.addWidget(self.control_start, 1, 0)
+        grid.addWidget(self.control_end, 1, 1)
+        grid.addWidget(make_map, 2, 0, 1, 2)
+        grid.addWidget(self.control_pre, 3, 0)
+        grid.addWidget(add, 3, 1)
+        column.addLayout(grid)
+        self.control_list = _unit_list()
         self.control_list.itemDoubleClicked.connect(lambda item: self._remove(self.controls, self.control_list, item))
-        self.control_list.setToolTip("Double-click a unit to remove it")
-        grid.addWidget(self.control_list, 3, 0, 1, 4)
+        self.control_list.setToolTip("The control units of the next jobs: double-click one to remove it")
+        column.addWidget(self.control_list)
         return box
 
     def _reference_box(self):
         box = W.QGroupBox("Reference layers")
         grid = W.QGridLayout(box)
-        self.reference_layer = W.QComboBox()
-        self.reference_weight = _double(0, 2, 1.0, "weight ")
-        self.reference_mode = W.QComboBox()  # filled with the server's modes by _apply_offer
+        self.reference_layer = _combo("The layer whose look the job borrows (it may be in another open document)")
+        self.reference_mode = _combo("What the reference lends: its look (reference), its style, its "
+                                     "composition, or a face")  # filled with the server's modes by _apply_offer
+        self.reference_weight = _double(0, 2, 1.0, "×")
+        self.reference_weight.setToolTip("How strongly the reference counts")
         self.reference_add = add = W.QPushButton("Add")
         add.clicked.connect(self._add_reference)
-        grid.addWidget(self.reference_layer, 0, 0, 1, 3)
-        grid.addWidget(self.reference_weight, 1, 0)
-        grid.addWidget(self.reference_mode, 1, 1)
-        grid.addWidget(add, 1, 2)
-        self.reference_list = W.QListWidget()
-        self.reference_list.setMaximumHeight(48)
-        self.reference_list.setToolTip("Double-click a reference to remove it")
+        grid.addWidget(self.reference_layer, 0, 0, 1, 2)
+        grid.addWidget(self.reference_mode, 1, 0)
+        grid.addWidget(self.reference_weight, 1, 1)
+        grid.addWidget(add, 2, 1)
+        self.reference_list = _unit_list()
+        self.reference_list.setToolTip("The references of the next jobs: double-click one to remove it")
         self.reference_list.itemDoubleClicked.connect(
             lambda item: self._remove(self.references, self.reference_list, item))
-        grid.addWidget(self.reference_list, 2, 0, 1, 3)
+        grid.addWidget(self.reference_list, 3, 0, 1, 2)
         return box
 
     # -- Krita hooks --------------------------------------------------------------------------
@@ -423,8 +444,8 @@ class EaselDocker(host.DockWidget):
         unit = ControlLayer(node, self.control_type.currentText(), self.control_scale.value(),
                             self.control_start.value(), self.control_end.value(), self.control_pre.isChecked())
         self.controls.append(unit)
-        self.control_list.addItem(f"{node.name()}: {unit.type} ×{unit.scale:.2f} "
-                                  f"{unit.start:.0%}–{unit.end:.0%}{' (preprocess)' if unit.preprocess else ''}")
+        _add_entry(self.control_list, f"{node.name()}: {unit.type} ×{unit.scale:.2f} "
+                   f"{unit.start:.0%}–{unit.end:.0%}{' (preprocess)' if unit.preprocess else ''}")
 
     def _add_reference(self) -> None:
         doc, node = self._picked(self.reference_layer)
@@ -432,7 +453,7 @@ class EaselDocker(host.DockWidget):
             return
         ref = ReferenceLayer(node, self.reference_weight.value(), self.reference_mode.currentText())
         self.references.append(ref)
-        self.reference_list.addItem(f"{node.name()}: {ref.mode} ×{ref.weight:.2f}")
+        _add_entry(self.reference_list, f"{node.name()}: {ref.mode} ×{ref.weight:.2f}")
 
     @staticmethod
     def _remove(items: list, widget, item) -> None:
@@ -460,6 +481,8 @@ class EaselDocker(host.DockWidget):
         self.cancel_button.setEnabled(False)
         self.progress.setRange(0, 1)
         self.progress.setValue(0)
+        self.preview.clear()
+        self.preview.hide()
 
     def _on_accepted(self, job: str, ahead: int) -> None:
         if job == self.job and ahead > 0:  # 0: it runs next, "Working …" stays until it starts
@@ -476,7 +499,9 @@ class EaselDocker(host.DockWidget):
 
     def _on_preview(self, job, image) -> None:
         if job == self.job:
-            pixmap = QPixmap.fromImage(image).scaled(self.preview.width(), 160, KEEP_ASPECT, SMOOTH)
+            self.preview.show()
+            # the message's width: the preview's own is stale while it was hidden (the two are as wide)
+            pixmap = QPixmap.fromImage(image).scaled(self.message.width(), 160, KEEP_ASPECT, SMOOTH)
             self.preview.setPixmap(pixmap)
 
     def _on_finished(self, job, results) -> None:
@@ -488,6 +513,7 @@ class EaselDocker(host.DockWidget):
         where = " to a new document" if results and results[0].new_document else ""
         for index, result in enumerate(results):
             item = W.QListWidgetItem(result.name)
+            item.setToolTip(result.name)
             item.setIcon(QtGui.QIcon(QPixmap.fromImage(rgba_image(result.rgba, result.width, result.height))))
             key = next(self._keys)
             item.setData(USER_ROLE, key)
@@ -554,9 +580,6 @@ class EaselDocker(host.DockWidget):
                 result.layer = None
 
     # -- feedback -----------------------------------------------------------------------------
-
-    def _show_strength(self, value: int) -> None:
-        self.strength_label.setText(f"{value}%" + (" fill" if value == 100 else " refine"))
 
     def _show_state(self, state: str, message: str) -> None:
         marks = {"connected": "●", "connecting": "◌", "disconnected": "○", "not_responding": "◍"}
@@ -632,13 +655,16 @@ class EaselDocker(host.DockWidget):
                 combo.addItems(choices)
             combo.setCurrentText(capabilities.pick(choices, current, preferred))
         idle = self.job is None
+        # Not connected (or connecting): a job would only be refused, so the buttons wait for the server, and
+        # their tooltip says why (the shortcut still answers with that sentence).
+        offline = "" if self.worker.state == "connected" else self.worker.not_ready()
         for widget, why, tip in ((self.generate_button, offer.generate, GENERATE_TIP),
                                  (self.remove_button, offer.remove, REMOVE_TIP),
                                  (self.expand_button, offer.expand, EXPAND_TIP),
                                  (self.instruct_button, offer.instruct, INSTRUCT_TIP),
                                  (self.upscale_button, "", UPSCALE_TIP)):
-            widget.setEnabled(idle and not why)
-            widget.setToolTip(why or tip)
+            widget.setEnabled(idle and not (offline or why))
+            widget.setToolTip(offline or why or tip)
         for widget, why, tip in ((self.control_add, offer.control, ""), (self.reference_add, offer.reference, ""),
                                  (self.negative, offer.negative_prompt, NEGATIVE_TIP),
                                  (self.image_guidance, offer.image_guidance, IMAGE_GUIDANCE_TIP)):
@@ -649,12 +675,14 @@ class EaselDocker(host.DockWidget):
     def _show_preprocess(self, control_type: str) -> None:
         """Preprocess and Make map only for a type the server can make a map for."""
         why = self._offer.why_no_preprocessor(control_type) if control_type else "Pick a control type."
+        offline = "" if self.worker.state == "connected" else self.worker.not_ready()  # the server makes maps
         self.control_pre.setEnabled(not why)
-        self.make_map.setEnabled(not why)
+        self.make_map.setEnabled(not (offline or why))
         if why:
             self.control_pre.setChecked(False)
         self.control_pre.setToolTip(why or "Run the type's preprocessor on the layer when the job runs")
-        self.make_map.setToolTip(why or "Run the type's preprocessor on the layer and add the map as a new layer")
+        self.make_map.setToolTip(offline or why
+                                 or "Run the type's preprocessor on the layer and add the map as a new layer")
 
     def _say(self, text: str, error: bool = False) -> None:
         self.message.setStyleSheet("color: #d04040;" if error else "")
@@ -674,14 +702,69 @@ FILL_LABELS = (("Default", None), ("As it is", "none"), ("Grey", "neutral"), ("B
                ("Edge pixels", "border"), ("Inpainted surroundings", "inpaint"))
 
 
-def _slider(low: int, high: int, value: int, unit: str):
-    """A horizontal slider and the label that shows its value."""
+def _slider(low: int, high: int, value: int, text, widest: tuple = ()):
+    """A horizontal slider and the label that shows its value (``text(value)``), wide enough for the longest
+    of ``widest`` so that the slider keeps its length while it is dragged."""
     slider = W.QSlider(HORIZONTAL)
     slider.setRange(low, high)
     slider.setValue(value)
-    label = W.QLabel(f"{value} {unit}")
-    slider.valueChanged.connect(lambda number: label.setText(f"{number} {unit}"))
+    label = W.QLabel(text(value))
+    metrics = label.fontMetrics()
+    label.setMinimumWidth(max(metrics.horizontalAdvance(t) for t in (text(low), text(high), *widest)))
+    slider.valueChanged.connect(lambda number: label.setText(text(number)))
     return slider, label
+
+
+def _strength_text(value: int) -> str:
+    return f"{value}%" + (" fill" if value == 100 else " refine")
+
+
+def _row(*widgets):
+    """Widgets side by side, the first one stretching."""
+    row = W.QHBoxLayout()
+    for index, widget in enumerate(widgets):
+        row.addWidget(widget, 0 if index else 1)
+    return row
+
+
+def _sentence_label():
+    """A label for sentences: wrapped, and never wider than the docker (a long path or address in it is
+    cut at the edge, not allowed to push the docker wider)."""
+    label = W.QLabel()
+    label.setWordWrap(True)
+    label.setMinimumWidth(1)
+    return label
+
+
+def _unit_list():
+    """A list of a few one-line entries (control units, references): three in sight, a long one elided (its
+    tooltip holds it whole), never a horizontal scroll bar taking the room of a line."""
+    widget = W.QListWidget()
+    widget.setHorizontalScrollBarPolicy(qt.SCROLL_BAR_OFF)
+    widget.setMaximumHeight(widget.fontMetrics().lineSpacing() * 3 + 2 * widget.frameWidth() + 4)
+    return widget
+
+
+def _add_entry(widget, text: str) -> None:
+    item = W.QListWidgetItem(text)
+    item.setToolTip(f"{text} (double-click to remove)")
+    widget.addItem(item)
+
+
+def _combo(tip: str):
+    combo = W.QComboBox()
+    combo.setSizeAdjustPolicy(qt.COMBO_SHRINKS)
+    combo.setMinimumContentsLength(6)
+    combo.setToolTip(tip)
+    return combo
+
+
+def _tool(text: str, tip: str):
+    """A small button for a symbol (a push button would take its 80-pixel minimum for "↻")."""
+    button = W.QToolButton()
+    button.setText(text)
+    button.setToolTip(tip)
+    return button
 
 
 def _spin(low: int, high: int, value: int):

@@ -25,6 +25,11 @@ HORIZONTAL = Qt.Orientation.Horizontal if QT6 else Qt.Horizontal
 USER_ROLE = Qt.ItemDataRole.UserRole if QT6 else Qt.UserRole
 TOOLTIP_ROLE = Qt.ItemDataRole.ToolTipRole if QT6 else Qt.ToolTipRole
 ALIGN_CENTER = Qt.AlignmentFlag.AlignCenter if QT6 else Qt.AlignCenter
+SCROLL_BAR_OFF = Qt.ScrollBarPolicy.ScrollBarAlwaysOff if QT6 else Qt.ScrollBarAlwaysOff
+# A combo box as narrow as a few characters, whatever it lists (a long model or layer name is elided, not
+# allowed to widen a docker painters keep narrow).
+COMBO_SHRINKS = (QtWidgets.QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon if QT6
+                 else QtWidgets.QComboBox.AdjustToMinimumContentsLengthWithIcon)
 
 
 def image_bytes(image) -> bytes:

@@ -1048,6 +1048,78 @@ def scenario_docker_buttons(ctx):
     doc.close()
 
 
+def scenario_docker_fits_a_narrow_dock(ctx):
+    """Docked narrow, the docker needs no horizontal scroll bar, even with long model and layer names and a
+    long sentence in it, nor do its lists of results, units and references; Generate, the progress and the
+    message are in sight without scrolling (and no empty live preview lies between them and the results
+    while idle); a slider keeps its length while dragged (its value label does not change width); Tab leaves
+    the prompt. Without a connection the job buttons are off, their tooltip saying why. (This offscreen
+    Krita's font is DejaVu Sans 12 pt at 100 dpi, larger than Krita's usual 9-10 pt UI font: a docker that
+    fits 300 px here fits about 250 px there, measured.)"""
+    from easel_krita import host
+    from easel_krita.docker import EaselDocker
+    from easel_krita.qt import QtCore, QtGui, QtWidgets
+    host.write_setting("url", os.environ["EASEL_URL"])
+    docker = EaselDocker()
+    doc = new_doc()
+    paint_layer(doc, "the sketch of the whole harbour scene, second try, with the boats moved left", fill_rgba8())
+    docker._document = lambda: doc
+    wait_for(None, timeout=30, until=lambda: docker.worker.state == "connected" and docker.model.count() > 0)
+    docker.model.addItem("juggernautXL_v9Rundiffusionphoto2_and_a_long_suffix (SDXL, 1024 px)", "long-model")
+    docker.upscaler.addItem("4x_NMKD-Siax_200k_UltraSharp_RealESRGAN_x4plus_anime_6B", "long-upscaler")
+    docker._refresh_layers()
+    docker._add_control()
+    docker._add_reference()
+    result = QtWidgets.QListWidgetItem("a red door with brass handles in a whitewashed wall [2146117813]")
+    result.setIcon(QtGui.QIcon(QtGui.QPixmap(64, 64)))  # as a result is listed
+    docker.result_list.addItem(result)
+    docker._say("The certificate file /home/painter/Documents/easel/certificates/easel-cert-of-the-studio-server.pem "
+                "is not the server's.", error=True)
+    docker.show()
+    root = docker.widget().widget()
+
+    def settle(width):
+        docker.resize(width, 900)
+        for _ in range(3):
+            QtWidgets.QApplication.processEvents()
+
+    try:
+        settle(300)
+        check(not docker.widget().horizontalScrollBar().isVisible(),
+              f"a 300 px docker scrolls sideways: its contents need {root.minimumSizeHint().width()} px")
+        for name, widget in (("Generate", docker.generate_button), ("the progress bar", docker.progress),
+                             ("Cancel", docker.cancel_button), ("the message", docker.message)):
+            top = widget.mapTo(root, QtCore.QPoint(0, 0)).y()
+            check(top <= 480, f"{name} starts {top} px down the docker")
+        check(not docker.preview.isVisible(), "an empty live preview leaves a gap while no job runs")
+        for name, widget in (("results", docker.result_list), ("control units", docker.control_list),
+                             ("references", docker.reference_list)):
+            check(not widget.horizontalScrollBar().isVisible(), f"the {name} list scrolls sideways")
+        lengths = {}
+        for value in (100, 55, 1):
+            docker.strength.setValue(value)
+            settle(300)
+            lengths[docker.strength_label.text()] = docker.strength.width()
+        check(len(set(lengths.values())) == 1, f"the Strength slider's length jumps while dragged: {lengths}")
+        docker.prompt.setPlainText("a red door")
+        tab = QtGui.QKeyEvent(QtCore.QEvent.KeyPress, QtCore.Qt.Key_Tab, QtCore.Qt.NoModifier, "\t")
+        QtWidgets.QApplication.sendEvent(docker.prompt, tab)
+        check(docker.prompt.toPlainText() == "a red door", f"Tab in the prompt typed {docker.prompt.toPlainText()!r}")
+        check(docker.generate_button.isEnabled() and docker.make_map.isEnabled(), "connected: the buttons are off")
+        docker.worker.configure(ctx["bad_url"], force=True)
+        wait_for(None, timeout=30, until=lambda: docker.worker.state == "disconnected")
+        for button in (docker.generate_button, docker.remove_button, docker.expand_button, docker.instruct_button,
+                       docker.upscale_button, docker.make_map):
+            check(not button.isEnabled() and "Not connected" in button.toolTip(),
+                  f"disconnected: {button.text()} is {'on' if button.isEnabled() else 'off'}: {button.toolTip()!r}")
+    finally:
+        docker.worker.configure(os.environ["EASEL_URL"], force=True)
+        wait_for(None, timeout=30, until=lambda: docker.worker.state == "connected")
+        docker.close()
+        doc.close()
+    check(docker.generate_button.isEnabled(), "connected again: Generate stays off")
+
+
 def scenario_docker_says_why_the_server_cancelled(ctx):
     """A server stopping mid-job (SIGTERM, and again: no grace) cancels the job with `reason: shutting_down`;
     the docker says so, not a bare "Cancelled" as if the painter had pressed Cancel."""
