@@ -64,6 +64,11 @@ def build_edit_job(job: Job, uploads: dict[str, ImageData], limits: Limits, mode
     finally:
         _consume(refs, uploads)
     job, preset = with_preset(job) if with_preset else (job, None)
+    # The server's limits first: a batch of 10**30 was told its seed must be at most -10**30 (the seed range rule)
+    for key, value, limit in (("steps", job.sampling.steps, limits.max_steps),
+                              ("batch", job.sampling.batch, limits.max_batch)):
+        if value > limit:
+            raise ProtocolError("limit_exceeded", f"{key} {shown(value)} is over this server's limit of {limit}", key)
     job.check(few_step=preset is not None and preset.few_step)
     model = default_model if job.model is None else job.model  # "" names no model: refused below
     if model not in models:
@@ -92,9 +97,6 @@ def build_edit_job(job: Job, uploads: dict[str, ImageData], limits: Limits, mode
     if embeddings is not None:
         check_embeddings(job, model, *embeddings(model))
     sampling = job.sampling
-    for key, value, limit in (("steps", sampling.steps, limits.max_steps), ("batch", sampling.batch, limits.max_batch)):
-        if value > limit:
-            raise ProtocolError("limit_exceeded", f"{key} {shown(value)} is over this server's limit of {limit}", key)
     for key in ("width", "height"):
         value = getattr(job, key)
         # (an upscale's target size is checked against max_side once the picture's size is known)
@@ -131,6 +133,16 @@ def build_edit_job(job: Job, uploads: dict[str, ImageData], limits: Limits, mode
         strength = float(job.refine or 0.0)
     elif job.mode == "generate":  # the strength of a large picture's second stage ("hires fix")
         strength = float(job.refine or HIRES_REFINE)
+    if preset is not None and preset.few_step and job.mode != "generate" and strength > 0:
+        # A few-step job runs its one step on a schedule long enough for steps x strength to reach 1: at a tiny
+        # strength that schedule has millions of steps (or more than memory holds), built on the GPU worker.
+        schedule = rules.schedule_steps(sampling.steps, rules.pass_strength(job.mode, strength))
+        if schedule > limits.max_steps:
+            least = math.ceil(1000 / (limits.max_steps * rules.pass_strength(job.mode, 1.0))) / 1000
+            key = "refine" if job.mode == "upscale" else "strength"
+            raise ProtocolError("limit_exceeded", f"`{key}` {strength:g} is too low for preset {job.preset!r}: its one "
+                                f"step would need a schedule of {shown(schedule)} steps, over this server's limit of "
+                                f"{limits.max_steps} (max_steps); raise `{key}` to at least {least:g}", key)
     work = EditJob(
         mode=job.mode, model=model, prompt=prompt, negative_prompt=job.negative_prompt, seed=seed,
         steps=sampling.steps, strength=strength,

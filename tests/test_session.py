@@ -11,10 +11,12 @@ import threading
 import time
 
 import pytest
+from PIL import Image
 from websockets.sync.client import connect
 
 from backend.server import worker
 from backend.server.session import ServerState, Session
+from conftest import png
 from schema_check import validator
 from shared.images import encode_frame
 from shared.messages import CLIENT_MESSAGES, PROTOCOL_VERSION
@@ -206,6 +208,36 @@ def test_jobs_whose_pictures_were_decoded_at_once_on_several_connections_stay_wi
     (refusal,) = other.admit(intakes[1]).send
     assert (refusal["code"], refusal["job"], refusal["ends_job"]) == ("limit_exceeded", "b", True)
     assert "queue is full" in refusal["message"] and len(state.queue) == 1
+
+
+PICTURE = {"data": png(Image.new("RGB", (64, 64), (90, 140, 30))).to_base64()}
+
+
+@pytest.mark.timeout(30)
+def test_a_vanishing_strength_is_refused_at_once(session):
+    # The advice "use at least N steps" counted N up from the job's steps: at strength 1e-300 for ever, on the
+    # thread the connection waits on (no answer again, and a core busy until the server stopped).
+    (error,) = send(session, {"type": "submit", "job": "tiny", "mode": "img2img", "image": PICTURE, "steps": 20,
+                              "strength": 1e-300})
+    assert (error["code"], error["field"]) == ("too_few_steps", "strength")
+    assert error["message"].endswith("raise the strength"), "not a count of 10^300 steps"
+    assert send(session, {"type": "status"})[0]["type"] == "status"
+
+
+def test_a_few_step_job_whose_schedule_would_pass_max_steps_is_refused(session, state):
+    # A few-step preset runs one step at any strength above 0, on a schedule of steps / strength: 1e-12 was
+    # accepted and then built a schedule of 10^12 steps on the GPU worker, every client's jobs waiting behind it.
+    job = {"type": "submit", "job": "lcm", "mode": "img2img", "image": PICTURE, "preset": "lcm", "strength": 1e-12}
+    (error,) = send(session, job)
+    assert (error["code"], error["field"], error["job"]) == ("limit_exceeded", "strength", "lcm")
+    assert "at least 0.007" in error["message"] and str(state.config.limits.max_steps) in error["message"]
+    assert send(session, {**job, "strength": 0.007})[0]["type"] == "accepted", "the strength it names runs"
+
+
+def test_a_batch_over_the_limit_is_said_to_be_one(session):
+    # The seed range rule came first and asked for a seed of at most -10**30.
+    (error,) = send(session, {**SUBMIT, "batch": 10**30})
+    assert (error["code"], error["field"]) == ("limit_exceeded", "batch")
 
 
 def test_a_refused_request_reusing_a_live_id_does_not_end_that_job(session, state):
