@@ -96,6 +96,8 @@ def build_edit_job(job: Job, uploads: dict[str, ImageData], limits: Limits, mode
                                     f"{shown(name)} would not be applied (leave it out, or give it weight 0)", where)
     if embeddings is not None:
         check_embeddings(job, model, *embeddings(model))
+    if family != "flux":  # (flux runs its own Euler, whatever sampler the job names)
+        rules.check_schedule_length(job.sampling.sampler, job.sampling.steps)
     sampling = job.sampling
     for key in ("width", "height"):
         value = getattr(job, key)
@@ -137,12 +139,16 @@ def build_edit_job(job: Job, uploads: dict[str, ImageData], limits: Limits, mode
         # A few-step job runs its one step on a schedule long enough for steps x strength to reach 1: at a tiny
         # strength that schedule has millions of steps (or more than memory holds), built on the GPU worker.
         schedule = rules.schedule_steps(sampling.steps, rules.pass_strength(job.mode, strength))
-        if schedule > limits.max_steps:
-            least = math.ceil(1000 / (limits.max_steps * rules.pass_strength(job.mode, 1.0))) / 1000
+        most, whose = limits.max_steps, f"this server's limit of {limits.max_steps} (max_steps)"
+        if family != "flux" and rules.SCHEDULE_MOST.get(sampling.sampler, most) < most:
+            most = rules.SCHEDULE_MOST[sampling.sampler]
+            whose = f"the {most} its {sampling.sampler} sampler can draw"
+        if schedule > most:
+            least = math.ceil(1000 / (most * rules.pass_strength(job.mode, 1.0))) / 1000
             key = "refine" if job.mode == "upscale" else "strength"
             raise ProtocolError("limit_exceeded", f"`{key}` {strength:g} is too low for preset {job.preset!r}: its one "
-                                f"step would need a schedule of {shown(schedule)} steps, over this server's limit of "
-                                f"{limits.max_steps} (max_steps); raise `{key}` to at least {least:g}", key)
+                                f"step would need a schedule of {shown(schedule)} steps, over {whose}; raise `{key}` "
+                                f"to at least {least:g}", key)
     work = EditJob(
         mode=job.mode, model=model, prompt=prompt, negative_prompt=job.negative_prompt, seed=seed,
         steps=sampling.steps, strength=strength,

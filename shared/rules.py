@@ -116,6 +116,19 @@ def check_denoising(mode: str, steps: int, strength: float, few_step: bool = Fal
                             f"{advice}", "strength")
 
 
+SCHEDULE_MOST = {"lcm": 50, "tcd": 50}
+"""Samplers that draw their schedule from a fixed number of training steps (diffusers' LCM and TCD schedulers,
+``original_inference_steps``): a schedule longer than that fails in the scheduler."""
+
+
+def check_schedule_length(sampler: str, schedule: int, field: str = "steps") -> None:
+    """Refuse a schedule longer than ``sampler`` can draw (it failed as an `internal` error once running)."""
+    most = SCHEDULE_MOST.get(sampler)
+    if most is not None and schedule > most:
+        raise ProtocolError("invalid_field", f"the {sampler} sampler runs at most {most} steps (its schedule is drawn "
+                            f"from {most} training steps), not {schedule}; ask for fewer steps", field)
+
+
 FEWEST_STEPS_SHOWN = 10_000
 """Above this many steps, advice to take more steps is no advice: the strength is what is too low."""
 

@@ -213,12 +213,17 @@ def test_jobs_whose_pictures_were_decoded_at_once_on_several_connections_stay_wi
 PICTURE = {"data": png(Image.new("RGB", (64, 64), (90, 140, 30))).to_base64()}
 
 
-@pytest.mark.timeout(30)
 def test_a_vanishing_strength_is_refused_at_once(session):
     # The advice "use at least N steps" counted N up from the job's steps: at strength 1e-300 for ever, on the
     # thread the connection waits on (no answer again, and a core busy until the server stopped).
-    (error,) = send(session, {"type": "submit", "job": "tiny", "mode": "img2img", "image": PICTURE, "steps": 20,
-                              "strength": 1e-300})
+    answers = []
+    thread = threading.Thread(target=lambda: answers.extend(send(session, {
+        "type": "submit", "job": "tiny", "mode": "img2img", "image": PICTURE, "steps": 20, "strength": 1e-300})),
+        daemon=True)
+    thread.start()
+    thread.join(20)
+    assert not thread.is_alive(), "no answer: the intake is still counting"
+    (error,) = answers
     assert (error["code"], error["field"]) == ("too_few_steps", "strength")
     assert error["message"].endswith("raise the strength"), "not a count of 10^300 steps"
     assert send(session, {"type": "status"})[0]["type"] == "status"
@@ -227,11 +232,22 @@ def test_a_vanishing_strength_is_refused_at_once(session):
 def test_a_few_step_job_whose_schedule_would_pass_max_steps_is_refused(session, state):
     # A few-step preset runs one step at any strength above 0, on a schedule of steps / strength: 1e-12 was
     # accepted and then built a schedule of 10^12 steps on the GPU worker, every client's jobs waiting behind it.
-    job = {"type": "submit", "job": "lcm", "mode": "img2img", "image": PICTURE, "preset": "lcm", "strength": 1e-12}
-    (error,) = send(session, job)
-    assert (error["code"], error["field"], error["job"]) == ("limit_exceeded", "strength", "lcm")
-    assert "at least 0.007" in error["message"] and str(state.config.limits.max_steps) in error["message"]
-    assert send(session, {**job, "strength": 0.007})[0]["type"] == "accepted", "the strength it names runs"
+    # The LCM and TCD samplers draw at most 50 steps: 0.007 (a schedule of 143) failed in the scheduler, `internal`.
+    for preset, least, most in (("lightning", "0.007", "max_steps"), ("lcm", "0.02", "50 its lcm sampler")):
+        job = {"type": "submit", "job": preset, "mode": "img2img", "image": PICTURE, "preset": preset,
+               "strength": 1e-12}
+        (error,) = send(session, job)
+        assert (error["code"], error["field"], error["job"]) == ("limit_exceeded", "strength", preset)
+        assert f"at least {least}" in error["message"] and most in error["message"], error["message"]
+        assert send(session, {**job, "strength": float(least)})[0]["type"] == "accepted", "the strength it names runs"
+
+
+@pytest.mark.parametrize("sampler", ["lcm", "tcd"])
+def test_more_steps_than_a_few_step_sampler_draws_are_refused_before_accepted(session, sampler):
+    # 60 steps of the lcm sampler were accepted and then failed in diffusers' scheduler as an `internal` error.
+    (error,) = send(session, {**SUBMIT, "sampler": sampler, "steps": 51})
+    assert (error["code"], error["field"]) == ("invalid_field", "steps") and "at most 50" in error["message"]
+    assert send(session, {**SUBMIT, "sampler": sampler, "steps": 50})[0]["type"] == "accepted"
 
 
 def test_a_batch_over_the_limit_is_said_to_be_one(session):
