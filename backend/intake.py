@@ -24,7 +24,7 @@ from backend.presets import Preset
 from shared import loras as lora_rules
 from shared import rules
 from shared.errors import shown
-from shared.images import CHANNELS, ImageData
+from shared.images import CHANNELS, ImageData, png_size
 from shared.job import Job
 from shared.job import PreprocessJob as PreprocessRequest
 from shared.messages import MAX_SEED, ProtocolError
@@ -283,6 +283,14 @@ def decode_image(image: ImageData, limits: Limits, role: str, mode: str) -> np.n
             pil = Image.fromarray(pixels[..., 0] if image.format == "l8" else pixels,
                                   "L" if image.format == "l8" else "RGBA")
         else:
+            if image.format == "png":
+                # From the PNG's header, before Pillow reads it: past its own bomb limit Pillow refuses it in words
+                # that name Pillow's limit (178956970 pixels), not this server's.
+                try:
+                    _check_size(*png_size(image.data), limits, role)
+                except ProtocolError as exc:
+                    if exc.code == "limit_exceeded":
+                        raise
             pil = Image.open(io.BytesIO(image.data))
             _check_size(pil.width, pil.height, limits, role)
             if image.width and (pil.width, pil.height) != (image.width, image.height):

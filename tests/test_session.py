@@ -5,10 +5,13 @@ last tests run a real server to show where pictures are encoded and in which ord
 """
 
 import asyncio
+import base64
 import dataclasses
 import json
+import struct
 import threading
 import time
+import zlib
 
 import pytest
 from PIL import Image
@@ -248,6 +251,20 @@ def test_more_steps_than_a_few_step_sampler_draws_are_refused_before_accepted(se
     (error,) = send(session, {**SUBMIT, "sampler": sampler, "steps": 51})
     assert (error["code"], error["field"]) == ("invalid_field", "steps") and "at most 50" in error["message"]
     assert send(session, {**SUBMIT, "sampler": sampler, "steps": 50})[0]["type"] == "accepted"
+
+
+def test_a_png_bomb_is_told_this_servers_limits(session, state):
+    # Past Pillow's own bomb limit the error quoted Pillow: "exceeds limit of 178956970 pixels, could be
+    # decompression bomb DOS attack", a limit this server does not have.
+    data = bytearray(png(Image.new("L", (1, 1))).data)
+    data[16:24] = struct.pack(">II", 100_000, 100_000)  # the IHDR's size, and its CRC
+    data[29:33] = struct.pack(">I", zlib.crc32(bytes(data[12:29])))
+    (error,) = send(session, {"type": "submit", "job": "bomb", "mode": "img2img",
+                              "image": {"data": base64.b64encode(bytes(data)).decode()}})
+    assert (error["code"], error["field"]) == ("limit_exceeded", "image")
+    limits = state.config.limits
+    assert "100000x100000" in error["message"] and f"at most {limits.max_side} pixels a side" in error["message"]
+    assert "178956970" not in error["message"]
 
 
 def test_a_batch_over_the_limit_is_said_to_be_one(session):
