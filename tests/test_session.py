@@ -18,7 +18,7 @@ from PIL import Image
 from websockets.sync.client import connect
 
 from backend.server import worker
-from backend.server.session import ServerState, Session
+from backend.server.session import MAX_UPLOADS, ServerState, Session
 from conftest import png
 from schema_check import validator
 from shared.images import encode_frame
@@ -121,12 +121,21 @@ def test_uploads_are_held_within_the_connection_budget(demo_config, engine):
     send(session, {"type": "hello", "protocol": PROTOCOL_VERSION})
     assert session.receive(upload("a", 48)).send == []
     assert session.receive(upload("b", 48, role="mask")).send == []
-    assert only_error(session.receive(upload("c", 48, role="control")).send) == ("limit_exceeded", "control", None)
+    (error,) = session.receive(upload("c", 48, role="control")).send
+    assert (error["code"], error["field"]) == ("limit_exceeded", "control")
+    assert "past 100 bytes (96 held)" in error["message"], "which limit, and how far off"
     assert session.receive(upload("a", 48)).send == [], "the same id again replaces the earlier upload"
     assert only_error(session.receive(upload("r", 4, role="result")).send) == ("invalid_field", "role", None)
     assert sorted(session.uploads) == ["a", "b"]
     session.close()
     assert session.uploads == {}
+
+
+def test_a_connection_is_told_how_many_unused_uploads_it_may_hold(session):
+    for index in range(MAX_UPLOADS):
+        assert session.receive(upload(f"u{index}", 4)).send == []
+    (error,) = session.receive(upload("one-more", 4)).send
+    assert error["code"] == "limit_exceeded" and f"holds {MAX_UPLOADS} unused uploads" in error["message"]
 
 
 def test_an_oversize_frame_is_refused_and_the_connection_stays(demo_config, engine):
