@@ -24,7 +24,7 @@ from backend.presets import Preset
 from shared import loras as lora_rules
 from shared import rules
 from shared.errors import shown
-from shared.images import CHANNELS, ImageData
+from shared.images import CHANNELS, ImageData, png_size
 from shared.job import Job
 from shared.job import PreprocessJob as PreprocessRequest
 from shared.messages import MAX_SEED, ProtocolError
@@ -64,6 +64,11 @@ def build_edit_job(job: Job, uploads: dict[str, ImageData], limits: Limits, mode
     finally:
         _consume(refs, uploads)
     job, preset = with_preset(job) if with_preset else (job, None)
+    # The server's limits first: a batch of 10**30 was told its seed must be at most -10**30 (the seed range rule)
+    for key, value, limit in (("steps", job.sampling.steps, limits.max_steps),
+                              ("batch", job.sampling.batch, limits.max_batch)):
+        if value > limit:
+            raise ProtocolError("limit_exceeded", f"{key} {shown(value)} is over this server's limit of {limit}", key)
     job.check(few_step=preset is not None and preset.few_step)
     model = default_model if job.model is None else job.model  # "" names no model: refused below
     if model not in models:
@@ -91,10 +96,9 @@ def build_edit_job(job: Job, uploads: dict[str, ImageData], limits: Limits, mode
                                     f"{shown(name)} would not be applied (leave it out, or give it weight 0)", where)
     if embeddings is not None:
         check_embeddings(job, model, *embeddings(model))
+    if family != "flux":  # (flux runs its own Euler, whatever sampler the job names)
+        rules.check_schedule_length(job.sampling.sampler, job.sampling.steps)
     sampling = job.sampling
-    for key, value, limit in (("steps", sampling.steps, limits.max_steps), ("batch", sampling.batch, limits.max_batch)):
-        if value > limit:
-            raise ProtocolError("limit_exceeded", f"{key} {shown(value)} is over this server's limit of {limit}", key)
     for key in ("width", "height"):
         value = getattr(job, key)
         # (an upscale's target size is checked against max_side once the picture's size is known)
@@ -131,6 +135,20 @@ def build_edit_job(job: Job, uploads: dict[str, ImageData], limits: Limits, mode
         strength = float(job.refine or 0.0)
     elif job.mode == "generate":  # the strength of a large picture's second stage ("hires fix")
         strength = float(job.refine or HIRES_REFINE)
+    if preset is not None and preset.few_step and job.mode != "generate" and strength > 0:
+        # A few-step job runs its one step on a schedule long enough for steps x strength to reach 1: at a tiny
+        # strength that schedule has millions of steps (or more than memory holds), built on the GPU worker.
+        schedule = rules.schedule_steps(sampling.steps, rules.pass_strength(job.mode, strength))
+        most, whose = limits.max_steps, f"this server's limit of {limits.max_steps} (max_steps)"
+        if family != "flux" and rules.SCHEDULE_MOST.get(sampling.sampler, most) < most:
+            most = rules.SCHEDULE_MOST[sampling.sampler]
+            whose = f"the {most} its {sampling.sampler} sampler can draw"
+        if schedule > most:
+            least = math.ceil(1000 / (most * rules.pass_strength(job.mode, 1.0))) / 1000
+            key = "refine" if job.mode == "upscale" else "strength"
+            raise ProtocolError("limit_exceeded", f"`{key}` {strength:g} is too low for preset {job.preset!r}: its one "
+                                f"step would need a schedule of {shown(schedule)} steps, over {whose}; raise `{key}` "
+                                f"to at least {least:g}", key)
     work = EditJob(
         mode=job.mode, model=model, prompt=prompt, negative_prompt=job.negative_prompt, seed=seed,
         steps=sampling.steps, strength=strength,
@@ -265,6 +283,14 @@ def decode_image(image: ImageData, limits: Limits, role: str, mode: str) -> np.n
             pil = Image.fromarray(pixels[..., 0] if image.format == "l8" else pixels,
                                   "L" if image.format == "l8" else "RGBA")
         else:
+            if image.format == "png":
+                # From the PNG's header, before Pillow reads it: past its own bomb limit Pillow refuses it in words
+                # that name Pillow's limit (178956970 pixels), not this server's.
+                try:
+                    _check_size(*png_size(image.data), limits, role)
+                except ProtocolError as exc:
+                    if exc.code == "limit_exceeded":
+                        raise
             pil = Image.open(io.BytesIO(image.data))
             _check_size(pil.width, pil.height, limits, role)
             if image.width and (pil.width, pil.height) != (image.width, image.height):

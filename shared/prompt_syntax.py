@@ -19,6 +19,8 @@ from .errors import ProtocolError, shown
 
 UP = 1.1  # A1111's factor for one level of ( ) or [ ]
 MAX_WEIGHT = 10.0
+MAX_NESTING = 32  # groups inside groups: (((word))) is 3. Each closing reweighs all it holds, so a prompt of
+# 3,000 nested groups took a minute of a core to read (on the thread that takes jobs in), for weights of 10^138
 _NUMBER_LIKE = re.compile(r"\s*[-+]?[0-9.]+\s*")
 _ESCAPES = "()[]\\"
 
@@ -47,6 +49,9 @@ def parse(prompt: str, field: str = "prompt") -> tuple[Piece, ...]:
             index += 2
             continue
         if char in "([":
+            if len(stack) == MAX_NESTING:
+                raise _error(field, f"'{char}' at character {index + 1} opens a group {MAX_NESTING + 1} deep; groups "
+                             f"nest at most {MAX_NESTING} deep (a weight says more: (word:1.5))")
             flush()
             stack.append((char, index, []))
         elif char in ")]":

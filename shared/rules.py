@@ -6,6 +6,9 @@ Pure and standard-library only, like the rest of the protocol package.
 
 from __future__ import annotations
 
+import math
+from fractions import Fraction
+
 from .errors import ProtocolError
 from .vocabulary import MAX_SEED
 
@@ -89,8 +92,14 @@ def denoising_steps(mode: str, steps: int, strength: float, few_step: bool = Fal
 def schedule_steps(steps: int, strength: float) -> int:
     """The schedule length that makes a few-step job's ``steps`` x ``strength`` run 1 step when it
     would run none: the pipelines denoise int(schedule x strength) steps of it."""
-    schedule = steps
-    while strength > 0 and int(schedule * strength) < 1:
+    if strength <= 0 or int(steps * strength) >= 1:
+        return steps
+    # From 1 / strength rather than counting up to it: a client's strength of 1e-300 counted for ever, on the
+    # thread that took the job in (or, for a few-step preset, on the GPU worker's, stopping every client's jobs).
+    schedule = max(steps, math.ceil(1 / Fraction(strength)) - 1)  # exact: 1 / 5e-324 is no float
+    if schedule > 2 ** 53:  # past a float's integers the float product below means nothing
+        return schedule
+    while int(schedule * strength) < 1:  # (the pipelines' float product may round either way of 1)
         schedule += 1
     return schedule
 
@@ -107,12 +116,31 @@ def check_denoising(mode: str, steps: int, strength: float, few_step: bool = Fal
                             f"{advice}", "strength")
 
 
+SCHEDULE_MOST = {"lcm": 50, "tcd": 50}
+"""Samplers that draw their schedule from a fixed number of training steps (diffusers' LCM and TCD schedulers,
+``original_inference_steps``): a schedule longer than that fails in the scheduler."""
+
+
+def check_schedule_length(sampler: str, schedule: int, field: str = "steps") -> None:
+    """Refuse a schedule longer than ``sampler`` can draw (it failed as an `internal` error once running)."""
+    most = SCHEDULE_MOST.get(sampler)
+    if most is not None and schedule > most:
+        raise ProtocolError("invalid_field", f"the {sampler} sampler runs at most {most} steps (its schedule is drawn "
+                            f"from {most} training steps), not {schedule}; ask for fewer steps", field)
+
+
+FEWEST_STEPS_SHOWN = 10_000
+"""Above this many steps, advice to take more steps is no advice: the strength is what is too low."""
+
+
 def _step_advice(mode: str, steps: int, strength: float) -> str:
     """What makes a job that runs no step run one: the fewest steps that do at this strength, and a higher
     strength only where there is one (remove at strength 1 was told to "raise the strength")."""
     if pass_strength(mode, strength) <= 0:
         return "raise the strength"
     fewest = schedule_steps(steps, pass_strength(mode, strength))
+    if fewest > FEWEST_STEPS_SHOWN:  # (a strength of 1e-300 was told to use 10^300 steps)
+        return "raise the strength"
     return f"use at least {fewest} steps" + (", or a higher strength" if strength < 1 else "")
 
 

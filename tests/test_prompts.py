@@ -56,11 +56,18 @@ def test_a1111_emphasis_reads_as_weighted_pieces(prompt, pieces):
     ("(a:-1)", "between 0 and 10"),
     ("(a:11)", "between 0 and 10"),
     ("[cat:dog:0.5]", "prompt editing"),
+    # A minute of a core for the 10,000 characters a prompt may hold, every group closing reweighing all inside it
+    ("(" * 3333 + "a)" * 3333, "'(' at character 33 opens a group 33 deep"),
 ])
 def test_malformed_emphasis_is_refused_naming_the_field_and_the_place(prompt, says):
     with pytest.raises(ProtocolError) as caught:
         Job.create("generate", negative_prompt=prompt).check()
     assert caught.value.field == "negative_prompt" and says in caught.value.message, caught.value.message
+
+
+def test_groups_may_nest_as_deep_as_the_limit():
+    ((text, weight),) = parse("(" * 32 + "a" + ")" * 32)
+    assert text == "a" and weight == pytest.approx(1.1 ** 32, rel=1e-5)
 
 
 def test_embedding_names_become_tokens_as_words_only():

@@ -5,16 +5,21 @@ last tests run a real server to show where pictures are encoded and in which ord
 """
 
 import asyncio
+import base64
 import dataclasses
 import json
+import struct
 import threading
 import time
+import zlib
 
 import pytest
+from PIL import Image
 from websockets.sync.client import connect
 
 from backend.server import worker
-from backend.server.session import ServerState, Session
+from backend.server.session import MAX_UPLOADS, ServerState, Session
+from conftest import png
 from schema_check import validator
 from shared.images import encode_frame
 from shared.messages import CLIENT_MESSAGES, PROTOCOL_VERSION
@@ -116,12 +121,21 @@ def test_uploads_are_held_within_the_connection_budget(demo_config, engine):
     send(session, {"type": "hello", "protocol": PROTOCOL_VERSION})
     assert session.receive(upload("a", 48)).send == []
     assert session.receive(upload("b", 48, role="mask")).send == []
-    assert only_error(session.receive(upload("c", 48, role="control")).send) == ("limit_exceeded", "control", None)
+    (error,) = session.receive(upload("c", 48, role="control")).send
+    assert (error["code"], error["field"]) == ("limit_exceeded", "control")
+    assert "past 100 bytes (96 held)" in error["message"], "which limit, and how far off"
     assert session.receive(upload("a", 48)).send == [], "the same id again replaces the earlier upload"
     assert only_error(session.receive(upload("r", 4, role="result")).send) == ("invalid_field", "role", None)
     assert sorted(session.uploads) == ["a", "b"]
     session.close()
     assert session.uploads == {}
+
+
+def test_a_connection_is_told_how_many_unused_uploads_it_may_hold(session):
+    for index in range(MAX_UPLOADS):
+        assert session.receive(upload(f"u{index}", 4)).send == []
+    (error,) = session.receive(upload("one-more", 4)).send
+    assert error["code"] == "limit_exceeded" and f"holds {MAX_UPLOADS} unused uploads" in error["message"]
 
 
 def test_an_oversize_frame_is_refused_and_the_connection_stays(demo_config, engine):
@@ -206,6 +220,66 @@ def test_jobs_whose_pictures_were_decoded_at_once_on_several_connections_stay_wi
     (refusal,) = other.admit(intakes[1]).send
     assert (refusal["code"], refusal["job"], refusal["ends_job"]) == ("limit_exceeded", "b", True)
     assert "queue is full" in refusal["message"] and len(state.queue) == 1
+
+
+PICTURE = {"data": png(Image.new("RGB", (64, 64), (90, 140, 30))).to_base64()}
+
+
+def test_a_vanishing_strength_is_refused_at_once(session):
+    # The advice "use at least N steps" counted N up from the job's steps: at strength 1e-300 for ever, on the
+    # thread the connection waits on (no answer again, and a core busy until the server stopped).
+    answers = []
+    thread = threading.Thread(target=lambda: answers.extend(send(session, {
+        "type": "submit", "job": "tiny", "mode": "img2img", "image": PICTURE, "steps": 20, "strength": 1e-300})),
+        daemon=True)
+    thread.start()
+    thread.join(20)
+    assert not thread.is_alive(), "no answer: the intake is still counting"
+    (error,) = answers
+    assert (error["code"], error["field"]) == ("too_few_steps", "strength")
+    assert error["message"].endswith("raise the strength"), "not a count of 10^300 steps"
+    assert send(session, {"type": "status"})[0]["type"] == "status"
+
+
+def test_a_few_step_job_whose_schedule_would_pass_max_steps_is_refused(session, state):
+    # A few-step preset runs one step at any strength above 0, on a schedule of steps / strength: 1e-12 was
+    # accepted and then built a schedule of 10^12 steps on the GPU worker, every client's jobs waiting behind it.
+    # The LCM and TCD samplers draw at most 50 steps: 0.007 (a schedule of 143) failed in the scheduler, `internal`.
+    for preset, least, most in (("lightning", "0.007", "max_steps"), ("lcm", "0.02", "50 its lcm sampler")):
+        job = {"type": "submit", "job": preset, "mode": "img2img", "image": PICTURE, "preset": preset,
+               "strength": 1e-12}
+        (error,) = send(session, job)
+        assert (error["code"], error["field"], error["job"]) == ("limit_exceeded", "strength", preset)
+        assert f"at least {least}" in error["message"] and most in error["message"], error["message"]
+        assert send(session, {**job, "strength": float(least)})[0]["type"] == "accepted", "the strength it names runs"
+
+
+@pytest.mark.parametrize("sampler", ["lcm", "tcd"])
+def test_more_steps_than_a_few_step_sampler_draws_are_refused_before_accepted(session, sampler):
+    # 60 steps of the lcm sampler were accepted and then failed in diffusers' scheduler as an `internal` error.
+    (error,) = send(session, {**SUBMIT, "sampler": sampler, "steps": 51})
+    assert (error["code"], error["field"]) == ("invalid_field", "steps") and "at most 50" in error["message"]
+    assert send(session, {**SUBMIT, "sampler": sampler, "steps": 50})[0]["type"] == "accepted"
+
+
+def test_a_png_bomb_is_told_this_servers_limits(session, state):
+    # Past Pillow's own bomb limit the error quoted Pillow: "exceeds limit of 178956970 pixels, could be
+    # decompression bomb DOS attack", a limit this server does not have.
+    data = bytearray(png(Image.new("L", (1, 1))).data)
+    data[16:24] = struct.pack(">II", 100_000, 100_000)  # the IHDR's size, and its CRC
+    data[29:33] = struct.pack(">I", zlib.crc32(bytes(data[12:29])))
+    (error,) = send(session, {"type": "submit", "job": "bomb", "mode": "img2img",
+                              "image": {"data": base64.b64encode(bytes(data)).decode()}})
+    assert (error["code"], error["field"]) == ("limit_exceeded", "image")
+    limits = state.config.limits
+    assert "100000x100000" in error["message"] and f"at most {limits.max_side} pixels a side" in error["message"]
+    assert "178956970" not in error["message"]
+
+
+def test_a_batch_over_the_limit_is_said_to_be_one(session):
+    # The seed range rule came first and asked for a seed of at most -10**30.
+    (error,) = send(session, {**SUBMIT, "batch": 10**30})
+    assert (error["code"], error["field"]) == ("limit_exceeded", "batch")
 
 
 def test_a_refused_request_reusing_a_live_id_does_not_end_that_job(session, state):

@@ -404,10 +404,17 @@ class Session:
             raise ProtocolError("invalid_field", f"clients upload roles {', '.join(CLIENT_ROLES)}, not "
                                 f"{header['role']!r}", "role")
         self.uploads.pop(header["image"], None)  # the same id again replaces the earlier upload
-        if self.uploads.bytes + len(image.data) > self.state.config.limits.upload_budget \
-                or len(self.uploads) >= MAX_UPLOADS:
-            raise ProtocolError("limit_exceeded", "too many unused uploads on this connection; reference them in "
-                                "a submit or reconnect", header["role"])
+        budget = self.state.config.limits.upload_budget
+        # (both said "too many unused uploads", leaving a client to guess which limit, and how far off it was)
+        if self.uploads.bytes + len(image.data) > budget:
+            raise ProtocolError("limit_exceeded", f"this {len(image.data)}-byte upload would take this connection's "
+                                f"unused uploads past {budget} bytes ({self.uploads.bytes} held), this server's "
+                                "most: name the pictures sent in a submit first (each serves one request), or "
+                                "reconnect", header["role"])
+        if len(self.uploads) >= MAX_UPLOADS:
+            raise ProtocolError("limit_exceeded", f"this connection holds {MAX_UPLOADS} unused uploads, the most it "
+                                "may: name them in a submit first (each serves one request), or reconnect",
+                                header["role"])
         self.uploads[header["image"]] = image
 
     def _take(self, request: protocol.Job | protocol.PreprocessJob,
