@@ -182,10 +182,11 @@ def upscale_size(width: int, height: int, scale: float | None = None, target_wid
     alone keeps the aspect), else ``scale`` times the picture (UPSCALE_DEFAULT when None), rounded."""
     if target_width and target_height:
         return target_width, target_height
+    # exact fractions: a float quotient of a huge target printed garbled digits in the refusal that names it
     if target_width:
-        return target_width, max(1, round(height * target_width / width))
+        return target_width, max(1, round(Fraction(height * target_width, width)))
     if target_height:
-        return max(1, round(width * target_height / height)), target_height
+        return max(1, round(Fraction(width * target_height, height))), target_height
     factor = UPSCALE_DEFAULT if scale is None else scale
     return max(1, round(width * factor)), max(1, round(height * factor))
 

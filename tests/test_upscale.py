@@ -239,6 +239,9 @@ def test_a_16000_pixel_upscale_is_refused_with_the_limit_named(client):
     assert "the most it can grow to, keeping its shape, is 8180x6135 (`scale` 4.09)" in error.message
     error = refused(client, image=picture(200, 150), width=16000)
     assert error.field == "width" and error.message.endswith("keeping its shape, is 8192x6144"), error.message
+    # the other side of an absurd target in whole digits (a float quotient printed 749999999999999944544724451328)
+    error = refused(client, image=picture(200, 150), width=10**30)
+    assert f"to {10**30}x{75 * 10**28} is over" in error.message, error.message
 
 
 # -- easel run upscale --------------------------------------------------------------------------
