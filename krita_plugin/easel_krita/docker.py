@@ -65,6 +65,7 @@ class EaselDocker(host.DockWidget):
 
         server = W.QHBoxLayout()
         self.url = W.QLineEdit(self.worker.url)
+        self.url.setCursorPosition(0)  # a narrow field shows the scheme and host, not the address's last characters
         self.url.setToolTip("Address of the Easel server (easel serve), e.g. ws://127.0.0.1:8760/")
         self.token = W.QLineEdit(self.worker.token)
         self.token.setPlaceholderText("token")

@@ -1087,6 +1087,7 @@ def scenario_docker_fits_a_narrow_dock(ctx):
         settle(300)
         check(not docker.widget().horizontalScrollBar().isVisible(),
               f"a 300 px docker scrolls sideways: its contents need {root.minimumSizeHint().width()} px")
+        check(docker.url.cursorPosition() == 0, "the address field shows the end of the address, not its start")
         for name, widget in (("Generate", docker.generate_button), ("the progress bar", docker.progress),
                              ("Cancel", docker.cancel_button), ("the message", docker.message)):
             top = widget.mapTo(root, QtCore.QPoint(0, 0)).y()
