@@ -28,6 +28,7 @@ from backend.run_files import (
     inverted_mask,
     note_generate_size,
     note_mask_coverage,
+    note_upscale_shape,
     output_paths,
     read_picture,
     result_picture,
@@ -594,6 +595,8 @@ def cmd_run(args: argparse.Namespace) -> int:
             note_mask_coverage(mask, args.invert_mask)
         if args.mode == "generate":
             note_generate_size(args.width, args.height)
+        if args.mode == "upscale" and image is not None:
+            note_upscale_shape(image.upright.size, args.width, args.height)
     except UsageError as exc:
         print(f"easel: {exc}", file=sys.stderr)
         return 2
@@ -614,7 +617,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     try:
         with Client(args.server, token=args.token, name="easel-cli", cert=args.cert) as client:
             connected = True
-            _note_loading(client, job.model)
+            if not (job.mode == "upscale" and not job.refine):  # (a plain upscale never runs the model)
+                _note_loading(client, job.model)
             result = client.run(job, on_event=show)  # (interrupted, it cancels the job)
     except KeyboardInterrupt:  # Ctrl-C printed a traceback from inside the websocket library
         print("\n" * bool(shown) + "easel: interrupted" + ": the job was cancelled on the server" * connected,

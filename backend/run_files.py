@@ -25,6 +25,7 @@ from backend.imaging import has_alpha, painted_in_alpha, profile_is_srgb, profil
 from shared.capabilities import DEFAULT_MAX_SIDE
 from shared.geometry import round_to_grid
 from shared.images import ImageData
+from shared.rules import upscale_size
 
 ORIENTATION = 0x0112  # the EXIF tag phones use to say "this photo is turned"
 SIDEWAYS = (5, 6, 7, 8)  # the EXIF orientations that swap width and height
@@ -260,6 +261,19 @@ def note_generate_size(width: int | None, height: int | None) -> None:
              for option, value in (("--width", width), ("--height", height)) if value and round_to_grid(value) != value]
     if moved:
         print(f"easel: note: {', '.join(moved)} (a generated picture's sides are multiples of 8)", file=sys.stderr)
+
+
+def note_upscale_shape(picture: tuple[int, int], width: int | None, height: int | None) -> None:
+    """Say so when an upscale's --width and --height have another shape than the picture: it is stretched to
+    them (a 4:3 photo asked for 3000x3000 came back squashed without a word)."""
+    if not (width and height):
+        return
+    by_width, by_height = upscale_size(*picture, target_width=width), upscale_size(*picture, target_height=height)
+    if abs(by_width[1] - height) <= 1 or abs(by_height[0] - width) <= 1:  # its own shape, but for rounding
+        return
+    print(f"easel: note: --width {width} --height {height} stretches the {picture[0]}x{picture[1]} picture to another "
+          f"shape; its own shape at that size is {by_width[0]}x{by_width[1]} or {by_height[0]}x{by_height[1]} (give "
+          "only --width or --height to keep it)", file=sys.stderr)
 
 
 def note_mask_coverage(mask: Picture, inverted: bool) -> None:

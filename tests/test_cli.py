@@ -511,6 +511,20 @@ def test_run_says_when_the_model_loads_first(demo_config, tmp_path, capsys):
             assert status == 0 and ("model 'demo' loads first" in err) == first, err
 
 
+def test_a_plain_upscale_does_not_say_the_model_loads(demo_config, tmp_path, capsys):
+    """An upscale without --strength runs no diffusion model: "model 'demo' loads first" was said anyway."""
+    from backend.engine.engine import Engine
+    from backend.engine.models import ModelRegistry, pick_device
+
+    picture(64, 48).save(tmp_path / "in.png")
+    with ServerThread(demo_config, Engine(ModelRegistry(demo_config, *pick_device("cpu")))) as fresh:
+        status, _, err = easel_here(capsys, "run", "upscale", "--image", tmp_path / "in.png", "--upscaler", "lanczos",
+                                    "--out", tmp_path / "big.png", "--server", fresh.url)
+        assert status == 0 and "loads first" not in err, err
+        with Client(fresh.url) as client:  # (and it was not loaded: the note would have been true)
+            assert "demo" not in client.status().get("loaded_models", ())
+
+
 def test_package_into_a_file_says_so(tmp_path, capsys):
     (tmp_path / "dist").write_text("")
     status, _, err = easel_here(capsys, "package", "krita", "--out", tmp_path / "dist")
