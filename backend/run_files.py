@@ -266,7 +266,7 @@ def note_generate_size(width: int | None, height: int | None) -> None:
 def note_upscale_shape(picture: tuple[int, int], width: int | None, height: int | None) -> None:
     """Say so when an upscale's --width and --height have another shape than the picture: it is stretched to
     them (a 4:3 photo asked for 3000x3000 came back squashed without a word)."""
-    if not (width and height):
+    if not (width and height) or width < picture[0] or height < picture[1]:  # (one side, or refused: smaller)
         return
     by_width, by_height = upscale_size(*picture, target_width=width), upscale_size(*picture, target_height=height)
     if abs(by_width[1] - height) <= 1 or abs(by_height[0] - width) <= 1:  # its own shape, but for rounding

@@ -275,6 +275,9 @@ def test_easel_run_upscale_says_when_width_and_height_stretch_the_picture(server
         assert ("stretches the 160x120 picture" in err) == stretched, err
         if stretched:
             assert "its own shape at that size is 300x225 or 400x300" in err, err
+    assert main([str(a) for a in ["run", "upscale", "--image", tmp_path / "in.png", "--width", 100, "--height", 200,
+                                  "--out", tmp_path / "smaller.png", "--server", server.url]]) == 1
+    assert "stretches" not in capsys.readouterr().err  # (refused as smaller: the note would only add noise)
 
 
 def test_transparency_keeps_its_shape(client):
