@@ -635,7 +635,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         picture = result_picture(item.image, item.offset, image, whole=args.mode in ("expand", "upscale"),
                                  layer=args.layer)
         try:
-            write_picture(picture, path, image, keep_dpi=args.mode != "upscale",  # (an upscale: more pixels an inch)
+            write_picture(picture, path, image, resampled=args.mode == "upscale",
                           infotext=infotext(parameters, item.seed, picture.size))
         except (OSError, ValueError) as exc:
             print(f"easel: cannot write {path}: {exc}", file=sys.stderr)

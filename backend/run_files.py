@@ -387,19 +387,23 @@ def result_picture(image: ImageData, offset: tuple[int, int], source: Picture | 
                   data=source.bytes if source else None)
 
 
-def write_picture(picture: Image.Image, path: Path, source: Picture | None, *, keep_dpi: bool = True,
+def write_picture(picture: Image.Image, path: Path, source: Picture | None, *, resampled: bool = False,
                   infotext: str | None = None) -> None:
-    """Write a result in its path's format, with the input's colour profile, (``keep_dpi``: the same pixels
-    an inch) its print resolution and ``infotext`` where the WebUI keeps its own (a PNG's "parameters" text,
-    the EXIF user comment of a JPEG, WebP or AVIF); Pillow's OSError or ValueError when it cannot."""
+    """Write a result in its path's format, with the input's colour profile, its print resolution (``resampled``,
+    an upscale: the input's print size, so as many more pixels an inch as it has more pixels) and ``infotext``
+    where the WebUI keeps its own (a PNG's "parameters" text, the EXIF user comment of a JPEG, WebP or AVIF);
+    Pillow's OSError or ValueError when it cannot."""
     fmt = _format(path)
     if fmt == "JPEG":
         picture = picture.convert("RGB")  # JPEG has no alpha
     options = {"lossless": True, "exact": True} if fmt == "WEBP" else {}
     if source is not None and source.icc and fmt in PROFILE_FORMATS:
         options["icc_profile"] = source.icc
-    if source is not None and source.dpi and keep_dpi:
-        options["dpi"] = source.dpi
+    if source is not None and source.dpi:
+        # (an upscale's was dropped: 72 dpi in most editors, its print size many times the input's)
+        width, height = source.upright.size
+        options["dpi"] = (source.dpi[0] * picture.width / width, source.dpi[1] * picture.height / height) \
+            if resampled else source.dpi
     if infotext and fmt == "PNG":
         options["pnginfo"] = PngInfo()
         options["pnginfo"].add_text("parameters", infotext)  # (iTXt when it is not Latin-1)

@@ -380,6 +380,18 @@ def test_run_keeps_a_scans_print_resolution(server, capsys, tmp_path):
         assert [round(v) for v in Image.open(tmp_path / out).info["dpi"]] == [300, 300], out
 
 
+def test_an_upscaled_scan_keeps_its_print_size(server, capsys, tmp_path):
+    # An upscale's result was written without a resolution: 72 dpi in most editors, a 300-dpi scan made twice as
+    # large printed eight times as large. It has the scan's print size, so twice the pixels an inch.
+    picture(64, 48).save(tmp_path / "scan.jpg", dpi=(300, 300), quality=95)
+    for out in ("out.png", "out.tif", "out.jpg"):
+        status, _, err = easel_here(capsys, "run", "upscale", "--image", tmp_path / "scan.jpg", "--upscaler",
+                                    "lanczos", "--lossy", "--out", tmp_path / out, "--server", server.url)
+        assert status == 0, err
+        written = Image.open(tmp_path / out)
+        assert written.size == (128, 96) and [round(v) for v in written.info["dpi"]] == [600, 600], out
+
+
 def test_run_checks_the_output_path_before_the_job(server, tmp_path):
     image = picture(64, 64)
     image.save(tmp_path / "in.png")
