@@ -28,6 +28,7 @@ from backend.run_files import (
     inverted_mask,
     note_generate_size,
     note_mask_coverage,
+    note_tiles,
     note_upscale_shape,
     output_paths,
     read_picture,
@@ -533,7 +534,7 @@ def _ordinal(n: int) -> str:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from shared.client import Accepted, Client, EaselError, Progress
+    from shared.client import Accepted, Client, EaselError, Progress, Started
     from shared.infotext import infotext
 
     flags = RUN_FLAGS
@@ -609,6 +610,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     def show(event: object) -> None:
         if isinstance(event, Accepted) and event.position:
             print(f"easel: waiting for {event.position} job(s) ahead on the server", file=sys.stderr)
+        if isinstance(event, Started) and args.mode in ("img2img", "upscale", "generate"):
+            note_tiles(event.passes)
         if isinstance(event, Progress):
             print(f"\rstep {event.step}/{event.total}", end="", file=sys.stderr, flush=True)
             shown.append(event)

@@ -276,6 +276,20 @@ def note_upscale_shape(picture: tuple[int, int], width: int | None, height: int 
           "only --width or --height to keep it)", file=sys.stderr)
 
 
+def note_tiles(passes: list) -> None:
+    """Say how a whole picture too large for one pass runs (``started``'s passes: (box, diffusion size)): a
+    4096x3072 refine counted to "step 378/378" of its 20 steps with no word of its 63 tiles."""
+    # a tile is diffused 1:1 (its box is its size, or less where it is cut at the picture's edge); a first stage
+    # near native size is the whole picture shrunk
+    tiles = [size for (_, _, width, height), size in passes if size[0] >= width and size[1] >= height]
+    if len(passes) < 2 or not tiles:
+        return
+    first = passes[0][1]
+    before = f"made at {first[0]}x{first[1]}, then " if len(tiles) < len(passes) else ""
+    print(f"easel: {before}refined in {len(tiles)} tiles of {tiles[-1][0]}x{tiles[-1][1]} at full resolution (the "
+          "time grows with the tiles)", file=sys.stderr)
+
+
 def note_mask_coverage(mask: Picture, inverted: bool) -> None:
     """Say so when a mask selects most of the picture: a mask drawn white = keep (the other convention)
     repainted nearly everything without a word."""

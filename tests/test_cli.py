@@ -19,6 +19,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
 from backend.engine import masks
+from backend.engine.passes import near_native
 from backend.server import ServerThread
 from conftest import picture, rect_mask
 from shared.client import Client
@@ -509,6 +510,22 @@ def test_a_generate_size_off_the_grid_is_noted(server, tmp_path, capsys):
                                 "--out", tmp_path / "g.png", "--server", server.url)
     assert status == 0 and "note: --width 60 is made as 64 (a generated picture's sides are multiples of 8)" in err
     assert Image.open(tmp_path / "g.png").size == (64, 64)
+
+
+def test_run_says_when_a_large_picture_runs_in_tiles(server, tmp_path, capsys):
+    """A large refine counted to "step 4/4" of its 4 steps with no word of its tiles (the time they take)."""
+    picture(800, 600).save(tmp_path / "large.png")
+    picture(400, 300).save(tmp_path / "small.png")
+    for name, said in (("large", "refined in 4 tiles of 512x512 at full resolution"), ("small", None)):
+        status, _, err = easel_here(capsys, "run", "img2img", "--prompt", "x", "--image", tmp_path / f"{name}.png",
+                                    "--strength", 0.25, "--steps", 4, "--out", tmp_path / f"{name}-out.png",
+                                    "--server", server.url)
+        assert status == 0, err
+        assert (said in err) if said else ("tiles" not in err), err
+    status, _, err = easel_here(capsys, "run", "generate", "--prompt", "x", "--width", 800, "--height", 600,
+                                "--steps", 2, "--out", tmp_path / "gen.png", "--server", server.url)
+    first = near_native(800, 600, 512, 1.0).size  # (the demo model's native side)
+    assert status == 0 and f"made at {first[0]}x{first[1]}, then refined in 4 tiles of 512x512" in err, err
 
 
 def test_run_says_when_the_model_loads_first(demo_config, tmp_path, capsys):
