@@ -29,6 +29,8 @@ from backend.run_files import (
     inverted_mask,
     note_generate_size,
     note_mask_coverage,
+    note_tiles,
+    note_upscale_shape,
     output_paths,
     read_picture,
     result_picture,
@@ -533,7 +535,7 @@ def _ordinal(n: int) -> str:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from shared.client import Accepted, Client, EaselError, Progress
+    from shared.client import Accepted, Client, EaselError, Progress, Started
     from shared.infotext import infotext
 
     flags = RUN_FLAGS
@@ -595,6 +597,8 @@ def cmd_run(args: argparse.Namespace) -> int:
             note_mask_coverage(mask, args.invert_mask)
         if args.mode == "generate":
             note_generate_size(args.width, args.height)
+        if args.mode == "upscale" and image is not None:
+            note_upscale_shape(image.upright.size, args.width, args.height)
     except UsageError as exc:
         print(f"easel: {exc}", file=sys.stderr)
         return 2
@@ -607,6 +611,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     def show(event: object) -> None:
         if isinstance(event, Accepted) and event.position:
             print(f"easel: waiting for {event.position} job(s) ahead on the server", file=sys.stderr)
+        if isinstance(event, Started) and args.mode in ("img2img", "upscale", "generate"):
+            note_tiles(event.passes)
         if isinstance(event, Progress):
             print(f"\rstep {event.step}/{event.total}", end="", file=sys.stderr, flush=True)
             shown.append(event)
@@ -615,7 +621,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     try:
         with Client(args.server, token=args.token, name="easel-cli", cert=args.cert) as client:
             connected = True
-            _note_loading(client, job.model)
+            if not (job.mode == "upscale" and not job.refine):  # (a plain upscale never runs the model)
+                _note_loading(client, job.model)
             result = client.run(job, on_event=show)  # (interrupted, it cancels the job)
     except KeyboardInterrupt:  # Ctrl-C printed a traceback from inside the websocket library
         print("\n" * bool(shown) + "easel: interrupted" + ": the job was cancelled on the server" * connected,
@@ -632,7 +639,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         picture = result_picture(item.image, item.offset, image, whole=args.mode in ("expand", "upscale"),
                                  layer=args.layer)
         try:
-            write_picture(picture, path, image, keep_dpi=args.mode != "upscale",  # (an upscale: more pixels an inch)
+            write_picture(picture, path, image, resampled=args.mode == "upscale",
                           infotext=infotext(parameters, item.seed, picture.size))
         except (OSError, ValueError) as exc:
             print(f"easel: cannot write {path}: {exc}", file=sys.stderr)

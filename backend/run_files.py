@@ -25,6 +25,7 @@ from backend.imaging import has_alpha, painted_in_alpha, profile_is_srgb, profil
 from shared.capabilities import DEFAULT_MAX_SIDE
 from shared.geometry import round_to_grid
 from shared.images import ImageData
+from shared.rules import upscale_size
 
 ORIENTATION = 0x0112  # the EXIF tag phones use to say "this photo is turned"
 SIDEWAYS = (5, 6, 7, 8)  # the EXIF orientations that swap width and height
@@ -262,6 +263,33 @@ def note_generate_size(width: int | None, height: int | None) -> None:
         print(f"easel: note: {', '.join(moved)} (a generated picture's sides are multiples of 8)", file=sys.stderr)
 
 
+def note_upscale_shape(picture: tuple[int, int], width: int | None, height: int | None) -> None:
+    """Say so when an upscale's --width and --height have another shape than the picture: it is stretched to
+    them (a 4:3 photo asked for 3000x3000 came back squashed without a word)."""
+    if not (width and height) or width < picture[0] or height < picture[1]:  # (one side, or refused: smaller)
+        return
+    by_width, by_height = upscale_size(*picture, target_width=width), upscale_size(*picture, target_height=height)
+    if abs(by_width[1] - height) <= 1 or abs(by_height[0] - width) <= 1:  # its own shape, but for rounding
+        return
+    print(f"easel: note: --width {width} --height {height} stretches the {picture[0]}x{picture[1]} picture to another "
+          f"shape; its own shape at that size is {by_width[0]}x{by_width[1]} or {by_height[0]}x{by_height[1]} (give "
+          "only --width or --height to keep it)", file=sys.stderr)
+
+
+def note_tiles(passes: list) -> None:
+    """Say how a whole picture too large for one pass runs (``started``'s passes: (box, diffusion size)): a
+    4096x3072 refine counted to "step 378/378" of its 20 steps with no word of its 63 tiles."""
+    # a tile is diffused 1:1 (its box is its size, or less where it is cut at the picture's edge); a first stage
+    # near native size is the whole picture shrunk
+    tiles = [size for (_, _, width, height), size in passes if size[0] >= width and size[1] >= height]
+    if len(passes) < 2 or not tiles:
+        return
+    first = passes[0][1]
+    before = f"made at {first[0]}x{first[1]}, then " if len(tiles) < len(passes) else ""
+    print(f"easel: {before}refined in {len(tiles)} tiles of {tiles[-1][0]}x{tiles[-1][1]} at full resolution (the "
+          "time grows with the tiles)", file=sys.stderr)
+
+
 def note_mask_coverage(mask: Picture, inverted: bool) -> None:
     """Say so when a mask selects most of the picture: a mask drawn white = keep (the other convention)
     repainted nearly everything without a word."""
@@ -373,19 +401,23 @@ def result_picture(image: ImageData, offset: tuple[int, int], source: Picture | 
                   data=source.bytes if source else None)
 
 
-def write_picture(picture: Image.Image, path: Path, source: Picture | None, *, keep_dpi: bool = True,
+def write_picture(picture: Image.Image, path: Path, source: Picture | None, *, resampled: bool = False,
                   infotext: str | None = None) -> None:
-    """Write a result in its path's format, with the input's colour profile, (``keep_dpi``: the same pixels
-    an inch) its print resolution and ``infotext`` where the WebUI keeps its own (a PNG's "parameters" text,
-    the EXIF user comment of a JPEG, WebP or AVIF); Pillow's OSError or ValueError when it cannot."""
+    """Write a result in its path's format, with the input's colour profile, its print resolution (``resampled``,
+    an upscale: the input's print size, so as many more pixels an inch as it has more pixels) and ``infotext``
+    where the WebUI keeps its own (a PNG's "parameters" text, the EXIF user comment of a JPEG, WebP or AVIF);
+    Pillow's OSError or ValueError when it cannot."""
     fmt = _format(path)
     if fmt == "JPEG":
         picture = picture.convert("RGB")  # JPEG has no alpha
     options = {"lossless": True, "exact": True} if fmt == "WEBP" else {}
     if source is not None and source.icc and fmt in PROFILE_FORMATS:
         options["icc_profile"] = source.icc
-    if source is not None and source.dpi and keep_dpi:
-        options["dpi"] = source.dpi
+    if source is not None and source.dpi:
+        # (an upscale's was dropped: 72 dpi in most editors, its print size many times the input's)
+        width, height = source.upright.size
+        options["dpi"] = (source.dpi[0] * picture.width / width, source.dpi[1] * picture.height / height) \
+            if resampled else source.dpi
     if infotext and fmt == "PNG":
         options["pnginfo"] = PngInfo()
         options["pnginfo"].add_text("parameters", infotext)  # (iTXt when it is not Latin-1)

@@ -169,11 +169,12 @@ UPSCALE_MIN, UPSCALE_MAX = 1.0, 8.0
 UPSCALE_DEFAULT = 2.0
 
 HIRES_REFINE = 0.5
+"""The strength of the second stage of a generate above the model's native range, unless ``refine`` says."""
+
 RECOMPOSE_STRENGTH = 0.7
 """An img2img of a picture too large for one pass, above this strength, is remade whole near native size
 first (then upscaled and refined in tiles at ``HIRES_REFINE``): tiles at such a strength would each paint
 a picture of their own, with no composition across them."""
-"""The strength of the second stage of a generate above the model's native range, unless ``refine`` says."""
 
 
 def upscale_size(width: int, height: int, scale: float | None = None, target_width: int | None = None,

@@ -20,6 +20,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
 from backend.engine import masks
+from backend.engine.passes import near_native
 from backend.server import ServerThread
 from conftest import picture, rect_mask
 from shared.client import Client
@@ -388,6 +389,18 @@ def test_run_keeps_a_scans_print_resolution(server, capsys, tmp_path):
         assert [round(v) for v in Image.open(tmp_path / out).info["dpi"]] == [300, 300], out
 
 
+def test_an_upscaled_scan_keeps_its_print_size(server, capsys, tmp_path):
+    # An upscale's result was written without a resolution: 72 dpi in most editors, a 300-dpi scan made twice as
+    # large printed eight times as large. It has the scan's print size, so twice the pixels an inch.
+    picture(64, 48).save(tmp_path / "scan.jpg", dpi=(300, 300), quality=95)
+    for out in ("out.png", "out.tif", "out.jpg"):
+        status, _, err = easel_here(capsys, "run", "upscale", "--image", tmp_path / "scan.jpg", "--upscaler",
+                                    "lanczos", "--lossy", "--out", tmp_path / out, "--server", server.url)
+        assert status == 0, err
+        written = Image.open(tmp_path / out)
+        assert written.size == (128, 96) and [round(v) for v in written.info["dpi"]] == [600, 600], out
+
+
 def test_run_checks_the_output_path_before_the_job(server, tmp_path):
     image = picture(64, 64)
     image.save(tmp_path / "in.png")
@@ -507,6 +520,22 @@ def test_a_generate_size_off_the_grid_is_noted(server, tmp_path, capsys):
     assert Image.open(tmp_path / "g.png").size == (64, 64)
 
 
+def test_run_says_when_a_large_picture_runs_in_tiles(server, tmp_path, capsys):
+    """A large refine counted to "step 4/4" of its 4 steps with no word of its tiles (the time they take)."""
+    picture(800, 600).save(tmp_path / "large.png")
+    picture(400, 300).save(tmp_path / "small.png")
+    for name, said in (("large", "refined in 4 tiles of 512x512 at full resolution"), ("small", None)):
+        status, _, err = easel_here(capsys, "run", "img2img", "--prompt", "x", "--image", tmp_path / f"{name}.png",
+                                    "--strength", 0.25, "--steps", 4, "--out", tmp_path / f"{name}-out.png",
+                                    "--server", server.url)
+        assert status == 0, err
+        assert (said in err) if said else ("tiles" not in err), err
+    status, _, err = easel_here(capsys, "run", "generate", "--prompt", "x", "--width", 800, "--height", 600,
+                                "--steps", 2, "--out", tmp_path / "gen.png", "--server", server.url)
+    first = near_native(800, 600, 512, 1.0).size  # (the demo model's native side)
+    assert status == 0 and f"made at {first[0]}x{first[1]}, then refined in 4 tiles of 512x512" in err, err
+
+
 def test_run_says_when_the_model_loads_first(demo_config, tmp_path, capsys):
     """A first job on a hub model downloads gigabytes before its first step; nothing was shown meanwhile."""
     from backend.engine.engine import Engine
@@ -517,6 +546,20 @@ def test_run_says_when_the_model_loads_first(demo_config, tmp_path, capsys):
             status, _, err = easel_here(capsys, "run", "generate", "--prompt", "x", "--steps", 1, "--width", 64,
                                         "--height", 64, "--out", tmp_path / f"{first}.png", "--server", fresh.url)
             assert status == 0 and ("model 'demo' loads first" in err) == first, err
+
+
+def test_a_plain_upscale_does_not_say_the_model_loads(demo_config, tmp_path, capsys):
+    """An upscale without --strength runs no diffusion model: "model 'demo' loads first" was said anyway."""
+    from backend.engine.engine import Engine
+    from backend.engine.models import ModelRegistry, pick_device
+
+    picture(64, 48).save(tmp_path / "in.png")
+    with ServerThread(demo_config, Engine(ModelRegistry(demo_config, *pick_device("cpu")))) as fresh:
+        status, _, err = easel_here(capsys, "run", "upscale", "--image", tmp_path / "in.png", "--upscaler", "lanczos",
+                                    "--out", tmp_path / "big.png", "--server", fresh.url)
+        assert status == 0 and "loads first" not in err, err
+        with Client(fresh.url) as client:  # (and it was not loaded: the note would have been true)
+            assert "demo" not in client.status().get("loaded_models", ())
 
 
 def test_package_into_a_file_says_so(tmp_path, capsys):

@@ -264,6 +264,25 @@ def test_easel_run_upscale(server, tmp_path, capsys):
     assert "--scale must be at most 8" in capsys.readouterr().err
 
 
+def test_easel_run_upscale_says_when_width_and_height_stretch_the_picture(server, tmp_path, capsys):
+    """--width and --height of another shape than the picture stretch it to them: said, not silently squashed."""
+    from backend.cli import main
+
+    picture(160, 120).save(tmp_path / "in.png")
+    for size, stretched in (((300, 300), True), ((320, 240), False), ((321, 240), False)):
+        args = ["run", "upscale", "--image", tmp_path / "in.png", "--width", size[0], "--height", size[1],
+                "--upscaler", "lanczos", "--out", tmp_path / f"{size[0]}x{size[1]}.png", "--server", server.url]
+        assert main([str(a) for a in args]) == 0
+        err = capsys.readouterr().err
+        assert Image.open(tmp_path / f"{size[0]}x{size[1]}.png").size == size
+        assert ("stretches the 160x120 picture" in err) == stretched, err
+        if stretched:
+            assert "its own shape at that size is 300x225 or 400x300" in err, err
+    assert main([str(a) for a in ["run", "upscale", "--image", tmp_path / "in.png", "--width", 100, "--height", 200,
+                                  "--out", tmp_path / "smaller.png", "--server", server.url]]) == 1
+    assert "stretches" not in capsys.readouterr().err  # (refused as smaller: the note would only add noise)
+
+
 def test_transparency_keeps_its_shape(client):
     rgba = np.array(picture(160, 128).convert("RGBA"))
     rgba[:, :80, 3] = 0  # the left half transparent
