@@ -55,3 +55,13 @@ def test_a_result_s_parameters_run_again_make_the_same_pixels(client, mode, para
     assert _same_pixels(first, again)
     assert again.parameters == first.parameters
     assert mode != "generate" or "preset" in params or first.parameters["refine"] == 0.6, "a generate in two stages"
+
+
+def test_parameters_with_references_need_their_pictures_again():
+    # (leaving them out would run the job without its references: other pixels, and no word of it)
+    parameters = {"mode": "img2img", "prompt": "a house", "seed": 1, "seeds": [1],
+                  "references": [{"weight": 0.5, "mode": "style"}]}
+    with pytest.raises(TypeError, match="1 reference"):
+        Job.from_parameters(parameters, image=png(IMAGE))
+    job = Job.from_parameters(parameters, image=png(IMAGE), reference_images=[png(REFERENCE)])
+    assert [(r.weight, r.mode) for r in job.references] == [(0.5, "style")] and job.sampling.seed == 1
