@@ -55,9 +55,14 @@ def infotext(parameters: dict, seed: int, size: tuple[int, int]) -> str:
         items.append(("Easel expand", _quote(", ".join(str(parameters.get(f"expand_{side}", 0))
                                                        for side in ("left", "top", "right", "bottom")))))
     items.append(("Easel mode", mode))
+    # a preset may set what no other key shows (its timestep spacing, a few-step schedule)
+    items.append(("Easel preset", parameters.get("preset")))
     for number, unit in enumerate(parameters.get("control") or [], 1):
+        # (the resolution a preprocessor ran at makes another control map, so other pixels)
+        resolution = f", resolution {unit['resolution']}" if unit.get("resolution") else ""
         items.append((f"Easel control {number}", _quote(f"{unit['type']}, preprocess {unit['preprocess']}, "
-                                                        f"scale {unit['scale']:g}, {unit['start']:g}-{unit['end']:g}")))
+                                                        f"scale {unit['scale']:g}, {unit['start']:g}-{unit['end']:g}"
+                                                        f"{resolution}")))
     for number, ref in enumerate(parameters.get("references") or [], 1):
         items.append((f"Easel reference {number}", _quote(f"{ref['mode']}, weight {ref['weight']:g}")))
     lines.append(", ".join(f"{key}: {value}" for key, value in items if value is not None))

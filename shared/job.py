@@ -267,6 +267,29 @@ class Job:
         params = {key: value for key, value in message.items() if key != "type"}
         return cls.create(params.pop("mode"), **params)
 
+    @classmethod
+    def from_parameters(cls, parameters: dict, *, image: Any = None, mask: Any = None,
+                        control_images: list | tuple = (), reference_images: list | tuple = ()) -> "Job":
+        """The job a ``result``'s ``parameters`` describe, to run it again: the same settings and seeds,
+        with the pictures given again (``parameters`` carry none). ``control_images[i]`` is unit i's image
+        (None or missing: the job's ``image``); ``reference_images[i]`` is reference i's."""
+        params = {key: value for key, value in parameters.items() if key not in RESULT_ONLY}
+        if params.get("mode") == "upscale" and ("width" in params or "height" in params):
+            params.pop("scale", None)  # (derived from the exact target size, and rounded: the size is what ran)
+        params["control"] = [dict(unit, **({"image": control_images[index]}
+                                           if index < len(control_images) and control_images[index] is not None
+                                           else {}))
+                             for index, unit in enumerate(params.get("control") or ())]
+        if len(reference_images) != len(params.get("references") or ()):
+            raise TypeError(f"the parameters list {len(params.get('references') or ())} reference(s); give as many "
+                            f"reference_images, not {len(reference_images)}")
+        params["references"] = [dict(reference, image=picture)
+                                for reference, picture in zip(params.get("references") or (), reference_images)]
+        for key, value in (("image", image), ("mask", mask)):
+            if value is not None:
+                params[key] = value
+        return cls.create(params.pop("mode"), **params)
+
     def to_message(self, image_ref: ImageRef | None = None) -> dict:
         """The ``submit`` message. Images that are not wire references yet go through ``image_ref``
         (e.g. ``Client.upload``); unset fields are left out, so the server's defaults apply."""
@@ -513,6 +536,10 @@ def _wire_items(obj: Any):
         elif value is not None and not isinstance(value, list):
             yield spec.metadata["key"] or spec.name, value
 
+
+RESULT_ONLY = ("seeds", "masked")
+"""Keys of a result's ``parameters`` that no submit takes: the seed of each image (``seed`` + i), and the
+flag a host adds for an instruct edit inside a mask (``shared.infotext``)."""
 
 PRESET_FIELDS = ("model", "sampler", "steps", "guidance", "negative_prompt")
 """The wire fields a preset sets (besides `loras` and the prompt template) where a submit leaves them out."""

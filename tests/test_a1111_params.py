@@ -238,6 +238,17 @@ def test_infotext_says_the_clip_skip_a_job_ran_at():
     assert "Clip skip" not in infotext({"mode": "generate", "prompt": "a cat", "steps": 4}, 1, (8, 8))
 
 
+def test_infotext_names_the_preset_and_a_control_unit_s_resolution():
+    # both change the pixels and showed nowhere: a preset's timestep spacing, a preprocessor's working size
+    text = infotext({"mode": "generate", "prompt": "a cat", "steps": 4, "preset": "lightning",
+                     "control": [{"type": "canny", "preprocess": "canny", "scale": 1.0, "start": 0.0, "end": 1.0,
+                                  "resolution": 384}]}, 1, (8, 8))
+    items = text.split("\n")[-1]
+    assert "Easel preset: lightning" in items.split(", ")
+    assert 'Easel control 1: "canny, preprocess canny, scale 1, 0-1, resolution 384"' in items
+    assert "Easel preset" not in infotext({"mode": "generate", "prompt": "a cat", "steps": 4}, 1, (8, 8))
+
+
 def test_infotext_says_the_masked_area_padding_an_inpaint_ran_with():
     # the WebUI's paste reads a missing "Masked area padding" as 32: an inpaint at 96 came back at 32
     text = infotext({"mode": "inpaint", "prompt": "a door", "steps": 4, "mask_padding": 96}, 1, (8, 8))

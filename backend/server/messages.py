@@ -157,8 +157,11 @@ def parameters(job: Job, run: EngineResult) -> dict:
     if work.preset:
         out["preset"] = work.preset
     if work.control:
+        # (a unit's resolution changes the map its preprocessor makes: left out, a re-submit got another map)
         out["control"] = [{"type": u.type, "preprocess": u.preprocessor or "off", "scale": u.scale,
-                           "start": u.start, "end": u.end} for u in work.control]
+                           "start": u.start, "end": u.end,
+                           **({"resolution": u.resolution} if u.resolution is not None else {})}
+                          for u in work.control]
     return out
 
 
