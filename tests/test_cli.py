@@ -695,6 +695,24 @@ def test_formats_without_transparency_are_refused_where_the_result_keeps_some(ca
     assert "cannot reach" in err, f"nothing transparent to lose: {fmt} is fine"
 
 
+def test_lossy_formats_need_lossy_only_where_the_edit_keeps_pixels_untouched(server, capsys, small):
+    # `easel run generate --out result.jpg` was refused: "it would change the pixels the edit left untouched",
+    # of a picture made whole; true only of the modes that keep some of the picture's pixels exactly.
+    mask = ["--mask", small / "mask.png"]
+    for mode, extra in (("inpaint", mask), ("remove", mask), ("expand", ["--right", 16]), ("instruct", mask)):
+        status, _, err = easel_here(capsys, "run", mode, "--prompt", "x", "--image", small / "in.png", *extra,
+                                    "--out", small / f"{mode}.jpg", "--server", nowhere())
+        assert status == 2 and "it would change the pixels the edit left untouched" in err, (mode, err)
+    for mode, extra in (("img2img", []), ("instruct", []), ("upscale", [])):
+        status, _, err = easel_here(capsys, "run", mode, "--prompt", "x", "--image", small / "in.png", *extra,
+                                    "--out", small / f"{mode}.jpg", "--server", nowhere())
+        assert "cannot reach" in err and "--lossy" not in err, (mode, err)
+    status, out, err = easel_here(capsys, "run", "generate", "--prompt", "x", "--steps", 1, "--width", 64,
+                                  "--height", 64, "--out", small / "g.jpg", "--server", server.url)
+    assert status == 0 and "g.jpg" in out, err
+    assert Image.open(small / "g.jpg").format == "JPEG"
+
+
 @pytest.mark.parametrize("mode, extra", [("expand", ["--right", 16]), ("upscale", [])])
 def test_layer_is_refused_where_the_result_is_the_whole_picture(capsys, small, mode, extra):
     # expand --layer and upscale --layer wrote the opaque whole picture, the --layer ignored without a word.
@@ -1124,8 +1142,9 @@ def test_run_remove_needs_no_prompt_and_keeps_the_rest(server, inputs):
 
 @pytest.mark.parametrize("name", ["o.jpg", "o.gif"])
 def test_run_refuses_a_lossy_out_unless_told(capsys, small, name):
-    status, _, err = easel_here(capsys, "run", "img2img", "--image", small / "in.png", "--out", small / name,
-                                "--server", nowhere())
+    # (an edit that keeps pixels untouched; a whole new picture is written in any format)
+    status, _, err = easel_here(capsys, "run", "inpaint", "--image", small / "in.png", "--mask", small / "mask.png",
+                                "--out", small / name, "--server", nowhere())
     assert status == 2 and "lossy" in err and "--lossy" in err and "cannot reach" not in err
 
 
