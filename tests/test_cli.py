@@ -948,6 +948,18 @@ def test_server_errors_name_the_options_typed(server, capsys, small):
     assert "scale it down (to 8192x1 at most, keeping its shape) or crop it first" in err, "and what to do"
 
 
+def test_a_generate_over_the_size_limit_is_refused_before_its_control_map_is_uploaded(server, capsys, small,
+                                                                                       monkeypatch):
+    frames = []  # the binary ones: uploads
+    send_frame = Client._send_frame
+    monkeypatch.setattr(Client, "_send_frame", lambda self, frame: (isinstance(frame, bytes) and frames.append(frame))
+                        or send_frame(self, frame))
+    status, _, err = easel_here(capsys, "run", "generate", "--width", 9000, "--control", f"canny:{small / 'in.png'}",
+                                "--out", small / "g.png", "--server", server.url)
+    assert status == 1 and "--width: width 9000 is over this server's limit of 8192 [limit_exceeded]" in err, err
+    assert frames == [] and not (small / "g.png").exists()
+
+
 @pytest.mark.parametrize("option, value, path", [
     ("--image", "{missing}", "{missing}"), ("--mask", "{missing}", "{missing}"),
     ("--control", "canny:{missing}:0.5", "{missing}"), ("--reference", "{missing}:0.5:style", "{missing}"),
