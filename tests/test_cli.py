@@ -851,6 +851,17 @@ def test_avif_keeps_a_profile_and_transparency(capsys, small):
     assert "cannot reach" in err, err
 
 
+def test_the_profile_refusal_asks_for_lossy_only_where_it_is_needed(capsys, small):
+    # An img2img of an Adobe RGB photo into a .bmp was told to use ".jpg (with --lossy)": a whole new picture
+    # needs no --lossy.
+    Image.new("RGB", (64, 48), "teal").save(small / "wide.png", icc_profile=krita_profile("ClayRGB-elle-V2-g22.icc"))
+    for mode, extra, lossy in (("img2img", [], False), ("inpaint", ["--mask", small / "mask.png"], True)):
+        status, _, err = easel_here(capsys, "run", mode, "--image", small / "wide.png", *extra, "--out",
+                                    small / "o.bmp", "--server", nowhere())
+        assert status == 2 and "keeps no colour profile" in err and ".jpg" in err, err
+        assert ("(with --lossy)" in err) == lossy, (mode, err)
+
+
 def test_an_aspect_too_far_from_the_pictures_is_said_in_its_terms(capsys, small):
     # A 64x8000 strip with --aspect 16:9 was told "--left must be at most 4096, got 7079": not an option typed.
     Image.new("RGB", (64, 8000)).save(small / "strip.png")
