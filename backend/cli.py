@@ -27,6 +27,7 @@ from backend.run_files import (
     check_outputs,
     check_profile_kept,
     inverted_mask,
+    keeps_untouched,
     note_generate_size,
     note_mask_coverage,
     note_tiles,
@@ -291,7 +292,9 @@ def _add_run_parser(commands: Any) -> None:
                           "suffix); with --batch N: OUT-1.png ... OUT-N.png")
     run.add_argument("--force", action="store_true", help="overwrite --out if it exists")
     run.add_argument("--lossy", action="store_true",
-                     help="allow a lossy --out format (JPEG, GIF ...), which changes untouched pixels too")
+                     help="inpaint, remove, expand, instruct with --mask: allow a lossy --out format (JPEG, "
+                          "GIF ...), which changes the pixels the edit left untouched too (the other modes make a "
+                          "whole new picture and write any format without it)")
     run.add_argument("--server", default=DEFAULT_URL, help="the server's address (default %(default)s)")
     run.add_argument("--token", default=os.environ.get("EASEL_TOKEN") or None, help=TOKEN_HELP)
     run.add_argument("--cert", metavar="PEM", help=CERT_HELP)
@@ -547,7 +550,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     try:
         _check_cert(args)
         outputs = check_outputs(output_paths(args.out, args.batch or 1), "--out", args.force)
-        check_lossless(outputs, args.lossy)
+        untouched = keeps_untouched(args.mode, bool(args.mask))
+        if untouched:
+            check_lossless(outputs, args.lossy)
         if args.layer and args.mode in ("expand", "upscale"):  # (it was ignored: an opaque picture came back)
             raise UsageError(f"--layer is for inpaint, remove, instruct, img2img and generate: {args.mode} writes the "
                              "whole new picture (the input's pixels are kept in it as they are); leave out --layer")
@@ -562,7 +567,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         image = read_picture(args.image, "image", "--image") if args.image else None
         keeps_alpha = args.mode in ("inpaint", "remove", "expand", "upscale") or (args.mode == "instruct" and args.mask)
         check_alpha_kept(outputs, args.layer or (keeps_alpha and image is not None and image.transparent))
-        check_profile_kept(outputs, image)
+        check_profile_kept(outputs, image, lossy_needed=untouched)
         if args.aspect:
             params.update(_aspect(args, image))
         mask = read_picture(args.mask, "mask", "--mask") if args.mask else None
@@ -621,6 +626,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     try:
         with Client(args.server, token=args.token, name="easel-cli", cert=args.cert) as client:
             connected = True
+            try:
+                _check_limits(client.welcome, job, image)
+            except ProtocolError as exc:  # said as the server says it, had it been sent
+                raise EaselError(exc.code, exc.message, exc.field) from None
             if not (job.mode == "upscale" and not job.refine):  # (a plain upscale never runs the model)
                 _note_loading(client, job.model)
             result = client.run(job, on_event=show)  # (interrupted, it cancels the job)
@@ -646,6 +655,23 @@ def cmd_run(args: argparse.Namespace) -> int:
             return 1
         print(f"{path} (seed {item.seed})")
     return 0
+
+
+def _check_limits(welcome: dict | None, job: Job, image: Picture | None) -> None:
+    """Refuse, before any picture is uploaded, a size over the limits the server's welcome gives, by the rule
+    the server applies: a 6000x4000 photo asked x 4 was uploaded for 30-60 s only to be refused."""
+    from shared.capabilities import offer
+    from shared.rules import check_generate_side, check_upscale_limits
+
+    capabilities = (welcome or {}).get("capabilities") or {}
+    if not capabilities.get("limits"):  # (a server that says none: its own refusal will say)
+        return
+    limits = offer(capabilities)
+    if job.mode == "upscale" and image is not None:
+        check_upscale_limits(*image.upright.size, job.scale, job.width, job.height, limits.max_side,
+                             limits.max_pixels)
+    elif job.mode == "generate":
+        check_generate_side(job.width, job.height, limits.max_generate_side)
 
 
 def _note_loading(client: Any, model: str | None) -> None:

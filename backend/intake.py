@@ -29,7 +29,7 @@ from shared.job import Job
 from shared.job import PreprocessJob as PreprocessRequest
 from shared.messages import MAX_SEED, ProtocolError
 from shared.model_capabilities import ModelCapabilities, refusal
-from shared.rules import HIRES_REFINE, IMAGE_GUIDANCE, UPSCALE_MAX, UPSCALE_MIN, expanded_size, upscale_size
+from shared.rules import HIRES_REFINE, IMAGE_GUIDANCE, expanded_size
 from shared.vocabulary import BUILTIN_UPSCALER
 
 MIN_PREPROCESS_SIDE = 16
@@ -99,12 +99,8 @@ def build_edit_job(job: Job, uploads: dict[str, ImageData], limits: Limits, mode
     if family != "flux":  # (flux runs its own Euler, whatever sampler the job names)
         rules.check_schedule_length(job.sampling.sampler, job.sampling.steps)
     sampling = job.sampling
-    for key in ("width", "height"):
-        value = getattr(job, key)
-        # (an upscale's target size is checked against max_side once the picture's size is known)
-        if job.mode != "upscale" and value is not None and value > limits.max_generate_side:
-            raise ProtocolError("limit_exceeded", f"{key} {shown(value)} is over this server's limit of "
-                                f"{limits.max_generate_side}", key)
+    if job.mode != "upscale":  # (an upscale's target size is checked against max_side once the picture's is known)
+        rules.check_generate_side(job.width, job.height, limits.max_generate_side)
     seed = sampling.seed if sampling.seed is not None else random.randint(0, MAX_SEED - limits.max_batch)
 
     control = tuple(Control(unit.type, opaque_control(decode_image(image, limits, f"control[{i}].image", "RGBA"),
@@ -200,13 +196,9 @@ def _upscale_size(job: Job, pixels: np.ndarray, limits: Limits, upscalers: list[
         raise ProtocolError("unknown_upscaler", f"no upscaler named {shown(job.upscaler)}; available: "
                             f"{', '.join(upscalers)}", "upscaler")
     height, width = pixels.shape[:2]
-    target = upscale_size(width, height, job.scale, job.width, job.height)
-    field = "scale" if job.width is None and job.height is None else ("width" if job.width else "height")
-    if max(target) > limits.max_side or target[0] * target[1] > limits.max_pixels:
-        largest = _largest_upscale(width, height, limits, field)
-        raise ProtocolError("limit_exceeded", f"upscaling the {width}x{height} picture to {target[0]}x{target[1]} "
-                            f"is over this server's limit of {limits.max_side} pixels a side and "
-                            f"{limits.max_pixels} pixels in all; {largest}", field)
+    target = rules.check_upscale_limits(width, height, job.scale, job.width, job.height, limits.max_side,
+                                        limits.max_pixels)
+    field = rules.upscale_field(job.width, job.height)
     if target[0] < width or target[1] < height:
         raise ProtocolError("invalid_field", f"{target[0]}x{target[1]} is smaller than the {width}x{height} "
                             "picture: upscale makes pictures larger", field)
@@ -215,25 +207,6 @@ def _upscale_size(job: Job, pixels: np.ndarray, limits: Limits, upscalers: list[
                             "`refine` changes nothing: ask for a larger size, or give `refine` to refine it at "
                             "this size", field)
     return target
-
-
-def _largest_upscale(width: int, height: int, limits: Limits, field: str) -> str:
-    """What to ask for instead of an upscale over the limits: the largest scale (to two decimals) that fits
-    (a 6000x200 panorama's --scale 2 was refused without a word on what would do)."""
-    def fits(size: tuple[int, int]) -> bool:
-        return max(size) <= limits.max_side and size[0] * size[1] <= limits.max_pixels
-
-    scale = math.floor(100 * min(limits.max_side / max(width, height),
-                                 math.sqrt(limits.max_pixels / (width * height)))) / 100
-    while scale >= UPSCALE_MIN and not fits(upscale_size(width, height, scale)):
-        scale = round(scale - 0.01, 2)
-    if scale < UPSCALE_MIN or upscale_size(width, height, scale) == (width, height):
-        return "the picture is already as large as this server allows: scale it down first, or upscale a crop"
-    if field != "scale":  # a target size asked for: say the size (a --scale is capped, a --width is not)
-        size = upscale_size(width, height, scale)
-        return f"the most it can grow to, keeping its shape, is {size[0]}x{size[1]}"
-    size = upscale_size(width, height, min(scale, UPSCALE_MAX))
-    return f"the most it can grow to, keeping its shape, is {size[0]}x{size[1]} (`scale` {min(scale, UPSCALE_MAX):g})"
 
 
 def build_preprocess_job(request: PreprocessRequest, uploads: dict[str, ImageData], limits: Limits) -> PreprocessJob:

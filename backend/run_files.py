@@ -358,8 +358,16 @@ def _writable(fmt: str) -> bool:
     return save is not None and "Stub" not in getattr(save, "__module__", "") and fmt != "WMF"
 
 
+def keeps_untouched(mode: str, masked: bool) -> bool:
+    """Whether a mode's result keeps some of the picture's pixels exactly (protocol §5.5): inpaint, remove,
+    expand, an instruct with a mask. The others (generate, img2img, upscale, instruct on the whole picture)
+    make a whole new picture, for which a lossy format is an ordinary choice."""
+    return mode in ("inpaint", "remove", "expand") or (mode == "instruct" and masked)
+
+
 def check_lossless(paths: list[Path], lossy: bool) -> None:
-    """Refuse an output format that would change untouched pixels, unless the user said --lossy."""
+    """Refuse an output format that would change untouched pixels, unless the user said --lossy (only for
+    the modes that leave some untouched: ``keeps_untouched``)."""
     for path in paths:
         fmt = _format(path)
         if fmt not in LOSSLESS_FORMATS and not lossy:
@@ -378,7 +386,7 @@ def check_alpha_kept(paths: list[Path], transparent: bool) -> None:
                              "colour is stored under them. Use .png, .webp, .tif or .tga")
 
 
-def check_profile_kept(paths: list[Path], image: Picture | None) -> None:
+def check_profile_kept(paths: list[Path], image: Picture | None, lossy_needed: bool = True) -> None:
     """Refuse a format that cannot carry the picture's colour profile when dropping it would change how the
     result looks (a wide-gamut photo's numbers read as sRGB: duller colours, untouched parts too)."""
     if image is None or not image.icc:
@@ -388,7 +396,7 @@ def check_profile_kept(paths: list[Path], image: Picture | None) -> None:
         if fmt not in PROFILE_FORMATS and not profile_is_srgb(image.icc):
             raise UsageError(f"--out {path}: {fmt} keeps no colour profile, and --image {image.path} has one "
                              f"({profile_name(image.icc)}): without it every colour of the result would look "
-                             "different. Use .png, .webp, .tif or .jpg (with --lossy)")
+                             "different. Use .png, .webp, .tif or .jpg" + " (with --lossy)" * lossy_needed)
 
 
 def result_picture(image: ImageData, offset: tuple[int, int], source: Picture | None, *, whole: bool,

@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 from fractions import Fraction
 
-from .errors import ProtocolError
+from .errors import ProtocolError, shown
 from .vocabulary import MAX_SEED
 
 MASK_GROW = 8
@@ -190,6 +190,52 @@ def upscale_size(width: int, height: int, scale: float | None = None, target_wid
         return max(1, round(Fraction(width * target_height, height))), target_height
     factor = UPSCALE_DEFAULT if scale is None else scale
     return max(1, round(width * factor)), max(1, round(height * factor))
+
+
+def upscale_field(target_width: int | None, target_height: int | None) -> str:
+    """The field an upscale's size was asked with, which its refusals name."""
+    return "scale" if target_width is None and target_height is None else ("width" if target_width else "height")
+
+
+def check_generate_side(width: int | None, height: int | None, max_generate_side: int) -> None:
+    """Refuse a generate's ``width`` / ``height`` over a server's ``max_generate_side`` (``limit_exceeded``)."""
+    for key, value in (("width", width), ("height", height)):
+        if value is not None and value > max_generate_side:
+            raise ProtocolError("limit_exceeded", f"{key} {shown(value)} is over this server's limit of "
+                                f"{max_generate_side}", key)
+
+
+def check_upscale_limits(width: int, height: int, scale: float | None, target_width: int | None,
+                         target_height: int | None, max_side: int, max_pixels: int) -> tuple[int, int]:
+    """The size an upscale makes of a ``width`` x ``height`` picture, refused (``limit_exceeded``, naming the
+    field asked with) when over a server's ``max_side`` / ``max_pixels``: the server's rule, which a host that
+    has the limits from ``welcome`` applies before uploading the picture."""
+    target = upscale_size(width, height, scale, target_width, target_height)
+    field = upscale_field(target_width, target_height)
+    if max(target) > max_side or target[0] * target[1] > max_pixels:
+        largest = largest_upscale(width, height, max_side, max_pixels, field)
+        raise ProtocolError("limit_exceeded", f"upscaling the {width}x{height} picture to {target[0]}x{target[1]} "
+                            f"is over this server's limit of {max_side} pixels a side and {max_pixels} pixels in "
+                            f"all; {largest}", field)
+    return target
+
+
+def largest_upscale(width: int, height: int, max_side: int, max_pixels: int, field: str) -> str:
+    """What to ask for instead of an upscale over the limits: the largest scale (to two decimals) that fits
+    (a 6000x200 panorama's --scale 2 was refused without a word on what would do)."""
+    def fits(size: tuple[int, int]) -> bool:
+        return max(size) <= max_side and size[0] * size[1] <= max_pixels
+
+    scale = math.floor(100 * min(max_side / max(width, height), math.sqrt(max_pixels / (width * height)))) / 100
+    while scale >= UPSCALE_MIN and not fits(upscale_size(width, height, scale)):
+        scale = round(scale - 0.01, 2)
+    if scale < UPSCALE_MIN or upscale_size(width, height, scale) == (width, height):
+        return "the picture is already as large as this server allows: scale it down first, or upscale a crop"
+    if field != "scale":  # a target size asked for: say the size (a --scale is capped, a --width is not)
+        size = upscale_size(width, height, scale)
+        return f"the most it can grow to, keeping its shape, is {size[0]}x{size[1]}"
+    size = upscale_size(width, height, min(scale, UPSCALE_MAX))
+    return f"the most it can grow to, keeping its shape, is {size[0]}x{size[1]} (`scale` {min(scale, UPSCALE_MAX):g})"
 
 
 def reach(grow: int, feather: int) -> int:

@@ -695,6 +695,24 @@ def test_formats_without_transparency_are_refused_where_the_result_keeps_some(ca
     assert "cannot reach" in err, f"nothing transparent to lose: {fmt} is fine"
 
 
+def test_lossy_formats_need_lossy_only_where_the_edit_keeps_pixels_untouched(server, capsys, small):
+    # `easel run generate --out result.jpg` was refused: "it would change the pixels the edit left untouched",
+    # of a picture made whole; true only of the modes that keep some of the picture's pixels exactly.
+    mask = ["--mask", small / "mask.png"]
+    for mode, extra in (("inpaint", mask), ("remove", mask), ("expand", ["--right", 16]), ("instruct", mask)):
+        status, _, err = easel_here(capsys, "run", mode, "--prompt", "x", "--image", small / "in.png", *extra,
+                                    "--out", small / f"{mode}.jpg", "--server", nowhere())
+        assert status == 2 and "it would change the pixels the edit left untouched" in err, (mode, err)
+    for mode, extra in (("img2img", []), ("instruct", []), ("upscale", [])):
+        status, _, err = easel_here(capsys, "run", mode, "--prompt", "x", "--image", small / "in.png", *extra,
+                                    "--out", small / f"{mode}.jpg", "--server", nowhere())
+        assert "cannot reach" in err and "--lossy" not in err, (mode, err)
+    status, out, err = easel_here(capsys, "run", "generate", "--prompt", "x", "--steps", 1, "--width", 64,
+                                  "--height", 64, "--out", small / "g.jpg", "--server", server.url)
+    assert status == 0 and "g.jpg" in out, err
+    assert Image.open(small / "g.jpg").format == "JPEG"
+
+
 @pytest.mark.parametrize("mode, extra", [("expand", ["--right", 16]), ("upscale", [])])
 def test_layer_is_refused_where_the_result_is_the_whole_picture(capsys, small, mode, extra):
     # expand --layer and upscale --layer wrote the opaque whole picture, the --layer ignored without a word.
@@ -833,6 +851,17 @@ def test_avif_keeps_a_profile_and_transparency(capsys, small):
     assert "cannot reach" in err, err
 
 
+def test_the_profile_refusal_asks_for_lossy_only_where_it_is_needed(capsys, small):
+    # An img2img of an Adobe RGB photo into a .bmp was told to use ".jpg (with --lossy)": a whole new picture
+    # needs no --lossy.
+    Image.new("RGB", (64, 48), "teal").save(small / "wide.png", icc_profile=krita_profile("ClayRGB-elle-V2-g22.icc"))
+    for mode, extra, lossy in (("img2img", [], False), ("inpaint", ["--mask", small / "mask.png"], True)):
+        status, _, err = easel_here(capsys, "run", mode, "--image", small / "wide.png", *extra, "--out",
+                                    small / "o.bmp", "--server", nowhere())
+        assert status == 2 and "keeps no colour profile" in err and ".jpg" in err, err
+        assert ("(with --lossy)" in err) == lossy, (mode, err)
+
+
 def test_an_aspect_too_far_from_the_pictures_is_said_in_its_terms(capsys, small):
     # A 64x8000 strip with --aspect 16:9 was told "--left must be at most 4096, got 7079": not an option typed.
     Image.new("RGB", (64, 8000)).save(small / "strip.png")
@@ -928,6 +957,18 @@ def test_server_errors_name_the_options_typed(server, capsys, small):
     assert f"the 2nd --control (depth:{small / 'wide.png'}): IMAGE is 8200x1; this server accepts at most" in err
     assert "[limit_exceeded]" in err and "control[1]" not in err and not (small / "o.png").exists()
     assert "scale it down (to 8192x1 at most, keeping its shape) or crop it first" in err, "and what to do"
+
+
+def test_a_generate_over_the_size_limit_is_refused_before_its_control_map_is_uploaded(server, capsys, small,
+                                                                                       monkeypatch):
+    frames = []  # the binary ones: uploads
+    send_frame = Client._send_frame
+    monkeypatch.setattr(Client, "_send_frame", lambda self, frame: (isinstance(frame, bytes) and frames.append(frame))
+                        or send_frame(self, frame))
+    status, _, err = easel_here(capsys, "run", "generate", "--width", 9000, "--control", f"canny:{small / 'in.png'}",
+                                "--out", small / "g.png", "--server", server.url)
+    assert status == 1 and "--width: width 9000 is over this server's limit of 8192 [limit_exceeded]" in err, err
+    assert frames == [] and not (small / "g.png").exists()
 
 
 @pytest.mark.parametrize("option, value, path", [
@@ -1124,8 +1165,9 @@ def test_run_remove_needs_no_prompt_and_keeps_the_rest(server, inputs):
 
 @pytest.mark.parametrize("name", ["o.jpg", "o.gif"])
 def test_run_refuses_a_lossy_out_unless_told(capsys, small, name):
-    status, _, err = easel_here(capsys, "run", "img2img", "--image", small / "in.png", "--out", small / name,
-                                "--server", nowhere())
+    # (an edit that keeps pixels untouched; a whole new picture is written in any format)
+    status, _, err = easel_here(capsys, "run", "inpaint", "--image", small / "in.png", "--mask", small / "mask.png",
+                                "--out", small / name, "--server", nowhere())
     assert status == 2 and "lossy" in err and "--lossy" in err and "cannot reach" not in err
 
 

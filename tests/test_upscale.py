@@ -264,6 +264,32 @@ def test_easel_run_upscale(server, tmp_path, capsys):
     assert "--scale must be at most 8" in capsys.readouterr().err
 
 
+def test_easel_run_refuses_an_upscale_over_the_limits_before_uploading(server, tmp_path, capsys, monkeypatch):
+    """A 6000x4000 photo x 4 was uploaded (30-60 s on a loaded machine) only to be refused as over max_side:
+    the welcome's limits say so at once, in the server's words, before any picture is sent."""
+    from backend.cli import main
+    from shared.client import Client
+
+    frames = []  # the binary ones: uploads
+    send_frame = Client._send_frame
+    monkeypatch.setattr(Client, "_send_frame", lambda self, frame: (isinstance(frame, bytes) and frames.append(frame))
+                        or send_frame(self, frame))
+    picture(2000, 1500).save(tmp_path / "big.png")
+    for extra, said in ((["--scale", 8], "easel: upscaling the 2000x1500 picture to 16000x12000 is over this "
+                         "server's limit of 8192 pixels a side and 67108864 pixels in all; the most it can grow to, "
+                         "keeping its shape, is 8180x6135 (--scale 4.09) [limit_exceeded]"),
+                        (["--width", 16000], "--width: upscaling the 2000x1500 picture to 16000x12000 is over")):
+        capsys.readouterr()
+        assert main([str(a) for a in ["run", "upscale", "--image", tmp_path / "big.png", *extra, "--upscaler",
+                                      "lanczos", "--out", tmp_path / "x.png", "--server", server.url]]) == 1
+        assert said in capsys.readouterr().err
+        assert frames == [], "refused before the picture was uploaded"
+    picture(160, 128).save(tmp_path / "in.png")
+    assert main([str(a) for a in ["run", "upscale", "--image", tmp_path / "in.png", "--scale", 4, "--upscaler",
+                                  "lanczos", "--out", tmp_path / "ok.png", "--server", server.url]]) == 0
+    assert frames and Image.open(tmp_path / "ok.png").size == (640, 512), "an upscale within the limits runs"
+
+
 def test_easel_run_upscale_says_when_width_and_height_stretch_the_picture(server, tmp_path, capsys):
     """--width and --height of another shape than the picture stretch it to them: said, not silently squashed."""
     from backend.cli import main
