@@ -375,7 +375,8 @@ def point_at(page, url: str) -> None:
 
 @contextlib.contextmanager
 def backend_down(page, server_url: str):
-    """The tab pointed at a port nobody listens on (yielded), once it says so; back at the server after."""
+    """The tab pointed at a port nobody listens on (yielded), once it says so; back at the server after, with
+    its models offered again (the tab's model list is the WebUI's, for the pages of the tests after)."""
     down = f"ws://127.0.0.1:{free_port()}/"
     point_at(page, down)
     try:
@@ -384,6 +385,8 @@ def backend_down(page, server_url: str):
         yield down
     finally:
         point_at(page, server_url)
+        page.click("#easel_refresh")
+        page.wait_for_function(f"() => {STATUS}.innerText.includes('on cpu')")
 
 
 def test_backend_down_reads_as_a_sentence(page, webui):
@@ -431,8 +434,6 @@ def test_an_error_is_shown_in_the_themes_error_colours_and_a_status_line_plainly
         assert [rgb(colour) for colour in page.evaluate(LOOK, "easel_progress")] == failed
     # red text or a red frame (the WebUI's dark theme draws errors in light text inside a red frame)
     assert not any(map(red, plain)) and any(map(red, failed)), (theme, plain, failed)
-    page.click("#easel_refresh")
-    page.wait_for_function(f"() => {STATUS}.innerText.includes('on cpu')")
     assert [rgb(colour) for colour in page.evaluate(LOOK, "easel_status")] == plain
 
 
