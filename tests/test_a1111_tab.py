@@ -311,11 +311,20 @@ def box(page, selector: str) -> dict:
 LABEL_HEIGHT = """(id) => document.querySelector(`#${id} [data-testid=block-info]`).getBoundingClientRect().height"""
 
 
+# how many lines a button's text takes (a range's rectangles: one for each line it is laid out on)
+BUTTON_LINES = """(id) => {
+    const range = document.createRange();
+    range.selectNodeContents(document.getElementById(id));
+    return new Set([...range.getClientRects()].map(rect => Math.round(rect.top))).size;
+}"""
+
+
 def check_window_widths(page, tool: str) -> None:
     """The tab keeps the WebUI's look: its model refresh button is the WebUI's small square tool button (as
     ``tool``); the four Expand sliders sit two by two in a wide window (in four columns the fourth wrapped
     alone); at 800 px wide (a laptop's half screen), a ControlNet unit and a reference opened, paired fields
-    go one under the other, so that no label wraps into lines of its own, and nothing scrolls sideways."""
+    go one under the other, so that no label wraps into lines of its own (Image guidance's too), and nothing
+    scrolls sideways; "Check backend" is a one-line button no taller than the model's refresh button."""
     page.set_viewport_size({"width": 1400, "height": 900})
     refresh, reference = box(page, "#easel_model_refresh"), box(page, tool)
     assert abs(refresh["width"] - reference["width"]) <= 2 and abs(refresh["height"] - reference["height"]) <= 2, \
@@ -335,6 +344,17 @@ def check_window_widths(page, tool: str) -> None:
                     "easel_cn1_scale", "easel_cn1_start", "easel_ref1_weight"):
         height = page.evaluate(LABEL_HEIGHT, elem_id)
         assert height <= one_line + 2, f"{elem_id}'s label wraps at 800 px: {height} px tall, one line is {one_line}"
+    pick_model(page, "demo-instruct (")  # (its Image guidance slider shows only with an instruct model)
+    page.locator("#easel_image_guidance").wait_for()
+    height = page.evaluate(LABEL_HEIGHT, "easel_image_guidance")
+    assert height <= one_line + 2, f"Image guidance's label wraps at 800 px: {height} px tall, one line is {one_line}"
+    for width in (800, 1400):
+        page.set_viewport_size({"width": width, "height": 900})
+        page.wait_for_function(f"() => window.innerWidth === {width}")
+        lines, button = page.evaluate(BUTTON_LINES, "easel_refresh"), box(page, "#easel_refresh")
+        assert lines == 1 and button["height"] <= box(page, "#easel_model_refresh")["height"] + 2, \
+            f"Check backend at {width} px: {lines} lines of text, {button['height']} px tall"
+    page.set_viewport_size({"width": 800, "height": 900})
     assert page.evaluate("() => document.documentElement.scrollWidth") <= 800  # no sideways scrolling
 
 
@@ -355,7 +375,8 @@ def point_at(page, url: str) -> None:
 
 @contextlib.contextmanager
 def backend_down(page, server_url: str):
-    """The tab pointed at a port nobody listens on (yielded), once it says so; back at the server after."""
+    """The tab pointed at a port nobody listens on (yielded), once it says so; back at the server after, with
+    its models offered again (the tab's model list is the WebUI's, for the pages of the tests after)."""
     down = f"ws://127.0.0.1:{free_port()}/"
     point_at(page, down)
     try:
@@ -364,6 +385,8 @@ def backend_down(page, server_url: str):
         yield down
     finally:
         point_at(page, server_url)
+        page.click("#easel_refresh")
+        page.wait_for_function(f"() => {STATUS}.innerText.includes('on cpu')")
 
 
 def test_backend_down_reads_as_a_sentence(page, webui):
@@ -378,6 +401,40 @@ def test_backend_down_reads_as_a_sentence(page, webui):
         assert generate(page) == expected
     page.click("#easel_refresh")
     page.wait_for_function(f"() => {STATUS}.innerText.includes('on cpu')")
+
+
+# how a Markdown line's text is drawn: its colour, and the frame around it (an error's div is its own block)
+LOOK = """(id) => {
+    const line = document.querySelector(`#${id} [data-testid=markdown] p`);
+    const block = getComputedStyle(line.parentElement);
+    return [getComputedStyle(line).color, block.borderTopStyle === 'none' ? null : block.borderTopColor];
+}"""
+
+
+def rgb(css: str | None) -> tuple[int, ...] | None:
+    return css and tuple(int(part) for part in css[css.index("(") + 1:css.index(")")].split(",")[:3])
+
+
+def red(colour: tuple[int, ...] | None) -> bool:
+    return colour is not None and colour[0] > max(colour[1:]) + 60
+
+
+@pytest.mark.parametrize("theme", ["light", "dark"])
+def test_an_error_is_shown_in_the_themes_error_colours_and_a_status_line_plainly(page, webui, theme):
+    # (the WebUI's ?__theme= switches gradio to its light or dark colours)
+    page.goto(f"{webui['url']}?__theme={theme}")
+    open_tab(page, "Easel")
+    page.wait_for_function(f"() => {STATUS}.innerText.includes('on cpu')")
+    plain = [rgb(colour) for colour in page.evaluate(LOOK, "easel_status")]
+    with backend_down(page, webui["server"]):
+        failed = [rgb(colour) for colour in page.evaluate(LOOK, "easel_status")]
+        page.locator("#easel_prompt textarea").fill("a lighthouse")
+        choose(page, "easel_mode", "generate")
+        assert generate(page).startswith("Cannot reach")
+        assert [rgb(colour) for colour in page.evaluate(LOOK, "easel_progress")] == failed
+    # red text or a red frame (the WebUI's dark theme draws errors in light text inside a red frame)
+    assert not any(map(red, plain)) and any(map(red, failed)), (theme, plain, failed)
+    assert [rgb(colour) for colour in page.evaluate(LOOK, "easel_status")] == plain
 
 
 def test_check_backend_offers_what_the_backend_now_has(page, webui, demo_config):

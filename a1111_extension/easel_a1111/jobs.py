@@ -60,6 +60,8 @@ class Update:
     guidance: float | None = None  # the CFG scale the result was made at (the model's own on auto)
     sampler: str | None = None  # the sampler it ran, by the WebUI's name (Flux runs its own Euler whatever is picked)
     done: bool = False
+    failed: bool = False  # the job could not be run or followed: ``status`` says why
+
 
 
 @dataclass
@@ -170,7 +172,7 @@ def run(connection: Connection, values: TabValues, session: str) -> Iterator[Upd
     try:
         request = build_job(values)
     except InputError as exc:
-        yield Update(str(exc), done=True)
+        yield Update(str(exc), done=True, failed=True)
         return
     request.preview_every, request.preview_size = PREVIEW_EVERY, 256
     yield Update("Connecting to the Easel backend…")
@@ -189,7 +191,7 @@ def run(connection: Connection, values: TabValues, session: str) -> Iterator[Upd
                 break
             except EaselError as exc:
                 if watch.why is not None:  # the watch dropped a backend that stopped answering
-                    yield Update(watch.sentence(connection.url), done=True)
+                    yield Update(watch.sentence(connection.url), done=True, failed=True)
                     return
                 if not exc.dropped:
                     raise
@@ -215,14 +217,15 @@ def run(connection: Connection, values: TabValues, session: str) -> Iterator[Upd
                 elif failure.code in ("unreachable", "closed"):
                     yield Update(f"Lost the connection to the Easel backend at {connection.url} mid-job and could "
                                  f"not reconnect within {RECONNECT_WINDOW:g} s ({failure.message}). The job may "
-                                 "still finish there, but its result will not reach this tab.", done=True)
+                                 "still finish there, but its result will not reach this tab.", done=True,
+                                 failed=True)
                     return
                 else:
                     yield Update(f"The connection to the Easel backend at {connection.url} dropped mid-job, and "
-                                 f"the backend no longer has the job: {failure.message}.", done=True)
+                                 f"the backend no longer has the job: {failure.message}.", done=True, failed=True)
                     return
     except Exception as exc:  # noqa: BLE001 - every failure becomes a sentence in the tab
-        yield Update(describe(exc, connection.url), done=True)
+        yield Update(describe(exc, connection.url), done=True, failed=True)
     finally:
         with _lock:
             _running.pop(session, None)
@@ -352,21 +355,33 @@ def capabilities(connection: Connection) -> dict | None:
     return offered(connection).capabilities
 
 
-def markdown(sentence: str) -> str:
+def markdown(sentence: str, error: bool = False) -> str:
     """A sentence as the tab's Markdown lines show it: a ``<lora:name:w>`` in it otherwise reads as an HTML tag
     or a link and loses its brackets (the painter would then type the tag without them, and the prompt would
-    hold plain words, no LoRA). Code spans show their text as it is, so they are left alone."""
+    hold plain words, no LoRA). Code spans show their text as it is, so they are left alone. An ``error`` is
+    marked as the WebUI marks its own (``<div class='error'>``, coloured by style.css), or it reads like a
+    status line; the blank lines keep its text Markdown (an HTML block's own lines are not)."""
     parts = re.split(r"(`[^`]*`)", sentence)
-    return "".join(part if part.startswith("`") else part.replace("<", "&lt;").replace(">", "&gt;")
+    text = "".join(part if part.startswith("`") else part.replace("<", "&lt;").replace(">", "&gt;")
                    for part in parts)
+    return f"<div class='error'>\n\n{text}\n\n</div>" if error else text
 
 
 def status_line(connection: Connection) -> str:
     """One line about the backend: reachable, device, models, queue."""
+    return _status(connection)[0]
+
+
+def status_markdown(connection: Connection) -> str:
+    """The status line as the tab shows it: a backend it cannot reach is an error."""
+    return markdown(*_status(connection))
+
+
+def _status(connection: Connection) -> tuple[str, bool]:
     try:
         with connection.client() as client:
             status, models = client.status(), client.models()
     except Exception as exc:  # noqa: BLE001
-        return describe(exc, connection.url)
+        return describe(exc, connection.url), True
     return (f"Easel backend at {connection.url}: {client.welcome['server']} on {status['device']}, "
-            f"default model {models['default']}, {status['queue_length']} job(s) waiting.")
+            f"default model {models['default']}, {status['queue_length']} job(s) waiting."), False

@@ -101,8 +101,8 @@ def build(connection: Callable[[], jobs.Connection], host: Host | None = None) -
     offered = offer(backend.capabilities)  # the fields' ranges and choices; ``models.offer`` follows the backend
     with gr.Blocks(analytics_enabled=False) as tab:
         with gr.Row():
-            status = gr.Markdown(lambda: jobs.markdown(jobs.status_line(connection())), elem_id="easel_status")
-            refresh = gr.Button("Check backend", elem_id="easel_refresh", scale=0)
+            status = gr.Markdown(lambda: jobs.status_markdown(connection()), elem_id="easel_status")
+            refresh = gr.Button("Check backend", elem_id="easel_refresh", scale=0, size="sm")
         with gr.Row():
             models = Models(backend)
             start = model_offer(models.chosen(None), offered)  # what the server's default model takes
@@ -140,7 +140,7 @@ def build(connection: Callable[[], jobs.Connection], host: Host | None = None) -
                                           label="Sampling method", elem_id="easel_sampler", min_width=PAIRED)
                 # instruct: the prompt is the instruction, CFG scale how strongly it is followed
                 image_guidance = gr.Slider(1.0, 20.0, value=rules.IMAGE_GUIDANCE, step=0.05,
-                                           label="Image guidance (instruct: how closely to keep to the picture)",
+                                           label="Image guidance", info="how closely the edit keeps to the picture",
                                            elem_id="easel_image_guidance", visible=start.image_guidance)
                 with gr.Row():
                     seed = gr.Number(value=-1, precision=0, label="Seed (-1: random)", elem_id="easel_seed")
@@ -257,10 +257,10 @@ def build(connection: Callable[[], jobs.Connection], host: Host | None = None) -
                         host.save(image, text, values.mode, made)
                 if update.images is None:
                     preview_ = keep if update.preview is None else update.preview
-                    yield jobs.markdown(update.status), preview_, keep, keep, keep, keep, keep
+                    yield jobs.markdown(update.status, update.failed), preview_, keep, keep, keep, keep, keep
                 else:
-                    yield (jobs.markdown(update.status), keep, update.images, update.images, update.infotexts,
-                           update.images[0] if update.images else None,
+                    yield (jobs.markdown(update.status, update.failed), keep, update.images, update.images,
+                           update.infotexts, update.images[0] if update.images else None,
                            update.infotexts[0] if update.infotexts else "")
 
         def pick(images_, texts_, evt: gr.SelectData):
@@ -298,7 +298,7 @@ def build(connection: Callable[[], jobs.Connection], host: Host | None = None) -
         def refresh_backend(current):
             picked = models.name(current)
             models.update(jobs.offered(connection()))
-            return (jobs.markdown(jobs.status_line(connection())),
+            return (jobs.status_markdown(connection()),
                     gr.update(choices=list(models.labels), value=models.label(picked)))
 
         if host.send_buttons is not None and host.inpaint_upload is not None:
@@ -462,7 +462,7 @@ def _control_unit(number: int, picture, connection, offered: Offer, boxes: list,
     def show_map(kind_, source_, own, pic):
         chosen = own if source_ == OWN_IMAGE else compat.read_editor(pic)[0]
         map_, message_ = jobs.preprocess(connection(), kind_, chosen)
-        return map_, jobs.markdown(message_)
+        return map_, jobs.markdown(message_, map_ is None)
 
     show.click(show_map, inputs=[kind, source, image, picture], outputs=[preview, message], **compat.CONCURRENT)
     return [enabled, kind, source, image, preprocess, scale, start, end]

@@ -297,11 +297,12 @@ class EaselDocker(host.DockWidget):
         grid = W.QGridLayout()
         self.control_type = _combo("Control type")  # filled with the server's types by _apply_offer
         self.control_scale = _double(0, 2, 1.0, "×")
-        self.control_start = _double(0, 1, 0.0, "from ")
-        self.control_end = _double(0, 1, 1.0, "to ")
+        # in percent, as the unit list, Strength and the server's sentences say a share of the steps
+        self.control_start = _percent(0, "from ")
+        self.control_end = _percent(100, "to ")
         self.control_scale.setToolTip("Control strength (0 switches the unit off)")
-        self.control_start.setToolTip("Fraction of the steps where the control starts")
-        self.control_end.setToolTip("Fraction of the steps where the control stops")
+        self.control_start.setToolTip("Share of the steps where the control starts")
+        self.control_end.setToolTip("Share of the steps where the control stops")
         self.make_map = make_map = W.QPushButton("Make map layer")
         make_map.clicked.connect(self._make_map)
         self.control_pre = W.QCheckBox("Preprocess")
@@ -443,7 +444,8 @@ class EaselDocker(host.DockWidget):
             self._say("A control's start must come before its end.", error=True)
             return
         unit = ControlLayer(node, self.control_type.currentText(), self.control_scale.value(),
-                            self.control_start.value(), self.control_end.value(), self.control_pre.isChecked())
+                            self.control_start.value() / 100, self.control_end.value() / 100,
+                            self.control_pre.isChecked())
         self.controls.append(unit)
         _add_entry(self.control_list, f"{node.name()}: {unit.type} ×{unit.scale:.2f} "
                    f"{unit.start:.0%}–{unit.end:.0%}{' (preprocess)' if unit.preprocess else ''}")
@@ -772,6 +774,14 @@ def _spin(low: int, high: int, value: int):
     spin = W.QSpinBox()
     spin.setRange(low, high)
     spin.setValue(value)
+    return spin
+
+
+def _percent(value: int, prefix: str):
+    spin = _spin(0, 100, value)
+    spin.setPrefix(prefix)
+    spin.setSuffix("%")
+    spin.setSingleStep(5)
     return spin
 
 

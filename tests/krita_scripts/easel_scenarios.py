@@ -1093,6 +1093,10 @@ def scenario_docker_fits_a_narrow_dock(ctx):
             top = widget.mapTo(root, QtCore.QPoint(0, 0)).y()
             check(top <= 480, f"{name} starts {top} px down the docker")
         check(not docker.preview.isVisible(), "an empty live preview leaves a gap while no job runs")
+        # one unit of measure for a unit's range, in its boxes and in the list
+        entry = docker.control_list.item(0).text()
+        shown = "–".join(box.text()[len(box.prefix()):] for box in (docker.control_start, docker.control_end))
+        check(shown in entry, f"the start/end boxes show {shown}, the unit list {entry!r}")
         for name, widget in (("results", docker.result_list), ("control units", docker.control_list),
                              ("references", docker.reference_list)):
             check(not widget.horizontalScrollBar().isVisible(), f"the {name} list scrolls sideways")
