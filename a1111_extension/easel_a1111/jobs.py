@@ -63,7 +63,6 @@ class Update:
     failed: bool = False  # the job could not be run or followed: ``status`` says why
 
 
-
 @dataclass
 class Connection:
     url: str
