@@ -725,38 +725,39 @@ def test_png_info_of_another_models_picture_leaves_cfg_on_auto(page, tmp_path):
 def test_png_info_brings_back_the_mask_shaping_and_expand_an_easel_result_ran_with(page, tmp_path):
     # Mask grow, feather, soft inpainting, masked content, padding and an expand's sides are in an Easel
     # result's infotext; pasted without them, the tab reran the picture with whatever its sliders held.
-    from PIL.PngImagePlugin import PngInfo
-
-    from shared.infotext import infotext
-
-    text = PngInfo()
-    text.add_text("parameters", infotext({
+    paste_easel_result(page, tmp_path / "easel.png", {
         "mode": "inpaint", "prompt": "a red door", "steps": 4, "model": "demo", "mask_grow": 20, "mask_feather": 4,
-        "soft_inpaint": False, "fill": "blur", "mask_padding": 96}, 3, (64, 64)))
-    path = tmp_path / "easel.png"
-    picture(64, 64, seed=4).save(path, pnginfo=text)
-    open_tab(page, "PNG Info")
-    page.locator("#pnginfo_image input[type=file]").set_input_files(str(path))
-    page.wait_for_function("() => document.querySelector('#pnginfo_generation_info textarea').value.includes('door')")
-    page.click("#easel_tab")
-    page.wait_for_function("() => document.querySelector('#easel_prompt textarea').value === 'a red door'")
+        "soft_inpaint": False, "fill": "blur", "mask_padding": 96})
     values = {elem_id: page.locator(f"#{elem_id} input[type=number]").input_value()
               for elem_id in ("easel_grow", "easel_feather", "easel_padding")}
     assert values == {"easel_grow": "20", "easel_feather": "4", "easel_padding": "96"}
     assert not page.locator("#easel_soft input").is_checked()
     assert page.locator("#easel_fill input").input_value() == "fill"
 
-    text = PngInfo()
-    text.add_text("parameters", infotext({"mode": "expand", "prompt": "a wide field", "steps": 4, "model": "demo",
-                                          "fill": "border", "expand_top": 32, "expand_right": 64}, 3, (64, 64)))
-    path = tmp_path / "expand.png"  # (another file: the same one again is no change to the upload)
-    picture(64, 64, seed=4).save(path, pnginfo=text)
-    open_tab(page, "PNG Info")
-    page.locator("#pnginfo_image input[type=file]").set_input_files(str(path))
-    page.wait_for_function("() => document.querySelector('#pnginfo_generation_info textarea').value.includes('field')")
-    page.click("#easel_tab")
-    page.wait_for_function("() => document.querySelector('#easel_prompt textarea').value === 'a wide field'")
+    # (another file: the same one again is no change to the upload)
+    paste_easel_result(page, tmp_path / "expand.png", {"mode": "expand", "prompt": "a wide field", "steps": 4,
+                                                       "model": "demo", "fill": "border", "expand_top": 32,
+                                                       "expand_right": 64})
     sides = [page.locator(f"#easel_expand_{side} input[type=number]").input_value()
              for side in ("left", "top", "right", "bottom")]
     assert sides == ["0", "32", "64", "0"]
     assert page.locator("#easel_padding input[type=number]").input_value() == "96"  # (an expand names none)
+
+
+def paste_easel_result(page, path: Path, parameters: dict) -> None:
+    """Save a picture carrying ``parameters``' infotext at ``path``, read it in PNG Info and send it to Easel
+    (as the WebUI's paste does when the tab opens), waiting until the prompt is pasted."""
+    from PIL.PngImagePlugin import PngInfo
+
+    from shared.infotext import infotext
+
+    text = PngInfo()
+    text.add_text("parameters", infotext(parameters, 3, (64, 64)))
+    picture(64, 64, seed=4).save(path, pnginfo=text)
+    open_tab(page, "PNG Info")
+    page.locator("#pnginfo_image input[type=file]").set_input_files(str(path))
+    prompt = parameters["prompt"]
+    page.wait_for_function(f"() => document.querySelector('#pnginfo_generation_info textarea').value.includes("
+                           f"'{prompt}')")
+    page.click("#easel_tab")
+    page.wait_for_function(f"() => document.querySelector('#easel_prompt textarea').value === '{prompt}'")
