@@ -115,9 +115,11 @@ class Loras:
         text = []
         for part, module in self._modules(pipe):
             loaded = set(getattr(module, "peft_config", None) or ())
+            wanted = [(name, weight) for name, weight in active if name in loaded]
+            if part == "unet":  # (even with no LoRA layers left in it: compiled again for a job without)
+                self.speed.lora_stance(module, bool(wanted), f"LoRAs are loaded into model {model.name}")
             if not loaded:
                 continue
-            wanted = [(name, weight) for name, weight in active if name in loaded]
             _switch(part, module, wanted)
             if part != "unet":
                 text.append((part, tuple(wanted)))
@@ -185,7 +187,6 @@ class Loras:
                    metadata) -> None:
         for part, module in missing:
             if part == "unet":
-                self.speed.uncompile(module, f"LoRA {name} is loaded into model {model.name}")
                 self.speed.unfuse(module, f"LoRA {name} is loaded into model {model.name}")
                 cls.load_lora_into_unet(dict(state), network_alphas=alphas, unet=module, adapter_name=adapter,
                                         metadata=metadata, _pipeline=pipe)
