@@ -223,6 +223,34 @@ def test_a_compiled_unet_runs_eager_only_in_jobs_with_loras(demo_config, engine,
     assert calls == 0 and counters["frames"]["total"] - frames == 1
 
 
+def test_loras_on_a_compiled_unet_with_control_and_references(demo_config, monkeypatch):
+    """With a ControlNet and an IP-Adapter reference: a LoRA job runs only the UNet eager (the ControlNet stays
+    compiled), and the LoRA-free job after it runs both compiled again, with the pictures from before the LoRA
+    (one recompile of the UNet's graph, as without them)."""
+    from torch._dynamo.utils import counters
+
+    from backend.engine import speed
+    from backend.engine.job import Control, Reference
+    from test_compile import profiled
+    from test_performance import engine_with, generate
+
+    monkeypatch.setattr(speed, "COMPILE_BACKEND", "eager")
+    compiled = engine_with(demo_config, compile=True, compile_modules=["unet", "controlnet"],
+                           compile_sizes=[(64, 64)])
+    edges = np.zeros((64, 64, 4), np.uint8)
+    edges[:, 32:] = 255
+    job = dataclasses.replace(generate(size=64), model="demo", control=[Control("canny", edges, None, 1.0, 0.0, 1.0)],
+                              references=[Reference(np.full((96, 96, 4), 180, np.uint8), 1.0, "reference")])
+    plain, calls = profiled(compiled, job)
+    assert calls == 4  # the ControlNet and the UNet at each of the 2 steps
+    frames = counters["frames"]["total"]
+    styled, calls = profiled(compiled, dataclasses.replace(job, loras=(("demo-lora", 1.0),)))
+    assert calls == 2 and np.abs(styled.astype(int) - plain).mean() > 1
+    again, calls = profiled(compiled, job)
+    assert calls == 4 and counters["frames"]["total"] - frames == 1
+    np.testing.assert_array_equal(again, plain)
+
+
 def test_loras_with_the_idle_unet_parked(demo_config, engine):
     """With parking, the UNet a job does not use waits in host memory, LoRA layers included."""
     import dataclasses

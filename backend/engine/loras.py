@@ -1,6 +1,7 @@
 """LoRAs: each loaded once into a model (its UNets and text encoders) through diffusers' PEFT
 integration, then switched per job: the job's LoRAs on at their weights, the others off, and every
-LoRA off (``disable_lora``) for a job without any, which then runs exactly the no-LoRA numbers.
+LoRA off (``disable_lora``) for a job without any, which then runs exactly the no-LoRA numbers
+(on a compiled UNet, compiled: ``Speed.lora_stance`` runs it eager only in jobs with LoRAs).
 
 Kohya (``lora_unet_*`` / ``lora_te*_``) and diffusers / PEFT files load alike (diffusers converts
 them). A LoRA's family is read from its file's header (metadata, then tensor names and shapes), so a

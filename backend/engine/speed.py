@@ -5,7 +5,8 @@ channels_last memory layout, ``torch.compile`` of the UNet, ControlNet and VAE d
 (``compile_regional``) only their repeated transformer blocks (eager where compiling fails). Per
 job (``job``): which pipelines run compiled (only the configured diffusion sizes, so compiled
 shapes stay static and an odd crop size never triggers a recompile), VAE tiling above a pixel
-count, and model CPU offload for small-VRAM GPUs. Between jobs (``keep_only``): only the job's UNet
+count, model CPU offload for small-VRAM GPUs, and (``lora_stance``, from loras.py) a compiled
+UNet eager while LoRAs are on. Between jobs (``keep_only``): only the job's UNet
 of a model with two stays on the GPU (``residency.py``). Half precision is the registry's dtype
 (``pick_device``).
 
