@@ -180,26 +180,75 @@ def test_easel_run_lora_option(server, tmp_path, capsys):
     assert "--lora demo-xl-lora: LoRA 'demo-xl-lora' is for sdxl models" in err and "[wrong_family]" in err
 
 
-def test_a_compiled_unet_runs_eager_once_a_lora_is_loaded_and_says_why(demo_config, engine, monkeypatch, caplog):
-    """PEFT wraps the UNet's layers and sets the LoRA weights as Python floats, which torch.compile would
-    bake into its graph (a recompile per slider value): the model's UNet goes eager, with a warning."""
-    import dataclasses
+@pytest.mark.parametrize("regional", [False, True])
+def test_a_compiled_unet_runs_eager_only_in_jobs_with_loras(demo_config, engine, monkeypatch, caplog, regional):
+    """PEFT sets the LoRA weights per job as Python floats, which torch.compile would bake into its graph (a
+    recompile per slider value): a job with LoRAs runs the UNet (or, compiled regionally, its blocks) eager,
+    saying so once. A job without runs the compiled code again (PEFT's off switch is a bool: the graph is
+    the plain UNet's), with the pictures of the server before its first LoRA, however often jobs alternate:
+    one recompile, for the LoRA layers the first LoRA wrapped the UNet's projections in. Sizes outside
+    compile_sizes stay eager. ("eager" backend: dynamo's tracing and guards, no kernels to build.)"""
+    from torch._dynamo.utils import counters
 
     from backend.engine import speed
+    from test_compile import profiled
     from test_performance import engine_with, generate
     from test_performance import run as run_job
 
-    monkeypatch.setattr(speed, "COMPILE_BACKEND", "eager")  # same tracing, no kernels to build
-    compiled = engine_with(demo_config, compile=True, compile_modules=["unet"], compile_sizes=[(64, 64)])
-    job = dataclasses.replace(generate(size=64), model="demo", loras=(("demo-lora", 1.0),))
-    run_job(compiled, dataclasses.replace(job, loras=()))
-    unet = compiled.registry.get("demo").base.unet
-    assert unet._compiled_call_impl is not None
+    monkeypatch.setattr(speed, "COMPILE_BACKEND", "eager")
+    compiled = engine_with(demo_config, compile=True, compile_modules=["unet"], compile_sizes=[(64, 64)],
+                           compile_regional=regional)
+    job = dataclasses.replace(generate(size=64), model="demo")
+    plain, compiled_calls = profiled(compiled, job)  # no LoRA loaded yet
+    assert compiled_calls > 0
+    frames = counters["frames"]["total"]
+    styled = {}
     with caplog.at_level("WARNING", logger="backend.engine.speed"):
-        styled = run_job(compiled, job)
-    assert unet._compiled_call_impl is None
-    assert "LoRA demo-lora is loaded into model demo: its UNet runs eager" in caplog.text
-    np.testing.assert_array_equal(styled, run_job(engine, job))
+        for loras in ((("demo-lora", 1.0),), (), (("demo-lora", 0.5),), (),
+                      (("demo-lora", 1.0), ("demo-lora-diffusers", 1.0)), (), (("demo-lora", 1.0),), ()):
+            pixels, calls = profiled(compiled, dataclasses.replace(job, loras=loras))
+            if loras:
+                assert calls == 0, loras
+                assert np.abs(pixels.astype(int) - plain).mean() > 1, loras
+                np.testing.assert_array_equal(pixels, styled.setdefault(loras, pixels))
+            else:
+                assert calls == compiled_calls
+                np.testing.assert_array_equal(pixels, plain)
+    assert counters["frames"]["total"] - frames == 1
+    assert len(styled) == 3 and caplog.text.count("its UNet runs eager") == 1
+    assert "LoRAs are loaded into model demo: its UNet runs eager (uncompiled) in jobs with LoRAs" in caplog.text
+    one = dataclasses.replace(job, loras=(("demo-lora", 1.0),))
+    np.testing.assert_array_equal(styled[one.loras], run_job(engine, one))
+    _, calls = profiled(compiled, dataclasses.replace(job, width=64, height=128))
+    assert calls == 0 and counters["frames"]["total"] - frames == 1
+
+
+def test_loras_on_a_compiled_unet_with_control_and_references(demo_config, monkeypatch):
+    """With a ControlNet and an IP-Adapter reference: a LoRA job runs only the UNet eager (the ControlNet stays
+    compiled), and the LoRA-free job after it runs both compiled again, with the pictures from before the LoRA
+    (one recompile of the UNet's graph, as without them)."""
+    from torch._dynamo.utils import counters
+
+    from backend.engine import speed
+    from backend.engine.job import Control, Reference
+    from test_compile import profiled
+    from test_performance import engine_with, generate
+
+    monkeypatch.setattr(speed, "COMPILE_BACKEND", "eager")
+    compiled = engine_with(demo_config, compile=True, compile_modules=["unet", "controlnet"],
+                           compile_sizes=[(64, 64)])
+    edges = np.zeros((64, 64, 4), np.uint8)
+    edges[:, 32:] = 255
+    job = dataclasses.replace(generate(size=64), model="demo", control=[Control("canny", edges, None, 1.0, 0.0, 1.0)],
+                              references=[Reference(np.full((96, 96, 4), 180, np.uint8), 1.0, "reference")])
+    plain, calls = profiled(compiled, job)
+    assert calls == 4  # the ControlNet and the UNet at each of the 2 steps
+    frames = counters["frames"]["total"]
+    styled, calls = profiled(compiled, dataclasses.replace(job, loras=(("demo-lora", 1.0),)))
+    assert calls == 2 and np.abs(styled.astype(int) - plain).mean() > 1
+    again, calls = profiled(compiled, job)
+    assert calls == 4 and counters["frames"]["total"] - frames == 1
+    np.testing.assert_array_equal(again, plain)
 
 
 def test_loras_with_the_idle_unet_parked(demo_config, engine):

@@ -1,6 +1,7 @@
 """LoRAs: each loaded once into a model (its UNets and text encoders) through diffusers' PEFT
 integration, then switched per job: the job's LoRAs on at their weights, the others off, and every
-LoRA off (``disable_lora``) for a job without any, which then runs exactly the no-LoRA numbers.
+LoRA off (``disable_lora``) for a job without any, which then runs exactly the no-LoRA numbers
+(on a compiled UNet, compiled: ``Speed.lora_stance`` runs it eager only in jobs with LoRAs).
 
 Kohya (``lora_unet_*`` / ``lora_te*_``) and diffusers / PEFT files load alike (diffusers converts
 them). A LoRA's family is read from its file's header (metadata, then tensor names and shapes), so a
@@ -115,9 +116,11 @@ class Loras:
         text = []
         for part, module in self._modules(pipe):
             loaded = set(getattr(module, "peft_config", None) or ())
+            wanted = [(name, weight) for name, weight in active if name in loaded]
+            if part == "unet":  # (even with no LoRA layers left in it: compiled again for a job without)
+                self.speed.lora_stance(module, bool(wanted), f"LoRAs are loaded into model {model.name}")
             if not loaded:
                 continue
-            wanted = [(name, weight) for name, weight in active if name in loaded]
             _switch(part, module, wanted)
             if part != "unet":
                 text.append((part, tuple(wanted)))
@@ -185,7 +188,6 @@ class Loras:
                    metadata) -> None:
         for part, module in missing:
             if part == "unet":
-                self.speed.uncompile(module, f"LoRA {name} is loaded into model {model.name}")
                 self.speed.unfuse(module, f"LoRA {name} is loaded into model {model.name}")
                 cls.load_lora_into_unet(dict(state), network_alphas=alphas, unet=module, adapter_name=adapter,
                                         metadata=metadata, _pipeline=pipe)

@@ -5,7 +5,8 @@ channels_last memory layout, ``torch.compile`` of the UNet, ControlNet and VAE d
 (``compile_regional``) only their repeated transformer blocks (eager where compiling fails). Per
 job (``job``): which pipelines run compiled (only the configured diffusion sizes, so compiled
 shapes stay static and an odd crop size never triggers a recompile), VAE tiling above a pixel
-count, and model CPU offload for small-VRAM GPUs. Between jobs (``keep_only``): only the job's UNet
+count, model CPU offload for small-VRAM GPUs, and (``lora_stance``, from loras.py) a compiled
+UNet eager while LoRAs are on. Between jobs (``keep_only``): only the job's UNet
 of a model with two stays on the GPU (``residency.py``). Half precision is the registry's dtype
 (``pick_device``).
 
@@ -95,14 +96,27 @@ class Speed:
             config.recompile_limit += 8 * max(1, len(settings.compile_sizes))
             config.accumulated_recompile_limit = max(config.accumulated_recompile_limit, config.recompile_limit)
 
-    def uncompile(self, module, reason: str) -> None:
-        """Run a compiled module eager from now on, saying why once. (LoRAs: PEFT wraps the UNet's
-        layers, and the adapter weights it sets per job are Python floats that torch.compile would
-        bake into the graph, recompiling for every new slider value.)"""
-        if getattr(module, "_compiled_call_impl", None) is not None:
-            module._compiled_call_impl = None  # what nn.Module.compile() set: back to the plain forward
-            log.warning("%s: its UNet runs eager (uncompiled) from now on, since torch.compile would recompile "
-                        "it for every LoRA weight; its ControlNets and VAE stay compiled", reason)
+    def lora_stance(self, unet, loras_on: bool, reason: str) -> None:
+        """Run a UNet's compiled code (the whole UNet, or its blocks under compile_regional) eager while
+        LoRAs are on, and compiled again while they are all off, saying why the first time. (PEFT sets
+        the LoRA weights per job as Python floats, which torch.compile would bake into the graph,
+        recompiling for every new slider value; LoRAs turned off (``disable_lora``) are a Python bool,
+        so a LoRA-free job traces the plain UNet's graph.) The compiled callables wait on their modules."""
+        if not self.settings.compile:
+            return
+        switched = False
+        for module in unet.modules():
+            kept = getattr(module, "_easel_compiled", None)
+            if loras_on and module._compiled_call_impl is not None:
+                switched |= kept is None
+                # what nn.Module.compile() set, kept; None: back to the plain forward
+                module._easel_compiled, module._compiled_call_impl = module._compiled_call_impl, None
+            elif not loras_on and kept is not None:
+                module._compiled_call_impl = kept
+        if switched:
+            log.warning("%s: its UNet runs eager (uncompiled) in jobs with LoRAs, since torch.compile would "
+                        "recompile it for every LoRA weight; jobs without LoRAs run it compiled, and its "
+                        "ControlNets and VAE stay compiled", reason)
 
     def unfuse(self, module, reason: str) -> None:
         """Give a UNet whose attention runs on fused QKV projections its separate ones back, saying why:
