@@ -220,22 +220,36 @@ def check_upscale_limits(width: int, height: int, scale: float | None, target_wi
     return target
 
 
-def largest_upscale(width: int, height: int, max_side: int, max_pixels: int, field: str) -> str:
-    """What to ask for instead of an upscale over the limits: the largest scale (to two decimals) that fits
-    (a 6000x200 panorama's --scale 2 was refused without a word on what would do)."""
+def largest_scale(width: int, height: int, max_side: int, max_pixels: int | None = None) -> float | None:
+    """The largest upscale factor (to two decimals, at least UPSCALE_MIN, not capped at UPSCALE_MAX) whose
+    result fits a server's ``max_side`` and ``max_pixels`` (None: no pixel limit); None when none grows the
+    picture."""
     def fits(size: tuple[int, int]) -> bool:
-        return max(size) <= max_side and size[0] * size[1] <= max_pixels
+        return max(size) <= max_side and (max_pixels is None or size[0] * size[1] <= max_pixels)
 
-    scale = math.floor(100 * min(max_side / max(width, height), math.sqrt(max_pixels / (width * height)))) / 100
+    bound = max_side / max(width, height)
+    if max_pixels is not None:
+        bound = min(bound, math.sqrt(max_pixels / (width * height)))
+    scale = math.floor(100 * bound) / 100
     while scale >= UPSCALE_MIN and not fits(upscale_size(width, height, scale)):
         scale = round(scale - 0.01, 2)
     if scale < UPSCALE_MIN or upscale_size(width, height, scale) == (width, height):
+        return None
+    return scale
+
+
+def largest_upscale(width: int, height: int, max_side: int, max_pixels: int, field: str) -> str:
+    """What to ask for instead of an upscale over the limits: the largest scale that fits (a 6000x200
+    panorama's --scale 2 was refused without a word on what would do)."""
+    scale = largest_scale(width, height, max_side, max_pixels)
+    if scale is None:
         return "the picture is already as large as this server allows: scale it down first, or upscale a crop"
     if field != "scale":  # a target size asked for: say the size (a --scale is capped, a --width is not)
         size = upscale_size(width, height, scale)
         return f"the most it can grow to, keeping its shape, is {size[0]}x{size[1]}"
-    size = upscale_size(width, height, min(scale, UPSCALE_MAX))
-    return f"the most it can grow to, keeping its shape, is {size[0]}x{size[1]} (`scale` {min(scale, UPSCALE_MAX):g})"
+    scale = min(scale, UPSCALE_MAX)
+    size = upscale_size(width, height, scale)
+    return f"the most it can grow to, keeping its shape, is {size[0]}x{size[1]} (`scale` {scale:g})"
 
 
 def reach(grow: int, feather: int) -> int:

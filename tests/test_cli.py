@@ -185,6 +185,30 @@ def test_ctrl_c_while_serve_starts_ends_without_a_traceback(demo_root, tmp_path)
     assert "easel: interrupted while starting: the server did not start" in err and "Traceback" not in err, err
 
 
+def test_ctrl_c_while_the_command_loads_ends_without_a_traceback(demo_root, tmp_path):
+    # The console script's first second is the import of the command line (numpy, Pillow, argparse's
+    # translations): a Ctrl+C there printed a traceback of the import machinery. Run as pyproject's
+    # entry point runs it; it says "loading" as the import reaches Pillow, so the signal lands inside it.
+    import signal
+
+    (tmp_path / "demo-model").symlink_to(demo_root)
+    script = ("import sys; from backend.entry import main; said = []\n"
+              "def hook(event, args):\n"
+              "    if event == 'import' and args[0] == 'PIL' and not said:\n"
+              "        said.append(print('loading', flush=True))\n"
+              "sys.addaudithook(hook); sys.exit(main())")
+    process = subprocess.Popen([sys.executable, "-c", script, "serve", "--demo", "--port", str(free_port())],
+                               cwd=Path(__file__).parents[1], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+                               env={**os.environ, "HF_HUB_OFFLINE": "1", "EASEL_HOME": str(tmp_path),
+                                    "EASEL_MALLOC": "system"})  # (no restart on jemalloc: one process throughout)
+    assert process.stdout.readline() == "loading\n"
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 130, err
+    assert "easel: interrupted" in err and "Traceback" not in err, err
+
+
 def test_serve_with_a_cache_it_cannot_write_says_where_and_what_to_set(tmp_path, monkeypatch, capsys):
     from backend.cli import main
 

@@ -849,11 +849,13 @@ def test_an_upscale_sends_the_whole_canvas_and_its_result_is_the_new_canvas():
         plan.plan_upscale(600, 400, 2.0, 1024)
     # A server of fewer pixels than its side allows squared (a small GPU's max_pixels): refused before the
     # read, with the factor that fits, as the server refused it only after the whole canvas was sent.
-    with pytest.raises(plan.PlanError, match=r"4000x3000 is 8000x6000: .* up to 16,777,216 pixels in all. Pick 1.1x"):
+    # (the largest that fits, to the spin box's two decimals: it offered 1.1x, 4400x3300, when 4720x3540 fit)
+    with pytest.raises(plan.PlanError, match=r"4000x3000 is 8000x6000: .* up to 16,777,216 pixels in all. "
+                                             r"Pick 1.18x or less"):
         plan.plan_upscale(4000, 3000, 2.0, 8192, 4096 * 4096)
     with pytest.raises(plan.PlanError, match="already as large as the server allows"):
         plan.plan_upscale(4096, 4096, 1.5, 8192, 4096 * 4096)
-    assert plan.plan_upscale(4000, 3000, 1.1, 8192, 4096 * 4096).size == (4400, 3300)
+    assert plan.plan_upscale(4000, 3000, 1.18, 8192, 4096 * 4096).size == (4720, 3540)
     with pytest.raises(plan.PlanError, match="1 to 8 times"):
         plan.plan_upscale(600, 400, 9, 8192)
     with pytest.raises(plan.PlanError, match="10 steps at 5% refine leave no step to run: raise the refine, or use "

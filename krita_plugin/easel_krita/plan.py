@@ -239,15 +239,11 @@ def plan_upscale(width: int, height: int, scale: float, max_side: int, max_pixel
         raise PlanError(f"Upscale by {rules.UPSCALE_MIN:g} to {rules.UPSCALE_MAX:g} times.")
     size = rules.upscale_size(width, height, scale)
 
-    def fits(made: tuple[int, int]) -> bool:
-        return max(made) <= max_side and (max_pixels is None or made[0] * made[1] <= max_pixels)
-
-    if not fits(size):
+    if max(size) > max_side or (max_pixels is not None and size[0] * size[1] > max_pixels):
         limit = f"{max_side} pixels a side" if max(size) > max_side else f"{max_pixels:,} pixels in all"
-        largest = next((f / 10 for f in range(int(scale * 10), int(rules.UPSCALE_MIN * 10) - 1, -1)
-                        if fits(rules.upscale_size(width, height, f / 10))), None)
-        way = f"Pick {largest:g}x or less." if largest is not None and largest > 1 else \
-            "The picture is already as large as the server allows: scale it down first."
+        largest = rules.largest_scale(width, height, max_side, max_pixels)
+        way = "The picture is already as large as the server allows: scale it down first." if largest is None \
+            else f"Pick {largest:g}x or less."
         raise PlanError(f"{scale:g} times {width}x{height} is {size[0]}x{size[1]}: the server makes pictures up to "
                         f"{limit}. {way}")
     return Region("upscale", Box(0, 0, width, height), size)
