@@ -622,6 +622,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             print(f"\rstep {event.step}/{event.total}", end="", file=sys.stderr, flush=True)
             shown.append(event)
 
+    diffuses = not (job.mode == "upscale" and not job.refine)  # (a plain upscale never runs the model)
     connected = False
     try:
         with Client(args.server, token=args.token, name="easel-cli", cert=args.cert) as client:
@@ -630,7 +631,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                 _check_limits(client.welcome, job, image)
             except ProtocolError as exc:  # said as the server says it, had it been sent
                 raise EaselError(exc.code, exc.message, exc.field) from None
-            if not (job.mode == "upscale" and not job.refine):  # (a plain upscale never runs the model)
+            if diffuses:
                 _note_loading(client, job.model)
             result = client.run(job, on_event=show)  # (interrupted, it cancels the job)
     except KeyboardInterrupt:  # Ctrl-C printed a traceback from inside the websocket library
@@ -653,7 +654,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         except (OSError, ValueError) as exc:
             print(f"easel: cannot write {path}: {exc}", file=sys.stderr)
             return 1
-        print(f"{path} (seed {item.seed})")
+        print(f"{path} (seed {item.seed})" if diffuses else path)
     return 0
 
 

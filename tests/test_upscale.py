@@ -1,6 +1,8 @@
 """Upscale: super-resolution models through spandrel (configured, or found in A1111 / ComfyUI folders), the
 `upscale` mode with its optional refine in tiles, the demo upscalers, bad input, and `easel run upscale`."""
 
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -254,10 +256,13 @@ def test_easel_run_upscale(server, tmp_path, capsys):
             "--out", tmp_path / "out.png", "--server", server.url]
     assert main([str(a) for a in args]) == 0
     assert Image.open(tmp_path / "out.png").size == (320, 256)
+    # a plain upscale draws no noise: no seed is said of it (one was, which nothing could reproduce or vary)
+    assert capsys.readouterr().out == f"{tmp_path / 'out.png'}\n"
     args = ["run", "upscale", "--image", tmp_path / "in.png", "--scale", "1.5", "--strength", "0.5", "--steps", "4",
             "--prompt", "a wall", "--out", tmp_path / "refined.png", "--server", server.url]
     assert main([str(a) for a in args]) == 0
     assert Image.open(tmp_path / "refined.png").size == (240, 192)
+    assert re.fullmatch(rf"{re.escape(str(tmp_path / 'refined.png'))} \(seed \d+\)\n", capsys.readouterr().out)
     capsys.readouterr()
     assert main(["run", "upscale", "--image", str(tmp_path / "in.png"), "--scale", "12", "--out",
                  str(tmp_path / "x.png"), "--server", server.url]) == 2
