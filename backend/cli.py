@@ -626,10 +626,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     try:
         with Client(args.server, token=args.token, name="easel-cli", cert=args.cert) as client:
             connected = True
-            try:
-                _check_limits(client.welcome, job, image)
-            except ProtocolError as exc:  # said as the server says it, had it been sent
-                raise EaselError(exc.code, exc.message, exc.field) from None
+            client.check(job)  # (over the server's limits: refused before the note on loading, and any upload)
             if not (job.mode == "upscale" and not job.refine):  # (a plain upscale never runs the model)
                 _note_loading(client, job.model)
             result = client.run(job, on_event=show)  # (interrupted, it cancels the job)
@@ -655,23 +652,6 @@ def cmd_run(args: argparse.Namespace) -> int:
             return 1
         print(f"{path} (seed {item.seed})")
     return 0
-
-
-def _check_limits(welcome: dict | None, job: Job, image: Picture | None) -> None:
-    """Refuse, before any picture is uploaded, a size over the limits the server's welcome gives, by the rule
-    the server applies: a 6000x4000 photo asked x 4 was uploaded for 30-60 s only to be refused."""
-    from shared.capabilities import offer
-    from shared.rules import check_generate_side, check_upscale_limits
-
-    capabilities = (welcome or {}).get("capabilities") or {}
-    if not capabilities.get("limits"):  # (a server that says none: its own refusal will say)
-        return
-    limits = offer(capabilities)
-    if job.mode == "upscale" and image is not None:
-        check_upscale_limits(*image.upright.size, job.scale, job.width, job.height, limits.max_side,
-                             limits.max_pixels)
-    elif job.mode == "generate":
-        check_generate_side(job.width, job.height, limits.max_generate_side)
 
 
 def _note_loading(client: Any, model: str | None) -> None:
