@@ -63,6 +63,11 @@ def build_edit_job(job: Job, uploads: dict[str, ImageData], limits: Limits, mode
                             for i, ref in enumerate(job.references)]
     finally:
         _consume(refs, uploads)
+    # The submit's own prompt loses its <lora:> tags before a preset's template wraps it: the result gives it back
+    # as `prompt`, so that sent again with the preset it is wrapped into the same text (the wrapped one came back,
+    # and was wrapped twice)
+    submitted, tags = lora_rules.split_prompt(job.prompt)
+    job = dataclasses.replace(job, prompt=submitted)
     job, preset = with_preset(job) if with_preset else (job, None)
     # The server's limits first: a batch of 10**30 was told its seed must be at most -10**30 (the seed range rule)
     rules.check_limit("steps", job.sampling.steps, limits.max_steps)
@@ -81,9 +86,9 @@ def build_edit_job(job: Job, uploads: dict[str, ImageData], limits: Limits, mode
             refused.field)
     if refused is not None:
         raise refused
-    prompt, tags = lora_rules.split_prompt(job.prompt)
+    prompt, template_tags = lora_rules.split_prompt(job.prompt)  # (a template's own tags are the preset's LoRAs)
     wanted = lora_rules.merge(("loras", [(lora.name, lora.weight) for lora in job.loras]), ("prompt", tags),
-                              ("preset", list(preset.loras) if preset else []))
+                              ("preset", template_tags + list(preset.loras) if preset else []))
     family = model_family(model) if model_family else None
     lora_rules.check(wanted, loras or {}, family, model, left_out[1])
     if family == "flux" or (offers is not None and not offers.loras):  # (a flux LoRA passed the family check
@@ -160,6 +165,7 @@ def build_edit_job(job: Job, uploads: dict[str, ImageData], limits: Limits, mode
         else float(IMAGE_GUIDANCE if job.image_guidance is None else job.image_guidance))
     return dataclasses.replace(
         work, loras=tuple((name, float(weight)) for name, weight, _ in wanted), preset=job.preset,
+        submitted_prompt=submitted if submitted != prompt else None,
         few_step=bool(preset and preset.few_step), timestep_spacing=preset.timestep_spacing if preset else None)
 
 
