@@ -292,9 +292,10 @@ def _add_run_parser(commands: Any) -> None:
                           "suffix); with --batch N: OUT-1.png ... OUT-N.png")
     run.add_argument("--force", action="store_true", help="overwrite --out if it exists")
     run.add_argument("--lossy", action="store_true",
-                     help="inpaint, remove, expand, instruct with --mask: allow a lossy --out format (JPEG, "
-                          "GIF ...), which changes the pixels the edit left untouched too (the other modes make a "
-                          "whole new picture and write any format without it)")
+                     help="allow an --out format that changes pixels: a lossy one (JPEG, AVIF ...) for inpaint, "
+                          "remove, expand and instruct with --mask, which would change the pixels the edit left "
+                          "untouched too (the other modes make a whole new picture and write it without "
+                          "--lossy), and in every mode GIF (256 colours) and the like")
     run.add_argument("--server", default=DEFAULT_URL, help="the server's address (default %(default)s)")
     run.add_argument("--token", default=os.environ.get("EASEL_TOKEN") or None, help=TOKEN_HELP)
     run.add_argument("--cert", metavar="PEM", help=CERT_HELP)
@@ -551,8 +552,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         _check_cert(args)
         outputs = check_outputs(output_paths(args.out, args.batch or 1), "--out", args.force)
         untouched = keeps_untouched(args.mode, bool(args.mask))
-        if untouched:
-            check_lossless(outputs, args.lossy)
+        check_lossless(outputs, args.lossy, untouched)
         if args.layer and args.mode in ("expand", "upscale"):  # (it was ignored: an opaque picture came back)
             raise UsageError(f"--layer is for inpaint, remove, instruct, img2img and generate: {args.mode} writes the "
                              "whole new picture (the input's pixels are kept in it as they are); leave out --layer")
