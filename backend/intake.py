@@ -66,7 +66,8 @@ def build_edit_job(job: Job, uploads: dict[str, ImageData], limits: Limits, mode
     # The submit's own prompt loses its <lora:> tags before a preset's template wraps it: the result gives it back
     # as `prompt`, so that sent again with the preset it is wrapped into the same text (the wrapped one came back,
     # and was wrapped twice)
-    submitted, tags = lora_rules.split_prompt(job.prompt)
+    asked = job.prompt
+    submitted, tags = lora_rules.split_prompt(asked)
     job = dataclasses.replace(job, prompt=submitted)
     job, preset = with_preset(job) if with_preset else (job, None)
     # The server's limits first: a batch of 10**30 was told its seed must be at most -10**30 (the seed range rule)
@@ -77,7 +78,8 @@ def build_edit_job(job: Job, uploads: dict[str, ImageData], limits: Limits, mode
     if model not in models:
         raise ProtocolError("unknown_model", lora_rules.missing("model", model, models, left_out[0]), "model")
     offers = capabilities(model) if capabilities is not None else None
-    refused = refusal(job, model, offers) if offers is not None else None
+    # (with the prompt as asked: a model without LoRAs refuses its tags)
+    refused = refusal(dataclasses.replace(job, prompt=asked), model, offers) if offers is not None else None
     if refused is not None and refused.code == "unsupported_mode":  # say which models would do
         able = [name for name in models if name != model and job.mode in capabilities(name).modes]
         raise ProtocolError(refused.code, f"{refused.message}; " + (
