@@ -292,9 +292,10 @@ def _add_run_parser(commands: Any) -> None:
                           "suffix); with --batch N: OUT-1.png ... OUT-N.png")
     run.add_argument("--force", action="store_true", help="overwrite --out if it exists")
     run.add_argument("--lossy", action="store_true",
-                     help="inpaint, remove, expand, instruct with --mask: allow a lossy --out format (JPEG, "
-                          "GIF ...), which changes the pixels the edit left untouched too (the other modes make a "
-                          "whole new picture and write any format without it)")
+                     help="allow an --out format that changes pixels: a lossy one (JPEG, AVIF ...) for inpaint, "
+                          "remove, expand and instruct with --mask, which would change the pixels the edit left "
+                          "untouched too (the other modes make a whole new picture and write it without "
+                          "--lossy), and in every mode GIF (256 colours) and the like")
     run.add_argument("--server", default=DEFAULT_URL, help="the server's address (default %(default)s)")
     run.add_argument("--token", default=os.environ.get("EASEL_TOKEN") or None, help=TOKEN_HELP)
     run.add_argument("--cert", metavar="PEM", help=CERT_HELP)
@@ -551,8 +552,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         _check_cert(args)
         outputs = check_outputs(output_paths(args.out, args.batch or 1), "--out", args.force)
         untouched = keeps_untouched(args.mode, bool(args.mask))
-        if untouched:
-            check_lossless(outputs, args.lossy)
+        check_lossless(outputs, args.lossy, untouched)
         if args.layer and args.mode in ("expand", "upscale"):  # (it was ignored: an opaque picture came back)
             raise UsageError(f"--layer is for inpaint, remove, instruct, img2img and generate: {args.mode} writes the "
                              "whole new picture (the input's pixels are kept in it as they are); leave out --layer")
@@ -627,10 +627,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     try:
         with Client(args.server, token=args.token, name="easel-cli", cert=args.cert) as client:
             connected = True
-            try:
-                _check_limits(client.welcome, job, image)
-            except ProtocolError as exc:  # said as the server says it, had it been sent
-                raise EaselError(exc.code, exc.message, exc.field) from None
+            client.check(job)  # (over the server's limits: refused before the note on loading, and any upload)
             if diffuses:
                 _note_loading(client, job.model)
             result = client.run(job, on_event=show)  # (interrupted, it cancels the job)
@@ -656,23 +653,6 @@ def cmd_run(args: argparse.Namespace) -> int:
             return 1
         print(f"{path} (seed {item.seed})" if diffuses else path)
     return 0
-
-
-def _check_limits(welcome: dict | None, job: Job, image: Picture | None) -> None:
-    """Refuse, before any picture is uploaded, a size over the limits the server's welcome gives, by the rule
-    the server applies: a 6000x4000 photo asked x 4 was uploaded for 30-60 s only to be refused."""
-    from shared.capabilities import offer
-    from shared.rules import check_generate_side, check_upscale_limits
-
-    capabilities = (welcome or {}).get("capabilities") or {}
-    if not capabilities.get("limits"):  # (a server that says none: its own refusal will say)
-        return
-    limits = offer(capabilities)
-    if job.mode == "upscale" and image is not None:
-        check_upscale_limits(*image.upright.size, job.scale, job.width, job.height, limits.max_side,
-                             limits.max_pixels)
-    elif job.mode == "generate":
-        check_generate_side(job.width, job.height, limits.max_generate_side)
 
 
 def _note_loading(client: Any, model: str | None) -> None:

@@ -29,7 +29,7 @@ from shared.job import Job
 from shared.job import PreprocessJob as PreprocessRequest
 from shared.messages import MAX_SEED, ProtocolError
 from shared.model_capabilities import ModelCapabilities, refusal
-from shared.rules import HIRES_REFINE, IMAGE_GUIDANCE, expanded_size
+from shared.rules import HIRES_REFINE, IMAGE_GUIDANCE
 from shared.vocabulary import BUILTIN_UPSCALER
 
 MIN_PREPROCESS_SIDE = 16
@@ -63,18 +63,23 @@ def build_edit_job(job: Job, uploads: dict[str, ImageData], limits: Limits, mode
                             for i, ref in enumerate(job.references)]
     finally:
         _consume(refs, uploads)
+    # The submit's own prompt loses its <lora:> tags before a preset's template wraps it: the result gives it back
+    # as `prompt`, so that sent again with the preset it is wrapped into the same text (the wrapped one came back,
+    # and was wrapped twice)
+    asked = job.prompt
+    submitted, tags = lora_rules.split_prompt(asked)
+    job = dataclasses.replace(job, prompt=submitted)
     job, preset = with_preset(job) if with_preset else (job, None)
     # The server's limits first: a batch of 10**30 was told its seed must be at most -10**30 (the seed range rule)
-    for key, value, limit in (("steps", job.sampling.steps, limits.max_steps),
-                              ("batch", job.sampling.batch, limits.max_batch)):
-        if value > limit:
-            raise ProtocolError("limit_exceeded", f"{key} {shown(value)} is over this server's limit of {limit}", key)
+    rules.check_limit("steps", job.sampling.steps, limits.max_steps)
+    rules.check_limit("batch", job.sampling.batch, limits.max_batch)
     job.check(few_step=preset is not None and preset.few_step)
     model = default_model if job.model is None else job.model  # "" names no model: refused below
     if model not in models:
         raise ProtocolError("unknown_model", lora_rules.missing("model", model, models, left_out[0]), "model")
     offers = capabilities(model) if capabilities is not None else None
-    refused = refusal(job, model, offers) if offers is not None else None
+    # (with the prompt as asked: a model without LoRAs refuses its tags)
+    refused = refusal(dataclasses.replace(job, prompt=asked), model, offers) if offers is not None else None
     if refused is not None and refused.code == "unsupported_mode":  # say which models would do
         able = [name for name in models if name != model and job.mode in capabilities(name).modes]
         raise ProtocolError(refused.code, f"{refused.message}; " + (
@@ -83,9 +88,9 @@ def build_edit_job(job: Job, uploads: dict[str, ImageData], limits: Limits, mode
             refused.field)
     if refused is not None:
         raise refused
-    prompt, tags = lora_rules.split_prompt(job.prompt)
+    prompt, template_tags = lora_rules.split_prompt(job.prompt)  # (a template's own tags are the preset's LoRAs)
     wanted = lora_rules.merge(("loras", [(lora.name, lora.weight) for lora in job.loras]), ("prompt", tags),
-                              ("preset", list(preset.loras) if preset else []))
+                              ("preset", template_tags + list(preset.loras) if preset else []))
     family = model_family(model) if model_family else None
     lora_rules.check(wanted, loras or {}, family, model, left_out[1])
     if family == "flux" or (offers is not None and not offers.loras):  # (a flux LoRA passed the family check
@@ -162,6 +167,7 @@ def build_edit_job(job: Job, uploads: dict[str, ImageData], limits: Limits, mode
         else float(IMAGE_GUIDANCE if job.image_guidance is None else job.image_guidance))
     return dataclasses.replace(
         work, loras=tuple((name, float(weight)) for name, weight, _ in wanted), preset=job.preset,
+        submitted_prompt=submitted if submitted != prompt else None,
         few_step=bool(preset and preset.few_step), timestep_spacing=preset.timestep_spacing if preset else None)
 
 
@@ -178,13 +184,8 @@ def check_embeddings(job: Job, model: str, family: str | None, usable: list[str]
 def _expanded_canvas(pixels: np.ndarray, sides: tuple[int, int, int, int], limits: Limits) -> np.ndarray:
     """The canvas an expand paints on: transparent, with the picture at (left, top); refused over the limits."""
     height, width = pixels.shape[:2]
-    left, top, right, bottom = sides
-    new_width, new_height = expanded_size(width, height, *sides)
-    if max(new_width, new_height) > limits.max_side or new_width * new_height > limits.max_pixels:
-        key = "expand_left" if new_width > limits.max_side or not (top or bottom) else "expand_top"
-        raise ProtocolError("limit_exceeded", f"the expanded canvas would be {new_width}x{new_height}; this server "
-                            f"accepts at most {limits.max_side} pixels a side and {limits.max_pixels} pixels in all",
-                            key)
+    left, top = sides[:2]
+    new_width, new_height = rules.check_expanded_size(width, height, sides, limits.max_side, limits.max_pixels)
     canvas = np.zeros((new_height, new_width, 4), np.uint8)
     canvas[top:top + height, left:left + width] = pixels
     return canvas
@@ -249,7 +250,7 @@ def decode_image(image: ImageData, limits: Limits, role: str, mode: str) -> np.n
     """Decode to an RGBA (H x W x 4) or L (H x W) array, refusing oversize pictures before decoding."""
     try:
         if image.format in CHANNELS:
-            _check_size(image.width, image.height, limits, role)
+            rules.check_picture_size(image.width, image.height, limits.max_side, limits.max_pixels, role)
             image.check()
             shape = (image.height, image.width, CHANNELS[image.format])
             pixels = np.frombuffer(image.data, np.uint8).reshape(shape)
@@ -260,12 +261,12 @@ def decode_image(image: ImageData, limits: Limits, role: str, mode: str) -> np.n
                 # From the PNG's header, before Pillow reads it: past its own bomb limit Pillow refuses it in words
                 # that name Pillow's limit (178956970 pixels), not this server's.
                 try:
-                    _check_size(*png_size(image.data), limits, role)
+                    rules.check_picture_size(*png_size(image.data), limits.max_side, limits.max_pixels, role)
                 except ProtocolError as exc:
                     if exc.code == "limit_exceeded":
                         raise
             pil = Image.open(io.BytesIO(image.data))
-            _check_size(pil.width, pil.height, limits, role)
+            rules.check_picture_size(pil.width, pil.height, limits.max_side, limits.max_pixels, role)
             if image.width and (pil.width, pil.height) != (image.width, image.height):
                 raise ProtocolError("bad_image", f"`{role}` is declared {image.width}x{image.height} but the file is "
                                     f"{pil.width}x{pil.height}", role)
@@ -282,11 +283,3 @@ def decode_image(image: ImageData, limits: Limits, role: str, mode: str) -> np.n
         raise ProtocolError("bad_image", f"`{role}` could not be decoded: {exc}", role) from None
     return to_array(pil, mode, None if image.format in CHANNELS else image.data)
 
-
-def _check_size(width: int, height: int, limits: Limits, role: str) -> None:
-    if max(width, height) > limits.max_side or width * height > limits.max_pixels:
-        scale = min(limits.max_side / max(width, height), (limits.max_pixels / (width * height)) ** 0.5)
-        fit = f"{max(1, int(width * scale + 1e-6))}x{max(1, int(height * scale + 1e-6))}"
-        raise ProtocolError("limit_exceeded", f"`{role}` is {width}x{height}; this server accepts at most "
-                            f"{limits.max_side} pixels a side and {limits.max_pixels} pixels in all: scale it "
-                            f"down (to {fit} at most, keeping its shape) or crop it first", role)

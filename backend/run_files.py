@@ -29,11 +29,16 @@ from shared.rules import upscale_size
 
 ORIENTATION = 0x0112  # the EXIF tag phones use to say "this photo is turned"
 SIDEWAYS = (5, 6, 7, 8)  # the EXIF orientations that swap width and height
-# Formats `easel run --out` writes without loss (WebP is written lossless); others need --lossy.
-LOSSLESS_FORMATS = ("PNG", "TIFF", "WEBP", "BMP", "TGA")
+# Formats `easel run --out` writes without loss, as Pillow writes them here (WebP lossless, JPEG 2000 reversible):
+# every pixel reads back as it was.
+LOSSLESS_FORMATS = ("PNG", "TIFF", "WEBP", "BMP", "DIB", "TGA", "PPM", "QOI", "SGI", "PCX", "IM", "JPEG2000", "DDS",
+                    "EPS")
+# Lossy compression, as a whole new picture is ordinarily saved (a PDF holds a JPEG): --lossy only where the edit
+# keeps pixels untouched. Any other format changes more (GIF: 256 colours; ICO: icon sizes): --lossy in every mode.
+LOSSY_FORMATS = ("JPEG", "MPO", "AVIF", "PDF")
 PROFILE_FORMATS = ("PNG", "TIFF", "WEBP", "JPEG", "AVIF")  # those Pillow writes an ICC colour profile into
 # Those that keep partial transparency as written here (Pillow's BMP is read as opaque; GIF keeps on/off at best).
-ALPHA_FORMATS = ("PNG", "TIFF", "WEBP", "TGA", "AVIF")
+ALPHA_FORMATS = ("PNG", "TIFF", "WEBP", "TGA", "AVIF", "QOI", "SGI", "IM", "JPEG2000", "DDS")
 # Camera raw files: several are TIFF inside, and Pillow reads their first image, a small preview or raw data.
 CAMERA_RAW = (".dng", ".cr2", ".cr3", ".crw", ".nef", ".nrw", ".arw", ".srf", ".sr2", ".orf", ".rw2", ".raf",
               ".pef", ".srw", ".3fr", ".iiq", ".erf", ".kdc", ".mos", ".mrw", ".x3f")
@@ -365,14 +370,22 @@ def keeps_untouched(mode: str, masked: bool) -> bool:
     return mode in ("inpaint", "remove", "expand") or (mode == "instruct" and masked)
 
 
-def check_lossless(paths: list[Path], lossy: bool) -> None:
-    """Refuse an output format that would change untouched pixels, unless the user said --lossy (only for
-    the modes that leave some untouched: ``keeps_untouched``)."""
+def check_lossless(paths: list[Path], lossy: bool, untouched: bool) -> None:
+    """Refuse, unless the user said --lossy, an output format that would change pixels the edit left
+    ``untouched`` (``keeps_untouched``), or one that changes a whole new picture beyond lossy compression
+    (a GIF's 256 colours: the result was written so without a word)."""
     for path in paths:
         fmt = _format(path)
-        if fmt not in LOSSLESS_FORMATS and not lossy:
-            raise UsageError(f"--out {path}: {fmt} is a lossy (or palette) format: it would change the pixels the "
-                             "edit left untouched. Use .png (or .webp, written lossless), or pass --lossy")
+        if lossy or fmt in LOSSLESS_FORMATS or (fmt in LOSSY_FORMATS and not untouched):
+            continue
+        what = f"{fmt} is a lossy format" if fmt in LOSSY_FORMATS else \
+            "GIF keeps 256 colours at most" if fmt == "GIF" else f"{fmt} does not keep every pixel as it is"
+        if untouched:
+            raise UsageError(f"--out {path}: {what}: it would change the pixels the edit left untouched. Use .png "
+                             "(or .webp, written lossless), or pass --lossy")
+        change = "reduced to a palette of 256 colours, banding its gradients" if fmt == "GIF" else "changed"
+        raise UsageError(f"--out {path}: {what}: the result would be {change}. Use .png, .webp or .jpg, or pass "
+                         "--lossy to write it so")
 
 
 def check_alpha_kept(paths: list[Path], transparent: bool) -> None:

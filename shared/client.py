@@ -40,6 +40,8 @@ from websockets.sync.client import connect
 from .errors import ProtocolError, cancel_reason
 from .images import ImageData, decode_frame, encode_frame
 from .job import Job, PreprocessJob
+from .limits import check_request
+from .rules import check_message_size
 from .vocabulary import DEFAULT_URL, PROTOCOL_VERSION
 
 
@@ -383,17 +385,38 @@ class Client:
     def upload(self, image: ImageData, role: str = "image") -> dict:
         """Send an image as a binary frame; returns the reference to put in a request. The request that
         names it uses it up (send it again for the next one): jobs given ``ImageData`` upload it themselves."""
+        reference, frame = self._frame(image, role)
+        self._send_frame(frame)
+        return reference
+
+    def _frame(self, image: ImageData, role: str) -> tuple[dict, bytes]:
+        """An image's wire reference and the binary frame that uploads it."""
         image_id = f"up-{next(self._ids)}"
         header = {"image": image_id, "role": role, "format": image.format,
                   "width": image.width, "height": image.height}
-        self._send_frame(encode_frame(header, image.data))
-        return {"frame": image_id}
+        return {"frame": image_id}, encode_frame(header, image.data)
+
+    def check(self, request: Job | PreprocessJob) -> None:
+        """What ``submit`` (and ``preprocess``) refuse before uploading anything: a picture that is not
+        ``ImageData`` (``TypeError``), bytes that are not what they say, and a job over the limits the server's
+        ``welcome`` gives (sizes, steps, batch), as ``EaselError`` with the server's own code, sentence and field.
+        The server's other rules: ``job.check()``."""
+        try:
+            request.to_message(lambda image, role: _image_data(image).check() and {"frame": "unsent"})
+            check_request(request, self._limits())
+        except ProtocolError as exc:  # (the server's answer to a bad upload names no job)
+            raise EaselError(exc.code, exc.message, exc.field, request.id) from None
+
+    def _limits(self) -> dict:
+        """``welcome.capabilities.limits``: empty before the welcome, or from a server that gives none."""
+        return ((self.welcome or {}).get("capabilities") or {}).get("limits") or {}
 
     def submit(self, job: Job | str, /, **params) -> str:
         """Queue a job; its images that are ``ImageData`` are uploaded first. Returns the job id.
 
         ``submit("inpaint", prompt=..., image=...)`` is short for ``submit(Job.create("inpaint", ...))``.
-        The job is sent as it is: hosts that want an answer before sending call ``job.check()``.
+        What ``check`` refuses raises before anything is sent; for the other rules, hosts that want an
+        answer before sending call ``job.check()``.
         """
         if isinstance(job, str):
             job = Job.create(job, **params)
@@ -524,10 +547,6 @@ class Client:
 
     # -- plumbing -----------------------------------------------------------------------------
 
-    def _reference(self, image, role: str) -> dict:
-        """A job's image as a wire reference: ``ImageData`` is uploaded as a binary frame."""
-        return self.upload(_image_data(image), role)
-
     def _send_job(self, job: Job | PreprocessJob, again: bool = False) -> None:
         """Upload a job's pictures and send it. When the connection drops meanwhile, the job waits: the next
         read resumes the session, and if the server never received the submit it is sent again then."""
@@ -536,16 +555,32 @@ class Client:
             raise EaselError("duplicate_job", f"job {job.id} of this client is still queued or running: wait for "
                              "its end, or give this one another id (or none: one is made up)", "job", job.id,
                              ends_job=False)
-        # Every picture is checked before the first is uploaded: a wrong one raises with nothing sent
-        # (no upload left unused at the server) and no job left waiting here.
+        # Everything is checked before the first picture is uploaded: a wrong one raises with nothing sent (no
+        # upload left unused at the server, no 6000x4000 photo uploaded for a minute only to be refused) and no
+        # job left waiting here.
+        self.check(job)
+        limits = self._limits()
+        frames: list[bytes] = []
+
+        def reference(image, role: str) -> dict:  # (a frame over the limit is refused naming the job's field)
+            wire, frame = self._frame(_image_data(image), role)
+            if "max_message_bytes" in limits:
+                check_message_size(len(frame), limits["max_message_bytes"])
+            frames.append(frame)
+            return wire
+
         try:
-            job.to_message(lambda image, role: _image_data(image).check() and {"frame": "unsent"})
-        except ProtocolError as exc:  # (the server's answer to a bad upload names no job)
+            message = job.to_message(reference)
+            if "max_message_bytes" in limits:
+                check_message_size(len(json.dumps(message).encode()), limits["max_message_bytes"])
+        except ProtocolError as exc:
             raise EaselError(exc.code, exc.message, exc.field, job.id) from None
         self._pending[job.id] = None
         self._unsent[job.id] = job
         try:
-            self._send(job.to_message(self._reference))
+            for frame in frames:
+                self._send_frame(frame)
+            self._send(message)
         except EaselError as exc:
             if not (exc.dropped and self.resume and self.session):
                 self._pending.pop(job.id, None)

@@ -18,7 +18,8 @@ def infotext(parameters: dict, seed: int, size: tuple[int, int]) -> str:
     ``masked`` in ``parameters``: an instruct edit inside a mask."""
     # the WebUI keeps <lora:> tags in the prompt it saves, so a pasted prompt brings its LoRAs back
     tags = "".join(f" <lora:{lora['name']}:{lora['weight']:g}>" for lora in parameters.get("loras") or [])
-    lines = [(parameters.get("prompt", "") + tags).strip()]
+    # the prompt as encoded, a preset's template applied: what a WebUI (or the Easel tab, which sends no preset) runs
+    lines = [(parameters.get("encoded_prompt", parameters.get("prompt", "")) + tags).strip()]
     if parameters.get("negative_prompt"):
         lines.append(f"Negative prompt: {parameters['negative_prompt']}")
     mode = parameters.get("mode")

@@ -537,9 +537,10 @@ def _wire_items(obj: Any):
             yield spec.metadata["key"] or spec.name, value
 
 
-RESULT_ONLY = ("seeds", "masked")
-"""Keys of a result's ``parameters`` that no submit takes: the seed of each image (``seed`` + i), and the
-flag a host adds for an instruct edit inside a mask (``shared.infotext``)."""
+RESULT_ONLY = ("seeds", "encoded_prompt", "masked")
+"""Keys of a result's ``parameters`` that no submit takes: the seed of each image (``seed`` + i), the prompt a
+preset's template made of ``prompt``, and the flag a host adds for an instruct edit inside a mask
+(``shared.infotext``)."""
 
 PRESET_FIELDS = ("model", "sampler", "steps", "guidance", "negative_prompt")
 """The wire fields a preset sets (besides `loras` and the prompt template) where a submit leaves them out."""

@@ -197,12 +197,49 @@ def upscale_field(target_width: int | None, target_height: int | None) -> str:
     return "scale" if target_width is None and target_height is None else ("width" if target_width else "height")
 
 
+def check_limit(key: str, value: int, limit: int) -> None:
+    """Refuse a job's ``key`` (steps, batch, a generate's width or height) over a server's ``limit``."""
+    if value > limit:
+        raise ProtocolError("limit_exceeded", f"{key} {shown(value)} is over this server's limit of {limit}", key)
+
+
 def check_generate_side(width: int | None, height: int | None, max_generate_side: int) -> None:
     """Refuse a generate's ``width`` / ``height`` over a server's ``max_generate_side`` (``limit_exceeded``)."""
     for key, value in (("width", width), ("height", height)):
-        if value is not None and value > max_generate_side:
-            raise ProtocolError("limit_exceeded", f"{key} {shown(value)} is over this server's limit of "
-                                f"{max_generate_side}", key)
+        if value is not None:
+            check_limit(key, value, max_generate_side)
+
+
+def check_picture_size(width: int, height: int, max_side: int, max_pixels: int, role: str) -> None:
+    """Refuse a picture sent as ``role`` over a server's ``max_side`` / ``max_pixels``, saying the largest size
+    of its shape that fits."""
+    if max(width, height) > max_side or width * height > max_pixels:
+        scale = min(max_side / max(width, height), (max_pixels / (width * height)) ** 0.5)
+        fit = f"{max(1, int(width * scale + 1e-6))}x{max(1, int(height * scale + 1e-6))}"
+        raise ProtocolError("limit_exceeded", f"`{role}` is {width}x{height}; this server accepts at most "
+                            f"{max_side} pixels a side and {max_pixels} pixels in all: scale it "
+                            f"down (to {fit} at most, keeping its shape) or crop it first", role)
+
+
+def check_expanded_size(width: int, height: int, sides: tuple[int, int, int, int], max_side: int,
+                        max_pixels: int) -> tuple[int, int]:
+    """The canvas an expand makes of a ``width`` x ``height`` picture, refused when over a server's limits
+    (naming the side that grows it past them)."""
+    _, top, _, bottom = sides
+    new_width, new_height = expanded_size(width, height, *sides)
+    if max(new_width, new_height) > max_side or new_width * new_height > max_pixels:
+        key = "expand_left" if new_width > max_side or not (top or bottom) else "expand_top"
+        raise ProtocolError("limit_exceeded", f"the expanded canvas would be {new_width}x{new_height}; this server "
+                            f"accepts at most {max_side} pixels a side and {max_pixels} pixels in all", key)
+    return new_width, new_height
+
+
+def check_message_size(size: int, max_message_bytes: int) -> None:
+    """Refuse a websocket message (a JSON text or an upload's binary frame) of ``size`` bytes over a server's
+    ``max_message_bytes``."""
+    if size > max_message_bytes:
+        raise ProtocolError("frame_too_large", f"message of {size} bytes is over this server's limit of "
+                            f"{max_message_bytes}")
 
 
 def check_upscale_limits(width: int, height: int, scale: float | None, target_width: int | None,

@@ -247,6 +247,11 @@ def test_infotext_names_the_preset_and_a_control_unit_s_resolution():
     assert "Easel preset: lightning" in items.split(", ")
     assert 'Easel control 1: "canny, preprocess canny, scale 1, 0-1, resolution 384"' in items
     assert "Easel preset" not in infotext({"mode": "generate", "prompt": "a cat", "steps": 4}, 1, (8, 8))
+    # A preset's template: the prompt as encoded, which the tab (sending no preset) pastes and encodes the same; the
+    # submit's own prompt would lose the template there
+    templated = infotext({"mode": "generate", "prompt": "a cat", "encoded_prompt": "watercolour of a cat, soft",
+                          "steps": 4, "preset": "watercolour", "loras": [{"name": "paper", "weight": 0.5}]}, 1, (8, 8))
+    assert templated.split("\n")[0] == "watercolour of a cat, soft <lora:paper:0.5>"
 
 
 def test_infotext_says_the_masked_area_padding_an_inpaint_ran_with():

@@ -741,6 +741,50 @@ def test_lossy_formats_need_lossy_only_where_the_edit_keeps_pixels_untouched(ser
     assert np.abs(jpeg - png).mean() < 2, np.abs(jpeg - png).mean()  # (0.23 at 95 and 4:4:4; 6.6 at the default)
 
 
+def test_the_formats_called_lossless_are_those_pillow_writes_without_loss(tmp_path):
+    # PPM, QOI and SGI (lossless) were refused as lossy for an inpaint, and QOI's and SGI's transparency as lost
+    from backend.run_files import ALPHA_FORMATS, LOSSLESS_FORMATS, _writable, write_picture
+
+    rng = np.random.default_rng(0)
+    rgba = rng.integers(0, 256, (32, 48, 4), np.uint8)
+    extensions = {fmt: ext for ext, fmt in reversed(Image.registered_extensions().items())}
+    checked = set()
+    for fmt, ext in sorted(extensions.items()):
+        if not _writable(fmt):
+            continue
+        kept = {}
+        for mode, pixels in (("RGB", rgba[..., :3]), ("RGBA", rgba)):
+            path = tmp_path / f"{fmt}-{mode}{ext}"
+            try:
+                write_picture(Image.fromarray(pixels, mode), path, None)
+                with Image.open(path) as back:
+                    kept[mode] = np.array_equal(np.asarray(back.convert(mode)), pixels)
+            except (OSError, ValueError):  # (Pillow writes no RGB or RGBA in it, or cannot read it back)
+                kept[mode] = None
+        if kept["RGB"] is not None:
+            checked.add(fmt)
+            assert kept["RGB"] == (fmt in LOSSLESS_FORMATS), fmt
+        if kept["RGB"] and kept["RGBA"] is not None:
+            assert kept["RGBA"] == (fmt in ALPHA_FORMATS), fmt
+    assert {"PNG", "PPM", "QOI", "SGI", "JPEG", "GIF"} <= checked
+
+
+def test_a_gif_needs_lossy_in_every_mode_and_lossless_formats_need_it_in_none(server, capsys, small):
+    # `easel run generate --out x.gif` wrote the picture in 256 colours without a word
+    for mode, extra in (("generate", []), ("img2img", ["--image", small / "in.png"]),
+                        ("inpaint", ["--image", small / "in.png", "--mask", small / "mask.png"])):
+        status, _, err = easel_here(capsys, "run", mode, *extra, "--out", small / f"{mode}.gif", "--server", nowhere())
+        assert status == 2 and "GIF keeps 256 colours at most: " in err and "--lossy" in err, (mode, err)
+        assert ("reduced to a palette of 256 colours" in err) == (mode != "inpaint"), err
+    for name in ("o.ppm", "o.qoi", "o.sgi"):  # (they were "lossy": the inpaint was refused)
+        status, _, err = easel_here(capsys, "run", "inpaint", "--image", small / "in.png", "--mask", small / "mask.png",
+                                    "--out", small / name, "--server", nowhere())
+        assert "cannot reach" in err and "lossy" not in err, (name, err)
+    status, out, err = easel_here(capsys, "run", "generate", "--steps", 1, "--width", 64, "--height", 64, "--lossy",
+                                  "--out", small / "g.gif", "--server", server.url)
+    assert status == 0 and Image.open(small / "g.gif").format == "GIF", err
+
+
 @pytest.mark.parametrize("mode, extra", [("expand", ["--right", 16]), ("upscale", [])])
 def test_layer_is_refused_where_the_result_is_the_whole_picture(capsys, small, mode, extra):
     # expand --layer and upscale --layer wrote the opaque whole picture, the --layer ignored without a word.

@@ -3,6 +3,7 @@ thread and a UI thread on one client, pictures of the types a tool has at hand, 
 
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 import sys
 import threading
@@ -372,3 +373,74 @@ def test_a_call_after_abort_says_the_client_ended_it(server):
     assert caught.value.code == "closed"
     assert easel.connect().status()["type"] == "status"
     easel.close()
+
+
+@pytest.fixture(scope="module")
+def strict(demo_config, engine):
+    """A server with small limits: 600 pixels a side, 360000 in all, a 1 MiB message, 10 steps, batch 2."""
+    limits = dataclasses.replace(demo_config.limits, max_side=600, max_pixels=600 * 600, max_steps=10, max_batch=2,
+                                 max_generate_side=512, max_message_bytes=2**20)
+    with ServerThread(dataclasses.replace(demo_config, limits=limits), engine) as running:
+        yield running
+
+
+OVER_LIMITS = [  # (what is asked, the field refused, words of the server's sentence)
+    (dict(mode="upscale", image=(300, 200), scale=4, upscaler="lanczos"), "scale",
+     "upscaling the 300x200 picture to 1200x800 is over this server's limit of 600 pixels a side"),
+    (dict(mode="img2img", image=(700, 50), strength=0.5), "image", "`image` is 700x50; this server accepts at most"),
+    (dict(mode="img2img", image=(64, 64), strength=0.5, control=[{"type": "canny", "image": (50, 700)}]),
+     "control[0].image", "`control[0].image` is 50x700"),
+    (dict(mode="expand", image=(300, 200), expand_left=400), "expand_left", "the expanded canvas would be 700x200"),
+    (dict(mode="generate", width=600, height=64), "width", "width 600 is over this server's limit of 512"),
+    (dict(mode="img2img", image=(64, 64), strength=0.5, steps=11), "steps", "steps 11 is over this server's limit"),
+    (dict(mode="generate", width=64, height=64, batch=3), "batch", "batch 3 is over this server's limit of 2"),
+    (dict(mode="img2img", image=np.zeros((512, 512, 4), np.uint8), strength=0.5), "image",
+     "bytes is over this server's limit of 1048576"),  # (a raw rgba8 frame)
+]
+
+
+def _as_job(asked: dict) -> Job:
+    """A job of ``OVER_LIMITS``: (width, height) stands for a PNG of that size, an array for raw pixels."""
+    def image(given):
+        return png(picture(*given)) if isinstance(given, tuple) else ImageData.from_array(given)
+
+    params = {key: image(value) if key == "image" else value for key, value in asked.items() if key != "mode"}
+    params["control"] = [dict(unit, image=image(unit["image"])) for unit in params.get("control", ())]
+    return Job.create(asked["mode"], steps=params.pop("steps", 2), **params)
+
+
+@pytest.mark.parametrize("asked, field, words", OVER_LIMITS)
+def test_a_job_over_the_servers_limits_is_refused_before_anything_is_uploaded(strict, monkeypatch, asked, field,
+                                                                              words):
+    """A 6000x4000 photo asked x 4 was uploaded for 30-60 s by every client (Python tools, the Krita docker, the
+    WebUI tab) only to be refused: the welcome's limits refuse it at once, in the server's words."""
+    sent = []  # every frame: binary ones are uploads
+    send_frame = Client._send_frame
+    monkeypatch.setattr(Client, "_send_frame", lambda self, frame: sent.append(frame) or send_frame(self, frame))
+    with Client(strict.url) as easel:
+        sent.clear()  # (its hello)
+        with pytest.raises(EaselError) as refused:
+            easel.submit(_as_job(asked))
+        assert not sent and not easel._pending, "nothing was sent"
+        assert (refused.value.field, refused.value.ends_job) == (field, True) and words in refused.value.message
+        # The same job sent to the server without the check: its own refusal is the one the client gave
+        monkeypatch.setattr(Client, "_limits", lambda self: {})
+        with pytest.raises(EaselError) as answered:
+            easel.run(_as_job(asked))
+        assert (answered.value.code, answered.value.message) == (refused.value.code, refused.value.message)
+        assert any(isinstance(frame, bytes) for frame in sent) == ("image" in asked)
+
+
+def test_a_job_within_the_servers_limits_runs_and_a_preprocess_over_them_is_refused(strict, monkeypatch):
+    sent = []
+    send_frame = Client._send_frame
+    monkeypatch.setattr(Client, "_send_frame", lambda self, frame: sent.append(frame) or send_frame(self, frame))
+    with Client(strict.url) as easel:
+        sent.clear()
+        result = easel.run("upscale", image=png(picture(150, 100)), scale=4, upscaler="lanczos", steps=2)
+        assert (result.images[0].image.width, result.images[0].image.height) == (600, 400)
+        assert sum(isinstance(frame, bytes) for frame in sent) == 1, "its picture was uploaded"
+        sent.clear()
+        with pytest.raises(EaselError, match="`image` is 700x50; this server accepts at most") as refused:
+            easel.preprocess("canny", png(picture(700, 50)))
+        assert (refused.value.code, refused.value.field, sent) == ("limit_exceeded", "image", [])

@@ -72,7 +72,8 @@ def test_a_configured_preset_is_its_settings_written_out(styled):
                              negative_prompt="blurry", loras=[{"name": "demo-xl-lora", "weight": 0.5}],
                              **dict(common, prompt="a house, ink drawing"))
     assert (pixels(by_preset) == pixels(written_out)).all()
-    assert by_preset.parameters["prompt"] == "a house, ink drawing"
+    assert (by_preset.parameters["prompt"], by_preset.parameters["encoded_prompt"]) == ("a house",
+                                                                                        "a house, ink drawing")
     # the job's own LoRA weight wins: 0 switches the preset's LoRA off
     no_lora = styled.run("generate", preset="ink", loras=[{"name": "demo-xl-lora", "weight": 0}], **common)
     plain = styled.run("generate", model="demo-xl", steps=3, guidance=5.0, sampler="euler", negative_prompt="blurry",

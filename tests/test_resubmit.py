@@ -1,9 +1,12 @@
 """A result's `parameters`, sent back with the same pictures, make the same pixels (a tool keeps them to
 run a job again later)."""
 
+import dataclasses
+
 import pytest
 
 from conftest import decode, picture, png, rect_mask
+from shared.client import Client
 from shared.job import Job
 
 IMAGE = picture(96, 96)
@@ -65,3 +68,28 @@ def test_parameters_with_references_need_their_pictures_again():
         Job.from_parameters(parameters, image=png(IMAGE))
     job = Job.from_parameters(parameters, image=png(IMAGE), reference_images=[png(REFERENCE)])
     assert [(r.weight, r.mode) for r in job.references] == [(0.5, "style")] and job.sampling.seed == 1
+
+
+@pytest.fixture(scope="module")
+def templated(demo_config, engine):
+    """A client of a server whose config has a preset with a prompt template, ``watercolour``."""
+    from backend.presets import parse_presets
+    from backend.server import ServerThread
+
+    presets = parse_presets({"watercolour": {"prompt": "watercolour painting of {prompt}, soft edges", "steps": 3}})
+    with ServerThread(dataclasses.replace(demo_config, presets=presets).check(), engine) as running, \
+            Client(running.url) as client:
+        yield client
+
+
+def test_a_preset_s_prompt_template_wraps_the_prompt_once_when_run_again(templated):
+    # `parameters.prompt` was the wrapped prompt, which the preset wrapped again: other pixels
+    first = templated.run("img2img", preset="watercolour", prompt="a house <lora:demo-lora:0.5>", image=png(IMAGE),
+                          strength=0.6, seed=5)
+    assert (first.parameters["prompt"], first.parameters["encoded_prompt"]) == (
+        "a house", "watercolour painting of a house, soft edges")
+    again = _again(templated, first, image=png(IMAGE))
+    assert _same_pixels(first, again) and again.parameters == first.parameters
+    twice = _again(templated, dataclasses.replace(first, parameters=dict(
+        first.parameters, prompt=first.parameters["encoded_prompt"])), image=png(IMAGE))
+    assert not _same_pixels(first, twice), "(wrapped twice, as before: other pixels, or this test could not fail)"

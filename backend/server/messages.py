@@ -156,6 +156,8 @@ def parameters(job: Job, run: EngineResult) -> dict:
         out["loras"] = [{"name": name, "weight": weight} for name, weight in work.loras]
     if work.preset:
         out["preset"] = work.preset
+    if work.submitted_prompt is not None:  # the submit's own: sent again with the preset, it is wrapped the same
+        out.update(prompt=work.submitted_prompt, encoded_prompt=work.prompt)
     if work.control:
         # (a unit's resolution changes the map its preprocessor makes: left out, a re-submit got another map)
         out["control"] = [{"type": u.type, "preprocess": u.preprocessor or "off", "scale": u.scale,

@@ -32,6 +32,7 @@ from backend.presets import apply_preset
 from backend.server import messages
 from shared import job as protocol
 from shared import loras as lora_rules
+from shared import rules
 from shared.errors import shown
 from shared.images import ImageData, decode_frame
 from shared.messages import CLIENT_MESSAGES, PROTOCOL_VERSION, ProtocolError, decode_json, validate
@@ -196,11 +197,9 @@ class Session:
     def receive(self, raw: str | bytes) -> Reply:
         """Handle one frame. Never raises: whatever a client sends gets at worst an ``error``."""
         try:
-            limit = self.state.config.limits.max_message_bytes
-            size = len(raw) if isinstance(raw, bytes) else len(raw.encode())
-            if size > limit:  # the websocket layer closes the connection only at twice this size
-                raise ProtocolError("frame_too_large", f"message of {size} bytes is over this server's limit of "
-                                    f"{limit}")
+            # (the websocket layer closes the connection only at twice this size)
+            rules.check_message_size(len(raw) if isinstance(raw, bytes) else len(raw.encode()),
+                                     self.state.config.limits.max_message_bytes)
             if isinstance(raw, bytes):
                 if raw[:1] == b"{":  # never a frame (its length prefix would be over 2 GB): JSON sent as bytes
                     hint = "this binary frame looks like a JSON message: send JSON messages as text frames"
