@@ -725,7 +725,10 @@ class Client:
             elif places.get(job, known) != known:
                 self._ahead[job] = places[job]
                 if self.queue_every is not None:
-                    self._jobs[job].append(Queued(job, places[job]))
+                    unread = self._jobs[job]
+                    if unread and isinstance(unread[-1], Queued):
+                        unread.pop()  # not read yet: only the newest count is worth showing
+                    unread.append(Queued(job, places[job]))
 
     def _take_probe(self) -> bool:
         with self._probe_lock:
