@@ -194,7 +194,7 @@ def test_two_browsers_generate_at_once_and_esc_cancels(page, chromium, forge):
         page.keyboard.press("Control+Enter")  # the WebUI's shortcut, in Forge's script.js
         page.wait_for_function("() => window.easelSeen.some(text => text.startsWith('Step '))", timeout=TIMEOUT * 2)
         other.click("#easel_generate")
-        other.wait_for_function("() => window.easelSeen.some(text => /^(Queued|Running|Done)/.test(text))",
+        other.wait_for_function("() => window.easelSeen.some(text => /^(Waiting|Running|Done)/.test(text))",
                                 timeout=TIMEOUT * 2)
         seen = other.evaluate("window.easelSeen")
         assert any(text.startswith("Waiting: 1 job ahead") for text in seen), (seen, page.evaluate("window.easelSeen"))
