@@ -198,6 +198,8 @@ def test_two_browsers_generate_at_once_and_esc_cancels(page, chromium, forge):
                                 timeout=TIMEOUT * 2)
         seen = other.evaluate("window.easelSeen")
         assert any(text.startswith("Waiting: 1 job ahead") for text in seen), (seen, page.evaluate("window.easelSeen"))
+        # a waiting job can be cancelled too: the button shows while the line says "Waiting: …"
+        other.wait_for_function("() => document.querySelector('#easel_interrupt').style.display === 'block'")
         page.keyboard.press("Escape")
         page.wait_for_function("() => window.easelSeen.some(text => text.trim() === 'Cancelled.')")
         other.wait_for_function("() => window.easelSeen.some(text => text.startsWith('Done: 1 image'))",
