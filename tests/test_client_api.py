@@ -65,8 +65,10 @@ def test_a_waiting_job_hears_its_place_in_the_queue_go_down_until_it_starts(serv
                 ahead.pass_one()
             if isinstance(event, Started):
                 asked_when_started = sent.count("status")
-        assert [(type(event), getattr(event, "position", None)) for event in seen[:3]] == \
-            [(Accepted, 2), (Queued, 1), (Started, None)]
+        started = next(index for index, event in enumerate(seen) if isinstance(event, Started))
+        counts = [(type(event), event.position) for event in seen[:started]]
+        # (0: asked in the moment between the job ahead ending and this one starting, while the server frees memory)
+        assert counts in ([(Accepted, 2), (Queued, 1)], [(Accepted, 2), (Queued, 1), (Queued, 0)]), counts
         assert isinstance(seen[-1], Result)
         assert asked_when_started >= 2, "its place was never asked for"
         assert sent.count("status") == asked_when_started, "asked while the job ran"
