@@ -539,7 +539,7 @@ def _ordinal(n: int) -> str:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from shared.client import Accepted, Client, EaselError, Progress, Started
+    from shared.client import QUEUE_EVERY, Accepted, Client, EaselError, Progress, Queued, Started
     from shared.infotext import infotext
 
     flags = RUN_FLAGS
@@ -614,8 +614,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     shown = []
 
     def show(event: object) -> None:
-        if isinstance(event, Accepted) and event.position:
-            print(f"easel: waiting for {event.position} job(s) ahead on the server", file=sys.stderr)
+        if isinstance(event, (Accepted, Queued)) and event.position:  # (0: it starts next)
+            ahead = f"{event.position} job{'s' * (event.position != 1)}"
+            print(f"easel: waiting: {ahead} ahead in the server's queue", file=sys.stderr)
         if isinstance(event, Started) and args.mode in ("img2img", "upscale", "generate"):
             note_tiles(event.passes)
         if isinstance(event, Progress):
@@ -625,7 +626,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     diffuses = not (job.mode == "upscale" and not job.refine)  # (a plain upscale never runs the model)
     connected = False
     try:
-        with Client(args.server, token=args.token, name="easel-cli", cert=args.cert) as client:
+        with Client(args.server, token=args.token, name="easel-cli", cert=args.cert,
+                    queue_every=QUEUE_EVERY) as client:
             connected = True
             client.check(job)  # (over the server's limits: refused before the note on loading, and any upload)
             if diffuses:

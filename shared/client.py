@@ -5,6 +5,10 @@
         for event in easel.events(job):
             ...  # Accepted, Started, Progress (with .preview), then Result or Cancelled
 
+A client made with ``queue_every`` (seconds) asks the server where a job waiting in the queue stands
+while its events are read, and yields ``Queued`` between ``Accepted`` and ``Started`` each time the
+count of jobs ahead changes.
+
 Pictures are ``shared.images.ImageData``: ``ImageData.from_file(path)``, ``from_png(data)``,
 ``from_pil(picture)``, ``from_array(array)``; a result's ``images[i].image`` has ``.data`` (the file's
 bytes), ``.to_pil()`` and ``.to_array()``, with the image's ``seed`` and ``offset`` beside it.
@@ -106,6 +110,10 @@ _log.addHandler(logging.NullHandler())
 # The sync client has pings from websockets 13 on; the WebUI's gradio keeps 11 or 12 (no keepalive there).
 _PINGS = "ping_interval" in inspect.signature(connect).parameters
 
+# s: how often the hosts (Krita, the WebUI tab, `easel run`) ask where a job waiting in the queue stands: a long
+# queue's count then goes down as it moves, for one small `status` a second.
+QUEUE_EVERY = 1.0
+
 _NOT_CONNECTED = ("the client is not connected: call connect() first (or use `with Client(...)`), and again "
                   "after close()")
 
@@ -143,6 +151,15 @@ def _why_cancelled(event: "Cancelled") -> str:
 
 @dataclass
 class Accepted:
+    job: str
+    position: int
+
+
+@dataclass
+class Queued:
+    """The job still waits: ``position`` jobs are ahead of it now, counted as ``Accepted.position`` counts
+    them (the running job included). Only from a client made with ``queue_every``, when the count changed."""
+
     job: str
     position: int
 
@@ -189,7 +206,7 @@ class Cancelled:
     reason: str | None = None  # "shutting_down" when the server cancelled it; None when the client asked
 
 
-Event = Accepted | Started | Progress | Result | Cancelled
+Event = Accepted | Queued | Started | Progress | Result | Cancelled
 
 
 def _meant_url(url: str) -> str:
@@ -210,13 +227,16 @@ class Client:
 
     def __init__(self, url: str = DEFAULT_URL, *, token: str | None = None, name: str = "easel-python",
                  open_timeout: float = 10, max_size: int | None = 2**29, cert: str | None = None,
-                 resume: bool = True, keepalive: float | None = 20):
+                 resume: bool = True, keepalive: float | None = 20, queue_every: float | None = None):
         """``cert``: for a ``wss://`` server with a self-signed certificate (``easel cert``), that
         certificate's PEM file: the connection is trusted only if the server holds its key (pinned).
         ``resume``: when the connection drops (no close from the server), reconnect once and resume the
         session: jobs go on, and endings that were missed arrive as if nothing happened.
         ``keepalive``: seconds between pings; a server that leaves one unanswered as long is given up
-        (``EaselError("closed")``, or the resume above). None: never (so with websockets before 13)."""
+        (``EaselError("closed")``, or the resume above). None: never (so with websockets before 13).
+        ``queue_every``: while a job whose events are read waits in the server's queue, ask the server
+        this often (a ``status``, seconds) how many jobs are ahead of it, and yield ``Queued`` when that
+        changed. None: never (``Accepted.position`` is then the only count)."""
         self.url, self.token, self.name, self.cert = url, token, name, cert
         self.resume = resume
         self.session: str | None = None  # welcome.session
@@ -226,6 +246,9 @@ class Client:
         # Jobs sent but not yet `accepted` (or ended): sent again when a resume says their submit was lost.
         self._unsent: dict[str, Job | PreprocessJob] = {}
         self.open_timeout, self.max_size, self.keepalive = open_timeout, max_size, keepalive
+        self.queue_every = queue_every
+        # Jobs accepted and not yet started, with the jobs ahead of each as last heard: those a wait asks about.
+        self._ahead: dict[str, int] = {}
         self.welcome: dict | None = None
         self._ws = None
         self._jobs: dict[str, collections.deque] = collections.defaultdict(collections.deque)
@@ -250,6 +273,7 @@ class Client:
         self.close()  # (a second connect() left the first socket open, and its session alive at the server)
         self._pending.clear()  # jobs of an earlier session end with it
         self._abandoned.clear()
+        self._ahead.clear()
         self._unsent.clear()
         self._open()
         self._hello()
@@ -272,6 +296,7 @@ class Client:
             lost = sorted(self._pending)
             self._pending.clear()
             self._unsent.clear()
+            self._ahead.clear()
             self.session = None
             self._hello()
             raise EaselError("unknown_session", "the server no longer has this client's session (it restarted, or "
@@ -428,6 +453,7 @@ class Client:
 
     def cancel(self, job: str) -> None:
         """Ask the server to cancel a job; its events end with Cancelled (or its result, if too late)."""
+        self._ahead.pop(job, None)  # (a queued job leaves the queue: no more counts for a host to show)
         self._send({"type": "cancel", "job": job})
 
     def events(self, job: str, timeout: float | None = None) -> Iterator[Event]:
@@ -439,9 +465,18 @@ class Client:
             raise EaselError("unknown_job", f"no job {job} of this client is waiting for its events: it was never "
                              "submitted on this client, or its events were read already", job=job, ends_job=False)
         deadline = None if timeout is None else time.monotonic() + timeout
+        asked = time.monotonic()  # when the job's place in the queue was last asked for (or came with `accepted`)
         while True:
+            until = deadline
+            if self.queue_every is not None and job in self._ahead:  # (never while it runs: not in _ahead)
+                if time.monotonic() - asked >= self.queue_every:
+                    self._ask_places()
+                    asked = time.monotonic()
+                until = asked + self.queue_every if deadline is None else min(asked + self.queue_every, deadline)
             try:
-                if not self._wait(lambda: self._jobs[job], deadline):
+                if not self._wait(lambda: self._jobs[job], until):
+                    if deadline is None or time.monotonic() < deadline:
+                        continue  # time to ask where the job stands
                     raise EaselError("timeout", f"job {job} did not end within {timeout:g}s; it goes on at the server "
                                      "(cancel it, or read its events again)", job=job, ends_job=False)
             except EaselError as exc:
@@ -531,11 +566,19 @@ class Client:
         raise JobCancelled("cancelled", f"preprocess job {job} was cancelled{why}", job=job)
 
     def probe(self) -> None:
-        """Ask for a ``status`` whose reply only counts as a sign of life (``heard``) and is not kept;
-        safe from another thread while one thread reads events, like ``cancel``."""
+        """Ask for a ``status`` whose reply only counts as a sign of life (``heard``) and is not kept (but
+        for where this client's queued jobs stand, with ``queue_every``); safe from another thread while
+        one thread reads events, like ``cancel``."""
         with self._probe_lock:
             self._probes += 1
         self._send({"type": "status"})
+
+    def _ask_places(self) -> None:
+        """A probe for where the queued jobs stand: its reply files their ``Queued`` events."""
+        try:
+            self.probe()
+        except EaselError:
+            pass  # a dropped connection is the read's to find (and resume)
 
     def status(self) -> dict:
         self._send({"type": "status"})
@@ -670,6 +713,8 @@ class Client:
             return  # a refused cancel of a job that ended meanwhile: nobody waits for its events any more
         if ends or kind == "accepted":
             self._unsent.pop(job, None)
+        if ends or kind == "started":
+            self._ahead.pop(job, None)
         if ends:
             self._pending.pop(job, None)
         if kind == "error":
@@ -679,6 +724,7 @@ class Client:
                 raise error
             self._jobs[job].append(error)
         elif kind == "accepted":
+            self._ahead[job] = message["position"]
             self._jobs[job].append(Accepted(job, message["position"]))
         elif kind == "started":
             box = message.get("box")
@@ -693,14 +739,31 @@ class Client:
                                           message["parameters"], message["timings"]))
         elif kind == "cancelled":
             self._jobs[job].append(Cancelled(job, message["while"], message.get("reason")))
-        elif kind == "status" and self._take_probe():
-            return  # a probe's answer: it said the server is alive, nothing more
+        elif kind == "status":
+            self._place(message)
+            if not self._take_probe():  # (a probe's answer said the server is alive, and where the jobs stand)
+                self._replies[kind].append(message)
         else:
             self._replies[kind].append(message)
         if job in self._abandoned:
             self._jobs.pop(job, None)
             if ends:
                 self._abandoned.discard(job)
+
+    def _place(self, status: dict) -> None:
+        """File a ``Queued`` for each waiting job whose count of jobs ahead a ``status`` reply changed; a job
+        it no longer lists as queued runs or has ended (a ``started`` missed in a resume): not asked about."""
+        places = dict(zip(status["queued"], status.get("ahead", ())))  # (a server before `ahead`: no counts)
+        for job, known in list(self._ahead.items()):  # (a copy: ``cancel`` on another thread takes jobs out)
+            if job not in status["queued"]:
+                self._ahead.pop(job, None)
+            elif places.get(job, known) != known:
+                self._ahead[job] = places[job]
+                if self.queue_every is not None:
+                    unread = self._jobs[job]
+                    if unread and isinstance(unread[-1], Queued):
+                        unread.pop()  # not read yet: only the newest count is worth showing
+                    unread.append(Queued(job, places[job]))
 
     def _take_probe(self) -> bool:
         with self._probe_lock:

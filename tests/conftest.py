@@ -18,7 +18,7 @@ from backend.fixtures.demo_annotators import ensure_demo_annotators  # noqa: E40
 from backend.fixtures.demo_model import ensure_demo_model, use_demo  # noqa: E402
 from backend.imaging import to_png  # noqa: E402
 from backend.server import ServerThread  # noqa: E402
-from shared.client import Client  # noqa: E402
+from shared.client import Accepted, Client  # noqa: E402
 from shared.images import ImageData  # noqa: E402
 
 
@@ -74,3 +74,31 @@ def rect_mask(size: tuple[int, int], box: tuple[int, int, int, int]) -> Image.Im
     mask = Image.new("L", size, 0)
     mask.paste(255, box)
     return mask
+
+
+class JobsAhead:
+    """Other clients' jobs ahead in the server's queue, one connection each: the first runs, the others wait
+    behind it, and each would run far longer than a test. ``pass_one()`` cancels the oldest, so the queue
+    moves by one; leaving closes the connections, which ends what is left."""
+
+    HOLD = dict(prompt="hold", steps=150, width=256, height=256, seed=0)  # ~20 s a job on the demo model
+
+    def __init__(self, url: str, count: int = 2):
+        self.url, self.count, self.jobs = url, count, []
+
+    def __enter__(self) -> "JobsAhead":
+        for index in range(self.count):
+            client = Client(self.url, name=f"ahead-{index}").connect()
+            job = client.submit("generate", **self.HOLD)
+            # accepted before the next submit: two connections' messages may reach the server in either order
+            assert isinstance(next(client.events(job)), Accepted)
+            self.jobs.append((client, job))
+        return self
+
+    def pass_one(self) -> None:
+        client, _ = self.jobs.pop(0)
+        client.close()  # (the server ends a closed session's jobs: the running one stops at its next step)
+
+    def __exit__(self, *exc) -> None:
+        for client, _ in self.jobs:
+            client.close()

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import picture, rect_mask
+from conftest import JobsAhead, picture, rect_mask
 from netfaults import Blinker
 from shared.messages import CONTROL_TYPES, REFERENCE_MODES, parse_client_message
 from shared.rules import reach as mask_margin
@@ -283,6 +283,19 @@ def test_a_sentence_keeps_its_lora_tags_in_the_tabs_markdown():
     shown = jobs.markdown("`prompt`: '<lora:x:0.8:0.5>' gives two weights; write <lora:x:WEIGHT> (`<b>` as is)")
     assert shown == ("`prompt`: '&lt;lora:x:0.8:0.5&gt;' gives two weights; write &lt;lora:x:WEIGHT&gt; "
                      "(`<b>` as is)")
+
+
+def test_the_status_counts_down_the_jobs_ahead_while_the_job_waits(server):
+    # the count said at `accepted` stayed until the job started: behind a long queue the tab looked stuck
+    said = []
+    with JobsAhead(server.url, 2) as ahead:
+        for update in jobs.run(jobs.Connection(server.url), values(), "unit"):
+            said.append(update.status)
+            if "ahead" in update.status:
+                ahead.pass_one()  # the queue moves: the next status must show it
+    assert [text for text in said if "ahead" in text] == ["Waiting: 2 jobs ahead in the backend's queue…",
+                                                           "Waiting: 1 job ahead in the backend's queue…"]
+    assert said[-1].startswith("Done: 1 image"), said
 
 
 def test_a_real_inpaint_job_keeps_every_unpainted_pixel(server):

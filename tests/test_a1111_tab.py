@@ -157,9 +157,9 @@ def generate(page) -> str:
 
 def final_text(page) -> str:
     """The text the progress line ends on since ``watch_progress``: every run shows at least one new
-    text; the last one is not "Connecting…", "Queued…", "Running…" or "Step …"."""
+    text; the last one is not "Connecting…", "Waiting…", "Running…" or "Step …"."""
     final = page.wait_for_function("""() => window.easelSeen.map(text => text.trim())
-        .find(text => text && !/^(Connecting|Queued|Running|Step )/.test(text))""", timeout=TIMEOUT * 3)
+        .find(text => text && !/^(Connecting|Waiting|Running|Step )/.test(text))""", timeout=TIMEOUT * 3)
     return final.json_value()
 
 

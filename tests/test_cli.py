@@ -22,7 +22,7 @@ from websockets.sync.client import connect
 from backend.engine import masks
 from backend.engine.passes import near_native
 from backend.server import ServerThread
-from conftest import picture, rect_mask
+from conftest import JobsAhead, picture, rect_mask
 from shared.client import Client
 from test_imaging import krita_profile
 
@@ -85,6 +85,28 @@ def test_run_batch_writes_numbered_files(server, inputs):
     first, second = (np.asarray(Image.open(folder / f"v-{i}.png")) for i in (1, 2))
     assert first.shape == (300, 400, 3) and not (first == second).all()
     assert "seed 9" in done.stdout and "seed 10" in done.stdout
+
+
+def test_run_counts_down_the_jobs_ahead_while_it_waits(server, tmp_path):
+    # the count said at `accepted` stayed until the job started: behind a long queue `easel run` looked stuck
+    with JobsAhead(server.url, 2) as ahead:
+        # (python -m: this checkout's code, where an installed `easel` may be another checkout's)
+        process = subprocess.Popen([sys.executable, "-m", "backend.cli", "run", "generate", "--prompt", "x", "--steps",
+                                    "2", "--width", "64", "--height", "64", "--out", str(tmp_path / "out.png"),
+                                    "--server", server.url], cwd=Path(__file__).parents[1], stdout=subprocess.PIPE,
+                                   stderr=subprocess.PIPE, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+        said = []
+        for line in process.stderr:
+            if "ahead" in line:
+                said.append(line.strip())
+                ahead.pass_one()  # the queue moves: the next count must show it
+            if not ahead.jobs:
+                break
+        _, rest = process.communicate(timeout=120)
+    assert said == ["easel: waiting: 2 jobs ahead in the server's queue",
+                    "easel: waiting: 1 job ahead in the server's queue"]
+    assert process.returncode == 0, rest
+    assert "step 2/2" in rest and "ahead" not in rest
 
 
 def test_run_reports_the_servers_error(server, inputs):

@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 
 from backend.server import ServerThread
-from conftest import picture, png
+from conftest import JobsAhead, picture, png
 from netfaults import Blinker
-from shared.client import Client, EaselError, Progress, Result
+from shared.client import Accepted, Cancelled, Client, EaselError, Progress, Queued, Result, Started
 from shared.images import ImageData
 from shared.job import Job
 
@@ -41,6 +41,56 @@ def test_the_ui_thread_asks_for_status_while_a_worker_thread_reads_a_job(client)
     assert [answer["type"] for answer in answers] == ["status", "models"]
     assert [event.step for event in events if isinstance(event, Progress)] == [1, 2, 3, 4]
     assert isinstance(events[-1], Result)
+
+
+def sent_types(client: Client) -> list[str]:
+    """The types of the messages ``client`` sends from now on (a list that grows)."""
+    sent, send = [], client._send
+    client._send = lambda message: (sent.append(message["type"]), send(message))[1]
+    return sent
+
+
+def test_a_waiting_job_hears_its_place_in_the_queue_go_down_until_it_starts(server):
+    # `accepted.position` was the only count: behind a long queue the job looked stuck until `started`
+    with JobsAhead(server.url, 2) as ahead, Client(server.url, queue_every=0.2) as painter:
+        sent = sent_types(painter)
+        job = painter.submit("generate", prompt="x", steps=2, width=64, height=64, seed=1)
+        later, seen, asked_when_started = None, [], None
+        for event in painter.events(job):
+            seen.append(event)
+            if isinstance(event, Accepted):
+                # other traffic goes on while it waits: an upload with a second job, a status of one's own
+                later = painter.submit("img2img", prompt="y", image=png(picture(64, 64)), strength=0.5, steps=2)
+                assert painter.status()["queued"] == [job, later]
+            if isinstance(event, (Accepted, Queued)) and ahead.jobs:
+                ahead.pass_one()
+            if isinstance(event, Started):
+                asked_when_started = sent.count("status")
+        started = next(index for index, event in enumerate(seen) if isinstance(event, Started))
+        counts = [(type(event), event.position) for event in seen[:started]]
+        # (0: asked in the moment between the job ahead ending and this one starting, while the server frees memory)
+        assert counts in ([(Accepted, 2), (Queued, 1)], [(Accepted, 2), (Queued, 1), (Queued, 0)]), counts
+        assert isinstance(seen[-1], Result)
+        assert asked_when_started >= 2, "its place was never asked for"
+        assert sent.count("status") == asked_when_started, "asked while the job ran"
+        assert isinstance(list(painter.events(later))[-1], Result)
+        assert not painter._replies["status"], "the asks' replies piled up"
+
+
+def test_a_job_asked_about_while_it_waits_still_times_out_and_cancels(server):
+    with JobsAhead(server.url, 1), Client(server.url, queue_every=0.1) as painter:
+        job = painter.submit("generate", prompt="x", steps=2, width=64, height=64, seed=1)
+        sent = sent_types(painter)
+        with pytest.raises(EaselError, match="did not end within 0.5s"):
+            seen = []
+            for event in painter.events(job, timeout=0.5):
+                seen.append(event)
+        assert seen == [Accepted(job, 1)], "a count that did not change came again"
+        assert sent.count("status") >= 3, sent
+        del sent[:]
+        painter.cancel(job)
+        assert list(painter.events(job)) == [Cancelled(job, "queued")]
+        assert sent == ["cancel"]
 
 
 def test_two_threads_each_run_their_own_job_on_one_client(client):

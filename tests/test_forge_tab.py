@@ -180,7 +180,7 @@ def test_pick_the_second_result_of_a_batch(page):
 
 def test_two_browsers_generate_at_once_and_esc_cancels(page, chromium, forge):
     # Forge's queue(64) leaves gradio 4 events one at a time; the tab's events are unlimited, so a second
-    # user's job reaches the backend's queue ("Queued: 1 job ahead") while the first one runs.
+    # user's job reaches the backend's queue ("Waiting: 1 job ahead") while the first one runs.
     other = open_page(chromium, forge["url"])
     try:
         for tab in (page, other):
@@ -194,10 +194,12 @@ def test_two_browsers_generate_at_once_and_esc_cancels(page, chromium, forge):
         page.keyboard.press("Control+Enter")  # the WebUI's shortcut, in Forge's script.js
         page.wait_for_function("() => window.easelSeen.some(text => text.startsWith('Step '))", timeout=TIMEOUT * 2)
         other.click("#easel_generate")
-        other.wait_for_function("() => window.easelSeen.some(text => /^(Queued|Running|Done)/.test(text))",
+        other.wait_for_function("() => window.easelSeen.some(text => /^(Waiting|Running|Done)/.test(text))",
                                 timeout=TIMEOUT * 2)
         seen = other.evaluate("window.easelSeen")
-        assert any(text.startswith("Queued: 1 job ahead") for text in seen), (seen, page.evaluate("window.easelSeen"))
+        assert any(text.startswith("Waiting: 1 job ahead") for text in seen), (seen, page.evaluate("window.easelSeen"))
+        # a waiting job can be cancelled too: the button shows while the line says "Waiting: …"
+        other.wait_for_function("() => document.querySelector('#easel_interrupt').style.display === 'block'")
         page.keyboard.press("Escape")
         page.wait_for_function("() => window.easelSeen.some(text => text.trim() === 'Cancelled.')")
         other.wait_for_function("() => window.easelSeen.some(text => text.startsWith('Done: 1 image'))",

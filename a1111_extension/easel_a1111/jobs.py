@@ -20,6 +20,7 @@ from PIL import Image
 from .params import InputError, TabValues, build_job, control_png, decode, field_label, unused_mask_note
 from .protocol import (
     DEFAULT_URL,
+    QUEUE_EVERY,
     SAMPLER_LABELS,
     Accepted,
     Cancelled,
@@ -27,6 +28,7 @@ from .protocol import (
     EaselError,
     Job,
     Progress,
+    Queued,
     Result,
     Started,
     cancel_reason,
@@ -72,7 +74,7 @@ class Connection:
     def client(self, open_timeout: float = 5) -> Client:
         """A client, not yet connected (``with`` connects it)."""
         return Client(self.url, token=self.token or None, name="easel-a1111", open_timeout=open_timeout,
-                      cert=self.cert or None)
+                      cert=self.cert or None, queue_every=QUEUE_EVERY)
 
 
 # The running job of each browser session, so the Cancel button (another request, maybe another
@@ -238,8 +240,8 @@ def run(connection: Connection, values: TabValues, session: str) -> Iterator[Upd
 
 
 def _shown(event, values: TabValues, request: Job) -> Iterator[Update]:
-    if isinstance(event, Accepted) and event.position > 0:  # 0: it starts next, "Running" follows
-        yield Update(f"Queued: {event.position} job{'s' * (event.position != 1)} ahead on the backend…")
+    if isinstance(event, (Accepted, Queued)) and event.position > 0:  # 0: it starts next, "Running" follows
+        yield Update(f"Waiting: {event.position} job{'s' * (event.position != 1)} ahead in the backend's queue…")
     elif isinstance(event, Started):
         yield Update(f"Running: {event.steps} steps at {event.diffusion_size[0]}x{event.diffusion_size[1]}…")
     elif isinstance(event, Progress):

@@ -38,7 +38,18 @@ def _load() -> None:
 _load()
 
 from easel_shared import capabilities, compose, geometry, model_capabilities, model_list, rules  # noqa: E402
-from easel_shared.client import Accepted, Cancelled, Client, EaselError, Progress, Result, ResultImage, Started  # noqa: E402
+from easel_shared.client import (  # noqa: E402
+    QUEUE_EVERY,
+    Accepted,
+    Cancelled,
+    Client,
+    EaselError,
+    Progress,
+    Queued,
+    Result,
+    ResultImage,
+    Started,
+)
 from easel_shared.errors import ProtocolError, cancel_reason  # noqa: E402
 from easel_shared.fields import item_field  # noqa: E402
 from easel_shared.images import ImageData  # noqa: E402
@@ -47,6 +58,7 @@ from easel_shared.job import ControlUnit, Job, Reference, Sampling  # noqa: E402
 from easel_shared.messages import CONTROL_TYPES, DEFAULT_URL, MAX_SEED, MODES, PREPROCESSORS, REFERENCE_MODES, SAMPLERS  # noqa: E402
 
 __all__ = ["Accepted", "CONTROL_TYPES", "Cancelled", "Client", "ControlUnit", "DEFAULT_URL", "EaselError", "ImageData",
-           "Job", "MAX_SEED", "MODES", "PREPROCESSORS", "Progress", "ProtocolError", "REFERENCE_MODES", "Reference",
+           "Job", "MAX_SEED", "MODES", "PREPROCESSORS", "Progress", "ProtocolError", "QUEUE_EVERY", "Queued",
+           "REFERENCE_MODES", "Reference",
            "Result", "ResultImage", "SAMPLERS", "SAMPLER_LABELS", "Sampling", "Started", "cancel_reason",
            "capabilities", "compose", "geometry", "infotext", "item_field", "model_capabilities", "model_list", "rules"]

@@ -2,7 +2,7 @@
 // its own Interrupt buttons: the WebUI's script.js reads its style.display to decide what Esc and
 // Ctrl+Enter do in the current tab. A job runs while the progress line says so.
 (function() {
-    var BUSY = /^(Connecting|Queued|Running|Step )/;
+    var BUSY = /^(Connecting|Waiting|Running|Step )/;
 
     function follow() {
         var app = gradioApp();

@@ -43,7 +43,8 @@ class EaselDocker(host.DockWidget):
         self.worker.state_shown.connect(self._show_state)
         self.worker.models_changed.connect(lambda _reply: self._show_models())
         self._show_state(self.worker.state, self.worker.message)
-        self.session.accepted.connect(self._on_accepted)
+        self.session.accepted.connect(self._on_waiting)
+        self.session.queued.connect(self._on_waiting)
         self.session.started.connect(self._on_started)
         self.session.progress.connect(self._on_progress)
         self.session.preview.connect(self._on_preview)
@@ -487,7 +488,7 @@ class EaselDocker(host.DockWidget):
         self.preview.clear()
         self.preview.hide()
 
-    def _on_accepted(self, job: str, ahead: int) -> None:
+    def _on_waiting(self, job: str, ahead: int) -> None:
         if job == self.job and ahead > 0:  # 0: it runs next, "Working …" stays until it starts
             self._say(f"Waiting: {ahead} job{'s' * (ahead != 1)} ahead in the server's queue …")
 

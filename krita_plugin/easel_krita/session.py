@@ -95,7 +95,8 @@ class Pending:
 class Session(QObject):
     """Jobs of one docker (or one test) on one worker; forwards the worker's events for its jobs.
 
-    ``accepted(job, jobs ahead in the server's queue)``, ``started(job, steps, width, height)`` (the
+    ``accepted(job, jobs ahead in the server's queue)``, then ``queued(job, jobs ahead)`` each time that
+    count changes while the job waits, ``started(job, steps, width, height)`` (the
     denoising steps per image and the size the model works at), ``progress(job, step, total)``,
     ``preview(job, QImage)``, then one of ``finished(job, results)``, ``failed(job, sentence)``,
     ``cancelled(job, reason)`` (``reason``: the server's, e.g. "shutting_down", when it cancelled the job
@@ -103,6 +104,7 @@ class Session(QObject):
     """
 
     accepted = pyqtSignal(str, int)
+    queued = pyqtSignal(str, int)
     started = pyqtSignal(str, int, int, int)
     finished = pyqtSignal(str, object)
     failed = pyqtSignal(str, str)
@@ -458,6 +460,8 @@ class Session(QObject):
             return
         if kind == "accepted":
             self.accepted.emit(job, payload)
+        elif kind == "queued":
+            self.queued.emit(job, payload)
         elif kind == "started":
             steps, (width, height) = payload
             self.started.emit(job, steps, width, height)

@@ -35,7 +35,8 @@ def sentence(exc: BaseException) -> str:
 class Worker(QObject):
     """A connection to the Easel server, with a job thread and automatic reconnects.
 
-    Signals carry the job id first; ``job_event`` kinds are accepted (jobs ahead in the queue),
+    Signals carry the job id first; ``job_event`` kinds are accepted (jobs ahead in the queue), queued
+    (jobs ahead now, each time that count changes while the job waits: the worker asks every QUEUE_EVERY s),
     started ((steps, (width, height)): denoising steps per image and the size the model works at),
     progress ((step, total)), preview (QImage), result (whatever ``finish`` returned), error (a
     sentence) and cancelled (the server's ``reason`` when it cancelled the job itself, else None).
@@ -278,7 +279,7 @@ class Worker(QObject):
             return False
         def fresh():
             return client_module.Client(self.url, token=self.token or None, name="easel-krita", open_timeout=5,
-                                        cert=self.cert or None)
+                                        cert=self.cert or None, queue_every=client_module.QUEUE_EVERY)
 
         client = orphan if resuming else fresh()
         try:
@@ -439,6 +440,8 @@ class Worker(QObject):
     def _forward(self, job: str, event, client_module, finish, client) -> None:
         if isinstance(event, client_module.Accepted):
             self.job_event.emit(job, "accepted", event.position)
+        elif isinstance(event, client_module.Queued):
+            self.job_event.emit(job, "queued", event.position)
         elif isinstance(event, client_module.Started):
             self.job_event.emit(job, "started", (event.steps, event.diffusion_size))
         elif isinstance(event, client_module.Progress):

@@ -1048,6 +1048,41 @@ def scenario_docker_buttons(ctx):
     doc.close()
 
 
+def scenario_docker_counts_down_the_jobs_ahead(ctx):
+    """A job behind two other clients' jobs: the docker's message counts the jobs ahead down as the queue
+    moves (it said the count at `accepted`, and nothing else until the job started)."""
+    from easel_krita import host, protocol
+    from easel_krita.docker import EaselDocker
+    host.write_setting("url", ctx["url"])
+    docker = EaselDocker()
+    doc = new_doc()
+    paint_layer(doc, "paint", fill_rgba8())
+    docker._document = lambda: doc  # headless Krita has no active window or document
+    wait_for(None, timeout=30, until=lambda: docker.worker.state == "connected")
+    ahead = []  # one connection each, as other painters: the first runs, the second waits behind it
+    try:
+        for index in range(2):
+            other = protocol.client_module().Client(ctx["url"], name=f"ahead-{index}").connect()
+            job = other.submit("generate", prompt="hold", steps=150, width=256, height=256, seed=0)  # ~20 s
+            next(other.events(job))  # accepted before the next submit: else the two may arrive either way round
+            ahead.append(other)
+        docker.prompt.setPlainText("a red door")
+        docker.steps.setValue(2)
+        docker.strength.setValue(100)
+        docker.generate_button.click()
+        for count in ("2 jobs", "1 job"):
+            said = f"Waiting: {count} ahead in the server's queue …"
+            wait_for(None, timeout=60, until=lambda said=said: docker.message.text() == said)
+            check(docker.message.text() == said, f"the docker says {docker.message.text()!r}, not {said!r}")
+            ahead.pop(0).close()  # the server ends a closed connection's jobs: the queue moves by one
+        fired = wait_for(docker.session, ["finished", "failed", "cancelled"], timeout=60)
+        check(fired and fired[0] == "finished", f"the job ended with {fired} {docker.message.text()!r}")
+    finally:
+        for other in ahead:
+            other.close()
+        doc.close()
+
+
 def scenario_docker_fits_a_narrow_dock(ctx):
     """Docked narrow, the docker needs no horizontal scroll bar, even with long model and layer names and a
     long sentence in it, nor do its lists of results, units and references; Generate, the progress and the
