@@ -22,6 +22,7 @@ from backend.engine.engine import Engine
 from backend.engine.models import ModelRegistry, pick_device
 from backend.server import ServerThread
 from conftest import picture
+from netfaults import Blinker
 from webui_env import A1111, SETUP, free_port, serving, webui_folder, webui_source
 
 CHROMIUM = Path(os.environ.get("EASEL_CHROMIUM", "/usr/bin/chromium"))
@@ -264,6 +265,31 @@ def test_ctrl_enter_starts_a_job_and_esc_cancels_it(page):
     assert steps and "150/150" not in steps[-1], steps
     assert page.locator("#easel_gallery img").count() == 0
     page.locator("#easel_interrupt").wait_for(state="hidden")
+
+
+def test_esc_cancels_a_job_whose_connection_is_being_made_again(page, webui):
+    # A link that blinks mid-job: the tab reconnects and cancels once it is back, but its Cancel was hidden
+    # while it said "reconnecting…", so the WebUI's Esc did nothing (and Ctrl+Enter started a second job).
+    blinker = Blinker(webui["server"])
+    point_at(page, blinker.url)
+    try:
+        page.locator("#easel_prompt textarea").fill("a lighthouse")
+        choose(page, "easel_mode", "generate")
+        set_number(page, "easel_steps", 150)
+        watch_progress(page)
+        page.keyboard.press("Control+Enter")
+        page.wait_for_function("() => window.easelSeen.some(text => text.startsWith('Step 2/150'))",
+                               timeout=TIMEOUT * 2)
+        blinker.cut(4)
+        page.wait_for_function("() => window.easelSeen.some(text => text.includes('reconnecting'))")
+        assert page.locator("#easel_interrupt").is_visible()
+        page.keyboard.press("Escape")
+        page.wait_for_function("() => window.easelSeen.some(text => text.trim() === 'Cancelled.')")
+        assert not any("150/150" in text for text in page.evaluate("window.easelSeen"))
+        page.locator("#easel_interrupt").wait_for(state="hidden")
+    finally:
+        point_at(page, webui["server"])
+        blinker.close()
 
 
 def test_bad_input_gets_a_sentence_and_the_next_job_runs(page, files):

@@ -354,16 +354,27 @@ def capabilities(connection: Connection) -> dict | None:
     return offered(connection).capabilities
 
 
-def markdown(sentence: str, error: bool = False) -> str:
+def markdown(sentence: str, error: bool = False, busy: bool = False) -> str:
     """A sentence as the tab's Markdown lines show it: a ``<lora:name:w>`` in it otherwise reads as an HTML tag
     or a link and loses its brackets (the painter would then type the tag without them, and the prompt would
     hold plain words, no LoRA). Code spans show their text as it is, so they are left alone. An ``error`` is
     marked as the WebUI marks its own (``<div class='error'>``, coloured by style.css), or it reads like a
-    status line; the blank lines keep its text Markdown (an HTML block's own lines are not)."""
+    status line; the blank lines keep its text Markdown (an HTML block's own lines are not). ``busy``: said
+    while a job is still in flight, marked (an empty ``<span class='easel-busy'>``) for javascript/easel.js,
+    which shows Cancel for the WebUI's Esc and Ctrl+Enter then (read off the text, it missed the lines of a
+    job whose connection is being made again)."""
     parts = re.split(r"(`[^`]*`)", sentence)
     text = "".join(part if part.startswith("`") else part.replace("<", "&lt;").replace(">", "&gt;")
                    for part in parts)
+    if busy:
+        text += "<span class='easel-busy'></span>"
     return f"<div class='error'>\n\n{text}\n\n</div>" if error else text
+
+
+def busy(session: str) -> bool:
+    """Whether this session's job is still in flight."""
+    with _lock:
+        return session in _running
 
 
 def status_line(connection: Connection) -> str:
