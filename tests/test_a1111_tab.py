@@ -330,6 +330,21 @@ def test_upscale_makes_the_picture_larger(page, files):
     assert "Easel mode: upscale" in page.locator("#easel_info textarea").input_value()
 
 
+def test_a_16_bit_grey_picture_reaches_the_job_in_its_greys(page, tmp_path):
+    # gradio converted the upload to RGBA with Pillow, which clips 16 bits: a depth map or a scan, shown in its
+    # greys in the editor, reached the job (and the result) all but white.
+    deep = Image.fromarray((np.mgrid[0:64, 0:96][1] * 689).astype(np.uint16))  # 0 .. 65455 left to right
+    deep.save(tmp_path / "deep.png")
+    upload(page, "easel_picture", tmp_path / "deep.png")
+    choose(page, "easel_mode", "upscale")
+    page.locator("#easel_upscaler input").click()
+    page.locator("#easel_upscaler li", has_text="lanczos").first.click()
+    assert generate(page).startswith("Done: 1 image"), text_of(page, "easel_progress")
+    larger = image_of(page, "easel_selected").convert("L").resize((96, 64), Image.Resampling.BOX)
+    greys = (np.asarray(deep, np.int64) + 128) // 257
+    assert np.abs(np.asarray(larger, np.int64) - greys).mean() < 4
+
+
 def box(page, selector: str) -> dict:
     return page.locator(selector).first.bounding_box()
 
