@@ -460,6 +460,20 @@ def test_inpaint_fill_runs_lama_through_spandrel_when_configured(demo_config, tm
     assert (with_lama[..., 3] == with_telea[..., 3]).all() and not (with_lama == with_telea).all()
 
 
+def test_lama_on_a_reduced_crop_keeps_nothing_of_what_it_removes():
+    """A thin band across a wide picture is filled at a reduced size: the colour under it (the wire to
+    remove) must not reach the fill (it came back, blurred, up to 80 levels off on a 6000 x 400 panorama)."""
+    from backend.fixtures.demo_lama import ensure_demo_lama
+
+    lama = fill.Lama(str(ensure_demo_lama()), "cpu")
+    rgb = np.asarray(picture(2048, 48))
+    region = np.zeros((48, 2048), bool)
+    region[22:25, 16:2032] = True  # 3 px, under a pixel once reduced to LaMa's 512 px
+    filled = [lama(np.where(region[..., None], np.uint8(wire), rgb), region)[region] for wire in ((255, 0, 255),
+                                                                                                (0, 255, 0))]
+    assert (filled[0] == filled[1]).all()
+
+
 def test_mask_padding_sets_the_context_kept_around_the_mask(client):
     """A1111's "only masked padding": more padding, a larger crop around the same mask (and the
     crop a host plans with the same padding)."""

@@ -167,8 +167,11 @@ class Lama:
         crop, hole = rgb[y0:y1, x0:x1], region[y0:y1, x0:x1]
         scale = min(1.0, self.LAMA_SIDE / max(crop.shape[:2]))
         size = (max(8, -(-round(crop.shape[1] * scale) // 8) * 8), max(8, -(-round(crop.shape[0] * scale) // 8) * 8))
-        picture = np.asarray(Image.fromarray(np.ascontiguousarray(crop)).resize(size, Image.Resampling.BICUBIC))
-        mask = np.asarray(Image.fromarray(hole.astype(np.uint8) * 255).resize(size, Image.Resampling.NEAREST)) > 0
+        # reduced, the hole's own colour would smear past its edge and a thin hole (a wire across a panorama)
+        # could vanish from a sampled mask, so LaMa kept what was to be removed: the hole is edge-extended
+        # first, and every reduced pixel the hole touches is masked
+        picture = np.asarray(Image.fromarray(border(crop, hole)).resize(size, Image.Resampling.BICUBIC))
+        mask = np.asarray(Image.fromarray(hole.astype(np.uint8) * 255).resize(size, Image.Resampling.BOX)) > 0
         mask = ndimage.binary_dilation(mask, iterations=2)  # cover the resampled edge
         with torch.no_grad():
             image = torch.from_numpy(np.array(picture)).permute(2, 0, 1)[None].float().div(255).to(self.device)
