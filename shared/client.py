@@ -285,7 +285,9 @@ class Client:
         client says hello afresh on the new connection and raises ``EaselError("unknown_session")``:
         it is connected, with a new session, and its unfinished jobs are gone."""
         if self._ws is not None:
-            self._ws.close()
+            # 1001 (going away) keeps the session for the resume below; a plain close() (1000) would end it and
+            # cancel its jobs, so a reconnect on a connection still open lost them all.
+            self._ws.close(1001)
         self._open()
         try:
             self._hello(resume=True)

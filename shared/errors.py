@@ -35,7 +35,8 @@ ERROR_CODES = {
     "out_of_memory": "The device ran out of memory during the job; lower the size, batch, ControlNets or references.",
     "not_received": "A `hello.pending` job whose submit this session never received (lost with the connection): "
                     "send it again.",
-    "unknown_session": "`hello.resume` names no session this server kept (it expired, or was never one).",
+    "unknown_session": "`hello.resume` names no session this server kept (closed by its client, expired, or "
+                       "never one), or the one this connection already holds.",
     "shutting_down": "The server is stopping: it takes no new jobs.",
     "internal": "The server failed unexpectedly on a job or a message; it keeps running.",
 }

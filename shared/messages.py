@@ -188,15 +188,17 @@ SERVER_MESSAGES: dict[str, dict[str, Field]] = {
         "model": Field("string", required=True),
         "steps": Field("integer", "Denoising steps that will actually run per image and pass.", required=True,
                        minimum=0),
-        "diffusion_size": Field("array", "[width, height] the model works at.", required=True,
-                                items=Field("integer", minimum=8), min_items=2),
+        # At least 8 where a model runs; an upscale without refine runs none, and names its target (a 3 x 2
+        # picture's: 6 x 4), as does a preprocess its picture.
+        "diffusion_size": Field("array", "[width, height] the model works at (an upscale without refine: its "
+                                "target size).", required=True, items=Field("integer", minimum=1), min_items=2),
         "box": BOX,
         "passes": Field("array", "The diffusion passes, in the order they run (an inpaint diffuses far-apart "
                         "mask islands in passes of their own; progress counts steps over all of them). Each "
                         "pass's box lies inside `box`.", items=Field("object", fields={
                             "box": replace(BOX, required=True),
                             "diffusion_size": Field("array", "[width, height] the pass is diffused at.",
-                                                    required=True, items=Field("integer", minimum=8), min_items=2),
+                                                    required=True, items=Field("integer", minimum=1), min_items=2),
                         })),
     },
     "progress": {

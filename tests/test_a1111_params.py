@@ -888,3 +888,18 @@ def test_a_picture_sent_to_easel_lands_in_the_mode_it_came_from():
     assert sent_mode("txt2img", None, "generate", 1.0) == ("inpaint", 1.0)
     assert sent_mode("txt2img", None, "upscale", 1.0) == ("upscale", 1.0)
     assert sent_mode("txt2img", None, "img2img", 0.5) == ("img2img", 0.5)
+
+
+def test_a_16_bit_grey_picture_is_sent_and_kept_in_its_greys(server):
+    # A 16-bit grey PNG (a depth map, a scan) opens in Pillow as I;16, whose conversion to 8 bits clips:
+    # the job got a white picture (and a white depth map), and an inpaint was composited over white.
+    deep = Image.fromarray((np.mgrid[0:96, 0:128][1] * 516).astype(np.uint16))  # 0 .. 65532 left to right
+    greys = ((np.asarray(deep, np.int64) + 128) // 257).astype(np.uint8)
+    unit = ControlSpec(enabled=True, type="depth", source=OWN_IMAGE, image=deep)
+    source = values(picture=deep, controls=[unit], steps=4)
+    job = build_job(source)
+    assert (pixels(job.image)[..., 0] == greys).all() and (pixels(job.control[0].image)[..., 0] == greys).all()
+    final = list(jobs.run(jobs.Connection(server.url), source, "deep"))[-1]
+    assert final.status.startswith("Done: 1 image"), final.status
+    out = np.asarray(final.images[0])
+    assert (out[80:, 100:, 0] == greys[80:, 100:]).all() and (out[80:, 100:, 3] == 255).all()  # far from the mask

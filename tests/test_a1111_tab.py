@@ -22,6 +22,7 @@ from backend.engine.engine import Engine
 from backend.engine.models import ModelRegistry, pick_device
 from backend.server import ServerThread
 from conftest import picture
+from netfaults import Blinker
 from webui_env import A1111, SETUP, free_port, serving, webui_folder, webui_source
 
 CHROMIUM = Path(os.environ.get("EASEL_CHROMIUM", "/usr/bin/chromium"))
@@ -266,6 +267,31 @@ def test_ctrl_enter_starts_a_job_and_esc_cancels_it(page):
     page.locator("#easel_interrupt").wait_for(state="hidden")
 
 
+def test_esc_cancels_a_job_whose_connection_is_being_made_again(page, webui):
+    # A link that blinks mid-job: the tab reconnects and cancels once it is back, but its Cancel was hidden
+    # while it said "reconnecting…", so the WebUI's Esc did nothing (and Ctrl+Enter started a second job).
+    blinker = Blinker(webui["server"])
+    point_at(page, blinker.url)
+    try:
+        page.locator("#easel_prompt textarea").fill("a lighthouse")
+        choose(page, "easel_mode", "generate")
+        set_number(page, "easel_steps", 150)
+        watch_progress(page)
+        page.keyboard.press("Control+Enter")
+        page.wait_for_function("() => window.easelSeen.some(text => text.startsWith('Step 2/150'))",
+                               timeout=TIMEOUT * 2)
+        blinker.cut(4)
+        page.wait_for_function("() => window.easelSeen.some(text => text.includes('reconnecting'))")
+        assert page.locator("#easel_interrupt").is_visible()
+        page.keyboard.press("Escape")
+        page.wait_for_function("() => window.easelSeen.some(text => text.trim() === 'Cancelled.')")
+        assert not any("150/150" in text for text in page.evaluate("window.easelSeen"))
+        page.locator("#easel_interrupt").wait_for(state="hidden")
+    finally:
+        point_at(page, webui["server"])
+        blinker.close()
+
+
 def test_bad_input_gets_a_sentence_and_the_next_job_runs(page, files):
     page.locator("#easel_prompt textarea").fill("a red door")
     assert generate(page) == "Inpaint needs a picture: upload one first."
@@ -302,6 +328,21 @@ def test_upscale_makes_the_picture_larger(page, files):
     back = np.asarray(larger.convert("RGB").resize((192, 128), Image.Resampling.BOX), np.int16)
     assert np.abs(back - np.asarray(Image.open(files["picture"]).convert("RGB"), np.int16)).mean() < 8
     assert "Easel mode: upscale" in page.locator("#easel_info textarea").input_value()
+
+
+def test_a_16_bit_grey_picture_reaches_the_job_in_its_greys(page, tmp_path):
+    # gradio converted the upload to RGBA with Pillow, which clips 16 bits: a depth map or a scan, shown in its
+    # greys in the editor, reached the job (and the result) all but white.
+    deep = Image.fromarray((np.mgrid[0:64, 0:96][1] * 689).astype(np.uint16))  # 0 .. 65455 left to right
+    deep.save(tmp_path / "deep.png")
+    upload(page, "easel_picture", tmp_path / "deep.png")
+    choose(page, "easel_mode", "upscale")
+    page.locator("#easel_upscaler input").click()
+    page.locator("#easel_upscaler li", has_text="lanczos").first.click()
+    assert generate(page).startswith("Done: 1 image"), text_of(page, "easel_progress")
+    larger = image_of(page, "easel_selected").convert("L").resize((96, 64), Image.Resampling.BOX)
+    greys = (np.asarray(deep, np.int64) + 128) // 257
+    assert np.abs(np.asarray(larger, np.int64) - greys).mean() < 4
 
 
 def box(page, selector: str) -> dict:

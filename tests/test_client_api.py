@@ -213,6 +213,19 @@ def test_a_closed_client_says_to_connect(server):
         list(easel.events(job))
 
 
+def test_a_reconnect_on_a_connection_still_open_keeps_the_session_and_its_job(server):
+    # reconnect() closed the old connection with code 1000, which ends a session at once: the resume then got
+    # `unknown_session` and the running job was cancelled.
+    with Client(server.url) as client:
+        session = client.session
+        job = client.submit("generate", prompt="x", steps=12, width=128, height=128, seed=1)
+        events = client.events(job)
+        next(event for event in events if isinstance(event, Progress))
+        client.reconnect()
+        assert client.session == session
+        assert isinstance(list(client.events(job))[-1], Result)
+
+
 def test_a_long_drop_names_the_job_to_follow_after_reconnecting(server):
     link = Blinker(server.url)
     try:

@@ -337,6 +337,23 @@ def test_a_preprocess_refused_for_its_preprocessor_leaves_its_upload(session):
     assert accepted["type"] == "accepted", "the upload is still there"
 
 
+def test_a_resume_that_cannot_be_says_why_not_an_expiry_that_did_not_happen(state):
+    # Both got "it expired (after 120s) or the server restarted": a client that had closed its session with
+    # close() a second earlier, or that sent its own session's id again, went looking for a clock problem.
+    closed = state.open()
+    (welcome,) = send(closed, {"type": "hello", "protocol": PROTOCOL_VERSION})
+    closed.close()  # what a close frame with code 1000, or without a code, does
+    error = send(state.open(), {"type": "hello", "protocol": PROTOCOL_VERSION, "resume": welcome["session"]})[0]
+    assert (error["code"], error["field"]) == ("unknown_session", "resume")
+    assert "its client closed it" in error["message"], error["message"]
+    session = state.open()
+    (welcome,) = send(session, {"type": "hello", "protocol": PROTOCOL_VERSION})
+    error = send(session, {"type": "hello", "protocol": PROTOCOL_VERSION, "resume": welcome["session"]})[0]
+    assert (error["code"], error["field"]) == ("unknown_session", "resume")
+    assert "this connection already holds that session" in error["message"], error["message"]
+    assert send(session, {"type": "status"})[0]["type"] == "status", "the connection goes on with its session"
+
+
 def test_a_job_without_an_id_gets_one(session):
     submit = dict(SUBMIT)
     del submit["job"]

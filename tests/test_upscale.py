@@ -1,6 +1,8 @@
 """Upscale: super-resolution models through spandrel (configured, or found in A1111 / ComfyUI folders), the
 `upscale` mode with its optional refine in tiles, the demo upscalers, bad input, and `easel run upscale`."""
 
+import base64
+import json
 import re
 
 import numpy as np
@@ -8,12 +10,15 @@ import pytest
 import torch
 from PIL import Image
 from safetensors.torch import save_file
+from websockets.sync.client import connect
 
 from backend.config import ConfigError, load_config
 from backend.engine.upscalers import Upscalers, scale_from_name, upscale_tiled
 from backend.fixtures.demo_model import DEMO_UPSCALERS, demo_upscalers
 from conftest import decode, picture, png
+from schema_check import validator
 from shared.client import Accepted, Cancelled, EaselError, Progress, Started
+from shared.messages import PROTOCOL_VERSION
 
 
 def events_of(client, **params):
@@ -148,6 +153,25 @@ def test_upscale_makes_the_picture_larger_and_like_itself(client):
     assert np.abs(back - np.asarray(small, np.int16)).mean() < 8, "the same picture, larger"
     assert result.parameters["upscaler"] == "4x-demo-compact" and result.parameters["scale"] == 2.5
     assert result.parameters["refine"] == 0
+
+
+def test_a_tiny_pictures_upscale_is_valid_traffic(server):
+    # Without refine no model runs and `started` names the target as the diffusion size, 6 x 4 here: the
+    # schema held every diffusion size to 8 or more, so a client checking the server's messages refused it.
+    tiny = base64.b64encode(png(Image.new("RGB", (3, 2), (200, 120, 40))).data).decode()
+    server_message = validator("server_message")
+    with connect(server.url, max_size=None) as ws:
+        ws.send(json.dumps({"type": "hello", "protocol": PROTOCOL_VERSION}))
+        ws.send(json.dumps({"type": "submit", "job": "tiny", "mode": "upscale", "image": {"data": tiny},
+                            "upscaler": "lanczos", "inline": True}))
+        seen = [json.loads(ws.recv(timeout=60))]
+        while seen[-1]["type"] not in ("result", "error", "cancelled"):
+            seen.append(json.loads(ws.recv(timeout=60)))
+    for message in seen:
+        server_message.validate(message)
+    started = next(message for message in seen if message["type"] == "started")
+    assert started["passes"] == [{"box": [0, 0, 6, 4], "diffusion_size": [6, 4]}]
+    assert seen[-1]["images"][0]["width"] == 6
 
 
 def test_lanczos_is_plain_resampling_and_a_target_size_keeps_the_aspect(client):

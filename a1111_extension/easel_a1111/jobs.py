@@ -17,7 +17,7 @@ from typing import Iterator
 import numpy as np
 from PIL import Image
 
-from .params import InputError, TabValues, build_job, control_png, decode, field_label, unused_mask_note
+from .params import InputError, TabValues, build_job, control_png, decode, eight_bit, field_label, unused_mask_note
 from .protocol import (
     DEFAULT_URL,
     QUEUE_EVERY,
@@ -279,7 +279,7 @@ def finish(values: TabValues, result: Result, job: Job | None = None) -> tuple[l
     for item in sorted(result.images, key=lambda item: item.index):
         picture = decode(item.image)
         if parameters.get("mode") in ("inpaint", "remove", "instruct"):
-            base = np.asarray(values.picture.convert("RGBA"))
+            base = np.asarray(eight_bit(values.picture).convert("RGBA"))
             picture = Image.fromarray(compose.composite(base, np.asarray(picture), item.offset), "RGBA")
         images.append(picture)
         texts.append(infotext(parameters, item.seed, picture.size))
@@ -356,16 +356,27 @@ def capabilities(connection: Connection) -> dict | None:
     return offered(connection).capabilities
 
 
-def markdown(sentence: str, error: bool = False) -> str:
+def markdown(sentence: str, error: bool = False, busy: bool = False) -> str:
     """A sentence as the tab's Markdown lines show it: a ``<lora:name:w>`` in it otherwise reads as an HTML tag
     or a link and loses its brackets (the painter would then type the tag without them, and the prompt would
     hold plain words, no LoRA). Code spans show their text as it is, so they are left alone. An ``error`` is
     marked as the WebUI marks its own (``<div class='error'>``, coloured by style.css), or it reads like a
-    status line; the blank lines keep its text Markdown (an HTML block's own lines are not)."""
+    status line; the blank lines keep its text Markdown (an HTML block's own lines are not). ``busy``: said
+    while a job is still in flight, marked (an empty ``<span class='easel-busy'>``) for javascript/easel.js,
+    which shows Cancel for the WebUI's Esc and Ctrl+Enter then (read off the text, it missed the lines of a
+    job whose connection is being made again)."""
     parts = re.split(r"(`[^`]*`)", sentence)
     text = "".join(part if part.startswith("`") else part.replace("<", "&lt;").replace(">", "&gt;")
                    for part in parts)
+    if busy:
+        text += "<span class='easel-busy'></span>"
     return f"<div class='error'>\n\n{text}\n\n</div>" if error else text
+
+
+def busy(session: str) -> bool:
+    """Whether this session's job is still in flight."""
+    with _lock:
+        return session in _running
 
 
 def status_line(connection: Connection) -> str:

@@ -257,7 +257,8 @@ def build(connection: Callable[[], jobs.Connection], host: Host | None = None) -
                         host.save(image, text, values.mode, made)
                 if update.images is None:
                     preview_ = keep if update.preview is None else update.preview
-                    yield jobs.markdown(update.status, update.failed), preview_, keep, keep, keep, keep, keep
+                    yield (jobs.markdown(update.status, update.failed, not update.done), preview_, keep, keep, keep,
+                           keep, keep)
                 else:
                     yield (jobs.markdown(update.status, update.failed), keep, update.images, update.images,
                            update.infotexts, update.images[0] if update.images else None,
@@ -272,7 +273,7 @@ def build(connection: Callable[[], jobs.Connection], host: Host | None = None) -
         def cancel_job(request: gr.Request):
             # While a job runs, its own events end in "Cancelled."; writing here could race that.
             message = jobs.cancel(_session(request))
-            return gr.update() if message is None else jobs.markdown(message)
+            return gr.update() if message is None else jobs.markdown(message, busy=jobs.busy(_session(request)))
 
         generate.click(run_job, inputs=inputs,
                        outputs=[progress, preview, gallery, images, texts, selected, info], **compat.CONCURRENT)

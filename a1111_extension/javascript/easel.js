@@ -1,9 +1,8 @@
 // The Easel tab's Cancel button (#easel_interrupt) is shown only while a job runs, as the WebUI shows
 // its own Interrupt buttons: the WebUI's script.js reads its style.display to decide what Esc and
-// Ctrl+Enter do in the current tab. A job runs while the progress line says so.
+// Ctrl+Enter do in the current tab. A job runs while the progress line is marked busy (jobs.markdown):
+// also while its connection is being made again, when a Cancel is sent once it is back.
 (function() {
-    var BUSY = /^(Connecting|Waiting|Running|Step )/;
-
     function follow() {
         var app = gradioApp();
         var cancel = app.querySelector('#easel_interrupt');
@@ -12,7 +11,7 @@
             return;
         }
         var update = function() {
-            cancel.style.display = BUSY.test(progress.innerText.trim()) ? 'block' : 'none';
+            cancel.style.display = progress.querySelector('.easel-busy') ? 'block' : 'none';
         };
         update();
         new MutationObserver(update).observe(progress, {subtree: true, childList: true, characterData: true});

@@ -297,18 +297,25 @@ class Session:
         engine.refresh_folders()
         if "resume" in message and self.greeted and message["resume"] != self.token:
             # Taking another session over would orphan this one: its jobs would run on with nowhere to send
-            # their endings, kept (and counted) for ever. (Its own id is `unknown_session` below: resumed already.)
+            # their endings, kept (and counted) for ever.
             raise ProtocolError("invalid_field", "this connection already has a session: resume on a new connection, "
                                 "in its first hello", "resume")
+        if "resume" in message and self.greeted:
+            # Its own id: nothing to take over. Said as such, not as an expiry the client would look for.
+            raise ProtocolError("unknown_session", "this connection already holds that session (resumed or "
+                                "greeted here): nothing to resume; resume only on a new connection, after a drop",
+                                "resume")
         if "resume" in message:
             # A dropped connection's session, or one whose old connection the server still thinks is open
             # (the client noticed the drop first): the transport closes that old connection.
             kept = self.state.detached.pop(message["resume"], None) or next(
                 (s for s in self.state.sessions if s.token == message["resume"] and s is not self), None)
             if kept is None:
-                raise ProtocolError("unknown_session", "no session to resume by that id: it expired (after "
-                                    f"{config.resume_seconds:g}s) or the server restarted; say hello without "
-                                    "`resume`", "resume")
+                # Ended sessions leave no trace, so every way a session ends is named.
+                raise ProtocolError("unknown_session", "no session to resume by that id: its client closed it "
+                                    "(close code 1000, or a close frame without a code, ends a session), it "
+                                    f"expired (no resume within {config.resume_seconds:g}s of the drop) or the "
+                                    "server restarted; say hello without `resume`", "resume")
             if kept.expiry is not None:
                 kept.expiry.cancel()
                 kept.expiry = None
