@@ -61,13 +61,20 @@ def split_prompt(prompt: str, field: str = "prompt") -> tuple[str, list[tuple[st
     return text, found
 
 
-def missing(what: str, name: str, available, left_out: Mapping[str, str] | None = None) -> str:
+def missing(what: str, name: str, available, left_out: Mapping[str, str] | None = None,
+            family: str | None = None) -> str:
     """The sentence for a ``what`` (LoRA, model) called ``name`` that is not among ``available``: why the
     server left such a file out, or the name it has in other capitals (A1111 on Windows finds
-    ``<lora:Detail:1>`` for detail.safetensors), and what it has."""
+    ``<lora:Detail:1>`` for detail.safetensors), and what it has. With the job model's ``family`` (and
+    ``available`` a name -> family mapping), what it has for that family, the others counted."""
     if left_out and name in left_out:
         return f"{what} {shown(name)} cannot be used: {left_out[name]}"
     names = ", ".join(sorted(available)) or "none"
+    if family is not None and isinstance(available, Mapping):
+        fitting = sorted(other for other, kind in available.items() if kind in (None, family))
+        others = len(available) - len(fitting)
+        names = f"for {family} models, {', '.join(fitting) or 'none'}" + (
+            f" (and {others} for other families)" if others else "")
     # ComfyUI names files with their folder and suffix (styles/ink.safetensors); A1111 by the bare name
     stripped = re.sub(r"\.(safetensors|ckpt|pt)$", "", name.replace("\\", "/"), flags=re.IGNORECASE).casefold()
     bare = stripped.rsplit("/", 1)[-1]
@@ -98,7 +105,7 @@ def check(loras: list[tuple[str, float, str]], available: Mapping[str, str | Non
     not known); ``left_out``: name -> why, for files the server found but cannot use."""
     for name, _, where in loras:
         if name not in available:
-            raise ProtocolError("unknown_lora", missing("LoRA", name, available, left_out), where)
+            raise ProtocolError("unknown_lora", missing("LoRA", name, available, left_out, family), where)
         made_for = available[name]
         if family is not None and made_for is not None and made_for != family:
             fitting = sorted(other for other, kind in available.items() if kind == family)

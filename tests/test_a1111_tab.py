@@ -444,6 +444,21 @@ def test_backend_down_reads_as_a_sentence(page, webui):
     page.wait_for_function(f"() => {STATUS}.innerText.includes('on cpu')")
 
 
+def test_a_job_that_reaches_the_backend_brings_the_status_line_and_models_back(page, webui):
+    # A backend started after the WebUI, or restarted: a job ran there, and the status line went on saying
+    # "Cannot reach…" (the model list offering only "Server default") until Check backend was clicked.
+    with backend_down(page, webui["server"]):
+        point_at(page, webui["server"])  # the backend is back; nobody clicks Check backend
+        assert "Cannot reach" in text_of(page, "easel_status")
+        page.locator("#easel_prompt textarea").fill("a lighthouse")
+        choose(page, "easel_mode", "generate")
+        set_number(page, "easel_steps", 2)
+        assert generate(page).startswith("Done")
+        page.wait_for_function(f"() => {STATUS}.innerText.includes('on cpu')")
+        page.locator("#easel_model input").click()
+        assert page.locator("#easel_model li", has_text="demo-base").count() == 1
+
+
 # how a Markdown line's text is drawn: its colour, and the frame around it (an error's div is its own block)
 LOOK = """(id) => {
     const line = document.querySelector(`#${id} [data-testid=markdown] p`);

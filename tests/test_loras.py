@@ -102,7 +102,10 @@ def test_loras_are_listed_with_their_family(client):
 
 
 @pytest.mark.parametrize("params, code, field, words", [
-    ({"loras": [{"name": "demo-lora"}, {"name": "nope"}]}, "unknown_lora", "loras[1].name", "demo-lora-diffusers"),
+    # what it has for the job's model: an SD 1.5 painter was offered the SDXL LoRAs too
+    ({"loras": [{"name": "demo-lora"}, {"name": "nope"}]}, "unknown_lora", "loras[1].name",
+     "no LoRA named 'nope'; this server has: for sd15 models, demo-lora, demo-lora-diffusers (and 2 for other "
+     "families)"),
     ({"loras": [{"name": "demo-lora", "weight": 2.5}]}, "invalid_field", "loras[0].weight", "at most 2"),
     ({"loras": [{"name": "demo-xl-lora"}]}, "wrong_family", "loras[0].name",
      "for sdxl models, but model 'demo' is sd15: pick a model of the sdxl family for it, or one of the sd15 "

@@ -275,7 +275,7 @@ def build(connection: Callable[[], jobs.Connection], host: Host | None = None) -
             message = jobs.cancel(_session(request))
             return gr.update() if message is None else jobs.markdown(message, busy=jobs.busy(_session(request)))
 
-        generate.click(run_job, inputs=inputs,
+        ran = generate.click(run_job, inputs=inputs,
                        outputs=[progress, preview, gallery, images, texts, selected, info], **compat.CONCURRENT)
         # Not queued: it must get through while the generate event holds the queue.
         cancel.click(cancel_job, inputs=None, outputs=[progress], queue=False)
@@ -361,9 +361,10 @@ def build(connection: Callable[[], jobs.Connection], host: Host | None = None) -
         mode.change(lambda label, mode_: gr.update(info=guidance_note(models.chosen(label), mode_)),
                     inputs=[model, mode], outputs=[guidance], queue=False)
         # then the fields again: a backend started after the WebUI, another one set in Settings, a LoRA added
-        # to its folder (the picked model's label, and so its change event, may stay the same)
-        for button in (refresh, refresh_models):
-            button.click(refresh_backend, inputs=[model], outputs=[status, model], queue=False).then(**offer_fields)
+        # to its folder (the picked model's label, and so its change event, may stay the same). After each job
+        # too: one that reached a backend started (or restarted) since left the status line saying it could not.
+        for event in (refresh.click, refresh_models.click, ran.then):
+            event(refresh_backend, inputs=[model], outputs=[status, model], queue=False).then(**offer_fields)
         if host.sent_from:
             sent_tab = gr.Number(value=-1, visible=False, elem_id="easel_sent_tab")  # for the page script
             sent_tab.do_not_save_to_config = True
