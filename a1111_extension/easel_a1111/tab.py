@@ -120,7 +120,7 @@ def build(connection: Callable[[], jobs.Connection], host: Host | None = None) -
             start = model_offer(models.chosen(models.label(picked)), offered)  # what that model takes
             model = gr.Dropdown(list(models.labels), value=models.label(picked), label="Model",
                                 elem_id="easel_model")
-            # (per page: cleared once picked, or when the painter picks a model)
+            # (per page, until picked; a model the painter picked meanwhile stays)
             saved_model = gr.State(saved if picked is None else None)
             # the WebUI's refresh symbol, as beside its checkpoint list, and its small square "tool" look (a
             # plain button was as tall as the whole dropdown and four times as wide)
@@ -366,7 +366,6 @@ def build(connection: Callable[[], jobs.Connection], host: Host | None = None) -
         for event in (refresh.click, refresh_models.click, ran.then):
             event(refresh_backend, inputs=[model, saved_model], outputs=[status, model, saved_model],
                   queue=False).then(**offer_fields)
-        model.input(lambda: None, inputs=None, outputs=[saved_model], queue=False)  # the painter's own pick
         if host.sent_from:
             sent_tab = gr.Number(value=-1, visible=False, elem_id="easel_sent_tab")  # for the page script
             sent_tab.do_not_save_to_config = True
