@@ -12,6 +12,7 @@ from .model_capabilities import ModelCapabilities
 
 FAMILY_NAMES = {"sd15": "SD 1.5", "sdxl": "SDXL", "flux": "Flux"}
 MASKED_MODES = ("inpaint", "expand", "remove")
+SERVER_DEFAULT = "Server default"  # the picker's first entry: let the server choose
 SHORT_LIST = 3  # ControlNet types named one by one up to this many, else counted
 
 
@@ -93,10 +94,24 @@ def picker_labels(models_reply: dict | None, capabilities: dict | None = None) -
     choose), then every model."""
     choices = model_choices(models_reply, capabilities)
     default = next((choice.name for choice in choices if choice.default), None)
-    first = f"Server default ({default})" if default else "Server default"
+    first = f"{SERVER_DEFAULT} ({default})" if default else SERVER_DEFAULT
     return {first: "", **{choice.label: choice.name for choice in choices}}
 
 
 def label_for(labels: dict[str, str], name: str | None) -> str:
     """The entry a picker shows for ``name``: its label while it is listed, else the server default's."""
     return next((label for label, listed in labels.items() if listed == (name or "")), next(iter(labels)))
+
+
+def name_for(labels: dict[str, str], label: str | None) -> str | None:
+    """The model a picker entry stands for, by its name where the entry was written from an earlier offer (a
+    saved default: a model's description changes with the server's ControlNets, its default's name with the
+    default): "" for the server's default, None for a model not listed now."""
+    if label in labels:
+        return labels[label]
+    if not label or label.startswith(SERVER_DEFAULT):
+        return ""
+    # the longest name that begins the label as a name does ("demo-xl (…" is not "demo"'s)
+    named = [name for name in labels.values() if name and (label == name or label.startswith((f"{name} (",
+                                                                                               f"{name}, ")))]
+    return max(named, key=len, default=None)

@@ -446,6 +446,25 @@ def test_the_model_picker_lists_what_each_model_can_do():
     assert model_choices(None) == () and picker_labels(None) == {"Server default": ""}
 
 
+def test_a_saved_model_label_is_read_by_the_models_name_whatever_the_offer_says_now():
+    # A saved default (ui-config.json) holds the label of its day: a ControlNet or an IP-Adapter added since
+    # changes the label, and one that no longer matches was dropped for the server's default.
+    from shared.model_list import name_for, picker_labels
+
+    reply = {"type": "models", "default": "demo-xl", "models": [
+        {"name": "demo", "family": "sd15", "native_size": 512},
+        {"name": "demo-xl", "family": "sdxl", "native_size": 1024, "inpaint_model": True},
+        {"name": "plain", "family": None}]}
+    labels = picker_labels(reply, {"reference_families": ["sdxl"]})
+    assert name_for(labels, "demo-xl (SDXL, 1024 px: inpaint UNet, references), default") == "demo-xl"
+    assert name_for(labels, "demo-xl (SDXL, 1024 px: inpaint UNet, 13 ControlNet types), default") == "demo-xl"
+    assert name_for(labels, "demo (SD 1.5, 512 px: references + face)") == "demo"  # not "demo-xl"
+    assert name_for(labels, "plain, default") == "plain" and name_for(labels, "plain") == "plain"
+    assert name_for(labels, "Server default (demo)") == name_for(labels, None) == ""  # the server's, whichever
+    assert name_for(labels, "gone (SD 1.5, 512 px)") is None and name_for(labels, "demonic") is None
+    assert name_for(picker_labels(None), "demo (SD 1.5, 512 px)") is None  # no backend: not listed yet
+
+
 def test_the_model_picker_describes_each_model_by_its_own_capabilities():
     from shared.model_list import model_choices
 
@@ -888,6 +907,18 @@ def test_a_picture_sent_to_easel_lands_in_the_mode_it_came_from():
     assert sent_mode("txt2img", None, "generate", 1.0) == ("inpaint", 1.0)
     assert sent_mode("txt2img", None, "upscale", 1.0) == ("upscale", 1.0)
     assert sent_mode("txt2img", None, "img2img", 0.5) == ("img2img", 0.5)
+
+
+def test_png_info_sets_the_mode_of_a_picture_that_is_not_an_easel_result():
+    # PNG Info's Send to Easel of a WebUI picture left the tab on generate, which ignored the picture; an
+    # Easel result's infotext names its mode, which the paste sets (None: left to it).
+    from easel_a1111.params import pnginfo_mode
+
+    webui = "a cat\nSteps: 20, Sampler: Euler a, CFG scale: 7, Seed: 3, Size: 64x64, Model: v1-5-pruned-emaonly"
+    assert pnginfo_mode(webui, "generate") == "inpaint"
+    assert pnginfo_mode(webui, "img2img") == "img2img" and pnginfo_mode("", "generate") == "inpaint"
+    easel = infotext({"mode": "generate", "prompt": "Easel mode: upscale", "steps": 2}, 5, (64, 64))
+    assert pnginfo_mode(easel, "inpaint") is None
 
 
 def test_a_16_bit_grey_picture_is_sent_and_kept_in_its_greys(server):

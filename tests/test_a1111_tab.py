@@ -74,10 +74,17 @@ def easel_errors(page) -> list:
 @pytest.fixture
 def page(browser, webui):
     """A fresh page on the Easel tab; page errors there (or naming it) fail the test."""
+    with easel_page(browser, webui["url"]) as opened:
+        yield opened
+
+
+@contextlib.contextmanager
+def easel_page(browser, url: str):
+    """A fresh page of the WebUI at ``url`` on the Easel tab; page errors there (or naming it) fail the test."""
     page = browser.new_page(viewport={"width": 1400, "height": 1200})
     page.set_default_timeout(TIMEOUT)
     page.add_init_script(RECORD_ERRORS)
-    page.goto(webui["url"])
+    page.goto(url)
     open_tab(page, "Easel")
     page.locator("#easel_generate").wait_for()
     yield page
@@ -430,6 +437,22 @@ def backend_down(page, server_url: str):
         page.wait_for_function(f"() => {STATUS}.innerText.includes('on cpu')")
 
 
+def test_a_saved_model_default_is_picked_once_a_backend_started_after_the_webui_answers(browser, server,
+                                                                                        tmp_path):
+    # The WebUI started before the backend: the tab offered "Server default" alone and dropped the Model saved
+    # in Settings > Defaults without a word (nor would its label, an earlier offer's, have matched later on).
+    webui_source(A1111)
+    root = webui_folder(tmp_path / "webui", settings={"easel_url": f"ws://127.0.0.1:{free_port()}/"},
+                        ui_defaults={"easel/Model/value": "demo-base (SD 1.5, 512 px: 12 ControlNet types)"})
+    with serving(A1111, root) as (url, _), easel_page(browser, url) as page:
+        assert "Cannot reach" in text_of(page, "easel_status")
+        assert page.locator("#easel_model input").input_value() == "Server default"
+        point_at(page, server.url)
+        page.click("#easel_refresh")
+        page.wait_for_function("() => document.querySelector('#easel_model input').value === "
+                               "'demo-base (SD 1.5, 512 px: 13 ControlNet types, references + face)'")
+
+
 def test_backend_down_reads_as_a_sentence(page, webui):
     with backend_down(page, webui["server"]) as down:
         # (Markdown shows `easel serve` as code, without the backticks)
@@ -757,7 +780,7 @@ def test_a_flux_fill_inpaint_on_auto_cfg_is_saved_and_pasted_back_as_it_ran(page
     page.wait_for_function("() => document.querySelector('#easel_cfg').innerText.includes('auto: 30,')")
 
 
-def test_png_info_of_another_models_picture_leaves_cfg_on_auto(page, tmp_path):
+def test_png_info_of_another_models_picture_leaves_cfg_on_auto_and_generate_for_inpaint(page, tmp_path):
     # A WebUI picture's "CFG scale: 7" is its own model's: pasted as it was, a Flux Fill inpaint ran at 7.
     from PIL.PngImagePlugin import PngInfo
 
@@ -768,6 +791,7 @@ def test_png_info_of_another_models_picture_leaves_cfg_on_auto(page, tmp_path):
     picture(64, 64, seed=4).save(path, pnginfo=text)
     pick_model(page, "demo-flux (")
     set_number(page, "easel_cfg", 5)
+    choose(page, "easel_mode", "generate")  # which would ignore the picture: inpaint, as from txt2img
     open_tab(page, "PNG Info")
     page.locator("#pnginfo_image input[type=file]").set_input_files(str(path))
     page.wait_for_function("() => document.querySelector('#pnginfo_generation_info textarea').value.includes('cat')")
@@ -775,6 +799,7 @@ def test_png_info_of_another_models_picture_leaves_cfg_on_auto(page, tmp_path):
     page.wait_for_function("() => document.querySelector('#easel_prompt textarea').value === 'a cat'")
     assert page.locator("#easel_cfg input[type=number]").input_value() == "0"
     assert "demo-flux" in page.locator("#easel_model input").input_value()
+    page.wait_for_function("() => document.querySelector('#easel_mode input:checked').value === 'inpaint'")
     page.wait_for_function("() => document.querySelector('#easel_cfg').innerText.includes('auto: 30,')")
 
 

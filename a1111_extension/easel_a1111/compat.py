@@ -54,12 +54,6 @@ def image_input(label: str, elem_id: str):
     return gr.Image(label=label, elem_id=elem_id, type="pil", source="upload", image_mode=None)
 
 
-def choices(values) -> list[tuple[str, str]]:
-    """A Radio's or Dropdown's ``choices`` attribute for ``values``, set after it was made: both gradios keep
-    (label, value) pairs there."""
-    return [(str(value), value) for value in values]
-
-
 def run_script(code: str) -> dict:
     """An event's page script (run in the browser after the event's inputs are read), if any."""
     if not code:

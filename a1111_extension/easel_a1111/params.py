@@ -182,12 +182,24 @@ def sent_mode(source: str, img2img_tab: int | None, mode: str, strength: float) 
     """(Mode, Strength) for a picture "Send to Easel" brings from the WebUI's ``source`` tab (``img2img_tab``:
     the img2img mode tab it was made in): inpaint from img2img's inpaint tabs, img2img from its others (at the
     WebUI's 0.75 when Strength is 1, which would paint a new picture over it); from txt2img the painter's
-    mode, but for generate, which would ignore the picture: inpaint, the tab's own edit."""
+    mode as ``picture_mode`` says."""
     if source == "img2img" and img2img_tab is not None:
         if img2img_tab in IMG2IMG_INPAINT_TABS:
             return "inpaint", strength
         return "img2img", WEBUI_DENOISING if strength >= 1 else strength
-    return ("inpaint" if mode == "generate" else mode), strength
+    return picture_mode(mode), strength
+
+
+def picture_mode(mode: str) -> str:
+    """The Mode for a picture sent to the tab from elsewhere: the painter's, but for generate, which would
+    ignore the picture: inpaint, the tab's own edit."""
+    return "inpaint" if mode == "generate" else mode
+
+
+def pnginfo_mode(text: str | None, mode: str) -> str | None:
+    """The Mode for a picture PNG Info sends with its infotext ``text``: None for an Easel result, whose
+    infotext's mode the paste sets; for another picture ``picture_mode``."""
+    return None if infotext_value(text, "Easel mode") in TAB_MODES else picture_mode(mode)
 
 
 def with_lora(prompt: str, name: str, weight: float = 1.0) -> str:
@@ -248,9 +260,16 @@ def sampler_from_infotext(params: dict) -> str | None:
 def seed_from_infotext(text: str | None) -> int | None:
     """The seed an infotext names (its last line: a prompt may say "Seed: 3" too), or None when it names none
     (no result yet)."""
+    found = infotext_value(text, "Seed")
+    return int(found) if found and found.isdigit() else None
+
+
+def infotext_value(text: str | None, key: str) -> str | None:
+    """What an infotext's parameters line (its last: a prompt may say "Seed: 3" too) gives ``key``, as written
+    there; None when it names none."""
     lines = (text or "").strip().split("\n")
-    found = re.search(r"(?:^|, )Seed: (\d+)(?:,|$)", lines[-1])
-    return int(found[1]) if found else None
+    found = re.search(rf"(?:^|, ){re.escape(key)}: ([^,]*)(?:,|$)", lines[-1])
+    return found[1] if found else None
 
 
 # Pillow's modes for a picture of more than 8 bits a pixel: a 16-bit grey PNG (a depth map, a scan) opens as

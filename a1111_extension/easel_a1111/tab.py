@@ -23,6 +23,7 @@ from .params import (
     guidance_note,
     mask_to_send,
     model_offer,
+    pnginfo_mode,
     sampler_from_infotext,
     saving_fields,
     seed_from_infotext,
@@ -61,6 +62,10 @@ class Host:
     # page script that puts img2img's mode tab index (0 img2img ... 4 inpaint upload) first in its inputs
     sent_from: dict | None = None
     img2img_tab: str = ""
+    # PNG Info's (Send to Easel button, infotext box): the button also sets the Mode of a picture not Easel's
+    pnginfo: tuple | None = None
+    # (a field's label) -> the value Settings > Defaults saved for it (ui-config.json), or None
+    saved_default: Callable | None = None
 
 
 class Models:
@@ -81,8 +86,9 @@ class Models:
         return model_list.chosen(self.reply, self.name(label))
 
     def name(self, label: str | None) -> str:
-        """The model a label stands for; "" (the server's default) for one no longer listed."""
-        return self.labels.get(label or "", "")
+        """The model a label stands for (by its name, for a label written from an earlier offer); "" (the
+        server's default) for one no longer listed."""
+        return model_list.name_for(self.labels, label) or ""
 
     def label(self, name: str | None) -> str:
         return model_list.label_for(self.labels, name)
@@ -105,8 +111,17 @@ def build(connection: Callable[[], jobs.Connection], host: Host | None = None) -
             refresh = gr.Button("Check backend", elem_id="easel_refresh", scale=0, size="sm")
         with gr.Row():
             models = Models(backend)
-            start = model_offer(models.chosen(None), offered)  # what the server's default model takes
-            model = gr.Dropdown(list(models.labels), value=models.label(None), label="Model", elem_id="easel_model")
+            # A model saved in Settings > Defaults, by its name: the WebUI keeps a saved value only while it is
+            # one of the choices, and the saved label describes the offer of its day (a ControlNet added since
+            # changes it). One the backend does not list now (not started yet) is picked once it does.
+            saved = host.saved_default("Model") if host.saved_default else None
+            saved = saved if isinstance(saved, str) else None
+            picked = model_list.name_for(models.labels, saved)
+            start = model_offer(models.chosen(models.label(picked)), offered)  # what that model takes
+            model = gr.Dropdown(list(models.labels), value=models.label(picked), label="Model",
+                                elem_id="easel_model")
+            # (per page, until picked; a model the painter picked meanwhile stays)
+            saved_model = gr.State(saved if picked is None else None)
             # the WebUI's refresh symbol, as beside its checkpoint list, and its small square "tool" look (a
             # plain button was as tall as the whole dropdown and four times as wide)
             refresh_models = gr.Button("\U0001f504", elem_id="easel_model_refresh", scale=0, elem_classes=["tool"])
@@ -134,8 +149,8 @@ def build(connection: Callable[[], jobs.Connection], host: Host | None = None) -
                     # every family at SD's 7, and a default that followed the model would be saved as a fixed
                     # number by the WebUI's ui-config.json at its first start. The note says what auto is.
                     guidance = gr.Slider(0.0, 30.0, value=0.0, step=0.5, label="CFG scale (0: auto)",
-                                         info=guidance_note(models.chosen(None), mode.value), elem_id="easel_cfg",
-                                         min_width=PAIRED)
+                                         info=guidance_note(models.chosen(model.value), mode.value),
+                                         elem_id="easel_cfg", min_width=PAIRED)
                     sampler = gr.Dropdown([SAMPLER_LABELS[name] for name in SAMPLERS], value=DEFAULT_SAMPLER,
                                           label="Sampling method", elem_id="easel_sampler", min_width=PAIRED)
                 # instruct: the prompt is the instruction, CFG scale how strongly it is followed
@@ -296,11 +311,14 @@ def build(connection: Callable[[], jobs.Connection], host: Host | None = None) -
         lora.input(add_lora, inputs=[prompt, lora], outputs=[prompt, lora], queue=False)
         random_seed.click(lambda: -1, inputs=None, outputs=[seed], queue=False)
         reuse_seed.click(reuse, inputs=[info], outputs=[seed, progress], queue=False)
-        def refresh_backend(current):
+        def refresh_backend(current, saved_):
             picked = models.name(current)
             models.update(jobs.offered(connection()))
+            listed = model_list.name_for(models.labels, saved_) if saved_ else None
+            if listed and not picked:  # the saved default, now listed, while the picker still says the server's
+                picked, saved_ = listed, None
             return (jobs.status_markdown(connection()),
-                    gr.update(choices=list(models.labels), value=models.label(picked)))
+                    gr.update(choices=list(models.labels), value=models.label(picked)), saved_)
 
         if host.send_buttons is not None and host.inpaint_upload is not None:
             def send_with_mask(result, pic, invert_):
@@ -334,24 +352,6 @@ def build(connection: Callable[[], jobs.Connection], host: Host | None = None) -
             return updates + [gr.update(visible=references) for _ in refs] + [
                 gr.update(choices=list(can.loras), value=None, visible=bool(can.loras))]
 
-        def offer_saved_model(label):
-            # The WebUI calls a dropdown's ``init_field`` when it gives it a value saved in Settings > Defaults,
-            # before the page is served: the page then starts with that model's offer, not the server
-            # default's the tab was built with (and a saved Mode is kept only where that model has it).
-            can = model_offer(models.chosen(label), models.offer)
-            mode.choices = compat.choices(can.modes)
-            mode.value = first_mode(can.modes, mode.value)
-            for name, value in negative_prompt(can.negative_prompt).items():
-                setattr(negative, name, value)
-            image_guidance.visible = can.image_guidance
-            guidance.info = guidance_note(models.chosen(label), mode.value)
-            for box in unit_boxes:
-                box.visible = bool(can.control_types)
-            for box in ref_boxes:
-                box.visible = bool(can.reference_modes)
-            lora.choices, lora.visible = compat.choices(can.loras), bool(can.loras)
-
-        model.init_field = offer_saved_model
         # (not the Radio's input event: gradio 4 sends it for the model's own update of the radio too)
         wanted_mode = gr.State(None)
         offer_fields = dict(fn=offer_model, inputs=[model, mode, wanted_mode], queue=False,
@@ -364,7 +364,8 @@ def build(connection: Callable[[], jobs.Connection], host: Host | None = None) -
         # to its folder (the picked model's label, and so its change event, may stay the same). After each job
         # too: one that reached a backend started (or restarted) since left the status line saying it could not.
         for event in (refresh.click, refresh_models.click, ran.then):
-            event(refresh_backend, inputs=[model], outputs=[status, model], queue=False).then(**offer_fields)
+            event(refresh_backend, inputs=[model, saved_model], outputs=[status, model, saved_model],
+                  queue=False).then(**offer_fields)
         if host.sent_from:
             sent_tab = gr.Number(value=-1, visible=False, elem_id="easel_sent_tab")  # for the page script
             sent_tab.do_not_save_to_config = True
@@ -380,6 +381,15 @@ def build(connection: Callable[[], jobs.Connection], host: Host | None = None) -
                 script = host.img2img_tab if source == "img2img" else ""
                 button.click(land(source), inputs=[sent_tab, model, mode, strength], outputs=[mode, strength],
                              queue=False, **compat.run_script(script))
+        if host.pnginfo:
+            def land_pnginfo(text, label, mode_):
+                # an Easel result's own mode is the paste's (below); only the other pictures' is set here
+                wanted = pnginfo_mode(text, mode_)
+                return gr.update() if wanted is None else first_mode(
+                    model_offer(models.chosen(label), models.offer).modes, wanted)
+
+            button, text = host.pnginfo
+            button.click(land_pnginfo, inputs=[text, model, mode], outputs=[mode], queue=False)
         if host.paste_fields is not None:
             host.paste_fields(picture, [
                 (prompt, "Prompt"), (negative, "Negative prompt"), (steps, "Steps"),

@@ -1,7 +1,8 @@
-"""The only module that touches the WebUI: settings, the tab callback, "Send to" buttons both ways
-and saving results, all through the public extension API (``script_callbacks``, ``shared.opts``, the
-paste-params buttons, ``images.save_image``)."""
+"""The only module that touches the WebUI: settings, the tab callback, "Send to" buttons both ways,
+saved UI defaults and saving results, all through the public extension API (``script_callbacks``,
+``shared.opts``, the paste-params buttons, ``images.save_image``) and the WebUI's ui-config.json."""
 
+import json
 from types import SimpleNamespace
 
 from modules import shared as webui_shared
@@ -73,6 +74,7 @@ def after_component(component, **kwargs) -> None:
     # their own (an image browser's), where a button bound to PNG Info's text would send the wrong picture.
     elif elem_id == "extras_tab" and "pnginfo_generation_info" in _created and f"{TAB}_tab" not in _created:
         button = paste.create_buttons([TAB])[TAB]
+        _created[f"pnginfo_send_to_{TAB}"] = button  # the tab sets its Mode from it
         paste.register_paste_params_button(paste.ParamBinding(
             paste_button=button, tabname=TAB, source_text_component=_created["pnginfo_generation_info"],
             source_image_component=_created.get("pnginfo_image")))
@@ -105,16 +107,29 @@ def inpaint_upload():
     return targets if all(target is not None for target in targets) else None
 
 
+def saved_default(label: str):
+    """The value Settings > Defaults saved for the Easel tab's field ``label`` (in the WebUI's ui-config.json,
+    by the key the WebUI gives it); None when there is none."""
+    try:
+        with open(webui_shared.cmd_opts.ui_config_file, encoding="utf8") as file:
+            return json.load(file).get(f"{TAB}/{label}/value")
+    except (OSError, ValueError, AttributeError):  # none saved yet, or a file the WebUI itself reports
+        return None
+
+
 def ui_tabs():
     from .tab import Host, build  # gradio is imported only once the WebUI builds its UI
     # switch_to_img2img_tab: the WebUI's page script; "Inpaint upload" is img2img's fifth mode
     sent_from = {tab: _created[f"{tab}_send_to_{TAB}"] for tab in ("txt2img", "img2img")
                  if f"{tab}_send_to_{TAB}" in _created}
+    pnginfo = (_created[f"pnginfo_send_to_{TAB}"], _created["pnginfo_generation_info"]) \
+        if f"pnginfo_send_to_{TAB}" in _created else None
     host = Host(send_buttons=add_send_buttons, paste_fields=add_paste_fields, save=save,
                 inpaint_upload=inpaint_upload(),
                 show_inpaint_upload="(...args) => { switch_to_img2img_tab(4); return args; }", sent_from=sent_from,
                 # (the WebUI's get_tab_index, as its own img2img submit reads the mode tab)
-                img2img_tab="(...args) => { args[0] = get_tab_index('mode_img2img'); return args; }")
+                img2img_tab="(...args) => { args[0] = get_tab_index('mode_img2img'); return args; }",
+                pnginfo=pnginfo, saved_default=saved_default)
     return [(build(connection, host), "Easel", TAB)]
 
 
