@@ -167,7 +167,6 @@ def build_edit_job(job: Job, uploads: dict[str, ImageData], limits: Limits, mode
         else float(IMAGE_GUIDANCE if job.image_guidance is None else job.image_guidance))
     return dataclasses.replace(
         work, loras=tuple((name, float(weight)) for name, weight, _ in wanted), preset=job.preset,
-        submitted_prompt=submitted if submitted != prompt else None,
         few_step=bool(preset and preset.few_step), timestep_spacing=preset.timestep_spacing if preset else None)
 
 

@@ -71,8 +71,6 @@ class EditJob:
     # target size is ``width`` x ``height`` and ``strength`` the refine strength (0: none)
     loras: tuple[tuple[str, float], ...] = ()  # (name, weight), the prompt's <lora:> tags already merged in
     preset: str | None = None  # the preset the job named (already applied to its fields)
-    submitted_prompt: str | None = None  # the submit's prompt (<lora:> tags out), where a preset's template made
-    # ``prompt`` of it
     few_step: bool = False  # its preset says the model denoises in a few steps: at least 1 step runs
     timestep_spacing: str | None = None  # the scheduler's; None: the model's own
     # img2img: a strong one of a large picture is remade whole first (passes.plan_passes); False for the refine

@@ -17,6 +17,7 @@ from backend.presets import Preset
 from backend.presets import describe as describe_presets
 from shared.errors import ProtocolError
 from shared.images import ImageData, encode_frame
+from shared.loras import split_prompt
 from shared.messages import FAMILIES, IMAGE_FORMATS, MODES, PROTOCOL_VERSION, REFERENCE_MODES, SAMPLERS
 from shared.rules import seed_range
 from shared.vocabulary import BUILTIN_UPSCALER
@@ -156,8 +157,9 @@ def parameters(job: Job, run: EngineResult) -> dict:
         out["loras"] = [{"name": name, "weight": weight} for name, weight in work.loras]
     if work.preset:
         out["preset"] = work.preset
-    if work.submitted_prompt is not None:  # the submit's own: sent again with the preset, it is wrapped the same
-        out.update(prompt=work.submitted_prompt, encoded_prompt=work.prompt)
+    asked = split_prompt(job.request.prompt)[0]  # the submit's own prompt, its <lora:> tags out
+    if asked != work.prompt:  # a preset's template wrapped it: sent again with the preset, it is wrapped the same
+        out.update(prompt=asked, encoded_prompt=work.prompt)
     if work.control:
         # (a unit's resolution changes the map its preprocessor makes: left out, a re-submit got another map)
         out["control"] = [{"type": u.type, "preprocess": u.preprocessor or "off", "scale": u.scale,
