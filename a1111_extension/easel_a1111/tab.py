@@ -366,6 +366,9 @@ def build(connection: Callable[[], jobs.Connection], host: Host | None = None) -
         for event in (refresh.click, refresh_models.click, ran.then):
             event(refresh_backend, inputs=[model, saved_model], outputs=[status, model, saved_model],
                   queue=False).then(**offer_fields)
+        # The painter's own pick, "Server default" too, stands for the page's life: the saved default no longer
+        # waits. (select, not input: gradio 4 sends input for the refresh's update as well, select only for a pick.)
+        model.select(lambda: None, inputs=None, outputs=[saved_model], queue=False)
         if host.sent_from:
             sent_tab = gr.Number(value=-1, visible=False, elem_id="easel_sent_tab")  # for the page script
             sent_tab.do_not_save_to_config = True
