@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from backend.run_files import read_picture
 from conftest import JobsAhead, picture, rect_mask
 from netfaults import Blinker
 from shared.messages import CONTROL_TYPES, REFERENCE_MODES, parse_client_message
@@ -919,6 +920,21 @@ def test_png_info_sets_the_mode_of_a_picture_that_is_not_an_easel_result():
     assert pnginfo_mode(webui, "img2img") == "img2img" and pnginfo_mode("", "generate") == "inpaint"
     easel = infotext({"mode": "generate", "prompt": "Easel mode: upscale", "steps": 2}, 5, (64, 64))
     assert pnginfo_mode(easel, "inpaint") is None
+
+
+@pytest.mark.parametrize("scale, levels", [(1 / 127, 255), (1.0, 1)])  # 0..1 and 0..127
+def test_a_float_grey_picture_is_sent_in_its_greys_as_easel_run_reads_it(tmp_path, scale, levels):
+    # A float TIFF (a depth map from a 3D program) opens in Pillow as F, whose conversion to 8 bits takes the
+    # values as 0..255 levels: one of 0..1, as most programs write them, reached the job all but black.
+    ramp = np.mgrid[0:48, 0:128][1].astype(np.float32) * scale  # one level a column
+    Image.fromarray(ramp, "F").save(tmp_path / "depth.tif")
+    depth = Image.open(tmp_path / "depth.tif")
+    greys = np.rint(ramp.astype(np.float64) * levels).astype(np.uint8)
+    unit = ControlSpec(enabled=True, type="depth", source=OWN_IMAGE, image=depth)
+    job = build_job(values(picture=depth, controls=[unit], steps=4))
+    assert (pixels(job.image)[..., 0] == greys).all() and (pixels(job.control[0].image)[..., 0] == greys).all()
+    assert (pixels(job.image)[..., 0] == np.asarray(read_picture(tmp_path / "depth.tif", "image", "--image")
+                                                     .upright.convert("L"))).all(), "as easel run reads it"
 
 
 def test_a_16_bit_grey_picture_is_sent_and_kept_in_its_greys(server):

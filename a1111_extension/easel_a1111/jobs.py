@@ -17,7 +17,7 @@ from typing import Iterator
 import numpy as np
 from PIL import Image
 
-from .params import InputError, TabValues, build_job, control_png, decode, eight_bit, field_label, unused_mask_note
+from .params import InputError, TabValues, build_job, control_png, decode, field_label, unused_mask_note
 from .protocol import (
     DEFAULT_URL,
     QUEUE_EVERY,
@@ -33,6 +33,7 @@ from .protocol import (
     Started,
     cancel_reason,
     compose,
+    eight_bit_grey,
     infotext,
 )
 
@@ -279,7 +280,7 @@ def finish(values: TabValues, result: Result, job: Job | None = None) -> tuple[l
     for item in sorted(result.images, key=lambda item: item.index):
         picture = decode(item.image)
         if parameters.get("mode") in ("inpaint", "remove", "instruct"):
-            base = np.asarray(eight_bit(values.picture).convert("RGBA"))
+            base = np.asarray(eight_bit_grey(values.picture).convert("RGBA"))
             picture = Image.fromarray(compose.composite(base, np.asarray(picture), item.offset), "RGBA")
         images.append(picture)
         texts.append(infotext(parameters, item.seed, picture.size))
