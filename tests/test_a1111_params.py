@@ -812,9 +812,28 @@ def test_cancel_while_the_link_is_down_cancels_once_it_is_back(blinker, pressed)
             blinker.cut(2.0)
         elif "reconnecting" in update.status:
             threading.Timer(pressed, lambda: said.append(jobs.cancel("blinking"))).start()
-    assert said == ["Cancelling once the connection to the backend is back…"]
+    assert [(update.status, update.failed) for update in said] == [
+        ("Cancelling once the connection to the backend is back…", False)]
     assert updates[-1].status == "Cancelled." and updates[-1].done, [u.status for u in updates]
     assert blinker.connections >= 2
+
+
+def test_a_cancel_that_cannot_reach_the_backend_is_said_as_an_error(server, monkeypatch):
+    # The connection closed as the job ended, just as Cancel was pressed: "Could not cancel: …" was shown as a
+    # plain status line among the tab's marked error lines.
+    client = jobs.Connection(server.url).client().connect()
+    client.close()
+    monkeypatch.setitem(jobs._running, "ending", (client, "its-job"))
+    sent = client.cancel
+
+    def ends_meanwhile(job):  # the job's runner ends it as the Cancel goes out
+        jobs._running.pop("ending")
+        sent(job)
+
+    monkeypatch.setattr(client, "cancel", ends_meanwhile)
+    said = jobs.cancel("ending")
+    assert said.failed and said.status.startswith("Could not cancel: "), said
+    assert jobs.markdown(said.status, said.failed).startswith("<div class='error'>")
 
 
 def test_a_sketch_on_a_clear_layer_is_sent_with_its_transparency():

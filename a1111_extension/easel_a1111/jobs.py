@@ -287,16 +287,17 @@ def finish(values: TabValues, result: Result, job: Job | None = None) -> tuple[l
     return images, texts
 
 
-def cancel(session: str) -> str | None:
-    """Ask the server to cancel this session's running job; a sentence when that cannot be done."""
-    later = "Cancelling once the connection to the backend is back…"
+def cancel(session: str) -> Update | None:
+    """Ask the server to cancel this session's running job; what to say when that cannot be done now
+    (``failed`` when it could not be done at all)."""
+    later = Update("Cancelling once the connection to the backend is back…")
     with _lock:
         running = _running.get(session)
         if running is not None and session in _reconnecting:
             _cancel_when_back.add(session)
             return later
     if running is None:
-        return "Nothing is running."
+        return Update("Nothing is running.")
     client, job = running
     try:
         client.cancel(job)
@@ -305,14 +306,13 @@ def cancel(session: str) -> str | None:
         if watch is not None:  # a backend that does not answer it is not waited for
             watch.cancel_asked()
     except EaselError as exc:
-        if exc.code != "closed":
-            return f"Could not cancel: {exc.message}"
-        # The connection is down, maybe only for a blink: the job's runner resumes it and cancels then.
-        with _lock:
-            if session in _running:
-                _cancel_when_back.add(session)
-                return later
-        return f"Could not cancel: {exc.message}"
+        if exc.code == "closed":
+            # The connection is down, maybe only for a blink: the job's runner resumes it and cancels then.
+            with _lock:
+                if session in _running:
+                    _cancel_when_back.add(session)
+                    return later
+        return Update(f"Could not cancel: {exc.message}", failed=True)
     return None
 
 

@@ -287,8 +287,9 @@ def build(connection: Callable[[], jobs.Connection], host: Host | None = None) -
 
         def cancel_job(request: gr.Request):
             # While a job runs, its own events end in "Cancelled."; writing here could race that.
-            message = jobs.cancel(_session(request))
-            return gr.update() if message is None else jobs.markdown(message, busy=jobs.busy(_session(request)))
+            said = jobs.cancel(_session(request))
+            return gr.update() if said is None else jobs.markdown(said.status, said.failed,
+                                                                  busy=jobs.busy(_session(request)))
 
         ran = generate.click(run_job, inputs=inputs,
                        outputs=[progress, preview, gallery, images, texts, selected, info], **compat.CONCURRENT)
