@@ -54,6 +54,13 @@ def image_input(label: str, elem_id: str):
     return gr.Image(label=label, elem_id=elem_id, type="pil", source="upload", image_mode=None)
 
 
+def when_page_closes(blocks, fn) -> None:
+    """Call ``fn`` (taking the page's ``gr.Request``) when the page is closed or reloaded: gradio 4's
+    ``Blocks.unload`` (Forge's 4.40 has it); gradio 3 has no such event, and there a page's job runs on."""
+    if hasattr(blocks, "unload"):
+        blocks.unload(fn)
+
+
 def run_script(code: str) -> dict:
     """An event's page script (run in the browser after the event's inputs are read), if any."""
     if not code:

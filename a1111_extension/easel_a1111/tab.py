@@ -291,6 +291,10 @@ def build(connection: Callable[[], jobs.Connection], host: Host | None = None) -
             return gr.update() if said is None else jobs.markdown(said.status, said.failed,
                                                                   busy=jobs.busy(_session(request)))
 
+        def page_closed(request: gr.Request):
+            jobs.cancel(_session(request))  # (its job's events had nobody left to show them to)
+
+        compat.when_page_closes(tab, page_closed)
         ran = generate.click(run_job, inputs=inputs,
                        outputs=[progress, preview, gallery, images, texts, selected, info], **compat.CONCURRENT)
         # Not queued: it must get through while the generate event holds the queue.
