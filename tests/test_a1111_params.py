@@ -143,7 +143,8 @@ def test_strokes_on_a_transparent_layer_count_by_alpha():
     (dict(mode="img2img", picture=None), "Img2img needs a picture"),
     (dict(prompt="  "), "Describe what to paint in the prompt."),
     (dict(strength=0.1), "Strength 0.1 with 4 steps leaves no step to run"),
-    (dict(mode="remove", steps=2), "Strength 1 with 2 steps leaves no step to run (remove refines at 0.4 × the"),
+    (dict(mode="remove", steps=2),  # ("raise the strength" too, when 1 is the most there is)
+     "Strength 1 with 2 steps leaves no step to run (remove refines at 0.4 × the strength): raise the steps.$"),
     (dict(seed=2**32 - 1, batch=2), "The seed must be at most 4294967294 for a batch of 2"),
     (dict(controls=[ControlSpec(enabled=True, source=OWN_IMAGE)]), "Control unit 1 is on but has no image"),
     (dict(controls=[ControlSpec(), ControlSpec(enabled=True, start=0.6, end=0.5)]),

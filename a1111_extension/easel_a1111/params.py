@@ -499,8 +499,9 @@ def refusal(error: ProtocolError, job: Job, numbers: list[int]) -> str:
                 "this large (above the model's native size): raise the strength or the steps.")
     if error.code == "too_few_steps":
         removes = f" (remove refines at {rules.REMOVE_STRENGTH:g} × the strength)" if job.mode == "remove" else ""
+        way_out = "raise the steps" if error.field == "steps" else "raise the strength or the steps"  # (at 1)
         return (f"Strength {sampling.strength:g} with {sampling.steps} steps leaves no step to run{removes}: "
-                "raise the strength or the steps.")
+                f"{way_out}.")
     if error.field == "seed":
         return (f"The seed must be at most {MAX_SEED - sampling.batch + 1} for a batch of {sampling.batch} "
                 "(or -1 for a random one).")
