@@ -942,14 +942,18 @@ def test_png_info_sets_the_mode_of_a_picture_that_is_not_an_easel_result():
     assert pnginfo_mode(easel, "inpaint") is None
 
 
-@pytest.mark.parametrize("scale, levels", [(1 / 127, 255), (1.0, 1)])  # 0..1 and 0..127
-def test_a_float_grey_picture_is_sent_in_its_greys_as_easel_run_reads_it(tmp_path, scale, levels):
+@pytest.mark.parametrize("kind, scale, levels", [
+    ("F", 1 / 127, 255),  # 0..1, as most programs write floats
+    ("F", 1.0, 1),  # 0..127: taken as levels
+    ("I", 100_000, 255 / 12_700_000),  # 32-bit integers past 16 bits: scaled by the largest (v / 257 was white)
+])
+def test_a_float_or_32_bit_grey_picture_is_sent_in_its_greys_as_easel_run_reads_it(tmp_path, kind, scale, levels):
     # A float TIFF (a depth map from a 3D program) opens in Pillow as F, whose conversion to 8 bits takes the
-    # values as 0..255 levels: one of 0..1, as most programs write them, reached the job all but black.
-    ramp = np.mgrid[0:48, 0:128][1].astype(np.float32) * scale  # one level a column
-    Image.fromarray(ramp, "F").save(tmp_path / "depth.tif")
+    # values as 0..255 levels: one of 0..1 reached the job all but black.
+    ramp = np.mgrid[0:48, 0:128][1].astype(np.float64) * scale  # one level a column
+    Image.fromarray(ramp.astype(np.float32 if kind == "F" else np.int32), kind).save(tmp_path / "depth.tif")
     depth = Image.open(tmp_path / "depth.tif")
-    greys = np.rint(ramp.astype(np.float64) * levels).astype(np.uint8)
+    greys = np.rint(ramp * levels).astype(np.uint8)
     unit = ControlSpec(enabled=True, type="depth", source=OWN_IMAGE, image=depth)
     job = build_job(values(picture=depth, controls=[unit], steps=4))
     assert (pixels(job.image)[..., 0] == greys).all() and (pixels(job.control[0].image)[..., 0] == greys).all()
