@@ -103,9 +103,34 @@ def _restart_with_jemalloc() -> None:
         log.warning("could not start again with jemalloc (%s): serving on the system's malloc", exc)
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse, except that an option's value may start with '-': argparse reads ``--aspect -16:9`` or
+    ``--negative -blurry`` as an option with no value ("expected one argument"), and only a negative number
+    as a value. Our options are all long ones, so a word after one with a single '-' can be no option."""
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.value_options: set[str] = set()  # (subparsers are made of this class too: each has its own)
+
+    def add_argument(self, *args: Any, **kwargs: Any) -> argparse.Action:
+        action = super().add_argument(*args, **kwargs)
+        if action.option_strings and action.nargs is None:  # an option taking one value
+            self.value_options.update(action.option_strings)
+        return action
+
+    def parse_known_args(self, args: Sequence[str] | None = None, namespace: Any = None) -> Any:
+        args = list(sys.argv[1:] if args is None else args)
+        for index in range(len(args) - 1, 0, -1):  # (from the end: a joined pair is never looked at again)
+            value = args[index]
+            if args[index - 1] in self.value_options and value[:1] == "-" and value[1:2] not in ("", "-") \
+                    and value != "-h":
+                args[index - 1:index + 1] = [f"{args[index - 1]}={value}"]
+        return super().parse_known_args(args, namespace)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``easel`` command line: one subcommand per task."""
-    parser = argparse.ArgumentParser(prog="easel", description="Easel: a local diffusion editing server.")
+    parser = Parser(prog="easel", description="Easel: a local diffusion editing server.")
     commands = parser.add_subparsers(dest="command", required=True)
 
     serve = commands.add_parser("serve", help="run the websocket server")

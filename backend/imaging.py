@@ -7,10 +7,8 @@ import io
 import numpy as np
 from PIL import Image
 
-from shared.images import ImageData
+from shared.images import ImageData, eight_bit_grey
 from shared.vocabulary import LINE_MAP_TYPES, PICTURE_CONTROL_TYPES
-
-_WIDE_GREY = ("I;16", "I;16B", "I;16L", "I")
 
 
 def to_array(picture: Image.Image, mode: str, data: bytes | None = None) -> np.ndarray:
@@ -31,18 +29,9 @@ def to_array(picture: Image.Image, mode: str, data: bytes | None = None) -> np.n
     wide = wide_colour(data, _tiff_bits(picture)) if data is not None and picture.mode in ("RGB", "RGBA") else None
     if wide is not None and wide.shape[:2] == (picture.height, picture.width):
         picture = Image.fromarray(wide, "RGBA" if wide.shape[2] == 4 else "RGB")
-    if picture.mode == "F":
-        floats = np.nan_to_num(np.asarray(picture, dtype=np.float64), nan=0.0, posinf=255.0, neginf=0.0)
-        if floats.size and floats.max() <= 1.0:
-            floats = floats * 255.0
-        picture = Image.fromarray(np.clip(np.rint(floats), 0, 255).astype(np.uint8), "L")
+    picture = eight_bit_grey(picture)
     if picture.mode == "CMYK":
         picture = _cmyk_to_srgb(picture)
-    if picture.mode in _WIDE_GREY:
-        wide = np.asarray(picture, dtype=np.float64)
-        if picture.mode != "I" or wide.max() > 255:
-            wide = wide / 257.0
-        picture = Image.fromarray(np.clip(np.rint(wide), 0, 255).astype(np.uint8), "L")
     if mode != "L" and icc and picture.mode in ("L", "LA"):
         picture = _grey_to_srgb(picture, icc)
     if mode == "L" and has_alpha(picture):

@@ -141,6 +141,33 @@ class ImageData:
         return base64.b64encode(self.data).decode("ascii")
 
 
+DEEP_GREY = ("I", "I;16", "I;16B", "I;16L", "I;16N", "F")
+"""Pillow's grey modes of more than 8 bits: 16-bit, 32-bit integer and 32-bit float."""
+
+
+def eight_bit_grey(picture):
+    """A Pillow picture of a ``DEEP_GREY`` mode as 8-bit grey (L), the rest as it is. Pillow's own
+    conversion clips: a 16-bit depth map came out white, a float one black. 16-bit values are rounded,
+    v / 257 (an ``I`` picture whose values all fit 0..255 is taken as 8-bit levels, one with values past
+    16 bits, a 32-bit one, is scaled by its largest); floats that all lie within 0..1, as painting and HDR
+    programs write them, are scaled by 255, other floats taken as 0..255 levels. Needs numpy."""
+    if picture.mode not in DEEP_GREY:
+        return picture
+    import numpy  # the caller's, as its Pillow picture
+    from PIL import Image
+
+    values = numpy.asarray(picture, dtype=numpy.float64)
+    if picture.mode == "F":
+        values = numpy.nan_to_num(values, nan=0.0, posinf=255.0, neginf=0.0)
+        if values.size and values.max() <= 1.0:
+            values = values * 255.0
+    elif picture.mode == "I" and values.size and values.max() > 65535:  # (v / 257 left it all white)
+        values = values * (255.0 / values.max())
+    elif picture.mode != "I" or (values.size and values.max() > 255):
+        values = values / 257.0
+    return Image.fromarray(numpy.clip(numpy.rint(values), 0, 255).astype(numpy.uint8), "L")
+
+
 def _base64_hint(data: str) -> str:
     """What is wrong with base64 that does not decode, where a client library is known to make it so."""
     if data[:5].lower() == "data:":  # a browser's canvas.toDataURL() / FileReader.readAsDataURL()

@@ -108,12 +108,15 @@ def check_denoising(mode: str, steps: int, strength: float, few_step: bool = Fal
     """Refuse a job whose strength and steps leave no denoising step (``too_few_steps``)."""
     if denoising_steps(mode, steps, strength, few_step) < 1:
         advice = _step_advice(mode, steps, strength)
+        # at strength 1 only more steps help: the field to change is then steps (remove at its default
+        # strength, told "--strength: ... use at least 3 steps", named an option the user never typed)
+        field = "steps" if strength >= 1 else "strength"
         if mode == "remove":  # (its pass runs at strength x 0.4: "strength 1 x 2 steps" read as 2 steps)
             raise ProtocolError("too_few_steps", f"remove refines at strength x {REMOVE_STRENGTH:g}, and "
                                 f"{strength:g} x {REMOVE_STRENGTH:g} x {steps} steps leaves no denoising step; "
-                                f"{advice}", "strength")
+                                f"{advice}", field)
         raise ProtocolError("too_few_steps", f"strength {strength:g} x {steps} steps leaves no denoising step; "
-                            f"{advice}", "strength")
+                            f"{advice}", field)
 
 
 SCHEDULE_MOST = {"lcm": 50, "tcd": 50}

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from backend.run_files import read_picture
 from conftest import JobsAhead, picture, rect_mask
 from netfaults import Blinker
 from shared.messages import CONTROL_TYPES, REFERENCE_MODES, parse_client_message
@@ -142,7 +143,8 @@ def test_strokes_on_a_transparent_layer_count_by_alpha():
     (dict(mode="img2img", picture=None), "Img2img needs a picture"),
     (dict(prompt="  "), "Describe what to paint in the prompt."),
     (dict(strength=0.1), "Strength 0.1 with 4 steps leaves no step to run"),
-    (dict(mode="remove", steps=2), "Strength 1 with 2 steps leaves no step to run (remove refines at 0.4 × the"),
+    (dict(mode="remove", steps=2),  # ("raise the strength" too, when 1 is the most there is)
+     "Strength 1 with 2 steps leaves no step to run (remove refines at 0.4 × the strength): raise the steps.$"),
     (dict(seed=2**32 - 1, batch=2), "The seed must be at most 4294967294 for a batch of 2"),
     (dict(controls=[ControlSpec(enabled=True, source=OWN_IMAGE)]), "Control unit 1 is on but has no image"),
     (dict(controls=[ControlSpec(), ControlSpec(enabled=True, start=0.6, end=0.5)]),
@@ -811,9 +813,28 @@ def test_cancel_while_the_link_is_down_cancels_once_it_is_back(blinker, pressed)
             blinker.cut(2.0)
         elif "reconnecting" in update.status:
             threading.Timer(pressed, lambda: said.append(jobs.cancel("blinking"))).start()
-    assert said == ["Cancelling once the connection to the backend is back…"]
+    assert [(update.status, update.failed) for update in said] == [
+        ("Cancelling once the connection to the backend is back…", False)]
     assert updates[-1].status == "Cancelled." and updates[-1].done, [u.status for u in updates]
     assert blinker.connections >= 2
+
+
+def test_a_cancel_that_cannot_reach_the_backend_is_said_as_an_error(server, monkeypatch):
+    # The connection closed as the job ended, just as Cancel was pressed: "Could not cancel: …" was shown as a
+    # plain status line among the tab's marked error lines.
+    client = jobs.Connection(server.url).client().connect()
+    client.close()
+    monkeypatch.setitem(jobs._running, "ending", (client, "its-job"))
+    sent = client.cancel
+
+    def ends_meanwhile(job):  # the job's runner ends it as the Cancel goes out
+        jobs._running.pop("ending")
+        sent(job)
+
+    monkeypatch.setattr(client, "cancel", ends_meanwhile)
+    said = jobs.cancel("ending")
+    assert said.failed and said.status.startswith("Could not cancel: "), said
+    assert jobs.markdown(said.status, said.failed).startswith("<div class='error'>")
 
 
 def test_a_sketch_on_a_clear_layer_is_sent_with_its_transparency():
@@ -919,6 +940,25 @@ def test_png_info_sets_the_mode_of_a_picture_that_is_not_an_easel_result():
     assert pnginfo_mode(webui, "img2img") == "img2img" and pnginfo_mode("", "generate") == "inpaint"
     easel = infotext({"mode": "generate", "prompt": "Easel mode: upscale", "steps": 2}, 5, (64, 64))
     assert pnginfo_mode(easel, "inpaint") is None
+
+
+@pytest.mark.parametrize("kind, scale, levels", [
+    ("F", 1 / 127, 255),  # 0..1, as most programs write floats
+    ("F", 1.0, 1),  # 0..127: taken as levels
+    ("I", 100_000, 255 / 12_700_000),  # 32-bit integers past 16 bits: scaled by the largest (v / 257 was white)
+])
+def test_a_float_or_32_bit_grey_picture_is_sent_in_its_greys_as_easel_run_reads_it(tmp_path, kind, scale, levels):
+    # A float TIFF (a depth map from a 3D program) opens in Pillow as F, whose conversion to 8 bits takes the
+    # values as 0..255 levels: one of 0..1 reached the job all but black.
+    ramp = np.mgrid[0:48, 0:128][1].astype(np.float64) * scale  # one level a column
+    Image.fromarray(ramp.astype(np.float32 if kind == "F" else np.int32), kind).save(tmp_path / "depth.tif")
+    depth = Image.open(tmp_path / "depth.tif")
+    greys = np.rint(ramp * levels).astype(np.uint8)
+    unit = ControlSpec(enabled=True, type="depth", source=OWN_IMAGE, image=depth)
+    job = build_job(values(picture=depth, controls=[unit], steps=4))
+    assert (pixels(job.image)[..., 0] == greys).all() and (pixels(job.control[0].image)[..., 0] == greys).all()
+    assert (pixels(job.image)[..., 0] == np.asarray(read_picture(tmp_path / "depth.tif", "image", "--image")
+                                                     .upright.convert("L"))).all(), "as easel run reads it"
 
 
 def test_a_16_bit_grey_picture_is_sent_and_kept_in_its_greys(server):

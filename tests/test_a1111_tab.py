@@ -444,13 +444,19 @@ def test_a_saved_model_default_is_picked_once_a_backend_started_after_the_webui_
     webui_source(A1111)
     root = webui_folder(tmp_path / "webui", settings={"easel_url": f"ws://127.0.0.1:{free_port()}/"},
                         ui_defaults={"easel/Model/value": "demo-base (SD 1.5, 512 px: 12 ControlNet types)"})
-    with serving(A1111, root) as (url, _), easel_page(browser, url) as page:
+    with serving(A1111, root) as (url, _), easel_page(browser, url) as page, easel_page(browser, url) as chosen:
         assert "Cannot reach" in text_of(page, "easel_status")
         assert page.locator("#easel_model input").input_value() == "Server default"
+        # A painter who picks "Server default" keeps it: a refresh (or a job's end) switched it to the saved model.
+        pick_model(chosen, "Server default")
         point_at(page, server.url)
         page.click("#easel_refresh")
         page.wait_for_function("() => document.querySelector('#easel_model input').value === "
                                "'demo-base (SD 1.5, 512 px: 13 ControlNet types, references + face)'")
+        chosen.click("#easel_model_refresh")
+        shown = chosen.wait_for_function("() => document.querySelector('#easel_model input').value !== "
+                                         "'Server default' && document.querySelector('#easel_model input').value")
+        assert shown.json_value() == "Server default (demo)"
 
 
 def test_backend_down_reads_as_a_sentence(page, webui):

@@ -678,8 +678,13 @@ def small(tmp_path):
      "100 steps, or a higher strength"),
     (["img2img", "--steps", 0], "--steps must be at least 1, got 0"),
     (["remove", "--mask", "{mask}", "--steps", 2],  # said "strength 1 x 2 steps leaves no step", then "raise the
-     # strength" when 1 is the most there is
-     "remove refines at strength x 0.4, and 1 x 0.4 x 2 steps leaves no denoising step; use at least 3 steps\n"),
+     # strength" when 1 is the most there is; then led by --strength, an option not typed that cannot help
+     "easel: --steps: remove refines at strength x 0.4, and 1 x 0.4 x 2 steps leaves no denoising step; use at least "
+     "3 steps\n"),
+    # values starting with '-' were argparse's "expected one argument"; negative numbers always reached the checks
+    (["expand", "--aspect", "-16:9"], "--aspect -16:9: expected W:H with two positive whole numbers, e.g. 16:9"),
+    (["img2img", "--prompt", "-(red"], "--prompt: '(' at character 2 is never closed with ')'"),
+    (["expand", "--left", -5], "--left must be at least 0, got -5"),
     (["img2img", "--guidance", 51], "--guidance must be at most 50"),
     (["img2img", "--width", 64], "img2img works at the picture's own size; --width is for generate"),
     (["img2img", "--mask", "{mask}"], "img2img takes no --mask"),

@@ -8,6 +8,7 @@ brush tool), and events run one at a time unless the tab says otherwise."""
 from __future__ import annotations
 
 import io
+import time
 from urllib.parse import urljoin
 
 import numpy as np
@@ -207,6 +208,28 @@ def test_two_browsers_generate_at_once_and_esc_cancels(page, chromium, forge):
         assert not easel_errors(other), easel_errors(other)
     finally:
         other.context.close()
+
+
+def test_closing_the_page_cancels_its_job(chromium, forge, server):
+    # A closed (or reloaded) page left its job running on the backend to its last step, every other job
+    # waiting behind it; gradio 4 says when a page goes (Blocks.unload), and the tab cancels the page's job.
+    closing = open_page(chromium, forge["url"])
+    closing.locator("#easel_prompt textarea").fill("a lighthouse")
+    closing.locator("#easel_mode label", has_text="generate").click()
+    set_number(closing, "easel_steps", 150)
+    set_number(closing, "easel_width", 512)
+    set_number(closing, "easel_height", 512)
+    set_number(closing, "easel_batch", 4)  # (minutes to run to its end)
+    watch_progress(closing)
+    closing.click("#easel_generate")
+    closing.wait_for_function("() => window.easelSeen.some(text => text.startsWith('Step 2/'))", timeout=TIMEOUT * 2)
+    queue = server.server.queue
+    assert queue.running is not None
+    closing.context.close()
+    deadline = time.monotonic() + 15
+    while queue.running is not None and time.monotonic() < deadline:  # (no event of the backend's to await)
+        time.sleep(0.1)
+    assert queue.running is None, "the closed page's job still runs"
 
 
 def test_upscale_makes_the_picture_larger(page, tmp_path):

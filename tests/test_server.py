@@ -120,6 +120,7 @@ BAD_SUBMITS = [
     ({"mode": "inpaint", "mask": "SMALL_MASK"}, "size_mismatch", "mask"),
     ({"mode": "inpaint", "mask": "EMPTY_MASK"}, "empty_mask", "mask"),
     ({"mode": "img2img", "strength": 0.04, "steps": 20}, "too_few_steps", "strength"),
+    ({"mode": "remove", "steps": 2}, "too_few_steps", "steps"),  # strength 1: only more steps help
     ({"mode": "img2img", "steps": 100000}, "limit_exceeded", "steps"),
     ({"mode": "img2img", "batch": 1000}, "limit_exceeded", "batch"),
     ({"mode": "generate", "width": 100000, "height": 64}, "limit_exceeded", "width"),
@@ -157,7 +158,7 @@ def test_bad_submit_gets_a_named_error_and_the_connection_keeps_working(client, 
     mode = params.pop("mode")
     if mode == "generate" and change.get("image") is None:
         params.pop("image")
-    if mode != "inpaint":
+    if mode not in ("inpaint", "remove"):
         params.pop("mask", None)
     if params.get("mask", 0) is None:
         params.pop("mask")

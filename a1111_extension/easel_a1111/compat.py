@@ -24,7 +24,7 @@ def picture_editor(label: str, elem_id: str):
                               sources=["upload", "clipboard"], layers=False, transforms=(),
                               brush=gr.Brush(colors=["#ffffff"], color_mode="fixed"), **LOSSLESS)
     # image_mode None: gradio 3 converts the uploaded file to it with Pillow, which clips a 16-bit grey
-    # picture white; ``params.eight_bit`` scales it (gradio 4's editor sends what the browser drew)
+    # picture white and a float one black; ``eight_bit_grey`` scales it (gradio 4's editor sends what the browser drew)
     return gr.Image(label=label, elem_id=elem_id, source="upload", tool="sketch", type="pil",
                     image_mode=None, brush_color="#ffffff")
 
@@ -47,11 +47,18 @@ def read_editor(value) -> tuple[Image.Image | None, Image.Image | None]:
 def image_input(label: str, elem_id: str):
     """A plain picture upload, transparency kept (gradio's default RGB shows what lies under it: a sketch of
     dark lines on a clear layer came out all black) and a 16-bit one (a depth map) whole for
-    ``params.eight_bit``: the file's own mode, not one gradio converts it to."""
+    ``eight_bit_grey``: the file's own mode, not one gradio converts it to."""
     if GRADIO4:
         return gr.Image(label=label, elem_id=elem_id, type="pil", sources=["upload", "clipboard"], image_mode=None,
                         **LOSSLESS)
     return gr.Image(label=label, elem_id=elem_id, type="pil", source="upload", image_mode=None)
+
+
+def when_page_closes(blocks, fn) -> None:
+    """Call ``fn`` (taking the page's ``gr.Request``) when the page is closed or reloaded: gradio 4's
+    ``Blocks.unload`` (Forge's 4.40 has it); gradio 3 has no such event, and there a page's job runs on."""
+    if hasattr(blocks, "unload"):
+        blocks.unload(fn)
 
 
 def run_script(code: str) -> dict:

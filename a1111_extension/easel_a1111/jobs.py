@@ -17,7 +17,7 @@ from typing import Iterator
 import numpy as np
 from PIL import Image
 
-from .params import InputError, TabValues, build_job, control_png, decode, eight_bit, field_label, unused_mask_note
+from .params import InputError, TabValues, build_job, control_png, decode, field_label, unused_mask_note
 from .protocol import (
     DEFAULT_URL,
     QUEUE_EVERY,
@@ -33,6 +33,7 @@ from .protocol import (
     Started,
     cancel_reason,
     compose,
+    eight_bit_grey,
     infotext,
 )
 
@@ -279,23 +280,24 @@ def finish(values: TabValues, result: Result, job: Job | None = None) -> tuple[l
     for item in sorted(result.images, key=lambda item: item.index):
         picture = decode(item.image)
         if parameters.get("mode") in ("inpaint", "remove", "instruct"):
-            base = np.asarray(eight_bit(values.picture).convert("RGBA"))
+            base = np.asarray(eight_bit_grey(values.picture).convert("RGBA"))
             picture = Image.fromarray(compose.composite(base, np.asarray(picture), item.offset), "RGBA")
         images.append(picture)
         texts.append(infotext(parameters, item.seed, picture.size))
     return images, texts
 
 
-def cancel(session: str) -> str | None:
-    """Ask the server to cancel this session's running job; a sentence when that cannot be done."""
-    later = "Cancelling once the connection to the backend is back…"
+def cancel(session: str) -> Update | None:
+    """Ask the server to cancel this session's running job; what to say when that cannot be done now
+    (``failed`` when it could not be done at all)."""
+    later = Update("Cancelling once the connection to the backend is back…")
     with _lock:
         running = _running.get(session)
         if running is not None and session in _reconnecting:
             _cancel_when_back.add(session)
             return later
     if running is None:
-        return "Nothing is running."
+        return Update("Nothing is running.")
     client, job = running
     try:
         client.cancel(job)
@@ -304,14 +306,13 @@ def cancel(session: str) -> str | None:
         if watch is not None:  # a backend that does not answer it is not waited for
             watch.cancel_asked()
     except EaselError as exc:
-        if exc.code != "closed":
-            return f"Could not cancel: {exc.message}"
-        # The connection is down, maybe only for a blink: the job's runner resumes it and cancels then.
-        with _lock:
-            if session in _running:
-                _cancel_when_back.add(session)
-                return later
-        return f"Could not cancel: {exc.message}"
+        if exc.code == "closed":
+            # The connection is down, maybe only for a blink: the job's runner resumes it and cancels then.
+            with _lock:
+                if session in _running:
+                    _cancel_when_back.add(session)
+                    return later
+        return Update(f"Could not cancel: {exc.message}", failed=True)
     return None
 
 

@@ -25,6 +25,7 @@ from .protocol import (
     ProtocolError,
     Reference,
     Sampling,
+    eight_bit_grey,
     geometry,
     item_field,
     model_capabilities,
@@ -274,21 +275,10 @@ def infotext_value(text: str | None, key: str) -> str | None:
 
 # Pillow's modes for a picture of more than 8 bits a pixel: a 16-bit grey PNG (a depth map, a scan) opens as
 # one of these, and Pillow's conversion to 8 bits clips it (all but the darkest 1/256 came out white).
-DEEP_GREY = ("I", "I;16", "I;16B", "I;16L", "I;16N")
-
-
-def eight_bit(picture: Image.Image) -> Image.Image:
-    """``picture`` with 8 bits a channel: a 16-bit grey one scaled down to grey (``L``), the rest as it is."""
-    if picture.mode not in DEEP_GREY:
-        return picture
-    values = np.clip(np.asarray(picture, dtype=np.int64), 0, 65535)
-    return Image.fromarray(((values + 128) // 257).astype(np.uint8), "L")
-
-
 def png_image(picture: Image.Image, mode: str = "RGBA") -> ImageData:
     """A PIL picture as PNG ImageData (PNG keeps the pixels exact)."""
     buffer = io.BytesIO()
-    eight_bit(picture).convert(mode).save(buffer, format="PNG", compress_level=1)
+    eight_bit_grey(picture).convert(mode).save(buffer, format="PNG", compress_level=1)
     return ImageData.from_png(buffer.getvalue())
 
 
@@ -509,8 +499,9 @@ def refusal(error: ProtocolError, job: Job, numbers: list[int]) -> str:
                 "this large (above the model's native size): raise the strength or the steps.")
     if error.code == "too_few_steps":
         removes = f" (remove refines at {rules.REMOVE_STRENGTH:g} × the strength)" if job.mode == "remove" else ""
+        way_out = "raise the steps" if error.field == "steps" else "raise the strength or the steps"  # (at 1)
         return (f"Strength {sampling.strength:g} with {sampling.steps} steps leaves no step to run{removes}: "
-                "raise the strength or the steps.")
+                f"{way_out}.")
     if error.field == "seed":
         return (f"The seed must be at most {MAX_SEED - sampling.batch + 1} for a batch of {sampling.batch} "
                 "(or -1 for a random one).")

@@ -52,7 +52,7 @@ from easel_shared.client import (  # noqa: E402
 )
 from easel_shared.errors import ProtocolError, cancel_reason  # noqa: E402
 from easel_shared.fields import item_field  # noqa: E402
-from easel_shared.images import ImageData  # noqa: E402
+from easel_shared.images import ImageData, eight_bit_grey  # noqa: E402
 from easel_shared.infotext import SAMPLER_LABELS, infotext  # noqa: E402
 from easel_shared.job import ControlUnit, Job, Reference, Sampling  # noqa: E402
 from easel_shared.messages import CONTROL_TYPES, DEFAULT_URL, MAX_SEED, MODES, PREPROCESSORS, REFERENCE_MODES, SAMPLERS  # noqa: E402
@@ -61,4 +61,5 @@ __all__ = ["Accepted", "CONTROL_TYPES", "Cancelled", "Client", "ControlUnit", "D
            "Job", "MAX_SEED", "MODES", "PREPROCESSORS", "Progress", "ProtocolError", "QUEUE_EVERY", "Queued",
            "REFERENCE_MODES", "Reference",
            "Result", "ResultImage", "SAMPLERS", "SAMPLER_LABELS", "Sampling", "Started", "cancel_reason",
-           "capabilities", "compose", "geometry", "infotext", "item_field", "model_capabilities", "model_list", "rules"]
+           "capabilities", "compose", "eight_bit_grey", "geometry", "infotext", "item_field", "model_capabilities",
+           "model_list", "rules"]

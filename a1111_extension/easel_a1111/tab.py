@@ -287,9 +287,14 @@ def build(connection: Callable[[], jobs.Connection], host: Host | None = None) -
 
         def cancel_job(request: gr.Request):
             # While a job runs, its own events end in "Cancelled."; writing here could race that.
-            message = jobs.cancel(_session(request))
-            return gr.update() if message is None else jobs.markdown(message, busy=jobs.busy(_session(request)))
+            said = jobs.cancel(_session(request))
+            return gr.update() if said is None else jobs.markdown(said.status, said.failed,
+                                                                  busy=jobs.busy(_session(request)))
 
+        def page_closed(request: gr.Request):
+            jobs.cancel(_session(request))  # (its job's events had nobody left to show them to)
+
+        compat.when_page_closes(tab, page_closed)
         ran = generate.click(run_job, inputs=inputs,
                        outputs=[progress, preview, gallery, images, texts, selected, info], **compat.CONCURRENT)
         # Not queued: it must get through while the generate event holds the queue.
@@ -366,6 +371,9 @@ def build(connection: Callable[[], jobs.Connection], host: Host | None = None) -
         for event in (refresh.click, refresh_models.click, ran.then):
             event(refresh_backend, inputs=[model, saved_model], outputs=[status, model, saved_model],
                   queue=False).then(**offer_fields)
+        # The painter's own pick, "Server default" too, stands for the page's life: the saved default no longer
+        # waits. (select, not input: gradio 4 sends input for the refresh's update as well, select only for a pick.)
+        model.select(lambda: None, inputs=None, outputs=[saved_model], queue=False)
         if host.sent_from:
             sent_tab = gr.Number(value=-1, visible=False, elem_id="easel_sent_tab")  # for the page script
             sent_tab.do_not_save_to_config = True
