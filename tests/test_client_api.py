@@ -454,6 +454,9 @@ OVER_LIMITS = [  # (what is asked, the field refused, words of the server's sent
     (dict(mode="img2img", image=(64, 64), strength=0.5, control=[{"type": "canny", "image": (50, 700)}]),
      "control[0].image", "`control[0].image` is 50x700"),
     (dict(mode="expand", image=(300, 200), expand_left=400), "expand_left", "the expanded canvas would be 700x200"),
+    # (the side asked for is named: an expand to the right over the limit was refused naming `expand_left`)
+    (dict(mode="expand", image=(300, 200), expand_right=400), "expand_right", "the expanded canvas would be 700x200"),
+    (dict(mode="expand", image=(300, 200), expand_bottom=500), "expand_bottom", "the expanded canvas would be 300x700"),
     (dict(mode="generate", width=600, height=64), "width", "width 600 is over this server's limit of 512"),
     (dict(mode="img2img", image=(64, 64), strength=0.5, steps=11), "steps", "steps 11 is over this server's limit"),
     (dict(mode="generate", width=64, height=64, batch=3), "batch", "batch 3 is over this server's limit of 2"),
