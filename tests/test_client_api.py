@@ -169,6 +169,18 @@ def test_pictures_convert_to_and_from_pillow_and_numpy(client):
         ImageData.from_array(rgb.astype(np.float32))
 
 
+def test_a_32_bit_grey_mask_from_pillow_is_sent_as_the_server_reads_it(client):
+    # (a mode "I" picture, as Pillow opens a 32-bit TIFF mask: from_pil raised "cannot write mode I as PNG")
+    from PIL import Image
+
+    mask = np.zeros((64, 96), np.int32)
+    mask[20:40, 30:60] = 255
+    job = dict(prompt="x", image=ImageData.from_pil(picture(96, 64)), steps=2, seed=3)
+    layers = [client.run("inpaint", mask=ImageData.from_pil(Image.fromarray(values)), **job).images[0].image.to_array()
+              for values in (mask.astype(np.uint8), mask, mask * 257)]  # 8-bit, and 32-bit with 8- and 16-bit values
+    assert np.array_equal(layers[1], layers[0]) and np.array_equal(layers[2], layers[0])
+
+
 def test_a_phone_photo_from_pillow_is_sent_upright(tmp_path):
     # Image.open keeps a JPEG's pixels as stored; from_pil sent a portrait photo (or a control map or reference
     # taken from one) sideways, where the CLI and every viewer show it upright.
