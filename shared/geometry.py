@@ -89,7 +89,9 @@ def diffusion_size(width: int, height: int, native: int, grid: int = LATENT_GRID
 
     Areas between native² and UPPER_AREA x native² are kept (1:1 when already on the grid);
     smaller pictures are scaled up to native², larger ones down to UPPER_AREA x native².
-    The aspect ratio is kept.
+    The aspect ratio is kept. A thin strip is scaled up only until its long side reaches
+    MAX_ASPECT x native, and not at all when it is longer already: scaling a 2000 x 8 strip to the
+    model's area would paint it at 8096 x 32, a width no model composes at, four times over.
     """
     if width <= 0 or height <= 0:
         raise ValueError(f"empty size {width}x{height}")
@@ -97,7 +99,7 @@ def diffusion_size(width: int, height: int, native: int, grid: int = LATENT_GRID
     lower, upper = native * native, UPPER_AREA * native * native
     scale = 1.0
     if area < lower:
-        scale = math.sqrt(lower / area)
+        scale = min(math.sqrt(lower / area), max(1.0, MAX_ASPECT * native / max(width, height)))
     elif area > upper:
         scale = math.sqrt(upper / area)
     return round_to_grid(width * scale, grid), round_to_grid(height * scale, grid)

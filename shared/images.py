@@ -92,7 +92,10 @@ class ImageData:
         orientation = picture.getexif().get(EXIF_ORIENTATION, 1) if hasattr(picture, "getexif") else 1
         if orientation in _EXIF_TURNS:  # (Pillow's Transpose values, as ImageOps.exif_transpose turns them)
             picture = picture.transpose(_EXIF_TURNS[orientation])
-        if picture.mode not in ("1", "L", "LA", "P", "RGB", "RGBA", "I", "I;16"):  # CMYK, YCbCr ... PNG has not
+        if picture.mode == "I":  # 32-bit grey (a TIFF mask), which Pillow cannot write as PNG: 8 or 16 bits, as
+            # the server reads such a picture (values up to 255 are 8-bit ones, larger ones 16-bit)
+            picture = picture.convert("L" if picture.getextrema()[1] <= 255 else "I;16")
+        if picture.mode not in ("1", "L", "LA", "P", "RGB", "RGBA", "I;16"):  # CMYK, YCbCr ... PNG has not
             picture = picture.convert("RGBA")
         buffer = io.BytesIO()
         picture.save(buffer, format="PNG")

@@ -228,10 +228,13 @@ def check_expanded_size(width: int, height: int, sides: tuple[int, int, int, int
                         max_pixels: int) -> tuple[int, int]:
     """The canvas an expand makes of a ``width`` x ``height`` picture, refused when over a server's limits
     (naming the side that grows it past them)."""
-    _, top, _, bottom = sides
+    left, top, _, bottom = sides
     new_width, new_height = expanded_size(width, height, *sides)
     if max(new_width, new_height) > max_side or new_width * new_height > max_pixels:
-        key = "expand_left" if new_width > max_side or not (top or bottom) else "expand_top"
+        if new_width > max_side or not (top or bottom):
+            key = "expand_left" if left else "expand_right"
+        else:
+            key = "expand_top" if top else "expand_bottom"
         raise ProtocolError("limit_exceeded", f"the expanded canvas would be {new_width}x{new_height}; this server "
                             f"accepts at most {max_side} pixels a side and {max_pixels} pixels in all", key)
     return new_width, new_height

@@ -169,6 +169,18 @@ def test_pictures_convert_to_and_from_pillow_and_numpy(client):
         ImageData.from_array(rgb.astype(np.float32))
 
 
+def test_a_32_bit_grey_mask_from_pillow_is_sent_as_the_server_reads_it(client):
+    # (a mode "I" picture, as Pillow opens a 32-bit TIFF mask: from_pil raised "cannot write mode I as PNG")
+    from PIL import Image
+
+    mask = np.zeros((64, 96), np.int32)
+    mask[20:40, 30:60] = 255
+    job = dict(prompt="x", image=ImageData.from_pil(picture(96, 64)), steps=2, seed=3)
+    layers = [client.run("inpaint", mask=ImageData.from_pil(Image.fromarray(values)), **job).images[0].image.to_array()
+              for values in (mask.astype(np.uint8), mask, mask * 257)]  # 8-bit, and 32-bit with 8- and 16-bit values
+    assert np.array_equal(layers[1], layers[0]) and np.array_equal(layers[2], layers[0])
+
+
 def test_a_phone_photo_from_pillow_is_sent_upright(tmp_path):
     # Image.open keeps a JPEG's pixels as stored; from_pil sent a portrait photo (or a control map or reference
     # taken from one) sideways, where the CLI and every viewer show it upright.
@@ -454,6 +466,9 @@ OVER_LIMITS = [  # (what is asked, the field refused, words of the server's sent
     (dict(mode="img2img", image=(64, 64), strength=0.5, control=[{"type": "canny", "image": (50, 700)}]),
      "control[0].image", "`control[0].image` is 50x700"),
     (dict(mode="expand", image=(300, 200), expand_left=400), "expand_left", "the expanded canvas would be 700x200"),
+    # (the side asked for is named: an expand to the right over the limit was refused naming `expand_left`)
+    (dict(mode="expand", image=(300, 200), expand_right=400), "expand_right", "the expanded canvas would be 700x200"),
+    (dict(mode="expand", image=(300, 200), expand_bottom=500), "expand_bottom", "the expanded canvas would be 300x700"),
     (dict(mode="generate", width=600, height=64), "width", "width 600 is over this server's limit of 512"),
     (dict(mode="img2img", image=(64, 64), strength=0.5, steps=11), "steps", "steps 11 is over this server's limit"),
     (dict(mode="generate", width=64, height=64, batch=3), "batch", "batch 3 is over this server's limit of 2"),

@@ -2,7 +2,7 @@
 
 import pytest
 
-from shared.geometry import LATENT_GRID, Box, context_crop, diffusion_size, mask_bounds, whole_canvas
+from shared.geometry import LATENT_GRID, Box, CropPlan, context_crop, diffusion_size, mask_bounds, whole_canvas
 
 
 def test_mask_bounds_finds_the_painted_pixels():
@@ -63,3 +63,14 @@ def test_whole_canvas_and_diffusion_size():
     assert diffusion_size(512, 512, 512) == (512, 512)
     assert diffusion_size(768, 512, 512) == (768, 512)  # within 1.5x native area: kept 1:1
     assert whole_canvas(4096, 4096, 512).diffusion_width == 624
+
+
+def test_a_thin_strip_is_not_stretched_past_twice_native():
+    # a 2000 x 8 strip was diffused at 8096 x 32 (scaled up to the model's area): four times wider than
+    # it is, and eight times wider than the model composes
+    assert whole_canvas(2000, 8, 512) == CropPlan(Box(0, 0, 2000, 8), 2000, 8)
+    assert diffusion_size(8, 3000, 512) == (8, 3000)
+    assert diffusion_size(1, 8192, 512) == (8, 8192)  # was 8 x 46344, past any max_side
+    assert diffusion_size(1, 40, 512) == (24, 1024)  # scaled up until its long side is 2 x native
+    assert diffusion_size(7, 3, 512) == (784, 336)  # up to 4:1 a small picture still reaches the model's area
+    assert diffusion_size(1, 1, 512) == (512, 512)
