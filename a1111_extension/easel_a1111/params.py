@@ -273,10 +273,9 @@ def infotext_value(text: str | None, key: str) -> str | None:
     return found[1] if found else None
 
 
-# Pillow's modes for a picture of more than 8 bits a pixel: a 16-bit grey PNG (a depth map, a scan) opens as
-# one of these, and Pillow's conversion to 8 bits clips it (all but the darkest 1/256 came out white).
 def png_image(picture: Image.Image, mode: str = "RGBA") -> ImageData:
-    """A PIL picture as PNG ImageData (PNG keeps the pixels exact)."""
+    """A PIL picture as PNG ImageData (PNG keeps the pixels exact); a grey one deeper than 8 bits (a depth
+    map, a scan) scaled to 8 bits first, as Pillow's own conversion clips it."""
     buffer = io.BytesIO()
     eight_bit_grey(picture).convert(mode).save(buffer, format="PNG", compress_level=1)
     return ImageData.from_png(buffer.getvalue())
