@@ -146,13 +146,18 @@ def paint(page, start: tuple[float, float], end: tuple[float, float], size: tupl
 
 
 def watch_progress(page) -> None:
-    """Record every text the progress line shows (it changes faster than polling can see)."""
+    """Record every text the progress line shows (it changes faster than polling can see). The whole
+    block is watched: gradio may re-create the line's element (a late load event under CI load), and an
+    observer of the old element would then see nothing more."""
     page.evaluate("""() => {
         window.easelSeen = [];
         const block = document.querySelector('#easel_progress');
-        const line = block.querySelector('[data-testid=markdown]');
-        new MutationObserver(() => window.easelSeen.push(line.innerText))
-            .observe(line, {subtree: true, childList: true, characterData: true});
+        const text = () => (block.querySelector('[data-testid=markdown]') || block).innerText;
+        let last = text();
+        new MutationObserver(() => {
+            const now = text();
+            if (now !== last) window.easelSeen.push(last = now);
+        }).observe(block, {subtree: true, childList: true, characterData: true});
     }""")
 
 

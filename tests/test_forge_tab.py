@@ -14,6 +14,7 @@ from urllib.parse import urljoin
 import numpy as np
 import pytest
 from PIL import Image
+from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
 from conftest import picture
 from test_a1111_tab import (
@@ -222,7 +223,11 @@ def test_closing_the_page_cancels_its_job(chromium, forge, server):
     set_number(closing, "easel_batch", 4)  # (minutes to run to its end)
     watch_progress(closing)
     closing.click("#easel_generate")
-    closing.wait_for_function("() => window.easelSeen.some(text => text.startsWith('Step 2/'))", timeout=TIMEOUT * 2)
+    try:
+        closing.wait_for_function("() => window.easelSeen.some(text => text.startsWith('Step 2/'))",
+                                  timeout=TIMEOUT * 2)
+    except PlaywrightTimeout:
+        raise AssertionError(f"no 'Step 2/' in {closing.evaluate('window.easelSeen')}") from None
     queue = server.server.queue
     assert queue.running is not None
     closing.context.close()
