@@ -377,8 +377,10 @@ class Job:
             raise ProtocolError("invalid_field", "a job's references are either all `face` or none `face`: the "
                                 "face mode uses its own adapter", "references")
         rules.check_seed_range(self.sampling.seed, self.sampling.batch)
-        for key in ("prompt", "negative_prompt"):  # A1111 emphasis: brackets must match, weights be numbers
-            prompt_syntax.parse(getattr(self, key), key)
+        for key in ("prompt", "negative_prompt"):  # A1111 syntax: brackets must match, weights and steps be numbers
+            if prompt_syntax.read(getattr(self, key), key).changes and self.mode == "instruct":
+                raise ProtocolError("invalid_field", f"instruct reads `{key}` whole at every step: [from:to:when] "
+                                    "prompt editing and [a|b] alternation are for the other modes", key)
         for index, unit in enumerate(self.control):
             name = f"control[{index}]"
             if unit.image is None and self.mode == "generate":

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from . import loras as lora_rules
+from . import prompt_syntax
 from .errors import ProtocolError, shown
 from .vocabulary import REFERENCE_MODES
 
@@ -79,6 +80,11 @@ def refusal(job, model: str, caps: ModelCapabilities) -> ProtocolError | None:
     if job.sampling.clip_skip is not None and not caps.clip_skip:  # (it was echoed in the result, and ignored)
         return ProtocolError("unsupported", f"model {model!r} ({caps.family}) has no clip skip: its prompt is read "
                              "whole by CLIP-L and T5 (leave `clip_skip` out)", "clip_skip")
+    if caps.family == "flux":
+        for key in ("prompt", "negative_prompt"):
+            if _changes(getattr(job, key), key):
+                return ProtocolError("unsupported", f"model {model!r} (flux) reads its prompt whole: [from:to:when] "
+                                     "prompt editing and [a|b] alternation are for sd15 and sdxl models", key)
     if not caps.loras:  # (a preset's LoRAs are the server's to check: hosts do not know them)
         for name, weight, where in asked_loras(job):
             if weight != 0:
@@ -88,6 +94,13 @@ def refusal(job, model: str, caps: ModelCapabilities) -> ProtocolError | None:
         return ProtocolError("unsupported", f"model {model!r} has no image guidance for instruct edits (leave "
                              "`image_guidance` out)", "image_guidance")
     return None
+
+
+def _changes(prompt: str, field: str) -> bool:
+    try:
+        return prompt_syntax.read(prompt, field).changes
+    except ProtocolError:  # (malformed: `Job.check`'s to refuse)
+        return False
 
 
 def asked_loras(job) -> list[tuple[str, float, str]]:

@@ -1,12 +1,21 @@
-"""A1111 prompt emphasis, read into weighted pieces of text.
+"""A1111 prompt syntax: emphasis, prompt editing, alternation and BREAK, read into weighted pieces of text.
 
-``(word)`` is word x 1.1, ``((word))`` x 1.21, ``[word]`` / 1.1, ``(word:1.3)`` x 1.3, and groups nest
-by multiplying. ``\\(``, ``\\)``, ``\\[``, ``\\]`` and ``\\\\`` are the characters themselves. Text
-outside any group has weight 1, so a prompt without brackets reads as one piece, its own text.
+Emphasis: ``(word)`` is word x 1.1, ``((word))`` x 1.21, ``[word]`` / 1.1, ``(word:1.3)`` x 1.3, and
+groups nest by multiplying. ``\\(``, ``\\)``, ``\\[``, ``\\]`` and ``\\\\`` are the characters themselves.
+Text outside any group has weight 1, so a prompt without brackets reads as one piece, its own text.
+
+The prompt may change as the picture is painted, step by step (A1111's "new" scheduling):
+
+* ``[from:to:when]`` reads ``from`` up to step ``when`` and ``to`` after it; ``[to:when]`` adds ``to``
+  after it, ``[from::when]`` drops ``from`` after it. A ``when`` with a decimal point is a share of the
+  steps (``0.5``: half way), without one a step number (``5``);
+* ``[a|b|c]`` reads ``a`` at the first step, ``b`` at the second, ... and round again.
+
+``BREAK`` (the word, in capitals) ends the text encoder's chunk: what follows starts a chunk of its own.
 
 Unlike A1111 (which quietly closes what is left open) a bracket that does not match, or a weight that
 is not a number, is refused with a message saying where: a painter's typo should not silently change
-the emphasis of the rest of the prompt. ``[from:to:when]`` prompt editing is refused as unsupported.
+the emphasis of the rest of the prompt.
 
 Pure and standard library only: hosts check prompts with it before sending, the server parses with it.
 """
@@ -14,6 +23,7 @@ Pure and standard library only: hosts check prompts with it before sending, the 
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 
 from .errors import ProtocolError, shown
 
@@ -23,22 +33,74 @@ MAX_NESTING = 32  # groups inside groups: (((word))) is 3. Each closing reweighs
 # 3,000 nested groups took a minute of a core to read (on the thread that takes jobs in), for weights of 10^138
 _NUMBER_LIKE = re.compile(r"\s*[-+]?[0-9.]+\s*")
 _ESCAPES = "()[]\\"
+_BREAK = re.compile(r"\s*\bBREAK\b\s*")
 
 Piece = tuple[str, float]
 """A run of prompt text and its weight."""
 
 
-def parse(prompt: str, field: str = "prompt") -> tuple[Piece, ...]:
-    """The prompt as (text, weight) pieces, neighbours of equal weight merged and empty text dropped;
-    raise ``ProtocolError`` (``invalid_field``, naming ``field``) for malformed emphasis."""
-    pieces: list[Piece] = []
-    # A stack of open groups: (opening character, its position, the pieces read inside it so far).
-    stack: list[tuple[str, int, list[Piece]]] = []
+@dataclass(frozen=True)
+class _Group:
+    """Emphasis: what it holds, weighted by ``factor``."""
+
+    factor: float
+    nodes: tuple
+
+
+@dataclass(frozen=True)
+class _Edit:
+    """``[before:after:when]``: ``when`` as written (a share of the steps with a decimal point, else a step)."""
+
+    before: tuple
+    after: tuple
+    when: str
+
+    def last_step_before(self, steps: int) -> int:
+        value = float(self.when) * steps if "." in self.when else float(self.when)
+        return min(steps, int(value))
+
+
+@dataclass(frozen=True)
+class _Alternation:
+    options: tuple[tuple, ...]
+
+
+@dataclass(frozen=True)
+class _Separator:
+    """A ``:`` or ``|`` at the top of a ``[ ]`` group, until the group closes and says what it is."""
+
+    char: str
+
+
+@dataclass(frozen=True)
+class Prompt:
+    """A parsed prompt; ``pieces`` gives its text at a step."""
+
+    nodes: tuple
+
+    @property
+    def changes(self) -> bool:
+        """Whether the text depends on the step (prompt editing or alternation)."""
+        return _changes(self.nodes)
+
+    def pieces(self, step: int = 1, steps: int = 1) -> tuple[Piece, ...]:
+        """The prompt as (text, weight) pieces at ``step`` (from 1) of ``steps``, neighbours of equal
+        weight merged and empty text dropped."""
+        out: list[Piece] = []
+        _render(self.nodes, step, steps, 1.0, out)
+        return _merged(out)
+
+
+def read(prompt: str, field: str = "prompt") -> Prompt:
+    """The prompt, parsed; raise ``ProtocolError`` (``invalid_field``, naming ``field``) for malformed syntax."""
+    items: list = []
+    # A stack of open groups: (opening character, its position, the items read inside it so far).
+    stack: list[tuple[str, int, list]] = []
     text: list[str] = []
 
     def flush() -> None:
         if text:
-            (stack[-1][2] if stack else pieces).append(("".join(text), 1.0))
+            (stack[-1][2] if stack else items).append("".join(text))
             text.clear()
 
     index = 0
@@ -63,8 +125,11 @@ def parse(prompt: str, field: str = "prompt") -> tuple[Piece, ...]:
                              f"character {stack[-1][1] + 1}")
             flush()
             opening, start, inner = stack.pop()
-            inner = _weighted(opening, inner, field, start)
-            (stack[-1][2] if stack else pieces).extend(inner)
+            node = _emphasis(inner, field, start) if opening == "(" else _square(inner, field, start)
+            (stack[-1][2] if stack else items).append(node)
+        elif char in ":|" and stack and stack[-1][0] == "[":
+            flush()
+            stack[-1][2].append(_Separator(char))
         else:
             text.append(char)
         index += 1
@@ -74,7 +139,26 @@ def parse(prompt: str, field: str = "prompt") -> tuple[Piece, ...]:
         closing = ")" if opening == "(" else "]"
         raise _error(field, f"'{opening}' at character {start + 1} is never closed with '{closing}' (write "
                      f"\\{opening} for the character itself)")
-    return _merged(pieces)
+    return Prompt(tuple(items))
+
+
+def parse(prompt: str, field: str = "prompt") -> tuple[Piece, ...]:
+    """The prompt's (text, weight) pieces at its first step (all of them, for a prompt that does not
+    change); raise ``ProtocolError`` for malformed syntax as ``read`` does."""
+    return read(prompt, field).pieces()
+
+
+def chunks(pieces: tuple[Piece, ...]) -> list[tuple[Piece, ...]]:
+    """The pieces cut where the prompt says ``BREAK``: each part starts a text-encoder chunk of its own.
+    Empty parts are dropped; a prompt without ``BREAK`` is one part."""
+    parts: list[list[Piece]] = [[]]
+    for text, weight in pieces:
+        for number, part in enumerate(_BREAK.split(text)):
+            if number:
+                parts.append([])
+            if part:
+                parts[-1].append((part, weight))
+    return [tuple(part) for part in parts if part] or [()]
 
 
 def plain(pieces: tuple[Piece, ...]) -> str:
@@ -82,17 +166,22 @@ def plain(pieces: tuple[Piece, ...]) -> str:
     return "".join(text for text, _ in pieces)
 
 
+def words(pieces: tuple[Piece, ...]) -> str:
+    """The text of the pieces without weights or ``BREAK``: for text encoders that take words alone."""
+    return " ".join(plain(part) for part in chunks(pieces))
+
+
 def weighted(pieces: tuple[Piece, ...]) -> bool:
     """Whether any piece has a weight other than 1."""
     return any(weight != 1.0 for _, weight in pieces)
 
 
-def _weighted(opening: str, inner: list[Piece], field: str, start: int) -> list[Piece]:
-    """A closed group's pieces with its factor applied: 1.1, 1/1.1, or the ``:number`` at its end."""
-    factor = UP if opening == "(" else 1 / UP
-    if inner and inner[-1][1] == 1.0 and ":" in inner[-1][0]:
-        head, _, tail = inner[-1][0].rpartition(":")
-        if opening == "(" and (not tail.strip() or _NUMBER_LIKE.fullmatch(tail)):
+def _emphasis(inner: list, field: str, start: int) -> _Group:
+    """A closed ``( )`` group: its words x 1.1, or x the ``:number`` at its end."""
+    factor = UP
+    if inner and isinstance(inner[-1], str) and ":" in inner[-1]:
+        head, _, tail = inner[-1].rpartition(":")
+        if not tail.strip() or _NUMBER_LIKE.fullmatch(tail):
             try:
                 factor = float(tail)
             except ValueError:
@@ -101,11 +190,56 @@ def _weighted(opening: str, inner: list[Piece], field: str, start: int) -> list[
             if not 0 <= factor <= MAX_WEIGHT:
                 raise _error(field, f"the weight {factor:g} of the group at character {start + 1} must be between 0 "
                              f"and {MAX_WEIGHT:g}")
-            inner = inner[:-1] + ([(head, 1.0)] if head else [])
-        elif opening == "[" and _NUMBER_LIKE.fullmatch(tail):
-            raise _error(field, f"[from:to:when] prompt editing (character {start + 1}) is not supported; for a "
-                         "weight write (word:0.9)")
-    return [(text, round(weight * factor, 6)) for text, weight in inner]
+            inner = inner[:-1] + ([head] if head else [])
+    return _Group(factor, tuple(inner))
+
+
+def _square(inner: list, field: str, start: int):
+    """A closed ``[ ]`` group: an alternation when it holds ``|``, an edit when it ends in ``:number``
+    after one or two ``:``, else its words / 1.1."""
+    options = _split(inner, "|")
+    if len(options) > 1:
+        return _Alternation(tuple(tuple(option) for option in options))
+    parts = _split(inner, ":")
+    when = parts[-1]
+    if len(parts) in (2, 3) and len(when) == 1 and isinstance(when[0], str) and _NUMBER_LIKE.fullmatch(when[0]):
+        try:
+            value = float(when[0])
+        except ValueError:
+            raise _error(field, f"the step {shown(when[0].strip())} of the prompt edit at character {start + 1} is "
+                         "not a number (write it like [from:to:0.5] or [from:to:10])") from None
+        if value < 0:
+            raise _error(field, f"the step {value:g} of the prompt edit at character {start + 1} must be 0 or more")
+        return _Edit(tuple(parts[0]) if len(parts) == 3 else (), tuple(parts[-2]), when[0].strip())
+    return _Group(1 / UP, tuple(_split(inner, "")[0]))
+
+
+def _split(inner: list, char: str) -> list[list]:
+    """A ``[ ]`` group's items cut at its ``char`` separators; the other separators are text again."""
+    parts: list[list] = [[]]
+    for item in inner:
+        if item == _Separator(char):
+            parts.append([])
+        else:
+            parts[-1].append(item.char if isinstance(item, _Separator) else item)
+    return parts
+
+
+def _render(nodes: tuple, step: int, steps: int, weight: float, out: list[Piece]) -> None:
+    for node in nodes:
+        if isinstance(node, str):
+            out.append((node, weight))
+        elif isinstance(node, _Group):
+            _render(node.nodes, step, steps, round(weight * node.factor, 6), out)
+        elif isinstance(node, _Edit):
+            _render(node.before if step <= node.last_step_before(steps) else node.after, step, steps, weight, out)
+        else:
+            _render(node.options[(step - 1) % len(node.options)], step, steps, weight, out)
+
+
+def _changes(nodes: tuple) -> bool:
+    return any(isinstance(node, (_Edit, _Alternation)) or (isinstance(node, _Group) and _changes(node.nodes))
+               for node in nodes)
 
 
 def _merged(pieces: list[Piece]) -> tuple[Piece, ...]:

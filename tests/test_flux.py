@@ -89,9 +89,10 @@ def test_flux_capabilities_are_listed_and_what_flux_lacks_is_refused(client):
             ({"mode": "img2img", "references": [{"image": image}]}, "unsupported", "references[0]"),
             ({"mode": "img2img", "negative_prompt": "blurry"}, "unsupported", "negative_prompt"),
             ({"mode": "instruct", "image_guidance": 1.5}, "unsupported", "image_guidance"),
-            ({"mode": "img2img", "clip_skip": 2}, "unsupported", "clip_skip")):  # (it was echoed, and ignored)
+            ({"mode": "img2img", "clip_skip": 2}, "unsupported", "clip_skip"),  # (it was echoed, and ignored)
+            ({"mode": "img2img", "prompt": "a [lighthouse:castle:0.5]"}, "unsupported", "prompt")):
         with pytest.raises(EaselError) as caught:
-            client.run(params.pop("mode"), model="demo-flux", image=image, prompt="x", steps=STEPS, **params)
+            client.run(params.pop("mode"), model="demo-flux", image=image, steps=STEPS, **{"prompt": "x", **params})
         assert (caught.value.code, caught.value.field) == (code, field)
         assert "demo-flux" in caught.value.message
     with pytest.raises(EaselError) as caught:

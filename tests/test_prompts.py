@@ -12,6 +12,7 @@ import re
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 from safetensors.torch import save_file
 
 from backend.config import Config, ConfigError, ModelSpec, load_config
@@ -21,11 +22,11 @@ from backend.engine.engine import Engine, make_scheduler
 from backend.engine.job import EditJob
 from backend.engine.models import ModelError, ModelRegistry, pick_device
 from backend.engine.runner import PassInputs, run_pass
-from conftest import decode
+from conftest import decode, picture, png
 from shared.client import Accepted, EaselError
 from shared.errors import ProtocolError
 from shared.job import Job
-from shared.prompt_syntax import parse
+from shared.prompt_syntax import chunks, parse, plain, read
 
 # -- the emphasis parser ----------------------------------------------------------------------
 
@@ -41,6 +42,8 @@ from shared.prompt_syntax import parse
     (r"\(not weighted\) \[x\]", (("(not weighted) [x]", 1.0),)),
     ("(style: baroque)", (("style: baroque", 1.1),)),  # a colon followed by words is text
     ("(red:1.0) door", (("red door", 1.0),)),
+    ("[a:b] c", (("a:b", 0.909091), (" c", 1.0))),  # no step: emphasis, as before
+    (r"\[cat:dog:0.5\]", (("[cat:dog:0.5]", 1.0),)),
     ("", ()),
 ])
 def test_a1111_emphasis_reads_as_weighted_pieces(prompt, pieces):
@@ -55,7 +58,9 @@ def test_a1111_emphasis_reads_as_weighted_pieces(prompt, pieces):
     ("(a:)", "the weight ''"),
     ("(a:-1)", "between 0 and 10"),
     ("(a:11)", "between 0 and 10"),
-    ("[cat:dog:0.5]", "prompt editing"),
+    ("[cat:dog:-1]", "the step -1 of the prompt edit at character 1 must be 0 or more"),
+    ("a [cat:dog:1..5]", "the step '1..5' of the prompt edit at character 3 is not a number"),
+    ("[cat:dog:0.5", "'[' at character 1 is never closed"),
     # A minute of a core for the 10,000 characters a prompt may hold, every group closing reweighing all inside it
     ("(" * 3333 + "a)" * 3333, "'(' at character 33 opens a group 33 deep"),
 ])
@@ -68,6 +73,41 @@ def test_malformed_emphasis_is_refused_naming_the_field_and_the_place(prompt, sa
 def test_groups_may_nest_as_deep_as_the_limit():
     ((text, weight),) = parse("(" * 32 + "a" + ")" * 32)
     assert text == "a" and weight == pytest.approx(1.1 ** 32, rel=1e-5)
+
+
+@pytest.mark.parametrize("prompt, steps, texts", [
+    ("a [cat:dog:0.5]", 4, ["a cat", "a cat", "a dog", "a dog"]),  # a share of the steps: a decimal point
+    ("a [cat:dog:1]", 3, ["a cat", "a dog", "a dog"]),  # a step number
+    ("[cat::2] and", 3, ["cat and", "cat and", " and"]),  # dropped after step 2
+    ("a [dog:0.5]", 4, ["a ", "a ", "a dog", "a dog"]),  # added after half
+    ("[cat:dog:1.0]", 3, ["cat", "cat", "cat"]),  # the whole way: never
+    ("[cat:dog:0]", 2, ["dog", "dog"]),
+    ("[red|green|blue]", 4, ["red", "green", "blue", "red"]),
+    ("[[red|green]:blue:0.5]", 4, ["red", "green", "blue", "blue"]),
+])
+def test_prompt_editing_and_alternation_change_the_text_by_step(prompt, steps, texts):
+    parsed = read(prompt)
+    assert parsed.changes
+    assert [plain(parsed.pieces(step, steps)) for step in range(1, steps + 1)] == texts
+
+
+def test_edits_take_the_weights_of_their_groups():
+    parsed = read("a ([cat:(dog:1.5):0.5]:1.2)")
+    assert parsed.pieces(1, 2) == (("a ", 1.0), ("cat", 1.2))
+    assert parsed.pieces(2, 2) == (("a ", 1.0), ("dog", 1.8))
+    assert not read("a (red:1.2) [door] BREAK sky").changes
+
+
+def test_break_starts_a_chunk_wherever_it_stands():
+    assert chunks(parse("a, BREAK (b BREAK c:1.2) BREAKfast BREAK")) == [
+        (("a,", 1.0),), (("b", 1.2),), (("c", 1.2), (" BREAKfast", 1.0))]
+    assert chunks(parse("no break here, Break")) == [(("no break here, Break", 1.0),)]
+
+
+def test_instruct_refuses_a_prompt_that_changes():
+    with pytest.raises(ProtocolError) as caught:
+        Job.create("instruct", prompt="make it [winter|autumn]", image={"data": "x"}).check()
+    assert caught.value.field == "prompt" and "alternation" in caught.value.message
 
 
 def test_embedding_names_become_tokens_as_words_only():
@@ -298,12 +338,82 @@ def test_bad_prompt_settings_in_the_config_name_the_key(tmp_path, line, says):
         load_config(tmp_path / "easel.toml").check()
 
 
+def unet_sees(pipe, inputs: PassInputs) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
+    """The prompt embeddings (and SDXL's pooled one) the UNet was given at each step, of the prompt's half."""
+    seen = []
+
+    def look(module, args, kwargs):
+        pooled = (kwargs.get("added_cond_kwargs") or {}).get("text_embeds")
+        seen.append((kwargs["encoder_hidden_states"][-1], None if pooled is None else pooled[-1]))
+
+    handle = pipe.unet.register_forward_pre_hook(look, with_kwargs=True)
+    try:
+        run_pass(pipe, inputs, lambda *a: {})
+    finally:
+        handle.remove()
+    return seen
+
+
+@pytest.mark.parametrize("model", ["demo-base", "demo-xl"])
+@pytest.mark.parametrize("mode, steps, strength, prompt, expected", [
+    ("generate", 4, 1.0, "a [red:blue:3] door", "rrrb"),
+    ("generate", 4, 1.0, "a [red|blue] door", "rbrb"),
+    ("img2img", 8, 0.5, "a [red:blue:0.5] door", "rrbb"),  # half of the 4 steps that run
+    ("inpaint", 3, 1.0, "a [red:blue:0.5] (door:1.1)", "rbb"),  # soft inpainting steers the same callback
+])
+def test_the_unet_gets_each_steps_prompt(engine, model, mode, steps, strength, prompt, expected):
+    loaded = engine.registry.get(model)
+    pipe = loaded.pipeline(mode)
+    pipe.scheduler = make_scheduler("euler", loaded.scheduler_config)
+    job = EditJob(mode=mode, model=model, prompt=prompt, negative_prompt="blurry", strength=strength, batch=1,
+                  steps=steps, guidance=7.0, seed=3, sampler="euler")
+    prompt_at = engine._prompt(job, loaded, pipe)
+    wanted = {colour[0]: prompts.encode(pipe, loaded.family, parse(re.sub(r"\[[^]]*\]", colour, prompt)),
+                                        parse("blurry"), True) for colour in ("red", "blue")}
+    inputs = PassInputs(mode, (64, 64), steps, 7.0, strength, 5, prompt_at,
+                        image=picture(64, 64) if mode != "generate" else None,
+                        mask=Image.new("L", (64, 64), 255) if mode == "inpaint" else None,
+                        change=np.ones((64, 64), np.float32) if mode == "inpaint" else None)
+    seen = unet_sees(pipe, inputs)
+    assert len(seen) == len(expected)
+    for (embeds, pooled), key in zip(seen, expected):
+        torch.testing.assert_close(embeds, wanted[key]["prompt_embeds"][0], rtol=0, atol=0)
+        if model == "demo-xl":
+            torch.testing.assert_close(pooled, wanted[key]["pooled_prompt_embeds"][0], rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("model", ["demo-base", "demo-xl"])
+def test_an_edit_at_either_end_is_the_plain_prompt_exactly(engine, model):
+    red, blue = (generate(engine, f"a {colour} door", model, steps=4) for colour in ("red", "blue"))
+    assert (red != blue).any()
+    np.testing.assert_array_equal(generate(engine, "a [red:blue:4] door", model, steps=4), red)  # never switches
+    np.testing.assert_array_equal(generate(engine, "a [red:blue:0] door", model, steps=4), blue)  # from step 1
+    late = generate(engine, "a [red:blue:0.75] door", model, steps=4)  # the last step alone
+    assert (late != red).any() and (late != blue).any()
+
+
+@pytest.mark.parametrize("model", ["demo-base", "demo-xl"])
+def test_break_encodes_each_part_as_a_chunk_of_its_own(engine, model):
+    loaded = engine.registry.get(model)
+    pipe = loaded.base
+    with torch.no_grad():
+        both = prompts.encode(pipe, loaded.family, parse("a red door BREAK a blue sky"), parse("blurry"), True)
+        alone = [prompts._weighted_encode(pipe, loaded.family, parse(text), None, True, 1)
+                 for text in ("a red door", "a blue sky")]
+    assert both["prompt_embeds"].shape[1] == both["negative_prompt_embeds"].shape[1] == 154
+    torch.testing.assert_close(both["prompt_embeds"][:, :77], alone[0]["prompt_embeds"], rtol=0, atol=0)
+    torch.testing.assert_close(both["prompt_embeds"][:, 77:], alone[1]["prompt_embeds"], rtol=0, atol=0)
+    if loaded.family == "sdxl":  # pooled: the first part's
+        torch.testing.assert_close(both["pooled_prompt_embeds"], alone[0]["pooled_prompt_embeds"], rtol=0, atol=0)
+
+
 # -- over the wire ------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("change, code, field", [
     ({"prompt": "a (red door"}, "invalid_field", "prompt"),
     ({"negative_prompt": "(blurry:1..5)"}, "invalid_field", "negative_prompt"),
+    ({"prompt": "a [red:blue:-0.5] door"}, "invalid_field", "prompt"),
     ({"prompt": "a door, embedding:nothing-here"}, "unknown_embedding", "prompt"),
     ({"prompt": "embedding:demo-embedding-xl"}, "unknown_embedding", "prompt"),  # an SDXL one on SD1.5
     ({"clip_skip": 13}, "invalid_field", "clip_skip"),
@@ -331,6 +441,14 @@ def test_a_weighted_job_over_the_wire_reports_its_clip_skip(client):
     result = client.run("generate", prompt="a (red:1.3) door, demo-style", clip_skip=2, steps=2, width=64,
                         height=64, seed=1)
     assert result.parameters["clip_skip"] == 2
+    assert decode(result.images[0].image).shape == (64, 64, 4)
+
+
+def test_a_prompt_that_changes_runs_over_the_wire_and_comes_back_as_written(client):
+    prompt, negative = "a [red|blue] door BREAK [demo-style:0.5]", "[blurry::2]"
+    result = client.run("img2img", prompt=prompt, negative_prompt=negative, image=png(picture(64, 64)), steps=4,
+                        strength=0.75, seed=1)
+    assert (result.parameters["prompt"], result.parameters["negative_prompt"]) == (prompt, negative)
     assert decode(result.images[0].image).shape == (64, 64, 4)
 
 

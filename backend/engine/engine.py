@@ -33,7 +33,7 @@ from backend.engine.passes import Pass, is_two_stage, layer_box, on_picture, pla
 from backend.engine.preprocessors import SEEDED, Preprocessors
 from backend.engine.previews import Previewer
 from backend.engine.prompt_cache import PromptCache
-from backend.engine.runner import ControlInput, PassInputs, run_pass
+from backend.engine.runner import ControlInput, PassInputs, PromptAt, run_pass
 from backend.engine.upscalers import Upscalers
 from shared import prompt_syntax, rules
 from shared.geometry import Box
@@ -195,7 +195,7 @@ class Engine:
         # (the prompt's embeddings depend on the LoRAs active in the text encoders; flux takes none)
         text_loras = self.loras.apply(model, pipe, job.loras) if not flux else ()
         if flux:  # (its encoders take no weights: emphasis gives its words, not its brackets and numbers)
-            prompt = model.prompt(pipe, *(prompt_syntax.plain(prompt_syntax.parse(text, key)) for text, key in
+            prompt = model.prompt(pipe, *(prompt_syntax.words(prompt_syntax.parse(text, key)) for text, key in
                                           ((job.prompt, "prompt"), (job.negative_prompt, "negative_prompt"))))
         else:
             prompt = self._prompt(job, model, pipe, text_loras)
@@ -277,8 +277,8 @@ class Engine:
         rgb = np.ascontiguousarray(job.image[..., :3])
         if (alpha == 0).any():  # the colour hidden under transparency (often black) would bleed into the
             rgb = fill.prefill(rgb, alpha, None, "none")  # resampled edge as a dark fringe: new canvas
-        rgb = self.upscalers.run(upscaler, rgb, (job.width, job.height), on_tile, prompt=job.prompt, seed=job.seed,
-                                 steps=job.steps)
+        rgb = self.upscalers.run(upscaler, rgb, (job.width, job.height), on_tile, prompt=_words(job.prompt),
+                                 seed=job.seed, steps=job.steps)
         picture = compose.opaque(rgb)
         if (alpha < 255).any():  # transparency keeps its shape, resampled
             picture[..., 3] = np.asarray(Image.fromarray(alpha).resize((job.width, job.height),
@@ -344,8 +344,8 @@ class Engine:
                     small = dataclasses.replace(job, image=shrunk, batch=1, seed=seed)
                 made = self.run(small, stage).layers[0]
                 picture = self.upscalers.run(upscaler, made.pixels[..., :3], (width, height),
-                                             lambda done, total: self._check_cancel(reporter), prompt=job.prompt,
-                                             seed=seed, steps=job.steps)
+                                             lambda done, total: self._check_cancel(reporter),
+                                             prompt=_words(job.prompt), seed=seed, steps=job.steps)
                 refine = dataclasses.replace(job, mode="img2img", image=compose.opaque(picture), width=None,
                                              height=None, batch=1, seed=seed, strength=tiles[0].strength,
                                              recompose=False)
@@ -370,28 +370,46 @@ class Engine:
 
     # -- conditioning -------------------------------------------------------------------------
 
-    def _prompt(self, job: EditJob, model: LoadedModel, pipe, text_loras: tuple = ()) -> dict:
+    def _prompt(self, job: EditJob, model: LoadedModel, pipe, text_loras: tuple = ()) -> dict | PromptAt:
         """The prompt's embeddings (cached by the parsed prompt): emphasis, long prompts, embeddings, clip skip.
-        ``text_loras``: the LoRAs active in the text encoders, which the embeddings depend on."""
+        A prompt that changes as it is painted (``[from:to:when]``, ``[a|b]``) gives a function of the step
+        instead. ``text_loras``: the LoRAs active in the text encoders, which the embeddings depend on."""
         clip_skip = job.clip_skip or model.clip_skip
         layers = prompts.encoder_layers(pipe)
         if clip_skip > layers:
             raise ModelError("invalid_field", f"clip skip {clip_skip} is more than the {layers} layers of model "
                              f"{model.name!r}'s text encoder", "clip_skip")
-        try:
-            positive = self.embeddings.apply(model, prompt_syntax.parse(job.prompt, "prompt"), "prompt")
-            negative = self.embeddings.apply(model, prompt_syntax.parse(job.negative_prompt, "negative_prompt"),
-                                             "negative_prompt") if job.negative_prompt else None
-        except EmbeddingError as exc:
-            raise ModelError(exc.code, exc.message, exc.field) from exc
-        if job.mode == "instruct" and prompts.is_plain(pipe, positive, negative, clip_skip):
-            # InstructPix2Pix has no encode_prompt: a plain prompt goes as text (its three-way guidance
-            # repeats the negative); emphasis, long prompts and clip skip come as embeddings below
-            return {"prompt": prompt_syntax.plain(positive),
-                    "negative_prompt": prompt_syntax.plain(negative) if negative else None}
+        positive = prompt_syntax.read(job.prompt, "prompt")
+        negative = prompt_syntax.read(job.negative_prompt, "negative_prompt") if job.negative_prompt else None
         guided = job.guidance > 1
-        key = (model.name, text_loras, positive, negative, guided, clip_skip)
-        return self.prompts.get(key, lambda: prompts.encode(pipe, model.family, positive, negative, guided, clip_skip))
+
+        def encode(step: int = 1, steps: int = 1) -> dict:
+            try:
+                pos = self.embeddings.apply(model, positive.pieces(step, steps), "prompt")
+                neg = negative and self.embeddings.apply(model, negative.pieces(step, steps), "negative_prompt")
+            except EmbeddingError as exc:
+                raise ModelError(exc.code, exc.message, exc.field) from exc
+            if job.mode == "instruct" and prompts.is_plain(pipe, pos, neg, clip_skip):
+                # InstructPix2Pix has no encode_prompt: a plain prompt goes as text (its three-way guidance
+                # repeats the negative); emphasis, long prompts and clip skip come as embeddings below
+                return {"prompt": prompt_syntax.plain(pos),
+                        "negative_prompt": prompt_syntax.plain(neg) if neg else None}
+            key = (model.name, text_loras, pos, neg, guided, clip_skip)
+            return self.prompts.get(key, lambda: prompts.encode(pipe, model.family, pos, neg, guided, clip_skip))
+
+        if job.mode == "instruct" or not (positive.changes or (negative and negative.changes)):
+            return encode()  # (instruct: its three-way guidance reads one prompt; hosts' prompts are refused)
+        by_text: dict = {}  # each text encoded once a job, even with the prompt cache off
+
+        def at(step: int, steps: int) -> dict:
+            key = (positive.pieces(step, steps), negative.pieces(step, steps) if negative else None)
+            if key not in by_text:
+                by_text[key] = encode(step, steps)
+            return by_text[key]
+
+        for step in range(1, job.denoising_steps + 1):  # now, so that a bad embedding fails before `started`
+            at(step, job.denoising_steps)
+        return at
 
     def usable_embeddings(self, model: str) -> tuple[str | None, list[str]]:
         """The family of a configured model (None: unknown until it loads) and the embeddings it can use."""
@@ -423,7 +441,7 @@ class Engine:
         return self.adapters.switch_on(model, pipe, references, job.guidance > 1)
 
     def _pass_inputs(self, job: EditJob, model: LoadedModel, p: Pass, active: list[tuple[int, Control]],
-                     prompt: dict, adapter: dict, image_seed: int, canvas: np.ndarray | None = None,
+                     prompt: dict | PromptAt, adapter: dict, image_seed: int, canvas: np.ndarray | None = None,
                      check: Callable[[], None] | None = None) -> PassInputs:
         """The pictures of one pass at its diffusion size: its crop of the picture (pre-filled under the
         mask and where it is transparent), mask and maps. ``canvas``: the picture as painted so far;
@@ -496,6 +514,11 @@ class Engine:
         if model.name not in self._previewers:
             self._previewers[model.name] = Previewer(model.base.vae, model.preview_decoder)
         return self._previewers[model.name]
+
+
+def _words(prompt: str) -> str:
+    """A prompt's words for a model that takes text alone (the x4 upscaler): no brackets, weights or BREAKs."""
+    return prompt_syntax.words(prompt_syntax.parse(prompt))
 
 
 def pipeline_mode(mode: str) -> str:

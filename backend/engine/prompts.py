@@ -1,4 +1,4 @@
-"""Prompt encoding: A1111 emphasis, prompts longer than the text encoder's 77 tokens, clip skip.
+"""Prompt encoding: A1111 emphasis, prompts longer than the text encoder's 77 tokens, BREAK, clip skip.
 
 A prompt is parsed (``shared.prompt_syntax``) into weighted pieces, embeddings are put in as their
 tokens (``embeddings``), and the result is encoded one of two ways:
@@ -7,8 +7,8 @@ tokens (``embeddings``), and the result is encoded one of two ways:
   the pipeline's own ``encode_prompt`` with the arguments its ``__call__`` would use: the numbers are
   exactly those of passing the words to the pipeline;
 * anything else goes through compel's embeddings provider: each piece's tokens weighted, the prompt cut
-  into 77-token chunks at phrase boundaries and the chunks' embeddings joined, positive and negative
-  padded to the same length. SDXL runs both text encoders that way (the pooled embedding comes from the
+  into 77-token chunks at phrase boundaries and at ``BREAK``, the chunks' embeddings joined, positive
+  and negative padded to the same length. SDXL runs both text encoders that way (the pooled embedding comes from the
   second, over the prompt's first chunk, as SDXL pipelines do).
 
 Clip skip counts as A1111 does: 1 is the text encoder's last layer (SD1.5) or the model's usual
@@ -76,6 +76,7 @@ def fits(pipe, pieces: tuple[Piece, ...] | None) -> bool:
 def is_plain(pipe, positive: tuple[Piece, ...], negative: tuple[Piece, ...] | None, clip_skip: int) -> bool:
     """Whether the pipeline's own encoding gives what the job asks (see the module's docstring)."""
     return (clip_skip == 1 and not prompt_syntax.weighted(positive) and not prompt_syntax.weighted(negative or ())
+            and len(prompt_syntax.chunks(positive)) == 1 and len(prompt_syntax.chunks(negative or ())) == 1
             and fits(pipe, positive) and fits(pipe, negative))
 
 
@@ -155,10 +156,16 @@ def _weighted_encode(pipe, family: str, positive: tuple[Piece, ...], negative: t
 
 
 def _embed(pipe, provider, pieces: tuple[Piece, ...]):
-    pieces = pieces or (("", 1.0),)  # the empty prompt (compel cannot tokenize an empty batch)
-    texts = [pipe.maybe_convert_prompt(text, provider.tokenizer) for text, _ in pieces]  # multi-vector embeddings
-    weights = [weight for _, weight in pieces]
-    return provider.get_embeddings_for_weighted_prompt_fragments([texts], [weights], device=provider.device)
+    """The prompt's embeddings, each part between ``BREAK``s starting a chunk of its own."""
+    import torch
+
+    parts = []
+    for part in prompt_syntax.chunks(pieces):
+        part = part or (("", 1.0),)  # the empty prompt (compel cannot tokenize an empty batch)
+        texts = [pipe.maybe_convert_prompt(text, provider.tokenizer) for text, _ in part]  # multi-vector embeddings
+        weights = [weight for _, weight in part]
+        parts.append(provider.get_embeddings_for_weighted_prompt_fragments([texts], [weights], device=provider.device))
+    return torch.cat(parts, dim=1)
 
 
 def _pad(provider, embeds, length: int):
@@ -172,7 +179,8 @@ def _pad(provider, embeds, length: int):
 
 
 def _text(pipe, pieces: tuple[Piece, ...]) -> str:
-    return pipe.maybe_convert_prompt(prompt_syntax.plain(pieces), pipe.tokenizer)
+    """The text SDXL's pooled embedding is made of: the prompt up to its first ``BREAK``."""
+    return pipe.maybe_convert_prompt(prompt_syntax.plain(prompt_syntax.chunks(pieces)[0]), pipe.tokenizer)
 
 
 def _tokenizers(pipe) -> list:

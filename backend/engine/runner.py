@@ -17,6 +17,9 @@ import numpy as np
 import torch
 from PIL import Image
 
+PromptAt = Callable[[int, int], dict]
+"""A prompt that changes as it is painted: its embeddings at step (from 1) of steps."""
+
 
 @dataclass
 class ControlInput:
@@ -39,7 +42,7 @@ class PassInputs:
     guidance: float
     strength: float
     seed: int
-    prompt: dict  # the prompt's words or embeddings, as the pipeline takes them
+    prompt: dict | PromptAt  # the prompt's words or embeddings, as the pipeline takes them
     image: Image.Image | None = None  # RGB, diffusion size
     mask: Image.Image | None = None  # L, diffusion size
     control: list[ControlInput] = field(default_factory=list)
@@ -53,9 +56,13 @@ class PassInputs:
 def run_pass(pipe, inputs: PassInputs, on_step: Callable) -> np.ndarray:
     """One image of one pass, as H x W x 3 uint8 at diffusion size."""
     width, height = inputs.size
+    prompt = inputs.prompt
+    if callable(prompt):
+        prompt = prompt(1, steps_run(inputs))
+        on_step = following(inputs.prompt, prompt, on_step)
     if inputs.change is not None and inputs.mode == "inpaint":
         on_step = differential(inputs, on_step)
-    kwargs = dict(inputs.prompt, num_inference_steps=inputs.steps, guidance_scale=inputs.guidance,
+    kwargs = dict(prompt, num_inference_steps=inputs.steps, guidance_scale=inputs.guidance,
                   generator=torch.Generator("cpu").manual_seed(inputs.seed), output_type="np",
                   callback_on_step_end=on_step, **inputs.adapter)
     if inputs.guidance_rescale and "guidance_rescale" in inspect.signature(type(pipe).__call__).parameters:
@@ -82,6 +89,51 @@ def run_pass(pipe, inputs: PassInputs, on_step: Callable) -> np.ndarray:
                       control_guidance_end=pick([unit.end for unit in inputs.control]))
     images = pipe(**kwargs).images
     return (np.clip(images[0], 0, 1) * 255).round().astype(np.uint8)
+
+
+def steps_run(inputs: PassInputs) -> int:
+    """The denoising steps the pipeline runs: all of them from noise, the strength's share from a picture
+    (diffusers' ``get_timesteps`` with a first-order scheduler, as all of ours are)."""
+    if inputs.mode in ("generate", "instruct"):
+        return inputs.steps
+    return max(1, min(int(inputs.steps * inputs.strength), inputs.steps))
+
+
+def following(prompt_at: PromptAt, first: dict, on_step: Callable) -> Callable:
+    """Prompt editing through the step callback: after each step, the embeddings of the next one.
+
+    The pipeline starts with ``first``; whenever the next step's prompt differs, the callback hands the
+    denoising loop its embeddings (and on SDXL its pooled embedding, where the pipeline takes it back:
+    not in the ControlNet inpaint one, which keeps the first step's). Steps are counted from the
+    pipeline's own, so the shares of ``[from:to:0.5]`` are shares of the steps that run.
+    """
+    current = first
+
+    def step(pipe, index, timestep, tensors):
+        nonlocal current
+        out = on_step(pipe, index, timestep, tensors) or {}
+        total = pipe.num_timesteps
+        if index + 1 < total:
+            upcoming = prompt_at(index + 2, total)
+            if upcoming is not current:
+                current = upcoming
+                out = {**out, **_conditioning(pipe, upcoming)}
+        return out
+
+    return step
+
+
+def _conditioning(pipe, prompt: dict) -> dict:
+    """A prompt's embeddings as the denoising loop holds them: under guidance, the negative's stacked first."""
+    guided = pipe.do_classifier_free_guidance
+
+    def stacked(negative, positive):
+        return torch.cat([negative, positive]) if guided else positive
+
+    out = {"prompt_embeds": stacked(prompt["negative_prompt_embeds"], prompt["prompt_embeds"])}
+    if "pooled_prompt_embeds" in prompt:  # SDXL's pooled embedding conditions through `add_text_embeds`
+        out["add_text_embeds"] = stacked(prompt["negative_pooled_prompt_embeds"], prompt["pooled_prompt_embeds"])
+    return out
 
 
 def _control_image(unit: ControlInput, mask: Image.Image | None):
