@@ -18,7 +18,7 @@ from safetensors.torch import save_file
 from backend.config import Config, ConfigError, ModelSpec, load_config
 from backend.engine import prediction, prompts
 from backend.engine.embeddings import explicit_names, read_vectors, substitute
-from backend.engine.engine import Engine, make_scheduler
+from backend.engine.engine import Engine, JobCancelled, make_scheduler
 from backend.engine.job import EditJob
 from backend.engine.models import ModelError, ModelRegistry, pick_device
 from backend.engine.runner import PassInputs, run_pass
@@ -390,6 +390,27 @@ def test_an_edit_at_either_end_is_the_plain_prompt_exactly(engine, model):
     np.testing.assert_array_equal(generate(engine, "a [red:blue:0] door", model, steps=4), blue)  # from step 1
     late = generate(engine, "a [red:blue:0.75] door", model, steps=4)  # the last step alone
     assert (late != red).any() and (late != blue).any()
+
+
+def test_a_job_cancelled_while_its_step_prompts_encode_stops_there(engine):
+    # a prompt of many weighted words encodes for seconds, once for each text its steps read
+    engine.prompts._entries.clear()
+
+    class CancelledAfterOne(Quiet):
+        began = False
+
+        def started(self, steps, passes):
+            self.began = True
+
+        def is_cancelled(self):
+            return len(engine.prompts) > 0
+
+    reporter = CancelledAfterOne()
+    job = EditJob(mode="generate", model="demo-base", prompt="a [red|blue|green] door", negative_prompt="",
+                  strength=1.0, batch=1, width=64, height=64, seed=3, steps=6, guidance=7.0, sampler="euler")
+    with pytest.raises(JobCancelled):
+        engine.run(job, reporter)
+    assert len(engine.prompts) == 1 and not reporter.began
 
 
 @pytest.mark.parametrize("model", ["demo-base", "demo-xl"])

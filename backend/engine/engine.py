@@ -198,7 +198,7 @@ class Engine:
             prompt = model.prompt(pipe, *(prompt_syntax.words(prompt_syntax.parse(text, key)) for text, key in
                                           ((job.prompt, "prompt"), (job.negative_prompt, "negative_prompt"))))
         else:
-            prompt = self._prompt(job, model, pipe, text_loras)
+            prompt = self._prompt(job, model, pipe, text_loras, lambda: self._check_cancel(reporter))
         if self.lama is not None and any(p.fill == "inpaint" for p in passes):
             self.lama.load()  # a network that cannot load fails the job before `started`
         reporter.started(job.denoising_steps, shown)
@@ -370,10 +370,12 @@ class Engine:
 
     # -- conditioning -------------------------------------------------------------------------
 
-    def _prompt(self, job: EditJob, model: LoadedModel, pipe, text_loras: tuple = ()) -> dict | PromptAt:
+    def _prompt(self, job: EditJob, model: LoadedModel, pipe, text_loras: tuple = (),
+                check: Callable[[], None] = lambda: None) -> dict | PromptAt:
         """The prompt's embeddings (cached by the parsed prompt): emphasis, long prompts, embeddings, clip skip.
         A prompt that changes as it is painted (``[from:to:when]``, ``[a|b]``) gives a function of the step
-        instead. ``text_loras``: the LoRAs active in the text encoders, which the embeddings depend on."""
+        instead. ``text_loras``: the LoRAs active in the text encoders, which the embeddings depend on;
+        ``check`` raises when the job is cancelled between two of its prompts' encodings."""
         clip_skip = job.clip_skip or model.clip_skip
         layers = prompts.encoder_layers(pipe)
         if clip_skip > layers:
@@ -408,6 +410,7 @@ class Engine:
             return by_text[key]
 
         for step in range(1, job.denoising_steps + 1):  # now, so that a bad embedding fails before `started`
+            check()
             at(step, job.denoising_steps)
         return at
 
