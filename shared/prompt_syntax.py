@@ -57,7 +57,7 @@ class _Edit:
 
     def last_step_before(self, steps: int) -> int:
         value = float(self.when) * steps if "." in self.when else float(self.when)
-        return min(steps, int(value))
+        return int(min(value, steps))  # (min first: a step of 400 digits reads as infinity)
 
 
 @dataclass(frozen=True)

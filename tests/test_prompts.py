@@ -82,6 +82,7 @@ def test_groups_may_nest_as_deep_as_the_limit():
     ("a [dog:0.5]", 4, ["a ", "a ", "a dog", "a dog"]),  # added after half
     ("[cat:dog:1.0]", 3, ["cat", "cat", "cat"]),  # the whole way: never
     ("[cat:dog:0]", 2, ["dog", "dog"]),
+    ("[cat:dog:" + "9" * 400 + ".5]", 2, ["cat", "cat"]),  # (a float of infinity)
     ("[red|green|blue]", 4, ["red", "green", "blue", "red"]),
     ("[[red|green]:blue:0.5]", 4, ["red", "green", "blue", "blue"]),
 ])
