@@ -29,8 +29,8 @@ from .errors import ProtocolError, shown
 
 UP = 1.1  # A1111's factor for one level of ( ) or [ ]
 MAX_WEIGHT = 10.0
-MAX_NESTING = 32  # groups inside groups: (((word))) is 3. Each closing reweighs all it holds, so a prompt of
-# 3,000 nested groups took a minute of a core to read (on the thread that takes jobs in), for weights of 10^138
+MAX_NESTING = 32  # groups inside groups: (((word))) is 3. A prompt of 3,000 nested groups meant weights of 10^138
+# (and, read the first way, a minute of a core on the thread that takes jobs in; now a tree deeper than Python recurses)
 _NUMBER_LIKE = re.compile(r"\s*[-+]?[0-9.]+\s*")
 _ESCAPES = "()[]\\"
 _BREAK = re.compile(r"\s*\bBREAK\b\s*")

@@ -8,8 +8,8 @@ tokens (``embeddings``), and the result is encoded one of two ways:
   exactly those of passing the words to the pipeline;
 * anything else goes through compel's embeddings provider: each piece's tokens weighted, the prompt cut
   into 77-token chunks at phrase boundaries and at ``BREAK``, the chunks' embeddings joined, positive
-  and negative padded to the same length. SDXL runs both text encoders that way (the pooled embedding comes from the
-  second, over the prompt's first chunk, as SDXL pipelines do).
+  and negative padded to the same length. SDXL runs both text encoders that way (the pooled embedding
+  comes from the second, over the prompt's first chunk, as SDXL pipelines do).
 
 Clip skip counts as A1111 does: 1 is the text encoder's last layer (SD1.5) or the model's usual
 penultimate layer (SDXL), each step up one layer earlier.
