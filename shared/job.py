@@ -152,8 +152,9 @@ class Job:
     id: str | None = wire(JOB_ID, None, key="job")
     model: str | None = wire(Field("string", "Configured model name; the server's default when omitted.",
                                    max_length=200), None)
-    prompt: str = wire(Field("string", "What to paint.", max_length=10000), "")
-    negative_prompt: str = wire(Field("string", "What to avoid.", max_length=10000), "")
+    prompt: str = wire(Field("string", "What to paint, in A1111's syntax: (emphasis:1.2), [from:to:when] prompt "
+                             "editing, [a|b] alternation, BREAK.", max_length=10000), "")
+    negative_prompt: str = wire(Field("string", "What to avoid, in the same syntax.", max_length=10000), "")
     sampling: Sampling = field(default_factory=Sampling, metadata={"flatten": Sampling})
     width: int | None = wire(Field("integer", "generate: picture width in pixels; upscale: the target width.",
                                    minimum=8), None)
