@@ -32,6 +32,11 @@ class Offer:
     upscalers: tuple[str, ...] = ()  # names for an upscale's `upscaler`; () when the server lists none
     loras: tuple[tuple[str, str | None], ...] = ()  # (name, family or None) for a job's `loras`
     presets: tuple[str, ...] = ()  # names for a job's `preset`
+    embeddings: tuple[tuple[str, str], ...] = ()  # (name, family): textual inversions a prompt may name
+
+    def embeddings_for(self, family: str | None) -> tuple[str, ...]:
+        """The embeddings a model of ``family`` can use (None: not known yet, all of them; flux: none)."""
+        return tuple(name for name, made_for in self.embeddings if family is None or made_for == family)
 
     def loras_for(self, family: str | None) -> tuple[str, ...]:
         """The LoRAs a model of ``family`` can use: those made for it, and those whose family is not
@@ -74,6 +79,7 @@ def offer(capabilities: dict | None) -> Offer:
         upscalers=tuple(capabilities.get("upscalers", ())),
         loras=tuple((item["name"], item.get("family")) for item in capabilities.get("loras", ())),
         presets=tuple(item["name"] for item in capabilities.get("presets", ())),
+        embeddings=tuple((item["name"], item.get("family")) for item in capabilities.get("embeddings", ())),
     )
 
 

@@ -28,6 +28,7 @@ PLUGIN = Path(__file__).resolve().parents[1] / "krita_plugin"
 sys.path.insert(0, str(PLUGIN))
 
 from easel_krita import liveness, models, pixels, placement, plan, turns  # noqa: E402
+from easel_krita.completion import Completion, complete  # noqa: E402
 from easel_krita.protocol import capabilities  # noqa: E402
 
 # -- pixels ------------------------------------------------------------------------------------
@@ -1103,6 +1104,35 @@ def test_the_docker_offers_only_what_the_chosen_model_can_do(client):
     # Nothing known of the model: the server's own offer.
     unknown = models.offer(None, None, server)
     assert unknown.control_types == server.control_types and unknown.instruct == ""
+    # What the prompt completes: the model's family's LoRAs and embeddings, none on flux.
+    assert set(demo.loras) == {"demo-lora", "demo-lora-diffusers"} and "demo-embedding" in demo.embeddings
+    assert "demo-embedding-xl" not in demo.embeddings and "demo-embedding-xl" in unknown.embeddings
+    assert flux.loras == () and flux.embeddings == ()
+
+
+LORAS, EMBEDDINGS = ("ink-wash", "Paper", "detail-tweaker"), ("easynegative", "EasyStyle", "bad-hands-5")
+
+
+@pytest.mark.parametrize("text, cursor, expected", [
+    ("a cat <", None, Completion(6, 7, ("<lora:detail-tweaker:1>", "<lora:ink-wash:1>", "<lora:Paper:1>"))),
+    ("a cat <LoRa:pa", None, Completion(6, 14, ("<lora:Paper:1>",))),  # names and "lora:" in any case
+    ("<lora:tw", None, Completion(0, 8, ("<lora:detail-tweaker:1>",))),  # within the name too
+    ("<lora:ink:0.", None, None),  # the weight is being typed
+    ("<img", None, None),
+    ("blurry, easy", None, Completion(8, 12, ("easynegative", "EasyStyle"))),
+    ("blurry, easyneg, ugly", 12, Completion(8, 15, ("easynegative", "EasyStyle"))),  # the whole word goes
+    ("easynegative", None, None),  # typed in full
+    ("e", None, None),  # one letter offers nothing
+    ("(embedding:", None, Completion(1, 11, ("embedding:bad-hands-5", "embedding:easynegative",
+                                             "embedding:EasyStyle"))),
+    ("hands", None, Completion(0, 5, ("bad-hands-5",))),
+])
+def test_the_prompt_completes_lora_tags_and_embedding_names(text, cursor, expected):
+    assert complete(text, len(text) if cursor is None else cursor, LORAS, EMBEDDINGS) == expected
+
+
+def test_nothing_to_complete_without_loras_or_embeddings():
+    assert complete("a cat <", 7, (), EMBEDDINGS) is None and complete("easy", 4, LORAS, ()) is None
 
 
 def test_a_job_the_server_cancelled_says_why():

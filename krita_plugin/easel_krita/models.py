@@ -101,6 +101,8 @@ class Offer:
     reference: str = ""  # adding reference layers
     negative_prompt: str = ""
     image_guidance: str = ""
+    loras: tuple[str, ...] = ()  # the names its prompt's <lora:…> tags may take
+    embeddings: tuple[str, ...] = ()  # the textual inversions its prompt may name
 
 
 def offer(name: str | None, caps, server: server_capabilities.Offer) -> Offer:
@@ -110,7 +112,7 @@ def offer(name: str | None, caps, server: server_capabilities.Offer) -> Offer:
     reference = "" if server.references and server.reference_modes else "The server has no IP-Adapter configured."
     if caps is None:
         return Offer(server.control_types, server.reference_modes if not reference else (), control=control,
-                     reference=reference)
+                     reference=reference, loras=server.loras_for(None), embeddings=server.embeddings_for(None))
     modes = set(caps.modes)
     serves = f"it serves {', '.join(caps.modes) or 'nothing'}"
 
@@ -146,7 +148,9 @@ def offer(name: str | None, caps, server: server_capabilities.Offer) -> Offer:
                  remove=cannot("remove", "remove a selection"), expand=cannot("expand", "expand the canvas"),
                  instruct=cannot("instruct", "edit by instruction",
                                  " Pick a model with an instruct component (InstructPix2Pix or Flux Kontext)."),
-                 control=control, reference=reference, negative_prompt=negative, image_guidance=image_guidance)
+                 control=control, reference=reference, negative_prompt=negative, image_guidance=image_guidance,
+                 loras=server.loras_for(caps.family) if caps.loras else (),
+                 embeddings=server.embeddings_for(caps.family) if caps.family != "flux" else ())
 
 
 def read_saved(data: bytes | None) -> dict:
