@@ -113,7 +113,8 @@ SCENARIOS = ["plugin_loads", "inpaint_selection", "a_result_is_one_undo_step",
              "result_applied_after_the_document_was_converted", "upscale_keeps_the_print_resolution",
              "select_all_refines_at_full_size", "animation_reads_the_frame_shown",
              "docker_says_why_the_server_cancelled", "expand_moves_every_layer_and_undoes",
-             "docker_fits_a_narrow_dock", "docker_counts_down_the_jobs_ahead"]
+             "docker_fits_a_narrow_dock", "docker_counts_down_the_jobs_ahead",
+             "docker_prompt_completes_loras_and_embeddings"]
 
 
 @pytest.mark.parametrize("name", SCENARIOS)

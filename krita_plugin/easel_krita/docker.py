@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import random
 
-from . import extension, host, models, pixels, plan, protocol, qt
+from . import extension, host, models, pixels, plan, prompt_fields, protocol, qt
 from .protocol import capabilities
 from .qt import ALIGN_CENTER, HORIZONTAL, KEEP_ASPECT, SMOOTH, USER_ROLE, QPixmap, QtGui, QtWidgets, rgba_image
 from .session import ControlLayer, ReferenceLayer, Session
@@ -98,12 +98,12 @@ class EaselDocker(host.DockWidget):
         row.addWidget(self.reload_models)
         form.addLayout(row)
 
-        self.prompt = W.QPlainTextEdit()
+        self.prompt = prompt_fields.PromptEdit(self._prompt_words)
         self.prompt.setPlaceholderText("What to paint (selection: fill it; no selection: the whole image)")
         self.prompt.setMaximumHeight(70)
         self.prompt.setTabChangesFocus(True)  # Tab goes on to the next field, as in the one-line fields
         form.addWidget(self.prompt)
-        self.negative = W.QLineEdit()
+        self.negative = prompt_fields.PromptLine(self._prompt_words)
         self.negative.setPlaceholderText("Negative prompt: what to avoid")
         self.negative.setToolTip(NEGATIVE_TIP)
         form.addWidget(self.negative)
@@ -643,6 +643,11 @@ class EaselDocker(host.DockWidget):
         name = self.model.currentData() or None
         picked = plan.model_of(self.worker.models, name)
         return models.offer(picked[0] if picked else name, picked[1] if picked else None, self._offer)
+
+    def _prompt_words(self) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        """The LoRA and embedding names the prompt fields complete: those of the chosen model's family."""
+        offer = self.model_offer()
+        return offer.loras, offer.embeddings
 
     def _job_buttons(self):
         return (self.generate_button, self.remove_button, self.expand_button, self.instruct_button,

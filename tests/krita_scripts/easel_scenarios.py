@@ -1324,6 +1324,58 @@ def scenario_docker_expand(ctx):
     doc.close()
 
 
+def scenario_docker_prompt_completes_loras_and_embeddings(ctx):
+    """Typing '<' in the prompt offers the chosen model's LoRAs as tags, a word its embeddings by name
+    (the negative prompt too); Enter takes the first choice in place of what was typed, and types no
+    new line; Esc closes the list and keeps the text."""
+    from easel_krita import host
+    from easel_krita.docker import EaselDocker
+    from easel_krita.qt import QtCore, QtGui, QtWidgets
+    host.write_setting("url", os.environ["EASEL_URL"])
+    docker = EaselDocker()
+    wait_for(None, timeout=30, until=lambda: docker.worker.state == "connected" and docker.model.count() > 0)
+    docker.model.setCurrentIndex(docker.model.findData("demo"))  # an SD 1.5 model
+    docker._apply_model()
+    docker.show()
+
+    def press(widget, key, text=""):
+        for kind in (QtCore.QEvent.KeyPress, QtCore.QEvent.KeyRelease):
+            QtWidgets.QApplication.sendEvent(widget, QtGui.QKeyEvent(kind, key, QtCore.Qt.NoModifier, text))
+        QtWidgets.QApplication.processEvents()
+
+    def type_into(widget, text):
+        for char in text:
+            press(widget, 0, char)
+
+    def offered(widget):
+        completer = widget.completing.completer
+        return completer.model().stringList() if completer.popup().isVisible() else []
+
+    try:
+        docker.prompt.setFocus()
+        type_into(docker.prompt, "a cat <lora:demo-l")
+        check(offered(docker.prompt) == ["<lora:demo-lora:1>", "<lora:demo-lora-diffusers:1>"],
+              f"'<lora:demo-l' offered {offered(docker.prompt)}")  # (not the SDXL LoRAs)
+        popup = docker.prompt.completing.completer.popup()
+        press(popup, QtCore.Qt.Key_Return)  # the list has the keyboard while it is open
+        check(docker.prompt.toPlainText() == "a cat <lora:demo-lora:1>", repr(docker.prompt.toPlainText()))
+        check(not popup.isVisible(), "the list stayed open after a pick")
+        type_into(docker.prompt, ", demo-emb")
+        check(offered(docker.prompt) == ["demo-embedding"], f"'demo-emb' offered {offered(docker.prompt)}")
+        press(popup, QtCore.Qt.Key_Escape)
+        check(not popup.isVisible() and docker.prompt.toPlainText().endswith(", demo-emb"),
+              f"Esc: {docker.prompt.toPlainText()!r}")
+        docker.negative.setFocus()
+        type_into(docker.negative, "blurry, embedding:")
+        names = offered(docker.negative)
+        check(names and all(name.startswith("embedding:") for name in names) and
+              "embedding:demo-embedding" in names and "embedding:demo-embedding-xl" not in names, names)
+        press(docker.negative.completing.completer.popup(), QtCore.Qt.Key_Return)
+        check(docker.negative.text() == f"blurry, {names[0]}", repr(docker.negative.text()))
+    finally:
+        docker.close()
+
+
 def scenario_docker_model_picker(ctx):
     """The docker lists the server's models (family, native size, what each can do), the pick goes into
     the job (the layer and the result's parameters name it) and is saved in the .kra: reopened, the

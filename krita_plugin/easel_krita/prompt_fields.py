@@ -1,0 +1,99 @@
+"""The docker's prompt fields: text boxes that offer LoRA tags and embedding names as the painter types.
+
+``completion.complete`` says what the word at the cursor could become; here a ``QCompleter`` popup
+shows it, and the pick replaces the word. While the popup is open, Enter, Tab and Esc are the popup's
+(QCompleter hands each key to the field first: the field must leave those alone).
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from .completion import Completion, complete
+from .qt import QT6, Qt, QtCore, QtWidgets
+
+W = QtWidgets
+_POPUP_KEYS = {getattr(Qt.Key if QT6 else Qt, name) for name in
+               ("Key_Return", "Key_Enter", "Key_Tab", "Key_Backtab", "Key_Escape")}
+
+
+class _Completing:
+    """The completer of one field; ``words()`` gives the LoRA and embedding names on offer now."""
+
+    def __init__(self, field, words: Callable[[], tuple[tuple[str, ...], tuple[str, ...]]]):
+        self.field, self.words = field, words
+        self.pending: Completion | None = None
+        self.completer = W.QCompleter([], field)
+        self.completer.setWidget(field)
+        self.completer.setCaseSensitivity(Qt.CaseSensitivity.CaseInsensitive if QT6 else Qt.CaseInsensitive)
+        self.completer.setCompletionMode(W.QCompleter.CompletionMode.UnfilteredPopupCompletion if QT6
+                                         else W.QCompleter.UnfilteredPopupCompletion)
+        self.completer.activated[str].connect(self.pick)
+
+    def popup_open(self) -> bool:
+        return self.completer.popup().isVisible()
+
+    def update(self, text: str, cursor: int, cursor_rect) -> None:
+        """Offer what the word at ``cursor`` could become (typed text only: not a pick's own change)."""
+        loras, embeddings = self.words()
+        self.pending = complete(text, cursor, loras, embeddings)
+        if self.pending is None:
+            self.completer.popup().hide()
+            return
+        self.completer.model().setStringList(list(self.pending.choices))
+        rect = QtCore.QRect(cursor_rect)
+        rect.setWidth(max(200, self.completer.popup().sizeHintForColumn(0) + 24))
+        self.completer.complete(rect)
+        self.completer.popup().setCurrentIndex(self.completer.model().index(0, 0))  # Enter takes the first
+
+    def pick(self, choice: str) -> None:
+        """Put ``choice`` in place of the word it completes."""
+        if self.pending is None:
+            return
+        start, end = self.pending.start, self.pending.end
+        self.pending = None
+        self.field.replace_span(start, end, choice)
+
+
+class PromptEdit(W.QPlainTextEdit):
+    """The prompt: several lines, completing LoRA tags and embedding names."""
+
+    def __init__(self, words):
+        super().__init__()
+        self.completing = _Completing(self, words)
+
+    def keyPressEvent(self, event):  # noqa: N802 (Qt's name)
+        if self.completing.popup_open() and event.key() in _POPUP_KEYS:
+            event.ignore()  # the completer's: pick or close
+            return
+        super().keyPressEvent(event)
+        if event.text():  # typed (or deleted) text, not a move of the cursor
+            cursor = self.textCursor()
+            self.completing.update(self.toPlainText(), cursor.position(), self.cursorRect())
+
+    def replace_span(self, start: int, end: int, text: str) -> None:
+        cursor = self.textCursor()
+        cursor.setPosition(start)
+        cursor.setPosition(end, cursor.MoveMode.KeepAnchor if QT6 else cursor.KeepAnchor)
+        cursor.insertText(text)  # one undo step in the field
+        self.setTextCursor(cursor)
+
+
+class PromptLine(W.QLineEdit):
+    """The negative prompt: one line, completing LoRA tags and embedding names."""
+
+    def __init__(self, words):
+        super().__init__()
+        self.completing = _Completing(self, words)
+
+    def keyPressEvent(self, event):  # noqa: N802 (Qt's name)
+        if self.completing.popup_open() and event.key() in _POPUP_KEYS:
+            event.ignore()
+            return
+        super().keyPressEvent(event)
+        if event.text():
+            self.completing.update(self.text(), self.cursorPosition(), self.cursorRect())
+
+    def replace_span(self, start: int, end: int, text: str) -> None:
+        self.setSelection(start, end - start)
+        self.insert(text)  # (undoable in the field, as typing is)
