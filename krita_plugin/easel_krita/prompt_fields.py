@@ -55,12 +55,10 @@ class _Completing:
         self.field.replace_span(start, end, choice)
 
 
-class PromptEdit(W.QPlainTextEdit):
-    """The prompt: several lines, completing LoRA tags and embedding names."""
+class _Completes:
+    """The key handling both fields share (a mixin, before the Qt class)."""
 
-    def __init__(self, words):
-        super().__init__()
-        self.completing = _Completing(self, words)
+    completing: _Completing
 
     def keyPressEvent(self, event):  # noqa: N802 (Qt's name)
         if self.completing.popup_open() and event.key() in _POPUP_KEYS:
@@ -68,8 +66,19 @@ class PromptEdit(W.QPlainTextEdit):
             return
         super().keyPressEvent(event)
         if event.text():  # typed (or deleted) text, not a move of the cursor
-            cursor = self.textCursor()
-            self.completing.update(self.toPlainText(), cursor.position(), self.cursorRect())
+            self.completing.update(*self.typed())
+
+
+class PromptEdit(_Completes, W.QPlainTextEdit):
+    """The prompt: several lines, completing LoRA tags and embedding names."""
+
+    def __init__(self, words):
+        super().__init__()
+        self.completing = _Completing(self, words)
+
+    def typed(self):
+        """The text, the cursor's place in it and the cursor's rectangle."""
+        return self.toPlainText(), self.textCursor().position(), self.cursorRect()
 
     def replace_span(self, start: int, end: int, text: str) -> None:
         cursor = self.textCursor()
@@ -79,20 +88,15 @@ class PromptEdit(W.QPlainTextEdit):
         self.setTextCursor(cursor)
 
 
-class PromptLine(W.QLineEdit):
+class PromptLine(_Completes, W.QLineEdit):
     """The negative prompt: one line, completing LoRA tags and embedding names."""
 
     def __init__(self, words):
         super().__init__()
         self.completing = _Completing(self, words)
 
-    def keyPressEvent(self, event):  # noqa: N802 (Qt's name)
-        if self.completing.popup_open() and event.key() in _POPUP_KEYS:
-            event.ignore()
-            return
-        super().keyPressEvent(event)
-        if event.text():
-            self.completing.update(self.text(), self.cursorPosition(), self.cursorRect())
+    def typed(self):
+        return self.text(), self.cursorPosition(), self.cursorRect()
 
     def replace_span(self, start: int, end: int, text: str) -> None:
         self.setSelection(start, end - start)
