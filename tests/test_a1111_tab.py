@@ -279,6 +279,26 @@ def test_ctrl_enter_starts_a_job_and_esc_cancels_it(page):
     page.locator("#easel_interrupt").wait_for(state="hidden")
 
 
+def weights_with_ctrl_arrows(page) -> None:
+    """The WebUI's Ctrl+Up / Ctrl+Down (its edit-attention.js) weight the selected words in both prompt fields."""
+    # (its step is a setting the page reads once the first render has settled: a keypress before that makes NaN)
+    page.wait_for_function("() => Object.keys(opts).length > 0")
+    for field in ("easel_prompt", "easel_negative"):
+        box = page.locator(f"#{field} textarea")
+        box.fill("a red door")
+        box.evaluate("box => box.setSelectionRange(2, 5)")  # "red"
+        page.keyboard.press("Control+ArrowUp")
+        assert box.input_value() == "a (red:1.1) door", (field, box.input_value())
+        page.keyboard.press("Control+ArrowDown")
+        page.keyboard.press("Control+ArrowDown")
+        assert box.input_value() == "a (red:0.9) door", (field, box.input_value())
+        box.fill("")
+
+
+def test_ctrl_arrows_weight_words_as_in_the_webuis_prompts(page):
+    weights_with_ctrl_arrows(page)
+
+
 def test_esc_cancels_a_job_whose_connection_is_being_made_again(page, webui):
     # A link that blinks mid-job: the tab reconnects and cancels once it is back, but its Cancel was hidden
     # while it said "reconnecting…", so the WebUI's Esc did nothing (and Ctrl+Enter started a second job).

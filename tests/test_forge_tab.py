@@ -30,6 +30,7 @@ from test_a1111_tab import (
     set_number,
     text_of,
     watch_progress,
+    weights_with_ctrl_arrows,
 )
 from webui_env import FORGE, SETUP, serving, webui_folder, webui_source
 
@@ -209,6 +210,10 @@ def test_two_browsers_generate_at_once_and_esc_cancels(page, chromium, forge):
         assert not easel_errors(other), easel_errors(other)
     finally:
         other.context.close()
+
+
+def test_ctrl_arrows_weight_words_as_in_forges_prompts(page):
+    weights_with_ctrl_arrows(page)
 
 
 def test_closing_the_page_cancels_its_job(chromium, forge, server):

@@ -130,8 +130,11 @@ def build(connection: Callable[[], jobs.Connection], host: Host | None = None) -
                 picture = compat.picture_editor("Picture (paint over what should change)", "easel_picture")
                 # value="": the WebUI's infotext paste ("Send to Easel" from PNG Info) converts a pasted value
                 # to the type of the field's value, and gradio 4 leaves a Textbox's at None (nothing pasted).
-                prompt = gr.Textbox("", label="Prompt", lines=2, elem_id="easel_prompt")
-                negative = gr.Textbox("", lines=1, elem_id="easel_negative", **negative_prompt(start.negative_prompt))
+                # class "prompt": the WebUI's Ctrl+Up/Down (edit-attention.js) weights the words at the cursor,
+                # as in its own prompt fields
+                prompt = gr.Textbox("", label="Prompt", lines=2, elem_id="easel_prompt", elem_classes=["prompt"])
+                negative = gr.Textbox("", lines=1, elem_id="easel_negative", elem_classes=["prompt"],
+                                      **negative_prompt(start.negative_prompt))
                 # The WebUI's LoRA cards add a tag to the prompt; the tab has no cards, and a painter could not
                 # otherwise learn which LoRAs the server has. Only those made for the picked model's family.
                 lora = gr.Dropdown(list(start.loras), value=None, elem_id="easel_lora", visible=bool(start.loras),
