@@ -29,6 +29,7 @@ sys.path.insert(0, str(PLUGIN))
 
 from easel_krita import liveness, models, pixels, placement, plan, turns  # noqa: E402
 from easel_krita.completion import Completion, complete  # noqa: E402
+from easel_krita.emphasis import reweigh  # noqa: E402
 from easel_krita.protocol import capabilities  # noqa: E402
 
 # -- pixels ------------------------------------------------------------------------------------
@@ -1133,6 +1134,22 @@ def test_the_prompt_completes_lora_tags_and_embedding_names(text, cursor, expect
 
 def test_nothing_to_complete_without_loras_or_embeddings():
     assert complete("a cat <", 7, (), EMBEDDINGS) is None and complete("easy", 4, LORAS, ()) is None
+
+
+@pytest.mark.parametrize("text, start, end, up, expected", [
+    ("a red door", 2, 5, True, ("a (red:1.1) door", 3, 6)),
+    ("a (red:1.1) door", 3, 6, True, ("a (red:1.2) door", 3, 6)),
+    ("a (red:1.1) door", 3, 6, False, ("a red door", 2, 5)),  # weight 1: no group
+    ("a red door", 3, 3, False, ("a (red:0.9) door", 3, 6)),  # the word at the cursor
+    ("a (red door:1.5), sky", 5, 5, True, ("a (red door:1.6), sky", 3, 11)),  # the group the cursor is in
+    ("a  red  door", 1, 7, True, ("a  (red:1.1)  door", 4, 7)),  # the selection's spaces stay out
+    ("(a:10)", 1, 2, True, ("(a:10)", 1, 2)),  # the syntax's limit
+    ("(a:0.1)", 1, 2, False, ("(a:0)", 1, 2)),
+    ("a , b", 2, 2, True, ("a , b", 2, 2)),  # nothing at the cursor
+    ("(style: baroque)", 3, 3, True, ("((style:1.1): baroque)", 2, 7)),  # words after the colon: no weight
+])
+def test_ctrl_arrows_weigh_the_words_at_the_cursor(text, start, end, up, expected):
+    assert reweigh(text, start, end, up) == expected
 
 
 def test_a_job_the_server_cancelled_says_why():

@@ -1327,7 +1327,7 @@ def scenario_docker_expand(ctx):
 def scenario_docker_prompt_completes_loras_and_embeddings(ctx):
     """Typing '<' in the prompt offers the chosen model's LoRAs as tags, a word its embeddings by name
     (the negative prompt too); Enter takes the first choice in place of what was typed, and types no
-    new line; Esc closes the list and keeps the text."""
+    new line; Esc closes the list and keeps the text. Ctrl+Up / Ctrl+Down weigh the words at the cursor."""
     from easel_krita import host
     from easel_krita.docker import EaselDocker
     from easel_krita.qt import QtCore, QtGui, QtWidgets
@@ -1372,6 +1372,24 @@ def scenario_docker_prompt_completes_loras_and_embeddings(ctx):
               "embedding:demo-embedding" in names and "embedding:demo-embedding-xl" not in names, names)
         press(docker.negative.completing.completer.popup(), QtCore.Qt.Key_Return)
         check(docker.negative.text() == f"blurry, {names[0]}", repr(docker.negative.text()))
+        # Ctrl+Up / Ctrl+Down weigh the words at the cursor, as in the WebUI (one undo step each)
+        control = QtCore.Qt.ControlModifier
+        docker.prompt.setPlainText("a red door")
+        cursor = docker.prompt.textCursor()
+        cursor.setPosition(3)  # in "red"
+        docker.prompt.setTextCursor(cursor)
+        for key, expected in ((QtCore.Qt.Key_Up, "a (red:1.1) door"), (QtCore.Qt.Key_Up, "a (red:1.2) door"),
+                              (QtCore.Qt.Key_Down, "a (red:1.1) door")):
+            QtWidgets.QApplication.sendEvent(docker.prompt, QtGui.QKeyEvent(QtCore.QEvent.KeyPress, key, control))
+            check(docker.prompt.toPlainText() == expected, f"{docker.prompt.toPlainText()!r}, not {expected!r}")
+        check(docker.prompt.textCursor().selectedText() == "red", docker.prompt.textCursor().selectedText())
+        docker.prompt.undo()
+        check(docker.prompt.toPlainText() == "a (red:1.2) door", f"undo: {docker.prompt.toPlainText()!r}")
+        docker.negative.setText("blurry, ugly")
+        docker.negative.setCursorPosition(10)
+        QtWidgets.QApplication.sendEvent(docker.negative, QtGui.QKeyEvent(QtCore.QEvent.KeyPress, QtCore.Qt.Key_Down,
+                                                                          control))
+        check(docker.negative.text() == "blurry, (ugly:0.9)", repr(docker.negative.text()))
     finally:
         docker.close()
 
