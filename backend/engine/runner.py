@@ -17,6 +17,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from shared import rules
+
 PromptAt = Callable[[int, int], dict]
 """A prompt that changes as it is painted: its embeddings at step (from 1) of steps."""
 
@@ -94,9 +96,7 @@ def run_pass(pipe, inputs: PassInputs, on_step: Callable) -> np.ndarray:
 def steps_run(inputs: PassInputs) -> int:
     """The denoising steps the pipeline runs: all of them from noise, the strength's share from a picture
     (diffusers' ``get_timesteps`` with a first-order scheduler, as all of ours are)."""
-    if inputs.mode in ("generate", "instruct"):
-        return inputs.steps
-    return max(1, min(int(inputs.steps * inputs.strength), inputs.steps))
+    return max(1, rules.denoising_steps(inputs.mode, inputs.steps, inputs.strength))
 
 
 def following(prompt_at: PromptAt, first: dict, on_step: Callable) -> Callable:

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import re
 
+from .protocol import prompt_syntax
+
 STEP = 0.1
-MAX_WEIGHT = 10.0  # the prompt syntax's own limit
 _GROUP_END = re.compile(r":\s*([-+]?(?:\d+\.?\d*|\.\d+))\s*\)")  # ":1.2)" after a group's words
 _WORD_EDGE = set(" \t\n,.;:()[]<>|")
 
@@ -30,7 +31,7 @@ def reweigh(text: str, start: int, end: int, up: bool) -> tuple[str, int, int]:
     if weight is None:  # plain words: a group of their own
         new = 1 + STEP if up else 1 - STEP
         return f"{text[:start]}({text[start:end]}:{new:g}){text[end:]}", start + 1, end + 1
-    new = round(min(MAX_WEIGHT, max(0.0, float(weight[1]) + (STEP if up else -STEP))), 2)
+    new = round(min(prompt_syntax.MAX_WEIGHT, max(0.0, float(weight[1]) + (STEP if up else -STEP))), 2)
     if new == 1:  # weight 1 is no group at all
         return text[:start - 1] + text[start:end] + text[weight.end():], start - 1, end - 1
     return f"{text[:end]}:{new:g}){text[weight.end():]}", start, end

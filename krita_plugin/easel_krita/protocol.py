@@ -21,6 +21,7 @@ images = importlib.import_module(f"{_ROOT}.images")
 job = importlib.import_module(f"{_ROOT}.job")
 messages = importlib.import_module(f"{_ROOT}.messages")
 model_capabilities = importlib.import_module(f"{_ROOT}.model_capabilities")
+prompt_syntax = importlib.import_module(f"{_ROOT}.prompt_syntax")
 rules = importlib.import_module(f"{_ROOT}.rules")
 vocabulary = importlib.import_module(f"{_ROOT}.vocabulary")
 
