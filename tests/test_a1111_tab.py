@@ -265,7 +265,7 @@ def test_ctrl_enter_starts_a_job_and_esc_cancels_it(page):
     assert not page.locator("#easel_interrupt").is_visible()
     watch_progress(page)
     page.keyboard.press("Control+Enter")
-    page.wait_for_function("() => window.easelSeen.some(text => text.includes('Step 2/150'))",
+    page.wait_for_function("() => window.easelSeen.some(text => text.startsWith('Step '))",  # (a busy page skips some)
                            timeout=TIMEOUT * 2)
     assert page.locator("#easel_interrupt").is_visible()
     started = time.monotonic()
@@ -310,7 +310,7 @@ def test_esc_cancels_a_job_whose_connection_is_being_made_again(page, webui):
         set_number(page, "easel_steps", 150)
         watch_progress(page)
         page.keyboard.press("Control+Enter")
-        page.wait_for_function("() => window.easelSeen.some(text => text.startsWith('Step 2/150'))",
+        page.wait_for_function("() => window.easelSeen.some(text => text.startsWith('Step '))",
                                timeout=TIMEOUT * 2)
         blinker.cut(4)
         page.wait_for_function("() => window.easelSeen.some(text => text.includes('reconnecting'))")

@@ -228,11 +228,13 @@ def test_closing_the_page_cancels_its_job(chromium, forge, server):
     set_number(closing, "easel_batch", 4)  # (minutes to run to its end)
     watch_progress(closing)
     closing.click("#easel_generate")
+    # (any step: the page shows the latest of the updates that reach it, and under load skips some,
+    # step 2 among them in CI)
     try:
-        closing.wait_for_function("() => window.easelSeen.some(text => text.startsWith('Step 2/'))",
+        closing.wait_for_function("() => window.easelSeen.some(text => text.startsWith('Step '))",
                                   timeout=TIMEOUT * 2)
     except PlaywrightTimeout:
-        raise AssertionError(f"no 'Step 2/' in {closing.evaluate('window.easelSeen')}") from None
+        raise AssertionError(f"no step in {closing.evaluate('window.easelSeen')}") from None
     queue = server.server.queue
     assert queue.running is not None
     closing.context.close()
